@@ -1,0 +1,128 @@
+"""The agent record: its fields, its row in sqlite, and its public JSON views.
+
+One class holds an agent in memory while it is live; finished agents live only in
+the database and are read back through :func:`from_row`.  The views keep the seed's
+field names exactly (``created``/``started``/``completed``/``cost`` on the status
+object, ``created_at``/``actual_cost`` in listings).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+SPAWNING, QUEUED, RUNNING = "spawning", "queued", "running"
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
+STATUSES = (SPAWNING, QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED)
+LIVE = frozenset({SPAWNING, QUEUED, RUNNING})
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+
+PRIORITIES = {"high": 0, "normal": 1, "low": 2}  # lower runs first
+
+KIND_AGENT, KIND_TEAM, KIND_MEMBER = "agent", "team", "member"
+
+COLUMNS = (
+    "agent_id", "kind", "parent_id", "team", "model", "served_model", "provider", "task",
+    "priority", "timeout", "status", "error", "result", "estimated_cost", "cost",
+    "input_tokens", "output_tokens", "runs", "attempts", "created_at", "started_at",
+    "completed_at",
+)
+_INSERT_SQL = f"INSERT INTO agents ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def money(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+class Agent:
+    __slots__ = COLUMNS + ("members",)
+
+    def __init__(self, **fields: Any) -> None:
+        for name in COLUMNS:
+            setattr(self, name, fields.get(name))
+        self.runs = self.runs or 0
+        self.attempts = self.attempts or 0
+        if self.created_at is None:
+            self.created_at = time.time()
+        self.members: list[str] = list(fields.get("members") or ())
+
+    # -- persistence -----------------------------------------------------------
+    def insert_statement(self) -> tuple[str, tuple[Any, ...]]:
+        return _INSERT_SQL, tuple(getattr(self, c) for c in COLUMNS)
+
+    def update_statement(self, *fields: str) -> tuple[str, tuple[Any, ...]]:
+        sets = ", ".join(f"{f} = ?" for f in fields)
+        return f"UPDATE agents SET {sets} WHERE agent_id = ?", (*(getattr(self, f) for f in fields), self.agent_id)
+
+    @property
+    def deadline(self) -> float:
+        """The agent's timeout runs from its creation: queue time counts."""
+        return self.created_at + self.timeout
+
+    # -- views -------------------------------------------------------------------
+    def spawn_view(self) -> dict[str, Any]:
+        return {
+            "success": True,
+            "agent_id": self.agent_id,
+            "model": self.model,
+            "status": self.status,
+            "estimated_cost": money(self.estimated_cost),
+        }
+
+    def status_view(self) -> dict[str, Any]:
+        view = {
+            "agent_id": self.agent_id,
+            "model": self.model,
+            "status": self.status,
+            "task": self.task,
+            "created": iso(self.created_at),
+            "started": iso(self.started_at),
+            "completed": iso(self.completed_at),
+            "result": self.result,
+            "cost": money(self.cost),
+            "estimated_cost": money(self.estimated_cost),
+            "priority": self.priority,
+            "timeout": self.timeout,
+            "team": self.team,
+            "error": self.error,
+            "served_by": {"model": self.served_model, "provider": self.provider} if self.served_model else None,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+            if self.input_tokens is not None else None,
+            "attempts": self.attempts,
+        }
+        if self.parent_id:
+            view["parent_id"] = self.parent_id
+        return view
+
+    def list_view(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "model": self.model,
+            "status": self.status,
+            "task": self.task,
+            "team": self.team,
+            "priority": self.priority,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "completed_at": iso(self.completed_at),
+            "estimated_cost": money(self.estimated_cost),
+            "actual_cost": money(self.cost),
+            "error": self.error,
+        }
+
+    def active_view(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "model": self.model, "status": self.status, "task": self.task,
+                "priority": self.priority, "team": self.team, "created_at": iso(self.created_at),
+                "started_at": iso(self.started_at)}
+
+
+def from_row(row: sqlite3.Row) -> Agent:
+    return Agent(**{k: row[k] for k in COLUMNS})

@@ -1,0 +1,204 @@
+"""GET /agents query language -> one parameterised SQL WHERE/ORDER BY.
+
+Accepts the seed's three spellings, all through one parser:
+  * plain parameters:      ``?status=running&model=k2p5``
+  * suffixed parameters:   ``?cost_gt=1.00&created_after=2026-02-01``
+  * the JSON ``filter``:   ``?filter={"status":"running","cost":{"gte":0.5},"model":["k2p5","opus"]}``
+    where a value is a scalar (eq), a list (in) or an object of ``{operator: value}``,
+    and keys may use the suffixed spelling too (``{"cost_gt":0.50}``).
+Operators: eq ne gt gte lt lte in contains starts_with ends_with.  Field names are
+whitelisted, so no user text ever reaches SQL except as a bound parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from . import jsonx
+from .errors import ValidationFailed
+
+# public field name -> (column, type)
+FIELDS: dict[str, tuple[str, str]] = {
+    "agent_id": ("agent_id", "text"),
+    "model": ("model", "text"),
+    "status": ("status", "text"),
+    "team": ("team", "text"),
+    "task": ("task", "text"),
+    "priority": ("priority", "text"),
+    "provider": ("provider", "text"),
+    "served_model": ("served_model", "text"),
+    "parent_id": ("parent_id", "text"),
+    "error": ("error", "text"),
+    "created_at": ("created_at", "time"),
+    "started_at": ("started_at", "time"),
+    "completed_at": ("completed_at", "time"),
+    "cost": ("cost", "number"),
+    "actual_cost": ("cost", "number"),
+    "estimated_cost": ("estimated_cost", "number"),
+    "input_tokens": ("input_tokens", "number"),
+    "output_tokens": ("output_tokens", "number"),
+}
+ALIASES = {"created_after": ("created_at", "gt"), "created_before": ("created_at", "lt")}
+OPERATORS = ("eq", "ne", "gte", "gt", "lte", "lt", "in", "contains", "starts_with", "ends_with")
+_SQL_OPS = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+SORTABLE = ("created_at", "started_at", "completed_at", "cost", "actual_cost", "estimated_cost", "status",
+            "model", "priority", "agent_id")
+RESERVED = frozenset({"limit", "offset", "sort", "filter", "cursor", "include_members"})
+MAX_LIMIT, DEFAULT_LIMIT = 100, 20
+
+
+@dataclass
+class AgentQuery:
+    where: list[str] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+    order: str = "created_at DESC, rowid DESC"
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+
+    def where_sql(self) -> str:
+        return " AND ".join(self.where) if self.where else "1"
+
+
+def _split_key(key: str) -> tuple[str, str] | None:
+    if key in ALIASES:
+        return ALIASES[key]
+    if key in FIELDS:
+        return key, "eq"
+    for op in OPERATORS:
+        suffix = "_" + op
+        if key.endswith(suffix) and key[: -len(suffix)] in FIELDS:
+            return key[: -len(suffix)], op
+    return None
+
+
+def _coerce(fieldname: str, kind: str, value: Any, errors: list[dict[str, str]]) -> Any:
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            errors.append({"field": fieldname, "message": f"{fieldname} must be a number"})
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            errors.append({"field": fieldname, "message": f"{fieldname} must be a number, got {value!r}"})
+            return None
+    if kind == "time":
+        if not isinstance(value, str):
+            errors.append({"field": fieldname, "message": f"{fieldname} must be an ISO 8601 date or time"})
+            return None
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+        except ValueError:
+            errors.append({"field": fieldname, "message": f"{fieldname} must be an ISO 8601 date or time, "
+                                                         f"got {value!r}"})
+            return None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        errors.append({"field": fieldname, "message": f"{fieldname} must be a string"})
+        return None
+    return str(value)
+
+
+def _add(q: AgentQuery, name: str, op: str, value: Any, errors: list[dict[str, str]]) -> None:
+    column, kind = FIELDS[name]
+    if op == "in":
+        if not isinstance(value, list) or not value:
+            errors.append({"field": name, "message": f"{name}: 'in' needs a non-empty list"})
+            return
+        values = [_coerce(name, kind, v, errors) for v in value]
+        q.where.append(f"{column} IN ({', '.join('?' * len(values))})")
+        q.params.extend(values)
+        return
+    if op in ("contains", "starts_with", "ends_with"):
+        if not isinstance(value, str):
+            errors.append({"field": name, "message": f"{name}: '{op}' needs a string"})
+            return
+        escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = {"contains": f"%{escaped}%", "starts_with": f"{escaped}%", "ends_with": f"%{escaped}"}[op]
+        q.where.append(f"{column} LIKE ? ESCAPE '\\'")
+        q.params.append(pattern)
+        return
+    coerced = _coerce(name, kind, value, errors)
+    q.where.append(f"{column} {_SQL_OPS[op]} ?")
+    q.params.append(coerced)
+
+
+def _add_filter_entry(q: AgentQuery, key: str, value: Any, errors: list[dict[str, str]]) -> None:
+    split = _split_key(key)
+    if split is None:
+        errors.append({"field": key, "message": f"Unknown filter field '{key}'"})
+        return
+    name, op = split
+    if isinstance(value, dict) and op == "eq" and key in FIELDS:
+        if not value:
+            errors.append({"field": key, "message": f"{key}: empty operator object"})
+        for sub_op, sub_value in value.items():
+            if sub_op not in OPERATORS:
+                errors.append({"field": key, "message": f"Unknown operator '{sub_op}' (use one of "
+                                                        f"{', '.join(OPERATORS)})"})
+                continue
+            _add(q, name, sub_op, sub_value, errors)
+    elif isinstance(value, list) and op == "eq":
+        _add(q, name, "in", value, errors)
+    else:
+        _add(q, name, op, value, errors)
+
+
+def _int_param(params: dict[str, str], name: str, default: int, lo: int, hi: int | None,
+               errors: list[dict[str, str]]) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        errors.append({"field": name, "message": f"{name} must be an integer"})
+        return default
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        errors.append({"field": name, "message": f"{name} must be {bound}"})
+        return default
+    return value
+
+
+def parse(params: dict[str, str]) -> AgentQuery:
+    """Build a query from request parameters; every problem is a 400 with details."""
+    errors: list[dict[str, str]] = []
+    q = AgentQuery()
+    for key, value in params.items():
+        if key in RESERVED:
+            continue
+        _add_filter_entry(q, key, value, errors)
+    raw_filter = params.get("filter")
+    if raw_filter:
+        try:
+            parsed = jsonx.loads(raw_filter)
+        except (ValueError, TypeError):
+            parsed = None
+            errors.append({"field": "filter", "message": "filter must be a JSON object"})
+        if parsed is not None:
+            if not isinstance(parsed, dict):
+                errors.append({"field": "filter", "message": "filter must be a JSON object"})
+            else:
+                for key, value in parsed.items():
+                    _add_filter_entry(q, key, value, errors)
+    if params.get("include_members", "").lower() not in ("1", "true", "yes"):
+        # Team members are listed under their team agent, not beside it, unless asked.
+        q.where.append("parent_id IS NULL")
+    sort = params.get("sort")
+    if sort:
+        desc = sort.startswith("-")
+        name = sort.lstrip("-+")
+        if name not in SORTABLE:
+            errors.append({"field": "sort", "message": f"Cannot sort by '{name}' (use one of {', '.join(SORTABLE)})"})
+        else:
+            direction = "DESC" if desc else "ASC"
+            q.order = f"{FIELDS[name][0]} {direction}, rowid {direction}"
+    q.limit = _int_param(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, errors)
+    q.offset = _int_param(params, "offset", 0, 0, None, errors)
+    if errors:
+        raise ValidationFailed(errors)
+    return q

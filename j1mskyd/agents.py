@@ -1,0 +1,243 @@
+"""AgentService: what the API can ask of agents (spawn, team, batch, status, list, cancel).
+
+It validates requests against the seed's rules and the config, writes new agents
+durably, hands them to the runtime, and reads finished ones back from the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import secrets
+import sqlite3
+from typing import Any
+
+from . import agent as A
+from . import agent_query
+from .agent import Agent, from_row
+from .config import Config
+from .errors import Conflict, NotFound, ValidationFailed
+from .runtime import AgentRuntime
+from .store import Store
+
+_TIMEOUT_MIN = 1.0
+
+
+class AgentService:
+    def __init__(self, config: Config, store: Store, runtime: AgentRuntime) -> None:
+        self.config = config
+        self.store = store
+        self.runtime = runtime
+        # A counter from a random start: unique within a process and a second, and
+        # the seed's id shape (subagent_<unix seconds>_<4 digits>).
+        self._ids = itertools.count(secrets.randbelow(10_000))
+
+    # -- validation --------------------------------------------------------------------
+    def _new_id(self, now: float) -> str:
+        return f"subagent_{int(now)}_{next(self._ids) % 10_000:04d}"
+
+    def _check_common(self, body: Any, prefix: str, errors: list[dict[str, str]]) -> tuple[str, str, float]:
+        rt = self.config.runtime
+        task = body.get("task")
+        if task is None or (isinstance(task, str) and not task.strip()):
+            errors.append({"field": prefix + "task", "message": "Task cannot be empty"})
+        elif not isinstance(task, str):
+            errors.append({"field": prefix + "task", "message": "Task must be a string"})
+        elif len(task) > rt.max_task_chars:
+            errors.append({"field": prefix + "task",
+                           "message": f"Task exceeds maximum length of {rt.max_task_chars} characters"})
+        priority = body.get("priority", "normal")
+        if priority not in A.PRIORITIES:
+            errors.append({"field": prefix + "priority", "message": "Priority must be one of: low, normal, high"})
+        timeout = body.get("timeout", rt.default_timeout)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+                or not _TIMEOUT_MIN <= timeout <= rt.max_timeout:
+            errors.append({"field": prefix + "timeout", "message":
+                           f"Timeout must be a number of seconds between {_TIMEOUT_MIN:g} and {rt.max_timeout:g}"})
+        return task, priority, timeout
+
+    def _check_model(self, body: Any, prefix: str, errors: list[dict[str, str]]) -> str:
+        model = body.get("model")
+        if model not in self.config.models:
+            allowed = ", ".join(self.config.models)
+            shown = "" if model is None else f" '{model}'" if isinstance(model, str) else " (not a string)"
+            errors.append({"field": prefix + "model", "message": f"Invalid model{shown}. Must be one of: {allowed}"})
+        return model
+
+    @staticmethod
+    def _require_object(body: Any, what: str = "Request body") -> None:
+        if not isinstance(body, dict):
+            raise ValidationFailed([{"field": "body", "message": f"{what} must be a JSON object"}])
+
+    def estimate(self, model_alias: str, task: str) -> float:
+        """Estimated cost at spawn: the task's tokens (~4 chars each) plus the model's typical output."""
+        model = self.config.models[model_alias]
+        input_tokens = max(1, math.ceil(len(task) / 4))
+        return input_tokens / 1000 * model.input_per_1k + model.typical_output_tokens / 1000 * model.output_per_1k
+
+    def _build(self, body: dict[str, Any], prefix: str, errors: list[dict[str, str]], now: float) -> Agent | None:
+        task, priority, timeout = self._check_common(body, prefix, errors)
+        model = self._check_model(body, prefix, errors)
+        if errors:
+            return None
+        return Agent(agent_id=self._new_id(now), kind=A.KIND_AGENT, model=model, task=task, priority=priority,
+                     timeout=float(timeout), status=A.SPAWNING, estimated_cost=self.estimate(model, task),
+                     created_at=now)
+
+    # -- spawning ----------------------------------------------------------------------
+    async def _store_and_admit(self, agents: list[Agent], extra: list[Agent] = ()) -> None:
+        await self.store.write(*(a.insert_statement() for a in [*agents, *extra]))
+        for a in [*agents, *extra]:
+            await self.runtime.admit(a)
+
+    async def spawn(self, body: Any) -> dict[str, Any]:
+        self._require_object(body)
+        errors: list[dict[str, str]] = []
+        agent = self._build(body, "", errors, self.runtime.clock())
+        if agent is None:
+            raise ValidationFailed(errors)
+        await self._store_and_admit([agent])
+        return agent.spawn_view() | {"status": A.SPAWNING}
+
+    async def spawn_batch(self, body: Any) -> dict[str, Any]:
+        items = body if isinstance(body, list) else body.get("agents", body.get("tasks")) \
+            if isinstance(body, dict) else None
+        if not isinstance(items, list) or not items:
+            raise ValidationFailed([{"field": "agents", "message": "agents must be a non-empty list of spawn requests"}])
+        limit = self.config.runtime.max_batch
+        if len(items) > limit:
+            raise ValidationFailed([{"field": "agents", "message": f"A batch holds at most {limit} agents"}])
+        errors: list[dict[str, str]] = []
+        now = self.runtime.clock()
+        agents = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                errors.append({"field": f"agents[{i}]", "message": "Each agent must be a JSON object"})
+                continue
+            agent = self._build(item, f"agents[{i}].", item_errors := [], now)
+            errors.extend(item_errors)
+            if agent is not None:
+                agents.append(agent)
+        if errors:  # all or nothing: a batch with one bad entry spawns nothing
+            raise ValidationFailed(errors)
+        await self._store_and_admit(agents)
+        return {"success": True, "count": len(agents),
+                "agents": [a.spawn_view() | {"status": A.SPAWNING} for a in agents]}
+
+    async def spawn_team(self, body: Any) -> dict[str, Any]:
+        self._require_object(body)
+        errors: list[dict[str, str]] = []
+        task, priority, timeout = self._check_common(body, "", errors)
+        team_id = body.get("team")
+        team = self.config.teams.get(team_id) if isinstance(team_id, str) else None
+        if team is None:
+            errors.append({"field": "team", "message": f"Unknown team. Must be one of: {', '.join(self.config.teams)}"})
+        if errors:
+            raise ValidationFailed(errors)
+        now = self.runtime.clock()
+        lead = Agent(agent_id=self._new_id(now), kind=A.KIND_TEAM, team=team.id, model=team.id, task=task,
+                     priority=priority, timeout=float(timeout), status=A.SPAWNING, created_at=now,
+                     estimated_cost=0.0)
+        members = [Agent(agent_id=self._new_id(now), kind=A.KIND_MEMBER, parent_id=lead.agent_id, team=team.id,
+                         model=alias, task=task, priority=priority, timeout=float(timeout), status=A.SPAWNING,
+                         estimated_cost=self.estimate(alias, task), created_at=now)
+                   for alias in team.members]
+        lead.members = [m.agent_id for m in members]
+        lead.estimated_cost = sum(m.estimated_cost for m in members)
+        await self._store_and_admit([lead], members)
+        return {"success": True, "agent_id": lead.agent_id, "team": team.id,
+                "models": self.member_labels(team.members), "status": A.SPAWNING,
+                "estimated_cost": A.money(lead.estimated_cost), "team_status": team.status,
+                "members": [m.agent_id for m in members]}
+
+    def member_labels(self, aliases: Any) -> list[str]:
+        return [f"{self.config.models[a].provider}/{self.config.models[a].upstream}" for a in aliases]
+
+    # -- reading -------------------------------------------------------------------------
+    async def _load(self, agent_id: str) -> Agent:
+        agent = self.runtime.live.get(agent_id)
+        if agent is not None:
+            return agent
+
+        def read(conn: sqlite3.Connection) -> Agent | None:
+            row = conn.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+            return from_row(row) if row else None
+
+        found = await self.store.read(read)
+        if found is None:
+            raise NotFound(f"Agent '{agent_id}' not found")
+        return found
+
+    async def status(self, agent_id: str) -> dict[str, Any]:
+        agent = await self._load(agent_id)
+        view = agent.status_view()
+        if agent.kind == A.KIND_TEAM:
+            def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+                return conn.execute("SELECT agent_id, model, status, cost FROM agents WHERE parent_id = ? "
+                                    "ORDER BY rowid", (agent_id,)).fetchall()
+            rows = await self.store.read(read)
+            live = self.runtime.live
+            view["models"] = self.member_labels(r["model"] for r in rows)
+            view["members"] = [
+                {"agent_id": r["agent_id"], "model": r["model"],
+                 "status": live[r["agent_id"]].status if r["agent_id"] in live else r["status"],
+                 "cost": A.money(r["cost"])}
+                for r in rows
+            ]
+        return view
+
+    async def list(self, params: dict[str, str]) -> dict[str, Any]:
+        q = agent_query.parse(params)
+
+        def read(conn: sqlite3.Connection) -> tuple[int, float, dict[str, int], list[Agent]]:
+            where = q.where_sql()
+            total, total_cost = conn.execute(f"SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM agents WHERE {where}",
+                                             q.params).fetchone()
+            by_model = dict(conn.execute(f"SELECT model, COUNT(*) FROM agents WHERE {where} GROUP BY model "
+                                         "ORDER BY COUNT(*) DESC, model", q.params).fetchall())
+            rows = conn.execute(f"SELECT * FROM agents WHERE {where} ORDER BY {q.order} LIMIT ? OFFSET ?",
+                                (*q.params, q.limit, q.offset)).fetchall()
+            return total, total_cost, by_model, [from_row(r) for r in rows]
+
+        total, total_cost, by_model, agents = await self.store.read(read)
+        live = self.runtime.live
+        data = [(live.get(a.agent_id) or a).list_view() for a in agents]
+        return {"data": data, "total": total, "limit": q.limit, "offset": q.offset,
+                "meta": {"total_cost": round(total_cost, 6), "by_model": by_model}}
+
+    async def active(self) -> dict[str, Any]:
+        agents = sorted(self.runtime.live.values(), key=lambda a: a.created_at)
+        since = self.runtime.clock() // 86_400 * 86_400  # UTC midnight
+
+        def read(conn: sqlite3.Connection) -> float:
+            return conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE ts >= ?", (since,)).fetchone()[0]
+
+        spent_today = await self.store.read(read)
+        return {"agents": [a.active_view() for a in agents], "count": len(agents),
+                "total_cost_today": round(spent_today, 6)}
+
+    async def cancel(self, agent_id: str) -> dict[str, Any]:
+        agent = self.runtime.live.get(agent_id)
+        if agent is None:
+            finished = await self._load(agent_id)  # 404 when unknown
+            raise Conflict(f"Agent '{agent_id}' already {finished.status}; nothing to cancel",
+                           status=finished.status)
+        refund = await self.runtime.cancel(agent)
+        return {"success": True, "message": "Agent cancelled", "agent_id": agent_id, "refund": refund}
+
+    # -- start-up ----------------------------------------------------------------------------
+    async def recover(self) -> dict[str, int]:
+        def read(conn: sqlite3.Connection) -> tuple[list[Agent], dict[str, list[Agent]]]:
+            live = [from_row(r) for r in conn.execute(
+                "SELECT * FROM agents WHERE status IN ('spawning', 'queued', 'running') ORDER BY rowid")]
+            teams = {a.agent_id: a for a in live if a.kind == A.KIND_TEAM}
+            done: dict[str, list[Agent]] = {t: [] for t in teams}
+            for tid, team in teams.items():
+                for r in conn.execute("SELECT * FROM agents WHERE parent_id = ? ORDER BY rowid", (tid,)):
+                    team.members.append(r["agent_id"])
+                    if r["status"] in A.TERMINAL:
+                        done[tid].append(from_row(r))
+            return live, done
+
+        live, done = await self.store.read(read)
+        return await self.runtime.recover(live, done)

@@ -1,0 +1,1 @@
+"""HTTP transport: middlewares, thin handlers and the route table."""

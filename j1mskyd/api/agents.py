@@ -1,0 +1,65 @@
+"""Agent endpoints: parse -> AgentService -> serialise.  Nothing else happens here."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from .common import SERVICES, json_response, query_params, read_json
+
+
+def _agents(request: web.Request):
+    return request.app[SERVICES].agents
+
+
+async def spawn(request: web.Request) -> web.Response:
+    return json_response(await _agents(request).spawn(await read_json(request)))
+
+
+async def spawn_team(request: web.Request) -> web.Response:
+    return json_response(await _agents(request).spawn_team(await read_json(request)))
+
+
+async def spawn_batch(request: web.Request) -> web.Response:
+    return json_response(await _agents(request).spawn_batch(await read_json(request)))
+
+
+async def get_agent(request: web.Request) -> web.Response:
+    return json_response(await _agents(request).status(request.match_info["agent_id"]))
+
+
+async def cancel_agent(request: web.Request) -> web.Response:
+    return json_response(await _agents(request).cancel(request.match_info["agent_id"]))
+
+
+async def active_agents(request: web.Request) -> web.Response:
+    return json_response(await _agents(request).active())
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    params = query_params(request)
+    page = await _agents(request).list(params)
+    total, limit, offset = page.pop("total"), page.pop("limit"), page.pop("offset")
+    has_more = offset + limit < total
+    page["pagination"] = {
+        "total": total, "limit": limit, "offset": offset, "has_more": has_more,
+        "next_offset": offset + limit if has_more else None,
+        "previous_offset": max(offset - limit, 0) if offset > 0 else None,
+    }
+    page["links"] = _links(request.path, params, total, limit, offset, has_more)
+    return json_response(page)
+
+
+def _links(path: str, params: dict[str, str], total: int, limit: int, offset: int,
+           has_more: bool) -> dict[str, str | None]:
+    """Relative links that keep the caller's filters, as in the seed's example."""
+    kept = {k: v for k, v in params.items() if k not in ("limit", "offset")}
+
+    def at(off: int) -> str:
+        return f"{path}?{urlencode({**kept, 'limit': limit, 'offset': off})}"
+
+    last = max((total - 1) // limit * limit, 0)
+    return {"self": at(offset), "next": at(offset + limit) if has_more else None,
+            "prev": at(max(offset - limit, 0)) if offset > 0 else None,
+            "first": at(0), "last": at(last)}

@@ -1,0 +1,64 @@
+"""Helpers every handler uses: app keys, JSON in and out, the error envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .. import jsonx
+from ..errors import ApiError, InvalidJson
+
+
+def app_key(name: str) -> Any:
+    """web.AppKey where it exists (aiohttp >= 3.9 warns on string keys), a string on 3.8."""
+    return web.AppKey(name, object) if hasattr(web, "AppKey") else name
+
+
+def request_key(name: str) -> Any:
+    """web.RequestKey where it exists (newer aiohttp warns on string keys), a string before."""
+    return web.RequestKey(name, object) if hasattr(web, "RequestKey") else name
+
+
+CONFIG = app_key("j1msky.config")
+SERVICES = app_key("j1msky.services")
+REQUEST_ID = request_key("j1msky.request_id")
+
+ERROR_TYPES = {
+    400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT", 410: "GONE", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE", 422: "UNPROCESSABLE",
+    429: "RATE_LIMITED", 500: "INTERNAL_ERROR", 502: "BAD_GATEWAY", 503: "SERVICE_UNAVAILABLE",
+}
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=jsonx.dumps(data), status=status, headers=headers, content_type="application/json")
+
+
+def error_response(request: web.Request, status: int, message: str, *, type_: str | None = None,
+                   extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    error = {"code": status, "type": type_ or ERROR_TYPES.get(status, "ERROR"), "message": message,
+             "request_id": request.get(REQUEST_ID)}
+    if extra:
+        error.update(extra)
+    return json_response({"success": False, "error": error}, status=status, headers=headers)
+
+
+def api_error_response(request: web.Request, exc: ApiError) -> web.Response:
+    return error_response(request, exc.status, exc.message, type_=exc.type, extra=exc.extra, headers=exc.headers)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON, or a 400 that says what is wrong with it."""
+    raw = await request.read()
+    if not raw.strip():
+        raise InvalidJson("Request body is empty; send a JSON object")
+    try:
+        return jsonx.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJson(f"Request body is not valid JSON: {exc}") from None
+
+
+def query_params(request: web.Request) -> dict[str, str]:
+    """Query parameters as a plain dict (the last value wins for repeated keys)."""
+    return {k: v for k, v in request.query.items()}

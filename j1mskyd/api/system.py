@@ -1,0 +1,49 @@
+"""Operational endpoints of the core: health, plugins, and the sunset v3 routes."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from .. import __version__
+from ..errors import Gone
+from .common import CONFIG, SERVICES, json_response
+from .middleware import STATS
+
+# v3 endpoint -> its v4 successor (seed 002, "Migration Guide").
+SUNSET = {("POST", "/agent"): ("POST", "/spawn"), ("GET", "/status"): ("GET", "/agent/{agent_id}"),
+          ("DELETE", "/cancel"): ("DELETE", "/agent/{agent_id}")}
+SUNSET_DATE = "Mon, 01 Jun 2026 00:00:00 GMT"
+
+
+async def health(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    providers = {name: slot.breaker.snapshot() | {"available": slot.usable}
+                 for name, slot in services.slots.items()}
+    usable = [p for p in providers.values() if p["available"] and p["state"] != "open"]
+    status = "healthy" if len(usable) == len(providers) else "degraded" if usable else "unhealthy"
+    return json_response({
+        "status": status,
+        "version": __version__,
+        "uptime_seconds": int(time.monotonic() - services.started),
+        "error_rate": request.app[STATS].error_rate,
+        "models_configured": len(request.app[CONFIG].models),
+        "agents": {"queued": services.runtime.queued_count(), "running": services.runtime.running_count()},
+        "providers": providers,
+    })
+
+
+async def plugins(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    return json_response({"plugins": services.registry.report(),
+                          "providers": {n: s.snapshot() for n, s in services.slots.items()}})
+
+
+def sunset_handler(method: str, successor: str):
+    async def handler(request: web.Request) -> web.Response:
+        raise Gone(f"This v3 endpoint was removed; use {method} /api/v1{successor}",
+                   headers={"Link": f'</api/v1{successor}>; rel="successor-version"',
+                            "Sunset": SUNSET_DATE, "Deprecation": "true"},
+                   successor=f"{method} /api/v1{successor}")
+    return handler

@@ -1,0 +1,661 @@
+"""Typed configuration: one TOML file -> frozen dataclasses.
+
+Load order: the TOML file (or the embedded default), then ``J1MSKY_*`` environment
+overrides, then provider API keys from the environment or the secrets file.  Every
+problem is collected as a :class:`ConfigIssue` (file, dotted key, reason) and raised
+once as :class:`ConfigError`, so an operator fixes the whole file in one go instead of
+one error per restart (Radicale-style fail-fast, see anchors-style.md 1.5).
+
+The embedded default goes through the same parser and validator as a real file, so
+there is one code path to trust.
+
+Secrets never appear in messages: reasons name types and constraints, never values.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import re
+import stat
+import tomllib
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
+from urllib.parse import urlsplit
+
+from .providers import ProviderSettings
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "ModelConfig",
+    "PluginsConfig",
+    "RuntimeConfig",
+    "ServerConfig",
+    "StoreConfig",
+    "TeamConfig",
+    "default_state_dir",
+    "embedded_default",
+    "load_config",
+]
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "<embedded>"
+ENV = "<env>"
+
+
+# --------------------------------------------------------------------------- errors
+
+class ConfigIssue(NamedTuple):
+    file: str
+    key: str      # dotted, e.g. "models.k2p5.fallback"; "" for whole-file problems
+    reason: str
+
+
+class ConfigError(Exception):
+    """Every problem found in one load.  ``str()`` gives one "file: key: reason" per line."""
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        self.issues: list[ConfigIssue] = list(issues)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(
+            f"{i.file}: {i.key}: {i.reason}" if i.key else f"{i.file}: {i.reason}"
+            for i in self.issues
+        )
+
+
+# ----------------------------------------------------------------------- dataclasses
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> str:
+    """``$XDG_STATE_HOME/j1msky``, else ``./.j1msky``; always absolute."""
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_STATE_HOME", "")
+    # The XDG spec says to ignore an empty or relative value.
+    if xdg and os.path.isabs(xdg):
+        return os.path.join(xdg, "j1msky")
+    return os.path.abspath(".j1msky")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080                       # 0 = any free port (tests)
+    state_dir: str = field(default_factory=default_state_dir)
+    max_body_bytes: int = 1_048_576
+    secrets_file: str = "/etc/j1msky/secrets.env"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    max_concurrency: int = 64
+    default_timeout: float = 300.0
+    max_timeout: float = 3600.0
+    max_attempts: int = 3                  # provider calls per model before falling back
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 30.0
+    restart_attempts: int = 2              # re-runs of an agent interrupted by a crash
+    breaker_threshold: int = 5
+    breaker_reset_seconds: float = 60.0
+    max_task_chars: int = 2000
+    max_batch: int = 100                   # agents per spawn-batch
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    synchronous: str = "normal"            # sqlite PRAGMA synchronous (WAL): normal | full
+
+
+@dataclass(frozen=True, slots=True)
+class PluginsConfig:
+    dropin_dir: str = "/etc/j1msky/plugins.d"
+    disabled: tuple[str, ...] = ()
+    load_timeout: float = 10.0
+    require_root: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    alias: str
+    provider: str
+    upstream: str
+    input_per_1k: float
+    output_per_1k: float
+    blended_per_1k: float
+    fallback: str | None = None
+    typical_output_tokens: int = 800
+    max_tokens: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class TeamConfig:
+    id: str
+    name: str
+    members: tuple[str, ...]               # model aliases
+    specialty: tuple[str, ...] = ()
+    status: str = "active"                 # active | standby
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    runtime: RuntimeConfig
+    store: StoreConfig
+    plugins: PluginsConfig
+    providers: Mapping[str, ProviderSettings]
+    models: Mapping[str, ModelConfig]
+    teams: Mapping[str, TeamConfig]
+    source: str                            # "<embedded>" or the file path
+
+
+# ------------------------------------------------------------------------- checkers
+# A checker takes a parsed TOML value and returns the typed value or raises _Bad.
+
+class _Bad(Exception):
+    pass
+
+
+Checker = Callable[[Any], Any]
+
+_TOML_TYPES = {bool: "boolean", int: "integer", float: "float", str: "string",
+               list: "array", dict: "table"}
+
+
+def _tname(value: Any) -> str:
+    return _TOML_TYPES.get(type(value), type(value).__name__)
+
+
+def _in_range(v: float, lo: float | None, hi: float | None, lo_open: bool) -> None:
+    if lo is None:
+        return
+    if lo_open and not v > lo:
+        raise _Bad(f"must be > {lo:g}")
+    if hi is not None and not lo <= v <= hi:
+        raise _Bad(f"must be between {lo:g} and {hi:g}")
+    if v < lo:
+        raise _Bad(f"must be >= {lo:g}")
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Checker:
+    def check(v: Any) -> int:
+        # type() not isinstance(): bool is an int subclass and `true` is not a count.
+        if type(v) is not int:
+            raise _Bad(f"must be an integer, not {_tname(v)}")
+        _in_range(v, lo, hi, False)
+        return v
+    return check
+
+
+def _num(lo: float | None = None, *, positive: bool = False) -> Checker:
+    """A float; TOML integers are accepted (``timeout = 30``)."""
+    def check(v: Any) -> float:
+        if type(v) not in (int, float):
+            raise _Bad(f"must be a number, not {_tname(v)}")
+        if not math.isfinite(v):
+            raise _Bad("must be a finite number")
+        _in_range(v, 0 if positive else lo, None, positive)
+        return float(v)
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise _Bad(f"must be true or false, not {_tname(v)}")
+    return v
+
+
+def _str(*, empty: bool = False, pattern: re.Pattern[str] | None = None,
+         what: str = "") -> Checker:
+    def check(v: Any) -> str:
+        if type(v) is not str:
+            raise _Bad(f"must be a string, not {_tname(v)}")
+        if not v and not empty:
+            raise _Bad("must not be empty")
+        if v and pattern is not None and not pattern.fullmatch(v):
+            raise _Bad(f"must be {what}")
+        return v
+    return check
+
+
+def _enum(*choices: str, fold: bool = False) -> Checker:
+    def check(v: Any) -> str:
+        if type(v) is not str:
+            raise _Bad(f"must be a string, not {_tname(v)}")
+        value = v.lower() if fold else v
+        if value not in choices:
+            raise _Bad("must be one of " + ", ".join(repr(c) for c in choices))
+        return value
+    return check
+
+
+def _strings(*, nonempty: bool = False) -> Checker:
+    def check(v: Any) -> tuple[str, ...]:
+        if type(v) is not list or not all(type(s) is str and s for s in v):
+            raise _Bad("must be an array of non-empty strings")
+        if nonempty and not v:
+            raise _Bad("must not be empty")
+        if len(set(v)) != len(v):
+            raise _Bad("must not repeat an entry")
+        return tuple(v)
+    return check
+
+
+def _url(v: Any) -> str:
+    v = _str(empty=True)(v)
+    if v:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise _Bad("must be an http:// or https:// URL")
+    return v
+
+
+def _table(v: Any) -> dict[str, Any]:
+    if type(v) is not dict:
+        raise _Bad(f"must be a table, not {_tname(v)}")
+    return dict(v)
+
+
+# Names used as table keys ([providers.kimi-coding], [models."minimax-m2.5"]).
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_NAME_WHAT = "lowercase letters, digits, '.', '_' or '-'"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+# The plugin registry's kind names (plugins.py _KIND_RE); anything else could never
+# match a registered kind.  Whether the kind exists is the registry's call, at start.
+_KIND = re.compile(r"[a-z][a-z0-9_]*")
+
+
+# ----------------------------------------------------------------------- the schema
+# section/table -> {key: checker}.  Keys not listed are unknown and refused.
+
+_SERVER: dict[str, Checker] = {
+    "host": _str(),
+    "port": _int(0, 65535),
+    "state_dir": _str(),
+    "max_body_bytes": _int(1),
+    "secrets_file": _str(),
+    "log_level": _enum("debug", "info", "warning", "error", "critical", fold=True),
+}
+_RUNTIME: dict[str, Checker] = {
+    "max_concurrency": _int(1),
+    "default_timeout": _num(positive=True),
+    "max_timeout": _num(positive=True),
+    "max_attempts": _int(1),
+    "retry_base_delay": _num(0),
+    "retry_max_delay": _num(0),
+    "restart_attempts": _int(0),
+    "breaker_threshold": _int(1),
+    "breaker_reset_seconds": _num(positive=True),
+    "max_task_chars": _int(1),
+    "max_batch": _int(1),
+}
+_STORE: dict[str, Checker] = {"synchronous": _enum("normal", "full")}
+_PLUGINS: dict[str, Checker] = {
+    "dropin_dir": _str(),
+    "disabled": _strings(),
+    "load_timeout": _num(positive=True),
+    "require_root": _bool,
+}
+_PROVIDER: dict[str, Checker] = {
+    "plugin": _str(pattern=_KIND, what="a plugin kind: lowercase letters, digits, '_'"),
+    "base_url": _url,
+    "api_key_env": _str(pattern=_ENV_NAME, what="an environment variable name"),
+    "timeout": _num(positive=True),
+    "max_concurrency": _int(1),
+    "hourly_limit": _int(1),
+    "options": _table,           # free-form: its contents belong to the plugin
+}
+_MODEL: dict[str, Checker] = {
+    "provider": _str(),
+    "upstream": _str(),
+    "input_per_1k": _num(0),
+    "output_per_1k": _num(0),
+    "blended_per_1k": _num(0),
+    "fallback": _str(),
+    "typical_output_tokens": _int(1),
+    "max_tokens": _int(1),
+}
+_TEAM: dict[str, Checker] = {
+    "name": _str(),
+    "members": _strings(nonempty=True),
+    "specialty": _strings(),
+    "status": _enum("active", "standby"),
+}
+_SECTIONS = {"server": _SERVER, "runtime": _RUNTIME, "store": _STORE, "plugins": _PLUGINS}
+_NAMED = ("providers", "models", "teams")
+_REQUIRED = {
+    "providers": ("plugin",),
+    "models": ("provider", "upstream", "input_per_1k", "output_per_1k", "blended_per_1k"),
+    "teams": ("name", "members"),
+}
+_HINTS = {  # reasons for unknown keys people are likely to try
+    "api_key": "unknown key; never put a key in this file: name its environment "
+               "variable with api_key_env (value from the environment or the secrets file)",
+}
+
+
+def _parse_int(s: str) -> int:
+    try:
+        return int(s.strip(), 10)
+    except ValueError:
+        raise _Bad("must be an integer") from None
+
+
+# (variable, section, key, str -> TOML-like value); then the section's checker runs.
+_ENV_OVERRIDES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
+    ("J1MSKY_HOST", "server", "host", str),
+    ("J1MSKY_PORT", "server", "port", _parse_int),
+    ("J1MSKY_STATE_DIR", "server", "state_dir", str),
+    ("J1MSKY_LOG_LEVEL", "server", "log_level", str),
+    ("J1MSKY_SECRETS_FILE", "server", "secrets_file", str),
+    ("J1MSKY_PLUGINS_DIR", "plugins", "dropin_dir", str),
+    ("J1MSKY_MAX_CONCURRENCY", "runtime", "max_concurrency", _parse_int),
+)
+
+
+# -------------------------------------------------------------------------- loading
+
+class _Issues(list[ConfigIssue]):
+    def __init__(self, file: str) -> None:
+        super().__init__()
+        self.file = file
+
+    def add(self, key: str, reason: str, file: str | None = None) -> None:
+        self.append(ConfigIssue(file or self.file, key, reason))
+
+
+def _check_table(raw: Mapping[str, Any], schema: Mapping[str, Checker], prefix: str,
+                 issues: _Issues, required: Iterable[str] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        check = schema.get(key)
+        if check is None:
+            near = difflib.get_close_matches(key, schema, n=1)
+            reason = _HINTS.get(key) or (
+                f"unknown key (did you mean {near[0]!r}?)" if near else "unknown key")
+            issues.add(f"{prefix}.{key}", reason)
+            continue
+        try:
+            out[key] = check(value)
+        except _Bad as e:
+            issues.add(f"{prefix}.{key}", str(e))
+    for key in required:
+        if key not in raw:
+            issues.add(f"{prefix}.{key}", "required")
+    return out
+
+
+def _named_tables(doc: Mapping[str, Any], section: str,
+                  issues: _Issues) -> dict[str, dict[str, Any]]:
+    """Validate ``[<section>.<name>]`` tables; returns name -> checked values."""
+    raw = doc.get(section, {})
+    if type(raw) is not dict:
+        issues.add(section, f"must be a table, not {_tname(raw)}")
+        return {}
+    schema = {"providers": _PROVIDER, "models": _MODEL, "teams": _TEAM}[section]
+    out = {}
+    for name, table in raw.items():
+        key = f"{section}.{name}"
+        if not _NAME.fullmatch(name):
+            issues.add(key, f"name must be {_NAME_WHAT}, starting with a letter or digit")
+        if type(table) is not dict:
+            issues.add(key, f"must be a table, not {_tname(table)}")
+            continue
+        out[name] = _check_table(table, schema, key, issues, _REQUIRED[section])
+    return out
+
+
+def _check_refs(providers: Mapping[str, Any], models: dict[str, dict[str, Any]],
+                teams: dict[str, dict[str, Any]], issues: _Issues) -> None:
+    if not models:
+        issues.add("models", "at least one model is required")
+    for alias, m in models.items():
+        if "provider" in m and m["provider"] not in providers:
+            issues.add(f"models.{alias}.provider", f"no provider named {m['provider']!r}")
+        fb = m.get("fallback")
+        if fb is not None and fb == alias:
+            issues.add(f"models.{alias}.fallback", "a model cannot fall back to itself")
+        elif fb is not None and fb not in models:
+            issues.add(f"models.{alias}.fallback", f"no model named {fb!r}")
+        # Fallback cycles are legal (k2p5 <-> minimax-m2.5 in the catalogue); the
+        # runtime stops at the first model it has already tried.
+    for tid, t in teams.items():
+        for member in t.get("members", ()):
+            if member not in models:
+                issues.add(f"teams.{tid}.members", f"no model named {member!r}")
+
+
+def _apply_env(sections: dict[str, dict[str, Any]], env: Mapping[str, str],
+               issues: _Issues) -> None:
+    for var, section, key, convert in _ENV_OVERRIDES:
+        text = env.get(var, "")
+        if not text:               # unset and empty both mean "no override"
+            continue
+        try:
+            sections[section][key] = _SECTIONS[section][key](convert(text))
+        except _Bad as e:
+            issues.add(f"env {var}", str(e), file=ENV)
+
+
+def _read_secrets(path: str, issues: _Issues) -> dict[str, str]:
+    """Parse a KEY=VALUE file (``#`` comments, optional ``export``, optional quotes).
+
+    Absent is fine (keys may all come from the environment).  Line contents are
+    never echoed into issues: a malformed line may well hold a key.
+    """
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read()
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        issues.add("server.secrets_file", f"cannot read secrets file: {e.strerror}", file=path)
+        return {}
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("secrets file %s is readable by group or others (mode %03o); "
+                    "chmod 600 it", path, stat.S_IMODE(mode))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        issues.add("server.secrets_file", "secrets file is not UTF-8", file=path)
+        return {}
+    secrets: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        name, sep, value = line.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not _ENV_NAME.fullmatch(name):
+            issues.add(f"line {n}", "expected NAME=VALUE", file=path)
+            continue
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        secrets[name] = value
+    return secrets
+
+
+def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Config:
+    issues = _Issues(source)
+    for key in doc:
+        if key not in _SECTIONS and key not in _NAMED:
+            issues.add(key, "unknown section")
+
+    sections: dict[str, dict[str, Any]] = {}
+    for name, schema in _SECTIONS.items():
+        raw = doc.get(name, {})
+        if type(raw) is not dict:
+            issues.add(name, f"must be a table, not {_tname(raw)}")
+            raw = {}
+        sections[name] = _check_table(raw, schema, name, issues)
+    providers = _named_tables(doc, "providers", issues)
+    models = _named_tables(doc, "models", issues)
+    teams = _named_tables(doc, "teams", issues)
+    _check_refs(providers, models, teams, issues)
+    _apply_env(sections, env, issues)
+
+    rt = sections["runtime"]
+    if rt.get("default_timeout", 300.0) > rt.get("max_timeout", 3600.0):
+        issues.add("runtime.default_timeout", "must not exceed runtime.max_timeout")
+    if rt.get("retry_base_delay", 0.5) > rt.get("retry_max_delay", 30.0):
+        issues.add("runtime.retry_base_delay", "must not exceed runtime.retry_max_delay")
+
+    server = sections["server"]
+    server["state_dir"] = os.path.abspath(server.get("state_dir") or default_state_dir(env))
+
+    # Keys last, and the secrets file only if some key is not in the environment:
+    # the embedded default and fully env-configured hosts never touch it.
+    keys: dict[str, str | None] = {}
+    secrets: dict[str, str] | None = None
+    for name, p in providers.items():
+        var = p.pop("api_key_env", None)
+        keys[name] = (env.get(var) or None) if var else None
+        if var and keys[name] is None:
+            if secrets is None:
+                secrets = _read_secrets(server.get("secrets_file", ServerConfig.secrets_file),
+                                        issues)
+            keys[name] = secrets.get(var) or None
+
+    if issues:
+        raise ConfigError(issues)
+    return Config(
+        server=ServerConfig(**server),
+        runtime=RuntimeConfig(**rt),
+        store=StoreConfig(**sections["store"]),
+        plugins=PluginsConfig(**sections["plugins"]),
+        providers=types.MappingProxyType({
+            name: ProviderSettings(name=name, api_key=keys[name], **p)
+            for name, p in providers.items()}),
+        models=types.MappingProxyType({
+            alias: ModelConfig(alias=alias, **m) for alias, m in models.items()}),
+        teams=types.MappingProxyType({
+            tid: TeamConfig(id=tid, **t) for tid, t in teams.items()}),
+        source=source,
+    )
+
+
+def _parse(text: str, source: str, env: Mapping[str, str]) -> Config:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([ConfigIssue(source, "", f"invalid TOML: {e}")]) from None
+    return _build(doc, source, env)
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (else ``$J1MSKY_CONFIG``, else the embedded default).
+
+    ``env`` (default ``os.environ``) supplies the overrides, ``XDG_STATE_HOME``,
+    ``J1MSKY_CONFIG`` and the provider keys.  Raises :class:`ConfigError`.
+    """
+    env = os.environ if env is None else env
+    if path is None:
+        path = env.get("J1MSKY_CONFIG") or None
+    if path is None:
+        return _parse(_EMBEDDED_TOML, EMBEDDED, env)
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            text = f.read().decode("utf-8")   # TOML is UTF-8 by definition
+    except OSError as e:
+        raise ConfigError([ConfigIssue(source, "", f"cannot read: {e.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigIssue(source, "", "invalid TOML: not UTF-8")]) from None
+    return _parse(text, source, env)
+
+
+def embedded_default() -> Config:
+    """The embedded default, ignoring the environment (hermetic, for tests and tools).
+
+    State dir is ``./.j1msky`` made absolute.  ``load_config()`` with no file gives
+    the same configuration plus environment overrides.
+    """
+    return _parse(_EMBEDDED_TOML, EMBEDDED, {})
+
+
+# What serves when there is no config file: loopback only, every model answered by the
+# built-in deterministic "offline" provider, so a fresh install works with no keys and
+# never spends money.  Upstream ids stay the real ones so output and usage look right.
+_EMBEDDED_TOML = """
+[server]
+host = "127.0.0.1"
+port = 8080
+
+[providers.offline]
+plugin = "offline"
+max_concurrency = 16
+hourly_limit = 10000
+
+[models.opus]
+provider = "offline"
+upstream = "claude-opus-4-6"
+input_per_1k = 0.015
+output_per_1k = 0.075
+blended_per_1k = 0.015
+fallback = "sonnet"
+
+[models.sonnet]
+provider = "offline"
+upstream = "claude-sonnet-4-6"
+input_per_1k = 0.003
+output_per_1k = 0.015
+blended_per_1k = 0.003
+fallback = "k2p5"
+
+[models.k2p5]
+provider = "offline"
+upstream = "k2p5"
+input_per_1k = 0.0005
+output_per_1k = 0.0015
+blended_per_1k = 0.001
+fallback = "minimax-m2.5"
+
+[models."minimax-m2.5"]
+provider = "offline"
+upstream = "MiniMax-M2.5"
+input_per_1k = 0.0001
+output_per_1k = 0.0001
+blended_per_1k = 0.001
+fallback = "k2p5"
+
+[models.codex]
+provider = "offline"
+upstream = "codex"
+input_per_1k = 0.002
+output_per_1k = 0.002
+blended_per_1k = 0.002
+fallback = "minimax-m2.5"
+
+[teams.team_coding]
+name = "Code Team"
+members = ["k2p5", "sonnet"]
+specialty = ["programming", "debugging", "architecture"]
+
+[teams.team_creative]
+name = "Creative Team"
+members = ["opus", "k2p5"]
+specialty = ["content", "design", "documentation"]
+
+[teams.team_research]
+name = "Research Team"
+members = ["sonnet", "k2p5"]
+specialty = ["search", "analysis", "data gathering"]
+
+[teams.team_business]
+name = "Business Team"
+members = ["opus", "sonnet"]
+specialty = ["strategy", "planning", "revenue"]
+status = "standby"
+"""

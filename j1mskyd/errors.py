@@ -1,0 +1,65 @@
+"""Domain errors that carry the HTTP meaning of a refusal.
+
+The domain raises these without knowing about aiohttp; the error middleware turns
+each into the one JSON error envelope.  ``type`` is the UPPER_SNAKE name clients
+match on; ``extra`` holds envelope fields such as ``details`` or ``retry_after``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    status = 500
+    type = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class BadRequest(ApiError):
+    status = 400
+    type = "BAD_REQUEST"
+
+
+class InvalidJson(BadRequest):
+    type = "INVALID_JSON"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    type = "PAYLOAD_TOO_LARGE"
+
+
+class ValidationFailed(ApiError):
+    """400 with ``details``: a list of ``{"field", "message"}``, one per broken rule."""
+
+    status = 400
+    type = "VALIDATION_ERROR"
+
+    def __init__(self, details: list[dict[str, str]]) -> None:
+        super().__init__(details[0]["message"], details=details)
+
+
+class NotFound(ApiError):
+    status = 404
+    type = "NOT_FOUND"
+
+
+class Conflict(ApiError):
+    status = 409
+    type = "CONFLICT"
+
+
+class Gone(ApiError):
+    status = 410
+    type = "GONE"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    type = "SERVICE_UNAVAILABLE"

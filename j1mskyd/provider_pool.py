@@ -1,0 +1,80 @@
+"""Per-provider runtime state: the plugin instance, its concurrency slots and its breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .breaker import CircuitBreaker
+from .providers import ProviderSettings
+
+log = logging.getLogger(__name__)
+
+
+class ProviderSlot:
+    """One provider: at most ``limit`` calls in flight, FIFO for those who wait."""
+
+    def __init__(self, settings: ProviderSettings, client: Any, breaker: CircuitBreaker,
+                 error: str | None = None) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.client = client          # None when the plugin could not build it
+        self.error = error            # why client is None
+        self.breaker = breaker
+        self.limit = settings.max_concurrency
+        self.active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.on_release: Callable[[], None] = lambda: None
+        self.calls = 0
+
+    @property
+    def usable(self) -> bool:
+        return self.client is not None
+
+    def has_room(self) -> bool:
+        return self.active < self.limit and not self._waiters
+
+    def try_acquire(self) -> bool:
+        if self.has_room():
+            self.active += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # release() hands its slot over directly, active stays counted
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot arrived just as we were cancelled: pass it on
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.active -= 1
+        self.on_release()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"plugin": self.settings.plugin, "active": self.active, "max_concurrency": self.limit,
+                "waiting": len(self._waiters), "calls": self.calls, "available": self.usable,
+                "error": self.error, "circuit_breaker": self.breaker.snapshot()}
+
+    async def close(self) -> None:
+        close = getattr(self.client, "close", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # a plugin failing at close must not stop shutdown
+                log.exception("provider %s failed to close", self.name)

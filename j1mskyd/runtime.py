@@ -1,0 +1,388 @@
+"""The agent runtime: queue, dispatch, provider calls with retry/fallback, completion.
+
+Life of an agent (every transition is queued to the store in order; the terminal one
+is awaited before anyone is told):
+
+    spawning --admit()--> queued --dispatch--> running --> completed | failed | cancelled
+
+* Queues are per provider (the provider of the agent's own model) and ordered by
+  priority then arrival, so a saturated provider never blocks agents bound elsewhere.
+  Dispatch takes the best head among providers that have a free slot, while the
+  global limit allows.
+* A call that fails with a retryable error is retried with backoff and jitter up to
+  ``max_attempts`` per model; when those run out, when the provider's breaker is
+  open, or when the provider refuses our credentials, the model's fallback chain is
+  walked.  A bad request fails the agent: another model would refuse it too.
+* The timeout runs from creation, so time spent queued counts.
+* Team agents do no provider work: they finish when their members have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import agent as A
+from .agent import Agent
+from .backoff import backoff_delay
+from .config import Config, ModelConfig
+from .provider_pool import ProviderSlot
+from .providers import CompletionRequest, CompletionResult, ProviderError
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class AgentFailure(Exception):
+    """Ends an agent as failed with this message."""
+
+
+def cost_of(model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
+    return input_tokens / 1000 * model.input_per_1k + output_tokens / 1000 * model.output_per_1k
+
+
+def fallback_chain(models: Mapping[str, ModelConfig], alias: str) -> list[str]:
+    chain: list[str] = []
+    current: str | None = alias
+    while current is not None and current not in chain and current in models:
+        chain.append(current)
+        current = models[current].fallback
+    return chain
+
+
+class AgentRuntime:
+    def __init__(self, config: Config, store: Store, slots: dict[str, ProviderSlot],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.rt = config.runtime
+        self.store = store
+        self.slots = slots
+        self.clock = clock
+        self.live: dict[str, Agent] = {}
+        self._queues: dict[str, list[tuple[int, int, str]]] = {name: [] for name in slots}
+        self._seq = itertools.count()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._done: dict[str, asyncio.Future[Agent]] = {}
+        self._cancelling: set[str] = set()
+        self._team_finished: dict[str, dict[str, Agent]] = {}
+        self._active = 0
+        self._stopping = False
+        self._sweeper: asyncio.Task[None] | None = None
+        self.completed_total = 0
+        self.failed_total = 0
+        for slot in slots.values():
+            slot.on_release = self._schedule
+
+    # -- public --------------------------------------------------------------------
+    def start(self) -> None:
+        self._sweeper = asyncio.ensure_future(self._sweep_expired())
+
+    def queued_count(self) -> int:
+        return sum(1 for a in self.live.values() if a.status in (A.QUEUED, A.SPAWNING))
+
+    def running_count(self) -> int:
+        return self._active
+
+    async def admit(self, agent: Agent) -> None:
+        """Take a freshly stored agent (status spawning) into the queue."""
+        self.live[agent.agent_id] = agent
+        if agent.kind == A.KIND_TEAM:
+            agent.status = A.RUNNING
+            agent.started_at = self.clock()
+            agent.runs += 1
+            self.store.submit([agent.update_statement("status", "started_at", "runs")])
+            self._team_finished.setdefault(agent.agent_id, {})
+            return
+        agent.status = A.QUEUED
+        self.store.submit([agent.update_statement("status")])
+        self._enqueue(agent)
+        self._schedule()
+
+    def wait(self, agent_id: str) -> asyncio.Future[Agent]:
+        """A future resolved with the agent once its terminal state is on disk."""
+        fut = self._done.get(agent_id)
+        if fut is None:
+            fut = self._done[agent_id] = asyncio.get_running_loop().create_future()
+        return fut
+
+    async def cancel(self, agent: Agent) -> float:
+        """Cancel a live agent; returns the refund (its unspent estimated cost)."""
+        if agent.status in A.TERMINAL:  # its final write is in flight: report that outcome
+            finished = await self.wait(agent.agent_id)
+            return round(max(finished.estimated_cost - (finished.cost or 0.0), 0.0), 6)
+        if agent.kind == A.KIND_TEAM:
+            self._cancelling.add(agent.agent_id)
+            for member_id in list(agent.members):
+                member = self.live.get(member_id)
+                if member is not None:
+                    await self.cancel(member)
+            spent = sum((m.cost or 0.0) for m in self._team_finished.get(agent.agent_id, {}).values())
+            # Members finishing as cancelled finalise the team; wait for that.
+            if agent.agent_id in self.live:
+                await self._finish(agent, A.CANCELLED, error="cancelled by request", cost=spent)
+            return round(max(agent.estimated_cost - spent, 0.0), 6)
+        done = self.wait(agent.agent_id)
+        task = self._tasks.get(agent.agent_id)
+        self._cancelling.add(agent.agent_id)
+        if task is not None:
+            task.cancel()
+        else:  # queued: its heap entry is skipped at dispatch
+            await self._finish(agent, A.CANCELLED, error="cancelled by request")
+        finished = await done
+        return round(max(finished.estimated_cost - (finished.cost or 0.0), 0.0), 6)
+
+    async def recover(self, agents: list[Agent], members_done: dict[str, list[Agent]]) -> dict[str, int]:
+        """Re-adopt the live agents found in the database at start (after a crash or stop)."""
+        counts = {"requeued": 0, "interrupted": 0, "teams": 0}
+        teams = [a for a in agents if a.kind == A.KIND_TEAM]
+        for team in teams:
+            self.live[team.agent_id] = team
+            self._team_finished[team.agent_id] = {m.agent_id: m for m in members_done.get(team.agent_id, [])}
+            counts["teams"] += 1
+        for agent in agents:
+            if agent.kind == A.KIND_TEAM:
+                continue
+            self.live[agent.agent_id] = agent
+            if agent.status == A.RUNNING and agent.runs > self.rt.restart_attempts:
+                counts["interrupted"] += 1
+                await self._finish(agent, A.FAILED, error="interrupted: the daemon stopped while this agent "
+                                                          f"was running ({agent.runs} runs)")
+                continue
+            counts["requeued"] += 1
+            agent.status = A.QUEUED
+            self.store.submit([agent.update_statement("status")])
+            self._enqueue(agent)
+        for team in teams:  # a team whose members all ended before the crash
+            await self._maybe_finish_team(team.agent_id)
+        self._schedule()
+        return counts
+
+    async def stop(self) -> None:
+        """Graceful stop: running agents go back to queued on disk, to run again at start."""
+        self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.store.flush()
+
+    # -- queue ----------------------------------------------------------------------
+    def _enqueue(self, agent: Agent) -> None:
+        provider = self.config.models[agent.model].provider
+        heapq.heappush(self._queues[provider], (A.PRIORITIES[agent.priority], next(self._seq), agent.agent_id))
+
+    def _schedule(self) -> None:
+        while not self._stopping and self._active < self.rt.max_concurrency:
+            best: tuple[int, int, str] | None = None
+            best_provider = ""
+            for provider, heap in self._queues.items():
+                while heap and self._stale(heap[0][2]):
+                    heapq.heappop(heap)
+                if heap and self.slots[provider].has_room() and (best is None or heap[0] < best):
+                    best, best_provider = heap[0], provider
+            if best is None:
+                return
+            heapq.heappop(self._queues[best_provider])
+            self.slots[best_provider].try_acquire()
+            agent = self.live[best[2]]
+            self._active += 1
+            self._tasks[agent.agent_id] = asyncio.ensure_future(self._run(agent, self.slots[best_provider]))
+
+    def _stale(self, agent_id: str) -> bool:
+        agent = self.live.get(agent_id)
+        return agent is None or agent.status != A.QUEUED or agent_id in self._cancelling
+
+    async def _sweep_expired(self) -> None:
+        """Fail queued agents whose deadline passed while they waited."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.clock()
+            for agent in [a for a in self.live.values() if a.status == A.QUEUED and a.deadline <= now]:
+                await self._finish(agent, A.FAILED, error=f"timeout: still queued after {agent.timeout:g} s")
+
+    # -- running ----------------------------------------------------------------------
+    async def _run(self, agent: Agent, slot: ProviderSlot) -> None:
+        held: list[ProviderSlot] = [slot]
+        try:
+            agent.status = A.RUNNING
+            agent.started_at = self.clock()
+            agent.runs += 1
+            self.store.submit([agent.update_statement("status", "started_at", "runs")])
+            remaining = agent.deadline - self.clock()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(remaining):
+                    served, result = await self._execute(agent, held)
+            except TimeoutError:
+                await asyncio.shield(self._finish(agent, A.FAILED,
+                                                  error=f"timeout: agent exceeded its {agent.timeout:g} s timeout"))
+                return
+            except AgentFailure as exc:
+                await asyncio.shield(self._finish(agent, A.FAILED, error=str(exc)))
+                return
+            model = self.config.models[served]
+            # Shielded: once the outcome is known, a cancel or stop must not lose it.
+            await asyncio.shield(self._finish(
+                agent, A.COMPLETED, result=result.text, served_model=served, provider=model.provider,
+                input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+                cost=cost_of(model, result.input_tokens, result.output_tokens),
+            ))
+        except asyncio.CancelledError:
+            if agent.status in A.TERMINAL:
+                return  # a shielded _finish is writing the outcome
+            if agent.agent_id in self._cancelling:
+                await self._finish(agent, A.CANCELLED, error="cancelled by request")
+            elif self._stopping:
+                agent.status = A.QUEUED
+                agent.runs -= 1  # a graceful stop is not a crash: do not count this run
+                await self.store.write(agent.update_statement("status", "runs", "attempts"))
+            else:
+                raise
+        except Exception as exc:  # a bug must fail the agent, not lose it
+            log.exception("agent %s crashed in the runtime", agent.agent_id)
+            await self._finish(agent, A.FAILED, error=f"internal error: {type(exc).__name__}")
+        finally:
+            for s in held:
+                s.release()
+            self._active -= 1
+            self._tasks.pop(agent.agent_id, None)
+            self._schedule()
+
+    async def _execute(self, agent: Agent, held: list[ProviderSlot]) -> tuple[str, CompletionResult]:
+        """Walk the fallback chain; ``held`` lists the provider slots this agent holds."""
+        reasons: list[str] = []
+        for alias in fallback_chain(self.config.models, agent.model):
+            model = self.config.models[alias]
+            slot = self.slots[model.provider]
+            if not slot.usable:
+                reasons.append(f"{alias}: provider {slot.name} unavailable ({slot.error})")
+                continue
+            if not slot.breaker.available():
+                reasons.append(f"{alias}: circuit open for {slot.name}")
+                continue
+            if slot not in held:
+                for s in held:
+                    s.release()
+                held.clear()
+                await slot.acquire()
+                held.append(slot)
+            outcome = await self._call_with_retries(agent, alias, model, slot)
+            if isinstance(outcome, CompletionResult):
+                return alias, outcome
+            reasons.append(f"{alias}: {outcome}")
+        raise AgentFailure("all providers failed: " + "; ".join(reasons))
+
+    async def _call_with_retries(self, agent: Agent, alias: str, model: ModelConfig,
+                                 slot: ProviderSlot) -> CompletionResult | str:
+        """The result, or why this model gave up (the caller then falls back)."""
+        last = "no attempt made"
+        for attempt in range(1, self.rt.max_attempts + 1):
+            if not slot.breaker.allow():
+                return f"circuit open for {slot.name}" if attempt == 1 else f"{last}; then circuit opened"
+            request = CompletionRequest(model=model.upstream, prompt=agent.task, max_tokens=model.max_tokens,
+                                        timeout=min(slot.settings.timeout, max(agent.deadline - self.clock(), 0.001)),
+                                        agent_id=agent.agent_id)
+            agent.attempts += 1
+            slot.calls += 1
+            try:
+                result = await slot.client.complete(request)
+            except asyncio.CancelledError:
+                slot.breaker.release_probe()
+                raise
+            except ProviderError as exc:
+                last = f"{exc.kind}" + (f" (HTTP {exc.status})" if exc.status else "") + f": {exc.message}"
+                if exc.kind == "bad_request":
+                    slot.breaker.record_success()  # the provider answered; the request was wrong
+                    raise AgentFailure(f"{alias}: {last}") from None
+                slot.breaker.record_failure()
+                if not exc.retryable:
+                    return last
+                if attempt < self.rt.max_attempts:
+                    await asyncio.sleep(backoff_delay(attempt, self.rt.retry_base_delay, self.rt.retry_max_delay,
+                                                      exc.retry_after))
+                continue
+            except Exception as exc:  # a plugin bug: count it against the provider, never crash
+                log.exception("provider plugin %s raised", slot.name)
+                slot.breaker.record_failure()
+                last = f"plugin error: {type(exc).__name__}"
+                continue
+            if not isinstance(result, CompletionResult):
+                slot.breaker.record_failure()
+                last = "plugin returned an invalid result"
+                continue
+            slot.breaker.record_success()
+            return result
+        return last
+
+    # -- finishing ----------------------------------------------------------------------
+    async def _finish(self, agent: Agent, status: str, **fields: Any) -> None:
+        """Write the terminal state (and the usage row) durably, then tell everyone."""
+        if agent.status in A.TERMINAL:
+            return
+        fields.setdefault("completed_at", self.clock())
+        statements = []
+        for name, value in fields.items():
+            setattr(agent, name, value)
+        agent.status = status
+        statements.append(agent.update_statement("status", "attempts", *fields))
+        if status == A.COMPLETED and agent.kind != A.KIND_TEAM:
+            statements.append((
+                "INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (agent.completed_at, agent.agent_id, agent.served_model, agent.provider,
+                 agent.input_tokens, agent.output_tokens, agent.cost),
+            ))
+        await self.store.submit(statements)
+        self.live.pop(agent.agent_id, None)
+        self._cancelling.discard(agent.agent_id)
+        if status == A.COMPLETED:
+            self.completed_total += 1
+        elif status == A.FAILED:
+            self.failed_total += 1
+        fut = self._done.pop(agent.agent_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(agent)
+        if agent.parent_id is not None and agent.parent_id in self._team_finished:
+            self._team_finished[agent.parent_id][agent.agent_id] = agent
+            await self._maybe_finish_team(agent.parent_id)
+
+    async def _maybe_finish_team(self, team_id: str) -> None:
+        team = self.live.get(team_id)
+        finished = self._team_finished.get(team_id, {})
+        if team is None or len(finished) < len(team.members):
+            return
+        del self._team_finished[team_id]
+        members = [finished[m] for m in team.members]
+        cost = sum(m.cost or 0.0 for m in members)
+        if team_id in self._cancelling:
+            await self._finish(team, A.CANCELLED, cost=cost, error="cancelled by request")
+            return
+        ok = [m for m in members if m.status == A.COMPLETED]
+        tokens_in = sum(m.input_tokens or 0 for m in ok)
+        tokens_out = sum(m.output_tokens or 0 for m in ok)
+        if team.status in A.TERMINAL:
+            return
+        if ok:
+            sections = []
+            for m in members:
+                label = f"{self.config.models[m.model].provider}/{self.config.models[m.model].upstream}"
+                body = m.result if m.status == A.COMPLETED else f"({m.status}: {m.error})"
+                sections.append(f"## {label}\n{body}")
+            failed = [f"{m.model}: {m.error}" for m in members if m.status != A.COMPLETED]
+            await self._finish(team, A.COMPLETED, result="\n\n".join(sections), cost=cost,
+                               input_tokens=tokens_in, output_tokens=tokens_out,
+                               error=("some members did not complete: " + "; ".join(failed)) if failed else None)
+        elif all(m.status == A.CANCELLED for m in members):
+            await self._finish(team, A.CANCELLED, cost=cost, error="cancelled by request")
+        else:
+            await self._finish(team, A.FAILED, cost=cost,
+                               error="all members failed: " + "; ".join(f"{m.model}: {m.error}" for m in members))

@@ -1,0 +1,229 @@
+"""sqlite3 (WAL) store: the one place that opens and writes the database.
+
+Writes are *group-committed*: callers queue a unit of statements and await its
+future; a single flusher runs every pending unit in one transaction on the default
+executor (one SAVEPOINT per unit, so one bad unit fails alone) and resolves the
+futures only after COMMIT.  Under load this turns hundreds of commits per second
+into a few, which is what keeps an SD card alive and spawn latency flat, while a
+caller still never hears "done" before its row is on disk.
+
+``synchronous = "normal"`` (the default) survives a crash or kill of the daemon;
+``"full"`` also survives a power cut at the price of an fsync per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Statement = tuple[str, Sequence[Any]]
+
+# Forward-only migrations: MIGRATIONS[i] brings schema version i to i + 1.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE agents (
+        agent_id       TEXT PRIMARY KEY,
+        kind           TEXT NOT NULL,              -- agent | team | member
+        parent_id      TEXT,
+        team           TEXT,
+        model          TEXT NOT NULL,              -- requested alias (team id for a team agent)
+        served_model   TEXT,                       -- alias that answered, after any fallback
+        provider       TEXT,
+        task           TEXT NOT NULL,
+        priority       TEXT NOT NULL,
+        timeout        REAL NOT NULL,
+        status         TEXT NOT NULL,
+        error          TEXT,
+        result         TEXT,
+        estimated_cost REAL NOT NULL,
+        cost           REAL,
+        input_tokens   INTEGER,
+        output_tokens  INTEGER,
+        runs           INTEGER NOT NULL DEFAULT 0, -- times started, bounds re-runs after a crash
+        attempts       INTEGER NOT NULL DEFAULT 0, -- provider calls made
+        created_at     REAL NOT NULL,
+        started_at     REAL,
+        completed_at   REAL
+    );
+    CREATE INDEX agents_status ON agents(status);
+    CREATE INDEX agents_created ON agents(created_at);
+    CREATE INDEX agents_parent ON agents(parent_id) WHERE parent_id IS NOT NULL;
+    CREATE TABLE usage (
+        id            INTEGER PRIMARY KEY,
+        ts            REAL NOT NULL,
+        agent_id      TEXT NOT NULL,
+        model         TEXT NOT NULL,
+        provider      TEXT NOT NULL,
+        input_tokens  INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cost          REAL NOT NULL
+    );
+    CREATE INDEX usage_ts ON usage(ts);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    pass
+
+
+def _connect(path: str, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (sqlite3 decides where each one ends)."""
+    out, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    if current.strip():
+        raise StoreError(f"incomplete statement in migration: {current.strip()[:60]}")
+    return out
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to SCHEMA_VERSION; refuse a database from a newer daemon."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema version {version} is newer than this j1mskyd understands "
+            f"({SCHEMA_VERSION}); upgrade j1mskyd or restore a matching backup"
+        )
+    for target in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _statements(MIGRATIONS[target]):
+                conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version={target + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("database migrated to schema version %d", target + 1)
+    return SCHEMA_VERSION
+
+
+class Store:
+    def __init__(self, path: str, *, synchronous: str = "normal") -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._rlock = threading.Lock()
+        self._pending: list[tuple[list[Statement], asyncio.Future[None]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._closed = False
+        self.commits = 0  # number of transactions committed (benchmarks read it)
+
+    # -- lifecycle -------------------------------------------------------------
+    def open(self) -> None:
+        """Open (creating if needed, mode 0600) and migrate.  Blocking; call at start."""
+        parent = os.path.dirname(self.path)
+        if parent:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+        if not os.path.exists(self.path):
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._wconn = _connect(self.path, self._synchronous)
+        migrate(self._wconn)
+        self._rconn = _connect(self.path, self._synchronous)
+
+    async def close(self) -> None:
+        await self.flush()
+        self._closed = True
+        for conn in (self._wconn, self._rconn):
+            if conn is not None:
+                conn.close()
+        self._wconn = self._rconn = None
+
+    # -- writes ------------------------------------------------------------------
+    def submit(self, statements: Iterable[Statement]) -> asyncio.Future[None]:
+        """Queue one atomic unit of statements; the future resolves after COMMIT."""
+        if self._closed:
+            raise StoreError("store is closed")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((list(statements), fut))
+        if self._flushing is None:
+            self._flushing = asyncio.ensure_future(self._flush_loop())
+        return fut
+
+    async def write(self, *statements: Statement) -> None:
+        await self.submit(statements)
+
+    async def flush(self) -> None:
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    errors = await loop.run_in_executor(None, self._commit_batch, [u for u, _ in batch])
+                except Exception as exc:  # the whole transaction failed (disk full, I/O error)
+                    log.error("database commit failed: %s", exc)
+                    errors = [exc] * len(batch)
+                for (_, fut), err in zip(batch, errors):
+                    if fut.done():
+                        continue
+                    if err is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(err if isinstance(err, StoreError) else StoreError(str(err)))
+        finally:
+            self._flushing = None
+
+    def _commit_batch(self, units: list[list[Statement]]) -> list[Exception | None]:
+        conn = self._wconn
+        assert conn is not None
+        errors: list[Exception | None] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for unit in units:
+                conn.execute("SAVEPOINT unit")
+                try:
+                    for sql, params in unit:
+                        conn.execute(sql, params)
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK TO unit")
+                    errors.append(exc)
+                else:
+                    errors.append(None)
+                conn.execute("RELEASE unit")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        return errors
+
+    # -- reads -------------------------------------------------------------------
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the read connection in the executor."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.read_sync, fn)
+
+    def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Blocking read, for start-up (recovery) and the CLI."""
+        if self._rconn is None:
+            raise StoreError("store is not open")
+        with self._rlock:
+            return fn(self._rconn)

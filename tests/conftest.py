@@ -1,0 +1,64 @@
+"""Shared fixtures: a real daemon app on a loopback test server, with its own state dir."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from j1mskyd.app import build_app
+from j1mskyd.config import Config, embedded_default
+from j1mskyd.providers import ProviderSettings
+from tests.fakeupstream import FakeUpstream, fake_upstream  # noqa: F401  (re-exported fixture)
+
+
+def make_config(tmp_path, *, runtime: Mapping[str, Any] | None = None,
+                providers: Mapping[str, ProviderSettings] | None = None,
+                models: Mapping[str, Any] | None = None, **server: Any) -> Config:
+    """The embedded default with a private state dir and no drop-in dir, plus overrides."""
+    base = embedded_default()
+    cfg = dataclasses.replace(
+        base,
+        server=dataclasses.replace(base.server, state_dir=str(tmp_path / "state"), port=0, **server),
+        plugins=dataclasses.replace(base.plugins, dropin_dir=""),
+        runtime=dataclasses.replace(base.runtime, **(runtime or {})),
+    )
+    if providers is not None:
+        cfg = dataclasses.replace(cfg, providers=providers)
+    if models is not None:
+        cfg = dataclasses.replace(cfg, models=models)
+    return cfg
+
+
+def route_models(cfg: Config, provider_of: Mapping[str, str]) -> dict[str, Any]:
+    """Models of ``cfg`` with their provider replaced per alias."""
+    return {alias: dataclasses.replace(m, provider=provider_of.get(alias, m.provider))
+            for alias, m in cfg.models.items()}
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+async def client(aiohttp_client, config):
+    return await aiohttp_client(build_app(config))
+
+
+async def wait_status(client, agent_id: str, statuses=("completed", "failed", "cancelled"),
+                      timeout: float = 10.0) -> dict:
+    """Poll GET /agent/{id} until it reaches one of ``statuses``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        resp = await client.get(f"/api/agent/{agent_id}")
+        body = await resp.json()
+        if body.get("status") in statuses:
+            return body
+        if loop.time() > end:
+            raise AssertionError(f"agent {agent_id} stuck in {body.get('status')}: {body}")
+        await asyncio.sleep(0.01)
