@@ -39,7 +39,7 @@ def iso(ts: float | None) -> str | None:
 
 
 def money(x: float | None) -> float | None:
-    return None if x is None else round(x, 6)
+    return None if x is None else round(x, 8)  # a millionth of a cent: tiny local-model costs stay visible
 
 
 class Agent:

@@ -10,6 +10,10 @@ the open fd), API version read from the AST before any code runs, import into th
 private ``j1msky_plugins`` namespace from the same bytes, ``register`` under a
 timeout.  A plugin that is refused or fails is logged and reported, never fatal.
 
+``register`` is given a staging view offering only ``add_provider``, ``add_sink``
+and ``api_version``; its registrations reach the registry only if the whole
+plugin loads.
+
 These guards keep untrusted *writers* out; they are not a sandbox.  Loaded plugin
 code runs with the daemon's full privileges.
 """
@@ -298,8 +302,10 @@ def _load_dir(
         else:
             seen[name] = path
             _load_file(registry, record, timeout, require_root=require_root, trusted=trusted)
-        log = logger.info if record.status == "loaded" else logger.warning
-        log("plugin %s (%s): %s%s", name, path, record.status, f": {record.reason}" if record.reason else "")
+        if record.status == "loaded":
+            logger.info("plugin %s (%s) loaded: %s", name, path, record.providers + record.sinks)
+        elif record.status == "refused":  # failures were logged, with traceback, where they happened
+            logger.warning("plugin %s (%s) refused: %s", name, path, record.reason)
 
 
 def _read_trusted(path: str, *, require_root: bool, trusted: bool) -> bytes:
@@ -343,7 +349,11 @@ def _declared_api(tree: ast.Module) -> str | None:
             isinstance(t, ast.Name) and t.id == "J1MSKY_PLUGIN_API" for t in node.targets
         ):
             value = node.value
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "J1MSKY_PLUGIN_API":
+        elif (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.target.id == "J1MSKY_PLUGIN_API"
+        ):
             value = node.value
     if value is None:
         return "no top-level J1MSKY_PLUGIN_API = 1"

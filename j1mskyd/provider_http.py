@@ -103,8 +103,11 @@ class HttpCaller:
         self.label = label
         self.secret = secret
 
-    def error(self, message: str, *, kind: str, status: int | None = None, retry_after: float | None = None) -> ProviderError:
-        return ProviderError(redact(f"{self.label}: {message}", self.secret), kind=kind, status=status, retry_after=retry_after)
+    def error(
+        self, message: str, *, kind: str, status: int | None = None, retry_after: float | None = None
+    ) -> ProviderError:
+        message = redact(f"{self.label}: {message}", self.secret)
+        return ProviderError(message, kind=kind, status=status, retry_after=retry_after)
 
     async def post_json(self, url: str, body: dict, headers: dict[str, str], timeout: float) -> dict[str, Any]:
         """POST ``body``; return the decoded JSON object of a 2xx answer or raise ProviderError."""
@@ -120,7 +123,8 @@ class HttpCaller:
         try:
             data = jsonx.loads(raw)
         except (*_json_errors(), UnicodeDecodeError):
-            raise self.error(f"HTTP {resp.status} with a body that is not JSON", kind="invalid_response", status=resp.status) from None
+            message = f"HTTP {resp.status} with a body that is not JSON"
+            raise self.error(message, kind="invalid_response", status=resp.status) from None
         if not isinstance(data, dict):
             raise self.error("JSON answer is not an object", kind="invalid_response", status=resp.status)
         return data
@@ -142,7 +146,8 @@ class HttpCaller:
                     try:
                         yield jsonx.loads(payload)
                     except (*_json_errors(), UnicodeDecodeError):
-                        raise self.error("stream event is not JSON", kind="invalid_response", status=resp.status) from None
+                        message = "stream event is not JSON"
+                        raise self.error(message, kind="invalid_response", status=resp.status) from None
         except ProviderError:
             raise
         except Exception as exc:

@@ -38,12 +38,22 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 
+_DEADLINE_MARGIN = 0.5
+
+
 class AgentFailure(Exception):
     """Ends an agent as failed with this message."""
 
 
 def cost_of(model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
     return input_tokens / 1000 * model.input_per_1k + output_tokens / 1000 * model.output_per_1k
+
+
+def _refund(agent: Agent, spent: float | None = None) -> float:
+    """The unspent part of what was estimated (reserved) at spawn."""
+    if spent is None:
+        spent = agent.cost or 0.0
+    return A.money(max(agent.estimated_cost - spent, 0.0))
 
 
 def fallback_chain(models: Mapping[str, ModelConfig], alias: str) -> list[str]:
@@ -113,8 +123,7 @@ class AgentRuntime:
     async def cancel(self, agent: Agent) -> float:
         """Cancel a live agent; returns the refund (its unspent estimated cost)."""
         if agent.status in A.TERMINAL:  # its final write is in flight: report that outcome
-            finished = await self.wait(agent.agent_id)
-            return round(max(finished.estimated_cost - (finished.cost or 0.0), 0.0), 6)
+            return _refund(await self.wait(agent.agent_id))
         if agent.kind == A.KIND_TEAM:
             self._cancelling.add(agent.agent_id)
             for member_id in list(agent.members):
@@ -125,7 +134,7 @@ class AgentRuntime:
             # Members finishing as cancelled finalise the team; wait for that.
             if agent.agent_id in self.live:
                 await self._finish(agent, A.CANCELLED, error="cancelled by request", cost=spent)
-            return round(max(agent.estimated_cost - spent, 0.0), 6)
+            return _refund(agent, spent)
         done = self.wait(agent.agent_id)
         task = self._tasks.get(agent.agent_id)
         self._cancelling.add(agent.agent_id)
@@ -133,8 +142,7 @@ class AgentRuntime:
             task.cancel()
         else:  # queued: its heap entry is skipped at dispatch
             await self._finish(agent, A.CANCELLED, error="cancelled by request")
-        finished = await done
-        return round(max(finished.estimated_cost - (finished.cost or 0.0), 0.0), 6)
+        return _refund(await done)
 
     async def recover(self, agents: list[Agent], members_done: dict[str, list[Agent]]) -> dict[str, int]:
         """Re-adopt the live agents found in the database at start (after a crash or stop)."""
@@ -288,9 +296,11 @@ class AgentRuntime:
         for attempt in range(1, self.rt.max_attempts + 1):
             if not slot.breaker.allow():
                 return f"circuit open for {slot.name}" if attempt == 1 else f"{last}; then circuit opened"
+            # The call may outlive the agent's deadline by a margin, so that when the
+            # deadline is what binds, the agent's own timeout fires first and says so.
+            call_timeout = min(slot.settings.timeout, max(agent.deadline - self.clock(), 0.0) + _DEADLINE_MARGIN)
             request = CompletionRequest(model=model.upstream, prompt=agent.task, max_tokens=model.max_tokens,
-                                        timeout=min(slot.settings.timeout, max(agent.deadline - self.clock(), 0.001)),
-                                        agent_id=agent.agent_id)
+                                        timeout=call_timeout, agent_id=agent.agent_id)
             agent.attempts += 1
             slot.calls += 1
             try:

@@ -34,7 +34,9 @@ class FakeUpstream:
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
 
-    def fail_next(self, n: int, status: int, *, retry_after: float | str | None = None, body: str | None = None) -> None:
+    def fail_next(
+        self, n: int, status: int, *, retry_after: float | str | None = None, body: str | None = None
+    ) -> None:
         """The next ``n`` calls answer ``status`` with that wire format's error body
         (or ``body`` verbatim); ``retry_after`` may be seconds or an HTTP-date string."""
         self._script += [("fail", (status, retry_after, body))] * n

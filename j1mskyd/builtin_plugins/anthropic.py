@@ -49,7 +49,9 @@ class AnthropicProvider:
         if not isinstance(content, list):
             raise self._http.error("answer has no content list", kind="invalid_response", status=200)
         text = "".join(
-            b["text"] for b in content if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+            b["text"]
+            for b in content
+            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
         )
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         input_tokens, output_tokens = usage.get("input_tokens"), usage.get("output_tokens")

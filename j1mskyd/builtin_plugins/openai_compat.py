@@ -48,7 +48,8 @@ class OpenAICompatProvider:
             choice = data["choices"][0]
             text = _content_text(choice["message"]["content"])
         except (KeyError, IndexError, TypeError):
-            raise self._http.error("answer has no choices[0].message.content", kind="invalid_response", status=200) from None
+            message = "answer has no choices[0].message.content"
+            raise self._http.error(message, kind="invalid_response", status=200) from None
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         prompt_tokens = usage.get("prompt_tokens")
         completion_tokens = usage.get("completion_tokens")

@@ -1,0 +1,68 @@
+"""The RSS baseline: a bare aiohttp app that imports the libraries j1mskyd needs.
+
+    python bench/bare_app.py --port 18200 --state-dir /tmp/bare
+
+What it has, and nothing else: uvloop installed as the event loop (as ``j1mskyd serve``
+does when uvloop is importable), aiohttp's server (``aiohttp.web``) answering
+``GET /api/health`` with JSON, aiohttp's client (one ``ClientSession``, as the daemon
+keeps for its HTTP providers), and ``sqlite3`` with one WAL database open on a read
+and a write connection (as the store does).  So the ratio daemon/bare is the cost of
+j1mskyd's own code and of whatever extra it imports, not of the stack it stands on.
+
+``--minimal`` drops sqlite and the client session (aiohttp.web alone) for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=18200)
+    p.add_argument("--state-dir", default="/tmp/j1msky-bare")
+    p.add_argument("--minimal", action="store_true")
+    args = p.parse_args()
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    import json
+
+    import aiohttp
+    from aiohttp import web
+
+    conns = []
+    if not args.minimal:
+        import sqlite3
+        os.makedirs(args.state_dir, exist_ok=True)
+        path = os.path.join(args.state_dir, "bare.db")
+        for _ in range(2):
+            c = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            c.execute("PRAGMA journal_mode=WAL")
+            conns.append(c)
+        conns[0].execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v REAL)")
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps({"status": "healthy"}), content_type="application/json")
+
+    async def lifecycle(app: web.Application):
+        session = None if args.minimal else aiohttp.ClientSession()
+        yield
+        if session is not None:
+            await session.close()
+
+    app = web.Application()
+    app.router.add_get("/api/health", health)
+    app.cleanup_ctx.append(lifecycle)
+    print(f"bare app pid {os.getpid()} python {sys.version.split()[0]} aiohttp {aiohttp.__version__}",
+          file=sys.stderr)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
