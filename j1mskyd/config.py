@@ -32,6 +32,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigIssue",
+    "BudgetConfig",
+    "LimitsConfig",
     "ModelConfig",
     "PluginsConfig",
     "RuntimeConfig",
@@ -46,6 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EMBEDDED = "<embedded>"
+DEFAULT_SECRETS_FILE = "/etc/j1msky/secrets.env"
 ENV = "<env>"
 
 
@@ -89,7 +92,7 @@ class ServerConfig:
     port: int = 8080                       # 0 = any free port (tests)
     state_dir: str = field(default_factory=default_state_dir)
     max_body_bytes: int = 1_048_576
-    secrets_file: str = "/etc/j1msky/secrets.env"
+    secrets_file: str = DEFAULT_SECRETS_FILE
     log_level: str = "info"
 
 
@@ -111,6 +114,27 @@ class RuntimeConfig:
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     synchronous: str = "normal"            # sqlite PRAGMA synchronous (WAL): normal | full
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetConfig:
+    daily_budget: float = 50.0
+    monthly_ceiling: float = 1500.0        # default: daily_budget x 30
+    spike_per_hour: float = 100.0          # spend per key per clock hour that blocks new spawns
+    max_agents_per_key: int = 50           # live agents per key
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Requests per window, per API key and separately per client IP (seed "Rate Limits")."""
+    window_seconds: float = 3600.0
+    spawn: int = 100                       # POST /spawn, /spawn-team, /spawn-batch
+    agent_read: int = 1000                 # GET /agent/*
+    agents_list: int = 100                 # GET /agents, /agents/active
+    system: int = 60                       # GET /system
+    other: int = 1000                      # every other /api endpoint
+    per_ip: bool = True                    # also count each client IP on its own
+    persist_interval: float = 5.0          # seconds between saves of the counters (when changed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +177,8 @@ class Config:
     models: Mapping[str, ModelConfig]
     teams: Mapping[str, TeamConfig]
     source: str                            # "<embedded>" or the file path
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 # ------------------------------------------------------------------------- checkers
@@ -329,7 +355,24 @@ _TEAM: dict[str, Checker] = {
     "specialty": _strings(),
     "status": _enum("active", "standby"),
 }
-_SECTIONS = {"server": _SERVER, "runtime": _RUNTIME, "store": _STORE, "plugins": _PLUGINS}
+_BUDGET: dict[str, Checker] = {
+    "daily_budget": _num(0),
+    "monthly_ceiling": _num(0),
+    "spike_per_hour": _num(positive=True),
+    "max_agents_per_key": _int(1),
+}
+_LIMITS: dict[str, Checker] = {
+    "window_seconds": _num(positive=True),
+    "spawn": _int(1),
+    "agent_read": _int(1),
+    "agents_list": _int(1),
+    "system": _int(1),
+    "other": _int(1),
+    "per_ip": _bool,
+    "persist_interval": _num(positive=True),
+}
+_SECTIONS = {"server": _SERVER, "runtime": _RUNTIME, "store": _STORE, "plugins": _PLUGINS,
+             "budget": _BUDGET, "limits": _LIMITS}
 _NAMED = ("providers", "models", "teams")
 _REQUIRED = {
     "providers": ("plugin",),
@@ -358,6 +401,7 @@ _ENV_OVERRIDES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("J1MSKY_SECRETS_FILE", "server", "secrets_file", str),
     ("J1MSKY_PLUGINS_DIR", "plugins", "dropin_dir", str),
     ("J1MSKY_MAX_CONCURRENCY", "runtime", "max_concurrency", _parse_int),
+    ("J1MSKY_DAILY_BUDGET", "budget", "daily_budget", float),
 )
 
 
@@ -511,6 +555,10 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
     if rt.get("retry_base_delay", 0.5) > rt.get("retry_max_delay", 30.0):
         issues.add("runtime.retry_base_delay", "must not exceed runtime.retry_max_delay")
 
+    budget = sections["budget"]
+    if "monthly_ceiling" not in budget:
+        budget["monthly_ceiling"] = budget.get("daily_budget", BudgetConfig().daily_budget) * 30
+
     server = sections["server"]
     server["state_dir"] = os.path.abspath(server.get("state_dir") or default_state_dir(env))
 
@@ -523,7 +571,7 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
         keys[name] = (env.get(var) or None) if var else None
         if var and keys[name] is None:
             if secrets is None:
-                secrets = _read_secrets(server.get("secrets_file", ServerConfig.secrets_file),
+                secrets = _read_secrets(server.get("secrets_file", DEFAULT_SECRETS_FILE),
                                         issues)
             keys[name] = secrets.get(var) or None
 
@@ -542,6 +590,8 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
         teams=types.MappingProxyType({
             tid: TeamConfig(id=tid, **t) for tid, t in teams.items()}),
         source=source,
+        budget=BudgetConfig(**budget),
+        limits=LimitsConfig(**sections["limits"]),
     )
 
 

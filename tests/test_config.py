@@ -446,3 +446,12 @@ def test_config_is_read_only():
         cfg.server.port = 1  # type: ignore[misc]
     # dataclasses.replace is the way to derive a variant (e.g. in tests).
     assert dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, port=0)).server.port == 0
+
+
+def test_shipped_config_reads_the_default_secrets_file_path(tmp_path):
+    # Regression: with no J1MSKY_SECRETS_FILE the default path must be a string,
+    # not the slots dataclass's member descriptor.
+    from j1mskyd.config import DEFAULT_SECRETS_FILE
+    cfg = load_config(SHIPPED, env={})
+    assert cfg.server.secrets_file == DEFAULT_SECRETS_FILE
+    assert cfg.budget.daily_budget == 50.0 and cfg.budget.monthly_ceiling == 1500.0

@@ -1,0 +1,186 @@
+"""Token buckets (capacity = limit, refill = limit / window) and their persistence.
+
+Buckets are keyed by strings such as ``provider:anthropic``, ``key:<key_id>:spawn`` or
+``ip:192.0.2.7:spawn``.  They live in memory; :class:`BucketFile` writes them to a
+JSON file in the state dir (temp file, fsync, rename) every few seconds *when
+something changed* and at shutdown, and reads them back at start, so a restart keeps
+the counters and a kill -9 loses at most one interval.
+
+Time is wall-clock (``time.time``) on purpose: a bucket saved before a reboot must
+refill by the time that really passed while the daemon was down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    limit: int          # bucket capacity, and requests per window
+    window: float       # seconds
+
+    @property
+    def rate(self) -> float:
+        return self.limit / self.window
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: float        # unix time at which the bucket is full again
+    retry_after: float  # seconds until one token is available (0 when allowed)
+
+    def headers(self) -> dict[str, str]:
+        from datetime import datetime, timezone
+        reset = math.ceil(self.reset)
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(reset),
+            "X-RateLimit-Reset-At": datetime.fromtimestamp(reset, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+
+class Buckets:
+    """All token buckets of the daemon, each ``key -> [tokens, updated_at]``."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._state: dict[str, list[float]] = {}
+        self.changed = False
+        self.hits = 0  # refusals, for /metrics
+
+    def _refill(self, key: str, limit: Limit, now: float) -> list[float]:
+        state = self._state.get(key)
+        if state is None:
+            state = self._state[key] = [float(limit.limit), now]
+            return state
+        tokens, updated = state
+        if now > updated:
+            state[0] = min(float(limit.limit), tokens + (now - updated) * limit.rate)
+            state[1] = now
+        state[0] = min(state[0], float(limit.limit))  # the configured limit may have shrunk
+        return state
+
+    def _decision(self, allowed: bool, state: list[float], limit: Limit, now: float) -> Decision:
+        tokens = state[0]
+        reset = now + (limit.limit - tokens) / limit.rate
+        retry = 0.0 if allowed else (1.0 - tokens) / limit.rate
+        return Decision(allowed, limit.limit, max(int(tokens), 0), reset, retry)
+
+    def take(self, key: str, limit: Limit, cost: float = 1.0) -> Decision:
+        """Spend ``cost`` tokens if there are enough; say what is left either way."""
+        now = self.clock()
+        state = self._refill(key, limit, now)
+        allowed = state[0] >= cost
+        if allowed:
+            state[0] -= cost
+            self.changed = True
+        else:
+            self.hits += 1
+        return self._decision(allowed, state, limit, now)
+
+    def peek(self, key: str, limit: Limit) -> Decision:
+        now = self.clock()
+        state = self._state.get(key)
+        if state is None:
+            return Decision(True, limit.limit, limit.limit, now, 0.0)
+        tokens = min(float(limit.limit), state[0] + max(now - state[1], 0.0) * limit.rate)
+        return self._decision(tokens >= 1, [tokens, now], limit, now)
+
+    def prune(self, limits: Callable[[str], Limit | None]) -> int:
+        """Forget buckets that have refilled completely: they equal a fresh one.
+
+        Keeps memory bounded when many client IPs pass by.
+        """
+        now = self.clock()
+        gone = []
+        for key, (tokens, updated) in self._state.items():
+            limit = limits(key)
+            if limit is None or tokens + (now - updated) * limit.rate >= limit.limit:
+                gone.append(key)
+        for key in gone:
+            del self._state[key]
+        if gone:
+            self.changed = True
+        return len(gone)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    # -- persistence ------------------------------------------------------------------
+    def dump(self) -> dict[str, list[float]]:
+        return {k: [round(v[0], 6), round(v[1], 3)] for k, v in self._state.items()}
+
+    def load(self, data: object) -> int:
+        if not isinstance(data, dict):
+            return 0
+        loaded = 0
+        for key, value in data.items():
+            if (isinstance(key, str) and isinstance(value, list) and len(value) == 2
+                    and all(isinstance(x, (int, float)) and math.isfinite(x) for x in value)):
+                self._state[key] = [max(float(value[0]), 0.0), float(value[1])]
+                loaded += 1
+        return loaded
+
+
+class BucketFile:
+    """Atomic JSON persistence of :class:`Buckets`; writes only when they changed."""
+
+    VERSION = 1
+
+    def __init__(self, path: str, buckets: Buckets) -> None:
+        self.path = path
+        self.buckets = buckets
+        self.writes = 0
+
+    def load(self) -> int:
+        try:
+            with open(self.path, "rb") as fh:
+                data = json.loads(fh.read())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            # A damaged file must not keep the daemon down; limits start full.
+            log.warning("ignoring unreadable rate-limit state %s: %s", self.path, exc)
+            return 0
+        if not isinstance(data, dict) or data.get("version") != self.VERSION:
+            log.warning("ignoring rate-limit state %s: unknown format", self.path)
+            return 0
+        return self.buckets.load(data.get("buckets"))
+
+    def save_if_changed(self) -> bool:
+        if not self.buckets.changed:
+            return False
+        self.buckets.changed = False
+        payload = json.dumps({"version": self.VERSION, "saved_at": round(self.buckets.clock(), 3),
+                              "buckets": self.buckets.dump()}, separators=(",", ":")).encode()
+        directory = os.path.dirname(self.path) or "."
+        fd, tmp = tempfile.mkstemp(prefix=".ratelimits.", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            self.buckets.changed = True
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        self.writes += 1
+        return True
