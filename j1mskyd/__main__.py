@@ -15,8 +15,8 @@ def _load(args: argparse.Namespace):
     try:
         return load_config(args.config)
     except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"{issue.file}: {issue.key}: {issue.reason}", file=sys.stderr)
+        # One "file: key: reason" line per problem ("file: reason" for whole-file ones).
+        print(exc, file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -41,8 +41,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                       config.server.host, config.server.port, config.source)
     # run_app turns SIGTERM/SIGINT into a graceful exit: the site stops accepting, then
     # the cleanup context persists in-flight agents and closes the database.
-    web.run_app(app, host=config.server.host, port=config.server.port, shutdown_timeout=5.0,
-                print=None, access_log=None)
+    try:
+        web.run_app(app, host=config.server.host, port=config.server.port, shutdown_timeout=5.0,
+                    print=None, access_log=None)
+    except OSError as exc:  # the port is taken, the state dir is not writable...: say so, no traceback
+        logging.getLogger("j1mskyd").debug("start failed", exc_info=True)
+        print(f"j1mskyd: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

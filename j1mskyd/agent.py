@@ -27,7 +27,7 @@ COLUMNS = (
     "agent_id", "kind", "parent_id", "team", "model", "served_model", "provider", "task",
     "priority", "timeout", "status", "error", "result", "estimated_cost", "cost",
     "input_tokens", "output_tokens", "runs", "attempts", "created_at", "started_at",
-    "completed_at",
+    "completed_at", "api_key",
 )
 _INSERT_SQL = f"INSERT INTO agents ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
@@ -48,6 +48,7 @@ class Agent:
     def __init__(self, **fields: Any) -> None:
         for name in COLUMNS:
             setattr(self, name, fields.get(name))
+        self.api_key = self.api_key or "anonymous"
         self.runs = self.runs or 0
         self.attempts = self.attempts or 0
         if self.created_at is None:

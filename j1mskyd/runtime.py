@@ -30,19 +30,26 @@ from typing import Any
 from . import agent as A
 from .agent import Agent
 from .backoff import backoff_delay
+from .budget import Budget
 from .config import Config, ModelConfig
 from .provider_pool import ProviderSlot
 from .providers import CompletionRequest, CompletionResult, ProviderError
+from .ratelimit import Buckets, Limit
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 
 _DEADLINE_MARGIN = 0.5
+_OUT_OF_TOKENS = "hourly limit reached"
 
 
 class AgentFailure(Exception):
     """Ends an agent as failed with this message."""
+
+
+class _Requeue(Exception):
+    """Every provider of the chain ran out of hourly tokens between dispatch and call."""
 
 
 def cost_of(model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
@@ -67,8 +74,13 @@ def fallback_chain(models: Mapping[str, ModelConfig], alias: str) -> list[str]:
 
 class AgentRuntime:
     def __init__(self, config: Config, store: Store, slots: dict[str, ProviderSlot],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, buckets: Buckets | None = None,
+                 budget: Budget | None = None) -> None:
         self.config = config
+        self.buckets = buckets or Buckets(clock)
+        self.budget = budget
+        self._provider_limits = {name: Limit(slot.settings.hourly_limit, 3600.0) for name, slot in slots.items()}
+        self._wakeup: asyncio.TimerHandle | None = None
         self.rt = config.runtime
         self.store = store
         self.slots = slots
@@ -175,6 +187,8 @@ class AgentRuntime:
         self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._wakeup is not None:
+            self._wakeup.cancel()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -187,22 +201,67 @@ class AgentRuntime:
         provider = self.config.models[agent.model].provider
         heapq.heappush(self._queues[provider], (A.PRIORITIES[agent.priority], next(self._seq), agent.agent_id))
 
+    def provider_tokens(self, name: str):
+        """The provider's hourly token bucket, as a Decision (for /rate-limits and routing)."""
+        return self.buckets.peek("provider:" + name, self._provider_limits[name])
+
+    def _route(self, agent: Agent) -> tuple[ProviderSlot | None, float | None]:
+        """Where ``agent`` can start now.
+
+        (slot, None): start there.  (None, None): wait for a free slot.  (None, s): every
+        usable provider of its chain is out of hourly tokens; the first refills in s seconds.
+        A provider that is merely busy is waited for, not fallen back from: fallback is for
+        providers that fail or are out of quota, not for load spreading to dearer models.
+        """
+        token_wait: float | None = None
+        for alias in fallback_chain(self.config.models, agent.model):
+            slot = self.slots[self.config.models[alias].provider]
+            if not slot.usable or not slot.breaker.available():
+                continue
+            tokens = self.provider_tokens(slot.name)
+            if not tokens.allowed:
+                token_wait = tokens.retry_after if token_wait is None else min(token_wait, tokens.retry_after)
+                continue
+            return (slot, None) if slot.has_room() else (None, None)
+        if token_wait is not None:
+            return None, token_wait
+        primary = self.slots[self.config.models[agent.model].provider]  # fails fast, with reasons
+        return (primary, None) if primary.has_room() else (None, None)
+
     def _schedule(self) -> None:
+        wake: float | None = None
         while not self._stopping and self._active < self.rt.max_concurrency:
             best: tuple[int, int, str] | None = None
-            best_provider = ""
+            best_provider, best_slot = "", None
             for provider, heap in self._queues.items():
                 while heap and self._stale(heap[0][2]):
                     heapq.heappop(heap)
-                if heap and self.slots[provider].has_room() and (best is None or heap[0] < best):
-                    best, best_provider = heap[0], provider
-            if best is None:
-                return
+                if not heap or (best is not None and heap[0] > best):
+                    continue
+                agent = self.live[heap[0][2]]
+                slot, token_wait = self._route(agent)
+                if token_wait is not None:
+                    if self.clock() + token_wait > agent.deadline:
+                        # It would outlive its timeout waiting for quota: say so now.
+                        heapq.heappop(heap)
+                        asyncio.ensure_future(self._finish(
+                            agent, A.FAILED, error=f"rate limited: no provider of its fallback chain has hourly "
+                                                   f"capacity within its {agent.timeout:g} s timeout"))
+                        continue
+                    wake = token_wait if wake is None else min(wake, token_wait)
+                if slot is not None:
+                    best, best_provider, best_slot = heap[0], provider, slot
+            if best is None or best_slot is None:
+                break
             heapq.heappop(self._queues[best_provider])
-            self.slots[best_provider].try_acquire()
+            best_slot.try_acquire()
             agent = self.live[best[2]]
             self._active += 1
-            self._tasks[agent.agent_id] = asyncio.ensure_future(self._run(agent, self.slots[best_provider]))
+            self._tasks[agent.agent_id] = asyncio.ensure_future(self._run(agent, best_slot))
+        if wake is not None and not self._stopping:
+            if self._wakeup is not None:
+                self._wakeup.cancel()
+            self._wakeup = asyncio.get_running_loop().call_later(wake + 0.01, self._schedule)
 
     def _stale(self, agent_id: str) -> bool:
         agent = self.live.get(agent_id)
@@ -237,6 +296,12 @@ class AgentRuntime:
             except AgentFailure as exc:
                 await asyncio.shield(self._finish(agent, A.FAILED, error=str(exc)))
                 return
+            except _Requeue:
+                agent.status = A.QUEUED
+                agent.runs -= 1
+                self.store.submit([agent.update_statement("status", "runs", "attempts")])
+                self._enqueue(agent)
+                return
             model = self.config.models[served]
             # Shielded: once the outcome is known, a cancel or stop must not lose it.
             await asyncio.shield(self._finish(
@@ -268,6 +333,7 @@ class AgentRuntime:
     async def _execute(self, agent: Agent, held: list[ProviderSlot]) -> tuple[str, CompletionResult]:
         """Walk the fallback chain; ``held`` lists the provider slots this agent holds."""
         reasons: list[str] = []
+        out_of_tokens = 0
         for alias in fallback_chain(self.config.models, agent.model):
             model = self.config.models[alias]
             slot = self.slots[model.provider]
@@ -286,7 +352,10 @@ class AgentRuntime:
             outcome = await self._call_with_retries(agent, alias, model, slot)
             if isinstance(outcome, CompletionResult):
                 return alias, outcome
+            out_of_tokens += outcome.startswith(_OUT_OF_TOKENS)
             reasons.append(f"{alias}: {outcome}")
+        if out_of_tokens and out_of_tokens == len(reasons):
+            raise _Requeue
         raise AgentFailure("all providers failed: " + "; ".join(reasons))
 
     async def _call_with_retries(self, agent: Agent, alias: str, model: ModelConfig,
@@ -296,6 +365,9 @@ class AgentRuntime:
         for attempt in range(1, self.rt.max_attempts + 1):
             if not slot.breaker.allow():
                 return f"circuit open for {slot.name}" if attempt == 1 else f"{last}; then circuit opened"
+            if not self.buckets.take("provider:" + slot.name, self._provider_limits[slot.name]).allowed:
+                slot.breaker.release_probe()  # no call went out: the probe is still to be made
+                return f"{_OUT_OF_TOKENS} for {slot.name}" if attempt == 1 else f"{last}; then {_OUT_OF_TOKENS}"
             # The call may outlive the agent's deadline by a margin, so that when the
             # deadline is what binds, the agent's own timeout fires first and says so.
             call_timeout = min(slot.settings.timeout, max(agent.deadline - self.clock(), 0.0) + _DEADLINE_MARGIN)
@@ -346,12 +418,14 @@ class AgentRuntime:
         statements.append(agent.update_statement("status", "attempts", *fields))
         if status == A.COMPLETED and agent.kind != A.KIND_TEAM:
             statements.append((
-                "INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (agent.completed_at, agent.agent_id, agent.served_model, agent.provider,
-                 agent.input_tokens, agent.output_tokens, agent.cost),
+                 agent.input_tokens, agent.output_tokens, agent.cost, agent.api_key),
             ))
         await self.store.submit(statements)
+        if self.budget is not None and agent.kind != A.KIND_MEMBER:
+            self.budget.settle(agent.agent_id, agent.cost)
         self.live.pop(agent.agent_id, None)
         self._cancelling.discard(agent.agent_id)
         if status == A.COMPLETED:

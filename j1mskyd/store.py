@@ -68,6 +68,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX usage_ts ON usage(ts);
     """,
+    # 2: who spent it.  The API key id on agents and on the ledger, for per-key budgets,
+    # cost-spike protection and billing by key.
+    """
+    ALTER TABLE agents ADD COLUMN api_key TEXT NOT NULL DEFAULT 'anonymous';
+    ALTER TABLE usage ADD COLUMN api_key TEXT NOT NULL DEFAULT 'anonymous';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
