@@ -71,11 +71,16 @@ async def _lifecycle(app: web.Application):
         timeout=config.plugins.load_timeout, require_root=config.plugins.require_root))
 
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=30))
-    slots = _build_slots(config, registry, session)
-    runtime = AgentRuntime(config, store, slots)
-    agents = AgentService(config, store, runtime)
-    services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents)
-    recovered = await agents.recover()
+    try:
+        slots = _build_slots(config, registry, session)
+        runtime = AgentRuntime(config, store, slots)
+        agents = AgentService(config, store, runtime)
+        services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents)
+        recovered = await agents.recover()
+    except BaseException:
+        await session.close()
+        await store.close()
+        raise
     if any(recovered.values()):
         log.info("recovered agents after restart: %s", recovered)
     runtime.start()

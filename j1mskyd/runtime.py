@@ -168,6 +168,13 @@ class AgentRuntime:
             if agent.kind == A.KIND_TEAM:
                 continue
             self.live[agent.agent_id] = agent
+            model = self.config.models.get(agent.model)
+            if model is None or model.provider not in self.slots:
+                # The config changed while the daemon was down; never refuse to start over it.
+                counts["unroutable"] = counts.get("unroutable", 0) + 1
+                what = f"model '{agent.model}'" if model is None else f"provider '{model.provider}'"
+                await self._finish(agent, A.FAILED, error=f"{what} is no longer configured")
+                continue
             if agent.status == A.RUNNING and agent.runs > self.rt.restart_attempts:
                 counts["interrupted"] += 1
                 await self._finish(agent, A.FAILED, error="interrupted: the daemon stopped while this agent "
@@ -195,6 +202,11 @@ class AgentRuntime:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.store.flush()
+
+    def member_label(self, alias: str) -> str:
+        """``provider/upstream`` as the seed lists team members (the alias if no longer configured)."""
+        model = self.config.models.get(alias)
+        return f"{model.provider}/{model.upstream}" if model else alias
 
     # -- queue ----------------------------------------------------------------------
     def _enqueue(self, agent: Agent) -> None:
@@ -458,7 +470,7 @@ class AgentRuntime:
         if ok:
             sections = []
             for m in members:
-                label = f"{self.config.models[m.model].provider}/{self.config.models[m.model].upstream}"
+                label = self.member_label(m.model)
                 body = m.result if m.status == A.COMPLETED else f"({m.status}: {m.error})"
                 sections.append(f"## {label}\n{body}")
             failed = [f"{m.model}: {m.error}" for m in members if m.status != A.COMPLETED]

@@ -14,6 +14,7 @@ caller still never hears "done" before its row is on disk.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import sqlite3
@@ -134,6 +135,7 @@ class Store:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._rlock = threading.Lock()
+        self._lock_fd: int | None = None
         self._pending: list[tuple[list[Statement], asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._closed = False
@@ -145,6 +147,14 @@ class Store:
         parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, mode=0o700, exist_ok=True)
+        # One daemon per database: a second one would re-run the first one's agents.
+        self._lock_fd = os.open(self.path + ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise StoreError(f"{self.path} is in use by another j1mskyd process") from None
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._wconn = _connect(self.path, self._synchronous)
@@ -158,6 +168,9 @@ class Store:
             if conn is not None:
                 conn.close()
         self._wconn = self._rconn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     # -- writes ------------------------------------------------------------------
     def submit(self, statements: Iterable[Statement]) -> asyncio.Future[None]:

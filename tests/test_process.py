@@ -327,8 +327,6 @@ def test_a_team_survives_a_graceful_stop(tmp_path, make_daemon):
     assert_no_traceback(first, second)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime.AgentRuntime.recover/_enqueue: KeyError on an agent whose model "
-                                       "is no longer configured; the daemon cannot start at all")
 def test_restart_after_a_model_was_removed_from_the_config(tmp_path, make_daemon):
     """An operator edits the config (drops a model) and restarts after a crash.
 
@@ -342,7 +340,7 @@ def test_restart_after_a_model_was_removed_from_the_config(tmp_path, make_daemon
     wait_on_disk(first.state_dir, {"running": 2, "queued": 1}, [orphan, other, queued])
     assert first.kill() == -signal.SIGKILL
 
-    second = make_daemon(fast_config(tmp_path, drop_models=["opus"]))  # today: exits 1 with KeyError 'opus'
+    second = make_daemon(fast_config(tmp_path, drop_models=["opus"]))
     done = second.wait_agent(orphan)
     assert done["status"] == "failed" and "opus" in done["error"], done
     assert second.wait_agent(other)["status"] == "completed"

@@ -1,0 +1,84 @@
+"""The sqlite store: migrations, group commit, isolation of a bad unit, the state-dir lock."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from j1mskyd import store as S
+from j1mskyd.store import Store, StoreError
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = Store(str(tmp_path / "j1msky.db"))
+    s.open()
+    yield s
+    await s.close()
+
+
+async def test_schema_is_current_and_file_private(store, tmp_path):
+    version = store.read_sync(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
+    assert version == S.SCHEMA_VERSION
+    assert store.read_sync(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+    assert (tmp_path / "j1msky.db").stat().st_mode & 0o077 == 0
+
+
+def test_forward_migration_from_version_1_keeps_rows(tmp_path):
+    path = str(tmp_path / "old.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    for stmt in S._statements(S.MIGRATIONS[0]):
+        conn.execute(stmt)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost) "
+                 "VALUES (1, 'a', 'k2p5', 'x', 1, 1, 0.5)")
+    conn.close()
+    s = Store(path)
+    s.open()
+    row = s.read_sync(lambda c: c.execute("SELECT cost, api_key FROM usage").fetchone())
+    assert tuple(row) == (0.5, "anonymous")
+    asyncio.run(s.close())
+
+
+def test_a_newer_database_is_refused(tmp_path):
+    path = str(tmp_path / "new.db")
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={S.SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store(path).open()
+
+
+async def test_concurrent_writes_are_group_committed(store):
+    sql = "INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost) VALUES (?,?,?,?,?,?,?)"
+    await asyncio.gather(*(store.write((sql, (i, f"a{i}", "m", "p", 1, 1, 0.1))) for i in range(500)))
+    assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM usage").fetchone()[0]) == 500
+    assert store.commits < 500  # many units per transaction
+
+
+async def test_a_failing_unit_fails_alone_and_atomically(store):
+    sql = "INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost) VALUES (?,?,?,?,?,?,?)"
+    good = store.submit([(sql, (1, "good", "m", "p", 1, 1, 0.1))])
+    bad = store.submit([(sql, (2, "half", "m", "p", 1, 1, 0.1)), ("INSERT INTO nowhere VALUES (1)", ())])
+    await good
+    with pytest.raises(StoreError, match="nowhere"):
+        await bad
+    ids = store.read_sync(lambda c: [r[0] for r in c.execute("SELECT agent_id FROM usage")])
+    assert ids == ["good"]  # the bad unit's first statement was rolled back with it
+
+
+async def test_second_store_on_the_same_database_is_refused(store, tmp_path):
+    with pytest.raises(StoreError, match="in use by another j1mskyd"):
+        Store(str(tmp_path / "j1msky.db")).open()
+    await store.close()
+    again = Store(str(tmp_path / "j1msky.db"))
+    again.open()  # the lock went with the first store
+    await again.close()
+
+
+async def test_writes_after_close_are_refused(store):
+    await store.close()
+    with pytest.raises(StoreError):
+        store.submit([("SELECT 1", ())])
