@@ -35,7 +35,7 @@ from .config import Config, ModelConfig
 from .provider_pool import ProviderSlot
 from .providers import CompletionRequest, CompletionResult, ProviderError
 from .ratelimit import Buckets, Limit
-from .store import Store
+from .store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -406,15 +406,15 @@ class AgentRuntime:
                 continue
             except Exception as exc:  # a plugin bug: count it against the provider, never crash
                 log.exception("provider plugin %s raised", slot.name)
-                slot.breaker.record_failure()
                 last = f"plugin error: {type(exc).__name__}"
-                continue
-            if not isinstance(result, CompletionResult):
-                slot.breaker.record_failure()
+            else:
+                if isinstance(result, CompletionResult):
+                    slot.breaker.record_success()
+                    return result
                 last = "plugin returned an invalid result"
-                continue
-            slot.breaker.record_success()
-            return result
+            slot.breaker.record_failure()
+            if attempt < self.rt.max_attempts:
+                await asyncio.sleep(backoff_delay(attempt, self.rt.retry_base_delay, self.rt.retry_max_delay))
         return last
 
     # -- finishing ----------------------------------------------------------------------
@@ -435,7 +435,12 @@ class AgentRuntime:
                 (agent.completed_at, agent.agent_id, agent.served_model, agent.provider,
                  agent.input_tokens, agent.output_tokens, agent.cost, agent.api_key),
             ))
-        await self.store.submit(statements)
+        try:
+            await self.store.submit(statements)
+        except StoreError as exc:
+            # Disk full or I/O error: the row on disk keeps its last live status, so the
+            # agent runs again after a restart.  Nothing may wait on it forever meanwhile.
+            log.error("could not save the %s state of agent %s: %s", status, agent.agent_id, exc)
         if self.budget is not None and agent.kind != A.KIND_MEMBER:
             self.budget.settle(agent.agent_id, agent.cost)
         self.live.pop(agent.agent_id, None)

@@ -248,3 +248,42 @@ async def test_unusable_provider_falls_back(aiohttp_client, tmp_path, upstreams)
     assert "no_such_plugin" in plugins["providers"]["primary"]["error"]
     done = await wait_status(client, await spawn(client))
     assert done["status"] == "completed" and done["served_by"]["provider"] == "secondary"
+
+
+BUGGY_PLUGIN = '''
+J1MSKY_PLUGIN_API = 1
+from j1mskyd.providers import CompletionResult
+
+class Buggy:
+    calls = 0
+    def __init__(self, settings, session):
+        self.mode = settings.options.get("mode", "raise")
+    async def complete(self, request):
+        Buggy.calls += 1
+        if Buggy.calls == 1:
+            if self.mode == "raise":
+                raise RuntimeError("plugin bug")
+            return "not a CompletionResult"
+        return CompletionResult(text="recovered", input_tokens=1, output_tokens=1)
+
+def register(registry):
+    registry.add_provider("buggy", Buggy)
+'''
+
+
+@pytest.mark.parametrize("mode", ["raise", "wrong_type"])
+async def test_a_buggy_plugin_is_retried_and_never_crashes_the_daemon(aiohttp_client, tmp_path, mode):
+    plugdir = tmp_path / "plugins.d"
+    plugdir.mkdir(mode=0o755)
+    (plugdir / "buggy.py").write_text(BUGGY_PLUGIN)
+    (plugdir / "buggy.py").chmod(0o644)
+    base = make_config(tmp_path, runtime={"retry_base_delay": 0.01, "retry_max_delay": 0.02})
+    cfg = dataclasses.replace(
+        base, plugins=dataclasses.replace(base.plugins, dropin_dir=str(plugdir)),
+        providers=dict(base.providers) | {"bug": ProviderSettings(name="bug", plugin="buggy", options={"mode": mode})},
+        models=route_models(base, {"k2p5": "bug"}))
+    client = await aiohttp_client(build_app(cfg))
+    done = await wait_status(client, await spawn(client))
+    assert done["status"] == "completed" and done["result"] == "recovered" and done["attempts"] == 2
+    health = await (await client.get("/api/health")).json()
+    assert health["providers"]["bug"]["failures"] == 1
