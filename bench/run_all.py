@@ -1,0 +1,241 @@
+"""Run every benchmark of docs/performance.md in one go and print the results as JSON.
+
+    .venv/bin/python bench/run_all.py                  # everything (~5 min on 2 cores)
+    .venv/bin/python bench/run_all.py --only idle      # idle | throughput | inflight
+    .venv/bin/python bench/run_all.py --sync full -n 5000
+
+Each measurement starts fresh processes (daemon, fake upstream, bare app) with a fresh
+state directory under --workdir, so runs do not contaminate each other.  Ratios are
+taken within one run (same machine, same moment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import load  # noqa: E402
+
+PY = sys.executable
+
+CONFIG = """
+[server]
+log_level = "warning"
+
+[runtime]
+max_concurrency = {runtime_conc}
+
+[store]
+synchronous = "{sync}"
+
+[plugins]
+dropin_dir = "{workdir}/no-plugins"
+
+[providers.fast]
+plugin = "openai_compat"
+base_url = "http://127.0.0.1:{up_port}/v1"
+timeout = 3600.0
+max_concurrency = {prov_conc}
+hourly_limit = 100000000
+
+[models.k2p5]
+provider = "fast"
+upstream = "k2p5"
+input_per_1k = 0.0005
+output_per_1k = 0.0015
+blended_per_1k = 0.001
+"""
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    def __init__(self, args: list[str], log: str) -> None:
+        self.log = open(log, "wb")
+        self.p = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.pid = self.p.pid
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} never opened")
+
+
+def daemon(workdir: str, name: str, config: str | None) -> tuple[Proc, str, str]:
+    state = os.path.join(workdir, name)
+    os.makedirs(state, exist_ok=True)
+    port = free_port()
+    args = [PY, "-m", "j1mskyd", "serve", "--port", str(port), "--state-dir", state]
+    if config is not None:
+        path = os.path.join(workdir, name + ".toml")
+        with open(path, "w") as f:
+            f.write(config)
+        args += ["--config", path]
+    proc = Proc(args, os.path.join(workdir, name + ".log"))
+    url = f"http://127.0.0.1:{port}"
+    asyncio.run(load.wait_health(url))
+    return proc, url, os.path.join(state, "j1msky.db")
+
+
+def upstream(workdir: str, delay: float = 0.0) -> tuple[Proc, int]:
+    port = free_port()
+    proc = Proc([PY, os.path.join(HERE, "fake_upstream.py"), "--port", str(port), "--delay", str(delay)],
+                os.path.join(workdir, f"upstream-{port}.log"))
+    wait_port(port)
+    return proc, port
+
+
+def bench_config(workdir: str, up_port: int, sync: str, runtime_conc: int = 64, prov_conc: int = 256) -> str:
+    return CONFIG.format(workdir=workdir, up_port=up_port, sync=sync, runtime_conc=runtime_conc,
+                         prov_conc=prov_conc)
+
+
+# ----------------------------------------------------------------- measurements
+
+def idle_rss(workdir: str, repeats: int) -> dict:
+    out: dict[str, list[float]] = {"daemon": [], "bare": [], "bare_minimal": []}
+    for i in range(repeats):
+        proc, _, _ = daemon(workdir, f"idle-{i}", None)   # embedded default config
+        time.sleep(2)
+        out["daemon"].append(load.rss_kb(proc.pid) / 1024)
+        proc.stop()
+        for key, extra in (("bare", []), ("bare_minimal", ["--minimal"])):
+            port = free_port()
+            p = Proc([PY, os.path.join(HERE, "bare_app.py"), "--port", str(port),
+                      "--state-dir", os.path.join(workdir, f"bare-{i}"), *extra],
+                     os.path.join(workdir, f"bare-{i}.log"))
+            asyncio.run(load.wait_health(f"http://127.0.0.1:{port}"))
+            time.sleep(2)
+            out[key].append(load.rss_kb(p.pid) / 1024)
+            p.stop()
+    med = {k: round(statistics.median(v), 1) for k, v in out.items()}
+    return {"samples_mb": {k: [round(x, 1) for x in v] for k, v in out.items()}, "median_mb": med,
+            "ratio_daemon_over_bare": round(med["daemon"] / med["bare"], 3),
+            "ratio_daemon_over_bare_minimal": round(med["daemon"] / med["bare_minimal"], 3)}
+
+
+def throughput(workdir: str, sync: str, n: int, c: int, lat_rate: float) -> dict:
+    up, up_port = upstream(workdir)
+    up_url = f"http://127.0.0.1:{up_port}"
+    proc, url, db = daemon(workdir, f"tp-{sync}", bench_config(workdir, up_port, sync))
+    try:
+        asyncio.run(load.throughput(url, db, 500, c, "k2p5", up_url))   # warm-up
+        res = {"throughput": asyncio.run(load.throughput(url, db, n, c, "k2p5", up_url))}
+        res["rss_after_mb"] = round(load.rss_kb(proc.pid) / 1024, 1)
+        # quiet passes (no HTTP polling while agents run): the in-daemon added latency
+        res["latency_quiet_sequential"] = asyncio.run(load.latency(url, db, 0, 0, "k2p5", up_url, 300, "db"))
+        res["latency_quiet_open_loop"] = asyncio.run(load.latency(url, db, lat_rate, 10, "k2p5", up_url, None,
+                                                                  "none"))
+        # watched passes: what a client sees (HTTP polling) and when the row is durable (db polling)
+        res["latency_watched_sequential"] = asyncio.run(load.latency(url, db, 0, 0, "k2p5", up_url, 200))
+        res["latency_watched_open_loop"] = asyncio.run(load.latency(url, db, lat_rate, 10, "k2p5", up_url))
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            res["db_synchronous"] = sync
+            res["db_rows"] = conn.execute("SELECT COUNT(*) FROM agents").fetchone()[0]
+    finally:
+        proc.stop()
+        up.stop()
+    return res
+
+
+def inflight(workdir: str, n: int, c: int, delay: float, runtime_conc: int, prov_conc: int) -> dict:
+    up, up_port = upstream(workdir, delay)
+    name = f"inflight-{runtime_conc}-{prov_conc}"
+    proc, url, _ = daemon(workdir, name, bench_config(workdir, up_port, "normal", runtime_conc, prov_conc))
+    try:
+        time.sleep(2)
+        res = asyncio.run(load.inflight(url, proc.pid, n, c, "k2p5"))
+        res.update(runtime_max_concurrency=runtime_conc, provider_max_concurrency=prov_conc,
+                   upstream_delay_s=delay)
+    finally:
+        proc.stop(60)
+        up.stop()
+    return res
+
+
+def machine() -> dict:
+    import aiohttp
+    try:
+        import uvloop
+        uv = uvloop.__version__
+    except ImportError:
+        uv = None
+    return {"nproc": os.cpu_count(), "sched_cpus": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "aiohttp": aiohttp.__version__, "uvloop": uv,
+            "sqlite": sqlite3.sqlite_version, "kernel": platform.release(), "machine": platform.machine()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--only", choices=("idle", "throughput", "inflight"), action="append")
+    p.add_argument("--sync", choices=("normal", "full"), action="append")
+    p.add_argument("-n", type=int, default=10_000, help="agents per throughput run")
+    p.add_argument("-c", type=int, default=64, help="client connections")
+    p.add_argument("--rate", type=float, default=100.0, help="open-loop spawns/s for the latency run")
+    p.add_argument("--inflight-n", type=int, default=10_000)
+    p.add_argument("--delay", type=float, default=60.0, help="slow upstream delay for the in-flight run")
+    p.add_argument("--repeats", type=int, default=3, help="idle RSS samples per process")
+    p.add_argument("--workdir")
+    a = p.parse_args()
+    try:  # the load generator shares the 2 cores: give it the fast loop too
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    only = a.only or ["idle", "throughput", "inflight"]
+    workdir = a.workdir or tempfile.mkdtemp(prefix="j1msky-bench-")
+    results: dict = {"machine": machine(), "workdir": workdir}
+    print(json.dumps(results["machine"]), file=sys.stderr)
+    if "idle" in only:
+        results["idle"] = idle_rss(workdir, a.repeats)
+        print(json.dumps(results["idle"]), file=sys.stderr)
+    if "throughput" in only:
+        for sync in a.sync or ["normal", "full"]:
+            results[f"throughput_{sync}"] = throughput(workdir, sync, a.n, a.c, a.rate)
+            print(json.dumps(results[f"throughput_{sync}"]), file=sys.stderr)
+    if "inflight" in only:
+        # queued: most agents wait in the daemon's queue; running: every agent holds an upstream call
+        results["inflight_queued"] = inflight(workdir, a.inflight_n, a.c, a.delay, 64, 256)
+        print(json.dumps(results["inflight_queued"]), file=sys.stderr)
+        results["inflight_running"] = inflight(workdir, a.inflight_n, a.c, a.delay, a.inflight_n, a.inflight_n)
+        print(json.dumps(results["inflight_running"]), file=sys.stderr)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
