@@ -12,6 +12,8 @@ whitelisted, so no user text ever reaches SQL except as a bound parameter.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -42,7 +44,10 @@ FIELDS: dict[str, tuple[str, str]] = {
 }
 ALIASES = {"created_after": ("created_at", "gt"), "created_before": ("created_at", "lt")}
 OPERATORS = ("eq", "ne", "gte", "gt", "lte", "lt", "in", "contains", "starts_with", "ends_with")
-_SQL_OPS = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+# "ne" is IS NOT so that a NULL column (no team, no cost yet) counts as "not equal".
+_SQL_OPS = {"eq": "=", "ne": "IS NOT", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_STRING_OPS = ("contains", "starts_with", "ends_with")
+_INT = re.compile(r"-?[0-9]{1,18}")
 SORTABLE = ("created_at", "started_at", "completed_at", "cost", "actual_cost", "estimated_cost", "status",
             "model", "priority", "agent_id")
 RESERVED = frozenset({"limit", "offset", "sort", "filter", "cursor", "include_members"})
@@ -79,10 +84,13 @@ def _coerce(fieldname: str, kind: str, value: Any, errors: list[dict[str, str]])
             errors.append({"field": fieldname, "message": f"{fieldname} must be a number"})
             return None
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            errors.append({"field": fieldname, "message": f"{fieldname} must be a number, got {value!r}"})
+            number = math.nan
+        if not math.isfinite(number):  # float() takes "nan" and "inf"; sqlite would bind NaN as NULL
+            errors.append({"field": fieldname, "message": f"{fieldname} must be a finite number, got {value!r}"})
             return None
+        return number
     if kind == "time":
         if not isinstance(value, str):
             errors.append({"field": fieldname, "message": f"{fieldname} must be an ISO 8601 date or time"})
@@ -99,7 +107,20 @@ def _coerce(fieldname: str, kind: str, value: Any, errors: list[dict[str, str]])
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         errors.append({"field": fieldname, "message": f"{fieldname} must be a string"})
         return None
+    if not _unicode_ok(value, fieldname, errors):
+        return None
     return str(value)
+
+
+def _unicode_ok(value: Any, fieldname: str, errors: list[dict[str, str]]) -> bool:
+    """JSON's "\\ud800" is a lone surrogate: sqlite cannot bind it (a 500, not a 400)."""
+    try:
+        if isinstance(value, str):
+            value.encode("utf-8")
+    except UnicodeEncodeError:
+        errors.append({"field": fieldname, "message": f"{fieldname} must be valid Unicode text"})
+        return False
+    return True
 
 
 def _add(q: AgentQuery, name: str, op: str, value: Any, errors: list[dict[str, str]]) -> None:
@@ -112,9 +133,14 @@ def _add(q: AgentQuery, name: str, op: str, value: Any, errors: list[dict[str, s
         q.where.append(f"{column} IN ({', '.join('?' * len(values))})")
         q.params.extend(values)
         return
-    if op in ("contains", "starts_with", "ends_with"):
+    if op in _STRING_OPS:
+        if kind != "text":
+            errors.append({"field": name, "message": f"{name}: '{op}' applies to text fields only"})
+            return
         if not isinstance(value, str):
             errors.append({"field": name, "message": f"{name}: '{op}' needs a string"})
+            return
+        if not _unicode_ok(value, name, errors):
             return
         escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = {"contains": f"%{escaped}%", "starts_with": f"{escaped}%", "ends_with": f"%{escaped}"}[op]
@@ -126,12 +152,15 @@ def _add(q: AgentQuery, name: str, op: str, value: Any, errors: list[dict[str, s
     q.params.append(coerced)
 
 
-def _add_filter_entry(q: AgentQuery, key: str, value: Any, errors: list[dict[str, str]]) -> None:
+def _add_filter_entry(q: AgentQuery, key: str, value: Any, errors: list[dict[str, str]],
+                      from_query: bool = False) -> None:
     split = _split_key(key)
     if split is None:
         errors.append({"field": key, "message": f"Unknown filter field '{key}'"})
         return
     name, op = split
+    if from_query and op == "in":  # ?model_in=k2p5,opus: a query string has no lists
+        value = value.split(",")
     if isinstance(value, dict) and op == "eq" and key in FIELDS:
         if not value:
             errors.append({"field": key, "message": f"{key}: empty operator object"})
@@ -152,11 +181,10 @@ def _int_param(params: dict[str, str], name: str, default: int, lo: int, hi: int
     raw = params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
+    if not _INT.fullmatch(raw):  # int() would also take "1_0", " 5" and non-ASCII digits
         errors.append({"field": name, "message": f"{name} must be an integer"})
         return default
+    value = int(raw)
     if value < lo or (hi is not None and value > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
         errors.append({"field": name, "message": f"{name} must be {bound}"})
@@ -171,24 +199,22 @@ def parse(params: dict[str, str]) -> AgentQuery:
     for key, value in params.items():
         if key in RESERVED:
             continue
-        _add_filter_entry(q, key, value, errors)
+        _add_filter_entry(q, key, value, errors, from_query=True)
     raw_filter = params.get("filter")
     if raw_filter:
         try:
             parsed = jsonx.loads(raw_filter)
-        except (ValueError, TypeError):
-            parsed = None
+        except (ValueError, TypeError, RecursionError):
+            parsed = None  # not JSON (or nested deeper than json parses): refused below
+        if not isinstance(parsed, dict):
             errors.append({"field": "filter", "message": "filter must be a JSON object"})
-        if parsed is not None:
-            if not isinstance(parsed, dict):
-                errors.append({"field": "filter", "message": "filter must be a JSON object"})
-            else:
-                for key, value in parsed.items():
-                    _add_filter_entry(q, key, value, errors)
+        else:
+            for key, value in parsed.items():
+                _add_filter_entry(q, key, value, errors)
     if params.get("include_members", "").lower() not in ("1", "true", "yes"):
         # Team members are listed under their team agent, not beside it, unless asked.
         q.where.append("parent_id IS NULL")
-    sort = params.get("sort")
+    sort = params.get("sort", "").strip()  # "?sort=+cost" arrives as " cost"
     if sort:
         desc = sort.startswith("-")
         name = sort.lstrip("-+")

@@ -6,6 +6,7 @@ durably, hands them to the runtime, and reads finished ones back from the store.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import secrets
@@ -21,6 +22,16 @@ from .runtime import AgentRuntime
 from .store import Store
 
 _TIMEOUT_MIN = 1.0
+_SETTLE_WAIT = 5.0  # seconds to wait for an agent's final write before answering anyway
+
+
+def _encodable(text: str) -> bool:
+    """JSON's "\\ud800" decodes to a lone surrogate, which sqlite (UTF-8) cannot store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class AgentService:
@@ -46,11 +57,14 @@ class AgentService:
         elif len(task) > rt.max_task_chars:
             errors.append({"field": prefix + "task",
                            "message": f"Task exceeds maximum length of {rt.max_task_chars} characters"})
+        elif not _encodable(task):
+            errors.append({"field": prefix + "task", "message": "Task must be valid Unicode text (no lone surrogates)"})
         priority = body.get("priority", "normal")
-        if priority not in A.PRIORITIES:
+        if not isinstance(priority, str) or priority not in A.PRIORITIES:  # a list/dict is unhashable
             errors.append({"field": prefix + "priority", "message": "Priority must be one of: low, normal, high"})
         timeout = body.get("timeout", rt.default_timeout)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+        # bool is an int, and a huge JSON int overflows math.isfinite: compare, never convert first.
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
                 or not _TIMEOUT_MIN <= timeout <= rt.max_timeout:
             errors.append({"field": prefix + "timeout", "message":
                            f"Timeout must be a number of seconds between {_TIMEOUT_MIN:g} and {rt.max_timeout:g}"})
@@ -58,9 +72,9 @@ class AgentService:
 
     def _check_model(self, body: Any, prefix: str, errors: list[dict[str, str]]) -> str:
         model = body.get("model")
-        if model not in self.config.models:
+        if not isinstance(model, str) or model not in self.config.models:  # a list/dict is unhashable
             allowed = ", ".join(self.config.models)
-            shown = "" if model is None else f" '{model}'" if isinstance(model, str) else " (not a string)"
+            shown = "" if model is None else f" {model[:64]!r}" if isinstance(model, str) else " (not a string)"
             errors.append({"field": prefix + "model", "message": f"Invalid model{shown}. Must be one of: {allowed}"})
         return model
 
@@ -151,13 +165,28 @@ class AgentService:
                 "members": [m.agent_id for m in members]}
 
     def member_labels(self, aliases: Any) -> list[str]:
-        return [f"{self.config.models[a].provider}/{self.config.models[a].upstream}" for a in aliases]
+        """``<provider>/<upstream>`` per alias; the bare alias for one no longer in the config."""
+        models = self.config.models
+        return [f"{models[a].provider}/{models[a].upstream}" if a in models else a for a in aliases]
 
     # -- reading -------------------------------------------------------------------------
+    async def _settled(self, agent: Agent) -> Agent:
+        """A live agent, or, when its terminal state is being written, the agent once it is on disk.
+
+        The runtime marks an agent finished before its final write commits; nobody may
+        hear "completed" (or act on it) before the database says so.
+        """
+        if agent.status not in A.TERMINAL:
+            return agent
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.runtime.wait(agent.agent_id)), _SETTLE_WAIT)
+        except asyncio.TimeoutError:  # a stuck write: report what we know rather than hang
+            return agent
+
     async def _load(self, agent_id: str) -> Agent:
         agent = self.runtime.live.get(agent_id)
         if agent is not None:
-            return agent
+            return await self._settled(agent)
 
         def read(conn: sqlite3.Connection) -> Agent | None:
             row = conn.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
@@ -191,8 +220,12 @@ class AgentService:
 
         def read(conn: sqlite3.Connection) -> tuple[int, float, dict[str, int], list[Agent]]:
             where = q.where_sql()
-            total, total_cost = conn.execute(f"SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM agents WHERE {where}",
-                                             q.params).fetchone()
+            total = conn.execute(f"SELECT COUNT(*) FROM agents WHERE {where}", q.params).fetchone()[0]
+            # A team's cost is the sum of its members': when both are listed, count the spend once.
+            total_cost = conn.execute(
+                f"SELECT COALESCE(SUM(cost), 0) FROM agents WHERE ({where}) AND NOT (kind = 'team' AND agent_id IN "
+                f"(SELECT parent_id FROM agents WHERE ({where}) AND parent_id IS NOT NULL))",
+                (*q.params, *q.params)).fetchone()[0]
             by_model = dict(conn.execute(f"SELECT model, COUNT(*) FROM agents WHERE {where} GROUP BY model "
                                          "ORDER BY COUNT(*) DESC, model", q.params).fetchall())
             rows = conn.execute(f"SELECT * FROM agents WHERE {where} ORDER BY {q.order} LIMIT ? OFFSET ?",
@@ -218,11 +251,15 @@ class AgentService:
 
     async def cancel(self, agent_id: str) -> dict[str, Any]:
         agent = self.runtime.live.get(agent_id)
-        if agent is None:
-            finished = await self._load(agent_id)  # 404 when unknown
+        if agent is None or agent.status in A.TERMINAL:
+            # Unknown (404), finished, or finishing right now (its final write is in flight,
+            # or a concurrent cancel got there first): nothing left to cancel.
+            finished = await self._load(agent_id)
             raise Conflict(f"Agent '{agent_id}' already {finished.status}; nothing to cancel",
                            status=finished.status)
         refund = await self.runtime.cancel(agent)
+        if agent.status != A.CANCELLED:  # it completed or failed while we were cancelling it
+            raise Conflict(f"Agent '{agent_id}' already {agent.status}; nothing to cancel", status=agent.status)
         return {"success": True, "message": "Agent cancelled", "agent_id": agent_id, "refund": refund}
 
     # -- start-up ----------------------------------------------------------------------------

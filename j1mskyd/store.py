@@ -240,7 +240,9 @@ class Store:
                 try:
                     for sql, params in unit:
                         conn.execute(sql, params)
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, ValueError, OverflowError) as exc:
+                    # sqlite errors, and values that cannot be bound (a lone surrogate, an
+                    # int beyond 64 bits): this unit fails, the rest of the group commits.
                     conn.execute("ROLLBACK TO unit")
                     errors.append(exc)
                 else:

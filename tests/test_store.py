@@ -26,7 +26,7 @@ async def test_schema_is_current_and_file_private(store, tmp_path):
     assert (tmp_path / "j1msky.db").stat().st_mode & 0o077 == 0
 
 
-def test_forward_migration_from_version_1_keeps_rows(tmp_path):
+async def test_forward_migration_from_version_1_keeps_rows(tmp_path):
     path = str(tmp_path / "old.db")
     conn = sqlite3.connect(path, isolation_level=None)
     for stmt in S._statements(S.MIGRATIONS[0]):
@@ -39,7 +39,7 @@ def test_forward_migration_from_version_1_keeps_rows(tmp_path):
     s.open()
     row = s.read_sync(lambda c: c.execute("SELECT cost, api_key FROM usage").fetchone())
     assert tuple(row) == (0.5, "anonymous")
-    asyncio.run(s.close())
+    await s.close()
 
 
 def test_a_newer_database_is_refused(tmp_path):
@@ -82,3 +82,14 @@ async def test_writes_after_close_are_refused(store):
     await store.close()
     with pytest.raises(StoreError):
         store.submit([("SELECT 1", ())])
+
+
+@pytest.mark.parametrize("bad_value", ["b\ud800", 2**70])
+async def test_an_unbindable_unit_fails_alone(store, bad_value):
+    sql = "INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost) VALUES (?,?,?,?,?,?,?)"
+    good = store.submit([(sql, (1, "good", "m", "p", 1, 1, 0.1))])
+    bad = store.submit([(sql, (2, "bad", "m", "p", bad_value, 1, 0.1) if isinstance(bad_value, int)
+                         else (2, bad_value, "m", "p", 1, 1, 0.1))])
+    results = await asyncio.gather(good, bad, return_exceptions=True)
+    assert results[0] is None and isinstance(results[1], StoreError)
+    assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM usage").fetchone()[0]) == 1

@@ -45,7 +45,7 @@ async def list_agents(request: web.Request) -> web.Response:
     page["pagination"] = {
         "total": total, "limit": limit, "offset": offset, "has_more": has_more,
         "next_offset": offset + limit if has_more else None,
-        "previous_offset": max(offset - limit, 0) if offset > 0 else None,
+        "previous_offset": _previous(total, limit, offset),
     }
     page["links"] = _links(request.path, params, total, limit, offset, has_more)
     return json_response(page)
@@ -59,7 +59,18 @@ def _links(path: str, params: dict[str, str], total: int, limit: int, offset: in
     def at(off: int) -> str:
         return f"{path}?{urlencode({**kept, 'limit': limit, 'offset': off})}"
 
-    last = max((total - 1) // limit * limit, 0)
+    previous = _previous(total, limit, offset)
     return {"self": at(offset), "next": at(offset + limit) if has_more else None,
-            "prev": at(max(offset - limit, 0)) if offset > 0 else None,
-            "first": at(0), "last": at(last)}
+            "prev": at(previous) if previous is not None else None,
+            "first": at(0), "last": at(_last(total, limit))}
+
+
+def _last(total: int, limit: int) -> int:
+    return max((total - 1) // limit * limit, 0)
+
+
+def _previous(total: int, limit: int, offset: int) -> int | None:
+    """The page before this one; from past the end, the last real page (not another empty one)."""
+    if offset <= 0:
+        return None
+    return min(max(offset - limit, 0), _last(total, limit))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +33,12 @@ ERROR_TYPES = {
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=jsonx.dumps(data), status=status, headers=headers, content_type="application/json")
+    try:
+        body = jsonx.dumps(data).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (e.g. echoed from a request's "\ud800"): escape it
+        body = json.dumps(data, separators=(",", ":")).encode("ascii")
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json",
+                        charset="utf-8")
 
 
 def error_response(request: web.Request, status: int, message: str, *, type_: str | None = None,
@@ -57,6 +63,8 @@ async def read_json(request: web.Request) -> Any:
         return jsonx.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJson(f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:  # stdlib json on "[[[[...": deeper than the interpreter allows
+        raise InvalidJson("Request body is not valid JSON: nested too deeply") from None
 
 
 def query_params(request: web.Request) -> dict[str, str]:

@@ -41,7 +41,7 @@ class RequestStats:
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Honour a sane client X-Request-Id (so traces join up), else make one."""
     given = request.headers.get("X-Request-Id", "")
-    request_id = given if _CLIENT_ID.match(given) else "req_" + secrets.token_hex(8)
+    request_id = given if _CLIENT_ID.fullmatch(given) else "req_" + secrets.token_hex(8)
     request[REQUEST_ID] = request_id
     response = await handler(request)
     response.headers["X-Request-Id"] = request_id
