@@ -36,15 +36,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .app import build_app
+    from .store import StoreError
     app = build_app(config)
-    logging.getLogger("j1mskyd").info("j1mskyd %s listening on http://%s:%d (config: %s)", __version__,
-                                      config.server.host, config.server.port, config.source)
+    log = logging.getLogger("j1mskyd")
+
+    def listening(_banner: str) -> None:  # run_app calls this once the socket is bound
+        log.info("j1mskyd %s listening on http://%s:%d (config: %s)", __version__,
+                 config.server.host, config.server.port, config.source)
+
     # run_app turns SIGTERM/SIGINT into a graceful exit: the site stops accepting, then
     # the cleanup context persists in-flight agents and closes the database.
     try:
         web.run_app(app, host=config.server.host, port=config.server.port, shutdown_timeout=5.0,
-                    print=None, access_log=None)
-    except OSError as exc:  # the port is taken, the state dir is not writable...: say so, no traceback
+                    print=listening, access_log=None)
+    except (OSError, StoreError) as exc:  # port taken, state dir unwritable or in use: say so, no traceback
         logging.getLogger("j1mskyd").debug("start failed", exc_info=True)
         print(f"j1mskyd: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -63,13 +68,23 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, not {port}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="j1mskyd", description="A small, trustworthy agency of LLM agents.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", help="config file (default: $J1MSKY_CONFIG or the embedded default)")
     serve.add_argument("--host", help="address to bind (overrides the config)")
-    serve.add_argument("--port", type=int, help="port to bind (default 8080)")
+    serve.add_argument("--port", type=_port, help="port to bind (default 8080)")
     serve.add_argument("--state-dir", help="directory for the database and keys")
     serve.set_defaults(func=cmd_serve)
     check = sub.add_parser("check-config", help="validate a config file and print every problem")

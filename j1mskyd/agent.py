@@ -70,11 +70,12 @@ class Agent:
 
     # -- views -------------------------------------------------------------------
     def spawn_view(self) -> dict[str, Any]:
+        """The answer to a spawn: "spawning" is the seed's word for accepted (it is queued by now)."""
         return {
             "success": True,
             "agent_id": self.agent_id,
             "model": self.model,
-            "status": self.status,
+            "status": SPAWNING,
             "estimated_cost": money(self.estimated_cost),
         }
 

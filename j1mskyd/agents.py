@@ -100,9 +100,7 @@ class AgentService:
 
     # -- spawning ----------------------------------------------------------------------
     async def _store_and_admit(self, agents: list[Agent], extra: list[Agent] = ()) -> None:
-        await self.store.write(*(a.insert_statement() for a in [*agents, *extra]))
-        for a in [*agents, *extra]:
-            await self.runtime.admit(a)
+        await self.runtime.admit([*agents, *extra])
 
     async def spawn(self, body: Any) -> dict[str, Any]:
         self._require_object(body)
@@ -111,7 +109,7 @@ class AgentService:
         if agent is None:
             raise ValidationFailed(errors)
         await self._store_and_admit([agent])
-        return agent.spawn_view() | {"status": A.SPAWNING}
+        return agent.spawn_view()
 
     async def spawn_batch(self, body: Any) -> dict[str, Any]:
         items = body if isinstance(body, list) else body.get("agents", body.get("tasks")) \
@@ -136,7 +134,7 @@ class AgentService:
             raise ValidationFailed(errors)
         await self._store_and_admit(agents)
         return {"success": True, "count": len(agents),
-                "agents": [a.spawn_view() | {"status": A.SPAWNING} for a in agents]}
+                "agents": [a.spawn_view() for a in agents]}
 
     async def spawn_team(self, body: Any) -> dict[str, Any]:
         self._require_object(body)

@@ -14,10 +14,11 @@ from aiohttp import web
 
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES
-from .api.middleware import MIDDLEWARES, STATS, RequestStats
+from .api.middleware import IP_POLICY, MIDDLEWARES, STATS, RequestStats
 from .api.routes import setup_routes
 from .breaker import CircuitBreaker
 from .config import Config
+from .netguard import IpPolicy, parse_networks
 from .plugins import PluginError, PluginRegistry, build_provider, load_plugins
 from .provider_pool import ProviderSlot
 from .runtime import AgentRuntime
@@ -100,6 +101,9 @@ def build_app(config: Config) -> web.Application:
     app = web.Application(middlewares=list(MIDDLEWARES), client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[STATS] = RequestStats()
+    sec = config.security
+    app[IP_POLICY] = IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
+                              parse_networks(sec.trusted_proxies))
     app.cleanup_ctx.append(_lifecycle)
     setup_routes(app)
     return app

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
+from .netguard import PRIVATE_NETWORKS, parse_networks
 from .providers import ProviderSettings
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "ModelConfig",
     "PluginsConfig",
     "RuntimeConfig",
+    "SecurityConfig",
     "ServerConfig",
     "StoreConfig",
     "TeamConfig",
@@ -138,6 +140,14 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    allowed_ips: tuple[str, ...] = PRIVATE_NETWORKS  # loopback and private LAN ranges
+    enforce_allowlist: bool = True         # refuse (403) clients outside allowed_ips
+    log_violations: bool = True
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For is believed
+
+
+@dataclass(frozen=True, slots=True)
 class PluginsConfig:
     dropin_dir: str = "/etc/j1msky/plugins.d"
     disabled: tuple[str, ...] = ()
@@ -179,6 +189,7 @@ class Config:
     source: str                            # "<embedded>" or the file path
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
 
 # ------------------------------------------------------------------------- checkers
@@ -371,8 +382,23 @@ _LIMITS: dict[str, Checker] = {
     "per_ip": _bool,
     "persist_interval": _num(positive=True),
 }
+def _networks(v: Any) -> tuple[str, ...]:
+    items = _strings()(v)
+    try:
+        parse_networks(items)
+    except ValueError as e:
+        raise _Bad(str(e)) from None
+    return items
+
+
+_SECURITY: dict[str, Checker] = {
+    "allowed_ips": _networks,
+    "enforce_allowlist": _bool,
+    "log_violations": _bool,
+    "trusted_proxies": _networks,
+}
 _SECTIONS = {"server": _SERVER, "runtime": _RUNTIME, "store": _STORE, "plugins": _PLUGINS,
-             "budget": _BUDGET, "limits": _LIMITS}
+             "budget": _BUDGET, "limits": _LIMITS, "security": _SECURITY}
 _NAMED = ("providers", "models", "teams")
 _REQUIRED = {
     "providers": ("plugin",),
@@ -592,6 +618,7 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
         source=source,
         budget=BudgetConfig(**budget),
         limits=LimitsConfig(**sections["limits"]),
+        security=SecurityConfig(**sections["security"]),
     )
 
 

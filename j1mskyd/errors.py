@@ -45,6 +45,15 @@ class ValidationFailed(ApiError):
         super().__init__(details[0]["message"], details=details)
 
 
+class Forbidden(ApiError):
+    status = 403
+    type = "FORBIDDEN"
+
+
+class IpNotAllowed(Forbidden):
+    type = "IP_NOT_ALLOWED"
+
+
 class NotFound(ApiError):
     status = 404
     type = "NOT_FOUND"

@@ -3,7 +3,7 @@
 Life of an agent (every transition is queued to the store in order; the terminal one
 is awaited before anyone is told):
 
-    spawning --admit()--> queued --dispatch--> running --> completed | failed | cancelled
+    (accepted) --admit()--> queued --dispatch--> running --> completed | failed | cancelled
 
 * Queues are per provider (the provider of the agent's own model) and ordered by
   priority then arrival, so a saturated provider never blocks agents bound elsewhere.
@@ -110,19 +110,26 @@ class AgentRuntime:
     def running_count(self) -> int:
         return self._active
 
-    async def admit(self, agent: Agent) -> None:
-        """Take a freshly stored agent (status spawning) into the queue."""
-        self.live[agent.agent_id] = agent
-        if agent.kind == A.KIND_TEAM:
-            agent.status = A.RUNNING
-            agent.started_at = self.clock()
-            agent.runs += 1
-            self.store.submit([agent.update_statement("status", "started_at", "runs")])
-            self._team_finished.setdefault(agent.agent_id, {})
-            return
-        agent.status = A.QUEUED
-        self.store.submit([agent.update_statement("status")])
-        self._enqueue(agent)
+    async def admit(self, agents: list[Agent]) -> None:
+        """Store new agents in one atomic write, then queue them.
+
+        They are written in their first live status (queued; running for a team lead,
+        which only waits for its members), so a spawn costs one write.  The API still
+        answers "spawning", the seed's word for "accepted".
+        """
+        now = self.clock()
+        for agent in agents:
+            if agent.kind == A.KIND_TEAM:
+                agent.status, agent.started_at, agent.runs = A.RUNNING, now, 1
+            else:
+                agent.status = A.QUEUED
+        await self.store.write(*(a.insert_statement() for a in agents))
+        for agent in agents:
+            self.live[agent.agent_id] = agent
+            if agent.kind == A.KIND_TEAM:
+                self._team_finished.setdefault(agent.agent_id, {})
+            else:
+                self._enqueue(agent)
         self._schedule()
 
     def wait(self, agent_id: str) -> asyncio.Future[Agent]:

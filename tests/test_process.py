@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from j1mskyd import __version__
-from tests.daemon import ROOT, Daemon, child_env, db_agents, run_cli, statuses, wait_until, write_config
+from tests.daemon import (ROOT, Daemon, child_env, db_agents, free_port, run_cli, statuses, wait_until,
+                          write_config)
 
 SLOW = 30.0  # seconds per provider call: "running" for the whole test unless interrupted
 
@@ -170,6 +171,16 @@ def test_serve_on_a_taken_port_exits_1_and_says_why(tmp_path):
     assert last.startswith("j1mskyd: cannot start: ") and "in use" in last, out.stderr
     # (aiohttp 3.8.4's run_app itself logs the bind error's traceback before returning it;
     # newer aiohttp does not.  The operator's answer is the last line either way.)
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path, make_daemon):
+    first = make_daemon(write_config(tmp_path / "c.toml"))
+    out = run_cli("serve", "--port", str(free_port()), "--state-dir", str(first.state_dir),
+                  "--config", str(tmp_path / "c.toml"), cwd=tmp_path)
+    assert out.returncode == 1
+    last = out.stderr.splitlines()[-1]
+    assert last.startswith("j1mskyd: cannot start: ") and "in use by another j1mskyd" in last, out.stderr
+    assert first.get("/api/health")["status"] == "healthy"  # the first one is untouched
 
 
 # ------------------------------------------------------------------------ serving

@@ -287,3 +287,14 @@ async def test_a_buggy_plugin_is_retried_and_never_crashes_the_daemon(aiohttp_cl
     assert done["status"] == "completed" and done["result"] == "recovered" and done["attempts"] == 2
     health = await (await client.get("/api/health")).json()
     assert health["providers"]["bug"]["failures"] == 1
+
+
+async def test_health_is_503_when_no_provider_can_serve(aiohttp_client, tmp_path):
+    base = make_config(tmp_path)
+    broken = {"offline": dataclasses.replace(base.providers["offline"], plugin="missing_plugin")}
+    client = await aiohttp_client(build_app(dataclasses.replace(base, providers=broken)))
+    resp = await client.get("/api/health")
+    body = await resp.json()
+    assert resp.status == 503 and body["status"] == "unhealthy"
+    done = await wait_status(client, await spawn(client))
+    assert done["status"] == "failed" and "missing_plugin" in done["error"]

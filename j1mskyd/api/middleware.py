@@ -1,6 +1,6 @@
 """Middlewares, outermost first.  The order is stated once, in MIDDLEWARES.
 
-request id -> error envelope -> body size limit -> (later: IP guard, auth, signature,
+request id -> error envelope -> body size limit -> IP guard -> (later: auth, signature,
 rate limit, idempotency) -> handler.
 """
 
@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..errors import ApiError, PayloadTooLarge
-from .common import CONFIG, REQUEST_ID, api_error_response, app_key, error_response
+from ..errors import ApiError, IpNotAllowed, PayloadTooLarge
+from ..netguard import IpPolicy
+from .common import CONFIG, REQUEST_ID, api_error_response, app_key, error_response, request_key
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -86,4 +87,21 @@ async def body_limit_middleware(request: web.Request, handler: Handler) -> web.S
     return await handler(request)
 
 
-MIDDLEWARES = (request_id_middleware, error_middleware, body_limit_middleware)
+IP_POLICY = app_key("j1msky.ip_policy")
+CLIENT_IP = request_key("j1msky.client_ip")
+
+
+@web.middleware
+async def ip_guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Resolve the client address once (proxies per config) and apply the allowlist."""
+    policy: IpPolicy = request.app[IP_POLICY]
+    addr = policy.client_ip(request.remote, request.headers.get("X-Forwarded-For"))
+    request[CLIENT_IP] = addr
+    if not policy.admits(addr):
+        if request.app[CONFIG].security.log_violations:
+            log.warning("refused %s %s from %s: not in the IP allowlist", request.method, request.path, addr)
+        raise IpNotAllowed("Access denied: your IP address is not in the allowlist", your_ip=str(addr))
+    return await handler(request)
+
+
+MIDDLEWARES = (request_id_middleware, error_middleware, body_limit_middleware, ip_guard_middleware)

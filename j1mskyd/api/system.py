@@ -23,7 +23,8 @@ async def health(request: web.Request) -> web.Response:
                  for name, slot in services.slots.items()}
     usable = [p for p in providers.values() if p["available"] and p["state"] != "open"]
     status = "healthy" if len(usable) == len(providers) else "degraded" if usable else "unhealthy"
-    return json_response({
+    # 503 when nothing can serve, so load balancers and `curl -f` notice; degraded stays 200.
+    return json_response(status=503 if status == "unhealthy" else 200, data={
         "status": status,
         "version": __version__,
         "uptime_seconds": int(time.monotonic() - services.started),
