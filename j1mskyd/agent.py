@@ -22,6 +22,7 @@ TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}  # lower runs first
 
 KIND_AGENT, KIND_TEAM, KIND_MEMBER = "agent", "team", "member"
+ANONYMOUS = "anonymous"  # the key id of requests made while authentication is not configured
 
 COLUMNS = (
     "agent_id", "kind", "parent_id", "team", "model", "served_model", "provider", "task",
@@ -48,7 +49,7 @@ class Agent:
     def __init__(self, **fields: Any) -> None:
         for name in COLUMNS:
             setattr(self, name, fields.get(name))
-        self.api_key = self.api_key or "anonymous"
+        self.api_key = self.api_key or ANONYMOUS
         self.runs = self.runs or 0
         self.attempts = self.attempts or 0
         if self.created_at is None:

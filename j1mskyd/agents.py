@@ -11,6 +11,7 @@ import itertools
 import math
 import secrets
 import sqlite3
+from datetime import datetime, timezone
 from typing import Any
 
 from . import agent as A
@@ -18,6 +19,7 @@ from . import agent_query
 from .agent import Agent, from_row
 from .config import Config
 from .errors import Conflict, NotFound, ValidationFailed
+from .budget import Budget
 from .runtime import AgentRuntime
 from .store import Store
 
@@ -35,10 +37,11 @@ def _encodable(text: str) -> bool:
 
 
 class AgentService:
-    def __init__(self, config: Config, store: Store, runtime: AgentRuntime) -> None:
+    def __init__(self, config: Config, store: Store, runtime: AgentRuntime, budget: Budget) -> None:
         self.config = config
         self.store = store
         self.runtime = runtime
+        self.budget = budget
         # A counter from a random start: unique within a process and a second, and
         # the seed's id shape (subagent_<unix seconds>_<4 digits>).
         self._ids = itertools.count(secrets.randbelow(10_000))
@@ -99,19 +102,30 @@ class AgentService:
                      created_at=now)
 
     # -- spawning ----------------------------------------------------------------------
-    async def _store_and_admit(self, agents: list[Agent], extra: list[Agent] = ()) -> None:
-        await self.runtime.admit([*agents, *extra])
+    async def _store_and_admit(self, agents: list[Agent], extra: list[Agent] = (), *,
+                               key_id: str = A.ANONYMOUS) -> None:
+        """Reserve the budget for the top-level ``agents`` (a team's members ride on their
+        lead's reservation), then store and queue everything; refused means nothing written."""
+        for a in [*agents, *extra]:
+            a.api_key = key_id
+        self.budget.reserve_all(key_id, [(a.agent_id, a.estimated_cost) for a in agents])
+        try:
+            await self.runtime.admit([*agents, *extra])
+        except BaseException:
+            for a in agents:
+                self.budget.settle(a.agent_id, None)
+            raise
 
-    async def spawn(self, body: Any) -> dict[str, Any]:
+    async def spawn(self, body: Any, key_id: str = A.ANONYMOUS) -> dict[str, Any]:
         self._require_object(body)
         errors: list[dict[str, str]] = []
         agent = self._build(body, "", errors, self.runtime.clock())
         if agent is None:
             raise ValidationFailed(errors)
-        await self._store_and_admit([agent])
+        await self._store_and_admit([agent], key_id=key_id)
         return agent.spawn_view()
 
-    async def spawn_batch(self, body: Any) -> dict[str, Any]:
+    async def spawn_batch(self, body: Any, key_id: str = A.ANONYMOUS) -> dict[str, Any]:
         items = body if isinstance(body, list) else body.get("agents", body.get("tasks")) \
             if isinstance(body, dict) else None
         if not isinstance(items, list) or not items:
@@ -132,11 +146,11 @@ class AgentService:
                 agents.append(agent)
         if errors:  # all or nothing: a batch with one bad entry spawns nothing
             raise ValidationFailed(errors)
-        await self._store_and_admit(agents)
+        await self._store_and_admit(agents, key_id=key_id)
         return {"success": True, "count": len(agents),
                 "agents": [a.spawn_view() for a in agents]}
 
-    async def spawn_team(self, body: Any) -> dict[str, Any]:
+    async def spawn_team(self, body: Any, key_id: str = A.ANONYMOUS) -> dict[str, Any]:
         self._require_object(body)
         errors: list[dict[str, str]] = []
         task, priority, timeout = self._check_common(body, "", errors)
@@ -156,7 +170,7 @@ class AgentService:
                    for alias in team.members]
         lead.members = [m.agent_id for m in members]
         lead.estimated_cost = sum(m.estimated_cost for m in members)
-        await self._store_and_admit([lead], members)
+        await self._store_and_admit([lead], members, key_id=key_id)
         return {"success": True, "agent_id": lead.agent_id, "team": team.id,
                 "models": self.member_labels(team.members), "status": A.SPAWNING,
                 "estimated_cost": A.money(lead.estimated_cost), "team_status": team.status,
@@ -238,14 +252,8 @@ class AgentService:
 
     async def active(self) -> dict[str, Any]:
         agents = sorted(self.runtime.live.values(), key=lambda a: a.created_at)
-        since = self.runtime.clock() // 86_400 * 86_400  # UTC midnight
-
-        def read(conn: sqlite3.Connection) -> float:
-            return conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE ts >= ?", (since,)).fetchone()[0]
-
-        spent_today = await self.store.read(read)
         return {"agents": [a.active_view() for a in agents], "count": len(agents),
-                "total_cost_today": round(spent_today, 6)}
+                "total_cost_today": self.budget.snapshot()["today_spend"]}
 
     async def cancel(self, agent_id: str) -> dict[str, Any]:
         agent = self.runtime.live.get(agent_id)
@@ -275,4 +283,22 @@ class AgentService:
             return live, done
 
         live, done = await self.store.read(read)
+        now = self.runtime.clock()
+        spent = await self.store.read(lambda conn: ledger_spend(conn, now))
+        # Reservations first: agents failed during recovery settle against them.
+        self.budget.restore(*spent, live=[(a.agent_id, a.api_key, a.estimated_cost)
+                                          for a in live if a.kind != A.KIND_MEMBER])
         return await self.runtime.recover(live, done)
+
+
+def ledger_spend(conn: sqlite3.Connection, now: float) -> tuple[float, float, dict[str, float]]:
+    """Settled spend today and this month (UTC), and this clock hour per key, from the ledger."""
+    day_start = now // 86_400 * 86_400
+    month_start = datetime.fromtimestamp(now, timezone.utc).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+    hour_start = now // 3600 * 3600
+    (today,) = conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE ts >= ?", (day_start,)).fetchone()
+    (month,) = conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE ts >= ?", (month_start,)).fetchone()
+    hour = dict(conn.execute("SELECT api_key, SUM(cost) FROM usage WHERE ts >= ? GROUP BY api_key",
+                             (hour_start,)).fetchall())
+    return today, month, hour

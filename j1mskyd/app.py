@@ -14,18 +14,22 @@ from aiohttp import web
 
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES
-from .api.middleware import IP_POLICY, MIDDLEWARES, STATS, RequestStats
+from .api.middleware import IP_POLICY, LIMITER, METRICS, MIDDLEWARES, add_rate_limit_headers
 from .api.routes import setup_routes
 from .breaker import CircuitBreaker
+from .budget import Budget, BudgetPolicy
 from .config import Config
+from .metrics import Metrics
 from .netguard import IpPolicy, parse_networks
 from .plugins import PluginError, PluginRegistry, build_provider, load_plugins
 from .provider_pool import ProviderSlot
+from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimiter
 from .runtime import AgentRuntime
 from .store import Store
 
 log = logging.getLogger(__name__)
 BUILTIN_PLUGINS = Path(__file__).parent / "builtin_plugins"
+_PRUNE_EVERY = 60.0  # seconds between sweeps of full (forgettable) rate-limit buckets
 
 
 @dataclass
@@ -38,7 +42,17 @@ class Services:
     slots: dict[str, ProviderSlot]
     runtime: AgentRuntime
     agents: AgentService
+    budget: Budget
+    bucket_file: BucketFile
     started: float = field(default_factory=time.monotonic)
+
+
+def state_db_path(config: Config) -> str:
+    return os.path.join(config.server.state_dir, "j1msky.db")
+
+
+def ratelimit_path(config: Config) -> str:
+    return os.path.join(config.server.state_dir, "ratelimits.json")
 
 
 def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.ClientSession) -> dict[str, ProviderSlot]:
@@ -56,6 +70,24 @@ def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.Clie
     return slots
 
 
+async def _persist_buckets(app: web.Application, services: Services) -> None:
+    """Save the rate-limit counters every few seconds when they changed; prune now and then."""
+    loop = asyncio.get_running_loop()
+    interval = app[CONFIG].limits.persist_interval
+    limiter: RequestLimiter = app[LIMITER]
+    runtime = services.runtime
+    last_prune = loop.time()
+    while True:
+        await asyncio.sleep(interval)
+        if loop.time() - last_prune >= _PRUNE_EVERY:
+            last_prune = loop.time()
+            limiter.buckets.prune(lambda key: limiter.limit_for(key) or runtime.limit_for(key))
+        try:
+            await loop.run_in_executor(None, services.bucket_file.save_if_changed)
+        except OSError as exc:  # a full disk must not stop the daemon; the next round retries
+            log.error("could not save rate-limit counters: %s", exc)
+
+
 async def _lifecycle(app: web.Application):
     """cleanup_ctx: a plain async generator (aiohttp 3.8 refuses an asynccontextmanager)."""
     config: Config = app[CONFIG]
@@ -71,12 +103,18 @@ async def _lifecycle(app: web.Application):
         registry, BUILTIN_PLUGINS, dropin, disabled=config.plugins.disabled,
         timeout=config.plugins.load_timeout, require_root=config.plugins.require_root))
 
+    limiter: RequestLimiter = app[LIMITER]
+    bucket_file = BucketFile(ratelimit_path(config), limiter.buckets)
+    loaded = await loop.run_in_executor(None, bucket_file.load)
+    b = config.budget
+    budget = Budget(BudgetPolicy(b.daily_budget, b.monthly_ceiling, b.spike_per_hour, b.max_agents_per_key))
+
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=30))
     try:
         slots = _build_slots(config, registry, session)
-        runtime = AgentRuntime(config, store, slots)
-        agents = AgentService(config, store, runtime)
-        services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents)
+        runtime = AgentRuntime(config, store, slots, buckets=limiter.buckets, budget=budget)
+        agents = AgentService(config, store, runtime, budget)
+        services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file)
         recovered = await agents.recover()
     except BaseException:
         await session.close()
@@ -85,29 +123,36 @@ async def _lifecycle(app: web.Application):
     if any(recovered.values()):
         log.info("recovered agents after restart: %s", recovered)
     runtime.start()
-    log.info("j1mskyd ready: %d providers, %d models, state in %s", len(slots), len(config.models), state_dir)
+    saver = asyncio.ensure_future(_persist_buckets(app, services))
+    log.info("j1mskyd ready: %d providers, %d models, %d rate-limit counters restored, state in %s",
+             len(slots), len(config.models), loaded, state_dir)
     try:
         yield
     finally:
+        saver.cancel()
         await runtime.stop()
         for slot in services.slots.values():
             await slot.close()
         await session.close()
         await store.close()
+        try:
+            await loop.run_in_executor(None, bucket_file.save_if_changed)
+        except OSError as exc:
+            log.error("could not save rate-limit counters: %s", exc)
         log.info("j1mskyd stopped; state saved in %s", state_dir)
 
 
 def build_app(config: Config) -> web.Application:
     app = web.Application(middlewares=list(MIDDLEWARES), client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
-    app[STATS] = RequestStats()
+    app[METRICS] = Metrics()
     sec = config.security
     app[IP_POLICY] = IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
                               parse_networks(sec.trusted_proxies))
+    lim = config.limits
+    app[LIMITER] = RequestLimiter(
+        Buckets(), {cls: Limit(getattr(lim, cls), lim.window_seconds) for cls in ENDPOINT_CLASSES}, lim.per_ip)
+    app.on_response_prepare.append(add_rate_limit_headers)
     app.cleanup_ctx.append(_lifecycle)
     setup_routes(app)
     return app
-
-
-def state_db_path(config: Config) -> str:
-    return os.path.join(config.server.state_dir, "j1msky.db")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from .errors import ApiError
+from .errors import ApiError, RateLimited
 
 ALERT_LEVELS = (("critical", 90.0), ("warning", 70.0), ("notice", 50.0))
 
@@ -29,9 +29,8 @@ class BudgetExceeded(ApiError):
     type = "BUDGET_EXCEEDED"
 
 
-class SpawnRefused(ApiError):
-    status = 429
-    type = "RATE_LIMITED"
+class SpawnRefused(RateLimited):
+    """Too many live agents for a key, or its cost-spike block."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +137,13 @@ class Budget:
 
     def reserve(self, agent_id: str, key_id: str, amount: float) -> None:
         """check() then hold; no await may come between the two (see module doc)."""
-        self.check(key_id, amount)
-        self._hold(agent_id, key_id, amount)
+        self.reserve_all(key_id, [(agent_id, amount)])
+
+    def reserve_all(self, key_id: str, items: list[tuple[str, float]]) -> None:
+        """Reserve for several agents at once (a batch): all of them, or none."""
+        self.check(key_id, sum(amount for _, amount in items), count=len(items))
+        for agent_id, amount in items:
+            self._hold(agent_id, key_id, amount)
 
     def _hold(self, agent_id: str, key_id: str, amount: float) -> None:
         self._reserved[agent_id] = (key_id, amount)

@@ -69,6 +69,11 @@ class Gone(ApiError):
     type = "GONE"
 
 
+class RateLimited(ApiError):
+    status = 429
+    type = "RATE_LIMITED"
+
+
 class ServiceUnavailable(ApiError):
     status = 503
     type = "SERVICE_UNAVAILABLE"

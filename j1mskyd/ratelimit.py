@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,16 @@ class Decision:
     reset: float        # unix time at which the bucket is full again
     retry_after: float  # seconds until one token is available (0 when allowed)
 
+    @property
+    def reset_at(self) -> str:
+        return datetime.fromtimestamp(math.ceil(self.reset), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
     def headers(self) -> dict[str, str]:
-        from datetime import datetime, timezone
-        reset = math.ceil(self.reset)
         return {
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": str(reset),
-            "X-RateLimit-Reset-At": datetime.fromtimestamp(reset, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "X-RateLimit-Reset": str(math.ceil(self.reset)),
+            "X-RateLimit-Reset-At": self.reset_at,
         }
 
 
@@ -184,3 +187,47 @@ class BucketFile:
             raise
         self.writes += 1
         return True
+
+
+# Endpoint classes of the seed's "Rate Limits" table; the HTTP layer maps routes to them.
+ENDPOINT_CLASSES = ("spawn", "agent_read", "agents_list", "system", "other")
+
+
+class RequestLimiter:
+    """Per-key and per-IP request limits by endpoint class, on the shared :class:`Buckets`."""
+
+    def __init__(self, buckets: Buckets, limits: dict[str, Limit], per_ip: bool = True) -> None:
+        self.buckets = buckets
+        self.limits = limits
+        self.per_ip = per_ip
+
+    def limit_for(self, bucket_key: str) -> Limit | None:
+        """The limit of a ``key:...:<class>`` or ``ip:...:<class>`` bucket (for pruning)."""
+        if bucket_key.startswith(("key:", "ip:")):
+            return self.limits.get(bucket_key.rsplit(":", 1)[1])
+        return None
+
+    def check(self, endpoint_class: str, key_id: str, ip: str | None) -> Decision:
+        """Spend one request from the key's bucket and the IP's, only if both allow it.
+
+        The answer describes the tighter of the two, so the headers never promise more
+        than the client really has.
+        """
+        limit = self.limits[endpoint_class]
+        keys = [f"key:{key_id}:{endpoint_class}"]
+        if self.per_ip and ip:
+            keys.append(f"ip:{ip}:{endpoint_class}")
+        refused = [d for d in (self.buckets.peek(k, limit) for k in keys) if not d.allowed]
+        if refused:
+            self.buckets.hits += 1
+            return max(refused, key=lambda d: d.retry_after)
+        return min((self.buckets.take(k, limit) for k in keys), key=lambda d: d.remaining)
+
+    def status(self, key_id: str) -> dict[str, dict[str, object]]:
+        """What the key has left in each class (for GET /rate-limits)."""
+        out = {}
+        for cls, limit in self.limits.items():
+            d = self.buckets.peek(f"key:{key_id}:{cls}", limit)
+            out[cls] = {"used": limit.limit - d.remaining, "limit": limit.limit, "remaining": d.remaining,
+                        "reset_at": d.reset_at}
+        return out

@@ -220,6 +220,12 @@ class AgentRuntime:
         provider = self.config.models[agent.model].provider
         heapq.heappush(self._queues[provider], (A.PRIORITIES[agent.priority], next(self._seq), agent.agent_id))
 
+    def limit_for(self, bucket_key: str) -> Limit | None:
+        """The limit of a ``provider:<name>`` bucket (for pruning), None for other keys."""
+        if bucket_key.startswith("provider:"):
+            return self._provider_limits.get(bucket_key[len("provider:"):])
+        return None
+
     def provider_tokens(self, name: str):
         """The provider's hourly token bucket, as a Decision (for /rate-limits and routing)."""
         return self.buckets.peek("provider:" + name, self._provider_limits[name])

@@ -12,16 +12,23 @@ import pytest
 from j1mskyd.app import build_app
 from j1mskyd.config import Config, embedded_default
 from j1mskyd.providers import ProviderSettings
+from j1mskyd.ratelimit import ENDPOINT_CLASSES
 from tests.fakeupstream import FakeUpstream, fake_upstream  # noqa: F401  (re-exported fixture)
 
 
 def make_config(tmp_path, *, runtime: Mapping[str, Any] | None = None,
                 providers: Mapping[str, ProviderSettings] | None = None,
                 models: Mapping[str, Any] | None = None, **server: Any) -> Config:
-    """The embedded default with a private state dir and no drop-in dir, plus overrides."""
+    """The embedded default with a private state dir and no drop-in dir, plus overrides.
+
+    Request limits and the per-key agent cap are lifted so that tests of other things
+    never trip them; the tests of limits and budgets set their own.
+    """
     base = embedded_default()
     cfg = dataclasses.replace(
         base,
+        limits=dataclasses.replace(base.limits, **{c: 1_000_000 for c in ENDPOINT_CLASSES}),
+        budget=dataclasses.replace(base.budget, max_agents_per_key=1_000_000),
         server=dataclasses.replace(base.server, state_dir=str(tmp_path / "state"), port=0, **server),
         plugins=dataclasses.replace(base.plugins, dropin_dir=""),
         runtime=dataclasses.replace(base.runtime, **(runtime or {})),

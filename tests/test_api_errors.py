@@ -131,8 +131,9 @@ async def test_sunset_v3_endpoints_are_gone(client, prefix, method, path, succes
 def test_every_route_is_exercised_below():
     covered = {("POST", "/spawn"), ("POST", "/spawn-team"), ("POST", "/spawn-batch"), ("GET", "/agents"),
                ("GET", "/agents/active"), ("GET", "/agent/{agent_id}"), ("DELETE", "/agent/{agent_id}"),
-               ("GET", "/health"), ("GET", "/plugins")}
-    assert {(m, p) for m, p, _ in ROUTES} == covered
+               ("GET", "/health"), ("GET", "/plugins"), ("GET", "/rate-limits"), ("GET", "/system"),
+               ("GET", "/metrics"), ("GET", "/billing/usage")}
+    assert {(m, p) for m, p, _, _ in ROUTES} == covered
 
 
 @pytest.mark.parametrize("prefix", ["/api", "/api/v1"])
@@ -163,6 +164,11 @@ async def test_every_route_under_both_prefixes(client, prefix):
 
     resp = await client.get(f"{prefix}/plugins")
     assert resp.status == 200 and "plugins" in await resp.json()
+
+    for path, field in (("/rate-limits", "limits"), ("/system", "cpu_temp"), ("/metrics", "requests_total"),
+                        ("/billing/usage", "by_model")):
+        resp = await client.get(prefix + path)
+        assert resp.status == 200 and field in await resp.json(), path
 
     await wait_status(client, agent_id)
     resp = await client.delete(f"{prefix}/agent/{agent_id}")

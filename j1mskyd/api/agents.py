@@ -6,23 +6,29 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from ..agent import ANONYMOUS
 from .common import SERVICES, json_response, query_params, read_json
+from .middleware import API_KEY_ID
 
 
 def _agents(request: web.Request):
     return request.app[SERVICES].agents
 
 
+def _key_id(request: web.Request) -> str:
+    return request.get(API_KEY_ID, ANONYMOUS)
+
+
 async def spawn(request: web.Request) -> web.Response:
-    return json_response(await _agents(request).spawn(await read_json(request)))
+    return json_response(await _agents(request).spawn(await read_json(request), _key_id(request)))
 
 
 async def spawn_team(request: web.Request) -> web.Response:
-    return json_response(await _agents(request).spawn_team(await read_json(request)))
+    return json_response(await _agents(request).spawn_team(await read_json(request), _key_id(request)))
 
 
 async def spawn_batch(request: web.Request) -> web.Response:
-    return json_response(await _agents(request).spawn_batch(await read_json(request)))
+    return json_response(await _agents(request).spawn_batch(await read_json(request), _key_id(request)))
 
 
 async def get_agent(request: web.Request) -> web.Response:

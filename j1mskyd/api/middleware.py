@@ -1,55 +1,52 @@
 """Middlewares, outermost first.  The order is stated once, in MIDDLEWARES.
 
-request id -> error envelope -> body size limit -> IP guard -> (later: auth, signature,
-rate limit, idempotency) -> handler.
+request id (and metrics) -> error envelope -> body size limit -> IP guard -> (later: auth,
+signature) -> rate limit -> (later: idempotency) -> handler.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..errors import ApiError, IpNotAllowed, PayloadTooLarge
+from ..agent import ANONYMOUS
+from ..errors import ApiError, IpNotAllowed, PayloadTooLarge, RateLimited
 from ..netguard import IpPolicy
 from .common import CONFIG, REQUEST_ID, api_error_response, app_key, error_response, request_key
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-STATS = app_key("j1msky.request_stats")
+METRICS = app_key("j1msky.metrics")
+LIMITER = app_key("j1msky.request_limiter")
+ROUTE_CLASSES = app_key("j1msky.route_classes")
+RATE_DECISION = request_key("j1msky.rate_decision")
+API_KEY_ID = request_key("j1msky.api_key_id")
 
 
-class RequestStats:
-    """Two counters, cheap enough for every request; /health reports the error rate."""
-
-    __slots__ = ("requests", "server_errors")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.server_errors = 0
-
-    @property
-    def error_rate(self) -> float:
-        return round(self.server_errors / self.requests, 4) if self.requests else 0.0
+def route_name(request: web.Request) -> str:
+    """``METHOD /pattern`` for metrics: the route's pattern, never the raw path (ids would explode it)."""
+    resource = request.match_info.route.resource
+    return f"{request.method} {resource.canonical}" if resource is not None else f"{request.method} (unmatched)"
 
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Honour a sane client X-Request-Id (so traces join up), else make one."""
+    """Honour a sane client X-Request-Id (so traces join up), else make one; time the request."""
+    started = time.perf_counter()
     given = request.headers.get("X-Request-Id", "")
     request_id = given if _CLIENT_ID.fullmatch(given) else "req_" + secrets.token_hex(8)
     request[REQUEST_ID] = request_id
     response = await handler(request)
     response.headers["X-Request-Id"] = request_id
-    stats: RequestStats = request.app[STATS]
-    stats.requests += 1
-    if response.status >= 500:
-        stats.server_errors += 1
+    request.app[METRICS].record(route_name(request), response.status, time.perf_counter() - started)
     return response
 
 
@@ -104,4 +101,35 @@ async def ip_guard_middleware(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
-MIDDLEWARES = (request_id_middleware, error_middleware, body_limit_middleware, ip_guard_middleware)
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count the request against its key and its IP (API paths only); 429 when either is spent.
+
+    The decision is kept on the request so that ``add_rate_limit_headers`` puts the
+    X-RateLimit-* headers on every API response, error envelopes included.
+    """
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    resource = request.match_info.route.resource
+    endpoint_class = request.app[ROUTE_CLASSES].get(
+        (request.method, resource.canonical if resource is not None else ""), "other")
+    ip = request.get(CLIENT_IP)
+    decision = request.app[LIMITER].check(endpoint_class, request.get(API_KEY_ID, ANONYMOUS),
+                                          str(ip) if ip is not None else None)
+    request[RATE_DECISION] = decision
+    if not decision.allowed:
+        request.app[METRICS].rate_limit_hits += 1
+        wait = max(1, math.ceil(decision.retry_after))
+        raise RateLimited("Rate limit exceeded", retry_after=wait, headers={"Retry-After": str(wait)})
+    return await handler(request)
+
+
+async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: runs for every response, including those the error middleware made."""
+    decision = request.get(RATE_DECISION)
+    if decision is not None:
+        response.headers.update(decision.headers())
+
+
+MIDDLEWARES = (request_id_middleware, error_middleware, body_limit_middleware, ip_guard_middleware,
+               rate_limit_middleware)

@@ -9,7 +9,7 @@ from aiohttp import web
 from .. import __version__
 from ..errors import Gone
 from .common import CONFIG, SERVICES, json_response
-from .middleware import STATS
+from .middleware import METRICS
 
 # v3 endpoint -> its v4 successor (seed 002, "Migration Guide").
 SUNSET = {("POST", "/agent"): ("POST", "/spawn"), ("GET", "/status"): ("GET", "/agent/{agent_id}"),
@@ -28,7 +28,7 @@ async def health(request: web.Request) -> web.Response:
         "status": status,
         "version": __version__,
         "uptime_seconds": int(time.monotonic() - services.started),
-        "error_rate": request.app[STATS].error_rate,
+        "error_rate": request.app[METRICS].error_rate,
         "models_configured": len(request.app[CONFIG].models),
         "agents": {"queued": services.runtime.queued_count(), "running": services.runtime.running_count()},
         "providers": providers,

@@ -1,0 +1,92 @@
+"""Operations endpoints: rate limits, system, metrics (JSON and Prometheus), billing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from .. import billing, sysinfo
+from ..agent import ANONYMOUS
+from ..metrics import prometheus
+from .common import CONFIG, SERVICES, json_response, query_params
+from .middleware import API_KEY_ID, LIMITER, METRICS
+
+
+async def rate_limits(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    providers = {}
+    for name, slot in services.slots.items():
+        d = services.runtime.provider_tokens(name)
+        providers[name] = {"used": d.limit - d.remaining, "limit": d.limit, "remaining": d.remaining,
+                           "reset_at": d.reset_at}
+    key_id = request.get(API_KEY_ID, ANONYMOUS)
+    return json_response({"limits": providers, "requests": request.app[LIMITER].status(key_id),
+                          "budget": services.budget.snapshot()})
+
+
+async def system(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    active = len(services.runtime.live)
+    state_dir = request.app[CONFIG].server.state_dir
+    # psutil reads /proc files: keep that off the event loop.
+    snap = await asyncio.get_running_loop().run_in_executor(None, sysinfo.snapshot, state_dir, active)
+    return json_response(snap)
+
+
+def _agent_metrics(services) -> dict[str, object]:
+    runtime = services.runtime
+    return {"queued": runtime.queued_count(), "running": runtime.running_count(),
+            "completed_total": runtime.completed_total, "failed_total": runtime.failed_total}
+
+
+async def metrics_json(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    return json_response(request.app[METRICS].snapshot() | {"agents": _agent_metrics(services),
+                                                             "budget": services.budget.snapshot()})
+
+
+async def metrics_prometheus(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    m = request.app[METRICS]
+    runtime = services.runtime
+    budget = services.budget.snapshot()
+    routes = sorted(m.routes.items())
+    families = [
+        ("j1msky_http_requests_total", "counter", "HTTP requests by route and outcome.",
+         [({"route": r, "outcome": o}, n) for r, s in routes
+          for o, n in (("ok", s.count - s.client_errors - s.server_errors), ("client_error", s.client_errors),
+                       ("server_error", s.server_errors))]),
+        ("j1msky_http_request_duration_seconds", "summary", "Request latency over recent requests.",
+         [({"route": r, "quantile": q}, v / 1000) for r, s in routes
+          for q, v in zip(("0.5", "0.95", "0.99"), m.latency(s.samples()).values())]),
+        ("j1msky_rate_limit_hits_total", "counter", "Requests refused by a rate limit.", [({}, m.rate_limit_hits)]),
+        ("j1msky_agents", "gauge", "Live agents by status.",
+         [({"status": "queued"}, runtime.queued_count()), ({"status": "running"}, runtime.running_count())]),
+        ("j1msky_agents_finished_total", "counter", "Agents finished since start, by outcome.",
+         [({"outcome": "completed"}, runtime.completed_total), ({"outcome": "failed"}, runtime.failed_total)]),
+        ("j1msky_spend_today_usd", "gauge", "Settled spend today (UTC).", [({}, budget["today_spend"])]),
+        ("j1msky_spend_reserved_usd", "gauge", "Estimated cost reserved by live agents.", [({}, budget["reserved"])]),
+        ("j1msky_budget_daily_usd", "gauge", "Daily budget.", [({}, budget["daily_budget"])]),
+        ("j1msky_budget_utilization_pct", "gauge", "Today's spend as a percentage of the daily budget.",
+         [({}, budget["budget_utilization_pct"])]),
+        ("j1msky_provider_calls_total", "counter", "Upstream calls by provider.",
+         [({"provider": n}, s.calls) for n, s in services.slots.items()]),
+        ("j1msky_provider_failures_total", "counter", "Failed upstream calls by provider.",
+         [({"provider": n}, s.breaker.total_failures) for n, s in services.slots.items()]),
+        ("j1msky_provider_circuit_open", "gauge", "1 when the provider's circuit breaker is open.",
+         [({"provider": n}, int(s.breaker.state == "open")) for n, s in services.slots.items()]),
+        ("j1msky_provider_tokens_remaining", "gauge", "Calls left in the provider's hourly bucket.",
+         [({"provider": n}, runtime.provider_tokens(n).remaining) for n in services.slots]),
+    ]
+    return web.Response(text=prometheus(families), content_type="text/plain",
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def billing_usage(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    params = query_params(request)
+    start, end = billing.period(params, services.runtime.clock())
+    by_key = params.get("by_key", "").lower() in ("1", "true", "yes")
+    report = await services.store.read(lambda conn: billing.usage_report(conn, start, end, by_key))
+    return json_response(report)
