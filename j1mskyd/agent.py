@@ -13,6 +13,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from .crypto import DataCipher
+
 SPAWNING, QUEUED, RUNNING = "spawning", "queued", "running"
 COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
 STATUSES = (SPAWNING, QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED)
@@ -28,8 +30,9 @@ COLUMNS = (
     "agent_id", "kind", "parent_id", "team", "model", "served_model", "provider", "task",
     "priority", "timeout", "status", "error", "result", "estimated_cost", "cost",
     "input_tokens", "output_tokens", "runs", "attempts", "created_at", "started_at",
-    "completed_at", "api_key",
+    "completed_at", "api_key", "retention_days", "purged_at",
 )
+SEALED = ("task", "result")  # columns encrypted at rest
 _INSERT_SQL = f"INSERT INTO agents ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
@@ -57,12 +60,21 @@ class Agent:
         self.members: list[str] = list(fields.get("members") or ())
 
     # -- persistence -----------------------------------------------------------
-    def insert_statement(self) -> tuple[str, tuple[Any, ...]]:
-        return _INSERT_SQL, tuple(getattr(self, c) for c in COLUMNS)
+    # Task and result are the user's data: they reach the database only through
+    # ``cipher`` (the store's DataCipher, or None when encryption is off).
+    def _column(self, name: str, cipher: DataCipher | None) -> Any:
+        value = getattr(self, name)
+        if cipher is not None and name in SEALED:
+            return cipher.encrypt(value, f"{self.agent_id}/{name}")
+        return value
 
-    def update_statement(self, *fields: str) -> tuple[str, tuple[Any, ...]]:
+    def insert_statement(self, cipher: DataCipher | None = None) -> tuple[str, tuple[Any, ...]]:
+        return _INSERT_SQL, tuple(self._column(c, cipher) for c in COLUMNS)
+
+    def update_statement(self, *fields: str, cipher: DataCipher | None = None) -> tuple[str, tuple[Any, ...]]:
         sets = ", ".join(f"{f} = ?" for f in fields)
-        return f"UPDATE agents SET {sets} WHERE agent_id = ?", (*(getattr(self, f) for f in fields), self.agent_id)
+        return (f"UPDATE agents SET {sets} WHERE agent_id = ?",
+                (*(self._column(f, cipher) for f in fields), self.agent_id))
 
     @property
     def deadline(self) -> float:
@@ -127,5 +139,9 @@ class Agent:
                 "started_at": iso(self.started_at)}
 
 
-def from_row(row: sqlite3.Row) -> Agent:
-    return Agent(**{k: row[k] for k in COLUMNS})
+def from_row(row: sqlite3.Row, cipher: DataCipher | None = None) -> Agent:
+    fields = {k: row[k] for k in COLUMNS}
+    if cipher is not None:
+        for name in SEALED:
+            fields[name] = cipher.decrypt(fields[name], f"{fields['agent_id']}/{name}")
+    return Agent(**fields)

@@ -24,10 +24,12 @@ from .errors import ValidationFailed
 # public field name -> (column, type)
 FIELDS: dict[str, tuple[str, str]] = {
     "agent_id": ("agent_id", "text"),
+    # Encrypted at rest (crypto.py): SQL cannot see it, so these filters run in Python
+    # on the decrypted rows that the other filters selected (AgentQuery.post).
+    "task": ("task", "sealed"),
     "model": ("model", "text"),
     "status": ("status", "text"),
     "team": ("team", "text"),
-    "task": ("task", "text"),
     "priority": ("priority", "text"),
     "provider": ("provider", "text"),
     "served_model": ("served_model", "text"),
@@ -62,8 +64,25 @@ class AgentQuery:
     limit: int = DEFAULT_LIMIT
     offset: int = 0
 
+    post: list[tuple[str, str, Any]] = field(default_factory=list)
+
     def where_sql(self) -> str:
         return " AND ".join(self.where) if self.where else "1"
+
+    def matches(self, agent: Any) -> bool:
+        """The sealed-field filters, on a decrypted agent.  String operators ignore case,
+        as SQLite's LIKE does for the SQL-side filters."""
+        for column, op, value in self.post:
+            text = getattr(agent, column) or ""
+            if op in _STRING_OPS:
+                text, value = text.lower(), value.lower()
+            ok = {"eq": lambda: text == value, "ne": lambda: text != value, "gt": lambda: text > value,
+                  "gte": lambda: text >= value, "lt": lambda: text < value, "lte": lambda: text <= value,
+                  "in": lambda: text in value, "contains": lambda: value in text,
+                  "starts_with": lambda: text.startswith(value), "ends_with": lambda: text.endswith(value)}[op]()
+            if not ok:
+                return False
+        return True
 
 
 def _split_key(key: str) -> tuple[str, str] | None:
@@ -125,6 +144,15 @@ def _unicode_ok(value: Any, fieldname: str, errors: list[dict[str, str]]) -> boo
 
 def _add(q: AgentQuery, name: str, op: str, value: Any, errors: list[dict[str, str]]) -> None:
     column, kind = FIELDS[name]
+    if kind == "sealed":
+        values = value if op == "in" and isinstance(value, list) and value else [value]
+        if not all(isinstance(v, str) for v in values):
+            errors.append({"field": name, "message": f"{name}: '{op}' needs a string"
+                                                     + (" list" if op == "in" else "")})
+            return
+        if all(_unicode_ok(v, name, errors) for v in values):
+            q.post.append((column, op, value))
+        return
     if op == "in":
         if not isinstance(value, list) or not value:
             errors.append({"field": name, "message": f"{name}: 'in' needs a non-empty list"})

@@ -202,7 +202,7 @@ class AgentService:
 
         def read(conn: sqlite3.Connection) -> Agent | None:
             row = conn.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
-            return from_row(row) if row else None
+            return from_row(row, self.store.cipher) if row else None
 
         found = await self.store.read(read)
         if found is None:
@@ -242,9 +242,21 @@ class AgentService:
                                          "ORDER BY COUNT(*) DESC, model", q.params).fetchall())
             rows = conn.execute(f"SELECT * FROM agents WHERE {where} ORDER BY {q.order} LIMIT ? OFFSET ?",
                                 (*q.params, q.limit, q.offset)).fetchall()
-            return total, total_cost, by_model, [from_row(r) for r in rows]
+            return total, total_cost, by_model, [from_row(r, self.store.cipher) for r in rows]
 
-        total, total_cost, by_model, agents = await self.store.read(read)
+        def read_sealed(conn: sqlite3.Connection) -> tuple[int, float, dict[str, int], list[Agent]]:
+            """Filters on encrypted fields: decrypt what SQL selected, then filter, count, page."""
+            rows = conn.execute(f"SELECT * FROM agents WHERE {q.where_sql()} ORDER BY {q.order}", q.params)
+            matched = [a for a in (from_row(r, self.store.cipher) for r in rows) if q.matches(a)]
+            parents = {a.parent_id for a in matched if a.parent_id}
+            total_cost = sum(a.cost or 0.0 for a in matched if not (a.kind == A.KIND_TEAM and a.agent_id in parents))
+            by_model: dict[str, int] = {}
+            for a in matched:
+                by_model[a.model] = by_model.get(a.model, 0) + 1
+            by_model = dict(sorted(by_model.items(), key=lambda kv: (-kv[1], kv[0])))
+            return len(matched), total_cost, by_model, matched[q.offset:q.offset + q.limit]
+
+        total, total_cost, by_model, agents = await self.store.read(read_sealed if q.post else read)
         live = self.runtime.live
         data = [(live.get(a.agent_id) or a).list_view() for a in agents]
         return {"data": data, "total": total, "limit": q.limit, "offset": q.offset,
@@ -271,7 +283,7 @@ class AgentService:
     # -- start-up ----------------------------------------------------------------------------
     async def recover(self) -> dict[str, int]:
         def read(conn: sqlite3.Connection) -> tuple[list[Agent], dict[str, list[Agent]]]:
-            live = [from_row(r) for r in conn.execute(
+            live = [from_row(r, self.store.cipher) for r in conn.execute(
                 "SELECT * FROM agents WHERE status IN ('spawning', 'queued', 'running') ORDER BY rowid")]
             teams = {a.agent_id: a for a in live if a.kind == A.KIND_TEAM}
             done: dict[str, list[Agent]] = {t: [] for t in teams}
@@ -279,7 +291,7 @@ class AgentService:
                 for r in conn.execute("SELECT * FROM agents WHERE parent_id = ? ORDER BY rowid", (tid,)):
                     team.members.append(r["agent_id"])
                     if r["status"] in A.TERMINAL:
-                        done[tid].append(from_row(r))
+                        done[tid].append(from_row(r, self.store.cipher))
             return live, done
 
         live, done = await self.store.read(read)

@@ -123,7 +123,7 @@ class AgentRuntime:
                 agent.status, agent.started_at, agent.runs = A.RUNNING, now, 1
             else:
                 agent.status = A.QUEUED
-        await self.store.write(*(a.insert_statement() for a in agents))
+        await self.store.write(*(a.insert_statement(self.store.cipher) for a in agents))
         for agent in agents:
             self.live[agent.agent_id] = agent
             if agent.kind == A.KIND_TEAM:
@@ -440,7 +440,7 @@ class AgentRuntime:
         for name, value in fields.items():
             setattr(agent, name, value)
         agent.status = status
-        statements.append(agent.update_statement("status", "attempts", *fields))
+        statements.append(agent.update_statement("status", "attempts", *fields, cipher=self.store.cipher))
         if status == A.COMPLETED and agent.kind != A.KIND_TEAM:
             statements.append((
                 "INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key) "

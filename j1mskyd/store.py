@@ -22,6 +22,8 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from .crypto import DataCipher, load_or_create_key
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -74,6 +76,66 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE agents ADD COLUMN api_key TEXT NOT NULL DEFAULT 'anonymous';
     ALTER TABLE usage ADD COLUMN api_key TEXT NOT NULL DEFAULT 'anonymous';
+    """,
+    # 3: security.  API keys (token hashes only; the signing secret encrypted with the
+    # data key), settings changed over the API, IP blocks, the audit log, idempotency
+    # records, and per-agent privacy (retention, purge).
+    """
+    CREATE TABLE api_keys (
+        key_id            TEXT PRIMARY KEY,
+        name              TEXT NOT NULL,
+        token_hash        TEXT NOT NULL UNIQUE,
+        secret            TEXT NOT NULL,
+        scopes            TEXT NOT NULL,
+        require_signature INTEGER NOT NULL DEFAULT 0,
+        created_at        REAL NOT NULL,
+        last_used_at      REAL,
+        expires_at        REAL,
+        revoked_at        REAL,
+        revoke_reason     TEXT,
+        rotated_to        TEXT
+    );
+    CREATE TABLE settings (
+        name       TEXT PRIMARY KEY,
+        value      TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE ip_blocks (
+        ip         TEXT PRIMARY KEY,
+        reason     TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL
+    );
+    CREATE TABLE audit_log (
+        id            INTEGER PRIMARY KEY,
+        ts            REAL NOT NULL,
+        event         TEXT NOT NULL,
+        severity      TEXT NOT NULL,
+        api_key_id    TEXT,
+        ip_address    TEXT,
+        user_agent    TEXT,
+        request_id    TEXT,
+        resource_type TEXT,
+        resource_id   TEXT,
+        details       TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_ts ON audit_log(ts);
+    CREATE INDEX audit_event ON audit_log(event, ts);
+    CREATE TABLE idempotency (
+        api_key_id   TEXT NOT NULL,
+        idem_key     TEXT NOT NULL,
+        method       TEXT NOT NULL,
+        path         TEXT NOT NULL,
+        body_hash    TEXT NOT NULL,
+        status       INTEGER NOT NULL,
+        response     BLOB NOT NULL,
+        content_type TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        PRIMARY KEY (api_key_id, idem_key)
+    );
+    CREATE INDEX idempotency_created ON idempotency(created_at);
+    ALTER TABLE agents ADD COLUMN retention_days REAL;
+    ALTER TABLE agents ADD COLUMN purged_at REAL;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -131,8 +193,10 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class Store:
-    def __init__(self, path: str, *, synchronous: str = "normal") -> None:
+    def __init__(self, path: str, *, synchronous: str = "normal", encrypt: bool = True) -> None:
         self.path = path
+        self._encrypt = encrypt
+        self.cipher: DataCipher | None = None  # set by open(): agent task/result sealing
         self._synchronous = synchronous
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
@@ -160,6 +224,8 @@ class Store:
             raise StoreError(f"{self.path} is in use by another j1mskyd process") from None
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        if self._encrypt:
+            self.cipher = DataCipher(load_or_create_key(os.path.dirname(self.path) or "."))
         self._wconn = _connect(self.path, self._synchronous)
         # Checkpoints are ours (see _flush_loop): sqlite's automatic one would run inside
         # whichever commit crosses the threshold, possibly on the event loop.

@@ -1,0 +1,70 @@
+"""Encryption at rest of agent task and result text: AES-256-GCM with the data key.
+
+The data key is 32 random bytes in ``<state dir>/data.key`` (mode 0600), created at
+first start.  A stored value is ``enc1:`` + base64(nonce || ciphertext+tag); the
+associated data binds it to its row and column (``agent_id/field``), so a value
+copied into another row does not decrypt.  ``cryptography`` is imported on first use:
+an idle daemon does not pay for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from typing import Any
+
+PREFIX = "enc1:"
+KEY_FILE = "data.key"
+
+
+class DecryptError(Exception):
+    pass
+
+
+def load_or_create_key(state_dir: str) -> bytes:
+    path = os.path.join(state_dir, KEY_FILE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        with open(path, "rb") as fh:
+            key = fh.read()
+        if len(key) != 32:
+            raise DecryptError(f"{path} is damaged: expected 32 bytes, found {len(key)}") from None
+        return key
+    key = secrets.token_bytes(32)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return key
+
+
+class DataCipher:
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._aead: Any = None
+
+    def _impl(self) -> Any:
+        if self._aead is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # lazy, see module doc
+            self._aead = AESGCM(self._key)
+        return self._aead
+
+    def encrypt(self, text: str | None, context: str) -> str | None:
+        if text is None:
+            return None
+        nonce = secrets.token_bytes(12)
+        sealed = self._impl().encrypt(nonce, text.encode("utf-8"), context.encode())
+        return PREFIX + base64.b64encode(nonce + sealed).decode("ascii")
+
+    def decrypt(self, value: str | None, context: str) -> str | None:
+        if value is None or not value.startswith(PREFIX):
+            return value  # plaintext written before encryption existed
+        from cryptography.exceptions import InvalidTag
+        raw = base64.b64decode(value[len(PREFIX):])
+        try:
+            return self._impl().decrypt(raw[:12], raw[12:], context.encode()).decode("utf-8")
+        except InvalidTag:
+            raise DecryptError(f"cannot decrypt {context}: wrong data key or tampered value") from None
