@@ -14,17 +14,19 @@ from aiohttp import web
 
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES
-from .api.middleware import IP_POLICY, LIMITER, METRICS, MIDDLEWARES, add_rate_limit_headers
+from .api.middleware import IP_POLICY, LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD, add_rate_limit_headers
 from .api.routes import setup_routes
 from .breaker import CircuitBreaker
 from .budget import Budget, BudgetPolicy
 from .config import Config
+from .keys import REFRESH_SECONDS, KeyService
 from .metrics import Metrics
 from .netguard import IpPolicy, parse_networks
 from .plugins import PluginError, PluginRegistry, build_provider, load_plugins
 from .provider_pool import ProviderSlot
 from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimiter
 from .runtime import AgentRuntime
+from .signing import ReplayGuard
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class Services:
     agents: AgentService
     budget: Budget
     bucket_file: BucketFile
+    keys: KeyService
     started: float = field(default_factory=time.monotonic)
 
 
@@ -88,6 +91,16 @@ async def _persist_buckets(app: web.Application, services: Services) -> None:
             log.error("could not save rate-limit counters: %s", exc)
 
 
+async def _refresh_keys(keys: KeyService) -> None:
+    """Pick up keys created or revoked by `j1mskyd keys ...`; write last-use times in batches."""
+    while True:
+        await asyncio.sleep(REFRESH_SECONDS)
+        try:
+            await keys.refresh()
+        except Exception:  # noqa: BLE001 - a failed refresh is retried; requests keep the last view
+            log.exception("refreshing API keys failed")
+
+
 async def _lifecycle(app: web.Application):
     """cleanup_ctx: a plain async generator (aiohttp 3.8 refuses an asynccontextmanager)."""
     config: Config = app[CONFIG]
@@ -114,7 +127,15 @@ async def _lifecycle(app: web.Application):
         slots = _build_slots(config, registry, session)
         runtime = AgentRuntime(config, store, slots, buckets=limiter.buckets, budget=budget)
         agents = AgentService(config, store, runtime, budget)
-        services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file)
+        keys = KeyService(store, config.security.key_rotation_grace_hours * 3600)
+        services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file,
+                                            keys)
+        await keys.reload()
+        if config.security.auth:
+            first = await keys.bootstrap(str(state_dir))
+            if first is not None:
+                log.warning("no API keys existed: created admin key %s; its token is in %s (mode 0600)",
+                            first.key.key_id, state_dir / KeyService.BOOTSTRAP_FILE)
         recovered = await agents.recover()
     except BaseException:
         await session.close()
@@ -124,12 +145,14 @@ async def _lifecycle(app: web.Application):
         log.info("recovered agents after restart: %s", recovered)
     runtime.start()
     saver = asyncio.ensure_future(_persist_buckets(app, services))
+    key_refresher = asyncio.ensure_future(_refresh_keys(services.keys))
     log.info("j1mskyd ready: %d providers, %d models, %d rate-limit counters restored, state in %s",
              len(slots), len(config.models), loaded, state_dir)
     try:
         yield
     finally:
         saver.cancel()
+        key_refresher.cancel()
         await runtime.stop()
         for slot in services.slots.values():
             await slot.close()
@@ -152,6 +175,7 @@ def build_app(config: Config) -> web.Application:
     lim = config.limits
     app[LIMITER] = RequestLimiter(
         Buckets(), {cls: Limit(getattr(lim, cls), lim.window_seconds) for cls in ENDPOINT_CLASSES}, lim.per_ip)
+    app[REPLAY_GUARD] = ReplayGuard()
     app.on_response_prepare.append(add_rate_limit_headers)
     app.cleanup_ctx.append(_lifecycle)
     setup_routes(app)

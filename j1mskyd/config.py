@@ -145,6 +145,10 @@ class SecurityConfig:
     enforce_allowlist: bool = True         # refuse (403) clients outside allowed_ips
     log_violations: bool = True
     trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For is believed
+    auth: bool = True                      # require an API key on /api (all but /api/health)
+    require_signatures: bool = False       # every request must be HMAC-signed (else per key)
+    signature_max_skew: float = 300.0      # seconds a signed request's X-Timestamp may be off
+    key_rotation_grace_hours: float = 24.0 # a rotated key keeps working this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +400,10 @@ _SECURITY: dict[str, Checker] = {
     "enforce_allowlist": _bool,
     "log_violations": _bool,
     "trusted_proxies": _networks,
+    "auth": _bool,
+    "require_signatures": _bool,
+    "signature_max_skew": _num(positive=True),
+    "key_rotation_grace_hours": _num(0),
 }
 _SECTIONS = {"server": _SERVER, "runtime": _RUNTIME, "store": _STORE, "plugins": _PLUGINS,
              "budget": _BUDGET, "limits": _LIMITS, "security": _SECURITY}

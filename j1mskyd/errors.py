@@ -45,6 +45,16 @@ class ValidationFailed(ApiError):
         super().__init__(details[0]["message"], details=details)
 
 
+class Unauthorized(ApiError):
+    status = 401
+    type = "UNAUTHORIZED"
+
+    def __init__(self, message: str, *, type_: str | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        if type_:
+            self.type = type_
+
+
 class Forbidden(ApiError):
     status = 403
     type = "FORBIDDEN"

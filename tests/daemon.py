@@ -198,10 +198,18 @@ class Daemon:
             return ""
 
     # -- HTTP --------------------------------------------------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        """The bootstrap admin key the daemon made at its first start (auth is on by default)."""
+        path = self.state_dir / "bootstrap-admin.key"
+        if not path.exists():
+            return {}
+        return {"Authorization": "Bearer " + json.loads(path.read_text())["token"]}
+
     def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
+        headers = self.auth_headers() | ({"Content-Type": "application/json"} if data else {})
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+                                     headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"null")

@@ -1,7 +1,7 @@
 """Middlewares, outermost first.  The order is stated once, in MIDDLEWARES.
 
-request id (and metrics) -> error envelope -> body size limit -> IP guard -> (later: auth,
-signature) -> rate limit -> (later: idempotency) -> handler.
+request id (and metrics) -> error envelope -> body size limit -> IP guard -> auth (key,
+scope) -> request signature -> rate limit -> (later: idempotency) -> handler.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..agent import ANONYMOUS
-from ..errors import ApiError, IpNotAllowed, PayloadTooLarge, RateLimited
+from ..errors import ApiError, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited, Unauthorized
+from ..signing import SignatureError, verify
 from ..netguard import IpPolicy
-from .common import CONFIG, REQUEST_ID, api_error_response, app_key, error_response, request_key
+from .common import CONFIG, REQUEST_ID, SERVICES, api_error_response, app_key, error_response, request_key
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -97,7 +98,67 @@ async def ip_guard_middleware(request: web.Request, handler: Handler) -> web.Str
     if not policy.admits(addr):
         if request.app[CONFIG].security.log_violations:
             log.warning("refused %s %s from %s: not in the IP allowlist", request.method, request.path, addr)
-        raise IpNotAllowed("Access denied: your IP address is not in the allowlist", your_ip=str(addr))
+        raise IpNotAllowed("IP not whitelisted", your_ip=str(addr))  # the seed's words
+    return await handler(request)
+
+
+REPLAY_GUARD = app_key("j1msky.replay_guard")
+ROUTE_SCOPES = app_key("j1msky.route_scopes")
+API_KEY = request_key("j1msky.api_key")
+PUBLIC = "public"  # the scope of routes open without a key
+
+
+def _route_info(request: web.Request, table_key) -> str | None:
+    resource = request.match_info.route.resource
+    return request.app[table_key].get((request.method, resource.canonical if resource is not None else ""))
+
+
+def _token(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("X-API-Key", "").strip() or None
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer token or X-API-Key -> the key; then the route's scope.  Off when security.auth is false."""
+    if not request.app[CONFIG].security.auth or not (request.path.startswith("/api/") or request.path == "/metrics"):
+        return await handler(request)
+    scope = _route_info(request, ROUTE_SCOPES)
+    if scope == PUBLIC or (scope is None and request.match_info.http_exception is not None):
+        return await handler(request)  # open routes; unknown paths 404/405 without revealing more
+    token = _token(request)
+    if token is None:
+        raise Unauthorized("API key required: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
+                           headers={"WWW-Authenticate": 'Bearer realm="j1mskyd"'})
+    key = request.app[SERVICES].keys.authenticate(token)
+    if key is None:
+        raise Unauthorized("Invalid, expired or revoked API key", type_="INVALID_API_KEY",
+                           headers={"WWW-Authenticate": 'Bearer realm="j1mskyd", error="invalid_token"'})
+    request[API_KEY] = key
+    request[API_KEY_ID] = key.key_id
+    if not key.allows(scope):
+        raise Forbidden(f"This API key lacks the scope '{scope}'", required_scope=scope)
+    return await handler(request)
+
+
+@web.middleware
+async def signature_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """HMAC signature (signing.py) when the key or the config requires it, or the client sent one."""
+    key = request.get(API_KEY)
+    if key is None:
+        return await handler(request)
+    sec = request.app[CONFIG].security
+    if key.require_signature or sec.require_signatures or "X-Signature" in request.headers:
+        raw = await request.read()  # cached by aiohttp: the handler reads the same bytes
+        try:
+            verify(key.secret, request.headers.get("X-Timestamp"), request.headers.get("X-Signature"),
+                   request.method, [request.path, request.path_qs, request.raw_path], raw,
+                   request.app[REPLAY_GUARD], sec.signature_max_skew)
+        except SignatureError as exc:
+            raise Unauthorized(exc.message, type_=exc.type) from None
     return await handler(request)
 
 
@@ -132,4 +193,4 @@ async def add_rate_limit_headers(request: web.Request, response: web.StreamRespo
 
 
 MIDDLEWARES = (request_id_middleware, error_middleware, body_limit_middleware, ip_guard_middleware,
-               rate_limit_middleware)
+               auth_middleware, signature_middleware, rate_limit_middleware)

@@ -1,41 +1,54 @@
 """The route table, mounted under /api and its alias /api/v1.
 
-Each route names its rate-limit class (the seed's "Rate Limits" table).
+Each route names the scope a key needs (docs/security.md has this table for operators)
+and its rate-limit class (the seed's "Rate Limits" table).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from . import agents, ops, system
-from .middleware import ROUTE_CLASSES
+from . import agents, keys, ops, system
+from .middleware import PUBLIC, ROUTE_CLASSES, ROUTE_SCOPES
 
 PREFIXES = ("/api", "/api/v1")
+READ, WRITE, BILLING, ADMIN = "agents:read", "agents:write", "billing:read", "admin:write"
 
+# method, path, handler, scope, rate-limit class
 ROUTES = (
-    ("POST", "/spawn", agents.spawn, "spawn"),
-    ("POST", "/spawn-team", agents.spawn_team, "spawn"),
-    ("POST", "/spawn-batch", agents.spawn_batch, "spawn"),
-    ("GET", "/agents", agents.list_agents, "agents_list"),
-    ("GET", "/agents/active", agents.active_agents, "agents_list"),
-    ("GET", "/agent/{agent_id}", agents.get_agent, "agent_read"),
-    ("DELETE", "/agent/{agent_id}", agents.cancel_agent, "other"),
-    ("GET", "/health", system.health, "other"),
-    ("GET", "/plugins", system.plugins, "other"),
-    ("GET", "/rate-limits", ops.rate_limits, "other"),
-    ("GET", "/system", ops.system, "system"),
-    ("GET", "/metrics", ops.metrics_json, "other"),
-    ("GET", "/billing/usage", ops.billing_usage, "other"),
+    ("POST", "/spawn", agents.spawn, WRITE, "spawn"),
+    ("POST", "/spawn-team", agents.spawn_team, WRITE, "spawn"),
+    ("POST", "/spawn-batch", agents.spawn_batch, WRITE, "spawn"),
+    ("GET", "/agents", agents.list_agents, READ, "agents_list"),
+    ("GET", "/agents/active", agents.active_agents, READ, "agents_list"),
+    ("GET", "/agent/{agent_id}", agents.get_agent, READ, "agent_read"),
+    ("DELETE", "/agent/{agent_id}", agents.cancel_agent, WRITE, "other"),
+    ("GET", "/health", system.health, PUBLIC, "other"),
+    ("GET", "/plugins", system.plugins, READ, "other"),
+    ("GET", "/rate-limits", ops.rate_limits, READ, "other"),
+    ("GET", "/system", ops.system, READ, "system"),
+    ("GET", "/metrics", ops.metrics_json, READ, "other"),
+    ("GET", "/billing/usage", ops.billing_usage, BILLING, "other"),
+    ("POST", "/keys", keys.create_key, ADMIN, "other"),
+    ("GET", "/keys", keys.list_keys, ADMIN, "other"),
+    ("DELETE", "/keys/{key_id}", keys.revoke_key, ADMIN, "other"),
+    ("POST", "/keys/{key_id}/rotate", keys.rotate_key, ADMIN, "other"),
 )
 
 
 def setup_routes(app: web.Application) -> None:
     classes: dict[tuple[str, str], str] = {}
+    scopes: dict[tuple[str, str], str] = {}
     for prefix in PREFIXES:
-        for method, path, handler, limit_class in ROUTES:
+        for method, path, handler, scope, limit_class in ROUTES:
             app.router.add_route(method, prefix + path, handler)
             classes[(method, prefix + path)] = limit_class
+            scopes[(method, prefix + path)] = scope
         for (method, path), (new_method, successor) in system.SUNSET.items():
             app.router.add_route(method, prefix + path, system.sunset_handler(new_method, successor))
+            scopes[(method, prefix + path)] = PUBLIC  # a 410 pointing to the successor hides nothing
+    # Prometheus scrapes the root; it can send a bearer token (authorization: in scrape_config).
+    app.router.add_get("/metrics", ops.metrics_prometheus)
+    scopes[("GET", "/metrics")] = READ
     app[ROUTE_CLASSES] = classes
-    app.router.add_get("/metrics", ops.metrics_prometheus)  # Prometheus scrapes the root
+    app[ROUTE_SCOPES] = scopes

@@ -1,0 +1,71 @@
+"""Key management over HTTP (admin:write): create, list, revoke, rotate."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..errors import BadRequest, NotFound, ValidationFailed
+from ..keys import KeyError_
+from .common import SERVICES, json_response, read_json
+
+
+def _keys(request: web.Request):
+    return request.app[SERVICES].keys
+
+
+async def _body(request: web.Request, *, optional: bool = False) -> dict:
+    if optional and not (await request.read()).strip():
+        return {}
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ValidationFailed([{"field": "body", "message": "Request body must be a JSON object"}])
+    return body
+
+
+async def create_key(request: web.Request) -> web.Response:
+    body = await _body(request)
+    require_signature = body.get("require_signature", False)
+    if not isinstance(require_signature, bool):
+        raise ValidationFailed([{"field": "require_signature", "message": "require_signature must be true or false"}])
+    try:
+        new = await _keys(request).create(body.get("name"), body.get("scopes", ()), require_signature)
+    except KeyError_ as exc:
+        raise BadRequest(str(exc)) from None
+    # The one time the token and secret are shown.
+    return json_response({"success": True, **new.reveal()}, status=201, headers={"Cache-Control": "no-store"})
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    service = _keys(request)
+    now = service.clock()
+    keys = [k.public(now) for k in service.ring.keys.values()]
+    return json_response({"keys": keys, "count": len(keys)})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    body = await _body(request, optional=True)
+    reason = body.get("reason", "revoked")
+    if not isinstance(reason, str) or len(reason) > 200:
+        raise ValidationFailed([{"field": "reason", "message": "reason must be a string of at most 200 characters"}])
+    service = _keys(request)
+    try:
+        key = await service.revoke(request.match_info["key_id"], reason)
+    except LookupError:
+        raise NotFound(f"API key '{request.match_info['key_id']}' not found") from None
+    except KeyError_ as exc:
+        raise BadRequest(str(exc)) from None
+    return json_response({"success": True, "message": "API key revoked", "key": key.public(service.clock())})
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    service = _keys(request)
+    old_id = request.match_info["key_id"]
+    try:
+        new = await service.rotate(old_id)
+    except LookupError:
+        raise NotFound(f"API key '{old_id}' not found") from None
+    except KeyError_ as exc:
+        raise BadRequest(str(exc)) from None
+    old = service.get(old_id).public(service.clock())
+    return json_response({"success": True, **new.reveal(), "replaces": old_id, "old_key_expires_at": old["expires_at"]},
+                         status=201, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,271 @@
+"""API keys: creation, lookup by token, scopes, revocation and rotation.
+
+A key has an id (``key_<hex>``, safe to log), a bearer token (shown once, stored only as
+its SHA-256) and a signing secret (shown once, stored encrypted with the data key,
+because verifying an HMAC needs it).  ``admin:write`` implies every other scope.
+
+The daemon keeps the keys in memory for the request path and notices changes made by
+another process (``j1mskyd keys ...`` on the same state dir) through sqlite's
+``PRAGMA data_version``, checked at most every ``REFRESH_SECONDS``; so a key revoked
+from the command line stops working within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .crypto import DataCipher
+
+SCOPES = ("agents:read", "agents:write", "billing:read", "admin:write")
+ADMIN = "admin:write"
+TOKEN_PREFIX = "jsk_"
+REFRESH_SECONDS = 2.0
+
+
+class KeyError_(ValueError):
+    """A bad key request (unknown scope, unknown id...): the API turns it into a 4xx."""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def parse_scopes(scopes: Iterable[str] | str) -> tuple[str, ...]:
+    items = [s.strip() for s in (scopes.split(",") if isinstance(scopes, str) else scopes)]
+    items = [s for s in items if s]
+    unknown = [s for s in items if s not in SCOPES]
+    if unknown:
+        raise KeyError_(f"unknown scope(s): {', '.join(unknown)} (known: {', '.join(SCOPES)})")
+    if not items:
+        raise KeyError_(f"at least one scope is required ({', '.join(SCOPES)})")
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass
+class ApiKey:
+    key_id: str
+    name: str
+    scopes: tuple[str, ...]
+    token_hash: str = field(repr=False)
+    secret: str = field(repr=False)
+    require_signature: bool = False
+    created_at: float = 0.0
+    last_used_at: float | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    revoke_reason: str | None = None
+    rotated_to: str | None = None
+
+    def allows(self, scope: str | None) -> bool:
+        return scope is None or ADMIN in self.scopes or scope in self.scopes
+
+    def state(self, now: float) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return "active"
+
+    def public(self, now: float) -> dict[str, object]:
+        """What GET /keys shows: never the token or the secret."""
+        from .agent import iso
+        return {"key_id": self.key_id, "name": self.name, "scopes": list(self.scopes), "status": self.state(now),
+                "require_signature": self.require_signature, "created_at": iso(self.created_at),
+                "last_used_at": iso(self.last_used_at), "expires_at": iso(self.expires_at),
+                "revoked_at": iso(self.revoked_at), "revoke_reason": self.revoke_reason,
+                "rotated_to": self.rotated_to}
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly made key with its one-time secrets."""
+
+    key: ApiKey
+    token: str = field(repr=False)
+    secret: str = field(repr=False)
+
+    def reveal(self) -> dict[str, object]:
+        return {"key_id": self.key.key_id, "name": self.key.name, "token": self.token, "secret": self.secret,
+                "scopes": list(self.key.scopes), "require_signature": self.key.require_signature}
+
+
+_COLUMNS = ("key_id", "name", "token_hash", "secret", "scopes", "require_signature", "created_at", "last_used_at",
+            "expires_at", "revoked_at", "revoke_reason", "rotated_to")
+
+
+def _row_to_key(row: sqlite3.Row, cipher: DataCipher) -> ApiKey:
+    return ApiKey(key_id=row["key_id"], name=row["name"], scopes=tuple(row["scopes"].split(",")),
+                  token_hash=row["token_hash"], secret=cipher.decrypt(row["secret"], f"{row['key_id']}/secret"),
+                  require_signature=bool(row["require_signature"]), created_at=row["created_at"],
+                  last_used_at=row["last_used_at"], expires_at=row["expires_at"], revoked_at=row["revoked_at"],
+                  revoke_reason=row["revoke_reason"], rotated_to=row["rotated_to"])
+
+
+# -- plain sqlite functions: the daemon calls them through its Store, the CLI directly --------
+def read_keys(conn: sqlite3.Connection, cipher: DataCipher) -> dict[str, ApiKey]:
+    return {r["key_id"]: _row_to_key(r, cipher) for r in conn.execute("SELECT * FROM api_keys ORDER BY created_at")}
+
+
+def make_key(name: str, scopes: Iterable[str] | str, cipher: DataCipher, *, require_signature: bool = False,
+             now: float | None = None) -> tuple[NewKey, tuple[str, tuple[object, ...]]]:
+    """A new key and the INSERT that stores it (token hashed, secret sealed)."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise KeyError_("name must be a non-empty string of at most 100 characters")
+    scopes = parse_scopes(scopes)
+    key_id = "key_" + secrets.token_hex(8)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    secret = secrets.token_urlsafe(32)
+    key = ApiKey(key_id=key_id, name=name.strip(), scopes=scopes, token_hash=hash_token(token), secret=secret,
+                 require_signature=require_signature, created_at=time.time() if now is None else now)
+    values = (key.key_id, key.name, key.token_hash, cipher.encrypt(secret, f"{key_id}/secret"), ",".join(scopes),
+              int(require_signature), key.created_at, None, None, None, None, None)
+    sql = f"INSERT INTO api_keys ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+    return NewKey(key, token, secret), (sql, values)
+
+
+def revoke_statement(key_id: str, reason: str, now: float) -> tuple[str, tuple[object, ...]]:
+    return ("UPDATE api_keys SET revoked_at = ?, revoke_reason = ? WHERE key_id = ? AND revoked_at IS NULL",
+            (now, reason, key_id))
+
+
+def rotate_statements(old: ApiKey, new: NewKey, grace_seconds: float, now: float) -> list[tuple[str, tuple]]:
+    """The old key keeps working for the grace period, then expires; it names its successor."""
+    expires = now + grace_seconds
+    if old.expires_at is not None:
+        expires = min(expires, old.expires_at)
+    return [("UPDATE api_keys SET expires_at = ?, rotated_to = ? WHERE key_id = ?", (expires, new.key.key_id,
+                                                                                    old.key_id))]
+
+
+class KeyRing:
+    """The daemon's in-memory view of the keys, kept fresh from the database."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.keys: dict[str, ApiKey] = {}
+        self._by_hash: dict[str, ApiKey] = {}
+        self._data_version: int | None = None
+        self._checked = 0.0
+
+    def replace(self, keys: dict[str, ApiKey], data_version: int | None = None) -> None:
+        self.keys = keys
+        self._by_hash = {k.token_hash: k for k in keys.values()}
+        self._data_version = data_version
+        self._checked = time.monotonic()
+
+    def due_for_refresh(self) -> bool:
+        return time.monotonic() - self._checked >= REFRESH_SECONDS
+
+    def changed(self, data_version: int) -> bool:
+        self._checked = time.monotonic()
+        return data_version != self._data_version
+
+    def lookup(self, token: str) -> ApiKey | None:
+        key = self._by_hash.get(hash_token(token))
+        # The dict lookup is by hash of a 256-bit random token; compare_digest keeps the
+        # final comparison constant-time anyway.
+        if key is not None and hmac.compare_digest(key.token_hash, hash_token(token)):
+            return key
+        return None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class KeyService:
+    """Keys for the daemon: the ring for requests, writes through the store."""
+
+    BOOTSTRAP_FILE = "bootstrap-admin.key"
+
+    def __init__(self, store, grace_seconds: float = 86_400.0, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.grace_seconds = grace_seconds
+        self.clock = clock
+        self.ring = KeyRing(clock)
+        self._used: dict[str, float] = {}  # key_id -> last use not yet written
+
+    async def reload(self) -> None:
+        cipher = self.store.cipher
+
+        def read(conn: sqlite3.Connection) -> tuple[dict[str, ApiKey], int]:
+            return read_keys(conn, cipher), conn.execute("PRAGMA data_version").fetchone()[0]
+
+        keys, version = await self.store.read(read)
+        self.ring.replace(keys, version)
+
+    async def refresh(self) -> None:
+        """Reload when another process (the CLI) changed the database; flush last-use times."""
+        version = await self.store.read(lambda conn: conn.execute("PRAGMA data_version").fetchone()[0])
+        if self.ring.changed(version):
+            await self.reload()
+        if self._used:
+            used, self._used = self._used, {}
+            # Written in batches, once per refresh at most: a Pi's SD card is not a log device.
+            await self.store.write(*(("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (ts, kid))
+                                     for kid, ts in used.items()))
+
+    def authenticate(self, token: str) -> ApiKey | None:
+        key = self.ring.lookup(token)
+        if key is None or key.state(self.clock()) != "active":
+            return None
+        key.last_used_at = self._used[key.key_id] = self.clock()
+        return key
+
+    def get(self, key_id: str) -> ApiKey:
+        key = self.ring.keys.get(key_id)
+        if key is None:
+            raise LookupError(key_id)
+        return key
+
+    async def create(self, name: str, scopes: Iterable[str] | str, require_signature: bool = False) -> NewKey:
+        new, insert = make_key(name, scopes, self.store.cipher, require_signature=require_signature,
+                               now=self.clock())
+        await self.store.write(insert)
+        await self.reload()
+        return new
+
+    async def revoke(self, key_id: str, reason: str) -> ApiKey:
+        key = self.get(key_id)
+        if key.revoked_at is not None:
+            raise KeyError_(f"{key_id} is already revoked")
+        await self.store.write(revoke_statement(key_id, reason, self.clock()))
+        await self.reload()
+        return self.get(key_id)
+
+    async def rotate(self, key_id: str) -> NewKey:
+        old = self.get(key_id)
+        if old.state(self.clock()) != "active":
+            raise KeyError_(f"{key_id} is {old.state(self.clock())}; only an active key can be rotated")
+        new, insert = make_key(old.name, old.scopes, self.store.cipher, require_signature=old.require_signature,
+                               now=self.clock())
+        await self.store.write(insert, *rotate_statements(old, new, self.grace_seconds, self.clock()))
+        await self.reload()
+        return new
+
+    async def bootstrap(self, state_dir: str) -> NewKey | None:
+        """First start with no keys at all: make an admin key and leave it in a 0600 file.
+
+        The token goes to that file (and to the terminal when there is one), never to the
+        log, which under systemd is the journal that many users can read.
+        """
+        if len(self.ring):
+            return None
+        import json
+        import os
+        import sys
+        new = await self.create("bootstrap-admin", [ADMIN])
+        path = os.path.join(state_dir, self.BOOTSTRAP_FILE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(new.reveal(), fh, indent=2)
+            fh.write("\n")
+        if sys.stderr.isatty():
+            print(f"\nj1mskyd: created the first admin API key (shown once; also in {path}):\n"
+                  f"  key id: {new.key.key_id}\n  token:  {new.token}\n  secret: {new.secret}\n", file=sys.stderr)
+        return new

@@ -1,0 +1,103 @@
+"""HMAC request signing, as the seed's ``sign_request`` client does it.
+
+    X-Timestamp: <ISO 8601 (naive = UTC) or unix seconds>
+    X-Signature: hex(HMAC-SHA256(secret, f"{timestamp}\\n{METHOD}\\n{path}\\n{body}"))
+
+The seed's client signs the compact JSON (``'{"model":"k2p5","task":"test"}'``) but
+sends ``requests.post(json=data)``, whose body has spaces; so the signature is checked
+against the raw body and against the compact re-serialisation of its JSON.  The path
+may be signed with or without the query string.  Timestamps outside +-max_skew seconds
+are refused, and so is a signature seen before within that window (replay).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from datetime import datetime, timezone
+
+
+class SignatureError(Exception):
+    def __init__(self, message: str, type_: str = "INVALID_SIGNATURE") -> None:
+        super().__init__(message)
+        self.message = message
+        self.type = type_
+
+
+def parse_timestamp(text: str) -> float | None:
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        return value if value == value and abs(value) < 1e11 else None  # not NaN, seconds not ms
+    try:
+        dt = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)  # the seed's datetime.utcnow().isoformat()
+    return dt.timestamp()
+
+
+def sign(secret: str, timestamp: str, method: str, path: str, body: str) -> str:
+    message = f"{timestamp}\n{method.upper()}\n{path}\n{body}"
+    return hmac.new(secret.encode(), message.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def body_forms(raw: bytes) -> list[str]:
+    """The texts a client may have signed for this body."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return []
+    forms = [text]
+    if text.strip():
+        try:
+            compact = json.dumps(json.loads(text), separators=(",", ":"))
+        except (ValueError, RecursionError):
+            pass
+        else:
+            if compact != text:
+                forms.append(compact)
+    return forms
+
+
+class ReplayGuard:
+    """Signatures seen within the skew window; memory is bounded by purging expired ones."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+
+    def first_time(self, signature: str, now: float, ttl: float) -> bool:
+        if len(self._seen) > 10_000:
+            self._seen = {s: t for s, t in self._seen.items() if t > now}
+        expires = self._seen.get(signature)
+        if expires is not None and expires > now:
+            return False
+        self._seen[signature] = now + ttl
+        return True
+
+
+def verify(secret: str, timestamp: str | None, given: str | None, method: str, paths: list[str], raw_body: bytes,
+           guard: ReplayGuard, max_skew: float, now: float | None = None) -> None:
+    """Raise SignatureError unless the request carries a fresh, valid, unseen signature."""
+    now = time.time() if now is None else now
+    if not timestamp or not given:
+        raise SignatureError("Request must be signed: send X-Timestamp and X-Signature", "SIGNATURE_REQUIRED")
+    ts = parse_timestamp(timestamp)
+    if ts is None:
+        raise SignatureError("X-Timestamp must be ISO 8601 or unix seconds", "INVALID_TIMESTAMP")
+    if abs(now - ts) > max_skew:
+        raise SignatureError(f"X-Timestamp is more than {max_skew:g} s away from the server's clock",
+                             "STALE_TIMESTAMP")
+    given = given.strip().lower()
+    ok = any(hmac.compare_digest(sign(secret, timestamp, method, path, body), given)
+             for path in dict.fromkeys(paths) for body in body_forms(raw_body))
+    if not ok:
+        raise SignatureError("Signature does not match the request")
+    if not guard.first_time(given, now, 2 * max_skew):
+        raise SignatureError("This signed request was already received (replay)", "REPLAYED_REQUEST")
