@@ -56,6 +56,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Key management on the state dir's database; safe beside a running daemon, which
+    picks the change up within a few seconds (keys.REFRESH_SECONDS)."""
+    import asyncio
+    import json
+    import os
+    import time
+
+    from .keys import KeyError_, KeyService
+    from .store import Store
+    config = _load(args)
+    state_dir = args.state_dir or config.server.state_dir
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+
+    async def run() -> int:
+        store = Store(os.path.join(state_dir, "j1msky.db"), synchronous=config.store.synchronous, exclusive=False)
+        await asyncio.get_running_loop().run_in_executor(None, store.open)
+        try:
+            keys = KeyService(store, config.security.key_rotation_grace_hours * 3600)
+            await keys.reload()
+            if args.keys_command == "list":
+                listed = [k.public(time.time()) for k in keys.ring.keys.values()]
+                if args.json:
+                    print(json.dumps(listed, indent=2))
+                for k in [] if args.json else listed:
+                    print(f"{k['key_id']}  {k['status']:<8} {k['name']:<20} {','.join(k['scopes'])}"
+                          f"  last used {k['last_used_at'] or 'never'}")
+                return 0
+            if args.keys_command == "revoke":
+                key = await keys.revoke(args.key_id, args.reason)
+                print(f"revoked {key.key_id} ({key.name})")
+                return 0
+            if args.keys_command == "create":
+                new = await keys.create(args.name, args.scopes, args.require_signature)
+            else:
+                new = await keys.rotate(args.key_id)
+            if args.json:
+                print(json.dumps(new.reveal(), indent=2))
+            else:
+                print(f"key id:  {new.key.key_id}\ntoken:   {new.token}\nsecret:  {new.secret}\n"
+                      f"scopes:  {','.join(new.key.scopes)}\n"
+                      "The token and secret are shown only now; store them safely.")
+            return 0
+        except LookupError as exc:
+            print(f"j1mskyd: no such key: {exc}", file=sys.stderr)
+            return 1
+        except KeyError_ as exc:
+            print(f"j1mskyd: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     print(f"{config.source}: OK ({len(config.providers)} providers, {len(config.models)} models, "
@@ -90,6 +145,31 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and print every problem")
     check.add_argument("--config", help="config file (default: $J1MSKY_CONFIG or the embedded default)")
     check.set_defaults(func=cmd_check_config)
+    keys = sub.add_parser("keys", help="create, list, revoke and rotate API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+
+    def keys_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = keys_sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="config file (for the state dir; default as for serve)")
+        p.add_argument("--state-dir", help="the daemon's state directory")
+        p.set_defaults(func=cmd_keys)
+        return p
+
+    create = keys_parser("create", "make a key; prints its token and signing secret once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", required=True, help="comma-separated: agents:read,agents:write,billing:read,"
+                                                        "admin:write")
+    create.add_argument("--require-signature", action="store_true", help="refuse this key's unsigned requests")
+    create.add_argument("--json", action="store_true")
+    listing = keys_parser("list", "list keys (never their tokens)")
+    listing.add_argument("--json", action="store_true")
+    revoke = keys_parser("revoke", "revoke a key now")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--reason", default="revoked")
+    rotate = keys_parser("rotate", "make a successor key; the old one works for the grace period")
+    rotate.add_argument("key_id")
+    rotate.add_argument("--json", action="store_true")
+
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
     return parser

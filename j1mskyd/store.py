@@ -193,8 +193,10 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class Store:
-    def __init__(self, path: str, *, synchronous: str = "normal", encrypt: bool = True) -> None:
+    def __init__(self, path: str, *, synchronous: str = "normal", encrypt: bool = True,
+                 exclusive: bool = True) -> None:
         self.path = path
+        self._exclusive = exclusive  # False for short CLI edits (keys) beside a running daemon
         self._encrypt = encrypt
         self.cipher: DataCipher | None = None  # set by open(): agent task/result sealing
         self._synchronous = synchronous
@@ -215,13 +217,8 @@ class Store:
         if parent:
             os.makedirs(parent, mode=0o700, exist_ok=True)
         # One daemon per database: a second one would re-run the first one's agents.
-        self._lock_fd = os.open(self.path + ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            raise StoreError(f"{self.path} is in use by another j1mskyd process") from None
+        if self._exclusive:
+            self._lock()
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         if self._encrypt:
@@ -232,6 +229,15 @@ class Store:
         self._wconn.execute("PRAGMA wal_autocheckpoint=0")
         migrate(self._wconn)
         self._rconn = _connect(self.path, self._synchronous)
+
+    def _lock(self) -> None:
+        self._lock_fd = os.open(self.path + ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise StoreError(f"{self.path} is in use by another j1mskyd process") from None
 
     async def close(self) -> None:
         await self.flush()
