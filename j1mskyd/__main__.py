@@ -28,6 +28,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, **overrides))
     logging.basicConfig(level=config.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.privacy.mask_pii_in_logs:
+        from .pii import MaskingFilter
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(MaskingFilter())
     try:
         import uvloop  # optional: python3-uvloop on Debian, the [speed] extra on PyPI
         uvloop.install()  # uvloop 0.17 (bookworm) has install() but no run()

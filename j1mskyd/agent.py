@@ -113,6 +113,8 @@ class Agent:
             if self.input_tokens is not None else None,
             "attempts": self.attempts,
         }
+        if self.purged_at is not None:
+            view["data_deleted_at"] = iso(self.purged_at)
         if self.parent_id:
             view["parent_id"] = self.parent_id
         return view

@@ -131,6 +131,11 @@ def _coerce(fieldname: str, kind: str, value: Any, errors: list[dict[str, str]])
     return str(value)
 
 
+def parse_time(name: str, value: Any, errors: list[dict[str, str]]) -> float | None:
+    """An ISO 8601 date or time (naive = UTC) as unix seconds; a problem goes to ``errors``."""
+    return _coerce(name, "time", value, errors)
+
+
 def _unicode_ok(value: Any, fieldname: str, errors: list[dict[str, str]]) -> bool:
     """JSON's "\\ud800" is a lone surrogate: sqlite cannot bind it (a 500, not a 400)."""
     try:

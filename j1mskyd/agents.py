@@ -92,14 +92,36 @@ class AgentService:
         input_tokens = max(1, math.ceil(len(task) / 4))
         return input_tokens / 1000 * model.input_per_1k + model.typical_output_tokens / 1000 * model.output_per_1k
 
+    @staticmethod
+    def _check_privacy(body: Any, prefix: str, errors: list[dict[str, str]]) -> float | None:
+        """The seed's per-spawn ``privacy`` object; only retention_days changes what we store
+        (text is always encrypted at rest and PII always masked in logs when configured)."""
+        privacy = body.get("privacy")
+        if privacy is None:
+            return None
+        if not isinstance(privacy, dict):
+            errors.append({"field": prefix + "privacy", "message": "privacy must be an object"})
+            return None
+        for flag in ("detect_pii", "mask_pii_in_logs", "encrypt_output"):
+            if flag in privacy and not isinstance(privacy[flag], bool):
+                errors.append({"field": f"{prefix}privacy.{flag}", "message": f"{flag} must be true or false"})
+        days = privacy.get("retention_days")
+        if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float))
+                                 or not 0 < days <= 3650):
+            errors.append({"field": prefix + "privacy.retention_days",
+                           "message": "retention_days must be a number of days between 0 and 3650"})
+            return None
+        return None if days is None else float(days)
+
     def _build(self, body: dict[str, Any], prefix: str, errors: list[dict[str, str]], now: float) -> Agent | None:
         task, priority, timeout = self._check_common(body, prefix, errors)
         model = self._check_model(body, prefix, errors)
+        retention = self._check_privacy(body, prefix, errors)
         if errors:
             return None
         return Agent(agent_id=self._new_id(now), kind=A.KIND_AGENT, model=model, task=task, priority=priority,
                      timeout=float(timeout), status=A.SPAWNING, estimated_cost=self.estimate(model, task),
-                     created_at=now)
+                     created_at=now, retention_days=retention)
 
     # -- spawning ----------------------------------------------------------------------
     async def _store_and_admit(self, agents: list[Agent], extra: list[Agent] = (), *,
@@ -279,6 +301,27 @@ class AgentService:
         if agent.status != A.CANCELLED:  # it completed or failed while we were cancelling it
             raise Conflict(f"Agent '{agent_id}' already {agent.status}; nothing to cancel", status=agent.status)
         return {"success": True, "message": "Agent cancelled", "agent_id": agent_id, "refund": refund}
+
+    # -- privacy -------------------------------------------------------------------------------
+    async def delete_data(self, agent_id: str) -> dict[str, Any]:
+        """Erase a finished agent's task and result now (its cost record stays: money is never lost)."""
+        if agent_id in self.runtime.live:
+            raise Conflict(f"Agent '{agent_id}' is still {self.runtime.live[agent_id].status}; cancel it first")
+        agent = await self._load(agent_id)  # 404 when unknown
+        now = self.runtime.clock()
+        await self.store.write(
+            ("UPDATE agents SET task = '', result = NULL, purged_at = ? WHERE agent_id = ? OR parent_id = ?",
+             (now, agent.agent_id, agent.agent_id)))
+        return {"success": True, "message": "Agent data deleted", "agent_id": agent_id}
+
+    async def purge_expired(self) -> None:
+        """Retention: erase task and result of agents finished longer ago than their retention."""
+        now = self.runtime.clock()
+        await self.store.write((
+            "UPDATE agents SET task = '', result = NULL, purged_at = ? WHERE purged_at IS NULL "
+            "AND status IN ('completed', 'failed', 'cancelled') "
+            "AND completed_at < ? - COALESCE(retention_days, ?) * 86400",
+            (now, now, self.config.privacy.retention_days)))
 
     # -- start-up ----------------------------------------------------------------------------
     async def recover(self) -> dict[str, int]:

@@ -14,7 +14,9 @@ from aiohttp import web
 
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES
-from .api.middleware import IP_POLICY, LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD, add_rate_limit_headers
+from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD, add_rate_limit_headers
+from .audit import Actor, AuditLog
+from .ipcontrol import IpControl
 from .api.routes import setup_routes
 from .breaker import CircuitBreaker
 from .budget import Budget, BudgetPolicy
@@ -32,6 +34,7 @@ from .store import Store
 log = logging.getLogger(__name__)
 BUILTIN_PLUGINS = Path(__file__).parent / "builtin_plugins"
 _PRUNE_EVERY = 60.0  # seconds between sweeps of full (forgettable) rate-limit buckets
+_MAINTENANCE_EVERY = 3600.0
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Services:
     budget: Budget
     bucket_file: BucketFile
     keys: KeyService
+    ip_control: IpControl
+    audit: AuditLog
     started: float = field(default_factory=time.monotonic)
 
 
@@ -91,6 +96,25 @@ async def _persist_buckets(app: web.Application, services: Services) -> None:
             log.error("could not save rate-limit counters: %s", exc)
 
 
+def _audit_finish(audit: AuditLog, agent) -> None:
+    if agent.status in ("completed", "failed") and agent.kind != "member":
+        event = "agent.complete" if agent.status == "completed" else "agent.fail"
+        audit.record(event, Actor(api_key_id=agent.api_key), severity="info" if event == "agent.complete" else "warning",
+                     resource_type="agent", resource_id=agent.agent_id,
+                     details={"model": agent.served_model or agent.model, "cost": agent.cost, "error": agent.error})
+
+
+async def _maintenance(services: Services) -> None:
+    """Hourly: retention of agent data, audit log retention, expired idempotency records."""
+    while True:
+        for job in (services.agents.purge_expired, services.audit.purge):
+            try:
+                await job()
+            except Exception:  # noqa: BLE001 - retried next hour; never stops the daemon
+                log.exception("maintenance job %s failed", job.__qualname__)
+        await asyncio.sleep(_MAINTENANCE_EVERY)
+
+
 async def _refresh_keys(keys: KeyService) -> None:
     """Pick up keys created or revoked by `j1mskyd keys ...`; write last-use times in batches."""
     while True:
@@ -128,9 +152,16 @@ async def _lifecycle(app: web.Application):
         runtime = AgentRuntime(config, store, slots, buckets=limiter.buckets, budget=budget)
         agents = AgentService(config, store, runtime, budget)
         keys = KeyService(store, config.security.key_rotation_grace_hours * 3600)
+        sec = config.security
+        ip_control = IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
+                                               parse_networks(sec.trusted_proxies)), sec.log_violations)
+        audit = AuditLog(store)
         services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file,
-                                            keys)
+                                            keys, ip_control, audit)
         await keys.reload()
+        await ip_control.load()
+        await audit.load()
+        runtime.listeners.append(lambda agent: _audit_finish(audit, agent))
         if config.security.auth:
             first = await keys.bootstrap(str(state_dir))
             if first is not None:
@@ -146,6 +177,7 @@ async def _lifecycle(app: web.Application):
     runtime.start()
     saver = asyncio.ensure_future(_persist_buckets(app, services))
     key_refresher = asyncio.ensure_future(_refresh_keys(services.keys))
+    maintenance = asyncio.ensure_future(_maintenance(services))
     log.info("j1mskyd ready: %d providers, %d models, %d rate-limit counters restored, state in %s",
              len(slots), len(config.models), loaded, state_dir)
     try:
@@ -153,6 +185,7 @@ async def _lifecycle(app: web.Application):
     finally:
         saver.cancel()
         key_refresher.cancel()
+        maintenance.cancel()
         await runtime.stop()
         for slot in services.slots.values():
             await slot.close()
@@ -169,9 +202,6 @@ def build_app(config: Config) -> web.Application:
     app = web.Application(middlewares=list(MIDDLEWARES), client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = Metrics()
-    sec = config.security
-    app[IP_POLICY] = IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
-                              parse_networks(sec.trusted_proxies))
     lim = config.limits
     app[LIMITER] = RequestLimiter(
         Buckets(), {cls: Limit(getattr(lim, cls), lim.window_seconds) for cls in ENDPOINT_CLASSES}, lim.per_ip)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from .errors import ValidationFailed
 
+# date.fromisoformat alone is too lenient on 3.11 ("20260201", "2026-W05-1" pass): say the format.
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
 
 def _parse_day(name: str, text: str | None, default: date) -> tuple[date, list[dict[str, str]]]:
     if not text:
         return default, []
     try:
+        if not _DAY.fullmatch(text):
+            raise ValueError(text)
         return date.fromisoformat(text), []
     except ValueError:
         return default, [{"field": name, "message": f"{name} must be a date as YYYY-MM-DD"}]

@@ -37,6 +37,7 @@ __all__ = [
     "LimitsConfig",
     "ModelConfig",
     "PluginsConfig",
+    "PrivacyConfig",
     "RuntimeConfig",
     "SecurityConfig",
     "ServerConfig",
@@ -152,6 +153,12 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    retention_days: float = 30.0           # task and result text of finished agents, then purged
+    mask_pii_in_logs: bool = True          # emails, phone and card numbers never reach the log
+
+
+@dataclass(frozen=True, slots=True)
 class PluginsConfig:
     dropin_dir: str = "/etc/j1msky/plugins.d"
     disabled: tuple[str, ...] = ()
@@ -194,6 +201,7 @@ class Config:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 # ------------------------------------------------------------------------- checkers
@@ -405,8 +413,10 @@ _SECURITY: dict[str, Checker] = {
     "signature_max_skew": _num(positive=True),
     "key_rotation_grace_hours": _num(0),
 }
+_PRIVACY: dict[str, Checker] = {"retention_days": _num(positive=True), "mask_pii_in_logs": _bool}
 _SECTIONS = {"server": _SERVER, "runtime": _RUNTIME, "store": _STORE, "plugins": _PLUGINS,
-             "budget": _BUDGET, "limits": _LIMITS, "security": _SECURITY}
+             "budget": _BUDGET, "limits": _LIMITS, "security": _SECURITY,
+             "privacy": _PRIVACY}
 _NAMED = ("providers", "models", "teams")
 _REQUIRED = {
     "providers": ("plugin",),
@@ -627,6 +637,7 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
         budget=BudgetConfig(**budget),
         limits=LimitsConfig(**sections["limits"]),
         security=SecurityConfig(**sections["security"]),
+        privacy=PrivacyConfig(**sections["privacy"]),
     )
 
 

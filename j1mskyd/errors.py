@@ -63,6 +63,11 @@ class Forbidden(ApiError):
 class IpNotAllowed(Forbidden):
     type = "IP_NOT_ALLOWED"
 
+    def __init__(self, message: str, *, type_: str | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        if type_:
+            self.type = type_
+
 
 class NotFound(ApiError):
     status = 404

@@ -37,7 +37,13 @@ def hash_token(token: str) -> str:
 
 
 def parse_scopes(scopes: Iterable[str] | str) -> tuple[str, ...]:
-    items = [s.strip() for s in (scopes.split(",") if isinstance(scopes, str) else scopes)]
+    """A comma-separated string (the CLI) or a list of scope names (the API's JSON)."""
+    if isinstance(scopes, str):
+        scopes = scopes.split(",")
+    elif not isinstance(scopes, (list, tuple)) or not all(isinstance(s, str) for s in scopes):
+        # e.g. JSON 7, {"agents:read": true} or [1]: never iterate keys or crash on .strip()
+        raise KeyError_(f"scopes must be a list of scope names ({', '.join(SCOPES)})")
+    items = [s.strip() for s in scopes]
     items = [s for s in items if s]
     unknown = [s for s in items if s not in SCOPES]
     if unknown:
@@ -256,15 +262,29 @@ class KeyService:
         """
         if len(self.ring):
             return None
+        import contextlib
         import json
         import os
         import sys
         new = await self.create("bootstrap-admin", [ADMIN])
         path = os.path.join(state_dir, self.BOOTSTRAP_FILE)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(new.reveal(), fh, indent=2)
-            fh.write("\n")
+        # A fresh 0600 file renamed into place: O_CREAT's mode would not narrow a stale,
+        # wider file left at ``path``, and O_EXCL|O_NOFOLLOW never writes through a symlink.
+        tmp = path + ".tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(new.reveal(), fh, indent=2)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         if sys.stderr.isatty():
             print(f"\nj1mskyd: created the first admin API key (shown once; also in {path}):\n"
                   f"  key id: {new.key.key_id}\n  token:  {new.token}\n  secret: {new.secret}\n", file=sys.stderr)

@@ -123,18 +123,31 @@ class Buckets:
     def __len__(self) -> int:
         return len(self._state)
 
+    def __bool__(self) -> bool:
+        # Always true, even with no bucket yet: ``buckets or Buckets()`` (runtime.py) must keep
+        # the shared instance, or a fresh daemon counts provider calls in a private, never-saved one.
+        return True
+
     # -- persistence ------------------------------------------------------------------
     def dump(self) -> dict[str, list[float]]:
-        return {k: [round(v[0], 6), round(v[1], 3)] for k, v in self._state.items()}
+        """A snapshot of every bucket.  BucketFile calls this from an executor thread while the
+        event loop keeps adding buckets: copy first (dict.copy and tuple() run under the GIL,
+        without Python code in between), never iterate the live dict, which would raise
+        "dictionary changed size during iteration" and kill the saver."""
+        snapshot = [(k, tuple(v)) for k, v in self._state.copy().items()]
+        return {k: [round(v[0], 6), round(v[1], 3)] for k, v in snapshot}
 
     def load(self, data: object) -> int:
         if not isinstance(data, dict):
             return 0
         loaded = 0
+        now = self.clock()
         for key, value in data.items():
             if (isinstance(key, str) and isinstance(value, list) and len(value) == 2
                     and all(isinstance(x, (int, float)) and math.isfinite(x) for x in value)):
-                self._state[key] = [max(float(value[0]), 0.0), float(value[1])]
+                # A time stamp from the future (saved under a clock that was ahead, e.g. a Pi
+                # without RTC) would freeze the bucket until then: refill from now instead.
+                self._state[key] = [max(float(value[0]), 0.0), min(float(value[1]), now)]
                 loaded += 1
         return loaded
 
@@ -167,9 +180,13 @@ class BucketFile:
     def save_if_changed(self) -> bool:
         if not self.buckets.changed:
             return False
-        self.buckets.changed = False
-        payload = json.dumps({"version": self.VERSION, "saved_at": round(self.buckets.clock(), 3),
-                              "buckets": self.buckets.dump()}, separators=(",", ":")).encode()
+        self.buckets.changed = False  # before the snapshot: a change made meanwhile is saved next time
+        try:
+            payload = json.dumps({"version": self.VERSION, "saved_at": round(self.buckets.clock(), 3),
+                                  "buckets": self.buckets.dump()}, separators=(",", ":")).encode()
+        except BaseException:
+            self.buckets.changed = True
+            raise
         directory = os.path.dirname(self.path) or "."
         fd, tmp = tempfile.mkstemp(prefix=".ratelimits.", dir=directory)
         try:
@@ -185,8 +202,23 @@ class BucketFile:
             except FileNotFoundError:
                 pass
             raise
+        _fsync_dir(directory)
         self.writes += 1
         return True
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename itself durable (a power cut right after it could otherwise undo it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the data file itself is synced
+    finally:
+        os.close(fd)
 
 
 # Endpoint classes of the seed's "Rate Limits" table; the HTTP layer maps routes to them.

@@ -81,6 +81,8 @@ class AgentRuntime:
         self.budget = budget
         self._provider_limits = {name: Limit(slot.settings.hourly_limit, 3600.0) for name, slot in slots.items()}
         self._wakeup: asyncio.TimerHandle | None = None
+        # Told of every agent once its final state is on disk (audit, later webhooks/events).
+        self.listeners: list[Callable[[Agent], None]] = []
         self.rt = config.runtime
         self.store = store
         self.slots = slots
@@ -465,6 +467,11 @@ class AgentRuntime:
         fut = self._done.pop(agent.agent_id, None)
         if fut is not None and not fut.done():
             fut.set_result(agent)
+        for listener in self.listeners:
+            try:
+                listener(agent)
+            except Exception:  # a listener's bug must not stop the runtime
+                log.exception("agent listener failed for %s", agent.agent_id)
         if agent.parent_id is not None and agent.parent_id in self._team_finished:
             self._team_finished[agent.parent_id][agent.agent_id] = agent
             await self._maybe_finish_team(agent.parent_id)

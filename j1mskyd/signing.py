@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from datetime import datetime, timezone
 
@@ -26,14 +27,18 @@ class SignatureError(Exception):
         self.type = type_
 
 
+_UNIX_SECONDS = re.compile(r"-?[0-9]{1,11}(?:\.[0-9]{1,9})?", re.ASCII)
+
+
 def parse_timestamp(text: str) -> float | None:
     text = text.strip()
-    try:
+    if _UNIX_SECONDS.fullmatch(text):
+        # Plain ASCII digits only: float() would also take "nan", "1e9", "1_000" and
+        # non-ASCII digits.  Seconds, not milliseconds.
         value = float(text)
-    except ValueError:
-        pass
-    else:
-        return value if value == value and abs(value) < 1e11 else None  # not NaN, seconds not ms
+        return value if abs(value) < 1e11 else None
+    if not text.isascii():
+        return None
     try:
         dt = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     except ValueError:
@@ -57,12 +62,16 @@ def body_forms(raw: bytes) -> list[str]:
     forms = [text]
     if text.strip():
         try:
-            compact = json.dumps(json.loads(text), separators=(",", ":"))
+            obj = json.loads(text)
+            # The seed's compact form; and the same with non-ASCII kept as is, which a client
+            # writing the body by hand (or with ensure_ascii=False) signs, while
+            # requests.post(json=...) sends it \u-escaped.
+            compacts = (json.dumps(obj, separators=(",", ":")),
+                        json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
         except (ValueError, RecursionError):
             pass
         else:
-            if compact != text:
-                forms.append(compact)
+            forms.extend(c for c in dict.fromkeys(compacts) if c != text)
     return forms
 
 

@@ -31,11 +31,9 @@ def human_bytes(n: float) -> str:
 
 
 def human_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rem = divmod(seconds, 86400)
-    hours, rem = divmod(rem, 3600)
-    minutes = rem // 60
-    return f"{days}d {hours}h {minutes}m" if days else f"{hours}h {minutes}m"
+    """Hours and minutes, as the seed shows uptime ("24h 15m"): hours do not roll over into days."""
+    hours, rem = divmod(max(int(seconds), 0), 3600)
+    return f"{hours}h {rem // 60}m"
 
 
 def snapshot(state_dir: str, active_agents: int) -> dict[str, Any]:

@@ -62,7 +62,7 @@ async def test_outside_the_allowlist_gets_403_with_your_ip(aiohttp_client, tmp_p
         assert resp.status == 403, path
         assert body["error"]["type"] == "IP_NOT_ALLOWED" and body["error"]["your_ip"] == "127.0.0.1"
         assert body["error"]["request_id"] == resp.headers["X-Request-Id"]
-    assert "not in the IP allowlist" in caplog.text
+    assert "from 127.0.0.1: ip_not_allowed" in caplog.text
 
 
 async def test_default_allowlist_admits_loopback(client):

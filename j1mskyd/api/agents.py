@@ -7,8 +7,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from ..agent import ANONYMOUS
-from .common import SERVICES, json_response, query_params, read_json
-from .middleware import API_KEY_ID
+from ..pii import preview
+from .common import API_KEY_ID, SERVICES, actor, json_response, query_params, read_json
 
 
 def _agents(request: web.Request):
@@ -19,16 +19,37 @@ def _key_id(request: web.Request) -> str:
     return request.get(API_KEY_ID, ANONYMOUS)
 
 
+def _audit_spawns(request: web.Request, body: dict, spawned: list[dict]) -> None:
+    audit = request.app[SERVICES].audit
+    who = actor(request)
+    for item in spawned:
+        audit.record("agent.spawn", who, resource_type="agent", resource_id=item["agent_id"],
+                     details={"model": item.get("model") or item.get("team"), "team": item.get("team"),
+                              "task_preview": preview(body.get("task")) if isinstance(body, dict) else None,
+                              "estimated_cost": item.get("estimated_cost")})
+
+
 async def spawn(request: web.Request) -> web.Response:
-    return json_response(await _agents(request).spawn(await read_json(request), _key_id(request)))
+    body = await read_json(request)
+    result = await _agents(request).spawn(body, _key_id(request))
+    _audit_spawns(request, body, [result])
+    return json_response(result)
 
 
 async def spawn_team(request: web.Request) -> web.Response:
-    return json_response(await _agents(request).spawn_team(await read_json(request), _key_id(request)))
+    body = await read_json(request)
+    result = await _agents(request).spawn_team(body, _key_id(request))
+    _audit_spawns(request, body, [result])
+    return json_response(result)
 
 
 async def spawn_batch(request: web.Request) -> web.Response:
-    return json_response(await _agents(request).spawn_batch(await read_json(request), _key_id(request)))
+    body = await read_json(request)
+    result = await _agents(request).spawn_batch(body, _key_id(request))
+    items = body if isinstance(body, list) else (body.get("agents") or body.get("tasks") or [])
+    for item, spawned in zip(items, result["agents"]):
+        _audit_spawns(request, item, [spawned])
+    return json_response(result)
 
 
 async def get_agent(request: web.Request) -> web.Response:
@@ -37,6 +58,10 @@ async def get_agent(request: web.Request) -> web.Response:
 
 async def cancel_agent(request: web.Request) -> web.Response:
     return json_response(await _agents(request).cancel(request.match_info["agent_id"]))
+
+
+async def delete_agent_data(request: web.Request) -> web.Response:
+    return json_response(await _agents(request).delete_data(request.match_info["agent_id"]))
 
 
 async def active_agents(request: web.Request) -> web.Response:

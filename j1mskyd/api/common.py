@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import jsonx
+from ..audit import Actor
 from ..errors import ApiError, InvalidJson
 
 
@@ -24,6 +25,9 @@ def request_key(name: str) -> Any:
 CONFIG = app_key("j1msky.config")
 SERVICES = app_key("j1msky.services")
 REQUEST_ID = request_key("j1msky.request_id")
+CLIENT_IP = request_key("j1msky.client_ip")      # set by the IP guard
+API_KEY_ID = request_key("j1msky.api_key_id")    # set by auth (absent: anonymous)
+API_KEY = request_key("j1msky.api_key")
 
 ERROR_TYPES = {
     400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
@@ -65,6 +69,13 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidJson(f"Request body is not valid JSON: {exc}") from None
     except RecursionError:  # stdlib json on "[[[[...": deeper than the interpreter allows
         raise InvalidJson("Request body is not valid JSON: nested too deeply") from None
+
+
+def actor(request: web.Request) -> Actor:
+    """Who made this request, for the audit log."""
+    ip = request.get(CLIENT_IP)
+    return Actor(api_key_id=request.get(API_KEY_ID), ip_address=str(ip) if ip is not None else request.remote,
+                 user_agent=request.headers.get("User-Agent"), request_id=request.get(REQUEST_ID))
 
 
 def query_params(request: web.Request) -> dict[str, str]:

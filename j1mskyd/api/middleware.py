@@ -19,8 +19,8 @@ from aiohttp import web
 from ..agent import ANONYMOUS
 from ..errors import ApiError, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited, Unauthorized
 from ..signing import SignatureError, verify
-from ..netguard import IpPolicy
-from .common import CONFIG, REQUEST_ID, SERVICES, api_error_response, app_key, error_response, request_key
+from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, REQUEST_ID, SERVICES, actor, api_error_response,
+                     app_key, error_response, request_key)
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -29,7 +29,6 @@ METRICS = app_key("j1msky.metrics")
 LIMITER = app_key("j1msky.request_limiter")
 ROUTE_CLASSES = app_key("j1msky.route_classes")
 RATE_DECISION = request_key("j1msky.rate_decision")
-API_KEY_ID = request_key("j1msky.api_key_id")
 
 
 def route_name(request: web.Request) -> str:
@@ -85,26 +84,37 @@ async def body_limit_middleware(request: web.Request, handler: Handler) -> web.S
     return await handler(request)
 
 
-IP_POLICY = app_key("j1msky.ip_policy")
-CLIENT_IP = request_key("j1msky.client_ip")
 
 
 @web.middleware
 async def ip_guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the client address once (proxies per config) and apply the allowlist."""
-    policy: IpPolicy = request.app[IP_POLICY]
-    addr = policy.client_ip(request.remote, request.headers.get("X-Forwarded-For"))
+    """Resolve the client address once (proxies per config); apply IP blocks, then the allowlist."""
+    control = request.app[SERVICES].ip_control
+    addr = control.policy.client_ip(request.remote, request.headers.get("X-Forwarded-For"))
     request[CLIENT_IP] = addr
-    if not policy.admits(addr):
-        if request.app[CONFIG].security.log_violations:
-            log.warning("refused %s %s from %s: not in the IP allowlist", request.method, request.path, addr)
+    block = control.blocked(addr)
+    if block is not None:
+        _violation(request, "ip_blocked", block.reason)
+        raise IpNotAllowed("IP blocked", type_="IP_BLOCKED", your_ip=str(addr), reason=block.reason)
+    if not control.policy.admits(addr):
+        _violation(request, "ip_not_allowed")
         raise IpNotAllowed("IP not whitelisted", your_ip=str(addr))  # the seed's words
     return await handler(request)
 
 
-REPLAY_GUARD = app_key("j1msky.replay_guard")
+def _violation(request: web.Request, kind: str, detail: str | None = None) -> None:
+    """security.violation in the audit log, and a log line when the operator wants one."""
+    services = request.app[SERVICES]
+    if services.ip_control.log_violations:
+        log.warning("refused %s %s from %s: %s%s", request.method, request.path, request.get(CLIENT_IP), kind,
+                    f" ({detail})" if detail else "")
+    services.audit.record("security.violation", actor(request), severity="warning",
+                          details={"kind": kind, "method": request.method, "path": request.path,
+                                   **({"detail": detail} if detail else {})})
+
+
 ROUTE_SCOPES = app_key("j1msky.route_scopes")
-API_KEY = request_key("j1msky.api_key")
+REPLAY_GUARD = app_key("j1msky.replay_guard")
 PUBLIC = "public"  # the scope of routes open without a key
 
 
@@ -131,15 +141,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)  # open routes; unknown paths 404/405 without revealing more
     token = _token(request)
     if token is None:
+        _violation(request, "missing_api_key")
         raise Unauthorized("API key required: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
                            headers={"WWW-Authenticate": 'Bearer realm="j1mskyd"'})
-    key = request.app[SERVICES].keys.authenticate(token)
+    services = request.app[SERVICES]
+    key = services.keys.authenticate(token)
     if key is None:
+        _violation(request, "invalid_api_key")
         raise Unauthorized("Invalid, expired or revoked API key", type_="INVALID_API_KEY",
                            headers={"WWW-Authenticate": 'Bearer realm="j1mskyd", error="invalid_token"'})
     request[API_KEY] = key
     request[API_KEY_ID] = key.key_id
+    services.audit.record("api.key.used", actor(request), resource_type="api_key", resource_id=key.key_id)
     if not key.allows(scope):
+        _violation(request, "insufficient_scope", scope)
         raise Forbidden(f"This API key lacks the scope '{scope}'", required_scope=scope)
     return await handler(request)
 
@@ -158,6 +173,7 @@ async def signature_middleware(request: web.Request, handler: Handler) -> web.St
                    request.method, [request.path, request.path_qs, request.raw_path], raw,
                    request.app[REPLAY_GUARD], sec.signature_max_skew)
         except SignatureError as exc:
+            _violation(request, "bad_signature", exc.type)
             raise Unauthorized(exc.message, type_=exc.type) from None
     return await handler(request)
 

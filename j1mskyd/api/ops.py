@@ -10,7 +10,8 @@ from .. import billing, sysinfo
 from ..agent import ANONYMOUS
 from ..metrics import prometheus
 from .common import CONFIG, SERVICES, json_response, query_params
-from .middleware import API_KEY_ID, LIMITER, METRICS
+from .common import API_KEY_ID
+from .middleware import LIMITER, METRICS
 
 
 async def rate_limits(request: web.Request) -> web.Response:
@@ -79,7 +80,9 @@ async def metrics_prometheus(request: web.Request) -> web.Response:
         ("j1msky_provider_tokens_remaining", "gauge", "Calls left in the provider's hourly bucket.",
          [({"provider": n}, runtime.provider_tokens(n).remaining) for n in services.slots]),
     ]
-    return web.Response(text=prometheus(families), content_type="text/plain",
+    # The exposition format's own content type (with version); aiohttp refuses content_type= and a
+    # Content-Type header together, so the header alone says it.
+    return web.Response(body=prometheus(families).encode("utf-8"),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

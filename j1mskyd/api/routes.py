@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import agents, keys, ops, system
+from . import agents, keys, ops, security, system
 from .middleware import PUBLIC, ROUTE_CLASSES, ROUTE_SCOPES
 
 PREFIXES = ("/api", "/api/v1")
@@ -23,6 +23,7 @@ ROUTES = (
     ("GET", "/agents/active", agents.active_agents, READ, "agents_list"),
     ("GET", "/agent/{agent_id}", agents.get_agent, READ, "agent_read"),
     ("DELETE", "/agent/{agent_id}", agents.cancel_agent, WRITE, "other"),
+    ("DELETE", "/agent/{agent_id}/data", agents.delete_agent_data, WRITE, "other"),
     ("GET", "/health", system.health, PUBLIC, "other"),
     ("GET", "/plugins", system.plugins, READ, "other"),
     ("GET", "/rate-limits", ops.rate_limits, READ, "other"),
@@ -33,6 +34,13 @@ ROUTES = (
     ("GET", "/keys", keys.list_keys, ADMIN, "other"),
     ("DELETE", "/keys/{key_id}", keys.revoke_key, ADMIN, "other"),
     ("POST", "/keys/{key_id}/rotate", keys.rotate_key, ADMIN, "other"),
+    ("GET", "/security/ip-whitelist", security.get_ip_whitelist, ADMIN, "other"),
+    ("PUT", "/security/ip-whitelist", security.put_ip_whitelist, ADMIN, "other"),
+    ("POST", "/security/block-ip", security.block_ip, ADMIN, "other"),
+    ("GET", "/security/blocked-ips", security.list_blocked_ips, ADMIN, "other"),
+    ("DELETE", "/security/block-ip/{ip}", security.unblock_ip, ADMIN, "other"),
+    ("POST", "/security/audit", security.configure_audit, ADMIN, "other"),
+    ("GET", "/security/audit", security.audit_entries, ADMIN, "other"),
 )
 
 

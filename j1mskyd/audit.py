@@ -1,0 +1,189 @@
+"""The audit log: who did what, from where, in the seed's entry format.
+
+Entries go through the store's group commit without being awaited, so auditing never
+slows a request; they are in the same queue as the state changes they describe.
+Settings (``POST /security/audit``) live in the ``settings`` table.  ``api.key.used`` is
+recorded at most once per key per minute: a Pi's SD card should not get a row per GET.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .agent import iso
+from .agent_query import parse_time
+from .errors import ValidationFailed
+
+EVENTS = ("agent.spawn", "agent.complete", "agent.fail", "api.key.used", "config.change", "security.violation")
+LOG_LEVELS = ("minimal", "standard", "verbose")
+SEVERITIES = ("info", "warning", "critical")
+SETTING = "audit"
+KEY_USED_EVERY = 60.0
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    enabled: bool = True
+    log_level: str = "standard"
+    retention_days: int = 90
+    include_request_body: bool = False
+    include_response_body: bool = False
+    events: tuple[str, ...] = EVENTS
+
+
+def _bad(field_: str, message: str) -> ValidationFailed:
+    return ValidationFailed([{"field": field_, "message": message}])
+
+
+def parse_settings(body: Any, current: AuditSettings) -> AuditSettings:
+    if not isinstance(body, dict):
+        raise _bad("body", "Request body must be a JSON object")
+    unknown = set(body) - set(AuditSettings.__dataclass_fields__)
+    if unknown:
+        raise _bad(sorted(unknown)[0], f"Unknown audit setting '{sorted(unknown)[0]}'")
+    changes: dict[str, Any] = {}
+    for name in ("enabled", "include_request_body", "include_response_body"):
+        if name in body:
+            if not isinstance(body[name], bool):
+                raise _bad(name, f"{name} must be true or false")
+            changes[name] = body[name]
+    if "log_level" in body:
+        if body["log_level"] not in LOG_LEVELS:
+            raise _bad("log_level", f"log_level must be one of: {', '.join(LOG_LEVELS)}")
+        changes["log_level"] = body["log_level"]
+    if "retention_days" in body:
+        days = body["retention_days"]
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
+            raise _bad("retention_days", "retention_days must be an integer from 1 to 3650")
+        changes["retention_days"] = days
+    if "events" in body:
+        events = body["events"]
+        if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+            raise _bad("events", "events must be a list of event names")
+        unknown_events = [e for e in events if e not in EVENTS]
+        if unknown_events:
+            raise _bad("events", f"Unknown event(s): {', '.join(unknown_events)} (known: {', '.join(EVENTS)})")
+        changes["events"] = tuple(dict.fromkeys(events))
+    return replace(current, **changes)
+
+
+@dataclass
+class Actor:
+    """Who and where, from the request that caused the event (empty for the runtime's own)."""
+
+    api_key_id: str | None = None
+    ip_address: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+
+SYSTEM = Actor()
+
+
+class AuditLog:
+    def __init__(self, store: Any, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = AuditSettings()
+        self._key_used: dict[str, float] = {}
+
+    async def load(self) -> None:
+        row = await self.store.read(lambda c: c.execute("SELECT value FROM settings WHERE name = ?",
+                                                        (SETTING,)).fetchone())
+        if row is not None:
+            data = json.loads(row[0])
+            data["events"] = tuple(data.get("events", EVENTS))
+            self.settings = AuditSettings(**data)
+
+    async def configure(self, body: Any) -> AuditSettings:
+        new = parse_settings(body, self.settings)
+        value = json.dumps(asdict(new))
+        await self.store.write(("INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) "
+                                "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                                (SETTING, value, self.clock())))
+        self.settings = new
+        return new
+
+    def wants(self, event: str) -> bool:
+        s = self.settings
+        return s.enabled and event in s.events
+
+    def record(self, event: str, actor: Actor = SYSTEM, *, severity: str = "info", resource_type: str | None = None,
+               resource_id: str | None = None, details: dict[str, Any] | None = None) -> None:
+        if not self.wants(event):
+            return
+        now = self.clock()
+        if event == "api.key.used":
+            last = self._key_used.get(actor.api_key_id or "", 0.0)
+            if now - last < KEY_USED_EVERY:
+                return
+            self._key_used[actor.api_key_id or ""] = now
+        self.store.submit([(
+            "INSERT INTO audit_log (ts, event, severity, api_key_id, ip_address, user_agent, request_id, "
+            "resource_type, resource_id, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (now, event, severity, actor.api_key_id, actor.ip_address, (actor.user_agent or "")[:200] or None,
+             actor.request_id, resource_type, resource_id, self._seal(details or {})),
+        )])
+
+    def _seal(self, details: dict[str, Any]) -> str:
+        """Details may quote a task (task_preview): they are encrypted like the task itself."""
+        text = json.dumps(details, separators=(",", ":"))
+        cipher = self.store.cipher
+        return cipher.encrypt(text, "audit/details") if cipher is not None else text
+
+    async def purge(self) -> None:
+        """Drop entries older than the retention period."""
+        cutoff = self.clock() - self.settings.retention_days * 86_400
+        await self.store.write(("DELETE FROM audit_log WHERE ts < ?", (cutoff,)))
+
+    async def query(self, params: dict[str, str]) -> dict[str, Any]:
+        where, args, errors = [], [], []
+        for name in ("event", "severity", "api_key_id", "ip_address", "resource_id", "request_id"):
+            if params.get(name):
+                where.append(f"{name} = ?")
+                args.append(params[name])
+        for name, op in (("from", ">="), ("to", "<")):
+            if params.get(name):
+                value = parse_time(name, params[name], errors)
+                where.append(f"ts {op} ?")
+                args.append(value)
+        try:
+            limit = int(params.get("limit", 50))
+            offset = int(params.get("offset", 0))
+            if not 1 <= limit <= 500 or offset < 0:
+                raise ValueError
+        except ValueError:
+            errors.append({"field": "limit", "message": "limit must be 1-500 and offset >= 0"})
+        if errors:
+            raise ValidationFailed(errors)
+        sql_where = " AND ".join(where) or "1"
+
+        def read(conn: sqlite3.Connection) -> tuple[int, list[sqlite3.Row]]:
+            total = conn.execute(f"SELECT COUNT(*) FROM audit_log WHERE {sql_where}", args).fetchone()[0]
+            rows = conn.execute(f"SELECT * FROM audit_log WHERE {sql_where} ORDER BY ts DESC, id DESC "
+                                "LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
+            return total, rows
+
+        await self.store.flush()  # entries are written without waiting: show the ones already made
+        total, rows = await self.store.read(read)
+        return {"data": [entry(r, self.store.cipher) for r in rows],
+                "pagination": {"total": total, "limit": limit, "offset": offset,
+                               "has_more": offset + limit < total}}
+
+
+def entry(row: sqlite3.Row, cipher: Any = None) -> dict[str, Any]:
+    """One row in the seed's "Audit Log Entry" shape."""
+    details = row["details"]
+    if cipher is not None:
+        details = cipher.decrypt(details, "audit/details")
+    return {"timestamp": iso(row["ts"]), "event": row["event"], "severity": row["severity"],
+            "api_key_id": row["api_key_id"], "ip_address": row["ip_address"], "user_agent": row["user_agent"],
+            "request_id": row["request_id"],
+            "resource": {"type": row["resource_type"], "id": row["resource_id"]} if row["resource_type"] else None,
+            "details": json.loads(details)}
+

@@ -1,0 +1,151 @@
+"""The IP allowlist (changeable over the API) and temporary IP blocks.
+
+The allowlist starts from config; ``PUT /security/ip-whitelist`` replaces it and the
+change is stored in the ``settings`` table, so it survives restarts (the stored value
+wins over the config file until it is changed again).  Blocks live in ``ip_blocks``
+with an optional expiry; an expired block is ignored and swept.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import ValidationFailed
+from .netguard import Address, IpPolicy, parse_address, parse_networks
+
+SETTING = "ip_whitelist"
+MAX_BLOCK_HOURS = 24 * 365
+
+
+@dataclass(frozen=True)
+class Block:
+    ip: str
+    reason: str
+    created_at: float
+    expires_at: float | None
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+
+def _bad(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed([{"field": field, "message": message}])
+
+
+class IpControl:
+    def __init__(self, store: Any, policy: IpPolicy, log_violations: bool,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.policy = policy
+        self.log_violations = log_violations
+        self.clock = clock
+        self.blocks: dict[str, Block] = {}
+        self._allowed_text: tuple[str, ...] = tuple(str(n) for n in policy.allowed)
+
+    async def load(self) -> None:
+        def read(conn: sqlite3.Connection) -> tuple[str | None, list[sqlite3.Row]]:
+            row = conn.execute("SELECT value FROM settings WHERE name = ?", (SETTING,)).fetchone()
+            return (row[0] if row else None), conn.execute("SELECT * FROM ip_blocks").fetchall()
+
+        stored, blocks = await self.store.read(read)
+        if stored is not None:
+            data = json.loads(stored)
+            self._apply(tuple(data["allowed_ips"]), data["enforce"], data["log_violations"])
+        now = self.clock()
+        self.blocks = {r["ip"]: Block(r["ip"], r["reason"], r["created_at"], r["expires_at"]) for r in blocks}
+        self.blocks = {ip: b for ip, b in self.blocks.items() if b.active(now)}
+
+    def _apply(self, allowed: tuple[str, ...], enforce: bool, log_violations: bool) -> None:
+        self.policy = replace(self.policy, allowed=parse_networks(allowed), enforce=enforce)
+        self._allowed_text = allowed
+        self.log_violations = log_violations
+
+    def whitelist(self) -> dict[str, Any]:
+        return {"allowed_ips": list(self._allowed_text), "enforce": self.policy.enforce,
+                "log_violations": self.log_violations}
+
+    async def set_whitelist(self, body: Any, your_ip: Address | None) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise _bad("body", "Request body must be a JSON object")
+        allowed = body.get("allowed_ips")
+        if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
+            raise _bad("allowed_ips", "allowed_ips must be a list of CIDR strings")
+        try:
+            networks = parse_networks(allowed)
+        except ValueError as exc:
+            raise _bad("allowed_ips", str(exc)) from None
+        enforce = body.get("enforce", True)
+        log_violations = body.get("log_violations", self.log_violations)
+        for name, value in (("enforce", enforce), ("log_violations", log_violations)):
+            if not isinstance(value, bool):
+                raise _bad(name, f"{name} must be true or false")
+        if enforce and your_ip is not None and not any(
+                your_ip.version == n.version and your_ip in n for n in networks):
+            # Locking out the admin who makes the change helps nobody.
+            raise _bad("allowed_ips", f"the list must include your own address ({your_ip}), "
+                                      "or you would lock yourself out")
+        normalised = tuple(str(n) for n in networks)
+        value = json.dumps({"allowed_ips": normalised, "enforce": enforce, "log_violations": log_violations})
+        await self.store.write(("INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) "
+                                "ON CONFLICT(name) DO UPDATE SET value = excluded.value, "
+                                "updated_at = excluded.updated_at", (SETTING, value, self.clock())))
+        self._apply(normalised, enforce, log_violations)
+        return self.whitelist()
+
+    # -- blocks ----------------------------------------------------------------------------
+    def blocked(self, addr: Address | None) -> Block | None:
+        if addr is None:
+            return None
+        block = self.blocks.get(str(addr))
+        if block is not None and not block.active(self.clock()):
+            del self.blocks[block.ip]  # expired; the row is swept by the next write or purge
+            return None
+        return block
+
+    async def block(self, body: Any) -> Block:
+        if not isinstance(body, dict):
+            raise _bad("body", "Request body must be a JSON object")
+        addr = parse_address(body.get("ip")) if isinstance(body.get("ip"), str) else None
+        if addr is None:
+            raise _bad("ip", "ip must be an IPv4 or IPv6 address")
+        reason = body.get("reason", "blocked")
+        if not isinstance(reason, str) or not reason or len(reason) > 200:
+            raise _bad("reason", "reason must be a non-empty string of at most 200 characters")
+        hours = body.get("duration_hours")
+        if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
+                                  or not 0 < hours <= MAX_BLOCK_HOURS):
+            raise _bad("duration_hours", f"duration_hours must be a number between 0 and {MAX_BLOCK_HOURS} "
+                                         "(leave it out for a block until removed)")
+        now = self.clock()
+        block = Block(str(addr), reason, now, None if hours is None else now + hours * 3600)
+        await self.store.write(
+            ("DELETE FROM ip_blocks WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)),
+            ("INSERT OR REPLACE INTO ip_blocks (ip, reason, created_at, expires_at) VALUES (?, ?, ?, ?)",
+             (block.ip, block.reason, block.created_at, block.expires_at)))
+        self.blocks[block.ip] = block
+        return block
+
+    async def unblock(self, ip: str) -> bool:
+        addr = parse_address(ip)
+        key = str(addr) if addr is not None else ip
+        if key not in self.blocks:
+            return False
+        await self.store.write(("DELETE FROM ip_blocks WHERE ip = ?", (key,)))
+        del self.blocks[key]
+        return True
+
+    def list_blocks(self) -> list[Block]:
+        now = self.clock()
+        return sorted((b for b in self.blocks.values() if b.active(now)), key=lambda b: b.created_at)
+
+
+def block_view(block: Block) -> dict[str, Any]:
+    from .agent import iso
+    return {"ip": block.ip, "reason": block.reason, "blocked_at": iso(block.created_at),
+            "expires_at": iso(block.expires_at)}
+
