@@ -10,6 +10,8 @@ and a write connection (as the store does).  So the ratio daemon/bare is the cos
 j1mskyd's own code and of whatever extra it imports, not of the stack it stands on.
 
 ``--minimal`` drops sqlite and the client session (aiohttp.web alone) for comparison.
+``--hello`` is ``--minimal`` plus ``GET /`` answering "Hello, World!" (text/plain): the
+hello-world baseline of ``bench/health_ratio.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ def main() -> None:
     p.add_argument("--port", type=int, default=18200)
     p.add_argument("--state-dir", default="/tmp/j1msky-bare")
     p.add_argument("--minimal", action="store_true")
+    p.add_argument("--hello", action="store_true", help="--minimal plus a hello-world handler on GET /")
     args = p.parse_args()
+    args.minimal = args.minimal or args.hello
     try:
         import uvloop
         uvloop.install()
@@ -56,8 +60,13 @@ def main() -> None:
         if session is not None:
             await session.close()
 
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="Hello, World!")
+
     app = web.Application()
     app.router.add_get("/api/health", health)
+    if args.hello:
+        app.router.add_get("/", hello)
     app.cleanup_ctx.append(lifecycle)
     print(f"bare app pid {os.getpid()} python {sys.version.split()[0]} aiohttp {aiohttp.__version__}",
           file=sys.stderr)

@@ -291,7 +291,7 @@ async def latency(url: str, db: str, rate: float, duration: float, model: str, u
     rconn.close()
     own = upstream_own_time(before, after)
     return {
-        "mode": "latency", "rate": rate or "sequential", "watch": watch, "n": n, "errors": len(errors),
+        "mode": "latency", "rate": rate or "sequential", "watch": watch, "n": n, "spawn_errors": len(errors),
         "spawn_http_ms": summary_ms(spawn_lat),
         "client_spawn_to_completed_http_ms": summary_ms(http_lat),
         "client_spawn_response_to_completed_http_ms": summary_ms(http_after_resp),

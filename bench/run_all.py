@@ -25,7 +25,10 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+# The tree whose j1mskyd is measured (daemons run `python -m j1mskyd` from there).  Set
+# J1MSKY_ROOT to a frozen copy (`git archive COMMIT | tar -x -C DIR`) to measure one commit
+# while the working tree keeps changing.
+ROOT = os.path.abspath(os.environ.get("J1MSKY_ROOT") or os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import load  # noqa: E402
 
@@ -43,6 +46,21 @@ synchronous = "{sync}"
 
 [plugins]
 dropin_dir = "{workdir}/no-plugins"
+
+# The seed's limits (100 spawns/h per key and per IP, $50/day, 50 live agents per key)
+# would refuse a benchmark after its first hundred spawns: lift them all.
+[limits]
+spawn = 100000000
+agent_read = 100000000
+agents_list = 100000000
+system = 100000000
+other = 100000000
+
+[budget]
+daily_budget = 1e9
+monthly_ceiling = 1e12
+spike_per_hour = 1e12
+max_agents_per_key = 100000000
 
 [providers.fast]
 plugin = "openai_compat"
@@ -195,7 +213,7 @@ def machine() -> dict:
         uv = uvloop.__version__
     except ImportError:
         uv = None
-    return {"nproc": os.cpu_count(), "sched_cpus": len(os.sched_getaffinity(0)),
+    return {"root": ROOT, "nproc": os.cpu_count(), "sched_cpus": len(os.sched_getaffinity(0)),
             "python": platform.python_version(), "aiohttp": aiohttp.__version__, "uvloop": uv,
             "sqlite": sqlite3.sqlite_version, "kernel": platform.release(), "machine": platform.machine()}
 
