@@ -16,6 +16,7 @@ from .agents import AgentService
 from .api.common import CONFIG, SERVICES
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD, add_rate_limit_headers
 from .audit import Actor, AuditLog
+from .idempotency import IdempotencyStore
 from .ipcontrol import IpControl
 from .api.routes import setup_routes
 from .breaker import CircuitBreaker
@@ -52,6 +53,7 @@ class Services:
     keys: KeyService
     ip_control: IpControl
     audit: AuditLog
+    idempotency: IdempotencyStore
     started: float = field(default_factory=time.monotonic)
 
 
@@ -107,7 +109,7 @@ def _audit_finish(audit: AuditLog, agent) -> None:
 async def _maintenance(services: Services) -> None:
     """Hourly: retention of agent data, audit log retention, expired idempotency records."""
     while True:
-        for job in (services.agents.purge_expired, services.audit.purge):
+        for job in (services.agents.purge_expired, services.audit.purge, services.idempotency.purge):
             try:
                 await job()
             except Exception:  # noqa: BLE001 - retried next hour; never stops the daemon
@@ -157,7 +159,7 @@ async def _lifecycle(app: web.Application):
                                                parse_networks(sec.trusted_proxies)), sec.log_violations)
         audit = AuditLog(store)
         services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file,
-                                            keys, ip_control, audit)
+                                            keys, ip_control, audit, IdempotencyStore(store))
         await keys.reload()
         await ip_control.load()
         await audit.load()

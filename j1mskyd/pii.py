@@ -32,8 +32,11 @@ def _card(match: re.Match[str]) -> str:
 
 
 def _phone(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group())
-    return "[phone]" if 7 <= len(digits) <= 15 else match.group()
+    text = match.group()
+    digits = re.sub(r"\D", "", text)
+    # E.164 allows 15 digits with a "+"; a bare run of 13+ digits is more likely an id.
+    longest = 15 if text.startswith("+") else 12
+    return "[phone]" if 7 <= len(digits) <= longest else text
 
 
 def mask(text: str) -> str:

@@ -1,7 +1,7 @@
 """Middlewares, outermost first.  The order is stated once, in MIDDLEWARES.
 
 request id (and metrics) -> error envelope -> body size limit -> IP guard -> auth (key,
-scope) -> request signature -> rate limit -> (later: idempotency) -> handler.
+scope) -> request signature -> rate limit -> idempotency -> handler.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..agent import ANONYMOUS
-from ..errors import ApiError, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited, Unauthorized
+from ..errors import ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited, Unauthorized
+from ..idempotency import KEY_PATTERN, fingerprint
 from ..signing import SignatureError, verify
 from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, REQUEST_ID, SERVICES, actor, api_error_response,
                      app_key, error_response, request_key)
@@ -201,6 +202,33 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     return await handler(request)
 
 
+@web.middleware
+async def idempotency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Idempotency-Key on POST/PUT (idempotency.py): replay the first answer, 409 on another payload."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None or request.method not in ("POST", "PUT") or not request.path.startswith("/api/"):
+        return await handler(request)
+    if not KEY_PATTERN.match(key):
+        raise BadRequest("Idempotency-Key must be 1-255 visible ASCII characters")
+    records = request.app[SERVICES].idempotency
+    scope = request.get(API_KEY_ID, ANONYMOUS)
+    body_hash = fingerprint(request.method, request.path, await request.read())
+    found = await records.begin(scope, key)
+    if found is not None:
+        if found.body_hash != body_hash:
+            raise Conflict("Idempotency key payload mismatch")  # the seed's words
+        return web.Response(body=found.response, status=found.status, content_type=found.content_type.split(";")[0],
+                            headers={"Idempotent-Replayed": "true"})
+    try:
+        response = await handler(request)
+        if 200 <= response.status < 300 and isinstance(response, web.Response) and response.body is not None:
+            await records.record(scope, key, request.method, request.path, body_hash, response.status,
+                                 bytes(response.body), response.content_type)
+        return response
+    finally:
+        records.end(scope, key)
+
+
 async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: runs for every response, including those the error middleware made."""
     decision = request.get(RATE_DECISION)
@@ -209,4 +237,4 @@ async def add_rate_limit_headers(request: web.Request, response: web.StreamRespo
 
 
 MIDDLEWARES = (request_id_middleware, error_middleware, body_limit_middleware, ip_guard_middleware,
-               auth_middleware, signature_middleware, rate_limit_middleware)
+               auth_middleware, signature_middleware, rate_limit_middleware, idempotency_middleware)
