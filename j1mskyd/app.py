@@ -14,7 +14,7 @@ from aiohttp import web
 
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES
-from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD, add_rate_limit_headers
+from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
 from .audit import Actor, AuditLog
 from .idempotency import IdempotencyStore
 from .ipcontrol import IpControl
@@ -92,6 +92,8 @@ async def _persist_buckets(app: web.Application, services: Services) -> None:
         if loop.time() - last_prune >= _PRUNE_EVERY:
             last_prune = loop.time()
             limiter.buckets.prune(lambda key: limiter.limit_for(key) or runtime.limit_for(key))
+        if not limiter.buckets.changed:
+            continue  # idle: no thread hop, no write
         try:
             await loop.run_in_executor(None, services.bucket_file.save_if_changed)
         except OSError as exc:  # a full disk must not stop the daemon; the next round retries
@@ -208,7 +210,6 @@ def build_app(config: Config) -> web.Application:
     app[LIMITER] = RequestLimiter(
         Buckets(), {cls: Limit(getattr(lim, cls), lim.window_seconds) for cls in ENDPOINT_CLASSES}, lim.per_ip)
     app[REPLAY_GUARD] = ReplayGuard()
-    app.on_response_prepare.append(add_rate_limit_headers)
     app.cleanup_ctx.append(_lifecycle)
     setup_routes(app)
     return app

@@ -73,14 +73,27 @@ class IdempotencyStore:
                                 (scope, key, cutoff)).fetchone()
 
         row = await self.store.read(read)
-        return Recorded(row[0], row[1], bytes(row[2]), row[3]) if row else None
+        if row is None:
+            return None
+        return Recorded(row[0], row[1], self._open(scope, key, row[2]), row[3])
+
+    # Answers can hold secrets (POST /keys returns a token): stored sealed like agent text.
+    def _seal(self, scope: str, key: str, response: bytes) -> bytes | str:
+        cipher = self.store.cipher
+        return cipher.encrypt(response.decode("utf-8"), f"idem/{scope}/{key}") if cipher is not None else response
+
+    def _open(self, scope: str, key: str, stored: bytes | str) -> bytes:
+        if isinstance(stored, str):
+            return self.store.cipher.decrypt(stored, f"idem/{scope}/{key}").encode("utf-8")
+        return bytes(stored)
 
     async def record(self, scope: str, key: str, method: str, path: str, body_hash: str, status: int,
                      response: bytes, content_type: str) -> None:
         await self.store.write((
             "INSERT OR REPLACE INTO idempotency (api_key_id, idem_key, method, path, body_hash, status, response, "
             "content_type, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (scope, key, method, path, body_hash, status, response, content_type, self.clock())))
+            (scope, key, method, path, body_hash, status, self._seal(scope, key, response), content_type,
+             self.clock())))
 
     async def purge(self) -> None:
         await self.store.write(("DELETE FROM idempotency WHERE created_at < ?", (self.clock() - TTL_SECONDS,)))

@@ -46,6 +46,7 @@ class IpControl:
         self.clock = clock
         self.blocks: dict[str, Block] = {}
         self._allowed_text: tuple[str, ...] = tuple(str(n) for n in policy.allowed)
+        self._resolved: dict[tuple[str | None, str | None], tuple[Address | None, bool]] = {}
 
     async def load(self) -> None:
         def read(conn: sqlite3.Connection) -> tuple[str | None, list[sqlite3.Row]]:
@@ -62,6 +63,7 @@ class IpControl:
 
     def _apply(self, allowed: tuple[str, ...], enforce: bool, log_violations: bool) -> None:
         self.policy = replace(self.policy, allowed=parse_networks(allowed), enforce=enforce)
+        self._resolved = {}
         self._allowed_text = allowed
         self.log_violations = log_violations
 
@@ -96,6 +98,19 @@ class IpControl:
                                 "updated_at = excluded.updated_at", (SETTING, value, self.clock())))
         self._apply(normalised, enforce, log_violations)
         return self.whitelist()
+
+    def resolve(self, peer: str | None, forwarded_for: str | None) -> tuple[Address | None, bool]:
+        """(client address, admitted by the allowlist), cached per (peer, header): parsing
+        addresses and walking networks for every request is wasted work on a Pi."""
+        key = (peer, forwarded_for)
+        hit = self._resolved.get(key)
+        if hit is None:
+            addr = self.policy.client_ip(peer, forwarded_for)
+            hit = (addr, self.policy.admits(addr))
+            if len(self._resolved) >= 4096:
+                self._resolved.clear()
+            self._resolved[key] = hit
+        return hit
 
     # -- blocks ----------------------------------------------------------------------------
     def blocked(self, addr: Address | None) -> Block | None:

@@ -200,7 +200,11 @@ class KeyService:
         cipher = self.store.cipher
 
         def read(conn: sqlite3.Connection) -> tuple[dict[str, ApiKey], int]:
-            return read_keys(conn, cipher), conn.execute("PRAGMA data_version").fetchone()[0]
+            # The version first: a commit landing between the two statements then leaves
+            # an old version beside new keys (the next refresh reloads again), never a new
+            # version beside old keys (a CLI revocation missed until some later change).
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            return read_keys(conn, cipher), version
 
         keys, version = await self.store.read(read)
         self.ring.replace(keys, version)

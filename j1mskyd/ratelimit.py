@@ -45,15 +45,29 @@ class Decision:
 
     @property
     def reset_at(self) -> str:
-        return datetime.fromtimestamp(math.ceil(self.reset), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return _iso_second(math.ceil(self.reset))
 
     def headers(self) -> dict[str, str]:
+        reset = math.ceil(self.reset)
         return {
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": str(math.ceil(self.reset)),
-            "X-RateLimit-Reset-At": self.reset_at,
+            "X-RateLimit-Reset": str(reset),
+            "X-RateLimit-Reset-At": _iso_second(reset),
         }
+
+
+_ISO_CACHE: dict[int, str] = {}
+
+
+def _iso_second(ts: int) -> str:
+    """ISO 8601 of a whole second, cached: every API response carries one (hot path)."""
+    text = _ISO_CACHE.get(ts)
+    if text is None:
+        if len(_ISO_CACHE) > 4096:
+            _ISO_CACHE.clear()
+        text = _ISO_CACHE[ts] = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return text
 
 
 class Buckets:
@@ -95,6 +109,19 @@ class Buckets:
             self.hits += 1
         return self._decision(allowed, state, limit, now)
 
+    def take_all(self, keys: tuple[str, ...], limit: Limit) -> Decision:
+        """One token from every bucket in ``keys``, or from none; the tightest answer."""
+        now = self.clock()
+        states = [self._refill(k, limit, now) for k in keys]
+        tightest = min(states, key=lambda st: st[0])
+        if tightest[0] < 1.0:
+            self.hits += 1
+            return self._decision(False, tightest, limit, now)
+        for state in states:
+            state[0] -= 1.0
+        self.changed = True
+        return self._decision(True, tightest, limit, now)
+
     def peek(self, key: str, limit: Limit) -> Decision:
         now = self.clock()
         state = self._state.get(key)
@@ -116,17 +143,13 @@ class Buckets:
                 gone.append(key)
         for key in gone:
             del self._state[key]
-        if gone:
-            self.changed = True
+        # Not a change worth a write: a full bucket and a missing one behave the same
+        # after a reload, and an SD card should not be rewritten for housekeeping.
         return len(gone)
 
     def __len__(self) -> int:
         return len(self._state)
 
-    def __bool__(self) -> bool:
-        # Always true, even with no bucket yet: ``buckets or Buckets()`` (runtime.py) must keep
-        # the shared instance, or a fresh daemon counts provider calls in a private, never-saved one.
-        return True
 
     # -- persistence ------------------------------------------------------------------
     def dump(self) -> dict[str, list[float]]:
@@ -239,21 +262,24 @@ class RequestLimiter:
             return self.limits.get(bucket_key.rsplit(":", 1)[1])
         return None
 
+    def _keys(self, endpoint_class: str, key_id: str, ip: str | None) -> tuple[str, ...]:
+        if self.per_ip and ip:
+            return f"key:{key_id}:{endpoint_class}", f"ip:{ip}:{endpoint_class}"
+        return (f"key:{key_id}:{endpoint_class}",)
+
     def check(self, endpoint_class: str, key_id: str, ip: str | None) -> Decision:
         """Spend one request from the key's bucket and the IP's, only if both allow it.
 
         The answer describes the tighter of the two, so the headers never promise more
         than the client really has.
         """
+        return self.buckets.take_all(self._keys(endpoint_class, key_id, ip), self.limits[endpoint_class])
+
+    def peek(self, endpoint_class: str, key_id: str, ip: str | None) -> Decision:
+        """The same answer as check() would give, without spending anything."""
         limit = self.limits[endpoint_class]
-        keys = [f"key:{key_id}:{endpoint_class}"]
-        if self.per_ip and ip:
-            keys.append(f"ip:{ip}:{endpoint_class}")
-        refused = [d for d in (self.buckets.peek(k, limit) for k in keys) if not d.allowed]
-        if refused:
-            self.buckets.hits += 1
-            return max(refused, key=lambda d: d.retry_after)
-        return min((self.buckets.take(k, limit) for k in keys), key=lambda d: d.remaining)
+        return min((self.buckets.peek(k, limit) for k in self._keys(endpoint_class, key_id, ip)),
+                   key=lambda d: d.remaining)
 
     def status(self, key_id: str) -> dict[str, dict[str, object]]:
         """What the key has left in each class (for GET /rate-limits)."""

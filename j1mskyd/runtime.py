@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _DEADLINE_MARGIN = 0.5
 _OUT_OF_TOKENS = "hourly limit reached"
+_LOOKAHEAD = 32  # queued agents examined behind a head that waits for hourly quota
 
 
 class AgentFailure(Exception):
@@ -77,7 +78,7 @@ class AgentRuntime:
                  clock: Callable[[], float] = time.time, *, buckets: Buckets | None = None,
                  budget: Budget | None = None) -> None:
         self.config = config
-        self.buckets = buckets or Buckets(clock)
+        self.buckets = buckets if buckets is not None else Buckets(clock)
         self.budget = budget
         self._provider_limits = {name: Limit(slot.settings.hourly_limit, 3600.0) for name, slot in slots.items()}
         self._wakeup: asyncio.TimerHandle | None = None
@@ -255,32 +256,65 @@ class AgentRuntime:
         primary = self.slots[self.config.models[agent.model].provider]  # fails fast, with reasons
         return (primary, None) if primary.has_room() else (None, None)
 
+    def _candidate(self, heap: list[tuple[int, int, str]]) -> tuple[tuple[int, int, str] | None,
+                                                                  ProviderSlot | None, float | None]:
+        """The first agent of one provider queue that can start now, with its slot.
+
+        Normally that is the head.  When the head waits for hourly quota, a few more are
+        looked at (in queue order), because one bound to the same provider may have a
+        fallback with capacity; agents that would outlive their timeout waiting are
+        failed on the way.  Returns (entry, slot, seconds until quota frees up).
+        """
+        wake: float | None = None
+        while heap and self._stale(heap[0][2]):
+            heapq.heappop(heap)
+        entries = heap[:1]
+        looked = 0
+        while looked < len(entries):
+            entry = entries[looked]
+            looked += 1
+            agent = self.live.get(entry[2])
+            if agent is None or self._stale(entry[2]):
+                continue
+            slot, token_wait = self._route(agent)
+            if slot is not None:
+                return entry, slot, wake
+            if token_wait is None:
+                if entry is heap[0]:
+                    return None, None, wake  # the head waits for a free slot: keep the order
+                continue
+            if self.clock() + token_wait > agent.deadline:
+                # It would outlive its timeout waiting for quota: say so now.
+                self._cancelling.add(agent.agent_id)  # stale from here on: looked at once
+                asyncio.ensure_future(self._finish(
+                    agent, A.FAILED, error=f"rate limited: no provider of its fallback chain has hourly "
+                                           f"capacity within its {agent.timeout:g} s timeout"))
+            else:
+                wake = token_wait if wake is None else min(wake, token_wait)
+            if len(entries) == 1:
+                entries = heapq.nsmallest(_LOOKAHEAD, heap)
+        return None, None, wake
+
     def _schedule(self) -> None:
         wake: float | None = None
         while not self._stopping and self._active < self.rt.max_concurrency:
             best: tuple[int, int, str] | None = None
-            best_provider, best_slot = "", None
-            for provider, heap in self._queues.items():
-                while heap and self._stale(heap[0][2]):
-                    heapq.heappop(heap)
+            best_heap, best_slot = None, None
+            for heap in self._queues.values():
                 if not heap or (best is not None and heap[0] > best):
                     continue
-                agent = self.live[heap[0][2]]
-                slot, token_wait = self._route(agent)
+                entry, slot, token_wait = self._candidate(heap)
                 if token_wait is not None:
-                    if self.clock() + token_wait > agent.deadline:
-                        # It would outlive its timeout waiting for quota: say so now.
-                        heapq.heappop(heap)
-                        asyncio.ensure_future(self._finish(
-                            agent, A.FAILED, error=f"rate limited: no provider of its fallback chain has hourly "
-                                                   f"capacity within its {agent.timeout:g} s timeout"))
-                        continue
                     wake = token_wait if wake is None else min(wake, token_wait)
-                if slot is not None:
-                    best, best_provider, best_slot = heap[0], provider, slot
+                if entry is not None and (best is None or entry < best):
+                    best, best_heap, best_slot = entry, heap, slot
             if best is None or best_slot is None:
                 break
-            heapq.heappop(self._queues[best_provider])
+            if best_heap[0] is best:
+                heapq.heappop(best_heap)
+            else:  # taken from behind a head that waits for quota
+                best_heap.remove(best)
+                heapq.heapify(best_heap)
             best_slot.try_acquire()
             agent = self.live[best[2]]
             self._active += 1

@@ -103,7 +103,9 @@ async def test_headers_on_every_api_response_and_only_there(aiohttp_client, tmp_
                                  ("POST", "/api/agent", 410), ("GET", "/api/boom", 500)]:
         resp = await client.request(method, path)
         assert resp.status == status, (method, path, await resp.text())
-        other -= 1
+        # Public routes (health, the sunset 410s) show the standing but do not count.
+        public = (method, path) in (("GET", "/api/health"), ("POST", "/api/agent"))
+        other -= 0 if public else 1
         check_headers(resp, 7, other)
         if status >= 400:
             body = await resp.json()
@@ -115,9 +117,6 @@ async def test_headers_on_every_api_response_and_only_there(aiohttp_client, tmp_
         assert not [h for h in HEADERS if h in resp.headers], (path, dict(resp.headers))
 
 
-@pytest.mark.xfail(strict=True, reason="api/middleware.py: body_limit_middleware (413), ip_guard_middleware "
-                                       "(403) and auth_middleware (401) refuse before rate_limit_middleware "
-                                       "runs, so no decision is kept and add_rate_limit_headers adds nothing")
 @pytest.mark.parametrize("case", ["413", "403", "401"])
 async def test_headers_on_api_refusals_made_before_the_rate_limiter(aiohttp_client, tmp_path, case):
     cfg = limited(make_config(tmp_path, max_body_bytes=64), **CLASS_LIMITS)
@@ -468,9 +467,6 @@ async def test_queued_agent_starts_when_a_provider_of_its_chain_refills(
     assert len(primary.calls) + len(secondary.calls) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="runtime.py _schedule only routes the head of each provider's queue: an "
-                                       "agent waiting for its own provider's tokens blocks agents behind it whose "
-                                       "fallback provider has tokens now")
 async def test_an_agent_waiting_for_quota_does_not_block_one_that_can_fall_back(aiohttp_client, tmp_path, upstreams):
     primary, secondary = upstreams
     cfg = provider_config(tmp_path, primary, secondary, 10, 10)
