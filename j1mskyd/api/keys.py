@@ -6,7 +6,7 @@ from aiohttp import web
 
 from ..errors import BadRequest, NotFound, ValidationFailed
 from ..keys import KeyError_
-from .common import SERVICES, json_response, read_json
+from .common import SERVICES, actor, json_response, read_json
 
 
 def _keys(request: web.Request):
@@ -31,8 +31,15 @@ async def create_key(request: web.Request) -> web.Response:
         new = await _keys(request).create(body.get("name"), body.get("scopes", ()), require_signature)
     except KeyError_ as exc:
         raise BadRequest(str(exc)) from None
+    _audit(request, "create", new.key.key_id, {"name": new.key.name, "scopes": list(new.key.scopes)})
     # The one time the token and secret are shown.
     return json_response({"success": True, **new.reveal()}, status=201, headers={"Cache-Control": "no-store"})
+
+
+def _audit(request: web.Request, action: str, key_id: str, details: dict) -> None:
+    request.app[SERVICES].audit.record("config.change", actor(request), severity="warning" if action == "revoke"
+                                       else "info", resource_type="api_key", resource_id=key_id,
+                                       details={"action": action, **details})
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -54,6 +61,7 @@ async def revoke_key(request: web.Request) -> web.Response:
         raise NotFound(f"API key '{request.match_info['key_id']}' not found") from None
     except KeyError_ as exc:
         raise BadRequest(str(exc)) from None
+    _audit(request, "revoke", key.key_id, {"reason": reason})
     return json_response({"success": True, "message": "API key revoked", "key": key.public(service.clock())})
 
 
@@ -67,5 +75,6 @@ async def rotate_key(request: web.Request) -> web.Response:
     except KeyError_ as exc:
         raise BadRequest(str(exc)) from None
     old = service.get(old_id).public(service.clock())
+    _audit(request, "rotate", old_id, {"new_key_id": new.key.key_id, "old_key_expires_at": old["expires_at"]})
     return json_response({"success": True, **new.reveal(), "replaces": old_id, "old_key_expires_at": old["expires_at"]},
                          status=201, headers={"Cache-Control": "no-store"})
