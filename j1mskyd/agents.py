@@ -38,6 +38,7 @@ def _encodable(text: str) -> bool:
 
 class AgentService:
     def __init__(self, config: Config, store: Store, runtime: AgentRuntime, budget: Budget) -> None:
+        self.webhooks: Any = None  # the WebhookService, for a spawn's own webhook_url (set by the app)
         self.config = config
         self.store = store
         self.runtime = runtime
@@ -117,6 +118,11 @@ class AgentService:
         task, priority, timeout = self._check_common(body, prefix, errors)
         model = self._check_model(body, prefix, errors)
         retention = self._check_privacy(body, prefix, errors)
+        url = body.get("webhook_url")
+        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://", "file:///"))
+                                or len(url) > 2000):
+            errors.append({"field": prefix + "webhook_url",
+                           "message": "webhook_url must be an http(s):// URL (or file:///path)"})
         if errors:
             return None
         return Agent(agent_id=self._new_id(now), kind=A.KIND_AGENT, model=model, task=task, priority=priority,
@@ -125,29 +131,39 @@ class AgentService:
 
     # -- spawning ----------------------------------------------------------------------
     async def _store_and_admit(self, agents: list[Agent], extra: list[Agent] = (), *,
-                               key_id: str = A.ANONYMOUS) -> None:
+                               key_id: str = A.ANONYMOUS, webhook_urls: dict[str, str] | None = None,
+                               webhook_secret: str | None = None) -> None:
         """Reserve the budget for the top-level ``agents`` (a team's members ride on their
-        lead's reservation), then store and queue everything; refused means nothing written."""
+        lead's reservation), then store and queue everything, with each spawn's own
+        webhook in the same transaction; refused means nothing written."""
         for a in [*agents, *extra]:
             a.api_key = key_id
+        hooks, statements = [], []
+        for agent_id, url in (webhook_urls or {}).items():
+            hook, insert = self.webhooks.for_agent_statement(url, agent_id, key_id, webhook_secret)
+            hooks.append(hook)
+            statements.append(insert)
         self.budget.reserve_all(key_id, [(a.agent_id, a.estimated_cost) for a in agents])
         try:
-            await self.runtime.admit([*agents, *extra])
+            await self.runtime.admit([*agents, *extra], statements)
         except BaseException:
             for a in agents:
                 self.budget.settle(a.agent_id, None)
             raise
+        for hook in hooks:  # before any of these agents can finish: nothing awaited since the commit
+            self.webhooks.adopt(hook)
 
-    async def spawn(self, body: Any, key_id: str = A.ANONYMOUS) -> dict[str, Any]:
+    async def spawn(self, body: Any, key_id: str = A.ANONYMOUS, webhook_secret: str | None = None) -> dict[str, Any]:
         self._require_object(body)
         errors: list[dict[str, str]] = []
         agent = self._build(body, "", errors, self.runtime.clock())
         if agent is None:
             raise ValidationFailed(errors)
-        await self._store_and_admit([agent], key_id=key_id)
+        await self._store_and_admit([agent], key_id=key_id, webhook_urls=_urls([(agent, body)]),
+                                    webhook_secret=webhook_secret)
         return agent.spawn_view()
 
-    async def spawn_batch(self, body: Any, key_id: str = A.ANONYMOUS) -> dict[str, Any]:
+    async def spawn_batch(self, body: Any, key_id: str = A.ANONYMOUS, webhook_secret: str | None = None) -> dict[str, Any]:
         items = body if isinstance(body, list) else body.get("agents", body.get("tasks")) \
             if isinstance(body, dict) else None
         if not isinstance(items, list) or not items:
@@ -168,14 +184,16 @@ class AgentService:
                 agents.append(agent)
         if errors:  # all or nothing: a batch with one bad entry spawns nothing
             raise ValidationFailed(errors)
-        await self._store_and_admit(agents, key_id=key_id)
+        await self._store_and_admit(agents, key_id=key_id, webhook_urls=_urls(zip(agents, items)),
+                                    webhook_secret=webhook_secret)
         return {"success": True, "count": len(agents),
                 "agents": [a.spawn_view() for a in agents]}
 
-    async def spawn_team(self, body: Any, key_id: str = A.ANONYMOUS) -> dict[str, Any]:
+    async def spawn_team(self, body: Any, key_id: str = A.ANONYMOUS, webhook_secret: str | None = None) -> dict[str, Any]:
         self._require_object(body)
         errors: list[dict[str, str]] = []
         task, priority, timeout = self._check_common(body, "", errors)
+        retention = self._check_privacy(body, "", errors)
         team_id = body.get("team")
         team = self.config.teams.get(team_id) if isinstance(team_id, str) else None
         if team is None:
@@ -185,14 +203,15 @@ class AgentService:
         now = self.runtime.clock()
         lead = Agent(agent_id=self._new_id(now), kind=A.KIND_TEAM, team=team.id, model=team.id, task=task,
                      priority=priority, timeout=float(timeout), status=A.SPAWNING, created_at=now,
-                     estimated_cost=0.0)
+                     estimated_cost=0.0, retention_days=retention)
         members = [Agent(agent_id=self._new_id(now), kind=A.KIND_MEMBER, parent_id=lead.agent_id, team=team.id,
                          model=alias, task=task, priority=priority, timeout=float(timeout), status=A.SPAWNING,
-                         estimated_cost=self.estimate(alias, task), created_at=now)
+                         estimated_cost=self.estimate(alias, task), created_at=now, retention_days=retention)
                    for alias in team.members]
         lead.members = [m.agent_id for m in members]
         lead.estimated_cost = sum(m.estimated_cost for m in members)
-        await self._store_and_admit([lead], members, key_id=key_id)
+        await self._store_and_admit([lead], members, key_id=key_id, webhook_urls=_urls([(lead, body)]),
+                                    webhook_secret=webhook_secret)
         return {"success": True, "agent_id": lead.agent_id, "team": team.id,
                 "models": self.member_labels(team.members), "status": A.SPAWNING,
                 "estimated_cost": A.money(lead.estimated_cost), "team_status": team.status,
@@ -213,8 +232,9 @@ class AgentService:
         if agent.status not in A.TERMINAL:
             return agent
         try:
-            return await asyncio.wait_for(asyncio.shield(self.runtime.wait(agent.agent_id)), _SETTLE_WAIT)
-        except asyncio.TimeoutError:  # a stuck write: report what we know rather than hang
+            async with asyncio.timeout(_SETTLE_WAIT):
+                return await asyncio.shield(self.runtime.wait(agent.agent_id))
+        except TimeoutError:  # a stuck write: report what we know rather than hang
             return agent
 
     async def _load(self, agent_id: str) -> Agent:
@@ -344,6 +364,11 @@ class AgentService:
         self.budget.restore(*spent, live=[(a.agent_id, a.api_key, a.estimated_cost)
                                           for a in live if a.kind != A.KIND_MEMBER])
         return await self.runtime.recover(live, done)
+
+
+def _urls(pairs: Any) -> dict[str, str]:
+    return {agent.agent_id: body["webhook_url"] for agent, body in pairs
+            if isinstance(body, dict) and body.get("webhook_url")}
 
 
 def ledger_spend(conn: sqlite3.Connection, now: float) -> tuple[float, float, dict[str, float]]:

@@ -16,6 +16,7 @@ from .agents import AgentService
 from .api.common import CONFIG, SERVICES
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
 from .audit import Actor, AuditLog
+from .events import EventLog
 from .idempotency import IdempotencyStore
 from .ipcontrol import IpControl
 from .api.routes import setup_routes
@@ -31,11 +32,13 @@ from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimi
 from .runtime import AgentRuntime
 from .signing import ReplayGuard
 from .store import Store
+from .webhooks import WebhookService
 
 log = logging.getLogger(__name__)
 BUILTIN_PLUGINS = Path(__file__).parent / "builtin_plugins"
 _PRUNE_EVERY = 60.0  # seconds between sweeps of full (forgettable) rate-limit buckets
 _MAINTENANCE_EVERY = 3600.0
+_EVENTS_KEEP_DAYS = 7.0  # GET /events, SSE and WebSocket can resume within this window
 
 
 @dataclass
@@ -54,7 +57,10 @@ class Services:
     ip_control: IpControl
     audit: AuditLog
     idempotency: IdempotencyStore
+    events: EventLog
+    webhooks: WebhookService
     started: float = field(default_factory=time.monotonic)
+    health_cache: tuple[tuple, bytes, int] | None = None  # (stamp, body, status) of GET /health
 
 
 def state_db_path(config: Config) -> str:
@@ -100,6 +106,16 @@ async def _persist_buckets(app: web.Application, services: Services) -> None:
             log.error("could not save rate-limit counters: %s", exc)
 
 
+def _budget_event(events: EventLog, budget: Budget, old: str, new: str) -> None:
+    """budget.notice/warning/critical when spend crosses a threshold upward."""
+    levels = ("ok", "notice", "warning", "critical")
+    log.log(logging.WARNING if new in ("warning", "critical") else logging.INFO,
+            "budget alert level %s -> %s (%.2f%% of the daily budget spent)", old, new,
+            budget.utilization_pct)
+    if levels.index(new) > levels.index(old):
+        events.emit_soon(f"budget.{new}", budget.snapshot() | {"previous_level": old})
+
+
 def _audit_finish(audit: AuditLog, agent) -> None:
     if agent.status in ("completed", "failed") and agent.kind != "member":
         event = "agent.complete" if agent.status == "completed" else "agent.fail"
@@ -111,11 +127,12 @@ def _audit_finish(audit: AuditLog, agent) -> None:
 async def _maintenance(services: Services) -> None:
     """Hourly: retention of agent data, audit log retention, expired idempotency records."""
     while True:
-        for job in (services.agents.purge_expired, services.audit.purge, services.idempotency.purge):
+        for job in (services.agents.purge_expired, services.audit.purge, services.idempotency.purge,
+                    lambda: services.events.purge(_EVENTS_KEEP_DAYS)):
             try:
                 await job()
             except Exception:  # noqa: BLE001 - retried next hour; never stops the daemon
-                log.exception("maintenance job %s failed", job.__qualname__)
+                log.exception("maintenance job %s failed", getattr(job, "__qualname__", job))
         await asyncio.sleep(_MAINTENANCE_EVERY)
 
 
@@ -160,8 +177,15 @@ async def _lifecycle(app: web.Application):
         ip_control = IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
                                                parse_networks(sec.trusted_proxies)), sec.log_violations)
         audit = AuditLog(store)
+        events = EventLog(store)
+        webhooks = WebhookService(store, events, registry, session)
+        runtime.events = events
+        agents.webhooks = webhooks
         services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file,
-                                            keys, ip_control, audit, IdempotencyStore(store))
+                                            keys, ip_control, audit, IdempotencyStore(store), events, webhooks)
+        await events.load()
+        await webhooks.load()
+        budget.on_level_change = lambda old, new: _budget_event(events, budget, old, new)
         await keys.reload()
         await ip_control.load()
         await audit.load()
@@ -179,6 +203,7 @@ async def _lifecycle(app: web.Application):
     if any(recovered.values()):
         log.info("recovered agents after restart: %s", recovered)
     runtime.start()
+    webhooks.start()
     saver = asyncio.ensure_future(_persist_buckets(app, services))
     key_refresher = asyncio.ensure_future(_refresh_keys(services.keys))
     maintenance = asyncio.ensure_future(_maintenance(services))
@@ -191,6 +216,7 @@ async def _lifecycle(app: web.Application):
         key_refresher.cancel()
         maintenance.cancel()
         await runtime.stop()
+        await webhooks.stop()
         for slot in services.slots.values():
             await slot.close()
         await session.close()

@@ -81,7 +81,7 @@ class IpControl:
             networks = parse_networks(allowed)
         except ValueError as exc:
             raise _bad("allowed_ips", str(exc)) from None
-        enforce = body.get("enforce", True)
+        enforce = body.get("enforce", self.policy.enforce)
         log_violations = body.get("log_violations", self.log_violations)
         for name, value in (("enforce", enforce), ("log_violations", log_violations)):
             if not isinstance(value, bool):

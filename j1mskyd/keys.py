@@ -19,6 +19,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .crypto import DataCipher
 
@@ -59,7 +60,7 @@ class ApiKey:
     name: str
     scopes: tuple[str, ...]
     token_hash: str = field(repr=False)
-    secret: str = field(repr=False)
+    sealed_secret: str = field(repr=False)    # as stored: opened only when a signature is checked
     require_signature: bool = False
     created_at: float = 0.0
     last_used_at: float | None = None
@@ -67,6 +68,17 @@ class ApiKey:
     revoked_at: float | None = None
     revoke_reason: str | None = None
     rotated_to: str | None = None
+
+    cipher: Any = field(default=None, repr=False, compare=False)
+    _secret: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def secret(self) -> str:
+        """The signing secret, decrypted on first use (cryptography stays unloaded until then)."""
+        if self._secret is None:
+            self._secret = self.cipher.decrypt(self.sealed_secret, f"{self.key_id}/secret") \
+                if self.cipher is not None else self.sealed_secret
+        return self._secret
 
     def allows(self, scope: str | None) -> bool:
         return scope is None or ADMIN in self.scopes or scope in self.scopes
@@ -107,7 +119,7 @@ _COLUMNS = ("key_id", "name", "token_hash", "secret", "scopes", "require_signatu
 
 def _row_to_key(row: sqlite3.Row, cipher: DataCipher) -> ApiKey:
     return ApiKey(key_id=row["key_id"], name=row["name"], scopes=tuple(row["scopes"].split(",")),
-                  token_hash=row["token_hash"], secret=cipher.decrypt(row["secret"], f"{row['key_id']}/secret"),
+                  token_hash=row["token_hash"], sealed_secret=row["secret"], cipher=cipher,
                   require_signature=bool(row["require_signature"]), created_at=row["created_at"],
                   last_used_at=row["last_used_at"], expires_at=row["expires_at"], revoked_at=row["revoked_at"],
                   revoke_reason=row["revoke_reason"], rotated_to=row["rotated_to"])
@@ -127,9 +139,11 @@ def make_key(name: str, scopes: Iterable[str] | str, cipher: DataCipher, *, requ
     key_id = "key_" + secrets.token_hex(8)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     secret = secrets.token_urlsafe(32)
-    key = ApiKey(key_id=key_id, name=name.strip(), scopes=scopes, token_hash=hash_token(token), secret=secret,
-                 require_signature=require_signature, created_at=time.time() if now is None else now)
-    values = (key.key_id, key.name, key.token_hash, cipher.encrypt(secret, f"{key_id}/secret"), ",".join(scopes),
+    sealed = cipher.encrypt(secret, f"{key_id}/secret")
+    key = ApiKey(key_id=key_id, name=name.strip(), scopes=scopes, token_hash=hash_token(token), sealed_secret=sealed,
+                 require_signature=require_signature, created_at=time.time() if now is None else now, cipher=cipher,
+                 _secret=secret)
+    values = (key.key_id, key.name, key.token_hash, sealed, ",".join(scopes),
               int(require_signature), key.created_at, None, None, None, None, None)
     sql = f"INSERT INTO api_keys ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
     return NewKey(key, token, secret), (sql, values)

@@ -122,6 +122,17 @@ class Buckets:
         self.changed = True
         return self._decision(True, tightest, limit, now)
 
+    def peek_all(self, keys: tuple[str, ...], limit: Limit) -> Decision:
+        """What take_all() would answer, spending nothing and storing nothing."""
+        now = self.clock()
+        tightest = float(limit.limit)
+        for key in keys:
+            state = self._state.get(key)
+            if state is not None:
+                tightest = min(tightest, state[0] + max(now - state[1], 0.0) * limit.rate)
+        tokens = min(tightest, float(limit.limit))
+        return self._decision(tokens >= 1.0, [tokens, now], limit, now)
+
     def peek(self, key: str, limit: Limit) -> Decision:
         now = self.clock()
         state = self._state.get(key)
@@ -277,9 +288,7 @@ class RequestLimiter:
 
     def peek(self, endpoint_class: str, key_id: str, ip: str | None) -> Decision:
         """The same answer as check() would give, without spending anything."""
-        limit = self.limits[endpoint_class]
-        return min((self.buckets.peek(k, limit) for k in self._keys(endpoint_class, key_id, ip)),
-                   key=lambda d: d.remaining)
+        return self.buckets.peek_all(self._keys(endpoint_class, key_id, ip), self.limits[endpoint_class])
 
     def status(self, key_id: str) -> dict[str, dict[str, object]]:
         """What the key has left in each class (for GET /rate-limits)."""

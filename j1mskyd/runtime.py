@@ -32,6 +32,7 @@ from .agent import Agent
 from .backoff import backoff_delay
 from .budget import Budget
 from .config import Config, ModelConfig
+from .events import EventLog, agent_event_data
 from .provider_pool import ProviderSlot
 from .providers import CompletionRequest, CompletionResult, ProviderError
 from .ratelimit import Buckets, Limit
@@ -82,8 +83,9 @@ class AgentRuntime:
         self.budget = budget
         self._provider_limits = {name: Limit(slot.settings.hourly_limit, 3600.0) for name, slot in slots.items()}
         self._wakeup: asyncio.TimerHandle | None = None
-        # Told of every agent once its final state is on disk (audit, later webhooks/events).
+        # Told of every agent once its final state is on disk (the audit log).
         self.listeners: list[Callable[[Agent], None]] = []
+        self.events: EventLog | None = None  # set by the app: agent.* events with each state change
         self.rt = config.runtime
         self.store = store
         self.slots = slots
@@ -113,7 +115,7 @@ class AgentRuntime:
     def running_count(self) -> int:
         return self._active
 
-    async def admit(self, agents: list[Agent]) -> None:
+    async def admit(self, agents: list[Agent], extra_statements: list[tuple] = ()) -> None:
         """Store new agents in one atomic write, then queue them.
 
         They are written in their first live status (queued; running for a team lead,
@@ -126,7 +128,17 @@ class AgentRuntime:
                 agent.status, agent.started_at, agent.runs = A.RUNNING, now, 1
             else:
                 agent.status = A.QUEUED
-        await self.store.write(*(a.insert_statement(self.store.cipher) for a in agents))
+        statements = [a.insert_statement(self.store.cipher) for a in agents] + list(extra_statements)
+        events = []
+        if self.events is not None:
+            for agent in agents:
+                if agent.kind != A.KIND_MEMBER:
+                    event, stmts = self.events.statements("agent.spawned", agent_event_data(agent))
+                    events.append(event)
+                    statements.extend(stmts)
+        await self.store.write(*statements)
+        if events:
+            self.events.published(events)
         for agent in agents:
             self.live[agent.agent_id] = agent
             if agent.kind == A.KIND_TEAM:
@@ -484,8 +496,15 @@ class AgentRuntime:
                 (agent.completed_at, agent.agent_id, agent.served_model, agent.provider,
                  agent.input_tokens, agent.output_tokens, agent.cost, agent.api_key),
             ))
+        event = None
+        if self.events is not None and agent.kind != A.KIND_MEMBER:
+            # The announcement goes in the same transaction as the state it announces.
+            event, stmts = self.events.statements(f"agent.{status}", agent_event_data(agent))
+            statements.extend(stmts)
         try:
             await self.store.submit(statements)
+            if event is not None:
+                self.events.published([event])
         except StoreError as exc:
             # Disk full or I/O error: the row on disk keeps its last live status, so the
             # agent runs again after a restart.  Nothing may wait on it forever meanwhile.

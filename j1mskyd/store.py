@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from .crypto import DataCipher, load_or_create_key
+from .crypto import KEY_FILE, DataCipher, load_or_create_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,6 +137,45 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE agents ADD COLUMN retention_days REAL;
     ALTER TABLE agents ADD COLUMN purged_at REAL;
     """,
+    # 4: events and webhooks.  Events are the durable log behind GET /events, SSE and
+    # WebSocket; deliveries are the webhook outbox, written in the same transaction as
+    # the state change they announce.
+    """
+    CREATE TABLE events (
+        id   INTEGER PRIMARY KEY,
+        ts   REAL NOT NULL,
+        type TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX events_ts ON events(ts);
+    CREATE TABLE webhooks (
+        webhook_id    TEXT PRIMARY KEY,
+        url           TEXT NOT NULL,
+        sink          TEXT NOT NULL,
+        events        TEXT NOT NULL,
+        secret        TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        description   TEXT,
+        api_key_id    TEXT,
+        agent_id      TEXT,
+        created_at    REAL NOT NULL,
+        last_triggered REAL
+    );
+    CREATE TABLE deliveries (
+        delivery_id     TEXT PRIMARY KEY,
+        webhook_id      TEXT NOT NULL,
+        event_id        INTEGER NOT NULL,
+        status          TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error      TEXT,
+        last_status     INTEGER,
+        created_at      REAL NOT NULL,
+        delivered_at    REAL
+    );
+    CREATE INDEX deliveries_due ON deliveries(status, next_attempt_at);
+    CREATE INDEX deliveries_webhook ON deliveries(webhook_id, created_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _INLINE_UNITS = 8          # batches up to this size commit on the loop (synchronous=normal)
@@ -168,6 +207,20 @@ def _statements(script: str) -> list[str]:
     if current.strip():
         raise StoreError(f"incomplete statement in migration: {current.strip()[:60]}")
     return out
+
+
+def _has_sealed_data(path: str) -> bool:
+    conn = sqlite3.connect(path)
+    try:
+        for table, column in (("agents", "task"), ("api_keys", "secret")):
+            try:
+                if conn.execute(f"SELECT 1 FROM {table} WHERE {column} LIKE 'enc1:%' LIMIT 1").fetchone():
+                    return True
+            except sqlite3.OperationalError:  # an older schema without that table
+                continue
+        return False
+    finally:
+        conn.close()
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -219,10 +272,16 @@ class Store:
         # One daemon per database: a second one would re-run the first one's agents.
         if self._exclusive:
             self._lock()
+        existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         if self._encrypt:
-            self.cipher = DataCipher(load_or_create_key(os.path.dirname(self.path) or "."))
+            state_dir = os.path.dirname(self.path) or "."
+            if existed and not os.path.exists(os.path.join(state_dir, KEY_FILE)) and _has_sealed_data(self.path):
+                # A new key could never open the old data, and would hide that it is gone.
+                raise StoreError(f"{os.path.join(state_dir, KEY_FILE)} is missing but {self.path} holds data "
+                                 "encrypted with it: restore data.key from the backup you made with the database")
+            self.cipher = DataCipher(load_or_create_key(state_dir))
         self._wconn = _connect(self.path, self._synchronous)
         # Checkpoints are ours (see _flush_loop): sqlite's automatic one would run inside
         # whichever commit crosses the threshold, possibly on the event loop.

@@ -102,7 +102,7 @@ def test_sinks_are_registered(dropin):
             registry.add_sink("webhook_x", lambda settings, session: None)
     """)
     registry = load(dropin)
-    assert registry.sink_kinds() == ["webhook_x"]
+    assert "webhook_x" in registry.sink_kinds()  # beside the built-in http, slack and file sinks
     assert entry(registry, "hook")["provides"] == {"providers": [], "sinks": ["webhook_x"]}
     assert callable(registry.sink_factory("webhook_x"))
 
@@ -286,7 +286,7 @@ def test_exception_in_register_leaves_no_registration(dropin):
     e = entry(registry, "half")
     assert e["status"] == "failed" and e["reason"] == "ValueError: second half broke"
     assert e["provides"] == {"providers": [], "sinks": []}
-    assert "half_a" not in registry.provider_kinds() and registry.sink_kinds() == []
+    assert "half_a" not in registry.provider_kinds() and "half_sink" not in registry.sink_kinds()
     with pytest.raises(KeyError):
         registry.provider_factory("half_a")
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ..agent import ANONYMOUS
 from ..pii import preview
-from .common import API_KEY_ID, SERVICES, actor, json_response, query_params, read_json
+from .common import API_KEY, API_KEY_ID, SERVICES, actor, json_response, query_params, read_json
 
 
 def _agents(request: web.Request):
@@ -17,6 +17,14 @@ def _agents(request: web.Request):
 
 def _key_id(request: web.Request) -> str:
     return request.get(API_KEY_ID, ANONYMOUS)
+
+
+def _signing_secret(request: web.Request, body: object) -> str | None:
+    """The caller's key secret signs its spawn's own webhook_url deliveries."""
+    key = request.get(API_KEY)
+    wants_hook = isinstance(body, dict) and (body.get("webhook_url") or any(
+        isinstance(a, dict) and a.get("webhook_url") for a in body.get("agents", []) or []))
+    return key.secret if key is not None and wants_hook else None
 
 
 def _audit_spawns(request: web.Request, body: dict, spawned: list[dict]) -> None:
@@ -31,21 +39,21 @@ def _audit_spawns(request: web.Request, body: dict, spawned: list[dict]) -> None
 
 async def spawn(request: web.Request) -> web.Response:
     body = await read_json(request)
-    result = await _agents(request).spawn(body, _key_id(request))
+    result = await _agents(request).spawn(body, _key_id(request), _signing_secret(request, body))
     _audit_spawns(request, body, [result])
     return json_response(result)
 
 
 async def spawn_team(request: web.Request) -> web.Response:
     body = await read_json(request)
-    result = await _agents(request).spawn_team(body, _key_id(request))
+    result = await _agents(request).spawn_team(body, _key_id(request), _signing_secret(request, body))
     _audit_spawns(request, body, [result])
     return json_response(result)
 
 
 async def spawn_batch(request: web.Request) -> web.Response:
     body = await read_json(request)
-    result = await _agents(request).spawn_batch(body, _key_id(request))
+    result = await _agents(request).spawn_batch(body, _key_id(request), _signing_secret(request, body))
     items = body if isinstance(body, list) else (body.get("agents") or body.get("tasks") or [])
     for item, spawned in zip(items, result["agents"]):
         _audit_spawns(request, item, [spawned])

@@ -55,9 +55,16 @@ def _is_api(request: web.Request) -> bool:
     return request.path.startswith("/api/")
 
 
+ROUTE = request_key("j1msky.route")
+
+
 def _route_key(request: web.Request) -> tuple[str, str]:
-    resource = request.match_info.route.resource
-    return request.method, resource.canonical if resource is not None else ""
+    """(method, route pattern), computed once per request."""
+    route = request.get(ROUTE)
+    if route is None:
+        resource = request.match_info.route.resource
+        route = request[ROUTE] = (request.method, resource.canonical if resource is not None else "")
+    return route
 
 
 def route_name(request: web.Request) -> str:
@@ -103,9 +110,11 @@ def _violation(request: web.Request, kind: str, detail: str | None = None) -> No
     if services.ip_control.log_violations:
         log.warning("refused %s %s from %s: %s%s", request.method, request.path, request.get(CLIENT_IP), kind,
                     f" ({detail})" if detail else "")
-    services.audit.record("security.violation", actor(request), severity="warning",
-                          details={"kind": kind, "method": request.method, "path": request.path,
-                                   **({"detail": detail} if detail else {})})
+    details = {"kind": kind, "method": request.method, "path": request.path, **({"detail": detail} if detail else {})}
+    services.audit.record("security.violation", actor(request), severity="warning", details=details)
+    ip = request.get(CLIENT_IP)
+    services.events.emit_soon("security.violation", details | {"ip": str(ip) if ip is not None else None},
+                              throttle_key=f"violation:{ip}:{kind}")
 
 
 def _token(request: web.Request) -> str | None:
@@ -182,6 +191,10 @@ def check_rate_limit(request: web.Request) -> None:
     request[RATE_DECISION] = decision
     if not decision.allowed:
         app[METRICS].rate_limit_hits += 1
+        app[SERVICES].events.emit_soon("rate_limit.exhausted",
+                                       {"api_key_id": key_id, "ip": ip_text, "endpoint_class": endpoint_class,
+                                        "limit": decision.limit, "reset_at": decision.reset_at},
+                                       throttle_key=f"ratelimit:{key_id}:{ip_text}:{endpoint_class}")
         wait = max(1, math.ceil(decision.retry_after))
         raise RateLimited("Rate limit exceeded", retry_after=wait, headers={"Retry-After": str(wait)})
 
@@ -222,6 +235,11 @@ LATE_CHECKS = (check_rate_limit,)
 async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Checks, then the handler; every failure leaves as the one JSON envelope, never a traceback."""
     try:
+        if request.app[ROUTE_SCOPES].get(_route_key(request)) == PUBLIC:
+            # Open routes (health, the 410s): only the address checks and the limiter's look.
+            check_ip(request)
+            check_rate_limit(request)
+            return await handler(request)
         for check in CHECKS:
             check(request)
         if needs_signature(request):

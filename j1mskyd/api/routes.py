@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import agents, keys, ops, security, system
+from . import agents, events, keys, ops, security, system, webhooks
 from .middleware import PUBLIC, ROUTE_CLASSES, ROUTE_SCOPES
 
 PREFIXES = ("/api", "/api/v1")
@@ -41,6 +41,18 @@ ROUTES = (
     ("DELETE", "/security/block-ip/{ip}", security.unblock_ip, ADMIN, "other"),
     ("POST", "/security/audit", security.configure_audit, ADMIN, "other"),
     ("GET", "/security/audit", security.audit_entries, ADMIN, "other"),
+    ("POST", "/webhooks", webhooks.create_webhook, ADMIN, "other"),
+    ("GET", "/webhooks", webhooks.list_webhooks, ADMIN, "other"),
+    ("GET", "/webhooks/{webhook_id}", webhooks.get_webhook, ADMIN, "other"),
+    ("PUT", "/webhooks/{webhook_id}", webhooks.update_webhook, ADMIN, "other"),
+    ("DELETE", "/webhooks/{webhook_id}", webhooks.delete_webhook, ADMIN, "other"),
+    ("POST", "/webhooks/{webhook_id}/test", webhooks.test_webhook, ADMIN, "other"),
+    ("GET", "/webhooks/{webhook_id}/deliveries", webhooks.list_deliveries, ADMIN, "other"),
+    ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", webhooks.redeliver, ADMIN, "other"),
+    ("GET", "/events", events.list_events, READ, "other"),
+    ("GET", "/events/stream", events.stream, READ, "other"),
+    # WebSocket: browsers cannot send headers, so it authenticates in-protocol ({"type":"auth"}).
+    ("GET", "/ws", events.websocket, PUBLIC, "other"),
 )
 
 
@@ -55,6 +67,7 @@ def setup_routes(app: web.Application) -> None:
         for (method, path), (new_method, successor) in system.SUNSET.items():
             app.router.add_route(method, prefix + path, system.sunset_handler(new_method, successor))
             scopes[(method, prefix + path)] = PUBLIC  # a 410 pointing to the successor hides nothing
+    app.router.add_get("/ws", events.websocket)  # the Kyros document's address
     # Prometheus scrapes the root; it can send a bearer token (authorization: in scrape_config).
     app.router.add_get("/metrics", ops.metrics_prometheus)
     scopes[("GET", "/metrics")] = READ

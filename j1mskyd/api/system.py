@@ -18,6 +18,21 @@ SUNSET_DATE = "Mon, 01 Jun 2026 00:00:00 GMT"
 
 
 async def health(request: web.Request) -> web.Response:
+    """Built at most once a second: monitors may poll it hard, and it must stay cheap."""
+    services = request.app[SERVICES]
+    runtime = services.runtime
+    # Rebuilt when anything it shows may have changed, or a second has passed (uptime,
+    # error rate): a handful of integers is far cheaper than the JSON.
+    stamp = (int(time.monotonic()), runtime.completed_total, runtime.failed_total, runtime.running_count(),
+             len(runtime.live), tuple(s.breaker.state for s in services.slots.values()))
+    cached = services.health_cache
+    if cached is None or cached[0] != stamp:
+        response = _health(request)
+        cached = services.health_cache = (stamp, response.body, response.status)
+    return web.Response(body=cached[1], status=cached[2], content_type="application/json")
+
+
+def _health(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     providers = {name: slot.breaker.snapshot() | {"available": slot.usable}
                  for name, slot in services.slots.items()}

@@ -1,0 +1,64 @@
+"""Webhook endpoints (seed 000 and the Kyros document): CRUD, test, deliveries, redeliver."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .common import API_KEY_ID, SERVICES, actor, json_response, query_params, read_json
+
+
+def _hooks(request: web.Request):
+    return request.app[SERVICES].webhooks
+
+
+def _audit(request: web.Request, action: str, webhook_id: str, details: dict | None = None) -> None:
+    request.app[SERVICES].audit.record("config.change", actor(request), resource_type="webhook",
+                                       resource_id=webhook_id, details={"action": action, **(details or {})})
+
+
+async def create_webhook(request: web.Request) -> web.Response:
+    hook, generated = await _hooks(request).create(await read_json(request), request.get(API_KEY_ID))
+    _audit(request, "create", hook.webhook_id, {"url": hook.url, "events": list(hook.events)})
+    data = hook.view()
+    headers = None
+    if generated is not None:  # shown once, like an API key's secret
+        data["secret"] = generated
+        headers = {"Cache-Control": "no-store"}
+    return json_response({"success": True, "data": data, **data}, status=201, headers=headers)
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    hooks = [h.view() for h in _hooks(request).hooks.values() if h.agent_id is None]
+    return json_response({"success": True, "data": hooks, "webhooks": hooks, "count": len(hooks)})
+
+
+async def get_webhook(request: web.Request) -> web.Response:
+    view = _hooks(request).get(request.match_info["webhook_id"]).view()
+    return json_response({"success": True, "data": view, **view})
+
+
+async def update_webhook(request: web.Request) -> web.Response:
+    hook = await _hooks(request).update(request.match_info["webhook_id"], await read_json(request))
+    _audit(request, "update", hook.webhook_id, {"events": list(hook.events), "status": hook.status})
+    view = hook.view()
+    return json_response({"success": True, "data": view, **view})
+
+
+async def delete_webhook(request: web.Request) -> web.Response:
+    webhook_id = request.match_info["webhook_id"]
+    await _hooks(request).delete(webhook_id)
+    _audit(request, "delete", webhook_id)
+    return json_response({"success": True, "message": "Webhook deleted", "webhook_id": webhook_id})
+
+
+async def test_webhook(request: web.Request) -> web.Response:
+    return json_response(await _hooks(request).test(request.match_info["webhook_id"]), status=202)
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    return json_response(await _hooks(request).deliveries(request.match_info["webhook_id"], query_params(request)))
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    return json_response(await _hooks(request).redeliver(request.match_info["webhook_id"],
+                                                         request.match_info["delivery_id"]), status=202)

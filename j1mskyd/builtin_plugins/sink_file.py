@@ -1,0 +1,46 @@
+"""Built-in sink ``file``: one JSON line per delivery, appended to a local file.
+
+For offline setups: the URL is ``file:///var/lib/j1msky/events.jsonl``.  Each line
+holds the delivery id, the event and the payload; the write is flushed and fsynced
+before the delivery counts as done (off the event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from j1mskyd.sinks import SinkError
+
+J1MSKY_PLUGIN_API = 1
+
+
+class FileSink:
+    def __init__(self, settings: dict[str, Any], session: Any = None) -> None:
+        parts = urlsplit(settings["url"])
+        if parts.scheme != "file" or not parts.path:
+            raise ValueError("the file sink needs a file:///absolute/path URL")
+        self._path = unquote(parts.path)
+
+    def _append(self, line: bytes) -> None:
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def deliver(self, payload: dict[str, Any], *, delivery_id: str, event: str) -> None:
+        line = json.dumps({"delivery_id": delivery_id, "event": event, "payload": payload},
+                          separators=(",", ":")).encode() + b"\n"
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._append, line)
+        except OSError as exc:
+            raise SinkError(f"cannot write {self._path}: {exc.strerror}") from None
+
+
+def register(registry: Any) -> None:
+    registry.add_sink("file", FileSink)

@@ -1,0 +1,48 @@
+"""Built-in sink ``http``: the seed's JSON payload POSTed to the webhook URL, signed.
+
+Headers: ``X-J1MSKY-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>``,
+``X-J1MSKY-Event`` (the event type) and ``X-J1MSKY-Delivery`` (unique per delivery:
+receivers use it to drop the rare duplicate of at-least-once delivery).  The
+payload's ``timestamp`` lets a receiver refuse old deliveries.  Any 2xx is success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+
+from j1mskyd import __version__
+from j1mskyd.sinks import SinkError, signature
+
+J1MSKY_PLUGIN_API = 1
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+class HttpSink:
+    def __init__(self, settings: dict[str, Any], session: aiohttp.ClientSession) -> None:
+        self._url = settings["url"]
+        self._secret = settings["secret"]
+        self._session = session
+
+    async def deliver(self, payload: dict[str, Any], *, delivery_id: str, event: str) -> None:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": f"j1mskyd/{__version__}",
+                   "X-J1MSKY-Event": event, "X-J1MSKY-Delivery": delivery_id,
+                   "X-J1MSKY-Signature": signature(self._secret, body)}
+        try:
+            async with self._session.post(self._url, data=body, headers=headers, timeout=TIMEOUT,
+                                          allow_redirects=False) as resp:
+                if not 200 <= resp.status < 300:
+                    raise SinkError(f"receiver answered HTTP {resp.status}", resp.status)
+                await resp.read()
+        except asyncio.TimeoutError:
+            raise SinkError("receiver did not answer within 10 s") from None
+        except aiohttp.ClientError as exc:
+            raise SinkError(f"cannot reach receiver: {type(exc).__name__}") from None
+
+
+def register(registry: Any) -> None:
+    registry.add_sink("http", HttpSink)

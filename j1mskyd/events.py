@@ -1,0 +1,185 @@
+"""The event log: what happened, durably, in order; and who is listening right now.
+
+An event is written in the same store unit as the state change it announces (the
+caller adds :meth:`EventLog.statements` to its unit), together with one webhook
+delivery row per subscribed webhook (the outbox).  Only after that unit commits does
+:meth:`EventLog.published` tell live listeners (SSE, WebSocket) and wake the webhook
+worker, so nobody hears of a change that a crash could still undo.
+
+Event ids are allocated here (the daemon is the only writer), so they are known before
+the commit and are the cursor of GET /events and the SSE ``id:``.  Event data can
+quote a task or a result: it is sealed with the data key like the agents' own text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .agent import iso
+
+Statement = tuple[str, tuple[Any, ...]]
+
+AGENT_EVENTS = ("agent.spawned", "agent.completed", "agent.failed", "agent.cancelled")
+EVENT_TYPES = AGENT_EVENTS + ("agent.output", "budget.notice", "budget.warning", "budget.critical",
+                              "rate_limit.exhausted", "security.violation", "webhook.test")
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    ts: float
+    type: str
+    data: dict[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        """The seed's webhook payload shape: event, timestamp, data (plus the event id)."""
+        return {"event": self.type, "timestamp": iso(self.ts), "data": self.data, "id": self.id}
+
+
+QUEUE_SIZE = 1000  # events a live listener may lag behind before it is cut off
+
+
+class Subscription:
+    """One live listener: a bounded queue; a listener too slow to keep up is cut off
+    (it can resume from its last event id), so it never holds the daemon's memory."""
+
+    def __init__(self, types: frozenset[str] | None, maxsize: int | None = None) -> None:
+        self.types = types
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize or QUEUE_SIZE)
+        self.overflowed = False
+
+    def offer(self, event: Event) -> None:
+        if self.types is not None and event.type not in self.types:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self.queue = asyncio.Queue(1)
+            self.queue.put_nowait(None)  # tells the reader to close
+
+
+class EventLog:
+    def __init__(self, store: Any, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self._next_id = 1
+        self.subscribers: set[Subscription] = set()
+        # Set by the webhook service: which webhooks want an event (ids), and its wake-up.
+        self.route: Callable[[str, dict[str, Any]], list[str]] = lambda type_, data: []
+        self.on_published: Callable[[], None] = lambda: None
+        self._throttle: dict[str, float] = {}
+
+    async def load(self) -> None:
+        last = await self.store.read(lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+        self._next_id = last + 1
+
+    # -- writing ----------------------------------------------------------------------------
+    def _seal(self, event_id: int, data: dict[str, Any]) -> str:
+        text = json.dumps(data, separators=(",", ":"))
+        cipher = self.store.cipher
+        return cipher.encrypt(text, f"event/{event_id}") if cipher is not None else text
+
+    def _open(self, event_id: int, text: str) -> dict[str, Any]:
+        cipher = self.store.cipher
+        return json.loads(cipher.decrypt(text, f"event/{event_id}") if cipher is not None else text)
+
+    def statements(self, type_: str, data: dict[str, Any]) -> tuple[Event, list[Statement]]:
+        """The event and the statements that store it with its webhook deliveries."""
+        event = Event(self._next_id, self.clock(), type_, data)
+        self._next_id += 1
+        stmts: list[Statement] = [("INSERT INTO events (id, ts, type, data) VALUES (?, ?, ?, ?)",
+                                   (event.id, event.ts, event.type, self._seal(event.id, data)))]
+        for webhook_id in self.route(type_, data):
+            stmts.append(delivery_insert(webhook_id, event.id, event.ts))
+        return event, stmts
+
+    def published(self, events: Iterable[Event]) -> None:
+        """Call after the unit holding these events committed."""
+        any_event = False
+        for event in events:
+            any_event = True
+            for sub in list(self.subscribers):
+                sub.offer(event)
+        if any_event:
+            self.on_published()
+
+    async def emit(self, type_: str, data: dict[str, Any]) -> Event:
+        """An event that is not part of another state change (budget levels, violations...)."""
+        event, stmts = self.statements(type_, data)
+        await self.store.write(*stmts)
+        self.published([event])
+        return event
+
+    def emit_soon(self, type_: str, data: dict[str, Any], *, throttle_key: str | None = None,
+                  every: float = 60.0) -> None:
+        """emit() from synchronous code (a middleware, a callback).
+
+        With ``throttle_key``, at most one such event per key per ``every`` seconds: a
+        scanner hammering the daemon must not flood receivers and the SD card.
+        """
+        if throttle_key is not None:
+            now = self.clock()
+            if now - self._throttle.get(throttle_key, 0.0) < every:
+                return
+            if len(self._throttle) > 10_000:
+                self._throttle = {k: t for k, t in self._throttle.items() if now - t < every}
+            self._throttle[throttle_key] = now
+        asyncio.ensure_future(self.emit(type_, data))
+
+    # -- reading ----------------------------------------------------------------------------
+    def subscribe(self, types: Iterable[str] | None = None) -> Subscription:
+        sub = Subscription(frozenset(types) if types else None)
+        self.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.subscribers.discard(sub)
+
+    async def after(self, last_id: int, limit: int, types: Iterable[str] | None = None) -> list[Event]:
+        """Events with id > last_id, oldest first (what a resuming reader missed)."""
+        wanted = tuple(types or ())
+
+        def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            if wanted:
+                marks = ", ".join("?" * len(wanted))
+                return conn.execute(f"SELECT * FROM events WHERE id > ? AND type IN ({marks}) ORDER BY id LIMIT ?",
+                                    (last_id, *wanted, limit)).fetchall()
+            return conn.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
+
+        await self.store.flush()
+        rows = await self.store.read(read)
+        return [Event(r["id"], r["ts"], r["type"], self._open(r["id"], r["data"])) for r in rows]
+
+    async def get(self, event_id: int) -> Event | None:
+        row = await self.store.read(lambda c: c.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone())
+        return Event(row["id"], row["ts"], row["type"], self._open(row["id"], row["data"])) if row else None
+
+    async def purge(self, keep_days: float) -> None:
+        """Events older than ``keep_days`` whose deliveries are all settled."""
+        cutoff = self.clock() - keep_days * 86_400
+        await self.store.write((
+            "DELETE FROM events WHERE ts < ? AND id NOT IN (SELECT event_id FROM deliveries WHERE status = 'pending')",
+            (cutoff,)))
+
+
+def delivery_insert(webhook_id: str, event_id: int, now: float) -> Statement:
+    return ("INSERT INTO deliveries (delivery_id, webhook_id, event_id, status, attempts, next_attempt_at, created_at) "
+            "VALUES (?, ?, ?, 'pending', 0, ?, ?)", ("dlv_" + secrets.token_hex(8), webhook_id, event_id, now, now))
+
+
+def agent_event_data(agent: Any) -> dict[str, Any]:
+    """The seed's webhook ``data`` for an agent event."""
+    data = {"agent_id": agent.agent_id, "model": agent.served_model or agent.model, "status": agent.status,
+            "task": agent.task, "result": agent.result, "cost": agent.cost,
+            "estimated_cost": agent.estimated_cost, "team": agent.team, "priority": agent.priority}
+    if agent.error:
+        data["error"] = agent.error
+    return data

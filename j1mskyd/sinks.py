@@ -1,0 +1,26 @@
+"""The contract between the webhook worker and sink plugins.
+
+A sink plugin registers ``registry.add_sink(kind, factory)``; the worker calls
+``factory(settings, session)`` once per webhook, with ``settings`` a dict holding
+``webhook_id``, ``url`` and ``secret``, and then ``await sink.deliver(payload,
+delivery_id=..., event=...)`` for each delivery.  ``deliver`` returns on success and
+raises :class:`SinkError` (or anything else) on failure; the worker retries with
+backoff, so sinks never retry themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+
+class SinkError(Exception):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The X-J1MSKY-Signature value: ``sha256=<hex HMAC-SHA256(secret, raw body)>``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()

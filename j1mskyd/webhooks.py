@@ -1,0 +1,438 @@
+"""Webhooks: registrations, routing of events to them, and the delivery worker.
+
+Delivery is durable and at least once.  The outbox rows (``deliveries``) are written
+with the event in the transaction of the state change (events.py).  The worker sends
+due deliveries through the webhook's sink plugin, at most ``PER_MINUTE`` per webhook,
+one at a time per webhook (so a receiver sees its events in order), and retries a
+failure with exponential backoff (``RETRY_BASE`` s doubling, capped at an hour, with
+jitter) until the delivery is ``GIVE_UP_AFTER`` old; then it is ``failed`` and can be
+redelivered by hand.  A crash between sending and recording means the receiver may
+see a delivery twice: it has the same ``X-J1MSKY-Delivery`` id both times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from .agent import iso
+from .errors import BadRequest, NotFound, ValidationFailed
+from .events import EVENT_TYPES, EventLog, delivery_insert
+from .sinks import SinkError
+
+log = logging.getLogger(__name__)
+
+PER_MINUTE = 50        # deliveries per endpoint (receiver URL) in any PACE_WINDOW seconds
+PACE_WINDOW = 60.0
+RETRY_BASE = 5.0
+RETRY_CAP = 3600.0
+GIVE_UP_AFTER = 24 * 3600.0
+CONCURRENT_WEBHOOKS = 8
+STATUSES = ("active", "paused")
+AGENT_DONE = ("agent.completed", "agent.failed", "agent.cancelled")
+
+
+@dataclass(frozen=True)
+class Webhook:
+    webhook_id: str
+    url: str
+    sink: str
+    events: tuple[str, ...]
+    secret: str
+    status: str
+    description: str | None
+    api_key_id: str | None
+    agent_id: str | None          # set for a spawn's own webhook_url: that agent's events only
+    created_at: float
+    last_triggered: float | None = None
+
+    def wants(self, type_: str, data: dict[str, Any]) -> bool:
+        # A paused webhook still gets its outbox rows: they wait, pending, until it is
+        # resumed (the worker only sends for active ones).
+        if self.agent_id is not None:
+            return data.get("agent_id") == self.agent_id and type_ in AGENT_DONE
+        return "*" in self.events or type_ in self.events
+
+    def view(self) -> dict[str, Any]:
+        """The Kyros document's webhook object (never the secret)."""
+        return {"id": self.webhook_id, "webhook_id": self.webhook_id, "url": self.url, "sink": self.sink,
+                "events": list(self.events), "status": self.status, "description": self.description,
+                "agent_id": self.agent_id, "created_at": iso(self.created_at),
+                "last_triggered": iso(self.last_triggered)}
+
+
+def _bad(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed([{"field": field, "message": message}])
+
+
+def _check_url(url: Any, sink: str) -> str:
+    if not isinstance(url, str) or not url or len(url) > 2000:
+        raise _bad("url", "url is required (a string of at most 2000 characters)")
+    scheme = urlsplit(url).scheme
+    if sink == "file":
+        if scheme != "file" or not urlsplit(url).path.startswith("/"):
+            raise _bad("url", "the file sink needs a file:///absolute/path URL")
+    elif scheme not in ("http", "https") or not urlsplit(url).netloc:
+        raise _bad("url", "url must be an http:// or https:// URL")
+    return url
+
+
+def _check_events(events: Any) -> tuple[str, ...]:
+    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+        raise _bad("events", "events must be a non-empty list of event names")
+    unknown = [e for e in events if e != "*" and e not in EVENT_TYPES and not e.startswith("pricing.")]
+    if unknown:
+        raise _bad("events", f"Unknown event(s): {', '.join(unknown)} (known: {', '.join(EVENT_TYPES)}, or '*')")
+    return tuple(dict.fromkeys(events))
+
+
+def _row(row: sqlite3.Row, cipher: Any) -> Webhook:
+    secret = cipher.decrypt(row["secret"], f"{row['webhook_id']}/secret") if cipher else row["secret"]
+    return Webhook(row["webhook_id"], row["url"], row["sink"], tuple(row["events"].split(",")), secret,
+                   row["status"], row["description"], row["api_key_id"], row["agent_id"], row["created_at"],
+                   row["last_triggered"])
+
+
+class WebhookService:
+    def __init__(self, store: Any, events: EventLog, registry: Any, session: Any,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.events = events
+        self.registry = registry
+        self.session = session
+        self.clock = clock
+        self.hooks: dict[str, Webhook] = {}
+        self._sinks: dict[str, Any] = {}
+        # Send times per endpoint (URL) within the last PACE_WINDOW: a sliding window, so
+        # never more than PER_MINUTE in any minute, whichever webhooks share the URL.
+        self._sent: dict[str, collections.deque[float]] = {}
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        events.route = self.route
+        events.on_published = self._wake.set
+
+    # -- registrations --------------------------------------------------------------------------
+    async def load(self) -> None:
+        cipher = self.store.cipher
+        rows = await self.store.read(lambda c: c.execute("SELECT * FROM webhooks").fetchall())
+        self.hooks = {r["webhook_id"]: _row(r, cipher) for r in rows}
+
+    def route(self, type_: str, data: dict[str, Any]) -> list[str]:
+        return [h.webhook_id for h in self.hooks.values() if h.wants(type_, data)]
+
+    def _insert(self, hook: Webhook) -> tuple[str, tuple[Any, ...]]:
+        cipher = self.store.cipher
+        secret = cipher.encrypt(hook.secret, f"{hook.webhook_id}/secret") if cipher else hook.secret
+        return ("INSERT OR REPLACE INTO webhooks (webhook_id, url, sink, events, secret, status, description, "
+                "api_key_id, agent_id, created_at, last_triggered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (hook.webhook_id, hook.url, hook.sink, ",".join(hook.events), secret, hook.status,
+                 hook.description, hook.api_key_id, hook.agent_id, hook.created_at, hook.last_triggered))
+
+    def _sink_kind(self, body: dict[str, Any]) -> str:
+        sink = body.get("sink")
+        if sink is None:
+            url = body.get("url")
+            sink = "file" if isinstance(url, str) and url.startswith("file:") else "http"
+        if not isinstance(sink, str) or sink not in self.registry.sink_kinds():
+            raise _bad("sink", f"sink must be one of: {', '.join(self.registry.sink_kinds())}")
+        return sink
+
+    async def create(self, body: Any, api_key_id: str | None) -> tuple[Webhook, str | None]:
+        """A new webhook; the generated secret is returned once when the caller sent none."""
+        if not isinstance(body, dict):
+            raise _bad("body", "Request body must be a JSON object")
+        sink = self._sink_kind(body)
+        url = _check_url(body.get("url"), sink)
+        events = _check_events(body.get("events", list(AGENT_DONE)))
+        secret = body.get("secret")
+        generated = None
+        if secret is None:
+            secret = generated = secrets.token_urlsafe(32)
+        elif not isinstance(secret, str) or not 8 <= len(secret) <= 256:
+            raise _bad("secret", "secret must be a string of 8 to 256 characters")
+        description = body.get("description")
+        if description is not None and (not isinstance(description, str) or len(description) > 500):
+            raise _bad("description", "description must be a string of at most 500 characters")
+        hook = Webhook("webhook_" + secrets.token_hex(6), url, sink, events, secret, "active", description,
+                       api_key_id, None, self.clock())
+        self._build_sink(hook)
+        await self.store.write(self._insert(hook))
+        self.hooks[hook.webhook_id] = hook
+        return hook, generated
+
+    def for_agent_statement(self, url: Any, agent_id: str, api_key_id: str | None,
+                            secret: str | None = None) -> tuple[Webhook, Any]:
+        """A spawn's own ``webhook_url``: a hook for that agent's end, stored with the agent.
+
+        Its deliveries are signed with the spawning API key's signing secret, which the
+        caller already holds (a random one when authentication is off).
+        """
+        sink = "file" if isinstance(url, str) and url.startswith("file:") else "http"
+        hook = Webhook("webhook_" + secrets.token_hex(6), _check_url(url, sink), sink, AGENT_DONE,
+                       secret or secrets.token_urlsafe(32), "active", f"webhook_url of {agent_id}", api_key_id,
+                       agent_id, self.clock())
+        return hook, self._insert(hook)
+
+    def adopt(self, hook: Webhook) -> None:
+        self.hooks[hook.webhook_id] = hook
+
+    def get(self, webhook_id: str) -> Webhook:
+        hook = self.hooks.get(webhook_id)
+        if hook is None:
+            raise NotFound(f"Webhook '{webhook_id}' not found")
+        return hook
+
+    async def update(self, webhook_id: str, body: Any) -> Webhook:
+        hook = self.get(webhook_id)
+        if not isinstance(body, dict) or not body:
+            raise _bad("body", "send a JSON object with events, status, url, secret or description")
+        unknown = set(body) - {"events", "status", "url", "secret", "description"}
+        if unknown:
+            raise _bad(sorted(unknown)[0], f"Cannot change '{sorted(unknown)[0]}'")
+        changes: dict[str, Any] = {}
+        if "events" in body:
+            changes["events"] = _check_events(body["events"])
+        if "status" in body:
+            if body["status"] not in STATUSES:
+                raise _bad("status", "status must be active or paused")
+            changes["status"] = body["status"]
+        if "url" in body:
+            changes["url"] = _check_url(body["url"], hook.sink)
+        if "secret" in body:
+            if not isinstance(body["secret"], str) or not 8 <= len(body["secret"]) <= 256:
+                raise _bad("secret", "secret must be a string of 8 to 256 characters")
+            changes["secret"] = body["secret"]
+        if "description" in body:
+            changes["description"] = body["description"]
+        new = replace(hook, **changes)
+        self._build_sink(new)
+        await self.store.write(self._insert(new))
+        self.hooks[webhook_id] = new
+        self._wake.set()  # resumed: its waiting deliveries go out now
+        return new
+
+    async def delete(self, webhook_id: str) -> None:
+        self.get(webhook_id)
+        await self.store.write(
+            ("UPDATE deliveries SET status = 'failed', last_error = 'webhook deleted' "
+             "WHERE webhook_id = ? AND status = 'pending'", (webhook_id,)),
+            ("DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,)))
+        del self.hooks[webhook_id]
+        self._sinks.pop(webhook_id, None)
+
+    async def test(self, webhook_id: str) -> dict[str, Any]:
+        """A ``webhook.test`` event delivered to this webhook only (a paused one gets it when resumed)."""
+        hook = self.get(webhook_id)
+        event, stmts = self.events.statements("webhook.test", {"webhook_id": hook.webhook_id,
+                                                               "message": "Test delivery from j1mskyd"})
+        stmts = [s for s in stmts if not s[0].startswith("INSERT INTO deliveries")]
+        delivery = delivery_insert(hook.webhook_id, event.id, event.ts)
+        await self.store.write(*stmts, delivery)
+        self.events.published([event])
+        return {"success": True, "delivery_id": delivery[1][0], "event_id": event.id}
+
+    async def deliveries(self, webhook_id: str, params: dict[str, str]) -> dict[str, Any]:
+        self.get(webhook_id)
+        try:
+            limit = int(params.get("limit", 50))
+            offset = int(params.get("offset", 0))
+            if not 1 <= limit <= 200 or offset < 0:
+                raise ValueError
+        except ValueError:
+            raise _bad("limit", "limit must be 1-200 and offset >= 0") from None
+        status = params.get("status")
+        if status is not None and status not in ("pending", "delivered", "failed"):
+            raise _bad("status", "status must be pending, delivered or failed")
+        where, args = "webhook_id = ?", [webhook_id]
+        if status:
+            where += " AND status = ?"
+            args.append(status)
+
+        def read(conn: sqlite3.Connection) -> tuple[int, list[sqlite3.Row]]:
+            total = conn.execute(f"SELECT COUNT(*) FROM deliveries WHERE {where}", args).fetchone()[0]
+            rows = conn.execute(f"SELECT d.*, e.type FROM deliveries d LEFT JOIN events e ON e.id = d.event_id "
+                                f"WHERE {where.replace('webhook_id', 'd.webhook_id').replace('status', 'd.status')} "
+                                "ORDER BY d.created_at DESC, d.rowid DESC LIMIT ? OFFSET ?",
+                                (*args, limit, offset)).fetchall()
+            return total, rows
+
+        await self.store.flush()
+        total, rows = await self.store.read(read)
+        data = [{"delivery_id": r["delivery_id"], "event_id": r["event_id"], "event": r["type"],
+                 "status": r["status"], "attempts": r["attempts"], "last_error": r["last_error"],
+                 "last_status": r["last_status"], "created_at": iso(r["created_at"]),
+                 "next_attempt_at": iso(r["next_attempt_at"]) if r["status"] == "pending" else None,
+                 "delivered_at": iso(r["delivered_at"])} for r in rows]
+        return {"data": data, "pagination": {"total": total, "limit": limit, "offset": offset,
+                                             "has_more": offset + limit < total}}
+
+    async def redeliver(self, webhook_id: str, delivery_id: str) -> dict[str, Any]:
+        self.get(webhook_id)
+        row = await self.store.read(lambda c: c.execute(
+            "SELECT status FROM deliveries WHERE delivery_id = ? AND webhook_id = ?",
+            (delivery_id, webhook_id)).fetchone())
+        if row is None:
+            raise NotFound(f"Delivery '{delivery_id}' not found for webhook '{webhook_id}'")
+        if row["status"] == "pending":
+            raise BadRequest("This delivery is still pending; it will be retried")
+        # A new delivery of the same event (its own id), so a receiver can tell them apart.
+        new_id = "dlv_" + secrets.token_hex(8)
+        await self.store.write((
+            "INSERT INTO deliveries (delivery_id, webhook_id, event_id, status, attempts, next_attempt_at, created_at) "
+            "SELECT ?, webhook_id, event_id, 'pending', 0, ?, ? FROM deliveries WHERE delivery_id = ?",
+            (new_id, self.clock(), self.clock(), delivery_id)))
+        self._wake.set()
+        return {"success": True, "delivery_id": new_id, "redelivers": delivery_id}
+
+    # -- the worker ---------------------------------------------------------------------------------
+    def _build_sink(self, hook: Webhook) -> Any:
+        try:
+            sink = self.registry.sink_factory(hook.sink)({"webhook_id": hook.webhook_id, "url": hook.url,
+                                                          "secret": hook.secret}, self.session)
+        except KeyError:
+            raise _bad("sink", f"no sink plugin '{hook.sink}' is loaded") from None
+        except Exception as exc:  # noqa: BLE001 - a plugin refusing its settings is the caller's 400
+            raise _bad("url", f"sink '{hook.sink}' refused this webhook: {exc}") from None
+        self._sinks[hook.webhook_id] = sink
+        return sink
+
+    def start(self) -> None:
+        self._worker = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    def _active_ids(self) -> tuple[str, str]:
+        """SQL and ids for the active webhooks: a paused one's deliveries wait, pending."""
+        ids = [h.webhook_id for h in self.hooks.values() if h.status == "active"]
+        return ", ".join("?" * len(ids)) or "NULL", ids
+
+    async def _due(self, now: float) -> list[sqlite3.Row]:
+        marks, ids = self._active_ids()
+        return await self.store.read(lambda c: c.execute(
+            f"SELECT * FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? AND webhook_id IN ({marks}) "
+            "ORDER BY created_at, rowid LIMIT 200", (now, *ids)).fetchall())
+
+    async def _next_due(self) -> float | None:
+        marks, ids = self._active_ids()
+        row = await self.store.read(lambda c: c.execute(
+            f"SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' AND webhook_id IN ({marks})",
+            ids).fetchone())
+        return row[0]
+
+    async def _run(self) -> None:
+        sem = asyncio.Semaphore(CONCURRENT_WEBHOOKS)
+        while True:
+            self._wake.clear()
+            try:
+                due = await self._due(self.clock())
+                by_hook: dict[str, list[sqlite3.Row]] = {}
+                for row in due:
+                    by_hook.setdefault(row["webhook_id"], []).append(row)
+
+                async def drain(webhook_id: str, rows: list[sqlite3.Row]) -> None:
+                    async with sem:
+                        for row in rows:
+                            try:
+                                if not await self._attempt(webhook_id, row):
+                                    break  # rate-limited or failing: keep this receiver's order
+                            except asyncio.CancelledError:
+                                raise
+                            except Exception:  # noqa: BLE001 - never leave a drain running into the next round
+                                log.exception("webhook %s: delivery %s failed unexpectedly", webhook_id,
+                                              row["delivery_id"])
+                                break
+
+                if by_hook:
+                    await asyncio.gather(*(drain(w, rows) for w, rows in by_hook.items()))
+                nxt = await self._next_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the worker must survive anything and retry
+                log.exception("webhook worker round failed")
+                nxt = self.clock() + 5
+            delay = 30.0 if nxt is None else min(max(nxt - self.clock(), 0.05), 30.0)
+            if due and nxt is not None and nxt <= self.clock():
+                delay = 0.05  # more is due right away (a busy backlog)
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                # lands as the event fires, and stop() would then wait forever.
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    @staticmethod
+    def _hold_back(webhook_id: str, until: float) -> tuple[str, tuple[Any, ...]]:
+        """This webhook's pending deliveries wait until ``until`` (the one at the head does too)."""
+        return ("UPDATE deliveries SET next_attempt_at = ? WHERE webhook_id = ? AND status = 'pending' "
+                "AND next_attempt_at < ?", (until, webhook_id, until))
+
+    def _pace(self, endpoint: str, now: float) -> float:
+        """0 and count one send to ``endpoint`` if it may have one now; else seconds to wait."""
+        if len(self._sent) > 1000:  # forget endpoints idle for a whole window
+            self._sent = {u: d for u, d in self._sent.items() if d and d[-1] > now - PACE_WINDOW}
+        sent = self._sent.setdefault(endpoint, collections.deque())
+        while sent and sent[0] <= now - PACE_WINDOW:
+            sent.popleft()
+        if len(sent) >= PER_MINUTE:
+            return max(sent[0] + PACE_WINDOW - now, 0.01)
+        sent.append(now)
+        return 0.0
+
+    async def _attempt(self, webhook_id: str, row: sqlite3.Row) -> bool:
+        """Send one delivery; True when it succeeded."""
+        now = self.clock()
+        hook = self.hooks.get(webhook_id)
+        if hook is None:
+            await self.store.write(("UPDATE deliveries SET status = 'failed', last_error = 'webhook deleted' "
+                                    "WHERE delivery_id = ?", (row["delivery_id"],)))
+            return False
+        wait = self._pace(hook.url, now)
+        if wait > 0:
+            await self.store.write(self._hold_back(webhook_id, now + wait))
+            return False
+        event = await self.events.get(row["event_id"])
+        if event is None:
+            await self.store.write(("UPDATE deliveries SET status = 'failed', last_error = 'event purged' "
+                                    "WHERE delivery_id = ?", (row["delivery_id"],)))
+            return False
+        attempts = row["attempts"] + 1
+        try:
+            sink = self._sinks.get(webhook_id) or self._build_sink(hook)
+            await sink.deliver(event.payload(), delivery_id=row["delivery_id"], event=event.type)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any sink failure is a failed attempt
+            status = exc.status if isinstance(exc, SinkError) else None
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            gave_up = now - row["created_at"] >= GIVE_UP_AFTER
+            delay = min(RETRY_CAP, RETRY_BASE * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
+            await self.store.write(
+                ("UPDATE deliveries SET attempts = ?, last_error = ?, last_status = ?, status = ?, "
+                 "next_attempt_at = ? WHERE delivery_id = ?",
+                 (attempts, message[:500], status, "failed" if gave_up else "pending", now + delay,
+                  row["delivery_id"])),
+                # The later ones wait behind it (order kept, a down receiver not hammered).
+                *(() if gave_up else (self._hold_back(webhook_id, now + delay),)))
+            return False
+        await self.store.write(
+            ("UPDATE deliveries SET attempts = ?, status = 'delivered', delivered_at = ?, last_error = NULL "
+             "WHERE delivery_id = ?", (attempts, self.clock(), row["delivery_id"])),
+            ("UPDATE webhooks SET last_triggered = ? WHERE webhook_id = ?", (self.clock(), webhook_id)))
+        current = self.hooks.get(webhook_id)  # re-read: it may have been changed or deleted meanwhile
+        if current is not None:
+            self.hooks[webhook_id] = replace(current, last_triggered=self.clock())
+        return True
+
