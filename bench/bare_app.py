@@ -12,6 +12,11 @@ j1mskyd's own code and of whatever extra it imports, not of the stack it stands 
 ``--minimal`` drops sqlite and the client session (aiohttp.web alone) for comparison.
 ``--hello`` is ``--minimal`` plus ``GET /`` answering "Hello, World!" (text/plain): the
 hello-world baseline of ``bench/health_ratio.py``.
+``--shaped`` is ``--hello`` plus ``GET /shaped``: the daemon's /api/health *response*
+(a 283-byte JSON body, charset, X-Request-Id and the four X-RateLimit-* headers, all
+constant) through one trivial ``@web.middleware``, with no work behind it: what aiohttp
+alone costs for that response, i.e. the best ratio any j1mskyd change can reach
+(``health_ratio.py --shaped`` measures it in the same run).
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ def main() -> None:
     p.add_argument("--state-dir", default="/tmp/j1msky-bare")
     p.add_argument("--minimal", action="store_true")
     p.add_argument("--hello", action="store_true", help="--minimal plus a hello-world handler on GET /")
+    p.add_argument("--shaped", action="store_true",
+                   help="--hello plus GET /shaped: the daemon's health response, constant, via one middleware")
     args = p.parse_args()
+    args.hello = args.hello or args.shaped
     args.minimal = args.minimal or args.hello
     try:
         import uvloop
@@ -63,10 +71,37 @@ def main() -> None:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="Hello, World!")
 
-    app = web.Application()
+    middlewares = []
+    if args.shaped:
+        import itertools
+        ids = itertools.count(1)
+        shaped_body = json.dumps({
+            "status": "healthy", "version": "0.1.0", "uptime_seconds": 2, "error_rate": 0.0, "models_configured": 1,
+            "agents": {"queued": 0, "running": 0},
+            "providers": {"offline": {"state": "closed", "consecutive_failures": 0, "failures": 0, "successes": 0,
+                                      "times_opened": 0, "retry_in_seconds": 0.0, "available": True}}},
+            separators=(",", ":")).encode()
+        rate_headers = {"X-RateLimit-Limit": "100000000", "X-RateLimit-Remaining": "100000000",
+                        "X-RateLimit-Reset": "1795623355", "X-RateLimit-Reset-At": "2026-11-25T16:15:55Z"}
+
+        @web.middleware
+        async def one_middleware(request: web.Request, handler):
+            response = await handler(request)
+            response.headers["X-Request-Id"] = f"req_0123abcd{next(ids):x}"
+            response.headers.update(rate_headers)
+            return response
+
+        async def shaped(request: web.Request) -> web.Response:
+            return web.Response(body=shaped_body, content_type="application/json", charset="utf-8")
+
+        middlewares.append(one_middleware)
+
+    app = web.Application(middlewares=middlewares)
     app.router.add_get("/api/health", health)
     if args.hello:
         app.router.add_get("/", hello)
+    if args.shaped:
+        app.router.add_get("/shaped", shaped)
     app.cleanup_ctx.append(lifecycle)
     print(f"bare app pid {os.getpid()} python {sys.version.split()[0]} aiohttp {aiohttp.__version__}",
           file=sys.stderr)

@@ -21,7 +21,10 @@ Phases:
 1. ``idle-from-start``: from the moment the port opens, with no request at all, for
    ``--idle`` seconds (start-up writes, e.g. migrations, show up at t ~ 0).
 2. ``traffic``: ``--requests`` GET /api/health, then ``--spawns`` POST /api/spawn
-   (offline model, completes at once), waiting for each agent to finish.
+   (offline model, completes at once), waiting for each agent to finish.  Auth is on
+   (the shipped default): spawns and agent reads carry the bootstrap admin key the
+   daemon wrote to ``<state>/bootstrap-admin.key`` at first start (before its port
+   opened, so that start-up write precedes phase 1); /api/health needs no key.
 3. ``idle-after-traffic``: ``--after`` seconds without a request; every write is listed
    with its time after the last request, so "stops after one interval" is visible.
 """
@@ -39,6 +42,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from load import auth_headers, read_token  # noqa: E402
 from run_all import PY, Proc, free_port, wait_port  # noqa: E402
 
 FILES = ("ratelimits.json", "j1msky.db", "j1msky.db-wal", "j1msky.db-shm")
@@ -99,10 +103,10 @@ class Watcher:
         }
 
 
-async def traffic(url: str, requests: int, spawns: int) -> dict:
+async def traffic(url: str, requests: int, spawns: int, token: str | None = None) -> dict:
     import aiohttp
     statuses: dict[int, int] = {}
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=auth_headers(token)) as s:
         for _ in range(requests):
             async with s.get(url + "/api/health") as r:
                 await r.read()
@@ -151,8 +155,10 @@ def main() -> None:
         print(f"phase 1: {a.idle:g} s idle from start, no requests", file=sys.stderr)
         out["idle_from_start"] = w.watch(a.idle, a.poll, t_start)
         print(json.dumps(out["idle_from_start"]), file=sys.stderr)
+        token = read_token(state, timeout=0)
+        out["auth_token_used"] = token is not None
         t0 = time.perf_counter()
-        out["traffic"] = asyncio.run(traffic(f"http://127.0.0.1:{port}", a.requests, a.spawns))
+        out["traffic"] = asyncio.run(traffic(f"http://127.0.0.1:{port}", a.requests, a.spawns, token))
         t_last = time.perf_counter()
         out["traffic"].update(requests=a.requests, spawns=a.spawns, seconds=round(t_last - t0, 2))
         print(f"phase 3: {a.after:g} s idle after traffic", file=sys.stderr)

@@ -17,6 +17,13 @@ inflight    reads VmRSS of ``--pid``, spawns ``n`` agents (against a slow upstre
             all stay queued or running), waits until /api/health counts them all, sleeps
             2 s and reads VmRSS again.
 
+Authentication: the daemon requires an API key on every /api route but /api/health (since
+commit 3dbd4e0, ``[security] auth = true`` by default).  Every request of this driver
+carries ``Authorization: Bearer <token>``: ``--token``, or ``--token-file``, or by
+default the bootstrap admin key the daemon wrote at first start,
+``<state_dir>/bootstrap-admin.key`` (JSON with "token"), found next to ``--db``.  With
+``auth = false`` in the daemon's config no token is needed (``--token ""``).
+
 Added latency (the number compared with the 2 ms target) is defined as
 
     completed_at - created_at   (from the agent's row: the daemon's own clock)
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sqlite3
 import statistics
 import sys
@@ -45,6 +53,29 @@ import aiohttp
 
 
 # ------------------------------------------------------------------ helpers
+
+BOOTSTRAP_FILE = "bootstrap-admin.key"  # keys.KeyService.BOOTSTRAP_FILE
+
+
+def read_token(state_dir: str, timeout: float = 10.0) -> str | None:
+    """The bootstrap admin token the daemon wrote at first start (None if there is none:
+    auth is off, or keys existed already)."""
+    path = os.path.join(state_dir, BOOTSTRAP_FILE)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path) as f:
+                return json.load(f)["token"]
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
     with open(f"/proc/{pid}/status") as f:
@@ -178,9 +209,9 @@ async def wait_health(url: str, timeout: float = 30.0) -> dict:
 # ------------------------------------------------------------------ modes
 
 async def throughput(url: str, db: str, n: int, c: int, model: str, upstream: str | None,
-                     max_wait: float = 600.0) -> dict[str, Any]:
+                     max_wait: float = 600.0, token: str | None = None) -> dict[str, Any]:
     conn = aiohttp.TCPConnector(limit=c + 2)
-    async with aiohttp.ClientSession(connector=conn) as session:
+    async with aiohttp.ClientSession(connector=conn, headers=auth_headers(token)) as session:
         base = await completed_total(session, url)
         before = await upstream_stats(session, upstream)
         t0 = time.perf_counter()
@@ -221,7 +252,7 @@ async def throughput(url: str, db: str, n: int, c: int, model: str, upstream: st
 
 
 async def latency(url: str, db: str, rate: float, duration: float, model: str, upstream: str | None,
-                  count: int | None = None, watch: str = "http") -> dict[str, Any]:
+                  count: int | None = None, watch: str = "http", token: str | None = None) -> dict[str, Any]:
     """``watch``: "http" polls GET /api/agent/{id} and the database file for each agent;
     "db" polls the database file only (the daemon serves nothing but spawns); "none"
     polls nothing while agents run (open loop only: the quietest, in-daemon measurement),
@@ -269,7 +300,8 @@ async def latency(url: str, db: str, rate: float, duration: float, model: str, u
             http_after_resp.append(seen_http - t1)
         durable_lat.append(seen_db - t0)
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
+                                     headers=auth_headers(token)) as session:
         before = await upstream_stats(session, upstream)
         if rate:
             tasks = []
@@ -300,9 +332,11 @@ async def latency(url: str, db: str, rate: float, duration: float, model: str, u
     }
 
 
-async def inflight(url: str, pid: int, n: int, c: int, model: str, settle: float = 2.0) -> dict[str, Any]:
+async def inflight(url: str, pid: int, n: int, c: int, model: str, settle: float = 2.0,
+                   token: str | None = None) -> dict[str, Any]:
     idle = rss_kb(pid)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c + 2)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c + 2),
+                                     headers=auth_headers(token)) as session:
         t0 = time.perf_counter()
         ids, spawn_lat, errors = await spawn_many(session, url, n, c, model, timeout=3600.0)
         t_spawned = time.perf_counter() - t0
@@ -339,6 +373,9 @@ def main() -> None:
             s.add_argument("--upstream", help="fake upstream root, for its /stats (e.g. http://127.0.0.1:18100)")
         else:
             s.add_argument("--pid", type=int, required=True, help="pid of j1mskyd serve")
+            s.add_argument("--db", help="the daemon's STATE_DIR/j1msky.db (only to find the bootstrap key)")
+        s.add_argument("--token", help="API key token ('' = none: the daemon runs with auth = false)")
+        s.add_argument("--token-file", help="a bootstrap-admin.key file (default: next to --db)")
         if name in ("throughput", "inflight"):
             s.add_argument("-n", type=int, default=10_000)
             s.add_argument("-c", type=int, default=64, help="concurrent client connections")
@@ -354,12 +391,20 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
+    token = a.token
+    if token is None:
+        if a.token_file:
+            with open(a.token_file) as f:
+                token = json.load(f)["token"]
+        elif a.db:
+            token = read_token(os.path.dirname(os.path.abspath(a.db)), timeout=0)
     if a.mode == "throughput":
-        out = asyncio.run(throughput(a.url, a.db, a.n, a.c, a.model, a.upstream))
+        out = asyncio.run(throughput(a.url, a.db, a.n, a.c, a.model, a.upstream, token=token))
     elif a.mode == "latency":
-        out = asyncio.run(latency(a.url, a.db, a.rate, a.duration, a.model, a.upstream, a.count, a.watch))
+        out = asyncio.run(latency(a.url, a.db, a.rate, a.duration, a.model, a.upstream, a.count, a.watch,
+                                  token=token))
     else:
-        out = asyncio.run(inflight(a.url, a.pid, a.n, a.c, a.model))
+        out = asyncio.run(inflight(a.url, a.pid, a.n, a.c, a.model, token=token))
     json.dump(out, sys.stdout, indent=2)
     print()
 

@@ -44,6 +44,11 @@ max_concurrency = {runtime_conc}
 [store]
 synchronous = "{sync}"
 
+# Authentication as shipped (on): the load driver sends the bootstrap admin key's token.
+# run_all.py --no-auth sets it to false, for comparison.
+[security]
+auth = {auth}
+
 [plugins]
 dropin_dir = "{workdir}/no-plugins"
 
@@ -114,7 +119,8 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"port {port} never opened")
 
 
-def daemon(workdir: str, name: str, config: str | None) -> tuple[Proc, str, str]:
+def daemon(workdir: str, name: str, config: str | None) -> tuple[Proc, str, str, str | None]:
+    """A fresh daemon; returns (process, url, database path, bootstrap admin token or None)."""
     state = os.path.join(workdir, name)
     os.makedirs(state, exist_ok=True)
     port = free_port()
@@ -127,7 +133,9 @@ def daemon(workdir: str, name: str, config: str | None) -> tuple[Proc, str, str]
     proc = Proc(args, os.path.join(workdir, name + ".log"))
     url = f"http://127.0.0.1:{port}"
     asyncio.run(load.wait_health(url))
-    return proc, url, os.path.join(state, "j1msky.db")
+    # written before the port opens when auth is on; absent when auth = false
+    token = load.read_token(state, timeout=0)
+    return proc, url, os.path.join(state, "j1msky.db"), token
 
 
 def upstream(workdir: str, delay: float = 0.0) -> tuple[Proc, int]:
@@ -138,9 +146,14 @@ def upstream(workdir: str, delay: float = 0.0) -> tuple[Proc, int]:
     return proc, port
 
 
-def bench_config(workdir: str, up_port: int, sync: str, runtime_conc: int = 64, prov_conc: int = 256) -> str:
+AUTH = True  # run_all.py --no-auth turns it off
+
+
+def bench_config(workdir: str, up_port: int, sync: str, runtime_conc: int = 64, prov_conc: int = 256,
+                 auth: bool | None = None) -> str:
+    auth = AUTH if auth is None else auth
     return CONFIG.format(workdir=workdir, up_port=up_port, sync=sync, runtime_conc=runtime_conc,
-                         prov_conc=prov_conc)
+                         prov_conc=prov_conc, auth="true" if auth else "false")
 
 
 # ----------------------------------------------------------------- measurements
@@ -148,7 +161,7 @@ def bench_config(workdir: str, up_port: int, sync: str, runtime_conc: int = 64, 
 def idle_rss(workdir: str, repeats: int) -> dict:
     out: dict[str, list[float]] = {"daemon": [], "bare": [], "bare_minimal": []}
     for i in range(repeats):
-        proc, _, _ = daemon(workdir, f"idle-{i}", None)   # embedded default config
+        proc, _, _, _ = daemon(workdir, f"idle-{i}", None)   # embedded default config (auth on)
         time.sleep(2)
         out["daemon"].append(load.rss_kb(proc.pid) / 1024)
         proc.stop()
@@ -170,18 +183,22 @@ def idle_rss(workdir: str, repeats: int) -> dict:
 def throughput(workdir: str, sync: str, n: int, c: int, lat_rate: float) -> dict:
     up, up_port = upstream(workdir)
     up_url = f"http://127.0.0.1:{up_port}"
-    proc, url, db = daemon(workdir, f"tp-{sync}", bench_config(workdir, up_port, sync))
+    proc, url, db, tok = daemon(workdir, f"tp-{sync}", bench_config(workdir, up_port, sync))
     try:
-        asyncio.run(load.throughput(url, db, 500, c, "k2p5", up_url))   # warm-up
-        res = {"throughput": asyncio.run(load.throughput(url, db, n, c, "k2p5", up_url))}
+        asyncio.run(load.throughput(url, db, 500, c, "k2p5", up_url, token=tok))   # warm-up
+        res = {"auth": tok is not None,
+               "throughput": asyncio.run(load.throughput(url, db, n, c, "k2p5", up_url, token=tok))}
         res["rss_after_mb"] = round(load.rss_kb(proc.pid) / 1024, 1)
         # quiet passes (no HTTP polling while agents run): the in-daemon added latency
-        res["latency_quiet_sequential"] = asyncio.run(load.latency(url, db, 0, 0, "k2p5", up_url, 300, "db"))
+        res["latency_quiet_sequential"] = asyncio.run(load.latency(url, db, 0, 0, "k2p5", up_url, 300, "db",
+                                                                   token=tok))
         res["latency_quiet_open_loop"] = asyncio.run(load.latency(url, db, lat_rate, 10, "k2p5", up_url, None,
-                                                                  "none"))
+                                                                  "none", token=tok))
         # watched passes: what a client sees (HTTP polling) and when the row is durable (db polling)
-        res["latency_watched_sequential"] = asyncio.run(load.latency(url, db, 0, 0, "k2p5", up_url, 200))
-        res["latency_watched_open_loop"] = asyncio.run(load.latency(url, db, lat_rate, 10, "k2p5", up_url))
+        res["latency_watched_sequential"] = asyncio.run(load.latency(url, db, 0, 0, "k2p5", up_url, 200,
+                                                                     token=tok))
+        res["latency_watched_open_loop"] = asyncio.run(load.latency(url, db, lat_rate, 10, "k2p5", up_url,
+                                                                    token=tok))
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
             res["db_synchronous"] = sync
             res["db_rows"] = conn.execute("SELECT COUNT(*) FROM agents").fetchone()[0]
@@ -194,10 +211,10 @@ def throughput(workdir: str, sync: str, n: int, c: int, lat_rate: float) -> dict
 def inflight(workdir: str, n: int, c: int, delay: float, runtime_conc: int, prov_conc: int) -> dict:
     up, up_port = upstream(workdir, delay)
     name = f"inflight-{runtime_conc}-{prov_conc}"
-    proc, url, _ = daemon(workdir, name, bench_config(workdir, up_port, "normal", runtime_conc, prov_conc))
+    proc, url, _, tok = daemon(workdir, name, bench_config(workdir, up_port, "normal", runtime_conc, prov_conc))
     try:
         time.sleep(2)
-        res = asyncio.run(load.inflight(url, proc.pid, n, c, "k2p5"))
+        res = asyncio.run(load.inflight(url, proc.pid, n, c, "k2p5", token=tok))
         res.update(runtime_max_concurrency=runtime_conc, provider_max_concurrency=prov_conc,
                    upstream_delay_s=delay)
     finally:
@@ -229,7 +246,11 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=60.0, help="slow upstream delay for the in-flight run")
     p.add_argument("--repeats", type=int, default=3, help="idle RSS samples per process")
     p.add_argument("--workdir")
+    p.add_argument("--no-auth", action="store_true",
+                   help="[security] auth = false in the bench configs (default: on, the bootstrap token is sent)")
     a = p.parse_args()
+    global AUTH
+    AUTH = not a.no_auth
     try:  # the load generator shares the 2 cores: give it the fast loop too
         import uvloop
         uvloop.install()
@@ -237,7 +258,8 @@ def main() -> None:
         pass
     only = a.only or ["idle", "throughput", "inflight"]
     workdir = a.workdir or tempfile.mkdtemp(prefix="j1msky-bench-")
-    results: dict = {"machine": machine(), "workdir": workdir}
+    os.makedirs(workdir, exist_ok=True)
+    results: dict = {"machine": machine(), "workdir": workdir, "auth": AUTH}
     print(json.dumps(results["machine"]), file=sys.stderr)
     if "idle" in only:
         results["idle"] = idle_rss(workdir, a.repeats)
