@@ -119,10 +119,10 @@ class AgentService:
         model = self._check_model(body, prefix, errors)
         retention = self._check_privacy(body, prefix, errors)
         url = body.get("webhook_url")
-        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://", "file:///"))
+        # http(s) only: a file:// sink writes local files, which is for admin-made webhooks.
+        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))
                                 or len(url) > 2000):
-            errors.append({"field": prefix + "webhook_url",
-                           "message": "webhook_url must be an http(s):// URL (or file:///path)"})
+            errors.append({"field": prefix + "webhook_url", "message": "webhook_url must be an http(s):// URL"})
         if errors:
             return None
         return Agent(agent_id=self._new_id(now), kind=A.KIND_AGENT, model=model, task=task, priority=priority,

@@ -134,6 +134,17 @@ class EventLog:
             self._throttle[throttle_key] = now
         asyncio.ensure_future(self.emit(type_, data))
 
+    def wants(self, type_: str) -> bool:
+        """Is any live listener interested in this type (so it is worth producing)?"""
+        return any(sub.types is None or type_ in sub.types for sub in self.subscribers)
+
+    def publish_live(self, type_: str, data: dict[str, Any]) -> None:
+        """A live-only event (id 0): to current listeners, never stored or sent to webhooks.
+        For ``agent.output`` deltas: many per agent, worthless after the agent's end."""
+        event = Event(0, self.clock(), type_, data)
+        for sub in list(self.subscribers):
+            sub.offer(event)
+
     # -- reading ----------------------------------------------------------------------------
     def subscribe(self, types: Iterable[str] | None = None) -> Subscription:
         sub = Subscription(frozenset(types) if types else None)

@@ -43,6 +43,10 @@ MAX_PLUGIN_BYTES = 1 << 20
 NAMESPACE = "j1msky_plugins"
 _FILE_RE = re.compile(r"^[a-z][a-z0-9_]*\.py$")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# Python 3.11.2 (bookworm) keeps the AST validator's recursion depth in global state, so
+# two threads parsing at once can fail with "AST constructor recursion depth mismatch"
+# (CPython gh-106905, fixed in 3.11.5): parse and compile one file at a time.
+_AST_LOCK = threading.Lock()
 
 ProviderFactory = Callable[[ProviderSettings, Any], Any]
 SinkFactory = Callable[[dict, Any], Any]
@@ -371,12 +375,13 @@ def _load_file(registry: PluginRegistry, record: _Record, timeout: float, *, req
         record.reason = str(exc)
         return
     try:
-        tree = ast.parse(source, filename=record.path)
-        problem = _declared_api(tree)
-        if problem:
-            record.reason = problem  # refused; no code from the file has run
-            return
-        code = compile(tree, record.path, "exec", dont_inherit=True)  # the same bytes we checked
+        with _AST_LOCK:
+            tree = ast.parse(source, filename=record.path)
+            problem = _declared_api(tree)
+            if problem:
+                record.reason = problem  # refused; no code from the file has run
+                return
+            code = compile(tree, record.path, "exec", dont_inherit=True)  # the same bytes we checked
     except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes in source
         record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
         return

@@ -449,7 +449,7 @@ class AgentRuntime:
             agent.attempts += 1
             slot.calls += 1
             try:
-                result = await slot.client.complete(request)
+                result = await self._complete(slot, request, agent, alias)
             except asyncio.CancelledError:
                 slot.breaker.release_probe()
                 raise
@@ -477,6 +477,26 @@ class AgentRuntime:
             if attempt < self.rt.max_attempts:
                 await asyncio.sleep(backoff_delay(attempt, self.rt.retry_base_delay, self.rt.retry_max_delay))
         return last
+
+    async def _complete(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent,
+                        alias: str) -> CompletionResult:
+        """One provider call.  Streamed (agent.output deltas to live listeners) when the
+        plugin can stream and someone is listening; the result is the same either way."""
+        stream = getattr(slot.client, "stream", None)
+        if stream is None or self.events is None or not self.events.wants("agent.output"):
+            return await slot.client.complete(request)
+        result: CompletionResult | None = None
+        index = 0
+        async for item in stream(request):
+            if isinstance(item, CompletionResult):
+                result = item
+            elif isinstance(item, str) and item:
+                self.events.publish_live("agent.output", {"agent_id": agent.agent_id, "model": alias,
+                                                          "index": index, "delta": item})
+                index += 1
+        if result is None:
+            raise ProviderError(f"{slot.name}: the stream ended without a result", kind="invalid_response")
+        return result
 
     # -- finishing ----------------------------------------------------------------------
     async def _finish(self, agent: Agent, status: str, **fields: Any) -> None:

@@ -2,9 +2,10 @@
 
 Delivery is durable and at least once.  The outbox rows (``deliveries``) are written
 with the event in the transaction of the state change (events.py).  The worker sends
-due deliveries through the webhook's sink plugin, at most ``PER_MINUTE`` per webhook,
-one at a time per webhook (so a receiver sees its events in order), and retries a
-failure with exponential backoff (``RETRY_BASE`` s doubling, capped at an hour, with
+due deliveries through the webhook's sink plugin, at most ``PER_MINUTE`` in any
+``PACE_WINDOW`` (a minute) per endpoint URL, one at a time per webhook (so a receiver
+sees its events in order: a delivery waiting or failing holds back the later ones),
+and retries a failure with exponential backoff (``RETRY_BASE`` s doubling, capped at an hour, with
 jitter) until the delivery is ``GIVE_UP_AFTER`` old; then it is ``failed`` and can be
 redelivered by hand.  A crash between sending and recording means the receiver may
 see a delivery twice: it has the same ``X-J1MSKY-Delivery`` id both times.
@@ -176,8 +177,7 @@ class WebhookService:
         Its deliveries are signed with the spawning API key's signing secret, which the
         caller already holds (a random one when authentication is off).
         """
-        sink = "file" if isinstance(url, str) and url.startswith("file:") else "http"
-        hook = Webhook("webhook_" + secrets.token_hex(6), _check_url(url, sink), sink, AGENT_DONE,
+        hook = Webhook("webhook_" + secrets.token_hex(6), _check_url(url, "http"), "http", AGENT_DONE,
                        secret or secrets.token_urlsafe(32), "active", f"webhook_url of {agent_id}", api_key_id,
                        agent_id, self.clock())
         return hook, self._insert(hook)

@@ -106,6 +106,11 @@ class FakeUpstream:
             for i, word in enumerate(self.reply_text.split(" ")):
                 chunk = {"choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}}]}
                 await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                if self.delay:
+                    await asyncio.sleep(self.delay / 10)
+            if (payload.get("stream_options") or {}).get("include_usage"):  # OpenAI's final usage chunk
+                usage = {"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens}
+                await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp

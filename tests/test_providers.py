@@ -150,7 +150,9 @@ async def test_openai_compat_stream(registry, session, fake_upstream):
     fake_upstream.reply_text = "one two three"
     provider = make(registry, session, "openai_compat", fake_upstream.url + "/v1")
     deltas = [d async for d in provider.stream(REQ)]
-    assert deltas == ["one", " two", " three"]
+    assert deltas[:-1] == ["one", " two", " three"]
+    final = deltas[-1]  # the whole text with the upstream's usage
+    assert final.text == "one two three" and (final.input_tokens, final.output_tokens) == (11, 7)
     assert fake_upstream.calls[0]["json"]["stream"] is True
     fake_upstream.fail_next(1, 429, retry_after=2)
     with pytest.raises(ProviderError) as info:

@@ -21,6 +21,7 @@ from ..events import EVENT_TYPES, Event
 from .common import CONFIG, SERVICES, json_response, query_params
 
 HEARTBEAT = 15.0
+POLL = 0.25  # seconds between looks at an idle reader's connection
 REPLAY_PAGE = 500
 
 
@@ -94,16 +95,27 @@ async def _replay_then_live(request: web.Request, sub: Any, last: int, types: li
             last = event.id
         if len(page) < REPLAY_PAGE:
             break
+    idle = 0.0
     while True:
         try:
-            async with asyncio.timeout(HEARTBEAT):  # not wait_for: see webhooks.py
+            async with asyncio.timeout(POLL):  # not wait_for: see webhooks.py
                 event = await sub.queue.get()
         except TimeoutError:
-            await send(None)
+            # aiohttp does not always cancel a handler whose client went away (3.8 never
+            # does, 3.9+ only with handler_cancellation): look, so no reader lingers.
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError("the reader went away") from None
+            idle += POLL
+            if idle >= HEARTBEAT:
+                idle = 0.0
+                await send(None)
             continue
+        idle = 0.0
         if event is None:
             return last  # too slow: closed; the client resumes from its last id
-        if event.id > last:
+        if event.id == 0:  # live-only (agent.output deltas): not in the log, nothing to resume
+            await send(event)
+        elif event.id > last:
             await send(event)
             last = event.id
 
@@ -123,13 +135,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
             await response.write(b": keep-alive\n\n")
             return
         data = json.dumps(event.payload(), separators=(",", ":"))
-        await response.write(f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n".encode())
+        event_id = f"id: {event.id}\n" if event.id else ""  # live-only events leave Last-Event-ID alone
+        await response.write(f"{event_id}event: {event.type}\ndata: {data}\n\n".encode())
 
     try:
         await response.write(b"retry: 3000\n\n")
         await _replay_then_live(request, sub, last, types, send)
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the reader went away (a cancellation, on shutdown or disconnect, propagates)
     finally:
         events.unsubscribe(sub)
     return response
@@ -166,7 +179,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             await ws.send_json(msg)
 
     async def pump_events(sub: Any, last: int, db_types: list[str] | None, wanted: set[str]) -> None:
-        last = await _replay_then_live(request, sub, last, db_types, lambda e: send_event(e, wanted))
+        try:
+            last = await _replay_then_live(request, sub, last, db_types, lambda e: send_event(e, wanted))
+        except ConnectionResetError:
+            return  # gone: the receive loop ends too
         # Fell too far behind: say where to resume, and close (the client resubscribes).
         await ws.send_json({"type": "error", "message": "too slow: subscribe again with last_event_id",
                             "last_event_id": last})

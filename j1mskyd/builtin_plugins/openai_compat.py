@@ -11,7 +11,8 @@
 The API key, when set, is sent as ``Authorization: Bearer <key>``.  Options:
 ``headers`` (dict of extra request headers).  When an upstream reports no
 ``usage`` (some llama.cpp builds), token counts are estimated from text length.
-``stream(request)`` yields text deltas from the ``"stream": true`` SSE variant.
+``stream(request)`` yields text deltas from the ``"stream": true`` SSE variant, then a
+CompletionResult with the upstream's usage (``stream_options.include_usage``).
 """
 
 from __future__ import annotations
@@ -50,32 +51,50 @@ class OpenAICompatProvider:
         except (KeyError, IndexError, TypeError):
             message = "answer has no choices[0].message.content"
             raise self._http.error(message, kind="invalid_response", status=200) from None
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-        prompt_tokens = usage.get("prompt_tokens")
-        completion_tokens = usage.get("completion_tokens")
-        if not isinstance(prompt_tokens, int):
-            prompt_tokens = estimate_tokens((request.system or "") + request.prompt)
-        if not isinstance(completion_tokens, int):
-            completion_tokens = estimate_tokens(text)
-        finish = choice.get("finish_reason")
-        return CompletionResult(
-            text=text,
-            input_tokens=prompt_tokens,
-            output_tokens=completion_tokens,
-            model=str(data.get("model") or request.model),
-            finish_reason=finish if isinstance(finish, str) and finish else "stop",
-        )
+        return _result(request, text, data.get("usage"), data.get("model"), choice.get("finish_reason"))
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[str]:
-        body = {**self._body(request), "stream": True}
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | CompletionResult]:
+        """Text deltas as they come, then one CompletionResult with the whole text and the
+        upstream's token counts (asked for with ``stream_options.include_usage``)."""
+        body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
+        parts: list[str] = []
+        usage: Any = None
+        model: Any = None
+        finish: Any = None
         async for event in self._http.post_sse(self._url, body, self._headers, request.timeout):
+            if not isinstance(event, dict):
+                continue
+            usage = event.get("usage") or usage
+            model = event.get("model") or model
             try:
-                delta = event["choices"][0].get("delta") or {}
+                choice = event["choices"][0]
+                delta = choice.get("delta") or {}
             except (KeyError, IndexError, TypeError, AttributeError):
-                continue  # e.g. a final usage-only chunk with empty choices
+                continue  # e.g. the final usage-only chunk with empty choices
+            finish = choice.get("finish_reason") or finish
             content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str) and content:
+                parts.append(content)
                 yield content
+        yield _result(request, "".join(parts), usage, model, finish)
+
+
+def _result(request: CompletionRequest, text: str, usage: Any, model: Any, finish: Any) -> CompletionResult:
+    """Token counts from ``usage`` when the upstream gave them, else estimated from the text."""
+    usage = usage if isinstance(usage, dict) else {}
+    prompt_tokens = usage.get("prompt_tokens")
+    completion_tokens = usage.get("completion_tokens")
+    if not isinstance(prompt_tokens, int):
+        prompt_tokens = estimate_tokens((request.system or "") + request.prompt)
+    if not isinstance(completion_tokens, int):
+        completion_tokens = estimate_tokens(text)
+    return CompletionResult(
+        text=text,
+        input_tokens=prompt_tokens,
+        output_tokens=completion_tokens,
+        model=str(model or request.model),
+        finish_reason=finish if isinstance(finish, str) and finish else "stop",
+    )
 
 
 def _content_text(content: Any) -> str:

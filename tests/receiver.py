@@ -1,0 +1,120 @@
+"""A webhook receiver for tests: a real aiohttp server on loopback.
+
+It checks ``X-J1MSKY-Signature`` against the HMAC-SHA256 of the *raw* body with the
+shared secret (computed here with hmac/hashlib, not with the daemon's helper), records
+every request it accepts (by ``X-J1MSKY-Delivery`` id), and can be told to fail
+(``fail = True``: HTTP 500) or be stopped and started again on the same port, as a
+receiver that goes down and comes back.  A request with a bad signature is answered
+401 and recorded in ``rejected``.  With ``secret=None`` nothing is checked (Slack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Received:
+    delivery_id: str | None
+    event: str | None
+    signature: str | None
+    body: bytes
+    headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def payload(self) -> Any:
+        return json.loads(self.body)
+
+
+def expected_signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Receiver:
+    def __init__(self, secret: str | None = "receiver-secret-123", port: int | None = None,
+                 path: str = "/hook") -> None:
+        self.secret = secret
+        self.port = port or _free_port()
+        self.path = path
+        self.fail = False              # answer 500 (after recording the attempt in ``failed``)
+        self.received: list[Received] = []
+        self.failed: list[Received] = []
+        self.rejected: list[Received] = []
+        self._runner: web.AppRunner | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        got = Received(request.headers.get("X-J1MSKY-Delivery"), request.headers.get("X-J1MSKY-Event"),
+                       request.headers.get("X-J1MSKY-Signature"), body, dict(request.headers))
+        if self.secret is not None and not hmac.compare_digest(
+                got.signature or "", expected_signature(self.secret, body)):
+            self.rejected.append(got)
+            self._changed.set()
+            return web.json_response({"error": "bad signature"}, status=401)
+        if self.fail:
+            self.failed.append(got)
+            self._changed.set()
+            return web.json_response({"error": "receiver is failing"}, status=500)
+        self.received.append(got)
+        self._changed.set()
+        return web.json_response({"ok": True})
+
+    async def start(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post(self.path, self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host="127.0.0.1", port=self.port, reuse_address=True).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- what arrived -----------------------------------------------------------------------
+    def delivery_ids(self) -> list[str | None]:
+        return [r.delivery_id for r in self.received]
+
+    def payloads(self) -> list[dict[str, Any]]:
+        return [r.payload for r in self.received]
+
+    def events(self) -> list[str]:
+        return [r.payload["event"] for r in self.received]
+
+    async def wait_for(self, count: int, timeout: float = 10.0, what: str = "received") -> list[Received]:
+        """Wait until ``len(self.<what>) >= count``."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while len(getattr(self, what)) < count:
+            left = end - loop.time()
+            if left <= 0:
+                raise AssertionError(f"receiver: {len(getattr(self, what))} {what} after {timeout:g} s, "
+                                     f"wanted {count}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.2))
+            except asyncio.TimeoutError:
+                pass
+        return getattr(self, what)

@@ -1,0 +1,659 @@
+"""Webhooks through real HTTP: a real aiohttp receiver on loopback (tests/receiver.py)
+checks every X-J1MSKY-Signature with the shared secret over the raw body and counts
+deliveries by their X-J1MSKY-Delivery id, through failures, outages and a kill -9.
+
+Covers CRUD and its 400/404s, the seed's payload shape and headers, routing by event
+type, pausing, the test endpoint, the deliveries listing, retries with backoff,
+giving up and redelivering, the per-endpoint pace, the slack and file sinks, a
+drop-in sink plugin, durability across kill -9 of a subprocess daemon, and the
+budget, security and rate-limit events.  Slow constants (RETRY_BASE, GIVE_UP_AFTER,
+PER_MINUTE) are patched per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from j1mskyd import webhooks
+from j1mskyd.api.common import SERVICES
+from j1mskyd.app import build_app
+from j1mskyd.keys import KeyService
+from j1mskyd.providers import ProviderSettings
+from tests.conftest import make_config, wait_status
+from tests.daemon import Daemon, write_config
+from tests.fakeupstream import FakeUpstream
+from tests.receiver import Receiver, expected_signature
+
+SECRET = "receiver-secret-123"
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+@pytest.fixture
+async def receiver():
+    rec = await Receiver(SECRET).start()
+    yield rec
+    await rec.stop()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(webhooks, "RETRY_BASE", 0.05)
+    monkeypatch.setattr(webhooks, "RETRY_CAP", 0.2)
+
+
+async def create_hook(client, **body) -> dict:
+    resp = await client.post("/api/webhooks", json=body)
+    answer = await resp.json()
+    assert resp.status == 201, answer
+    return answer["data"]
+
+
+async def spawn(client, **body) -> str:
+    resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "write a haiku"} | body)
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["agent_id"]
+
+
+async def deliveries(client, webhook_id: str, **params) -> list[dict]:
+    resp = await client.get(f"/api/webhooks/{webhook_id}/deliveries", params=params)
+    body = await resp.json()
+    assert resp.status == 200, body
+    return body["data"]
+
+
+async def eventually(predicate, timeout: float = 5.0, what: str = "condition"):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}; last: {value!r}")
+        await asyncio.sleep(0.02)
+
+
+def bad_field(body: dict) -> str:
+    return body["error"]["details"][0]["field"]
+
+
+# -- CRUD -----------------------------------------------------------------------------------
+
+async def test_crud_in_the_seed_and_kyros_shapes(client):
+    resp = await client.post("/api/webhooks", json={"url": "https://example.com/hook",
+                                                    "events": ["agent.completed", "agent.failed"],
+                                                    "secret": "your_webhook_secret", "description": "mine"})
+    body = await resp.json()
+    assert resp.status == 201, body
+    hook = body["data"]
+    assert body["success"] is True and hook["id"].startswith("webhook_")
+    assert hook["url"] == "https://example.com/hook" and hook["events"] == ["agent.completed", "agent.failed"]
+    assert hook["status"] == "active" and hook["last_triggered"] is None and hook["sink"] == "http"
+    assert "secret" not in hook and "secret" not in body  # never echoed back when the caller chose it
+    datetime.fromisoformat(hook["created_at"].replace("Z", "+00:00"))
+
+    listed = await (await client.get("/api/webhooks")).json()
+    assert [h["id"] for h in listed["data"]] == [hook["id"]] and listed["count"] == 1
+    got = await (await client.get(f"/api/webhooks/{hook['id']}")).json()
+    assert got["data"] == hook
+
+    resp = await client.put(f"/api/webhooks/{hook['id']}", json={"events": ["agent.spawned"], "status": "paused"})
+    updated = (await resp.json())["data"]
+    assert resp.status == 200 and updated["events"] == ["agent.spawned"] and updated["status"] == "paused"
+    assert (await (await client.get(f"/api/webhooks/{hook['id']}")).json())["data"]["status"] == "paused"
+
+    # No secret given: one is generated and shown once.
+    resp = await client.post("/api/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["*"]})
+    made = await resp.json()
+    assert resp.status == 201 and len(made["data"]["secret"]) >= 32
+    assert resp.headers["Cache-Control"] == "no-store"
+    again = await (await client.get(f"/api/webhooks/{made['data']['id']}")).json()
+    assert "secret" not in again["data"]
+
+    resp = await client.delete(f"/api/webhooks/{hook['id']}")
+    assert resp.status == 200
+    for method, path in (("GET", ""), ("PUT", ""), ("DELETE", ""), ("POST", "/test"), ("GET", "/deliveries"),
+                         ("POST", "/deliveries/dlv_0000/redeliver")):
+        resp = await client.request(method, f"/api/webhooks/{hook['id']}{path}", json={"status": "active"})
+        assert resp.status == 404, (method, path, await resp.text())
+    resp = await client.post(f"/api/webhooks/{made['data']['id']}/deliveries/dlv_nope/redeliver")
+    assert resp.status == 404
+    assert [h["id"] for h in (await (await client.get("/api/webhooks")).json())["data"]] == [made["data"]["id"]]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"url": "ftp://example.com/x", "events": ["agent.completed"]}, "url"),
+    ({"url": "not a url", "events": ["agent.completed"]}, "url"),
+    ({"url": "http:///nohost", "events": ["agent.completed"]}, "url"),
+    ({"events": ["agent.completed"]}, "url"),
+    ({"url": "https://example.com/x", "events": ["agent.exploded"]}, "events"),
+    ({"url": "https://example.com/x", "events": []}, "events"),
+    ({"url": "https://example.com/x", "events": "agent.completed"}, "events"),
+    ({"url": "https://example.com/x", "events": ["agent.completed"], "secret": "short"}, "secret"),
+    ({"url": "https://example.com/x", "events": ["agent.completed"], "secret": 12345678}, "secret"),
+    ({"url": "https://example.com/x", "events": ["agent.completed"], "sink": "carrier_pigeon"}, "sink"),
+    ({"url": "https://example.com/x", "events": ["agent.completed"], "sink": "file"}, "url"),
+    ({"url": "https://example.com/x", "events": ["agent.completed"], "description": 5}, "description"),
+])
+async def test_create_validation_is_400_naming_the_field(client, body, field):
+    resp = await client.post("/api/webhooks", json=body)
+    answer = await resp.json()
+    assert resp.status == 400, answer
+    assert bad_field(answer) == field, answer
+    assert (await (await client.get("/api/webhooks")).json())["count"] == 0
+
+
+async def test_update_validation_and_bad_bodies(client):
+    hook = await create_hook(client, url="https://example.com/x", events=["agent.completed"], secret=SECRET)
+    path = f"/api/webhooks/{hook['id']}"
+    for body, field in (({"status": "sleeping"}, "status"), ({"events": ["nope"]}, "events"),
+                        ({"secret": "short"}, "secret"), ({"url": "gopher://x"}, "url"),
+                        ({"sink": "slack"}, "sink"), ({}, "body")):
+        resp = await client.put(path, json=body)
+        answer = await resp.json()
+        assert resp.status == 400 and bad_field(answer) == field, (body, answer)
+    resp = await client.post("/api/webhooks", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    resp = await client.post("/api/webhooks", json=["a", "list"])
+    assert resp.status == 400
+    assert (await (await client.get(path)).json())["data"] == hook  # nothing changed
+
+
+async def test_webhooks_need_admin_scope_and_events_need_read(aiohttp_client, tmp_path):
+    cfg = make_config(tmp_path)
+    cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True))
+    client = await aiohttp_client(build_app(cfg))
+    admin = json.loads((Path(cfg.server.state_dir) / KeyService.BOOTSTRAP_FILE).read_text())["token"]
+    resp = await client.post("/api/keys", json={"name": "reader", "scopes": ["agents:read"]},
+                             headers={"Authorization": f"Bearer {admin}"})
+    assert resp.status in (200, 201), await resp.text()
+    created = await resp.json()
+    reader = created.get("key") or created.get("token") or created["data"]["key"]
+    assert (await client.get("/api/webhooks")).status == 401
+    assert (await client.get("/api/webhooks", headers={"Authorization": f"Bearer {reader}"})).status == 403
+    assert (await client.get("/api/webhooks", headers={"Authorization": f"Bearer {admin}"})).status == 200
+    assert (await client.get("/api/events")).status == 401
+    assert (await client.get("/api/events", headers={"Authorization": f"Bearer {reader}"})).status == 200
+
+
+# -- delivery -----------------------------------------------------------------------------------
+
+async def test_seed_payload_signed_over_the_raw_body(client, receiver):
+    hook = await create_hook(client, url=receiver.url, events=["agent.completed", "agent.failed"], secret=SECRET)
+    before = time.time()
+    agent_id = await spawn(client, task="Write Python function")
+    done = await wait_status(client, agent_id)
+    [got] = await receiver.wait_for(1)
+    assert receiver.rejected == []
+    # The exact HMAC over the bytes as sent (not over a re-serialisation).
+    assert got.signature == expected_signature(SECRET, got.body)
+    assert got.signature.startswith("sha256=") and len(got.signature) == 7 + 64
+    assert got.event == "agent.completed" and got.headers["Content-Type"].startswith("application/json")
+    assert got.delivery_id.startswith("dlv_")
+    payload = got.payload
+    assert set(payload) >= {"event", "timestamp", "data"}
+    assert payload["event"] == "agent.completed"
+    ts = datetime.strptime(payload["timestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    assert before - 1 <= ts <= time.time() + 1  # a receiver can refuse old deliveries by it
+    data = payload["data"]
+    assert data["agent_id"] == agent_id and data["model"] == done["model"]
+    assert data["task"] == "Write Python function" and data["result"] == done["result"]
+    assert data["cost"] == done["cost"] and data["status"] == "completed"
+
+    [row] = await deliveries(client, hook["id"])
+    assert row["delivery_id"] == got.delivery_id and row["status"] == "delivered" and row["attempts"] == 1
+    assert row["event"] == "agent.completed" and row["last_error"] is None
+    view = (await (await client.get(f"/api/webhooks/{hook['id']}")).json())["data"]
+    assert view["last_triggered"] is not None
+
+
+async def test_a_wrong_secret_is_refused_by_the_receiver_and_retried(client, receiver, fast_retries):
+    hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret="not-the-receivers")
+    await wait_status(client, await spawn(client))
+    await receiver.wait_for(2, what="rejected")
+    assert receiver.received == []
+    [row] = await deliveries(client, hook["id"])
+    assert row["status"] == "pending" and row["attempts"] >= 2 and row["last_status"] == 401
+    assert "401" in row["last_error"]
+    # The operator fixes the secret: the pending delivery then arrives, same delivery id.
+    resp = await client.put(f"/api/webhooks/{hook['id']}", json={"secret": SECRET})
+    assert resp.status == 200
+    [got] = await receiver.wait_for(1)
+    assert got.delivery_id == row["delivery_id"]
+
+
+async def test_routing_by_event_type(client, receiver):
+    other = await Receiver(SECRET, path="/other").start()
+    try:
+        done_hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
+        spawn_hook = await create_hook(client, url=other.url, events=["agent.spawned"], secret=SECRET)
+        ids = [await spawn(client) for _ in range(3)]
+        for agent_id in ids:
+            await wait_status(client, agent_id)
+        await receiver.wait_for(3)
+        await other.wait_for(3)
+        await asyncio.sleep(0.2)
+        assert receiver.events() == ["agent.completed"] * 3
+        assert other.events() == ["agent.spawned"] * 3
+        assert [p["data"]["agent_id"] for p in other.payloads()] == ids  # in order
+        assert sorted(p["data"]["agent_id"] for p in receiver.payloads()) == sorted(ids)
+        assert len(await deliveries(client, done_hook["id"])) == 3
+        assert len(await deliveries(client, spawn_hook["id"])) == 3
+    finally:
+        await other.stop()
+
+
+async def test_paused_hook_gets_nothing_until_resumed_then_what_was_pending(client, receiver):
+    hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
+    await wait_status(client, await spawn(client))
+    await receiver.wait_for(1)
+    resp = await client.put(f"/api/webhooks/{hook['id']}", json={"status": "paused"})
+    assert resp.status == 200
+    paused_ids = [await spawn(client) for _ in range(2)]
+    for agent_id in paused_ids:
+        await wait_status(client, agent_id)
+    test = await (await client.post(f"/api/webhooks/{hook['id']}/test")).json()
+    await asyncio.sleep(0.3)
+    assert len(receiver.received) == 1  # nothing while paused
+    pending = await deliveries(client, hook["id"], status="pending")
+    assert len(pending) == 3, pending
+    resp = await client.put(f"/api/webhooks/{hook['id']}", json={"status": "active"})
+    assert resp.status == 200
+    await receiver.wait_for(4)
+    await asyncio.sleep(0.1)
+    assert len(receiver.received) == 4
+    later = receiver.payloads()[1:]
+    assert sorted(p["data"]["agent_id"] for p in later if p["event"] == "agent.completed") == sorted(paused_ids)
+    assert test["delivery_id"] in receiver.delivery_ids()
+    assert await deliveries(client, hook["id"], status="pending") == []
+
+
+async def test_test_endpoint_sends_a_signed_test_event_to_that_hook_only(client, receiver):
+    other = await Receiver(SECRET, path="/other").start()
+    try:
+        hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
+        await create_hook(client, url=other.url, events=["*"], secret=SECRET)
+        resp = await client.post(f"/api/webhooks/{hook['id']}/test")
+        answer = await resp.json()
+        assert resp.status == 202 and answer["success"] is True and answer["delivery_id"].startswith("dlv_")
+        [got] = await receiver.wait_for(1)
+        assert got.delivery_id == answer["delivery_id"] and got.event == "webhook.test"
+        assert got.signature == expected_signature(SECRET, got.body)
+        assert got.payload["data"]["webhook_id"] == hook["id"]
+        await asyncio.sleep(0.2)
+        assert other.received == []  # even the "*" hook does not get another hook's test
+    finally:
+        await other.stop()
+
+
+async def test_failing_receiver_is_retried_with_backoff_until_it_recovers(client, receiver, monkeypatch):
+    monkeypatch.setattr(webhooks, "RETRY_BASE", 0.1)
+    receiver.fail = True
+    hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
+    await wait_status(client, await spawn(client))
+    await receiver.wait_for(4, what="failed")
+    [row] = await deliveries(client, hook["id"])
+    assert row["status"] == "pending" and row["attempts"] >= 4
+    assert row["last_status"] == 500 and "500" in row["last_error"] and row["next_attempt_at"] is not None
+    # Exponential backoff: 0.1, 0.2, 0.4 s (+-20 %) between the attempts.
+    gaps = [b.at - a.at for a, b in zip(receiver.failed, receiver.failed[1:])]
+    assert 0.07 <= gaps[0] <= 0.3, gaps
+    assert gaps[1] >= gaps[0] * 1.2 and gaps[2] >= gaps[1] * 1.2, gaps
+    assert len({r.delivery_id for r in receiver.failed}) == 1  # the same delivery each time
+    receiver.fail = False
+    [got] = await receiver.wait_for(1, timeout=5)
+    assert got.delivery_id == row["delivery_id"]
+    [row] = await deliveries(client, hook["id"])
+    assert row["status"] == "delivered" and row["attempts"] == len(receiver.failed) + 1
+    assert row["last_error"] is None
+
+
+async def test_give_up_then_redeliver_with_a_new_delivery_id(client, receiver, fast_retries, monkeypatch):
+    monkeypatch.setattr(webhooks, "GIVE_UP_AFTER", 0.3)
+    receiver.fail = True
+    hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
+    await wait_status(client, await spawn(client))
+
+    async def failed():
+        rows = await deliveries(client, hook["id"])
+        return rows if rows and rows[0]["status"] == "failed" else None
+
+    [row] = await eventually(failed, what="the delivery to be given up")
+    assert row["attempts"] >= 2 and "500" in row["last_error"] and row["next_attempt_at"] is None
+    tries = len(receiver.failed)
+    await asyncio.sleep(0.3)
+    assert len(receiver.failed) == tries  # given up: no more attempts
+    receiver.fail = False
+    resp = await client.post(f"/api/webhooks/{hook['id']}/deliveries/{row['delivery_id']}/redeliver")
+    answer = await resp.json()
+    assert resp.status == 202 and answer["redelivers"] == row["delivery_id"]
+    assert answer["delivery_id"] != row["delivery_id"]
+    [got] = await receiver.wait_for(1)
+    assert got.delivery_id == answer["delivery_id"]
+    assert got.payload["event"] == "agent.completed" and got.signature == expected_signature(SECRET, got.body)
+    rows = {r["delivery_id"]: r for r in await deliveries(client, hook["id"])}
+    assert rows[answer["delivery_id"]]["status"] == "delivered"
+    assert rows[row["delivery_id"]]["status"] == "failed"
+    assert rows[answer["delivery_id"]]["event_id"] == rows[row["delivery_id"]]["event_id"]
+    # A delivered one can be redelivered as well; a pending one cannot.
+    resp = await client.post(f"/api/webhooks/{hook['id']}/deliveries/{answer['delivery_id']}/redeliver")
+    assert resp.status == 202
+    await receiver.wait_for(2)
+    receiver.fail = True
+    await wait_status(client, await spawn(client))
+    pending = await eventually(lambda: deliveries(client, hook["id"], status="pending"), what="a pending one")
+    resp = await client.post(f"/api/webhooks/{hook['id']}/deliveries/{pending[0]['delivery_id']}/redeliver")
+    assert resp.status == 400
+
+
+async def test_at_most_per_minute_per_endpoint(aiohttp_client, tmp_path, receiver, monkeypatch):
+    monkeypatch.setattr(webhooks, "PER_MINUTE", 3)
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
+    ids = [await spawn(client) for _ in range(5)]
+    for agent_id in ids:
+        await wait_status(client, agent_id)
+    await receiver.wait_for(3)
+    await asyncio.sleep(0.5)
+    assert len(receiver.received) == 3  # the other two wait for the next minute
+    rows = await deliveries(client, hook["id"], status="pending")
+    assert len(rows) == 2 and all(r["attempts"] == 0 for r in rows)
+    due = [datetime.fromisoformat(r["next_attempt_at"].replace("Z", "+00:00")).timestamp() for r in rows]
+    assert all(d >= time.time() + 10 for d in due), due  # one every 20 s (60 / 3)
+    # A second webhook to the same receiver URL shares that endpoint's allowance.
+    second = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
+    await wait_status(client, await spawn(client))
+    await asyncio.sleep(0.5)
+    assert len(receiver.received) == 3
+    assert len(await deliveries(client, second["id"], status="pending")) == 1
+
+
+async def test_pace_spreads_deliveries_over_the_window(aiohttp_client, tmp_path, receiver, monkeypatch):
+    monkeypatch.setattr(webhooks, "PER_MINUTE", 4)
+    monkeypatch.setattr(webhooks, "PACE_WINDOW", 1.0)
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
+    began = time.monotonic()
+    for _ in range(10):
+        await spawn(client)
+    got = await receiver.wait_for(10, timeout=8)
+    times = [r.at for r in got]
+    # Never more than 4 in any 1 s window, and the whole lot well within 3 windows.
+    for i in range(len(times) - 4):
+        assert times[i + 4] - times[i] >= 0.95, times
+    assert times[-1] - began < 4.0
+    assert len(set(receiver.delivery_ids())) == 10
+
+
+# -- other sinks ------------------------------------------------------------------------------------
+
+async def test_slack_sink_posts_an_incoming_webhook_message(client):
+    slack = await Receiver(secret=None, path="/services/T000/B000/XXXX").start()
+    try:
+        await create_hook(client, url=slack.url, sink="slack", events=["agent.completed", "webhook.test"])
+        agent_id = await spawn(client)
+        await wait_status(client, agent_id)
+        [got] = await slack.wait_for(1)
+        body = got.payload
+        assert set(body) == {"text"} and isinstance(body["text"], str)
+        assert "agent.completed" in body["text"] and agent_id in body["text"]
+        assert got.headers["Content-Type"].startswith("application/json")
+    finally:
+        await slack.stop()
+
+
+async def test_file_sink_appends_json_lines(client, tmp_path):
+    path = tmp_path / "out" / "events.jsonl"
+    path.parent.mkdir()
+    hook = await create_hook(client, url=f"file://{path}", events=["agent.spawned", "agent.completed"])
+    assert hook["sink"] == "file"
+    ids = [await spawn(client) for _ in range(2)]
+    for agent_id in ids:
+        await wait_status(client, agent_id)
+
+    async def four_lines():
+        return path.exists() and len(path.read_text().splitlines()) >= 4
+
+    await eventually(four_lines, what="4 lines in the file")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 4 and len({line["delivery_id"] for line in lines}) == 4
+    assert all(line["event"] == line["payload"]["event"] for line in lines)
+    assert sorted(line["event"] for line in lines) == ["agent.completed"] * 2 + ["agent.spawned"] * 2
+    assert {line["payload"]["data"]["agent_id"] for line in lines} == set(ids)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    rows = await deliveries(client, hook["id"])
+    assert all(r["status"] == "delivered" for r in rows)
+
+
+DROPIN_SINK = '''
+J1MSKY_PLUGIN_API = 1
+SEEN = []
+
+class Collector:
+    def __init__(self, settings, session):
+        self.url = settings["url"]
+        self.secret = settings["secret"]
+    async def deliver(self, payload, *, delivery_id, event):
+        if payload["data"].get("task") == "fail me" and not any(d == delivery_id for d, _, _ in SEEN):
+            SEEN.append((delivery_id, event, None))
+            raise RuntimeError("collector hiccup")
+        SEEN.append((delivery_id, event, payload))
+
+def register(registry):
+    registry.add_sink("collector", Collector)
+'''
+
+
+async def test_dropin_sink_plugin(aiohttp_client, tmp_path, fast_retries):
+    plugdir = tmp_path / "plugins.d"
+    plugdir.mkdir(mode=0o755)
+    (plugdir / "collector_sink.py").write_text(DROPIN_SINK)
+    (plugdir / "collector_sink.py").chmod(0o644)
+    base = make_config(tmp_path)
+    cfg = dataclasses.replace(base, plugins=dataclasses.replace(base.plugins, dropin_dir=str(plugdir)))
+    client = await aiohttp_client(build_app(cfg))
+    hook = await create_hook(client, url="https://collector.invalid/x", sink="collector",
+                             events=["agent.completed"])
+    assert hook["sink"] == "collector"
+    seen = sys.modules["j1msky_plugins.collector_sink"].SEEN
+    seen.clear()
+    ok_id = await spawn(client)
+    bad_id = await spawn(client, task="fail me")
+    for agent_id in (ok_id, bad_id):
+        await wait_status(client, agent_id)
+
+    async def both():
+        return len([s for s in seen if s[2] is not None]) == 2
+
+    await eventually(both, what="both deliveries through the drop-in sink")
+    done = {s[2]["data"]["agent_id"]: s for s in seen if s[2] is not None}
+    assert set(done) == {ok_id, bad_id} and all(s[1] == "agent.completed" for s in done.values())
+    rows = {r["delivery_id"]: r for r in await deliveries(client, hook["id"])}
+    assert rows[done[bad_id][0]]["attempts"] == 2 and rows[done[ok_id][0]]["attempts"] == 1
+    # A sink kind nobody registered is refused; the plugin shows up in /plugins.
+    resp = await client.post("/api/webhooks", json={"url": "https://x.invalid/", "sink": "nobody",
+                                                    "events": ["*"]})
+    assert resp.status == 400 and "collector" in (await resp.json())["error"]["message"]
+
+
+# -- budget, security and rate-limit events --------------------------------------------------------
+
+async def test_budget_events_as_spend_crosses_thresholds(aiohttp_client, tmp_path, receiver):
+    upstream = await FakeUpstream().start()
+    try:
+        base = make_config(tmp_path)
+        providers = dict(base.providers)
+        providers["paid"] = ProviderSettings(name="paid", plugin="openai_compat", base_url=upstream.url + "/v1",
+                                             api_key="sk-paid", timeout=60, max_concurrency=4, hourly_limit=1000)
+        models = dict(base.models)
+        models["k2p5"] = dataclasses.replace(models["k2p5"], provider="paid", input_per_1k=0.0, output_per_1k=1.0,
+                                             typical_output_tokens=100, fallback=None)
+        cfg = dataclasses.replace(base, providers=providers, models=models,
+                                  budget=dataclasses.replace(base.budget, daily_budget=1.0))
+        client = await aiohttp_client(build_app(cfg))
+        await create_hook(client, url=receiver.url, events=["budget.notice", "budget.warning", "budget.critical"],
+                          secret=SECRET)
+        upstream.input_tokens = 0
+        for tokens in (550, 200, 200):  # $0.55 (55 %), $0.75 (75 %), $0.95 (95 %)
+            upstream.output_tokens = tokens
+            await wait_status(client, await spawn(client))
+        got = await receiver.wait_for(3)
+        await asyncio.sleep(0.1)
+        assert receiver.events() == ["budget.notice", "budget.warning", "budget.critical"]
+        data = [p["data"] for p in receiver.payloads()]
+        assert [d["budget_alert_level"] for d in data] == ["notice", "warning", "critical"]
+        assert [d["previous_level"] for d in data] == ["ok", "notice", "warning"]
+        assert data[-1]["budget_utilization_pct"] == pytest.approx(95.0)
+        assert all(r.signature == expected_signature(SECRET, r.body) for r in got)
+    finally:
+        await upstream.close()
+
+
+async def test_security_violation_events_are_throttled_per_key(aiohttp_client, tmp_path, receiver):
+    cfg = make_config(tmp_path)
+    cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True))
+    client = await aiohttp_client(build_app(cfg))
+    admin = {"Authorization": "Bearer " + json.loads(
+        (Path(cfg.server.state_dir) / KeyService.BOOTSTRAP_FILE).read_text())["token"]}
+    resp = await client.post("/api/webhooks", headers=admin,
+                             json={"url": receiver.url, "events": ["security.violation"], "secret": SECRET})
+    assert resp.status == 201
+    for _ in range(5):
+        assert (await client.get("/api/agents", headers={"Authorization": "Bearer j1_wrong"})).status == 401
+    for _ in range(3):
+        assert (await client.get("/api/agents")).status == 401
+    await receiver.wait_for(2)
+    await asyncio.sleep(0.3)
+    kinds = sorted(p["data"]["kind"] for p in receiver.payloads())
+    assert kinds == ["invalid_api_key", "missing_api_key"], receiver.payloads()
+    assert all(p["data"]["ip"] == "127.0.0.1" for p in receiver.payloads())
+    events = await (await client.get("/api/events?types=security.violation", headers=admin)).json()
+    assert len(events["data"]) == 2
+
+
+async def test_rate_limit_exhausted_event_once_per_key_per_minute(aiohttp_client, tmp_path, receiver):
+    cfg = make_config(tmp_path)
+    cfg = dataclasses.replace(cfg, limits=dataclasses.replace(cfg.limits, agents_list=2))
+    client = await aiohttp_client(build_app(cfg))
+    await create_hook(client, url=receiver.url, events=["rate_limit.exhausted"], secret=SECRET)
+    codes = [(await client.get("/api/agents")).status for _ in range(6)]
+    assert codes == [200, 200, 429, 429, 429, 429]
+    [got] = await receiver.wait_for(1)
+    await asyncio.sleep(0.3)
+    assert len(receiver.received) == 1
+    assert got.payload["data"]["endpoint_class"] == "agents_list" and got.payload["data"]["limit"] == 2
+
+
+# -- durability: kill -9 while the receiver is down ---------------------------------------------------
+
+async def test_kill_9_while_the_receiver_is_down_loses_nothing(tmp_path):
+    receiver = Receiver(SECRET)  # not started: down
+    daemon = Daemon(tmp_path, tmp_path / "state", write_config(tmp_path / "slow.toml", delay=30.0,
+                                                               max_concurrency=2), name="first")
+    fast = write_config(tmp_path / "fast.toml", delay=0.0, max_concurrency=8)
+    try:
+        await asyncio.to_thread(daemon.start)
+        status, hook = await asyncio.to_thread(daemon.request, "POST", "/api/webhooks", {
+            "url": receiver.url, "events": ["agent.spawned", "agent.completed", "agent.failed"], "secret": SECRET})
+        assert status == 201, hook
+        hook_id = hook["data"]["id"]
+        ids = [await asyncio.to_thread(daemon.spawn, f"task {i}", "quick") for i in range(4)]
+        ids += [await asyncio.to_thread(daemon.spawn, f"slow {i}", "k2p5") for i in range(3)]
+        for agent_id in ids[:4]:
+            await asyncio.to_thread(daemon.wait_agent, agent_id)
+
+        def attempted() -> list | None:
+            rows = daemon.get(f"/api/webhooks/{hook_id}/deliveries?limit=200")["data"]
+            return rows if len(rows) >= 11 and any(r["attempts"] >= 1 for r in rows) else None
+
+        end = time.monotonic() + 10
+        while not (rows := await asyncio.to_thread(attempted)):
+            assert time.monotonic() < end, "deliveries were not attempted"
+            await asyncio.sleep(0.1)
+        assert all(r["status"] == "pending" for r in rows)
+        assert all("cannot reach" in r["last_error"] for r in rows if r["attempts"])
+        await asyncio.to_thread(daemon.kill)
+
+        await receiver.start()
+        second = Daemon(tmp_path, tmp_path / "state", fast, name="second")
+        try:
+            await asyncio.to_thread(second.start)
+            for agent_id in ids[4:]:
+                await asyncio.to_thread(second.wait_agent, agent_id)
+            # 7 spawned + 7 finished (the slow ones re-run after the crash).
+            await receiver.wait_for(14, timeout=15)
+            await asyncio.sleep(0.5)
+            assert receiver.rejected == [] and receiver.failed == []
+            got = receiver.received
+            assert all(r.signature == expected_signature(SECRET, r.body) for r in got)
+            assert len(receiver.delivery_ids()) == len(set(receiver.delivery_ids())) == 14
+            seen = {(p["event"], p["data"]["agent_id"]) for p in receiver.payloads()}
+            assert seen == {(e, a) for a in ids for e in ("agent.spawned", "agent.completed")}
+            assert len({p["id"] for p in receiver.payloads()}) == 14  # every event once
+            rows = second.get(f"/api/webhooks/{hook_id}/deliveries?limit=200")["data"]
+            assert len(rows) == 14 and all(r["status"] == "delivered" for r in rows)
+            assert "Traceback" not in second.log(), second.log()
+        finally:
+            second.close()
+    finally:
+        daemon.close()
+        await receiver.stop()
+
+
+# -- a spawn's own webhook_url ---------------------------------------------------------------------
+
+async def test_spawn_webhook_url_gets_that_agents_end_signed_with_the_key_secret(aiohttp_client, tmp_path):
+    cfg = make_config(tmp_path)
+    cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True))
+    client = await aiohttp_client(build_app(cfg))
+    boot = json.loads((Path(cfg.server.state_dir) / KeyService.BOOTSTRAP_FILE).read_text())
+    admin = {"Authorization": f"Bearer {boot['token']}"}
+    rec = await Receiver(boot["secret"]).start()  # the caller already holds its key's secret
+    try:
+        resp = await client.post("/api/spawn", headers=admin,
+                                 json={"model": "k2p5", "task": "tell me when done", "webhook_url": rec.url})
+        assert resp.status == 200, await resp.text()
+        agent_id = (await resp.json())["agent_id"]
+        resp = await client.post("/api/spawn", headers=admin, json={"model": "k2p5", "task": "no hook"})
+        other = (await resp.json())["agent_id"]
+        for a in (agent_id, other):
+            resp = await client.get(f"/api/agent/{a}", headers=admin)
+            assert resp.status == 200
+        [got] = await rec.wait_for(1)
+        await asyncio.sleep(0.3)
+        assert len(rec.received) == 1 and rec.rejected == []
+        assert got.event == "agent.completed" and got.payload["data"]["agent_id"] == agent_id
+        assert got.signature == expected_signature(boot["secret"], got.body)
+        listed = await (await client.get("/api/webhooks", headers=admin)).json()
+        assert listed["count"] == 0  # a spawn's own hook is not an operator's webhook
+        resp = await client.post("/api/spawn", headers=admin,
+                                 json={"model": "k2p5", "task": "x", "webhook_url": "ftp://nope"})
+        assert resp.status == 400 and bad_field(await resp.json()) == "webhook_url"
+    finally:
+        await rec.stop()
+
+
+async def test_spawn_webhook_url_file_needs_admin(aiohttp_client, tmp_path):
+    cfg = make_config(tmp_path)
+    cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True))
+    client = await aiohttp_client(build_app(cfg))
+    boot = json.loads((Path(cfg.server.state_dir) / KeyService.BOOTSTRAP_FILE).read_text())
+    resp = await client.post("/api/keys", json={"name": "writer", "scopes": ["agents:read", "agents:write"]},
+                             headers={"Authorization": f"Bearer {boot['token']}"})
+    assert resp.status in (200, 201), await resp.text()
+    writer = (await resp.json())["token"]
+    target = tmp_path / "not-yours.txt"
+    resp = await client.post("/api/spawn", headers={"Authorization": f"Bearer {writer}"},
+                             json={"model": "k2p5", "task": "x", "webhook_url": f"file://{target}"})
+    assert resp.status in (400, 403), await resp.text()
