@@ -228,6 +228,13 @@ async def _lifecycle(app: web.Application):
         log.info("j1mskyd stopped; state saved in %s", state_dir)
 
 
+async def _close_live_readers(app: web.Application) -> None:
+    """on_shutdown: SSE and WebSocket readers end now instead of holding the stop for seconds."""
+    services = app.get(SERVICES)
+    if services is not None:
+        services.events.close_all()
+
+
 def build_app(config: Config) -> web.Application:
     app = web.Application(middlewares=list(MIDDLEWARES), client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
@@ -237,5 +244,6 @@ def build_app(config: Config) -> web.Application:
         Buckets(), {cls: Limit(getattr(lim, cls), lim.window_seconds) for cls in ENDPOINT_CLASSES}, lim.per_ip)
     app[REPLAY_GUARD] = ReplayGuard()
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_close_live_readers)
     setup_routes(app)
     return app

@@ -151,6 +151,12 @@ class EventLog:
         self.subscribers.add(sub)
         return sub
 
+    def close_all(self) -> None:
+        """At shutdown: tell every live reader to finish (they resume from their last id)."""
+        for sub in list(self.subscribers):
+            sub.queue = asyncio.Queue(1)
+            sub.queue.put_nowait(None)
+
     def unsubscribe(self, sub: Subscription) -> None:
         self.subscribers.discard(sub)
 

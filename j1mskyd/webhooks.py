@@ -432,7 +432,15 @@ class WebhookService:
              "WHERE delivery_id = ?", (attempts, self.clock(), row["delivery_id"])),
             ("UPDATE webhooks SET last_triggered = ? WHERE webhook_id = ?", (self.clock(), webhook_id)))
         current = self.hooks.get(webhook_id)  # re-read: it may have been changed or deleted meanwhile
-        if current is not None:
+        if current is not None and current.agent_id is not None:
+            # A spawn's own webhook has done its one job (its agent's end): forget it, so
+            # routing does not scan a list that grows with every such spawn.
+            del self.hooks[webhook_id]
+            self._sinks.pop(webhook_id, None)
+            await self.store.write(("DELETE FROM webhooks WHERE webhook_id = ? AND NOT EXISTS (SELECT 1 FROM "
+                                    "deliveries WHERE webhook_id = ? AND status = 'pending')",
+                                    (webhook_id, webhook_id)))
+        elif current is not None:
             self.hooks[webhook_id] = replace(current, last_triggered=self.clock())
         return True
 

@@ -637,6 +637,11 @@ async def test_spawn_webhook_url_gets_that_agents_end_signed_with_the_key_secret
         assert got.signature == expected_signature(boot["secret"], got.body)
         listed = await (await client.get("/api/webhooks", headers=admin)).json()
         assert listed["count"] == 0  # a spawn's own hook is not an operator's webhook
+        # Its one job done, it is forgotten (routing must not scan a list that only grows).
+        services = client.app[SERVICES]
+        assert not [h for h in services.webhooks.hooks.values() if h.agent_id == agent_id]
+        rows = services.store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0])
+        assert rows == 0
         resp = await client.post("/api/spawn", headers=admin,
                                  json={"model": "k2p5", "task": "x", "webhook_url": "ftp://nope"})
         assert resp.status == 400 and bad_field(await resp.json()) == "webhook_url"
