@@ -14,11 +14,14 @@ class ApiError(Exception):
     status = 500
     type = "INTERNAL_ERROR"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, type_: str | None = None,
+                 **extra: Any) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
         self.extra = extra
+        if type_:  # a more precise type than the class's (INVALID_API_KEY, IP_BLOCKED...)
+            self.type = type_
 
 
 class BadRequest(ApiError):
@@ -49,11 +52,6 @@ class Unauthorized(ApiError):
     status = 401
     type = "UNAUTHORIZED"
 
-    def __init__(self, message: str, *, type_: str | None = None, **kw) -> None:
-        super().__init__(message, **kw)
-        if type_:
-            self.type = type_
-
 
 class Forbidden(ApiError):
     status = 403
@@ -62,11 +60,6 @@ class Forbidden(ApiError):
 
 class IpNotAllowed(Forbidden):
     type = "IP_NOT_ALLOWED"
-
-    def __init__(self, message: str, *, type_: str | None = None, **kw) -> None:
-        super().__init__(message, **kw)
-        if type_:
-            self.type = type_
 
 
 class NotFound(ApiError):

@@ -10,8 +10,10 @@ backoff, so sinks never retry themselves.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+from typing import Any
 
 
 class SinkError(Exception):
@@ -24,3 +26,18 @@ class SinkError(Exception):
 def signature(secret: str, body: bytes) -> str:
     """The X-J1MSKY-Signature value: ``sha256=<hex HMAC-SHA256(secret, raw body)>``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def post(session: Any, url: str, who: str, **kwargs: Any) -> None:
+    """POST for the HTTP sinks: any 2xx within 10 s is success, anything else a SinkError."""
+    import aiohttp
+    try:
+        async with session.post(url, timeout=aiohttp.ClientTimeout(total=10), allow_redirects=False,
+                                **kwargs) as resp:
+            if not 200 <= resp.status < 300:
+                raise SinkError(f"{who} answered HTTP {resp.status}", resp.status)
+            await resp.read()
+    except asyncio.TimeoutError:
+        raise SinkError(f"{who} did not answer within 10 s") from None
+    except aiohttp.ClientError as exc:
+        raise SinkError(f"cannot reach {who}: {type(exc).__name__}") from None

@@ -8,17 +8,15 @@ payload's ``timestamp`` lets a receiver refuse old deliveries.  Any 2xx is succe
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import aiohttp
 
 from j1mskyd import __version__
-from j1mskyd.sinks import SinkError, signature
+from j1mskyd.sinks import post, signature
 
 J1MSKY_PLUGIN_API = 1
-TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 class HttpSink:
@@ -32,17 +30,7 @@ class HttpSink:
         headers = {"Content-Type": "application/json", "User-Agent": f"j1mskyd/{__version__}",
                    "X-J1MSKY-Event": event, "X-J1MSKY-Delivery": delivery_id,
                    "X-J1MSKY-Signature": signature(self._secret, body)}
-        try:
-            async with self._session.post(self._url, data=body, headers=headers, timeout=TIMEOUT,
-                                          allow_redirects=False) as resp:
-                if not 200 <= resp.status < 300:
-                    raise SinkError(f"receiver answered HTTP {resp.status}", resp.status)
-                await resp.read()
-        except asyncio.TimeoutError:
-            raise SinkError("receiver did not answer within 10 s") from None
-        except aiohttp.ClientError as exc:
-            raise SinkError(f"cannot reach receiver: {type(exc).__name__}") from None
-
+        await post(self._session, self._url, "receiver", data=body, headers=headers)
 
 def register(registry: Any) -> None:
     registry.add_sink("http", HttpSink)

@@ -6,15 +6,13 @@ the URL itself is the secret (keep it out of shared configs).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
 
-from j1mskyd.sinks import SinkError
+from j1mskyd.sinks import post
 
 J1MSKY_PLUGIN_API = 1
-TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 def message(payload: dict[str, Any]) -> str:
@@ -38,16 +36,7 @@ class SlackSink:
         self._session = session
 
     async def deliver(self, payload: dict[str, Any], *, delivery_id: str, event: str) -> None:
-        try:
-            async with self._session.post(self._url, json={"text": message(payload)}, timeout=TIMEOUT) as resp:
-                if not 200 <= resp.status < 300:
-                    raise SinkError(f"Slack answered HTTP {resp.status}", resp.status)
-                await resp.read()
-        except asyncio.TimeoutError:
-            raise SinkError("Slack did not answer within 10 s") from None
-        except aiohttp.ClientError as exc:
-            raise SinkError(f"cannot reach Slack: {type(exc).__name__}") from None
-
+        await post(self._session, self._url, "Slack", json={"text": message(payload)})
 
 def register(registry: Any) -> None:
     registry.add_sink("slack", SlackSink)
