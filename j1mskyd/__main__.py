@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("key_id")
     rotate.add_argument("--json", action="store_true")
 
+    from .cli_client import add_commands
+    add_commands(sub)  # spawn, agents, agent, cancel, status: a client of a running daemon
+
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
     return parser

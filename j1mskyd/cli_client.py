@@ -1,0 +1,140 @@
+"""Client commands of the ``j1mskyd`` CLI: spawn, agents, agent, cancel, status.
+
+They talk to a running daemon through the SDK (client.py).  The address and key come
+from ``--api``/``--key`` or, as in the API reference's quick start, ``J1MSKY_API`` and
+``J1MSKY_KEY`` (and ``J1MSKY_SECRET`` to sign).  Output is for people by default and
+JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+# The SDK is imported only when a client command runs: `j1mskyd serve` should not carry it.
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .client import J1MSKYClient
+    api = args.api or os.environ.get("J1MSKY_API") or "http://localhost:8080/api"
+    key = args.key or os.environ.get("J1MSKY_KEY") or None
+    return J1MSKYClient(api_key=key, base_url=api, api_secret=os.environ.get("J1MSKY_SECRET") or None,
+                        timeout=args.timeout)
+
+
+def _out(args: argparse.Namespace, data: Any, human: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else human)
+
+
+def _money(value: Any) -> str:
+    return "-" if value is None else f"${value:.6f}".rstrip("0").rstrip(".")
+
+
+def cmd_spawn(args: argparse.Namespace) -> int:
+    client = _client(args)
+    agent = client.spawn(model=args.model, task=args.task, priority=args.priority,
+                         **({"timeout": args.agent_timeout} if args.agent_timeout else {}))
+    if not args.wait:
+        estimated = _money(agent.data.get("estimated_cost"))
+        _out(args, agent.data, f"{agent.agent_id}  {args.model}  spawning  (estimated {estimated})")
+        return 0
+    started = time.monotonic()
+    last = ""
+    while True:
+        data = client.get_agent_status(agent.agent_id)
+        status = data.get("status", "")
+        if not args.json:  # a progress line on stderr; stdout keeps only the answer
+            line = f"\r{agent.agent_id}  {status:<10} {time.monotonic() - started:6.1f}s"
+            if line != last:
+                print(line, end="", file=sys.stderr, flush=True)
+                last = line
+        if status in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.5)
+    if not args.json:
+        print(file=sys.stderr)
+    _out(args, data, data.get("result") or data.get("error") or status)
+    return 0 if status == "completed" else 1
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    params = {"status": args.status, "model": args.model, "limit": args.limit, "sort": "-created_at"}
+    page = _client(args).list_agents(**params)
+    lines = [f"{a['agent_id']}  {a['model']:<13} {a['status']:<10} {_money(a.get('actual_cost')):>12}  "
+             f"{(a.get('task') or '')[:50]}" for a in page["data"]]
+    total = page["pagination"]["total"]
+    _out(args, page, "\n".join(lines + [f"({len(lines)} of {total})"]))
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    data = _client(args).get_agent_status(args.agent_id)
+    human = "\n".join(f"{k:<15} {v}" for k, v in data.items() if v is not None and k != "result")
+    if data.get("result"):
+        human += f"\n\n{data['result']}"
+    _out(args, data, human)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    data = _client(args).cancel(args.agent_id)
+    _out(args, data, f"cancelled {args.agent_id} (refund {_money(data.get('refund'))})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    health = client.request("GET", "/health")
+    limits = client.request("GET", "/rate-limits")
+    budget = limits.get("budget", {})
+    data = {"health": health, "rate_limits": limits}
+    providers = ", ".join(f"{name} {p['state']}" for name, p in health.get("providers", {}).items())
+    human = (f"daemon      {health['status']} (version {health.get('version')}, up {health.get('uptime_seconds')} s)\n"
+             f"agents      {health['agents']['running']} running, {health['agents']['queued']} queued\n"
+             f"budget      {_money(budget.get('today_spend'))} of {_money(budget.get('daily_budget'))} today "
+             f"({budget.get('budget_alert_level')})\n"
+             f"providers   {providers}")
+    _out(args, data, human)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    def parser(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--api", help="API base URL (default $J1MSKY_API or http://localhost:8080/api)")
+        p.add_argument("--key", help="API key (default $J1MSKY_KEY)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
+        p.set_defaults(func=_guarded(func))
+        return p
+
+    spawn = parser("spawn", "spawn an agent on a running daemon", cmd_spawn)
+    spawn.add_argument("task")
+    spawn.add_argument("--model", default="k2p5")
+    spawn.add_argument("--priority", default="normal", choices=("low", "normal", "high"))
+    spawn.add_argument("--agent-timeout", type=float, help="the agent's own timeout in seconds")
+    spawn.add_argument("--wait", action="store_true", help="wait for the result, showing progress")
+    agents = parser("agents", "list agents", cmd_agents)
+    agents.add_argument("--status")
+    agents.add_argument("--model")
+    agents.add_argument("--limit", type=int, default=20)
+    agent = parser("agent", "show one agent", cmd_agent)
+    agent.add_argument("agent_id")
+    cancel = parser("cancel", "cancel an agent", cmd_cancel)
+    cancel.add_argument("agent_id")
+    parser("status", "daemon health, agents, budget and providers", cmd_status)
+
+
+def _guarded(func: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from .client import J1MSKYError
+        try:
+            return func(args)
+        except J1MSKYError as exc:
+            print(f"j1mskyd: {exc}", file=sys.stderr)
+            return 1
+    return run
