@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import agents, events, keys, ops, security, system, webhooks
+from . import agents, events, keys, openapi, ops, security, system, webhooks
 from .middleware import PUBLIC, ROUTE_CLASSES, ROUTE_SCOPES
 
 PREFIXES = ("/api", "/api/v1")
@@ -25,6 +25,7 @@ ROUTES = (
     ("DELETE", "/agent/{agent_id}", agents.cancel_agent, WRITE, "other"),
     ("DELETE", "/agent/{agent_id}/data", agents.delete_agent_data, WRITE, "other"),
     ("GET", "/health", system.health, PUBLIC, "other"),
+    ("GET", "/openapi.json", openapi.openapi_json, PUBLIC, "other"),
     ("GET", "/plugins", system.plugins, READ, "other"),
     ("GET", "/rate-limits", ops.rate_limits, READ, "other"),
     ("GET", "/system", ops.system, READ, "system"),
