@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import agents, events, keys, openapi, ops, security, system, webhooks
+from . import agents, events, keys, openapi, ops, orchestrator, pricing, security, system, webhooks
 from .middleware import PUBLIC, ROUTE_CLASSES, ROUTE_SCOPES
 
 PREFIXES = ("/api", "/api/v1")
@@ -54,6 +54,26 @@ ROUTES = (
     ("GET", "/events/stream", events.stream, READ, "other"),
     # WebSocket: browsers cannot send headers, so it authenticates in-protocol ({"type":"auth"}).
     ("GET", "/ws", events.websocket, PUBLIC, "other"),
+    ("POST", "/pricing/quote", pricing.pricing_quote, WRITE, "other"),
+    ("POST", "/pricing/batch-quotes", pricing.pricing_batch_quotes, WRITE, "other"),
+    ("POST", "/pricing/decision", pricing.pricing_decision, WRITE, "other"),
+    ("POST", "/pricing/scenario", pricing.pricing_scenario, WRITE, "other"),
+    ("POST", "/pricing/portfolio-alert", pricing.pricing_portfolio_alert, WRITE, "other"),
+    ("POST", "/pricing/weekly-metrics", pricing.pricing_weekly_metrics, WRITE, "other"),
+    ("POST", "/pricing/weekly-comparison", pricing.pricing_weekly_comparison, WRITE, "other"),
+    ("POST", "/pricing/experiment-summary", pricing.pricing_experiment_summary, WRITE, "other"),
+    ("POST", "/pricing/exception-alert", pricing.pricing_exception_alert, WRITE, "other"),
+    ("GET", "/pricing/status", pricing.pricing_status, BILLING, "other"),
+    ("GET", "/pricing/health", pricing.pricing_health, BILLING, "other"),
+    ("GET", "/pricing/report", pricing.pricing_report, BILLING, "other"),
+    ("POST", "/pricing/webhook", pricing.pricing_create_webhook, ADMIN, "other"),
+    ("GET", "/pricing/webhooks", pricing.pricing_list_webhooks, ADMIN, "other"),
+    ("DELETE", "/pricing/webhook/{webhook_id}", pricing.pricing_delete_webhook, ADMIN, "other"),
+    ("GET", "/orchestrator/status", orchestrator.orchestrator_status, BILLING, "other"),
+    ("POST", "/orchestrator/recommend-model", orchestrator.recommend_model, WRITE, "other"),
+    ("GET", "/models", orchestrator.list_models, READ, "other"),
+    ("GET", "/models/{name}", orchestrator.get_model, READ, "other"),
+    ("POST", "/models/select", orchestrator.select_model, WRITE, "other"),
 )
 
 

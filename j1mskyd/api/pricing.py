@@ -1,0 +1,506 @@
+"""Pricing endpoints (seed 000, "Pricing Operations"): calculators, status, health, report, webhooks.
+
+The numbers come from j1mskyd/pricing.py; this module only reads requests, validates them and
+shapes responses.  Every POST takes its fields either as a JSON object or as form fields
+(application/x-www-form-urlencoded or multipart/form-data); form strings are converted to the
+field's type and the same rules apply, with every broken rule reported at once in the one
+error envelope (400 VALIDATION_ERROR with ``details``).  Array fields (``scenarios``,
+``quotes``) are JSON arrays in a JSON body, and JSON text in a form field.
+
+A quote or decision without ``segment`` uses mid_market and answers with ``Deprecation: true``
+(v4.1 changelog: quoting without a segment is deprecated).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+
+from .. import pricing
+from ..errors import NotFound, ValidationFailed
+from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, read_json
+
+MAX_TOKENS = 10_000_000          # per token estimate
+MAX_ITEMS = 10_000               # scenarios / quotes per request
+MAX_SCENARIOS = 100
+PRICING_EVENTS = ("pricing.quote_generated", "pricing.quote_approved", "pricing.quote_escalated",
+                  "pricing.exception_created", "pricing.margin_alert", "pricing.budget_warning",
+                  "pricing.budget_critical", "pricing.policy_changed")
+DEPRECATION = {"Deprecation": "true"}
+
+
+def policy_of(request: web.Request) -> pricing.PricingPolicy:
+    """The pricing policy (the defaults until the configuration has a [pricing] table)."""
+    return pricing.DEFAULT_POLICY
+
+
+# ------------------------------------------------------------------------------ request reading
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def read_fields(request: web.Request) -> tuple[dict[str, Any], bool]:
+    """The request's fields and whether they came as form fields (strings to convert)."""
+    ctype = request.content_type
+    if ctype in FORM_TYPES:
+        form = await request.post()
+        fields: dict[str, Any] = {}
+        for name, value in form.items():
+            if not isinstance(value, str):
+                raise ValidationFailed([{"field": name, "message": f"{name} must be a plain form field, not a file"}])
+            fields[name] = value
+        return fields, True
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ValidationFailed([{"field": "body", "message": "Request body must be a JSON object or form fields"}])
+    return body, False
+
+
+class Fields:
+    """Typed access to one request's fields, collecting every problem before failing."""
+
+    def __init__(self, data: dict[str, Any], form: bool, prefix: str = "") -> None:
+        self.data, self.form, self.prefix = data, form, prefix
+        self.details: list[dict[str, str]] = []
+
+    def bad(self, name: str, message: str) -> None:
+        self.details.append({"field": self.prefix + name, "message": f"{self.prefix}{name} {message}"})
+
+    def present(self, name: str) -> bool:
+        v = self.data.get(name)
+        return v is not None and not (self.form and isinstance(v, str) and v.strip() == "")
+
+    def integer(self, name: str, lo: int = 0, hi: int = MAX_TOKENS, default: int | None = None) -> int:
+        if not self.present(name):
+            if default is None:
+                self.bad(name, "is required (an integer)")
+            return default or 0
+        v = self.data[name]
+        if isinstance(v, str) and self.form:
+            text = v.strip()
+            v = int(text) if text.lstrip("+-").isdigit() and text.isascii() else None
+        if type(v) is not int:
+            self.bad(name, "must be an integer")
+            return 0
+        if not lo <= v <= hi:
+            self.bad(name, f"must be between {lo} and {hi}")
+        return v
+
+    def number(self, name: str, lo: float | None = None, hi: float | None = None) -> float:
+        if not self.present(name):
+            self.bad(name, "is required (a number)")
+            return 0.0
+        v = self.data[name]
+        if isinstance(v, str) and self.form:
+            try:
+                v = float(v.strip())
+            except ValueError:
+                v = None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            self.bad(name, "must be a finite number")
+            return 0.0
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            self.bad(name, f"must be between {lo:g} and {hi:g}" if lo is not None and hi is not None
+                     else f"must be >= {lo:g}" if lo is not None else f"must be <= {hi:g}")
+        return float(v)
+
+    def choice(self, name: str, allowed: Any, default: str | None = None) -> str:
+        if not self.present(name):
+            if default is None:
+                self.bad(name, f"is required (one of: {', '.join(allowed)})")
+                return ""
+            return default
+        v = self.data[name]
+        if not isinstance(v, str) or v not in allowed:
+            self.bad(name, f"must be one of: {', '.join(allowed)}")
+            return ""
+        return v
+
+    def text(self, name: str, default: str, max_len: int = 100) -> str:
+        if not self.present(name):
+            return default
+        v = self.data[name]
+        if not isinstance(v, str) or not v.strip() or len(v) > max_len:
+            self.bad(name, f"must be a non-empty string of at most {max_len} characters")
+            return default
+        return v.strip()
+
+    def array(self, name: str, max_items: int = MAX_ITEMS, non_empty: bool = False) -> list[Any]:
+        if not self.present(name):
+            self.bad(name, "is required (a JSON array)")
+            return []
+        v = self.data[name]
+        if isinstance(v, str):  # a form field, or a JSON body that sends the array as text
+            try:
+                v = json.loads(v)
+            except ValueError as exc:
+                self.bad(name, f"is not valid JSON: {exc}")
+                return []
+        if not isinstance(v, list):
+            self.bad(name, "must be a JSON array")
+            return []
+        if non_empty and not v:
+            self.bad(name, "must be a non-empty JSON array")
+        if len(v) > max_items:
+            self.bad(name, f"must have at most {max_items} items")
+            return []
+        return v
+
+    def done(self) -> None:
+        if self.details:
+            raise ValidationFailed(self.details)
+
+
+def _model_names(request: web.Request) -> tuple[str, ...]:
+    return tuple(request.app[CONFIG].models)
+
+
+def _quote_params(f: Fields, models: tuple[str, ...], policy: pricing.PricingPolicy,
+                  with_segment: bool = True) -> dict[str, Any]:
+    params = {"model": f.choice("model", models),
+              "complexity": f.choice("complexity", tuple(policy.complexity_markup)),
+              "estimated_input": f.integer("estimated_input"),
+              "estimated_output": f.integer("estimated_output")}
+    if with_segment:
+        params["segment"] = f.choice("segment", tuple(policy.segment_adjustments), default=policy.default_segment)
+    return params
+
+
+def _quote(request: web.Request, p: dict[str, Any], segment: str, policy: pricing.PricingPolicy) -> dict[str, Any]:
+    price = request.app[CONFIG].models[p["model"]]
+    return pricing.quote(p["model"], price, p["complexity"], segment, p["estimated_input"], p["estimated_output"],
+                         policy)
+
+
+def _items(f: Fields, name: str, rows: list[Any]) -> Iterator[Fields]:
+    """Each object item as Fields (problems named ``name[i].field``), in order."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            f.bad(f"{name}[{i}]", "must be a JSON object")
+            continue
+        item = Fields(row, False, f"{name}[{i}].")
+        item.details = f.details  # one list: every problem in one answer
+        yield item
+
+
+# ------------------------------------------------------------------------------ events
+
+async def _emit(request: web.Request, type_: str, data: dict[str, Any]) -> None:
+    """A pricing event, stored and delivered only when a webhook or a live listener wants it."""
+    services = request.app[SERVICES]
+    if services.webhooks.route(type_, data) or services.events.wants(type_):
+        await services.events.emit(type_, data)
+
+
+async def _emit_quote(request: web.Request, quote: dict[str, Any], check: dict[str, Any]) -> str:
+    quote_id = "quote_" + secrets.token_hex(6)
+    data = {"quote_id": quote_id, "model": quote["model"], "segment": quote["segment"],
+            "complexity": quote["complexity"], "recommended_price": quote["recommended_price"],
+            "gross_margin_pct": quote["gross_margin_pct"]}
+    await _emit(request, "pricing.quote_generated", data)
+    if not check["is_compliant"]:
+        await _emit(request, "pricing.margin_alert", {**data, "delivery_type": check["delivery_type"],
+                                                      "minimum_margin_pct": check["minimum_margin_pct"]})
+    return quote_id
+
+
+# ------------------------------------------------------------------------------ calculators
+
+async def pricing_quote(request: web.Request) -> web.Response:
+    """A quote with its margin guardrail."""
+    policy = policy_of(request)
+    data, form = await read_fields(request)
+    f = Fields(data, form)
+    p = _quote_params(f, _model_names(request), policy)
+    delivery = f.choice("delivery_type", tuple(policy.margin_thresholds), default=policy.default_delivery_type)
+    f.done()
+    q = _quote(request, p, p["segment"], policy)
+    check = pricing.guardrail(q["gross_margin_pct"], delivery, policy)
+    quote_id = await _emit_quote(request, q, check)
+    headers = DEPRECATION if not f.present("segment") else None
+    return json_response({"success": True, "quote_id": quote_id, "quote": q, "guardrail_check": check},
+                         headers=headers)
+
+
+async def pricing_decision(request: web.Request) -> web.Response:
+    """An approve/escalate decision packet for one quote."""
+    policy = policy_of(request)
+    data, form = await read_fields(request)
+    f = Fields(data, form)
+    p = _quote_params(f, _model_names(request), policy)
+    delivery = f.choice("delivery_type", tuple(policy.margin_thresholds), default=policy.default_delivery_type)
+    approver = f.text("approver", "ops-auto")
+    f.done()
+    q = _quote(request, p, p["segment"], policy)
+    check = pricing.guardrail(q["gross_margin_pct"], delivery, policy)
+    d = pricing.decision(check, approver, datetime.now(timezone.utc))
+    quote_id = await _emit_quote(request, q, check)
+    await _emit(request, "pricing.quote_approved" if d["decision_status"] == "approved" else "pricing.quote_escalated",
+                {"quote_id": quote_id, **d, "model": q["model"], "segment": q["segment"],
+                 "recommended_price": q["recommended_price"], "gross_margin_pct": q["gross_margin_pct"]})
+    headers = DEPRECATION if not f.present("segment") else None
+    return json_response({"success": True, "quote_id": quote_id, "decision": d, "quote": q, "guardrail_check": check},
+                         headers=headers)
+
+
+async def pricing_batch_quotes(request: web.Request) -> web.Response:
+    """A quote per customer segment, with the comparison."""
+    policy = policy_of(request)
+    data, form = await read_fields(request)
+    f = Fields(data, form)
+    p = _quote_params(f, _model_names(request), policy, with_segment=False)
+    delivery = f.choice("delivery_type", tuple(policy.margin_thresholds), default=policy.default_delivery_type)
+    f.done()
+    out = pricing.batch_quotes(p["model"], request.app[CONFIG].models[p["model"]], p["complexity"], delivery,
+                               p["estimated_input"], p["estimated_output"], policy)
+    return json_response({"success": True, "input_params": {**p, "delivery_type": delivery}, **out})
+
+
+async def pricing_scenario(request: web.Request) -> web.Response:
+    """Quotes for several scenarios and their compliance rollup."""
+    policy = policy_of(request)
+    data, form = await read_fields(request)
+    f = Fields(data, form)
+    delivery = f.choice("delivery_type", tuple(policy.margin_thresholds), default=policy.default_delivery_type)
+    rows = f.array("scenarios", MAX_SCENARIOS, non_empty=True)
+    models = _model_names(request)
+    params = [(_quote_params(item, models, policy), item.present("segment")) for item in _items(f, "scenarios", rows)]
+    f.done()
+    results = []
+    for p, _ in params:
+        q = _quote(request, p, p["segment"], policy)
+        results.append({"quote": q, "guardrail_check": pricing.guardrail(q["gross_margin_pct"], delivery, policy)})
+    headers = DEPRECATION if not all(has for _, has in params) else None
+    return json_response({"success": True, "delivery_type": delivery, **pricing.rollup(results, policy),
+                          "results": results}, headers=headers)
+
+
+async def pricing_portfolio_alert(request: web.Request) -> web.Response:
+    """A portfolio compliance rollup and its alert."""
+    policy = policy_of(request)
+    data, form = await read_fields(request)
+    f = Fields(data, form)
+    n = f.integer("scenario_count", 0, MAX_ITEMS)
+    c = f.integer("compliant_count", 0, MAX_ITEMS)
+    margin = f.number("average_margin_pct", -1_000_000, 100)
+    if c > n and not f.details:
+        f.bad("compliant_count", "must not exceed scenario_count")
+    f.done()
+    summary = pricing.portfolio_summary(n, c, margin, policy)
+    summary.pop("needs_escalation")  # not part of the seed's portfolio_summary
+    return json_response({"success": True, "portfolio_summary": summary,
+                          "portfolio_alert": pricing.portfolio_alert({**summary}, policy)})
+
+
+def _decision_rows(f: Fields, rows: list[Any], variant: bool = False) -> list[dict[str, Any]]:
+    out = []
+    for item in _items(f, "quotes", rows):
+        row: dict[str, Any] = {}
+        if variant:
+            row["variant"] = item.choice("variant", ("control", "test"))
+        row["decision_status"] = item.choice("decision_status", ("approved", "escalated"))
+        row["gross_margin_pct"] = item.number("gross_margin_pct", -1_000_000, 100)
+        if not variant:
+            for flag in ("exception_created", "exception_closed"):
+                v = item.data.get(flag)
+                if v is not None and not isinstance(v, bool):
+                    item.bad(flag, "must be true or false")
+                row[flag] = v is True
+        out.append(row)
+    return out
+
+
+async def pricing_weekly_metrics(request: web.Request) -> web.Response:
+    """Weekly metrics over quote decisions."""
+    data, form = await read_fields(request)
+    f = Fields(data, form)
+    rows = _decision_rows(f, f.array("quotes"))
+    f.done()
+    return json_response({"success": True, "weekly_metrics": pricing.weekly_metrics(rows)})
+
+
+async def pricing_weekly_comparison(request: web.Request) -> web.Response:
+    """Week-over-week changes and significant shifts."""
+    data, form = await read_fields(request)
+    f = Fields(data, form)
+    weeks = {}
+    for week in ("current", "prev"):
+        weeks[week] = {"total_quotes": f.integer(f"{week}_total_quotes", 0, 1_000_000_000),
+                       "approval_rate": f.number(f"{week}_approval_rate", 0.0, 1.0),
+                       "avg_margin_pct": f.number(f"{week}_avg_margin_pct", -1_000_000, 100),
+                       "exceptions_created": f.integer(f"{week}_exceptions_created", 0, 1_000_000_000)}
+    f.done()
+    return json_response({"success": True, **pricing.weekly_comparison(weeks["current"], weeks["prev"])})
+
+
+async def pricing_experiment_summary(request: web.Request) -> web.Response:
+    """Control versus test, with a rollout recommendation."""
+    data, form = await read_fields(request)
+    f = Fields(data, form)
+    rows = _decision_rows(f, f.array("quotes"), variant=True)
+    f.done()
+    return json_response({"success": True, **pricing.experiment_summary(rows)})
+
+
+async def pricing_exception_alert(request: web.Request) -> web.Response:
+    """Exception-aging risk and its alert."""
+    data, form = await read_fields(request)
+    f = Fields(data, form)
+    n = f.integer("open_exceptions", 0, 1_000_000)
+    oldest = f.integer("oldest_days", 0, 100_000)
+    at_risk = f.integer("at_risk_count", 0, 1_000_000)
+    if at_risk > n and not f.details:
+        f.bad("at_risk_count", "must not exceed open_exceptions")
+    f.done()
+    return json_response({"success": True, **pricing.exception_aging(n, oldest, at_risk)})
+
+
+# ------------------------------------------------------------------------------ status, health, report
+
+# The sample inputs of the status and report quotes (reference-facts §8.14 and §8.16; the smb one is
+# chosen to reproduce the seed's 99.4).
+STATUS_SAMPLES = {"mid_market": ("k2p5", "medium", 1200, 600), "enterprise": ("sonnet", "high", 2000, 1000),
+                  "smb": ("k2p5", "low", 3000, 1000)}
+REPORT_SAMPLE = ("k2p5", "medium", 1500, 600)
+_SHORT = ("model", "complexity", "segment", "final_markup", "recommended_price", "gross_margin_pct")
+
+
+def _sample(request: web.Request, sample: tuple[str, str, int, int], segment: str,
+            policy: pricing.PricingPolicy) -> dict[str, Any] | None:
+    model, complexity, tin, tout = sample
+    price = request.app[CONFIG].models.get(model)
+    if price is None or complexity not in policy.complexity_markup or segment not in policy.segment_adjustments:
+        return None
+    return pricing.quote(model, price, complexity, segment, tin, tout, policy)
+
+
+async def pricing_status(request: web.Request) -> web.Response:
+    """The pricing policy, example quotes and a guardrail check."""
+    policy = policy_of(request)
+    examples = {}
+    for segment, sample in STATUS_SAMPLES.items():
+        q = _sample(request, sample, segment, policy)
+        if q is not None:
+            examples[segment] = {k: q[k] for k in ("model", "complexity", "segment", "base_markup",
+                                                   "segment_adjustment", "final_markup", "recommended_price",
+                                                   "gross_margin_pct", "margin_band")}
+    first = examples.get(policy.default_segment) or next(iter(examples.values()), None)
+    check = (pricing.guardrail(first["gross_margin_pct"], policy.default_delivery_type, policy)
+             if first is not None else None)
+    return json_response({"success": True, "pricing_policy": policy.status_block(), "example_quotes": examples,
+                          "guardrail_check": check})
+
+
+async def _health(request: web.Request) -> dict[str, Any]:
+    services = request.app[SERVICES]
+    snap = services.budget.snapshot()
+    now = services.runtime.clock()
+    day_start = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    lo = day_start.timestamp()
+    rows = await services.store.read(lambda conn: conn.execute(
+        "SELECT model, COALESCE(SUM(cost), 0), COUNT(*) FROM usage WHERE ts >= ? "
+        "GROUP BY model ORDER BY SUM(cost) DESC, model", (lo,)).fetchall())
+    by_model = {model: (cost, calls) for model, cost, calls in rows}
+    tasks = sum(calls for _, calls in by_model.values())
+    return pricing.pricing_health(float(snap["today_spend"]), float(snap["daily_budget"]), tasks, by_model,
+                                  policy_of(request))
+
+
+async def pricing_health(request: web.Request) -> web.Response:
+    """Today's pricing health: cost, budget use, cost per task, by model."""
+    h = await _health(request)
+    await _budget_events(request, h)
+    return json_response({"success": True, "health": h})
+
+
+async def _budget_events(request: web.Request, h: dict[str, Any]) -> None:
+    """pricing.budget_warning above 80 %, pricing.budget_critical above 95 % (at most one a minute each)."""
+    pct = h["budget_utilization_pct"]
+    for type_, threshold in (("pricing.budget_critical", 95.0), ("pricing.budget_warning", 80.0)):
+        if pct > threshold:
+            services = request.app[SERVICES]
+            data = {"daily_cost": h["daily_cost"], "daily_budget": h["daily_budget"], "budget_utilization_pct": pct}
+            if services.webhooks.route(type_, data) or services.events.wants(type_):
+                services.events.emit_soon(type_, data, throttle_key=type_, every=60.0)
+            break
+
+
+async def pricing_report(request: web.Request) -> web.Response:
+    """The daily pricing report."""
+    policy = policy_of(request)
+    h = await _health(request)
+    by_model = h.pop("by_model")
+    samples = {}
+    for segment in policy.segment_adjustments:
+        q = _sample(request, REPORT_SAMPLE, segment, policy)
+        if q is not None:
+            samples[segment] = {k: q[k] for k in _SHORT}
+    return json_response({"success": True, "report": {
+        "generated_at": pricing.iso_now(datetime.now(timezone.utc)), "period": "daily", "health": h,
+        "by_model": by_model, "sample_quotes_by_segment": samples, "pricing_policy": policy.status_block()}})
+
+
+# ------------------------------------------------------------------------------ webhooks
+
+def _is_pricing(hook: Any) -> bool:
+    return hook.agent_id is None and bool(hook.events) and all(e.startswith("pricing.") for e in hook.events)
+
+
+def _view(hook: Any) -> dict[str, Any]:
+    v = hook.view()
+    return {"webhook_id": hook.webhook_id, "url": hook.url, "events": list(hook.events),
+            "created_at": v["created_at"], "status": hook.status}
+
+
+async def pricing_create_webhook(request: web.Request) -> web.Response:
+    """Register a webhook for pricing events."""
+    data, form = await read_fields(request)
+    events = data.get("events", ["pricing.quote_generated"])
+    if form and isinstance(events, str):  # a form field: JSON text or a comma-separated list
+        try:
+            events = json.loads(events)
+        except ValueError:
+            events = [e.strip() for e in events.split(",") if e.strip()]
+    if not isinstance(events, list) or not events or any(e not in PRICING_EVENTS for e in events):
+        raise ValidationFailed([{"field": "events",
+                                 "message": f"events must be a non-empty list of: {', '.join(PRICING_EVENTS)}"}])
+    body = {"url": data.get("url"), "events": events}
+    if data.get("secret") is not None:
+        body["secret"] = data["secret"]
+    services = request.app[SERVICES]
+    hook, generated = await services.webhooks.create(body, request.get(API_KEY_ID))
+    services.audit.record("config.change", actor(request), resource_type="webhook", resource_id=hook.webhook_id,
+                          details={"action": "create", "url": hook.url, "events": list(hook.events)})
+    out: dict[str, Any] = {"success": True, "webhook_id": hook.webhook_id, "url": hook.url,
+                           "events": list(hook.events), "message": "Pricing webhook registered"}
+    headers = None
+    if generated is not None:
+        out["secret"] = generated
+        headers = {"Cache-Control": "no-store"}
+    return json_response(out, status=201, headers=headers)
+
+
+async def pricing_list_webhooks(request: web.Request) -> web.Response:
+    """The webhooks registered for pricing events."""
+    hooks = [_view(h) for h in request.app[SERVICES].webhooks.hooks.values() if _is_pricing(h)]
+    return json_response({"success": True, "webhooks": hooks, "count": len(hooks)})
+
+
+async def pricing_delete_webhook(request: web.Request) -> web.Response:
+    """Remove a pricing webhook."""
+    webhook_id = request.match_info["webhook_id"]
+    services = request.app[SERVICES]
+    hook = services.webhooks.hooks.get(webhook_id)
+    if hook is None or not _is_pricing(hook):
+        raise NotFound(f"Pricing webhook '{webhook_id}' not found")
+    await services.webhooks.delete(webhook_id)
+    services.audit.record("config.change", actor(request), resource_type="webhook", resource_id=webhook_id,
+                          details={"action": "delete"})
+    return json_response({"success": True, "message": f"Pricing webhook {webhook_id} removed"})
+

@@ -1,0 +1,119 @@
+"""/orchestrator/status, /orchestrator/recommend-model and /models through real HTTP.
+
+The status blocks are checked after real spawns (on a fake upstream) have spent money, and the
+recommendation against the live budget.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from j1mskyd.app import build_app
+from tests.conftest import wait_status
+from tests.test_budget_http import priced_config, spawn_ok, upstream  # noqa: F401  (fixture)
+from tests.test_pricing_api import ENCODINGS, post
+
+SEED_BLOCKS = {"timestamp", "models_active", "usage_summary", "recent_usage", "daily_budget", "today_spend",
+               "budget_remaining", "budget_utilization_pct", "budget_alert_level", "operational_flags",
+               "model_mix_recommendation", "pricing_policy", "example_task_quote", "quote_decision_preview",
+               "quote_portfolio_preview", "portfolio_alert_preview", "weekly_metrics_preview",
+               "weekly_comparison_preview", "exception_aging_preview", "exception_alert_preview", "usage_anomalies",
+               "monthly_forecast", "provider_usage"}
+
+
+async def test_status_has_every_seed_block_with_no_spend(client):
+    resp = await client.get("/api/orchestrator/status")
+    body = await resp.json()
+    assert resp.status == 200 and set(body) == SEED_BLOCKS
+    assert body["usage_summary"] == {"top_models": [], "total_calls": 0} and body["recent_usage"] == 0
+    assert (body["today_spend"], body["budget_utilization_pct"], body["budget_alert_level"]) == (0.0, 0.0, "ok")
+    assert body["model_mix_recommendation"]["primary"] == ["k2p5", "sonnet"]
+    assert body["pricing_policy"] == {"min_markup": 3.0, "target_markup": 4.0, "max_markup": 5.0,
+                                      "complexity_markup": {"low": 3.0, "medium": 4.0, "high": 5.0},
+                                      "minimum_price": 0.5}
+    assert body["example_task_quote"] == {
+        "model": "k2p5", "complexity": "medium", "segment": "mid_market", "estimated_tokens": 2000,
+        "internal_cost": 0.002, "base_markup": 4.0, "segment_adjustment": 0.0, "final_markup": 4.0,
+        "recommended_price": 0.5, "gross_margin_pct": 99.6, "margin_band": "strong"}
+    assert body["quote_decision_preview"]["decision_status"] == "approved"
+    assert body["weekly_comparison_preview"]["significant_shifts"] == ["Exception creation up 50.0%"]
+    aging = body["exception_aging_preview"]
+    assert (aging["open_exceptions"], aging["oldest_days"], aging["at_risk_count"], aging["risk_level"]) == \
+        (4, 33, 2, "critical")
+    assert body["exception_alert_preview"]["summary"] == "Critical exception risk: 4 open, oldest 33d"
+    assert all(body[k]["source"] == "sample" for k in SEED_BLOCKS if k.endswith("_preview"))
+    assert body["timestamp"][-6] in "+-"
+
+
+async def test_status_blocks_after_real_spawns_have_spent_money(aiohttp_client, tmp_path, upstream):  # noqa: F811
+    # k2p5 on the fake upstream: $0.10 a spawn (100 output tokens at $1 per 1k, 5 input tokens free).
+    client = await aiohttp_client(build_app(priced_config(tmp_path, upstream, daily_budget=0.25)))
+    for i in range(2):
+        await wait_status(client, await spawn_ok(client, task=f"spend {i}"))
+    body = await (await client.get("/api/orchestrator/status")).json()
+    assert (body["daily_budget"], body["today_spend"], body["budget_remaining"], body["budget_utilization_pct"],
+            body["budget_alert_level"]) == (0.25, 0.2, 0.05, 80.0, "warning")
+    assert body["usage_summary"] == {"total_calls": 2, "top_models": [
+        {"model": "k2p5", "calls": 2, "tokens": 210, "avg_tokens_per_call": 105.0, "estimated_spend": 0.0002}]}
+    assert body["recent_usage"] == 2
+    assert body["operational_flags"] == {
+        "budget_alert_level": "warning", "max_provider_utilization_pct": body["operational_flags"][
+            "max_provider_utilization_pct"], "hot_providers": [], "requires_ops_attention": True,
+        "recommended_action": "Shift medium/low-priority tasks to k2p5/minimax and monitor hourly"}
+    assert body["model_mix_recommendation"]["strategy"] == "cost-optimized"
+    assert body["monthly_forecast"] == {"projected_spend": 6.0, "budget_ceiling": 7.5, "delta_to_budget": 1.5}
+    paid = body["provider_usage"]["paid"]
+    # current is the hourly token bucket's use (limit - remaining); the bucket refills continuously
+    assert paid["hourly"] == 100_000 and 0 <= paid["current"] <= 2
+    assert paid["remaining"] == paid["hourly"] - paid["current"]
+
+    # the recommendation respects what is left: 0.05 fits sonnet x 1000 tokens (0.003), not 20000 (0.06)
+    rec = await (await client.post("/api/orchestrator/recommend-model",
+                                   json={"task_type": "documentation", "estimated_tokens": 1000})).json()
+    assert (rec["recommended_model"], rec["budget_available"]) == ("sonnet", True)
+    assert (rec["daily_budget"], rec["today_spend"], rec["budget_remaining"]) == (0.25, 0.2, 0.05)
+    rec = await (await client.post("/api/orchestrator/recommend-model",
+                                   json={"task_type": "documentation", "estimated_tokens": 20000})).json()
+    assert (rec["recommended_model"], rec["budget_available"]) == ("k2p5", True)   # 0.02 fits
+    rec = await (await client.post("/api/orchestrator/recommend-model",
+                                   json={"task_type": "documentation", "estimated_tokens": 60000})).json()
+    assert (rec["recommended_model"], rec["budget_available"]) == ("k2p5", False)  # nothing fits: cheapest
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+async def test_recommend_model_seed_example(client, encoding):
+    resp = await post(client, "/api/orchestrator/recommend-model",
+                      {"task_type": "coding", "complexity": "medium", "priority": "normal", "estimated_tokens": 2500},
+                      encoding)
+    body = await resp.json()
+    assert resp.status == 200
+    assert (body["recommended_model"], body["budget_available"], body["today_spend"]) == ("k2p5", True, 0.0)
+    assert body["budget_remaining"] == body["daily_budget"]
+
+
+async def test_recommend_model_validation(client):
+    resp = await post(client, "/api/orchestrator/recommend-model",
+                      {"task_type": "coding", "complexity": "huge", "estimated_tokens": "lots"}, "form")
+    body = await resp.json()
+    assert resp.status == 400 and {d["field"] for d in body["error"]["details"]} == {"complexity", "estimated_tokens"}
+
+
+async def test_models_catalogue(client):
+    body = await (await client.get("/api/models")).json()
+    names = [m["name"] for m in body["data"]["models"]]
+    assert set(names) == {"opus", "sonnet", "k2p5", "minimax-m2.5", "codex"}
+    assert body["data"]["default_model"] == "sonnet" and body["data"]["escalation_model"] == "opus"
+    one = (await (await client.get("/api/v1/models/sonnet")).json())["data"]
+    assert one["pricing"] == {"input_tokens": 0.003, "output_tokens": 0.015, "blended": 0.003, "per": "1k tokens",
+                              "currency": "USD"}
+    assert one["fallback_model"] == "k2p5" and "documentation" in one["capabilities"]
+    resp = await client.get("/api/models/gpt-9")
+    assert resp.status == 404 and (await resp.json())["error"]["type"] == "NOT_FOUND"
+
+
+async def test_models_select(client):
+    resp = await client.post("/api/models/select", json={"task_description": "OAuth2 with SAML",
+                                                         "task_type": "implementation"})
+    data = (await resp.json())["data"]
+    assert resp.status == 200 and data["selected_model"] == "sonnet" and data["fallback_model"] == "k2p5"
+    assert data["budget_available"] is True and data["estimated_cost"] == 0.003
