@@ -402,7 +402,8 @@ def recommend_model(task_type: str, estimated_tokens: int, committed_spend: floa
     for m in order:
         if available(m):
             return m, False
-    return first, False
+    # Nothing available: name the preferred model if it is configured, else any configured one.
+    return (first if first in models else next(iter(models))), False
 
 
 # ------------------------------------------------------------------------------ orchestrator blocks

@@ -350,3 +350,23 @@ async def test_quote_events_reach_the_durable_outbox(client):
         "SELECT e.type FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.webhook_id = ? ORDER BY e.id",
         (hook["webhook_id"],)).fetchall())
     assert [r[0] for r in rows] == ["pricing.quote_generated", "pricing.margin_alert", "pricing.quote_escalated"]
+
+
+# -- found by schemathesis: never a 500 ---------------------------------------------------------
+async def test_malformed_form_bodies_are_400(client):
+    for path in ("/api/pricing/quote", "/api/orchestrator/recommend-model", "/api/models/select"):
+        resp = await client.post(path, data=b"x=1", headers={"Content-Type": "multipart/form-data"})
+        assert resp.status == 400, path  # a multipart body without a boundary
+
+
+async def test_orchestrator_status_when_the_default_model_is_not_configured(aiohttp_client, tmp_path):
+    import dataclasses
+
+    from j1mskyd.app import build_app
+    from tests.conftest import make_config
+    base = make_config(tmp_path)
+    only_k2p5 = {"k2p5": dataclasses.replace(base.models["k2p5"], fallback=None)}
+    cfg = dataclasses.replace(base, models=only_k2p5, teams={})
+    client = await aiohttp_client(build_app(cfg))
+    resp = await client.get("/api/orchestrator/status")
+    assert resp.status == 200, await resp.text()

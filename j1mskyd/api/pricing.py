@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import pricing
-from ..errors import NotFound, ValidationFailed
+from ..errors import BadRequest, NotFound, ValidationFailed
 from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, read_json
 
 MAX_TOKENS = 10_000_000          # per token estimate
@@ -49,7 +49,10 @@ async def read_fields(request: web.Request) -> tuple[dict[str, Any], bool]:
     """The request's fields and whether they came as form fields (strings to convert)."""
     ctype = request.content_type
     if ctype in FORM_TYPES:
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, UnicodeDecodeError, AssertionError) as exc:  # e.g. multipart without a boundary
+            raise BadRequest(f"Malformed form body: {exc}") from None
         fields: dict[str, Any] = {}
         for name, value in form.items():
             if not isinstance(value, str):
