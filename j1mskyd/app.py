@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,24 @@ BUILTIN_PLUGINS = Path(__file__).parent / "builtin_plugins"
 _PRUNE_EVERY = 60.0  # seconds between sweeps of full (forgettable) rate-limit buckets
 _MAINTENANCE_EVERY = 3600.0
 _EVENTS_KEEP_DAYS = 7.0  # GET /events, SSE and WebSocket can resume within this window
+
+
+def _load_all_plugins(registry: PluginRegistry, dropin: Path | None, config: Config) -> None:
+    """load_plugins with the built-ins from a real directory.  Inside a zipapp
+    (j1mskyd.pyz) they are zip members: copy them to a private temporary directory
+    for the load (the loader reads each file once), then remove it."""
+    def load(builtin: Path) -> None:
+        load_plugins(registry, builtin, dropin, disabled=config.plugins.disabled,
+                     timeout=config.plugins.load_timeout, require_root=config.plugins.require_root)
+
+    if BUILTIN_PLUGINS.is_dir():
+        return load(BUILTIN_PLUGINS)
+    from importlib.resources import files
+    with tempfile.TemporaryDirectory(prefix="j1msky-builtin-") as tmp:  # mode 0700
+        for entry in files(__package__).joinpath("builtin_plugins").iterdir():
+            if entry.name.endswith(".py"):
+                (Path(tmp) / entry.name).write_bytes(entry.read_bytes())
+        load(Path(tmp))
 
 
 @dataclass
@@ -157,9 +176,10 @@ async def _lifecycle(app: web.Application):
 
     registry = PluginRegistry()
     dropin = Path(config.plugins.dropin_dir) if config.plugins.dropin_dir else None
-    await loop.run_in_executor(None, lambda: load_plugins(
-        registry, BUILTIN_PLUGINS, dropin, disabled=config.plugins.disabled,
-        timeout=config.plugins.load_timeout, require_root=config.plugins.require_root))
+    # On the loop's own thread, not the executor: bookworm's Python 3.11.2 can fail an
+    # ast.parse racing another thread's (tracebacks call it too; CPython gh-106905).
+    # Start-up serves nothing yet, so blocking here for a few file reads is harmless.
+    _load_all_plugins(registry, dropin, config)
 
     limiter: RequestLimiter = app[LIMITER]
     bucket_file = BucketFile(ratelimit_path(config), limiter.buckets)

@@ -1,0 +1,80 @@
+"""The single-file build: scripts/build-pyz makes j1mskyd.pyz with the stdlib zipapp;
+``python3 j1mskyd.pyz`` runs the daemon, built-in plugins included, from the zip alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from j1mskyd import __version__
+
+from .daemon import ROOT, Daemon, free_port, wait_until
+
+BUILTINS = sorted(p.stem for p in (ROOT / "j1mskyd" / "builtin_plugins").glob("*.py") if not p.name.startswith("_"))
+
+
+def pyz_env() -> dict[str, str]:
+    # Nothing may import j1mskyd from the source tree: no PYTHONPATH, cwd outside it.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("J1MSKY_") and k not in ("PYTHONPATH", "XDG_STATE_HOME", "PYTHONSTARTUP")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pyz") / "j1mskyd.pyz"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "build-pyz"), "-o", str(out)],
+                   check=True, capture_output=True, timeout=60)
+    return out
+
+
+def test_the_pyz_carries_the_package_and_builtin_plugins_and_no_bytecode(pyz):
+    names = zipfile.ZipFile(pyz).namelist()
+    assert "__main__.py" in names and "j1mskyd/__init__.py" in names
+    assert {f"j1mskyd/builtin_plugins/{n}.py" for n in BUILTINS} <= set(names)
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+def test_pyz_version(pyz, tmp_path):
+    done = subprocess.run([sys.executable, str(pyz), "version"], cwd=tmp_path, env=pyz_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, f"j1mskyd {__version__}"), done.stderr
+
+
+def test_pyz_serve_answers_health_and_loads_the_builtins(pyz, tmp_path):
+    d = Daemon(tmp_path, tmp_path / "state", name="pyz")
+    d.port = free_port()
+    log = open(d.log_path, "ab")
+    d.proc = subprocess.Popen(
+        [sys.executable, str(pyz), "serve", "--host", "127.0.0.1", "--port", str(d.port),
+         "--state-dir", str(d.state_dir)],  # no --config: the embedded default (offline)
+        cwd=tmp_path, env=pyz_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    log.close()
+    try:
+        def healthy():
+            assert d.proc.poll() is None, d.log()
+            try:
+                return d.request("GET", "/api/health", timeout=2.0)[0] == 200
+            except OSError:
+                return False
+        wait_until(healthy, timeout=30, what="the pyz daemon's /api/health")
+        assert d.get("/api/health")["version"] == __version__
+        report = d.get("/api/plugins")["plugins"]
+        builtins = {p["name"]: p for p in report if p["source"] == "builtin"}
+        assert sorted(builtins) == BUILTINS
+        assert all(p["status"] == "loaded" for p in builtins.values()), builtins
+        assert not any(p["path"].startswith(str(ROOT)) for p in report)  # from the zip, not the tree
+        agent = d.wait_agent(d.spawn("hello from a zipapp"))
+        assert agent["status"] == "completed" and agent["result"].startswith("[offline:k2p5]")
+        code, _ = d.stop()
+        assert code == 0
+        assert "Traceback" not in d.log()
+    finally:
+        d.close()
