@@ -33,6 +33,7 @@ from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimi
 from .runtime import AgentRuntime
 from .signing import ReplayGuard
 from .store import Store
+from .ttlcache import TTLCache
 from .webhooks import WebhookService
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class Services:
     webhooks: WebhookService
     started: float = field(default_factory=time.monotonic)
     health_cache: tuple[tuple, bytes, int] | None = None  # (stamp, body, status) of GET /health
+    # The v4.1 caches: model recommendations 30 s, pricing calculations 5 min.
+    caches: dict[str, TTLCache] = field(default_factory=lambda: {"recommendations": TTLCache(30.0),
+                                                                  "pricing": TTLCache(300.0)})
 
 
 def state_db_path(config: Config) -> str:
@@ -125,8 +129,11 @@ async def _persist_buckets(app: web.Application, services: Services) -> None:
             log.error("could not save rate-limit counters: %s", exc)
 
 
-def _budget_event(events: EventLog, budget: Budget, old: str, new: str) -> None:
-    """budget.notice/warning/critical when spend crosses a threshold upward."""
+def _budget_event(events: EventLog, budget: Budget, old: str, new: str, caches: dict[str, TTLCache]) -> None:
+    """budget.notice/warning/critical when spend crosses a threshold upward; a new budget
+    level invalidates the caches (recommendations and prices depend on it)."""
+    for cache in caches.values():
+        cache.clear()
     levels = ("ok", "notice", "warning", "critical")
     log.log(logging.WARNING if new in ("warning", "critical") else logging.INFO,
             "budget alert level %s -> %s (%.2f%% of the daily budget spent)", old, new,
@@ -205,7 +212,7 @@ async def _lifecycle(app: web.Application):
                                             keys, ip_control, audit, IdempotencyStore(store), events, webhooks)
         await events.load()
         await webhooks.load()
-        budget.on_level_change = lambda old, new: _budget_event(events, budget, old, new)
+        budget.on_level_change = lambda old, new: _budget_event(events, budget, old, new, services.caches)
         await keys.reload()
         await ip_control.load()
         await audit.load()

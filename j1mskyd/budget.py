@@ -70,6 +70,7 @@ class Budget:
         self._hour = int(clock() // 3600)
         self._spent_hour: dict[str, float] = {}             # key_id -> spend this clock hour
         self.on_level_change: Callable[[str, str], None] = lambda old, new: None
+        self.version = 0  # changes whenever spend or reservations change (cache keys use it)
         self._level = "ok"
 
     # -- state ------------------------------------------------------------------------
@@ -78,6 +79,7 @@ class Budget:
         day, month, hour = _day(now), _month(now), int(now // 3600)
         if day != self._day:
             self._day, self.spent_today = day, 0.0
+            self.version += 1
         if month != self._month:
             self._month, self.spent_month = month, 0.0
         if hour != self._hour:
@@ -146,6 +148,7 @@ class Budget:
             self._hold(agent_id, key_id, amount)
 
     def _hold(self, agent_id: str, key_id: str, amount: float) -> None:
+        self.version += 1
         self._reserved[agent_id] = (key_id, amount)
         self.reserved += amount
         self._live_per_key[key_id] = self._live_per_key.get(key_id, 0) + 1
@@ -153,6 +156,7 @@ class Budget:
     def settle(self, agent_id: str, actual_cost: float | None) -> None:
         """Release the reservation and count what was really spent (None: nothing)."""
         self._roll()
+        self.version += 1
         key_id, amount = self._reserved.pop(agent_id, ("", 0.0))
         if key_id:
             self.reserved = max(self.reserved - amount, 0.0)

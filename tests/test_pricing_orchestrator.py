@@ -117,3 +117,36 @@ async def test_models_select(client):
     data = (await resp.json())["data"]
     assert resp.status == 200 and data["selected_model"] == "sonnet" and data["fallback_model"] == "k2p5"
     assert data["budget_available"] is True and data["estimated_cost"] == 0.003
+
+
+# -- caches (v4.1: recommendations 30 s, pricing 5 min) --------------------------------------
+async def test_cache_status_counts_hits_and_invalidate_clears(client):
+    quote = {"model": "k2p5", "estimated_input": 2000, "estimated_output": 800, "complexity": "medium",
+             "segment": "mid_market"}
+    first = await (await client.post("/api/pricing/quote", json=quote)).json()
+    second = await (await client.post("/api/pricing/quote", json=quote)).json()
+    assert first["quote"] == second["quote"]
+    rec = {"task_type": "coding", "complexity": "medium", "estimated_tokens": 2000}
+    for _ in range(3):
+        assert (await client.post("/api/orchestrator/recommend-model", json=rec)).status == 200
+    status = await (await client.get("/api/cache/status")).json()
+    pricing_stats, rec_stats = status["caches"]["pricing"], status["caches"]["recommendations"]
+    assert pricing_stats["entries"] == 1 and pricing_stats["hits"] >= 1 and pricing_stats["ttl_seconds"] == 300
+    assert rec_stats["hits"] >= 2 and rec_stats["ttl_seconds"] == 30 and 0 < rec_stats["hit_rate"] <= 1
+    resp = await client.post("/api/cache/invalidate", json={"cache": "pricing"})
+    assert (await resp.json())["cleared"] == {"pricing": 1}
+    assert (await (await client.get("/api/cache/status")).json())["caches"]["pricing"]["entries"] == 0
+    assert (await client.post("/api/cache/invalidate", json={"cache": "nope"})).status == 400
+    resp = await client.post("/api/cache/invalidate")
+    assert set((await resp.json())["cleared"]) == {"pricing", "recommendations"}
+
+
+async def test_a_recommendation_is_recomputed_when_the_budget_moves(client):
+    rec = {"task_type": "coding", "estimated_tokens": 2000}
+    await client.post("/api/orchestrator/recommend-model", json=rec)
+    spawned = await (await client.post("/api/spawn", json={"model": "k2p5", "task": "spend a little"})).json()
+    await wait_status(client, spawned["agent_id"])
+    before = (await (await client.get("/api/cache/status")).json())["caches"]["recommendations"]["misses"]
+    await client.post("/api/orchestrator/recommend-model", json=rec)
+    after = (await (await client.get("/api/cache/status")).json())["caches"]["recommendations"]["misses"]
+    assert after == before + 1  # spend changed the budget: not served from the cache

@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from .. import pricing
-from ..errors import NotFound
-from .common import CONFIG, SERVICES, json_response
+from ..errors import NotFound, ValidationFailed
+from .common import CONFIG, SERVICES, json_response, read_json
 from .pricing import STATUS_SAMPLES, Fields, policy_of, read_fields
 
 PRIORITIES = ("low", "normal", "high", "critical")
@@ -36,11 +36,37 @@ def _available(request: web.Request):
 
 
 def _recommend(request: web.Request, task_type: str, tokens: int) -> tuple[str, bool, dict[str, Any]]:
-    snap = request.app[SERVICES].budget.snapshot()
-    committed = float(snap["today_spend"]) + float(snap["reserved"])  # what spawn admission counts
-    model, fits = pricing.recommend_model(task_type, tokens, committed, float(snap["daily_budget"]),
-                                          request.app[CONFIG].models, _available(request))
+    """From the 30-second recommendation cache while the budget has not moved."""
+    services = request.app[SERVICES]
+    snap = services.budget.snapshot()
+    key = (task_type, tokens, services.budget.version)
+    cached = services.caches["recommendations"].get(key)
+    if cached is None:
+        committed = float(snap["today_spend"]) + float(snap["reserved"])  # what spawn admission counts
+        cached = services.caches["recommendations"].put(key, pricing.recommend_model(
+            task_type, tokens, committed, float(snap["daily_budget"]), request.app[CONFIG].models,
+            _available(request)))
+    model, fits = cached
     return model, fits, snap
+
+
+async def cache_status(request: web.Request) -> web.Response:
+    """Entries, hits, misses and hit rate of each cache."""
+    caches = request.app[SERVICES].caches
+    return json_response({"caches": {name: cache.stats() for name, cache in caches.items()}})
+
+
+async def cache_invalidate(request: web.Request) -> web.Response:
+    """Clear one cache (``{"cache": "pricing"}``) or all of them."""
+    caches = request.app[SERVICES].caches
+    name = None
+    if (await request.read()).strip():
+        body = await read_json(request)
+        name = body.get("cache") if isinstance(body, dict) else None
+        if name is not None and name not in caches:
+            raise ValidationFailed([{"field": "cache", "message": f"cache must be one of: {', '.join(caches)}"}])
+    cleared = {n: c.clear() for n, c in caches.items() if name is None or n == name}
+    return json_response({"success": True, "cleared": cleared})
 
 
 async def recommend_model(request: web.Request) -> web.Response:

@@ -176,9 +176,15 @@ def _quote_params(f: Fields, models: tuple[str, ...], policy: pricing.PricingPol
 
 
 def _quote(request: web.Request, p: dict[str, Any], segment: str, policy: pricing.PricingPolicy) -> dict[str, Any]:
-    price = request.app[CONFIG].models[p["model"]]
-    return pricing.quote(p["model"], price, p["complexity"], segment, p["estimated_input"], p["estimated_output"],
-                         policy)
+    """A quote, from the 5-minute pricing cache when the same inputs were priced lately."""
+    key = (p["model"], p["complexity"], segment, p["estimated_input"], p["estimated_output"])
+    cache = request.app[SERVICES].caches["pricing"]
+    cached = cache.get(key)
+    if cached is None:
+        price = request.app[CONFIG].models[p["model"]]
+        cached = cache.put(key, pricing.quote(p["model"], price, p["complexity"], segment, p["estimated_input"],
+                                              p["estimated_output"], policy))
+    return dict(cached)  # callers may add fields: never to the cached one
 
 
 def _items(f: Fields, name: str, rows: list[Any]) -> Iterator[Fields]:

@@ -70,6 +70,8 @@ ROUTES = (
     ("GET", "/pricing/webhooks", pricing.pricing_list_webhooks, ADMIN, "other"),
     ("DELETE", "/pricing/webhook/{webhook_id}", pricing.pricing_delete_webhook, ADMIN, "other"),
     ("GET", "/orchestrator/status", orchestrator.orchestrator_status, BILLING, "other"),
+    ("GET", "/cache/status", orchestrator.cache_status, READ, "other"),
+    ("POST", "/cache/invalidate", orchestrator.cache_invalidate, ADMIN, "other"),
     ("POST", "/orchestrator/recommend-model", orchestrator.recommend_model, WRITE, "other"),
     ("GET", "/models", orchestrator.list_models, READ, "other"),
     ("GET", "/models/{name}", orchestrator.get_model, READ, "other"),
