@@ -134,12 +134,7 @@ class Buckets:
         return self._decision(tokens >= 1.0, [tokens, now], limit, now)
 
     def peek(self, key: str, limit: Limit) -> Decision:
-        now = self.clock()
-        state = self._state.get(key)
-        if state is None:
-            return Decision(True, limit.limit, limit.limit, now, 0.0)
-        tokens = min(float(limit.limit), state[0] + max(now - state[1], 0.0) * limit.rate)
-        return self._decision(tokens >= 1, [tokens, now], limit, now)
+        return self.peek_all((key,), limit)
 
     def prune(self, limits: Callable[[str], Limit | None]) -> int:
         """Forget buckets that have refilled completely: they equal a fresh one.

@@ -58,6 +58,15 @@ async def client(aiohttp_client, config):
     return await aiohttp_client(build_app(config))
 
 
+@pytest.fixture
+async def upstreams():
+    """Two fake upstreams (both wire formats each), for fallback between providers."""
+    a, b = await FakeUpstream().start(), await FakeUpstream().start()
+    yield a, b
+    await a.close()
+    await b.close()
+
+
 async def wait_status(client, agent_id: str, statuses=("completed", "failed", "cancelled"),
                       timeout: float = 10.0) -> dict:
     """Poll GET /agent/{id} until it reaches one of ``statuses``."""

@@ -388,14 +388,6 @@ def test_kill_9_loses_at_most_the_last_interval(tmp_path):
 
 # -- provider hourly limits ------------------------------------------------------------------
 
-@pytest.fixture
-async def upstreams():
-    a, b = await FakeUpstream().start(), await FakeUpstream().start()
-    yield a, b
-    await a.close()
-    await b.close()
-
-
 def provider_config(tmp_path, primary: FakeUpstream, secondary: FakeUpstream, primary_hourly: int,
                     secondary_hourly: int):
     """k2p5 -> "primary" whose fallback minimax-m2.5 -> "secondary" (whose fallback is k2p5 again)."""

@@ -14,14 +14,6 @@ from tests.conftest import make_config, route_models, wait_status
 from tests.fakeupstream import FakeUpstream
 
 
-@pytest.fixture
-async def upstreams():
-    a, b = await FakeUpstream().start(), await FakeUpstream().start()
-    yield a, b
-    await a.close()
-    await b.close()
-
-
 def two_provider_config(tmp_path, primary: FakeUpstream, secondary: FakeUpstream, *,
                         primary_plugin: str = "openai_compat", primary_limit: int = 4, **runtime):
     """k2p5 -> provider "primary" (OpenAI wire format); its fallback minimax-m2.5 -> "secondary"

@@ -223,37 +223,36 @@ async def _emit_quote(request: web.Request, quote: dict[str, Any], check: dict[s
 
 async def pricing_quote(request: web.Request) -> web.Response:
     """A quote with its margin guardrail."""
-    policy = policy_of(request)
-    data, form = await read_fields(request)
-    f = Fields(data, form)
-    p = _quote_params(f, _model_names(request), policy)
-    delivery = f.choice("delivery_type", tuple(policy.margin_thresholds), default=policy.default_delivery_type)
-    f.done()
-    q = _quote(request, p, p["segment"], policy)
-    check = pricing.guardrail(q["gross_margin_pct"], delivery, policy)
-    quote_id = await _emit_quote(request, q, check)
-    headers = DEPRECATION if not f.present("segment") else None
+    q, check, quote_id, headers, _ = await _guarded_quote(request)
     return json_response({"success": True, "quote_id": quote_id, "quote": q, "guardrail_check": check},
                          headers=headers)
 
 
-async def pricing_decision(request: web.Request) -> web.Response:
-    """An approve/escalate decision packet for one quote."""
+async def _guarded_quote(request: web.Request, *, with_approver: bool = False):
+    """Read one quote request, price it and check its guardrail (quote and decision share this).
+
+    Returns (quote, guardrail check, quote id, Deprecation headers or None, approver).
+    """
     policy = policy_of(request)
     data, form = await read_fields(request)
     f = Fields(data, form)
     p = _quote_params(f, _model_names(request), policy)
     delivery = f.choice("delivery_type", tuple(policy.margin_thresholds), default=policy.default_delivery_type)
-    approver = f.text("approver", "ops-auto")
+    approver = f.text("approver", "ops-auto") if with_approver else None
     f.done()
     q = _quote(request, p, p["segment"], policy)
     check = pricing.guardrail(q["gross_margin_pct"], delivery, policy)
-    d = pricing.decision(check, approver, datetime.now(timezone.utc))
     quote_id = await _emit_quote(request, q, check)
+    return q, check, quote_id, (DEPRECATION if not f.present("segment") else None), approver
+
+
+async def pricing_decision(request: web.Request) -> web.Response:
+    """An approve/escalate decision packet for one quote."""
+    q, check, quote_id, headers, approver = await _guarded_quote(request, with_approver=True)
+    d = pricing.decision(check, approver, datetime.now(timezone.utc))
     await _emit(request, "pricing.quote_approved" if d["decision_status"] == "approved" else "pricing.quote_escalated",
                 {"quote_id": quote_id, **d, "model": q["model"], "segment": q["segment"],
                  "recommended_price": q["recommended_price"], "gross_margin_pct": q["gross_margin_pct"]})
-    headers = DEPRECATION if not f.present("segment") else None
     return json_response({"success": True, "quote_id": quote_id, "decision": d, "quote": q, "guardrail_check": check},
                          headers=headers)
 
