@@ -47,6 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import load  # noqa: E402
 from run_all import PY, Proc, free_port, wait_port  # noqa: E402
+from lifted import LIFTED_LIMITS  # bench/ is the script directory, so on sys.path
 
 HEALTH_CONFIG = """
 [server]
@@ -55,18 +56,7 @@ log_level = "warning"
 [plugins]
 dropin_dir = "{workdir}/no-plugins"
 
-[limits]
-spawn = 100000000
-agent_read = 100000000
-agents_list = 100000000
-system = 100000000
-other = 100000000
-
-[budget]
-daily_budget = 1e9
-monthly_ceiling = 1e12
-spike_per_hour = 1e12
-max_agents_per_key = 100000000
+{lifted}
 
 [providers.offline]
 plugin = "offline"
@@ -83,7 +73,7 @@ blended_per_1k = 0.001
 
 
 def health_config(workdir: str) -> str:
-    return HEALTH_CONFIG.format(workdir=workdir)
+    return HEALTH_CONFIG.format(workdir=workdir, lifted=LIFTED_LIMITS)
 
 
 # ------------------------------------------------------------------ load generators

@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.environ.get("J1MSKY_ROOT") or os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import load  # noqa: E402
+from lifted import LIFTED_LIMITS  # bench/ is the script directory, so on sys.path
 
 PY = sys.executable
 
@@ -54,18 +55,7 @@ dropin_dir = "{workdir}/no-plugins"
 
 # The seed's limits (100 spawns/h per key and per IP, $50/day, 50 live agents per key)
 # would refuse a benchmark after its first hundred spawns: lift them all.
-[limits]
-spawn = 100000000
-agent_read = 100000000
-agents_list = 100000000
-system = 100000000
-other = 100000000
-
-[budget]
-daily_budget = 1e9
-monthly_ceiling = 1e12
-spike_per_hour = 1e12
-max_agents_per_key = 100000000
+{lifted}
 
 [providers.fast]
 plugin = "openai_compat"
@@ -152,7 +142,8 @@ AUTH = True  # run_all.py --no-auth turns it off
 def bench_config(workdir: str, up_port: int, sync: str, runtime_conc: int = 64, prov_conc: int = 256,
                  auth: bool | None = None) -> str:
     auth = AUTH if auth is None else auth
-    return CONFIG.format(workdir=workdir, up_port=up_port, sync=sync, runtime_conc=runtime_conc,
+    return CONFIG.format(workdir=workdir, lifted=LIFTED_LIMITS, up_port=up_port, sync=sync,
+                         runtime_conc=runtime_conc,
                          prov_conc=prov_conc, auth="true" if auth else "false")
 
 

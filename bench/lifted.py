@@ -1,0 +1,18 @@
+"""Config shared by the benchmarks: the seed's limits (100 spawns/h per key and per IP,
+$50/day, 50 live agents per key) would refuse a benchmark after its first hundred
+requests, so every benchmark config lifts them with this block."""
+
+LIFTED_LIMITS = """
+[limits]
+spawn = 100000000
+agent_read = 100000000
+agents_list = 100000000
+system = 100000000
+other = 100000000
+
+[budget]
+daily_budget = 1e9
+monthly_ceiling = 1e12
+spike_per_hour = 1e12
+max_agents_per_key = 100000000
+"""
