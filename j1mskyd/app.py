@@ -28,6 +28,7 @@ from .keys import REFRESH_SECONDS, KeyService
 from .metrics import Metrics
 from .netguard import IpPolicy, parse_networks
 from .plugins import PluginError, PluginRegistry, build_provider, load_plugins
+from .pricing_history import PricingHistory
 from .provider_pool import ProviderSlot
 from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimiter
 from .runtime import AgentRuntime
@@ -79,6 +80,7 @@ class Services:
     idempotency: IdempotencyStore
     events: EventLog
     webhooks: WebhookService
+    pricing_history: PricingHistory
     started: float = field(default_factory=time.monotonic)
     health_cache: tuple[tuple, bytes, int] | None = None  # (stamp, body, status) of GET /health
     # The v4.1 caches: model recommendations 30 s, pricing calculations 5 min.
@@ -151,10 +153,11 @@ def _audit_finish(audit: AuditLog, agent) -> None:
 
 
 async def _maintenance(services: Services) -> None:
-    """Hourly: retention of agent data, audit log retention, expired idempotency records."""
+    """Hourly: retention of agent data, audit log, events and pricing history; expired idempotency records."""
     while True:
         for job in (services.agents.purge_expired, services.audit.purge, services.idempotency.purge,
-                    lambda: services.events.purge(_EVENTS_KEEP_DAYS)):
+                    lambda: services.events.purge(_EVENTS_KEEP_DAYS),
+                    services.pricing_history.purge):
             try:
                 await job()
             except Exception:  # noqa: BLE001 - retried next hour; never stops the daemon
@@ -209,9 +212,14 @@ async def _lifecycle(app: web.Application):
         runtime.events = events
         agents.webhooks = webhooks
         services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file,
-                                            keys, ip_control, audit, IdempotencyStore(store), events, webhooks)
+                                            keys, ip_control, audit, IdempotencyStore(store), events, webhooks,
+                                            PricingHistory(store, config.pricing.history_days))
         await events.load()
         await webhooks.load()
+        changed = await services.pricing_history.policy_change(config.pricing.policy)
+        if changed is not None:
+            log.info("pricing policy changed since the last start (policy %s)", changed["policy_hash"])
+            await events.emit("pricing.policy_changed", changed)
         budget.on_level_change = lambda old, new: _budget_event(events, budget, old, new, services.caches)
         await keys.reload()
         await ip_control.load()

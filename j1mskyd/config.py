@@ -14,6 +14,7 @@ Secrets never appear in messages: reasons name types and constraints, never valu
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import math
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
+from . import pricing
 from .netguard import PRIVATE_NETWORKS, parse_networks
 from .providers import ProviderSettings
 
@@ -159,6 +161,31 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PricingConfig:
+    """The ``[pricing]`` table: the pricing policy (business rules' defaults) and how long the
+    recorded quotes and decisions are kept."""
+    policy: pricing.PricingPolicy = pricing.DEFAULT_POLICY
+    history_days: float = 365.0            # recorded quotes and decisions (open exceptions stay)
+
+
+def _pricing_config(values: dict[str, Any], issues: "_Issues") -> PricingConfig:
+    """Merge the table over the defaults and check what relates two keys."""
+    history_days = values.pop("history_days", PricingConfig().history_days)
+    base = pricing.DEFAULT_POLICY
+    for name in ("complexity_markup", "segment_adjustments", "margin_thresholds"):
+        if name in values:
+            values[name] = types.MappingProxyType({**getattr(base, name), **values[name]})
+    policy = dataclasses.replace(base, **values)
+    if not policy.min_markup <= policy.target_markup <= policy.max_markup:
+        issues.add("pricing.target_markup", "must satisfy min_markup <= target_markup <= max_markup")
+    if policy.healthy_margin_pct > policy.strong_margin_pct:
+        issues.add("pricing.healthy_margin_pct", "must not exceed pricing.strong_margin_pct")
+    if policy.health_warning_pct > policy.health_critical_pct:
+        issues.add("pricing.health_warning_pct", "must not exceed pricing.health_critical_pct")
+    return PricingConfig(policy, history_days)
+
+
+@dataclass(frozen=True, slots=True)
 class PluginsConfig:
     dropin_dir: str = "/etc/j1msky/plugins.d"
     disabled: tuple[str, ...] = ()
@@ -202,6 +229,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    pricing: PricingConfig = field(default_factory=lambda: PricingConfig())
 
 
 # ------------------------------------------------------------------------- checkers
@@ -242,15 +270,35 @@ def _int(lo: int | None = None, hi: int | None = None) -> Checker:
     return check
 
 
-def _num(lo: float | None = None, *, positive: bool = False) -> Checker:
+def _num(lo: float | None = None, hi: float | None = None, *, positive: bool = False) -> Checker:
     """A float; TOML integers are accepted (``timeout = 30``)."""
     def check(v: Any) -> float:
         if type(v) not in (int, float):
             raise _Bad(f"must be a number, not {_tname(v)}")
         if not math.isfinite(v):
             raise _Bad("must be a finite number")
-        _in_range(v, 0 if positive else lo, None, positive)
+        _in_range(v, 0 if positive else lo, hi, positive)
         return float(v)
+    return check
+
+
+def _num_table(keys: Iterable[str], number: Checker) -> Checker:
+    """A table of numbers under known keys (``{low = 3.0, high = 5.5}``); keys left out keep
+    their defaults, so an operator changes one markup without restating the others."""
+    known = tuple(keys)
+
+    def check(v: Any) -> dict[str, float]:
+        if type(v) is not dict:
+            raise _Bad(f"must be a table, not {_tname(v)}")
+        out = {}
+        for key, value in v.items():
+            if key not in known:
+                raise _Bad(f"unknown key {key!r} (known: {', '.join(known)})")
+            try:
+                out[key] = number(value)
+            except _Bad as e:
+                raise _Bad(f"{key} {e}") from None
+        return out
     return check
 
 
@@ -414,9 +462,28 @@ _SECURITY: dict[str, Checker] = {
     "key_rotation_grace_hours": _num(0),
 }
 _PRIVACY: dict[str, Checker] = {"retention_days": _num(positive=True), "mask_pii_in_logs": _bool}
+_PERCENT = _num(0, 100)
+_PRICING: dict[str, Checker] = {
+    "complexity_markup": _num_table(pricing.COMPLEXITIES, _num(positive=True)),
+    "min_markup": _num(positive=True),
+    "target_markup": _num(positive=True),
+    "max_markup": _num(positive=True),
+    "minimum_price": _num(0),
+    "segment_adjustments": _num_table(pricing.SEGMENTS, _num(-100, 100)),
+    "margin_thresholds": _num_table(pricing.DELIVERY_TYPES, _PERCENT),
+    "default_delivery_type": _enum(*pricing.DELIVERY_TYPES),
+    "default_segment": _enum(*pricing.SEGMENTS),
+    "strong_margin_pct": _PERCENT,
+    "healthy_margin_pct": _PERCENT,
+    "executive_review_ratio": _num(0, 1),
+    "elevated_cost_per_task": _num(0),
+    "health_warning_pct": _num(positive=True),
+    "health_critical_pct": _num(positive=True),
+    "history_days": _num(positive=True),
+}
 _SECTIONS = {"server": _SERVER, "runtime": _RUNTIME, "store": _STORE, "plugins": _PLUGINS,
              "budget": _BUDGET, "limits": _LIMITS, "security": _SECURITY,
-             "privacy": _PRIVACY}
+             "privacy": _PRIVACY, "pricing": _PRICING}
 _NAMED = ("providers", "models", "teams")
 _REQUIRED = {
     "providers": ("plugin",),
@@ -603,6 +670,8 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
     if "monthly_ceiling" not in budget:
         budget["monthly_ceiling"] = budget.get("daily_budget", BudgetConfig().daily_budget) * 30
 
+    pricing_config = _pricing_config(sections["pricing"], issues)
+
     server = sections["server"]
     server["state_dir"] = os.path.abspath(server.get("state_dir") or default_state_dir(env))
 
@@ -638,6 +707,7 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
         limits=LimitsConfig(**sections["limits"]),
         security=SecurityConfig(**sections["security"]),
         privacy=PrivacyConfig(**sections["privacy"]),
+        pricing=pricing_config,
     )
 
 

@@ -4,14 +4,14 @@ Every number and rule is from ../shared/spec/business-rules.md ("Pricing"); "rou
 Python's round, used here the same way.  Nothing in this module does I/O or reads a clock: the
 caller passes the policy, the model prices and (for decisions) the time.
 
-The policy numbers are defaults of :class:`PricingPolicy`; they belong in the configuration
-(a ``[pricing]`` table) and the handlers should build the policy from there once it exists.
+The policy numbers are the defaults of :class:`PricingPolicy`; the ``[pricing]`` table of the
+configuration overrides them (j1mskyd/config.py builds the policy the handlers use).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -45,6 +45,11 @@ class PricingPolicy:
     elevated_cost_per_task: float = 0.10   # pricing health: avg cost per task above this -> warning
     health_warning_pct: float = 80.0       # pricing health: utilisation above this -> warning
     health_critical_pct: float = 100.0     # pricing health: utilisation at or above this -> critical
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting, as plain JSON values."""
+        return {f.name: dict(v) if isinstance(v, Mapping) else v
+                for f in fields(self) for v in (getattr(self, f.name),)}
 
     def status_block(self) -> dict[str, Any]:
         """The ``pricing_policy`` block of /pricing/status and /pricing/report."""

@@ -176,6 +176,41 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_due ON deliveries(status, next_attempt_at);
     CREATE INDEX deliveries_webhook ON deliveries(webhook_id, created_at);
     """,
+    # 5: pricing history.  Every quote and decision priced by /pricing/quote and
+    # /pricing/decision, and the deal-desk exception an escalated decision opens, so
+    # that weekly metrics, experiment summaries and exception aging come from history.
+    # Numbers and labels only (no task text): not sealed.
+    """
+    CREATE TABLE pricing_quotes (
+        quote_id          TEXT PRIMARY KEY,
+        created_at        REAL NOT NULL,
+        model             TEXT NOT NULL,
+        complexity        TEXT NOT NULL,
+        segment           TEXT NOT NULL,
+        delivery_type     TEXT NOT NULL,
+        estimated_input   INTEGER NOT NULL,
+        estimated_output  INTEGER NOT NULL,
+        internal_cost     REAL NOT NULL,
+        recommended_price REAL NOT NULL,
+        gross_margin_pct  REAL NOT NULL,
+        is_compliant      INTEGER NOT NULL,
+        decision_status   TEXT,
+        approver          TEXT,
+        variant           TEXT,
+        experiment        TEXT,
+        api_key_id        TEXT
+    );
+    CREATE INDEX pricing_quotes_created ON pricing_quotes(created_at);
+    CREATE TABLE pricing_exceptions (
+        exception_id  TEXT PRIMARY KEY,
+        quote_id      TEXT NOT NULL UNIQUE,
+        opened_at     REAL NOT NULL,
+        closed_at     REAL,
+        closed_by     TEXT,
+        resolution    TEXT
+    );
+    CREATE INDEX pricing_exceptions_open ON pricing_exceptions(closed_at, opened_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _INLINE_UNITS = 8          # batches up to this size commit on the loop (synchronous=normal)

@@ -16,6 +16,7 @@ from aiohttp import web
 from .. import pricing
 from ..errors import NotFound, ValidationFailed
 from .common import CONFIG, SERVICES, json_response, read_json
+from ..pricing_history import Window
 from .pricing import STATUS_SAMPLES, Fields, policy_of, read_fields
 
 PRIORITIES = ("low", "normal", "high", "critical")
@@ -93,13 +94,58 @@ def _day_start(now: float) -> float:
     return datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
+PREVIEW_DAYS = 7
+
+
+async def _previews(request: web.Request, example: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The pricing previews: from the recorded pricing history once there is any (source
+    "history": the last 7 days, that week against the one before, the open exceptions), else
+    from sample inputs (source "sample")."""
+    history = request.app[SERVICES].pricing_history
+    if not await history.has_history():
+        return _sample_previews(request, example, now)
+    policy = policy_of(request)
+    src = {"source": "history"}
+    t = now.timestamp()
+    latest = await history.latest_decision()
+    if latest is not None:
+        check = {"is_compliant": latest["decision_status"] == "approved", "delivery_type": latest["delivery_type"]}
+        decision = {**pricing.decision(check, latest["approver"], datetime.fromtimestamp(latest["created_at"],
+                                                                                         timezone.utc)),
+                    "quote_id": latest["quote_id"], **src}
+    else:
+        decision = {**_sample_decision(request, example, now), "source": "sample"}
+    results = await history.quotes(Window.last_days(t, PREVIEW_DAYS))
+    deliveries = {r["guardrail_check"]["delivery_type"] for r in results}
+    portfolio = {"delivery_type": deliveries.pop() if len(deliveries) == 1 else
+                 "mixed" if deliveries else policy.default_delivery_type, **pricing.rollup(results, policy)}
+    current = await history.weekly_metrics(Window.last_days(t, PREVIEW_DAYS))
+    previous = await history.weekly_metrics(Window.last_days(t, PREVIEW_DAYS, back=1))
+    aging = pricing.exception_aging_from_ages(await history.open_exception_ages())
+    return {
+        "quote_decision_preview": decision,
+        "quote_portfolio_preview": {**portfolio, **src},
+        "portfolio_alert_preview": {**pricing.portfolio_alert(portfolio, policy), **src},
+        "weekly_metrics_preview": {**current, **src},
+        "weekly_comparison_preview": {**pricing.weekly_comparison(current, previous), **src},
+        "exception_aging_preview": {**aging["exception_aging"], **src},
+        "exception_alert_preview": {**aging["exception_alert"], **src},
+    }
+
+
+def _sample_decision(request: web.Request, example: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The decision for the example task quote."""
+    policy = policy_of(request)
+    check = pricing.guardrail(example["gross_margin_pct"], policy.default_delivery_type, policy)
+    return pricing.decision(check, "ops-auto", now)
+
+
 def _sample_previews(request: web.Request, example: dict[str, Any], now: datetime) -> dict[str, Any]:
     """The previews from sample inputs (no quote history is recorded yet), marked source "sample"."""
     policy = policy_of(request)
     models = request.app[CONFIG].models
     delivery = policy.default_delivery_type
-    check = pricing.guardrail(example["gross_margin_pct"], delivery, policy)
-    decision = pricing.decision(check, "ops-auto", now)
+    decision = _sample_decision(request, example, now)
     results = []
     for segment, (model, complexity, tin, tout) in STATUS_SAMPLES.items():
         if model in models and segment in policy.segment_adjustments:
@@ -161,7 +207,7 @@ async def orchestrator_status(request: web.Request) -> web.Response:
                                                       pricing.top_models(usage, config.models, limit=3)),
         "pricing_policy": policy.orchestrator_block(),
         "example_task_quote": example,
-        **_sample_previews(request, example, when),
+        **await _previews(request, example, when),
         "usage_anomalies": pricing.usage_anomalies(pricing.top_models(usage, config.models, limit=10)),
         "monthly_forecast": pricing.monthly_forecast(daily_budget, spend),
         "provider_usage": providers,

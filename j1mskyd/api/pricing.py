@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -24,7 +23,8 @@ from aiohttp import web
 
 from .. import pricing
 from ..errors import BadRequest, NotFound, ValidationFailed
-from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, read_json
+from ..pricing_history import RESOLUTIONS, PricingHistory, Window, new_quote_id
+from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json
 
 MAX_TOKENS = 10_000_000          # per token estimate
 MAX_ITEMS = 10_000               # scenarios / quotes per request
@@ -33,11 +33,12 @@ PRICING_EVENTS = ("pricing.quote_generated", "pricing.quote_approved", "pricing.
                   "pricing.exception_created", "pricing.margin_alert", "pricing.budget_warning",
                   "pricing.budget_critical", "pricing.policy_changed")
 DEPRECATION = {"Deprecation": "true"}
+VARIANTS = ("control", "test")
 
 
 def policy_of(request: web.Request) -> pricing.PricingPolicy:
-    """The pricing policy (the defaults until the configuration has a [pricing] table)."""
-    return pricing.DEFAULT_POLICY
+    """The pricing policy: the business rules' defaults with the configuration's [pricing] table over them."""
+    return request.app[CONFIG].pricing.policy
 
 
 # ------------------------------------------------------------------------------ request reading
@@ -200,61 +201,93 @@ def _items(f: Fields, name: str, rows: list[Any]) -> Iterator[Fields]:
 
 # ------------------------------------------------------------------------------ events
 
-async def _emit(request: web.Request, type_: str, data: dict[str, Any]) -> None:
-    """A pricing event, stored and delivered only when a webhook or a live listener wants it."""
+async def _record(request: web.Request, quote: dict[str, Any], check: dict[str, Any], *,
+                  decision: dict[str, Any] | None = None, variant: str | None = None,
+                  experiment: str | None = None) -> tuple[str, str | None]:
+    """Record a quote (and its decision) in the pricing history, with the events announcing it
+    in the same transaction.  Returns (quote id, id of the exception an escalation opened)."""
     services = request.app[SERVICES]
-    if services.webhooks.route(type_, data) or services.events.wants(type_):
-        await services.events.emit(type_, data)
-
-
-async def _emit_quote(request: web.Request, quote: dict[str, Any], check: dict[str, Any]) -> str:
-    quote_id = "quote_" + secrets.token_hex(6)
+    quote_id = new_quote_id()
+    exception_id, stmts = services.pricing_history.record(
+        quote_id, quote, check, decision=decision, variant=variant, experiment=experiment,
+        api_key_id=request.get(API_KEY_ID))
     data = {"quote_id": quote_id, "model": quote["model"], "segment": quote["segment"],
             "complexity": quote["complexity"], "recommended_price": quote["recommended_price"],
             "gross_margin_pct": quote["gross_margin_pct"]}
-    await _emit(request, "pricing.quote_generated", data)
+    events: list[tuple[str, dict[str, Any]]] = [("pricing.quote_generated", data)]
     if not check["is_compliant"]:
-        await _emit(request, "pricing.margin_alert", {**data, "delivery_type": check["delivery_type"],
-                                                      "minimum_margin_pct": check["minimum_margin_pct"]})
-    return quote_id
+        events.append(("pricing.margin_alert", {**data, "delivery_type": check["delivery_type"],
+                                                "minimum_margin_pct": check["minimum_margin_pct"]}))
+    if decision is not None:
+        events.append(("pricing.quote_" + decision["decision_status"], {"quote_id": quote_id, **decision,
+                       **{k: data[k] for k in ("model", "segment", "recommended_price", "gross_margin_pct")}}))
+    if exception_id is not None:
+        events.append(("pricing.exception_created", {"exception_id": exception_id, "quote_id": quote_id,
+                                                     "delivery_type": check["delivery_type"],
+                                                     "minimum_margin_pct": check["minimum_margin_pct"], **data}))
+    published = []
+    for type_, event_data in events:
+        # Stored only when a webhook or a live listener wants it (the history row is the record).
+        if services.webhooks.route(type_, event_data) or services.events.wants(type_):
+            event, event_stmts = services.events.statements(type_, event_data)
+            published.append(event)
+            stmts.extend(event_stmts)
+    await services.store.write(*stmts)
+    services.events.published(published)
+    return quote_id, exception_id
 
 
 # ------------------------------------------------------------------------------ calculators
 
 async def pricing_quote(request: web.Request) -> web.Response:
-    """A quote with its margin guardrail."""
-    q, check, quote_id, headers, _ = await _guarded_quote(request)
+    """A quote with its margin guardrail (recorded in the pricing history)."""
+    f, p, delivery = await _read_quote(request)
+    f.done()
+    q, check = _guarded_quote(request, p, delivery)
+    quote_id, _ = await _record(request, q, check)
     return json_response({"success": True, "quote_id": quote_id, "quote": q, "guardrail_check": check},
-                         headers=headers)
+                         headers=_deprecation(f))
 
 
-async def _guarded_quote(request: web.Request, *, with_approver: bool = False):
-    """Read one quote request, price it and check its guardrail (quote and decision share this).
+def _deprecation(f: Fields) -> dict[str, str] | None:
+    return DEPRECATION if not f.present("segment") else None
 
-    Returns (quote, guardrail check, quote id, Deprecation headers or None, approver).
-    """
+
+async def _read_quote(request: web.Request) -> tuple[Fields, dict[str, Any], str]:
+    """One quote request's fields (quote and decision share them): (fields, quote params, delivery
+    type).  The fields are left open: the caller reads its own, then calls ``done()``."""
     policy = policy_of(request)
     data, form = await read_fields(request)
     f = Fields(data, form)
     p = _quote_params(f, _model_names(request), policy)
     delivery = f.choice("delivery_type", tuple(policy.margin_thresholds), default=policy.default_delivery_type)
-    approver = f.text("approver", "ops-auto") if with_approver else None
-    f.done()
+    return f, p, delivery
+
+
+def _guarded_quote(request: web.Request, p: dict[str, Any], delivery: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The quote and its margin guardrail check."""
+    policy = policy_of(request)
     q = _quote(request, p, p["segment"], policy)
-    check = pricing.guardrail(q["gross_margin_pct"], delivery, policy)
-    quote_id = await _emit_quote(request, q, check)
-    return q, check, quote_id, (DEPRECATION if not f.present("segment") else None), approver
+    return q, pricing.guardrail(q["gross_margin_pct"], delivery, policy)
 
 
 async def pricing_decision(request: web.Request) -> web.Response:
-    """An approve/escalate decision packet for one quote."""
-    q, check, quote_id, headers, approver = await _guarded_quote(request, with_approver=True)
+    """An approve/escalate decision packet for one quote; an escalation opens a deal-desk exception.
+
+    Optional ``variant`` (control|test) and ``experiment`` tag the decision for experiment summaries.
+    """
+    f, p, delivery = await _read_quote(request)
+    approver = f.text("approver", "ops-auto")
+    variant = f.choice("variant", VARIANTS, default="") or None
+    experiment = f.text("experiment", "", max_len=64) or None
+    f.done()
+    q, check = _guarded_quote(request, p, delivery)
     d = pricing.decision(check, approver, datetime.now(timezone.utc))
-    await _emit(request, "pricing.quote_approved" if d["decision_status"] == "approved" else "pricing.quote_escalated",
-                {"quote_id": quote_id, **d, "model": q["model"], "segment": q["segment"],
-                 "recommended_price": q["recommended_price"], "gross_margin_pct": q["gross_margin_pct"]})
-    return json_response({"success": True, "quote_id": quote_id, "decision": d, "quote": q, "guardrail_check": check},
-                         headers=headers)
+    quote_id, exception_id = await _record(request, q, check, decision=d, variant=variant, experiment=experiment)
+    out = {"success": True, "quote_id": quote_id, "decision": d, "quote": q, "guardrail_check": check}
+    if exception_id is not None:
+        out["exception_id"] = exception_id
+    return json_response(out, headers=_deprecation(f))
 
 
 async def pricing_batch_quotes(request: web.Request) -> web.Response:
@@ -311,7 +344,7 @@ def _decision_rows(f: Fields, rows: list[Any], variant: bool = False) -> list[di
     for item in _items(f, "quotes", rows):
         row: dict[str, Any] = {}
         if variant:
-            row["variant"] = item.choice("variant", ("control", "test"))
+            row["variant"] = item.choice("variant", VARIANTS)
         row["decision_status"] = item.choice("decision_status", ("approved", "escalated"))
         row["gross_margin_pct"] = item.number("gross_margin_pct", -1_000_000, 100)
         if not variant:
@@ -367,6 +400,93 @@ async def pricing_exception_alert(request: web.Request) -> web.Response:
         f.bad("at_risk_count", "must not exceed open_exceptions")
     f.done()
     return json_response({"success": True, **pricing.exception_aging(n, oldest, at_risk)})
+
+
+# ------------------------------------------------------------------------------ from the recorded history
+# GET forms of the rollups above: the same functions over what /pricing/quote and /pricing/decision
+# recorded, over the last ``days`` (default 7; the comparison sets the window before it beside it).
+
+HISTORY_MAX_DAYS = 366
+
+
+def _history_query(request: web.Request, default_days: int) -> tuple[Fields, int]:
+    f = Fields(query_params(request), True)
+    return f, f.integer("days", 1, HISTORY_MAX_DAYS, default=default_days)
+
+
+def _period(window: Window, days: int) -> dict[str, Any]:
+    def iso(t: float) -> str:
+        return pricing.iso_now(datetime.fromtimestamp(t, timezone.utc))
+    return {"source": "history", "period": {"from": iso(window.start), "to": iso(window.end), "days": days}}
+
+
+def _history(request: web.Request) -> PricingHistory:
+    return request.app[SERVICES].pricing_history
+
+
+async def pricing_weekly_metrics_history(request: web.Request) -> web.Response:
+    """Weekly metrics over the recorded decisions of the last ``days`` (default 7)."""
+    f, days = _history_query(request, 7)
+    f.done()
+    history = _history(request)
+    window = Window.last_days(history.clock(), days)
+    return json_response({"success": True, "weekly_metrics": await history.weekly_metrics(window),
+                          **_period(window, days)})
+
+
+async def pricing_weekly_comparison_history(request: web.Request) -> web.Response:
+    """The last ``days`` (default 7) of recorded decisions against the ``days`` before them."""
+    f, days = _history_query(request, 7)
+    f.done()
+    history = _history(request)
+    now = history.clock()
+    current = await history.weekly_metrics(Window.last_days(now, days))
+    previous_window = Window.last_days(now, days, back=1)
+    previous = await history.weekly_metrics(previous_window)
+    return json_response({"success": True, **pricing.weekly_comparison(current, previous),
+                          "current": current, "previous": previous,
+                          **_period(Window(previous_window.start, now), days * 2)})
+
+
+async def pricing_experiment_summary_history(request: web.Request) -> web.Response:
+    """Control versus test over the recorded decisions tagged with a variant (``experiment`` filters
+    by the experiment label; ``days`` defaults to 30)."""
+    f, days = _history_query(request, 30)
+    experiment = f.text("experiment", "", max_len=64) or None
+    f.done()
+    history = _history(request)
+    window = Window.last_days(history.clock(), days)
+    rows = await history.decisions(window, experiment=experiment, variants_only=True)
+    return json_response({"success": True, **pricing.experiment_summary(rows), "experiment": experiment,
+                          **_period(window, days)})
+
+
+async def pricing_exception_alert_history(request: web.Request) -> web.Response:
+    """Exception-aging risk and its alert from the open deal-desk exceptions."""
+    Fields(query_params(request), True).done()
+    ages = await _history(request).open_exception_ages()
+    return json_response({"success": True, **pricing.exception_aging_from_ages(ages), "source": "history"})
+
+
+async def pricing_exceptions(request: web.Request) -> web.Response:
+    """Deal-desk exceptions (``status`` open, closed or all; oldest open first)."""
+    f = Fields(query_params(request), True)
+    status = f.choice("status", ("open", "closed", "all"), default="open")
+    limit = f.integer("limit", 1, 1000, default=100)
+    f.done()
+    rows = await _history(request).exceptions(status, limit)
+    return json_response({"success": True, "exceptions": rows, "count": len(rows), "status": status})
+
+
+async def pricing_close_exception(request: web.Request) -> web.Response:
+    """Close an open exception with its resolution (approved, rejected or withdrawn)."""
+    data, form = await read_fields(request)
+    f = Fields(data, form)
+    resolution = f.choice("resolution", RESOLUTIONS)
+    closed_by = f.text("closed_by", request.get(API_KEY_ID) or "ops-auto")
+    f.done()
+    exception = await _history(request).close_exception(request.match_info["exception_id"], resolution, closed_by)
+    return json_response({"success": True, "exception": exception})
 
 
 # ------------------------------------------------------------------------------ status, health, report
