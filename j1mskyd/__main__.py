@@ -68,7 +68,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from .keys import KeyError_, KeyService
+    from .keys import KeyError_, KeyService, LastAdminKey
     from .store import Store
     config = _load(args)
     state_dir = args.state_dir or config.server.state_dir
@@ -89,7 +89,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                           f"  last used {k['last_used_at'] or 'never'}")
                 return 0
             if args.keys_command == "revoke":
-                key = await keys.revoke(args.key_id, args.reason)
+                key = await keys.revoke(args.key_id, args.reason, force=args.force)
                 print(f"revoked {key.key_id} ({key.name})")
                 return 0
             if args.keys_command == "create":
@@ -106,8 +106,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
         except LookupError as exc:
             print(f"j1mskyd: no such key: {exc}", file=sys.stderr)
             return 1
-        except KeyError_ as exc:
-            print(f"j1mskyd: {exc}", file=sys.stderr)
+        except (KeyError_, LastAdminKey) as exc:
+            hint = " (or pass --force)" if isinstance(exc, LastAdminKey) else ""
+            print(f"j1mskyd: {exc}{hint}", file=sys.stderr)
             return 2
         finally:
             await store.close()
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_parser("revoke", "revoke a key now")
     revoke.add_argument("key_id")
     revoke.add_argument("--reason", default="revoked")
+    revoke.add_argument("--force", action="store_true", help="also revoke the last active admin key")
     rotate = keys_parser("rotate", "make a successor key; the old one works for the grace period")
     rotate.add_argument("key_id")
     rotate.add_argument("--json", action="store_true")

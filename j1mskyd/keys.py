@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .crypto import DataCipher
+from .errors import Conflict
 
 SCOPES = ("agents:read", "agents:write", "billing:read", "admin:write")
 ADMIN = "admin:write"
@@ -31,6 +32,10 @@ REFRESH_SECONDS = 2.0
 
 class KeyError_(ValueError):
     """A bad key request (unknown scope, unknown id...): the API turns it into a 4xx."""
+
+
+class LastAdminKey(Conflict):
+    """Revoking it would leave no admin key (409)."""
 
 
 def hash_token(token: str) -> str:
@@ -254,10 +259,16 @@ class KeyService:
         await self.reload()
         return new
 
-    async def revoke(self, key_id: str, reason: str) -> ApiKey:
+    async def revoke(self, key_id: str, reason: str, *, force: bool = False) -> ApiKey:
+        """Revoke now.  The last active admin key is refused (409) unless ``force``: without it
+        nobody can manage keys over HTTP any more (only `j1mskyd keys` on the host can)."""
         key = self.get(key_id)
         if key.revoked_at is not None:
             raise KeyError_(f"{key_id} is already revoked")
+        now = self.clock()
+        if not force and ADMIN in key.scopes and key.state(now) == "active" and not any(
+                k.key_id != key_id and ADMIN in k.scopes and k.state(now) == "active" for k in self.ring.keys.values()):
+            raise LastAdminKey(f"{key_id} is the last active admin key; create another admin key before revoking it")
         await self.store.write(revoke_statement(key_id, reason, self.clock()))
         await self.reload()
         return self.get(key_id)

@@ -332,6 +332,22 @@ async def test_revoke_with_reason_then_401_404_and_400(aiohttp_client, tmp_path)
     assert listed[key["key_id"]]["revoke_reason"] == "laptop stolen"
 
 
+async def test_the_last_admin_key_cannot_be_revoked_over_http(aiohttp_client, tmp_path):
+    client, admin = await start(aiohttp_client, auth_config(tmp_path))
+    resp = await client.delete(f"/api/keys/{admin['key_id']}", headers=bearer(admin["token"]))
+    error = await error_of(resp, 409)
+    assert error["type"] == "CONFLICT" and "last active admin key" in error["message"]
+    assert (await client.get("/api/keys", headers=bearer(admin["token"]))).status == 200  # still works
+    # A non-admin key does not count as a replacement; a second admin key does.
+    await new_key(client, admin, ["agents:read", "agents:write", "billing:read"])
+    assert (await client.delete(f"/api/keys/{admin['key_id']}", headers=bearer(admin["token"]))).status == 409
+    second = await new_key(client, admin, ["admin:write"])
+    resp = await client.delete(f"/api/keys/{admin['key_id']}", headers=bearer(second["token"]))
+    assert resp.status == 200, await resp.text()
+    resp = await client.delete(f"/api/keys/{second['key_id']}", headers=bearer(second["token"]))
+    assert (await error_of(resp, 409))["type"] == "CONFLICT"
+
+
 async def test_revoke_without_body_and_bad_reason(aiohttp_client, tmp_path):
     client, admin = await start(aiohttp_client, auth_config(tmp_path))
     key = await new_key(client, admin, ["agents:read"])

@@ -207,3 +207,13 @@ async def test_refresh_sees_a_revocation_committed_while_the_keys_were_being_rea
         assert service.get(made.key.key_id).revoke_reason == "cli"
     finally:
         await store.close()
+
+
+def test_cli_refuses_the_last_admin_key_without_force(tmp_path):
+    admin = keys_json(tmp_path, "create", "--name", "owner", "--scopes", "admin:write")
+    code, _, err = keys_cli(tmp_path, "revoke", admin["key_id"])
+    assert code == 2 and "last active admin key" in err and "--force" in err and "Traceback" not in err
+    assert [k["status"] for k in keys_json(tmp_path, "list")] == ["active"]
+    code, out, err = keys_cli(tmp_path, "revoke", admin["key_id"], "--force")
+    assert code == 0, err
+    assert [k["status"] for k in keys_json(tmp_path, "list")] == ["revoked"]
