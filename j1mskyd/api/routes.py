@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import agents, events, keys, openapi, ops, orchestrator, pricing, security, system, webhooks
+from . import agents, dashboard, events, keys, openapi, ops, orchestrator, pricing, security, system, webhooks
 from .middleware import PUBLIC, ROUTE_CLASSES, ROUTE_SCOPES
 
 PREFIXES = ("/api", "/api/v1")
@@ -100,5 +100,11 @@ def setup_routes(app: web.Application) -> None:
     # Prometheus scrapes the root; it can send a bearer token (authorization: in scrape_config).
     app.router.add_get("/metrics", ops.metrics_prometheus)
     scopes[("GET", "/metrics")] = READ
+    # The dashboard (docs/dashboard.md): the page is public, its data needs a key.
+    dashboard.assets()  # read the files now: a missing one fails the start, not a visitor
+    app.router.add_get("/", dashboard.index)
+    app.router.add_get("/static/{name}", dashboard.static)
+    for method in ("GET", "HEAD"):
+        scopes[(method, "/")] = scopes[(method, "/static/{name}")] = PUBLIC
     app[ROUTE_CLASSES] = classes
     app[ROUTE_SCOPES] = scopes
