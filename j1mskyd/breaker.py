@@ -11,6 +11,11 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 class CircuitBreaker:
+    # Stored state changes of all breakers in the process: a reader caching what it shows
+    # of them (GET /health) compares one integer instead of asking every breaker.  The
+    # timed open -> half-open step is computed, not stored, so it does not count here.
+    changes = 0
+
     def __init__(self, threshold: int = 5, reset_seconds: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = threshold
@@ -36,7 +41,7 @@ class CircuitBreaker:
         if state == CLOSED:
             return True
         if state == HALF_OPEN and not self._probe_out:
-            self._state = HALF_OPEN
+            self._set(HALF_OPEN)
             self._probe_out = True
             return True
         return False
@@ -49,17 +54,22 @@ class CircuitBreaker:
     def record_success(self) -> None:
         self.total_successes += 1
         self._failures = 0
-        self._state = CLOSED
+        self._set(CLOSED)
         self._probe_out = False
 
     def record_failure(self) -> None:
         self.total_failures += 1
         self._failures += 1
         if self._state == HALF_OPEN or self._failures >= self.threshold:
-            self._state = OPEN
+            self._set(OPEN)
             self._opened_at = self._clock()
             self._probe_out = False
             self.times_opened += 1
+
+    def _set(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            CircuitBreaker.changes += 1
 
     def release_probe(self) -> None:
         """A half-open probe ended without a verdict (cancelled): let another one try."""

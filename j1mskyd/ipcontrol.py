@@ -46,7 +46,7 @@ class IpControl:
         self.clock = clock
         self.blocks: dict[str, Block] = {}
         self._allowed_text: tuple[str, ...] = tuple(str(n) for n in policy.allowed)
-        self._resolved: dict[tuple[str | None, str | None], tuple[Address | None, bool]] = {}
+        self._resolved: dict[tuple[str | None, str | None], tuple[Address | None, str | None, bool]] = {}
 
     async def load(self) -> None:
         def read(conn: sqlite3.Connection) -> tuple[str | None, list[sqlite3.Row]]:
@@ -99,24 +99,26 @@ class IpControl:
         self._apply(normalised, enforce, log_violations)
         return self.whitelist()
 
-    def resolve(self, peer: str | None, forwarded_for: str | None) -> tuple[Address | None, bool]:
-        """(client address, admitted by the allowlist), cached per (peer, header): parsing
-        addresses and walking networks for every request is wasted work on a Pi."""
+    def resolve(self, peer: str | None, forwarded_for: str | None) -> tuple[Address | None, str | None, bool]:
+        """(client address, the same as text, admitted by the allowlist), cached per (peer,
+        header): parsing addresses, walking networks and formatting the address (blocks and
+        rate-limit buckets are keyed by the text) for every request is wasted work on a Pi."""
         key = (peer, forwarded_for)
         hit = self._resolved.get(key)
         if hit is None:
             addr = self.policy.client_ip(peer, forwarded_for)
-            hit = (addr, self.policy.admits(addr))
+            hit = (addr, None if addr is None else str(addr), self.policy.admits(addr))
             if len(self._resolved) >= 4096:
                 self._resolved.clear()
             self._resolved[key] = hit
         return hit
 
     # -- blocks ----------------------------------------------------------------------------
-    def blocked(self, addr: Address | None) -> Block | None:
-        if addr is None:
+    def blocked(self, ip: str | None) -> Block | None:
+        """The active block of an address (its text, as resolve() gives it), if any."""
+        if ip is None:
             return None
-        block = self.blocks.get(str(addr))
+        block = self.blocks.get(ip)
         if block is not None and not block.active(self.clock()):
             del self.blocks[block.ip]  # expired; the row is swept by the next write or purge
             return None

@@ -52,11 +52,12 @@ class Metrics:
         self.routes: dict[str, RouteStats] = {}
         self.rate_limit_hits = 0
 
-    def record(self, route: str, status: int, seconds: float) -> None:
+    def stats_for(self, route: str) -> RouteStats:
+        """The route's counters; the request pipeline keeps this and records into it directly."""
         stats = self.routes.get(route)
         if stats is None:
             stats = self.routes[route] = RouteStats()
-        stats.record(status, seconds)
+        return stats
 
     @property
     def requests(self) -> int:

@@ -78,6 +78,9 @@ class Buckets:
         self._state: dict[str, list[float]] = {}
         self.changed = False
         self.hits = 0  # refusals, for /metrics
+        # Bumped whenever tokens are spent or loaded: only then can a bucket hold fewer
+        # tokens than a moment ago (a cache of a full bucket's headers keys on it).
+        self.spends = 0
 
     def _refill(self, key: str, limit: Limit, now: float) -> list[float]:
         state = self._state.get(key)
@@ -105,6 +108,7 @@ class Buckets:
         if allowed:
             state[0] -= cost
             self.changed = True
+            self.spends += 1
         else:
             self.hits += 1
         return self._decision(allowed, state, limit, now)
@@ -120,6 +124,7 @@ class Buckets:
         for state in states:
             state[0] -= 1.0
         self.changed = True
+        self.spends += 1
         return self._decision(True, tightest, limit, now)
 
     def peek_all(self, keys: tuple[str, ...], limit: Limit) -> Decision:
@@ -171,6 +176,7 @@ class Buckets:
             return 0
         loaded = 0
         now = self.clock()
+        self.spends += 1
         for key, value in data.items():
             if (isinstance(key, str) and isinstance(value, list) and len(value) == 2
                     and all(isinstance(x, (int, float)) and math.isfinite(x) for x in value)):
@@ -261,6 +267,8 @@ class RequestLimiter:
         self.buckets = buckets
         self.limits = limits
         self.per_ip = per_ip
+        # (class, key id, ip) -> ((second, buckets.spends), headers) of full buckets; see peek_headers.
+        self._full: dict[tuple[str, str, str | None], tuple[tuple[int, int], dict[str, str]]] = {}
 
     def limit_for(self, bucket_key: str) -> Limit | None:
         """The limit of a ``key:...:<class>`` or ``ip:...:<class>`` bucket (for pruning)."""
@@ -284,6 +292,27 @@ class RequestLimiter:
     def peek(self, endpoint_class: str, key_id: str, ip: str | None) -> Decision:
         """The same answer as check() would give, without spending anything."""
         return self.buckets.peek_all(self._keys(endpoint_class, key_id, ip), self.limits[endpoint_class])
+
+    def peek_headers(self, endpoint_class: str, key_id: str, ip: str | None) -> dict[str, str]:
+        """The X-RateLimit-* headers of peek(), for responses that are not counted (public routes).
+
+        Buckets that are full (a health probe's usual case) give the same headers for a
+        whole second: Remaining = Limit, Reset = the end of the second.  Refilling cannot
+        change that, only spending can, so those are kept until the second or
+        ``buckets.spends`` changes.  The dict is shared: callers must not modify it.
+        """
+        stamp = (int(self.buckets.clock()), self.buckets.spends)
+        who = (endpoint_class, key_id, ip)
+        hit = self._full.get(who)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        decision = self.peek(endpoint_class, key_id, ip)
+        headers = decision.headers()
+        if decision.remaining == decision.limit:
+            if len(self._full) >= 4096:  # many passing addresses: start over rather than grow
+                self._full.clear()
+            self._full[who] = (stamp, headers)
+        return headers
 
     def status(self, key_id: str) -> dict[str, dict[str, object]]:
         """What the key has left in each class (for GET /rate-limits)."""

@@ -1,4 +1,4 @@
-"""The request pipeline: one aiohttp middleware running the steps in the order of STEPS.
+"""The request pipeline: one aiohttp middleware running the steps in the order of CHECKS.
 
     request id + metrics + rate-limit headers   (around everything, every response)
       error envelope                             (every failure becomes the one JSON body)
@@ -11,11 +11,14 @@ One middleware instead of eight because aiohttp 3.8 rebuilds the middleware chai
 functools.partial for every request: on a Pi that overhead is a real share of a cheap
 request.  The checks are plain functions, each testable alone; their order is stated
 once, in CHECKS.
+
+Public routes (GET /health, the sunset 410s) take a short way: IP guard, handler, and the
+rate-limit headers from a look at the buckets (cached while they are full), because a
+monitor may poll /health many times a second (issue 3 measures exactly this path).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import math
@@ -23,6 +26,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -30,9 +34,11 @@ from ..agent import ANONYMOUS
 from ..errors import (ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited,
                       Unauthorized)
 from ..idempotency import KEY_PATTERN, fingerprint
+from ..metrics import RouteStats
+from ..ratelimit import Decision
 from ..signing import SignatureError, verify
 from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, REQUEST_ID, SERVICES, actor, api_error_response,
-                     app_key, error_response, request_key)
+                     app_key, error_response)
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -42,79 +48,111 @@ LIMITER = app_key("j1msky.request_limiter")
 ROUTE_CLASSES = app_key("j1msky.route_classes")
 ROUTE_SCOPES = app_key("j1msky.route_scopes")
 REPLAY_GUARD = app_key("j1msky.replay_guard")
-RATE_DECISION = request_key("j1msky.rate_decision")
 PUBLIC = "public"  # the scope of routes open without a key
 
 # Request ids: a random per-process prefix and a counter (unique, and no syscall per request).
 _ID_PREFIX = "req_" + os.urandom(4).hex()
 _ID_COUNTER = itertools.count(1)
-_ROUTE_NAMES: dict[tuple[str, int], str] = {}
 
 
-def _is_api(request: web.Request) -> bool:
-    return request.path.startswith("/api/")
+class Route:
+    """What the pipeline needs to know of one route, worked out at its first request
+    instead of looking up the route tables (and formatting its metrics name) every time."""
+
+    __slots__ = ("name", "scope", "limit_class", "is_api", "public", "authenticated", "stats")
+
+    def __init__(self, request: web.Request, resource: Any) -> None:
+        app = request.app
+        method = request.method
+        pattern = resource.canonical if resource is not None else None
+        key = (method, pattern or "")
+        self.name = f"{method} {pattern}" if pattern is not None else f"{method} (unmatched)"  # never the raw path
+        self.scope = app[ROUTE_SCOPES].get(key)
+        self.limit_class = app[ROUTE_CLASSES].get(key, "other")
+        self.is_api = (pattern or request.path).startswith("/api/")
+        self.public = self.scope == PUBLIC
+        # Unknown paths (404/405) answer without asking for a key: they reveal nothing.
+        self.authenticated = (resource is not None and not self.public
+                              and (self.is_api or pattern == "/metrics"))
+        self.stats: RouteStats | None = None  # at the first answer: /metrics lists answered routes only
+
+    def record(self, app: web.Application, status: int, seconds: float) -> None:
+        if self.stats is None:
+            self.stats = app[METRICS].stats_for(self.name)
+        self.stats.record(status, seconds)
 
 
-ROUTE = request_key("j1msky.route")
+# aiohttp route object -> Route.  Module-wide rather than per app (no hook reaches the app
+# between build and freeze without touching app.py); bounded for the test suite's many apps.
+_ROUTES: dict[Any, Route] = {}
 
 
-def _route_key(request: web.Request) -> tuple[str, str]:
-    """(method, route pattern), computed once per request."""
-    route = request.get(ROUTE)
+def route_of(request: web.Request) -> Route:
+    matched = request.match_info.route
+    route = _ROUTES.get(matched)
     if route is None:
-        resource = request.match_info.route.resource
-        route = request[ROUTE] = (request.method, resource.canonical if resource is not None else "")
+        route = Route(request, matched.resource)
+        # 404/405 come with a new SystemRoute each time: only real routes are worth keeping.
+        if matched.resource is not None and matched.method == request.method:
+            if len(_ROUTES) >= 4096:
+                _ROUTES.clear()
+            _ROUTES[matched] = route
     return route
 
 
-def route_name(request: web.Request) -> str:
-    """``METHOD /pattern`` for metrics: the route's pattern, never the raw path (ids would explode it)."""
-    resource = request.match_info.route.resource
-    key = (request.method, id(resource))
-    name = _ROUTE_NAMES.get(key)
-    if name is None:
-        name = f"{request.method} {resource.canonical}" if resource is not None else f"{request.method} (unmatched)"
-        if len(_ROUTE_NAMES) < 1024:
-            _ROUTE_NAMES[key] = name
-    return name
+class Pass:
+    """One request's way through the pipeline.  The checks record what they found here (and
+    in the request, for handlers), so no step has to request.get() a key that may be absent:
+    each such miss raises and catches a KeyError inside Mapping.get."""
+
+    __slots__ = ("route", "app", "ip", "key", "key_id", "decision")
+
+    def __init__(self, route: Route, app: web.Application) -> None:
+        self.route = route
+        self.app = app
+        self.ip: str | None = None  # the client address as text, once check_ip has run
+        self.key: Any = None
+        self.key_id: str = ANONYMOUS
+        self.decision: Decision | None = None
 
 
 # -- checks: each returns None or raises an ApiError ------------------------------------------
-def check_body_size(request: web.Request) -> None:
+def check_body_size(request: web.Request, p: Pass) -> None:
     """Refuse an oversized body from its Content-Length, before reading it.
 
     Chunked bodies without a length are capped by the Application's client_max_size.
     """
-    limit = request.app[CONFIG].server.max_body_bytes
+    limit = p.app[CONFIG].server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body exceeds {limit} bytes")
 
 
-def check_ip(request: web.Request) -> None:
+def check_ip(request: web.Request, p: Pass) -> None:
     """Resolve the client address once (proxies per config); apply IP blocks, then the allowlist."""
-    control = request.app[SERVICES].ip_control
-    addr, admitted = control.resolve(request.remote, request.headers.get("X-Forwarded-For"))
+    control = p.app[SERVICES].ip_control
+    # X-Forwarded-For counts only from a trusted proxy; without any, it is not even read.
+    forwarded = request.headers.get("X-Forwarded-For") if control.policy.trusted_proxies else None
+    addr, p.ip, admitted = control.resolve(request.remote, forwarded)
     request[CLIENT_IP] = addr
-    block = control.blocked(addr)
+    block = control.blocked(p.ip)
     if block is not None:
-        _violation(request, "ip_blocked", block.reason)
-        raise IpNotAllowed("IP blocked", type_="IP_BLOCKED", your_ip=str(addr), reason=block.reason)
+        _violation(request, p, "ip_blocked", block.reason)
+        raise IpNotAllowed("IP blocked", type_="IP_BLOCKED", your_ip=p.ip, reason=block.reason)
     if not admitted:
-        _violation(request, "ip_not_allowed")
-        raise IpNotAllowed("IP not whitelisted", your_ip=str(addr))  # the seed's words
+        _violation(request, p, "ip_not_allowed")
+        raise IpNotAllowed("IP not whitelisted", your_ip=p.ip)  # the seed's words
 
 
-def _violation(request: web.Request, kind: str, detail: str | None = None) -> None:
+def _violation(request: web.Request, p: Pass, kind: str, detail: str | None = None) -> None:
     """security.violation in the audit log, and a log line when the operator wants one."""
-    services = request.app[SERVICES]
+    services = p.app[SERVICES]
     if services.ip_control.log_violations:
-        log.warning("refused %s %s from %s: %s%s", request.method, request.path, request.get(CLIENT_IP), kind,
+        log.warning("refused %s %s from %s: %s%s", request.method, request.path, p.ip, kind,
                     f" ({detail})" if detail else "")
     details = {"kind": kind, "method": request.method, "path": request.path, **({"detail": detail} if detail else {})}
     services.audit.record("security.violation", actor(request), severity="warning", details=details)
-    ip = request.get(CLIENT_IP)
-    services.events.emit_soon("security.violation", details | {"ip": str(ip) if ip is not None else None},
-                              throttle_key=f"violation:{ip}:{kind}")
+    services.events.emit_soon("security.violation", details | {"ip": p.ip},
+                              throttle_key=f"violation:{p.ip}:{kind}")
 
 
 def _token(request: web.Request) -> str | None:
@@ -125,89 +163,77 @@ def _token(request: web.Request) -> str | None:
     return request.headers.get("X-API-Key", "").strip() or None
 
 
-def check_auth(request: web.Request) -> None:
+def check_auth(request: web.Request, p: Pass) -> None:
     """Bearer token or X-API-Key -> the key; then the route's scope.  Off when security.auth is false."""
-    if not request.app[CONFIG].security.auth or not (_is_api(request) or request.path == "/metrics"):
+    if not p.route.authenticated or not p.app[CONFIG].security.auth:
         return
-    scope = request.app[ROUTE_SCOPES].get(_route_key(request))
-    if scope == PUBLIC or (scope is None and request.match_info.http_exception is not None):
-        return  # open routes; unknown paths 404/405 without revealing more
     token = _token(request)
     if token is None:
-        _violation(request, "missing_api_key")
+        _violation(request, p, "missing_api_key")
         raise Unauthorized("API key required: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
                            headers={"WWW-Authenticate": 'Bearer realm="j1mskyd"'})
-    services = request.app[SERVICES]
+    services = p.app[SERVICES]
     key = services.keys.authenticate(token)
     if key is None:
-        _violation(request, "invalid_api_key")
+        _violation(request, p, "invalid_api_key")
         raise Unauthorized("Invalid, expired or revoked API key", type_="INVALID_API_KEY",
                            headers={"WWW-Authenticate": 'Bearer realm="j1mskyd", error="invalid_token"'})
-    request[API_KEY] = key
-    request[API_KEY_ID] = key.key_id
+    p.key = request[API_KEY] = key
+    p.key_id = request[API_KEY_ID] = key.key_id
     services.audit.record("api.key.used", actor(request), resource_type="api_key", resource_id=key.key_id)
+    scope = p.route.scope
     if not key.allows(scope):
-        _violation(request, "insufficient_scope", scope)
+        _violation(request, p, "insufficient_scope", scope)
         raise Forbidden(f"This API key lacks the scope '{scope}'", required_scope=scope)
 
 
-def needs_signature(request: web.Request) -> bool:
-    key = request.get(API_KEY)
-    return key is not None and (key.require_signature or request.app[CONFIG].security.require_signatures
+def needs_signature(request: web.Request, p: Pass) -> bool:
+    key = p.key
+    return key is not None and (key.require_signature or p.app[CONFIG].security.require_signatures
                                 or "X-Signature" in request.headers)
 
 
-async def check_signature(request: web.Request) -> None:
+async def check_signature(request: web.Request, p: Pass) -> None:
     """HMAC signature (signing.py) when the key or the config requires it, or the client sent one."""
     raw = await request.read()  # cached by aiohttp: the handler reads the same bytes
     try:
-        verify(request[API_KEY].secret, request.headers.get("X-Timestamp"), request.headers.get("X-Signature"),
+        verify(p.key.secret, request.headers.get("X-Timestamp"), request.headers.get("X-Signature"),
                request.method, [request.path, request.path_qs, request.raw_path], raw,
-               request.app[REPLAY_GUARD], request.app[CONFIG].security.signature_max_skew)
+               p.app[REPLAY_GUARD], p.app[CONFIG].security.signature_max_skew)
     except SignatureError as exc:
-        _violation(request, "bad_signature", exc.type)
+        _violation(request, p, "bad_signature", exc.type)
         raise Unauthorized(exc.message, type_=exc.type) from None
 
 
-def check_rate_limit(request: web.Request) -> None:
+def check_rate_limit(request: web.Request, p: Pass) -> None:
     """Count the request against its key and its IP (API paths only); 429 when either is spent.
 
-    Public routes (health) are only looked at, not counted: a monitor polling them must
-    neither lock itself out nor make the counters file churn on the SD card.
+    Public routes do not come here: the pipeline only looks at their buckets (a monitor
+    polling /health must neither lock itself out nor make the counters file churn).
     """
-    if not _is_api(request):
+    route = p.route
+    if not route.is_api:
         return
-    app = request.app
-    route = _route_key(request)
-    endpoint_class = app[ROUTE_CLASSES].get(route, "other")
-    ip = request.get(CLIENT_IP)
-    limiter = app[LIMITER]
-    key_id = request.get(API_KEY_ID, ANONYMOUS)
-    ip_text = str(ip) if ip is not None else None
-    if app[ROUTE_SCOPES].get(route) == PUBLIC:
-        request[RATE_DECISION] = limiter.peek(endpoint_class, key_id, ip_text)
-        return
-    decision = limiter.check(endpoint_class, key_id, ip_text)
-    request[RATE_DECISION] = decision
+    decision = p.decision = p.app[LIMITER].check(route.limit_class, p.key_id, p.ip)
     if not decision.allowed:
-        app[METRICS].rate_limit_hits += 1
-        app[SERVICES].events.emit_soon("rate_limit.exhausted",
-                                       {"api_key_id": key_id, "ip": ip_text, "endpoint_class": endpoint_class,
-                                        "limit": decision.limit, "reset_at": decision.reset_at},
-                                       throttle_key=f"ratelimit:{key_id}:{ip_text}:{endpoint_class}")
+        p.app[METRICS].rate_limit_hits += 1
+        p.app[SERVICES].events.emit_soon(
+            "rate_limit.exhausted", {"api_key_id": p.key_id, "ip": p.ip, "endpoint_class": route.limit_class,
+                                     "limit": decision.limit, "reset_at": decision.reset_at},
+            throttle_key=f"ratelimit:{p.key_id}:{p.ip}:{route.limit_class}")
         wait = max(1, math.ceil(decision.retry_after))
         raise RateLimited("Rate limit exceeded", retry_after=wait, headers={"Retry-After": str(wait)})
 
 
-async def idempotent(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def idempotent(request: web.Request, handler: Handler, p: Pass) -> web.StreamResponse:
     """Idempotency-Key on POST/PUT (idempotency.py): replay the first answer, 409 on another payload."""
     key = request.headers.get("Idempotency-Key")
-    if key is None or request.method not in ("POST", "PUT") or not _is_api(request):
+    if key is None or request.method not in ("POST", "PUT") or not p.route.is_api:
         return await handler(request)
     if not KEY_PATTERN.match(key):
         raise BadRequest("Idempotency-Key must be 1-255 visible ASCII characters")
-    records = request.app[SERVICES].idempotency
-    scope = request.get(API_KEY_ID, ANONYMOUS)
+    records = p.app[SERVICES].idempotency
+    scope = p.key_id
     body_hash = fingerprint(request.method, request.path, await request.read())
     found = await records.begin(scope, key)
     if found is not None:
@@ -232,57 +258,58 @@ CHECKS = (check_body_size, check_ip, check_auth)
 LATE_CHECKS = (check_rate_limit,)
 
 
-async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Checks, then the handler; every failure leaves as the one JSON envelope, never a traceback."""
-    try:
-        if request.app[ROUTE_SCOPES].get(_route_key(request)) == PUBLIC:
-            # Open routes (health, the 410s): only the address checks and the limiter's look.
-            check_ip(request)
-            check_rate_limit(request)
-            return await handler(request)
-        for check in CHECKS:
-            check(request)
-        if needs_signature(request):
-            await check_signature(request)
-        for check in LATE_CHECKS:
-            check(request)
-        return await idempotent(request, handler)
-    except ApiError as exc:
+async def _guarded(request: web.Request, handler: Handler, p: Pass) -> web.StreamResponse:
+    if p.route.public:
+        # Open routes (health, the 410s): only the address checks; the limiter only looks
+        # (in pipeline).  No key, so no signature, scope or idempotency record either.
+        check_ip(request, p)
+        return await handler(request)
+    for check in CHECKS:
+        check(request, p)
+    if needs_signature(request, p):
+        await check_signature(request, p)
+    for check in LATE_CHECKS:
+        check(request, p)
+    return await idempotent(request, handler, p)
+
+
+def _failure(request: web.Request, exc: Exception) -> web.Response:
+    """Every failure leaves as the one JSON envelope, never a traceback; redirects pass."""
+    if isinstance(exc, ApiError):
         return api_error_response(request, exc)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "link")}
         message = {404: "No such endpoint", 405: f"Method {request.method} not allowed here",
                    413: "Request body too large"}.get(exc.status, exc.reason)
         return error_response(request, exc.status, message, headers=headers)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error in %s %s (request %s)", request.method, request.path,
-                      request.get(REQUEST_ID))
-        return error_response(request, 500, "Internal server error; quote the request_id when reporting it")
+    log.error("unhandled error in %s %s (request %s)", request.method, request.path, request.get(REQUEST_ID),
+              exc_info=exc)
+    return error_response(request, 500, "Internal server error; quote the request_id when reporting it")
 
 
 @web.middleware
 async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id (a sane client X-Request-Id is kept, so traces join up), timing, headers."""
     started = time.perf_counter()
-    given = request.headers.get("X-Request-Id", "")
-    request_id = given if _CLIENT_ID.fullmatch(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+    given = request.headers.get("X-Request-Id")
+    request_id = given if given is not None and _CLIENT_ID.fullmatch(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
     request[REQUEST_ID] = request_id
-    response = await _guarded(request, handler)
+    route = route_of(request)
+    p = Pass(route, request.app)
+    try:
+        response = await _guarded(request, handler, p)
+    except Exception as exc:  # noqa: BLE001 - CancelledError is a BaseException and passes
+        response = _failure(request, exc)
     headers = response.headers
     headers["X-Request-Id"] = request_id
-    if _is_api(request):
-        decision = request.get(RATE_DECISION)
-        if decision is None:  # refused before the rate limiter: show the standing, without counting
-            ip = request.get(CLIENT_IP)
-            decision = request.app[LIMITER].peek(request.app[ROUTE_CLASSES].get(_route_key(request), "other"),
-                                                 request.get(API_KEY_ID, ANONYMOUS),
-                                                 str(ip) if ip is not None else None)
-        headers.update(decision.headers())
-    request.app[METRICS].record(route_name(request), response.status, time.perf_counter() - started)
+    if route.is_api:
+        # Counted: the limiter's answer.  Public, or refused before the limiter: the
+        # standing, without counting (cached while the buckets are full).
+        headers.update(p.decision.headers() if p.decision is not None
+                       else p.app[LIMITER].peek_headers(route.limit_class, p.key_id, p.ip))
+    route.record(p.app, response.status, time.perf_counter() - started)
     return response
 
 

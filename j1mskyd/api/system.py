@@ -6,7 +6,8 @@ import time
 
 from aiohttp import web
 
-from .. import __version__
+from .. import __version__, jsonx
+from ..breaker import CircuitBreaker
 from ..errors import Gone
 from .common import CONFIG, SERVICES, json_response
 from .middleware import METRICS
@@ -21,25 +22,25 @@ async def health(request: web.Request) -> web.Response:
     """Built at most once a second: monitors may poll it hard, and it must stay cheap."""
     services = request.app[SERVICES]
     runtime = services.runtime
-    # Rebuilt when anything it shows may have changed, or a second has passed (uptime,
-    # error rate): a handful of integers is far cheaper than the JSON.
-    stamp = (int(time.monotonic()), runtime.completed_total, runtime.failed_total, runtime.running_count(),
-             len(runtime.live), tuple(s.breaker.state for s in services.slots.values()))
+    # Rebuilt when a breaker or an agent count may have changed, or a second has passed
+    # (uptime, error rate): comparing a few integers is far cheaper than building the JSON.
+    stamp = (int(time.monotonic()), CircuitBreaker.changes, len(runtime.live), runtime.running_count(),
+             runtime.completed_total, runtime.failed_total)
     cached = services.health_cache
     if cached is None or cached[0] != stamp:
-        response = _health(request)
-        cached = services.health_cache = (stamp, response.body, response.status)
-    return web.Response(body=cached[1], status=cached[2], content_type="application/json")
+        status, data = _health(request)
+        cached = services.health_cache = (stamp, jsonx.dumps(data).encode(), status)
+    return web.Response(body=cached[1], status=cached[2], content_type="application/json", charset="utf-8")
 
 
-def _health(request: web.Request) -> web.Response:
+def _health(request: web.Request) -> tuple[int, dict]:
     services = request.app[SERVICES]
     providers = {name: slot.breaker.snapshot() | {"available": slot.usable}
                  for name, slot in services.slots.items()}
     usable = [p for p in providers.values() if p["available"] and p["state"] != "open"]
     status = "healthy" if len(usable) == len(providers) else "degraded" if usable else "unhealthy"
     # 503 when nothing can serve, so load balancers and `curl -f` notice; degraded stays 200.
-    return json_response(status=503 if status == "unhealthy" else 200, data={
+    return 503 if status == "unhealthy" else 200, {
         "status": status,
         "version": __version__,
         "uptime_seconds": int(time.monotonic() - services.started),
@@ -47,7 +48,7 @@ def _health(request: web.Request) -> web.Response:
         "models_configured": len(request.app[CONFIG].models),
         "agents": {"queued": services.runtime.queued_count(), "running": services.runtime.running_count()},
         "providers": providers,
-    })
+    }
 
 
 async def plugins(request: web.Request) -> web.Response:
