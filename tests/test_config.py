@@ -76,8 +76,9 @@ def keys_of(issues: list[ConfigIssue]) -> set[str]:
     return {i.key for i in issues}
 
 
-def check_catalogue(cfg: Config) -> None:
-    assert list(cfg.models) == list(PRICES)
+def check_catalogue(cfg: Config, extra: tuple[str, ...] = ()) -> None:
+    """The 5 business models of business-rules.md, in order, then ``extra`` aliases."""
+    assert list(cfg.models) == list(PRICES) + list(extra)
     for alias, (upstream, inp, out, blended, fallback) in PRICES.items():
         m = cfg.models[alias]
         assert (m.alias, m.upstream, m.fallback) == (alias, upstream, fallback)
@@ -130,8 +131,15 @@ def test_shipped_config_loads_and_routes_to_real_providers(env):
     assert cfg.source == str(SHIPPED)
     assert (cfg.server.host, cfg.server.port) == ("0.0.0.0", 8080)
     assert cfg.server.state_dir == "/var/lib/j1msky"
-    check_catalogue(cfg)
-    assert {a: m.provider for a, m in cfg.models.items()} == REAL_PROVIDERS
+    # The business catalogue on real providers, plus one alias "offline" on the built-in offline
+    # provider: a fresh install (no keys) can run agents, and no business model is faked.
+    check_catalogue(cfg, extra=("offline",))
+    assert {a: m.provider for a, m in cfg.models.items()} == {**REAL_PROVIDERS, "offline": "offline"}
+    off = cfg.models["offline"]
+    assert (off.upstream, off.fallback) == ("offline", None)
+    assert (off.input_per_1k, off.output_per_1k, off.blended_per_1k) == (0.0, 0.0, 0.0)
+    assert all(m.fallback != "offline" for m in cfg.models.values())  # never reached by a fallback
+    assert all("offline" not in t.members for t in cfg.teams.values())
     p = cfg.providers
     assert set(p) == {"anthropic", "kimi-coding", "minimax-portal", "openai-codex", "offline"}
     assert (p["anthropic"].plugin, p["anthropic"].base_url, p["anthropic"].hourly_limit) == (

@@ -47,24 +47,35 @@ def test_pyz_version(pyz, tmp_path):
     assert (done.returncode, done.stdout.strip()) == (0, f"j1mskyd {__version__}"), done.stderr
 
 
-def test_pyz_serve_answers_health_and_loads_the_builtins(pyz, tmp_path):
+def serve_pyz(pyz: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Daemon:
+    """``python3 j1mskyd.pyz serve ...`` on a free loopback port, answering /api/health."""
     d = Daemon(tmp_path, tmp_path / "state", name="pyz")
     d.port = free_port()
     log = open(d.log_path, "ab")
     d.proc = subprocess.Popen(
         [sys.executable, str(pyz), "serve", "--host", "127.0.0.1", "--port", str(d.port),
-         "--state-dir", str(d.state_dir)],  # no --config: the embedded default (offline)
-        cwd=tmp_path, env=pyz_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
+         "--state-dir", str(d.state_dir), *args],
+        cwd=tmp_path, env={**pyz_env(), **(env or {})}, stdin=subprocess.DEVNULL, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
+
+    def healthy():
+        assert d.proc.poll() is None, d.log()
+        try:
+            return d.request("GET", "/api/health", timeout=2.0)[0] == 200
+        except OSError:
+            return False
     try:
-        def healthy():
-            assert d.proc.poll() is None, d.log()
-            try:
-                return d.request("GET", "/api/health", timeout=2.0)[0] == 200
-            except OSError:
-                return False
         wait_until(healthy, timeout=30, what="the pyz daemon's /api/health")
+    except BaseException:
+        d.close()
+        raise
+    return d
+
+
+def test_pyz_serve_answers_health_and_loads_the_builtins(pyz, tmp_path):
+    d = serve_pyz(pyz, tmp_path)  # no --config: the embedded default (offline)
+    try:
         assert d.get("/api/health")["version"] == __version__
         report = d.get("/api/plugins")["plugins"]
         builtins = {p["name"]: p for p in report if p["source"] == "builtin"}
@@ -73,6 +84,26 @@ def test_pyz_serve_answers_health_and_loads_the_builtins(pyz, tmp_path):
         assert not any(p["path"].startswith(str(ROOT)) for p in report)  # from the zip, not the tree
         agent = d.wait_agent(d.spawn("hello from a zipapp"))
         assert agent["status"] == "completed" and agent["result"].startswith("[offline:k2p5]")
+        code, _ = d.stop()
+        assert code == 0
+        assert "Traceback" not in d.log()
+    finally:
+        d.close()
+
+
+def test_pyz_on_the_shipped_config_runs_the_offline_model_without_keys(pyz, tmp_path):
+    """etc/j1msky/config.toml as the package installs it, no provider key anywhere: an agent
+    on the shipped "offline" model completes, free (the business models would call the network)."""
+    shipped = ROOT / "etc" / "j1msky" / "config.toml"
+    env = {"J1MSKY_SECRETS_FILE": str(tmp_path / "absent.env"),   # not the host's /etc/j1msky
+           "J1MSKY_PLUGINS_DIR": str(tmp_path / "no-plugins.d")}
+    d = serve_pyz(pyz, tmp_path, "--config", str(shipped), env=env)
+    try:
+        agent = d.wait_agent(d.spawn("hello from a fresh install", model="offline"))
+        assert agent["status"] == "completed", agent
+        assert agent["result"].startswith("[offline:offline] hello from a fresh install")
+        assert agent["cost"] == 0
+        assert agent["served_by"] == {"model": "offline", "provider": "offline"}
         code, _ = d.stop()
         assert code == 0
         assert "Traceback" not in d.log()
