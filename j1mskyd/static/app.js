@@ -4,13 +4,17 @@
  * requests to this origin: never in a URL, a cookie or the browser's persistent storage.  Everything the API
  * returns is written with textContent, never parsed as HTML.
  * Live agent status comes from GET /api/events/stream, read with fetch() (EventSource
- * cannot send headers); the other panels are refreshed every REFRESH_MS and after events.
+ * cannot send headers).  The other panels are counted against the key's and the address's
+ * hourly rate limits (docs/operations.md), so they are fetched sparingly: every REFRESH_MS, after
+ * agent events at most every EVENT_REFRESH_MS, and on the Refresh button; never from a hidden tab.
  */
 (() => {
   'use strict';
 
   const TOKEN_KEY = 'j1msky.apiKey';
-  const REFRESH_MS = 15000;
+  const HEALTH_MS = 15000;         // GET /api/health is public and not counted
+  const REFRESH_MS = 300000;       // the counted panels
+  const EVENT_REFRESH_MS = 30000;  // the counted panels after agent events, at most this often
   const MAX_ROWS = 50;
   const STREAM_TYPES = ['agent.spawned', 'agent.completed', 'agent.failed', 'agent.cancelled',
     'budget.notice', 'budget.warning', 'budget.critical'].join(',');
@@ -27,6 +31,9 @@
     streamCtrl: null,
     streamGen: 0,
     refreshTimer: null,
+    healthTimer: null,
+    lastSoon: 0,
+    lastRefresh: 0,
     renderTimer: null,
     soonTimer: null,
   };
@@ -158,6 +165,7 @@
     stopStream();
     clearTimeout(state.refreshTimer);
     clearTimeout(state.soonTimer);
+    state.soonTimer = null;
     state.agents.clear();
     state.lastEventId = 0;
     clearSecrets();
@@ -168,6 +176,7 @@
     $('settings-view').hidden = true;
     $('nav').hidden = true;
     $('logout').hidden = true;
+    $('refresh').hidden = true;
     $('live').hidden = true;
     $('login-view').hidden = false;
     showNotice(typeof message === 'string' ? message : '');
@@ -184,10 +193,11 @@
     $('login-view').hidden = true;
     $('nav').hidden = false;
     $('logout').hidden = false;
+    $('refresh').hidden = false;
     $('live').hidden = false;
     show('overview');
     loadModels();
-    refreshAll();
+    refreshAll(false);  // the agents list comes when the stream connects
     startStream();
   }
 
@@ -202,18 +212,39 @@
   }
 
   // -- periodic panels ------------------------------------------------------------------------
-  async function refreshAll() {
+  async function refreshAll(withAgents = true) {
     clearTimeout(state.refreshTimer);
     if (!state.token) return;
-    await Promise.all([loadHealth(), loadAgents(), loadLimits(), loadBudget(), loadSpend()]);
+    state.lastRefresh = Date.now();
+    if (!document.hidden) {
+      const loads = [loadLimits(), loadBudget(), loadSpend()];
+      if (withAgents) loads.push(loadAgents());
+      if (state.view === 'settings') loads.push(loadKeys());
+      await Promise.all(loads);
+    }
     if (state.token) state.refreshTimer = setTimeout(refreshAll, REFRESH_MS);
   }
 
-  function refreshSoon() {  // after events: one refresh for a burst of them
-    clearTimeout(state.soonTimer);
+  function refreshSoon() {  // after events: one refresh for a burst of them, and not too often
+    if (state.soonTimer) return;
+    const wait = Math.max(400, state.lastSoon + EVENT_REFRESH_MS - Date.now());
     state.soonTimer = setTimeout(() => {
-      if (state.token) Promise.all([loadHealth(), loadAgents(), loadLimits(), loadBudget(), loadSpend()]);
-    }, 400);
+      state.soonTimer = null;
+      state.lastSoon = Date.now();
+      if (state.token && !document.hidden) Promise.all([loadLimits(), loadBudget(), loadSpend()]);
+    }, wait);
+  }
+
+  async function healthLoop() {
+    clearTimeout(state.healthTimer);
+    if (!document.hidden) await loadHealth();
+    state.healthTimer = setTimeout(healthLoop, HEALTH_MS);
+  }
+
+  function onVisible() {
+    if (document.hidden) return;
+    loadHealth();
+    if (state.token && Date.now() - state.lastRefresh > EVENT_REFRESH_MS) refreshAll();
   }
 
   async function loadHealth() {
@@ -256,7 +287,6 @@
         upsertAgent({ agent_id: a.agent_id, model: a.model, status: a.status, task: a.task,
           cost: a.actual_cost != null ? a.actual_cost : a.estimated_cost, created_at: a.created_at }, 'list');
       }
-      $('agents-count').textContent = `(${body.pagination ? body.pagination.total : 0} in all)`;
       setError('agents-error', null);
     } catch (err) {
       if (state.token) setError('agents-error', err);
@@ -465,6 +495,7 @@
         if (!resp.ok || !resp.body) throw new Error(`HTTP ${resp.status}`);
         setLive('live', true);
         delay = 1000;
+        loadAgents();  // the list, then what happens next from the stream (and "running", which has no event)
         await readEvents(resp.body, gen);
       } catch (err) {
         if (ctrl.signal.aborted || gen !== state.streamGen) return;
@@ -625,10 +656,12 @@
     $('spawn-form').addEventListener('submit', spawn);
     $('key-form').addEventListener('submit', createKey);
     $('logout').addEventListener('click', () => logout('Logged out.'));
+    $('refresh').addEventListener('click', () => refreshAll());
+    document.addEventListener('visibilitychange', onVisible);
     $('new-key-copy').addEventListener('click', copyToken);
     $('new-key-done').addEventListener('click', clearSecrets);
     for (const tab of document.querySelectorAll('.tab')) tab.addEventListener('click', () => show(tab.dataset.view));
-    loadHealth();
+    healthLoop();
     const saved = sessionStorage.getItem(TOKEN_KEY);
     if (saved) {
       state.token = saved;
