@@ -150,3 +150,27 @@ async def test_a_recommendation_is_recomputed_when_the_budget_moves(client):
     await client.post("/api/orchestrator/recommend-model", json=rec)
     after = (await (await client.get("/api/cache/status")).json())["caches"]["recommendations"]["misses"]
     assert after == before + 1  # spend changed the budget: not served from the cache
+
+
+async def test_the_shipped_offline_stand_in_is_never_recommended(aiohttp_client, tmp_path):
+    """The shipped config's free `offline` model is for trying the daemon without keys; the budget
+    walk must not pick it as the cheapest way to do real work."""
+    import dataclasses
+    from pathlib import Path
+
+    from j1mskyd.app import build_app
+    from j1mskyd.config import load_config
+    from tests.conftest import make_config
+    shipped = load_config(Path(__file__).parent.parent / "etc" / "j1msky" / "config.toml", env={})
+    assert shipped.models["offline"].blended_per_1k == 0  # what makes it tempting
+    base = make_config(tmp_path)
+    cfg = dataclasses.replace(shipped, server=base.server, security=base.security, limits=base.limits,
+                              plugins=base.plugins, budget=dataclasses.replace(shipped.budget, daily_budget=0.001))
+    client = await aiohttp_client(build_app(cfg))
+    for task in ("coding", "architecture", "anything"):
+        resp = await post(client, "/api/orchestrator/recommend-model", {"task_type": task, "estimated_tokens": 50000})
+        body = await resp.json()
+        assert resp.status == 200 and body["recommended_model"] != "offline", body
+        assert body["budget_available"] is False
+    models = (await (await client.get("/api/models")).json())["data"]["models"]
+    assert {m["name"]: m["status"] for m in models}["offline"] == "available"  # listed as it is

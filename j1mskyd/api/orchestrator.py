@@ -36,6 +36,22 @@ def _available(request: web.Request):
     return available
 
 
+def _recommendable(request: web.Request):
+    """Available, and not a stand-in: a model outside the business catalogue that the offline
+    plugin serves (the shipped config's free ``offline`` model) answers with canned text, so it
+    is never the cheapest way to do real work.  A free local model (Ollama, llama.cpp) is."""
+    config = request.app[CONFIG]
+    available = _available(request)
+
+    def recommendable(alias: str) -> bool:
+        m = config.models.get(alias)
+        provider = config.providers.get(m.provider) if m is not None else None
+        if alias not in pricing.COST_ORDER and provider is not None and provider.plugin == "offline":
+            return False
+        return available(alias)
+    return recommendable
+
+
 def _recommend(request: web.Request, task_type: str, tokens: int) -> tuple[str, bool, dict[str, Any]]:
     """From the 30-second recommendation cache while the budget has not moved."""
     services = request.app[SERVICES]
@@ -46,7 +62,7 @@ def _recommend(request: web.Request, task_type: str, tokens: int) -> tuple[str, 
         committed = float(snap["today_spend"]) + float(snap["reserved"])  # what spawn admission counts
         cached = services.caches["recommendations"].put(key, pricing.recommend_model(
             task_type, tokens, committed, float(snap["daily_budget"]), request.app[CONFIG].models,
-            _available(request)))
+            _recommendable(request)))
     model, fits = cached
     return model, fits, snap
 
