@@ -55,3 +55,11 @@ def test_every_problem_is_reported_at_once():
         parse('minimum_price = "a"\ndefault_segment = "x"\nstrong_margin_pct = 101\n')
     assert {i.key for i in e.value.issues} == {"pricing.minimum_price", "pricing.default_segment",
                                                 "pricing.strong_margin_pct"}
+
+
+def test_the_shipped_config_states_the_defaults():
+    from pathlib import Path
+
+    from j1mskyd.config import load_config
+    shipped = load_config(Path(__file__).parent.parent / "etc" / "j1msky" / "config.toml", env={})
+    assert shipped.pricing.policy == pricing.DEFAULT_POLICY and shipped.pricing.history_days == 365.0
