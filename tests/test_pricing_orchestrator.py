@@ -174,3 +174,35 @@ async def test_the_shipped_offline_stand_in_is_never_recommended(aiohttp_client,
         assert body["budget_available"] is False
     models = (await (await client.get("/api/models")).json())["data"]["models"]
     assert {m["name"]: m["status"] for m in models}["offline"] == "available"  # listed as it is
+
+
+async def test_a_models_live_performance_comes_from_finished_agents(aiohttp_client, tmp_path):
+    import dataclasses
+
+    from j1mskyd.app import build_app
+    from j1mskyd.providers import ProviderSettings
+    from tests.conftest import make_config, route_models
+    base = make_config(tmp_path)
+    providers = {"good": ProviderSettings(name="good", plugin="offline", max_concurrency=8, options={"delay": 0.05}),
+                 "bad": ProviderSettings(name="bad", plugin="offline", options={"fail": "server_error"}),
+                 "offline": base.providers["offline"]}
+    models = route_models(base, {"k2p5": "good", "sonnet": "bad"})
+    models["sonnet"] = dataclasses.replace(models["sonnet"], fallback=None)
+    cfg = make_config(tmp_path, providers=providers, models=models, runtime={"max_attempts": 1})
+    client = await aiohttp_client(build_app(cfg))
+    for model, n in (("k2p5", 3), ("sonnet", 2)):
+        for i in range(n):
+            resp = await client.post("/api/spawn", json={"task": f"perf {model} {i}", "model": model})
+            await wait_status(client, (await resp.json())["agent_id"])
+
+    async def perf(alias):
+        return (await (await client.get(f"/api/models/{alias}")).json())["data"]["performance"]
+
+    good = await perf("k2p5")
+    assert good["success_rate"] == 100.0 and good["finished_agents"] == 3 and good["window_hours"] == 24
+    assert good["average_response_time"] >= 0.05 and good["p95_response_time"] >= good["average_response_time"]
+    bad = await perf("sonnet")
+    assert bad["success_rate"] == 0.0 and bad["finished_agents"] == 2 and bad["average_response_time"] is None
+    idle = await perf("opus")
+    assert idle == {"success_rate": None, "average_response_time": None, "p95_response_time": None,
+                    "finished_agents": 0, "window_hours": 24}

@@ -255,6 +255,27 @@ def _model_view(request: web.Request, alias: str, full: bool) -> dict[str, Any]:
     return view
 
 
+PERFORMANCE_WINDOW = 86400.0
+
+
+async def _performance(request: web.Request, alias: str) -> dict[str, Any]:
+    """Live figures from the agents this model finished in the last 24 h: success rate (completed
+    of completed + failed, %), average and p95 response time (s, run start to finish of the
+    completed ones).  null when it finished none; no quality score (nothing measures one)."""
+    services = request.app[SERVICES]
+    since = services.runtime.clock() - PERFORMANCE_WINDOW
+    rows = await services.store.read(lambda conn: conn.execute(
+        "SELECT status, completed_at - COALESCE(started_at, created_at) FROM agents "
+        "WHERE kind != 'team' AND status IN ('completed', 'failed') AND completed_at >= ? "
+        "AND COALESCE(served_model, model) = ?", (since, alias)).fetchall())
+    times = sorted(t for status, t in rows if status == "completed" and t is not None)
+    finished = len(rows)
+    return {"success_rate": round(len(times) / finished * 100, 2) if finished else None,
+            "average_response_time": round(sum(times) / len(times), 3) if times else None,
+            "p95_response_time": round(times[min(len(times) - 1, int(0.95 * len(times)))], 3) if times else None,
+            "finished_agents": finished, "window_hours": PERFORMANCE_WINDOW / 3600}
+
+
 async def list_models(request: web.Request) -> web.Response:
     """The configured models."""
     config = request.app[CONFIG]
@@ -266,11 +287,13 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    """One model: provider, limits, pricing, capabilities."""
+    """One model: provider, limits, pricing, capabilities, live performance."""
     name = request.match_info["name"]
     if name not in request.app[CONFIG].models:
         raise NotFound(f"Model '{name}' not found")
-    return json_response({"success": True, "data": _model_view(request, name, True)})
+    view = _model_view(request, name, True)
+    view["performance"] = await _performance(request, name)
+    return json_response({"success": True, "data": view})
 
 
 async def select_model(request: web.Request) -> web.Response:
