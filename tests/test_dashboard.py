@@ -161,7 +161,7 @@ def test_the_page_has_no_inline_code_and_loads_only_allow_listed_files():
         assert banned not in js, banned
 
 
-def test_the_zipapp_and_the_wheel_carry_the_files(tmp_path):
+def test_the_zipapp_carries_the_files_and_pyproject_ships_them(tmp_path):
     """The files are read with importlib.resources: from a zip as well as from a directory."""
     pyz = tmp_path / "j1mskyd.pyz"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "build-pyz"), "-o", str(pyz)], check=True,

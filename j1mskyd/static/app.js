@@ -119,6 +119,9 @@
       init.body = JSON.stringify(body);
     }
     const resp = await fetch('/api' + path, init);
+    if (state.token !== token && !probe) {  // logged out meanwhile: show nothing of it
+      throw new ApiError(401, { error: { message: 'Logged out' } });
+    }
     let data = null;
     try {
       data = await resp.json();
