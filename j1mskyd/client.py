@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .backoff import backoff_delay
 from .signing import sign
@@ -94,6 +94,16 @@ def _error(status: int, body: bytes, headers: Any) -> J1MSKYError:
     return J1MSKYError(message, status=status, request_id=request_id, type=type_, details=details)
 
 
+class Call(NamedTuple):
+    """One API request: what ``request()`` takes."""
+
+    method: str
+    path: str
+    body: Any = None
+    params: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+
+
 class _Core:
     def __init__(self, api_key: str | None, base_url: str, api_secret: str | None, timeout: float,
                  max_retries: int) -> None:
@@ -130,6 +140,39 @@ class _Core:
     def _result(data: dict[str, Any]) -> AgentResult:
         return AgentResult(agent_id=data.get("agent_id", ""), state=data.get("status", ""),
                            output=data.get("result"), cost=data.get("cost"), raw=data)
+
+    # -- each call's method, path and body, once: the sync and async clients both send these --
+    @staticmethod
+    def _spawn_call(model: str, task: str, priority: str, timeout: float | None, extra: dict[str, Any]) -> Call:
+        body = {"model": model, "task": task, "priority": priority, **extra}
+        if timeout is not None:
+            body["timeout"] = timeout
+        # One key per logical spawn, kept by every retry: a retried spawn never runs twice.
+        return Call("POST", "/spawn", body, idempotency_key=str(uuid.uuid4()))
+
+    @staticmethod
+    def _team_call(team: str, task: str, priority: str, extra: dict[str, Any]) -> Call:
+        return Call("POST", "/spawn-team", {"team": team, "task": task, "priority": priority, **extra},
+                    idempotency_key=str(uuid.uuid4()))
+
+    @staticmethod
+    def _agent_call(method: str, agent_id: str) -> Call:
+        return Call(method, f"/agent/{urllib.parse.quote(agent_id)}")
+
+    @staticmethod
+    def _webhook_create_call(url: str, events: list[str], secret: str | None, extra: dict[str, Any]) -> Call:
+        body = {"url": url, "events": events, **extra}
+        if secret is not None:
+            body["secret"] = secret
+        return Call("POST", "/webhooks", body)
+
+    @staticmethod
+    def _webhook_delete_call(webhook_id: str) -> Call:
+        return Call("DELETE", f"/webhooks/{urllib.parse.quote(webhook_id)}")
+
+    @staticmethod
+    def _still_running(agent_id: str, data: dict[str, Any], timeout: float) -> TimeoutError:
+        return TimeoutError(f"agent {agent_id} still {data.get('status')} after {timeout:g} s")
 
 
 class Agent:
@@ -183,17 +226,13 @@ class J1MSKYClient(_Core):
     # -- the seed's SDK ------------------------------------------------------------------------
     def spawn(self, model: str, task: str, priority: str = "normal", timeout: float | None = None,
               **extra: Any) -> Agent:
-        body = {"model": model, "task": task, "priority": priority, **extra}
-        if timeout is not None:
-            body["timeout"] = timeout
-        return Agent(self, self.request("POST", "/spawn", body, idempotency_key=str(uuid.uuid4())))
+        return Agent(self, self.request(*self._spawn_call(model, task, priority, timeout, extra)))
 
     def spawn_team(self, team: str, task: str, priority: str = "normal", **extra: Any) -> Agent:
-        body = {"team": team, "task": task, "priority": priority, **extra}
-        return Agent(self, self.request("POST", "/spawn-team", body, idempotency_key=str(uuid.uuid4())))
+        return Agent(self, self.request(*self._team_call(team, task, priority, extra)))
 
     def get_agent_status(self, agent_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/agent/{urllib.parse.quote(agent_id)}")
+        return self.request(*self._agent_call("GET", agent_id))
 
     def wait_for_completion(self, agent_id: str, timeout: float = 300.0, poll_interval: float = 1.0) -> AgentResult:
         end = time.monotonic() + timeout
@@ -202,29 +241,26 @@ class J1MSKYClient(_Core):
             if data.get("status") in TERMINAL:
                 return self._result(data)
             if time.monotonic() >= end:
-                raise TimeoutError(f"agent {agent_id} still {data.get('status')} after {timeout:g} s")
+                raise self._still_running(agent_id, data, timeout)
             time.sleep(min(poll_interval, max(end - time.monotonic(), 0.01)))
 
     def list_agents(self, **params: Any) -> dict[str, Any]:
         return self.request("GET", "/agents", params=params)
 
     def cancel(self, agent_id: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/agent/{urllib.parse.quote(agent_id)}")
+        return self.request(*self._agent_call("DELETE", agent_id))
 
     def get_quote(self, **request: Any) -> dict[str, Any]:
         return self.request("POST", "/pricing/quote", request)
 
     def create_webhook(self, url: str, events: list[str], secret: str | None = None, **extra: Any) -> dict[str, Any]:
-        body = {"url": url, "events": events, **extra}
-        if secret is not None:
-            body["secret"] = secret
-        return self.request("POST", "/webhooks", body)
+        return self.request(*self._webhook_create_call(url, events, secret, extra))
 
     def list_webhooks(self) -> dict[str, Any]:
         return self.request("GET", "/webhooks")
 
     def delete_webhook(self, webhook_id: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/webhooks/{urllib.parse.quote(webhook_id)}")
+        return self.request(*self._webhook_delete_call(webhook_id))
 
 
 Agency = J1MSKYClient  # the seed's SDK name
@@ -289,17 +325,13 @@ class AsyncJ1MSKYClient(_Core):
 
     async def spawn(self, model: str, task: str, priority: str = "normal", timeout: float | None = None,
                     **extra: Any) -> AsyncAgent:
-        body = {"model": model, "task": task, "priority": priority, **extra}
-        if timeout is not None:
-            body["timeout"] = timeout
-        return AsyncAgent(self, await self.request("POST", "/spawn", body, idempotency_key=str(uuid.uuid4())))
+        return AsyncAgent(self, await self.request(*self._spawn_call(model, task, priority, timeout, extra)))
 
     async def spawn_team(self, team: str, task: str, priority: str = "normal", **extra: Any) -> AsyncAgent:
-        body = {"team": team, "task": task, "priority": priority, **extra}
-        return AsyncAgent(self, await self.request("POST", "/spawn-team", body, idempotency_key=str(uuid.uuid4())))
+        return AsyncAgent(self, await self.request(*self._team_call(team, task, priority, extra)))
 
     async def get_agent_status(self, agent_id: str) -> dict[str, Any]:
-        return await self.request("GET", f"/agent/{urllib.parse.quote(agent_id)}")
+        return await self.request(*self._agent_call("GET", agent_id))
 
     async def wait_for_completion(self, agent_id: str, timeout: float = 300.0,
                                   poll_interval: float = 1.0) -> AgentResult:
@@ -310,11 +342,24 @@ class AsyncJ1MSKYClient(_Core):
             if data.get("status") in TERMINAL:
                 return self._result(data)
             if time.monotonic() >= end:
-                raise TimeoutError(f"agent {agent_id} still {data.get('status')} after {timeout:g} s")
+                raise self._still_running(agent_id, data, timeout)
             await asyncio.sleep(min(poll_interval, max(end - time.monotonic(), 0.01)))
 
+    async def list_agents(self, **params: Any) -> dict[str, Any]:
+        return await self.request("GET", "/agents", params=params)
+
     async def cancel(self, agent_id: str) -> dict[str, Any]:
-        return await self.request("DELETE", f"/agent/{urllib.parse.quote(agent_id)}")
+        return await self.request(*self._agent_call("DELETE", agent_id))
 
     async def get_quote(self, **request: Any) -> dict[str, Any]:
         return await self.request("POST", "/pricing/quote", request)
+
+    async def create_webhook(self, url: str, events: list[str], secret: str | None = None,
+                             **extra: Any) -> dict[str, Any]:
+        return await self.request(*self._webhook_create_call(url, events, secret, extra))
+
+    async def list_webhooks(self) -> dict[str, Any]:
+        return await self.request("GET", "/webhooks")
+
+    async def delete_webhook(self, webhook_id: str) -> dict[str, Any]:
+        return await self.request(*self._webhook_delete_call(webhook_id))

@@ -126,3 +126,29 @@ async def test_unreachable_daemon_is_a_clear_error():
     sdk = J1MSKYClient(base_url="http://127.0.0.1:9", max_retries=1, timeout=2)
     with pytest.raises(J1MSKYError, match="cannot reach"):
         await asyncio.to_thread(sdk.get_agent_status, "x")
+
+
+async def test_webhooks_quotes_and_listing_sync_and_async(client):
+    sync = J1MSKYClient(base_url=base_url(client))
+    made = await asyncio.to_thread(sync.create_webhook, "https://example.com/hook", ["agent.completed"], "s3cret-long-enough")
+    assert made["success"] is True and "secret" not in made  # a secret we chose is not echoed
+    listed = await asyncio.to_thread(sync.list_webhooks)
+    assert [w["webhook_id"] for w in listed["webhooks"]] == [made["webhook_id"]]
+    async with AsyncJ1MSKYClient(base_url=base_url(client)) as sdk:
+        other = await sdk.create_webhook("https://example.com/other", ["agent.failed"])
+        assert other["secret"]  # generated, shown once
+        assert len((await sdk.list_webhooks())["webhooks"]) == 2
+        await sdk.delete_webhook(other["webhook_id"])
+        assert [w["webhook_id"] for w in (await sdk.list_webhooks())["webhooks"]] == [made["webhook_id"]]
+        with pytest.raises(J1MSKYError) as err:
+            await sdk.delete_webhook(other["webhook_id"])
+        assert err.value.status == 404
+        quote = await sdk.get_quote(model="sonnet", estimated_input=3000, estimated_output=1200, complexity="high",
+                                    segment="enterprise")
+        assert quote["quote"]["recommended_price"] == 0.5
+        agent = await sdk.spawn(model="k2p5", task="listed")
+        await agent.wait_for_completion(10, 0.02)
+        listing = await sdk.list_agents(status="completed")
+        assert agent.agent_id in [a["agent_id"] for a in listing["data"]]
+    await asyncio.to_thread(sync.delete_webhook, made["webhook_id"])
+    assert (await asyncio.to_thread(sync.list_webhooks))["webhooks"] == []
