@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -215,6 +216,11 @@ async def _login(browser: Browser, token: str) -> None:
 
 
 def _show(capsys, label: str, path) -> None:
+    """Print a screenshot's path; J1MSKY_SCREENSHOT_DIR also keeps a copy (pytest keeps 3 runs' tmp dirs)."""
+    keep = os.environ.get("J1MSKY_SCREENSHOT_DIR")
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        path = shutil.copy(path, keep)
     with capsys.disabled():  # in the test output even when it passes
         print(f"\n{label}: {path}")
 
