@@ -21,6 +21,7 @@ from .errors import ValidationFailed
 
 EVENTS = ("agent.spawn", "agent.complete", "agent.fail", "api.key.used", "config.change", "security.violation")
 LOG_LEVELS = ("minimal", "standard", "verbose")
+MAX_OFFSET = 10**18  # SQLite integers are 64-bit: a larger OFFSET is an OverflowError, not "no rows"
 SEVERITIES = ("info", "warning", "critical")
 SETTING = "audit"
 KEY_USED_EVERY = 60.0
@@ -155,10 +156,10 @@ class AuditLog:
         try:
             limit = int(params.get("limit", 50))
             offset = int(params.get("offset", 0))
-            if not 1 <= limit <= 500 or offset < 0:
+            if not 1 <= limit <= 500 or not 0 <= offset < MAX_OFFSET:
                 raise ValueError
         except ValueError:
-            errors.append({"field": "limit", "message": "limit must be 1-500 and offset >= 0"})
+            errors.append({"field": "limit", "message": "limit must be 1-500 and offset from 0 to 10^18"})
         if errors:
             raise ValidationFailed(errors)
         sql_where = " AND ".join(where) or "1"

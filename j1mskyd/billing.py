@@ -19,7 +19,10 @@ def _parse_day(name: str, text: str | None, default: date) -> tuple[date, list[d
     try:
         if not _DAY.fullmatch(text):
             raise ValueError(text)
-        return date.fromisoformat(text), []
+        day = date.fromisoformat(text)
+        if day == date.max:  # a report runs to the end of its last day, which must exist
+            raise ValueError(text)
+        return day, []
     except ValueError:
         return default, [{"field": name, "message": f"{name} must be a date as YYYY-MM-DD"}]
 

@@ -96,6 +96,12 @@ def _check_events(events: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(events))
 
 
+def _check_description(description: Any) -> str | None:
+    if description is not None and (not isinstance(description, str) or len(description) > 500):
+        raise _bad("description", "description must be a string of at most 500 characters")
+    return description
+
+
 def _row(row: sqlite3.Row, cipher: Any) -> Webhook:
     secret = cipher.decrypt(row["secret"], f"{row['webhook_id']}/secret") if cipher else row["secret"]
     return Webhook(row["webhook_id"], row["url"], row["sink"], tuple(row["events"].split(",")), secret,
@@ -160,9 +166,7 @@ class WebhookService:
             secret = generated = secrets.token_urlsafe(32)
         elif not isinstance(secret, str) or not 8 <= len(secret) <= 256:
             raise _bad("secret", "secret must be a string of 8 to 256 characters")
-        description = body.get("description")
-        if description is not None and (not isinstance(description, str) or len(description) > 500):
-            raise _bad("description", "description must be a string of at most 500 characters")
+        description = _check_description(body.get("description"))
         hook = Webhook("webhook_" + secrets.token_hex(6), url, sink, events, secret, "active", description,
                        api_key_id, None, self.clock())
         self._build_sink(hook)
@@ -212,7 +216,7 @@ class WebhookService:
                 raise _bad("secret", "secret must be a string of 8 to 256 characters")
             changes["secret"] = body["secret"]
         if "description" in body:
-            changes["description"] = body["description"]
+            changes["description"] = _check_description(body["description"])
         new = replace(hook, **changes)
         self._build_sink(new)
         await self.store.write(self._insert(new))
@@ -245,10 +249,10 @@ class WebhookService:
         try:
             limit = int(params.get("limit", 50))
             offset = int(params.get("offset", 0))
-            if not 1 <= limit <= 200 or offset < 0:
+            if not 1 <= limit <= 200 or not 0 <= offset < 10**18:  # SQLite integers are 64-bit
                 raise ValueError
         except ValueError:
-            raise _bad("limit", "limit must be 1-200 and offset >= 0") from None
+            raise _bad("limit", "limit must be 1-200 and offset from 0 to 10^18") from None
         status = params.get("status")
         if status is not None and status not in ("pending", "delivered", "failed"):
             raise _bad("status", "status must be pending, delivered or failed")

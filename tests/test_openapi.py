@@ -40,3 +40,25 @@ async def test_scopes_bodies_and_errors_are_described(client):
     assert error["properties"]["error"]["required"] == ["code", "type", "message", "request_id"]
     assert {(m, p) for m, p, *_ in ROUTES} <= {(m.upper(), p[len("/api"):]) for p, ops in doc["paths"].items()
                                               for m in ops if not p.startswith("/api/v1/")}
+
+
+async def test_every_operation_lists_its_status_codes_and_the_error_envelope(client):
+    """No catch-all "default": a status a route answers with but the document omits is a
+    contract failure (scripts/test-api-schema checks that against a running daemon)."""
+    doc = await (await client.get("/api/openapi.json")).json()
+    envelopes = doc["components"]["responses"]
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            codes = set(op["responses"])
+            assert "default" not in codes, (method, path)
+            assert len([c for c in codes if c.startswith(("1", "2"))]) == 1, (method, path, codes)
+            for code, response in op["responses"].items():
+                if code.startswith(("4", "5")) and "$ref" in response:
+                    assert envelopes[response["$ref"].rsplit("/", 1)[1]]["content"]["application/json"][
+                        "schema"] == {"$ref": "#/components/schemas/Error"}
+            if op["security"]:  # a key is needed: it can be missing, wrong, short of scope, or spent
+                assert {"401", "403", "429"} <= codes, (method, path)
+    assert "503" in doc["paths"]["/api/health"]["get"]["responses"]
+    assert "text/event-stream" in doc["paths"]["/api/events/stream"]["get"]["responses"]["200"]["content"]
+    params = {p["name"] for p in doc["paths"]["/api/agents"]["get"]["parameters"]}
+    assert {"limit", "offset", "sort", "filter"} <= params

@@ -23,6 +23,7 @@ from .common import CONFIG, SERVICES, json_response, query_params
 HEARTBEAT = 15.0
 POLL = 0.25  # seconds between looks at an idle reader's connection
 REPLAY_PAGE = 500
+MAX_ID = 2**63  # event ids are SQLite integers: a larger one is refused, not an OverflowError
 
 
 def _bad(field: str, message: str) -> ValidationFailed:
@@ -38,7 +39,7 @@ def decode_cursor(cursor: str) -> int:
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         value = data["id"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_ID:
             raise ValueError
         return value
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
@@ -77,7 +78,7 @@ def _last_id(value: str | None) -> int:
         return 0
     try:
         last = int(value)
-        if last < 0:
+        if not 0 <= last < MAX_ID:
             raise ValueError
         return last
     except ValueError:
@@ -219,7 +220,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 db_types = None if ("*" in wanted_set or "task_progress" in wanted_set) else \
                     [t for t in wanted_set if t in EVENT_TYPES]
                 last = message.get("last_event_id", 0)
-                if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+                if isinstance(last, bool) or not isinstance(last, int) or not 0 <= last < MAX_ID:
                     last = 0
                 if pump is not None:
                     pump.cancel()

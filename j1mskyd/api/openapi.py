@@ -1,9 +1,12 @@
 """GET /api/openapi.json: an OpenAPI 3.1 document built from the route table itself.
 
 Built from ``routes.ROUTES`` (so a route cannot be missing from it), with the request
-bodies of the spawn endpoints spelled out from the validation rules, the security
-scheme and scope of each route, and the one error envelope on every failure.  It is
-cheap enough to build per request (a few ms).
+bodies and query parameters spelled out from the validation rules, the security scheme
+and scope of each route, the status codes each route answers with, and the one error
+envelope on every failure.  The response schemas are strict enough to be checked:
+scripts/test-api-schema fuzzes a real daemon against this document (schemathesis) and
+fails on any response it does not describe.  It is cheap enough to build per request
+(a few ms).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..audit import EVENTS as AUDIT_EVENTS, LOG_LEVELS
+from ..ipcontrol import MAX_BLOCK_HOURS
 from .common import CONFIG, json_response
 
 _PARAM = re.compile(r"{([^}]+)}")
@@ -38,6 +43,176 @@ ERROR = {
 }
 
 
+def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+_STR, _INT, _NUM, _BOOL, _ARR, _OBJ = ({"type": t} for t in ("string", "integer", "number", "boolean", "array",
+                                                                "object"))
+_TIME = {"type": ["string", "null"]}  # ISO 8601 UTC, null when it has not happened
+_OK = {"const": True}
+_STATUS = {"type": "string", "enum": ["spawning", "queued", "running", "completed", "failed", "cancelled"]}
+_PAGINATION = _obj(["total", "limit", "offset"], total=_INT, limit=_INT, offset=_INT)
+_SPAWNED = _obj(["success", "agent_id", "model", "status", "estimated_cost"], success=_OK, agent_id=_STR,
+                model=_STR, status=_STATUS, estimated_cost=_NUM)
+_AGENT = _obj(["agent_id", "model", "status", "task", "created", "result", "cost", "estimated_cost", "priority",
+               "error"], agent_id=_STR, model=_STR, status=_STATUS, task=_STR, created=_TIME,
+              result={"type": ["string", "null"]}, cost={"type": ["number", "null"]}, estimated_cost=_NUM,
+              priority=_STR, error={"type": ["string", "null"]})
+_LISTED = _obj(["agent_id", "model", "status", "task", "created_at", "estimated_cost", "error"], agent_id=_STR,
+               model=_STR, status=_STATUS, task=_STR, created_at=_TIME, estimated_cost=_NUM,
+               actual_cost={"type": ["number", "null"]}, error={"type": ["string", "null"]})
+_KEY = _obj(["key_id", "name", "scopes", "status", "require_signature", "created_at"], key_id=_STR, name=_STR,
+            scopes={"type": "array", "items": _STR}, status=_STR, require_signature=_BOOL, created_at=_TIME)
+_NEW_KEY = _obj(["success", "key_id", "name", "token", "secret", "scopes", "require_signature"], success=_OK,
+                key_id=_STR, name=_STR, token=_STR, secret=_STR, scopes={"type": "array", "items": _STR},
+                require_signature=_BOOL)
+_WHITELIST = _obj(["allowed_ips", "enforce", "log_violations"], allowed_ips={"type": "array", "items": _STR},
+                  enforce=_BOOL, log_violations=_BOOL)
+_BLOCK = _obj(["ip", "reason", "blocked_at", "expires_at"], ip=_STR, reason=_STR, blocked_at=_TIME,
+              expires_at=_TIME)
+_AUDIT = _obj(["enabled", "log_level", "retention_days", "include_request_body", "include_response_body", "events"],
+              enabled=_BOOL, log_level=_STR, retention_days=_INT, include_request_body=_BOOL,
+              include_response_body=_BOOL, events={"type": "array", "items": _STR})
+_WEBHOOK = _obj(["id", "webhook_id", "url", "sink", "events", "status", "created_at"], id=_STR, webhook_id=_STR,
+                url=_STR, sink=_STR, events={"type": "array", "items": _STR}, status=_STR, created_at=_TIME)
+_ONE_WEBHOOK = {**_WEBHOOK, "required": ["success", "data", *_WEBHOOK["required"]],
+                "properties": {**_WEBHOOK["properties"], "success": _OK, "data": _WEBHOOK}}
+_DONE = _obj(["success", "message"], success=_OK, message=_STR)
+_HEALTH = _obj(["status", "version", "uptime_seconds", "error_rate", "models_configured", "agents", "providers"],
+               status={"type": "string", "enum": ["healthy", "degraded", "unhealthy"]}, version=_STR,
+               uptime_seconds=_INT, error_rate=_NUM, models_configured=_INT, agents=_OBJ, providers=_OBJ)
+
+# The success body of each route this module knows; any other route answers a JSON object.
+RESULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/spawn"): _SPAWNED,
+    ("POST", "/spawn-team"): {**_SPAWNED, "required": ["success", "agent_id", "team", "models", "status",
+                                                       "estimated_cost", "members"]},
+    ("POST", "/spawn-batch"): _obj(["success", "count", "agents"], success=_OK, count=_INT,
+                                   agents={"type": "array", "items": _SPAWNED}),
+    ("GET", "/agents"): _obj(["data", "pagination", "links"], data={"type": "array", "items": _LISTED},
+                             pagination=_PAGINATION, links=_obj(["self", "first", "last"])),
+    ("GET", "/agents/active"): _obj(["agents", "count"], agents=_ARR, count=_INT),
+    ("GET", "/agent/{agent_id}"): _AGENT,
+    ("DELETE", "/agent/{agent_id}"): _obj(["success", "message", "agent_id", "refund"], success=_OK, message=_STR,
+                                          agent_id=_STR, refund=_NUM),
+    ("DELETE", "/agent/{agent_id}/data"): _obj(["success", "message", "agent_id"], success=_OK, message=_STR,
+                                               agent_id=_STR),
+    ("GET", "/health"): _HEALTH,
+    ("GET", "/openapi.json"): _obj(["openapi", "info", "paths"], openapi=_STR, info=_OBJ, paths=_OBJ),
+    ("GET", "/plugins"): _obj(["plugins", "providers"], plugins=_ARR, providers=_OBJ),
+    ("GET", "/rate-limits"): _obj(["limits", "requests", "budget"], limits=_OBJ, requests=_OBJ, budget=_OBJ),
+    ("GET", "/metrics"): _obj(["agents", "budget"], agents=_OBJ, budget=_OBJ),
+    ("POST", "/keys"): _NEW_KEY,
+    ("GET", "/keys"): _obj(["keys", "count"], keys={"type": "array", "items": _KEY}, count=_INT),
+    ("DELETE", "/keys/{key_id}"): _obj(["success", "message", "key"], success=_OK, message=_STR, key=_KEY),
+    ("POST", "/keys/{key_id}/rotate"): {**_NEW_KEY, "required": [*_NEW_KEY["required"], "replaces",
+                                                                   "old_key_expires_at"]},
+    ("GET", "/security/ip-whitelist"): _WHITELIST,
+    ("PUT", "/security/ip-whitelist"): {**_WHITELIST, "required": ["success", *_WHITELIST["required"]],
+                                        "properties": {**_WHITELIST["properties"], "success": _OK}},
+    ("POST", "/security/block-ip"): {**_BLOCK, "required": ["success", *_BLOCK["required"]],
+                                     "properties": {**_BLOCK["properties"], "success": _OK}},
+    ("GET", "/security/blocked-ips"): _obj(["blocked", "count"], blocked={"type": "array", "items": _BLOCK},
+                                           count=_INT),
+    ("DELETE", "/security/block-ip/{ip}"): _DONE,
+    ("POST", "/security/audit"): {**_AUDIT, "required": ["success", *_AUDIT["required"]],
+                                  "properties": {**_AUDIT["properties"], "success": _OK}},
+    ("GET", "/security/audit"): _obj(["data", "pagination"], data=_ARR, pagination=_PAGINATION),
+    ("POST", "/webhooks"): _ONE_WEBHOOK,
+    ("GET", "/webhooks"): _obj(["success", "data", "webhooks", "count"], success=_OK,
+                               data={"type": "array", "items": _WEBHOOK}, webhooks=_ARR, count=_INT),
+    ("GET", "/webhooks/{webhook_id}"): _ONE_WEBHOOK,
+    ("PUT", "/webhooks/{webhook_id}"): _ONE_WEBHOOK,
+    ("DELETE", "/webhooks/{webhook_id}"): _obj(["success", "message", "webhook_id"], success=_OK, message=_STR,
+                                               webhook_id=_STR),
+    ("GET", "/webhooks/{webhook_id}/deliveries"): _obj(["data", "pagination"], data=_ARR, pagination=_PAGINATION),
+    ("GET", "/events"): _obj(["data", "pagination"], data={"type": "array", "items": _obj(
+        ["event", "timestamp", "data", "id"], event=_STR, timestamp=_STR, data=_OBJ, id=_INT)},
+        pagination=_obj(["cursor", "has_more", "limit"], cursor=_STR, has_more=_BOOL, limit=_INT)),
+}
+# Success statuses other than 200.
+CREATED = {("POST", "/keys"), ("POST", "/keys/{key_id}/rotate"), ("POST", "/security/block-ip"),
+           ("POST", "/webhooks"), ("POST", "/pricing/webhook")}
+ACCEPTED = {("POST", "/webhooks/{webhook_id}/test"),
+            ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver")}
+# Refusals beyond the common ones (see _error_codes).
+ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("POST", "/spawn"): (402,), ("POST", "/spawn-team"): (402,), ("POST", "/spawn-batch"): (402,),
+    ("DELETE", "/agent/{agent_id}"): (409,), ("DELETE", "/agent/{agent_id}/data"): (409,),
+}
+_LIMIT = {"type": "integer", "minimum": 1}
+_OFFSET = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}  # SQLite's integers are 64-bit
+_DAY = {"type": "string", "format": "date"}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
+    from ..agent_query import MAX_LIMIT, SORTABLE
+    from ..audit import EVENTS
+    from ..events import EVENT_TYPES
+    sort = {"type": "string", "enum": [p + s for s in SORTABLE for p in ("", "-")]}
+    return {
+        ("GET", "/agents"): [_query("limit", {**_LIMIT, "maximum": MAX_LIMIT}), _query("offset", _OFFSET),
+                             _query("sort", sort), _query("status", _STATUS), _query("model", _STR),
+                             _query("filter", {"type": "string", "description": "a JSON object of filters"}),
+                             _query("include_members", _BOOL)],
+        ("GET", "/events"): [_query("limit", {**_LIMIT, "maximum": 500}), _query("cursor", _STR),
+                             _query("types", {"type": "string", "enum": sorted(EVENT_TYPES)})],
+        ("GET", "/events/stream"): [_query("types", {"type": "string", "enum": sorted(EVENT_TYPES)}),
+                                    _query("last_event_id", _OFFSET)],
+        ("GET", "/security/audit"): [_query("event", {"type": "string", "enum": list(EVENTS)}),
+                                     _query("severity", _STR), _query("api_key_id", _STR),
+                                     _query("from", {"type": "string", "format": "date-time"}),
+                                     _query("to", {"type": "string", "format": "date-time"}),
+                                     _query("limit", {**_LIMIT, "maximum": 500}), _query("offset", _OFFSET)],
+        ("GET", "/billing/usage"): [_query("from", _DAY), _query("to", _DAY), _query("by_key", _BOOL)],
+        ("GET", "/webhooks/{webhook_id}/deliveries"): [
+            _query("limit", {**_LIMIT, "maximum": 200}), _query("offset", _OFFSET),
+            _query("status", {"type": "string", "enum": ["pending", "delivered", "failed"]})],
+    }
+
+
+def _error_codes(method: str, path: str, public: bool) -> list[int]:
+    """The refusals a route can answer with, each in the error envelope."""
+    if public:  # only the IP checks run
+        codes = {403}
+    else:  # 400 bad input, 401 no/bad key or signature, 403 scope or IP, 413 body too large, 429 rate limit
+        codes = {400, 401, 403, 413, 429}
+        if "{" in path:
+            codes.add(404)
+        if method in ("POST", "PUT"):
+            codes.add(409)  # an Idempotency-Key reused with another body
+    codes.update(ERRORS.get((method, path), ()))
+    return sorted(codes)
+
+
+def _responses(method: str, path: str, public: bool) -> dict[str, Any]:
+    success = "201" if (method, path) in CREATED else "202" if (method, path) in ACCEPTED else "200"
+    result = RESULTS.get((method, path), {"type": "object"})
+    responses: dict[str, Any] = {success: {"description": "Success",
+                                           "content": {"application/json": {"schema": result}}}}
+    for code in _error_codes(method, path, public):
+        responses[str(code)] = {"$ref": f"#/components/responses/Error{code}"}
+    if path == "/health":  # nothing can serve: the same body, so monitors see why
+        responses["503"] = {"description": "Unhealthy", "content": {"application/json": {"schema": _HEALTH}}}
+    elif path == "/events/stream":
+        responses["200"] = {"description": "Server-Sent Events, until the client leaves",
+                            "content": {"text/event-stream": {"schema": _STR}}}
+    elif path == "/ws":
+        responses = {"101": {"description": "WebSocket (Kyros messages)"},
+                     "400": {"$ref": "#/components/responses/Error400"}, "403": responses["403"]}
+    return responses
+
+
+_REASONS = {400: "Bad request or validation error", 401: "No, invalid or revoked key, or a bad signature",
+            402: "Budget exceeded", 403: "Missing scope, or the IP is blocked or not allowed",
+            404: "Not found", 409: "Conflict", 413: "Request body too large", 429: "Rate limited"}
+
+
 def _spawn_schema(config: Any) -> dict[str, Any]:
     rt = config.runtime
     return {
@@ -53,6 +228,20 @@ def _spawn_schema(config: Any) -> dict[str, Any]:
                                                                             "maximum": 3650}}},
         },
     }
+
+
+OPTIONAL_BODIES = {("DELETE", "/keys/{key_id}")}
+# http(s) with a host, or file:///absolute/path for the file sink (webhooks._check_url).
+_WEBHOOK_URL = {"type": "string", "maxLength": 2000, "pattern": "^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/|file:///)"}
+
+
+def _hook_events() -> dict[str, Any]:
+    from ..events import EVENT_TYPES
+    return {"type": "array", "minItems": 1, "items": {"type": "string", "enum": ["*", *EVENT_TYPES]},
+            "description": "event types, '*' for all; pricing.* types are accepted too"}
+
+
+_HOOK_EVENTS = _hook_events()
 
 
 def _bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
@@ -71,14 +260,34 @@ def _bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
                 "agents:read", "agents:write", "billing:read", "admin:write"]}},
             "require_signature": {"type": "boolean"}}},
         ("POST", "/webhooks"): {"type": "object", "required": ["url"], "properties": {
-            "url": {"type": "string"}, "events": {"type": "array", "items": {"type": "string"}},
+            "url": _WEBHOOK_URL, "events": _HOOK_EVENTS,
             "secret": {"type": "string", "minLength": 8, "maxLength": 256}, "sink": {"type": "string"},
             "description": {"type": "string", "maxLength": 500}}},
+        ("PUT", "/webhooks/{webhook_id}"): {"type": "object", "properties": {
+            "url": _WEBHOOK_URL, "events": _HOOK_EVENTS,
+            "status": {"type": "string", "enum": ["active", "paused"]},
+            "secret": {"type": "string", "minLength": 8, "maxLength": 256},
+            "description": {"type": "string", "maxLength": 500}}},
+        ("DELETE", "/keys/{key_id}"): {"type": "object", "properties": {
+            "reason": {"type": "string", "maxLength": 200}}},
+        ("PUT", "/security/ip-whitelist"): {"type": "object", "required": ["allowed_ips"], "properties": {
+            "allowed_ips": {"type": "array", "items": {"type": "string"}},
+            "enforce": {"type": "boolean"}, "log_violations": {"type": "boolean"}}},
+        ("POST", "/security/block-ip"): {"type": "object", "required": ["ip"], "properties": {
+            "ip": {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+            "reason": {"type": "string", "minLength": 1, "maxLength": 200},
+            "duration_hours": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_BLOCK_HOURS}}},
+        ("POST", "/security/audit"): {"type": "object", "additionalProperties": False, "properties": {
+            "enabled": {"type": "boolean"}, "include_request_body": {"type": "boolean"},
+            "include_response_body": {"type": "boolean"}, "log_level": {"type": "string", "enum": list(LOG_LEVELS)},
+            "retention_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+            "events": {"type": "array", "items": {"type": "string", "enum": list(AUDIT_EVENTS)}}}},
     }
 
 
 def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any) -> dict[str, Any]:
     bodies = _bodies(config)
+    query = _query_params()
     paths: dict[str, dict[str, Any]] = {}
     for prefix in prefixes:
         for method, path, handler, scope, limit_class in routes:
@@ -86,24 +295,21 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any) -> d
                 "operationId": f"{handler.__name__}{'_v1' if prefix.endswith('/v1') else ''}_{method.lower()}",
                 "summary": (handler.__doc__ or handler.__name__.replace("_", " ")).strip().splitlines()[0],
                 "x-rate-limit-class": limit_class,
-                "responses": {
-                    "200": {"description": "Success", "content": {"application/json": {"schema": {}}}},
-                    "default": {"description": "The error envelope",
-                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-                },
+                "responses": _responses(method, path, scope == public),
             }
             if scope == public:
                 operation["security"] = []
             else:
                 operation["security"] = [{"bearer": [scope]}, {"apiKey": [scope]}]
                 operation["x-scope"] = scope
-            names = _PARAM.findall(path)
-            if names:
-                operation["parameters"] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                                           for n in names]
+            parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                          for n in _PARAM.findall(path)] + query.get((method, path), [])
+            if parameters:
+                operation["parameters"] = parameters
             body = bodies.get((method, path))
             if body is not None:
-                operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+                operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES,
+                                            "content": {"application/json": {"schema": body}}}
             paths.setdefault(prefix + path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
@@ -113,6 +319,9 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any) -> d
         "paths": paths,
         "components": {
             "schemas": {"Error": ERROR},
+            "responses": {f"Error{code}": {"description": reason, "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                for code, reason in _REASONS.items()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
                                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
         },

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import NotFound
+from ..errors import NotFound, ValidationFailed
 from ..ipcontrol import block_view
+from ..netguard import parse_address
 from .common import CLIENT_IP, SERVICES, actor, json_response, query_params, read_json
 
 
@@ -23,7 +24,14 @@ async def put_ip_whitelist(request: web.Request) -> web.Response:
 
 async def block_ip(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    block = await services.ip_control.block(await read_json(request))
+    body = await read_json(request)
+    your_ip = request.get(CLIENT_IP)
+    if isinstance(body, dict) and isinstance(body.get("ip"), str) and your_ip is not None \
+            and parse_address(body["ip"]) == your_ip:
+        # As with the allowlist: an admin who blocks their own address can no longer undo it.
+        raise ValidationFailed([{"field": "ip", "message": f"{your_ip} is your own address; blocking it "
+                                                           "would lock you out"}])
+    block = await services.ip_control.block(body)
     view = block_view(block)
     services.audit.record("config.change", actor(request), severity="warning", resource_type="ip_block",
                           resource_id=block.ip, details=view)
