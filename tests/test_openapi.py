@@ -62,3 +62,6 @@ async def test_every_operation_lists_its_status_codes_and_the_error_envelope(cli
     assert "text/event-stream" in doc["paths"]["/api/events/stream"]["get"]["responses"]["200"]["content"]
     params = {p["name"] for p in doc["paths"]["/api/agents"]["get"]["parameters"]}
     assert {"limit", "offset", "sort", "filter"} <= params
+    quote = doc["paths"]["/api/pricing/quote"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert quote["required"] == ["model", "complexity", "estimated_input", "estimated_output"]
+    assert doc["paths"]["/api/keys/{key_id}"]["delete"]["requestBody"]["required"] is False

@@ -244,12 +244,47 @@ def _hook_events() -> dict[str, Any]:
 _HOOK_EVENTS = _hook_events()
 
 
+def _pricing_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """The fields api/pricing.py and api/orchestrator.py read (JSON; form fields are accepted too)."""
+    from ..pricing import COMPLEXITIES
+    from .orchestrator import PRIORITIES
+    from .pricing import MAX_SCENARIOS, MAX_TOKENS, VARIANTS
+    policy = config.pricing.policy
+    task = {"task_type": {"type": "string", "minLength": 1, "maxLength": 64},
+            "estimated_tokens": {"type": "integer", "minimum": 0, "maximum": 10_000_000}}
+    tokens = {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS}
+    quote = {"model": {"type": "string", "enum": list(config.models)},
+             "complexity": {"type": "string", "enum": list(policy.complexity_markup)},
+             "estimated_input": tokens, "estimated_output": tokens,
+             "segment": {"type": "string", "enum": list(policy.segment_adjustments)}}
+    delivery = {"delivery_type": {"type": "string", "enum": list(policy.margin_thresholds)}}
+    required = ["model", "complexity", "estimated_input", "estimated_output"]
+    one = {"type": "object", "required": required, "properties": {**quote, **delivery}}
+    return {
+        ("POST", "/pricing/quote"): one,
+        ("POST", "/pricing/decision"): {**one, "properties": {
+            **one["properties"], "approver": {"type": "string", "minLength": 1, "maxLength": 100},
+            "variant": {"type": "string", "enum": list(VARIANTS)},
+            "experiment": {"type": "string", "minLength": 1, "maxLength": 64}}},
+        ("POST", "/pricing/batch-quotes"): {"type": "object", "required": required, "properties": {
+            **{k: v for k, v in quote.items() if k != "segment"}, **delivery}},
+        ("POST", "/pricing/scenario"): {"type": "object", "required": ["scenarios"], "properties": {
+            **delivery, "scenarios": {"type": "array", "minItems": 1, "maxItems": MAX_SCENARIOS,
+                                      "items": {"type": "object", "required": required, "properties": quote}}}},
+        ("POST", "/orchestrator/recommend-model"): {"type": "object", "properties": {
+            **task, "complexity": {"type": "string", "enum": list(COMPLEXITIES)},
+            "priority": {"type": "string", "enum": list(PRIORITIES)}}},
+        ("POST", "/models/select"): {"type": "object", "properties": task},
+    }
+
+
 def _bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
     spawn = _spawn_schema(config)
     team = {**spawn, "required": ["team", "task"], "properties": {
         **{k: v for k, v in spawn["properties"].items() if k != "model"},
         "team": {"type": "string", "enum": list(config.teams)}}}
     return {
+        **_pricing_bodies(config),
         ("POST", "/spawn"): spawn,
         ("POST", "/spawn-team"): team,
         ("POST", "/spawn-batch"): {"type": "object", "required": ["agents"], "properties": {
