@@ -28,6 +28,7 @@ from .errors import Conflict, NotFound
 from .store import Statement
 
 DAY = 86400.0
+MAX_DAYS = 366        # the longest window the GET rollups take
 RESOLUTIONS = ("approved", "rejected", "withdrawn")
 POLICY_SETTING = "pricing_policy"
 

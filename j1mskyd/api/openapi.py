@@ -140,6 +140,7 @@ ACCEPTED = {("POST", "/webhooks/{webhook_id}/test"),
 ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/spawn"): (402,), ("POST", "/spawn-team"): (402,), ("POST", "/spawn-batch"): (402,),
     ("DELETE", "/agent/{agent_id}"): (409,), ("DELETE", "/agent/{agent_id}/data"): (409,),
+    ("POST", "/pricing/exceptions/{exception_id}/close"): (409,),
 }
 _LIMIT = {"type": "integer", "minimum": 1}
 _OFFSET = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}  # SQLite's integers are 64-bit
@@ -154,7 +155,9 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
     from ..agent_query import MAX_LIMIT, SORTABLE
     from ..audit import EVENTS
     from ..events import EVENT_TYPES
+    from ..pricing_history import MAX_DAYS
     sort = {"type": "string", "enum": [p + s for s in SORTABLE for p in ("", "-")]}
+    history_days = {"type": "integer", "minimum": 1, "maximum": MAX_DAYS}
     return {
         ("GET", "/agents"): [_query("limit", {**_LIMIT, "maximum": MAX_LIMIT}), _query("offset", _OFFSET),
                              _query("sort", sort), _query("status", _STATUS), _query("model", _STR),
@@ -170,6 +173,12 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
                                      _query("to", {"type": "string", "format": "date-time"}),
                                      _query("limit", {**_LIMIT, "maximum": 500}), _query("offset", _OFFSET)],
         ("GET", "/billing/usage"): [_query("from", _DAY), _query("to", _DAY), _query("by_key", _BOOL)],
+        **{("GET", f"/pricing/{name}"): [_query("days", history_days)]
+           for name in ("weekly-metrics", "weekly-comparison")},
+        ("GET", "/pricing/experiment-summary"): [_query("days", history_days),
+                                                 _query("experiment", {"type": "string", "maxLength": 64})],
+        ("GET", "/pricing/exceptions"): [_query("status", {"type": "string", "enum": ["open", "closed", "all"]}),
+                                         _query("limit", {**_LIMIT, "maximum": 1000})],
         ("GET", "/webhooks/{webhook_id}/deliveries"): [
             _query("limit", {**_LIMIT, "maximum": 200}), _query("offset", _OFFSET),
             _query("status", {"type": "string", "enum": ["pending", "delivered", "failed"]})],
@@ -248,6 +257,7 @@ def _pricing_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """The fields api/pricing.py and api/orchestrator.py read (JSON; form fields are accepted too)."""
     from ..pricing import COMPLEXITIES
     from .orchestrator import PRIORITIES
+    from ..pricing_history import RESOLUTIONS
     from .pricing import MAX_SCENARIOS, MAX_TOKENS, VARIANTS
     policy = config.pricing.policy
     task = {"task_type": {"type": "string", "minLength": 1, "maxLength": 64},
@@ -275,6 +285,10 @@ def _pricing_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
             **task, "complexity": {"type": "string", "enum": list(COMPLEXITIES)},
             "priority": {"type": "string", "enum": list(PRIORITIES)}}},
         ("POST", "/models/select"): {"type": "object", "properties": task},
+        ("POST", "/pricing/exceptions/{exception_id}/close"): {"type": "object", "required": ["resolution"],
+                                                               "properties": {
+            "resolution": {"type": "string", "enum": list(RESOLUTIONS)},
+            "closed_by": {"type": "string", "minLength": 1, "maxLength": 100}}},
     }
 
 

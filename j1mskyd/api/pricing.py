@@ -23,7 +23,7 @@ from aiohttp import web
 
 from .. import pricing
 from ..errors import BadRequest, NotFound, ValidationFailed
-from ..pricing_history import RESOLUTIONS, PricingHistory, Window, new_quote_id
+from ..pricing_history import MAX_DAYS, RESOLUTIONS, PricingHistory, Window, new_quote_id
 from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json
 
 MAX_TOKENS = 10_000_000          # per token estimate
@@ -406,12 +406,9 @@ async def pricing_exception_alert(request: web.Request) -> web.Response:
 # GET forms of the rollups above: the same functions over what /pricing/quote and /pricing/decision
 # recorded, over the last ``days`` (default 7; the comparison sets the window before it beside it).
 
-HISTORY_MAX_DAYS = 366
-
-
 def _history_query(request: web.Request, default_days: int) -> tuple[Fields, int]:
     f = Fields(query_params(request), True)
-    return f, f.integer("days", 1, HISTORY_MAX_DAYS, default=default_days)
+    return f, f.integer("days", 1, MAX_DAYS, default=default_days)
 
 
 def _period(window: Window, days: int) -> dict[str, Any]:
