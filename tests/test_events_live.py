@@ -350,6 +350,12 @@ async def test_websocket_auth_when_auth_is_on(aiohttp_client, tmp_path):
         msg = await ws_next(ws)
         assert msg["type"] == "agent.spawned" and msg["data"]["agent_id"] == agent_id
 
+    async with client.ws_connect(f"/ws?token={token}") as ws:  # never from the URL
+        answer = await ws_next(ws)
+        assert answer["type"] == "error" and "not accepted" in answer["message"]
+        await ws.send_json({"type": "subscribe", "events": ["*"]})
+        assert (await ws_next(ws))["type"] == "error"  # still unauthenticated
+
     # SSE and GET /events take the key as a header, like every /api route.
     assert (await client.get("/api/events/stream")).status == 401
     sse = await open_sse(client, **headers)

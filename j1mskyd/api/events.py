@@ -166,7 +166,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     auth_needed = request.app[CONFIG].security.auth
     ws = web.WebSocketResponse(heartbeat=30.0)
     await ws.prepare(request)
-    key = services.keys.authenticate(request.query["token"]) if request.query.get("token") else None
+    key = None
+    if "token" in request.query:
+        # Never from the URL: it ends up in proxy and access logs and in browser history.
+        await ws.send_json({"type": "error", "message": "a token in the URL is not accepted (and is now exposed: "
+                                                        "rotate it); send {\"type\":\"auth\",\"token\":...}"})
     pump: asyncio.Task[None] | None = None
     overflowed = asyncio.Event()
     sub = None
