@@ -27,7 +27,8 @@ from .agent import iso
 Statement = tuple[str, tuple[Any, ...]]
 
 AGENT_EVENTS = ("agent.spawned", "agent.completed", "agent.failed", "agent.cancelled")
-EVENT_TYPES = AGENT_EVENTS + ("agent.output", "budget.notice", "budget.warning", "budget.critical",
+LIVE_ONLY = ("agent.started", "agent.output")   # to live readers only: never stored, never to webhooks
+EVENT_TYPES = AGENT_EVENTS + LIVE_ONLY + ("budget.notice", "budget.warning", "budget.critical",
                               "rate_limit.exhausted", "security.violation", "webhook.test")
 
 
@@ -134,16 +135,20 @@ class EventLog:
             self._throttle[throttle_key] = now
         asyncio.ensure_future(self.emit(type_, data))
 
-    def wants(self, type_: str) -> bool:
-        """Is any live listener interested in this type (so it is worth producing)?"""
-        return any(sub.types is None or type_ in sub.types for sub in self.subscribers)
+    def wants(self, type_: str, *, named: bool = False) -> bool:
+        """Is any live listener interested in this type (so it is worth producing)?  With
+        ``named``, only listeners that asked for it by name count, not those taking everything."""
+        return any((sub.types is None and not named) or (sub.types is not None and type_ in sub.types)
+                   for sub in self.subscribers)
 
-    def publish_live(self, type_: str, data: dict[str, Any]) -> None:
+    def publish_live(self, type_: str, data: dict[str, Any], *, named: bool = False) -> None:
         """A live-only event (id 0): to current listeners, never stored or sent to webhooks.
-        For ``agent.output`` deltas: many per agent, worthless after the agent's end."""
+        For ``agent.output`` deltas (many per agent, worthless after the agent's end) and
+        ``agent.started`` (a moment, not worth a write per agent)."""
         event = Event(0, self.clock(), type_, data)
         for sub in list(self.subscribers):
-            sub.offer(event)
+            if not named or (sub.types is not None and type_ in sub.types):
+                sub.offer(event)
 
     # -- reading ----------------------------------------------------------------------------
     def subscribe(self, types: Iterable[str] | None = None) -> Subscription:

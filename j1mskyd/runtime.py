@@ -356,6 +356,11 @@ class AgentRuntime:
             agent.started_at = self.clock()
             agent.runs += 1
             self.store.submit([agent.update_statement("status", "started_at", "runs")])
+            if self.events is not None and self.events.wants("agent.started", named=True):
+                # Live only, like agent.output: "running" is a moment, not a state change worth a
+                # write per agent; a resuming reader sees the final event instead.  Only to
+                # readers that name it, so a reader of "everything" keeps getting just the log.
+                self.events.publish_live("agent.started", agent_event_data(agent), named=True)
             remaining = agent.deadline - self.clock()
             try:
                 if remaining <= 0:

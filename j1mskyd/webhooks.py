@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from .agent import iso
 from .errors import BadRequest, NotFound, ValidationFailed
-from .events import EVENT_TYPES, EventLog, delivery_insert
+from .events import EVENT_TYPES, LIVE_ONLY, EventLog, delivery_insert
 from .sinks import SinkError
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,11 @@ def _check_events(events: Any) -> tuple[str, ...]:
         raise _bad("events", "events must be a non-empty list of event names")
     unknown = [e for e in events if e != "*" and e not in EVENT_TYPES and not e.startswith("pricing.")]
     if unknown:
-        raise _bad("events", f"Unknown event(s): {', '.join(unknown)} (known: {', '.join(EVENT_TYPES)}, or '*')")
+        known = [e for e in EVENT_TYPES if e not in LIVE_ONLY]
+        raise _bad("events", f"Unknown event(s): {', '.join(unknown)} (known: {', '.join(known)}, or '*')")
+    live = [e for e in events if e in LIVE_ONLY]
+    if live:
+        raise _bad("events", f"{', '.join(live)} reach live readers only (GET /events/stream, /ws), never a webhook")
     return tuple(dict.fromkeys(events))
 
 

@@ -404,3 +404,19 @@ async def test_without_live_readers_the_provider_is_not_streamed(aiohttp_client,
     spawned = await (await client.post("/api/spawn", json={"model": "k2p5", "task": "no one watches"})).json()
     assert (await wait_status(client, spawned["agent_id"]))["status"] == "completed"
     assert "stream" not in fake_upstream.calls[-1]["json"]
+
+
+async def test_agent_started_reaches_live_readers_only(client):
+    sse = await open_sse(client, "/api/events/stream?types=agent.started,agent.completed")
+    resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "started?"})
+    agent_id = (await resp.json())["agent_id"]
+    started, completed = await sse.take(2)
+    assert started["event"] == "agent.started" and started["data"]["data"]["agent_id"] == agent_id
+    assert started["data"]["data"]["status"] == "running" and started["id"] == 0  # live: nothing to resume
+    assert completed["event"] == "agent.completed"
+    sse.resp.close()
+    stored = await (await client.get("/api/events?types=agent.started")).json()
+    assert stored["data"] == []
+    resp = await client.post("/api/webhooks", json={"url": "https://example.com/h", "events": ["agent.started"]})
+    body = await resp.json()
+    assert resp.status == 400 and "live readers only" in body["error"]["message"]

@@ -154,7 +154,8 @@ def _kyros_progress(event: Event) -> dict[str, Any] | None:
     if not event.type.startswith("agent."):
         return None
     data = event.data
-    status = {"agent.spawned": "queued", "agent.output": "in_progress"}.get(event.type, data.get("status"))
+    status = {"agent.spawned": "queued", "agent.started": "in_progress",
+              "agent.output": "in_progress"}.get(event.type, data.get("status"))
     return {"type": "task_progress", "timestamp": event.payload()["timestamp"], "id": event.id,
             "data": {"task_id": data.get("agent_id"), "status": status, "model": data.get("model"),
                      **({"delta": data["delta"]} if "delta" in data else {})}}

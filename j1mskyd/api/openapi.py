@@ -245,8 +245,9 @@ _WEBHOOK_URL = {"type": "string", "maxLength": 2000, "pattern": "^(https?://[A-Z
 
 
 def _hook_events() -> dict[str, Any]:
-    from ..events import EVENT_TYPES
-    return {"type": "array", "minItems": 1, "items": {"type": "string", "enum": ["*", *EVENT_TYPES]},
+    from ..events import EVENT_TYPES, LIVE_ONLY
+    return {"type": "array", "minItems": 1, "items": {"type": "string", "enum": [
+                "*", *(e for e in EVENT_TYPES if e not in LIVE_ONLY)]},
             "description": "event types, '*' for all; pricing.* types are accepted too"}
 
 

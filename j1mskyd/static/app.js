@@ -16,7 +16,7 @@
   const REFRESH_MS = 300000;       // the counted panels
   const EVENT_REFRESH_MS = 30000;  // the counted panels after agent events, at most this often
   const MAX_ROWS = 50;
-  const STREAM_TYPES = ['agent.spawned', 'agent.completed', 'agent.failed', 'agent.cancelled',
+  const STREAM_TYPES = ['agent.spawned', 'agent.started', 'agent.completed', 'agent.failed', 'agent.cancelled',
     'budget.notice', 'budget.warning', 'budget.critical'].join(',');
   const RANK = { spawning: 0, queued: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
   const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
