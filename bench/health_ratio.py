@@ -26,6 +26,11 @@ process): the daemon's exact /api/health response (body and headers, constant) t
 one trivial middleware.  shaped / bare is the ceiling of the ratio for that response on
 this aiohttp, whatever j1mskyd does; daemon / shaped is what j1mskyd's own code costs.
 
+Each measurement also reads the server's CPU time (utime + stime from /proc) and reports
+CPU microseconds per request; ``median_cpu_ratio`` is bare's CPU per request over the
+daemon's.  On a shared machine requests/s swing with whatever else runs; CPU per request
+swings much less, so it is the number to compare between runs (requests/s within a run).
+
 /api/health is public: no API key is sent (the daemon runs with auth on, as shipped).
 """
 
@@ -129,6 +134,24 @@ def run_aiohttp(url: str, duration: float, conns: int, threads: int) -> dict:
 
 # ------------------------------------------------------------------ the run
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(run, pid: int, *args) -> dict:
+    """run(*args) plus the server's CPU time per request.  On a shared machine requests/s
+    drop whenever other processes take the cores; CPU microseconds per request are much
+    less disturbed, so their ratio is reported next to the requests/s one."""
+    before = cpu_seconds(pid)
+    res = run(*args)
+    if res.get("requests"):
+        res["cpu_us_per_request"] = round((cpu_seconds(pid) - before) / res["requests"] * 1e6, 1)
+    return res
+
+
 def start_daemon(workdir: str) -> tuple[Proc, str]:
     state = os.path.join(workdir, "health-daemon")
     shutil.rmtree(state, ignore_errors=True)
@@ -150,6 +173,12 @@ def start_bare(workdir: str, mode: str = "--hello") -> tuple[Proc, str]:
                 os.path.join(workdir, f"health-bare{mode.replace('--', '-')}.log"))
     wait_port(port)
     return proc, f"http://127.0.0.1:{port}"
+
+
+def _cpu_ratio(bare: dict, daemon: dict) -> float | None:
+    if not bare.get("cpu_us_per_request") or not daemon.get("cpu_us_per_request"):
+        return None
+    return round(bare["cpu_us_per_request"] / daemon["cpu_us_per_request"], 3)
 
 
 def main() -> None:
@@ -178,11 +207,13 @@ def main() -> None:
     daemon, durl = start_daemon(workdir)
     bare, burl = start_bare(workdir)
     targets = {"daemon": durl + "/api/health", "bare": burl + "/"}
+    pids = {"daemon": daemon.pid, "bare": bare.pid}
     names = ["daemon", "bare"]
     shaped = None
     if a.shaped:
         shaped, surl = start_bare(workdir, "--shaped")
         targets["shaped"] = surl + "/shaped"
+        pids["shaped"] = shaped.pid
         names.append("shaped")
     rounds: list[dict] = []
     try:
@@ -192,9 +223,10 @@ def main() -> None:
             for name in order:
                 if a.warmup > 0:
                     run(targets[name], a.warmup, a.connections, a.threads)
-                res[name] = run(targets[name], a.duration, a.connections, a.threads)
+                res[name] = measured(run, pids[name], targets[name], a.duration, a.connections, a.threads)
                 print(json.dumps({"round": r + 1, "server": name, **res[name]}), file=sys.stderr)
             res["ratio"] = round(res["daemon"]["rps"] / res["bare"]["rps"], 3)
+            res["cpu_ratio"] = _cpu_ratio(res["bare"], res["daemon"])
             if shaped is not None:
                 res["ratio_shaped_over_bare"] = round(res["shaped"]["rps"] / res["bare"]["rps"], 3)
                 res["ratio_daemon_over_shaped"] = round(res["daemon"]["rps"] / res["shaped"]["rps"], 3)
@@ -216,6 +248,9 @@ def main() -> None:
         "median_rps": {k: round(v, 1) for k, v in med.items()},
         "ratio_of_medians": round(med["daemon"] / med["bare"], 3),
         "median_of_round_ratios": round(statistics.median(r["ratio"] for r in rounds), 3),
+        # bare's CPU per request / the daemon's: the ratio if each had a core to itself
+        "median_cpu_ratio": statistics.median(r["cpu_ratio"] for r in rounds if r["cpu_ratio"] is not None)
+        if any(r["cpu_ratio"] is not None for r in rounds) else None,
         "target": 0.7,
         "non_2xx_total": sum(r[k]["non_2xx"] for r in rounds for k in names),
         "daemon_sample_response": sample,

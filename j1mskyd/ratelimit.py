@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from multidict import istr
+
 log = logging.getLogger(__name__)
 
 
@@ -49,12 +51,14 @@ class Decision:
 
     def headers(self) -> dict[str, str]:
         reset = math.ceil(self.reset)
-        return {
-            "X-RateLimit-Limit": str(self.limit),
-            "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": str(reset),
-            "X-RateLimit-Reset-At": _iso_second(reset),
-        }
+        return {_LIMIT: str(self.limit), _REMAINING: str(self.remaining), _RESET: str(reset),
+                _RESET_AT: _iso_second(reset)}
+
+
+# Header names as multidict's istr: a response's headers take them without case-folding
+# each one again (every API response carries all four).
+_LIMIT, _REMAINING, _RESET, _RESET_AT = (istr(f"X-RateLimit-{name}") for name in ("Limit", "Remaining", "Reset",
+                                                                                   "Reset-At"))
 
 
 _ISO_CACHE: dict[int, str] = {}

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from multidict import istr
 
 from ..agent import ANONYMOUS
 from ..errors import (ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited,
@@ -53,6 +54,7 @@ PUBLIC = "public"  # the scope of routes open without a key
 # Request ids: a random per-process prefix and a counter (unique, and no syscall per request).
 _ID_PREFIX = "req_" + os.urandom(4).hex()
 _ID_COUNTER = itertools.count(1)
+_REQUEST_ID_HEADER = istr("X-Request-Id")  # istr: multidict skips case-folding it per response
 
 
 class Route:
@@ -259,11 +261,6 @@ LATE_CHECKS = (check_rate_limit,)
 
 
 async def _guarded(request: web.Request, handler: Handler, p: Pass) -> web.StreamResponse:
-    if p.route.public:
-        # Open routes (health, the 410s): only the address checks; the limiter only looks
-        # (in pipeline).  No key, so no signature, scope or idempotency record either.
-        check_ip(request, p)
-        return await handler(request)
     for check in CHECKS:
         check(request, p)
     if needs_signature(request, p):
@@ -299,11 +296,17 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     route = route_of(request)
     p = Pass(route, request.app)
     try:
-        response = await _guarded(request, handler, p)
+        if route.public:
+            # Open routes (health, the 410s): only the address checks; the limiter only
+            # looks (below).  No key, so no signature, scope or idempotency record either.
+            check_ip(request, p)
+            response = await handler(request)
+        else:
+            response = await _guarded(request, handler, p)
     except Exception as exc:  # noqa: BLE001 - CancelledError is a BaseException and passes
         response = _failure(request, exc)
     headers = response.headers
-    headers["X-Request-Id"] = request_id
+    headers[_REQUEST_ID_HEADER] = request_id
     if route.is_api:
         # Counted: the limiter's answer.  Public, or refused before the limiter: the
         # standing, without counting (cached while the buckets are full).

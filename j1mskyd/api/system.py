@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 from .. import __version__, jsonx
 from ..breaker import CircuitBreaker
@@ -16,6 +17,7 @@ from .middleware import METRICS
 SUNSET = {("POST", "/agent"): ("POST", "/spawn"), ("GET", "/status"): ("GET", "/agent/{agent_id}"),
           ("DELETE", "/cancel"): ("DELETE", "/agent/{agent_id}")}
 SUNSET_DATE = "Mon, 01 Jun 2026 00:00:00 GMT"
+_JSON = CIMultiDict({hdrs.CONTENT_TYPE: "application/json; charset=utf-8"})  # copied into each response
 
 
 async def health(request: web.Request) -> web.Response:
@@ -30,7 +32,7 @@ async def health(request: web.Request) -> web.Response:
     if cached is None or cached[0] != stamp:
         status, data = _health(request)
         cached = services.health_cache = (stamp, jsonx.dumps(data).encode(), status)
-    return web.Response(body=cached[1], status=cached[2], content_type="application/json", charset="utf-8")
+    return web.Response(body=cached[1], status=cached[2], headers=_JSON)
 
 
 def _health(request: web.Request) -> tuple[int, dict]:
