@@ -261,6 +261,7 @@ LATE_CHECKS = (check_rate_limit,)
 
 
 async def _guarded(request: web.Request, handler: Handler, p: Pass) -> web.StreamResponse:
+    """Every check in its order, then the handler (the way of all but the public routes)."""
     for check in CHECKS:
         check(request, p)
     if needs_signature(request, p):
