@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from j1mskyd.app import build_app
 from j1mskyd.config import Config, embedded_default
+from j1mskyd.keys import KeyService
 from j1mskyd.providers import ProviderSettings
 from j1mskyd.ratelimit import ENDPOINT_CLASSES
 from tests.fakeupstream import FakeUpstream, fake_upstream  # noqa: F401  (re-exported fixture)
@@ -40,6 +43,35 @@ def make_config(tmp_path, *, runtime: Mapping[str, Any] | None = None,
     if models is not None:
         cfg = dataclasses.replace(cfg, models=models)
     return cfg
+
+
+class Clock:
+    """A clock the test moves by hand: set ``t``."""
+
+    def __init__(self, t: float = 1_764_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def auth_config(tmp_path, **security) -> Config:
+    """make_config with authentication on (the first start writes the bootstrap admin key)."""
+    cfg = make_config(tmp_path)
+    return dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True, **security))
+
+
+def bootstrap_path(cfg) -> Path:
+    return Path(cfg.server.state_dir) / KeyService.BOOTSTRAP_FILE
+
+
+def bootstrap_key(cfg) -> dict:
+    """The bootstrap admin key's file (key_id, token, secret), once the app has started."""
+    return json.loads(bootstrap_path(cfg).read_text())
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def route_models(cfg: Config, provider_of: Mapping[str, str]) -> dict[str, Any]:

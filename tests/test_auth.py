@@ -9,7 +9,6 @@ grace period passes without sleeping.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -23,37 +22,13 @@ import pytest
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.keys import KeyService, hash_token
-from tests.conftest import make_config
+from tests.conftest import Clock, auth_config, bearer, bootstrap_key, bootstrap_path, make_config
 
 SCOPES = ("agents:read", "agents:write", "billing:read", "admin:write")
 
 
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
 
 # -- helpers (test_signing imports them) --------------------------------------------------
-
-def auth_config(tmp_path, **security):
-    cfg = make_config(tmp_path)
-    return dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True, **security))
-
-
-def bootstrap_path(cfg) -> Path:
-    return Path(cfg.server.state_dir) / KeyService.BOOTSTRAP_FILE
-
-
-def bootstrap_key(cfg) -> dict:
-    return json.loads(bootstrap_path(cfg).read_text())
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
 
 async def start(aiohttp_client, cfg):
     """A client on a fresh app and the bootstrap admin key it made."""

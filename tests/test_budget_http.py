@@ -17,18 +17,11 @@ import pytest
 from j1mskyd.app import build_app
 from j1mskyd.budget import Budget, BudgetExceeded, BudgetPolicy, SpawnRefused
 from j1mskyd.providers import ProviderSettings
-from tests.conftest import make_config, wait_status
+from tests.conftest import Clock, make_config, wait_status
 from tests.fakeupstream import FakeUpstream
 
 ESTIMATE = 0.1
 
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

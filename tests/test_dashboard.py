@@ -8,7 +8,6 @@ J1MSKY_REQUIRE_BROWSER=1 (CI sets it), which makes a missing browser a failure.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from j1mskyd.api.dashboard import ASSETS
 from j1mskyd.app import build_app
 
 from .browser import Browser, find_chromium
-from .conftest import make_config
+from .conftest import auth_config
 from .daemon import ROOT, Daemon
 
 STATIC = ROOT / "j1mskyd" / "static"
@@ -105,8 +104,7 @@ async def test_head_and_conditional_get(client):
 
 
 async def test_the_page_is_public_and_its_data_is_not(aiohttp_client, tmp_path):
-    config = make_config(tmp_path)
-    config = dataclasses.replace(config, security=dataclasses.replace(config.security, auth=True))
+    config = auth_config(tmp_path)
     client = await aiohttp_client(build_app(config))
     for path in ("/", "/static/app.js"):
         assert (await client.get(path)).status == 200

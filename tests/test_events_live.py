@@ -10,7 +10,6 @@ import asyncio
 import base64
 import dataclasses
 import json
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -18,8 +17,7 @@ import pytest
 from j1mskyd import events as events_mod
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
-from j1mskyd.keys import KeyService
-from tests.conftest import make_config, wait_status
+from tests.conftest import auth_config, bearer, bootstrap_key, make_config, wait_status
 
 
 async def spawn(client, task: str = "count to three") -> str:
@@ -325,11 +323,10 @@ async def test_websocket_too_slow_is_closed_and_can_resume(client, monkeypatch):
 
 
 async def test_websocket_auth_when_auth_is_on(aiohttp_client, tmp_path):
-    cfg = make_config(tmp_path)
-    cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True))
+    cfg = auth_config(tmp_path)
     client = await aiohttp_client(build_app(cfg))
-    token = json.loads((Path(cfg.server.state_dir) / KeyService.BOOTSTRAP_FILE).read_text())["token"]
-    headers = {"Authorization": f"Bearer {token}"}
+    token = bootstrap_key(cfg)["token"]
+    headers = bearer(token)
 
     async with client.ws_connect("/ws") as ws:  # subscribing first is refused
         await ws.send_json({"type": "subscribe", "events": ["*"]})

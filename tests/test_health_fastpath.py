@@ -12,17 +12,10 @@ from j1mskyd.api.common import SERVICES
 from j1mskyd.api.middleware import LIMITER
 from j1mskyd.app import build_app
 from j1mskyd.ratelimit import Buckets, Limit, RequestLimiter
-from tests.conftest import make_config
+from tests.conftest import Clock, make_config
 
 HEADERS = ("X-Request-Id", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-RateLimit-Reset-At")
 
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def with_other_limit(tmp_path, limit: int):

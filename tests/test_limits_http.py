@@ -22,7 +22,7 @@ from j1mskyd.api.middleware import LIMITER
 from j1mskyd.app import build_app
 from j1mskyd.providers import ProviderSettings
 from j1mskyd.ratelimit import BucketFile, Buckets, Limit
-from tests.conftest import make_config, route_models, wait_status
+from tests.conftest import Clock, make_config, route_models, wait_status
 from tests.daemon import Daemon, write_config
 from tests.fakeupstream import FakeUpstream
 
@@ -30,13 +30,6 @@ HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X
 # Distinct limits per class, so the headers tell which bucket answered.
 CLASS_LIMITS = {"spawn": 3, "agent_read": 4, "agents_list": 5, "system": 6, "other": 7}
 
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def limited(cfg, **limits):

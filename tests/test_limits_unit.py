@@ -10,14 +10,8 @@ import pytest
 
 from j1mskyd.budget import Budget, BudgetExceeded, BudgetPolicy, SpawnRefused, alert_level
 from j1mskyd.ratelimit import BucketFile, Buckets, Limit
+from tests.conftest import Clock
 
-
-class Clock:
-    def __init__(self, t: float = 1_764_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_bucket_spends_then_refuses_then_refills_at_limit_over_window():

@@ -16,7 +16,7 @@ from j1mskyd import pricing
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.config import PricingConfig
-from tests.conftest import make_config
+from tests.conftest import Clock, make_config
 from tests.test_pricing_api import SEED_QUOTE, ok
 
 DAY = 86400.0
@@ -25,17 +25,9 @@ ESCALATING = {"model": "opus", "estimated_input": 15000, "estimated_output": 200
               "segment": "startup"}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock(client) -> Clock:
-    c = Clock()
+    c = Clock(time.time())
     client.app[SERVICES].pricing_history.clock = c
     return c
 
@@ -86,9 +78,9 @@ async def test_weekly_metrics_from_history(client, clock):
     first = await decide(client, ESCALATING)
     await decide(client, ESCALATING)
     await ok(client, f"/api/pricing/exceptions/{first['exception_id']}/close", {"resolution": "approved"})
-    clock.now -= 8 * DAY  # last week: outside the default 7-day window
+    clock.t -= 8 * DAY  # last week: outside the default 7-day window
     await decide(client, ESCALATING)
-    clock.now += 8 * DAY
+    clock.t += 8 * DAY
 
     body = await get(client, "/api/pricing/weekly-metrics")
     assert body["source"] == "history" and body["period"]["days"] == 7
@@ -100,15 +92,15 @@ async def test_weekly_metrics_from_history(client, clock):
 
 
 async def test_weekly_comparison_from_history_matches_the_rule(client, clock):
-    now = clock.now
-    clock.now = now - 10 * DAY           # the week before: 2 decisions, 1 exception
+    now = clock.t
+    clock.t = now - 10 * DAY           # the week before: 2 decisions, 1 exception
     await decide(client, SEED_QUOTE)
     await decide(client, ESCALATING)
-    clock.now = now - 1 * DAY            # this week: 3 decisions, 2 exceptions
+    clock.t = now - 1 * DAY            # this week: 3 decisions, 2 exceptions
     await decide(client, SEED_QUOTE)
     await decide(client, ESCALATING)
     await decide(client, ESCALATING)
-    clock.now = now
+    clock.t = now
     body = await get(client, "/api/pricing/weekly-comparison")
     current = {"total_quotes": 3, "approval_rate": 0.33, "avg_margin_pct": round((94.6 + 100) / 3, 2),
                "exceptions_created": 2}
@@ -143,14 +135,14 @@ async def test_experiment_summary_from_history(client, clock):
 
 
 async def test_exception_aging_from_history_reproduces_the_seed_example(client, clock):
-    now = clock.now
+    now = clock.t
     for age in (33, 15, 6, 2):
-        clock.now = now - age * DAY - 60
+        clock.t = now - age * DAY - 60
         await decide(client, ESCALATING)
-    clock.now = now - 40 * DAY           # an old one, closed: not open, not aging
+    clock.t = now - 40 * DAY           # an old one, closed: not open, not aging
     closed = await decide(client, ESCALATING)
     await ok(client, f"/api/pricing/exceptions/{closed['exception_id']}/close", {"resolution": "rejected"})
-    clock.now = now
+    clock.t = now
     body = await get(client, "/api/pricing/exception-alert")
     # Seed 000: 4 open, oldest 33d, 2 at risk -> critical, schedule_executive_review.
     assert body["exception_aging"] == {"open_exceptions": 4, "oldest_days": 33, "at_risk_count": 2,
@@ -168,7 +160,7 @@ async def test_exception_alert_with_no_exceptions(client):
 
 async def test_exceptions_list_and_close(client, clock):
     a = await decide(client, ESCALATING)
-    clock.now += DAY
+    clock.t += DAY
     b = await decide(client, ESCALATING)
     listed = await get(client, "/api/pricing/exceptions")
     assert [e["exception_id"] for e in listed["exceptions"]] == [a["exception_id"], b["exception_id"]]
@@ -246,13 +238,13 @@ async def test_exception_created_event_is_in_the_same_unit(client):
 async def test_retention_keeps_open_exceptions(client, clock):
     history = client.app[SERVICES].pricing_history
     history.keep_days = 30
-    now = clock.now
-    clock.now = now - 100 * DAY
+    now = clock.t
+    clock.t = now - 100 * DAY
     await decide(client, SEED_QUOTE)                       # old, no exception: purged
     old_open = await decide(client, ESCALATING)            # old, open: kept
     old_closed = await decide(client, ESCALATING)          # old, closed long ago: purged
     await ok(client, f"/api/pricing/exceptions/{old_closed['exception_id']}/close", {"resolution": "rejected"})
-    clock.now = now
+    clock.t = now
     recent = await decide(client, SEED_QUOTE)
     await history.purge()
     ids = await client.app[SERVICES].store.read(lambda c: [r[0] for r in c.execute(
@@ -274,16 +266,16 @@ async def test_previews_are_samples_until_there_is_history(client):
 
 
 async def test_previews_come_from_history(client, clock):
-    now = clock.now
-    clock.now = now - 20 * DAY
+    now = clock.t
+    clock.t = now - 20 * DAY
     await decide(client, ESCALATING)                       # an exception 20 days open: at risk
-    clock.now = now - 9 * DAY
+    clock.t = now - 9 * DAY
     await decide(client, SEED_QUOTE)                       # last week: one approval
-    clock.now = now - 60
+    clock.t = now - 60
     await ok(client, "/api/pricing/quote", SEED_QUOTE)     # a quote without decision: in the portfolio
     await decide(client, SEED_QUOTE, approver="bob", delivery_type="subscription")
     last = await decide(client, ESCALATING, approver="carol")
-    clock.now = now
+    clock.t = now
     status = await get(client, "/api/orchestrator/status")
     assert {status[p]["source"] for p in PREVIEWS} == {"history"}
     d = status["quote_decision_preview"]

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 
 import pytest
 from aiohttp import web
 
 from j1mskyd.app import build_app
 from j1mskyd.client import Agency, AsyncJ1MSKYClient, J1MSKYClient, J1MSKYError, RateLimitError
-from j1mskyd.keys import KeyService
-from tests.conftest import make_config
+from tests.conftest import auth_config, bootstrap_key, make_config
 
 
 def base_url(client) -> str:
@@ -86,10 +84,9 @@ async def test_async_client_retries_too(flaky):
 
 
 async def test_signed_requests_with_api_secret(aiohttp_client, tmp_path):
-    cfg = make_config(tmp_path)
-    cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True, require_signatures=True))
+    cfg = auth_config(tmp_path, require_signatures=True)
     client = await aiohttp_client(build_app(cfg))
-    boot = json.loads((tmp_path / "state" / KeyService.BOOTSTRAP_FILE).read_text())
+    boot = bootstrap_key(cfg)
     signed = J1MSKYClient(api_key=boot["token"], api_secret=boot["secret"], base_url=base_url(client))
     agent = await asyncio.to_thread(signed.spawn, model="k2p5", task="signed spawn")
     result = await asyncio.to_thread(agent.wait_for_completion, 10, 0.02)

@@ -15,21 +15,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
-import signal
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
 from j1mskyd import webhooks
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
-from j1mskyd.keys import KeyService
 from j1mskyd.providers import ProviderSettings
-from tests.conftest import make_config, wait_status
+from tests.conftest import auth_config, bearer, bootstrap_key, make_config, wait_status
 from tests.daemon import Daemon, write_config
 from tests.fakeupstream import FakeUpstream
 from tests.receiver import Receiver, expected_signature
@@ -171,20 +167,19 @@ async def test_update_validation_and_bad_bodies(client):
 
 
 async def test_webhooks_need_admin_scope_and_events_need_read(aiohttp_client, tmp_path):
-    cfg = make_config(tmp_path)
-    cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True))
+    cfg = auth_config(tmp_path)
     client = await aiohttp_client(build_app(cfg))
-    admin = json.loads((Path(cfg.server.state_dir) / KeyService.BOOTSTRAP_FILE).read_text())["token"]
+    admin = bootstrap_key(cfg)["token"]
     resp = await client.post("/api/keys", json={"name": "reader", "scopes": ["agents:read"]},
-                             headers={"Authorization": f"Bearer {admin}"})
+                             headers=bearer(admin))
     assert resp.status in (200, 201), await resp.text()
     created = await resp.json()
     reader = created.get("key") or created.get("token") or created["data"]["key"]
     assert (await client.get("/api/webhooks")).status == 401
-    assert (await client.get("/api/webhooks", headers={"Authorization": f"Bearer {reader}"})).status == 403
-    assert (await client.get("/api/webhooks", headers={"Authorization": f"Bearer {admin}"})).status == 200
+    assert (await client.get("/api/webhooks", headers=bearer(reader))).status == 403
+    assert (await client.get("/api/webhooks", headers=bearer(admin))).status == 200
     assert (await client.get("/api/events")).status == 401
-    assert (await client.get("/api/events", headers={"Authorization": f"Bearer {reader}"})).status == 200
+    assert (await client.get("/api/events", headers=bearer(reader))).status == 200
 
 
 # -- delivery -----------------------------------------------------------------------------------
@@ -521,11 +516,9 @@ async def test_budget_events_as_spend_crosses_thresholds(aiohttp_client, tmp_pat
 
 
 async def test_security_violation_events_are_throttled_per_key(aiohttp_client, tmp_path, receiver):
-    cfg = make_config(tmp_path)
-    cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True))
+    cfg = auth_config(tmp_path)
     client = await aiohttp_client(build_app(cfg))
-    admin = {"Authorization": "Bearer " + json.loads(
-        (Path(cfg.server.state_dir) / KeyService.BOOTSTRAP_FILE).read_text())["token"]}
+    admin = bearer(bootstrap_key(cfg)["token"])
     resp = await client.post("/api/webhooks", headers=admin,
                              json={"url": receiver.url, "events": ["security.violation"], "secret": SECRET})
     assert resp.status == 201
@@ -614,11 +607,10 @@ async def test_kill_9_while_the_receiver_is_down_loses_nothing(tmp_path):
 # -- a spawn's own webhook_url ---------------------------------------------------------------------
 
 async def test_spawn_webhook_url_gets_that_agents_end_signed_with_the_key_secret(aiohttp_client, tmp_path):
-    cfg = make_config(tmp_path)
-    cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True))
+    cfg = auth_config(tmp_path)
     client = await aiohttp_client(build_app(cfg))
-    boot = json.loads((Path(cfg.server.state_dir) / KeyService.BOOTSTRAP_FILE).read_text())
-    admin = {"Authorization": f"Bearer {boot['token']}"}
+    boot = bootstrap_key(cfg)
+    admin = bearer(boot['token'])
     rec = await Receiver(boot["secret"]).start()  # the caller already holds its key's secret
     try:
         resp = await client.post("/api/spawn", headers=admin,
@@ -650,15 +642,14 @@ async def test_spawn_webhook_url_gets_that_agents_end_signed_with_the_key_secret
 
 
 async def test_spawn_webhook_url_file_needs_admin(aiohttp_client, tmp_path):
-    cfg = make_config(tmp_path)
-    cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True))
+    cfg = auth_config(tmp_path)
     client = await aiohttp_client(build_app(cfg))
-    boot = json.loads((Path(cfg.server.state_dir) / KeyService.BOOTSTRAP_FILE).read_text())
+    boot = bootstrap_key(cfg)
     resp = await client.post("/api/keys", json={"name": "writer", "scopes": ["agents:read", "agents:write"]},
-                             headers={"Authorization": f"Bearer {boot['token']}"})
+                             headers=bearer(boot['token']))
     assert resp.status in (200, 201), await resp.text()
     writer = (await resp.json())["token"]
     target = tmp_path / "not-yours.txt"
-    resp = await client.post("/api/spawn", headers={"Authorization": f"Bearer {writer}"},
+    resp = await client.post("/api/spawn", headers=bearer(writer),
                              json={"model": "k2p5", "task": "x", "webhook_url": f"file://{target}"})
     assert resp.status in (400, 403), await resp.text()
