@@ -185,11 +185,13 @@ class EventLog:
         return Event(row["id"], row["ts"], row["type"], self._open(row["id"], row["data"])) if row else None
 
     async def purge(self, keep_days: float) -> None:
-        """Events older than ``keep_days`` whose deliveries are all settled."""
+        """Events older than ``keep_days`` whose deliveries are all settled, and those settled
+        deliveries (the outbox would otherwise grow on the SD card for ever)."""
         cutoff = self.clock() - keep_days * 86_400
-        await self.store.write((
-            "DELETE FROM events WHERE ts < ? AND id NOT IN (SELECT event_id FROM deliveries WHERE status = 'pending')",
-            (cutoff,)))
+        await self.store.write(
+            ("DELETE FROM deliveries WHERE status != 'pending' AND created_at < ?", (cutoff,)),
+            ("DELETE FROM events WHERE ts < ? AND id NOT IN (SELECT event_id FROM deliveries WHERE status = 'pending')",
+             (cutoff,)))
 
 
 def delivery_insert(webhook_id: str, event_id: int, now: float) -> Statement:

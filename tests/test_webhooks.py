@@ -213,6 +213,21 @@ async def test_seed_payload_signed_over_the_raw_body(client, receiver):
     assert view["last_triggered"] is not None
 
 
+async def test_retention_removes_old_events_and_their_settled_deliveries(client, receiver):
+    hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
+    await wait_status(client, await spawn(client, task="old news"))
+    await receiver.wait_for(1)
+    await eventually(lambda: deliveries(client, hook["id"], status="delivered"), what="the delivery settled")
+    events = client.app[SERVICES].events
+    await events.purge(7)                      # nothing is 7 days old yet
+    assert len(await deliveries(client, hook["id"])) == 1
+    real = events.clock
+    events.clock = lambda: real() + 8 * 86_400
+    await events.purge(7)
+    assert await deliveries(client, hook["id"]) == []
+    assert (await (await client.get("/api/events")).json())["data"] == []
+
+
 async def test_a_wrong_secret_is_refused_by_the_receiver_and_retried(client, receiver, fast_retries):
     hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret="not-the-receivers")
     await wait_status(client, await spawn(client))
