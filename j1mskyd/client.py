@@ -147,13 +147,11 @@ class _Core:
         body = {"model": model, "task": task, "priority": priority, **extra}
         if timeout is not None:
             body["timeout"] = timeout
-        # One key per logical spawn, kept by every retry: a retried spawn never runs twice.
-        return Call("POST", "/spawn", body, idempotency_key=str(uuid.uuid4()))
+        return Call("POST", "/spawn", body)
 
     @staticmethod
     def _team_call(team: str, task: str, priority: str, extra: dict[str, Any]) -> Call:
-        return Call("POST", "/spawn-team", {"team": team, "task": task, "priority": priority, **extra},
-                    idempotency_key=str(uuid.uuid4()))
+        return Call("POST", "/spawn-team", {"team": team, "task": task, "priority": priority, **extra})
 
     @staticmethod
     def _agent_call(method: str, agent_id: str) -> Call:
@@ -169,6 +167,14 @@ class _Core:
     @staticmethod
     def _webhook_delete_call(webhook_id: str) -> Call:
         return Call("DELETE", f"/webhooks/{urllib.parse.quote(webhook_id)}")
+
+    @staticmethod
+    def _idempotency_key(method: str, given: str | None) -> str | None:
+        """One key per logical POST or PUT, kept by every retry: a retried spawn, quote or
+        webhook creation never happens twice (the daemon honours the key on every write)."""
+        if given is None and method in ("POST", "PUT"):
+            return str(uuid.uuid4())
+        return given
 
     @staticmethod
     def _still_running(agent_id: str, data: dict[str, Any], timeout: float) -> TimeoutError:
@@ -202,6 +208,7 @@ class J1MSKYClient(_Core):
 
     def request(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
                 idempotency_key: str | None = None) -> Any:
+        idempotency_key = self._idempotency_key(method, idempotency_key)
         attempt = 0
         while True:
             url, data, headers = self._prepare(method, path, body, params, idempotency_key)
@@ -305,6 +312,7 @@ class AsyncJ1MSKYClient(_Core):
         import aiohttp
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        idempotency_key = self._idempotency_key(method, idempotency_key)
         attempt = 0
         while True:
             url, data, headers = self._prepare(method, path, body, params, idempotency_key)

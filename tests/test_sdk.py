@@ -55,6 +55,7 @@ async def flaky(aiohttp_server):
 
     app = web.Application()
     app.router.add_post("/api/spawn", spawn)
+    app.router.add_post("/api/webhooks", spawn)  # any write: the same script
     server = await aiohttp_server(app)
     return server, seen, script
 
@@ -66,6 +67,13 @@ async def test_retries_honour_retry_after_and_keep_the_idempotency_key(flaky):
     assert agent.agent_id == "subagent_1_0001" and len(seen) == 3
     assert seen[1]["at"] - seen[0]["at"] >= 0.2  # Retry-After is a floor
     assert len({s["idem"] for s in seen}) == 1 and seen[0]["idem"]  # one spawn, however many tries
+
+
+async def test_every_write_keeps_one_idempotency_key_over_its_retries(flaky):
+    server, seen, _ = flaky
+    sdk = J1MSKYClient(base_url=str(server.make_url("/")), max_retries=3)
+    await asyncio.to_thread(sdk.create_webhook, "https://example.com/h", ["agent.completed"])
+    assert len(seen) == 3 and len({s["idem"] for s in seen}) == 1 and seen[0]["idem"]
 
 
 async def test_rate_limit_error_when_retries_run_out(flaky):
