@@ -22,7 +22,6 @@ from .errors import ValidationFailed
 EVENTS = ("agent.spawn", "agent.complete", "agent.fail", "api.key.used", "config.change", "security.violation")
 LOG_LEVELS = ("minimal", "standard", "verbose")
 MAX_OFFSET = 10**18  # SQLite integers are 64-bit: a larger OFFSET is an OverflowError, not "no rows"
-SEVERITIES = ("info", "warning", "critical")
 SETTING = "audit"
 KEY_USED_EVERY = 60.0
 

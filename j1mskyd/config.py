@@ -229,7 +229,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    pricing: PricingConfig = field(default_factory=lambda: PricingConfig())
+    pricing: PricingConfig = field(default_factory=PricingConfig)
 
 
 # ------------------------------------------------------------------------- checkers

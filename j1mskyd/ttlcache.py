@@ -7,9 +7,6 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-_MISSING = object()
-
-
 class TTLCache:
     def __init__(self, ttl: float, maxsize: int = 1024, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
@@ -19,7 +16,7 @@ class TTLCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable, default: Any = _MISSING) -> Any:
+    def get(self, key: Hashable, default: Any = None) -> Any:
         entry = self._data.get(key)
         if entry is not None and self.clock() < entry[0]:
             self.hits += 1
@@ -27,7 +24,7 @@ class TTLCache:
         if entry is not None:
             del self._data[key]
         self.misses += 1
-        return None if default is _MISSING else default
+        return default
 
     def put(self, key: Hashable, value: Any) -> Any:
         if len(self._data) >= self.maxsize:  # drop the expired ones, else the oldest
