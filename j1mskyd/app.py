@@ -216,10 +216,15 @@ async def _lifecycle(app: web.Application):
                                             PricingHistory(store, config.pricing.history_days))
         await events.load()
         await webhooks.load()
-        changed = await services.pricing_history.policy_change(config.pricing.policy)
+        changed, stmts = await services.pricing_history.policy_change(config.pricing.policy)
+        announced = []
         if changed is not None:
             log.info("pricing policy changed since the last start (policy %s)", changed["policy_hash"])
-            await events.emit("pricing.policy_changed", changed)
+            event, event_stmts = events.statements("pricing.policy_changed", changed)
+            announced, stmts = [event], stmts + event_stmts
+        if stmts:
+            await store.write(*stmts)
+            events.published(announced)
         budget.on_level_change = lambda old, new: _budget_event(events, budget, old, new, services.caches)
         await keys.reload()
         await ip_control.load()

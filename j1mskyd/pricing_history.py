@@ -200,20 +200,22 @@ class PricingHistory:
         return [_exception_view(r, now) for r in rows]
 
     # -- the policy ---------------------------------------------------------------------------
-    async def policy_change(self, policy: pricing.PricingPolicy) -> dict[str, Any] | None:
-        """Remember the policy in force; when it differs from the one the daemon last ran with,
-        return ``{previous, current}`` (the pricing.policy_changed event's data)."""
+    async def policy_change(self, policy: pricing.PricingPolicy) -> tuple[dict[str, Any] | None, list[Statement]]:
+        """(change, statements): the statements remember the policy in force (none when it is the
+        one the daemon last ran with); the change, when there was a previous policy, is
+        ``{previous, current, policy_hash}``, the pricing.policy_changed event's data, to be
+        written in the same unit so that a crash cannot keep the new policy and lose the event."""
         current = policy.as_dict()
         text = json.dumps(current, sort_keys=True, separators=(",", ":"))
         row = await self.store.read(lambda c: c.execute(
             "SELECT value FROM settings WHERE name = ?", (POLICY_SETTING,)).fetchone())
         if row is not None and row[0] == text:
-            return None
-        await self.store.write((
+            return None, []
+        upsert: list[Statement] = [(
             "INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            (POLICY_SETTING, text, self.clock())))
+            (POLICY_SETTING, text, self.clock()))]
         if row is None:
-            return None  # the first start: nothing changed
+            return None, upsert  # the first start: nothing changed
         return {"previous": json.loads(row[0]), "current": current,
-                "policy_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
+                "policy_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}, upsert
