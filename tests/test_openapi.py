@@ -65,3 +65,13 @@ async def test_every_operation_lists_its_status_codes_and_the_error_envelope(cli
     quote = doc["paths"]["/api/pricing/quote"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert quote["required"] == ["model", "complexity", "estimated_input", "estimated_output"]
     assert doc["paths"]["/api/keys/{key_id}"]["delete"]["requestBody"]["required"] is False
+
+
+async def test_the_document_is_built_once(client, monkeypatch):
+    from j1mskyd.api import openapi
+    calls = []
+    real = openapi.build
+    monkeypatch.setattr(openapi, "build", lambda *a: calls.append(1) or real(*a))
+    first = await (await client.get("/api/openapi.json")).read()
+    second = await (await client.get("/api/v1/openapi.json")).read()
+    assert first == second and len(calls) == 1

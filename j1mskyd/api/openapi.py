@@ -19,7 +19,12 @@ from aiohttp import web
 from .. import __version__
 from ..audit import EVENTS as AUDIT_EVENTS, LOG_LEVELS
 from ..ipcontrol import MAX_BLOCK_HOURS
-from .common import CONFIG, json_response
+from .common import CONFIG, app_key, json_response
+
+# The document depends only on the routes and the configuration, fixed while the daemon runs:
+# built on the first request, then served as it is (the route is public and not counted, so
+# rebuilding it per request would hand anyone a few ms of the Pi's CPU per call).
+DOCUMENT = app_key("j1msky.openapi_document")
 
 _PARAM = re.compile(r"{([^}]+)}")
 
@@ -380,6 +385,9 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any) -> d
 
 async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of every route."""
-    from .middleware import PUBLIC
-    from .routes import PREFIXES, ROUTES  # routes imports this module: import at call time
-    return json_response(build(ROUTES, PREFIXES, PUBLIC, request.app[CONFIG]))
+    cached = request.app[DOCUMENT]
+    if "response" not in cached:
+        from .middleware import PUBLIC
+        from .routes import PREFIXES, ROUTES  # routes imports this module: import at call time
+        cached["response"] = json_response(build(ROUTES, PREFIXES, PUBLIC, request.app[CONFIG])).body
+    return web.Response(body=cached["response"], content_type="application/json", charset="utf-8")

@@ -106,5 +106,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/static/{name}", dashboard.static)
     for method in ("GET", "HEAD"):
         scopes[(method, "/")] = scopes[(method, "/static/{name}")] = PUBLIC
+    app[openapi.DOCUMENT] = {}  # filled by the first GET /openapi.json
     app[ROUTE_CLASSES] = classes
     app[ROUTE_SCOPES] = scopes
