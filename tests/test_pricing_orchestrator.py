@@ -11,7 +11,7 @@ import pytest
 from j1mskyd.app import build_app
 from tests.conftest import wait_status
 from tests.test_budget_http import priced_config, spawn_ok, upstream  # noqa: F401  (fixture)
-from tests.test_pricing_api import ENCODINGS, post
+from tests.test_pricing_api import ENCODINGS, SEED_QUOTE, post
 
 SEED_BLOCKS = {"timestamp", "models_active", "usage_summary", "recent_usage", "daily_budget", "today_spend",
                "budget_remaining", "budget_utilization_pct", "budget_alert_level", "operational_flags",
@@ -137,8 +137,29 @@ async def test_cache_status_counts_hits_and_invalidate_clears(client):
     assert (await resp.json())["cleared"] == {"pricing": 1}
     assert (await (await client.get("/api/cache/status")).json())["caches"]["pricing"]["entries"] == 0
     assert (await client.post("/api/cache/invalidate", json={"cache": "nope"})).status == 400
+    for bad in ([], "pricing", 7):  # not an object: refused, nothing cleared
+        await client.post("/api/pricing/quote", json=SEED_QUOTE)
+        resp = await client.post("/api/cache/invalidate", json=bad)
+        assert resp.status == 400, bad
+        assert (await (await client.get("/api/cache/status")).json())["caches"]["pricing"]["entries"] == 1
     resp = await client.post("/api/cache/invalidate")
     assert set((await resp.json())["cleared"]) == {"pricing", "recommendations"}
+
+
+async def test_a_recommendation_is_recomputed_when_a_breaker_changes(client):
+    from j1mskyd.api.common import SERVICES
+    rec = {"task_type": "coding", "estimated_tokens": 2000}
+    first = await (await client.post("/api/orchestrator/recommend-model", json=rec)).json()
+    await client.post("/api/orchestrator/recommend-model", json=rec)
+    cache = client.app[SERVICES].caches["recommendations"]
+    assert (cache.hits, cache.misses) == (1, 1)
+    slot = client.app[SERVICES].slots["offline"]
+    for _ in range(slot.breaker.threshold):
+        slot.breaker.record_failure()
+    again = await (await client.post("/api/orchestrator/recommend-model", json=rec)).json()
+    assert cache.misses == 2  # recomputed, not the 30-second answer from before the breaker opened
+    # Every model is on the open breaker now: nothing is available, so the rule's last resort.
+    assert (first["recommended_model"], again["recommended_model"]) == ("k2p5", "sonnet")
 
 
 async def test_a_recommendation_is_recomputed_when_the_budget_moves(client):

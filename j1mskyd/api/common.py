@@ -9,7 +9,7 @@ from aiohttp import web
 
 from .. import jsonx
 from ..audit import Actor
-from ..errors import ApiError, InvalidJson
+from ..errors import ApiError, InvalidJson, ValidationFailed
 
 
 def app_key(name: str) -> Any:
@@ -69,6 +69,16 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidJson(f"Request body is not valid JSON: {exc}") from None
     except RecursionError:  # stdlib json on "[[[[...": deeper than the interpreter allows
         raise InvalidJson("Request body is not valid JSON: nested too deeply") from None
+
+
+async def read_json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object (400 otherwise); ``optional``: an empty body is ``{}``."""
+    if optional and not (await request.read()).strip():
+        return {}
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ValidationFailed([{"field": "body", "message": "Request body must be a JSON object"}])
+    return body
 
 
 def actor(request: web.Request) -> Actor:

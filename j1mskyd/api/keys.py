@@ -6,24 +6,15 @@ from aiohttp import web
 
 from ..errors import BadRequest, NotFound, ValidationFailed
 from ..keys import KeyError_
-from .common import SERVICES, actor, json_response, read_json
+from .common import SERVICES, actor, json_response, read_json_object
 
 
 def _keys(request: web.Request):
     return request.app[SERVICES].keys
 
 
-async def _body(request: web.Request, *, optional: bool = False) -> dict:
-    if optional and not (await request.read()).strip():
-        return {}
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise ValidationFailed([{"field": "body", "message": "Request body must be a JSON object"}])
-    return body
-
-
 async def create_key(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_json_object(request)
     require_signature = body.get("require_signature", False)
     if not isinstance(require_signature, bool):
         raise ValidationFailed([{"field": "require_signature", "message": "require_signature must be true or false"}])
@@ -50,7 +41,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    body = await _body(request, optional=True)
+    body = await read_json_object(request, optional=True)
     reason = body.get("reason", "revoked")
     if not isinstance(reason, str) or len(reason) > 200:
         raise ValidationFailed([{"field": "reason", "message": "reason must be a string of at most 200 characters"}])

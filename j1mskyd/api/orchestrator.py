@@ -14,9 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from .. import pricing
+from ..breaker import CircuitBreaker
 from ..errors import NotFound, ValidationFailed
-from .common import CONFIG, SERVICES, json_response, read_json
 from ..pricing_history import Window
+from .common import CONFIG, SERVICES, json_response, read_json_object
 from .pricing import STATUS_SAMPLES, Fields, policy_of, read_fields
 
 PRIORITIES = ("low", "normal", "high", "critical")
@@ -56,7 +57,9 @@ def _recommend(request: web.Request, task_type: str, tokens: int) -> tuple[str, 
     """From the 30-second recommendation cache while the budget has not moved."""
     services = request.app[SERVICES]
     snap = services.budget.snapshot()
-    key = (task_type, tokens, services.budget.version)
+    # What the answer depends on: the budget (its version moves with every reserve and settle)
+    # and which models are usable (breaker state changes; the hourly quota is left to the TTL).
+    key = (task_type, tokens, services.budget.version, CircuitBreaker.changes)
     cached = services.caches["recommendations"].get(key)
     if cached is None:
         committed = float(snap["today_spend"]) + float(snap["reserved"])  # what spawn admission counts
@@ -76,12 +79,9 @@ async def cache_status(request: web.Request) -> web.Response:
 async def cache_invalidate(request: web.Request) -> web.Response:
     """Clear one cache (``{"cache": "pricing"}``) or all of them."""
     caches = request.app[SERVICES].caches
-    name = None
-    if (await request.read()).strip():
-        body = await read_json(request)
-        name = body.get("cache") if isinstance(body, dict) else None
-        if name is not None and name not in caches:
-            raise ValidationFailed([{"field": "cache", "message": f"cache must be one of: {', '.join(caches)}"}])
+    name = (await read_json_object(request, optional=True)).get("cache")
+    if name is not None and name not in caches:
+        raise ValidationFailed([{"field": "cache", "message": f"cache must be one of: {', '.join(caches)}"}])
     cleared = {n: c.clear() for n, c in caches.items() if name is None or n == name}
     return json_response({"success": True, "cleared": cleared})
 
