@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import types
 from datetime import datetime, timezone
 
 from j1mskyd.api.common import SERVICES
@@ -46,10 +47,21 @@ async def test_health_shows_a_breaker_change_at_once(aiohttp_client, tmp_path):
     assert (await (await client.get("/api/health")).json())["providers"]["offline"]["state"] == "closed"
 
 
-async def test_health_body_is_reused_within_a_second(aiohttp_client, tmp_path):
+async def test_health_body_is_reused_within_a_second(aiohttp_client, tmp_path, monkeypatch):
+    from j1mskyd.api import system
     client = await aiohttp_client(build_app(make_config(tmp_path)))
-    bodies = [await (await client.get("/api/health")).read() for _ in range(3)]
-    assert bodies[0] == bodies[1] or bodies[1] == bodies[2]  # at most one second boundary in between
+    built = []
+    real = system._health
+    monkeypatch.setattr(system, "_health", lambda request: built.append(1) or real(request))
+    now = [1000.0]
+    # The module's own clock only (the event loop keeps the real time.monotonic).
+    monkeypatch.setattr(system, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    for _ in range(3):
+        assert (await client.get("/api/health")).status == 200
+    assert len(built) == 1  # one second: built once
+    now[0] += 1.0
+    await client.get("/api/health")
+    assert len(built) == 2  # the next second: built again
 
 
 async def test_public_route_headers_are_complete_and_right(aiohttp_client, tmp_path):

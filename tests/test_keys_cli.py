@@ -69,10 +69,8 @@ def test_cli_create_list_rotate_revoke_against_a_running_daemon(tmp_path, daemon
     assert made["key_id"].startswith("key_") and made["token"].startswith("jsk_") and made["secret"]
     assert made["scopes"] == ["agents:read", "billing:read"]
     assert made["require_signature"] is False
-    began = time.monotonic()
     wait_until(lambda: status_with(daemon, made["token"]) == 200, timeout=REFRESH_SECONDS + MARGIN,
                what="the daemon to accept the CLI's new key")
-    assert time.monotonic() - began <= REFRESH_SECONDS + MARGIN
     assert status_with(daemon, made["token"], "/api/billing/usage") == 200
     status, body = http(daemon, "GET", "/api/keys", made["token"])
     assert status == 403 and body["error"]["required_scope"] == "admin:write", body
@@ -110,10 +108,8 @@ def test_cli_create_list_rotate_revoke_against_a_running_daemon(tmp_path, daemon
     code, out, err = keys_cli(tmp_path, "revoke", made["key_id"], "--reason", "left the team")
     assert code == 0, err
     assert made["key_id"] in out
-    began = time.monotonic()
     wait_until(lambda: status_with(daemon, made["token"]) == 401, timeout=REFRESH_SECONDS + MARGIN,
                what="the daemon to refuse the revoked key")
-    assert time.monotonic() - began <= REFRESH_SECONDS + MARGIN
     status, body = http(daemon, "GET", "/api/agents", made["token"])
     assert status == 401 and body["error"]["type"] == "INVALID_API_KEY", body
     assert status_with(daemon, new["token"]) == 200  # the successor is untouched

@@ -47,7 +47,8 @@ def test_a_partial_table_keeps_the_other_defaults():
 def test_bad_values_are_named(table, key, reason):
     with pytest.raises(ConfigError) as e:
         parse(table)
-    assert any(i.key == key and reason in i.reason for i in e.value.issues), e.value
+    [issue] = e.value.issues
+    assert issue.key == key and reason in issue.reason, e.value
 
 
 def test_every_problem_is_reported_at_once():
@@ -61,5 +62,10 @@ def test_the_shipped_config_states_the_defaults():
     from pathlib import Path
 
     from j1mskyd.config import load_config
-    shipped = load_config(Path(__file__).parent.parent / "etc" / "j1msky" / "config.toml", env={})
+    import dataclasses
+    import tomllib
+    path = Path(__file__).parent.parent / "etc" / "j1msky" / "config.toml"
+    shipped = load_config(path, env={})
     assert shipped.pricing.policy == pricing.DEFAULT_POLICY and shipped.pricing.history_days == 365.0
+    stated = tomllib.loads(path.read_text())["pricing"]  # written out, not just defaulted
+    assert set(stated) == {f.name for f in dataclasses.fields(pricing.PricingPolicy)} | {"history_days"}

@@ -56,9 +56,11 @@ async def test_status_blocks_after_real_spawns_have_spent_money(aiohttp_client, 
     assert body["usage_summary"] == {"total_calls": 2, "top_models": [
         {"model": "k2p5", "calls": 2, "tokens": 210, "avg_tokens_per_call": 105.0, "estimated_spend": 0.0002}]}
     assert body["recent_usage"] == 2
-    assert body["operational_flags"] == {
-        "budget_alert_level": "warning", "max_provider_utilization_pct": body["operational_flags"][
-            "max_provider_utilization_pct"], "hot_providers": [], "requires_ops_attention": True,
+    flags = dict(body["operational_flags"])
+    # 2 of 100,000 hourly tokens spent, less what the bucket refilled since: about 0.
+    assert flags.pop("max_provider_utilization_pct") == pytest.approx(0.0, abs=0.01)
+    assert flags == {
+        "budget_alert_level": "warning", "hot_providers": [], "requires_ops_attention": True,
         "recommended_action": "Shift medium/low-priority tasks to k2p5/minimax and monitor hourly"}
     assert body["model_mix_recommendation"]["strategy"] == "cost-optimized"
     assert body["monthly_forecast"] == {"projected_spend": 6.0, "budget_ceiling": 7.5, "delta_to_budget": 1.5}
@@ -131,8 +133,9 @@ async def test_cache_status_counts_hits_and_invalidate_clears(client):
         assert (await client.post("/api/orchestrator/recommend-model", json=rec)).status == 200
     status = await (await client.get("/api/cache/status")).json()
     pricing_stats, rec_stats = status["caches"]["pricing"], status["caches"]["recommendations"]
-    assert pricing_stats["entries"] == 1 and pricing_stats["hits"] >= 1 and pricing_stats["ttl_seconds"] == 300
-    assert rec_stats["hits"] >= 2 and rec_stats["ttl_seconds"] == 30 and 0 < rec_stats["hit_rate"] <= 1
+    assert (pricing_stats["entries"], pricing_stats["hits"], pricing_stats["ttl_seconds"]) == (1, 1, 300)
+    assert (rec_stats["hits"], rec_stats["misses"], rec_stats["ttl_seconds"]) == (2, 1, 30)
+    assert rec_stats["hit_rate"] == pytest.approx(2 / 3, abs=0.01)
     resp = await client.post("/api/cache/invalidate", json={"cache": "pricing"})
     assert (await resp.json())["cleared"] == {"pricing": 1}
     assert (await (await client.get("/api/cache/status")).json())["caches"]["pricing"]["entries"] == 0
