@@ -28,7 +28,10 @@ Statement = tuple[str, tuple[Any, ...]]
 
 AGENT_EVENTS = ("agent.spawned", "agent.completed", "agent.failed", "agent.cancelled")
 LIVE_ONLY = ("agent.started", "agent.output")   # to live readers only: never stored, never to webhooks
-EVENT_TYPES = AGENT_EVENTS + LIVE_ONLY + ("budget.notice", "budget.warning", "budget.critical",
+PRICING_EVENTS = ("pricing.quote_generated", "pricing.quote_approved", "pricing.quote_escalated",
+                  "pricing.exception_created", "pricing.margin_alert", "pricing.budget_warning",
+                  "pricing.budget_critical", "pricing.policy_changed")
+EVENT_TYPES = AGENT_EVENTS + LIVE_ONLY + PRICING_EVENTS + ("budget.notice", "budget.warning", "budget.critical",
                               "rate_limit.exhausted", "security.violation", "webhook.test")
 
 

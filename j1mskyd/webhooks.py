@@ -90,7 +90,7 @@ def _check_url(url: Any, sink: str) -> str:
 def _check_events(events: Any) -> tuple[str, ...]:
     if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
         raise _bad("events", "events must be a non-empty list of event names")
-    unknown = [e for e in events if e != "*" and e not in EVENT_TYPES and not e.startswith("pricing.")]
+    unknown = [e for e in events if e != "*" and e not in EVENT_TYPES]
     if unknown:
         known = [e for e in EVENT_TYPES if e not in LIVE_ONLY]
         raise _bad("events", f"Unknown event(s): {', '.join(unknown)} (known: {', '.join(known)}, or '*')")

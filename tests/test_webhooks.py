@@ -668,3 +668,13 @@ async def test_spawn_webhook_url_file_needs_admin(aiohttp_client, tmp_path):
     resp = await client.post("/api/spawn", headers=bearer(writer),
                              json={"model": "k2p5", "task": "x", "webhook_url": f"file://{target}"})
     assert resp.status in (400, 403), await resp.text()
+
+
+async def test_pricing_event_names_are_checked_like_the_others(client):
+    resp = await client.post("/api/webhooks", json={"url": "https://example.com/h", "events": ["pricing.typo"]})
+    assert resp.status == 400 and bad_field(await resp.json()) == "events"
+    assert (await client.get("/api/events", params={"types": "pricing.typo"})).status == 400
+    resp = await client.post("/api/webhooks", json={"url": "https://example.com/h",
+                                                    "events": ["pricing.quote_generated"]})
+    assert resp.status == 201
+    assert (await client.get("/api/events", params={"types": "pricing.policy_changed"})).status == 200

@@ -50,7 +50,7 @@ def _types(text: str | None) -> list[str] | None:
     if not text:
         return None
     types = [t for t in (x.strip() for x in text.split(",")) if t]
-    unknown = [t for t in types if t not in EVENT_TYPES and not t.startswith("pricing.")]
+    unknown = [t for t in types if t not in EVENT_TYPES]
     if unknown:
         raise _bad("types", f"Unknown event type(s): {', '.join(unknown)}")
     return types

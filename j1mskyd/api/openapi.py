@@ -253,7 +253,7 @@ def _hook_events() -> dict[str, Any]:
     from ..events import EVENT_TYPES, LIVE_ONLY
     return {"type": "array", "minItems": 1, "items": {"type": "string", "enum": [
                 "*", *(e for e in EVENT_TYPES if e not in LIVE_ONLY)]},
-            "description": "event types, '*' for all; pricing.* types are accepted too"}
+            "description": "event types, '*' for all"}
 
 
 _HOOK_EVENTS = _hook_events()

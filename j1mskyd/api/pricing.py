@@ -23,15 +23,13 @@ from aiohttp import web
 
 from .. import pricing
 from ..errors import BadRequest, NotFound, ValidationFailed
+from ..events import PRICING_EVENTS
 from ..pricing_history import MAX_DAYS, RESOLUTIONS, PricingHistory, Window, new_quote_id
 from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json
 
 MAX_TOKENS = 10_000_000          # per token estimate
 MAX_ITEMS = 10_000               # scenarios / quotes per request
 MAX_SCENARIOS = 100
-PRICING_EVENTS = ("pricing.quote_generated", "pricing.quote_approved", "pricing.quote_escalated",
-                  "pricing.exception_created", "pricing.margin_alert", "pricing.budget_warning",
-                  "pricing.budget_critical", "pricing.policy_changed")
 DEPRECATION = {"Deprecation": "true"}
 VARIANTS = ("control", "test")
 
