@@ -97,12 +97,22 @@ class EventLog:
 
     def statements(self, type_: str, data: dict[str, Any]) -> tuple[Event, list[Statement]]:
         """The event and the statements that store it with its webhook deliveries."""
+        return self._statements(type_, data, self.route(type_, data))
+
+    def statements_if_wanted(self, type_: str, data: dict[str, Any]) -> tuple[Event, list[Statement]] | None:
+        """The same, or None when no webhook and no live reader wants this event: for events
+        that only announce a record kept elsewhere (pricing), nobody's interest, no write."""
+        hooks = self.route(type_, data)
+        if not hooks and not self.wants(type_):
+            return None
+        return self._statements(type_, data, hooks)
+
+    def _statements(self, type_: str, data: dict[str, Any], hooks: list[str]) -> tuple[Event, list[Statement]]:
         event = Event(self._next_id, self.clock(), type_, data)
         self._next_id += 1
         stmts: list[Statement] = [("INSERT INTO events (id, ts, type, data) VALUES (?, ?, ?, ?)",
                                    (event.id, event.ts, event.type, self._seal(event.id, data)))]
-        for webhook_id in self.route(type_, data):
-            stmts.append(delivery_insert(webhook_id, event.id, event.ts))
+        stmts.extend(delivery_insert(webhook_id, event.id, event.ts) for webhook_id in hooks)
         return event, stmts
 
     def published(self, events: Iterable[Event]) -> None:

@@ -226,10 +226,10 @@ async def _record(request: web.Request, quote: dict[str, Any], check: dict[str, 
     published = []
     for type_, event_data in events:
         # Stored only when a webhook or a live listener wants it (the history row is the record).
-        if services.webhooks.route(type_, event_data) or services.events.wants(type_):
-            event, event_stmts = services.events.statements(type_, event_data)
-            published.append(event)
-            stmts.extend(event_stmts)
+        wanted = services.events.statements_if_wanted(type_, event_data)
+        if wanted is not None:
+            published.append(wanted[0])
+            stmts.extend(wanted[1])
     await services.store.write(*stmts)
     services.events.published(published)
     return quote_id, exception_id
