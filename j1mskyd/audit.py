@@ -113,16 +113,22 @@ class AuditLog:
         s = self.settings
         return s.enabled and event in s.events
 
+    def key_used_due(self, key_id: str) -> bool:
+        """Is an ``api.key.used`` entry due for this key (wanted, and none in the last minute)?
+        Asked before the entry is built: it is, for nearly every request, not due."""
+        if not self.wants("api.key.used"):
+            return False
+        now = self.clock()
+        if now - self._key_used.get(key_id, 0.0) < KEY_USED_EVERY:
+            return False
+        self._key_used[key_id] = now
+        return True
+
     def record(self, event: str, actor: Actor = SYSTEM, *, severity: str = "info", resource_type: str | None = None,
                resource_id: str | None = None, details: dict[str, Any] | None = None) -> None:
         if not self.wants(event):
             return
         now = self.clock()
-        if event == "api.key.used":
-            last = self._key_used.get(actor.api_key_id or "", 0.0)
-            if now - last < KEY_USED_EVERY:
-                return
-            self._key_used[actor.api_key_id or ""] = now
         self.store.submit([(
             "INSERT INTO audit_log (ts, event, severity, api_key_id, ip_address, user_agent, request_id, "
             "resource_type, resource_id, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -182,7 +182,8 @@ def check_auth(request: web.Request, p: Pass) -> None:
                            headers={"WWW-Authenticate": 'Bearer realm="j1mskyd", error="invalid_token"'})
     p.key = request[API_KEY] = key
     p.key_id = request[API_KEY_ID] = key.key_id
-    services.audit.record("api.key.used", actor(request), resource_type="api_key", resource_id=key.key_id)
+    if services.audit.key_used_due(key.key_id):
+        services.audit.record("api.key.used", actor(request), resource_type="api_key", resource_id=key.key_id)
     scope = p.route.scope
     if not key.allows(scope):
         _violation(request, p, "insufficient_scope", scope)
