@@ -16,6 +16,8 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from .budget import alert_level
+
 SEGMENTS = ("enterprise", "mid_market", "smb", "startup")   # the batch order, too
 COMPLEXITIES = ("low", "medium", "high")
 DELIVERY_TYPES = ("task", "subscription", "enterprise")
@@ -413,14 +415,7 @@ def recommend_model(task_type: str, estimated_tokens: int, committed_spend: floa
 
 # ------------------------------------------------------------------------------ orchestrator blocks
 
-def budget_alert_level(utilization_pct: float) -> str:
-    if utilization_pct >= 90:
-        return "critical"
-    if utilization_pct >= 70:
-        return "warning"
-    if utilization_pct >= 50:
-        return "notice"
-    return "ok"
+budget_alert_level = alert_level  # the budget's own levels: >= 90 critical, >= 70 warning, >= 50 notice
 
 
 def budget_block(daily_budget: float, today_spend: float) -> dict[str, Any]:

@@ -267,7 +267,7 @@ def _pricing_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
     from .pricing import MAX_SCENARIOS, MAX_TOKENS, VARIANTS
     policy = config.pricing.policy
     task = {"task_type": {"type": "string", "minLength": 1, "maxLength": 64},
-            "estimated_tokens": {"type": "integer", "minimum": 0, "maximum": 10_000_000}}
+            "estimated_tokens": {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS}}
     tokens = {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS}
     quote = {"model": {"type": "string", "enum": list(config.models)},
              "complexity": {"type": "string", "enum": list(policy.complexity_markup)},

@@ -18,7 +18,7 @@ from ..breaker import CircuitBreaker
 from ..errors import NotFound, ValidationFailed
 from ..pricing_history import Window
 from .common import CONFIG, SERVICES, json_response, read_json_object
-from .pricing import STATUS_SAMPLES, Fields, policy_of, read_fields
+from .pricing import MAX_TOKENS, STATUS_SAMPLES, Fields, policy_of, read_fields
 
 PRIORITIES = ("low", "normal", "high", "critical")
 
@@ -93,7 +93,7 @@ async def recommend_model(request: web.Request) -> web.Response:
     task_type = f.text("task_type", "general", max_len=64)
     complexity = f.choice("complexity", pricing.COMPLEXITIES, default="medium")
     priority = f.choice("priority", PRIORITIES, default="normal")
-    tokens = f.integer("estimated_tokens", 0, 10_000_000, default=1000)
+    tokens = f.integer("estimated_tokens", 0, MAX_TOKENS, default=1000)
     f.done()
     model, fits, snap = _recommend(request, task_type, tokens)
     price = request.app[CONFIG].models.get(model)
@@ -301,7 +301,7 @@ async def select_model(request: web.Request) -> web.Response:
     data, form = await read_fields(request)
     f = Fields(data, form)
     task_type = f.text("task_type", "general", max_len=64)
-    tokens = f.integer("estimated_tokens", 0, 10_000_000, default=1000)
+    tokens = f.integer("estimated_tokens", 0, MAX_TOKENS, default=1000)
     f.done()
     model, fits, snap = _recommend(request, task_type, tokens)
     m = request.app[CONFIG].models.get(model)
