@@ -69,6 +69,59 @@ _EXCEPTION_SELECT = (
     "FROM pricing_exceptions e JOIN pricing_quotes q ON q.quote_id = e.quote_id")
 
 
+def _decisions(c: sqlite3.Connection, window: Window, experiment: str | None = None,
+               variants_only: bool = False) -> list[dict[str, Any]]:
+    """Decision records in the window, in the shape the weekly and experiment rollups take
+    (``exception_created`` / ``exception_closed`` flags, ``variant``)."""
+    sql = ("SELECT q.decision_status, q.gross_margin_pct, q.variant, e.exception_id IS NOT NULL, "
+           "e.closed_at IS NOT NULL FROM pricing_quotes q LEFT JOIN pricing_exceptions e "
+           "ON e.quote_id = q.quote_id WHERE q.decision_status IS NOT NULL "
+           "AND q.created_at > ? AND q.created_at <= ?")
+    args: list[Any] = [window.start, window.end]
+    if variants_only:
+        sql += " AND q.variant IS NOT NULL"
+    if experiment is not None:
+        sql += " AND q.experiment = ?"
+        args.append(experiment)
+    return [{"decision_status": status, "gross_margin_pct": margin, "variant": variant,
+             "exception_created": bool(created), "exception_closed": bool(closed)}
+            for status, margin, variant, created, closed in c.execute(sql + " ORDER BY q.created_at", args)]
+
+
+def _weekly(c: sqlite3.Connection, window: Window) -> dict[str, Any]:
+    """Weekly metrics over the window's decisions; ``exceptions_closed`` counts exceptions
+    closed inside the window, whenever they were opened."""
+    closed = c.execute("SELECT COUNT(*) FROM pricing_exceptions WHERE closed_at > ? AND closed_at <= ?",
+                       (window.start, window.end)).fetchone()[0]
+    return {**pricing.weekly_metrics(_decisions(c, window)), "exceptions_closed": closed}
+
+
+def _quotes(c: sqlite3.Connection, window: Window) -> list[dict[str, Any]]:
+    """Every recorded quote in the window as ``{quote, guardrail_check}`` (the rollup's input)."""
+    rows = c.execute("SELECT gross_margin_pct, is_compliant, delivery_type FROM pricing_quotes "
+                     "WHERE created_at > ? AND created_at <= ?", (window.start, window.end))
+    return [{"quote": {"gross_margin_pct": margin},
+             "guardrail_check": {"is_compliant": bool(ok), "delivery_type": delivery}}
+            for margin, ok, delivery in rows]
+
+
+def _latest(c: sqlite3.Connection) -> dict[str, Any] | None:
+    row = c.execute("SELECT quote_id, created_at, decision_status, approver, delivery_type, gross_margin_pct "
+                    "FROM pricing_quotes WHERE decision_status IS NOT NULL "
+                    "ORDER BY created_at DESC, rowid DESC LIMIT 1").fetchone()
+    if row is None:
+        return None
+    quote_id, created_at, status, approver, delivery, margin = row
+    return {"quote_id": quote_id, "created_at": created_at, "decision_status": status, "approver": approver,
+            "delivery_type": delivery, "gross_margin_pct": margin}
+
+
+def _open_ages(c: sqlite3.Connection, now: float) -> list[int]:
+    """Whole days each open exception has been open."""
+    return [int(max(now - t, 0) // DAY)
+            for (t,) in c.execute("SELECT opened_at FROM pricing_exceptions WHERE closed_at IS NULL")]
+
+
 class PricingHistory:
     def __init__(self, store: Any, keep_days: float = 365.0, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -126,64 +179,31 @@ class PricingHistory:
              "(SELECT quote_id FROM pricing_exceptions)", (cutoff,)))
 
     # -- reading ----------------------------------------------------------------------------
-    async def has_history(self) -> bool:
-        return await self.store.read(
-            lambda c: c.execute("SELECT EXISTS (SELECT 1 FROM pricing_quotes)").fetchone()[0] == 1)
-
+    # Each answer is one trip to the store's reader thread, however many queries it needs.
     async def decisions(self, window: Window, experiment: str | None = None,
                         variants_only: bool = False) -> list[dict[str, Any]]:
-        """Decision records in the window, in the shape the weekly and experiment rollups take
-        (``exception_created`` / ``exception_closed`` flags, ``variant``)."""
-        sql = ("SELECT q.decision_status, q.gross_margin_pct, q.variant, e.exception_id IS NOT NULL, "
-               "e.closed_at IS NOT NULL FROM pricing_quotes q LEFT JOIN pricing_exceptions e "
-               "ON e.quote_id = q.quote_id WHERE q.decision_status IS NOT NULL "
-               "AND q.created_at > ? AND q.created_at <= ?")
-        args: list[Any] = [window.start, window.end]
-        if variants_only:
-            sql += " AND q.variant IS NOT NULL"
-        if experiment is not None:
-            sql += " AND q.experiment = ?"
-            args.append(experiment)
-        rows = await self.store.read(lambda c: c.execute(sql + " ORDER BY q.created_at", args).fetchall())
-        return [{"decision_status": status, "gross_margin_pct": margin, "variant": variant,
-                 "exception_created": bool(created), "exception_closed": bool(closed)}
-                for status, margin, variant, created, closed in rows]
+        return await self.store.read(lambda c: _decisions(c, window, experiment, variants_only))
 
-    async def weekly_metrics(self, window: Window) -> dict[str, Any]:
-        """Weekly metrics over the window's decisions; ``exceptions_closed`` counts exceptions
-        closed inside the window, whenever they were opened."""
-        rows = await self.decisions(window)
-        closed = await self.store.read(lambda c: c.execute(
-            "SELECT COUNT(*) FROM pricing_exceptions WHERE closed_at > ? AND closed_at <= ?",
-            (window.start, window.end)).fetchone()[0])
-        return {**pricing.weekly_metrics(rows), "exceptions_closed": closed}
-
-    async def quotes(self, window: Window) -> list[dict[str, Any]]:
-        """Every recorded quote in the window as ``{quote, guardrail_check}`` (the rollup's input)."""
-        rows = await self.store.read(lambda c: c.execute(
-            "SELECT gross_margin_pct, is_compliant, delivery_type FROM pricing_quotes "
-            "WHERE created_at > ? AND created_at <= ?", (window.start, window.end)).fetchall())
-        return [{"quote": {"gross_margin_pct": margin},
-                 "guardrail_check": {"is_compliant": bool(ok), "delivery_type": delivery}}
-                for margin, ok, delivery in rows]
-
-    async def latest_decision(self) -> dict[str, Any] | None:
-        row = await self.store.read(lambda c: c.execute(
-            "SELECT quote_id, created_at, decision_status, approver, delivery_type, gross_margin_pct "
-            "FROM pricing_quotes WHERE decision_status IS NOT NULL "
-            "ORDER BY created_at DESC, rowid DESC LIMIT 1").fetchone())
-        if row is None:
-            return None
-        quote_id, created_at, status, approver, delivery, margin = row
-        return {"quote_id": quote_id, "created_at": created_at, "decision_status": status, "approver": approver,
-                "delivery_type": delivery, "gross_margin_pct": margin}
+    async def weekly_metrics(self, *windows: Window) -> list[dict[str, Any]]:
+        """Weekly metrics of each window (see :func:`_weekly`)."""
+        return await self.store.read(lambda c: [_weekly(c, w) for w in windows])
 
     async def open_exception_ages(self) -> list[int]:
-        """Whole days each open exception has been open."""
         now = self.clock()
-        opened = await self.store.read(lambda c: c.execute(
-            "SELECT opened_at FROM pricing_exceptions WHERE closed_at IS NULL").fetchall())
-        return [int(max(now - t, 0) // DAY) for (t,) in opened]
+        return await self.store.read(lambda c: _open_ages(c, now))
+
+    async def previews(self, now: float, days: float) -> dict[str, Any] | None:
+        """What the orchestrator's previews are built from, or None before anything is recorded:
+        the latest decision, the last ``days`` of quotes, that window's and the one before's
+        weekly metrics, and the open exceptions' ages."""
+        window = Window.last_days(now, days)
+
+        def read(c: sqlite3.Connection) -> dict[str, Any] | None:
+            if c.execute("SELECT NOT EXISTS (SELECT 1 FROM pricing_quotes)").fetchone()[0]:
+                return None
+            return {"latest": _latest(c), "quotes": _quotes(c, window), "current": _weekly(c, window),
+                    "previous": _weekly(c, Window.last_days(now, days, back=1)), "ages": _open_ages(c, now)}
+        return await self.store.read(read)
 
     async def exception(self, exception_id: str) -> dict[str, Any] | None:
         row = await self.store.read(lambda c: c.execute(

@@ -16,7 +16,6 @@ from aiohttp import web
 from .. import pricing
 from ..breaker import CircuitBreaker
 from ..errors import NotFound, ValidationFailed
-from ..pricing_history import Window
 from .common import CONFIG, SERVICES, json_response, read_json_object
 from .pricing import MAX_TOKENS, STATUS_SAMPLES, Fields, policy_of, read_fields
 
@@ -118,12 +117,12 @@ async def _previews(request: web.Request, example: dict[str, Any], now: datetime
     "history": the last 7 days, that week against the one before, the open exceptions), else
     from sample inputs (source "sample")."""
     history = request.app[SERVICES].pricing_history
-    if not await history.has_history():
+    found = await history.previews(now.timestamp(), PREVIEW_DAYS)
+    if found is None:
         return _sample_previews(request, example, now)
     policy = policy_of(request)
     src = {"source": "history"}
-    t = now.timestamp()
-    latest = await history.latest_decision()
+    latest = found["latest"]
     if latest is not None:
         check = {"is_compliant": latest["decision_status"] == "approved", "delivery_type": latest["delivery_type"]}
         decision = {**pricing.decision(check, latest["approver"], datetime.fromtimestamp(latest["created_at"],
@@ -131,13 +130,12 @@ async def _previews(request: web.Request, example: dict[str, Any], now: datetime
                     "quote_id": latest["quote_id"], **src}
     else:
         decision = {**_sample_decision(request, example, now), "source": "sample"}
-    results = await history.quotes(Window.last_days(t, PREVIEW_DAYS))
+    results = found["quotes"]
     deliveries = {r["guardrail_check"]["delivery_type"] for r in results}
     portfolio = {"delivery_type": deliveries.pop() if len(deliveries) == 1 else
                  "mixed" if deliveries else policy.default_delivery_type, **pricing.rollup(results, policy)}
-    current = await history.weekly_metrics(Window.last_days(t, PREVIEW_DAYS))
-    previous = await history.weekly_metrics(Window.last_days(t, PREVIEW_DAYS, back=1))
-    aging = pricing.exception_aging_from_ages(await history.open_exception_ages())
+    current, previous = found["current"], found["previous"]
+    aging = pricing.exception_aging_from_ages(found["ages"])
     return {
         "quote_decision_preview": decision,
         "quote_portfolio_preview": {**portfolio, **src},

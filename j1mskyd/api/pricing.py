@@ -425,7 +425,8 @@ async def pricing_weekly_metrics_history(request: web.Request) -> web.Response:
     f.done()
     history = _history(request)
     window = Window.last_days(history.clock(), days)
-    return json_response({"success": True, "weekly_metrics": await history.weekly_metrics(window),
+    [metrics] = await history.weekly_metrics(window)
+    return json_response({"success": True, "weekly_metrics": metrics,
                           **_period(window, days)})
 
 
@@ -435,9 +436,8 @@ async def pricing_weekly_comparison_history(request: web.Request) -> web.Respons
     f.done()
     history = _history(request)
     now = history.clock()
-    current = await history.weekly_metrics(Window.last_days(now, days))
     previous_window = Window.last_days(now, days, back=1)
-    previous = await history.weekly_metrics(previous_window)
+    current, previous = await history.weekly_metrics(Window.last_days(now, days), previous_window)
     return json_response({"success": True, **pricing.weekly_comparison(current, previous),
                           "current": current, "previous": previous,
                           **_period(Window(previous_window.start, now), days * 2)})
