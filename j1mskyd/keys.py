@@ -167,21 +167,23 @@ def rotate_statements(old: ApiKey, new: NewKey, grace_seconds: float, now: float
                                                                                     old.key_id))]
 
 
+# What the CLI can change (create, revoke, rotate) changes one of these; the daemon's
+# last_used_at writes change none.
+_KEYS_FINGERPRINT = "SELECT COUNT(*), MAX(created_at), TOTAL(revoked_at), TOTAL(expires_at) FROM api_keys"
+
+
 class KeyRing:
     """The daemon's in-memory view of the keys, kept fresh from the database."""
 
     def __init__(self) -> None:
         self.keys: dict[str, ApiKey] = {}
         self._by_hash: dict[str, ApiKey] = {}
-        self._data_version: int | None = None
+        self.data_version: int | None = None
 
     def replace(self, keys: dict[str, ApiKey], data_version: int | None = None) -> None:
         self.keys = keys
         self._by_hash = {k.token_hash: k for k in keys.values()}
-        self._data_version = data_version
-
-    def changed(self, data_version: int) -> bool:
-        return data_version != self._data_version
+        self.data_version = data_version
 
     def lookup(self, token: str) -> ApiKey | None:
         # By the SHA-256 of a 256-bit random token: the dict's equality check on the hash
@@ -203,25 +205,41 @@ class KeyService:
         self.clock = clock
         self.ring = KeyRing()
         self._used: dict[str, float] = {}  # key_id -> last use not yet written
+        self._fingerprint: Any = None
 
     async def reload(self) -> None:
         cipher = self.store.cipher
 
-        def read(conn: sqlite3.Connection) -> tuple[dict[str, ApiKey], int]:
+        def read(conn: sqlite3.Connection) -> tuple[dict[str, ApiKey], int, Any]:
             # The version first: a commit landing between the two statements then leaves
             # an old version beside new keys (the next refresh reloads again), never a new
             # version beside old keys (a CLI revocation missed until some later change).
             version = conn.execute("PRAGMA data_version").fetchone()[0]
-            return read_keys(conn, cipher), version
+            fingerprint = conn.execute(_KEYS_FINGERPRINT).fetchone()  # before the keys, like the version
+            return read_keys(conn, cipher), version, fingerprint
 
-        keys, version = await self.store.read(read)
+        keys, version, self._fingerprint = await self.store.read(read)
         self.ring.replace(keys, version)
 
     async def refresh(self) -> None:
-        """Reload when another process (the CLI) changed the database; flush last-use times."""
-        version = await self.store.read(lambda conn: conn.execute("PRAGMA data_version").fetchone()[0])
-        if self.ring.changed(version):
-            await self.reload()
+        """Reload when another process (the CLI) changed the keys; flush last-use times.
+
+        ``data_version`` moves with every commit of another connection, and the daemon's own
+        writer is one: under traffic it moves every time.  So a moved version only leads to a
+        look at the keys' fingerprint, and a reload only when that changed too.
+        """
+        known = self.ring.data_version
+
+        def look(conn: sqlite3.Connection) -> tuple[int, Any]:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            return version, (conn.execute(_KEYS_FINGERPRINT).fetchone() if version != known else None)
+
+        version, fingerprint = await self.store.read(look)
+        if fingerprint is not None:
+            if fingerprint != self._fingerprint:
+                await self.reload()
+            else:
+                self.ring.data_version = version
         if self._used:
             used, self._used = self._used, {}
             # Written in batches, once per refresh at most: a Pi's SD card is not a log device.

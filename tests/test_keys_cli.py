@@ -213,3 +213,35 @@ def test_cli_refuses_the_last_admin_key_without_force(tmp_path):
     code, out, err = keys_cli(tmp_path, "revoke", admin["key_id"], "--force")
     assert code == 0, err
     assert [k["status"] for k in keys_json(tmp_path, "list")] == ["revoked"]
+
+
+async def test_the_daemons_own_writes_do_not_reload_the_keys(tmp_path, monkeypatch):
+    """data_version moves with every commit of the writer connection; only a change to the
+    keys themselves (as the CLI makes) reloads them."""
+    import sqlite3
+
+    from j1mskyd import keys as keys_mod
+    from j1mskyd.store import Store
+
+    store = Store(str(tmp_path / "state" / "j1msky.db"))
+    store.open()
+    try:
+        service = keys_mod.KeyService(store)
+        made = await service.create("worker", ["agents:read"])
+        reloads = []
+        real_reload = service.reload
+        monkeypatch.setattr(service, "reload", lambda: reloads.append(1) or real_reload())
+        for i in range(3):  # traffic: the key used, other tables written
+            assert service.authenticate(made.token) is not None
+            await store.write(("INSERT INTO settings (name, value, updated_at) VALUES (?, '1', 0) "
+                               "ON CONFLICT(name) DO NOTHING", (f"x{i}",)))
+            await service.refresh()
+        assert reloads == []
+        cli = sqlite3.connect(store.path, isolation_level=None)
+        sql, params = keys_mod.revoke_statement(made.key.key_id, "cli", time.time())
+        cli.execute(sql, params)
+        cli.close()
+        await service.refresh()
+        assert reloads == [1] and service.authenticate(made.token) is None
+    finally:
+        await store.close()
