@@ -389,3 +389,66 @@ async def test_two_rotations_at_once_mint_one_successor(aiohttp_client, tmp_path
     assert sorted(r.status for r in answers) == [201, 409]
     named = [k for k in (await keys_by_id(client, admin)).values() if k["name"] == "raced"]
     assert len(named) == 2  # the old key and one successor
+
+
+# -- the key service's side: watches and the refresh pace ----------------------------------------
+
+@pytest.fixture
+async def key_service(tmp_path):
+    from j1mskyd.keys import KeyService
+    from j1mskyd.store import Store
+
+    store = Store(str(tmp_path / "state" / "j1msky.db"))
+    store.open()
+    yield KeyService(store, grace_seconds=3600)
+    await store.close()
+
+
+async def lost_within(seen: list[str], timeout: float = BOUND) -> None:
+    async with asyncio.timeout(timeout):
+        while not seen:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_watch_is_told_once_and_one_failing_watcher_spares_the_others(key_service, caplog):
+    made = await key_service.create("watched", ["agents:read"])
+    told: list[str] = []
+
+    def broken(reason: str) -> None:
+        raise RuntimeError("a stream that cannot close")
+
+    key_service.watch(made.key.key_id, "agents:read", broken)
+    kept = key_service.watch(made.key.key_id, "agents:read", told.append)
+    gone = key_service.watch(made.key.key_id, "agents:read", told.append)
+    key_service.unwatch(gone)
+    await asyncio.sleep(0)  # the first look (call_soon): still active, nobody told
+    assert told == []
+    await key_service.revoke(made.key.key_id, "test")
+    assert told == ["key revoked"] and kept.lost == "key revoked"  # at once: no refresh, no frame
+    assert "closing a stream" in caplog.text
+    await key_service.reload()
+    assert told == ["key revoked"]  # once
+    late: list[str] = []
+    key_service.watch(made.key.key_id, "agents:read", late.append)  # already revoked: told on the next turn
+    await lost_within(late)
+    assert late == ["key revoked"] and not key_service._watches
+
+
+async def test_the_refresh_looks_every_half_second_while_a_stream_watches(key_service, monkeypatch):
+    from j1mskyd import keys as keys_mod
+
+    made = await key_service.create("watched", ["agents:read"])
+    monkeypatch.setattr(keys_mod, "REFRESH_SECONDS", 3600.0)  # the idle pace, made endless
+    waiting = asyncio.ensure_future(key_service.wait_refresh())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    watch = key_service.watch(made.key.key_id, "agents:read", lambda reason: None)
+    async with asyncio.timeout(BOUND):  # the first watcher cuts the idle sleep short
+        await waiting
+    delays: list[float] = []
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(keys_mod.asyncio, "sleep", lambda d: delays.append(d) or real_sleep(0))
+    await key_service.wait_refresh()
+    assert delays == [keys_mod.STREAM_REFRESH_SECONDS] and keys_mod.STREAM_REFRESH_SECONDS <= 0.5
+    key_service.unwatch(watch)
+    assert key_service._timer is None

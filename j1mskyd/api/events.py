@@ -266,7 +266,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                     key = await authenticate_in_band(request, _text(message, "token"), _text(message, "timestamp"),
                                                      _text(message, "signature"))
                 except ApiError as exc:
-                    await ws.send_json({"type": "auth", "success": False, "error": exc.message,
+                    message = exc.message if exc.type != "SIGNATURE_REQUIRED" else (
+                        'This key must sign: add "timestamp" and "signature" (hex HMAC-SHA256 of '
+                        f'"<timestamp>\\nGET\\n{request.path}\\n") to the auth message')
+                    await ws.send_json({"type": "auth", "success": False, "error": message,
                                         "error_type": exc.type, "code": exc.status})
                     await ws.close(code=4000 + exc.status, message=exc.type.encode())  # 4401, 4403, 4429
                     break
