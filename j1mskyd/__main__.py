@@ -68,6 +68,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     import os
     import time
 
+    from .errors import Conflict
     from .keys import KeyError_, KeyService, LastAdminKey
     from .store import Store
     config = _load(args)
@@ -106,7 +107,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         except LookupError as exc:
             print(f"j1mskyd: no such key: {exc}", file=sys.stderr)
             return 1
-        except (KeyError_, LastAdminKey) as exc:
+        except (KeyError_, Conflict) as exc:  # Conflict: the last admin key, a key already rotated
             hint = " (or pass --force)" if isinstance(exc, LastAdminKey) else ""
             print(f"j1mskyd: {exc}{hint}", file=sys.stderr)
             return 2

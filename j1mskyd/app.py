@@ -24,7 +24,7 @@ from .api.routes import setup_routes
 from .breaker import CircuitBreaker
 from .budget import Budget, BudgetPolicy
 from .config import Config
-from .keys import REFRESH_SECONDS, KeyService
+from .keys import KeyService
 from .metrics import Metrics
 from .netguard import IpPolicy, parse_networks
 from .plugins import PluginError, PluginRegistry, build_provider, load_plugins
@@ -168,7 +168,7 @@ async def _maintenance(services: Services) -> None:
 async def _refresh_keys(keys: KeyService) -> None:
     """Pick up keys created or revoked by `j1mskyd keys ...`; write last-use times in batches."""
     while True:
-        await asyncio.sleep(REFRESH_SECONDS)
+        await keys.wait_refresh()  # faster while live streams watch their keys
         try:
             await keys.refresh()
         except Exception:  # noqa: BLE001 - a failed refresh is retried; requests keep the last view

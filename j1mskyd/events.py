@@ -48,19 +48,33 @@ class Event:
 
 
 QUEUE_SIZE = 1000  # events a live listener may lag behind before it is cut off
+SHUTDOWN = "daemon stopping"  # Subscription.ended when the daemon stops
 
 
 class Subscription:
     """One live listener: a bounded queue; a listener too slow to keep up is cut off
-    (it can resume from its last event id), so it never holds the daemon's memory."""
+    (it can resume from its last event id), so it never holds the daemon's memory.
+    A ``None`` in the queue tells the reader to stop; ``ended`` says why, when the
+    daemon ended it (its key was lost, the daemon stops) rather than the reader's lag."""
 
     def __init__(self, types: frozenset[str] | None, maxsize: int | None = None) -> None:
         self.types = types
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize or QUEUE_SIZE)
         self.overflowed = False
+        self.ended: str | None = None
+
+    def end(self, reason: str) -> None:
+        """Stop the reader now: what it has not read yet is dropped, and a reader waiting
+        on the queue wakes at once with the stop marker."""
+        if self.ended is None:
+            self.ended = reason
+        queue = self.queue
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(None)
 
     def offer(self, event: Event) -> None:
-        if self.types is not None and event.type not in self.types:
+        if self.ended is not None or (self.types is not None and event.type not in self.types):
             return
         try:
             self.queue.put_nowait(event)
@@ -172,8 +186,7 @@ class EventLog:
     def close_all(self) -> None:
         """At shutdown: tell every live reader to finish (they resume from their last id)."""
         for sub in list(self.subscribers):
-            sub.queue = asyncio.Queue(1)
-            sub.queue.put_nowait(None)
+            sub.end(SHUTDOWN)
 
     def unsubscribe(self, sub: Subscription) -> None:
         self.subscribers.discard(sub)

@@ -6,13 +6,21 @@ because verifying an HMAC needs it).  ``admin:write`` implies every other scope.
 
 The daemon keeps the keys in memory for the request path and notices changes made by
 another process (``j1mskyd keys ...`` on the same state dir) through sqlite's
-``PRAGMA data_version``, checked at most every ``REFRESH_SECONDS``; so a key revoked
-from the command line stops working within that time.
+``PRAGMA data_version``, checked every ``REFRESH_SECONDS`` (every ``STREAM_REFRESH_SECONDS``
+while a live stream holds a key); so a key revoked from the command line stops working
+within that time.
+
+Live streams (SSE, WebSocket) authenticate once and then stay open, so they *watch* their
+key (:meth:`KeyService.watch`): every change of the keys (made here, or noticed from the
+database) and a timer at the earliest expiry of a watched key tell the watchers whose key
+no longer grants what they need.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import secrets
 import sqlite3
 import time
@@ -23,10 +31,13 @@ from typing import Any
 from .crypto import DataCipher
 from .errors import Conflict
 
+log = logging.getLogger(__name__)
+
 SCOPES = ("agents:read", "agents:write", "billing:read", "admin:write")
 ADMIN = "admin:write"
 TOKEN_PREFIX = "jsk_"
-REFRESH_SECONDS = 2.0
+REFRESH_SECONDS = 2.0          # the look for another process's key changes, and the last-use flush
+STREAM_REFRESH_SECONDS = 0.5   # that look while a live stream watches a key: it must close within 1 s
 
 
 class KeyError_(ValueError):
@@ -35,6 +46,11 @@ class KeyError_(ValueError):
 
 class LastAdminKey(Conflict):
     """Revoking it would leave no admin key (409)."""
+
+
+class AlreadyRotated(Conflict):
+    """The key is in its rotation grace period, with a live successor (409): a second
+    rotation would leave several live successors of one key."""
 
 
 def hash_token(token: str) -> str:
@@ -158,18 +174,37 @@ def revoke_statement(key_id: str, reason: str, now: float) -> tuple[str, tuple[o
             (now, reason, key_id))
 
 
-def rotate_statements(old: ApiKey, new: NewKey, grace_seconds: float, now: float) -> list[tuple[str, tuple]]:
-    """The old key keeps working for the grace period, then expires; it names its successor."""
+def rotate_statements(old: ApiKey, insert: tuple[str, tuple[object, ...]], new: NewKey, grace_seconds: float,
+                      now: float) -> list[tuple[str, tuple]]:
+    """The old key keeps working for the grace period, then expires; it names its successor.
+
+    One unit, guarded in SQL: the old key is marked only while it is active and has no live
+    successor, and the new key (``insert``, from make_key) is stored only if that mark was
+    made.  So two rotations racing (two requests, or the CLI beside the daemon) mint one
+    successor, and the caller sees whether it was its own.
+    """
     expires = now + grace_seconds
     if old.expires_at is not None:
         expires = min(expires, old.expires_at)
-    return [("UPDATE api_keys SET expires_at = ?, rotated_to = ? WHERE key_id = ?", (expires, new.key.key_id,
-                                                                                    old.key_id))]
+    mark = ("UPDATE api_keys SET expires_at = ?, rotated_to = ? WHERE key_id = ?"
+            " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
+            " AND (rotated_to IS NULL OR NOT EXISTS (SELECT 1 FROM api_keys AS s WHERE s.key_id = api_keys.rotated_to"
+            " AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > ?)))",
+            (expires, new.key.key_id, old.key_id, now, now))
+    _, values = insert
+    if len(values) != len(_COLUMNS):
+        raise ValueError("the key's INSERT does not match the api_keys columns")
+    store_new = (f"INSERT INTO api_keys ({', '.join(_COLUMNS)}) SELECT {', '.join('?' * len(_COLUMNS))}"
+                 " WHERE changes() = 1", values)  # changes(): rows the mark just above updated
+    return [mark, store_new]
 
 
-# What the CLI can change (create, revoke, rotate) changes one of these; the daemon's
-# last_used_at writes change none.
-_KEYS_FINGERPRINT = "SELECT COUNT(*), MAX(created_at), TOTAL(revoked_at), TOTAL(expires_at) FROM api_keys"
+# Every column a change of a key's standing can touch (what the CLI does, or an operator's
+# edit of the scopes), never last_used_at: the daemon's own last-use writes change nothing
+# here.  A few dozen short rows: microseconds.
+_KEYS_FINGERPRINT = ("SELECT COUNT(*), group_concat(key_id || '/' || scopes || '/' || require_signature || '/'"
+                     " || IFNULL(revoked_at, '') || '/' || IFNULL(expires_at, '') || '/' || IFNULL(rotated_to, ''),"
+                     " ' ') FROM api_keys")
 
 
 class KeyRing:
@@ -194,6 +229,32 @@ class KeyRing:
         return len(self.keys)
 
 
+def lost_reason(key: ApiKey | None, scope: str | None, now: float) -> str | None:
+    """Why ``key`` no longer grants ``scope`` (a short text, a WebSocket close reason), or None."""
+    if key is None:
+        return "key deleted"
+    state = key.state(now)
+    if state != "active":
+        return f"key {state}"
+    if not key.allows(scope):
+        return f"key lacks scope {scope}"
+    return None
+
+
+class KeyWatch:
+    """A live stream's hold on its key: ``on_lost(reason)`` is called once, when the key
+    stops granting ``scope``.  It is called from the key service's own code (a reload, a
+    timer), so it must only signal (end a queue, schedule a close), never block or raise."""
+
+    __slots__ = ("key_id", "scope", "on_lost", "lost")
+
+    def __init__(self, key_id: str, scope: str | None, on_lost: Callable[[str], None]) -> None:
+        self.key_id = key_id
+        self.scope = scope
+        self.on_lost = on_lost
+        self.lost: str | None = None
+
+
 class KeyService:
     """Keys for the daemon: the ring for requests, writes through the store."""
 
@@ -205,7 +266,11 @@ class KeyService:
         self.clock = clock
         self.ring = KeyRing()
         self._used: dict[str, float] = {}  # key_id -> last use not yet written
+        self._flushed_at = 0.0             # time.monotonic() of the last last-use flush
         self._fingerprint: Any = None
+        self._watches: dict[str, set[KeyWatch]] = {}  # key_id -> streams holding it
+        self._timer: asyncio.TimerHandle | None = None  # at the earliest expiry of a watched key
+        self._first_watch = asyncio.Event()  # wakes wait_refresh() from its long sleep
 
     async def reload(self) -> None:
         cipher = self.store.cipher
@@ -220,6 +285,8 @@ class KeyService:
 
         keys, version, self._fingerprint = await self.store.read(read)
         self.ring.replace(keys, version)
+        if self._watches:
+            self._recheck()
 
     async def refresh(self) -> None:
         """Reload when another process (the CLI) changed the keys; flush last-use times.
@@ -240,11 +307,80 @@ class KeyService:
                 await self.reload()
             else:
                 self.ring.data_version = version
-        if self._used:
-            used, self._used = self._used, {}
+        # Last-use times every REFRESH_SECONDS whatever the look's pace (a look may come a
+        # hair early, hence the half-interval of slack).
+        now = time.monotonic()
+        if self._used and now - self._flushed_at >= REFRESH_SECONDS - STREAM_REFRESH_SECONDS / 2:
+            used, self._used, self._flushed_at = self._used, {}, now
             # Written in batches, once per refresh at most: a Pi's SD card is not a log device.
             await self.store.write(*(("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (ts, kid))
                                      for kid, ts in used.items()))
+
+    async def wait_refresh(self) -> None:
+        """Sleep until the next refresh is due: REFRESH_SECONDS, or STREAM_REFRESH_SECONDS
+        while a live stream watches a key (a CLI revocation must close it within 1 s).  A
+        first watcher cuts the long sleep short: its key may have changed during it."""
+        if self._watches:
+            await asyncio.sleep(STREAM_REFRESH_SECONDS)
+            return
+        self._first_watch.clear()
+        try:
+            async with asyncio.timeout(REFRESH_SECONDS):
+                await self._first_watch.wait()
+        except TimeoutError:
+            pass
+
+    # -- live streams watch their key ---------------------------------------------------------
+    def watch(self, key_id: str, scope: str | None, on_lost: Callable[[str], None]) -> KeyWatch:
+        """Call ``on_lost(reason)`` once when the key is revoked, expires (its rotation grace
+        ends), loses ``scope`` or disappears: at once for a change made through this service,
+        within STREAM_REFRESH_SECONDS for one made by another process, at the expiry itself
+        (a timer).  A key already lost is told so on the next turn of the loop."""
+        watch = KeyWatch(key_id, scope, on_lost)
+        if not self._watches:
+            self._first_watch.set()
+        self._watches.setdefault(key_id, set()).add(watch)
+        asyncio.get_running_loop().call_soon(self._recheck)
+        return watch
+
+    def unwatch(self, watch: KeyWatch) -> None:
+        group = self._watches.get(watch.key_id)
+        if group is not None:
+            group.discard(watch)
+            if not group:
+                del self._watches[watch.key_id]
+        if not self._watches and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _recheck(self) -> None:
+        """Tell the watchers whose key no longer grants their scope; arm the expiry timer."""
+        now = self.clock()
+        earliest: float | None = None
+        for key_id, group in list(self._watches.items()):
+            key = self.ring.keys.get(key_id)
+            for watch in list(group):
+                reason = lost_reason(key, watch.scope, now)
+                if reason is None:
+                    continue
+                group.discard(watch)
+                watch.lost = reason
+                try:
+                    watch.on_lost(reason)
+                except Exception:  # noqa: BLE001 - one stream's failure must not spare the others
+                    log.exception("closing a stream of %s failed", key_id)
+            if not group:
+                del self._watches[key_id]
+            elif key is not None and key.expires_at is not None:
+                earliest = key.expires_at if earliest is None else min(earliest, key.expires_at)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if earliest is not None:
+            # One timer, at the earliest deadline; it re-arms for the next one.  A wake a
+            # little early (monotonic and wall clocks drift apart) just re-arms.
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + max(0.0, earliest - now), self._recheck)
 
     def authenticate(self, token: str) -> ApiKey | None:
         key = self.ring.lookup(token)
@@ -281,13 +417,23 @@ class KeyService:
         return self.get(key_id)
 
     async def rotate(self, key_id: str) -> NewKey:
+        """A successor for an active key.  A key already in its rotation grace period, whose
+        successor is still active, is refused (409): rotate the successor instead."""
         old = self.get(key_id)
-        if old.state(self.clock()) != "active":
-            raise KeyError_(f"{key_id} is {old.state(self.clock())}; only an active key can be rotated")
+        now = self.clock()
+        if old.state(now) != "active":
+            raise KeyError_(f"{key_id} is {old.state(now)}; only an active key can be rotated")
+        successor = self.ring.keys.get(old.rotated_to) if old.rotated_to else None
+        if successor is not None and successor.state(now) == "active":
+            from .agent import iso
+            raise AlreadyRotated(f"{key_id} was already rotated to {successor.key_id} and works only until "
+                                 f"{iso(old.expires_at)}; rotate {successor.key_id} instead")
         new, insert = make_key(old.name, old.scopes, self.store.cipher, require_signature=old.require_signature,
-                               now=self.clock())
-        await self.store.write(insert, *rotate_statements(old, new, self.grace_seconds, self.clock()))
+                               now=now)
+        await self.store.write(*rotate_statements(old, insert, new, self.grace_seconds, now))
         await self.reload()
+        if new.key.key_id not in self.ring.keys:  # another rotation or a revocation came first
+            raise AlreadyRotated(f"{key_id} was rotated or revoked meanwhile; nothing was changed")
         return new
 
     async def bootstrap(self, state_dir: str) -> NewKey | None:

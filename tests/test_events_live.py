@@ -354,7 +354,8 @@ async def test_websocket_auth_when_auth_is_on(aiohttp_client, tmp_path):
 
     # SSE and GET /events take the key as a header, like every /api route.
     assert (await client.get("/api/events/stream")).status == 401
-    sse = await open_sse(client, **headers)
+    # (types: the refused WebSocket auth above is a security.violation event, like an HTTP refusal)
+    sse = await open_sse(client, "/api/events/stream?types=agent.spawned", **headers)
     [event] = await sse.take(1)
     assert event["event"] == "agent.spawned"
     sse.resp.close()

@@ -4,6 +4,10 @@ SSE and WebSocket readers subscribe first and then replay what they missed from 
 database, so no event falls between the two; an event id is never sent twice on one
 connection.  Both resume: SSE with ``Last-Event-ID`` (browsers send it on reconnect),
 WebSocket with ``last_event_id`` in its subscribe message.
+
+Both hold the key that opened them (KeyService.watch): when it is revoked, expires (the
+end of a rotation grace period) or loses agents:read, the stream is closed at once
+(SSE: the stream ends; WebSocket: close code 4401 with the reason).
 """
 
 from __future__ import annotations
@@ -14,16 +18,20 @@ import binascii
 import json
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..errors import ValidationFailed
-from ..events import EVENT_TYPES, Event
-from .common import CONFIG, SERVICES, json_response, query_params
+from ..errors import ApiError, ValidationFailed
+from ..events import EVENT_TYPES, SHUTDOWN, Event, Subscription
+from ..keys import KeyWatch
+from .common import API_KEY, CONFIG, SERVICES, json_response, query_params
+from .middleware import authenticate_in_band
 
 HEARTBEAT = 15.0
 POLL = 0.25  # seconds between looks at an idle reader's connection
 REPLAY_PAGE = 500
 MAX_ID = 2**63  # event ids are SQLite integers: a larger one is refused, not an OverflowError
+READ_SCOPE = "agents:read"  # what a live reader's key must keep granting
+KEY_LOST = 4401  # WebSocket close code: the key was refused or stopped granting READ_SCOPE
 
 
 def _bad(field: str, message: str) -> ValidationFailed:
@@ -85,13 +93,26 @@ def _last_id(value: str | None) -> int:
         raise _bad("Last-Event-ID", "Last-Event-ID must be an event id (a non-negative integer)") from None
 
 
-async def _replay_then_live(request: web.Request, sub: Any, last: int, types: list[str] | None, send) -> int:
+def _watch_key(request: web.Request, key: Any, on_lost) -> KeyWatch | None:
+    """Hold ``key`` for a live reader (None: authentication is off, nothing to hold)."""
+    return None if key is None else request.app[SERVICES].keys.watch(key.key_id, READ_SCOPE, on_lost)
+
+
+def _release(request: web.Request, watch: KeyWatch | None) -> None:
+    if watch is not None:
+        request.app[SERVICES].keys.unwatch(watch)
+
+
+async def _replay_then_live(request: web.Request, sub: Subscription, last: int, types: list[str] | None,
+                            send) -> int:
     """Send what was missed, then live events; returns the last id sent when the reader
-    fell too far behind (it must reconnect and resume from there)."""
+    fell too far behind (it must reconnect and resume from there) or was ended."""
     events = request.app[SERVICES].events
     while True:  # replay in pages until caught up with the database
         page = await events.after(last, REPLAY_PAGE, types)
         for event in page:
+            if sub.ended is not None:  # its key was lost while the history was being read
+                return last
             await send(event)
             last = event.id
         if len(page) < REPLAY_PAGE:
@@ -127,9 +148,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
     last = _last_id(request.headers.get("Last-Event-ID") or params.get("last_event_id"))
     events = request.app[SERVICES].events
     sub = events.subscribe(types)
+    watch = _watch_key(request, request.get(API_KEY), sub.end)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except BaseException:
+        events.unsubscribe(sub)
+        _release(request, watch)
+        raise
 
     async def send(event: Event | None) -> None:
         if event is None:
@@ -142,10 +169,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
     try:
         await response.write(b"retry: 3000\n\n")
         await _replay_then_live(request, sub, last, types, send)
+        if watch is not None and watch.lost is not None:
+            # A comment, which EventSource ignores; its reconnect then gets the 401.
+            await response.write(f": closed: {watch.lost}\n\n".encode())
     except ConnectionResetError:
         pass  # the reader went away (a cancellation, on shutdown or disconnect, propagates)
     finally:
         events.unsubscribe(sub)
+        _release(request, watch)
     return response
 
 
@@ -161,20 +192,39 @@ def _kyros_progress(event: Event) -> dict[str, Any] | None:
                      **({"delta": data["delta"]} if "delta" in data else {})}}
 
 
+def _text(message: dict[str, Any], name: str) -> str | None:
+    value = message.get(name)
+    return value if isinstance(value, str) else None
+
+
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    """Kyros messages: {"type":"auth","token"}, {"type":"subscribe","events":[...],"last_event_id"?}."""
+    """Kyros messages: {"type":"auth","token"}, {"type":"subscribe","events":[...],"last_event_id"?}.
+
+    The key comes in the upgrade's headers (checked by the pipeline like any GET) or in an
+    auth message, which passes the same checks (authenticate_in_band): a key that must
+    sign adds ``timestamp`` and ``signature``, signed as the GET of this path.
+    """
     services = request.app[SERVICES]
     auth_needed = request.app[CONFIG].security.auth
     ws = web.WebSocketResponse(heartbeat=30.0)
     await ws.prepare(request)
-    key = None
     if "token" in request.query:
         # Never from the URL: it ends up in proxy and access logs and in browser history.
         await ws.send_json({"type": "error", "message": "a token in the URL is not accepted (and is now exposed: "
                                                         "rotate it); send {\"type\":\"auth\",\"token\":...}"})
     pump: asyncio.Task[None] | None = None
-    overflowed = asyncio.Event()
-    sub = None
+    pump_closes = asyncio.Event()  # the pump closes the socket itself (too slow, shutdown)
+    sub: Subscription | None = None
+    closing: asyncio.Future[Any] | None = None
+
+    def key_lost(reason: str) -> None:
+        nonlocal closing
+        if sub is not None:
+            sub.end(reason)
+        # Also closes a socket that is only waiting for messages; close() wakes its reader.
+        closing = asyncio.ensure_future(ws.close(code=KEY_LOST, message=reason.encode()))
+
+    watch = _watch_key(request, request.get(API_KEY), key_lost)  # a key in the upgrade's headers
 
     async def send_event(event: Event | None, wanted: set[str]) -> None:
         if event is None:
@@ -184,16 +234,22 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         if "task_progress" in wanted and (msg := _kyros_progress(event)) is not None:
             await ws.send_json(msg)
 
-    async def pump_events(sub: Any, last: int, db_types: list[str] | None, wanted: set[str]) -> None:
+    async def pump_events(sub: Subscription, last: int, db_types: list[str] | None, wanted: set[str]) -> None:
         try:
             last = await _replay_then_live(request, sub, last, db_types, lambda e: send_event(e, wanted))
+            if sub.ended == SHUTDOWN:
+                pump_closes.set()
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"daemon stopping")
+                return
+            if sub.ended is not None:
+                return  # the key was lost: key_lost() closes the socket
+            # Fell too far behind: say where to resume, and close (the client resubscribes).
+            await ws.send_json({"type": "error", "message": "too slow: subscribe again with last_event_id",
+                                "last_event_id": last})
+            pump_closes.set()
+            await ws.close(code=4008, message=b"too slow")
         except ConnectionResetError:
             return  # gone: the receive loop ends too
-        # Fell too far behind: say where to resume, and close (the client resubscribes).
-        await ws.send_json({"type": "error", "message": "too slow: subscribe again with last_event_id",
-                            "last_event_id": last})
-        overflowed.set()
-        await ws.close(code=4008, message=b"too slow")
 
     try:
         async for msg in ws:
@@ -206,15 +262,22 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 await ws.send_json({"type": "error", "message": "messages are JSON objects with a type"})
                 continue
             if kind == "auth":
-                token = message.get("token")
-                key = services.keys.authenticate(token) if isinstance(token, str) else None
-                ok = key is not None and key.allows("agents:read")
-                await ws.send_json({"type": "auth", "success": ok, **({} if ok else {"error": "invalid token"})})
-                if not ok:
-                    await ws.close(code=4401, message=b"unauthorized")
+                try:
+                    key = await authenticate_in_band(request, _text(message, "token"), _text(message, "timestamp"),
+                                                     _text(message, "signature"))
+                except ApiError as exc:
+                    message = exc.message if exc.type != "SIGNATURE_REQUIRED" else (
+                        'This key must sign: add "timestamp" and "signature" (hex HMAC-SHA256 of '
+                        f'"<timestamp>\\nGET\\n{request.path}\\n") to the auth message')
+                    await ws.send_json({"type": "auth", "success": False, "error": message,
+                                        "error_type": exc.type, "code": exc.status})
+                    await ws.close(code=4000 + exc.status, message=exc.type.encode())  # 4401, 4403, 4429
                     break
+                _release(request, watch)
+                watch = _watch_key(request, key, key_lost)
+                await ws.send_json({"type": "auth", "success": True})
             elif kind == "subscribe":
-                if auth_needed and (key is None or not key.allows("agents:read")):
+                if auth_needed and (watch is None or watch.lost is not None):
                     await ws.send_json({"type": "error", "message": "authenticate first: {\"type\":\"auth\"}"})
                     continue
                 wanted = message.get("events") or ["*"]
@@ -238,11 +301,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             else:
                 await ws.send_json({"type": "error", "message": f"unknown message type {kind!r}"})
     finally:
+        _release(request, watch)
         if pump is not None:
-            if overflowed.is_set():
+            if pump_closes.is_set():
                 await asyncio.gather(pump, return_exceptions=True)  # let it finish the closing handshake
             else:
                 pump.cancel()
         if sub is not None:
             services.events.unsubscribe(sub)
+        if closing is not None:
+            await asyncio.gather(closing, return_exceptions=True)  # the 4401 closing handshake
     return ws

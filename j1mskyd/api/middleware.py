@@ -1,4 +1,4 @@
-"""The request pipeline: one aiohttp middleware running the steps in the order of CHECKS.
+"""The request pipeline: one aiohttp middleware running the steps in the order of admit().
 
     request id + metrics + rate-limit headers   (around everything, every response)
       error envelope                             (every failure becomes the one JSON body)
@@ -10,7 +10,9 @@
 One middleware instead of eight because aiohttp 3.8 rebuilds the middleware chain with
 functools.partial for every request: on a Pi that overhead is a real share of a cheap
 request.  The checks are plain functions, each testable alone; their order is stated
-once, in CHECKS.
+once, in admit().  admit() is also the one way in for credentials that arrive inside an
+open connection (a WebSocket's auth message): the same IP checks, key and scope, signature
+rule, rate limit and audit entries as any request.
 
 Public routes (GET /health, the sunset 410s) take a short way: IP guard, handler, and the
 rate-limit headers from a look at the buckets (cached while they are full), because a
@@ -49,6 +51,9 @@ LIMITER = app_key("j1msky.request_limiter")
 ROUTE_CLASSES = app_key("j1msky.route_classes")
 ROUTE_SCOPES = app_key("j1msky.route_scopes")
 REPLAY_GUARD = app_key("j1msky.replay_guard")
+# (method, path) of routes whose key may come inside the connection (the WebSocket: a
+# browser cannot set its headers) instead of with the request that opens it.
+IN_BAND_AUTH = app_key("j1msky.in_band_auth")
 PUBLIC = "public"  # the scope of routes open without a key
 
 # Request ids: a random per-process prefix and a counter (unique, and no syscall per request).
@@ -61,7 +66,7 @@ class Route:
     """What the pipeline needs to know of one route, worked out at its first request
     instead of looking up the route tables (and formatting its metrics name) every time."""
 
-    __slots__ = ("name", "scope", "limit_class", "is_api", "public", "authenticated", "stats")
+    __slots__ = ("name", "scope", "limit_class", "is_api", "public", "authenticated", "in_band", "stats")
 
     def __init__(self, request: web.Request, resource: Any) -> None:
         app = request.app
@@ -71,7 +76,8 @@ class Route:
         self.name = f"{method} {pattern}" if pattern is not None else f"{method} (unmatched)"  # never the raw path
         self.scope = app[ROUTE_SCOPES].get(key)
         self.limit_class = app[ROUTE_CLASSES].get(key, "other")
-        self.is_api = (pattern or request.path).startswith("/api/")
+        self.in_band = key in app[IN_BAND_AUTH]
+        self.is_api = (pattern or request.path).startswith("/api/") or self.in_band  # the root /ws too
         self.public = self.scope == PUBLIC
         # Unknown paths (404/405) answer without asking for a key: they reveal nothing.
         self.authenticated = (resource is not None and not self.public
@@ -165,11 +171,30 @@ def _token(request: web.Request) -> str | None:
     return request.headers.get("X-API-Key", "").strip() or None
 
 
-def check_auth(request: web.Request, p: Pass) -> None:
-    """Bearer token or X-API-Key -> the key; then the route's scope.  Off when security.auth is false."""
+class Credentials:
+    """What a request offers to prove its key: the token and, when signed, the timestamp and
+    signature over ``body`` (None: the request's own body, read when the signature is checked)."""
+
+    __slots__ = ("token", "timestamp", "signature", "body")
+
+    def __init__(self, token: str | None, timestamp: str | None = None, signature: str | None = None,
+                 body: bytes | None = None) -> None:
+        self.token = token
+        self.timestamp = timestamp
+        self.signature = signature
+        self.body = body
+
+    @classmethod
+    def from_headers(cls, request: web.Request) -> Credentials:
+        """Bearer token or X-API-Key; X-Timestamp and X-Signature."""
+        headers = request.headers
+        return cls(_token(request), headers.get("X-Timestamp"), headers.get("X-Signature"))
+
+
+def check_auth(request: web.Request, p: Pass, token: str | None) -> None:
+    """The token -> the key; then the route's scope.  Off when security.auth is false."""
     if not p.route.authenticated or not p.app[CONFIG].security.auth:
         return
-    token = _token(request)
     if token is None:
         _violation(request, p, "missing_api_key")
         raise Unauthorized("API key required: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
@@ -190,17 +215,18 @@ def check_auth(request: web.Request, p: Pass) -> None:
         raise Forbidden(f"This API key lacks the scope '{scope}'", required_scope=scope)
 
 
-def needs_signature(request: web.Request, p: Pass) -> bool:
+def needs_signature(p: Pass, creds: Credentials) -> bool:
     key = p.key
     return key is not None and (key.require_signature or p.app[CONFIG].security.require_signatures
-                                or "X-Signature" in request.headers)
+                                or creds.signature is not None)
 
 
-async def check_signature(request: web.Request, p: Pass) -> None:
+async def check_signature(request: web.Request, p: Pass, creds: Credentials) -> None:
     """HMAC signature (signing.py) when the key or the config requires it, or the client sent one."""
-    raw = await request.read()  # cached by aiohttp: the handler reads the same bytes
+    # The request's body is cached by aiohttp: the handler reads the same bytes.
+    raw = await request.read() if creds.body is None else creds.body
     try:
-        verify(p.key.secret, request.headers.get("X-Timestamp"), request.headers.get("X-Signature"),
+        verify(p.key.secret, creds.timestamp, creds.signature,
                request.method, [request.path, request.path_qs, request.raw_path], raw,
                p.app[REPLAY_GUARD], p.app[CONFIG].security.signature_max_skew)
     except SignatureError as exc:
@@ -256,19 +282,40 @@ async def idempotent(request: web.Request, handler: Handler, p: Pass) -> web.Str
         records.end(scope, key)
 
 
-# The order, stated once.  (The signature check is async and runs only when needed.)
-CHECKS = (check_body_size, check_ip, check_auth)
-LATE_CHECKS = (check_rate_limit,)
+async def admit(request: web.Request, p: Pass, creds: Credentials, *, opening: bool = False) -> None:
+    """The checks that admit a client, in their order (stated only here): IP guard, key and
+    scope, signature (when needed), rate limit.  Each refuses by raising its ApiError.
+
+    ``opening``: the request opens a connection that may authenticate inside (IN_BAND_AUTH);
+    without credentials it passes on the IP guard alone, uncounted, like any request that
+    has no key yet: its auth message comes through here again (authenticate_in_band).
+    """
+    check_ip(request, p)
+    if opening and creds.token is None and p.route.in_band:
+        return
+    check_auth(request, p, creds.token)
+    if needs_signature(p, creds):
+        await check_signature(request, p, creds)
+    check_rate_limit(request, p)
+
+
+async def authenticate_in_band(request: web.Request, token: str | None, timestamp: str | None = None,
+                               signature: str | None = None) -> Any:
+    """admit() for credentials sent inside an open connection (a WebSocket's auth message).
+
+    Signed like the GET that opened the connection: method GET, its path (with or without
+    the query), an empty body.  Returns the key (None when security.auth is off); raises
+    the ApiError that a request with these headers would get, after the same audit entries.
+    """
+    p = Pass(route_of(request), request.app)
+    await admit(request, p, Credentials(token, timestamp, signature, body=b""))
+    return p.key
 
 
 async def _guarded(request: web.Request, handler: Handler, p: Pass) -> web.StreamResponse:
     """Every check in its order, then the handler (the way of all but the public routes)."""
-    for check in CHECKS:
-        check(request, p)
-    if needs_signature(request, p):
-        await check_signature(request, p)
-    for check in LATE_CHECKS:
-        check(request, p)
+    check_body_size(request, p)
+    await admit(request, p, Credentials.from_headers(request), opening=True)
     return await idempotent(request, handler, p)
 
 

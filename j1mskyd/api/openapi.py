@@ -217,8 +217,9 @@ def _responses(method: str, path: str, public: bool) -> dict[str, Any]:
         responses["200"] = {"description": "Server-Sent Events, until the client leaves",
                             "content": {"text/event-stream": {"schema": _STR}}}
     elif path == "/ws":
+        # The key may also come in the first message ({"type":"auth"}), checked the same way.
         responses = {"101": {"description": "WebSocket (Kyros messages)"},
-                     "400": {"$ref": "#/components/responses/Error400"}, "403": responses["403"]}
+                     **{code: responses[code] for code in ("400", "401", "403", "429") if code in responses}}
     return responses
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import agents, dashboard, events, keys, openapi, ops, orchestrator, pricing, security, system, webhooks
-from .middleware import PUBLIC, ROUTE_CLASSES, ROUTE_SCOPES
+from .middleware import IN_BAND_AUTH, PUBLIC, ROUTE_CLASSES, ROUTE_SCOPES
 
 PREFIXES = ("/api", "/api/v1")
 READ, WRITE, BILLING, ADMIN = "agents:read", "agents:write", "billing:read", "admin:write"
@@ -52,8 +52,9 @@ ROUTES = (
     ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", webhooks.redeliver, ADMIN, "other"),
     ("GET", "/events", events.list_events, READ, "other"),
     ("GET", "/events/stream", events.stream, READ, "other"),
-    # WebSocket: browsers cannot send headers, so it authenticates in-protocol ({"type":"auth"}).
-    ("GET", "/ws", events.websocket, PUBLIC, "other"),
+    # WebSocket: a key in the upgrade's headers, or (browsers cannot send headers) in its
+    # {"type":"auth"} message, checked by the same pipeline (IN_BAND_AUTH below).
+    ("GET", "/ws", events.websocket, READ, "other"),
     ("POST", "/pricing/quote", pricing.pricing_quote, WRITE, "other"),
     ("POST", "/pricing/batch-quotes", pricing.pricing_batch_quotes, WRITE, "other"),
     ("POST", "/pricing/decision", pricing.pricing_decision, WRITE, "other"),
@@ -97,6 +98,8 @@ def setup_routes(app: web.Application) -> None:
             app.router.add_route(method, prefix + path, system.sunset_handler(new_method, successor))
             scopes[(method, prefix + path)] = PUBLIC  # a 410 pointing to the successor hides nothing
     app.router.add_get("/ws", events.websocket)  # the Kyros document's address
+    classes[("GET", "/ws")], scopes[("GET", "/ws")] = "other", READ
+    app[IN_BAND_AUTH] = frozenset(("GET", prefix + "/ws") for prefix in ("", *PREFIXES))
     # Prometheus scrapes the root; it can send a bearer token (authorization: in scrape_config).
     app.router.add_get("/metrics", ops.metrics_prometheus)
     scopes[("GET", "/metrics")] = READ
