@@ -29,6 +29,7 @@ from .agent import iso
 from .errors import BadRequest, NotFound, ValidationFailed
 from .events import EVENT_TYPES, LIVE_ONLY, EventLog, delivery_insert
 from .sinks import SinkError
+from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +115,20 @@ def _row(row: sqlite3.Row, cipher: Any) -> Webhook:
 
 
 class WebhookService:
+    """``session`` is the webhook session (webhook_client.py) whose resolver applies
+    ``targets`` at connect time; ``lookup`` resolves names when a URL is accepted (the
+    loop's getaddrinfo unless given)."""
+
     def __init__(self, store: Any, events: EventLog, registry: Any, session: Any,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, targets: TargetPolicy = TargetPolicy(),
+                 lookup: Lookup | None = None) -> None:
         self.store = store
         self.events = events
         self.registry = registry
         self.session = session
         self.clock = clock
+        self.targets = targets
+        self.lookup = lookup
         self.hooks: dict[str, Webhook] = {}
         self._sinks: dict[str, Any] = {}
         # Send times per endpoint (URL) within the last PACE_WINDOW: a sliding window, so
@@ -136,6 +144,33 @@ class WebhookService:
         cipher = self.store.cipher
         rows = await self.store.read(lambda c: c.execute("SELECT * FROM webhooks").fetchall())
         self.hooks = {r["webhook_id"]: _row(r, cipher) for r in rows}
+        for hook in self.hooks.values():  # stored before the policy existed, or before a config change
+            if hook.sink != "file":
+                try:
+                    self.targets.check_url(hook.url)
+                except TargetRefused as exc:
+                    log.warning("webhook %s: its target is refused (%s); its deliveries will fail until "
+                                "its url or [webhooks] allowed_networks changes", hook.webhook_id, exc.message)
+
+    async def check_targets(self, urls: dict[str, Any]) -> list[dict[str, str]]:
+        """The target policy when URLs are accepted: ``field -> url`` in, one field error per
+        refused URL out (names looked up, concurrently; a refused address among them refuses)."""
+        async def one(field: str, url: Any) -> dict[str, str] | None:
+            try:
+                await self.targets.check_accept(url, self.lookup)
+            except TargetRefused as exc:
+                return {"field": field, "message": f"{field} is refused: {exc.message}"}
+            return None
+
+        found = await asyncio.gather(*(one(f, u) for f, u in urls.items() if isinstance(u, str)))
+        return [e for e in found if e is not None]
+
+    async def _check_target(self, url: str, sink: str) -> str:
+        if sink != "file":
+            errors = await self.check_targets({"url": url})
+            if errors:
+                raise ValidationFailed(errors)
+        return url
 
     def route(self, type_: str, data: dict[str, Any]) -> list[str]:
         return [h.webhook_id for h in self.hooks.values() if h.wants(type_, data)]
@@ -162,7 +197,7 @@ class WebhookService:
         if not isinstance(body, dict):
             raise _bad("body", "Request body must be a JSON object")
         sink = self._sink_kind(body)
-        url = _check_url(body.get("url"), sink)
+        url = await self._check_target(_check_url(body.get("url"), sink), sink)
         events = _check_events(body.get("events", list(AGENT_DONE)))
         secret = body.get("secret")
         generated = None
@@ -214,7 +249,7 @@ class WebhookService:
                 raise _bad("status", "status must be active or paused")
             changes["status"] = body["status"]
         if "url" in body:
-            changes["url"] = _check_url(body["url"], hook.sink)
+            changes["url"] = await self._check_target(_check_url(body["url"], hook.sink), hook.sink)
         if "secret" in body:
             if not isinstance(body["secret"], str) or not 8 <= len(body["secret"]) <= 256:
                 raise _bad("secret", "secret must be a string of 8 to 256 characters")
@@ -418,6 +453,13 @@ class WebhookService:
             return False
         attempts = row["attempts"] + 1
         try:
+            if hook.sink != "file":
+                # Again at every delivery: a literal address passes no resolver, and the
+                # policy (or the URL) may have changed since it was accepted.
+                try:
+                    self.targets.check_url(hook.url)
+                except TargetRefused as exc:
+                    raise SinkError(f"target refused: {exc.message}") from None
             sink = self._sinks.get(webhook_id) or self._build_sink(hook)
             await sink.deliver(event.payload(), delivery_id=row["delivery_id"], event=event.type)
         except asyncio.CancelledError:

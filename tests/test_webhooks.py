@@ -8,6 +8,10 @@ giving up and redelivering, the per-endpoint pace, the slack and file sinks, a
 drop-in sink plugin, durability across kill -9 of a subprocess daemon, and the
 budget, security and rate-limit events.  Slow constants (RETRY_BASE, GIVE_UP_AFTER,
 PER_MINUTE) are patched per test.
+
+The receivers listen on loopback, which the webhook target policy refuses unless the
+operator allows it: every config here allows 127.0.0.0/8 in ``[webhooks]
+allowed_networks`` (tests/test_webhook_targets.py shows that without it nothing arrives).
 """
 
 from __future__ import annotations
@@ -24,13 +28,36 @@ import pytest
 from j1mskyd import webhooks
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
+from j1mskyd.config import WebhooksConfig
 from j1mskyd.providers import ProviderSettings
-from tests.conftest import auth_config, bearer, bootstrap_key, make_config, wait_status
-from tests.daemon import Daemon, write_config
+from tests import conftest
+from tests.conftest import bearer, bootstrap_key, wait_status
+from tests.daemon import Daemon
+from tests.daemon import write_config as _write_config
 from tests.fakeupstream import FakeUpstream
 from tests.receiver import Receiver, expected_signature
 
 SECRET = "receiver-secret-123"
+LOOPBACK = WebhooksConfig(allowed_networks=("127.0.0.0/8",))
+
+
+def make_config(tmp_path, **kw):
+    return dataclasses.replace(conftest.make_config(tmp_path, **kw), webhooks=LOOPBACK)
+
+
+def auth_config(tmp_path, **security):
+    return dataclasses.replace(conftest.auth_config(tmp_path, **security), webhooks=LOOPBACK)
+
+
+def write_config(path, **kw):
+    path = _write_config(path, **kw)
+    path.write_text(path.read_text() + '\n[webhooks]\nallowed_networks = ["127.0.0.0/8"]\n')
+    return path
+
+
+@pytest.fixture
+def config(tmp_path):
+    return make_config(tmp_path)
 
 
 # -- helpers ------------------------------------------------------------------------------
