@@ -203,7 +203,7 @@ async def _lifecycle(app: web.Application):
     # Webhooks get a session of their own, guarded by the target policy; providers keep
     # the shared one (a local model server on loopback is a legitimate provider).
     targets = policy_from(config.webhooks.allowed_networks, config.server.host, config.server.port)
-    hook_session, _ = webhook_session(targets)
+    hook_session, hook_resolver = webhook_session(targets)
     try:
         slots = _build_slots(config, registry, session)
         runtime = AgentRuntime(config, store, slots, buckets=limiter.buckets, budget=budget)
@@ -214,7 +214,8 @@ async def _lifecycle(app: web.Application):
                                                parse_networks(sec.trusted_proxies)), sec.log_violations)
         audit = AuditLog(store)
         events = EventLog(store)
-        webhooks = WebhookService(store, events, registry, hook_session, targets=targets)
+        webhooks = WebhookService(store, events, registry, hook_session, targets=targets,
+                                  resolver=hook_resolver)
         runtime.events = events
         agents.webhooks = webhooks
         services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file,

@@ -115,13 +115,14 @@ def _row(row: sqlite3.Row, cipher: Any) -> Webhook:
 
 
 class WebhookService:
-    """``session`` is the webhook session (webhook_client.py) whose resolver applies
+    """``session`` is the webhook session (webhook_client.py) whose ``resolver`` applies
     ``targets`` at connect time; ``lookup`` resolves names when a URL is accepted (the
     loop's getaddrinfo unless given)."""
 
     def __init__(self, store: Any, events: EventLog, registry: Any, session: Any,
                  clock: Callable[[], float] = time.time, targets: TargetPolicy = TargetPolicy(),
-                 lookup: Lookup | None = None) -> None:
+                 lookup: Lookup | None = None, resolver: Any = None) -> None:
+        self.resolver = resolver
         self.store = store
         self.events = events
         self.registry = registry
