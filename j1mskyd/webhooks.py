@@ -176,9 +176,12 @@ class WebhookService:
     def route(self, type_: str, data: dict[str, Any]) -> list[str]:
         return [h.webhook_id for h in self.hooks.values() if h.wants(type_, data)]
 
-    def _insert(self, hook: Webhook) -> tuple[str, tuple[Any, ...]]:
+    def _sealed_secret(self, hook: Webhook) -> str:
         cipher = self.store.cipher
-        secret = cipher.encrypt(hook.secret, f"{hook.webhook_id}/secret") if cipher else hook.secret
+        return cipher.encrypt(hook.secret, f"{hook.webhook_id}/secret") if cipher else hook.secret
+
+    def _insert(self, hook: Webhook) -> tuple[str, tuple[Any, ...]]:
+        secret = self._sealed_secret(hook)
         return ("INSERT OR REPLACE INTO webhooks (webhook_id, url, sink, events, secret, status, description, "
                 "api_key_id, agent_id, created_at, last_triggered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (hook.webhook_id, hook.url, hook.sink, ",".join(hook.events), secret, hook.status,
@@ -218,13 +221,34 @@ class WebhookService:
                             secret: str | None = None) -> tuple[Webhook, Any]:
         """A spawn's own ``webhook_url``: a hook for that agent's end, stored with the agent.
 
-        Its deliveries are signed with the spawning API key's signing secret, which the
-        caller already holds (a random one when authentication is off).
+        Its deliveries are signed with the spawning API key's webhook secret (its request
+        secret for a key from before webhook secrets), which the caller already holds (a
+        random one when authentication is off).
         """
         hook = Webhook("webhook_" + secrets.token_hex(6), _check_url(url, "http"), "http", AGENT_DONE,
                        secret or secrets.token_urlsafe(32), "active", f"webhook_url of {agent_id}", api_key_id,
                        agent_id, self.clock())
         return hook, self._insert(hook)
+
+    async def rotate_key_secret(self, keys: Any, key_id: str) -> tuple[str, int]:
+        """A new webhook secret for API key ``key_id`` (``keys`` is the KeyService), and the
+        key's spawn webhooks still waiting to be sent re-signed with it in the same
+        transaction: a receiver that switched to the new secret gets no delivery it cannot
+        verify.  Returns the secret (shown once) and how many webhooks were re-signed."""
+        changed: list[Webhook] = []
+
+        def resign(secret: str) -> list[tuple[str, tuple[Any, ...]]]:
+            changed[:] = [replace(h, secret=secret) for h in self.hooks.values()
+                          if h.agent_id is not None and h.api_key_id == key_id]
+            return [("UPDATE webhooks SET secret = ? WHERE webhook_id = ?", (self._sealed_secret(h), h.webhook_id))
+                    for h in changed]
+
+        secret = await keys.rotate_webhook_secret(key_id, resign)
+        for hook in changed:
+            if hook.webhook_id in self.hooks:  # not delivered and forgotten meanwhile
+                self.hooks[hook.webhook_id] = hook
+                self._sinks.pop(hook.webhook_id, None)  # rebuilt with the new secret
+        return secret, len(changed)
 
     def adopt(self, hook: Webhook) -> None:
         self.hooks[hook.webhook_id] = hook

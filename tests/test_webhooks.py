@@ -648,12 +648,13 @@ async def test_kill_9_while_the_receiver_is_down_loses_nothing(tmp_path):
 
 # -- a spawn's own webhook_url ---------------------------------------------------------------------
 
-async def test_spawn_webhook_url_gets_that_agents_end_signed_with_the_key_secret(aiohttp_client, tmp_path):
+async def test_spawn_webhook_url_gets_that_agents_end_signed_with_the_key_webhook_secret(aiohttp_client, tmp_path):
     cfg = auth_config(tmp_path)
     client = await aiohttp_client(build_app(cfg))
     boot = bootstrap_key(cfg)
     admin = bearer(boot['token'])
-    rec = await Receiver(boot["secret"]).start()  # the caller already holds its key's secret
+    assert boot["webhook_secret"] != boot["secret"]
+    rec = await Receiver(boot["webhook_secret"]).start()  # the caller already holds its key's webhook secret
     try:
         resp = await client.post("/api/spawn", headers=admin,
                                  json={"model": "k2p5", "task": "tell me when done", "webhook_url": rec.url})
@@ -668,7 +669,7 @@ async def test_spawn_webhook_url_gets_that_agents_end_signed_with_the_key_secret
         await asyncio.sleep(0.3)
         assert len(rec.received) == 1 and rec.rejected == []
         assert got.event == "agent.completed" and got.payload["data"]["agent_id"] == agent_id
-        assert got.signature == expected_signature(boot["secret"], got.body)
+        assert got.signature == expected_signature(boot["webhook_secret"], got.body)
         listed = await (await client.get("/api/webhooks", headers=admin)).json()
         assert listed["count"] == 0  # a spawn's own hook is not an operator's webhook
         # Its one job done, it is forgotten (routing must not scan a list that only grows).
