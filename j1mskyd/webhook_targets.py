@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import yarl
+
 from .netguard import Address, Network
 
 LOOKUP_TIMEOUT = 5.0          # seconds for the accept-time lookup of a name
@@ -165,23 +167,27 @@ class TargetPolicy:
         try:
             parts = urlsplit(url)
             port = parts.port
-        except ValueError as exc:
+            # The HTTP client's own reading (yarl): its host is the one connected to, after
+            # IDNA mapping ("１２７.0.0.1" and "127。0.0.1" are 127.0.0.1 to it).
+            client = yarl.URL(url)
+            host = client.raw_host or ""
+        except (ValueError, UnicodeError) as exc:
             raise TargetRefused(f"not a valid URL: {exc}") from None
-        if parts.scheme not in ("http", "https"):
+        if parts.scheme not in ("http", "https") or client.scheme not in ("http", "https"):
             raise TargetRefused("only http:// and https:// URLs can be webhook targets")
-        if "@" in parts.netloc:
+        if "@" in parts.netloc or client.raw_user is not None or client.raw_password is not None:
             raise TargetRefused("URLs with user-info (user:password@) are refused")
-        host = parts.hostname or ""
-        if not host:
+        if not host or not parts.hostname:
             raise TargetRefused("the URL has no host")
         port = port or (443 if parts.scheme == "https" else 80)
-        addr = parse_host_address(host)
-        if addr is None and (host.rstrip(".") == "localhost" or host.rstrip(".").endswith(".localhost")):
-            addr = ipaddress.IPv4Address("127.0.0.1")  # RFC 6761: always loopback, never looked up
-        if addr is not None:
-            reason = self.refusal(addr, port)
-            if reason is not None:
-                raise TargetRefused(reason)
+        addr = None
+        for candidate in dict.fromkeys((host, parts.hostname)):  # both readings, should they differ
+            found = _literal(candidate)
+            if found is not None:
+                reason = self.refusal(found, port)
+                if reason is not None:
+                    raise TargetRefused(reason)
+                addr = addr or found
         return host, port, addr
 
     async def check_accept(self, url: str, lookup: Lookup | None = None) -> None:
@@ -198,6 +204,21 @@ class TargetPolicy:
             reason = None if resolved is None else self.refusal(resolved, port)
             if reason is not None:
                 raise TargetRefused(f"{host} resolves to {reason}")
+
+
+def _literal(host: str) -> Address | None:
+    """The address a host stands for without a lookup: a literal in any form, or a
+    ``localhost`` name (RFC 6761: always loopback, never looked up)."""
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")  # fullwidth digits, ideographic dots
+        except UnicodeError:
+            return None
+    addr = parse_host_address(host)
+    name = host.rstrip(".").lower()
+    if addr is None and (name == "localhost" or name.endswith(".localhost")):
+        addr = ipaddress.IPv4Address("127.0.0.1")
+    return addr
 
 
 async def getaddrinfo_lookup(host: str, port: int) -> list[str]:

@@ -68,6 +68,9 @@ def test_ipv4_forms_are_read_as_inet_aton_reads_them(text, address):
     ("http://[::ffff:7f00:1]/", "loopback"),
     ("http://[::127.0.0.1]/", "loopback"),
     ("http://localhost:9/", "loopback"),
+    ("http://\uff11\uff12\uff17.0.0.1:9/", "loopback"),     # fullwidth digits: 127.0.0.1 to the HTTP client
+    ("http://127\u30020.0.1/", "loopback"),                 # ideographic full stop
+    ("http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/", "loopback"),  # fullwidth localhost
     ("http://api.localhost/", "loopback"),
     ("http://169.254.169.254/latest/meta-data/", "link-local"),
     ("http://[::ffff:169.254.169.254]/", "link-local"),
