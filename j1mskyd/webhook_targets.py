@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import yarl
 
-from .netguard import Address, Network
+from .netguard import Address, Network, parse_networks
 
 LOOKUP_TIMEOUT = 5.0          # seconds for the accept-time lookup of a name
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
@@ -267,5 +267,4 @@ def _interface_addresses() -> Iterable[Address]:
 
 def policy_from(allowed_networks: Iterable[str], host: str, port: int) -> TargetPolicy:
     """The policy for a config: its ``[webhooks] allowed_networks`` and its listen address."""
-    from .netguard import parse_networks
     return TargetPolicy(parse_networks(allowed_networks), own_listen_networks(host, port))

@@ -122,7 +122,6 @@ class WebhookService:
     def __init__(self, store: Any, events: EventLog, registry: Any, session: Any,
                  clock: Callable[[], float] = time.time, targets: TargetPolicy = TargetPolicy(),
                  lookup: Lookup | None = None, resolver: Any = None) -> None:
-        self.resolver = resolver
         self.store = store
         self.events = events
         self.registry = registry
@@ -130,6 +129,7 @@ class WebhookService:
         self.clock = clock
         self.targets = targets
         self.lookup = lookup
+        self.resolver = resolver  # the session's GuardedResolver (its ``inner`` does the lookups)
         self.hooks: dict[str, Webhook] = {}
         self._sinks: dict[str, Any] = {}
         # Send times per endpoint (URL) within the last PACE_WINDOW: a sliding window, so
