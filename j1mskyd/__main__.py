@@ -100,9 +100,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(new.reveal(), indent=2))
             else:
-                print(f"key id:  {new.key.key_id}\ntoken:   {new.token}\nsecret:  {new.secret}\n"
+                hook = f"webhook secret:  {new.webhook_secret}\n" if new.webhook_secret else ""
+                print(f"key id:  {new.key.key_id}\ntoken:   {new.token}\nsecret:  {new.secret}\n{hook}"
                       f"scopes:  {','.join(new.key.scopes)}\n"
-                      "The token and secret are shown only now; store them safely.")
+                      "The token and secrets are shown only now; store them safely.")
             return 0
         except LookupError as exc:
             print(f"j1mskyd: no such key: {exc}", file=sys.stderr)

@@ -118,16 +118,20 @@ class AgentService:
         task, priority, timeout = self._check_common(body, prefix, errors)
         model = self._check_model(body, prefix, errors)
         retention = self._check_privacy(body, prefix, errors)
-        url = body.get("webhook_url")
-        # http(s) only: a file:// sink writes local files, which is for admin-made webhooks.
-        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))
-                                or len(url) > 2000):
-            errors.append({"field": prefix + "webhook_url", "message": "webhook_url must be an http(s):// URL"})
+        _check_webhook_url(body, prefix, errors)
         if errors:
             return None
         return Agent(agent_id=self._new_id(now), kind=A.KIND_AGENT, model=model, task=task, priority=priority,
                      timeout=float(timeout), status=A.SPAWNING, estimated_cost=self.estimate(model, task),
                      created_at=now, retention_days=retention)
+
+    async def _check_targets(self, bodies: list[tuple[str, dict[str, Any]]]) -> None:
+        """The webhook target policy on each ``webhook_url`` (after the cheap checks passed)."""
+        urls = {prefix + "webhook_url": body["webhook_url"] for prefix, body in bodies if body.get("webhook_url")}
+        if urls and self.webhooks is not None:
+            errors = await self.webhooks.check_targets(urls)
+            if errors:
+                raise ValidationFailed(errors)
 
     # -- spawning ----------------------------------------------------------------------
     async def _store_and_admit(self, agents: list[Agent], extra: list[Agent] = (), *,
@@ -159,6 +163,7 @@ class AgentService:
         agent = self._build(body, "", errors, self.runtime.clock())
         if agent is None:
             raise ValidationFailed(errors)
+        await self._check_targets([("", body)])
         await self._store_and_admit([agent], key_id=key_id, webhook_urls=_urls([(agent, body)]),
                                     webhook_secret=webhook_secret)
         return agent.spawn_view()
@@ -184,6 +189,7 @@ class AgentService:
                 agents.append(agent)
         if errors:  # all or nothing: a batch with one bad entry spawns nothing
             raise ValidationFailed(errors)
+        await self._check_targets([(f"agents[{i}].", item) for i, item in enumerate(items)])
         await self._store_and_admit(agents, key_id=key_id, webhook_urls=_urls(zip(agents, items)),
                                     webhook_secret=webhook_secret)
         return {"success": True, "count": len(agents),
@@ -194,12 +200,14 @@ class AgentService:
         errors: list[dict[str, str]] = []
         task, priority, timeout = self._check_common(body, "", errors)
         retention = self._check_privacy(body, "", errors)
+        _check_webhook_url(body, "", errors)
         team_id = body.get("team")
         team = self.config.teams.get(team_id) if isinstance(team_id, str) else None
         if team is None:
             errors.append({"field": "team", "message": f"Unknown team. Must be one of: {', '.join(self.config.teams)}"})
         if errors:
             raise ValidationFailed(errors)
+        await self._check_targets([("", body)])
         now = self.runtime.clock()
         lead = Agent(agent_id=self._new_id(now), kind=A.KIND_TEAM, team=team.id, model=team.id, task=task,
                      priority=priority, timeout=float(timeout), status=A.SPAWNING, created_at=now,
@@ -364,6 +372,14 @@ class AgentService:
         self.budget.restore(*spent, live=[(a.agent_id, a.api_key, a.estimated_cost)
                                           for a in live if a.kind != A.KIND_MEMBER])
         return await self.runtime.recover(live, done)
+
+
+def _check_webhook_url(body: dict[str, Any], prefix: str, errors: list[dict[str, str]]) -> None:
+    url = body.get("webhook_url")
+    # http(s) only: a file:// sink writes local files, which is for admin-made webhooks.
+    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))
+                            or len(url) > 2000):
+        errors.append({"field": prefix + "webhook_url", "message": "webhook_url must be an http(s):// URL"})
 
 
 def _urls(pairs: Any) -> dict[str, str]:

@@ -35,6 +35,8 @@ from .runtime import AgentRuntime
 from .signing import ReplayGuard
 from .store import Store
 from .ttlcache import TTLCache
+from .webhook_client import webhook_session
+from .webhook_targets import policy_from
 from .webhooks import WebhookService
 
 log = logging.getLogger(__name__)
@@ -198,6 +200,10 @@ async def _lifecycle(app: web.Application):
     budget = Budget(BudgetPolicy(b.daily_budget, b.monthly_ceiling, b.spike_per_hour, b.max_agents_per_key))
 
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=30))
+    # Webhooks get a session of their own, guarded by the target policy; providers keep
+    # the shared one (a local model server on loopback is a legitimate provider).
+    targets = policy_from(config.webhooks.allowed_networks, config.server.host, config.server.port)
+    hook_session, hook_resolver = webhook_session(targets)
     try:
         slots = _build_slots(config, registry, session)
         runtime = AgentRuntime(config, store, slots, buckets=limiter.buckets, budget=budget)
@@ -208,7 +214,8 @@ async def _lifecycle(app: web.Application):
                                                parse_networks(sec.trusted_proxies)), sec.log_violations)
         audit = AuditLog(store)
         events = EventLog(store)
-        webhooks = WebhookService(store, events, registry, session)
+        webhooks = WebhookService(store, events, registry, hook_session, targets=targets,
+                                  resolver=hook_resolver)
         runtime.events = events
         agents.webhooks = webhooks
         services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file,
@@ -238,6 +245,7 @@ async def _lifecycle(app: web.Application):
         recovered = await agents.recover()
     except BaseException:
         await session.close()
+        await hook_session.close()
         await store.close()
         raise
     if any(recovered.values()):
@@ -260,6 +268,7 @@ async def _lifecycle(app: web.Application):
         for slot in services.slots.values():
             await slot.close()
         await session.close()
+        await hook_session.close()
         await store.close()
         try:
             await loop.run_in_executor(None, bucket_file.save_if_changed)

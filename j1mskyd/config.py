@@ -155,6 +155,12 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    """Where outgoing webhooks may go besides public addresses (see webhook_targets.py)."""
+    allowed_networks: tuple[str, ...] = ()  # e.g. ("192.168.1.0/24",) for a LAN receiver
+
+
+@dataclass(frozen=True, slots=True)
 class PrivacyConfig:
     retention_days: float = 30.0           # task and result text of finished agents, then purged
     mask_pii_in_logs: bool = True          # emails, phone and card numbers never reach the log
@@ -230,6 +236,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
 
 # ------------------------------------------------------------------------- checkers
@@ -461,6 +468,17 @@ _SECURITY: dict[str, Checker] = {
     "signature_max_skew": _num(positive=True),
     "key_rotation_grace_hours": _num(0),
 }
+def _webhook_networks(v: Any) -> tuple[str, ...]:
+    """Networks opened to webhooks: each one a deliberate choice, so nothing wider than a /8
+    (IPv4) or a /7 (IPv6, the ULA range): ``0.0.0.0/0`` would open the whole inside."""
+    items = _networks(v)
+    for text, net in zip(items, parse_networks(items)):
+        if net.prefixlen < (8 if net.version == 4 else 7):
+            raise _Bad(f"{text!r} is too broad (at most a /8 for IPv4, a /7 for IPv6)")
+    return items
+
+
+_WEBHOOKS: dict[str, Checker] = {"allowed_networks": _webhook_networks}
 _PRIVACY: dict[str, Checker] = {"retention_days": _num(positive=True), "mask_pii_in_logs": _bool}
 _PERCENT = _num(0, 100)
 _PRICING: dict[str, Checker] = {
@@ -483,7 +501,7 @@ _PRICING: dict[str, Checker] = {
 }
 _SECTIONS = {"server": _SERVER, "runtime": _RUNTIME, "store": _STORE, "plugins": _PLUGINS,
              "budget": _BUDGET, "limits": _LIMITS, "security": _SECURITY,
-             "privacy": _PRIVACY, "pricing": _PRICING}
+             "privacy": _PRIVACY, "pricing": _PRICING, "webhooks": _WEBHOOKS}
 _NAMED = ("providers", "models", "teams")
 _REQUIRED = {
     "providers": ("plugin",),
@@ -708,6 +726,7 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
         security=SecurityConfig(**sections["security"]),
         privacy=PrivacyConfig(**sections["privacy"]),
         pricing=pricing_config,
+        webhooks=WebhooksConfig(**sections["webhooks"]),
     )
 
 

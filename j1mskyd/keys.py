@@ -1,8 +1,17 @@
 """API keys: creation, lookup by token, scopes, revocation and rotation.
 
 A key has an id (``key_<hex>``, safe to log), a bearer token (shown once, stored only as
-its SHA-256) and a signing secret (shown once, stored encrypted with the data key,
-because verifying an HMAC needs it).  ``admin:write`` implies every other scope.
+its SHA-256), a signing secret for its requests and a webhook secret that signs the
+webhooks of its spawns (each shown once, stored encrypted with the data key, because
+an HMAC needs them).  ``admin:write`` implies every other scope.
+
+Two secrets, because whoever verifies a webhook (a receiver, often another machine)
+must hold its secret, and must not thereby be able to sign API requests as the key.
+A key made before webhook secrets existed has none: its spawns' webhooks stay signed
+with its request secret (the receivers already configured keep working) until its
+webhook secret is rotated once.  Rotating the key carries the webhook secret over to
+the successor (the receivers need not change); rotating the webhook secret changes
+only that.
 
 The daemon keeps the keys in memory for the request path and notices changes made by
 another process (``j1mskyd keys ...`` on the same state dir) through sqlite's
@@ -88,9 +97,11 @@ class ApiKey:
     revoked_at: float | None = None
     revoke_reason: str | None = None
     rotated_to: str | None = None
+    sealed_webhook_secret: str | None = field(default=None, repr=False)  # None: a key from before them
 
     cipher: Any = field(default=None, repr=False, compare=False)
     _secret: str | None = field(default=None, repr=False, compare=False)
+    _webhook_secret: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def secret(self) -> str:
@@ -99,6 +110,20 @@ class ApiKey:
             self._secret = self.cipher.decrypt(self.sealed_secret, f"{self.key_id}/secret") \
                 if self.cipher is not None else self.sealed_secret
         return self._secret
+
+    @property
+    def own_webhook_secret(self) -> str | None:
+        """The webhook secret, or None for a key made before webhook secrets existed."""
+        if self._webhook_secret is None and self.sealed_webhook_secret is not None:
+            self._webhook_secret = self.cipher.decrypt(self.sealed_webhook_secret, f"{self.key_id}/webhook_secret") \
+                if self.cipher is not None else self.sealed_webhook_secret
+        return self._webhook_secret
+
+    @property
+    def webhook_secret(self) -> str:
+        """What signs the webhooks of this key's spawns: its webhook secret, or (a key from
+        before them, until its webhook secret is rotated) its request signing secret."""
+        return self.own_webhook_secret or self.secret
 
     def allows(self, scope: str | None) -> bool:
         return scope is None or ADMIN in self.scopes or scope in self.scopes
@@ -117,7 +142,8 @@ class ApiKey:
                 "require_signature": self.require_signature, "created_at": iso(self.created_at),
                 "last_used_at": iso(self.last_used_at), "expires_at": iso(self.expires_at),
                 "revoked_at": iso(self.revoked_at), "revoke_reason": self.revoke_reason,
-                "rotated_to": self.rotated_to}
+                "rotated_to": self.rotated_to,
+                "webhook_signing": "request_secret" if self.sealed_webhook_secret is None else "webhook_secret"}
 
 
 @dataclass(frozen=True)
@@ -127,14 +153,18 @@ class NewKey:
     key: ApiKey
     token: str = field(repr=False)
     secret: str = field(repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)  # None: carried over, not new
 
     def reveal(self) -> dict[str, object]:
-        return {"key_id": self.key.key_id, "name": self.key.name, "token": self.token, "secret": self.secret,
-                "scopes": list(self.key.scopes), "require_signature": self.key.require_signature}
+        shown: dict[str, object] = {"key_id": self.key.key_id, "name": self.key.name, "token": self.token,
+                                    "secret": self.secret}
+        if self.webhook_secret is not None:
+            shown["webhook_secret"] = self.webhook_secret
+        return {**shown, "scopes": list(self.key.scopes), "require_signature": self.key.require_signature}
 
 
 _COLUMNS = ("key_id", "name", "token_hash", "secret", "scopes", "require_signature", "created_at", "last_used_at",
-            "expires_at", "revoked_at", "revoke_reason", "rotated_to")
+            "expires_at", "revoked_at", "revoke_reason", "rotated_to", "webhook_secret")
 
 
 def _row_to_key(row: sqlite3.Row, cipher: DataCipher) -> ApiKey:
@@ -142,7 +172,8 @@ def _row_to_key(row: sqlite3.Row, cipher: DataCipher) -> ApiKey:
                   token_hash=row["token_hash"], sealed_secret=row["secret"], cipher=cipher,
                   require_signature=bool(row["require_signature"]), created_at=row["created_at"],
                   last_used_at=row["last_used_at"], expires_at=row["expires_at"], revoked_at=row["revoked_at"],
-                  revoke_reason=row["revoke_reason"], rotated_to=row["rotated_to"])
+                  revoke_reason=row["revoke_reason"], rotated_to=row["rotated_to"],
+                  sealed_webhook_secret=row["webhook_secret"])
 
 
 # -- plain sqlite functions: the daemon calls them through its Store, the CLI directly --------
@@ -151,8 +182,10 @@ def read_keys(conn: sqlite3.Connection, cipher: DataCipher) -> dict[str, ApiKey]
 
 
 def make_key(name: str, scopes: Iterable[str] | str, cipher: DataCipher, *, require_signature: bool = False,
-             now: float | None = None) -> tuple[NewKey, tuple[str, tuple[object, ...]]]:
-    """A new key and the INSERT that stores it (token hashed, secret sealed)."""
+             now: float | None = None, webhook_secret: str | None = None) -> tuple[NewKey, tuple[str, tuple[object, ...]]]:
+    """A new key and the INSERT that stores it (token hashed, secrets sealed).
+
+    ``webhook_secret``: a rotated key's, carried over (then not shown again); else a new one."""
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise KeyError_("name must be a non-empty string of at most 100 characters")
     scopes = parse_scopes(scopes)
@@ -160,13 +193,26 @@ def make_key(name: str, scopes: Iterable[str] | str, cipher: DataCipher, *, requ
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     secret = secrets.token_urlsafe(32)
     sealed = cipher.encrypt(secret, f"{key_id}/secret")
+    new_hook_secret = None if webhook_secret is not None else new_webhook_secret()
+    hook_secret = webhook_secret or new_hook_secret
+    sealed_hook = cipher.encrypt(hook_secret, f"{key_id}/webhook_secret")
     key = ApiKey(key_id=key_id, name=name.strip(), scopes=scopes, token_hash=hash_token(token), sealed_secret=sealed,
                  require_signature=require_signature, created_at=time.time() if now is None else now, cipher=cipher,
-                 _secret=secret)
+                 _secret=secret, sealed_webhook_secret=sealed_hook, _webhook_secret=hook_secret)
     values = (key.key_id, key.name, key.token_hash, sealed, ",".join(scopes),
-              int(require_signature), key.created_at, None, None, None, None, None)
+              int(require_signature), key.created_at, None, None, None, None, None, sealed_hook)
     sql = f"INSERT INTO api_keys ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-    return NewKey(key, token, secret), (sql, values)
+    return NewKey(key, token, secret, new_hook_secret), (sql, values)
+
+
+def new_webhook_secret() -> str:
+    """``whsec_`` + 43 characters: told apart from the request secret at a glance."""
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+def webhook_secret_statement(key: ApiKey, secret: str, cipher: DataCipher) -> tuple[str, tuple[object, ...]]:
+    return ("UPDATE api_keys SET webhook_secret = ? WHERE key_id = ?",
+            (cipher.encrypt(secret, f"{key.key_id}/webhook_secret"), key.key_id))
 
 
 def revoke_statement(key_id: str, reason: str, now: float) -> tuple[str, tuple[object, ...]]:
@@ -200,10 +246,11 @@ def rotate_statements(old: ApiKey, insert: tuple[str, tuple[object, ...]], new: 
 
 
 # Every column a change of a key's standing can touch (what the CLI does, or an operator's
-# edit of the scopes), never last_used_at: the daemon's own last-use writes change nothing
+# edit of the scopes; a rotated webhook secret), never last_used_at: the daemon's own last-use writes change nothing
 # here.  A few dozen short rows: microseconds.
 _KEYS_FINGERPRINT = ("SELECT COUNT(*), group_concat(key_id || '/' || scopes || '/' || require_signature || '/'"
-                     " || IFNULL(revoked_at, '') || '/' || IFNULL(expires_at, '') || '/' || IFNULL(rotated_to, ''),"
+                     " || IFNULL(revoked_at, '') || '/' || IFNULL(expires_at, '') || '/' || IFNULL(rotated_to, '')"
+                     " || '/' || IFNULL(hex(webhook_secret), ''),"
                      " ' ') FROM api_keys")
 
 
@@ -429,12 +476,28 @@ class KeyService:
             raise AlreadyRotated(f"{key_id} was already rotated to {successor.key_id} and works only until "
                                  f"{iso(old.expires_at)}; rotate {successor.key_id} instead")
         new, insert = make_key(old.name, old.scopes, self.store.cipher, require_signature=old.require_signature,
-                               now=now)
+                               now=now, webhook_secret=old.own_webhook_secret)
         await self.store.write(*rotate_statements(old, insert, new, self.grace_seconds, now))
         await self.reload()
         if new.key.key_id not in self.ring.keys:  # another rotation or a revocation came first
             raise AlreadyRotated(f"{key_id} was rotated or revoked meanwhile; nothing was changed")
         return new
+
+    async def rotate_webhook_secret(self, key_id: str,
+                                    also: Callable[[str], list[tuple[str, tuple]]] = lambda secret: []) -> str:
+        """A new webhook secret for an active key, returned once; ``also(secret)`` gives
+        statements committed with it (the key's pending spawn webhooks, re-signed)."""
+        key = self.get(key_id)
+        now = self.clock()
+        if key.state(now) != "active":
+            raise KeyError_(f"{key_id} is {key.state(now)}; only an active key's webhook secret can be rotated")
+        if key.rotated_to is not None:
+            raise KeyError_(f"{key_id} was rotated to {key.rotated_to}, which holds its webhook secret now: "
+                            "rotate that key's")
+        secret = new_webhook_secret()
+        await self.store.write(webhook_secret_statement(key, secret, self.store.cipher), *also(secret))
+        await self.reload()
+        return secret
 
     async def bootstrap(self, state_dir: str) -> NewKey | None:
         """First start with no keys at all: make an admin key and leave it in a 0600 file.
@@ -469,5 +532,6 @@ class KeyService:
             raise
         if sys.stderr.isatty():
             print(f"\nj1mskyd: created the first admin API key (shown once; also in {path}):\n"
-                  f"  key id: {new.key.key_id}\n  token:  {new.token}\n  secret: {new.secret}\n", file=sys.stderr)
+                  f"  key id: {new.key.key_id}\n  token:  {new.token}\n  secret: {new.secret}\n"
+                  f"  webhook secret: {new.webhook_secret}\n", file=sys.stderr)
         return new

@@ -6,6 +6,12 @@ A sink plugin registers ``registry.add_sink(kind, factory)``; the worker calls
 delivery_id=..., event=...)`` for each delivery.  ``deliver`` returns on success and
 raises :class:`SinkError` (or anything else) on failure; the worker retries with
 backoff, so sinks never retry themselves.
+
+``session`` is the webhook session (webhook_client.py), not the providers': its
+resolver refuses every name that resolves to an address the target policy refuses
+(webhook_targets.py), and the worker checks the URL itself before each delivery.  A
+sink sends to ``settings["url"]`` and nowhere else, and does not follow redirects (a
+redirect to an IP literal would pass no resolver): :func:`post` does both.
 """
 
 from __future__ import annotations
@@ -40,4 +46,8 @@ async def post(session: Any, url: str, who: str, **kwargs: Any) -> None:
     except asyncio.TimeoutError:
         raise SinkError(f"{who} did not answer within 10 s") from None
     except aiohttp.ClientError as exc:
+        from .webhook_client import policy_reason
+        reason = policy_reason(exc)
+        if reason is not None:
+            raise SinkError(f"target refused: {reason}") from None
         raise SinkError(f"cannot reach {who}: {type(exc).__name__}") from None

@@ -211,6 +211,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX pricing_exceptions_open ON pricing_exceptions(closed_at, opened_at);
     """,
+    # 6: a webhook secret per key (sealed like the request secret), so that a receiver that
+    # verifies webhooks cannot sign requests.  NULL for the keys made before: their spawns'
+    # webhooks stay signed with the request secret until the webhook secret is rotated
+    # (receivers already set up keep working; see keys.py).
+    """
+    ALTER TABLE api_keys ADD COLUMN webhook_secret TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _INLINE_UNITS = 8          # batches up to this size commit on the loop (synchronous=normal)

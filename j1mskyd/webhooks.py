@@ -29,6 +29,7 @@ from .agent import iso
 from .errors import BadRequest, NotFound, ValidationFailed
 from .events import EVENT_TYPES, LIVE_ONLY, EventLog, delivery_insert
 from .sinks import SinkError
+from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +115,21 @@ def _row(row: sqlite3.Row, cipher: Any) -> Webhook:
 
 
 class WebhookService:
+    """``session`` is the webhook session (webhook_client.py) whose ``resolver`` applies
+    ``targets`` at connect time; ``lookup`` resolves names when a URL is accepted (the
+    loop's getaddrinfo unless given)."""
+
     def __init__(self, store: Any, events: EventLog, registry: Any, session: Any,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, targets: TargetPolicy = TargetPolicy(),
+                 lookup: Lookup | None = None, resolver: Any = None) -> None:
         self.store = store
         self.events = events
         self.registry = registry
         self.session = session
         self.clock = clock
+        self.targets = targets
+        self.lookup = lookup
+        self.resolver = resolver  # the session's GuardedResolver (its ``inner`` does the lookups)
         self.hooks: dict[str, Webhook] = {}
         self._sinks: dict[str, Any] = {}
         # Send times per endpoint (URL) within the last PACE_WINDOW: a sliding window, so
@@ -136,13 +145,43 @@ class WebhookService:
         cipher = self.store.cipher
         rows = await self.store.read(lambda c: c.execute("SELECT * FROM webhooks").fetchall())
         self.hooks = {r["webhook_id"]: _row(r, cipher) for r in rows}
+        for hook in self.hooks.values():  # stored before the policy existed, or before a config change
+            if hook.sink != "file":
+                try:
+                    self.targets.check_url(hook.url)
+                except TargetRefused as exc:
+                    log.warning("webhook %s: its target is refused (%s); its deliveries will fail until "
+                                "its url or [webhooks] allowed_networks changes", hook.webhook_id, exc.message)
+
+    async def check_targets(self, urls: dict[str, Any]) -> list[dict[str, str]]:
+        """The target policy when URLs are accepted: ``field -> url`` in, one field error per
+        refused URL out (names looked up, concurrently; a refused address among them refuses)."""
+        async def one(field: str, url: Any) -> dict[str, str] | None:
+            try:
+                await self.targets.check_accept(url, self.lookup)
+            except TargetRefused as exc:
+                return {"field": field, "message": f"{field} is refused: {exc.message}"}
+            return None
+
+        found = await asyncio.gather(*(one(f, u) for f, u in urls.items() if isinstance(u, str)))
+        return [e for e in found if e is not None]
+
+    async def _check_target(self, url: str, sink: str) -> str:
+        if sink != "file":
+            errors = await self.check_targets({"url": url})
+            if errors:
+                raise ValidationFailed(errors)
+        return url
 
     def route(self, type_: str, data: dict[str, Any]) -> list[str]:
         return [h.webhook_id for h in self.hooks.values() if h.wants(type_, data)]
 
-    def _insert(self, hook: Webhook) -> tuple[str, tuple[Any, ...]]:
+    def _sealed_secret(self, hook: Webhook) -> str:
         cipher = self.store.cipher
-        secret = cipher.encrypt(hook.secret, f"{hook.webhook_id}/secret") if cipher else hook.secret
+        return cipher.encrypt(hook.secret, f"{hook.webhook_id}/secret") if cipher else hook.secret
+
+    def _insert(self, hook: Webhook) -> tuple[str, tuple[Any, ...]]:
+        secret = self._sealed_secret(hook)
         return ("INSERT OR REPLACE INTO webhooks (webhook_id, url, sink, events, secret, status, description, "
                 "api_key_id, agent_id, created_at, last_triggered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (hook.webhook_id, hook.url, hook.sink, ",".join(hook.events), secret, hook.status,
@@ -162,7 +201,7 @@ class WebhookService:
         if not isinstance(body, dict):
             raise _bad("body", "Request body must be a JSON object")
         sink = self._sink_kind(body)
-        url = _check_url(body.get("url"), sink)
+        url = await self._check_target(_check_url(body.get("url"), sink), sink)
         events = _check_events(body.get("events", list(AGENT_DONE)))
         secret = body.get("secret")
         generated = None
@@ -182,13 +221,34 @@ class WebhookService:
                             secret: str | None = None) -> tuple[Webhook, Any]:
         """A spawn's own ``webhook_url``: a hook for that agent's end, stored with the agent.
 
-        Its deliveries are signed with the spawning API key's signing secret, which the
-        caller already holds (a random one when authentication is off).
+        Its deliveries are signed with the spawning API key's webhook secret (its request
+        secret for a key from before webhook secrets), which the caller already holds (a
+        random one when authentication is off).
         """
         hook = Webhook("webhook_" + secrets.token_hex(6), _check_url(url, "http"), "http", AGENT_DONE,
                        secret or secrets.token_urlsafe(32), "active", f"webhook_url of {agent_id}", api_key_id,
                        agent_id, self.clock())
         return hook, self._insert(hook)
+
+    async def rotate_key_secret(self, keys: Any, key_id: str) -> tuple[str, int]:
+        """A new webhook secret for API key ``key_id`` (``keys`` is the KeyService), and the
+        key's spawn webhooks still waiting to be sent re-signed with it in the same
+        transaction: a receiver that switched to the new secret gets no delivery it cannot
+        verify.  Returns the secret (shown once) and how many webhooks were re-signed."""
+        changed: list[Webhook] = []
+
+        def resign(secret: str) -> list[tuple[str, tuple[Any, ...]]]:
+            changed[:] = [replace(h, secret=secret) for h in self.hooks.values()
+                          if h.agent_id is not None and h.api_key_id == key_id]
+            return [("UPDATE webhooks SET secret = ? WHERE webhook_id = ?", (self._sealed_secret(h), h.webhook_id))
+                    for h in changed]
+
+        secret = await keys.rotate_webhook_secret(key_id, resign)
+        for hook in changed:
+            if hook.webhook_id in self.hooks:  # not delivered and forgotten meanwhile
+                self.hooks[hook.webhook_id] = hook
+                self._sinks.pop(hook.webhook_id, None)  # rebuilt with the new secret
+        return secret, len(changed)
 
     def adopt(self, hook: Webhook) -> None:
         self.hooks[hook.webhook_id] = hook
@@ -214,7 +274,7 @@ class WebhookService:
                 raise _bad("status", "status must be active or paused")
             changes["status"] = body["status"]
         if "url" in body:
-            changes["url"] = _check_url(body["url"], hook.sink)
+            changes["url"] = await self._check_target(_check_url(body["url"], hook.sink), hook.sink)
         if "secret" in body:
             if not isinstance(body["secret"], str) or not 8 <= len(body["secret"]) <= 256:
                 raise _bad("secret", "secret must be a string of 8 to 256 characters")
@@ -418,6 +478,13 @@ class WebhookService:
             return False
         attempts = row["attempts"] + 1
         try:
+            if hook.sink != "file":
+                # Again at every delivery: a literal address passes no resolver, and the
+                # policy (or the URL) may have changed since it was accepted.
+                try:
+                    self.targets.check_url(hook.url)
+                except TargetRefused as exc:
+                    raise SinkError(f"target refused: {exc.message}") from None
             sink = self._sinks.get(webhook_id) or self._build_sink(hook)
             await sink.deliver(event.payload(), delivery_id=row["delivery_id"], event=event.type)
         except asyncio.CancelledError:

@@ -40,17 +40,18 @@ def expected_signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class Receiver:
     def __init__(self, secret: str | None = "receiver-secret-123", port: int | None = None,
-                 path: str = "/hook") -> None:
+                 path: str = "/hook", host: str = "127.0.0.1") -> None:
         self.secret = secret
-        self.port = port or _free_port()
+        self.host = host               # another loopback address (127.0.0.2) plays a second machine
+        self.port = port or _free_port(host)
         self.path = path
         self.fail = False              # answer 500 (after recording the attempt in ``failed``)
         self.received: list[Received] = []
@@ -61,7 +62,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        return f"http://{self.host}:{self.port}{self.path}"
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -85,7 +86,7 @@ class Receiver:
         app.router.add_post(self.path, self._handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host="127.0.0.1", port=self.port, reuse_address=True).start()
+        await web.TCPSite(self._runner, host=self.host, port=self.port, reuse_address=True).start()
         return self
 
     async def stop(self) -> None:

@@ -286,6 +286,7 @@ async def test_dashboard_login_spawn_live_status_keys_and_logout(browser, daemon
     await browser.wait_for(_visible("#new-key"), what="the one-time key display")
     token = await browser.text("#new-key-token")
     assert token.startswith("jsk_") and await browser.text("#new-key-secret")
+    assert (await browser.text("#new-key-webhook-secret")).startswith("whsec_")
     await browser.wait_for("[...document.querySelectorAll('#keys td')].some(t => t.textContent === 'from-dashboard')",
                            what="the new key in the list")
     request = urllib.request.Request(f"{base}/api/agents?limit=1", headers={"Authorization": f"Bearer {token}"})
@@ -296,7 +297,7 @@ async def test_dashboard_login_spawn_live_status_keys_and_logout(browser, daemon
     settings = await browser.screenshot(tmp_path / "dashboard-settings.png")
     _show(capsys, "dashboard screenshot (settings)", settings)
     await browser.click("#new-key-done")
-    assert await browser.text("#new-key-token") == ""
+    assert await browser.text("#new-key-token") == "" and await browser.text("#new-key-webhook-secret") == ""
     assert await browser.evaluate(_visible("#new-key")) is False
 
     # Tokens never travelled in a URL; log out forgets the key.

@@ -4,7 +4,20 @@ promises."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from j1mskyd.api.openapi import RESULTS
+from j1mskyd.config import WebhooksConfig
+from tests.conftest import make_config
+
+
+@pytest.fixture
+def config(tmp_path):
+    # The webhooks here point at a closed loopback port (nothing is delivered that matters):
+    # loopback targets need the operator's allowance (docs/webhooks.md).
+    return dataclasses.replace(make_config(tmp_path), webhooks=WebhooksConfig(allowed_networks=("127.0.0.0/8",)))
 
 
 def _refusal(body: dict, status: int, field: str) -> None:

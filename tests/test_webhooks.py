@@ -8,6 +8,10 @@ giving up and redelivering, the per-endpoint pace, the slack and file sinks, a
 drop-in sink plugin, durability across kill -9 of a subprocess daemon, and the
 budget, security and rate-limit events.  Slow constants (RETRY_BASE, GIVE_UP_AFTER,
 PER_MINUTE) are patched per test.
+
+The receivers listen on loopback, which the webhook target policy refuses unless the
+operator allows it: every config here allows 127.0.0.0/8 in ``[webhooks]
+allowed_networks`` (tests/test_webhook_targets.py shows that without it nothing arrives).
 """
 
 from __future__ import annotations
@@ -24,13 +28,36 @@ import pytest
 from j1mskyd import webhooks
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
+from j1mskyd.config import WebhooksConfig
 from j1mskyd.providers import ProviderSettings
-from tests.conftest import auth_config, bearer, bootstrap_key, make_config, wait_status
-from tests.daemon import Daemon, write_config
+from tests import conftest
+from tests.conftest import bearer, bootstrap_key, wait_status
+from tests.daemon import Daemon
+from tests.daemon import write_config as _write_config
 from tests.fakeupstream import FakeUpstream
 from tests.receiver import Receiver, expected_signature
 
 SECRET = "receiver-secret-123"
+LOOPBACK = WebhooksConfig(allowed_networks=("127.0.0.0/8",))
+
+
+def make_config(tmp_path, **kw):
+    return dataclasses.replace(conftest.make_config(tmp_path, **kw), webhooks=LOOPBACK)
+
+
+def auth_config(tmp_path, **security):
+    return dataclasses.replace(conftest.auth_config(tmp_path, **security), webhooks=LOOPBACK)
+
+
+def write_config(path, **kw):
+    path = _write_config(path, **kw)
+    path.write_text(path.read_text() + '\n[webhooks]\nallowed_networks = ["127.0.0.0/8"]\n')
+    return path
+
+
+@pytest.fixture
+def config(tmp_path):
+    return make_config(tmp_path)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -621,12 +648,13 @@ async def test_kill_9_while_the_receiver_is_down_loses_nothing(tmp_path):
 
 # -- a spawn's own webhook_url ---------------------------------------------------------------------
 
-async def test_spawn_webhook_url_gets_that_agents_end_signed_with_the_key_secret(aiohttp_client, tmp_path):
+async def test_spawn_webhook_url_gets_that_agents_end_signed_with_the_key_webhook_secret(aiohttp_client, tmp_path):
     cfg = auth_config(tmp_path)
     client = await aiohttp_client(build_app(cfg))
     boot = bootstrap_key(cfg)
     admin = bearer(boot['token'])
-    rec = await Receiver(boot["secret"]).start()  # the caller already holds its key's secret
+    assert boot["webhook_secret"] != boot["secret"]
+    rec = await Receiver(boot["webhook_secret"]).start()  # the caller already holds its key's webhook secret
     try:
         resp = await client.post("/api/spawn", headers=admin,
                                  json={"model": "k2p5", "task": "tell me when done", "webhook_url": rec.url})
@@ -641,7 +669,7 @@ async def test_spawn_webhook_url_gets_that_agents_end_signed_with_the_key_secret
         await asyncio.sleep(0.3)
         assert len(rec.received) == 1 and rec.rejected == []
         assert got.event == "agent.completed" and got.payload["data"]["agent_id"] == agent_id
-        assert got.signature == expected_signature(boot["secret"], got.body)
+        assert got.signature == expected_signature(boot["webhook_secret"], got.body)
         listed = await (await client.get("/api/webhooks", headers=admin)).json()
         assert listed["count"] == 0  # a spawn's own hook is not an operator's webhook
         # Its one job done, it is forgotten (routing must not scan a list that only grows).

@@ -20,11 +20,11 @@ def _key_id(request: web.Request) -> str:
 
 
 def _signing_secret(request: web.Request, body: object) -> str | None:
-    """The caller's key secret signs its spawn's own webhook_url deliveries."""
+    """The caller's key's webhook secret signs its spawn's own webhook_url deliveries."""
     key = request.get(API_KEY)
     wants_hook = isinstance(body, dict) and (body.get("webhook_url") or any(
         isinstance(a, dict) and a.get("webhook_url") for a in body.get("agents", []) or []))
-    return key.secret if key is not None and wants_hook else None
+    return key.webhook_secret if key is not None and wants_hook else None
 
 
 def _audit_spawns(request: web.Request, body: dict, spawned: list[dict]) -> None:

@@ -1,4 +1,4 @@
-"""Key management over HTTP (admin:write): create, list, revoke, rotate."""
+"""Key management over HTTP (admin:write): create, list, revoke, rotate, rotate the webhook secret."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ async def create_key(request: web.Request) -> web.Response:
     except KeyError_ as exc:
         raise BadRequest(str(exc)) from None
     _audit(request, "create", new.key.key_id, {"name": new.key.name, "scopes": list(new.key.scopes)})
-    # The one time the token and secret are shown.
+    # The one time the token and secrets are shown.
     return json_response({"success": True, **new.reveal()}, status=201, headers={"Cache-Control": "no-store"})
 
 
@@ -69,3 +69,18 @@ async def rotate_key(request: web.Request) -> web.Response:
     _audit(request, "rotate", old_id, {"new_key_id": new.key.key_id, "old_key_expires_at": old["expires_at"]})
     return json_response({"success": True, **new.reveal(), "replaces": old_id, "old_key_expires_at": old["expires_at"]},
                          status=201, headers={"Cache-Control": "no-store"})
+
+
+async def rotate_webhook_secret(request: web.Request) -> web.Response:
+    key_id = request.match_info["key_id"]
+    services = request.app[SERVICES]
+    try:
+        secret, resigned = await services.webhooks.rotate_key_secret(services.keys, key_id)
+    except LookupError:
+        raise NotFound(f"API key '{key_id}' not found") from None
+    except KeyError_ as exc:
+        raise BadRequest(str(exc)) from None
+    _audit(request, "rotate_webhook_secret", key_id, {"pending_webhooks_resigned": resigned})
+    # The one time this secret is shown.
+    return json_response({"success": True, "key_id": key_id, "webhook_secret": secret,
+                          "pending_webhooks_resigned": resigned}, headers={"Cache-Control": "no-store"})

@@ -70,8 +70,8 @@ _LISTED = _obj(["agent_id", "model", "status", "task", "created_at", "estimated_
 _KEY = _obj(["key_id", "name", "scopes", "status", "require_signature", "created_at"], key_id=_STR, name=_STR,
             scopes={"type": "array", "items": _STR}, status=_STR, require_signature=_BOOL, created_at=_TIME)
 _NEW_KEY = _obj(["success", "key_id", "name", "token", "secret", "scopes", "require_signature"], success=_OK,
-                key_id=_STR, name=_STR, token=_STR, secret=_STR, scopes={"type": "array", "items": _STR},
-                require_signature=_BOOL)
+                key_id=_STR, name=_STR, token=_STR, secret=_STR, webhook_secret=_STR,
+                scopes={"type": "array", "items": _STR}, require_signature=_BOOL)
 _WHITELIST = _obj(["allowed_ips", "enforce", "log_violations"], allowed_ips={"type": "array", "items": _STR},
                   enforce=_BOOL, log_violations=_BOOL)
 _BLOCK = _obj(["ip", "reason", "blocked_at", "expires_at"], ip=_STR, reason=_STR, blocked_at=_TIME,
@@ -113,6 +113,9 @@ RESULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("DELETE", "/keys/{key_id}"): _obj(["success", "message", "key"], success=_OK, message=_STR, key=_KEY),
     ("POST", "/keys/{key_id}/rotate"): {**_NEW_KEY, "required": [*_NEW_KEY["required"], "replaces",
                                                                    "old_key_expires_at"]},
+    ("POST", "/keys/{key_id}/webhook-secret/rotate"): _obj(
+        ["success", "key_id", "webhook_secret", "pending_webhooks_resigned"], success=_OK, key_id=_STR,
+        webhook_secret=_STR, pending_webhooks_resigned=_INT),
     ("GET", "/security/ip-whitelist"): _WHITELIST,
     ("PUT", "/security/ip-whitelist"): {**_WHITELIST, "required": ["success", *_WHITELIST["required"]],
                                         "properties": {**_WHITELIST["properties"], "success": _OK}},

@@ -35,6 +35,7 @@ ROUTES = (
     ("GET", "/keys", keys.list_keys, ADMIN, "other"),
     ("DELETE", "/keys/{key_id}", keys.revoke_key, ADMIN, "other"),
     ("POST", "/keys/{key_id}/rotate", keys.rotate_key, ADMIN, "other"),
+    ("POST", "/keys/{key_id}/webhook-secret/rotate", keys.rotate_webhook_secret, ADMIN, "other"),
     ("GET", "/security/ip-whitelist", security.get_ip_whitelist, ADMIN, "other"),
     ("PUT", "/security/ip-whitelist", security.put_ip_whitelist, ADMIN, "other"),
     ("POST", "/security/block-ip", security.block_ip, ADMIN, "other"),

@@ -622,6 +622,7 @@
       $('new-key-id').textContent = body.key_id;
       $('new-key-token').textContent = body.token;
       $('new-key-secret').textContent = body.secret;
+      $('new-key-webhook-secret').textContent = body.webhook_secret || '';
       $('new-key').hidden = false;
       $('new-key-copy').textContent = 'Copy token';
       $('key-name').value = '';
@@ -634,7 +635,7 @@
   }
 
   function clearSecrets() {
-    for (const id of ['new-key-id', 'new-key-token', 'new-key-secret']) $(id).textContent = '';
+    for (const id of ['new-key-id', 'new-key-token', 'new-key-secret', 'new-key-webhook-secret']) $(id).textContent = '';
     $('new-key').hidden = true;
   }
 
