@@ -33,7 +33,7 @@ from .provider_pool import ProviderSlot
 from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimiter
 from .runtime import AgentRuntime
 from .signing import ReplayGuard
-from .store import Store
+from .store import CLOSE_GRACE, Store
 from .ttlcache import TTLCache
 from .webhooks import WebhookService
 
@@ -118,6 +118,7 @@ async def _persist_buckets(app: web.Application, services: Services) -> None:
     limiter: RequestLimiter = app[LIMITER]
     runtime = services.runtime
     last_prune = loop.time()
+    failing = False
     while True:
         await asyncio.sleep(interval)
         if loop.time() - last_prune >= _PRUNE_EVERY:
@@ -128,7 +129,14 @@ async def _persist_buckets(app: web.Application, services: Services) -> None:
         try:
             await loop.run_in_executor(None, services.bucket_file.save_if_changed)
         except OSError as exc:  # a full disk must not stop the daemon; the next round retries
-            log.error("could not save rate-limit counters: %s", exc)
+            # Said once per outage, not every few seconds into a log on the same full disk.
+            log.log(logging.DEBUG if failing else logging.ERROR, "could not save rate-limit counters: %s "
+                    "(retried every %g s)", exc, interval)
+            failing = True
+        else:
+            if failing:
+                log.info("rate-limit counters saved again")
+            failing = False
 
 
 def _budget_event(events: EventLog, budget: Budget, old: str, new: str, caches: dict[str, TTLCache]) -> None:
@@ -252,6 +260,9 @@ async def _lifecycle(app: web.Application):
     try:
         yield
     finally:
+        # With the disk full, writes waiting for space may hold the stop (runtime.stop
+        # saves the running agents) for this long at most, not until space returns.
+        store.give_up_after(CLOSE_GRACE)
         saver.cancel()
         key_refresher.cancel()
         maintenance.cancel()

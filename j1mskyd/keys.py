@@ -262,7 +262,7 @@ class KeyService:
     async def create(self, name: str, scopes: Iterable[str] | str, require_signature: bool = False) -> NewKey:
         new, insert = make_key(name, scopes, self.store.cipher, require_signature=require_signature,
                                now=self.clock())
-        await self.store.write(insert)
+        await self.store.write(insert, fail_fast=True)
         await self.reload()
         return new
 
@@ -276,7 +276,7 @@ class KeyService:
         if not force and ADMIN in key.scopes and key.state(now) == "active" and not any(
                 k.key_id != key_id and ADMIN in k.scopes and k.state(now) == "active" for k in self.ring.keys.values()):
             raise LastAdminKey(f"{key_id} is the last active admin key; create another admin key before revoking it")
-        await self.store.write(revoke_statement(key_id, reason, self.clock()))
+        await self.store.write(revoke_statement(key_id, reason, self.clock()), fail_fast=True)
         await self.reload()
         return self.get(key_id)
 
@@ -286,7 +286,8 @@ class KeyService:
             raise KeyError_(f"{key_id} is {old.state(self.clock())}; only an active key can be rotated")
         new, insert = make_key(old.name, old.scopes, self.store.cipher, require_signature=old.require_signature,
                                now=self.clock())
-        await self.store.write(insert, *rotate_statements(old, new, self.grace_seconds, self.clock()))
+        await self.store.write(insert, *rotate_statements(old, new, self.grace_seconds, self.clock()),
+                               fail_fast=True)
         await self.reload()
         return new
 
