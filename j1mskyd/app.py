@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from . import statedir
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
@@ -188,7 +189,7 @@ async def _lifecycle(app: web.Application):
     config: Config = app[CONFIG]
     loop = asyncio.get_running_loop()
     state_dir = Path(config.server.state_dir)
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    statedir.prepare(str(state_dir))  # 0700 before anything is read or written there
     store = Store(state_db_path(config), synchronous=config.store.synchronous)
     await loop.run_in_executor(None, store.open)
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from .crypto import KEY_FILE, DataCipher, load_or_create_key
+from .crypto import KEY_FILE, DataCipher, DecryptError, load_or_create_key
 from .errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
@@ -274,18 +274,40 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+# Where sealed values live, with the column that completes their context ("<id>/<column>").
+_SEALED_SAMPLES = (("agents", "agent_id", "task"), ("api_keys", "key_id", "secret"))
+# A known constant sealed with the data key in ``settings``: the key is checked at every start,
+# even when the database holds nothing else sealed that a wrong key would fail on yet.
+KEY_CHECK = "data_key_check"
+_KEY_CHECK_TEXT = "j1msky data key check v1"
+
+
+def _sealed_sample(conn: sqlite3.Connection) -> tuple[str, str] | None:
+    """One sealed value of the database and its context, or None when nothing is sealed."""
+    for table, id_column, column in _SEALED_SAMPLES:
+        try:
+            row = conn.execute(f"SELECT {id_column}, {column} FROM {table} WHERE {column} LIKE 'enc1:%' "
+                               "LIMIT 1").fetchone()
+        except sqlite3.OperationalError:  # an older schema without that table
+            continue
+        if row is not None:
+            return row[1], f"{row[0]}/{column}"
+    return None
+
+
 def _has_sealed_data(path: str) -> bool:
-    conn = sqlite3.connect(path)
-    try:
-        for table, column in (("agents", "task"), ("api_keys", "secret")):
-            try:
-                if conn.execute(f"SELECT 1 FROM {table} WHERE {column} LIKE 'enc1:%' LIMIT 1").fetchone():
-                    return True
-            except sqlite3.OperationalError:  # an older schema without that table
-                continue
-        return False
-    finally:
-        conn.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return _sealed_sample(conn) is not None
+
+
+def database_problem(path: str, exc: sqlite3.Error) -> str:
+    """``<path>: <reason>; <what to do>``, one line for an operator whose database cannot be used."""
+    if isinstance(exc, sqlite3.OperationalError):  # locked, unreadable, no space: the file may be fine
+        hint = "check that the state dir is writable by this user and that its disk has space"
+    else:  # not a database, or damaged
+        hint = (f"restore it together with data.key from your backup, or move {os.path.basename(path)} and its "
+                "-wal/-shm files aside to start with an empty database")
+    return f"{path}: {exc}; {hint}"
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -344,22 +366,70 @@ class Store:
         # One daemon per database: a second one would re-run the first one's agents.
         if self._exclusive:
             self._lock()
+        try:
+            self._open()
+        except BaseException as exc:
+            for conn in (self._wconn, self._rconn):
+                if conn is not None:
+                    conn.close()
+            self._wconn = self._rconn = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            if isinstance(exc, sqlite3.Error):  # not a database, damaged, unreadable: say which, and what to do
+                raise StoreError(database_problem(self.path, exc)) from exc
+            raise
+
+    def _open(self) -> None:
         existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        key_path = os.path.join(os.path.dirname(self.path) or ".", KEY_FILE)
         if self._encrypt:
-            state_dir = os.path.dirname(self.path) or "."
-            if existed and not os.path.exists(os.path.join(state_dir, KEY_FILE)) and _has_sealed_data(self.path):
+            if existed and not os.path.exists(key_path) and _has_sealed_data(self.path):
                 # A new key could never open the old data, and would hide that it is gone.
-                raise StoreError(f"{os.path.join(state_dir, KEY_FILE)} is missing but {self.path} holds data "
+                raise StoreError(f"{key_path} is missing but {self.path} holds data "
                                  "encrypted with it: restore data.key from the backup you made with the database")
-            self.cipher = DataCipher(load_or_create_key(state_dir))
+            try:
+                self.cipher = DataCipher(load_or_create_key(os.path.dirname(key_path)))
+            except DecryptError as exc:  # a damaged key file
+                raise StoreError(f"{exc}; restore data.key from the backup you made with the database") from None
         self._wconn = _connect(self.path, self._synchronous)
         # Checkpoints are ours (see _flush_loop): sqlite's automatic one would run inside
         # whichever commit crosses the threshold, possibly on the event loop.
         self._wconn.execute("PRAGMA wal_autocheckpoint=0")
         migrate(self._wconn)
+        if self.cipher is not None:
+            self._check_data_key(key_path)
         self._rconn = _connect(self.path, self._synchronous)
+
+    def _check_data_key(self, key_path: str) -> None:
+        """Refuse a data key that is not the one this database was sealed with.
+
+        The check value is written the first time a key opens the database (a new one, or
+        one from before the check existed, once a sealed value there opened with it).
+        """
+        assert self.cipher is not None and self._wconn is not None
+        row = self._wconn.execute("SELECT value FROM settings WHERE name = ?", (KEY_CHECK,)).fetchone()
+        try:
+            if row is not None:
+                right = self.cipher.decrypt(row[0], KEY_CHECK) == _KEY_CHECK_TEXT
+            else:
+                sample = _sealed_sample(self._wconn)
+                right = sample is None or self.cipher.decrypt(*sample) is not None
+        except (DecryptError, ValueError):  # wrong key, or a mangled value
+            right = False
+        if not right:
+            raise StoreError(f"{key_path}: not the data key {self.path} was encrypted with; put back the "
+                             "data.key backed up with this database (or restore both from the same backup)")
+        if row is None:
+            try:
+                self._wconn.execute("INSERT OR IGNORE INTO settings (name, value, updated_at) VALUES (?, ?, ?)",
+                                    (KEY_CHECK, self.cipher.encrypt(_KEY_CHECK_TEXT, KEY_CHECK), time.time()))
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+                log.warning("data key check value not written yet (%s); written at a later start", exc)
 
     def _lock(self) -> None:
         self._lock_fd = os.open(self.path + ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
