@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from .crypto import KEY_FILE, DataCipher, DecryptError, load_or_create_key
+from .crypto import CHECK_CONTEXT, KEY_FILE, DataCipher, DecryptError, load_or_create_key
 from .errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
@@ -276,10 +276,9 @@ def _statements(script: str) -> list[str]:
 
 # Where sealed values live, with the column that completes their context ("<id>/<column>").
 _SEALED_SAMPLES = (("agents", "agent_id", "task"), ("api_keys", "key_id", "secret"))
-# A known constant sealed with the data key in ``settings``: the key is checked at every start,
-# even when the database holds nothing else sealed that a wrong key would fail on yet.
-KEY_CHECK = "data_key_check"
-_KEY_CHECK_TEXT = "j1msky data key check v1"
+# The settings row holding the data key's check value (crypto.DataCipher.seal_check): the key is
+# checked at every start, even when nothing else sealed would fail on a wrong key yet.
+KEY_CHECK = CHECK_CONTEXT
 
 
 def _sealed_sample(conn: sqlite3.Connection) -> tuple[str, str] | None:
@@ -411,21 +410,18 @@ class Store:
         """
         assert self.cipher is not None and self._wconn is not None
         row = self._wconn.execute("SELECT value FROM settings WHERE name = ?", (KEY_CHECK,)).fetchone()
-        try:
-            if row is not None:
-                right = self.cipher.decrypt(row[0], KEY_CHECK) == _KEY_CHECK_TEXT
-            else:
-                sample = _sealed_sample(self._wconn)
-                right = sample is None or self.cipher.decrypt(*sample) is not None
-        except (DecryptError, ValueError):  # wrong key, or a mangled value
-            right = False
+        if row is not None:
+            right = self.cipher.opens_check(row[0])
+        else:
+            sample = _sealed_sample(self._wconn)
+            right = sample is None or self.cipher.opens(*sample)
         if not right:
             raise StoreError(f"{key_path}: not the data key {self.path} was encrypted with; put back the "
                              "data.key backed up with this database (or restore both from the same backup)")
         if row is None:
             try:
                 self._wconn.execute("INSERT OR IGNORE INTO settings (name, value, updated_at) VALUES (?, ?, ?)",
-                                    (KEY_CHECK, self.cipher.encrypt(_KEY_CHECK_TEXT, KEY_CHECK), time.time()))
+                                    (KEY_CHECK, self.cipher.seal_check(), time.time()))
             except sqlite3.OperationalError as exc:
                 if not is_disk_full(exc):
                     raise
@@ -472,7 +468,7 @@ class Store:
         if self._closed:
             raise StoreError("store is closed")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if fail_fast and self.full is not None:
+        if fail_fast and self.full is not None:  # known full (and probed until it is not): no need to try
             fut.set_exception(self._refusal())
             return fut
         self._pending.append((list(statements), fut, fail_fast))
@@ -527,7 +523,13 @@ class Store:
         loop = asyncio.get_running_loop()
         delay = _RETRY_FIRST
         try:
-            while self._pending:
+            while self._pending or (self.full is not None and self._give_up_at is None):
+                if not self._pending:
+                    # Full, and nothing waits (only refused requests were in the group): keep
+                    # finding out with a one-page write, so that /health and spawns see space return.
+                    probe: asyncio.Future[None] = loop.create_future()
+                    probe.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it
+                    self._pending.append(([(f"PRAGMA user_version = {SCHEMA_VERSION}", ())], probe, False))
                 batch, self._pending = self._pending, []
                 units = [u for u, _, _ in batch]
                 try:
@@ -566,9 +568,10 @@ class Store:
                               exc: Exception, delay: float) -> None:
         """The group found the disk full and was rolled back whole: requeue its units ahead
         of newer ones (same order), refuse the fail-fast ones, and back off."""
-        self._pending[:0] = [item for item in batch if not item[2]]
+        waiting = batch + self._pending  # those queued meanwhile too: a request must not wait a backoff
+        self._pending = [item for item in waiting if not item[2]]
         self._set_full(str(exc))
-        for _, fut, fail_fast in batch:
+        for _, fut, fail_fast in waiting:
             if fail_fast and not fut.done():
                 fut.set_exception(self._refusal())
         loop = asyncio.get_running_loop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -57,6 +56,11 @@ def on_disk(state: Path) -> tuple[dict[str, str], int]:
     return statuses, ledger
 
 
+async def on_disk_completed(state: Path, *ids: str) -> bool:
+    saved, _ = on_disk(state)
+    return all(saved.get(i) == "completed" for i in ids)
+
+
 async def test_full_disk_keeps_results_and_ledger(aiohttp_client, tmp_path, small_fs, fake_upstream):
     fake_upstream.delay = 1.0  # agents are in flight while the disk fills
     base = make_config(tmp_path, runtime={"max_concurrency": 2})
@@ -97,10 +101,7 @@ async def test_full_disk_keeps_results_and_ledger(aiohttp_client, tmp_path, smal
     assert (await get(f"/api/agent/{ids[0]}"))[1]["result"] == "fake reply"
 
     filler.unlink()
-    async def all_saved():
-        saved, _ = on_disk(state)
-        return all(saved[i] == "completed" for i in ids)
-    await eventually(all_saved, 60, "every agent saved as completed")
+    await eventually(lambda: on_disk_completed(state, *ids), 60, "every agent saved as completed")
     for agent_id in ids:
         status, agent = await get(f"/api/agent/{agent_id}")
         assert agent["status"] == "completed" and agent["result"] == "fake reply"
@@ -111,5 +112,5 @@ async def test_full_disk_keeps_results_and_ledger(aiohttp_client, tmp_path, smal
     assert health["status"] == "healthy" and health["reasons"] == []
     resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "space is back"})
     assert resp.status == 200
-    await client.close()
-    assert not os.path.exists(filler)
+    last = (await resp.json())["agent_id"]
+    await eventually(lambda: on_disk_completed(state, last), 60, "the new agent saved")

@@ -83,6 +83,20 @@ async def test_a_clients_write_fails_fast_with_507_and_changes_nothing(store):
     assert names(store) == ["result"]
 
 
+async def test_space_coming_back_is_noticed_without_other_writes(store):
+    """Only a refused spawn found the disk full: the store keeps probing, so /health and the next
+    spawn see the space return (they would otherwise be refused for ever)."""
+    disk = store._wconn = FullDisk(store._wconn)
+    with pytest.raises(StoreFull):
+        await store.write((INSERT, ("spawn", "1")), fail_fast=True)
+    await until(lambda: disk.failures >= 2, "a probe")
+    assert store.full is not None
+    disk.full = False
+    await until(lambda: store.full is None, "the probe to find space")
+    await store.write((INSERT, ("spawn", "2")), fail_fast=True)
+    assert [tuple(r) for r in store.read_sync(lambda c: c.execute("SELECT name, value FROM settings"))] == [("spawn", "2")]
+
+
 async def test_a_unit_that_finds_the_disk_full_holds_its_whole_group(store):
     """A unit failing for space is not "this unit's fault": the group waits whole, so a later
     unit (an agent's final state) can never land before an earlier one (its start)."""
