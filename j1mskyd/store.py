@@ -230,6 +230,8 @@ _INLINE_UNITS = 8          # batches up to this size commit on the loop (synchro
 _CHECKPOINT_EVERY = 256    # commits between WAL checkpoints (about 1-4 MB of WAL)
 _RETRY_FIRST = 0.05        # seconds before the first retry of a group that found the disk full
 _RETRY_MAX = 2.0           # the longest wait between retries: space that returns is used soon
+# Rewrites the database header's page (same value): a real write, to find out whether space is back.
+_PROBE: list[Statement] = [(f"PRAGMA user_version = {len(MIGRATIONS)}", ())]
 CLOSE_GRACE = 10.0         # at stop, how long writes wait for space (systemd's TimeoutStopSec is 20 s)
 
 
@@ -529,7 +531,7 @@ class Store:
                     # finding out with a one-page write, so that /health and spawns see space return.
                     probe: asyncio.Future[None] = loop.create_future()
                     probe.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it
-                    self._pending.append(([(f"PRAGMA user_version = {SCHEMA_VERSION}", ())], probe, False))
+                    self._pending.append((_PROBE, probe, False))
                 batch, self._pending = self._pending, []
                 units = [u for u, _, _ in batch]
                 try:
@@ -578,7 +580,7 @@ class Store:
         if self._give_up_at is not None and loop.time() >= self._give_up_at:
             lost, self._pending = self._pending, []
             log.error("stopping with a full disk: %d writes could not be saved (agents they finish run "
-                      "again at the next start)", len(lost))
+                      "again at the next start)", sum(unit is not _PROBE for unit, _, _ in lost))
             for _, fut, _ in lost:
                 if not fut.done():
                     fut.set_exception(self._refusal())

@@ -82,6 +82,8 @@ async def test_full_disk_keeps_results_and_ledger(aiohttp_client, tmp_path, smal
         assert resp.status == 200, await resp.text()
         ids.append((await resp.json())["agent_id"])
 
+    status, health = await get("/api/health")  # now cached for up to a second: the change must show at once
+    assert health["status"] == "healthy" and health["reasons"] == []
     filler = fill(small_fs)
     resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "one too many"})
     body = await resp.json()
