@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sqlite3
 import sys
 
 from . import __version__
@@ -18,6 +19,23 @@ def _load(args: argparse.Namespace):
         # One "file: key: reason" line per problem ("file: reason" for whole-file ones).
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _loop_for_serve(refusals: tuple[type[BaseException], ...]):
+    """A new event loop for run_app.  aiohttp 3.8 hands an exception raised at start-up to the
+    loop's exception handler ("unhandled exception during asyncio.run() shutdown", with its
+    traceback) besides raising it; cmd_serve reports a refusal in one line, so that one report
+    is dropped.  Everything else reaches the default handler."""
+    import asyncio
+    loop = asyncio.new_event_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if not (isinstance(context.get("exception"), refusals)
+                and context.get("message", "").startswith("unhandled exception during asyncio.run() shutdown")):
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    return loop
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -39,8 +57,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     from aiohttp import web
 
-    from .app import build_app
-    from .store import StoreError
+    from .app import build_app, state_db_path
+    from .store import StoreError, database_problem
+    # Port taken, state dir unwritable, loose or in use, database damaged, wrong data.key.
+    refusals = (OSError, StoreError, sqlite3.DatabaseError)
     app = build_app(config)
     log = logging.getLogger("j1mskyd")
 
@@ -52,9 +72,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # the cleanup context persists in-flight agents and closes the database.
     try:
         web.run_app(app, host=config.server.host, port=config.server.port, shutdown_timeout=5.0,
-                    print=listening, access_log=None)
-    except (OSError, StoreError) as exc:  # port taken, state dir unwritable or in use: say so, no traceback
+                    print=listening, access_log=None, loop=_loop_for_serve(refusals))
+    except refusals as exc:  # one line that says what and what to do, no traceback
         logging.getLogger("j1mskyd").debug("start failed", exc_info=True)
+        if isinstance(exc, sqlite3.DatabaseError):  # damage found past the header, loading the state
+            exc = database_problem(state_db_path(config), exc)
         print(f"j1mskyd: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -239,6 +239,8 @@ class AgentService:
         """
         if agent.status not in A.TERMINAL:
             return agent
+        if self.store.full is not None:  # the write waits for disk space: what memory holds, at once
+            return agent
         try:
             async with asyncio.timeout(_SETTLE_WAIT):
                 return await asyncio.shield(self.runtime.wait(agent.agent_id))
@@ -339,7 +341,7 @@ class AgentService:
         now = self.runtime.clock()
         await self.store.write(
             ("UPDATE agents SET task = '', result = NULL, purged_at = ? WHERE agent_id = ? OR parent_id = ?",
-             (now, agent.agent_id, agent.agent_id)))
+             (now, agent.agent_id, agent.agent_id)), fail_fast=True)
         return {"success": True, "message": "Agent data deleted", "agent_id": agent_id}
 
     async def purge_expired(self) -> None:

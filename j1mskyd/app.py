@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from . import statedir
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
@@ -33,7 +34,7 @@ from .provider_pool import ProviderSlot
 from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimiter
 from .runtime import AgentRuntime
 from .signing import ReplayGuard
-from .store import Store
+from .store import CLOSE_GRACE, Store
 from .ttlcache import TTLCache
 from .webhook_client import webhook_session
 from .webhook_targets import policy_from
@@ -120,6 +121,7 @@ async def _persist_buckets(app: web.Application, services: Services) -> None:
     limiter: RequestLimiter = app[LIMITER]
     runtime = services.runtime
     last_prune = loop.time()
+    failing = False
     while True:
         await asyncio.sleep(interval)
         if loop.time() - last_prune >= _PRUNE_EVERY:
@@ -130,7 +132,14 @@ async def _persist_buckets(app: web.Application, services: Services) -> None:
         try:
             await loop.run_in_executor(None, services.bucket_file.save_if_changed)
         except OSError as exc:  # a full disk must not stop the daemon; the next round retries
-            log.error("could not save rate-limit counters: %s", exc)
+            # Said once per outage, not every few seconds into a log on the same full disk.
+            log.log(logging.DEBUG if failing else logging.ERROR, "could not save rate-limit counters: %s "
+                    "(retried every %g s)", exc, interval)
+            failing = True
+        else:
+            if failing:
+                log.info("rate-limit counters saved again")
+            failing = False
 
 
 def _budget_event(events: EventLog, budget: Budget, old: str, new: str, caches: dict[str, TTLCache]) -> None:
@@ -182,7 +191,7 @@ async def _lifecycle(app: web.Application):
     config: Config = app[CONFIG]
     loop = asyncio.get_running_loop()
     state_dir = Path(config.server.state_dir)
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    statedir.prepare(str(state_dir))  # 0700 before anything is read or written there
     store = Store(state_db_path(config), synchronous=config.store.synchronous)
     await loop.run_in_executor(None, store.open)
 
@@ -260,6 +269,9 @@ async def _lifecycle(app: web.Application):
     try:
         yield
     finally:
+        # With the disk full, writes waiting for space may hold the stop (runtime.stop
+        # saves the running agents) for this long at most, not until space returns.
+        store.give_up_after(CLOSE_GRACE)
         saver.cancel()
         key_refresher.cancel()
         maintenance.cancel()

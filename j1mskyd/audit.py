@@ -105,7 +105,7 @@ class AuditLog:
         value = json.dumps(asdict(new))
         await self.store.write(("INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) "
                                 "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                                (SETTING, value, self.clock())))
+                                (SETTING, value, self.clock())), fail_fast=True)
         self.settings = new
         return new
 

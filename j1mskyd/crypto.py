@@ -16,6 +16,10 @@ from typing import Any
 
 PREFIX = "enc1:"
 KEY_FILE = "data.key"
+# A known constant sealed with the data key: stored beside the data (the store keeps it in
+# ``settings``), it tells at start whether data.key is the key that data was sealed with.
+CHECK_CONTEXT = "data_key_check"
+_CHECK_TEXT = "j1msky data key check v1"
 
 
 class DecryptError(Exception):
@@ -68,3 +72,20 @@ class DataCipher:
             return self._impl().decrypt(raw[:12], raw[12:], context.encode()).decode("utf-8")
         except InvalidTag:
             raise DecryptError(f"cannot decrypt {context}: wrong data key or tampered value") from None
+
+    def seal_check(self) -> str:
+        """The check value of this key (see CHECK_CONTEXT)."""
+        sealed = self.encrypt(_CHECK_TEXT, CHECK_CONTEXT)
+        assert sealed is not None
+        return sealed
+
+    def opens(self, value: str, context: str, expected: str | None = None) -> bool:
+        """Does this key open ``value`` sealed for ``context`` (to ``expected``, when given)?"""
+        try:
+            text = self.decrypt(value, context)
+        except (DecryptError, ValueError):  # another key, or a mangled value
+            return False
+        return expected is None or text == expected
+
+    def opens_check(self, value: str) -> bool:
+        return self.opens(value, CHECK_CONTEXT, _CHECK_TEXT)

@@ -85,3 +85,11 @@ class RateLimited(ApiError):
 class ServiceUnavailable(ApiError):
     status = 503
     type = "SERVICE_UNAVAILABLE"
+
+
+class InsufficientStorage(ApiError):
+    """507: the state dir's disk is full, so this request's write was refused (nothing changed).
+    Work already accepted is kept in memory and saved once space returns."""
+
+    status = 507
+    type = "INSUFFICIENT_STORAGE"

@@ -95,7 +95,7 @@ class IpControl:
         value = json.dumps({"allowed_ips": normalised, "enforce": enforce, "log_violations": log_violations})
         await self.store.write(("INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) "
                                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value, "
-                                "updated_at = excluded.updated_at", (SETTING, value, self.clock())))
+                                "updated_at = excluded.updated_at", (SETTING, value, self.clock())), fail_fast=True)
         self._apply(normalised, enforce, log_violations)
         return self.whitelist()
 
@@ -143,7 +143,7 @@ class IpControl:
         await self.store.write(
             ("DELETE FROM ip_blocks WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)),
             ("INSERT OR REPLACE INTO ip_blocks (ip, reason, created_at, expires_at) VALUES (?, ?, ?, ?)",
-             (block.ip, block.reason, block.created_at, block.expires_at)))
+             (block.ip, block.reason, block.created_at, block.expires_at)), fail_fast=True)
         self.blocks[block.ip] = block
         return block
 
@@ -152,7 +152,7 @@ class IpControl:
         key = str(addr) if addr is not None else ip
         if key not in self.blocks:
             return False
-        await self.store.write(("DELETE FROM ip_blocks WHERE ip = ?", (key,)))
+        await self.store.write(("DELETE FROM ip_blocks WHERE ip = ?", (key,)), fail_fast=True)
         del self.blocks[key]
         return True
 

@@ -445,7 +445,7 @@ class KeyService:
     async def create(self, name: str, scopes: Iterable[str] | str, require_signature: bool = False) -> NewKey:
         new, insert = make_key(name, scopes, self.store.cipher, require_signature=require_signature,
                                now=self.clock())
-        await self.store.write(insert)
+        await self.store.write(insert, fail_fast=True)
         await self.reload()
         return new
 
@@ -459,7 +459,7 @@ class KeyService:
         if not force and ADMIN in key.scopes and key.state(now) == "active" and not any(
                 k.key_id != key_id and ADMIN in k.scopes and k.state(now) == "active" for k in self.ring.keys.values()):
             raise LastAdminKey(f"{key_id} is the last active admin key; create another admin key before revoking it")
-        await self.store.write(revoke_statement(key_id, reason, self.clock()))
+        await self.store.write(revoke_statement(key_id, reason, self.clock()), fail_fast=True)
         await self.reload()
         return self.get(key_id)
 
@@ -477,7 +477,7 @@ class KeyService:
                                  f"{iso(old.expires_at)}; rotate {successor.key_id} instead")
         new, insert = make_key(old.name, old.scopes, self.store.cipher, require_signature=old.require_signature,
                                now=now, webhook_secret=old.own_webhook_secret)
-        await self.store.write(*rotate_statements(old, insert, new, self.grace_seconds, now))
+        await self.store.write(*rotate_statements(old, insert, new, self.grace_seconds, now), fail_fast=True)
         await self.reload()
         if new.key.key_id not in self.ring.keys:  # another rotation or a revocation came first
             raise AlreadyRotated(f"{key_id} was rotated or revoked meanwhile; nothing was changed")
@@ -495,7 +495,8 @@ class KeyService:
             raise KeyError_(f"{key_id} was rotated to {key.rotated_to}, which holds its webhook secret now: "
                             "rotate that key's")
         secret = new_webhook_secret()
-        await self.store.write(webhook_secret_statement(key, secret, self.store.cipher), *also(secret))
+        await self.store.write(webhook_secret_statement(key, secret, self.store.cipher), *also(secret),
+                               fail_fast=True)
         await self.reload()
         return secret
 

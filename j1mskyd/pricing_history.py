@@ -164,7 +164,7 @@ class PricingHistory:
         # The WHERE makes a racing second close a no-op rather than a rewrite of the first.
         await self.store.write(("UPDATE pricing_exceptions SET closed_at = ?, closed_by = ?, resolution = ? "
                                 "WHERE exception_id = ? AND closed_at IS NULL",
-                                (now, closed_by, resolution, exception_id)))
+                                (now, closed_by, resolution, exception_id)), fail_fast=True)
         closed = await self.exception(exception_id)
         assert closed is not None
         return closed

@@ -195,6 +195,7 @@ class BucketFile:
     """Atomic JSON persistence of :class:`Buckets`; writes only when they changed."""
 
     VERSION = 1
+    TEMP_PREFIX = ".ratelimits."  # save_if_changed's temp files; one left behind means a kill mid-save
 
     def __init__(self, path: str, buckets: Buckets) -> None:
         self.path = path
@@ -202,6 +203,9 @@ class BucketFile:
         self.writes = 0
 
     def load(self) -> int:
+        """Read the counters back (at start, with the state dir's lock held: no save can be
+        under way), after removing the temp files of saves that a kill -9 interrupted."""
+        self.remove_orphans()
         try:
             with open(self.path, "rb") as fh:
                 data = json.loads(fh.read())
@@ -216,6 +220,21 @@ class BucketFile:
             return 0
         return self.buckets.load(data.get("buckets"))
 
+    def remove_orphans(self) -> int:
+        directory = os.path.dirname(self.path) or "."
+        removed = 0
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(self.TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                    try:
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        continue
+                    removed += 1
+        if removed:
+            log.info("removed %d temp files of interrupted rate-limit saves in %s", removed, directory)
+        return removed
+
     def save_if_changed(self) -> bool:
         if not self.buckets.changed:
             return False
@@ -227,7 +246,7 @@ class BucketFile:
             self.buckets.changed = True
             raise
         directory = os.path.dirname(self.path) or "."
-        fd, tmp = tempfile.mkstemp(prefix=".ratelimits.", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=self.TEMP_PREFIX, dir=directory)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(payload)

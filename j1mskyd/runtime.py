@@ -136,7 +136,7 @@ class AgentRuntime:
                     event, stmts = self.events.statements("agent.spawned", agent_event_data(agent))
                     events.append(event)
                     statements.extend(stmts)
-        await self.store.write(*statements)
+        await self.store.write(*statements, fail_fast=True)  # a client waits: 507 on a full disk, no hang
         if events:
             self.events.published(events)
         for agent in agents:

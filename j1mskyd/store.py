@@ -9,20 +9,33 @@ caller still never hears "done" before its row is on disk.
 
 ``synchronous = "normal"`` (the default) survives a crash or kill of the daemon;
 ``"full"`` also survives a power cut at the price of an fsync per commit.
+
+A full disk is survived here, in one place.  A group that fails for lack of space
+("database or disk is full") is rolled back whole; its units stay queued, in order,
+and are retried with backoff until they commit, while their callers keep waiting
+and the data stays in memory: an agent's result, its ledger row, an event and its
+webhook outbox rows are never dropped.  Only a unit submitted with
+``fail_fast=True`` (a client's request: a spawn, a new key) is refused instead, with
+:class:`StoreFull` (HTTP 507), and so is every such unit while the disk stays full.
+Reads go on meanwhile.  :attr:`Store.full` says why writes wait (``/health``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import fcntl
 import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from .crypto import KEY_FILE, DataCipher, load_or_create_key
+from .crypto import CHECK_CONTEXT, KEY_FILE, DataCipher, DecryptError, load_or_create_key
+from .errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -222,10 +235,29 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 _INLINE_UNITS = 8          # batches up to this size commit on the loop (synchronous=normal)
 _CHECKPOINT_EVERY = 256    # commits between WAL checkpoints (about 1-4 MB of WAL)
+_RETRY_FIRST = 0.05        # seconds before the first retry of a group that found the disk full
+_RETRY_MAX = 2.0           # the longest wait between retries: space that returns is used soon
+# Rewrites the database header's page (same value): a real write, to find out whether space is back.
+_PROBE: list[Statement] = [(f"PRAGMA user_version = {len(MIGRATIONS)}", ())]
+CLOSE_GRACE = 10.0         # at stop, how long writes wait for space (systemd's TimeoutStopSec is 20 s)
 
 
 class StoreError(Exception):
     pass
+
+
+class StoreFull(StoreError, InsufficientStorage):
+    """A write refused because the disk is full: 507 ``INSUFFICIENT_STORAGE`` to a client."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Did this fail for lack of space (SQLITE_FULL, ENOSPC, EDQUOT)?"""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)  # absent on an exception made by hand
+        if code is not None:
+            return code & 0xFF == sqlite3.SQLITE_FULL
+        return "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _connect(path: str, synchronous: str) -> sqlite3.Connection:
@@ -251,18 +283,39 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+# Where sealed values live, with the column that completes their context ("<id>/<column>").
+_SEALED_SAMPLES = (("agents", "agent_id", "task"), ("api_keys", "key_id", "secret"))
+# The settings row holding the data key's check value (crypto.DataCipher.seal_check): the key is
+# checked at every start, even when nothing else sealed would fail on a wrong key yet.
+KEY_CHECK = CHECK_CONTEXT
+
+
+def _sealed_sample(conn: sqlite3.Connection) -> tuple[str, str] | None:
+    """One sealed value of the database and its context, or None when nothing is sealed."""
+    for table, id_column, column in _SEALED_SAMPLES:
+        try:
+            row = conn.execute(f"SELECT {id_column}, {column} FROM {table} WHERE {column} LIKE 'enc1:%' "
+                               "LIMIT 1").fetchone()
+        except sqlite3.OperationalError:  # an older schema without that table
+            continue
+        if row is not None:
+            return row[1], f"{row[0]}/{column}"
+    return None
+
+
 def _has_sealed_data(path: str) -> bool:
-    conn = sqlite3.connect(path)
-    try:
-        for table, column in (("agents", "task"), ("api_keys", "secret")):
-            try:
-                if conn.execute(f"SELECT 1 FROM {table} WHERE {column} LIKE 'enc1:%' LIMIT 1").fetchone():
-                    return True
-            except sqlite3.OperationalError:  # an older schema without that table
-                continue
-        return False
-    finally:
-        conn.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return _sealed_sample(conn) is not None
+
+
+def database_problem(path: str, exc: sqlite3.Error) -> str:
+    """``<path>: <reason>; <what to do>``, one line for an operator whose database cannot be used."""
+    if isinstance(exc, sqlite3.OperationalError):  # locked, unreadable, no space: the file may be fine
+        hint = "check that the state dir is writable by this user and that its disk has space"
+    else:  # not a database, or damaged
+        hint = (f"restore it together with data.key from your backup, or move {os.path.basename(path)} and its "
+                "-wal/-shm files aside to start with an empty database")
+    return f"{path}: {exc}; {hint}"
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -300,10 +353,17 @@ class Store:
         self._rlock = threading.Lock()
         self._lock_fd: int | None = None
         self._commits_since_checkpoint = 0
-        self._pending: list[tuple[list[Statement], asyncio.Future[None]]] = []
+        self._pending: list[tuple[list[Statement], asyncio.Future[None], bool]] = []  # (unit, done, fail_fast)
         self._flushing: asyncio.Task[None] | None = None
         self._closed = False
         self.commits = 0  # number of transactions committed (benchmarks read it)
+        # Why writes are waiting ("database or disk is full"), None while they commit.
+        self.full: str | None = None
+        self.full_since: float | None = None  # time.time() of the first failure of this outage
+        self.state_changes = 0  # bumped when ``full`` changes (GET /health's cache keys on it)
+        self._stalled = asyncio.Event()   # set while the disk is full: flush() stops waiting
+        self._wake = asyncio.Event()      # cuts a retry's backoff short (at stop)
+        self._give_up_at: float | None = None  # loop time after which waiting writes are dropped
 
     # -- lifecycle -------------------------------------------------------------
     def open(self) -> None:
@@ -314,22 +374,67 @@ class Store:
         # One daemon per database: a second one would re-run the first one's agents.
         if self._exclusive:
             self._lock()
+        try:
+            self._open()
+        except BaseException as exc:
+            for conn in (self._wconn, self._rconn):
+                if conn is not None:
+                    conn.close()
+            self._wconn = self._rconn = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            if isinstance(exc, sqlite3.Error):  # not a database, damaged, unreadable: say which, and what to do
+                raise StoreError(database_problem(self.path, exc)) from exc
+            raise
+
+    def _open(self) -> None:
         existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        key_path = os.path.join(os.path.dirname(self.path) or ".", KEY_FILE)
         if self._encrypt:
-            state_dir = os.path.dirname(self.path) or "."
-            if existed and not os.path.exists(os.path.join(state_dir, KEY_FILE)) and _has_sealed_data(self.path):
+            if existed and not os.path.exists(key_path) and _has_sealed_data(self.path):
                 # A new key could never open the old data, and would hide that it is gone.
-                raise StoreError(f"{os.path.join(state_dir, KEY_FILE)} is missing but {self.path} holds data "
+                raise StoreError(f"{key_path} is missing but {self.path} holds data "
                                  "encrypted with it: restore data.key from the backup you made with the database")
-            self.cipher = DataCipher(load_or_create_key(state_dir))
+            try:
+                self.cipher = DataCipher(load_or_create_key(os.path.dirname(key_path)))
+            except DecryptError as exc:  # a damaged key file
+                raise StoreError(f"{exc}; restore data.key from the backup you made with the database") from None
         self._wconn = _connect(self.path, self._synchronous)
         # Checkpoints are ours (see _flush_loop): sqlite's automatic one would run inside
         # whichever commit crosses the threshold, possibly on the event loop.
         self._wconn.execute("PRAGMA wal_autocheckpoint=0")
         migrate(self._wconn)
+        if self.cipher is not None:
+            self._check_data_key(key_path)
         self._rconn = _connect(self.path, self._synchronous)
+
+    def _check_data_key(self, key_path: str) -> None:
+        """Refuse a data key that is not the one this database was sealed with.
+
+        The check value is written the first time a key opens the database (a new one, or
+        one from before the check existed, once a sealed value there opened with it).
+        """
+        assert self.cipher is not None and self._wconn is not None
+        row = self._wconn.execute("SELECT value FROM settings WHERE name = ?", (KEY_CHECK,)).fetchone()
+        if row is not None:
+            right = self.cipher.opens_check(row[0])
+        else:
+            sample = _sealed_sample(self._wconn)
+            right = sample is None or self.cipher.opens(*sample)
+        if not right:
+            raise StoreError(f"{key_path}: not the data key {self.path} was encrypted with; put back the "
+                             "data.key backed up with this database (or restore both from the same backup)")
+        if row is None:
+            try:
+                self._wconn.execute("INSERT OR IGNORE INTO settings (name, value, updated_at) VALUES (?, ?, ?)",
+                                    (KEY_CHECK, self.cipher.seal_check(), time.time()))
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+                log.warning("data key check value not written yet (%s); written at a later start", exc)
 
     def _lock(self) -> None:
         self._lock_fd = os.open(self.path + ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
@@ -341,7 +446,12 @@ class Store:
             raise StoreError(f"{self.path} is in use by another j1mskyd process") from None
 
     async def close(self) -> None:
-        await self.flush()
+        """Commit what is queued and close.  Writes still waiting for space get
+        :data:`CLOSE_GRACE` seconds more (see :meth:`give_up_after`), then are dropped, loudly."""
+        if self._give_up_at is None:
+            self.give_up_after(CLOSE_GRACE)
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
         self._closed = True
         if self._wconn is not None:
             try:
@@ -357,29 +467,80 @@ class Store:
             self._lock_fd = None
 
     # -- writes ------------------------------------------------------------------
-    def submit(self, statements: Iterable[Statement]) -> asyncio.Future[None]:
-        """Queue one atomic unit of statements; the future resolves after COMMIT."""
+    def submit(self, statements: Iterable[Statement], *, fail_fast: bool = False) -> asyncio.Future[None]:
+        """Queue one atomic unit of statements; the future resolves after COMMIT.
+
+        While the disk is full the unit waits, queued in order, and commits once space
+        returns.  With ``fail_fast`` (a client's request, which must not hang) it fails
+        with :class:`StoreFull` instead.
+        """
         if self._closed:
             raise StoreError("store is closed")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((list(statements), fut))
+        if fail_fast and self.full is not None:  # known full (and probed until it is not): no need to try
+            fut.set_exception(self._refusal())
+            return fut
+        self._pending.append((list(statements), fut, fail_fast))
         if self._flushing is None:
             self._flushing = asyncio.ensure_future(self._flush_loop())
         return fut
 
-    async def write(self, *statements: Statement) -> None:
-        await self.submit(statements)
+    async def write(self, *statements: Statement, fail_fast: bool = False) -> None:
+        await self.submit(statements, fail_fast=fail_fast)
 
     async def flush(self) -> None:
-        while self._flushing is not None:
-            await asyncio.shield(self._flushing)
+        """Wait until every unit queued so far has committed (or failed), or until the
+        disk is full: those units then stay queued and commit when space returns, and a
+        reader must not wait for that."""
+        while self._flushing is not None and self.full is None:
+            stalled = asyncio.ensure_future(self._stalled.wait())
+            try:
+                await asyncio.wait((self._flushing, stalled), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stalled.cancel()
+
+    def give_up_after(self, seconds: float) -> None:
+        """At stop: writes waiting for space wait ``seconds`` more, then fail with StoreFull."""
+        self._give_up_at = asyncio.get_running_loop().time() + seconds
+        self._wake.set()
+
+    def pending_writes(self) -> int:
+        return len(self._pending)
+
+    def _refusal(self) -> StoreFull:
+        return StoreFull(f"Not enough disk space to save this request ({self.full}); nothing was changed. "
+                         "Work already accepted is kept and saved when space returns; free space in the "
+                         "state directory's filesystem and retry.")
+
+    def _set_full(self, reason: str | None) -> None:
+        if reason == self.full:
+            return
+        if reason is None:
+            log.warning("disk space is back: the writes kept in memory are saved (%.0f s without space)",
+                        time.time() - (self.full_since or time.time()))
+            self.full_since = None
+            self._stalled.clear()
+        else:
+            log.error("database write failed: %s; writes wait in memory (%d now) and are retried until there "
+                      "is space; new spawns get 507", reason, len(self._pending))
+            self.full_since = self.full_since or time.time()
+            self._stalled.set()
+        self.full = reason
+        self.state_changes += 1
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        delay = _RETRY_FIRST
         try:
-            while self._pending:
+            while self._pending or (self.full is not None and self._give_up_at is None):
+                if not self._pending:
+                    # Full, and nothing waits (only refused requests were in the group): keep
+                    # finding out with a one-page write, so that /health and spawns see space return.
+                    probe: asyncio.Future[None] = loop.create_future()
+                    probe.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it
+                    self._pending.append((_PROBE, probe, False))
                 batch, self._pending = self._pending, []
-                units = [u for u, _ in batch]
+                units = [u for u, _, _ in batch]
                 try:
                     if self._synchronous == "normal" and len(units) <= _INLINE_UNITS:
                         # A small WAL commit without fsync costs less than the hop to a
@@ -387,20 +548,55 @@ class Store:
                         errors = self._commit_batch(units)
                     else:
                         errors = await loop.run_in_executor(None, self._commit_batch, units)
-                    if self._commits_since_checkpoint >= _CHECKPOINT_EVERY:
-                        await loop.run_in_executor(None, self._checkpoint)
                 except Exception as exc:  # the whole transaction failed (disk full, I/O error)
+                    if is_disk_full(exc):
+                        await self._wait_for_space(batch, exc, delay)
+                        delay = min(delay * 2, _RETRY_MAX)
+                        continue
                     log.error("database commit failed: %s", exc)
                     errors = [exc] * len(batch)
-                for (_, fut), err in zip(batch, errors):
+                else:
+                    delay = _RETRY_FIRST
+                    self._set_full(None)
+                for (_, fut, _), err in zip(batch, errors):
                     if fut.done():
                         continue
                     if err is None:
                         fut.set_result(None)
                     else:
                         fut.set_exception(err if isinstance(err, StoreError) else StoreError(str(err)))
+                if self._commits_since_checkpoint >= _CHECKPOINT_EVERY:
+                    try:
+                        await loop.run_in_executor(None, self._checkpoint)
+                    except sqlite3.Error as exc:  # committed all the same; the next round retries
+                        log.warning("WAL checkpoint failed: %s", exc)
         finally:
             self._flushing = None
+
+    async def _wait_for_space(self, batch: list[tuple[list[Statement], asyncio.Future[None], bool]],
+                              exc: Exception, delay: float) -> None:
+        """The group found the disk full and was rolled back whole: requeue its units ahead
+        of newer ones (same order), refuse the fail-fast ones, and back off."""
+        waiting = batch + self._pending  # those queued meanwhile too: a request must not wait a backoff
+        self._pending = [item for item in waiting if not item[2]]
+        self._set_full(str(exc))
+        for _, fut, fail_fast in waiting:
+            if fail_fast and not fut.done():
+                fut.set_exception(self._refusal())
+        loop = asyncio.get_running_loop()
+        if self._give_up_at is not None and loop.time() >= self._give_up_at:
+            lost, self._pending = self._pending, []
+            log.error("stopping with a full disk: %d writes could not be saved (agents they finish run "
+                      "again at the next start)", sum(unit is not _PROBE for unit, _, _ in lost))
+            for _, fut, _ in lost:
+                if not fut.done():
+                    fut.set_exception(self._refusal())
+            return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay if self._give_up_at is None
+                                       else min(delay, max(self._give_up_at - loop.time(), 0.0))):
+                await self._wake.wait()
 
     def _commit_batch(self, units: list[list[Statement]]) -> list[Exception | None]:
         conn = self._wconn
@@ -414,6 +610,8 @@ class Store:
                     for sql, params in unit:
                         conn.execute(sql, params)
                 except (sqlite3.Error, ValueError, OverflowError) as exc:
+                    if is_disk_full(exc):
+                        raise  # not this unit's fault: the whole group waits for space, in order
                     # sqlite errors, and values that cannot be bound (a lone surrogate, an
                     # int beyond 64 bits): this unit fails, the rest of the group commits.
                     conn.execute("ROLLBACK TO unit")

@@ -213,7 +213,7 @@ class WebhookService:
         hook = Webhook("webhook_" + secrets.token_hex(6), url, sink, events, secret, "active", description,
                        api_key_id, None, self.clock())
         self._build_sink(hook)
-        await self.store.write(self._insert(hook))
+        await self.store.write(self._insert(hook), fail_fast=True)
         self.hooks[hook.webhook_id] = hook
         return hook, generated
 
@@ -283,7 +283,7 @@ class WebhookService:
             changes["description"] = _check_description(body["description"])
         new = replace(hook, **changes)
         self._build_sink(new)
-        await self.store.write(self._insert(new))
+        await self.store.write(self._insert(new), fail_fast=True)
         self.hooks[webhook_id] = new
         self._wake.set()  # resumed: its waiting deliveries go out now
         return new
@@ -293,7 +293,7 @@ class WebhookService:
         await self.store.write(
             ("UPDATE deliveries SET status = 'failed', last_error = 'webhook deleted' "
              "WHERE webhook_id = ? AND status = 'pending'", (webhook_id,)),
-            ("DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,)))
+            ("DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,)), fail_fast=True)
         del self.hooks[webhook_id]
         self._sinks.pop(webhook_id, None)
 
@@ -304,7 +304,7 @@ class WebhookService:
                                                                "message": "Test delivery from j1mskyd"})
         stmts = [s for s in stmts if not s[0].startswith("INSERT INTO deliveries")]
         delivery = delivery_insert(hook.webhook_id, event.id, event.ts)
-        await self.store.write(*stmts, delivery)
+        await self.store.write(*stmts, delivery, fail_fast=True)
         self.events.published([event])
         return {"success": True, "delivery_id": delivery[1][0], "event_id": event.id}
 
@@ -357,7 +357,7 @@ class WebhookService:
         await self.store.write((
             "INSERT INTO deliveries (delivery_id, webhook_id, event_id, status, attempts, next_attempt_at, created_at) "
             "SELECT ?, webhook_id, event_id, 'pending', 0, ?, ? FROM deliveries WHERE delivery_id = ?",
-            (new_id, self.clock(), self.clock(), delivery_id)))
+            (new_id, self.clock(), self.clock(), delivery_id)), fail_fast=True)
         self._wake.set()
         return {"success": True, "delivery_id": new_id, "redelivers": delivery_id}
 

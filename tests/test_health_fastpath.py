@@ -35,7 +35,7 @@ async def test_health_shows_a_breaker_change_at_once(aiohttp_client, tmp_path):
     client = await aiohttp_client(app)
     first = await (await client.get("/api/health")).json()
     assert first["status"] == "healthy" and first["providers"]["offline"]["state"] == "closed"
-    assert set(first) == {"status", "version", "uptime_seconds", "error_rate", "models_configured", "agents",
+    assert set(first) == {"status", "reasons", "version", "uptime_seconds", "error_rate", "models_configured", "agents",
                           "providers"}
     breaker = app[SERVICES].slots["offline"].breaker
     breaker.record_failure()  # threshold 1: open now, well within the body's one-second life

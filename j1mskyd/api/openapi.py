@@ -84,8 +84,10 @@ _WEBHOOK = _obj(["id", "webhook_id", "url", "sink", "events", "status", "created
 _ONE_WEBHOOK = {**_WEBHOOK, "required": ["success", "data", *_WEBHOOK["required"]],
                 "properties": {**_WEBHOOK["properties"], "success": _OK, "data": _WEBHOOK}}
 _DONE = _obj(["success", "message"], success=_OK, message=_STR)
-_HEALTH = _obj(["status", "version", "uptime_seconds", "error_rate", "models_configured", "agents", "providers"],
-               status={"type": "string", "enum": ["healthy", "degraded", "unhealthy"]}, version=_STR,
+_HEALTH = _obj(["status", "reasons", "version", "uptime_seconds", "error_rate", "models_configured", "agents",
+                "providers"],
+               status={"type": "string", "enum": ["healthy", "degraded", "unhealthy"]},
+               reasons={"type": "array", "items": _STR}, version=_STR,
                uptime_seconds=_INT, error_rate=_NUM, models_configured=_INT, agents=_OBJ, providers=_OBJ)
 
 # The success body of each route this module knows; any other route answers a JSON object.
@@ -203,6 +205,8 @@ def _error_codes(method: str, path: str, public: bool) -> list[int]:
             codes.add(404)
         if method in ("POST", "PUT"):
             codes.add(409)  # an Idempotency-Key reused with another body
+        if method in ("POST", "PUT", "PATCH", "DELETE"):
+            codes.add(507)  # the state dir's disk is full: the change was not saved
     codes.update(ERRORS.get((method, path), ()))
     return sorted(codes)
 
@@ -228,7 +232,8 @@ def _responses(method: str, path: str, public: bool) -> dict[str, Any]:
 
 _REASONS = {400: "Bad request or validation error", 401: "No, invalid or revoked key, or a bad signature",
             402: "Budget exceeded", 403: "Missing scope, or the IP is blocked or not allowed",
-            404: "Not found", 409: "Conflict", 413: "Request body too large", 429: "Rate limited"}
+            404: "Not found", 409: "Conflict", 413: "Request body too large", 429: "Rate limited",
+            507: "Not enough disk space in the state dir: nothing was changed"}
 
 
 def _spawn_schema(config: Any) -> dict[str, Any]:

@@ -230,7 +230,7 @@ async def _record(request: web.Request, quote: dict[str, Any], check: dict[str, 
         if wanted is not None:
             published.append(wanted[0])
             stmts.extend(wanted[1])
-    await services.store.write(*stmts)
+    await services.store.write(*stmts, fail_fast=True)
     services.events.published(published)
     return quote_id, exception_id
 

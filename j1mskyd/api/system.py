@@ -27,7 +27,7 @@ async def health(request: web.Request) -> web.Response:
     # Rebuilt when a breaker or an agent count may have changed, or a second has passed
     # (uptime, error rate): comparing a few integers is far cheaper than building the JSON.
     stamp = (int(time.monotonic()), CircuitBreaker.changes, len(runtime.live), runtime.running_count(),
-             runtime.completed_total, runtime.failed_total)
+             runtime.completed_total, runtime.failed_total, services.store.state_changes)
     cached = services.health_cache
     if cached is None or cached[0] != stamp:
         status, data = _health(request)
@@ -40,10 +40,17 @@ def _health(request: web.Request) -> tuple[int, dict]:
     providers = {name: slot.breaker.snapshot() | {"available": slot.usable}
                  for name, slot in services.slots.items()}
     usable = [p for p in providers.values() if p["available"] and p["state"] != "open"]
-    status = "healthy" if len(usable) == len(providers) else "degraded" if usable else "unhealthy"
+    reasons = [f"provider {name}: " + ("unavailable" if not p["available"] else "circuit open")
+               for name, p in providers.items() if not p["available"] or p["state"] == "open"]
+    store = services.store
+    if store.full is not None:  # writes wait in memory; spawns get 507 until space returns
+        reasons.append(f"storage: {store.full}; {store.pending_writes()} writes waiting for disk space, "
+                       "new spawns refused (507)")
+    status = "unhealthy" if providers and not usable else "degraded" if reasons else "healthy"
     # 503 when nothing can serve, so load balancers and `curl -f` notice; degraded stays 200.
     return 503 if status == "unhealthy" else 200, {
         "status": status,
+        "reasons": reasons,
         "version": __version__,
         "uptime_seconds": int(time.monotonic() - services.started),
         "error_rate": request.app[METRICS].error_rate,
