@@ -458,10 +458,10 @@ class Store:
                 await asyncio.get_running_loop().run_in_executor(None, self._checkpoint, "TRUNCATE")
             except sqlite3.Error as exc:  # a busy reader; the next start checkpoints anyway
                 log.warning("final checkpoint skipped: %s", exc)
-        for conn in (self._wconn, self._rconn):
-            if conn is not None:
-                conn.close()
-        self._wconn = self._rconn = None
+        # Under the read lock, in the executor: a read still running in another thread
+        # (a webhook worker's, say) must finish before its connection goes; closing it
+        # underneath crashed the interpreter in sqlite3 (a segfault seen on bookworm).
+        await asyncio.get_running_loop().run_in_executor(None, self._close_connections)
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -640,7 +640,14 @@ class Store:
 
     def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Blocking read, for start-up (recovery) and the CLI."""
-        if self._rconn is None:
-            raise StoreError("store is not open")
         with self._rlock:
+            if self._rconn is None:
+                raise StoreError("store is not open")
             return fn(self._rconn)
+
+    def _close_connections(self) -> None:
+        with self._rlock:
+            for conn in (self._wconn, self._rconn):
+                if conn is not None:
+                    conn.close()
+            self._wconn = self._rconn = None

@@ -93,3 +93,29 @@ async def test_an_unbindable_unit_fails_alone(store, bad_value):
     results = await asyncio.gather(good, bad, return_exceptions=True)
     assert results[0] is None and isinstance(results[1], StoreError)
     assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM usage").fetchone()[0]) == 1
+
+
+async def test_close_waits_for_a_read_running_in_another_thread(tmp_path):
+    """A read still running in the executor (a webhook worker's) keeps its connection until
+    it ends: closing it underneath crashed the interpreter in sqlite3 on bookworm."""
+    import threading
+    s = Store(str(tmp_path / "j1msky.db"))
+    s.open()
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(conn):
+        inside.set()
+        release.wait(10)
+        return conn.execute("SELECT COUNT(*) FROM agents").fetchone()[0]  # the connection is still open
+
+    loop = asyncio.get_running_loop()
+    reading = loop.run_in_executor(None, s.read_sync, slow)
+    await loop.run_in_executor(None, inside.wait, 10)
+    closing = asyncio.ensure_future(s.close())
+    await asyncio.sleep(0.2)
+    assert not closing.done()  # waits for the read
+    release.set()
+    assert await reading == 0
+    await closing
+    with pytest.raises(StoreError):
+        s.read_sync(lambda c: 1)
