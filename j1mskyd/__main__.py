@@ -92,7 +92,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     from .errors import Conflict
     from .keys import KeyError_, KeyService, LastAdminKey
-    from .store import Store
+    from .store import Store, StoreError, database_problem
     config = _load(args)
     state_dir = args.state_dir or config.server.state_dir
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
@@ -137,7 +137,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except (StoreError, sqlite3.DatabaseError, OSError) as exc:
+        # The daemon's start-up refusals, as one line: damaged database, wrong data.key, full disk.
+        if isinstance(exc, sqlite3.DatabaseError):
+            exc = database_problem(os.path.join(state_dir, "j1msky.db"), exc)
+        print(f"j1mskyd: cannot open the state: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -166,3 +166,18 @@ async def test_orphan_rate_limit_temp_files_are_removed_at_start(aiohttp_client,
     assert not any(o.exists() for o in orphans)
     assert (state / "ratelimits.json").exists() and (state / ".ratelimits.d").is_dir()
     assert (state / "notes.ratelimits.txt").read_text() == "kept"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "wrong_key"])
+def test_the_keys_command_refuses_a_damaged_state_in_one_line(used_state, damage):
+    """`j1mskyd keys` reads the same database: the same refusals, no traceback."""
+    if damage == "garbage":
+        (used_state / "j1msky.db").write_bytes(os.urandom(40_000))
+    else:
+        (used_state / KEY_FILE).write_bytes(os.urandom(32))
+    done = run_cli("keys", "list", "--state-dir", str(used_state), cwd=used_state.parent)
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("j1mskyd: cannot open the state: "), lines
+    assert ("from your backup" if damage == "garbage" else "not the data key") in lines[0]
