@@ -44,7 +44,7 @@ def policy_of(request: web.Request) -> pricing.PricingPolicy:
 # ------------------------------------------------------------------------------ request reading
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-_FORM_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only (int() also takes "1_0", " 5", "٣")
+_FORM_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits, one sign (int() also takes "1_0" and other scripts' digits)
 
 
 async def read_fields(request: web.Request) -> tuple[dict[str, Any], bool]:
