@@ -138,10 +138,7 @@ def parse_time(name: str, value: Any, errors: list[dict[str, str]]) -> float | N
 
 def _unicode_ok(value: Any, fieldname: str, errors: list[dict[str, str]]) -> bool:
     """JSON's "\\ud800" is a lone surrogate: sqlite cannot bind it (a 500, not a 400)."""
-    try:
-        if isinstance(value, str):
-            value.encode("utf-8")
-    except UnicodeEncodeError:
+    if isinstance(value, str) and not jsonx.is_unicode(value):
         errors.append({"field": fieldname, "message": f"{fieldname} must be valid Unicode text"})
         return False
     return True

@@ -18,6 +18,7 @@ from . import agent as A
 from . import agent_query
 from .agent import Agent, from_row
 from .config import Config
+from .jsonx import is_unicode
 from .errors import Conflict, NotFound, ValidationFailed
 from .budget import Budget
 from .runtime import AgentRuntime
@@ -25,15 +26,6 @@ from .store import Store
 
 _TIMEOUT_MIN = 1.0
 _SETTLE_WAIT = 5.0  # seconds to wait for an agent's final write before answering anyway
-
-
-def _encodable(text: str) -> bool:
-    """JSON's "\\ud800" decodes to a lone surrogate, which sqlite (UTF-8) cannot store."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class AgentService:
@@ -61,7 +53,7 @@ class AgentService:
         elif len(task) > rt.max_task_chars:
             errors.append({"field": prefix + "task",
                            "message": f"Task exceeds maximum length of {rt.max_task_chars} characters"})
-        elif not _encodable(task):
+        elif not is_unicode(task):
             errors.append({"field": prefix + "task", "message": "Task must be valid Unicode text (no lone surrogates)"})
         priority = body.get("priority", "normal")
         if not isinstance(priority, str) or priority not in A.PRIORITIES:  # a list/dict is unhashable
@@ -169,8 +161,7 @@ class AgentService:
         return agent.spawn_view()
 
     async def spawn_batch(self, body: Any, key_id: str = A.ANONYMOUS, webhook_secret: str | None = None) -> dict[str, Any]:
-        items = body if isinstance(body, list) else body.get("agents", body.get("tasks")) \
-            if isinstance(body, dict) else None
+        items = batch_items(body)
         if not isinstance(items, list) or not items:
             raise ValidationFailed([{"field": "agents", "message": "agents must be a non-empty list of spawn requests"}])
         limit = self.config.runtime.max_batch
@@ -382,6 +373,15 @@ def _check_webhook_url(body: dict[str, Any], prefix: str, errors: list[dict[str,
     if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))
                             or len(url) > 2000):
         errors.append({"field": prefix + "webhook_url", "message": "webhook_url must be an http(s):// URL"})
+
+
+def batch_items(body: Any) -> Any:
+    """What a spawn-batch body holds as its spawn requests: the body itself when it is a list,
+    else its ``agents`` (or ``tasks``) member, whatever JSON that is; None for any other body.
+    The caller checks that it is a list."""
+    if isinstance(body, list):
+        return body
+    return body.get("agents", body.get("tasks")) if isinstance(body, dict) else None
 
 
 def _urls(pairs: Any) -> dict[str, str]:

@@ -7,6 +7,7 @@ library served it.
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import Any
 
 try:  # pragma: no cover - depends on the machine
@@ -27,3 +28,37 @@ def loads(data: str | bytes) -> Any:
     if _orjson is not None:
         return _orjson.loads(data)
     return json.loads(data)
+
+
+def is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate: JSON's "\\ud800" decodes to one, and it is
+    not Unicode text (SQLite, UTF-8 output and the HTTP client all fail on it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def lone_surrogates(value: Any) -> list[str]:
+    """Where a decoded JSON value holds a lone surrogate, as field names (``agents[0].task``).
+
+    A key is reported as the object holding it (``body`` at the top): the key itself is not
+    printable.  Breadth first, without recursion: a value may nest as deep as the parser allowed.
+    """
+    found: list[str] = []
+    queue: deque[tuple[Any, str]] = deque([(value, "")])
+    while queue:
+        item, path = queue.popleft()
+        if isinstance(item, str):
+            if not is_unicode(item):
+                found.append(path or "body")
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if not is_unicode(key):
+                    found.append(path or "body")
+                else:
+                    queue.append((sub, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            queue.extend((sub, f"{path}[{i}]") for i, sub in enumerate(item))
+    return list(dict.fromkeys(found))

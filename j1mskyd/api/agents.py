@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from ..agent import ANONYMOUS
+from ..agents import batch_items
 from ..pii import preview
 from .common import API_KEY, API_KEY_ID, SERVICES, actor, json_response, query_params, read_json
 
@@ -19,11 +21,11 @@ def _key_id(request: web.Request) -> str:
     return request.get(API_KEY_ID, ANONYMOUS)
 
 
-def _signing_secret(request: web.Request, body: object) -> str | None:
-    """The caller's key's webhook secret signs its spawn's own webhook_url deliveries."""
+def _signing_secret(request: web.Request, spawns: Any) -> str | None:
+    """The caller's key's webhook secret signs its spawn's own webhook_url deliveries; it is opened only
+    when one of ``spawns`` (the spawn requests, as sent: any JSON) has a webhook_url."""
     key = request.get(API_KEY)
-    wants_hook = isinstance(body, dict) and (body.get("webhook_url") or any(
-        isinstance(a, dict) and a.get("webhook_url") for a in body.get("agents", []) or []))
+    wants_hook = isinstance(spawns, list) and any(isinstance(s, dict) and s.get("webhook_url") for s in spawns)
     return key.webhook_secret if key is not None and wants_hook else None
 
 
@@ -39,22 +41,22 @@ def _audit_spawns(request: web.Request, body: dict, spawned: list[dict]) -> None
 
 async def spawn(request: web.Request) -> web.Response:
     body = await read_json(request)
-    result = await _agents(request).spawn(body, _key_id(request), _signing_secret(request, body))
+    result = await _agents(request).spawn(body, _key_id(request), _signing_secret(request, [body]))
     _audit_spawns(request, body, [result])
     return json_response(result)
 
 
 async def spawn_team(request: web.Request) -> web.Response:
     body = await read_json(request)
-    result = await _agents(request).spawn_team(body, _key_id(request), _signing_secret(request, body))
+    result = await _agents(request).spawn_team(body, _key_id(request), _signing_secret(request, [body]))
     _audit_spawns(request, body, [result])
     return json_response(result)
 
 
 async def spawn_batch(request: web.Request) -> web.Response:
     body = await read_json(request)
-    result = await _agents(request).spawn_batch(body, _key_id(request), _signing_secret(request, body))
-    items = body if isinstance(body, list) else (body.get("agents") or body.get("tasks") or [])
+    items = batch_items(body)
+    result = await _agents(request).spawn_batch(body, _key_id(request), _signing_secret(request, items))
     for item, spawned in zip(items, result["agents"]):
         _audit_spawns(request, item, [spawned])
     return json_response(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -58,17 +59,32 @@ def api_error_response(request: web.Request, exc: ApiError) -> web.Response:
     return error_response(request, exc.status, exc.message, type_=exc.type, extra=exc.extra, headers=exc.headers)
 
 
+# JSON's "\ud800" to "\udfff" escapes: the only way a lone surrogate gets into a decoded body
+# (UTF-8 cannot carry one), so only a body with one of these is searched.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON, or a 400 that says what is wrong with it."""
+    """The request body as JSON, or a 400 that says what is wrong with it.
+
+    Text must be Unicode: a lone surrogate anywhere is a 400 VALIDATION_ERROR naming the
+    field, before any handler can store or echo it (orjson refuses such a body outright).
+    """
     raw = await request.read()
     if not raw.strip():
         raise InvalidJson("Request body is empty; send a JSON object")
     try:
-        return jsonx.loads(raw)
+        body = jsonx.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJson(f"Request body is not valid JSON: {exc}") from None
     except RecursionError:  # stdlib json on "[[[[...": deeper than the interpreter allows
         raise InvalidJson("Request body is not valid JSON: nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        bad = jsonx.lone_surrogates(body)
+        if bad:
+            raise ValidationFailed([{"field": f, "message": f"{f} must be valid Unicode text (no lone surrogates)"}
+                                    for f in bad])
+    return body
 
 
 async def read_json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:

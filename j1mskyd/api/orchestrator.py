@@ -79,7 +79,7 @@ async def cache_invalidate(request: web.Request) -> web.Response:
     """Clear one cache (``{"cache": "pricing"}``) or all of them."""
     caches = request.app[SERVICES].caches
     name = (await read_json_object(request, optional=True)).get("cache")
-    if name is not None and name not in caches:
+    if name is not None and (not isinstance(name, str) or name not in caches):  # a list/dict is unhashable
         raise ValidationFailed([{"field": "cache", "message": f"cache must be one of: {', '.join(caches)}"}])
     cleared = {n: c.clear() for n, c in caches.items() if name is None or n == name}
     return json_response({"success": True, "cleared": cleared})

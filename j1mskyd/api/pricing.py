@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from .. import pricing
 from ..errors import BadRequest, NotFound, ValidationFailed
@@ -42,6 +44,7 @@ def policy_of(request: web.Request) -> pricing.PricingPolicy:
 # ------------------------------------------------------------------------------ request reading
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_FORM_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits, one sign (int() also takes "1_0" and other scripts' digits)
 
 
 async def read_fields(request: web.Request) -> tuple[dict[str, Any], bool]:
@@ -50,14 +53,17 @@ async def read_fields(request: web.Request) -> tuple[dict[str, Any], bool]:
     if ctype in FORM_TYPES:
         try:
             form = await request.post()
-        except (ValueError, UnicodeDecodeError, AssertionError) as exc:  # e.g. multipart without a boundary
+        # e.g. multipart without a boundary (ValueError, AssertionError) or a part whose headers are
+        # not headers (BadHttpMessage)
+        except (ValueError, UnicodeDecodeError, AssertionError, BadHttpMessage) as exc:
             raise BadRequest(f"Malformed form body: {exc}") from None
-        fields: dict[str, Any] = {}
-        for name, value in form.items():
-            if not isinstance(value, str):
-                raise ValidationFailed([{"field": name, "message": f"{name} must be a plain form field, not a file"}])
-            fields[name] = value
-        return fields, True
+        files = [(name, value) for name, value in form.items() if not isinstance(value, str)]
+        for _, value in files:
+            value.file.close()  # aiohttp spooled the upload to a temporary file that nothing else closes
+        if files:
+            raise ValidationFailed([{"field": name, "message": f"{name} must be a plain form field, not a file"}
+                                    for name, _ in files])
+        return {name: value for name, value in form.items()}, True  # a repeated field: the last wins
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ValidationFailed([{"field": "body", "message": "Request body must be a JSON object or form fields"}])
@@ -86,7 +92,13 @@ class Fields:
         v = self.data[name]
         if isinstance(v, str) and self.form:
             text = v.strip()
-            v = int(text) if text.lstrip("+-").isdigit() and text.isascii() else None
+            if not _FORM_INT.fullmatch(text):
+                v = None
+            elif len(text.lstrip("+-")) > 18:  # past every range here, and int() refuses 4,300+ digits
+                self.bad(name, f"must be between {lo} and {hi}")
+                return 0
+            else:
+                v = int(text)
         if type(v) is not int:
             self.bad(name, "must be an integer")
             return 0
