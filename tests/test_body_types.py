@@ -137,6 +137,7 @@ EXAMPLES: dict[tuple[str, str], Example] = {
                                 "require_signature": False}, ok=(201,)),
     ("DELETE", "/keys/{key_id}"): Example({"reason": "fuzz"}, target=_key),
     ("POST", "/keys/{key_id}/rotate"): Example(None, ok=(201,), target=_key),
+    ("POST", "/keys/{key_id}/webhook-secret/rotate"): Example(None, target=_key),
     ("PUT", "/security/ip-whitelist"): Example({"allowed_ips": ["127.0.0.0/8", "::1"], "enforce": False,
                                                 "log_violations": True}),
     ("POST", "/security/block-ip"): Example({"ip": "192.0.2.1", "reason": "fuzz", "duration_hours": 1},
@@ -252,7 +253,7 @@ class Api:
                                            conn.execute(f"SELECT {', '.join(counts)}").fetchone()))
             for name, sql in (
                     ("settings", "SELECT name, value FROM settings ORDER BY name"),
-                    ("keys", "SELECT key_id, scopes, expires_at, revoked_at, rotated_to FROM api_keys ORDER BY 1"),
+                    ("keys", "SELECT key_id, scopes, expires_at, revoked_at, rotated_to, webhook_secret FROM api_keys ORDER BY 1"),
                     ("hooks", "SELECT webhook_id, url, events, status, description FROM webhooks ORDER BY 1"),
                     ("blocks", "SELECT * FROM ip_blocks ORDER BY 1"),
                     ("exceptions", "SELECT * FROM pricing_exceptions ORDER BY 1")):
