@@ -253,7 +253,8 @@ class Api:
                                            conn.execute(f"SELECT {', '.join(counts)}").fetchone()))
             for name, sql in (
                     ("settings", "SELECT name, value FROM settings ORDER BY name"),
-                    ("keys", "SELECT key_id, scopes, expires_at, revoked_at, rotated_to, webhook_secret FROM api_keys ORDER BY 1"),
+                    ("keys", "SELECT key_id, scopes, expires_at, revoked_at, rotated_to, webhook_secret"
+                             " FROM api_keys ORDER BY 1"),
                     ("hooks", "SELECT webhook_id, url, events, status, description FROM webhooks ORDER BY 1"),
                     ("blocks", "SELECT * FROM ip_blocks ORDER BY 1"),
                     ("exceptions", "SELECT * FROM pricing_exceptions ORDER BY 1")):
