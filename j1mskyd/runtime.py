@@ -24,19 +24,21 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from . import agent as A
 from .agent import Agent
 from .backoff import backoff_delay
-from .budget import Budget
+from .budget import Budget, Level
 from .config import Config, ModelConfig
 from .events import EventLog, agent_event_data
+from .pricing import token_cost
 from .provider_pool import ProviderSlot
 from .providers import CompletionRequest, CompletionResult, ProviderError
 from .ratelimit import Buckets, Limit
 from .store import Store, StoreError
+from .worstcase import fallback_chain, output_allowance
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +56,11 @@ class _Requeue(Exception):
     """Every provider of the chain ran out of hourly tokens between dispatch and call."""
 
 
-def cost_of(model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
-    return input_tokens / 1000 * model.input_per_1k + output_tokens / 1000 * model.output_per_1k
-
-
 def _refund(agent: Agent, spent: float | None = None) -> float:
     """The unspent part of what was estimated (reserved) at spawn."""
     if spent is None:
         spent = agent.cost or 0.0
     return A.money(max(agent.estimated_cost - spent, 0.0))
-
-
-def fallback_chain(models: Mapping[str, ModelConfig], alias: str) -> list[str]:
-    chain: list[str] = []
-    current: str | None = alias
-    while current is not None and current not in chain and current in models:
-        chain.append(current)
-        current = models[current].fallback
-    return chain
 
 
 class AgentRuntime:
@@ -385,7 +374,7 @@ class AgentRuntime:
             await asyncio.shield(self._finish(
                 agent, A.COMPLETED, result=result.text, served_model=served, provider=model.provider,
                 input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-                cost=cost_of(model, result.input_tokens, result.output_tokens),
+                cost=token_cost(model, result.input_tokens, result.output_tokens),
             ))
         except asyncio.CancelledError:
             if agent.status in A.TERMINAL:
@@ -440,6 +429,10 @@ class AgentRuntime:
                                  slot: ProviderSlot) -> CompletionResult | str:
         """The result, or why this model gave up (the caller then falls back)."""
         last = "no attempt made"
+        max_tokens = self._max_tokens(agent, model)
+        if max_tokens < 1:
+            return (f"its reservation of ${agent.reserved:.6f} does not pay for a call to {alias} "
+                    "(the model's prices changed since it was spawned)")
         for attempt in range(1, self.rt.max_attempts + 1):
             if not slot.breaker.allow():
                 return f"circuit open for {slot.name}" if attempt == 1 else f"{last}; then circuit opened"
@@ -449,7 +442,7 @@ class AgentRuntime:
             # The call may outlive the agent's deadline by a margin, so that when the
             # deadline is what binds, the agent's own timeout fires first and says so.
             call_timeout = min(slot.settings.timeout, max(agent.deadline - self.clock(), 0.0) + _DEADLINE_MARGIN)
-            request = CompletionRequest(model=model.upstream, prompt=agent.task, max_tokens=model.max_tokens,
+            request = CompletionRequest(model=model.upstream, prompt=agent.task, max_tokens=max_tokens,
                                         timeout=call_timeout, agent_id=agent.agent_id)
             agent.attempts += 1
             slot.calls += 1
@@ -482,6 +475,15 @@ class AgentRuntime:
             if attempt < self.rt.max_attempts:
                 await asyncio.sleep(backoff_delay(attempt, self.rt.retry_base_delay, self.rt.retry_max_delay))
         return last
+
+    @staticmethod
+    def _max_tokens(agent: Agent, model: ModelConfig) -> int:
+        """What this agent's calls to ``model`` may write: the model's cap, or less when the
+        agent's reservation pays for less at this model's prices.  Only a successful call is
+        billed to the agent, so every attempt gets the whole reservation."""
+        if agent.reserved is None:  # not budgeted (a runtime without a budget)
+            return model.max_tokens
+        return output_allowance(model, agent.task or "", agent.reserved)
 
     async def _complete(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent,
                         alias: str) -> CompletionResult:
@@ -534,8 +536,7 @@ class AgentRuntime:
             # Disk full or I/O error: the row on disk keeps its last live status, so the
             # agent runs again after a restart.  Nothing may wait on it forever meanwhile.
             log.error("could not save the %s state of agent %s: %s", status, agent.agent_id, exc)
-        if self.budget is not None and agent.kind != A.KIND_MEMBER:
-            self.budget.settle(agent.agent_id, agent.cost)
+        exceeded = self._settle(agent) if self.budget is not None else []
         self.live.pop(agent.agent_id, None)
         self._cancelling.discard(agent.agent_id)
         if status == A.COMPLETED:
@@ -550,9 +551,44 @@ class AgentRuntime:
                 listener(agent)
             except Exception:  # a listener's bug must not stop the runtime
                 log.exception("agent listener failed for %s", agent.agent_id)
+        if exceeded:
+            await self._announce_exceeded(agent, exceeded)
         if agent.parent_id is not None and agent.parent_id in self._team_finished:
             self._team_finished[agent.parent_id][agent.agent_id] = agent
             await self._maybe_finish_team(agent.parent_id)
+
+    def _settle(self, agent: Agent) -> list[Level]:
+        """Release the agent's reservation and count its cost (a member: its share of its
+        lead's; a team: nothing more, its members counted theirs as they ended)."""
+        if agent.kind == A.KIND_TEAM:
+            exceeded = self.budget.settle(agent.agent_id, None)
+        elif agent.kind == A.KIND_MEMBER:
+            exceeded = self.budget.settle(agent.parent_id, agent.cost, part=agent.reserved or 0.0)
+        else:
+            exceeded = self.budget.settle(agent.agent_id, agent.cost)
+        if agent.cost and agent.reserved is not None and agent.cost > agent.reserved + 1e-9:
+            log.warning("provider %s billed agent %s $%.6f, more than the $%.6f reserved for it "
+                        "(%s input, %s output tokens: did it ignore max_tokens?)", agent.provider, agent.agent_id,
+                        agent.cost, agent.reserved, agent.input_tokens, agent.output_tokens)
+        return exceeded
+
+    async def _announce_exceeded(self, agent: Agent, levels: list[Level]) -> None:
+        """budget.exceeded: a provider billed past what it was allowed and a cap is passed;
+        spawns are refused at that level until its period ends."""
+        for level in levels:
+            log.error("budget: %s cap of $%g passed (spent %.6f) after agent %s cost $%.6f; spawns are "
+                      "refused until the %s ends", level.name, level.cap, level.settled, agent.agent_id,
+                      agent.cost, {"daily": "day", "monthly": "month", "hourly": "hour"}[level.name])
+        if self.events is None:
+            return
+        data = {"agent_id": agent.agent_id, "model": agent.served_model or agent.model, "provider": agent.provider,
+                "cost": agent.cost, "reserved": agent.reserved,
+                "input_tokens": agent.input_tokens, "output_tokens": agent.output_tokens,
+                "levels": [{"level": lv.name, "cap": lv.cap, "spent": round(lv.settled, 8)} for lv in levels]}
+        try:
+            await self.events.emit("budget.exceeded", data)
+        except StoreError as exc:
+            log.error("could not record budget.exceeded for agent %s: %s", agent.agent_id, exc)
 
     async def _maybe_finish_team(self, team_id: str) -> None:
         team = self.live.get(team_id)

@@ -1,0 +1,242 @@
+"""The budget is a hard cap: no agent may cost more than was reserved for it, however the
+upstream bills (issue 12, item 3).
+
+A fake upstream on loopback reports as many output tokens as the ``max_tokens`` it was sent
+(an upstream that writes until it is cut off), in both wire formats; or it ignores
+``max_tokens`` and bills more.  Prices are per 1k tokens: output $1, input $0.01, so a call
+allowed 200 output tokens may cost $0.20 plus its input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import pytest
+
+from j1mskyd.api.common import SERVICES
+from j1mskyd.app import build_app
+from j1mskyd.budget import Budget, BudgetPolicy, BudgetExceeded
+from j1mskyd.config import ModelConfig, TeamConfig
+from j1mskyd.providers import ProviderSettings
+from tests.conftest import Clock, make_config, wait_status
+from tests.fakeupstream import FakeUpstream
+
+CAP = 0.50
+MAX_TOKENS = 200
+PLUGINS = {"openai_compat": "/v1", "anthropic": ""}  # plugin -> path under the fake upstream's URL
+
+
+@pytest.fixture
+async def upstream():
+    up = await FakeUpstream().start()
+    up.input_tokens = 5
+    up.bill_max_tokens = True
+    yield up
+    await up.close()
+
+
+def model(alias: str, provider: str, *, output_per_1k: float = 1.0, fallback: str | None = None) -> ModelConfig:
+    # typical_output_tokens is what today's estimate assumes; the upstream bills max_tokens.
+    return ModelConfig(alias=alias, provider=provider, upstream=f"up-{alias}", input_per_1k=0.01,
+                       output_per_1k=output_per_1k, blended_per_1k=output_per_1k, fallback=fallback,
+                       typical_output_tokens=50, max_tokens=MAX_TOKENS)
+
+
+def capped_config(tmp_path, upstream: FakeUpstream, plugin: str = "openai_compat", **models: ModelConfig):
+    base = make_config(tmp_path, runtime={"retry_base_delay": 0.01, "retry_max_delay": 0.02})
+    providers = {
+        "paid": ProviderSettings(name="paid", plugin=plugin, base_url=upstream.url + PLUGINS[plugin],
+                                 api_key="sk-paid", timeout=60, max_concurrency=64, hourly_limit=100_000),
+        "broken": ProviderSettings(name="broken", plugin="offline", options={"fail": "server_error"},
+                                   max_concurrency=64, hourly_limit=100_000),
+    }
+    models = models or {"k2p5": model("k2p5", "paid")}
+    teams = {"team_paid": TeamConfig(id="team_paid", name="Paid", members=tuple(models)[:2])}
+    cfg = dataclasses.replace(base, providers=providers, models=models, teams=teams)
+    return dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, daily_budget=CAP))
+
+
+async def ledger(app) -> list[dict[str, Any]]:
+    def read(conn):
+        return [dict(r) for r in conn.execute("SELECT * FROM usage ORDER BY ts")]
+    return await app[SERVICES].store.read(read)
+
+
+async def budget_of(client) -> dict:
+    return (await (await client.get("/api/rate-limits")).json())["budget"]
+
+
+async def finish_all(client, responses) -> list[dict]:
+    """Every accepted spawn's agents, once ended (teams: the team agent)."""
+    ids = []
+    for resp in responses:
+        if resp.status == 200:
+            body = await resp.json()
+            ids += [a["agent_id"] for a in body["agents"]] if "agents" in body else [body["agent_id"]]
+    return [await wait_status(client, agent_id, timeout=30) for agent_id in ids]
+
+
+def assert_ledger_matches_upstream(rows, upstream: FakeUpstream, models) -> None:
+    """Each cost record is what the upstream reported, at the prices of the model that answered."""
+    billed = sorted(c["json"]["max_tokens"] for c in upstream.calls)
+    assert sorted(r["output_tokens"] for r in rows) == billed
+    for r in rows:
+        m = models[r["model"]]
+        assert r["input_tokens"] == upstream.input_tokens
+        assert r["cost"] == pytest.approx(r["input_tokens"] / 1000 * m.input_per_1k
+                                          + r["output_tokens"] / 1000 * m.output_per_1k)
+
+
+@pytest.mark.parametrize("plugin", sorted(PLUGINS))
+async def test_200_concurrent_spawns_never_spend_past_the_cap(aiohttp_client, tmp_path, upstream, plugin):
+    cfg = capped_config(tmp_path, upstream, plugin)
+    app = build_app(cfg)
+    client = await aiohttp_client(app)
+    responses = await asyncio.gather(*(client.post("/api/spawn", json={"model": "k2p5", "task": f"race {i}"})
+                                       for i in range(200)))
+    statuses = [r.status for r in responses]
+    assert set(statuses) == {200, 402}, statuses
+    done = await finish_all(client, responses)
+    assert done and all(a["status"] == "completed" for a in done)
+    rows = await ledger(app)
+    assert len(rows) == len(done) == len(upstream.calls) == statuses.count(200)
+    assert sum(r["cost"] for r in rows) <= CAP + 1e-9
+    # Each call was allowed the model's whole max_tokens (the reservation paid for it) and used it.
+    assert {c["json"]["max_tokens"] for c in upstream.calls} == {MAX_TOKENS}
+    assert_ledger_matches_upstream(rows, upstream, cfg.models)
+    snap = await budget_of(client)
+    assert snap["reserved"] == 0 and snap["today_spend"] == pytest.approx(sum(r["cost"] for r in rows))
+    # The worst case of one spawn is 0.2 and a bit of input: two fit in 0.5, a third would not.
+    assert statuses.count(200) == 2
+
+
+async def test_racing_batches_and_teams_stay_under_the_cap(aiohttp_client, tmp_path, upstream):
+    models = {"k2p5": model("k2p5", "paid"), "sonnet": model("sonnet", "paid", output_per_1k=0.5)}
+    cfg = capped_config(tmp_path, upstream, **models)
+    app = build_app(cfg)
+    client = await aiohttp_client(app)
+    batch = {"agents": [{"model": "sonnet", "task": "batch a"}, {"model": "sonnet", "task": "batch b"}]}
+    requests = [client.post("/api/spawn-batch", json=batch) for _ in range(20)]
+    requests += [client.post("/api/spawn-team", json={"team": "team_paid", "task": "team work"}) for _ in range(20)]
+    responses = await asyncio.gather(*requests)
+    assert {r.status for r in responses} == {200, 402}
+    done = await finish_all(client, responses)
+    assert all(a["status"] == "completed" for a in done)
+    rows = await ledger(app)
+    assert len(rows) == len(upstream.calls) > 0
+    assert sum(r["cost"] for r in rows) <= CAP + 1e-9
+    assert_ledger_matches_upstream(rows, upstream, cfg.models)
+    snap = await budget_of(client)
+    assert snap["reserved"] == 0 and snap["today_spend"] == pytest.approx(sum(r["cost"] for r in rows))
+
+
+async def test_a_fallback_to_a_dearer_model_stays_under_the_cap(aiohttp_client, tmp_path, upstream):
+    # "cheap" is served by a provider that always fails; its fallback costs ten times as much.
+    models = {"cheap": model("cheap", "broken", output_per_1k=0.1, fallback="dear"), "dear": model("dear", "paid")}
+    cfg = capped_config(tmp_path, upstream, **models)
+    app = build_app(cfg)
+    client = await aiohttp_client(app)
+    responses = await asyncio.gather(*(client.post("/api/spawn", json={"model": "cheap", "task": f"fall {i}"})
+                                       for i in range(50)))
+    done = await finish_all(client, responses)
+    assert done and all(a["status"] == "completed" and a["served_by"]["model"] == "dear" for a in done)
+    rows = await ledger(app)
+    assert len(rows) == len(upstream.calls) == len(done)
+    assert sum(r["cost"] for r in rows) <= CAP + 1e-9
+    assert_ledger_matches_upstream(rows, upstream, cfg.models)
+
+
+async def events_of(client, type_: str, expect: int) -> list[dict]:
+    """The stored events of one type, once there are ``expect`` of them (bounded wait)."""
+    for _ in range(500):
+        data = (await (await client.get(f"/api/events?types={type_}")).json())["data"]
+        if len(data) >= expect:
+            return data
+        await asyncio.sleep(0.01)
+    return data
+
+
+async def test_an_upstream_that_ignores_max_tokens_is_recorded_truthfully_and_blocks(
+        aiohttp_client, tmp_path, upstream):
+    upstream.bill_max_tokens = False
+    upstream.output_tokens = 1000  # five times the 200 it is allowed
+    cfg = capped_config(tmp_path, upstream)
+    app = build_app(cfg)
+    client = await aiohttp_client(app)
+    resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "overbill me"})
+    assert resp.status == 200
+    done = await wait_status(client, (await resp.json())["agent_id"])
+    assert upstream.calls[0]["json"]["max_tokens"] == MAX_TOKENS
+    true_cost = 5 / 1000 * 0.01 + 1000 / 1000 * 1.0
+    assert done["status"] == "completed" and done["cost"] == pytest.approx(true_cost)
+    assert done["usage"] == {"input_tokens": 5, "output_tokens": 1000}
+    rows = await ledger(app)
+    assert [r["cost"] for r in rows] == [pytest.approx(true_cost)]
+    events = await events_of(client, "budget.exceeded", 1)
+    assert len(events) == 1
+    data = events[0]["data"]
+    assert data["agent_id"] == done["agent_id"] and data["cost"] == pytest.approx(true_cost)
+    assert data["levels"][0]["level"] == "daily" and data["levels"][0]["cap"] == CAP
+    assert data["levels"][0]["spent"] == pytest.approx(true_cost)
+    # Spend is past the cap: every spawn is refused, and the event is not sent again.
+    refused = await client.post("/api/spawn", json={"model": "k2p5", "task": "more"})
+    assert refused.status == 402 and (await refused.json())["error"]["type"] == "BUDGET_EXCEEDED"
+    assert (await client.post("/api/spawn-team", json={"team": "team_paid", "task": "t"})).status == 402
+    assert len(await events_of(client, "budget.exceeded", 2)) == 1
+    assert len(upstream.calls) == 1
+    assert (await budget_of(client))["today_spend"] == pytest.approx(true_cost)
+
+
+async def test_each_call_is_sent_no_more_than_its_reservation_pays_for(aiohttp_client, tmp_path, upstream):
+    """The runtime's own guard: whatever was reserved, the max_tokens sent fits in it."""
+    from j1mskyd import agent as A
+    from j1mskyd.worstcase import FRAMING_TOKENS
+
+    cfg = capped_config(tmp_path, upstream)
+    app = build_app(cfg)
+    client = await aiohttp_client(app)
+    runtime = app[SERVICES].runtime
+    m = cfg.models["k2p5"]
+    input_cost = (len("short") + FRAMING_TOKENS) / 1000 * m.input_per_1k
+    short = A.Agent(agent_id="subagent_1_0001", kind=A.KIND_AGENT, model="k2p5", task="short", priority="normal",
+                    timeout=30.0, estimated_cost=0.0, reserved=input_cost + 0.05)  # pays for 50 output tokens
+    broke = A.Agent(agent_id="subagent_1_0002", kind=A.KIND_AGENT, model="k2p5", task="short", priority="normal",
+                    timeout=30.0, estimated_cost=0.0, reserved=input_cost / 2)  # not even the input
+    await runtime.admit([short, broke])
+    assert (await wait_status(client, short.agent_id))["status"] == "completed"
+    failed = await wait_status(client, broke.agent_id)
+    assert failed["status"] == "failed" and "does not pay for a call to k2p5" in failed["error"]
+    assert [c["json"]["max_tokens"] for c in upstream.calls] == [50]
+    assert short.cost <= short.reserved
+
+
+def test_output_allowance():
+    from j1mskyd.worstcase import FRAMING_TOKENS, output_allowance
+
+    m = model("k2p5", "paid")
+    input_cost = (3 + FRAMING_TOKENS) / 1000 * 0.01
+    assert output_allowance(m, "abc", 10.0) == MAX_TOKENS            # plenty: the model's own cap
+    assert output_allowance(m, "abc", input_cost + 0.0375) == 37     # 37.5 tokens' worth: rounded down
+    assert output_allowance(m, "abc", input_cost) == 0               # the input, no output
+    assert output_allowance(m, "abc", input_cost / 2) == 0
+    assert output_allowance(m, "é", 10.0) == MAX_TOKENS
+    free = dataclasses.replace(m, input_per_1k=0.0, output_per_1k=0.0)
+    assert output_allowance(free, "abc", 0.0) == MAX_TOKENS
+
+
+def test_an_overbill_is_reported_once_per_period_and_blocks_until_it_ends():
+    clock = Clock(1_764_028_800.0 + 60)  # a minute into a UTC day
+    budget = Budget(BudgetPolicy(daily_budget=1.0, monthly_ceiling=100.0, spike_per_hour=100.0), clock)
+    budget.reserve("a", "k", 0.5)
+    assert budget.settle("a", 0.4) == []       # under its reservation: nothing to report
+    budget.reserve("b", "k", 0.5)
+    over = budget.settle("b", 0.9)             # billed past its reservation and the cap
+    assert [(lv.name, lv.cap, round(lv.settled, 6)) for lv in over] == [("daily", 1.0, 1.3)]
+    with pytest.raises(BudgetExceeded):
+        budget.reserve("c", "k", 0.0)          # even a free agent waits for the day's end
+    assert budget.settle("x", 0.2) == []       # more spend the same day: already reported
+    clock.t += 86_400                          # the next day: under the cap again
+    budget.reserve("c", "k", 0.5)
+    assert budget.settle("c", 1.5)[0].name == "daily"  # a new day's overbill is reported again
