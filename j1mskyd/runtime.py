@@ -561,8 +561,8 @@ class AgentRuntime:
         """Release the agent's reservation and count its cost (a member: its share of its
         lead's; a team: nothing more, its members counted theirs as they ended)."""
         if agent.kind == A.KIND_TEAM:
-            exceeded = self.budget.settle(agent.agent_id, None)
-        elif agent.kind == A.KIND_MEMBER:
+            return self.budget.settle(agent.agent_id, None)
+        if agent.kind == A.KIND_MEMBER:
             exceeded = self.budget.settle(agent.parent_id, agent.cost, part=agent.reserved or 0.0)
         else:
             exceeded = self.budget.settle(agent.agent_id, agent.cost)

@@ -20,7 +20,7 @@ from j1mskyd.app import build_app
 from j1mskyd.budget import Budget, BudgetPolicy, BudgetExceeded
 from j1mskyd.config import ModelConfig, TeamConfig
 from j1mskyd.providers import ProviderSettings
-from tests.conftest import Clock, make_config, wait_status
+from tests.conftest import Clock, make_config, route_models, wait_status
 from tests.fakeupstream import FakeUpstream
 
 CAP = 0.50
@@ -159,7 +159,7 @@ async def events_of(client, type_: str, expect: int) -> list[dict]:
 
 
 async def test_an_upstream_that_ignores_max_tokens_is_recorded_truthfully_and_blocks(
-        aiohttp_client, tmp_path, upstream):
+        aiohttp_client, tmp_path, upstream, caplog):
     upstream.bill_max_tokens = False
     upstream.output_tokens = 1000  # five times the 200 it is allowed
     cfg = capped_config(tmp_path, upstream)
@@ -184,7 +184,11 @@ async def test_an_upstream_that_ignores_max_tokens_is_recorded_truthfully_and_bl
     refused = await client.post("/api/spawn", json={"model": "k2p5", "task": "more"})
     assert refused.status == 402 and (await refused.json())["error"]["type"] == "BUDGET_EXCEEDED"
     assert (await client.post("/api/spawn-team", json={"team": "team_paid", "task": "t"})).status == 402
-    assert len(await events_of(client, "budget.exceeded", 2)) == 1
+    assert len(await events_of(client, "budget.exceeded", 1)) == 1
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "j1mskyd.runtime"]
+    assert any(level == "WARNING" and "more than the $0.200" in text and "max_tokens" in text
+               for level, text in logged), logged
+    assert any(level == "ERROR" and "daily cap of $0.5 passed" in text for level, text in logged), logged
     assert len(upstream.calls) == 1
     assert (await budget_of(client))["today_spend"] == pytest.approx(true_cost)
 
@@ -240,3 +244,43 @@ def test_an_overbill_is_reported_once_per_period_and_blocks_until_it_ends():
     clock.t += 86_400                          # the next day: under the cap again
     budget.reserve("c", "k", 0.5)
     assert budget.settle("c", 1.5)[0].name == "daily"  # a new day's overbill is reported again
+
+
+async def test_a_team_across_a_restart_counts_each_member_once(aiohttp_client, tmp_path):
+    """A member settles its own share as it ends; after a restart the team holds only for the
+    members still live, and each member's cost is counted once (the ledger's figure)."""
+    base = make_config(tmp_path)
+    slow = ProviderSettings(name="slow", plugin="offline", options={"delay": 30}, max_concurrency=4,
+                            hourly_limit=1000)
+    models = route_models(base, {"sonnet": "slow"})
+    models["sonnet"] = dataclasses.replace(models["sonnet"], fallback=None)
+    cfg = dataclasses.replace(base, providers={**base.providers, "slow": slow}, models=models)
+    task = "plan the launch"
+    client = await aiohttp_client(build_app(cfg))
+    resp = await client.post("/api/spawn-team", json={"team": "team_coding", "task": task})
+    assert resp.status == 200
+    team_id = (await resp.json())["agent_id"]
+    for _ in range(1000):  # the k2p5 member ends; the sonnet one waits on its slow provider
+        members = (await (await client.get(f"/api/agent/{team_id}")).json())["members"]
+        if [m["status"] for m in members] == ["completed", "running"]:
+            break
+        await asyncio.sleep(0.01)
+    first_cost = members[0]["cost"]
+    sonnet = cfg.models["sonnet"]  # its worst case: every byte a token plus 64 of framing, and max_tokens
+    sonnet_worst = (len(task) + 64) / 1000 * sonnet.input_per_1k + sonnet.max_tokens / 1000 * sonnet.output_per_1k
+    before = await budget_of(client)
+    assert before["today_spend"] == pytest.approx(first_cost, abs=1e-6)
+    assert before["reserved"] == pytest.approx(sonnet_worst, abs=1e-6)
+    await client.close()
+
+    app = build_app(cfg)
+    client = await aiohttp_client(app)
+    after = await budget_of(client)
+    assert after["today_spend"] == pytest.approx(first_cost, abs=1e-6)
+    assert after["reserved"] == pytest.approx(sonnet_worst, abs=1e-6)
+    resp = await client.delete(f"/api/agent/{team_id}")
+    assert resp.status == 200
+    end = await budget_of(client)
+    assert end["reserved"] == 0
+    assert end["today_spend"] == pytest.approx(first_cost, abs=1e-6)
+    assert [r["cost"] for r in await ledger(app)] == [pytest.approx(first_cost, abs=1e-6)]
