@@ -57,7 +57,7 @@ class _Requeue(Exception):
 
 
 def _refund(agent: Agent, spent: float | None = None) -> float:
-    """The unspent part of what was estimated (reserved) at spawn."""
+    """The unspent part of what was estimated at spawn."""
     if spent is None:
         spent = agent.cost or 0.0
     return A.money(max(agent.estimated_cost - spent, 0.0))
@@ -410,13 +410,17 @@ class AgentRuntime:
             if not slot.breaker.available():
                 reasons.append(f"{alias}: circuit open for {slot.name}")
                 continue
+            max_tokens = self._max_tokens(agent, model)
+            if max_tokens < 1:
+                reasons.append(f"{alias}: its reservation of ${agent.reserved:.6f} does not pay for a call to it")
+                continue
             if slot not in held:
                 for s in held:
                     s.release()
                 held.clear()
                 await slot.acquire()
                 held.append(slot)
-            outcome = await self._call_with_retries(agent, alias, model, slot)
+            outcome = await self._call_with_retries(agent, alias, model, slot, max_tokens)
             if isinstance(outcome, CompletionResult):
                 return alias, outcome
             out_of_tokens += outcome.startswith(_OUT_OF_TOKENS)
@@ -425,14 +429,10 @@ class AgentRuntime:
             raise _Requeue
         raise AgentFailure("all providers failed: " + "; ".join(reasons))
 
-    async def _call_with_retries(self, agent: Agent, alias: str, model: ModelConfig,
-                                 slot: ProviderSlot) -> CompletionResult | str:
+    async def _call_with_retries(self, agent: Agent, alias: str, model: ModelConfig, slot: ProviderSlot,
+                                 max_tokens: int) -> CompletionResult | str:
         """The result, or why this model gave up (the caller then falls back)."""
         last = "no attempt made"
-        max_tokens = self._max_tokens(agent, model)
-        if max_tokens < 1:
-            return (f"its reservation of ${agent.reserved:.6f} does not pay for a call to {alias} "
-                    "(the model's prices changed since it was spawned)")
         for attempt in range(1, self.rt.max_attempts + 1):
             if not slot.breaker.allow():
                 return f"circuit open for {slot.name}" if attempt == 1 else f"{last}; then circuit opened"

@@ -211,7 +211,8 @@ async def test_each_call_is_sent_no_more_than_its_reservation_pays_for(aiohttp_c
     await runtime.admit([short, broke])
     assert (await wait_status(client, short.agent_id))["status"] == "completed"
     failed = await wait_status(client, broke.agent_id)
-    assert failed["status"] == "failed" and "does not pay for a call to k2p5" in failed["error"]
+    assert failed["status"] == "failed" and "k2p5: its reservation of $" in failed["error"]
+    assert "does not pay for a call" in failed["error"]
     assert [c["json"]["max_tokens"] for c in upstream.calls] == [50]
     assert short.cost <= short.reserved
 
