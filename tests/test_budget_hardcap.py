@@ -44,7 +44,13 @@ def model(alias: str, provider: str, *, output_per_1k: float = 1.0, fallback: st
                        typical_output_tokens=50, max_tokens=MAX_TOKENS)
 
 
-def capped_config(tmp_path, upstream: FakeUpstream, plugin: str = "openai_compat", **models: ModelConfig):
+LEVELS = {"daily": {"daily_budget": CAP},
+          "monthly": {"daily_budget": 100.0, "monthly_ceiling": CAP},
+          "hourly": {"daily_budget": 100.0, "monthly_ceiling": 3000.0, "spike_per_hour": CAP}}
+
+
+def capped_config(tmp_path, upstream: FakeUpstream, plugin: str = "openai_compat", level: str = "daily",
+                  **models: ModelConfig):
     base = make_config(tmp_path, runtime={"retry_base_delay": 0.01, "retry_max_delay": 0.02})
     providers = {
         "paid": ProviderSettings(name="paid", plugin=plugin, base_url=upstream.url + PLUGINS[plugin],
@@ -55,7 +61,7 @@ def capped_config(tmp_path, upstream: FakeUpstream, plugin: str = "openai_compat
     models = models or {"k2p5": model("k2p5", "paid")}
     teams = {"team_paid": TeamConfig(id="team_paid", name="Paid", members=tuple(models)[:2])}
     cfg = dataclasses.replace(base, providers=providers, models=models, teams=teams)
-    return dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, daily_budget=CAP))
+    return dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, **LEVELS[level]))
 
 
 async def ledger(app) -> list[dict[str, Any]]:
@@ -89,20 +95,26 @@ def assert_ledger_matches_upstream(rows, upstream: FakeUpstream, models) -> None
                                           + r["output_tokens"] / 1000 * m.output_per_1k)
 
 
-@pytest.mark.parametrize("plugin", sorted(PLUGINS))
-async def test_200_concurrent_spawns_never_spend_past_the_cap(aiohttp_client, tmp_path, upstream, plugin):
-    cfg = capped_config(tmp_path, upstream, plugin)
+@pytest.mark.parametrize("plugin,level", [("openai_compat", "daily"), ("anthropic", "daily"),
+                                          ("openai_compat", "monthly"), ("anthropic", "hourly")])
+async def test_200_concurrent_spawns_never_spend_past_the_cap(aiohttp_client, tmp_path, upstream, plugin, level):
+    cfg = capped_config(tmp_path, upstream, plugin, level)
     app = build_app(cfg)
     client = await aiohttp_client(app)
     responses = await asyncio.gather(*(client.post("/api/spawn", json={"model": "k2p5", "task": f"race {i}"})
                                        for i in range(200)))
     statuses = [r.status for r in responses]
-    assert set(statuses) == {200, 402}, statuses
+    refused = 429 if level == "hourly" else 402  # the spike limit passes with the hour
+    assert set(statuses) == {200, refused}, statuses
     done = await finish_all(client, responses)
     assert done and all(a["status"] == "completed" for a in done)
     rows = await ledger(app)
     assert len(rows) == len(done) == len(upstream.calls) == statuses.count(200)
-    assert sum(r["cost"] for r in rows) <= CAP + 1e-9
+    per_hour: dict[int, float] = {}  # the spike cap holds per clock hour of settlement
+    for r in rows:
+        per_hour[int(r["ts"] // 3600)] = per_hour.get(int(r["ts"] // 3600), 0.0) + r["cost"]
+    assert sum(r["cost"] for r in rows) <= CAP + 1e-9 or (level == "hourly" and len(per_hour) > 1)
+    assert max(per_hour.values()) <= CAP + 1e-9
     # Each call was allowed the model's whole max_tokens (the reservation paid for it) and used it.
     assert {c["json"]["max_tokens"] for c in upstream.calls} == {MAX_TOKENS}
     assert_ledger_matches_upstream(rows, upstream, cfg.models)
@@ -229,6 +241,22 @@ def test_output_allowance():
     assert output_allowance(m, "é", 10.0) == MAX_TOKENS
     free = dataclasses.replace(m, input_per_1k=0.0, output_per_1k=0.0)
     assert output_allowance(free, "abc", 0.0) == MAX_TOKENS
+
+
+def test_an_overbill_past_the_spike_limit_blocks_the_key_until_the_hour_ends():
+    from j1mskyd.budget import SpawnRefused
+
+    clock = Clock(1_764_028_800.0 + 600)  # ten minutes into an hour
+    budget = Budget(BudgetPolicy(daily_budget=100.0, monthly_ceiling=1000.0, spike_per_hour=1.0), clock)
+    budget.reserve("a", "k", 0.5)
+    over = budget.settle("a", 2.0)
+    assert [(lv.name, lv.cap) for lv in over] == [("hourly", 1.0)]
+    with pytest.raises(SpawnRefused) as err:
+        budget.reserve("b", "k", 0.0)
+    assert err.value.extra["retry_after"] == 3001
+    budget.reserve("c", "other", 0.5)        # another key's hour is its own
+    clock.t += 3000                          # the next hour
+    budget.reserve("b", "k", 0.5)
 
 
 def test_an_overbill_is_reported_once_per_period_and_blocks_until_it_ends():
