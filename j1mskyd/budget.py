@@ -174,11 +174,14 @@ class Budget:
 
     def _refusal(self, level: Level, amount: float) -> ApiError:
         figures = f"spent {level.settled:.4f}, reserved {level.reserved:.4f}, this spawn {amount:.4f}"
-        if level.name == "daily":
-            return BudgetExceeded(f"Daily budget of ${level.cap:g} would be exceeded ({figures})",
-                                  budget_remaining=self.remaining)
-        if level.name == "monthly":
-            return BudgetExceeded(f"Monthly ceiling of ${level.cap:g} would be exceeded ({figures})",
+        if level.name in ("daily", "monthly"):
+            what = "Daily budget" if level.name == "daily" else "Monthly ceiling"
+            if level.exceeded:  # only an overbilling provider gets spend past a cap
+                period = "UTC day" if level.name == "daily" else "month"
+                return BudgetExceeded(f"{what} of ${level.cap:g} is exceeded ({figures}): a provider billed more "
+                                      f"than it was allowed; spawns are refused until the {period} ends",
+                                      budget_remaining=self.remaining)
+            return BudgetExceeded(f"{what} of ${level.cap:g} would be exceeded ({figures})",
                                   budget_remaining=self.remaining)
         if level.settled + amount > level.cap:  # only the hour's end makes room
             wait, when = int(3600 - self.clock() % 3600) + 1, "new spawns resume when the hour ends"

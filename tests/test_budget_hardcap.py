@@ -194,7 +194,10 @@ async def test_an_upstream_that_ignores_max_tokens_is_recorded_truthfully_and_bl
     assert data["levels"][0]["spent"] == pytest.approx(true_cost)
     # Spend is past the cap: every spawn is refused, and the event is not sent again.
     refused = await client.post("/api/spawn", json={"model": "k2p5", "task": "more"})
-    assert refused.status == 402 and (await refused.json())["error"]["type"] == "BUDGET_EXCEEDED"
+    assert refused.status == 402
+    error = (await refused.json())["error"]
+    assert error["type"] == "BUDGET_EXCEEDED" and error["budget_remaining"] == 0
+    assert "Daily budget of $0.5 is exceeded" in error["message"] and "until the UTC day ends" in error["message"]
     assert (await client.post("/api/spawn-team", json={"team": "team_paid", "task": "t"})).status == 402
     assert len(await events_of(client, "budget.exceeded", 1)) == 1
     logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "j1mskyd.runtime"]
@@ -267,7 +270,7 @@ def test_an_overbill_is_reported_once_per_period_and_blocks_until_it_ends():
     budget.reserve("b", "k", 0.5)
     over = budget.settle("b", 0.9)             # billed past its reservation and the cap
     assert [(lv.name, lv.cap, round(lv.settled, 6)) for lv in over] == [("daily", 1.0, 1.3)]
-    with pytest.raises(BudgetExceeded):
+    with pytest.raises(BudgetExceeded, match="is exceeded"):
         budget.reserve("c", "k", 0.0)          # even a free agent waits for the day's end
     assert budget.settle("x", 0.2) == []       # more spend the same day: already reported
     clock.t += 86_400                          # the next day: under the cap again
@@ -313,3 +316,15 @@ async def test_a_team_across_a_restart_counts_each_member_once(aiohttp_client, t
     assert end["reserved"] == 0
     assert end["today_spend"] == pytest.approx(first_cost, abs=1e-6)
     assert [r["cost"] for r in await ledger(app)] == [pytest.approx(first_cost, abs=1e-6)]
+
+
+def test_an_overbill_past_the_monthly_ceiling_blocks_until_the_month_ends():
+    clock = Clock(1_764_028_800.0)  # 2025-11-25T00:00:00Z
+    budget = Budget(BudgetPolicy(daily_budget=100.0, monthly_ceiling=1.0, spike_per_hour=100.0), clock)
+    budget.reserve("a", "k", 0.5)
+    assert [lv.name for lv in budget.settle("a", 2.0)] == ["monthly"]
+    clock.t += 86_400  # a new day does not help: the month is spent
+    with pytest.raises(BudgetExceeded, match=r"Monthly ceiling of \$1 is exceeded .*until the month ends"):
+        budget.reserve("b", "k", 0.1)
+    clock.t += 6 * 86_400  # 2025-12-02: a new month
+    budget.reserve("b", "k", 0.5)
