@@ -56,6 +56,14 @@ class _Requeue(Exception):
     """Every provider of the chain ran out of hourly tokens between dispatch and call."""
 
 
+def _usage_row(ts: float, agent: Agent, alias: str | None, provider: str | None, input_tokens: int | None,
+               output_tokens: int | None, cost: float) -> tuple[str, tuple[Any, ...]]:
+    """One billed call in the ledger."""
+    return ("INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (ts, agent.agent_id, alias, provider, input_tokens, output_tokens, cost, agent.api_key))
+
+
 def _refund(agent: Agent, spent: float | None = None) -> float:
     """The unspent part of what was estimated at spawn."""
     if spent is None:
@@ -374,7 +382,7 @@ class AgentRuntime:
             await asyncio.shield(self._finish(
                 agent, A.COMPLETED, result=result.text, served_model=served, provider=model.provider,
                 input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-                cost=token_cost(model, result.input_tokens, result.output_tokens),
+                cost=token_cost(model, result.input_tokens, result.output_tokens) + agent.billed,
             ))
         except asyncio.CancelledError:
             if agent.status in A.TERMINAL:
@@ -434,6 +442,10 @@ class AgentRuntime:
         """The result, or why this model gave up (the caller then falls back)."""
         last = "no attempt made"
         for attempt in range(1, self.rt.max_attempts + 1):
+            if attempt > 1:  # a billed failure leaves less of the reservation for the next call
+                max_tokens = self._max_tokens(agent, model)
+                if max_tokens < 1:
+                    return f"{last}; then its reservation was spent"
             if not slot.breaker.allow():
                 return f"circuit open for {slot.name}" if attempt == 1 else f"{last}; then circuit opened"
             if not self.buckets.take("provider:" + slot.name, self._provider_limits[slot.name]).allowed:
@@ -453,6 +465,8 @@ class AgentRuntime:
                 raise
             except ProviderError as exc:
                 last = f"{exc.kind}" + (f" (HTTP {exc.status})" if exc.status else "") + f": {exc.message}"
+                if exc.usage is not None:
+                    self._bill_failed_call(agent, alias, model, exc.usage)
                 if exc.kind == "bad_request":
                     slot.breaker.record_success()  # the provider answered; the request was wrong
                     raise AgentFailure(f"{alias}: {last}") from None
@@ -479,11 +493,19 @@ class AgentRuntime:
     @staticmethod
     def _max_tokens(agent: Agent, model: ModelConfig) -> int:
         """What this agent's calls to ``model`` may write: the model's cap, or less when the
-        agent's reservation pays for less at this model's prices.  Only a successful call is
-        billed to the agent, so every attempt gets the whole reservation."""
+        agent's reservation pays for less at this model's prices.  Every attempt gets the whole
+        reservation, less what calls that failed were billed (an upstream that reported usage
+        with an unusable answer): no other failed call is billed to the agent."""
         if agent.reserved is None:  # not budgeted (a runtime without a budget)
             return model.max_tokens
-        return output_allowance(model, agent.task or "", agent.reserved)
+        return output_allowance(model, agent.task or "", agent.reserved - agent.billed)
+
+    def _bill_failed_call(self, agent: Agent, alias: str, model: ModelConfig, usage: tuple[int, int]) -> None:
+        """A call that failed although the upstream billed it (it reported usage): the cost goes
+        to the ledger now and counts against what the agent's later calls may spend."""
+        cost = token_cost(model, *usage)
+        agent.billed += cost
+        self.store.submit([_usage_row(self.clock(), agent, alias, model.provider, *usage, cost)])
 
     async def _complete(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent,
                         alias: str) -> CompletionResult:
@@ -511,18 +533,16 @@ class AgentRuntime:
         if agent.status in A.TERMINAL:
             return
         fields.setdefault("completed_at", self.clock())
+        if agent.billed and status != A.COMPLETED:  # calls billed although they failed
+            fields.setdefault("cost", agent.billed)
         statements = []
         for name, value in fields.items():
             setattr(agent, name, value)
         agent.status = status
         statements.append(agent.update_statement("status", "attempts", *fields, cipher=self.store.cipher))
         if status == A.COMPLETED and agent.kind != A.KIND_TEAM:
-            statements.append((
-                "INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (agent.completed_at, agent.agent_id, agent.served_model, agent.provider,
-                 agent.input_tokens, agent.output_tokens, agent.cost, agent.api_key),
-            ))
+            statements.append(_usage_row(agent.completed_at, agent, agent.served_model, agent.provider,
+                                         agent.input_tokens, agent.output_tokens, agent.cost - agent.billed))
         event = None
         if self.events is not None and agent.kind != A.KIND_MEMBER:
             # The announcement goes in the same transaction as the state it announces.

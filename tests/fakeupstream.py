@@ -47,6 +47,11 @@ class FakeUpstream:
     def malformed_next(self, n: int) -> None:
         self._script += [("malformed", None)] * n
 
+    def billed_empty_next(self, n: int, output_tokens: int) -> None:
+        """The next ``n`` calls answer 200 with a usage block (billed: ``input_tokens`` and
+        ``output_tokens``) but no content, as an upstream whose answer was filtered away."""
+        self._script += [("billed_empty", output_tokens)] * n
+
     async def start(self) -> FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._openai)
@@ -82,6 +87,13 @@ class FakeUpstream:
         what, arg = self._script.pop(0)
         if what == "malformed":
             return payload, web.Response(text="<html>not json", content_type="application/json")
+        if what == "billed_empty":
+            if request.path == "/v1/messages":
+                body = {"type": "message", "usage": {"input_tokens": self.input_tokens, "output_tokens": arg}}
+            else:
+                body = {"object": "chat.completion", "choices": [],
+                        "usage": {"prompt_tokens": self.input_tokens, "completion_tokens": arg}}
+            return payload, web.json_response(body)
         status, retry_after, body = arg
         headers = {} if retry_after is None else {"Retry-After": _retry_after_text(retry_after)}
         if body is None:

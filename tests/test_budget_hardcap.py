@@ -328,3 +328,89 @@ def test_an_overbill_past_the_monthly_ceiling_blocks_until_the_month_ends():
         budget.reserve("b", "k", 0.1)
     clock.t += 6 * 86_400  # 2025-12-02: a new month
     budget.reserve("b", "k", 0.5)
+
+
+@pytest.mark.parametrize("plugin", sorted(PLUGINS))
+async def test_a_call_after_a_billed_failure_gets_only_what_is_left(aiohttp_client, tmp_path, upstream, plugin):
+    """An upstream bills a call whose answer is unusable (usage, no content): the cost is in the
+    ledger, and the fallback is sent only the max_tokens the rest of the reservation pays for."""
+    models = {"k2p5": model("k2p5", "paid", fallback="backup"), "backup": model("backup", "paid")}
+    cfg = capped_config(tmp_path, upstream, plugin, **models)
+    app = build_app(cfg)
+    client = await aiohttp_client(app)
+    upstream.billed_empty_next(1, 50)  # 50 output tokens billed, nothing usable
+    resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "filtered"})
+    assert resp.status == 200
+    done = await wait_status(client, (await resp.json())["agent_id"])
+    assert done["status"] == "completed" and done["served_by"]["model"] == "backup"
+    sent = [c["json"]["max_tokens"] for c in upstream.calls]
+    assert sent == [MAX_TOKENS, 149]  # $0.20 of output reserved, $0.05 of it billed already
+    rows = await ledger(app)
+    assert [(r["model"], r["output_tokens"]) for r in rows] == [("k2p5", 50), ("backup", 149)]
+    reserved = (len("filtered") + 64) / 1000 * 0.01 + MAX_TOKENS / 1000 * 1.0
+    assert done["cost"] == pytest.approx(sum(r["cost"] for r in rows)) and done["cost"] <= reserved
+    assert (await budget_of(client))["today_spend"] == pytest.approx(done["cost"])
+
+
+async def test_a_billed_failure_that_spends_the_reservation_ends_the_agent(aiohttp_client, tmp_path, upstream):
+    models = {"k2p5": model("k2p5", "paid", fallback="backup"), "backup": model("backup", "paid")}
+    app = build_app(capped_config(tmp_path, upstream, **models))
+    client = await aiohttp_client(app)
+    upstream.billed_empty_next(1, MAX_TOKENS)  # the whole output allowance billed, nothing usable
+    resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "filtered"})
+    done = await wait_status(client, (await resp.json())["agent_id"])
+    assert done["status"] == "failed" and "backup: its reservation of $" in done["error"]
+    assert len(upstream.calls) == 1  # the fallback was not called: nothing was left to pay for it
+    cost = 5 / 1000 * 0.01 + MAX_TOKENS / 1000 * 1.0
+    assert done["cost"] == pytest.approx(cost)  # a failed agent costs what it was billed
+    rows = await ledger(app)
+    assert [(r["model"], r["output_tokens"], r["cost"]) for r in rows] == [("k2p5", MAX_TOKENS, pytest.approx(cost))]
+    assert (await budget_of(client))["today_spend"] == pytest.approx(cost)
+
+
+FLAKY_PLUGIN = '''
+J1MSKY_PLUGIN_API = 1
+from j1mskyd.providers import CompletionResult, ProviderError
+
+class Flaky:
+    """Its first call fails after the upstream billed it (a plugin that learnt the usage, say
+    from a stream cut after its usage chunk); later calls write all they are allowed."""
+    calls = 0
+    def __init__(self, settings, session):
+        self.billed = settings.options["billed"]
+    async def complete(self, request):
+        Flaky.calls += 1
+        if Flaky.calls == 1:
+            raise ProviderError("flaky: cut off", kind="connection", usage=(5, self.billed))
+        return CompletionResult(text="ok", input_tokens=5, output_tokens=request.max_tokens)
+
+def register(registry):
+    registry.add_provider("flaky", Flaky)
+'''
+
+
+@pytest.mark.parametrize("billed,outcome", [(120, "completed"), (MAX_TOKENS, "failed")])
+async def test_a_retry_after_a_billed_failure_gets_only_what_is_left(aiohttp_client, tmp_path, upstream,
+                                                                     billed, outcome):
+    plugdir = tmp_path / "plugins.d"
+    plugdir.mkdir(mode=0o755)
+    (plugdir / "flaky.py").write_text(FLAKY_PLUGIN)
+    (plugdir / "flaky.py").chmod(0o644)
+    cfg = capped_config(tmp_path, upstream, k2p5=model("k2p5", "flaky"))
+    flaky = ProviderSettings(name="flaky", plugin="flaky", options={"billed": billed}, hourly_limit=1000)
+    cfg = dataclasses.replace(cfg, providers={**cfg.providers, "flaky": flaky},
+                              plugins=dataclasses.replace(cfg.plugins, dropin_dir=str(plugdir), require_root=False))
+    app = build_app(cfg)
+    client = await aiohttp_client(app)
+    resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "flaky"})
+    done = await wait_status(client, (await resp.json())["agent_id"])
+    assert done["status"] == outcome, done
+    rows = await ledger(app)
+    reserved = (len("flaky") + 64) / 1000 * 0.01 + MAX_TOKENS / 1000 * 1.0
+    if outcome == "completed":  # the retry was sent the 79 tokens the rest of $0.20 pays for
+        assert [r["output_tokens"] for r in rows] == [billed, 79]
+    else:
+        assert [r["output_tokens"] for r in rows] == [billed]
+        assert done["error"].endswith("then its reservation was spent")
+    assert done["cost"] == pytest.approx(sum(r["cost"] for r in rows)) and done["cost"] <= reserved
+    assert (await budget_of(client))["today_spend"] == pytest.approx(done["cost"])
