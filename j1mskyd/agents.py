@@ -160,11 +160,11 @@ class AgentService:
             self.webhooks.adopt(hook)
 
     def _hold(self, agent: Agent, extra: list[Agent]) -> float:
-        """What ``agent`` holds: its own worst case, or a team lead's, the sum of its members'."""
+        """What ``agent`` holds: its own worst case, or a team lead's, the sum of its members';
+        less what calls that failed were billed already (counted as spend when they were)."""
         if agent.kind == A.KIND_TEAM:
-            agent.reserved = sum(self.reservation(m) for m in extra if m.parent_id == agent.agent_id)
-            return agent.reserved
-        return self.reservation(agent)
+            return sum(self._hold(m, []) for m in extra if m.parent_id == agent.agent_id)
+        return max(self.reservation(agent) - agent.billed, 0.0)
 
     async def spawn(self, body: Any, key_id: str = A.ANONYMOUS, webhook_secret: str | None = None) -> dict[str, Any]:
         self._require_object(body)
@@ -361,6 +361,12 @@ class AgentService:
         def read(conn: sqlite3.Connection) -> tuple[list[Agent], dict[str, list[Agent]]]:
             live = [from_row(r, self.store.cipher) for r in conn.execute(
                 "SELECT * FROM agents WHERE status IN ('spawning', 'queued', 'running') ORDER BY rowid")]
+            # A live agent's ledger rows are calls billed although they failed: what it has spent.
+            billed = dict(conn.execute(
+                "SELECT agent_id, SUM(cost) FROM usage WHERE agent_id IN (SELECT agent_id FROM agents "
+                "WHERE status IN ('spawning', 'queued', 'running')) GROUP BY agent_id").fetchall())
+            for a in live:
+                a.billed = billed.get(a.agent_id) or 0.0
             teams = {a.agent_id: a for a in live if a.kind == A.KIND_TEAM}
             done: dict[str, list[Agent]] = {t: [] for t in teams}
             for tid, team in teams.items():

@@ -64,6 +64,11 @@ def _usage_row(ts: float, agent: Agent, alias: str | None, provider: str | None,
             (ts, agent.agent_id, alias, provider, input_tokens, output_tokens, cost, agent.api_key))
 
 
+def _hold_id(agent: Agent) -> str:
+    """Whose budget reservation pays for ``agent``: its own, or its team lead's."""
+    return agent.parent_id if agent.kind == A.KIND_MEMBER else agent.agent_id
+
+
 def _refund(agent: Agent, spent: float | None = None) -> float:
     """The unspent part of what was estimated at spawn."""
     if spent is None:
@@ -466,7 +471,7 @@ class AgentRuntime:
             except ProviderError as exc:
                 last = f"{exc.kind}" + (f" (HTTP {exc.status})" if exc.status else "") + f": {exc.message}"
                 if exc.usage is not None:
-                    self._bill_failed_call(agent, alias, model, exc.usage)
+                    await self._bill_failed_call(agent, alias, model, exc.usage)
                 if exc.kind == "bad_request":
                     slot.breaker.record_success()  # the provider answered; the request was wrong
                     raise AgentFailure(f"{alias}: {last}") from None
@@ -500,12 +505,17 @@ class AgentRuntime:
             return model.max_tokens
         return output_allowance(model, agent.task or "", agent.reserved - agent.billed)
 
-    def _bill_failed_call(self, agent: Agent, alias: str, model: ModelConfig, usage: tuple[int, int]) -> None:
+    async def _bill_failed_call(self, agent: Agent, alias: str, model: ModelConfig, usage: tuple[int, int]) -> None:
         """A call that failed although the upstream billed it (it reported usage): the cost goes
-        to the ledger now and counts against what the agent's later calls may spend."""
+        to the ledger and the budget now (out of the agent's reservation), and counts against
+        what the agent's later calls may spend."""
         cost = token_cost(model, *usage)
         agent.billed += cost
         self.store.submit([_usage_row(self.clock(), agent, alias, model.provider, *usage, cost)])
+        if self.budget is not None:
+            exceeded = self.budget.settle(_hold_id(agent), cost, part=cost)
+            if exceeded:
+                await self._announce_exceeded(agent, exceeded, cost)
 
     async def _complete(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent,
                         alias: str) -> CompletionResult:
@@ -572,7 +582,7 @@ class AgentRuntime:
             except Exception:  # a listener's bug must not stop the runtime
                 log.exception("agent listener failed for %s", agent.agent_id)
         if exceeded:
-            await self._announce_exceeded(agent, exceeded)
+            await self._announce_exceeded(agent, exceeded, agent.cost)
         if agent.parent_id is not None and agent.parent_id in self._team_finished:
             self._team_finished[agent.parent_id][agent.agent_id] = agent
             await self._maybe_finish_team(agent.parent_id)
@@ -582,27 +592,26 @@ class AgentRuntime:
         lead's; a team: nothing more, its members counted theirs as they ended)."""
         if agent.kind == A.KIND_TEAM:
             return self.budget.settle(agent.agent_id, None)
-        if agent.kind == A.KIND_MEMBER:
-            exceeded = self.budget.settle(agent.parent_id, agent.cost, part=agent.reserved or 0.0)
-        else:
-            exceeded = self.budget.settle(agent.agent_id, agent.cost)
+        # Calls billed although they failed were counted as they happened (_bill_failed_call).
+        part = max((agent.reserved or 0.0) - agent.billed, 0.0) if agent.kind == A.KIND_MEMBER else None
+        exceeded = self.budget.settle(_hold_id(agent), max((agent.cost or 0.0) - agent.billed, 0.0), part=part)
         if agent.cost and agent.reserved is not None and agent.cost > agent.reserved + 1e-9:
             log.warning("provider %s billed agent %s $%.6f, more than the $%.6f reserved for it "
                         "(%s input, %s output tokens: did it ignore max_tokens?)", agent.provider, agent.agent_id,
                         agent.cost, agent.reserved, agent.input_tokens, agent.output_tokens)
         return exceeded
 
-    async def _announce_exceeded(self, agent: Agent, levels: list[Level]) -> None:
+    async def _announce_exceeded(self, agent: Agent, levels: list[Level], cost: float | None) -> None:
         """budget.exceeded: a provider billed past what it was allowed and a cap is passed;
         spawns are refused at that level until its period ends."""
         for level in levels:
             log.error("budget: %s cap of $%g passed (spent %.6f) after agent %s cost $%.6f; spawns are "
                       "refused until the %s ends", level.name, level.cap, level.settled, agent.agent_id,
-                      agent.cost, {"daily": "day", "monthly": "month", "hourly": "hour"}[level.name])
+                      cost or 0.0, {"daily": "day", "monthly": "month", "hourly": "hour"}[level.name])
         if self.events is None:
             return
         data = {"agent_id": agent.agent_id, "model": agent.served_model or agent.model, "provider": agent.provider,
-                "cost": agent.cost, "reserved": agent.reserved,
+                "cost": cost, "reserved": agent.reserved,
                 "input_tokens": agent.input_tokens, "output_tokens": agent.output_tokens,
                 "levels": [{"level": lv.name, "cap": lv.cap, "spent": round(lv.settled, 8)} for lv in levels]}
         try:

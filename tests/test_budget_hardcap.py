@@ -380,7 +380,7 @@ class Flaky:
         self.billed = settings.options["billed"]
     async def complete(self, request):
         Flaky.calls += 1
-        if Flaky.calls == 1:
+        if Flaky.calls == 1 and self.billed:
             raise ProviderError("flaky: cut off", kind="connection", usage=(5, self.billed))
         return CompletionResult(text="ok", input_tokens=5, output_tokens=request.max_tokens)
 
@@ -389,18 +389,22 @@ def register(registry):
 '''
 
 
-@pytest.mark.parametrize("billed,outcome", [(120, "completed"), (MAX_TOKENS, "failed")])
-async def test_a_retry_after_a_billed_failure_gets_only_what_is_left(aiohttp_client, tmp_path, upstream,
-                                                                     billed, outcome):
+def flaky_config(tmp_path, upstream, billed: int, **runtime):
     plugdir = tmp_path / "plugins.d"
-    plugdir.mkdir(mode=0o755)
+    plugdir.mkdir(mode=0o755, exist_ok=True)
     (plugdir / "flaky.py").write_text(FLAKY_PLUGIN)
     (plugdir / "flaky.py").chmod(0o644)
     cfg = capped_config(tmp_path, upstream, k2p5=model("k2p5", "flaky"))
     flaky = ProviderSettings(name="flaky", plugin="flaky", options={"billed": billed}, hourly_limit=1000)
-    cfg = dataclasses.replace(cfg, providers={**cfg.providers, "flaky": flaky},
-                              plugins=dataclasses.replace(cfg.plugins, dropin_dir=str(plugdir), require_root=False))
-    app = build_app(cfg)
+    return dataclasses.replace(cfg, providers={**cfg.providers, "flaky": flaky},
+                               runtime=dataclasses.replace(cfg.runtime, **runtime),
+                               plugins=dataclasses.replace(cfg.plugins, dropin_dir=str(plugdir), require_root=False))
+
+
+@pytest.mark.parametrize("billed,outcome", [(120, "completed"), (MAX_TOKENS, "failed")])
+async def test_a_retry_after_a_billed_failure_gets_only_what_is_left(aiohttp_client, tmp_path, upstream,
+                                                                     billed, outcome):
+    app = build_app(flaky_config(tmp_path, upstream, billed))
     client = await aiohttp_client(app)
     resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "flaky"})
     done = await wait_status(client, (await resp.json())["agent_id"])
@@ -414,3 +418,32 @@ async def test_a_retry_after_a_billed_failure_gets_only_what_is_left(aiohttp_cli
         assert done["error"].endswith("then its reservation was spent")
     assert done["cost"] == pytest.approx(sum(r["cost"] for r in rows)) and done["cost"] <= reserved
     assert (await budget_of(client))["today_spend"] == pytest.approx(done["cost"])
+
+
+async def test_a_billed_failure_is_remembered_across_a_restart(aiohttp_client, tmp_path, upstream):
+    """Stopped while it waits to retry after a billed failure, the agent comes back holding only
+    what is left of its reservation, and its retry is sent only what that pays for."""
+    app = build_app(flaky_config(tmp_path, upstream, 120, retry_base_delay=60.0, retry_max_delay=60.0))
+    client = await aiohttp_client(app)
+    resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "flaky"})
+    agent_id = (await resp.json())["agent_id"]
+    for _ in range(1000):  # the billed failure reaches the ledger; the retry waits a minute
+        if await ledger(app):
+            break
+        await asyncio.sleep(0.01)
+    first = (await ledger(app))[0]["cost"]
+    reserved = (len("flaky") + 64) / 1000 * 0.01 + MAX_TOKENS / 1000 * 1.0
+    before = await budget_of(client)
+    assert before["today_spend"] == pytest.approx(first, abs=1e-6)
+    assert before["reserved"] == pytest.approx(reserved - first, abs=1e-6)
+    await client.close()
+
+    app = build_app(flaky_config(tmp_path, upstream, 0))  # now it answers at once
+    client = await aiohttp_client(app)
+    done = await wait_status(client, agent_id)
+    assert done["status"] == "completed"
+    rows = await ledger(app)
+    assert [r["output_tokens"] for r in rows] == [120, 79]  # not 200: $0.12 of it was spent before
+    assert done["cost"] == pytest.approx(sum(r["cost"] for r in rows)) and done["cost"] <= reserved
+    end = await budget_of(client)
+    assert end["reserved"] == 0 and end["today_spend"] == pytest.approx(done["cost"], abs=1e-6)
