@@ -47,7 +47,10 @@ def money(x: float | None) -> float | None:
 
 
 class Agent:
-    __slots__ = COLUMNS + ("members",)
+    # ``reserved``: the budget held for this agent while it is live (its worst case; see
+    # worstcase.py).  Not stored: it is worked out again from the config at start.
+    # ``billed``: the cost of calls the upstream billed although they failed (already in the ledger).
+    __slots__ = COLUMNS + ("members", "reserved", "billed")
 
     def __init__(self, **fields: Any) -> None:
         for name in COLUMNS:
@@ -58,6 +61,8 @@ class Agent:
         if self.created_at is None:
             self.created_at = time.time()
         self.members: list[str] = list(fields.get("members") or ())
+        self.reserved: float | None = fields.get("reserved")  # None: no budget, no cap on calls
+        self.billed = 0.0
 
     # -- persistence -----------------------------------------------------------
     # Task and result are the user's data: they reach the database only through

@@ -15,12 +15,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import agent as A
-from . import agent_query
+from . import agent_query, worstcase
 from .agent import Agent, from_row
 from .config import Config
 from .jsonx import is_unicode
 from .errors import Conflict, NotFound, ValidationFailed
 from .budget import Budget
+from .pricing import token_cost
 from .runtime import AgentRuntime
 from .store import Store
 
@@ -80,10 +81,15 @@ class AgentService:
             raise ValidationFailed([{"field": "body", "message": f"{what} must be a JSON object"}])
 
     def estimate(self, model_alias: str, task: str) -> float:
-        """Estimated cost at spawn: the task's tokens (~4 chars each) plus the model's typical output."""
+        """Estimated cost at spawn: the task's tokens (~4 chars each) plus the model's typical output.
+        What is reserved is the worst case instead (:meth:`reservation`)."""
         model = self.config.models[model_alias]
-        input_tokens = max(1, math.ceil(len(task) / 4))
-        return input_tokens / 1000 * model.input_per_1k + model.typical_output_tokens / 1000 * model.output_per_1k
+        return token_cost(model, max(1, math.ceil(len(task) / 4)), model.typical_output_tokens)
+
+    def reservation(self, agent: Agent) -> float:
+        """The most ``agent`` may cost (its worst case over its fallback chain), remembered on it."""
+        agent.reserved = worstcase.agent_bound(self.config.models, agent.model, agent.task or "")
+        return agent.reserved
 
     @staticmethod
     def _check_privacy(body: Any, prefix: str, errors: list[dict[str, str]]) -> float | None:
@@ -139,7 +145,7 @@ class AgentService:
             hook, insert = self.webhooks.for_agent_statement(url, agent_id, key_id, webhook_secret)
             hooks.append(hook)
             statements.append(insert)
-        self.budget.reserve_all(key_id, [(a.agent_id, a.estimated_cost) for a in agents])
+        self.budget.reserve_all(key_id, [(a.agent_id, self._hold(a, extra)) for a in agents])
         try:
             await self.runtime.admit([*agents, *extra], statements)
         except BaseException:
@@ -148,6 +154,13 @@ class AgentService:
             raise
         for hook in hooks:  # before any of these agents can finish: nothing awaited since the commit
             self.webhooks.adopt(hook)
+
+    def _hold(self, agent: Agent, extra: list[Agent]) -> float:
+        """What ``agent`` holds: its own worst case, or a team lead's, the sum of its members';
+        less what calls that failed were billed already (counted as spend when they were)."""
+        if agent.kind == A.KIND_TEAM:
+            return sum(self._hold(m, []) for m in extra if m.parent_id == agent.agent_id)
+        return max(self.reservation(agent) - agent.billed, 0.0)
 
     async def spawn(self, body: Any, key_id: str = A.ANONYMOUS, webhook_secret: str | None = None) -> dict[str, Any]:
         self._require_object(body)
@@ -349,6 +362,12 @@ class AgentService:
         def read(conn: sqlite3.Connection) -> tuple[list[Agent], dict[str, list[Agent]]]:
             live = [from_row(r, self.store.cipher) for r in conn.execute(
                 "SELECT * FROM agents WHERE status IN ('spawning', 'queued', 'running') ORDER BY rowid")]
+            # A live agent's ledger rows are calls billed although they failed: what it has spent.
+            billed = dict(conn.execute(
+                "SELECT agent_id, SUM(cost) FROM usage WHERE agent_id IN (SELECT agent_id FROM agents "
+                "WHERE status IN ('spawning', 'queued', 'running')) GROUP BY agent_id").fetchall())
+            for a in live:
+                a.billed = billed.get(a.agent_id) or 0.0
             teams = {a.agent_id: a for a in live if a.kind == A.KIND_TEAM}
             done: dict[str, list[Agent]] = {t: [] for t in teams}
             for tid, team in teams.items():
@@ -361,8 +380,11 @@ class AgentService:
         live, done = await self.store.read(read)
         now = self.runtime.clock()
         spent = await self.store.read(lambda conn: ledger_spend(conn, now))
-        # Reservations first: agents failed during recovery settle against them.
-        self.budget.restore(*spent, live=[(a.agent_id, a.api_key, a.estimated_cost)
+        # Reservations first: agents failed during recovery settle against them.  They are the
+        # worst cases under today's config, which is what the re-run calls will be sent; a team
+        # holds for its members still live (those already ended are in the ledger).
+        live_members = [a for a in live if a.kind == A.KIND_MEMBER]
+        self.budget.restore(*spent, live=[(a.agent_id, a.api_key, self._hold(a, live_members))
                                           for a in live if a.kind != A.KIND_MEMBER])
         return await self.runtime.recover(live, done)
 

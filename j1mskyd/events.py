@@ -32,7 +32,8 @@ PRICING_EVENTS = ("pricing.quote_generated", "pricing.quote_approved", "pricing.
                   "pricing.exception_created", "pricing.margin_alert", "pricing.budget_warning",
                   "pricing.budget_critical", "pricing.policy_changed")
 EVENT_TYPES = AGENT_EVENTS + LIVE_ONLY + PRICING_EVENTS + ("budget.notice", "budget.warning", "budget.critical",
-                              "rate_limit.exhausted", "security.violation", "webhook.test")
+                                                          "budget.exceeded", "rate_limit.exhausted",
+                                                          "security.violation", "webhook.test")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,16 @@ from .providers import ProviderError
 _MAX_DETAIL = 300
 
 
+def billed_usage(usage: Any, input_key: str, output_key: str) -> tuple[int, int] | None:
+    """The token counts of a ``usage`` object when the upstream reported both (it billed them)."""
+    if not isinstance(usage, dict):
+        return None
+    counts = usage.get(input_key), usage.get(output_key)
+    if all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        return counts
+    return None
+
+
 def estimate_tokens(text: str) -> int:
     """A rough count (about four characters a token) for upstreams that report none."""
     return max(1, math.ceil(len(text) / 4))
@@ -104,10 +114,11 @@ class HttpCaller:
         self.secret = secret
 
     def error(
-        self, message: str, *, kind: str, status: int | None = None, retry_after: float | None = None
+        self, message: str, *, kind: str, status: int | None = None, retry_after: float | None = None,
+        usage: tuple[int, int] | None = None,
     ) -> ProviderError:
         message = redact(f"{self.label}: {message}", self.secret)
-        return ProviderError(message, kind=kind, status=status, retry_after=retry_after)
+        return ProviderError(message, kind=kind, status=status, retry_after=retry_after, usage=usage)
 
     async def post_json(self, url: str, body: dict, headers: dict[str, str], timeout: float) -> dict[str, Any]:
         """POST ``body``; return the decoded JSON object of a 2xx answer or raise ProviderError."""

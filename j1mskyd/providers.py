@@ -48,6 +48,7 @@ class ProviderError(Exception):
         kind: str = "server_error",
         status: int | None = None,
         retry_after: float | None = None,
+        usage: tuple[int, int] | None = None,
     ) -> None:
         if kind not in ERROR_KINDS:
             raise ValueError(f"unknown ProviderError kind {kind!r}")
@@ -56,6 +57,10 @@ class ProviderError(Exception):
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
+        # (input_tokens, output_tokens) the upstream reported for a call it billed although
+        # the answer is unusable (a 2xx without content): the runtime records that cost and
+        # gives later attempts only what is left of the agent's reservation.
+        self.usage = usage
 
     @property
     def retryable(self) -> bool:

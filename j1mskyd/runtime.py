@@ -24,19 +24,21 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from . import agent as A
 from .agent import Agent
 from .backoff import backoff_delay
-from .budget import Budget
+from .budget import Budget, Level
 from .config import Config, ModelConfig
 from .events import EventLog, agent_event_data
+from .pricing import token_cost
 from .provider_pool import ProviderSlot
 from .providers import CompletionRequest, CompletionResult, ProviderError
 from .ratelimit import Buckets, Limit
 from .store import Store, StoreError
+from .worstcase import fallback_chain, output_allowance
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +56,24 @@ class _Requeue(Exception):
     """Every provider of the chain ran out of hourly tokens between dispatch and call."""
 
 
-def cost_of(model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
-    return input_tokens / 1000 * model.input_per_1k + output_tokens / 1000 * model.output_per_1k
+def _usage_row(ts: float, agent: Agent, alias: str | None, provider: str | None, input_tokens: int | None,
+               output_tokens: int | None, cost: float) -> tuple[str, tuple[Any, ...]]:
+    """One billed call in the ledger."""
+    return ("INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (ts, agent.agent_id, alias, provider, input_tokens, output_tokens, cost, agent.api_key))
+
+
+def _hold_id(agent: Agent) -> str:
+    """Whose budget reservation pays for ``agent``: its own, or its team lead's."""
+    return agent.parent_id if agent.kind == A.KIND_MEMBER else agent.agent_id
 
 
 def _refund(agent: Agent, spent: float | None = None) -> float:
-    """The unspent part of what was estimated (reserved) at spawn."""
+    """The unspent part of what was estimated at spawn."""
     if spent is None:
         spent = agent.cost or 0.0
     return A.money(max(agent.estimated_cost - spent, 0.0))
-
-
-def fallback_chain(models: Mapping[str, ModelConfig], alias: str) -> list[str]:
-    chain: list[str] = []
-    current: str | None = alias
-    while current is not None and current not in chain and current in models:
-        chain.append(current)
-        current = models[current].fallback
-    return chain
 
 
 class AgentRuntime:
@@ -385,7 +387,7 @@ class AgentRuntime:
             await asyncio.shield(self._finish(
                 agent, A.COMPLETED, result=result.text, served_model=served, provider=model.provider,
                 input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-                cost=cost_of(model, result.input_tokens, result.output_tokens),
+                cost=token_cost(model, result.input_tokens, result.output_tokens) + agent.billed,
             ))
         except asyncio.CancelledError:
             if agent.status in A.TERMINAL:
@@ -421,13 +423,17 @@ class AgentRuntime:
             if not slot.breaker.available():
                 reasons.append(f"{alias}: circuit open for {slot.name}")
                 continue
+            max_tokens = self._max_tokens(agent, model)
+            if max_tokens < 1:
+                reasons.append(f"{alias}: its reservation of ${agent.reserved:.6f} does not pay for a call to it")
+                continue
             if slot not in held:
                 for s in held:
                     s.release()
                 held.clear()
                 await slot.acquire()
                 held.append(slot)
-            outcome = await self._call_with_retries(agent, alias, model, slot)
+            outcome = await self._call_with_retries(agent, alias, model, slot, max_tokens)
             if isinstance(outcome, CompletionResult):
                 return alias, outcome
             out_of_tokens += outcome.startswith(_OUT_OF_TOKENS)
@@ -436,11 +442,15 @@ class AgentRuntime:
             raise _Requeue
         raise AgentFailure("all providers failed: " + "; ".join(reasons))
 
-    async def _call_with_retries(self, agent: Agent, alias: str, model: ModelConfig,
-                                 slot: ProviderSlot) -> CompletionResult | str:
+    async def _call_with_retries(self, agent: Agent, alias: str, model: ModelConfig, slot: ProviderSlot,
+                                 max_tokens: int) -> CompletionResult | str:
         """The result, or why this model gave up (the caller then falls back)."""
         last = "no attempt made"
         for attempt in range(1, self.rt.max_attempts + 1):
+            if attempt > 1:  # a billed failure leaves less of the reservation for the next call
+                max_tokens = self._max_tokens(agent, model)
+                if max_tokens < 1:
+                    return f"{last}; then its reservation was spent"
             if not slot.breaker.allow():
                 return f"circuit open for {slot.name}" if attempt == 1 else f"{last}; then circuit opened"
             if not self.buckets.take("provider:" + slot.name, self._provider_limits[slot.name]).allowed:
@@ -449,7 +459,7 @@ class AgentRuntime:
             # The call may outlive the agent's deadline by a margin, so that when the
             # deadline is what binds, the agent's own timeout fires first and says so.
             call_timeout = min(slot.settings.timeout, max(agent.deadline - self.clock(), 0.0) + _DEADLINE_MARGIN)
-            request = CompletionRequest(model=model.upstream, prompt=agent.task, max_tokens=model.max_tokens,
+            request = CompletionRequest(model=model.upstream, prompt=agent.task, max_tokens=max_tokens,
                                         timeout=call_timeout, agent_id=agent.agent_id)
             agent.attempts += 1
             slot.calls += 1
@@ -460,6 +470,8 @@ class AgentRuntime:
                 raise
             except ProviderError as exc:
                 last = f"{exc.kind}" + (f" (HTTP {exc.status})" if exc.status else "") + f": {exc.message}"
+                if exc.usage is not None:
+                    await self._bill_failed_call(agent, alias, model, exc.usage)
                 if exc.kind == "bad_request":
                     slot.breaker.record_success()  # the provider answered; the request was wrong
                     raise AgentFailure(f"{alias}: {last}") from None
@@ -482,6 +494,28 @@ class AgentRuntime:
             if attempt < self.rt.max_attempts:
                 await asyncio.sleep(backoff_delay(attempt, self.rt.retry_base_delay, self.rt.retry_max_delay))
         return last
+
+    @staticmethod
+    def _max_tokens(agent: Agent, model: ModelConfig) -> int:
+        """What this agent's calls to ``model`` may write: the model's cap, or less when the
+        agent's reservation pays for less at this model's prices.  Every attempt gets the whole
+        reservation, less what calls that failed were billed (an upstream that reported usage
+        with an unusable answer): no other failed call is billed to the agent."""
+        if agent.reserved is None:  # not budgeted (a runtime without a budget)
+            return model.max_tokens
+        return output_allowance(model, agent.task or "", agent.reserved - agent.billed)
+
+    async def _bill_failed_call(self, agent: Agent, alias: str, model: ModelConfig, usage: tuple[int, int]) -> None:
+        """A call that failed although the upstream billed it (it reported usage): the cost goes
+        to the ledger and the budget now (out of the agent's reservation), and counts against
+        what the agent's later calls may spend."""
+        cost = token_cost(model, *usage)
+        agent.billed += cost
+        self.store.submit([_usage_row(self.clock(), agent, alias, model.provider, *usage, cost)])
+        if self.budget is not None:
+            exceeded = self.budget.settle(_hold_id(agent), cost, part=cost)
+            if exceeded:
+                await self._announce_exceeded(agent, exceeded, cost)
 
     async def _complete(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent,
                         alias: str) -> CompletionResult:
@@ -509,18 +543,16 @@ class AgentRuntime:
         if agent.status in A.TERMINAL:
             return
         fields.setdefault("completed_at", self.clock())
+        if agent.billed and status != A.COMPLETED:  # calls billed although they failed
+            fields.setdefault("cost", agent.billed)
         statements = []
         for name, value in fields.items():
             setattr(agent, name, value)
         agent.status = status
         statements.append(agent.update_statement("status", "attempts", *fields, cipher=self.store.cipher))
         if status == A.COMPLETED and agent.kind != A.KIND_TEAM:
-            statements.append((
-                "INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (agent.completed_at, agent.agent_id, agent.served_model, agent.provider,
-                 agent.input_tokens, agent.output_tokens, agent.cost, agent.api_key),
-            ))
+            statements.append(_usage_row(agent.completed_at, agent, agent.served_model, agent.provider,
+                                         agent.input_tokens, agent.output_tokens, agent.cost - agent.billed))
         event = None
         if self.events is not None and agent.kind != A.KIND_MEMBER:
             # The announcement goes in the same transaction as the state it announces.
@@ -534,8 +566,7 @@ class AgentRuntime:
             # Disk full or I/O error: the row on disk keeps its last live status, so the
             # agent runs again after a restart.  Nothing may wait on it forever meanwhile.
             log.error("could not save the %s state of agent %s: %s", status, agent.agent_id, exc)
-        if self.budget is not None and agent.kind != A.KIND_MEMBER:
-            self.budget.settle(agent.agent_id, agent.cost)
+        exceeded = self._settle(agent) if self.budget is not None else []
         self.live.pop(agent.agent_id, None)
         self._cancelling.discard(agent.agent_id)
         if status == A.COMPLETED:
@@ -550,9 +581,43 @@ class AgentRuntime:
                 listener(agent)
             except Exception:  # a listener's bug must not stop the runtime
                 log.exception("agent listener failed for %s", agent.agent_id)
+        if exceeded:
+            await self._announce_exceeded(agent, exceeded, agent.cost)
         if agent.parent_id is not None and agent.parent_id in self._team_finished:
             self._team_finished[agent.parent_id][agent.agent_id] = agent
             await self._maybe_finish_team(agent.parent_id)
+
+    def _settle(self, agent: Agent) -> list[Level]:
+        """Release the agent's reservation and count its cost (a member: its share of its
+        lead's; a team: nothing more, its members counted theirs as they ended)."""
+        if agent.kind == A.KIND_TEAM:
+            return self.budget.settle(agent.agent_id, None)
+        # Calls billed although they failed were counted as they happened (_bill_failed_call).
+        part = max((agent.reserved or 0.0) - agent.billed, 0.0) if agent.kind == A.KIND_MEMBER else None
+        exceeded = self.budget.settle(_hold_id(agent), max((agent.cost or 0.0) - agent.billed, 0.0), part=part)
+        if agent.cost and agent.reserved is not None and agent.cost > agent.reserved + 1e-9:
+            log.warning("provider %s billed agent %s $%.6f, more than the $%.6f reserved for it "
+                        "(%s input, %s output tokens: did it ignore max_tokens?)", agent.provider, agent.agent_id,
+                        agent.cost, agent.reserved, agent.input_tokens, agent.output_tokens)
+        return exceeded
+
+    async def _announce_exceeded(self, agent: Agent, levels: list[Level], cost: float | None) -> None:
+        """budget.exceeded: a provider billed past what it was allowed and a cap is passed;
+        spawns are refused at that level until its period ends."""
+        for level in levels:
+            log.error("budget: %s cap of $%g passed (spent %.6f) after agent %s cost $%.6f; spawns are "
+                      "refused until the %s ends", level.name, level.cap, level.settled, agent.agent_id,
+                      cost or 0.0, {"daily": "day", "monthly": "month", "hourly": "hour"}[level.name])
+        if self.events is None:
+            return
+        data = {"agent_id": agent.agent_id, "model": agent.served_model or agent.model, "provider": agent.provider,
+                "cost": cost, "reserved": agent.reserved,
+                "input_tokens": agent.input_tokens, "output_tokens": agent.output_tokens,
+                "levels": [{"level": lv.name, "cap": lv.cap, "spent": round(lv.settled, 8)} for lv in levels]}
+        try:
+            await self.events.emit("budget.exceeded", data)
+        except StoreError as exc:
+            log.error("could not record budget.exceeded for agent %s: %s", agent.agent_id, exc)
 
     async def _maybe_finish_team(self, team_id: str) -> None:
         team = self.live.get(team_id)

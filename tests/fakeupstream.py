@@ -30,6 +30,9 @@ class FakeUpstream:
         self.reply_text = "fake reply"
         self.input_tokens = 11
         self.output_tokens = 7
+        # True: report as many output tokens as the request allowed (its max_tokens), as an
+        # upstream that writes until it is cut off would; False: always ``output_tokens``.
+        self.bill_max_tokens = False
         self._script: list[tuple[str, Any]] = []  # queued ("fail", ...) / ("malformed", None)
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
@@ -43,6 +46,11 @@ class FakeUpstream:
 
     def malformed_next(self, n: int) -> None:
         self._script += [("malformed", None)] * n
+
+    def billed_empty_next(self, n: int, output_tokens: int) -> None:
+        """The next ``n`` calls answer 200 with a usage block (billed: ``input_tokens`` and
+        ``output_tokens``) but no content, as an upstream whose answer was filtered away."""
+        self._script += [("billed_empty", output_tokens)] * n
 
     async def start(self) -> FakeUpstream:
         app = web.Application()
@@ -79,11 +87,21 @@ class FakeUpstream:
         what, arg = self._script.pop(0)
         if what == "malformed":
             return payload, web.Response(text="<html>not json", content_type="application/json")
+        if what == "billed_empty":
+            if request.path == "/v1/messages":
+                body = {"type": "message", "usage": {"input_tokens": self.input_tokens, "output_tokens": arg}}
+            else:
+                body = {"object": "chat.completion", "choices": [],
+                        "usage": {"prompt_tokens": self.input_tokens, "completion_tokens": arg}}
+            return payload, web.json_response(body)
         status, retry_after, body = arg
         headers = {} if retry_after is None else {"Retry-After": _retry_after_text(retry_after)}
         if body is None:
             body = json.dumps(self._error_body(request.path, status))
         return payload, web.Response(status=status, text=body, content_type="application/json", headers=headers)
+
+    def _billed_output(self, payload: dict[str, Any]) -> int:
+        return payload.get("max_tokens") if self.bill_max_tokens else self.output_tokens
 
     @staticmethod
     def _error_body(path: str, status: int) -> dict[str, Any]:
@@ -109,7 +127,7 @@ class FakeUpstream:
                 if self.delay:
                     await asyncio.sleep(self.delay / 10)
             if (payload.get("stream_options") or {}).get("include_usage"):  # OpenAI's final usage chunk
-                usage = {"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens}
+                usage = {"prompt_tokens": self.input_tokens, "completion_tokens": self._billed_output(payload)}
                 await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
@@ -118,8 +136,8 @@ class FakeUpstream:
             "id": "chatcmpl-fake", "object": "chat.completion", "model": payload.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": self.reply_text},
                          "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens,
-                      "total_tokens": self.input_tokens + self.output_tokens},
+            "usage": {"prompt_tokens": self.input_tokens, "completion_tokens": self._billed_output(payload),
+                      "total_tokens": self.input_tokens + self._billed_output(payload)},
         })
 
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
@@ -134,7 +152,7 @@ class FakeUpstream:
             "id": "msg_fake", "type": "message", "role": "assistant", "model": payload.get("model"),
             "content": [{"type": "text", "text": self.reply_text}],
             "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": self._billed_output(payload)},
         })
 
 

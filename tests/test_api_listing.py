@@ -32,11 +32,14 @@ TASKS = [
 
 
 def priced_config(tmp_path, **kwargs):
-    """The embedded default with opus made expensive, so some agents cost more than $1."""
+    """The embedded default with opus made expensive, so some agents cost more than $1.  The budget
+    and the spike limit are raised to hold an opus agent's worst case (4096 output tokens at $50 per 1k)."""
     base = make_config(tmp_path, **kwargs)
     models = dict(base.models)
     models["opus"] = dataclasses.replace(models["opus"], input_per_1k=50.0, output_per_1k=50.0)
-    return dataclasses.replace(base, models=models)
+    budget = dataclasses.replace(base.budget, daily_budget=10_000.0, monthly_ceiling=300_000.0,
+                                 spike_per_hour=10_000.0)
+    return dataclasses.replace(base, models=models, budget=budget)
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 levels, the daily budget across a restart, cost-spike blocks and per-key concurrency.
 
 Prices are chosen so that money is exact: k2p5 runs on a fake upstream at $1 per 1k
-output tokens and nothing for input, with 100 typical output tokens, so each spawn
-reserves $0.10 and (with the upstream answering 100 output tokens) costs $0.10.
+output tokens and nothing for input, with 100 typical output tokens and a max_tokens of
+100, so each spawn is estimated at and reserves (its worst case) $0.10 and (with the
+upstream answering 100 output tokens) costs $0.10.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from j1mskyd.app import build_app
 from j1mskyd.budget import Budget, BudgetExceeded, BudgetPolicy, SpawnRefused
 from j1mskyd.providers import ProviderSettings
+from j1mskyd.worstcase import FRAMING_TOKENS
 from tests.conftest import Clock, make_config, wait_status
 from tests.fakeupstream import FakeUpstream
 
@@ -39,7 +41,7 @@ def priced_config(tmp_path, upstream: FakeUpstream, **budget):
                                          api_key="sk-paid", timeout=60, max_concurrency=64, hourly_limit=100_000)
     models = dict(base.models)
     models["k2p5"] = dataclasses.replace(models["k2p5"], provider="paid", input_per_1k=0.0, output_per_1k=1.0,
-                                         typical_output_tokens=100, fallback=None)
+                                         typical_output_tokens=100, max_tokens=100, fallback=None)
     cfg = dataclasses.replace(base, providers=providers, models=models)
     return dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, **budget))
 
@@ -58,6 +60,11 @@ async def budget_of(client) -> dict:
     resp = await client.get("/api/rate-limits")
     assert resp.status == 200
     return (await resp.json())["budget"]
+
+
+def app_config(app):
+    from j1mskyd.api.common import CONFIG
+    return app[CONFIG]
 
 
 async def ledger_total(app) -> float:
@@ -190,9 +197,9 @@ def _seconds_to_hour_end() -> float:
 async def test_cost_spike_blocks_the_key_until_the_hour_ends(aiohttp_client, tmp_path, upstream):
     if _seconds_to_hour_end() < 15:  # do not straddle the hour: wait for the next one
         await asyncio.sleep(_seconds_to_hour_end() + 0.5)
-    cfg = priced_config(tmp_path, upstream, daily_budget=100.0, spike_per_hour=0.15)
+    cfg = priced_config(tmp_path, upstream, daily_budget=100.0, spike_per_hour=0.25)
     client = await aiohttp_client(build_app(cfg))
-    for _ in range(2):  # 0.20 this hour > 0.15
+    for _ in range(2):  # 0.20 this hour; another 0.10 would pass 0.25
         await wait_status(client, await spawn_ok(client))
     resp = await spawn(client)
     assert resp.status == 429
@@ -213,21 +220,33 @@ async def test_cost_spike_blocks_the_key_until_the_hour_ends(aiohttp_client, tmp
 def test_cost_spike_is_per_key_and_ends_with_the_hour():
     clock = Clock(1_764_028_800.0 + 1200)  # 20 minutes into an hour
     budget = Budget(BudgetPolicy(daily_budget=1000.0, monthly_ceiling=30000.0, spike_per_hour=1.0), clock)
-    budget.reserve("a1", "key_a", 0.8)
-    budget.settle("a1", 0.8)
-    budget.reserve("a2", "key_a", 0.8)  # at 0.8 of 1.0: not yet blocked
-    budget.settle("a2", 0.8)
-    with pytest.raises(SpawnRefused) as err:
-        budget.reserve("a3", "key_a", 0.01)
+    budget.reserve("a1", "key_a", 0.4)
+    budget.settle("a1", 0.4)
+    budget.reserve("a2", "key_a", 0.4)
+    budget.settle("a2", 0.4)
+    with pytest.raises(SpawnRefused) as err:  # 0.8 spent + 0.3 would pass 1.0: a hard cap
+        budget.reserve("a3", "key_a", 0.3)
     assert err.value.extra["retry_after"] == 2401 and err.value.headers["Retry-After"] == "2401"
+    budget.reserve("a3", "key_a", 0.2)  # exactly at the cap fits
+    budget.settle("a3", 0.2)
     budget.reserve("b1", "key_b", 0.5)  # key_b spent nothing: unaffected
     budget.settle("b1", 0.5)
     clock.t += 2399
     with pytest.raises(SpawnRefused):
-        budget.reserve("a3", "key_a", 0.01)
+        budget.reserve("a4", "key_a", 0.01)
     clock.t += 1  # the hour ended
-    budget.reserve("a3", "key_a", 0.01)
-    assert budget.spent_today == pytest.approx(2.1)  # the day's spend is untouched by the hour
+    budget.reserve("a4", "key_a", 0.01)
+    assert budget.spent_today == pytest.approx(1.5)  # the day's spend is untouched by the hour
+
+
+def test_cost_spike_counts_reservations_in_flight():
+    budget = Budget(BudgetPolicy(daily_budget=1000.0, spike_per_hour=1.0), Clock(1_764_028_800.0 + 60))
+    budget.reserve("a1", "key_a", 0.7)
+    with pytest.raises(SpawnRefused) as err:  # 0.7 held + 0.4: what is in flight may yet be spent
+        budget.reserve("a2", "key_a", 0.4)
+    assert err.value.extra["retry_after"] == 5 and "in flight" in err.value.message
+    budget.settle("a1", 0.1)  # it cost less than its worst case: the room comes back
+    budget.reserve("a2", "key_a", 0.4)
 
 
 def test_restore_brings_back_the_spike_block_per_key():
@@ -282,7 +301,14 @@ async def test_a_team_reserves_for_its_members_and_settles_once(aiohttp_client, 
     assert resp.status == 200, await resp.text()
     team = await resp.json()
     snap = await budget_of(client)
-    assert snap["reserved"] == pytest.approx(team["estimated_cost"]) and team["estimated_cost"] > 0
+    # Each member holds its worst case: every input byte a token (plus the chat framing) and
+    # max_tokens of output, at the dearest model of its fallback chain.
+    models = app_config(app).models
+    worst = {a: (len("build the thing") + FRAMING_TOKENS) / 1000 * m.input_per_1k
+             + m.max_tokens / 1000 * m.output_per_1k for a, m in models.items()}
+    assert snap["reserved"] == pytest.approx(max(worst["k2p5"], worst["minimax-m2.5"])
+                                             + max(worst["sonnet"], worst["k2p5"], worst["minimax-m2.5"]), abs=1e-6)
+    assert snap["reserved"] > team["estimated_cost"] > 0
     done = await wait_status(client, team["agent_id"])
     assert done["status"] == "completed"
     snap = await budget_of(client)
@@ -307,7 +333,7 @@ async def test_spike_block_and_concurrency_cap_are_per_api_key(aiohttp_client, t
 
     if _seconds_to_hour_end() < 15:
         await asyncio.sleep(_seconds_to_hour_end() + 0.5)
-    cfg = priced_config(tmp_path, upstream, daily_budget=100.0, spike_per_hour=0.15, max_agents_per_key=1)
+    cfg = priced_config(tmp_path, upstream, daily_budget=100.0, spike_per_hour=0.25, max_agents_per_key=1)
     cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True))
     client = await aiohttp_client(build_app(cfg))
     admin = bootstrap_key(cfg)
@@ -335,7 +361,7 @@ async def test_spike_block_and_concurrency_cap_are_per_api_key(aiohttp_client, t
     await finish(a, first)
     await finish(b, other)
     upstream.delay = 0
-    await finish(a, await spawn_as(a))  # A: 0.20 this hour > 0.15
+    await finish(a, await spawn_as(a))  # A: 0.20 this hour; 0.10 more would pass 0.25
     resp = await spawn_as(a)
     assert resp.status == 429 and "spike" in (await resp.json())["error"]["message"].lower()
     await finish(b, await spawn_as(b))  # B spent 0.10 before this one: not blocked

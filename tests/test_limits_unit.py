@@ -123,8 +123,8 @@ def test_monthly_ceiling_and_day_rollover():
 def test_cost_spike_blocks_the_key_until_the_hour_ends():
     clock = Clock(1_764_028_800.0 + 600)  # ten minutes into an hour
     budget = Budget(BudgetPolicy(daily_budget=1000.0, monthly_ceiling=30000.0, spike_per_hour=5.0), clock)
-    budget.reserve("a", "k1", 6.0)
-    budget.settle("a", 6.0)
+    budget.reserve("a", "k1", 5.0)  # a hard cap: exactly at it fits
+    budget.settle("a", 5.0)
     with pytest.raises(SpawnRefused) as err:
         budget.reserve("b", "k1", 0.01)
     assert err.value.status == 429 and err.value.extra["retry_after"] == 3001

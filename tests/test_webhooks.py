@@ -535,14 +535,15 @@ async def test_budget_events_as_spend_crosses_thresholds(aiohttp_client, tmp_pat
                                              api_key="sk-paid", timeout=60, max_concurrency=4, hourly_limit=1000)
         models = dict(base.models)
         models["k2p5"] = dataclasses.replace(models["k2p5"], provider="paid", input_per_1k=0.0, output_per_1k=1.0,
-                                             typical_output_tokens=100, fallback=None)
+                                             typical_output_tokens=100, max_tokens=250, fallback=None)
         cfg = dataclasses.replace(base, providers=providers, models=models,
                                   budget=dataclasses.replace(base.budget, daily_budget=1.0))
         client = await aiohttp_client(build_app(cfg))
         await create_hook(client, url=receiver.url, events=["budget.notice", "budget.warning", "budget.critical"],
                           secret=SECRET)
         upstream.input_tokens = 0
-        for tokens in (550, 200, 200):  # $0.55 (55 %), $0.75 (75 %), $0.95 (95 %)
+        # Each spawn reserves its worst case, $0.25: $0.25, $0.50 (50 %), $0.75 (75 %), $0.95 (95 %).
+        for tokens in (250, 250, 250, 200):
             upstream.output_tokens = tokens
             await wait_status(client, await spawn(client))
         got = await receiver.wait_for(3)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from j1mskyd.provider_http import HttpCaller, estimate_tokens
+from j1mskyd.provider_http import HttpCaller, billed_usage, estimate_tokens
 from j1mskyd.providers import CompletionRequest, CompletionResult, ProviderSettings
 
 J1MSKY_PLUGIN_API = 1
@@ -47,7 +47,8 @@ class AnthropicProvider:
         data = await self._http.post_json(self._url, body, self._headers, request.timeout)
         content = data.get("content")
         if not isinstance(content, list):
-            raise self._http.error("answer has no content list", kind="invalid_response", status=200)
+            usage = billed_usage(data.get("usage"), "input_tokens", "output_tokens")
+            raise self._http.error("answer has no content list", kind="invalid_response", status=200, usage=usage)
         text = "".join(
             b["text"]
             for b in content

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator
 
-from j1mskyd.provider_http import HttpCaller, estimate_tokens
+from j1mskyd.provider_http import HttpCaller, billed_usage, estimate_tokens
 from j1mskyd.providers import CompletionRequest, CompletionResult, ProviderSettings
 
 J1MSKY_PLUGIN_API = 1
@@ -50,7 +50,8 @@ class OpenAICompatProvider:
             text = _content_text(choice["message"]["content"])
         except (KeyError, IndexError, TypeError):
             message = "answer has no choices[0].message.content"
-            raise self._http.error(message, kind="invalid_response", status=200) from None
+            usage = billed_usage(data.get("usage"), "prompt_tokens", "completion_tokens")
+            raise self._http.error(message, kind="invalid_response", status=200, usage=usage) from None
         return _result(request, text, data.get("usage"), data.get("model"), choice.get("finish_reason"))
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[str | CompletionResult]:
