@@ -67,7 +67,7 @@ async def metrics_prometheus(request: web.Request) -> web.Response:
         ("j1msky_agents_finished_total", "counter", "Agents finished since start, by outcome.",
          [({"outcome": "completed"}, runtime.completed_total), ({"outcome": "failed"}, runtime.failed_total)]),
         ("j1msky_spend_today_usd", "gauge", "Settled spend today (UTC).", [({}, budget["today_spend"])]),
-        ("j1msky_spend_reserved_usd", "gauge", "Estimated cost reserved by live agents.", [({}, budget["reserved"])]),
+        ("j1msky_spend_reserved_usd", "gauge", "Worst-case cost reserved by live agents (settled when each ends).", [({}, budget["reserved"])]),
         ("j1msky_budget_daily_usd", "gauge", "Daily budget.", [({}, budget["daily_budget"])]),
         ("j1msky_budget_utilization_pct", "gauge", "Today's spend as a percentage of the daily budget.",
          [({}, budget["budget_utilization_pct"])]),
