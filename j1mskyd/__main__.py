@@ -37,22 +37,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()  # uvloop 0.17 (bookworm) has install() but no run()
     except ImportError:
         pass
-    from aiohttp import web
-
     from .app import build_app
+    from .listener import serve
     from .store import StoreError
     app = build_app(config)
     log = logging.getLogger("j1mskyd")
 
-    def listening(_banner: str) -> None:  # run_app calls this once the socket is bound
+    def listening(_banner: str) -> None:  # serve calls this once the socket is bound
         log.info("j1mskyd %s listening on http://%s:%d (config: %s)", __version__,
                  config.server.host, config.server.port, config.source)
 
-    # run_app turns SIGTERM/SIGINT into a graceful exit: the site stops accepting, then
-    # the cleanup context persists in-flight agents and closes the database.
+    # serve (listener.py) turns SIGTERM/SIGINT into a graceful exit: the site stops accepting,
+    # then the cleanup context persists in-flight agents and closes the database.
     try:
-        web.run_app(app, host=config.server.host, port=config.server.port, shutdown_timeout=5.0,
-                    print=listening, access_log=None)
+        serve(app, config.server, print=listening)
     except (OSError, StoreError) as exc:  # port taken, state dir unwritable or in use: say so, no traceback
         logging.getLogger("j1mskyd").debug("start failed", exc_info=True)
         print(f"j1mskyd: cannot start: {exc}", file=sys.stderr)

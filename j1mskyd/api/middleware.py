@@ -38,6 +38,7 @@ from ..idempotency import KEY_PATTERN, fingerprint
 from ..metrics import RouteStats
 from ..ratelimit import Decision
 from ..signing import SignatureError, verify
+from ..violations import record_violation
 from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, REQUEST_ID, SERVICES, actor, api_error_response,
                      app_key, error_response)
 
@@ -134,14 +135,13 @@ def check_ip(request: web.Request, p: Pass) -> None:
     control = p.app[SERVICES].ip_control
     # X-Forwarded-For counts only from a trusted proxy; without any, it is not even read.
     forwarded = request.headers.get("X-Forwarded-For") if control.policy.trusted_proxies else None
-    addr, p.ip, admitted = control.resolve(request.remote, forwarded)
+    addr, p.ip, refusal = control.verdict(request.remote, forwarded)
     request[CLIENT_IP] = addr
-    block = control.blocked(p.ip)
-    if block is not None:
-        _violation(request, p, "ip_blocked", block.reason)
-        raise IpNotAllowed("IP blocked", type_="IP_BLOCKED", your_ip=p.ip, reason=block.reason)
-    if not admitted:
-        _violation(request, p, "ip_not_allowed")
+    if refusal is not None:
+        kind, reason = refusal
+        _violation(request, p, kind, reason)
+        if kind == "ip_blocked":
+            raise IpNotAllowed("IP blocked", type_="IP_BLOCKED", your_ip=p.ip, reason=reason)
         raise IpNotAllowed("IP not whitelisted", your_ip=p.ip)  # the seed's words
 
 
@@ -152,9 +152,7 @@ def _violation(request: web.Request, p: Pass, kind: str, detail: str | None = No
         log.warning("refused %s %s from %s: %s%s", request.method, request.path, p.ip, kind,
                     f" ({detail})" if detail else "")
     details = {"kind": kind, "method": request.method, "path": request.path, **({"detail": detail} if detail else {})}
-    services.audit.record("security.violation", actor(request), severity="warning", details=details)
-    services.events.emit_soon("security.violation", details | {"ip": p.ip},
-                              throttle_key=f"violation:{p.ip}:{kind}")
+    record_violation(services.audit, services.events, actor(request), p.ip, details)
 
 
 def _token(request: web.Request) -> str | None:
