@@ -35,6 +35,7 @@ from ..agent import ANONYMOUS
 from ..errors import (ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited,
                       Unauthorized)
 from ..idempotency import KEY_PATTERN, fingerprint
+from ..keys import ADMIN
 from ..metrics import RouteStats
 from ..ratelimit import Decision
 from ..signing import SignatureError, verify
@@ -68,7 +69,9 @@ class Route:
         app = request.app
         method = request.method
         pattern = resource.canonical if resource is not None else None
-        key = (method, pattern or "")
+        # HEAD is GET without the body (aiohttp adds it to every GET route): it needs what
+        # GET needs, so the tables are asked about GET.
+        key = ("GET" if method == "HEAD" else method, pattern or "")
         self.name = f"{method} {pattern}" if pattern is not None else f"{method} (unmatched)"  # never the raw path
         self.scope = app[ROUTE_SCOPES].get(key)
         self.limit_class = app[ROUTE_CLASSES].get(key, "other")
@@ -77,6 +80,8 @@ class Route:
         # Unknown paths (404/405) answer without asking for a key: they reveal nothing.
         self.authenticated = (resource is not None and not self.public
                               and (self.is_api or pattern == "/metrics"))
+        if self.authenticated and self.scope is None:
+            self.scope = ADMIN  # a route missing from the scope table: closed to all but admins
         self.stats: RouteStats | None = None  # at the first answer: /metrics lists answered routes only
 
     def record(self, app: web.Application, status: int, seconds: float) -> None:
