@@ -139,7 +139,9 @@ def check_ip(request: web.Request, p: Pass) -> None:
     """Resolve the client address once (proxies per config); apply IP blocks, then the allowlist."""
     control = p.app[SERVICES].ip_control
     # X-Forwarded-For counts only from a trusted proxy; without any, it is not even read.
-    forwarded = request.headers.get("X-Forwarded-For") if control.policy.trusted_proxies else None
+    # Several header lines are one list, in order (RFC 9110 5.3): reading only the first
+    # would let a line the client sent hide the hop its proxy appended.
+    forwarded = ", ".join(request.headers.getall("X-Forwarded-For", ())) if control.policy.trusted_proxies else None
     addr, p.ip, refusal = control.verdict(request.remote, forwarded)
     request[CLIENT_IP] = addr
     if refusal is not None:
