@@ -137,10 +137,11 @@ class ConnectionGuard:
     """The protocol factory: ``loop.create_server(guard, ...)``.  See the module's doc."""
 
     def __init__(self, server: Any, make_handler: Callable[[], asyncio.Protocol], *, header_timeout: float,
-                 max_connections: int, peer_refusal: PeerCheck, report_refusal: RefusalReport) -> None:
+                 max_connections: int, peer_refusal: PeerCheck, report_refusal: RefusalReport,
+                 stats: ConnectionStats | None = None) -> None:
         self.header_timeout = header_timeout
         self.max_connections = max_connections
-        self.stats = ConnectionStats()
+        self.stats = ConnectionStats() if stats is None else stats
         self._make_handler = make_handler
         self._peer_refusal = peer_refusal
         self._report_refusal = report_refusal

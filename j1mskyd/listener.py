@@ -23,10 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .api.common import SERVICES, error_response
+from .api.common import SERVICES, app_key, error_response
 from .audit import Actor
 from .config import ServerConfig
-from .connguard import ConnectionGuard, Refusal
+from .connguard import ConnectionGuard, ConnectionStats, Refusal
 from .violations import record_violation
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ SHUTDOWN_TIMEOUT = 5.0  # seconds open requests get at a stop before they are ca
 # house of clients makes the daemon's own work fail with EMFILE.
 FD_RESERVE = 256
 _MALFORMED = "Bad request: the request line or a header is malformed or too large"
+# The listener's counters (connguard.ConnectionStats), for whoever reports on the app.
+CONNECTION_STATS = app_key("j1msky.connection_stats")
 
 
 class JsonErrorHandler(web.RequestHandler):
@@ -164,6 +166,7 @@ class Listening:
 
 async def start(app: web.Application, server: ServerConfig, max_connections: int | None = None) -> Listening:
     """Start the app (its cleanup context: database, services) and listen on server.host:port."""
+    stats = app[CONNECTION_STATS] = ConnectionStats()  # before setup: a started app is frozen
     runner = web.AppRunner(app, **HANDLER_ARGS, **_shutdown_args(web.BaseRunner))
     await runner.setup()
     try:
@@ -174,7 +177,7 @@ async def start(app: web.Application, server: ServerConfig, max_connections: int
             web_server, lambda: JsonErrorHandler(web_server, loop=loop, **HANDLER_ARGS),
             header_timeout=server.header_timeout,
             max_connections=server.max_connections if max_connections is None else max_connections,
-            peer_refusal=services.ip_control.peer_refusal, report_refusal=_refusal_reporter(services))
+            peer_refusal=services.ip_control.peer_refusal, report_refusal=_refusal_reporter(services), stats=stats)
         site = GuardedSite(runner, server.host, server.port, guard, **_shutdown_args(web.BaseSite))
         await site.start()
     except BaseException:
