@@ -21,23 +21,6 @@ def _load(args: argparse.Namespace):
         raise SystemExit(2) from None
 
 
-def _loop_for_serve(refusals: tuple[type[BaseException], ...]):
-    """A new event loop for run_app.  aiohttp 3.8 hands an exception raised at start-up to the
-    loop's exception handler ("unhandled exception during asyncio.run() shutdown", with its
-    traceback) besides raising it; cmd_serve reports a refusal in one line, so that one report
-    is dropped.  Everything else reaches the default handler."""
-    import asyncio
-    loop = asyncio.new_event_loop()
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
-        if not (isinstance(context.get("exception"), refusals)
-                and context.get("message", "").startswith("unhandled exception during asyncio.run() shutdown")):
-            loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
-    return loop
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("state_dir", args.state_dir))
@@ -55,24 +38,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()  # uvloop 0.17 (bookworm) has install() but no run()
     except ImportError:
         pass
-    from aiohttp import web
-
     from .app import build_app, state_db_path
+    from .listener import serve
     from .store import StoreError, database_problem
     # Port taken, state dir unwritable, loose or in use, database damaged, wrong data.key.
     refusals = (OSError, StoreError, sqlite3.DatabaseError)
     app = build_app(config)
     log = logging.getLogger("j1mskyd")
 
-    def listening(_banner: str) -> None:  # run_app calls this once the socket is bound
+    def listening(_banner: str) -> None:  # serve calls this once the socket is bound
         log.info("j1mskyd %s listening on http://%s:%d (config: %s)", __version__,
                  config.server.host, config.server.port, config.source)
 
-    # run_app turns SIGTERM/SIGINT into a graceful exit: the site stops accepting, then
-    # the cleanup context persists in-flight agents and closes the database.
+    # serve (listener.py) turns SIGTERM/SIGINT into a graceful exit: the site stops accepting,
+    # then the cleanup context persists in-flight agents and closes the database.
     try:
-        web.run_app(app, host=config.server.host, port=config.server.port, shutdown_timeout=5.0,
-                    print=listening, access_log=None, loop=_loop_for_serve(refusals))
+        serve(app, config.server, print=listening)
     except refusals as exc:  # one line that says what and what to do, no traceback
         logging.getLogger("j1mskyd").debug("start failed", exc_info=True)
         if isinstance(exc, sqlite3.DatabaseError):  # damage found past the header, loading the state

@@ -99,6 +99,8 @@ class ServerConfig:
     max_body_bytes: int = 1_048_576
     secrets_file: str = DEFAULT_SECRETS_FILE
     log_level: str = "info"
+    header_timeout: float = 10.0           # seconds for a request line + headers (slowloris)
+    max_connections: int = 512             # open client connections (listener.py; LimitNOFILE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +389,8 @@ _SERVER: dict[str, Checker] = {
     "max_body_bytes": _int(1),
     "secrets_file": _str(),
     "log_level": _enum("debug", "info", "warning", "error", "critical", fold=True),
+    "header_timeout": _num(hi=3600, positive=True),
+    "max_connections": _int(1),
 }
 _RUNTIME: dict[str, Checker] = {
     "max_concurrency": _int(1),

@@ -113,6 +113,26 @@ class IpControl:
             self._resolved[key] = hit
         return hit
 
+    def verdict(self, peer: str | None, forwarded_for: str | None
+                ) -> tuple[Address | None, str | None, tuple[str, str | None] | None]:
+        """(client address, as text, refusal): the refusal is None, ``("ip_blocked", reason)``
+        or ``("ip_not_allowed", None)``; blocks come first (a blocked address inside the
+        allowlist is still refused).  The one decision, for requests and for connections."""
+        addr, ip, admitted = self.resolve(peer, forwarded_for)
+        block = self.blocked(ip)
+        if block is not None:
+            return addr, ip, ("ip_blocked", block.reason)
+        return addr, ip, None if admitted else ("ip_not_allowed", None)
+
+    def peer_refusal(self, peer: str | None) -> tuple[str | None, tuple[str, str | None]] | None:
+        """At accept time, before a byte is read: (address, refusal) when a connection from
+        ``peer`` is to be closed, None to accept it.  A trusted proxy is always accepted: the
+        clients behind it are judged per request, from X-Forwarded-For."""
+        addr, ip, refusal = self.verdict(peer, None)
+        if refusal is None or self.policy.trusts(addr):
+            return None
+        return ip, refusal
+
     # -- blocks ----------------------------------------------------------------------------
     def blocked(self, ip: str | None) -> Block | None:
         """The active block of an address (its text, as resolve() gives it), if any."""

@@ -63,6 +63,10 @@ class IpPolicy:
             addr = hop_addr
         return addr
 
+    def trusts(self, addr: Address | None) -> bool:
+        """Is this peer a trusted proxy (whose X-Forwarded-For names the client)?"""
+        return addr is not None and _within(addr, self.trusted_proxies)
+
     def admits(self, addr: Address | None) -> bool:
         if not self.enforce:
             return True

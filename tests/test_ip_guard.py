@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 
 import pytest
+from multidict import CIMultiDict
 
 from j1mskyd.app import build_app
 from j1mskyd.config import ConfigError, load_config
@@ -84,3 +85,19 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(aiohttp_clien
     untrusting = await aiohttp_client(build_app(secured(tmp_path / "b", allowed_ips=("10.0.0.0/8",))))
     resp = await untrusting.get("/api/health", headers={"X-Forwarded-For": "10.1.2.3"})
     assert resp.status == 403 and (await resp.json())["error"]["your_ip"] == "127.0.0.1"
+
+
+async def test_several_forwarded_for_lines_are_one_list(aiohttp_client, tmp_path):
+    """RFC 9110 5.3: header lines of one name are one comma-joined list.  The client sends
+    its own line claiming a LAN address; the trusted proxy appends a second line with the
+    address it really saw.  Reading only the first line admitted the client."""
+    client = await aiohttp_client(build_app(secured(tmp_path, allowed_ips=("10.0.0.0/8",),
+                                                    trusted_proxies=("127.0.0.1/32",))))
+    two_lines = CIMultiDict([("X-Forwarded-For", "10.1.2.3"), ("X-Forwarded-For", "203.0.113.7")])
+    resp = await client.get("/api/health", headers=two_lines)
+    assert resp.status == 403 and (await resp.json())["error"]["your_ip"] == "203.0.113.7"
+    # The same list on one line, and the honest case on two lines, for comparison.
+    resp = await client.get("/api/health", headers={"X-Forwarded-For": "10.1.2.3, 203.0.113.7"})
+    assert resp.status == 403 and (await resp.json())["error"]["your_ip"] == "203.0.113.7"
+    honest = CIMultiDict([("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-For", "10.1.2.3")])
+    assert (await client.get("/api/health", headers=honest)).status == 200

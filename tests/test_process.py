@@ -137,14 +137,14 @@ def test_check_config_whole_file_problems(tmp_path, content, reason):
 
 
 def test_serve_flags_override_the_config_and_port_defaults_to_8080(tmp_path):
-    """`serve` hands run_app the config's host/port unless --host/--port say otherwise."""
+    """`serve` hands the listener the config's host/port unless --host/--port say otherwise."""
     probe = textwrap.dedent("""
         import sys
-        from aiohttp import web
+        from j1mskyd import listener
         from j1mskyd.__main__ import main
-        def fake_run_app(app, host, port, **kw):
-            print(host, port, flush=True)
-        web.run_app = fake_run_app
+        def fake_serve(app, server, **kw):
+            print(server.host, server.port, flush=True)
+        listener.serve = fake_serve
         sys.exit(main(sys.argv[1:]))
     """)
     cfg = write_config(tmp_path / "c.toml")

@@ -37,9 +37,11 @@ from ..agent import ANONYMOUS
 from ..errors import (ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited,
                       Unauthorized)
 from ..idempotency import KEY_PATTERN, fingerprint
+from ..keys import ADMIN
 from ..metrics import RouteStats
 from ..ratelimit import Decision
 from ..signing import SignatureError, verify
+from ..violations import record_violation
 from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, REQUEST_ID, SERVICES, actor, api_error_response,
                      app_key, error_response)
 
@@ -72,7 +74,9 @@ class Route:
         app = request.app
         method = request.method
         pattern = resource.canonical if resource is not None else None
-        key = (method, pattern or "")
+        # HEAD is GET without the body (aiohttp adds it to every GET route): it needs what
+        # GET needs, so the tables are asked about GET.
+        key = ("GET" if method == "HEAD" else method, pattern or "")
         self.name = f"{method} {pattern}" if pattern is not None else f"{method} (unmatched)"  # never the raw path
         self.scope = app[ROUTE_SCOPES].get(key)
         self.limit_class = app[ROUTE_CLASSES].get(key, "other")
@@ -82,6 +86,8 @@ class Route:
         # Unknown paths (404/405) answer without asking for a key: they reveal nothing.
         self.authenticated = (resource is not None and not self.public
                               and (self.is_api or pattern == "/metrics"))
+        if self.authenticated and self.scope is None:
+            self.scope = ADMIN  # a route missing from the scope table: closed to all but admins
         self.stats: RouteStats | None = None  # at the first answer: /metrics lists answered routes only
 
     def record(self, app: web.Application, status: int, seconds: float) -> None:
@@ -139,15 +145,16 @@ def check_ip(request: web.Request, p: Pass) -> None:
     """Resolve the client address once (proxies per config); apply IP blocks, then the allowlist."""
     control = p.app[SERVICES].ip_control
     # X-Forwarded-For counts only from a trusted proxy; without any, it is not even read.
-    forwarded = request.headers.get("X-Forwarded-For") if control.policy.trusted_proxies else None
-    addr, p.ip, admitted = control.resolve(request.remote, forwarded)
+    # Several header lines are one list, in order (RFC 9110 5.3): reading only the first
+    # would let a line the client sent hide the hop its proxy appended.
+    forwarded = ", ".join(request.headers.getall("X-Forwarded-For", ())) if control.policy.trusted_proxies else None
+    addr, p.ip, refusal = control.verdict(request.remote, forwarded)
     request[CLIENT_IP] = addr
-    block = control.blocked(p.ip)
-    if block is not None:
-        _violation(request, p, "ip_blocked", block.reason)
-        raise IpNotAllowed("IP blocked", type_="IP_BLOCKED", your_ip=p.ip, reason=block.reason)
-    if not admitted:
-        _violation(request, p, "ip_not_allowed")
+    if refusal is not None:
+        kind, reason = refusal
+        _violation(request, p, kind, reason)
+        if kind == "ip_blocked":
+            raise IpNotAllowed("IP blocked", type_="IP_BLOCKED", your_ip=p.ip, reason=reason)
         raise IpNotAllowed("IP not whitelisted", your_ip=p.ip)  # the seed's words
 
 
@@ -158,9 +165,7 @@ def _violation(request: web.Request, p: Pass, kind: str, detail: str | None = No
         log.warning("refused %s %s from %s: %s%s", request.method, request.path, p.ip, kind,
                     f" ({detail})" if detail else "")
     details = {"kind": kind, "method": request.method, "path": request.path, **({"detail": detail} if detail else {})}
-    services.audit.record("security.violation", actor(request), severity="warning", details=details)
-    services.events.emit_soon("security.violation", details | {"ip": p.ip},
-                              throttle_key=f"violation:{p.ip}:{kind}")
+    record_violation(services.audit, services.events, actor(request), p.ip, details)
 
 
 def _token(request: web.Request) -> str | None:

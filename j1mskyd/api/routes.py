@@ -87,16 +87,25 @@ ROUTES = (
 )
 
 
+def _add(app: web.Application, method: str, path: str, handler) -> None:
+    """A route; a GET route answers HEAD too (RFC 9110 9.3.2, as aiohttp's add_get does),
+    with GET's scope and rate-limit class (middleware.Route looks HEAD up as GET)."""
+    if method == "GET":
+        app.router.add_get(path, handler)
+    else:
+        app.router.add_route(method, path, handler)
+
+
 def setup_routes(app: web.Application) -> None:
     classes: dict[tuple[str, str], str] = {}
     scopes: dict[tuple[str, str], str] = {}
     for prefix in PREFIXES:
         for method, path, handler, scope, limit_class in ROUTES:
-            app.router.add_route(method, prefix + path, handler)
+            _add(app, method, prefix + path, handler)
             classes[(method, prefix + path)] = limit_class
             scopes[(method, prefix + path)] = scope
         for (method, path), (new_method, successor) in system.SUNSET.items():
-            app.router.add_route(method, prefix + path, system.sunset_handler(new_method, successor))
+            _add(app, method, prefix + path, system.sunset_handler(new_method, successor))
             scopes[(method, prefix + path)] = PUBLIC  # a 410 pointing to the successor hides nothing
     app.router.add_get("/ws", events.websocket)  # the Kyros document's address
     classes[("GET", "/ws")], scopes[("GET", "/ws")] = "other", READ
@@ -108,8 +117,7 @@ def setup_routes(app: web.Application) -> None:
     dashboard.assets()  # read the files now: a missing one fails the start, not a visitor
     app.router.add_get("/", dashboard.index)
     app.router.add_get("/static/{name}", dashboard.static)
-    for method in ("GET", "HEAD"):
-        scopes[(method, "/")] = scopes[(method, "/static/{name}")] = PUBLIC
+    scopes[("GET", "/")] = scopes[("GET", "/static/{name}")] = PUBLIC  # HEAD follows GET (middleware.Route)
     app[openapi.DOCUMENT] = {}  # filled by the first GET /openapi.json
     app[ROUTE_CLASSES] = classes
     app[ROUTE_SCOPES] = scopes

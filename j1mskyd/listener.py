@@ -1,0 +1,218 @@
+"""The listening socket and the serve loop, in place of aiohttp's web.run_app.
+
+run_app opens its own TCPSite with the runner's web.Server as the protocol factory, and
+offers no way to put anything in front of it.  Here the runner is the same (AppRunner,
+with run_app's defaults), the site is GuardedSite, whose protocol factory is
+connguard.ConnectionGuard (accept-time IP checks, the connection cap, the header time
+limit), and aiohttp's protocol is JsonErrorHandler, which answers the requests it cannot
+parse without echoing them.
+
+``serve`` is what ``j1mskyd serve`` runs; ``start`` gives tests the same listener on a
+loopback port.  (aiohttp's test server, used by most tests, has neither.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .api.common import SERVICES, app_key, error_response
+from .audit import Actor
+from .config import ServerConfig
+from .connguard import ConnectionGuard, ConnectionStats, Refusal
+from .violations import record_violation
+
+log = logging.getLogger(__name__)
+
+# What run_app gives every connection (aiohttp >= 3.9's RequestHandler alone would keep an
+# idle keep-alive connection for 3630 s).  Passed to the runner and to JsonErrorHandler.
+HANDLER_ARGS: dict[str, Any] = {"access_log": None, "keepalive_timeout": 75.0}
+SHUTDOWN_TIMEOUT = 5.0  # seconds open requests get at a stop before they are cancelled
+# Descriptors for everything but client connections: the HTTP client's pool (100), the
+# database and its WAL, logs, plugins.  The connection cap must leave them free, or a full
+# house of clients makes the daemon's own work fail with EMFILE.
+FD_RESERVE = 256
+_MALFORMED = "Bad request: the request line or a header is malformed or too large"
+# The listener's counters (connguard.ConnectionStats), for whoever reports on the app.
+CONNECTION_STATS = app_key("j1msky.connection_stats")
+
+
+class JsonErrorHandler(web.RequestHandler):
+    """aiohttp's protocol, answering what it refuses itself (a request line or header it
+    cannot parse, or one longer than 8190 bytes: LineTooLong, BadHttpMessage) with the one
+    JSON error envelope and a fixed message.  aiohttp's own answer, and its ERROR log line
+    with a traceback, quote up to 100 bytes of the offending line: often a bearer token."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:
+            self.log_exception("error handling a request from %s", request.remote, exc_info=exc)
+            text = "Internal server error"
+        else:  # the client's fault, and any client can cause it: no traceback, no quote
+            log.debug("refused a malformed request from %s (%s)", request.remote,
+                      type(exc).__name__ if exc is not None else status)
+            text = _MALFORMED
+        if request.writer.output_size > 0:  # as aiohttp: a response has begun, none can follow
+            raise ConnectionError("response already started; cannot send an error response")
+        response = error_response(request, status, text)
+        response.force_close()
+        return response
+
+
+class GuardedSite(web.BaseSite):
+    """web.TCPSite with a ConnectionGuard as the protocol factory."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard,
+                 **kwargs: Any) -> None:
+        super().__init__(runner, **kwargs)
+        self._host = host
+        self._port = port
+        self.guard = guard
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one asked for until started: 0 means any free port)."""
+        sockets = self._server.sockets if self._server is not None else None
+        return sockets[0].getsockname()[1] if sockets else self._port
+
+    @property
+    def name(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = await asyncio.get_running_loop().create_server(
+            self.guard, self._host, self._port, backlog=self._backlog)
+
+
+def fit_descriptors(max_connections: int) -> int:
+    """The connection cap the open-files limit allows.
+
+    The soft limit is raised (up to the hard one) when the cap needs more; under the
+    systemd unit both are LimitNOFILE= already, and its syscall filter forbids raising
+    them.  Still short: the cap is lowered to fit, with a warning, so that a full house
+    never takes the descriptors the daemon itself needs.
+    """
+    try:
+        import resource
+    except ImportError:  # not Unix: nothing to ask
+        return max_connections
+    need = max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return max_connections
+    target = need if hard == resource.RLIM_INFINITY else min(hard, need)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("raised the open-files limit from %d to %d for server.max_connections = %d",
+                     soft, target, max_connections)
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.debug("cannot raise the open-files limit: %s", exc)
+    if soft >= need:
+        return max_connections
+    fitted = max(1, soft - FD_RESERVE, soft // 4)
+    log.warning("server.max_connections = %d needs about %d open files, but the limit is %d: serving at most %d "
+                "connections (raise LimitNOFILE= in the systemd unit, or ulimit -n)",
+                max_connections, need, soft, fitted)
+    return fitted
+
+
+def _refusal_reporter(services: Any) -> Callable[[str | None, Refusal, int], None]:
+    """A connection refused at accept: a log line (when the allowlist logs violations) and
+    ``security.violation``, as the request pipeline does for a refused request."""
+    def report(ip: str | None, refusal: Refusal, connections: int) -> None:
+        kind, detail = refusal
+        if services.ip_control.log_violations:
+            log.warning("refused %d connection(s) from %s at accept: %s%s", connections, ip, kind,
+                        f" ({detail})" if detail else "")
+        details = {"kind": kind, "stage": "connect", "connections": connections,
+                   **({"detail": detail} if detail else {})}
+        record_violation(services.audit, services.events, Actor(ip_address=ip), ip, details)
+    return report
+
+
+def _shutdown_args(where: type) -> dict[str, float]:
+    """aiohttp 3.8 takes shutdown_timeout on the site, later ones on the runner (and warn
+    when a site gets it); the other place would pass it on to each connection's protocol."""
+    on_runner = "shutdown_timeout" in inspect.signature(web.BaseRunner.__init__).parameters
+    return {"shutdown_timeout": SHUTDOWN_TIMEOUT} if on_runner == (where is web.BaseRunner) else {}
+
+
+@dataclass
+class Listening:
+    runner: web.AppRunner
+    site: GuardedSite
+
+    @property
+    def guard(self) -> ConnectionGuard:
+        return self.site.guard
+
+    async def close(self) -> None:
+        """Stop accepting, let open requests finish (SHUTDOWN_TIMEOUT), run the app's cleanup."""
+        await self.runner.cleanup()
+
+
+async def start(app: web.Application, server: ServerConfig, max_connections: int | None = None) -> Listening:
+    """Start the app (its cleanup context: database, services) and listen on server.host:port."""
+    stats = app[CONNECTION_STATS] = ConnectionStats()  # before setup: a started app is frozen
+    runner = web.AppRunner(app, **HANDLER_ARGS, **_shutdown_args(web.BaseRunner))
+    await runner.setup()
+    try:
+        loop = asyncio.get_running_loop()
+        services = app[SERVICES]
+        web_server = runner.server
+        guard = ConnectionGuard(
+            web_server, lambda: JsonErrorHandler(web_server, loop=loop, **HANDLER_ARGS),
+            header_timeout=server.header_timeout,
+            max_connections=server.max_connections if max_connections is None else max_connections,
+            peer_refusal=services.ip_control.peer_refusal, report_refusal=_refusal_reporter(services), stats=stats)
+        site = GuardedSite(runner, server.host, server.port, guard, **_shutdown_args(web.BaseSite))
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return Listening(runner, site)
+
+
+async def _until_stopped() -> None:
+    """Until SIGTERM or SIGINT.  The handlers go at the first one: a second signal during
+    the graceful stop ends the process at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def serve(app: web.Application, server: ServerConfig, *, print: Callable[[str], None] = print) -> None:  # noqa: A002
+    """Serve until SIGTERM/SIGINT, then stop gracefully: the site stops accepting, open
+    requests get SHUTDOWN_TIMEOUT seconds, the cleanup context persists in-flight agents
+    and closes the database.  Start-up errors (port taken, state dir unusable) propagate."""
+    cap = fit_descriptors(server.max_connections)
+
+    async def main() -> None:
+        listening = await start(app, server, cap)
+        try:
+            print(f"listening on {listening.site.name}")
+            await _until_stopped()
+        finally:
+            await listening.close()
+
+    asyncio.run(main())

@@ -1,0 +1,18 @@
+"""``security.violation``: the one shape in which a refusal reaches the audit log and the
+event stream, whether the request pipeline refused a request or the listener refused a
+connection before its first byte."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .audit import Actor, AuditLog
+from .events import EventLog
+
+
+def record_violation(audit: AuditLog, events: EventLog, actor: Actor, ip: str | None,
+                     details: dict[str, Any]) -> None:
+    """An audit entry (warning) and a ``security.violation`` event; the event is throttled
+    per address and kind, so a scanner hammering the daemon cannot flood webhook receivers."""
+    audit.record("security.violation", actor, severity="warning", details=details)
+    events.emit_soon("security.violation", details | {"ip": ip}, throttle_key=f"violation:{ip}:{details['kind']}")
