@@ -125,6 +125,20 @@ async def test_a_request_whose_headers_never_end_is_closed_after_header_timeout(
     assert await health(port) == 200
 
 
+async def test_the_guards_counters_are_in_prometheus_metrics(tmp_path, listen, sockets):
+    served = await listen(config(tmp_path, max_connections=100, header_timeout=0.5))
+    port = served.site.port
+    for reader, _ in [await sockets(port) for _ in range(3)]:
+        assert await closed_by_server(reader) == b""
+    async with aiohttp.ClientSession() as session:  # auth is off in make_config
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+    assert resp.status == 200
+    assert 'j1msky_connections_closed_by_guard_total{reason="header_timeout"} 3' in text
+    assert "j1msky_connections_open 1" in text  # this request's own
+    assert "j1msky_connections_accepted_total 4" in text
+
+
 async def test_the_header_timer_stops_when_the_headers_are_complete(tmp_path, listen, sockets):
     """A slow body is not a slow header: the request is answered."""
     served = await listen(config(tmp_path, header_timeout=0.3))

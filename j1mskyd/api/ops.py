@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .. import billing, sysinfo
 from ..agent import ANONYMOUS
+from ..listener import CONNECTION_STATS
 from ..metrics import prometheus
 from .common import CONFIG, SERVICES, json_response, query_params
 from .common import API_KEY_ID
@@ -67,7 +68,8 @@ async def metrics_prometheus(request: web.Request) -> web.Response:
         ("j1msky_agents_finished_total", "counter", "Agents finished since start, by outcome.",
          [({"outcome": "completed"}, runtime.completed_total), ({"outcome": "failed"}, runtime.failed_total)]),
         ("j1msky_spend_today_usd", "gauge", "Settled spend today (UTC).", [({}, budget["today_spend"])]),
-        ("j1msky_spend_reserved_usd", "gauge", "Worst-case cost reserved by live agents (settled when each ends).", [({}, budget["reserved"])]),
+        ("j1msky_spend_reserved_usd", "gauge", "Worst-case cost reserved by live agents (settled when each ends).",
+         [({}, budget["reserved"])]),
         ("j1msky_budget_daily_usd", "gauge", "Daily budget.", [({}, budget["daily_budget"])]),
         ("j1msky_budget_utilization_pct", "gauge", "Today's spend as a percentage of the daily budget.",
          [({}, budget["budget_utilization_pct"])]),
@@ -80,6 +82,20 @@ async def metrics_prometheus(request: web.Request) -> web.Response:
         ("j1msky_provider_tokens_remaining", "gauge", "Calls left in the provider's hourly bucket.",
          [({"provider": n}, runtime.provider_tokens(n).remaining) for n in services.slots]),
     ]
+    connections = request.app.get(CONNECTION_STATS)  # only under `j1mskyd serve` (listener.py)
+    if connections is not None:
+        families += [
+            ("j1msky_connections_open", "gauge", "Open client connections.", [({}, connections.open)]),
+            ("j1msky_connections_accepted_total", "counter", "Client connections accepted.",
+             [({}, connections.accepted)]),
+            ("j1msky_connections_closed_by_guard_total", "counter",
+             "Connections the daemon closed itself: peer refused at accept, at the cap, evicted to make room, "
+             "or headers not complete within server.header_timeout.",
+             [({"reason": "refused_peer"}, connections.refused_peer),
+              ({"reason": "refused_full"}, connections.refused_full),
+              ({"reason": "evicted"}, connections.evicted),
+              ({"reason": "header_timeout"}, connections.header_timeouts)]),
+        ]
     # The exposition format's own content type (with version); aiohttp refuses content_type= and a
     # Content-Type header together, so the header alone says it.
     return web.Response(body=prometheus(families).encode("utf-8"),
