@@ -7,7 +7,8 @@ commit puts several in one transaction).  With ``synchronous = "full"`` each 200
 been received after an fsync of the database's WAL that began after its request was sent
 and ended before the response arrived: the row it acknowledges was on the disk.  With
 ``"normal"`` that does not hold (the WAL is synced only at checkpoints): the same check
-fails there, which is what shows it can fail.
+fails there, which is what shows it can fail.  Cancels (of running and queued agents) and
+key changes are checked the same way.
 
 The shim is compiled here with gcc (the README's apt-get line installs ``gcc libc6-dev``);
 without gcc the test skips, unless J1MSKY_REQUIRE_COMPILER=1 (CI) makes that a failure.
@@ -42,58 +43,96 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> str:
     return fsyncshim.build(str(tmp_path_factory.mktemp("shim")))
 
 
-def spawn_timed(daemon: Daemon, i: int) -> tuple[str, float, float]:
-    """One spawn; (agent_id, monotonic time before sending, monotonic time the whole 200 was read)."""
-    body = json.dumps({"task": f"durable {i}", "model": "quick"}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{daemon.port}/api/spawn", data=body, method="POST",
+Timed = tuple[str, float, float]  # (what, monotonic time before sending, monotonic time the 2xx was read)
+
+
+def timed(daemon: Daemon, method: str, path: str, body: object = None) -> tuple[object, float, float]:
+    """One request; (answer, sent, received), asserting a 2xx."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{daemon.port}{path}", data=data, method=method,
                                  headers=daemon.auth_headers() | {"Content-Type": "application/json"})
     sent = time.monotonic()
     with urllib.request.urlopen(req, timeout=30) as resp:
         answer = json.loads(resp.read())
         received = time.monotonic()
-        assert resp.status == 200, answer
+        assert 200 <= resp.status < 300, answer
+    return answer, sent, received
+
+
+def spawn(daemon: Daemon, i: int, model: str = "quick") -> Timed:
+    answer, sent, received = timed(daemon, "POST", "/api/spawn", {"task": f"durable {i}", "model": model})
     return answer["agent_id"], sent, received
 
 
-def run_spawns(tmp_path: Path, shim: str, synchronous: str | None) -> tuple[list[tuple[str, float, float]],
-                                                                            list[fsyncshim.Sync], Path]:
-    """``synchronous`` None: no [store] section, the default."""
-    config = write_config(tmp_path / "config.toml")
+def in_parallel(fn, items) -> list[Timed]:
+    with ThreadPoolExecutor(THREADS) as pool:
+        return list(pool.map(fn, items))
+
+
+def shimmed_daemon(tmp_path: Path, shim: str, synchronous: str | None, delay: float = 0.0) -> Daemon:
+    """A daemon logging its syncs to tmp_path/fsync.log; ``synchronous`` None: the default."""
+    config = write_config(tmp_path / "config.toml", delay=delay)
     if synchronous is not None:
         with config.open("a", encoding="utf-8") as fh:
             fh.write(f'\n[store]\nsynchronous = "{synchronous}"\n')
-    log = tmp_path / "fsync.log"
-    state = tmp_path / "state"
-    with Daemon(tmp_path, state, config, env=fsyncshim.env(shim, str(log), DELAY_MS)) as daemon:
-        with ThreadPoolExecutor(THREADS) as pool:
-            spawns = list(pool.map(lambda i: spawn_timed(daemon, i), range(SPAWNS)))
-        daemon.stop()
-    return spawns, fsyncshim.read_log(str(log)), state
+    return Daemon(tmp_path, tmp_path / "state", config, env=fsyncshim.env(shim, str(tmp_path / "fsync.log"),
+                                                                         DELAY_MS))
 
 
-def uncovered(spawns: list[tuple[str, float, float]], syncs: list[fsyncshim.Sync],
-              wal: str) -> list[tuple[str, float, float]]:
-    """The spawns whose 200 arrived with no successful WAL sync inside [request sent, 200 received]."""
-    wal_syncs = [s for s in syncs if s.path == wal and s.rc == 0]
-    return [(agent_id, sent, received) for agent_id, sent, received in spawns
-            if not any(sent < s.start and s.end < received for s in wal_syncs)]
+def wal_syncs(tmp_path: Path) -> list[fsyncshim.Sync]:
+    wal = str((tmp_path / "state" / "j1msky.db-wal").resolve())
+    return [s for s in fsyncshim.read_log(str(tmp_path / "fsync.log")) if s.path == wal and s.rc == 0]
+
+
+def unsynced(answers: list[Timed], syncs: list[fsyncshim.Sync]) -> list[Timed]:
+    """The answers that arrived with no WAL sync inside [request sent, 2xx received]."""
+    return [(what, sent, received) for what, sent, received in answers
+            if not any(sent < s.start and s.end < received for s in syncs)]
+
+
+def statuses_of(tmp_path: Path, ids: list[str]) -> dict[str, str]:
+    rows = db_agents(tmp_path / "state")
+    return {i: rows[i]["status"] for i in ids}
 
 
 @pytest.mark.parametrize("synchronous", [None, "full"], ids=["default", "full"])
 def test_full_mode_answers_a_spawn_only_after_its_commit_is_synced(tmp_path, shim, synchronous):
-    spawns, syncs, state = run_spawns(tmp_path, shim, synchronous)
-    wal = str((state / "j1msky.db-wal").resolve())
-    assert any(s.path == wal for s in syncs), f"the shim saw no WAL sync: {syncs[:5]}"
-    assert uncovered(spawns, syncs, wal) == []
-    assert {agent_id for agent_id, _, _ in spawns} <= set(db_agents(state))  # and the rows are those agents
+    with shimmed_daemon(tmp_path, shim, synchronous) as daemon:
+        spawns = in_parallel(lambda i: spawn(daemon, i), range(SPAWNS))
+        daemon.stop()
+    syncs = wal_syncs(tmp_path)
+    assert syncs, "the shim saw no WAL sync"
+    assert unsynced(spawns, syncs) == []
+    assert {agent_id for agent_id, _, _ in spawns} <= set(db_agents(tmp_path / "state"))  # the rows are there
+
+
+def test_full_mode_answers_cancels_and_key_changes_after_their_commit_is_synced(tmp_path, shim):
+    """A cancel's 200 (of a running and of a queued agent) and a key's creation, rotation and
+    revocation each follow a WAL sync that began after their request."""
+    with shimmed_daemon(tmp_path, shim, None, delay=60.0) as daemon:  # k2p5 agents stay live
+        spawns = in_parallel(lambda i: spawn(daemon, i, "k2p5"), range(8))
+        live = {daemon.get(f"/api/agent/{a}")["status"] for a, _, _ in spawns}
+        assert {"running", "queued"} <= live  # max_concurrency = 2: both kinds are cancelled
+        cancels = in_parallel(lambda s: (s[0], *timed(daemon, "DELETE", f"/api/agent/{s[0]}")[1:]), spawns)
+        created, sent, received = timed(daemon, "POST", "/api/keys", {"name": "durable", "scopes": ["agents:read"]})
+        keys = [("create", sent, received)]
+        rotated, sent, received = timed(daemon, "POST", f"/api/keys/{created['key_id']}/rotate")
+        keys.append(("rotate", sent, received))
+        keys.append(("revoke", *timed(daemon, "DELETE", f"/api/keys/{rotated['key_id']}", {"reason": "test"})[1:]))
+        daemon.stop()
+    syncs = wal_syncs(tmp_path)
+    assert unsynced(cancels, syncs) == []
+    assert unsynced(keys, syncs) == []
+    assert set(statuses_of(tmp_path, [a for a, _, _ in spawns]).values()) == {"cancelled"}
 
 
 def test_normal_mode_answers_before_any_sync(tmp_path, shim):
     """The check above, where it must fail: "normal" commits the WAL without syncing it."""
-    spawns, syncs, state = run_spawns(tmp_path, shim, "normal")
-    wal = str((state / "j1msky.db-wal").resolve())
-    assert syncs, "the shim logged nothing: is it loaded?"  # the data key and the bootstrap file are synced
-    missing = uncovered(spawns, syncs, wal)
+    with shimmed_daemon(tmp_path, shim, "normal") as daemon:
+        spawns = in_parallel(lambda i: spawn(daemon, i), range(SPAWNS))
+        daemon.stop()
+    assert fsyncshim.read_log(str(tmp_path / "fsync.log")), "the shim logged nothing: is it loaded?"
+    missing = unsynced(spawns, wal_syncs(tmp_path))
     assert missing, "every 200 in normal mode followed a WAL sync: the check could not tell the modes apart"
     assert len(missing) == SPAWNS  # no checkpoint ran in so few commits: not one spawn was synced
 
