@@ -495,11 +495,20 @@ class Store:
     async def flush(self) -> None:
         """Wait until every unit queued so far has committed (or failed), or until the
         disk is full: those units then stay queued and commit when space returns, and a
-        reader must not wait for that."""
-        while self._flushing is not None and self.full is None:
+        reader must not wait for that.
+
+        Units queued later are not waited for: an empty unit marks the place (units commit
+        in order), so a reader does not wait for the writer to fall idle, which under a
+        steady stream of writes (and an fsync per group) could be long.
+        """
+        if self._flushing is None or self._closed:
+            return
+        marker = self.submit(())
+        marker.add_done_callback(lambda f: f.cancelled() or f.exception())  # its outcome is the units'
+        while not marker.done() and self.full is None:
             stalled = asyncio.ensure_future(self._stalled.wait())
             try:
-                await asyncio.wait((self._flushing, stalled), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((marker, stalled), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stalled.cancel()
 

@@ -16,6 +16,8 @@ without gcc the test skips, unless J1MSKY_REQUIRE_COMPILER=1 (CI) makes that a f
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import time
@@ -158,3 +160,33 @@ def test_state_files_are_durable_before_the_database_uses_them(tmp_path, shim):
     wal = first("j1msky.db-wal")
     assert key_dir.end < wal.start, "data.key's directory entry was not synced before the first commit"
     first("dir", after=first("bootstrap-admin.key").end)
+
+
+# -- flush under a steady stream of writes ---------------------------------------------------
+# Readers (the event replay, the audit and delivery lists) flush before they read.  With an
+# fsync per group, "wait until the writer is idle" could last as long as writes keep coming:
+# a live reader connecting under load would see nothing for that long.
+
+async def test_flush_waits_for_the_units_queued_before_it_not_for_later_ones(tmp_path):
+    from j1mskyd.store import Store
+    store = Store(str(tmp_path / "j1msky.db"))  # the default: synchronous = "full"
+    store.open()
+    limit = 2000
+    written: list[int] = []
+
+    async def steady_writer() -> None:  # one write after another, bounded
+        for i in range(limit):
+            await store.write(("INSERT INTO settings (name, value, updated_at) VALUES (?, '', 0)", (f"s{i}",)))
+            written.append(i)
+
+    try:
+        first = store.submit([("INSERT INTO settings (name, value, updated_at) VALUES ('first', '', 0)", ())])
+        writer = asyncio.ensure_future(steady_writer())
+        await store.flush()
+        assert first.done() and first.exception() is None  # what was queued before it is committed
+        assert len(written) < limit  # and the writer, still going, did not hold it
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+    finally:
+        await store.close()
