@@ -81,9 +81,10 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, args: list[str], log: str) -> None:
+    def __init__(self, args: list[str], log: str, env: dict[str, str] | None = None) -> None:
         self.log = open(log, "wb")
-        self.p = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.p = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                  env=None if env is None else {**os.environ, **env})
         self.pid = self.p.pid
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -109,8 +110,10 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"port {port} never opened")
 
 
-def daemon(workdir: str, name: str, config: str | None) -> tuple[Proc, str, str, str | None]:
-    """A fresh daemon; returns (process, url, database path, bootstrap admin token or None)."""
+def daemon(workdir: str, name: str, config: str | None,
+           env: dict[str, str] | None = None) -> tuple[Proc, str, str, str | None]:
+    """A fresh daemon (``env``: added to this environment, e.g. LD_PRELOAD); returns
+    (process, url, database path, bootstrap admin token or None)."""
     state = os.path.join(workdir, name)
     os.makedirs(state, exist_ok=True)
     port = free_port()
@@ -120,7 +123,7 @@ def daemon(workdir: str, name: str, config: str | None) -> tuple[Proc, str, str,
         with open(path, "w") as f:
             f.write(config)
         args += ["--config", path]
-    proc = Proc(args, os.path.join(workdir, name + ".log"))
+    proc = Proc(args, os.path.join(workdir, name + ".log"), env)
     url = f"http://127.0.0.1:{port}"
     asyncio.run(load.wait_health(url))
     # written before the port opens when auth is on; absent when auth = false

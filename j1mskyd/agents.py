@@ -274,10 +274,16 @@ class AgentService:
                                     "ORDER BY rowid", (agent_id,)).fetchall()
             rows = await self.store.read(read)
             live = self.runtime.live
+
+            def member_status(row: sqlite3.Row) -> str:
+                # Memory is newer for a live member, except an end still being written: the row
+                # (with its cost) says "completed" only once it is committed (see _settled).
+                agent = live.get(row["agent_id"])
+                return agent.status if agent is not None and agent.status not in A.TERMINAL else row["status"]
+
             view["models"] = self.member_labels(r["model"] for r in rows)
             view["members"] = [
-                {"agent_id": r["agent_id"], "model": r["model"],
-                 "status": live[r["agent_id"]].status if r["agent_id"] in live else r["status"],
+                {"agent_id": r["agent_id"], "model": r["model"], "status": member_status(r),
                  "cost": A.money(r["cost"])}
                 for r in rows
             ]

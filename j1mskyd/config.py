@@ -120,7 +120,7 @@ class RuntimeConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    synchronous: str = "normal"            # sqlite PRAGMA synchronous (WAL): normal | full
+    synchronous: str = "full"              # sqlite PRAGMA synchronous (WAL): full | normal (docs/operations.md)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,12 @@ an idle daemon does not pay for it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 from typing import Any
+
+from .durable import fsync_dir
 
 PREFIX = "enc1:"
 KEY_FILE = "data.key"
@@ -27,21 +30,44 @@ class DecryptError(Exception):
 
 
 def load_or_create_key(state_dir: str) -> bytes:
+    """Read the data key, or create it, durably, before anything is sealed with it.
+
+    A new key is written to a temp file, fsynced, linked to ``data.key`` (never replacing
+    one: two starts racing keep the first) and its directory fsynced: after a power cut
+    there is either no key (nothing was sealed with it yet) or the whole key, never an
+    empty or short file that would keep the daemon from starting.
+    """
     path = os.path.join(state_dir, KEY_FILE)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        with open(path, "rb") as fh:
-            key = fh.read()
-        if len(key) != 32:
-            raise DecryptError(f"{path} is damaged: expected 32 bytes, found {len(key)}") from None
-        return key
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
     key = secrets.token_bytes(32)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):  # left by a power cut mid-creation (a pid repeats in a container)
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, key)
-        os.fsync(fd)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path)
+    except FileExistsError:  # another start made it first: use that one
+        return _read_key(path)
     finally:
-        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(state_dir)
+    return key
+
+
+def _read_key(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        key = fh.read()
+    if len(key) != 32:
+        raise DecryptError(f"{path} is damaged: expected 32 bytes, found {len(key)}")
     return key
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .crypto import DataCipher
+from .durable import fsync_dir
 from .errors import Conflict
 
 log = logging.getLogger(__name__)
@@ -531,6 +532,7 @@ class KeyService:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        fsync_dir(state_dir)  # the key row is committed: its token must not vanish in a power cut
         if sys.stderr.isatty():
             print(f"\nj1mskyd: created the first admin API key (shown once; also in {path}):\n"
                   f"  key id: {new.key.key_id}\n  token:  {new.token}\n  secret: {new.secret}\n"

@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 
 from multidict import istr
 
+from .durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -260,23 +262,9 @@ class BucketFile:
             except FileNotFoundError:
                 pass
             raise
-        _fsync_dir(directory)
+        fsync_dir(directory)  # the rename itself: a power cut right after could otherwise undo it
         self.writes += 1
         return True
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename itself durable (a power cut right after it could otherwise undo it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the data file itself is synced
-    finally:
-        os.close(fd)
 
 
 # Endpoint classes of the seed's "Rate Limits" table; the HTTP layer maps routes to them.

@@ -7,8 +7,10 @@ futures only after COMMIT.  Under load this turns hundreds of commits per second
 into a few, which is what keeps an SD card alive and spawn latency flat, while a
 caller still never hears "done" before its row is on disk.
 
-``synchronous = "normal"`` (the default) survives a crash or kill of the daemon;
-``"full"`` also survives a power cut at the price of an fsync per commit.
+``synchronous = "full"`` (the default) syncs the WAL at every group commit, before any
+future resolves: a caller told "done" keeps its row through a power cut.  ``"normal"``
+syncs only at checkpoints: it survives a crash or kill of the daemon, not of the machine
+(see docs/operations.md, "Durability").
 
 A full disk is survived here, in one place.  A group that fails for lack of space
 ("database or disk is full") is rolled back whole; its units stay queued, in order,
@@ -35,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from .crypto import CHECK_CONTEXT, KEY_FILE, DataCipher, DecryptError, load_or_create_key
+from .durable import fsync_dir
 from .errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
@@ -341,7 +344,7 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class Store:
-    def __init__(self, path: str, *, synchronous: str = "normal", encrypt: bool = True,
+    def __init__(self, path: str, *, synchronous: str = "full", encrypt: bool = True,
                  exclusive: bool = True) -> None:
         self.path = path
         self._exclusive = exclusive  # False for short CLI edits (keys) beside a running daemon
@@ -392,6 +395,7 @@ class Store:
         existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            fsync_dir(os.path.dirname(self.path))  # the new file's name, like sqlite does for its WAL
         key_path = os.path.join(os.path.dirname(self.path) or ".", KEY_FILE)
         if self._encrypt:
             if existed and not os.path.exists(key_path) and _has_sealed_data(self.path):
@@ -491,11 +495,20 @@ class Store:
     async def flush(self) -> None:
         """Wait until every unit queued so far has committed (or failed), or until the
         disk is full: those units then stay queued and commit when space returns, and a
-        reader must not wait for that."""
-        while self._flushing is not None and self.full is None:
+        reader must not wait for that.
+
+        Units queued later are not waited for: an empty unit marks the place (units commit
+        in order), so a reader does not wait for the writer to fall idle, which under a
+        steady stream of writes (and an fsync per group) could be long.
+        """
+        if self._flushing is None or self._closed:
+            return
+        marker = self.submit(())
+        marker.add_done_callback(lambda f: f.cancelled() or f.exception())  # its outcome is the units'
+        while not marker.done() and self.full is None:
             stalled = asyncio.ensure_future(self._stalled.wait())
             try:
-                await asyncio.wait((self._flushing, stalled), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((marker, stalled), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stalled.cancel()
 

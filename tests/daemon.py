@@ -107,8 +107,10 @@ def write_config(path: Path, *, delay: float = 0.0, max_concurrency: int = 2,
 class Daemon:
     """One ``j1mskyd serve`` subprocess; use as a context manager or call :meth:`close`."""
 
-    def __init__(self, workdir: Path, state_dir: Path, config: Path | None = None, name: str = "daemon") -> None:
+    def __init__(self, workdir: Path, state_dir: Path, config: Path | None = None, name: str = "daemon",
+                 env: Mapping[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.env = dict(env or {})  # added to child_env(): e.g. LD_PRELOAD (tests/test_durability.py)
         self.state_dir = state_dir
         self.config = config
         self.log_path = workdir / f"{name}.log"
@@ -126,8 +128,9 @@ class Daemon:
                 args += ["--config", str(self.config)]
             self._close_log()
             self._log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(args, cwd=self.workdir, env=child_env(), stdin=subprocess.DEVNULL,
-                                         stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(args, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                         stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=child_env(self.env))
             end = time.monotonic() + timeout
             while time.monotonic() < end:
                 if self.proc.poll() is not None:

@@ -104,7 +104,7 @@ def test_embedded_default_contents():
     assert {m.provider for m in cfg.models.values()} == {"offline"}
     check_catalogue(cfg)
     assert cfg.runtime == type(cfg.runtime)()  # untouched defaults
-    assert cfg.store.synchronous == "normal"
+    assert cfg.store.synchronous == "full"  # a power cut loses no accepted agent (issue 19)
     assert os.path.isabs(cfg.server.state_dir)
 
 
@@ -131,6 +131,7 @@ def test_shipped_config_loads_and_routes_to_real_providers(env):
     assert cfg.source == str(SHIPPED)
     assert (cfg.server.host, cfg.server.port) == ("0.0.0.0", 8080)
     assert cfg.server.state_dir == "/var/lib/j1msky"
+    assert cfg.store.synchronous == "full"  # a power cut loses no accepted agent (issue 19)
     # The business catalogue on real providers, plus one alias "offline" on the built-in offline
     # provider: a fresh install (no keys) can run agents, and no business model is faked.
     check_catalogue(cfg, extra=("offline",))
