@@ -443,9 +443,14 @@ class KeyService:
             raise LookupError(key_id)
         return key
 
-    async def create(self, name: str, scopes: Iterable[str] | str, require_signature: bool = False) -> NewKey:
+    async def create(self, name: str, scopes: Iterable[str] | str, require_signature: bool = False, *,
+                     before_commit: Callable[[NewKey], None] | None = None) -> NewKey:
+        """``before_commit(new)`` runs (blocking) before the key's row is written: the bootstrap
+        key's token file is on disk before the key exists, never the other way round."""
         new, insert = make_key(name, scopes, self.store.cipher, require_signature=require_signature,
                                now=self.clock())
+        if before_commit is not None:
+            before_commit(new)
         await self.store.write(insert, fail_fast=True)
         await self.reload()
         return new
@@ -513,26 +518,32 @@ class KeyService:
         import json
         import os
         import sys
-        new = await self.create("bootstrap-admin", [ADMIN])
         path = os.path.join(state_dir, self.BOOTSTRAP_FILE)
-        # A fresh 0600 file renamed into place: O_CREAT's mode would not narrow a stale,
-        # wider file left at ``path``, and O_EXCL|O_NOFOLLOW never writes through a symlink.
-        tmp = path + ".tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(new.reveal(), fh, indent=2)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
+
+        def keep(new: NewKey) -> None:
+            # A fresh 0600 file renamed into place: O_CREAT's mode would not narrow a stale,
+            # wider file left at ``path``, and O_EXCL|O_NOFOLLOW never writes through a symlink.
+            # Synced with its directory before the key's row is committed: a power cut between
+            # the two leaves a token for a key that was never made (the next start makes the
+            # key and this file anew), never a key whose token is lost.
+            tmp = path + ".tmp"
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            raise
-        fsync_dir(state_dir)  # the key row is committed: its token must not vanish in a power cut
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(new.reveal(), fh, indent=2)
+                    fh.write("\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            fsync_dir(state_dir)
+
+        new = await self.create("bootstrap-admin", [ADMIN], before_commit=keep)
         if sys.stderr.isatty():
             print(f"\nj1mskyd: created the first admin API key (shown once; also in {path}):\n"
                   f"  key id: {new.key.key_id}\n  token:  {new.token}\n  secret: {new.secret}\n"

@@ -481,3 +481,26 @@ async def test_idempotency_key_never_stores_or_replays_a_token(aiohttp_client, t
                     if p.is_file() and p.name != KeyService.BOOTSTRAP_FILE)
     for secret in (made["token"], made["secret"], rotated["token"], rotated["secret"]):
         assert secret.encode() not in blob
+
+
+async def test_the_bootstrap_token_file_is_written_before_the_key_exists(tmp_path):
+    """A power cut (here: a failing file write) between the two must never leave an admin key
+    whose token is nowhere; the next start makes key and file anew."""
+    from j1mskyd.store import Store
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    store = Store(str(state / "j1msky.db"))
+    store.open()
+    try:
+        keys = KeyService(store)
+        await keys.reload()
+        (state / KeyService.BOOTSTRAP_FILE).mkdir()  # os.replace onto a directory fails
+        with pytest.raises(OSError):
+            await keys.bootstrap(str(state))
+        assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0]) == 0
+        (state / KeyService.BOOTSTRAP_FILE).rmdir()
+        new = await keys.bootstrap(str(state))
+        saved = json.loads((state / KeyService.BOOTSTRAP_FILE).read_text())
+        assert saved["token"] == new.token and keys.authenticate(new.token) is not None
+    finally:
+        await store.close()
