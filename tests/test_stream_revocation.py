@@ -344,8 +344,9 @@ async def test_a_refused_address_cannot_open_or_authenticate_a_stream(aiohttp_cl
 # -- rotation: one live successor at a time -----------------------------------------------------
 
 async def keys_by_id(client, admin) -> dict[str, dict]:
+    """Every key's standing; not last_used_at, which the admin's own requests move."""
     resp = await client.get("/api/keys", headers=admin)
-    return {k["key_id"]: k for k in (await resp.json())["keys"]}
+    return {k["key_id"]: {f: v for f, v in k.items() if f != "last_used_at"} for k in (await resp.json())["keys"]}
 
 
 async def test_rotating_a_key_in_its_grace_period_is_409_and_mints_nothing(aiohttp_client, tmp_path):
