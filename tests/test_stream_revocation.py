@@ -71,7 +71,11 @@ async def ws_closed(ws, timeout: float = BOUND) -> tuple[int, str]:
     async with asyncio.timeout(timeout):
         while True:
             msg = await ws.receive()
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            if msg.type == aiohttp.WSMsgType.CLOSE:
+                # The code in the server's close frame: ws.close_code turns into 1006 when the
+                # client's reply to it cannot be sent any more (a loaded machine, a quick server).
+                return msg.data, msg.extra or ""
+            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
                 return ws.close_code, msg.extra or ""
 
 
