@@ -278,7 +278,7 @@ async def _lifecycle(app: web.Application):
         await runtime.stop()
         await webhooks.stop()
         for slot in services.slots.values():
-            await slot.close()
+            await slot.close(config.plugins.call_timeout)
         await session.close()
         await hook_session.close()
         await store.close()
