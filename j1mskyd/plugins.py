@@ -138,8 +138,9 @@ def _check_entry(what: str, kind: Any, factory: Any, existing: dict, owner: dict
 
 
 class _Staging:
-    """What ``register()`` sees: registrations land here and reach the registry only
-    if the whole plugin loads, so a failed or timed-out plugin leaves nothing behind."""
+    """What ``register()`` sees (a :class:`~j1mskyd.plugin_api.Registrar`): registrations land
+    here and reach the registry only if the whole plugin loads, so a failed or timed-out
+    plugin leaves nothing behind."""
 
     api_version = J1MSKY_PLUGIN_API
 
