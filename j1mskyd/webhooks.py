@@ -389,7 +389,7 @@ class WebhookService:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _active_ids(self) -> tuple[str, str]:
+    def _active_ids(self) -> tuple[str, list[str]]:
         """SQL and ids for the active webhooks no drain is working on: a paused one's
         deliveries wait, pending; a draining one's are its drain's business."""
         ids = [h.webhook_id for h in self.hooks.values() if h.status == "active" and h.webhook_id not in self._drains]
