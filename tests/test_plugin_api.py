@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from j1mskyd import plugin_api, plugins
 from j1mskyd.app import build_app
+from j1mskyd.config import ConfigError, load_config
 from j1mskyd.plugin_api import ProviderSettings
 from j1mskyd.plugins import PluginRegistry, load_plugins
 from tests.conftest import make_config, route_models, wait_status
@@ -300,3 +301,18 @@ def test_the_old_import_paths_are_the_contracts_names(module):
     for name in mod.__all__:
         if hasattr(plugin_api, name):
             assert getattr(mod, name) is getattr(plugin_api, name), name
+
+
+@pytest.mark.parametrize("line, reason", [("call_timeout = 0", "must be > 0"),
+                                          ('call_timeout = "30"', "must be a number"),
+                                          ("call_timeout = true", "must be a number")])
+def test_call_timeout_is_checked_like_the_other_plugin_keys(tmp_path, line, reason):
+    path = tmp_path / "config.toml"
+    shipped = (ROOT / "etc" / "j1msky" / "config.toml").read_text()
+    env = {"J1MSKY_SECRETS_FILE": str(tmp_path / "absent.env"), "XDG_STATE_HOME": str(tmp_path / "state")}
+    assert "\ncall_timeout = 30.0 " in shipped  # the shipped file states the default
+    assert load_config(None, env).plugins.call_timeout == 30.0
+    path.write_text(shipped.replace("\ncall_timeout = 30.0 ", f"\n{line} "))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env)
+    assert [(i.key, reason in i.reason) for i in info.value.issues] == [("plugins.call_timeout", True)]
