@@ -224,7 +224,7 @@ async def _lifecycle(app: web.Application):
         audit = AuditLog(store)
         events = EventLog(store)
         webhooks = WebhookService(store, events, registry, hook_session, targets=targets,
-                                  resolver=hook_resolver)
+                                  resolver=hook_resolver, call_timeout=config.plugins.call_timeout)
         runtime.events = events
         agents.webhooks = webhooks
         services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file,
@@ -278,7 +278,7 @@ async def _lifecycle(app: web.Application):
         await runtime.stop()
         await webhooks.stop()
         for slot in services.slots.values():
-            await slot.close()
+            await slot.close(config.plugins.call_timeout)
         await session.close()
         await hook_session.close()
         await store.close()

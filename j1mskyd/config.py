@@ -199,6 +199,7 @@ class PluginsConfig:
     disabled: tuple[str, ...] = ()
     load_timeout: float = 10.0
     require_root: bool = True
+    call_timeout: float = 30.0     # a sink delivery or a close() (provider calls: request.timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +412,7 @@ _PLUGINS: dict[str, Checker] = {
     "disabled": _strings(),
     "load_timeout": _num(positive=True),
     "require_root": _bool,
+    "call_timeout": _num(positive=True),
 }
 _PROVIDER: dict[str, Checker] = {
     "plugin": _str(pattern=_KIND, what="a plugin kind: lowercase letters, digits, '_'"),

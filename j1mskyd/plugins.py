@@ -1,8 +1,8 @@
-"""Plugin registry and the guarded loader for built-in and drop-in plugin files.
+"""Plugin registry, the guarded loader for built-in and drop-in plugin files, and the
+daemon's side of every plugin call (building, and the timeout around each call).
 
-A plugin is one ``*.py`` file with a top-level literal ``J1MSKY_PLUGIN_API = 1`` and a
-``register(registry)`` function that calls ``registry.add_provider(kind, factory)``
-and/or ``registry.add_sink(kind, factory)``.
+The contract a plugin is written against (the hooks as Protocols, the API version, the
+types it gets and returns, what it may and may not do) is :mod:`j1mskyd.plugin_api`.
 
 The drop-in loader applies the guards of anchors-style.md section 3.3 in order:
 directory trust, file-name filter, sorted order, file trust (O_NOFOLLOW + fstat of
@@ -21,6 +21,8 @@ code runs with the daemon's full privileges.
 from __future__ import annotations
 
 import ast
+import asyncio
+import contextlib
 import errno
 import importlib.util
 import logging
@@ -32,13 +34,21 @@ import threading
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable
 
-from .providers import ProviderSettings
+from .plugin_api import (
+    J1MSKY_PLUGIN_API,
+    Provider,
+    ProviderFactory,
+    ProviderSettings,
+    Sink,
+    SinkFactory,
+    SinkSettings,
+    implements,
+)
 
 logger = logging.getLogger(__name__)
 
-J1MSKY_PLUGIN_API = 1
 MAX_PLUGIN_BYTES = 1 << 20
 NAMESPACE = "j1msky_plugins"
 _FILE_RE = re.compile(r"^[a-z][a-z0-9_]*\.py$")
@@ -48,8 +58,6 @@ _KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # (CPython gh-106905, fixed in 3.11.5): parse and compile one file at a time.
 _AST_LOCK = threading.Lock()
 
-ProviderFactory = Callable[[ProviderSettings, Any], Any]
-SinkFactory = Callable[[dict, Any], Any]
 
 
 class PluginError(Exception):
@@ -114,8 +122,8 @@ class PluginRegistry:
         for kind, factory in staging.providers.items():
             self._providers[kind] = factory
             self._owner[("provider", kind)] = staging.plugin
-        for kind, factory in staging.sinks.items():
-            self._sinks[kind] = factory
+        for kind, sink_factory in staging.sinks.items():
+            self._sinks[kind] = sink_factory
             self._owner[("sink", kind)] = staging.plugin
 
 
@@ -130,8 +138,9 @@ def _check_entry(what: str, kind: Any, factory: Any, existing: dict, owner: dict
 
 
 class _Staging:
-    """What ``register()`` sees: registrations land here and reach the registry only
-    if the whole plugin loads, so a failed or timed-out plugin leaves nothing behind."""
+    """What ``register()`` sees (a :class:`~j1mskyd.plugin_api.Registrar`): registrations land
+    here and reach the registry only if the whole plugin loads, so a failed or timed-out
+    plugin leaves nothing behind."""
 
     api_version = J1MSKY_PLUGIN_API
 
@@ -179,9 +188,32 @@ def build_provider(registry: PluginRegistry, settings: ProviderSettings, session
         logger.exception("provider %r: plugin kind %r factory failed", settings.name, kind)
         message = _redact(f"{type(exc).__name__}: {exc}", settings.api_key)
         raise PluginError(f"provider {settings.name!r}: plugin kind {kind!r} failed to build: {message}") from exc
-    if not callable(getattr(provider, "complete", None)):
+    if not implements(provider, Provider):
         raise PluginError(f"provider {settings.name!r}: plugin kind {kind!r} returned an object without complete()")
     return provider
+
+
+def build_sink(registry: PluginRegistry, kind: str, settings: SinkSettings, session: Any) -> Sink:
+    """The sink of one webhook.  ``KeyError`` when no plugin provides ``kind``; whatever the
+    factory raised when it refused the settings; ``PluginError`` when it built no Sink."""
+    sink = registry.sink_factory(kind)(settings, session)
+    if not implements(sink, Sink):
+        raise PluginError(f"plugin kind {kind!r} returned an object without deliver()")
+    return sink
+
+
+@contextlib.asynccontextmanager
+async def bounded(seconds: float, error: Callable[[], Exception]) -> AsyncIterator[None]:
+    """The daemon's timeout around a plugin call (every one goes through here): the call is
+    cancelled after ``seconds`` and ``error()`` raised instead.  A ``TimeoutError`` the
+    plugin raised itself, or an outer deadline's, passes through unchanged."""
+    try:
+        async with asyncio.timeout(seconds) as scope:
+            yield
+    except TimeoutError:
+        if scope.expired():
+            raise error() from None
+        raise
 
 
 def _redact(text: str, secret: str | None) -> str:

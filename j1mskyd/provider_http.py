@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 
 from . import jsonx
-from .providers import ProviderError
+from .plugin_api import ProviderError
 
 _MAX_DETAIL = 300
 

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .breaker import CircuitBreaker
-from .providers import ProviderSettings
+from .plugin_api import Closable, ProviderSettings, implements
+from .plugins import bounded
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,11 @@ class ProviderSlot:
                 "waiting": len(self._waiters), "calls": self.calls, "available": self.usable,
                 "error": self.error, "circuit_breaker": self.breaker.snapshot()}
 
-    async def close(self) -> None:
-        close = getattr(self.client, "close", None)
-        if close is not None:
+    async def close(self, timeout: float) -> None:
+        """The plugin's ``close`` if it has one, for ``timeout`` seconds at most."""
+        if implements(self.client, Closable):
             try:
-                await close()
+                async with bounded(timeout, lambda: TimeoutError(f"close took over {timeout:g} s")):
+                    await self.client.close()
             except Exception:  # a plugin failing at close must not stop shutdown
                 log.exception("provider %s failed to close", self.name)

@@ -35,7 +35,8 @@ from .config import Config, ModelConfig
 from .events import EventLog, agent_event_data
 from .pricing import token_cost
 from .provider_pool import ProviderSlot
-from .providers import CompletionRequest, CompletionResult, ProviderError
+from .plugin_api import TIMEOUT_GRACE, CompletionRequest, CompletionResult, ProviderError, StreamingProvider, implements
+from .plugins import bounded
 from .ratelimit import Buckets, Limit
 from .store import Store, StoreError
 from .worstcase import fallback_chain, output_allowance
@@ -521,18 +522,26 @@ class AgentRuntime:
                         alias: str) -> CompletionResult:
         """One provider call.  Streamed (agent.output deltas to live listeners) when the
         plugin can stream and someone is listening; the result is the same either way."""
-        stream = getattr(slot.client, "stream", None)
-        if stream is None or self.events is None or not self.events.wants("agent.output"):
-            return await slot.client.complete(request)
-        result: CompletionResult | None = None
-        index = 0
-        async for item in stream(request):
-            if isinstance(item, CompletionResult):
-                result = item
-            elif isinstance(item, str) and item:
-                self.events.publish_live("agent.output", {"agent_id": agent.agent_id, "model": alias,
-                                                          "index": index, "delta": item})
-                index += 1
+        client = slot.client
+        # The daemon's own bound, past the plugin's: a plugin that ignores request.timeout
+        # is cancelled, and the attempt fails as a timeout like any other.
+        def timed_out() -> ProviderError:
+            return ProviderError(f"{slot.name}: no answer within {request.timeout:g} s (cancelled by the daemon)",
+                                 kind="timeout")
+
+        async with bounded(request.timeout + TIMEOUT_GRACE, timed_out):
+            if not implements(client, StreamingProvider) or self.events is None \
+                    or not self.events.wants("agent.output"):
+                return await client.complete(request)
+            result: CompletionResult | None = None
+            index = 0
+            async for item in client.stream(request):
+                if isinstance(item, CompletionResult):
+                    result = item
+                elif isinstance(item, str) and item:
+                    self.events.publish_live("agent.output", {"agent_id": agent.agent_id, "model": alias,
+                                                              "index": index, "delta": item})
+                    index += 1
         if result is None:
             raise ProviderError(f"{slot.name}: the stream ended without a result", kind="invalid_response")
         return result

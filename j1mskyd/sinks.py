@@ -1,11 +1,8 @@
-"""The contract between the webhook worker and sink plugins.
+"""Helpers for HTTP sink plugins: the signature and one POST with the target rules.
 
-A sink plugin registers ``registry.add_sink(kind, factory)``; the worker calls
-``factory(settings, session)`` once per webhook, with ``settings`` a dict holding
-``webhook_id``, ``url`` and ``secret``, and then ``await sink.deliver(payload,
-delivery_id=..., event=...)`` for each delivery.  ``deliver`` returns on success and
-raises :class:`SinkError` (or anything else) on failure; the worker retries with
-backoff, so sinks never retry themselves.
+The sink contract (:class:`~j1mskyd.plugin_api.Sink`, ``SinkSettings``, :class:`SinkError`)
+is in :mod:`j1mskyd.plugin_api`; ``SinkError`` is re-exported here for plugins that import
+it from this module.
 
 ``session`` is the webhook session (webhook_client.py), not the providers': its
 resolver refuses every name that resolves to an address the target policy refuses
@@ -21,12 +18,9 @@ import hashlib
 import hmac
 from typing import Any
 
+from .plugin_api import SinkError
 
-class SinkError(Exception):
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
+__all__ = ["SinkError", "post", "signature"]
 
 
 def signature(secret: str, body: bytes) -> str:

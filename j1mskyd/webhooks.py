@@ -4,8 +4,11 @@ Delivery is durable and at least once.  The outbox rows (``deliveries``) are wri
 with the event in the transaction of the state change (events.py).  The worker sends
 due deliveries through the webhook's sink plugin, at most ``PER_MINUTE`` in any
 ``PACE_WINDOW`` (a minute) per endpoint URL, one at a time per webhook (so a receiver
-sees its events in order: a delivery waiting or failing holds back the later ones),
-and retries a failure with exponential backoff (``RETRY_BASE`` s doubling, capped at an hour, with
+sees its events in order: a delivery waiting or failing holds back the later ones).
+Each webhook with due deliveries has its own drain task (up to ``CONCURRENT_WEBHOOKS`` at
+once), and every sink call is cancelled after ``call_timeout`` seconds (a failed
+attempt), so a receiver that hangs holds back its own deliveries only.  The worker
+retries a failure with exponential backoff (``RETRY_BASE`` s doubling, capped at an hour, with
 jitter) until the delivery is ``GIVE_UP_AFTER`` old; then it is ``failed`` and can be
 redelivered by hand.  A crash between sending and recording means the receiver may
 see a delivery twice: it has the same ``X-J1MSKY-Delivery`` id both times.
@@ -28,7 +31,8 @@ from urllib.parse import urlsplit
 from .agent import iso
 from .errors import BadRequest, NotFound, ValidationFailed
 from .events import EVENT_TYPES, LIVE_ONLY, EventLog, delivery_insert
-from .sinks import SinkError
+from .plugin_api import Sink, SinkError
+from .plugins import bounded, build_sink
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
 log = logging.getLogger(__name__)
@@ -38,7 +42,8 @@ PACE_WINDOW = 60.0
 RETRY_BASE = 5.0
 RETRY_CAP = 3600.0
 GIVE_UP_AFTER = 24 * 3600.0
-CONCURRENT_WEBHOOKS = 8
+CONCURRENT_WEBHOOKS = 8  # drain tasks (webhooks being sent to) at once
+DRAIN_BATCH = 50         # due deliveries a drain reads at a time
 STATUSES = ("active", "paused")
 AGENT_DONE = ("agent.completed", "agent.failed", "agent.cancelled")
 
@@ -121,7 +126,7 @@ class WebhookService:
 
     def __init__(self, store: Any, events: EventLog, registry: Any, session: Any,
                  clock: Callable[[], float] = time.time, targets: TargetPolicy = TargetPolicy(),
-                 lookup: Lookup | None = None, resolver: Any = None) -> None:
+                 lookup: Lookup | None = None, resolver: Any = None, call_timeout: float = 30.0) -> None:
         self.store = store
         self.events = events
         self.registry = registry
@@ -137,6 +142,8 @@ class WebhookService:
         self._sent: dict[str, collections.deque[float]] = {}
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self.call_timeout = call_timeout  # seconds one sink.deliver may take ([plugins] call_timeout)
+        self._drains: dict[str, asyncio.Task[None]] = {}  # webhook_id -> its drain, while it runs
         events.route = self.route
         events.on_published = self._wake.set
 
@@ -362,10 +369,10 @@ class WebhookService:
         return {"success": True, "delivery_id": new_id, "redelivers": delivery_id}
 
     # -- the worker ---------------------------------------------------------------------------------
-    def _build_sink(self, hook: Webhook) -> Any:
+    def _build_sink(self, hook: Webhook) -> Sink:
         try:
-            sink = self.registry.sink_factory(hook.sink)({"webhook_id": hook.webhook_id, "url": hook.url,
-                                                          "secret": hook.secret}, self.session)
+            sink = build_sink(self.registry, hook.sink, {"webhook_id": hook.webhook_id, "url": hook.url,
+                                                         "secret": hook.secret}, self.session)
         except KeyError:
             raise _bad("sink", f"no sink plugin '{hook.sink}' is loaded") from None
         except Exception as exc:  # noqa: BLE001 - a plugin refusing its settings is the caller's 400
@@ -377,20 +384,25 @@ class WebhookService:
         self._worker = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+        tasks = [t for t in (self._worker, *self._drains.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _active_ids(self) -> tuple[str, str]:
-        """SQL and ids for the active webhooks: a paused one's deliveries wait, pending."""
-        ids = [h.webhook_id for h in self.hooks.values() if h.status == "active"]
+    def _active_ids(self) -> tuple[str, list[str]]:
+        """SQL and ids for the active webhooks no drain is working on: a paused one's
+        deliveries wait, pending; a draining one's are its drain's business."""
+        ids = [h.webhook_id for h in self.hooks.values() if h.status == "active" and h.webhook_id not in self._drains]
         return ", ".join("?" * len(ids)) or "NULL", ids
 
-    async def _due(self, now: float) -> list[sqlite3.Row]:
+    async def _due_hooks(self, now: float, limit: int) -> list[str]:
+        """Up to ``limit`` webhooks with a delivery due, the longest waiting first."""
         marks, ids = self._active_ids()
-        return await self.store.read(lambda c: c.execute(
-            f"SELECT * FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? AND webhook_id IN ({marks}) "
-            "ORDER BY created_at, rowid LIMIT 200", (now, *ids)).fetchall())
+        rows = await self.store.read(lambda c: c.execute(
+            f"SELECT webhook_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? "
+            f"AND webhook_id IN ({marks}) GROUP BY webhook_id ORDER BY MIN(created_at) LIMIT ?",
+            (now, *ids, limit)).fetchall())
+        return [r["webhook_id"] for r in rows]
 
     async def _next_due(self) -> float | None:
         marks, ids = self._active_ids()
@@ -400,30 +412,14 @@ class WebhookService:
         return row[0]
 
     async def _run(self) -> None:
-        sem = asyncio.Semaphore(CONCURRENT_WEBHOOKS)
+        """The dispatcher: starts a drain for each webhook with something due, then sleeps
+        until the next delivery is due, an event is published, or a drain ends."""
         while True:
             self._wake.clear()
             try:
-                due = await self._due(self.clock())
-                by_hook: dict[str, list[sqlite3.Row]] = {}
-                for row in due:
-                    by_hook.setdefault(row["webhook_id"], []).append(row)
-
-                async def drain(webhook_id: str, rows: list[sqlite3.Row]) -> None:
-                    async with sem:
-                        for row in rows:
-                            try:
-                                if not await self._attempt(webhook_id, row):
-                                    break  # rate-limited or failing: keep this receiver's order
-                            except asyncio.CancelledError:
-                                raise
-                            except Exception:  # noqa: BLE001 - never leave a drain running into the next round
-                                log.exception("webhook %s: delivery %s failed unexpectedly", webhook_id,
-                                              row["delivery_id"])
-                                break
-
-                if by_hook:
-                    await asyncio.gather(*(drain(w, rows) for w, rows in by_hook.items()))
+                room = CONCURRENT_WEBHOOKS - len(self._drains)
+                for webhook_id in await self._due_hooks(self.clock(), room) if room > 0 else ():
+                    self._drains[webhook_id] = asyncio.ensure_future(self._drain(webhook_id))
                 nxt = await self._next_due()
             except asyncio.CancelledError:
                 raise
@@ -431,8 +427,8 @@ class WebhookService:
                 log.exception("webhook worker round failed")
                 nxt = self.clock() + 5
             delay = 30.0 if nxt is None else min(max(nxt - self.clock(), 0.05), 30.0)
-            if due and nxt is not None and nxt <= self.clock():
-                delay = 0.05  # more is due right away (a busy backlog)
+            if len(self._drains) >= CONCURRENT_WEBHOOKS:
+                delay = 30.0  # no room: the next drain to end wakes us
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
                 # lands as the event fires, and stop() would then wait forever.
@@ -440,6 +436,32 @@ class WebhookService:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    async def _drain(self, webhook_id: str) -> None:
+        """Send one webhook's due deliveries in order until none is due or one does not go
+        out (paced, failing: the later ones wait behind it).  Runs beside the other
+        webhooks' drains, so a receiver that hangs stalls only its own deliveries."""
+        try:
+            while True:
+                hook = self.hooks.get(webhook_id)
+                if hook is None or hook.status != "active":
+                    return  # deleted or paused meanwhile
+                now = self.clock()
+                rows = await self.store.read(lambda c: c.execute(
+                    "SELECT * FROM deliveries WHERE webhook_id = ? AND status = 'pending' AND next_attempt_at <= ? "
+                    "ORDER BY created_at, rowid LIMIT ?", (webhook_id, now, DRAIN_BATCH)).fetchall())
+                if not rows:
+                    return
+                for row in rows:
+                    if not await self._attempt(webhook_id, row):
+                        return  # rate-limited or failing: keep this receiver's order
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - one webhook's trouble must not end the worker
+            log.exception("webhook %s: its drain failed unexpectedly", webhook_id)
+        finally:
+            self._drains.pop(webhook_id, None)
+            self._wake.set()  # the dispatcher looks at this webhook again
 
     @staticmethod
     def _hold_back(webhook_id: str, until: float) -> tuple[str, tuple[Any, ...]]:
@@ -486,7 +508,9 @@ class WebhookService:
                 except TargetRefused as exc:
                     raise SinkError(f"target refused: {exc.message}") from None
             sink = self._sinks.get(webhook_id) or self._build_sink(hook)
-            await sink.deliver(event.payload(), delivery_id=row["delivery_id"], event=event.type)
+            async with bounded(self.call_timeout, lambda: SinkError(
+                    f"sink did not return within {self.call_timeout:g} s (cancelled by the daemon)")):
+                await sink.deliver(event.payload(), delivery_id=row["delivery_id"], event=event.type)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any sink failure is a failed attempt

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from j1mskyd.provider_http import HttpCaller, billed_usage, estimate_tokens
-from j1mskyd.providers import CompletionRequest, CompletionResult, ProviderSettings
+from j1mskyd.plugin_api import CompletionRequest, CompletionResult, ProviderSettings, Registrar
 
 J1MSKY_PLUGIN_API = 1
 
@@ -70,5 +70,5 @@ class AnthropicProvider:
         )
 
 
-def register(registry: Any) -> None:
+def register(registry: Registrar) -> None:
     registry.add_provider("anthropic", AnthropicProvider)

@@ -15,7 +15,14 @@ import asyncio
 import hashlib
 from typing import Any
 
-from j1mskyd.providers import ERROR_KINDS, CompletionRequest, CompletionResult, ProviderError, ProviderSettings
+from j1mskyd.plugin_api import (
+    ERROR_KINDS,
+    CompletionRequest,
+    CompletionResult,
+    ProviderError,
+    ProviderSettings,
+    Registrar,
+)
 
 J1MSKY_PLUGIN_API = 1
 
@@ -59,5 +66,5 @@ class OfflineProvider:
         )
 
 
-def register(registry: Any) -> None:
+def register(registry: Registrar) -> None:
     registry.add_provider("offline", OfflineProvider)

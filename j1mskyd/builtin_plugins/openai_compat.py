@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 from j1mskyd.provider_http import HttpCaller, billed_usage, estimate_tokens
-from j1mskyd.providers import CompletionRequest, CompletionResult, ProviderSettings
+from j1mskyd.plugin_api import CompletionRequest, CompletionResult, ProviderSettings, Registrar
 
 J1MSKY_PLUGIN_API = 1
 
@@ -110,5 +110,5 @@ def _content_text(content: Any) -> str:
     raise TypeError("content is neither text nor parts")
 
 
-def register(registry: Any) -> None:
+def register(registry: Registrar) -> None:
     registry.add_provider("openai_compat", OpenAICompatProvider)

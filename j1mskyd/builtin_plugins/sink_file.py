@@ -13,13 +13,13 @@ import os
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from j1mskyd.sinks import SinkError
+from j1mskyd.plugin_api import Registrar, SinkError, SinkSettings
 
 J1MSKY_PLUGIN_API = 1
 
 
 class FileSink:
-    def __init__(self, settings: dict[str, Any], session: Any = None) -> None:
+    def __init__(self, settings: SinkSettings, session: Any = None) -> None:
         parts = urlsplit(settings["url"])
         if parts.scheme != "file" or not parts.path:
             raise ValueError("the file sink needs a file:///absolute/path URL")
@@ -42,5 +42,5 @@ class FileSink:
             raise SinkError(f"cannot write {self._path}: {exc.strerror}") from None
 
 
-def register(registry: Any) -> None:
+def register(registry: Registrar) -> None:
     registry.add_sink("file", FileSink)

@@ -14,13 +14,14 @@ from typing import Any
 import aiohttp
 
 from j1mskyd import __version__
+from j1mskyd.plugin_api import Registrar, SinkSettings
 from j1mskyd.sinks import post, signature
 
 J1MSKY_PLUGIN_API = 1
 
 
 class HttpSink:
-    def __init__(self, settings: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: SinkSettings, session: aiohttp.ClientSession) -> None:
         self._url = settings["url"]
         self._secret = settings["secret"]
         self._session = session
@@ -32,5 +33,5 @@ class HttpSink:
                    "X-J1MSKY-Signature": signature(self._secret, body)}
         await post(self._session, self._url, "receiver", data=body, headers=headers)
 
-def register(registry: Any) -> None:
+def register(registry: Registrar) -> None:
     registry.add_sink("http", HttpSink)

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from j1mskyd.plugin_api import Registrar, SinkSettings
 from j1mskyd.sinks import post
 
 J1MSKY_PLUGIN_API = 1
@@ -31,12 +32,12 @@ def message(payload: dict[str, Any]) -> str:
 
 
 class SlackSink:
-    def __init__(self, settings: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: SinkSettings, session: aiohttp.ClientSession) -> None:
         self._url = settings["url"]
         self._session = session
 
     async def deliver(self, payload: dict[str, Any], *, delivery_id: str, event: str) -> None:
         await post(self._session, self._url, "Slack", json={"text": message(payload)})
 
-def register(registry: Any) -> None:
+def register(registry: Registrar) -> None:
     registry.add_sink("slack", SlackSink)
