@@ -137,8 +137,7 @@ class WebhookService:
         self._sent: dict[str, collections.deque[float]] = {}
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        events.route = self.route
-        events.on_published = self._wake.set
+        events.attach_outbox(self.route, self._wake.set)
 
     # -- registrations --------------------------------------------------------------------------
     async def load(self) -> None:
