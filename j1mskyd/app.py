@@ -23,6 +23,7 @@ from .audit import Actor, AuditLog
 from .events import EventLog
 from .idempotency import IdempotencyStore
 from .ipcontrol import IpControl
+from .jobs import maintain_hourly, refresh_keys, save_counters
 from .api.routes import setup_routes
 from .breaker import CircuitBreaker
 from .budget import Budget, BudgetPolicy
@@ -44,8 +45,6 @@ from .webhooks import WebhookService
 
 log = logging.getLogger(__name__)
 BUILTIN_PLUGINS = Path(__file__).parent / "builtin_plugins"
-_PRUNE_EVERY = 60.0  # seconds between sweeps of full (forgettable) rate-limit buckets
-_MAINTENANCE_EVERY = 3600.0
 _EVENTS_KEEP_DAYS = 7.0  # GET /events, SSE and WebSocket can resume within this window
 
 
@@ -82,7 +81,7 @@ class Services:
     - ip_control: api/security; middleware; listener (refusal at accept)
     - keys: api/keys, events (a live stream ends with its key); middleware (auth)
     - pricing_history: api/orchestrator, pricing
-    - store: api/ops, orchestrator, pricing, system (their SQL moves into services: issue 13 item 1)
+    - store: api/ops, orchestrator, pricing, system (SQL that is to move into services of their own)
     - webhooks: api/webhooks, keys, pricing
 
     The HTTP sessions and the rate-limit counter file are not here: no handler needs them,
@@ -149,32 +148,6 @@ def upstream_connector(config: Config) -> aiohttp.TCPConnector:
     return aiohttp.TCPConnector(limit=config.runtime.max_concurrency, limit_per_host=0)
 
 
-async def _persist_buckets(interval: float, limiter: RequestLimiter, bucket_file: BucketFile,
-                           runtime: AgentRuntime) -> None:
-    """Save the rate-limit counters every few seconds when they changed; prune now and then."""
-    loop = asyncio.get_running_loop()
-    last_prune = loop.time()
-    failing = False
-    while True:
-        await asyncio.sleep(interval)
-        if loop.time() - last_prune >= _PRUNE_EVERY:
-            last_prune = loop.time()
-            limiter.buckets.prune(lambda key: limiter.limit_for(key) or runtime.limit_for(key))
-        if not limiter.buckets.changed:
-            continue  # idle: no thread hop, no write
-        try:
-            await loop.run_in_executor(None, bucket_file.save_if_changed)
-        except OSError as exc:  # a full disk must not stop the daemon; the next round retries
-            # Said once per outage, not every few seconds into a log on the same full disk.
-            log.log(logging.DEBUG if failing else logging.ERROR, "could not save rate-limit counters: %s "
-                    "(retried every %g s)", exc, interval)
-            failing = True
-        else:
-            if failing:
-                log.info("rate-limit counters saved again")
-            failing = False
-
-
 def _budget_event(events: EventLog, budget: Budget, old: str, new: str, caches: dict[str, TTLCache]) -> None:
     """budget.notice/warning/critical when spend crosses a threshold upward; a new budget
     level invalidates the caches (recommendations and prices depend on it)."""
@@ -194,29 +167,6 @@ def _audit_finish(audit: AuditLog, agent) -> None:
         audit.record(event, Actor(api_key_id=agent.api_key), severity="info" if event == "agent.complete" else "warning",
                      resource_type="agent", resource_id=agent.agent_id,
                      details={"model": agent.served_model or agent.model, "cost": agent.cost, "error": agent.error})
-
-
-async def _maintenance(services: Services) -> None:
-    """Hourly: retention of agent data, audit log, events and pricing history; expired idempotency records."""
-    while True:
-        for job in (services.agents.purge_expired, services.audit.purge, services.idempotency.purge,
-                    lambda: services.events.purge(_EVENTS_KEEP_DAYS),
-                    services.pricing_history.purge):
-            try:
-                await job()
-            except Exception:  # noqa: BLE001 - retried next hour; never stops the daemon
-                log.exception("maintenance job %s failed", getattr(job, "__qualname__", job))
-        await asyncio.sleep(_MAINTENANCE_EVERY)
-
-
-async def _refresh_keys(keys: KeyService) -> None:
-    """Pick up keys created or revoked by `j1mskyd keys ...`; write last-use times in batches."""
-    while True:
-        await keys.wait_refresh()  # faster while live streams watch their keys
-        try:
-            await keys.refresh()
-        except Exception:  # noqa: BLE001 - a failed refresh is retried; requests keep the last view
-            log.exception("refreshing API keys failed")
 
 
 # -- the lifecycle: one start-up step per resource ------------------------------------------
@@ -372,10 +322,12 @@ async def _agents_and_workers(app: web.Application):
         log.info("recovered agents after restart: %s", recovered)
     services.runtime.start()
     services.webhooks.start()
+    purges = (services.agents.purge_expired, services.audit.purge, services.idempotency.purge,
+              functools.partial(services.events.purge, _EVENTS_KEEP_DAYS), services.pricing_history.purge)
     jobs = [asyncio.ensure_future(job) for job in (
-        _persist_buckets(config.limits.persist_interval, app[LIMITER], app[_BUCKET_FILE], services.runtime),
-        _refresh_keys(services.keys),
-        _maintenance(services))]
+        save_counters(config.limits.persist_interval, app[LIMITER], app[_BUCKET_FILE], services.runtime),
+        refresh_keys(services.keys),
+        maintain_hourly(purges))]
     log.info("j1mskyd ready: %d providers, %d models, state in %s",
              len(services.slots), len(config.models), config.server.state_dir)
     try:
@@ -413,6 +365,7 @@ async def _lifecycle(app: web.Application):
             await steps.enter_async_context(contextlib.asynccontextmanager(step)(app))
         yield
     log.info("j1mskyd stopped; state saved in %s", app[CONFIG].server.state_dir)
+
 
 async def _close_live_readers(app: web.Application) -> None:
     """on_shutdown: SSE and WebSocket readers end now instead of holding the stop for seconds."""
