@@ -12,7 +12,7 @@ import math
 import secrets
 import sqlite3
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import agent as A
 from . import agent_query, worstcase
@@ -25,13 +25,17 @@ from .pricing import token_cost
 from .runtime import AgentRuntime
 from .store import Store
 
+if TYPE_CHECKING:
+    from .webhooks import WebhookService
+
 _TIMEOUT_MIN = 1.0
 _SETTLE_WAIT = 5.0  # seconds to wait for an agent's final write before answering anyway
 
 
 class AgentService:
-    def __init__(self, config: Config, store: Store, runtime: AgentRuntime, budget: Budget) -> None:
-        self.webhooks: Any = None  # the WebhookService, for a spawn's own webhook_url (set by the app)
+    def __init__(self, config: Config, store: Store, runtime: AgentRuntime, budget: Budget,
+                 webhooks: WebhookService | None = None) -> None:
+        self.webhooks = webhooks  # a spawn's own webhook_url registers there
         self.config = config
         self.store = store
         self.runtime = runtime

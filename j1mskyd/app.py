@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -15,12 +17,13 @@ from aiohttp import web
 
 from . import statedir
 from .agents import AgentService
-from .api.common import CONFIG, SERVICES
+from .api.common import CONFIG, SERVICES, app_key
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
 from .audit import Actor, AuditLog
 from .events import EventLog
 from .idempotency import IdempotencyStore
 from .ipcontrol import IpControl
+from .jobs import maintain_hourly, refresh_keys, save_counters
 from .api.routes import setup_routes
 from .breaker import CircuitBreaker
 from .budget import Budget, BudgetPolicy
@@ -42,8 +45,6 @@ from .webhooks import WebhookService
 
 log = logging.getLogger(__name__)
 BUILTIN_PLUGINS = Path(__file__).parent / "builtin_plugins"
-_PRUNE_EVERY = 60.0  # seconds between sweeps of full (forgettable) rate-limit buckets
-_MAINTENANCE_EVERY = 3600.0
 _EVENTS_KEEP_DAYS = 7.0  # GET /events, SSE and WebSocket can resume within this window
 
 
@@ -67,16 +68,32 @@ def _load_all_plugins(registry: PluginRegistry, dropin: Path | None, config: Con
 
 @dataclass
 class Services:
-    """Everything the handlers reach, created at start-up inside the running loop."""
+    """What the request handlers reach (request.app[SERVICES]), created at start-up inside
+    the running loop.  Who reaches what (tests/test_wiring.py fails on a field nobody reaches):
+
+    - agents: api/agents (spawn, list, get, cancel)
+    - audit: api/agents, keys, security, webhooks, pricing; middleware; listener (violations)
+    - budget, runtime, slots: api/ops, orchestrator, pricing, system
+    - caches: api/orchestrator, pricing
+    - events: api/events, pricing; middleware and listener (security.violation)
+    - health_cache, started, registry: api/system (GET /health, GET /plugins)
+    - idempotency: middleware
+    - ip_control: api/security; middleware; listener (refusal at accept)
+    - keys: api/keys, events (a live stream ends with its key); middleware (auth)
+    - pricing_history: api/orchestrator, pricing
+    - store: api/ops, orchestrator, pricing, system (SQL that is to move into services of their own)
+    - webhooks: api/webhooks, keys, pricing
+
+    The HTTP sessions and the rate-limit counter file are not here: no handler needs them,
+    their own start-up steps (LIFECYCLE) hold and close them.
+    """
 
     store: Store
     registry: PluginRegistry
-    session: aiohttp.ClientSession
     slots: dict[str, ProviderSlot]
     runtime: AgentRuntime
     agents: AgentService
     budget: Budget
-    bucket_file: BucketFile
     keys: KeyService
     ip_control: IpControl
     audit: AuditLog
@@ -84,11 +101,14 @@ class Services:
     events: EventLog
     webhooks: WebhookService
     pricing_history: PricingHistory
+    # The v4.1 caches: model recommendations 30 s, pricing calculations 5 min.
+    caches: dict[str, TTLCache]
     started: float = field(default_factory=time.monotonic)
     health_cache: tuple[tuple, bytes, int] | None = None  # (stamp, body, status) of GET /health
-    # The v4.1 caches: model recommendations 30 s, pricing calculations 5 min.
-    caches: dict[str, TTLCache] = field(default_factory=lambda: {"recommendations": TTLCache(30.0),
-                                                                  "pricing": TTLCache(300.0)})
+
+
+def _new_caches() -> dict[str, TTLCache]:
+    return {"recommendations": TTLCache(30.0), "pricing": TTLCache(300.0)}
 
 
 def state_db_path(config: Config) -> str:
@@ -114,32 +134,18 @@ def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.Clie
     return slots
 
 
-async def _persist_buckets(app: web.Application, services: Services) -> None:
-    """Save the rate-limit counters every few seconds when they changed; prune now and then."""
-    loop = asyncio.get_running_loop()
-    interval = app[CONFIG].limits.persist_interval
-    limiter: RequestLimiter = app[LIMITER]
-    runtime = services.runtime
-    last_prune = loop.time()
-    failing = False
-    while True:
-        await asyncio.sleep(interval)
-        if loop.time() - last_prune >= _PRUNE_EVERY:
-            last_prune = loop.time()
-            limiter.buckets.prune(lambda key: limiter.limit_for(key) or runtime.limit_for(key))
-        if not limiter.buckets.changed:
-            continue  # idle: no thread hop, no write
-        try:
-            await loop.run_in_executor(None, services.bucket_file.save_if_changed)
-        except OSError as exc:  # a full disk must not stop the daemon; the next round retries
-            # Said once per outage, not every few seconds into a log on the same full disk.
-            log.log(logging.DEBUG if failing else logging.ERROR, "could not save rate-limit counters: %s "
-                    "(retried every %g s)", exc, interval)
-            failing = True
-        else:
-            if failing:
-                log.info("rate-limit counters saved again")
-            failing = False
+def upstream_connector(config: Config) -> aiohttp.TCPConnector:
+    """The connection pool of the providers' shared session, sized from the concurrency limits.
+
+    aiohttp's default (100 connections in all) silently capped the calls in flight: with
+    the limits at 10,000 the upstream saw at most 100.  Each running agent holds at most
+    one upstream call, so ``runtime.max_concurrency`` connections is exactly enough.  No
+    per-host limit: aiohttp counts per (host, port, TLS), not per provider, so two
+    providers on one host would share one provider's allowance; each provider's own
+    ``max_concurrency`` is enforced by its slot (provider_pool.py) before it asks for a
+    connection.
+    """
+    return aiohttp.TCPConnector(limit=config.runtime.max_concurrency, limit_per_host=0)
 
 
 def _budget_event(events: EventLog, budget: Budget, old: str, new: str, caches: dict[str, TTLCache]) -> None:
@@ -163,130 +169,203 @@ def _audit_finish(audit: AuditLog, agent) -> None:
                      details={"model": agent.served_model or agent.model, "cost": agent.cost, "error": agent.error})
 
 
-async def _maintenance(services: Services) -> None:
-    """Hourly: retention of agent data, audit log, events and pricing history; expired idempotency records."""
-    while True:
-        for job in (services.agents.purge_expired, services.audit.purge, services.idempotency.purge,
-                    lambda: services.events.purge(_EVENTS_KEEP_DAYS),
-                    services.pricing_history.purge):
-            try:
-                await job()
-            except Exception:  # noqa: BLE001 - retried next hour; never stops the daemon
-                log.exception("maintenance job %s failed", getattr(job, "__qualname__", job))
-        await asyncio.sleep(_MAINTENANCE_EVERY)
+# -- the lifecycle: one start-up step per resource ------------------------------------------
+# Each step is a plain async generator: it opens its resource, hands it to the later steps
+# under one of these app-private keys, yields while the daemon serves, then closes it.
+_STORE = app_key("j1msky.store")
+_BUCKET_FILE = app_key("j1msky.bucket_file")
+_PLUGINS = app_key("j1msky.plugins")
+_SLOTS = app_key("j1msky.provider_slots")
+_WEBHOOK_CLIENT = app_key("j1msky.webhook_client")  # (session, its resolver, the target policy)
 
 
-async def _refresh_keys(keys: KeyService) -> None:
-    """Pick up keys created or revoked by `j1mskyd keys ...`; write last-use times in batches."""
-    while True:
-        await keys.wait_refresh()  # faster while live streams watch their keys
-        try:
-            await keys.refresh()
-        except Exception:  # noqa: BLE001 - a failed refresh is retried; requests keep the last view
-            log.exception("refreshing API keys failed")
-
-
-async def _lifecycle(app: web.Application):
-    """cleanup_ctx: a plain async generator (aiohttp 3.8 refuses an asynccontextmanager)."""
+async def _state_store(app: web.Application):
+    """The state dir (0700 before anything is read or written there) and the database."""
     config: Config = app[CONFIG]
-    loop = asyncio.get_running_loop()
-    state_dir = Path(config.server.state_dir)
-    statedir.prepare(str(state_dir))  # 0700 before anything is read or written there
+    statedir.prepare(config.server.state_dir)
     store = Store(state_db_path(config), synchronous=config.store.synchronous)
-    await loop.run_in_executor(None, store.open)
+    await asyncio.get_running_loop().run_in_executor(None, store.open)
+    app[_STORE] = store
+    try:
+        yield
+    finally:
+        await store.close()
 
+
+async def _rate_limit_counters(app: web.Application):
+    """The request counters, restored from their file and saved there again at the stop."""
+    loop = asyncio.get_running_loop()
+    bucket_file = BucketFile(ratelimit_path(app[CONFIG]), app[LIMITER].buckets)
+    loaded = await loop.run_in_executor(None, bucket_file.load)
+    log.info("%d rate-limit counters restored", loaded)
+    app[_BUCKET_FILE] = bucket_file
+    try:
+        yield
+    finally:
+        try:
+            await loop.run_in_executor(None, bucket_file.save_if_changed)
+        except OSError as exc:
+            log.error("could not save rate-limit counters: %s", exc)
+
+
+async def _plugins(app: web.Application):
+    """The built-in and drop-in plugins."""
+    config: Config = app[CONFIG]
     registry = PluginRegistry()
     dropin = Path(config.plugins.dropin_dir) if config.plugins.dropin_dir else None
     # On the loop's own thread, not the executor: bookworm's Python 3.11.2 can fail an
     # ast.parse racing another thread's (tracebacks call it too; CPython gh-106905).
     # Start-up serves nothing yet, so blocking here for a few file reads is harmless.
     _load_all_plugins(registry, dropin, config)
+    app[_PLUGINS] = registry
+    yield
 
-    limiter: RequestLimiter = app[LIMITER]
-    bucket_file = BucketFile(ratelimit_path(config), limiter.buckets)
-    loaded = await loop.run_in_executor(None, bucket_file.load)
-    b = config.budget
-    budget = Budget(BudgetPolicy(b.daily_budget, b.monthly_ceiling, b.spike_per_hour, b.max_agents_per_key))
 
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=30))
-    # Webhooks get a session of their own, guarded by the target policy; providers keep
-    # the shared one (a local model server on loopback is a legitimate provider).
-    targets = policy_from(config.webhooks.allowed_networks, config.server.host, config.server.port)
-    hook_session, hook_resolver = webhook_session(targets)
+async def _provider_session(app: web.Application):
+    """The providers' shared HTTP session (upstream_connector) and a slot per provider.
+    A local model server on loopback is a legitimate provider: no target policy here."""
+    config: Config = app[CONFIG]
+    session = aiohttp.ClientSession(connector=upstream_connector(config),
+                                    timeout=aiohttp.ClientTimeout(total=None, connect=30))
     try:
-        slots = _build_slots(config, registry, session)
-        runtime = AgentRuntime(config, store, slots, buckets=limiter.buckets, budget=budget)
-        agents = AgentService(config, store, runtime, budget)
-        keys = KeyService(store, config.security.key_rotation_grace_hours * 3600)
-        sec = config.security
-        ip_control = IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
-                                               parse_networks(sec.trusted_proxies)), sec.log_violations)
-        audit = AuditLog(store)
-        events = EventLog(store)
-        webhooks = WebhookService(store, events, registry, hook_session, targets=targets,
-                                  resolver=hook_resolver, call_timeout=config.plugins.call_timeout)
-        runtime.events = events
-        agents.webhooks = webhooks
-        services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file,
-                                            keys, ip_control, audit, IdempotencyStore(store), events, webhooks,
-                                            PricingHistory(store, config.pricing.history_days))
-        await events.load()
-        await webhooks.load()
-        changed, stmts = await services.pricing_history.policy_change(config.pricing.policy)
-        announced = []
-        if changed is not None:
-            log.info("pricing policy changed since the last start (policy %s)", changed["policy_hash"])
-            event, event_stmts = events.statements("pricing.policy_changed", changed)
-            announced, stmts = [event], stmts + event_stmts
-        if stmts:
-            await store.write(*stmts)
-            events.published(announced)
-        budget.on_level_change = lambda old, new: _budget_event(events, budget, old, new, services.caches)
-        await keys.reload()
-        await ip_control.load()
-        await audit.load()
-        runtime.listeners.append(lambda agent: _audit_finish(audit, agent))
-        if config.security.auth:
-            first = await keys.bootstrap(str(state_dir))
-            if first is not None:
-                log.warning("no API keys existed: created admin key %s; its token is in %s (mode 0600)",
-                            first.key.key_id, state_dir / KeyService.BOOTSTRAP_FILE)
-        recovered = await agents.recover()
-    except BaseException:
+        slots = app[_SLOTS] = _build_slots(config, app[_PLUGINS], session)
+        try:
+            yield
+        finally:
+            for slot in slots.values():
+                await slot.close(config.plugins.call_timeout)
+    finally:
         await session.close()
-        await hook_session.close()
-        await store.close()
-        raise
+
+
+async def _webhook_session(app: web.Application):
+    """The webhook deliveries' own session, guarded by the target policy (webhook_client.py)."""
+    config: Config = app[CONFIG]
+    targets = policy_from(config.webhooks.allowed_networks, config.server.host, config.server.port)
+    session, resolver = webhook_session(targets)
+    app[_WEBHOOK_CLIENT] = (session, resolver, targets)
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+def _wire(app: web.Application) -> Services:
+    """Every service, given what it depends on when it is made.  The two loops of old are
+    broken by interfaces: the runtime publishes through events.Publisher, and the webhook
+    service subscribes to the event log (EventLog.attach_outbox) instead of being known by it."""
+    config: Config = app[CONFIG]
+    store: Store = app[_STORE]
+    registry: PluginRegistry = app[_PLUGINS]
+    hook_session, hook_resolver, targets = app[_WEBHOOK_CLIENT]
+    caches = _new_caches()
+    events = EventLog(store)
+    webhooks = WebhookService(store, events, registry, hook_session, targets=targets, resolver=hook_resolver,
+                              call_timeout=config.plugins.call_timeout)
+    b = config.budget
+    budget = Budget(BudgetPolicy(b.daily_budget, b.monthly_ceiling, b.spike_per_hour, b.max_agents_per_key),
+                    on_level_change=lambda old, new: _budget_event(events, budget, old, new, caches))
+    audit = AuditLog(store)
+    runtime = AgentRuntime(config, store, app[_SLOTS], buckets=app[LIMITER].buckets, budget=budget, events=events,
+                           listeners=[functools.partial(_audit_finish, audit)])
+    sec = config.security
+    ip_control = IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
+                                           parse_networks(sec.trusted_proxies)), sec.log_violations)
+    return Services(store=store, registry=registry, slots=app[_SLOTS], runtime=runtime,
+                    agents=AgentService(config, store, runtime, budget, webhooks),
+                    budget=budget, keys=KeyService(store, sec.key_rotation_grace_hours * 3600),
+                    ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store), events=events,
+                    webhooks=webhooks, pricing_history=PricingHistory(store, config.pricing.history_days),
+                    caches=caches)
+
+
+async def _announce_pricing_policy(services: Services, config: Config) -> None:
+    """pricing.policy_changed when the pricing policy differs from the last start's."""
+    events = services.events
+    changed, stmts = await services.pricing_history.policy_change(config.pricing.policy)
+    announced = []
+    if changed is not None:
+        log.info("pricing policy changed since the last start (policy %s)", changed["policy_hash"])
+        event, event_stmts = events.statements("pricing.policy_changed", changed)
+        announced, stmts = [event], stmts + event_stmts
+    if stmts:
+        await services.store.write(*stmts)
+        events.published(announced)
+
+
+async def _services(app: web.Application):
+    """The services (handlers reach them as app[SERVICES]), with their state loaded."""
+    config: Config = app[CONFIG]
+    services = app[SERVICES] = _wire(app)
+    await services.events.load()
+    await services.webhooks.load()
+    await _announce_pricing_policy(services, config)
+    await services.keys.reload()
+    await services.ip_control.load()
+    await services.audit.load()
+    if config.security.auth:
+        state_dir = Path(config.server.state_dir)
+        first = await services.keys.bootstrap(str(state_dir))
+        if first is not None:
+            log.warning("no API keys existed: created admin key %s; its token is in %s (mode 0600)",
+                        first.key.key_id, state_dir / KeyService.BOOTSTRAP_FILE)
+    yield
+
+
+async def _agents_and_workers(app: web.Application):
+    """Agents recovered after a restart, then everything that runs by itself: the runtime,
+    the webhook worker and the periodic jobs.  Stopped first: the running agents are saved
+    while the store and the sessions are still open."""
+    config: Config = app[CONFIG]
+    services: Services = app[SERVICES]
+    recovered = await services.agents.recover()
     if any(recovered.values()):
         log.info("recovered agents after restart: %s", recovered)
-    runtime.start()
-    webhooks.start()
-    saver = asyncio.ensure_future(_persist_buckets(app, services))
-    key_refresher = asyncio.ensure_future(_refresh_keys(services.keys))
-    maintenance = asyncio.ensure_future(_maintenance(services))
-    log.info("j1mskyd ready: %d providers, %d models, %d rate-limit counters restored, state in %s",
-             len(slots), len(config.models), loaded, state_dir)
+    services.runtime.start()
+    services.webhooks.start()
+    purges = (services.agents.purge_expired, services.audit.purge, services.idempotency.purge,
+              functools.partial(services.events.purge, _EVENTS_KEEP_DAYS), services.pricing_history.purge)
+    jobs = [asyncio.ensure_future(job) for job in (
+        save_counters(config.limits.persist_interval, app[LIMITER], app[_BUCKET_FILE], services.runtime),
+        refresh_keys(services.keys),
+        maintain_hourly(purges))]
+    log.info("j1mskyd ready: %d providers, %d models, state in %s",
+             len(services.slots), len(config.models), config.server.state_dir)
     try:
         yield
     finally:
         # With the disk full, writes waiting for space may hold the stop (runtime.stop
         # saves the running agents) for this long at most, not until space returns.
-        store.give_up_after(CLOSE_GRACE)
-        saver.cancel()
-        key_refresher.cancel()
-        maintenance.cancel()
-        await runtime.stop()
-        await webhooks.stop()
-        for slot in services.slots.values():
-            await slot.close(config.plugins.call_timeout)
-        await session.close()
-        await hook_session.close()
-        await store.close()
-        try:
-            await loop.run_in_executor(None, bucket_file.save_if_changed)
-        except OSError as exc:
-            log.error("could not save rate-limit counters: %s", exc)
-        log.info("j1mskyd stopped; state saved in %s", state_dir)
+        services.store.give_up_after(CLOSE_GRACE)
+        for job in jobs:
+            job.cancel()
+        await services.runtime.stop()
+        await services.webhooks.stop()
+
+
+# The start-up in order, a table of contents; the stop runs it backwards.
+LIFECYCLE = (
+    _state_store,           # state dir and database: opened first, closed last
+    _rate_limit_counters,   # request counters restored; saved at the stop
+    _plugins,               # built-in and drop-in plugins
+    _provider_session,      # upstream HTTP session sized from the limits; provider slots
+    _webhook_session,       # webhook HTTP session behind the target policy
+    _services,              # services wired by construction, their state loaded
+    _agents_and_workers,    # recovered agents, runtime, webhook worker, periodic jobs
+)
+
+
+async def _lifecycle(app: web.Application):
+    """The one cleanup_ctx entry: enters the LIFECYCLE steps in order and leaves them in
+    reverse.  One entry rather than seven: aiohttp >= 3.9 runs no cleanup at all when the
+    start-up fails (AppRunner.cleanup skips an app whose setup raised), so the steps
+    already entered are left here, by the exit stack, on a failed start as on a stop.
+    (A plain async generator: aiohttp 3.8 refuses an asynccontextmanager.)"""
+    async with contextlib.AsyncExitStack() as steps:
+        for step in LIFECYCLE:
+            await steps.enter_async_context(contextlib.asynccontextmanager(step)(app))
+        yield
+    log.info("j1mskyd stopped; state saved in %s", app[CONFIG].server.state_dir)
 
 
 async def _close_live_readers(app: web.Application) -> None:

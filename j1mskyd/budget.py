@@ -86,7 +86,11 @@ _EPSILON = 1e-9  # float sums of exact reservations may land a hair above a cap 
 
 
 class Budget:
-    def __init__(self, policy: BudgetPolicy, clock: Callable[[], float] = time.time) -> None:
+    """``on_level_change(old, new)`` hears of every change of the alert level (ok, notice,
+    warning, critical), synchronously, from the call that changed it."""
+
+    def __init__(self, policy: BudgetPolicy, clock: Callable[[], float] = time.time, *,
+                 on_level_change: Callable[[str, str], None] | None = None) -> None:
         self.policy = policy
         self.clock = clock
         self._day = _day(clock())
@@ -100,7 +104,7 @@ class Budget:
         self._hour = int(clock() // 3600)
         self._spent_hour: dict[str, float] = {}             # key_id -> spend this clock hour
         self._exceeded: set[tuple[str, str]] = set()        # (level, period) already reported
-        self.on_level_change: Callable[[str, str], None] = lambda old, new: None
+        self.on_level_change: Callable[[str, str], None] = on_level_change or (lambda old, new: None)
         self.version = 0  # changes whenever spend or reservations change (cache keys use it)
         self._level = "ok"
 

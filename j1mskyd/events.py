@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .agent import iso
 
@@ -85,16 +85,46 @@ class Subscription:
             self.queue.put_nowait(None)  # tells the reader to close
 
 
+class Publisher(Protocol):
+    """What a producer of events needs from the event log, and all it may use: the runtime,
+    the budget and the webhook test publish through this and know nothing of the log's
+    readers or of the webhook outbox behind it (EventLog implements it)."""
+
+    def statements(self, type_: str, data: dict[str, Any]) -> tuple[Event, list[Statement]]: ...
+
+    def published(self, events: Iterable[Event]) -> None: ...
+
+    async def emit(self, type_: str, data: dict[str, Any]) -> Event: ...
+
+    def wants(self, type_: str, *, named: bool = False) -> bool: ...
+
+    def publish_live(self, type_: str, data: dict[str, Any], *, named: bool = False) -> None: ...
+
+
+Route = Callable[[str, dict[str, Any]], list[str]]
+
+
 class EventLog:
     def __init__(self, store: Any, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
         self._next_id = 1
         self.subscribers: set[Subscription] = set()
-        # Set by the webhook service: which webhooks want an event (ids), and its wake-up.
-        self.route: Callable[[str, dict[str, Any]], list[str]] = lambda type_, data: []
+        # The outbox (attach_outbox): which webhooks want an event (ids), and its worker's wake-up.
+        self.route: Route = lambda type_, data: []
         self.on_published: Callable[[], None] = lambda: None
+        self._outbox_attached = False
         self._throttle: dict[str, float] = {}
+
+    def attach_outbox(self, route: Route, wake: Callable[[], None]) -> None:
+        """The webhook service subscribes here (once): ``route`` names the webhooks that get a
+        delivery row with an event, ``wake`` is called after events committed.  The log
+        depends on these two callables, not on the webhook service, so neither module
+        needs the other at construction."""
+        if self._outbox_attached:
+            raise RuntimeError("this event log already has an outbox")
+        self._outbox_attached = True
+        self.route, self.on_published = route, wake
 
     async def load(self) -> None:
         last = await self.store.read(lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])

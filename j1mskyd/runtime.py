@@ -24,7 +24,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import agent as A
@@ -32,7 +32,7 @@ from .agent import Agent
 from .backoff import backoff_delay
 from .budget import Budget, Level
 from .config import Config, ModelConfig
-from .events import EventLog, agent_event_data
+from .events import Publisher, agent_event_data
 from .pricing import token_cost
 from .provider_pool import ProviderSlot
 from .plugin_api import TIMEOUT_GRACE, CompletionRequest, CompletionResult, ProviderError, StreamingProvider, implements
@@ -80,15 +80,17 @@ def _refund(agent: Agent, spent: float | None = None) -> float:
 class AgentRuntime:
     def __init__(self, config: Config, store: Store, slots: dict[str, ProviderSlot],
                  clock: Callable[[], float] = time.time, *, buckets: Buckets | None = None,
-                 budget: Budget | None = None) -> None:
+                 budget: Budget | None = None, events: Publisher | None = None,
+                 listeners: Iterable[Callable[[Agent], None]] = ()) -> None:
+        """``events``: where agent.* events go with each state change (None: nowhere);
+        ``listeners``: told of every agent once its final state is on disk (the audit log)."""
         self.config = config
         self.buckets = buckets if buckets is not None else Buckets(clock)
         self.budget = budget
         self._provider_limits = {name: Limit(slot.settings.hourly_limit, 3600.0) for name, slot in slots.items()}
         self._wakeup: asyncio.TimerHandle | None = None
-        # Told of every agent once its final state is on disk (the audit log).
-        self.listeners: list[Callable[[Agent], None]] = []
-        self.events: EventLog | None = None  # set by the app: agent.* events with each state change
+        self.listeners = tuple(listeners)
+        self.events = events
         self.rt = config.runtime
         self.store = store
         self.slots = slots

@@ -144,8 +144,7 @@ class WebhookService:
         self._worker: asyncio.Task[None] | None = None
         self.call_timeout = call_timeout  # seconds one sink.deliver may take ([plugins] call_timeout)
         self._drains: dict[str, asyncio.Task[None]] = {}  # webhook_id -> its drain, while it runs
-        events.route = self.route
-        events.on_published = self._wake.set
+        events.attach_outbox(self.route, self._wake.set)
 
     # -- registrations --------------------------------------------------------------------------
     async def load(self) -> None:

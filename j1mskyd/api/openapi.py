@@ -1,6 +1,7 @@
 """GET /api/openapi.json: an OpenAPI 3.1 document built from the route table itself.
 
-Built from ``routes.ROUTES`` (so a route cannot be missing from it), with the request
+Built from the route table (routes.py hands it over with :func:`describe`, so a route
+cannot be missing from it; this module does not import routes.py), with the request
 bodies and query parameters spelled out from the validation rules, the security scheme
 and scope of each route, the status codes each route answers with, and the one error
 envelope on every failure.  The response schemas are strict enough to be checked:
@@ -20,11 +21,13 @@ from .. import __version__
 from ..audit import EVENTS as AUDIT_EVENTS, LOG_LEVELS
 from ..ipcontrol import MAX_BLOCK_HOURS
 from .common import CONFIG, app_key, json_response
+from .middleware import PUBLIC
 
 # The document depends only on the routes and the configuration, fixed while the daemon runs:
 # built on the first request, then served as it is (the route is public and not counted, so
 # rebuilding it per request would hand anyone a few ms of the Pi's CPU per call).
 DOCUMENT = app_key("j1msky.openapi_document")
+ROUTE_TABLE = app_key("j1msky.openapi_routes")  # (routes, prefixes) given to describe()
 
 _PARAM = re.compile(r"{([^}]+)}")
 
@@ -392,11 +395,17 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any) -> d
     }
 
 
+def describe(app: web.Application, routes: Any, prefixes: tuple[str, ...]) -> None:
+    """GET /openapi.json on ``app`` documents these routes (the table of routes.py).  Handed
+    over at set-up rather than imported, so routes.py -> openapi.py is the only direction."""
+    app[ROUTE_TABLE] = (routes, prefixes)
+    app[DOCUMENT] = {}  # filled by the first GET /openapi.json
+
+
 async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of every route."""
     cached = request.app[DOCUMENT]
     if "response" not in cached:
-        from .middleware import PUBLIC
-        from .routes import PREFIXES, ROUTES  # routes imports this module: import at call time
-        cached["response"] = json_response(build(ROUTES, PREFIXES, PUBLIC, request.app[CONFIG])).body
+        routes, prefixes = request.app[ROUTE_TABLE]
+        cached["response"] = json_response(build(routes, prefixes, PUBLIC, request.app[CONFIG])).body
     return web.Response(body=cached["response"], content_type="application/json", charset="utf-8")

@@ -118,6 +118,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/", dashboard.index)
     app.router.add_get("/static/{name}", dashboard.static)
     scopes[("GET", "/")] = scopes[("GET", "/static/{name}")] = PUBLIC  # HEAD follows GET (middleware.Route)
-    app[openapi.DOCUMENT] = {}  # filled by the first GET /openapi.json
+    openapi.describe(app, ROUTES, PREFIXES)
     app[ROUTE_CLASSES] = classes
     app[ROUTE_SCOPES] = scopes

@@ -1,0 +1,220 @@
+"""How the daemon is put together (issue 13 item 3): services wired by construction, one
+start-up step per resource, no import cycles, a Services bag holding only what handlers
+reach; and the providers' HTTP session sized from the configured concurrency limits."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from j1mskyd import app as app_module
+from j1mskyd.app import LIFECYCLE, Services, build_app, upstream_connector
+from j1mskyd.api.common import SERVICES
+from j1mskyd.events import EventLog
+from j1mskyd.providers import ProviderSettings
+from tests.conftest import make_config, route_models
+from tests.fakeupstream import FakeUpstream
+
+PACKAGE = Path(app_module.__file__).parent
+
+
+class HoldingUpstream(FakeUpstream):
+    """A fake upstream that holds every call until released, counting those in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.peak = 0
+        self.target = 0
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _begin(self, request: web.Request):
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        if self.peak >= self.target:
+            self.reached.set()
+        try:
+            await self.release.wait()
+            return await super()._begin(request)
+        finally:
+            self.in_flight -= 1
+
+
+# -- the upstream connection pool -----------------------------------------------------------
+async def test_a_provider_max_concurrency_of_300_opens_300_upstream_calls(aiohttp_client, tmp_path):
+    upstream = await HoldingUpstream().start()
+    upstream.target = 300
+    try:
+        base = make_config(tmp_path, runtime={"max_concurrency": 10_000, "max_batch": 100})
+        providers = dict(base.providers) | {"slow": ProviderSettings(
+            name="slow", plugin="openai_compat", base_url=upstream.url + "/v1", api_key="sk-test", timeout=120,
+            max_concurrency=300, hourly_limit=10_000)}
+        cfg = dataclasses.replace(base, providers=providers, models=route_models(base, {"k2p5": "slow"}))
+        client = await aiohttp_client(build_app(cfg))
+        for _ in range(3):
+            resp = await client.post("/api/spawn-batch",
+                                     json={"agents": [{"model": "k2p5", "task": "hold"}] * 100})
+            assert resp.status == 200, await resp.text()
+        try:  # the default connector stopped at 100; a generous bound for a loaded machine
+            await asyncio.wait_for(upstream.reached.wait(), 60)
+        except asyncio.TimeoutError:
+            pass
+        assert upstream.peak == 300, f"the upstream saw at most {upstream.peak} calls at once"
+        health = await (await client.get("/api/health")).json()
+        assert health["agents"]["running"] == 300
+        upstream.release.set()
+    finally:
+        upstream.release.set()
+        await upstream.close()
+
+
+async def test_the_upstream_pool_follows_the_runtime_limit():
+    cfg = make_config(Path("/nonexistent"), runtime={"max_concurrency": 10_000})
+    connector = upstream_connector(cfg)
+    try:
+        assert (connector.limit, connector.limit_per_host) == (10_000, 0)
+    finally:
+        await connector.close()
+
+
+# -- wiring by construction ---------------------------------------------------------------
+def test_app_wires_services_by_construction_only():
+    """No service gets a dependency poked into it after construction (``x.attr = ...`` or
+    ``x.attr.append(...)`` in app.py): the hidden loops of old came in that way.  The
+    aiohttp app's own hooks (app.cleanup_ctx, app.on_shutdown) are how aiohttp is told."""
+    tree = ast.parse((PACKAGE / "app.py").read_text())
+    poked = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        poked += [ast.unparse(t) for t in targets if isinstance(t, ast.Attribute)]
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("append", "extend", "add") and isinstance(node.func.value, ast.Attribute)
+                and ast.unparse(node.func.value.value) != "app"):
+            poked.append(ast.unparse(node.func))
+    assert poked == []
+
+
+def test_the_event_log_takes_one_outbox():
+    log = EventLog(store=None)
+    log.attach_outbox(lambda type_, data: [], lambda: None)
+    with pytest.raises(RuntimeError, match="already has an outbox"):
+        log.attach_outbox(lambda type_, data: ["webhook_x"], lambda: None)
+    assert log.route("agent.completed", {}) == []  # the first one stays
+
+
+async def test_the_services_are_connected(client):
+    """What the wiring promises, seen on a started app: the runtime publishes to the event
+    log, the webhook service is the log's outbox and the spawn path's, the audit hears of
+    finished agents, the budget's level changes reach the event log."""
+    services = client.server.app[SERVICES]
+    assert services.runtime.events is services.events
+    assert services.agents.webhooks is services.webhooks
+    assert services.events.route == services.webhooks.route
+    assert len(services.runtime.listeners) == 1
+    before = len(services.events.subscribers)
+    sub = services.events.subscribe(["budget.notice"])
+    try:
+        services.budget.on_level_change("ok", "notice")
+        event = await asyncio.wait_for(sub.queue.get(), 10)
+        assert event.type == "budget.notice" and event.data["previous_level"] == "ok"
+    finally:
+        services.events.unsubscribe(sub)
+    assert len(services.events.subscribers) == before
+
+
+# -- the lifecycle ------------------------------------------------------------------------
+async def test_a_failed_start_closes_what_the_earlier_steps_opened(tmp_path, monkeypatch):
+    """A step failing half-way (here: after the services) leaves the database and both
+    HTTP sessions closed, although aiohttp >= 3.9 runs no cleanup after a failed start."""
+    opened = {}
+    build_slots = app_module._build_slots
+
+    def spy(config, registry, session):
+        opened["session"] = session
+        return build_slots(config, registry, session)
+
+    async def failing(app):
+        opened["store"] = app[app_module._STORE]
+        opened["webhook"] = app[app_module._WEBHOOK_CLIENT][0]
+        raise RuntimeError("step failed")
+        yield  # pragma: no cover - an async generator, like the real steps
+
+    monkeypatch.setattr(app_module, "_build_slots", spy)
+    monkeypatch.setattr(app_module, "LIFECYCLE", (*LIFECYCLE[:-1], failing))
+    runner = web.AppRunner(build_app(make_config(tmp_path)))
+    with pytest.raises(RuntimeError, match="step failed"):
+        await runner.setup()
+    assert opened["store"]._closed
+    assert opened["webhook"].closed
+    assert opened["session"].closed
+
+
+def test_the_lifecycle_reads_in_order():
+    assert [step.__name__ for step in LIFECYCLE] == [
+        "_state_store", "_rate_limit_counters", "_plugins", "_provider_session", "_webhook_session",
+        "_services", "_agents_and_workers"]
+
+
+# -- the module graph and the Services bag ----------------------------------------------------
+def _imports(path: Path) -> set[str]:
+    """Package modules ``path`` imports (relative imports resolved), at any depth of the file."""
+    module = _module_name(path)
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - node.level + 1]
+            if node.module:
+                found.add(".".join(base + [node.module]))
+            else:
+                found.update(".".join(base + [alias.name]) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("j1mskyd"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("j1mskyd"))
+    return found
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_the_package_has_no_import_cycles():
+    graph = {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+    cycles = []
+
+    def visit(node: str, path: list[str], on_path: set[str], done: set[str]) -> None:
+        for dep in sorted(graph.get(node, ())):
+            if dep not in graph:
+                continue
+            if dep in on_path:
+                cycles.append(path[path.index(dep):] + [dep])
+            elif dep not in done:
+                on_path.add(dep)
+                visit(dep, path + [dep], on_path, done)
+                on_path.discard(dep)
+        done.add(node)
+
+    done: set[str] = set()
+    for start in sorted(graph):
+        if start not in done:
+            visit(start, [start], {start}, done)
+    assert cycles == []
+
+
+def test_every_services_field_is_reached_by_a_handler():
+    """The bag handlers reach through holds nothing they do not use (the listener's
+    connection guard counts as a handler of connections)."""
+    sources = [p.read_text() for p in (PACKAGE / "api").glob("*.py")] + [(PACKAGE / "listener.py").read_text()]
+    text = "\n".join(sources)
+    unused = [f.name for f in dataclasses.fields(Services)
+              if f"services.{f.name}" not in text and f"SERVICES].{f.name}" not in text]
+    assert unused == []
