@@ -21,7 +21,13 @@ used, and the guard
 - closes a connection whose request line and headers are not complete ``header_timeout``
   seconds after it opened (on a keep-alive connection: after the next request's first
   bytes), like nginx's client_header_timeout.  The timer stops when the headers are
-  complete, so a slow body upload, an SSE stream or a WebSocket is never cut by it.
+  complete, so a slow body upload, an SSE stream or a WebSocket is never cut by it;
+- treats a request that waits for its client's credentials inside the connection (a
+  WebSocket before its auth message: :meth:`ConnectionGuard.awaiting_credentials`, handed
+  to the handler in the request under ``credentials_key``) like one still sending its
+  headers: evicted first at the cap and closed after ``header_timeout``.  Otherwise
+  sockets that never say who they are would be requests in progress, never evicted, and
+  a stranger's few hundred of them would lock everyone out.
 
 "Headers complete" and "request done" come from the two hooks aiohttp's web.Server
 offers, its ``request_factory`` (called once a request's headers are parsed) and its
@@ -138,7 +144,7 @@ class ConnectionGuard:
 
     def __init__(self, server: Any, make_handler: Callable[[], asyncio.Protocol], *, header_timeout: float,
                  max_connections: int, peer_refusal: PeerCheck, report_refusal: RefusalReport,
-                 stats: ConnectionStats | None = None) -> None:
+                 stats: ConnectionStats | None = None, credentials_key: Any = None) -> None:
         self.header_timeout = header_timeout
         self.max_connections = max_connections
         self.stats = ConnectionStats() if stats is None else stats
@@ -150,6 +156,7 @@ class ConnectionGuard:
         self._open: set[_Connection] = set()
         self._waiting: dict[_Connection, None] = {}  # without a request in progress, longest first
         self._by_handler: dict[Any, _Connection] = {}
+        self._credentials_key = credentials_key
         self._hook(server)
 
     def _hook(self, server: Any) -> None:
@@ -161,7 +168,10 @@ class ConnectionGuard:
             conn = by_handler.get(protocol)
             if conn is not None:
                 self._started(conn)
-            return make_request(message, payload, protocol, writer, task)
+            request = make_request(message, payload, protocol, writer, task)
+            if conn is not None and self._credentials_key is not None:
+                request[self._credentials_key] = lambda: self.awaiting_credentials(conn)
+            return request
 
         async def request_handler(request: Any) -> Any:
             try:
@@ -252,6 +262,21 @@ class ConnectionGuard:
         conn.busy = True
         self._disarm(conn)
         self._waiting.pop(conn, None)
+
+    def awaiting_credentials(self, conn: _Connection) -> Callable[[], None]:
+        """``conn``'s request waits for credentials sent inside the connection: until the
+        returned function is called (they came), it waits like a request whose headers are
+        not complete (evicted first at the cap, closed after ``header_timeout``)."""
+        if conn in self._open and conn.busy:
+            conn.busy = False
+            self._waiting[conn] = None
+            self._disarm(conn)
+            self.arm(conn)
+
+        def authenticated() -> None:
+            if conn in self._open and not conn.busy:
+                self._started(conn)
+        return authenticated
 
     def _done(self, conn: _Connection) -> None:
         conn.busy = False

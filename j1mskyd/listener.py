@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .api.common import SERVICES, app_key, error_response
+from .api.common import AWAITING_CREDENTIALS, SERVICES, app_key, error_response
 from .audit import Actor
 from .config import ServerConfig
 from .connguard import ConnectionGuard, ConnectionStats, Refusal
@@ -177,7 +177,8 @@ async def start(app: web.Application, server: ServerConfig, max_connections: int
             web_server, lambda: JsonErrorHandler(web_server, loop=loop, **HANDLER_ARGS),
             header_timeout=server.header_timeout,
             max_connections=server.max_connections if max_connections is None else max_connections,
-            peer_refusal=services.ip_control.peer_refusal, report_refusal=_refusal_reporter(services), stats=stats)
+            peer_refusal=services.ip_control.peer_refusal, report_refusal=_refusal_reporter(services), stats=stats,
+            credentials_key=AWAITING_CREDENTIALS)
         site = GuardedSite(runner, server.host, server.port, guard, **_shutdown_args(web.BaseSite))
         await site.start()
     except BaseException:

@@ -23,7 +23,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..errors import ApiError, ValidationFailed
 from ..events import EVENT_TYPES, SHUTDOWN, Event, Subscription
 from ..keys import KeyWatch
-from .common import API_KEY, CONFIG, SERVICES, json_response, query_params
+from .common import API_KEY, AWAITING_CREDENTIALS, CONFIG, SERVICES, json_response, query_params
 from .middleware import authenticate_in_band
 
 HEARTBEAT = 15.0
@@ -225,6 +225,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         closing = asyncio.ensure_future(ws.close(code=KEY_LOST, message=reason.encode()))
 
     watch = _watch_key(request, request.get(API_KEY), key_lost)  # a key in the upgrade's headers
+    # No key yet: until its auth message, the socket is a client that has not said who it
+    # is, and the listener may evict it or time it out (connguard.awaiting_credentials).
+    awaiting = request.get(AWAITING_CREDENTIALS)
+    authenticated = awaiting() if auth_needed and watch is None and awaiting is not None else None
 
     async def send_event(event: Event | None, wanted: set[str]) -> None:
         if event is None:
@@ -275,6 +279,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                     break
                 _release(request, watch)
                 watch = _watch_key(request, key, key_lost)
+                if authenticated is not None:
+                    authenticated()
+                    authenticated = None
                 await ws.send_json({"type": "auth", "success": True})
             elif kind == "subscribe":
                 if auth_needed and (watch is None or watch.lost is not None):
