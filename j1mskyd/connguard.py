@@ -21,7 +21,10 @@ used, and the guard
 - closes a connection whose request line and headers are not complete ``header_timeout``
   seconds after it opened (on a keep-alive connection: after the next request's first
   bytes), like nginx's client_header_timeout.  The timer stops when the headers are
-  complete, so a slow body upload, an SSE stream or a WebSocket is never cut by it;
+  complete, so an SSE stream or a WebSocket is never cut by it;
+- closes a connection whose request body has not all arrived ``body_timeout`` seconds after
+  its headers (a body dribbled a byte at a time would otherwise keep its request in
+  progress, never evicted, for ever);
 - treats a request that waits for its client's credentials inside the connection (a
   WebSocket before its auth message: :meth:`ConnectionGuard.awaiting_credentials`, handed
   to the handler in the request under ``credentials_key``) like one still sending its
@@ -97,6 +100,7 @@ class ConnectionStats:
     refused_full: int = 0        # at the cap with every connection busy
     evicted: int = 0             # closed at the cap to make room
     header_timeouts: int = 0
+    body_timeouts: int = 0
 
 
 class _Connection(asyncio.Protocol):
@@ -143,9 +147,10 @@ class ConnectionGuard:
     """The protocol factory: ``loop.create_server(guard, ...)``.  See the module's doc."""
 
     def __init__(self, server: Any, make_handler: Callable[[], asyncio.Protocol], *, header_timeout: float,
-                 max_connections: int, peer_refusal: PeerCheck, report_refusal: RefusalReport,
+                 max_connections: int, body_timeout: float = 60.0, peer_refusal: PeerCheck, report_refusal: RefusalReport,
                  stats: ConnectionStats | None = None, credentials_key: Any = None) -> None:
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
         self.max_connections = max_connections
         self.stats = ConnectionStats() if stats is None else stats
         self._make_handler = make_handler
@@ -168,6 +173,8 @@ class ConnectionGuard:
             conn = by_handler.get(protocol)
             if conn is not None:
                 self._started(conn)
+                if not payload.is_eof():  # a body is on its way (a GET, SSE, WebSocket: none)
+                    conn.timer = self._loop.call_later(self.body_timeout, self._body_expired, conn, payload)
             request = make_request(message, payload, protocol, writer, task)
             if conn is not None and self._credentials_key is not None:
                 request[self._credentials_key] = lambda: self.awaiting_credentials(conn)
@@ -250,6 +257,17 @@ class ConnectionGuard:
             log.warning("closed %d connection(s) that sent no complete request line and headers within %g s "
                         "(server.header_timeout); the last from %s", count, self.header_timeout, conn.ip)
 
+    def _body_expired(self, conn: _Connection, payload: Any) -> None:
+        conn.timer = None
+        if not conn.busy or conn not in self._open or payload.is_eof():
+            return
+        self.stats.body_timeouts += 1
+        self._drop(conn)
+        count = self._throttle.hit("body_timeout")
+        if count:
+            log.warning("closed %d connection(s) whose request body was not complete within %g s "
+                        "(server.body_timeout); the last from %s", count, self.body_timeout, conn.ip)
+
     def _drop(self, conn: _Connection) -> None:
         """Close now; the count drops at once (connection_lost follows within a loop turn)."""
         self._disarm(conn)
@@ -280,6 +298,7 @@ class ConnectionGuard:
 
     def _done(self, conn: _Connection) -> None:
         conn.busy = False
+        self._disarm(conn)  # a body timer: the next request's first bytes arm the header one
         if conn in self._open:
             self._waiting[conn] = None  # the newest waiter: evicted last
 

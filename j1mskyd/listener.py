@@ -175,7 +175,7 @@ async def start(app: web.Application, server: ServerConfig, max_connections: int
         web_server = runner.server
         guard = ConnectionGuard(
             web_server, lambda: JsonErrorHandler(web_server, loop=loop, **HANDLER_ARGS),
-            header_timeout=server.header_timeout,
+            header_timeout=server.header_timeout, body_timeout=server.body_timeout,
             max_connections=server.max_connections if max_connections is None else max_connections,
             peer_refusal=services.ip_control.peer_refusal, report_refusal=_refusal_reporter(services), stats=stats,
             credentials_key=AWAITING_CREDENTIALS)

@@ -148,6 +148,32 @@ async def test_on_a_kept_alive_connection_the_next_request_has_the_same_limit(tm
     assert served.guard.stats.header_timeouts == 1
 
 
+
+async def test_bodies_that_never_complete_are_closed_after_body_timeout(tmp_path, listen, sockets, caplog):
+    """A body dribbled a byte at a time keeps its request in progress, never evicted: without a
+    time limit a few such uploads hold every connection (any key that may POST, or anyone
+    when authentication is off, as here)."""
+    served = await listen(config(tmp_path, max_connections=3, header_timeout=600, body_timeout=0.5))
+    port = served.site.port
+    slow = [await sockets(port, first=b"POST /api/spawn HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                                     b"\r\nContent-Length: 100000\r\n\r\n{") for _ in range(3)]
+    for _ in range(4):  # still sending, slowly, past the limit
+        for _, writer in slow:
+            with contextlib.suppress(OSError):  # closed by the daemon meanwhile
+                writer.write(b" ")
+        await asyncio.sleep(0.3)
+    assert await health(port) == 200
+    for reader, _ in slow:
+        try:
+            answer = await closed_by_server(reader)
+        except ConnectionError:  # closed while this side was still writing
+            answer = b""
+        assert not answer.startswith(b"HTTP/1.1 2")
+    assert served.guard.stats.body_timeouts == 3
+    assert "unhandled error" not in caplog.text  # the handlers' lost connections are no errors
+    assert "closed 1 connection(s) whose request body was not complete within 0.5 s (server.body_timeout)" \
+        in caplog.text
+
 # -- accept-time IP checks ----------------------------------------------------------------
 async def test_a_peer_outside_the_allowlist_is_closed_before_it_sends_anything(tmp_path, listen, sockets, caplog):
     caplog.set_level(logging.WARNING)

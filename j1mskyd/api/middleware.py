@@ -335,6 +335,12 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
         message = {404: "No such endpoint", 405: f"Method {request.method} not allowed here",
                    413: "Request body too large"}.get(exc.status, exc.reason)
         return error_response(request, exc.status, message, headers=headers)
+    if isinstance(exc, ConnectionResetError):
+        # The client went away, or the listener closed it (a body past server.body_timeout):
+        # nobody is left to answer, and it is not the daemon's error to log with a traceback.
+        log.debug("%s %s (request %s): the connection was lost", request.method, request.path,
+                  request.get(REQUEST_ID))
+        return error_response(request, 400, "Connection lost")
     log.error("unhandled error in %s %s (request %s)", request.method, request.path, request.get(REQUEST_ID),
               exc_info=exc)
     return error_response(request, 500, "Internal server error; quote the request_id when reporting it")
