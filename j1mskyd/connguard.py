@@ -248,25 +248,22 @@ class ConnectionGuard:
 
     def _expired(self, conn: _Connection) -> None:
         conn.timer = None
-        if conn.busy or conn not in self._open:
-            return
-        self.stats.header_timeouts += 1
-        self._drop(conn)
-        count = self._throttle.hit("header_timeout")
-        if count:
-            log.warning("closed %d connection(s) that sent no complete request line and headers within %g s "
-                        "(server.header_timeout); the last from %s", count, self.header_timeout, conn.ip)
+        if not conn.busy and conn in self._open:
+            self.stats.header_timeouts += 1
+            self._time_out(conn, "header_timeout", "sent no complete request line and headers", self.header_timeout)
 
     def _body_expired(self, conn: _Connection, payload: Any) -> None:
         conn.timer = None
-        if not conn.busy or conn not in self._open or payload.is_eof():
-            return
-        self.stats.body_timeouts += 1
+        if conn.busy and conn in self._open and not payload.is_eof():
+            self.stats.body_timeouts += 1
+            self._time_out(conn, "body_timeout", "sent no complete request body", self.body_timeout)
+
+    def _time_out(self, conn: _Connection, setting: str, what: str, seconds: float) -> None:
         self._drop(conn)
-        count = self._throttle.hit("body_timeout")
+        count = self._throttle.hit(setting)
         if count:
-            log.warning("closed %d connection(s) whose request body was not complete within %g s "
-                        "(server.body_timeout); the last from %s", count, self.body_timeout, conn.ip)
+            log.warning("closed %d connection(s) that %s within %g s (server.%s); the last from %s",
+                        count, what, seconds, setting, conn.ip)
 
     def _drop(self, conn: _Connection) -> None:
         """Close now; the count drops at once (connection_lost follows within a loop turn)."""

@@ -171,7 +171,7 @@ async def test_bodies_that_never_complete_are_closed_after_body_timeout(tmp_path
         assert not answer.startswith(b"HTTP/1.1 2")
     assert served.guard.stats.body_timeouts == 3
     assert "unhandled error" not in caplog.text  # the handlers' lost connections are no errors
-    assert "closed 1 connection(s) whose request body was not complete within 0.5 s (server.body_timeout)" \
+    assert "closed 1 connection(s) that sent no complete request body within 0.5 s (server.body_timeout)" \
         in caplog.text
 
 # -- accept-time IP checks ----------------------------------------------------------------
