@@ -467,7 +467,7 @@ async def wait_calls(upstream: FakeUpstream, n: int) -> None:
     raise AssertionError(f"the upstream got {len(upstream.calls)} calls, not {n}")
 
 
-@pytest.mark.parametrize("how", ["cancel", "timeout"])
+@pytest.mark.parametrize("how", ["cancel", "timeout", "provider_timeout"])
 async def test_calls_abandoned_in_flight_count_at_their_worst_case(aiohttp_client, tmp_path, upstream, how):
     """A provider bills a call it has begun even when the caller hangs up: spawning and then
     cancelling (or letting the agent's timeout cut the call) in a loop must not make calls past
@@ -475,6 +475,9 @@ async def test_calls_abandoned_in_flight_count_at_their_worst_case(aiohttp_clien
     cost (its input bound and the max_tokens it was sent)."""
     upstream.delay = 30.0  # never answers within the test: every call is abandoned
     cfg = capped_config(tmp_path, upstream)
+    if how == "provider_timeout":  # the HTTP call times out; a retry would be another abandoned call
+        paid = dataclasses.replace(cfg.providers["paid"], timeout=1)
+        cfg = dataclasses.replace(cfg, providers={**cfg.providers, "paid": paid})
     app = build_app(cfg)
     client = await aiohttp_client(app)
     statuses = []
@@ -490,6 +493,7 @@ async def test_calls_abandoned_in_flight_count_at_their_worst_case(aiohttp_clien
             assert (await client.delete(f"/api/agent/{agent_id}")).status == 200
         done = await wait_status(client, agent_id, timeout=30)
         assert done["status"] == ("cancelled" if how == "cancel" else "failed")
+        assert how != "provider_timeout" or "then its reservation was spent" in done["error"]
     worst = worstcase.call_bound(cfg.models["k2p5"], "abandon 0", MAX_TOKENS)
     assert statuses == [200, 200, 402, 402, 402, 402]  # two worst cases fit in $0.50, a third would not
     assert len(upstream.calls) == 2
