@@ -206,7 +206,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     """
     services = request.app[SERVICES]
     auth_needed = request.app[CONFIG].security.auth
-    ws = web.WebSocketResponse(heartbeat=30.0)
+    # A message is held to the request body limit (aiohttp's default is 4 MiB, and each one
+    # is parsed as JSON, before the socket has authenticated too): closed with 1009 beyond it.
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=request.app[CONFIG].server.max_body_bytes)
     await ws.prepare(request)
     if "token" in request.query:
         # Never from the URL: it ends up in proxy and access logs and in browser history.
