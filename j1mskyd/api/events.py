@@ -24,7 +24,7 @@ from ..errors import ApiError, ValidationFailed
 from ..events import EVENT_TYPES, SHUTDOWN, Event, Subscription
 from ..keys import KeyWatch
 from .common import API_KEY, AWAITING_CREDENTIALS, CONFIG, SERVICES, json_response, query_params
-from .middleware import authenticate_in_band
+from .middleware import authenticate_in_band, count_in_band
 
 HEARTBEAT = 15.0
 POLL = 0.25  # seconds between looks at an idle reader's connection
@@ -288,6 +288,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             elif kind == "subscribe":
                 if auth_needed and (watch is None or watch.lost is not None):
                     await ws.send_json({"type": "error", "message": "authenticate first: {\"type\":\"auth\"}"})
+                    continue
+                try:
+                    count_in_band(request, request.get(API_KEY))  # the key that authenticated last
+                except ApiError as exc:  # the current subscription, if any, goes on
+                    await ws.send_json({"type": "error", "message": exc.message, "error_type": exc.type,
+                                        "code": exc.status, **exc.extra})
                     continue
                 wanted = message.get("events") or ["*"]
                 if not isinstance(wanted, list) or not all(isinstance(e, str) for e in wanted):

@@ -317,6 +317,18 @@ async def authenticate_in_band(request: web.Request, token: str | None, timestam
     return p.key
 
 
+def count_in_band(request: web.Request, key: Any) -> None:
+    """A message inside an open connection that costs what a request costs (a WebSocket's
+    subscribe replays history from the database, as a GET /api/events page does): the IP
+    checks again and one request against ``key``'s and the address's rate limits.  Raises
+    the ApiError a request would get."""
+    p = Pass(route_of(request), request.app)
+    check_ip(request, p)
+    if key is not None:
+        p.key_id = key.key_id
+    check_rate_limit(request, p)
+
+
 async def _guarded(request: web.Request, handler: Handler, p: Pass) -> web.StreamResponse:
     """Every check in its order, then the handler (the way of all but the public routes)."""
     check_body_size(request, p)
