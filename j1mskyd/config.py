@@ -100,6 +100,7 @@ class ServerConfig:
     secrets_file: str = DEFAULT_SECRETS_FILE
     log_level: str = "info"
     header_timeout: float = 10.0           # seconds for a request line + headers (slowloris)
+    body_timeout: float = 60.0             # seconds for a request body, from its headers' end
     max_connections: int = 512             # open client connections (listener.py; LimitNOFILE)
 
 
@@ -391,6 +392,7 @@ _SERVER: dict[str, Checker] = {
     "secrets_file": _str(),
     "log_level": _enum("debug", "info", "warning", "error", "critical", fold=True),
     "header_timeout": _num(hi=3600, positive=True),
+    "body_timeout": _num(hi=3600, positive=True),
     "max_connections": _int(1),
 }
 _RUNTIME: dict[str, Checker] = {

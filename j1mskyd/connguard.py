@@ -21,7 +21,16 @@ used, and the guard
 - closes a connection whose request line and headers are not complete ``header_timeout``
   seconds after it opened (on a keep-alive connection: after the next request's first
   bytes), like nginx's client_header_timeout.  The timer stops when the headers are
-  complete, so a slow body upload, an SSE stream or a WebSocket is never cut by it.
+  complete, so an SSE stream or a WebSocket is never cut by it;
+- closes a connection whose request body has not all arrived ``body_timeout`` seconds after
+  its headers (a body dribbled a byte at a time would otherwise keep its request in
+  progress, never evicted, for ever);
+- treats a request that waits for its client's credentials inside the connection (a
+  WebSocket before its auth message: :meth:`ConnectionGuard.awaiting_credentials`, handed
+  to the handler in the request under ``credentials_key``) like one still sending its
+  headers: evicted first at the cap and closed after ``header_timeout``.  Otherwise
+  sockets that never say who they are would be requests in progress, never evicted, and
+  a stranger's few hundred of them would lock everyone out.
 
 "Headers complete" and "request done" come from the two hooks aiohttp's web.Server
 offers, its ``request_factory`` (called once a request's headers are parsed) and its
@@ -91,6 +100,7 @@ class ConnectionStats:
     refused_full: int = 0        # at the cap with every connection busy
     evicted: int = 0             # closed at the cap to make room
     header_timeouts: int = 0
+    body_timeouts: int = 0
 
 
 class _Connection(asyncio.Protocol):
@@ -137,9 +147,10 @@ class ConnectionGuard:
     """The protocol factory: ``loop.create_server(guard, ...)``.  See the module's doc."""
 
     def __init__(self, server: Any, make_handler: Callable[[], asyncio.Protocol], *, header_timeout: float,
-                 max_connections: int, peer_refusal: PeerCheck, report_refusal: RefusalReport,
-                 stats: ConnectionStats | None = None) -> None:
+                 max_connections: int, body_timeout: float = 60.0, peer_refusal: PeerCheck, report_refusal: RefusalReport,
+                 stats: ConnectionStats | None = None, credentials_key: Any = None) -> None:
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
         self.max_connections = max_connections
         self.stats = ConnectionStats() if stats is None else stats
         self._make_handler = make_handler
@@ -150,6 +161,7 @@ class ConnectionGuard:
         self._open: set[_Connection] = set()
         self._waiting: dict[_Connection, None] = {}  # without a request in progress, longest first
         self._by_handler: dict[Any, _Connection] = {}
+        self._credentials_key = credentials_key
         self._hook(server)
 
     def _hook(self, server: Any) -> None:
@@ -161,7 +173,12 @@ class ConnectionGuard:
             conn = by_handler.get(protocol)
             if conn is not None:
                 self._started(conn)
-            return make_request(message, payload, protocol, writer, task)
+                if not payload.is_eof():  # a body is on its way (a GET, SSE, WebSocket: none)
+                    conn.timer = self._loop.call_later(self.body_timeout, self._body_expired, conn, payload)
+            request = make_request(message, payload, protocol, writer, task)
+            if conn is not None and self._credentials_key is not None:
+                request[self._credentials_key] = lambda: self.awaiting_credentials(conn)
+            return request
 
         async def request_handler(request: Any) -> Any:
             try:
@@ -231,14 +248,22 @@ class ConnectionGuard:
 
     def _expired(self, conn: _Connection) -> None:
         conn.timer = None
-        if conn.busy or conn not in self._open:
-            return
-        self.stats.header_timeouts += 1
+        if not conn.busy and conn in self._open:
+            self.stats.header_timeouts += 1
+            self._time_out(conn, "header_timeout", "sent no complete request line and headers", self.header_timeout)
+
+    def _body_expired(self, conn: _Connection, payload: Any) -> None:
+        conn.timer = None
+        if conn.busy and conn in self._open and not payload.is_eof():
+            self.stats.body_timeouts += 1
+            self._time_out(conn, "body_timeout", "sent no complete request body", self.body_timeout)
+
+    def _time_out(self, conn: _Connection, setting: str, what: str, seconds: float) -> None:
         self._drop(conn)
-        count = self._throttle.hit("header_timeout")
+        count = self._throttle.hit(setting)
         if count:
-            log.warning("closed %d connection(s) that sent no complete request line and headers within %g s "
-                        "(server.header_timeout); the last from %s", count, self.header_timeout, conn.ip)
+            log.warning("closed %d connection(s) that %s within %g s (server.%s); the last from %s",
+                        count, what, seconds, setting, conn.ip)
 
     def _drop(self, conn: _Connection) -> None:
         """Close now; the count drops at once (connection_lost follows within a loop turn)."""
@@ -253,8 +278,24 @@ class ConnectionGuard:
         self._disarm(conn)
         self._waiting.pop(conn, None)
 
+    def awaiting_credentials(self, conn: _Connection) -> Callable[[], None]:
+        """``conn``'s request waits for credentials sent inside the connection: until the
+        returned function is called (they came), it waits like a request whose headers are
+        not complete (evicted first at the cap, closed after ``header_timeout``)."""
+        if conn in self._open and conn.busy:
+            conn.busy = False
+            self._waiting[conn] = None
+            self._disarm(conn)
+            self.arm(conn)
+
+        def authenticated() -> None:
+            if conn in self._open and not conn.busy:
+                self._started(conn)
+        return authenticated
+
     def _done(self, conn: _Connection) -> None:
         conn.busy = False
+        self._disarm(conn)  # a body timer: the next request's first bytes arm the header one
         if conn in self._open:
             self._waiting[conn] = None  # the newest waiter: evicted last
 

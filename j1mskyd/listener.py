@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .api.common import SERVICES, app_key, error_response
+from .api.common import AWAITING_CREDENTIALS, SERVICES, app_key, error_response
 from .audit import Actor
 from .config import ServerConfig
 from .connguard import ConnectionGuard, ConnectionStats, Refusal
@@ -175,9 +175,10 @@ async def start(app: web.Application, server: ServerConfig, max_connections: int
         web_server = runner.server
         guard = ConnectionGuard(
             web_server, lambda: JsonErrorHandler(web_server, loop=loop, **HANDLER_ARGS),
-            header_timeout=server.header_timeout,
+            header_timeout=server.header_timeout, body_timeout=server.body_timeout,
             max_connections=server.max_connections if max_connections is None else max_connections,
-            peer_refusal=services.ip_control.peer_refusal, report_refusal=_refusal_reporter(services), stats=stats)
+            peer_refusal=services.ip_control.peer_refusal, report_refusal=_refusal_reporter(services), stats=stats,
+            credentials_key=AWAITING_CREDENTIALS)
         site = GuardedSite(runner, server.host, server.port, guard, **_shutdown_args(web.BaseSite))
         await site.start()
     except BaseException:

@@ -39,7 +39,7 @@ from .plugin_api import TIMEOUT_GRACE, CompletionRequest, CompletionResult, Prov
 from .plugins import bounded
 from .ratelimit import Buckets, Limit
 from .store import Store, StoreError
-from .worstcase import fallback_chain, output_allowance
+from .worstcase import fallback_chain, input_bound, output_allowance
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,12 @@ def _usage_row(ts: float, agent: Agent, alias: str | None, provider: str | None,
     return ("INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (ts, agent.agent_id, alias, provider, input_tokens, output_tokens, cost, agent.api_key))
+
+
+def _abandoned_usage(agent: Agent, max_tokens: int) -> tuple[int, int]:
+    """What a call sent and then abandoned before its answer may be billed: a provider goes on
+    with a request whose caller hung up, and no usage comes back to say how much it wrote."""
+    return input_bound(agent.task or ""), max_tokens
 
 
 def _hold_id(agent: Agent) -> str:
@@ -470,11 +476,19 @@ class AgentRuntime:
                 result = await self._complete(slot, request, agent, alias)
             except asyncio.CancelledError:
                 slot.breaker.release_probe()
+                # Abandoned in flight by a cancel or the agent's timeout: the provider may bill
+                # it whole (else spawn-and-cancel calls past the cap).  Its worst case cannot
+                # pass the reservation that paid for its max_tokens: nothing to announce.  A
+                # graceful stop is the operator's, and the agent runs again on its reservation.
+                if agent.agent_id in self._cancelling or not self._stopping:
+                    self._bill(agent, alias, model, _abandoned_usage(agent, max_tokens))
                 raise
             except ProviderError as exc:
                 last = f"{exc.kind}" + (f" (HTTP {exc.status})" if exc.status else "") + f": {exc.message}"
-                if exc.usage is not None:
-                    await self._bill_failed_call(agent, alias, model, exc.usage)
+                usage = exc.usage if exc.usage is not None or exc.kind != "timeout" \
+                    else _abandoned_usage(agent, max_tokens)  # timed out waiting: abandoned too
+                if usage is not None:
+                    await self._bill_failed_call(agent, alias, model, usage)
                 if exc.kind == "bad_request":
                     slot.breaker.record_success()  # the provider answered; the request was wrong
                     raise AgentFailure(f"{alias}: {last}") from None
@@ -509,16 +523,19 @@ class AgentRuntime:
         return output_allowance(model, agent.task or "", agent.reserved - agent.billed)
 
     async def _bill_failed_call(self, agent: Agent, alias: str, model: ModelConfig, usage: tuple[int, int]) -> None:
-        """A call that failed although the upstream billed it (it reported usage): the cost goes
-        to the ledger and the budget now (out of the agent's reservation), and counts against
-        what the agent's later calls may spend."""
+        """A call that failed although the upstream billed it (it reported usage, or may bill
+        a call it was sent and never answered): the cost goes to the ledger and the budget now
+        (out of the agent's reservation), and counts against what the agent's later calls may spend."""
+        exceeded = self._bill(agent, alias, model, usage)
+        if exceeded:
+            await self._announce_exceeded(agent, exceeded, token_cost(model, *usage))
+
+    def _bill(self, agent: Agent, alias: str, model: ModelConfig, usage: tuple[int, int]) -> list[Level]:
+        """_bill_failed_call without the announcement: the levels it took past their cap."""
         cost = token_cost(model, *usage)
         agent.billed += cost
         self.store.submit([_usage_row(self.clock(), agent, alias, model.provider, *usage, cost)])
-        if self.budget is not None:
-            exceeded = self.budget.settle(_hold_id(agent), cost, part=cost)
-            if exceeded:
-                await self._announce_exceeded(agent, exceeded, cost)
+        return self.budget.settle(_hold_id(agent), cost, part=cost) if self.budget is not None else []
 
     async def _complete(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent,
                         alias: str) -> CompletionResult:

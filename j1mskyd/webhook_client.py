@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
-from .webhook_targets import TargetPolicy, parse_host_address
+from .webhook_targets import TargetPolicy, lookup_infos, parse_host_address
 
 
 class RefusedByPolicy(OSError):
@@ -35,13 +35,28 @@ class RefusedByPolicy(OSError):
         self.policy_reason = message
 
 
+class LookupResolver(AbstractResolver):
+    """aiohttp's threaded resolver, but on the webhook lookups' own threads
+    (webhook_targets.lookup_infos): a client's name whose server never answers must not hold
+    the loop's default executor, where the database's reads and commits run."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[Any]:
+        infos = await lookup_infos(host, port, family)
+        flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+        return [{"hostname": host, "host": address[0], "port": address[1], "family": fam, "proto": proto,
+                 "flags": flags} for fam, _, proto, _, address in infos]
+
+    async def close(self) -> None:
+        pass
+
+
 class GuardedResolver(AbstractResolver):
-    """Wraps a resolver (aiohttp's default unless ``inner`` is given) and refuses a name when
+    """Wraps a resolver (LookupResolver unless ``inner`` is given) and refuses a name when
     any address it resolves to is refused by ``policy`` (so nothing of it is connected to)."""
 
     def __init__(self, policy: TargetPolicy, inner: AbstractResolver | None = None) -> None:
         self.policy = policy
-        self.inner = inner if inner is not None else aiohttp.DefaultResolver()
+        self.inner = inner if inner is not None else LookupResolver()
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[Any]:
         infos = await self.inner.resolve(host, port, family)

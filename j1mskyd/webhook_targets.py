@@ -24,10 +24,12 @@ non-public (special-purpose) address.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import yarl
@@ -35,6 +37,10 @@ import yarl
 from .netguard import Address, Network, parse_networks
 
 LOOKUP_TIMEOUT = 5.0          # seconds for the accept-time lookup of a name
+# The names are chosen by clients, and a name server that never answers holds a thread for
+# the resolver's own timeout, whatever LOOKUP_TIMEOUT says: their own few threads, not the
+# loop's default executor, where the database's reads and commits run.
+_LOOKUPS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _LAN = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -221,12 +227,17 @@ def _literal(host: str) -> Address | None:
     return addr
 
 
+async def lookup_infos(host: str, port: int, family: int = 0) -> list[tuple[Any, ...]]:
+    """getaddrinfo for a webhook target's name (TCP), on the lookups' own threads (_LOOKUPS)."""
+    return await asyncio.get_running_loop().run_in_executor(_LOOKUPS, socket.getaddrinfo, host, port, family,
+                                                            socket.SOCK_STREAM)
+
+
 async def getaddrinfo_lookup(host: str, port: int) -> list[str]:
-    """The addresses the loop's getaddrinfo gives for ``host``; [] when it cannot resolve."""
-    loop = asyncio.get_running_loop()
+    """The addresses getaddrinfo gives for ``host``; [] when it cannot resolve."""
     try:
         async with asyncio.timeout(LOOKUP_TIMEOUT):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await lookup_infos(host, port)
     except (OSError, TimeoutError, UnicodeError):
         return []
     return [info[4][0] for info in infos]

@@ -228,9 +228,10 @@ async def test_cancel_running_agent(slow_client):
     assert resp.status == 200, await resp.text()
     body = await resp.json()
     assert body["success"] is True and body["message"] == "Agent cancelled"
-    assert body["refund"] == running["estimated_cost"]  # nothing was spent: the call never returned
     got = await wait_status(slow_client, running["agent_id"], ("cancelled",), timeout=1.0)
     assert got["started"] is not None and got["result"] is None
+    # A call under way counts at its worst case (the provider may bill it): the refund is the rest.
+    assert body["refund"] == pytest.approx(max(running["estimated_cost"] - (got["cost"] or 0.0), 0.0))
 
 
 async def test_concurrent_cancels_cancel_once(slow_client):

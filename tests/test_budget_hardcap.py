@@ -17,6 +17,7 @@ import pytest
 
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
+from j1mskyd import worstcase
 from j1mskyd.budget import Budget, BudgetPolicy, BudgetExceeded
 from j1mskyd.config import ModelConfig, TeamConfig
 from j1mskyd.providers import ProviderSettings
@@ -310,12 +311,20 @@ async def test_a_team_across_a_restart_counts_each_member_once(aiohttp_client, t
     after = await budget_of(client)
     assert after["today_spend"] == pytest.approx(first_cost, abs=1e-6)
     assert after["reserved"] == pytest.approx(sonnet_worst, abs=1e-6)
+    slot = app[SERVICES].slots["slow"]
+    for _ in range(1000):  # the sonnet member runs again, its call under way
+        if slot.calls:
+            break
+        await asyncio.sleep(0.01)
+    assert slot.calls == 1
     resp = await client.delete(f"/api/agent/{team_id}")
     assert resp.status == 200
     end = await budget_of(client)
     assert end["reserved"] == 0
-    assert end["today_spend"] == pytest.approx(first_cost, abs=1e-6)
-    assert [r["cost"] for r in await ledger(app)] == [pytest.approx(first_cost, abs=1e-6)]
+    # The cancelled member's call was under way: it counts at its worst case, once.
+    assert end["today_spend"] == pytest.approx(first_cost + sonnet_worst, abs=1e-6)
+    assert [r["cost"] for r in await ledger(app)] == [pytest.approx(first_cost, abs=1e-6),
+                                                      pytest.approx(sonnet_worst, abs=1e-6)]
 
 
 def test_an_overbill_past_the_monthly_ceiling_blocks_until_the_month_ends():
@@ -447,3 +456,49 @@ async def test_a_billed_failure_is_remembered_across_a_restart(aiohttp_client, t
     assert done["cost"] == pytest.approx(sum(r["cost"] for r in rows)) and done["cost"] <= reserved
     end = await budget_of(client)
     assert end["reserved"] == 0 and end["today_spend"] == pytest.approx(done["cost"], abs=1e-6)
+
+
+async def wait_calls(upstream: FakeUpstream, n: int) -> None:
+    """Until the upstream has received ``n`` calls (bounded)."""
+    for _ in range(1000):
+        if len(upstream.calls) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the upstream got {len(upstream.calls)} calls, not {n}")
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout", "provider_timeout"])
+async def test_calls_abandoned_in_flight_count_at_their_worst_case(aiohttp_client, tmp_path, upstream, how):
+    """A provider bills a call it has begun even when the caller hangs up: spawning and then
+    cancelling (or letting the agent's timeout cut the call) in a loop must not make calls past
+    the cap.  Each abandoned call counts, in the budget and the ledger, at the most it could
+    cost (its input bound and the max_tokens it was sent)."""
+    upstream.delay = 30.0  # never answers within the test: every call is abandoned
+    cfg = capped_config(tmp_path, upstream)
+    if how == "provider_timeout":  # the HTTP call times out; a retry would be another abandoned call
+        paid = dataclasses.replace(cfg.providers["paid"], timeout=1)
+        cfg = dataclasses.replace(cfg, providers={**cfg.providers, "paid": paid})
+    app = build_app(cfg)
+    client = await aiohttp_client(app)
+    statuses = []
+    for i in range(6):
+        body = {"model": "k2p5", "task": f"abandon {i}", **({"timeout": 1} if how == "timeout" else {})}
+        resp = await client.post("/api/spawn", json=body)
+        statuses.append(resp.status)
+        if resp.status != 200:
+            continue
+        agent_id = (await resp.json())["agent_id"]
+        await wait_calls(upstream, sum(s == 200 for s in statuses))
+        if how == "cancel":
+            assert (await client.delete(f"/api/agent/{agent_id}")).status == 200
+        done = await wait_status(client, agent_id, timeout=30)
+        assert done["status"] == ("cancelled" if how == "cancel" else "failed")
+        assert how != "provider_timeout" or "then its reservation was spent" in done["error"]
+    worst = worstcase.call_bound(cfg.models["k2p5"], "abandon 0", MAX_TOKENS)
+    assert statuses == [200, 200, 402, 402, 402, 402]  # two worst cases fit in $0.50, a third would not
+    assert len(upstream.calls) == 2
+    rows = await ledger(app)
+    assert [r["cost"] for r in rows] == [pytest.approx(worst)] * 2
+    assert [r["output_tokens"] for r in rows] == [MAX_TOKENS] * 2
+    snap = await budget_of(client)
+    assert snap["reserved"] == 0 and snap["today_spend"] == pytest.approx(2 * worst)

@@ -135,16 +135,21 @@ async def test_settle_releases_the_unspent_reservation(aiohttp_client, tmp_path,
     await wait_status(client, second)
 
 
-async def test_cancel_releases_the_whole_reservation(aiohttp_client, tmp_path, upstream):
+async def test_cancel_releases_the_reservation_but_the_call_in_flight_counts(aiohttp_client, tmp_path, upstream):
+    """The provider may bill a call whose caller hung up: it counts at its worst case (here
+    all 100 output tokens at $1/1k, the whole estimate), the rest of the reservation is freed."""
     upstream.delay = 5
-    client = await aiohttp_client(build_app(priced_config(tmp_path, upstream, daily_budget=0.15)))
+    client = await aiohttp_client(build_app(priced_config(tmp_path, upstream, daily_budget=0.25)))
     agent_id = await spawn_ok(client)
+    await spawn_ok(client, task="a second one")
     assert (await spawn(client)).status == 402
+    while len(upstream.calls) < 2:
+        await asyncio.sleep(0.01)
     resp = await client.delete(f"/api/agent/{agent_id}")
-    assert resp.status == 200 and (await resp.json())["refund"] == pytest.approx(ESTIMATE)
+    assert resp.status == 200 and (await resp.json())["refund"] == 0
     snap = await budget_of(client)
-    assert snap["reserved"] == 0 and snap["today_spend"] == 0
-    await spawn_ok(client)
+    assert snap["reserved"] == pytest.approx(ESTIMATE) and snap["today_spend"] == pytest.approx(ESTIMATE)
+    assert (await spawn(client)).status == 402  # 0.1 spent + 0.1 reserved: no room for 0.1 more
 
 
 async def test_alert_levels_follow_real_spend(aiohttp_client, tmp_path, upstream):

@@ -162,6 +162,32 @@ async def test_on_a_kept_alive_connection_the_next_request_has_the_same_limit(tm
     assert served.guard.stats.header_timeouts == 1
 
 
+
+async def test_bodies_that_never_complete_are_closed_after_body_timeout(tmp_path, listen, sockets, caplog):
+    """A body dribbled a byte at a time keeps its request in progress, never evicted: without a
+    time limit a few such uploads hold every connection (any key that may POST, or anyone
+    when authentication is off, as here)."""
+    served = await listen(config(tmp_path, max_connections=3, header_timeout=600, body_timeout=0.5))
+    port = served.site.port
+    slow = [await sockets(port, first=b"POST /api/spawn HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                                     b"\r\nContent-Length: 100000\r\n\r\n{") for _ in range(3)]
+    for _ in range(4):  # still sending, slowly, past the limit
+        for _, writer in slow:
+            with contextlib.suppress(OSError):  # closed by the daemon meanwhile
+                writer.write(b" ")
+        await asyncio.sleep(0.3)
+    assert await health(port) == 200
+    for reader, _ in slow:
+        try:
+            answer = await closed_by_server(reader)
+        except ConnectionError:  # closed while this side was still writing
+            answer = b""
+        assert not answer.startswith(b"HTTP/1.1 2")
+    assert served.guard.stats.body_timeouts == 3
+    assert "unhandled error" not in caplog.text  # the handlers' lost connections are no errors
+    assert "closed 1 connection(s) that sent no complete request body within 0.5 s (server.body_timeout)" \
+        in caplog.text
+
 # -- accept-time IP checks ----------------------------------------------------------------
 async def test_a_peer_outside_the_allowlist_is_closed_before_it_sends_anything(tmp_path, listen, sockets, caplog):
     caplog.set_level(logging.WARNING)
@@ -281,3 +307,40 @@ def test_an_oversized_header_is_answered_without_echoing_it(tmp_path):
     assert head.split(b"\r\n")[0].endswith(b"400 Bad Request"), answer
     assert marker not in answer and marker.decode() not in log
     assert b"application/json" in head and json.loads(body)["error"]["type"] == "BAD_REQUEST"
+
+
+# -- WebSockets that never authenticate ------------------------------------------------------
+async def test_websockets_that_never_authenticate_cannot_lock_out_a_health_check(tmp_path, listen, sockets):
+    """A WebSocket may authenticate by a message after the upgrade; until then it is a
+    client that has not said who it is, like one still sending its headers: evicted at the
+    cap (a stranger's idle sockets would otherwise hold every slot as requests in progress)."""
+    served = await listen(config(tmp_path, max_connections=3, header_timeout=600, security={"auth": True}))
+    port = served.site.port
+    async with aiohttp.ClientSession() as session:
+        idle = [await session.ws_connect(f"http://127.0.0.1:{port}/api/ws") for _ in range(3)]
+        assert await health(port) == 200
+        msg = await asyncio.wait_for(idle[0].receive(), MARGIN)  # the oldest made room
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        assert served.guard.stats.evicted >= 1 and served.guard.stats.refused_full == 0
+        for ws in idle:
+            await ws.close()
+
+
+async def test_a_websocket_must_authenticate_within_header_timeout_and_then_stays(tmp_path, listen):
+    cfg = config(tmp_path, header_timeout=0.5, security={"auth": True})
+    served = await listen(cfg)
+    port = served.site.port
+    token = json.loads((tmp_path / "state" / "bootstrap-admin.key").read_text())["token"]
+    async with aiohttp.ClientSession() as session:
+        silent = await session.ws_connect(f"http://127.0.0.1:{port}/api/ws")
+        talker = await session.ws_connect(f"http://127.0.0.1:{port}/api/ws")
+        await talker.send_json({"type": "auth", "token": token})
+        assert (await talker.receive_json(timeout=MARGIN)) == {"type": "auth", "success": True}
+        msg = await asyncio.wait_for(silent.receive(), MARGIN)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        await asyncio.sleep(1.5)  # three header timeouts: an authenticated socket is not cut
+        await talker.send_json({"type": "ping"})
+        assert (await talker.receive_json(timeout=MARGIN)) == {"type": "pong"}
+        assert served.guard.stats.header_timeouts == 1
+        await silent.close()
+        await talker.close()

@@ -420,3 +420,18 @@ async def test_agent_started_reaches_live_readers_only(client):
     resp = await client.post("/api/webhooks", json={"url": "https://example.com/h", "events": ["agent.started"]})
     body = await resp.json()
     assert resp.status == 400 and "live readers only" in body["error"]["message"]
+
+
+async def test_a_websocket_message_larger_than_a_request_body_may_be_closes_the_socket(aiohttp_client, tmp_path):
+    """A WebSocket message is held to max_body_bytes like an HTTP body (aiohttp's default
+    is 4 MiB, parsed as JSON even before the socket has authenticated)."""
+    cfg = auth_config(tmp_path)
+    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, max_body_bytes=1000))
+    client = await aiohttp_client(build_app(cfg))
+    async with client.ws_connect("/api/ws") as ws:
+        await ws.send_json({"type": "ping", "pad": "x" * 900})
+        assert await ws_next(ws) == {"type": "pong"}
+        await ws.send_json({"type": "ping", "pad": "x" * 2000})
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) \
+            and ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG

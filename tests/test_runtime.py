@@ -183,9 +183,10 @@ async def test_cancel_running_agent_refunds_and_stops_the_call(aiohttp_client, t
     resp = await client.delete(f"/api/agent/{agent_id}")
     body = await resp.json()
     assert resp.status == 200 and body["success"] is True and body["message"] == "Agent cancelled"
-    assert body["refund"] == pytest.approx(running["estimated_cost"])
     done = await wait_status(client, agent_id)
-    assert done["status"] == "cancelled" and done["cost"] is None
+    # The call was under way: the provider may bill it, so it counts at its worst case.
+    assert done["status"] == "cancelled" and done["cost"] > 0
+    assert body["refund"] == pytest.approx(max(running["estimated_cost"] - done["cost"], 0.0))
     again = await client.delete(f"/api/agent/{agent_id}")
     assert again.status == 409
 

@@ -321,6 +321,26 @@ async def test_websocket_auth_counts_against_the_rate_limit(aiohttp_client, tmp_
     assert (await client.get("/api/events", headers=bearer(user["token"]))).status == 429
 
 
+async def test_each_websocket_subscribe_counts_against_the_rate_limit(aiohttp_client, tmp_path):
+    """A subscribe replays history from the database, like a GET /api/events page or an SSE
+    (re)connect, which are counted: so is it, or one socket could replay the log for ever."""
+    cfg = auth_config(tmp_path)
+    cfg = dataclasses.replace(cfg, limits=dataclasses.replace(cfg.limits, other=3, per_ip=False))
+    client, admin = await start(aiohttp_client, cfg)
+    user = await make_key(client, admin, "user")
+    async with client.ws_connect("/api/ws") as ws:
+        await ws.send_json({"type": "auth", "token": user["token"]})  # the key's first request
+        assert (await ws_next(ws))["success"] is True
+        for _ in range(2):  # the second and third
+            await ws.send_json({"type": "subscribe", "events": ["agent.spawned"], "last_event_id": 0})
+            assert (await ws_next(ws))["type"] == "subscribed"
+        await ws.send_json({"type": "subscribe", "events": ["*"], "last_event_id": 0})
+        answer = await ws_next(ws)
+        assert answer["type"] == "error" and answer["error_type"] == "RATE_LIMITED" and answer["retry_after"] >= 1
+        await ws.send_json({"type": "ping"})  # still open, still subscribed as before
+        assert await ws_next(ws) == {"type": "pong"}
+    assert (await client.get("/api/events", headers=bearer(user["token"]))).status == 429
+
 async def test_a_refused_address_cannot_open_or_authenticate_a_stream(aiohttp_client, tmp_path):
     outside = auth_config(tmp_path / "a", allowed_ips=("10.0.0.0/8",))  # loopback is not allowed
     client = await aiohttp_client(build_app(outside))

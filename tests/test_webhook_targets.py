@@ -12,9 +12,11 @@ refused address at delivery (DNS rebinding, played by a resolver mapping names t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import ipaddress
 import socket
+import threading
 
 import pytest
 from aiohttp.abc import AbstractResolver
@@ -343,3 +345,62 @@ async def test_the_daemons_own_address_is_refused_with_loopback_allowed(aiohttp_
         resp = await client.post("/api/webhooks", json={"url": url, "events": ["*"]})
         assert resp.status == 400, await resp.text()
         assert "own listen address" in field_error(await resp.json())[1]
+
+
+@pytest.fixture
+def slow_dns(monkeypatch):
+    """Names under .slow.test have a name server that never answers: getaddrinfo blocks for
+    them (until the test ends) and then fails; ``entered`` lists the lookups begun."""
+    release = threading.Event()
+    entered: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if isinstance(host, str) and host.endswith(".slow.test"):
+            entered.append(host)
+            release.wait(60)  # bounded: set at the end of the test
+            raise socket.gaierror(socket.EAI_NONAME, "no such name")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield entered
+    release.set()
+
+
+async def until_entered(entered: list[str], n: int) -> None:
+    for _ in range(2000):
+        if len(entered) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(entered)} lookups began, not {n}")
+
+
+async def test_slow_name_lookups_at_accept_do_not_starve_the_database(aiohttp_client, tmp_path, slow_dns):
+    """Accept-time lookups of client-chosen names must not take the threads the database
+    uses: a batch of webhook URLs under a domain whose name server never answers used to
+    fill the loop's default executor, and every request that reads or writes the database
+    waited behind them."""
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    batch = {"agents": [{"model": "k2p5", "task": f"t{i}", "webhook_url": f"http://n{i}.slow.test/hook"}
+                        for i in range(100)]}
+    pending = asyncio.ensure_future(client.post("/api/spawn-batch", json=batch))
+    await until_entered(slow_dns, 1)
+    # The database answers while the lookups hang (the bound is far above a read's time).
+    resp = await asyncio.wait_for(client.get("/api/agents"), 10)
+    assert resp.status == 200 and len(slow_dns) < 100
+    pending.cancel()
+
+
+async def test_slow_name_lookups_at_delivery_do_not_starve_the_database(aiohttp_client, tmp_path, slow_dns):
+    """The same at delivery: the webhook connector's lookups (eight deliveries at a time) run
+    on the lookups' own threads.  The loop's default executor has a 4-core Pi's eight threads."""
+    asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=8))
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    client.app[SERVICES].webhooks.lookup = lambda host, port: asyncio.sleep(0, [])  # accepted at once
+    for i in range(12):
+        resp = await client.post("/api/spawn", json={"model": "k2p5", "task": f"t{i}",
+                                                     "webhook_url": f"http://n{i}.slow.test/hook"})
+        assert resp.status == 200, await resp.text()
+    await until_entered(slow_dns, 4)
+    resp = await asyncio.wait_for(client.get("/api/agents"), 10)
+    assert resp.status == 200

@@ -29,6 +29,9 @@ REQUEST_ID = request_key("j1msky.request_id")
 CLIENT_IP = request_key("j1msky.client_ip")      # set by the IP guard
 API_KEY_ID = request_key("j1msky.api_key_id")    # set by auth (absent: anonymous)
 API_KEY = request_key("j1msky.api_key")
+# Set by the listener's connection guard (connguard.py): call it while a request waits for
+# credentials sent inside its connection; call what it returns once they came.
+AWAITING_CREDENTIALS = request_key("j1msky.awaiting_credentials")
 
 ERROR_TYPES = {
     400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",

@@ -23,8 +23,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..errors import ApiError, ValidationFailed
 from ..events import EVENT_TYPES, SHUTDOWN, Event, Subscription
 from ..keys import KeyWatch
-from .common import API_KEY, CONFIG, SERVICES, json_response, query_params
-from .middleware import authenticate_in_band
+from .common import API_KEY, AWAITING_CREDENTIALS, CONFIG, SERVICES, json_response, query_params
+from .middleware import authenticate_in_band, count_in_band
 
 HEARTBEAT = 15.0
 POLL = 0.25  # seconds between looks at an idle reader's connection
@@ -206,7 +206,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     """
     services = request.app[SERVICES]
     auth_needed = request.app[CONFIG].security.auth
-    ws = web.WebSocketResponse(heartbeat=30.0)
+    # A message is held to the request body limit (aiohttp's default is 4 MiB, and each one
+    # is parsed as JSON, before the socket has authenticated too): closed with 1009 beyond it.
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=request.app[CONFIG].server.max_body_bytes)
     await ws.prepare(request)
     if "token" in request.query:
         # Never from the URL: it ends up in proxy and access logs and in browser history.
@@ -225,6 +227,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         closing = asyncio.ensure_future(ws.close(code=KEY_LOST, message=reason.encode()))
 
     watch = _watch_key(request, request.get(API_KEY), key_lost)  # a key in the upgrade's headers
+    # No key yet: until its auth message, the socket is a client that has not said who it
+    # is, and the listener may evict it or time it out (connguard.awaiting_credentials).
+    awaiting = request.get(AWAITING_CREDENTIALS)
+    authenticated = awaiting() if auth_needed and watch is None and awaiting is not None else None
 
     async def send_event(event: Event | None, wanted: set[str]) -> None:
         if event is None:
@@ -275,10 +281,19 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                     break
                 _release(request, watch)
                 watch = _watch_key(request, key, key_lost)
+                if authenticated is not None:
+                    authenticated()
+                    authenticated = None
                 await ws.send_json({"type": "auth", "success": True})
             elif kind == "subscribe":
                 if auth_needed and (watch is None or watch.lost is not None):
                     await ws.send_json({"type": "error", "message": "authenticate first: {\"type\":\"auth\"}"})
+                    continue
+                try:
+                    count_in_band(request, request.get(API_KEY))  # the key that authenticated last
+                except ApiError as exc:  # the current subscription, if any, goes on
+                    await ws.send_json({"type": "error", "message": exc.message, "error_type": exc.type,
+                                        "code": exc.status, **exc.extra})
                     continue
                 wanted = message.get("events") or ["*"]
                 if not isinstance(wanted, list) or not all(isinstance(e, str) for e in wanted):

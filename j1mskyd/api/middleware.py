@@ -317,6 +317,18 @@ async def authenticate_in_band(request: web.Request, token: str | None, timestam
     return p.key
 
 
+def count_in_band(request: web.Request, key: Any) -> None:
+    """A message inside an open connection that costs what a request costs (a WebSocket's
+    subscribe replays history from the database, as a GET /api/events page does): the IP
+    checks again and one request against ``key``'s and the address's rate limits.  Raises
+    the ApiError a request would get."""
+    p = Pass(route_of(request), request.app)
+    check_ip(request, p)
+    if key is not None:
+        p.key_id = key.key_id
+    check_rate_limit(request, p)
+
+
 async def _guarded(request: web.Request, handler: Handler, p: Pass) -> web.StreamResponse:
     """Every check in its order, then the handler (the way of all but the public routes)."""
     check_body_size(request, p)
@@ -335,6 +347,12 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
         message = {404: "No such endpoint", 405: f"Method {request.method} not allowed here",
                    413: "Request body too large"}.get(exc.status, exc.reason)
         return error_response(request, exc.status, message, headers=headers)
+    if isinstance(exc, ConnectionResetError):
+        # The client went away, or the listener closed it (a body past server.body_timeout):
+        # nobody is left to answer, and it is not the daemon's error to log with a traceback.
+        log.debug("%s %s (request %s): the connection was lost", request.method, request.path,
+                  request.get(REQUEST_ID))
+        return error_response(request, 400, "Connection lost")
     log.error("unhandled error in %s %s (request %s)", request.method, request.path, request.get(REQUEST_ID),
               exc_info=exc)
     return error_response(request, 500, "Internal server error; quote the request_id when reporting it")
