@@ -135,6 +135,7 @@ async def test_the_guards_counters_are_in_prometheus_metrics(tmp_path, listen, s
             text = await resp.text()
     assert resp.status == 200
     assert 'j1msky_connections_closed_by_guard_total{reason="header_timeout"} 3' in text
+    assert 'j1msky_connections_closed_by_guard_total{reason="body_timeout"} 0' in text
     assert "j1msky_connections_open 1" in text  # this request's own
     assert "j1msky_connections_accepted_total 4" in text
 

@@ -90,11 +90,12 @@ async def metrics_prometheus(request: web.Request) -> web.Response:
              [({}, connections.accepted)]),
             ("j1msky_connections_closed_by_guard_total", "counter",
              "Connections the daemon closed itself: peer refused at accept, at the cap, evicted to make room, "
-             "or headers not complete within server.header_timeout.",
+             "headers not complete within server.header_timeout, or a body within server.body_timeout.",
              [({"reason": "refused_peer"}, connections.refused_peer),
               ({"reason": "refused_full"}, connections.refused_full),
               ({"reason": "evicted"}, connections.evicted),
-              ({"reason": "header_timeout"}, connections.header_timeouts)]),
+              ({"reason": "header_timeout"}, connections.header_timeouts),
+              ({"reason": "body_timeout"}, connections.body_timeouts)]),
         ]
     # The exposition format's own content type (with version); aiohttp refuses content_type= and a
     # Content-Type header together, so the header alone says it.
