@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from . import statedir
+from .agent import Agent
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
@@ -155,7 +157,7 @@ def _budget_event(events: EventLog, budget: Budget, old: str, new: str, caches: 
         events.emit_soon(f"budget.{new}", budget.snapshot() | {"previous_level": old})
 
 
-def _audit_finish(audit: AuditLog, agent) -> None:
+def _audit_finish(audit: AuditLog, agent: Agent) -> None:
     if agent.status in ("completed", "failed") and agent.kind != "member":
         event = "agent.complete" if agent.status == "completed" else "agent.fail"
         audit.record(event, Actor(api_key_id=agent.api_key), severity="info" if event == "agent.complete" else "warning",
@@ -186,7 +188,7 @@ async def _refresh_keys(keys: KeyService) -> None:
             log.exception("refreshing API keys failed")
 
 
-async def _lifecycle(app: web.Application):
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: a plain async generator (aiohttp 3.8 refuses an asynccontextmanager)."""
     config: Config = app[CONFIG]
     loop = asyncio.get_running_loop()

@@ -548,7 +548,7 @@ class AgentRuntime:
         fields.setdefault("completed_at", self.clock())
         if agent.billed and status != A.COMPLETED:  # calls billed although they failed
             fields.setdefault("cost", agent.billed)
-        statements = []
+        statements: list[Statement] = []
         for name, value in fields.items():
             setattr(agent, name, value)
         agent.status = status

@@ -229,7 +229,7 @@ async def getaddrinfo_lookup(host: str, port: int) -> list[str]:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, TimeoutError, UnicodeError):
         return []
-    return [info[4][0] for info in infos]
+    return [str(info[4][0]) for info in infos]  # str(): typeshed allows an int (AF_PACKET), not ours
 
 
 def own_listen_networks(host: str, port: int) -> tuple[tuple[Network, int], ...]:

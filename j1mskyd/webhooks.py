@@ -381,7 +381,7 @@ class WebhookService:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
 
-    def _active_ids(self) -> tuple[str, str]:
+    def _active_ids(self) -> tuple[str, list[str]]:
         """SQL and ids for the active webhooks: a paused one's deliveries wait, pending."""
         ids = [h.webhook_id for h in self.hooks.values() if h.status == "active"]
         return ", ".join("?" * len(ids)) or "NULL", ids
