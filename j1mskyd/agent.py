@@ -1,9 +1,10 @@
 """The agent record: its fields, its row in sqlite, and its public JSON views.
 
 One class holds an agent in memory while it is live; finished agents live only in
-the database and are read back through :func:`from_row`.  The views keep the seed's
-field names exactly (``created``/``started``/``completed``/``cost`` on the status
-object, ``created_at``/``actual_cost`` in listings).
+the database and are read back through :func:`from_row`.  The views keep, exactly, the
+field names that existing clients of the API were written against
+(``created``/``started``/``completed``/``cost`` on the status object,
+``created_at``/``actual_cost`` in listings).
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args, overload
 
 from .crypto import DataCipher
+
+__all__ = [
+    "Agent", "from_row", "iso", "money", "COLUMNS", "SEALED",
+    "Status", "STATUSES", "LIVE", "TERMINAL", "SPAWNING", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED",
+    "Kind", "KIND_AGENT", "KIND_TEAM", "KIND_MEMBER", "Priority", "PRIORITIES", "ANONYMOUS",
+]
 
 Status = Literal["spawning", "queued", "running", "completed", "failed", "cancelled"]
 Kind = Literal["agent", "team", "member"]
@@ -120,7 +127,7 @@ class Agent:
 
     # -- views -------------------------------------------------------------------
     def spawn_view(self) -> dict[str, Any]:
-        """The answer to a spawn: "spawning" is the seed's word for accepted (it is queued by now)."""
+        """The answer to a spawn: "spawning" is the API's word for accepted (it is queued by now)."""
         return {
             "success": True,
             "agent_id": self.agent_id,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import typing
+from pathlib import Path
 
 from j1mskyd import agent as A
 from j1mskyd.store import Store
@@ -94,3 +96,12 @@ def test_statuses_are_the_status_type():
     assert {A.KIND_AGENT, A.KIND_TEAM, A.KIND_MEMBER} == set(typing.get_args(A.Kind))
     stored = {f.name for f in dataclasses.fields(A.Agent)} - set(A.COLUMNS)
     assert stored == {"members", "reserved", "billed"}
+
+
+def test_all_names_the_public_face():
+    """__all__ is every public name the module defines itself (not what it imports)."""
+    tree = ast.parse(Path(A.__file__).read_text())
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    defined |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    assert sorted(A.__all__) == sorted(n for n in defined if not n.startswith("_"))
