@@ -7,11 +7,15 @@ import dataclasses
 import logging
 import sqlite3
 import sys
+from typing import TYPE_CHECKING
 
 from . import __version__
 
+if TYPE_CHECKING:  # imported when a command needs it (start-up time)
+    from .config import Config
 
-def _load(args: argparse.Namespace):
+
+def _load(args: argparse.Namespace) -> Config:
     from .config import ConfigError, load_config
     try:
         return load_config(args.config)
@@ -56,9 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve(app, config.server, print=listening)
     except refusals as exc:  # one line that says what and what to do, no traceback
         logging.getLogger("j1mskyd").debug("start failed", exc_info=True)
-        if isinstance(exc, sqlite3.DatabaseError):  # damage found past the header, loading the state
-            exc = database_problem(state_db_path(config), exc)
-        print(f"j1mskyd: cannot start: {exc}", file=sys.stderr)
+        # A DatabaseError: damage found past the header, loading the state.
+        problem = database_problem(state_db_path(config), exc) if isinstance(exc, sqlite3.DatabaseError) else exc
+        print(f"j1mskyd: cannot start: {problem}", file=sys.stderr)
         return 1
     return 0
 
@@ -122,9 +126,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return asyncio.run(run())
     except (StoreError, sqlite3.DatabaseError, OSError) as exc:
         # The daemon's start-up refusals, as one line: damaged database, wrong data.key, full disk.
-        if isinstance(exc, sqlite3.DatabaseError):
-            exc = database_problem(os.path.join(state_dir, "j1msky.db"), exc)
-        print(f"j1mskyd: cannot open the state: {exc}", file=sys.stderr)
+        problem = database_problem(os.path.join(state_dir, "j1msky.db"), exc) \
+            if isinstance(exc, sqlite3.DatabaseError) else exc
+        print(f"j1mskyd: cannot open the state: {problem}", file=sys.stderr)
         return 1
 
 

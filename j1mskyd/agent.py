@@ -1,39 +1,50 @@
 """The agent record: its fields, its row in sqlite, and its public JSON views.
 
 One class holds an agent in memory while it is live; finished agents live only in
-the database and are read back through :func:`from_row`.  The views keep the seed's
-field names exactly (``created``/``started``/``completed``/``cost`` on the status
-object, ``created_at``/``actual_cost`` in listings).
+the database and are read back through :func:`from_row`.  The views keep, exactly, the
+field names that existing clients of the API were written against
+(``created``/``started``/``completed``/``cost`` on the status object,
+``created_at``/``actual_cost`` in listings).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 from datetime import datetime, timezone
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, get_args, overload
 
 from .crypto import DataCipher
 
-SPAWNING, QUEUED, RUNNING = "spawning", "queued", "running"
-COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
-STATUSES = (SPAWNING, QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED)
-LIVE = frozenset({SPAWNING, QUEUED, RUNNING})
-TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+__all__ = [
+    "Agent", "from_row", "iso", "money", "COLUMNS", "SEALED",
+    "Status", "STATUSES", "LIVE", "TERMINAL", "SPAWNING", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED",
+    "Kind", "KIND_AGENT", "KIND_TEAM", "KIND_MEMBER", "Priority", "PRIORITIES", "ANONYMOUS",
+]
 
-PRIORITIES = {"high": 0, "normal": 1, "low": 2}  # lower runs first
+Status = Literal["spawning", "queued", "running", "completed", "failed", "cancelled"]
+Kind = Literal["agent", "team", "member"]
+Priority = Literal["high", "normal", "low"]
 
-KIND_AGENT, KIND_TEAM, KIND_MEMBER = "agent", "team", "member"
+SPAWNING: Final = "spawning"
+QUEUED: Final = "queued"
+RUNNING: Final = "running"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+STATUSES: tuple[Status, ...] = get_args(Status)
+LIVE: frozenset[Status] = frozenset({SPAWNING, QUEUED, RUNNING})
+TERMINAL: frozenset[Status] = frozenset({COMPLETED, FAILED, CANCELLED})
+
+PRIORITIES: dict[str, int] = {"high": 0, "normal": 1, "low": 2}  # lower runs first
+
+KIND_AGENT: Final = "agent"
+KIND_TEAM: Final = "team"
+KIND_MEMBER: Final = "member"
 ANONYMOUS = "anonymous"  # the key id of requests made while authentication is not configured
-
-COLUMNS = (
-    "agent_id", "kind", "parent_id", "team", "model", "served_model", "provider", "task",
-    "priority", "timeout", "status", "error", "result", "estimated_cost", "cost",
-    "input_tokens", "output_tokens", "runs", "attempts", "created_at", "started_at",
-    "completed_at", "api_key", "retention_days", "purged_at",
-)
 SEALED = ("task", "result")  # columns encrypted at rest
-_INSERT_SQL = f"INSERT INTO agents ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
 def iso(ts: float | None) -> str | None:
@@ -42,27 +53,55 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@overload
+def money(x: float) -> float: ...
+@overload
+def money(x: float | None) -> float | None: ...
 def money(x: float | None) -> float | None:
     return None if x is None else round(x, 8)  # a millionth of a cent: tiny local-model costs stay visible
 
 
-class Agent:
-    # ``reserved``: the budget held for this agent while it is live (its worst case; see
-    # worstcase.py).  Not stored: it is worked out again from the config at start.
-    # ``billed``: the cost of calls the upstream billed although they failed (already in the ledger).
-    __slots__ = COLUMNS + ("members", "reserved", "billed")
+_MEMORY_ONLY = {"memory_only": True}  # field metadata: not a column of the agents table
 
-    def __init__(self, **fields: Any) -> None:
-        for name in COLUMNS:
-            setattr(self, name, fields.get(name))
-        self.api_key = self.api_key or ANONYMOUS
-        self.runs = self.runs or 0
-        self.attempts = self.attempts or 0
-        if self.created_at is None:
-            self.created_at = time.time()
-        self.members: list[str] = list(fields.get("members") or ())
-        self.reserved: float | None = fields.get("reserved")  # None: no budget, no cap on calls
-        self.billed = 0.0
+
+# eq=False: an agent is one live thing, compared (and hashed) by identity as before, not by its
+# fields.  slots=True: no per-instance __dict__ (10,000 live agents on a Pi).
+@dataclass(slots=True, kw_only=True, eq=False)
+class Agent:
+    """One agent: the fields are the ``agents`` table's columns, in its order, then three in memory only."""
+
+    agent_id: str
+    kind: Kind
+    parent_id: str | None = None  # a member's team agent
+    team: str | None = None
+    model: str  # the requested alias (the team id for a team agent)
+    served_model: str | None = None  # the alias that answered, after any fallback
+    provider: str | None = None
+    task: str = field(repr=False)  # the user's data: kept out of reprs (and so out of logs)
+    priority: Priority
+    timeout: float
+    status: Status = SPAWNING
+    error: str | None = None
+    result: str | None = field(default=None, repr=False)
+    estimated_cost: float
+    cost: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    runs: int = 0  # times started: bounds re-runs after a crash
+    attempts: int = 0  # provider calls made
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    completed_at: float | None = None
+    api_key: str = ANONYMOUS  # the key id that spawned it
+    retention_days: float | None = None
+    purged_at: float | None = None
+    # A team agent's member ids.
+    members: list[str] = field(default_factory=list, metadata=_MEMORY_ONLY)
+    # The budget held for this agent while it is live (its worst case; see worstcase.py); None: no
+    # budget, no cap on calls.  Not stored: it is worked out again from the config at start.
+    reserved: float | None = field(default=None, metadata=_MEMORY_ONLY)
+    # The cost of calls the upstream billed although they failed (already in the ledger).
+    billed: float = field(default=0.0, metadata=_MEMORY_ONLY)
 
     # -- persistence -----------------------------------------------------------
     # Task and result are the user's data: they reach the database only through
@@ -88,7 +127,7 @@ class Agent:
 
     # -- views -------------------------------------------------------------------
     def spawn_view(self) -> dict[str, Any]:
-        """The answer to a spawn: "spawning" is the seed's word for accepted (it is queued by now)."""
+        """The answer to a spawn: "spawning" is the API's word for accepted (it is queued by now)."""
         return {
             "success": True,
             "agent_id": self.agent_id,
@@ -146,9 +185,13 @@ class Agent:
                 "started_at": iso(self.started_at)}
 
 
+COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Agent) if not f.metadata.get("memory_only"))
+_INSERT_SQL = f"INSERT INTO agents ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
 def from_row(row: sqlite3.Row, cipher: DataCipher | None = None) -> Agent:
-    fields = {k: row[k] for k in COLUMNS}
+    values = {k: row[k] for k in COLUMNS}
     if cipher is not None:
         for name in SEALED:
-            fields[name] = cipher.decrypt(fields[name], f"{fields['agent_id']}/{name}")
-    return Agent(**fields)
+            values[name] = cipher.decrypt(values[name], f"{values['agent_id']}/{name}")
+    return Agent(**values)

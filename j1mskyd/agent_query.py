@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import jsonx
+from .agent import Agent
 from .errors import ValidationFailed
 
 # public field name -> (column, type)
@@ -69,7 +70,7 @@ class AgentQuery:
     def where_sql(self) -> str:
         return " AND ".join(self.where) if self.where else "1"
 
-    def matches(self, agent: Any) -> bool:
+    def matches(self, agent: Agent) -> bool:
         """The sealed-field filters, on a decrypted agent.  String operators ignore case,
         as SQLite's LIKE does for the SQL-side filters."""
         for column, op, value in self.post:

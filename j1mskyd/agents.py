@@ -11,6 +11,7 @@ import itertools
 import math
 import secrets
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,7 @@ class AgentService:
     def _new_id(self, now: float) -> str:
         return f"subagent_{int(now)}_{next(self._ids) % 10_000:04d}"
 
-    def _check_common(self, body: Any, prefix: str, errors: list[dict[str, str]]) -> tuple[str, str, float]:
+    def _check_common(self, body: Any, prefix: str, errors: list[dict[str, str]]) -> tuple[str, A.Priority, float]:
         rt = self.config.runtime
         task = body.get("task")
         if task is None or (isinstance(task, str) and not task.strip()):
@@ -136,7 +137,7 @@ class AgentService:
                 raise ValidationFailed(errors)
 
     # -- spawning ----------------------------------------------------------------------
-    async def _store_and_admit(self, agents: list[Agent], extra: list[Agent] = (), *,
+    async def _store_and_admit(self, agents: list[Agent], extra: Sequence[Agent] = (), *,
                                key_id: str = A.ANONYMOUS, webhook_urls: dict[str, str] | None = None,
                                webhook_secret: str | None = None) -> None:
         """Reserve the budget for the top-level ``agents`` (a team's members ride on their
@@ -145,8 +146,12 @@ class AgentService:
         for a in [*agents, *extra]:
             a.api_key = key_id
         hooks, statements = [], []
+        webhooks = self.webhooks
+        if webhook_urls and webhooks is None:  # a wiring mistake (app.py always gives one), not bad input
+            raise RuntimeError("a spawn's webhook_url needs the AgentService to have a WebhookService")
         for agent_id, url in (webhook_urls or {}).items():
-            hook, insert = self.webhooks.for_agent_statement(url, agent_id, key_id, webhook_secret)
+            assert webhooks is not None
+            hook, insert = webhooks.for_agent_statement(url, agent_id, key_id, webhook_secret)
             hooks.append(hook)
             statements.append(insert)
         self.budget.reserve_all(key_id, [(a.agent_id, self._hold(a, extra)) for a in agents])
@@ -157,9 +162,10 @@ class AgentService:
                 self.budget.settle(a.agent_id, None)
             raise
         for hook in hooks:  # before any of these agents can finish: nothing awaited since the commit
-            self.webhooks.adopt(hook)
+            assert webhooks is not None
+            webhooks.adopt(hook)
 
-    def _hold(self, agent: Agent, extra: list[Agent]) -> float:
+    def _hold(self, agent: Agent, extra: Sequence[Agent]) -> float:
         """What ``agent`` holds: its own worst case, or a team lead's, the sum of its members';
         less what calls that failed were billed already (counted as spend when they were)."""
         if agent.kind == A.KIND_TEAM:
@@ -191,7 +197,8 @@ class AgentService:
             if not isinstance(item, dict):
                 errors.append({"field": f"agents[{i}]", "message": "Each agent must be a JSON object"})
                 continue
-            agent = self._build(item, f"agents[{i}].", item_errors := [], now)
+            item_errors: list[dict[str, str]] = []
+            agent = self._build(item, f"agents[{i}].", item_errors, now)
             errors.extend(item_errors)
             if agent is not None:
                 agents.append(agent)
@@ -213,7 +220,7 @@ class AgentService:
         team = self.config.teams.get(team_id) if isinstance(team_id, str) else None
         if team is None:
             errors.append({"field": "team", "message": f"Unknown team. Must be one of: {', '.join(self.config.teams)}"})
-        if errors:
+        if errors or team is None:
             raise ValidationFailed(errors)
         await self._check_targets([("", body)])
         now = self.runtime.clock()

@@ -9,6 +9,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from . import statedir
+from .agent import Agent
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES, app_key
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
@@ -161,7 +163,7 @@ def _budget_event(events: EventLog, budget: Budget, old: str, new: str, caches: 
         events.emit_soon(f"budget.{new}", budget.snapshot() | {"previous_level": old})
 
 
-def _audit_finish(audit: AuditLog, agent) -> None:
+def _audit_finish(audit: AuditLog, agent: Agent) -> None:
     if agent.status in ("completed", "failed") and agent.kind != "member":
         event = "agent.complete" if agent.status == "completed" else "agent.fail"
         audit.record(event, Actor(api_key_id=agent.api_key), severity="info" if event == "agent.complete" else "warning",
@@ -179,7 +181,7 @@ _SLOTS = app_key("j1msky.provider_slots")
 _WEBHOOK_CLIENT = app_key("j1msky.webhook_client")  # (session, its resolver, the target policy)
 
 
-async def _state_store(app: web.Application):
+async def _state_store(app: web.Application) -> AsyncIterator[None]:
     """The state dir (0700 before anything is read or written there) and the database."""
     config: Config = app[CONFIG]
     statedir.prepare(config.server.state_dir)
@@ -192,7 +194,7 @@ async def _state_store(app: web.Application):
         await store.close()
 
 
-async def _rate_limit_counters(app: web.Application):
+async def _rate_limit_counters(app: web.Application) -> AsyncIterator[None]:
     """The request counters, restored from their file and saved there again at the stop."""
     loop = asyncio.get_running_loop()
     bucket_file = BucketFile(ratelimit_path(app[CONFIG]), app[LIMITER].buckets)
@@ -208,7 +210,7 @@ async def _rate_limit_counters(app: web.Application):
             log.error("could not save rate-limit counters: %s", exc)
 
 
-async def _plugins(app: web.Application):
+async def _plugins(app: web.Application) -> AsyncIterator[None]:
     """The built-in and drop-in plugins."""
     config: Config = app[CONFIG]
     registry = PluginRegistry()
@@ -221,7 +223,7 @@ async def _plugins(app: web.Application):
     yield
 
 
-async def _provider_session(app: web.Application):
+async def _provider_session(app: web.Application) -> AsyncIterator[None]:
     """The providers' shared HTTP session (upstream_connector) and a slot per provider.
     A local model server on loopback is a legitimate provider: no target policy here."""
     config: Config = app[CONFIG]
@@ -238,7 +240,7 @@ async def _provider_session(app: web.Application):
         await session.close()
 
 
-async def _webhook_session(app: web.Application):
+async def _webhook_session(app: web.Application) -> AsyncIterator[None]:
     """The webhook deliveries' own session, guarded by the target policy (webhook_client.py)."""
     config: Config = app[CONFIG]
     targets = policy_from(config.webhooks.allowed_networks, config.server.host, config.server.port)
@@ -293,7 +295,7 @@ async def _announce_pricing_policy(services: Services, config: Config) -> None:
         events.published(announced)
 
 
-async def _services(app: web.Application):
+async def _services(app: web.Application) -> AsyncIterator[None]:
     """The services (handlers reach them as app[SERVICES]), with their state loaded."""
     config: Config = app[CONFIG]
     services = app[SERVICES] = _wire(app)
@@ -312,7 +314,7 @@ async def _services(app: web.Application):
     yield
 
 
-async def _agents_and_workers(app: web.Application):
+async def _agents_and_workers(app: web.Application) -> AsyncIterator[None]:
     """Agents recovered after a restart, then everything that runs by itself: the runtime,
     the webhook worker and the periodic jobs.  Stopped first: the running agents are saved
     while the store and the sessions are still open."""
@@ -355,7 +357,7 @@ LIFECYCLE = (
 )
 
 
-async def _lifecycle(app: web.Application):
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """The one cleanup_ctx entry: enters the LIFECYCLE steps in order and leaves them in
     reverse.  One entry rather than seven: aiohttp >= 3.9 runs no cleanup at all when the
     start-up fails (AppRunner.cleanup skips an app whose setup raised), so the steps

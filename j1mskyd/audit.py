@@ -148,7 +148,9 @@ class AuditLog:
         await self.store.write(("DELETE FROM audit_log WHERE ts < ?", (cutoff,)))
 
     async def query(self, params: dict[str, str]) -> dict[str, Any]:
-        where, args, errors = [], [], []
+        where: list[str] = []
+        args: list[object] = []
+        errors: list[dict[str, str]] = []
         for name in ("event", "severity", "api_key_id", "ip_address", "resource_id", "request_id"):
             if params.get(name):
                 where.append(f"{name} = ?")

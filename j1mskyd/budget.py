@@ -247,10 +247,10 @@ class Budget:
                 if level.exceeded and (level.name, level.period) not in self._exceeded:
                     self._exceeded.add((level.name, level.period))
                     exceeded.append(level)
-        level = self.level
-        if level != self._level:
-            old, self._level = self._level, level
-            self.on_level_change(old, level)
+        current = self.level
+        if current != self._level:
+            old, self._level = self._level, current
+            self.on_level_change(old, current)
         return exceeded
 
     def snapshot(self) -> dict[str, object]:

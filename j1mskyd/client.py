@@ -144,7 +144,7 @@ class _Core:
     # -- each call's method, path and body, once: the sync and async clients both send these --
     @staticmethod
     def _spawn_call(model: str, task: str, priority: str, timeout: float | None, extra: dict[str, Any]) -> Call:
-        body = {"model": model, "task": task, "priority": priority, **extra}
+        body: dict[str, Any] = {"model": model, "task": task, "priority": priority, **extra}
         if timeout is not None:
             body["timeout"] = timeout
         return Call("POST", "/spawn", body)

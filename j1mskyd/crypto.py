@@ -13,7 +13,7 @@ import base64
 import contextlib
 import os
 import secrets
-from typing import Any
+from typing import Any, overload
 
 from .durable import fsync_dir
 
@@ -82,6 +82,10 @@ class DataCipher:
             self._aead = AESGCM(self._key)
         return self._aead
 
+    @overload
+    def encrypt(self, text: str, context: str) -> str: ...
+    @overload
+    def encrypt(self, text: str | None, context: str) -> str | None: ...
     def encrypt(self, text: str | None, context: str) -> str | None:
         if text is None:
             return None

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .agent import iso
-
-Statement = tuple[str, tuple[Any, ...]]
+from .store import Statement
 
 AGENT_EVENTS = ("agent.spawned", "agent.completed", "agent.failed", "agent.cancelled")
 LIVE_ONLY = ("agent.started", "agent.output")   # to live readers only: never stored, never to webhooks

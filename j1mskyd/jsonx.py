@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from types import ModuleType
 from typing import Any
 
 try:  # pragma: no cover - depends on the machine
-    import orjson as _orjson
+    import orjson
+    _orjson: ModuleType | None = orjson
 except ImportError:  # Debian bookworm ships no python3-orjson
     _orjson = None
 

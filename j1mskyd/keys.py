@@ -40,6 +40,7 @@ from typing import Any
 from .crypto import DataCipher
 from .durable import fsync_dir
 from .errors import Conflict
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class ApiKey:
             return "expired"
         return "active"
 
-    def public(self, now: float) -> dict[str, object]:
+    def public(self, now: float) -> dict[str, Any]:
         """What GET /keys shows: never the token or the secret."""
         from .agent import iso
         return {"key_id": self.key_id, "name": self.name, "scopes": list(self.scopes), "status": self.state(now),
@@ -168,7 +169,7 @@ _COLUMNS = ("key_id", "name", "token_hash", "secret", "scopes", "require_signatu
             "expires_at", "revoked_at", "revoke_reason", "rotated_to", "webhook_secret")
 
 
-def _row_to_key(row: sqlite3.Row, cipher: DataCipher) -> ApiKey:
+def _row_to_key(row: sqlite3.Row, cipher: DataCipher | None) -> ApiKey:
     return ApiKey(key_id=row["key_id"], name=row["name"], scopes=tuple(row["scopes"].split(",")),
                   token_hash=row["token_hash"], sealed_secret=row["secret"], cipher=cipher,
                   require_signature=bool(row["require_signature"]), created_at=row["created_at"],
@@ -178,11 +179,11 @@ def _row_to_key(row: sqlite3.Row, cipher: DataCipher) -> ApiKey:
 
 
 # -- plain sqlite functions: the daemon calls them through its Store, the CLI directly --------
-def read_keys(conn: sqlite3.Connection, cipher: DataCipher) -> dict[str, ApiKey]:
+def read_keys(conn: sqlite3.Connection, cipher: DataCipher | None) -> dict[str, ApiKey]:
     return {r["key_id"]: _row_to_key(r, cipher) for r in conn.execute("SELECT * FROM api_keys ORDER BY created_at")}
 
 
-def make_key(name: str, scopes: Iterable[str] | str, cipher: DataCipher, *, require_signature: bool = False,
+def make_key(name: object, scopes: Iterable[str] | str, cipher: DataCipher, *, require_signature: bool = False,
              now: float | None = None, webhook_secret: str | None = None) -> tuple[NewKey, tuple[str, tuple[object, ...]]]:
     """A new key and the INSERT that stores it (token hashed, secrets sealed).
 
@@ -308,7 +309,7 @@ class KeyService:
 
     BOOTSTRAP_FILE = "bootstrap-admin.key"
 
-    def __init__(self, store, grace_seconds: float = 86_400.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, grace_seconds: float = 86_400.0, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.grace_seconds = grace_seconds
         self.clock = clock
@@ -319,6 +320,12 @@ class KeyService:
         self._watches: dict[str, set[KeyWatch]] = {}  # key_id -> streams holding it
         self._timer: asyncio.TimerHandle | None = None  # at the earliest expiry of a watched key
         self._first_watch = asyncio.Event()  # wakes wait_refresh() from its long sleep
+
+    @property
+    def _cipher(self) -> DataCipher:
+        """What seals new secrets: the daemon's store always encrypts (only tests open one without)."""
+        assert self.store.cipher is not None
+        return self.store.cipher
 
     async def reload(self) -> None:
         cipher = self.store.cipher
@@ -443,11 +450,11 @@ class KeyService:
             raise LookupError(key_id)
         return key
 
-    async def create(self, name: str, scopes: Iterable[str] | str, require_signature: bool = False, *,
+    async def create(self, name: object, scopes: Iterable[str] | str, require_signature: bool = False, *,
                      before_commit: Callable[[NewKey], None] | None = None) -> NewKey:
         """``before_commit(new)`` runs (blocking) before the key's row is written: the bootstrap
         key's token file is on disk before the key exists, never the other way round."""
-        new, insert = make_key(name, scopes, self.store.cipher, require_signature=require_signature,
+        new, insert = make_key(name, scopes, self._cipher, require_signature=require_signature,
                                now=self.clock())
         if before_commit is not None:
             before_commit(new)
@@ -481,7 +488,7 @@ class KeyService:
             from .agent import iso
             raise AlreadyRotated(f"{key_id} was already rotated to {successor.key_id} and works only until "
                                  f"{iso(old.expires_at)}; rotate {successor.key_id} instead")
-        new, insert = make_key(old.name, old.scopes, self.store.cipher, require_signature=old.require_signature,
+        new, insert = make_key(old.name, old.scopes, self._cipher, require_signature=old.require_signature,
                                now=now, webhook_secret=old.own_webhook_secret)
         await self.store.write(*rotate_statements(old, insert, new, self.grace_seconds, now), fail_fast=True)
         await self.reload()
@@ -501,7 +508,7 @@ class KeyService:
             raise KeyError_(f"{key_id} was rotated to {key.rotated_to}, which holds its webhook secret now: "
                             "rotate that key's")
         secret = new_webhook_secret()
-        await self.store.write(webhook_secret_statement(key, secret, self.store.cipher), *also(secret),
+        await self.store.write(webhook_secret_statement(key, secret, self._cipher), *also(secret),
                                fail_fast=True)
         await self.reload()
         return secret

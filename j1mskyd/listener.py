@@ -19,7 +19,7 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -81,7 +81,9 @@ class GuardedSite(web.BaseSite):
     @property
     def port(self) -> int:
         """The bound port (the one asked for until started: 0 means any free port)."""
-        sockets = self._server.sockets if self._server is not None else None
+        # aiohttp types _server as AbstractServer; ours comes from create_server (asyncio's or uvloop's Server).
+        listening = cast("asyncio.Server | None", self._server)
+        sockets = listening.sockets if listening is not None else None
         return sockets[0].getsockname()[1] if sockets else self._port
 
     @property
@@ -143,7 +145,7 @@ def _refusal_reporter(services: Any) -> Callable[[str | None, Refusal, int], Non
     return report
 
 
-def _shutdown_args(where: type) -> dict[str, float]:
+def _shutdown_args(where: type) -> dict[str, Any]:
     """aiohttp 3.8 takes shutdown_timeout on the site, later ones on the runner (and warn
     when a site gets it); the other place would pass it on to each connection's protocol."""
     on_runner = "shutdown_timeout" in inspect.signature(web.BaseRunner.__init__).parameters
@@ -172,7 +174,7 @@ async def start(app: web.Application, server: ServerConfig, max_connections: int
     try:
         loop = asyncio.get_running_loop()
         services = app[SERVICES]
-        web_server = runner.server
+        web_server = cast(web.Server, runner.server)  # not None: setup() made it
         guard = ConnectionGuard(
             web_server, lambda: JsonErrorHandler(web_server, loop=loop, **HANDLER_ARGS),
             header_timeout=server.header_timeout, body_timeout=server.body_timeout,

@@ -96,7 +96,11 @@ class Metrics:
         }
 
 
-def prometheus(families: Iterable[tuple[str, str, str, Iterable[tuple[dict[str, str], float]]]]) -> str:
+# One metric family: (name, type, help, [(labels, value), ...]).
+Family = tuple[str, str, str, Iterable[tuple[dict[str, str], float]]]
+
+
+def prometheus(families: Iterable[Family]) -> str:
     """Render ``(name, type, help, [(labels, value), ...])`` in the Prometheus text format 0.0.4."""
     lines: list[str] = []
     for name, kind, help_text, samples in families:

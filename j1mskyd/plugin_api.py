@@ -216,11 +216,14 @@ def implements(obj: Any, protocol: type) -> bool:
     return isinstance(obj, protocol) and all(callable(getattr(obj, name)) for name in hooks(protocol))
 
 
+_PROTOCOL: Any = Protocol  # typing's special form, as the object that stands in every Protocol's MRO
+
+
 def hooks(protocol: type) -> list[str]:
     """The hook (method) names a Protocol declares, its bases' included."""
     names: set[str] = set()
     for klass in protocol.__mro__:
-        if klass is Protocol or klass is object or not getattr(klass, "_is_protocol", False):
+        if klass is _PROTOCOL or klass is object or not getattr(klass, "_is_protocol", False):
             continue
         names |= {n for n, v in vars(klass).items() if callable(v) and not n.startswith("_")}
     return sorted(names)

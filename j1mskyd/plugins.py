@@ -420,6 +420,7 @@ def _load_file(registry: PluginRegistry, record: _Record, timeout: float, *, req
 
     modname = f"{NAMESPACE}.{record.name}"
     spec = importlib.util.spec_from_file_location(modname, record.path)
+    assert spec is not None  # a path ending in .py always has a spec
     module = importlib.util.module_from_spec(spec)
     staging = _Staging(registry, record.name)
     outcome: dict[str, BaseException | None] = {}
@@ -455,9 +456,9 @@ def _load_file(registry: PluginRegistry, record: _Record, timeout: float, *, req
     elif staging.conflict:  # a kind clash is a refusal, whatever register() did with it
         record.reason = staging.conflict
     elif outcome["error"] is not None:
-        exc = outcome["error"]
-        record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
-        logger.error("plugin %s (%s) failed", record.name, record.path, exc_info=exc)
+        error = outcome["error"]
+        record.status, record.reason = "failed", f"{type(error).__name__}: {error}"
+        logger.error("plugin %s (%s) failed", record.name, record.path, exc_info=error)
     else:
         registry._commit(staging)
         record.status, record.reason = "loaded", None

@@ -71,9 +71,13 @@ DEFAULT_POLICY = PricingPolicy()
 
 
 class ModelPrice(Protocol):
-    input_per_1k: float
-    output_per_1k: float
-    blended_per_1k: float
+    # Read-only properties: a frozen ModelConfig (config.py) qualifies, not only a mutable class.
+    @property
+    def input_per_1k(self) -> float: ...
+    @property
+    def output_per_1k(self) -> float: ...
+    @property
+    def blended_per_1k(self) -> float: ...
 
 
 # ------------------------------------------------------------------------------ cost and quote

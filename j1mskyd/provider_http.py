@@ -11,7 +11,7 @@ import asyncio
 import math
 import time
 from email.utils import parsedate_to_datetime
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, TypeGuard
 
 import aiohttp
 
@@ -25,10 +25,14 @@ def billed_usage(usage: Any, input_key: str, output_key: str) -> tuple[int, int]
     """The token counts of a ``usage`` object when the upstream reported both (it billed them)."""
     if not isinstance(usage, dict):
         return None
-    counts = usage.get(input_key), usage.get(output_key)
-    if all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
-        return counts
+    billed_in, billed_out = usage.get(input_key), usage.get(output_key)
+    if _is_count(billed_in) and _is_count(billed_out):
+        return billed_in, billed_out
     return None
+
+
+def _is_count(n: object) -> TypeGuard[int]:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
 
 
 def estimate_tokens(text: str) -> int:
@@ -76,7 +80,7 @@ def error_detail(body: bytes) -> str:
     ``{"error": {"type", "message"}}``, Ollama's ``{"error": "..."}``, or raw text."""
     try:
         data = jsonx.loads(body)
-    except (*_json_errors(), UnicodeDecodeError):
+    except _json_errors() + (UnicodeDecodeError,):
         data = None
     if isinstance(data, dict):
         err = data.get("error")
@@ -133,7 +137,7 @@ class HttpCaller:
             raise self._transport_error(exc) from None
         try:
             data = jsonx.loads(raw)
-        except (*_json_errors(), UnicodeDecodeError):
+        except _json_errors() + (UnicodeDecodeError,):
             message = f"HTTP {resp.status} with a body that is not JSON"
             raise self.error(message, kind="invalid_response", status=resp.status) from None
         if not isinstance(data, dict):
@@ -156,7 +160,7 @@ class HttpCaller:
                         return
                     try:
                         yield jsonx.loads(payload)
-                    except (*_json_errors(), UnicodeDecodeError):
+                    except _json_errors() + (UnicodeDecodeError,):
                         message = "stream event is not JSON"
                         raise self.error(message, kind="invalid_response", status=resp.status) from None
         except ProviderError:

@@ -24,7 +24,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import agent as A
@@ -37,8 +37,8 @@ from .pricing import token_cost
 from .provider_pool import ProviderSlot
 from .plugin_api import TIMEOUT_GRACE, CompletionRequest, CompletionResult, ProviderError, StreamingProvider, implements
 from .plugins import bounded
-from .ratelimit import Buckets, Limit
-from .store import Store, StoreError
+from .ratelimit import Buckets, Decision, Limit
+from .store import Statement, Store, StoreError
 from .worstcase import fallback_chain, input_bound, output_allowance
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,10 @@ def _abandoned_usage(agent: Agent, max_tokens: int) -> tuple[int, int]:
 
 def _hold_id(agent: Agent) -> str:
     """Whose budget reservation pays for ``agent``: its own, or its team lead's."""
-    return agent.parent_id if agent.kind == A.KIND_MEMBER else agent.agent_id
+    if agent.kind == A.KIND_MEMBER:
+        assert agent.parent_id is not None  # a member always belongs to a team (agents.py)
+        return agent.parent_id
+    return agent.agent_id
 
 
 def _refund(agent: Agent, spent: float | None = None) -> float:
@@ -126,7 +129,7 @@ class AgentRuntime:
     def running_count(self) -> int:
         return self._active
 
-    async def admit(self, agents: list[Agent], extra_statements: list[tuple] = ()) -> None:
+    async def admit(self, agents: list[Agent], extra_statements: Sequence[Statement] = ()) -> None:
         """Store new agents in one atomic write, then queue them.
 
         They are written in their first live status (queued; running for a team lead,
@@ -148,7 +151,7 @@ class AgentRuntime:
                     events.append(event)
                     statements.extend(stmts)
         await self.store.write(*statements, fail_fast=True)  # a client waits: 507 on a full disk, no hang
-        if events:
+        if events and self.events is not None:
             self.events.published(events)
         for agent in agents:
             self.live[agent.agent_id] = agent
@@ -252,7 +255,7 @@ class AgentRuntime:
             return self._provider_limits.get(bucket_key[len("provider:"):])
         return None
 
-    def provider_tokens(self, name: str):
+    def provider_tokens(self, name: str) -> Decision:
         """The provider's hourly token bucket, as a Decision (for /rate-limits and routing)."""
         return self.buckets.peek("provider:" + name, self._provider_limits[name])
 
@@ -331,7 +334,7 @@ class AgentRuntime:
                     wake = token_wait if wake is None else min(wake, token_wait)
                 if entry is not None and (best is None or entry < best):
                     best, best_heap, best_slot = entry, heap, slot
-            if best is None or best_slot is None:
+            if best is None or best_slot is None or best_heap is None:
                 break
             if best_heap[0] is best:
                 heapq.heappop(best_heap)
@@ -566,21 +569,21 @@ class AgentRuntime:
         return result
 
     # -- finishing ----------------------------------------------------------------------
-    async def _finish(self, agent: Agent, status: str, **fields: Any) -> None:
+    async def _finish(self, agent: Agent, status: A.Status, **fields: Any) -> None:
         """Write the terminal state (and the usage row) durably, then tell everyone."""
         if agent.status in A.TERMINAL:
             return
         fields.setdefault("completed_at", self.clock())
         if agent.billed and status != A.COMPLETED:  # calls billed although they failed
             fields.setdefault("cost", agent.billed)
-        statements = []
+        statements: list[Statement] = []
         for name, value in fields.items():
             setattr(agent, name, value)
         agent.status = status
         statements.append(agent.update_statement("status", "attempts", *fields, cipher=self.store.cipher))
         if status == A.COMPLETED and agent.kind != A.KIND_TEAM:
-            statements.append(_usage_row(agent.completed_at, agent, agent.served_model, agent.provider,
-                                         agent.input_tokens, agent.output_tokens, agent.cost - agent.billed))
+            statements.append(_usage_row(fields["completed_at"], agent, agent.served_model, agent.provider,
+                                         agent.input_tokens, agent.output_tokens, fields["cost"] - agent.billed))
         event = None
         if self.events is not None and agent.kind != A.KIND_MEMBER:
             # The announcement goes in the same transaction as the state it announces.
@@ -588,7 +591,7 @@ class AgentRuntime:
             statements.extend(stmts)
         try:
             await self.store.submit(statements)
-            if event is not None:
+            if event is not None and self.events is not None:
                 self.events.published([event])
         except StoreError as exc:
             # Disk full or I/O error: the row on disk keeps its last live status, so the
@@ -618,6 +621,7 @@ class AgentRuntime:
     def _settle(self, agent: Agent) -> list[Level]:
         """Release the agent's reservation and count its cost (a member: its share of its
         lead's; a team: nothing more, its members counted theirs as they ended)."""
+        assert self.budget is not None  # _finish calls this only with a budget
         if agent.kind == A.KIND_TEAM:
             return self.budget.settle(agent.agent_id, None)
         # Calls billed although they failed were counted as they happened (_bill_failed_call).

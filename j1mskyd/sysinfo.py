@@ -8,7 +8,10 @@ import glob
 import os
 import shutil
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def cpu_temp(thermal_glob: str = "/sys/class/thermal/thermal_zone*/temp") -> float | None:
@@ -39,7 +42,7 @@ def human_duration(seconds: float) -> str:
 def snapshot(state_dir: str, active_agents: int) -> dict[str, Any]:
     import psutil  # lazy: see module docstring
 
-    def attempt(fn):
+    def attempt(fn: Callable[[], T]) -> T | None:
         try:
             return fn()
         except Exception:  # noqa: BLE001 - a missing reading is null, never a 500

@@ -59,7 +59,8 @@ class GuardedResolver(AbstractResolver):
         self.inner = inner if inner is not None else LookupResolver()
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[Any]:
-        infos = await self.inner.resolve(host, port, family)
+        # aiohttp 3.8 types family as int, later ones as AddressFamily: this takes both.
+        infos = await self.inner.resolve(host, port, socket.AddressFamily(family))
         for info in infos:
             addr = parse_host_address(info["host"])
             reason = f"{info['host']} is not an IP address" if addr is None \

@@ -229,8 +229,10 @@ def _literal(host: str) -> Address | None:
 
 async def lookup_infos(host: str, port: int, family: int = 0) -> list[tuple[Any, ...]]:
     """getaddrinfo for a webhook target's name (TCP), on the lookups' own threads (_LOOKUPS)."""
-    return await asyncio.get_running_loop().run_in_executor(_LOOKUPS, socket.getaddrinfo, host, port, family,
-                                                            socket.SOCK_STREAM)
+    def lookup() -> list[tuple[Any, ...]]:
+        return list(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
+
+    return await asyncio.get_running_loop().run_in_executor(_LOOKUPS, lookup)
 
 
 async def getaddrinfo_lookup(host: str, port: int) -> list[str]:
@@ -240,7 +242,7 @@ async def getaddrinfo_lookup(host: str, port: int) -> list[str]:
             infos = await lookup_infos(host, port)
     except (OSError, TimeoutError, UnicodeError):
         return []
-    return [info[4][0] for info in infos]
+    return [str(info[4][0]) for info in infos]  # str(): typeshed allows an int (AF_PACKET), not ours
 
 
 def own_listen_networks(host: str, port: int) -> tuple[tuple[Network, int], ...]:

@@ -8,12 +8,12 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from ..agent import ANONYMOUS
-from ..agents import batch_items
+from ..agents import AgentService, batch_items
 from ..pii import preview
 from .common import API_KEY, API_KEY_ID, SERVICES, actor, json_response, query_params, read_json
 
 
-def _agents(request: web.Request):
+def _agents(request: web.Request) -> AgentService:
     return request.app[SERVICES].agents
 
 

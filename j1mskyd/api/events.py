@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -93,7 +94,7 @@ def _last_id(value: str | None) -> int:
         raise _bad("Last-Event-ID", "Last-Event-ID must be an event id (a non-negative integer)") from None
 
 
-def _watch_key(request: web.Request, key: Any, on_lost) -> KeyWatch | None:
+def _watch_key(request: web.Request, key: Any, on_lost: Callable[[str], None]) -> KeyWatch | None:
     """Hold ``key`` for a live reader (None: authentication is off, nothing to hold)."""
     return None if key is None else request.app[SERVICES].keys.watch(key.key_id, READ_SCOPE, on_lost)
 
@@ -104,7 +105,7 @@ def _release(request: web.Request, watch: KeyWatch | None) -> None:
 
 
 async def _replay_then_live(request: web.Request, sub: Subscription, last: int, types: list[str] | None,
-                            send) -> int:
+                            send: Callable[[Event | None], Awaitable[object]]) -> int:
     """Send what was missed, then live events; returns the last id sent when the reader
     fell too far behind (it must reconnect and resume from there) or was ended."""
     events = request.app[SERVICES].events
@@ -309,6 +310,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                     pump.cancel()
                     services.events.unsubscribe(sub)
                 sub = services.events.subscribe(db_types)
+                assert sub is not None  # services is untyped: tell mypy what subscribe() returns
                 await ws.send_json({"type": "subscribed", "events": sorted(wanted_set)})
                 pump = asyncio.ensure_future(pump_events(sub, last, db_types, wanted_set))
             elif kind == "ping":

@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import BadRequest, NotFound, ValidationFailed
-from ..keys import KeyError_
+from ..keys import KeyError_, KeyService
 from .common import SERVICES, actor, json_response, read_json_object
 
 
-def _keys(request: web.Request):
+def _keys(request: web.Request) -> KeyService:
     return request.app[SERVICES].keys
 
 

@@ -278,7 +278,8 @@ async def idempotent(request: web.Request, handler: Handler, p: Pass) -> web.Str
     try:
         response = await handler(request)
         # "no-store" marks one-time secrets (a new key's token): never kept, never replayed.
-        if (200 <= response.status < 300 and isinstance(response, web.Response) and response.body is not None
+        if (200 <= response.status < 300 and isinstance(response, web.Response)
+                and isinstance(response.body, (bytes, bytearray))
                 and "no-store" not in response.headers.get("Cache-Control", "")):
             await records.record(scope, key, request.method, request.path, body_hash, response.status,
                                  bytes(response.body), response.content_type)

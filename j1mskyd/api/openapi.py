@@ -287,7 +287,7 @@ def _pricing_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
              "segment": {"type": "string", "enum": list(policy.segment_adjustments)}}
     delivery = {"delivery_type": {"type": "string", "enum": list(policy.margin_thresholds)}}
     required = ["model", "complexity", "estimated_input", "estimated_output"]
-    one = {"type": "object", "required": required, "properties": {**quote, **delivery}}
+    one: dict[str, Any] = {"type": "object", "required": required, "properties": {**quote, **delivery}}
     return {
         ("POST", "/pricing/quote"): one,
         ("POST", "/pricing/decision"): {**one, "properties": {

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .. import billing, sysinfo
 from ..agent import ANONYMOUS
 from ..listener import CONNECTION_STATS
-from ..metrics import prometheus
+from ..metrics import Family, prometheus
 from .common import CONFIG, SERVICES, json_response, query_params
 from .common import API_KEY_ID
 from .middleware import LIMITER, METRICS
+
+if TYPE_CHECKING:  # app.py imports this module (through routes.py)
+    from ..app import Services
 
 
 async def rate_limits(request: web.Request) -> web.Response:
@@ -36,7 +40,7 @@ async def system(request: web.Request) -> web.Response:
     return json_response(snap)
 
 
-def _agent_metrics(services) -> dict[str, object]:
+def _agent_metrics(services: Services) -> dict[str, object]:
     runtime = services.runtime
     return {"queued": runtime.queued_count(), "running": runtime.running_count(),
             "completed_total": runtime.completed_total, "failed_total": runtime.failed_total}
@@ -54,7 +58,7 @@ async def metrics_prometheus(request: web.Request) -> web.Response:
     runtime = services.runtime
     budget = services.budget.snapshot()
     routes = sorted(m.routes.items())
-    families = [
+    families: list[Family] = [
         ("j1msky_http_requests_total", "counter", "HTTP requests by route and outcome.",
          [({"route": r, "outcome": o}, n) for r, s in routes
           for o, n in (("ok", s.count - s.client_errors - s.server_errors), ("client_error", s.client_errors),

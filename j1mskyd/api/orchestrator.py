@@ -8,6 +8,7 @@ usage ledger.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,7 +23,7 @@ from .pricing import MAX_TOKENS, STATUS_SAMPLES, Fields, policy_of, read_fields
 PRIORITIES = ("low", "normal", "high", "critical")
 
 
-def _available(request: web.Request):
+def _available(request: web.Request) -> Callable[[str], bool]:
     """alias -> can it start work now (provider usable, breaker closed, hourly tokens left)."""
     services = request.app[SERVICES]
     models = request.app[CONFIG].models
@@ -36,7 +37,7 @@ def _available(request: web.Request):
     return available
 
 
-def _recommendable(request: web.Request):
+def _recommendable(request: web.Request) -> Callable[[str], bool]:
     """Available, and not a stand-in: a model outside the business catalogue that the offline
     plugin serves (the shipped config's free ``offline`` model) answers with canned text, so it
     is never the cheapest way to do real work.  A free local model (Ollama, llama.cpp) is."""
@@ -278,8 +279,9 @@ async def list_models(request: web.Request) -> web.Response:
     """The configured models."""
     config = request.app[CONFIG]
     models = [_model_view(request, alias, False) for alias in config.models]
+    first = next(iter(config.models), None)  # apart: mypy 1.0 mistypes next(..., None) in a conditional
     data = {"models": models, "default_model": pricing.DEFAULT_MODEL if pricing.DEFAULT_MODEL in config.models
-            else next(iter(config.models), None),
+            else first,
             "escalation_model": "opus" if "opus" in config.models else None}
     return json_response({"success": True, "data": data})
 

@@ -59,7 +59,8 @@ async def read_fields(request: web.Request) -> tuple[dict[str, Any], bool]:
             raise BadRequest(f"Malformed form body: {exc}") from None
         files = [(name, value) for name, value in form.items() if not isinstance(value, str)]
         for _, value in files:
-            value.file.close()  # aiohttp spooled the upload to a temporary file that nothing else closes
+            if isinstance(value, web.FileField):  # else bytes: a part that is neither text nor a file
+                value.file.close()  # aiohttp spooled the upload to a temporary file that nothing else closes
         if files:
             raise ValidationFailed([{"field": name, "message": f"{name} must be a plain form field, not a file"}
                                     for name, _ in files])

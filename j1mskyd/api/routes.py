@@ -7,6 +7,7 @@ and its rate-limit class (the seed's "Rate Limits" table).
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from . import agents, dashboard, events, keys, openapi, ops, orchestrator, pricing, security, system, webhooks
 from .middleware import IN_BAND_AUTH, PUBLIC, ROUTE_CLASSES, ROUTE_SCOPES
@@ -87,7 +88,7 @@ ROUTES = (
 )
 
 
-def _add(app: web.Application, method: str, path: str, handler) -> None:
+def _add(app: web.Application, method: str, path: str, handler: Handler) -> None:
     """A route; a GET route answers HEAD too (RFC 9110 9.3.2, as aiohttp's add_get does),
     with GET's scope and rate-limit class (middleware.Route looks HEAD up as GET)."""
     if method == "GET":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -66,7 +67,7 @@ async def plugins(request: web.Request) -> web.Response:
                           "providers": {n: s.snapshot() for n, s in services.slots.items()}})
 
 
-def sunset_handler(method: str, successor: str):
+def sunset_handler(method: str, successor: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         raise Gone(f"This v3 endpoint was removed; use {method} /api/v1{successor}",
                    headers={"Link": f'</api/v1{successor}>; rel="successor-version"',

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..webhooks import WebhookService
 from .common import API_KEY_ID, SERVICES, actor, json_response, query_params, read_json
 
 
-def _hooks(request: web.Request):
+def _hooks(request: web.Request) -> WebhookService:
     return request.app[SERVICES].webhooks
 
 

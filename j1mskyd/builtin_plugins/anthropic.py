@@ -54,8 +54,10 @@ class AnthropicProvider:
             for b in content
             if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
         )
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-        input_tokens, output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
+        reported = data.get("usage")
+        if not isinstance(reported, dict):
+            reported = {}
+        input_tokens, output_tokens = reported.get("input_tokens"), reported.get("output_tokens")
         if not isinstance(input_tokens, int):
             input_tokens = estimate_tokens((request.system or "") + request.prompt)
         if not isinstance(output_tokens, int):

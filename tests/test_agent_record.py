@@ -1,0 +1,107 @@
+"""The agent record (j1mskyd/agent.py): a typed dataclass whose fields are the agents table's columns."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from pathlib import Path
+
+from j1mskyd import agent as A
+from j1mskyd.store import Store
+
+
+def _agent(**overrides: typing.Any) -> A.Agent:
+    fields: dict[str, typing.Any] = dict(
+        agent_id="subagent_1764000000_0001", kind=A.KIND_MEMBER, parent_id="subagent_1764000000_0000",
+        team="research", model="k2p5", served_model="k2p5-mini", provider="moonshot", task="summarise this",
+        priority="high", timeout=30.0, status=A.COMPLETED, error=None, result="a summary",
+        estimated_cost=0.25, cost=0.125, input_tokens=12, output_tokens=34, runs=1, attempts=2,
+        created_at=1_764_000_000.0, started_at=1_764_000_001.0, completed_at=1_764_000_002.0,
+        api_key="key_abc", retention_days=7.0, purged_at=None)
+    fields.update(overrides)
+    return A.Agent(**fields)
+
+
+async def test_columns_are_the_agents_table_in_its_order(tmp_path):
+    """A field added to Agent without its migration (or a column without its field) fails here."""
+    store = Store(str(tmp_path / "j1msky.db"))
+    store.open()
+    try:
+        table = await store.read(lambda c: [r[1] for r in c.execute("PRAGMA table_info(agents)")])
+    finally:
+        await store.close()
+    assert A.COLUMNS == tuple(table)
+
+
+async def test_a_row_reads_back_as_the_agent_that_wrote_it_sealed_or_not(tmp_path):
+    for encrypt in (True, False):
+        store = Store(str(tmp_path / f"j1msky-{encrypt}.db"), encrypt=encrypt)
+        store.open()
+        try:
+            agent = _agent()
+            await store.write(agent.insert_statement(store.cipher))
+            agent.status, agent.error = A.FAILED, "boom"
+            await store.write(agent.update_statement("status", "error", cipher=store.cipher))
+            stored = await store.read(lambda c: c.execute("SELECT * FROM agents").fetchone())
+            sealed_task = await store.read(lambda c: c.execute("SELECT task FROM agents").fetchone()[0])
+            back = A.from_row(stored, store.cipher)
+        finally:
+            await store.close()
+        assert (sealed_task != agent.task) is encrypt
+        assert [getattr(back, c) for c in A.COLUMNS] == [getattr(agent, c) for c in A.COLUMNS]
+        # What lives in memory only starts afresh on a row read back.
+        assert (back.members, back.reserved, back.billed) == ([], None, 0.0)
+
+
+def test_defaults_of_a_new_agent():
+    agent = A.Agent(agent_id="a", kind=A.KIND_AGENT, model="k2p5", task="t", priority="normal",
+                    timeout=1.0, estimated_cost=0.0)
+    assert (agent.status, agent.api_key, agent.runs, agent.attempts) == (A.SPAWNING, A.ANONYMOUS, 0, 0)
+    assert isinstance(agent.created_at, float)
+    other = A.Agent(agent_id="b", kind=A.KIND_AGENT, model="k2p5", task="t", priority="normal",
+                    timeout=1.0, estimated_cost=0.0)
+    assert agent.members is not other.members  # no shared mutable default
+
+
+def test_agents_compare_by_identity_and_hash():
+    """Two agents with equal fields are still two agents (the runtime keeps them in dicts and sets)."""
+    one, two = _agent(), _agent()
+    assert one != two and one == one
+    assert len({one, two}) == 2
+
+
+def test_an_agent_has_no_instance_dict():
+    """slots: 10,000 live agents on a Pi each save their __dict__."""
+    agent = _agent()
+    assert not hasattr(agent, "__dict__")
+    try:
+        agent.not_a_field = 1  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("an attribute outside the fields was accepted")
+
+
+def test_repr_leaves_out_the_users_text():
+    text = repr(_agent(task="my secret plan", result="the secret answer"))
+    assert "subagent_1764000000_0001" in text
+    assert "secret" not in text
+
+
+def test_statuses_are_the_status_type():
+    assert A.STATUSES == typing.get_args(A.Status)
+    assert A.LIVE | A.TERMINAL == set(A.STATUSES) and not A.LIVE & A.TERMINAL
+    assert set(A.PRIORITIES) == set(typing.get_args(A.Priority))
+    assert {A.KIND_AGENT, A.KIND_TEAM, A.KIND_MEMBER} == set(typing.get_args(A.Kind))
+    stored = {f.name for f in dataclasses.fields(A.Agent)} - set(A.COLUMNS)
+    assert stored == {"members", "reserved", "billed"}
+
+
+def test_all_names_the_public_face():
+    """__all__ is every public name the module defines itself (not what it imports)."""
+    tree = ast.parse(Path(A.__file__).read_text())
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    defined |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    assert sorted(A.__all__) == sorted(n for n in defined if not n.startswith("_"))
