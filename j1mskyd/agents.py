@@ -11,11 +11,10 @@ import itertools
 import math
 import secrets
 import sqlite3
-from datetime import datetime, timezone
 from typing import Any
 
 from . import agent as A
-from . import agent_query, worstcase
+from . import agent_query, ledger, worstcase
 from .agent import Agent, from_row
 from .config import Config
 from .jsonx import is_unicode
@@ -363,15 +362,21 @@ class AgentService:
             "AND completed_at < ? - COALESCE(retention_days, ?) * 86400",
             (now, now, self.config.privacy.retention_days)))
 
+    async def run_times(self, alias: str, since: float) -> list[tuple[str, float | None]]:
+        """(status, run time in s) of each agent (not a team) that ``alias`` served and that
+        completed or failed since ``since``: run start (else creation) to finish."""
+        return [tuple(r) for r in await self.store.read(lambda conn: conn.execute(
+            "SELECT status, completed_at - COALESCE(started_at, created_at) FROM agents "
+            "WHERE kind != 'team' AND status IN ('completed', 'failed') AND completed_at >= ? "
+            "AND COALESCE(served_model, model) = ?", (since, alias)).fetchall())]
+
     # -- start-up ----------------------------------------------------------------------------
     async def recover(self) -> dict[str, int]:
         def read(conn: sqlite3.Connection) -> tuple[list[Agent], dict[str, list[Agent]]]:
             live = [from_row(r, self.store.cipher) for r in conn.execute(
                 "SELECT * FROM agents WHERE status IN ('spawning', 'queued', 'running') ORDER BY rowid")]
             # A live agent's ledger rows are calls billed although they failed: what it has spent.
-            billed = dict(conn.execute(
-                "SELECT agent_id, SUM(cost) FROM usage WHERE agent_id IN (SELECT agent_id FROM agents "
-                "WHERE status IN ('spawning', 'queued', 'running')) GROUP BY agent_id").fetchall())
+            billed = ledger.billed_by_agent(conn, [a.agent_id for a in live])
             for a in live:
                 a.billed = billed.get(a.agent_id) or 0.0
             teams = {a.agent_id: a for a in live if a.kind == A.KIND_TEAM}
@@ -385,13 +390,14 @@ class AgentService:
 
         live, done = await self.store.read(read)
         now = self.runtime.clock()
-        spent = await self.store.read(lambda conn: ledger_spend(conn, now))
+        spent = await self.store.read(lambda conn: ledger.spend(conn, now))
         # Reservations first: agents failed during recovery settle against them.  They are the
         # worst cases under today's config, which is what the re-run calls will be sent; a team
         # holds for its members still live (those already ended are in the ledger).
         live_members = [a for a in live if a.kind == A.KIND_MEMBER]
-        self.budget.restore(*spent, live=[(a.agent_id, a.api_key, self._hold(a, live_members))
-                                          for a in live if a.kind != A.KIND_MEMBER])
+        self.budget.restore(spent.today, spent.month, spent.hour_by_key,
+                            live=[(a.agent_id, a.api_key, self._hold(a, live_members))
+                                  for a in live if a.kind != A.KIND_MEMBER])
         return await self.runtime.recover(live, done)
 
 
@@ -415,16 +421,3 @@ def batch_items(body: Any) -> Any:
 def _urls(pairs: Any) -> dict[str, str]:
     return {agent.agent_id: body["webhook_url"] for agent, body in pairs
             if isinstance(body, dict) and body.get("webhook_url")}
-
-
-def ledger_spend(conn: sqlite3.Connection, now: float) -> tuple[float, float, dict[str, float]]:
-    """Settled spend today and this month (UTC), and this clock hour per key, from the ledger."""
-    day_start = now // 86_400 * 86_400
-    month_start = datetime.fromtimestamp(now, timezone.utc).replace(
-        day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
-    hour_start = now // 3600 * 3600
-    (today,) = conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE ts >= ?", (day_start,)).fetchone()
-    (month,) = conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE ts >= ?", (month_start,)).fetchone()
-    hour = dict(conn.execute("SELECT api_key, SUM(cost) FROM usage WHERE ts >= ? GROUP BY api_key",
-                             (hour_start,)).fetchall())
-    return today, month, hour

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from . import statedir
 from .agents import AgentService
+from .billing import Billing
 from .api.common import CONFIG, SERVICES
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
 from .audit import Actor, AuditLog
@@ -28,8 +29,10 @@ from .config import Config
 from .keys import KeyService
 from .metrics import Metrics
 from .netguard import IpPolicy, parse_networks
+from .orchestrator import Orchestrator
 from .plugins import PluginError, PluginRegistry, build_provider, load_plugins
 from .pricing_history import PricingHistory
+from .pricing_service import PricingService
 from .provider_pool import ProviderSlot
 from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimiter
 from .runtime import AgentRuntime
@@ -84,11 +87,17 @@ class Services:
     events: EventLog
     webhooks: WebhookService
     pricing_history: PricingHistory
+    pricing: PricingService
+    orchestrator: Orchestrator
+    billing: Billing
     started: float = field(default_factory=time.monotonic)
     health_cache: tuple[tuple, bytes, int] | None = None  # (stamp, body, status) of GET /health
-    # The v4.1 caches: model recommendations 30 s, pricing calculations 5 min.
-    caches: dict[str, TTLCache] = field(default_factory=lambda: {"recommendations": TTLCache(30.0),
-                                                                  "pricing": TTLCache(300.0)})
+    caches: dict[str, TTLCache] = field(default_factory=lambda: _caches())
+
+
+def _caches() -> dict[str, TTLCache]:
+    """The v4.1 caches: model recommendations 30 s, pricing calculations 5 min."""
+    return {"recommendations": TTLCache(30.0), "pricing": TTLCache(300.0)}
 
 
 def state_db_path(config: Config) -> str:
@@ -227,9 +236,15 @@ async def _lifecycle(app: web.Application):
                                   resolver=hook_resolver)
         runtime.events = events
         agents.webhooks = webhooks
+        history = PricingHistory(store, config.pricing.history_days)
+        caches = _caches()
+        pricing_service = PricingService(config.models, config.pricing.policy, store, events, webhooks, history,
+                                         budget, runtime.clock, caches["pricing"])
+        orchestrator = Orchestrator(config, store, budget, runtime, slots, agents, history, pricing_service,
+                                    caches["recommendations"])
         services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file,
                                             keys, ip_control, audit, IdempotencyStore(store), events, webhooks,
-                                            PricingHistory(store, config.pricing.history_days))
+                                            history, pricing_service, orchestrator, Billing(store), caches=caches)
         await events.load()
         await webhooks.load()
         changed, stmts = await services.pricing_history.policy_change(config.pricing.policy)

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import agent as A
+from . import ledger
 from .agent import Agent
 from .backoff import backoff_delay
 from .budget import Budget, Level
@@ -54,14 +55,6 @@ class AgentFailure(Exception):
 
 class _Requeue(Exception):
     """Every provider of the chain ran out of hourly tokens between dispatch and call."""
-
-
-def _usage_row(ts: float, agent: Agent, alias: str | None, provider: str | None, input_tokens: int | None,
-               output_tokens: int | None, cost: float) -> tuple[str, tuple[Any, ...]]:
-    """One billed call in the ledger."""
-    return ("INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (ts, agent.agent_id, alias, provider, input_tokens, output_tokens, cost, agent.api_key))
 
 
 def _hold_id(agent: Agent) -> str:
@@ -511,7 +504,7 @@ class AgentRuntime:
         what the agent's later calls may spend."""
         cost = token_cost(model, *usage)
         agent.billed += cost
-        self.store.submit([_usage_row(self.clock(), agent, alias, model.provider, *usage, cost)])
+        self.store.submit([ledger.record(self.clock(), agent.agent_id, agent.api_key, alias, model.provider, *usage, cost)])
         if self.budget is not None:
             exceeded = self.budget.settle(_hold_id(agent), cost, part=cost)
             if exceeded:
@@ -551,8 +544,9 @@ class AgentRuntime:
         agent.status = status
         statements.append(agent.update_statement("status", "attempts", *fields, cipher=self.store.cipher))
         if status == A.COMPLETED and agent.kind != A.KIND_TEAM:
-            statements.append(_usage_row(agent.completed_at, agent, agent.served_model, agent.provider,
-                                         agent.input_tokens, agent.output_tokens, agent.cost - agent.billed))
+            statements.append(ledger.record(agent.completed_at, agent.agent_id, agent.api_key, agent.served_model,
+                                            agent.provider, agent.input_tokens, agent.output_tokens,
+                                            agent.cost - agent.billed))
         event = None
         if self.events is not None and agent.kind != A.KIND_MEMBER:
             # The announcement goes in the same transaction as the state it announces.
