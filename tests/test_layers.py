@@ -86,3 +86,21 @@ def test_the_scan_finds_each_way_of_touching_the_database(tmp_path):
     found = scan(tmp_path)
     flagged = {v.split(":", 1)[0] for v in found}
     assert flagged == set(planted), found
+
+
+def test_services_take_typed_requests_not_raw_bodies():
+    """Bodies are parsed at the edge: the spawn, pricing and orchestrator services take request
+    objects (dataclasses), never a ``body`` of any JSON."""
+    import inspect
+    import typing
+
+    from j1mskyd.agents import AgentService
+    from j1mskyd.orchestrator import Orchestrator
+    from j1mskyd.pricing_service import PricingService
+
+    for cls in (AgentService, PricingService, Orchestrator):
+        for name, fn in inspect.getmembers(cls, inspect.isfunction):
+            hints = typing.get_type_hints(fn)
+            assert "body" not in inspect.signature(fn).parameters, f"{cls.__name__}.{name} takes a raw body"
+            assert all(hint is not typing.Any for arg, hint in hints.items() if arg != "return"
+                       and arg.endswith(("req", "request", "reqs"))), f"{cls.__name__}.{name}"
