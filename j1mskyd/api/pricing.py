@@ -1,7 +1,9 @@
 """Pricing endpoints (seed 000, "Pricing Operations"): calculators, status, health, report, webhooks.
 
-The numbers come from j1mskyd/pricing.py; this module only reads requests, validates them and
-shapes responses.  Every POST takes its fields either as a JSON object or as form fields
+The numbers come from j1mskyd/pricing.py and the live state from j1mskyd/pricing_service.py
+(PricingService: cached quotes, the recorded history, today's health); this module only reads
+requests into request objects (QuoteRequest, DecisionRequest) or checked values, calls one
+service or pure function, and shapes responses.  Every POST takes its fields either as a JSON object or as form fields
 (application/x-www-form-urlencoded or multipart/form-data); form strings are converted to the
 field's type and the same rules apply, with every broken rule reported at once in the one
 error envelope (400 VALIDATION_ERROR with ``details``).  Array fields (``scenarios``,
