@@ -11,7 +11,7 @@ import itertools
 import math
 import secrets
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import agent as A
@@ -273,7 +273,7 @@ class AgentService:
             "AND completed_at < ? - COALESCE(retention_days, ?) * 86400",
             (now, now, self.config.privacy.retention_days)))
 
-    async def run_times(self, alias: str, since: float) -> list[tuple[str, float | None]]:
+    async def run_times(self, alias: str, since: float) -> Sequence[tuple[str, float | None]]:
         """(status, run time in s) of each agent (not a team) that ``alias`` served and that
         completed or failed since ``since``: run start (else creation) to finish."""
         return [tuple(r) for r in await self.store.read(lambda conn: conn.execute(

@@ -82,7 +82,8 @@ class SpawnParser:
             if not isinstance(item, dict):
                 errors.append({"field": f"agents[{i}]", "message": "Each agent must be a JSON object"})
                 continue
-            req = self._agent(item, f"agents[{i}].", item_errors := [])
+            item_errors: Errors = []
+            req = self._agent(item, f"agents[{i}].", item_errors)
             errors.extend(item_errors)
             if req is not None:
                 reqs.append(req)
@@ -100,7 +101,7 @@ class SpawnParser:
         team = self.config.teams.get(team_id) if isinstance(team_id, str) else None
         if team is None:
             errors.append({"field": "team", "message": f"Unknown team. Must be one of: {', '.join(self.config.teams)}"})
-        if errors:
+        if errors or team is None:
             raise ValidationFailed(errors)
         return TeamRequest(team=team, task=task, priority=priority, timeout=float(timeout), retention_days=retention,
                            webhook_url=url)
