@@ -11,25 +11,24 @@ import itertools
 import math
 import secrets
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from . import agent as A
-from . import agent_query, worstcase
+from . import agent_query, ledger, worstcase
 from .agent import Agent, from_row
 from .config import Config
-from .jsonx import is_unicode
 from .errors import Conflict, NotFound, ValidationFailed
 from .budget import Budget
 from .pricing import token_cost
 from .runtime import AgentRuntime
+from .spawn_request import SpawnRequest, TeamRequest
 from .store import Store
 
 if TYPE_CHECKING:
     from .webhooks import WebhookService
 
-_TIMEOUT_MIN = 1.0
 _SETTLE_WAIT = 5.0  # seconds to wait for an agent's final write before answering anyway
 
 
@@ -49,42 +48,6 @@ class AgentService:
     def _new_id(self, now: float) -> str:
         return f"subagent_{int(now)}_{next(self._ids) % 10_000:04d}"
 
-    def _check_common(self, body: Any, prefix: str, errors: list[dict[str, str]]) -> tuple[str, A.Priority, float]:
-        rt = self.config.runtime
-        task = body.get("task")
-        if task is None or (isinstance(task, str) and not task.strip()):
-            errors.append({"field": prefix + "task", "message": "Task cannot be empty"})
-        elif not isinstance(task, str):
-            errors.append({"field": prefix + "task", "message": "Task must be a string"})
-        elif len(task) > rt.max_task_chars:
-            errors.append({"field": prefix + "task",
-                           "message": f"Task exceeds maximum length of {rt.max_task_chars} characters"})
-        elif not is_unicode(task):
-            errors.append({"field": prefix + "task", "message": "Task must be valid Unicode text (no lone surrogates)"})
-        priority = body.get("priority", "normal")
-        if not isinstance(priority, str) or priority not in A.PRIORITIES:  # a list/dict is unhashable
-            errors.append({"field": prefix + "priority", "message": "Priority must be one of: low, normal, high"})
-        timeout = body.get("timeout", rt.default_timeout)
-        # bool is an int, and a huge JSON int overflows math.isfinite: compare, never convert first.
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not _TIMEOUT_MIN <= timeout <= rt.max_timeout:
-            errors.append({"field": prefix + "timeout", "message":
-                           f"Timeout must be a number of seconds between {_TIMEOUT_MIN:g} and {rt.max_timeout:g}"})
-        return task, priority, timeout
-
-    def _check_model(self, body: Any, prefix: str, errors: list[dict[str, str]]) -> str:
-        model = body.get("model")
-        if not isinstance(model, str) or model not in self.config.models:  # a list/dict is unhashable
-            allowed = ", ".join(self.config.models)
-            shown = "" if model is None else f" {model[:64]!r}" if isinstance(model, str) else " (not a string)"
-            errors.append({"field": prefix + "model", "message": f"Invalid model{shown}. Must be one of: {allowed}"})
-        return model
-
-    @staticmethod
-    def _require_object(body: Any, what: str = "Request body") -> None:
-        if not isinstance(body, dict):
-            raise ValidationFailed([{"field": "body", "message": f"{what} must be a JSON object"}])
-
     def estimate(self, model_alias: str, task: str) -> float:
         """Estimated cost at spawn: the task's tokens (~4 chars each) plus the model's typical output.
         What is reserved is the worst case instead (:meth:`reservation`)."""
@@ -96,41 +59,15 @@ class AgentService:
         agent.reserved = worstcase.agent_bound(self.config.models, agent.model, agent.task or "")
         return agent.reserved
 
-    @staticmethod
-    def _check_privacy(body: Any, prefix: str, errors: list[dict[str, str]]) -> float | None:
-        """The seed's per-spawn ``privacy`` object; only retention_days changes what we store
-        (text is always encrypted at rest and PII always masked in logs when configured)."""
-        privacy = body.get("privacy")
-        if privacy is None:
-            return None
-        if not isinstance(privacy, dict):
-            errors.append({"field": prefix + "privacy", "message": "privacy must be an object"})
-            return None
-        for flag in ("detect_pii", "mask_pii_in_logs", "encrypt_output"):
-            if flag in privacy and not isinstance(privacy[flag], bool):
-                errors.append({"field": f"{prefix}privacy.{flag}", "message": f"{flag} must be true or false"})
-        days = privacy.get("retention_days")
-        if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float))
-                                 or not 0 < days <= 3650):
-            errors.append({"field": prefix + "privacy.retention_days",
-                           "message": "retention_days must be a number of days between 0 and 3650"})
-            return None
-        return None if days is None else float(days)
+    def _build(self, req: SpawnRequest, now: float) -> Agent:
+        return Agent(agent_id=self._new_id(now), kind=A.KIND_AGENT, model=req.model, task=req.task,
+                     priority=req.priority, timeout=req.timeout, status=A.SPAWNING,
+                     estimated_cost=self.estimate(req.model, req.task), created_at=now,
+                     retention_days=req.retention_days)
 
-    def _build(self, body: dict[str, Any], prefix: str, errors: list[dict[str, str]], now: float) -> Agent | None:
-        task, priority, timeout = self._check_common(body, prefix, errors)
-        model = self._check_model(body, prefix, errors)
-        retention = self._check_privacy(body, prefix, errors)
-        _check_webhook_url(body, prefix, errors)
-        if errors:
-            return None
-        return Agent(agent_id=self._new_id(now), kind=A.KIND_AGENT, model=model, task=task, priority=priority,
-                     timeout=float(timeout), status=A.SPAWNING, estimated_cost=self.estimate(model, task),
-                     created_at=now, retention_days=retention)
-
-    async def _check_targets(self, bodies: list[tuple[str, dict[str, Any]]]) -> None:
+    async def _check_targets(self, urls_by_prefix: list[tuple[str, str | None]]) -> None:
         """The webhook target policy on each ``webhook_url`` (after the cheap checks passed)."""
-        urls = {prefix + "webhook_url": body["webhook_url"] for prefix, body in bodies if body.get("webhook_url")}
+        urls = {prefix + "webhook_url": url for prefix, url in urls_by_prefix if url}
         if urls and self.webhooks is not None:
             errors = await self.webhooks.check_targets(urls)
             if errors:
@@ -172,68 +109,40 @@ class AgentService:
             return sum(self._hold(m, []) for m in extra if m.parent_id == agent.agent_id)
         return max(self.reservation(agent) - agent.billed, 0.0)
 
-    async def spawn(self, body: Any, key_id: str = A.ANONYMOUS, webhook_secret: str | None = None) -> dict[str, Any]:
-        self._require_object(body)
-        errors: list[dict[str, str]] = []
-        agent = self._build(body, "", errors, self.runtime.clock())
-        if agent is None:
-            raise ValidationFailed(errors)
-        await self._check_targets([("", body)])
-        await self._store_and_admit([agent], key_id=key_id, webhook_urls=_urls([(agent, body)]),
+    async def spawn(self, req: SpawnRequest, key_id: str = A.ANONYMOUS,
+                    webhook_secret: str | None = None) -> dict[str, Any]:
+        agent = self._build(req, self.runtime.clock())
+        await self._check_targets([("", req.webhook_url)])
+        await self._store_and_admit([agent], key_id=key_id, webhook_urls=_urls([(agent, req.webhook_url)]),
                                     webhook_secret=webhook_secret)
         return agent.spawn_view()
 
-    async def spawn_batch(self, body: Any, key_id: str = A.ANONYMOUS, webhook_secret: str | None = None) -> dict[str, Any]:
-        items = batch_items(body)
-        if not isinstance(items, list) or not items:
-            raise ValidationFailed([{"field": "agents", "message": "agents must be a non-empty list of spawn requests"}])
-        limit = self.config.runtime.max_batch
-        if len(items) > limit:
-            raise ValidationFailed([{"field": "agents", "message": f"A batch holds at most {limit} agents"}])
-        errors: list[dict[str, str]] = []
+    async def spawn_batch(self, reqs: list[SpawnRequest], key_id: str = A.ANONYMOUS,
+                          webhook_secret: str | None = None) -> dict[str, Any]:
         now = self.runtime.clock()
-        agents = []
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                errors.append({"field": f"agents[{i}]", "message": "Each agent must be a JSON object"})
-                continue
-            item_errors: list[dict[str, str]] = []
-            agent = self._build(item, f"agents[{i}].", item_errors, now)
-            errors.extend(item_errors)
-            if agent is not None:
-                agents.append(agent)
-        if errors:  # all or nothing: a batch with one bad entry spawns nothing
-            raise ValidationFailed(errors)
-        await self._check_targets([(f"agents[{i}].", item) for i, item in enumerate(items)])
-        await self._store_and_admit(agents, key_id=key_id, webhook_urls=_urls(zip(agents, items)),
+        agents = [self._build(req, now) for req in reqs]
+        await self._check_targets([(f"agents[{i}].", req.webhook_url) for i, req in enumerate(reqs)])
+        await self._store_and_admit(agents, key_id=key_id,
+                                    webhook_urls=_urls((a, r.webhook_url) for a, r in zip(agents, reqs)),
                                     webhook_secret=webhook_secret)
         return {"success": True, "count": len(agents),
                 "agents": [a.spawn_view() for a in agents]}
 
-    async def spawn_team(self, body: Any, key_id: str = A.ANONYMOUS, webhook_secret: str | None = None) -> dict[str, Any]:
-        self._require_object(body)
-        errors: list[dict[str, str]] = []
-        task, priority, timeout = self._check_common(body, "", errors)
-        retention = self._check_privacy(body, "", errors)
-        _check_webhook_url(body, "", errors)
-        team_id = body.get("team")
-        team = self.config.teams.get(team_id) if isinstance(team_id, str) else None
-        if team is None:
-            errors.append({"field": "team", "message": f"Unknown team. Must be one of: {', '.join(self.config.teams)}"})
-        if errors or team is None:
-            raise ValidationFailed(errors)
-        await self._check_targets([("", body)])
+    async def spawn_team(self, req: TeamRequest, key_id: str = A.ANONYMOUS,
+                         webhook_secret: str | None = None) -> dict[str, Any]:
+        await self._check_targets([("", req.webhook_url)])
+        team, task, priority, timeout, retention = req.team, req.task, req.priority, req.timeout, req.retention_days
         now = self.runtime.clock()
         lead = Agent(agent_id=self._new_id(now), kind=A.KIND_TEAM, team=team.id, model=team.id, task=task,
-                     priority=priority, timeout=float(timeout), status=A.SPAWNING, created_at=now,
+                     priority=priority, timeout=timeout, status=A.SPAWNING, created_at=now,
                      estimated_cost=0.0, retention_days=retention)
         members = [Agent(agent_id=self._new_id(now), kind=A.KIND_MEMBER, parent_id=lead.agent_id, team=team.id,
-                         model=alias, task=task, priority=priority, timeout=float(timeout), status=A.SPAWNING,
+                         model=alias, task=task, priority=priority, timeout=timeout, status=A.SPAWNING,
                          estimated_cost=self.estimate(alias, task), created_at=now, retention_days=retention)
                    for alias in team.members]
         lead.members = [m.agent_id for m in members]
         lead.estimated_cost = sum(m.estimated_cost for m in members)
-        await self._store_and_admit([lead], members, key_id=key_id, webhook_urls=_urls([(lead, body)]),
+        await self._store_and_admit([lead], members, key_id=key_id, webhook_urls=_urls([(lead, req.webhook_url)]),
                                     webhook_secret=webhook_secret)
         return {"success": True, "agent_id": lead.agent_id, "team": team.id,
                 "models": self.member_labels(team.members), "status": A.SPAWNING,
@@ -374,15 +283,21 @@ class AgentService:
             "AND completed_at < ? - COALESCE(retention_days, ?) * 86400",
             (now, now, self.config.privacy.retention_days)))
 
+    async def run_times(self, alias: str, since: float) -> Sequence[tuple[str, float | None]]:
+        """(status, run time in s) of each agent (not a team) that ``alias`` served and that
+        completed or failed since ``since``: run start (else creation) to finish."""
+        return [(r[0], r[1]) for r in await self.store.read(lambda conn: conn.execute(
+            "SELECT status, completed_at - COALESCE(started_at, created_at) FROM agents "
+            "WHERE kind != 'team' AND status IN ('completed', 'failed') AND completed_at >= ? "
+            "AND COALESCE(served_model, model) = ?", (since, alias)).fetchall())]
+
     # -- start-up ----------------------------------------------------------------------------
     async def recover(self) -> dict[str, int]:
         def read(conn: sqlite3.Connection) -> tuple[list[Agent], dict[str, list[Agent]]]:
             live = [from_row(r, self.store.cipher) for r in conn.execute(
                 "SELECT * FROM agents WHERE status IN ('spawning', 'queued', 'running') ORDER BY rowid")]
             # A live agent's ledger rows are calls billed although they failed: what it has spent.
-            billed = dict(conn.execute(
-                "SELECT agent_id, SUM(cost) FROM usage WHERE agent_id IN (SELECT agent_id FROM agents "
-                "WHERE status IN ('spawning', 'queued', 'running')) GROUP BY agent_id").fetchall())
+            billed = ledger.billed_by_agent(conn, [a.agent_id for a in live])
             for a in live:
                 a.billed = billed.get(a.agent_id) or 0.0
             teams = {a.agent_id: a for a in live if a.kind == A.KIND_TEAM}
@@ -396,46 +311,17 @@ class AgentService:
 
         live, done = await self.store.read(read)
         now = self.runtime.clock()
-        spent = await self.store.read(lambda conn: ledger_spend(conn, now))
+        spent = await self.store.read(lambda conn: ledger.spend(conn, now))
         # Reservations first: agents failed during recovery settle against them.  They are the
         # worst cases under today's config, which is what the re-run calls will be sent; a team
         # holds for its members still live (those already ended are in the ledger).
         live_members = [a for a in live if a.kind == A.KIND_MEMBER]
-        self.budget.restore(*spent, live=[(a.agent_id, a.api_key, self._hold(a, live_members))
-                                          for a in live if a.kind != A.KIND_MEMBER])
+        self.budget.restore(spent.today, spent.month, spent.hour_by_key,
+                            live=[(a.agent_id, a.api_key, self._hold(a, live_members))
+                                  for a in live if a.kind != A.KIND_MEMBER])
         return await self.runtime.recover(live, done)
 
 
-def _check_webhook_url(body: dict[str, Any], prefix: str, errors: list[dict[str, str]]) -> None:
-    url = body.get("webhook_url")
-    # http(s) only: a file:// sink writes local files, which is for admin-made webhooks.
-    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))
-                            or len(url) > 2000):
-        errors.append({"field": prefix + "webhook_url", "message": "webhook_url must be an http(s):// URL"})
-
-
-def batch_items(body: Any) -> Any:
-    """What a spawn-batch body holds as its spawn requests: the body itself when it is a list,
-    else its ``agents`` (or ``tasks``) member, whatever JSON that is; None for any other body.
-    The caller checks that it is a list."""
-    if isinstance(body, list):
-        return body
-    return body.get("agents", body.get("tasks")) if isinstance(body, dict) else None
-
-
-def _urls(pairs: Any) -> dict[str, str]:
-    return {agent.agent_id: body["webhook_url"] for agent, body in pairs
-            if isinstance(body, dict) and body.get("webhook_url")}
-
-
-def ledger_spend(conn: sqlite3.Connection, now: float) -> tuple[float, float, dict[str, float]]:
-    """Settled spend today and this month (UTC), and this clock hour per key, from the ledger."""
-    day_start = now // 86_400 * 86_400
-    month_start = datetime.fromtimestamp(now, timezone.utc).replace(
-        day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
-    hour_start = now // 3600 * 3600
-    (today,) = conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE ts >= ?", (day_start,)).fetchone()
-    (month,) = conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE ts >= ?", (month_start,)).fetchone()
-    hour = dict(conn.execute("SELECT api_key, SUM(cost) FROM usage WHERE ts >= ? GROUP BY api_key",
-                             (hour_start,)).fetchall())
-    return today, month, hour
+def _urls(pairs: Iterable[tuple[Agent, str | None]]) -> dict[str, str]:
+    """agent_id -> its own webhook_url, for the spawns that asked for one."""
+    return {agent.agent_id: url for agent, url in pairs if url}

@@ -20,6 +20,7 @@ from . import statedir
 from .agent import Agent
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES, app_key
+from .billing import Billing
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
 from .audit import Actor, AuditLog
 from .events import EventLog
@@ -33,8 +34,10 @@ from .config import Config
 from .keys import KeyService
 from .metrics import Metrics
 from .netguard import IpPolicy, parse_networks
+from .orchestrator import Orchestrator
 from .plugins import PluginError, PluginRegistry, build_provider, load_plugins
 from .pricing_history import PricingHistory
+from .pricing_service import PricingService
 from .provider_pool import ProviderSlot
 from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimiter
 from .runtime import AgentRuntime
@@ -103,6 +106,9 @@ class Services:
     events: EventLog
     webhooks: WebhookService
     pricing_history: PricingHistory
+    pricing: PricingService
+    orchestrator: Orchestrator
+    billing: Billing
     # The v4.1 caches: model recommendations 30 s, pricing calculations 5 min.
     caches: dict[str, TTLCache]
     started: float = field(default_factory=time.monotonic)
@@ -273,12 +279,17 @@ def _wire(app: web.Application) -> Services:
     sec = config.security
     ip_control = IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
                                            parse_networks(sec.trusted_proxies)), sec.log_violations)
-    return Services(store=store, registry=registry, slots=app[_SLOTS], runtime=runtime,
-                    agents=AgentService(config, store, runtime, budget, webhooks),
+    agents = AgentService(config, store, runtime, budget, webhooks)
+    history = PricingHistory(store, config.pricing.history_days)
+    pricing = PricingService(config.models, config.pricing.policy, store, events, webhooks, history, budget,
+                             runtime.clock, caches["pricing"])
+    orchestrator = Orchestrator(config, store, budget, runtime, app[_SLOTS], agents, history, pricing,
+                                caches["recommendations"])
+    return Services(store=store, registry=registry, slots=app[_SLOTS], runtime=runtime, agents=agents,
                     budget=budget, keys=KeyService(store, sec.key_rotation_grace_hours * 3600),
                     ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store), events=events,
-                    webhooks=webhooks, pricing_history=PricingHistory(store, config.pricing.history_days),
-                    caches=caches)
+                    webhooks=webhooks, pricing_history=history, pricing=pricing, orchestrator=orchestrator,
+                    billing=Billing(store), caches=caches)
 
 
 async def _announce_pricing_policy(services: Services, config: Config) -> None:

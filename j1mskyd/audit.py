@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from . import settings
 from .agent import iso
 from .agent_query import parse_time
 from .errors import ValidationFailed
@@ -93,19 +94,16 @@ class AuditLog:
         self._key_used: dict[str, float] = {}
 
     async def load(self) -> None:
-        row = await self.store.read(lambda c: c.execute("SELECT value FROM settings WHERE name = ?",
-                                                        (SETTING,)).fetchone())
-        if row is not None:
-            data = json.loads(row[0])
+        stored = await self.store.read(lambda c: settings.get(c, SETTING))
+        if stored is not None:
+            data = json.loads(stored)
             data["events"] = tuple(data.get("events", EVENTS))
             self.settings = AuditSettings(**data)
 
     async def configure(self, body: Any) -> AuditSettings:
         new = parse_settings(body, self.settings)
         value = json.dumps(asdict(new))
-        await self.store.write(("INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) "
-                                "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                                (SETTING, value, self.clock())), fail_fast=True)
+        await self.store.write(settings.put(SETTING, value, self.clock()), fail_fast=True)
         self.settings = new
         return new
 

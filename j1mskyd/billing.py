@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from . import ledger
 from .errors import ValidationFailed
+from .store import Store
 
 # date.fromisoformat alone is too lenient on 3.11 ("20260201", "2026-W05-1" pass): say the format.
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
@@ -46,25 +47,24 @@ def _ts(day: date) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
 
 
-def usage_report(conn: sqlite3.Connection, start: date, end: date, by_key: bool) -> dict[str, Any]:
-    lo, hi = _ts(start), _ts(end + timedelta(days=1))
-    where = "ts >= ? AND ts < ?"
-    total, calls, tokens_in, tokens_out = conn.execute(
-        f"SELECT COALESCE(SUM(cost), 0), COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) "
-        f"FROM usage WHERE {where}", (lo, hi)).fetchone()
-    by_model = {m: round(c, 6) for m, c in conn.execute(
-        f"SELECT model, SUM(cost) FROM usage WHERE {where} GROUP BY model ORDER BY SUM(cost) DESC, model", (lo, hi))}
-    by_day = {d: round(c, 6) for d, c in conn.execute(
-        f"SELECT date(ts, 'unixepoch') AS d, SUM(cost) FROM usage WHERE {where} GROUP BY d ORDER BY d", (lo, hi))}
-    report: dict[str, Any] = {
-        "period": f"{start.isoformat()} to {end.isoformat()}",
-        "total_cost": round(total, 6),
-        "by_model": by_model,
-        "by_day": by_day,
-        "calls": calls,
-        "tokens": {"input": tokens_in, "output": tokens_out},
-    }
-    if by_key:
-        report["by_key"] = {k: round(c, 6) for k, c in conn.execute(
-            f"SELECT api_key, SUM(cost) FROM usage WHERE {where} GROUP BY api_key ORDER BY SUM(cost) DESC", (lo, hi))}
-    return report
+class Billing:
+    """GET /billing/usage: spend reports over the usage ledger."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def usage_report(self, start: date, end: date, by_key: bool) -> dict[str, Any]:
+        """Spend from ``start`` to ``end`` (inclusive UTC days), by model and day (and key)."""
+        lo, hi = _ts(start), _ts(end + timedelta(days=1))
+        t = await self.store.read(lambda conn: ledger.totals(conn, lo, hi, by_key))
+        report: dict[str, Any] = {
+            "period": f"{start.isoformat()} to {end.isoformat()}",
+            "total_cost": t.cost,
+            "by_model": t.by_model,
+            "by_day": t.by_day,
+            "calls": t.calls,
+            "tokens": {"input": t.input_tokens, "output": t.output_tokens},
+        }
+        if t.by_key is not None:
+            report["by_key"] = t.by_key
+        return report

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from .errors import ApiError, RateLimited
 
@@ -253,7 +254,7 @@ class Budget:
             self.on_level_change(old, current)
         return exceeded
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> dict[str, Any]:
         self._roll()
         p = self.policy
         return {"daily_budget": p.daily_budget, "today_spend": round(self.spent_today, 6),

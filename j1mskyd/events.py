@@ -143,6 +143,12 @@ class EventLog:
         """The event and the statements that store it with its webhook deliveries."""
         return self._statements(type_, data, self.route(type_, data))
 
+    def statements_to(self, type_: str, data: dict[str, Any], webhook_ids: Iterable[str]
+                      ) -> tuple[Event, list[Statement]]:
+        """The event and the statements that store it with deliveries to ``webhook_ids`` only,
+        whichever webhooks subscribe to its type (a test delivery goes to the one it tests)."""
+        return self._statements(type_, data, list(webhook_ids))
+
     def statements_if_wanted(self, type_: str, data: dict[str, Any]) -> tuple[Event, list[Statement]] | None:
         """The same, or None when no webhook and no live reader wants this event: for events
         that only announce a record kept elsewhere (pricing), nobody's interest, no write."""

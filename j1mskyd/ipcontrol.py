@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from . import settings
 from .errors import ValidationFailed
 from .netguard import Address, IpPolicy, parse_address, parse_networks
 
@@ -50,8 +51,7 @@ class IpControl:
 
     async def load(self) -> None:
         def read(conn: sqlite3.Connection) -> tuple[str | None, list[sqlite3.Row]]:
-            row = conn.execute("SELECT value FROM settings WHERE name = ?", (SETTING,)).fetchone()
-            return (row[0] if row else None), conn.execute("SELECT * FROM ip_blocks").fetchall()
+            return settings.get(conn, SETTING), conn.execute("SELECT * FROM ip_blocks").fetchall()
 
         stored, blocks = await self.store.read(read)
         if stored is not None:
@@ -93,9 +93,7 @@ class IpControl:
                                       "or you would lock yourself out")
         normalised = tuple(str(n) for n in networks)
         value = json.dumps({"allowed_ips": normalised, "enforce": enforce, "log_violations": log_violations})
-        await self.store.write(("INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) "
-                                "ON CONFLICT(name) DO UPDATE SET value = excluded.value, "
-                                "updated_at = excluded.updated_at", (SETTING, value, self.clock())), fail_fast=True)
+        await self.store.write(settings.put(SETTING, value, self.clock()), fail_fast=True)
         self._apply(normalised, enforce, log_violations)
         return self.whitelist()
 

@@ -376,7 +376,8 @@ COST_ORDER = ("k2p5", "minimax-m2.5", "sonnet", "codex", "opus")
 
 
 class ModelInfo(ModelPrice, Protocol):
-    fallback: str | None
+    @property
+    def fallback(self) -> str | None: ...
 
 
 def preferred_model(task_type: str, models: Mapping[str, ModelInfo], available: Callable[[str], bool]) -> str:

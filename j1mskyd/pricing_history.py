@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import pricing
+from . import pricing, settings
 from .errors import Conflict, NotFound
 from .store import Statement
 
@@ -227,15 +227,11 @@ class PricingHistory:
         written in the same unit so that a crash cannot keep the new policy and lose the event."""
         current = policy.as_dict()
         text = json.dumps(current, sort_keys=True, separators=(",", ":"))
-        row = await self.store.read(lambda c: c.execute(
-            "SELECT value FROM settings WHERE name = ?", (POLICY_SETTING,)).fetchone())
-        if row is not None and row[0] == text:
+        stored = await self.store.read(lambda c: settings.get(c, POLICY_SETTING))
+        if stored == text:
             return None, []
-        upsert: list[Statement] = [(
-            "INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            (POLICY_SETTING, text, self.clock()))]
-        if row is None:
+        upsert: list[Statement] = [settings.put(POLICY_SETTING, text, self.clock())]
+        if stored is None:
             return None, upsert  # the first start: nothing changed
-        return {"previous": json.loads(row[0]), "current": current,
+        return {"previous": json.loads(stored), "current": current,
                 "policy_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}, upsert

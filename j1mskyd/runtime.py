@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import agent as A
+from . import ledger
 from .agent import Agent
 from .backoff import backoff_delay
 from .budget import Budget, Level
@@ -55,14 +56,6 @@ class AgentFailure(Exception):
 
 class _Requeue(Exception):
     """Every provider of the chain ran out of hourly tokens between dispatch and call."""
-
-
-def _usage_row(ts: float, agent: Agent, alias: str | None, provider: str | None, input_tokens: int | None,
-               output_tokens: int | None, cost: float) -> tuple[str, tuple[Any, ...]]:
-    """One billed call in the ledger."""
-    return ("INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (ts, agent.agent_id, alias, provider, input_tokens, output_tokens, cost, agent.api_key))
 
 
 def _abandoned_usage(agent: Agent, max_tokens: int) -> tuple[int, int]:
@@ -537,7 +530,8 @@ class AgentRuntime:
         """_bill_failed_call without the announcement: the levels it took past their cap."""
         cost = token_cost(model, *usage)
         agent.billed += cost
-        self.store.submit([_usage_row(self.clock(), agent, alias, model.provider, *usage, cost)])
+        self.store.submit([ledger.record(self.clock(), agent.agent_id, agent.api_key, alias, model.provider, *usage,
+                                         cost)])
         return self.budget.settle(_hold_id(agent), cost, part=cost) if self.budget is not None else []
 
     async def _complete(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent,
@@ -582,8 +576,9 @@ class AgentRuntime:
         agent.status = status
         statements.append(agent.update_statement("status", "attempts", *fields, cipher=self.store.cipher))
         if status == A.COMPLETED and agent.kind != A.KIND_TEAM:
-            statements.append(_usage_row(fields["completed_at"], agent, agent.served_model, agent.provider,
-                                         agent.input_tokens, agent.output_tokens, fields["cost"] - agent.billed))
+            statements.append(ledger.record(fields["completed_at"], agent.agent_id, agent.api_key, agent.served_model,
+                                            agent.provider, agent.input_tokens, agent.output_tokens,
+                                            fields["cost"] - agent.billed))
         event = None
         if self.events is not None and agent.kind != A.KIND_MEMBER:
             # The announcement goes in the same transaction as the state it announces.

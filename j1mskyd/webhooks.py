@@ -306,9 +306,8 @@ class WebhookService:
     async def test(self, webhook_id: str) -> dict[str, Any]:
         """A ``webhook.test`` event delivered to this webhook only (a paused one gets it when resumed)."""
         hook = self.get(webhook_id)
-        event, stmts = self.events.statements("webhook.test", {"webhook_id": hook.webhook_id,
-                                                               "message": "Test delivery from j1mskyd"})
-        stmts = [s for s in stmts if not s[0].startswith("INSERT INTO deliveries")]
+        event, stmts = self.events.statements_to("webhook.test", {"webhook_id": hook.webhook_id,
+                                                                  "message": "Test delivery from j1mskyd"}, ())
         delivery = delivery_insert(hook.webhook_id, event.id, event.ts)
         await self.store.write(*stmts, delivery, fail_fast=True)
         self.events.published([event])
@@ -326,16 +325,13 @@ class WebhookService:
         status = params.get("status")
         if status is not None and status not in ("pending", "delivered", "failed"):
             raise _bad("status", "status must be pending, delivered or failed")
-        where, args = "webhook_id = ?", [webhook_id]
-        if status:
-            where += " AND status = ?"
-            args.append(status)
+        where, args = _deliveries_where(webhook_id, status)
 
         def read(conn: sqlite3.Connection) -> tuple[int, list[sqlite3.Row]]:
             total = conn.execute(f"SELECT COUNT(*) FROM deliveries WHERE {where}", args).fetchone()[0]
+            joined, _ = _deliveries_where(webhook_id, status, table="d")
             rows = conn.execute(f"SELECT d.*, e.type FROM deliveries d LEFT JOIN events e ON e.id = d.event_id "
-                                f"WHERE {where.replace('webhook_id', 'd.webhook_id').replace('status', 'd.status')} "
-                                "ORDER BY d.created_at DESC, d.rowid DESC LIMIT ? OFFSET ?",
+                                f"WHERE {joined} ORDER BY d.created_at DESC, d.rowid DESC LIMIT ? OFFSET ?",
                                 (*args, limit, offset)).fetchall()
             return total, rows
 
@@ -542,3 +538,13 @@ class WebhookService:
             self.hooks[webhook_id] = replace(current, last_triggered=self.clock())
         return True
 
+
+def _deliveries_where(webhook_id: str, status: str | None, table: str = "") -> tuple[str, list[Any]]:
+    """The WHERE clause (and its arguments) picking one webhook's deliveries, of one status when
+    given; ``table`` qualifies the columns when the query joins another table."""
+    col = f"{table}." if table else ""
+    where, args = f"{col}webhook_id = ?", [webhook_id]
+    if status:
+        where += f" AND {col}status = ?"
+        args.append(status)
+    return where, args

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from ..agent import ANONYMOUS
-from ..agents import AgentService, batch_items
+from ..agents import AgentService
+from ..spawn_request import SpawnParser, SpawnRequest, TeamRequest
 from ..pii import preview
-from .common import API_KEY, API_KEY_ID, SERVICES, actor, json_response, query_params, read_json
+from .common import API_KEY, API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json
 
 
 def _agents(request: web.Request) -> AgentService:
@@ -21,44 +22,46 @@ def _key_id(request: web.Request) -> str:
     return request.get(API_KEY_ID, ANONYMOUS)
 
 
-def _signing_secret(request: web.Request, spawns: Any) -> str | None:
+def _signing_secret(request: web.Request, spawns: Sequence[SpawnRequest | TeamRequest]) -> str | None:
     """The caller's key's webhook secret signs its spawn's own webhook_url deliveries; it is opened only
-    when one of ``spawns`` (the spawn requests, as sent: any JSON) has a webhook_url."""
+    when one of ``spawns`` has a webhook_url."""
     key = request.get(API_KEY)
-    wants_hook = isinstance(spawns, list) and any(isinstance(s, dict) and s.get("webhook_url") for s in spawns)
+    wants_hook = any(s.webhook_url for s in spawns)
     return key.webhook_secret if key is not None and wants_hook else None
 
 
-def _audit_spawns(request: web.Request, body: dict, spawned: list[dict]) -> None:
+def _audit_spawns(request: web.Request, task: str, spawned: list[dict]) -> None:
     audit = request.app[SERVICES].audit
     who = actor(request)
     for item in spawned:
         audit.record("agent.spawn", who, resource_type="agent", resource_id=item["agent_id"],
                      details={"model": item.get("model") or item.get("team"), "team": item.get("team"),
-                              "task_preview": preview(body.get("task")) if isinstance(body, dict) else None,
-                              "estimated_cost": item.get("estimated_cost")})
+                              "task_preview": preview(task), "estimated_cost": item.get("estimated_cost")})
+
+
+def _parser(request: web.Request) -> SpawnParser:
+    return SpawnParser(request.app[CONFIG])
 
 
 async def spawn(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    result = await _agents(request).spawn(body, _key_id(request), _signing_secret(request, [body]))
-    _audit_spawns(request, body, [result])
+    req = _parser(request).spawn(await read_json(request))
+    result = await _agents(request).spawn(req, _key_id(request), _signing_secret(request, [req]))
+    _audit_spawns(request, req.task, [result])
     return json_response(result)
 
 
 async def spawn_team(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    result = await _agents(request).spawn_team(body, _key_id(request), _signing_secret(request, [body]))
-    _audit_spawns(request, body, [result])
+    req = _parser(request).team(await read_json(request))
+    result = await _agents(request).spawn_team(req, _key_id(request), _signing_secret(request, [req]))
+    _audit_spawns(request, req.task, [result])
     return json_response(result)
 
 
 async def spawn_batch(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    items = batch_items(body)
-    result = await _agents(request).spawn_batch(body, _key_id(request), _signing_secret(request, items))
-    for item, spawned in zip(items, result["agents"]):
-        _audit_spawns(request, item, [spawned])
+    reqs = _parser(request).batch(await read_json(request))
+    result = await _agents(request).spawn_batch(reqs, _key_id(request), _signing_secret(request, reqs))
+    for req, spawned in zip(reqs, result["agents"]):
+        _audit_spawns(request, req.task, [spawned])
     return json_response(result)
 
 

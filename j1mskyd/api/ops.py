@@ -112,5 +112,4 @@ async def billing_usage(request: web.Request) -> web.Response:
     params = query_params(request)
     start, end = billing.period(params, services.runtime.clock())
     by_key = params.get("by_key", "").lower() in ("1", "true", "yes")
-    report = await services.store.read(lambda conn: billing.usage_report(conn, start, end, by_key))
-    return json_response(report)
+    return json_response(await services.billing.usage_report(start, end, by_key))

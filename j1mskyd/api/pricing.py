@@ -1,7 +1,9 @@
 """Pricing endpoints (seed 000, "Pricing Operations"): calculators, status, health, report, webhooks.
 
-The numbers come from j1mskyd/pricing.py; this module only reads requests, validates them and
-shapes responses.  Every POST takes its fields either as a JSON object or as form fields
+The numbers come from j1mskyd/pricing.py and the live state from j1mskyd/pricing_service.py
+(PricingService: cached quotes, the recorded history, today's health); this module only reads
+requests into request objects (QuoteRequest, DecisionRequest) or checked values, calls one
+service or pure function, and shapes responses.  Every POST takes its fields either as a JSON object or as form fields
 (application/x-www-form-urlencoded or multipart/form-data); form strings are converted to the
 field's type and the same rules apply, with every broken rule reported at once in the one
 error envelope (400 VALIDATION_ERROR with ``details``).  Array fields (``scenarios``,
@@ -26,7 +28,8 @@ from aiohttp.http_exceptions import BadHttpMessage
 from .. import pricing
 from ..errors import BadRequest, NotFound, ValidationFailed
 from ..events import PRICING_EVENTS
-from ..pricing_history import MAX_DAYS, RESOLUTIONS, PricingHistory, Window, new_quote_id
+from ..pricing_history import MAX_DAYS, RESOLUTIONS, PricingHistory, Window
+from ..pricing_service import DecisionRequest, PricingService, QuoteRequest
 from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json
 
 MAX_TOKENS = 10_000_000          # per token estimate
@@ -187,16 +190,15 @@ def _quote_params(f: Fields, models: tuple[str, ...], policy: pricing.PricingPol
     return params
 
 
-def _quote(request: web.Request, p: dict[str, Any], segment: str, policy: pricing.PricingPolicy) -> dict[str, Any]:
-    """A quote, from the 5-minute pricing cache when the same inputs were priced lately."""
-    key = (p["model"], p["complexity"], segment, p["estimated_input"], p["estimated_output"])
-    cache = request.app[SERVICES].caches["pricing"]
-    cached = cache.get(key)
-    if cached is None:
-        price = request.app[CONFIG].models[p["model"]]
-        cached = cache.put(key, pricing.quote(p["model"], price, p["complexity"], segment, p["estimated_input"],
-                                              p["estimated_output"], policy))
-    return dict(cached)  # callers may add fields: never to the cached one
+def _quote_request(f: Fields, models: tuple[str, ...], policy: pricing.PricingPolicy,
+                   delivery: str | None = None) -> QuoteRequest:
+    """One quote's fields as a QuoteRequest (``delivery`` given: the request's delivery type
+    applies; else the item's own ``delivery_type``).  The fields are left open for ``done()``."""
+    p = _quote_params(f, models, policy)
+    if delivery is None:
+        delivery = f.choice("delivery_type", tuple(policy.margin_thresholds), default=policy.default_delivery_type)
+    return QuoteRequest(p["model"], p["complexity"], p["segment"], p["estimated_input"], p["estimated_output"],
+                        delivery, segment_given=f.present("segment"))
 
 
 def _items(f: Fields, name: str, rows: list[Any]) -> Iterator[Fields]:
@@ -210,76 +212,31 @@ def _items(f: Fields, name: str, rows: list[Any]) -> Iterator[Fields]:
         yield item
 
 
-# ------------------------------------------------------------------------------ events
-
-async def _record(request: web.Request, quote: dict[str, Any], check: dict[str, Any], *,
-                  decision: dict[str, Any] | None = None, variant: str | None = None,
-                  experiment: str | None = None) -> tuple[str, str | None]:
-    """Record a quote (and its decision) in the pricing history, with the events announcing it
-    in the same transaction.  Returns (quote id, id of the exception an escalation opened)."""
-    services = request.app[SERVICES]
-    quote_id = new_quote_id()
-    exception_id, stmts = services.pricing_history.record(
-        quote_id, quote, check, decision=decision, variant=variant, experiment=experiment,
-        api_key_id=request.get(API_KEY_ID))
-    data = {"quote_id": quote_id, "model": quote["model"], "segment": quote["segment"],
-            "complexity": quote["complexity"], "recommended_price": quote["recommended_price"],
-            "gross_margin_pct": quote["gross_margin_pct"]}
-    events: list[tuple[str, dict[str, Any]]] = [("pricing.quote_generated", data)]
-    if not check["is_compliant"]:
-        events.append(("pricing.margin_alert", {**data, "delivery_type": check["delivery_type"],
-                                                "minimum_margin_pct": check["minimum_margin_pct"]}))
-    if decision is not None:
-        events.append(("pricing.quote_" + decision["decision_status"], {"quote_id": quote_id, **decision,
-                       **{k: data[k] for k in ("model", "segment", "recommended_price", "gross_margin_pct")}}))
-    if exception_id is not None:
-        events.append(("pricing.exception_created", {"exception_id": exception_id, "quote_id": quote_id,
-                                                     "delivery_type": check["delivery_type"],
-                                                     "minimum_margin_pct": check["minimum_margin_pct"], **data}))
-    published = []
-    for type_, event_data in events:
-        # Stored only when a webhook or a live listener wants it (the history row is the record).
-        wanted = services.events.statements_if_wanted(type_, event_data)
-        if wanted is not None:
-            published.append(wanted[0])
-            stmts.extend(wanted[1])
-    await services.store.write(*stmts, fail_fast=True)
-    services.events.published(published)
-    return quote_id, exception_id
-
-
 # ------------------------------------------------------------------------------ calculators
+
+def _service(request: web.Request) -> PricingService:
+    return request.app[SERVICES].pricing
+
 
 async def pricing_quote(request: web.Request) -> web.Response:
     """A quote with its margin guardrail (recorded in the pricing history)."""
-    f, p, delivery = await _read_quote(request)
+    f, req = await _read_quote(request)
     f.done()
-    q, check = _guarded_quote(request, p, delivery)
-    quote_id, _ = await _record(request, q, check)
-    return json_response({"success": True, "quote_id": quote_id, "quote": q, "guardrail_check": check},
-                         headers=_deprecation(f))
+    r = await _service(request).record_quote(req, request.get(API_KEY_ID))
+    return json_response({"success": True, "quote_id": r.quote_id, "quote": r.quote, "guardrail_check": r.check},
+                         headers=_deprecation(req))
 
 
-def _deprecation(f: Fields) -> dict[str, str] | None:
-    return DEPRECATION if not f.present("segment") else None
+def _deprecation(req: QuoteRequest) -> dict[str, str] | None:
+    return DEPRECATION if not req.segment_given else None
 
 
-async def _read_quote(request: web.Request) -> tuple[Fields, dict[str, Any], str]:
-    """One quote request's fields (quote and decision share them): (fields, quote params, delivery
-    type).  The fields are left open: the caller reads its own, then calls ``done()``."""
-    policy = policy_of(request)
+async def _read_quote(request: web.Request) -> tuple[Fields, QuoteRequest]:
+    """One quote request's fields (quote and decision share them).  The fields are left open:
+    the caller reads its own, then calls ``done()``."""
     data, form = await read_fields(request)
     f = Fields(data, form)
-    p = _quote_params(f, _model_names(request), policy)
-    delivery = f.choice("delivery_type", tuple(policy.margin_thresholds), default=policy.default_delivery_type)
-    return f, p, delivery
-
-
-def _guarded_quote(request: web.Request, p: dict[str, Any], delivery: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The quote and its margin guardrail check."""
-    policy = policy_of(request)
-    q = _quote(request, p, p["segment"], policy)
-    return q, pricing.guardrail(q["gross_margin_pct"], delivery, policy)
+    return f, _quote_request(f, _model_names(request), policy_of(request))
 
 
 async def pricing_decision(request: web.Request) -> web.Response:
@@ -287,18 +244,17 @@ async def pricing_decision(request: web.Request) -> web.Response:
 
     Optional ``variant`` (control|test) and ``experiment`` tag the decision for experiment summaries.
     """
-    f, p, delivery = await _read_quote(request)
-    approver = f.text("approver", "ops-auto")
-    variant = f.choice("variant", VARIANTS, default="") or None
-    experiment = f.text("experiment", "", max_len=64) or None
+    f, quote = await _read_quote(request)
+    req = DecisionRequest(quote, approver=f.text("approver", "ops-auto"),
+                          variant=f.choice("variant", VARIANTS, default="") or None,
+                          experiment=f.text("experiment", "", max_len=64) or None)
     f.done()
-    q, check = _guarded_quote(request, p, delivery)
-    d = pricing.decision(check, approver, datetime.now(timezone.utc))
-    quote_id, exception_id = await _record(request, q, check, decision=d, variant=variant, experiment=experiment)
-    out = {"success": True, "quote_id": quote_id, "decision": d, "quote": q, "guardrail_check": check}
-    if exception_id is not None:
-        out["exception_id"] = exception_id
-    return json_response(out, headers=_deprecation(f))
+    r = await _service(request).decide(req, request.get(API_KEY_ID))
+    out = {"success": True, "quote_id": r.quote_id, "decision": r.decision, "quote": r.quote,
+           "guardrail_check": r.check}
+    if r.exception_id is not None:
+        out["exception_id"] = r.exception_id
+    return json_response(out, headers=_deprecation(quote))
 
 
 async def pricing_batch_quotes(request: web.Request) -> web.Response:
@@ -322,13 +278,13 @@ async def pricing_scenario(request: web.Request) -> web.Response:
     delivery = f.choice("delivery_type", tuple(policy.margin_thresholds), default=policy.default_delivery_type)
     rows = f.array("scenarios", MAX_SCENARIOS, non_empty=True)
     models = _model_names(request)
-    params = [(_quote_params(item, models, policy), item.present("segment")) for item in _items(f, "scenarios", rows)]
+    reqs = [_quote_request(item, models, policy, delivery) for item in _items(f, "scenarios", rows)]
     f.done()
     results = []
-    for p, _ in params:
-        q = _quote(request, p, p["segment"], policy)
-        results.append({"quote": q, "guardrail_check": pricing.guardrail(q["gross_margin_pct"], delivery, policy)})
-    headers = DEPRECATION if not all(has for _, has in params) else None
+    for req in reqs:
+        q, check = _service(request).quote(req)
+        results.append({"quote": q, "guardrail_check": check})
+    headers = DEPRECATION if not all(req.segment_given for req in reqs) else None
     return json_response({"success": True, "delivery_type": delivery, **pricing.rollup(results, policy),
                           "results": results}, headers=headers)
 
@@ -499,87 +455,19 @@ async def pricing_close_exception(request: web.Request) -> web.Response:
 
 # ------------------------------------------------------------------------------ status, health, report
 
-# The sample inputs of the status and report quotes (reference-facts §8.14 and §8.16; the smb one is
-# chosen to reproduce the seed's 99.4).
-STATUS_SAMPLES = {"mid_market": ("k2p5", "medium", 1200, 600), "enterprise": ("sonnet", "high", 2000, 1000),
-                  "smb": ("k2p5", "low", 3000, 1000)}
-REPORT_SAMPLE = ("k2p5", "medium", 1500, 600)
-_SHORT = ("model", "complexity", "segment", "final_markup", "recommended_price", "gross_margin_pct")
-
-
-def _sample(request: web.Request, sample: tuple[str, str, int, int], segment: str,
-            policy: pricing.PricingPolicy) -> dict[str, Any] | None:
-    model, complexity, tin, tout = sample
-    price = request.app[CONFIG].models.get(model)
-    if price is None or complexity not in policy.complexity_markup or segment not in policy.segment_adjustments:
-        return None
-    return pricing.quote(model, price, complexity, segment, tin, tout, policy)
-
-
 async def pricing_status(request: web.Request) -> web.Response:
     """The pricing policy, example quotes and a guardrail check."""
-    policy = policy_of(request)
-    examples = {}
-    for segment, sample in STATUS_SAMPLES.items():
-        q = _sample(request, sample, segment, policy)
-        if q is not None:
-            examples[segment] = {k: q[k] for k in ("model", "complexity", "segment", "base_markup",
-                                                   "segment_adjustment", "final_markup", "recommended_price",
-                                                   "gross_margin_pct", "margin_band")}
-    first = examples.get(policy.default_segment) or next(iter(examples.values()), None)
-    check = (pricing.guardrail(first["gross_margin_pct"], policy.default_delivery_type, policy)
-             if first is not None else None)
-    return json_response({"success": True, "pricing_policy": policy.status_block(), "example_quotes": examples,
-                          "guardrail_check": check})
-
-
-async def _health(request: web.Request) -> dict[str, Any]:
-    services = request.app[SERVICES]
-    snap = services.budget.snapshot()
-    now = services.runtime.clock()
-    day_start = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    lo = day_start.timestamp()
-    rows = await services.store.read(lambda conn: conn.execute(
-        "SELECT model, COALESCE(SUM(cost), 0), COUNT(*) FROM usage WHERE ts >= ? "
-        "GROUP BY model ORDER BY SUM(cost) DESC, model", (lo,)).fetchall())
-    by_model = {model: (cost, calls) for model, cost, calls in rows}
-    tasks = sum(calls for _, calls in by_model.values())
-    return pricing.pricing_health(float(snap["today_spend"]), float(snap["daily_budget"]), tasks, by_model,
-                                  policy_of(request))
+    return json_response({"success": True, **_service(request).status()})
 
 
 async def pricing_health(request: web.Request) -> web.Response:
     """Today's pricing health: cost, budget use, cost per task, by model."""
-    h = await _health(request)
-    await _budget_events(request, h)
-    return json_response({"success": True, "health": h})
-
-
-async def _budget_events(request: web.Request, h: dict[str, Any]) -> None:
-    """pricing.budget_warning above 80 %, pricing.budget_critical above 95 % (at most one a minute each)."""
-    pct = h["budget_utilization_pct"]
-    for type_, threshold in (("pricing.budget_critical", 95.0), ("pricing.budget_warning", 80.0)):
-        if pct > threshold:
-            services = request.app[SERVICES]
-            data = {"daily_cost": h["daily_cost"], "daily_budget": h["daily_budget"], "budget_utilization_pct": pct}
-            if services.webhooks.route(type_, data) or services.events.wants(type_):
-                services.events.emit_soon(type_, data, throttle_key=type_, every=60.0)
-            break
+    return json_response({"success": True, "health": await _service(request).health()})
 
 
 async def pricing_report(request: web.Request) -> web.Response:
     """The daily pricing report."""
-    policy = policy_of(request)
-    h = await _health(request)
-    by_model = h.pop("by_model")
-    samples = {}
-    for segment in policy.segment_adjustments:
-        q = _sample(request, REPORT_SAMPLE, segment, policy)
-        if q is not None:
-            samples[segment] = {k: q[k] for k in _SHORT}
-    return json_response({"success": True, "report": {
-        "generated_at": pricing.iso_now(datetime.now(timezone.utc)), "period": "daily", "health": h,
-        "by_model": by_model, "sample_quotes_by_segment": samples, "pricing_policy": policy.status_block()}})
+    return json_response({"success": True, "report": await _service(request).report()})
 
 
 # ------------------------------------------------------------------------------ webhooks

@@ -1,0 +1,114 @@
+"""The usage ledger: the one module that reads and writes the ``usage`` table.
+
+One row per billed provider call (an agent's answer, or a failed call the upstream billed
+anyway).  The ledger is the truth about money: the budget is rebuilt from it at start-up,
+spend reports and the pricing/orchestrator views read it.  Callers get named operations;
+no other module holds SQL on ``usage`` (tests/test_table_owners.py checks that).
+
+Reads are plain functions of a connection, for ``store.read``; the write is a statement for
+the caller's unit (the usage row commits with the agent's terminal state).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .store import Statement
+
+__all__ = ["ModelDay", "Spend", "Totals", "billed_by_agent", "by_model_since", "record", "spend", "totals"]
+
+# SQLite allows 32,766 parameters since 3.32 and 999 before: stay well under both.
+_CHUNK = 500
+
+
+def record(ts: float, agent_id: str, api_key: str | None, model: str | None, provider: str | None,
+           input_tokens: int | None, output_tokens: int | None, cost: float) -> Statement:
+    """The statement that records one billed call."""
+    return ("INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key))
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Settled spend: today and this month (UTC), and this clock hour per API key."""
+
+    today: float
+    month: float
+    hour_by_key: dict[str, float]
+
+
+def spend(conn: sqlite3.Connection, now: float) -> Spend:
+    """What the budget counts, from the ledger (start-up rebuilds the budget from it)."""
+    day_start = now // 86_400 * 86_400
+    month_start = datetime.fromtimestamp(now, timezone.utc).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+    hour_start = now // 3600 * 3600
+    (today,) = conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE ts >= ?", (day_start,)).fetchone()
+    (month,) = conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE ts >= ?", (month_start,)).fetchone()
+    hour = dict(conn.execute("SELECT api_key, SUM(cost) FROM usage WHERE ts >= ? GROUP BY api_key",
+                             (hour_start,)).fetchall())
+    return Spend(today, month, hour)
+
+
+def billed_by_agent(conn: sqlite3.Connection, agent_ids: Sequence[str]) -> dict[str, float]:
+    """agent_id -> what its ledger rows sum to (for a live agent: calls billed although they failed)."""
+    billed: dict[str, float] = {}
+    for i in range(0, len(agent_ids), _CHUNK):
+        chunk = agent_ids[i:i + _CHUNK]
+        billed.update(conn.execute(
+            f"SELECT agent_id, SUM(cost) FROM usage WHERE agent_id IN ({', '.join('?' * len(chunk))}) "
+            "GROUP BY agent_id", tuple(chunk)).fetchall())
+    return billed
+
+
+@dataclass(frozen=True)
+class ModelDay:
+    """One model's calls since a moment: how many, what they cost, how many tokens."""
+
+    model: str
+    calls: int
+    cost: float
+    tokens: int
+
+
+def by_model_since(conn: sqlite3.Connection, since: float) -> list[ModelDay]:
+    """Per model since ``since``, costliest first (then by name)."""
+    return [ModelDay(model, calls, cost, tokens) for model, calls, cost, tokens in conn.execute(
+        "SELECT model, COUNT(*), COALESCE(SUM(cost), 0), COALESCE(SUM(input_tokens + output_tokens), 0) "
+        "FROM usage WHERE ts >= ? GROUP BY model ORDER BY SUM(cost) DESC, model", (since,))]
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Spend over a period [lo, hi): total and broken down (rounded to 6 places, as reported)."""
+
+    cost: float
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    by_model: dict[str, float]
+    by_day: dict[str, float]
+    by_key: dict[str, float] | None
+
+
+def totals(conn: sqlite3.Connection, lo: float, hi: float, by_key: bool = False) -> Totals:
+    """Totals for ``lo <= ts < hi``: by model (costliest first), by UTC day, and by key when asked."""
+    where = "ts >= ? AND ts < ?"
+    cost, calls, tokens_in, tokens_out = conn.execute(
+        f"SELECT COALESCE(SUM(cost), 0), COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) "
+        f"FROM usage WHERE {where}", (lo, hi)).fetchone()
+
+    def grouped(sql: str) -> dict[Any, float]:
+        return {k: round(c, 6) for k, c in conn.execute(sql, (lo, hi))}
+
+    return Totals(
+        round(cost, 6), calls, tokens_in, tokens_out,
+        grouped(f"SELECT model, SUM(cost) FROM usage WHERE {where} GROUP BY model ORDER BY SUM(cost) DESC, model"),
+        grouped(f"SELECT date(ts, 'unixepoch') AS d, SUM(cost) FROM usage WHERE {where} GROUP BY d ORDER BY d"),
+        grouped(f"SELECT api_key, SUM(cost) FROM usage WHERE {where} GROUP BY api_key ORDER BY SUM(cost) DESC")
+        if by_key else None)
