@@ -98,9 +98,12 @@ def test_services_take_typed_requests_not_raw_bodies():
     from j1mskyd.orchestrator import Orchestrator
     from j1mskyd.pricing_service import PricingService
 
+    from j1mskyd.webhooks import WebhookService
+    annotation_only = {"WebhookService": WebhookService}  # imported under TYPE_CHECKING in agents.py
+
     for cls in (AgentService, PricingService, Orchestrator):
         for name, fn in inspect.getmembers(cls, inspect.isfunction):
-            hints = typing.get_type_hints(fn)
+            hints = typing.get_type_hints(fn, localns=annotation_only)
             assert "body" not in inspect.signature(fn).parameters, f"{cls.__name__}.{name} takes a raw body"
             assert all(hint is not typing.Any for arg, hint in hints.items() if arg != "return"
                        and arg.endswith(("req", "request", "reqs"))), f"{cls.__name__}.{name}"
