@@ -12,12 +12,10 @@ import math
 import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from . import agent as A
 from . import agent_query, ledger, worstcase
-from .agent import Agent, from_row
+from .agent import ANONYMOUS, Agent, CANCELLED, KIND_AGENT, KIND_MEMBER, KIND_TEAM, SPAWNING, TERMINAL, from_row, money
 from .config import Config
 from .errors import Conflict, NotFound, ValidationFailed
 from .budget import Budget
@@ -60,8 +58,8 @@ class AgentService:
         return agent.reserved
 
     def _build(self, req: SpawnRequest, now: float) -> Agent:
-        return Agent(agent_id=self._new_id(now), kind=A.KIND_AGENT, model=req.model, task=req.task,
-                     priority=req.priority, timeout=req.timeout, status=A.SPAWNING,
+        return Agent(agent_id=self._new_id(now), kind=KIND_AGENT, model=req.model, task=req.task,
+                     priority=req.priority, timeout=req.timeout, status=SPAWNING,
                      estimated_cost=self.estimate(req.model, req.task), created_at=now,
                      retention_days=req.retention_days)
 
@@ -75,7 +73,7 @@ class AgentService:
 
     # -- spawning ----------------------------------------------------------------------
     async def _store_and_admit(self, agents: list[Agent], extra: Sequence[Agent] = (), *,
-                               key_id: str = A.ANONYMOUS, webhook_urls: dict[str, str] | None = None,
+                               key_id: str = ANONYMOUS, webhook_urls: dict[str, str] | None = None,
                                webhook_secret: str | None = None) -> None:
         """Reserve the budget for the top-level ``agents`` (a team's members ride on their
         lead's reservation), then store and queue everything, with each spawn's own
@@ -105,11 +103,11 @@ class AgentService:
     def _hold(self, agent: Agent, extra: Sequence[Agent]) -> float:
         """What ``agent`` holds: its own worst case, or a team lead's, the sum of its members';
         less what calls that failed were billed already (counted as spend when they were)."""
-        if agent.kind == A.KIND_TEAM:
+        if agent.kind == KIND_TEAM:
             return sum(self._hold(m, []) for m in extra if m.parent_id == agent.agent_id)
         return max(self.reservation(agent) - agent.billed, 0.0)
 
-    async def spawn(self, req: SpawnRequest, key_id: str = A.ANONYMOUS,
+    async def spawn(self, req: SpawnRequest, key_id: str = ANONYMOUS,
                     webhook_secret: str | None = None) -> dict[str, Any]:
         agent = self._build(req, self.runtime.clock())
         await self._check_targets([("", req.webhook_url)])
@@ -117,7 +115,7 @@ class AgentService:
                                     webhook_secret=webhook_secret)
         return agent.spawn_view()
 
-    async def spawn_batch(self, reqs: list[SpawnRequest], key_id: str = A.ANONYMOUS,
+    async def spawn_batch(self, reqs: list[SpawnRequest], key_id: str = ANONYMOUS,
                           webhook_secret: str | None = None) -> dict[str, Any]:
         now = self.runtime.clock()
         agents = [self._build(req, now) for req in reqs]
@@ -128,16 +126,16 @@ class AgentService:
         return {"success": True, "count": len(agents),
                 "agents": [a.spawn_view() for a in agents]}
 
-    async def spawn_team(self, req: TeamRequest, key_id: str = A.ANONYMOUS,
+    async def spawn_team(self, req: TeamRequest, key_id: str = ANONYMOUS,
                          webhook_secret: str | None = None) -> dict[str, Any]:
         await self._check_targets([("", req.webhook_url)])
         team, task, priority, timeout, retention = req.team, req.task, req.priority, req.timeout, req.retention_days
         now = self.runtime.clock()
-        lead = Agent(agent_id=self._new_id(now), kind=A.KIND_TEAM, team=team.id, model=team.id, task=task,
-                     priority=priority, timeout=timeout, status=A.SPAWNING, created_at=now,
+        lead = Agent(agent_id=self._new_id(now), kind=KIND_TEAM, team=team.id, model=team.id, task=task,
+                     priority=priority, timeout=timeout, status=SPAWNING, created_at=now,
                      estimated_cost=0.0, retention_days=retention)
-        members = [Agent(agent_id=self._new_id(now), kind=A.KIND_MEMBER, parent_id=lead.agent_id, team=team.id,
-                         model=alias, task=task, priority=priority, timeout=timeout, status=A.SPAWNING,
+        members = [Agent(agent_id=self._new_id(now), kind=KIND_MEMBER, parent_id=lead.agent_id, team=team.id,
+                         model=alias, task=task, priority=priority, timeout=timeout, status=SPAWNING,
                          estimated_cost=self.estimate(alias, task), created_at=now, retention_days=retention)
                    for alias in team.members]
         lead.members = [m.agent_id for m in members]
@@ -145,8 +143,8 @@ class AgentService:
         await self._store_and_admit([lead], members, key_id=key_id, webhook_urls=_urls([(lead, req.webhook_url)]),
                                     webhook_secret=webhook_secret)
         return {"success": True, "agent_id": lead.agent_id, "team": team.id,
-                "models": self.member_labels(team.members), "status": A.SPAWNING,
-                "estimated_cost": A.money(lead.estimated_cost), "team_status": team.status,
+                "models": self.member_labels(team.members), "status": SPAWNING,
+                "estimated_cost": money(lead.estimated_cost), "team_status": team.status,
                 "members": [m.agent_id for m in members]}
 
     def member_labels(self, aliases: Any) -> list[str]:
@@ -161,7 +159,7 @@ class AgentService:
         The runtime marks an agent finished before its final write commits; nobody may
         hear "completed" (or act on it) before the database says so.
         """
-        if agent.status not in A.TERMINAL:
+        if agent.status not in TERMINAL:
             return agent
         if self.store.full is not None:  # the write waits for disk space: what memory holds, at once
             return agent
@@ -188,7 +186,7 @@ class AgentService:
     async def status(self, agent_id: str) -> dict[str, Any]:
         agent = await self._load(agent_id)
         view = agent.status_view()
-        if agent.kind == A.KIND_TEAM:
+        if agent.kind == KIND_TEAM:
             def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
                 return conn.execute("SELECT agent_id, model, status, cost FROM agents WHERE parent_id = ? "
                                     "ORDER BY rowid", (agent_id,)).fetchall()
@@ -199,12 +197,12 @@ class AgentService:
                 # Memory is newer for a live member, except an end still being written: the row
                 # (with its cost) says "completed" only once it is committed (see _settled).
                 agent = live.get(row["agent_id"])
-                return agent.status if agent is not None and agent.status not in A.TERMINAL else row["status"]
+                return agent.status if agent is not None and agent.status not in TERMINAL else row["status"]
 
             view["models"] = self.member_labels(r["model"] for r in rows)
             view["members"] = [
                 {"agent_id": r["agent_id"], "model": r["model"], "status": member_status(r),
-                 "cost": A.money(r["cost"])}
+                 "cost": money(r["cost"])}
                 for r in rows
             ]
         return view
@@ -231,7 +229,7 @@ class AgentService:
             rows = conn.execute(f"SELECT * FROM agents WHERE {q.where_sql()} ORDER BY {q.order}", q.params)
             matched = [a for a in (from_row(r, self.store.cipher) for r in rows) if q.matches(a)]
             parents = {a.parent_id for a in matched if a.parent_id}
-            total_cost = sum(a.cost or 0.0 for a in matched if not (a.kind == A.KIND_TEAM and a.agent_id in parents))
+            total_cost = sum(a.cost or 0.0 for a in matched if not (a.kind == KIND_TEAM and a.agent_id in parents))
             by_model: dict[str, int] = {}
             for a in matched:
                 by_model[a.model] = by_model.get(a.model, 0) + 1
@@ -251,14 +249,14 @@ class AgentService:
 
     async def cancel(self, agent_id: str) -> dict[str, Any]:
         agent = self.runtime.live.get(agent_id)
-        if agent is None or agent.status in A.TERMINAL:
+        if agent is None or agent.status in TERMINAL:
             # Unknown (404), finished, or finishing right now (its final write is in flight,
             # or a concurrent cancel got there first): nothing left to cancel.
             finished = await self._load(agent_id)
             raise Conflict(f"Agent '{agent_id}' already {finished.status}; nothing to cancel",
                            status=finished.status)
         refund = await self.runtime.cancel(agent)
-        if agent.status != A.CANCELLED:  # it completed or failed while we were cancelling it
+        if agent.status != CANCELLED:  # it completed or failed while we were cancelling it
             raise Conflict(f"Agent '{agent_id}' already {agent.status}; nothing to cancel", status=agent.status)
         return {"success": True, "message": "Agent cancelled", "agent_id": agent_id, "refund": refund}
 
@@ -300,12 +298,12 @@ class AgentService:
             billed = ledger.billed_by_agent(conn, [a.agent_id for a in live])
             for a in live:
                 a.billed = billed.get(a.agent_id) or 0.0
-            teams = {a.agent_id: a for a in live if a.kind == A.KIND_TEAM}
+            teams = {a.agent_id: a for a in live if a.kind == KIND_TEAM}
             done: dict[str, list[Agent]] = {t: [] for t in teams}
             for tid, team in teams.items():
                 for r in conn.execute("SELECT * FROM agents WHERE parent_id = ? ORDER BY rowid", (tid,)):
                     team.members.append(r["agent_id"])
-                    if r["status"] in A.TERMINAL:
+                    if r["status"] in TERMINAL:
                         done[tid].append(from_row(r, self.store.cipher))
             return live, done
 
@@ -315,10 +313,10 @@ class AgentService:
         # Reservations first: agents failed during recovery settle against them.  They are the
         # worst cases under today's config, which is what the re-run calls will be sent; a team
         # holds for its members still live (those already ended are in the ledger).
-        live_members = [a for a in live if a.kind == A.KIND_MEMBER]
+        live_members = [a for a in live if a.kind == KIND_MEMBER]
         self.budget.restore(spent.today, spent.month, spent.hour_by_key,
                             live=[(a.agent_id, a.api_key, self._hold(a, live_members))
-                                  for a in live if a.kind != A.KIND_MEMBER])
+                                  for a in live if a.kind != KIND_MEMBER])
         return await self.runtime.recover(live, done)
 
 

@@ -27,9 +27,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import agent as A
 from . import ledger
-from .agent import Agent
+from .agent import (
+    Agent, CANCELLED, COMPLETED, FAILED, KIND_MEMBER, KIND_TEAM, PRIORITIES, QUEUED, RUNNING, SPAWNING, Status,
+    TERMINAL, money)
 from .backoff import backoff_delay
 from .budget import Budget, Level
 from .config import Config, ModelConfig
@@ -66,7 +67,7 @@ def _abandoned_usage(agent: Agent, max_tokens: int) -> tuple[int, int]:
 
 def _hold_id(agent: Agent) -> str:
     """Whose budget reservation pays for ``agent``: its own, or its team lead's."""
-    if agent.kind == A.KIND_MEMBER:
+    if agent.kind == KIND_MEMBER:
         assert agent.parent_id is not None  # a member always belongs to a team (agents.py)
         return agent.parent_id
     return agent.agent_id
@@ -76,7 +77,7 @@ def _refund(agent: Agent, spent: float | None = None) -> float:
     """The unspent part of what was estimated at spawn."""
     if spent is None:
         spent = agent.cost or 0.0
-    return A.money(max(agent.estimated_cost - spent, 0.0))
+    return money(max(agent.estimated_cost - spent, 0.0))
 
 
 class AgentRuntime:
@@ -117,7 +118,7 @@ class AgentRuntime:
         self._sweeper = asyncio.ensure_future(self._sweep_expired())
 
     def queued_count(self) -> int:
-        return sum(1 for a in self.live.values() if a.status in (A.QUEUED, A.SPAWNING))
+        return sum(1 for a in self.live.values() if a.status in (QUEUED, SPAWNING))
 
     def running_count(self) -> int:
         return self._active
@@ -131,15 +132,15 @@ class AgentRuntime:
         """
         now = self.clock()
         for agent in agents:
-            if agent.kind == A.KIND_TEAM:
-                agent.status, agent.started_at, agent.runs = A.RUNNING, now, 1
+            if agent.kind == KIND_TEAM:
+                agent.status, agent.started_at, agent.runs = RUNNING, now, 1
             else:
-                agent.status = A.QUEUED
+                agent.status = QUEUED
         statements = [a.insert_statement(self.store.cipher) for a in agents] + list(extra_statements)
         events = []
         if self.events is not None:
             for agent in agents:
-                if agent.kind != A.KIND_MEMBER:
+                if agent.kind != KIND_MEMBER:
                     event, stmts = self.events.statements("agent.spawned", agent_event_data(agent))
                     events.append(event)
                     statements.extend(stmts)
@@ -148,7 +149,7 @@ class AgentRuntime:
             self.events.published(events)
         for agent in agents:
             self.live[agent.agent_id] = agent
-            if agent.kind == A.KIND_TEAM:
+            if agent.kind == KIND_TEAM:
                 self._team_finished.setdefault(agent.agent_id, {})
             else:
                 self._enqueue(agent)
@@ -163,9 +164,9 @@ class AgentRuntime:
 
     async def cancel(self, agent: Agent) -> float:
         """Cancel a live agent; returns the refund (its unspent estimated cost)."""
-        if agent.status in A.TERMINAL:  # its final write is in flight: report that outcome
+        if agent.status in TERMINAL:  # its final write is in flight: report that outcome
             return _refund(await self.wait(agent.agent_id))
-        if agent.kind == A.KIND_TEAM:
+        if agent.kind == KIND_TEAM:
             self._cancelling.add(agent.agent_id)
             for member_id in list(agent.members):
                 member = self.live.get(member_id)
@@ -174,7 +175,7 @@ class AgentRuntime:
             spent = sum((m.cost or 0.0) for m in self._team_finished.get(agent.agent_id, {}).values())
             # Members finishing as cancelled finalise the team; wait for that.
             if agent.agent_id in self.live:
-                await self._finish(agent, A.CANCELLED, error="cancelled by request", cost=spent)
+                await self._finish(agent, CANCELLED, error="cancelled by request", cost=spent)
             return _refund(agent, spent)
         done = self.wait(agent.agent_id)
         task = self._tasks.get(agent.agent_id)
@@ -182,19 +183,19 @@ class AgentRuntime:
         if task is not None:
             task.cancel()
         else:  # queued: its heap entry is skipped at dispatch
-            await self._finish(agent, A.CANCELLED, error="cancelled by request")
+            await self._finish(agent, CANCELLED, error="cancelled by request")
         return _refund(await done)
 
     async def recover(self, agents: list[Agent], members_done: dict[str, list[Agent]]) -> dict[str, int]:
         """Re-adopt the live agents found in the database at start (after a crash or stop)."""
         counts = {"requeued": 0, "interrupted": 0, "teams": 0}
-        teams = [a for a in agents if a.kind == A.KIND_TEAM]
+        teams = [a for a in agents if a.kind == KIND_TEAM]
         for team in teams:
             self.live[team.agent_id] = team
             self._team_finished[team.agent_id] = {m.agent_id: m for m in members_done.get(team.agent_id, [])}
             counts["teams"] += 1
         for agent in agents:
-            if agent.kind == A.KIND_TEAM:
+            if agent.kind == KIND_TEAM:
                 continue
             self.live[agent.agent_id] = agent
             model = self.config.models.get(agent.model)
@@ -202,15 +203,15 @@ class AgentRuntime:
                 # The config changed while the daemon was down; never refuse to start over it.
                 counts["unroutable"] = counts.get("unroutable", 0) + 1
                 what = f"model '{agent.model}'" if model is None else f"provider '{model.provider}'"
-                await self._finish(agent, A.FAILED, error=f"{what} is no longer configured")
+                await self._finish(agent, FAILED, error=f"{what} is no longer configured")
                 continue
-            if agent.status == A.RUNNING and agent.runs > self.rt.restart_attempts:
+            if agent.status == RUNNING and agent.runs > self.rt.restart_attempts:
                 counts["interrupted"] += 1
-                await self._finish(agent, A.FAILED, error="interrupted: the daemon stopped while this agent "
+                await self._finish(agent, FAILED, error="interrupted: the daemon stopped while this agent "
                                                           f"was running ({agent.runs} runs)")
                 continue
             counts["requeued"] += 1
-            agent.status = A.QUEUED
+            agent.status = QUEUED
             self.store.submit([agent.update_statement("status")])
             self._enqueue(agent)
         for team in teams:  # a team whose members all ended before the crash
@@ -240,7 +241,7 @@ class AgentRuntime:
     # -- queue ----------------------------------------------------------------------
     def _enqueue(self, agent: Agent) -> None:
         provider = self.config.models[agent.model].provider
-        heapq.heappush(self._queues[provider], (A.PRIORITIES[agent.priority], next(self._seq), agent.agent_id))
+        heapq.heappush(self._queues[provider], (PRIORITIES[agent.priority], next(self._seq), agent.agent_id))
 
     def limit_for(self, bucket_key: str) -> Limit | None:
         """The limit of a ``provider:<name>`` bucket (for pruning), None for other keys."""
@@ -306,7 +307,7 @@ class AgentRuntime:
                 # It would outlive its timeout waiting for quota: say so now.
                 self._cancelling.add(agent.agent_id)  # stale from here on: looked at once
                 asyncio.ensure_future(self._finish(
-                    agent, A.FAILED, error=f"rate limited: no provider of its fallback chain has hourly "
+                    agent, FAILED, error=f"rate limited: no provider of its fallback chain has hourly "
                                            f"capacity within its {agent.timeout:g} s timeout"))
             else:
                 wake = token_wait if wake is None else min(wake, token_wait)
@@ -345,21 +346,21 @@ class AgentRuntime:
 
     def _stale(self, agent_id: str) -> bool:
         agent = self.live.get(agent_id)
-        return agent is None or agent.status != A.QUEUED or agent_id in self._cancelling
+        return agent is None or agent.status != QUEUED or agent_id in self._cancelling
 
     async def _sweep_expired(self) -> None:
         """Fail queued agents whose deadline passed while they waited."""
         while True:
             await asyncio.sleep(1.0)
             now = self.clock()
-            for agent in [a for a in self.live.values() if a.status == A.QUEUED and a.deadline <= now]:
-                await self._finish(agent, A.FAILED, error=f"timeout: still queued after {agent.timeout:g} s")
+            for agent in [a for a in self.live.values() if a.status == QUEUED and a.deadline <= now]:
+                await self._finish(agent, FAILED, error=f"timeout: still queued after {agent.timeout:g} s")
 
     # -- running ----------------------------------------------------------------------
     async def _run(self, agent: Agent, slot: ProviderSlot) -> None:
         held: list[ProviderSlot] = [slot]
         try:
-            agent.status = A.RUNNING
+            agent.status = RUNNING
             agent.started_at = self.clock()
             agent.runs += 1
             self.store.submit([agent.update_statement("status", "started_at", "runs")])
@@ -375,14 +376,14 @@ class AgentRuntime:
                 async with asyncio.timeout(remaining):
                     served, result = await self._execute(agent, held)
             except TimeoutError:
-                await asyncio.shield(self._finish(agent, A.FAILED,
+                await asyncio.shield(self._finish(agent, FAILED,
                                                   error=f"timeout: agent exceeded its {agent.timeout:g} s timeout"))
                 return
             except AgentFailure as exc:
-                await asyncio.shield(self._finish(agent, A.FAILED, error=str(exc)))
+                await asyncio.shield(self._finish(agent, FAILED, error=str(exc)))
                 return
             except _Requeue:
-                agent.status = A.QUEUED
+                agent.status = QUEUED
                 agent.runs -= 1
                 self.store.submit([agent.update_statement("status", "runs", "attempts")])
                 self._enqueue(agent)
@@ -390,24 +391,24 @@ class AgentRuntime:
             model = self.config.models[served]
             # Shielded: once the outcome is known, a cancel or stop must not lose it.
             await asyncio.shield(self._finish(
-                agent, A.COMPLETED, result=result.text, served_model=served, provider=model.provider,
+                agent, COMPLETED, result=result.text, served_model=served, provider=model.provider,
                 input_tokens=result.input_tokens, output_tokens=result.output_tokens,
                 cost=token_cost(model, result.input_tokens, result.output_tokens) + agent.billed,
             ))
         except asyncio.CancelledError:
-            if agent.status in A.TERMINAL:
+            if agent.status in TERMINAL:
                 return  # a shielded _finish is writing the outcome
             if agent.agent_id in self._cancelling:
-                await self._finish(agent, A.CANCELLED, error="cancelled by request")
+                await self._finish(agent, CANCELLED, error="cancelled by request")
             elif self._stopping:
-                agent.status = A.QUEUED
+                agent.status = QUEUED
                 agent.runs -= 1  # a graceful stop is not a crash: do not count this run
                 await self.store.write(agent.update_statement("status", "runs", "attempts"))
             else:
                 raise
         except Exception as exc:  # a bug must fail the agent, not lose it
             log.exception("agent %s crashed in the runtime", agent.agent_id)
-            await self._finish(agent, A.FAILED, error=f"internal error: {type(exc).__name__}")
+            await self._finish(agent, FAILED, error=f"internal error: {type(exc).__name__}")
         finally:
             for s in held:
                 s.release()
@@ -563,24 +564,24 @@ class AgentRuntime:
         return result
 
     # -- finishing ----------------------------------------------------------------------
-    async def _finish(self, agent: Agent, status: A.Status, **fields: Any) -> None:
+    async def _finish(self, agent: Agent, status: Status, **fields: Any) -> None:
         """Write the terminal state (and the usage row) durably, then tell everyone."""
-        if agent.status in A.TERMINAL:
+        if agent.status in TERMINAL:
             return
         fields.setdefault("completed_at", self.clock())
-        if agent.billed and status != A.COMPLETED:  # calls billed although they failed
+        if agent.billed and status != COMPLETED:  # calls billed although they failed
             fields.setdefault("cost", agent.billed)
         statements: list[Statement] = []
         for name, value in fields.items():
             setattr(agent, name, value)
         agent.status = status
         statements.append(agent.update_statement("status", "attempts", *fields, cipher=self.store.cipher))
-        if status == A.COMPLETED and agent.kind != A.KIND_TEAM:
+        if status == COMPLETED and agent.kind != KIND_TEAM:
             statements.append(ledger.record(fields["completed_at"], agent.agent_id, agent.api_key, agent.served_model,
                                             agent.provider, agent.input_tokens, agent.output_tokens,
                                             fields["cost"] - agent.billed))
         event = None
-        if self.events is not None and agent.kind != A.KIND_MEMBER:
+        if self.events is not None and agent.kind != KIND_MEMBER:
             # The announcement goes in the same transaction as the state it announces.
             event, stmts = self.events.statements(f"agent.{status}", agent_event_data(agent))
             statements.extend(stmts)
@@ -595,9 +596,9 @@ class AgentRuntime:
         exceeded = self._settle(agent) if self.budget is not None else []
         self.live.pop(agent.agent_id, None)
         self._cancelling.discard(agent.agent_id)
-        if status == A.COMPLETED:
+        if status == COMPLETED:
             self.completed_total += 1
-        elif status == A.FAILED:
+        elif status == FAILED:
             self.failed_total += 1
         fut = self._done.pop(agent.agent_id, None)
         if fut is not None and not fut.done():
@@ -617,10 +618,10 @@ class AgentRuntime:
         """Release the agent's reservation and count its cost (a member: its share of its
         lead's; a team: nothing more, its members counted theirs as they ended)."""
         assert self.budget is not None  # _finish calls this only with a budget
-        if agent.kind == A.KIND_TEAM:
+        if agent.kind == KIND_TEAM:
             return self.budget.settle(agent.agent_id, None)
         # Calls billed although they failed were counted as they happened (_bill_failed_call).
-        part = max((agent.reserved or 0.0) - agent.billed, 0.0) if agent.kind == A.KIND_MEMBER else None
+        part = max((agent.reserved or 0.0) - agent.billed, 0.0) if agent.kind == KIND_MEMBER else None
         exceeded = self.budget.settle(_hold_id(agent), max((agent.cost or 0.0) - agent.billed, 0.0), part=part)
         if agent.cost and agent.reserved is not None and agent.cost > agent.reserved + 1e-9:
             log.warning("provider %s billed agent %s $%.6f, more than the $%.6f reserved for it "
@@ -655,25 +656,25 @@ class AgentRuntime:
         members = [finished[m] for m in team.members]
         cost = sum(m.cost or 0.0 for m in members)
         if team_id in self._cancelling:
-            await self._finish(team, A.CANCELLED, cost=cost, error="cancelled by request")
+            await self._finish(team, CANCELLED, cost=cost, error="cancelled by request")
             return
-        ok = [m for m in members if m.status == A.COMPLETED]
+        ok = [m for m in members if m.status == COMPLETED]
         tokens_in = sum(m.input_tokens or 0 for m in ok)
         tokens_out = sum(m.output_tokens or 0 for m in ok)
-        if team.status in A.TERMINAL:
+        if team.status in TERMINAL:
             return
         if ok:
             sections = []
             for m in members:
                 label = self.member_label(m.model)
-                body = m.result if m.status == A.COMPLETED else f"({m.status}: {m.error})"
+                body = m.result if m.status == COMPLETED else f"({m.status}: {m.error})"
                 sections.append(f"## {label}\n{body}")
-            failed = [f"{m.model}: {m.error}" for m in members if m.status != A.COMPLETED]
-            await self._finish(team, A.COMPLETED, result="\n\n".join(sections), cost=cost,
+            failed = [f"{m.model}: {m.error}" for m in members if m.status != COMPLETED]
+            await self._finish(team, COMPLETED, result="\n\n".join(sections), cost=cost,
                                input_tokens=tokens_in, output_tokens=tokens_out,
                                error=("some members did not complete: " + "; ".join(failed)) if failed else None)
-        elif all(m.status == A.CANCELLED for m in members):
-            await self._finish(team, A.CANCELLED, cost=cost, error="cancelled by request")
+        elif all(m.status == CANCELLED for m in members):
+            await self._finish(team, CANCELLED, cost=cost, error="cancelled by request")
         else:
-            await self._finish(team, A.FAILED, cost=cost,
+            await self._finish(team, FAILED, cost=cost,
                                error="all members failed: " + "; ".join(f"{m.model}: {m.error}" for m in members))

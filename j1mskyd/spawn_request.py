@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import agent as A
+from .agent import PRIORITIES, Priority
 from .config import Config, TeamConfig
 from .errors import ValidationFailed
 from .jsonx import is_unicode
@@ -27,7 +27,7 @@ class _Spawn:
     """What every spawn request holds, checked against the config (limits on task and timeout)."""
 
     task: str
-    priority: A.Priority = "normal"
+    priority: Priority = "normal"
     timeout: float = 300.0
     retention_days: float | None = None
     webhook_url: str | None = None  # an http(s) URL; its target policy is checked by the service
@@ -129,7 +129,7 @@ class SpawnParser:
         elif not is_unicode(task):
             errors.append({"field": prefix + "task", "message": "Task must be valid Unicode text (no lone surrogates)"})
         priority = body.get("priority", "normal")
-        if not isinstance(priority, str) or priority not in A.PRIORITIES:  # a list/dict is unhashable
+        if not isinstance(priority, str) or priority not in PRIORITIES:  # a list/dict is unhashable
             errors.append({"field": prefix + "priority", "message": "Priority must be one of: low, normal, high"})
         timeout = body.get("timeout", rt.default_timeout)
         # bool is an int, and a huge JSON int overflows math.isfinite: compare, never convert first.

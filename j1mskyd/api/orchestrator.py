@@ -7,8 +7,6 @@ module reads requests into ModelRequest and shapes the answers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
