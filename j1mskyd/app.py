@@ -17,12 +17,13 @@ from . import statedir
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
+from .api.rate_headers import RATE_HEADERS, RateHeaders
 from .audit import Actor, AuditLog
 from .events import EventLog
 from .idempotency import IdempotencyStore
 from .ipcontrol import IpControl
 from .api.routes import setup_routes
-from .breaker import CircuitBreaker
+from .breaker import CircuitBreaker, StateChanges
 from .budget import Budget, BudgetPolicy
 from .config import Config
 from .keys import KeyService
@@ -86,6 +87,7 @@ class Services:
     pricing_history: PricingHistory
     started: float = field(default_factory=time.monotonic)
     health_cache: tuple[tuple, bytes, int] | None = None  # (stamp, body, status) of GET /health
+    breaker_changes: StateChanges = field(default_factory=StateChanges)  # shared by the slots' breakers
     # The v4.1 caches: model recommendations 30 s, pricing calculations 5 min.
     caches: dict[str, TTLCache] = field(default_factory=lambda: {"recommendations": TTLCache(30.0),
                                                                   "pricing": TTLCache(300.0)})
@@ -99,7 +101,8 @@ def ratelimit_path(config: Config) -> str:
     return os.path.join(config.server.state_dir, "ratelimits.json")
 
 
-def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.ClientSession) -> dict[str, ProviderSlot]:
+def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.ClientSession,
+                 changes: StateChanges) -> dict[str, ProviderSlot]:
     slots = {}
     rt = config.runtime
     for name, settings in config.providers.items():
@@ -109,8 +112,8 @@ def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.Clie
         except PluginError as exc:
             error = str(exc)
             log.error("provider %s unavailable: %s", name, error)
-        slots[name] = ProviderSlot(settings, client, CircuitBreaker(rt.breaker_threshold, rt.breaker_reset_seconds),
-                                   error)
+        breaker = CircuitBreaker(rt.breaker_threshold, rt.breaker_reset_seconds, changes=changes)
+        slots[name] = ProviderSlot(settings, client, breaker, error)
     return slots
 
 
@@ -214,7 +217,8 @@ async def _lifecycle(app: web.Application):
     targets = policy_from(config.webhooks.allowed_networks, config.server.host, config.server.port)
     hook_session, hook_resolver = webhook_session(targets)
     try:
-        slots = _build_slots(config, registry, session)
+        breaker_changes = StateChanges()
+        slots = _build_slots(config, registry, session, breaker_changes)
         runtime = AgentRuntime(config, store, slots, buckets=limiter.buckets, budget=budget)
         agents = AgentService(config, store, runtime, budget)
         keys = KeyService(store, config.security.key_rotation_grace_hours * 3600)
@@ -229,7 +233,8 @@ async def _lifecycle(app: web.Application):
         agents.webhooks = webhooks
         services = app[SERVICES] = Services(store, registry, session, slots, runtime, agents, budget, bucket_file,
                                             keys, ip_control, audit, IdempotencyStore(store), events, webhooks,
-                                            PricingHistory(store, config.pricing.history_days))
+                                            PricingHistory(store, config.pricing.history_days),
+                                            breaker_changes=breaker_changes)
         await events.load()
         await webhooks.load()
         changed, stmts = await services.pricing_history.policy_change(config.pricing.policy)
@@ -303,6 +308,7 @@ def build_app(config: Config) -> web.Application:
     lim = config.limits
     app[LIMITER] = RequestLimiter(
         Buckets(), {cls: Limit(getattr(lim, cls), lim.window_seconds) for cls in ENDPOINT_CLASSES}, lim.per_ip)
+    app[RATE_HEADERS] = RateHeaders(app[LIMITER])
     app[REPLAY_GUARD] = ReplayGuard()
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_close_live_readers)

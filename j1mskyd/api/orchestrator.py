@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 
 from .. import pricing
-from ..breaker import CircuitBreaker
 from ..errors import NotFound, ValidationFailed
 from .common import CONFIG, SERVICES, json_response, read_json_object
 from .pricing import MAX_TOKENS, STATUS_SAMPLES, Fields, policy_of, read_fields
@@ -58,7 +57,7 @@ def _recommend(request: web.Request, task_type: str, tokens: int) -> tuple[str, 
     snap = services.budget.snapshot()
     # What the answer depends on: the budget (its version moves with every reserve and settle)
     # and which models are usable (breaker state changes; the hourly quota is left to the TTL).
-    key = (task_type, tokens, services.budget.version, CircuitBreaker.changes)
+    key = (task_type, tokens, services.budget.version, services.breaker_changes.count)
     cached = services.caches["recommendations"].get(key)
     if cached is None:
         committed = float(snap["today_spend"]) + float(snap["reserved"])  # what spawn admission counts
