@@ -14,6 +14,10 @@ once, in admit().  admit() is also the one way in for credentials that arrive in
 open connection (a WebSocket's auth message): the same IP checks, key and scope, signature
 rule, rate limit and audit entries as any request.
 
+What the pipeline knows of a route (scope, rate-limit class) comes from the app's
+RouteTable (route_table.py: deny by default); the X-RateLimit-* headers are formatted by
+rate_headers.py from the limiter's decisions.
+
 Public routes (GET /health, the sunset 410s) take a short way: IP guard, handler, and the
 rate-limit headers from a look at the buckets (cached while they are full), because a
 monitor may poll /health many times a second (issue 3 measures exactly this path).
@@ -235,9 +239,10 @@ async def admit(request: web.Request, p: Pass, creds: Credentials, *, opening: b
     """The checks that admit a client, in their order (stated only here): IP guard, key and
     scope, signature (when needed), rate limit.  Each refuses by raising its ApiError.
 
-    ``opening``: the request opens a connection that may authenticate inside (IN_BAND_AUTH);
-    without credentials it passes on the IP guard alone, uncounted, like any request that
-    has no key yet: its auth message comes through here again (authenticate_in_band).
+    ``opening``: the request opens a connection that may authenticate inside (a route added
+    with ``in_band=True``); without credentials it passes on the IP guard alone, uncounted,
+    like any request that has no key yet: its auth message comes through here again
+    (authenticate_in_band).
     """
     check_ip(request, p)
     if opening and creds.token is None and p.route.in_band:
