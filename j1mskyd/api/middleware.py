@@ -46,7 +46,7 @@ from ..signing import SignatureError, verify
 from ..violations import record_violation
 from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, METRICS, REQUEST_ID, SERVICES, actor,
                      api_error_response, app_key, error_response)
-from .rate_headers import RATE_HEADERS, decision_headers
+from .rate_headers import decision_headers
 from .route_table import PUBLIC, ROUTE_TABLE, Route, route_of
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         # Counted: the limiter's answer.  Public, or refused before the limiter: the
         # standing, without counting (cached while the buckets are full).
         headers.update(decision_headers(p.decision) if p.decision is not None
-                       else app[RATE_HEADERS].peek(route.limit_class, p.key_id, p.ip))
+                       else route.rate_headers.peek(route.limit_class, p.key_id, p.ip))
     route.record(app, response.status, time.perf_counter() - started)
     return response
 

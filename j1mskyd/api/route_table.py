@@ -17,6 +17,7 @@ from aiohttp import web
 from ..keys import SCOPES
 from ..metrics import RouteStats
 from .common import METRICS, app_key
+from .rate_headers import RATE_HEADERS, RateHeaders
 
 __all__ = ["PUBLIC", "ROUTE_TABLE", "Route", "RouteTable", "route_of"]
 
@@ -30,7 +31,8 @@ class Route:
     """What the pipeline needs to know of one route, worked out at its first request
     instead of looking up the route tables (and formatting its metrics name) every time."""
 
-    __slots__ = ("name", "scope", "limit_class", "is_api", "public", "authenticated", "in_band", "stats")
+    __slots__ = ("name", "scope", "limit_class", "is_api", "public", "authenticated", "in_band", "stats",
+                 "rate_headers")
 
     def __init__(self, table: RouteTable, method: str, pattern: str | None, path: str) -> None:
         # HEAD is GET without the body (aiohttp adds it to every GET route): it needs what
@@ -46,6 +48,8 @@ class Route:
         # Every route that is not public asks for one, whatever its path.
         self.authenticated = pattern is not None and not self.public
         self.stats: RouteStats | None = None  # at the first answer: /metrics lists answered routes only
+        # The app's header formatter, held here to spare the hot path an app lookup per request.
+        self.rate_headers: RateHeaders = table.app[RATE_HEADERS]
 
     def record(self, app: web.Application, status: int, seconds: float) -> None:
         if self.stats is None:
