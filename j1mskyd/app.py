@@ -22,13 +22,14 @@ from .agents import AgentService
 from .api.common import CONFIG, SERVICES, app_key
 from .billing import Billing
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
+from .api.rate_headers import RATE_HEADERS, RateHeaders
 from .audit import Actor, AuditLog
 from .events import EventLog
 from .idempotency import IdempotencyStore
 from .ipcontrol import IpControl
 from .jobs import maintain_hourly, refresh_keys, save_counters
 from .api.routes import setup_routes
-from .breaker import CircuitBreaker
+from .breaker import CircuitBreaker, StateChanges
 from .budget import Budget, BudgetPolicy
 from .config import Config
 from .keys import KeyService
@@ -113,6 +114,7 @@ class Services:
     caches: dict[str, TTLCache]
     started: float = field(default_factory=time.monotonic)
     health_cache: tuple[tuple, bytes, int] | None = None  # (stamp, body, status) of GET /health
+    breaker_changes: StateChanges = field(default_factory=StateChanges)  # shared by the slots' breakers
 
 
 def _new_caches() -> dict[str, TTLCache]:
@@ -127,7 +129,8 @@ def ratelimit_path(config: Config) -> str:
     return os.path.join(config.server.state_dir, "ratelimits.json")
 
 
-def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.ClientSession) -> dict[str, ProviderSlot]:
+def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.ClientSession,
+                 changes: StateChanges) -> dict[str, ProviderSlot]:
     slots = {}
     rt = config.runtime
     for name, settings in config.providers.items():
@@ -137,8 +140,8 @@ def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.Clie
         except PluginError as exc:
             error = str(exc)
             log.error("provider %s unavailable: %s", name, error)
-        slots[name] = ProviderSlot(settings, client, CircuitBreaker(rt.breaker_threshold, rt.breaker_reset_seconds),
-                                   error)
+        breaker = CircuitBreaker(rt.breaker_threshold, rt.breaker_reset_seconds, changes=changes)
+        slots[name] = ProviderSlot(settings, client, breaker, error)
     return slots
 
 
@@ -184,6 +187,7 @@ _STORE = app_key("j1msky.store")
 _BUCKET_FILE = app_key("j1msky.bucket_file")
 _PLUGINS = app_key("j1msky.plugins")
 _SLOTS = app_key("j1msky.provider_slots")
+_BREAKER_CHANGES = app_key("j1msky.breaker_changes")  # breaker state changes, counted per app
 _WEBHOOK_CLIENT = app_key("j1msky.webhook_client")  # (session, its resolver, the target policy)
 
 
@@ -236,7 +240,8 @@ async def _provider_session(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(connector=upstream_connector(config),
                                     timeout=aiohttp.ClientTimeout(total=None, connect=30))
     try:
-        slots = app[_SLOTS] = _build_slots(config, app[_PLUGINS], session)
+        changes = app[_BREAKER_CHANGES] = StateChanges()
+        slots = app[_SLOTS] = _build_slots(config, app[_PLUGINS], session, changes)
         try:
             yield
         finally:
@@ -284,12 +289,12 @@ def _wire(app: web.Application) -> Services:
     pricing = PricingService(config.models, config.pricing.policy, store, events, webhooks, history, budget,
                              runtime.clock, caches["pricing"])
     orchestrator = Orchestrator(config, store, budget, runtime, app[_SLOTS], agents, history, pricing,
-                                caches["recommendations"])
+                                caches["recommendations"], app[_BREAKER_CHANGES])
     return Services(store=store, registry=registry, slots=app[_SLOTS], runtime=runtime, agents=agents,
                     budget=budget, keys=KeyService(store, sec.key_rotation_grace_hours * 3600),
                     ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store), events=events,
                     webhooks=webhooks, pricing_history=history, pricing=pricing, orchestrator=orchestrator,
-                    billing=Billing(store), caches=caches)
+                    billing=Billing(store), caches=caches, breaker_changes=app[_BREAKER_CHANGES])
 
 
 async def _announce_pricing_policy(services: Services, config: Config) -> None:
@@ -395,6 +400,7 @@ def build_app(config: Config) -> web.Application:
     lim = config.limits
     app[LIMITER] = RequestLimiter(
         Buckets(), {cls: Limit(getattr(lim, cls), lim.window_seconds) for cls in ENDPOINT_CLASSES}, lim.per_ip)
+    app[RATE_HEADERS] = RateHeaders(app[LIMITER])
     app[REPLAY_GUARD] = ReplayGuard()
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_close_live_readers)

@@ -7,17 +7,28 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "CircuitBreaker", "StateChanges"]
+
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
-class CircuitBreaker:
-    # Stored state changes of all breakers in the process: a reader caching what it shows
-    # of them (GET /health) compares one integer instead of asking every breaker.  The
-    # timed open -> half-open step is computed, not stored, so it does not count here.
-    changes = 0
+class StateChanges:
+    """Stored state changes of a group of breakers (one app's providers): a reader caching
+    what it shows of them (GET /health, model recommendations) compares one integer
+    instead of asking every breaker.  The timed open -> half-open step is computed, not
+    stored, so it does not count here."""
 
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class CircuitBreaker:
     def __init__(self, threshold: int = 5, reset_seconds: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, changes: StateChanges | None = None) -> None:
+        # ``changes``: shared by the breakers of one app; never by two apps.
+        self.changes = changes if changes is not None else StateChanges()
         self.threshold = threshold
         self.reset_seconds = reset_seconds
         self._clock = clock
@@ -69,7 +80,7 @@ class CircuitBreaker:
     def _set(self, state: str) -> None:
         if state != self._state:
             self._state = state
-            CircuitBreaker.changes += 1
+            self.changes.count += 1
 
     def release_probe(self) -> None:
         """A half-open probe ended without a verdict (cancelled): let another one try."""

@@ -128,7 +128,8 @@ class ApiKey:
         return self.own_webhook_secret or self.secret
 
     def allows(self, scope: str | None) -> bool:
-        return scope is None or ADMIN in self.scopes or scope in self.scopes
+        """Deny by default: no scope (a route that declares none) is allowed to no key."""
+        return scope is not None and (ADMIN in self.scopes or scope in self.scopes)
 
     def state(self, now: float) -> str:
         if self.revoked_at is not None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import ledger, pricing
 from .agents import AgentService
-from .breaker import CircuitBreaker
+from .breaker import StateChanges
 from .budget import Budget
 from .config import Config
 from .pricing_history import PricingHistory
@@ -55,9 +55,10 @@ class Recommendation:
 class Orchestrator:
     def __init__(self, config: Config, store: Store, budget: Budget, runtime: AgentRuntime,
                  slots: Mapping[str, ProviderSlot], agents: AgentService, history: PricingHistory,
-                 pricing_service: PricingService, cache: TTLCache) -> None:
+                 pricing_service: PricingService, cache: TTLCache, breaker_changes: StateChanges) -> None:
         self.config, self.store, self.budget, self.runtime, self.slots = config, store, budget, runtime, slots
         self.agents, self.history, self.pricing, self.cache = agents, history, pricing_service, cache
+        self.breaker_changes = breaker_changes  # moves when a breaker opens or closes: recommendations go stale
 
     # -- availability and recommendation ---------------------------------------------------------
     def available(self, alias: str) -> bool:
@@ -83,7 +84,7 @@ class Orchestrator:
         snap = self.budget.snapshot()
         # What the answer depends on: the budget (its version moves with every reserve and settle)
         # and which models are usable (breaker state changes; the hourly quota is left to the TTL).
-        key = (task_type, tokens, self.budget.version, CircuitBreaker.changes)
+        key = (task_type, tokens, self.budget.version, self.breaker_changes.count)
         cached = self.cache.get(key)
         if cached is None:
             committed = float(snap["today_spend"]) + float(snap["reserved"])  # what spawn admission counts

@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from multidict import istr
-
 from .durable import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -49,24 +47,13 @@ class Decision:
 
     @property
     def reset_at(self) -> str:
-        return _iso_second(math.ceil(self.reset))
-
-    def headers(self) -> dict[str, str]:
-        reset = math.ceil(self.reset)
-        return {_LIMIT: str(self.limit), _REMAINING: str(self.remaining), _RESET: str(reset),
-                _RESET_AT: _iso_second(reset)}
-
-
-# Header names as multidict's istr: a response's headers take them without case-folding
-# each one again (every API response carries all four).
-_LIMIT, _REMAINING, _RESET, _RESET_AT = (istr(f"X-RateLimit-{name}") for name in ("Limit", "Remaining", "Reset",
-                                                                                   "Reset-At"))
+        return iso_second(math.ceil(self.reset))
 
 
 _ISO_CACHE: dict[int, str] = {}
 
 
-def _iso_second(ts: int) -> str:
+def iso_second(ts: int) -> str:
     """ISO 8601 of a whole second, cached: every API response carries one (hot path)."""
     text = _ISO_CACHE.get(ts)
     if text is None:
@@ -278,8 +265,6 @@ class RequestLimiter:
         self.buckets = buckets
         self.limits = limits
         self.per_ip = per_ip
-        # (class, key id, ip) -> ((second, buckets.spends), headers) of full buckets; see peek_headers.
-        self._full: dict[tuple[str, str, str | None], tuple[tuple[int, int], dict[str, str]]] = {}
 
     def limit_for(self, bucket_key: str) -> Limit | None:
         """The limit of a ``key:...:<class>`` or ``ip:...:<class>`` bucket (for pruning)."""
@@ -303,27 +288,6 @@ class RequestLimiter:
     def peek(self, endpoint_class: str, key_id: str, ip: str | None) -> Decision:
         """The same answer as check() would give, without spending anything."""
         return self.buckets.peek_all(self._keys(endpoint_class, key_id, ip), self.limits[endpoint_class])
-
-    def peek_headers(self, endpoint_class: str, key_id: str, ip: str | None) -> dict[str, str]:
-        """The X-RateLimit-* headers of peek(), for responses that are not counted (public routes).
-
-        Buckets that are full (a health probe's usual case) give the same headers for a
-        whole second: Remaining = Limit, Reset = the end of the second.  Refilling cannot
-        change that, only spending can, so those are kept until the second or
-        ``buckets.spends`` changes.  The dict is shared: callers must not modify it.
-        """
-        stamp = (int(self.buckets.clock()), self.buckets.spends)
-        who = (endpoint_class, key_id, ip)
-        hit = self._full.get(who)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        decision = self.peek(endpoint_class, key_id, ip)
-        headers = decision.headers()
-        if decision.remaining == decision.limit:
-            if len(self._full) >= 4096:  # many passing addresses: start over rather than grow
-                self._full.clear()
-            self._full[who] = (stamp, headers)
-        return headers
 
     def status(self, key_id: str) -> dict[str, dict[str, object]]:
         """What the key has left in each class (for GET /rate-limits)."""

@@ -11,7 +11,7 @@ import re
 
 import aiohttp
 
-from j1mskyd.api.middleware import PUBLIC, ROUTE_SCOPES
+from j1mskyd.api.route_table import PUBLIC, ROUTE_TABLE
 from j1mskyd.app import build_app
 from tests.conftest import auth_config, bearer, bootstrap_key
 
@@ -32,7 +32,7 @@ async def test_head_answers_as_get_on_every_get_route(aiohttp_client, tmp_path):
     def lacking(scope: str) -> str:  # a key without the scope (and without admin:write)
         return tokens["billing:read" if scope == "agents:read" else "agents:read"]
 
-    app_scopes = client.app[ROUTE_SCOPES]
+    app_scopes = client.app[ROUTE_TABLE].scopes
     patterns = sorted({r.resource.canonical for r in client.app.router.routes()
                        if r.method == "GET" and r.resource is not None})
     seen: dict[str, tuple[int, int]] = {}

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from j1mskyd.api.common import SERVICES
 from j1mskyd.api.middleware import LIMITER
+from j1mskyd.api.rate_headers import RateHeaders
 from j1mskyd.app import build_app
 from j1mskyd.ratelimit import Buckets, Limit, RequestLimiter
 from tests.conftest import Clock, make_config
@@ -123,14 +124,15 @@ async def test_non_public_routes_still_authenticate_and_count(aiohttp_client, tm
 def test_peek_headers_caches_only_full_buckets():
     clock = Clock(1000.5)
     limiter = RequestLimiter(Buckets(clock), {"other": Limit(10, 10.0)})
-    full = limiter.peek_headers("other", "anonymous", "10.0.0.1")
+    headers = RateHeaders(limiter)
+    full = headers.peek("other", "anonymous", "10.0.0.1")
     assert full["X-RateLimit-Remaining"] == "10" and full["X-RateLimit-Reset"] == "1001"
-    assert limiter.peek_headers("other", "anonymous", "10.0.0.1") is full  # reused within the second
+    assert headers.peek("other", "anonymous", "10.0.0.1") is full  # reused within the second
     limiter.check("other", "anonymous", "10.0.0.1")
-    spent = limiter.peek_headers("other", "anonymous", "10.0.0.1")
+    spent = headers.peek("other", "anonymous", "10.0.0.1")
     assert spent["X-RateLimit-Remaining"] == "9"
     clock.t += 0.5  # half a token back: still not full, so computed afresh
-    assert limiter.peek_headers("other", "anonymous", "10.0.0.1")["X-RateLimit-Remaining"] == "9"
+    assert headers.peek("other", "anonymous", "10.0.0.1")["X-RateLimit-Remaining"] == "9"
     clock.t += 0.5
-    assert limiter.peek_headers("other", "anonymous", "10.0.0.1")["X-RateLimit-Remaining"] == "10"
-    assert limiter.peek_headers("other", "anonymous", "10.0.0.2")["X-RateLimit-Reset"] == "1002"
+    assert headers.peek("other", "anonymous", "10.0.0.1")["X-RateLimit-Remaining"] == "10"
+    assert headers.peek("other", "anonymous", "10.0.0.2")["X-RateLimit-Reset"] == "1002"

@@ -8,6 +8,7 @@ import stat
 
 import pytest
 
+from j1mskyd.api.rate_headers import decision_headers
 from j1mskyd.budget import Budget, BudgetExceeded, BudgetPolicy, SpawnRefused, alert_level
 from j1mskyd.ratelimit import BucketFile, Buckets, Limit
 from tests.conftest import Clock
@@ -36,7 +37,7 @@ def test_bucket_spends_then_refuses_then_refills_at_limit_over_window():
 def test_decision_headers():
     clock = Clock(1000.2)
     d = Buckets(clock).take("k", Limit(10, 100))
-    h = d.headers()
+    h = decision_headers(d)
     assert h["X-RateLimit-Limit"] == "10" and h["X-RateLimit-Remaining"] == "9"
     assert h["X-RateLimit-Reset"] == "1011"  # full again after 10 s, rounded up
     assert h["X-RateLimit-Reset-At"] == "1970-01-01T00:16:51Z"

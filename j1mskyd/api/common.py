@@ -25,6 +25,7 @@ def request_key(name: str) -> Any:
 
 CONFIG = app_key("j1msky.config")
 SERVICES = app_key("j1msky.services")
+METRICS = app_key("j1msky.metrics")  # metrics.Metrics: per-route counts and times
 REQUEST_ID = request_key("j1msky.request_id")
 CLIENT_IP = request_key("j1msky.client_ip")      # set by the IP guard
 API_KEY_ID = request_key("j1msky.api_key_id")    # set by auth (absent: anonymous)

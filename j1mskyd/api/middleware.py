@@ -14,6 +14,10 @@ once, in admit().  admit() is also the one way in for credentials that arrive in
 open connection (a WebSocket's auth message): the same IP checks, key and scope, signature
 rule, rate limit and audit entries as any request.
 
+What the pipeline knows of a route (scope, rate-limit class) comes from the app's
+RouteTable (route_table.py: deny by default); the X-RateLimit-* headers are formatted by
+rate_headers.py from the limiter's decisions.
+
 Public routes (GET /health, the sunset 410s) take a short way: IP guard, handler, and the
 rate-limit headers from a look at the buckets (cached while they are full), because a
 monitor may poll /health many times a second (issue 3 measures exactly this path).
@@ -37,81 +41,24 @@ from ..agent import ANONYMOUS
 from ..errors import (ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited,
                       Unauthorized)
 from ..idempotency import KEY_PATTERN, fingerprint
-from ..keys import ADMIN
-from ..metrics import RouteStats
 from ..ratelimit import Decision
 from ..signing import SignatureError, verify
 from ..violations import record_violation
-from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, REQUEST_ID, SERVICES, actor, api_error_response,
-                     app_key, error_response)
+from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, METRICS, REQUEST_ID, SERVICES, actor,
+                     api_error_response, app_key, error_response)
+from .rate_headers import decision_headers
+from .route_table import PUBLIC, ROUTE_TABLE, Route, route_of
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-METRICS = app_key("j1msky.metrics")
 LIMITER = app_key("j1msky.request_limiter")
-ROUTE_CLASSES = app_key("j1msky.route_classes")
-ROUTE_SCOPES = app_key("j1msky.route_scopes")
 REPLAY_GUARD = app_key("j1msky.replay_guard")
-# (method, path) of routes whose key may come inside the connection (the WebSocket: a
-# browser cannot set its headers) instead of with the request that opens it.
-IN_BAND_AUTH = app_key("j1msky.in_band_auth")
-PUBLIC = "public"  # the scope of routes open without a key
 
 # Request ids: a random per-process prefix and a counter (unique, and no syscall per request).
 _ID_PREFIX = "req_" + os.urandom(4).hex()
 _ID_COUNTER = itertools.count(1)
 _REQUEST_ID_HEADER = istr("X-Request-Id")  # istr: multidict skips case-folding it per response
-
-
-class Route:
-    """What the pipeline needs to know of one route, worked out at its first request
-    instead of looking up the route tables (and formatting its metrics name) every time."""
-
-    __slots__ = ("name", "scope", "limit_class", "is_api", "public", "authenticated", "in_band", "stats")
-
-    def __init__(self, request: web.Request, resource: Any) -> None:
-        app = request.app
-        method = request.method
-        pattern = resource.canonical if resource is not None else None
-        # HEAD is GET without the body (aiohttp adds it to every GET route): it needs what
-        # GET needs, so the tables are asked about GET.
-        key = ("GET" if method == "HEAD" else method, pattern or "")
-        self.name = f"{method} {pattern}" if pattern is not None else f"{method} (unmatched)"  # never the raw path
-        self.scope = app[ROUTE_SCOPES].get(key)
-        self.limit_class = app[ROUTE_CLASSES].get(key, "other")
-        self.in_band = key in app[IN_BAND_AUTH]
-        self.is_api = (pattern or request.path).startswith("/api/") or self.in_band  # the root /ws too
-        self.public = self.scope == PUBLIC
-        # Unknown paths (404/405) answer without asking for a key: they reveal nothing.
-        self.authenticated = (resource is not None and not self.public
-                              and (self.is_api or pattern == "/metrics"))
-        if self.authenticated and self.scope is None:
-            self.scope = ADMIN  # a route missing from the scope table: closed to all but admins
-        self.stats: RouteStats | None = None  # at the first answer: /metrics lists answered routes only
-
-    def record(self, app: web.Application, status: int, seconds: float) -> None:
-        if self.stats is None:
-            self.stats = app[METRICS].stats_for(self.name)
-        self.stats.record(status, seconds)
-
-
-# aiohttp route object -> Route.  Module-wide rather than per app (no hook reaches the app
-# between build and freeze without touching app.py); bounded for the test suite's many apps.
-_ROUTES: dict[Any, Route] = {}
-
-
-def route_of(request: web.Request) -> Route:
-    matched = request.match_info.route
-    route = _ROUTES.get(matched)
-    if route is None:
-        route = Route(request, matched.resource)
-        # 404/405 come with a new SystemRoute each time: only real routes are worth keeping.
-        if matched.resource is not None and matched.method == request.method:
-            if len(_ROUTES) >= 4096:
-                _ROUTES.clear()
-            _ROUTES[matched] = route
-    return route
 
 
 class Pass:
@@ -215,9 +162,10 @@ def check_auth(request: web.Request, p: Pass, token: str | None) -> None:
     if services.audit.key_used_due(key.key_id):
         services.audit.record("api.key.used", actor(request), resource_type="api_key", resource_id=key.key_id)
     scope = p.route.scope
-    if not key.allows(scope):
+    if not key.allows(scope):  # no scope (a route added around the route table): no key at all
         _violation(request, p, "insufficient_scope", scope)
-        raise Forbidden(f"This API key lacks the scope '{scope}'", required_scope=scope)
+        raise Forbidden(f"This API key lacks the scope '{scope}'" if scope is not None
+                        else "This route declares no scope: no API key may call it", required_scope=scope)
 
 
 def needs_signature(p: Pass, creds: Credentials) -> bool:
@@ -292,9 +240,10 @@ async def admit(request: web.Request, p: Pass, creds: Credentials, *, opening: b
     """The checks that admit a client, in their order (stated only here): IP guard, key and
     scope, signature (when needed), rate limit.  Each refuses by raising its ApiError.
 
-    ``opening``: the request opens a connection that may authenticate inside (IN_BAND_AUTH);
-    without credentials it passes on the IP guard alone, uncounted, like any request that
-    has no key yet: its auth message comes through here again (authenticate_in_band).
+    ``opening``: the request opens a connection that may authenticate inside (a route added
+    with ``in_band=True``); without credentials it passes on the IP guard alone, uncounted,
+    like any request that has no key yet: its auth message comes through here again
+    (authenticate_in_band).
     """
     check_ip(request, p)
     if opening and creds.token is None and p.route.in_band:
@@ -366,8 +315,9 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     given = request.headers.get("X-Request-Id")
     request_id = given if given is not None and _CLIENT_ID.fullmatch(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
     request[REQUEST_ID] = request_id
-    route = route_of(request)
-    p = Pass(route, request.app)
+    app = request.app
+    route = app[ROUTE_TABLE].route_of(request)
+    p = Pass(route, app)
     try:
         if route.public:
             # Open routes (health, the 410s): only the address checks; the limiter only
@@ -383,10 +333,12 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     if route.is_api:
         # Counted: the limiter's answer.  Public, or refused before the limiter: the
         # standing, without counting (cached while the buckets are full).
-        headers.update(p.decision.headers() if p.decision is not None
-                       else p.app[LIMITER].peek_headers(route.limit_class, p.key_id, p.ip))
-    route.record(p.app, response.status, time.perf_counter() - started)
+        headers.update(decision_headers(p.decision) if p.decision is not None
+                       else route.rate_headers.peek(route.limit_class, p.key_id, p.ip))
+    route.record(app, response.status, time.perf_counter() - started)
     return response
 
 
 MIDDLEWARES = (pipeline,)
+__all__ = ["LIMITER", "METRICS", "MIDDLEWARES", "PUBLIC", "REPLAY_GUARD", "Credentials", "Pass",
+           "authenticate_in_band", "pipeline"]

@@ -1,16 +1,16 @@
 """The route table, mounted under /api and its alias /api/v1.
 
-Each route names the scope a key needs (docs/security.md has this table for operators)
-and its rate-limit class (the seed's "Rate Limits" table).
+Each route names the scope a key needs, or PUBLIC (docs/security.md has this table for
+operators), and its rate-limit class (the seed's "Rate Limits" table).  Deny by default:
+a route added without a scope stops setup_routes (route_table.RouteTable).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from . import agents, dashboard, events, keys, openapi, ops, orchestrator, pricing, security, system, webhooks
-from .middleware import IN_BAND_AUTH, PUBLIC, ROUTE_CLASSES, ROUTE_SCOPES
+from .route_table import PUBLIC, ROUTE_TABLE, RouteTable
 
 PREFIXES = ("/api", "/api/v1")
 READ, WRITE, BILLING, ADMIN = "agents:read", "agents:write", "billing:read", "admin:write"
@@ -55,7 +55,7 @@ ROUTES = (
     ("GET", "/events", events.list_events, READ, "other"),
     ("GET", "/events/stream", events.stream, READ, "other"),
     # WebSocket: a key in the upgrade's headers, or (browsers cannot send headers) in its
-    # {"type":"auth"} message, checked by the same pipeline (IN_BAND_AUTH below).
+    # {"type":"auth"} message, checked by the same pipeline (in_band below).
     ("GET", "/ws", events.websocket, READ, "other"),
     ("POST", "/pricing/quote", pricing.pricing_quote, WRITE, "other"),
     ("POST", "/pricing/batch-quotes", pricing.pricing_batch_quotes, WRITE, "other"),
@@ -88,37 +88,23 @@ ROUTES = (
 )
 
 
-def _add(app: web.Application, method: str, path: str, handler: Handler) -> None:
-    """A route; a GET route answers HEAD too (RFC 9110 9.3.2, as aiohttp's add_get does),
-    with GET's scope and rate-limit class (middleware.Route looks HEAD up as GET)."""
-    if method == "GET":
-        app.router.add_get(path, handler)
-    else:
-        app.router.add_route(method, path, handler)
-
-
 def setup_routes(app: web.Application) -> None:
-    classes: dict[tuple[str, str], str] = {}
-    scopes: dict[tuple[str, str], str] = {}
+    """Every route through one RouteTable, each with its scope (or PUBLIC) where it is added;
+    an app whose router holds a route without one is refused (RouteTable.check_complete)."""
+    table = RouteTable(app)
     for prefix in PREFIXES:
         for method, path, handler, scope, limit_class in ROUTES:
-            _add(app, method, prefix + path, handler)
-            classes[(method, prefix + path)] = limit_class
-            scopes[(method, prefix + path)] = scope
+            table.add(method, prefix + path, handler, scope, limit_class, in_band=path == "/ws")
         for (method, path), (new_method, successor) in system.SUNSET.items():
-            _add(app, method, prefix + path, system.sunset_handler(new_method, successor))
-            scopes[(method, prefix + path)] = PUBLIC  # a 410 pointing to the successor hides nothing
-    app.router.add_get("/ws", events.websocket)  # the Kyros document's address
-    classes[("GET", "/ws")], scopes[("GET", "/ws")] = "other", READ
-    app[IN_BAND_AUTH] = frozenset(("GET", prefix + "/ws") for prefix in ("", *PREFIXES))
+            # A 410 pointing to the successor hides nothing.
+            table.add(method, prefix + path, system.sunset_handler(new_method, successor), PUBLIC)
+    table.add("GET", "/ws", events.websocket, READ, in_band=True)  # the Kyros document's address
     # Prometheus scrapes the root; it can send a bearer token (authorization: in scrape_config).
-    app.router.add_get("/metrics", ops.metrics_prometheus)
-    scopes[("GET", "/metrics")] = READ
+    table.add("GET", "/metrics", ops.metrics_prometheus, READ)
     # The dashboard (docs/dashboard.md): the page is public, its data needs a key.
     dashboard.assets()  # read the files now: a missing one fails the start, not a visitor
-    app.router.add_get("/", dashboard.index)
-    app.router.add_get("/static/{name}", dashboard.static)
-    scopes[("GET", "/")] = scopes[("GET", "/static/{name}")] = PUBLIC  # HEAD follows GET (middleware.Route)
+    table.add("GET", "/", dashboard.index, PUBLIC)
+    table.add("GET", "/static/{name}", dashboard.static, PUBLIC)
+    table.check_complete()
     openapi.describe(app, ROUTES, PREFIXES)
-    app[ROUTE_CLASSES] = classes
-    app[ROUTE_SCOPES] = scopes
+    app[ROUTE_TABLE] = table

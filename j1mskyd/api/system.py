@@ -9,7 +9,6 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from .. import __version__, jsonx
-from ..breaker import CircuitBreaker
 from ..errors import Gone
 from .common import CONFIG, SERVICES, json_response
 from .middleware import METRICS
@@ -27,7 +26,7 @@ async def health(request: web.Request) -> web.Response:
     runtime = services.runtime
     # Rebuilt when a breaker or an agent count may have changed, or a second has passed
     # (uptime, error rate): comparing a few integers is far cheaper than building the JSON.
-    stamp = (int(time.monotonic()), CircuitBreaker.changes, len(runtime.live), runtime.running_count(),
+    stamp = (int(time.monotonic()), services.breaker_changes.count, len(runtime.live), runtime.running_count(),
              runtime.completed_total, runtime.failed_total, services.store.state_changes)
     cached = services.health_cache
     if cached is None or cached[0] != stamp:

@@ -1,0 +1,122 @@
+"""The app's route table: each route added with the scope a key needs (or PUBLIC) and its
+rate-limit class, and what the pipeline works out of a route at its first request.
+
+Deny by default: a route reaches the router only through RouteTable.add, which refuses a
+route without a known scope; check_complete() refuses an app whose router holds a route
+added around the table; and a route that still has no scope at a request (added after
+the check) is refused to every key (ApiKey.allows(None) is False).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from ..keys import SCOPES
+from ..metrics import RouteStats
+from .common import METRICS, app_key
+from .rate_headers import RATE_HEADERS, RateHeaders
+
+__all__ = ["PUBLIC", "ROUTE_TABLE", "Route", "RouteTable", "route_of"]
+
+PUBLIC = "public"  # the scope of routes open without a key
+ROUTE_TABLE = app_key("j1msky.route_table")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_CACHE_MAX = 4096  # route objects of one app: far more than it has; a bound all the same
+
+
+class Route:
+    """What the pipeline needs to know of one route, worked out at its first request
+    instead of looking up the route tables (and formatting its metrics name) every time."""
+
+    __slots__ = ("name", "scope", "limit_class", "is_api", "public", "authenticated", "in_band", "stats",
+                 "rate_headers")
+
+    def __init__(self, table: RouteTable, method: str, pattern: str | None, path: str) -> None:
+        # HEAD is GET without the body (aiohttp adds it to every GET route): it needs what
+        # GET needs, so the table is asked about GET.
+        key = ("GET" if method == "HEAD" else method, pattern or "")
+        self.name = f"{method} {pattern}" if pattern is not None else f"{method} (unmatched)"  # never the raw path
+        self.scope: str | None = table.scopes.get(key)  # None: declared nowhere, so no key is enough
+        self.limit_class = table.classes.get(key, "other")
+        self.in_band = key in table.in_band
+        self.is_api = (pattern or path).startswith("/api/") or self.in_band  # the root /ws too
+        self.public = self.scope == PUBLIC
+        # Unknown paths (404/405) answer without asking for a key: they reveal nothing.
+        # Every route that is not public asks for one, whatever its path.
+        self.authenticated = pattern is not None and not self.public
+        self.stats: RouteStats | None = None  # at the first answer: /metrics lists answered routes only
+        # The app's header formatter, held here to spare the hot path an app lookup per request.
+        self.rate_headers: RateHeaders = table.app[RATE_HEADERS]
+
+    def record(self, app: web.Application, status: int, seconds: float) -> None:
+        if self.stats is None:
+            self.stats = app[METRICS].stats_for(self.name)
+        self.stats.record(status, seconds)
+
+
+class RouteTable:
+    """Scopes, rate-limit classes and in-band-auth routes of one app, and its Route cache.
+
+    One per app (app[ROUTE_TABLE]): two apps in one process share nothing here.
+    """
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.scopes: dict[tuple[str, str], str] = {}
+        self.classes: dict[tuple[str, str], str] = {}
+        # (method, path) of routes whose key may come inside the connection (the WebSocket:
+        # a browser cannot set its headers) instead of with the request that opens it.
+        self.in_band: set[tuple[str, str]] = set()
+        self._routes: dict[Any, Route] = {}  # aiohttp route object -> Route
+
+    def add(self, method: str, path: str, handler: Handler, scope: str, limit_class: str = "other", *,
+            in_band: bool = False) -> None:
+        """A route with the scope a key needs (or PUBLIC).  A GET route answers HEAD too
+        (RFC 9110 9.3.2, as aiohttp's add_get does), with GET's scope and class."""
+        if scope != PUBLIC and scope not in SCOPES:
+            raise ValueError(f"route {method} {path}: scope {scope!r} is neither a key scope "
+                             f"({', '.join(SCOPES)}) nor {PUBLIC!r}")
+        if method == "GET":
+            self.app.router.add_get(path, handler)
+        else:
+            self.app.router.add_route(method, path, handler)
+        self.scopes[(method, path)] = scope
+        self.classes[(method, path)] = limit_class
+        if in_band:
+            self.in_band.add((method, path))
+
+    def undeclared(self) -> list[str]:
+        """Routes of the app's router that have no scope here (added around the table)."""
+        return [f"{method} {pattern}" for method, pattern in _router_routes(self.app.router.routes())
+                if ("GET" if method == "HEAD" else method, pattern) not in self.scopes]
+
+    def check_complete(self) -> None:
+        """Refuse to build an app with a route that declares no scope."""
+        missing = self.undeclared()
+        if missing:
+            raise RuntimeError(f"routes without a scope (add them with RouteTable.add): {', '.join(missing)}")
+
+    def route_of(self, request: web.Request) -> Route:
+        matched = request.match_info.route
+        route = self._routes.get(matched)
+        if route is None:
+            resource = matched.resource
+            route = Route(self, request.method, resource.canonical if resource is not None else None, request.path)
+            # 404/405 come with a new SystemRoute each time: only real routes are worth keeping.
+            if resource is not None and matched.method == request.method:
+                if len(self._routes) >= _CACHE_MAX:
+                    self._routes.clear()
+                self._routes[matched] = route
+        return route
+
+
+def _router_routes(routes: Iterable[Any]) -> list[tuple[str, str]]:
+    return [(r.method, r.resource.canonical) for r in routes if r.resource is not None]
+
+
+def route_of(request: web.Request) -> Route:
+    """The Route of a request, from its app's table."""
+    return request.app[ROUTE_TABLE].route_of(request)
