@@ -136,9 +136,9 @@ async def test_a_failed_start_closes_what_the_earlier_steps_opened(tmp_path, mon
     opened = {}
     build_slots = app_module._build_slots
 
-    def spy(config, registry, session):
+    def spy(config, registry, session, *rest):
         opened["session"] = session
-        return build_slots(config, registry, session)
+        return build_slots(config, registry, session, *rest)
 
     async def failing(app):
         opened["store"] = app[app_module._STORE]
