@@ -16,6 +16,7 @@ from j1mskyd.config import Config, embedded_default
 from j1mskyd.keys import KeyService
 from j1mskyd.providers import ProviderSettings
 from j1mskyd.ratelimit import ENDPOINT_CLASSES
+from j1mskyd.store import Store
 from tests.fakeupstream import FakeUpstream, fake_upstream  # noqa: F401  (re-exported fixture)
 
 
@@ -112,3 +113,12 @@ async def wait_status(client, agent_id: str, statuses=("completed", "failed", "c
         if loop.time() > end:
             raise AssertionError(f"agent {agent_id} stuck in {body.get('status')}: {body}")
         await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    """A real store in the test's own directory, opened, closed at the end."""
+    s = Store(str(tmp_path / "j1msky.db"))
+    s.open()
+    yield s
+    await s.close()

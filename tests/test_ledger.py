@@ -5,20 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import pytest
-
 from j1mskyd import ledger
-from j1mskyd.store import Store
 
 NOW = datetime(2026, 3, 15, 12, 30, tzinfo=timezone.utc).timestamp()
-
-
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(str(tmp_path / "j1msky.db"))
-    s.open()
-    yield s
-    await s.close()
 
 
 async def test_spend_counts_today_this_month_and_this_hour_per_key(store):

@@ -11,13 +11,6 @@ from j1mskyd import store as S
 from j1mskyd.store import Store, StoreError
 
 
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(str(tmp_path / "j1msky.db"))
-    s.open()
-    yield s
-    await s.close()
-
 
 async def test_schema_is_current_and_file_private(store, tmp_path):
     version = store.read_sync(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
