@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .breaker import CircuitBreaker
-from .plugin_api import Closable, ProviderSettings, implements
+from .plugin_api import Closable, ProviderSettings, StreamingProvider, implements
 from .plugins import bounded
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,9 @@ class ProviderSlot:
         self.name = settings.name
         self.settings = settings
         self.client = client          # None when the plugin could not build it
+        # Asked once: isinstance against a runtime-checkable Protocol walks its members each
+        # time (tens of microseconds), and the client does not change.
+        self.streams = client is not None and implements(client, StreamingProvider)
         self.error = error            # why client is None
         self.breaker = breaker
         self.limit = settings.max_concurrency

@@ -37,7 +37,7 @@ from .config import Config, ModelConfig
 from .events import Publisher, agent_event_data
 from .pricing import token_cost
 from .provider_pool import ProviderSlot
-from .plugin_api import TIMEOUT_GRACE, CompletionRequest, CompletionResult, ProviderError, StreamingProvider, implements
+from .plugin_api import TIMEOUT_GRACE, CompletionRequest, CompletionResult, ProviderError
 from .plugins import bounded
 from .ratelimit import Buckets, Decision, Limit
 from .store import Statement, Store, StoreError
@@ -547,7 +547,7 @@ class AgentRuntime:
                                  kind="timeout")
 
         async with bounded(request.timeout + TIMEOUT_GRACE, timed_out):
-            if not implements(client, StreamingProvider) or self.events is None \
+            if not slot.streams or self.events is None \
                     or not self.events.wants("agent.output"):
                 return await client.complete(request)
             result: CompletionResult | None = None
