@@ -417,7 +417,7 @@ async def test_agent_started_reaches_live_readers_only(client):
     sse.resp.close()
     stored = await (await client.get("/api/events?types=agent.started")).json()
     assert stored["data"] == []
-    resp = await client.post("/api/webhooks", json={"url": "https://example.com/h", "events": ["agent.started"]})
+    resp = await client.post("/api/webhooks", json={"url": "https://hooks.invalid/h", "events": ["agent.started"]})
     body = await resp.json()
     assert resp.status == 400 and "live readers only" in body["error"]["message"]
 

@@ -316,16 +316,16 @@ async def test_health_after_real_spawns_have_spent_money(aiohttp_client, tmp_pat
 
 async def test_pricing_webhooks_register_list_delete(client):
     resp, body = await ok(client, "/api/pricing/webhook",
-                          {"url": "https://example.com/hooks/pricing",
+                          {"url": "https://hooks.invalid/hooks/pricing",
                            "events": ["pricing.quote_generated", "pricing.exception_created"],
                            "secret": "your_webhook_secret"}, status=201)
-    assert body["message"] == "Pricing webhook registered" and body["url"] == "https://example.com/hooks/pricing"
+    assert body["message"] == "Pricing webhook registered" and body["url"] == "https://hooks.invalid/hooks/pricing"
     wid = body["webhook_id"]
     listed = await (await client.get("/api/pricing/webhooks")).json()
     assert listed["count"] == 1 and listed["webhooks"][0]["webhook_id"] == wid
     assert listed["webhooks"][0]["events"] == ["pricing.quote_generated", "pricing.exception_created"]
     assert "secret" not in listed["webhooks"][0]
-    resp = await client.post("/api/pricing/webhook", json={"url": "https://example.com", "events": ["agent.completed"]})
+    resp = await client.post("/api/pricing/webhook", json={"url": "https://hooks.invalid", "events": ["agent.completed"]})
     assert resp.status == 400 and (await resp.json())["error"]["details"][0]["field"] == "events"
     resp = await client.delete(f"/api/pricing/webhook/{wid}")
     assert (await resp.json()) == {"success": True, "message": f"Pricing webhook {wid} removed"}
@@ -334,14 +334,14 @@ async def test_pricing_webhooks_register_list_delete(client):
 
 
 async def test_pricing_webhook_form_fields_and_default_event(client):
-    _, body = await ok(client, "/api/pricing/webhook", {"url": "https://example.com/p"}, "form", status=201)
+    _, body = await ok(client, "/api/pricing/webhook", {"url": "https://hooks.invalid/p"}, "form", status=201)
     assert body["events"] == ["pricing.quote_generated"] and body["secret"]
 
 
 async def test_quote_events_reach_the_durable_outbox(client):
     from j1mskyd.api.common import SERVICES
     _, hook = await ok(client, "/api/pricing/webhook",
-                       {"url": "https://example.com/p", "events": ["pricing.quote_generated", "pricing.margin_alert",
+                       {"url": "https://hooks.invalid/p", "events": ["pricing.quote_generated", "pricing.margin_alert",
                                                                    "pricing.quote_escalated"]}, status=201)
     await ok(client, "/api/pricing/decision", {"model": "opus", "estimated_input": 100000, "estimated_output": 0,
                                                "complexity": "low", "segment": "startup"})

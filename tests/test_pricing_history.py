@@ -223,7 +223,7 @@ async def test_every_problem_of_a_decision_is_reported_at_once(client):
 
 
 async def test_exception_created_event_is_in_the_same_unit(client):
-    _, hook = await ok(client, "/api/pricing/webhook", {"url": "https://example.com/p",
+    _, hook = await ok(client, "/api/pricing/webhook", {"url": "https://hooks.invalid/p",
                                                         "events": ["pricing.exception_created"]}, status=201)
     d = await decide(client, ESCALATING)
     store = client.app[SERVICES].store

@@ -72,7 +72,7 @@ async def test_retries_honour_retry_after_and_keep_the_idempotency_key(flaky):
 async def test_every_write_keeps_one_idempotency_key_over_its_retries(flaky):
     server, seen, _ = flaky
     sdk = J1MSKYClient(base_url=str(server.make_url("/")), max_retries=3)
-    await asyncio.to_thread(sdk.create_webhook, "https://example.com/h", ["agent.completed"])
+    await asyncio.to_thread(sdk.create_webhook, "https://hooks.invalid/h", ["agent.completed"])
     assert len(seen) == 3 and len({s["idem"] for s in seen}) == 1 and seen[0]["idem"]
 
 
@@ -135,12 +135,12 @@ async def test_unreachable_daemon_is_a_clear_error():
 
 async def test_webhooks_quotes_and_listing_sync_and_async(client):
     sync = J1MSKYClient(base_url=base_url(client))
-    made = await asyncio.to_thread(sync.create_webhook, "https://example.com/hook", ["agent.completed"], "s3cret-long-enough")
+    made = await asyncio.to_thread(sync.create_webhook, "https://hooks.invalid/hook", ["agent.completed"], "s3cret-long-enough")
     assert made["success"] is True and "secret" not in made  # a secret we chose is not echoed
     listed = await asyncio.to_thread(sync.list_webhooks)
     assert [w["webhook_id"] for w in listed["webhooks"]] == [made["webhook_id"]]
     async with AsyncJ1MSKYClient(base_url=base_url(client)) as sdk:
-        other = await sdk.create_webhook("https://example.com/other", ["agent.failed"])
+        other = await sdk.create_webhook("https://hooks.invalid/other", ["agent.failed"])
         assert other["secret"]  # generated, shown once
         assert len((await sdk.list_webhooks())["webhooks"]) == 2
         await sdk.delete_webhook(other["webhook_id"])

@@ -114,14 +114,14 @@ def bad_field(body: dict) -> str:
 # -- CRUD -----------------------------------------------------------------------------------
 
 async def test_crud_in_the_seed_and_kyros_shapes(client):
-    resp = await client.post("/api/webhooks", json={"url": "https://example.com/hook",
+    resp = await client.post("/api/webhooks", json={"url": "https://hooks.invalid/hook",
                                                     "events": ["agent.completed", "agent.failed"],
                                                     "secret": "your_webhook_secret", "description": "mine"})
     body = await resp.json()
     assert resp.status == 201, body
     hook = body["data"]
     assert body["success"] is True and hook["id"].startswith("webhook_")
-    assert hook["url"] == "https://example.com/hook" and hook["events"] == ["agent.completed", "agent.failed"]
+    assert hook["url"] == "https://hooks.invalid/hook" and hook["events"] == ["agent.completed", "agent.failed"]
     assert hook["status"] == "active" and hook["last_triggered"] is None and hook["sink"] == "http"
     assert "secret" not in hook and "secret" not in body  # never echoed back when the caller chose it
     datetime.fromisoformat(hook["created_at"].replace("Z", "+00:00"))
@@ -156,18 +156,18 @@ async def test_crud_in_the_seed_and_kyros_shapes(client):
 
 
 @pytest.mark.parametrize("body, field", [
-    ({"url": "ftp://example.com/x", "events": ["agent.completed"]}, "url"),
+    ({"url": "ftp://hooks.invalid/x", "events": ["agent.completed"]}, "url"),
     ({"url": "not a url", "events": ["agent.completed"]}, "url"),
     ({"url": "http:///nohost", "events": ["agent.completed"]}, "url"),
     ({"events": ["agent.completed"]}, "url"),
-    ({"url": "https://example.com/x", "events": ["agent.exploded"]}, "events"),
-    ({"url": "https://example.com/x", "events": []}, "events"),
-    ({"url": "https://example.com/x", "events": "agent.completed"}, "events"),
-    ({"url": "https://example.com/x", "events": ["agent.completed"], "secret": "short"}, "secret"),
-    ({"url": "https://example.com/x", "events": ["agent.completed"], "secret": 12345678}, "secret"),
-    ({"url": "https://example.com/x", "events": ["agent.completed"], "sink": "carrier_pigeon"}, "sink"),
-    ({"url": "https://example.com/x", "events": ["agent.completed"], "sink": "file"}, "url"),
-    ({"url": "https://example.com/x", "events": ["agent.completed"], "description": 5}, "description"),
+    ({"url": "https://hooks.invalid/x", "events": ["agent.exploded"]}, "events"),
+    ({"url": "https://hooks.invalid/x", "events": []}, "events"),
+    ({"url": "https://hooks.invalid/x", "events": "agent.completed"}, "events"),
+    ({"url": "https://hooks.invalid/x", "events": ["agent.completed"], "secret": "short"}, "secret"),
+    ({"url": "https://hooks.invalid/x", "events": ["agent.completed"], "secret": 12345678}, "secret"),
+    ({"url": "https://hooks.invalid/x", "events": ["agent.completed"], "sink": "carrier_pigeon"}, "sink"),
+    ({"url": "https://hooks.invalid/x", "events": ["agent.completed"], "sink": "file"}, "url"),
+    ({"url": "https://hooks.invalid/x", "events": ["agent.completed"], "description": 5}, "description"),
 ])
 async def test_create_validation_is_400_naming_the_field(client, body, field):
     resp = await client.post("/api/webhooks", json=body)
@@ -178,7 +178,7 @@ async def test_create_validation_is_400_naming_the_field(client, body, field):
 
 
 async def test_update_validation_and_bad_bodies(client):
-    hook = await create_hook(client, url="https://example.com/x", events=["agent.completed"], secret=SECRET)
+    hook = await create_hook(client, url="https://hooks.invalid/x", events=["agent.completed"], secret=SECRET)
     path = f"/api/webhooks/{hook['id']}"
     for body, field in (({"status": "sleeping"}, "status"), ({"events": ["nope"]}, "events"),
                         ({"secret": "short"}, "secret"), ({"url": "gopher://x"}, "url"),
@@ -700,10 +700,10 @@ async def test_spawn_webhook_url_file_needs_admin(aiohttp_client, tmp_path):
 
 
 async def test_pricing_event_names_are_checked_like_the_others(client):
-    resp = await client.post("/api/webhooks", json={"url": "https://example.com/h", "events": ["pricing.typo"]})
+    resp = await client.post("/api/webhooks", json={"url": "https://hooks.invalid/h", "events": ["pricing.typo"]})
     assert resp.status == 400 and bad_field(await resp.json()) == "events"
     assert (await client.get("/api/events", params={"types": "pricing.typo"})).status == 400
-    resp = await client.post("/api/webhooks", json={"url": "https://example.com/h",
+    resp = await client.post("/api/webhooks", json={"url": "https://hooks.invalid/h",
                                                     "events": ["pricing.quote_generated"]})
     assert resp.status == 201
     assert (await client.get("/api/events", params={"types": "pricing.policy_changed"})).status == 200
