@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from .api.common import AWAITING_CREDENTIALS, SERVICES, app_key, error_response
+from .api.common import AWAITING_CREDENTIALS, CONFIG, SERVICES, app_key, error_response
 from .audit import Actor
 from .config import ServerConfig
 from .connguard import ConnectionGuard, ConnectionStats, Refusal
@@ -97,19 +97,21 @@ class GuardedSite(web.BaseSite):
             self.guard, self._host, self._port, backlog=self._backlog)
 
 
-def fit_descriptors(max_connections: int) -> int:
+def fit_descriptors(max_connections: int, upstream: int = 0) -> int:
     """The connection cap the open-files limit allows.
 
     The soft limit is raised (up to the hard one) when the cap needs more; under the
     systemd unit both are LimitNOFILE= already, and its syscall filter forbids raising
     them.  Still short: the cap is lowered to fit, with a warning, so that a full house
-    never takes the descriptors the daemon itself needs.
+    never takes the descriptors the daemon itself needs.  ``upstream``: the sockets the
+    providers' pool may hold at once (runtime.max_concurrency), which count too.
     """
     try:
         import resource
     except ImportError:  # not Unix: nothing to ask
         return max_connections
-    need = max_connections + FD_RESERVE
+    reserve = FD_RESERVE + upstream
+    need = max_connections + reserve
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return max_connections
@@ -124,7 +126,7 @@ def fit_descriptors(max_connections: int) -> int:
             log.debug("cannot raise the open-files limit: %s", exc)
     if soft >= need:
         return max_connections
-    fitted = max(1, soft - FD_RESERVE, soft // 4)
+    fitted = min(max_connections, max(1, soft - reserve, soft // 4))
     log.warning("server.max_connections = %d needs about %d open files, but the limit is %d: serving at most %d "
                 "connections (raise LimitNOFILE= in the systemd unit, or ulimit -n)",
                 max_connections, need, soft, fitted)
@@ -208,7 +210,7 @@ def serve(app: web.Application, server: ServerConfig, *, print: Callable[[str], 
     """Serve until SIGTERM/SIGINT, then stop gracefully: the site stops accepting, open
     requests get SHUTDOWN_TIMEOUT seconds, the cleanup context persists in-flight agents
     and closes the database.  Start-up errors (port taken, state dir unusable) propagate."""
-    cap = fit_descriptors(server.max_connections)
+    cap = fit_descriptors(server.max_connections, app[CONFIG].runtime.max_concurrency)
 
     async def main() -> None:
         listening = await start(app, server, cap)

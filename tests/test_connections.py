@@ -248,6 +248,11 @@ def test_the_cap_is_fitted_to_the_open_files_limit(caplog):
         resource.setrlimit(resource.RLIMIT_NOFILE, (300, hard))
         assert listener.fit_descriptors(10) == 10
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 300  # enough: untouched
+        if hard == resource.RLIM_INFINITY or hard >= 900 + 100 + listener.FD_RESERVE:
+            # The providers' pool counts too: the limit is raised for its sockets as well.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (300, hard))
+            assert listener.fit_descriptors(900, upstream=100) == 900
+            assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 900 + 100 + listener.FD_RESERVE
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
