@@ -38,10 +38,11 @@ test named ``test_hook_<protocol>_<method>``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Protocol, TypedDict, runtime_checkable
+from typing import Any, AsyncIterator, Callable, Literal, Protocol, TypedDict, Union, runtime_checkable
 
 __all__ = [
     "J1MSKY_PLUGIN_API", "TIMEOUT_GRACE", "ERROR_KINDS", "RETRYABLE_KINDS",
+    "TextBlock", "ToolCall", "ToolResult", "Block", "Message", "Tool", "ToolChoice", "conversation",
     "CompletionRequest", "CompletionResult", "ProviderError", "ProviderSettings", "SinkError", "SinkSettings",
     "Provider", "StreamingProvider", "Closable", "Sink", "Registrar", "ProviderFactory", "SinkFactory",
 ]
@@ -56,23 +57,111 @@ TIMEOUT_GRACE = 1.0
 
 # -- providers: what they get and return ---------------------------------------------------------
 
+# A conversation, in one shape whatever wire format it came in (OpenAI's chat completions or
+# Anthropic's messages at the front door) and whatever format the provider speaks upstream.
+# Anthropic's shape is the model: the system text apart, two roles, each message a list of
+# blocks; OpenAI's ``tool`` messages are a user message's ToolResult blocks.
+
+@dataclass(frozen=True, slots=True)
+class TextBlock:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model asked for (an assistant block).  ``arguments`` is the JSON text of the
+    arguments object as the model wrote it (OpenAI's form; Anthropic's ``input`` object is
+    written compactly as JSON), so a round trip gives back the model's own words."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What the caller's tool answered to the call ``tool_call_id`` (a user block)."""
+
+    tool_call_id: str
+    content: str
+    is_error: bool = False
+
+
+Block = Union[TextBlock, ToolCall, ToolResult]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Literal["user", "assistant"]
+    content: tuple[Block, ...]
+
+    @property
+    def text(self) -> str:
+        """The message's text blocks, joined."""
+        return "".join(b.text for b in self.content if isinstance(b, TextBlock))
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; ``parameters`` is its JSON Schema (an object schema)."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """``auto``: the model decides; ``none``: no tool; ``required``: some tool; ``tool``: the tool ``name``."""
+
+    mode: Literal["auto", "none", "required", "tool"]
+    name: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class CompletionRequest:
+    """One provider call.  An agent's call sets ``prompt`` (its task) and leaves ``messages``
+    empty; a call through the OpenAI/Anthropic front door sets ``messages`` (the whole
+    conversation) and also ``prompt``, the conversation's text flattened, so a plugin written
+    before ``messages`` existed still answers something sensible.  Read the conversation with
+    :func:`conversation`.  The optional sampling fields are None/empty when the caller did not
+    set them: send the upstream nothing for them then.  A plugin that cannot honour a field that
+    is set raises ``ProviderError(kind="bad_request")`` naming it, rather than ignore it."""
+
     model: str                 # the upstream model id, e.g. "claude-sonnet-4-6"
     prompt: str                # the agent's task
     max_tokens: int = 1024
     system: str | None = None
     timeout: float = 300.0     # seconds this call may take at most
     agent_id: str = ""
+    messages: tuple[Message, ...] = ()
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    # OpenAI's {"type": "text" | "json_object" | "json_schema", "json_schema": {...}}.
+    response_format: dict[str, Any] | None = None
+    user: str | None = None    # an end-user id the caller passes on (OpenAI ``user``, Anthropic metadata.user_id)
+
+
+def conversation(request: CompletionRequest) -> tuple[Message, ...]:
+    """The request's messages; an agent's call is one user message, its prompt."""
+    return request.messages or (Message("user", (TextBlock(request.prompt),)),)
 
 
 @dataclass(frozen=True, slots=True)
 class CompletionResult:
+    """An answer.  ``finish_reason`` uses OpenAI's words: ``stop``, ``length`` (max_tokens
+    reached), ``tool_calls`` (the answer asks for ``tool_calls``), ``content_filter``; another
+    upstream word passes through as it is."""
+
     text: str
     input_tokens: int
     output_tokens: int
     model: str = ""
     finish_reason: str = "stop"
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 # ProviderError.kind values.  Retryable kinds count as provider failures for the
@@ -172,7 +261,8 @@ class StreamingProvider(Provider, Protocol):
     wants ``agent.output``."""
 
     def stream(self, request: CompletionRequest) -> AsyncIterator[str | CompletionResult]:
-        """Text deltas as they come, then exactly one :class:`CompletionResult`."""
+        """Text deltas as they come, then exactly one :class:`CompletionResult` (the whole
+        text again, and any ``tool_calls``: those are not streamed)."""
         ...
 
 
