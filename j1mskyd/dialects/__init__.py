@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from ..chat_request import ChatFailed, ChatOutcome, ChatRequest
+from ..chat_request import ChatOutcome, ChatRequest
 from ..config import ModelConfig
 from ..errors import ApiError
 
@@ -58,4 +58,3 @@ class Dialect(Protocol):
         ...
 
 
-_ = ChatFailed  # re-exported for dialect modules: the failure they render
