@@ -117,7 +117,8 @@ class FakeUpstream:
 
     def die_after_next(self, chunks: int, *, n: int = 1, error: str | None = None,
                        tool_calls: list[tuple[str, str]] | None = None) -> None:
-        """The next ``n`` streamed calls send ``chunks`` delta chunks (text words, then tool
+        """The next ``n`` calls, streamed (a call that is not streamed uses the script entry up
+        and answers in full), send ``chunks`` delta chunks (text words, then tool
         argument pieces; Anthropic's ``message_start`` with its usage goes first, as the real
         API sends it) and then close the connection: no usage, no finish, no end marker.
         ``error`` (e.g. ``"overloaded_error"``) sends the format's in-stream error event first."""
@@ -271,7 +272,9 @@ class FakeUpstream:
             "usage": {"input_tokens": self.input_tokens, "output_tokens": self._billed_output(payload)},
         })
 
-    async def _anthropic_stream(self, request: web.Request, payload: dict[str, Any], reply: Reply) -> web.StreamResponse:
+    async def _anthropic_stream(
+        self, request: web.Request, payload: dict[str, Any], reply: Reply
+    ) -> web.StreamResponse:
         text, stop = self._parts(reply, "anthropic")
         start = {"type": "message_start", "message": {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": payload.get("model"),
