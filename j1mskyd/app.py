@@ -39,7 +39,7 @@ from .orchestrator import Orchestrator
 from .plugins import PluginError, PluginRegistry, build_provider, load_plugins
 from .pricing_history import PricingHistory
 from .pricing_service import PricingService
-from .provider_pool import ProviderSlot
+from .provider_pool import ProviderSlot, Releases
 from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimiter
 from .runtime import AgentRuntime
 from .signing import ReplayGuard
@@ -133,6 +133,7 @@ def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.Clie
                  changes: StateChanges) -> dict[str, ProviderSlot]:
     slots = {}
     rt = config.runtime
+    released = Releases()  # the runtime's scheduler subscribes to it when it is made (_wire)
     for name, settings in config.providers.items():
         client, error = None, None
         try:
@@ -141,7 +142,7 @@ def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.Clie
             error = str(exc)
             log.error("provider %s unavailable: %s", name, error)
         breaker = CircuitBreaker(rt.breaker_threshold, rt.breaker_reset_seconds, changes=changes)
-        slots[name] = ProviderSlot(settings, client, breaker, error)
+        slots[name] = ProviderSlot(settings, client, breaker, error, released)
     return slots
 
 

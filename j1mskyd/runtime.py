@@ -111,7 +111,7 @@ class AgentRuntime:
         self.completed_total = 0
         self.failed_total = 0
         for slot in slots.values():
-            slot.on_release = self._schedule
+            slot.released.subscribe(self._schedule)
 
     # -- public --------------------------------------------------------------------
     def start(self) -> None:

@@ -16,6 +16,7 @@ from j1mskyd import app as app_module
 from j1mskyd.app import LIFECYCLE, Services, build_app, upstream_connector
 from j1mskyd.api.common import SERVICES
 from j1mskyd.events import EventLog
+from j1mskyd.provider_pool import Releases
 from j1mskyd.providers import ProviderSettings
 from tests.conftest import make_config, route_models
 from tests.fakeupstream import FakeUpstream
@@ -101,6 +102,31 @@ def test_app_wires_services_by_construction_only():
     assert poked == []
 
 
+def test_no_callback_is_poked_into_another_object():
+    """Callbacks (``on_*``) are given to a constructor or subscribed through a method, never
+    assigned onto another object (as the runtime once set each provider slot's ``on_release``):
+    anywhere in the package, only ``self.on_x = ...`` may set one."""
+    poked = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AugAssign, ast.AnnAssign)) else []
+            poked += [f"{path.relative_to(PACKAGE)}:{node.lineno}: {ast.unparse(t)}" for t in targets
+                      if isinstance(t, ast.Attribute) and t.attr.startswith("on_")
+                      and not (isinstance(t.value, ast.Name) and t.value.id == "self")]
+    assert poked == []
+
+
+def test_the_slots_take_one_scheduler():
+    released = Releases()
+    first, second = (lambda: None), (lambda: None)
+    released.subscribe(first)
+    released.subscribe(first)  # the same one again (every slot of the pool shares the signal)
+    with pytest.raises(RuntimeError, match="already have a scheduler"):
+        released.subscribe(second)
+    assert released.listener is first
+
+
 def test_the_event_log_takes_one_outbox():
     log = EventLog(store=None)
     log.attach_outbox(lambda type_, data: [], lambda: None)
@@ -118,6 +144,10 @@ async def test_the_services_are_connected(client):
     assert services.agents.webhooks is services.webhooks
     assert services.events.route == services.webhooks.route
     assert len(services.runtime.listeners) == 1
+    # Every provider slot tells the runtime's scheduler when it frees room (given at construction).
+    signals = {id(slot.released) for slot in services.slots.values()}
+    assert len(signals) == 1
+    assert next(iter(services.slots.values())).released.listener == services.runtime._schedule
     before = len(services.events.subscribers)
     sub = services.events.subscribe(["budget.notice"])
     try:
