@@ -1,6 +1,6 @@
 """GET /agents query language -> one parameterised SQL WHERE/ORDER BY.
 
-Accepts the seed's three spellings, all through one parser:
+Accepts the API reference's three spellings, all through one parser:
   * plain parameters:      ``?status=running&model=k2p5``
   * suffixed parameters:   ``?cost_gt=1.00&created_after=2026-02-01``
   * the JSON ``filter``:   ``?filter={"status":"running","cost":{"gte":0.5},"model":["k2p5","opus"]}``

@@ -110,7 +110,7 @@ class Services:
     pricing: PricingService
     orchestrator: Orchestrator
     billing: Billing
-    # The v4.1 caches: model recommendations 30 s, pricing calculations 5 min.
+    # The caches of the API reference's v4.1 changelog: model recommendations 30 s, pricing calculations 5 min.
     caches: dict[str, TTLCache]
     started: float = field(default_factory=time.monotonic)
     health_cache: tuple[tuple, bytes, int] | None = None  # (stamp, body, status) of GET /health

@@ -1,4 +1,4 @@
-"""The audit log: who did what, from where, in the seed's entry format.
+"""The audit log: who did what, from where, in the J1MSKY API reference's entry format.
 
 Entries go through the store's group commit without being awaited, so auditing never
 slows a request; they are in the same queue as the state changes they describe.
@@ -183,7 +183,7 @@ class AuditLog:
 
 
 def entry(row: sqlite3.Row, cipher: Any = None) -> dict[str, Any]:
-    """One row in the seed's "Audit Log Entry" shape."""
+    """One row in the API reference's "Audit Log Entry" shape."""
     details = row["details"]
     if cipher is not None:
         details = cipher.decrypt(details, "audit/details")

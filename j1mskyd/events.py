@@ -43,7 +43,7 @@ class Event:
     data: dict[str, Any]
 
     def payload(self) -> dict[str, Any]:
-        """The seed's webhook payload shape: event, timestamp, data (plus the event id)."""
+        """The J1MSKY API reference's webhook payload shape: event, timestamp, data (plus the event id)."""
         return {"event": self.type, "timestamp": iso(self.ts), "data": self.data, "id": self.id}
 
 
@@ -262,7 +262,7 @@ def delivery_insert(webhook_id: str, event_id: int, now: float) -> Statement:
 
 
 def agent_event_data(agent: Any) -> dict[str, Any]:
-    """The seed's webhook ``data`` for an agent event."""
+    """The J1MSKY API reference's webhook ``data`` for an agent event."""
     data = {"agent_id": agent.agent_id, "model": agent.served_model or agent.model, "status": agent.status,
             "task": agent.task, "result": agent.result, "cost": agent.cost,
             "estimated_cost": agent.estimated_cost, "team": agent.team, "priority": agent.priority}

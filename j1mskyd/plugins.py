@@ -4,7 +4,7 @@ daemon's side of every plugin call (building, and the timeout around each call).
 The contract a plugin is written against (the hooks as Protocols, the API version, the
 types it gets and returns, what it may and may not do) is :mod:`j1mskyd.plugin_api`.
 
-The drop-in loader applies the guards of anchors-style.md section 3.3 in order:
+The drop-in loader applies these guards, in order:
 directory trust, file-name filter, sorted order, file trust (O_NOFOLLOW + fstat of
 the open fd), API version read from the AST before any code runs, import into the
 private ``j1msky_plugins`` namespace from the same bytes, ``register`` under a

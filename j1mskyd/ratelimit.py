@@ -254,7 +254,7 @@ class BucketFile:
         return True
 
 
-# Endpoint classes of the seed's "Rate Limits" table; the HTTP layer maps routes to them.
+# Endpoint classes of the J1MSKY API reference's "Rate Limits" table; the HTTP layer maps routes to them.
 ENDPOINT_CLASSES = ("spawn", "agent_read", "agents_list", "system", "other")
 
 

@@ -1,4 +1,4 @@
-"""Small TTL caches with hit/miss counts (the v4.1 changelog: model recommendations 30 s,
+"""Small TTL caches with hit/miss counts (the API reference's v4.1 changelog: model recommendations 30 s,
 pricing calculations 5 min; GET /cache/status shows them, POST /cache/invalidate clears)."""
 
 from __future__ import annotations

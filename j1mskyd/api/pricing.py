@@ -1,4 +1,4 @@
-"""Pricing endpoints (seed 000, "Pricing Operations"): calculators, status, health, report, webhooks.
+"""Pricing endpoints (the J1MSKY API reference's "Pricing Operations"): calculators, status, health, report, webhooks.
 
 The numbers come from j1mskyd/pricing.py and the live state from j1mskyd/pricing_service.py
 (PricingService: cached quotes, the recorded history, today's health); this module only reads
@@ -10,7 +10,7 @@ error envelope (400 VALIDATION_ERROR with ``details``).  Array fields (``scenari
 ``quotes``) are JSON arrays in a JSON body, and JSON text in a form field.
 
 A quote or decision without ``segment`` uses mid_market and answers with ``Deprecation: true``
-(v4.1 changelog: quoting without a segment is deprecated).
+(the API reference's v4.1 changelog: quoting without a segment is deprecated).
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ async def pricing_portfolio_alert(request: web.Request) -> web.Response:
         f.bad("compliant_count", "must not exceed scenario_count")
     f.done()
     summary = pricing.portfolio_summary(n, c, margin, policy)
-    summary.pop("needs_escalation")  # not part of the seed's portfolio_summary
+    summary.pop("needs_escalation")  # not part of the API reference's portfolio_summary
     return json_response({"success": True, "portfolio_summary": summary,
                           "portfolio_alert": pricing.portfolio_alert({**summary}, policy)})
 

@@ -1,4 +1,4 @@
-"""Webhook endpoints (seed 000 and the Kyros document): CRUD, test, deliveries, redeliver."""
+"""Webhook endpoints (the J1MSKY API reference and the Kyros document): CRUD, test, deliveries, redeliver."""
 
 from __future__ import annotations
 
