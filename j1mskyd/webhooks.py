@@ -23,16 +23,17 @@ import random
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from .agent import iso
 from .errors import BadRequest, NotFound, ValidationFailed
-from .events import EVENT_TYPES, LIVE_ONLY, EventLog, delivery_insert
+from .events import EVENT_TYPES, LIVE_ONLY, EventLog, event_types
 from .plugin_api import Sink, SinkError
 from .plugins import bounded, build_sink
+from .store import Statement
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class WebhookService:
         self._worker: asyncio.Task[None] | None = None
         self.call_timeout = call_timeout  # seconds one sink.deliver may take ([plugins] call_timeout)
         self._drains: dict[str, asyncio.Task[None]] = {}  # webhook_id -> its drain, while it runs
-        events.attach_outbox(self.route, self._wake.set)
+        events.attach_outbox(self)  # the log asks for delivery rows, wakes the worker (events.Outbox)
 
     # -- registrations --------------------------------------------------------------------------
     async def load(self) -> None:
@@ -179,8 +180,20 @@ class WebhookService:
                 raise ValidationFailed(errors)
         return url
 
+    # -- the outbox, as the event log asks for it (events.Outbox) ---------------------------------
     def route(self, type_: str, data: dict[str, Any]) -> list[str]:
         return [h.webhook_id for h in self.hooks.values() if h.wants(type_, data)]
+
+    def delivery_rows(self, webhook_ids: Iterable[str], event_id: int, ts: float) -> list[Statement]:
+        return [_delivery_insert(webhook_id, event_id, ts) for webhook_id in webhook_ids]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @staticmethod
+    def purge_settled(cutoff: float) -> tuple[list[Statement], str]:
+        return ([("DELETE FROM deliveries WHERE status != 'pending' AND created_at < ?", (cutoff,))],
+                "SELECT event_id FROM deliveries WHERE status = 'pending'")
 
     def _sealed_secret(self, hook: Webhook) -> str:
         cipher = self.store.cipher
@@ -308,7 +321,7 @@ class WebhookService:
         hook = self.get(webhook_id)
         event, stmts = self.events.statements_to("webhook.test", {"webhook_id": hook.webhook_id,
                                                                   "message": "Test delivery from j1mskyd"}, ())
-        delivery = delivery_insert(hook.webhook_id, event.id, event.ts)
+        delivery = _delivery_insert(hook.webhook_id, event.id, event.ts)
         await self.store.write(*stmts, delivery, fail_fast=True)
         self.events.published([event])
         return {"success": True, "delivery_id": delivery[1][0], "event_id": event.id}
@@ -327,17 +340,15 @@ class WebhookService:
             raise _bad("status", "status must be pending, delivered or failed")
         where, args = _deliveries_where(webhook_id, status)
 
-        def read(conn: sqlite3.Connection) -> tuple[int, list[sqlite3.Row]]:
+        def read(conn: sqlite3.Connection) -> tuple[int, list[sqlite3.Row], dict[int, str]]:
             total = conn.execute(f"SELECT COUNT(*) FROM deliveries WHERE {where}", args).fetchone()[0]
-            joined, _ = _deliveries_where(webhook_id, status, table="d")
-            rows = conn.execute(f"SELECT d.*, e.type FROM deliveries d LEFT JOIN events e ON e.id = d.event_id "
-                                f"WHERE {joined} ORDER BY d.created_at DESC, d.rowid DESC LIMIT ? OFFSET ?",
-                                (*args, limit, offset)).fetchall()
-            return total, rows
+            rows = conn.execute(f"SELECT * FROM deliveries WHERE {where} ORDER BY created_at DESC, rowid DESC "
+                                "LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
+            return total, rows, event_types(conn, (r["event_id"] for r in rows))  # None: the event was purged
 
         await self.store.flush()
-        total, rows = await self.store.read(read)
-        data = [{"delivery_id": r["delivery_id"], "event_id": r["event_id"], "event": r["type"],
+        total, rows, types = await self.store.read(read)
+        data = [{"delivery_id": r["delivery_id"], "event_id": r["event_id"], "event": types.get(r["event_id"]),
                  "status": r["status"], "attempts": r["attempts"], "last_error": r["last_error"],
                  "last_status": r["last_status"], "created_at": iso(r["created_at"]),
                  "next_attempt_at": iso(r["next_attempt_at"]) if r["status"] == "pending" else None,
@@ -539,12 +550,16 @@ class WebhookService:
         return True
 
 
-def _deliveries_where(webhook_id: str, status: str | None, table: str = "") -> tuple[str, list[Any]]:
-    """The WHERE clause (and its arguments) picking one webhook's deliveries, of one status when
-    given; ``table`` qualifies the columns when the query joins another table."""
-    col = f"{table}." if table else ""
-    where, args = f"{col}webhook_id = ?", [webhook_id]
+def _deliveries_where(webhook_id: str, status: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its arguments) picking one webhook's deliveries, of one status when given."""
+    where, args = "webhook_id = ?", [webhook_id]
     if status:
-        where += f" AND {col}status = ?"
+        where += " AND status = ?"
         args.append(status)
     return where, args
+
+
+def _delivery_insert(webhook_id: str, event_id: int, now: float) -> Statement:
+    """A new pending delivery of an event to a webhook, due now."""
+    return ("INSERT INTO deliveries (delivery_id, webhook_id, event_id, status, attempts, next_attempt_at, created_at) "
+            "VALUES (?, ?, ?, 'pending', 0, ?, ?)", ("dlv_" + secrets.token_hex(8), webhook_id, event_id, now, now))

@@ -8,6 +8,7 @@ import ast
 import asyncio
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -127,12 +128,39 @@ def test_the_slots_take_one_scheduler():
     assert released.listener is first
 
 
+class _Outbox:
+    def __init__(self, hooks: list[str]) -> None:
+        self.hooks = hooks
+
+    def route(self, type_, data):
+        return self.hooks
+
+    def delivery_rows(self, webhook_ids, event_id, ts):
+        return [("INSERT", (w, event_id)) for w in webhook_ids]
+
+    def wake(self):
+        pass
+
+    def purge_settled(self, cutoff):
+        return [], "SELECT NULL WHERE 0"
+
+
 def test_the_event_log_takes_one_outbox():
     log = EventLog(store=None)
-    log.attach_outbox(lambda type_, data: [], lambda: None)
+    first = _Outbox([])
+    log.attach_outbox(first)
     with pytest.raises(RuntimeError, match="already has an outbox"):
-        log.attach_outbox(lambda type_, data: ["webhook_x"], lambda: None)
-    assert log.route("agent.completed", {}) == []  # the first one stays
+        log.attach_outbox(_Outbox(["webhook_x"]))
+    assert log.outbox is first  # the first one stays
+
+
+def test_the_event_log_writes_the_delivery_rows_its_outbox_gives():
+    """The outbox's table is the outbox's: the log adds the rows it is handed, nothing of its own."""
+    log = EventLog(store=SimpleNamespace(cipher=None))  # statements only: nothing is written
+    log.attach_outbox(_Outbox(["webhook_a", "webhook_b"]))
+    event, stmts = log.statements("agent.completed", {})
+    assert [s for s in stmts if not s[0].startswith("INSERT INTO events")] == [
+        ("INSERT", ("webhook_a", event.id)), ("INSERT", ("webhook_b", event.id))]
 
 
 async def test_the_services_are_connected(client):
@@ -142,7 +170,7 @@ async def test_the_services_are_connected(client):
     services = client.server.app[SERVICES]
     assert services.runtime.events is services.events
     assert services.agents.webhooks is services.webhooks
-    assert services.events.route == services.webhooks.route
+    assert services.events.outbox is services.webhooks
     assert len(services.runtime.listeners) == 1
     # Every provider slot tells the runtime's scheduler when it frees room (given at construction).
     signals = {id(slot.released) for slot in services.slots.values()}
