@@ -26,14 +26,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from .agent import iso
 from .errors import BadRequest, NotFound, ValidationFailed
-from .events import EVENT_TYPES, LIVE_ONLY, EventLog, event_types
+from .events import EventLog, event_types
 from .plugin_api import Sink, SinkError
 from .plugins import bounded, build_sink
 from .store import Statement
+from .request_fields import changed
+from .webhook_request import AGENT_DONE, NewWebhook, WebhookChange, check_url
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ RETRY_CAP = 3600.0
 GIVE_UP_AFTER = 24 * 3600.0
 CONCURRENT_WEBHOOKS = 8  # drain tasks (webhooks being sent to) at once
 DRAIN_BATCH = 50         # due deliveries a drain reads at a time
-STATUSES = ("active", "paused")
-AGENT_DONE = ("agent.completed", "agent.failed", "agent.cancelled")
 
 
 @dataclass(frozen=True)
@@ -80,37 +79,6 @@ class Webhook:
 
 def _bad(field: str, message: str) -> ValidationFailed:
     return ValidationFailed([{"field": field, "message": message}])
-
-
-def _check_url(url: Any, sink: str) -> str:
-    if not isinstance(url, str) or not url or len(url) > 2000:
-        raise _bad("url", "url is required (a string of at most 2000 characters)")
-    scheme = urlsplit(url).scheme
-    if sink == "file":
-        if scheme != "file" or not urlsplit(url).path.startswith("/"):
-            raise _bad("url", "the file sink needs a file:///absolute/path URL")
-    elif scheme not in ("http", "https") or not urlsplit(url).netloc:
-        raise _bad("url", "url must be an http:// or https:// URL")
-    return url
-
-
-def _check_events(events: Any) -> tuple[str, ...]:
-    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
-        raise _bad("events", "events must be a non-empty list of event names")
-    unknown = [e for e in events if e != "*" and e not in EVENT_TYPES]
-    if unknown:
-        known = [e for e in EVENT_TYPES if e not in LIVE_ONLY]
-        raise _bad("events", f"Unknown event(s): {', '.join(unknown)} (known: {', '.join(known)}, or '*')")
-    live = [e for e in events if e in LIVE_ONLY]
-    if live:
-        raise _bad("events", f"{', '.join(live)} reach live readers only (GET /events/stream, /ws), never a webhook")
-    return tuple(dict.fromkeys(events))
-
-
-def _check_description(description: Any) -> str | None:
-    if description is not None and (not isinstance(description, str) or len(description) > 500):
-        raise _bad("description", "description must be a string of at most 500 characters")
-    return description
 
 
 def _row(row: sqlite3.Row, cipher: Any) -> Webhook:
@@ -206,31 +174,20 @@ class WebhookService:
                 (hook.webhook_id, hook.url, hook.sink, ",".join(hook.events), secret, hook.status,
                  hook.description, hook.api_key_id, hook.agent_id, hook.created_at, hook.last_triggered))
 
-    def _sink_kind(self, body: dict[str, Any]) -> str:
-        sink = body.get("sink")
-        if sink is None:
-            url = body.get("url")
-            sink = "file" if isinstance(url, str) and url.startswith("file:") else "http"
-        if not isinstance(sink, str) or sink not in self.registry.sink_kinds():
-            raise _bad("sink", f"sink must be one of: {', '.join(self.registry.sink_kinds())}")
-        return sink
+    def sink_kinds(self) -> list[str]:
+        """The sink kinds a webhook may name (the loaded sink plugins'): what parse_new checks."""
+        return self.registry.sink_kinds()
 
-    async def create(self, body: Any, api_key_id: str | None) -> tuple[Webhook, str | None]:
+    async def create(self, req: NewWebhook, api_key_id: str | None) -> tuple[Webhook, str | None]:
         """A new webhook; the generated secret is returned once when the caller sent none."""
-        if not isinstance(body, dict):
-            raise _bad("body", "Request body must be a JSON object")
-        sink = self._sink_kind(body)
-        url = await self._check_target(_check_url(body.get("url"), sink), sink)
-        events = _check_events(body.get("events", list(AGENT_DONE)))
-        secret = body.get("secret")
-        generated = None
-        if secret is None:
+        url = await self._check_target(req.url, req.sink)
+        generated: str | None = None
+        if req.secret is None:
             secret = generated = secrets.token_urlsafe(32)
-        elif not isinstance(secret, str) or not 8 <= len(secret) <= 256:
-            raise _bad("secret", "secret must be a string of 8 to 256 characters")
-        description = _check_description(body.get("description"))
-        hook = Webhook("webhook_" + secrets.token_hex(6), url, sink, events, secret, "active", description,
-                       api_key_id, None, self.clock())
+        else:
+            secret = req.secret
+        hook = Webhook("webhook_" + secrets.token_hex(6), url, req.sink, req.events, secret, "active",
+                       req.description, api_key_id, None, self.clock())
         self._build_sink(hook)
         await self.store.write(self._insert(hook), fail_fast=True)
         self.hooks[hook.webhook_id] = hook
@@ -244,7 +201,7 @@ class WebhookService:
         secret for a key from before webhook secrets), which the caller already holds (a
         random one when authentication is off).
         """
-        hook = Webhook("webhook_" + secrets.token_hex(6), _check_url(url, "http"), "http", AGENT_DONE,
+        hook = Webhook("webhook_" + secrets.token_hex(6), check_url(url, "http"), "http", AGENT_DONE,
                        secret or secrets.token_urlsafe(32), "active", f"webhook_url of {agent_id}", api_key_id,
                        agent_id, self.clock())
         return hook, self._insert(hook)
@@ -278,28 +235,12 @@ class WebhookService:
             raise NotFound(f"Webhook '{webhook_id}' not found")
         return hook
 
-    async def update(self, webhook_id: str, body: Any) -> Webhook:
+    async def update(self, webhook_id: str, change: WebhookChange) -> Webhook:
+        """``change`` was parsed for this webhook's sink (webhook_request.parse_change)."""
         hook = self.get(webhook_id)
-        if not isinstance(body, dict) or not body:
-            raise _bad("body", "send a JSON object with events, status, url, secret or description")
-        unknown = set(body) - {"events", "status", "url", "secret", "description"}
-        if unknown:
-            raise _bad(sorted(unknown)[0], f"Cannot change '{sorted(unknown)[0]}'")
-        changes: dict[str, Any] = {}
-        if "events" in body:
-            changes["events"] = _check_events(body["events"])
-        if "status" in body:
-            if body["status"] not in STATUSES:
-                raise _bad("status", "status must be active or paused")
-            changes["status"] = body["status"]
-        if "url" in body:
-            changes["url"] = await self._check_target(_check_url(body["url"], hook.sink), hook.sink)
-        if "secret" in body:
-            if not isinstance(body["secret"], str) or not 8 <= len(body["secret"]) <= 256:
-                raise _bad("secret", "secret must be a string of 8 to 256 characters")
-            changes["secret"] = body["secret"]
-        if "description" in body:
-            changes["description"] = _check_description(body["description"])
+        changes = changed(change)
+        if "url" in changes:
+            changes["url"] = await self._check_target(changes["url"], hook.sink)
         new = replace(hook, **changes)
         self._build_sink(new)
         await self.store.write(self._insert(new), fail_fast=True)

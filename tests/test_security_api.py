@@ -11,6 +11,7 @@ import pytest
 
 from j1mskyd.app import build_app
 from j1mskyd.pii import MaskingFilter, mask
+from j1mskyd.security_request import BlockRequest
 from tests.conftest import make_config, wait_status
 
 SPAWN = {"model": "k2p5", "task": "Write a haiku about idempotency"}
@@ -111,7 +112,7 @@ async def test_blocked_ip_gets_403_until_unblocked_or_expired(aiohttp_client, tm
     assert (await client.delete("/api/security/block-ip/192.168.1.66")).status == 404
     # Expiry: a block whose time has passed is ignored.
     services = client.app[next(k for k in client.app if "services" in str(k))]
-    await services.ip_control.block({"ip": "192.168.1.70", "duration_hours": 1})
+    await services.ip_control.block(BlockRequest(ip="192.168.1.70", duration_hours=1))
     services.ip_control.clock = lambda: time.time() + 3601
     assert (await client.get("/api/health", headers={"X-Forwarded-For": "192.168.1.70"})).status == 200
     for bad in ({"ip": "nope"}, {"ip": "10.0.0.1", "duration_hours": -1}, {"ip": "10.0.0.1", "reason": ""}):

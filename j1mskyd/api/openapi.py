@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..audit import EVENTS as AUDIT_EVENTS, LOG_LEVELS
-from ..ipcontrol import MAX_BLOCK_HOURS
+from ..security_request import MAX_BLOCK_HOURS
 from .common import CONFIG, app_key, json_response
 from .middleware import PUBLIC
 
@@ -256,7 +256,7 @@ def _spawn_schema(config: Any) -> dict[str, Any]:
 
 
 OPTIONAL_BODIES = {("DELETE", "/keys/{key_id}")}
-# http(s) with a host, or file:///absolute/path for the file sink (webhooks._check_url).
+# http(s) with a host, or file:///absolute/path for the file sink (webhook_request.check_url).
 _WEBHOOK_URL = {"type": "string", "maxLength": 2000, "pattern": "^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/|file:///)"}
 
 

@@ -30,6 +30,7 @@ from ..errors import BadRequest, NotFound, ValidationFailed
 from ..events import PRICING_EVENTS
 from ..pricing_history import MAX_DAYS, RESOLUTIONS, PricingHistory, Window
 from ..pricing_service import DecisionRequest, PricingService, QuoteRequest
+from ..webhook_request import parse_new
 from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json
 
 MAX_TOKENS = 10_000_000          # per token estimate
@@ -498,7 +499,8 @@ async def pricing_create_webhook(request: web.Request) -> web.Response:
     if data.get("secret") is not None:
         body["secret"] = data["secret"]
     services = request.app[SERVICES]
-    hook, generated = await services.webhooks.create(body, request.get(API_KEY_ID))
+    req = parse_new(body, services.webhooks.sink_kinds())
+    hook, generated = await services.webhooks.create(req, request.get(API_KEY_ID))
     services.audit.record("config.change", actor(request), resource_type="webhook", resource_id=hook.webhook_id,
                           details={"action": "create", "url": hook.url, "events": list(hook.events)})
     out: dict[str, Any] = {"success": True, "webhook_id": hook.webhook_id, "url": hook.url,
