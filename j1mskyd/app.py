@@ -36,7 +36,8 @@ from .keys import KeyService
 from .metrics import Metrics
 from .netguard import IpPolicy, parse_networks
 from .orchestrator import Orchestrator
-from .plugins import PluginError, PluginRegistry, build_provider, load_plugins
+from .plugin_api import ProviderSettings
+from .plugins import PluginError, PluginRegistry, build_provider, load_plugins, off_loop
 from .pricing_history import PricingHistory
 from .pricing_service import PricingService
 from .provider_pool import ProviderSlot, Releases
@@ -129,21 +130,28 @@ def ratelimit_path(config: Config) -> str:
     return os.path.join(config.server.state_dir, "ratelimits.json")
 
 
-def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.ClientSession,
-                 changes: StateChanges) -> dict[str, ProviderSlot]:
-    slots = {}
+async def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.ClientSession,
+                      changes: StateChanges) -> dict[str, ProviderSlot]:
+    """One slot per provider.  The factories run at once, each on a thread of its own for
+    ``[plugins] call_timeout`` seconds at most (plugins.off_loop): one that hangs leaves its
+    provider unavailable instead of holding the start."""
     rt = config.runtime
     released = Releases()  # the runtime's scheduler subscribes to it when it is made (_wire)
-    for name, settings in config.providers.items():
+
+    async def slot(settings: ProviderSettings) -> ProviderSlot:
         client, error = None, None
         try:
-            client = build_provider(registry, settings, session)
+            client = await off_loop(registry, "provider", settings.plugin,
+                                    functools.partial(build_provider, registry, settings, session),
+                                    config.plugins.call_timeout)
         except PluginError as exc:
             error = str(exc)
-            log.error("provider %s unavailable: %s", name, error)
+            log.error("provider %s unavailable: %s", settings.name, error)
         breaker = CircuitBreaker(rt.breaker_threshold, rt.breaker_reset_seconds, changes=changes)
-        slots[name] = ProviderSlot(settings, client, breaker, error, released)
-    return slots
+        return ProviderSlot(settings, client, breaker, error, released)
+
+    built = await asyncio.gather(*(slot(settings) for settings in config.providers.values()))
+    return dict(zip(config.providers, built))
 
 
 def upstream_connector(config: Config) -> aiohttp.TCPConnector:
@@ -242,7 +250,7 @@ async def _provider_session(app: web.Application) -> AsyncIterator[None]:
                                     timeout=aiohttp.ClientTimeout(total=None, connect=30))
     try:
         changes = app[_BREAKER_CHANGES] = StateChanges()
-        slots = app[_SLOTS] = _build_slots(config, app[_PLUGINS], session, changes)
+        slots = app[_SLOTS] = await _build_slots(config, app[_PLUGINS], session, changes)
         try:
             yield
         finally:

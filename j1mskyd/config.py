@@ -200,7 +200,7 @@ class PluginsConfig:
     disabled: tuple[str, ...] = ()
     load_timeout: float = 10.0
     require_root: bool = True
-    call_timeout: float = 30.0     # a sink delivery or a close() (provider calls: request.timeout)
+    call_timeout: float = 30.0     # a sink delivery, a close(), a factory (provider calls: request.timeout)
 
 
 @dataclass(frozen=True, slots=True)

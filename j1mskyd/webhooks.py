@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import random
 import secrets
@@ -30,8 +31,8 @@ from typing import Any
 from .agent import iso
 from .errors import BadRequest, NotFound, ValidationFailed
 from .events import EventLog, event_types
-from .plugin_api import Sink, SinkError
-from .plugins import bounded, build_sink
+from .plugin_api import Sink, SinkError, SinkSettings
+from .plugins import bounded, build_sink, off_loop
 from .store import Statement
 from .request_fields import changed
 from .webhook_request import AGENT_DONE, NewWebhook, WebhookChange, check_url
@@ -188,7 +189,7 @@ class WebhookService:
             secret = req.secret
         hook = Webhook("webhook_" + secrets.token_hex(6), url, req.sink, req.events, secret, "active",
                        req.description, api_key_id, None, self.clock())
-        self._build_sink(hook)
+        await self._build_sink(hook)
         await self.store.write(self._insert(hook), fail_fast=True)
         self.hooks[hook.webhook_id] = hook
         return hook, generated
@@ -242,7 +243,7 @@ class WebhookService:
         if "url" in changes:
             changes["url"] = await self._check_target(changes["url"], hook.sink)
         new = replace(hook, **changes)
-        self._build_sink(new)
+        await self._build_sink(new)
         await self.store.write(self._insert(new), fail_fast=True)
         self.hooks[webhook_id] = new
         self._wake.set()  # resumed: its waiting deliveries go out now
@@ -316,10 +317,14 @@ class WebhookService:
         return {"success": True, "delivery_id": new_id, "redelivers": delivery_id}
 
     # -- the worker ---------------------------------------------------------------------------------
-    def _build_sink(self, hook: Webhook) -> Sink:
+    async def _build_sink(self, hook: Webhook) -> Sink:
+        """The webhook's sink from its plugin's factory, run off the loop for ``call_timeout``
+        seconds at most (plugins.off_loop); a factory that refuses, fails or hangs refuses the webhook."""
+        settings: SinkSettings = {"webhook_id": hook.webhook_id, "url": hook.url, "secret": hook.secret}
         try:
-            sink = build_sink(self.registry, hook.sink, {"webhook_id": hook.webhook_id, "url": hook.url,
-                                                         "secret": hook.secret}, self.session)
+            sink = await off_loop(self.registry, "sink", hook.sink,
+                                  functools.partial(build_sink, self.registry, hook.sink, settings, self.session),
+                                  self.call_timeout)
         except KeyError:
             raise _bad("sink", f"no sink plugin '{hook.sink}' is loaded") from None
         except Exception as exc:  # noqa: BLE001 - a plugin refusing its settings is the caller's 400
@@ -454,7 +459,7 @@ class WebhookService:
                     self.targets.check_url(hook.url)
                 except TargetRefused as exc:
                     raise SinkError(f"target refused: {exc.message}") from None
-            sink = self._sinks.get(webhook_id) or self._build_sink(hook)
+            sink = self._sinks.get(webhook_id) or await self._build_sink(hook)
             async with bounded(self.call_timeout, lambda: SinkError(
                     f"sink did not return within {self.call_timeout:g} s (cancelled by the daemon)")):
                 await sink.deliver(event.payload(), delivery_id=row["delivery_id"], event=event.type)
