@@ -22,6 +22,8 @@ from . import jsonx
 from .agent import Agent
 from .errors import ValidationFailed
 
+__all__ = ["AgentQuery", "MAX_LIMIT", "SORTABLE", "parse", "parse_time"]
+
 # public field name -> (column, type)
 FIELDS: dict[str, tuple[str, str]] = {
     "agent_id": ("agent_id", "text"),

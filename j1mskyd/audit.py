@@ -24,6 +24,8 @@ from .request_fields import changed
 if TYPE_CHECKING:  # security_request imports this module's names
     from .security_request import AuditChange
 
+__all__ = ["Actor", "AuditLog", "AuditSettings", "EVENTS", "LOG_LEVELS", "entry"]
+
 EVENTS = ("agent.spawn", "agent.complete", "agent.fail", "api.key.used", "config.change", "security.violation")
 LOG_LEVELS = ("minimal", "standard", "verbose")
 MAX_OFFSET = 10**18  # SQLite integers are 64-bit: a larger OFFSET is an OverflowError, not "no rows"

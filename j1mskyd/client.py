@@ -27,6 +27,9 @@ from typing import Any, NamedTuple
 from .backoff import backoff_delay
 from .signing import sign
 
+__all__ = ["Agent", "AgentResult", "AsyncAgent", "AsyncJ1MSKYClient", "Call", "J1MSKYClient", "J1MSKYError",
+           "RateLimitError"]
+
 TERMINAL = ("completed", "failed", "cancelled")
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 

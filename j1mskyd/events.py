@@ -25,6 +25,9 @@ from typing import Any, Protocol
 from .agent import iso
 from .store import Statement
 
+__all__ = ["EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "Outbox", "PRICING_EVENTS", "Publisher", "SHUTDOWN",
+           "Subscription", "agent_event_data", "event_types"]
+
 AGENT_EVENTS = ("agent.spawned", "agent.completed", "agent.failed", "agent.cancelled")
 LIVE_ONLY = ("agent.started", "agent.output")   # to live readers only: never stored, never to webhooks
 PRICING_EVENTS = ("pricing.quote_generated", "pricing.quote_approved", "pricing.quote_escalated",

@@ -48,7 +48,7 @@ __all__ = [
     "J1MSKY_PLUGIN_API", "TIMEOUT_GRACE", "ERROR_KINDS", "RETRYABLE_KINDS",
     "TextBlock", "ToolCall", "ToolResult", "Block", "Message", "Tool", "ToolChoice", "conversation",
     "CompletionRequest", "CompletionResult", "ProviderError", "ProviderSettings", "SinkError", "SinkSettings",
-    "Provider", "StreamingProvider", "Closable", "Sink", "Registrar", "ProviderFactory", "SinkFactory",
+    "Provider", "StreamingProvider", "Closable", "Sink", "Registrar", "ProviderFactory", "SinkFactory", "implements",
 ]
 
 #: The one API version this daemon speaks; a plugin declaring another is refused unloaded.

@@ -47,6 +47,8 @@ from .plugin_api import (
     implements,
 )
 
+__all__ = ["PluginError", "PluginRegistry", "bounded", "build_provider", "build_sink", "load_plugins", "off_loop"]
+
 logger = logging.getLogger(__name__)
 
 MAX_PLUGIN_BYTES = 1 << 20

@@ -12,6 +12,8 @@ from .breaker import CircuitBreaker
 from .plugin_api import Closable, ProviderSettings, StreamingProvider, implements
 from .plugins import bounded
 
+__all__ = ["ProviderSlot", "Releases"]
+
 log = logging.getLogger(__name__)
 
 

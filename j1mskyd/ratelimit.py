@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 
 from .durable import fsync_dir
 
+__all__ = ["BucketFile", "Buckets", "Decision", "ENDPOINT_CLASSES", "Limit", "RequestLimiter", "iso_second"]
+
 log = logging.getLogger(__name__)
 
 

@@ -19,6 +19,8 @@ import re
 import time
 from datetime import datetime, timezone
 
+__all__ = ["ReplayGuard", "SignatureError", "body_forms", "parse_timestamp", "sign", "verify"]
+
 
 class SignatureError(Exception):
     def __init__(self, message: str, type_: str = "INVALID_SIGNATURE") -> None:

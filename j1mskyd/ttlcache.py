@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+__all__ = ["TTLCache"]
+
 class TTLCache:
     def __init__(self, ttl: float, maxsize: int = 1024, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl

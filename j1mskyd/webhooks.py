@@ -38,6 +38,8 @@ from .request_fields import changed
 from .webhook_request import AGENT_DONE, NewWebhook, WebhookChange, check_url
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
+__all__ = ["Webhook", "WebhookService"]
+
 log = logging.getLogger(__name__)
 
 PER_MINUTE = 50        # deliveries per endpoint (receiver URL) in any PACE_WINDOW seconds

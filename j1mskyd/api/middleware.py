@@ -341,4 +341,4 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
 
 MIDDLEWARES = (pipeline,)
 __all__ = ["LIMITER", "METRICS", "MIDDLEWARES", "PUBLIC", "REPLAY_GUARD", "Credentials", "Pass",
-           "authenticate_in_band", "pipeline"]
+           "authenticate_in_band", "count_in_band", "pipeline"]
