@@ -149,6 +149,7 @@ class EventLog:
         self._next_id = 1
         self.subscribers: set[Subscription] = set()
         self.outbox: Outbox = _NoOutbox()  # the webhook service, once it subscribed (attach_outbox)
+        self.on_published: Callable[[], None] = lambda: None  # the outbox's wake-up
         self._throttle: dict[str, float] = {}
 
     def attach_outbox(self, outbox: Outbox) -> None:
@@ -157,7 +158,7 @@ class EventLog:
         module needs the other at construction."""
         if not isinstance(self.outbox, _NoOutbox):
             raise RuntimeError("this event log already has an outbox")
-        self.outbox = outbox
+        self.outbox, self.on_published = outbox, outbox.wake
 
     async def load(self) -> None:
         last = await self.store.read(lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
@@ -207,7 +208,7 @@ class EventLog:
             for sub in list(self.subscribers):
                 sub.offer(event)
         if any_event:
-            self.outbox.wake()
+            self.on_published()
 
     async def emit(self, type_: str, data: dict[str, Any]) -> Event:
         """An event that is not part of another state change (budget levels, violations...)."""

@@ -34,7 +34,7 @@ import threading
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterable
 
 from .plugin_api import (
     J1MSKY_PLUGIN_API,
@@ -59,7 +59,7 @@ _KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # two threads parsing at once can fail with "AST constructor recursion depth mismatch"
 # (CPython gh-106905, fixed in 3.11.5): parse and compile one file at a time.
 _AST_LOCK = threading.Lock()
-T = TypeVar("T")
+
 
 
 class PluginError(Exception):
@@ -208,6 +208,24 @@ def build_sink(registry: PluginRegistry, kind: str, settings: SinkSettings, sess
     return sink
 
 
+@contextlib.asynccontextmanager
+async def bounded(seconds: float, error: Callable[[], Exception]) -> AsyncIterator[None]:
+    """The daemon's timeout around a plugin call (every one goes through here): the call is
+    cancelled after ``seconds`` and ``error()`` raised instead.  A ``TimeoutError`` the
+    plugin raised itself, or an outer deadline's, passes through unchanged."""
+    try:
+        async with asyncio.timeout(seconds) as scope:
+            yield
+    except TimeoutError:
+        if scope.expired():
+            raise error() from None
+        raise
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "[redacted]") if secret else text
+
+
 def _not_a_coroutine(built: Any) -> Any:
     if hasattr(built, "close") and hasattr(built, "send") and hasattr(built, "throw"):  # an async def factory
         built.close()
@@ -215,7 +233,7 @@ def _not_a_coroutine(built: Any) -> Any:
     return built
 
 
-async def off_loop(registry: PluginRegistry, what: str, kind: str, call: Callable[[], T], timeout: float) -> T:
+async def off_loop(registry: PluginRegistry, what: str, kind: str, call: Callable[[], Any], timeout: float) -> Any:
     """A factory call (``call`` builds a provider or sink of ``kind``) on a thread of its own,
     awaited for ``timeout`` seconds at most: a factory that blocks or hangs cannot stall the
     event loop, the start or a webhook's creation.
@@ -230,7 +248,7 @@ async def off_loop(registry: PluginRegistry, what: str, kind: str, call: Callabl
             raise PluginError(f"{what} kind {kind!r}: an earlier call of its factory has not returned yet "
                               f"(it took over {timeout:g} s)")
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
+    future: asyncio.Future[Any] = loop.create_future()
     state = {"done": False, "hung": False}
 
     def settle(result: Any, error: BaseException | None) -> None:
@@ -271,23 +289,6 @@ async def off_loop(registry: PluginRegistry, what: str, kind: str, call: Callabl
         return await future
     raise AssertionError("unreachable: bounded() raises or the call returned")
 
-
-@contextlib.asynccontextmanager
-async def bounded(seconds: float, error: Callable[[], Exception]) -> AsyncIterator[None]:
-    """The daemon's timeout around a plugin call (every one goes through here): the call is
-    cancelled after ``seconds`` and ``error()`` raised instead.  A ``TimeoutError`` the
-    plugin raised itself, or an outer deadline's, passes through unchanged."""
-    try:
-        async with asyncio.timeout(seconds) as scope:
-            yield
-    except TimeoutError:
-        if scope.expired():
-            raise error() from None
-        raise
-
-
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "[redacted]") if secret else text
 
 
 # -- loading -----------------------------------------------------------------
