@@ -18,9 +18,6 @@ import aiohttp
 from . import jsonx
 from .plugin_api import ProviderError
 
-__all__ = ["HttpCaller", "billed_usage", "error_detail", "estimate_tokens", "kind_for_status", "parse_retry_after",
-           "redact"]
-
 _MAX_DETAIL = 300
 
 

@@ -23,8 +23,6 @@ from collections.abc import Mapping
 from .config import ModelConfig
 from .pricing import token_cost
 
-__all__ = ["agent_bound", "call_bound", "fallback_chain", "input_bound", "output_allowance"]
-
 FRAMING_TOKENS = 64  # role markers and message separators a chat template adds around the text
 
 
