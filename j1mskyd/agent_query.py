@@ -22,7 +22,7 @@ from . import jsonx
 from .agent import Agent
 from .errors import ValidationFailed
 
-__all__ = ["AgentQuery", "MAX_LIMIT", "SORTABLE", "parse", "parse_time"]
+__all__ = ["ALIASES", "AgentQuery", "FIELDS", "MAX_LIMIT", "OPERATORS", "RESERVED", "SORTABLE", "parse", "parse_time"]
 
 # public field name -> (column, type)
 FIELDS: dict[str, tuple[str, str]] = {

@@ -51,7 +51,8 @@ from .webhook_client import webhook_session
 from .webhook_targets import policy_from
 from .webhooks import WebhookService
 
-__all__ = ["Services", "build_app", "ratelimit_path", "state_db_path", "upstream_connector"]
+__all__ = ["BUILTIN_PLUGINS", "LIFECYCLE", "Services", "build_app", "ratelimit_path", "state_db_path",
+           "upstream_connector"]
 
 log = logging.getLogger(__name__)
 BUILTIN_PLUGINS = Path(__file__).parent / "builtin_plugins"

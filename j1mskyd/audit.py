@@ -24,7 +24,8 @@ from .request_fields import changed
 if TYPE_CHECKING:  # security_request imports this module's names
     from .security_request import AuditChange
 
-__all__ = ["Actor", "AuditLog", "AuditSettings", "EVENTS", "LOG_LEVELS", "entry"]
+__all__ = ["Actor", "AuditLog", "AuditSettings", "EVENTS", "KEY_USED_EVERY", "LOG_LEVELS", "MAX_OFFSET", "SETTING",
+           "SYSTEM", "entry"]
 
 EVENTS = ("agent.spawn", "agent.complete", "agent.fail", "api.key.used", "config.change", "security.violation")
 LOG_LEVELS = ("minimal", "standard", "verbose")

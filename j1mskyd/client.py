@@ -28,7 +28,7 @@ from .backoff import backoff_delay
 from .signing import sign
 
 __all__ = ["Agent", "AgentResult", "AsyncAgent", "AsyncJ1MSKYClient", "Call", "J1MSKYClient", "J1MSKYError",
-           "RateLimitError"]
+           "RETRY_STATUSES", "RateLimitError", "TERMINAL"]
 
 TERMINAL = ("completed", "failed", "cancelled")
 RETRY_STATUSES = (429, 500, 502, 503, 504)

@@ -17,7 +17,7 @@ from typing import Any, overload
 
 from .durable import fsync_dir
 
-__all__ = ["CHECK_CONTEXT", "DataCipher", "DecryptError", "KEY_FILE", "load_or_create_key"]
+__all__ = ["CHECK_CONTEXT", "DataCipher", "DecryptError", "KEY_FILE", "PREFIX", "load_or_create_key"]
 
 PREFIX = "enc1:"
 KEY_FILE = "data.key"

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 from .agent import iso
 from .store import Statement
 
-__all__ = ["EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "Outbox", "PRICING_EVENTS", "Publisher", "SHUTDOWN",
-           "Subscription", "agent_event_data", "event_types"]
+__all__ = ["AGENT_EVENTS", "EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "Outbox", "PRICING_EVENTS", "Publisher",
+           "QUEUE_SIZE", "SHUTDOWN", "Subscription", "agent_event_data", "event_types"]
 
 AGENT_EVENTS = ("agent.spawned", "agent.completed", "agent.failed", "agent.cancelled")
 LIVE_ONLY = ("agent.started", "agent.output")   # to live readers only: never stored, never to webhooks

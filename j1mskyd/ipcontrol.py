@@ -20,7 +20,7 @@ from .netguard import Address, IpPolicy, parse_address, parse_networks
 from .request_fields import KEEP, bad
 from .security_request import BlockRequest, WhitelistChange
 
-__all__ = ["Block", "IpControl", "block_view"]
+__all__ = ["Block", "IpControl", "SETTING", "block_view"]
 
 SETTING = "ip_whitelist"
 

@@ -42,9 +42,10 @@ from .durable import fsync_dir
 from .errors import BadRequest, Conflict
 from .store import Store
 
-__all__ = ["AlreadyRotated", "ApiKey", "KeyRefused", "KeyRing", "KeyService", "KeyWatch", "LastAdminKey", "NewKey",
-           "SCOPES", "hash_token", "lost_reason", "make_key", "new_webhook_secret", "parse_scopes", "read_keys",
-           "revoke_statement", "rotate_statements", "webhook_secret_statement"]
+__all__ = ["ADMIN", "AlreadyRotated", "ApiKey", "KeyRefused", "KeyRing", "KeyService", "KeyWatch", "LastAdminKey",
+           "NewKey", "REFRESH_SECONDS", "SCOPES", "STREAM_REFRESH_SECONDS", "TOKEN_PREFIX", "hash_token",
+           "lost_reason", "make_key", "parse_scopes", "read_keys", "revoke_statement", "rotate_statements",
+           "webhook_secret_statement"]
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from .config import ServerConfig
 from .connguard import ConnectionGuard, ConnectionStats, Refusal
 from .violations import record_violation
 
-__all__ = ["CONNECTION_STATS", "GuardedSite", "JsonErrorHandler", "Listening", "fit_descriptors", "serve", "start"]
+__all__ = ["CONNECTION_STATS", "FD_RESERVE", "GuardedSite", "HANDLER_ARGS", "JsonErrorHandler", "Listening",
+           "SHUTDOWN_TIMEOUT", "fit_descriptors", "serve", "start"]
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["Family", "Metrics", "RouteStats", "percentile", "prometheus"]
+__all__ = ["Family", "Metrics", "RING", "RouteStats", "percentile", "prometheus"]
 
 RING = 1024
 

@@ -47,7 +47,8 @@ from .plugin_api import (
     implements,
 )
 
-__all__ = ["PluginError", "PluginRegistry", "bounded", "build_provider", "build_sink", "load_plugins", "off_loop"]
+__all__ = ["MAX_PLUGIN_BYTES", "NAMESPACE", "PluginError", "PluginRegistry", "bounded", "build_provider",
+           "build_sink", "load_plugins", "off_loop"]
 
 logger = logging.getLogger(__name__)
 

@@ -18,13 +18,16 @@ from typing import Any, Protocol
 
 from .budget import alert_level
 
-__all__ = ["COMPLEXITIES", "ModelInfo", "ModelPrice", "PricingPolicy", "batch_quotes", "blended_cost", "budget_block",
-           "decision", "exception_aging", "exception_aging_from_ages", "experiment_recommendation",
-           "experiment_summary", "guardrail", "iso_now", "margin_band", "model_mix", "monthly_forecast",
-           "operational_flags", "pct_change", "portfolio_alert", "portfolio_summary", "preferred_model",
-           "price_from_cost", "pricing_health", "provider_usage", "quote", "quote_from_estimate", "recommend_model",
-           "rollup", "token_cost", "top_models", "usage_anomalies", "variant_stats", "weekly_comparison",
-           "weekly_metrics"]
+__all__ = ["APPROVAL_SHIFT_PCT", "AT_RISK_DAYS", "COMPLEXITIES", "COST_ORDER", "DEFAULT_MODEL", "DEFAULT_POLICY",
+           "DELIVERY_TYPES", "DISCARD_APPROVAL_FACTOR", "DISCARD_MARGIN_FACTOR", "EXCEPTION_SHIFT_PCT",
+           "EXEC_FOLLOWUP_AT_RISK", "EXEC_FOLLOWUP_DAYS", "HIGH_CALLS", "HIGH_TOKENS_PER_CALL", "MARGIN_SHIFT_PCT",
+           "ModelInfo", "ModelPrice", "PricingPolicy", "ROLL_OUT_APPROVAL_FACTOR", "SEGMENTS", "TASK_PREFERENCES",
+           "batch_quotes", "blended_cost", "budget_block", "decision", "exception_aging", "exception_aging_from_ages",
+           "experiment_recommendation", "experiment_summary", "guardrail", "iso_now", "margin_band", "model_mix",
+           "monthly_forecast", "operational_flags", "pct_change", "portfolio_alert", "portfolio_summary",
+           "preferred_model", "price_from_cost", "pricing_health", "provider_usage", "quote", "quote_from_estimate",
+           "recommend_model", "rollup", "token_cost", "top_models", "usage_anomalies", "variant_stats",
+           "weekly_comparison", "weekly_metrics"]
 
 SEGMENTS = ("enterprise", "mid_market", "smb", "startup")   # the batch order, too
 COMPLEXITIES = ("low", "medium", "high")

@@ -41,8 +41,8 @@ from .crypto import CHECK_CONTEXT, KEY_FILE, DataCipher, DecryptError, load_or_c
 from .durable import fsync_dir
 from .errors import InsufficientStorage
 
-__all__ = ["CLOSE_GRACE", "Statement", "Store", "StoreError", "StoreFull", "database_problem", "is_disk_full",
-           "migrate"]
+__all__ = ["CLOSE_GRACE", "KEY_CHECK", "MIGRATIONS", "SCHEMA_VERSION", "Statement", "Store", "StoreError",
+           "StoreFull", "database_problem", "is_disk_full", "migrate"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -38,7 +38,8 @@ from .request_fields import changed
 from .webhook_request import AGENT_DONE, NewWebhook, WebhookChange, check_url
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
-__all__ = ["Webhook", "WebhookService"]
+__all__ = ["CONCURRENT_WEBHOOKS", "DRAIN_BATCH", "GIVE_UP_AFTER", "PACE_WINDOW", "PER_MINUTE", "RETRY_BASE",
+           "RETRY_CAP", "Webhook", "WebhookService"]
 
 log = logging.getLogger(__name__)
 
