@@ -282,7 +282,8 @@ class AgentRuntime:
         return counts
 
     async def stop(self) -> None:
-        """Graceful stop: running agents go back to queued on disk, to run again at start."""
+        """Graceful stop: running agents go back to queued on disk, to run again at start;
+        chat agents, whose callers go with the daemon, fail as interrupted."""
         self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -292,7 +293,11 @@ class AgentRuntime:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)  # a running chat agent fails there (_run)
+        # A queued chat call ends too: its caller's connection ends with the daemon, and a
+        # later start would only fail it (recover).
+        for agent in [a for a in self.live.values() if a.kind == KIND_CHAT and a.status == QUEUED]:
+            await self._finish(agent, FAILED, error=INTERRUPTED_CHAT, failure="interrupted")
         await self.store.flush()
 
     def member_label(self, alias: str) -> str:

@@ -14,7 +14,7 @@ from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.chat_request import ChatFailed, ChatRequest
 from j1mskyd.chat_service import canonical_json
-from j1mskyd.budget import BudgetExceeded
+from j1mskyd.budget import BudgetExceeded, SpawnRefused
 from j1mskyd.plugin_api import Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
 from j1mskyd.provider_http import estimate_tokens
 from j1mskyd.store import Store
@@ -116,6 +116,7 @@ async def test_a_plugin_that_reads_only_the_prompt_gets_the_conversation_flatten
 async def test_a_streamed_call_hands_out_deltas_in_order(aiohttp_client, tmp_path, upstreams):
     primary, secondary = upstreams
     primary.reply_text = "one two three four five"
+    primary.chunk_delay = 0.02
     client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
     call = await services.chat.start(chat(stream=True))
     deltas = await collect(call)
@@ -124,8 +125,13 @@ async def test_a_streamed_call_hands_out_deltas_in_order(aiohttp_client, tmp_pat
     assert "".join(deltas) == outcome.text == "one two three four five"
     assert primary.calls[0]["json"]["stream"] is True
     view = await (await client.get(f"/api/agent/{call.agent_id}")).json()
-    assert view["status"] == "completed" and view["time_to_first_token"] is not None
-    assert view["usage"] == {"input_tokens": 11, "output_tokens": 7}
+    assert view["status"] == "completed" and view["usage"] == {"input_tokens": 11, "output_tokens": 7}
+    # The first delta's arrival, not the end of the stream (four chunk delays later).
+    created, first, completed = await services.store.read(lambda conn: conn.execute(
+        "SELECT created_at, first_token_at, completed_at FROM agents WHERE agent_id = ?",
+        (call.agent_id,)).fetchone())
+    assert created <= first < completed
+    assert view["time_to_first_token"] == round(first - created, 3)
 
 
 async def test_a_provider_that_cannot_stream_gives_the_whole_text_as_one_delta(aiohttp_client, tmp_path):
@@ -260,10 +266,31 @@ async def test_a_budget_refusal_writes_nothing(aiohttp_client, tmp_path, upstrea
     client, services = await app_client(aiohttp_client, cfg)
     with pytest.raises(BudgetExceeded):
         await services.chat.start(chat())
+    await nothing_written(services)
+    assert not primary.calls
+
+
+async def nothing_written(services, agents: int = 0) -> None:
     count = await services.store.read(lambda conn: conn.execute("SELECT COUNT(*) FROM agents").fetchone()[0])
     events = await services.store.read(lambda conn: conn.execute("SELECT COUNT(*) FROM events "
                                                                  "WHERE type LIKE 'agent.%'").fetchone()[0])
-    assert count == 0 and events == 0 and not primary.calls and services.budget.reserved == 0
+    assert (count, events) == (agents, agents)
+
+
+async def test_the_per_key_agent_cap_refuses_a_call_and_writes_nothing(aiohttp_client, tmp_path, upstreams):
+    primary, secondary = upstreams
+    primary.delay = 5.0
+    cfg = two_provider_config(tmp_path, primary, secondary)
+    cfg = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, max_agents_per_key=1))
+    client, services = await app_client(aiohttp_client, cfg)
+    first = await services.chat.start(chat(), "key_a")
+    reserved = services.budget.reserved
+    with pytest.raises(SpawnRefused) as refused:
+        await services.chat.start(chat(), "key_a")
+    assert refused.value.status == 429
+    await nothing_written(services, agents=1)
+    assert services.budget.reserved == reserved
+    await first.cancel()
 
 
 async def test_chat_calls_wait_in_the_queue_like_agents(aiohttp_client, tmp_path, upstreams):
@@ -310,9 +337,10 @@ async def test_a_graceful_stop_fails_a_running_chat_call_and_the_restart_leaves_
                                                                                     upstreams):
     primary, secondary = upstreams
     primary.delay = 30.0
-    cfg = two_provider_config(tmp_path, primary, secondary)
+    cfg = two_provider_config(tmp_path, primary, secondary, primary_limit=1)
     client, services = await app_client(aiohttp_client, cfg)
     call = await services.chat.start(chat())
+    queued = await services.chat.start(chat())  # waits for the primary's one slot
     for _ in range(500):  # until the upstream holds the call
         if primary.calls:
             break
@@ -322,11 +350,17 @@ async def test_a_graceful_stop_fails_a_running_chat_call_and_the_restart_leaves_
     with pytest.raises(ChatFailed) as failed:
         await call.outcome()
     assert failed.value.kind == "interrupted" and failed.value.status == 503
+    with pytest.raises(ChatFailed) as failed:
+        await queued.outcome()
+    assert failed.value.kind == "interrupted"
 
     client, services = await app_client(aiohttp_client, cfg)  # the same state dir
-    view = await (await client.get(f"/api/agent/{call.agent_id}")).json()
-    assert view["status"] == "failed" and "interrupted" in view["error"]
+    for agent_id in (call.agent_id, queued.agent_id):
+        view = await (await client.get(f"/api/agent/{agent_id}")).json()
+        assert view["status"] == "failed" and view["error"] == "interrupted: the daemon stopped during this chat call"
     assert len(primary.calls) == 1 and not services.runtime.live
+    chats = (await (await client.get("/api/agents", params={"kind": "chat"})).json())["data"]
+    assert sorted(a["agent_id"] for a in chats) == sorted([call.agent_id, queued.agent_id])
 
 
 async def test_a_call_cancelled_at_once_ends_cancelled_and_frees_its_slot(aiohttp_client, tmp_path, upstreams):
