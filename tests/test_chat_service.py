@@ -275,6 +275,31 @@ async def test_a_stream_that_dies_is_billed_the_usage_its_upstream_reported(aioh
     assert [(r["model"], r["input_tokens"]) for r in rows] == [("minimax-m2.5", 42)]
 
 
+async def test_a_request_the_provider_refuses_fails_as_bad_request_without_fallback(aiohttp_client, tmp_path,
+                                                                                     upstreams):
+    primary, secondary = upstreams
+    primary.fail_next(1, 400)
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    call = await services.chat.start(chat(stream=True))
+    assert await collect(call) == []
+    with pytest.raises(ChatFailed) as failed:
+        await call.outcome()
+    assert (failed.value.kind, failed.value.status) == ("bad_request", 400)
+    assert "bad_request" in failed.value.message and not secondary.calls
+
+
+async def test_a_call_past_the_default_timeout_fails_as_timeout(aiohttp_client, tmp_path, upstreams):
+    primary, secondary = upstreams
+    primary.delay = 30.0
+    cfg = two_provider_config(tmp_path, primary, secondary, default_timeout=0.5)
+    client, services = await app_client(aiohttp_client, cfg)
+    call = await services.chat.start(chat())
+    with pytest.raises(ChatFailed) as failed:
+        await asyncio.wait_for(call.outcome(), 10)
+    assert (failed.value.kind, failed.value.status) == ("timeout", 504)
+    assert failed.value.message == "timeout: agent exceeded its 0.5 s timeout"
+
+
 async def test_a_plain_agent_still_retries_a_stream_that_broke_for_live_readers(aiohttp_client, tmp_path,
                                                                                 upstreams):
     """The no-retry rule is the chat caller's: an agent whose deltas only went to readers of
