@@ -133,4 +133,4 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     """One configured model alias (404 model_not_found for any other name)."""
     models = request.app[CONFIG].models
-    return json_response(_model(models[model_alias(request.match_info["model_id"], models)]))
+    return json_response(_model(models[model_alias(request.match_info["name"], models)]))

@@ -96,7 +96,7 @@ ROUTES = (
 FRONT_DOOR = (
     ("POST", "/v1/chat/completions", frontdoor.chat_handler(OPENAI), WRITE, "spawn", OPENAI),
     ("GET", "/v1/models", frontdoor.list_models, READ, "other", OPENAI),
-    ("GET", "/v1/models/{model_id}", frontdoor.get_model, READ, "other", OPENAI),
+    ("GET", "/v1/models/{name}", frontdoor.get_model, READ, "other", OPENAI),
 )
 
 
