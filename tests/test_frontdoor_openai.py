@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import re
 from typing import Any
@@ -264,6 +265,17 @@ async def test_the_models_need_agents_read_and_calls_agents_write(door):
     assert (await door.post(BODY, bearer(reader))).status == 403
 
 
+async def test_a_call_is_audited_as_a_spawn(door):
+    resp = await door.post({**BODY, "messages": [{"role": "user", "content": "mail me at ann@example.com"}]})
+    agent_id = (await resp.json())["id"].removeprefix("chatcmpl-")
+    await door.api.quiet()
+    entries = (await (await door.client.get("/api/security/audit?event=agent.spawn",
+                                            headers=door.headers)).json())["data"]
+    (entry,) = [e for e in entries if e["resource"]["id"] == agent_id]
+    assert entry["details"]["kind"] == "chat" and entry["details"]["dialect"] == "openai"
+    assert "ann@example.com" not in entry["details"]["task_preview"]  # masked, as a spawn's task
+
+
 async def test_idempotency_key_replays_a_non_streamed_call_only(door):
     key = {"Idempotency-Key": "call-1"}
     first = await door.post(BODY, key)
@@ -355,6 +367,12 @@ async def test_a_client_that_leaves_mid_stream_cancels_the_upstream_call(aiohttp
         if runner is not None:
             await session.close()
             await runner.cleanup()
+        # On aiohttp 3.8 the fake upstream's handler fails writing to the connection the daemon
+        # dropped, and its task is logged when collected.  Collected here: a collection inside a
+        # later ast.parse (the plugin loader of the next test's app) would log the traceback from
+        # there, and Python 3.11.2 fails such a nested parse ("AST constructor recursion depth
+        # mismatch").
+        gc.collect()
 
 
 @pytest.mark.parametrize("cancelling", [True, False], ids=["handler-cancelled", "connection-watched"])
