@@ -13,7 +13,7 @@ import pytest
 from j1mskyd.budget import BudgetExceeded, SpawnRefused
 from j1mskyd.chat_request import ChatFailed, ChatOutcome
 from j1mskyd.config import ModelConfig
-from j1mskyd.dialects import Dialect
+from j1mskyd.dialects import Dialect, ModelNotFound
 from j1mskyd.dialects.anthropic_messages import (
     DIALECT, SPEND_LIMIT_CODE, estimate_input_tokens, parse, parse_count, stop_reason, tool_input)
 from j1mskyd.errors import ApiError, Forbidden, NotFound, PayloadTooLarge, RateLimited, Unauthorized, ValidationFailed
@@ -227,6 +227,7 @@ def test_unknown_model_is_404_after_the_rest_is_checked() -> None:
     with pytest.raises(NotFound) as info:
         parse(body(model="gpt-9"), MODELS)
     assert "'gpt-9'" in info.value.message and "k2p5, sonnet" in info.value.message
+    assert isinstance(info.value, ModelNotFound)
     assert DIALECT.error(info.value) == (404, {"type": "error", "error": {"type": "not_found_error",
                                                                           "message": info.value.message}})
     assert field_of(refused(body(model="gpt-9", temperature=3))) == "temperature"

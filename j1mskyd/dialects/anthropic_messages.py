@@ -27,9 +27,10 @@ from .. import jsonx
 from ..budget import BudgetExceeded
 from ..chat_request import ChatOutcome, ChatRequest
 from ..config import ModelConfig
-from ..errors import ApiError, NotFound, ValidationFailed
+from ..errors import ApiError, ValidationFailed
 from ..plugin_api import Block, Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
 from ..provider_http import estimate_tokens
+from . import model_alias
 
 __all__ = ["DIALECT", "AnthropicMessages", "AnthropicStream", "parse", "parse_count", "estimate_input_tokens",
            "stop_reason", "SPEND_LIMIT_CODE"]
@@ -312,11 +313,7 @@ def _thinking(value: Any) -> None:
 
 
 def _model(value: Any, models: Mapping[str, ModelConfig]) -> str:
-    name = _text("model", value, empty=False)
-    if name not in models:
-        raise NotFound(f"model: '{name}' is not a model of this server; available: {', '.join(sorted(models))}",
-                       type_="MODEL_NOT_FOUND")
-    return name
+    return model_alias(_text("model", value, empty=False), models)
 
 
 def _present(body: dict[str, Any], name: str) -> bool:
