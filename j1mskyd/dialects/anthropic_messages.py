@@ -30,7 +30,7 @@ from ..config import ModelConfig
 from ..errors import ApiError, ValidationFailed
 from ..plugin_api import Block, Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
 from ..provider_http import estimate_tokens
-from . import model_alias
+from . import Dialect, model_alias
 
 __all__ = ["DIALECT", "AnthropicMessages", "AnthropicStream", "parse", "parse_count", "estimate_input_tokens",
            "stop_reason", "SPEND_LIMIT_CODE"]
@@ -577,4 +577,4 @@ class AnthropicMessages:
         return error_body(error)
 
 
-DIALECT = AnthropicMessages()
+DIALECT: Dialect = AnthropicMessages()
