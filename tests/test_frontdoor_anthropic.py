@@ -19,7 +19,7 @@ from j1mskyd.dialects.anthropic_messages import SPEND_LIMIT_CODE
 from j1mskyd.providers import ProviderSettings
 from tests.conftest import auth_config, bearer
 from tests.fakeupstream import FakeUpstream
-from tests.test_body_types import VALUES, dotted, example_fields, with_value
+from tests.frontdoor_fuzz import fuzz_door
 from tests.test_frontdoor_openai import Door, lifted, open_door
 
 MESSAGES = "/v1/messages"
@@ -393,49 +393,19 @@ FUZZ_EXAMPLE: dict[str, Any] = {
 }
 
 
-def _names(message: str, field: str) -> bool:
+def _names(error: dict[str, Any], field: str) -> bool:
     """Does the refusal name the broken field, the object or list it is in, or a part of it?
-    Anthropic's paths are dotted (messages.0.content); the lone-surrogate check's use brackets."""
-    named = message.split(":", 1)[0].replace("[", ".").replace("]", "")
-    return named == field or field.startswith(named + ".") or named.startswith(field + ".") or named == "messages"
+    Anthropic's paths are dotted (``messages.0.content: ...``); the tool pairing rule names
+    the messages as a whole."""
+    named = error["message"].split(":", 1)[0].replace("[", ".").replace("]", "")
+    field = field.replace("[", ".").replace("]", "")
+    return named in (field, "messages") or field.startswith(named + ".") or named.startswith(field + ".")
 
 
 async def test_every_field_with_every_json_type_is_an_anthropic_400_that_changes_nothing(door):
-    api = door.api
-    problems: list[str] = []
-    resp = await post(door, FUZZ_EXAMPLE)
-    assert resp.status == 200, await resp.text()
-    before = await api.state()
-    fields = example_fields(FUZZ_EXAMPLE) + [("top_k",), ("container",), ("unknown",)]
-    for path in fields:
-        field = dotted(path).replace("[", ".").replace("]", "")
-        for value in VALUES:
-            resp = await post(door, with_value(FUZZ_EXAMPLE, path, value))
-            label = f"{field}={value!r:.40}"
-            if resp.status >= 500:
-                problems.append(f"{label}: {resp.status} {await resp.text():.200}")
-            elif resp.status >= 400:
-                try:
-                    error = anthropic_error(await resp.json())
-                except AssertionError as exc:
-                    problems.append(f"{label}: {resp.status} not Anthropic's error: {exc}")
-                    continue
-                if resp.status == 400 and not _names(error["message"], field):
-                    problems.append(f"{label}: 400 says {error['message']!r:.80}, not naming {field}")
-                if await api.state() != before:
-                    problems.append(f"{label}: {resp.status} but changed the state")
-                    before = await api.state()
-            else:
-                await resp.read()
-                before = await api.state()
-    for value in VALUES:
-        resp = await post(door, value)
-        if resp.status != 400 or not anthropic_error(await resp.json())["message"].startswith("body: "):
-            problems.append(f"body={value!r:.40}: {resp.status}")
-    for raw in (b"", b"{", b"\xff\xfe", b'{"a": NaN}', b"[" * 100_000):
-        resp = await post(door, None, raw=raw)
-        if resp.status != 400:
-            problems.append(f"raw {raw[:8]!r}: {resp.status}")
-        anthropic_error(await resp.json())
-    assert await api.state() == before
+    async def send(body: Any, raw: bytes | None = None) -> Any:
+        return await post(door, body, raw=raw)
+
+    problems = await fuzz_door(door.api, send, FUZZ_EXAMPLE, [("top_k",), ("container",), ("unknown",)],
+                               anthropic_error, _names)
     assert not problems, "\n".join(problems[:60])
