@@ -26,7 +26,7 @@ from .middleware import PUBLIC
 # built on the first request, then served as it is (the route is public and not counted, so
 # rebuilding it per request would hand anyone a few ms of the Pi's CPU per call).
 DOCUMENT = app_key("j1msky.openapi_document")
-ROUTE_TABLE = app_key("j1msky.openapi_routes")  # (routes, prefixes) given to describe()
+ROUTE_TABLE = app_key("j1msky.openapi_routes")  # (routes, prefixes, front door) given to describe()
 
 _PARAM = re.compile(r"{([^}]+)}")
 
@@ -351,7 +351,161 @@ def _bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any) -> dict[str, Any]:
+# -- the front door (/v1): OpenAI's shapes, its error body on every refusal ----------------------------
+_OPENAI_ERROR = _obj(["error"], error=_obj(["message", "type", "param", "code"], message=_STR, type=_STR,
+                                          param={"type": ["string", "null"]}, code={"type": ["string", "null"]}))
+_OPENAI_MODEL = _obj(["id", "object", "created", "owned_by"], id=_STR, object={"const": "model"}, created=_INT,
+                     owned_by=_STR)
+_TOOL_CALL = _obj(["id", "type", "function"], id=_STR, type={"const": "function"},
+                  function=_obj(["name", "arguments"], name=_STR, arguments=_STR))
+_COMPLETION = _obj(
+    ["id", "object", "created", "model", "choices", "usage"], id=_STR, object={"const": "chat.completion"},
+    created=_INT, model=_STR, system_fingerprint=_STR,
+    choices={"type": "array", "minItems": 1, "maxItems": 1, "items": _obj(
+        ["index", "message", "finish_reason"], index=_INT, finish_reason=_STR,
+        message=_obj(["role", "content"], role={"const": "assistant"}, content={"type": ["string", "null"]},
+                     tool_calls={"type": "array", "items": _TOOL_CALL}))},
+    usage=_obj(["prompt_tokens", "completion_tokens", "total_tokens"], prompt_tokens=_INT,
+               completion_tokens=_INT, total_tokens=_INT))
+_FRONT_DOOR_RESULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/v1/chat/completions"): _COMPLETION,
+    ("GET", "/v1/models"): _obj(["object", "data"], object={"const": "list"},
+                                data={"type": "array", "items": _OPENAI_MODEL}),
+    ("GET", "/v1/models/{name}"): _OPENAI_MODEL,
+}
+# Anthropic's Messages (/v1/messages): its shapes and error body.
+_ANTHROPIC_ERROR = _obj(["type", "error"], type={"const": "error"}, error=_obj(
+    ["type", "message"], type=_STR, message=_STR, details=_obj(["error_code"], error_code=_STR)))
+_TEXT_BLOCK = _obj(["type", "text"], type={"const": "text"}, text=_STR, cache_control=_OBJ)
+_TOOL_USE = _obj(["type", "id", "name", "input"], type={"const": "tool_use"}, id=_STR, name=_STR, input=_OBJ)
+_MESSAGE_USAGE = _obj(["input_tokens", "output_tokens"], input_tokens=_INT, output_tokens=_INT,
+                      cache_creation_input_tokens=_INT, cache_read_input_tokens=_INT)
+_FRONT_DOOR_RESULTS[("POST", "/v1/messages")] = _obj(
+    ["id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage"], id=_STR,
+    type={"const": "message"}, role={"const": "assistant"}, model=_STR,
+    content={"type": "array", "items": {"anyOf": [_TEXT_BLOCK, _TOOL_USE]}},
+    stop_reason={"type": "string", "enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn",
+                                            "refusal", "model_context_window_exceeded"]},
+    stop_sequence={"type": ["string", "null"]}, usage=_MESSAGE_USAGE)
+_FRONT_DOOR_RESULTS[("POST", "/v1/messages/count_tokens")] = _obj(
+    ["input_tokens", "estimated"], input_tokens=_INT, estimated={"const": True})
+# A call's refusals beyond a read's: an Idempotency-Key reused (409), a full disk (507), and the
+# call's own ends (ChatFailed: every provider failed 502, the daemon stopped 503, timeout 504).
+_CALL_ERRORS = (409, 502, 503, 504, 507)
+
+
+def _chat_body(config: Any) -> dict[str, Any]:
+    """The fields of a Chat Completions body this daemon reads (dialects/openai_chat.py checks
+    them; any other field is refused, hence additionalProperties false)."""
+    from ..dialects.openai_chat import DEFAULT_ONLY, IGNORED, MAX_STOP, MAX_TOOLS, MAX_USER
+
+    def closed(required: list[str], **properties: Any) -> dict[str, Any]:
+        return {**_obj(required, **properties), "additionalProperties": False}
+
+    text_parts = {"type": "array", "items": closed(["type", "text"], type={"const": "text"}, text=_STR)}
+    content = {"anyOf": [_STR, text_parts]}
+    role = {r: {"const": r} for r in ("system", "developer", "user", "assistant", "tool")}
+    message = {"oneOf": [
+        *(closed(["role", "content"], role=role[r], content=content) for r in ("system", "developer", "user")),
+        closed(["role"], role=role["assistant"], content={"anyOf": [_STR, text_parts, {"type": "null"}]},
+               tool_calls={"type": "array", "items": _TOOL_CALL},
+               # What the SDK sends back with an assistant message it was given: empty only.
+               refusal={"type": "null"}, annotations={"type": "array", "maxItems": 0},
+               audio={"type": "null"}, function_call={"type": "null"}),
+        closed(["role", "tool_call_id", "content"], role=role["tool"], content=content,
+               tool_call_id={"type": "string", "description": "the id of a tool call of an earlier message"})]}
+    tool = closed(["type", "function"], type={"const": "function"}, function=closed(
+        ["name"], name={"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, description=_STR,
+        parameters=_OBJ, strict=_BOOL))
+    kinds = {"a boolean": _BOOL, "a string": _STR, "an object": _OBJ}
+    accepted = {name: {**kinds[kind], "description": f"accepted and ignored: {why}"}
+                for name, (_, kind, why) in IGNORED.items()}
+    refused = {name: {"description": f"refused unless null or its default: {why}"}
+               for name, (_, why) in DEFAULT_ONLY.items()}
+    return closed(["model", "messages"], **refused, **accepted,
+                  model={"type": "string", "enum": list(config.models)},
+                  messages={"type": "array", "minItems": 1, "items": message},
+                  temperature={"type": "number", "minimum": 0, "maximum": 2},
+                  top_p={"type": "number", "minimum": 0, "maximum": 1},
+                  max_tokens={"type": "integer", "minimum": 1},
+                  max_completion_tokens={"type": "integer", "minimum": 1},
+                  stop={"anyOf": [{"type": "string", "minLength": 1},
+                                  {"type": "array", "maxItems": MAX_STOP, "items": {"type": "string", "minLength": 1}}]},
+                  n={"const": 1}, tools={"type": "array", "maxItems": MAX_TOOLS, "items": tool},
+                  tool_choice={"anyOf": [{"type": "string", "enum": ["none", "auto", "required"]}, _OBJ]},
+                  response_format=_obj(["type"], type={"type": "string",
+                                                       "enum": ["text", "json_object", "json_schema"]},
+                                       json_schema=_OBJ),
+                  user={"type": "string", "maxLength": MAX_USER},
+                  metadata={"type": "object", "maxProperties": 16, "additionalProperties": _STR},
+                  stream=_BOOL, stream_options=closed([], include_usage=_BOOL, include_obfuscation=_BOOL))
+
+
+def _messages_body(config: Any, *, count: bool = False) -> dict[str, Any]:
+    """The fields of a Messages body this daemon reads (anthropic_messages.py checks them);
+    ``count``: count_tokens', without max_tokens and the sampling fields."""
+    text_blocks = {"type": "array", "items": _TEXT_BLOCK}
+    result = _obj(["type", "tool_use_id"], type={"const": "tool_result"}, tool_use_id=_STR,
+                  content={"anyOf": [_STR, text_blocks]}, is_error=_BOOL, cache_control=_OBJ)
+    message = _obj(["role", "content"], role={"type": "string", "enum": ["user", "assistant"]},
+                   content={"anyOf": [_STR, {"type": "array", "items": {"anyOf": [_TEXT_BLOCK, _TOOL_USE, result]}}]})
+    tool = _obj(["name", "input_schema"], name={"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                description=_STR, input_schema=_obj(["type"], type={"const": "object"}), type={"const": "custom"},
+                cache_control=_OBJ)
+    properties: dict[str, Any] = {
+        "model": {"type": "string", "enum": list(config.models)},
+        "messages": {"type": "array", "minItems": 1, "items": message},
+        "system": {"anyOf": [_STR, text_blocks]}, "tools": {"type": "array", "items": tool},
+        "tool_choice": _obj(["type"], type={"type": "string", "enum": ["auto", "any", "tool", "none"]}, name=_STR,
+                            disable_parallel_tool_use={"const": False}),
+        "thinking": _obj(["type"], type={"const": "disabled"}), "cache_control": _OBJ}
+    if not count:
+        properties.update({
+            "max_tokens": {"type": "integer", "minimum": 1}, "stop_sequences": {"type": "array", "items": _STR},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+            "metadata": _obj([], user_id={"type": ["string", "null"], "maxLength": 256}), "stream": _BOOL,
+            "service_tier": {"type": "string", "enum": ["auto", "standard_only"]}})
+    return {"type": "object", "additionalProperties": False,
+            "required": ["model", "messages"] + ([] if count else ["max_tokens"]), "properties": properties}
+
+
+_FRONT_DOOR_BODIES: dict[tuple[str, str], Any] = {
+    ("POST", "/v1/chat/completions"): _chat_body,
+    ("POST", "/v1/messages"): _messages_body,
+    ("POST", "/v1/messages/count_tokens"): lambda config: _messages_body(config, count=True),
+}
+_FRONT_DOOR_ERRORS = {"openai": _OPENAI_ERROR, "anthropic": _ANTHROPIC_ERROR}
+
+
+def _front_door_operation(method: str, path: str, handler: Any, scope: str, limit_class: str,
+                          config: Any, dialect: str = "openai") -> dict[str, Any]:
+    error: dict[str, Any] = {"content": {"application/json": {"schema": _FRONT_DOOR_ERRORS[dialect]}}}
+    success: dict[str, Any] = {"application/json": {"schema": _FRONT_DOOR_RESULTS[(method, path)]}}
+    codes = [400, 401, 403, 404, 413, 429]
+    operation: dict[str, Any] = {
+        "operationId": f"front_door_{handler.__name__}_{method.lower()}", "tags": ["front door"],
+        "summary": (handler.__doc__ or handler.__name__).strip().splitlines()[0],
+        "x-rate-limit-class": limit_class, "x-scope": scope,
+        "security": [{"bearer": [scope]}, {"apiKey": [scope]}],
+    }
+    if method == "POST":
+        if limit_class == "spawn":  # a call (count_tokens is none: only the Idempotency-Key's refusals)
+            success["text/event-stream"] = {"schema": _STR}  # stream: true
+        codes += _CALL_ERRORS if limit_class == "spawn" else (409, 507)
+        operation["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": _FRONT_DOOR_BODIES[(method, path)](config)}}}
+    if "{" in path:
+        operation["parameters"] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                                   for n in _PARAM.findall(path)]
+    operation["responses"] = {"200": {"description": "Success", "content": success},
+                              **{str(c): {"description": _REASONS.get(c, "The call failed upstream"), **error}
+                                 for c in codes}}
+    return operation
+
+
+def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
+          front_door: Any = ()) -> dict[str, Any]:
     bodies = _bodies(config)
     query = _query_params()
     paths: dict[str, dict[str, Any]] = {}
@@ -377,6 +531,9 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any) -> d
                 operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES,
                                             "content": {"application/json": {"schema": body}}}
             paths.setdefault(prefix + path, {})[method.lower()] = operation
+    for method, path, handler, scope, limit_class, dialect in front_door:
+        paths.setdefault(path, {})[method.lower()] = _front_door_operation(method, path, handler, scope, limit_class,
+                                                                             config, dialect.name)
     return {
         "openapi": "3.1.0",
         "info": {"title": "J1MSKY API (j1mskyd)", "version": __version__,
@@ -394,10 +551,11 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any) -> d
     }
 
 
-def describe(app: web.Application, routes: Any, prefixes: tuple[str, ...]) -> None:
-    """GET /openapi.json on ``app`` documents these routes (the table of routes.py).  Handed
-    over at set-up rather than imported, so routes.py -> openapi.py is the only direction."""
-    app[ROUTE_TABLE] = (routes, prefixes)
+def describe(app: web.Application, routes: Any, prefixes: tuple[str, ...], front_door: Any = ()) -> None:
+    """GET /openapi.json on ``app`` documents these routes (the table of routes.py) and the
+    front door's.  Handed over at set-up rather than imported, so routes.py -> openapi.py is
+    the only direction."""
+    app[ROUTE_TABLE] = (routes, prefixes, front_door)
     app[DOCUMENT] = {}  # filled by the first GET /openapi.json
 
 
@@ -405,6 +563,6 @@ async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of every route."""
     cached = request.app[DOCUMENT]
     if "response" not in cached:
-        routes, prefixes = request.app[ROUTE_TABLE]
-        cached["response"] = json_response(build(routes, prefixes, PUBLIC, request.app[CONFIG])).body
+        routes, prefixes, front_door = request.app[ROUTE_TABLE]
+        cached["response"] = json_response(build(routes, prefixes, PUBLIC, request.app[CONFIG], front_door)).body
     return web.Response(body=cached["response"], content_type="application/json", charset="utf-8")
