@@ -26,6 +26,17 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+# Built once: json.dumps with any argument makes a new JSONEncoder per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def compact(obj: Any) -> str:
+    """``json.dumps(obj, separators=(",", ":"))``, ASCII only (a lone surrogate comes out escaped,
+    so the text always encodes to UTF-8): for values the daemon stores sealed (event data,
+    audit details), read back with :func:`loads`."""
+    return _COMPACT(obj)
+
+
 def loads(data: str | bytes) -> Any:
     if _orjson is not None:
         return _orjson.loads(data)
