@@ -470,9 +470,11 @@ class Store:
         if not right:
             raise StoreError(f"{key_path}: not the data key {self.path} was encrypted with; put back the "
                              "data.key backed up with this database (or restore both from the same backup)")
-        if row is None:
+        if row is None or not self.cipher.is_current_check(row[0]):
+            # A check value sealed by an older daemon is replaced with today's form, which needs no
+            # AES to verify: later starts then never load `cryptography` just to check the key.
             try:
-                self._wconn.execute("INSERT OR IGNORE INTO settings (name, value, updated_at) VALUES (?, ?, ?)",
+                self._wconn.execute("INSERT OR REPLACE INTO settings (name, value, updated_at) VALUES (?, ?, ?)",
                                     (KEY_CHECK, self.cipher.seal_check(), time.time()))
             except sqlite3.OperationalError as exc:
                 if not is_disk_full(exc):
