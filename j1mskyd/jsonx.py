@@ -20,13 +20,16 @@ except ImportError:  # Debian bookworm ships no python3-orjson
 JSONDecodeError = json.JSONDecodeError if _orjson is None else (json.JSONDecodeError, _orjson.JSONDecodeError)
 
 
+# Built once: json.dumps with any argument makes a new JSONEncoder per call (every response).
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps(obj: Any) -> str:
     if _orjson is not None:
         return _orjson.dumps(obj).decode()
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _DUMPS(obj)
 
 
-# Built once: json.dumps with any argument makes a new JSONEncoder per call.
 _COMPACT = json.JSONEncoder(separators=(",", ":")).encode
 
 
