@@ -76,7 +76,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     import time
 
     from .errors import Conflict
-    from .keys import KeyError_, KeyService, LastAdminKey
+    from .keys import KeyRefused, KeyService, LastAdminKey
     from .store import Store, StoreError, database_problem
     config = _load(args)
     state_dir = args.state_dir or config.server.state_dir
@@ -115,7 +115,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         except LookupError as exc:
             print(f"j1mskyd: no such key: {exc}", file=sys.stderr)
             return 1
-        except (KeyError_, Conflict) as exc:  # Conflict: the last admin key, a key already rotated
+        except (KeyRefused, Conflict) as exc:  # Conflict: the last admin key, a key already rotated
             hint = " (or pass --force)" if isinstance(exc, LastAdminKey) else ""
             print(f"j1mskyd: {exc}{hint}", file=sys.stderr)
             return 2

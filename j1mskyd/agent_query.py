@@ -1,6 +1,6 @@
 """GET /agents query language -> one parameterised SQL WHERE/ORDER BY.
 
-Accepts the seed's three spellings, all through one parser:
+Accepts the API reference's three spellings, all through one parser:
   * plain parameters:      ``?status=running&model=k2p5``
   * suffixed parameters:   ``?cost_gt=1.00&created_after=2026-02-01``
   * the JSON ``filter``:   ``?filter={"status":"running","cost":{"gte":0.5},"model":["k2p5","opus"]}``
@@ -21,6 +21,8 @@ from typing import Any
 from . import jsonx
 from .agent import Agent
 from .errors import ValidationFailed
+
+__all__ = ["ALIASES", "AgentQuery", "FIELDS", "MAX_LIMIT", "OPERATORS", "RESERVED", "SORTABLE", "parse", "parse_time"]
 
 # public field name -> (column, type)
 FIELDS: dict[str, tuple[str, str]] = {

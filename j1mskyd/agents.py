@@ -1,6 +1,6 @@
 """AgentService: what the API can ask of agents (spawn, team, batch, status, list, cancel).
 
-It validates requests against the seed's rules and the config, writes new agents
+It validates requests against the J1MSKY API reference's rules and the config, writes new agents
 durably, hands them to the runtime, and reads finished ones back from the store.
 """
 
@@ -39,7 +39,7 @@ class AgentService:
         self.runtime = runtime
         self.budget = budget
         # A counter from a random start: unique within a process and a second, and
-        # the seed's id shape (subagent_<unix seconds>_<4 digits>).
+        # the J1MSKY API reference's id shape (subagent_<unix seconds>_<4 digits>).
         self._ids = itertools.count(secrets.randbelow(10_000))
 
     # -- validation --------------------------------------------------------------------

@@ -9,9 +9,10 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import aiohttp
 from aiohttp import web
@@ -37,10 +38,11 @@ from .keys import KeyService
 from .metrics import Metrics
 from .netguard import IpPolicy, parse_networks
 from .orchestrator import Orchestrator
-from .plugins import PluginError, PluginRegistry, build_provider, load_plugins
+from .plugin_api import ProviderSettings
+from .plugins import PluginError, PluginRegistry, build_provider, load_plugins, off_loop
 from .pricing_history import PricingHistory
 from .pricing_service import PricingService
-from .provider_pool import ProviderSlot
+from .provider_pool import ProviderSlot, Releases
 from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimiter
 from .runtime import AgentRuntime
 from .signing import ReplayGuard
@@ -50,8 +52,17 @@ from .webhook_client import webhook_session
 from .webhook_targets import policy_from
 from .webhooks import WebhookService
 
+__all__ = ["BUILTIN_PLUGINS", "LIFECYCLE", "Services", "build_app", "ratelimit_path", "state_db_path",
+           "upstream_connector"]
+
 log = logging.getLogger(__name__)
 BUILTIN_PLUGINS = Path(__file__).parent / "builtin_plugins"
+
+
+class _Timed(TypedDict, total=False):
+    """build_app's clock as a keyword argument: ``{"clock": a test's clock}``, or ``{}`` (each service's own)."""
+
+    clock: Callable[[], float]
 _EVENTS_KEEP_DAYS = 7.0  # GET /events, SSE and WebSocket can resume within this window
 
 
@@ -113,7 +124,7 @@ class Services:
     pricing: PricingService
     orchestrator: Orchestrator
     billing: Billing
-    # The v4.1 caches: model recommendations 30 s, pricing calculations 5 min.
+    # The caches of the API reference's v4.1 changelog: model recommendations 30 s, pricing calculations 5 min.
     caches: dict[str, TTLCache]
     started: float = field(default_factory=time.monotonic)
     health_cache: tuple[tuple, bytes, int] | None = None  # (stamp, body, status) of GET /health
@@ -132,20 +143,28 @@ def ratelimit_path(config: Config) -> str:
     return os.path.join(config.server.state_dir, "ratelimits.json")
 
 
-def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.ClientSession,
-                 changes: StateChanges) -> dict[str, ProviderSlot]:
-    slots = {}
+async def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.ClientSession,
+                      changes: StateChanges, timed: _Timed) -> dict[str, ProviderSlot]:
+    """One slot per provider.  The factories run at once, each on a thread of its own for
+    ``[plugins] call_timeout`` seconds at most (plugins.off_loop): one that hangs leaves its
+    provider unavailable instead of holding the start."""
     rt = config.runtime
-    for name, settings in config.providers.items():
+    released = Releases()  # the runtime's scheduler subscribes to it when it is made (_wire)
+
+    async def slot(settings: ProviderSettings) -> ProviderSlot:
         client, error = None, None
         try:
-            client = build_provider(registry, settings, session)
+            client = await off_loop(registry, "provider", settings.plugin,
+                                    functools.partial(build_provider, registry, settings, session),
+                                    config.plugins.call_timeout)
         except PluginError as exc:
             error = str(exc)
-            log.error("provider %s unavailable: %s", name, error)
-        breaker = CircuitBreaker(rt.breaker_threshold, rt.breaker_reset_seconds, changes=changes)
-        slots[name] = ProviderSlot(settings, client, breaker, error)
-    return slots
+            log.error("provider %s unavailable: %s", settings.name, error)
+        breaker = CircuitBreaker(rt.breaker_threshold, rt.breaker_reset_seconds, changes=changes, **timed)
+        return ProviderSlot(settings, client, breaker, error, released)
+
+    built = await asyncio.gather(*(slot(settings) for settings in config.providers.values()))
+    return dict(zip(config.providers, built))
 
 
 def upstream_connector(config: Config) -> aiohttp.TCPConnector:
@@ -192,6 +211,7 @@ _PLUGINS = app_key("j1msky.plugins")
 _SLOTS = app_key("j1msky.provider_slots")
 _BREAKER_CHANGES = app_key("j1msky.breaker_changes")  # breaker state changes, counted per app
 _WEBHOOK_CLIENT = app_key("j1msky.webhook_client")  # (session, its resolver, the target policy)
+_CLOCK = app_key("j1msky.clock")  # build_app's clock, as the services' keyword argument (or none)
 
 
 async def _state_store(app: web.Application) -> AsyncIterator[None]:
@@ -244,7 +264,7 @@ async def _provider_session(app: web.Application) -> AsyncIterator[None]:
                                     timeout=aiohttp.ClientTimeout(total=None, connect=30))
     try:
         changes = app[_BREAKER_CHANGES] = StateChanges()
-        slots = app[_SLOTS] = _build_slots(config, app[_PLUGINS], session, changes)
+        slots = app[_SLOTS] = await _build_slots(config, app[_PLUGINS], session, changes, app[_CLOCK])
         try:
             yield
         finally:
@@ -274,28 +294,30 @@ def _wire(app: web.Application) -> Services:
     store: Store = app[_STORE]
     registry: PluginRegistry = app[_PLUGINS]
     hook_session, hook_resolver, targets = app[_WEBHOOK_CLIENT]
+    timed: _Timed = app[_CLOCK]
     caches = _new_caches()
-    events = EventLog(store)
+    events = EventLog(store, **timed)
     webhooks = WebhookService(store, events, registry, hook_session, targets=targets, resolver=hook_resolver,
-                              call_timeout=config.plugins.call_timeout)
+                              call_timeout=config.plugins.call_timeout, **timed)
     b = config.budget
     budget = Budget(BudgetPolicy(b.daily_budget, b.monthly_ceiling, b.spike_per_hour, b.max_agents_per_key),
-                    on_level_change=lambda old, new: _budget_event(events, budget, old, new, caches))
-    audit = AuditLog(store)
+                    on_level_change=lambda old, new: _budget_event(events, budget, old, new, caches), **timed)
+    audit = AuditLog(store, **timed)
     runtime = AgentRuntime(config, store, app[_SLOTS], buckets=app[LIMITER].buckets, budget=budget, events=events,
-                           listeners=[functools.partial(_audit_finish, audit)])
+                           listeners=[functools.partial(_audit_finish, audit)], **timed)
     sec = config.security
     ip_control = IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
-                                           parse_networks(sec.trusted_proxies)), sec.log_violations)
+                                           parse_networks(sec.trusted_proxies)), sec.log_violations, **timed)
     agents = AgentService(config, store, runtime, budget, webhooks)
-    history = PricingHistory(store, config.pricing.history_days)
+    history = PricingHistory(store, config.pricing.history_days, **timed)
     pricing = PricingService(config.models, config.pricing.policy, store, events, webhooks, history, budget,
                              runtime.clock, caches["pricing"])
     orchestrator = Orchestrator(config, store, budget, runtime, app[_SLOTS], agents, history, pricing,
                                 caches["recommendations"], app[_BREAKER_CHANGES])
     return Services(store=store, registry=registry, slots=app[_SLOTS], runtime=runtime, agents=agents,
-                    chat=ChatService(config, agents, runtime), budget=budget, keys=KeyService(store, sec.key_rotation_grace_hours * 3600),
-                    ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store), events=events,
+                    chat=ChatService(config, agents, runtime), budget=budget,
+                    keys=KeyService(store, sec.key_rotation_grace_hours * 3600, **timed),
+                    ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store, **timed), events=events,
                     webhooks=webhooks, pricing_history=history, pricing=pricing, orchestrator=orchestrator,
                     billing=Billing(store), caches=caches, breaker_changes=app[_BREAKER_CHANGES])
 
@@ -396,13 +418,18 @@ async def _close_live_readers(app: web.Application) -> None:
         services.events.close_all()
 
 
-def build_app(config: Config) -> web.Application:
+def build_app(config: Config, *, clock: Callable[[], float] | None = None) -> web.Application:
+    """The daemon's application.  ``clock``: one clock for every service that reads the time
+    (tests move a fake one instead of sleeping); None leaves each on its own (the wall clock,
+    the breakers' monotonic one)."""
     app = web.Application(middlewares=list(MIDDLEWARES), client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
+    timed: _Timed = {} if clock is None else {"clock": clock}
+    app[_CLOCK] = timed
     app[METRICS] = Metrics()
     lim = config.limits
     app[LIMITER] = RequestLimiter(
-        Buckets(), {cls: Limit(getattr(lim, cls), lim.window_seconds) for cls in ENDPOINT_CLASSES}, lim.per_ip)
+        Buckets(**timed), {cls: Limit(getattr(lim, cls), lim.window_seconds) for cls in ENDPOINT_CLASSES}, lim.per_ip)
     app[RATE_HEADERS] = RateHeaders(app[LIMITER])
     app[REPLAY_GUARD] = ReplayGuard()
     app.cleanup_ctx.append(_lifecycle)

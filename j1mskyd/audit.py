@@ -1,4 +1,4 @@
-"""The audit log: who did what, from where, in the seed's entry format.
+"""The audit log: who did what, from where, in the J1MSKY API reference's entry format.
 
 Entries go through the store's group commit without being awaited, so auditing never
 slows a request; they are in the same queue as the state changes they describe.
@@ -13,12 +13,19 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import jsonx, settings
 from .agent import iso
 from .agent_query import parse_time
 from .errors import ValidationFailed
+from .request_fields import changed
+
+if TYPE_CHECKING:  # security_request imports this module's names
+    from .security_request import AuditChange
+
+__all__ = ["Actor", "AuditLog", "AuditSettings", "EVENTS", "KEY_USED_EVERY", "LOG_LEVELS", "MAX_OFFSET", "SETTING",
+           "SYSTEM", "entry"]
 
 EVENTS = ("agent.spawn", "agent.complete", "agent.fail", "api.key.used", "config.change", "security.violation")
 LOG_LEVELS = ("minimal", "standard", "verbose")
@@ -35,42 +42,6 @@ class AuditSettings:
     include_request_body: bool = False
     include_response_body: bool = False
     events: tuple[str, ...] = EVENTS
-
-
-def _bad(field_: str, message: str) -> ValidationFailed:
-    return ValidationFailed([{"field": field_, "message": message}])
-
-
-def parse_settings(body: Any, current: AuditSettings) -> AuditSettings:
-    if not isinstance(body, dict):
-        raise _bad("body", "Request body must be a JSON object")
-    unknown = set(body) - set(AuditSettings.__dataclass_fields__)
-    if unknown:
-        raise _bad(sorted(unknown)[0], f"Unknown audit setting '{sorted(unknown)[0]}'")
-    changes: dict[str, Any] = {}
-    for name in ("enabled", "include_request_body", "include_response_body"):
-        if name in body:
-            if not isinstance(body[name], bool):
-                raise _bad(name, f"{name} must be true or false")
-            changes[name] = body[name]
-    if "log_level" in body:
-        if body["log_level"] not in LOG_LEVELS:
-            raise _bad("log_level", f"log_level must be one of: {', '.join(LOG_LEVELS)}")
-        changes["log_level"] = body["log_level"]
-    if "retention_days" in body:
-        days = body["retention_days"]
-        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
-            raise _bad("retention_days", "retention_days must be an integer from 1 to 3650")
-        changes["retention_days"] = days
-    if "events" in body:
-        events = body["events"]
-        if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
-            raise _bad("events", "events must be a list of event names")
-        unknown_events = [e for e in events if e not in EVENTS]
-        if unknown_events:
-            raise _bad("events", f"Unknown event(s): {', '.join(unknown_events)} (known: {', '.join(EVENTS)})")
-        changes["events"] = tuple(dict.fromkeys(events))
-    return replace(current, **changes)
 
 
 @dataclass
@@ -100,8 +71,9 @@ class AuditLog:
             data["events"] = tuple(data.get("events", EVENTS))
             self.settings = AuditSettings(**data)
 
-    async def configure(self, body: Any) -> AuditSettings:
-        new = parse_settings(body, self.settings)
+    async def configure(self, change: AuditChange) -> AuditSettings:
+        """``change`` is what POST /security/audit sent (security_request.parse_audit_change)."""
+        new = replace(self.settings, **changed(change))
         value = json.dumps(asdict(new))
         await self.store.write(settings.put(SETTING, value, self.clock()), fail_fast=True)
         self.settings = new
@@ -183,7 +155,7 @@ class AuditLog:
 
 
 def entry(row: sqlite3.Row, cipher: Any = None) -> dict[str, Any]:
-    """One row in the seed's "Audit Log Entry" shape."""
+    """One row in the API reference's "Audit Log Entry" shape."""
     details = row["details"]
     if cipher is not None:
         details = cipher.decrypt(details, "audit/details")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+__all__ = ["backoff_delay"]
+
 
 def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None = None,
                   rng: random.Random | None = None) -> float:

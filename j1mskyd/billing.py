@@ -10,6 +10,8 @@ from . import ledger
 from .errors import ValidationFailed
 from .store import Store
 
+__all__ = ["Billing", "period"]
+
 # date.fromisoformat alone is too lenient on 3.11 ("20260201", "2026-W05-1" pass): say the format.
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 

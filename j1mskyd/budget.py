@@ -30,6 +30,8 @@ from typing import Any
 
 from .errors import ApiError, RateLimited
 
+__all__ = ["ALERT_LEVELS", "Budget", "BudgetExceeded", "BudgetPolicy", "Level", "SpawnRefused", "alert_level"]
+
 ALERT_LEVELS = (("critical", 90.0), ("warning", 70.0), ("notice", 50.0))
 
 

@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any
 
+__all__ = ["add_commands", "cmd_agent", "cmd_agents", "cmd_cancel", "cmd_spawn", "cmd_status"]
+
 # The SDK is imported only when a client command runs: `j1mskyd serve` should not carry it.
 
 

@@ -1,6 +1,6 @@
 """Python SDK for the J1MSKY API: ``J1MSKYClient`` (blocking) and ``AsyncJ1MSKYClient``.
 
-    from j1mskyd.client import Agency            # the seed's name for J1MSKYClient
+    from j1mskyd.client import Agency            # the API reference's SDK name
     agency = Agency(api_key="jsk_...", base_url="http://raspberrypi.local:8080")
     agent = agency.spawn(model="k2p5", task="Write a blog post about AI", priority="normal")
     result = agent.wait_for_completion()
@@ -26,6 +26,9 @@ from typing import Any, NamedTuple
 
 from .backoff import backoff_delay
 from .signing import sign
+
+__all__ = ["Agent", "AgentResult", "AsyncAgent", "AsyncJ1MSKYClient", "Call", "J1MSKYClient", "J1MSKYError",
+           "RETRY_STATUSES", "RateLimitError", "TERMINAL"]
 
 TERMINAL = ("completed", "failed", "cancelled")
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -230,7 +233,7 @@ class J1MSKYClient(_Core):
                 raise err
             time.sleep(self._delay(attempt, err))
 
-    # -- the seed's SDK ------------------------------------------------------------------------
+    # -- the API reference's SDK---------------------------------------------------------------------
     def spawn(self, model: str, task: str, priority: str = "normal", timeout: float | None = None,
               **extra: Any) -> Agent:
         return Agent(self, self.request(*self._spawn_call(model, task, priority, timeout, extra)))
@@ -270,7 +273,7 @@ class J1MSKYClient(_Core):
         return self.request(*self._webhook_delete_call(webhook_id))
 
 
-Agency = J1MSKYClient  # the seed's SDK name
+Agency = J1MSKYClient  # the J1MSKY API reference's SDK name
 
 
 class AsyncAgent:

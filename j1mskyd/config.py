@@ -4,7 +4,7 @@ Load order: the TOML file (or the embedded default), then ``J1MSKY_*`` environme
 overrides, then provider API keys from the environment or the secrets file.  Every
 problem is collected as a :class:`ConfigIssue` (file, dotted key, reason) and raised
 once as :class:`ConfigError`, so an operator fixes the whole file in one go instead of
-one error per restart (Radicale-style fail-fast, see anchors-style.md 1.5).
+one error per restart (fail fast, all at once, as Radicale does).
 
 The embedded default goes through the same parser and validator as a real file, so
 there is one code path to trust.
@@ -134,7 +134,7 @@ class BudgetConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """Requests per window, per API key and separately per client IP (seed "Rate Limits")."""
+    """Requests per window, per API key and separately per client IP (the API reference's "Rate Limits")."""
     window_seconds: float = 3600.0
     spawn: int = 100                       # POST /spawn, /spawn-team, /spawn-batch
     agent_read: int = 1000                 # GET /agent/*
@@ -200,7 +200,7 @@ class PluginsConfig:
     disabled: tuple[str, ...] = ()
     load_timeout: float = 10.0
     require_root: bool = True
-    call_timeout: float = 30.0     # a sink delivery or a close() (provider calls: request.timeout)
+    call_timeout: float = 30.0     # a sink delivery, a close(), a factory (provider calls: request.timeout)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = ["ConnectionGuard", "ConnectionStats", "Refusal", "Throttle"]
+
 log = logging.getLogger(__name__)
 
 Refusal = tuple[str, str | None]  # (kind, detail), as IpControl.peer_refusal gives it

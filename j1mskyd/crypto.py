@@ -19,6 +19,8 @@ from typing import Any, overload
 
 from .durable import fsync_dir
 
+__all__ = ["CHECK_CONTEXT", "DataCipher", "DecryptError", "KEY_FILE", "PREFIX", "load_or_create_key"]
+
 PREFIX = "enc1:"
 KEY_FILE = "data.key"
 # A check value of the data key, stored beside the data (the store keeps it in ``settings``): it

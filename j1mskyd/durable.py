@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+__all__ = ["fsync_dir"]
+
 
 def fsync_dir(directory: str) -> None:
     """fsync ``directory`` so that the entries created or renamed in it so far are durable."""

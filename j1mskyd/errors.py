@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["ApiError", "BadRequest", "Conflict", "Forbidden", "Gone", "InsufficientStorage", "InvalidJson",
+           "IpNotAllowed", "NotFound", "PayloadTooLarge", "RateLimited", "ServiceUnavailable", "Unauthorized",
+           "ValidationFailed"]
+
 
 class ApiError(Exception):
     status = 500

@@ -2,7 +2,8 @@
 
 An event is written in the same store unit as the state change it announces (the
 caller adds :meth:`EventLog.statements` to its unit), together with one webhook
-delivery row per subscribed webhook (the outbox).  Only after that unit commits does
+delivery row per subscribed webhook (the outbox, whose rows and their SQL are the
+webhook service's: the log asks it for them through :class:`Outbox`).  Only after that unit commits does
 :meth:`EventLog.published` tell live listeners (SSE, WebSocket) and wake the webhook
 worker, so nobody hears of a change that a crash could still undo.
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +25,9 @@ from typing import Any, Protocol
 from . import jsonx
 from .agent import iso
 from .store import Statement
+
+__all__ = ["AGENT_EVENTS", "EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "Outbox", "PRICING_EVENTS", "Publisher",
+           "QUEUE_SIZE", "SHUTDOWN", "Subscription", "agent_event_data", "event_types"]
 
 AGENT_EVENTS = ("agent.spawned", "agent.completed", "agent.failed", "agent.cancelled")
 LIVE_ONLY = ("agent.started", "agent.output")   # to live readers only: never stored, never to webhooks
@@ -46,7 +49,7 @@ class Event:
     deliveries: int = field(default=0, compare=False, repr=False)
 
     def payload(self) -> dict[str, Any]:
-        """The seed's webhook payload shape: event, timestamp, data (plus the event id)."""
+        """The J1MSKY API reference's webhook payload shape: event, timestamp, data (plus the event id)."""
         return {"event": self.type, "timestamp": iso(self.ts), "data": self.data, "id": self.id}
 
 
@@ -103,7 +106,43 @@ class Publisher(Protocol):
     def publish_live(self, type_: str, data: dict[str, Any], *, named: bool = False) -> None: ...
 
 
-Route = Callable[[str, dict[str, Any]], list[str]]
+class Outbox(Protocol):
+    """The webhook outbox as the event log sees it (webhooks.WebhookService implements it;
+    the log never imports it).  The ``deliveries`` table is the outbox's: the log writes and
+    purges delivery rows only through the statements it is given here."""
+
+    def route(self, type_: str, data: dict[str, Any]) -> list[str]:
+        """The webhooks that want this event (their ids)."""
+        ...
+
+    def delivery_rows(self, webhook_ids: Iterable[str], event_id: int, ts: float) -> list[Statement]:
+        """The statements adding one pending delivery of the event per webhook."""
+        ...
+
+    def wake(self) -> None:
+        """Events committed: their deliveries may be due."""
+        ...
+
+    def purge_settled(self, cutoff: float) -> tuple[list[Statement], str]:
+        """The statements dropping settled deliveries made before ``cutoff``, and a query of
+        the event ids a delivery still waits for (those events are kept)."""
+        ...
+
+
+class _NoOutbox:
+    """The outbox of a log no webhook service subscribed to: no webhooks, nothing waits."""
+
+    def route(self, type_: str, data: dict[str, Any]) -> list[str]:
+        return []
+
+    def delivery_rows(self, webhook_ids: Iterable[str], event_id: int, ts: float) -> list[Statement]:
+        return []
+
+    def wake(self) -> None:
+        pass
+
+    def purge_settled(self, cutoff: float) -> tuple[list[Statement], str]:
+        return [], "SELECT NULL WHERE 0"  # no event id: every old event may go
 
 
 class EventLog:
@@ -112,21 +151,17 @@ class EventLog:
         self.clock = clock
         self._next_id = 1
         self.subscribers: set[Subscription] = set()
-        # The outbox (attach_outbox): which webhooks want an event (ids), and its worker's wake-up.
-        self.route: Route = lambda type_, data: []
-        self.on_published: Callable[[], None] = lambda: None
-        self._outbox_attached = False
+        self.outbox: Outbox = _NoOutbox()  # the webhook service, once it subscribed (attach_outbox)
+        self.on_published: Callable[[], None] = lambda: None  # the outbox's wake-up
         self._throttle: dict[str, float] = {}
 
-    def attach_outbox(self, route: Route, wake: Callable[[], None]) -> None:
-        """The webhook service subscribes here (once): ``route`` names the webhooks that get a
-        delivery row with an event, ``wake`` is called after events committed.  The log
-        depends on these two callables, not on the webhook service, so neither module
-        needs the other at construction."""
-        if self._outbox_attached:
+    def attach_outbox(self, outbox: Outbox) -> None:
+        """The webhook service subscribes here (once), after it was made with this log: the
+        log depends on the :class:`Outbox` interface, not on the webhook service, so neither
+        module needs the other at construction."""
+        if not isinstance(self.outbox, _NoOutbox):
             raise RuntimeError("this event log already has an outbox")
-        self._outbox_attached = True
-        self.route, self.on_published = route, wake
+        self.outbox, self.on_published = outbox, outbox.wake
 
     async def load(self) -> None:
         last = await self.store.read(lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
@@ -144,7 +179,7 @@ class EventLog:
 
     def statements(self, type_: str, data: dict[str, Any]) -> tuple[Event, list[Statement]]:
         """The event and the statements that store it with its webhook deliveries."""
-        return self._statements(type_, data, self.route(type_, data))
+        return self._statements(type_, data, self.outbox.route(type_, data))
 
     def statements_to(self, type_: str, data: dict[str, Any], webhook_ids: Iterable[str]
                       ) -> tuple[Event, list[Statement]]:
@@ -155,7 +190,7 @@ class EventLog:
     def statements_if_wanted(self, type_: str, data: dict[str, Any]) -> tuple[Event, list[Statement]] | None:
         """The same, or None when no webhook and no live reader wants this event: for events
         that only announce a record kept elsewhere (pricing), nobody's interest, no write."""
-        hooks = self.route(type_, data)
+        hooks = self.outbox.route(type_, data)
         if not hooks and not self.wants(type_):
             return None
         return self._statements(type_, data, hooks)
@@ -165,7 +200,7 @@ class EventLog:
         self._next_id += 1
         stmts: list[Statement] = [("INSERT INTO events (id, ts, type, data) VALUES (?, ?, ?, ?)",
                                    (event.id, event.ts, event.type, self._seal(event.id, data)))]
-        stmts.extend(delivery_insert(webhook_id, event.id, event.ts) for webhook_id in hooks)
+        stmts.extend(self.outbox.delivery_rows(hooks, event.id, event.ts))
         return event, stmts
 
     def published(self, events: Iterable[Event]) -> None:
@@ -253,19 +288,22 @@ class EventLog:
         """Events older than ``keep_days`` whose deliveries are all settled, and those settled
         deliveries (the outbox would otherwise grow on the SD card for ever)."""
         cutoff = self.clock() - keep_days * 86_400
-        await self.store.write(
-            ("DELETE FROM deliveries WHERE status != 'pending' AND created_at < ?", (cutoff,)),
-            ("DELETE FROM events WHERE ts < ? AND id NOT IN (SELECT event_id FROM deliveries WHERE status = 'pending')",
-             (cutoff,)))
+        settled, waited_for = self.outbox.purge_settled(cutoff)
+        await self.store.write(*settled, (f"DELETE FROM events WHERE ts < ? AND id NOT IN ({waited_for})", (cutoff,)))
 
 
-def delivery_insert(webhook_id: str, event_id: int, now: float) -> Statement:
-    return ("INSERT INTO deliveries (delivery_id, webhook_id, event_id, status, attempts, next_attempt_at, created_at) "
-            "VALUES (?, ?, ?, 'pending', 0, ?, ?)", ("dlv_" + secrets.token_hex(8), webhook_id, event_id, now, now))
+def event_types(conn: sqlite3.Connection, event_ids: Iterable[int]) -> dict[int, str]:
+    """The type of each of these events still stored (for a listing of another table's rows
+    that name events; runs inside the caller's read)."""
+    ids = list(dict.fromkeys(event_ids))
+    if not ids:
+        return {}
+    rows = conn.execute(f"SELECT id, type FROM events WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall()
+    return {row[0]: row[1] for row in rows}
 
 
 def agent_event_data(agent: Any) -> dict[str, Any]:
-    """The seed's webhook ``data`` for an agent event."""
+    """The J1MSKY API reference's webhook ``data`` for an agent event."""
     data = {"agent_id": agent.agent_id, "model": agent.served_model or agent.model, "status": agent.status,
             "task": agent.task, "result": agent.result, "cost": agent.cost,
             "estimated_cost": agent.estimated_cost, "team": agent.team, "priority": agent.priority}

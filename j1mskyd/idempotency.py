@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = ["IdempotencyStore", "KEY_PATTERN", "Recorded", "TTL_SECONDS", "fingerprint"]
+
 TTL_SECONDS = 24 * 3600
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as Stripe and the IETF draft allow
 

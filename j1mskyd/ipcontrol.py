@@ -16,11 +16,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import settings
-from .errors import ValidationFailed
 from .netguard import Address, IpPolicy, parse_address, parse_networks
+from .request_fields import KEEP, bad
+from .security_request import BlockRequest, WhitelistChange
+
+__all__ = ["Block", "IpControl", "SETTING", "block_view"]
 
 SETTING = "ip_whitelist"
-MAX_BLOCK_HOURS = 24 * 365
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,6 @@ class Block:
 
     def active(self, now: float) -> bool:
         return self.expires_at is None or now < self.expires_at
-
-
-def _bad(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed([{"field": field, "message": message}])
 
 
 class IpControl:
@@ -71,27 +69,18 @@ class IpControl:
         return {"allowed_ips": list(self._allowed_text), "enforce": self.policy.enforce,
                 "log_violations": self.log_violations}
 
-    async def set_whitelist(self, body: Any, your_ip: Address | None) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise _bad("body", "Request body must be a JSON object")
-        allowed = body.get("allowed_ips")
-        if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
-            raise _bad("allowed_ips", "allowed_ips must be a list of CIDR strings")
-        try:
-            networks = parse_networks(allowed)
-        except ValueError as exc:
-            raise _bad("allowed_ips", str(exc)) from None
-        enforce = body.get("enforce", self.policy.enforce)
-        log_violations = body.get("log_violations", self.log_violations)
-        for name, value in (("enforce", enforce), ("log_violations", log_violations)):
-            if not isinstance(value, bool):
-                raise _bad(name, f"{name} must be true or false")
+    async def set_whitelist(self, change: WhitelistChange, your_ip: Address | None) -> dict[str, Any]:
+        """``change``: what PUT /security/ip-whitelist sent (security_request.parse_whitelist);
+        ``your_ip``: the caller's address, which an enforced list must admit."""
+        enforce = self.policy.enforce if change.enforce is KEEP else change.enforce
+        log_violations = self.log_violations if change.log_violations is KEEP else change.log_violations
+        networks = parse_networks(change.allowed_ips)
         if enforce and your_ip is not None and not any(
                 your_ip.version == n.version and your_ip in n for n in networks):
             # Locking out the admin who makes the change helps nobody.
-            raise _bad("allowed_ips", f"the list must include your own address ({your_ip}), "
-                                      "or you would lock yourself out")
-        normalised = tuple(str(n) for n in networks)
+            raise bad("allowed_ips", f"the list must include your own address ({your_ip}), "
+                                     "or you would lock yourself out")
+        normalised = change.allowed_ips
         value = json.dumps({"allowed_ips": normalised, "enforce": enforce, "log_violations": log_violations})
         await self.store.write(settings.put(SETTING, value, self.clock()), fail_fast=True)
         self._apply(normalised, enforce, log_violations)
@@ -142,22 +131,11 @@ class IpControl:
             return None
         return block
 
-    async def block(self, body: Any) -> Block:
-        if not isinstance(body, dict):
-            raise _bad("body", "Request body must be a JSON object")
-        addr = parse_address(body.get("ip")) if isinstance(body.get("ip"), str) else None
-        if addr is None:
-            raise _bad("ip", "ip must be an IPv4 or IPv6 address")
-        reason = body.get("reason", "blocked")
-        if not isinstance(reason, str) or not reason or len(reason) > 200:
-            raise _bad("reason", "reason must be a non-empty string of at most 200 characters")
-        hours = body.get("duration_hours")
-        if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float))
-                                  or not 0 < hours <= MAX_BLOCK_HOURS):
-            raise _bad("duration_hours", f"duration_hours must be a number between 0 and {MAX_BLOCK_HOURS} "
-                                         "(leave it out for a block until removed)")
+    async def block(self, req: BlockRequest) -> Block:
+        """``req``: what POST /security/ip-blocks sent (security_request.parse_block)."""
         now = self.clock()
-        block = Block(str(addr), reason, now, None if hours is None else now + hours * 3600)
+        hours = req.duration_hours
+        block = Block(req.ip, req.reason, now, None if hours is None else now + hours * 3600)
         await self.store.write(
             ("DELETE FROM ip_blocks WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)),
             ("INSERT OR REPLACE INTO ip_blocks (ip, reason, created_at, expires_at) VALUES (?, ?, ?, ?)",

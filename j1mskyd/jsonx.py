@@ -11,6 +11,8 @@ from collections import deque
 from types import ModuleType
 from typing import Any
 
+__all__ = ["dumps", "is_unicode", "loads", "lone_surrogates"]
+
 try:  # pragma: no cover - depends on the machine
     import orjson
     _orjson: ModuleType | None = orjson

@@ -39,8 +39,13 @@ from typing import Any
 
 from .crypto import DataCipher
 from .durable import fsync_dir
-from .errors import Conflict
+from .errors import BadRequest, Conflict
 from .store import Store
+
+__all__ = ["ADMIN", "AlreadyRotated", "ApiKey", "KeyRefused", "KeyRing", "KeyService", "KeyWatch", "LastAdminKey",
+           "NewKey", "REFRESH_SECONDS", "SCOPES", "STREAM_REFRESH_SECONDS", "TOKEN_PREFIX", "hash_token",
+           "lost_reason", "make_key", "parse_scopes", "read_keys", "revoke_statement", "rotate_statements",
+           "webhook_secret_statement"]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +56,9 @@ REFRESH_SECONDS = 2.0          # the look for another process's key changes, and
 STREAM_REFRESH_SECONDS = 0.5   # that look while a live stream watches a key: it must close within 1 s
 
 
-class KeyError_(ValueError):
-    """A bad key request (unknown scope, unknown id...): the API turns it into a 4xx."""
+class KeyRefused(BadRequest):
+    """A key request that cannot be done (an unknown scope, a key already revoked...): a 400
+    through the API, exit status 2 from the CLI."""
 
 
 class LastAdminKey(Conflict):
@@ -74,14 +80,14 @@ def parse_scopes(scopes: Iterable[str] | str) -> tuple[str, ...]:
         scopes = scopes.split(",")
     elif not isinstance(scopes, (list, tuple)) or not all(isinstance(s, str) for s in scopes):
         # e.g. JSON 7, {"agents:read": true} or [1]: never iterate keys or crash on .strip()
-        raise KeyError_(f"scopes must be a list of scope names ({', '.join(SCOPES)})")
+        raise KeyRefused(f"scopes must be a list of scope names ({', '.join(SCOPES)})")
     items = [s.strip() for s in scopes]
     items = [s for s in items if s]
     unknown = [s for s in items if s not in SCOPES]
     if unknown:
-        raise KeyError_(f"unknown scope(s): {', '.join(unknown)} (known: {', '.join(SCOPES)})")
+        raise KeyRefused(f"unknown scope(s): {', '.join(unknown)} (known: {', '.join(SCOPES)})")
     if not items:
-        raise KeyError_(f"at least one scope is required ({', '.join(SCOPES)})")
+        raise KeyRefused(f"at least one scope is required ({', '.join(SCOPES)})")
     return tuple(dict.fromkeys(items))
 
 
@@ -190,7 +196,7 @@ def make_key(name: object, scopes: Iterable[str] | str, cipher: DataCipher, *, r
 
     ``webhook_secret``: a rotated key's, carried over (then not shown again); else a new one."""
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
-        raise KeyError_("name must be a non-empty string of at most 100 characters")
+        raise KeyRefused("name must be a non-empty string of at most 100 characters")
     scopes = parse_scopes(scopes)
     key_id = "key_" + secrets.token_hex(8)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -471,7 +477,7 @@ class KeyService:
         nobody can manage keys over HTTP any more (only `j1mskyd keys` on the host can)."""
         key = self.get(key_id)
         if key.revoked_at is not None:
-            raise KeyError_(f"{key_id} is already revoked")
+            raise KeyRefused(f"{key_id} is already revoked")
         now = self.clock()
         if not force and ADMIN in key.scopes and key.state(now) == "active" and not any(
                 k.key_id != key_id and ADMIN in k.scopes and k.state(now) == "active" for k in self.ring.keys.values()):
@@ -486,7 +492,7 @@ class KeyService:
         old = self.get(key_id)
         now = self.clock()
         if old.state(now) != "active":
-            raise KeyError_(f"{key_id} is {old.state(now)}; only an active key can be rotated")
+            raise KeyRefused(f"{key_id} is {old.state(now)}; only an active key can be rotated")
         successor = self.ring.keys.get(old.rotated_to) if old.rotated_to else None
         if successor is not None and successor.state(now) == "active":
             from .agent import iso
@@ -507,9 +513,9 @@ class KeyService:
         key = self.get(key_id)
         now = self.clock()
         if key.state(now) != "active":
-            raise KeyError_(f"{key_id} is {key.state(now)}; only an active key's webhook secret can be rotated")
+            raise KeyRefused(f"{key_id} is {key.state(now)}; only an active key's webhook secret can be rotated")
         if key.rotated_to is not None:
-            raise KeyError_(f"{key_id} was rotated to {key.rotated_to}, which holds its webhook secret now: "
+            raise KeyRefused(f"{key_id} was rotated to {key.rotated_to}, which holds its webhook secret now: "
                             "rotate that key's")
         stored, secret = self._cipher.new_secret(f"{key.key_id}/webhook_secret", WEBHOOK_SECRET_PREFIX)
         await self.store.write(webhook_secret_statement(key, stored), *also(secret), fail_fast=True)

@@ -30,6 +30,9 @@ from .config import ServerConfig
 from .connguard import ConnectionGuard, ConnectionStats, Refusal
 from .violations import record_violation
 
+__all__ = ["CONNECTION_STATS", "FD_RESERVE", "GuardedSite", "HANDLER_ARGS", "JsonErrorHandler", "Listening",
+           "SHUTDOWN_TIMEOUT", "fit_descriptors", "serve", "start"]
+
 log = logging.getLogger(__name__)
 
 # What run_app gives every connection (aiohttp >= 3.9's RequestHandler alone would keep an

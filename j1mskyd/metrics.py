@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+__all__ = ["Family", "Metrics", "RING", "RouteStats", "percentile", "prometheus"]
+
 RING = 1024
 
 

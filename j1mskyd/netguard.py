@@ -7,6 +7,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+__all__ = ["Address", "IpPolicy", "Network", "PRIVATE_NETWORKS", "parse_address", "parse_networks"]
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

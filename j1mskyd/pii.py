@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import re
 
+__all__ = ["CARD", "EMAIL", "MaskingFilter", "PHONE", "mask", "preview"]
+
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # 13-19 digits, optionally grouped by spaces or dashes (card numbers).
 CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")

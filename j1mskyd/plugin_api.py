@@ -27,7 +27,11 @@ What a plugin may not do, and what the daemon does instead:
 - log or return the API key or the webhook secret;
 - rely on finishing a call: every call is bounded on the daemon's side (a provider call by
   ``request.timeout`` plus :data:`TIMEOUT_GRACE`, a sink delivery and a ``close`` by
-  ``[plugins] call_timeout``) and cancelled when the bound passes.
+  ``[plugins] call_timeout``) and cancelled when the bound passes;
+- use the event loop in a factory: a factory runs on a thread of its own (it cannot block the
+  loop), is awaited for ``[plugins] call_timeout`` seconds and then abandoned, its provider
+  unavailable or its webhook refused; it builds its object and returns (a plain function or
+  class, not ``async def``).
 
 The guards of the loader keep untrusted writers out; they are not a sandbox: plugin code
 runs with the daemon's privileges.  Hooks (the methods of the Protocols below) are listed in
@@ -44,7 +48,7 @@ __all__ = [
     "J1MSKY_PLUGIN_API", "TIMEOUT_GRACE", "ERROR_KINDS", "RETRYABLE_KINDS",
     "TextBlock", "ToolCall", "ToolResult", "Block", "Message", "Tool", "ToolChoice", "conversation",
     "CompletionRequest", "CompletionResult", "ProviderError", "ProviderSettings", "SinkError", "SinkSettings",
-    "Provider", "StreamingProvider", "Closable", "Sink", "Registrar", "ProviderFactory", "SinkFactory",
+    "Provider", "StreamingProvider", "Closable", "Sink", "Registrar", "ProviderFactory", "SinkFactory", "implements",
 ]
 
 #: The one API version this daemon speaks; a plugin declaring another is refused unloaded.

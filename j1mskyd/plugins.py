@@ -4,7 +4,7 @@ daemon's side of every plugin call (building, and the timeout around each call).
 The contract a plugin is written against (the hooks as Protocols, the API version, the
 types it gets and returns, what it may and may not do) is :mod:`j1mskyd.plugin_api`.
 
-The drop-in loader applies the guards of anchors-style.md section 3.3 in order:
+The drop-in loader applies these guards, in order:
 directory trust, file-name filter, sorted order, file trust (O_NOFOLLOW + fstat of
 the open fd), API version read from the AST before any code runs, import into the
 private ``j1msky_plugins`` namespace from the same bytes, ``register`` under a
@@ -46,6 +46,9 @@ from .plugin_api import (
     SinkSettings,
     implements,
 )
+
+__all__ = ["MAX_PLUGIN_BYTES", "NAMESPACE", "PluginError", "PluginRegistry", "bounded", "build_provider",
+           "build_sink", "load_plugins", "off_loop"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,10 @@ class PluginRegistry:
         self._sinks: dict[str, SinkFactory] = {}
         self._owner: dict[tuple[str, str], str] = {}  # (what, kind) -> plugin name
         self._records: list[_Record] = []
+        # Factory calls that outlived their timeout and still run, by (what, kind): a kind with
+        # one is refused until it returns, so a hung factory holds one thread, not one per try.
+        self._hung: dict[tuple[str, str], int] = {}
+        self._hung_lock = threading.Lock()
 
     def add_provider(self, kind: str, factory: ProviderFactory) -> None:
         _check_entry("provider", kind, factory, self._providers, self._owner)
@@ -183,7 +190,7 @@ def build_provider(registry: PluginRegistry, settings: ProviderSettings, session
             f"provider {settings.name!r}: no loaded plugin provides kind {kind!r} (loaded: {known})"
         ) from None
     try:
-        provider = factory(settings, session)
+        provider = _not_a_coroutine(factory(settings, session))
     except Exception as exc:
         logger.exception("provider %r: plugin kind %r factory failed", settings.name, kind)
         message = _redact(f"{type(exc).__name__}: {exc}", settings.api_key)
@@ -196,7 +203,7 @@ def build_provider(registry: PluginRegistry, settings: ProviderSettings, session
 def build_sink(registry: PluginRegistry, kind: str, settings: SinkSettings, session: Any) -> Sink:
     """The sink of one webhook.  ``KeyError`` when no plugin provides ``kind``; whatever the
     factory raised when it refused the settings; ``PluginError`` when it built no Sink."""
-    sink = registry.sink_factory(kind)(settings, session)
+    sink = _not_a_coroutine(registry.sink_factory(kind)(settings, session))
     if not implements(sink, Sink):
         raise PluginError(f"plugin kind {kind!r} returned an object without deliver()")
     return sink
@@ -237,6 +244,71 @@ def bounded(seconds: float, error: Callable[[], Exception]) -> Bounded:
 
 def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "[redacted]") if secret else text
+
+
+def _not_a_coroutine(built: Any) -> Any:
+    if hasattr(built, "close") and hasattr(built, "send") and hasattr(built, "throw"):  # an async def factory
+        built.close()
+        raise PluginError("the factory must be a plain function (or class), not async")
+    return built
+
+
+async def off_loop(registry: PluginRegistry, what: str, kind: str, call: Callable[[], Any], timeout: float) -> Any:
+    """A factory call (``call`` builds a provider or sink of ``kind``) on a thread of its own,
+    awaited for ``timeout`` seconds at most: a factory that blocks or hangs cannot stall the
+    event loop, the start or a webhook's creation.
+
+    A thread cannot be stopped: one that does not return in time is abandoned (a daemon
+    thread, it does not hold the exit) and :class:`PluginError` raised; until it returns,
+    calls of the same kind are refused at once, so a hung factory holds one thread, not
+    one per attempt.  What ``call`` raises is raised here."""
+    key = (what, kind)
+    with registry._hung_lock:
+        if registry._hung.get(key):
+            raise PluginError(f"{what} kind {kind!r}: an earlier call of its factory has not returned yet "
+                              f"(it took over {timeout:g} s)")
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    state = {"done": False, "hung": False}
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # timed out: nobody waits for it any more
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = call()
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin must not end the thread silently
+            error = exc
+        with registry._hung_lock:
+            state["done"] = True
+            if state["hung"]:
+                registry._hung[key] -= 1
+                logger.warning("%s kind %r: a factory call returned after its timeout; the kind is usable again",
+                               what, kind)
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+    def timed_out() -> PluginError:
+        with registry._hung_lock:
+            if not state["done"]:
+                state["hung"] = True
+                registry._hung[key] = registry._hung.get(key, 0) + 1
+        return PluginError(f"{what} kind {kind!r}: its factory did not return within {timeout:g} s "
+                           "([plugins] call_timeout)")
+
+    threading.Thread(target=run, name=f"j1msky-{what}-{kind}", daemon=True).start()
+    async with bounded(timeout, timed_out):
+        return await future
+    raise AssertionError("unreachable: bounded() raises or the call returned")
+
 
 
 # -- loading -----------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Pricing rules as pure functions: quotes, guardrails, decisions and the rollups built on them.
 
-Every number and rule is from ../shared/spec/business-rules.md ("Pricing"); "round(x, n)" there is
+Every number and rule is from the J1MSKY pricing business rules; "round(x, n)" there is
 Python's round, used here the same way.  Nothing in this module does I/O or reads a clock: the
 caller passes the policy, the model prices and (for decisions) the time.
 
@@ -17,6 +17,17 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from .budget import alert_level
+
+__all__ = ["APPROVAL_SHIFT_PCT", "AT_RISK_DAYS", "COMPLEXITIES", "COST_ORDER", "DEFAULT_MODEL", "DEFAULT_POLICY",
+           "DELIVERY_TYPES", "DISCARD_APPROVAL_FACTOR", "DISCARD_MARGIN_FACTOR", "EXCEPTION_SHIFT_PCT",
+           "EXEC_FOLLOWUP_AT_RISK", "EXEC_FOLLOWUP_DAYS", "HIGH_CALLS", "HIGH_TOKENS_PER_CALL", "MARGIN_SHIFT_PCT",
+           "ModelInfo", "ModelPrice", "PricingPolicy", "ROLL_OUT_APPROVAL_FACTOR", "SEGMENTS", "TASK_PREFERENCES",
+           "batch_quotes", "blended_cost", "budget_block", "decision", "exception_aging", "exception_aging_from_ages",
+           "experiment_recommendation", "experiment_summary", "guardrail", "iso_now", "margin_band", "model_mix",
+           "monthly_forecast", "operational_flags", "pct_change", "portfolio_alert", "portfolio_summary",
+           "preferred_model", "price_from_cost", "pricing_health", "provider_usage", "quote", "quote_from_estimate",
+           "recommend_model", "rollup", "token_cost", "top_models", "usage_anomalies", "variant_stats",
+           "weekly_comparison", "weekly_metrics"]
 
 SEGMENTS = ("enterprise", "mid_market", "smb", "startup")   # the batch order, too
 COMPLEXITIES = ("low", "medium", "high")
@@ -106,7 +117,7 @@ def price_from_cost(cost: float, complexity: str, segment: str,
     internal_cost = round(cost, 4)
     base = policy.complexity_markup[complexity]
     adjustment = policy.segment_adjustments[segment]
-    final = round(base + adjustment, 2)          # not clamped to min/max: the seed shows 5.5 and 2.5
+    final = round(base + adjustment, 2)          # not clamped to min/max: the API reference shows 5.5 and 2.5
     price = round(max(internal_cost * final, policy.minimum_price), 2)
     margin = round((price - internal_cost) / price * 100, 2) if price > 0 else 0.0
     return {"internal_cost": internal_cost, "base_markup": base, "segment_adjustment": adjustment,
@@ -155,7 +166,7 @@ def batch_quotes(model: str, price: ModelPrice, complexity: str, delivery_type: 
                  segments: Sequence[str] = SEGMENTS) -> dict[str, Any]:
     """A quote and guardrail per segment, and the comparison.
 
-    best value = lowest price, ties to the later segment (the seed names startup among three at
+    best value = lowest price, ties to the later segment (the API reference names startup among three at
     0.50); highest margin = highest margin, ties to the first segment.
     """
     by_segment: dict[str, Any] = {}
@@ -237,7 +248,7 @@ def pct_change(current: float, previous: float) -> float | None:
 
 APPROVAL_SHIFT_PCT = 15.0    # |change| above this is significant
 MARGIN_SHIFT_PCT = 10.0      # |change| above this is significant
-EXCEPTION_SHIFT_PCT = 50.0   # change at or above this is significant (the seed lists 50.0)
+EXCEPTION_SHIFT_PCT = 50.0   # change at or above this is significant (the API reference lists 50.0)
 
 
 def weekly_comparison(current: Mapping[str, float], previous: Mapping[str, float]) -> dict[str, Any]:
@@ -265,7 +276,7 @@ def weekly_comparison(current: Mapping[str, float], previous: Mapping[str, float
     return {"week_over_week_changes": changes, "significant_shifts": shifts, "requires_review": bool(shifts)}
 
 
-ROLL_OUT_APPROVAL_FACTOR = 0.85   # test approval >= this x control (the seed's 0.75 vs 0.84 rolls out)
+ROLL_OUT_APPROVAL_FACTOR = 0.85   # test approval >= this x control (the reference's 0.75 vs 0.84 rolls out)
 DISCARD_APPROVAL_FACTOR = 0.8     # test approval < this x control -> discard
 DISCARD_MARGIN_FACTOR = 0.9       # test margin < this x control -> discard
 

@@ -27,6 +27,8 @@ from . import pricing, settings
 from .errors import Conflict, NotFound
 from .store import Statement
 
+__all__ = ["DAY", "MAX_DAYS", "POLICY_SETTING", "PricingHistory", "RESOLUTIONS", "Window", "new_quote_id"]
+
 DAY = 86400.0
 MAX_DAYS = 366        # the longest window the GET rollups take
 RESOLUTIONS = ("approved", "rejected", "withdrawn")

@@ -12,14 +12,42 @@ from .breaker import CircuitBreaker
 from .plugin_api import Closable, ProviderSettings, StreamingProvider, implements
 from .plugins import bounded
 
+__all__ = ["ProviderSlot", "Releases"]
+
 log = logging.getLogger(__name__)
 
 
+class Releases:
+    """Slots -> the scheduler: called whenever a slot frees room, so queued agents can start.
+
+    Made in app.py before the slots, and given to each of them when they are made; the runtime,
+    made later, subscribes its scheduler here (:meth:`subscribe`).  The slots thus know a
+    callable, not the runtime, and nobody sets a slot's attributes after construction."""
+
+    def __init__(self) -> None:
+        self._listener: Callable[[], None] | None = None
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Once: a second, different listener is a wiring mistake (two runtimes on one pool)."""
+        if self._listener is not None and self._listener != listener:
+            raise RuntimeError("these provider slots already have a scheduler")
+        self._listener = listener
+
+    @property
+    def listener(self) -> Callable[[], None] | None:
+        return self._listener
+
+    def __call__(self) -> None:
+        if self._listener is not None:
+            self._listener()
+
+
 class ProviderSlot:
-    """One provider: at most ``limit`` calls in flight, FIFO for those who wait."""
+    """One provider: at most ``limit`` calls in flight, FIFO for those who wait.  ``released``
+    is told each time a call gives its room back (shared by all the slots of an app)."""
 
     def __init__(self, settings: ProviderSettings, client: Any, breaker: CircuitBreaker,
-                 error: str | None = None) -> None:
+                 error: str | None = None, released: Releases | None = None) -> None:
         self.name = settings.name
         self.settings = settings
         self.client = client          # None when the plugin could not build it
@@ -31,7 +59,7 @@ class ProviderSlot:
         self.limit = settings.max_concurrency
         self.active = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self.on_release: Callable[[], None] = lambda: None
+        self.released = released if released is not None else Releases()
         self.calls = 0
 
     @property
@@ -68,7 +96,7 @@ class ProviderSlot:
                 fut.set_result(None)
                 return
         self.active -= 1
-        self.on_release()
+        self.released()
 
     def snapshot(self) -> dict[str, Any]:
         return {"plugin": self.settings.plugin, "active": self.active, "max_concurrency": self.limit,

@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 
 from .durable import fsync_dir
 
+__all__ = ["BucketFile", "Buckets", "Decision", "ENDPOINT_CLASSES", "Limit", "RequestLimiter", "iso_second"]
+
 log = logging.getLogger(__name__)
 
 
@@ -254,7 +256,7 @@ class BucketFile:
         return True
 
 
-# Endpoint classes of the seed's "Rate Limits" table; the HTTP layer maps routes to them.
+# Endpoint classes of the J1MSKY API reference's "Rate Limits" table; the HTTP layer maps routes to them.
 ENDPOINT_CLASSES = ("spawn", "agent_read", "agents_list", "system", "other")
 
 

@@ -165,7 +165,7 @@ class AgentRuntime:
         self.completed_total = 0
         self.failed_total = 0
         for slot in slots.values():
-            slot.on_release = self._schedule
+            slot.released.subscribe(self._schedule)
 
     # -- public --------------------------------------------------------------------
     def start(self) -> None:
@@ -182,7 +182,7 @@ class AgentRuntime:
 
         They are written in their first live status (queued; running for a team lead,
         which only waits for its members), so a spawn costs one write.  The API still
-        answers "spawning", the seed's word for "accepted".
+        answers "spawning", the API reference's word for "accepted".
         """
         now = self.clock()
         for agent in agents:
@@ -301,7 +301,7 @@ class AgentRuntime:
         await self.store.flush()
 
     def member_label(self, alias: str) -> str:
-        """``provider/upstream`` as the seed lists team members (the alias if no longer configured)."""
+        """``provider/upstream`` as the API reference lists team members (the alias if no longer configured)."""
         model = self.config.models.get(alias)
         return f"{model.provider}/{model.upstream}" if model else alias
 

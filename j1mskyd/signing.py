@@ -1,9 +1,9 @@
-"""HMAC request signing, as the seed's ``sign_request`` client does it.
+"""HMAC request signing, as the J1MSKY API reference's ``sign_request`` client does it.
 
     X-Timestamp: <ISO 8601 (naive = UTC) or unix seconds>
     X-Signature: hex(HMAC-SHA256(secret, f"{timestamp}\\n{METHOD}\\n{path}\\n{body}"))
 
-The seed's client signs the compact JSON (``'{"model":"k2p5","task":"test"}'``) but
+The reference's client signs the compact JSON (``'{"model":"k2p5","task":"test"}'``) but
 sends ``requests.post(json=data)``, whose body has spaces; so the signature is checked
 against the raw body and against the compact re-serialisation of its JSON.  The path
 may be signed with or without the query string.  Timestamps outside +-max_skew seconds
@@ -18,6 +18,8 @@ import json
 import re
 import time
 from datetime import datetime, timezone
+
+__all__ = ["ReplayGuard", "SignatureError", "body_forms", "parse_timestamp", "sign", "verify"]
 
 
 class SignatureError(Exception):
@@ -44,7 +46,7 @@ def parse_timestamp(text: str) -> float | None:
     except ValueError:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)  # the seed's datetime.utcnow().isoformat()
+        dt = dt.replace(tzinfo=timezone.utc)  # the reference client's datetime.utcnow().isoformat()
     return dt.timestamp()
 
 
@@ -63,7 +65,7 @@ def body_forms(raw: bytes) -> list[str]:
     if text.strip():
         try:
             obj = json.loads(text)
-            # The seed's compact form; and the same with non-ASCII kept as is, which a client
+            # The reference client's compact form; and the same with non-ASCII kept as is, which a client
             # writing the body by hand (or with ensure_ascii=False) signs, while
             # requests.post(json=...) sends it \u-escaped.
             compacts = (json.dumps(obj, separators=(",", ":")),

@@ -36,9 +36,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from . import settings
 from .crypto import CHECK_CONTEXT, KEY_FILE, DataCipher, DecryptError, load_or_create_key
 from .durable import fsync_dir
 from .errors import InsufficientStorage
+
+__all__ = ["CLOSE_GRACE", "KEY_CHECK", "MIGRATIONS", "SCHEMA_VERSION", "Statement", "Store", "StoreError",
+           "StoreFull", "database_problem", "is_disk_full", "migrate"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -468,21 +472,21 @@ class Store:
         one from before the check existed, once a sealed value there opened with it).
         """
         assert self.cipher is not None and self._wconn is not None
-        row = self._wconn.execute("SELECT value FROM settings WHERE name = ?", (KEY_CHECK,)).fetchone()
-        if row is not None:
-            right = self.cipher.opens_check(row[0])
+        check = settings.get(self._wconn, KEY_CHECK)
+        if check is not None:
+            right = self.cipher.opens_check(check)
         else:
             sample = _sealed_sample(self._wconn)
             right = sample is None or self.cipher.opens(*sample)
         if not right:
             raise StoreError(f"{key_path}: not the data key {self.path} was encrypted with; put back the "
                              "data.key backed up with this database (or restore both from the same backup)")
-        if row is None or not self.cipher.is_current_check(row[0]):
+        if check is None or not self.cipher.is_current_check(check):
             # A check value sealed by an older daemon is replaced with today's form, which needs no
             # AES to verify: later starts then never load `cryptography` just to check the key.
+            # (The value is a function of the key: a racing writer could only write the same.)
             try:
-                self._wconn.execute("INSERT OR REPLACE INTO settings (name, value, updated_at) VALUES (?, ?, ?)",
-                                    (KEY_CHECK, self.cipher.seal_check(), time.time()))
+                self._wconn.execute(*settings.put(KEY_CHECK, self.cipher.seal_check(), time.time()))
             except sqlite3.OperationalError as exc:
                 if not is_disk_full(exc):
                     raise

@@ -34,7 +34,7 @@ def human_bytes(n: float) -> str:
 
 
 def human_duration(seconds: float) -> str:
-    """Hours and minutes, as the seed shows uptime ("24h 15m"): hours do not roll over into days."""
+    """Hours and minutes, as the API reference shows uptime ("24h 15m"): hours do not roll over into days."""
     hours, rem = divmod(max(int(seconds), 0), 3600)
     return f"{hours}h {rem // 60}m"
 

@@ -1,4 +1,4 @@
-"""Small TTL caches with hit/miss counts (the v4.1 changelog: model recommendations 30 s,
+"""Small TTL caches with hit/miss counts (the API reference's v4.1 changelog: model recommendations 30 s,
 pricing calculations 5 min; GET /cache/status shows them, POST /cache/invalidate clears)."""
 
 from __future__ import annotations
@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
+
+__all__ = ["TTLCache"]
 
 class TTLCache:
     def __init__(self, ttl: float, maxsize: int = 1024, clock: Callable[[], float] = time.monotonic) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 from .audit import Actor, AuditLog
 from .events import EventLog
 
+__all__ = ["record_violation"]
+
 
 def record_violation(audit: AuditLog, events: EventLog, actor: Actor, ip: str | None,
                      details: dict[str, Any]) -> None:

@@ -26,6 +26,8 @@ from aiohttp.abc import AbstractResolver
 
 from .webhook_targets import TargetPolicy, lookup_infos, parse_host_address
 
+__all__ = ["GuardedResolver", "LookupResolver", "RefusedByPolicy", "policy_reason", "webhook_session"]
+
 
 class RefusedByPolicy(OSError):
     """Raised inside the connector (it wraps OSErrors as ClientConnectorError)."""

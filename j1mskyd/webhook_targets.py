@@ -36,6 +36,9 @@ import yarl
 
 from .netguard import Address, Network, parse_networks
 
+__all__ = ["LOOKUP_TIMEOUT", "Lookup", "TargetPolicy", "TargetRefused", "effective_addresses", "getaddrinfo_lookup",
+           "lookup_infos", "own_listen_networks", "parse_host_address", "parse_ipv4_any_form", "policy_from"]
+
 LOOKUP_TIMEOUT = 5.0          # seconds for the accept-time lookup of a name
 # The names are chosen by clients, and a name server that never answers holds a thread for
 # the resolver's own timeout, whatever LOOKUP_TIMEOUT says: their own few threads, not the

@@ -18,22 +18,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import random
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from .agent import iso
 from .errors import BadRequest, NotFound, ValidationFailed
-from .events import EVENT_TYPES, LIVE_ONLY, EventLog, delivery_insert
-from .plugin_api import Sink, SinkError
-from .plugins import bounded, build_sink
+from .events import EventLog, event_types
+from .plugin_api import Sink, SinkError, SinkSettings
+from .plugins import bounded, build_sink, off_loop
+from .store import Statement
+from .request_fields import changed
+from .webhook_request import AGENT_DONE, NewWebhook, WebhookChange, check_url
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
+
+__all__ = ["CONCURRENT_WEBHOOKS", "DRAIN_BATCH", "GIVE_UP_AFTER", "PACE_WINDOW", "PER_MINUTE", "RETRY_BASE",
+           "RETRY_CAP", "Webhook", "WebhookService"]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +50,6 @@ RETRY_CAP = 3600.0
 GIVE_UP_AFTER = 24 * 3600.0
 CONCURRENT_WEBHOOKS = 8  # drain tasks (webhooks being sent to) at once
 DRAIN_BATCH = 50         # due deliveries a drain reads at a time
-STATUSES = ("active", "paused")
-AGENT_DONE = ("agent.completed", "agent.failed", "agent.cancelled")
 
 
 @dataclass(frozen=True)
@@ -81,37 +85,6 @@ def _bad(field: str, message: str) -> ValidationFailed:
     return ValidationFailed([{"field": field, "message": message}])
 
 
-def _check_url(url: Any, sink: str) -> str:
-    if not isinstance(url, str) or not url or len(url) > 2000:
-        raise _bad("url", "url is required (a string of at most 2000 characters)")
-    scheme = urlsplit(url).scheme
-    if sink == "file":
-        if scheme != "file" or not urlsplit(url).path.startswith("/"):
-            raise _bad("url", "the file sink needs a file:///absolute/path URL")
-    elif scheme not in ("http", "https") or not urlsplit(url).netloc:
-        raise _bad("url", "url must be an http:// or https:// URL")
-    return url
-
-
-def _check_events(events: Any) -> tuple[str, ...]:
-    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
-        raise _bad("events", "events must be a non-empty list of event names")
-    unknown = [e for e in events if e != "*" and e not in EVENT_TYPES]
-    if unknown:
-        known = [e for e in EVENT_TYPES if e not in LIVE_ONLY]
-        raise _bad("events", f"Unknown event(s): {', '.join(unknown)} (known: {', '.join(known)}, or '*')")
-    live = [e for e in events if e in LIVE_ONLY]
-    if live:
-        raise _bad("events", f"{', '.join(live)} reach live readers only (GET /events/stream, /ws), never a webhook")
-    return tuple(dict.fromkeys(events))
-
-
-def _check_description(description: Any) -> str | None:
-    if description is not None and (not isinstance(description, str) or len(description) > 500):
-        raise _bad("description", "description must be a string of at most 500 characters")
-    return description
-
-
 def _row(row: sqlite3.Row, cipher: Any) -> Webhook:
     secret = cipher.decrypt(row["secret"], f"{row['webhook_id']}/secret") if cipher else row["secret"]
     return Webhook(row["webhook_id"], row["url"], row["sink"], tuple(row["events"].split(",")), secret,
@@ -144,7 +117,7 @@ class WebhookService:
         self._worker: asyncio.Task[None] | None = None
         self.call_timeout = call_timeout  # seconds one sink.deliver may take ([plugins] call_timeout)
         self._drains: dict[str, asyncio.Task[None]] = {}  # webhook_id -> its drain, while it runs
-        events.attach_outbox(self.route, self._wake.set)
+        events.attach_outbox(self)  # the log asks for delivery rows, wakes the worker (events.Outbox)
 
     # -- registrations --------------------------------------------------------------------------
     async def load(self) -> None:
@@ -179,8 +152,20 @@ class WebhookService:
                 raise ValidationFailed(errors)
         return url
 
+    # -- the outbox, as the event log asks for it (events.Outbox) ---------------------------------
     def route(self, type_: str, data: dict[str, Any]) -> list[str]:
         return [h.webhook_id for h in self.hooks.values() if h.wants(type_, data)]
+
+    def delivery_rows(self, webhook_ids: Iterable[str], event_id: int, ts: float) -> list[Statement]:
+        return [_delivery_insert(webhook_id, event_id, ts) for webhook_id in webhook_ids]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @staticmethod
+    def purge_settled(cutoff: float) -> tuple[list[Statement], str]:
+        return ([("DELETE FROM deliveries WHERE status != 'pending' AND created_at < ?", (cutoff,))],
+                "SELECT event_id FROM deliveries WHERE status = 'pending'")
 
     def _sealed_secret(self, hook: Webhook) -> str:
         cipher = self.store.cipher
@@ -193,32 +178,21 @@ class WebhookService:
                 (hook.webhook_id, hook.url, hook.sink, ",".join(hook.events), secret, hook.status,
                  hook.description, hook.api_key_id, hook.agent_id, hook.created_at, hook.last_triggered))
 
-    def _sink_kind(self, body: dict[str, Any]) -> str:
-        sink = body.get("sink")
-        if sink is None:
-            url = body.get("url")
-            sink = "file" if isinstance(url, str) and url.startswith("file:") else "http"
-        if not isinstance(sink, str) or sink not in self.registry.sink_kinds():
-            raise _bad("sink", f"sink must be one of: {', '.join(self.registry.sink_kinds())}")
-        return sink
+    def sink_kinds(self) -> list[str]:
+        """The sink kinds a webhook may name (the loaded sink plugins'): what parse_new checks."""
+        return self.registry.sink_kinds()
 
-    async def create(self, body: Any, api_key_id: str | None) -> tuple[Webhook, str | None]:
+    async def create(self, req: NewWebhook, api_key_id: str | None) -> tuple[Webhook, str | None]:
         """A new webhook; the generated secret is returned once when the caller sent none."""
-        if not isinstance(body, dict):
-            raise _bad("body", "Request body must be a JSON object")
-        sink = self._sink_kind(body)
-        url = await self._check_target(_check_url(body.get("url"), sink), sink)
-        events = _check_events(body.get("events", list(AGENT_DONE)))
-        secret = body.get("secret")
-        generated = None
-        if secret is None:
+        url = await self._check_target(req.url, req.sink)
+        generated: str | None = None
+        if req.secret is None:
             secret = generated = secrets.token_urlsafe(32)
-        elif not isinstance(secret, str) or not 8 <= len(secret) <= 256:
-            raise _bad("secret", "secret must be a string of 8 to 256 characters")
-        description = _check_description(body.get("description"))
-        hook = Webhook("webhook_" + secrets.token_hex(6), url, sink, events, secret, "active", description,
-                       api_key_id, None, self.clock())
-        self._build_sink(hook)
+        else:
+            secret = req.secret
+        hook = Webhook("webhook_" + secrets.token_hex(6), url, req.sink, req.events, secret, "active",
+                       req.description, api_key_id, None, self.clock())
+        await self._build_sink(hook)
         await self.store.write(self._insert(hook), fail_fast=True)
         self.hooks[hook.webhook_id] = hook
         return hook, generated
@@ -231,7 +205,7 @@ class WebhookService:
         secret for a key from before webhook secrets), which the caller already holds (a
         random one when authentication is off).
         """
-        hook = Webhook("webhook_" + secrets.token_hex(6), _check_url(url, "http"), "http", AGENT_DONE,
+        hook = Webhook("webhook_" + secrets.token_hex(6), check_url(url, "http"), "http", AGENT_DONE,
                        secret or secrets.token_urlsafe(32), "active", f"webhook_url of {agent_id}", api_key_id,
                        agent_id, self.clock())
         return hook, self._insert(hook)
@@ -265,30 +239,14 @@ class WebhookService:
             raise NotFound(f"Webhook '{webhook_id}' not found")
         return hook
 
-    async def update(self, webhook_id: str, body: Any) -> Webhook:
+    async def update(self, webhook_id: str, change: WebhookChange) -> Webhook:
+        """``change`` was parsed for this webhook's sink (webhook_request.parse_change)."""
         hook = self.get(webhook_id)
-        if not isinstance(body, dict) or not body:
-            raise _bad("body", "send a JSON object with events, status, url, secret or description")
-        unknown = set(body) - {"events", "status", "url", "secret", "description"}
-        if unknown:
-            raise _bad(sorted(unknown)[0], f"Cannot change '{sorted(unknown)[0]}'")
-        changes: dict[str, Any] = {}
-        if "events" in body:
-            changes["events"] = _check_events(body["events"])
-        if "status" in body:
-            if body["status"] not in STATUSES:
-                raise _bad("status", "status must be active or paused")
-            changes["status"] = body["status"]
-        if "url" in body:
-            changes["url"] = await self._check_target(_check_url(body["url"], hook.sink), hook.sink)
-        if "secret" in body:
-            if not isinstance(body["secret"], str) or not 8 <= len(body["secret"]) <= 256:
-                raise _bad("secret", "secret must be a string of 8 to 256 characters")
-            changes["secret"] = body["secret"]
-        if "description" in body:
-            changes["description"] = _check_description(body["description"])
+        changes = changed(change)
+        if "url" in changes:
+            changes["url"] = await self._check_target(changes["url"], hook.sink)
         new = replace(hook, **changes)
-        self._build_sink(new)
+        await self._build_sink(new)
         await self.store.write(self._insert(new), fail_fast=True)
         self.hooks[webhook_id] = new
         self._wake.set()  # resumed: its waiting deliveries go out now
@@ -308,7 +266,7 @@ class WebhookService:
         hook = self.get(webhook_id)
         event, stmts = self.events.statements_to("webhook.test", {"webhook_id": hook.webhook_id,
                                                                   "message": "Test delivery from j1mskyd"}, ())
-        delivery = delivery_insert(hook.webhook_id, event.id, event.ts)
+        delivery = _delivery_insert(hook.webhook_id, event.id, event.ts)
         await self.store.write(*stmts, delivery, fail_fast=True)
         self.events.published([event])
         self._wake.set()  # its delivery row is written here, not by the event log (which wakes only for its own)
@@ -328,17 +286,15 @@ class WebhookService:
             raise _bad("status", "status must be pending, delivered or failed")
         where, args = _deliveries_where(webhook_id, status)
 
-        def read(conn: sqlite3.Connection) -> tuple[int, list[sqlite3.Row]]:
+        def read(conn: sqlite3.Connection) -> tuple[int, list[sqlite3.Row], dict[int, str]]:
             total = conn.execute(f"SELECT COUNT(*) FROM deliveries WHERE {where}", args).fetchone()[0]
-            joined, _ = _deliveries_where(webhook_id, status, table="d")
-            rows = conn.execute(f"SELECT d.*, e.type FROM deliveries d LEFT JOIN events e ON e.id = d.event_id "
-                                f"WHERE {joined} ORDER BY d.created_at DESC, d.rowid DESC LIMIT ? OFFSET ?",
-                                (*args, limit, offset)).fetchall()
-            return total, rows
+            rows = conn.execute(f"SELECT * FROM deliveries WHERE {where} ORDER BY created_at DESC, rowid DESC "
+                                "LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
+            return total, rows, event_types(conn, (r["event_id"] for r in rows))  # None: the event was purged
 
         await self.store.flush()
-        total, rows = await self.store.read(read)
-        data = [{"delivery_id": r["delivery_id"], "event_id": r["event_id"], "event": r["type"],
+        total, rows, types = await self.store.read(read)
+        data = [{"delivery_id": r["delivery_id"], "event_id": r["event_id"], "event": types.get(r["event_id"]),
                  "status": r["status"], "attempts": r["attempts"], "last_error": r["last_error"],
                  "last_status": r["last_status"], "created_at": iso(r["created_at"]),
                  "next_attempt_at": iso(r["next_attempt_at"]) if r["status"] == "pending" else None,
@@ -365,10 +321,14 @@ class WebhookService:
         return {"success": True, "delivery_id": new_id, "redelivers": delivery_id}
 
     # -- the worker ---------------------------------------------------------------------------------
-    def _build_sink(self, hook: Webhook) -> Sink:
+    async def _build_sink(self, hook: Webhook) -> Sink:
+        """The webhook's sink from its plugin's factory, run off the loop for ``call_timeout``
+        seconds at most (plugins.off_loop); a factory that refuses, fails or hangs refuses the webhook."""
+        settings: SinkSettings = {"webhook_id": hook.webhook_id, "url": hook.url, "secret": hook.secret}
         try:
-            sink = build_sink(self.registry, hook.sink, {"webhook_id": hook.webhook_id, "url": hook.url,
-                                                         "secret": hook.secret}, self.session)
+            sink = await off_loop(self.registry, "sink", hook.sink,
+                                  functools.partial(build_sink, self.registry, hook.sink, settings, self.session),
+                                  self.call_timeout)
         except KeyError:
             raise _bad("sink", f"no sink plugin '{hook.sink}' is loaded") from None
         except Exception as exc:  # noqa: BLE001 - a plugin refusing its settings is the caller's 400
@@ -507,7 +467,7 @@ class WebhookService:
                     self.targets.check_url(hook.url)
                 except TargetRefused as exc:
                     raise SinkError(f"target refused: {exc.message}") from None
-            sink = self._sinks.get(webhook_id) or self._build_sink(hook)
+            sink = self._sinks.get(webhook_id) or await self._build_sink(hook)
             async with bounded(self.call_timeout, lambda: SinkError(
                     f"sink did not return within {self.call_timeout:g} s (cancelled by the daemon)")):
                 await sink.deliver(event.payload(), delivery_id=row["delivery_id"], event=event.type)
@@ -544,12 +504,16 @@ class WebhookService:
         return True
 
 
-def _deliveries_where(webhook_id: str, status: str | None, table: str = "") -> tuple[str, list[Any]]:
-    """The WHERE clause (and its arguments) picking one webhook's deliveries, of one status when
-    given; ``table`` qualifies the columns when the query joins another table."""
-    col = f"{table}." if table else ""
-    where, args = f"{col}webhook_id = ?", [webhook_id]
+def _deliveries_where(webhook_id: str, status: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its arguments) picking one webhook's deliveries, of one status when given."""
+    where, args = "webhook_id = ?", [webhook_id]
     if status:
-        where += f" AND {col}status = ?"
+        where += " AND status = ?"
         args.append(status)
     return where, args
+
+
+def _delivery_insert(webhook_id: str, event_id: int, now: float) -> Statement:
+    """A new pending delivery of an event to a webhook, due now."""
+    return ("INSERT INTO deliveries (delivery_id, webhook_id, event_id, status, attempts, next_attempt_at, created_at) "
+            "VALUES (?, ?, ?, 'pending', 0, ?, ?)", ("dlv_" + secrets.token_hex(8), webhook_id, event_id, now, now))

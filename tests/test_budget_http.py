@@ -195,15 +195,15 @@ async def test_daily_budget_context_survives_a_restart(aiohttp_client, tmp_path,
     assert (await (await client.get(f"/api/agent/{in_flight}")).json())["status"] in ("queued", "running")
 
 
-def _seconds_to_hour_end() -> float:
-    return 3600 - time.time() % 3600
+def _into_an_hour() -> Clock:
+    """The app's clock, 20 minutes into the current hour: the test never straddles an hour."""
+    return Clock(time.time() // 3600 * 3600 + 1200)
 
 
 async def test_cost_spike_blocks_the_key_until_the_hour_ends(aiohttp_client, tmp_path, upstream):
-    if _seconds_to_hour_end() < 15:  # do not straddle the hour: wait for the next one
-        await asyncio.sleep(_seconds_to_hour_end() + 0.5)
+    clock = _into_an_hour()
     cfg = priced_config(tmp_path, upstream, daily_budget=100.0, spike_per_hour=0.25)
-    client = await aiohttp_client(build_app(cfg))
+    client = await aiohttp_client(build_app(cfg, clock=clock))
     for _ in range(2):  # 0.20 this hour; another 0.10 would pass 0.25
         await wait_status(client, await spawn_ok(client))
     resp = await spawn(client)
@@ -211,13 +211,13 @@ async def test_cost_spike_blocks_the_key_until_the_hour_ends(aiohttp_client, tmp
     error = (await resp.json())["error"]
     assert error["code"] == 429 and error["type"] == "RATE_LIMITED" and "spike" in error["message"].lower()
     assert isinstance(error["retry_after"], int)
-    assert abs(error["retry_after"] - _seconds_to_hour_end()) <= 2
+    assert error["retry_after"] == 2400 + 1  # the hour's 40 minutes left, rounded up
     assert resp.headers["Retry-After"] == str(error["retry_after"])
     assert (await client.get("/api/health")).status == 200  # only spawning is blocked
     assert (await client.get("/api/agents")).status == 200
     await client.close()
     # The hour's spend per key comes back from the ledger: still blocked after a restart.
-    client = await aiohttp_client(build_app(cfg))
+    client = await aiohttp_client(build_app(cfg, clock=clock))
     resp = await spawn(client)
     assert resp.status == 429 and "spike" in (await resp.json())["error"]["message"].lower()
 
@@ -336,11 +336,9 @@ async def test_monthly_ceiling_refuses_with_402(aiohttp_client, tmp_path, upstre
 async def test_spike_block_and_concurrency_cap_are_per_api_key(aiohttp_client, tmp_path, upstream):
     from tests.test_auth import bearer, bootstrap_key, new_key
 
-    if _seconds_to_hour_end() < 15:
-        await asyncio.sleep(_seconds_to_hour_end() + 0.5)
     cfg = priced_config(tmp_path, upstream, daily_budget=100.0, spike_per_hour=0.25, max_agents_per_key=1)
     cfg = dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, auth=True))
-    client = await aiohttp_client(build_app(cfg))
+    client = await aiohttp_client(build_app(cfg, clock=_into_an_hour()))
     admin = bootstrap_key(cfg)
     a = bearer((await new_key(client, admin, ["agents:read", "agents:write"], name="a"))["token"])
     b = bearer((await new_key(client, admin, ["agents:read", "agents:write"], name="b"))["token"])

@@ -14,6 +14,7 @@ from j1mskyd.api.middleware import LIMITER
 from j1mskyd.api.rate_headers import RateHeaders
 from j1mskyd.app import build_app
 from j1mskyd.ratelimit import Buckets, Limit, RequestLimiter
+from j1mskyd.security_request import BlockRequest
 from tests.conftest import Clock, make_config
 
 HEADERS = ("X-Request-Id", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-RateLimit-Reset-At")
@@ -101,7 +102,7 @@ async def test_blocked_ip_is_refused_on_health_with_the_headers(aiohttp_client, 
     app = build_app(make_config(tmp_path))
     client = await aiohttp_client(app)
     assert (await client.get("/api/health")).status == 200
-    await app[SERVICES].ip_control.block({"ip": "127.0.0.1", "reason": "too chatty"})
+    await app[SERVICES].ip_control.block(BlockRequest(ip="127.0.0.1", reason="too chatty"))
     resp = await client.get("/api/health")
     body = await resp.json()
     assert resp.status == 403 and body["error"]["type"] == "IP_BLOCKED" and body["error"]["your_ip"] == "127.0.0.1"

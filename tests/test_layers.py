@@ -6,7 +6,10 @@ that owns the table; see tests/test_table_owners.py)."""
 from __future__ import annotations
 
 import ast
+import dataclasses
+import inspect
 import re
+import typing
 from pathlib import Path
 
 import j1mskyd
@@ -88,22 +91,45 @@ def test_the_scan_finds_each_way_of_touching_the_database(tmp_path):
     assert flagged == set(planted), found
 
 
-def test_services_take_typed_requests_not_raw_bodies():
-    """Bodies are parsed at the edge: the spawn, pricing and orchestrator services take request
-    objects (dataclasses), never a ``body`` of any JSON."""
+REQUEST_NAMES = {"body", "req", "request", "reqs", "change", "payload"}
+
+
+def raw_bodies(classes: list[type]) -> list[str]:
+    """Methods of these classes that take a raw request: a parameter named ``body``, or a
+    request-like one (``req``, ``change``...) typed ``Any`` or not typed at all."""
     import inspect
-    import typing
 
-    from j1mskyd.agents import AgentService
-    from j1mskyd.orchestrator import Orchestrator
-    from j1mskyd.pricing_service import PricingService
-
-    from j1mskyd.webhooks import WebhookService
-    annotation_only = {"WebhookService": WebhookService}  # imported under TYPE_CHECKING in agents.py
-
-    for cls in (AgentService, PricingService, Orchestrator):
+    found = []
+    for cls in classes:
         for name, fn in inspect.getmembers(cls, inspect.isfunction):
-            hints = typing.get_type_hints(fn, localns=annotation_only)
-            assert "body" not in inspect.signature(fn).parameters, f"{cls.__name__}.{name} takes a raw body"
-            assert all(hint is not typing.Any for arg, hint in hints.items() if arg != "return"
-                       and arg.endswith(("req", "request", "reqs"))), f"{cls.__name__}.{name}"
+            for param in inspect.signature(fn).parameters.values():
+                untyped = param.annotation in ("Any", "typing.Any", typing.Any, inspect.Parameter.empty)
+                if param.name == "body" or (param.name in REQUEST_NAMES and untyped):
+                    found.append(f"{cls.__name__}.{name}({param.name})")
+    return found
+
+
+def test_no_service_takes_a_raw_body():
+    """Bodies are parsed at the edge (spawn_request.py, webhook_request.py, security_request.py):
+    no service a handler reaches (a field of app.Services) takes a ``body`` of any JSON."""
+    from j1mskyd.app import Services
+
+    hints = typing.get_type_hints(Services)
+    classes = [hints[f.name] for f in dataclasses.fields(Services) if inspect.isclass(hints[f.name])
+               and hints[f.name].__module__.startswith("j1mskyd.")]
+    assert {c.__name__ for c in classes} >= {"AgentService", "WebhookService", "AuditLog", "IpControl",
+                                              "PricingService", "Orchestrator", "KeyService"}
+    assert raw_bodies(classes) == []
+
+
+def test_the_raw_body_check_can_fail():
+    class Planted:
+        async def create(self, body: dict) -> None: ...
+
+        def update(self, webhook_id: str, change) -> None: ...
+
+        def configure(self, req: typing.Any) -> None: ...
+
+        def fine(self, req: "NewWebhook", data: dict) -> None: ...
+
+    assert raw_bodies([Planted]) == ["Planted.configure(req)", "Planted.create(body)", "Planted.update(change)"]

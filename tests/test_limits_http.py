@@ -153,13 +153,14 @@ async def test_429_is_the_error_envelope_with_retry_after(aiohttp_client, tmp_pa
 
 # -- refill ---------------------------------------------------------------------------------
 
-async def test_refill_in_real_time(aiohttp_client, tmp_path):
+async def test_refill_as_time_passes(aiohttp_client, tmp_path):
     cfg = limited(make_config(tmp_path), system=2, window_seconds=1.0)  # a token every 0.5 s
-    client = await aiohttp_client(build_app(cfg))
+    clock = Clock(time.time())  # the app's clock, moved by the test
+    client = await aiohttp_client(build_app(cfg, clock=clock))
     assert [(await client.get("/api/system")).status for _ in range(2)] == [200, 200]
     refused = await client.get("/api/system")
     assert refused.status == 429 and refused.headers["Retry-After"] == "1"  # 0.5 s, rounded up
-    await asyncio.sleep(0.6)
+    clock.t += 0.6
     again = await client.get("/api/system")
     assert again.status == 200
     check_headers(again, 2, 0)
@@ -341,10 +342,11 @@ def test_saving_from_a_thread_while_buckets_are_added(tmp_path):
 
 async def test_a_saved_time_stamp_from_the_future_does_not_freeze_a_bucket(aiohttp_client, tmp_path):
     cfg = limited(make_config(tmp_path), system=2, window_seconds=1.0)  # a token every 0.5 s
-    preload(cfg, {"key:anonymous:system": [0.0, time.time() + 86_400]})  # saved under a clock a day ahead
-    client = await aiohttp_client(build_app(cfg))
+    clock = Clock(time.time())
+    preload(cfg, {"key:anonymous:system": [0.0, clock.t + 86_400]})  # saved under a clock a day ahead
+    client = await aiohttp_client(build_app(cfg, clock=clock))
     assert (await client.get("/api/system")).status == 429
-    await asyncio.sleep(0.6)
+    clock.t += 0.6
     assert (await client.get("/api/system")).status == 200
 
 

@@ -31,6 +31,7 @@ from j1mskyd.netguard import IpPolicy, parse_networks
 from j1mskyd.ratelimit import ENDPOINT_CLASSES, Buckets, Limit, RequestLimiter
 from j1mskyd.signing import ReplayGuard, sign
 from j1mskyd.store import Store
+from j1mskyd.security_request import BlockRequest
 from tests.conftest import auth_config, bearer, make_config
 
 CALLS = app_key("test.calls")  # how many times the dummy handler ran
@@ -126,7 +127,7 @@ async def test_ip_block_refuses_a_blocked_address(aiohttp_client, tmp_path):
     cfg = with_security(make_config(tmp_path), allowed_ips=("127.0.0.0/8",), enforce_allowlist=True)
     client = await aiohttp_client(bare_app(cfg))
     assert (await client.post(THING, data=b"{}")).status == 200  # allowed, auth off
-    await client.app[SERVICES].ip_control.block({"ip": "127.0.0.1", "reason": "test"})
+    await client.app[SERVICES].ip_control.block(BlockRequest(ip="127.0.0.1", reason="test"))
     error = await refused(await client.post(THING, data=b"{}"), 403, "IP_BLOCKED")
     assert error["your_ip"] == "127.0.0.1" and error["reason"] == "test"
     assert len(client.app[CALLS]) == 1

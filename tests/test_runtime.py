@@ -10,7 +10,7 @@ import pytest
 
 from j1mskyd.app import build_app
 from j1mskyd.providers import ProviderSettings
-from tests.conftest import make_config, route_models, wait_status
+from tests.conftest import Clock, make_config, route_models, wait_status
 from tests.fakeupstream import FakeUpstream
 
 
@@ -118,7 +118,8 @@ async def test_breaker_opens_skips_the_provider_then_probes_and_closes(aiohttp_c
     primary, secondary = upstreams
     cfg = two_provider_config(tmp_path, primary, secondary, max_attempts=1, breaker_threshold=2,
                               breaker_reset_seconds=0.5)
-    client = await aiohttp_client(build_app(cfg))
+    clock = Clock()  # the breaker's recovery time passes when the test says so
+    client = await aiohttp_client(build_app(cfg, clock=clock))
     primary.fail_next(2, 503)
     for _ in range(2):
         done = await wait_status(client, await spawn(client))
@@ -130,7 +131,7 @@ async def test_breaker_opens_skips_the_provider_then_probes_and_closes(aiohttp_c
     done = await wait_status(client, await spawn(client))
     assert done["served_by"]["provider"] == "secondary" and len(primary.calls) == 2
     # After the recovery time one probe goes through; it succeeds and closes the breaker.
-    await asyncio.sleep(0.6)
+    clock.t += 0.6
     done = await wait_status(client, await spawn(client))
     assert done["served_by"]["provider"] == "primary" and len(primary.calls) == 3
     health = await (await client.get("/api/health")).json()
@@ -141,10 +142,11 @@ async def test_failed_probe_reopens_the_breaker(aiohttp_client, tmp_path, upstre
     primary, secondary = upstreams
     cfg = two_provider_config(tmp_path, primary, secondary, max_attempts=1, breaker_threshold=1,
                               breaker_reset_seconds=0.3)
-    client = await aiohttp_client(build_app(cfg))
+    clock = Clock()
+    client = await aiohttp_client(build_app(cfg, clock=clock))
     primary.fail_next(2, 500)
     await wait_status(client, await spawn(client))
-    await asyncio.sleep(0.35)
+    clock.t += 0.35
     done = await wait_status(client, await spawn(client))  # the probe fails -> open again
     assert done["served_by"]["provider"] == "secondary" and len(primary.calls) == 2
     health = await (await client.get("/api/health")).json()

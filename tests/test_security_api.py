@@ -11,7 +11,8 @@ import pytest
 
 from j1mskyd.app import build_app
 from j1mskyd.pii import MaskingFilter, mask
-from tests.conftest import make_config, wait_status
+from j1mskyd.security_request import BlockRequest
+from tests.conftest import Clock, make_config, wait_status
 
 SPAWN = {"model": "k2p5", "task": "Write a haiku about idempotency"}
 
@@ -111,7 +112,7 @@ async def test_blocked_ip_gets_403_until_unblocked_or_expired(aiohttp_client, tm
     assert (await client.delete("/api/security/block-ip/192.168.1.66")).status == 404
     # Expiry: a block whose time has passed is ignored.
     services = client.app[next(k for k in client.app if "services" in str(k))]
-    await services.ip_control.block({"ip": "192.168.1.70", "duration_hours": 1})
+    await services.ip_control.block(BlockRequest(ip="192.168.1.70", duration_hours=1))
     services.ip_control.clock = lambda: time.time() + 3601
     assert (await client.get("/api/health", headers={"X-Forwarded-For": "192.168.1.70"})).status == 200
     for bad in ({"ip": "nope"}, {"ip": "10.0.0.1", "duration_hours": -1}, {"ip": "10.0.0.1", "reason": ""}):
@@ -170,7 +171,9 @@ async def test_audit_retention_purges_old_entries(aiohttp_client, tmp_path):
 
 
 # -- privacy ------------------------------------------------------------------------------------------
-async def test_immediate_deletion_and_retention(client):
+async def test_immediate_deletion_and_retention(aiohttp_client, config):
+    clock = Clock(time.time())  # retention ends when the test moves the app's clock
+    client = await aiohttp_client(build_app(config, clock=clock))
     spawned = await (await client.post("/api/spawn", json=SPAWN | {"privacy": {"retention_days": 7}})).json()
     done = await wait_status(client, spawned["agent_id"])
     resp = await client.delete(f"/api/agent/{spawned['agent_id']}/data")
@@ -186,7 +189,7 @@ async def test_immediate_deletion_and_retention(client):
     await wait_status(client, other["agent_id"])
     keep = await (await client.post("/api/spawn", json=SPAWN)).json()
     await wait_status(client, keep["agent_id"])
-    await asyncio.sleep(1.0)  # 0.00001 days is under a second
+    clock.t += 1.0  # 0.00001 days is under a second
     services = client.app[next(k for k in client.app if "services" in str(k))]
     await services.agents.purge_expired()
     assert (await (await client.get(f"/api/agent/{other['agent_id']}")).json())["task"] == ""

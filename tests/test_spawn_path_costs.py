@@ -50,17 +50,36 @@ class _Store:
     cipher = None
 
 
+class _Outbox:
+    """An outbox (events.Outbox) that wants an event for the webhooks in ``wanted``."""
+
+    def __init__(self) -> None:
+        self.wanted: list[str] = []
+        self.wakes = 0
+
+    def route(self, type_, data):
+        return list(self.wanted)
+
+    def delivery_rows(self, webhook_ids, event_id, ts):
+        return [("INSERT INTO deliveries VALUES (?)", (w,)) for w in webhook_ids]
+
+    def wake(self):
+        self.wakes += 1
+
+    def purge_settled(self, cutoff):
+        return [], "SELECT NULL"
+
+
 def test_the_outbox_is_woken_only_for_events_that_wrote_deliveries():
     log = EventLog(_Store())
-    wanted: list[str] = []
-    wakes: list[int] = []
-    log.attach_outbox(lambda type_, data: list(wanted), lambda: wakes.append(1))
+    outbox = _Outbox()
+    log.attach_outbox(outbox)
     quiet, stmts = log.statements("agent.completed", {"agent_id": "a"})
     assert len(stmts) == 1  # the event row only
     log.published([quiet])
-    assert wakes == []  # no webhook wants it: the worker has nothing new to read
-    wanted.append("wh_1")
+    assert outbox.wakes == 0  # no webhook wants it: the worker has nothing new to read
+    outbox.wanted.append("wh_1")
     loud, stmts = log.statements("agent.completed", {"agent_id": "b"})
     assert len(stmts) == 2  # the event and its delivery row
     log.published([quiet, loud])
-    assert wakes == [1]
+    assert outbox.wakes == 1

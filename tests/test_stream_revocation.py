@@ -22,6 +22,7 @@ import pytest
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.signing import sign
+from j1mskyd.security_request import BlockRequest
 from tests.conftest import auth_config, bearer, bootstrap_key
 from tests.daemon import run_cli
 from tests.test_events_live import Sse, ws_next
@@ -357,7 +358,7 @@ async def test_a_refused_address_cannot_open_or_authenticate_a_stream(aiohttp_cl
     client, admin = await start(aiohttp_client, cfg)
     user = await make_key(client, admin, "user")
     async with client.ws_connect("/api/ws") as ws:
-        await client.server.app[SERVICES].ip_control.block({"ip": "127.0.0.1", "reason": "test"})
+        await client.server.app[SERVICES].ip_control.block(BlockRequest(ip="127.0.0.1", reason="test"))
         await ws.send_json({"type": "auth", "token": user["token"]})
         answer = await ws_next(ws)
         assert answer["success"] is False, answer

@@ -2,8 +2,8 @@
 ``JOIN t``) appears only in the module that owns it; everyone else calls that module's named
 operations.  The owner map is this test's data (and docs/architecture.md's table of owners).
 
-store.py is left out: it holds the schema and the migrations, which touch every table, and
-seals the encryption key check in ``settings`` at open (below every other module).
+store.py is left out: it holds the schema and the migrations, which touch every table (its
+data-key check in ``settings`` goes through settings.py like everyone's).
 """
 
 from __future__ import annotations
@@ -35,9 +35,6 @@ OWNERS = {
 SHARED = {
     ("agents", "agent.py"): "the Agent record builds its own INSERT and UPDATE statements (agent.py is being "
                             "reshaped into a dataclass; its row statements move to agents.py after that)",
-    ("deliveries", "events.py"): "an event is written with its deliveries in one unit (the transactional outbox), "
-                                 "and the purge drops settled deliveries with their events",
-    ("events", "webhooks.py"): "the deliveries listing joins the event for its type",
 }
 REFERENCE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+([a-z_]+)\b")
 

@@ -8,6 +8,7 @@ import ast
 import asyncio
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -16,6 +17,7 @@ from j1mskyd import app as app_module
 from j1mskyd.app import LIFECYCLE, Services, build_app, upstream_connector
 from j1mskyd.api.common import SERVICES
 from j1mskyd.events import EventLog
+from j1mskyd.provider_pool import Releases
 from j1mskyd.providers import ProviderSettings
 from tests.conftest import make_config, route_models
 from tests.fakeupstream import FakeUpstream
@@ -101,12 +103,64 @@ def test_app_wires_services_by_construction_only():
     assert poked == []
 
 
+def test_no_callback_is_poked_into_another_object():
+    """Callbacks (``on_*``) are given to a constructor or subscribed through a method, never
+    assigned onto another object (as the runtime once set each provider slot's ``on_release``):
+    anywhere in the package, only ``self.on_x = ...`` may set one."""
+    poked = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AugAssign, ast.AnnAssign)) else []
+            poked += [f"{path.relative_to(PACKAGE)}:{node.lineno}: {ast.unparse(t)}" for t in targets
+                      if isinstance(t, ast.Attribute) and t.attr.startswith("on_")
+                      and not (isinstance(t.value, ast.Name) and t.value.id == "self")]
+    assert poked == []
+
+
+def test_the_slots_take_one_scheduler():
+    released = Releases()
+    first, second = (lambda: None), (lambda: None)
+    released.subscribe(first)
+    released.subscribe(first)  # the same one again (every slot of the pool shares the signal)
+    with pytest.raises(RuntimeError, match="already have a scheduler"):
+        released.subscribe(second)
+    assert released.listener is first
+
+
+class _Outbox:
+    def __init__(self, hooks: list[str]) -> None:
+        self.hooks = hooks
+
+    def route(self, type_, data):
+        return self.hooks
+
+    def delivery_rows(self, webhook_ids, event_id, ts):
+        return [("INSERT", (w, event_id)) for w in webhook_ids]
+
+    def wake(self):
+        pass
+
+    def purge_settled(self, cutoff):
+        return [], "SELECT NULL WHERE 0"
+
+
 def test_the_event_log_takes_one_outbox():
     log = EventLog(store=None)
-    log.attach_outbox(lambda type_, data: [], lambda: None)
+    first = _Outbox([])
+    log.attach_outbox(first)
     with pytest.raises(RuntimeError, match="already has an outbox"):
-        log.attach_outbox(lambda type_, data: ["webhook_x"], lambda: None)
-    assert log.route("agent.completed", {}) == []  # the first one stays
+        log.attach_outbox(_Outbox(["webhook_x"]))
+    assert log.outbox is first  # the first one stays
+
+
+def test_the_event_log_writes_the_delivery_rows_its_outbox_gives():
+    """The outbox's table is the outbox's: the log adds the rows it is handed, nothing of its own."""
+    log = EventLog(store=SimpleNamespace(cipher=None))  # statements only: nothing is written
+    log.attach_outbox(_Outbox(["webhook_a", "webhook_b"]))
+    event, stmts = log.statements("agent.completed", {})
+    assert [s for s in stmts if not s[0].startswith("INSERT INTO events")] == [
+        ("INSERT", ("webhook_a", event.id)), ("INSERT", ("webhook_b", event.id))]
 
 
 async def test_the_services_are_connected(client):
@@ -116,8 +170,12 @@ async def test_the_services_are_connected(client):
     services = client.server.app[SERVICES]
     assert services.runtime.events is services.events
     assert services.agents.webhooks is services.webhooks
-    assert services.events.route == services.webhooks.route
+    assert services.events.outbox is services.webhooks
     assert len(services.runtime.listeners) == 1
+    # Every provider slot tells the runtime's scheduler when it frees room (given at construction).
+    signals = {id(slot.released) for slot in services.slots.values()}
+    assert len(signals) == 1
+    assert next(iter(services.slots.values())).released.listener == services.runtime._schedule
     before = len(services.events.subscribers)
     sub = services.events.subscribe(["budget.notice"])
     try:

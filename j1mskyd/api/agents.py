@@ -97,7 +97,7 @@ async def list_agents(request: web.Request) -> web.Response:
 
 def _links(path: str, params: dict[str, str], total: int, limit: int, offset: int,
            has_more: bool) -> dict[str, str | None]:
-    """Relative links that keep the caller's filters, as in the seed's example."""
+    """Relative links that keep the caller's filters, as in the API reference's example."""
     kept = {k: v for k, v in params.items() if k not in ("limit", "offset")}
 
     def at(off: int) -> str:

@@ -12,6 +12,10 @@ from .. import jsonx
 from ..audit import Actor
 from ..errors import ApiError, InvalidJson, ValidationFailed
 
+__all__ = ["API_KEY", "API_KEY_ID", "AWAITING_CREDENTIALS", "CLIENT_IP", "CONFIG", "ERROR_TYPES", "METRICS",
+           "REQUEST_ID", "SERVICES", "actor", "api_error_response", "app_key", "error_response", "json_response",
+           "query_params", "read_json", "read_json_object", "request_key"]
+
 
 def app_key(name: str) -> Any:
     """web.AppKey where it exists (aiohttp >= 3.9 warns on string keys), a string on 3.8."""

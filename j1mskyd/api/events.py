@@ -40,7 +40,7 @@ def _bad(field: str, message: str) -> ValidationFailed:
 
 
 def encode_cursor(event_id: int) -> str:
-    """The seed's opaque cursor: base64 of ``{"id":N}`` (its example decodes to that)."""
+    """The API reference's opaque cursor: base64 of ``{"id":N}`` (its example decodes to that)."""
     return base64.urlsafe_b64encode(json.dumps({"id": event_id}, separators=(",", ":")).encode()).decode()
 
 

@@ -20,7 +20,7 @@ rate_headers.py from the limiter's decisions.
 
 Public routes (GET /health, the sunset 410s) take a short way: IP guard, handler, and the
 rate-limit headers from a look at the buckets (cached while they are full), because a
-monitor may poll /health many times a second (issue 3 measures exactly this path).
+monitor may poll /health many times a second (bench/ measures exactly this path).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def check_ip(request: web.Request, p: Pass) -> None:
         _violation(request, p, kind, reason)
         if kind == "ip_blocked":
             raise IpNotAllowed("IP blocked", type_="IP_BLOCKED", your_ip=p.ip, reason=reason)
-        raise IpNotAllowed("IP not whitelisted", your_ip=p.ip)  # the seed's words
+        raise IpNotAllowed("IP not whitelisted", your_ip=p.ip)  # the API reference's words
 
 
 def _violation(request: web.Request, p: Pass, kind: str, detail: str | None = None) -> None:
@@ -220,7 +220,7 @@ async def idempotent(request: web.Request, handler: Handler, p: Pass) -> web.Str
     found = await records.begin(scope, key)
     if found is not None:
         if found.body_hash != body_hash:
-            raise Conflict("Idempotency key payload mismatch")  # the seed's words
+            raise Conflict("Idempotency key payload mismatch")  # the API reference's words
         return web.Response(body=found.response, status=found.status, content_type=found.content_type.split(";")[0],
                             headers={"Idempotent-Replayed": "true"})
     try:
@@ -341,4 +341,4 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
 
 MIDDLEWARES = (pipeline,)
 __all__ = ["LIMITER", "METRICS", "MIDDLEWARES", "PUBLIC", "REPLAY_GUARD", "Credentials", "Pass",
-           "authenticate_in_band", "pipeline"]
+           "authenticate_in_band", "count_in_band", "pipeline"]

@@ -1,13 +1,12 @@
 """GET /api/openapi.json: an OpenAPI 3.1 document built from the route table itself.
 
-Built from the route table (routes.py hands it over with :func:`describe`, so a route
-cannot be missing from it; this module does not import routes.py), with the request
-bodies and query parameters spelled out from the validation rules, the security scheme
-and scope of each route, the status codes each route answers with, and the one error
-envelope on every failure.  The response schemas are strict enough to be checked:
-scripts/test-api-schema fuzzes a real daemon against this document (schemathesis) and
-fails on any response it does not describe.  It is cheap enough to build per request
-(a few ms).
+routes.py hands the table over with :func:`describe` (this module does not import routes.py),
+so a route cannot be missing from the document.  The document spells out the request bodies
+and query parameters from the validation rules, the security scheme and scope of each route,
+the status codes each route answers with, and the one error envelope on every failure.  The
+response schemas are strict enough to be checked: scripts/test-api-schema fuzzes a real daemon
+against this document (schemathesis) and fails on any response it does not describe.  It is
+built once, on the first request, and then served as it is (see ``DOCUMENT``).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..audit import EVENTS as AUDIT_EVENTS, LOG_LEVELS
-from ..ipcontrol import MAX_BLOCK_HOURS
+from ..security_request import MAX_BLOCK_HOURS
 from .common import CONFIG, app_key, json_response
 from .middleware import PUBLIC
 
@@ -257,7 +256,7 @@ def _spawn_schema(config: Any) -> dict[str, Any]:
 
 
 OPTIONAL_BODIES = {("DELETE", "/keys/{key_id}")}
-# http(s) with a host, or file:///absolute/path for the file sink (webhooks._check_url).
+# http(s) with a host, or file:///absolute/path for the file sink (webhook_request.check_url).
 _WEBHOOK_URL = {"type": "string", "maxLength": 2000, "pattern": "^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/|file:///)"}
 
 

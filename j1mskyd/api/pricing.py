@@ -1,4 +1,4 @@
-"""Pricing endpoints (seed 000, "Pricing Operations"): calculators, status, health, report, webhooks.
+"""Pricing endpoints (the J1MSKY API reference's "Pricing Operations"): calculators, status, health, report, webhooks.
 
 The numbers come from j1mskyd/pricing.py and the live state from j1mskyd/pricing_service.py
 (PricingService: cached quotes, the recorded history, today's health); this module only reads
@@ -10,7 +10,7 @@ error envelope (400 VALIDATION_ERROR with ``details``).  Array fields (``scenari
 ``quotes``) are JSON arrays in a JSON body, and JSON text in a form field.
 
 A quote or decision without ``segment`` uses mid_market and answers with ``Deprecation: true``
-(v4.1 changelog: quoting without a segment is deprecated).
+(the API reference's v4.1 changelog: quoting without a segment is deprecated).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..errors import BadRequest, NotFound, ValidationFailed
 from ..events import PRICING_EVENTS
 from ..pricing_history import MAX_DAYS, RESOLUTIONS, PricingHistory, Window
 from ..pricing_service import DecisionRequest, PricingService, QuoteRequest
+from ..webhook_request import parse_new
 from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json
 
 MAX_TOKENS = 10_000_000          # per token estimate
@@ -301,7 +302,7 @@ async def pricing_portfolio_alert(request: web.Request) -> web.Response:
         f.bad("compliant_count", "must not exceed scenario_count")
     f.done()
     summary = pricing.portfolio_summary(n, c, margin, policy)
-    summary.pop("needs_escalation")  # not part of the seed's portfolio_summary
+    summary.pop("needs_escalation")  # not part of the API reference's portfolio_summary
     return json_response({"success": True, "portfolio_summary": summary,
                           "portfolio_alert": pricing.portfolio_alert({**summary}, policy)})
 
@@ -498,7 +499,8 @@ async def pricing_create_webhook(request: web.Request) -> web.Response:
     if data.get("secret") is not None:
         body["secret"] = data["secret"]
     services = request.app[SERVICES]
-    hook, generated = await services.webhooks.create(body, request.get(API_KEY_ID))
+    req = parse_new(body, services.webhooks.sink_kinds())
+    hook, generated = await services.webhooks.create(req, request.get(API_KEY_ID))
     services.audit.record("config.change", actor(request), resource_type="webhook", resource_id=hook.webhook_id,
                           details={"action": "create", "url": hook.url, "events": list(hook.events)})
     out: dict[str, Any] = {"success": True, "webhook_id": hook.webhook_id, "url": hook.url,

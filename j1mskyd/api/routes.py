@@ -1,7 +1,7 @@
 """The route table, mounted under /api and its alias /api/v1.
 
 Each route names the scope a key needs, or PUBLIC (docs/security.md has this table for
-operators), and its rate-limit class (the seed's "Rate Limits" table).  Deny by default:
+operators), and its rate-limit class (the API reference's "Rate Limits" table).  Deny by default:
 a route added without a scope stops setup_routes (route_table.RouteTable).
 """
 

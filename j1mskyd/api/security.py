@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import NotFound, ValidationFailed
+from ..errors import NotFound
 from ..ipcontrol import block_view
-from ..netguard import parse_address
+from ..security_request import parse_audit_change, parse_block, parse_whitelist
 from .common import CLIENT_IP, SERVICES, actor, json_response, query_params, read_json
 
 
@@ -16,7 +16,7 @@ async def get_ip_whitelist(request: web.Request) -> web.Response:
 
 async def put_ip_whitelist(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    result = await services.ip_control.set_whitelist(await read_json(request), request.get(CLIENT_IP))
+    result = await services.ip_control.set_whitelist(parse_whitelist(await read_json(request)), request.get(CLIENT_IP))
     services.audit.record("config.change", actor(request), resource_type="setting", resource_id="ip_whitelist",
                           details=result)
     return json_response({"success": True, **result})
@@ -24,14 +24,7 @@ async def put_ip_whitelist(request: web.Request) -> web.Response:
 
 async def block_ip(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    body = await read_json(request)
-    your_ip = request.get(CLIENT_IP)
-    if isinstance(body, dict) and isinstance(body.get("ip"), str) and your_ip is not None \
-            and parse_address(body["ip"]) == your_ip:
-        # As with the allowlist: an admin who blocks their own address can no longer undo it.
-        raise ValidationFailed([{"field": "ip", "message": f"{your_ip} is your own address; blocking it "
-                                                           "would lock you out"}])
-    block = await services.ip_control.block(body)
+    block = await services.ip_control.block(parse_block(await read_json(request), request.get(CLIENT_IP)))
     view = block_view(block)
     services.audit.record("config.change", actor(request), severity="warning", resource_type="ip_block",
                           resource_id=block.ip, details=view)
@@ -55,7 +48,7 @@ async def unblock_ip(request: web.Request) -> web.Response:
 
 async def configure_audit(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    settings = await services.audit.configure(await read_json(request))
+    settings = await services.audit.configure(parse_audit_change(await read_json(request)))
     view = {"enabled": settings.enabled, "log_level": settings.log_level, "retention_days": settings.retention_days,
             "include_request_body": settings.include_request_body,
             "include_response_body": settings.include_response_body, "events": list(settings.events)}

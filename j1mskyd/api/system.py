@@ -13,7 +13,7 @@ from ..errors import Gone
 from .common import CONFIG, SERVICES, json_response
 from .middleware import METRICS
 
-# v3 endpoint -> its v4 successor (seed 002, "Migration Guide").
+# v3 endpoint -> its v4 successor (the J1MSKY API reference's "Migration Guide").
 SUNSET = {("POST", "/agent"): ("POST", "/spawn"), ("GET", "/status"): ("GET", "/agent/{agent_id}"),
           ("DELETE", "/cancel"): ("DELETE", "/agent/{agent_id}")}
 SUNSET_DATE = "Mon, 01 Jun 2026 00:00:00 GMT"

@@ -1,9 +1,10 @@
-"""Webhook endpoints (seed 000 and the Kyros document): CRUD, test, deliveries, redeliver."""
+"""Webhook endpoints (the J1MSKY API reference and the Kyros document): CRUD, test, deliveries, redeliver."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from ..webhook_request import parse_change, parse_new
 from ..webhooks import WebhookService
 from .common import API_KEY_ID, SERVICES, actor, json_response, query_params, read_json
 
@@ -18,7 +19,9 @@ def _audit(request: web.Request, action: str, webhook_id: str, details: dict | N
 
 
 async def create_webhook(request: web.Request) -> web.Response:
-    hook, generated = await _hooks(request).create(await read_json(request), request.get(API_KEY_ID))
+    hooks = _hooks(request)
+    req = parse_new(await read_json(request), hooks.sink_kinds())
+    hook, generated = await hooks.create(req, request.get(API_KEY_ID))
     _audit(request, "create", hook.webhook_id, {"url": hook.url, "events": list(hook.events)})
     data = hook.view()
     headers = None
@@ -39,7 +42,10 @@ async def get_webhook(request: web.Request) -> web.Response:
 
 
 async def update_webhook(request: web.Request) -> web.Response:
-    hook = await _hooks(request).update(request.match_info["webhook_id"], await read_json(request))
+    body = await read_json(request)
+    hooks = _hooks(request)
+    hook = hooks.get(request.match_info["webhook_id"])  # a 404 before the body is judged
+    hook = await hooks.update(hook.webhook_id, parse_change(body, hook.sink))
     _audit(request, "update", hook.webhook_id, {"events": list(hook.events), "status": hook.status})
     view = hook.view()
     return json_response({"success": True, "data": view, **view})

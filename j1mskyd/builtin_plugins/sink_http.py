@@ -1,4 +1,4 @@
-"""Built-in sink ``http``: the seed's JSON payload POSTed to the webhook URL, signed.
+"""Built-in sink ``http``: the J1MSKY API reference's JSON payload POSTed to the webhook URL, signed.
 
 Headers: ``X-J1MSKY-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>``,
 ``X-J1MSKY-Event`` (the event type) and ``X-J1MSKY-Delivery`` (unique per delivery:
