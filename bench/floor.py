@@ -11,7 +11,15 @@ latency   p50/p99 of (a) one aiohttp client POST to the fake upstream (the provi
           floor under the daemon's added latency.
 inflight  RSS growth of a bare uvloop + aiohttp client process holding ``n`` POSTs open at
           once against a slow upstream: the part of "10,000 agents running" that is
-          aiohttp's connections, sockets and responses rather than j1mskyd's.
+          aiohttp's connections, sockets and responses rather than j1mskyd's.  Like for like
+          with the daemon's calls: one task per call, the session and pool made as the
+          daemon makes its providers' (app.upstream_connector: ``limit`` = the calls, no
+          per-host limit; session timeout connect 30 s), each call posted as
+          provider_http.HttpCaller posts (the openai_compat body of a bench spawn, JSON
+          encoded, Content-Type, a per-call ClientTimeout, no redirects), its answer read
+          and decoded.  RSS is read before the calls and 2 s after the upstream's /stats
+          counts all ``n`` arrived (as load.inflight waits for /api/health), so
+          ``run_all.py --only inflight`` takes both in one run against the same upstream.
 """
 
 from __future__ import annotations
@@ -67,25 +75,43 @@ async def latency(upstream: str, db: str, n: int) -> dict:
     return out
 
 
-async def inflight(upstream: str, n: int) -> dict:
-    url = upstream.rstrip("/") + "/v1/chat/completions"
+async def inflight(upstream: str, n: int, settle: float = 2.0, call_timeout: float = 3600.0) -> dict:
+    base = upstream.rstrip("/")
+    url = base + "/v1/chat/completions"
     pid = os.getpid()
-    idle = rss_kb(pid)
     started = 0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        async def one() -> None:
+    connector = aiohttp.TCPConnector(limit=n, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=30)) as s, \
+            aiohttp.ClientSession() as stats:
+        async def upstream_calls() -> int:
+            async with stats.get(base + "/stats") as r:
+                return (await r.json())["calls"]
+
+        before = await upstream_calls()
+        idle = rss_kb(pid)
+
+        async def one(i: int) -> dict:
             nonlocal started
             started += 1
-            async with s.post(url, data=BODY, headers={"Content-Type": "application/json"}) as r:
-                await r.read()
+            body = {"model": "k2p5", "messages": [{"role": "user", "content": f"bench task {i}: say ok"}],
+                    "max_tokens": 4096}
+            async with s.post(url, data=json.dumps(body, separators=(",", ":")).encode(),
+                              headers={"Content-Type": "application/json"},
+                              timeout=aiohttp.ClientTimeout(total=call_timeout), allow_redirects=False) as r:
+                raw = await r.read()
+            return json.loads(raw)
 
-        tasks = [asyncio.ensure_future(one()) for _ in range(n)]
-        await asyncio.sleep(10)  # let every connection open and its request go out
+        t0 = time.perf_counter()
+        tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+        while await upstream_calls() - before < n and time.perf_counter() - t0 < 120:
+            await asyncio.sleep(0.2)
+        arrived = await upstream_calls() - before
+        await asyncio.sleep(settle)
         loaded = rss_kb(pid)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return {"n": n, "started": started, "rss_idle_mb": round(idle / 1024, 1),
+    return {"n": n, "started": started, "arrived_upstream": arrived, "rss_idle_mb": round(idle / 1024, 1),
             "rss_loaded_mb": round(loaded / 1024, 1), "rss_delta_mb": round((loaded - idle) / 1024, 1),
             "per_call_kb": round((loaded - idle) / n, 2)}
 

@@ -16,3 +16,37 @@ monthly_ceiling = 1e12
 spike_per_hour = 1e12
 max_agents_per_key = 100000000
 """
+
+
+# A daemon on the built-in offline provider (no upstream: the daemon and its disk only), auth
+# on as shipped, limits lifted; ``.format(sync=, workdir=, lifted=LIFTED_LIMITS)``.
+OFFLINE_CONFIG = """
+[server]
+log_level = "warning"
+
+[runtime]
+max_concurrency = 64
+
+[store]
+synchronous = "{sync}"
+
+[security]
+auth = true
+
+[plugins]
+dropin_dir = "{workdir}/no-plugins"
+
+{lifted}
+
+[providers.offline]
+plugin = "offline"
+max_concurrency = 256
+hourly_limit = 100000000
+
+[models.k2p5]
+provider = "offline"
+upstream = "k2p5"
+input_per_1k = 0.0005
+output_per_1k = 0.0015
+blended_per_1k = 0.001
+"""

@@ -202,7 +202,10 @@ def throughput(workdir: str, sync: str, n: int, c: int, lat_rate: float) -> dict
     return res
 
 
-def inflight(workdir: str, n: int, c: int, delay: float, runtime_conc: int, prov_conc: int) -> dict:
+def inflight(workdir: str, n: int, c: int, delay: float, runtime_conc: int, prov_conc: int,
+             floor: bool = False) -> dict:
+    """The daemon's RSS with ``n`` agents in flight; with ``floor``, then (same run, same upstream)
+    a bare aiohttp client holding ``n`` calls the same way (floor.py inflight), and the ratio."""
     up, up_port = upstream(workdir, delay)
     name = f"inflight-{runtime_conc}-{prov_conc}"
     proc, url, _, tok = daemon(workdir, name, bench_config(workdir, up_port, "normal", runtime_conc, prov_conc))
@@ -211,8 +214,14 @@ def inflight(workdir: str, n: int, c: int, delay: float, runtime_conc: int, prov
         res = asyncio.run(load.inflight(url, proc.pid, n, c, "k2p5", token=tok))
         res.update(runtime_max_concurrency=runtime_conc, provider_max_concurrency=prov_conc,
                    upstream_delay_s=delay)
+        proc.stop(120)
+        if floor:
+            out = subprocess.run([PY, os.path.join(HERE, "floor.py"), "inflight", "--upstream",
+                                  f"http://127.0.0.1:{up_port}", "-n", str(n)], capture_output=True, check=True)
+            res["floor"] = json.loads(out.stdout)
+            res["ratio_to_floor"] = round(res["rss_delta_mb"] / res["floor"]["rss_delta_mb"], 3)
     finally:
-        proc.stop(60)
+        proc.stop(120)
         up.stop()
     return res
 
@@ -231,7 +240,8 @@ def machine() -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--only", choices=("idle", "throughput", "inflight"), action="append")
+    p.add_argument("--only", choices=("idle", "throughput", "inflight", "running"), action="append",
+                   help="running: only the all-running in-flight case and its bare-client floor")
     p.add_argument("--sync", choices=("normal", "full"), action="append")
     p.add_argument("-n", type=int, default=10_000, help="agents per throughput run")
     p.add_argument("-c", type=int, default=64, help="client connections")
@@ -266,7 +276,9 @@ def main() -> None:
         # queued: most agents wait in the daemon's queue; running: every agent holds an upstream call
         results["inflight_queued"] = inflight(workdir, a.inflight_n, a.c, a.delay, 64, 256)
         print(json.dumps(results["inflight_queued"]), file=sys.stderr)
-        results["inflight_running"] = inflight(workdir, a.inflight_n, a.c, a.delay, a.inflight_n, a.inflight_n)
+    if "inflight" in only or "running" in only:
+        results["inflight_running"] = inflight(workdir, a.inflight_n, a.c, a.delay, a.inflight_n, a.inflight_n,
+                                               floor=True)
         print(json.dumps(results["inflight_running"]), file=sys.stderr)
     print(json.dumps(results, indent=2))
 

@@ -28,35 +28,9 @@ sys.path.insert(0, HERE)
 import fsyncshim  # noqa: E402  (bench/ is the script directory)
 import load  # noqa: E402
 import run_all  # noqa: E402
-from lifted import LIFTED_LIMITS  # noqa: E402
+from lifted import LIFTED_LIMITS, OFFLINE_CONFIG  # noqa: E402
 
-CONFIG = """
-[server]
-log_level = "warning"
-
-[runtime]
-max_concurrency = 64
-
-[store]
-synchronous = "{sync}"
-
-[plugins]
-dropin_dir = "{workdir}/no-plugins"
-
-{lifted}
-
-[providers.offline]
-plugin = "offline"
-max_concurrency = 256
-hourly_limit = 100000000
-
-[models.k2p5]
-provider = "offline"
-upstream = "k2p5"
-input_per_1k = 0.0005
-output_per_1k = 0.0015
-blended_per_1k = 0.001
-"""
+CONFIG = OFFLINE_CONFIG
 
 
 def one(workdir: str, shim: str, sync: str, delay_ms: float, n: int, c: int, name: str) -> dict:

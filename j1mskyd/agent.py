@@ -10,6 +10,8 @@ field names that existing clients of the API were written against
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 import sqlite3
 import time
 from datetime import datetime, timezone
@@ -134,12 +136,16 @@ class Agent:
         return value
 
     def insert_statement(self, cipher: DataCipher | None = None) -> tuple[str, tuple[Any, ...]]:
-        return _INSERT_SQL, tuple(self._column(c, cipher) for c in COLUMNS)
+        values = _ROW(self)  # every column in one call: this runs once per spawn
+        if cipher is None:
+            return _INSERT_SQL, values
+        row = list(values)
+        for i, name in _SEALED_AT:
+            row[i] = cipher.encrypt(row[i], f"{self.agent_id}/{name}")
+        return _INSERT_SQL, tuple(row)
 
     def update_statement(self, *fields: str, cipher: DataCipher | None = None) -> tuple[str, tuple[Any, ...]]:
-        sets = ", ".join(f"{f} = ?" for f in fields)
-        return (f"UPDATE agents SET {sets} WHERE agent_id = ?",
-                (*(self._column(f, cipher) for f in fields), self.agent_id))
+        return _update_sql(fields), (*(self._column(f, cipher) for f in fields), self.agent_id)
 
     @property
     def deadline(self) -> float:
@@ -218,6 +224,13 @@ class Agent:
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Agent) if not f.metadata.get("memory_only"))
 _INSERT_SQL = f"INSERT INTO agents ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_ROW = operator.attrgetter(*COLUMNS)
+_SEALED_AT = tuple((COLUMNS.index(name), name) for name in SEALED)
+
+
+@functools.lru_cache(maxsize=64)  # a handful of field sets: the runtime's transitions
+def _update_sql(fields: tuple[str, ...]) -> str:
+    return f"UPDATE agents SET {', '.join(f'{f} = ?' for f in fields)} WHERE agent_id = ?"
 
 
 def from_row(row: sqlite3.Row, cipher: DataCipher | None = None) -> Agent:

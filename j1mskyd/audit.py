@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from . import settings
+from . import jsonx, settings
 from .agent import iso
 from .agent_query import parse_time
 from .errors import ValidationFailed
@@ -108,7 +108,7 @@ class AuditLog:
 
     def _seal(self, details: dict[str, Any]) -> str:
         """Details may quote a task (task_preview): they are encrypted like the task itself."""
-        text = json.dumps(details, separators=(",", ":"))
+        text = jsonx.compact(details)
         cipher = self.store.cipher
         return cipher.encrypt(text, "audit/details") if cipher is not None else text
 

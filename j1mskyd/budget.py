@@ -114,7 +114,10 @@ class Budget:
     # -- state ------------------------------------------------------------------------
     def _roll(self) -> None:
         now = self.clock()
-        day, month, hour = _day(now), _month(now), int(now // 3600)
+        hour = int(now // 3600)
+        if hour == self._hour:  # called twice an agent: the day's name only when the hour changes
+            return
+        day, month = _day(now), _month(now)
         if day != self._day:
             self._day, self.spent_today = day, 0.0
             self.version += 1

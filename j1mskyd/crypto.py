@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import os
 import secrets
 from typing import Any, overload
@@ -21,14 +23,57 @@ __all__ = ["CHECK_CONTEXT", "DataCipher", "DecryptError", "KEY_FILE", "PREFIX", 
 
 PREFIX = "enc1:"
 KEY_FILE = "data.key"
-# A known constant sealed with the data key: stored beside the data (the store keeps it in
-# ``settings``), it tells at start whether data.key is the key that data was sealed with.
+# A check value of the data key, stored beside the data (the store keeps it in ``settings``): it
+# tells at start whether data.key is the key that data was sealed with.  Today's form is
+# ``hmac1:`` + HMAC-SHA256(data key, _CHECK_TEXT) in hex: a keyed hash of a known constant, which
+# says nothing about the key (HMAC is a pseudo-random function) and is checked with the standard
+# library, so a start does not load `cryptography` (~7 MB resident) only to verify the key.
+# Daemons before it sealed _CHECK_TEXT with AES-GCM (``enc1:``); such a value is still accepted
+# and replaced at the next start.
 CHECK_CONTEXT = "data_key_check"
 _CHECK_TEXT = "j1msky data key check v1"
+_CHECK_PREFIX = "hmac1:"
+# A new API key's secrets are derived rather than sealed (DataCipher.new_secret): stored as
+# ``kdf1:<prefix>:<nonce>`` (16 random bytes, base64url), the secret is <prefix> + base64url of
+# HMAC-SHA256(subkey, label | context | nonce), the subkey HMAC-SHA256(data key, _DERIVE_LABEL).
+# Like a sealed value it is opened only with data.key and only for its own row and column;
+# unlike one it needs no AES, so a first start (the bootstrap key) does not load `cryptography`.
+DERIVED = "kdf1:"
+_DERIVE_LABEL = b"j1msky secret derivation key v1"
+_SECRET_LABEL = b"j1msky secret v1"
 
 
 class DecryptError(Exception):
     pass
+
+
+class _Nonces:
+    """AES-GCM nonces: 12 random bytes each from the OS's CSPRNG, as ``secrets.token_bytes(12)``
+    gives, but read 256 at a time.  One ``getrandom`` per nonce was six system calls per agent,
+    each giving up the GIL (measured: ~13 % of the spawn path's main-thread time).  A nonce is
+    public (it is stored beside its ciphertext) and used once: holding the next few in memory
+    reveals nothing.  A forked child drops what its parent drew, so the two never use the same."""
+
+    SIZE = 12
+    BLOCK = 256
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._at = 0
+
+    def take(self) -> bytes:
+        at = self._at
+        if at >= len(self._buf):
+            self._buf, at = os.urandom(self.SIZE * self.BLOCK), 0
+        self._at = at + self.SIZE
+        return self._buf[at:at + self.SIZE]
+
+    def drop(self) -> None:
+        self._buf, self._at = b"", 0
+
+
+_NONCES = _Nonces()
+os.register_at_fork(after_in_child=_NONCES.drop)
 
 
 def load_or_create_key(state_dir: str) -> bytes:
@@ -77,6 +122,7 @@ class DataCipher:
     def __init__(self, key: bytes) -> None:
         self._key = key
         self._aead: Any = None
+        self._derive_key = hmac.new(key, _DERIVE_LABEL, hashlib.sha256).digest()
 
     def _impl(self) -> Any:
         if self._aead is None:
@@ -91,11 +137,31 @@ class DataCipher:
     def encrypt(self, text: str | None, context: str) -> str | None:
         if text is None:
             return None
-        nonce = secrets.token_bytes(12)
+        nonce = _NONCES.take()
         sealed = self._impl().encrypt(nonce, text.encode("utf-8"), context.encode())
         return PREFIX + base64.b64encode(nonce + sealed).decode("ascii")
 
+    def new_secret(self, context: str, prefix: str = "") -> tuple[str, str]:
+        """A new random secret for ``context`` (``<id>/<column>``) and the value that stores it:
+        ``(stored, secret)``, where ``decrypt(stored, context) == secret``.  The secret is
+        ``prefix`` + 43 base64url characters (256 bits), the shape of ``secrets.token_urlsafe(32)``."""
+        if ":" in prefix:
+            raise ValueError("a secret's prefix cannot hold ':'")
+        nonce = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode("ascii").rstrip("=")
+        stored = f"{DERIVED}{prefix}:{nonce}"
+        return stored, self._derived(stored, context)
+
+    def _derived(self, stored: str, context: str) -> str:
+        prefix, _, nonce = stored[len(DERIVED):].partition(":")
+        if not nonce:
+            raise DecryptError(f"cannot open {context}: a damaged derived value")
+        mac = hmac.new(self._derive_key, b"\0".join((_SECRET_LABEL, context.encode(), nonce.encode())),
+                       hashlib.sha256).digest()
+        return prefix + base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
+
     def decrypt(self, value: str | None, context: str) -> str | None:
+        if value is not None and value.startswith(DERIVED):
+            return self._derived(value, context)
         if value is None or not value.startswith(PREFIX):
             return value  # plaintext written before encryption existed
         from cryptography.exceptions import InvalidTag
@@ -107,9 +173,12 @@ class DataCipher:
 
     def seal_check(self) -> str:
         """The check value of this key (see CHECK_CONTEXT)."""
-        sealed = self.encrypt(_CHECK_TEXT, CHECK_CONTEXT)
-        assert sealed is not None
-        return sealed
+        return _CHECK_PREFIX + hmac.new(self._key, _CHECK_TEXT.encode(), hashlib.sha256).hexdigest()
+
+    @staticmethod
+    def is_current_check(value: str) -> bool:
+        """Is ``value`` a check value of today's form (else an older daemon sealed it)?"""
+        return value.startswith(_CHECK_PREFIX)
 
     def opens(self, value: str, context: str, expected: str | None = None) -> bool:
         """Does this key open ``value`` sealed for ``context`` (to ``expected``, when given)?"""
@@ -120,4 +189,7 @@ class DataCipher:
         return expected is None or text == expected
 
     def opens_check(self, value: str) -> bool:
+        """Is ``value`` the check value of this key (either form)?"""
+        if self.is_current_check(value):
+            return hmac.compare_digest(value, self.seal_check())
         return self.opens(value, CHECK_CONTEXT, _CHECK_TEXT)

@@ -19,9 +19,10 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import jsonx
 from .agent import iso
 from .store import Statement
 
@@ -44,6 +45,8 @@ class Event:
     ts: float
     type: str
     data: dict[str, Any]
+    # Webhook deliveries written with it: the outbox's worker is woken only for events that have some.
+    deliveries: int = field(default=0, compare=False, repr=False)
 
     def payload(self) -> dict[str, Any]:
         """The J1MSKY API reference's webhook payload shape: event, timestamp, data (plus the event id)."""
@@ -166,7 +169,7 @@ class EventLog:
 
     # -- writing ----------------------------------------------------------------------------
     def _seal(self, event_id: int, data: dict[str, Any]) -> str:
-        text = json.dumps(data, separators=(",", ":"))
+        text = jsonx.compact(data)
         cipher = self.store.cipher
         return cipher.encrypt(text, f"event/{event_id}") if cipher is not None else text
 
@@ -193,7 +196,7 @@ class EventLog:
         return self._statements(type_, data, hooks)
 
     def _statements(self, type_: str, data: dict[str, Any], hooks: list[str]) -> tuple[Event, list[Statement]]:
-        event = Event(self._next_id, self.clock(), type_, data)
+        event = Event(self._next_id, self.clock(), type_, data, len(hooks))
         self._next_id += 1
         stmts: list[Statement] = [("INSERT INTO events (id, ts, type, data) VALUES (?, ?, ?, ?)",
                                    (event.id, event.ts, event.type, self._seal(event.id, data)))]
@@ -202,12 +205,12 @@ class EventLog:
 
     def published(self, events: Iterable[Event]) -> None:
         """Call after the unit holding these events committed."""
-        any_event = False
+        deliveries = 0
         for event in events:
-            any_event = True
+            deliveries += event.deliveries
             for sub in list(self.subscribers):
                 sub.offer(event)
-        if any_event:
+        if deliveries:  # the webhook worker has new rows to send (it reads the outbox: two queries a round)
             self.on_published()
 
     async def emit(self, type_: str, data: dict[str, Any]) -> Event:

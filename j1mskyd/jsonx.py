@@ -22,10 +22,24 @@ except ImportError:  # Debian bookworm ships no python3-orjson
 JSONDecodeError = json.JSONDecodeError if _orjson is None else (json.JSONDecodeError, _orjson.JSONDecodeError)
 
 
+# Built once: json.dumps with any argument makes a new JSONEncoder per call (every response).
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps(obj: Any) -> str:
     if _orjson is not None:
         return _orjson.dumps(obj).decode()
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _DUMPS(obj)
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def compact(obj: Any) -> str:
+    """``json.dumps(obj, separators=(",", ":"))``, ASCII only (a lone surrogate comes out escaped,
+    so the text always encodes to UTF-8): for values the daemon stores sealed (event data,
+    audit details), read back with :func:`loads`."""
+    return _COMPACT(obj)
 
 
 def loads(data: str | bytes) -> Any:

@@ -200,11 +200,16 @@ def make_key(name: object, scopes: Iterable[str] | str, cipher: DataCipher, *, r
     scopes = parse_scopes(scopes)
     key_id = "key_" + secrets.token_hex(8)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    secret = secrets.token_urlsafe(32)
-    sealed = cipher.encrypt(secret, f"{key_id}/secret")
-    new_hook_secret = None if webhook_secret is not None else new_webhook_secret()
-    hook_secret = webhook_secret or new_hook_secret
-    sealed_hook = cipher.encrypt(hook_secret, f"{key_id}/webhook_secret")
+    # New secrets are derived from the data key (crypto.DataCipher.new_secret), not sealed: no AES,
+    # so the first start's bootstrap key does not load `cryptography`.  A carried-over webhook
+    # secret was chosen elsewhere: that one is sealed.
+    sealed, secret = cipher.new_secret(f"{key_id}/secret")
+    if webhook_secret is not None:
+        new_hook_secret, hook_secret = None, webhook_secret
+        sealed_hook = cipher.encrypt(webhook_secret, f"{key_id}/webhook_secret")
+    else:
+        sealed_hook, new_hook_secret = cipher.new_secret(f"{key_id}/webhook_secret", WEBHOOK_SECRET_PREFIX)
+        hook_secret = new_hook_secret
     key = ApiKey(key_id=key_id, name=name.strip(), scopes=scopes, token_hash=hash_token(token), sealed_secret=sealed,
                  require_signature=require_signature, created_at=time.time() if now is None else now, cipher=cipher,
                  _secret=secret, sealed_webhook_secret=sealed_hook, _webhook_secret=hook_secret)
@@ -214,14 +219,12 @@ def make_key(name: object, scopes: Iterable[str] | str, cipher: DataCipher, *, r
     return NewKey(key, token, secret, new_hook_secret), (sql, values)
 
 
-def new_webhook_secret() -> str:
-    """``whsec_`` + 43 characters: told apart from the request secret at a glance."""
-    return "whsec_" + secrets.token_urlsafe(32)
+WEBHOOK_SECRET_PREFIX = "whsec_"  # + 43 characters: told apart from the request secret at a glance
 
 
-def webhook_secret_statement(key: ApiKey, secret: str, cipher: DataCipher) -> tuple[str, tuple[object, ...]]:
-    return ("UPDATE api_keys SET webhook_secret = ? WHERE key_id = ?",
-            (cipher.encrypt(secret, f"{key.key_id}/webhook_secret"), key.key_id))
+def webhook_secret_statement(key: ApiKey, stored: str) -> tuple[str, tuple[object, ...]]:
+    """Store a new webhook secret of ``key`` (``stored``: as DataCipher.new_secret gives it)."""
+    return "UPDATE api_keys SET webhook_secret = ? WHERE key_id = ?", (stored, key.key_id)
 
 
 def revoke_statement(key_id: str, reason: str, now: float) -> tuple[str, tuple[object, ...]]:
@@ -514,9 +517,8 @@ class KeyService:
         if key.rotated_to is not None:
             raise KeyRefused(f"{key_id} was rotated to {key.rotated_to}, which holds its webhook secret now: "
                             "rotate that key's")
-        secret = new_webhook_secret()
-        await self.store.write(webhook_secret_statement(key, secret, self._cipher), *also(secret),
-                               fail_fast=True)
+        stored, secret = self._cipher.new_secret(f"{key.key_id}/webhook_secret", WEBHOOK_SECRET_PREFIX)
+        await self.store.write(webhook_secret_statement(key, stored), *also(secret), fail_fast=True)
         await self.reload()
         return secret
 

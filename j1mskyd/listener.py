@@ -14,6 +14,7 @@ loopback port.  (aiohttp's test server, used by most tests, has neither.)
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import signal
@@ -217,6 +218,10 @@ def serve(app: web.Application, server: ServerConfig, *, print: Callable[[str], 
 
     async def main() -> None:
         listening = await start(app, server, cap)
+        # What start-up made (modules, config, services) lives as long as the daemon: out of the
+        # collector's sight, a full collection no longer walks it (was ~4 % of the CPU per agent).
+        gc.collect()
+        gc.freeze()
         try:
             print(f"listening on {listening.site.name}")
             await _until_stopped()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import contextlib
 import errno
 import importlib.util
 import logging
@@ -34,7 +33,8 @@ import threading
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable
+from types import TracebackType
+from typing import Any, Callable, Iterable
 
 from .plugin_api import (
     J1MSKY_PLUGIN_API,
@@ -209,18 +209,37 @@ def build_sink(registry: PluginRegistry, kind: str, settings: SinkSettings, sess
     return sink
 
 
-@contextlib.asynccontextmanager
-async def bounded(seconds: float, error: Callable[[], Exception]) -> AsyncIterator[None]:
+class Bounded:
+    """``asyncio.timeout`` that raises ``error()`` instead of ``TimeoutError`` when it expires.
+
+    A slotted class rather than an ``asynccontextmanager`` generator: one is alive around every
+    running agent's provider call, and the generator with its context-manager wrapper was
+    ~0.5 KB (10,000 agents running: 5 MB)."""
+
+    __slots__ = ("_scope", "_error")
+
+    def __init__(self, seconds: float, error: Callable[[], Exception]) -> None:
+        self._scope = asyncio.timeout(seconds)
+        self._error = error
+
+    async def __aenter__(self) -> None:
+        await self._scope.__aenter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
+                        exc_tb: TracebackType | None) -> None:
+        try:
+            await self._scope.__aexit__(exc_type, exc_val, exc_tb)
+        except TimeoutError:  # raised here only when this scope expired
+            if self._scope.expired():
+                raise self._error() from None
+            raise
+
+
+def bounded(seconds: float, error: Callable[[], Exception]) -> Bounded:
     """The daemon's timeout around a plugin call (every one goes through here): the call is
     cancelled after ``seconds`` and ``error()`` raised instead.  A ``TimeoutError`` the
     plugin raised itself, or an outer deadline's, passes through unchanged."""
-    try:
-        async with asyncio.timeout(seconds) as scope:
-            yield
-    except TimeoutError:
-        if scope.expired():
-            raise error() from None
-        raise
+    return Bounded(seconds, error)
 
 
 def _redact(text: str, secret: str | None) -> str:

@@ -1,7 +1,7 @@
 """The ``settings`` table: named values that outlive a restart (audit settings, the IP
 allowlist set at runtime, the pricing policy last run with, the data key's check value).  The
-one module with SQL on it: the store too seals its key check through :func:`get` and
-:func:`put_new` at open (which is why this module imports the store for type checking only).
+one module with SQL on it: the store too writes its key check through :func:`get` and
+:func:`put` at open (which is why this module imports the store for type checking only).
 
 Each owner module keeps its own names; values are text (JSON where structured).
 """
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the store imports this module
     from .store import Statement
 
-__all__ = ["get", "put", "put_new"]
+__all__ = ["get", "put"]
 
 
 def get(conn: sqlite3.Connection, name: str) -> str | None:
@@ -28,8 +28,3 @@ def put(name: str, value: str, now: float) -> Statement:
     return ("INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             (name, value, now))
-
-
-def put_new(name: str, value: str, now: float) -> Statement:
-    """The statement that sets ``name`` only if it was never set (a value written once)."""
-    return ("INSERT OR IGNORE INTO settings (name, value, updated_at) VALUES (?, ?, ?)", (name, value, now))

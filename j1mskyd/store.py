@@ -354,6 +354,45 @@ def migrate(conn: sqlite3.Connection) -> int:
     return SCHEMA_VERSION
 
 
+class _UnitFailed(Exception):
+    """A unit of a group run without savepoints failed: run the group again with them."""
+
+
+# sqlite errors, and values that cannot be bound (a lone surrogate, an int beyond 64 bits)
+_UNIT_ERRORS = (sqlite3.Error, ValueError, OverflowError)
+
+
+def _run_together(conn: sqlite3.Connection, units: list[list[Statement]]) -> list[Exception | None]:
+    try:
+        for unit in units:
+            for sql, params in unit:
+                conn.execute(sql, params)
+    except _UNIT_ERRORS as exc:
+        if is_disk_full(exc):
+            raise  # not a unit's fault: the whole group waits for space, in order
+        raise _UnitFailed from exc
+    return [None] * len(units)
+
+
+def _run_apart(conn: sqlite3.Connection, units: list[list[Statement]]) -> list[Exception | None]:
+    """Each unit inside its own savepoint: one that fails is rolled back, the others commit."""
+    errors: list[Exception | None] = []
+    for unit in units:
+        conn.execute("SAVEPOINT unit")
+        try:
+            for sql, params in unit:
+                conn.execute(sql, params)
+        except _UNIT_ERRORS as exc:
+            if is_disk_full(exc):
+                raise
+            conn.execute("ROLLBACK TO unit")
+            errors.append(exc)
+        else:
+            errors.append(None)
+        conn.execute("RELEASE unit")
+    return errors
+
+
 class Store:
     def __init__(self, path: str, *, synchronous: str = "full", encrypt: bool = True,
                  exclusive: bool = True) -> None:
@@ -442,9 +481,12 @@ class Store:
         if not right:
             raise StoreError(f"{key_path}: not the data key {self.path} was encrypted with; put back the "
                              "data.key backed up with this database (or restore both from the same backup)")
-        if check is None:
+        if check is None or not self.cipher.is_current_check(check):
+            # A check value sealed by an older daemon is replaced with today's form, which needs no
+            # AES to verify: later starts then never load `cryptography` just to check the key.
+            # (The value is a function of the key: a racing writer could only write the same.)
             try:
-                self._wconn.execute(*settings.put_new(KEY_CHECK, self.cipher.seal_check(), time.time()))
+                self._wconn.execute(*settings.put(KEY_CHECK, self.cipher.seal_check(), time.time()))
             except sqlite3.OperationalError as exc:
                 if not is_disk_full(exc):
                     raise
@@ -622,29 +664,28 @@ class Store:
                 await self._wake.wait()
 
     def _commit_batch(self, units: list[list[Statement]]) -> list[Exception | None]:
+        """Commit every unit in one transaction; a unit that fails is rolled back alone.
+
+        The group runs first without savepoints: they were two statements per unit (five units
+        an agent) for a failure that almost never happens.  When a statement fails (not for lack
+        of space), the whole transaction is rolled back and the group runs again with one
+        savepoint per unit, which isolates the failing unit exactly as before: the outcome is the
+        same, only a failing group costs twice.
+        """
+        try:
+            return self._transaction(lambda conn: _run_together(conn, units))
+        except _UnitFailed:
+            return self._transaction(lambda conn: _run_apart(conn, units))
+
+    def _transaction(self, run: Callable[[sqlite3.Connection], list[Exception | None]]) -> list[Exception | None]:
         conn = self._wconn
         assert conn is not None
-        errors: list[Exception | None] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for unit in units:
-                conn.execute("SAVEPOINT unit")
-                try:
-                    for sql, params in unit:
-                        conn.execute(sql, params)
-                except (sqlite3.Error, ValueError, OverflowError) as exc:
-                    if is_disk_full(exc):
-                        raise  # not this unit's fault: the whole group waits for space, in order
-                    # sqlite errors, and values that cannot be bound (a lone surrogate, an
-                    # int beyond 64 bits): this unit fails, the rest of the group commits.
-                    conn.execute("ROLLBACK TO unit")
-                    errors.append(exc)
-                else:
-                    errors.append(None)
-                conn.execute("RELEASE unit")
+            errors = run(conn)
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
+            if conn.in_transaction:  # some errors end the transaction themselves
                 conn.execute("ROLLBACK")
             raise
         self.commits += 1

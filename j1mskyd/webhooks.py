@@ -269,6 +269,7 @@ class WebhookService:
         delivery = _delivery_insert(hook.webhook_id, event.id, event.ts)
         await self.store.write(*stmts, delivery, fail_fast=True)
         self.events.published([event])
+        self._wake.set()  # its delivery row is written here, not by the event log (which wakes only for its own)
         return {"success": True, "delivery_id": delivery[1][0], "event_id": event.id}
 
     async def deliveries(self, webhook_id: str, params: dict[str, str]) -> dict[str, Any]:
@@ -353,6 +354,8 @@ class WebhookService:
     async def _due_hooks(self, now: float, limit: int) -> list[str]:
         """Up to ``limit`` webhooks with a delivery due, the longest waiting first."""
         marks, ids = self._active_ids()
+        if not ids:  # nothing to deliver to: no read (a thread hop) for a daemon without webhooks
+            return []
         rows = await self.store.read(lambda c: c.execute(
             f"SELECT webhook_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? "
             f"AND webhook_id IN ({marks}) GROUP BY webhook_id ORDER BY MIN(created_at) LIMIT ?",
@@ -361,6 +364,8 @@ class WebhookService:
 
     async def _next_due(self) -> float | None:
         marks, ids = self._active_ids()
+        if not ids:
+            return None
         row = await self.store.read(lambda c: c.execute(
             f"SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' AND webhook_id IN ({marks})",
             ids).fetchone())

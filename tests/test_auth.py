@@ -430,7 +430,7 @@ async def test_tokens_stored_only_as_hashes_and_secrets_sealed(aiohttp_client, t
     for made in (admin, key, rotated):
         token_hash, sealed = rows[made["key_id"]]
         assert token_hash == hash_token(made["token"])
-        assert sealed.startswith("enc1:")
+        assert sealed.startswith("kdf1:")  # derived from the data key (crypto.DataCipher.new_secret)
 
 
 # -- attribution -----------------------------------------------------------------------------

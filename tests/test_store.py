@@ -62,6 +62,21 @@ async def test_a_failing_unit_fails_alone_and_atomically(store):
     assert ids == ["good"]  # the bad unit's first statement was rolled back with it
 
 
+async def test_units_around_a_failing_one_commit_once(store):
+    """A group runs without savepoints first and again with them when a unit fails: the units
+    before and after the bad one are in the database exactly once, the bad one not at all."""
+    sql = "INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost) VALUES (?,?,?,?,?,?,?)"
+    units = [[(sql, (1, "before", "m", "p", 1, 1, 0.1))],
+             [(sql, (2, "half", "m", "p", 1, 1, 0.1)), ("INSERT INTO nowhere VALUES (1)", ())],
+             [(sql, (3, "after", "m", "p", 1, 1, 0.1)), (sql, (4, "after", "m", "p", 1, 1, 0.1))]]
+    futures = [store.submit(u) for u in units]  # queued together: one group
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], StoreError)
+    ids = store.read_sync(lambda c: [r[0] for r in c.execute("SELECT agent_id FROM usage ORDER BY ts")])
+    assert ids == ["before", "after", "after"]
+
+
 async def test_second_store_on_the_same_database_is_refused(store, tmp_path):
     with pytest.raises(StoreError, match="in use by another j1mskyd"):
         Store(str(tmp_path / "j1msky.db")).open()

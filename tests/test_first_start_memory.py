@@ -1,0 +1,101 @@
+"""A first start does not load `cryptography` (~7 MB resident, issue 13 "idle RSS at first
+start"), and what replaced AES there keeps its guarantees: the data key's check value is an
+HMAC (an older daemon's sealed one is still accepted, and replaced), and a new API key's
+secrets are derived from the data key, opened only with that key and for their own row."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from j1mskyd.crypto import DERIVED, KEY_FILE, DataCipher, DecryptError
+from j1mskyd.keys import KeyService
+from j1mskyd.store import KEY_CHECK, Store, StoreError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FIRST_START = """
+import asyncio, sys, tempfile
+from j1mskyd.keys import KeyService
+from j1mskyd.store import Store
+
+async def main():
+    state = tempfile.mkdtemp()
+    store = Store(state + "/j1msky.db")
+    store.open()
+    keys = KeyService(store)
+    await keys.reload()
+    new = await keys.bootstrap(state)
+    assert new is not None and new.key.secret and new.key.webhook_secret
+    await keys.reload()  # read back from the database, opened again
+    assert keys.get(new.key.key_id).secret == new.secret
+    await store.close()
+    Store(state + "/j1msky.db").open()  # a later start checks the data key too
+    print("cryptography" in sys.modules)
+
+asyncio.run(main())
+"""
+
+
+def test_a_first_and_a_later_start_with_the_bootstrap_key_leave_cryptography_unloaded():
+    done = subprocess.run([sys.executable, "-c", FIRST_START], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_a_derived_secret_opens_only_with_its_data_key_and_for_its_own_row_and_column():
+    cipher = DataCipher(os.urandom(32))
+    stored, secret = cipher.new_secret("key_a/webhook_secret", "whsec_")
+    assert stored.startswith(DERIVED) and secret not in stored
+    assert secret.startswith("whsec_") and len(secret) == len("whsec_") + 43
+    assert cipher.decrypt(stored, "key_a/webhook_secret") == secret
+    assert DataCipher(os.urandom(32)).decrypt(stored, "key_a/webhook_secret") != secret  # another data key
+    assert cipher.decrypt(stored, "key_b/webhook_secret") != secret  # copied into another row
+    assert cipher.decrypt(stored, "key_a/secret") != secret  # or another column
+    again, other = cipher.new_secret("key_a/webhook_secret", "whsec_")
+    assert again != stored and other != secret  # a rotation draws a new one
+    with pytest.raises(DecryptError):
+        cipher.decrypt(DERIVED + "whsec_", "key_a/webhook_secret")  # no nonce: damaged
+    with pytest.raises(ValueError):
+        cipher.new_secret("key_a/secret", "a:b")
+
+
+async def test_a_check_value_sealed_by_an_older_daemon_is_accepted_and_replaced(tmp_path):
+    path = str(tmp_path / "j1msky.db")
+    store = Store(path)
+    store.open()
+    legacy = store.cipher.encrypt("j1msky data key check v1", KEY_CHECK)  # how daemons before this sealed it
+    await store.write(("UPDATE settings SET value = ? WHERE name = ?", (legacy, KEY_CHECK)))
+    await store.close()
+    original = (tmp_path / KEY_FILE).read_bytes()
+    (tmp_path / KEY_FILE).write_bytes(os.urandom(32))
+    with pytest.raises(StoreError, match="not the data key"):  # the old form still tells a wrong key
+        Store(path).open()
+    (tmp_path / KEY_FILE).write_bytes(original)
+    again = Store(path)
+    again.open()
+    value = again.read_sync(lambda c: c.execute("SELECT value FROM settings WHERE name = ?",
+                                                (KEY_CHECK,)).fetchone()[0])
+    await again.close()
+    assert value.startswith("hmac1:")
+    (tmp_path / KEY_FILE).write_bytes(os.urandom(32))
+    with pytest.raises(StoreError, match="not the data key"):  # and so does the new one
+        Store(path).open()
+
+
+async def test_keys_sealed_by_an_older_daemon_still_open(tmp_path):
+    store = Store(str(tmp_path / "j1msky.db"))
+    store.open()
+    await store.write(("INSERT INTO api_keys (key_id, name, token_hash, secret, scopes, created_at, webhook_secret) "
+                       "VALUES ('key_a', 'a', 'h', ?, 'admin:write', 0, ?)",
+                       (store.cipher.encrypt("s3cret", "key_a/secret"),
+                        store.cipher.encrypt("whsec_old", "key_a/webhook_secret"))))
+    keys = KeyService(store)
+    await keys.reload()
+    key = keys.get("key_a")
+    assert (key.secret, key.webhook_secret) == ("s3cret", "whsec_old")
+    await store.close()

@@ -1,0 +1,85 @@
+"""What the spawn path was made cheaper by (issue 13, CPU per agent) keeps its guarantees:
+nonces read in blocks stay unique (also across a fork), and the webhook outbox's worker is
+woken for events that wrote deliveries, not for every event."""
+
+from __future__ import annotations
+
+import os
+
+from j1mskyd import crypto
+from j1mskyd.crypto import PREFIX, DataCipher
+from j1mskyd.events import EventLog
+
+
+def _nonce(sealed: str) -> bytes:
+    import base64
+    return base64.b64decode(sealed[len(PREFIX):])[:12]
+
+
+def test_nonces_are_unique_across_blocks_and_every_value_opens():
+    cipher = DataCipher(b"k" * 32)
+    count = crypto._Nonces.BLOCK * 3 + 7  # several refills of the pool
+    sealed = [cipher.encrypt(f"text {i}", f"ctx/{i}") for i in range(count)]
+    assert len({_nonce(s) for s in sealed}) == count
+    assert [cipher.decrypt(s, f"ctx/{i}") for i, s in enumerate(sealed)] == [f"text {i}" for i in range(count)]
+
+
+def test_a_forked_child_never_uses_its_parents_next_nonces():
+    cipher = DataCipher(b"k" * 32)
+    cipher.encrypt("fill the pool", "ctx")  # the parent holds drawn, unused nonces now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the nonces it uses, and leave at once
+        try:
+            os.write(write, b"".join(_nonce(cipher.encrypt("child", "ctx")) for _ in range(8)))
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = b""
+    while chunk := os.read(read, 4096):
+        child += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = {_nonce(cipher.encrypt("parent", "ctx")) for _ in range(8)}
+    child_nonces = {child[i:i + 12] for i in range(0, len(child), 12)}
+    assert len(child_nonces) == 8
+    assert not parent & child_nonces
+
+
+class _Store:
+    cipher = None
+
+
+class _Outbox:
+    """An outbox (events.Outbox) that wants an event for the webhooks in ``wanted``."""
+
+    def __init__(self) -> None:
+        self.wanted: list[str] = []
+        self.wakes = 0
+
+    def route(self, type_, data):
+        return list(self.wanted)
+
+    def delivery_rows(self, webhook_ids, event_id, ts):
+        return [("INSERT INTO deliveries VALUES (?)", (w,)) for w in webhook_ids]
+
+    def wake(self):
+        self.wakes += 1
+
+    def purge_settled(self, cutoff):
+        return [], "SELECT NULL"
+
+
+def test_the_outbox_is_woken_only_for_events_that_wrote_deliveries():
+    log = EventLog(_Store())
+    outbox = _Outbox()
+    log.attach_outbox(outbox)
+    quiet, stmts = log.statements("agent.completed", {"agent_id": "a"})
+    assert len(stmts) == 1  # the event row only
+    log.published([quiet])
+    assert outbox.wakes == 0  # no webhook wants it: the worker has nothing new to read
+    outbox.wanted.append("wh_1")
+    loud, stmts = log.statements("agent.completed", {"agent_id": "b"})
+    assert len(stmts) == 2  # the event and its delivery row
+    log.published([quiet, loud])
+    assert outbox.wakes == 1
