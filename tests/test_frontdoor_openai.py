@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import re
 from typing import Any
@@ -147,20 +148,25 @@ async def test_sdk_raises_its_own_class_for_each_refusal_and_nothing_changes(doo
     reader = await door.key("agents:read")
     before = await door.api.state()
     cases = [
-        (openai_sdk.AuthenticationError, "invalid_api_key", "key_nope", {}),
-        (openai_sdk.PermissionDeniedError, "insufficient_scope", reader, {}),
-        (openai_sdk.BadRequestError, None, None, {"n": 2}),
+        (openai_sdk.BadRequestError, "unsupported_value", None, {"n": 2}),
         (openai_sdk.BadRequestError, "unsupported_parameter", None, {"seed": 1}),
         (openai_sdk.NotFoundError, "model_not_found", None, {"model": "gpt-4o"}),
+        # Last: refused keys are security.violation events (and audit entries), by design.
+        (openai_sdk.AuthenticationError, "invalid_api_key", "key_nope", {}),
+        (openai_sdk.PermissionDeniedError, "insufficient_scope", reader, {}),
     ]
     for exc_class, code, token, fields in cases:
         async with sdk_client(openai_sdk, door, token) as sdk:
             with pytest.raises(exc_class) as info:
                 await sdk.chat.completions.create(**{**BODY, **fields})
         assert info.value.code == code, (exc_class, info.value.body)
-        if "n" in fields or "seed" in fields:
+        if fields and "model" not in fields:
             assert info.value.param == next(iter(fields))
-    assert await door.api.state() == before
+        after = await door.api.state()
+        if token is None:
+            assert after == before, exc_class
+        assert (after["db"]["agents"], after["db"]["usage"], after["live"], after["spend"]) == (
+            0, 0, [], (0, 0.0)), exc_class
 
 
 async def test_sdk_rate_limit_error_for_the_request_limit(aiohttp_client, tmp_path, openai_sdk):
@@ -235,13 +241,19 @@ async def test_refusals_are_openai_errors_with_the_rate_headers(door):
     assert resp.headers["x-ratelimit-limit-requests"] == resp.headers["X-RateLimit-Limit"]
 
 
-async def test_a_call_counts_as_a_spawn(door):
-    ok = await door.post(BODY)
-    assert ok.status == 200
-    limits = (await (await door.client.get("/api/rate-limits", headers=door.headers)).json())
-    assert int(ok.headers["x-ratelimit-limit-requests"]) == limits["limits"]["spawn"]["limit"]
+async def test_a_call_counts_as_a_spawn_and_the_models_as_other(aiohttp_client, tmp_path):
+    cfg = lifted(auth_config(tmp_path))
+    cfg = dataclasses.replace(cfg, limits=dataclasses.replace(cfg.limits, spawn=50, other=70))
+    door = await open_door(aiohttp_client, tmp_path, cfg)
+    for expected in ("49", "48"):
+        ok = await door.post(BODY)
+        assert ok.status == 200
+        assert (ok.headers["x-ratelimit-limit-requests"], ok.headers["x-ratelimit-remaining-requests"]) == (
+            "50", expected)
+        assert ok.headers["X-RateLimit-Remaining"] == expected
     models = await door.client.get("/v1/models", headers=door.headers)
-    assert models.headers["x-ratelimit-limit-requests"] == str(limits["limits"]["other"]["limit"])
+    assert (models.headers["x-ratelimit-limit-requests"], models.headers["x-ratelimit-remaining-requests"]) == (
+        "70", "69")
 
 
 async def test_the_models_need_agents_read_and_calls_agents_write(door):
@@ -251,6 +263,17 @@ async def test_the_models_need_agents_read_and_calls_agents_write(door):
     assert resp.status == 403 and openai_error(await resp.json())["code"] == "insufficient_scope"
     assert (await door.client.get("/v1/models", headers=bearer(reader))).status == 200
     assert (await door.post(BODY, bearer(reader))).status == 403
+
+
+async def test_a_call_is_audited_as_a_spawn(door):
+    resp = await door.post({**BODY, "messages": [{"role": "user", "content": "mail me at ann@example.com"}]})
+    agent_id = (await resp.json())["id"].removeprefix("chatcmpl-")
+    await door.api.quiet()
+    entries = (await (await door.client.get("/api/security/audit?event=agent.spawn",
+                                            headers=door.headers)).json())["data"]
+    (entry,) = [e for e in entries if e["resource"]["id"] == agent_id]
+    assert entry["details"]["kind"] == "chat" and entry["details"]["dialect"] == "openai"
+    assert "ann@example.com" not in entry["details"]["task_preview"]  # masked, as a spawn's task
 
 
 async def test_idempotency_key_replays_a_non_streamed_call_only(door):
@@ -303,24 +326,21 @@ async def _agent_status(door: Door, agent_id: str) -> str:
 
 
 async def serve_without_handler_cancellation(app: web.Application) -> tuple[web.AppRunner, str]:
-    """The app as the daemon serves it on aiohttp >= 3.9: a client that goes away does not
-    cancel its handler (only a failed write tells).  aiohttp 3.8 always cancels."""
-    kwargs = {"handler_cancellation": False} if "handler_cancellation" in web.AppRunner.__init__.__code__.co_varnames \
-        else {}
-    runner = web.AppRunner(app, **kwargs)
+    """The app as the daemon serves it: a client that goes away does not cancel its handler
+    (aiohttp 3.8 never does; 3.9+ only when asked to, which AppRunner is not by default)."""
+    runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 @pytest.mark.parametrize("cancelling", [True, False], ids=["handler-cancelled", "write-fails"])
 async def test_a_client_that_leaves_mid_stream_cancels_the_upstream_call(aiohttp_client, tmp_path, fake_upstream,
                                                                          cancelling):
     cfg = upstream_config(tmp_path, fake_upstream)
-    fake_upstream.reply_text = " ".join(f"w{i}" for i in range(200))
-    fake_upstream.chunk_delay = 0.05  # 200 words: 10 s, far longer than the test waits
+    fake_upstream.reply_text = " ".join(f"w{i}" for i in range(400))
+    fake_upstream.chunk_delay = 0.05  # 400 words: 20 s, far longer than the test waits for the end
     runner = None
     if cancelling:  # the test server cancels handlers, as aiohttp 3.8 always does
         door = await open_door(aiohttp_client, tmp_path, cfg)
@@ -341,30 +361,53 @@ async def test_a_client_that_leaves_mid_stream_cancels_the_upstream_call(aiohttp
         row = await services.agents.status(agent_id)
         assert row["status"] == "cancelled", row
         assert row["cost"] is not None and row["cost"] > 0  # what was used is billed
-        # The upstream saw its connection go: it sent far fewer chunks than the 200 words.
+        # One upstream call, no retry after the client left.
         assert len(fake_upstream.calls) == 1
     finally:
         if runner is not None:
             await session.close()
             await runner.cleanup()
+        # On aiohttp 3.8 the fake upstream's handler fails writing to the connection the daemon
+        # dropped, and its task is logged when collected.  Collected here: a collection inside a
+        # later ast.parse (the plugin loader of the next test's app) would log the traceback from
+        # there, and Python 3.11.2 fails such a nested parse ("AST constructor recursion depth
+        # mismatch").
+        gc.collect()
 
 
-async def test_a_client_that_leaves_a_non_streamed_call_cancels_it(aiohttp_client, tmp_path):
+@pytest.mark.parametrize("cancelling", [True, False], ids=["handler-cancelled", "connection-watched"])
+async def test_a_client_that_leaves_a_non_streamed_call_cancels_it(aiohttp_client, tmp_path, cancelling):
     cfg = lifted(auth_config(tmp_path))
     slow = ProviderSettings(name="slow", plugin="offline", options={"delay": 30.0})
     cfg = dataclasses.replace(cfg, providers={**cfg.providers, "slow": slow},
                               models={"k2p5": dataclasses.replace(cfg.models["k2p5"], provider="slow",
                                                                   fallback=None)})
-    door = await open_door(aiohttp_client, tmp_path, cfg)
-    services = door.client.app[SERVICES]
-    task = asyncio.ensure_future(door.post(BODY))
-    await wait_for(lambda: _true(bool(services.runtime.live)), "the call started")
-    (agent_id,) = list(services.runtime.live)
-    task.cancel()  # the client gives up: its connection closes, the handler is cancelled
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await wait_for(lambda: _true(agent_id not in services.runtime.live), "the call was cancelled")
-    assert (await services.agents.status(agent_id))["status"] == "cancelled"
+    runner = None
+    if cancelling:  # the test server cancels the handler of a client that left (aiohttp >= 3.9)
+        door = await open_door(aiohttp_client, tmp_path, cfg)
+        app, port = door.client.app, door.client.port
+    else:  # as the daemon serves: only the handler's look at its connection tells
+        app = build_app(cfg)
+        runner, base = await serve_without_handler_cancellation(app)
+        port = int(base.rsplit(":", 1)[1])
+    services = app[SERVICES]
+    try:
+        # A raw connection, closed by hand: no client library decides what "giving up" does.
+        body = json.dumps(BODY).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Authorization: Bearer {bootstrap_key(cfg)['token']}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        await wait_for(lambda: _true(bool(services.runtime.live)), "the call started")
+        (agent_id,) = list(services.runtime.live)
+        writer.close()  # the client goes away
+        await wait_for(lambda: _true(agent_id not in services.runtime.live), "the call was cancelled")
+        assert (await services.agents.status(agent_id))["status"] == "cancelled"
+        assert await reader.read() == b""  # nothing was answered
+    finally:
+        if runner is not None:
+            await runner.cleanup()
 
 
 async def _true(value: bool) -> bool:
@@ -429,8 +472,9 @@ async def test_every_field_with_every_json_type_is_an_openai_400_that_changes_no
                 before = await api.state()
     for value in VALUES:
         resp = await door.post(value)
-        if resp.status != 400 or openai_error(await resp.json())["param"] != "body":
-            problems.append(f"body={value!r:.40}: {resp.status}")
+        param = openai_error(await resp.json())["param"]
+        if resp.status != 400 or param != ("model" if isinstance(value, dict) else "body"):
+            problems.append(f"body={value!r:.40}: {resp.status} naming {param}")
     for raw in (b"", b"{", b"\xff\xfe", b'{"a": NaN}', b"[" * 100_000):
         resp = await door.post(None, raw=raw)
         if resp.status != 400:
