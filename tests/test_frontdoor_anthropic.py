@@ -41,7 +41,8 @@ def anthropic_sdk():
 
 
 def sdk_client(anthropic_sdk, door: Door, token: str | None = None, retries: int = 0) -> Any:
-    # The base URL without /v1: the SDK adds /v1/messages.  It sends the key as x-api-key.
+    # The base URL without /v1: the SDK adds /v1/messages.  The 2.x SDK sends the key as
+    # Authorization: Bearer (older ones as x-api-key, which post() below sends).
     return anthropic_sdk.AsyncAnthropic(base_url=door.url("/"), api_key=token or door.token, max_retries=retries)
 
 
