@@ -19,7 +19,8 @@ from j1mskyd.plugin_api import Message, TextBlock, Tool, ToolCall, ToolChoice, T
 from j1mskyd.provider_http import estimate_tokens
 from j1mskyd.store import Store
 from j1mskyd.worstcase import input_bound
-from tests.conftest import make_config
+from j1mskyd.providers import ProviderSettings
+from tests.conftest import make_config, route_models
 from tests.test_runtime import two_provider_config
 
 QUESTION = "what is the capital of France?"
@@ -98,18 +99,94 @@ async def test_task_and_result_are_sealed_at_rest(aiohttp_client, tmp_path, upst
         assert row[column] and "Paris" not in row[column] and "fake" not in row[column], column
 
 
-async def test_a_plugin_that_reads_only_the_prompt_gets_the_conversation_flattened(aiohttp_client, tmp_path):
-    cfg = make_config(tmp_path)
+async def test_the_conversation_tools_and_sampling_fields_reach_the_provider(aiohttp_client, tmp_path, upstreams):
+    primary, secondary = upstreams
+    primary.tool_calls_next([("get_weather", '{"city":"Paris"}')])
+    cfg = two_provider_config(tmp_path, primary, secondary)
     client, services = await app_client(aiohttp_client, cfg)
+    tool = Tool("get_weather", "the weather", {"type": "object", "properties": {"city": {"type": "string"}}})
+    request = ChatRequest(model="k2p5", system="sys", messages=(
+        Message("user", (TextBlock("weather?"),)),
+        Message("assistant", (ToolCall("call_1", "get_weather", '{"city":"Rome"}'),)),
+        Message("user", (ToolResult("call_1", "sunny"), TextBlock("and Paris?"))),
+    ), tools=(tool,), tool_choice=ToolChoice("auto"), stop=("END",), top_p=0.5, temperature=0.3, user="u-1")
+    call = await services.chat.start(request)
+    outcome = await call.outcome()
+    assert [(c.name, json.loads(c.arguments)) for c in outcome.tool_calls] == [("get_weather", {"city": "Paris"})]
+    assert outcome.finish_reason == "tool_calls"
+    # What the runtime handed the plugin: the conversation, the tools and the sampling fields.
+    sent = primary.calls[0]["json"]
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "tool", "user"]
+    assert sent["messages"][2]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"Rome"}'}
+    assert sent["messages"][3] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+    assert sent["tools"][0]["function"]["name"] == "get_weather" and sent["tool_choice"] == "auto"
+    assert (sent["stop"], sent["top_p"], sent["temperature"], sent["user"]) == (["END"], 0.5, 0.3, "u-1")
+    # The agent record shows the tool calls; they are sealed at rest like the result.
+    view = await (await client.get(f"/api/agent/{call.agent_id}")).json()
+    assert [(c["name"], json.loads(c["arguments"])) for c in view["tool_calls"]] == [("get_weather",
+                                                                                      {"city": "Paris"})]
+    raw = await services.store.read(lambda conn: conn.execute(
+        "SELECT tool_calls FROM agents WHERE agent_id = ?", (call.agent_id,)).fetchone()[0])
+    assert raw and "get_weather" not in raw and "Paris" not in raw
+    # Erased with the task and result.
+    assert (await client.delete(f"/api/agent/{call.agent_id}/data")).status == 200
+    view = await (await client.get(f"/api/agent/{call.agent_id}")).json()
+    assert view["tool_calls"] == [] and view["task"] == "" and view["result"] is None
+
+
+async def test_streamed_tool_calls_come_with_the_outcome(aiohttp_client, tmp_path, upstreams):
+    primary, secondary = upstreams
+    primary.tool_calls_next([("get_weather", '{"city":"Paris"}')], text="checking")
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    call = await services.chat.start(chat(stream=True, tools=(Tool("get_weather"),)))
+    assert "".join(await collect(call)) == "checking"
+    outcome = await call.outcome()
+    assert [(c.name, c.arguments) for c in outcome.tool_calls] == [("get_weather", '{"city":"Paris"}')]
+    assert outcome.finish_reason == "tool_calls"
+
+
+# A provider written before ``messages`` existed: it reads the prompt and nothing else.
+PROMPT_ONLY_PLUGIN = '''
+J1MSKY_PLUGIN_API = 1
+from j1mskyd.plugin_api import CompletionResult
+
+
+class PromptOnly:
+    def __init__(self, settings, session):
+        pass
+
+    async def complete(self, request):
+        return CompletionResult(text="heard: " + request.prompt, input_tokens=5, output_tokens=5)
+
+
+def register(registry):
+    registry.add_provider("prompt_only", PromptOnly)
+'''
+
+
+async def test_a_plugin_that_reads_only_the_prompt_gets_the_conversation_flattened(aiohttp_client, tmp_path):
+    plugdir = tmp_path / "plugins.d"
+    plugdir.mkdir(mode=0o755)
+    (plugdir / "prompt_only.py").write_text(PROMPT_ONLY_PLUGIN)
+    (plugdir / "prompt_only.py").chmod(0o644)
+    base = make_config(tmp_path)
+    cfg = dataclasses.replace(
+        base, providers={**base.providers, "legacy": ProviderSettings(name="legacy", plugin="prompt_only")},
+        models=route_models(base, {"k2p5": "legacy"}),
+        plugins=dataclasses.replace(base.plugins, dropin_dir=str(plugdir), require_root=False))
+    client, services = await app_client(aiohttp_client, cfg)
+    one = await (await services.chat.start(chat("just this"))).outcome()
+    assert one.text == "heard: just this"  # a lone user message is its text
     request = ChatRequest(model="k2p5", messages=(
-        Message("user", (TextBlock("first question"),)),
-        Message("assistant", (TextBlock("first answer"),)),
-        Message("user", (TextBlock("second question"),)),
+        Message("user", (TextBlock("weather in Rome?"),)),
+        Message("assistant", (TextBlock("let me look"), ToolCall("call_1", "get_weather", '{"city":"Rome"}'))),
+        Message("user", (ToolResult("call_1", "sunny"), TextBlock("and Paris?"))),
     ))
     outcome = await (await services.chat.start(request)).outcome()
-    assert outcome.provider == cfg.models["k2p5"].provider
-    # offline answers with the first words of its prompt: the flattened conversation.
-    assert "user: first question" in outcome.text
+    assert outcome.provider == "legacy"
+    assert outcome.text == ("heard: user: weather in Rome?\n\n"
+                            "assistant: let me look\n[tool call call_1: get_weather({\"city\":\"Rome\"})]\n\n"
+                            "user: [tool result call_1: sunny]\nand Paris?")
 
 
 # -- streamed ------------------------------------------------------------------------------------
@@ -178,6 +255,49 @@ async def test_no_retry_and_no_fallback_once_a_delta_went_out(aiohttp_client, tm
         (input_bound(canonical_json(request)), estimate_tokens("alpha beta"))]
     assert view["cost"] == pytest.approx(rows[0]["cost"])
     assert services.budget.reserved == pytest.approx(0.0)
+
+
+async def test_a_stream_that_dies_is_billed_the_usage_its_upstream_reported(aiohttp_client, tmp_path, upstreams):
+    """The fallback (Anthropic format) reports its usage in message_start, then dies mid-stream:
+    the ledger has the upstream's count, not the estimate."""
+    primary, secondary = upstreams
+    primary.fail_next(3, 503)
+    secondary.input_tokens = 42
+    secondary.reply_text = "alpha beta gamma delta"
+    secondary.die_after_next(2)
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    call = await services.chat.start(chat(stream=True))
+    assert await collect(call) == ["alpha", " beta"]
+    with pytest.raises(ChatFailed) as failed:
+        await call.outcome()
+    assert failed.value.kind == "upstream" and len(secondary.calls) == 1
+    rows = await usage_rows(services, call.agent_id)
+    assert [(r["model"], r["input_tokens"]) for r in rows] == [("minimax-m2.5", 42)]
+
+
+async def test_a_request_the_provider_refuses_fails_as_bad_request_without_fallback(aiohttp_client, tmp_path,
+                                                                                     upstreams):
+    primary, secondary = upstreams
+    primary.fail_next(1, 400)
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    call = await services.chat.start(chat(stream=True))
+    assert await collect(call) == []
+    with pytest.raises(ChatFailed) as failed:
+        await call.outcome()
+    assert (failed.value.kind, failed.value.status) == ("bad_request", 400)
+    assert "bad_request" in failed.value.message and not secondary.calls
+
+
+async def test_a_call_past_the_default_timeout_fails_as_timeout(aiohttp_client, tmp_path, upstreams):
+    primary, secondary = upstreams
+    primary.delay = 30.0
+    cfg = two_provider_config(tmp_path, primary, secondary, default_timeout=0.5)
+    client, services = await app_client(aiohttp_client, cfg)
+    call = await services.chat.start(chat())
+    with pytest.raises(ChatFailed) as failed:
+        await asyncio.wait_for(call.outcome(), 10)
+    assert (failed.value.kind, failed.value.status) == ("timeout", 504)
+    assert failed.value.message == "timeout: agent exceeded its 0.5 s timeout"
 
 
 async def test_a_plain_agent_still_retries_a_stream_that_broke_for_live_readers(aiohttp_client, tmp_path,
