@@ -73,7 +73,9 @@ def output_allowance(model: ModelConfig, prompt: str, amount: float, max_tokens:
         return 0
     if model.output_per_1k <= 0:
         return cap
-    tokens = min(cap, int(left / model.output_per_1k * 1000))
+    # One above the float quotient, then down: the quotient of an amount that pays exactly for
+    # ``cap`` tokens (the reservation of this very call) can round to cap - 1.
+    tokens = min(cap, int(left / model.output_per_1k * 1000) + 1)
     while tokens > 0 and call_bound(model, prompt, tokens) > amount:  # float rounding: at most a step or two
         tokens -= 1
     return tokens

@@ -247,6 +247,17 @@ def test_output_allowance():
     assert output_allowance(free, "abc", 0.0) == MAX_TOKENS
 
 
+def test_an_amount_that_pays_exactly_for_n_tokens_allows_n():
+    # The reservation of a call asking max_tokens=n is call_bound(n); its allowance must be n,
+    # not n - 1 from the float quotient rounding down (it did for about a quarter of prompt lengths).
+    from j1mskyd.worstcase import call_bound, output_allowance
+
+    m = model("k2p5", "paid")
+    short = [n for n in range(100, 700) for asked in (37, 150, MAX_TOKENS)
+             if output_allowance(m, "x" * n, call_bound(m, "x" * n, asked), asked) != asked]
+    assert short == []
+
+
 def test_an_overbill_past_the_spike_limit_blocks_the_key_until_the_hour_ends():
     from j1mskyd.budget import SpawnRefused
 
