@@ -344,6 +344,19 @@ async def test_refusals_are_anthropic_errors_with_the_rate_headers(door):
     assert anthropic_error(await cases[4][0].json())["message"].startswith("temperature: ")
 
 
+async def test_unknown_paths_and_methods_under_messages_speak_anthropic(door):
+    # The dialect of the longest front-door path that prefixes the request's: /v1/messages/... is
+    # Anthropic's, /v1/chat/... OpenAI's, whichever was added first under /v1.
+    for resp, status in [(await post(door, BODY, "/v1/messages/batches"), 404),
+                         (await door.client.get(MESSAGES, headers={"x-api-key": door.token}), 405),
+                         (await door.client.delete(COUNT, headers={"x-api-key": door.token}), 405)]:
+        assert resp.status == status
+        anthropic_error(await resp.json())
+    resp = await door.client.post("/v1/chat/completions/nope", json={}, headers=bearer(door.token))
+    body = await resp.json()
+    assert resp.status == 404 and set(body) == {"error"} and body["error"]["type"] == "invalid_request_error", body
+
+
 async def test_a_body_over_the_size_limit_is_request_too_large(aiohttp_client, tmp_path):
     cfg = lifted(auth_config(tmp_path))
     cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, max_body_bytes=1000))

@@ -49,7 +49,8 @@ class Route:
         self.limit_class = table.classes.get(key, "other")
         self.in_band = key in table.in_band
         # The front door's refusals speak its dialect, an unknown path under it included.
-        self.dialect: Dialect | None = table.dialects.get(key) if pattern is not None else table.dialect_at(path)
+        # A method the path does not take (405) speaks the dialect of the path's routes.
+        self.dialect: Dialect | None = table.dialects.get(key) or table.dialect_at(pattern or path)
         # Counted by the rate limiter: the API, the root /ws and the front door (/v1).
         self.is_api = (pattern or path).startswith(("/api/", "/v1/")) or self.in_band
         self.public = self.scope == PUBLIC
@@ -81,6 +82,7 @@ class RouteTable:
         self.in_band: set[tuple[str, str]] = set()
         self.dialects: dict[tuple[str, str], Dialect] = {}
         self._dialect_prefixes: dict[str, Dialect] = {}  # "/v1/" -> the first dialect added under it
+        self._dialect_paths: dict[str, Dialect] = {}  # a front-door route's path up to its first {param}
         self._routes: dict[Any, Route] = {}  # aiohttp route object -> Route
 
     def add(self, method: str, path: str, handler: Handler, scope: str, limit_class: str = "other", *,
@@ -102,10 +104,19 @@ class RouteTable:
         if dialect is not None:
             self.dialects[(method, path)] = dialect
             self._dialect_prefixes.setdefault(_first_segment(path), dialect)
+            self._dialect_paths.setdefault(path.split("{", 1)[0].rstrip("/"), dialect)
 
     def dialect_at(self, path: str) -> Dialect | None:
-        """The dialect of an unmatched path: the one of the front door it is under, if any."""
-        return self._dialect_prefixes.get(_first_segment(path)) if self._dialect_prefixes else None
+        """The dialect of a path no route of this method matches: that of the front-door route
+        whose path is the longest prefix of it (``/v1/messages/batches`` is Anthropic's), else
+        the one of the front door it is under, if any."""
+        if not self._dialect_prefixes:
+            return None
+        best, length = None, -1
+        for prefix, dialect in self._dialect_paths.items():
+            if len(prefix) > length and (path == prefix or path.startswith(prefix + "/")):
+                best, length = dialect, len(prefix)
+        return best or self._dialect_prefixes.get(_first_segment(path))
 
     def undeclared(self) -> list[str]:
         """Routes of the app's router that have no scope here (added around the table)."""
