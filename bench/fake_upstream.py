@@ -48,7 +48,7 @@ STREAM_MARKERS = (b'"stream": true', b'"stream":true')
 def make_app(delay: float, chunk_delay: float = 0.0) -> web.Application:
     stats = {"calls": 0, "streams": 0, "in_flight": 0, "max_in_flight": 0, "own_time_total": 0.0, "own_time_max": 0.0}
 
-    async def completions(request: web.Request) -> web.Response:
+    async def completions(request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
         raw = await request.read()
         if any(marker in raw for marker in STREAM_MARKERS):

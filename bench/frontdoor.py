@@ -90,21 +90,39 @@ class Target:
 
 # ------------------------------------------------------------------ one call
 
-async def call(session: aiohttp.ClientSession, target: Target, body: bytes) -> tuple[float, float, bool]:
-    """(seconds to the first body bytes, seconds to the end of the body, ok)."""
-    headers = {**target.headers, "Content-Type": "application/json"}
-    t0 = time.perf_counter()
-    async with session.post(target.url + "/v1/chat/completions", data=body, headers=headers) as resp:
-        first = await resp.content.readany()
-        t_first = time.perf_counter() - t0
-        rest = await resp.read()
-        t_end = time.perf_counter() - t0
-        ok = resp.status == 200 and bool(first or rest)
-    return t_first, t_end, ok
+@dataclass
+class Samples:
+    """The calls of one pass: time to the first body bytes and to the end of each good one."""
+
+    firsts: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    async def call(self, session: aiohttp.ClientSession, target: Target, body: bytes) -> None:
+        headers = {**target.headers, "Content-Type": "application/json"}
+        t0 = time.perf_counter()
+        try:
+            async with session.post(target.url + "/v1/chat/completions", data=body, headers=headers) as resp:
+                first = await resp.content.readany()
+                t_first = time.perf_counter() - t0
+                rest = await resp.read()
+                t_end = time.perf_counter() - t0
+                ok = resp.status == 200 and bool(first or rest)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            ok = False
+        if ok:
+            self.firsts.append(t_first)
+            self.ends.append(t_end)
+        else:
+            self.errors += 1
+
+    def report(self) -> dict[str, Any]:
+        return {"calls": len(self.ends), "errors": self.errors, "latency_ms": load.summary_ms(self.ends),
+                "ttfb_ms": load.summary_ms(self.firsts)}
 
 
 def session(connections: int) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections, force_close=False),
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
                                  timeout=aiohttp.ClientTimeout(total=120))
 
 
@@ -112,52 +130,29 @@ async def closed_loop(target: Target, connections: int, duration: float, stream:
                       warmup: float = 1.0) -> dict[str, Any]:
     """``connections`` workers calling back to back for ``duration`` s (after ``warmup``)."""
     body = target.body(stream)
-    firsts: list[float] = []
-    ends: list[float] = []
-    errors = 0
 
-    async def worker(until: float, record: bool) -> None:
-        nonlocal errors
+    async def worker(samples: Samples, until: float) -> None:
         while time.perf_counter() < until:
-            try:
-                t_first, t_end, ok = await call(s, target, body)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                ok, t_first, t_end = False, 0.0, 0.0
-            if not record:
-                continue
-            if ok:
-                firsts.append(t_first)
-                ends.append(t_end)
-            else:
-                errors += 1
+            await samples.call(s, target, body)
 
     async with session(connections) as s:
-        await asyncio.gather(*(worker(time.perf_counter() + warmup, False) for _ in range(connections)))
+        ignored, samples = Samples(), Samples()
+        await asyncio.gather(*(worker(ignored, time.perf_counter() + warmup) for _ in range(connections)))
         began = time.perf_counter()
-        await asyncio.gather(*(worker(began + duration, True) for _ in range(connections)))
+        await asyncio.gather(*(worker(samples, began + duration) for _ in range(connections)))
         elapsed = time.perf_counter() - began
-    return {"calls": len(ends), "errors": errors, "seconds": round(elapsed, 3),
-            "calls_per_s": round(len(ends) / elapsed, 1),
-            "latency_ms": load.summary_ms(ends), "ttfb_ms": load.summary_ms(firsts)}
+    return {**samples.report(), "seconds": round(elapsed, 3), "calls_per_s": round(len(samples.ends) / elapsed, 1)}
 
 
 async def one_at_a_time(target: Target, n: int, stream: bool, warmup: int = 20) -> dict[str, Any]:
     body = target.body(stream)
-    firsts: list[float] = []
-    ends: list[float] = []
-    errors = 0
     async with session(1) as s:
-        for i in range(warmup + n):
-            t_first, t_end, ok = await call(s, target, body)
-            if i < warmup:
-                continue
-            if ok:
-                firsts.append(t_first)
-                ends.append(t_end)
-            else:
-                errors += 1
-    return {"calls": len(ends), "errors": errors, "latency_ms": load.summary_ms(ends),
-            "ttfb_ms": load.summary_ms(firsts)}
+        ignored, samples = Samples(), Samples()
+        for _ in range(warmup):
+            await ignored.call(s, target, body)
+        for _ in range(n):
+            await samples.call(s, target, body)
+    return samples.report()
 
 
 async def measure(target: Target, connections: int, duration: float, sequential: int) -> dict[str, Any]:
