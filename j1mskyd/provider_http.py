@@ -1,5 +1,7 @@
-"""HTTP plumbing shared by the HTTP provider plugins: one POST, errors mapped to
-:class:`ProviderError` kinds, Retry-After parsing, token estimates.
+"""HTTP plumbing shared by the HTTP provider plugins: one POST, a server-sent-event stream,
+errors mapped to :class:`ProviderError` kinds, Retry-After parsing, token estimates, and the
+pieces both wire formats need to build an answer (tool calls assembled from stream deltas,
+a stream's state so far, the checks of a request's tool choice).
 
 Every message built here is scrubbed of the API key, because upstreams and
 exception texts are not ours to trust.
@@ -11,12 +13,20 @@ import asyncio
 import math
 import time
 from email.utils import parsedate_to_datetime
-from typing import Any, AsyncIterator, TypeGuard
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Iterable, TypeGuard
 
 import aiohttp
 
 from . import jsonx
-from .plugin_api import ProviderError
+from .plugin_api import (
+    CompletionRequest,
+    CompletionResult,
+    ProviderError,
+    TextBlock,
+    ToolCall,
+    conversation,
+)
 
 _MAX_DETAIL = 300
 
@@ -31,6 +41,12 @@ def billed_usage(usage: Any, input_key: str, output_key: str) -> tuple[int, int]
     return None
 
 
+def as_object(value: Any) -> dict[str, Any]:
+    """A decoded JSON value when it is an object, else an empty one (upstream answers are not
+    ours to trust: a field of the wrong type reads as absent)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _is_count(n: object) -> TypeGuard[int]:
     return isinstance(n, int) and not isinstance(n, bool) and n >= 0
 
@@ -38,6 +54,170 @@ def _is_count(n: object) -> TypeGuard[int]:
 def estimate_tokens(text: str) -> int:
     """A rough count (about four characters a token) for upstreams that report none."""
     return max(1, math.ceil(len(text) / 4))
+
+
+def request_text(request: CompletionRequest) -> str:
+    """Everything of a request the model reads, as one text (for estimates): the system text,
+    each block of the conversation (tool calls' names and arguments, tool results), and the
+    tools' definitions.  An agent's call is its system text and prompt."""
+    parts = [request.system or ""]
+    for message in conversation(request):
+        for block in message.content:
+            if isinstance(block, TextBlock):
+                parts.append(block.text)
+            elif isinstance(block, ToolCall):
+                parts += (block.name, block.arguments)
+            else:
+                parts.append(block.content)
+    parts += (jsonx.dumps([t.name, t.description, t.parameters]) for t in request.tools)
+    return "".join(parts)
+
+
+def arguments_text(arguments: Any) -> str:
+    """A tool call's arguments as JSON text: text as the upstream wrote it, an object (as
+    Anthropic's ``input``, or an upstream that decodes OpenAI's text) written compactly."""
+    return arguments if isinstance(arguments, str) else jsonx.dumps(arguments)
+
+
+def completion(
+    request: CompletionRequest, text: str, tool_calls: Iterable[ToolCall], *, input_tokens: Any,
+    output_tokens: Any, model: Any, finish: Any,
+) -> CompletionResult:
+    """The answer: token counts as the upstream reported them, estimated where it did not
+    (input from :func:`request_text`, output from the text and tool arguments); ``finish``
+    already in OpenAI's words, ``stop`` if missing, and ``tool_calls`` when the answer asks
+    for tool calls although the upstream said ``stop`` (some OpenAI-compatible servers do)."""
+    calls = tuple(tool_calls)
+    if not _is_count(input_tokens):
+        input_tokens = estimate_tokens(request_text(request))
+    if not _is_count(output_tokens):
+        output_tokens = estimate_tokens(text + "".join(c.name + c.arguments for c in calls))
+    finish = finish if isinstance(finish, str) and finish else "stop"
+    if calls and finish == "stop":
+        finish = "tool_calls"
+    return CompletionResult(text=text, input_tokens=input_tokens, output_tokens=output_tokens,
+                            model=str(model or request.model), finish_reason=finish, tool_calls=calls)
+
+
+def tool_choice_problem(request: CompletionRequest) -> str | None:
+    """Why the request's tool choice cannot be sent (it needs tools the request does not
+    define; an upstream would refuse it in its own words), or None.  The plugins refuse such a
+    request as ``bad_request``."""
+    choice = request.tool_choice
+    if choice is None or choice.mode in ("auto", "none"):
+        return None
+    names = [t.name for t in request.tools]
+    if not names:
+        return f"tool_choice {choice.mode!r} needs tools, and the request has none"
+    if choice.mode == "tool" and choice.name not in names:
+        return f"tool_choice names the tool {choice.name!r}, which is not among the tools {names}"
+    return None
+
+
+class ToolCallAssembler:
+    """Tool calls put together from stream deltas, by the index the upstream gives each call
+    (OpenAI's ``tool_calls[].index``, Anthropic's content block index): the id and name come
+    once, the arguments in pieces."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
+
+    def add(self, index: int, *, id: Any = None, name: Any = None, arguments: Any = None) -> None:
+        call = self._calls.setdefault(index, ["", "", ""])
+        if isinstance(id, str) and id:
+            call[0] = id
+        if isinstance(name, str) and name:
+            call[1] = name
+        if isinstance(arguments, str):
+            call[2] += arguments
+
+    def __contains__(self, index: int) -> bool:
+        return index in self._calls
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        """The calls in index order; arguments never streamed are ``{}``."""
+        return tuple(ToolCall(id=c[0], name=c[1], arguments=c[2] or "{}")
+                     for _, c in sorted(self._calls.items()))
+
+
+class StreamState:
+    """What one streamed answer said so far: text, tool calls, the usage and stop word the
+    upstream reported.  It turns into the final :class:`CompletionResult`, or, when the stream
+    fails after it began, gives the error the usage seen so far (output at least as much as
+    the streamed text is estimated to be), so the runtime bills what the upstream did."""
+
+    def __init__(self, request: CompletionRequest, http: HttpCaller) -> None:
+        self.request = request
+        self.http = http
+        self.parts: list[str] = []
+        self.tools = ToolCallAssembler()
+        self.input_tokens: Any = None
+        self.output_tokens: Any = None
+        self.model: Any = None
+        self.finish: Any = None
+
+    def text(self, delta: Any) -> str | None:
+        """Keep a text delta; return it when there is one to yield."""
+        if isinstance(delta, str) and delta:
+            self.parts.append(delta)
+            return delta
+        return None
+
+    def result(self) -> CompletionResult:
+        return completion(self.request, "".join(self.parts), self.tools.calls(), input_tokens=self.input_tokens,
+                          output_tokens=self.output_tokens, model=self.model, finish=self.finish)
+
+    def usage(self) -> tuple[int, int] | None:
+        """(input, output) so far; None when the upstream reported nothing yet."""
+        if not _is_count(self.input_tokens) and not _is_count(self.output_tokens):
+            return None
+        estimated = completion(self.request, "".join(self.parts), self.tools.calls(), input_tokens=self.input_tokens,
+                               output_tokens=None, model=None, finish=None)
+        return estimated.input_tokens, max(estimated.output_tokens, _count_or_zero(self.output_tokens))
+
+    def failed(self, message: str, *, kind: str, status: int | None = None) -> ProviderError:
+        return self.http.error(message, kind=kind, status=status, usage=self.usage())
+
+    async def events(self, source: AsyncIterator[SseEvent]) -> AsyncIterator[SseEvent]:
+        """``source``'s events; an error raised by it carries the usage seen so far."""
+        try:
+            async for event in source:
+                yield event
+        except ProviderError as exc:
+            if exc.usage is None:
+                exc.usage = self.usage()
+            raise
+
+
+def _count_or_zero(n: Any) -> int:
+    return n if _is_count(n) else 0
+
+
+# The error ``type`` words of OpenAI's and Anthropic's error objects (as sent inside a stream,
+# where there is no HTTP status to go by).
+_ERROR_TYPE_KINDS = {
+    "rate_limit_error": "rate_limited", "rate_limit_exceeded": "rate_limited",
+    "overloaded_error": "server_error", "api_error": "server_error", "server_error": "server_error",
+    "timeout_error": "timeout",
+    "authentication_error": "auth", "permission_error": "auth", "invalid_api_key": "auth",
+    "invalid_request_error": "bad_request", "not_found_error": "bad_request", "request_too_large": "bad_request",
+}
+
+
+def kind_for_error_type(etype: Any) -> str:
+    """The ProviderError kind for an error object's ``type`` (``server_error`` if unknown)."""
+    return _ERROR_TYPE_KINDS.get(etype, "server_error") if isinstance(etype, str) else "server_error"
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    """One server-sent event: ``name`` is its ``event:`` field (``message`` when it has none,
+    as the SSE standard says), ``data`` its decoded JSON; ``done`` marks OpenAI's
+    ``data: [DONE]`` (then ``data`` is None)."""
+
+    name: str
+    data: Any
+    done: bool = False
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -144,29 +324,49 @@ class HttpCaller:
             raise self.error("JSON answer is not an object", kind="invalid_response", status=resp.status)
         return data
 
-    async def post_sse(self, url: str, body: dict, headers: dict[str, str], timeout: float) -> AsyncIterator[Any]:
-        """POST ``body`` and yield each decoded ``data:`` event of a server-sent-event stream
-        until ``[DONE]`` or end of stream."""
+    async def post_sse(
+        self, url: str, body: dict, headers: dict[str, str], timeout: float
+    ) -> AsyncIterator[SseEvent]:
+        """POST ``body`` and yield each event of a server-sent-event stream (the ``data:``
+        lines of one event joined) until ``data: [DONE]`` (yielded, ``done``) or the end of
+        the stream.  Events without data (comments, keep-alives) are skipped."""
         try:
             async with self._post(url, body, headers, timeout) as resp:
                 if not 200 <= resp.status <= 299:
                     raise self._status_error(resp, await resp.read())
-                async for line in resp.content:
-                    line = line.strip()
-                    if not line.startswith(b"data:"):
-                        continue  # comments, event: lines, blank separators
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        return
-                    try:
-                        yield jsonx.loads(payload)
-                    except _json_errors() + (UnicodeDecodeError,):
-                        message = "stream event is not JSON"
-                        raise self.error(message, kind="invalid_response", status=resp.status) from None
+                name, data = "message", []
+                async for raw in resp.content:
+                    line = raw.rstrip(b"\r\n")
+                    if line:
+                        field, _, value = line.partition(b":")
+                        value = value[1:] if value.startswith(b" ") else value
+                        if field == b"event":
+                            name = value.decode("utf-8", "replace")
+                        elif field == b"data":
+                            data.append(value)
+                        continue
+                    if data:  # a blank line ends the event
+                        event = self._event(name, b"\n".join(data), resp.status)
+                        yield event
+                        if event.done:
+                            return
+                    name, data = "message", []
+                if data:  # the last event, without its blank line
+                    yield self._event(name, b"\n".join(data), resp.status)
         except ProviderError:
             raise
+        except aiohttp.ClientPayloadError as exc:  # the body ended before the chunked stream did
+            raise self.error(f"the stream broke off: {exc}", kind="connection") from None
         except Exception as exc:
             raise self._transport_error(exc) from None
+
+    def _event(self, name: str, payload: bytes, status: int) -> SseEvent:
+        if payload.strip() == b"[DONE]":
+            return SseEvent(name, None, done=True)
+        try:
+            return SseEvent(name, jsonx.loads(payload))
+        except _json_errors() + (UnicodeDecodeError,):
+            raise self.error("stream event is not JSON", kind="invalid_response", status=status) from None
 
     def _post(self, url: str, body: dict, headers: dict[str, str], timeout: float) -> Any:
         return self.session.post(

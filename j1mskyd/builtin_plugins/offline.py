@@ -1,8 +1,19 @@
 """Built-in plugin ``offline``: a deterministic provider that never touches the network.
 
-The answer is ``[offline:<model>] <first words of the prompt> (id <sha256 prefix>)``,
-so the same request always gives the same text and it is obvious nothing real
-answered.  Tokens are estimated as ``ceil(len(text) / 4)``, at least 1.
+It is a stand-in for tests, demos and benchmarks, not a model.  The answer is
+``[offline:<model>] <first words of the question> (id <sha256 prefix>)``, so the same
+request always gives the same text and it is obvious nothing real answered.  The
+question is the last user message of the conversation: its text, then what the tool
+results it carries said (``tool <id>: <content>``), so a tool round trip through it is
+deterministic too.  An agent's call is its prompt, as it always was.  Tokens are
+estimated as ``ceil(len(text) / 4)``, at least 1 (the input: an agent's prompt, or all of
+a conversation the model would read).
+
+Tools: when the request defines tools and its ``tool_choice`` is ``required`` (the first
+tool) or ``tool`` (the one named), the answer is one call of that tool with arguments
+``{}`` (id ``call_<digest>``) and ``finish_reason`` ``tool_calls``; otherwise it answers in
+text.  The sampling fields (``temperature``, ``top_p``, ``stop``, ``response_format``,
+``user``) are accepted and ignored: nothing here samples.
 
 Options: ``delay`` (seconds to sleep per call, to simulate a slow upstream in
 tests and benchmarks); ``fail`` (a ProviderError kind such as ``"server_error"``:
@@ -22,7 +33,10 @@ from j1mskyd.plugin_api import (
     ProviderError,
     ProviderSettings,
     Registrar,
+    ToolCall,
+    ToolResult,
 )
+from j1mskyd.provider_http import request_text
 
 J1MSKY_PLUGIN_API = 1
 
@@ -31,6 +45,27 @@ _SUMMARY_WORDS = 12
 
 def _tokens(text: str) -> int:
     return max(1, -(-len(text) // 4))  # ceil without floats
+
+
+def _question(request: CompletionRequest) -> str:
+    """What the answer repeats: the prompt of an agent's call; else the last user message's
+    text and its tool results."""
+    if not request.messages:
+        return request.prompt
+    last = next((m for m in reversed(request.messages) if m.role == "user"), None)
+    if last is None:
+        return ""
+    results = [f"tool {b.tool_call_id}: {b.content}" for b in last.content if isinstance(b, ToolResult)]
+    return " ".join(([last.text] if last.text else []) + results)
+
+
+def _digest(request: CompletionRequest) -> str:
+    """The same for the same request: model, system text, prompt and, for a conversation,
+    every block and tool (an agent's call hashes as it always did)."""
+    seed = f"{request.model}\0{request.system or ''}\0{request.prompt}"
+    if request.messages or request.tools:
+        seed += "\0" + repr((request.messages, request.tools, request.tool_choice))
+    return hashlib.sha256(seed.encode()).hexdigest()
 
 
 class OfflineProvider:
@@ -50,20 +85,35 @@ class OfflineProvider:
             await asyncio.sleep(self._delay)
         if self._fail:
             raise ProviderError(f"{self._name} (offline): configured to fail with {self._fail}", kind=self._fail)
-        words = request.prompt.split(None, _SUMMARY_WORDS)
+        digest = _digest(request)
+        input_tokens = _tokens(request_text(request) if request.messages else request.prompt)
+        call = _forced_call(request, digest)
+        if call is not None:
+            return CompletionResult(text="", input_tokens=input_tokens,
+                                    output_tokens=_tokens(call.name + call.arguments), model=request.model,
+                                    finish_reason="tool_calls", tool_calls=(call,))
+        words = _question(request).split(None, _SUMMARY_WORDS)
         summary = " ".join(words[:_SUMMARY_WORDS]) + (" …" if len(words) > _SUMMARY_WORDS else "")
-        digest = hashlib.sha256(f"{request.model}\0{request.system or ''}\0{request.prompt}".encode()).hexdigest()
         text = f"[offline:{request.model}] {summary} (id {digest[:12]})"
         finish = "stop"
         if _tokens(text) > request.max_tokens:  # honour max_tokens like a real model would
             text, finish = text[: max(1, request.max_tokens) * 4], "length"
         return CompletionResult(
             text=text,
-            input_tokens=_tokens(request.prompt),
+            input_tokens=input_tokens,
             output_tokens=_tokens(text),
             model=request.model,
             finish_reason=finish,
         )
+
+
+def _forced_call(request: CompletionRequest, digest: str) -> ToolCall | None:
+    """The tool call a ``required``/``tool`` tool choice asks for, or None."""
+    choice = request.tool_choice
+    if not request.tools or choice is None or choice.mode not in ("required", "tool"):
+        return None
+    name = choice.name if choice.mode == "tool" and choice.name else request.tools[0].name
+    return ToolCall(id=f"call_{digest[:24]}", name=name, arguments="{}")
 
 
 def register(registry: Registrar) -> None:
