@@ -36,6 +36,9 @@ class ChatRequest:
     metadata: dict[str, str] = field(default_factory=dict)  # the caller's labels; kept with the call
     dialect: Literal["openai", "anthropic"] = "openai"
     stream: bool = False
+    # OpenAI's stream_options.include_usage: the stream ends with a usage chunk.  (Anthropic's
+    # stream always reports usage, in message_delta.)
+    include_usage: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,9 +14,15 @@ once, in admit().  admit() is also the one way in for credentials that arrive in
 open connection (a WebSocket's auth message): the same IP checks, key and scope, signature
 rule, rate limit and audit entries as any request.
 
-What the pipeline knows of a route (scope, rate-limit class) comes from the app's
+What the pipeline knows of a route (scope, rate-limit class, dialect) comes from the app's
 RouteTable (route_table.py: deny by default); the X-RateLimit-* headers are formatted by
 rate_headers.py from the limiter's decisions.
+
+The front door's routes (/v1, added with a dialect) go the same way; there every refusal,
+the checks' too, leaves in the route's dialect (OpenAI's or Anthropic's error shape and
+status) instead of the native envelope, and the rate-limit headers include OpenAI's names.
+A handler that streams sends its headers before the pipeline sees its response: it takes
+them from :func:`early_headers`.
 
 Public routes (GET /health, the sunset 410s) take a short way: IP guard, handler, and the
 rate-limit headers from a look at the buckets (cached while they are full), because a
@@ -38,14 +44,15 @@ from aiohttp import web
 from multidict import istr
 
 from ..agent import ANONYMOUS
+from ..dialects import Dialect, retry_headers
 from ..errors import (ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited,
                       Unauthorized)
 from ..idempotency import KEY_PATTERN, fingerprint
 from ..ratelimit import Decision
 from ..signing import SignatureError, verify
 from ..violations import record_violation
-from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, METRICS, REQUEST_ID, SERVICES, actor,
-                     api_error_response, app_key, error_response)
+from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, ERROR_TYPES, METRICS, REQUEST_ID, SERVICES, actor,
+                     api_error_response, app_key, error_response, json_response, request_key)
 from .rate_headers import decision_headers
 from .route_table import PUBLIC, ROUTE_TABLE, Route, route_of
 
@@ -54,6 +61,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LIMITER = app_key("j1msky.request_limiter")
 REPLAY_GUARD = app_key("j1msky.replay_guard")
+PASS = request_key("j1msky.pass")  # the Pass of a front-door request, for early_headers()
 
 # Request ids: a random per-process prefix and a counter (unique, and no syscall per request).
 _ID_PREFIX = "req_" + os.urandom(4).hex()
@@ -286,26 +294,39 @@ async def _guarded(request: web.Request, handler: Handler, p: Pass) -> web.Strea
     return await idempotent(request, handler, p)
 
 
-def _failure(request: web.Request, exc: Exception) -> web.Response:
-    """Every failure leaves as the one JSON envelope, never a traceback; redirects pass."""
+def _failure(request: web.Request, exc: Exception, dialect: Dialect | None = None) -> web.Response:
+    """Every failure leaves as the one JSON envelope (on a front-door route: its dialect's
+    error), never a traceback; redirects pass."""
     if isinstance(exc, ApiError):
-        return api_error_response(request, exc)
-    if isinstance(exc, web.HTTPException):
+        error = exc
+    elif isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "link")}
         message = {404: "No such endpoint", 405: f"Method {request.method} not allowed here",
                    413: "Request body too large"}.get(exc.status, exc.reason)
-        return error_response(request, exc.status, message, headers=headers)
-    if isinstance(exc, ConnectionResetError):
+        error = _http_error(exc.status, message, headers)
+    elif isinstance(exc, ConnectionResetError):
         # The client went away, or the listener closed it (a body past server.body_timeout):
         # nobody is left to answer, and it is not the daemon's error to log with a traceback.
         log.debug("%s %s (request %s): the connection was lost", request.method, request.path,
                   request.get(REQUEST_ID))
-        return error_response(request, 400, "Connection lost")
-    log.error("unhandled error in %s %s (request %s)", request.method, request.path, request.get(REQUEST_ID),
-              exc_info=exc)
-    return error_response(request, 500, "Internal server error; quote the request_id when reporting it")
+        error = _http_error(400, "Connection lost")
+    else:
+        log.error("unhandled error in %s %s (request %s)", request.method, request.path, request.get(REQUEST_ID),
+                  exc_info=exc)
+        error = _http_error(500, "Internal server error; quote the request_id when reporting it")
+    if dialect is not None:
+        status, body = dialect.error(error)
+        return json_response(body, status, {**error.headers, **retry_headers(error)})
+    return api_error_response(request, error)
+
+
+def _http_error(status: int, message: str, headers: dict[str, str] | None = None) -> ApiError:
+    """An ApiError of ``status`` with the envelope's usual type for it."""
+    error = ApiError(message, headers=headers, type_=ERROR_TYPES.get(status, "ERROR"))
+    error.status = status
+    return error
 
 
 @web.middleware
@@ -318,6 +339,8 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     app = request.app
     route = app[ROUTE_TABLE].route_of(request)
     p = Pass(route, app)
+    if route.dialect is not None:
+        request[PASS] = p
     try:
         if route.public:
             # Open routes (health, the 410s): only the address checks; the limiter only
@@ -327,18 +350,29 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         else:
             response = await _guarded(request, handler, p)
     except Exception as exc:  # noqa: BLE001 - CancelledError is a BaseException and passes
-        response = _failure(request, exc)
-    headers = response.headers
-    headers[_REQUEST_ID_HEADER] = request_id
-    if route.is_api:
-        # Counted: the limiter's answer.  Public, or refused before the limiter: the
-        # standing, without counting (cached while the buckets are full).
-        headers.update(decision_headers(p.decision) if p.decision is not None
-                       else route.rate_headers.peek(route.limit_class, p.key_id, p.ip))
+        response = _failure(request, exc, route.dialect)
+    if not response.prepared:  # a stream sent its headers itself (early_headers)
+        headers = response.headers
+        headers[_REQUEST_ID_HEADER] = request_id
+        if route.dialect is not None:
+            headers.update(route.rate_headers.front_door(route.limit_class, p.key_id, p.ip, p.decision))
+        elif route.is_api:
+            # Counted: the limiter's answer.  Public, or refused before the limiter: the
+            # standing, without counting (cached while the buckets are full).
+            headers.update(decision_headers(p.decision) if p.decision is not None
+                           else route.rate_headers.peek(route.limit_class, p.key_id, p.ip))
     route.record(app, response.status, time.perf_counter() - started)
     return response
 
 
+def early_headers(request: web.Request) -> dict[str, str]:
+    """The headers the pipeline adds to a front-door response (request id, rate limits), for
+    a handler that sends its headers itself (a stream) before the pipeline sees its response."""
+    p: Pass = request[PASS]
+    return {_REQUEST_ID_HEADER: request[REQUEST_ID],
+            **p.route.rate_headers.front_door(p.route.limit_class, p.key_id, p.ip, p.decision)}
+
+
 MIDDLEWARES = (pipeline,)
 __all__ = ["LIMITER", "METRICS", "MIDDLEWARES", "PUBLIC", "REPLAY_GUARD", "Credentials", "Pass",
-           "authenticate_in_band", "pipeline"]
+           "authenticate_in_band", "early_headers", "pipeline"]

@@ -27,7 +27,7 @@ from .middleware import PUBLIC
 # built on the first request, then served as it is (the route is public and not counted, so
 # rebuilding it per request would hand anyone a few ms of the Pi's CPU per call).
 DOCUMENT = app_key("j1msky.openapi_document")
-ROUTE_TABLE = app_key("j1msky.openapi_routes")  # (routes, prefixes) given to describe()
+ROUTE_TABLE = app_key("j1msky.openapi_routes")  # (routes, prefixes, front door) given to describe()
 
 _PARAM = re.compile(r"{([^}]+)}")
 
@@ -352,7 +352,86 @@ def _bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any) -> dict[str, Any]:
+# -- the front door (/v1): OpenAI's shapes, its error body on every refusal ----------------------------
+_OPENAI_ERROR = _obj(["error"], error=_obj(["message", "type", "param", "code"], message=_STR, type=_STR,
+                                          param={"type": ["string", "null"]}, code={"type": ["string", "null"]}))
+_OPENAI_MODEL = _obj(["id", "object", "created", "owned_by"], id=_STR, object={"const": "model"}, created=_INT,
+                     owned_by=_STR)
+_TOOL_CALL = _obj(["id", "type", "function"], id=_STR, type={"const": "function"},
+                  function=_obj(["name", "arguments"], name=_STR, arguments=_STR))
+_COMPLETION = _obj(
+    ["id", "object", "created", "model", "choices", "usage"], id=_STR, object={"const": "chat.completion"},
+    created=_INT, model=_STR, system_fingerprint=_STR,
+    choices={"type": "array", "minItems": 1, "maxItems": 1, "items": _obj(
+        ["index", "message", "finish_reason"], index=_INT, finish_reason=_STR,
+        message=_obj(["role", "content"], role={"const": "assistant"}, content={"type": ["string", "null"]},
+                     tool_calls={"type": "array", "items": _TOOL_CALL}))},
+    usage=_obj(["prompt_tokens", "completion_tokens", "total_tokens"], prompt_tokens=_INT,
+               completion_tokens=_INT, total_tokens=_INT))
+_FRONT_DOOR_RESULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/v1/chat/completions"): _COMPLETION,
+    ("GET", "/v1/models"): _obj(["object", "data"], object={"const": "list"},
+                                data={"type": "array", "items": _OPENAI_MODEL}),
+    ("GET", "/v1/models/{model_id}"): _OPENAI_MODEL,
+}
+# A call's refusals beyond a read's: an Idempotency-Key reused (409), a full disk (507), and the
+# call's own ends (ChatFailed: every provider failed 502, the daemon stopped 503, timeout 504).
+_CALL_ERRORS = (409, 502, 503, 504, 507)
+
+
+def _chat_body(config: Any) -> dict[str, Any]:
+    """The fields of a Chat Completions body this daemon reads (openai_chat.py checks them)."""
+    text_parts = {"type": "array", "items": _obj(["type", "text"], type={"const": "text"}, text=_STR)}
+    content = {"anyOf": [_STR, text_parts]}
+    message = {"type": "object", "required": ["role"], "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {"anyOf": [_STR, text_parts, {"type": "null"}]}, "tool_call_id": _STR,
+        "tool_calls": {"type": "array", "items": _TOOL_CALL}}}
+    tool = _obj(["type", "function"], type={"const": "function"}, function=_obj(
+        ["name"], name={"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, description=_STR,
+        parameters=_OBJ, strict=_BOOL))
+    return {"type": "object", "required": ["model", "messages"], "properties": {
+        "model": {"type": "string", "enum": list(config.models)},
+        "messages": {"type": "array", "minItems": 1, "items": message, "description": "text content only"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "max_tokens": {"type": "integer", "minimum": 1}, "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "stop": {"anyOf": [_STR, {"type": "array", "maxItems": 4, "items": _STR}]},
+        "n": {"const": 1}, "tools": {"type": "array", "maxItems": 128, "items": tool},
+        "tool_choice": {"anyOf": [{"type": "string", "enum": ["none", "auto", "required"]}, _OBJ]},
+        "response_format": _obj(["type"], type={"type": "string", "enum": ["text", "json_object", "json_schema"]},
+                                json_schema=_OBJ),
+        "user": {"type": "string", "maxLength": 256},
+        "metadata": {"type": "object", "maxProperties": 16, "additionalProperties": _STR},
+        "stream": _BOOL, "stream_options": _obj([], include_usage=_BOOL)}}
+
+
+def _front_door_operation(method: str, path: str, handler: Any, scope: str, limit_class: str,
+                          config: Any) -> dict[str, Any]:
+    error: dict[str, Any] = {"content": {"application/json": {"schema": _OPENAI_ERROR}}}
+    success: dict[str, Any] = {"application/json": {"schema": _FRONT_DOOR_RESULTS[(method, path)]}}
+    codes = [400, 401, 403, 404, 413, 429]
+    operation: dict[str, Any] = {
+        "operationId": f"front_door_{handler.__name__}_{method.lower()}", "tags": ["front door"],
+        "summary": (handler.__doc__ or handler.__name__).strip().splitlines()[0],
+        "x-rate-limit-class": limit_class, "x-scope": scope,
+        "security": [{"bearer": [scope]}, {"apiKey": [scope]}],
+    }
+    if method == "POST":
+        success["text/event-stream"] = {"schema": _STR}  # stream: true
+        codes += _CALL_ERRORS
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _chat_body(config)}}}
+    if "{" in path:
+        operation["parameters"] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                                   for n in _PARAM.findall(path)]
+    operation["responses"] = {"200": {"description": "Success", "content": success},
+                              **{str(c): {"description": _REASONS.get(c, "The call failed upstream"), **error}
+                                 for c in codes}}
+    return operation
+
+
+def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
+          front_door: Any = ()) -> dict[str, Any]:
     bodies = _bodies(config)
     query = _query_params()
     paths: dict[str, dict[str, Any]] = {}
@@ -378,6 +457,9 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any) -> d
                 operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES,
                                             "content": {"application/json": {"schema": body}}}
             paths.setdefault(prefix + path, {})[method.lower()] = operation
+    for method, path, handler, scope, limit_class, _ in front_door:
+        paths.setdefault(path, {})[method.lower()] = _front_door_operation(method, path, handler, scope, limit_class,
+                                                                             config)
     return {
         "openapi": "3.1.0",
         "info": {"title": "J1MSKY API (j1mskyd)", "version": __version__,
@@ -395,10 +477,11 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any) -> d
     }
 
 
-def describe(app: web.Application, routes: Any, prefixes: tuple[str, ...]) -> None:
-    """GET /openapi.json on ``app`` documents these routes (the table of routes.py).  Handed
-    over at set-up rather than imported, so routes.py -> openapi.py is the only direction."""
-    app[ROUTE_TABLE] = (routes, prefixes)
+def describe(app: web.Application, routes: Any, prefixes: tuple[str, ...], front_door: Any = ()) -> None:
+    """GET /openapi.json on ``app`` documents these routes (the table of routes.py) and the
+    front door's.  Handed over at set-up rather than imported, so routes.py -> openapi.py is
+    the only direction."""
+    app[ROUTE_TABLE] = (routes, prefixes, front_door)
     app[DOCUMENT] = {}  # filled by the first GET /openapi.json
 
 
@@ -406,6 +489,6 @@ async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of every route."""
     cached = request.app[DOCUMENT]
     if "response" not in cached:
-        routes, prefixes = request.app[ROUTE_TABLE]
-        cached["response"] = json_response(build(routes, prefixes, PUBLIC, request.app[CONFIG])).body
+        routes, prefixes, front_door = request.app[ROUTE_TABLE]
+        cached["response"] = json_response(build(routes, prefixes, PUBLIC, request.app[CONFIG], front_door)).body
     return web.Response(body=cached["response"], content_type="application/json", charset="utf-8")

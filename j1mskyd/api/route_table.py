@@ -5,6 +5,11 @@ Deny by default: a route reaches the router only through RouteTable.add, which r
 route without a known scope; check_complete() refuses an app whose router holds a route
 added around the table; and a route that still has no scope at a request (added after
 the check) is refused to every key (ApiKey.allows(None) is False).
+
+A route of the OpenAI/Anthropic front door is added with its ``dialect``
+(j1mskyd/dialects): the pipeline renders every refusal on it in that dialect's error shape
+instead of the native envelope, and so it does for an unknown path or method under the
+front door's first path segment (``/v1``), in the dialect added first there.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..dialects import Dialect
 from ..keys import SCOPES
 from ..metrics import RouteStats
 from .common import METRICS, app_key
@@ -32,7 +38,7 @@ class Route:
     instead of looking up the route tables (and formatting its metrics name) every time."""
 
     __slots__ = ("name", "scope", "limit_class", "is_api", "public", "authenticated", "in_band", "stats",
-                 "rate_headers")
+                 "rate_headers", "dialect")
 
     def __init__(self, table: RouteTable, method: str, pattern: str | None, path: str) -> None:
         # HEAD is GET without the body (aiohttp adds it to every GET route): it needs what
@@ -42,7 +48,10 @@ class Route:
         self.scope: str | None = table.scopes.get(key)  # None: declared nowhere, so no key is enough
         self.limit_class = table.classes.get(key, "other")
         self.in_band = key in table.in_band
-        self.is_api = (pattern or path).startswith("/api/") or self.in_band  # the root /ws too
+        # The front door's refusals speak its dialect, an unknown path under it included.
+        self.dialect: Dialect | None = table.dialects.get(key) if pattern is not None else table.dialect_at(path)
+        # Counted by the rate limiter: the API, the root /ws and the front door (/v1).
+        self.is_api = (pattern or path).startswith(("/api/", "/v1/")) or self.in_band
         self.public = self.scope == PUBLIC
         # Unknown paths (404/405) answer without asking for a key: they reveal nothing.
         # Every route that is not public asks for one, whatever its path.
@@ -70,12 +79,15 @@ class RouteTable:
         # (method, path) of routes whose key may come inside the connection (the WebSocket:
         # a browser cannot set its headers) instead of with the request that opens it.
         self.in_band: set[tuple[str, str]] = set()
+        self.dialects: dict[tuple[str, str], Dialect] = {}
+        self._dialect_prefixes: dict[str, Dialect] = {}  # "/v1/" -> the first dialect added under it
         self._routes: dict[Any, Route] = {}  # aiohttp route object -> Route
 
     def add(self, method: str, path: str, handler: Handler, scope: str, limit_class: str = "other", *,
-            in_band: bool = False) -> None:
+            in_band: bool = False, dialect: Dialect | None = None) -> None:
         """A route with the scope a key needs (or PUBLIC).  A GET route answers HEAD too
-        (RFC 9110 9.3.2, as aiohttp's add_get does), with GET's scope and class."""
+        (RFC 9110 9.3.2, as aiohttp's add_get does), with GET's scope and class.
+        ``dialect``: the route's refusals are rendered by it (a front-door route)."""
         if scope != PUBLIC and scope not in SCOPES:
             raise ValueError(f"route {method} {path}: scope {scope!r} is neither a key scope "
                              f"({', '.join(SCOPES)}) nor {PUBLIC!r}")
@@ -87,6 +99,13 @@ class RouteTable:
         self.classes[(method, path)] = limit_class
         if in_band:
             self.in_band.add((method, path))
+        if dialect is not None:
+            self.dialects[(method, path)] = dialect
+            self._dialect_prefixes.setdefault(_first_segment(path), dialect)
+
+    def dialect_at(self, path: str) -> Dialect | None:
+        """The dialect of an unmatched path: the one of the front door it is under, if any."""
+        return self._dialect_prefixes.get(_first_segment(path)) if self._dialect_prefixes else None
 
     def undeclared(self) -> list[str]:
         """Routes of the app's router that have no scope here (added around the table)."""
@@ -111,6 +130,10 @@ class RouteTable:
                     self._routes.clear()
                 self._routes[matched] = route
         return route
+
+
+def _first_segment(path: str) -> str:
+    return "/" + path.lstrip("/").split("/", 1)[0] + "/"
 
 
 def _router_routes(routes: Iterable[Any]) -> list[tuple[str, str]]:

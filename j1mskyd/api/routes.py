@@ -1,15 +1,19 @@
-"""The route table, mounted under /api and its alias /api/v1.
+"""The route table, mounted under /api and its alias /api/v1; and the OpenAI/Anthropic front
+door at /v1, where those SDKs look (docs/openai-compatible.md).
 
 Each route names the scope a key needs, or PUBLIC (docs/security.md has this table for
-operators), and its rate-limit class (the seed's "Rate Limits" table).  Deny by default:
-a route added without a scope stops setup_routes (route_table.RouteTable).
+operators), and its rate-limit class (the seed's "Rate Limits" table); a front-door route
+also its dialect, which renders its errors.  Deny by default: a route added without a
+scope stops setup_routes (route_table.RouteTable).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from . import agents, dashboard, events, keys, openapi, ops, orchestrator, pricing, security, system, webhooks
+from ..dialects.openai_chat import OPENAI
+from . import (agents, dashboard, events, frontdoor, keys, openapi, ops, orchestrator, pricing, security, system,
+               webhooks)
 from .route_table import PUBLIC, ROUTE_TABLE, RouteTable
 
 PREFIXES = ("/api", "/api/v1")
@@ -87,6 +91,14 @@ ROUTES = (
     ("POST", "/models/select", orchestrator.select_model, WRITE, "other"),
 )
 
+# The front door: method, path, handler, scope, rate-limit class, dialect.  A call is a spawn
+# (agents:write, class spawn); the model list is a read.
+FRONT_DOOR = (
+    ("POST", "/v1/chat/completions", frontdoor.chat_handler(OPENAI), WRITE, "spawn", OPENAI),
+    ("GET", "/v1/models", frontdoor.list_models, READ, "other", OPENAI),
+    ("GET", "/v1/models/{model_id}", frontdoor.get_model, READ, "other", OPENAI),
+)
+
 
 def setup_routes(app: web.Application) -> None:
     """Every route through one RouteTable, each with its scope (or PUBLIC) where it is added;
@@ -105,6 +117,8 @@ def setup_routes(app: web.Application) -> None:
     dashboard.assets()  # read the files now: a missing one fails the start, not a visitor
     table.add("GET", "/", dashboard.index, PUBLIC)
     table.add("GET", "/static/{name}", dashboard.static, PUBLIC)
+    for door in FRONT_DOOR:
+        table.add(*door[:5], dialect=door[5])
     table.check_complete()
-    openapi.describe(app, ROUTES, PREFIXES)
+    openapi.describe(app, ROUTES, PREFIXES, FRONT_DOOR)
     app[ROUTE_TABLE] = table

@@ -15,9 +15,37 @@ from typing import Any, Protocol
 
 from ..chat_request import ChatOutcome, ChatRequest
 from ..config import ModelConfig
-from ..errors import ApiError
+from ..errors import ApiError, NotFound
 
-__all__ = ["Dialect", "StreamEncoder"]
+__all__ = ["Dialect", "ModelNotFound", "StreamEncoder", "model_alias", "retry_headers"]
+
+
+class ModelNotFound(NotFound):
+    """A model that is not a configured alias (both dialects: 404, naming the ones there are)."""
+
+    type = "MODEL_NOT_FOUND"
+
+    def __init__(self, name: str, models: Mapping[str, ModelConfig]) -> None:
+        super().__init__(f"The model {name!r} does not exist here; the models are: {', '.join(sorted(models))}",
+                         param="model")
+
+
+def model_alias(name: str, models: Mapping[str, ModelConfig]) -> str:
+    """``name`` when it is a configured alias; ModelNotFound otherwise."""
+    if name not in models:
+        raise ModelNotFound(name, models)
+    return name
+
+
+# Refusals that no retry can pass: a spent budget (the day or month must end first) and an
+# Idempotency-Key reused with another body.  The official SDKs of both dialects retry 409 and
+# 429 by themselves unless the answer says ``x-should-retry: false``.
+_FINAL = frozenset({402, 409})
+
+
+def retry_headers(error: ApiError) -> dict[str, str]:
+    """Headers to send with ``error`` on a front-door route, beside its own."""
+    return {"x-should-retry": "false"} if error.status in _FINAL else {}
 
 
 class StreamEncoder(Protocol):

@@ -1,0 +1,107 @@
+"""The OpenAI/Anthropic front door's handlers (docs/openai-compatible.md), the same for every
+dialect: parse the body with the route's dialect, start the call (ChatService), answer in
+the dialect.
+
+A streamed call sends nothing until its first delta: a failure before it (every retry and
+fallback spent, the budget, a refused request) is then a real HTTP error in the dialect's
+status and shape, and what happened before it is invisible to the client.  A client that
+goes away cancels the call: a write to it fails, or (aiohttp 3.8) its handler is cancelled.
+What the call used is billed either way (the chat service's part).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..agent import ANONYMOUS
+from ..chat_request import ChatCall, ChatFailed, ChatOutcome, ChatRequest
+from ..config import ModelConfig
+from ..dialects import Dialect, model_alias
+from .common import API_KEY_ID, CONFIG, SERVICES, json_response, read_json
+from .middleware import early_headers
+
+__all__ = ["chat_handler", "get_model", "list_models"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_STREAM_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def chat_handler(dialect: Dialect) -> Handler:
+    """The handler of a dialect's chat call (POST /v1/chat/completions, POST /v1/messages)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        chat = dialect.parse(await read_json(request), request.app[CONFIG].models)
+        call = await request.app[SERVICES].chat.start(chat, request.get(API_KEY_ID, ANONYMOUS))
+        try:
+            if not chat.stream:
+                return json_response(dialect.render(await call.outcome()))
+            return await _stream(request, dialect, chat, call)
+        except asyncio.CancelledError:
+            # The handler is cancelled (aiohttp 3.8 does so when the client goes away; a
+            # shutdown too): the call ends with it.
+            await asyncio.shield(call.cancel())
+            raise
+
+    handler.__name__ = handler.__qualname__ = f"{dialect.name}_chat"
+    handler.__doc__ = f"A chat call in {dialect.name}'s format (streamed with stream: true)"
+    return handler
+
+
+async def _first(deltas: AsyncIterator[str]) -> str | None:
+    try:
+        return await deltas.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _stream(request: web.Request, dialect: Dialect, chat: ChatRequest, call: ChatCall) -> web.StreamResponse:
+    deltas = call.deltas().__aiter__()
+    first = await _first(deltas)
+    outcome: ChatOutcome | None = None
+    if first is None:
+        # No text came: the call ended first.  Failed: raised here, a real HTTP error.  Done
+        # (an answer of tool calls only): the whole stream below, at once.
+        outcome = await call.outcome()
+    encoder = dialect.encoder(chat, call.agent_id, call.created_at)
+    response = web.StreamResponse(headers={**_STREAM_HEADERS, **early_headers(request)})
+    try:
+        await response.prepare(request)
+        await response.write(encoder.start() + (encoder.delta(first) if first is not None else b""))
+        if outcome is None:
+            async for text in deltas:
+                await response.write(encoder.delta(text))
+            try:
+                outcome = await call.outcome()
+            except ChatFailed as exc:
+                # Failed after the first frame: the status is sent, the dialect's error frame ends it.
+                await response.write(encoder.fail(exc))
+                return response
+        await response.write(encoder.finish(outcome))
+        await response.write_eof()
+    except ConnectionResetError:
+        # The client went away (a write to it failed): the upstream call ends too.
+        await asyncio.shield(call.cancel())
+    return response
+
+
+# -- the models ------------------------------------------------------------------------------------
+
+def _model(model: ModelConfig) -> dict[str, Any]:
+    # created: the catalogue has no dates; 0 is OpenAI's "unknown" and sorts every alias alike.
+    return {"id": model.alias, "object": "model", "created": 0, "owned_by": model.provider}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """The configured model aliases, in OpenAI's list shape."""
+    models = request.app[CONFIG].models
+    return json_response({"object": "list", "data": [_model(m) for m in models.values()]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """One configured model alias (404 model_not_found for any other name)."""
+    models = request.app[CONFIG].models
+    return json_response(_model(models[model_alias(request.match_info["model_id"], models)]))
