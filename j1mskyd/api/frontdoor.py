@@ -5,8 +5,11 @@ the dialect.
 A streamed call sends nothing until its first delta: a failure before it (every retry and
 fallback spent, the budget, a refused request) is then a real HTTP error in the dialect's
 status and shape, and what happened before it is invisible to the client.  A client that
-goes away cancels the call: a write to it fails, or (aiohttp 3.8) its handler is cancelled.
-What the call used is billed either way (the chat service's part).
+goes away cancels the call: a write to it fails (a stream), its connection is seen closed
+(a call waiting for its answer, looked at every :data:`WATCH` seconds: neither aiohttp 3.8
+nor the daemon's default on later versions cancels a handler whose client left), or its
+handler is cancelled (a server run with handler_cancellation, and at shutdown).  What the
+call used is billed either way (the chat service's part).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from .middleware import early_headers
 __all__ = ["chat_handler", "get_model", "list_models"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+WATCH = 1.0  # seconds between looks at a waiting call's connection
 _STREAM_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -38,7 +42,7 @@ def chat_handler(dialect: Dialect) -> Handler:
         call = await request.app[SERVICES].chat.start(chat, request.get(API_KEY_ID, ANONYMOUS))
         try:
             if not chat.stream:
-                return json_response(dialect.render(await call.outcome()))
+                return json_response(dialect.render(await _outcome_while_connected(request, call)))
             return await _stream(request, dialect, chat, call)
         except asyncio.CancelledError:
             # The handler is cancelled (aiohttp 3.8 does so when the client goes away; a
@@ -51,21 +55,46 @@ def chat_handler(dialect: Dialect) -> Handler:
     return handler
 
 
-async def _first(deltas: AsyncIterator[str]) -> str | None:
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _while_connected(request: web.Request, call: ChatCall, step: Awaitable[Any]) -> Any:
+    """``step``'s result; the call cancelled (ConnectionResetError) if the client leaves first."""
+    task = asyncio.ensure_future(step)
     try:
-        return await deltas.__anext__()
+        while not (await asyncio.wait((task,), timeout=WATCH))[0]:
+            if _gone(request):
+                await asyncio.shield(call.cancel())
+                raise ConnectionResetError("the client went away")
+        return task.result()
+    finally:
+        task.cancel()  # nothing when it is done
+
+
+async def _outcome_while_connected(request: web.Request, call: ChatCall) -> ChatOutcome:
+    outcome: ChatOutcome = await _while_connected(request, call, call.outcome())
+    return outcome
+
+
+async def _first(request: web.Request, call: ChatCall, deltas: AsyncIterator[str]) -> str | None:
+    """The first delta (None: the call ended without text), watching the connection meanwhile."""
+    try:
+        first: str = await _while_connected(request, call, deltas.__anext__())
+        return first
     except StopAsyncIteration:
         return None
 
 
 async def _stream(request: web.Request, dialect: Dialect, chat: ChatRequest, call: ChatCall) -> web.StreamResponse:
     deltas = call.deltas().__aiter__()
-    first = await _first(deltas)
+    first = await _first(request, call, deltas)
     outcome: ChatOutcome | None = None
     if first is None:
         # No text came: the call ended first.  Failed: raised here, a real HTTP error.  Done
         # (an answer of tool calls only): the whole stream below, at once.
-        outcome = await call.outcome()
+        outcome = await _outcome_while_connected(request, call)
     encoder = dialect.encoder(chat, call.agent_id, call.created_at)
     response = web.StreamResponse(headers={**_STREAM_HEADERS, **early_headers(request)})
     try:
