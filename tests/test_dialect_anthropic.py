@@ -326,8 +326,8 @@ def test_count_tokens_takes_no_generation_fields() -> None:
 def test_estimate_counts_all_the_text_sent_with_the_providers_estimate() -> None:
     req = parse_count({k: v for k, v in FULL.items() if k in ("model", "system", "messages", "tools")}, MODELS)
     text = ("Be brief.\n\nAnswer in English." "Weather in Oslo?" "Let me look." "weather" '{"city":"Oslo","days":[1,2]}'
-            "-3 C" "And tomorrow?" "The" "weather" "Weather by city"
-            '{"type":"object","properties":{"city":{"type":"string"}}}')
+            "-3 C" "And tomorrow?" "The"
+            '["weather","Weather by city",{"type":"object","properties":{"city":{"type":"string"}}}]')
     assert estimate_input_tokens(req) == estimate_tokens(text)
     short = parse_count({"model": "sonnet", "messages": [{"role": "user", "content": "x" * 400}]}, MODELS)
     assert estimate_input_tokens(short) == 100

@@ -374,6 +374,22 @@ _FRONT_DOOR_RESULTS: dict[tuple[str, str], dict[str, Any]] = {
                                 data={"type": "array", "items": _OPENAI_MODEL}),
     ("GET", "/v1/models/{model_id}"): _OPENAI_MODEL,
 }
+# Anthropic's Messages (/v1/messages): its shapes and error body.
+_ANTHROPIC_ERROR = _obj(["type", "error"], type={"const": "error"}, error=_obj(
+    ["type", "message"], type=_STR, message=_STR, details=_obj(["error_code"], error_code=_STR)))
+_TEXT_BLOCK = _obj(["type", "text"], type={"const": "text"}, text=_STR, cache_control=_OBJ)
+_TOOL_USE = _obj(["type", "id", "name", "input"], type={"const": "tool_use"}, id=_STR, name=_STR, input=_OBJ)
+_MESSAGE_USAGE = _obj(["input_tokens", "output_tokens"], input_tokens=_INT, output_tokens=_INT,
+                      cache_creation_input_tokens=_INT, cache_read_input_tokens=_INT)
+_FRONT_DOOR_RESULTS[("POST", "/v1/messages")] = _obj(
+    ["id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage"], id=_STR,
+    type={"const": "message"}, role={"const": "assistant"}, model=_STR,
+    content={"type": "array", "items": {"anyOf": [_TEXT_BLOCK, _TOOL_USE]}},
+    stop_reason={"type": "string", "enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn",
+                                            "refusal", "model_context_window_exceeded"]},
+    stop_sequence={"type": ["string", "null"]}, usage=_MESSAGE_USAGE)
+_FRONT_DOOR_RESULTS[("POST", "/v1/messages/count_tokens")] = _obj(
+    ["input_tokens", "estimated"], input_tokens=_INT, estimated={"const": True})
 # A call's refusals beyond a read's: an Idempotency-Key reused (409), a full disk (507), and the
 # call's own ends (ChatFailed: every provider failed 502, the daemon stopped 503, timeout 504).
 _CALL_ERRORS = (409, 502, 503, 504, 507)
@@ -406,9 +422,46 @@ def _chat_body(config: Any) -> dict[str, Any]:
         "stream": _BOOL, "stream_options": _obj([], include_usage=_BOOL)}}
 
 
+def _messages_body(config: Any, *, count: bool = False) -> dict[str, Any]:
+    """The fields of a Messages body this daemon reads (anthropic_messages.py checks them);
+    ``count``: count_tokens', without max_tokens and the sampling fields."""
+    text_blocks = {"type": "array", "items": _TEXT_BLOCK}
+    result = _obj(["type", "tool_use_id"], type={"const": "tool_result"}, tool_use_id=_STR,
+                  content={"anyOf": [_STR, text_blocks]}, is_error=_BOOL, cache_control=_OBJ)
+    message = _obj(["role", "content"], role={"type": "string", "enum": ["user", "assistant"]},
+                   content={"anyOf": [_STR, {"type": "array", "items": {"anyOf": [_TEXT_BLOCK, _TOOL_USE, result]}}]})
+    tool = _obj(["name", "input_schema"], name={"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                description=_STR, input_schema=_obj(["type"], type={"const": "object"}), type={"const": "custom"},
+                cache_control=_OBJ)
+    properties: dict[str, Any] = {
+        "model": {"type": "string", "enum": list(config.models)},
+        "messages": {"type": "array", "minItems": 1, "items": message},
+        "system": {"anyOf": [_STR, text_blocks]}, "tools": {"type": "array", "items": tool},
+        "tool_choice": _obj(["type"], type={"type": "string", "enum": ["auto", "any", "tool", "none"]}, name=_STR,
+                            disable_parallel_tool_use={"const": False}),
+        "thinking": _obj(["type"], type={"const": "disabled"}), "cache_control": _OBJ}
+    if not count:
+        properties.update({
+            "max_tokens": {"type": "integer", "minimum": 1}, "stop_sequences": {"type": "array", "items": _STR},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+            "metadata": _obj([], user_id={"type": ["string", "null"], "maxLength": 256}), "stream": _BOOL,
+            "service_tier": {"type": "string", "enum": ["auto", "standard_only"]}})
+    return {"type": "object", "additionalProperties": False,
+            "required": ["model", "messages"] + ([] if count else ["max_tokens"]), "properties": properties}
+
+
+_FRONT_DOOR_BODIES: dict[tuple[str, str], Any] = {
+    ("POST", "/v1/chat/completions"): _chat_body,
+    ("POST", "/v1/messages"): _messages_body,
+    ("POST", "/v1/messages/count_tokens"): lambda config: _messages_body(config, count=True),
+}
+_FRONT_DOOR_ERRORS = {"openai": _OPENAI_ERROR, "anthropic": _ANTHROPIC_ERROR}
+
+
 def _front_door_operation(method: str, path: str, handler: Any, scope: str, limit_class: str,
-                          config: Any) -> dict[str, Any]:
-    error: dict[str, Any] = {"content": {"application/json": {"schema": _OPENAI_ERROR}}}
+                          config: Any, dialect: str = "openai") -> dict[str, Any]:
+    error: dict[str, Any] = {"content": {"application/json": {"schema": _FRONT_DOOR_ERRORS[dialect]}}}
     success: dict[str, Any] = {"application/json": {"schema": _FRONT_DOOR_RESULTS[(method, path)]}}
     codes = [400, 401, 403, 404, 413, 429]
     operation: dict[str, Any] = {
@@ -418,9 +471,11 @@ def _front_door_operation(method: str, path: str, handler: Any, scope: str, limi
         "security": [{"bearer": [scope]}, {"apiKey": [scope]}],
     }
     if method == "POST":
-        success["text/event-stream"] = {"schema": _STR}  # stream: true
-        codes += _CALL_ERRORS
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _chat_body(config)}}}
+        if limit_class == "spawn":  # a call (count_tokens is none: only the Idempotency-Key's refusals)
+            success["text/event-stream"] = {"schema": _STR}  # stream: true
+        codes += _CALL_ERRORS if limit_class == "spawn" else (409, 507)
+        operation["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": _FRONT_DOOR_BODIES[(method, path)](config)}}}
     if "{" in path:
         operation["parameters"] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
                                    for n in _PARAM.findall(path)]
@@ -457,9 +512,9 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
                 operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES,
                                             "content": {"application/json": {"schema": body}}}
             paths.setdefault(prefix + path, {})[method.lower()] = operation
-    for method, path, handler, scope, limit_class, _ in front_door:
+    for method, path, handler, scope, limit_class, dialect in front_door:
         paths.setdefault(path, {})[method.lower()] = _front_door_operation(method, path, handler, scope, limit_class,
-                                                                             config)
+                                                                             config, dialect.name)
     return {
         "openapi": "3.1.0",
         "info": {"title": "J1MSKY API (j1mskyd)", "version": __version__,

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..dialects.anthropic_messages import DIALECT as ANTHROPIC
 from ..dialects.openai_chat import OPENAI
-from . import (agents, dashboard, events, frontdoor, keys, openapi, ops, orchestrator, pricing, security, system,
-               webhooks)
+from . import (agents, dashboard, events, frontdoor, frontdoor_anthropic, keys, openapi, ops, orchestrator, pricing,
+               security, system, webhooks)
 from .route_table import PUBLIC, ROUTE_TABLE, RouteTable
 
 PREFIXES = ("/api", "/api/v1")
@@ -97,6 +98,9 @@ FRONT_DOOR = (
     ("POST", "/v1/chat/completions", frontdoor.chat_handler(OPENAI), WRITE, "spawn", OPENAI),
     ("GET", "/v1/models", frontdoor.list_models, READ, "other", OPENAI),
     ("GET", "/v1/models/{model_id}", frontdoor.get_model, READ, "other", OPENAI),
+    ("POST", "/v1/messages", frontdoor.chat_handler(ANTHROPIC), WRITE, "spawn", ANTHROPIC),
+    # An estimate, no call: the key that sends the messages counts them (class other: nothing is spawned).
+    ("POST", "/v1/messages/count_tokens", frontdoor_anthropic.count_tokens, WRITE, "other", ANTHROPIC),
 )
 
 

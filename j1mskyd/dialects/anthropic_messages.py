@@ -28,9 +28,9 @@ from ..budget import BudgetExceeded
 from ..chat_request import ChatOutcome, ChatRequest
 from ..config import ModelConfig
 from ..errors import ApiError, ValidationFailed
-from ..plugin_api import Block, Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
-from ..provider_http import estimate_tokens
-from . import model_alias
+from ..plugin_api import Block, CompletionRequest, Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
+from ..provider_http import estimate_tokens, request_text
+from . import Dialect, model_alias
 
 __all__ = ["DIALECT", "AnthropicMessages", "AnthropicStream", "parse", "parse_count", "estimate_input_tokens",
            "stop_reason", "SPEND_LIMIT_CODE"]
@@ -376,24 +376,16 @@ def parse_count(body: Any, models: Mapping[str, ModelConfig]) -> ChatRequest:
 
 
 def estimate_input_tokens(request: ChatRequest) -> int:
-    """The input tokens of ``request``, estimated: :func:`~j1mskyd.provider_http.estimate_tokens`
-    (about four characters a token, the estimate the providers make when an upstream reports
-    no usage) over all the text the upstream is sent: system prompt, messages, tool calls and
-    results, tool definitions.  Not ``worstcase.input_bound``: that is a bound for reserving
-    money (a token a byte), about four times the real count, and a client fitting a context
-    window on it would cut its conversation for nothing."""
-    parts = [request.system or ""]
-    for message in request.messages:
-        for block in message.content:
-            if isinstance(block, TextBlock):
-                parts.append(block.text)
-            elif isinstance(block, ToolCall):
-                parts += (block.name, block.arguments)
-            else:
-                parts.append(block.content)
-    for tool in request.tools:
-        parts += (tool.name, tool.description, jsonx.dumps(tool.parameters))
-    return estimate_tokens("".join(parts))
+    """The input tokens of ``request``, estimated as the providers estimate a call's input when
+    an upstream reports no usage (and as the offline provider counts it): about four
+    characters a token (``provider_http.estimate_tokens``) over everything the model reads
+    (``provider_http.request_text``: system text, messages, tool calls and results, tool
+    definitions).  Not ``worstcase.input_bound``: that is a bound for reserving money (a token
+    a byte), about four times the real count, and a client fitting a context window on it
+    would cut its conversation for nothing."""
+    read = CompletionRequest(model=request.model, prompt="", system=request.system, messages=request.messages,
+                             tools=request.tools)
+    return estimate_tokens(request_text(read))
 
 
 # -- answers ------------------------------------------------------------------------------------
@@ -577,4 +569,4 @@ class AnthropicMessages:
         return error_body(error)
 
 
-DIALECT = AnthropicMessages()
+DIALECT: Dialect = AnthropicMessages()
