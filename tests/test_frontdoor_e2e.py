@@ -473,7 +473,7 @@ async def test_every_call_is_an_agent_of_kind_chat_with_usage_cost_and_events(tm
             assert rows[agent_id]["input_tokens"] == 11 and rows[agent_id]["output_tokens"] == 7
             assert listed[agent_id]["actual_cost"] > 0
             # The prompt is sealed at rest like any agent's task.
-            assert b"Say hello" not in (rows[agent_id]["task"] or b"")
+            assert rows[agent_id]["task"] and "Say hello" not in rows[agent_id]["task"]
         billing = await door.api("/api/billing/usage")
         assert billing["calls"] == 4
         assert billing["total_cost"] == pytest.approx(sum(listed[i]["actual_cost"] for i in ids))
