@@ -1,7 +1,8 @@
 """A real loopback HTTP server speaking both upstream wire formats, for tests.
 
 ``POST /v1/chat/completions`` answers in OpenAI's shape; ``POST /v1/messages`` answers in
-Anthropic's shape and insists on ``x-api-key`` and ``anthropic-version`` like the real API.
+Anthropic's shape and insists on a key (``x-api-key``, or ``Authorization`` as the official SDK
+sends it of late) and ``anthropic-version`` like the real API.
 Both stream with ``"stream": true`` the way the real APIs do: OpenAI's ``data:`` chunks
 (a final usage chunk when ``stream_options.include_usage``, then ``data: [DONE]``);
 Anthropic's named events (``event:`` lines) ``message_start`` (with usage),
@@ -117,7 +118,8 @@ class FakeUpstream:
 
     def die_after_next(self, chunks: int, *, n: int = 1, error: str | None = None,
                        tool_calls: list[tuple[str, str]] | None = None) -> None:
-        """The next ``n`` streamed calls send ``chunks`` delta chunks (text words, then tool
+        """The next ``n`` calls, streamed (a call that is not streamed uses the script entry up
+        and answers in full), send ``chunks`` delta chunks (text words, then tool
         argument pieces; Anthropic's ``message_start`` with its usage goes first, as the real
         API sends it) and then close the connection: no usage, no finish, no end marker.
         ``error`` (e.g. ``"overloaded_error"``) sends the format's in-stream error event first."""
@@ -254,7 +256,8 @@ class FakeUpstream:
         payload, scripted = await self._begin(request)
         if scripted is not None:
             return scripted
-        if not request.headers.get("x-api-key"):
+        if not request.headers.get("x-api-key") and not request.headers.get("authorization"):
+            # (the official SDK of late sends its key as ``Authorization: Bearer``, which the real API takes)
             return web.json_response(self._error_body(request.path, 401), status=401)
         if not request.headers.get("anthropic-version") or not isinstance(payload, dict):
             return web.json_response(self._error_body(request.path, 400), status=400)
@@ -271,7 +274,9 @@ class FakeUpstream:
             "usage": {"input_tokens": self.input_tokens, "output_tokens": self._billed_output(payload)},
         })
 
-    async def _anthropic_stream(self, request: web.Request, payload: dict[str, Any], reply: Reply) -> web.StreamResponse:
+    async def _anthropic_stream(
+        self, request: web.Request, payload: dict[str, Any], reply: Reply
+    ) -> web.StreamResponse:
         text, stop = self._parts(reply, "anthropic")
         start = {"type": "message_start", "message": {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": payload.get("model"),

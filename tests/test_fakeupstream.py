@@ -9,7 +9,7 @@ import json
 import aiohttp
 import pytest
 
-from tests.fakeupstream import fake_upstream  # noqa: F401 - fixture
+from tests.fakeupstream import FakeUpstream, fake_upstream  # noqa: F401 - fixture
 
 OPENAI = ("/v1/chat/completions", {})
 ANTHROPIC = ("/v1/messages", {"x-api-key": "k", "anthropic-version": "2023-06-01"})
@@ -127,3 +127,31 @@ async def test_stop_reason_script_on_a_slow_stream(fake_upstream):
             rest = await resp.content.read()
     assert first == b"event: message_start\n"
     assert b'"stop_reason": "max_tokens"' in rest
+
+
+async def test_the_official_sdks_read_the_fake_as_the_real_api():
+    """The official SDKs (PyPI stack) parse the fake's answers and streams, tool calls included:
+    the fake speaks the formats as the SDKs know them, not only as our plugins read them."""
+    anthropic = pytest.importorskip("anthropic", reason="the official anthropic SDK is in the test extra (PyPI)")
+    openai = pytest.importorskip("openai", reason="the official openai SDK is in the test extra (PyPI)")
+    upstream = await FakeUpstream().start()
+    try:
+        upstream.tool_calls_next([("get_weather", '{"city": "Paris"}')], text="Let me look.", n=2)
+        claude = anthropic.AsyncAnthropic(base_url=upstream.url, api_key="k", max_retries=0)
+        async with claude.messages.stream(model="m", max_tokens=64,
+                                          messages=[{"role": "user", "content": "hi"}]) as stream:
+            text = "".join([t async for t in stream.text_stream])
+            message = await stream.get_final_message()
+        assert text == "Let me look." and message.stop_reason == "tool_use"
+        assert message.content[1].input == {"city": "Paris"} and message.usage.output_tokens == 7
+        gpt = openai.AsyncOpenAI(base_url=upstream.url + "/v1", api_key="k", max_retries=0)
+        chunks = [c async for c in await gpt.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
+            stream_options={"include_usage": True})]
+        arguments = "".join(c.choices[0].delta.tool_calls[0].function.arguments
+                            for c in chunks if c.choices and c.choices[0].delta.tool_calls)
+        assert arguments == '{"city": "Paris"}' and chunks[-1].usage.completion_tokens == 7
+        await claude.close()
+        await gpt.close()
+    finally:
+        await upstream.close()

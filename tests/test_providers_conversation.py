@@ -107,7 +107,8 @@ async def test_openai_compat_tool_results_and_text_keep_their_order(registry, se
     (ToolChoice("auto"), "auto", {"type": "auto"}),
     (ToolChoice("none"), "none", {"type": "none"}),
     (ToolChoice("required"), "required", {"type": "any"}),
-    (ToolChoice("tool", "clock"), {"type": "function", "function": {"name": "clock"}}, {"type": "tool", "name": "clock"}),
+    (ToolChoice("tool", "clock"), {"type": "function", "function": {"name": "clock"}},
+     {"type": "tool", "name": "clock"}),
 ])
 async def test_tool_choice_in_each_format(registry, session, fake_upstream, choice, openai, anthropic):
     for plugin, expected in (("openai_compat", openai), ("anthropic", anthropic)):
@@ -422,7 +423,8 @@ async def test_offline_answers_from_the_conversation(registry):
     assert a.finish_reason == "stop"
 
 
-@pytest.mark.parametrize("choice, name", [(ToolChoice("required"), "get_weather"), (ToolChoice("tool", "clock"), "clock")])
+@pytest.mark.parametrize("choice, name", [(ToolChoice("required"), "get_weather"),
+                                          (ToolChoice("tool", "clock"), "clock")])
 async def test_offline_forced_tool_call(registry, choice, name):
     provider = make(registry, None, "offline")
     result = await provider.complete(chat(tool_choice=choice))

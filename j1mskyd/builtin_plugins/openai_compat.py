@@ -39,16 +39,8 @@ from j1mskyd.plugin_api import (
     ToolResult,
     conversation,
 )
-from j1mskyd.provider_http import (
-    HttpCaller,
-    StreamState,
-    arguments_text,
-    as_object,
-    billed_usage,
-    completion,
-    kind_for_error_type,
-    tool_choice_problem,
-)
+from j1mskyd.provider_http import HttpCaller, StreamState, as_object, completion, kind_for_error_type
+from j1mskyd.provider_http import arguments_text, billed_usage, tool_choice_problem
 
 J1MSKY_PLUGIN_API = 1
 
