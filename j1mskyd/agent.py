@@ -14,18 +14,23 @@ import sqlite3
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, get_args, overload
+from typing import TYPE_CHECKING, Any, Callable, Final, Literal, get_args, overload
 
+from . import jsonx
 from .crypto import DataCipher
+
+if TYPE_CHECKING:
+    from .chat_request import ChatRequest
+    from .plugin_api import CompletionResult
 
 __all__ = [
     "Agent", "from_row", "iso", "money", "COLUMNS", "SEALED",
     "Status", "STATUSES", "LIVE", "TERMINAL", "SPAWNING", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED",
-    "Kind", "KIND_AGENT", "KIND_TEAM", "KIND_MEMBER", "Priority", "PRIORITIES", "ANONYMOUS",
+    "Kind", "KIND_AGENT", "KIND_TEAM", "KIND_MEMBER", "KIND_CHAT", "Priority", "PRIORITIES", "ANONYMOUS",
 ]
 
 Status = Literal["spawning", "queued", "running", "completed", "failed", "cancelled"]
-Kind = Literal["agent", "team", "member"]
+Kind = Literal["agent", "team", "member", "chat"]
 Priority = Literal["high", "normal", "low"]
 
 SPAWNING: Final = "spawning"
@@ -43,8 +48,9 @@ PRIORITIES: dict[str, int] = {"high": 0, "normal": 1, "low": 2}  # lower runs fi
 KIND_AGENT: Final = "agent"
 KIND_TEAM: Final = "team"
 KIND_MEMBER: Final = "member"
+KIND_CHAT: Final = "chat"  # a call through the OpenAI/Anthropic front door (chat_service.py)
 ANONYMOUS = "anonymous"  # the key id of requests made while authentication is not configured
-SEALED = ("task", "result")  # columns encrypted at rest
+SEALED = ("task", "result", "tool_calls")  # columns encrypted at rest
 
 
 def iso(ts: float | None) -> str | None:
@@ -95,6 +101,10 @@ class Agent:
     api_key: str = ANONYMOUS  # the key id that spawned it
     retention_days: float | None = None
     purged_at: float | None = None
+    # A chat agent's: when the first text reached its caller (the whole answer's arrival when
+    # it was not streamed), and the tool calls of its answer as a JSON list (sealed, like result).
+    first_token_at: float | None = None
+    tool_calls: str | None = field(default=None, repr=False)
     # A team agent's member ids.
     members: list[str] = field(default_factory=list, metadata=_MEMORY_ONLY)
     # The budget held for this agent while it is live (its worst case; see worstcase.py); None: no
@@ -102,6 +112,17 @@ class Agent:
     reserved: float | None = field(default=None, metadata=_MEMORY_ONLY)
     # The cost of calls the upstream billed although they failed (already in the ledger).
     billed: float = field(default=0.0, metadata=_MEMORY_ONLY)
+    # A chat agent's request as its caller sent it (``task`` is its canonical JSON); None after
+    # a restart, when a chat agent is only failed (nobody waits for it any more).
+    chat: ChatRequest | None = field(default=None, repr=False, metadata=_MEMORY_ONLY)
+    # Where a streamed chat call's text deltas go as they arrive (the ChatCall's queue).  Set:
+    # the runtime streams from a plugin that can, and never retries nor falls back once a
+    # delta went out.
+    sink: Callable[[str], None] | None = field(default=None, repr=False, metadata=_MEMORY_ONLY)
+    # The completed call's answer (finish reason, upstream model, tool calls), for the ChatCall.
+    answer: CompletionResult | None = field(default=None, repr=False, metadata=_MEMORY_ONLY)
+    # Why a chat agent failed, in ChatFailed's words (bad_request, upstream, timeout, interrupted).
+    failure: str | None = field(default=None, metadata=_MEMORY_ONLY)
 
     # -- persistence -----------------------------------------------------------
     # Task and result are the user's data: they reach the database only through
@@ -161,7 +182,17 @@ class Agent:
             view["data_deleted_at"] = iso(self.purged_at)
         if self.parent_id:
             view["parent_id"] = self.parent_id
+        if self.kind == KIND_CHAT:
+            view |= self._chat_view()
         return view
+
+    def _chat_view(self) -> dict[str, Any]:
+        """What a chat agent adds to its views: its kind, how long its caller waited for the
+        first text, and the tool calls its answer asked for."""
+        return {"kind": KIND_CHAT,
+                "time_to_first_token": None if self.first_token_at is None
+                else round(max(self.first_token_at - self.created_at, 0.0), 3),
+                "tool_calls": jsonx.loads(self.tool_calls) if self.tool_calls else []}
 
     def list_view(self) -> dict[str, Any]:
         return {
@@ -177,7 +208,7 @@ class Agent:
             "estimated_cost": money(self.estimated_cost),
             "actual_cost": money(self.cost),
             "error": self.error,
-        }
+        } | ({"kind": KIND_CHAT} if self.kind == KIND_CHAT else {})
 
     def active_view(self) -> dict[str, Any]:
         return {"agent_id": self.agent_id, "model": self.model, "status": self.status, "task": self.task,

@@ -25,6 +25,7 @@ from .errors import ValidationFailed
 # public field name -> (column, type)
 FIELDS: dict[str, tuple[str, str]] = {
     "agent_id": ("agent_id", "text"),
+    "kind": ("kind", "text"),  # agent, team, member, chat
     # Encrypted at rest (crypto.py): SQL cannot see it, so these filters run in Python
     # on the decrypted rows that the other filters selected (AgentQuery.post).
     "task": ("task", "sealed"),

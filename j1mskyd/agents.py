@@ -43,7 +43,8 @@ class AgentService:
         self._ids = itertools.count(secrets.randbelow(10_000))
 
     # -- validation --------------------------------------------------------------------
-    def _new_id(self, now: float) -> str:
+    def new_id(self, now: float) -> str:
+        """A new agent id (spawns and chat calls alike)."""
         return f"subagent_{int(now)}_{next(self._ids) % 10_000:04d}"
 
     def estimate(self, model_alias: str, task: str) -> float:
@@ -54,11 +55,12 @@ class AgentService:
 
     def reservation(self, agent: Agent) -> float:
         """The most ``agent`` may cost (its worst case over its fallback chain), remembered on it."""
-        agent.reserved = worstcase.agent_bound(self.config.models, agent.model, agent.task or "")
+        asked = agent.chat.max_tokens if agent.chat is not None else None  # a chat call's own max_tokens
+        agent.reserved = worstcase.agent_bound(self.config.models, agent.model, agent.task or "", asked)
         return agent.reserved
 
     def _build(self, req: SpawnRequest, now: float) -> Agent:
-        return Agent(agent_id=self._new_id(now), kind=KIND_AGENT, model=req.model, task=req.task,
+        return Agent(agent_id=self.new_id(now), kind=KIND_AGENT, model=req.model, task=req.task,
                      priority=req.priority, timeout=req.timeout, status=SPAWNING,
                      estimated_cost=self.estimate(req.model, req.task), created_at=now,
                      retention_days=req.retention_days)
@@ -72,12 +74,13 @@ class AgentService:
                 raise ValidationFailed(errors)
 
     # -- spawning ----------------------------------------------------------------------
-    async def _store_and_admit(self, agents: list[Agent], extra: Sequence[Agent] = (), *,
+    async def store_and_admit(self, agents: list[Agent], extra: Sequence[Agent] = (), *,
                                key_id: str = ANONYMOUS, webhook_urls: dict[str, str] | None = None,
                                webhook_secret: str | None = None) -> None:
         """Reserve the budget for the top-level ``agents`` (a team's members ride on their
         lead's reservation), then store and queue everything, with each spawn's own
-        webhook in the same transaction; refused means nothing written."""
+        webhook in the same transaction; refused (BudgetExceeded, SpawnRefused) means
+        nothing written.  The one way in for spawns and chat calls (chat_service.py)."""
         for a in [*agents, *extra]:
             a.api_key = key_id
         hooks, statements = [], []
@@ -111,7 +114,7 @@ class AgentService:
                     webhook_secret: str | None = None) -> dict[str, Any]:
         agent = self._build(req, self.runtime.clock())
         await self._check_targets([("", req.webhook_url)])
-        await self._store_and_admit([agent], key_id=key_id, webhook_urls=_urls([(agent, req.webhook_url)]),
+        await self.store_and_admit([agent], key_id=key_id, webhook_urls=_urls([(agent, req.webhook_url)]),
                                     webhook_secret=webhook_secret)
         return agent.spawn_view()
 
@@ -120,7 +123,7 @@ class AgentService:
         now = self.runtime.clock()
         agents = [self._build(req, now) for req in reqs]
         await self._check_targets([(f"agents[{i}].", req.webhook_url) for i, req in enumerate(reqs)])
-        await self._store_and_admit(agents, key_id=key_id,
+        await self.store_and_admit(agents, key_id=key_id,
                                     webhook_urls=_urls((a, r.webhook_url) for a, r in zip(agents, reqs)),
                                     webhook_secret=webhook_secret)
         return {"success": True, "count": len(agents),
@@ -131,16 +134,16 @@ class AgentService:
         await self._check_targets([("", req.webhook_url)])
         team, task, priority, timeout, retention = req.team, req.task, req.priority, req.timeout, req.retention_days
         now = self.runtime.clock()
-        lead = Agent(agent_id=self._new_id(now), kind=KIND_TEAM, team=team.id, model=team.id, task=task,
+        lead = Agent(agent_id=self.new_id(now), kind=KIND_TEAM, team=team.id, model=team.id, task=task,
                      priority=priority, timeout=timeout, status=SPAWNING, created_at=now,
                      estimated_cost=0.0, retention_days=retention)
-        members = [Agent(agent_id=self._new_id(now), kind=KIND_MEMBER, parent_id=lead.agent_id, team=team.id,
+        members = [Agent(agent_id=self.new_id(now), kind=KIND_MEMBER, parent_id=lead.agent_id, team=team.id,
                          model=alias, task=task, priority=priority, timeout=timeout, status=SPAWNING,
                          estimated_cost=self.estimate(alias, task), created_at=now, retention_days=retention)
                    for alias in team.members]
         lead.members = [m.agent_id for m in members]
         lead.estimated_cost = sum(m.estimated_cost for m in members)
-        await self._store_and_admit([lead], members, key_id=key_id, webhook_urls=_urls([(lead, req.webhook_url)]),
+        await self.store_and_admit([lead], members, key_id=key_id, webhook_urls=_urls([(lead, req.webhook_url)]),
                                     webhook_secret=webhook_secret)
         return {"success": True, "agent_id": lead.agent_id, "team": team.id,
                 "models": self.member_labels(team.members), "status": SPAWNING,
@@ -268,7 +271,8 @@ class AgentService:
         agent = await self._load(agent_id)  # 404 when unknown
         now = self.runtime.clock()
         await self.store.write(
-            ("UPDATE agents SET task = '', result = NULL, purged_at = ? WHERE agent_id = ? OR parent_id = ?",
+            ("UPDATE agents SET task = '', result = NULL, tool_calls = NULL, purged_at = ? "
+             "WHERE agent_id = ? OR parent_id = ?",
              (now, agent.agent_id, agent.agent_id)), fail_fast=True)
         return {"success": True, "message": "Agent data deleted", "agent_id": agent_id}
 
@@ -276,7 +280,7 @@ class AgentService:
         """Retention: erase task and result of agents finished longer ago than their retention."""
         now = self.runtime.clock()
         await self.store.write((
-            "UPDATE agents SET task = '', result = NULL, purged_at = ? WHERE purged_at IS NULL "
+            "UPDATE agents SET task = '', result = NULL, tool_calls = NULL, purged_at = ? WHERE purged_at IS NULL "
             "AND status IN ('completed', 'failed', 'cancelled') "
             "AND completed_at < ? - COALESCE(retention_days, ?) * 86400",
             (now, now, self.config.privacy.retention_days)))

@@ -21,6 +21,7 @@ from .agent import Agent
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES, app_key
 from .billing import Billing
+from .chat_service import ChatService
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
 from .api.rate_headers import RATE_HEADERS, RateHeaders
 from .audit import Actor, AuditLog
@@ -81,6 +82,7 @@ class Services:
     - audit: api/agents, keys, security, webhooks, pricing; middleware; listener (violations)
     - budget, runtime, slots: api/ops, orchestrator, pricing, system
     - caches: api/orchestrator, pricing
+    - chat: api/frontdoor (the OpenAI/Anthropic front door: POST /v1/chat/completions, /v1/messages)
     - events: api/events, pricing; middleware and listener (security.violation)
     - health_cache, started, registry: api/system (GET /health, GET /plugins)
     - idempotency: middleware
@@ -99,6 +101,7 @@ class Services:
     slots: dict[str, ProviderSlot]
     runtime: AgentRuntime
     agents: AgentService
+    chat: ChatService
     budget: Budget
     keys: KeyService
     ip_control: IpControl
@@ -291,7 +294,7 @@ def _wire(app: web.Application) -> Services:
     orchestrator = Orchestrator(config, store, budget, runtime, app[_SLOTS], agents, history, pricing,
                                 caches["recommendations"], app[_BREAKER_CHANGES])
     return Services(store=store, registry=registry, slots=app[_SLOTS], runtime=runtime, agents=agents,
-                    budget=budget, keys=KeyService(store, sec.key_rotation_grace_hours * 3600),
+                    chat=ChatService(config, agents, runtime), budget=budget, keys=KeyService(store, sec.key_rotation_grace_hours * 3600),
                     ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store), events=events,
                     webhooks=webhooks, pricing_history=history, pricing=pricing, orchestrator=orchestrator,
                     billing=Billing(store), caches=caches, breaker_changes=app[_BREAKER_CHANGES])

@@ -25,23 +25,26 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import ledger
+from . import jsonx, ledger
 from .agent import (
-    Agent, CANCELLED, COMPLETED, FAILED, KIND_MEMBER, KIND_TEAM, PRIORITIES, QUEUED, RUNNING, SPAWNING, Status,
-    TERMINAL, money)
+    Agent, CANCELLED, COMPLETED, FAILED, KIND_CHAT, KIND_MEMBER, KIND_TEAM, PRIORITIES, QUEUED, RUNNING, SPAWNING,
+    Status, TERMINAL, money)
 from .backoff import backoff_delay
 from .budget import Budget, Level
 from .config import Config, ModelConfig
 from .events import Publisher, agent_event_data
 from .pricing import token_cost
 from .provider_pool import ProviderSlot
-from .plugin_api import TIMEOUT_GRACE, CompletionRequest, CompletionResult, ProviderError
+from .plugin_api import (
+    TIMEOUT_GRACE, CompletionRequest, CompletionResult, Message, ProviderError, TextBlock, ToolCall, ToolResult)
 from .plugins import bounded
+from .provider_http import estimate_tokens
 from .ratelimit import Buckets, Decision, Limit
 from .store import Statement, Store, StoreError
-from .worstcase import fallback_chain, input_bound, output_allowance
+from .worstcase import fallback_chain, input_bound, output_allowance, output_cap
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +55,68 @@ _LOOKAHEAD = 32  # queued agents examined behind a head that waits for hourly qu
 
 
 class AgentFailure(Exception):
-    """Ends an agent as failed with this message."""
+    """Ends an agent as failed with this message; ``kind`` says why in ChatFailed's words
+    (``upstream``: every provider failed; ``bad_request``: the provider refused the request)."""
+
+    def __init__(self, message: str, kind: str = "upstream") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class _Requeue(Exception):
     """Every provider of the chain ran out of hourly tokens between dispatch and call."""
 
 
+INTERRUPTED_CHAT = "interrupted: the daemon stopped during this chat call"
+
+
 def _abandoned_usage(agent: Agent, max_tokens: int) -> tuple[int, int]:
     """What a call sent and then abandoned before its answer may be billed: a provider goes on
     with a request whose caller hung up, and no usage comes back to say how much it wrote."""
     return input_bound(agent.task or ""), max_tokens
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One provider call as it goes: whether it streams, and the text streamed so far."""
+
+    streaming: bool = False
+    parts: list[str] = field(default_factory=list)
+
+    def used(self, agent: Agent, max_tokens: int) -> tuple[int, int]:
+        """What an attempt that ended without an answer may be billed when the upstream said
+        nothing.  A stream stops being written when its reader hangs up, so a streamed call is
+        billed its input bound and the tokens of the text that came (about four characters a
+        token); a call abandoned before its answer, at its worst case (_abandoned_usage)."""
+        if not self.streaming:
+            return _abandoned_usage(agent, max_tokens)
+        text = "".join(self.parts)
+        return input_bound(agent.task or ""), estimate_tokens(text) if text else 0
+
+
+def flat_prompt(messages: Sequence[Message]) -> str:
+    """A conversation as one text, for plugins written before ``messages`` existed: a lone
+    user message is its text; otherwise one ``role: text`` paragraph per message, with tool
+    calls and results written out."""
+    if len(messages) == 1 and messages[0].role == "user" \
+            and all(isinstance(b, TextBlock) for b in messages[0].content):
+        return messages[0].text
+
+    def block(b: TextBlock | ToolCall | ToolResult) -> str:
+        if isinstance(b, TextBlock):
+            return b.text
+        if isinstance(b, ToolCall):
+            return f"[tool call {b.id}: {b.name}({b.arguments})]"
+        return f"[tool result {b.tool_call_id}{' (error)' if b.is_error else ''}: {b.content}]"
+
+    return "\n\n".join(f"{m.role}: " + "\n".join(block(b) for b in m.content) for m in messages)
+
+
+def _tool_calls_json(calls: Sequence[ToolCall]) -> str | None:
+    """The tool calls of an answer as the agent record keeps them (None: there were none)."""
+    if not calls:
+        return None
+    return jsonx.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls])
 
 
 def _hold_id(agent: Agent) -> str:
@@ -181,7 +235,10 @@ class AgentRuntime:
         task = self._tasks.get(agent.agent_id)
         self._cancelling.add(agent.agent_id)
         if task is not None:
-            task.cancel()
+            if agent.status == RUNNING:
+                task.cancel()
+            # else dispatched but not yet started: a task cancelled before its first step never
+            # runs its body (no finish, its slot never released); _run sees _cancelling instead.
         else:  # queued: its heap entry is skipped at dispatch
             await self._finish(agent, CANCELLED, error="cancelled by request")
         return _refund(await done)
@@ -203,7 +260,12 @@ class AgentRuntime:
                 # The config changed while the daemon was down; never refuse to start over it.
                 counts["unroutable"] = counts.get("unroutable", 0) + 1
                 what = f"model '{agent.model}'" if model is None else f"provider '{model.provider}'"
-                await self._finish(agent, FAILED, error=f"{what} is no longer configured")
+                await self._finish(agent, FAILED, error=f"{what} is no longer configured", failure="interrupted")
+                continue
+            if agent.kind == KIND_CHAT:
+                # Its caller's connection died with the daemon: nobody would read an answer.
+                counts["interrupted"] += 1
+                await self._finish(agent, FAILED, error=INTERRUPTED_CHAT, failure="interrupted")
                 continue
             if agent.status == RUNNING and agent.runs > self.rt.restart_attempts:
                 counts["interrupted"] += 1
@@ -220,7 +282,8 @@ class AgentRuntime:
         return counts
 
     async def stop(self) -> None:
-        """Graceful stop: running agents go back to queued on disk, to run again at start."""
+        """Graceful stop: running agents go back to queued on disk, to run again at start;
+        chat agents, whose callers go with the daemon, fail as interrupted."""
         self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -230,7 +293,11 @@ class AgentRuntime:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)  # a running chat agent fails there (_run)
+        # A queued chat call ends too: its caller's connection ends with the daemon, and a
+        # later start would only fail it (recover).
+        for agent in [a for a in self.live.values() if a.kind == KIND_CHAT and a.status == QUEUED]:
+            await self._finish(agent, FAILED, error=INTERRUPTED_CHAT, failure="interrupted")
         await self.store.flush()
 
     def member_label(self, alias: str) -> str:
@@ -308,7 +375,7 @@ class AgentRuntime:
                 self._cancelling.add(agent.agent_id)  # stale from here on: looked at once
                 asyncio.ensure_future(self._finish(
                     agent, FAILED, error=f"rate limited: no provider of its fallback chain has hourly "
-                                           f"capacity within its {agent.timeout:g} s timeout"))
+                                           f"capacity within its {agent.timeout:g} s timeout", failure="upstream"))
             else:
                 wake = token_wait if wake is None else min(wake, token_wait)
             if len(entries) == 1:
@@ -354,12 +421,16 @@ class AgentRuntime:
             await asyncio.sleep(1.0)
             now = self.clock()
             for agent in [a for a in self.live.values() if a.status == QUEUED and a.deadline <= now]:
-                await self._finish(agent, FAILED, error=f"timeout: still queued after {agent.timeout:g} s")
+                await self._finish(agent, FAILED, error=f"timeout: still queued after {agent.timeout:g} s",
+                                   failure="timeout")
 
     # -- running ----------------------------------------------------------------------
     async def _run(self, agent: Agent, slot: ProviderSlot) -> None:
         held: list[ProviderSlot] = [slot]
         try:
+            if agent.agent_id in self._cancelling:  # cancelled between dispatch and this first step
+                await self._finish(agent, CANCELLED, error="cancelled by request")
+                return
             agent.status = RUNNING
             agent.started_at = self.clock()
             agent.runs += 1
@@ -376,11 +447,11 @@ class AgentRuntime:
                 async with asyncio.timeout(remaining):
                     served, result = await self._execute(agent, held)
             except TimeoutError:
-                await asyncio.shield(self._finish(agent, FAILED,
+                await asyncio.shield(self._finish(agent, FAILED, failure="timeout",
                                                   error=f"timeout: agent exceeded its {agent.timeout:g} s timeout"))
                 return
             except AgentFailure as exc:
-                await asyncio.shield(self._finish(agent, FAILED, error=str(exc)))
+                await asyncio.shield(self._finish(agent, FAILED, error=str(exc), failure=exc.kind))
                 return
             except _Requeue:
                 agent.status = QUEUED
@@ -389,17 +460,28 @@ class AgentRuntime:
                 self._enqueue(agent)
                 return
             model = self.config.models[served]
+            extra: dict[str, Any] = {}
+            if agent.kind == KIND_CHAT:
+                if agent.first_token_at is None:  # not streamed: the whole text is the first
+                    agent.first_token_at = self.clock()
+                    if agent.sink is not None and result.text:
+                        agent.sink(result.text)
+                agent.answer = result
+                extra["tool_calls"] = _tool_calls_json(result.tool_calls)
             # Shielded: once the outcome is known, a cancel or stop must not lose it.
             await asyncio.shield(self._finish(
                 agent, COMPLETED, result=result.text, served_model=served, provider=model.provider,
                 input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-                cost=token_cost(model, result.input_tokens, result.output_tokens) + agent.billed,
+                cost=token_cost(model, result.input_tokens, result.output_tokens) + agent.billed, **extra,
             ))
         except asyncio.CancelledError:
             if agent.status in TERMINAL:
                 return  # a shielded _finish is writing the outcome
             if agent.agent_id in self._cancelling:
                 await self._finish(agent, CANCELLED, error="cancelled by request")
+            elif self._stopping and agent.kind == KIND_CHAT:
+                # Its caller loses the connection with the stop: a re-run would answer nobody.
+                await self._finish(agent, FAILED, error=INTERRUPTED_CHAT, failure="interrupted")
             elif self._stopping:
                 agent.status = QUEUED
                 agent.runs -= 1  # a graceful stop is not a crash: do not count this run
@@ -408,7 +490,7 @@ class AgentRuntime:
                 raise
         except Exception as exc:  # a bug must fail the agent, not lose it
             log.exception("agent %s crashed in the runtime", agent.agent_id)
-            await self._finish(agent, FAILED, error=f"internal error: {type(exc).__name__}")
+            await self._finish(agent, FAILED, error=f"internal error: {type(exc).__name__}", failure="upstream")
         finally:
             for s in held:
                 s.release()
@@ -465,30 +547,32 @@ class AgentRuntime:
             # The call may outlive the agent's deadline by a margin, so that when the
             # deadline is what binds, the agent's own timeout fires first and says so.
             call_timeout = min(slot.settings.timeout, max(agent.deadline - self.clock(), 0.0) + _DEADLINE_MARGIN)
-            request = CompletionRequest(model=model.upstream, prompt=agent.task, max_tokens=max_tokens,
-                                        timeout=call_timeout, agent_id=agent.agent_id)
+            request = self._request(agent, model, max_tokens, call_timeout)
             agent.attempts += 1
             slot.calls += 1
+            call = _Attempt()
             try:
-                result = await self._complete(slot, request, agent, alias)
+                result = await self._complete(slot, request, agent, alias, call)
             except asyncio.CancelledError:
                 slot.breaker.release_probe()
                 # Abandoned in flight by a cancel or the agent's timeout: the provider may bill
                 # it whole (else spawn-and-cancel calls past the cap).  Its worst case cannot
                 # pass the reservation that paid for its max_tokens: nothing to announce.  A
-                # graceful stop is the operator's, and the agent runs again on its reservation.
-                if agent.agent_id in self._cancelling or not self._stopping:
-                    self._bill(agent, alias, model, _abandoned_usage(agent, max_tokens))
+                # graceful stop is the operator's, and the agent runs again on its reservation
+                # (a chat agent does not: it fails, see _run).
+                if agent.agent_id in self._cancelling or not self._stopping or agent.kind == KIND_CHAT:
+                    self._bill(agent, alias, model, call.used(agent, max_tokens))
                 raise
             except ProviderError as exc:
                 last = f"{exc.kind}" + (f" (HTTP {exc.status})" if exc.status else "") + f": {exc.message}"
-                usage = exc.usage if exc.usage is not None or exc.kind != "timeout" \
-                    else _abandoned_usage(agent, max_tokens)  # timed out waiting: abandoned too
+                usage = exc.usage if exc.usage is not None or (exc.kind != "timeout" and not call.parts) \
+                    else call.used(agent, max_tokens)  # timed out waiting, or a stream that broke off
                 if usage is not None:
                     await self._bill_failed_call(agent, alias, model, usage)
+                self._no_retry_once_streamed(agent, alias, call, last)
                 if exc.kind == "bad_request":
                     slot.breaker.record_success()  # the provider answered; the request was wrong
-                    raise AgentFailure(f"{alias}: {last}") from None
+                    raise AgentFailure(f"{alias}: {last}", kind="bad_request") from None
                 slot.breaker.record_failure()
                 if not exc.retryable:
                     return last
@@ -499,6 +583,10 @@ class AgentRuntime:
             except Exception as exc:  # a plugin bug: count it against the provider, never crash
                 log.exception("provider plugin %s raised", slot.name)
                 last = f"plugin error: {type(exc).__name__}"
+                if call.parts and agent.sink is not None:
+                    await self._bill_failed_call(agent, alias, model, call.used(agent, max_tokens))
+                    slot.breaker.record_failure()
+                    self._no_retry_once_streamed(agent, alias, call, last)
             else:
                 if isinstance(result, CompletionResult):
                     slot.breaker.record_success()
@@ -510,14 +598,38 @@ class AgentRuntime:
         return last
 
     @staticmethod
+    def _no_retry_once_streamed(agent: Agent, alias: str, call: _Attempt, last: str) -> None:
+        """A chat call whose caller has part of the answer fails here: a retry or a fallback
+        would send a second answer after the first one's beginning (no silent switch of model)."""
+        if call.parts and agent.sink is not None:
+            raise AgentFailure(f"{alias}: the stream broke off after its first text, so no retry and no "
+                               f"fallback: {last}", kind="upstream")
+
+    @staticmethod
     def _max_tokens(agent: Agent, model: ModelConfig) -> int:
-        """What this agent's calls to ``model`` may write: the model's cap, or less when the
-        agent's reservation pays for less at this model's prices.  Every attempt gets the whole
-        reservation, less what calls that failed were billed (an upstream that reported usage
-        with an unusable answer): no other failed call is billed to the agent."""
+        """What this agent's calls to ``model`` may write: the model's cap (or the chat call's own
+        ``max_tokens`` when lower), or less when the agent's reservation pays for less at this
+        model's prices.  Every attempt gets the whole reservation, less what calls that failed
+        were billed (an upstream that reported usage with an unusable answer): no other failed
+        call is billed to the agent."""
+        asked = agent.chat.max_tokens if agent.chat is not None else None
         if agent.reserved is None:  # not budgeted (a runtime without a budget)
-            return model.max_tokens
-        return output_allowance(model, agent.task or "", agent.reserved - agent.billed)
+            return output_cap(model, asked)
+        return output_allowance(model, agent.task or "", agent.reserved - agent.billed, asked)
+
+    @staticmethod
+    def _request(agent: Agent, model: ModelConfig, max_tokens: int, timeout: float) -> CompletionRequest:
+        """The provider's request: an agent's task as the prompt, or a chat agent's conversation
+        with its sampling fields and tools (and the conversation flattened as the prompt)."""
+        chat = agent.chat
+        if chat is None:
+            return CompletionRequest(model=model.upstream, prompt=agent.task, max_tokens=max_tokens,
+                                     timeout=timeout, agent_id=agent.agent_id)
+        return CompletionRequest(
+            model=model.upstream, prompt=flat_prompt(chat.messages), max_tokens=max_tokens, system=chat.system,
+            timeout=timeout, agent_id=agent.agent_id, messages=chat.messages, temperature=chat.temperature,
+            top_p=chat.top_p, stop=chat.stop, tools=chat.tools, tool_choice=chat.tool_choice,
+            response_format=chat.response_format, user=chat.user)
 
     async def _bill_failed_call(self, agent: Agent, alias: str, model: ModelConfig, usage: tuple[int, int]) -> None:
         """A call that failed although the upstream billed it (it reported usage, or may bill
@@ -536,9 +648,10 @@ class AgentRuntime:
         return self.budget.settle(_hold_id(agent), cost, part=cost) if self.budget is not None else []
 
     async def _complete(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent,
-                        alias: str) -> CompletionResult:
-        """One provider call.  Streamed (agent.output deltas to live listeners) when the
-        plugin can stream and someone is listening; the result is the same either way."""
+                        alias: str, call: _Attempt) -> CompletionResult:
+        """One provider call.  Streamed when the plugin can stream and someone wants the text as
+        it comes: a chat call's sink (its caller), or a live reader of agent.output; the result
+        is the same either way.  ``call`` keeps what came, for billing a stream that breaks off."""
         client = slot.client
         # The daemon's own bound, past the plugin's: a plugin that ignores request.timeout
         # is cancelled, and the attempt fails as a timeout like any other.
@@ -546,29 +659,39 @@ class AgentRuntime:
             return ProviderError(f"{slot.name}: no answer within {request.timeout:g} s (cancelled by the daemon)",
                                  kind="timeout")
 
+        events = self.events
+        readers = events is not None and events.wants("agent.output")
         async with bounded(request.timeout + TIMEOUT_GRACE, timed_out):
-            if not slot.streams or self.events is None \
-                    or not self.events.wants("agent.output"):
+            if not slot.streams or (agent.sink is None and not readers):
                 return await client.complete(request)
+            call.streaming = True
             result: CompletionResult | None = None
-            index = 0
             async for item in client.stream(request):
                 if isinstance(item, CompletionResult):
                     result = item
                 elif isinstance(item, str) and item:
-                    self.events.publish_live("agent.output", {"agent_id": agent.agent_id, "model": alias,
-                                                              "index": index, "delta": item})
-                    index += 1
+                    call.parts.append(item)
+                    if agent.sink is not None:
+                        if agent.first_token_at is None:
+                            agent.first_token_at = self.clock()
+                        agent.sink(item)
+                    if readers and events is not None:
+                        events.publish_live("agent.output", {"agent_id": agent.agent_id, "model": alias,
+                                                             "index": len(call.parts) - 1, "delta": item})
         if result is None:
             raise ProviderError(f"{slot.name}: the stream ended without a result", kind="invalid_response")
         return result
 
     # -- finishing ----------------------------------------------------------------------
-    async def _finish(self, agent: Agent, status: Status, **fields: Any) -> None:
-        """Write the terminal state (and the usage row) durably, then tell everyone."""
+    async def _finish(self, agent: Agent, status: Status, *, failure: str | None = None, **fields: Any) -> None:
+        """Write the terminal state (and the usage row) durably, then tell everyone.  ``failure``:
+        why a failed agent failed, in ChatFailed's words (kept in memory for a waiting ChatCall)."""
         if agent.status in TERMINAL:
             return
+        agent.failure = failure
         fields.setdefault("completed_at", self.clock())
+        if agent.kind == KIND_CHAT:  # set as the text came, whatever the end
+            fields.setdefault("first_token_at", agent.first_token_at)
         if agent.billed and status != COMPLETED:  # calls billed although they failed
             fields.setdefault("cost", agent.billed)
         statements: list[Statement] = []

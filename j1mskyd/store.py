@@ -234,6 +234,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE api_keys ADD COLUMN webhook_secret TEXT;
     """,
+    # 7: chat agents (calls through the OpenAI/Anthropic front door).  When the first text
+    # reached the caller (time to first token), and the tool calls of the answer: a JSON list,
+    # sealed like result (the arguments are the caller's data).  NULL for every other agent.
+    """
+    ALTER TABLE agents ADD COLUMN first_token_at REAL;
+    ALTER TABLE agents ADD COLUMN tool_calls TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _INLINE_UNITS = 8          # batches up to this size commit on the loop (synchronous=normal)

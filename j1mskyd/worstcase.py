@@ -47,22 +47,33 @@ def call_bound(model: ModelConfig, prompt: str, output_tokens: int) -> float:
     return token_cost(model, input_bound(prompt), output_tokens)
 
 
-def agent_bound(models: Mapping[str, ModelConfig], alias: str, prompt: str) -> float:
+def output_cap(model: ModelConfig, max_tokens: int | None = None) -> int:
+    """The most output a call to ``model`` may ask for: its ``max_tokens``, or less when the
+    caller asked for less (a chat call's own ``max_tokens``)."""
+    return model.max_tokens if max_tokens is None else min(max_tokens, model.max_tokens)
+
+
+def agent_bound(models: Mapping[str, ModelConfig], alias: str, prompt: str, max_tokens: int | None = None) -> float:
     """The reservation of an agent: the dearest full call of its fallback chain (0 for an
-    alias that is no longer configured: such an agent makes no call)."""
-    return max((call_bound(models[a], prompt, models[a].max_tokens) for a in fallback_chain(models, alias)),
-               default=0.0)
+    alias that is no longer configured: such an agent makes no call).  ``max_tokens``: the
+    output a chat call asked for (each model's own cap still applies); None: the model's cap.
+    For a chat call ``prompt`` is the request's canonical JSON, which holds every character
+    sent upstream (messages, system, tools), so its bound covers the call's input."""
+    return max((call_bound(models[a], prompt, output_cap(models[a], max_tokens))
+                for a in fallback_chain(models, alias)), default=0.0)
 
 
-def output_allowance(model: ModelConfig, prompt: str, amount: float) -> int:
-    """The ``max_tokens`` to send ``model``: its own cap, or fewer when ``amount`` pays for
-    fewer; 0 when ``amount`` does not even pay for the input."""
+def output_allowance(model: ModelConfig, prompt: str, amount: float, max_tokens: int | None = None) -> int:
+    """The ``max_tokens`` to send ``model``: its own cap (or the caller's ``max_tokens`` when
+    lower), or fewer when ``amount`` pays for fewer; 0 when ``amount`` does not even pay for
+    the input."""
+    cap = output_cap(model, max_tokens)
     left = amount - call_bound(model, prompt, 0)
     if left < 0:
         return 0
     if model.output_per_1k <= 0:
-        return model.max_tokens
-    tokens = min(model.max_tokens, int(left / model.output_per_1k * 1000))
+        return cap
+    tokens = min(cap, int(left / model.output_per_1k * 1000))
     while tokens > 0 and call_bound(model, prompt, tokens) > amount:  # float rounding: at most a step or two
         tokens -= 1
     return tokens

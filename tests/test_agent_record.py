@@ -89,13 +89,35 @@ def test_repr_leaves_out_the_users_text():
     assert "secret" not in text
 
 
+async def test_a_chat_agent_keeps_its_tool_calls_sealed_and_shows_its_kind_and_first_token(tmp_path):
+    store = Store(str(tmp_path / "j1msky.db"))
+    store.open()
+    try:
+        agent = _agent(kind=A.KIND_CHAT, parent_id=None, team=None, first_token_at=1_764_000_001.25,
+                       tool_calls='[{"id":"call_1","name":"lookup","arguments":"{\\"q\\":\\"secret\\"}"}]')
+        await store.write(agent.insert_statement(store.cipher))
+        raw = await store.read(lambda c: c.execute("SELECT tool_calls, first_token_at FROM agents").fetchone())
+        back = A.from_row(await store.read(lambda c: c.execute("SELECT * FROM agents").fetchone()), store.cipher)
+    finally:
+        await store.close()
+    assert "secret" not in raw[0] and "lookup" not in raw[0] and raw[1] == 1_764_000_001.25
+    view = back.status_view()
+    assert view["kind"] == A.KIND_CHAT and view["time_to_first_token"] == 1.25  # from its creation
+    assert view["tool_calls"] == [{"id": "call_1", "name": "lookup", "arguments": '{"q":"secret"}'}]
+    assert back.list_view()["kind"] == A.KIND_CHAT
+    assert "secret" not in repr(back)
+    # Other agents' views are as they were: no kind, no chat fields.
+    plain = _agent().status_view()
+    assert not {"kind", "time_to_first_token", "tool_calls"} & set(plain) and "kind" not in _agent().list_view()
+
+
 def test_statuses_are_the_status_type():
     assert A.STATUSES == typing.get_args(A.Status)
     assert A.LIVE | A.TERMINAL == set(A.STATUSES) and not A.LIVE & A.TERMINAL
     assert set(A.PRIORITIES) == set(typing.get_args(A.Priority))
-    assert {A.KIND_AGENT, A.KIND_TEAM, A.KIND_MEMBER} == set(typing.get_args(A.Kind))
+    assert {A.KIND_AGENT, A.KIND_TEAM, A.KIND_MEMBER, A.KIND_CHAT} == set(typing.get_args(A.Kind))
     stored = {f.name for f in dataclasses.fields(A.Agent)} - set(A.COLUMNS)
-    assert stored == {"members", "reserved", "billed"}
+    assert stored == {"members", "reserved", "billed", "chat", "sink", "answer", "failure"}
 
 
 def test_all_names_the_public_face():

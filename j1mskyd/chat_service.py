@@ -1,0 +1,180 @@
+"""ChatService: a call through the OpenAI/Anthropic front door, run as an agent of kind ``chat``.
+
+A chat call is an agent like a spawn: a new id, a cost estimate, the worst case reserved
+against the budget before anything is written (refused: BudgetExceeded 402 / SpawnRefused
+429, nothing written), then stored and queued through ``AgentService.store_and_admit``
+(priority ``normal``, the runtime's ``default_timeout``), so the queue, the concurrency
+limits, the hourly quotas, retries, fallback and breakers all apply.  Its ``task`` is the
+request as canonical JSON (sealed at rest like any task), its ``result`` the answer's text
+and its ``tool_calls`` the calls the answer asks for.
+
+What the caller gets back is a :class:`chat_request.ChatCall`: the text as it streams (a
+streamed request only; the runtime hands each delta to the call's queue, the agent's
+memory-only ``sink``), the outcome, and ``cancel``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .agent import ANONYMOUS, CANCELLED, COMPLETED, KIND_CHAT, SPAWNING, Agent
+from .agents import AgentService
+from .chat_request import ChatFailed, ChatOutcome, ChatRequest, FailureKind
+from .config import Config
+from .errors import NotFound
+from .plugin_api import Block, TextBlock, ToolCall
+from .pricing import token_cost
+from .runtime import AgentRuntime
+from .worstcase import output_cap
+
+__all__ = ["ChatService", "LiveChatCall", "canonical_json"]
+
+_FAILURES: dict[str, FailureKind] = {"bad_request": "bad_request", "upstream": "upstream", "timeout": "timeout",
+                                     "interrupted": "interrupted"}
+
+
+def _block(b: Block) -> dict[str, Any]:
+    if isinstance(b, TextBlock):
+        return {"type": "text", "text": b.text}
+    if isinstance(b, ToolCall):
+        return {"type": "tool_call", "id": b.id, "name": b.name, "arguments": b.arguments}
+    return {"type": "tool_result", "tool_call_id": b.tool_call_id, "content": b.content, "is_error": b.is_error}
+
+
+def canonical_json(request: ChatRequest) -> str:
+    """The request as a chat agent's ``task``: one JSON object, keys sorted, no spaces, fields
+    the caller did not set left out.  Every character sent upstream is in it (system,
+    messages, tools), so its input bound (worstcase.py) bounds the call's input tokens.
+
+    ``{"max_tokens", "messages": [{"role", "content": [{"type": "text", "text"} |
+    {"type": "tool_call", "id", "name", "arguments"} | {"type": "tool_result", "tool_call_id",
+    "content", "is_error"}]}], "metadata", "model", "response_format", "stop", "system",
+    "temperature", "tool_choice": {"mode", "name"}, "tools": [{"name", "description",
+    "parameters"}], "top_p", "user", "dialect", "stream"}``
+    """
+    body: dict[str, Any] = {
+        "model": request.model, "dialect": request.dialect, "stream": request.stream,
+        "messages": [{"role": m.role, "content": [_block(b) for b in m.content]} for m in request.messages],
+    }
+    optional: dict[str, Any] = {
+        "system": request.system, "max_tokens": request.max_tokens, "temperature": request.temperature,
+        "top_p": request.top_p, "stop": list(request.stop) or None,
+        "tools": [{"name": t.name, "description": t.description, "parameters": t.parameters}
+                  for t in request.tools] or None,
+        "tool_choice": None if request.tool_choice is None
+        else {"mode": request.tool_choice.mode, "name": request.tool_choice.name},
+        "response_format": request.response_format, "user": request.user, "metadata": request.metadata or None,
+    }
+    body.update((k, v) for k, v in optional.items() if v is not None)
+    # The stdlib, not jsonx: orjson cannot sort keys the same way on every stack without options.
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class LiveChatCall:
+    """A chat call under way: the :class:`chat_request.ChatCall` that ``ChatService.start``
+    returns.  One reader of :meth:`deltas` at most."""
+
+    def __init__(self, agent: Agent, runtime: AgentRuntime, config: Config) -> None:
+        self.agent_id = agent.agent_id
+        self.created_at = agent.created_at
+        self._agent = agent
+        self._runtime = runtime
+        self._config = config
+        self._streamed = bool(agent.chat is not None and agent.chat.stream)
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._done: asyncio.Future[Agent] | None = None
+        if self._streamed:
+            agent.sink = self._queue.put_nowait
+
+    def _watch(self) -> None:
+        """Called right after the agent is admitted, before anything is awaited: the runtime
+        only resolves waiters registered before the agent's end."""
+        self._done = self._runtime.wait(self.agent_id)
+        self._done.add_done_callback(lambda _: self._queue.put_nowait(None))
+
+    async def _ended(self) -> Agent:
+        assert self._done is not None  # ChatService.start watches before it returns the call
+        # Shielded: a reader that is cancelled must not cancel the runtime's future.
+        return await asyncio.shield(self._done)
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """The answer's text as it comes; ends when the call ends, well or not.  A request that
+        is not streamed (or a provider that cannot stream) gives the whole text as one delta
+        at the end."""
+        if not self._streamed:
+            agent = await self._ended()
+            if agent.status == COMPLETED and agent.result:
+                yield agent.result
+            return
+        while True:
+            delta = await self._queue.get()
+            if delta is None:
+                return
+            yield delta
+
+    async def outcome(self) -> ChatOutcome:
+        """The completed call; raises :class:`ChatFailed` with its kind otherwise."""
+        agent = await self._ended()
+        if agent.status == COMPLETED:
+            return self._outcome(agent)
+        kind: FailureKind = "cancelled" if agent.status == CANCELLED else _FAILURES.get(agent.failure or "",
+                                                                                       "upstream")
+        raise ChatFailed(kind, agent.error or kind, agent_id=agent.agent_id)
+
+    def _outcome(self, agent: Agent) -> ChatOutcome:
+        answer = agent.answer
+        served = agent.served_model or agent.model
+        model = self._config.models.get(served)
+        upstream = (answer.model if answer is not None else "") or (model.upstream if model else served)
+        return ChatOutcome(
+            agent_id=agent.agent_id, model=agent.model, served_model=served, provider=agent.provider or "",
+            upstream_model=upstream, text=agent.result or "",
+            tool_calls=answer.tool_calls if answer is not None else (),
+            finish_reason=answer.finish_reason if answer is not None else "stop",
+            input_tokens=agent.input_tokens or 0, output_tokens=agent.output_tokens or 0,
+            cost=agent.cost or 0.0, created_at=agent.created_at)
+
+    async def cancel(self) -> None:
+        """The caller went away: cancel the agent (its upstream call is cancelled; what it used
+        is billed, the rest of the reservation released).  Nothing when it has ended."""
+        agent = self._runtime.live.get(self.agent_id)
+        if agent is not None:
+            await self._runtime.cancel(agent)
+
+
+class ChatService:
+    """Starts chat calls (``start``); everything else about them is the agents' API."""
+
+    def __init__(self, config: Config, agents: AgentService, runtime: AgentRuntime) -> None:
+        self.config = config
+        self.agents = agents
+        self.runtime = runtime
+
+    def estimate(self, request: ChatRequest, task: str) -> float:
+        """The estimate shown for the agent: the task's tokens (~4 chars each) plus the model's
+        typical output, or the request's ``max_tokens`` when lower."""
+        model = self.config.models[request.model]
+        output = min(model.typical_output_tokens, output_cap(model, request.max_tokens))
+        return token_cost(model, max(1, math.ceil(len(task) / 4)), output)
+
+    async def start(self, request: ChatRequest, key_id: str = ANONYMOUS) -> LiveChatCall:
+        """Reserve, store and queue the call as a chat agent; the call under way.
+
+        Raises NotFound for a model that is not configured (the dialects check first),
+        BudgetExceeded (402) or SpawnRefused (429) when the budget or the key's limits refuse
+        its worst case; nothing is written then."""
+        if request.model not in self.config.models:
+            raise NotFound(f"model '{request.model}' is not configured")
+        now = self.runtime.clock()
+        task = canonical_json(request)
+        agent = Agent(agent_id=self.agents.new_id(now), kind=KIND_CHAT, model=request.model, task=task,
+                      priority="normal", timeout=self.config.runtime.default_timeout, status=SPAWNING,
+                      estimated_cost=self.estimate(request, task), created_at=now, chat=request)
+        call = LiveChatCall(agent, self.runtime, self.config)
+        await self.agents.store_and_admit([agent], key_id=key_id)
+        call._watch()
+        return call
