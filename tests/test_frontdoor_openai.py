@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import re
 from typing import Any
@@ -21,7 +22,8 @@ from j1mskyd.config import ModelConfig
 from j1mskyd.providers import ProviderSettings
 from tests.conftest import auth_config, bearer, bootstrap_key
 from tests.fakeupstream import FakeUpstream
-from tests.test_body_types import VALUES, Api, dotted, example_fields, with_value
+from tests.frontdoor_fuzz import fuzz_door
+from tests.test_body_types import Api
 
 CHAT = "/v1/chat/completions"
 BODY: dict[str, Any] = {"model": "k2p5", "messages": [{"role": "user", "content": "hello there"}]}
@@ -264,6 +266,17 @@ async def test_the_models_need_agents_read_and_calls_agents_write(door):
     assert (await door.post(BODY, bearer(reader))).status == 403
 
 
+async def test_a_call_is_audited_as_a_spawn(door):
+    resp = await door.post({**BODY, "messages": [{"role": "user", "content": "mail me at ann@example.com"}]})
+    agent_id = (await resp.json())["id"].removeprefix("chatcmpl-")
+    await door.api.quiet()
+    entries = (await (await door.client.get("/api/security/audit?event=agent.spawn",
+                                            headers=door.headers)).json())["data"]
+    (entry,) = [e for e in entries if e["resource"]["id"] == agent_id]
+    assert entry["details"]["kind"] == "chat" and entry["details"]["dialect"] == "openai"
+    assert "ann@example.com" not in entry["details"]["task_preview"]  # masked, as a spawn's task
+
+
 async def test_idempotency_key_replays_a_non_streamed_call_only(door):
     key = {"Idempotency-Key": "call-1"}
     first = await door.post(BODY, key)
@@ -355,6 +368,12 @@ async def test_a_client_that_leaves_mid_stream_cancels_the_upstream_call(aiohttp
         if runner is not None:
             await session.close()
             await runner.cleanup()
+        # On aiohttp 3.8 the fake upstream's handler fails writing to the connection the daemon
+        # dropped, and its task is logged when collected.  Collected here: a collection inside a
+        # later ast.parse (the plugin loader of the next test's app) would log the traceback from
+        # there, and Python 3.11.2 fails such a nested parse ("AST constructor recursion depth
+        # mismatch").
+        gc.collect()
 
 
 @pytest.mark.parametrize("cancelling", [True, False], ids=["handler-cancelled", "connection-watched"])
@@ -416,51 +435,18 @@ FUZZ_EXAMPLE: dict[str, Any] = {
 
 
 def _names(error: dict[str, Any], field: str) -> bool:
-    """Does the refusal name the broken field, or the object or list it is in, or a part of it?"""
+    """Does the refusal name the broken field, or the object or list it is in, or a part of it?
+    (A whole body that is an object but no request is named by its first missing field.)"""
     param = error["param"]
     if param is None:
         return False
+    if field == "body" and param == "model":
+        return True
     return param == field or field.startswith((param + ".", param + "[")) or param.startswith((field + ".",
                                                                                                 field + "["))
 
 
 async def test_every_field_with_every_json_type_is_an_openai_400_that_changes_nothing(door):
-    api = door.api
-    problems: list[str] = []
-    resp = await door.post(FUZZ_EXAMPLE)
-    assert resp.status == 200, await resp.text()
-    before = await api.state()
-    fields = example_fields(FUZZ_EXAMPLE) + [("logprobs",), ("seed",), ("stream_options",), ("unknown",)]
-    for path in fields:
-        for value in VALUES:
-            body = with_value(FUZZ_EXAMPLE, path, value)
-            resp = await door.post(body)
-            label = f"{dotted(path)}={value!r:.40}"
-            if resp.status >= 500:
-                problems.append(f"{label}: {resp.status} {await resp.text():.200}")
-            elif resp.status >= 400:
-                try:
-                    error = openai_error(await resp.json())
-                except AssertionError as exc:
-                    problems.append(f"{label}: {resp.status} not OpenAI's error: {exc}")
-                    continue
-                if resp.status == 400 and not _names(error, dotted(path)):
-                    problems.append(f"{label}: 400 names {error['param']!r}, not {dotted(path)}")
-                if await api.state() != before:
-                    problems.append(f"{label}: {resp.status} but changed the state")
-                    before = await api.state()
-            else:
-                await resp.read()
-                before = await api.state()
-    for value in VALUES:
-        resp = await door.post(value)
-        param = openai_error(await resp.json())["param"]
-        if resp.status != 400 or param != ("model" if isinstance(value, dict) else "body"):
-            problems.append(f"body={value!r:.40}: {resp.status} naming {param}")
-    for raw in (b"", b"{", b"\xff\xfe", b'{"a": NaN}', b"[" * 100_000):
-        resp = await door.post(None, raw=raw)
-        if resp.status != 400:
-            problems.append(f"raw {raw[:8]!r}: {resp.status}")
-        openai_error(await resp.json())
-    assert await api.state() == before
+    problems = await fuzz_door(door.api, door.post, FUZZ_EXAMPLE,
+                               [("logprobs",), ("seed",), ("stream_options",), ("unknown",)], openai_error, _names)
     assert not problems, "\n".join(problems[:60])

@@ -24,7 +24,8 @@ from ..agent import ANONYMOUS
 from ..chat_request import ChatCall, ChatFailed, ChatOutcome, ChatRequest
 from ..config import ModelConfig
 from ..dialects import Dialect, model_alias
-from .common import API_KEY_ID, CONFIG, SERVICES, json_response, read_json
+from ..pii import preview
+from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, read_json
 from .middleware import early_headers
 
 __all__ = ["chat_handler", "get_model", "list_models"]
@@ -39,7 +40,12 @@ def chat_handler(dialect: Dialect) -> Handler:
 
     async def handler(request: web.Request) -> web.StreamResponse:
         chat = dialect.parse(await read_json(request), request.app[CONFIG].models)
-        call = await request.app[SERVICES].chat.start(chat, request.get(API_KEY_ID, ANONYMOUS))
+        services = request.app[SERVICES]
+        call = await services.chat.start(chat, request.get(API_KEY_ID, ANONYMOUS))
+        # As a spawn is: who started which agent (the runtime records how it ended).
+        services.audit.record("agent.spawn", actor(request), resource_type="agent", resource_id=call.agent_id,
+                              details={"model": chat.model, "kind": "chat", "dialect": dialect.name,
+                                       "task_preview": preview(chat.messages[-1].text)})
         try:
             if not chat.stream:
                 return json_response(dialect.render(await _outcome_while_connected(request, call)))
@@ -133,4 +139,4 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     """One configured model alias (404 model_not_found for any other name)."""
     models = request.app[CONFIG].models
-    return json_response(_model(models[model_alias(request.match_info["model_id"], models)]))
+    return json_response(_model(models[model_alias(request.match_info["name"], models)]))

@@ -372,7 +372,7 @@ _FRONT_DOOR_RESULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/chat/completions"): _COMPLETION,
     ("GET", "/v1/models"): _obj(["object", "data"], object={"const": "list"},
                                 data={"type": "array", "items": _OPENAI_MODEL}),
-    ("GET", "/v1/models/{model_id}"): _OPENAI_MODEL,
+    ("GET", "/v1/models/{name}"): _OPENAI_MODEL,
 }
 # Anthropic's Messages (/v1/messages): its shapes and error body.
 _ANTHROPIC_ERROR = _obj(["type", "error"], type={"const": "error"}, error=_obj(
@@ -396,30 +396,50 @@ _CALL_ERRORS = (409, 502, 503, 504, 507)
 
 
 def _chat_body(config: Any) -> dict[str, Any]:
-    """The fields of a Chat Completions body this daemon reads (openai_chat.py checks them)."""
-    text_parts = {"type": "array", "items": _obj(["type", "text"], type={"const": "text"}, text=_STR)}
+    """The fields of a Chat Completions body this daemon reads (dialects/openai_chat.py checks
+    them; any other field is refused, hence additionalProperties false)."""
+    from ..dialects.openai_chat import DEFAULT_ONLY, IGNORED, MAX_STOP, MAX_TOOLS, MAX_USER
+
+    def closed(required: list[str], **properties: Any) -> dict[str, Any]:
+        return {**_obj(required, **properties), "additionalProperties": False}
+
+    text_parts = {"type": "array", "items": closed(["type", "text"], type={"const": "text"}, text=_STR)}
     content = {"anyOf": [_STR, text_parts]}
-    message = {"type": "object", "required": ["role"], "properties": {
-        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
-        "content": {"anyOf": [_STR, text_parts, {"type": "null"}]}, "tool_call_id": _STR,
-        "tool_calls": {"type": "array", "items": _TOOL_CALL}}}
-    tool = _obj(["type", "function"], type={"const": "function"}, function=_obj(
+    role = {r: {"const": r} for r in ("system", "developer", "user", "assistant", "tool")}
+    message = {"oneOf": [
+        *(closed(["role", "content"], role=role[r], content=content) for r in ("system", "developer", "user")),
+        closed(["role"], role=role["assistant"], content={"anyOf": [_STR, text_parts, {"type": "null"}]},
+               tool_calls={"type": "array", "items": _TOOL_CALL},
+               # What the SDK sends back with an assistant message it was given: empty only.
+               refusal={"type": "null"}, annotations={"type": "array", "maxItems": 0},
+               audio={"type": "null"}, function_call={"type": "null"}),
+        closed(["role", "tool_call_id", "content"], role=role["tool"], content=content,
+               tool_call_id={"type": "string", "description": "the id of a tool call of an earlier message"})]}
+    tool = closed(["type", "function"], type={"const": "function"}, function=closed(
         ["name"], name={"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, description=_STR,
         parameters=_OBJ, strict=_BOOL))
-    return {"type": "object", "required": ["model", "messages"], "properties": {
-        "model": {"type": "string", "enum": list(config.models)},
-        "messages": {"type": "array", "minItems": 1, "items": message, "description": "text content only"},
-        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "max_tokens": {"type": "integer", "minimum": 1}, "max_completion_tokens": {"type": "integer", "minimum": 1},
-        "stop": {"anyOf": [_STR, {"type": "array", "maxItems": 4, "items": _STR}]},
-        "n": {"const": 1}, "tools": {"type": "array", "maxItems": 128, "items": tool},
-        "tool_choice": {"anyOf": [{"type": "string", "enum": ["none", "auto", "required"]}, _OBJ]},
-        "response_format": _obj(["type"], type={"type": "string", "enum": ["text", "json_object", "json_schema"]},
-                                json_schema=_OBJ),
-        "user": {"type": "string", "maxLength": 256},
-        "metadata": {"type": "object", "maxProperties": 16, "additionalProperties": _STR},
-        "stream": _BOOL, "stream_options": _obj([], include_usage=_BOOL)}}
+    kinds = {"a boolean": _BOOL, "a string": _STR, "an object": _OBJ}
+    accepted = {name: {**kinds[kind], "description": f"accepted and ignored: {why}"}
+                for name, (_, kind, why) in IGNORED.items()}
+    refused = {name: {"description": f"refused unless null or its default: {why}"}
+               for name, (_, why) in DEFAULT_ONLY.items()}
+    return closed(["model", "messages"], **refused, **accepted,
+                  model={"type": "string", "enum": list(config.models)},
+                  messages={"type": "array", "minItems": 1, "items": message},
+                  temperature={"type": "number", "minimum": 0, "maximum": 2},
+                  top_p={"type": "number", "minimum": 0, "maximum": 1},
+                  max_tokens={"type": "integer", "minimum": 1},
+                  max_completion_tokens={"type": "integer", "minimum": 1},
+                  stop={"anyOf": [{"type": "string", "minLength": 1},
+                                  {"type": "array", "maxItems": MAX_STOP, "items": {"type": "string", "minLength": 1}}]},
+                  n={"const": 1}, tools={"type": "array", "maxItems": MAX_TOOLS, "items": tool},
+                  tool_choice={"anyOf": [{"type": "string", "enum": ["none", "auto", "required"]}, _OBJ]},
+                  response_format=_obj(["type"], type={"type": "string",
+                                                       "enum": ["text", "json_object", "json_schema"]},
+                                       json_schema=_OBJ),
+                  user={"type": "string", "maxLength": MAX_USER},
+                  metadata={"type": "object", "maxProperties": 16, "additionalProperties": _STR},
+                  stream=_BOOL, stream_options=closed([], include_usage=_BOOL, include_obfuscation=_BOOL))
 
 
 def _messages_body(config: Any, *, count: bool = False) -> dict[str, Any]:

@@ -97,7 +97,7 @@ ROUTES = (
 FRONT_DOOR = (
     ("POST", "/v1/chat/completions", frontdoor.chat_handler(OPENAI), WRITE, "spawn", OPENAI),
     ("GET", "/v1/models", frontdoor.list_models, READ, "other", OPENAI),
-    ("GET", "/v1/models/{model_id}", frontdoor.get_model, READ, "other", OPENAI),
+    ("GET", "/v1/models/{name}", frontdoor.get_model, READ, "other", OPENAI),
     ("POST", "/v1/messages", frontdoor.chat_handler(ANTHROPIC), WRITE, "spawn", ANTHROPIC),
     # An estimate, no call: the key that sends the messages counts them (class other: nothing is spawned).
     ("POST", "/v1/messages/count_tokens", frontdoor_anthropic.count_tokens, WRITE, "other", ANTHROPIC),
