@@ -27,6 +27,11 @@ every other round:
   from the request sent to the first body bytes, p50 / p99, and the same at 32
   connections (``ttfb_load``).
 
+The load pass also reads the serving process's CPU time (``/proc/PID/stat``): CPU ms per
+call, steadier than calls/s on a shared machine (direct: the upstream's own).  After the
+rounds, ``breakdown_ms``: where a daemon call's time goes, one call at a time, from the
+agent's own timestamps against the client's clock (:func:`breakdown`).
+
 Ratios (target / direct) are taken within each round; the summary gives each round's
 figure and the min and median over the rounds.  ``--base-tree DIR`` adds the idle RSS of a
 daemon started from DIR (e.g. ``git worktree add /tmp/e2e-base 8f7140d``, main before the
@@ -38,9 +43,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -78,6 +85,7 @@ class Target:
     name: str
     url: str
     headers: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None     # the process that serves it: its CPU time per call is reported
     model: str = MODEL
 
     def body(self, stream: bool) -> bytes:
@@ -138,10 +146,22 @@ async def closed_loop(target: Target, connections: int, duration: float, stream:
     async with session(connections) as s:
         ignored, samples = Samples(), Samples()
         await asyncio.gather(*(worker(ignored, time.perf_counter() + warmup) for _ in range(connections)))
-        began = time.perf_counter()
+        cpu, began = cpu_seconds(target.pid), time.perf_counter()
         await asyncio.gather(*(worker(samples, began + duration) for _ in range(connections)))
-        elapsed = time.perf_counter() - began
-    return {**samples.report(), "seconds": round(elapsed, 3), "calls_per_s": round(len(samples.ends) / elapsed, 1)}
+        elapsed, cpu = time.perf_counter() - began, cpu_seconds(target.pid) - cpu
+    calls = len(samples.ends)
+    return {**samples.report(), "seconds": round(elapsed, 3), "calls_per_s": round(calls / elapsed, 1),
+            "cpu_ms_per_call": round(cpu * 1000 / calls, 3) if calls and target.pid else None}
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of ``pid`` so far (0 without one): less noisy than wall time on a
+    shared machine."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def one_at_a_time(target: Target, n: int, stream: bool, warmup: int = 20) -> dict[str, Any]:
@@ -164,6 +184,42 @@ async def measure(target: Target, connections: int, duration: float, sequential:
     }
 
 
+async def breakdown(target: Target, db: str, n: int, stream: bool) -> dict[str, float]:
+    """Where one call's time goes in the daemon, one call at a time: the client's clock at
+    send and end against the agent's own timestamps (same machine, same wall clock), p50
+    of each phase in ms.  ``created`` is stamped when the handler starts the call, ``started``
+    when the runtime dispatches it (after the insert's commit), ``first_token`` at the first
+    delta from the upstream, ``completed`` before the final commit."""
+    body = target.body(stream)
+    headers = {**target.headers, "Content-Type": "application/json"}
+    sent: dict[str, tuple[float, float, float]] = {}
+    async with session(1) as s:
+        for _ in range(n):
+            t0 = time.time()
+            async with s.post(target.url + "/v1/chat/completions", data=body, headers=headers) as resp:
+                first = await resp.content.readany()
+                t1 = time.time()
+                raw = first + await resp.read()
+                t2 = time.time()
+            agent_id = raw.split(b'"chatcmpl-', 1)[1].split(b'"', 1)[0].decode()
+            sent[agent_id] = (t0, t1, t2)
+    await asyncio.sleep(0.5)  # the last final commit
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        rows = {r[0]: r[1:] for r in conn.execute(
+            "SELECT agent_id, created_at, started_at, first_token_at, completed_at FROM agents WHERE kind = 'chat'")
+            if r[0] in sent}
+    phases: dict[str, list[float]] = {}
+    for agent_id, (created, started, first, completed) in rows.items():
+        t0, t1, t2 = sent[agent_id]
+        for name, value in (("request -> created", created - t0), ("created -> started", started - created),
+                            ("started -> first token", (first or completed) - started),
+                            ("started -> completed", completed - started),
+                            ("completed -> client has it all", t2 - completed), ("client: first bytes", t1 - t0),
+                            ("client: whole answer", t2 - t0)):
+            phases.setdefault(name, []).append(value * 1000)
+    return {name: round(statistics.median(v), 3) for name, v in phases.items()}
+
+
 # ------------------------------------------------------------------ the processes
 
 def start_litellm(executable: str, workdir: str, up_port: int) -> tuple[run_all.Proc, Target]:
@@ -181,7 +237,7 @@ def start_litellm(executable: str, workdir: str, up_port: int) -> tuple[run_all.
     while proc.p.poll() is None and time.monotonic() < deadline:
         try:
             run_all.wait_port(port, timeout=1)
-            return proc, Target("litellm", f"http://127.0.0.1:{port}", load.auth_headers(master_key))
+            return proc, Target("litellm", f"http://127.0.0.1:{port}", load.auth_headers(master_key), proc.pid)
         except TimeoutError:
             pass
     proc.stop()
@@ -230,6 +286,8 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
             put("ttfb_p99_ms", p50(me["ttfb"], "ttfb_ms", "p99"))
             put("ttfb_load_p50_ms", p50(me["ttfb_load"], "ttfb_ms"))
             put("stream_calls_per_s", me["ttfb_load"]["calls_per_s"])
+            if me["load"]["cpu_ms_per_call"] is not None:
+                put("cpu_ms_per_call", me["load"]["cpu_ms_per_call"])
             put("errors", sum(me[k]["errors"] for k in ("load", "sequential", "ttfb", "ttfb_load")))
             if name != "direct":
                 put("calls_per_s_ratio", me["load"]["calls_per_s"] / direct["load"]["calls_per_s"])
@@ -280,10 +338,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     procs: list[run_all.Proc] = [up]
     try:
         config = run_all.bench_config(workdir, up_port, args.sync)
-        daemon, url, _, token = run_all.daemon(workdir, "daemon", config)
+        daemon, url, db, token = run_all.daemon(workdir, "daemon", config)
         procs.append(daemon)
-        targets = [Target("direct", f"http://127.0.0.1:{up_port}"),
-                   Target("daemon", url, load.auth_headers(token))]
+        targets = [Target("direct", f"http://127.0.0.1:{up_port}", pid=up.pid),
+                   Target("daemon", url, load.auth_headers(token), daemon.pid)]
         if litellm:
             proc, target = start_litellm(litellm, workdir, up_port)
             procs.append(proc)
@@ -301,6 +359,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       file=sys.stderr)
             rounds.append({t.name: found[t.name] for t in targets})
         results["rounds"] = rounds
+        results["breakdown_ms"] = {
+            "whole": asyncio.run(breakdown(targets[1], db, args.sequential, stream=False)),
+            "streamed": asyncio.run(breakdown(targets[1], db, args.sequential, stream=True))}
+        print(json.dumps(results["breakdown_ms"]), file=sys.stderr)
         results["daemon_rss_after_mb"] = round(load.rss_kb(daemon.pid) / 1024, 1)
     finally:
         for proc in reversed(procs):
