@@ -81,7 +81,6 @@ class LiveChatCall:
     def __init__(self, agent: Agent, runtime: AgentRuntime, config: Config) -> None:
         self.agent_id = agent.agent_id
         self.created_at = agent.created_at
-        self._agent = agent
         self._runtime = runtime
         self._config = config
         self._streamed = bool(agent.chat is not None and agent.chat.stream)

@@ -569,7 +569,7 @@ class AgentRuntime:
                     else call.used(agent, max_tokens)  # timed out waiting, or a stream that broke off
                 if usage is not None:
                     await self._bill_failed_call(agent, alias, model, usage)
-                self._no_retry_once_streamed(agent, alias, call, last)
+                self._no_retry_once_streamed(agent, alias, slot, call, last)
                 if exc.kind == "bad_request":
                     slot.breaker.record_success()  # the provider answered; the request was wrong
                     raise AgentFailure(f"{alias}: {last}", kind="bad_request") from None
@@ -585,8 +585,7 @@ class AgentRuntime:
                 last = f"plugin error: {type(exc).__name__}"
                 if call.parts and agent.sink is not None:
                     await self._bill_failed_call(agent, alias, model, call.used(agent, max_tokens))
-                    slot.breaker.record_failure()
-                    self._no_retry_once_streamed(agent, alias, call, last)
+                    self._no_retry_once_streamed(agent, alias, slot, call, last)
             else:
                 if isinstance(result, CompletionResult):
                     slot.breaker.record_success()
@@ -598,10 +597,12 @@ class AgentRuntime:
         return last
 
     @staticmethod
-    def _no_retry_once_streamed(agent: Agent, alias: str, call: _Attempt, last: str) -> None:
+    def _no_retry_once_streamed(agent: Agent, alias: str, slot: ProviderSlot, call: _Attempt, last: str) -> None:
         """A chat call whose caller has part of the answer fails here: a retry or a fallback
-        would send a second answer after the first one's beginning (no silent switch of model)."""
+        would send a second answer after the first one's beginning (no silent switch of model).
+        A stream that broke off counts against the provider's breaker, whatever the error."""
         if call.parts and agent.sink is not None:
+            slot.breaker.record_failure()
             raise AgentFailure(f"{alias}: the stream broke off after its first text, so no retry and no "
                                f"fallback: {last}", kind="upstream")
 

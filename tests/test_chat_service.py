@@ -247,6 +247,7 @@ async def test_no_retry_and_no_fallback_once_a_delta_went_out(aiohttp_client, tm
     assert failed.value.kind == "upstream" and failed.value.status == 502
     assert failed.value.agent_id == call.agent_id and "no retry and no fallback" in failed.value.message
     assert len(primary.calls) == 1 and not secondary.calls  # no silent switch of model
+    assert services.slots["primary"].breaker.snapshot()["consecutive_failures"] == 1  # a failure all the same
     view = await (await client.get(f"/api/agent/{call.agent_id}")).json()
     assert view["status"] == "failed" and view["attempts"] == 1
     # What was used is billed: the input bound and the streamed text's tokens.
