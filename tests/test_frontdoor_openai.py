@@ -292,6 +292,9 @@ async def test_idempotency_key_replays_a_non_streamed_call_only(door):
     for _ in range(2):
         resp = await door.post({**BODY, "stream": True}, streamed)
         assert resp.status == 200 and "Idempotent-Replayed" not in resp.headers
+        # A stream sends its headers itself: the pipeline's are among them all the same.
+        assert resp.content_type == "text/event-stream" and resp.headers["X-Request-Id"]
+        assert resp.headers["x-ratelimit-remaining-requests"] == resp.headers["X-RateLimit-Remaining"]
         first_frame = (await resp.text()).split("\n\n")[0]
         ids.append(json.loads(first_frame.removeprefix("data: "))["id"])
     assert ids[0] != ids[1]
