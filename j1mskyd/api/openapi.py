@@ -377,7 +377,7 @@ _FRONT_DOOR_RESULTS: dict[tuple[str, str], dict[str, Any]] = {
 # Anthropic's Messages (/v1/messages): its shapes and error body.
 _ANTHROPIC_ERROR = _obj(["type", "error"], type={"const": "error"}, error=_obj(
     ["type", "message"], type=_STR, message=_STR, details=_obj(["error_code"], error_code=_STR)))
-_TEXT_BLOCK = _obj(["type", "text"], type={"const": "text"}, text=_STR, cache_control=_OBJ)
+_TEXT_BLOCK = _obj(["type", "text"], type={"const": "text"}, text=_STR)
 _TOOL_USE = _obj(["type", "id", "name", "input"], type={"const": "tool_use"}, id=_STR, name=_STR, input=_OBJ)
 _MESSAGE_USAGE = _obj(["input_tokens", "output_tokens"], input_tokens=_INT, output_tokens=_INT,
                       cache_creation_input_tokens=_INT, cache_read_input_tokens=_INT)
@@ -442,33 +442,51 @@ def _chat_body(config: Any) -> dict[str, Any]:
                   stream=_BOOL, stream_options=closed([], include_usage=_BOOL, include_obfuscation=_BOOL))
 
 
+def _closed(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {**_obj(required, **properties), "additionalProperties": False}
+
+
 def _messages_body(config: Any, *, count: bool = False) -> dict[str, Any]:
-    """The fields of a Messages body this daemon reads (anthropic_messages.py checks them);
-    ``count``: count_tokens', without max_tokens and the sampling fields."""
-    text_blocks = {"type": "array", "items": _TEXT_BLOCK}
-    result = _obj(["type", "tool_use_id"], type={"const": "tool_result"}, tool_use_id=_STR,
-                  content={"anyOf": [_STR, text_blocks]}, is_error=_BOOL, cache_control=_OBJ)
-    message = _obj(["role", "content"], role={"type": "string", "enum": ["user", "assistant"]},
-                   content={"anyOf": [_STR, {"type": "array", "items": {"anyOf": [_TEXT_BLOCK, _TOOL_USE, result]}}]})
-    tool = _obj(["name", "input_schema"], name={"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-                description=_STR, input_schema=_obj(["type"], type={"const": "object"}), type={"const": "custom"},
-                cache_control=_OBJ)
+    """The fields of a Messages body this daemon reads (dialects/anthropic_messages.py checks
+    them; any other field is refused, hence additionalProperties false); ``count``:
+    count_tokens', without max_tokens and the sampling fields.  Beyond the schema: a
+    tool_result answers a tool_use of the turn before, only the final assistant turn may be
+    empty, tool_choice any/tool needs tools."""
+    text = {"type": "string", "minLength": 1}
+    text_block = _closed(["type", "text"], type={"const": "text"}, text=text, cache_control=_OBJ)
+    text_blocks = {"type": "array", "items": text_block}
+    tool_use = _closed(["type", "id", "name", "input"], type={"const": "tool_use"}, id=text, name=text, input=_OBJ,
+                       cache_control=_OBJ)
+    result = _closed(["type", "tool_use_id"], type={"const": "tool_result"}, tool_use_id=text,
+                     content={"anyOf": [_STR, text_blocks]}, is_error=_BOOL, cache_control=_OBJ)
+    message = {"oneOf": [
+        _closed(["role", "content"], role={"const": "user"}, content={"anyOf": [
+            text, {"type": "array", "minItems": 1, "items": {"anyOf": [text_block, result]}}]}),
+        _closed(["role", "content"], role={"const": "assistant"}, content={"anyOf": [
+            _STR, {"type": "array", "items": {"anyOf": [text_block, tool_use]}}]})]}
+    tool = _closed(["name", "input_schema"], name={"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                   description=_STR, input_schema=_obj(["type"], type={"const": "object"}), type={"const": "custom"},
+                   cache_control=_OBJ)
+    tool_choice = {"oneOf": [
+        _closed(["type"], type={"type": "string", "enum": ["auto", "any", "none"]},
+                disable_parallel_tool_use={"const": False}),
+        _closed(["type", "name"], type={"const": "tool"}, name=text, disable_parallel_tool_use={"const": False})]}
     properties: dict[str, Any] = {
         "model": {"type": "string", "enum": list(config.models)},
         "messages": {"type": "array", "minItems": 1, "items": message},
         "system": {"anyOf": [_STR, text_blocks]}, "tools": {"type": "array", "items": tool},
-        "tool_choice": _obj(["type"], type={"type": "string", "enum": ["auto", "any", "tool", "none"]}, name=_STR,
-                            disable_parallel_tool_use={"const": False}),
-        "thinking": _obj(["type"], type={"const": "disabled"}), "cache_control": _OBJ}
+        "tool_choice": tool_choice, "thinking": _closed(["type"], type={"const": "disabled"}),
+        "cache_control": _OBJ}
     if not count:
         properties.update({
-            "max_tokens": {"type": "integer", "minimum": 1}, "stop_sequences": {"type": "array", "items": _STR},
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "stop_sequences": {"type": "array", "items": {"type": "string", "pattern": "\\S"}},
             "temperature": {"type": "number", "minimum": 0, "maximum": 1},
             "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-            "metadata": _obj([], user_id={"type": ["string", "null"], "maxLength": 256}), "stream": _BOOL,
-            "service_tier": {"type": "string", "enum": ["auto", "standard_only"]}})
-    return {"type": "object", "additionalProperties": False,
-            "required": ["model", "messages"] + ([] if count else ["max_tokens"]), "properties": properties}
+            "metadata": _closed([], user_id={"type": ["string", "null"], "maxLength": 256}), "stream": _BOOL,
+            "service_tier": {"type": "string", "enum": ["auto", "standard_only"]},
+            "top_k": {"type": "null", "description": "refused unless null: no provider takes a top-k"}})
+    return _closed(["model", "messages"] + ([] if count else ["max_tokens"]), **properties)
 
 
 _FRONT_DOOR_BODIES: dict[tuple[str, str], Any] = {
@@ -477,6 +495,15 @@ _FRONT_DOOR_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/messages/count_tokens"): lambda config: _messages_body(config, count=True),
 }
 _FRONT_DOOR_ERRORS = {"openai": _OPENAI_ERROR, "anthropic": _ANTHROPIC_ERROR}
+# One server-sent event of a streamed call (stream: true), as contract testers read an event:
+# its name (Anthropic's only) and its data, a JSON text.
+_EVENT_DATA = {"type": "string", "contentMediaType": "application/json"}
+_FRONT_DOOR_EVENTS = {
+    "openai": _obj(["data"], data=_EVENT_DATA),
+    "anthropic": _obj(["event", "data"], data=_EVENT_DATA, event={"type": "string", "enum": [
+        "message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta",
+        "message_stop", "ping", "error"]}),
+}
 
 
 def _front_door_operation(method: str, path: str, handler: Any, scope: str, limit_class: str,
@@ -492,7 +519,7 @@ def _front_door_operation(method: str, path: str, handler: Any, scope: str, limi
     }
     if method == "POST":
         if limit_class == "spawn":  # a call (count_tokens is none: only the Idempotency-Key's refusals)
-            success["text/event-stream"] = {"schema": _STR}  # stream: true
+            success["text/event-stream"] = {"schema": _FRONT_DOOR_EVENTS[dialect]}  # stream: true
         codes += _CALL_ERRORS if limit_class == "spawn" else (409, 507)
         operation["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": _FRONT_DOOR_BODIES[(method, path)](config)}}}
