@@ -481,8 +481,12 @@ async def test_every_call_is_an_agent_of_kind_chat_with_usage_cost_and_events(tm
                     ids.append(agent_id_of(dialect, (await resp.json())["id"]))
         for agent_id in ids:
             await door.agent(agent_id)
-        listed = {a["agent_id"]: a for a in (await door.api("/api/agents?limit=50"))["data"]}
-        assert set(ids) <= set(listed)
+        # A spawn beside them: ?kind=chat lists the four calls and only them.
+        spawned_id = (await asyncio.to_thread(door.daemon.post, "/api/spawn",
+                                              {"task": "not a chat", "model": "gpt"}))["agent_id"]
+        await door.agent(spawned_id)
+        listed = {a["agent_id"]: a for a in (await door.api("/api/agents?kind=chat&limit=50"))["data"]}
+        assert set(listed) == set(ids) and all(a["kind"] == "chat" for a in listed.values())
         rows = await asyncio.to_thread(db_agents, door.daemon.state_dir)
         for agent_id in ids:
             assert rows[agent_id]["kind"] == "chat" and rows[agent_id]["status"] == "completed"
@@ -490,9 +494,14 @@ async def test_every_call_is_an_agent_of_kind_chat_with_usage_cost_and_events(tm
             assert listed[agent_id]["actual_cost"] > 0
             # The prompt is sealed at rest like any agent's task.
             assert rows[agent_id]["task"] and "Say hello" not in rows[agent_id]["task"]
+        for agent_id in ids:
+            agent = await door.api(f"/api/agent/{agent_id}")
+            assert agent["kind"] == "chat" and agent["usage"] == {"input_tokens": 11, "output_tokens": 7}
+            assert agent["served_by"]["model"] == agent["model"] and agent["time_to_first_token"] is not None
+        spawn_cost = (await door.api(f"/api/agent/{spawned_id}"))["cost"]
         billing = await door.api("/api/billing/usage")
-        assert billing["calls"] == 4
-        assert billing["total_cost"] == pytest.approx(sum(listed[i]["actual_cost"] for i in ids))
+        assert billing["calls"] == 5
+        assert billing["total_cost"] == pytest.approx(sum(listed[i]["actual_cost"] for i in ids) + spawn_cost)
         events = (await door.api("/api/events?limit=500"))["data"]
         done = {e["data"]["agent_id"] for e in events if e["event"] == "agent.completed"}
         spawned = {e["data"]["agent_id"] for e in events if e["event"] == "agent.spawned"}
