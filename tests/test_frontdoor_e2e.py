@@ -83,7 +83,7 @@ class GatedUpstream(FakeUpstream):
         await super().close()
 
 
-def write_e2e_config(path: Path, oa: str, an: str, *, budget: str = "", runtime: str = "") -> Path:
+def write_e2e_config(path: Path, oa: str, an: str, *, budget: str = "") -> Path:
     models = "".join(
         f'[models.{alias}]\nprovider = "{provider}"\nupstream = "{upstream}"\n'
         f"input_per_1k = {inp}\noutput_per_1k = {out}\nblended_per_1k = {out}\nmax_tokens = 1000\n"
@@ -92,8 +92,7 @@ def write_e2e_config(path: Path, oa: str, an: str, *, budget: str = "", runtime:
     path.write_text(
         '[server]\nlog_level = "info"\n\n'
         # Two attempts a model, retried at once: a failing upstream falls back quickly.
-        "[runtime]\nmax_concurrency = 8\nmax_attempts = 2\nretry_base_delay = 0.01\nretry_max_delay = 0.02\n"
-        f"{runtime}\n"
+        "[runtime]\nmax_concurrency = 8\nmax_attempts = 2\nretry_base_delay = 0.01\nretry_max_delay = 0.02\n\n"
         f'[plugins]\ndropin_dir = "{path.parent / "no-plugins.d"}"\n\n'
         f"{budget}\n"
         f'[providers.oa]\nplugin = "openai_compat"\nbase_url = "{oa}/v1"\nmax_concurrency = 8\n\n'
@@ -135,8 +134,8 @@ class Door:
         return self.http.post(self.url + path, json=body, headers=self.headers(dialect))
 
 
-def chat_body(dialect: str, model: str, text: str = "Say hello", *, stream: bool = False,
-              max_tokens: int = 100) -> dict[str, Any]:
+def chat_body(model: str, text: str = "Say hello", *, stream: bool = False, max_tokens: int = 100) -> dict[str, Any]:
+    """A call both formats read alike (a user message of text, max_tokens, stream)."""
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
                             "messages": [{"role": "user", "content": text}]}
     if stream:
@@ -145,9 +144,9 @@ def chat_body(dialect: str, model: str, text: str = "Say hello", *, stream: bool
 
 
 @contextlib.asynccontextmanager
-async def front_door(tmp_path: Path, *, budget: str = "", runtime: str = "") -> AsyncIterator[Door]:
+async def front_door(tmp_path: Path, *, budget: str = "") -> AsyncIterator[Door]:
     oa, an = await GatedUpstream().start(), await GatedUpstream().start()
-    config = write_e2e_config(tmp_path / "e2e.toml", oa.url, an.url, budget=budget, runtime=runtime)
+    config = write_e2e_config(tmp_path / "e2e.toml", oa.url, an.url, budget=budget)
     daemon = Daemon(tmp_path, tmp_path / "state", config, env={ANTHROPIC_KEY_ENV: "sk-ant-fake-e2e"})
     door: Door | None = None
     try:
@@ -198,6 +197,11 @@ def is_error(dialect: str, event: str | None, data: Any) -> bool:
     return isinstance(data, dict) and "error" in data
 
 
+def content_text(content: str | list[dict[str, Any]]) -> str:
+    """A message's text as either format sends it upstream: a string, or text parts."""
+    return content if isinstance(content, str) else "".join(p["text"] for p in content if p["type"] == "text")
+
+
 def answer_text(dialect: str, body: dict[str, Any]) -> str:
     if dialect == "anthropic":
         return "".join(b["text"] for b in body["content"] if b["type"] == "text")
@@ -245,7 +249,7 @@ async def test_either_format_reaches_the_other_formats_provider(tmp_path, dialec
     async with front_door(tmp_path) as door:
         upstream, other = (door.an, door.oa) if model == "claude" else (door.oa, door.an)
         upstream.reply_text = "hello from the other side"
-        async with door.post(dialect, chat_body(dialect, model, "Translate me", stream=stream)) as resp:
+        async with door.post(dialect, chat_body(model, "Translate me", stream=stream)) as resp:
             assert resp.status == 200, await resp.text()
             if stream:
                 assert resp.headers["Content-Type"].startswith("text/event-stream")
@@ -261,11 +265,10 @@ async def test_either_format_reaches_the_other_formats_provider(tmp_path, dialec
         if model == "claude":
             assert sent["path"] == "/v1/messages" and sent["json"]["model"] == "claude-up"
             assert sent["headers"]["x-api-key"] == "sk-ant-fake-e2e"
-            assert sent["json"]["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Translate me"}]}] \
-                or sent["json"]["messages"] == [{"role": "user", "content": "Translate me"}]
         else:
             assert sent["path"] == "/v1/chat/completions" and sent["json"]["model"] == "gpt-up"
-            assert sent["json"]["messages"][-1]["content"] in ("Translate me", [{"type": "text", "text": "Translate me"}])
+        [message] = sent["json"]["messages"]
+        assert message["role"] == "user" and content_text(message["content"]) == "Translate me"
         assert bool(sent["json"].get("stream")) is stream
         agent = await door.agent(agent_id_of(dialect, ident))
         assert agent["status"] == "completed" and agent["served_by"]["model"] == model
@@ -327,7 +330,7 @@ async def test_a_slow_stream_arrives_as_several_chunks(tmp_path, dialect, model)
         seen: list[str] = []
 
         async def read() -> None:
-            async with door.post(dialect, chat_body(dialect, model, stream=True)) as resp:
+            async with door.post(dialect, chat_body(model, stream=True)) as resp:
                 assert resp.status == 200
                 async for event, data in frames(resp):
                     text = delta_text(dialect, event, data)
@@ -349,7 +352,7 @@ async def test_a_provider_failing_before_the_first_byte_falls_back_unseen(tmp_pa
     async with front_door(tmp_path) as door:
         door.oa.fail_next(2, 503)  # both attempts on gpt's provider, before any byte
         door.an.reply_text = "the fallback answered"
-        async with door.post(dialect, chat_body(dialect, "gpt", stream=stream)) as resp:
+        async with door.post(dialect, chat_body("gpt", stream=stream)) as resp:
             assert resp.status == 200, await resp.text()
             if stream:
                 text, got = await collect(dialect, resp)
@@ -386,7 +389,7 @@ async def test_a_provider_dying_mid_stream_fails_the_call_in_the_dialect_and_bil
     async with front_door(tmp_path) as door:
         door.oa.reply_text = "alpha beta gamma delta epsilon"
         door.oa.die_after_next(2)  # two words, then the connection drops: no usage, no end
-        async with door.post(dialect, chat_body(dialect, "gpt", stream=True)) as resp:
+        async with door.post(dialect, chat_body("gpt", stream=True)) as resp:
             assert resp.status == 200
             text, got = await collect(dialect, resp)
         assert text == "alpha beta"
@@ -438,7 +441,7 @@ async def test_a_client_that_goes_away_mid_stream_cancels_the_upstream_call(tmp_
         upstream.reply_text = " ".join(f"w{i}" for i in range(200))
         upstream.gated, upstream.chunk_delay = True, 1.0
         upstream.release(3)  # the first words (after Anthropic's block start and ping)
-        resp = await door.post(dialect, chat_body(dialect, model, stream=True, max_tokens=1000))
+        resp = await door.post(dialect, chat_body(model, stream=True, max_tokens=1000))
         assert resp.status == 200
         first: list[tuple[str | None, Any]] = []
         async for event, data in frames(resp):
@@ -472,7 +475,7 @@ async def test_every_call_is_an_agent_of_kind_chat_with_usage_cost_and_events(tm
         ids = []
         for dialect, model, stream in [("openai", "gpt", False), ("openai", "claude", True),
                                        ("anthropic", "claude", False), ("anthropic", "gpt", True)]:
-            async with door.post(dialect, chat_body(dialect, model, stream=stream)) as resp:
+            async with door.post(dialect, chat_body(model, stream=stream)) as resp:
                 assert resp.status == 200
                 if stream:
                     _, got = await collect(dialect, resp)
@@ -519,7 +522,7 @@ async def test_the_daily_budget_stays_hard_under_concurrent_calls(tmp_path):
 
         async def one(i: int) -> tuple[int, Any]:
             dialect = "openai" if i % 2 else "anthropic"
-            async with door.post(dialect, chat_body(dialect, "claude", max_tokens=1000)) as resp:
+            async with door.post(dialect, chat_body("claude", max_tokens=1000)) as resp:
                 return resp.status, (dialect, await resp.json())
 
         results = await asyncio.gather(*(one(i) for i in range(8)))
@@ -566,13 +569,12 @@ async def test_the_sdks_raise_their_rate_limit_error_when_the_budget_is_spent(tm
 async def test_kill_9_during_a_chat_call_fails_it_as_interrupted_refunded_and_loses_nothing(tmp_path):
     async with front_door(tmp_path) as door:
         # One call done before the crash, one in flight at it.
-        async with door.post("openai", chat_body("openai", "gpt")) as resp:
+        async with door.post("openai", chat_body("gpt")) as resp:
             done_id = agent_id_of("openai", (await resp.json())["id"])
         # The call in flight: its upstream has begun (message_start) and waits for the test's
         # permit to go on, so the daemon holds it running with nothing sent to its client yet.
         door.an.gated, door.an.chunk_delay = True, 1.0
-        pending = asyncio.ensure_future(_status_of(door.post("anthropic", chat_body("anthropic", "claude",
-                                                                                      stream=True))))
+        pending = asyncio.ensure_future(_status_of(door.post("anthropic", chat_body("claude", stream=True))))
         await until(lambda: len(door.an.calls) == 1, "the call to reach the upstream")
 
         async def running() -> list[str]:
