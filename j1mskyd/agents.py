@@ -47,11 +47,13 @@ class AgentService:
         """A new agent id (spawns and chat calls alike)."""
         return f"subagent_{int(now)}_{next(self._ids) % 10_000:04d}"
 
-    def estimate(self, model_alias: str, task: str) -> float:
-        """Estimated cost at spawn: the task's tokens (~4 chars each) plus the model's typical output.
-        What is reserved is the worst case instead (:meth:`reservation`)."""
+    def estimate(self, model_alias: str, task: str, max_tokens: int | None = None) -> float:
+        """Estimated cost at spawn: the task's tokens (~4 chars each) plus the model's typical output
+        (or a chat call's own ``max_tokens`` when lower).  What is reserved is the worst case
+        instead (:meth:`reservation`)."""
         model = self.config.models[model_alias]
-        return token_cost(model, max(1, math.ceil(len(task) / 4)), model.typical_output_tokens)
+        output = min(model.typical_output_tokens, worstcase.output_cap(model, max_tokens))
+        return token_cost(model, max(1, math.ceil(len(task) / 4)), output)
 
     def reservation(self, agent: Agent) -> float:
         """The most ``agent`` may cost (its worst case over its fallback chain), remembered on it."""

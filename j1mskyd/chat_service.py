@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,9 +26,7 @@ from .chat_request import ChatFailed, ChatOutcome, ChatRequest, FailureKind
 from .config import Config
 from .errors import NotFound
 from .plugin_api import Block, TextBlock, ToolCall
-from .pricing import token_cost
 from .runtime import AgentRuntime
-from .worstcase import output_cap
 
 __all__ = ["ChatService", "LiveChatCall", "canonical_json"]
 
@@ -153,13 +150,6 @@ class ChatService:
         self.agents = agents
         self.runtime = runtime
 
-    def estimate(self, request: ChatRequest, task: str) -> float:
-        """The estimate shown for the agent: the task's tokens (~4 chars each) plus the model's
-        typical output, or the request's ``max_tokens`` when lower."""
-        model = self.config.models[request.model]
-        output = min(model.typical_output_tokens, output_cap(model, request.max_tokens))
-        return token_cost(model, max(1, math.ceil(len(task) / 4)), output)
-
     async def start(self, request: ChatRequest, key_id: str = ANONYMOUS) -> LiveChatCall:
         """Reserve, store and queue the call as a chat agent; the call under way.
 
@@ -172,7 +162,7 @@ class ChatService:
         task = canonical_json(request)
         agent = Agent(agent_id=self.agents.new_id(now), kind=KIND_CHAT, model=request.model, task=task,
                       priority="normal", timeout=self.config.runtime.default_timeout, status=SPAWNING,
-                      estimated_cost=self.estimate(request, task), created_at=now, chat=request)
+                      estimated_cost=self.agents.estimate(request.model, task, request.max_tokens), created_at=now, chat=request)
         call = LiveChatCall(agent, self.runtime, self.config)
         await self.agents.store_and_admit([agent], key_id=key_id)
         call._watch()

@@ -380,6 +380,14 @@ async def test_the_reservation_is_the_worst_case_of_the_asked_max_tokens(aiohttp
     await call.cancel()
 
 
+async def test_max_tokens_above_the_models_cap_is_capped(aiohttp_client, tmp_path, upstreams):
+    primary, secondary = upstreams
+    cfg = two_provider_config(tmp_path, primary, secondary)
+    client, services = await app_client(aiohttp_client, cfg)
+    await (await services.chat.start(chat(max_tokens=10_000_000))).outcome()
+    assert primary.calls[0]["json"]["max_tokens"] == cfg.models["k2p5"].max_tokens
+
+
 async def test_a_budget_refusal_writes_nothing(aiohttp_client, tmp_path, upstreams):
     primary, secondary = upstreams
     cfg = two_provider_config(tmp_path, primary, secondary)
