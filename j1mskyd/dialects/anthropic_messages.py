@@ -32,8 +32,8 @@ from ..plugin_api import Block, CompletionRequest, Message, TextBlock, Tool, Too
 from ..provider_http import estimate_tokens, request_text
 from . import Dialect, model_alias
 
-__all__ = ["DIALECT", "AnthropicMessages", "AnthropicStream", "parse", "parse_count", "estimate_input_tokens",
-           "stop_reason", "SPEND_LIMIT_CODE"]
+__all__ = ["DIALECT", "AnthropicMessages", "AnthropicStream", "SPEND_LIMIT_CODE", "error_body", "estimate_input_tokens",
+           "parse", "parse_count", "render", "stop_reason", "tool_input"]
 
 # Fields of a Messages request this dialect reads.  Anything else is a 400 naming it, as
 # Anthropic's own API answers an unknown field ("Extra inputs are not permitted"): a field
