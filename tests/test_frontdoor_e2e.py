@@ -61,14 +61,16 @@ class GatedUpstream(FakeUpstream):
     async def _stream(self, request: web.Request, frames: list[tuple[str, bool]], reply: Reply,
                       error: str) -> web.StreamResponse:
         self.open_streams += 1
+        hangups = self.hangups
         try:
             response = await super()._stream(request, frames, reply, error)
-        except (ConnectionError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             self.stream_ends.append("closed")
             raise
         finally:
             self.open_streams -= 1
-        self.stream_ends.append("finished")
+        # The base class counts a write into a connection the caller closed as a hang-up.
+        self.stream_ends.append("closed" if self.hangups > hangups else "finished")
         return response
 
     async def close(self) -> None:
