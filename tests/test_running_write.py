@@ -96,3 +96,18 @@ async def test_a_call_that_ends_before_its_running_write_left_the_queue_costs_on
     row = await store.read(lambda c: c.execute("SELECT status, runs, started_at FROM agents WHERE agent_id = ?",
                                                (agent.agent_id,)).fetchone())
     assert (row["status"], row["runs"]) == ("completed", 1) and row["started_at"] is not None
+
+
+def test_an_update_reads_its_fields_in_one_call_and_seals_only_the_sealed_ones():
+    """Agent.update_statement's plan per field set (SQL, one getter, sealed positions) gives
+    what the statement always held: the values in order, sealed where the column is, agent_id last."""
+    from j1mskyd.crypto import DataCipher
+    cipher = DataCipher(b"k" * 32)
+    agent = Agent(agent_id="subagent_1_0002", kind=KIND_AGENT, model="k2p5", task="t", priority="normal",
+                  timeout=30, estimated_cost=0.0, status="completed", result="the answer", runs=2)
+    sql, values = agent.update_statement("status", "result", "runs", "tool_calls", cipher=cipher)
+    assert sql == "UPDATE agents SET status = ?, result = ?, runs = ?, tool_calls = ? WHERE agent_id = ?"
+    assert values[0] == "completed" and values[2] == 2 and values[3] is None and values[4] == agent.agent_id
+    assert values[1] != "the answer" and cipher.decrypt(values[1], f"{agent.agent_id}/result") == "the answer"
+    assert agent.update_statement("status", "result") == (
+        "UPDATE agents SET status = ?, result = ? WHERE agent_id = ?", ("completed", "the answer", agent.agent_id))
