@@ -2,7 +2,7 @@
 
 Writes are *group-committed*: callers queue a unit of statements and await its
 future; a single flusher runs every pending unit in one transaction on the default
-executor (one SAVEPOINT per unit, so one bad unit fails alone) and resolves the
+executor (again with one SAVEPOINT per unit when one fails, so a bad unit fails alone) and resolves the
 futures only after COMMIT.  Under load this turns hundreds of commits per second
 into a few, which is what keeps an SD card alive and spawn latency flat, while a
 caller still never hears "done" before its row is on disk.
