@@ -129,23 +129,26 @@ class Agent:
     # -- persistence -----------------------------------------------------------
     # Task and result are the user's data: they reach the database only through
     # ``cipher`` (the store's DataCipher, or None when encryption is off).
-    def _column(self, name: str, cipher: DataCipher | None) -> Any:
-        value = getattr(self, name)
-        if cipher is not None and name in SEALED:
-            return cipher.encrypt(value, f"{self.agent_id}/{name}")
-        return value
-
     def insert_statement(self, cipher: DataCipher | None = None) -> tuple[str, tuple[Any, ...]]:
         values = _ROW(self)  # every column in one call: this runs once per spawn
         if cipher is None:
             return _INSERT_SQL, values
         row = list(values)
         for i, name in _SEALED_AT:
-            row[i] = cipher.encrypt(row[i], f"{self.agent_id}/{name}")
+            if row[i] is not None:  # a new agent has no result yet: nothing to seal
+                row[i] = cipher.encrypt(row[i], f"{self.agent_id}/{name}")
         return _INSERT_SQL, tuple(row)
 
     def update_statement(self, *fields: str, cipher: DataCipher | None = None) -> tuple[str, tuple[Any, ...]]:
-        return _update_sql(fields), (*(self._column(f, cipher) for f in fields), self.agent_id)
+        sql, values, sealed = _update_plan(fields)  # the runtime's few field sets, worked out once each
+        row = values(self)
+        if cipher is None or not sealed:
+            return sql, row
+        out = list(row)
+        for i in sealed:
+            if out[i] is not None:
+                out[i] = cipher.encrypt(out[i], f"{self.agent_id}/{fields[i]}")
+        return sql, tuple(out)
 
     @property
     def deadline(self) -> float:
@@ -229,8 +232,12 @@ _SEALED_AT = tuple((COLUMNS.index(name), name) for name in SEALED)
 
 
 @functools.lru_cache(maxsize=64)  # a handful of field sets: the runtime's transitions
-def _update_sql(fields: tuple[str, ...]) -> str:
-    return f"UPDATE agents SET {', '.join(f'{f} = ?' for f in fields)} WHERE agent_id = ?"
+def _update_plan(fields: tuple[str, ...]) -> tuple[str, Callable[[Agent], tuple[Any, ...]], tuple[int, ...]]:
+    """An update's SQL, what reads its values (the fields, then agent_id) in one call, and the
+    positions of the sealed ones."""
+    return (f"UPDATE agents SET {', '.join(f'{f} = ?' for f in fields)} WHERE agent_id = ?",
+            operator.attrgetter(*fields, "agent_id"),
+            tuple(i for i, f in enumerate(fields) if f in SEALED))
 
 
 def from_row(row: sqlite3.Row, cipher: DataCipher | None = None) -> Agent:
