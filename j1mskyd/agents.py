@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import agent_query, ledger, worstcase
-from .agent import ANONYMOUS, Agent, CANCELLED, KIND_AGENT, KIND_MEMBER, KIND_TEAM, SPAWNING, TERMINAL, from_row, money
+from .agent_record import ANONYMOUS, Agent, CANCELLED, KIND_AGENT, KIND_MEMBER, KIND_TEAM, SPAWNING, TERMINAL, from_row, money
 from .config import Config
 from .errors import Conflict, NotFound, ValidationFailed
 from .budget import Budget

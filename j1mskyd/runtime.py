@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import jsonx, ledger
-from .agent import (
+from .agent_record import (
     Agent, CANCELLED, COMPLETED, FAILED, KIND_CHAT, KIND_MEMBER, KIND_TEAM, PRIORITIES, QUEUED, RUNNING, SPAWNING,
     Status, TERMINAL, money)
 from .backoff import backoff_delay

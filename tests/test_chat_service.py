@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from j1mskyd.agent import KIND_CHAT, Agent
+from j1mskyd.agent_record import KIND_CHAT, Agent
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.chat_request import ChatFailed, ChatRequest
