@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import jsonx, ledger
+from . import agent_record, jsonx, ledger
 from .agent_record import (
     Agent, CANCELLED, COMPLETED, FAILED, KIND_CHAT, KIND_MEMBER, KIND_TEAM, PRIORITIES, QUEUED, RUNNING, SPAWNING,
     Status, TERMINAL, money)
@@ -190,7 +190,7 @@ class AgentRuntime:
                 agent.status, agent.started_at, agent.runs = RUNNING, now, 1
             else:
                 agent.status = QUEUED
-        statements = [a.insert_statement(self.store.cipher) for a in agents] + list(extra_statements)
+        statements = [agent_record.insert(a, self.store.cipher) for a in agents] + list(extra_statements)
         events = []
         if self.events is not None:
             for agent in agents:
@@ -274,7 +274,7 @@ class AgentRuntime:
                 continue
             counts["requeued"] += 1
             agent.status = QUEUED
-            self.store.submit([agent.update_statement("status")])
+            self.store.submit([agent_record.update(agent, "status")])
             self._enqueue(agent)
         for team in teams:  # a team whose members all ended before the crash
             await self._maybe_finish_team(team.agent_id)
@@ -434,7 +434,7 @@ class AgentRuntime:
             agent.status = RUNNING
             agent.started_at = self.clock()
             agent.runs += 1
-            self.store.submit([agent.update_statement("status", "started_at", "runs")])
+            self.store.submit([agent_record.update(agent, "status", "started_at", "runs")])
             if self.events is not None and self.events.wants("agent.started", named=True):
                 # Live only, like agent.output: "running" is a moment, not a state change worth a
                 # write per agent; a resuming reader sees the final event instead.  Only to
@@ -456,7 +456,7 @@ class AgentRuntime:
             except _Requeue:
                 agent.status = QUEUED
                 agent.runs -= 1
-                self.store.submit([agent.update_statement("status", "runs", "attempts")])
+                self.store.submit([agent_record.update(agent, "status", "runs", "attempts")])
                 self._enqueue(agent)
                 return
             model = self.config.models[served]
@@ -485,7 +485,7 @@ class AgentRuntime:
             elif self._stopping:
                 agent.status = QUEUED
                 agent.runs -= 1  # a graceful stop is not a crash: do not count this run
-                await self.store.write(agent.update_statement("status", "runs", "attempts"))
+                await self.store.write(agent_record.update(agent, "status", "runs", "attempts"))
             else:
                 raise
         except Exception as exc:  # a bug must fail the agent, not lose it
@@ -699,7 +699,7 @@ class AgentRuntime:
         for name, value in fields.items():
             setattr(agent, name, value)
         agent.status = status
-        statements.append(agent.update_statement("status", "attempts", *fields, cipher=self.store.cipher))
+        statements.append(agent_record.update(agent, "status", "attempts", *fields, cipher=self.store.cipher))
         if status == COMPLETED and agent.kind != KIND_TEAM:
             statements.append(ledger.record(fields["completed_at"], agent.agent_id, agent.api_key, agent.served_model,
                                             agent.provider, agent.input_tokens, agent.output_tokens,

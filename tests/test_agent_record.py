@@ -10,7 +10,7 @@ from pathlib import Path
 from j1mskyd import agent_record
 from j1mskyd.agent_record import (
     ANONYMOUS, COLUMNS, COMPLETED, FAILED, KIND_AGENT, KIND_CHAT, KIND_MEMBER, KIND_TEAM, LIVE, PRIORITIES, SPAWNING,
-    STATUSES, TERMINAL, Agent, Kind, Priority, Status, from_row,
+    STATUSES, TERMINAL, Agent, Kind, Priority, Status, from_row, insert, update,
 )
 from j1mskyd.store import Store
 
@@ -44,9 +44,9 @@ async def test_a_row_reads_back_as_the_agent_that_wrote_it_sealed_or_not(tmp_pat
         store.open()
         try:
             agent = _agent()
-            await store.write(agent.insert_statement(store.cipher))
+            await store.write(insert(agent, store.cipher))
             agent.status, agent.error = FAILED, "boom"
-            await store.write(agent.update_statement("status", "error", cipher=store.cipher))
+            await store.write(update(agent, "status", "error", cipher=store.cipher))
             stored = await store.read(lambda c: c.execute("SELECT * FROM agents").fetchone())
             sealed_task = await store.read(lambda c: c.execute("SELECT task FROM agents").fetchone()[0])
             back = from_row(stored, store.cipher)
@@ -99,7 +99,7 @@ async def test_a_chat_agent_keeps_its_tool_calls_sealed_and_shows_its_kind_and_f
     try:
         agent = _agent(kind=KIND_CHAT, parent_id=None, team=None, first_token_at=1_764_000_001.25,
                        tool_calls='[{"id":"call_1","name":"lookup","arguments":"{\\"q\\":\\"secret\\"}"}]')
-        await store.write(agent.insert_statement(store.cipher))
+        await store.write(insert(agent, store.cipher))
         raw = await store.read(lambda c: c.execute("SELECT tool_calls, first_token_at FROM agents").fetchone())
         back = from_row(await store.read(lambda c: c.execute("SELECT * FROM agents").fetchone()), store.cipher)
     finally:
