@@ -27,6 +27,8 @@ from .store import Store
 if TYPE_CHECKING:
     from .webhooks import WebhookService
 
+__all__ = ["AgentService"]
+
 _SETTLE_WAIT = 5.0  # seconds to wait for an agent's final write before answering anyway
 
 

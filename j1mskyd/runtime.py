@@ -46,6 +46,8 @@ from .ratelimit import Buckets, Decision, Limit
 from .store import Statement, Store, StoreError
 from .worstcase import fallback_chain, input_bound, output_allowance, output_cap
 
+__all__ = ["AgentRuntime", "AgentFailure", "INTERRUPTED_CHAT", "flat_prompt"]
+
 log = logging.getLogger(__name__)
 
 
