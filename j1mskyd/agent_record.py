@@ -219,8 +219,12 @@ _SEALED_AT = tuple((COLUMNS.index(name), name) for name in SEALED)
 
 
 @functools.lru_cache(maxsize=64)  # a handful of field sets: the runtime's transitions
-def _update_sql(fields: tuple[str, ...]) -> str:
-    return f"UPDATE agents SET {', '.join(f'{f} = ?' for f in fields)} WHERE agent_id = ?"
+def _update_plan(fields: tuple[str, ...]) -> tuple[str, Callable[[Agent], tuple[Any, ...]], tuple[int, ...]]:
+    """An update's SQL, what reads its values (the fields, then agent_id) in one call, and the
+    positions of the sealed ones."""
+    return (f"UPDATE agents SET {', '.join(f'{f} = ?' for f in fields)} WHERE agent_id = ?",
+            operator.attrgetter(*fields, "agent_id"),
+            tuple(i for i, f in enumerate(fields) if f in SEALED))
 
 
 def from_row(row: sqlite3.Row, cipher: DataCipher | None = None) -> Agent:
@@ -239,20 +243,22 @@ def insert(agent: Agent, cipher: DataCipher | None = None) -> Statement:
         return _INSERT_SQL, values
     row = list(values)
     for i, name in _SEALED_AT:
-        row[i] = cipher.encrypt(row[i], f"{agent.agent_id}/{name}")
+        if row[i] is not None:  # a new agent has no result yet: nothing to seal
+            row[i] = cipher.encrypt(row[i], f"{agent.agent_id}/{name}")
     return _INSERT_SQL, tuple(row)
-
-
-def _column(agent: Agent, name: str, cipher: DataCipher | None) -> Any:
-    value = getattr(agent, name)
-    if cipher is not None and name in SEALED:
-        return cipher.encrypt(value, f"{agent.agent_id}/{name}")
-    return value
 
 
 def update(agent: Agent, *fields: str, cipher: DataCipher | None = None) -> Statement:
     """The statement that saves ``fields`` of a stored agent as they are in memory."""
-    return _update_sql(fields), (*(_column(agent, f, cipher) for f in fields), agent.agent_id)
+    sql, values, sealed = _update_plan(fields)  # the runtime's few field sets, worked out once each
+    row = values(agent)
+    if cipher is None or not sealed:
+        return sql, row
+    out = list(row)
+    for i in sealed:
+        if out[i] is not None:
+            out[i] = cipher.encrypt(out[i], f"{agent.agent_id}/{fields[i]}")
+    return sql, tuple(out)
 
 
 _ERASED = "task = '', result = NULL, tool_calls = NULL, purged_at = ?"  # the user's data gone, the cost kept

@@ -43,7 +43,7 @@ from .plugin_api import (
 from .plugins import bounded
 from .provider_http import estimate_tokens
 from .ratelimit import Buckets, Decision, Limit
-from .store import Statement, Store, StoreError
+from .store import Queued, Statement, Store, StoreError
 from .worstcase import fallback_chain, input_bound, output_allowance, output_cap
 
 __all__ = ["AgentRuntime", "AgentFailure", "INTERRUPTED_CHAT", "flat_prompt"]
@@ -121,6 +121,12 @@ def _tool_calls_json(calls: Sequence[ToolCall]) -> str | None:
     return jsonx.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls])
 
 
+def _retrieved(fut: asyncio.Future[None]) -> None:
+    """A done callback for a write nobody awaits: its failure was logged where it mattered."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 def _hold_id(agent: Agent) -> str:
     """Whose budget reservation pays for ``agent``: its own, or its team lead's."""
     if agent.kind == KIND_MEMBER:
@@ -159,6 +165,8 @@ class AgentRuntime:
         self._seq = itertools.count()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._done: dict[str, asyncio.Future[Agent]] = {}
+        # The `running` write of each running agent, while its final write may still replace it.
+        self._started: dict[str, Queued] = {}
         self._cancelling: set[str] = set()
         self._team_finished: dict[str, dict[str, Agent]] = {}
         self._active = 0
@@ -436,7 +444,10 @@ class AgentRuntime:
             agent.status = RUNNING
             agent.started_at = self.clock()
             agent.runs += 1
-            self.store.submit([agent_record.update(agent, "status", "started_at", "runs")])
+            # On disk before the call when the call takes longer than a group commit: a crash then
+            # finds it running and counts this run (restart_attempts).  A call that ends sooner has
+            # its final write take it back (_finish).
+            self._started[agent.agent_id] = self.store.queue([agent_record.update(agent, "status", "started_at", "runs")])
             if self.events is not None and self.events.wants("agent.started", named=True):
                 # Live only, like agent.output: "running" is a moment, not a state change worth a
                 # write per agent; a resuming reader sees the final event instead.  Only to
@@ -456,6 +467,7 @@ class AgentRuntime:
                 await asyncio.shield(self._finish(agent, FAILED, error=str(exc), failure=exc.kind))
                 return
             except _Requeue:
+                self._started.pop(agent.agent_id, None)
                 agent.status = QUEUED
                 agent.runs -= 1
                 self.store.submit([agent_record.update(agent, "status", "runs", "attempts")])
@@ -485,6 +497,7 @@ class AgentRuntime:
                 # Its caller loses the connection with the stop: a re-run would answer nobody.
                 await self._finish(agent, FAILED, error=INTERRUPTED_CHAT, failure="interrupted")
             elif self._stopping:
+                self._started.pop(agent.agent_id, None)
                 agent.status = QUEUED
                 agent.runs -= 1  # a graceful stop is not a crash: do not count this run
                 await self.store.write(agent_record.update(agent, "status", "runs", "attempts"))
@@ -494,6 +507,7 @@ class AgentRuntime:
             log.exception("agent %s crashed in the runtime", agent.agent_id)
             await self._finish(agent, FAILED, error=f"internal error: {type(exc).__name__}", failure="upstream")
         finally:
+            self._started.pop(agent.agent_id, None)
             for s in held:
                 s.release()
             self._active -= 1
@@ -701,7 +715,15 @@ class AgentRuntime:
         for name, value in fields.items():
             setattr(agent, name, value)
         agent.status = status
-        statements.append(agent_record.update(agent, "status", "attempts", *fields, cipher=self.store.cipher))
+        columns = ("status", "attempts", *fields)
+        started = self._started.pop(agent.agent_id, None)
+        if started is not None and self.store.withdraw(started):
+            # Its `running` write was still queued, so it would have committed with this one:
+            # this write carries its columns instead (one statement fewer per quick agent).
+            columns += ("started_at", "runs")
+        else:
+            started = None
+        statements.append(agent_record.update(agent, *columns, cipher=self.store.cipher))
         if status == COMPLETED and agent.kind != KIND_TEAM:
             statements.append(ledger.record(fields["completed_at"], agent.agent_id, agent.api_key, agent.served_model,
                                             agent.provider, agent.input_tokens, agent.output_tokens,
@@ -719,6 +741,8 @@ class AgentRuntime:
             # Disk full or I/O error: the row on disk keeps its last live status, so the
             # agent runs again after a restart.  Nothing may wait on it forever meanwhile.
             log.error("could not save the %s state of agent %s: %s", status, agent.agent_id, exc)
+            if started is not None and not self.store.closed:  # the run is counted on disk all the same
+                self.store.submit(started.statements).add_done_callback(_retrieved)
         exceeded = self._settle(agent) if self.budget is not None else []
         self.live.pop(agent.agent_id, None)
         self._cancelling.discard(agent.agent_id)

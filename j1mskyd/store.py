@@ -2,7 +2,7 @@
 
 Writes are *group-committed*: callers queue a unit of statements and await its
 future; a single flusher runs every pending unit in one transaction on the default
-executor (one SAVEPOINT per unit, so one bad unit fails alone) and resolves the
+executor (again with one SAVEPOINT per unit when one fails, so a bad unit fails alone) and resolves the
 futures only after COMMIT.  Under load this turns hundreds of commits per second
 into a few, which is what keeps an SD card alive and spawn latency flat, while a
 caller still never hears "done" before its row is on disk.
@@ -41,7 +41,7 @@ from .crypto import CHECK_CONTEXT, KEY_FILE, DataCipher, DecryptError, load_or_c
 from .durable import fsync_dir
 from .errors import InsufficientStorage
 
-__all__ = ["CLOSE_GRACE", "KEY_CHECK", "MIGRATIONS", "SCHEMA_VERSION", "Statement", "Store", "StoreError",
+__all__ = ["CLOSE_GRACE", "KEY_CHECK", "MIGRATIONS", "Queued", "SCHEMA_VERSION", "Statement", "Store", "StoreError",
            "StoreFull", "database_problem", "is_disk_full", "migrate"]
 
 log = logging.getLogger(__name__)
@@ -393,6 +393,20 @@ def _run_apart(conn: sqlite3.Connection, units: list[list[Statement]]) -> list[E
     return errors
 
 
+class Queued:
+    """A unit queued with :meth:`Store.queue`: its statements, its future, and its place in the
+    queue, which :meth:`Store.withdraw` needs."""
+
+    __slots__ = ("statements", "future", "_queue", "_index")
+
+    def __init__(self, statements: list[Statement], future: asyncio.Future[None],
+                 queue: list[Any], index: int) -> None:
+        self.statements = statements
+        self.future = future
+        self._queue = queue
+        self._index = index
+
+
 class Store:
     def __init__(self, path: str, *, synchronous: str = "full", encrypt: bool = True,
                  exclusive: bool = True) -> None:
@@ -541,6 +555,29 @@ class Store:
             self._flushing = asyncio.ensure_future(self._flush_loop())
         return fut
 
+    def queue(self, statements: list[Statement]) -> Queued:
+        """:meth:`submit`, for a unit that a later one may make useless (see :meth:`withdraw`)."""
+        fut = self.submit(statements)
+        return Queued(statements, fut, self._pending, len(self._pending) - 1)
+
+    def withdraw(self, queued: Queued) -> bool:
+        """Take back a queued unit that a later unit makes useless, while the flusher has not
+        taken it yet: it then writes nothing (its future still resolves, with its group).
+
+        True only while the unit waits in the queue: it would have committed in the same
+        group as any unit queued now, so leaving it out changes what a crash can leave on
+        disk in nothing, provided the later unit writes what it wrote.  False once it is
+        being committed, committed, or requeued after a full disk: it then stands.
+        """
+        pending = self._pending
+        if queued._queue is not pending or self._closed:
+            return False
+        unit, fut, fail_fast = pending[queued._index]
+        if fut is not queued.future:  # cannot happen: a queue list only grows until it is taken
+            return False
+        pending[queued._index] = ([], fut, fail_fast)
+        return True
+
     async def write(self, *statements: Statement, fail_fast: bool = False) -> None:
         await self.submit(statements, fail_fast=fail_fast)
 
@@ -568,6 +605,10 @@ class Store:
         """At stop: writes waiting for space wait ``seconds`` more, then fail with StoreFull."""
         self._give_up_at = asyncio.get_running_loop().time() + seconds
         self._wake.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def pending_writes(self) -> int:
         return len(self._pending)

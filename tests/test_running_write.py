@@ -1,0 +1,113 @@
+"""The `running` write of an agent (issue 13, CPU per agent): it bounds re-runs after a crash
+(restart_attempts), so it reaches the disk while a call goes on; but a call that ends before
+the write has left the store's queue has its final write carry the same columns instead, and
+the `running` write is taken back (Store.withdraw): one statement fewer, the same disk states."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+from j1mskyd.agent_record import KIND_AGENT, Agent, insert, update
+from j1mskyd.api.common import SERVICES
+from j1mskyd.app import build_app
+from j1mskyd.store import Store
+from tests.conftest import make_config
+from tests.test_runtime import spawn, two_provider_config
+
+_SETTING = "INSERT INTO settings (name, value, updated_at) VALUES (?, '', 0)"
+
+
+def _names(store: Store) -> list[str]:
+    return store.read_sync(lambda c: [r[0] for r in c.execute("SELECT name FROM settings WHERE value = '' ORDER BY name")])
+
+
+async def test_a_withdrawn_unit_writes_nothing_and_its_future_still_resolves(store):
+    kept = store.queue([(_SETTING, ("kept",))])
+    dropped = store.queue([(_SETTING, ("dropped",))])
+    assert store.withdraw(dropped)  # still queued: the flusher has not started
+    await asyncio.gather(kept.future, dropped.future)
+    assert _names(store) == ["kept"]
+
+
+async def test_a_unit_the_flusher_took_is_not_withdrawn(store):
+    queued = store.queue([(_SETTING, ("written",))])
+    await asyncio.sleep(0)  # the flusher takes the queue (the commit runs in a thread)
+    assert not store.withdraw(queued)
+    await queued.future
+    assert not store.withdraw(queued)  # committed: nothing to take back
+    assert _names(store) == ["written"]
+
+
+async def test_a_slow_call_is_running_on_disk_with_its_run_counted(aiohttp_client, tmp_path, upstreams):
+    """The guarantee the `running` write is for: while the upstream holds the call, a crash
+    would find the agent running with this run counted (recovery bounds re-runs with it)."""
+    primary, secondary = upstreams
+    primary.delay = 30.0
+    client = await aiohttp_client(build_app(two_provider_config(tmp_path, primary, secondary)))
+    store = client.server.app[SERVICES].store
+    agent_id = await spawn(client)
+    for _ in range(500):
+        if primary.calls:
+            break
+        await asyncio.sleep(0.01)
+    assert primary.calls
+    await store.flush()
+    row = await store.read(lambda c: c.execute("SELECT status, runs, started_at FROM agents WHERE agent_id = ?",
+                                               (agent_id,)).fetchone())
+    assert (row["status"], row["runs"]) == ("running", 1) and row["started_at"] is not None
+
+
+async def test_a_call_that_ends_before_its_running_write_left_the_queue_costs_one_update(aiohttp_client, tmp_path):
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    services = client.server.app[SERVICES]
+    store, runtime = services.store, services.runtime
+    # A queued agent as a start finds it in the database (recover() runs it without a write
+    # awaited first, so the test decides what the store's writer is doing when it starts).
+    agent = Agent(agent_id="subagent_1_0001", kind=KIND_AGENT, model="k2p5", task="a quick one",
+                  priority="normal", timeout=300, status="queued", estimated_cost=0.0)
+    await store.write(insert(agent, store.cipher))
+    traced: list[str] = []
+    store._wconn.set_trace_callback(traced.append)
+    # Another writer (like the CLI) holds the database: the store's next group waits for it
+    # (busy_timeout, 5 s), so the units queued meanwhile stay in the queue.
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        blocker = store.submit([(_SETTING, ("blocker",))])
+        await asyncio.sleep(0)  # the writer takes the blocker and waits for the database
+        await runtime.recover([agent], {})
+        for _ in range(300):  # until its call ended (the offline provider answers at once)
+            if agent.status == "completed":
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await blocker
+    done = await runtime.wait(agent.agent_id) if agent.agent_id in runtime.live else agent
+    assert done.status == "completed"
+    await store.flush()
+    store._wconn.set_trace_callback(None)
+    updates = [s for s in traced if s.startswith("UPDATE agents") and f"'{agent.agent_id}'" in s]
+    assert not [s for s in updates if "status = 'running'" in s], updates  # the `running` write was taken back
+    final = [s for s in updates if "status = 'completed'" in s]
+    assert len(final) == 1 and "started_at" in final[0] and "runs = 1" in final[0]  # ... and the final one carries it
+    row = await store.read(lambda c: c.execute("SELECT status, runs, started_at FROM agents WHERE agent_id = ?",
+                                               (agent.agent_id,)).fetchone())
+    assert (row["status"], row["runs"]) == ("completed", 1) and row["started_at"] is not None
+
+
+def test_an_update_reads_its_fields_in_one_call_and_seals_only_the_sealed_ones():
+    """agent_record.update's plan per field set (SQL, one getter, sealed positions) gives
+    what the statement always held: the values in order, sealed where the column is, agent_id last."""
+    from j1mskyd.crypto import DataCipher
+    cipher = DataCipher(b"k" * 32)
+    agent = Agent(agent_id="subagent_1_0002", kind=KIND_AGENT, model="k2p5", task="t", priority="normal",
+                  timeout=30, estimated_cost=0.0, status="completed", result="the answer", runs=2)
+    sql, values = update(agent, "status", "result", "runs", "tool_calls", cipher=cipher)
+    assert sql == "UPDATE agents SET status = ?, result = ?, runs = ?, tool_calls = ? WHERE agent_id = ?"
+    assert values[0] == "completed" and values[2] == 2 and values[3] is None and values[4] == agent.agent_id
+    assert values[1] != "the answer" and cipher.decrypt(values[1], f"{agent.agent_id}/result") == "the answer"
+    assert update(agent, "status", "result") == (
+        "UPDATE agents SET status = ?, result = ? WHERE agent_id = ?", ("completed", "the answer", agent.agent_id))
