@@ -12,7 +12,9 @@ from j1mskyd.agent_record import KIND_AGENT, Agent, insert, update
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.store import Store
+from j1mskyd.providers import ProviderSettings
 from tests.conftest import make_config
+from tests.test_plugin_api import config_with, dropin
 from tests.test_runtime import spawn, two_provider_config
 
 _SETTING = "INSERT INTO settings (name, value, updated_at) VALUES (?, '', 0)"
@@ -58,6 +60,64 @@ async def test_a_slow_call_is_running_on_disk_with_its_run_counted(aiohttp_clien
     assert (row["status"], row["runs"]) == ("running", 1) and row["started_at"] is not None
 
 
+async def _held_store_run(runtime, store, agent) -> None:
+    """Run ``agent`` (queued on disk) while another writer holds the database, so that its
+    `running` write is still queued when its call ends; then let the store go."""
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        blocker = store.submit([(_SETTING, ("blocker",))])
+        await asyncio.sleep(0)  # the writer takes the blocker and waits for the database
+        await runtime.recover([agent], {})
+        for _ in range(300):  # until its call ended (the provider answers at once)
+            if agent.status not in ("queued", "running"):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await blocker
+    if agent.agent_id in runtime.live:
+        await runtime.wait(agent.agent_id)
+    await store.flush()
+
+
+# A provider whose answer cannot be stored: a token count past sqlite's 64-bit integers.
+UNSTORABLE_PLUGIN = '''
+J1MSKY_PLUGIN_API = 1
+from j1mskyd.providers import CompletionResult
+
+class Unstorable:
+    def __init__(self, settings, session):
+        pass
+
+    async def complete(self, request):
+        return CompletionResult(text="ok", input_tokens=2**70, output_tokens=1)
+
+def register(registry):
+    registry.add_provider("unstorable", Unstorable)
+'''
+
+
+async def test_a_final_write_that_fails_leaves_the_run_counted_as_before(aiohttp_client, tmp_path):
+    """The `running` write was taken back and the final write then failed (its unit alone, a
+    value sqlite cannot hold): the run is written after all, so the row is `running` with this
+    run counted, as when the two were separate (recovery bounds its re-runs)."""
+    plugdir = dropin(tmp_path, "unstorable", UNSTORABLE_PLUGIN)
+    cfg = config_with(tmp_path, plugdir, {"bad": ProviderSettings(name="bad", plugin="unstorable")},
+                      every_model="bad")
+    client = await aiohttp_client(build_app(cfg))
+    services = client.server.app[SERVICES]
+    store, runtime = services.store, services.runtime
+    agent = Agent(agent_id="subagent_1_0003", kind=KIND_AGENT, model="k2p5", task="a quick one",
+                  priority="normal", timeout=300, status="queued", estimated_cost=0.0)
+    await store.write(insert(agent, store.cipher))
+    await _held_store_run(runtime, store, agent)
+    row = await store.read(lambda c: c.execute("SELECT status, runs, started_at FROM agents WHERE agent_id = ?",
+                                               (agent.agent_id,)).fetchone())
+    assert (row["status"], row["runs"]) == ("running", 1) and row["started_at"] is not None
+
+
 async def test_a_call_that_ends_before_its_running_write_left_the_queue_costs_one_update(aiohttp_client, tmp_path):
     client = await aiohttp_client(build_app(make_config(tmp_path)))
     services = client.server.app[SERVICES]
@@ -69,25 +129,8 @@ async def test_a_call_that_ends_before_its_running_write_left_the_queue_costs_on
     await store.write(insert(agent, store.cipher))
     traced: list[str] = []
     store._wconn.set_trace_callback(traced.append)
-    # Another writer (like the CLI) holds the database: the store's next group waits for it
-    # (busy_timeout, 5 s), so the units queued meanwhile stay in the queue.
-    other = sqlite3.connect(store.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-    try:
-        blocker = store.submit([(_SETTING, ("blocker",))])
-        await asyncio.sleep(0)  # the writer takes the blocker and waits for the database
-        await runtime.recover([agent], {})
-        for _ in range(300):  # until its call ended (the offline provider answers at once)
-            if agent.status == "completed":
-                break
-            await asyncio.sleep(0.01)
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
-    await blocker
-    done = await runtime.wait(agent.agent_id) if agent.agent_id in runtime.live else agent
-    assert done.status == "completed"
-    await store.flush()
+    await _held_store_run(runtime, store, agent)
+    assert agent.status == "completed"
     store._wconn.set_trace_callback(None)
     updates = [s for s in traced if s.startswith("UPDATE agents") and f"'{agent.agent_id}'" in s]
     assert not [s for s in updates if "status = 'running'" in s], updates  # the `running` write was taken back
