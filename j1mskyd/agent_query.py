@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import jsonx
-from .agent import Agent
+from .agent_record import Agent
 from .errors import ValidationFailed
 
 __all__ = ["ALIASES", "AgentQuery", "FIELDS", "MAX_LIMIT", "OPERATORS", "RESERVED", "SORTABLE", "parse", "parse_time"]

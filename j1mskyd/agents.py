@@ -14,8 +14,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import agent_query, ledger, worstcase
-from .agent import ANONYMOUS, Agent, CANCELLED, KIND_AGENT, KIND_MEMBER, KIND_TEAM, SPAWNING, TERMINAL, from_row, money
+from . import agent_query, agent_record, ledger, worstcase
+from .agent_record import ANONYMOUS, Agent, CANCELLED, KIND_AGENT, KIND_MEMBER, KIND_TEAM, SPAWNING, TERMINAL, money
 from .config import Config
 from .errors import Conflict, NotFound, ValidationFailed
 from .budget import Budget
@@ -26,6 +26,8 @@ from .store import Store
 
 if TYPE_CHECKING:
     from .webhooks import WebhookService
+
+__all__ = ["AgentService"]
 
 _SETTLE_WAIT = 5.0  # seconds to wait for an agent's final write before answering anyway
 
@@ -179,11 +181,8 @@ class AgentService:
         if agent is not None:
             return await self._settled(agent)
 
-        def read(conn: sqlite3.Connection) -> Agent | None:
-            row = conn.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
-            return from_row(row, self.store.cipher) if row else None
-
-        found = await self.store.read(read)
+        cipher = self.store.cipher
+        found = await self.store.read(lambda conn: agent_record.load(conn, agent_id, cipher))
         if found is None:
             raise NotFound(f"Agent '{agent_id}' not found")
         return found
@@ -192,10 +191,7 @@ class AgentService:
         agent = await self._load(agent_id)
         view = agent.status_view()
         if agent.kind == KIND_TEAM:
-            def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-                return conn.execute("SELECT agent_id, model, status, cost FROM agents WHERE parent_id = ? "
-                                    "ORDER BY rowid", (agent_id,)).fetchall()
-            rows = await self.store.read(read)
+            rows = await self.store.read(lambda conn: agent_record.members(conn, agent_id))
             live = self.runtime.live
 
             def member_status(row: sqlite3.Row) -> str:
@@ -215,37 +211,12 @@ class AgentService:
     async def list(self, params: dict[str, str]) -> dict[str, Any]:
         q = agent_query.parse(params)
 
-        def read(conn: sqlite3.Connection) -> tuple[int, float, dict[str, int], list[Agent]]:
-            where = q.where_sql()
-            total = conn.execute(f"SELECT COUNT(*) FROM agents WHERE {where}", q.params).fetchone()[0]
-            # A team's cost is the sum of its members': when both are listed, count the spend once.
-            total_cost = conn.execute(
-                f"SELECT COALESCE(SUM(cost), 0) FROM agents WHERE ({where}) AND NOT (kind = 'team' AND agent_id IN "
-                f"(SELECT parent_id FROM agents WHERE ({where}) AND parent_id IS NOT NULL))",
-                (*q.params, *q.params)).fetchone()[0]
-            by_model = dict(conn.execute(f"SELECT model, COUNT(*) FROM agents WHERE {where} GROUP BY model "
-                                         "ORDER BY COUNT(*) DESC, model", q.params).fetchall())
-            rows = conn.execute(f"SELECT * FROM agents WHERE {where} ORDER BY {q.order} LIMIT ? OFFSET ?",
-                                (*q.params, q.limit, q.offset)).fetchall()
-            return total, total_cost, by_model, [from_row(r, self.store.cipher) for r in rows]
-
-        def read_sealed(conn: sqlite3.Connection) -> tuple[int, float, dict[str, int], list[Agent]]:
-            """Filters on encrypted fields: decrypt what SQL selected, then filter, count, page."""
-            rows = conn.execute(f"SELECT * FROM agents WHERE {q.where_sql()} ORDER BY {q.order}", q.params)
-            matched = [a for a in (from_row(r, self.store.cipher) for r in rows) if q.matches(a)]
-            parents = {a.parent_id for a in matched if a.parent_id}
-            total_cost = sum(a.cost or 0.0 for a in matched if not (a.kind == KIND_TEAM and a.agent_id in parents))
-            by_model: dict[str, int] = {}
-            for a in matched:
-                by_model[a.model] = by_model.get(a.model, 0) + 1
-            by_model = dict(sorted(by_model.items(), key=lambda kv: (-kv[1], kv[0])))
-            return len(matched), total_cost, by_model, matched[q.offset:q.offset + q.limit]
-
-        total, total_cost, by_model, agents = await self.store.read(read_sealed if q.post else read)
+        cipher = self.store.cipher
+        page = await self.store.read(lambda conn: agent_record.page(conn, q, cipher))
         live = self.runtime.live
-        data = [(live.get(a.agent_id) or a).list_view() for a in agents]
-        return {"data": data, "total": total, "limit": q.limit, "offset": q.offset,
-                "meta": {"total_cost": round(total_cost, 6), "by_model": by_model}}
+        data = [(live.get(a.agent_id) or a).list_view() for a in page.agents]
+        return {"data": data, "total": page.total, "limit": q.limit, "offset": q.offset,
+                "meta": {"total_cost": round(page.total_cost, 6), "by_model": page.by_model}}
 
     async def active(self) -> dict[str, Any]:
         agents = sorted(self.runtime.live.values(), key=lambda a: a.created_at)
@@ -272,34 +243,25 @@ class AgentService:
             raise Conflict(f"Agent '{agent_id}' is still {self.runtime.live[agent_id].status}; cancel it first")
         agent = await self._load(agent_id)  # 404 when unknown
         now = self.runtime.clock()
-        await self.store.write(
-            ("UPDATE agents SET task = '', result = NULL, tool_calls = NULL, purged_at = ? "
-             "WHERE agent_id = ? OR parent_id = ?",
-             (now, agent.agent_id, agent.agent_id)), fail_fast=True)
+        await self.store.write(agent_record.erase_data(agent.agent_id, now), fail_fast=True)
         return {"success": True, "message": "Agent data deleted", "agent_id": agent_id}
 
     async def purge_expired(self) -> None:
         """Retention: erase task and result of agents finished longer ago than their retention."""
         now = self.runtime.clock()
-        await self.store.write((
-            "UPDATE agents SET task = '', result = NULL, tool_calls = NULL, purged_at = ? WHERE purged_at IS NULL "
-            "AND status IN ('completed', 'failed', 'cancelled') "
-            "AND completed_at < ? - COALESCE(retention_days, ?) * 86400",
-            (now, now, self.config.privacy.retention_days)))
+        await self.store.write(agent_record.purge_expired(now, self.config.privacy.retention_days))
 
     async def run_times(self, alias: str, since: float) -> Sequence[tuple[str, float | None]]:
         """(status, run time in s) of each agent (not a team) that ``alias`` served and that
         completed or failed since ``since``: run start (else creation) to finish."""
-        return [(r[0], r[1]) for r in await self.store.read(lambda conn: conn.execute(
-            "SELECT status, completed_at - COALESCE(started_at, created_at) FROM agents "
-            "WHERE kind != 'team' AND status IN ('completed', 'failed') AND completed_at >= ? "
-            "AND COALESCE(served_model, model) = ?", (since, alias)).fetchall())]
+        return await self.store.read(lambda conn: agent_record.run_times(conn, alias, since))
 
     # -- start-up ----------------------------------------------------------------------------
     async def recover(self) -> dict[str, int]:
+        cipher = self.store.cipher
+
         def read(conn: sqlite3.Connection) -> tuple[list[Agent], dict[str, list[Agent]]]:
-            live = [from_row(r, self.store.cipher) for r in conn.execute(
-                "SELECT * FROM agents WHERE status IN ('spawning', 'queued', 'running') ORDER BY rowid")]
+            live = agent_record.live(conn, cipher)
             # A live agent's ledger rows are calls billed although they failed: what it has spent.
             billed = ledger.billed_by_agent(conn, [a.agent_id for a in live])
             for a in live:
@@ -307,10 +269,9 @@ class AgentService:
             teams = {a.agent_id: a for a in live if a.kind == KIND_TEAM}
             done: dict[str, list[Agent]] = {t: [] for t in teams}
             for tid, team in teams.items():
-                for r in conn.execute("SELECT * FROM agents WHERE parent_id = ? ORDER BY rowid", (tid,)):
-                    team.members.append(r["agent_id"])
-                    if r["status"] in TERMINAL:
-                        done[tid].append(from_row(r, self.store.cipher))
+                ids, ended = agent_record.team_on_disk(conn, tid, cipher)
+                team.members.extend(ids)
+                done[tid].extend(ended)
             return live, done
 
         live, done = await self.store.read(read)

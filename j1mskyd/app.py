@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from . import statedir
-from .agent import Agent
+from .agent_record import Agent
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES, app_key
 from .billing import Billing

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import jsonx, settings
-from .agent import iso
+from .agent_record import iso
 from .agent_query import parse_time
 from .errors import ValidationFailed
 from .request_fields import changed

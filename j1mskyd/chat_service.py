@@ -20,7 +20,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .agent import ANONYMOUS, CANCELLED, COMPLETED, KIND_CHAT, SPAWNING, Agent
+from .agent_record import ANONYMOUS, CANCELLED, COMPLETED, KIND_CHAT, SPAWNING, Agent
 from .agents import AgentService
 from .chat_request import ChatFailed, ChatOutcome, ChatRequest, FailureKind
 from .config import Config

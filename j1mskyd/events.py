@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import jsonx
-from .agent import iso
+from .agent_record import iso
 from .store import Statement
 
 __all__ = ["AGENT_EVENTS", "EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "Outbox", "PRICING_EVENTS", "Publisher",

@@ -158,7 +158,7 @@ class IpControl:
 
 
 def block_view(block: Block) -> dict[str, Any]:
-    from .agent import iso
+    from .agent_record import iso
     return {"ip": block.ip, "reason": block.reason, "blocked_at": iso(block.created_at),
             "expires_at": iso(block.expires_at)}
 

@@ -146,7 +146,7 @@ class ApiKey:
 
     def public(self, now: float) -> dict[str, Any]:
         """What GET /keys shows: never the token or the secret."""
-        from .agent import iso
+        from .agent_record import iso
         return {"key_id": self.key_id, "name": self.name, "scopes": list(self.scopes), "status": self.state(now),
                 "require_signature": self.require_signature, "created_at": iso(self.created_at),
                 "last_used_at": iso(self.last_used_at), "expires_at": iso(self.expires_at),
@@ -495,7 +495,7 @@ class KeyService:
             raise KeyRefused(f"{key_id} is {old.state(now)}; only an active key can be rotated")
         successor = self.ring.keys.get(old.rotated_to) if old.rotated_to else None
         if successor is not None and successor.state(now) == "active":
-            from .agent import iso
+            from .agent_record import iso
             raise AlreadyRotated(f"{key_id} was already rotated to {successor.key_id} and works only until "
                                  f"{iso(old.expires_at)}; rotate {successor.key_id} instead")
         new, insert = make_key(old.name, old.scopes, self._cipher, require_signature=old.require_signature,

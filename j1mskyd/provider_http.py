@@ -28,6 +28,14 @@ from .plugin_api import (
     conversation,
 )
 
+# The kit of an HTTP provider plugin (the built-in ones and drop-ins alike).
+__all__ = [
+    "HttpCaller", "SseEvent", "StreamState", "ToolCallAssembler",
+    "arguments_text", "as_object", "billed_usage", "completion", "error_detail", "estimate_tokens",
+    "kind_for_error_type", "kind_for_status", "parse_retry_after", "redact", "request_text",
+    "tool_choice_problem",
+]
+
 _MAX_DETAIL = 300
 
 

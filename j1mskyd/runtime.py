@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import jsonx, ledger
-from .agent import (
+from . import agent_record, jsonx, ledger
+from .agent_record import (
     Agent, CANCELLED, COMPLETED, FAILED, KIND_CHAT, KIND_MEMBER, KIND_TEAM, PRIORITIES, QUEUED, RUNNING, SPAWNING,
     Status, TERMINAL, money)
 from .backoff import backoff_delay
@@ -45,6 +45,8 @@ from .provider_http import estimate_tokens
 from .ratelimit import Buckets, Decision, Limit
 from .store import Queued, Statement, Store, StoreError
 from .worstcase import fallback_chain, input_bound, output_allowance, output_cap
+
+__all__ = ["AgentRuntime", "AgentFailure", "INTERRUPTED_CHAT", "flat_prompt"]
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +200,7 @@ class AgentRuntime:
                 agent.status, agent.started_at, agent.runs = RUNNING, now, 1
             else:
                 agent.status = QUEUED
-        statements = [a.insert_statement(self.store.cipher) for a in agents] + list(extra_statements)
+        statements = [agent_record.insert(a, self.store.cipher) for a in agents] + list(extra_statements)
         events = []
         if self.events is not None:
             for agent in agents:
@@ -282,7 +284,7 @@ class AgentRuntime:
                 continue
             counts["requeued"] += 1
             agent.status = QUEUED
-            self.store.submit([agent.update_statement("status")])
+            self.store.submit([agent_record.update(agent, "status")])
             self._enqueue(agent)
         for team in teams:  # a team whose members all ended before the crash
             await self._maybe_finish_team(team.agent_id)
@@ -445,7 +447,7 @@ class AgentRuntime:
             # On disk before the call when the call takes longer than a group commit: a crash then
             # finds it running and counts this run (restart_attempts).  A call that ends sooner has
             # its final write take it back (_finish).
-            self._started[agent.agent_id] = self.store.queue([agent.update_statement("status", "started_at", "runs")])
+            self._started[agent.agent_id] = self.store.queue([agent_record.update(agent, "status", "started_at", "runs")])
             if self.events is not None and self.events.wants("agent.started", named=True):
                 # Live only, like agent.output: "running" is a moment, not a state change worth a
                 # write per agent; a resuming reader sees the final event instead.  Only to
@@ -468,7 +470,7 @@ class AgentRuntime:
                 self._started.pop(agent.agent_id, None)
                 agent.status = QUEUED
                 agent.runs -= 1
-                self.store.submit([agent.update_statement("status", "runs", "attempts")])
+                self.store.submit([agent_record.update(agent, "status", "runs", "attempts")])
                 self._enqueue(agent)
                 return
             model = self.config.models[served]
@@ -498,7 +500,7 @@ class AgentRuntime:
                 self._started.pop(agent.agent_id, None)
                 agent.status = QUEUED
                 agent.runs -= 1  # a graceful stop is not a crash: do not count this run
-                await self.store.write(agent.update_statement("status", "runs", "attempts"))
+                await self.store.write(agent_record.update(agent, "status", "runs", "attempts"))
             else:
                 raise
         except Exception as exc:  # a bug must fail the agent, not lose it
@@ -721,7 +723,7 @@ class AgentRuntime:
             columns += ("started_at", "runs")
         else:
             started = None
-        statements.append(agent.update_statement(*columns, cipher=self.store.cipher))
+        statements.append(agent_record.update(agent, *columns, cipher=self.store.cipher))
         if status == COMPLETED and agent.kind != KIND_TEAM:
             statements.append(ledger.record(fields["completed_at"], agent.agent_id, agent.api_key, agent.served_model,
                                             agent.provider, agent.input_tokens, agent.output_tokens,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .agent import PRIORITIES, Priority
+from .agent_record import PRIORITIES, Priority
 from .config import Config, TeamConfig
 from .errors import ValidationFailed
 from .jsonx import is_unicode

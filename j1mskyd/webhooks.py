@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .agent import iso
+from .agent_record import iso
 from .errors import BadRequest, NotFound, ValidationFailed
 from .events import EventLog, event_types
 from .plugin_api import Sink, SinkError, SinkSettings

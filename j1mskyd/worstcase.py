@@ -23,6 +23,9 @@ from collections.abc import Mapping
 from .config import ModelConfig
 from .pricing import token_cost
 
+__all__ = ["FRAMING_TOKENS", "agent_bound", "call_bound", "fallback_chain", "input_bound", "output_allowance",
+           "output_cap"]
+
 FRAMING_TOKENS = 64  # role markers and message separators a chat template adds around the text
 
 

@@ -1,4 +1,4 @@
-"""The agent record (j1mskyd/agent.py): a typed dataclass whose fields are the agents table's columns."""
+"""The agent record (j1mskyd/agent_record.py): a typed dataclass whose fields are the agents table's columns."""
 
 from __future__ import annotations
 
@@ -7,20 +7,24 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from j1mskyd import agent as A
+from j1mskyd import agent_record
+from j1mskyd.agent_record import (
+    ANONYMOUS, COLUMNS, COMPLETED, FAILED, KIND_AGENT, KIND_CHAT, KIND_MEMBER, KIND_TEAM, LIVE, PRIORITIES, SPAWNING,
+    STATUSES, TERMINAL, Agent, Kind, Priority, Status, from_row, insert, update,
+)
 from j1mskyd.store import Store
 
 
-def _agent(**overrides: typing.Any) -> A.Agent:
+def _agent(**overrides: typing.Any) -> Agent:
     fields: dict[str, typing.Any] = dict(
-        agent_id="subagent_1764000000_0001", kind=A.KIND_MEMBER, parent_id="subagent_1764000000_0000",
+        agent_id="subagent_1764000000_0001", kind=KIND_MEMBER, parent_id="subagent_1764000000_0000",
         team="research", model="k2p5", served_model="k2p5-mini", provider="moonshot", task="summarise this",
-        priority="high", timeout=30.0, status=A.COMPLETED, error=None, result="a summary",
+        priority="high", timeout=30.0, status=COMPLETED, error=None, result="a summary",
         estimated_cost=0.25, cost=0.125, input_tokens=12, output_tokens=34, runs=1, attempts=2,
         created_at=1_764_000_000.0, started_at=1_764_000_001.0, completed_at=1_764_000_002.0,
         api_key="key_abc", retention_days=7.0, purged_at=None)
     fields.update(overrides)
-    return A.Agent(**fields)
+    return Agent(**fields)
 
 
 async def test_columns_are_the_agents_table_in_its_order(tmp_path):
@@ -31,7 +35,7 @@ async def test_columns_are_the_agents_table_in_its_order(tmp_path):
         table = await store.read(lambda c: [r[1] for r in c.execute("PRAGMA table_info(agents)")])
     finally:
         await store.close()
-    assert A.COLUMNS == tuple(table)
+    assert COLUMNS == tuple(table)
 
 
 async def test_a_row_reads_back_as_the_agent_that_wrote_it_sealed_or_not(tmp_path):
@@ -40,27 +44,27 @@ async def test_a_row_reads_back_as_the_agent_that_wrote_it_sealed_or_not(tmp_pat
         store.open()
         try:
             agent = _agent()
-            await store.write(agent.insert_statement(store.cipher))
-            agent.status, agent.error = A.FAILED, "boom"
-            await store.write(agent.update_statement("status", "error", cipher=store.cipher))
+            await store.write(insert(agent, store.cipher))
+            agent.status, agent.error = FAILED, "boom"
+            await store.write(update(agent, "status", "error", cipher=store.cipher))
             stored = await store.read(lambda c: c.execute("SELECT * FROM agents").fetchone())
             sealed_task = await store.read(lambda c: c.execute("SELECT task FROM agents").fetchone()[0])
-            back = A.from_row(stored, store.cipher)
+            back = from_row(stored, store.cipher)
         finally:
             await store.close()
         assert (sealed_task != agent.task) is encrypt
-        assert [getattr(back, c) for c in A.COLUMNS] == [getattr(agent, c) for c in A.COLUMNS]
+        assert [getattr(back, c) for c in COLUMNS] == [getattr(agent, c) for c in COLUMNS]
         # What lives in memory only starts afresh on a row read back.
         assert (back.members, back.reserved, back.billed) == ([], None, 0.0)
 
 
 def test_defaults_of_a_new_agent():
-    agent = A.Agent(agent_id="a", kind=A.KIND_AGENT, model="k2p5", task="t", priority="normal",
-                    timeout=1.0, estimated_cost=0.0)
-    assert (agent.status, agent.api_key, agent.runs, agent.attempts) == (A.SPAWNING, A.ANONYMOUS, 0, 0)
+    agent = Agent(agent_id="a", kind=KIND_AGENT, model="k2p5", task="t", priority="normal",
+                  timeout=1.0, estimated_cost=0.0)
+    assert (agent.status, agent.api_key, agent.runs, agent.attempts) == (SPAWNING, ANONYMOUS, 0, 0)
     assert isinstance(agent.created_at, float)
-    other = A.Agent(agent_id="b", kind=A.KIND_AGENT, model="k2p5", task="t", priority="normal",
-                    timeout=1.0, estimated_cost=0.0)
+    other = Agent(agent_id="b", kind=KIND_AGENT, model="k2p5", task="t", priority="normal",
+                  timeout=1.0, estimated_cost=0.0)
     assert agent.members is not other.members  # no shared mutable default
 
 
@@ -93,18 +97,18 @@ async def test_a_chat_agent_keeps_its_tool_calls_sealed_and_shows_its_kind_and_f
     store = Store(str(tmp_path / "j1msky.db"))
     store.open()
     try:
-        agent = _agent(kind=A.KIND_CHAT, parent_id=None, team=None, first_token_at=1_764_000_001.25,
+        agent = _agent(kind=KIND_CHAT, parent_id=None, team=None, first_token_at=1_764_000_001.25,
                        tool_calls='[{"id":"call_1","name":"lookup","arguments":"{\\"q\\":\\"secret\\"}"}]')
-        await store.write(agent.insert_statement(store.cipher))
+        await store.write(insert(agent, store.cipher))
         raw = await store.read(lambda c: c.execute("SELECT tool_calls, first_token_at FROM agents").fetchone())
-        back = A.from_row(await store.read(lambda c: c.execute("SELECT * FROM agents").fetchone()), store.cipher)
+        back = from_row(await store.read(lambda c: c.execute("SELECT * FROM agents").fetchone()), store.cipher)
     finally:
         await store.close()
     assert "secret" not in raw[0] and "lookup" not in raw[0] and raw[1] == 1_764_000_001.25
     view = back.status_view()
-    assert view["kind"] == A.KIND_CHAT and view["time_to_first_token"] == 1.25  # from its creation
+    assert view["kind"] == KIND_CHAT and view["time_to_first_token"] == 1.25  # from its creation
     assert view["tool_calls"] == [{"id": "call_1", "name": "lookup", "arguments": '{"q":"secret"}'}]
-    assert back.list_view()["kind"] == A.KIND_CHAT
+    assert back.list_view()["kind"] == KIND_CHAT
     assert "secret" not in repr(back)
     # Other agents' views are as they were: no kind, no chat fields.
     plain = _agent().status_view()
@@ -112,18 +116,18 @@ async def test_a_chat_agent_keeps_its_tool_calls_sealed_and_shows_its_kind_and_f
 
 
 def test_statuses_are_the_status_type():
-    assert A.STATUSES == typing.get_args(A.Status)
-    assert A.LIVE | A.TERMINAL == set(A.STATUSES) and not A.LIVE & A.TERMINAL
-    assert set(A.PRIORITIES) == set(typing.get_args(A.Priority))
-    assert {A.KIND_AGENT, A.KIND_TEAM, A.KIND_MEMBER, A.KIND_CHAT} == set(typing.get_args(A.Kind))
-    stored = {f.name for f in dataclasses.fields(A.Agent)} - set(A.COLUMNS)
+    assert STATUSES == typing.get_args(Status)
+    assert LIVE | TERMINAL == set(STATUSES) and not LIVE & TERMINAL
+    assert set(PRIORITIES) == set(typing.get_args(Priority))
+    assert {KIND_AGENT, KIND_TEAM, KIND_MEMBER, KIND_CHAT} == set(typing.get_args(Kind))
+    stored = {f.name for f in dataclasses.fields(Agent)} - set(COLUMNS)
     assert stored == {"members", "reserved", "billed", "chat", "sink", "answer", "failure"}
 
 
 def test_all_names_the_public_face():
     """__all__ is every public name the module defines itself (not what it imports)."""
-    tree = ast.parse(Path(A.__file__).read_text())
+    tree = ast.parse(Path(agent_record.__file__).read_text())
     defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
     defined |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
-    assert sorted(A.__all__) == sorted(n for n in defined if not n.startswith("_"))
+    assert sorted(agent_record.__all__) == sorted(n for n in defined if not n.startswith("_"))

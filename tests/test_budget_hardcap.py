@@ -211,7 +211,7 @@ async def test_an_upstream_that_ignores_max_tokens_is_recorded_truthfully_and_bl
 
 async def test_each_call_is_sent_no_more_than_its_reservation_pays_for(aiohttp_client, tmp_path, upstream):
     """The runtime's own guard: whatever was reserved, the max_tokens sent fits in it."""
-    from j1mskyd import agent as A
+    from j1mskyd.agent_record import KIND_AGENT, Agent
     from j1mskyd.worstcase import FRAMING_TOKENS
 
     cfg = capped_config(tmp_path, upstream)
@@ -220,10 +220,10 @@ async def test_each_call_is_sent_no_more_than_its_reservation_pays_for(aiohttp_c
     runtime = app[SERVICES].runtime
     m = cfg.models["k2p5"]
     input_cost = (len("short") + FRAMING_TOKENS) / 1000 * m.input_per_1k
-    short = A.Agent(agent_id="subagent_1_0001", kind=A.KIND_AGENT, model="k2p5", task="short", priority="normal",
-                    timeout=30.0, estimated_cost=0.0, reserved=input_cost + 0.05)  # pays for 50 output tokens
-    broke = A.Agent(agent_id="subagent_1_0002", kind=A.KIND_AGENT, model="k2p5", task="short", priority="normal",
-                    timeout=30.0, estimated_cost=0.0, reserved=input_cost / 2)  # not even the input
+    short = Agent(agent_id="subagent_1_0001", kind=KIND_AGENT, model="k2p5", task="short", priority="normal",
+                  timeout=30.0, estimated_cost=0.0, reserved=input_cost + 0.05)  # pays for 50 output tokens
+    broke = Agent(agent_id="subagent_1_0002", kind=KIND_AGENT, model="k2p5", task="short", priority="normal",
+                  timeout=30.0, estimated_cost=0.0, reserved=input_cost / 2)  # not even the input
     await runtime.admit([short, broke])
     assert (await wait_status(client, short.agent_id))["status"] == "completed"
     failed = await wait_status(client, broke.agent_id)

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from j1mskyd.agent import KIND_CHAT, Agent
+from j1mskyd.agent_record import KIND_CHAT, Agent, insert
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.chat_request import ChatFailed, ChatRequest
@@ -450,7 +450,7 @@ async def test_a_chat_agent_found_live_at_start_fails_as_interrupted_and_is_not_
     agents = [Agent(agent_id=f"subagent_1_000{i}", kind=KIND_CHAT, model="k2p5", task=task, priority="normal",
                     timeout=300, status=status, runs=runs, estimated_cost=0.001)
               for i, (status, runs) in enumerate([("running", 1), ("queued", 0)])]
-    await store.write(*[a.insert_statement(store.cipher) for a in agents])
+    await store.write(*[insert(a, store.cipher) for a in agents])
     await store.close()
 
     client, services = await app_client(aiohttp_client, cfg)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
-from j1mskyd.agent import KIND_AGENT, Agent
+from j1mskyd.agent_record import KIND_AGENT, Agent, insert, update
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.store import Store
@@ -111,7 +111,7 @@ async def test_a_final_write_that_fails_leaves_the_run_counted_as_before(aiohttp
     store, runtime = services.store, services.runtime
     agent = Agent(agent_id="subagent_1_0003", kind=KIND_AGENT, model="k2p5", task="a quick one",
                   priority="normal", timeout=300, status="queued", estimated_cost=0.0)
-    await store.write(agent.insert_statement(store.cipher))
+    await store.write(insert(agent, store.cipher))
     await _held_store_run(runtime, store, agent)
     row = await store.read(lambda c: c.execute("SELECT status, runs, started_at FROM agents WHERE agent_id = ?",
                                                (agent.agent_id,)).fetchone())
@@ -126,7 +126,7 @@ async def test_a_call_that_ends_before_its_running_write_left_the_queue_costs_on
     # awaited first, so the test decides what the store's writer is doing when it starts).
     agent = Agent(agent_id="subagent_1_0001", kind=KIND_AGENT, model="k2p5", task="a quick one",
                   priority="normal", timeout=300, status="queued", estimated_cost=0.0)
-    await store.write(agent.insert_statement(store.cipher))
+    await store.write(insert(agent, store.cipher))
     traced: list[str] = []
     store._wconn.set_trace_callback(traced.append)
     await _held_store_run(runtime, store, agent)
@@ -142,15 +142,15 @@ async def test_a_call_that_ends_before_its_running_write_left_the_queue_costs_on
 
 
 def test_an_update_reads_its_fields_in_one_call_and_seals_only_the_sealed_ones():
-    """Agent.update_statement's plan per field set (SQL, one getter, sealed positions) gives
+    """agent_record.update's plan per field set (SQL, one getter, sealed positions) gives
     what the statement always held: the values in order, sealed where the column is, agent_id last."""
     from j1mskyd.crypto import DataCipher
     cipher = DataCipher(b"k" * 32)
     agent = Agent(agent_id="subagent_1_0002", kind=KIND_AGENT, model="k2p5", task="t", priority="normal",
                   timeout=30, estimated_cost=0.0, status="completed", result="the answer", runs=2)
-    sql, values = agent.update_statement("status", "result", "runs", "tool_calls", cipher=cipher)
+    sql, values = update(agent, "status", "result", "runs", "tool_calls", cipher=cipher)
     assert sql == "UPDATE agents SET status = ?, result = ?, runs = ?, tool_calls = ? WHERE agent_id = ?"
     assert values[0] == "completed" and values[2] == 2 and values[3] is None and values[4] == agent.agent_id
     assert values[1] != "the answer" and cipher.decrypt(values[1], f"{agent.agent_id}/result") == "the answer"
-    assert agent.update_statement("status", "result") == (
+    assert update(agent, "status", "result") == (
         "UPDATE agents SET status = ?, result = ? WHERE agent_id = ?", ("completed", "the answer", agent.agent_id))

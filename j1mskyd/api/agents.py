@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from ..agent import ANONYMOUS
+from ..agent_record import ANONYMOUS
 from ..agents import AgentService
 from ..spawn_request import SpawnParser, SpawnRequest, TeamRequest
 from ..pii import preview

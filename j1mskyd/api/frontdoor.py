@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..agent import ANONYMOUS
+from ..agent_record import ANONYMOUS
 from ..chat_request import ChatCall, ChatFailed, ChatOutcome, ChatRequest
 from ..config import ModelConfig
 from ..dialects import Dialect, model_alias

@@ -43,7 +43,7 @@ from typing import Any
 from aiohttp import web
 from multidict import istr
 
-from ..agent import ANONYMOUS
+from ..agent_record import ANONYMOUS
 from ..dialects import Dialect, retry_headers
 from ..errors import (ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited,
                       Unauthorized)

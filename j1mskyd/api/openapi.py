@@ -273,7 +273,7 @@ _HOOK_EVENTS = _hook_events()
 def _pricing_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """The fields api/pricing.py and api/orchestrator.py read (JSON; form fields are accepted too)."""
     from ..pricing import COMPLEXITIES
-    from .orchestrator import PRIORITIES
+    from ..orchestrator import PRIORITIES
     from ..pricing_history import RESOLUTIONS
     from .pricing import MAX_SCENARIOS, MAX_TOKENS, VARIANTS
     policy = config.pricing.policy

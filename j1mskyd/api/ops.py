@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .. import billing, sysinfo
-from ..agent import ANONYMOUS
+from ..agent_record import ANONYMOUS
 from ..listener import CONNECTION_STATS
 from ..metrics import Family, prometheus
 from .common import CONFIG, SERVICES, json_response, query_params

@@ -33,6 +33,17 @@ from ..pricing_service import DecisionRequest, PricingService, QuoteRequest
 from ..webhook_request import parse_new
 from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json
 
+# The handlers (the route table reaches them as this module's attributes), and the field reader
+# and limits api/orchestrator.py's handlers and api/openapi.py's schemas share with them.
+__all__ = [
+    "pricing_quote", "pricing_decision", "pricing_batch_quotes", "pricing_scenario", "pricing_portfolio_alert",
+    "pricing_weekly_metrics", "pricing_weekly_comparison", "pricing_experiment_summary", "pricing_exception_alert",
+    "pricing_weekly_metrics_history", "pricing_weekly_comparison_history", "pricing_experiment_summary_history",
+    "pricing_exception_alert_history", "pricing_exceptions", "pricing_close_exception", "pricing_status",
+    "pricing_health", "pricing_report", "pricing_create_webhook", "pricing_list_webhooks", "pricing_delete_webhook",
+    "Fields", "read_fields", "MAX_ITEMS", "MAX_SCENARIOS", "MAX_TOKENS", "VARIANTS",
+]
+
 MAX_TOKENS = 10_000_000          # per token estimate
 MAX_ITEMS = 10_000               # scenarios / quotes per request
 MAX_SCENARIOS = 100

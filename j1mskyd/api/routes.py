@@ -17,6 +17,8 @@ from . import (agents, dashboard, events, frontdoor, frontdoor_anthropic, keys, 
                security, system, webhooks)
 from .route_table import PUBLIC, ROUTE_TABLE, RouteTable
 
+__all__ = ["FRONT_DOOR", "PREFIXES", "ROUTES", "setup_routes"]
+
 PREFIXES = ("/api", "/api/v1")
 READ, WRITE, BILLING, ADMIN = "agents:read", "agents:write", "billing:read", "admin:write"
 

@@ -1,10 +1,16 @@
-"""The agent record: its fields, its row in sqlite, and its public JSON views.
+"""The agent record: its fields, its public JSON views, and the ``agents`` table it is stored in.
 
 One class holds an agent in memory while it is live; finished agents live only in
 the database and are read back through :func:`from_row`.  The views keep, exactly, the
 field names that existing clients of the API were written against
 (``created``/``started``/``completed``/``cost`` on the status object,
 ``created_at``/``actual_cost`` in listings).
+
+This module owns the ``agents`` table: no other module holds its SQL
+(tests/test_table_owners.py).  Writes are statements for the caller's unit (the runtime commits
+an agent's state with its events and its usage row); reads are functions of a connection, for
+``store.read``.  Task, result and tool calls are the user's data: they reach the database only
+through ``cipher`` (the store's DataCipher, or None when encryption is off).
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from typing import TYPE_CHECKING, Any, Callable, Final, Literal, get_args, overl
 
 from . import jsonx
 from .crypto import DataCipher
+from .store import Statement
 
 if TYPE_CHECKING:
+    from .agent_query import AgentQuery
     from .chat_request import ChatRequest
     from .plugin_api import CompletionResult
 
@@ -29,6 +37,9 @@ __all__ = [
     "Agent", "from_row", "iso", "money", "COLUMNS", "SEALED",
     "Status", "STATUSES", "LIVE", "TERMINAL", "SPAWNING", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED",
     "Kind", "KIND_AGENT", "KIND_TEAM", "KIND_MEMBER", "KIND_CHAT", "Priority", "PRIORITIES", "ANONYMOUS",
+    # the agents table's operations
+    "insert", "update", "erase_data", "purge_expired",
+    "load", "members", "live", "team_on_disk", "run_times", "Page", "page",
 ]
 
 Status = Literal["spawning", "queued", "running", "completed", "failed", "cancelled"]
@@ -126,30 +137,6 @@ class Agent:
     # Why a chat agent failed, in ChatFailed's words (bad_request, upstream, timeout, interrupted).
     failure: str | None = field(default=None, metadata=_MEMORY_ONLY)
 
-    # -- persistence -----------------------------------------------------------
-    # Task and result are the user's data: they reach the database only through
-    # ``cipher`` (the store's DataCipher, or None when encryption is off).
-    def insert_statement(self, cipher: DataCipher | None = None) -> tuple[str, tuple[Any, ...]]:
-        values = _ROW(self)  # every column in one call: this runs once per spawn
-        if cipher is None:
-            return _INSERT_SQL, values
-        row = list(values)
-        for i, name in _SEALED_AT:
-            if row[i] is not None:  # a new agent has no result yet: nothing to seal
-                row[i] = cipher.encrypt(row[i], f"{self.agent_id}/{name}")
-        return _INSERT_SQL, tuple(row)
-
-    def update_statement(self, *fields: str, cipher: DataCipher | None = None) -> tuple[str, tuple[Any, ...]]:
-        sql, values, sealed = _update_plan(fields)  # the runtime's few field sets, worked out once each
-        row = values(self)
-        if cipher is None or not sealed:
-            return sql, row
-        out = list(row)
-        for i in sealed:
-            if out[i] is not None:
-                out[i] = cipher.encrypt(out[i], f"{self.agent_id}/{fields[i]}")
-        return sql, tuple(out)
-
     @property
     def deadline(self) -> float:
         """The agent's timeout runs from its creation: queue time counts."""
@@ -246,3 +233,126 @@ def from_row(row: sqlite3.Row, cipher: DataCipher | None = None) -> Agent:
         for name in SEALED:
             values[name] = cipher.decrypt(values[name], f"{values['agent_id']}/{name}")
     return Agent(**values)
+
+
+# -- writes: statements for the caller's unit -------------------------------------------------
+def insert(agent: Agent, cipher: DataCipher | None = None) -> Statement:
+    """The statement that stores a new agent (every column)."""
+    values = _ROW(agent)  # every column in one call: this runs once per spawn
+    if cipher is None:
+        return _INSERT_SQL, values
+    row = list(values)
+    for i, name in _SEALED_AT:
+        if row[i] is not None:  # a new agent has no result yet: nothing to seal
+            row[i] = cipher.encrypt(row[i], f"{agent.agent_id}/{name}")
+    return _INSERT_SQL, tuple(row)
+
+
+def update(agent: Agent, *fields: str, cipher: DataCipher | None = None) -> Statement:
+    """The statement that saves ``fields`` of a stored agent as they are in memory."""
+    sql, values, sealed = _update_plan(fields)  # the runtime's few field sets, worked out once each
+    row = values(agent)
+    if cipher is None or not sealed:
+        return sql, row
+    out = list(row)
+    for i in sealed:
+        if out[i] is not None:
+            out[i] = cipher.encrypt(out[i], f"{agent.agent_id}/{fields[i]}")
+    return sql, tuple(out)
+
+
+_ERASED = "task = '', result = NULL, tool_calls = NULL, purged_at = ?"  # the user's data gone, the cost kept
+
+
+def erase_data(agent_id: str, now: float) -> Statement:
+    """The statement that erases an agent's data (and its members', for a team) now."""
+    return f"UPDATE agents SET {_ERASED} WHERE agent_id = ? OR parent_id = ?", (now, agent_id, agent_id)
+
+
+def purge_expired(now: float, retention_days: float) -> Statement:
+    """The statement that erases the data of agents ended longer ago than their retention
+    (``retention_days``: the default for those spawned without one)."""
+    return (f"UPDATE agents SET {_ERASED} WHERE purged_at IS NULL "
+            "AND status IN ('completed', 'failed', 'cancelled') "
+            "AND completed_at < ? - COALESCE(retention_days, ?) * 86400",
+            (now, now, retention_days))
+
+
+# -- reads: functions of a connection, for store.read ---------------------------------------
+def load(conn: sqlite3.Connection, agent_id: str, cipher: DataCipher | None) -> Agent | None:
+    row = conn.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+    return from_row(row, cipher) if row else None
+
+
+def members(conn: sqlite3.Connection, team_id: str) -> list[sqlite3.Row]:
+    """A team's members as stored (``agent_id``, ``model``, ``status``, ``cost``), in spawn order."""
+    return conn.execute("SELECT agent_id, model, status, cost FROM agents WHERE parent_id = ? "
+                        "ORDER BY rowid", (team_id,)).fetchall()
+
+
+def live(conn: sqlite3.Connection, cipher: DataCipher | None) -> list[Agent]:
+    """The agents stored as live (spawning, queued, running), in spawn order: what a start recovers."""
+    return [from_row(r, cipher) for r in conn.execute(
+        "SELECT * FROM agents WHERE status IN ('spawning', 'queued', 'running') ORDER BY rowid")]
+
+
+def team_on_disk(conn: sqlite3.Connection, team_id: str, cipher: DataCipher | None) -> tuple[list[str], list[Agent]]:
+    """A team's member ids in spawn order, and the members that already ended, read back."""
+    ids, ended = [], []
+    for r in conn.execute("SELECT * FROM agents WHERE parent_id = ? ORDER BY rowid", (team_id,)):
+        ids.append(r["agent_id"])
+        if r["status"] in TERMINAL:
+            ended.append(from_row(r, cipher))
+    return ids, ended
+
+
+def run_times(conn: sqlite3.Connection, alias: str, since: float) -> list[tuple[str, float | None]]:
+    """(status, run time in s) of each agent (not a team) that ``alias`` served and that
+    completed or failed since ``since``: run start (else creation) to finish."""
+    return [(r[0], r[1]) for r in conn.execute(
+        "SELECT status, completed_at - COALESCE(started_at, created_at) FROM agents "
+        "WHERE kind != 'team' AND status IN ('completed', 'failed') AND completed_at >= ? "
+        "AND COALESCE(served_model, model) = ?", (since, alias)).fetchall()]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing, and what the whole match counts."""
+
+    total: int
+    total_cost: float
+    by_model: dict[str, int]
+    agents: list[Agent]
+
+
+def page(conn: sqlite3.Connection, q: AgentQuery, cipher: DataCipher | None) -> Page:
+    """The agents ``q`` (agent_query.py: the listing's WHERE, order and page) selects."""
+    return _page_sealed(conn, q, cipher) if q.post else _page_sql(conn, q, cipher)
+
+
+def _page_sql(conn: sqlite3.Connection, q: AgentQuery, cipher: DataCipher | None) -> Page:
+    where = q.where_sql()
+    total = conn.execute(f"SELECT COUNT(*) FROM agents WHERE {where}", q.params).fetchone()[0]
+    # A team's cost is the sum of its members': when both are listed, count the spend once.
+    total_cost = conn.execute(
+        f"SELECT COALESCE(SUM(cost), 0) FROM agents WHERE ({where}) AND NOT (kind = 'team' AND agent_id IN "
+        f"(SELECT parent_id FROM agents WHERE ({where}) AND parent_id IS NOT NULL))",
+        (*q.params, *q.params)).fetchone()[0]
+    by_model = dict(conn.execute(f"SELECT model, COUNT(*) FROM agents WHERE {where} GROUP BY model "
+                                 "ORDER BY COUNT(*) DESC, model", q.params).fetchall())
+    rows = conn.execute(f"SELECT * FROM agents WHERE {where} ORDER BY {q.order} LIMIT ? OFFSET ?",
+                        (*q.params, q.limit, q.offset)).fetchall()
+    return Page(total, total_cost, by_model, [from_row(r, cipher) for r in rows])
+
+
+def _page_sealed(conn: sqlite3.Connection, q: AgentQuery, cipher: DataCipher | None) -> Page:
+    """Filters on encrypted fields: decrypt what SQL selected, then filter, count, page."""
+    rows = conn.execute(f"SELECT * FROM agents WHERE {q.where_sql()} ORDER BY {q.order}", q.params)
+    matched = [a for a in (from_row(r, cipher) for r in rows) if q.matches(a)]
+    parents = {a.parent_id for a in matched if a.parent_id}
+    total_cost = sum(a.cost or 0.0 for a in matched if not (a.kind == KIND_TEAM and a.agent_id in parents))
+    by_model: dict[str, int] = {}
+    for a in matched:
+        by_model[a.model] = by_model.get(a.model, 0) + 1
+    by_model = dict(sorted(by_model.items(), key=lambda kv: (-kv[1], kv[0])))
+    return Page(len(matched), total_cost, by_model, matched[q.offset:q.offset + q.limit])
