@@ -360,6 +360,22 @@ def _get_with_headers(daemon: Daemon, path: str) -> tuple[int, dict[str, str]]:
             return exc.code, dict(exc.headers)
 
 
+def _wait_for_saved_level(path, endpoint_class: str, below: float, limit: float = 10.0) -> None:
+    """Until the counters file holds a bucket of ``endpoint_class`` whose level is under ``below``
+    (the saver runs on an executor thread every persist_interval: a condition to wait for, not a
+    period of time)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            buckets = json.loads(path.read_text())["buckets"]
+        except (FileNotFoundError, ValueError, KeyError):
+            buckets = {}
+        if any(level < below for name, (level, _) in buckets.items() if name.endswith(":" + endpoint_class)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} held no bucket under {below} within {limit} s")
+
+
 def test_kill_9_loses_at_most_the_last_interval(tmp_path):
     config = write_config(tmp_path / "j1msky.toml")
     with open(config, "a", encoding="utf-8") as fh:
@@ -370,7 +386,8 @@ def test_kill_9_loses_at_most_the_last_interval(tmp_path):
             status, headers = _get_with_headers(daemon, "/api/system")
             assert status == 200
         assert headers["X-RateLimit-Remaining"] == "16"
-        time.sleep(0.7)  # several save intervals: these four are on disk
+        # These four are on disk once a bucket of 20 is saved under 17 (three would leave ~17.0).
+        _wait_for_saved_level(state / "ratelimits.json", "system", 17.0)
         for _ in range(2):  # these two may be lost: the kill comes within the interval
             _get_with_headers(daemon, "/api/system")
         daemon.kill()
