@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import secrets
 import sqlite3
@@ -41,16 +42,21 @@ from .crypto import DataCipher
 from .durable import fsync_dir
 from .errors import BadRequest, Conflict
 from .store import Store
+from .tenancy import Allowance, day_start
 
 __all__ = ["ADMIN", "AlreadyRotated", "ApiKey", "KeyRefused", "KeyRing", "KeyService", "KeyWatch", "LastAdminKey",
-           "NewKey", "REFRESH_SECONDS", "SCOPES", "STREAM_REFRESH_SECONDS", "TOKEN_PREFIX", "hash_token",
-           "lost_reason", "make_key", "parse_scopes", "read_keys", "revoke_statement", "rotate_statements",
-           "webhook_secret_statement"]
+           "NewKey", "READ_ALL", "REFRESH_SECONDS", "SCOPES", "STREAM_REFRESH_SECONDS", "TOKEN_PREFIX", "hash_token",
+           "lost_reason", "make_key", "membership_statements", "parse_scopes", "read_keys", "revoke_statement",
+           "rotate_statements", "webhook_secret_statement"]
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("agents:read", "agents:write", "billing:read", "admin:write")
+SCOPES = ("agents:read", "agents:write", "billing:read", "admin:read", "admin:write")
 ADMIN = "admin:write"
+READ_ALL = "admin:read"   # every read, of every key's work (no writes); admin:write implies it
+# What admin:read grants besides itself: the read scopes.  Seeing every key's work is
+# tenancy.Viewer's sees_all, which admin:read and admin:write both give.
+_READ_ALL_GRANTS = frozenset(("agents:read", "billing:read", READ_ALL))
 TOKEN_PREFIX = "jsk_"
 REFRESH_SECONDS = 2.0          # the look for another process's key changes, and the last-use flush
 STREAM_REFRESH_SECONDS = 0.5   # that look while a live stream watches a key: it must close within 1 s
@@ -106,6 +112,15 @@ class ApiKey:
     revoke_reason: str | None = None
     rotated_to: str | None = None
     sealed_webhook_secret: str | None = field(default=None, repr=False)  # None: a key from before them
+    # Tenant limits (migration 8); None everywhere: no limit of the key's own (the daemon's apply).
+    max_budget: float | None = None           # USD per budget period
+    budget_duration: str | None = None        # tenancy.DURATIONS name
+    budget_anchor: float | None = None        # start of the first budget period
+    models: tuple[str, ...] | None = None     # aliases and teams the key may use; None: all
+    max_concurrency: int | None = None        # live agents; None: [budget] max_agents_per_key
+    limits: dict[str, int] | None = None      # requests per window by endpoint class, over [limits]
+    metadata: dict[str, Any] = field(default_factory=dict)  # free-form labels (owner, project...)
+    project_id: str | None = None             # the project it belongs to, if any
 
     cipher: Any = field(default=None, repr=False, compare=False)
     _secret: str | None = field(default=None, repr=False, compare=False)
@@ -135,7 +150,23 @@ class ApiKey:
 
     def allows(self, scope: str | None) -> bool:
         """Deny by default: no scope (a route that declares none) is allowed to no key."""
-        return scope is not None and (ADMIN in self.scopes or scope in self.scopes)
+        if scope is None:
+            return False
+        if ADMIN in self.scopes or scope in self.scopes:
+            return True
+        return READ_ALL in self.scopes and scope in _READ_ALL_GRANTS
+
+    @property
+    def sees_all(self) -> bool:
+        """Sees every key's work (agents, events, webhooks, usage), not only its own."""
+        return ADMIN in self.scopes or READ_ALL in self.scopes
+
+    def allowance(self) -> Allowance | None:
+        """The key's own budget, or None."""
+        if self.max_budget is None:
+            return None
+        return Allowance("key", self.key_id, self.max_budget, self.budget_duration or "1d",
+                         self.budget_anchor if self.budget_anchor is not None else day_start(self.created_at))
 
     def state(self, now: float) -> str:
         if self.revoked_at is not None:
@@ -176,8 +207,17 @@ _COLUMNS = ("key_id", "name", "token_hash", "secret", "scopes", "require_signatu
             "expires_at", "revoked_at", "revoke_reason", "rotated_to", "webhook_secret")
 
 
+def _json_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
 def _row_to_key(row: sqlite3.Row, cipher: DataCipher | None) -> ApiKey:
-    return ApiKey(key_id=row["key_id"], name=row["name"], scopes=tuple(row["scopes"].split(",")),
+    models = _json_or_none(row["models"])
+    return ApiKey(max_budget=row["max_budget"], budget_duration=row["budget_duration"],
+                  budget_anchor=row["budget_anchor"], models=None if models is None else tuple(models),
+                  max_concurrency=row["max_concurrency"], limits=_json_or_none(row["limits"]),
+                  metadata=_json_or_none(row["metadata"]) or {}, project_id=row["project_id"],
+                  key_id=row["key_id"], name=row["name"], scopes=tuple(row["scopes"].split(",")),
                   token_hash=row["token_hash"], sealed_secret=row["secret"], cipher=cipher,
                   require_signature=bool(row["require_signature"]), created_at=row["created_at"],
                   last_used_at=row["last_used_at"], expires_at=row["expires_at"], revoked_at=row["revoked_at"],
@@ -257,12 +297,27 @@ def rotate_statements(old: ApiKey, insert: tuple[str, tuple[object, ...]], new: 
     return [mark, store_new]
 
 
+def membership_statements(project_id: str | None, key_ids: Iterable[str],
+                          leaving: Iterable[str] = ()) -> list[tuple[str, tuple[object, ...]]]:
+    """Put ``key_ids`` in ``project_id`` (a key belongs to at most one project: this moves it
+    from any other) and take ``leaving`` out of it.  For projects.py, which owns the projects
+    but not the keys' rows."""
+    out: list[tuple[str, tuple[object, ...]]] = [
+        ("UPDATE api_keys SET project_id = NULL WHERE key_id = ? AND project_id = ?", (kid, project_id))
+        for kid in leaving]
+    out += [("UPDATE api_keys SET project_id = ? WHERE key_id = ?", (project_id, kid)) for kid in key_ids]
+    return out
+
+
 # Every column a change of a key's standing can touch (what the CLI does, or an operator's
-# edit of the scopes; a rotated webhook secret), never last_used_at: the daemon's own last-use writes change nothing
+# edit of the scopes or limits; a rotated webhook secret), never last_used_at: the daemon's own last-use writes change nothing
 # here.  A few dozen short rows: microseconds.
 _KEYS_FINGERPRINT = ("SELECT COUNT(*), group_concat(key_id || '/' || scopes || '/' || require_signature || '/'"
                      " || IFNULL(revoked_at, '') || '/' || IFNULL(expires_at, '') || '/' || IFNULL(rotated_to, '')"
-                     " || '/' || IFNULL(hex(webhook_secret), ''),"
+                     " || '/' || IFNULL(hex(webhook_secret), '')"
+                     " || '/' || IFNULL(max_budget, '') || '/' || IFNULL(budget_duration, '') || '/'"
+                     " || IFNULL(budget_anchor, '') || '/' || IFNULL(models, '') || '/' || IFNULL(max_concurrency, '')"
+                     " || '/' || IFNULL(limits, '') || '/' || IFNULL(hex(metadata), '') || '/' || IFNULL(project_id, ''),"
                      " ' ') FROM api_keys")
 
 

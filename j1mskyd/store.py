@@ -245,6 +245,40 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE agents ADD COLUMN first_token_at REAL;
     ALTER TABLE agents ADD COLUMN tool_calls TEXT;
     """,
+    # 8: keys as tenants.  A key's own limits (NULL everywhere: none, as for every key made
+    # before), projects as budget scopes above keys (a key belongs to at most one), the
+    # project an agent and a ledger row were spent under (so that moving a key later does
+    # not move its past spend), and whose work an event is about (NULL: a daemon-wide event,
+    # such as a budget alert).  budget_anchor: the start of the budget's first period (UTC
+    # midnight of the day it was set); its periods are budget_duration long from there.
+    """
+    ALTER TABLE api_keys ADD COLUMN max_budget REAL;
+    ALTER TABLE api_keys ADD COLUMN budget_duration TEXT;
+    ALTER TABLE api_keys ADD COLUMN budget_anchor REAL;
+    ALTER TABLE api_keys ADD COLUMN models TEXT;
+    ALTER TABLE api_keys ADD COLUMN max_concurrency INTEGER;
+    ALTER TABLE api_keys ADD COLUMN limits TEXT;
+    ALTER TABLE api_keys ADD COLUMN metadata TEXT;
+    ALTER TABLE api_keys ADD COLUMN project_id TEXT;
+    CREATE TABLE projects (
+        project_id      TEXT PRIMARY KEY,
+        name            TEXT NOT NULL,
+        max_budget      REAL,
+        budget_duration TEXT,
+        budget_anchor   REAL,
+        metadata        TEXT,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX projects_name ON projects(name);
+    ALTER TABLE agents ADD COLUMN project_id TEXT;
+    ALTER TABLE usage ADD COLUMN project_id TEXT;
+    ALTER TABLE events ADD COLUMN api_key TEXT;
+    CREATE INDEX agents_key ON agents(api_key, created_at);
+    CREATE INDEX usage_key_ts ON usage(api_key, ts);
+    CREATE INDEX usage_project_ts ON usage(project_id, ts) WHERE project_id IS NOT NULL;
+    CREATE INDEX events_key ON events(api_key, id) WHERE api_key IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _INLINE_UNITS = 8          # batches up to this size commit on the loop (synchronous=normal)

@@ -29,6 +29,7 @@ OWNERS = {
     "deliveries": "webhooks.py",       # the outbox's delivery rows and their worker
     "pricing_quotes": "pricing_history.py",
     "pricing_exceptions": "pricing_history.py",
+    "projects": "projects.py",         # projects: budget scopes above keys
 }
 # Where a second module still names a table, and why.  Each entry must still be needed (a stale
 # one fails), so the list only shrinks; it is empty now, and a new entry needs a reason.
