@@ -44,7 +44,7 @@ from .errors import BadRequest, Conflict
 from .store import Store
 from .tenancy import Allowance, day_start
 
-__all__ = ["ADMIN", "AlreadyRotated", "ApiKey", "KeyRefused", "KeyRing", "KeyService", "KeyWatch", "LastAdminKey",
+__all__ = ["ADMIN", "ANY_KEY", "AlreadyRotated", "ApiKey", "KeyRefused", "KeyRing", "KeyService", "KeyWatch", "LastAdminKey",
            "NewKey", "READ_ALL", "REFRESH_SECONDS", "SCOPES", "STREAM_REFRESH_SECONDS", "TOKEN_PREFIX", "hash_token",
            "lost_reason", "make_key", "membership_statements", "parse_scopes", "read_keys", "revoke_statement",
            "rotate_statements", "webhook_secret_statement"]
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 SCOPES = ("agents:read", "agents:write", "billing:read", "admin:read", "admin:write")
 ADMIN = "admin:write"
+ANY_KEY = "key"           # a route scope every active key holds (its own record: GET /keys/me)
 READ_ALL = "admin:read"   # every read, of every key's work (no writes); admin:write implies it
 # What admin:read grants besides itself: the read scopes.  Seeing every key's work is
 # tenancy.Viewer's sees_all, which admin:read and admin:write both give.
@@ -152,7 +153,7 @@ class ApiKey:
         """Deny by default: no scope (a route that declares none) is allowed to no key."""
         if scope is None:
             return False
-        if ADMIN in self.scopes or scope in self.scopes:
+        if scope == ANY_KEY or ADMIN in self.scopes or scope in self.scopes:
             return True
         return READ_ALL in self.scopes and scope in _READ_ALL_GRANTS
 

@@ -10,11 +10,13 @@ from aiohttp import web
 
 from .. import jsonx
 from ..audit import Actor
+from ..agent_record import ANONYMOUS
 from ..errors import ApiError, InvalidJson, ValidationFailed
+from ..tenancy import Viewer
 
 __all__ = ["API_KEY", "API_KEY_ID", "AWAITING_CREDENTIALS", "CLIENT_IP", "CONFIG", "ERROR_TYPES", "METRICS",
            "REQUEST_ID", "SERVICES", "actor", "api_error_response", "app_key", "error_response", "json_response",
-           "query_params", "read_json", "read_json_object", "request_key"]
+           "query_params", "read_json", "read_json_object", "request_key", "viewer"]
 
 
 def app_key(name: str) -> Any:
@@ -115,3 +117,12 @@ def actor(request: web.Request) -> Actor:
 def query_params(request: web.Request) -> dict[str, str]:
     """Query parameters as a plain dict (the last value wins for repeated keys)."""
     return {k: v for k, v in request.query.items()}
+
+
+def viewer(request: web.Request) -> Viewer:
+    """Whose work this request may see: its key's own, or everyone's for a key with admin:write
+    or admin:read, and for every request while authentication is off (no key: anonymous)."""
+    key = request.get(API_KEY)
+    if key is None:
+        return Viewer(request.get(API_KEY_ID) or ANONYMOUS, sees_all=True)
+    return Viewer(key.key_id, sees_all=key.sees_all)

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from ..dialects import Dialect
-from ..keys import SCOPES
+from ..keys import ANY_KEY, SCOPES
 from ..metrics import RouteStats
 from .common import METRICS, app_key
 from .rate_headers import RATE_HEADERS, RateHeaders
@@ -90,9 +90,9 @@ class RouteTable:
         """A route with the scope a key needs (or PUBLIC).  A GET route answers HEAD too
         (RFC 9110 9.3.2, as aiohttp's add_get does), with GET's scope and class.
         ``dialect``: the route's refusals are rendered by it (a front-door route)."""
-        if scope != PUBLIC and scope not in SCOPES:
+        if scope != PUBLIC and scope != ANY_KEY and scope not in SCOPES:
             raise ValueError(f"route {method} {path}: scope {scope!r} is neither a key scope "
-                             f"({', '.join(SCOPES)}) nor {PUBLIC!r}")
+                             f"({', '.join(SCOPES)}, or {ANY_KEY!r}: any key) nor {PUBLIC!r}")
         if method == "GET":
             self.app.router.add_get(path, handler)
         else:
