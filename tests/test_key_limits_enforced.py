@@ -22,18 +22,9 @@ from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.keys import membership_statements
 from tests.conftest import bearer, bootstrap_key
-from tests.fakeupstream import FakeUpstream
-from tests.test_budget_http import priced_config
+from tests.test_budget_http import priced_config, upstream  # noqa: F401  (upstream: the priced fake's fixture)
 
 KEY_SCOPES = ["agents:read", "agents:write"]
-
-
-@pytest.fixture
-async def upstream():
-    up = await FakeUpstream().start()
-    up.input_tokens, up.output_tokens = 5, 100
-    yield up
-    await up.close()
 
 
 def with_auth(cfg: Any) -> Any:
