@@ -194,6 +194,12 @@ def _budget_event(events: EventLog, budget: Budget, old: str, new: str, caches: 
         events.emit_soon(f"budget.{new}", budget.snapshot() | {"previous_level": old})
 
 
+def _sees_all(keys: KeyService, key_id: str) -> bool:
+    """Does ``key_id`` see every key's work?  An unknown key (deleted from the database) does not."""
+    key = keys.ring.keys.get(key_id)
+    return key is not None and key.sees_all
+
+
 def _audit_finish(audit: AuditLog, agent: Agent) -> None:
     if agent.status in ("completed", "failed") and agent.kind != "member":
         event = "agent.complete" if agent.status == "completed" else "agent.fail"
@@ -297,15 +303,18 @@ def _wire(app: web.Application) -> Services:
     timed: _Timed = app[_CLOCK]
     caches = _new_caches()
     events = EventLog(store, **timed)
-    webhooks = WebhookService(store, events, registry, hook_session, targets=targets, resolver=hook_resolver,
-                              call_timeout=config.plugins.call_timeout, **timed)
+    sec = config.security
+    keys = KeyService(store, sec.key_rotation_grace_hours * 3600, **timed)
+    # A webhook's maker decides what it receives (its own work's events, or all): asked of the keys in memory.
+    webhooks = WebhookService(store, events, registry, hook_session, sees_all=functools.partial(_sees_all, keys),
+                              targets=targets, resolver=hook_resolver, call_timeout=config.plugins.call_timeout,
+                              **timed)
     b = config.budget
     budget = Budget(BudgetPolicy(b.daily_budget, b.monthly_ceiling, b.spike_per_hour, b.max_agents_per_key),
                     on_level_change=lambda old, new: _budget_event(events, budget, old, new, caches), **timed)
     audit = AuditLog(store, **timed)
     runtime = AgentRuntime(config, store, app[_SLOTS], buckets=app[LIMITER].buckets, budget=budget, events=events,
                            listeners=[functools.partial(_audit_finish, audit)], **timed)
-    sec = config.security
     ip_control = IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
                                            parse_networks(sec.trusted_proxies)), sec.log_violations, **timed)
     agents = AgentService(config, store, runtime, budget, webhooks)
@@ -316,7 +325,7 @@ def _wire(app: web.Application) -> Services:
                                 caches["recommendations"], app[_BREAKER_CHANGES])
     return Services(store=store, registry=registry, slots=app[_SLOTS], runtime=runtime, agents=agents,
                     chat=ChatService(config, agents, runtime), budget=budget,
-                    keys=KeyService(store, sec.key_rotation_grace_hours * 3600, **timed),
+                    keys=keys,
                     ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store, **timed), events=events,
                     webhooks=webhooks, pricing_history=history, pricing=pricing, orchestrator=orchestrator,
                     billing=Billing(store), caches=caches, breaker_changes=app[_BREAKER_CHANGES])
