@@ -542,3 +542,33 @@ async def test_another_key_replaying_an_idempotency_key_gets_its_own_fresh_resul
     # And B's own replay answers B's result, not A's.
     replay = await _ok(await c.post("/api/spawn", json=body, headers={**b.h, "Idempotency-Key": "shared-1"}))
     assert replay["agent_id"] == theirs["agent_id"]
+
+
+async def test_events_stored_before_they_had_owners_are_shown_to_admins_only(world):
+    """An agent event stored without an owner (written before migration 8 gave events one) is
+    not taken for a daemon-wide one: a key that sees all reads it, B does not; a daemon-wide
+    event (a budget level) B reads."""
+    c, b, r = world.client, world.b, world.r
+    services = _services(c)
+    old, old_stmts = services.events.statements("agent.completed", {"agent_id": "subagent_0_old", "task": "old"})
+    wide, wide_stmts = services.events.statements("budget.warning", {"level": "warning"})
+    await services.store.write(*old_stmts, *wide_stmts)
+    b_ids = {e["id"] for e in (await _ok(await c.get("/api/events?limit=500", headers=b.h)))["data"]}
+    r_ids = {e["id"] for e in (await _ok(await c.get("/api/events?limit=500", headers=r.h)))["data"]}
+    assert wide.id in b_ids and old.id not in b_ids
+    assert {wide.id, old.id} <= r_ids
+
+
+async def test_a_websocket_that_authenticates_again_goes_on_as_the_new_key(world):
+    """A socket subscribed as R (sees all), then authenticated as B: from then on it carries
+    B's view, not R's (A's next agent does not reach it, B's does)."""
+    c, a, b = world.client, world.a, world.b
+    ws = await _open_ws(c, world.r, ["agent.completed"])
+    await ws.send_json({"type": "auth", "token": b.token})
+    assert (await ws_next(ws, BOUND))["success"] is True
+    a_new = (await _ok(await c.post("/api/spawn", json={"model": "k2p5", "task": world.task}, headers=a.h)))["agent_id"]
+    await _settled(c, a, a_new)
+    b_new = (await _ok(await c.post("/api/spawn", json={"model": "k2p5", "task": "B"}, headers=b.h)))["agent_id"]
+    seen = await _ws_until(ws, b_new)
+    await ws.close()
+    assert a_new not in json.dumps(seen)
