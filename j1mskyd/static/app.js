@@ -762,6 +762,7 @@
     const parts = [];
     if (Array.isArray(k.models)) parts.push('models: ' + k.models.join(', '));
     if (k.max_concurrency != null) parts.push(`at most ${k.max_concurrency} live`);
+    if (k.limits) parts.push('requests: ' + Object.entries(k.limits).map(([c, n]) => `${c} ${n}`).join(', '));
     if (k.expires_at) parts.push('expires ' + dateTime(k.expires_at));
     const meta = metadataText(k.metadata);
     if (meta) parts.push(meta);
