@@ -15,6 +15,7 @@ from ..dialects.anthropic_messages import DIALECT as ANTHROPIC
 from ..dialects.openai_chat import OPENAI
 from . import (agents, dashboard, events, frontdoor, frontdoor_anthropic, keys, openapi, ops, orchestrator, pricing,
                security, system, webhooks)
+from ..keys import ANY_KEY
 from .route_table import PUBLIC, ROUTE_TABLE, RouteTable
 
 __all__ = ["FRONT_DOOR", "PREFIXES", "ROUTES", "setup_routes"]
@@ -41,6 +42,11 @@ ROUTES = (
     ("GET", "/billing/usage", ops.billing_usage, BILLING, "other"),
     ("POST", "/keys", keys.create_key, ADMIN, "other"),
     ("GET", "/keys", keys.list_keys, ADMIN, "other"),
+    # A key's own record (its limits and budget); /keys/me before /keys/{key_id}, which shows
+    # a key its own id only, unless it has admin:read (the handler answers 404 otherwise).
+    ("GET", "/keys/me", keys.get_own_key, ANY_KEY, "other"),
+    ("GET", "/keys/{key_id}", keys.get_key, ANY_KEY, "other"),
+    ("PATCH", "/keys/{key_id}", keys.update_key, ADMIN, "other"),
     ("DELETE", "/keys/{key_id}", keys.revoke_key, ADMIN, "other"),
     ("POST", "/keys/{key_id}/rotate", keys.rotate_key, ADMIN, "other"),
     ("POST", "/keys/{key_id}/webhook-secret/rotate", keys.rotate_webhook_secret, ADMIN, "other"),
