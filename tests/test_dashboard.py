@@ -507,10 +507,10 @@ async def test_an_admin_sets_and_edits_a_keys_limits_on_the_page(browser, daemon
     await browser.wait_for(f"{_key_row(key_id, 'remaining')} === '$7.50'", what="the edited budget in the list")
 
     # A bad value: the API's refusal in plain words, nothing changed.
-    await browser.fill("#edit-max-budget", "-1")
+    await browser.fill("#edit-max-budget", "2000000")  # over the daemon's bound (the form checks only >= 0)
     await browser.click("#key-edit-submit")
     error = await browser.wait_for("document.getElementById('key-edit-error').textContent", what="the refusal")
-    assert "max_budget" in error, error
+    assert "max_budget must be a number of USD from 0 to 1000000" in error, error
     refused = browser.take_problems()  # the browser logs the 400 of the PATCH: that one only
     assert refused and all(p.kind == "network" and "400" in p.text for p in refused), refused
     assert daemon.get(f"/api/keys/{key_id}")["max_budget"] == 7.5

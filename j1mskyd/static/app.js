@@ -211,14 +211,11 @@
     try {
       state.me = await api('/keys/me', { probe: true });  // every active key may read its own record
     } catch (err) {
-      // 404: no record of its own (authentication is off, any key passes): the page shows every panel.
-      if (!(err instanceof ApiError) || err.status !== 404) {
-        state.token = null;
-        $('login-error').textContent = err instanceof ApiError && err.status === 401
-          ? 'That key was not accepted.' : problem(err);
-        $('login-submit').disabled = false;
-        return;
-      }
+      state.token = null;
+      $('login-error').textContent = err instanceof ApiError && err.status === 401
+        ? 'That key was not accepted.' : problem(err);
+      $('login-submit').disabled = false;
+      return;
     }
     $('login-submit').disabled = false;
     input.value = '';
