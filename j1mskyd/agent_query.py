@@ -21,12 +21,16 @@ from typing import Any
 from . import jsonx
 from .agent_record import Agent
 from .errors import ValidationFailed
+from .tenancy import Viewer
 
 __all__ = ["ALIASES", "AgentQuery", "FIELDS", "MAX_LIMIT", "OPERATORS", "RESERVED", "SORTABLE", "parse", "parse_time"]
 
 # public field name -> (column, type)
 FIELDS: dict[str, tuple[str, str]] = {
     "agent_id": ("agent_id", "text"),
+    # The key that spawned it: a viewer that sees every key's work filters by it
+    # (``?api_key=key_x``); for any other viewer parse() already keeps its own only.
+    "api_key": ("api_key", "text"),
     "kind": ("kind", "text"),  # agent, team, member, chat
     # Encrypted at rest (crypto.py): SQL cannot see it, so these filters run in Python
     # on the decrypted rows that the other filters selected (AgentQuery.post).
@@ -226,10 +230,17 @@ def _int_param(params: dict[str, str], name: str, default: int, lo: int, hi: int
     return value
 
 
-def parse(params: dict[str, str]) -> AgentQuery:
-    """Build a query from request parameters; every problem is a 400 with details."""
+def parse(params: dict[str, str], viewer: Viewer | None = None) -> AgentQuery:
+    """Build a query from request parameters; every problem is a 400 with details.
+
+    ``viewer``: a key that sees only its own work gets only its own agents, whatever it
+    asks for (its filters narrow that further; ``api_key`` of another key selects nothing).
+    None: every key's (the daemon's own reads)."""
     errors: list[dict[str, str]] = []
     q = AgentQuery()
+    if viewer is not None and not viewer.sees_all:
+        q.where.append("api_key = ?")
+        q.params.append(viewer.key_id)
     for key, value in params.items():
         if key in RESERVED:
             continue

@@ -23,6 +23,7 @@ from .pricing import token_cost
 from .runtime import AgentRuntime
 from .spawn_request import SpawnRequest, TeamRequest
 from .store import Store
+from .tenancy import Viewer
 
 if TYPE_CHECKING:
     from .keys import ApiKey
@@ -196,19 +197,23 @@ class AgentService:
         except TimeoutError:  # a stuck write: report what we know rather than hang
             return agent
 
-    async def _load(self, agent_id: str) -> Agent:
+    async def _load(self, agent_id: str, viewer: Viewer | None) -> Agent:
+        """The agent, live or stored; 404 when unknown or another key's that ``viewer`` may
+        not see (the same answer: an id is never confirmed to a key that does not own it)."""
         agent = self.runtime.live.get(agent_id)
         if agent is not None:
+            _visible(agent, viewer)  # memory answers: no read for the check
             return await self._settled(agent)
 
         cipher = self.store.cipher
         found = await self.store.read(lambda conn: agent_record.load(conn, agent_id, cipher))
         if found is None:
-            raise NotFound(f"Agent '{agent_id}' not found")
+            raise _not_found(agent_id)
+        _visible(found, viewer)
         return found
 
-    async def status(self, agent_id: str) -> dict[str, Any]:
-        agent = await self._load(agent_id)
+    async def status(self, agent_id: str, viewer: Viewer | None) -> dict[str, Any]:
+        agent = await self._load(agent_id, viewer)
         view = agent.status_view()
         if agent.kind == KIND_TEAM:
             rows = await self.store.read(lambda conn: agent_record.members(conn, agent_id))
@@ -228,8 +233,8 @@ class AgentService:
             ]
         return view
 
-    async def list(self, params: dict[str, str]) -> dict[str, Any]:
-        q = agent_query.parse(params)
+    async def list(self, params: dict[str, str], viewer: Viewer | None) -> dict[str, Any]:
+        q = agent_query.parse(params, viewer)
 
         cipher = self.store.cipher
         page = await self.store.read(lambda conn: agent_record.page(conn, q, cipher))
@@ -238,30 +243,51 @@ class AgentService:
         return {"data": data, "total": page.total, "limit": q.limit, "offset": q.offset,
                 "meta": {"total_cost": round(page.total_cost, 6), "by_model": page.by_model}}
 
-    async def active(self) -> dict[str, Any]:
-        agents = sorted(self.runtime.live.values(), key=lambda a: a.created_at)
-        return {"agents": [a.active_view() for a in agents], "count": len(agents),
-                "total_cost_today": self.budget.snapshot()["today_spend"]}
+    async def active(self, viewer: Viewer | None) -> dict[str, Any]:
+        """The live agents ``viewer`` may see; ``total_cost_today`` is the daemon's spend for
+        a viewer that sees every key's work, else the viewer's key's own (from the ledger)."""
+        mine = viewer is not None and not viewer.sees_all
+        agents = sorted((a for a in self.runtime.live.values() if viewer is None or viewer.sees(a.api_key)),
+                        key=lambda a: a.created_at)
+        if mine:
+            assert viewer is not None
+            key_id, now = viewer.key_id, self.runtime.clock()
+            today = await self.store.read(lambda conn: ledger.key_spend_since(conn, key_id, now // 86_400 * 86_400))
+        else:
+            today = self.budget.snapshot()["today_spend"]
+        return {"agents": [a.active_view() for a in agents], "count": len(agents), "total_cost_today": today}
 
-    async def cancel(self, agent_id: str) -> dict[str, Any]:
+    def _changeable(self, agent: Agent, viewer: Viewer | None) -> None:
+        """404 for an agent ``viewer`` may not see, 403 for one it sees but may not change
+        (another key's, to a key with admin:read but not admin:write)."""
+        _visible(agent, viewer)
+        if viewer is not None and not viewer.changes(agent.api_key):
+            raise Forbidden(f"Agent '{agent.agent_id}' belongs to another key; changing it needs admin:write")
+
+    async def cancel(self, agent_id: str, viewer: Viewer | None) -> dict[str, Any]:
         agent = self.runtime.live.get(agent_id)
         if agent is None or agent.status in TERMINAL:
             # Unknown (404), finished, or finishing right now (its final write is in flight,
             # or a concurrent cancel got there first): nothing left to cancel.
-            finished = await self._load(agent_id)
+            finished = await self._load(agent_id, viewer)
+            self._changeable(finished, viewer)
             raise Conflict(f"Agent '{agent_id}' already {finished.status}; nothing to cancel",
                            status=finished.status)
+        self._changeable(agent, viewer)
         refund = await self.runtime.cancel(agent)
         if agent.status != CANCELLED:  # it completed or failed while we were cancelling it
             raise Conflict(f"Agent '{agent_id}' already {agent.status}; nothing to cancel", status=agent.status)
         return {"success": True, "message": "Agent cancelled", "agent_id": agent_id, "refund": refund}
 
     # -- privacy -------------------------------------------------------------------------------
-    async def delete_data(self, agent_id: str) -> dict[str, Any]:
+    async def delete_data(self, agent_id: str, viewer: Viewer | None) -> dict[str, Any]:
         """Erase a finished agent's task and result now (its cost record stays: money is never lost)."""
-        if agent_id in self.runtime.live:
-            raise Conflict(f"Agent '{agent_id}' is still {self.runtime.live[agent_id].status}; cancel it first")
-        agent = await self._load(agent_id)  # 404 when unknown
+        live = self.runtime.live.get(agent_id)
+        if live is not None:
+            self._changeable(live, viewer)  # another key's live agent: 404 before any word of its state
+            raise Conflict(f"Agent '{agent_id}' is still {live.status}; cancel it first")
+        agent = await self._load(agent_id, viewer)  # 404 when unknown or not the viewer's
+        self._changeable(agent, viewer)
         now = self.runtime.clock()
         await self.store.write(agent_record.erase_data(agent.agent_id, now), fail_fast=True)
         return {"success": True, "message": "Agent data deleted", "agent_id": agent_id}
@@ -305,6 +331,17 @@ class AgentService:
                             live=[(a.agent_id, a.api_key, self._hold(a, live_members), a.project_id)
                                   for a in live if a.kind != KIND_MEMBER])
         return await self.runtime.recover(live, done)
+
+
+def _not_found(agent_id: str) -> NotFound:
+    return NotFound(f"Agent '{agent_id}' not found")
+
+
+def _visible(agent: Agent, viewer: Viewer | None) -> None:
+    """404, worded as for an unknown id, when ``viewer`` may not see ``agent`` (None: the
+    daemon itself, which sees everything)."""
+    if viewer is not None and not viewer.sees(agent.api_key):
+        raise _not_found(agent.agent_id)
 
 
 def _urls(pairs: Iterable[tuple[Agent, str | None]]) -> dict[str, str]:

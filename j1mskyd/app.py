@@ -194,6 +194,12 @@ def _budget_event(events: EventLog, budget: Budget, old: str, new: str, caches: 
         events.emit_soon(f"budget.{new}", budget.snapshot() | {"previous_level": old})
 
 
+def _sees_all(keys: KeyService, key_id: str) -> bool:
+    """Does ``key_id`` see every key's work?  An unknown key (deleted from the database) does not."""
+    key = keys.ring.keys.get(key_id)
+    return key is not None and key.sees_all
+
+
 def _audit_finish(audit: AuditLog, agent: Agent) -> None:
     if agent.status in ("completed", "failed") and agent.kind != "member":
         event = "agent.complete" if agent.status == "completed" else "agent.fail"
@@ -297,10 +303,12 @@ def _wire(app: web.Application) -> Services:
     timed: _Timed = app[_CLOCK]
     caches = _new_caches()
     events = EventLog(store, **timed)
-    webhooks = WebhookService(store, events, registry, hook_session, targets=targets, resolver=hook_resolver,
-                              call_timeout=config.plugins.call_timeout, **timed)
     sec = config.security
     keys = KeyService(store, sec.key_rotation_grace_hours * 3600, **timed)
+    # A webhook's maker decides what it receives (its own work's events, or all): asked of the keys in memory.
+    webhooks = WebhookService(store, events, registry, hook_session, sees_all=functools.partial(_sees_all, keys),
+                              targets=targets, resolver=hook_resolver, call_timeout=config.plugins.call_timeout,
+                              **timed)
     b = config.budget
     # allowances: a key's own budget (the project's joins it when projects land).
     budget = Budget(BudgetPolicy(b.daily_budget, b.monthly_ceiling, b.spike_per_hour, b.max_agents_per_key),

@@ -10,6 +10,11 @@ worker, so nobody hears of a change that a crash could still undo.
 Event ids are allocated here (the daemon is the only writer), so they are known before
 the commit and are the cursor of GET /events and the SSE ``id:``.  Event data can
 quote a task or a result: it is sealed with the data key like the agents' own text.
+
+Each event has an owner (``events.api_key``): the key whose work it is about (an agent's
+events: the key that spawned it), or None for a daemon-wide event (a budget level, a
+pricing policy change).  A reader that sees only its own key's work (tenancy.Viewer) gets
+its own events and the daemon-wide ones, live and replayed alike.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any, Protocol
 from . import jsonx
 from .agent_record import iso
 from .store import Statement
+from .tenancy import Viewer
 
 __all__ = ["AGENT_EVENTS", "EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "Outbox", "PRICING_EVENTS", "Publisher",
            "QUEUE_SIZE", "SHUTDOWN", "Subscription", "agent_event_data", "event_types"]
@@ -47,6 +53,8 @@ class Event:
     data: dict[str, Any]
     # Webhook deliveries written with it: the outbox's worker is woken only for events that have some.
     deliveries: int = field(default=0, compare=False, repr=False)
+    # The key whose work it is about; None: daemon-wide (every reader may see it).
+    owner: str | None = field(default=None, compare=False, repr=False)
 
     def payload(self) -> dict[str, Any]:
         """The J1MSKY API reference's webhook payload shape: event, timestamp, data (plus the event id)."""
@@ -63,8 +71,10 @@ class Subscription:
     A ``None`` in the queue tells the reader to stop; ``ended`` says why, when the
     daemon ended it (its key was lost, the daemon stops) rather than the reader's lag."""
 
-    def __init__(self, types: frozenset[str] | None, maxsize: int | None = None) -> None:
+    def __init__(self, types: frozenset[str] | None, maxsize: int | None = None,
+                 viewer: Viewer | None = None) -> None:
         self.types = types
+        self.viewer = viewer  # None: sees every key's events
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize or QUEUE_SIZE)
         self.overflowed = False
         self.ended: str | None = None
@@ -82,6 +92,8 @@ class Subscription:
     def offer(self, event: Event) -> None:
         if self.ended is not None or (self.types is not None and event.type not in self.types):
             return
+        if self.viewer is not None and not self.viewer.sees(event.owner):
+            return  # another key's work
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -95,15 +107,17 @@ class Publisher(Protocol):
     the budget and the webhook test publish through this and know nothing of the log's
     readers or of the webhook outbox behind it (EventLog implements it)."""
 
-    def statements(self, type_: str, data: dict[str, Any]) -> tuple[Event, list[Statement]]: ...
+    def statements(self, type_: str, data: dict[str, Any], owner: str | None = None
+                   ) -> tuple[Event, list[Statement]]: ...
 
     def published(self, events: Iterable[Event]) -> None: ...
 
-    async def emit(self, type_: str, data: dict[str, Any]) -> Event: ...
+    async def emit(self, type_: str, data: dict[str, Any], owner: str | None = None) -> Event: ...
 
     def wants(self, type_: str, *, named: bool = False) -> bool: ...
 
-    def publish_live(self, type_: str, data: dict[str, Any], *, named: bool = False) -> None: ...
+    def publish_live(self, type_: str, data: dict[str, Any], *, named: bool = False,
+                     owner: str | None = None) -> None: ...
 
 
 class Outbox(Protocol):
@@ -111,8 +125,9 @@ class Outbox(Protocol):
     the log never imports it).  The ``deliveries`` table is the outbox's: the log writes and
     purges delivery rows only through the statements it is given here."""
 
-    def route(self, type_: str, data: dict[str, Any]) -> list[str]:
-        """The webhooks that want this event (their ids)."""
+    def route(self, type_: str, data: dict[str, Any], owner: str | None = None) -> list[str]:
+        """The webhooks that want this event (their ids); ``owner``: whose work it is about
+        (None: daemon-wide)."""
         ...
 
     def delivery_rows(self, webhook_ids: Iterable[str], event_id: int, ts: float) -> list[Statement]:
@@ -132,7 +147,7 @@ class Outbox(Protocol):
 class _NoOutbox:
     """The outbox of a log no webhook service subscribed to: no webhooks, nothing waits."""
 
-    def route(self, type_: str, data: dict[str, Any]) -> list[str]:
+    def route(self, type_: str, data: dict[str, Any], owner: str | None = None) -> list[str]:
         return []
 
     def delivery_rows(self, webhook_ids: Iterable[str], event_id: int, ts: float) -> list[Statement]:
@@ -177,29 +192,33 @@ class EventLog:
         cipher = self.store.cipher
         return json.loads(cipher.decrypt(text, f"event/{event_id}") if cipher is not None else text)
 
-    def statements(self, type_: str, data: dict[str, Any]) -> tuple[Event, list[Statement]]:
-        """The event and the statements that store it with its webhook deliveries."""
-        return self._statements(type_, data, self.outbox.route(type_, data))
+    def statements(self, type_: str, data: dict[str, Any], owner: str | None = None
+                   ) -> tuple[Event, list[Statement]]:
+        """The event and the statements that store it with its webhook deliveries.
+        ``owner``: the key whose work it is about (None: a daemon-wide event)."""
+        return self._statements(type_, data, self.outbox.route(type_, data, owner), owner)
 
-    def statements_to(self, type_: str, data: dict[str, Any], webhook_ids: Iterable[str]
-                      ) -> tuple[Event, list[Statement]]:
+    def statements_to(self, type_: str, data: dict[str, Any], webhook_ids: Iterable[str],
+                      owner: str | None = None) -> tuple[Event, list[Statement]]:
         """The event and the statements that store it with deliveries to ``webhook_ids`` only,
         whichever webhooks subscribe to its type (a test delivery goes to the one it tests)."""
-        return self._statements(type_, data, list(webhook_ids))
+        return self._statements(type_, data, list(webhook_ids), owner)
 
     def statements_if_wanted(self, type_: str, data: dict[str, Any]) -> tuple[Event, list[Statement]] | None:
-        """The same, or None when no webhook and no live reader wants this event: for events
-        that only announce a record kept elsewhere (pricing), nobody's interest, no write."""
+        """The same (a daemon-wide event), or None when no webhook and no live reader wants
+        it: for events that only announce a record kept elsewhere (pricing), nobody's
+        interest, no write."""
         hooks = self.outbox.route(type_, data)
         if not hooks and not self.wants(type_):
             return None
-        return self._statements(type_, data, hooks)
+        return self._statements(type_, data, hooks, None)
 
-    def _statements(self, type_: str, data: dict[str, Any], hooks: list[str]) -> tuple[Event, list[Statement]]:
-        event = Event(self._next_id, self.clock(), type_, data, len(hooks))
+    def _statements(self, type_: str, data: dict[str, Any], hooks: list[str],
+                    owner: str | None) -> tuple[Event, list[Statement]]:
+        event = Event(self._next_id, self.clock(), type_, data, len(hooks), owner)
         self._next_id += 1
-        stmts: list[Statement] = [("INSERT INTO events (id, ts, type, data) VALUES (?, ?, ?, ?)",
-                                   (event.id, event.ts, event.type, self._seal(event.id, data)))]
+        stmts: list[Statement] = [("INSERT INTO events (id, ts, type, data, api_key) VALUES (?, ?, ?, ?, ?)",
+                                   (event.id, event.ts, event.type, self._seal(event.id, data), owner))]
         stmts.extend(self.outbox.delivery_rows(hooks, event.id, event.ts))
         return event, stmts
 
@@ -213,15 +232,15 @@ class EventLog:
         if deliveries:  # the webhook worker has new rows to send (it reads the outbox: two queries a round)
             self.on_published()
 
-    async def emit(self, type_: str, data: dict[str, Any]) -> Event:
+    async def emit(self, type_: str, data: dict[str, Any], owner: str | None = None) -> Event:
         """An event that is not part of another state change (budget levels, violations...)."""
-        event, stmts = self.statements(type_, data)
+        event, stmts = self.statements(type_, data, owner)
         await self.store.write(*stmts)
         self.published([event])
         return event
 
     def emit_soon(self, type_: str, data: dict[str, Any], *, throttle_key: str | None = None,
-                  every: float = 60.0) -> None:
+                  every: float = 60.0, owner: str | None = None) -> None:
         """emit() from synchronous code (a middleware, a callback).
 
         With ``throttle_key``, at most one such event per key per ``every`` seconds: a
@@ -234,7 +253,7 @@ class EventLog:
             if len(self._throttle) > 10_000:
                 self._throttle = {k: t for k, t in self._throttle.items() if now - t < every}
             self._throttle[throttle_key] = now
-        asyncio.ensure_future(self.emit(type_, data))
+        asyncio.ensure_future(self.emit(type_, data, owner))
 
     def wants(self, type_: str, *, named: bool = False) -> bool:
         """Is any live listener interested in this type (so it is worth producing)?  With
@@ -242,18 +261,20 @@ class EventLog:
         return any((sub.types is None and not named) or (sub.types is not None and type_ in sub.types)
                    for sub in self.subscribers)
 
-    def publish_live(self, type_: str, data: dict[str, Any], *, named: bool = False) -> None:
+    def publish_live(self, type_: str, data: dict[str, Any], *, named: bool = False,
+                     owner: str | None = None) -> None:
         """A live-only event (id 0): to current listeners, never stored or sent to webhooks.
         For ``agent.output`` deltas (many per agent, worthless after the agent's end) and
         ``agent.started`` (a moment, not worth a write per agent)."""
-        event = Event(0, self.clock(), type_, data)
+        event = Event(0, self.clock(), type_, data, owner=owner)
         for sub in list(self.subscribers):
             if not named or (sub.types is not None and type_ in sub.types):
                 sub.offer(event)
 
     # -- reading ----------------------------------------------------------------------------
-    def subscribe(self, types: Iterable[str] | None = None) -> Subscription:
-        sub = Subscription(frozenset(types) if types else None)
+    def subscribe(self, types: Iterable[str] | None = None, viewer: Viewer | None = None) -> Subscription:
+        """A live listener; ``viewer``: whose events it may get (None: everyone's)."""
+        sub = Subscription(frozenset(types) if types else None, viewer=viewer)
         self.subscribers.add(sub)
         return sub
 
@@ -265,24 +286,32 @@ class EventLog:
     def unsubscribe(self, sub: Subscription) -> None:
         self.subscribers.discard(sub)
 
-    async def after(self, last_id: int, limit: int, types: Iterable[str] | None = None) -> list[Event]:
-        """Events with id > last_id, oldest first (what a resuming reader missed)."""
+    async def after(self, last_id: int, limit: int, types: Iterable[str] | None = None,
+                    viewer: Viewer | None = None) -> list[Event]:
+        """Events with id > last_id, oldest first (what a resuming reader missed); those
+        ``viewer`` may see (None: all): its key's own and the daemon-wide ones."""
         wanted = tuple(types or ())
+        where, args = "id > ?", list[Any]([last_id])
+        if wanted:
+            where += f" AND type IN ({', '.join('?' * len(wanted))})"
+            args.extend(wanted)
+        if viewer is not None and not viewer.sees_all:
+            where += " AND (api_key IS NULL OR api_key = ?)"
+            args.append(viewer.key_id)
 
         def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-            if wanted:
-                marks = ", ".join("?" * len(wanted))
-                return conn.execute(f"SELECT * FROM events WHERE id > ? AND type IN ({marks}) ORDER BY id LIMIT ?",
-                                    (last_id, *wanted, limit)).fetchall()
-            return conn.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
+            return conn.execute(f"SELECT * FROM events WHERE {where} ORDER BY id LIMIT ?", (*args, limit)).fetchall()
 
         await self.store.flush()
         rows = await self.store.read(read)
-        return [Event(r["id"], r["ts"], r["type"], self._open(r["id"], r["data"])) for r in rows]
+        return [self._event(r) for r in rows]
+
+    def _event(self, row: sqlite3.Row) -> Event:
+        return Event(row["id"], row["ts"], row["type"], self._open(row["id"], row["data"]), owner=row["api_key"])
 
     async def get(self, event_id: int) -> Event | None:
         row = await self.store.read(lambda c: c.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone())
-        return Event(row["id"], row["ts"], row["type"], self._open(row["id"], row["data"])) if row else None
+        return self._event(row) if row else None
 
     async def purge(self, keep_days: float) -> None:
         """Events older than ``keep_days`` whose deliveries are all settled, and those settled

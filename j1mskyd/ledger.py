@@ -19,8 +19,8 @@ from typing import Any
 
 from .store import Statement
 
-__all__ = ["ModelDay", "Spend", "Totals", "billed_by_agent", "by_model_since", "record", "spend", "spend_by_day",
-           "totals"]
+__all__ = ["ModelDay", "Spend", "Totals", "billed_by_agent", "by_model_since", "key_spend_since", "record", "spend",
+           "spend_by_day", "totals"]
 
 # SQLite allows 32,766 parameters since 3.32 and 999 before: stay well under both.
 _CHUNK = 500
@@ -123,3 +123,12 @@ def totals(conn: sqlite3.Connection, lo: float, hi: float, by_key: bool = False)
         grouped(f"SELECT date(ts, 'unixepoch') AS d, SUM(cost) FROM usage WHERE {where} GROUP BY d ORDER BY d"),
         grouped(f"SELECT api_key, SUM(cost) FROM usage WHERE {where} GROUP BY api_key ORDER BY SUM(cost) DESC")
         if by_key else None)
+
+
+# -- issue 15, isolation: a key's own figures -------------------------------------------------
+def key_spend_since(conn: sqlite3.Connection, key_id: str, since: float) -> float:
+    """What ``key_id``'s calls cost since ``since`` (GET /agents/active's ``total_cost_today``
+    for a key that sees only its own work)."""
+    (cost,) = conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE api_key = ? AND ts >= ?",
+                           (key_id, since)).fetchone()
+    return round(cost, 6)

@@ -205,7 +205,7 @@ class AgentRuntime:
         if self.events is not None:
             for agent in agents:
                 if agent.kind != KIND_MEMBER:
-                    event, stmts = self.events.statements("agent.spawned", agent_event_data(agent))
+                    event, stmts = self.events.statements("agent.spawned", agent_event_data(agent), agent.api_key)
                     events.append(event)
                     statements.extend(stmts)
         await self.store.write(*statements, fail_fast=True)  # a client waits: 507 on a full disk, no hang
@@ -452,7 +452,8 @@ class AgentRuntime:
                 # Live only, like agent.output: "running" is a moment, not a state change worth a
                 # write per agent; a resuming reader sees the final event instead.  Only to
                 # readers that name it, so a reader of "everything" keeps getting just the log.
-                self.events.publish_live("agent.started", agent_event_data(agent), named=True)
+                self.events.publish_live("agent.started", agent_event_data(agent), named=True,
+                                         owner=agent.api_key)
             remaining = agent.deadline - self.clock()
             try:
                 if remaining <= 0:
@@ -694,7 +695,8 @@ class AgentRuntime:
                         agent.sink(item)
                     if readers and events is not None:
                         events.publish_live("agent.output", {"agent_id": agent.agent_id, "model": alias,
-                                                             "index": len(call.parts) - 1, "delta": item})
+                                                             "index": len(call.parts) - 1, "delta": item},
+                                            owner=agent.api_key)
         if result is None:
             raise ProviderError(f"{slot.name}: the stream ended without a result", kind="invalid_response")
         return result
@@ -731,7 +733,7 @@ class AgentRuntime:
         event = None
         if self.events is not None and agent.kind != KIND_MEMBER:
             # The announcement goes in the same transaction as the state it announces.
-            event, stmts = self.events.statements(f"agent.{status}", agent_event_data(agent))
+            event, stmts = self.events.statements(f"agent.{status}", agent_event_data(agent), agent.api_key)
             statements.extend(stmts)
         try:
             await self.store.submit(statements)
@@ -793,7 +795,8 @@ class AgentRuntime:
                 "input_tokens": agent.input_tokens, "output_tokens": agent.output_tokens,
                 "levels": [{"level": lv.name, "cap": lv.cap, "spent": round(lv.settled, 8)} for lv in levels]}
         try:
-            await self.events.emit("budget.exceeded", data)
+            # About this agent's overshoot (its id, its cost): its key's event, not daemon-wide.
+            await self.events.emit("budget.exceeded", data, agent.api_key)
         except StoreError as exc:
             log.error("could not record budget.exceeded for agent %s: %s", agent.agent_id, exc)
 

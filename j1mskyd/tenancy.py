@@ -38,11 +38,19 @@ class Viewer:
 
     key_id: str
     sees_all: bool = False
+    # Changes every key's work (cancel, delete its data, its webhooks): admin:write, or
+    # authentication off.  A sees_all viewer without it (admin:read) is refused with a
+    # 403 there: it can see the work, so no id is confirmed by the refusal.
+    writes_all: bool = False
 
     def sees(self, owner_key: str | None) -> bool:
         """May this viewer see work owned by ``owner_key``?  None: a daemon-wide record
         (a budget alert, a provider's circuit), owned by nobody and shown to everyone."""
         return self.sees_all or owner_key is None or owner_key == self.key_id
+
+    def changes(self, owner_key: str | None) -> bool:
+        """May this viewer change work owned by ``owner_key`` (it sees it: check that first)?"""
+        return self.writes_all or (owner_key is not None and owner_key == self.key_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,4 +17,7 @@ def record_violation(audit: AuditLog, events: EventLog, actor: Actor, ip: str | 
     """An audit entry (warning) and a ``security.violation`` event; the event is throttled
     per address and kind, so a scanner hammering the daemon cannot flood webhook receivers."""
     audit.record("security.violation", actor, severity="warning", details=details)
-    events.emit_soon("security.violation", details | {"ip": ip}, throttle_key=f"violation:{ip}:{details['kind']}")
+    # A refusal of a known key is that key's event (an admin sees them all); one with no
+    # key (none sent, an unknown token, a refused address) is daemon-wide.
+    events.emit_soon("security.violation", details | {"ip": ip}, throttle_key=f"violation:{ip}:{details['kind']}",
+                     owner=actor.api_key_id)

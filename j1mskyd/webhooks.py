@@ -12,6 +12,14 @@ retries a failure with exponential backoff (``RETRY_BASE`` s doubling, capped at
 jitter) until the delivery is ``GIVE_UP_AFTER`` old; then it is ``failed`` and can be
 redelivered by hand.  A crash between sending and recording means the receiver may
 see a delivery twice: it has the same ``X-J1MSKY-Delivery`` id both times.
+
+A webhook belongs to the key that made it (``api_key_id``).  A key sees, changes and
+lists the deliveries of its own webhooks only (another key's id is a 404, as an unknown
+one); a key with admin:read sees them all, one with admin:write also changes them.  What
+a webhook receives follows its maker: a key that sees only its own work gets the events
+of its own work, and daemon-wide events (owner None) only of the types it named (not
+through ``*``); a key that sees all (admin:read, admin:write) gets every event it
+subscribed to, as does a webhook made while authentication was off (no key).
 """
 
 from __future__ import annotations
@@ -28,13 +36,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .agent_record import iso
-from .errors import BadRequest, NotFound, ValidationFailed
+from .agent_record import ANONYMOUS, iso
+from .errors import BadRequest, Forbidden, NotFound, ValidationFailed
 from .events import EventLog, event_types
 from .plugin_api import Sink, SinkError, SinkSettings
 from .plugins import bounded, build_sink, off_loop
 from .store import Statement
 from .request_fields import changed
+from .tenancy import Viewer
 from .webhook_request import AGENT_DONE, NewWebhook, WebhookChange, check_url
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
@@ -66,12 +75,22 @@ class Webhook:
     created_at: float
     last_triggered: float | None = None
 
-    def wants(self, type_: str, data: dict[str, Any]) -> bool:
+    def wants(self, type_: str, data: dict[str, Any], owner: str | None,
+              sees_all: Callable[[str], bool]) -> bool:
+        """Does this webhook get an event of ``type_`` about ``owner``'s work (None:
+        daemon-wide)?  ``sees_all``: whether a key sees every key's work, asked only for a
+        webhook's maker when the event is not its own (a dict lookup: this runs per event
+        and webhook)."""
         # A paused webhook still gets its outbox rows: they wait, pending, until it is
         # resumed (the worker only sends for active ones).
         if self.agent_id is not None:
             return data.get("agent_id") == self.agent_id and type_ in AGENT_DONE
-        return "*" in self.events or type_ in self.events
+        if not ("*" in self.events or type_ in self.events):
+            return False
+        maker = self.api_key_id
+        if maker is None or owner == maker or sees_all(maker):
+            return True
+        return owner is None and type_ in self.events  # daemon-wide: only asked for by name
 
     def view(self) -> dict[str, Any]:
         """The Kyros document's webhook object (never the secret)."""
@@ -97,10 +116,12 @@ class WebhookService:
     ``targets`` at connect time; ``lookup`` resolves names when a URL is accepted (the
     loop's getaddrinfo unless given)."""
 
-    def __init__(self, store: Any, events: EventLog, registry: Any, session: Any,
+    def __init__(self, store: Any, events: EventLog, registry: Any, session: Any, *,
+                 sees_all: Callable[[str], bool],
                  clock: Callable[[], float] = time.time, targets: TargetPolicy = TargetPolicy(),
                  lookup: Lookup | None = None, resolver: Any = None, call_timeout: float = 30.0) -> None:
         self.store = store
+        self.sees_all = sees_all  # key id -> does that key see every key's work (KeyService's memory)
         self.events = events
         self.registry = registry
         self.session = session
@@ -153,8 +174,9 @@ class WebhookService:
         return url
 
     # -- the outbox, as the event log asks for it (events.Outbox) ---------------------------------
-    def route(self, type_: str, data: dict[str, Any]) -> list[str]:
-        return [h.webhook_id for h in self.hooks.values() if h.wants(type_, data)]
+    def route(self, type_: str, data: dict[str, Any], owner: str | None = None) -> list[str]:
+        sees_all = self.sees_all
+        return [h.webhook_id for h in self.hooks.values() if h.wants(type_, data, owner, sees_all)]
 
     def delivery_rows(self, webhook_ids: Iterable[str], event_id: int, ts: float) -> list[Statement]:
         return [_delivery_insert(webhook_id, event_id, ts) for webhook_id in webhook_ids]
@@ -233,15 +255,29 @@ class WebhookService:
     def adopt(self, hook: Webhook) -> None:
         self.hooks[hook.webhook_id] = hook
 
-    def get(self, webhook_id: str) -> Webhook:
+    def get(self, webhook_id: str, viewer: Viewer | None) -> Webhook:
+        """The webhook; 404 when unknown or another key's that ``viewer`` may not see (the
+        same answer).  None: the daemon itself."""
         hook = self.hooks.get(webhook_id)
-        if hook is None:
+        # A webhook made while authentication was off has no key: the anonymous key's.
+        if hook is None or (viewer is not None and not viewer.sees(hook.api_key_id or ANONYMOUS)):
             raise NotFound(f"Webhook '{webhook_id}' not found")
         return hook
 
-    async def update(self, webhook_id: str, change: WebhookChange) -> Webhook:
+    def get_to_change(self, webhook_id: str, viewer: Viewer | None) -> Webhook:
+        """get(), and 403 for another key's webhook to a viewer that sees it but may not change it."""
+        hook = self.get(webhook_id, viewer)
+        if viewer is not None and not viewer.changes(hook.api_key_id or ANONYMOUS):
+            raise Forbidden(f"Webhook '{webhook_id}' belongs to another key; changing it needs admin:write")
+        return hook
+
+    def listed(self, viewer: Viewer) -> list[Webhook]:
+        """The registered webhooks ``viewer`` may see (not a spawn's own webhook_url)."""
+        return [h for h in self.hooks.values() if h.agent_id is None and viewer.sees(h.api_key_id or ANONYMOUS)]
+
+    async def update(self, webhook_id: str, change: WebhookChange, viewer: Viewer | None) -> Webhook:
         """``change`` was parsed for this webhook's sink (webhook_request.parse_change)."""
-        hook = self.get(webhook_id)
+        hook = self.get_to_change(webhook_id, viewer)
         changes = changed(change)
         if "url" in changes:
             changes["url"] = await self._check_target(changes["url"], hook.sink)
@@ -252,8 +288,8 @@ class WebhookService:
         self._wake.set()  # resumed: its waiting deliveries go out now
         return new
 
-    async def delete(self, webhook_id: str) -> None:
-        self.get(webhook_id)
+    async def delete(self, webhook_id: str, viewer: Viewer | None) -> None:
+        self.get_to_change(webhook_id, viewer)
         await self.store.write(
             ("UPDATE deliveries SET status = 'failed', last_error = 'webhook deleted' "
              "WHERE webhook_id = ? AND status = 'pending'", (webhook_id,)),
@@ -261,19 +297,21 @@ class WebhookService:
         del self.hooks[webhook_id]
         self._sinks.pop(webhook_id, None)
 
-    async def test(self, webhook_id: str) -> dict[str, Any]:
-        """A ``webhook.test`` event delivered to this webhook only (a paused one gets it when resumed)."""
-        hook = self.get(webhook_id)
+    async def test(self, webhook_id: str, viewer: Viewer | None) -> dict[str, Any]:
+        """A ``webhook.test`` event delivered to this webhook only (a paused one gets it when
+        resumed); the event is the webhook's maker's (other keys' readers do not see it)."""
+        hook = self.get_to_change(webhook_id, viewer)
         event, stmts = self.events.statements_to("webhook.test", {"webhook_id": hook.webhook_id,
-                                                                  "message": "Test delivery from j1mskyd"}, ())
+                                                                  "message": "Test delivery from j1mskyd"}, (),
+                                                 owner=hook.api_key_id or ANONYMOUS)
         delivery = _delivery_insert(hook.webhook_id, event.id, event.ts)
         await self.store.write(*stmts, delivery, fail_fast=True)
         self.events.published([event])
         self._wake.set()  # its delivery row is written here, not by the event log (which wakes only for its own)
         return {"success": True, "delivery_id": delivery[1][0], "event_id": event.id}
 
-    async def deliveries(self, webhook_id: str, params: dict[str, str]) -> dict[str, Any]:
-        self.get(webhook_id)
+    async def deliveries(self, webhook_id: str, params: dict[str, str], viewer: Viewer | None) -> dict[str, Any]:
+        self.get(webhook_id, viewer)
         try:
             limit = int(params.get("limit", 50))
             offset = int(params.get("offset", 0))
@@ -302,8 +340,8 @@ class WebhookService:
         return {"data": data, "pagination": {"total": total, "limit": limit, "offset": offset,
                                              "has_more": offset + limit < total}}
 
-    async def redeliver(self, webhook_id: str, delivery_id: str) -> dict[str, Any]:
-        self.get(webhook_id)
+    async def redeliver(self, webhook_id: str, delivery_id: str, viewer: Viewer | None) -> dict[str, Any]:
+        self.get_to_change(webhook_id, viewer)
         row = await self.store.read(lambda c: c.execute(
             "SELECT status FROM deliveries WHERE delivery_id = ? AND webhook_id = ?",
             (delivery_id, webhook_id)).fetchone())

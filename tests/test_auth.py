@@ -176,7 +176,8 @@ SCOPED = [  # method, path, body, scope, status with the right scope
     ("POST", "/api/spawn", {"model": "k2p5", "task": "scoped"}, "agents:write", 200),
     ("DELETE", "/api/agent/agent_unknown", None, "agents:write", 404),
     ("GET", "/api/billing/usage", None, "billing:read", 200),
-    ("GET", "/api/keys", None, "admin:write", 200),
+    ("GET", "/api/keys", None, "admin:read", 200),  # the admin reads take admin:read (issue 15)
+    ("GET", "/api/security/audit", None, "admin:read", 200),
     ("POST", "/api/keys", {"name": "made", "scopes": ["agents:read"]}, "admin:write", 201),
 ]
 

@@ -362,7 +362,7 @@ async def test_a_client_that_leaves_mid_stream_cancels_the_upstream_call(aiohttp
         resp.close()  # the client goes away mid-stream
         services = app[SERVICES]
         await wait_for(lambda: _true(agent_id not in services.runtime.live), "the agent ended after its client left")
-        row = await services.agents.status(agent_id)
+        row = await services.agents.status(agent_id, None)
         assert row["status"] == "cancelled", row
         assert row["cost"] is not None and row["cost"] > 0  # what was used is billed
         # One upstream call, no retry after the client left.
@@ -407,7 +407,7 @@ async def test_a_client_that_leaves_a_non_streamed_call_cancels_it(aiohttp_clien
         (agent_id,) = list(services.runtime.live)
         writer.close()  # the client goes away
         await wait_for(lambda: _true(agent_id not in services.runtime.live), "the call was cancelled")
-        assert (await services.agents.status(agent_id))["status"] == "cancelled"
+        assert (await services.agents.status(agent_id, None))["status"] == "cancelled"
         assert await reader.read() == b""  # nothing was answered
     finally:
         if runner is not None:

@@ -17,7 +17,7 @@ from j1mskyd.keys import ANY_KEY
 from tests.conftest import auth_config, bearer, bootstrap_key
 
 LIMIT = aiohttp.ClientTimeout(total=10)  # a route that streams instead of refusing fails the test
-SCOPES = ("agents:read", "agents:write", "billing:read", "admin:write")
+SCOPES = ("agents:read", "agents:write", "billing:read", "admin:read", "admin:write")
 
 
 async def test_head_answers_as_get_on_every_get_route(aiohttp_client, tmp_path):
@@ -61,6 +61,6 @@ async def test_head_answers_as_get_on_every_get_route(aiohttp_client, tmp_path):
     # The walk did meet refusals of both kinds, /metrics among them (no tautology).
     assert seen["/metrics with key lacking agents:read"] == (403, 403)
     assert seen["/api/billing/usage with key lacking billing:read"] == (403, 403)
-    assert seen["/api/keys with key lacking admin:write"] == (403, 403)
+    assert seen["/api/keys with key lacking admin:read"] == (403, 403)
     assert seen["/api/agents with no key"] == (401, 401)
     assert seen["/api/health with no key"] == (200, 200)

@@ -37,7 +37,9 @@ async def start(aiohttp_client, cfg):
     return client, bearer(bootstrap_key(cfg)["token"])
 
 
-async def make_key(client, admin, name: str, scopes=("agents:read",), require_signature: bool = False) -> dict:
+# admin:read: the streams here must see the admin's probe agents (a key with agents:read alone
+# sees only its own work since issue 15); it grants agents:read, whose loss closes them.
+async def make_key(client, admin, name: str, scopes=("admin:read",), require_signature: bool = False) -> dict:
     resp = await client.post("/api/keys", json={"name": name, "scopes": list(scopes),
                                                 "require_signature": require_signature}, headers=admin)
     assert resp.status == 201, await resp.text()

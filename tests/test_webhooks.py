@@ -193,17 +193,22 @@ async def test_update_validation_and_bad_bodies(client):
     assert (await (await client.get(path)).json())["data"] == hook  # nothing changed
 
 
-async def test_webhooks_need_admin_scope_and_events_need_read(aiohttp_client, tmp_path):
+async def test_webhooks_need_agents_scopes_and_events_need_read(aiohttp_client, tmp_path):
+    """Webhooks are a key's own (issue 15): reading them takes agents:read, making them agents:write."""
     cfg = auth_config(tmp_path)
     client = await aiohttp_client(build_app(cfg))
     admin = bootstrap_key(cfg)["token"]
-    resp = await client.post("/api/keys", json={"name": "reader", "scopes": ["agents:read"]},
-                             headers=bearer(admin))
-    assert resp.status in (200, 201), await resp.text()
-    created = await resp.json()
-    reader = created.get("key") or created.get("token") or created["data"]["key"]
+    tokens = {}
+    for scope in ("agents:read", "billing:read"):
+        resp = await client.post("/api/keys", json={"name": scope, "scopes": [scope]}, headers=bearer(admin))
+        assert resp.status in (200, 201), await resp.text()
+        tokens[scope] = (await resp.json())["token"]
+    reader = tokens["agents:read"]
     assert (await client.get("/api/webhooks")).status == 401
-    assert (await client.get("/api/webhooks", headers=bearer(reader))).status == 403
+    assert (await client.get("/api/webhooks", headers=bearer(tokens["billing:read"]))).status == 403
+    assert (await client.get("/api/webhooks", headers=bearer(reader))).status == 200
+    resp = await client.post("/api/webhooks", json={"url": "https://example.com/h"}, headers=bearer(reader))
+    assert resp.status == 403  # agents:write makes them
     assert (await client.get("/api/webhooks", headers=bearer(admin))).status == 200
     assert (await client.get("/api/events")).status == 401
     assert (await client.get("/api/events", headers=bearer(reader))).status == 200

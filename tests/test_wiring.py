@@ -132,7 +132,7 @@ class _Outbox:
     def __init__(self, hooks: list[str]) -> None:
         self.hooks = hooks
 
-    def route(self, type_, data):
+    def route(self, type_, data, owner=None):
         return self.hooks
 
     def delivery_rows(self, webhook_ids, event_id, ts):

@@ -11,7 +11,8 @@ from ..agent_record import ANONYMOUS
 from ..agents import AgentService
 from ..spawn_request import SpawnParser, SpawnRequest, TeamRequest
 from ..pii import preview
-from .common import API_KEY, API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json
+from .common import (API_KEY, API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json,
+                     viewer)
 
 
 def _agents(request: web.Request) -> AgentService:
@@ -66,24 +67,24 @@ async def spawn_batch(request: web.Request) -> web.Response:
 
 
 async def get_agent(request: web.Request) -> web.Response:
-    return json_response(await _agents(request).status(request.match_info["agent_id"]))
+    return json_response(await _agents(request).status(request.match_info["agent_id"], viewer(request)))
 
 
 async def cancel_agent(request: web.Request) -> web.Response:
-    return json_response(await _agents(request).cancel(request.match_info["agent_id"]))
+    return json_response(await _agents(request).cancel(request.match_info["agent_id"], viewer(request)))
 
 
 async def delete_agent_data(request: web.Request) -> web.Response:
-    return json_response(await _agents(request).delete_data(request.match_info["agent_id"]))
+    return json_response(await _agents(request).delete_data(request.match_info["agent_id"], viewer(request)))
 
 
 async def active_agents(request: web.Request) -> web.Response:
-    return json_response(await _agents(request).active())
+    return json_response(await _agents(request).active(viewer(request)))
 
 
 async def list_agents(request: web.Request) -> web.Response:
     params = query_params(request)
-    page = await _agents(request).list(params)
+    page = await _agents(request).list(params, viewer(request))
     total, limit, offset = page.pop("total"), page.pop("limit"), page.pop("offset")
     has_more = offset + limit < total
     page["pagination"] = {

@@ -11,6 +11,7 @@ from aiohttp import web
 from .. import jsonx
 from ..audit import Actor
 from ..agent_record import ANONYMOUS
+from ..keys import ADMIN
 from ..errors import ApiError, InvalidJson, ValidationFailed
 from ..tenancy import Viewer
 
@@ -124,5 +125,5 @@ def viewer(request: web.Request) -> Viewer:
     or admin:read, and for every request while authentication is off (no key: anonymous)."""
     key = request.get(API_KEY)
     if key is None:
-        return Viewer(request.get(API_KEY_ID) or ANONYMOUS, sees_all=True)
-    return Viewer(key.key_id, sees_all=key.sees_all)
+        return Viewer(request.get(API_KEY_ID) or ANONYMOUS, sees_all=True, writes_all=True)
+    return Viewer(key.key_id, sees_all=key.sees_all, writes_all=key.allows(ADMIN))

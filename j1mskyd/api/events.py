@@ -8,6 +8,11 @@ WebSocket with ``last_event_id`` in its subscribe message.
 Both hold the key that opened them (KeyService.watch): when it is revoked, expires (the
 end of a rotation grace period) or loses agents:read, the stream is closed at once
 (SSE: the stream ends; WebSocket: close code 4401 with the reason).
+
+A key that sees only its own work (tenancy.Viewer) gets its own key's events and the
+daemon-wide ones on every one of them, live and replayed; one with admin:read or
+admin:write gets every event.  The WebSocket takes the viewer of the key that
+authenticated last when it subscribes.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..errors import ApiError, ValidationFailed
 from ..events import EVENT_TYPES, SHUTDOWN, Event, Subscription
 from ..keys import KeyWatch
-from .common import API_KEY, AWAITING_CREDENTIALS, CONFIG, SERVICES, json_response, query_params
+from ..tenancy import Viewer
+from .common import API_KEY, AWAITING_CREDENTIALS, CONFIG, SERVICES, json_response, query_params, viewer
 from .middleware import authenticate_in_band, count_in_band
 
 HEARTBEAT = 15.0
@@ -74,7 +80,7 @@ async def list_events(request: web.Request) -> web.Response:
     except ValueError:
         raise _bad("limit", "limit must be an integer from 1 to 500") from None
     after = decode_cursor(params["cursor"]) if params.get("cursor") else 0
-    events = await request.app[SERVICES].events.after(after, limit + 1, _types(params.get("types")))
+    events = await request.app[SERVICES].events.after(after, limit + 1, _types(params.get("types")), viewer(request))
     has_more = len(events) > limit
     events = events[:limit]
     last = events[-1].id if events else after
@@ -99,6 +105,12 @@ def _watch_key(request: web.Request, key: Any, on_lost: Callable[[str], None]) -
     return None if key is None else request.app[SERVICES].keys.watch(key.key_id, READ_SCOPE, on_lost)
 
 
+def _reader(request: web.Request) -> Viewer | None:
+    """Whose events a live reader gets: None (every key's) for a viewer that sees all."""
+    seen = viewer(request)
+    return None if seen.sees_all else seen
+
+
 def _release(request: web.Request, watch: KeyWatch | None) -> None:
     if watch is not None:
         request.app[SERVICES].keys.unwatch(watch)
@@ -110,7 +122,7 @@ async def _replay_then_live(request: web.Request, sub: Subscription, last: int, 
     fell too far behind (it must reconnect and resume from there) or was ended."""
     events = request.app[SERVICES].events
     while True:  # replay in pages until caught up with the database
-        page = await events.after(last, REPLAY_PAGE, types)
+        page = await events.after(last, REPLAY_PAGE, types, sub.viewer)
         for event in page:
             if sub.ended is not None:  # its key was lost while the history was being read
                 return last
@@ -148,7 +160,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     types = _types(params.get("types"))
     last = _last_id(request.headers.get("Last-Event-ID") or params.get("last_event_id"))
     events = request.app[SERVICES].events
-    sub = events.subscribe(types)
+    sub = events.subscribe(types, _reader(request))
     watch = _watch_key(request, request.get(API_KEY), sub.end)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
@@ -309,7 +321,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 if pump is not None:
                     pump.cancel()
                     services.events.unsubscribe(sub)
-                sub = services.events.subscribe(db_types)
+                sub = services.events.subscribe(db_types, _reader(request))  # the last key to authenticate
                 assert sub is not None  # services is untyped: tell mypy what subscribe() returns
                 await ws.send_json({"type": "subscribed", "events": sorted(wanted_set)})
                 pump = asyncio.ensure_future(pump_events(sub, last, db_types, wanted_set))

@@ -210,7 +210,7 @@ def check_rate_limit(request: web.Request, p: Pass) -> None:
         p.app[SERVICES].events.emit_soon(
             "rate_limit.exhausted", {"api_key_id": p.key_id, "ip": p.ip, "endpoint_class": route.limit_class,
                                      "limit": decision.limit, "reset_at": decision.reset_at},
-            throttle_key=f"ratelimit:{p.key_id}:{p.ip}:{route.limit_class}")
+            throttle_key=f"ratelimit:{p.key_id}:{p.ip}:{route.limit_class}", owner=p.key_id)
         wait = max(1, math.ceil(decision.retry_after))
         raise RateLimited("Rate limit exceeded", retry_after=wait, headers={"Retry-After": str(wait)})
 

@@ -31,7 +31,7 @@ from ..events import PRICING_EVENTS
 from ..pricing_history import MAX_DAYS, RESOLUTIONS, PricingHistory, Window
 from ..pricing_service import DecisionRequest, PricingService, QuoteRequest
 from ..webhook_request import parse_new
-from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json
+from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json, viewer
 
 # The handlers (the route table reaches them as this module's attributes), and the field reader
 # and limits api/orchestrator.py's handlers and api/openapi.py's schemas share with them.
@@ -536,7 +536,7 @@ async def pricing_delete_webhook(request: web.Request) -> web.Response:
     hook = services.webhooks.hooks.get(webhook_id)
     if hook is None or not _is_pricing(hook):
         raise NotFound(f"Pricing webhook '{webhook_id}' not found")
-    await services.webhooks.delete(webhook_id)
+    await services.webhooks.delete(webhook_id, viewer(request))
     services.audit.record("config.change", actor(request), resource_type="webhook", resource_id=webhook_id,
                           details={"action": "delete"})
     return json_response({"success": True, "message": f"Pricing webhook {webhook_id} removed"})

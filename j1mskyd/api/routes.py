@@ -22,6 +22,7 @@ __all__ = ["FRONT_DOOR", "PREFIXES", "ROUTES", "setup_routes"]
 
 PREFIXES = ("/api", "/api/v1")
 READ, WRITE, BILLING, ADMIN = "agents:read", "agents:write", "billing:read", "admin:write"
+ADMIN_READ = "admin:read"  # the admin reads: every key's records, no writes (admin:write implies it)
 
 # method, path, handler, scope, rate-limit class
 ROUTES = (
@@ -41,7 +42,7 @@ ROUTES = (
     ("GET", "/metrics", ops.metrics_json, READ, "other"),
     ("GET", "/billing/usage", ops.billing_usage, BILLING, "other"),
     ("POST", "/keys", keys.create_key, ADMIN, "other"),
-    ("GET", "/keys", keys.list_keys, ADMIN, "other"),
+    ("GET", "/keys", keys.list_keys, ADMIN_READ, "other"),
     # A key's own record (its limits and budget); /keys/me before /keys/{key_id}, which shows
     # a key its own id only, unless it has admin:read (the handler answers 404 otherwise).
     ("GET", "/keys/me", keys.get_own_key, ANY_KEY, "other"),
@@ -50,21 +51,22 @@ ROUTES = (
     ("DELETE", "/keys/{key_id}", keys.revoke_key, ADMIN, "other"),
     ("POST", "/keys/{key_id}/rotate", keys.rotate_key, ADMIN, "other"),
     ("POST", "/keys/{key_id}/webhook-secret/rotate", keys.rotate_webhook_secret, ADMIN, "other"),
-    ("GET", "/security/ip-whitelist", security.get_ip_whitelist, ADMIN, "other"),
+    ("GET", "/security/ip-whitelist", security.get_ip_whitelist, ADMIN_READ, "other"),
     ("PUT", "/security/ip-whitelist", security.put_ip_whitelist, ADMIN, "other"),
     ("POST", "/security/block-ip", security.block_ip, ADMIN, "other"),
-    ("GET", "/security/blocked-ips", security.list_blocked_ips, ADMIN, "other"),
+    ("GET", "/security/blocked-ips", security.list_blocked_ips, ADMIN_READ, "other"),
     ("DELETE", "/security/block-ip/{ip}", security.unblock_ip, ADMIN, "other"),
     ("POST", "/security/audit", security.configure_audit, ADMIN, "other"),
-    ("GET", "/security/audit", security.audit_entries, ADMIN, "other"),
-    ("POST", "/webhooks", webhooks.create_webhook, ADMIN, "other"),
-    ("GET", "/webhooks", webhooks.list_webhooks, ADMIN, "other"),
-    ("GET", "/webhooks/{webhook_id}", webhooks.get_webhook, ADMIN, "other"),
-    ("PUT", "/webhooks/{webhook_id}", webhooks.update_webhook, ADMIN, "other"),
-    ("DELETE", "/webhooks/{webhook_id}", webhooks.delete_webhook, ADMIN, "other"),
-    ("POST", "/webhooks/{webhook_id}/test", webhooks.test_webhook, ADMIN, "other"),
-    ("GET", "/webhooks/{webhook_id}/deliveries", webhooks.list_deliveries, ADMIN, "other"),
-    ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", webhooks.redeliver, ADMIN, "other"),
+    ("GET", "/security/audit", security.audit_entries, ADMIN_READ, "other"),
+    # A key's own webhooks (webhooks.py: another key's id is a 404; admin:read sees all).
+    ("POST", "/webhooks", webhooks.create_webhook, WRITE, "other"),
+    ("GET", "/webhooks", webhooks.list_webhooks, READ, "other"),
+    ("GET", "/webhooks/{webhook_id}", webhooks.get_webhook, READ, "other"),
+    ("PUT", "/webhooks/{webhook_id}", webhooks.update_webhook, WRITE, "other"),
+    ("DELETE", "/webhooks/{webhook_id}", webhooks.delete_webhook, WRITE, "other"),
+    ("POST", "/webhooks/{webhook_id}/test", webhooks.test_webhook, WRITE, "other"),
+    ("GET", "/webhooks/{webhook_id}/deliveries", webhooks.list_deliveries, READ, "other"),
+    ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", webhooks.redeliver, WRITE, "other"),
     ("GET", "/events", events.list_events, READ, "other"),
     ("GET", "/events/stream", events.stream, READ, "other"),
     # WebSocket: a key in the upgrade's headers, or (browsers cannot send headers) in its

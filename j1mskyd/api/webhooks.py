@@ -1,4 +1,6 @@
-"""Webhook endpoints (the J1MSKY API reference and the Kyros document): CRUD, test, deliveries, redeliver."""
+"""Webhook endpoints (the J1MSKY API reference and the Kyros document): CRUD, test, deliveries, redeliver.
+
+Each acts as the request's viewer (api.common.viewer): a key reaches its own webhooks only."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from aiohttp import web
 
 from ..webhook_request import parse_change, parse_new
 from ..webhooks import WebhookService
-from .common import API_KEY_ID, SERVICES, actor, json_response, query_params, read_json
+from .common import API_KEY_ID, SERVICES, actor, json_response, query_params, read_json, viewer
 
 
 def _hooks(request: web.Request) -> WebhookService:
@@ -32,20 +34,21 @@ async def create_webhook(request: web.Request) -> web.Response:
 
 
 async def list_webhooks(request: web.Request) -> web.Response:
-    hooks = [h.view() for h in _hooks(request).hooks.values() if h.agent_id is None]
+    hooks = [h.view() for h in _hooks(request).listed(viewer(request))]
     return json_response({"success": True, "data": hooks, "webhooks": hooks, "count": len(hooks)})
 
 
 async def get_webhook(request: web.Request) -> web.Response:
-    view = _hooks(request).get(request.match_info["webhook_id"]).view()
+    view = _hooks(request).get(request.match_info["webhook_id"], viewer(request)).view()
     return json_response({"success": True, "data": view, **view})
 
 
 async def update_webhook(request: web.Request) -> web.Response:
     body = await read_json(request)
     hooks = _hooks(request)
-    hook = hooks.get(request.match_info["webhook_id"])  # a 404 before the body is judged
-    hook = await hooks.update(hook.webhook_id, parse_change(body, hook.sink))
+    seen = viewer(request)
+    hook = hooks.get_to_change(request.match_info["webhook_id"], seen)  # a 404 (403) before the body is judged
+    hook = await hooks.update(hook.webhook_id, parse_change(body, hook.sink), seen)
     _audit(request, "update", hook.webhook_id, {"events": list(hook.events), "status": hook.status})
     view = hook.view()
     return json_response({"success": True, "data": view, **view})
@@ -53,19 +56,21 @@ async def update_webhook(request: web.Request) -> web.Response:
 
 async def delete_webhook(request: web.Request) -> web.Response:
     webhook_id = request.match_info["webhook_id"]
-    await _hooks(request).delete(webhook_id)
+    await _hooks(request).delete(webhook_id, viewer(request))
     _audit(request, "delete", webhook_id)
     return json_response({"success": True, "message": "Webhook deleted", "webhook_id": webhook_id})
 
 
 async def test_webhook(request: web.Request) -> web.Response:
-    return json_response(await _hooks(request).test(request.match_info["webhook_id"]), status=202)
+    return json_response(await _hooks(request).test(request.match_info["webhook_id"], viewer(request)), status=202)
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
-    return json_response(await _hooks(request).deliveries(request.match_info["webhook_id"], query_params(request)))
+    return json_response(await _hooks(request).deliveries(request.match_info["webhook_id"], query_params(request),
+                                                          viewer(request)))
 
 
 async def redeliver(request: web.Request) -> web.Response:
     return json_response(await _hooks(request).redeliver(request.match_info["webhook_id"],
-                                                         request.match_info["delivery_id"]), status=202)
+                                                         request.match_info["delivery_id"], viewer(request)),
+                         status=202)
