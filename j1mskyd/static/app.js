@@ -449,7 +449,9 @@
   async function loadBudget() {
     try {
       const body = await api('/orchestrator/status');
-      showBudget(body);  // the daily gauge for a key without agents:read (no /rate-limits)
+      // The gauge comes from /rate-limits (unrounded, with the month); a key without agents:read has this one.
+      if (can('agents:read')) showAlertLevel(body.budget_alert_level);
+      else showBudget(body);
       const flags = body.operational_flags || {};
       $('budget-action').textContent = flags.recommended_action || '';
       setError('budget-error', null);
