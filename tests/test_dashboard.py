@@ -446,9 +446,11 @@ async def test_a_non_admin_keys_page_shows_only_its_own_agents_and_no_keys_panel
     await browser.wait_for(_visible("#me"), what="the key in the header")
     assert await browser.text("#me-name") == "household-a"
     _, headers, _ = _as(daemon, a["token"], "GET", "/keys/me")
-    remaining = float(headers["X-Budget-Remaining"])
-    assert float(await browser.evaluate("document.getElementById('me').dataset.remaining")) == pytest.approx(
-        remaining, abs=1e-4)
+    remaining = float(headers["X-Budget-Remaining"])  # every agent is done: it stays so
+    await browser.click("#refresh")  # answers from after the last spend
+    await browser.wait_for(f"Math.abs(Number(document.getElementById('me').dataset.remaining) - {remaining}) < 1e-4",
+                           what=f"X-Budget-Remaining {remaining} in the header")
+    assert (await browser.text("#me-remaining")).endswith(" left")
     assert browser.problems == [], "\n".join(map(str, browser.problems))
 
 
@@ -528,9 +530,9 @@ async def test_an_admin_sets_and_edits_a_keys_limits_on_the_page(browser, daemon
     assert await browser.text("#key-budget-period") == "per 30 days"
     assert await browser.text("#me-name") == "garden"
     assert (await browser.text("#me-resets")).startswith("resets ")
-    await browser.wait_for("document.getElementById('me').dataset.remaining !== ''", what="the remaining budget")
-    remaining = float(await browser.evaluate("document.getElementById('me').dataset.remaining"))
-    assert remaining == pytest.approx(7.5 - spent["spend"], abs=1e-3)  # the key's level is the smallest here
+    remaining = 7.5 - spent["spend"]  # the key's level is the smallest here (the daemon's: $50 a day)
+    await browser.wait_for(f"Math.abs(Number(document.getElementById('me').dataset.remaining) - {remaining}) < 1e-3",
+                           what=f"the key's remaining {remaining} in the header")
     assert await browser.evaluate(_visible("#tab-settings")) is False
     # The spawn form offers only the key's models.
     await browser.wait_for("document.querySelectorAll('#spawn-model option').length > 0", what="the models")
