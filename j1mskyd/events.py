@@ -32,7 +32,8 @@ from .agent_record import iso
 from .store import Statement
 from .tenancy import Viewer
 
-__all__ = ["AGENT_EVENTS", "EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "Outbox", "PRICING_EVENTS", "Publisher",
+__all__ = ["AGENT_EVENTS", "EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "OWNED_TYPES", "Outbox", "PRICING_EVENTS",
+           "Publisher",
            "QUEUE_SIZE", "SHUTDOWN", "Subscription", "agent_event_data", "event_types"]
 
 AGENT_EVENTS = ("agent.spawned", "agent.completed", "agent.failed", "agent.cancelled")
@@ -40,6 +41,10 @@ LIVE_ONLY = ("agent.started", "agent.output")   # to live readers only: never st
 PRICING_EVENTS = ("pricing.quote_generated", "pricing.quote_approved", "pricing.quote_escalated",
                   "pricing.exception_created", "pricing.margin_alert", "pricing.budget_warning",
                   "pricing.budget_critical", "pricing.policy_changed")
+# Types always about one key's work (stored with its owner since issue 15).  A stored one without
+# an owner was written before events had owners: it is not shown as daemon-wide, only to the
+# readers that see every key's work.
+OWNED_TYPES = AGENT_EVENTS + LIVE_ONLY + ("budget.exceeded", "rate_limit.exhausted", "webhook.test")
 EVENT_TYPES = AGENT_EVENTS + LIVE_ONLY + PRICING_EVENTS + ("budget.notice", "budget.warning", "budget.critical",
                                                           "budget.exceeded", "rate_limit.exhausted",
                                                           "security.violation", "webhook.test")
@@ -296,8 +301,8 @@ class EventLog:
             where += f" AND type IN ({', '.join('?' * len(wanted))})"
             args.extend(wanted)
         if viewer is not None and not viewer.sees_all:
-            where += " AND (api_key IS NULL OR api_key = ?)"
-            args.append(viewer.key_id)
+            where += f" AND (api_key = ? OR (api_key IS NULL AND type NOT IN ({', '.join('?' * len(OWNED_TYPES))})))"
+            args.extend((viewer.key_id, *OWNED_TYPES))
 
         def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             return conn.execute(f"SELECT * FROM events WHERE {where} ORDER BY id LIMIT ?", (*args, limit)).fetchall()

@@ -294,6 +294,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                     break
                 _release(request, watch)
                 watch = _watch_key(request, key, key_lost)
+                if sub is not None:  # a subscription goes on as the key that authenticated now
+                    sub.viewer = _reader(request)
                 if authenticated is not None:
                     authenticated()
                     authenticated = None
