@@ -391,7 +391,8 @@ def tenant_daemon(tmp_path):
         yield d
 
 
-async def test_a_non_admin_keys_page_shows_only_its_own_agents_and_no_keys_panel(browser, tenant_daemon):
+async def test_a_non_admin_keys_page_shows_only_its_own_agents_and_no_keys_panel(browser, tenant_daemon, tmp_path,
+                                                                                capsys):
     """Key A's page: A's agents (listed and live) and webhooks, never B's nor the admin's; no Settings,
     no call to /api/keys; the panels that are daemon-wide say so; the header shows A and what it may
     still spend."""
@@ -451,6 +452,8 @@ async def test_a_non_admin_keys_page_shows_only_its_own_agents_and_no_keys_panel
     await browser.wait_for(f"Math.abs(Number(document.getElementById('me').dataset.remaining) - {remaining}) < 1e-4",
                            what=f"X-Budget-Remaining {remaining} in the header")
     assert (await browser.text("#me-remaining")).endswith(" left")
+    _show(capsys, "dashboard screenshot (a key that sees its own work)",
+          await browser.screenshot(tmp_path / "dashboard-own-work.png"))
     assert browser.problems == [], "\n".join(map(str, browser.problems))
 
 

@@ -267,6 +267,7 @@
     if (!state.token) return;       // refused meanwhile
     applyScopes();
     renderMe();
+    loadHealth();  // the breakers now, not at the next poll (public: not counted)
     if (can('agents:read') && can('agents:write')) loadModels();  // for the spawn form only
     refreshAll(false, false);  // the agents list comes when the stream connects; the key's record just came
     $('live').hidden = !can('agents:read');
@@ -398,7 +399,7 @@
     try {
       const body = await api('/agents?sort=-created_at&limit=' + MAX_ROWS);
       for (const a of body.data || []) {
-        upsertAgent({ agent_id: a.agent_id, model: a.model, status: a.status, task: a.task, api_key: a.api_key,
+        upsertAgent({ agent_id: a.agent_id, model: a.model, status: a.status, task: a.task,
           cost: a.actual_cost != null ? a.actual_cost : a.estimated_cost, created_at: a.created_at }, 'list');
       }
       setError('agents-error', null);
@@ -517,7 +518,7 @@
 
   function agentRow(a) {
     const actions = el('td');
-    if (!TERMINAL.has(a.status) && mayCancel(a)) {
+    if (!TERMINAL.has(a.status) && can('agents:write')) {
       const cancel = el('button', { type: 'button', class: 'danger', text: 'Cancel' });
       cancel.addEventListener('click', () => cancelAgent(a.agent_id, cancel));
       actions.append(cancel);
@@ -530,11 +531,6 @@
       el('td', { class: 'num', text: money(a.cost) }),
       el('td', { text: clock(a.created_at) }),
       actions);
-  }
-
-  function mayCancel(a) {  // another key's agent (seen with admin:read) needs admin:write
-    if (!can('agents:write')) return false;
-    return !a.api_key || !state.me || a.api_key === state.me.key_id || can(ADMIN);
   }
 
   async function cancelAgent(agentId, button) {
@@ -741,20 +737,11 @@
   async function loadKeys() {
     try {
       const body = await api('/keys');
-      const keys = body.keys || [];
-      $('keys').tBodies[0].replaceChildren(...keys.map(keyRow));
+      $('keys').tBodies[0].replaceChildren(...(body.keys || []).map(keyRow));  // each with its budget's standing
       setError('keys-error', null);
-      // A list without the budgets: each live key's own record has them (GET /keys/{id}).
-      await Promise.all(keys.filter((k) => !('budget' in k) && k.status === 'active').map(loadKeyRow));
     } catch (err) {
       if (state.token) setError('keys-error', err);
     }
-  }
-
-  async function loadKeyRow(k) {
-    const key = await api(`/keys/${encodeURIComponent(k.key_id)}`);
-    const row = document.querySelector(`#keys tr[data-key-id="${CSS.escape(k.key_id)}"]`);
-    if (row) row.replaceWith(keyRow(key));
   }
 
   function limitsSummary(k) {
