@@ -41,7 +41,7 @@ LIVE_ONLY = ("agent.started", "agent.output")   # to live readers only: never st
 PRICING_EVENTS = ("pricing.quote_generated", "pricing.quote_approved", "pricing.quote_escalated",
                   "pricing.exception_created", "pricing.margin_alert", "pricing.budget_warning",
                   "pricing.budget_critical", "pricing.policy_changed")
-# Types always about one key's work (stored with its owner since issue 15).  A stored one without
+# Types always about one key's work (stored with their owner since events.api_key exists).  A stored one without
 # an owner was written before events had owners: it is not shown as daemon-wide, only to the
 # readers that see every key's work.
 OWNED_TYPES = AGENT_EVENTS + LIVE_ONLY + ("budget.exceeded", "rate_limit.exhausted", "webhook.test")

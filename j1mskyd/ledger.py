@@ -125,7 +125,7 @@ def totals(conn: sqlite3.Connection, lo: float, hi: float, by_key: bool = False)
         if by_key else None)
 
 
-# -- issue 15, isolation: a key's own figures -------------------------------------------------
+# -- a key's own figures (for a key that sees only its own work) ----------------------------------
 def key_spend_since(conn: sqlite3.Connection, key_id: str, since: float) -> float:
     """What ``key_id``'s calls cost since ``since`` (GET /agents/active's ``total_cost_today``
     for a key that sees only its own work)."""

@@ -65,8 +65,8 @@ EXEMPT = {
     ("GET", "/rate-limits"): "the calling key's own counters and the providers' quotas",
     ("GET", "/system"): DAEMON_WIDE + " (aggregate counts, no ids or text)",
     ("GET", "/metrics"): DAEMON_WIDE + " (aggregate counters per route)",
-    ("GET", "/billing/usage"): "usage per key is the projects helper's part of issue 15 (group_by); "
-                               "checked by its tests",
+    ("GET", "/billing/usage"): "spend figures (no ids or text of work); its filter by key comes with group_by, "
+                               "tested with it (the leak check below still asks it as B)",
     ("POST", "/keys"): "admin:write only",
     ("GET", "/keys"): "admin:read only: an admin reads every key",
     ("DELETE", "/keys/{key_id}"): "admin:write only",
