@@ -129,6 +129,9 @@ async def _blocked_ip(api: Api) -> dict[str, str]:
     return {"ip": ip}
 
 
+# A key's own limits (issue 15), valid, for POST /keys and PATCH /keys/{key_id}.
+KEY_LIMITS = {"max_budget": 5, "budget_duration": "30d", "models": ["k2p5", "team_coding"], "max_concurrency": 2,
+              "limits": {"spawn": 10}, "expires_at": "2099-01-01T00:00:00Z", "metadata": {"owner": "fuzz"}}
 EXAMPLES: dict[tuple[str, str], Example] = {
     ("POST", "/spawn"): Example(SPAWN),
     ("POST", "/spawn-team"): Example({"team": "team_coding", "task": "fuzz", "priority": "low", "timeout": 30,
@@ -137,7 +140,8 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("DELETE", "/agent/{agent_id}"): Example(None, ok=(409,), target=_agent),  # finished: nothing to cancel
     ("DELETE", "/agent/{agent_id}/data"): Example(None, target=_agent),
     ("POST", "/keys"): Example({"name": "fuzz", "scopes": ["agents:read", "billing:read"],
-                                "require_signature": False}, ok=(201,)),
+                                "require_signature": False, **KEY_LIMITS}, ok=(201,)),
+    ("PATCH", "/keys/{key_id}"): Example(KEY_LIMITS, target=_key),
     ("DELETE", "/keys/{key_id}"): Example({"reason": "fuzz"}, target=_key),
     ("POST", "/keys/{key_id}/rotate"): Example(None, ok=(201,), target=_key),
     ("POST", "/keys/{key_id}/webhook-secret/rotate"): Example(None, target=_key),
@@ -543,7 +547,8 @@ async def test_every_get_route_with_odd_query_values_and_path_ids(api):
             documented_query[path[len("/api"):]] = [p["name"] for p in ops["get"].get("parameters", ())
                                                     if p["in"] == "query"]
     webhook = await _webhook(api)
-    names = {"webhook_id": webhook["webhook_id"], "agent_id": (await _agent(api))["agent_id"], "name": "k2p5"}
+    names = {"webhook_id": webhook["webhook_id"], "agent_id": (await _agent(api))["agent_id"], "name": "k2p5",
+             "key_id": (await _key(api))["key_id"]}
     for _, path in sorted(router_routes(api.client.app, ("GET",))):
         if path == "/ws":
             continue  # a WebSocket: tests/test_events_live.py
