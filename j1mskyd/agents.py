@@ -246,15 +246,13 @@ class AgentService:
     async def active(self, viewer: Viewer | None) -> dict[str, Any]:
         """The live agents ``viewer`` may see; ``total_cost_today`` is the daemon's spend for
         a viewer that sees every key's work, else the viewer's key's own (from the ledger)."""
-        mine = viewer is not None and not viewer.sees_all
         agents = sorted((a for a in self.runtime.live.values() if viewer is None or viewer.sees(a.api_key)),
                         key=lambda a: a.created_at)
-        if mine:
-            assert viewer is not None
-            key_id, now = viewer.key_id, self.runtime.clock()
-            today = await self.store.read(lambda conn: ledger.key_spend_since(conn, key_id, now // 86_400 * 86_400))
-        else:
+        if viewer is None or viewer.sees_all:
             today = self.budget.snapshot()["today_spend"]
+        else:
+            key_id, midnight = viewer.key_id, self.runtime.clock() // 86_400 * 86_400
+            today = await self.store.read(lambda conn: ledger.key_spend_since(conn, key_id, midnight))
         return {"agents": [a.active_view() for a in agents], "count": len(agents), "total_cost_today": today}
 
     def _changeable(self, agent: Agent, viewer: Viewer | None) -> None:

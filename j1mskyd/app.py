@@ -196,8 +196,10 @@ def _budget_event(events: EventLog, budget: Budget, old: str, new: str, caches: 
 
 def _sees_all(keys: KeyService, key_id: str) -> bool:
     """Does ``key_id`` see every key's work?  An unknown key (deleted from the database) does not."""
-    key = keys.ring.keys.get(key_id)
-    return key is not None and key.sees_all
+    try:
+        return keys.get(key_id).sees_all
+    except LookupError:
+        return False
 
 
 def _audit_finish(audit: AuditLog, agent: Agent) -> None:

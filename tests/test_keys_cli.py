@@ -73,7 +73,7 @@ def test_cli_create_list_rotate_revoke_against_a_running_daemon(tmp_path, daemon
                what="the daemon to accept the CLI's new key")
     assert status_with(daemon, made["token"], "/api/billing/usage") == 200
     status, body = http(daemon, "GET", "/api/keys", made["token"])
-    assert status == 403 and body["error"]["required_scope"] == "admin:write", body
+    assert status == 403 and body["error"]["required_scope"] == "admin:read", body
 
     # --require-signature: unsigned refused, signed accepted
     status, body = http(daemon, "GET", "/api/agents", strict["token"])

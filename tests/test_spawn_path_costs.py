@@ -57,7 +57,7 @@ class _Outbox:
         self.wanted: list[str] = []
         self.wakes = 0
 
-    def route(self, type_, data):
+    def route(self, type_, data, owner=None):
         return list(self.wanted)
 
     def delivery_rows(self, webhook_ids, event_id, ts):

@@ -202,7 +202,9 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
         ("GET", "/agents"): [_query("limit", {**_LIMIT, "maximum": MAX_LIMIT}), _query("offset", _OFFSET),
                              _query("sort", sort), _query("status", _STATUS), _query("model", _STR),
                              _query("filter", {"type": "string", "description": "a JSON object of filters"}),
-                             _query("include_members", _BOOL)],
+                             _query("include_members", _BOOL),
+                             _query("api_key", {"type": "string", "description": "the spawning key's id: narrows "
+                                                "a listing (a key without admin:read sees only its own)"})],
         ("GET", "/events"): [_query("limit", {**_LIMIT, "maximum": 500}), _query("cursor", _STR),
                              _query("types", {"type": "string", "enum": sorted(EVENT_TYPES)})],
         ("GET", "/events/stream"): [_query("types", {"type": "string", "enum": sorted(EVENT_TYPES)}),
