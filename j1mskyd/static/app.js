@@ -758,7 +758,7 @@
   function keyRow(k) {
     const b = k.budget;
     const actions = el('td');
-    if (can(ADMIN)) {
+    if (can(ADMIN) && k.status !== 'revoked') {  // a revoked key's limits cannot change (400); an expired one's can
       const edit = el('button', { type: 'button', class: 'link', text: 'Limits', 'aria-label': `Edit the limits of ${k.name}` });
       edit.addEventListener('click', () => openEdit(k.key_id));
       actions.append(edit);
