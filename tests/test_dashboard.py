@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from html.parser import HTMLParser
 
@@ -23,7 +24,7 @@ from j1mskyd.app import build_app
 
 from .browser import Browser, find_chromium
 from .conftest import auth_config
-from .daemon import ROOT, Daemon
+from .daemon import ROOT, Daemon, write_config
 
 STATIC = ROOT / "j1mskyd" / "static"
 TOKEN_KEY = "j1msky.apiKey"  # app.js's sessionStorage key
@@ -330,3 +331,249 @@ async def test_the_browser_enforces_the_pages_csp(browser, daemon):
     assert await browser.evaluate("typeof window.pwned") == "undefined"
     problems = browser.take_problems()
     assert any("Content Security Policy" in p.text for p in problems), problems
+
+
+# -- keys as tenants (issue 15): what each key's page shows, and the key settings ----------------
+def _as(daemon: Daemon, token: str, method: str, path: str, body=None) -> tuple[int, dict[str, str], object]:
+    """One API call with ``token`` (Daemon.request always uses the bootstrap admin key)."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {token}"} | ({"Content-Type": "application/json"} if data else {})
+    req = urllib.request.Request(f"http://127.0.0.1:{daemon.port}/api{path}", data=data, method=method,
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+
+
+def _new_key(daemon: Daemon, name: str, scopes: list[str], **limits) -> dict:
+    status, body = daemon.request("POST", "/api/keys", {"name": name, "scopes": scopes, **limits})
+    assert status == 201, body
+    return body
+
+
+def _spawn_as(daemon: Daemon, token: str, task: str) -> str:
+    status, _, body = _as(daemon, token, "POST", "/spawn", {"task": task, "model": "k2p5"})
+    assert status == 200, body
+    return body["agent_id"]
+
+
+def _row(agent_id: str) -> str:
+    return f"document.querySelector('#agents tr[data-agent-id=\"{agent_id}\"]')"
+
+
+def _key_row(key_id: str, cell: str) -> str:
+    return f"(document.querySelector('#keys tr[data-key-id=\"{key_id}\"] td.{cell}') || {{}}).textContent"
+
+
+def _api_calls() -> str:
+    """The /api paths the page fetched so far (the Resource Timing entries)."""
+    return "performance.getEntriesByType('resource').map(e => new URL(e.name).pathname).filter(p => p.startsWith('/api/'))"
+
+
+def test_the_generate_form_offers_every_scope():
+    """The scope checkboxes of Settings -> API are the daemon's scopes (admin:read came with issue 15)."""
+    from j1mskyd.keys import SCOPES
+
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    offered = [part.split('"', 1)[0] for part in page.split('class="key-scope" value="')[1:]]
+    assert offered == list(SCOPES)
+
+
+@pytest.fixture
+def tenant_daemon(tmp_path):
+    """A daemon whose webhooks may go to loopback (tests/test_webhooks.py does the same)."""
+    config = write_config(tmp_path / "j1msky.toml")
+    config.write_text(config.read_text() + '\n[webhooks]\nallowed_networks = ["127.0.0.0/8"]\n')
+    with Daemon(tmp_path, tmp_path / "state", config) as d:
+        yield d
+
+
+async def test_a_non_admin_keys_page_shows_only_its_own_agents_and_no_keys_panel(browser, tenant_daemon, tmp_path,
+                                                                                capsys):
+    """Key A's page: A's agents (listed and live) and webhooks, never B's nor the admin's; no Settings,
+    no call to /api/keys; the panels that are daemon-wide say so; the header shows A and what it may
+    still spend."""
+    daemon = tenant_daemon
+    a = _new_key(daemon, "household-a", ["agents:read", "agents:write"])
+    b = _new_key(daemon, "household-b", ["agents:read", "agents:write"])
+    mine = _spawn_as(daemon, a["token"], "A's first task")
+    theirs = _spawn_as(daemon, b["token"], "B's first task")
+    admins = daemon.spawn("the admin's task")
+    for agent_id in (mine, theirs, admins):
+        daemon.wait_agent(agent_id)
+    hooks = {}
+    for who, token in (("a", a["token"]), ("b", b["token"])):  # nothing listens on port 9: never delivered
+        status, _, body = _as(daemon, token, "POST", "/webhooks", {"url": f"http://127.0.0.1:9/{who}",
+                                                                   "events": ["agent.failed"]})
+        assert status == 201, body
+        hooks[who] = body["webhook_id"]
+
+    await browser.navigate(f"http://127.0.0.1:{daemon.port}/")
+    await browser.wait_for(_visible("#login-form"))
+    await _login(browser, a["token"])
+    await browser.wait_for("document.getElementById('live').dataset.state === 'live'", what="the live stream")
+    await browser.wait_for(f"{_row(mine)} && {_row(mine)}.dataset.status === 'completed'", what="A's agent")
+
+    # Live: B spawns, then A; once A's new agent is on the page, B's (an earlier event) would be too.
+    theirs_live = _spawn_as(daemon, b["token"], "B's second task")
+    daemon.wait_agent(theirs_live)
+    mine_live = _spawn_as(daemon, a["token"], "A's second task")
+    await browser.wait_for(f"{_row(mine_live)} && {_row(mine_live)}.dataset.status === 'completed'",
+                           what="A's live agent")
+    shown = await browser.evaluate("[...document.querySelectorAll('#agents tbody tr')].map(r => r.dataset.agentId)")
+    assert sorted(shown) == sorted([mine, mine_live]), shown
+    text = await browser.evaluate("document.body.textContent")
+    assert "B's" not in text and "the admin's task" not in text
+    await browser.wait_for(f"!!document.querySelector('#webhooks tr[data-webhook-id=\"{hooks['a']}\"]')",
+                           what="A's webhook")
+    assert await browser.evaluate("document.querySelectorAll('#webhooks tbody tr').length") == 1
+    assert "127.0.0.1:9/b" not in await browser.evaluate("document.body.textContent")
+
+    # No keys panel: the tab is hidden, and the page never asked for the key list.
+    assert await browser.evaluate(_visible("#tab-settings")) is False
+    assert await browser.evaluate(_visible("#api-settings")) is False
+    assert "/api/keys" not in await browser.evaluate(_api_calls())
+    assert await browser.evaluate(_visible("#spawn-card")) is True  # A may spawn
+
+    # What is daemon-wide is labelled so; A's own list is labelled as A's.
+    assert "this key's" in await browser.text("#agents-card h2")
+    assert "all keys" in await browser.text("#budget-card")
+    assert "daemon-wide" in await browser.text("#limits-card h2")
+
+    # The header: A's name and what it may still spend (X-Budget-Remaining of the page's answers).
+    await browser.wait_for(_visible("#me"), what="the key in the header")
+    assert await browser.text("#me-name") == "household-a"
+    _, headers, _ = _as(daemon, a["token"], "GET", "/keys/me")
+    remaining = float(headers["X-Budget-Remaining"])  # every agent is done: it stays so
+    await browser.click("#refresh")  # answers from after the last spend
+    await browser.wait_for(f"Math.abs(Number(document.getElementById('me').dataset.remaining) - {remaining}) < 1e-4",
+                           what=f"X-Budget-Remaining {remaining} in the header")
+    assert (await browser.text("#me-remaining")).endswith(" left")
+    _show(capsys, "dashboard screenshot (a key that sees its own work)",
+          await browser.screenshot(tmp_path / "dashboard-own-work.png"))
+    assert browser.problems == [], "\n".join(map(str, browser.problems))
+
+
+async def test_an_admin_sets_and_edits_a_keys_limits_on_the_page(browser, daemon, tmp_path, capsys):
+    """Settings -> API: a key made with a budget and limits, then its budget changed, a field cleared,
+    a bad value refused in plain words; GET /api/keys/{id} shows each step.  The key's own page then
+    shows its budget in the header and the budget card."""
+    admin = json.loads((daemon.state_dir / "bootstrap-admin.key").read_text())["token"]
+    await browser.navigate(f"http://127.0.0.1:{daemon.port}/")
+    await browser.wait_for(_visible("#login-form"))
+    await _login(browser, admin)
+    await browser.click("#tab-settings")
+    await browser.wait_for("!!document.querySelector('#keys tr[data-status=\"active\"]')", what="the key list")
+    assert await browser.evaluate(_visible("#key-create")) is True
+
+    await browser.fill("#key-name", "garden")
+    await browser.fill("#key-max-budget", "5")
+    await browser.call("(v) => { document.getElementById('key-budget-duration').value = v; }", "30d")
+    await browser.fill("#key-models", "k2p5, sonnet")
+    await browser.fill("#key-max-concurrency", "2")
+    await browser.fill("#key-expires-at", "2099-01-02T03:04")
+    await browser.fill("#key-metadata", "owner=ana, project=garden")
+    await browser.click("#key-submit")
+    await browser.wait_for(_visible("#new-key"), what="the one-time key display")
+    key_id = await browser.text("#new-key-id")
+    token = await browser.text("#new-key-token")
+    key = daemon.get(f"/api/keys/{key_id}")
+    assert key["max_budget"] == 5 and key["budget_duration"] == "30d"
+    assert key["models"] == ["k2p5", "sonnet"] and key["max_concurrency"] == 2
+    assert key["metadata"] == {"owner": "ana", "project": "garden"}
+    assert key["expires_at"].startswith("2099-01-0")  # the browser's local time, sent as UTC
+    assert key["budget"]["max_budget"] == 5 and key["budget"]["budget_remaining"] == 5
+    assert key["budget"]["resets_at"] is not None
+    await browser.wait_for(f"{_key_row(key_id, 'remaining')} === '$5.00'", what="the new key's remaining budget")
+    assert await browser.evaluate(_key_row(key_id, "spent")) == "$0.00"
+    assert "per 30 days" in await browser.evaluate(_key_row(key_id, "budget"))
+    assert await browser.evaluate(_key_row(key_id, "resets")) not in ("", "–", "never")
+    assert "owner=ana" in await browser.evaluate(_key_row(key_id, "limits"))
+    await browser.click("#new-key-done")
+
+    # Edit: the form holds the key's limits; a new budget and a cleared concurrency are saved.
+    await browser.click(f"#keys tr[data-key-id=\"{key_id}\"] button.link")
+    await browser.wait_for(_visible("#key-edit"), what="the edit form")
+    assert await browser.evaluate("document.getElementById('edit-max-budget').value") == "5"
+    assert await browser.evaluate("document.getElementById('edit-budget-duration').value") == "30d"
+    assert await browser.evaluate("document.getElementById('edit-max-concurrency').value") == "2"
+    await browser.fill("#edit-max-budget", "7.5")
+    await browser.fill("#edit-max-concurrency", "")
+    await browser.click("#key-edit-submit")
+    await browser.wait_for("document.getElementById('key-edit-result').textContent === 'Saved.'", what="saved")
+    key = daemon.get(f"/api/keys/{key_id}")
+    assert key["max_budget"] == 7.5 and key["budget_duration"] == "30d"
+    assert key["max_concurrency"] is None
+    assert key["models"] == ["k2p5", "sonnet"] and key["metadata"] == {"owner": "ana", "project": "garden"}
+    assert key["budget"]["max_budget"] == 7.5 and key["budget"]["budget_remaining"] == 7.5
+    await browser.wait_for(f"{_key_row(key_id, 'remaining')} === '$7.50'", what="the edited budget in the list")
+
+    # A bad value: the API's refusal in plain words, nothing changed.
+    await browser.fill("#edit-max-budget", "2000000")  # over the daemon's bound (the form checks only >= 0)
+    await browser.click("#key-edit-submit")
+    error = await browser.wait_for("document.getElementById('key-edit-error').textContent", what="the refusal")
+    assert "max_budget must be a number of USD from 0 to 1000000" in error, error
+    refused = browser.take_problems()  # the browser logs the 400 of the PATCH: that one only
+    assert refused and all(p.kind == "network" and "400" in p.text for p in refused), refused
+    assert daemon.get(f"/api/keys/{key_id}")["max_budget"] == 7.5
+    _show(capsys, "dashboard screenshot (key limits)", await browser.screenshot(tmp_path / "dashboard-key-limits.png"))
+
+    # The key's own page: its budget in the header and in the budget card, after it spent some.
+    daemon.wait_agent(_spawn_as(daemon, token, "a garden task"))
+    spent = daemon.get(f"/api/keys/{key_id}")["budget"]
+    assert spent["spend"] > 0
+    await browser.click("#logout")
+    await browser.wait_for(_visible("#login-form"))
+    await _login(browser, token)
+    await browser.wait_for(_visible("#key-budget"), what="the key's budget line")
+    assert await browser.text("#key-budget-limit") == "$7.50"
+    assert await browser.text("#key-budget-period") == "per 30 days"
+    assert await browser.text("#me-name") == "garden"
+    assert (await browser.text("#me-resets")).startswith("resets ")
+    remaining = 7.5 - spent["spend"]  # the key's level is the smallest here (the daemon's: $50 a day)
+    await browser.wait_for(f"Math.abs(Number(document.getElementById('me').dataset.remaining) - {remaining}) < 1e-3",
+                           what=f"the key's remaining {remaining} in the header")
+    assert await browser.evaluate(_visible("#tab-settings")) is False
+    # The spawn form offers only the key's models.
+    await browser.wait_for("document.querySelectorAll('#spawn-model option').length > 0", what="the models")
+    assert sorted(await browser.evaluate("[...document.querySelectorAll('#spawn-model option')].map(o => o.value)")) \
+        == ["k2p5", "sonnet"]
+    assert browser.problems == [], "\n".join(map(str, browser.problems))
+
+
+async def test_a_billing_only_key_sees_no_spawn_form_and_an_admin_read_key_changes_nothing(browser, daemon):
+    """billing:read alone: the budget and the spend, no spawn form, no agents, no stream, and not one
+    refused request (a 403 would be a console problem).  admin:read: every key's agents and the key
+    list, but no way to make, edit or revoke a key, nor to spawn."""
+    billing = _new_key(daemon, "accountant", ["billing:read"])
+    reader = _new_key(daemon, "auditor", ["admin:read"])
+    daemon.wait_agent(daemon.spawn("the admin's task"))
+    await browser.navigate(f"http://127.0.0.1:{daemon.port}/")
+    await browser.wait_for(_visible("#login-form"))
+
+    await _login(browser, billing["token"])
+    await browser.wait_for("document.getElementById('budget-limit').textContent === '$50.00'",
+                           what="the daily budget from the orchestrator status")
+    await browser.wait_for("document.getElementById('spend-total').textContent !== '–'", what="the spend")
+    for hidden in ("#spawn-card", "#agents-card", "#limits-card", "#requests-card", "#tab-settings", "#live"):
+        assert await browser.evaluate(_visible(hidden)) is False, hidden
+    assert await browser.evaluate(_visible("#spend-card")) is True
+    assert await browser.evaluate(_visible("#budget-card")) is True
+    calls = await browser.evaluate(_api_calls())
+    assert not [c for c in calls if c.startswith(("/api/agents", "/api/events", "/api/spawn", "/api/models"))], calls
+    assert browser.problems == [], "\n".join(map(str, browser.problems))
+
+    await browser.click("#logout")
+    await browser.wait_for(_visible("#login-form"))
+    await _login(browser, reader["token"])
+    await browser.wait_for("document.querySelectorAll('#agents tbody tr').length === 1", what="the admin's agent")
+    assert "all keys" in await browser.text("#agents-card h2")
+    assert await browser.evaluate(_visible("#spawn-card")) is False
+    await browser.click("#tab-settings")
+    await browser.wait_for("!!document.querySelector('#keys tr[data-status=\"active\"]')", what="the key list")
+    assert await browser.evaluate(_visible("#key-create")) is False
+    assert await browser.evaluate("document.querySelectorAll('#keys button').length") == 0
+    assert browser.problems == [], "\n".join(map(str, browser.problems))

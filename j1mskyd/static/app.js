@@ -7,6 +7,8 @@
  * cannot send headers).  The other panels are counted against the key's and the address's
  * hourly rate limits (docs/operations.md), so they are fetched sparingly: every REFRESH_MS, after
  * agent events at most every EVENT_REFRESH_MS, and on the Refresh button; never from a hidden tab.
+ * The page learns its key's scopes from GET /api/keys/me and hides what the key may not use; the API
+ * itself filters what a key sees (a key without admin:read or admin:write sees only its own work).
  */
 (() => {
   'use strict';
@@ -20,11 +22,31 @@
     'budget.notice', 'budget.warning', 'budget.critical'].join(',');
   const RANK = { spawning: 0, queued: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
   const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+  // keys.py's rule: admin:write holds every scope; admin:read every read scope (and every key's work).
+  const ADMIN = 'admin:write';
+  const READ_ALL = 'admin:read';
+  const READ_ALL_GRANTS = new Set(['agents:read', 'billing:read', READ_ALL]);
+  const PERIODS = { '1d': 'per day', '30d': 'per 30 days', total: 'in total' };
+  // The key limits, one definition for the create form and the edit form (ids: PREFIX-NAME).
+  const LIMIT_FIELDS = [
+    { name: 'max_budget', label: 'Max budget (USD)', type: 'number', attrs: { min: '0', step: 'any' } },
+    { name: 'budget_duration', label: 'Budget period', type: 'select',
+      options: [['1d', '1 day (1d)'], ['30d', '30 days (30d)'], ['total', 'in total, never resets']] },
+    { name: 'models', label: 'Models and teams (comma-separated; empty: all)', type: 'text',
+      attrs: { placeholder: 'k2p5, sonnet' } },
+    { name: 'max_concurrency', label: 'Max live agents', type: 'number', attrs: { min: '1', step: '1' } },
+    { name: 'expires_at', label: 'Expires at (this browser\'s time)', type: 'datetime-local' },
+    { name: 'metadata', label: 'Metadata (key=value, comma-separated, or JSON)', type: 'text',
+      attrs: { placeholder: 'owner=ana, project=garden' } },
+  ];
 
   const $ = (id) => document.getElementById(id);
 
   const state = {
     token: null,
+    me: null,               // GET /api/keys/me: the key's scopes, limits and budget; null: not known
+    remaining: null,        // X-Budget-Remaining of the latest answer: the most the key may still spend
+    editing: null,          // the key whose limits the edit form holds: {key_id, initial: {field: text}}
     view: 'overview',
     agents: new Map(),      // agent_id -> {agent_id, model, status, task, cost, created_at, source}
     lastEventId: 0,
@@ -45,6 +67,7 @@
       this.status = status;
       this.type = err.type || '';
       this.requiredScope = err.required_scope || null;
+      this.details = Array.isArray(err.details) ? err.details : [];
     }
   }
 
@@ -95,6 +118,7 @@
   function problem(err) {
     if (err instanceof ApiError) {
       if (err.status === 403 && err.requiredScope) return `This key lacks the scope ${err.requiredScope}.`;
+      if (err.details.length > 1) return err.details.map((d) => d.message).join('; ');
       return err.message;
     }
     return 'The daemon did not answer: ' + (err && err.message ? err.message : String(err));
@@ -102,6 +126,43 @@
 
   function setError(id, err) {
     $(id).textContent = err ? problem(err) : '';
+  }
+
+  // -- what the key may do --------------------------------------------------------------------
+  function can(scope) {
+    if (!state.me) return true;  // not known (auth off): show everything; each panel says what it lacks
+    const scopes = state.me.scopes || [];
+    if (scopes.includes(ADMIN) || scopes.includes(scope)) return true;
+    return scopes.includes(READ_ALL) && READ_ALL_GRANTS.has(scope);
+  }
+
+  function seesAll() {  // null: not known
+    if (!state.me) return null;
+    const scopes = state.me.scopes || [];
+    return scopes.includes(ADMIN) || scopes.includes(READ_ALL);
+  }
+
+  function applyScopes() {
+    $('spawn-card').hidden = !can('agents:write');
+    for (const id of ['agents-card', 'limits-card', 'requests-card', 'webhooks-card']) $(id).hidden = !can('agents:read');
+    $('spend-card').hidden = !can('billing:read');
+    $('budget-card').hidden = !can('agents:read') && !can('billing:read');
+    $('tab-settings').hidden = !can(READ_ALL);
+    $('key-create').hidden = !can(ADMIN);
+    const all = seesAll();
+    if (all !== null) {
+      for (const label of document.querySelectorAll('.scope-label')) {
+        label.textContent = all ? label.dataset.all : label.dataset.own;
+      }
+    }
+    if (state.view === 'settings' && !can(READ_ALL)) show('overview');
+  }
+
+  function noteBudget(resp) {
+    const value = resp.headers.get('X-Budget-Remaining');
+    if (value === null || value === '' || !Number.isFinite(Number(value))) return;
+    state.remaining = Number(value);
+    renderMe();
   }
 
   // -- the API --------------------------------------------------------------------------------
@@ -122,6 +183,7 @@
     if (state.token !== token && !probe) {  // logged out meanwhile: show nothing of it
       throw new ApiError(401, { error: { message: 'Logged out' } });
     }
+    if (state.token === token) noteBudget(resp);
     let data = null;
     try {
       data = await resp.json();
@@ -145,16 +207,15 @@
     if (!key) return;
     $('login-submit').disabled = true;
     state.token = key;
+    state.me = null;
     try {
-      await api('/agents?limit=1', { probe: true });
+      state.me = await api('/keys/me', { probe: true });  // every active key may read its own record
     } catch (err) {
-      if (!(err instanceof ApiError) || err.status !== 403) {  // 403: a valid key with fewer scopes
-        state.token = null;
-        $('login-error').textContent = err instanceof ApiError && err.status === 401
-          ? 'That key was not accepted.' : problem(err);
-        $('login-submit').disabled = false;
-        return;
-      }
+      state.token = null;
+      $('login-error').textContent = err instanceof ApiError && err.status === 401
+        ? 'That key was not accepted.' : problem(err);
+      $('login-submit').disabled = false;
+      return;
     }
     $('login-submit').disabled = false;
     input.value = '';
@@ -164,6 +225,10 @@
 
   function logout(message) {
     state.token = null;
+    state.me = null;
+    state.remaining = null;
+    closeEdit();
+    renderMe();
     sessionStorage.removeItem(TOKEN_KEY);
     stopStream();
     clearTimeout(state.refreshTimer);
@@ -172,7 +237,7 @@
     state.agents.clear();
     state.lastEventId = 0;
     clearSecrets();
-    for (const id of ['agents', 'providers', 'requests', 'breakers', 'keys']) $(id).tBodies[0].replaceChildren();
+    for (const id of ['agents', 'providers', 'requests', 'breakers', 'keys', 'webhooks']) $(id).tBodies[0].replaceChildren();
     $('spend').replaceChildren();
     $('spawn-model').replaceChildren();
     $('overview-view').hidden = true;
@@ -191,20 +256,58 @@
     $('notice').hidden = !text;
   }
 
-  function start() {
+  async function start() {
     showNotice('');
     $('login-view').hidden = true;
     $('nav').hidden = false;
     $('logout').hidden = false;
     $('refresh').hidden = false;
-    $('live').hidden = false;
     show('overview');
-    loadModels();
-    refreshAll(false);  // the agents list comes when the stream connects
-    startStream();
+    if (!state.me) await loadMe();  // a reload: the key came from sessionStorage
+    if (!state.token) return;       // refused meanwhile
+    applyScopes();
+    renderMe();
+    loadHealth();  // the breakers now, not at the next poll (public: not counted)
+    if (can('agents:read') && can('agents:write')) loadModels();  // for the spawn form only
+    refreshAll(false, false);  // the agents list comes when the stream connects; the key's record just came
+    $('live').hidden = !can('agents:read');
+    if (can('agents:read')) startStream();
+  }
+
+  async function loadMe() {
+    try {
+      state.me = await api('/keys/me');
+      applyScopes();
+      renderMe();
+    } catch (_) {
+      // 401 logged out already; anything else keeps what is known (null: every panel shows)
+    }
+  }
+
+  function renderMe() {
+    const me = state.me;
+    const b = me && me.budget;
+    $('me').hidden = !state.token || (!me && state.remaining === null);
+    $('me-name').textContent = me ? me.name : '';
+    $('me-remaining').textContent = state.remaining !== null ? `${money(state.remaining)} left` : '';
+    $('me').dataset.remaining = state.remaining !== null ? String(state.remaining) : '';
+    $('me-resets').textContent = !b ? '' : b.resets_at ? `resets ${dateTime(b.resets_at)}` : 'never resets';
+    $('me').title = (b ? `This key's budget: ${money(b.max_budget)} ${PERIODS[b.budget_duration] || ''}, `
+      + `spent ${money(b.spend)}, held for live agents ${money(b.reserved)}. ` : 'This key has no budget of its own. ')
+      + '"left" is the most it may still spend now: the smallest of its own budget, its project\'s and the '
+      + 'daemon\'s daily budget.';
+    $('key-budget').hidden = !b;
+    if (b) {
+      $('key-budget-spend').textContent = money(b.spend);
+      $('key-budget-limit').textContent = money(b.max_budget);
+      $('key-budget-period').textContent = PERIODS[b.budget_duration] || b.budget_duration || '';
+      $('key-budget-remaining').textContent = money(b.budget_remaining);
+      $('key-budget-resets').textContent = b.resets_at ? `, resets ${dateTime(b.resets_at)}` : '';
+    }
   }
 
   function show(view) {
+    if (view === 'settings' && !can(READ_ALL)) view = 'overview';
     state.view = view;
     $('overview-view').hidden = view !== 'overview';
     $('settings-view').hidden = view !== 'settings';
@@ -215,17 +318,25 @@
   }
 
   // -- periodic panels ------------------------------------------------------------------------
-  async function refreshAll(withAgents = true) {
+  async function refreshAll(withAgents = true, withMe = true) {
     clearTimeout(state.refreshTimer);
     if (!state.token) return;
     state.lastRefresh = Date.now();
     if (!document.hidden) {
-      const loads = [loadLimits(), loadBudget(), loadSpend()];
-      if (withAgents) loads.push(loadAgents());
+      const loads = panelLoads(withMe);
+      if (withAgents && can('agents:read')) loads.push(loadAgents());
+      if (can('agents:read')) loads.push(loadWebhooks());  // not after events: webhooks change by hand
       if (state.view === 'settings') loads.push(loadKeys());
       await Promise.all(loads);
     }
     if (state.token) state.refreshTimer = setTimeout(refreshAll, REFRESH_MS);
+  }
+
+  function panelLoads(withMe = true) {  // the counted panels this key may read, and its own record (budget)
+    const loads = withMe ? [loadMe()] : [];
+    if (can('agents:read')) loads.push(loadLimits());
+    if (can('billing:read')) loads.push(loadBudget(), loadSpend());
+    return loads;
   }
 
   function refreshSoon() {  // after events: one refresh for a burst of them, and not too often
@@ -234,7 +345,7 @@
     state.soonTimer = setTimeout(() => {
       state.soonTimer = null;
       state.lastSoon = Date.now();
-      if (state.token && !document.hidden) Promise.all([loadLimits(), loadBudget(), loadSpend()]);
+      if (state.token && !document.hidden) Promise.all(panelLoads());
     }, wait);
   }
 
@@ -274,9 +385,10 @@
     try {
       const body = await api('/models');
       const data = body.data || {};
-      select.replaceChildren(...(data.models || []).map((m) =>
-        el('option', { value: m.name, text: `${m.name} (${m.provider})` })));
-      if (data.default_model) select.value = data.default_model;
+      const allowed = state.me && Array.isArray(state.me.models) ? state.me.models : null;  // null: all
+      const models = (data.models || []).filter((m) => !allowed || allowed.includes(m.name));
+      select.replaceChildren(...models.map((m) => el('option', { value: m.name, text: `${m.name} (${m.provider})` })));
+      if (models.some((m) => m.name === data.default_model)) select.value = data.default_model;
       setError('spawn-result', null);
     } catch (err) {
       if (state.token) setError('spawn-result', err);
@@ -338,7 +450,9 @@
   async function loadBudget() {
     try {
       const body = await api('/orchestrator/status');
-      showAlertLevel(body.budget_alert_level);
+      // The gauge comes from /rate-limits (unrounded, with the month); a key without agents:read has this one.
+      if (can('agents:read')) showAlertLevel(body.budget_alert_level);
+      else showBudget(body);
       const flags = body.operational_flags || {};
       $('budget-action').textContent = flags.recommended_action || '';
       setError('budget-error', null);
@@ -404,7 +518,7 @@
 
   function agentRow(a) {
     const actions = el('td');
-    if (!TERMINAL.has(a.status)) {
+    if (!TERMINAL.has(a.status) && can('agents:write')) {
       const cancel = el('button', { type: 'button', class: 'danger', text: 'Cancel' });
       cancel.addEventListener('click', () => cancelAgent(a.agent_id, cancel));
       actions.append(cancel);
@@ -457,6 +571,60 @@
     }
   }
 
+  // -- webhooks (a key sees and changes only its own; admin:read and admin:write see all) ------
+  async function loadWebhooks() {
+    try {
+      const body = await api('/webhooks');
+      const hooks = body.webhooks || [];
+      $('webhooks').tBodies[0].replaceChildren(...hooks.map(webhookRow));
+      $('webhooks-empty').hidden = hooks.length > 0;
+      setError('webhooks-error', null);
+    } catch (err) {
+      if (state.token) setError('webhooks-error', err);
+    }
+  }
+
+  function webhookRow(h) {
+    const actions = el('td');
+    if (can('agents:write')) {
+      const test = el('button', { type: 'button', class: 'link', text: 'Send test', 'aria-label': `Send a test event to ${h.url}` });
+      test.addEventListener('click', () => webhookAction(h, 'test', test));
+      const del = el('button', { type: 'button', class: 'danger', text: 'Delete', 'aria-label': `Delete the webhook to ${h.url}` });
+      del.addEventListener('click', () => webhookAction(h, 'delete', del));
+      actions.append(test, del);
+    }
+    return el('tr', { 'data-webhook-id': h.webhook_id, 'data-status': h.status },
+      el('td', { class: 'mono', text: h.webhook_id }), el('td', { class: 'task', text: h.url, title: h.url }),
+      el('td', { text: (h.events || []).join(', ') }), el('td', { text: h.status }),
+      el('td', { text: dateTime(h.last_triggered) }), actions);
+  }
+
+  async function webhookAction(h, action, button) {
+    if (action === 'delete' && button.dataset.armed !== '1') {  // two clicks, like Revoke
+      button.dataset.armed = '1';
+      button.textContent = 'Click again to delete';
+      return;
+    }
+    button.disabled = true;
+    $('webhooks-result').textContent = '';
+    const path = `/webhooks/${encodeURIComponent(h.webhook_id)}`;
+    try {
+      if (action === 'test') {
+        await api(path + '/test', { method: 'POST' });
+        $('webhooks-result').textContent = `Test event queued for ${h.url}.`;
+      } else {
+        await api(path, { method: 'DELETE' });
+        $('webhooks-result').textContent = `Webhook ${h.webhook_id} deleted.`;
+      }
+      setError('webhooks-error', null);
+      await loadWebhooks();
+    } catch (err) {
+      if (state.token) setError('webhooks-error', err);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // -- the live stream ------------------------------------------------------------------------
   function setLive(text, good) {
     const pill = $('live');
@@ -496,6 +664,7 @@
           return;
         }
         if (!resp.ok || !resp.body) throw new Error(`HTTP ${resp.status}`);
+        noteBudget(resp);
         setLive('live', true);
         delay = 1000;
         loadAgents();  // the list, then what happens next from the stream (and "running", which has no event)
@@ -568,24 +737,46 @@
   async function loadKeys() {
     try {
       const body = await api('/keys');
-      $('keys').tBodies[0].replaceChildren(...(body.keys || []).map(keyRow));
+      $('keys').tBodies[0].replaceChildren(...(body.keys || []).map(keyRow));  // each with its budget's standing
       setError('keys-error', null);
     } catch (err) {
       if (state.token) setError('keys-error', err);
     }
   }
 
+  function limitsSummary(k) {
+    const parts = [];
+    if (Array.isArray(k.models)) parts.push('models: ' + k.models.join(', '));
+    if (k.max_concurrency != null) parts.push(`at most ${k.max_concurrency} live`);
+    if (k.limits) parts.push('requests: ' + Object.entries(k.limits).map(([c, n]) => `${c} ${n}`).join(', '));
+    if (k.expires_at) parts.push('expires ' + dateTime(k.expires_at));
+    const meta = metadataText(k.metadata);
+    if (meta) parts.push(meta);
+    return parts.join(' · ') || '–';
+  }
+
   function keyRow(k) {
+    const b = k.budget;
     const actions = el('td');
-    if (k.status === 'active') {
-      const revoke = el('button', { type: 'button', class: 'danger', text: 'Revoke' });
-      revoke.addEventListener('click', () => revokeKey(k.key_id, revoke));
-      actions.append(revoke);
+    if (can(ADMIN) && k.status !== 'revoked') {  // a revoked key's limits cannot change (400); an expired one's can
+      const edit = el('button', { type: 'button', class: 'link', text: 'Limits', 'aria-label': `Edit the limits of ${k.name}` });
+      edit.addEventListener('click', () => openEdit(k.key_id));
+      actions.append(edit);
+      if (k.status === 'active') {
+        const revoke = el('button', { type: 'button', class: 'danger', text: 'Revoke' });
+        revoke.addEventListener('click', () => revokeKey(k.key_id, revoke));
+        actions.append(revoke);
+      }
     }
     return el('tr', { 'data-key-id': k.key_id, 'data-status': k.status },
       el('td', { text: k.name }), el('td', { class: 'mono', text: k.key_id }),
       el('td', { text: (k.scopes || []).join(', ') }),
       el('td', {}, el('span', { class: `badge key-${k.status}`, text: k.status })),
+      el('td', { class: 'budget', text: b ? `${money(b.max_budget)} ${PERIODS[b.budget_duration] || b.budget_duration}` : '–' }),
+      el('td', { class: 'num spent', text: b ? money(b.spend) : '–' }),
+      el('td', { class: 'num remaining', text: b ? money(b.budget_remaining) : '–' }),
+      el('td', { class: 'resets', text: !b ? '–' : b.resets_at ? dateTime(b.resets_at) : 'never' }),
+      el('td', { class: 'limits', text: limitsSummary(k) }),
       el('td', { text: dateTime(k.created_at) }), el('td', { text: dateTime(k.last_used_at) }), actions);
   }
 
@@ -605,6 +796,98 @@
     }
   }
 
+  // The limit fields: built once per form from LIMIT_FIELDS, read back as the API's JSON.
+  function buildLimitFields(fieldset, prefix) {
+    for (const f of LIMIT_FIELDS) {
+      const id = `${prefix}-${f.name.replace(/_/g, '-')}`;
+      const input = f.type === 'select'
+        ? el('select', { id }, ...f.options.map(([value, text]) => el('option', { value, text })))
+        : el('input', { id, type: f.type, ...(f.attrs || {}) });
+      input.dataset.field = f.name;
+      fieldset.append(el('div', { class: 'field' }, el('label', { for: id, text: f.label }), input));
+    }
+  }
+
+  function limitInputs(prefix) {
+    return Object.fromEntries(LIMIT_FIELDS.map((f) => [f.name, $(`${prefix}-${f.name.replace(/_/g, '-')}`)]));
+  }
+
+  function metadataText(meta) {
+    const entries = Object.entries(meta || {});
+    if (!entries.length) return '';
+    const plain = entries.every(([k, v]) => typeof v === 'string' && !/[,=]/.test(k + v));
+    return plain ? entries.map(([k, v]) => `${k}=${v}`).join(', ') : JSON.stringify(meta);
+  }
+
+  function localInput(iso) {  // an ISO time as a datetime-local value, in this browser's zone
+    if (!iso) return '';
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return '';
+    const pad = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  }
+
+  // A field's text as the API's value; '' is null (PATCH: clear it).
+  function limitValue(name, text) {
+    const t = text.trim();
+    if (!t) return null;
+    switch (name) {
+      case 'max_budget':
+      case 'max_concurrency': {
+        const n = Number(t);
+        if (!Number.isFinite(n)) throw new Error(`${name} must be a number`);
+        return n;
+      }
+      case 'models':
+        return t.split(',').map((m) => m.trim()).filter(Boolean);
+      case 'expires_at': {
+        const d = new Date(t);
+        if (Number.isNaN(d.getTime())) throw new Error('expires_at must be a date and time');
+        return d.toISOString();
+      }
+      case 'metadata': {
+        if (t.startsWith('{')) {
+          try {
+            return JSON.parse(t);
+          } catch (_) {
+            throw new Error('metadata is not valid JSON');
+          }
+        }
+        const meta = {};
+        for (const pair of t.split(',').map((x) => x.trim()).filter(Boolean)) {
+          const eq = pair.indexOf('=');
+          if (eq < 1) throw new Error(`metadata: write key=value pairs ("${pair}" has no key=)`);
+          meta[pair.slice(0, eq).trim()] = pair.slice(eq + 1).trim();
+        }
+        return meta;
+      }
+      default:
+        return t;
+    }
+  }
+
+  function formTexts(prefix) {
+    return Object.fromEntries(Object.entries(limitInputs(prefix)).map(([name, input]) => [name, input.value]));
+  }
+
+  // The limits to send: every filled field (create), or every changed one (edit, where '' clears).
+  // max_budget and budget_duration go together: the daemon checks them as a pair.
+  function limitsBody(texts, initial) {
+    const body = {};
+    const differs = (name) => texts[name].trim() !== initial[name].trim();
+    for (const f of LIMIT_FIELDS) {
+      if (f.name === 'max_budget' || f.name === 'budget_duration') continue;
+      const value = limitValue(f.name, texts[f.name]);
+      if (initial ? differs(f.name) : value !== null) body[f.name] = value;
+    }
+    const budget = limitValue('max_budget', texts.max_budget);
+    if (initial ? differs('max_budget') || differs('budget_duration') : budget !== null) {
+      body.max_budget = budget;
+      body.budget_duration = budget === null ? null : texts.budget_duration;
+    }
+    return body;
+  }
+
   async function createKey(event) {
     event.preventDefault();
     const name = $('key-name').value.trim();
@@ -615,10 +898,17 @@
       $('key-error').textContent = 'Choose at least one scope.';
       return;
     }
+    let limits;
+    try {
+      limits = limitsBody(formTexts('key'), null);
+    } catch (err) {
+      $('key-error').textContent = err.message;
+      return;
+    }
     const button = $('key-submit');
     button.disabled = true;
     try {
-      const body = await api('/keys', { method: 'POST', body: { name, scopes } });
+      const body = await api('/keys', { method: 'POST', body: { name, scopes, ...limits } });
       $('new-key-id').textContent = body.key_id;
       $('new-key-token').textContent = body.token;
       $('new-key-secret').textContent = body.secret;
@@ -626,9 +916,77 @@
       $('new-key').hidden = false;
       $('new-key-copy').textContent = 'Copy token';
       $('key-name').value = '';
+      for (const input of Object.values(limitInputs('key'))) input.value = input.tagName === 'SELECT' ? '1d' : '';
       await loadKeys();
     } catch (err) {
       if (state.token) setError('key-error', err);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function openEdit(keyId) {
+    setError('keys-error', null);
+    try {
+      const key = await api(`/keys/${encodeURIComponent(keyId)}`);
+      const b = key.budget || {};
+      const initial = {
+        max_budget: (key.max_budget ?? b.max_budget) != null ? String(key.max_budget ?? b.max_budget) : '',
+        budget_duration: key.budget_duration || b.budget_duration || '1d',
+        models: Array.isArray(key.models) ? key.models.join(', ') : '',
+        max_concurrency: key.max_concurrency != null ? String(key.max_concurrency) : '',
+        expires_at: localInput(key.expires_at),
+        metadata: metadataText(key.metadata),
+      };
+      const inputs = limitInputs('edit');
+      for (const [name, text] of Object.entries(initial)) inputs[name].value = text;
+      state.editing = { key_id: key.key_id, initial: formTexts('edit') };
+      $('key-edit-name').textContent = key.name;
+      $('key-edit-id').textContent = key.key_id;
+      $('key-edit-error').textContent = '';
+      $('key-edit-result').textContent = '';
+      $('key-edit').hidden = false;
+      inputs.max_budget.focus();
+    } catch (err) {
+      if (state.token) setError('keys-error', err);
+    }
+  }
+
+  function closeEdit() {
+    state.editing = null;
+    $('key-edit').hidden = true;
+    for (const input of Object.values(limitInputs('edit'))) input.value = '';
+  }
+
+  async function saveEdit(event) {
+    event.preventDefault();
+    const editing = state.editing;
+    if (!editing) return;
+    $('key-edit-error').textContent = '';
+    $('key-edit-result').textContent = '';
+    let body;
+    try {
+      body = limitsBody(formTexts('edit'), editing.initial);
+    } catch (err) {
+      $('key-edit-error').textContent = err.message;
+      return;
+    }
+    if (!Object.keys(body).length) {
+      $('key-edit-result').textContent = 'Nothing changed.';
+      return;
+    }
+    const button = $('key-edit-submit');
+    button.disabled = true;
+    try {
+      await api(`/keys/${encodeURIComponent(editing.key_id)}`, { method: 'PATCH', body });
+      if (state.editing === editing) {
+        editing.initial = formTexts('edit');
+        $('key-edit-result').textContent = 'Saved.';
+      }
+      await loadKeys();
+      if (state.me && editing.key_id === state.me.key_id) await loadMe();
+    } catch (err) {
+      if (state.token) setError('key-edit-error', err);
     } finally {
       button.disabled = false;
     }
@@ -659,6 +1017,10 @@
     $('login-form').addEventListener('submit', login);
     $('spawn-form').addEventListener('submit', spawn);
     $('key-form').addEventListener('submit', createKey);
+    $('key-edit-form').addEventListener('submit', saveEdit);
+    $('key-edit-cancel').addEventListener('click', closeEdit);
+    buildLimitFields($('key-limits'), 'key');
+    buildLimitFields($('edit-limits'), 'edit');
     $('logout').addEventListener('click', () => logout('Logged out.'));
     $('refresh').addEventListener('click', () => refreshAll());
     document.addEventListener('visibilitychange', onVisible);
