@@ -175,6 +175,10 @@ class Agent:
             "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
             if self.input_tokens is not None else None,
             "attempts": self.attempts,
+            # Whose work it is: a key sees only its own agents, so this names the owner to
+            # admins (key ids are safe to show; never a token).
+            "api_key": self.api_key,
+            "project_id": self.project_id,
         }
         if self.purged_at is not None:
             view["data_deleted_at"] = iso(self.purged_at)
@@ -206,6 +210,8 @@ class Agent:
             "estimated_cost": money(self.estimated_cost),
             "actual_cost": money(self.cost),
             "error": self.error,
+            "api_key": self.api_key,
+            "project_id": self.project_id,
         } | ({"kind": KIND_CHAT} if self.kind == KIND_CHAT else {})
 
     def active_view(self) -> dict[str, Any]:

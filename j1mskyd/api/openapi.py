@@ -68,10 +68,12 @@ _SPAWNED = _obj(["success", "agent_id", "model", "status", "estimated_cost"], su
 _AGENT = _obj(["agent_id", "model", "status", "task", "created", "result", "cost", "estimated_cost", "priority",
                "error"], agent_id=_STR, model=_STR, status=_STATUS, task=_STR, created=_TIME,
               result={"type": ["string", "null"]}, cost={"type": ["number", "null"]}, estimated_cost=_NUM,
-              priority=_STR, error={"type": ["string", "null"]})
+              priority=_STR, error={"type": ["string", "null"]}, api_key=_STR,
+              project_id={"type": ["string", "null"]})
 _LISTED = _obj(["agent_id", "model", "status", "task", "created_at", "estimated_cost", "error"], agent_id=_STR,
                model=_STR, status=_STATUS, task=_STR, created_at=_TIME, estimated_cost=_NUM,
-               actual_cost={"type": ["number", "null"]}, error={"type": ["string", "null"]})
+               actual_cost={"type": ["number", "null"]}, error={"type": ["string", "null"]}, api_key=_STR,
+               project_id={"type": ["string", "null"]})
 _NULL_NUM, _NULL_STR = {"type": ["number", "null"]}, {"type": ["string", "null"]}
 # A key's own budget in its current period (null: it has none): GET /keys, /keys/{key_id}, /keys/me.
 _KEY_BUDGET = {"type": ["object", "null"], "required": ["max_budget", "budget_duration", "spend", "reserved",
