@@ -577,3 +577,32 @@ async def test_a_billing_only_key_sees_no_spawn_form_and_an_admin_read_key_chang
     assert await browser.evaluate(_visible("#key-create")) is False
     assert await browser.evaluate("document.querySelectorAll('#keys button').length") == 0
     assert browser.problems == [], "\n".join(map(str, browser.problems))
+
+
+@pytest.fixture
+def slow_daemon(tmp_path):
+    """Agents that stay running for a while (60 s per offline call), so that Cancel is offered."""
+    with Daemon(tmp_path, tmp_path / "state", write_config(tmp_path / "j1msky.toml", delay=60.0)) as d:
+        yield d
+
+
+async def test_an_admin_read_key_is_offered_cancel_only_on_its_own_agents(browser, slow_daemon):
+    """admin:read with agents:write sees every key's agents, but cancelling another key's needs
+    admin:write: each row names its key, and only the key's own running agents get a Cancel button
+    (no button that could only end in a 403)."""
+    daemon = slow_daemon
+    other = _new_key(daemon, "other", ["agents:read", "agents:write"])
+    viewer = _new_key(daemon, "viewer", ["admin:read", "agents:write"])
+    foreign = _spawn_as(daemon, other["token"], "the other key's task")
+    own = _spawn_as(daemon, viewer["token"], "the viewer's own task")
+    await browser.navigate(f"http://127.0.0.1:{daemon.port}/")
+    await browser.wait_for(_visible("#login-form"))
+    await _login(browser, viewer["token"])
+    for agent_id in (foreign, own):
+        await browser.wait_for(f"!!{_row(agent_id)}", what=f"the row of {agent_id}")
+    buttons = ("(id) => document.querySelector(`#agents tr[data-agent-id=\"${id}\"]`)"
+               ".querySelectorAll('button.danger').length")
+    # Rows first come from the live stream (no owner named: the button stays), then from the list.
+    await browser.wait_for(f"({buttons})({json.dumps(foreign)}) === 0", what="no Cancel on the other key's agent")
+    assert await browser.evaluate(f"({buttons})({json.dumps(own)})") == 1
+    assert browser.problems == [], "\n".join(map(str, browser.problems))

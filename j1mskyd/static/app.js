@@ -142,6 +142,14 @@
     return scopes.includes(ADMIN) || scopes.includes(READ_ALL);
   }
 
+  // Cancelling another key's agent needs admin:write (an admin:read key sees it, may not change it).
+  // A row that does not name its owner (one known from the live stream only) keeps its button.
+  function mayChange(agent) {
+    if (!can('agents:write')) return false;
+    if (!state.me || can(ADMIN) || !agent.api_key) return true;
+    return agent.api_key === state.me.key_id;
+  }
+
   function applyScopes() {
     $('spawn-card').hidden = !can('agents:write');
     for (const id of ['agents-card', 'limits-card', 'requests-card', 'webhooks-card']) $(id).hidden = !can('agents:read');
@@ -400,7 +408,8 @@
       const body = await api('/agents?sort=-created_at&limit=' + MAX_ROWS);
       for (const a of body.data || []) {
         upsertAgent({ agent_id: a.agent_id, model: a.model, status: a.status, task: a.task,
-          cost: a.actual_cost != null ? a.actual_cost : a.estimated_cost, created_at: a.created_at }, 'list');
+          cost: a.actual_cost != null ? a.actual_cost : a.estimated_cost, created_at: a.created_at,
+          api_key: a.api_key }, 'list');
       }
       setError('agents-error', null);
     } catch (err) {
@@ -518,7 +527,7 @@
 
   function agentRow(a) {
     const actions = el('td');
-    if (!TERMINAL.has(a.status) && can('agents:write')) {
+    if (!TERMINAL.has(a.status) && mayChange(a)) {
       const cancel = el('button', { type: 'button', class: 'danger', text: 'Cancel' });
       cancel.addEventListener('click', () => cancelAgent(a.agent_id, cancel));
       actions.append(cancel);
