@@ -42,6 +42,7 @@ from .plugin_api import ProviderSettings
 from .plugins import PluginError, PluginRegistry, build_provider, load_plugins, off_loop
 from .pricing_history import PricingHistory
 from .pricing_service import PricingService
+from .projects import ProjectService
 from .provider_pool import ProviderSlot, Releases
 from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimiter
 from .runtime import AgentRuntime
@@ -100,6 +101,7 @@ class Services:
     - ip_control: api/security; middleware; listener (refusal at accept)
     - keys: api/keys, events (a live stream ends with its key); middleware (auth)
     - pricing_history: api/orchestrator, pricing
+    - projects: api/projects
     - store: api/ops, orchestrator, pricing, system (SQL that is to move into services of their own)
     - webhooks: api/webhooks, keys, pricing
 
@@ -124,6 +126,7 @@ class Services:
     pricing: PricingService
     orchestrator: Orchestrator
     billing: Billing
+    projects: ProjectService
     # The caches of the API reference's v4.1 changelog: model recommendations 30 s, pricing calculations 5 min.
     caches: dict[str, TTLCache]
     started: float = field(default_factory=time.monotonic)
@@ -314,9 +317,10 @@ def _wire(app: web.Application) -> Services:
                              runtime.clock, caches["pricing"])
     orchestrator = Orchestrator(config, store, budget, runtime, app[_SLOTS], agents, history, pricing,
                                 caches["recommendations"], app[_BREAKER_CHANGES])
+    keys = KeyService(store, sec.key_rotation_grace_hours * 3600, **timed)
     return Services(store=store, registry=registry, slots=app[_SLOTS], runtime=runtime, agents=agents,
-                    chat=ChatService(config, agents, runtime), budget=budget,
-                    keys=KeyService(store, sec.key_rotation_grace_hours * 3600, **timed),
+                    chat=ChatService(config, agents, runtime), budget=budget, keys=keys,
+                    projects=ProjectService(store, keys, **timed),
                     ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store, **timed), events=events,
                     webhooks=webhooks, pricing_history=history, pricing=pricing, orchestrator=orchestrator,
                     billing=Billing(store), caches=caches, breaker_changes=app[_BREAKER_CHANGES])
@@ -344,6 +348,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await services.webhooks.load()
     await _announce_pricing_policy(services, config)
     await services.keys.reload()
+    await services.projects.load()
     await services.ip_control.load()
     await services.audit.load()
     if config.security.auth:
