@@ -329,3 +329,20 @@ async def test_delete_releases_its_keys_and_keeps_its_ledger_rows(aiohttp_client
     await error_of(await client.delete(f"/api/projects/{pid}", headers=admin), 404)
     actions = await audit_actions(client, admin)
     assert (pid, "create") in actions and (pid, "delete") in actions
+
+
+async def test_the_openapi_document_describes_the_project_routes(aiohttp_client, tmp_path):
+    client, _, admin = await start(aiohttp_client, tmp_path)
+    doc = await (await client.get("/api/openapi.json")).json()
+    one = doc["paths"]["/api/projects/{project_id}"]
+    assert one["get"]["x-scope"] == "key" and one["patch"]["x-scope"] == "admin:write"
+    assert {"400", "404", "409"} <= set(one["patch"]["responses"])
+    patch = one["patch"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"members", "add_members", "remove_members", "max_budget"} <= set(patch["properties"])
+    assert patch["additionalProperties"] is False
+    create = doc["paths"]["/api/projects"]["post"]
+    assert "201" in create["responses"] and create["requestBody"]["content"]["application/json"]["schema"][
+        "required"] == ["name"]
+    usage = {p["name"]: p for p in doc["paths"]["/api/billing/usage"]["get"]["parameters"]}
+    assert re.fullmatch(usage["group_by"]["schema"]["pattern"], "key, project,day")
+    assert not re.fullmatch(usage["group_by"]["schema"]["pattern"], "key,user")
