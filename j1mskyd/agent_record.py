@@ -118,6 +118,8 @@ class Agent:
     # it was not streamed), and the tool calls of its answer as a JSON list (sealed, like result).
     first_token_at: float | None = None
     tool_calls: str | None = field(default=None, repr=False)
+    # The project its key was in at spawn (its spend stays there if the key moves later).
+    project_id: str | None = None
     # A team agent's member ids.
     members: list[str] = field(default_factory=list, metadata=_MEMORY_ONLY)
     # The budget held for this agent while it is live (its worst case; see worstcase.py); None: no

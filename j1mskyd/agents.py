@@ -11,13 +11,13 @@ import itertools
 import math
 import secrets
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import agent_query, agent_record, ledger, worstcase
 from .agent_record import ANONYMOUS, Agent, CANCELLED, KIND_AGENT, KIND_MEMBER, KIND_TEAM, SPAWNING, TERMINAL, money
 from .config import Config
-from .errors import Conflict, NotFound, ValidationFailed
+from .errors import Conflict, Forbidden, NotFound, ValidationFailed
 from .budget import Budget
 from .pricing import token_cost
 from .runtime import AgentRuntime
@@ -25,6 +25,7 @@ from .spawn_request import SpawnRequest, TeamRequest
 from .store import Store
 
 if TYPE_CHECKING:
+    from .keys import ApiKey
     from .webhooks import WebhookService
 
 __all__ = ["AgentService"]
@@ -34,8 +35,12 @@ _SETTLE_WAIT = 5.0  # seconds to wait for an agent's final write before answerin
 
 class AgentService:
     def __init__(self, config: Config, store: Store, runtime: AgentRuntime, budget: Budget,
-                 webhooks: WebhookService | None = None) -> None:
+                 webhooks: WebhookService | None = None,
+                 key_of: Callable[[str], ApiKey | None] = lambda key_id: None) -> None:
+        """``key_of(key_id)``: the spawning key, for its own limits (models, live agents) and
+        its project (KeyService.find; None: no limits of its own, as with authentication off)."""
         self.webhooks = webhooks  # a spawn's own webhook_url registers there
+        self.key_of = key_of
         self.config = config
         self.store = store
         self.runtime = runtime
@@ -84,9 +89,23 @@ class AgentService:
         """Reserve the budget for the top-level ``agents`` (a team's members ride on their
         lead's reservation), then store and queue everything, with each spawn's own
         webhook in the same transaction; refused (BudgetExceeded, SpawnRefused) means
-        nothing written.  The one way in for spawns and chat calls (chat_service.py)."""
+        nothing written.  The one way in for spawns and chat calls (chat_service.py).
+
+        The key's own limits apply here, from memory: its models (a 403 naming those it may
+        use, before anything is reserved), its limit of live agents; and the agents carry the
+        project the key is in now (their spend counts there for good)."""
+        key = self.key_of(key_id)
+        project_id = max_live = None
+        if key is not None:
+            if key.models is not None:
+                refused = [a.model for a in agents if a.model not in key.models]
+                if refused:
+                    raise Forbidden(f"this key may use only: {', '.join(key.models)} (not {', '.join(refused)})",
+                                    allowed_models=list(key.models))
+            project_id, max_live = key.project_id, key.max_concurrency
         for a in [*agents, *extra]:
             a.api_key = key_id
+            a.project_id = project_id
         hooks, statements = [], []
         webhooks = self.webhooks
         if webhook_urls and webhooks is None:  # a wiring mistake (app.py always gives one), not bad input
@@ -96,7 +115,8 @@ class AgentService:
             hook, insert = webhooks.for_agent_statement(url, agent_id, key_id, webhook_secret)
             hooks.append(hook)
             statements.append(insert)
-        self.budget.reserve_all(key_id, [(a.agent_id, self._hold(a, extra)) for a in agents])
+        self.budget.reserve_all(key_id, [(a.agent_id, self._hold(a, extra)) for a in agents],
+                                project_id=project_id, max_live=max_live)
         try:
             await self.runtime.admit([*agents, *extra], statements)
         except BaseException:
@@ -282,7 +302,7 @@ class AgentService:
         # holds for its members still live (those already ended are in the ledger).
         live_members = [a for a in live if a.kind == KIND_MEMBER]
         self.budget.restore(spent.today, spent.month, spent.hour_by_key,
-                            live=[(a.agent_id, a.api_key, self._hold(a, live_members))
+                            live=[(a.agent_id, a.api_key, self._hold(a, live_members), a.project_id)
                                   for a in live if a.kind != KIND_MEMBER])
         return await self.runtime.recover(live, done)
 

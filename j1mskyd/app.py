@@ -17,7 +17,7 @@ from typing import TypedDict
 import aiohttp
 from aiohttp import web
 
-from . import statedir
+from . import ledger, statedir
 from .agent_record import Agent
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES, app_key
@@ -302,25 +302,28 @@ def _wire(app: web.Application) -> Services:
     events = EventLog(store, **timed)
     webhooks = WebhookService(store, events, registry, hook_session, targets=targets, resolver=hook_resolver,
                               call_timeout=config.plugins.call_timeout, **timed)
+    sec = config.security
+    keys = KeyService(store, sec.key_rotation_grace_hours * 3600, **timed)
+    projects = ProjectService(store, keys, **timed)
     b = config.budget
+    # allowances: a key's own budget, then its project's.
     budget = Budget(BudgetPolicy(b.daily_budget, b.monthly_ceiling, b.spike_per_hour, b.max_agents_per_key),
-                    on_level_change=lambda old, new: _budget_event(events, budget, old, new, caches), **timed)
+                    on_level_change=lambda old, new: _budget_event(events, budget, old, new, caches),
+                    allowances=projects.allowances, **timed)
     audit = AuditLog(store, **timed)
     runtime = AgentRuntime(config, store, app[_SLOTS], buckets=app[LIMITER].buckets, budget=budget, events=events,
                            listeners=[functools.partial(_audit_finish, audit)], **timed)
-    sec = config.security
     ip_control = IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
                                            parse_networks(sec.trusted_proxies)), sec.log_violations, **timed)
-    agents = AgentService(config, store, runtime, budget, webhooks)
+    agents = AgentService(config, store, runtime, budget, webhooks, key_of=keys.find)
     history = PricingHistory(store, config.pricing.history_days, **timed)
     pricing = PricingService(config.models, config.pricing.policy, store, events, webhooks, history, budget,
                              runtime.clock, caches["pricing"])
     orchestrator = Orchestrator(config, store, budget, runtime, app[_SLOTS], agents, history, pricing,
                                 caches["recommendations"], app[_BREAKER_CHANGES])
-    keys = KeyService(store, sec.key_rotation_grace_hours * 3600, **timed)
     return Services(store=store, registry=registry, slots=app[_SLOTS], runtime=runtime, agents=agents,
                     chat=ChatService(config, agents, runtime), budget=budget, keys=keys,
-                    projects=ProjectService(store, keys, **timed),
+                    projects=projects,
                     ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store, **timed), events=events,
                     webhooks=webhooks, pricing_history=history, pricing=pricing, orchestrator=orchestrator,
                     billing=Billing(store), caches=caches, breaker_changes=app[_BREAKER_CHANGES])
@@ -360,12 +363,24 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _restore_allowance_spend(services: Services) -> None:
+    """Key (and project) budgets count the spend of their periods: per owner and UTC day from
+    the ledger, since the earliest period start of any budget there is (31 days at least)."""
+    budget = services.budget
+    allowances = [a for key_id in services.keys.ring.keys for a in budget.allowances(key_id)]
+    # And every project's, members or none: a key may join one with a long period later.
+    allowances += [a for p in services.projects.projects.values() if (a := p.allowance()) is not None]
+    since = budget.spend_horizon(allowances, budget.clock())
+    budget.restore_spend(await services.store.read(lambda conn: ledger.spend_by_day(conn, since)))
+
+
 async def _agents_and_workers(app: web.Application) -> AsyncIterator[None]:
     """Agents recovered after a restart, then everything that runs by itself: the runtime,
     the webhook worker and the periodic jobs.  Stopped first: the running agents are saved
     while the store and the sessions are still open."""
     config: Config = app[CONFIG]
     services: Services = app[SERVICES]
+    await _restore_allowance_spend(services)
     recovered = await services.agents.recover()
     if any(recovered.values()):
         log.info("recovered agents after restart: %s", recovered)

@@ -18,17 +18,29 @@ period ends.
 The truth about money is the usage ledger in sqlite; :meth:`Budget.restore` rebuilds
 today's and this month's spend and the open reservations from it at start, which is
 how the daily budget context survives restarts.
+
+Keys and projects may have budgets of their own (tenancy.Allowance: ``max_budget`` per
+``1d``, ``30d`` or ``total``), given by the ``allowances(key_id)`` callable: the key's own,
+then its project's.  Each is one more level of a spawn by that key, checked with the
+others in the same synchronous step.  What counts against it is the settled spend of its
+owner (the key, or the project the spend was made under) since the start of its current
+period, plus the owner's open reservations.  Periods start at UTC midnights, so the spend
+is kept per owner and UTC day (:meth:`Budget.restore_spend` loads it from the ledger at
+start, settle() adds to it): a period that rolls over, or an allowance that changes (a
+PATCH, the CLI from another process), is summed again from those days at its next
+check, in memory, with no await that a racing spawn could slip through.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from .errors import ApiError, RateLimited
+from .tenancy import Allowance
 
 __all__ = ["ALERT_LEVELS", "Budget", "BudgetExceeded", "BudgetPolicy", "Level", "SpawnRefused", "alert_level"]
 
@@ -70,11 +82,17 @@ def _month(ts: float) -> str:
 @dataclass(frozen=True, slots=True)
 class Level:
     """One cap and what counts against it in its current period."""
-    name: str         # "daily", "monthly", "hourly"
+    name: str         # "daily", "monthly", "hourly"; "key", "project" (an allowance's scope)
     cap: float
     settled: float    # spend counted in this period
     reserved: float   # open reservations counted at this level
-    period: str       # the day, the month, or the key and the hour
+    period: str       # the day, the month, the key and the hour, or the owner and its period's start
+    allowance: Allowance | None = None  # a key's or a project's budget
+    ends: float | None = None           # an allowance's period end (None: total, or not an allowance)
+
+    @property
+    def remaining(self) -> float:
+        return round(max(self.cap - self.committed, 0.0), 4)
 
     @property
     def committed(self) -> float:
@@ -86,6 +104,16 @@ class Level:
 
 
 _EPSILON = 1e-9  # float sums of exact reservations may land a hair above a cap they fit
+_DAY = 86_400.0
+Owner = tuple[str, str]  # ("key", key id) or ("project", project id): whose budget a spend counts against
+
+
+def _no_allowances(key_id: str) -> Sequence[Allowance]:
+    return ()
+
+
+def _owner(allowance: Allowance) -> Owner:
+    return allowance.scope, allowance.owner_id
 
 
 class Budget:
@@ -93,14 +121,21 @@ class Budget:
     warning, critical), synchronously, from the call that changed it."""
 
     def __init__(self, policy: BudgetPolicy, clock: Callable[[], float] = time.time, *,
-                 on_level_change: Callable[[str, str], None] | None = None) -> None:
+                 on_level_change: Callable[[str, str], None] | None = None,
+                 allowances: Callable[[str], Sequence[Allowance]] = _no_allowances) -> None:
+        """``allowances(key_id)``: the budgets above that key's spawns besides the daemon's
+        (its own, then its project's), asked at every check: memory only, and cheap."""
         self.policy = policy
         self.clock = clock
+        self.allowances = allowances
+        self._by_day: dict[Owner, dict[int, float]] = {}     # settled spend per owner and UTC day number
+        self._tally: dict[Owner, list[float]] = {}           # owner -> [first day of its period, spend since]
+        self._reserved_project: dict[str, float] = {}        # project id -> its open reservations
         self._day = _day(clock())
         self._month = _month(clock())
         self.spent_today = 0.0
         self.spent_month = 0.0
-        self._reserved: dict[str, tuple[str, float]] = {}   # hold id (agent or team) -> (key_id, amount)
+        self._reserved: dict[str, tuple[str, str | None, float]] = {}  # hold id -> (key_id, project_id, amount)
         self.reserved = 0.0
         self._reserved_key: dict[str, float] = {}           # key_id -> its open reservations
         self._live_per_key: dict[str, int] = {}
@@ -128,26 +163,99 @@ class Budget:
             self._exceeded = {(name, period) for name, period in self._exceeded if name != "hourly"}
 
     def levels(self, key_id: str) -> list[Level]:
-        """Every cap a spawn by ``key_id`` must fit under (a per-key budget would be one more)."""
+        """Every cap a spawn by ``key_id`` must fit under: the key's hour, its own budget and
+        its project's (when it has them), the day and the month."""
         p = self.policy  # the key's own level first: its refusal (429) is the more specific
-        return [Level("hourly", p.spike_per_hour, self._spent_hour.get(key_id, 0.0),
-                      self._reserved_key.get(key_id, 0.0), f"{key_id}@{self._hour}"),
-                Level("daily", p.daily_budget, self.spent_today, self.reserved, self._day),
-                Level("monthly", p.monthly_ceiling, self.spent_month, self.reserved, self._month)]
+        levels = [Level("hourly", p.spike_per_hour, self._spent_hour.get(key_id, 0.0),
+                        self._reserved_key.get(key_id, 0.0), f"{key_id}@{self._hour}")]
+        for allowance in self.allowances(key_id):
+            levels.append(self.allowance_level(allowance))
+        levels.append(Level("daily", p.daily_budget, self.spent_today, self.reserved, self._day))
+        levels.append(Level("monthly", p.monthly_ceiling, self.spent_month, self.reserved, self._month))
+        return levels
+
+    def allowance_level(self, allowance: Allowance) -> Level:
+        """A key's or a project's budget as a level: its owner's spend in the current period
+        and its owner's open reservations."""
+        start, end = allowance.period(self.clock())
+        owner = _owner(allowance)
+        reserved = (self._reserved_key if allowance.scope == "key" else self._reserved_project).get(
+            allowance.owner_id, 0.0)
+        return Level(allowance.scope, allowance.max_budget, self._spent_since(owner, start), reserved,
+                     f"{allowance.owner_id}@{int(start)}", allowance, end)
+
+    def _spent_since(self, owner: Owner, start: float) -> float:
+        """The owner's settled spend since ``start`` (a period's start: a UTC midnight; any
+        other moment counts its whole day, the safe side).  Cached per owner for its current
+        period; a new period or another start (an allowance that changed) sums the days again."""
+        first = int(start // _DAY)
+        tally = self._tally.get(owner)
+        if tally is None or tally[0] != first:
+            spent = sum(v for day, v in self._by_day.get(owner, {}).items() if day >= first)
+            tally = self._tally[owner] = [first, spent]
+        return tally[1]
+
+    def _count_spend(self, owner: Owner, cost: float) -> None:
+        today = int(self.clock() // _DAY)
+        days = self._by_day.setdefault(owner, {})
+        days[today] = days.get(today, 0.0) + cost
+        tally = self._tally.get(owner)
+        if tally is not None and today >= tally[0]:
+            tally[1] += cost
+
+    def remaining_for(self, key_id: str) -> float:
+        """The most ``key_id`` could reserve now by its money levels that have no hour in them:
+        the smallest remaining of its own budget, its project's and the daemon's day
+        (X-Budget-Remaining).  Memory only."""
+        self._roll()
+        remaining = self.remaining
+        for allowance in self.allowances(key_id):
+            remaining = min(remaining, self.allowance_level(allowance).remaining)
+        return remaining
+
+    def standing(self, allowance: Allowance) -> dict[str, Any]:
+        """A budget's standing for GET /keys/{key_id} (and a project's): spend and open
+        reservations in its current period, what remains, when the period started and ends."""
+        from .agent_record import iso
+        self._roll()
+        level = self.allowance_level(allowance)
+        start, end = allowance.period(self.clock())
+        return {"max_budget": allowance.max_budget, "budget_duration": allowance.duration,
+                "spend": round(level.settled, 6), "reserved": round(level.reserved, 6),
+                "budget_remaining": level.remaining, "period_start": iso(start), "resets_at": iso(end)}
+
+    @staticmethod
+    def spend_horizon(allowances: Iterable[Allowance], now: float) -> float:
+        """From when restore_spend() needs the ledger: the earliest start of these budgets'
+        periods, and 31 days back at least (a budget set later starts today; a 30-day one
+        rolls over into days already known)."""
+        return min([now - 31 * _DAY, *(a.period(now)[0] for a in allowances)]) // _DAY * _DAY
+
+    def restore_spend(self, rows: Iterable[tuple[str | None, str | None, int, float]]) -> None:
+        """Settled spend per owner and UTC day from the ledger: (api_key, project_id, day
+        number, cost) rows (ledger.spend_by_day)."""
+        self._by_day.clear()
+        self._tally.clear()
+        for key_id, project_id, day, cost in rows:
+            for scope, owner_id in (("key", key_id), ("project", project_id)):
+                if owner_id is not None:
+                    days = self._by_day.setdefault((scope, owner_id), {})
+                    days[day] = days.get(day, 0.0) + cost
 
     def restore(self, spent_today: float, spent_month: float, spent_hour_by_key: dict[str, float],
-                live: list[tuple[str, str, float]]) -> None:
-        """Rebuild from the ledger: settled spend, and (hold, key, reservation) for live agents.
-        A level already past its cap was announced when it happened: not again."""
+                live: Sequence[tuple[str, str, float] | tuple[str, str, float, str | None]]) -> None:
+        """Rebuild from the ledger: settled spend, and (hold, key, reservation[, project]) for
+        live agents.  A level already past its cap was announced when it happened: not again."""
         self._roll()
         self.spent_today, self.spent_month = spent_today, spent_month
         self._spent_hour = dict(spent_hour_by_key)
         self._reserved.clear()
         self._reserved_key.clear()
+        self._reserved_project.clear()
         self._live_per_key.clear()
         self.reserved = 0.0
-        for agent_id, key_id, amount in live:
-            self._hold(agent_id, key_id, amount)
+        for agent_id, key_id, amount, *project in live:
+            self._hold(agent_id, key_id, amount, project[0] if project else None)
         for key_id in {"", *self._spent_hour}:
             self._exceeded.update((lv.name, lv.period) for lv in self.levels(key_id) if lv.exceeded)
         self._level = self.level
@@ -171,12 +279,14 @@ class Budget:
         return alert_level(self.utilization_pct)
 
     # -- reserve / settle ----------------------------------------------------------------
-    def check(self, key_id: str, amount: float, count: int = 1) -> None:
-        """Raise if ``count`` agents reserving ``amount`` in all may not start now."""
+    def check(self, key_id: str, amount: float, count: int = 1, *, max_live: int | None = None) -> None:
+        """Raise if ``count`` agents reserving ``amount`` in all may not start now.
+        ``max_live``: the key's own limit of live agents (None: [budget] max_agents_per_key)."""
         self._roll()
         p = self.policy
-        if self._live_per_key.get(key_id, 0) + count > p.max_agents_per_key:
-            raise SpawnRefused(f"Too many agents in flight for this key (limit {p.max_agents_per_key}); "
+        most = p.max_agents_per_key if max_live is None else max_live
+        if self._live_per_key.get(key_id, 0) + count > most:
+            raise SpawnRefused(f"Too many agents in flight for this key (limit {most}); "
                                "wait for some to finish", retry_after=5, headers={"Retry-After": "5"})
         for level in self.levels(key_id):
             if level.committed + amount > level.cap:
@@ -184,6 +294,18 @@ class Budget:
 
     def _refusal(self, level: Level, amount: float) -> ApiError:
         figures = f"spent {level.settled:.4f}, reserved {level.reserved:.4f}, this spawn {amount:.4f}"
+        allowance = level.allowance
+        if allowance is not None:
+            from .agent_record import iso
+            what = f"{allowance.scope.capitalize()} budget of ${level.cap:g} per {allowance.duration}"
+            if allowance.scope == "project":
+                what += f" (project {allowance.owner_id})"
+            until = "it never resets" if level.ends is None else f"it resets at {iso(level.ends)}"
+            if level.exceeded:
+                return BudgetExceeded(f"{what} is exceeded ({figures}): a provider billed more than it was "
+                                      f"allowed; {until}", budget_remaining=level.remaining, level=allowance.scope)
+            return BudgetExceeded(f"{what} would be exceeded ({figures}); {until}",
+                                  budget_remaining=level.remaining, level=allowance.scope)
         if level.name in ("daily", "monthly"):
             what = "Daily budget" if level.name == "daily" else "Monthly ceiling"
             if level.exceeded:  # only an overbilling provider gets spend past a cap
@@ -205,17 +327,22 @@ class Budget:
         """check() then hold; no await may come between the two (see module doc)."""
         self.reserve_all(key_id, [(agent_id, amount)])
 
-    def reserve_all(self, key_id: str, items: list[tuple[str, float]]) -> None:
-        """Reserve for several agents at once (a batch): all of them, or none."""
-        self.check(key_id, sum(amount for _, amount in items), count=len(items))
+    def reserve_all(self, key_id: str, items: list[tuple[str, float]], *, project_id: str | None = None,
+                    max_live: int | None = None) -> None:
+        """Reserve for several agents at once (a batch): all of them, or none.  ``project_id``:
+        the project the key belongs to now (its reservations and spend count there);
+        ``max_live``: the key's own limit of live agents."""
+        self.check(key_id, sum(amount for _, amount in items), count=len(items), max_live=max_live)
         for agent_id, amount in items:
-            self._hold(agent_id, key_id, amount)
+            self._hold(agent_id, key_id, amount, project_id)
 
-    def _hold(self, agent_id: str, key_id: str, amount: float) -> None:
+    def _hold(self, agent_id: str, key_id: str, amount: float, project_id: str | None = None) -> None:
         self.version += 1
-        self._reserved[agent_id] = (key_id, amount)
+        self._reserved[agent_id] = (key_id, project_id, amount)
         self.reserved += amount
         self._reserved_key[key_id] = self._reserved_key.get(key_id, 0.0) + amount
+        if project_id is not None:
+            self._reserved_project[project_id] = self._reserved_project.get(project_id, 0.0) + amount
         self._live_per_key[key_id] = self._live_per_key.get(key_id, 0) + 1
 
     def settle(self, hold_id: str, actual_cost: float | None, *, part: float | None = None) -> list[Level]:
@@ -228,17 +355,21 @@ class Budget:
         """
         self._roll()
         self.version += 1
-        key_id, held = self._reserved.get(hold_id, ("", 0.0))
+        key_id, project_id, held = self._reserved.get(hold_id, ("", None, 0.0))
         released = held if part is None else min(part, held)
         if key_id:
             self.reserved = max(self.reserved - released, 0.0)
             self._reserved_key[key_id] = max(self._reserved_key.get(key_id, 0.0) - released, 0.0)
+            if project_id is not None:
+                self._reserved_project[project_id] = max(self._reserved_project.get(project_id, 0.0) - released, 0.0)
             if part is not None:
-                self._reserved[hold_id] = (key_id, held - released)
+                self._reserved[hold_id] = (key_id, project_id, held - released)
             else:
                 del self._reserved[hold_id]
                 if self._reserved_key[key_id] <= 0.0:
                     del self._reserved_key[key_id]
+                if project_id is not None and self._reserved_project[project_id] <= 0.0:
+                    del self._reserved_project[project_id]
                 left = self._live_per_key.get(key_id, 1) - 1
                 if left > 0:
                     self._live_per_key[key_id] = left
@@ -249,6 +380,10 @@ class Budget:
             self.spent_today += actual_cost
             self.spent_month += actual_cost
             self._spent_hour[key_id] = self._spent_hour.get(key_id, 0.0) + actual_cost
+            if key_id:
+                self._count_spend(("key", key_id), actual_cost)
+            if project_id is not None:
+                self._count_spend(("project", project_id), actual_cost)
             for level in self.levels(key_id):
                 if level.exceeded and (level.name, level.period) not in self._exceeded:
                     self._exceeded.add((level.name, level.period))

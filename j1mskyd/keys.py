@@ -35,19 +35,21 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .crypto import DataCipher
 from .durable import fsync_dir
 from .errors import BadRequest, Conflict
+from .key_request import KeyLimits
+from .request_fields import changed
 from .store import Store
 from .tenancy import Allowance, day_start
 
 __all__ = ["ADMIN", "ANY_KEY", "AlreadyRotated", "ApiKey", "KeyRefused", "KeyRing", "KeyService", "KeyWatch", "LastAdminKey",
            "NewKey", "READ_ALL", "REFRESH_SECONDS", "SCOPES", "STREAM_REFRESH_SECONDS", "TOKEN_PREFIX", "hash_token",
            "lost_reason", "make_key", "membership_statements", "parse_scopes", "read_keys", "revoke_statement",
-           "rotate_statements", "webhook_secret_statement"]
+           "rotate_statements", "update_statement", "webhook_secret_statement"]
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +186,15 @@ class ApiKey:
                 "last_used_at": iso(self.last_used_at), "expires_at": iso(self.expires_at),
                 "revoked_at": iso(self.revoked_at), "revoke_reason": self.revoke_reason,
                 "rotated_to": self.rotated_to,
-                "webhook_signing": "request_secret" if self.sealed_webhook_secret is None else "webhook_secret"}
+                "webhook_signing": "request_secret" if self.sealed_webhook_secret is None else "webhook_secret",
+                **self.limits_view()}
+
+    def limits_view(self) -> dict[str, Any]:
+        """The key's own limits (None: the daemon's apply) and its project."""
+        return {"max_budget": self.max_budget, "budget_duration": self.budget_duration if self.max_budget is not None
+                else None, "models": None if self.models is None else list(self.models),
+                "max_concurrency": self.max_concurrency, "limits": self.limits, "metadata": self.metadata,
+                "project_id": self.project_id}
 
 
 @dataclass(frozen=True)
@@ -205,7 +215,53 @@ class NewKey:
 
 
 _COLUMNS = ("key_id", "name", "token_hash", "secret", "scopes", "require_signature", "created_at", "last_used_at",
-            "expires_at", "revoked_at", "revoke_reason", "rotated_to", "webhook_secret")
+            "expires_at", "revoked_at", "revoke_reason", "rotated_to", "webhook_secret", "max_budget",
+            "budget_duration", "budget_anchor", "models", "max_concurrency", "limits", "metadata", "project_id")
+# The limit columns stored as JSON text (NULL: none).
+_JSON_COLUMNS = frozenset(("models", "limits", "metadata"))
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _limit_values(key: ApiKey) -> tuple[object, ...]:
+    """The limit columns of ``key``, as stored (the tail of _COLUMNS)."""
+    return (key.max_budget, key.budget_duration, key.budget_anchor, _json_text(key.models), key.max_concurrency,
+            _json_text(key.limits), _json_text(key.metadata or None), key.project_id)
+
+
+def _apply(key: ApiKey, limits: KeyLimits, now: float) -> dict[str, object]:
+    """Set ``limits`` on ``key`` (in memory); returns the columns that changed, as stored.
+
+    A budget set where there was none, or with another duration, starts its periods at the
+    UTC midnight of today (budget_anchor); a new amount alone keeps the period."""
+    fields = changed(limits)
+    columns: dict[str, object] = {}
+    if "max_budget" in fields:
+        amount, duration = fields.pop("max_budget"), fields.pop("budget_duration")
+        if amount is None:
+            anchor = None
+        elif key.max_budget is None or duration != key.budget_duration or key.budget_anchor is None:
+            anchor = day_start(now)
+        else:
+            anchor = key.budget_anchor
+        key.max_budget, key.budget_duration, key.budget_anchor = amount, duration, anchor
+        columns.update(max_budget=amount, budget_duration=duration, budget_anchor=anchor)
+    for name, value in fields.items():
+        if name == "metadata":
+            value = value or {}
+        setattr(key, name, value)
+        columns[name] = _json_text(value or None) if name in _JSON_COLUMNS else value
+    return columns
+
+
+def update_statement(key_id: str, columns: dict[str, object]) -> tuple[str, tuple[object, ...]]:
+    """Store changed limit columns of a key (from _apply)."""
+    return (f"UPDATE api_keys SET {', '.join(f'{c} = ?' for c in columns)} WHERE key_id = ?",
+            (*columns.values(), key_id))
 
 
 def _json_or_none(text: str | None) -> Any:
@@ -232,10 +288,13 @@ def read_keys(conn: sqlite3.Connection, cipher: DataCipher | None) -> dict[str, 
 
 
 def make_key(name: object, scopes: Iterable[str] | str, cipher: DataCipher, *, require_signature: bool = False,
-             now: float | None = None, webhook_secret: str | None = None) -> tuple[NewKey, tuple[str, tuple[object, ...]]]:
+             now: float | None = None, webhook_secret: str | None = None, limits: KeyLimits | None = None,
+             like: ApiKey | None = None) -> tuple[NewKey, tuple[str, tuple[object, ...]]]:
     """A new key and the INSERT that stores it (token hashed, secrets sealed).
 
-    ``webhook_secret``: a rotated key's, carried over (then not shown again); else a new one."""
+    ``webhook_secret``: a rotated key's, carried over (then not shown again); else a new one.
+    ``limits``: the new key's own limits (parsed by key_request.parse_limits); ``like``: a
+    rotated key, whose limits, budget period and project the successor keeps."""
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise KeyRefused("name must be a non-empty string of at most 100 characters")
     scopes = parse_scopes(scopes)
@@ -254,8 +313,15 @@ def make_key(name: object, scopes: Iterable[str] | str, cipher: DataCipher, *, r
     key = ApiKey(key_id=key_id, name=name.strip(), scopes=scopes, token_hash=hash_token(token), sealed_secret=sealed,
                  require_signature=require_signature, created_at=time.time() if now is None else now, cipher=cipher,
                  _secret=secret, sealed_webhook_secret=sealed_hook, _webhook_secret=hook_secret)
+    if like is not None:
+        key.max_budget, key.budget_duration, key.budget_anchor = like.max_budget, like.budget_duration, like.budget_anchor
+        key.models, key.max_concurrency, key.limits = like.models, like.max_concurrency, like.limits
+        key.metadata, key.project_id = dict(like.metadata), like.project_id
+    if limits is not None:
+        _apply(key, limits, key.created_at)
     values = (key.key_id, key.name, key.token_hash, sealed, ",".join(scopes),
-              int(require_signature), key.created_at, None, None, None, None, None, sealed_hook)
+              int(require_signature), key.created_at, None, key.expires_at, None, None, None, sealed_hook,
+              *_limit_values(key))
     sql = f"INSERT INTO api_keys ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
     return NewKey(key, token, secret, new_hook_secret), (sql, values)
 
@@ -510,6 +576,16 @@ class KeyService:
         key.last_used_at = self._used[key.key_id] = self.clock()
         return key
 
+    def find(self, key_id: str) -> ApiKey | None:
+        """The key of that id, or None (the spawn path's look-up: memory only)."""
+        return self.ring.keys.get(key_id)
+
+    def allowances(self, key_id: str) -> tuple[Allowance, ...]:
+        """The key's own budget, as budget.Budget asks for it (nothing for an unknown key)."""
+        key = self.ring.keys.get(key_id)
+        allowance = key.allowance() if key is not None else None
+        return () if allowance is None else (allowance,)
+
     def get(self, key_id: str) -> ApiKey:
         key = self.ring.keys.get(key_id)
         if key is None:
@@ -517,16 +593,32 @@ class KeyService:
         return key
 
     async def create(self, name: object, scopes: Iterable[str] | str, require_signature: bool = False, *,
+                     limits: KeyLimits | None = None,
                      before_commit: Callable[[NewKey], None] | None = None) -> NewKey:
         """``before_commit(new)`` runs (blocking) before the key's row is written: the bootstrap
-        key's token file is on disk before the key exists, never the other way round."""
+        key's token file is on disk before the key exists, never the other way round.
+        ``limits``: the key's own (key_request.parse_limits)."""
         new, insert = make_key(name, scopes, self._cipher, require_signature=require_signature,
-                               now=self.clock())
+                               now=self.clock(), limits=limits)
         if before_commit is not None:
             before_commit(new)
         await self.store.write(insert, fail_fast=True)
         await self.reload()
         return new
+
+    async def update(self, key_id: str, limits: KeyLimits) -> tuple[ApiKey, dict[str, object]]:
+        """Change a key's own limits (PATCH /keys/{key_id}, ``j1mskyd keys update``); returns
+        the key as it is now and the columns that changed.  A revoked key is refused (400).
+        Live streams of the key hear of a new expires_at at once (the reload rechecks them)."""
+        key = self.get(key_id)
+        if key.revoked_at is not None:
+            raise KeyRefused(f"{key_id} is revoked; its limits cannot change")
+        draft = replace(key, metadata=dict(key.metadata))  # the ring's key changes with the reload
+        columns = _apply(draft, limits, self.clock())
+        if columns:
+            await self.store.write(update_statement(key_id, columns), fail_fast=True)
+            await self.reload()
+        return self.get(key_id), columns
 
     async def revoke(self, key_id: str, reason: str, *, force: bool = False) -> ApiKey:
         """Revoke now.  The last active admin key is refused (409) unless ``force``: without it
@@ -555,7 +647,7 @@ class KeyService:
             raise AlreadyRotated(f"{key_id} was already rotated to {successor.key_id} and works only until "
                                  f"{iso(old.expires_at)}; rotate {successor.key_id} instead")
         new, insert = make_key(old.name, old.scopes, self._cipher, require_signature=old.require_signature,
-                               now=now, webhook_secret=old.own_webhook_secret)
+                               now=now, webhook_secret=old.own_webhook_secret, like=old)
         await self.store.write(*rotate_statements(old, insert, new, self.grace_seconds, now), fail_fast=True)
         await self.reload()
         if new.key.key_id not in self.ring.keys:  # another rotation or a revocation came first

@@ -20,18 +20,20 @@ from typing import Any
 from .store import Statement
 
 __all__ = ["GROUPS", "ModelDay", "Spend", "Totals", "UsageRow", "billed_by_agent", "by_model_since", "record",
-           "spend", "totals", "usage_groups"]
+           "spend", "spend_by_day", "totals", "usage_groups"]
 
 # SQLite allows 32,766 parameters since 3.32 and 999 before: stay well under both.
 _CHUNK = 500
 
 
 def record(ts: float, agent_id: str, api_key: str | None, model: str | None, provider: str | None,
-           input_tokens: int | None, output_tokens: int | None, cost: float) -> Statement:
-    """The statement that records one billed call."""
-    return ("INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key))
+           input_tokens: int | None, output_tokens: int | None, cost: float,
+           project_id: str | None = None) -> Statement:
+    """The statement that records one billed call; ``project_id``: the project its key was in
+    when the agent was spawned (the spend stays there if the key moves later)."""
+    return ("INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key, project_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key, project_id))
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,14 @@ def spend(conn: sqlite3.Connection, now: float) -> Spend:
     hour = dict(conn.execute("SELECT api_key, SUM(cost) FROM usage WHERE ts >= ? GROUP BY api_key",
                              (hour_start,)).fetchall())
     return Spend(today, month, hour)
+
+
+def spend_by_day(conn: sqlite3.Connection, since: float) -> list[tuple[str | None, str | None, int, float]]:
+    """(api_key, project_id, UTC day number, cost) since ``since``: what key and project
+    budgets count (budget.Budget.restore_spend)."""
+    return [(k, p, int(d), c) for k, p, d, c in conn.execute(
+        "SELECT api_key, project_id, CAST(ts / 86400 AS INTEGER) AS d, SUM(cost) FROM usage WHERE ts >= ? "
+        "GROUP BY api_key, project_id, d", (since,))]
 
 
 def billed_by_agent(conn: sqlite3.Connection, agent_ids: Sequence[str]) -> dict[str, float]:

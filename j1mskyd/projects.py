@@ -141,6 +141,13 @@ class ProjectService:
         project = self.projects.get(project_id) if project_id is not None else None
         return project.allowance() if project is not None else None
 
+    def allowances(self, key_id: str) -> tuple[Allowance, ...]:
+        """The budgets above a spawn of ``key_id`` besides the daemon's, as budget.Budget asks
+        for them at every check: the key's own, then its project's.  Memory only."""
+        key = self.keys.find(key_id)
+        project = self.allowance(key.project_id) if key is not None else None
+        return self.keys.allowances(key_id) + ((project,) if project is not None else ())
+
     def view(self, project: Project) -> dict[str, Any]:
         return project.public(self.members(project.project_id))
 

@@ -661,7 +661,7 @@ class AgentRuntime:
         cost = token_cost(model, *usage)
         agent.billed += cost
         self.store.submit([ledger.record(self.clock(), agent.agent_id, agent.api_key, alias, model.provider, *usage,
-                                         cost)])
+                                         cost, agent.project_id)])
         return self.budget.settle(_hold_id(agent), cost, part=cost) if self.budget is not None else []
 
     async def _complete(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent,
@@ -727,7 +727,7 @@ class AgentRuntime:
         if status == COMPLETED and agent.kind != KIND_TEAM:
             statements.append(ledger.record(fields["completed_at"], agent.agent_id, agent.api_key, agent.served_model,
                                             agent.provider, agent.input_tokens, agent.output_tokens,
-                                            fields["cost"] - agent.billed))
+                                            fields["cost"] - agent.billed, agent.project_id))
         event = None
         if self.events is not None and agent.kind != KIND_MEMBER:
             # The announcement goes in the same transaction as the state it announces.
@@ -785,7 +785,7 @@ class AgentRuntime:
         for level in levels:
             log.error("budget: %s cap of $%g passed (spent %.6f) after agent %s cost $%.6f; spawns are "
                       "refused until the %s ends", level.name, level.cap, level.settled, agent.agent_id,
-                      cost or 0.0, {"daily": "day", "monthly": "month", "hourly": "hour"}[level.name])
+                      cost or 0.0, {"daily": "day", "monthly": "month", "hourly": "hour"}.get(level.name, "budget period"))
         if self.events is None:
             return
         data = {"agent_id": agent.agent_id, "model": agent.served_model or agent.model, "provider": agent.provider,

@@ -40,6 +40,7 @@ async def test_head_answers_as_get_on_every_get_route(aiohttp_client, tmp_path):
     for pattern in patterns:
         path = re.sub(r"\{[^}]+\}", "x", pattern)
         scope = app_scopes.get(("GET", pattern))
+        # ANY_KEY ("key"): a key's own record, which every key may read (no key: 401).
         assert scope in SCOPES or scope in (PUBLIC, ANY_KEY) or not pattern.startswith("/api/"), pattern
         cases = {"no key": {}}
         if scope in SCOPES:

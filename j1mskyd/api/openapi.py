@@ -18,6 +18,9 @@ from aiohttp import web
 
 from .. import __version__
 from ..audit import EVENTS as AUDIT_EVENTS, LOG_LEVELS
+from ..keys import SCOPES
+from ..ratelimit import ENDPOINT_CLASSES
+from ..tenancy import DURATIONS
 from ..security_request import MAX_BLOCK_HOURS
 from .common import CONFIG, app_key, json_response
 from .middleware import PUBLIC
@@ -69,8 +72,29 @@ _AGENT = _obj(["agent_id", "model", "status", "task", "created", "result", "cost
 _LISTED = _obj(["agent_id", "model", "status", "task", "created_at", "estimated_cost", "error"], agent_id=_STR,
                model=_STR, status=_STATUS, task=_STR, created_at=_TIME, estimated_cost=_NUM,
                actual_cost={"type": ["number", "null"]}, error={"type": ["string", "null"]})
+_NULL_NUM, _NULL_STR = {"type": ["number", "null"]}, {"type": ["string", "null"]}
+# A key's own budget in its current period (null: it has none): GET /keys, /keys/{key_id}, /keys/me.
+_KEY_BUDGET = {"type": ["object", "null"], "required": ["max_budget", "budget_duration", "spend", "reserved",
+                                                        "budget_remaining", "period_start", "resets_at"],
+               "properties": {"max_budget": _NUM, "budget_duration": {"type": "string", "enum": list(DURATIONS)},
+                              "spend": _NUM, "reserved": _NUM, "budget_remaining": _NUM, "period_start": _TIME,
+                              "resets_at": {"type": ["string", "null"], "format": "date-time"}}}
+# The limit fields of POST /keys and PATCH /keys/{key_id} (null: none of its own / clear it).
+_KEY_LIMITS = {
+    "max_budget": {"type": ["number", "null"], "minimum": 0, "maximum": 1_000_000},
+    "budget_duration": {"type": ["string", "null"], "enum": [*DURATIONS, None]},
+    "models": {"type": ["array", "null"], "minItems": 1, "items": _STR},
+    "max_concurrency": {"type": ["integer", "null"], "minimum": 1, "maximum": 100_000},
+    "limits": {"type": ["object", "null"], "propertyNames": {"enum": list(ENDPOINT_CLASSES)},
+               "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 1_000_000}},
+    "expires_at": {"type": ["string", "null"], "format": "date-time"},
+    "metadata": {"type": ["object", "null"], "description": "free-form labels, at most 4096 bytes as JSON"},
+}
 _KEY = _obj(["key_id", "name", "scopes", "status", "require_signature", "created_at"], key_id=_STR, name=_STR,
-            scopes={"type": "array", "items": _STR}, status=_STR, require_signature=_BOOL, created_at=_TIME)
+            scopes={"type": "array", "items": _STR}, status=_STR, require_signature=_BOOL, created_at=_TIME,
+            max_budget=_NULL_NUM, budget_duration=_NULL_STR, models={"type": ["array", "null"], "items": _STR},
+            max_concurrency={"type": ["integer", "null"]}, limits={"type": ["object", "null"]}, metadata=_OBJ,
+            project_id=_NULL_STR, budget=_KEY_BUDGET)
 _NEW_KEY = _obj(["success", "key_id", "name", "token", "secret", "scopes", "require_signature"], success=_OK,
                 key_id=_STR, name=_STR, token=_STR, secret=_STR, webhook_secret=_STR,
                 scopes={"type": "array", "items": _STR}, require_signature=_BOOL)
@@ -114,6 +138,10 @@ RESULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/metrics"): _obj(["agents", "budget"], agents=_OBJ, budget=_OBJ),
     ("POST", "/keys"): _NEW_KEY,
     ("GET", "/keys"): _obj(["keys", "count"], keys={"type": "array", "items": _KEY}, count=_INT),
+    ("GET", "/keys/me"): _KEY,
+    ("GET", "/keys/{key_id}"): _KEY,
+    ("PATCH", "/keys/{key_id}"): _obj(["success", "changed", "key"], success=_OK,
+                                      changed={"type": "array", "items": _STR}, key=_KEY),
     ("DELETE", "/keys/{key_id}"): _obj(["success", "message", "key"], success=_OK, message=_STR, key=_KEY),
     ("POST", "/keys/{key_id}/rotate"): {**_NEW_KEY, "required": [*_NEW_KEY["required"], "replaces",
                                                                    "old_key_expires_at"]},
@@ -144,10 +172,11 @@ RESULTS: dict[tuple[str, str], dict[str, Any]] = {
         pagination=_obj(["cursor", "has_more", "limit"], cursor=_STR, has_more=_BOOL, limit=_INT)),
 }
 # Projects (project_request.py, projects.py): budget scopes above keys.
-_BUDGET_FIELDS = {"max_budget": {"type": ["number", "null"]}, "budget_duration": {"type": ["string", "null"]}}
+_BUDGET_FIELDS = {"max_budget": _NULL_NUM, "budget_duration": _NULL_STR}
 _PROJECT = _obj(["project_id", "name", "max_budget", "budget_duration", "metadata", "members", "created_at",
-                 "updated_at"], project_id=_STR, name=_STR, **_BUDGET_FIELDS, metadata=_OBJ,
-                members={"type": "array", "items": _STR}, created_at=_TIME, updated_at=_TIME)
+                 "updated_at", "budget"], project_id=_STR, name=_STR, **_BUDGET_FIELDS, metadata=_OBJ,
+                members={"type": "array", "items": _STR}, created_at=_TIME, updated_at=_TIME,
+                budget=_KEY_BUDGET)  # a project's budget has a key's shape
 _MOVED = {"type": "array", "items": _obj(["key_id", "from_project_id"], key_id=_STR, from_project_id=_STR)}
 _PROJECT_CHANGED = {**_PROJECT, "required": ["success", *_PROJECT["required"], "moved"],
                     "properties": {**_PROJECT["properties"], "success": _OK, "moved": _MOVED}}
@@ -366,9 +395,10 @@ def _bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
             "agents": {"type": "array", "minItems": 1, "maxItems": config.runtime.max_batch, "items": spawn}}},
         ("POST", "/keys"): {"type": "object", "required": ["name", "scopes"], "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 100},
-            "scopes": {"type": "array", "items": {"type": "string", "enum": [
-                "agents:read", "agents:write", "billing:read", "admin:write"]}},
-            "require_signature": {"type": "boolean"}}},
+            "scopes": {"type": "array", "items": {"type": "string", "enum": list(SCOPES)}},
+            "require_signature": {"type": "boolean"}, **_KEY_LIMITS}},
+        ("PATCH", "/keys/{key_id}"): {"type": "object", "minProperties": 1, "additionalProperties": False,
+                                      "properties": _KEY_LIMITS},
         ("POST", "/webhooks"): {"type": "object", "required": ["url"], "properties": {
             "url": _WEBHOOK_URL, "events": _HOOK_EVENTS,
             "secret": {"type": "string", "minLength": 8, "maxLength": 256}, "sink": {"type": "string"},

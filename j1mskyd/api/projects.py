@@ -24,7 +24,11 @@ def _audit(request: web.Request, action: str, project_id: str, details: dict) ->
 
 
 def _view(request: web.Request, project: Project) -> dict:
-    return _projects(request).view(project)
+    """The project with its members and its budget's standing (None: it has no budget)."""
+    allowance = project.allowance()
+    budget = request.app[SERVICES].budget
+    return {**_projects(request).view(project),
+            "budget": None if allowance is None else budget.standing(allowance)}
 
 
 async def create_project(request: web.Request) -> web.Response:

@@ -48,6 +48,11 @@ ROUTES = (
     ("DELETE", "/projects/{project_id}", projects.delete_project, ADMIN, "other"),
     ("POST", "/keys", keys.create_key, ADMIN, "other"),
     ("GET", "/keys", keys.list_keys, ADMIN, "other"),
+    # A key's own record (its limits and budget); /keys/me before /keys/{key_id}, which shows
+    # a key its own id only, unless it has admin:read (the handler answers 404 otherwise).
+    ("GET", "/keys/me", keys.get_own_key, ANY_KEY, "other"),
+    ("GET", "/keys/{key_id}", keys.get_key, ANY_KEY, "other"),
+    ("PATCH", "/keys/{key_id}", keys.update_key, ADMIN, "other"),
     ("DELETE", "/keys/{key_id}", keys.revoke_key, ADMIN, "other"),
     ("POST", "/keys/{key_id}/rotate", keys.rotate_key, ADMIN, "other"),
     ("POST", "/keys/{key_id}/webhook-secret/rotate", keys.rotate_webhook_secret, ADMIN, "other"),
