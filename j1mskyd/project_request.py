@@ -11,15 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import jsonx
 from .errors import ValidationFailed
+from .key_request import METADATA_MAX_BYTES, _metadata as _key_metadata
 from .request_fields import KEEP, Keep, bad
 from .tenancy import parse_allowance
 
 __all__ = ["CHANGEABLE", "MAX_MEMBERS", "MAX_METADATA_BYTES", "NewProject", "ProjectChange", "parse_change",
            "parse_metadata", "parse_new"]
 
-MAX_METADATA_BYTES = 4096   # serialised: labels, not a document store
+MAX_METADATA_BYTES = METADATA_MAX_BYTES  # serialised: labels, not a document store
 MAX_MEMBERS = 1000          # key ids in one request: far more than a household or a team has keys
 CREATABLE = ("name", "max_budget", "budget_duration", "metadata", "members")
 CHANGEABLE = ("name", "max_budget", "budget_duration", "metadata", "members", "add_members", "remove_members")
@@ -63,13 +63,14 @@ def _name(name: Any) -> str:
     return name.strip()
 
 
-def parse_metadata(metadata: Any, field: str = "metadata") -> dict[str, Any]:
-    """Free-form labels: a JSON object of at most MAX_METADATA_BYTES serialised."""
-    if not isinstance(metadata, dict):
-        raise bad(field, "metadata must be a JSON object")
-    if len(jsonx.compact(metadata).encode()) > MAX_METADATA_BYTES:
-        raise bad(field, f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
-    return metadata
+def parse_metadata(metadata: Any) -> dict[str, Any]:
+    """Free-form labels: a JSON object of at most MAX_METADATA_BYTES serialised (a key's
+    metadata rule, key_request.py's, so both read alike)."""
+    errors: list[dict[str, str]] = []
+    parsed = _key_metadata(metadata, errors)
+    if errors or parsed is None:
+        raise ValidationFailed(errors[:1])
+    return parsed
 
 
 def _key_ids(ids: Any, field: str) -> tuple[str, ...]:

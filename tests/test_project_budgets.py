@@ -229,3 +229,31 @@ async def test_a_moved_key_leaves_its_spend_behind_and_spends_under_its_new_proj
     assert (await spawn(4))[0] == 200
     assert await spend_by(app, "project_id") == {old: pytest.approx(w, rel=0.01), new: pytest.approx(w, rel=0.01),
                                                  None: pytest.approx(w, rel=0.01)}
+
+
+async def test_a_projects_spend_survives_a_restart(aiohttp_client, tmp_path, upstream):
+    """The project's spend in its period is rebuilt from the ledger at start: after a restart
+    the budget is as spent as before, and refuses what no longer fits."""
+    upstream.release.set()
+    w = worstcase.agent_bound(paid_config(tmp_path, upstream, 1.0).models, "k2p5", TASK.format(0))
+    cfg = paid_config(tmp_path, upstream, 100 * w)
+    client = await aiohttp_client(build_app(cfg))
+    root = bootstrap_key(cfg)
+    admin = bearer(root["token"])
+    key = await new_key(client, root, ["agents:write", "agents:read"], name="k")
+    pid = (await (await client.post("/api/projects", headers=admin, json={
+        "name": "p", "max_budget": 2.5 * w, "budget_duration": "total", "members": [key["key_id"]]})).json())[
+        "project_id"]
+    spawned = [await client.post("/api/spawn", headers=bearer(key["token"]),
+                                 json={"model": "k2p5", "task": TASK.format(i)}) for i in range(2)]
+    await wait_done(client, admin, [(await r.json())["agent_id"] for r in spawned])
+    before = (await (await client.get(f"/api/projects/{pid}", headers=admin)).json())["budget"]
+    assert before["spend"] == pytest.approx(2 * w, rel=0.01) and before["resets_at"] is None
+    await client.close()
+    again = await aiohttp_client(build_app(cfg))
+    after = (await (await again.get(f"/api/projects/{pid}", headers=admin)).json())["budget"]
+    assert after == before
+    refused = await again.post("/api/spawn", headers=bearer(key["token"]),
+                               json={"model": "k2p5", "task": TASK.format(3)})
+    error = (await refused.json())["error"]
+    assert refused.status == 402 and error["message"].startswith("Project budget"), error
