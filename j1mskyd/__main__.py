@@ -75,7 +75,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from .errors import Conflict
+    from .errors import Conflict, ValidationFailed
+    from .key_request import model_names, parse_limits
     from .keys import KeyRefused, KeyService, LastAdminKey
     from .store import Store, StoreError, database_problem
     config = _load(args)
@@ -100,8 +101,24 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 key = await keys.revoke(args.key_id, args.reason, force=args.force)
                 print(f"revoked {key.key_id} ({key.name})")
                 return 0
+            if args.keys_command == "update":
+                key = keys.get(args.key_id)
+                fields = _limit_fields(args)
+                if not fields:
+                    raise KeyRefused("nothing to change: give a limit option or --clear FIELD")
+                limits = parse_limits(fields, known_models=model_names(config), now=time.time(),
+                                      current=(key.max_budget, key.budget_duration))
+                key, columns = await keys.update(args.key_id, limits)
+                shown = key.public(time.time())
+                if args.json:
+                    print(json.dumps(shown, indent=2))
+                else:
+                    print(f"updated {key.key_id} ({key.name}): "
+                          f"{', '.join(sorted(c for c in columns if c != 'budget_anchor')) or 'nothing changed'}")
+                return 0
             if args.keys_command == "create":
-                new = await keys.create(args.name, args.scopes, args.require_signature)
+                limits = parse_limits(_limit_fields(args), known_models=model_names(config), now=time.time())
+                new = await keys.create(args.name, args.scopes, args.require_signature, limits=limits)
             else:
                 new = await keys.rotate(args.key_id)
             if args.json:
@@ -119,6 +136,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
             hint = " (or pass --force)" if isinstance(exc, LastAdminKey) else ""
             print(f"j1mskyd: {exc}{hint}", file=sys.stderr)
             return 2
+        except ValidationFailed as exc:  # a limit option's value: every problem, one line each
+            for detail in exc.extra["details"]:
+                print(f"j1mskyd: {detail['field']}: {detail['message']}", file=sys.stderr)
+            return 2
         finally:
             await store.close()
 
@@ -130,6 +151,52 @@ def cmd_keys(args: argparse.Namespace) -> int:
             if isinstance(exc, sqlite3.DatabaseError) else exc
         print(f"j1mskyd: cannot open the state: {problem}", file=sys.stderr)
         return 1
+
+
+def _number(text: str, kind: type) -> object:
+    """A number option's value; text that is not one is passed on as it is, for the same
+    message the API gives (key_request.parse_limits)."""
+    try:
+        return kind(text)
+    except ValueError:
+        return text
+
+
+def _pairs(items: list[str] | None, option: str, kind: type | None = None) -> dict[str, object] | None:
+    """Repeated ``NAME=VALUE`` options as an object (None: the option was not given)."""
+    if not items:
+        return None
+    out: dict[str, object] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            from .keys import KeyRefused
+            raise KeyRefused(f"{option} takes NAME=VALUE, not {item!r}")
+        out[name] = _number(value, kind) if kind is not None else value
+    return out
+
+
+def _limit_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The limit options of ``keys create|update`` as the API's fields (--clear FIELD: null)."""
+    from .key_request import LIMIT_FIELDS
+    from .keys import KeyRefused
+    given: dict[str, object | None] = {
+        "max_budget": None if args.max_budget is None else _number(args.max_budget, float),
+        "budget_duration": args.budget_duration,
+        "models": None if args.models is None else [m.strip() for m in args.models.split(",")],
+        "max_concurrency": None if args.max_concurrency is None else _number(args.max_concurrency, int),
+        "limits": _pairs(args.limit, "--limit", int),
+        "expires_at": args.expires_at,
+        "metadata": _pairs(args.metadata, "--metadata"),
+    }
+    fields = {k: v for k, v in given.items() if v is not None}
+    for name in getattr(args, "clear", None) or ():
+        if name not in LIMIT_FIELDS:
+            raise KeyRefused(f"--clear takes one of {', '.join(LIMIT_FIELDS)}, not {name!r}")
+        if name in fields:
+            raise KeyRefused(f"--clear {name} and a value for {name} at once")
+        fields[name] = None
+    return fields
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -152,6 +219,19 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, not {port}")
     return port
+
+
+def _limit_options(p: argparse.ArgumentParser) -> None:
+    """A key's own limits, as in POST /keys and PATCH /keys/{key_id}."""
+    p.add_argument("--max-budget", metavar="USD", help="the key's own budget per period (a hard cap)")
+    p.add_argument("--budget-duration", metavar="PERIOD", help="1d (the default), 30d or total")
+    p.add_argument("--models", metavar="A,B", help="the model aliases and team ids the key may use")
+    p.add_argument("--max-concurrency", metavar="N", help="live agents at once (instead of max_agents_per_key)")
+    p.add_argument("--limit", action="append", metavar="CLASS=N",
+                   help="requests per window for an endpoint class, instead of [limits]; repeatable")
+    p.add_argument("--expires-at", metavar="TIME", help="ISO-8601, e.g. 2030-01-31T12:00:00Z: refused after it")
+    p.add_argument("--metadata", action="append", metavar="KEY=VALUE",
+                   help="a free-form label; repeatable (on update: replaces all the labels)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "admin:write")
     create.add_argument("--require-signature", action="store_true", help="refuse this key's unsigned requests")
     create.add_argument("--json", action="store_true")
+    _limit_options(create)
+    update = keys_parser("update", "change a key's own limits (docs/security.md, Key limits)")
+    update.add_argument("key_id")
+    _limit_options(update)
+    update.add_argument("--clear", action="append", metavar="FIELD",
+                        help="remove a limit (max_budget, models, max_concurrency, limits, expires_at, metadata; "
+                             "budget_duration: back to 1d); repeatable")
+    update.add_argument("--json", action="store_true")
     listing = keys_parser("list", "list keys (never their tokens)")
     listing.add_argument("--json", action="store_true")
     revoke = keys_parser("revoke", "revoke a key now")

@@ -18,7 +18,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -110,13 +110,18 @@ class Buckets:
 
     def take_all(self, keys: tuple[str, ...], limit: Limit) -> Decision:
         """One token from every bucket in ``keys``, or from none; the tightest answer."""
+        return self.take_each(tuple((k, limit) for k in keys))
+
+    def take_each(self, buckets: tuple[tuple[str, Limit], ...]) -> Decision:
+        """take_all() for buckets of their own limits (a key's own beside its address's): the
+        answer describes the bucket with the fewest tokens, in its own limit."""
         now = self.clock()
-        states = [self._refill(k, limit, now) for k in keys]
-        tightest = min(states, key=lambda st: st[0])
+        states = [(self._refill(k, limit, now), limit) for k, limit in buckets]
+        tightest, limit = min(states, key=lambda st: st[0][0])
         if tightest[0] < 1.0:
             self.hits += 1
             return self._decision(False, tightest, limit, now)
-        for state in states:
+        for state, _ in states:
             state[0] -= 1.0
         self.changed = True
         self.spends += 1
@@ -124,13 +129,20 @@ class Buckets:
 
     def peek_all(self, keys: tuple[str, ...], limit: Limit) -> Decision:
         """What take_all() would answer, spending nothing and storing nothing."""
+        return self.peek_each(tuple((k, limit) for k in keys))
+
+    def peek_each(self, buckets: tuple[tuple[str, Limit], ...]) -> Decision:
+        """What take_each() would answer, spending nothing and storing nothing."""
         now = self.clock()
-        tightest = float(limit.limit)
-        for key in keys:
+        best: tuple[float, Limit] | None = None
+        for key, limit in buckets:
             state = self._state.get(key)
-            if state is not None:
-                tightest = min(tightest, state[0] + max(now - state[1], 0.0) * limit.rate)
-        tokens = min(tightest, float(limit.limit))
+            tokens = float(limit.limit) if state is None else \
+                min(state[0] + max(now - state[1], 0.0) * limit.rate, float(limit.limit))
+            if best is None or tokens < best[0]:
+                best = (tokens, limit)
+        assert best is not None  # never asked about no bucket
+        tokens, limit = best
         return self._decision(tokens >= 1.0, [tokens, now], limit, now)
 
     def peek(self, key: str, limit: Limit) -> Decision:
@@ -261,7 +273,12 @@ ENDPOINT_CLASSES = ("spawn", "agent_read", "agents_list", "system", "other")
 
 
 class RequestLimiter:
-    """Per-key and per-IP request limits by endpoint class, on the shared :class:`Buckets`."""
+    """Per-key and per-IP request limits by endpoint class, on the shared :class:`Buckets`.
+
+    A key may have limits of its own (``own``: {class: requests per window}, the key's
+    ``limits``): its bucket in such a class is ``key:<id>:<class>@<n>`` with capacity n, over
+    the same window; its address's bucket keeps the class's limit.  A new limit of its own
+    starts a new, full bucket."""
 
     def __init__(self, buckets: Buckets, limits: dict[str, Limit], per_ip: bool = True) -> None:
         self.buckets = buckets
@@ -269,33 +286,47 @@ class RequestLimiter:
         self.per_ip = per_ip
 
     def limit_for(self, bucket_key: str) -> Limit | None:
-        """The limit of a ``key:...:<class>`` or ``ip:...:<class>`` bucket (for pruning)."""
+        """The limit of a ``key:...:<class>[@n]`` or ``ip:...:<class>`` bucket (for pruning)."""
         if bucket_key.startswith(("key:", "ip:")):
-            return self.limits.get(bucket_key.rsplit(":", 1)[1])
+            cls, _, own = bucket_key.rsplit(":", 1)[1].partition("@")
+            limit = self.limits.get(cls)
+            if limit is not None and own.isdigit():
+                return Limit(int(own), limit.window)
+            return limit
         return None
 
-    def _keys(self, endpoint_class: str, key_id: str, ip: str | None) -> tuple[str, ...]:
+    def _buckets(self, endpoint_class: str, key_id: str, ip: str | None,
+                 own: Mapping[str, int] | None) -> tuple[tuple[str, Limit], ...]:
+        limit = self.limits[endpoint_class]
+        n = own.get(endpoint_class) if own else None
+        if n is None:
+            key = ((f"key:{key_id}:{endpoint_class}", limit),)
+        else:
+            key = ((f"key:{key_id}:{endpoint_class}@{n}", Limit(n, limit.window)),)
         if self.per_ip and ip:
-            return f"key:{key_id}:{endpoint_class}", f"ip:{ip}:{endpoint_class}"
-        return (f"key:{key_id}:{endpoint_class}",)
+            return (*key, (f"ip:{ip}:{endpoint_class}", limit))
+        return key
 
-    def check(self, endpoint_class: str, key_id: str, ip: str | None) -> Decision:
+    def check(self, endpoint_class: str, key_id: str, ip: str | None,
+              own: Mapping[str, int] | None = None) -> Decision:
         """Spend one request from the key's bucket and the IP's, only if both allow it.
 
         The answer describes the tighter of the two, so the headers never promise more
-        than the client really has.
+        than the client really has.  ``own``: the key's own limits by class.
         """
-        return self.buckets.take_all(self._keys(endpoint_class, key_id, ip), self.limits[endpoint_class])
+        return self.buckets.take_each(self._buckets(endpoint_class, key_id, ip, own))
 
-    def peek(self, endpoint_class: str, key_id: str, ip: str | None) -> Decision:
+    def peek(self, endpoint_class: str, key_id: str, ip: str | None,
+             own: Mapping[str, int] | None = None) -> Decision:
         """The same answer as check() would give, without spending anything."""
-        return self.buckets.peek_all(self._keys(endpoint_class, key_id, ip), self.limits[endpoint_class])
+        return self.buckets.peek_each(self._buckets(endpoint_class, key_id, ip, own))
 
-    def status(self, key_id: str) -> dict[str, dict[str, object]]:
-        """What the key has left in each class (for GET /rate-limits)."""
+    def status(self, key_id: str, own: Mapping[str, int] | None = None) -> dict[str, dict[str, object]]:
+        """What the key has left in each class (for GET /rate-limits), in its own limits."""
         out = {}
-        for cls, limit in self.limits.items():
-            d = self.buckets.peek(f"key:{key_id}:{cls}", limit)
+        for cls in self.limits:
+            (bucket, limit), *_ = self._buckets(cls, key_id, None, own)
+            d = self.buckets.peek(bucket, limit)
             out[cls] = {"used": limit.limit - d.remaining, "limit": limit.limit, "remaining": d.remaining,
                         "reset_at": d.reset_at}
         return out

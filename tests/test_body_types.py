@@ -24,6 +24,7 @@ import asyncio
 import copy
 import dataclasses
 import json
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,11 @@ async def _key(api: Api) -> dict[str, str]:
     return {"key_id": (await api.ok("POST", "/keys", {"name": "target", "scopes": ["agents:read"]}))["key_id"]}
 
 
+async def _project(api: Api) -> dict[str, str]:
+    name = f"target {secrets.token_hex(4)}"  # names are unique
+    return {"project_id": (await api.ok("POST", "/projects", {"name": name}))["project_id"]}
+
+
 async def _webhook(api: Api) -> dict[str, str]:
     return {"webhook_id": (await api.ok("POST", "/webhooks", api.hook_body()))["webhook_id"]}
 
@@ -129,6 +135,9 @@ async def _blocked_ip(api: Api) -> dict[str, str]:
     return {"ip": ip}
 
 
+# A key's own limits (issue 15), valid, for POST /keys and PATCH /keys/{key_id}.
+KEY_LIMITS = {"max_budget": 5, "budget_duration": "30d", "models": ["k2p5", "team_coding"], "max_concurrency": 2,
+              "limits": {"spawn": 10}, "expires_at": "2099-01-01T00:00:00Z", "metadata": {"owner": "fuzz"}}
 EXAMPLES: dict[tuple[str, str], Example] = {
     ("POST", "/spawn"): Example(SPAWN),
     ("POST", "/spawn-team"): Example({"team": "team_coding", "task": "fuzz", "priority": "low", "timeout": 30,
@@ -137,7 +146,14 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("DELETE", "/agent/{agent_id}"): Example(None, ok=(409,), target=_agent),  # finished: nothing to cancel
     ("DELETE", "/agent/{agent_id}/data"): Example(None, target=_agent),
     ("POST", "/keys"): Example({"name": "fuzz", "scopes": ["agents:read", "billing:read"],
-                                "require_signature": False}, ok=(201,)),
+                                "require_signature": False, **KEY_LIMITS}, ok=(201,)),
+    ("PATCH", "/keys/{key_id}"): Example(KEY_LIMITS, target=_key),
+    # A project: a second valid create of one name is a 409 (names are unique), which changes nothing.
+    ("POST", "/projects"): Example({"name": "fuzz project", "max_budget": 5, "budget_duration": "30d",
+                                    "metadata": {"owner": "fuzz"}, "members": []}, ok=(201,)),
+    ("PATCH", "/projects/{project_id}"): Example({"max_budget": 7, "budget_duration": "1d", "metadata": {"team": "x"},
+                                                  "add_members": []}, target=_project),
+    ("DELETE", "/projects/{project_id}"): Example(None, target=_project),
     ("DELETE", "/keys/{key_id}"): Example({"reason": "fuzz"}, target=_key),
     ("POST", "/keys/{key_id}/rotate"): Example(None, ok=(201,), target=_key),
     ("POST", "/keys/{key_id}/webhook-secret/rotate"): Example(None, target=_key),
@@ -543,7 +559,8 @@ async def test_every_get_route_with_odd_query_values_and_path_ids(api):
             documented_query[path[len("/api"):]] = [p["name"] for p in ops["get"].get("parameters", ())
                                                     if p["in"] == "query"]
     webhook = await _webhook(api)
-    names = {"webhook_id": webhook["webhook_id"], "agent_id": (await _agent(api))["agent_id"], "name": "k2p5"}
+    names = {"webhook_id": webhook["webhook_id"], "agent_id": (await _agent(api))["agent_id"], "name": "k2p5",
+             "key_id": (await _key(api))["key_id"], "project_id": (await _project(api))["project_id"]}
     for _, path in sorted(router_routes(api.client.app, ("GET",))):
         if path == "/ws":
             continue  # a WebSocket: tests/test_events_live.py

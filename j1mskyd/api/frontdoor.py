@@ -25,8 +25,9 @@ from ..chat_request import ChatCall, ChatFailed, ChatOutcome, ChatRequest
 from ..config import ModelConfig
 from ..dialects import Dialect, model_alias
 from ..pii import preview
-from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, read_json
-from .middleware import early_headers
+from ..keys import KeyWatch
+from .common import API_KEY, API_KEY_ID, CONFIG, SERVICES, actor, json_response, read_json
+from .middleware import PASS, early_headers
 
 __all__ = ["chat_handler", "get_model", "list_models"]
 
@@ -42,6 +43,7 @@ def chat_handler(dialect: Dialect) -> Handler:
         chat = dialect.parse(await read_json(request), request.app[CONFIG].models)
         services = request.app[SERVICES]
         call = await services.chat.start(chat, request.get(API_KEY_ID, ANONYMOUS))
+        watch = _watch_key(request, call)
         # As a spawn is: who started which agent (the runtime records how it ended).
         services.audit.record("agent.spawn", actor(request), resource_type="agent", resource_id=call.agent_id,
                               details={"model": chat.model, "kind": "chat", "dialect": dialect.name,
@@ -55,10 +57,30 @@ def chat_handler(dialect: Dialect) -> Handler:
             # shutdown too): the call ends with it.
             await asyncio.shield(call.cancel())
             raise
+        finally:
+            if watch is not None:
+                services.keys.unwatch(watch)
 
     handler.__name__ = handler.__qualname__ = f"{dialect.name}_chat"
     handler.__doc__ = f"A chat call in {dialect.name}'s format (streamed with stream: true)"
     return handler
+
+
+def _watch_key(request: web.Request, call: ChatCall) -> KeyWatch | None:
+    """A call under way holds its key, as a live event stream does (KeyService.watch): when
+    the key is revoked or expires (or loses the scope), the call is cancelled, its upstream
+    call with it; what it used is billed, and the answer ends (a stream with its dialect's
+    error frame).  None: authentication is off."""
+    key = request.get(API_KEY)
+    if key is None:
+        return None
+    ending: list[asyncio.Future[None]] = []  # held: a task nobody references may be collected
+
+    def lost(reason: str) -> None:
+        ending.append(asyncio.ensure_future(call.cancel()))
+
+    scope = request[PASS].route.scope
+    return request.app[SERVICES].keys.watch(key.key_id, scope, lost)  # type: ignore[no-any-return]
 
 
 def _gone(request: web.Request) -> bool:

@@ -67,6 +67,7 @@ PASS = request_key("j1msky.pass")  # the Pass of a front-door request, for early
 _ID_PREFIX = "req_" + os.urandom(4).hex()
 _ID_COUNTER = itertools.count(1)
 _REQUEST_ID_HEADER = istr("X-Request-Id")  # istr: multidict skips case-folding it per response
+_BUDGET_REMAINING = istr("X-Budget-Remaining")
 
 
 class Pass:
@@ -204,7 +205,7 @@ def check_rate_limit(request: web.Request, p: Pass) -> None:
     route = p.route
     if not route.is_api:
         return
-    decision = p.decision = p.app[LIMITER].check(route.limit_class, p.key_id, p.ip)
+    decision = p.decision = p.app[LIMITER].check(route.limit_class, p.key_id, p.ip, _own_limits(p))
     if not decision.allowed:
         p.app[METRICS].rate_limit_hits += 1
         p.app[SERVICES].events.emit_soon(
@@ -213,6 +214,20 @@ def check_rate_limit(request: web.Request, p: Pass) -> None:
             throttle_key=f"ratelimit:{p.key_id}:{p.ip}:{route.limit_class}")
         wait = max(1, math.ceil(decision.retry_after))
         raise RateLimited("Rate limit exceeded", retry_after=wait, headers={"Retry-After": str(wait)})
+
+
+def _own_limits(p: Pass) -> dict[str, int] | None:
+    """The key's own request limits by endpoint class (None: [limits] for it too)."""
+    key = p.key
+    return key.limits if key is not None else None
+
+
+def _budget_header(p: Pass) -> dict[str, str]:
+    """X-Budget-Remaining for a request of a key: the most it could reserve now (its own
+    budget, its project's and the daemon's day; budget.Budget.remaining_for, memory only)."""
+    if p.key is None:
+        return {}
+    return {_BUDGET_REMAINING: f"{p.app[SERVICES].budget.remaining_for(p.key_id):.4f}"}
 
 
 async def idempotent(request: web.Request, handler: Handler, p: Pass) -> web.StreamResponse:
@@ -355,12 +370,15 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         headers = response.headers
         headers[_REQUEST_ID_HEADER] = request_id
         if route.dialect is not None:
-            headers.update(route.rate_headers.front_door(route.limit_class, p.key_id, p.ip, p.decision))
+            headers.update(route.rate_headers.front_door(route.limit_class, p.key_id, p.ip, p.decision,
+                                                         _own_limits(p)))
         elif route.is_api:
             # Counted: the limiter's answer.  Public, or refused before the limiter: the
             # standing, without counting (cached while the buckets are full).
             headers.update(decision_headers(p.decision) if p.decision is not None
-                           else route.rate_headers.peek(route.limit_class, p.key_id, p.ip))
+                           else route.rate_headers.peek(route.limit_class, p.key_id, p.ip, _own_limits(p)))
+        if p.key is not None:
+            headers.update(_budget_header(p))
     route.record(app, response.status, time.perf_counter() - started)
     return response
 
@@ -370,9 +388,10 @@ def early_headers(request: web.Request) -> dict[str, str]:
     a handler that sends its headers itself (a stream) before the pipeline sees its response."""
     p: Pass = request[PASS]
     return {_REQUEST_ID_HEADER: request[REQUEST_ID],
-            **p.route.rate_headers.front_door(p.route.limit_class, p.key_id, p.ip, p.decision)}
+            **p.route.rate_headers.front_door(p.route.limit_class, p.key_id, p.ip, p.decision, _own_limits(p)),
+            **_budget_header(p)}
 
 
 MIDDLEWARES = (pipeline,)
-__all__ = ["LIMITER", "METRICS", "MIDDLEWARES", "PUBLIC", "REPLAY_GUARD", "Credentials", "Pass",
+__all__ = ["LIMITER", "METRICS", "MIDDLEWARES", "PASS", "PUBLIC", "REPLAY_GUARD", "Credentials", "Pass",
            "authenticate_in_band", "count_in_band", "early_headers", "pipeline"]

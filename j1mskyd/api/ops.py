@@ -12,7 +12,7 @@ from ..agent_record import ANONYMOUS
 from ..listener import CONNECTION_STATS
 from ..metrics import Family, prometheus
 from .common import CONFIG, SERVICES, json_response, query_params, viewer
-from .common import API_KEY_ID
+from .common import API_KEY, API_KEY_ID
 from .middleware import LIMITER, METRICS
 
 if TYPE_CHECKING:  # app.py imports this module (through routes.py)
@@ -27,7 +27,9 @@ async def rate_limits(request: web.Request) -> web.Response:
         providers[name] = {"used": d.limit - d.remaining, "limit": d.limit, "remaining": d.remaining,
                            "reset_at": d.reset_at}
     key_id = request.get(API_KEY_ID, ANONYMOUS)
-    return json_response({"limits": providers, "requests": request.app[LIMITER].status(key_id),
+    key = request.get(API_KEY)  # its own request limits, where it has them
+    return json_response({"limits": providers,
+                          "requests": request.app[LIMITER].status(key_id, key.limits if key is not None else None),
                           "budget": services.budget.snapshot()})
 
 

@@ -9,6 +9,7 @@ decision."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from multidict import istr
 
@@ -55,23 +56,25 @@ class RateHeaders:
     def __init__(self, limiter: RequestLimiter) -> None:
         self.limiter = limiter
         # (class, key id, ip) -> ((second, buckets.spends), headers) of full buckets; see peek().
-        self._full: dict[tuple[str, str, str | None], tuple[tuple[int, int], dict[str, str]]] = {}
+        self._full: dict[tuple[str, str, str | None, int | None], tuple[tuple[int, int], dict[str, str]]] = {}
 
-    def peek(self, endpoint_class: str, key_id: str, ip: str | None) -> dict[str, str]:
+    def peek(self, endpoint_class: str, key_id: str, ip: str | None,
+             own: Mapping[str, int] | None = None) -> dict[str, str]:
         """The headers of limiter.peek(), for responses that are not counted (public routes).
 
         Buckets that are full (a health probe's usual case) give the same headers for a
         whole second: Remaining = Limit, Reset = the end of the second.  Refilling cannot
         change that, only spending can, so those are kept until the second or
         ``buckets.spends`` changes.  The dict is shared: callers must not modify it.
+        ``own``: the key's own limits by class (ratelimit.RequestLimiter).
         """
         buckets = self.limiter.buckets
         stamp = (int(buckets.clock()), buckets.spends)
-        who = (endpoint_class, key_id, ip)
+        who = (endpoint_class, key_id, ip, own.get(endpoint_class) if own else None)
         hit = self._full.get(who)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        decision = self.limiter.peek(endpoint_class, key_id, ip)
+        decision = self.limiter.peek(endpoint_class, key_id, ip, own)
         headers = decision_headers(decision)
         if decision.remaining == decision.limit:
             if len(self._full) >= _FULL_MAX:  # many passing addresses: start over rather than grow
@@ -80,10 +83,10 @@ class RateHeaders:
         return headers
 
     def front_door(self, endpoint_class: str, key_id: str, ip: str | None,
-                   decision: Decision | None) -> dict[str, str]:
+                   decision: Decision | None, own: Mapping[str, int] | None = None) -> dict[str, str]:
         """X-RateLimit-* and OpenAI's names, of ``decision`` (None: the standing, uncounted)."""
         if decision is None:
-            decision = self.limiter.peek(endpoint_class, key_id, ip)
+            decision = self.limiter.peek(endpoint_class, key_id, ip, own)
         headers = decision_headers(decision)
         headers[_OPENAI_LIMIT] = str(decision.limit)
         headers[_OPENAI_REMAINING] = str(decision.remaining)
