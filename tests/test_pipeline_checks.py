@@ -16,6 +16,7 @@ from aiohttp import web
 
 from j1mskyd import statedir
 from j1mskyd.api.common import CONFIG, METRICS, SERVICES, app_key, json_response
+from j1mskyd.budget import Budget, BudgetPolicy
 from j1mskyd.api.middleware import LIMITER, MIDDLEWARES, REPLAY_GUARD
 from j1mskyd.api.rate_headers import RATE_HEADERS, RateHeaders
 from j1mskyd.api.route_table import PUBLIC, ROUTE_TABLE, RouteTable
@@ -46,7 +47,8 @@ async def _dummy(request: web.Request) -> web.Response:
 
 
 async def _services(app: web.Application):
-    """Only what the checks consult: IP control, keys, audit, events, idempotency records."""
+    """Only what the checks consult: IP control, keys, audit, events, idempotency records, and the
+    budget (X-Budget-Remaining on a key's responses)."""
     cfg = app[CONFIG]
     statedir.prepare(cfg.server.state_dir)
     store = Store(str(Path(cfg.server.state_dir) / "j1msky.db"))
@@ -56,6 +58,7 @@ async def _services(app: web.Application):
         ip_control=IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
                                              parse_networks(sec.trusted_proxies)), sec.log_violations),
         keys=KeyService(store), audit=AuditLog(store), events=EventLog(store), idempotency=IdempotencyStore(store))
+    services.budget = Budget(BudgetPolicy(), allowances=services.keys.allowances)
     for part in (services.keys.reload, services.ip_control.load, services.audit.load, services.events.load):
         await part()
     app[KEYS] = {"agents:read": await services.keys.create("reader", "agents:read"),
@@ -244,7 +247,7 @@ def test_every_route_of_the_daemon_declares_a_scope(tmp_path):
     assert table.undeclared() == []
     declared = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
     assert declared == set(table.scopes) and len(declared) > 100
-    assert set(table.scopes.values()) <= {*SCOPES, PUBLIC, ANY_KEY}  # ANY_KEY: a key's own record
+    assert set(table.scopes.values()) <= {*SCOPES, ANY_KEY, PUBLIC}  # ANY_KEY: a key's own record
 
 
 def test_setup_routes_refuses_a_route_without_a_scope(tmp_path):
