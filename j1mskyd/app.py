@@ -390,7 +390,7 @@ async def _agents_and_workers(app: web.Application) -> AsyncIterator[None]:
               functools.partial(services.events.purge, _EVENTS_KEEP_DAYS), services.pricing_history.purge)
     jobs = [asyncio.ensure_future(job) for job in (
         save_counters(config.limits.persist_interval, app[LIMITER], app[_BUCKET_FILE], services.runtime),
-        refresh_keys(services.keys),
+        refresh_keys(services.keys, also=(services.projects.refresh,)),
         maintain_hourly(purges))]
     log.info("j1mskyd ready: %d providers, %d models, state in %s",
              len(services.slots), len(config.models), config.server.state_dir)

@@ -3,8 +3,9 @@
 This module owns the ``projects`` table (its named operations: :func:`insert`,
 :func:`update`, :func:`delete`, :func:`read_all`) and keeps the projects in memory for the
 spawn path (:class:`ProjectService`, loaded at start; every change made through it updates
-memory at once).  Nothing else writes projects: there is no CLI for them, so no other
-process's change has to be noticed.
+memory at once).  ``j1mskyd projects ...`` (projects_cli.py) writes from another process:
+the daemon notices within keys.REFRESH_SECONDS (:meth:`ProjectService.refresh`, a look at the
+table's fingerprint), as it notices the keys' changes.
 
 Membership is a column of the keys (``api_keys.project_id``), which keys.py owns: a change
 of members is written with :func:`keys.membership_statements` in the same unit as the
@@ -36,7 +37,7 @@ from .request_fields import changed
 from .store import Statement, Store
 from .tenancy import Allowance, day_start
 
-__all__ = ["Move", "Project", "ProjectService", "delete", "insert", "read_all", "update"]
+__all__ = ["Move", "Project", "ProjectService", "delete", "fingerprint", "insert", "read_all", "update"]
 
 _COLUMNS = ("project_id", "name", "max_budget", "budget_duration", "budget_anchor", "metadata", "created_at",
             "updated_at")
@@ -92,6 +93,14 @@ def delete(project_id: str) -> Statement:
     return "DELETE FROM projects WHERE project_id = ?", (project_id,)
 
 
+# What changes with every write of the table (a new row, a change: updated_at, a deletion).
+_FINGERPRINT = "SELECT COUNT(*), group_concat(project_id || '/' || updated_at, ' ') FROM projects"
+
+
+def fingerprint(conn: sqlite3.Connection) -> tuple[object, ...]:
+    return tuple(conn.execute(_FINGERPRINT).fetchone())
+
+
 def read_all(conn: sqlite3.Connection) -> dict[str, Project]:
     rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM projects").fetchall()
     return {r[0]: Project(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else {}, r[6], r[7])
@@ -114,9 +123,16 @@ class ProjectService:
         self.clock = clock
         self.projects: dict[str, Project] = {}
         self._names_taken: set[str] = set()  # names of projects being written: a racing twin gets 409
+        self._fingerprint: tuple[object, ...] | None = None  # the table's, when memory was loaded
 
     async def load(self) -> None:
-        self.projects = await self.store.read(read_all)
+        self._fingerprint, self.projects = await self.store.read(lambda conn: (fingerprint(conn), read_all(conn)))
+
+    async def refresh(self) -> None:
+        """Reload when the table changed under another process (the CLI); a change made
+        here was in memory already, and reloads once, harmlessly."""
+        if await self.store.read(fingerprint) != self._fingerprint:
+            await self.load()
 
     def get(self, project_id: str) -> Project:
         project = self.projects.get(project_id)
