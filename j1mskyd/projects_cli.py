@@ -22,22 +22,21 @@ def add_commands(sub: Any, load: Callable[[argparse.Namespace], Any]) -> None:
     projects = sub.add_parser("projects", help="list, create and delete projects (budget scopes above keys)")
     commands = projects.add_subparsers(dest="projects_command", required=True)
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = commands.add_parser(name, help=help_text)
+    parsers: dict[str, argparse.ArgumentParser] = {}
+    for name, help_text in (("list", "list projects with their members"),
+                            ("create", "make a project; its members leave any other project"),
+                            ("delete", "delete a project; its keys leave it, its spend stays in the ledger")):
+        p = parsers[name] = commands.add_parser(name, help=help_text)
         p.add_argument("--config", help="config file (for the state dir; default as for serve)")
         p.add_argument("--state-dir", help="the daemon's state directory")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_projects, load=load)
-        return p
-
-    command("list", "list projects with their members")
-    create = command("create", "make a project; its members leave any other project")
+    create = parsers["create"]
     create.add_argument("name")
     create.add_argument("--max-budget", metavar="USD", help="the project's budget per period (a hard cap)")
     create.add_argument("--budget-duration", metavar="PERIOD", help="1d (the default), 30d or total")
     create.add_argument("--member", action="append", metavar="KEY_ID", help="a key of the project; repeatable")
-    delete = command("delete", "delete a project; its keys leave it, its spend stays in the ledger")
-    delete.add_argument("project_id")
+    parsers["delete"].add_argument("project_id")
 
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:

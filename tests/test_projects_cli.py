@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from j1mskyd.keys import REFRESH_SECONDS
-from tests.daemon import Daemon, run_cli, wait_until
-from tests.test_keys_cli import MARGIN, http, keys_cli, keys_json
+from tests.daemon import run_cli, wait_until
+from tests.test_keys_cli import MARGIN, daemon, http, keys_cli, keys_json  # noqa: F401 (daemon: a fixture)
 
 
 def projects_cli(tmp_path: Path, *args: str) -> tuple[int, str, str]:
@@ -24,13 +24,6 @@ def projects_json(tmp_path: Path, *args: str) -> dict | list:
     code, out, err = projects_cli(tmp_path, *args, "--json")
     assert code == 0, err
     return json.loads(out)
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path, tmp_path / "state").start()  # embedded config: auth on
-    yield d
-    d.close()
 
 
 def test_a_project_made_and_deleted_on_the_command_line_reaches_the_running_daemon(tmp_path, daemon):
