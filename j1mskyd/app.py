@@ -365,7 +365,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
 async def _restore_allowance_spend(services: Services) -> None:
     """Key (and project) budgets count the spend of their periods: per owner and UTC day from
-    the ledger, since the earliest period start of any budget there is (31 days at least)."""
+    the ledger, since the earliest period start of any budget there is (yesterday at least).
+    Every budget must be in the list (a project's too, even with no member key now)."""
     budget = services.budget
     allowances = [a for key_id in services.keys.ring.keys for a in budget.allowances(key_id)]
     # And every project's, members or none: a key may join one with a long period later.

@@ -226,10 +226,12 @@ class Budget:
 
     @staticmethod
     def spend_horizon(allowances: Iterable[Allowance], now: float) -> float:
-        """From when restore_spend() needs the ledger: the earliest start of these budgets'
-        periods, and 31 days back at least (a budget set later starts today; a 30-day one
-        rolls over into days already known)."""
-        return min([now - 31 * _DAY, *(a.period(now)[0] for a in allowances)]) // _DAY * _DAY
+        """From when restore_spend() needs the ledger: the earliest start of the current
+        periods of ``allowances`` (every budget there is: the keys' and the projects'), and
+        yesterday's UTC midnight at the latest.  A budget set or given a new duration later
+        starts today (yesterday, when another process set it just before midnight); a period
+        that rolls over later starts on a day settle() counted in memory."""
+        return min([now // _DAY * _DAY - _DAY, *(a.period(now)[0] for a in allowances)]) // _DAY * _DAY
 
     def restore_spend(self, rows: Iterable[tuple[str | None, str | None, int, float]]) -> None:
         """Settled spend per owner and UTC day from the ledger: (api_key, project_id, day

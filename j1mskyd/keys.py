@@ -294,7 +294,7 @@ def make_key(name: object, scopes: Iterable[str] | str, cipher: DataCipher, *, r
 
     ``webhook_secret``: a rotated key's, carried over (then not shown again); else a new one.
     ``limits``: the new key's own limits (parsed by key_request.parse_limits); ``like``: a
-    rotated key, whose limits, budget period and project the successor keeps."""
+    rotated key, whose limits, budget period, expiry and project the successor keeps."""
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise KeyRefused("name must be a non-empty string of at most 100 characters")
     scopes = parse_scopes(scopes)
@@ -317,6 +317,8 @@ def make_key(name: object, scopes: Iterable[str] | str, cipher: DataCipher, *, r
         key.max_budget, key.budget_duration, key.budget_anchor = like.max_budget, like.budget_duration, like.budget_anchor
         key.models, key.max_concurrency, key.limits = like.models, like.max_concurrency, like.limits
         key.metadata, key.project_id = dict(like.metadata), like.project_id
+        if like.rotated_to is None:  # an expiry set on the key (not the grace of an earlier rotation)
+            key.expires_at = like.expires_at
     if limits is not None:
         _apply(key, limits, key.created_at)
     values = (key.key_id, key.name, key.token_hash, sealed, ",".join(scopes),

@@ -114,7 +114,8 @@ async def test_spend_is_restored_per_owner_and_day_from_the_ledger(store):
     project = Allowance("project", "prj_1", 100.0, "30d", day_start(T0) - 10 * DAY)
     mine = key_budget("k", 100.0, "30d", day_start(T0) - 10 * DAY)
     since = Budget.spend_horizon([mine, project], T0)
-    assert since == day_start(T0) - 31 * DAY
+    assert since == day_start(T0) - 10 * DAY  # the earliest period start
+    assert Budget.spend_horizon([], T0) == day_start(T0) - DAY  # no budget: yesterday (a change starts today)
     budget = budget_with(clock, {"k": [mine, project]})
     budget.restore_spend(await store.read(lambda conn: ledger.spend_by_day(conn, since)))
     assert budget.standing(mine)["spend"] == pytest.approx(2.25)      # not the 9.0 of 40 days ago

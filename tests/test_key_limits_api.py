@@ -311,3 +311,18 @@ async def test_a_key_from_before_migration_8_keeps_working_with_no_limits(aiohtt
     assert again.status == 200
     listed = (await (await client.get("/api/agents", headers=admin)).json())["data"]
     assert {a["agent_id"] for a in listed} >= {before, (await again.json())["agent_id"]}
+
+
+async def test_a_rotated_key_s_successor_keeps_its_limits(aiohttp_client, tmp_path):
+    """Rotation must not be a way out of a key's limits: the successor has the same ones."""
+    client, admin = await start(aiohttp_client, tmp_path)
+    key = await new_key(client, admin, **FULL)
+    resp = await client.post(f"/api/keys/{key['key_id']}/rotate", headers=admin)
+    assert resp.status == 201
+    successor = await key_view(client, admin, (await resp.json())["key_id"])
+    old = await key_view(client, admin, key["key_id"])
+    for field in ("max_budget", "budget_duration", "models", "max_concurrency", "limits", "metadata", "project_id"):
+        assert successor[field] == old[field], field
+    assert successor["budget"]["period_start"] == old["budget"]["period_start"]
+    assert successor["expires_at"] == FULL["expires_at"]  # the expiry set on the key, not the grace period
+    assert old["expires_at"] != FULL["expires_at"]  # the old key's grace period ends long before

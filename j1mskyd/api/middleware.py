@@ -298,7 +298,7 @@ def count_in_band(request: web.Request, key: Any) -> None:
     p = Pass(route_of(request), request.app)
     check_ip(request, p)
     if key is not None:
-        p.key_id = key.key_id
+        p.key, p.key_id = key, key.key_id  # the key: its own request limits count here too
     check_rate_limit(request, p)
 
 
