@@ -19,7 +19,7 @@ from j1mskyd import worstcase
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.providers import ProviderSettings
-from tests.conftest import auth_config, bearer, bootstrap_key
+from tests.conftest import Clock, auth_config, bearer, bootstrap_key
 from tests.fakeupstream import FakeUpstream
 from tests.test_auth import new_key
 from tests.test_budget_hardcap import model
@@ -257,3 +257,33 @@ async def test_a_projects_spend_survives_a_restart(aiohttp_client, tmp_path, ups
                                json={"model": "k2p5", "task": TASK.format(3)})
     error = (await refused.json())["error"]
     assert refused.status == 402 and error["message"].startswith("Project budget"), error
+
+
+async def test_a_project_without_members_at_start_keeps_its_older_spend(aiohttp_client, tmp_path, upstream):
+    """A `total` budget's spend goes back to its anchor: the ledger read at start covers every
+    project's period, members or none, so a key that joins later meets the spend of days ago."""
+    upstream.release.set()
+    w = worstcase.agent_bound(paid_config(tmp_path, upstream, 1.0).models, "k2p5", TASK.format(0))
+    cfg = paid_config(tmp_path, upstream, 100 * w)
+    clock = Clock()
+    client = await aiohttp_client(build_app(cfg, clock=clock))
+    root = bootstrap_key(cfg)
+    admin = bearer(root["token"])
+    key = await new_key(client, root, ["agents:write", "agents:read"], name="k")
+    pid = (await (await client.post("/api/projects", headers=admin, json={
+        "name": "p", "max_budget": 1.5 * w, "budget_duration": "total", "members": [key["key_id"]]})).json())[
+        "project_id"]
+    spawned = await client.post("/api/spawn", headers=bearer(key["token"]),
+                                json={"model": "k2p5", "task": TASK.format(1)})
+    await wait_done(client, admin, [(await spawned.json())["agent_id"]])
+    assert (await client.patch(f"/api/projects/{pid}", headers=admin, json={"members": []})).status == 200
+    await client.close()
+    clock.t += 5 * 86_400  # days later, the project has no member at the start
+    again = await aiohttp_client(build_app(cfg, clock=clock))
+    assert (await again.patch(f"/api/projects/{pid}", headers=admin,
+                              json={"add_members": [key["key_id"]]})).status == 200
+    budget = (await (await again.get(f"/api/projects/{pid}", headers=admin)).json())["budget"]
+    assert budget["spend"] == pytest.approx(w, rel=0.01)
+    refused = await again.post("/api/spawn", headers=bearer(key["token"]),
+                               json={"model": "k2p5", "task": TASK.format(2)})
+    assert refused.status == 402 and (await refused.json())["error"]["message"].startswith("Project budget")
