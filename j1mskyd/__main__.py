@@ -70,22 +70,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     """Key management on the state dir's database; safe beside a running daemon, which
     picks the change up within a few seconds (keys.REFRESH_SECONDS)."""
-    import asyncio
     import json
-    import os
     import time
 
-    from .errors import Conflict, ValidationFailed
+    from .cli_state import on_state
+    from .errors import Conflict
     from .key_request import model_names, parse_limits
     from .keys import KeyRefused, KeyService, LastAdminKey
-    from .store import Store, StoreError, database_problem
+    from .store import Store
     config = _load(args)
-    state_dir = args.state_dir or config.server.state_dir
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
 
-    async def run() -> int:
-        store = Store(os.path.join(state_dir, "j1msky.db"), synchronous=config.store.synchronous, exclusive=False)
-        await asyncio.get_running_loop().run_in_executor(None, store.open)
+    async def run(store: Store) -> int:
         try:
             keys = KeyService(store, config.security.key_rotation_grace_hours * 3600)
             await keys.reload()
@@ -136,21 +131,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
             hint = " (or pass --force)" if isinstance(exc, LastAdminKey) else ""
             print(f"j1mskyd: {exc}{hint}", file=sys.stderr)
             return 2
-        except ValidationFailed as exc:  # a limit option's value: every problem, one line each
-            for detail in exc.extra["details"]:
-                print(f"j1mskyd: {detail['field']}: {detail['message']}", file=sys.stderr)
-            return 2
-        finally:
-            await store.close()
 
-    try:
-        return asyncio.run(run())
-    except (StoreError, sqlite3.DatabaseError, OSError) as exc:
-        # The daemon's start-up refusals, as one line: damaged database, wrong data.key, full disk.
-        problem = database_problem(os.path.join(state_dir, "j1msky.db"), exc) \
-            if isinstance(exc, sqlite3.DatabaseError) else exc
-        print(f"j1mskyd: cannot open the state: {problem}", file=sys.stderr)
-        return 1
+    # A limit option's bad value (ValidationFailed): every problem, one line each (on_state).
+    return on_state(config, args.state_dir or config.server.state_dir, run)
 
 
 def _number(text: str, kind: type) -> object:
@@ -282,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_client import add_commands
     add_commands(sub)  # spawn, agents, agent, cancel, status: a client of a running daemon
+    from .projects_cli import add_commands as add_project_commands
+    add_project_commands(sub, _load)  # projects list|create|delete, on the state dir
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)

@@ -42,6 +42,7 @@ from .plugin_api import ProviderSettings
 from .plugins import PluginError, PluginRegistry, build_provider, load_plugins, off_loop
 from .pricing_history import PricingHistory
 from .pricing_service import PricingService
+from .projects import ProjectService
 from .provider_pool import ProviderSlot, Releases
 from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimiter
 from .runtime import AgentRuntime
@@ -100,6 +101,7 @@ class Services:
     - ip_control: api/security; middleware; listener (refusal at accept)
     - keys: api/keys, events (a live stream ends with its key); middleware (auth)
     - pricing_history: api/orchestrator, pricing
+    - projects: api/projects
     - store: api/ops, orchestrator, pricing, system (SQL that is to move into services of their own)
     - webhooks: api/webhooks, keys, pricing
 
@@ -124,6 +126,7 @@ class Services:
     pricing: PricingService
     orchestrator: Orchestrator
     billing: Billing
+    projects: ProjectService
     # The caches of the API reference's v4.1 changelog: model recommendations 30 s, pricing calculations 5 min.
     caches: dict[str, TTLCache]
     started: float = field(default_factory=time.monotonic)
@@ -311,11 +314,12 @@ def _wire(app: web.Application) -> Services:
     webhooks = WebhookService(store, events, registry, hook_session, sees_all=functools.partial(_sees_all, keys),
                               targets=targets, resolver=hook_resolver, call_timeout=config.plugins.call_timeout,
                               **timed)
+    projects = ProjectService(store, keys, **timed)
     b = config.budget
-    # allowances: a key's own budget (the project's joins it when projects land).
+    # allowances: a key's own budget, then its project's.
     budget = Budget(BudgetPolicy(b.daily_budget, b.monthly_ceiling, b.spike_per_hour, b.max_agents_per_key),
                     on_level_change=lambda old, new: _budget_event(events, budget, old, new, caches),
-                    allowances=keys.allowances, **timed)
+                    allowances=projects.allowances, **timed)
     audit = AuditLog(store, **timed)
     runtime = AgentRuntime(config, store, app[_SLOTS], buckets=app[LIMITER].buckets, budget=budget, events=events,
                            listeners=[functools.partial(_audit_finish, audit)], **timed)
@@ -328,8 +332,8 @@ def _wire(app: web.Application) -> Services:
     orchestrator = Orchestrator(config, store, budget, runtime, app[_SLOTS], agents, history, pricing,
                                 caches["recommendations"], app[_BREAKER_CHANGES])
     return Services(store=store, registry=registry, slots=app[_SLOTS], runtime=runtime, agents=agents,
-                    chat=ChatService(config, agents, runtime), budget=budget,
-                    keys=keys,
+                    chat=ChatService(config, agents, runtime), budget=budget, keys=keys,
+                    projects=projects,
                     ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store, **timed), events=events,
                     webhooks=webhooks, pricing_history=history, pricing=pricing, orchestrator=orchestrator,
                     billing=Billing(store), caches=caches, breaker_changes=app[_BREAKER_CHANGES])
@@ -357,6 +361,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await services.webhooks.load()
     await _announce_pricing_policy(services, config)
     await services.keys.reload()
+    await services.projects.load()
     await services.ip_control.load()
     await services.audit.load()
     if config.security.auth:
@@ -374,6 +379,8 @@ async def _restore_allowance_spend(services: Services) -> None:
     Every budget must be in the list (a project's too, even with no member key now)."""
     budget = services.budget
     allowances = [a for key_id in services.keys.ring.keys for a in budget.allowances(key_id)]
+    # And every project's, members or none: a key may join one with a long period later.
+    allowances += [a for p in services.projects.projects.values() if (a := p.allowance()) is not None]
     since = budget.spend_horizon(allowances, budget.clock())
     budget.restore_spend(await services.store.read(lambda conn: ledger.spend_by_day(conn, since)))
 
@@ -394,7 +401,7 @@ async def _agents_and_workers(app: web.Application) -> AsyncIterator[None]:
               functools.partial(services.events.purge, _EVENTS_KEEP_DAYS), services.pricing_history.purge)
     jobs = [asyncio.ensure_future(job) for job in (
         save_counters(config.limits.persist_interval, app[LIMITER], app[_BUCKET_FILE], services.runtime),
-        refresh_keys(services.keys),
+        refresh_keys(services.keys, also=(services.projects.refresh,)),
         maintain_hourly(purges))]
     log.info("j1mskyd ready: %d providers, %d models, state in %s",
              len(services.slots), len(config.models), config.server.state_dir)

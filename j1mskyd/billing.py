@@ -9,8 +9,9 @@ from typing import Any
 from . import ledger
 from .errors import ValidationFailed
 from .store import Store
+from .tenancy import Viewer
 
-__all__ = ["Billing", "period"]
+__all__ = ["Billing", "group_by", "period"]
 
 # date.fromisoformat alone is too lenient on 3.11 ("20260201", "2026-W05-1" pass): say the format.
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
@@ -45,6 +46,19 @@ def period(params: dict[str, str], now: float) -> tuple[date, date]:
     return start, end
 
 
+def group_by(params: dict[str, str]) -> tuple[str, ...] | None:
+    """``group_by``: any comma-separated combination of ledger.GROUPS (``key,model``); None
+    when absent (the report of old)."""
+    text = params.get("group_by")
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if not names or not all(n in ledger.GROUPS for n in names):
+        raise ValidationFailed([{"field": "group_by", "message": "group_by must be a comma-separated list of: "
+                                 f"{', '.join(ledger.GROUPS)}"}])
+    return tuple(dict.fromkeys(names))
+
+
 def _ts(day: date) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
 
@@ -55,10 +69,12 @@ class Billing:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def usage_report(self, start: date, end: date, by_key: bool) -> dict[str, Any]:
-        """Spend from ``start`` to ``end`` (inclusive UTC days), by model and day (and key)."""
+    async def usage_report(self, start: date, end: date, by_key: bool, viewer: Viewer) -> dict[str, Any]:
+        """Spend from ``start`` to ``end`` (inclusive UTC days), by model and day (and key);
+        a viewer that does not see all keys' work gets its own key's spend only."""
         lo, hi = _ts(start), _ts(end + timedelta(days=1))
-        t = await self.store.read(lambda conn: ledger.totals(conn, lo, hi, by_key))
+        own = None if viewer.sees_all else viewer.key_id
+        t = await self.store.read(lambda conn: ledger.totals(conn, lo, hi, by_key, own))
         report: dict[str, Any] = {
             "period": f"{start.isoformat()} to {end.isoformat()}",
             "total_cost": t.cost,
@@ -70,3 +86,19 @@ class Billing:
         if t.by_key is not None:
             report["by_key"] = t.by_key
         return report
+
+    async def grouped_report(self, start: date, end: date, by: tuple[str, ...], viewer: Viewer) -> dict[str, Any]:
+        """Spend from ``start`` to ``end`` grouped by ``by`` (GET /billing/usage?group_by=...):
+        a row per group with its cost, tokens and calls; a viewer that does not see all keys'
+        work gets its own key's rows only."""
+        lo, hi = _ts(start), _ts(end + timedelta(days=1))
+        own = None if viewer.sees_all else viewer.key_id
+        rows = await self.store.read(lambda conn: ledger.usage_groups(conn, lo, hi, by, own))
+        return {
+            "period": f"{start.isoformat()} to {end.isoformat()}",
+            "group_by": list(by),
+            "rows": [{**r.group, "cost": r.cost, "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+                      "calls": r.calls} for r in rows],
+            "count": len(rows),
+            "total_cost": round(sum(r.cost for r in rows), 6),
+        }

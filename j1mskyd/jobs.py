@@ -55,11 +55,13 @@ async def maintain_hourly(purges: Sequence[Callable[[], Awaitable[object]]]) -> 
         await asyncio.sleep(_MAINTENANCE_EVERY)
 
 
-async def refresh_keys(keys: KeyService) -> None:
-    """Pick up keys created or revoked by `j1mskyd keys ...`; write last-use times in batches."""
+async def refresh_keys(keys: KeyService, also: Sequence[Callable[[], Awaitable[object]]] = ()) -> None:
+    """Pick up keys created or revoked by `j1mskyd keys ...`; write last-use times in batches.
+    ``also``: more of the CLI's changes looked for at the same pace (the projects')."""
     while True:
         await keys.wait_refresh()  # faster while live streams watch their keys
-        try:
-            await keys.refresh()
-        except Exception:  # noqa: BLE001 - a failed refresh is retried; requests keep the last view
-            log.exception("refreshing API keys failed")
+        for refresh in (keys.refresh, *also):
+            try:
+                await refresh()
+            except Exception:  # noqa: BLE001 - a failed refresh is retried; requests keep the last view
+                log.exception("refreshing %s failed", getattr(refresh, "__qualname__", refresh))

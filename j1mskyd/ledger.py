@@ -19,8 +19,8 @@ from typing import Any
 
 from .store import Statement
 
-__all__ = ["ModelDay", "Spend", "Totals", "billed_by_agent", "by_model_since", "key_spend_since", "record", "spend",
-           "spend_by_day", "totals"]
+__all__ = ["GROUPS", "ModelDay", "Spend", "Totals", "UsageRow", "billed_by_agent", "by_model_since",
+           "key_spend_since", "record", "spend", "spend_by_day", "totals", "usage_groups"]
 
 # SQLite allows 32,766 parameters since 3.32 and 999 before: stay well under both.
 _CHUNK = 500
@@ -107,15 +107,17 @@ class Totals:
     by_key: dict[str, float] | None
 
 
-def totals(conn: sqlite3.Connection, lo: float, hi: float, by_key: bool = False) -> Totals:
-    """Totals for ``lo <= ts < hi``: by model (costliest first), by UTC day, and by key when asked."""
-    where = "ts >= ? AND ts < ?"
+def totals(conn: sqlite3.Connection, lo: float, hi: float, by_key: bool = False,
+           api_key: str | None = None) -> Totals:
+    """Totals for ``lo <= ts < hi``: by model (costliest first), by UTC day, and by key when
+    asked; ``api_key``: that key's spend only."""
+    where, args = _period_where(lo, hi, api_key)
     cost, calls, tokens_in, tokens_out = conn.execute(
         f"SELECT COALESCE(SUM(cost), 0), COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) "
-        f"FROM usage WHERE {where}", (lo, hi)).fetchone()
+        f"FROM usage WHERE {where}", args).fetchone()
 
     def grouped(sql: str) -> dict[Any, float]:
-        return {k: round(c, 6) for k, c in conn.execute(sql, (lo, hi))}
+        return {k: round(c, 6) for k, c in conn.execute(sql, args)}
 
     return Totals(
         round(cost, 6), calls, tokens_in, tokens_out,
@@ -132,3 +134,45 @@ def key_spend_since(conn: sqlite3.Connection, key_id: str, since: float) -> floa
     (cost,) = conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE api_key = ? AND ts >= ?",
                            (key_id, since)).fetchone()
     return round(cost, 6)
+
+
+# -- grouped usage (GET /billing/usage?group_by=...) ------------------------------------------------
+# What a report may group by -> (the row's field, the column or expression it groups on).
+GROUPS: dict[str, tuple[str, str]] = {
+    "key": ("key_id", "api_key"),
+    "project": ("project_id", "project_id"),   # the project the spend was made under (stamped at spawn)
+    "model": ("model", "model"),
+    "day": ("day", "date(ts, 'unixepoch')"),  # the UTC day
+}
+
+
+def _period_where(lo: float, hi: float, api_key: str | None) -> tuple[str, tuple[object, ...]]:
+    if api_key is None:
+        return "ts >= ? AND ts < ?", (lo, hi)
+    return "ts >= ? AND ts < ? AND api_key = ?", (lo, hi, api_key)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One group's spend: ``group`` maps each GROUPS field (key_id, project_id, model, day) asked for to its value."""
+
+    group: dict[str, Any]
+    cost: float
+    input_tokens: int
+    output_tokens: int
+    calls: int
+
+
+def usage_groups(conn: sqlite3.Connection, lo: float, hi: float, by: Sequence[str],
+            api_key: str | None = None) -> list[UsageRow]:
+    """Spend for ``lo <= ts < hi`` grouped by the GROUPS names in ``by`` (at least one), costliest
+    first, then by the groups' values; ``api_key``: that key's spend only."""
+    where, args = _period_where(lo, hi, api_key)
+    exprs = [GROUPS[name][1] for name in by]
+    numbers = range(1, len(exprs) + 1)
+    sql = (f"SELECT {', '.join(exprs)}, COALESCE(SUM(cost), 0), COALESCE(SUM(input_tokens), 0), "
+           f"COALESCE(SUM(output_tokens), 0), COUNT(*) FROM usage WHERE {where} "
+           f"GROUP BY {', '.join(map(str, numbers))} ORDER BY SUM(cost) DESC, {', '.join(map(str, numbers))}")
+    fields = [GROUPS[name][0] for name in by]
+    return [UsageRow(dict(zip(fields, row[:len(by)])), round(row[-4], 6), row[-3], row[-2], row[-1])
+            for row in conn.execute(sql, args)]

@@ -439,7 +439,9 @@ async def test_tokens_stored_only_as_hashes_and_secrets_sealed(aiohttp_client, t
 async def test_usage_is_attributed_to_the_spawning_key(aiohttp_client, tmp_path):
     client, admin = await start(aiohttp_client, auth_config(tmp_path))
     worker = await new_key(client, admin, ["agents:read", "agents:write"], name="worker")
-    accountant = await new_key(client, admin, ["billing:read"], name="accountant")
+    # Every key's spend is for a key that sees all keys' work (admin:read); billing:read alone
+    # shows a key its own (tests/test_billing_groups.py).
+    accountant = await new_key(client, admin, ["billing:read", "admin:read"], name="accountant")
     resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "bill me"},
                              headers=bearer(worker["token"]))
     body = await resp.json()

@@ -24,6 +24,7 @@ import asyncio
 import copy
 import dataclasses
 import json
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,11 @@ async def _key(api: Api) -> dict[str, str]:
     return {"key_id": (await api.ok("POST", "/keys", {"name": "target", "scopes": ["agents:read"]}))["key_id"]}
 
 
+async def _project(api: Api) -> dict[str, str]:
+    name = f"target {secrets.token_hex(4)}"  # names are unique
+    return {"project_id": (await api.ok("POST", "/projects", {"name": name}))["project_id"]}
+
+
 async def _webhook(api: Api) -> dict[str, str]:
     return {"webhook_id": (await api.ok("POST", "/webhooks", api.hook_body()))["webhook_id"]}
 
@@ -142,6 +148,12 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("POST", "/keys"): Example({"name": "fuzz", "scopes": ["agents:read", "billing:read"],
                                 "require_signature": False, **KEY_LIMITS}, ok=(201,)),
     ("PATCH", "/keys/{key_id}"): Example(KEY_LIMITS, target=_key),
+    # A project: a second valid create of one name is a 409 (names are unique), which changes nothing.
+    ("POST", "/projects"): Example({"name": "fuzz project", "max_budget": 5, "budget_duration": "30d",
+                                    "metadata": {"owner": "fuzz"}, "members": []}, ok=(201,)),
+    ("PATCH", "/projects/{project_id}"): Example({"max_budget": 7, "budget_duration": "1d", "metadata": {"team": "x"},
+                                                  "add_members": []}, target=_project),
+    ("DELETE", "/projects/{project_id}"): Example(None, target=_project),
     ("DELETE", "/keys/{key_id}"): Example({"reason": "fuzz"}, target=_key),
     ("POST", "/keys/{key_id}/rotate"): Example(None, ok=(201,), target=_key),
     ("POST", "/keys/{key_id}/webhook-secret/rotate"): Example(None, target=_key),
@@ -548,7 +560,7 @@ async def test_every_get_route_with_odd_query_values_and_path_ids(api):
                                                     if p["in"] == "query"]
     webhook = await _webhook(api)
     names = {"webhook_id": webhook["webhook_id"], "agent_id": (await _agent(api))["agent_id"], "name": "k2p5",
-             "key_id": (await _key(api))["key_id"]}
+             "key_id": (await _key(api))["key_id"], "project_id": (await _project(api))["project_id"]}
     for _, path in sorted(router_routes(api.client.app, ("GET",))):
         if path == "/ws":
             continue  # a WebSocket: tests/test_events_live.py

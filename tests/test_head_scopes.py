@@ -13,11 +13,10 @@ import aiohttp
 
 from j1mskyd.api.route_table import PUBLIC, ROUTE_TABLE
 from j1mskyd.app import build_app
-from j1mskyd.keys import ANY_KEY
+from j1mskyd.keys import ANY_KEY, SCOPES
 from tests.conftest import auth_config, bearer, bootstrap_key
 
 LIMIT = aiohttp.ClientTimeout(total=10)  # a route that streams instead of refusing fails the test
-SCOPES = ("agents:read", "agents:write", "billing:read", "admin:read", "admin:write")
 
 
 async def test_head_answers_as_get_on_every_get_route(aiohttp_client, tmp_path):

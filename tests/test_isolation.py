@@ -65,8 +65,8 @@ EXEMPT = {
     ("GET", "/rate-limits"): "the calling key's own counters and the providers' quotas",
     ("GET", "/system"): DAEMON_WIDE + " (aggregate counts, no ids or text)",
     ("GET", "/metrics"): DAEMON_WIDE + " (aggregate counters per route)",
-    ("GET", "/billing/usage"): "spend figures (no ids or text of work); its filter by key comes with group_by, "
-                               "tested with it (the leak check below still asks it as B)",
+    ("GET", "/billing/usage"): "a key's own spend only, grouped or not (tests/test_billing_groups.py); "
+                               "the leak check below still asks it as B",
     ("POST", "/keys"): "admin:write only",
     ("GET", "/keys"): "admin:read only: an admin reads every key",
     ("DELETE", "/keys/{key_id}"): "admin:write only",
@@ -102,10 +102,9 @@ EXEMPT = {
     ("GET", "/v1/models/{name}"): DAEMON_WIDE + " (a configured model)",
     ("POST", "/v1/messages/count_tokens"): "an estimate of the sent text: nothing stored",
 }
-# Routes of the same issue that land from the per-key limits and projects work: their own
-# tests hold the key's-own rule there (another key's id or project: 404).  Exempt here when
-# present; their absence is no stale entry.
-SIBLINGS = {
+# The key and project routes: their own tests hold the key's-own rule there (another key's id
+# or project: 404; tests/test_key_limits_api.py, tests/test_projects.py).
+EXEMPT |= {
     ("GET", "/keys/me"): "the calling key's own record (scope 'key')",
     ("GET", "/keys/{key_id}"): "admin:read, or the key's own id (another key's: 404)",
     ("PATCH", "/keys/{key_id}"): "admin:write only",
@@ -115,7 +114,6 @@ SIBLINGS = {
     ("PATCH", "/projects/{project_id}"): "admin:write only",
     ("DELETE", "/projects/{project_id}"): "admin:write only",
 }
-EXEMPT.update(SIBLINGS)
 
 
 def _bare(path: str) -> str:

@@ -173,9 +173,29 @@ RESULTS: dict[tuple[str, str], dict[str, Any]] = {
         ["event", "timestamp", "data", "id"], event=_STR, timestamp=_STR, data=_OBJ, id=_INT)},
         pagination=_obj(["cursor", "has_more", "limit"], cursor=_STR, has_more=_BOOL, limit=_INT)),
 }
+# Projects (project_request.py, projects.py): budget scopes above keys.
+_BUDGET_FIELDS = {"max_budget": _NULL_NUM, "budget_duration": _NULL_STR}
+_PROJECT = _obj(["project_id", "name", "max_budget", "budget_duration", "metadata", "members", "created_at",
+                 "updated_at", "budget"], project_id=_STR, name=_STR, **_BUDGET_FIELDS, metadata=_OBJ,
+                members={"type": "array", "items": _STR}, created_at=_TIME, updated_at=_TIME,
+                budget=_KEY_BUDGET)  # a project's budget has a key's shape
+_MOVED = {"type": "array", "items": _obj(["key_id", "from_project_id"], key_id=_STR, from_project_id=_STR)}
+_PROJECT_CHANGED = {**_PROJECT, "required": ["success", *_PROJECT["required"], "moved"],
+                    "properties": {**_PROJECT["properties"], "success": _OK, "moved": _MOVED}}
+RESULTS.update({
+    ("POST", "/projects"): _PROJECT_CHANGED,
+    ("GET", "/projects"): _obj(["projects", "count"], projects={"type": "array", "items": _PROJECT}, count=_INT),
+    ("GET", "/projects/{project_id}"): _PROJECT,
+    ("PATCH", "/projects/{project_id}"): {**_PROJECT_CHANGED, "required": [*_PROJECT_CHANGED["required"], "removed"],
+                                          "properties": {**_PROJECT_CHANGED["properties"],
+                                                         "removed": {"type": "array", "items": _STR}}},
+    ("DELETE", "/projects/{project_id}"): _obj(["success", "message", "project_id", "released_keys"], success=_OK,
+                                               message=_STR, project_id=_STR,
+                                               released_keys={"type": "array", "items": _STR}),
+})
 # Success statuses other than 200.
 CREATED = {("POST", "/keys"), ("POST", "/keys/{key_id}/rotate"), ("POST", "/security/block-ip"),
-           ("POST", "/webhooks"), ("POST", "/pricing/webhook")}
+           ("POST", "/webhooks"), ("POST", "/pricing/webhook"), ("POST", "/projects")}
 ACCEPTED = {("POST", "/webhooks/{webhook_id}/test"),
             ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver")}
 # Refusals beyond the common ones (see _error_codes).
@@ -183,10 +203,12 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/spawn"): (402,), ("POST", "/spawn-team"): (402,), ("POST", "/spawn-batch"): (402,),
     ("DELETE", "/agent/{agent_id}"): (409,), ("DELETE", "/agent/{agent_id}/data"): (409,),
     ("POST", "/pricing/exceptions/{exception_id}/close"): (409,),
+    ("PATCH", "/projects/{project_id}"): (409,),  # a name another project has
 }
 _LIMIT = {"type": "integer", "minimum": 1}
 _OFFSET = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}  # SQLite's integers are 64-bit
 _DAY = {"type": "string", "format": "date"}
+_GROUP_BY = "^ *(key|project|model|day) *(, *(key|project|model|day) *)*$"  # billing.group_by
 
 
 def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -216,7 +238,10 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
                                      _query("from", {"type": "string", "format": "date-time"}),
                                      _query("to", {"type": "string", "format": "date-time"}),
                                      _query("limit", {**_LIMIT, "maximum": 500}), _query("offset", _OFFSET)],
-        ("GET", "/billing/usage"): [_query("from", _DAY), _query("to", _DAY), _query("by_key", _BOOL)],
+        ("GET", "/billing/usage"): [_query("from", _DAY), _query("to", _DAY), _query("by_key", _BOOL),
+                                    _query("group_by", {"type": "string", "pattern": _GROUP_BY, "description":
+                                           "rows per group instead of the totals: a comma-separated list of "
+                                           "key, project, model, day"})],
         **{("GET", f"/pricing/{name}"): [_query("days", history_days)]
            for name in ("weekly-metrics", "weekly-comparison")},
         ("GET", "/pricing/experiment-summary"): [_query("days", history_days),
@@ -341,6 +366,26 @@ def _pricing_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
+def _project_bodies() -> dict[tuple[str, str], dict[str, Any]]:
+    """The fields project_request.py reads; any other is refused (additionalProperties false)."""
+    from ..project_request import MAX_MEMBERS
+    from ..tenancy import DURATIONS
+    keys: dict[str, Any] = {"type": "array", "maxItems": MAX_MEMBERS, "items": {"type": "string", "minLength": 1},
+                            "description": "API key ids; a key in another project moves to this one"}
+    fields: dict[str, Any] = {
+        "name": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "\\S"},
+        "max_budget": {"type": ["number", "null"], "minimum": 0, "maximum": 1_000_000,
+                       "description": "USD per budget_duration; null: none"},
+        "budget_duration": {"type": ["string", "null"], "enum": [*DURATIONS, None], "default": "1d"},
+        "metadata": {"type": ["object", "null"], "description": "labels, at most 4096 bytes as JSON"},
+        "members": {**keys, "type": ["array", "null"]}}
+    return {
+        ("POST", "/projects"): _closed(["name"], **fields),
+        ("PATCH", "/projects/{project_id}"): {**_closed([], **fields, add_members=keys, remove_members=keys),
+                                              "minProperties": 1},
+    }
+
+
 def _bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
     spawn = _spawn_schema(config)
     team = {**spawn, "required": ["team", "task"], "properties": {
@@ -367,6 +412,7 @@ def _bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
             "status": {"type": "string", "enum": ["active", "paused"]},
             "secret": {"type": "string", "minLength": 8, "maxLength": 256},
             "description": {"type": "string", "maxLength": 500}}},
+        **_project_bodies(),
         ("DELETE", "/keys/{key_id}"): {"type": "object", "properties": {
             "reason": {"type": "string", "maxLength": 200}}},
         ("PUT", "/security/ip-whitelist"): {"type": "object", "required": ["allowed_ips"], "properties": {

@@ -11,7 +11,7 @@ from .. import billing, sysinfo
 from ..agent_record import ANONYMOUS
 from ..listener import CONNECTION_STATS
 from ..metrics import Family, prometheus
-from .common import CONFIG, SERVICES, json_response, query_params
+from .common import CONFIG, SERVICES, json_response, query_params, viewer
 from .common import API_KEY, API_KEY_ID
 from .middleware import LIMITER, METRICS
 
@@ -113,5 +113,8 @@ async def billing_usage(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     params = query_params(request)
     start, end = billing.period(params, services.runtime.clock())
+    by = billing.group_by(params)
+    if by is not None:
+        return json_response(await services.billing.grouped_report(start, end, by, viewer(request)))
     by_key = params.get("by_key", "").lower() in ("1", "true", "yes")
-    return json_response(await services.billing.usage_report(start, end, by_key))
+    return json_response(await services.billing.usage_report(start, end, by_key, viewer(request)))

@@ -13,9 +13,9 @@ from aiohttp import web
 
 from ..dialects.anthropic_messages import DIALECT as ANTHROPIC
 from ..dialects.openai_chat import OPENAI
+from ..keys import ANY_KEY, READ_ALL
 from . import (agents, dashboard, events, frontdoor, frontdoor_anthropic, keys, openapi, ops, orchestrator, pricing,
-               security, system, webhooks)
-from ..keys import ANY_KEY
+               projects, security, system, webhooks)
 from .route_table import PUBLIC, ROUTE_TABLE, RouteTable
 
 __all__ = ["FRONT_DOOR", "PREFIXES", "ROUTES", "setup_routes"]
@@ -41,6 +41,12 @@ ROUTES = (
     ("GET", "/system", ops.system, READ, "system"),
     ("GET", "/metrics", ops.metrics_json, READ, "other"),
     ("GET", "/billing/usage", ops.billing_usage, BILLING, "other"),
+    # Projects: a member key may read its own project (ANY_KEY, checked by the service).
+    ("POST", "/projects", projects.create_project, ADMIN, "other"),
+    ("GET", "/projects", projects.list_projects, READ_ALL, "other"),
+    ("GET", "/projects/{project_id}", projects.get_project, ANY_KEY, "other"),
+    ("PATCH", "/projects/{project_id}", projects.update_project, ADMIN, "other"),
+    ("DELETE", "/projects/{project_id}", projects.delete_project, ADMIN, "other"),
     ("POST", "/keys", keys.create_key, ADMIN, "other"),
     ("GET", "/keys", keys.list_keys, ADMIN_READ, "other"),
     # A key's own record (its limits and budget); /keys/me before /keys/{key_id}, which shows
