@@ -40,7 +40,7 @@ from .pricing import token_cost
 from .provider_pool import ProviderSlot
 from .plugin_api import (
     TIMEOUT_GRACE, CompletionRequest, CompletionResult, Message, ProviderError, TextBlock, ToolCall, ToolResult)
-from .plugins import bounded
+from .deadline import within
 from .provider_http import estimate_tokens
 from .ratelimit import Buckets, Decision, Limit
 from .store import Queued, Statement, Store, StoreError
@@ -457,8 +457,7 @@ class AgentRuntime:
             try:
                 if remaining <= 0:
                     raise TimeoutError
-                async with asyncio.timeout(remaining):
-                    served, result = await self._execute(agent, held)
+                served, result = await within(remaining, self._execute(agent, held))
             except TimeoutError:
                 await asyncio.shield(self._finish(agent, FAILED, failure="timeout",
                                                   error=f"timeout: agent exceeded its {agent.timeout:g} s timeout"))
@@ -678,23 +677,30 @@ class AgentRuntime:
 
         events = self.events
         readers = events is not None and events.wants("agent.output")
-        async with bounded(request.timeout + TIMEOUT_GRACE, timed_out):
-            if not slot.streams or (agent.sink is None and not readers):
-                return await client.complete(request)
-            call.streaming = True
-            result: CompletionResult | None = None
-            async for item in client.stream(request):
-                if isinstance(item, CompletionResult):
-                    result = item
-                elif isinstance(item, str) and item:
-                    call.parts.append(item)
-                    if agent.sink is not None:
-                        if agent.first_token_at is None:
-                            agent.first_token_at = self.clock()
-                        agent.sink(item)
-                    if readers and events is not None:
-                        events.publish_live("agent.output", {"agent_id": agent.agent_id, "model": alias,
-                                                             "index": len(call.parts) - 1, "delta": item})
+        bound = request.timeout + TIMEOUT_GRACE
+        if not slot.streams or (agent.sink is None and not readers):
+            return await within(bound, client.complete(request), timed_out)
+        return await within(bound, self._stream(slot, request, agent, alias, call, readers), timed_out)
+
+    async def _stream(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent, alias: str,
+                      call: _Attempt, readers: bool) -> CompletionResult:
+        """A streamed call (see _complete): each text delta goes to the chat call's sink and to
+        the live readers of agent.output as it comes; then the result."""
+        events = self.events
+        call.streaming = True
+        result: CompletionResult | None = None
+        async for item in slot.client.stream(request):
+            if isinstance(item, CompletionResult):
+                result = item
+            elif isinstance(item, str) and item:
+                call.parts.append(item)
+                if agent.sink is not None:
+                    if agent.first_token_at is None:
+                        agent.first_token_at = self.clock()
+                    agent.sink(item)
+                if readers and events is not None:
+                    events.publish_live("agent.output", {"agent_id": agent.agent_id, "model": alias,
+                                                         "index": len(call.parts) - 1, "delta": item})
         if result is None:
             raise ProviderError(f"{slot.name}: the stream ended without a result", kind="invalid_response")
         return result
