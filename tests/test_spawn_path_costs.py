@@ -4,6 +4,7 @@ woken for events that wrote deliveries, not for every event."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from j1mskyd import crypto
@@ -83,3 +84,56 @@ def test_the_outbox_is_woken_only_for_events_that_wrote_deliveries():
     assert len(stmts) == 2  # the event and its delivery row
     log.published([quiet, loud])
     assert outbox.wakes == 1
+
+
+# -- the final write needs no task of its own (runtime._finish) ------------------------------
+
+async def test_a_finish_goes_on_to_its_end_when_the_run_is_cancelled_while_its_write_waits(aiohttp_client,
+                                                                                          tmp_path):
+    """The runtime's _finish used to run in a task of its own (asyncio.shield) so that a stop
+    or cancel arriving while the final write waits could not lose the outcome.  It now runs its
+    after-the-write steps from the write's future instead: the run task cancelled at that moment
+    still leaves the agent completed on disk with its ledger row, told to whoever waits for it,
+    out of the live set, and counted."""
+    import sqlite3
+
+    from j1mskyd.agent_record import KIND_AGENT, Agent, insert
+    from j1mskyd.api.common import SERVICES
+    from j1mskyd.app import build_app
+    from tests.conftest import make_config
+
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    services = client.server.app[SERVICES]
+    store, runtime = services.store, services.runtime
+    agent = Agent(agent_id="subagent_1_0007", kind=KIND_AGENT, model="k2p5", task="a quick one",
+                  priority="normal", timeout=300, status="queued", estimated_cost=0.0)
+    await store.write(insert(agent, store.cipher))
+    completed_before = runtime.completed_total
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the final write waits behind this writer
+    try:
+        blocker = store.submit([("INSERT INTO settings (name, value, updated_at) VALUES ('blocker', '', 0)", ())])
+        await asyncio.sleep(0)  # the store's writer takes the blocker and waits for the database
+        await runtime.recover([agent], {})
+        done = runtime.wait(agent.agent_id)
+        for _ in range(500):  # until its outcome is known and its final write queued
+            if agent.status == "completed":
+                break
+            await asyncio.sleep(0.01)
+        assert agent.status == "completed" and not done.done()
+        task = runtime._tasks[agent.agent_id]
+        task.cancel()  # as a stop would, while the final write waits
+        await asyncio.gather(task, return_exceptions=True)
+        assert not done.done()  # nothing is told before the write commits
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await blocker
+    assert (await asyncio.wait_for(done, 30)) is agent
+    assert agent.agent_id not in runtime.live and runtime.completed_total == completed_before + 1
+    row = await store.read(lambda c: c.execute("SELECT status, result FROM agents WHERE agent_id = ?",
+                                               (agent.agent_id,)).fetchone())
+    assert row["status"] == "completed"
+    ledger = await store.read(lambda c: c.execute("SELECT COUNT(*) FROM usage WHERE agent_id = ?",
+                                                  (agent.agent_id,)).fetchone()[0])
+    assert ledger == 1
