@@ -189,6 +189,7 @@ class AgentRuntime:
         self._cancelling: set[str] = set()
         self._team_finished: dict[str, dict[str, Agent]] = {}
         self._active = 0
+        self._schedule_runs = 0  # times _schedule ran (a run's end asks for one only when no release ran it)
         self._stopping = False
         self._sweeper: asyncio.Task[None] | None = None
         self.completed_total = 0
@@ -412,6 +413,7 @@ class AgentRuntime:
         return None, None, wake
 
     def _schedule(self) -> None:
+        self._schedule_runs += 1
         wake: float | None = None
         while not self._stopping and self._active < self.rt.max_concurrency:
             best: tuple[int, int, str] | None = None
@@ -527,11 +529,13 @@ class AgentRuntime:
             await self._finish(agent, FAILED, error=f"internal error: {type(exc).__name__}", failure="upstream")
         finally:
             self._started.pop(agent.agent_id, None)
-            for s in held:
-                s.release()
             self._active -= 1
             self._tasks.pop(agent.agent_id, None)
-            self._schedule()
+            runs = self._schedule_runs
+            for s in held:
+                s.release()  # a slot that frees room runs the scheduler (Releases), with _active already down
+            if self._schedule_runs == runs:  # none did (a slot passed straight to a waiter, or none was held)
+                self._schedule()
 
     async def _execute(self, agent: Agent, held: list[ProviderSlot]) -> tuple[str, CompletionResult]:
         """Walk the fallback chain; ``held`` lists the provider slots this agent holds."""
