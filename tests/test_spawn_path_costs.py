@@ -97,17 +97,9 @@ async def test_a_finish_goes_on_to_its_end_when_the_run_is_cancelled_while_its_w
     out of the live set, and counted."""
     import sqlite3
 
-    from j1mskyd.agent_record import KIND_AGENT, Agent, insert
-    from j1mskyd.api.common import SERVICES
-    from j1mskyd.app import build_app
-    from tests.conftest import make_config
+    from tests.test_running_write import queued_agent
 
-    client = await aiohttp_client(build_app(make_config(tmp_path)))
-    services = client.server.app[SERVICES]
-    store, runtime = services.store, services.runtime
-    agent = Agent(agent_id="subagent_1_0007", kind=KIND_AGENT, model="k2p5", task="a quick one",
-                  priority="normal", timeout=300, status="queued", estimated_cost=0.0)
-    await store.write(insert(agent, store.cipher))
+    store, runtime, agent = await queued_agent(aiohttp_client, tmp_path, "subagent_1_0007")
     completed_before = runtime.completed_total
     other = sqlite3.connect(store.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # the final write waits behind this writer
