@@ -129,3 +129,23 @@ async def test_a_finish_goes_on_to_its_end_when_the_run_is_cancelled_while_its_w
     ledger = await store.read(lambda c: c.execute("SELECT COUNT(*) FROM usage WHERE agent_id = ?",
                                                   (agent.agent_id,)).fetchone()[0])
     assert ledger == 1
+
+
+# -- the store's own writer thread (store._Writer) -------------------------------------------
+
+async def test_a_write_commits_while_slow_reads_hold_every_executor_thread(store):
+    """Commits run on the store's own thread, not in the loop's default executor: reads that
+    hold all of the executor's threads (a slow listing, the webhook worker's reads) do not make
+    a write wait for them.  (Through the executor, it queued behind them.)"""
+    import threading
+
+    release = threading.Event()
+    slow = [asyncio.ensure_future(store.read(lambda conn: release.wait(60))) for _ in range(64)]  # > the pool
+    await asyncio.sleep(0)  # they are handed to the executor
+    try:
+        await asyncio.wait_for(store.write(("INSERT INTO settings (name, value, updated_at) VALUES ('w', '', 0)", ())),
+                               timeout=30)  # a bound, not a measure: it commits in ms
+    finally:
+        release.set()
+        await asyncio.gather(*slow)
+    assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM settings WHERE name = 'w'").fetchone()[0]) == 1
