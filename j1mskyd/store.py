@@ -398,10 +398,11 @@ _UNIT_ERRORS = (sqlite3.Error, ValueError, OverflowError)
 
 
 def _run_together(conn: sqlite3.Connection, units: list[list[Statement]]) -> list[Exception | None]:
+    execute = conn.cursor().execute  # one cursor for the group: conn.execute makes one per statement
     try:
         for unit in units:
             for sql, params in unit:
-                conn.execute(sql, params)
+                execute(sql, params)
     except _UNIT_ERRORS as exc:
         if is_disk_full(exc):
             raise  # not a unit's fault: the whole group waits for space, in order
@@ -412,11 +413,12 @@ def _run_together(conn: sqlite3.Connection, units: list[list[Statement]]) -> lis
 def _run_apart(conn: sqlite3.Connection, units: list[list[Statement]]) -> list[Exception | None]:
     """Each unit inside its own savepoint: one that fails is rolled back, the others commit."""
     errors: list[Exception | None] = []
+    execute = conn.cursor().execute
     for unit in units:
         conn.execute("SAVEPOINT unit")
         try:
             for sql, params in unit:
-                conn.execute(sql, params)
+                execute(sql, params)
         except _UNIT_ERRORS as exc:
             if is_disk_full(exc):
                 raise
