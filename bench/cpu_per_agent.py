@@ -3,6 +3,7 @@
     .venv/bin/python bench/cpu_per_agent.py /tmp/j1-before /tmp/j1-after [-n 2000 -c 32 --rounds 5]
     .venv/bin/python bench/cpu_per_agent.py --profile /tmp/j1-after.prof /tmp/j1-after   # cProfile it
     .venv/bin/python bench/cpu_per_agent.py --callgrind -n 300 --rounds 1 /tmp/j1-before /tmp/j1-after
+    .venv/bin/python bench/cpu_per_agent.py --upstream /tmp/j1-before /tmp/j1-after   # through HTTP
 
 Each run: a fresh daemon from that tree (``python -m j1mskyd serve`` with PYTHONPATH and cwd
 the tree) on the built-in offline provider (no upstream: the daemon's own work only), auth on
@@ -19,7 +20,13 @@ machine's other load falls on all alike); the median per tree is reported.  Prin
 instructions it executed (all threads, user space) per agent over the measured spawns
 (``callgrind_control --dump`` before and after): ~50x slower, but the same count every
 time on a machine whose CPU time swings by a third between runs.  It does not see the
-kernel's share (system calls, thread wake-ups), which CPU time does.
+kernel's share (system calls, thread wake-ups), which CPU time does.  Its dumps keep function
+names uncompressed, so ``callgrind_annotate`` reads each one alone.
+
+``--upstream``: the model is served by the ``openai_compat`` plugin from a zero-latency
+``fake_upstream.py`` on loopback (the issue's own setup: spawn over HTTP, the call to the
+upstream, the result stored) instead of the offline provider; the figure is still the daemon's
+CPU alone (the upstream is another process).
 """
 
 from __future__ import annotations
@@ -66,17 +73,18 @@ def callgrind_dump(pid: int, out_prefix: str) -> int:
 
 
 def start(tree: str, workdir: str, name: str, sync: str, profile: str | None,
-          callgrind: bool = False) -> tuple[subprocess.Popen, str, str, str | None]:
+          callgrind: bool = False, up_port: int | None = None) -> tuple[subprocess.Popen, str, str, str | None]:
     state = os.path.join(workdir, name)
     os.makedirs(state, exist_ok=True)
     config = os.path.join(workdir, name + ".toml")
     with open(config, "w") as f:
-        f.write(CONFIG.format(sync=sync, workdir=workdir, lifted=LIFTED_LIMITS))
+        f.write(CONFIG.format(sync=sync, workdir=workdir, lifted=LIFTED_LIMITS) if up_port is None
+                else run_all.bench_config(workdir, up_port, sync))
     port = run_all.free_port()
     prefix = [sys.executable, "-m", "cProfile", "-o", profile, "-m"] if profile else [sys.executable, "-m"]
     if callgrind:
         prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={os.path.join(workdir, name)}.cg.%p",
-                  *prefix]
+                  "--compress-strings=no", "--compress-pos=no", *prefix]
     proc = subprocess.Popen([*prefix, "j1mskyd", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--state-dir", state, "--config", config],
                             cwd=tree, env=dict(os.environ, PYTHONPATH=tree),
@@ -87,8 +95,8 @@ def start(tree: str, workdir: str, name: str, sync: str, profile: str | None,
 
 
 def one(tree: str, workdir: str, name: str, n: int, c: int, sync: str, profile: str | None = None,
-        callgrind: bool = False) -> dict:
-    proc, url, db, tok = start(tree, workdir, name, sync, profile, callgrind)
+        callgrind: bool = False, up_port: int | None = None) -> dict:
+    proc, url, db, tok = start(tree, workdir, name, sync, profile, callgrind, up_port)
     instructions = None
     try:
         asyncio.run(load.throughput(url, db, min(300, n), c, "k2p5", None, token=tok))  # warm-up
@@ -118,20 +126,34 @@ def main() -> None:
     p.add_argument("--sync", choices=("normal", "full"), default="full")
     p.add_argument("--profile", help="cProfile the daemon of the (single) tree into this file; one round")
     p.add_argument("--callgrind", action="store_true", help="count instructions under valgrind (see above)")
+    p.add_argument("--upstream", action="store_true",
+                   help="serve the model from a loopback fake_upstream.py through openai_compat (see above)")
     p.add_argument("--workdir")
     a = p.parse_args()
     workdir = a.workdir or tempfile.mkdtemp(prefix="j1b-cpu-")
+    os.makedirs(workdir, exist_ok=True)
+    up, up_port = run_all.upstream(workdir) if a.upstream else (None, None)
+    try:
+        run(a, workdir, up_port)
+    finally:
+        if up is not None:
+            up.stop()
+
+
+def run(a: argparse.Namespace, workdir: str, up_port: int | None) -> None:
     if a.profile:
-        print(json.dumps(one(a.trees[0], workdir, "profiled", a.n, a.c, a.sync, a.profile), indent=1))
+        print(json.dumps(one(a.trees[0], workdir, "profiled", a.n, a.c, a.sync, a.profile, up_port=up_port),
+                         indent=1))
         return
     runs: dict[str, list[dict]] = {t: [] for t in a.trees}
     for r in range(a.rounds):
         order = a.trees if r % 2 == 0 else list(reversed(a.trees))
         for i, tree in enumerate(order):
-            res = one(tree, workdir, f"cpu-{r}-{i}", a.n, a.c, a.sync, callgrind=a.callgrind)
+            res = one(tree, workdir, f"cpu-{r}-{i}", a.n, a.c, a.sync, callgrind=a.callgrind, up_port=up_port)
             runs[tree].append(res)
             print(json.dumps({"tree": tree, **res}), file=sys.stderr)
     print(json.dumps({"machine": run_all.machine(), "n": a.n, "c": a.c, "sync": a.sync, "rounds": a.rounds,
+                      "provider": "openai_compat -> fake_upstream.py" if up_port else "offline",
                       "median_cpu_ms_per_agent": {t: statistics.median(x["cpu_ms_per_agent"] for x in rs)
                                                   for t, rs in runs.items()},
                       **({"median_instructions_per_agent": {

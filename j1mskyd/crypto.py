@@ -10,6 +10,7 @@ an idle daemon does not pay for it.
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hashlib
 import hmac
@@ -122,12 +123,14 @@ class DataCipher:
     def __init__(self, key: bytes) -> None:
         self._key = key
         self._aead: Any = None
+        self._seal: Any = None  # the AESGCM object's bound encrypt, once loaded (six seals an agent)
         self._derive_key = hmac.new(key, _DERIVE_LABEL, hashlib.sha256).digest()
 
     def _impl(self) -> Any:
         if self._aead is None:
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # lazy, see module doc
             self._aead = AESGCM(self._key)
+            self._seal = self._aead.encrypt
         return self._aead
 
     @overload
@@ -137,9 +140,15 @@ class DataCipher:
     def encrypt(self, text: str | None, context: str) -> str | None:
         if text is None:
             return None
+        seal = self._seal
+        if seal is None:
+            self._impl()
+            seal = self._seal
         nonce = _NONCES.take()
-        sealed = self._impl().encrypt(nonce, text.encode("utf-8"), context.encode())
-        return PREFIX + base64.b64encode(nonce + sealed).decode("ascii")
+        # binascii directly: base64.b64encode is a Python wrapper around the same call.  The
+        # output is the same: standard alphabet, padded, no newline.
+        return PREFIX + binascii.b2a_base64(nonce + seal(nonce, text.encode(), context.encode()),
+                                            newline=False).decode("ascii")
 
     def new_secret(self, context: str, prefix: str = "") -> tuple[str, str]:
         """A new random secret for ``context`` (``<id>/<column>``) and the value that stores it:

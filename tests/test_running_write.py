@@ -118,15 +118,21 @@ async def test_a_final_write_that_fails_leaves_the_run_counted_as_before(aiohttp
     assert (row["status"], row["runs"]) == ("running", 1) and row["started_at"] is not None
 
 
-async def test_a_call_that_ends_before_its_running_write_left_the_queue_costs_one_update(aiohttp_client, tmp_path):
+async def queued_agent(aiohttp_client, tmp_path, agent_id: str):
+    """A daemon on the offline provider, and a queued agent in its database as a start finds
+    one (recover() runs it without a write awaited first, so the test decides what the store's
+    writer is doing when it starts): (store, runtime, agent)."""
     client = await aiohttp_client(build_app(make_config(tmp_path)))
     services = client.server.app[SERVICES]
-    store, runtime = services.store, services.runtime
-    # A queued agent as a start finds it in the database (recover() runs it without a write
-    # awaited first, so the test decides what the store's writer is doing when it starts).
-    agent = Agent(agent_id="subagent_1_0001", kind=KIND_AGENT, model="k2p5", task="a quick one",
+    store = services.store
+    agent = Agent(agent_id=agent_id, kind=KIND_AGENT, model="k2p5", task="a quick one",
                   priority="normal", timeout=300, status="queued", estimated_cost=0.0)
     await store.write(insert(agent, store.cipher))
+    return store, services.runtime, agent
+
+
+async def test_a_call_that_ends_before_its_running_write_left_the_queue_costs_one_update(aiohttp_client, tmp_path):
+    store, runtime, agent = await queued_agent(aiohttp_client, tmp_path, "subagent_1_0001")
     traced: list[str] = []
     store._wconn.set_trace_callback(traced.append)
     await _held_store_run(runtime, store, agent)

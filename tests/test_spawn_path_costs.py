@@ -4,6 +4,7 @@ woken for events that wrote deliveries, not for every event."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from j1mskyd import crypto
@@ -83,3 +84,68 @@ def test_the_outbox_is_woken_only_for_events_that_wrote_deliveries():
     assert len(stmts) == 2  # the event and its delivery row
     log.published([quiet, loud])
     assert outbox.wakes == 1
+
+
+# -- the final write needs no task of its own (runtime._finish) ------------------------------
+
+async def test_a_finish_goes_on_to_its_end_when_the_run_is_cancelled_while_its_write_waits(aiohttp_client,
+                                                                                          tmp_path):
+    """The runtime's _finish used to run in a task of its own (asyncio.shield) so that a stop
+    or cancel arriving while the final write waits could not lose the outcome.  It now runs its
+    after-the-write steps from the write's future instead: the run task cancelled at that moment
+    still leaves the agent completed on disk with its ledger row, told to whoever waits for it,
+    out of the live set, and counted."""
+    import sqlite3
+
+    from tests.test_running_write import queued_agent
+
+    store, runtime, agent = await queued_agent(aiohttp_client, tmp_path, "subagent_1_0007")
+    completed_before = runtime.completed_total
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the final write waits behind this writer
+    try:
+        blocker = store.submit([("INSERT INTO settings (name, value, updated_at) VALUES ('blocker', '', 0)", ())])
+        await asyncio.sleep(0)  # the store's writer takes the blocker and waits for the database
+        await runtime.recover([agent], {})
+        done = runtime.wait(agent.agent_id)
+        for _ in range(500):  # until its outcome is known and its final write queued
+            if agent.status == "completed":
+                break
+            await asyncio.sleep(0.01)
+        assert agent.status == "completed" and not done.done()
+        task = runtime._tasks[agent.agent_id]
+        task.cancel()  # as a stop would, while the final write waits
+        await asyncio.gather(task, return_exceptions=True)
+        assert not done.done()  # nothing is told before the write commits
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await blocker
+    assert (await asyncio.wait_for(done, 30)) is agent
+    assert agent.agent_id not in runtime.live and runtime.completed_total == completed_before + 1
+    row = await store.read(lambda c: c.execute("SELECT status, result FROM agents WHERE agent_id = ?",
+                                               (agent.agent_id,)).fetchone())
+    assert row["status"] == "completed"
+    ledger = await store.read(lambda c: c.execute("SELECT COUNT(*) FROM usage WHERE agent_id = ?",
+                                                  (agent.agent_id,)).fetchone()[0])
+    assert ledger == 1
+
+
+# -- the store's own writer thread (store._Writer) -------------------------------------------
+
+async def test_a_write_commits_while_slow_reads_hold_every_executor_thread(store):
+    """Commits run on the store's own thread, not in the loop's default executor: reads that
+    hold all of the executor's threads (a slow listing, the webhook worker's reads) do not make
+    a write wait for them.  (Through the executor, it queued behind them.)"""
+    import threading
+
+    release = threading.Event()
+    slow = [asyncio.ensure_future(store.read(lambda conn: release.wait(60))) for _ in range(64)]  # > the pool
+    await asyncio.sleep(0)  # they are handed to the executor
+    try:
+        await asyncio.wait_for(store.write(("INSERT INTO settings (name, value, updated_at) VALUES ('w', '', 0)", ())),
+                               timeout=30)  # a bound, not a measure: it commits in ms
+    finally:
+        release.set()
+        await asyncio.gather(*slow)
+    assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM settings WHERE name = 'w'").fetchone()[0]) == 1

@@ -31,6 +31,9 @@ class FullDisk:
             raise sqlite3.OperationalError("database or disk is full")
         return self.conn.execute(sql, params)
 
+    def cursor(self):  # a group's statements go through one cursor (store._run_together): fail those too
+        return self
+
     def __getattr__(self, name: str):  # in_transaction, close...
         return getattr(self.conn, name)
 
