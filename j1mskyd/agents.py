@@ -99,7 +99,7 @@ class AgentService:
         project_id = max_live = None
         if key is not None:
             if key.models is not None:
-                refused = [a.model for a in agents if a.model not in key.models]
+                refused = [a.model for a in agents if not key.may_use(a.model)]
                 if refused:
                     raise Forbidden(f"this key may use only: {', '.join(key.models)} (not {', '.join(refused)})",
                                     allowed_models=list(key.models))

@@ -159,6 +159,10 @@ class ApiKey:
             return True
         return READ_ALL in self.scopes and scope in _READ_ALL_GRANTS
 
+    def may_use(self, name: str) -> bool:
+        """May this key spawn on model alias or team ``name``?  Any, when it has no list."""
+        return self.models is None or name in self.models
+
     @property
     def sees_all(self) -> bool:
         """Sees every key's work (agents, events, webhooks, usage), not only its own."""

@@ -167,6 +167,32 @@ async def test_the_openai_sdk_raises_permission_denied_for_a_model_outside_the_l
         assert answer.choices[0].message.content == "fake reply"
 
 
+async def test_a_key_s_model_lists_show_only_the_models_it_may_use(aiohttp_client, tmp_path, upstream):
+    """/v1/models (what Open WebUI and the SDKs offer a user to pick from) and /api/models list a key
+    with a models list only those; another model reads as unknown (404, as OpenAI answers a model the
+    caller has no access to).  A key without a list, and the admin, see every configured model."""
+    openai = pytest.importorskip("openai", reason="the official openai SDK (the test extra) is not installed here")
+    api = await open_api(aiohttp_client, with_auth(priced_config(tmp_path, upstream)))
+    every = sorted(api.cfg.models)
+    assert "k2p5" in every and len(every) > 1
+    limited = (await api.key(models=["k2p5"]))["token"]
+    free = (await api.key())["token"]
+    async with openai.AsyncOpenAI(base_url=str(api.client.make_url("/v1")), api_key=limited, max_retries=0) as sdk:
+        assert [m.id async for m in sdk.models.list()] == ["k2p5"]
+        assert (await sdk.models.retrieve("k2p5")).id == "k2p5"
+        other = next(m for m in every if m != "k2p5")
+        with pytest.raises(openai.NotFoundError):
+            await sdk.models.retrieve(other)
+    native = await (await api.client.get("/api/models", headers=bearer(limited))).json()
+    assert [m["name"] for m in native["data"]["models"]] == ["k2p5"] and native["data"]["default_model"] == "k2p5"
+    assert (await api.client.get(f"/api/models/{other}", headers=bearer(limited))).status == 404
+    for headers in (bearer(free), api.admin):
+        listed = await (await api.client.get("/v1/models", headers=headers)).json()
+        assert sorted(m["id"] for m in listed["data"]) == every
+        native = await (await api.client.get("/api/models", headers=headers)).json()
+        assert sorted(m["name"] for m in native["data"]["models"]) == every
+
+
 # -- concurrency and request limits of its own -------------------------------------------------
 
 async def test_max_concurrency_replaces_max_agents_per_key_for_that_key(aiohttp_client, tmp_path, upstream):

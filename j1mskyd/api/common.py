@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -17,7 +18,7 @@ from ..tenancy import Viewer
 
 __all__ = ["API_KEY", "API_KEY_ID", "AWAITING_CREDENTIALS", "CLIENT_IP", "CONFIG", "ERROR_TYPES", "METRICS",
            "REQUEST_ID", "SERVICES", "actor", "api_error_response", "app_key", "error_response", "json_response",
-           "query_params", "read_json", "read_json_object", "request_key", "viewer"]
+           "query_params", "read_json", "read_json_object", "request_key", "usable", "viewer"]
 
 
 def app_key(name: str) -> Any:
@@ -127,3 +128,13 @@ def viewer(request: web.Request) -> Viewer:
     if key is None:
         return Viewer(request.get(API_KEY_ID) or ANONYMOUS, sees_all=True, writes_all=True)
     return Viewer(key.key_id, sees_all=key.sees_all, writes_all=key.allows(ADMIN))
+
+
+_V = TypeVar("_V")
+
+
+def usable(request: web.Request, models: Mapping[str, _V]) -> dict[str, _V]:
+    """The entries of ``models`` (by alias) that this request's key may use: a key with a
+    ``models`` list sees only those in model lists, as its spawns may use only those."""
+    key = request.get(API_KEY)
+    return {name: m for name, m in models.items() if key is None or key.may_use(name)}

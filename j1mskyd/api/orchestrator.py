@@ -14,7 +14,7 @@ from aiohttp import web
 from .. import pricing
 from ..errors import NotFound, ValidationFailed
 from ..orchestrator import PRIORITIES, ModelRequest, Orchestrator
-from .common import CONFIG, SERVICES, json_response, read_json_object
+from .common import CONFIG, SERVICES, json_response, read_json_object, usable
 from .pricing import MAX_TOKENS, Fields, read_fields
 
 
@@ -97,20 +97,20 @@ def _model_view(request: web.Request, alias: str, full: bool) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """The configured models."""
-    config = request.app[CONFIG]
-    models = [_model_view(request, alias, False) for alias in config.models]
-    first = next(iter(config.models), None)  # apart: mypy 1.0 mistypes next(..., None) in a conditional
-    data = {"models": models, "default_model": pricing.DEFAULT_MODEL if pricing.DEFAULT_MODEL in config.models
+    """The configured models the key may use (all of them, for a key without a models list)."""
+    aliases = usable(request, request.app[CONFIG].models)
+    models = [_model_view(request, alias, False) for alias in aliases]
+    first = next(iter(aliases), None)  # apart: mypy 1.0 mistypes next(..., None) in a conditional
+    data = {"models": models, "default_model": pricing.DEFAULT_MODEL if pricing.DEFAULT_MODEL in aliases
             else first,
-            "escalation_model": "opus" if "opus" in config.models else None}
+            "escalation_model": "opus" if "opus" in aliases else None}
     return json_response({"success": True, "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
     """One model: provider, limits, pricing, capabilities, live performance."""
     name = request.match_info["name"]
-    if name not in request.app[CONFIG].models:
+    if name not in usable(request, request.app[CONFIG].models):  # another key's model: as unknown
         raise NotFound(f"Model '{name}' not found")
     view = _model_view(request, name, True)
     view["performance"] = await _service(request).performance(name)
