@@ -164,12 +164,14 @@ class ApiKey:
         """Sees every key's work (agents, events, webhooks, usage), not only its own."""
         return ADMIN in self.scopes or READ_ALL in self.scopes
 
-    def allowance(self) -> Allowance | None:
-        """The key's own budget, or None."""
+    def allowance(self, family: tuple[str, ...] = ()) -> Allowance | None:
+        """The key's own budget, or None.  ``family``: the other keys of its rotation family
+        (KeyRing.family), whose spend counts against it too."""
         if self.max_budget is None:
             return None
         return Allowance("key", self.key_id, self.max_budget, self.budget_duration or "1d",
-                         self.budget_anchor if self.budget_anchor is not None else day_start(self.created_at))
+                         self.budget_anchor if self.budget_anchor is not None else day_start(self.created_at),
+                         family)
 
     def state(self, now: float) -> str:
         if self.revoked_at is not None:
@@ -390,6 +392,30 @@ _KEYS_FINGERPRINT = ("SELECT COUNT(*), group_concat(key_id || '/' || scopes || '
                      " ' ') FROM api_keys")
 
 
+def rotation_families(keys: dict[str, ApiKey]) -> dict[str, tuple[str, ...]]:
+    """Each rotated key's family: every key linked to it by rotations, before and after it
+    (a key, its successor in the grace period, that one's successor...), without itself.
+    A successor keeps its key's limits, and so its budget: one budget, whichever of the
+    family's tokens spends it.  Keys never rotated are left out."""
+    links: dict[str, set[str]] = {}
+    for key in keys.values():
+        if key.rotated_to is not None and key.rotated_to in keys:
+            links.setdefault(key.key_id, set()).add(key.rotated_to)
+            links.setdefault(key.rotated_to, set()).add(key.key_id)
+    family: dict[str, tuple[str, ...]] = {}
+    for start in links:
+        if start in family:
+            continue
+        seen, todo = {start}, [start]
+        while todo:
+            for other in links[todo.pop()] - seen:
+                seen.add(other)
+                todo.append(other)
+        for key_id in seen:
+            family[key_id] = tuple(sorted(seen - {key_id}))
+    return family
+
+
 class KeyRing:
     """The daemon's in-memory view of the keys, kept fresh from the database."""
 
@@ -397,11 +423,13 @@ class KeyRing:
         self.keys: dict[str, ApiKey] = {}
         self._by_hash: dict[str, ApiKey] = {}
         self.data_version: int | None = None
+        self.family: dict[str, tuple[str, ...]] = {}  # key id -> the other keys of its rotation family
 
     def replace(self, keys: dict[str, ApiKey], data_version: int | None = None) -> None:
         self.keys = keys
         self._by_hash = {k.token_hash: k for k in keys.values()}
         self.data_version = data_version
+        self.family = rotation_families(keys)
 
     def lookup(self, token: str) -> ApiKey | None:
         # By the SHA-256 of a 256-bit random token: the dict's equality check on the hash
@@ -583,9 +611,10 @@ class KeyService:
         return self.ring.keys.get(key_id)
 
     def allowances(self, key_id: str) -> tuple[Allowance, ...]:
-        """The key's own budget, as budget.Budget asks for it (nothing for an unknown key)."""
+        """The key's own budget, as budget.Budget asks for it (nothing for an unknown key),
+        shared with its rotation family."""
         key = self.ring.keys.get(key_id)
-        allowance = key.allowance() if key is not None else None
+        allowance = key.allowance(self.ring.family.get(key_id, ())) if key is not None else None
         return () if allowance is None else (allowance,)
 
     def get(self, key_id: str) -> ApiKey:

@@ -62,6 +62,10 @@ class Allowance:
     max_budget: float    # USD per period
     duration: str        # a DURATIONS name
     anchor: float        # start of the first period
+    # A key's budget only: the other keys of its rotation family (the keys it was rotated
+    # from or to).  Rotation hands one budget on, it does not mint a second: their spend and
+    # reservations count against this budget too (and theirs against it).
+    shared: tuple[str, ...] = ()
 
     def period(self, now: float) -> tuple[float, float | None]:
         """(start, end) of the period ``now`` falls in; end None: ``total``, never resets.

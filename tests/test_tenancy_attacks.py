@@ -1,0 +1,66 @@
+"""Issue 15 under attack: what a hostile key (or a careless admin) tries against isolation and
+the per-key budgets, each a regression test of a hole found, or of one that held."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import bearer
+from tests.test_budget_http import priced_config, upstream  # noqa: F401  (upstream: the priced fake's fixture)
+from tests.test_key_limits_enforced import open_api, settle, with_auth
+
+CHAT = {"model": "k2p5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+
+
+async def test_a_rotated_key_hands_on_its_budget_it_does_not_mint_a_second(aiohttp_client, tmp_path, upstream):
+    """Rotation (admin) gave the successor the key's limits but a spend of 0, and the old key
+    kept its own for the grace day: two tokens of one tenant, each with a full budget."""
+    upstream.delay = 1.0  # reservations in flight must count across the family too
+    api = await open_api(aiohttp_client, with_auth(priced_config(tmp_path, upstream)))
+    key = await api.key(max_budget=0.35)
+    for _ in range(2):
+        assert (await api.spawn(key["token"])).status == 200
+    await settle(api)
+    rotated = await api.client.post(f"/api/keys/{key['key_id']}/rotate", headers=api.admin)
+    assert rotated.status == 201, await rotated.text()
+    new = await rotated.json()
+    standing = (await api.view(new["key_id"]))["budget"]
+    assert standing["spend"] == pytest.approx(0.2) and standing["budget_remaining"] == pytest.approx(0.15)
+    held = await api.spawn(key["token"])  # the old key, in its grace period, still spends: in flight
+    assert held.status == 200
+    for token in (new["token"], key["token"]):  # 0.2 spent + 0.1 held: no room for another 0.1
+        refused = await api.spawn(token)
+        body = await refused.json()
+        assert refused.status == 402 and body["error"]["level"] == "key", body
+        assert body["error"]["budget_remaining"] == pytest.approx(0.05)
+    await settle(api)
+    (spent,), = await api.ledger("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE api_key IN (?, ?)",
+                                 key["key_id"], new["key_id"])
+    assert spent == pytest.approx(0.3) and spent <= 0.35
+    again = await api.client.post(f"/api/keys/{new['key_id']}/rotate", headers=api.admin)  # and once more
+    third = await again.json()
+    assert (await api.view(third["key_id"]))["budget"]["spend"] == pytest.approx(0.3)
+    assert (await api.spawn(third["token"])).status == 402
+
+
+async def test_a_key_with_a_budget_of_zero_spends_nothing_on_any_route(aiohttp_client, tmp_path, upstream):
+    """Held: max_budget 0 refuses every way to spend (402, or the front door's quota error), and
+    nothing is made or reserved."""
+    api = await open_api(aiohttp_client, with_auth(priced_config(tmp_path, upstream)))
+    token = (await api.key(max_budget=0))["token"]
+    for path, body in [("/api/spawn", {"model": "k2p5", "task": "t"}),
+                       ("/api/spawn-batch", {"agents": [{"model": "k2p5", "task": "t"}]}),
+                       ("/api/spawn-team", {"team": "team_coding", "task": "t"}),
+                       ("/api/spawn", {"model": "opus", "task": "t"}),
+                       ("/v1/chat/completions", CHAT), ("/v1/chat/completions", {**CHAT, "stream": True})]:
+        resp = await api.client.post(path, json=body, headers=bearer(token))
+        text = await resp.text()
+        assert resp.status in (402, 429) and "Key budget of $0 per 1d" in text, (path, resp.status, text)
+    anthropic = await api.client.post("/v1/messages", json=CHAT, headers={"x-api-key": token,
+                                                                          "anthropic-version": "2023-06-01"})
+    assert anthropic.status in (400, 402, 429) and "Key budget of $0" in await anthropic.text()
+    assert await api.ledger("SELECT agent_id FROM agents") == [] and api.budget.reserved == 0
