@@ -117,11 +117,12 @@ class WebhookService:
     loop's getaddrinfo unless given)."""
 
     def __init__(self, store: Any, events: EventLog, registry: Any, session: Any, *,
-                 sees_all: Callable[[str], bool],
+                 sees_all: Callable[[str], bool], acts: Callable[[str], bool] = lambda key_id: True,
                  clock: Callable[[], float] = time.time, targets: TargetPolicy = TargetPolicy(),
                  lookup: Lookup | None = None, resolver: Any = None, call_timeout: float = 30.0) -> None:
         self.store = store
         self.sees_all = sees_all  # key id -> does that key see every key's work (KeyService's memory)
+        self.acts = acts  # key id -> is that key (or its successor) still active (KeyService.acts)
         self.events = events
         self.registry = registry
         self.session = session
@@ -175,8 +176,11 @@ class WebhookService:
 
     # -- the outbox, as the event log asks for it (events.Outbox) ---------------------------------
     def route(self, type_: str, data: dict[str, Any], owner: str | None = None) -> list[str]:
-        sees_all = self.sees_all
-        return [h.webhook_id for h in self.hooks.values() if h.wants(type_, data, owner, sees_all)]
+        """The webhooks that get this event.  A webhook whose maker was revoked or expired (with
+        no successor) gets nothing more: revoking a key ends what it set up to hear."""
+        sees_all, acts = self.sees_all, self.acts
+        return [h.webhook_id for h in self.hooks.values()
+                if h.wants(type_, data, owner, sees_all) and (h.api_key_id is None or acts(h.api_key_id))]
 
     def delivery_rows(self, webhook_ids: Iterable[str], event_id: int, ts: float) -> list[Statement]:
         return [_delivery_insert(webhook_id, event_id, ts) for webhook_id in webhook_ids]
@@ -385,8 +389,11 @@ class WebhookService:
 
     def _active_ids(self) -> tuple[str, list[str]]:
         """SQL and ids for the active webhooks no drain is working on: a paused one's
-        deliveries wait, pending; a draining one's are its drain's business."""
-        ids = [h.webhook_id for h in self.hooks.values() if h.status == "active" and h.webhook_id not in self._drains]
+        deliveries wait, pending, and so do those of a webhook whose maker was revoked or
+        expired (queued before that: not sent after it); a draining one's are its drain's business."""
+        acts = self.acts
+        ids = [h.webhook_id for h in self.hooks.values() if h.status == "active" and h.webhook_id not in self._drains
+               and (h.api_key_id is None or acts(h.api_key_id))]
         return ", ".join("?" * len(ids)) or "NULL", ids
 
     async def _due_hooks(self, now: float, limit: int) -> list[str]:

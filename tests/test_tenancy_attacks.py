@@ -3,16 +3,19 @@ the per-key budgets, each a regression test of a hole found, or of one that held
 
 from __future__ import annotations
 
-import asyncio
-import json
+import dataclasses
 from typing import Any
 
 import pytest
 
-from tests.conftest import bearer
+from j1mskyd.api.common import SERVICES
+from j1mskyd.app import build_app
+from j1mskyd.config import WebhooksConfig
+from tests.conftest import auth_config, bearer, bootstrap_key
 from tests.test_budget_http import priced_config, upstream  # noqa: F401  (upstream: the priced fake's fixture)
 from tests.test_key_limits_enforced import open_api, settle, with_auth
 
+USER = ("agents:read", "agents:write")
 CHAT = {"model": "k2p5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
 
 
@@ -64,3 +67,58 @@ async def test_a_key_with_a_budget_of_zero_spends_nothing_on_any_route(aiohttp_c
                                                                           "anthropic-version": "2023-06-01"})
     assert anthropic.status in (400, 402, 429) and "Key budget of $0" in await anthropic.text()
     assert await api.ledger("SELECT agent_id FROM agents") == [] and api.budget.reserved == 0
+
+
+# -- a revoked key's webhooks --------------------------------------------------------------------
+
+async def test_a_revoked_key_s_webhooks_hear_nothing_more(aiohttp_client, tmp_path):
+    """A stolen admin token could set a webhook "*" to the thief's receiver; revoking the
+    token left that webhook routed every key's events for ever (and a revoked key's own
+    webhooks, and its agents' webhook_url, went on hearing).  Now a webhook acts only while
+    its maker (or the maker's successor after a rotation) is active; deliveries queued
+    before the revocation wait, unsent."""
+    cfg = dataclasses.replace(auth_config(tmp_path), webhooks=WebhooksConfig(allowed_networks=("127.0.0.0/8",)))
+    client = await aiohttp_client(build_app(cfg))
+    admin = bearer(bootstrap_key(cfg)["token"])
+    services = client.app[SERVICES]
+    hooks = services.webhooks
+
+    async def key(*scopes: str) -> dict[str, Any]:
+        resp = await client.post("/api/keys", json={"name": "k", "scopes": list(scopes)}, headers=admin)
+        assert resp.status == 201
+        return await resp.json()
+
+    async def hook(token: str, events: list[str]) -> str:
+        resp = await client.post("/api/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": events},
+                                 headers=bearer(token))
+        assert resp.status == 201, await resp.text()
+        return (await resp.json())["data"]["webhook_id"]
+
+    thief, user, rotated, victim = await key("admin:write"), await key(*USER), await key("admin:write"), await key(*USER)
+    stolen = await hook(thief["token"], ["*"])
+    own, named = await hook(user["token"], ["*"]), await hook(user["token"], ["budget.warning"])
+    kept = await hook(rotated["token"], ["*"])
+    spawned = await client.post("/api/spawn", json={"model": "k2p5", "task": "t", "webhook_url": "http://127.0.0.1:9/x"},
+                                headers=bearer(user["token"]))
+    agent_id = (await spawned.json())["agent_id"]
+    per_agent = next(h.webhook_id for h in hooks.hooks.values() if h.agent_id == agent_id)
+
+    def routed() -> set[str]:
+        return {*hooks.route("agent.completed", {"agent_id": "a1"}, victim["key_id"]),
+                *hooks.route("agent.completed", {"agent_id": agent_id}, user["key_id"]),
+                *hooks.route("budget.warning", {}, None)}
+
+    assert {stolen, own, named, kept, per_agent} <= routed()
+    for key_id in (thief["key_id"], user["key_id"]):
+        assert (await client.delete(f"/api/keys/{key_id}", headers=admin)).status == 200
+    # the rotated admin key: its successor is active, so its webhooks go on after the grace ends
+    assert (await client.post(f"/api/keys/{rotated['key_id']}/rotate", headers=admin)).status == 201
+    await services.store.write(("UPDATE api_keys SET expires_at = ? WHERE key_id = ?",
+                                (services.keys.clock() - 1, rotated["key_id"])))
+    await services.keys.reload()
+    assert services.keys.find(rotated["key_id"]).state(services.keys.clock()) == "expired"
+    now = routed()
+    assert kept in now
+    assert not {stolen, own, named, per_agent} & now, now
+    # what was queued for them before the revocation is not sent after it
+    assert not {stolen, own, named, per_agent} & set(hooks._active_ids()[1])
