@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["Allowance", "DURATIONS", "Viewer", "day_start", "parse_allowance"]
+__all__ = ["ADMINS_ONLY", "Allowance", "DURATIONS", "Viewer", "day_start", "parse_allowance"]
+
+# The owner of a record no key owns that only viewers who see all may see: the refusal of a
+# request without a valid key (its path names other keys' ids, its address another client).
+# No key id looks like it, so Viewer.sees() gives it to sees_all viewers alone.
+ADMINS_ONLY = "@admins"
 
 # budget_duration -> seconds per period (None: one period, for ever)
 DURATIONS: dict[str, float | None] = {"1d": 86_400.0, "30d": 30 * 86_400.0, "total": None}

@@ -3,7 +3,9 @@ the per-key budgets, each a regression test of a hole found, or of one that held
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.config import WebhooksConfig
+from j1mskyd.tenancy import Viewer
 from tests.conftest import auth_config, bearer, bootstrap_key
 from tests.test_budget_http import priced_config, upstream  # noqa: F401  (upstream: the priced fake's fixture)
 from tests.test_key_limits_enforced import open_api, settle, with_auth
@@ -122,3 +125,60 @@ async def test_a_revoked_key_s_webhooks_hear_nothing_more(aiohttp_client, tmp_pa
     assert not {stolen, own, named, per_agent} & now, now
     # what was queued for them before the revocation is not sent after it
     assert not {stolen, own, named, per_agent} & set(hooks._active_ids()[1])
+
+
+# -- refusals of requests without a valid key ------------------------------------------------------
+
+async def test_a_refused_request_without_a_valid_key_is_shown_to_admins_only(aiohttp_client, tmp_path):
+    """The refusal of a request with no valid key (a revoked or unknown token, none) was a
+    daemon-wide security.violation: every key read, on /events, its path (another key's
+    agent id) and its address (another client's).  Now only keys that see all read it,
+    listed, replayed, live, and at their webhooks."""
+    cfg = dataclasses.replace(auth_config(tmp_path), webhooks=WebhooksConfig(allowed_networks=("127.0.0.0/8",)))
+    client = await aiohttp_client(build_app(cfg))
+    admin = bearer(bootstrap_key(cfg)["token"])
+    services = client.app[SERVICES]
+
+    async def key(*scopes: str) -> dict[str, Any]:
+        resp = await client.post("/api/keys", json={"name": "k", "scopes": list(scopes)}, headers=admin)
+        assert resp.status == 201
+        return await resp.json()
+
+    a, b, reader = await key(*USER), await key(*USER), await key("admin:read")
+    named = await client.post("/api/webhooks", json={"url": "http://127.0.0.1:9/h", "events": ["security.violation"]},
+                              headers=bearer(b["token"]))
+    assert named.status == 201
+    b_hook = (await named.json())["data"]["webhook_id"]
+    live_b = services.events.subscribe(None, viewer=Viewer(b["key_id"]))
+    assert (await client.delete(f"/api/keys/{a['key_id']}", headers=admin)).status == 200
+    secret_path = "/api/agent/subagent_1_of_a_9f3e"
+    assert (await client.get(secret_path, headers=bearer(a["token"]))).status == 401  # A's revoked token
+    assert (await client.get(secret_path + "x")).status == 401                      # no token at all
+    wrong = await client.get("/api/agents", headers=bearer(b["token"] + "x"))         # a wrong token
+    assert wrong.status == 401
+
+    async def listed(token: str) -> str:
+        resp = await client.get("/api/events?types=security.violation", headers=bearer(token))
+        assert resp.status == 200
+        return await resp.text()
+
+    for _ in range(500):  # emitted soon after the refusal (bounded wait)
+        if secret_path in await listed(reader["token"]):
+            break
+        await asyncio.sleep(0.01)
+    assert secret_path in await listed(reader["token"]) and secret_path + "x" in await listed(reader["token"])
+    assert "security.violation" not in await listed(b["token"])
+    assert not await services.events.after(0, 100, None, Viewer(b["key_id"]))
+    assert live_b.queue.empty()
+    services.events.unsubscribe(live_b)
+    owners = await services.store.read(lambda conn: {r[0] for r in conn.execute(
+        "SELECT api_key FROM events WHERE type = 'security.violation'")})
+    assert not any(b_hook in services.webhooks.route("security.violation", {}, owner) for owner in owners)
+    # B's own refusal (a scope it lacks) stays B's event
+    assert (await client.get("/api/keys", headers=bearer(b["token"]))).status == 403
+    for _ in range(500):
+        if "insufficient" in await listed(b["token"]) or "scope" in await listed(b["token"]):
+            break
+        await asyncio.sleep(0.01)
+    own = json.loads(await listed(b["token"]))["data"]
+    assert own and all(e["data"]["path"] == "/api/keys" for e in own)
