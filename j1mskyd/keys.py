@@ -618,17 +618,19 @@ class KeyService:
         return () if allowance is None else (allowance,)
 
     def acts(self, key_id: str) -> bool:
-        """Does what ``key_id`` made (its webhooks) still act for it?  Yes while the key, or a
-        key of its rotation family (its successor), is active; no once it is revoked or expired
-        with no live successor: a webhook a stolen token made must not outlive the token.  A key
-        unknown here (the anonymous caller of a daemon without authentication) acts."""
+        """Does what ``key_id`` made (its webhooks) still act for it?  Yes while the key is
+        active, and after it expired while a key of its rotation family (its successor) is;
+        never once it is revoked: a webhook a stolen token made must not outlive the token.  A
+        key unknown here (the anonymous caller of a daemon without authentication) acts."""
         key = self.ring.keys.get(key_id)
         if key is None:
             return True
         now = self.clock()
-        return key.state(now) == "active" or any(
-            (k := self.ring.keys.get(other)) is not None and k.state(now) == "active"
-            for other in self.ring.family.get(key_id, ()))
+        state = key.state(now)
+        if state != "expired":
+            return state == "active"
+        return any((k := self.ring.keys.get(other)) is not None and k.state(now) == "active"
+                   for other in self.ring.family.get(key_id, ()))
 
     def get(self, key_id: str) -> ApiKey:
         key = self.ring.keys.get(key_id)

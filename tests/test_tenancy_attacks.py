@@ -123,6 +123,15 @@ async def test_a_revoked_key_s_webhooks_hear_nothing_more(aiohttp_client, tmp_pa
     now = routed()
     assert kept in now
     assert not {stolen, own, named, per_agent} & now, now
+    # a successor revoked while its old key is still in its grace period: its webhooks stop at once
+    old = await key(*USER)
+    rotation = await client.post(f"/api/keys/{old['key_id']}/rotate", headers=admin)
+    successor = await rotation.json()
+    heard = await hook(successor["token"], ["*"])
+    assert heard in hooks.route("agent.completed", {"agent_id": "a2"}, successor["key_id"])
+    assert (await client.delete(f"/api/keys/{successor['key_id']}", headers=admin)).status == 200
+    assert services.keys.find(old["key_id"]).state(services.keys.clock()) == "active"
+    assert heard not in hooks.route("agent.completed", {"agent_id": "a2"}, successor["key_id"])
     # what was queued for them before the revocation is not sent after it
     assert not {stolen, own, named, per_agent} & set(hooks._active_ids()[1])
 
