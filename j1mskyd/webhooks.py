@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .agent_record import ANONYMOUS, iso
-from .errors import BadRequest, Forbidden, NotFound, ValidationFailed
+from .errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
 from .events import EventLog, event_types
 from .plugin_api import Sink, SinkError, SinkSettings
 from .plugins import bounded, build_sink, off_loop
@@ -58,6 +58,11 @@ RETRY_BASE = 5.0
 RETRY_CAP = 3600.0
 GIVE_UP_AFTER = 24 * 3600.0
 CONCURRENT_WEBHOOKS = 8  # drain tasks (webhooks being sent to) at once
+# Standing webhooks (POST /webhooks) of one key that sees only its own work.  Any agents:write
+# key may make them: without a cap one key could make thousands, each one more delivery row
+# per event in every event's commit and more work on every key's event path.  Keys that see
+# all (the admins, who alone could make webhooks before keys were tenants) have no cap.
+MAX_PER_KEY = 25
 DRAIN_BATCH = 50         # due deliveries a drain reads at a time
 
 
@@ -139,6 +144,7 @@ class WebhookService:
         self._worker: asyncio.Task[None] | None = None
         self.call_timeout = call_timeout  # seconds one sink.deliver may take ([plugins] call_timeout)
         self._drains: dict[str, asyncio.Task[None]] = {}  # webhook_id -> its drain, while it runs
+        self._making: dict[str, int] = {}  # key id -> its webhooks being made now (counted against MAX_PER_KEY)
         events.attach_outbox(self)  # the log asks for delivery rows, wakes the worker (events.Outbox)
 
     # -- registrations --------------------------------------------------------------------------
@@ -209,19 +215,35 @@ class WebhookService:
         return self.registry.sink_kinds()
 
     async def create(self, req: NewWebhook, api_key_id: str | None) -> tuple[Webhook, str | None]:
-        """A new webhook; the generated secret is returned once when the caller sent none."""
-        url = await self._check_target(req.url, req.sink)
-        generated: str | None = None
-        if req.secret is None:
-            secret = generated = secrets.token_urlsafe(32)
-        else:
-            secret = req.secret
-        hook = Webhook("webhook_" + secrets.token_hex(6), url, req.sink, req.events, secret, "active",
-                       req.description, api_key_id, None, self.clock())
-        await self._build_sink(hook)
-        await self.store.write(self._insert(hook), fail_fast=True)
-        self.hooks[hook.webhook_id] = hook
-        return hook, generated
+        """A new webhook; the generated secret is returned once when the caller sent none.
+        A key that sees only its own work may hold MAX_PER_KEY (409 past it)."""
+        capped = api_key_id if api_key_id is not None and not self.sees_all(api_key_id) else None
+        if capped is not None:
+            self._claim_slot(capped)  # before any await: racing creates cannot pass the cap together
+        try:
+            url = await self._check_target(req.url, req.sink)
+            generated: str | None = None
+            if req.secret is None:
+                secret = generated = secrets.token_urlsafe(32)
+            else:
+                secret = req.secret
+            hook = Webhook("webhook_" + secrets.token_hex(6), url, req.sink, req.events, secret, "active",
+                           req.description, api_key_id, None, self.clock())
+            await self._build_sink(hook)
+            await self.store.write(self._insert(hook), fail_fast=True)
+            self.hooks[hook.webhook_id] = hook
+            return hook, generated
+        finally:
+            if capped is not None:
+                self._making[capped] -= 1
+
+    def _claim_slot(self, api_key_id: str) -> None:
+        making = self._making.get(api_key_id, 0)
+        held = sum(1 for h in self.hooks.values() if h.api_key_id == api_key_id and h.agent_id is None)
+        if held + making >= MAX_PER_KEY:
+            raise Conflict(f"This key has {held} webhooks, the most a key may have is {MAX_PER_KEY}: "
+                           "delete one first")
+        self._making[api_key_id] = making + 1
 
     def for_agent_statement(self, url: Any, agent_id: str, api_key_id: str | None,
                             secret: str | None = None) -> tuple[Webhook, Any]:

@@ -191,3 +191,34 @@ async def test_a_refused_request_without_a_valid_key_is_shown_to_admins_only(aio
         await asyncio.sleep(0.01)
     own = json.loads(await listed(b["token"]))["data"]
     assert own and all(e["data"]["path"] == "/api/keys" for e in own)
+
+
+# -- how many webhooks a tenant may make -------------------------------------------------------------
+
+async def test_a_key_may_hold_only_so_many_webhooks_even_racing(aiohttp_client, tmp_path):
+    """Webhooks moved from admin:write to agents:write: any tenant key could make thousands,
+    each one more delivery row per event and more work on every key's event path.  A key that
+    sees only its own work holds at most MAX_PER_KEY (409 past it, nothing made), racing
+    creates included; an admin key is not capped."""
+    from j1mskyd.webhooks import MAX_PER_KEY
+    cfg = dataclasses.replace(auth_config(tmp_path), webhooks=WebhooksConfig(allowed_networks=("127.0.0.0/8",)))
+    client = await aiohttp_client(build_app(cfg))
+    admin = bearer(bootstrap_key(cfg)["token"])
+    resp = await client.post("/api/keys", json={"name": "k", "scopes": list(USER)}, headers=admin)
+    tenant = bearer((await resp.json())["token"])
+
+    async def make(headers: dict[str, str], n: int) -> list[Any]:
+        return await asyncio.gather(*(client.post("/api/webhooks", json={"url": f"http://127.0.0.1:9/h{i}",
+                                                                          "events": ["*"]}, headers=headers)
+                                      for i in range(n)))
+
+    answers = await make(tenant, MAX_PER_KEY + 5)
+    statuses = [r.status for r in answers]
+    assert statuses.count(201) == MAX_PER_KEY and statuses.count(409) == 5, statuses
+    refused = await next(r for r in answers if r.status == 409).json()
+    assert refused["error"]["type"] == "CONFLICT" and f"is {MAX_PER_KEY}" in refused["error"]["message"]
+    listed = await (await client.get("/api/webhooks", headers=tenant)).json()
+    assert listed["count"] == MAX_PER_KEY
+    assert (await client.delete(f"/api/webhooks/{listed['data'][0]['webhook_id']}", headers=tenant)).status in (200, 204)
+    assert [r.status for r in await make(tenant, 2)] in ([201, 409], [409, 201])
+    assert all(r.status == 201 for r in await make(admin, MAX_PER_KEY + 1))  # admins are not capped
