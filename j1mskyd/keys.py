@@ -652,15 +652,21 @@ class KeyService:
         await self.reload()
         return new
 
-    async def update(self, key_id: str, limits: KeyLimits) -> tuple[ApiKey, dict[str, object]]:
+    async def update(self, key_id: str, limits: KeyLimits, *, force: bool = False) -> tuple[ApiKey, dict[str, object]]:
         """Change a key's own limits (PATCH /keys/{key_id}, ``j1mskyd keys update``); returns
         the key as it is now and the columns that changed.  A revoked key is refused (400).
-        Live streams of the key hear of a new expires_at at once (the reload rechecks them)."""
+        Live streams of the key hear of a new expires_at at once (the reload rechecks them).
+        An expiry for the last active admin key that had none is refused (409) unless ``force``."""
         key = self.get(key_id)
         if key.revoked_at is not None:
             raise KeyRefused(f"{key_id} is revoked; its limits cannot change")
         draft = replace(key, metadata=dict(key.metadata))  # the ring's key changes with the reload
         columns = _apply(draft, limits, self.clock())
+        if not force and key.expires_at is None and draft.expires_at is not None \
+                and self._last_admin(key, self.clock(), lasting=True):
+            # An expiry is a revocation set for later: the same guard as revoke()'s.
+            raise LastAdminKey(f"{key_id} is the last active admin key with no expiry; create another admin key "
+                               "before giving it an expires_at")
         if columns:
             await self.store.write(update_statement(key_id, columns), fail_fast=True)
             await self.reload()
@@ -672,13 +678,18 @@ class KeyService:
         key = self.get(key_id)
         if key.revoked_at is not None:
             raise KeyRefused(f"{key_id} is already revoked")
-        now = self.clock()
-        if not force and ADMIN in key.scopes and key.state(now) == "active" and not any(
-                k.key_id != key_id and ADMIN in k.scopes and k.state(now) == "active" for k in self.ring.keys.values()):
+        if not force and self._last_admin(key, self.clock()):
             raise LastAdminKey(f"{key_id} is the last active admin key; create another admin key before revoking it")
         await self.store.write(revoke_statement(key_id, reason, self.clock()), fail_fast=True)
         await self.reload()
         return self.get(key_id)
+
+    def _last_admin(self, key: ApiKey, now: float, *, lasting: bool = False) -> bool:
+        """Is ``key`` the last active admin key (``lasting``: the last one with no expiry)?
+        Without one nobody can manage keys over HTTP (only `j1mskyd keys` on the host can)."""
+        return ADMIN in key.scopes and key.state(now) == "active" and not any(
+            k.key_id != key.key_id and ADMIN in k.scopes and k.state(now) == "active"
+            and (not lasting or k.expires_at is None) for k in self.ring.keys.values())
 
     async def rotate(self, key_id: str) -> NewKey:
         """A successor for an active key.  A key already in its rotation grace period, whose

@@ -222,3 +222,33 @@ async def test_a_key_may_hold_only_so_many_webhooks_even_racing(aiohttp_client, 
     assert (await client.delete(f"/api/webhooks/{listed['data'][0]['webhook_id']}", headers=tenant)).status in (200, 204)
     assert [r.status for r in await make(tenant, 2)] in ([201, 409], [409, 201])
     assert all(r.status == 201 for r in await make(admin, MAX_PER_KEY + 1))  # admins are not capped
+
+
+# -- expiry of the last admin key ----------------------------------------------------------------------
+
+async def test_the_last_admin_key_with_no_expiry_cannot_be_given_one(aiohttp_client, tmp_path):
+    """Revoking the last active admin key is refused (409), but PATCH expires_at did the same a
+    little later: every admin key expired and nobody could manage keys over HTTP.  Now giving
+    an expiry to the last admin key that has none is the same 409, and nothing changes."""
+    cfg = auth_config(tmp_path)
+    client = await aiohttp_client(build_app(cfg))
+    boot = bootstrap_key(cfg)
+    admin = bearer(boot["token"])
+    soon = "2099-01-01T00:00:00Z"
+
+    async def patch(key_id: str) -> Any:
+        return await client.patch(f"/api/keys/{key_id}", json={"expires_at": soon}, headers=admin)
+
+    refused = await patch(boot["key_id"])
+    body = await refused.json()
+    assert refused.status == 409 and body["error"]["type"] == "CONFLICT" and "last active admin" in body["error"]["message"]
+    assert (await (await client.get(f"/api/keys/{boot['key_id']}", headers=admin)).json())["expires_at"] is None
+    expiring = await client.post("/api/keys", json={"name": "a2", "scopes": ["admin:write"], "expires_at": soon},
+                                 headers=admin)
+    assert expiring.status == 201
+    assert (await patch(boot["key_id"])).status == 409  # the other admin key expires too
+    lasting = await client.post("/api/keys", json={"name": "a3", "scopes": ["admin:write"]}, headers=admin)
+    assert (await patch(boot["key_id"])).status == 200
+    assert (await patch((await lasting.json())["key_id"])).status == 409  # now a3 is the last one with none
+    plain = await client.post("/api/keys", json={"name": "u", "scopes": list(USER)}, headers=admin)
+    assert (await patch((await plain.json())["key_id"])).status == 200  # other keys: as before
