@@ -103,7 +103,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     raise KeyRefused("nothing to change: give a limit option or --clear FIELD")
                 limits = parse_limits(fields, known_models=model_names(config), now=time.time(),
                                       current=(key.max_budget, key.budget_duration))
-                key, columns = await keys.update(args.key_id, limits)
+                key, columns = await keys.update(args.key_id, limits, force=True)  # the host may
                 shown = key.public(time.time())
                 if args.json:
                     print(json.dumps(shown, indent=2))

@@ -312,6 +312,7 @@ def _wire(app: web.Application) -> Services:
     keys = KeyService(store, sec.key_rotation_grace_hours * 3600, **timed)
     # A webhook's maker decides what it receives (its own work's events, or all): asked of the keys in memory.
     webhooks = WebhookService(store, events, registry, hook_session, sees_all=functools.partial(_sees_all, keys),
+                              acts=keys.acts,
                               targets=targets, resolver=hook_resolver, call_timeout=config.plugins.call_timeout,
                               **timed)
     projects = ProjectService(store, keys, **timed)

@@ -23,8 +23,8 @@ Keys and projects may have budgets of their own (tenancy.Allowance: ``max_budget
 ``1d``, ``30d`` or ``total``), given by the ``allowances(key_id)`` callable: the key's own,
 then its project's.  Each is one more level of a spawn by that key, checked with the
 others in the same synchronous step.  What counts against it is the settled spend of its
-owner (the key, or the project the spend was made under) since the start of its current
-period, plus the owner's open reservations.  Periods start at UTC midnights, so the spend
+owner (the key with its rotation family, or the project the spend was made under) since the start of its
+current period, plus the owner's open reservations.  Periods start at UTC midnights, so the spend
 is kept per owner and UTC day (:meth:`Budget.restore_spend` loads it from the ledger at
 start, settle() adds to it): a period that rolls over, or an allowance that changes (a
 PATCH, the CLI from another process), is summed again from those days at its next
@@ -112,10 +112,6 @@ def _no_allowances(key_id: str) -> Sequence[Allowance]:
     return ()
 
 
-def _owner(allowance: Allowance) -> Owner:
-    return allowance.scope, allowance.owner_id
-
-
 class Budget:
     """``on_level_change(old, new)`` hears of every change of the alert level (ok, notice,
     warning, critical), synchronously, from the call that changed it."""
@@ -178,10 +174,11 @@ class Budget:
         """A key's or a project's budget as a level: its owner's spend in the current period
         and its owner's open reservations."""
         start, end = allowance.period(self.clock())
-        owner = _owner(allowance)
-        reserved = (self._reserved_key if allowance.scope == "key" else self._reserved_project).get(
-            allowance.owner_id, 0.0)
-        return Level(allowance.scope, allowance.max_budget, self._spent_since(owner, start), reserved,
+        held = self._reserved_key if allowance.scope == "key" else self._reserved_project
+        owners = (allowance.owner_id, *allowance.shared)  # a rotated key's family shares one budget
+        settled = sum(self._spent_since((allowance.scope, owner_id), start) for owner_id in owners)
+        reserved = sum(held.get(owner_id, 0.0) for owner_id in owners)
+        return Level(allowance.scope, allowance.max_budget, settled, reserved,
                      f"{allowance.owner_id}@{int(start)}", allowance, end)
 
     def _spent_since(self, owner: Owner, start: float) -> float:

@@ -168,12 +168,14 @@ class ApiKey:
         """Sees every key's work (agents, events, webhooks, usage), not only its own."""
         return ADMIN in self.scopes or READ_ALL in self.scopes
 
-    def allowance(self) -> Allowance | None:
-        """The key's own budget, or None."""
+    def allowance(self, family: tuple[str, ...] = ()) -> Allowance | None:
+        """The key's own budget, or None.  ``family``: the other keys of its rotation family
+        (KeyRing.family), whose spend counts against it too."""
         if self.max_budget is None:
             return None
         return Allowance("key", self.key_id, self.max_budget, self.budget_duration or "1d",
-                         self.budget_anchor if self.budget_anchor is not None else day_start(self.created_at))
+                         self.budget_anchor if self.budget_anchor is not None else day_start(self.created_at),
+                         family)
 
     def state(self, now: float) -> str:
         if self.revoked_at is not None:
@@ -394,6 +396,30 @@ _KEYS_FINGERPRINT = ("SELECT COUNT(*), group_concat(key_id || '/' || scopes || '
                      " ' ') FROM api_keys")
 
 
+def rotation_families(keys: dict[str, ApiKey]) -> dict[str, tuple[str, ...]]:
+    """Each rotated key's family: every key linked to it by rotations, before and after it
+    (a key, its successor in the grace period, that one's successor...), without itself.
+    A successor keeps its key's limits, and so its budget: one budget, whichever of the
+    family's tokens spends it.  Keys never rotated are left out."""
+    links: dict[str, set[str]] = {}
+    for key in keys.values():
+        if key.rotated_to is not None and key.rotated_to in keys:
+            links.setdefault(key.key_id, set()).add(key.rotated_to)
+            links.setdefault(key.rotated_to, set()).add(key.key_id)
+    family: dict[str, tuple[str, ...]] = {}
+    for start in links:
+        if start in family:
+            continue
+        seen, todo = {start}, [start]
+        while todo:
+            for other in links[todo.pop()] - seen:
+                seen.add(other)
+                todo.append(other)
+        for key_id in seen:
+            family[key_id] = tuple(sorted(seen - {key_id}))
+    return family
+
+
 class KeyRing:
     """The daemon's in-memory view of the keys, kept fresh from the database."""
 
@@ -401,11 +427,13 @@ class KeyRing:
         self.keys: dict[str, ApiKey] = {}
         self._by_hash: dict[str, ApiKey] = {}
         self.data_version: int | None = None
+        self.family: dict[str, tuple[str, ...]] = {}  # key id -> the other keys of its rotation family
 
     def replace(self, keys: dict[str, ApiKey], data_version: int | None = None) -> None:
         self.keys = keys
         self._by_hash = {k.token_hash: k for k in keys.values()}
         self.data_version = data_version
+        self.family = rotation_families(keys)
 
     def lookup(self, token: str) -> ApiKey | None:
         # By the SHA-256 of a 256-bit random token: the dict's equality check on the hash
@@ -587,10 +615,26 @@ class KeyService:
         return self.ring.keys.get(key_id)
 
     def allowances(self, key_id: str) -> tuple[Allowance, ...]:
-        """The key's own budget, as budget.Budget asks for it (nothing for an unknown key)."""
+        """The key's own budget, as budget.Budget asks for it (nothing for an unknown key),
+        shared with its rotation family."""
         key = self.ring.keys.get(key_id)
-        allowance = key.allowance() if key is not None else None
+        allowance = key.allowance(self.ring.family.get(key_id, ())) if key is not None else None
         return () if allowance is None else (allowance,)
+
+    def acts(self, key_id: str) -> bool:
+        """Does what ``key_id`` made (its webhooks) still act for it?  Yes while the key is
+        active, and after it expired while a key of its rotation family (its successor) is;
+        never once it is revoked: a webhook a stolen token made must not outlive the token.  A
+        key unknown here (the anonymous caller of a daemon without authentication) acts."""
+        key = self.ring.keys.get(key_id)
+        if key is None:
+            return True
+        now = self.clock()
+        state = key.state(now)
+        if state != "expired":
+            return state == "active"
+        return any((k := self.ring.keys.get(other)) is not None and k.state(now) == "active"
+                   for other in self.ring.family.get(key_id, ()))
 
     def get(self, key_id: str) -> ApiKey:
         key = self.ring.keys.get(key_id)
@@ -612,15 +656,21 @@ class KeyService:
         await self.reload()
         return new
 
-    async def update(self, key_id: str, limits: KeyLimits) -> tuple[ApiKey, dict[str, object]]:
+    async def update(self, key_id: str, limits: KeyLimits, *, force: bool = False) -> tuple[ApiKey, dict[str, object]]:
         """Change a key's own limits (PATCH /keys/{key_id}, ``j1mskyd keys update``); returns
         the key as it is now and the columns that changed.  A revoked key is refused (400).
-        Live streams of the key hear of a new expires_at at once (the reload rechecks them)."""
+        Live streams of the key hear of a new expires_at at once (the reload rechecks them).
+        An expiry for the last active admin key that had none is refused (409) unless ``force``."""
         key = self.get(key_id)
         if key.revoked_at is not None:
             raise KeyRefused(f"{key_id} is revoked; its limits cannot change")
         draft = replace(key, metadata=dict(key.metadata))  # the ring's key changes with the reload
         columns = _apply(draft, limits, self.clock())
+        if not force and key.expires_at is None and draft.expires_at is not None \
+                and self._last_admin(key, self.clock(), lasting=True):
+            # An expiry is a revocation set for later: the same guard as revoke()'s.
+            raise LastAdminKey(f"{key_id} is the last active admin key with no expiry; create another admin key "
+                               "before giving it an expires_at")
         if columns:
             await self.store.write(update_statement(key_id, columns), fail_fast=True)
             await self.reload()
@@ -632,13 +682,18 @@ class KeyService:
         key = self.get(key_id)
         if key.revoked_at is not None:
             raise KeyRefused(f"{key_id} is already revoked")
-        now = self.clock()
-        if not force and ADMIN in key.scopes and key.state(now) == "active" and not any(
-                k.key_id != key_id and ADMIN in k.scopes and k.state(now) == "active" for k in self.ring.keys.values()):
+        if not force and self._last_admin(key, self.clock()):
             raise LastAdminKey(f"{key_id} is the last active admin key; create another admin key before revoking it")
         await self.store.write(revoke_statement(key_id, reason, self.clock()), fail_fast=True)
         await self.reload()
         return self.get(key_id)
+
+    def _last_admin(self, key: ApiKey, now: float, *, lasting: bool = False) -> bool:
+        """Is ``key`` the last active admin key (``lasting``: the last one with no expiry)?
+        Without one nobody can manage keys over HTTP (only `j1mskyd keys` on the host can)."""
+        return ADMIN in key.scopes and key.state(now) == "active" and not any(
+            k.key_id != key.key_id and ADMIN in k.scopes and k.state(now) == "active"
+            and (not lasting or k.expires_at is None) for k in self.ring.keys.values())
 
     async def rotate(self, key_id: str) -> NewKey:
         """A successor for an active key.  A key already in its rotation grace period, whose

@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["Allowance", "DURATIONS", "Viewer", "day_start", "parse_allowance"]
+__all__ = ["ADMINS_ONLY", "Allowance", "DURATIONS", "Viewer", "day_start", "parse_allowance"]
+
+# The owner of a record no key owns that only viewers who see all may see: the refusal of a
+# request without a valid key (its path names other keys' ids, its address another client).
+# No key id looks like it, so Viewer.sees() gives it to sees_all viewers alone.
+ADMINS_ONLY = "@admins"
 
 # budget_duration -> seconds per period (None: one period, for ever)
 DURATIONS: dict[str, float | None] = {"1d": 86_400.0, "30d": 30 * 86_400.0, "total": None}
@@ -62,6 +67,10 @@ class Allowance:
     max_budget: float    # USD per period
     duration: str        # a DURATIONS name
     anchor: float        # start of the first period
+    # A key's budget only: the other keys of its rotation family (the keys it was rotated
+    # from or to).  Rotation hands one budget on, it does not mint a second: their spend and
+    # reservations count against this budget too (and theirs against it).
+    shared: tuple[str, ...] = ()
 
     def period(self, now: float) -> tuple[float, float | None]:
         """(start, end) of the period ``now`` falls in; end None: ``total``, never resets.

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .agent_record import ANONYMOUS, iso
-from .errors import BadRequest, Forbidden, NotFound, ValidationFailed
+from .errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
 from .events import EventLog, event_types
 from .plugin_api import Sink, SinkError, SinkSettings
 from .plugins import bounded, build_sink, off_loop
@@ -58,6 +58,11 @@ RETRY_BASE = 5.0
 RETRY_CAP = 3600.0
 GIVE_UP_AFTER = 24 * 3600.0
 CONCURRENT_WEBHOOKS = 8  # drain tasks (webhooks being sent to) at once
+# Standing webhooks (POST /webhooks) of one key that sees only its own work.  Any agents:write
+# key may make them: without a cap one key could make thousands, each one more delivery row
+# per event in every event's commit and more work on every key's event path.  Keys that see
+# all (the admins, who alone could make webhooks before keys were tenants) have no cap.
+MAX_PER_KEY = 25
 DRAIN_BATCH = 50         # due deliveries a drain reads at a time
 
 
@@ -117,11 +122,12 @@ class WebhookService:
     loop's getaddrinfo unless given)."""
 
     def __init__(self, store: Any, events: EventLog, registry: Any, session: Any, *,
-                 sees_all: Callable[[str], bool],
+                 sees_all: Callable[[str], bool], acts: Callable[[str], bool] = lambda key_id: True,
                  clock: Callable[[], float] = time.time, targets: TargetPolicy = TargetPolicy(),
                  lookup: Lookup | None = None, resolver: Any = None, call_timeout: float = 30.0) -> None:
         self.store = store
         self.sees_all = sees_all  # key id -> does that key see every key's work (KeyService's memory)
+        self.acts = acts  # key id -> is that key (or its successor) still active (KeyService.acts)
         self.events = events
         self.registry = registry
         self.session = session
@@ -138,6 +144,7 @@ class WebhookService:
         self._worker: asyncio.Task[None] | None = None
         self.call_timeout = call_timeout  # seconds one sink.deliver may take ([plugins] call_timeout)
         self._drains: dict[str, asyncio.Task[None]] = {}  # webhook_id -> its drain, while it runs
+        self._making: dict[str, int] = {}  # key id -> its webhooks being made now (counted against MAX_PER_KEY)
         events.attach_outbox(self)  # the log asks for delivery rows, wakes the worker (events.Outbox)
 
     # -- registrations --------------------------------------------------------------------------
@@ -175,8 +182,11 @@ class WebhookService:
 
     # -- the outbox, as the event log asks for it (events.Outbox) ---------------------------------
     def route(self, type_: str, data: dict[str, Any], owner: str | None = None) -> list[str]:
-        sees_all = self.sees_all
-        return [h.webhook_id for h in self.hooks.values() if h.wants(type_, data, owner, sees_all)]
+        """The webhooks that get this event.  A webhook whose maker was revoked or expired (with
+        no successor) gets nothing more: revoking a key ends what it set up to hear."""
+        sees_all, acts = self.sees_all, self.acts
+        return [h.webhook_id for h in self.hooks.values()
+                if h.wants(type_, data, owner, sees_all) and (h.api_key_id is None or acts(h.api_key_id))]
 
     def delivery_rows(self, webhook_ids: Iterable[str], event_id: int, ts: float) -> list[Statement]:
         return [_delivery_insert(webhook_id, event_id, ts) for webhook_id in webhook_ids]
@@ -205,19 +215,35 @@ class WebhookService:
         return self.registry.sink_kinds()
 
     async def create(self, req: NewWebhook, api_key_id: str | None) -> tuple[Webhook, str | None]:
-        """A new webhook; the generated secret is returned once when the caller sent none."""
-        url = await self._check_target(req.url, req.sink)
-        generated: str | None = None
-        if req.secret is None:
-            secret = generated = secrets.token_urlsafe(32)
-        else:
-            secret = req.secret
-        hook = Webhook("webhook_" + secrets.token_hex(6), url, req.sink, req.events, secret, "active",
-                       req.description, api_key_id, None, self.clock())
-        await self._build_sink(hook)
-        await self.store.write(self._insert(hook), fail_fast=True)
-        self.hooks[hook.webhook_id] = hook
-        return hook, generated
+        """A new webhook; the generated secret is returned once when the caller sent none.
+        A key that sees only its own work may hold MAX_PER_KEY (409 past it)."""
+        capped = api_key_id if api_key_id is not None and not self.sees_all(api_key_id) else None
+        if capped is not None:
+            self._claim_slot(capped)  # before any await: racing creates cannot pass the cap together
+        try:
+            url = await self._check_target(req.url, req.sink)
+            generated: str | None = None
+            if req.secret is None:
+                secret = generated = secrets.token_urlsafe(32)
+            else:
+                secret = req.secret
+            hook = Webhook("webhook_" + secrets.token_hex(6), url, req.sink, req.events, secret, "active",
+                           req.description, api_key_id, None, self.clock())
+            await self._build_sink(hook)
+            await self.store.write(self._insert(hook), fail_fast=True)
+            self.hooks[hook.webhook_id] = hook
+            return hook, generated
+        finally:
+            if capped is not None:
+                self._making[capped] -= 1
+
+    def _claim_slot(self, api_key_id: str) -> None:
+        making = self._making.get(api_key_id, 0)
+        held = sum(1 for h in self.hooks.values() if h.api_key_id == api_key_id and h.agent_id is None)
+        if held + making >= MAX_PER_KEY:
+            raise Conflict(f"This key has {held} webhooks, the most a key may have is {MAX_PER_KEY}: "
+                           "delete one first")
+        self._making[api_key_id] = making + 1
 
     def for_agent_statement(self, url: Any, agent_id: str, api_key_id: str | None,
                             secret: str | None = None) -> tuple[Webhook, Any]:
@@ -385,8 +411,11 @@ class WebhookService:
 
     def _active_ids(self) -> tuple[str, list[str]]:
         """SQL and ids for the active webhooks no drain is working on: a paused one's
-        deliveries wait, pending; a draining one's are its drain's business."""
-        ids = [h.webhook_id for h in self.hooks.values() if h.status == "active" and h.webhook_id not in self._drains]
+        deliveries wait, pending, and so do those of a webhook whose maker was revoked or
+        expired (queued before that: not sent after it); a draining one's are its drain's business."""
+        acts = self.acts
+        ids = [h.webhook_id for h in self.hooks.values() if h.status == "active" and h.webhook_id not in self._drains
+               and (h.api_key_id is None or acts(h.api_key_id))]
         return ", ".join("?" * len(ids)) or "NULL", ids
 
     async def _due_hooks(self, now: float, limit: int) -> list[str]:

@@ -20,9 +20,10 @@ def _keys(request: web.Request) -> KeyService:
 
 def _view(request: web.Request, key: ApiKey) -> dict[str, Any]:
     """The public view, with the key's own budget's standing (None: it has none)."""
-    allowance = key.allowance()
+    service = _keys(request)
+    allowance = next(iter(service.allowances(key.key_id)), None)  # with its rotation family's spend
     budget = request.app[SERVICES].budget
-    return {**key.public(_keys(request).clock()), "budget": None if allowance is None else budget.standing(allowance)}
+    return {**key.public(service.clock()), "budget": None if allowance is None else budget.standing(allowance)}
 
 
 async def create_key(request: web.Request) -> web.Response:
