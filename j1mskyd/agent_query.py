@@ -239,8 +239,9 @@ def parse(params: dict[str, str], viewer: Viewer | None = None) -> AgentQuery:
     errors: list[dict[str, str]] = []
     q = AgentQuery()
     if viewer is not None and not viewer.sees_all:
-        q.where.append("api_key = ?")
-        q.params.append(viewer.key_id)
+        owners = viewer.owners
+        q.where.append(f"api_key IN ({', '.join('?' * len(owners))})")
+        q.params.extend(owners)
     for key, value in params.items():
         if key in RESERVED:
             continue

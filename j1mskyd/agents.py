@@ -251,8 +251,8 @@ class AgentService:
         if viewer is None or viewer.sees_all:
             today = self.budget.snapshot()["today_spend"]
         else:
-            key_id, midnight = viewer.key_id, self.runtime.clock() // 86_400 * 86_400
-            today = await self.store.read(lambda conn: ledger.key_spend_since(conn, key_id, midnight))
+            owners, midnight = viewer.owners, self.runtime.clock() // 86_400 * 86_400
+            today = await self.store.read(lambda conn: ledger.key_spend_since(conn, owners, midnight))
         return {"agents": [a.active_view() for a in agents], "count": len(agents), "total_cost_today": today}
 
     def _changeable(self, agent: Agent, viewer: Viewer | None) -> None:

@@ -73,7 +73,7 @@ class Billing:
         """Spend from ``start`` to ``end`` (inclusive UTC days), by model and day (and key);
         a viewer that does not see all keys' work gets its own key's spend only."""
         lo, hi = _ts(start), _ts(end + timedelta(days=1))
-        own = None if viewer.sees_all else viewer.key_id
+        own = None if viewer.sees_all else viewer.owners
         t = await self.store.read(lambda conn: ledger.totals(conn, lo, hi, by_key, own))
         report: dict[str, Any] = {
             "period": f"{start.isoformat()} to {end.isoformat()}",
@@ -92,7 +92,7 @@ class Billing:
         a row per group with its cost, tokens and calls; a viewer that does not see all keys'
         work gets its own key's rows only."""
         lo, hi = _ts(start), _ts(end + timedelta(days=1))
-        own = None if viewer.sees_all else viewer.key_id
+        own = None if viewer.sees_all else viewer.owners
         rows = await self.store.read(lambda conn: ledger.usage_groups(conn, lo, hi, by, own))
         return {
             "period": f"{start.isoformat()} to {end.isoformat()}",

@@ -301,8 +301,10 @@ class EventLog:
             where += f" AND type IN ({', '.join('?' * len(wanted))})"
             args.extend(wanted)
         if viewer is not None and not viewer.sees_all:
-            where += f" AND (api_key = ? OR (api_key IS NULL AND type NOT IN ({', '.join('?' * len(OWNED_TYPES))})))"
-            args.extend((viewer.key_id, *OWNED_TYPES))
+            owners = viewer.owners
+            where += (f" AND (api_key IN ({', '.join('?' * len(owners))})"
+                      f" OR (api_key IS NULL AND type NOT IN ({', '.join('?' * len(OWNED_TYPES))})))")
+            args.extend((*owners, *OWNED_TYPES))
 
         def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             return conn.execute(f"SELECT * FROM events WHERE {where} ORDER BY id LIMIT ?", (*args, limit)).fetchall()

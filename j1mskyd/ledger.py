@@ -108,9 +108,9 @@ class Totals:
 
 
 def totals(conn: sqlite3.Connection, lo: float, hi: float, by_key: bool = False,
-           api_key: str | None = None) -> Totals:
+           api_key: Sequence[str] | None = None) -> Totals:
     """Totals for ``lo <= ts < hi``: by model (costliest first), by UTC day, and by key when
-    asked; ``api_key``: that key's spend only."""
+    asked; ``api_key``: those keys' spend only (a key and its rotation family)."""
     where, args = _period_where(lo, hi, api_key)
     cost, calls, tokens_in, tokens_out = conn.execute(
         f"SELECT COALESCE(SUM(cost), 0), COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) "
@@ -128,11 +128,11 @@ def totals(conn: sqlite3.Connection, lo: float, hi: float, by_key: bool = False,
 
 
 # -- a key's own figures (for a key that sees only its own work) ----------------------------------
-def key_spend_since(conn: sqlite3.Connection, key_id: str, since: float) -> float:
-    """What ``key_id``'s calls cost since ``since`` (GET /agents/active's ``total_cost_today``
-    for a key that sees only its own work)."""
-    (cost,) = conn.execute("SELECT COALESCE(SUM(cost), 0) FROM usage WHERE api_key = ? AND ts >= ?",
-                           (key_id, since)).fetchone()
+def key_spend_since(conn: sqlite3.Connection, key_ids: Sequence[str], since: float) -> float:
+    """What the calls of ``key_ids`` (a key and its rotation family) cost since ``since``
+    (GET /agents/active's ``total_cost_today`` for a key that sees only its own work)."""
+    (cost,) = conn.execute(f"SELECT COALESCE(SUM(cost), 0) FROM usage WHERE api_key IN ({', '.join('?' * len(key_ids))})"
+                           " AND ts >= ?", (*key_ids, since)).fetchone()
     return round(cost, 6)
 
 
@@ -146,10 +146,10 @@ GROUPS: dict[str, tuple[str, str]] = {
 }
 
 
-def _period_where(lo: float, hi: float, api_key: str | None) -> tuple[str, tuple[object, ...]]:
+def _period_where(lo: float, hi: float, api_key: Sequence[str] | None) -> tuple[str, tuple[object, ...]]:
     if api_key is None:
         return "ts >= ? AND ts < ?", (lo, hi)
-    return "ts >= ? AND ts < ? AND api_key = ?", (lo, hi, api_key)
+    return f"ts >= ? AND ts < ? AND api_key IN ({', '.join('?' * len(api_key))})", (lo, hi, *api_key)
 
 
 @dataclass(frozen=True)
@@ -164,9 +164,9 @@ class UsageRow:
 
 
 def usage_groups(conn: sqlite3.Connection, lo: float, hi: float, by: Sequence[str],
-            api_key: str | None = None) -> list[UsageRow]:
+            api_key: Sequence[str] | None = None) -> list[UsageRow]:
     """Spend for ``lo <= ts < hi`` grouped by the GROUPS names in ``by`` (at least one), costliest
-    first, then by the groups' values; ``api_key``: that key's spend only."""
+    first, then by the groups' values; ``api_key``: those keys' spend only."""
     where, args = _period_where(lo, hi, api_key)
     exprs = [GROUPS[name][1] for name in by]
     numbers = range(1, len(exprs) + 1)

@@ -47,15 +47,23 @@ class Viewer:
     # authentication off.  A sees_all viewer without it (admin:read) is refused with a
     # 403 there: it can see the work, so no id is confirmed by the refusal.
     writes_all: bool = False
+    # The other keys of its rotation family (keys.rotation_families): a rotated key's work is
+    # its successor's own, as its budget is; rotating a token must not hide a key's agents.
+    family: tuple[str, ...] = ()
+
+    @property
+    def owners(self) -> tuple[str, ...]:
+        """The key ids whose work is this viewer's own: its key's and its rotation family's."""
+        return (self.key_id, *self.family)
 
     def sees(self, owner_key: str | None) -> bool:
         """May this viewer see work owned by ``owner_key``?  None: a daemon-wide record
         (a budget alert, a provider's circuit), owned by nobody and shown to everyone."""
-        return self.sees_all or owner_key is None or owner_key == self.key_id
+        return self.sees_all or owner_key is None or owner_key == self.key_id or owner_key in self.family
 
     def changes(self, owner_key: str | None) -> bool:
         """May this viewer change work owned by ``owner_key`` (it sees it: check that first)?"""
-        return self.writes_all or (owner_key is not None and owner_key == self.key_id)
+        return self.writes_all or (owner_key is not None and (owner_key == self.key_id or owner_key in self.family))
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,3 +252,36 @@ async def test_the_last_admin_key_with_no_expiry_cannot_be_given_one(aiohttp_cli
     assert (await patch((await lasting.json())["key_id"])).status == 409  # now a3 is the last one with none
     plain = await client.post("/api/keys", json={"name": "u", "scopes": list(USER)}, headers=admin)
     assert (await patch((await plain.json())["key_id"])).status == 200  # other keys: as before
+
+
+async def test_a_rotated_key_s_successor_sees_its_work_and_strangers_still_do_not(aiohttp_client, tmp_path, upstream):
+    """Rotating a token hands the key's work on with its budget: the successor sees the old key's
+    agents (by id and in lists), their events and their spend as its own, and may cancel them;
+    a key outside the rotation family still gets 404 and sees none of it."""
+    api = await open_api(aiohttp_client, with_auth(priced_config(tmp_path, upstream)))
+    key = await api.key([*USER, "billing:read"])
+    stranger = (await api.key([*USER, "billing:read"]))["token"]
+    done = (await (await api.spawn(key["token"], model="k2p5", task="finished before the rotation")).json())
+    await settle(api)
+    upstream.delay = 30.0  # one agent still running, to cancel through the successor
+    running = (await (await api.spawn(key["token"], model="k2p5", task="still running")).json())["agent_id"]
+    rotated = await api.client.post(f"/api/keys/{key['key_id']}/rotate", headers=api.admin)
+    assert rotated.status == 201, await rotated.text()
+    new = bearer((await rotated.json())["token"])
+    for agent_id in (done["agent_id"], running):
+        assert (await api.client.get(f"/api/agent/{agent_id}", headers=new)).status == 200
+        assert (await api.client.get(f"/api/agent/{agent_id}", headers=bearer(stranger))).status == 404
+    listed = await (await api.client.get("/api/agents", headers=new)).json()
+    assert {a["agent_id"] for a in listed["data"]} == {done["agent_id"], running}
+    assert (await (await api.client.get("/api/agents", headers=bearer(stranger))).json())["data"] == []
+    events = await (await api.client.get("/api/events", headers=new)).json()
+    assert {e["data"].get("agent_id") for e in events["data"]} >= {done["agent_id"], running}
+    stranger_events = await (await api.client.get("/api/events", headers=bearer(stranger))).json()
+    assert not {e["data"].get("agent_id") for e in stranger_events["data"]} & {done["agent_id"], running}
+    cancelled = await api.client.delete(f"/api/agent/{running}", headers=new)
+    assert cancelled.status == 200, await cancelled.text()
+    await settle(api)
+    usage = await (await api.client.get("/api/billing/usage?group_by=key", headers=new)).json()
+    assert {r["key_id"] for r in usage["rows"]} == {key["key_id"]} and usage["rows"][0]["cost"] > 0
+    assert (await (await api.client.get("/api/billing/usage?group_by=key",
+                                        headers=bearer(stranger))).json())["rows"] == []

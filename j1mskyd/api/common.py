@@ -127,7 +127,8 @@ def viewer(request: web.Request) -> Viewer:
     key = request.get(API_KEY)
     if key is None:
         return Viewer(request.get(API_KEY_ID) or ANONYMOUS, sees_all=True, writes_all=True)
-    return Viewer(key.key_id, sees_all=key.sees_all, writes_all=key.allows(ADMIN))
+    family = request.app[SERVICES].keys.ring.family.get(key.key_id, ())
+    return Viewer(key.key_id, sees_all=key.sees_all, writes_all=key.allows(ADMIN), family=family)
 
 
 _V = TypeVar("_V")
