@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from j1mskyd.app import build_app
 from j1mskyd.config import Config, embedded_default
 from j1mskyd.keys import KeyService
 from j1mskyd.providers import ProviderSettings
+from j1mskyd.webhook_targets import parse_ipv4_any_form
 from j1mskyd.ratelimit import ENDPOINT_CLASSES
 from j1mskyd.store import Store
 from tests.fakeupstream import FakeUpstream, fake_upstream  # noqa: F401  (re-exported fixture)
@@ -122,3 +125,45 @@ async def store(tmp_path):
     s.open()
     yield s
     await s.close()
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """For a test that names link-local, LAN or other non-loopback addresses (a target policy's
+    refusals): a connect or a name lookup to anything but loopback fails the test instead of
+    leaving the machine."""
+    real_connect, real_connect_ex, real_lookup = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def check(address) -> None:
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and not _is_loopback_literal(host):
+            raise AssertionError(f"a test tried to connect to {host}")
+
+    def connect(sock, address):
+        check(address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock, address):
+        check(address)
+        return real_connect_ex(sock, address)
+
+    def lookup(host, *args, **kwargs):
+        if host not in (None, "localhost") and not _is_loopback_literal(host):
+            raise AssertionError(f"a test tried to look up {host!r}")
+        return real_lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+
+
+def _is_loopback_literal(host) -> bool:
+    """An address literal in any spelling getaddrinfo takes (``0x7f000001`` too) that is loopback."""
+    text = host.decode() if isinstance(host, bytes) else host
+    v4 = parse_ipv4_any_form(text)
+    if v4 is not None:
+        return v4.is_loopback
+    try:
+        return ipaddress.ip_address(text.strip("[]").split("%")[0]).is_loopback
+    except ValueError:
+        return False

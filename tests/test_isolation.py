@@ -590,10 +590,10 @@ async def test_a_websocket_that_authenticates_again_goes_on_as_the_new_key(world
     assert a_new not in json.dumps(seen)
 
 
-async def test_the_target_policy_holds_for_a_webhook_made_by_any_key(world):
+async def test_the_target_policy_holds_for_a_webhook_made_by_any_key(world, loopback_only):
     """Any key with agents:write makes webhooks now: the target policy refuses an inside
     address from it as from an admin (literal addresses: judged without a connection or a
-    lookup), and nothing is stored."""
+    lookup; loopback_only fails the test should anything try one), and nothing is stored."""
     c, b = world.client, world.b
     before = await _ids(c, world.r, "/api/webhooks")
     for url in ("http://169.254.169.254/latest/meta-data", "http://10.0.0.1/hook", "http://[fd00::1]/hook"):

@@ -32,32 +32,9 @@ SECRET = "receiver-secret-123"
 
 
 @pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """The tables below name link-local, LAN and multicast addresses: a connect or a name lookup
-    to anything but loopback fails the test instead of leaving the machine."""
-    real_connect, real_connect_ex, real_lookup = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
-
-    def check(address) -> None:
-        host = address[0] if isinstance(address, tuple) else None
-        if host is not None and not _is_loopback_literal(host):
-            raise AssertionError(f"a test tried to connect to {host}")
-
-    def connect(sock, address):
-        check(address)
-        return real_connect(sock, address)
-
-    def connect_ex(sock, address):
-        check(address)
-        return real_connect_ex(sock, address)
-
-    def lookup(host, *args, **kwargs):
-        if host not in (None, "localhost") and not _is_loopback_literal(host):
-            raise AssertionError(f"a test tried to look up {host!r}")
-        return real_lookup(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+def _loopback(loopback_only):
+    """The tables below name link-local, LAN and multicast addresses: the shared guard
+    (tests/conftest.py) fails a test that connects or looks up anything but loopback."""
 
 
 def test_the_guard_stops_a_connect_outside_loopback_before_any_packet():
@@ -69,18 +46,6 @@ def test_the_guard_stops_a_connect_outside_loopback_before_any_packet():
             sock.connect(("169.254.169.254", 80))
     finally:
         sock.close()
-
-
-def _is_loopback_literal(host) -> bool:
-    """An address literal in any spelling getaddrinfo takes (``0x7f000001`` too) that is loopback."""
-    text = host.decode() if isinstance(host, bytes) else host
-    v4 = parse_ipv4_any_form(text)
-    if v4 is not None:
-        return v4.is_loopback
-    try:
-        return ipaddress.ip_address(text.strip("[]").split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def allowing(cfg, *networks: str):
