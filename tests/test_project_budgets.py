@@ -231,19 +231,26 @@ async def test_a_moved_key_leaves_its_spend_behind_and_spends_under_its_new_proj
                                                  None: pytest.approx(w, rel=0.01)}
 
 
-async def test_a_projects_spend_survives_a_restart(aiohttp_client, tmp_path, upstream):
-    """The project's spend in its period is rebuilt from the ledger at start: after a restart
-    the budget is as spent as before, and refuses what no longer fits."""
+async def _one_key_in_a_total_project(aiohttp_client, tmp_path, upstream, worst_cases: float, clock=None):
+    """A daemon whose one key is in a project with a `total` budget of ``worst_cases`` spawns'
+    worst cases (w); the upstream answers at once.  (cfg, client, admin headers, key, project id, w)."""
     upstream.release.set()
     w = worstcase.agent_bound(paid_config(tmp_path, upstream, 1.0).models, "k2p5", TASK.format(0))
     cfg = paid_config(tmp_path, upstream, 100 * w)
-    client = await aiohttp_client(build_app(cfg))
+    client = await aiohttp_client(build_app(cfg, clock=clock))
     root = bootstrap_key(cfg)
     admin = bearer(root["token"])
     key = await new_key(client, root, ["agents:write", "agents:read"], name="k")
     pid = (await (await client.post("/api/projects", headers=admin, json={
-        "name": "p", "max_budget": 2.5 * w, "budget_duration": "total", "members": [key["key_id"]]})).json())[
+        "name": "p", "max_budget": worst_cases * w, "budget_duration": "total", "members": [key["key_id"]]})).json())[
         "project_id"]
+    return cfg, client, admin, key, pid, w
+
+
+async def test_a_projects_spend_survives_a_restart(aiohttp_client, tmp_path, upstream):
+    """The project's spend in its period is rebuilt from the ledger at start: after a restart
+    the budget is as spent as before, and refuses what no longer fits."""
+    cfg, client, admin, key, pid, w = await _one_key_in_a_total_project(aiohttp_client, tmp_path, upstream, 2.5)
     spawned = [await client.post("/api/spawn", headers=bearer(key["token"]),
                                  json={"model": "k2p5", "task": TASK.format(i)}) for i in range(2)]
     await wait_done(client, admin, [(await r.json())["agent_id"] for r in spawned])
@@ -262,17 +269,9 @@ async def test_a_projects_spend_survives_a_restart(aiohttp_client, tmp_path, ups
 async def test_a_project_without_members_at_start_keeps_its_older_spend(aiohttp_client, tmp_path, upstream):
     """A `total` budget's spend goes back to its anchor: the ledger read at start covers every
     project's period, members or none, so a key that joins later meets the spend of days ago."""
-    upstream.release.set()
-    w = worstcase.agent_bound(paid_config(tmp_path, upstream, 1.0).models, "k2p5", TASK.format(0))
-    cfg = paid_config(tmp_path, upstream, 100 * w)
     clock = Clock()
-    client = await aiohttp_client(build_app(cfg, clock=clock))
-    root = bootstrap_key(cfg)
-    admin = bearer(root["token"])
-    key = await new_key(client, root, ["agents:write", "agents:read"], name="k")
-    pid = (await (await client.post("/api/projects", headers=admin, json={
-        "name": "p", "max_budget": 1.5 * w, "budget_duration": "total", "members": [key["key_id"]]})).json())[
-        "project_id"]
+    cfg, client, admin, key, pid, w = await _one_key_in_a_total_project(aiohttp_client, tmp_path, upstream, 1.5,
+                                                                        clock)
     spawned = await client.post("/api/spawn", headers=bearer(key["token"]),
                                 json={"model": "k2p5", "task": TASK.format(1)})
     await wait_done(client, admin, [(await spawned.json())["agent_id"]])
