@@ -22,7 +22,7 @@ from j1mskyd.providers import ProviderSettings
 from tests.conftest import auth_config, bearer
 from tests.fakeupstream import FakeUpstream
 from tests.frontdoor_fuzz import fuzz_door
-from tests.test_frontdoor_openai import Door, lifted, open_door
+from tests.test_frontdoor_openai import Door, broken_config, lifted, open_door
 
 MESSAGES = "/v1/messages"
 COUNT = "/v1/messages/count_tokens"
@@ -308,12 +308,7 @@ async def test_a_stream_that_dies_mid_way_ends_with_an_error_event(aiohttp_clien
 
 async def test_a_stream_that_fails_before_its_first_byte_is_a_real_http_error(aiohttp_client, tmp_path,
                                                                               anthropic_sdk):
-    cfg = lifted(auth_config(tmp_path))
-    broken = ProviderSettings(name="broken", plugin="offline", options={"fail": "server_error"})
-    cfg = dataclasses.replace(cfg, providers={**cfg.providers, "broken": broken},
-                              models={"k2p5": dataclasses.replace(cfg.models["k2p5"], provider="broken",
-                                                                  fallback=None)},
-                              runtime=dataclasses.replace(cfg.runtime, retry_base_delay=0.01, retry_max_delay=0.02))
+    cfg = broken_config(tmp_path)
     door = await open_door(aiohttp_client, tmp_path, cfg)
     async with sdk_client(anthropic_sdk, door) as sdk:
         with pytest.raises(anthropic_sdk.InternalServerError) as info:

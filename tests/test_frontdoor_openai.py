@@ -301,13 +301,20 @@ async def test_idempotency_key_replays_a_non_streamed_call_only(door):
     assert len(await door.agents()) == 3
 
 
-async def test_a_stream_that_fails_before_its_first_byte_is_a_real_http_error(aiohttp_client, tmp_path):
+def broken_config(tmp_path):
+    """k2p5 on a provider whose every call fails (a server error), no fallback, quick retries:
+    a call that fails before its first byte."""
     cfg = lifted(auth_config(tmp_path))
     broken = ProviderSettings(name="broken", plugin="offline", options={"fail": "server_error"})
     cfg = dataclasses.replace(cfg, providers={**cfg.providers, "broken": broken},
                               models={"k2p5": dataclasses.replace(cfg.models["k2p5"], provider="broken",
                                                                   fallback=None)},
                               runtime=dataclasses.replace(cfg.runtime, retry_base_delay=0.01, retry_max_delay=0.02))
+    return cfg
+
+
+async def test_a_stream_that_fails_before_its_first_byte_is_a_real_http_error(aiohttp_client, tmp_path):
+    cfg = broken_config(tmp_path)
     door = await open_door(aiohttp_client, tmp_path, cfg)
     resp = await door.post({**BODY, "stream": True})
     assert resp.status == 502 and resp.content_type == "application/json"
