@@ -404,7 +404,9 @@ async def _agents_and_workers(app: web.Application) -> AsyncIterator[None]:
         save_counters(config.limits.persist_interval, app[LIMITER], app[_BUCKET_FILE], services.runtime),
         refresh_keys(services.keys, also=(services.projects.refresh,)),
         maintain_hourly(purges))]
-    log.info("j1mskyd ready: %d providers, %d models, state in %s",
+    # "ready" itself is logged by listener.serve once the port is bound: a start that then
+    # finds the address in use must not have said it was ready.
+    log.info("j1mskyd started: %d providers, %d models, state in %s",
              len(services.slots), len(config.models), config.server.state_dir)
     try:
         yield

@@ -228,6 +228,7 @@ def serve(app: web.Application, server: ServerConfig, *, print: Callable[[str], 
         # so fewer collections walk fewer live ones (-1.6 % of the instructions per agent).
         gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
         try:
+            log.info("j1mskyd ready: listening on %s", listening.site.name)
             print(f"listening on {listening.site.name}")
             await _until_stopped()
         finally:

@@ -169,6 +169,8 @@ def test_serve_on_a_taken_port_exits_1_and_says_why(tmp_path):
     assert out.returncode == 1
     last = out.stderr.splitlines()[-1]
     assert last.startswith("j1mskyd: cannot start: ") and "in use" in last, out.stderr
+    # "ready" is said only once the port is bound (issue 18: it was logged, then "address in use").
+    assert "j1mskyd ready" not in out.stderr, out.stderr
     # (aiohttp 3.8.4's run_app itself logs the bind error's traceback before returning it;
     # newer aiohttp does not.  The operator's answer is the last line either way.)
 
@@ -188,6 +190,9 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path, make_daemon)
 def test_serve_on_the_embedded_default_spawns_and_completes(tmp_path, make_daemon):
     d = make_daemon()  # no --config: the embedded default, all models offline
     health = d.get("/api/health")
+    log = d.log()
+    assert f"j1mskyd ready: listening on http://127.0.0.1:{d.port}" in log, log
+    assert log.index("j1mskyd started:") < log.index("j1mskyd ready:"), log
     assert health["status"] == "healthy" and health["version"] == __version__
     agent_id = d.spawn("Write a haiku about SD cards")
     done = d.wait_agent(agent_id)
