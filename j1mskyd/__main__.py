@@ -76,9 +76,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from .cli_state import on_state
     from .errors import Conflict
     from .key_request import model_names, parse_limits
-    from .keys import KeyRefused, KeyService, LastAdminKey
+    from .keys import REFRESH_SECONDS, KeyRefused, KeyService, LastAdminKey
     from .store import Store
     config = _load(args)
+    # A running daemon reads the keys from the shared database every REFRESH_SECONDS: say
+    # when a change made here takes effect there (a new key was refused for up to that long).
+    takes_effect = (f"j1mskyd: a daemon running on this state dir applies this within {REFRESH_SECONDS:g} s "
+                    "(open event streams of a revoked key close within 1 s)")
 
     async def run(store: Store) -> int:
         try:
@@ -95,6 +99,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             if args.keys_command == "revoke":
                 key = await keys.revoke(args.key_id, args.reason, force=args.force)
                 print(f"revoked {key.key_id} ({key.name})")
+                print(takes_effect, file=sys.stderr)
                 return 0
             if args.keys_command == "update":
                 key = keys.get(args.key_id)
@@ -110,6 +115,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 else:
                     print(f"updated {key.key_id} ({key.name}): "
                           f"{', '.join(sorted(c for c in columns if c != 'budget_anchor')) or 'nothing changed'}")
+                print(takes_effect, file=sys.stderr)
                 return 0
             if args.keys_command == "create":
                 limits = parse_limits(_limit_fields(args), known_models=model_names(config), now=time.time())
@@ -123,6 +129,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 print(f"key id:  {new.key.key_id}\ntoken:   {new.token}\nsecret:  {new.secret}\n{hook}"
                       f"scopes:  {','.join(new.key.scopes)}\n"
                       "The token and secrets are shown only now; store them safely.")
+            print(takes_effect, file=sys.stderr)
             return 0
         except LookupError as exc:
             print(f"j1mskyd: no such key: {exc}", file=sys.stderr)
@@ -133,7 +140,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             return 2
 
     # A limit option's bad value (ValidationFailed): every problem, one line each (on_state).
-    return on_state(config, args.state_dir or config.server.state_dir, run)
+    return on_state(config, args.state_dir or config.server.state_dir, run, reading=args.keys_command == "list")
 
 
 def _number(text: str, kind: type) -> object:

@@ -85,7 +85,7 @@ def cmd_projects(args: argparse.Namespace) -> int:
               else f"{args.projects_command}d {project.project_id} ({project.name})")
         return 0
 
-    return on_state(config, args.state_dir or config.server.state_dir, run)
+    return on_state(config, args.state_dir or config.server.state_dir, run, reading=args.projects_command == "list")
 
 
 def _line(p: dict[str, Any]) -> str:

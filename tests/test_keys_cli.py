@@ -245,3 +245,34 @@ async def test_the_daemons_own_writes_do_not_reload_the_keys(tmp_path, monkeypat
         assert reloads == [1] and service.authenticate(made.token) is None
     finally:
         await store.close()
+
+
+# ------------------------------------------------------------ the state dir it works on
+
+def test_a_list_where_there_is_no_state_says_so_and_creates_nothing(tmp_path):
+    """Issue 18: ``keys list`` (and ``projects list``) run from another directory made a new,
+    empty state dir there and printed nothing.  A read names the dir and creates none."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for command in (("keys", "list"), ("projects", "list")):
+        out = run_cli(*command, cwd=elsewhere)  # the default: ./.j1msky of that directory
+        assert out.returncode == 1, out
+        assert out.stdout == ""
+        assert f"state dir {elsewhere / '.j1msky'}" in out.stderr
+        assert "no daemon state in" in out.stderr and "--state-dir" in out.stderr
+        assert list(elsewhere.iterdir()) == []  # nothing created
+    missing = tmp_path / "nowhere"
+    out = run_cli("keys", "list", "--state-dir", str(missing), cwd=tmp_path)
+    assert out.returncode == 1 and not missing.exists()
+
+
+def test_the_cli_names_its_state_dir_and_when_the_daemon_applies_a_change(tmp_path, daemon):
+    code, out, err = keys_cli(tmp_path, "create", "--name", "late", "--scopes", "agents:read")
+    assert code == 0, err
+    assert f"state dir {tmp_path / 'state'}" in err
+    assert f"applies this within {REFRESH_SECONDS:g} s" in err
+    token = next(line.split()[-1] for line in out.splitlines() if line.startswith("token:"))
+    # What the CLI said holds: the running daemon accepts the key within that time (plus a margin).
+    wait_until(lambda: status_with(daemon, token) == 200, REFRESH_SECONDS + MARGIN, what="the new key to work")
+    code, out, err = keys_cli(tmp_path, "list")
+    assert code == 0 and "late" in out and f"state dir {tmp_path / 'state'}" in err
