@@ -16,14 +16,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, get_args
 
 from . import jsonx
-from .agent_record import Agent
+from .agent_record import PRIORITIES, STATUSES, Agent, Kind
 from .errors import ValidationFailed
 from .tenancy import Viewer
 
-__all__ = ["ALIASES", "AgentQuery", "FIELDS", "MAX_LIMIT", "OPERATORS", "RESERVED", "SORTABLE", "parse", "parse_time"]
+__all__ = ["ALIASES", "AgentQuery", "ENUMS", "FIELDS", "MAX_LIMIT", "OPERATORS", "RESERVED", "SORTABLE", "parse", "parse_time"]
 
 # public field name -> (column, type)
 FIELDS: dict[str, tuple[str, str]] = {
@@ -52,6 +52,9 @@ FIELDS: dict[str, tuple[str, str]] = {
     "input_tokens": ("input_tokens", "number"),
     "output_tokens": ("output_tokens", "number"),
 }
+# Fields with a fixed set of values: any other value is a 400 naming them (``?status=done``
+# was a 200 with an empty list, which reads as "no agents" rather than "no such status").
+ENUMS: dict[str, tuple[str, ...]] = {"status": STATUSES, "kind": get_args(Kind), "priority": tuple(PRIORITIES)}
 ALIASES = {"created_after": ("created_at", "gt"), "created_before": ("created_at", "lt")}
 OPERATORS = ("eq", "ne", "gte", "gt", "lte", "lt", "in", "contains", "starts_with", "ends_with")
 # "ne" is IS NOT so that a NULL column (no team, no cost yet) counts as "not equal".
@@ -152,6 +155,18 @@ def _unicode_ok(value: Any, fieldname: str, errors: list[dict[str, str]]) -> boo
     return True
 
 
+def _check_enum(name: str, values: list[Any], errors: list[dict[str, str]]) -> None:
+    """A value of an enumerated field (status, kind, priority) outside its set: one error
+    naming the valid ones.  (Values that failed to coerce are None and already reported.)"""
+    allowed = ENUMS.get(name)
+    if allowed is None:
+        return
+    wrong = [v for v in values if v is not None and v not in allowed]
+    if wrong:
+        errors.append({"field": name, "message": f"{name} must be one of {', '.join(allowed)}; got "
+                                                 f"{', '.join(repr(v) for v in wrong)}"})
+
+
 def _add(q: AgentQuery, name: str, op: str, value: Any, errors: list[dict[str, str]]) -> None:
     column, kind = FIELDS[name]
     if kind == "sealed":
@@ -168,6 +183,7 @@ def _add(q: AgentQuery, name: str, op: str, value: Any, errors: list[dict[str, s
             errors.append({"field": name, "message": f"{name}: 'in' needs a non-empty list"})
             return
         values = [_coerce(name, kind, v, errors) for v in value]
+        _check_enum(name, values, errors)
         q.where.append(f"{column} IN ({', '.join('?' * len(values))})")
         q.params.extend(values)
         return
@@ -186,6 +202,8 @@ def _add(q: AgentQuery, name: str, op: str, value: Any, errors: list[dict[str, s
         q.params.append(pattern)
         return
     coerced = _coerce(name, kind, value, errors)
+    if op in ("eq", "ne"):
+        _check_enum(name, [coerced], errors)
     q.where.append(f"{column} {_SQL_OPS[op]} ?")
     q.params.append(coerced)
 

@@ -267,6 +267,10 @@ async def test_plain_parameters(client, population, query, count):
     ("filter=" + json.dumps({"model": None}), "model"),
     ("filter=" + json.dumps({"model": {"eq": ["k2p5"]}}), "model"),
     ("filter=" + json.dumps({"limit": 5}), "limit"),
+    # Enumerated fields: a value that is not one of them (issue 18: ?status=done was a 200, empty).
+    ("status=done", "status"), ("status_ne=finished", "status"), ("status_in=running,done", "status"),
+    ("filter=" + json.dumps({"status": ["completed", "ok"]}), "status"),
+    ("priority=urgent", "priority"), ("kind=robot", "kind"),
 ])
 async def test_bad_queries_are_400_with_details(client, query, field):
     resp = await client.get("/api/agents?" + query.replace("+", "%2B"))
@@ -276,6 +280,17 @@ async def test_bad_queries_are_400_with_details(client, query, field):
     assert body["success"] is False and error["code"] == 400 and error["type"] == "VALIDATION_ERROR"
     assert error["request_id"] == resp.headers["X-Request-Id"]
     assert field in [d["field"] for d in error["details"]], error
+
+
+async def test_an_unknown_status_names_the_valid_ones(client, population):
+    page = await listing(client, "status=done", status=400)
+    message = page["error"]["details"][0]["message"]
+    assert message == ("status must be one of spawning, queued, running, completed, failed, cancelled; "
+                       "got 'done'"), message
+    # Each valid value still filters (none is refused).
+    for status in ("spawning", "queued", "running", "completed", "failed", "cancelled"):
+        await listing(client, f"status={status}")
+    await listing(client, "priority=high&kind=chat")
 
 
 async def test_several_query_errors_reported_together(client):
