@@ -332,6 +332,9 @@ def _hook_events() -> dict[str, Any]:
 
 
 _HOOK_EVENTS = _hook_events()
+_HOOK_HEADERS = {"type": "object", "maxProperties": 20, "additionalProperties": {"type": "string", "maxLength": 1024},
+                 "description": "sent with each delivery; not Host, Content-Length, Content-Type, hop-by-hop or "
+                                "X-J1MSKY-* headers"}
 
 
 def _pricing_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
@@ -416,11 +419,15 @@ def _bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
                                       "properties": _KEY_LIMITS},
         ("POST", "/webhooks"): {"type": "object", "required": ["url"], "properties": {
             "url": _WEBHOOK_URL, "events": _HOOK_EVENTS,
+            "event": {**_HOOK_EVENTS["items"], "description": "one event name: events [event] (not with events)"},
+            "active": {"type": "boolean", "default": True, "description": "false: registered paused"},
+            "headers": _HOOK_HEADERS,
             "secret": {"type": "string", "minLength": 8, "maxLength": 256}, "sink": {"type": "string"},
             "description": {"type": "string", "maxLength": 500}}},
         ("PUT", "/webhooks/{webhook_id}"): {"type": "object", "properties": {
             "url": _WEBHOOK_URL, "events": _HOOK_EVENTS,
-            "status": {"type": "string", "enum": ["active", "paused"]},
+            "status": {"type": "string", "enum": ["active", "paused"]}, "active": {"type": "boolean"},
+            "headers": _HOOK_HEADERS,
             "secret": {"type": "string", "minLength": 8, "maxLength": 256},
             "description": {"type": "string", "maxLength": 500}}},
         **_project_bodies(),
