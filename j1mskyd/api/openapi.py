@@ -231,6 +231,13 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
     history_days = {"type": "integer", "minimum": 1, "maximum": MAX_DAYS}
     return {
         ("GET", "/agents"): [_query("limit", {**_LIMIT, "maximum": MAX_LIMIT}), _query("offset", _OFFSET),
+                             _query("per_page", {**_LIMIT, "maximum": MAX_LIMIT, "description": "limit's other name"}),
+                             _query("page", {"type": "integer", "minimum": 1, "maximum": (10**18 - 1) // MAX_LIMIT,
+                                             "description": "1, 2, ...: offset (page - 1) x limit; not with "
+                                                            "offset or cursor"}),
+                             _query("cursor", {"type": "string", "maxLength": 512, "description":
+                                               "pagination.next_cursor of the page before (same key, sort and "
+                                               "filters); not with offset or page"}),
                              _query("sort", sort), _query("status", _STATUS), _query("model", _STR),
                              _query("filter", {"type": "string", "description": "a JSON object of filters"}),
                              _query("include_members", _BOOL),
