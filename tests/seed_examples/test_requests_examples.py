@@ -42,6 +42,16 @@ def _recipe_1_definitions(url: str) -> str:
             + localise(text.split("\n# Usage\n")[0], base_url=url, key=None) + "\n")
 
 
+def _fragment(name: str, url: str, call: str, **kwargs) -> dict:
+    """Run a recipe that is a fragment (Recipes 2-7): Recipe 1's definitions before it, and
+    after it an epilogue that makes ``call`` (the recipe defines a function and never calls
+    it) and prints what it returns; returns that."""
+    epilogue = ("# Test epilogue: the recipe defines a function it never calls: call it, print what it returns.\n"
+                f"import json\nprint('RESULT ' + json.dumps({call}))\n")
+    prelude = _recipe_1_definitions(url) + kwargs.pop("prelude", "")
+    return _json_out(_run(EXAMPLES / name, url, None, prelude=prelude, epilogue=epilogue, **kwargs))
+
+
 def _json_out(done: subprocess.CompletedProcess[str], marker: str = "RESULT ") -> dict:
     """The JSON an epilogue printed after ``marker``."""
     line = next(line for line in done.stdout.splitlines() if line.startswith(marker))
@@ -94,12 +104,7 @@ def test_recipe_1_content_pipeline_runs_keyless_as_the_local_caller(seed_daemon,
 
 
 def test_recipe_2_code_review(seed_daemon, seed_url):
-    epilogue = ("# Test epilogue: the recipe defines automated_code_review; run it and print what it returns.\n"
-                "import json\n"
-                "print('RESULT ' + json.dumps(automated_code_review('def add(a, b):\\n    return a - b')))\n")
-    done = _run(EXAMPLES / "recipe_2_code_review.py", seed_url, None, prelude=_recipe_1_definitions(seed_url),
-                epilogue=epilogue)
-    result = _json_out(done)
+    result = _fragment("recipe_2_code_review.py", seed_url, "automated_code_review('def add(a, b): return a - b')")
     assert set(result) == {"original", "review", "fixed_code", "security_audit", "total_cost"}
     assert result["review"].startswith("[offline:") and "Review this python code" in result["review"]
     assert "Fix the issues" in result["fixed_code"] and "Security audit" in result["security_audit"]
@@ -148,12 +153,8 @@ def test_recipe_3_competitive_intelligence_and_its_singular_event_webhook(seed_d
 
 
 def test_recipe_4_support_triage(seed_daemon, seed_url):
-    epilogue = ("# Test epilogue: run the recipe's function and print what it returns.\n"
-                "import json\n"
-                "print('RESULT ' + json.dumps(triage_support_ticket('I was charged twice for my plan', 'cust_42')))\n")
-    done = _run(EXAMPLES / "recipe_4_support_triage.py", seed_url, None, prelude=_recipe_1_definitions(seed_url),
-                epilogue=epilogue)
-    result = _json_out(done)
+    result = _fragment("recipe_4_support_triage.py", seed_url,
+                       "triage_support_ticket('I was charged twice for my plan', 'cust_42')")
     assert re.fullmatch(r"TICKET_cust_42_[0-9]+", result["ticket_id"]) and result["auto_reply_sent"] is True
     # The offline model echoes the task, which names every category: the first one it lists wins.
     assert result["assigned_team"] == "engineering@company.com"
@@ -207,12 +208,7 @@ def test_recipe_6_data_processing_runs_its_own_usage_lines(seed_daemon, seed_url
 
 
 def test_recipe_7_translation_with_review(seed_daemon, seed_url):
-    epilogue = ("# Test epilogue: run the recipe's function and print what it returns.\n"
-                "import json\n"
-                "print('RESULT ' + json.dumps(translate_with_review('Hello, world', ['spanish', 'french'])))\n")
-    done = _run(EXAMPLES / "recipe_7_translation.py", seed_url, None, prelude=_recipe_1_definitions(seed_url),
-                epilogue=epilogue)
-    result = _json_out(done)
+    result = _fragment("recipe_7_translation.py", seed_url, "translate_with_review('Hello, world', ['spanish', 'french'])")
     assert set(result) == {"spanish", "french"}
     for lang, entry in result.items():
         assert entry["translation"].startswith("[offline:") and lang in entry["translation"]
