@@ -272,10 +272,18 @@
         }
         var retriable = err.type === 'NETWORK_ERROR' || err.type === 'TIMEOUT' ||
           RETRY_STATUSES.indexOf(err.status) >= 0;
-        if (!retriable || attempt >= retries) throw err;
+        if (!retriable || attempt >= retries || this._waitsTooLong(err)) throw err;
         await sleep(backoffDelay(attempt + 1, this.retryDelay, this.maxRetryDelay,
           err instanceof RateLimitError ? err.retryAfter : null));
       }
+    }
+
+    /**
+     * A 429 whose Retry-After is longer than maxRetryDelay is the caller's to handle (the
+     * reference's examples wait error.retryAfter): a retry sooner would only earn another 429.
+     */
+    _waitsTooLong(err) {
+      return err instanceof RateLimitError && err.retryAfter !== null && err.retryAfter * 1000 > this.maxRetryDelay;
     }
 
     async _once(method, url, body, idempotencyKey) {

@@ -45,6 +45,18 @@ test('429 past maxRetries: RateLimitError with retryAfter (seconds), message, ty
   }
 });
 
+test('429 with a Retry-After longer than maxRetryDelay: raised at once, for the caller to wait', async () => {
+  const api = await fakeApi([{ status: 429, headers: { 'Retry-After': '3600' }, body: { error: { message: 'Rate limit exceeded' } } }, OK]);
+  try {
+    const err = await fast(api.url, { maxRetryDelay: 30000 }).spawn({ model: 'k2p5', task: 'x' }).catch((e) => e);
+    assert.ok(err instanceof RateLimitError, String(err));
+    assert.equal(err.retryAfter, 3600);
+    assert.equal(api.seen.length, 1);
+  } finally {
+    await api.close();
+  }
+});
+
 test("429 without a Retry-After header: the envelope's retry_after", async () => {
   const api = await fakeApi([{ status: 429, body: { error: { message: 'no', retry_after: 7 } } }]);
   try {
