@@ -120,3 +120,55 @@ def test_node_suite(daemon: Daemon, name: str) -> None:
 def test_every_node_test_file_is_run() -> None:
     """The parametrisation found the SDK's tests (a renamed folder must not make this module pass empty)."""
     assert {"daemon.test.mjs", "retry.test.mjs", "commonjs.test.cjs", "browser.test.mjs"} <= set(NODE_TESTS)
+
+
+def tool(name: str) -> str | None:
+    """``name`` on PATH, else from scripts/test's test-only npm cache (.cache/seed-node)."""
+    local = ROOT / ".cache" / "seed-node" / "node_modules" / ".bin" / name
+    return shutil.which(name) or (str(local) if local.exists() else None)
+
+
+def test_typescript_declarations() -> None:
+    """index.d.ts type-checks the reference's usage (and refuses two misuses) under ``tsc --strict``."""
+    node_binary()
+    tsc = tool("tsc")
+    if tsc is None:
+        pytest.skip("TypeScript's tsc is not installed (scripts/test installs it with npm when npm exists)")
+    proc = subprocess.run([tsc, "-p", str(SDK / "test" / "types")], capture_output=True, text=True, timeout=300,
+                          check=False, env=node_env("http://127.0.0.1:9/api", None))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_npm_pack_and_install(daemon: Daemon, tmp_path: Path) -> None:
+    """What a user installs: ``npm pack`` of j1msky and of the alias j1msky-sdk, installed offline
+    into a fresh project; require('j1msky-sdk') and import 'j1msky' give the same client, which works."""
+    node = node_binary()
+    npm = tool("npm")
+    if npm is None:
+        pytest.skip("npm is not installed (Debian: apt-get install npm)")
+    packs = tmp_path / "packs"
+    packs.mkdir()
+    for package in (SDK, SDK / "alias"):
+        subprocess.run([npm, "pack", str(package), "--pack-destination", str(packs)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, check=True)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "package.json").write_text('{"name": "user-app", "version": "1.0.0", "private": true}\n')
+    # --offline: both packages come from the tarballs (the alias's "j1msky" dependency included).
+    done = subprocess.run([npm, "install", "--offline", "--no-audit", "--no-fund", *map(str, sorted(packs.iterdir()))],
+                          cwd=project, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    installed = sorted(p.relative_to(project / "node_modules" / "j1msky").as_posix()
+                       for p in (project / "node_modules" / "j1msky").rglob("*") if p.is_file())
+    assert installed == ["README.md", "index.d.ts", "index.mjs", "package.json", "src/j1msky.js"]
+    (project / "app.mjs").write_text(
+        "import { createRequire } from 'node:module';\n"
+        "import { J1MSKYClient } from 'j1msky';\n"
+        "const { Agency } = createRequire(import.meta.url)('j1msky-sdk');\n"
+        "if (Agency !== J1MSKYClient) throw new Error('two copies of the client');\n"
+        "const agent = await new Agency().spawn({ model: 'k2p5', task: 'installed with npm' });\n"
+        "console.log((await agent.waitForCompletion({ timeout: 60000 })).output);\n")
+    run = subprocess.run([node, "app.mjs"], cwd=project, capture_output=True, text=True, timeout=120, check=False,
+                         env=node_env(f"http://127.0.0.1:{daemon.port}/api", bootstrap_token(daemon)))
+    assert run.returncode == 0 and re.fullmatch(r"\[offline:k2p5-up\] installed with npm \(id \w+\)\n", run.stdout), \
+        run.stdout + run.stderr
