@@ -10,7 +10,7 @@ export interface ClientOptions {
   baseUrl?: string;
   /** Bearer token (default: $J1MSKY_KEY; none: a loopback caller gets the daemon's `local_scopes`). */
   apiKey?: string | null;
-  /** The key's signing secret: every request is HMAC-signed (X-Timestamp, X-Signature). */
+  /** The key's signing secret (default: $J1MSKY_SECRET): every request is HMAC-signed (X-Timestamp, X-Signature). */
   apiSecret?: string | null;
   /** Per request, in ms (default 30000). */
   timeout?: number;

@@ -226,7 +226,8 @@
   class J1MSKYClient {
     /**
      * options: baseUrl (default $J1MSKY_API, else http://localhost:8080; with or without /api),
-     * apiKey (default $J1MSKY_KEY), apiSecret (HMAC-sign every request), timeout (ms per request,
+     * apiKey (default $J1MSKY_KEY), apiSecret (HMAC-sign every request; default $J1MSKY_SECRET, the
+     * Python SDK's variable too), timeout (ms per request,
      * 30000), maxRetries (3), retryDelay (ms, backoff base, 500), maxRetryDelay (ms, 30000),
      * pollInterval (ms, 1000), headers, fetch, crypto.
      */
@@ -235,7 +236,7 @@
       var e = env();
       this.baseUrl = apiBase(o.baseUrl || e.J1MSKY_API || 'http://localhost:8080');
       this.apiKey = o.apiKey !== undefined ? o.apiKey : e.J1MSKY_KEY || null;
-      this.apiSecret = o.apiSecret || null;
+      this.apiSecret = o.apiSecret !== undefined ? o.apiSecret : e.J1MSKY_SECRET || null;
       this.timeout = o.timeout === undefined ? 30000 : o.timeout;
       this.maxRetries = o.maxRetries === undefined ? 3 : o.maxRetries;
       this.retryDelay = o.retryDelay === undefined ? 500 : o.retryDelay;

@@ -183,6 +183,11 @@ test('options: no environment variables and no options give the reference defaul
     const client = new J1MSKYClient();
     assert.equal(client.baseUrl, 'http://localhost:8080/api');
     assert.equal(client.apiKey, null);
+    assert.equal(client.apiSecret, null);
+    process.env.J1MSKY_SECRET = 'from-the-environment';
+    assert.equal(new J1MSKYClient().apiSecret, 'from-the-environment');
+    assert.equal(new J1MSKYClient({ apiSecret: null }).apiSecret, null, 'an explicit null turns signing off');
+    delete process.env.J1MSKY_SECRET;
     assert.equal(new J1MSKYClient({ baseUrl: 'http://h:1/api/v1' }).baseUrl, 'http://h:1/api/v1');
     const tuned = new J1MSKYClient({ maxRetries: 5, retryDelay: 1000 });
     assert.equal(tuned.maxRetries, 5);
