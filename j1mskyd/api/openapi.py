@@ -193,6 +193,12 @@ RESULTS.update({
                                                message=_STR, project_id=_STR,
                                                released_keys={"type": "array", "items": _STR}),
 })
+_VARIANT = _obj(["count", "approval_rate", "avg_margin_pct"], count=_INT, approval_rate=_NUM, avg_margin_pct=_NUM)
+RESULTS[("POST", "/orchestrator/experiment/results")] = _obj(
+    ["success", "experiment_id", "status", "control", "test", "recommendation", "source", "period"], success=_OK,
+    experiment_id=_STR, status={"type": "string", "enum": ["complete", "in_progress"]}, control=_VARIANT,
+    test=_VARIANT, recommendation={"type": "string", "enum": ["roll_out", "discard", "inconclusive"]},
+    source=_STR, period=_obj(["from", "to", "days"], to=_STR, days=_INT, **{"from": _STR}))
 # Success statuses other than 200.
 CREATED = {("POST", "/keys"), ("POST", "/keys/{key_id}/rotate"), ("POST", "/security/block-ip"),
            ("POST", "/webhooks"), ("POST", "/pricing/webhook"), ("POST", "/projects")}
@@ -204,6 +210,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("DELETE", "/agent/{agent_id}"): (409,), ("DELETE", "/agent/{agent_id}/data"): (409,),
     ("POST", "/pricing/exceptions/{exception_id}/close"): (409,),
     ("PATCH", "/projects/{project_id}"): (409,),  # a name another project has
+    ("POST", "/orchestrator/experiment/results"): (404,),  # no decision recorded for the experiment
 }
 _LIMIT = {"type": "integer", "minimum": 1}
 _OFFSET = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}  # SQLite's integers are 64-bit
@@ -331,7 +338,7 @@ def _pricing_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """The fields api/pricing.py and api/orchestrator.py read (JSON; form fields are accepted too)."""
     from ..pricing import COMPLEXITIES
     from ..orchestrator import PRIORITIES
-    from ..pricing_history import RESOLUTIONS
+    from ..pricing_history import MAX_DAYS, RESOLUTIONS
     from .pricing import MAX_SCENARIOS, MAX_TOKENS, VARIANTS
     policy = config.pricing.policy
     task = {"task_type": {"type": "string", "minLength": 1, "maxLength": 64},
@@ -359,6 +366,10 @@ def _pricing_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
             **task, "complexity": {"type": "string", "enum": list(COMPLEXITIES)},
             "priority": {"type": "string", "enum": list(PRIORITIES)}}},
         ("POST", "/models/select"): {"type": "object", "properties": task},
+        ("POST", "/orchestrator/experiment/results"): {"type": "object", "required": ["experiment_id"], "properties": {
+            "experiment_id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "\\S",
+                              "description": "the experiment label given to POST /pricing/decision"},
+            "days": {"type": "integer", "minimum": 1, "maximum": MAX_DAYS, "default": MAX_DAYS}}},
         ("POST", "/pricing/exceptions/{exception_id}/close"): {"type": "object", "required": ["resolution"],
                                                                "properties": {
             "resolution": {"type": "string", "enum": list(RESOLUTIONS)},
