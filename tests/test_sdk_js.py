@@ -72,9 +72,13 @@ def run_node_tests(node: str, files: list[Path], env: Mapping[str, str], cwd: Pa
     return proc
 
 
-# A model that takes 30 s (waitForCompletion's timeout path), and webhooks to loopback allowed so the
-# node tests' own receiver (127.0.0.1, another port than the daemon's) gets real deliveries.
+# A model that takes 30 s (waitForCompletion's timeout path); webhooks to loopback allowed so the
+# node tests' own receiver (127.0.0.1, another port than the daemon's) gets real deliveries; and the
+# embedded default's local_scopes, so that a client without a key works from loopback.
 EXTRA_CONFIG = """
+[security]
+local_scopes = ["agents:read", "agents:write", "billing:read"]
+
 [providers.slow]
 plugin = "offline"
 max_concurrency = 4

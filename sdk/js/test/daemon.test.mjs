@@ -190,3 +190,13 @@ test('apiSecret: requests are HMAC-signed as the daemon verifies them; unsigned 
   assert.equal(wrong.status, 401);
   assert.equal(wrong.type, 'INVALID_SIGNATURE');
 });
+
+test('no key at all, from loopback: the daemon serves the local caller (its [security] local_scopes), never admin', async () => {
+  const local = new J1MSKYClient({ baseUrl: API, apiKey: null });
+  const agent = await local.spawn({ model: 'k2p5', task: 'no key needed here' });
+  const result = await agent.waitForCompletion({ timeout: 60000 });
+  assert.equal(result.state, 'completed');
+  const admin = await local.request('GET', '/keys').catch((e) => e);
+  assert.ok(admin instanceof J1MSKYError);
+  assert.ok([401, 403].includes(admin.status), String(admin.status));
+});
