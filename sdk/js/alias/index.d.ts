@@ -1,0 +1,2 @@
+export * from 'j1msky';
+export { default } from 'j1msky';
