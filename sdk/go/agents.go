@@ -149,41 +149,23 @@ type Cancellation struct {
 // Spawn creates one agent (POST /spawn). Its retries carry one Idempotency-Key, so they
 // never create a second agent.
 func (c *Client) Spawn(ctx context.Context, req SpawnRequest) (*Agent, error) {
-	var agent Agent
-	err := c.Do(ctx, Call{Method: http.MethodPost, Path: "/spawn", Body: req, IdempotencyKey: req.IdempotencyKey}, &agent)
-	if err != nil {
-		return nil, err
-	}
-	return &agent, nil
+	return decoded[Agent](ctx, c, Call{Method: http.MethodPost, Path: "/spawn", Body: req, IdempotencyKey: req.IdempotencyKey})
 }
 
 // SpawnTeam creates a team agent and its members (POST /spawn-team).
 func (c *Client) SpawnTeam(ctx context.Context, req TeamRequest) (*Team, error) {
-	var team Team
-	err := c.Do(ctx, Call{Method: http.MethodPost, Path: "/spawn-team", Body: req, IdempotencyKey: req.IdempotencyKey}, &team)
-	if err != nil {
-		return nil, err
-	}
-	return &team, nil
+	return decoded[Team](ctx, c, Call{Method: http.MethodPost, Path: "/spawn-team", Body: req, IdempotencyKey: req.IdempotencyKey})
 }
 
 // GetAgent reads one agent (GET /agent/{id}); an unknown id is an *APIError with Status 404.
 func (c *Client) GetAgent(ctx context.Context, agentID string) (*AgentStatus, error) {
-	var status AgentStatus
-	if err := c.Do(ctx, Call{Method: http.MethodGet, Path: agentPath(agentID)}, &status); err != nil {
-		return nil, err
-	}
-	return &status, nil
+	return decoded[AgentStatus](ctx, c, Call{Method: http.MethodGet, Path: agentPath(agentID)})
 }
 
 // CancelAgent cancels a live agent (DELETE /agent/{id}); an agent that already ended is an
 // *APIError with Status 409 (Type CONFLICT).
 func (c *Client) CancelAgent(ctx context.Context, agentID string) (*Cancellation, error) {
-	var out Cancellation
-	if err := c.Do(ctx, Call{Method: http.MethodDelete, Path: agentPath(agentID)}, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return decoded[Cancellation](ctx, c, Call{Method: http.MethodDelete, Path: agentPath(agentID)})
 }
 
 // WaitForCompletion polls the agent until it ends and returns its Result. timeoutSeconds

@@ -178,6 +178,15 @@ func (c *Client) Do(ctx context.Context, call Call, out any) error {
 	}
 }
 
+// decoded is Do for the methods that return the answer as a T.
+func decoded[T any](ctx context.Context, c *Client, call Call) (*T, error) {
+	var v T
+	if err := c.Do(ctx, call, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
 // attempt sends the request once: the body of a 2xx answer, or the error.
 func (c *Client) attempt(ctx context.Context, method, path string, body []byte, idemKey string) ([]byte, error) {
 	if c.timeout > 0 {

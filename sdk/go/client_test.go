@@ -381,38 +381,41 @@ func TestAnAttemptsTimeoutIsRetried(t *testing.T) {
 	}
 }
 
-// awaitFirst returns once the server got its first request (or fails the test after 20 s).
-func awaitFirst(t *testing.T, got <-chan struct{}) {
+// cancelOnceArrived runs call with a context it cancels once the server got a request
+// (arrived), and returns call's error; it fails the test when either takes over 20 s.
+func cancelOnceArrived(t *testing.T, arrived <-chan struct{}, call func(context.Context) error) error {
 	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- call(ctx) }()
 	select {
-	case <-got:
+	case <-arrived:
 	case <-time.After(20 * time.Second):
 		t.Fatal("the server never got the request")
 	}
+	cancel()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(20 * time.Second):
+		t.Fatal("the call did not return after its context was cancelled")
+	}
+	return nil
 }
 
 func TestCancelDuringARequest(t *testing.T) {
 	arrived := make(chan struct{}, 8)
-	hang := func(w http.ResponseWriter, r *http.Request) {
+	s := newScripted(t, func(w http.ResponseWriter, r *http.Request) {
 		arrived <- struct{}{}
 		<-r.Context().Done()
-	}
-	s := newScripted(t, hang)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
+	})
+	err := cancelOnceArrived(t, arrived, func(ctx context.Context) error {
 		_, err := fast(s).Spawn(ctx, SpawnRequest{Model: "k2p5", Task: "t"})
-		done <- err
-	}()
-	awaitFirst(t, arrived)
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("error %v, want context.Canceled", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("Spawn did not return after its context was cancelled")
+		return err
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("error %v, want context.Canceled", err)
 	}
 	if n := len(s.requests()); n != 1 {
 		t.Errorf("%d attempts after a cancel, want 1", n)
@@ -421,26 +424,16 @@ func TestCancelDuringARequest(t *testing.T) {
 
 func TestCancelWhileWaitingToRetry(t *testing.T) {
 	arrived := make(chan struct{}, 8)
-	busy := func(w http.ResponseWriter, r *http.Request) {
+	s := newScripted(t, func(w http.ResponseWriter, r *http.Request) {
 		envelopeReply(503, "INTERNAL_ERROR", "busy", "req_b", "Retry-After", "3600")(w, r)
 		arrived <- struct{}{}
-	}
-	s := newScripted(t, busy)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
+	})
+	err := cancelOnceArrived(t, arrived, func(ctx context.Context) error {
 		_, err := fast(s).GetAgent(ctx, "a")
-		done <- err
-	}()
-	awaitFirst(t, arrived)
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("error %v, want context.Canceled", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("GetAgent kept waiting to retry after its context was cancelled")
+		return err
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("error %v, want context.Canceled", err)
 	}
 	if n := len(s.requests()); n != 1 {
 		t.Errorf("%d attempts, want 1", n)
@@ -542,22 +535,13 @@ func TestWaitStopsWhenItsContextEnds(t *testing.T) {
 		reply(200, runningAnswer)(w, r)
 		arrived <- struct{}{}
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
+	err := cancelOnceArrived(t, arrived, func(ctx context.Context) error {
 		_, err := fast(s, WithPollInterval(time.Hour)).WaitForCompletion(ctx, "a", 0)
-		done <- err
-	}()
-	awaitFirst(t, arrived)
-	cancel()
-	select {
-	case err := <-done:
-		var timeout *WaitTimeoutError
-		if !errors.Is(err, context.Canceled) || errors.As(err, &timeout) {
-			t.Errorf("error %v, want context.Canceled", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("WaitForCompletion did not return after its context was cancelled")
+		return err
+	})
+	var timeout *WaitTimeoutError
+	if !errors.Is(err, context.Canceled) || errors.As(err, &timeout) {
+		t.Errorf("error %v, want context.Canceled", err)
 	}
 }
 

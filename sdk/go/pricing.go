@@ -51,9 +51,5 @@ type Quote struct {
 // GetQuote prices work for a customer (POST /pricing/quote); it is recorded in the daemon's
 // pricing history.
 func (c *Client) GetQuote(ctx context.Context, req QuoteRequest) (*Quote, error) {
-	var q Quote
-	if err := c.Do(ctx, Call{Method: http.MethodPost, Path: "/pricing/quote", Body: req}, &q); err != nil {
-		return nil, err
-	}
-	return &q, nil
+	return decoded[Quote](ctx, c, Call{Method: http.MethodPost, Path: "/pricing/quote", Body: req})
 }

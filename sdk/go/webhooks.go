@@ -36,11 +36,7 @@ type Webhook struct {
 // refuses (loopback, LAN, ... unless its [webhooks] allowed_networks allow it) is an
 // *APIError with Status 400 and a Details entry for "url".
 func (c *Client) RegisterWebhook(ctx context.Context, req WebhookRequest) (*Webhook, error) {
-	var hook Webhook
-	if err := c.Do(ctx, Call{Method: http.MethodPost, Path: "/webhooks", Body: req}, &hook); err != nil {
-		return nil, err
-	}
-	return &hook, nil
+	return decoded[Webhook](ctx, c, Call{Method: http.MethodPost, Path: "/webhooks", Body: req})
 }
 
 // DeleteWebhook removes a webhook (DELETE /webhooks/{id}).
