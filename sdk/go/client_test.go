@@ -585,3 +585,32 @@ func TestOtherCallsDecodeTheDaemonsAnswers(t *testing.T) {
 		t.Errorf("quote body %s", r.Body)
 	}
 }
+
+func TestVerifyWebhook(t *testing.T) {
+	body := []byte(`{"event":"agent.completed","timestamp":"2026-11-25T16:30:12Z","data":{"agent_id":"a1","status":"completed"},"id":42}`)
+	// The value the daemon's sink (j1mskyd/sinks.py) computes for this body and secret.
+	sig := "sha256=98021b7e51ee2d0a3768985909899d7c2af28d1a259e32bfc98662944451416d"
+	ev, err := VerifyWebhook("whsec_test", body, sig)
+	if err != nil || ev.Event != "agent.completed" || ev.ID != 42 {
+		t.Fatalf("%+v %v", ev, err)
+	}
+	var agent AgentStatus
+	if err := json.Unmarshal(ev.Data, &agent); err != nil || agent.ID != "a1" {
+		t.Errorf("data %s: %v", ev.Data, err)
+	}
+	tampered := append([]byte(nil), body...)
+	tampered[len(tampered)-3] = '3'
+	for name, tc := range map[string]struct {
+		secret, sig string
+		body        []byte
+	}{
+		"other secret": {"whsec_other", sig, body},
+		"tampered":     {"whsec_test", sig, tampered},
+		"no header":    {"whsec_test", "", body},
+		"bare hex":     {"whsec_test", strings.TrimPrefix(sig, "sha256="), body},
+	} {
+		if _, err := VerifyWebhook(tc.secret, tc.body, tc.sig); !errors.Is(err, ErrBadWebhookSignature) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

@@ -2,13 +2,19 @@ package j1msky
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"net/http"
+	"strings"
 )
 
 // WebhookRequest is the body of POST /webhooks (docs/webhooks.md).
 type WebhookRequest struct {
 	URL    string   `json:"url"`
-	Events []string `json:"events"` // e.g. "agent.completed", "agent.failed"; "*" for all
+	Events []string `json:"events,omitempty"` // e.g. "agent.completed"; "*" for all; none: the daemon's default (an agent's end)
 	// Secret signs the deliveries; "" lets the daemon generate one, returned once in
 	// Webhook.Secret.
 	Secret      string            `json:"secret,omitempty"`
@@ -42,4 +48,32 @@ func (c *Client) RegisterWebhook(ctx context.Context, req WebhookRequest) (*Webh
 // DeleteWebhook removes a webhook (DELETE /webhooks/{id}).
 func (c *Client) DeleteWebhook(ctx context.Context, webhookID string) error {
 	return c.Do(ctx, Call{Method: http.MethodDelete, Path: "/webhooks/" + pathEscape(webhookID)}, nil)
+}
+
+// WebhookEvent is what the daemon POSTs to a webhook (docs/webhooks.md).
+type WebhookEvent struct {
+	Event     string          `json:"event"`     // e.g. agent.completed
+	Timestamp string          `json:"timestamp"` // ISO 8601 UTC
+	Data      json.RawMessage `json:"data"`      // for agent.* events, the agent (decode into AgentStatus)
+	ID        int64           `json:"id"`
+}
+
+// ErrBadWebhookSignature is a webhook body whose X-J1MSKY-Signature does not match the secret.
+var ErrBadWebhookSignature = errors.New("j1msky: webhook signature does not match")
+
+// VerifyWebhook checks a delivery's X-J1MSKY-Signature header ("sha256=" + hex
+// HMAC-SHA256(secret, body)) over the raw body as received, then decodes it. Delivery is at
+// least once: drop an X-J1MSKY-Delivery id already processed.
+func VerifyWebhook(secret string, body []byte, signature string) (*WebhookEvent, error) {
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(body)
+	want := "sha256=" + hex.EncodeToString(mac.Sum(nil))
+	if !hmac.Equal([]byte(want), []byte(strings.ToLower(strings.TrimSpace(signature)))) {
+		return nil, ErrBadWebhookSignature
+	}
+	var ev WebhookEvent
+	if err := json.Unmarshal(body, &ev); err != nil {
+		return nil, err
+	}
+	return &ev, nil
 }
