@@ -381,8 +381,10 @@ func TestAnAttemptsTimeoutIsRetried(t *testing.T) {
 	}
 }
 
-// cancelOnceArrived runs call with a context it cancels once the server got a request
-// (arrived), and returns call's error; it fails the test when either takes over 20 s.
+// cancelOnceArrived runs call with a context it cancels shortly after the server got a
+// request (arrived), and returns call's error; it fails the test when either takes over 20 s.
+// The short pause lets a client that got its answer reach its wait (a retry's backoff, a poll
+// interval), so that the cancel is seen there; the result is the same without it.
 func cancelOnceArrived(t *testing.T, arrived <-chan struct{}, call func(context.Context) error) error {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -394,6 +396,7 @@ func cancelOnceArrived(t *testing.T, arrived <-chan struct{}, call func(context.
 	case <-time.After(20 * time.Second):
 		t.Fatal("the server never got the request")
 	}
+	time.Sleep(100 * time.Millisecond)
 	cancel()
 	select {
 	case err := <-done:
@@ -425,7 +428,8 @@ func TestCancelDuringARequest(t *testing.T) {
 func TestCancelWhileWaitingToRetry(t *testing.T) {
 	arrived := make(chan struct{}, 8)
 	s := newScripted(t, func(w http.ResponseWriter, r *http.Request) {
-		envelopeReply(503, "INTERNAL_ERROR", "busy", "req_b", "Retry-After", "3600")(w, r)
+		// Retry-After is a floor: the client would wait the 30 s cap before its retry.
+		envelopeReply(429, "RATE_LIMITED", "slow down", "req_b", "Retry-After", "3600")(w, r)
 		arrived <- struct{}{}
 	})
 	err := cancelOnceArrived(t, arrived, func(ctx context.Context) error {
@@ -437,6 +441,21 @@ func TestCancelWhileWaitingToRetry(t *testing.T) {
 	}
 	if n := len(s.requests()); n != 1 {
 		t.Errorf("%d attempts, want 1", n)
+	}
+}
+
+func TestSleepStopsWhenItsContextEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	done := make(chan error, 1)
+	go func() { done <- sleep(ctx, time.Hour) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("sleep returned %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("sleep ignored its context")
 	}
 }
 
