@@ -24,7 +24,9 @@ from tests.golang import SDK_DIR, gofmt_binary, output, run_go
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     work = tmp_path_factory.mktemp("sdk-go")
-    config = write_config(work / "config.toml", delay=1.0)
+    # Each call to the offline provider takes 3 s: TestLiveCancel cancels an agent before it
+    # can finish, even on a busy machine.
+    config = write_config(work / "config.toml", delay=3.0, max_concurrency=8)
     with config.open("a", encoding="utf-8") as f:
         # The delivery test's receiver is an httptest server on 127.0.0.1.
         f.write('\n[webhooks]\nallowed_networks = ["127.0.0.0/8"]\n')
