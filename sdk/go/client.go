@@ -158,8 +158,12 @@ func (c *Client) Do(ctx context.Context, call Call, out any) error {
 	for attempt := 0; ; attempt++ {
 		raw, err := c.attempt(ctx, method, path, body, key)
 		if err == nil {
-			if out == nil || len(bytes.TrimSpace(raw)) == 0 {
+			if out == nil {
 				return nil
+			}
+			if len(bytes.TrimSpace(raw)) == 0 {
+				// Not the daemon's (it always answers JSON): never a zero-valued Agent.
+				return fmt.Errorf("j1msky: %s %s: empty answer", method, call.Path)
 			}
 			if err := json.Unmarshal(raw, out); err != nil {
 				return fmt.Errorf("j1msky: decoding the answer to %s %s: %w", method, call.Path, err)

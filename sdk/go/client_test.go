@@ -337,6 +337,13 @@ func TestBrokenAnswers(t *testing.T) {
 		t.Errorf("HTML 404: %#v", err)
 	}
 
+	// An empty 200 is not an agent with no id.
+	s = newScripted(t, reply(200, ""))
+	if agent, err := fast(s).Spawn(context.Background(), SpawnRequest{Model: "k2p5", Task: "t"}); err == nil ||
+		!strings.Contains(err.Error(), "empty answer") {
+		t.Errorf("empty 200: %+v %v", agent, err)
+	}
+
 	// The wrong JSON type for a field is a decoding error, not a silent zero.
 	s = newScripted(t, reply(200, `{"agent_id": 12}`))
 	_, err = fast(s).GetAgent(context.Background(), "a")
