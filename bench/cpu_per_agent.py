@@ -45,6 +45,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -100,22 +102,34 @@ def start(tree: str, workdir: str, name: str, sync: str, profile: str | None,
     return proc, url, os.path.join(state, "j1msky.db"), load.read_token(state, timeout=5)
 
 
-def one(tree: str, workdir: str, name: str, n: int, c: int, sync: str, profile: str | None = None,
-        callgrind: bool = False, up_port: int | None = None) -> dict:
-    proc, url, db, tok = start(tree, workdir, name, sync, profile, callgrind, up_port)
+def measured(proc: subprocess.Popen, dumps: str | None, warm: Callable[[], Awaitable[Any]],
+             work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, int | None]:
+    """``work``'s result, the CPU seconds ``proc`` used meanwhile and, when it runs under
+    callgrind (``dumps``: its dump files' prefix), the instructions; ``warm`` runs first, not
+    counted.  Ends ``proc``."""
     instructions = None
     try:
-        asyncio.run(load.throughput(url, db, min(300, n), c, "k2p5", None, token=tok))  # warm-up
-        if callgrind:
-            callgrind_dump(proc.pid, os.path.join(workdir, name) + ".cg.")
+        asyncio.run(warm())
+        if dumps:
+            callgrind_dump(proc.pid, dumps)
         before = cpu_seconds(proc.pid)
-        res = asyncio.run(load.throughput(url, db, n, c, "k2p5", None, token=tok))
+        res = asyncio.run(work())
         used = cpu_seconds(proc.pid) - before
-        if callgrind:
-            instructions = callgrind_dump(proc.pid, os.path.join(workdir, name) + ".cg.")
+        if dumps:
+            instructions = callgrind_dump(proc.pid, dumps)
     finally:
         proc.terminate()
         proc.wait(120)
+    return res, used, instructions
+
+
+def one(tree: str, workdir: str, name: str, n: int, c: int, sync: str, profile: str | None = None,
+        callgrind: bool = False, up_port: int | None = None) -> dict:
+    proc, url, db, tok = start(tree, workdir, name, sync, profile, callgrind, up_port)
+    res, used, instructions = measured(
+        proc, os.path.join(workdir, name) + ".cg." if callgrind else None,
+        lambda: load.throughput(url, db, min(300, n), c, "k2p5", None, token=tok),
+        lambda: load.throughput(url, db, n, c, "k2p5", None, token=tok))
     out = {"cpu_ms_per_agent": round(used / n * 1000, 4), "completed_per_s": res["completed_per_s"],
            "spawned": res["spawned"], "spawn_errors": res["spawn_errors"], "statuses": res["statuses"]}
     if instructions is not None:
@@ -153,21 +167,14 @@ def one_floor(workdir: str, name: str, n: int, c: int, callgrind: bool, up_port:
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={os.path.join(workdir, name)}.cg.%p",
                "--compress-strings=no", "--compress-pos=no", *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, name + ".log"), "wb"))
-    instructions = None
+    url = f"http://127.0.0.1:{port}"
     try:
         run_all.wait_port(port, timeout=300 if callgrind else 20)
-        url = f"http://127.0.0.1:{port}"
-        asyncio.run(proxy_calls(url, min(300, n), c))  # warm-up
-        if callgrind:
-            callgrind_dump(proc.pid, os.path.join(workdir, name) + ".cg.")
-        before = cpu_seconds(proc.pid)
-        ok = asyncio.run(proxy_calls(url, n, c))
-        used = cpu_seconds(proc.pid) - before
-        if callgrind:
-            instructions = callgrind_dump(proc.pid, os.path.join(workdir, name) + ".cg.")
-    finally:
-        proc.terminate()
-        proc.wait(120)
+    except TimeoutError:
+        proc.kill()
+        raise
+    ok, used, instructions = measured(proc, os.path.join(workdir, name) + ".cg." if callgrind else None,
+                                      lambda: proxy_calls(url, min(300, n), c), lambda: proxy_calls(url, n, c))
     out: dict = {"cpu_ms_per_agent": round(used / n * 1000, 4), "completed_per_s": None, "answered": ok}
     if instructions is not None:
         out["instructions_per_agent"] = instructions // n
