@@ -10,7 +10,8 @@ at once; then ``-n`` times: a direct call to the upstream and one call through e
 answer), then streamed (time to the first body bytes).  Whatever else loads the machine falls
 on the trees alike within a few milliseconds, so the medians and the per-step differences
 compare them where runs minutes apart cannot (the fsync time of a shared disk swings by
-several milliseconds).  Prints JSON: per target the p50/p90 of both, "added" = p50 minus the
+several milliseconds).  ``--bursts N``: first, N rounds of 2 s of 32-connection load on each
+daemon in turn, the daemon's CPU ms per call (/proc/PID/stat).  Prints JSON: per target the p50/p90 of both, "added" = p50 minus the
 direct call's.
 """
 
@@ -32,7 +33,7 @@ sys.path.insert(0, HERE)
 import cpu_per_agent  # noqa: E402  (bench/ is the script directory)
 import load  # noqa: E402
 import run_all  # noqa: E402
-from frontdoor import Target  # noqa: E402
+from frontdoor import Target, closed_loop  # noqa: E402
 
 
 async def once(s: aiohttp.ClientSession, target: Target, body: bytes) -> float | None:
@@ -70,11 +71,25 @@ def summary(found: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def cpu_per_call(targets: list[Target], bursts: int, seconds: float, connections: int) -> dict[str, dict[str, float]]:
+    """``bursts`` rounds of ``seconds`` of ``connections``-connection load on each daemon in
+    turn (order rotating): the serving process's CPU ms per call, median and range of the bursts."""
+    found: dict[str, list[float]] = {t.name: [] for t in targets}
+    for i in range(bursts):
+        k = i % len(targets)
+        for target in targets[k:] + targets[:k]:
+            res = asyncio.run(closed_loop(target, connections, seconds, stream=False, warmup=0.5))
+            found[target.name].append(res["cpu_ms_per_call"])
+    return {name: {"median": round(statistics.median(v), 4), "min": min(v), "max": max(v)} for name, v in found.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("trees", nargs=2)
     p.add_argument("-n", type=int, default=1000)
     p.add_argument("--sync", choices=("normal", "full"), default="full")
+    p.add_argument("--bursts", type=int, default=0,
+                   help="also this many rounds of 32-connection load on each daemon: CPU ms per call")
     p.add_argument("--workdir")
     a = p.parse_args()
     workdir = a.workdir or tempfile.mkdtemp(prefix="j1b-fdab-")
@@ -86,7 +101,8 @@ def main() -> None:
         for i, tree in enumerate(a.trees):
             proc, url, _, token = cpu_per_agent.start(tree, workdir, f"tree{i}", a.sync, None, up_port=up_port)
             procs.append(proc)
-            targets.append(Target(f"tree{i}", url, load.auth_headers(token)))
+            targets.append(Target(f"tree{i}", url, load.auth_headers(token), proc.pid))
+        cpu = cpu_per_call(targets[1:], a.bursts, 2.0, 32) if a.bursts else None
         whole = summary(asyncio.run(interleaved(targets, a.n, stream=False)))
         first = summary(asyncio.run(interleaved(targets, a.n, stream=True)))
     finally:
@@ -95,7 +111,8 @@ def main() -> None:
             proc.wait(60)
         up.stop()
     print(json.dumps({"machine": run_all.machine(), "trees": a.trees, "n": a.n, "sync": a.sync,
-                      "whole_answer": whole, "first_streamed_byte": first}, indent=1))
+                      "whole_answer": whole, "first_streamed_byte": first,
+                      "cpu_ms_per_call_at_32": cpu}, indent=1))
 
 
 if __name__ == "__main__":
