@@ -123,7 +123,8 @@ class AgentService:
             await self.runtime.admit([*agents, *extra], statements, early=early and not hooks)
         except BaseException:
             for a in agents:
-                self.budget.settle(a.agent_id, None)
+                if a.agent_id not in self.runtime.live:  # one dispatched on submit settles when it ends
+                    self.budget.settle(a.agent_id, None)
             raise
         for hook in hooks:  # before any of these agents can finish: nothing awaited since the commit
             assert webhooks is not None

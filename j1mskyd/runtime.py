@@ -192,6 +192,7 @@ class AgentRuntime:
         self._held_finish: dict[str, Callable[[], None]] = {}
         self._late_start: set[str] = set()
         self._dropped: set[str] = set()
+        self._abandoned: set[asyncio.Future[float]] = set()  # cancels of calls whose caller left during admit
         self._cancelling: set[str] = set()
         self._team_finished: dict[str, dict[str, Agent]] = {}
         self._active = 0
@@ -282,7 +283,18 @@ class AgentRuntime:
         # (the unit commits regardless), and the bookkeeping below must run either way.
         written.add_done_callback(lambda f: self._inserted(agents, events, _failure_of(f), committed))
         self._queue_admitted(agents)
-        await committed
+        try:
+            await committed
+        except asyncio.CancelledError:
+            # The caller went away (its client disconnected) while the insert commits: the call
+            # is already under way, so it is cancelled as a call whose client leaves later is
+            # (billed for what it used; its own end settles its reservation, or _forget does).
+            for agent in agents:
+                if agent.agent_id in self.live:
+                    ending = asyncio.ensure_future(self.cancel(agent))
+                    self._abandoned.add(ending)
+                    ending.add_done_callback(self._abandoned.discard)
+            raise
 
     def _inserted(self, agents: list[Agent], events: list[Any], failed: BaseException | None,
                   committed: asyncio.Future[None]) -> None:
@@ -325,7 +337,10 @@ class AgentRuntime:
             self._forget(agent)
 
     def _forget(self, agent: Agent) -> None:
+        """A dropped agent out of every table, its reservation released, its waiters told."""
         agent_id = agent.agent_id
+        if self.budget is not None:  # store_and_admit may have released it already: then nothing
+            self.budget.settle(_hold_id(agent), None)
         self._dropped.discard(agent_id)
         self._late_start.discard(agent_id)
         self._cancelling.discard(agent_id)

@@ -161,3 +161,27 @@ async def test_a_live_reader_of_the_text_keeps_the_call_behind_its_commit(aiohtt
         services.events.unsubscribe(reader)
     call = await asyncio.wait_for(starting, 10)
     assert (await asyncio.wait_for(call.outcome(), 10)).text == "fake reply"
+
+
+async def test_a_caller_that_leaves_while_the_insert_commits_cancels_the_call(aiohttp_client, tmp_path, upstreams):
+    """The caller (its client disconnected) is cancelled while the insert commits, after the call
+    was dispatched: the call is cancelled as one whose client leaves later is, recorded as such,
+    and its reservation is settled by its own end (not released early and then counted again)."""
+    primary, secondary = upstreams
+    primary.delay = 30.0  # ended by the cancel
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    other = hold_writes(services)
+    try:
+        starting = asyncio.ensure_future(services.chat.start(chat()))
+        await until(lambda: len(primary.calls) == 1, "the upstream called before the insert committed")
+        agent = only_call(services)
+        assert services.budget.reserved > 0
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert services.budget.reserved > 0  # still the running call's
+    finally:
+        release(other)
+    await until(lambda: not services.runtime.live and services.slots["primary"].active == 0, "the call cancelled")
+    assert rows(services, "SELECT status FROM agents WHERE agent_id = ?", agent.agent_id) == [("cancelled",)]
+    assert services.budget.reserved == pytest.approx(0.0) and services.budget._live_per_key == {}
