@@ -322,7 +322,8 @@ class AgentRuntime:
 
     def _drop(self, agent: Agent) -> None:
         """An early-dispatched agent whose insert failed: stop it, write nothing about it,
-        tell nobody (its caller gets the insert's error; the reservation is released there)."""
+        tell nobody (its caller gets the insert's error); :meth:`_forget` releases its
+        reservation once it has stopped."""
         agent_id = agent.agent_id
         self._dropped.add(agent_id)
         self._cancelling.add(agent_id)
@@ -895,15 +896,16 @@ class AgentRuntime:
         status = agent.status
         columns = ("status", "attempts", *fields)
         started = self._started.pop(agent.agent_id, None)
+        late = agent.agent_id in self._late_start  # ran before its insert was on disk: no `running` write
+        self._late_start.discard(agent.agent_id)
         if started is not None and self.store.withdraw(started):
             # Its `running` write was still queued, so it would have committed with this one:
             # this write carries its columns instead (one statement fewer per quick agent).
             columns += ("started_at", "runs")
         else:
             started = None
-        if agent.agent_id in self._late_start:  # ran before its insert was on disk: no `running` write
-            self._late_start.discard(agent.agent_id)
-            columns += ("started_at", "runs")
+            if late:
+                columns += ("started_at", "runs")
         statements = [agent_record.update(agent, *columns, cipher=self.store.cipher)]
         if status == COMPLETED and agent.kind != KIND_TEAM:
             statements.append(ledger.record(fields["completed_at"], agent.agent_id, agent.api_key, agent.served_model,
