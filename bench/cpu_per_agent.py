@@ -27,6 +27,11 @@ names uncompressed, so ``callgrind_annotate`` reads each one alone.
 ``fake_upstream.py`` on loopback (the issue's own setup: spawn over HTTP, the call to the
 upstream, the result stored) instead of the offline provider; the figure is still the daemon's
 CPU alone (the upstream is another process).
+
+``--floor`` (with ``--upstream``): each round also measures ``bench/bare_proxy.py`` on the same
+upstream (as the tree ``bare-proxy``), ``-n`` ``POST /v1/chat/completions`` from ``-c``
+connections: one request served and one upstream call made with aiohttp and nothing else, the
+floor under "CPU per agent through HTTP" (under ``--callgrind``: its instructions per call).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -50,6 +57,7 @@ from lifted import LIFTED_LIMITS, OFFLINE_CONFIG  # noqa: E402
 CONFIG = OFFLINE_CONFIG
 
 TICKS = os.sysconf("SC_CLK_TCK")
+FLOOR = "bare-proxy"  # --floor's name among the trees
 
 
 def cpu_seconds(pid: int) -> float:
@@ -94,24 +102,80 @@ def start(tree: str, workdir: str, name: str, sync: str, profile: str | None,
     return proc, url, os.path.join(state, "j1msky.db"), load.read_token(state, timeout=5)
 
 
-def one(tree: str, workdir: str, name: str, n: int, c: int, sync: str, profile: str | None = None,
-        callgrind: bool = False, up_port: int | None = None) -> dict:
-    proc, url, db, tok = start(tree, workdir, name, sync, profile, callgrind, up_port)
+def measured(proc: subprocess.Popen, dumps: str | None, warm: Callable[[], Awaitable[Any]],
+             work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, int | None]:
+    """``work``'s result, the CPU seconds ``proc`` used meanwhile and, when it runs under
+    callgrind (``dumps``: its dump files' prefix), the instructions; ``warm`` runs first, not
+    counted.  Ends ``proc``."""
     instructions = None
     try:
-        asyncio.run(load.throughput(url, db, min(300, n), c, "k2p5", None, token=tok))  # warm-up
-        if callgrind:
-            callgrind_dump(proc.pid, os.path.join(workdir, name) + ".cg.")
+        asyncio.run(warm())
+        if dumps:
+            callgrind_dump(proc.pid, dumps)
         before = cpu_seconds(proc.pid)
-        res = asyncio.run(load.throughput(url, db, n, c, "k2p5", None, token=tok))
+        res = asyncio.run(work())
         used = cpu_seconds(proc.pid) - before
-        if callgrind:
-            instructions = callgrind_dump(proc.pid, os.path.join(workdir, name) + ".cg.")
+        if dumps:
+            instructions = callgrind_dump(proc.pid, dumps)
     finally:
         proc.terminate()
         proc.wait(120)
+    return res, used, instructions
+
+
+def one(tree: str, workdir: str, name: str, n: int, c: int, sync: str, profile: str | None = None,
+        callgrind: bool = False, up_port: int | None = None) -> dict:
+    proc, url, db, tok = start(tree, workdir, name, sync, profile, callgrind, up_port)
+    res, used, instructions = measured(
+        proc, os.path.join(workdir, name) + ".cg." if callgrind else None,
+        lambda: load.throughput(url, db, min(300, n), c, "k2p5", None, token=tok),
+        lambda: load.throughput(url, db, n, c, "k2p5", None, token=tok))
     out = {"cpu_ms_per_agent": round(used / n * 1000, 4), "completed_per_s": res["completed_per_s"],
            "spawned": res["spawned"], "spawn_errors": res["spawn_errors"], "statuses": res["statuses"]}
+    if instructions is not None:
+        out["instructions_per_agent"] = instructions // n
+    return out
+
+
+async def proxy_calls(url: str, n: int, c: int) -> int:
+    """``n`` non-streamed chat calls through the bare proxy from ``c`` keep-alive connections;
+    the number that answered 200."""
+    import aiohttp
+    body = json.dumps({"model": "k2p5", "messages": [{"role": "user", "content": "Say ok."}],
+                       "max_tokens": 16}).encode()
+    left, ok = [n], [0]
+
+    async def worker(s: aiohttp.ClientSession) -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            async with s.post(url + "/v1/chat/completions", data=body,
+                              headers={"Content-Type": "application/json"}) as resp:
+                await resp.read()
+                ok[0] += resp.status == 200
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c)) as s:
+        await asyncio.gather(*(worker(s) for _ in range(c)))
+    return ok[0]
+
+
+def one_floor(workdir: str, name: str, n: int, c: int, callgrind: bool, up_port: int) -> dict:
+    """The bare proxy's CPU (or instructions) per call, measured as :func:`one` measures a daemon."""
+    port = run_all.free_port()
+    cmd = [sys.executable, os.path.join(HERE, "bare_proxy.py"), "--port", str(port),
+           "--upstream", f"http://127.0.0.1:{up_port}"]
+    if callgrind:
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={os.path.join(workdir, name)}.cg.%p",
+               "--compress-strings=no", "--compress-pos=no", *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, name + ".log"), "wb"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        run_all.wait_port(port, timeout=300 if callgrind else 20)
+    except TimeoutError:
+        proc.kill()
+        raise
+    ok, used, instructions = measured(proc, os.path.join(workdir, name) + ".cg." if callgrind else None,
+                                      lambda: proxy_calls(url, min(300, n), c), lambda: proxy_calls(url, n, c))
+    out: dict = {"cpu_ms_per_agent": round(used / n * 1000, 4), "completed_per_s": None, "answered": ok}
     if instructions is not None:
         out["instructions_per_agent"] = instructions // n
     return out
@@ -128,8 +192,12 @@ def main() -> None:
     p.add_argument("--callgrind", action="store_true", help="count instructions under valgrind (see above)")
     p.add_argument("--upstream", action="store_true",
                    help="serve the model from a loopback fake_upstream.py through openai_compat (see above)")
+    p.add_argument("--floor", action="store_true",
+                   help="with --upstream: bench/bare_proxy.py measured beside the trees (see above)")
     p.add_argument("--workdir")
     a = p.parse_args()
+    if a.floor and not a.upstream:
+        p.error("--floor needs --upstream")
     workdir = a.workdir or tempfile.mkdtemp(prefix="j1b-cpu-")
     os.makedirs(workdir, exist_ok=True)
     up, up_port = run_all.upstream(workdir) if a.upstream else (None, None)
@@ -145,11 +213,16 @@ def run(a: argparse.Namespace, workdir: str, up_port: int | None) -> None:
         print(json.dumps(one(a.trees[0], workdir, "profiled", a.n, a.c, a.sync, a.profile, up_port=up_port),
                          indent=1))
         return
-    runs: dict[str, list[dict]] = {t: [] for t in a.trees}
+    names = [*a.trees, *([FLOOR] if a.floor else [])]
+    runs: dict[str, list[dict]] = {t: [] for t in names}
     for r in range(a.rounds):
-        order = a.trees if r % 2 == 0 else list(reversed(a.trees))
+        order = names if r % 2 == 0 else list(reversed(names))
         for i, tree in enumerate(order):
-            res = one(tree, workdir, f"cpu-{r}-{i}", a.n, a.c, a.sync, callgrind=a.callgrind, up_port=up_port)
+            if tree == FLOOR:
+                assert up_port is not None  # --floor needs --upstream (main)
+                res = one_floor(workdir, f"cpu-{r}-{i}", a.n, a.c, a.callgrind, up_port)
+            else:
+                res = one(tree, workdir, f"cpu-{r}-{i}", a.n, a.c, a.sync, callgrind=a.callgrind, up_port=up_port)
             runs[tree].append(res)
             print(json.dumps({"tree": tree, **res}), file=sys.stderr)
     print(json.dumps({"machine": run_all.machine(), "n": a.n, "c": a.c, "sync": a.sync, "rounds": a.rounds,

@@ -1,5 +1,6 @@
 """The front door side by side (issue 14): one fake upstream called directly, through the
-daemon's ``/v1/chat/completions`` and through LiteLLM Proxy, in one run.
+daemon's ``/v1/chat/completions``, through a bare aiohttp proxy (the floor) and through
+LiteLLM Proxy, in one run.
 
     .venv/bin/python bench/frontdoor.py --workdir /tmp/j1b-fd > /tmp/fd.json        # progress on stderr
     .venv/bin/python bench/frontdoor.py --litellm /work/litellm-venv/bin/litellm \\
@@ -9,7 +10,10 @@ Processes (all on 127.0.0.1, all started fresh here): ``bench/fake_upstream.py``
 latency; streams OpenAI's SSE chunks when asked), a daemon routed to it through the
 ``openai_compat`` plugin (``run_all.bench_config``: every limit lifted, runtime concurrency
 64 and provider 256 so that 32 connections never queue, auth on with the bootstrap key),
-and LiteLLM Proxy with one model on the same upstream when ``--litellm PATH`` or
+``bench/bare_proxy.py`` on the same upstream (``proxy``: an ``aiohttp.web`` server forwarding
+each call with one shared client session and nothing else, the floor of any aiohttp proxy on
+this machine; ``--no-proxy`` leaves it out), and LiteLLM Proxy with one model on the same
+upstream when ``--litellm PATH`` or
 ``$J1MSKY_BENCH_LITELLM`` names its ``litellm`` executable (install it apart, never into
 the project: ``python3 -m venv /work/litellm-venv && /work/litellm-venv/bin/pip install
 'litellm[proxy]'``); skipped with a message otherwise.
@@ -244,6 +248,15 @@ def start_litellm(executable: str, workdir: str, up_port: int) -> tuple[run_all.
     raise RuntimeError(f"LiteLLM Proxy did not start; see {proc.log.name}")
 
 
+def start_proxy(workdir: str, up_port: int) -> tuple[run_all.Proc, Target]:
+    """``bench/bare_proxy.py`` on the same upstream: the floor of any aiohttp proxy."""
+    port = run_all.free_port()
+    proc = run_all.Proc([run_all.PY, os.path.join(HERE, "bare_proxy.py"), "--port", str(port),
+                         "--upstream", f"http://127.0.0.1:{up_port}"], os.path.join(workdir, "proxy.log"))
+    run_all.wait_port(port)
+    return proc, Target("proxy", f"http://127.0.0.1:{port}", pid=proc.pid)
+
+
 def find_litellm(flag: str | None) -> str | None:
     path = flag or os.environ.get("J1MSKY_BENCH_LITELLM")
     if not path:
@@ -299,13 +312,19 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
 
 
 def verdict(summary: dict[str, Any], rss: dict[str, Any] | None) -> dict[str, Any]:
-    """The issue's four targets against the daemon's medians (min/median both reported)."""
+    """The issue's four targets against the daemon's medians (min/median both reported), and
+    the bare proxy's figures for the same three where it ran (the floor: what any aiohttp
+    proxy reaches here)."""
     d = summary["daemon"]
     out = {
         "calls_per_s_ratio >= 0.5": d["calls_per_s_ratio"],
         "added_p50_ms (sequential) <= 2": d["added_p50_ms_sequential"],
         "added_ttfb_p50_ms <= 2": d["added_ttfb_p50_ms"],
     }
+    if "proxy" in summary:
+        floor = summary["proxy"]
+        out["floor: bare proxy"] = {k: floor[k]["median"] for k in (
+            "calls_per_s_ratio", "added_p50_ms_sequential", "added_ttfb_p50_ms", "cpu_ms_per_call")}
     if rss is not None:
         out["idle_rss_growth_mb <= 3"] = rss["growth_mb"]
     return out
@@ -342,6 +361,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         procs.append(daemon)
         targets = [Target("direct", f"http://127.0.0.1:{up_port}", pid=up.pid),
                    Target("daemon", url, load.auth_headers(token), daemon.pid)]
+        if not args.no_proxy:
+            proc, target = start_proxy(workdir, up_port)
+            procs.append(proc)
+            targets.append(target)
         if litellm:
             proc, target = start_litellm(litellm, workdir, up_port)
             procs.append(proc)
@@ -383,6 +406,8 @@ def main() -> None:
     p.add_argument("--sync", choices=("normal", "full"), default="full",
                    help="the daemon's [store] synchronous (default: full, as shipped)")
     p.add_argument("--litellm", help="path of LiteLLM Proxy's `litellm` executable ($J1MSKY_BENCH_LITELLM)")
+    p.add_argument("--no-proxy", action="store_true",
+                   help="leave out bench/bare_proxy.py (the floor of any aiohttp proxy)")
     p.add_argument("--base-tree", help="a tree without the front door, for the idle RSS growth")
     p.add_argument("--rss-rounds", type=int, default=4, help="idle RSS starts per tree")
     args = p.parse_args()

@@ -86,11 +86,12 @@ class AgentService:
     # -- spawning ----------------------------------------------------------------------
     async def store_and_admit(self, agents: list[Agent], extra: Sequence[Agent] = (), *,
                                key_id: str = ANONYMOUS, webhook_urls: dict[str, str] | None = None,
-                               webhook_secret: str | None = None) -> None:
+                               webhook_secret: str | None = None, early: bool = False) -> None:
         """Reserve the budget for the top-level ``agents`` (a team's members ride on their
         lead's reservation), then store and queue everything, with each spawn's own
         webhook in the same transaction; refused (BudgetExceeded, SpawnRefused) means
-        nothing written.  The one way in for spawns and chat calls (chat_service.py).
+        nothing written.  The one way in for spawns and chat calls (chat_service.py);
+        ``early``: dispatch on submit (AgentRuntime.admit; chat calls, which have no webhook).
 
         The key's own limits apply here, from memory: its models (a 403 naming those it may
         use, before anything is reserved), its limit of live agents; and the agents carry the
@@ -119,10 +120,11 @@ class AgentService:
         self.budget.reserve_all(key_id, [(a.agent_id, self._hold(a, extra)) for a in agents],
                                 project_id=project_id, max_live=max_live)
         try:
-            await self.runtime.admit([*agents, *extra], statements)
+            await self.runtime.admit([*agents, *extra], statements, early=early and not hooks)
         except BaseException:
             for a in agents:
-                self.budget.settle(a.agent_id, None)
+                if a.agent_id not in self.runtime.live:  # one dispatched on submit settles when it ends
+                    self.budget.settle(a.agent_id, None)
             raise
         for hook in hooks:  # before any of these agents can finish: nothing awaited since the commit
             assert webhooks is not None

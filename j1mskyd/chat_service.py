@@ -164,6 +164,8 @@ class ChatService:
                       priority="normal", timeout=self.config.runtime.default_timeout, status=SPAWNING,
                       estimated_cost=self.agents.estimate(request.model, task, request.max_tokens), created_at=now, chat=request)
         call = LiveChatCall(agent, self.runtime, self.config)
-        await self.agents.store_and_admit([agent], key_id=key_id)
+        # Dispatched on submit: the upstream call overlaps the insert's commit; this returns once
+        # the insert is on disk, so nothing reaches the caller before the call is recorded.
+        await self.agents.store_and_admit([agent], key_id=key_id, early=True)
         call._watch()
         return call

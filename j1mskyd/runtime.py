@@ -186,6 +186,13 @@ class AgentRuntime:
         self._done: dict[str, asyncio.Future[Agent]] = {}
         # The `running` write of each running agent, while its final write may still replace it.
         self._started: dict[str, Queued] = {}
+        # Dispatch on submit (_admit_early): agents whose insert is not yet on disk, the final
+        # writes held back until it is, the `running` writes skipped until then, the dropped.
+        self._unwritten: dict[str, asyncio.Future[None]] = {}
+        self._held_finish: dict[str, Callable[[], None]] = {}
+        self._late_start: set[str] = set()
+        self._dropped: set[str] = set()
+        self._abandoned: set[asyncio.Future[float]] = set()  # cancels of calls whose caller left during admit
         self._cancelling: set[str] = set()
         self._team_finished: dict[str, dict[str, Agent]] = {}
         self._active = 0
@@ -207,12 +214,14 @@ class AgentRuntime:
     def running_count(self) -> int:
         return self._active
 
-    async def admit(self, agents: list[Agent], extra_statements: Sequence[Statement] = ()) -> None:
+    async def admit(self, agents: list[Agent], extra_statements: Sequence[Statement] = (), *,
+                    early: bool = False) -> None:
         """Store new agents in one atomic write, then queue them.
 
         They are written in their first live status (queued; running for a team lead,
         which only waits for its members), so a spawn costs one write.  The API still
-        answers "spawning", the API reference's word for "accepted".
+        answers "spawning", the API reference's word for "accepted".  ``early`` (chat
+        calls): queue them as soon as the write is submitted (:meth:`_admit_early`).
         """
         now = self.clock()
         for agent in agents:
@@ -228,9 +237,15 @@ class AgentRuntime:
                     event, stmts = self.events.statements("agent.spawned", agent_event_data(agent), agent.api_key)
                     events.append(event)
                     statements.extend(stmts)
+        if early and self._may_dispatch_early(agents):
+            await self._admit_early(agents, statements, events)
+            return
         await self.store.write(*statements, fail_fast=True)  # a client waits: 507 on a full disk, no hang
         if events and self.events is not None:
             self.events.published(events)
+        self._queue_admitted(agents)
+
+    def _queue_admitted(self, agents: list[Agent]) -> None:
         for agent in agents:
             self.live[agent.agent_id] = agent
             if agent.kind == KIND_TEAM:
@@ -238,6 +253,103 @@ class AgentRuntime:
             else:
                 self._enqueue(agent)
         self._schedule()
+
+    # -- dispatch on submit (chat calls) ------------------------------------------------
+    def _may_dispatch_early(self, agents: list[Agent]) -> bool:
+        """Chat calls only (their caller waits for the first byte), and only while no live
+        reader follows their text or starts: those would otherwise see them before
+        ``agent.spawned``, which is told only once the insert is on disk."""
+        if self.store.full is not None or any(a.kind != KIND_CHAT for a in agents):
+            return False
+        events = self.events
+        return events is None or not (events.wants("agent.output") or events.wants("agent.started", named=True))
+
+    async def _admit_early(self, agents: list[Agent], statements: list[Statement], events: list[Any]) -> None:
+        """admit, with the agents queued (and so dispatched) as soon as their insert is
+        *submitted*: the provider call overlaps the insert's commit.  Returns, as admit does,
+        once the insert is on disk (raises its failure: 507 on a full disk), so the caller's
+        first byte still waits for it.  Until then nothing else about these agents is
+        written (:meth:`_finish_soon` holds their final write back, :meth:`_run` their
+        ``running`` write), so no row, ledger entry or event can land without the agent's
+        own row; if the insert fails they are dropped without a trace (:meth:`_drop`).
+
+        The crash window this opens: a crash between the upstream request and the insert's
+        commit leaves a call the provider may bill with no row here (docs/performance.md)."""
+        written = self.store.submit(statements, fail_fast=True)
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for agent in agents:
+            self._unwritten[agent.agent_id] = written
+        # On the store's own future, not an awaited one: a cancelled caller must not cancel it
+        # (the unit commits regardless), and the bookkeeping below must run either way.
+        written.add_done_callback(lambda f: self._inserted(agents, events, _failure_of(f), committed))
+        self._queue_admitted(agents)
+        try:
+            await committed
+        except asyncio.CancelledError:
+            # The caller went away (its client disconnected) while the insert commits: the call
+            # is already under way, so it is cancelled as a call whose client leaves later is
+            # (billed for what it used; its own end settles its reservation, or _forget does).
+            for agent in agents:
+                if agent.agent_id in self.live:
+                    ending = asyncio.ensure_future(self.cancel(agent))
+                    self._abandoned.add(ending)
+                    ending.add_done_callback(self._abandoned.discard)
+            raise
+
+    def _inserted(self, agents: list[Agent], events: list[Any], failed: BaseException | None,
+                  committed: asyncio.Future[None]) -> None:
+        """The insert of early-dispatched agents committed (``failed`` None) or failed."""
+        for agent in agents:
+            self._unwritten.pop(agent.agent_id, None)
+        if failed is not None:
+            for agent in agents:
+                self._drop(agent)
+            if not committed.done():
+                committed.set_exception(failed)
+            return
+        if events and self.events is not None:
+            self.events.published(events)
+        for agent in agents:
+            held = self._held_finish.pop(agent.agent_id, None)
+            if held is not None:  # it ended meanwhile: its final write, held back until now
+                held()
+            elif agent.agent_id in self._late_start and agent.status == RUNNING:
+                self._late_start.discard(agent.agent_id)
+                self._started[agent.agent_id] = self.store.queue(
+                    [agent_record.update(agent, "status", "started_at", "runs")])
+        if not committed.done():
+            committed.set_result(None)
+
+    def _drop(self, agent: Agent) -> None:
+        """An early-dispatched agent whose insert failed: stop it, write nothing about it,
+        tell nobody (its caller gets the insert's error); :meth:`_forget` releases its
+        reservation once it has stopped."""
+        agent_id = agent.agent_id
+        self._dropped.add(agent_id)
+        self._cancelling.add(agent_id)
+        held = self._held_finish.pop(agent_id, None)
+        task = self._tasks.get(agent_id)
+        if held is not None:
+            held()
+        elif task is not None:
+            if agent.status == RUNNING:
+                task.cancel()  # not yet started: _run sees _cancelling at its first step
+        else:  # still queued: its heap entry is stale once it is out of `live`
+            self._forget(agent)
+
+    def _forget(self, agent: Agent) -> None:
+        """A dropped agent out of every table, its reservation released, its waiters told."""
+        agent_id = agent.agent_id
+        if self.budget is not None:  # store_and_admit may have released it already: then nothing
+            self.budget.settle(_hold_id(agent), None)
+        self._dropped.discard(agent_id)
+        self._late_start.discard(agent_id)
+        self._cancelling.discard(agent_id)
+        self._started.pop(agent_id, None)
+        self.live.pop(agent_id, None)
+        fut = self._done.pop(agent_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(agent)
 
     def wait(self, agent_id: str) -> asyncio.Future[Agent]:
         """A future resolved with the agent once its terminal state is on disk."""
@@ -468,7 +580,11 @@ class AgentRuntime:
             # On disk before the call when the call takes longer than a group commit: a crash then
             # finds it running and counts this run (restart_attempts).  A call that ends sooner has
             # its final write take it back (_finish).
-            self._started[agent.agent_id] = self.store.queue([agent_record.update(agent, "status", "started_at", "runs")])
+            if agent.agent_id in self._unwritten:  # not before its insert: queued then, if still running
+                self._late_start.add(agent.agent_id)
+            else:
+                self._started[agent.agent_id] = self.store.queue(
+                    [agent_record.update(agent, "status", "started_at", "runs")])
             if self.events is not None and self.events.wants("agent.started", named=True):
                 # Live only, like agent.output: "running" is a moment, not a state change worth a
                 # write per agent; a resuming reader sees the final event instead.  Only to
@@ -684,8 +800,13 @@ class AgentRuntime:
         """_bill_failed_call without the announcement: the levels it took past their cap."""
         cost = token_cost(model, *usage)
         agent.billed += cost
-        self.store.submit([ledger.record(self.clock(), agent.agent_id, agent.api_key, alias, model.provider, *usage,
-                                         cost, agent.project_id)])
+        unit = [ledger.record(self.clock(), agent.agent_id, agent.api_key, alias, model.provider, *usage,
+                              cost, agent.project_id)]
+        insert = self._unwritten.get(agent.agent_id)
+        if insert is not None:  # dispatched on submit: after its insert, and not at all if that fails
+            insert.add_done_callback(lambda f: None if _failure_of(f) is not None else self.store.submit(unit))
+        elif agent.agent_id not in self._dropped:  # dropped: its insert failed (_admit_early)
+            self.store.submit(unit)
         return self.budget.settle(_hold_id(agent), cost, part=cost) if self.budget is not None else []
 
     async def _complete(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent,
@@ -756,19 +877,36 @@ class AgentRuntime:
             fields.setdefault("first_token_at", agent.first_token_at)
         if agent.billed and status != COMPLETED:  # calls billed although they failed
             fields.setdefault("cost", agent.billed)
-        statements: list[Statement] = []
         for name, value in fields.items():
             setattr(agent, name, value)
         agent.status = status
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if agent.agent_id in self._unwritten:  # dispatched on submit: nothing before its insert
+            self._held_finish[agent.agent_id] = lambda: self._write_final(agent, fields, done)
+        else:
+            self._write_final(agent, fields, done)
+        return done
+
+    def _write_final(self, agent: Agent, fields: dict[str, Any], done: asyncio.Future[None]) -> None:
+        """The rest of _finish_soon: the final statements queued, _written once they commit."""
+        if agent.agent_id in self._dropped:  # its insert failed: nothing to write, nobody to tell
+            self._forget(agent)
+            done.set_result(None)
+            return
+        status = agent.status
         columns = ("status", "attempts", *fields)
         started = self._started.pop(agent.agent_id, None)
+        late = agent.agent_id in self._late_start  # ran before its insert was on disk: no `running` write
+        self._late_start.discard(agent.agent_id)
         if started is not None and self.store.withdraw(started):
             # Its `running` write was still queued, so it would have committed with this one:
             # this write carries its columns instead (one statement fewer per quick agent).
             columns += ("started_at", "runs")
         else:
             started = None
-        statements.append(agent_record.update(agent, *columns, cipher=self.store.cipher))
+            if late:
+                columns += ("started_at", "runs")
+        statements = [agent_record.update(agent, *columns, cipher=self.store.cipher)]
         if status == COMPLETED and agent.kind != KIND_TEAM:
             statements.append(ledger.record(fields["completed_at"], agent.agent_id, agent.api_key, agent.served_model,
                                             agent.provider, agent.input_tokens, agent.output_tokens,
@@ -778,14 +916,12 @@ class AgentRuntime:
             # The announcement goes in the same transaction as the state it announces.
             event, stmts = self.events.statements(f"agent.{status}", agent_event_data(agent), agent.api_key)
             statements.extend(stmts)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             written = self.store.submit(statements)
         except StoreError as exc:  # the store is closed
             self._written(agent, event, started, done, exc)
         else:
             written.add_done_callback(lambda f: self._written(agent, event, started, done, _failure_of(f)))
-        return done
 
     def _written(self, agent: Agent, event: Any, started: Queued | None, done: asyncio.Future[None],
                  failed: BaseException | None) -> None:

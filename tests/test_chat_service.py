@@ -495,11 +495,15 @@ async def test_a_graceful_stop_fails_a_running_chat_call_and_the_restart_leaves_
 async def test_a_call_cancelled_at_once_ends_cancelled_and_frees_its_slot(aiohttp_client, tmp_path, upstreams):
     """A cancel right after start, before the runtime's task took its first step: such a task
     never runs its body when cancelled, so the runtime must not cancel it (it used to hang the
-    cancel and keep the provider's slot)."""
+    cancel and keep the provider's slot).  A live reader of the text keeps the call behind its
+    insert's commit (no dispatch on submit, tests/test_chat_dispatch_on_submit.py), so the cancel
+    can come before the task's first step."""
     primary, secondary = upstreams
     cfg = two_provider_config(tmp_path, primary, secondary, primary_limit=1)
     client, services = await app_client(aiohttp_client, cfg)
+    reader = services.events.subscribe(["agent.output"])
     call = await services.chat.start(chat())
+    services.events.unsubscribe(reader)
     async with asyncio.timeout(5):  # not wait_for: its own task would let the runtime's take its step first
         await call.cancel()
     with pytest.raises(ChatFailed) as failed:

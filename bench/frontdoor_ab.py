@@ -1,0 +1,119 @@
+"""One call at a time through the front door of two source trees, interleaved call by call
+(issue 14's latency targets on a machine too noisy for runs minutes apart).
+
+    .venv/bin/python bench/frontdoor_ab.py /tmp/j1-before /tmp/j1-after [-n 1000] [--sync full]
+
+One zero-latency ``fake_upstream.py`` and a daemon from each tree (``cpu_per_agent.start``: the
+bench config of ``frontdoor.py``, auth on, ``synchronous = "full"`` as shipped), all running
+at once; then ``-n`` times: a direct call to the upstream and one call through each daemon's
+``POST /v1/chat/completions``, in an order that rotates, first not streamed (time to the whole
+answer), then streamed (time to the first body bytes).  Whatever else loads the machine falls
+on the trees alike within a few milliseconds, so the medians and the per-step differences
+compare them where runs minutes apart cannot (the fsync time of a shared disk swings by
+several milliseconds).  ``--bursts N``: first, N rounds of 2 s of 32-connection load on each
+daemon in turn, the daemon's CPU ms per call (/proc/PID/stat).  Prints JSON: per target the p50/p90 of both, "added" = p50 minus the
+direct call's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import aiohttp
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import cpu_per_agent  # noqa: E402  (bench/ is the script directory)
+import load  # noqa: E402
+import run_all  # noqa: E402
+from frontdoor import Target, closed_loop  # noqa: E402
+
+
+async def once(s: aiohttp.ClientSession, target: Target, body: bytes) -> float | None:
+    """Seconds to the first body bytes (the whole answer when not streamed: it comes in one piece)."""
+    t0 = time.perf_counter()
+    async with s.post(target.url + "/v1/chat/completions", data=body,
+                      headers={**target.headers, "Content-Type": "application/json"}) as resp:
+        first = await resp.content.readany()
+        took = time.perf_counter() - t0
+        await resp.read()
+        return took if resp.status == 200 and first else None
+
+
+async def interleaved(targets: list[Target], n: int, stream: bool) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = {t.name: [] for t in targets}
+    bodies = {t.name: t.body(stream) for t in targets}
+    async with aiohttp.ClientSession() as s:
+        for i in range(n + 20):  # the first 20 warm up
+            k = i % len(targets)
+            for target in targets[k:] + targets[:k]:
+                took = await once(s, target, bodies[target.name])
+                if i >= 20 and took is not None:
+                    found[target.name].append(took * 1000)
+    return found
+
+
+def summary(found: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    direct = statistics.median(found["direct"])
+    out = {}
+    for name, values in found.items():
+        values = sorted(values)
+        p50 = statistics.median(values)
+        out[name] = {"calls": len(values), "p50_ms": round(p50, 3), "p90_ms": round(values[int(len(values) * 0.9)], 3),
+                     "added_p50_ms": round(p50 - direct, 3)}
+    return out
+
+
+def cpu_per_call(targets: list[Target], bursts: int, seconds: float, connections: int) -> dict[str, dict[str, float]]:
+    """``bursts`` rounds of ``seconds`` of ``connections``-connection load on each daemon in
+    turn (order rotating): the serving process's CPU ms per call, median and range of the bursts."""
+    found: dict[str, list[float]] = {t.name: [] for t in targets}
+    for i in range(bursts):
+        k = i % len(targets)
+        for target in targets[k:] + targets[:k]:
+            res = asyncio.run(closed_loop(target, connections, seconds, stream=False, warmup=0.5))
+            found[target.name].append(res["cpu_ms_per_call"])
+    return {name: {"median": round(statistics.median(v), 4), "min": min(v), "max": max(v)} for name, v in found.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("trees", nargs=2)
+    p.add_argument("-n", type=int, default=1000)
+    p.add_argument("--sync", choices=("normal", "full"), default="full")
+    p.add_argument("--bursts", type=int, default=0,
+                   help="also this many rounds of 32-connection load on each daemon: CPU ms per call")
+    p.add_argument("--workdir")
+    a = p.parse_args()
+    workdir = a.workdir or tempfile.mkdtemp(prefix="j1b-fdab-")
+    os.makedirs(workdir, exist_ok=True)
+    up, up_port = run_all.upstream(workdir)
+    procs = []
+    try:
+        targets = [Target("direct", f"http://127.0.0.1:{up_port}")]
+        for i, tree in enumerate(a.trees):
+            proc, url, _, token = cpu_per_agent.start(tree, workdir, f"tree{i}", a.sync, None, up_port=up_port)
+            procs.append(proc)
+            targets.append(Target(f"tree{i}", url, load.auth_headers(token), proc.pid))
+        cpu = cpu_per_call(targets[1:], a.bursts, 2.0, 32) if a.bursts else None
+        whole = summary(asyncio.run(interleaved(targets, a.n, stream=False)))
+        first = summary(asyncio.run(interleaved(targets, a.n, stream=True)))
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(60)
+        up.stop()
+    print(json.dumps({"machine": run_all.machine(), "trees": a.trees, "n": a.n, "sync": a.sync,
+                      "whole_answer": whole, "first_streamed_byte": first,
+                      "cpu_ms_per_call_at_32": cpu}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Dispatch on submit (AgentRuntime._admit_early): a chat call's provider request starts as soon
+as its insert is *submitted*, so the upstream's time overlaps the insert's commit; the caller
+still gets nothing before the insert is on disk, nothing else about the call is written before
+it, and a call whose insert fails leaves no trace.  The store's commit is held back by a real
+second sqlite writer (``BEGIN IMMEDIATE``), the full disk injected at the write connection as in
+tests/test_store_full.py; real runtime, store, budget and loopback upstreams."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+
+import pytest
+
+from j1mskyd.chat_request import ChatFailed
+from j1mskyd.store import StoreFull
+from tests.test_chat_service import app_client, chat, collect
+from tests.test_runtime import two_provider_config
+from tests.test_store_full import FullDisk
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    async with asyncio.timeout(3):  # a bound (under the store's 5 s busy timeout), not a timing claim
+        while not predicate():
+            await asyncio.sleep(0.005)
+    assert predicate(), what
+
+
+def rows(services, sql: str, *args) -> list[tuple]:
+    return [tuple(r) for r in services.store.read_sync(lambda c: c.execute(sql, args).fetchall())]
+
+
+def hold_writes(services) -> sqlite3.Connection:
+    """Another writer on the same database: the store's next group waits for its lock."""
+    other = sqlite3.connect(services.store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def release(other: sqlite3.Connection) -> None:
+    other.execute("ROLLBACK")
+    other.close()
+
+
+def only_call(services):
+    (agent,) = services.runtime.live.values()
+    return agent
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_upstream_is_called_while_the_insert_commits_and_the_caller_waits_for_it(
+        aiohttp_client, tmp_path, upstreams, stream):
+    primary, secondary = upstreams
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    other = hold_writes(services)
+    try:
+        starting = asyncio.ensure_future(services.chat.start(chat(stream=stream)))
+        await until(lambda: len(primary.calls) == 1, "the upstream called before the insert committed")
+        await until(lambda: only_call(services).status == "completed", "the answer in, its final write held")
+        assert not starting.done()  # the caller gets nothing before its insert is on disk
+        agent_id = only_call(services).agent_id
+        assert rows(services, "SELECT COUNT(*) FROM agents WHERE agent_id = ?", agent_id) == [(0,)]
+    finally:
+        release(other)
+    call = await asyncio.wait_for(starting, 10)
+    assert call.agent_id == agent_id
+    assert "".join(await asyncio.wait_for(collect(call), 10)) == "fake reply"  # the deltas kept for the caller
+    outcome = await asyncio.wait_for(call.outcome(), 10)
+    assert outcome.text == "fake reply" and outcome.provider == "primary"
+    # On disk as a call dispatched after its commit would be: the final write carries the
+    # `running` write's columns (none was written before the insert), one ledger row, the
+    # events in order.
+    (status, started_at, runs, completed_at), = rows(
+        services, "SELECT status, started_at, runs, completed_at FROM agents WHERE agent_id = ?", agent_id)
+    assert status == "completed" and runs == 1 and started_at is not None and completed_at >= started_at
+    assert rows(services, "SELECT COUNT(*) FROM usage WHERE agent_id = ?", agent_id) == [(1,)]
+    assert [t for (t,) in rows(services, "SELECT type FROM events ORDER BY id")] == ["agent.spawned",
+                                                                                  "agent.completed"]
+    assert not services.runtime.live and services.slots["primary"].active == 0
+    assert services.budget.reserved == pytest.approx(0.0)
+
+
+async def test_a_long_call_is_written_running_once_its_insert_commits(aiohttp_client, tmp_path, upstreams):
+    """A call still running when its insert commits gets its `running` write then (so a crash
+    counts the run, and /api/agents?status=running lists it), as a call dispatched after the
+    commit would."""
+    primary, secondary = upstreams
+    primary.delay = 30.0  # ended below by a cancel
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    other = hold_writes(services)
+    try:
+        starting = asyncio.ensure_future(services.chat.start(chat()))
+        await until(lambda: len(primary.calls) == 1, "the upstream called before the insert committed")
+    finally:
+        release(other)
+    call = await asyncio.wait_for(starting, 10)
+    await until(lambda: rows(services, "SELECT status, runs FROM agents WHERE agent_id = ?", call.agent_id)
+                == [("running", 1)], "the running write after the insert")
+    await asyncio.wait_for(call.cancel(), 10)
+    with pytest.raises(ChatFailed) as failed:
+        await asyncio.wait_for(call.outcome(), 10)
+    assert failed.value.kind == "cancelled"
+    assert rows(services, "SELECT status, runs FROM agents WHERE agent_id = ?", call.agent_id) == [("cancelled", 1)]
+
+
+@pytest.mark.parametrize("when", ["answered", "running"])
+async def test_a_call_whose_insert_fails_is_dropped_without_a_trace(aiohttp_client, tmp_path, upstreams, when):
+    """The insert finds the disk full (507 to the caller) after the call was dispatched: whether
+    the upstream had answered (its final write held back) or was still working (its task is
+    cancelled), nothing about the call is written, nobody is told, its slot and reservation
+    are freed, and the next call runs."""
+    primary, secondary = upstreams
+    if when == "running":
+        primary.delay = 30.0
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    events_before = rows(services, "SELECT COUNT(*) FROM events")
+    other = hold_writes(services)
+    disk = None
+    try:
+        starting = asyncio.ensure_future(services.chat.start(chat()))
+        await until(lambda: len(primary.calls) == 1, "the upstream called before the insert committed")
+        agent = only_call(services)
+        if when == "answered":
+            await until(lambda: agent.status == "completed", "the answer in, its final write held")
+        else:
+            assert agent.status == "running"
+        disk = services.store._wconn = FullDisk(services.store._wconn)
+    finally:
+        release(other)
+    with pytest.raises(StoreFull):
+        await asyncio.wait_for(starting, 10)
+    await until(lambda: not services.runtime.live and services.slots["primary"].active == 0, "the call dropped")
+    assert services.budget.reserved == pytest.approx(0.0) and services.runtime.running_count() == 0
+    disk.full = False
+    primary.delay = 0.0
+    await until(lambda: services.store.full is None, "the store's probe to find space")
+    outcome = await asyncio.wait_for((await services.chat.start(chat())).outcome(), 10)  # the next one runs
+    assert outcome.text == "fake reply"
+    assert rows(services, "SELECT COUNT(*) FROM agents WHERE agent_id = ?", agent.agent_id) == [(0,)]
+    assert rows(services, "SELECT COUNT(*) FROM usage WHERE agent_id = ?", agent.agent_id) == [(0,)]
+    assert rows(services, "SELECT COUNT(*) FROM agents") == [(1,)]  # the next call's own
+    assert rows(services, "SELECT COUNT(*) FROM events") == [(events_before[0][0] + 2,)]  # its spawned, completed
+    assert services.runtime.completed_total == 1 and services.runtime.failed_total == 0
+
+
+async def test_a_live_reader_of_the_text_keeps_the_call_behind_its_commit(aiohttp_client, tmp_path, upstreams):
+    """A live reader of ``agent.output`` (the dashboard, an event stream of everything) must see
+    ``agent.spawned`` before the call's text, and ``agent.spawned`` is told only after the
+    commit: such a call is dispatched after its commit, as every call was before."""
+    primary, secondary = upstreams
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    reader = services.events.subscribe(["agent.output"])
+    other = hold_writes(services)
+    try:
+        starting = asyncio.ensure_future(services.chat.start(chat(stream=True)))
+        await asyncio.sleep(0.3)  # time enough for an early dispatch to reach the upstream
+        assert primary.calls == []
+    finally:
+        release(other)
+        services.events.unsubscribe(reader)
+    call = await asyncio.wait_for(starting, 10)
+    assert (await asyncio.wait_for(call.outcome(), 10)).text == "fake reply"
+
+
+async def test_a_caller_that_leaves_while_the_insert_commits_cancels_the_call(aiohttp_client, tmp_path, upstreams):
+    """The caller (its client disconnected) is cancelled while the insert commits, after the call
+    was dispatched: the call is cancelled as one whose client leaves later is, recorded as such,
+    and its reservation is settled by its own end (not released early and then counted again)."""
+    primary, secondary = upstreams
+    primary.delay = 30.0  # ended by the cancel
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    other = hold_writes(services)
+    try:
+        starting = asyncio.ensure_future(services.chat.start(chat()))
+        await until(lambda: len(primary.calls) == 1, "the upstream called before the insert committed")
+        agent = only_call(services)
+        assert services.budget.reserved > 0
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert services.budget.reserved > 0  # still the running call's
+    finally:
+        release(other)
+    await until(lambda: not services.runtime.live and services.slots["primary"].active == 0, "the call cancelled")
+    assert rows(services, "SELECT status FROM agents WHERE agent_id = ?", agent.agent_id) == [("cancelled",)]
+    assert services.budget.reserved == pytest.approx(0.0) and services.budget._live_per_key == {}
