@@ -323,7 +323,8 @@ def _wire(app: web.Application) -> Services:
                     allowances=projects.allowances, **timed)
     audit = AuditLog(store, **timed)
     runtime = AgentRuntime(config, store, app[_SLOTS], buckets=app[LIMITER].buckets, budget=budget, events=events,
-                           listeners=[functools.partial(_audit_finish, audit)], **timed)
+                           listeners=[functools.partial(_audit_finish, audit), app[METRICS].agents.observe],
+                           **timed)
     ip_control = IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
                                            parse_networks(sec.trusted_proxies)), sec.log_violations, **timed)
     agents = AgentService(config, store, runtime, budget, webhooks, key_of=keys.find)
