@@ -198,3 +198,12 @@ async def test_metrics_after_completed_failed_cancelled_and_chat_agents(aiohttp_
     assert value(samples, "process_cpu_seconds_total") > 0
     assert types["process_cpu_seconds_total"] == "counter"
     await asyncio.sleep(0)
+
+
+async def test_metrics_is_in_the_openapi_document(client):
+    doc = await (await client.get("/api/openapi.json")).json()
+    op = doc["paths"]["/metrics"]["get"]
+    assert list(op["responses"]["200"]["content"]) == ["text/plain"]
+    assert op["x-scope"] == "agents:read" and "401" in op["responses"]
+    resp = await client.get("/metrics")
+    assert resp.status == 200 and resp.content_type == "text/plain"

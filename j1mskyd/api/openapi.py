@@ -610,8 +610,20 @@ def _front_door_operation(method: str, path: str, handler: Any, scope: str, limi
     return operation
 
 
+def _root_operation(method: str, path: str, handler: Any, scope: str, content_type: str) -> dict[str, Any]:
+    """A route at the root that answers in a format of its own (the Prometheus text format):
+    a key with ``scope``, not rate-limited (docs/operations.md), the pipeline's refusals."""
+    return {
+        "operationId": f"{handler.__name__}_{method.lower()}",
+        "summary": (handler.__doc__ or handler.__name__).strip().splitlines()[0],
+        "x-scope": scope, "security": [{"bearer": [scope]}, {"apiKey": [scope]}],
+        "responses": {"200": {"description": "Success", "content": {content_type: {"schema": _STR}}},
+                      **{str(c): {"$ref": f"#/components/responses/Error{c}"} for c in (400, 401, 403, 413)}},
+    }
+
+
 def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
-          front_door: Any = ()) -> dict[str, Any]:
+          front_door: Any = (), root: Any = ()) -> dict[str, Any]:
     bodies = _bodies(config)
     query = _query_params()
     paths: dict[str, dict[str, Any]] = {}
@@ -640,6 +652,8 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
     for method, path, handler, scope, limit_class, dialect in front_door:
         paths.setdefault(path, {})[method.lower()] = _front_door_operation(method, path, handler, scope, limit_class,
                                                                              config, dialect.name)
+    for method, path, handler, scope, content_type in root:
+        paths.setdefault(path, {})[method.lower()] = _root_operation(method, path, handler, scope, content_type)
     return {
         "openapi": "3.1.0",
         "info": {"title": "J1MSKY API (j1mskyd)", "version": __version__,
@@ -657,11 +671,12 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
     }
 
 
-def describe(app: web.Application, routes: Any, prefixes: tuple[str, ...], front_door: Any = ()) -> None:
-    """GET /openapi.json on ``app`` documents these routes (the table of routes.py) and the
-    front door's.  Handed over at set-up rather than imported, so routes.py -> openapi.py is
-    the only direction."""
-    app[ROUTE_TABLE] = (routes, prefixes, front_door)
+def describe(app: web.Application, routes: Any, prefixes: tuple[str, ...], front_door: Any = (),
+             root: Any = ()) -> None:
+    """GET /openapi.json on ``app`` documents these routes (the table of routes.py), the
+    front door's and ``root``'s ((method, path, handler, scope, content type): GET /metrics).
+    Handed over at set-up rather than imported, so routes.py -> openapi.py is the only direction."""
+    app[ROUTE_TABLE] = (routes, prefixes, front_door, root)
     app[DOCUMENT] = {}  # filled by the first GET /openapi.json
 
 
@@ -669,6 +684,7 @@ async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of every route."""
     cached = request.app[DOCUMENT]
     if "response" not in cached:
-        routes, prefixes, front_door = request.app[ROUTE_TABLE]
-        cached["response"] = json_response(build(routes, prefixes, PUBLIC, request.app[CONFIG], front_door)).body
+        routes, prefixes, front_door, root = request.app[ROUTE_TABLE]
+        cached["response"] = json_response(build(routes, prefixes, PUBLIC, request.app[CONFIG], front_door,
+                                                 root)).body
     return web.Response(body=cached["response"], content_type="application/json", charset="utf-8")

@@ -57,6 +57,7 @@ async def metrics_json(request: web.Request) -> web.Response:
 
 
 async def metrics_prometheus(request: web.Request) -> web.Response:
+    """Metrics in the Prometheus text exposition format 0.0.4 (docs/operations.md lists them)."""
     services = request.app[SERVICES]
     text = prometheus(families(request.app[METRICS], services.runtime, services.budget.snapshot(), services.slots,
                                request.app.get(CONNECTION_STATS),  # only under `j1mskyd serve` (listener.py)
