@@ -216,3 +216,12 @@ def test_check_config_warns_of_every_provider_without_its_key(tmp_path):
     assert SECRET not in done.stdout + done.stderr
     both = run_cli("check-config", "--config", str(config), cwd=tmp_path, env={})
     assert sorted(re.findall(r"provider (\w+): no API key", both.stderr)) == ["leaky", "nokey"]
+
+
+async def test_health_schema_names_the_provider_statuses(client):
+    doc = await (await client.get("/api/openapi.json")).json()
+    schema = doc["paths"]["/api/health"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    provider = schema["properties"]["providers"]["additionalProperties"]
+    assert provider["properties"]["status"]["enum"] == ["available", "unconfigured", "unavailable"]
+    body = await (await client.get("/api/health")).json()
+    assert {p["status"] for p in body["providers"].values()} == {"available"}

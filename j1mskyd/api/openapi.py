@@ -116,7 +116,10 @@ _HEALTH = _obj(["status", "reasons", "version", "uptime_seconds", "error_rate", 
                 "providers"],
                status={"type": "string", "enum": ["healthy", "degraded", "unhealthy"]},
                reasons={"type": "array", "items": _STR}, version=_STR,
-               uptime_seconds=_INT, error_rate=_NUM, models_configured=_INT, agents=_OBJ, providers=_OBJ)
+               uptime_seconds=_INT, error_rate=_NUM, models_configured=_INT, agents=_OBJ,
+               providers={"type": "object", "additionalProperties": _obj(
+                   ["state", "available", "status"], state={"type": "string", "enum": ["closed", "open", "half_open"]},
+                   available=_BOOL, status={"type": "string", "enum": ["available", "unconfigured", "unavailable"]})})
 
 # The success body of each route this module knows; any other route answers a JSON object.
 RESULTS: dict[tuple[str, str], dict[str, Any]] = {
