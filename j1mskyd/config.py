@@ -48,6 +48,7 @@ __all__ = [
     "default_state_dir",
     "embedded_default",
     "load_config",
+    "missing_key_warnings",
 ]
 
 log = logging.getLogger(__name__)
