@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
+import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +210,17 @@ async def test_metrics_is_in_the_openapi_document(client):
     assert op["x-scope"] == "agents:read" and "401" in op["responses"]
     resp = await client.get("/metrics")
     assert resp.status == 200 and resp.content_type == "text/plain"
+
+
+async def test_the_grafana_dashboard_uses_only_metrics_the_daemon_exposes(client):
+    """docs/grafana-j1msky.json is valid JSON and every metric its queries name is a family that
+    GET /metrics declares (a renamed metric breaks this test, not the operator's dashboard)."""
+    doc = json.loads((Path(__file__).resolve().parents[1] / "docs" / "grafana-j1msky.json").read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p.get("targets", ())]
+    assert len(exprs) > 20
+    _, types, _ = parse_prometheus(await (await client.get("/metrics")).text())
+    used = {re.sub(r"_(bucket|sum|count)$", "", n) if re.sub(r"_(bucket|sum|count)$", "", n) in types else n
+            for e in exprs for n in re.findall(r"\b(?:j1mskyd?|process)_[a-z_]+\b", e)}
+    assert used and used <= set(types), sorted(used - set(types))
+    for name in ("j1msky_http_request_duration_seconds", "j1msky_spend_usd_total", "j1msky_agent_duration_seconds"):
+        assert name in used
