@@ -17,7 +17,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["AGENT_BUCKETS", "AgentMetrics", "Family", "HTTP_BUCKETS", "Histogram", "Metrics", "RING", "RouteStats",
+__all__ = ["AGENT_BUCKETS", "AgentMetrics", "Family", "FinishedAgent", "HTTP_BUCKETS", "Histogram", "Metrics", "RING", "RouteStats",
            "TTFT_BUCKETS", "percentile", "prometheus"]
 
 RING = 1024
@@ -121,20 +121,47 @@ class RouteStats:
 
 
 class FinishedAgent(Protocol):
-    """What AgentMetrics reads of an agent at its end (agent_record.Agent)."""
+    """What AgentMetrics and timeseries.Rollups read of an agent at its end (agent_record.Agent);
+    read-only, so the record's narrower types (its status and kind literals) fit."""
 
-    kind: str
-    status: str
-    model: str
-    served_model: str | None
-    provider: str | None
-    api_key: str
-    created_at: float
-    completed_at: float | None
-    first_token_at: float | None
-    input_tokens: int | None
-    output_tokens: int | None
-    cost: float | None
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def served_model(self) -> str | None: ...
+
+    @property
+    def provider(self) -> str | None: ...
+
+    @property
+    def api_key(self) -> str: ...
+
+    @property
+    def created_at(self) -> float: ...
+
+    @property
+    def started_at(self) -> float | None: ...
+
+    @property
+    def completed_at(self) -> float | None: ...
+
+    @property
+    def first_token_at(self) -> float | None: ...
+
+    @property
+    def input_tokens(self) -> int | None: ...
+
+    @property
+    def output_tokens(self) -> int | None: ...
+
+    @property
+    def cost(self) -> float | None: ...
 
 
 class AgentMetrics:

@@ -139,6 +139,13 @@ RESULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/health"): _HEALTH,
     ("GET", "/openapi.json"): _obj(["openapi", "info", "paths"], openapi=_STR, info=_OBJ, paths=_OBJ),
     ("GET", "/plugins"): _obj(["plugins", "providers"], plugins=_ARR, providers=_OBJ),
+    ("GET", "/metrics/timeseries"): _obj(
+        ["metric", "granularity", "period", "buckets", "series"], metric=_STR, period=_STR,
+        granularity={"type": "string", "enum": ["hour", "day"]}, buckets={"type": "array", "items": _TIME},
+        series={"type": "array", "items": _obj(
+            ["label", "count", "sum"], label=_STR, count={"type": "array", "items": _INT},
+            sum={"type": "array", "items": _NUM}, p50={"type": "array", "items": {"type": ["number", "null"]}},
+            p95={"type": "array", "items": {"type": ["number", "null"]}})}),
     ("GET", "/rate-limits"): _obj(["limits", "requests", "budget"], limits=_OBJ, requests=_OBJ, budget=_OBJ),
     ("GET", "/metrics"): _obj(["agents", "budget"], agents=_OBJ, budget=_OBJ),
     ("POST", "/keys"): _NEW_KEY,
@@ -223,6 +230,7 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
     from ..audit import EVENTS
     from ..events import EVENT_TYPES
     from ..pricing_history import MAX_DAYS
+    from ..timeseries import GRANULARITIES as TS_GRANULARITIES, METRICS as TS_METRICS
     sort = {"type": "string", "enum": [p + s for s in SORTABLE for p in ("", "-")]}
     history_days = {"type": "integer", "minimum": 1, "maximum": MAX_DAYS}
     return {
@@ -241,6 +249,11 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
                                      _query("from", {"type": "string", "format": "date-time"}),
                                      _query("to", {"type": "string", "format": "date-time"}),
                                      _query("limit", {**_LIMIT, "maximum": 500}), _query("offset", _OFFSET)],
+        ("GET", "/metrics/timeseries"): [
+            {**_query("metric", {"type": "string", "enum": list(TS_METRICS)}), "required": True},
+            _query("granularity", {"type": "string", "enum": list(TS_GRANULARITIES), "default": "hour"}),
+            _query("period", {"type": "string", "pattern": "^[1-9][0-9]{0,4}[hd]$",
+                              "description": "48h, 30d: at least one bucket, at most 7d hourly, 400d daily"})],
         ("GET", "/billing/usage"): [_query("from", _DAY), _query("to", _DAY), _query("by_key", _BOOL),
                                     _query("group_by", {"type": "string", "pattern": _GROUP_BY, "description":
                                            "rows per group instead of the totals: a comma-separated list of "

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from .. import billing, sysinfo
+from .. import billing, sysinfo, timeseries
 from ..agent_record import ANONYMOUS
 from ..listener import CONNECTION_STATS
 from ..metric_families import families
@@ -65,6 +65,12 @@ async def metrics_prometheus(request: web.Request) -> web.Response:
     # The exposition format's own content type (with version); aiohttp refuses content_type= and a
     # Content-Type header together, so the header alone says it.
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def metrics_timeseries(request: web.Request) -> web.Response:
+    """The dashboard's series: agents by status, spend by model, run time by provider, per hour or day."""
+    query = timeseries.parse_query(query_params(request))
+    return json_response(await request.app[SERVICES].rollups.series(query))
 
 
 async def billing_usage(request: web.Request) -> web.Response:

@@ -40,6 +40,8 @@ ROUTES = (
     ("GET", "/rate-limits", ops.rate_limits, READ, "other"),
     ("GET", "/system", ops.system, READ, "system"),
     ("GET", "/metrics", ops.metrics_json, READ, "other"),
+    # Everyone's spend and agents, rolled up: a reader of every key's work.
+    ("GET", "/metrics/timeseries", ops.metrics_timeseries, ADMIN_READ, "other"),
     ("GET", "/billing/usage", ops.billing_usage, BILLING, "other"),
     # Projects: a member key may read its own project (ANY_KEY, checked by the service).
     ("POST", "/projects", projects.create_project, ADMIN, "other"),
