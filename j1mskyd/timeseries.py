@@ -38,6 +38,7 @@ KEEP = {HOUR: 7 * DAY, DAY: 400 * DAY}  # seconds of history per granularity
 DEFAULT_PERIOD = {HOUR: "48h", DAY: "30d"}
 METRICS = {"agents": (HOUR, DAY), "spend_usd": (HOUR, DAY), "latency_seconds": (HOUR,)}  # -> granularities kept
 FLUSH_EVERY = 60.0  # seconds between writes of what agents added (only when something did)
+_COMPACT_AT = 4096  # observations kept as they came before they are added up
 _PERIOD = re.compile(r"^([1-9][0-9]{0,4})([hd])$")
 _LE = tuple(repr(float(b)) for b in AGENT_BUCKETS) + ("+Inf",)
 _UPSERT = ("INSERT INTO metric_points (metric, granularity, bucket, label, le, count, sum) "
@@ -83,12 +84,43 @@ def parse_query(params: Mapping[str, str]) -> Query:
 
 
 class Rollups:
-    """The observations not yet written, and the reads that merge them with the store's rows."""
+    """The observations not yet written, and the reads that merge them with the store's rows.
+
+    On the hot path (every agent's end) an observation is one tuple appended to a list; they are
+    added up into rows (:meth:`_compact`) when they are written or read, or every 4096 agents."""
 
     def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
-        self.pending: dict[Row, list[float]] = {}  # -> [count, sum]
+        self.recent: list[tuple[Any, ...]] = []  # one per agent ended since the last compaction
+        self.pending: dict[Row, list[float]] = {}  # -> [count, sum]: added up, not yet written
+
+    def observe(self, agent: FinishedAgent) -> None:
+        """A runtime listener: ``agent`` ended (its final state is on disk)."""
+        self.recent.append((agent.completed_at, agent.status, agent.kind, agent.served_model or agent.model,
+                            agent.cost, agent.provider, agent.started_at))
+        if len(self.recent) >= _COMPACT_AT:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Add the recent observations into their rows.  A team counts in ``agents`` only; its
+        members count their own spend and time.  Run time: completed agents' start to end."""
+        recent, self.recent = self.recent, []
+        now = self.clock()
+        for completed_at, status, kind, model, cost, provider, started in recent:
+            at = completed_at if completed_at is not None else now
+            hour, day = int(at // HOUR * HOUR), int(at // DAY * DAY)
+            self._add(("agents", HOUR, hour, status, ""), 1, 0.0)
+            self._add(("agents", DAY, day, status, ""), 1, 0.0)
+            if kind == "team":
+                continue
+            if cost:
+                self._add(("spend_usd", HOUR, hour, model, ""), 1, cost)
+                self._add(("spend_usd", DAY, day, model, ""), 1, cost)
+            if status == "completed" and provider and started is not None and completed_at is not None:
+                seconds = max(completed_at - started, 0.0)
+                self._add(("latency_seconds", HOUR, hour, provider, ""), 1, seconds)
+                self._add(("latency_seconds", HOUR, hour, provider, _LE[_bucket(seconds)]), 1, 0.0)
 
     def _add(self, row: Row, count: int, value: float) -> None:
         cell = self.pending.get(row)
@@ -97,27 +129,9 @@ class Rollups:
         cell[0] += count
         cell[1] += value
 
-    def observe(self, agent: FinishedAgent) -> None:
-        """A runtime listener: ``agent`` ended (its final state is on disk).  A team counts in
-        ``agents`` only; its members count their own spend and time."""
-        at = agent.completed_at if agent.completed_at is not None else self.clock()
-        hour, day = int(at // HOUR * HOUR), int(at // DAY * DAY)
-        for granularity, bucket in ((HOUR, hour), (DAY, day)):
-            self._add(("agents", granularity, bucket, agent.status, ""), 1, 0.0)
-        if agent.kind == "team":
-            return
-        if agent.cost:
-            model = agent.served_model or agent.model
-            for granularity, bucket in ((HOUR, hour), (DAY, day)):
-                self._add(("spend_usd", granularity, bucket, model, ""), 1, agent.cost)
-        started = agent.started_at
-        if agent.status == "completed" and agent.provider and started is not None and agent.completed_at is not None:
-            seconds = max(agent.completed_at - started, 0.0)
-            self._add(("latency_seconds", HOUR, hour, agent.provider, ""), 1, seconds)
-            self._add(("latency_seconds", HOUR, hour, agent.provider, _LE[_bucket(seconds)]), 1, 0.0)
-
     async def flush(self) -> None:
         """Write what was observed since the last flush (nothing when nothing was)."""
+        self._compact()
         if not self.pending:
             return
         taken, self.pending = self.pending, {}
@@ -142,6 +156,7 @@ class Rollups:
         end = int(self.clock() // g * g)
         start = end - (query.seconds // g - 1) * g
         rows = await self.store.read(lambda conn: _rows(conn, query.metric, g, start))
+        self._compact()
         cells: dict[tuple[str, int, str], list[float]] = {}
         for label, bucket, le, count, total in rows:
             cells[(label, bucket, le)] = [count, total]
