@@ -325,10 +325,8 @@ def _wire(app: web.Application) -> Services:
                     on_level_change=lambda old, new: _budget_event(events, budget, old, new, caches),
                     allowances=projects.allowances, **timed)
     audit = AuditLog(store, **timed)
-    rollups = Rollups(store, **timed)
     runtime = AgentRuntime(config, store, app[_SLOTS], buckets=app[LIMITER].buckets, budget=budget, events=events,
-                           listeners=[functools.partial(_audit_finish, audit), app[METRICS].agents.observe,
-                                      rollups.observe],
+                           listeners=[functools.partial(_audit_finish, audit), app[METRICS].agents.observe],
                            **timed)
     ip_control = IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
                                            parse_networks(sec.trusted_proxies)), sec.log_violations, **timed)
@@ -343,7 +341,8 @@ def _wire(app: web.Application) -> Services:
                     projects=projects,
                     ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store, **timed), events=events,
                     webhooks=webhooks, pricing_history=history, pricing=pricing, orchestrator=orchestrator,
-                    billing=Billing(store), caches=caches, breaker_changes=app[_BREAKER_CHANGES], rollups=rollups)
+                    billing=Billing(store), caches=caches, breaker_changes=app[_BREAKER_CHANGES],
+                    rollups=Rollups(store, app[METRICS].agents, **timed))
 
 
 async def _announce_pricing_policy(services: Services, config: Config) -> None:
@@ -411,7 +410,7 @@ async def _agents_and_workers(app: web.Application) -> AsyncIterator[None]:
         save_counters(config.limits.persist_interval, app[LIMITER], app[_BUCKET_FILE], services.runtime),
         refresh_keys(services.keys, also=(services.projects.refresh,)),
         maintain_hourly(purges),
-        every(FLUSH_EVERY, services.rollups.flush))]
+        every(FLUSH_EVERY, services.rollups.flush, aligned=True))]
     log.info("j1mskyd ready: %d providers, %d models, state in %s",
              len(services.slots), len(config.models), config.server.state_dir)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from .keys import KeyService
@@ -55,11 +56,11 @@ async def maintain_hourly(purges: Sequence[Callable[[], Awaitable[object]]]) -> 
         await asyncio.sleep(_MAINTENANCE_EVERY)
 
 
-async def every(interval: float, job: Callable[[], Awaitable[object]]) -> None:
-    """``job`` every ``interval`` seconds (the dashboard series' flush); a failure is logged and
-    retried at the next round."""
+async def every(interval: float, job: Callable[[], Awaitable[object]], *, aligned: bool = False) -> None:
+    """``job`` every ``interval`` seconds (the dashboard series' flush); ``aligned``: on the wall
+    clock's multiples of it (on the minute).  A failure is logged and retried at the next round."""
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval - time.time() % interval if aligned else interval)
         try:
             await job()
         except Exception:  # noqa: BLE001 - retried next round; never stops the daemon

@@ -169,37 +169,57 @@ class AgentMetrics:
 
     Labels are bounded by the config and the keys: the model alias that answered (else the one
     asked for), the provider, and the key *id* (never its token).  A team agent counts in
-    ``finished`` only: its members count their own time, tokens and spend."""
+    ``finished`` only: its members count their own time, tokens and spend.  These cumulative
+    figures are also what the dashboard's series are rolled up from (timeseries.Rollups takes
+    their differences once a minute), so an agent's end is counted once, here."""
 
     def __init__(self) -> None:
         self.finished: dict[str, int] = {}  # final status -> agents
         self.duration: dict[str, Histogram] = {}  # model -> created..completed
         self.ttft: dict[str, Histogram] = {}  # model -> created..first token (chat agents)
-        self.usage: dict[tuple[str, str, str], list[float]] = {}  # (model, provider, key) -> [in, out, usd]
+        self.run: dict[str, Histogram] = {}  # provider -> started..completed, completed agents
+        # (model, provider, key) -> [input tokens, output tokens, usd, agents that used something]
+        self.usage: dict[tuple[str, str, str], list[float]] = {}
 
     def observe(self, agent: FinishedAgent) -> None:
-        self.finished[agent.status] = self.finished.get(agent.status, 0) + 1
+        # Histogram.observe inline (a bisect and two additions): this runs at every agent's end.
+        status = agent.status
+        self.finished[status] = self.finished.get(status, 0) + 1
         if agent.kind == "team":
             return
         model = agent.served_model or agent.model
-        if agent.completed_at is not None:
-            hist = self.duration.get(model)
-            if hist is None:
-                hist = self.duration[model] = Histogram(AGENT_BUCKETS)
-            hist.observe(max(agent.completed_at - agent.created_at, 0.0))
-        if agent.first_token_at is not None:
-            hist = self.ttft.get(model)
-            if hist is None:
-                hist = self.ttft[model] = Histogram(TTFT_BUCKETS)
-            hist.observe(max(agent.first_token_at - agent.created_at, 0.0))
+        end = agent.completed_at
+        if end is not None:
+            hist = self.duration.get(model) or self._new(self.duration, model, AGENT_BUCKETS)
+            seconds = end - agent.created_at if end > agent.created_at else 0.0
+            hist.counts[bisect_left(AGENT_BUCKETS, seconds)] += 1
+            hist.sum += seconds
+            started = agent.started_at
+            if status == "completed" and started is not None and agent.provider:
+                hist = self.run.get(agent.provider) or self._new(self.run, agent.provider, AGENT_BUCKETS)
+                seconds = end - started if end > started else 0.0
+                hist.counts[bisect_left(AGENT_BUCKETS, seconds)] += 1
+                hist.sum += seconds
+        first = agent.first_token_at
+        if first is not None:
+            hist = self.ttft.get(model) or self._new(self.ttft, model, TTFT_BUCKETS)
+            seconds = first - agent.created_at if first > agent.created_at else 0.0
+            hist.counts[bisect_left(TTFT_BUCKETS, seconds)] += 1
+            hist.sum += seconds
         if agent.input_tokens or agent.output_tokens or agent.cost:
             key = (model, agent.provider or "", agent.api_key)
             used = self.usage.get(key)
             if used is None:
-                used = self.usage[key] = [0, 0, 0.0]
+                used = self.usage[key] = [0, 0, 0.0, 0]
             used[0] += agent.input_tokens or 0
             used[1] += agent.output_tokens or 0
             used[2] += agent.cost or 0.0
+            used[3] += 1
+
+    @staticmethod
+    def _new(table: dict[str, Histogram], label: str, bounds: Sequence[float]) -> Histogram:
+        hist = table[label] = Histogram(bounds)
+        return hist
 
 
 class Metrics:

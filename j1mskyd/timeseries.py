@@ -1,16 +1,17 @@
 """The series the dashboard draws (``GET /api/metrics/timeseries``), rolled up in the store so a
 restart does not empty the charts: the one module that reads and writes ``metric_points``.
 
-What is kept, per bucket of an hour or a UTC day (``granularity``), for each finished agent
-(a runtime listener, like the Prometheus counters of metrics.py):
+What is kept, per bucket of an hour or a UTC day (``granularity``), from the counters of
+finished agents that /metrics exposes (metrics.AgentMetrics):
 
 - ``agents``: agents ended, by final status (``completed``, ``failed``, ``cancelled``);
-- ``spend_usd``: the cost recorded for them, by model (count: the agents that cost something);
+- ``spend_usd``: the cost recorded for them, by model (count: the agents that reported usage);
 - ``latency_seconds``: completed agents' run time (start to end), by provider, hourly only: the
   count, the sum and the counts per bucket of metrics.AGENT_BUCKETS, for p50/p95.
 
-Kind to an SD card: observations add up in memory and are written at most once a minute (only
-when an agent ended), one upsert per touched row in one transaction, and once more at the stop.
+Kind to an SD card and to the CPU: no work per agent beyond those counters; once a minute what
+they gained is written (only when an agent ended), one upsert per touched row in one transaction,
+and once more at the stop.
 Bounded: hourly rows are kept for 7 days, daily ones for 400 (an hourly purge); at most
 ``(3 statuses + models + providers x 18) x 168`` hourly rows and ``(3 + models) x 400`` daily ones.
 A crash loses at most the last minute's observations, like a power cut in ``normal`` mode.
@@ -27,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import ValidationFailed
-from .metrics import AGENT_BUCKETS, FinishedAgent
+from .metrics import AGENT_BUCKETS, AgentMetrics
 from .store import Statement, Store
 
 __all__ = ["FLUSH_EVERY", "GRANULARITIES", "KEEP", "METRICS", "Query", "Rollups", "parse_query"]
@@ -37,8 +38,7 @@ GRANULARITIES = {"hour": HOUR, "day": DAY}
 KEEP = {HOUR: 7 * DAY, DAY: 400 * DAY}  # seconds of history per granularity
 DEFAULT_PERIOD = {HOUR: "48h", DAY: "30d"}
 METRICS = {"agents": (HOUR, DAY), "spend_usd": (HOUR, DAY), "latency_seconds": (HOUR,)}  # -> granularities kept
-FLUSH_EVERY = 60.0  # seconds between writes of what agents added (only when something did)
-_COMPACT_AT = 4096  # observations kept as they came before they are added up
+FLUSH_EVERY = 60.0  # seconds between writes of what agents added (only when something did), on the minute
 _PERIOD = re.compile(r"^([1-9][0-9]{0,4})([hd])$")
 _LE = tuple(repr(float(b)) for b in AGENT_BUCKETS) + ("+Inf",)
 _UPSERT = ("INSERT INTO metric_points (metric, granularity, bucket, label, le, count, sum) "
@@ -84,54 +84,62 @@ def parse_query(params: Mapping[str, str]) -> Query:
 
 
 class Rollups:
-    """The observations not yet written, and the reads that merge them with the store's rows.
+    """The rows not yet written, and the reads that merge them with the store's.
 
-    On the hot path (every agent's end) an observation is one tuple appended to a list; they are
-    added up into rows (:meth:`_compact`) when they are written or read, or every 4096 agents."""
+    Nothing is done per agent here: the figures are metrics.AgentMetrics' cumulative ones (which
+    the agents' ends update anyway, for /metrics), and what they gained since the last look is
+    added to the rows of the bucket it happened in, once a minute (:meth:`flush`, aligned to the
+    wall clock's minutes, so a minute's gain lies in one hour) and when the series are read."""
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, agents: AgentMetrics, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.agents = agents
         self.clock = clock
-        self.recent: list[tuple[Any, ...]] = []  # one per agent ended since the last compaction
-        self.pending: dict[Row, list[float]] = {}  # -> [count, sum]: added up, not yet written
+        self._seen: dict[tuple[str, str, str], tuple[float, float]] = {}  # totals at the last look
+        self._since = clock()  # when that was: the gain since then happened after it
+        self.pending: dict[Row, list[float]] = {}  # -> [count, sum]: taken, not yet written
 
-    def observe(self, agent: FinishedAgent) -> None:
-        """A runtime listener: ``agent`` ended (its final state is on disk)."""
-        self.recent.append((agent.completed_at, agent.status, agent.kind, agent.served_model or agent.model,
-                            agent.cost, agent.provider, agent.started_at))
-        if len(self.recent) >= _COMPACT_AT:
-            self._compact()
+    def _totals(self) -> dict[tuple[str, str, str], tuple[float, float]]:
+        """(metric, label, le) -> (count, sum) since start.  ``spend_usd``: per model, the agents
+        that reported usage and what they cost; ``latency_seconds``: per provider, the completed
+        agents' run time and its histogram buckets."""
+        out: dict[tuple[str, str, str], tuple[float, float]] = {
+            ("agents", status, ""): (n, 0.0) for status, n in self.agents.finished.items()}
+        for (model, _, _), used in self.agents.usage.items():
+            count, total = out.get(("spend_usd", model, ""), (0, 0.0))
+            out[("spend_usd", model, "")] = (count + used[3], total + used[2])
+        for provider, hist in self.agents.run.items():
+            out[("latency_seconds", provider, "")] = (hist.count, hist.sum)
+            for le, n in zip(_LE, hist.counts):
+                if n:
+                    out[("latency_seconds", provider, le)] = (n, 0.0)
+        return out
 
-    def _compact(self) -> None:
-        """Add the recent observations into their rows.  A team counts in ``agents`` only; its
-        members count their own spend and time.  Run time: completed agents' start to end."""
-        recent, self.recent = self.recent, []
-        now = self.clock()
-        for completed_at, status, kind, model, cost, provider, started in recent:
-            at = completed_at if completed_at is not None else now
-            hour, day = int(at // HOUR * HOUR), int(at // DAY * DAY)
-            self._add(("agents", HOUR, hour, status, ""), 1, 0.0)
-            self._add(("agents", DAY, day, status, ""), 1, 0.0)
-            if kind == "team":
-                continue
-            if cost:
-                self._add(("spend_usd", HOUR, hour, model, ""), 1, cost)
-                self._add(("spend_usd", DAY, day, model, ""), 1, cost)
-            if status == "completed" and provider and started is not None and completed_at is not None:
-                seconds = max(completed_at - started, 0.0)
-                self._add(("latency_seconds", HOUR, hour, provider, ""), 1, seconds)
-                self._add(("latency_seconds", HOUR, hour, provider, _LE[_bucket(seconds)]), 1, 0.0)
+    def _gain(self) -> tuple[dict[Row, list[float]], dict[tuple[str, str, str], tuple[float, float]], float]:
+        """The rows of what was counted since the last look, the totals now, and now."""
+        now, at = self.clock(), self._since
+        buckets = {HOUR: int(at // HOUR * HOUR), DAY: int(at // DAY * DAY)}
+        totals = self._totals()
+        rows: dict[Row, list[float]] = {}
+        for (metric, label, le), (count, total) in totals.items():
+            before = self._seen.get((metric, label, le), (0, 0.0))
+            gained, added = count - before[0], total - before[1]
+            if gained or added:
+                for g in METRICS[metric]:
+                    rows[(metric, g, buckets[g], label, le)] = [gained, added]
+        return rows, totals, now
 
-    def _add(self, row: Row, count: int, value: float) -> None:
-        cell = self.pending.get(row)
-        if cell is None:
-            cell = self.pending[row] = [0, 0.0]
-        cell[0] += count
-        cell[1] += value
+    def _take(self) -> None:
+        """Move the gain since the last look into ``pending``."""
+        rows, self._seen, self._since = self._gain()
+        for row, (count, total) in rows.items():
+            cell = self.pending.setdefault(row, [0, 0.0])
+            cell[0] += count
+            cell[1] += total
 
     async def flush(self) -> None:
-        """Write what was observed since the last flush (nothing when nothing was)."""
-        self._compact()
+        """Write what was counted since the last flush (nothing when nothing was)."""
+        self._take()
         if not self.pending:
             return
         taken, self.pending = self.pending, {}
@@ -139,7 +147,9 @@ class Rollups:
             await self.store.submit([(_UPSERT, (*row, int(c), s)) for row, (c, s) in taken.items()])
         except BaseException:
             for row, (c, s) in taken.items():  # kept for the next try, added to what came since
-                self._add(row, int(c), s)
+                cell = self.pending.setdefault(row, [0, 0.0])
+                cell[0] += c
+                cell[1] += s
             raise
 
     async def purge(self) -> None:
@@ -156,11 +166,11 @@ class Rollups:
         end = int(self.clock() // g * g)
         start = end - (query.seconds // g - 1) * g
         rows = await self.store.read(lambda conn: _rows(conn, query.metric, g, start))
-        self._compact()
         cells: dict[tuple[str, int, str], list[float]] = {}
         for label, bucket, le, count, total in rows:
             cells[(label, bucket, le)] = [count, total]
-        for (metric, gran, bucket, label, le), (count, total) in self.pending.items():  # not written yet
+        unwritten = list(self.pending.items()) + list(self._gain()[0].items())
+        for (metric, gran, bucket, label, le), (count, total) in unwritten:  # not written yet
             if metric == query.metric and gran == g and bucket >= start:
                 cell = cells.setdefault((label, bucket, le), [0, 0.0])
                 cell[0] += count
@@ -197,13 +207,6 @@ def _rows(conn: sqlite3.Connection, metric: str, granularity: int, start: int) -
     return conn.execute("SELECT label, bucket, le, count, sum FROM metric_points "
                         "WHERE metric = ? AND granularity = ? AND bucket >= ?",
                         (metric, granularity, start)).fetchall()
-
-
-def _bucket(seconds: float) -> int:
-    for i, bound in enumerate(AGENT_BUCKETS):
-        if seconds <= bound:
-            return i
-    return len(AGENT_BUCKETS)
 
 
 def _quantile(q: float, counts: list[int]) -> float | None:
