@@ -182,7 +182,6 @@ class AgentMetrics:
         self.usage: dict[tuple[str, str, str], list[float]] = {}
 
     def observe(self, agent: FinishedAgent) -> None:
-        # Histogram.observe inline (a bisect and two additions): this runs at every agent's end.
         status = agent.status
         self.finished[status] = self.finished.get(status, 0) + 1
         if agent.kind == "team":
@@ -190,22 +189,11 @@ class AgentMetrics:
         model = agent.served_model or agent.model
         end = agent.completed_at
         if end is not None:
-            hist = self.duration.get(model) or self._new(self.duration, model, AGENT_BUCKETS)
-            seconds = end - agent.created_at if end > agent.created_at else 0.0
-            hist.counts[bisect_left(AGENT_BUCKETS, seconds)] += 1
-            hist.sum += seconds
-            started = agent.started_at
-            if status == "completed" and started is not None and agent.provider:
-                hist = self.run.get(agent.provider) or self._new(self.run, agent.provider, AGENT_BUCKETS)
-                seconds = end - started if end > started else 0.0
-                hist.counts[bisect_left(AGENT_BUCKETS, seconds)] += 1
-                hist.sum += seconds
-        first = agent.first_token_at
-        if first is not None:
-            hist = self.ttft.get(model) or self._new(self.ttft, model, TTFT_BUCKETS)
-            seconds = first - agent.created_at if first > agent.created_at else 0.0
-            hist.counts[bisect_left(TTFT_BUCKETS, seconds)] += 1
-            hist.sum += seconds
+            _observe(self.duration, model, AGENT_BUCKETS, end - agent.created_at)
+            if status == "completed" and agent.started_at is not None and agent.provider:
+                _observe(self.run, agent.provider, AGENT_BUCKETS, end - agent.started_at)
+        if agent.first_token_at is not None:
+            _observe(self.ttft, model, TTFT_BUCKETS, agent.first_token_at - agent.created_at)
         if agent.input_tokens or agent.output_tokens or agent.cost:
             key = (model, agent.provider or "", agent.api_key)
             used = self.usage.get(key)
@@ -216,10 +204,16 @@ class AgentMetrics:
             used[2] += agent.cost or 0.0
             used[3] += 1
 
-    @staticmethod
-    def _new(table: dict[str, Histogram], label: str, bounds: Sequence[float]) -> Histogram:
+
+def _observe(table: dict[str, Histogram], label: str, bounds: Sequence[float], seconds: float) -> None:
+    """Observe ``seconds`` (0 if the clock went back) in the label's histogram, made at its first use."""
+    hist = table.get(label)
+    if hist is None:
         hist = table[label] = Histogram(bounds)
-        return hist
+    if seconds < 0.0:
+        seconds = 0.0
+    hist.counts[bisect_left(bounds, seconds)] += 1
+    hist.sum += seconds
 
 
 class Metrics:
