@@ -10,7 +10,7 @@ metrics``.
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from . import __version__
@@ -29,12 +29,15 @@ class Runtime(Protocol):
 
 
 def families(metrics: Metrics, runtime: Runtime, budget: Mapping[str, Any], slots: Mapping[str, Any],
-             connections: Any = None, *, aiohttp_version: str = "") -> list[Family]:
+             connections: Any = None, *, aiohttp_version: str = "",
+             sees: Callable[[str], bool] = lambda key_id: True) -> list[Family]:
     """Every family, in the order of docs/operations.md.  ``budget``: Budget.snapshot();
-    ``connections``: the listener's ConnectionStats, under ``j1mskyd serve`` only."""
+    ``connections``: the listener's ConnectionStats, under ``j1mskyd serve`` only; ``sees``: whether
+    the scraping key may see a key's work (tenancy.Viewer.sees): the token and spend counters
+    list only those keys (their own, unless it reads every key's work), the rest is daemon-wide."""
     routes = sorted(metrics.routes.items())
     agents = metrics.agents
-    usage = sorted(agents.usage.items())
+    usage = sorted(item for item in agents.usage.items() if sees(item[0][2]))
     out: list[Family] = [
         ("j1mskyd_build_info", "gauge", "Always 1; the daemon's version and platform in its labels.",
          [({"version": __version__, "python": platform.python_version(), "aiohttp": aiohttp_version}, 1)]),

@@ -224,3 +224,32 @@ async def test_the_grafana_dashboard_uses_only_metrics_the_daemon_exposes(client
     assert used and used <= set(types), sorted(used - set(types))
     for name in ("j1msky_http_request_duration_seconds", "j1msky_spend_usd_total", "j1msky_agent_duration_seconds"):
         assert name in used
+
+
+async def test_a_key_sees_only_its_own_key_in_the_usage_counters(aiohttp_client, tmp_path):
+    """Tenancy: the token and spend counters name key ids; a key that does not read every key's
+    work sees only its own rows there (the rest of /metrics is daemon-wide aggregates)."""
+    cfg = _config(tmp_path)
+    client = await aiohttp_client(build_app(cfg))
+    admin = bearer(bootstrap_key(cfg)["token"])
+    made = await (await client.post("/api/keys", json={"name": "user", "scopes": ["agents:read", "agents:write"]},
+                                    headers=admin)).json()
+    user = bearer(made["token"])
+    for auth in (admin, user):
+        resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "whose is this"}, headers=auth)
+        agent = (await resp.json())["agent_id"]
+
+        class Authed:
+            async def get(self, path, auth=auth):
+                return await client.get(path, headers=auth)
+        await wait_status(Authed(), agent)
+
+    def keys(text: str) -> set[str]:
+        _, _, samples = parse_prometheus(text)
+        return {lab["key"] for n, lab, _ in samples if n == "j1msky_spend_usd_total"}
+
+    admin_id = bootstrap_key(cfg)["key_id"]
+    assert keys(await (await client.get("/metrics", headers=admin)).text()) == {admin_id, made["key_id"]}
+    seen = await (await client.get("/metrics", headers=user)).text()
+    assert keys(seen) == {made["key_id"]} and admin_id not in seen
+    promtool_check(seen)
