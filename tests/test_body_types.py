@@ -269,8 +269,11 @@ class Api:
         await self.services.store.flush()
 
         def read(conn: Any) -> dict[str, Any]:
+            # metric_points: the dashboard's series, written on the minute by a job (timeseries.py)
+            # from what agents that ended before did, whatever request is in flight.
             tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                                 "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+                                                 "AND name NOT LIKE 'sqlite_%' AND name != 'metric_points' "
+                                                 "ORDER BY name")]
             # One statement for every count (this runs after each refusal).  api.key.used is
             # written at most every few minutes per key, on any request.
             counts = [f"(SELECT COUNT(*) FROM {t})" for t in tables if t != "audit_log"]

@@ -74,10 +74,18 @@ def test_version(tmp_path):
 
 def test_check_config_accepts_the_shipped_config(tmp_path):
     shipped = ROOT / "etc" / "j1msky" / "config.toml"
-    out = run_cli("check-config", "--config", str(shipped), cwd=tmp_path)
+    keys = {var: "sk-test-0123456789" for var in ("ANTHROPIC_API_KEY", "KIMI_API_KEY", "MINIMAX_API_KEY",
+                                                   "OPENAI_API_KEY")}
+    out = run_cli("check-config", "--config", str(shipped), cwd=tmp_path, env=keys)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"{shipped}: OK"), out.stdout
     assert out.stderr == ""
+    # Without the keys it is still valid (exit 0), with one warning per provider that lacks its key.
+    out = run_cli("check-config", "--config", str(shipped), cwd=tmp_path,
+                  env={"J1MSKY_SECRETS_FILE": str(tmp_path / "none.env")})
+    assert out.returncode == 0 and out.stdout.startswith(f"{shipped}: OK"), out.stderr
+    assert sorted(line.split("provider ")[1].split(":")[0] for line in out.stderr.splitlines()) == [
+        "anthropic", "kimi-coding", "minimax-portal", "openai-codex"]
 
 
 def test_check_config_accepts_the_embedded_default(tmp_path):
