@@ -179,5 +179,7 @@ def test_the_keys_command_refuses_a_damaged_state_in_one_line(used_state, damage
     assert done.returncode == 1, done
     assert "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("j1mskyd: cannot open the state: "), lines
-    assert ("from your backup" if damage == "garbage" else "not the data key") in lines[0]
+    # The state dir it used (named first since issue 18), then the refusal in one line.
+    assert len(lines) == 2 and lines[0] == f"j1mskyd: state dir {used_state}", lines
+    assert lines[1].startswith("j1mskyd: cannot open the state: "), lines
+    assert ("from your backup" if damage == "garbage" else "not the data key") in lines[1]
