@@ -158,3 +158,15 @@ async def test_a_key_limited_to_some_models_sees_only_its_teams(aiohttp_client, 
     assert (await (await client.get("/api/models", headers=narrow)).json())["data"]["teams"] == []
     everything = (await (await client.get("/api/models", headers=admin)).json())["data"]["teams"]
     assert team_id in [t["id"] for t in everything]
+
+
+async def test_spend_by_hour_for_the_burn_down(aiohttp_client, tmp_path):
+    from tests.test_billing_groups import start, usage
+
+    client, admin, a, _, _ = await start(aiohttp_client, tmp_path)
+    one_day = {"from": "2026-02-01", "to": "2026-02-01"}
+    by_hour = await usage(client, admin, group_by="hour", **one_day)
+    assert {r["hour"]: r["cost"] for r in by_hour["rows"]} == {"2026-02-01T10:00:00Z": 1.0,
+                                                               "2026-02-01T11:00:00Z": 2.0}
+    mine = await usage(client, bearer(a["token"]), group_by="hour,model", **{"from": "2026-02-02", "to": "2026-02-02"})
+    assert [(r["hour"], r["model"], r["cost"]) for r in mine["rows"]] == [("2026-02-02T10:00:00Z", "k2p5", 4.0)]

@@ -220,7 +220,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
 _LIMIT = {"type": "integer", "minimum": 1}
 _OFFSET = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}  # SQLite's integers are 64-bit
 _DAY = {"type": "string", "format": "date"}
-_GROUP_BY = "^ *(key|project|model|day) *(, *(key|project|model|day) *)*$"  # billing.group_by
+_GROUP_BY = "^ *(key|project|model|day|hour) *(, *(key|project|model|day|hour) *)*$"  # billing.group_by
 
 
 def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -256,7 +256,7 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
         ("GET", "/billing/usage"): [_query("from", _DAY), _query("to", _DAY), _query("by_key", _BOOL),
                                     _query("group_by", {"type": "string", "pattern": _GROUP_BY, "description":
                                            "rows per group instead of the totals: a comma-separated list of "
-                                           "key, project, model, day"})],
+                                           "key, project, model, day, hour"})],
         **{("GET", f"/pricing/{name}"): [_query("days", history_days)]
            for name in ("weekly-metrics", "weekly-comparison")},
         ("GET", "/pricing/experiment-summary"): [_query("days", history_days),
