@@ -12,9 +12,8 @@ import pytest
 from j1mskyd.app import build_app
 from tests import conftest
 from tests.conftest import bearer, bootstrap_key, wait_status
-from tests.receiver import Receiver
 from tests.test_runtime import spawn, two_provider_config
-from tests.test_webhooks import LOOPBACK, create_hook, eventually
+from tests.test_webhooks import LOOPBACK, eventually, receiver  # noqa: F401  (receiver: a fixture)
 
 
 async def test_a_completed_agent_shows_its_charges_timeline_and_no_fallback(aiohttp_client, tmp_path, upstreams):
@@ -72,13 +71,6 @@ async def test_a_live_agent_has_no_charge_yet(aiohttp_client, tmp_path):
     after = await wait_status(client, agent_id)
     assert after["status"] == "cancelled"
     assert after["charges"]["refunded"] == cancelled["refund"]  # the same figure DELETE answered
-
-
-@pytest.fixture
-async def receiver():
-    rec = await Receiver("receiver-secret-123").start()
-    yield rec
-    await rec.stop()
 
 
 async def test_an_agents_webhook_deliveries_are_listed_for_whoever_sees_the_agent(aiohttp_client, tmp_path,
