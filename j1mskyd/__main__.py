@@ -31,12 +31,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  if v is not None}
     if overrides:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, **overrides))
-    logging.basicConfig(level=config.server.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if config.privacy.mask_pii_in_logs:
-        from .pii import MaskingFilter
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(MaskingFilter())
+    from .config import missing_key_warnings
+    from .logsetup import configure
+    # Secrets are masked in every shape of the log; personal data as the config says.
+    configure(config.server.log_level, config.server.log_format, pii=config.privacy.mask_pii_in_logs,
+              secrets=[p.api_key for p in config.providers.values()])
+    for line in missing_key_warnings(config):
+        logging.getLogger("j1mskyd").warning("%s", line)
     try:
         import uvloop  # optional: python3-uvloop on Debian, the [speed] extra on PyPI
         uvloop.install()  # uvloop 0.17 (bookworm) has install() but no run()
@@ -190,7 +191,10 @@ def _limit_fields(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import missing_key_warnings
     config = _load(args)
+    for line in missing_key_warnings(config):  # valid, but these providers will fail: exit 0
+        print(f"{config.source}: warning: {line}", file=sys.stderr)
     print(f"{config.source}: OK ({len(config.providers)} providers, {len(config.models)} models, "
           f"{len(config.teams)} teams)")
     return 0

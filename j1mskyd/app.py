@@ -29,13 +29,14 @@ from .audit import Actor, AuditLog
 from .events import EventLog
 from .idempotency import IdempotencyStore
 from .ipcontrol import IpControl
-from .jobs import maintain_hourly, refresh_keys, save_counters
+from .jobs import every, maintain_hourly, refresh_keys, save_counters
 from .api.routes import setup_routes
 from .breaker import CircuitBreaker, StateChanges
 from .budget import Budget, BudgetPolicy
 from .config import Config
 from .keys import KeyService
 from .metrics import Metrics
+from .timeseries import FLUSH_EVERY, Rollups
 from .netguard import IpPolicy, parse_networks
 from .orchestrator import Orchestrator
 from .plugin_api import ProviderSettings
@@ -102,6 +103,7 @@ class Services:
     - keys: api/keys, events (a live stream ends with its key); middleware (auth)
     - pricing_history: api/orchestrator, pricing
     - projects: api/projects
+    - rollups: api/ops (GET /metrics/timeseries: the dashboard's series)
     - store: api/ops, orchestrator, pricing, system (SQL that is to move into services of their own)
     - webhooks: api/webhooks, keys, pricing
 
@@ -127,6 +129,7 @@ class Services:
     orchestrator: Orchestrator
     billing: Billing
     projects: ProjectService
+    rollups: Rollups
     # The caches of the API reference's v4.1 changelog: model recommendations 30 s, pricing calculations 5 min.
     caches: dict[str, TTLCache]
     started: float = field(default_factory=time.monotonic)
@@ -323,7 +326,8 @@ def _wire(app: web.Application) -> Services:
                     allowances=projects.allowances, **timed)
     audit = AuditLog(store, **timed)
     runtime = AgentRuntime(config, store, app[_SLOTS], buckets=app[LIMITER].buckets, budget=budget, events=events,
-                           listeners=[functools.partial(_audit_finish, audit)], **timed)
+                           listeners=[functools.partial(_audit_finish, audit), app[METRICS].agents.observe],
+                           **timed)
     ip_control = IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
                                            parse_networks(sec.trusted_proxies)), sec.log_violations, **timed)
     agents = AgentService(config, store, runtime, budget, webhooks, key_of=keys.find)
@@ -337,7 +341,8 @@ def _wire(app: web.Application) -> Services:
                     projects=projects,
                     ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store, **timed), events=events,
                     webhooks=webhooks, pricing_history=history, pricing=pricing, orchestrator=orchestrator,
-                    billing=Billing(store), caches=caches, breaker_changes=app[_BREAKER_CHANGES])
+                    billing=Billing(store), caches=caches, breaker_changes=app[_BREAKER_CHANGES],
+                    rollups=Rollups(store, app[METRICS].agents, **timed))
 
 
 async def _announce_pricing_policy(services: Services, config: Config) -> None:
@@ -399,11 +404,13 @@ async def _agents_and_workers(app: web.Application) -> AsyncIterator[None]:
     services.runtime.start()
     services.webhooks.start()
     purges = (services.agents.purge_expired, services.audit.purge, services.idempotency.purge,
-              functools.partial(services.events.purge, _EVENTS_KEEP_DAYS), services.pricing_history.purge)
+              functools.partial(services.events.purge, _EVENTS_KEEP_DAYS), services.pricing_history.purge,
+              services.rollups.purge)
     jobs = [asyncio.ensure_future(job) for job in (
         save_counters(config.limits.persist_interval, app[LIMITER], app[_BUCKET_FILE], services.runtime),
         refresh_keys(services.keys, also=(services.projects.refresh,)),
-        maintain_hourly(purges))]
+        maintain_hourly(purges),
+        every(FLUSH_EVERY, services.rollups.flush, aligned=True))]
     # "ready" itself is logged by listener.serve once the port is bound: a start that then
     # finds the address in use must not have said it was ready.
     log.info("j1mskyd started: %d providers, %d models, state in %s",
@@ -418,6 +425,10 @@ async def _agents_and_workers(app: web.Application) -> AsyncIterator[None]:
             job.cancel()
         await services.runtime.stop()
         await services.webhooks.stop()
+        try:  # the last minute's series; the store is still open
+            await services.rollups.flush()
+        except Exception as exc:  # noqa: BLE001 - a chart's minute is not worth a failed stop
+            log.warning("could not save the last minute of the dashboard's series: %s", exc)
 
 
 # The start-up in order, a table of contents; the stop runs it backwards.

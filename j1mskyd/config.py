@@ -48,6 +48,7 @@ __all__ = [
     "default_state_dir",
     "embedded_default",
     "load_config",
+    "missing_key_warnings",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class ServerConfig:
     max_body_bytes: int = 1_048_576
     secrets_file: str = DEFAULT_SECRETS_FILE
     log_level: str = "info"
+    log_format: str = "text"               # text | json (logsetup.py); under systemd, text gets <N> priorities
     header_timeout: float = 10.0           # seconds for a request line + headers (slowloris)
     body_timeout: float = 60.0             # seconds for a request body, from its headers' end
     max_connections: int = 512             # open client connections (listener.py; LimitNOFILE)
@@ -241,6 +243,18 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    # Providers whose api_key_env names a variable set neither in the environment nor in the
+    # secrets file: provider -> that variable.  They are "unconfigured" (a warning at start and
+    # in check-config, that status in /health) instead of looking healthy until the first call.
+    missing_api_keys: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+
+
+def missing_key_warnings(config: Config) -> list[str]:
+    """One line per provider whose API key is missing (``Config.missing_api_keys``), for the log
+    at start and for ``check-config``."""
+    return [f"provider {name}: no API key: {var} is set neither in the environment nor in "
+            f"{config.server.secrets_file}; it is unconfigured and its calls will fail"
+            for name, var in sorted(config.missing_api_keys.items())]
 
 
 # ------------------------------------------------------------------------- checkers
@@ -391,6 +405,7 @@ _SERVER: dict[str, Checker] = {
     "max_body_bytes": _int(1),
     "secrets_file": _str(),
     "log_level": _enum("debug", "info", "warning", "error", "critical", fold=True),
+    "log_format": _enum("text", "json"),
     "header_timeout": _num(hi=3600, positive=True),
     "body_timeout": _num(hi=3600, positive=True),
     "max_connections": _int(1),
@@ -535,6 +550,7 @@ _ENV_OVERRIDES: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("J1MSKY_PORT", "server", "port", _parse_int),
     ("J1MSKY_STATE_DIR", "server", "state_dir", str),
     ("J1MSKY_LOG_LEVEL", "server", "log_level", str),
+    ("J1MSKY_LOG_FORMAT", "server", "log_format", str),
     ("J1MSKY_SECRETS_FILE", "server", "secrets_file", str),
     ("J1MSKY_PLUGINS_DIR", "plugins", "dropin_dir", str),
     ("J1MSKY_MAX_CONCURRENCY", "runtime", "max_concurrency", _parse_int),
@@ -704,6 +720,7 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
     # Keys last, and the secrets file only if some key is not in the environment:
     # the embedded default and fully env-configured hosts never touch it.
     keys: dict[str, str | None] = {}
+    missing: dict[str, str] = {}
     secrets: dict[str, str] | None = None
     for name, p in providers.items():
         var = p.pop("api_key_env", None)
@@ -713,6 +730,8 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
                 secrets = _read_secrets(server.get("secrets_file", DEFAULT_SECRETS_FILE),
                                         issues)
             keys[name] = secrets.get(var) or None
+            if keys[name] is None:
+                missing[name] = var
 
     if issues:
         raise ConfigError(issues)
@@ -735,6 +754,7 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
         privacy=PrivacyConfig(**sections["privacy"]),
         pricing=pricing_config,
         webhooks=WebhooksConfig(**sections["webhooks"]),
+        missing_api_keys=types.MappingProxyType(missing),
     )
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from .keys import KeyService
 from .ratelimit import BucketFile, RequestLimiter
 from .runtime import AgentRuntime
 
-__all__ = ["maintain_hourly", "refresh_keys", "save_counters"]
+__all__ = ["every", "maintain_hourly", "refresh_keys", "save_counters"]
 
 log = logging.getLogger(__name__)
 _PRUNE_EVERY = 60.0  # seconds between sweeps of full (forgettable) rate-limit buckets
@@ -53,6 +54,17 @@ async def maintain_hourly(purges: Sequence[Callable[[], Awaitable[object]]]) -> 
             except Exception:  # noqa: BLE001 - retried next hour; never stops the daemon
                 log.exception("maintenance job %s failed", getattr(job, "__qualname__", job))
         await asyncio.sleep(_MAINTENANCE_EVERY)
+
+
+async def every(interval: float, job: Callable[[], Awaitable[object]], *, aligned: bool = False) -> None:
+    """``job`` every ``interval`` seconds (the dashboard series' flush); ``aligned``: on the wall
+    clock's multiples of it (on the minute).  A failure is logged and retried at the next round."""
+    while True:
+        await asyncio.sleep(interval - time.time() % interval if aligned else interval)
+        try:
+            await job()
+        except Exception:  # noqa: BLE001 - retried next round; never stops the daemon
+            log.exception("periodic job %s failed", getattr(job, "__qualname__", job))
 
 
 async def refresh_keys(keys: KeyService, also: Sequence[Callable[[], Awaitable[object]]] = ()) -> None:

@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 MAX_PLUGIN_BYTES = 1 << 20
 NAMESPACE = "j1msky_plugins"
 _FILE_RE = re.compile(r"^[a-z][a-z0-9_]*\.py$")
+NOT_A_PLUGIN = "not a plugin (only .py files are plugins)"
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # Python 3.11.2 (bookworm) keeps the AST validator's recursion depth in global state, so
 # two threads parsing at once can fail with "AST constructor recursion depth mismatch"
@@ -417,6 +418,13 @@ def _load_dir(
             continue
         path = str(directory / filename)
         name = filename[:-3] if filename.endswith(".py") else filename
+        if ".py" not in filename.lower():
+            # Not a plugin and not meant as one (the packaged README, notes): listed, not
+            # refused, and no warning at every start.  Anything named like Python (x.py~,
+            # My-Plugin.py, x.py.dpkg-new) still goes through the filter below and is refused loudly.
+            registry._records.append(_Record(name, path, source, "ignored", NOT_A_PLUGIN))
+            logger.debug("plugin directory %s: %s ignored: %s", directory, filename, NOT_A_PLUGIN)
+            continue
         record = _Record(name, path, source, "refused")
         registry._records.append(record)
         problem = _name_problem(filename)

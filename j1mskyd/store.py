@@ -280,6 +280,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX usage_project_ts ON usage(project_id, ts) WHERE project_id IS NOT NULL;
     CREATE INDEX events_key ON events(api_key, id) WHERE api_key IS NOT NULL;
     """,
+    # 9: the dashboard's series (timeseries.py), rolled up per hour and per UTC day: agents
+    # ended by status, spend by model, run time by provider (count, sum, and per histogram
+    # bucket `le` for p50/p95; '' on the count/sum row).  Bounded by an hourly purge.
+    """
+    CREATE TABLE metric_points (
+        metric      TEXT NOT NULL,
+        granularity INTEGER NOT NULL,
+        bucket      INTEGER NOT NULL,
+        label       TEXT NOT NULL,
+        le          TEXT NOT NULL,
+        count       INTEGER NOT NULL,
+        sum         REAL NOT NULL,
+        PRIMARY KEY (metric, granularity, bucket, label, le)
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _INLINE_UNITS = 8          # batches up to this size commit on the loop (synchronous=normal)

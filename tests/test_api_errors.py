@@ -137,7 +137,8 @@ def test_every_route_is_exercised_below():
     # Routes of later capabilities have their own test modules (auth, security API, webhooks, live
     # events, OpenAPI, pricing and orchestrator).
     later = ("/keys", "/security", "/webhooks", "/events", "/ws", "/openapi.json", "/pricing", "/orchestrator",
-             "/models", "/cache", "/projects")  # projects: test_projects.py
+             "/models", "/cache", "/projects",  # projects: test_projects.py
+             "/metrics/timeseries")  # test_timeseries.py
     assert {(m, p) for m, p, *_ in ROUTES if not p.startswith(later) and not p.endswith("/data")} == covered
 
 

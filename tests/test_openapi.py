@@ -17,7 +17,7 @@ async def test_openapi_document_covers_every_route_and_nothing_else(client):
     for resource in client.app.router.resources():
         info = resource.get_info()
         path = info.get("path") or info.get("formatter")
-        if path and path.startswith(("/api/", "/v1/")):  # the API and the front door
+        if path and (path.startswith(("/api/", "/v1/")) or path == "/metrics"):  # the API, the front door, Prometheus
             for route in resource:
                 if route.method != "HEAD":  # aiohttp adds HEAD to every GET
                     routed.add((route.method, path))
@@ -57,7 +57,9 @@ async def test_every_operation_lists_its_status_codes_and_the_error_envelope(cli
                     assert envelopes[response["$ref"].rsplit("/", 1)[1]]["content"]["application/json"][
                         "schema"] == {"$ref": "#/components/schemas/Error"}
             if op["security"]:  # a key is needed: it can be missing, wrong, short of scope, or spent
-                assert {"401", "403", "429"} <= codes, (method, path)
+                assert {"401", "403"} <= codes, (method, path)
+                # spent: every route the limiter counts (all but the root's /metrics, which has no class)
+                assert ("429" in codes) == ("x-rate-limit-class" in op), (method, path)
     assert "503" in doc["paths"]["/api/health"]["get"]["responses"]
     assert "text/event-stream" in doc["paths"]["/api/events/stream"]["get"]["responses"]["200"]["content"]
     params = {p["name"] for p in doc["paths"]["/api/agents"]["get"]["parameters"]}

@@ -238,11 +238,20 @@ async def test_metrics_json_and_prometheus_agree(aiohttp_client, tmp_path):
             == stats["client_errors"]
         assert value(samples, "j1msky_http_requests_total", route=route, outcome="server_error") \
             == stats["server_errors"]
-        assert value(samples, "j1msky_http_request_duration_seconds", route=route, quantile="0.5") \
-            == pytest.approx(stats["p50_ms"] / 1000)
+        # The histogram: its _count over the status classes is the route's requests; 4xx and 5xx
+        # are the JSON's client and server errors; +Inf holds them all.
+        assert value(samples, "j1msky_http_request_duration_seconds_count", route=route) == stats["requests"]
+        assert value(samples, "j1msky_http_request_duration_seconds_bucket", route=route, le="+Inf") \
+            == stats["requests"]
+        if stats["client_errors"]:
+            assert value(samples, "j1msky_http_request_duration_seconds_count", route=route,
+                         status_class="4xx") == stats["client_errors"]
+        if stats["server_errors"]:
+            assert value(samples, "j1msky_http_request_duration_seconds_count", route=route,
+                         status_class="5xx") == stats["server_errors"]
     assert value(samples, "j1msky_http_requests_total", route="GET /api/metrics") == 1
     assert value(samples, "j1msky_rate_limit_hits_total") == body["rate_limit_hits"] == 1
-    assert value(samples, "j1msky_agents_finished_total", outcome="completed") == 2
+    assert value(samples, "j1msky_agents_finished_total", status="completed") == 2
     assert value(samples, "j1msky_agents", status="running") == 0
     assert value(samples, "j1msky_spend_today_usd") == pytest.approx(body["budget"]["today_spend"])
     assert value(samples, "j1msky_budget_daily_usd") == body["budget"]["daily_budget"]

@@ -169,7 +169,7 @@ def test_non_root_dir_refused(dropin):
     ("x.py.swp", "editor or backup leftover"),
     ("Upper.py", "does not match"),
     ("my-plugin.py", "does not match"),
-    ("notes.txt", "does not match"),
+    ("notes.py.txt", "does not match"),
 ])
 def test_name_filter_skips_and_reports(dropin, tmp_path, filename, why):
     write(dropin, filename, marker_source(tmp_path / "ran"))
@@ -177,6 +177,32 @@ def test_name_filter_skips_and_reports(dropin, tmp_path, filename, why):
     [e] = [e for e in registry.report() if e["source"] == "dropin"]
     assert e["status"] == "refused" and e["reason"].startswith("skipped:") and why in e["reason"]
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("filename", ["README", "notes.txt", "plugins.conf", ".keep"])
+def test_files_that_are_not_plugins_are_ignored_quietly(dropin, tmp_path, caplog, filename):
+    """The packaged README (and any file not named like Python) is listed as ignored, with no
+    warning at every start; a .py file beside it that fails a check is still refused loudly."""
+    write(dropin, filename, marker_source(tmp_path / "ran"))
+    write(dropin, "noapi.py", "def register(registry):\n    pass\n")
+    with caplog.at_level(logging.DEBUG, logger="j1mskyd.plugins"):
+        registry = load(dropin)
+    [e] = [e for e in registry.report() if e["source"] == "dropin" and e["path"].endswith(filename)]
+    assert e["status"] == "ignored" and e["reason"].startswith("not a plugin"), e
+    assert not (tmp_path / "ran").exists()
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in loud if filename in r.getMessage()] == []
+    assert entry(registry, "noapi")["status"] == "refused"
+    assert [r for r in loud if "noapi" in r.getMessage() and "refused" in r.getMessage()]
+
+
+def test_the_packaged_readme_is_ignored_not_refused(dropin):
+    """The drop-in dir as the .deb ships it (etc/j1msky/plugins.d/README): nothing refused."""
+    shipped = Path(__file__).resolve().parents[1] / "etc" / "j1msky" / "plugins.d" / "README"
+    write(dropin, "README", shipped.read_text())
+    report = load(dropin).report()
+    assert [e["status"] for e in report if e["source"] == "dropin"] == ["ignored"]
+    assert not [e for e in report if e["status"] == "refused"]
 
 
 def test_dunder_entries_are_ignored(dropin):

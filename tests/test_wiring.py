@@ -15,7 +15,7 @@ from aiohttp import web
 
 from j1mskyd import app as app_module
 from j1mskyd.app import LIFECYCLE, Services, build_app, upstream_connector
-from j1mskyd.api.common import SERVICES
+from j1mskyd.api.common import METRICS, SERVICES
 from j1mskyd.events import EventLog
 from j1mskyd.provider_pool import Releases
 from j1mskyd.providers import ProviderSettings
@@ -171,7 +171,11 @@ async def test_the_services_are_connected(client):
     assert services.runtime.events is services.events
     assert services.agents.webhooks is services.webhooks
     assert services.events.outbox is services.webhooks
-    assert len(services.runtime.listeners) == 1
+    # The audit, and the metrics of finished agents (GET /metrics; the dashboard's series are
+    # rolled up from them: services.rollups.agents).
+    assert len(services.runtime.listeners) == 2
+    assert services.runtime.listeners[1] == client.server.app[METRICS].agents.observe
+    assert services.rollups.agents is client.server.app[METRICS].agents
     # Every provider slot tells the runtime's scheduler when it frees room (given at construction).
     signals = {id(slot.released) for slot in services.slots.values()}
     assert len(signals) == 1

@@ -125,7 +125,10 @@ _HEALTH = _obj(["status", "reasons", "version", "uptime_seconds", "error_rate", 
                 "providers"],
                status={"type": "string", "enum": ["healthy", "degraded", "unhealthy"]},
                reasons={"type": "array", "items": _STR}, version=_STR,
-               uptime_seconds=_INT, error_rate=_NUM, models_configured=_INT, agents=_OBJ, providers=_OBJ)
+               uptime_seconds=_INT, error_rate=_NUM, models_configured=_INT, agents=_OBJ,
+               providers={"type": "object", "additionalProperties": _obj(
+                   ["state", "available", "status"], state={"type": "string", "enum": ["closed", "open", "half_open"]},
+                   available=_BOOL, status={"type": "string", "enum": ["available", "unconfigured", "unavailable"]})})
 
 # The success body of each route this module knows; any other route answers a JSON object.
 RESULTS: dict[tuple[str, str], dict[str, Any]] = {
@@ -148,6 +151,13 @@ RESULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/health"): _HEALTH,
     ("GET", "/openapi.json"): _obj(["openapi", "info", "paths"], openapi=_STR, info=_OBJ, paths=_OBJ),
     ("GET", "/plugins"): _obj(["plugins", "providers"], plugins=_ARR, providers=_OBJ),
+    ("GET", "/metrics/timeseries"): _obj(
+        ["metric", "granularity", "period", "buckets", "series"], metric=_STR, period=_STR,
+        granularity={"type": "string", "enum": ["hour", "day"]}, buckets={"type": "array", "items": _TIME},
+        series={"type": "array", "items": _obj(
+            ["label", "count", "sum"], label=_STR, count={"type": "array", "items": _INT},
+            sum={"type": "array", "items": _NUM}, p50={"type": "array", "items": {"type": ["number", "null"]}},
+            p95={"type": "array", "items": {"type": ["number", "null"]}})}),
     ("GET", "/rate-limits"): _obj(["limits", "requests", "budget"], limits=_OBJ, requests=_OBJ, budget=_OBJ),
     ("GET", "/metrics"): _obj(["agents", "budget"], agents=_OBJ, budget=_OBJ),
     ("POST", "/keys"): _NEW_KEY,
@@ -232,6 +242,7 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
     from ..audit import EVENTS
     from ..events import EVENT_TYPES
     from ..pricing_history import MAX_DAYS
+    from ..timeseries import GRANULARITIES as TS_GRANULARITIES, METRICS as TS_METRICS
     sort = {"type": "string", "enum": [p + s for s in SORTABLE for p in ("", "-")]}
     history_days = {"type": "integer", "minimum": 1, "maximum": MAX_DAYS}
     return {
@@ -253,6 +264,11 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
         ("GET", "/models"): [_query("include", {"type": "string", "pattern": "^ *(pricing|performance) *(, *(pricing|"
                                                 "performance) *)*$", "description": "each model's prices and its "
                                                 "live performance (the last 24 h), comma-separated"})],
+        ("GET", "/metrics/timeseries"): [
+            {**_query("metric", {"type": "string", "enum": list(TS_METRICS)}), "required": True},
+            _query("granularity", {"type": "string", "enum": list(TS_GRANULARITIES), "default": "hour"}),
+            _query("period", {"type": "string", "pattern": "^[1-9][0-9]{0,4}[hd]$",
+                              "description": "48h, 30d: at least one bucket, at most 7d hourly, 400d daily"})],
         ("GET", "/billing/usage"): [_query("from", _DAY), _query("to", _DAY), _query("by_key", _BOOL),
                                     _query("group_by", {"type": "string", "pattern": _GROUP_BY, "description":
                                            "rows per group instead of the totals: a comma-separated list of "
@@ -625,8 +641,20 @@ def _front_door_operation(method: str, path: str, handler: Any, scope: str, limi
     return operation
 
 
+def _root_operation(method: str, path: str, handler: Any, scope: str, content_type: str) -> dict[str, Any]:
+    """A route at the root that answers in a format of its own (the Prometheus text format):
+    a key with ``scope``, not rate-limited (docs/operations.md), the pipeline's refusals."""
+    return {
+        "operationId": f"{handler.__name__}_{method.lower()}",
+        "summary": (handler.__doc__ or handler.__name__).strip().splitlines()[0],
+        "x-scope": scope, "security": [{"bearer": [scope]}, {"apiKey": [scope]}],
+        "responses": {"200": {"description": "Success", "content": {content_type: {"schema": _STR}}},
+                      **{str(c): {"$ref": f"#/components/responses/Error{c}"} for c in (400, 401, 403, 413)}},
+    }
+
+
 def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
-          front_door: Any = ()) -> dict[str, Any]:
+          front_door: Any = (), root: Any = ()) -> dict[str, Any]:
     bodies = _bodies(config)
     query = _query_params()
     paths: dict[str, dict[str, Any]] = {}
@@ -655,6 +683,8 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
     for method, path, handler, scope, limit_class, dialect in front_door:
         paths.setdefault(path, {})[method.lower()] = _front_door_operation(method, path, handler, scope, limit_class,
                                                                              config, dialect.name)
+    for method, path, handler, scope, content_type in root:
+        paths.setdefault(path, {})[method.lower()] = _root_operation(method, path, handler, scope, content_type)
     return {
         "openapi": "3.1.0",
         "info": {"title": "J1MSKY API (j1mskyd)", "version": __version__,
@@ -672,11 +702,12 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
     }
 
 
-def describe(app: web.Application, routes: Any, prefixes: tuple[str, ...], front_door: Any = ()) -> None:
-    """GET /openapi.json on ``app`` documents these routes (the table of routes.py) and the
-    front door's.  Handed over at set-up rather than imported, so routes.py -> openapi.py is
-    the only direction."""
-    app[ROUTE_TABLE] = (routes, prefixes, front_door)
+def describe(app: web.Application, routes: Any, prefixes: tuple[str, ...], front_door: Any = (),
+             root: Any = ()) -> None:
+    """GET /openapi.json on ``app`` documents these routes (the table of routes.py), the
+    front door's and ``root``'s ((method, path, handler, scope, content type): GET /metrics).
+    Handed over at set-up rather than imported, so routes.py -> openapi.py is the only direction."""
+    app[ROUTE_TABLE] = (routes, prefixes, front_door, root)
     app[DOCUMENT] = {}  # filled by the first GET /openapi.json
 
 
@@ -684,6 +715,7 @@ async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of every route."""
     cached = request.app[DOCUMENT]
     if "response" not in cached:
-        routes, prefixes, front_door = request.app[ROUTE_TABLE]
-        cached["response"] = json_response(build(routes, prefixes, PUBLIC, request.app[CONFIG], front_door)).body
+        routes, prefixes, front_door, root = request.app[ROUTE_TABLE]
+        cached["response"] = json_response(build(routes, prefixes, PUBLIC, request.app[CONFIG], front_door,
+                                                 root)).body
     return web.Response(body=cached["response"], content_type="application/json", charset="utf-8")

@@ -41,6 +41,8 @@ ROUTES = (
     ("GET", "/rate-limits", ops.rate_limits, READ, "other"),
     ("GET", "/system", ops.system, READ, "system"),
     ("GET", "/metrics", ops.metrics_json, READ, "other"),
+    # Everyone's spend and agents, rolled up: a reader of every key's work.
+    ("GET", "/metrics/timeseries", ops.metrics_timeseries, ADMIN_READ, "other"),
     ("GET", "/billing/usage", ops.billing_usage, BILLING, "other"),
     # Projects: a member key may read its own project (ANY_KEY, checked by the service).
     ("POST", "/projects", projects.create_project, ADMIN, "other"),
@@ -120,6 +122,12 @@ FRONT_DOOR = (
     ("POST", "/v1/messages/count_tokens", frontdoor_anthropic.count_tokens, WRITE, "other", ANTHROPIC),
 )
 
+# At the root, in a format of their own: method, path, handler, scope, content type.  Prometheus
+# scrapes /metrics; it can send a bearer token (authorization: in scrape_config).
+ROOT = (
+    ("GET", "/metrics", ops.metrics_prometheus, READ, "text/plain"),
+)
+
 
 def setup_routes(app: web.Application) -> None:
     """Every route through one RouteTable, each with its scope (or PUBLIC) where it is added;
@@ -133,7 +141,8 @@ def setup_routes(app: web.Application) -> None:
             table.add(method, prefix + path, system.sunset_handler(new_method, successor), PUBLIC)
     table.add("GET", "/ws", events.websocket, READ, in_band=True)  # the Kyros document's address
     # Prometheus scrapes the root; it can send a bearer token (authorization: in scrape_config).
-    table.add("GET", "/metrics", ops.metrics_prometheus, READ)
+    for method, path, handler, scope, _ in ROOT:
+        table.add(method, path, handler, scope)
     # The dashboard (docs/dashboard.md): the page is public, its data needs a key.
     dashboard.assets()  # read the files now: a missing one fails the start, not a visitor
     table.add("GET", "/", dashboard.index, PUBLIC)
@@ -141,5 +150,5 @@ def setup_routes(app: web.Application) -> None:
     for door in FRONT_DOOR:
         table.add(*door[:5], dialect=door[5])
     table.check_complete()
-    openapi.describe(app, ROUTES, PREFIXES, FRONT_DOOR)
+    openapi.describe(app, ROUTES, PREFIXES, FRONT_DOOR, ROOT)
     app[ROUTE_TABLE] = table

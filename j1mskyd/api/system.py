@@ -37,10 +37,12 @@ async def health(request: web.Request) -> web.Response:
 
 def _health(request: web.Request) -> tuple[int, dict]:
     services = request.app[SERVICES]
-    providers = {name: slot.breaker.snapshot() | {"available": slot.usable}
+    missing = request.app[CONFIG].missing_api_keys
+    providers = {name: slot.breaker.snapshot() | _provider_status(slot.usable, missing.get(name))
                  for name, slot in services.slots.items()}
     usable = [p for p in providers.values() if p["available"] and p["state"] != "open"]
-    reasons = [f"provider {name}: " + ("unavailable" if not p["available"] else "circuit open")
+    reasons = [f"provider {name}: " + (p["status"] if not p["available"] else "circuit open")
+               + (f" ({missing[name]} not set)" if name in missing else "")
                for name, p in providers.items() if not p["available"] or p["state"] == "open"]
     store = services.store
     if store.full is not None:  # writes wait in memory; spawns get 507 until space returns
@@ -58,6 +60,13 @@ def _health(request: web.Request) -> tuple[int, dict]:
         "agents": {"queued": services.runtime.queued_count(), "running": services.runtime.running_count()},
         "providers": providers,
     }
+
+
+def _provider_status(built: bool, missing_key: str | None) -> dict[str, object]:
+    """``status``: ``unconfigured`` (its API key is missing: the config names a variable that is
+    set nowhere), ``unavailable`` (its plugin could not build it) or ``available``."""
+    status = "unconfigured" if missing_key else "available" if built else "unavailable"
+    return {"available": status == "available", "status": status}
 
 
 async def plugins(request: web.Request) -> web.Response:
