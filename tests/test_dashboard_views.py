@@ -279,13 +279,26 @@ async def test_models_teams_keys_spend_and_the_charts(browser, daemon, tmp_path,
     await browser.wait_for(f"document.querySelectorAll('#spend-chart rect.series').length === {len(today)}",
                            what="a bar per model and day")
     drawn = await browser.evaluate("[...document.querySelectorAll('#spend-chart rect.series')]"
-                                   ".map(r => r.dataset.model).sort()")
+                                   ".map(r => r.dataset.series).sort()")
     assert drawn == sorted(r["model"] for r in today)
     assert await browser.evaluate("document.querySelectorAll('#spend-chart-legend li').length") == len(today)
     await browser.wait_for("!!document.querySelector('#burn-chart polyline.left')", what="the burn-down")
     assert await browser.evaluate("!!document.querySelector('#burn-chart line.projection')")
     assert float(await browser.evaluate("document.getElementById('burn-card').dataset.projected")) > 0
     assert "by midnight UTC" in await browser.text("#burn-caption")
+    # Agents per hour (48 h) by final status, and run time p50/p95 per provider: GET /api/metrics/timeseries.
+    ended = daemon.get("/api/metrics/timeseries?metric=agents&period=48h")
+    total = sum(sum(x["count"]) for x in ended["series"])
+    assert total == 2
+    await browser.wait_for(f"document.getElementById('calls-card').dataset.total === '{total}'", what="the calls chart")
+    assert await browser.evaluate("document.getElementById('calls-card').dataset.failed") == "0"
+    assert await browser.evaluate("document.querySelectorAll('#calls-chart rect.end-completed').length") == 1
+    assert await browser.text("#calls-caption") == "2 ended in 48 h, 0 failed (0.0%)."
+    latency = daemon.get("/api/metrics/timeseries?metric=latency_seconds&period=48h")
+    assert [x["label"] for x in latency["series"]] == ["offline"]
+    await browser.wait_for("document.querySelectorAll('#latency-chart [data-provider=\"offline\"]').length === 2",
+                           what="p50 and p95 of the offline provider")
+    assert (await browser.text("#latency-caption")).startswith("Latest hour with agents: offline p50 ")
     await _shot(browser, tmp_path, capsys, "overview")
 
     # Keys with their spend this month (the admin sees every key's).
@@ -303,6 +316,10 @@ async def test_a_key_that_sees_its_own_work_gets_no_daemon_wide_burn_down(browse
     await _open(browser, daemon, own["token"])
     await browser.wait_for("document.getElementById('spend-chart-caption').textContent !== ''", what="its chart")
     assert await browser.evaluate(_visible("#burn-card")) is False
+    for card in ("#calls-card", "#latency-card"):  # every key's work: admin:read
+        assert await browser.evaluate(_visible(card)) is False
+    assert "/api/metrics/timeseries" not in await browser.evaluate(
+        "performance.getEntriesByType('resource').map(e => new URL(e.name).pathname).join(' ')")
     assert await browser.evaluate(_visible("#spend-chart-card")) is True
     _no_problems(browser)
 

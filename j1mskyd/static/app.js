@@ -183,6 +183,7 @@
     $('spend-chart-card').hidden = !can('billing:read');
     // Today's budget is the daemon's: drawn against every key's spend, so for a key that sees it all.
     $('burn-card').hidden = !can('billing:read') || seesAll() === false;
+    for (const id of ['calls-card', 'latency-card']) $(id).hidden = !can(READ_ALL);  // every key's work
     $('budget-card').hidden = !can('agents:read') && !can('billing:read');
     $('tab-settings').hidden = !can(READ_ALL);
     $('key-create').hidden = !can(ADMIN);
@@ -279,7 +280,8 @@
     state.outputs.clear();
     state.budget = null;
     state.burnRows = null;
-    for (const id of ['spend', 'spend-chart', 'burn-chart', 'spend-chart-legend']) $(id).replaceChildren();
+    for (const id of ['spend', 'spend-chart', 'burn-chart', 'spend-chart-legend', 'calls-chart', 'calls-legend',
+      'latency-chart', 'latency-legend']) $(id).replaceChildren();
     $('spawn-model').replaceChildren();
     $('overview-view').hidden = true;
     $('settings-view').hidden = true;
@@ -382,6 +384,7 @@
     if (slow && can('agents:read')) loads.push(loadModels());
     if (slow && can('billing:read')) loads.push(loadSpendChart());
     if (slow && !$('burn-card').hidden) loads.push(loadBurn());
+    if (slow && can(READ_ALL)) loads.push(loadSeries());
     if (state.detail) loads.push(loadDetail());
     return loads;
   }
@@ -597,46 +600,137 @@
     const series = ranked.slice(0, CHART_SERIES);
     if (ranked.length > CHART_SERIES) series.push('other');
     const seriesOf = (model) => (series.includes(model) ? model : 'other');
-    const cells = new Map();  // day -> series -> cost
+    const cells = new Map();  // "day model" -> cost
     for (const r of rows) {
-      const byModel = cells.get(r.day) || new Map();
-      byModel.set(seriesOf(r.model), (byModel.get(seriesOf(r.model)) || 0) + r.cost);
-      cells.set(r.day, byModel);
+      const key = `${r.day} ${seriesOf(r.model)}`;
+      cells.set(key, (cells.get(key) || 0) + r.cost);
     }
-    const dayTotal = (d) => [...(cells.get(d) || new Map()).values()].reduce((a, b) => a + b, 0);
-    const top = Math.max(0, ...days.map(dayTotal));
-    const W = 360, H = 180, L = 52, B = 20, T = 8;
-    const root = chartFrame($('spend-chart'), W, H, `Spend per day by model, ${days[0]} to ${days[days.length - 1]}`);
-    axisY(root, L, T, W, H - B, top);
-    const slot = (W - L) / days.length;
-    days.forEach((day, i) => {
-      let y = H - B;
-      for (const [k, name] of series.entries()) {
-        const cost = (cells.get(day) || new Map()).get(name) || 0;
-        if (!cost) continue;
-        const h = top > 0 ? ((H - B - T) * cost) / top : 0;
-        y -= h;
-        root.append(svg('rect', { x: (L + i * slot + 1).toFixed(1), y: y.toFixed(1), width: Math.max(slot - 2, 1).toFixed(1),
-          height: Math.max(h, 0.5).toFixed(1), class: `series s${k}`, 'data-day': day, 'data-model': name },
-        svg('title', {}, `${day} ${name}: ${money(cost)}`)));
-      }
-      const last = i === days.length - 1;
-      if (last || (i % 7 === 0 && i < days.length - 5)) {  // a label a week, and today's at the right edge
-        root.append(svg('text', { x: last ? W : (L + i * slot).toFixed(1), y: H - 6, class: last ? 'tick end' : 'tick' },
-          day.slice(5)));
-      }
-    });
-    $('spend-chart-legend').replaceChildren(...series.map((name, k) =>
-      el('li', {}, el('span', { class: `swatch s${k}` }), el('span', { class: 'mono', text: name }))));
-    const total = days.reduce((sum, d) => sum + dayTotal(d), 0);
+    const { total, top } = drawStacked($('spend-chart'), {
+      label: `Spend per day by model, ${days[0]} to ${days[days.length - 1]}`, columns: days, series,
+      value: (day, name) => cells.get(`${day} ${name}`) || 0, format: money, tick: (day) => day.slice(5),
+      every: 7, dataKey: 'day', classOf: (k) => `s${k}` });
+    legend('spend-chart-legend', series.map((name, k) => [name, `s${k}`]));
     $('spend-chart-caption').textContent = rows.length
       ? `${money(total)} in ${CHART_DAYS} days; the most in a day ${money(top)}.` : `Nothing spent in ${CHART_DAYS} days.`;
   }
 
-  function axisY(root, left, top, right, bottom, max) {  // the zero line and the top value
+  function legend(id, entries) {  // [name, class] pairs
+    $(id).replaceChildren(...entries.map(([name, cls]) =>
+      el('li', {}, el('span', { class: `swatch ${cls}` }), el('span', { class: 'mono', text: name }))));
+  }
+
+  // Stacked bars, one per column, one colour per series; returns the sum and the tallest column.
+  function drawStacked(figure, { label, columns, series, value, format, tick, every, dataKey, classOf }) {
+    const colTotal = (c) => series.reduce((sum, name) => sum + value(c, name), 0);
+    const top = Math.max(0, ...columns.map(colTotal));
+    const W = 360, H = 180, L = 62, B = 20, T = 8;
+    const root = chartFrame(figure, W, H, label);
+    axisY(root, L, T, W, H - B, top, format);
+    const slot = (W - L) / columns.length;
+    columns.forEach((col, i) => {
+      let y = H - B;
+      series.forEach((name, k) => {
+        const v = value(col, name);
+        if (!v) return;
+        const h = top > 0 ? ((H - B - T) * v) / top : 0;
+        y -= h;
+        root.append(svg('rect', { x: (L + i * slot + 1).toFixed(1), y: y.toFixed(1), width: Math.max(slot - 2, 1).toFixed(1),
+          height: Math.max(h, 0.5).toFixed(1), class: `series ${classOf(k, name)}`, [`data-${dataKey}`]: col,
+          'data-series': name }, svg('title', {}, `${col} ${name}: ${format(v)}`)));
+      });
+      const last = i === columns.length - 1;
+      if (last || (i % every === 0 && i < columns.length - every / 1.5)) {  // regular labels, the latest at the right edge
+        root.append(svg('text', { x: last ? W : (L + i * slot).toFixed(1), y: H - 6, class: last ? 'tick end' : 'tick' },
+          tick(col)));
+      }
+    });
+    return { total: columns.reduce((sum, c) => sum + colTotal(c), 0), top };
+  }
+
+  function axisY(root, left, top, right, bottom, max, format = money) {  // the zero line and the top value
     root.append(svg('line', { x1: left, y1: bottom, x2: right, y2: bottom, class: 'axis' }),
-      svg('text', { x: left - 4, y: bottom, class: 'tick end' }, '$0'),
-      svg('text', { x: left - 4, y: top + 10, class: 'tick end' }, money(max)));
+      svg('text', { x: left - 4, y: bottom, class: 'tick end' }, format(0)),
+      svg('text', { x: left - 4, y: top + 10, class: 'tick end' }, format(max)));
+  }
+
+  // From GET /api/metrics/timeseries (admin:read: the rows add up every key's work).
+  async function loadSeries() {
+    try {
+      const [agents, latency] = await Promise.all([api('/metrics/timeseries?metric=agents&period=48h'),
+        api('/metrics/timeseries?metric=latency_seconds&period=48h')]);
+      drawAgentsChart(agents);
+      drawLatencyChart(latency);
+    } catch (err) {
+      if (state.token) $('calls-caption').textContent = problem(err);
+    }
+  }
+
+  const ENDS = ['completed', 'failed', 'cancelled'];  // the agents series, drawn in this order
+
+  function hourTick(iso) {
+    return String(iso).slice(11, 16);
+  }
+
+  function drawAgentsChart(body) {
+    const counts = new Map((body.series || []).map((x) => [x.label, x.count]));
+    const columns = body.buckets || [];
+    const index = new Map(columns.map((b, i) => [b, i]));
+    const { total } = drawStacked($('calls-chart'), {
+      label: 'Agents ended per hour over 48 h, by final status', columns, series: ENDS,
+      value: (b, name) => (counts.get(name) || [])[index.get(b)] || 0, format: (v) => String(Math.round(v)),
+      tick: hourTick, every: 12, dataKey: 'hour', classOf: (k, name) => `end-${name}` });
+    legend('calls-legend', ENDS.map((name) => [name, `end-${name}`]));
+    const failed = (counts.get('failed') || []).reduce((a, b) => a + b, 0);
+    $('calls-card').dataset.total = String(total);
+    $('calls-card').dataset.failed = String(failed);
+    $('calls-caption').textContent = total
+      ? `${total} ended in 48 h, ${failed} failed (${pct((100 * failed) / total)}).` : 'No agent ended in 48 h.';
+  }
+
+  // Run time p50 (solid) and p95 (dashed) per provider, hour by hour; an hour without agents is a gap.
+  function drawLatencyChart(body) {
+    const columns = body.buckets || [];
+    const series = (body.series || []).slice(0, CHART_SERIES);
+    const values = series.flatMap((x) => [...(x.p50 || []), ...(x.p95 || [])]).filter((v) => typeof v === 'number');
+    const top = Math.max(0, ...values);
+    const W = 360, H = 180, L = 62, B = 20, T = 8;
+    const root = chartFrame($('latency-chart'), W, H, 'Agent run time per provider over 48 h, p50 and p95');
+    axisY(root, L, T, W, H - B, top, seconds);
+    const x = (i) => L + ((W - L) * (i + 0.5)) / Math.max(columns.length, 1);
+    const y = (v) => H - B - (top > 0 ? ((H - B - T) * v) / top : 0);
+    series.forEach((x0, k) => {
+      for (const q of ['p50', 'p95']) {
+        for (const run of runsOf(x0[q] || [])) {  // one polyline per stretch of hours with a value
+          const points = run.map((i) => `${x(i).toFixed(1)},${y(x0[q][i]).toFixed(1)}`).join(' ');
+          root.append(run.length > 1
+            ? svg('polyline', { points, class: `line s${k} ${q}`, 'data-provider': x0.label, 'data-q': q })
+            : svg('circle', { cx: x(run[0]).toFixed(1), cy: y(x0[q][run[0]]).toFixed(1), r: 2.5,
+              class: `dot s${k} ${q}`, 'data-provider': x0.label, 'data-q': q },
+            svg('title', {}, `${x0.label} ${q} ${hourTick(columns[run[0]])}: ${seconds(x0[q][run[0]])}`)));
+        }
+      }
+    });
+    [[0, 'tick'], [Math.floor(columns.length / 2), 'tick mid'], [columns.length - 1, 'tick end']].forEach(([i, cls]) => {
+      if (columns[i]) root.append(svg('text', { x: cls === 'tick end' ? W : x(i), y: H - 6, class: cls }, hourTick(columns[i])));
+    });
+    legend('latency-legend', series.map((x0, k) => [x0.label, `s${k}`]));
+    const latest = series.map((x0) => {
+      const i = (x0.p50 || []).map((v, j) => (typeof v === 'number' ? j : -1)).filter((j) => j >= 0).pop();
+      return i === undefined ? null : `${x0.label} p50 ${seconds(x0.p50[i])}, p95 ${seconds(x0.p95[i])}`;
+    }).filter(Boolean);
+    $('latency-caption').textContent = latest.length ? `Latest hour with agents: ${latest.join('; ')}.`
+      : 'No agent completed in 48 h.';
+  }
+
+  function runsOf(values) {  // the index runs where values are numbers
+    const runs = [];
+    values.forEach((v, i) => {
+      if (typeof v !== 'number') return;
+      const run = runs[runs.length - 1];
+      if (run && run[run.length - 1] === i - 1) run.push(i);
+      else runs.push([i]);
+    });
+    return runs;
   }
 
   async function loadBurn() {
@@ -663,7 +757,7 @@
     const projected = (spent / hoursGone) * 24;
     const byHour = new Array(24).fill(0);
     for (const r of rows) byHour[Number(String(r.hour).slice(11, 13))] += r.cost;
-    const W = 360, H = 160, L = 52, B = 20, T = 8;
+    const W = 360, H = 160, L = 62, B = 20, T = 8;
     const top = Math.max(budget, projected, 1e-9);
     const x = (h) => L + ((W - L) * h) / 24;
     const y = (v) => H - B - ((H - B - T) * Math.max(v, 0)) / top;
