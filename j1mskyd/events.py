@@ -34,7 +34,7 @@ from .tenancy import Viewer
 
 __all__ = ["AGENT_EVENTS", "EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "OWNED_TYPES", "Outbox", "PRICING_EVENTS",
            "Publisher",
-           "QUEUE_SIZE", "SHUTDOWN", "Subscription", "agent_event_data", "event_types"]
+           "QUEUE_SIZE", "SHUTDOWN", "Subscription", "agent_event_data", "agent_event_ids", "event_types", "open_data"]
 
 AGENT_EVENTS = ("agent.spawned", "agent.completed", "agent.failed", "agent.cancelled")
 LIVE_ONLY = ("agent.started", "agent.output")   # to live readers only: never stored, never to webhooks
