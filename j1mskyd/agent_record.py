@@ -175,6 +175,8 @@ class Agent:
             "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
             if self.input_tokens is not None else None,
             "attempts": self.attempts,
+            "charges": self.charges(),
+            "timeline": self.timeline(),
             # Whose work it is: a key sees only its own agents, so this names the owner to
             # admins (key ids are safe to show; never a token).
             "api_key": self.api_key,
@@ -187,6 +189,28 @@ class Agent:
         if self.kind == KIND_CHAT:
             view |= self._chat_view()
         return view
+
+    def charged(self) -> float | None:
+        """What the agent was charged: its cost once it ended (nothing billed: 0); None while
+        live (only an estimate exists then)."""
+        if self.status not in TERMINAL:
+            return None
+        return money(self.cost or 0.0)
+
+    def charges(self) -> dict[str, float | None]:
+        """Estimated at spawn, charged, and refunded: the unspent part of the estimate, which
+        the budget got back when the agent ended (as DELETE /agent/{id} answers ``refund``);
+        None while the agent is live."""
+        charged = self.charged()
+        return {"estimated": money(self.estimated_cost), "charged": charged,
+                "refunded": None if charged is None else money(max(self.estimated_cost - charged, 0.0))}
+
+    def timeline(self) -> dict[str, str | None]:
+        """When it was created, queued (admitted at spawn, in the same write: the same
+        moment), started (its first run) and completed (any end)."""
+        created = iso(self.created_at)
+        return {"created": created, "queued": created, "started": iso(self.started_at),
+                "completed": iso(self.completed_at)}
 
     def _chat_view(self) -> dict[str, Any]:
         """What a chat agent adds to its views: its kind, how long its caller waited for the
@@ -209,6 +233,7 @@ class Agent:
             "completed_at": iso(self.completed_at),
             "estimated_cost": money(self.estimated_cost),
             "actual_cost": money(self.cost),
+            "charged_cost": self.charged(),
             "error": self.error,
             "api_key": self.api_key,
             "project_id": self.project_id,

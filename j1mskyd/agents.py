@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["AgentService"]
 
 _SETTLE_WAIT = 5.0  # seconds to wait for an agent's final write before answering anyway
+_EVENT_MARGIN = 60.0  # s around an agent's life in which its events are looked for
 
 
 class AgentService:
@@ -217,6 +218,7 @@ class AgentService:
     async def status(self, agent_id: str, viewer: Viewer | None) -> dict[str, Any]:
         agent = await self._load(agent_id, viewer)
         view = agent.status_view()
+        view["fallbacks"] = self.fallbacks_taken(agent)
         if agent.kind == KIND_TEAM:
             rows = await self.store.read(lambda conn: agent_record.members(conn, agent_id))
             live = self.runtime.live
@@ -234,6 +236,28 @@ class AgentService:
                 for r in rows
             ]
         return view
+
+    async def deliveries(self, agent_id: str, viewer: Viewer | None) -> dict[str, Any]:
+        """The webhook deliveries of the agent's events (to the webhooks ``viewer`` may see)."""
+        agent = await self._load(agent_id, viewer)
+        if self.webhooks is None:
+            return {"agent_id": agent_id, "data": []}
+        # Its events are written at spawn and at its end; the margin covers the write's delay.
+        hi = (agent.completed_at if agent.completed_at is not None else self.runtime.clock()) + _EVENT_MARGIN
+        data = await self.webhooks.for_agent(agent.agent_id, agent.api_key, agent.created_at - _EVENT_MARGIN, hi,
+                                             viewer)
+        return {"agent_id": agent_id, "data": data}
+
+    def fallbacks_taken(self, agent: Agent) -> list[str] | None:
+        """The models it fell back to, in order, to reach the one that answered ([]: the one
+        asked for answered).  None when no model answered (failed, cancelled, still live):
+        a failed agent's ``error`` names each model tried and why it gave up."""
+        if agent.served_model is None:
+            return None
+        chain = worstcase.fallback_chain(self.config.models, agent.model)
+        if agent.served_model not in chain:  # the config changed since (a model or fallback removed)
+            return [agent.served_model] if agent.served_model != agent.model else []
+        return chain[1:chain.index(agent.served_model) + 1]
 
     async def list(self, params: dict[str, str], viewer: Viewer | None) -> dict[str, Any]:
         q = agent_query.parse(params, viewer)

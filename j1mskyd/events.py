@@ -34,7 +34,7 @@ from .tenancy import Viewer
 
 __all__ = ["AGENT_EVENTS", "EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "OWNED_TYPES", "Outbox", "PRICING_EVENTS",
            "Publisher",
-           "QUEUE_SIZE", "SHUTDOWN", "Subscription", "agent_event_data", "event_types"]
+           "QUEUE_SIZE", "SHUTDOWN", "Subscription", "agent_event_data", "agent_event_ids", "event_types", "open_data"]
 
 AGENT_EVENTS = ("agent.spawned", "agent.completed", "agent.failed", "agent.cancelled")
 LIVE_ONLY = ("agent.started", "agent.output")   # to live readers only: never stored, never to webhooks
@@ -194,8 +194,7 @@ class EventLog:
         return cipher.encrypt(text, f"event/{event_id}") if cipher is not None else text
 
     def _open(self, event_id: int, text: str) -> dict[str, Any]:
-        cipher = self.store.cipher
-        return json.loads(cipher.decrypt(text, f"event/{event_id}") if cipher is not None else text)
+        return open_data(self.store.cipher, event_id, text)
 
     def statements(self, type_: str, data: dict[str, Any], owner: str | None = None
                    ) -> tuple[Event, list[Statement]]:
@@ -336,6 +335,21 @@ def event_types(conn: sqlite3.Connection, event_ids: Iterable[int]) -> dict[int,
         return {}
     rows = conn.execute(f"SELECT id, type FROM events WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall()
     return {row[0]: row[1] for row in rows}
+
+
+def open_data(cipher: Any, event_id: int, text: str) -> dict[str, Any]:
+    """A stored event's data, decrypted when the store encrypts (``cipher``: its DataCipher)."""
+    return json.loads(cipher.decrypt(text, f"event/{event_id}") if cipher is not None else text)
+
+
+def agent_event_ids(conn: sqlite3.Connection, agent_id: str, owner: str, lo: float, hi: float,
+                    cipher: Any) -> list[int]:
+    """The ids of the stored events about one agent (its key's ``agent.*`` events from ``lo``
+    to ``hi``, whose data names it), oldest first; runs inside the caller's read.  The data
+    may be encrypted, so the agent is matched after decrypting, within that bounded window."""
+    rows = conn.execute("SELECT id, data FROM events WHERE api_key = ? AND ts >= ? AND ts <= ? "
+                        "AND type LIKE 'agent.%' ORDER BY id", (owner, lo, hi)).fetchall()
+    return [r[0] for r in rows if open_data(cipher, r[0], r[1]).get("agent_id") == agent_id]
 
 
 def agent_event_data(agent: Any) -> dict[str, Any]:

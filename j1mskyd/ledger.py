@@ -143,6 +143,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "project": ("project_id", "project_id"),   # the project the spend was made under (stamped at spawn)
     "model": ("model", "model"),
     "day": ("day", "date(ts, 'unixepoch')"),  # the UTC day
+    "hour": ("hour", "strftime('%Y-%m-%dT%H:00:00Z', ts, 'unixepoch')"),  # the UTC hour (a day's burn-down)
 }
 
 

@@ -65,6 +65,9 @@ def iso_second(ts: int) -> str:
     return text
 
 
+CALL_SLOTS = 60  # a window's call count is kept in this many slots (a minute each for an hour)
+
+
 class Buckets:
     """All token buckets of the daemon, each ``key -> [tokens, updated_at]``."""
 
@@ -76,6 +79,10 @@ class Buckets:
         # Bumped whenever tokens are spent or loaded: only then can a bucket hold fewer
         # tokens than a moment ago (a cache of a full bucket's headers keys on it).
         self.spends = 0
+        # Calls let through per bucket, counted in slots of 1/CALL_SLOTS of its window: what
+        # "used" means to a reader (calls in the last window), where the bucket's level is only
+        # what may be sent now.  In memory only: a restart starts the count again.
+        self._calls: dict[str, dict[int, int]] = {}
 
     def _refill(self, key: str, limit: Limit, now: float) -> list[float]:
         state = self._state.get(key)
@@ -95,6 +102,31 @@ class Buckets:
         retry = 0.0 if allowed else (1.0 - tokens) / limit.rate
         return Decision(allowed, limit.limit, max(int(tokens), 0), reset, retry)
 
+    def _count(self, key: str, limit: Limit, now: float) -> None:
+        """One more call let through ``key``'s bucket (for calls())."""
+        width = limit.window / CALL_SLOTS
+        slots = self._calls.setdefault(key, {})
+        slot = int(now // width)
+        slots[slot] = slots.get(slot, 0) + 1
+        if len(slots) > CALL_SLOTS + 1:  # bounded: drop the slots older than the window
+            for old in [s for s in slots if s <= slot - CALL_SLOTS]:
+                del slots[old]
+
+    def calls(self, key: str, limit: Limit) -> int:
+        """Calls let through ``key``'s bucket in the last window of ``limit`` (to a slot: the
+        window is counted in CALL_SLOTS slots)."""
+        slots = self._calls.get(key)
+        if not slots:
+            return 0
+        current = int(self.clock() // (limit.window / CALL_SLOTS))
+        return sum(n for s, n in slots.items() if s > current - CALL_SLOTS)
+
+    def used(self, key: str, limit: Limit) -> int:
+        """Calls in the last window: the count, and after a restart (counts are not saved) at
+        least what the saved bucket still lacks, which no more calls than that window's
+        can explain (the bucket refills whole within one window)."""
+        return max(self.calls(key, limit), limit.limit - self.peek(key, limit).remaining)
+
     def take(self, key: str, limit: Limit, cost: float = 1.0) -> Decision:
         """Spend ``cost`` tokens if there are enough; say what is left either way."""
         now = self.clock()
@@ -104,6 +136,7 @@ class Buckets:
             state[0] -= cost
             self.changed = True
             self.spends += 1
+            self._count(key, limit, now)
         else:
             self.hits += 1
         return self._decision(allowed, state, limit, now)
@@ -121,8 +154,9 @@ class Buckets:
         if tightest[0] < 1.0:
             self.hits += 1
             return self._decision(False, tightest, limit, now)
-        for state, _ in states:
+        for (state, each), (key, _) in zip(states, buckets):
             state[0] -= 1.0
+            self._count(key, each, now)
         self.changed = True
         self.spends += 1
         return self._decision(True, tightest, limit, now)
@@ -161,6 +195,11 @@ class Buckets:
                 gone.append(key)
         for key in gone:
             del self._state[key]
+        # A full bucket may still have calls in its window: their count goes once the window passed.
+        for key in [k for k in self._calls if k not in self._state]:
+            limit = limits(key)
+            if limit is None or not self.calls(key, limit):
+                del self._calls[key]
         # Not a change worth a write: a full bucket and a missing one behave the same
         # after a reload, and an SD card should not be rewritten for housekeeping.
         return len(gone)
@@ -327,6 +366,6 @@ class RequestLimiter:
         for cls in self.limits:
             (bucket, limit), *_ = self._buckets(cls, key_id, None, own)
             d = self.buckets.peek(bucket, limit)
-            out[cls] = {"used": limit.limit - d.remaining, "limit": limit.limit, "remaining": d.remaining,
+            out[cls] = {"used": self.buckets.used(bucket, limit), "limit": limit.limit, "remaining": d.remaining,
                         "reset_at": d.reset_at}
         return out

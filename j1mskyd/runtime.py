@@ -462,6 +462,10 @@ class AgentRuntime:
         """The provider's hourly token bucket, as a Decision (for /rate-limits and routing)."""
         return self.buckets.peek("provider:" + name, self._provider_limits[name])
 
+    def provider_calls(self, name: str) -> int:
+        """Calls made to the provider in the last hour (its hourly limit's window)."""
+        return self.buckets.used("provider:" + name, self._provider_limits[name])
+
     def _route(self, agent: Agent) -> tuple[ProviderSlot | None, float | None]:
         """Where ``agent`` can start now.
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from .agent_record import ANONYMOUS, iso
 from .errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
-from .events import EventLog, event_types
+from .events import EventLog, agent_event_ids, event_types
 from .plugin_api import Sink, SinkError, SinkSettings
 from .plugins import bounded, build_sink, off_loop
 from .store import Statement
@@ -66,6 +66,7 @@ CONCURRENT_WEBHOOKS = 8  # drain tasks (webhooks being sent to) at once
 # all (the admins, who alone could make webhooks before keys were tenants) have no cap.
 MAX_PER_KEY = 25
 DRAIN_BATCH = 50         # due deliveries a drain reads at a time
+AGENT_DELIVERIES = 100   # deliveries one agent's listing shows at most
 
 
 @dataclass(frozen=True)
@@ -392,13 +393,35 @@ class WebhookService:
 
         await self.store.flush()
         total, rows, types = await self.store.read(read)
-        data = [{"delivery_id": r["delivery_id"], "event_id": r["event_id"], "event": types.get(r["event_id"]),
-                 "status": r["status"], "attempts": r["attempts"], "last_error": r["last_error"],
-                 "last_status": r["last_status"], "created_at": iso(r["created_at"]),
-                 "next_attempt_at": iso(r["next_attempt_at"]) if r["status"] == "pending" else None,
-                 "delivered_at": iso(r["delivered_at"])} for r in rows]
+        data = [_delivery_view(r, types) for r in rows]
         return {"data": data, "pagination": {"total": total, "limit": limit, "offset": offset,
                                              "has_more": offset + limit < total}}
+
+    async def for_agent(self, agent_id: str, owner: str, lo: float, hi: float,
+                        viewer: Viewer | None) -> list[dict[str, Any]]:
+        """The deliveries of one agent's events (stored from ``lo`` to ``hi``, by its key
+        ``owner``) to the webhooks ``viewer`` may see, oldest first, each naming its webhook;
+        at most AGENT_DELIVERIES (an agent has a handful of events)."""
+        visible = [h for h, hook in self.hooks.items()
+                   if viewer is None or viewer.sees(hook.api_key_id or ANONYMOUS)]
+        if not visible:
+            return []
+        cipher = self.store.cipher
+
+        def read(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], dict[int, str]]:
+            ids = agent_event_ids(conn, agent_id, owner, lo, hi, cipher)
+            if not ids:
+                return [], {}
+            rows = conn.execute(
+                f"SELECT * FROM deliveries WHERE event_id IN ({', '.join('?' * len(ids))}) "
+                f"AND webhook_id IN ({', '.join('?' * len(visible))}) ORDER BY created_at, rowid LIMIT ?",
+                (*ids, *visible, AGENT_DELIVERIES)).fetchall()
+            return rows, event_types(conn, (r["event_id"] for r in rows))
+
+        await self.store.flush()
+        rows, types = await self.store.read(read)
+        return [{"webhook_id": r["webhook_id"], "url": self.hooks[r["webhook_id"]].url, **_delivery_view(r, types)}
+                for r in rows if r["webhook_id"] in self.hooks]
 
     async def redeliver(self, webhook_id: str, delivery_id: str, viewer: Viewer | None) -> dict[str, Any]:
         self.get_to_change(webhook_id, viewer)
@@ -604,6 +627,15 @@ class WebhookService:
         elif current is not None:
             self.hooks[webhook_id] = replace(current, last_triggered=self.clock())
         return True
+
+
+def _delivery_view(r: sqlite3.Row, types: dict[int, str]) -> dict[str, Any]:
+    """One delivery as the API shows it (``types``: the stored events' types by id; None: purged)."""
+    return {"delivery_id": r["delivery_id"], "event_id": r["event_id"], "event": types.get(r["event_id"]),
+            "status": r["status"], "attempts": r["attempts"], "last_error": r["last_error"],
+            "last_status": r["last_status"], "created_at": iso(r["created_at"]),
+            "next_attempt_at": iso(r["next_attempt_at"]) if r["status"] == "pending" else None,
+            "delivered_at": iso(r["delivered_at"])}
 
 
 def _deliveries_where(webhook_id: str, status: str | None) -> tuple[str, list[Any]]:

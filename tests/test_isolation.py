@@ -45,6 +45,7 @@ USER = ("agents:read", "agents:write", "billing:read")
 LISTS = {("GET", "/agents"), ("GET", "/agents/active"), ("GET", "/events"), ("GET", "/webhooks")}
 ID_ROUTES = {
     ("GET", "/agent/{agent_id}"), ("DELETE", "/agent/{agent_id}"), ("DELETE", "/agent/{agent_id}/data"),
+    ("GET", "/agent/{agent_id}/deliveries"),
     ("GET", "/webhooks/{webhook_id}"), ("PUT", "/webhooks/{webhook_id}"), ("DELETE", "/webhooks/{webhook_id}"),
     ("POST", "/webhooks/{webhook_id}/test"), ("GET", "/webhooks/{webhook_id}/deliveries"),
     ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"),
@@ -65,7 +66,11 @@ EXEMPT = {
     ("GET", "/rate-limits"): "the calling key's own counters and the providers' quotas",
     ("GET", "/system"): DAEMON_WIDE + " (aggregate counts, no ids or text)",
     ("GET", "/metrics"): DAEMON_WIDE + " (aggregate counters per route)",
+<<<<<<< HEAD
     ("GET", "/metrics/timeseries"): "admin:read only: rolled-up counts and spend of every key's work",
+=======
+    ("GET", "/metrics/timeseries"): "admin:read only: every key's work rolled up (tests/test_timeseries.py)",
+>>>>>>> h-dash
     ("GET", "/billing/usage"): "a key's own spend only, grouped or not (tests/test_billing_groups.py); "
                                "the leak check below still asks it as B",
     ("POST", "/keys"): "admin:write only",

@@ -283,6 +283,7 @@ def _back_to_schema_7(path: str) -> None:
         for index in ("agents_key", "usage_key_ts", "usage_project_ts", "events_key", "projects_name"):
             conn.execute(f"DROP INDEX IF EXISTS {index}")
         conn.execute("DROP TABLE projects")
+        conn.execute("DROP TABLE IF EXISTS metric_points")  # migration 9 (h-obs's time series), after 8
         for table, columns in _MIGRATION_8_COLUMNS.items():
             for column in columns:
                 conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")

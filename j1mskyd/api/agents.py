@@ -70,6 +70,10 @@ async def get_agent(request: web.Request) -> web.Response:
     return json_response(await _agents(request).status(request.match_info["agent_id"], viewer(request)))
 
 
+async def agent_deliveries(request: web.Request) -> web.Response:
+    return json_response(await _agents(request).deliveries(request.match_info["agent_id"], viewer(request)))
+
+
 async def cancel_agent(request: web.Request) -> web.Response:
     return json_response(await _agents(request).cancel(request.match_info["agent_id"], viewer(request)))
 

@@ -69,11 +69,20 @@ _AGENT = _obj(["agent_id", "model", "status", "task", "created", "result", "cost
                "error"], agent_id=_STR, model=_STR, status=_STATUS, task=_STR, created=_TIME,
               result={"type": ["string", "null"]}, cost={"type": ["number", "null"]}, estimated_cost=_NUM,
               priority=_STR, error={"type": ["string", "null"]}, api_key=_STR,
-              project_id={"type": ["string", "null"]})
+              project_id={"type": ["string", "null"]}, attempts=_INT,
+              # estimated at spawn; charged and refunded (the unspent estimate) once it ended, else null
+              charges=_obj(["estimated", "charged", "refunded"], estimated=_NUM,
+                           charged={"type": ["number", "null"]}, refunded={"type": ["number", "null"]}),
+              timeline=_obj(["created", "queued", "started", "completed"], created=_TIME, queued=_TIME,
+                            started={"type": ["string", "null"]}, completed={"type": ["string", "null"]}),
+              # the models fallen back to, to reach served_by ([]: the model asked for); null: none answered
+              fallbacks={"type": ["array", "null"], "items": _STR})
 _LISTED = _obj(["agent_id", "model", "status", "task", "created_at", "estimated_cost", "error"], agent_id=_STR,
                model=_STR, status=_STATUS, task=_STR, created_at=_TIME, estimated_cost=_NUM,
                actual_cost={"type": ["number", "null"]}, error={"type": ["string", "null"]}, api_key=_STR,
-               project_id={"type": ["string", "null"]})
+               project_id={"type": ["string", "null"]},
+               charged_cost={"type": ["number", "null"], "description": "what it was charged once it ended "
+                                                                          "(0: nothing billed); null while live"})
 _NULL_NUM, _NULL_STR = {"type": ["number", "null"]}, {"type": ["string", "null"]}
 # A key's own budget in its current period (null: it has none): GET /keys, /keys/{key_id}, /keys/me.
 _KEY_BUDGET = {"type": ["object", "null"], "required": ["max_budget", "budget_duration", "spend", "reserved",
@@ -132,6 +141,9 @@ RESULTS: dict[tuple[str, str], dict[str, Any]] = {
                              pagination=_PAGINATION, links=_obj(["self", "first", "last"])),
     ("GET", "/agents/active"): _obj(["agents", "count"], agents=_ARR, count=_INT),
     ("GET", "/agent/{agent_id}"): _AGENT,
+    ("GET", "/agent/{agent_id}/deliveries"): _obj(["agent_id", "data"], agent_id=_STR, data={"type": "array", "items": _obj(
+        ["webhook_id", "url", "delivery_id", "event", "status", "attempts"], webhook_id=_STR, url=_STR,
+        delivery_id=_STR, event={"type": ["string", "null"]}, status=_STR, attempts=_INT)}),
     ("DELETE", "/agent/{agent_id}"): _obj(["success", "message", "agent_id", "refund"], success=_OK, message=_STR,
                                           agent_id=_STR, refund=_NUM),
     ("DELETE", "/agent/{agent_id}/data"): _obj(["success", "message", "agent_id"], success=_OK, message=_STR,
@@ -225,7 +237,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
 _LIMIT = {"type": "integer", "minimum": 1}
 _OFFSET = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}  # SQLite's integers are 64-bit
 _DAY = {"type": "string", "format": "date"}
-_GROUP_BY = "^ *(key|project|model|day) *(, *(key|project|model|day) *)*$"  # billing.group_by
+_GROUP_BY = "^ *(key|project|model|day|hour) *(, *(key|project|model|day|hour) *)*$"  # billing.group_by
 
 
 def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -263,6 +275,9 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
                                      _query("from", {"type": "string", "format": "date-time"}),
                                      _query("to", {"type": "string", "format": "date-time"}),
                                      _query("limit", {**_LIMIT, "maximum": 500}), _query("offset", _OFFSET)],
+        ("GET", "/models"): [_query("include", {"type": "string", "pattern": "^ *(pricing|performance) *(, *(pricing|"
+                                                "performance) *)*$", "description": "each model's prices and its "
+                                                "live performance (the last 24 h), comma-separated"})],
         ("GET", "/metrics/timeseries"): [
             {**_query("metric", {"type": "string", "enum": list(TS_METRICS)}), "required": True},
             _query("granularity", {"type": "string", "enum": list(TS_GRANULARITIES), "default": "hour"}),
@@ -271,7 +286,7 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
         ("GET", "/billing/usage"): [_query("from", _DAY), _query("to", _DAY), _query("by_key", _BOOL),
                                     _query("group_by", {"type": "string", "pattern": _GROUP_BY, "description":
                                            "rows per group instead of the totals: a comma-separated list of "
-                                           "key, project, model, day"})],
+                                           "key, project, model, day, hour"})],
         **{("GET", f"/pricing/{name}"): [_query("days", history_days)]
            for name in ("weekly-metrics", "weekly-comparison")},
         ("GET", "/pricing/experiment-summary"): [_query("days", history_days),

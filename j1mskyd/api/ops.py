@@ -26,8 +26,8 @@ async def rate_limits(request: web.Request) -> web.Response:
     providers = {}
     for name, slot in services.slots.items():
         d = services.runtime.provider_tokens(name)
-        providers[name] = {"used": d.limit - d.remaining, "limit": d.limit, "remaining": d.remaining,
-                           "reset_at": d.reset_at}
+        providers[name] = {"used": services.runtime.provider_calls(name), "limit": d.limit,
+                           "remaining": d.remaining, "reset_at": d.reset_at}
     key_id = request.get(API_KEY_ID, ANONYMOUS)
     key = request.get(API_KEY)  # its own request limits, where it has them
     return json_response({"limits": providers,

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import pricing
+from ..config import ModelConfig
 from ..errors import NotFound, ValidationFailed
 from ..orchestrator import PRIORITIES, ModelRequest, Orchestrator
 from .common import CONFIG, SERVICES, json_response, read_json_object, usable
@@ -114,19 +115,46 @@ def _model_view(request: web.Request, alias: str, full: bool) -> dict[str, Any]:
             "capabilities": caps, "fallback_model": m.fallback,
             "limits": {"max_tokens": m.max_tokens,
                        "requests_per_hour": provider.hourly_limit if provider is not None else None},
-            "pricing": {"input_tokens": m.input_per_1k, "output_tokens": m.output_per_1k,
-                        "blended": m.blended_per_1k, "per": "1k tokens", "currency": "USD"}})
+            "pricing": _pricing(m)})
     return view
 
 
+def _pricing(m: ModelConfig) -> dict[str, Any]:
+    """A model's prices (ModelConfig), as GET /models/{name} and ?include=pricing show them."""
+    return {"input_tokens": m.input_per_1k, "output_tokens": m.output_per_1k,
+            "blended": m.blended_per_1k, "per": "1k tokens", "currency": "USD"}
+
+
+_INCLUDES = ("pricing", "performance")  # GET /models?include=: what each model adds to its entry
+
+
+def _includes(request: web.Request) -> set[str]:
+    """``?include=pricing,performance``: the extras the caller asked for (400 for others)."""
+    asked = {part.strip() for part in request.query.get("include", "").split(",") if part.strip()}
+    unknown = sorted(asked - set(_INCLUDES))
+    if unknown:
+        raise ValidationFailed([{"field": "include",
+                                 "message": f"Cannot include {', '.join(unknown)} (use {', '.join(_INCLUDES)})"}])
+    return asked
+
+
 async def list_models(request: web.Request) -> web.Response:
-    """The configured models the key may use (all of them, for a key without a models list)."""
+    """The configured models the key may use (all of them, for a key without a models list),
+    with their prices and live performance when asked for, and the teams the key may use."""
+    include = _includes(request)
     aliases = usable(request, request.app[CONFIG].models)
     models = [_model_view(request, alias, False) for alias in aliases]
+    for view in models:
+        if "pricing" in include:
+            view["pricing"] = _pricing(request.app[CONFIG].models[view["name"]])
+        if "performance" in include:
+            view["performance"] = await _service(request).performance(view["name"])
+    teams = [{"id": t.id, "name": t.name, "members": list(t.members), "specialty": list(t.specialty),
+              "status": t.status} for t in usable(request, request.app[CONFIG].teams).values()]
     first = next(iter(aliases), None)  # apart: mypy 1.0 mistypes next(..., None) in a conditional
     data = {"models": models, "default_model": pricing.DEFAULT_MODEL if pricing.DEFAULT_MODEL in aliases
             else first,
-            "escalation_model": "opus" if "opus" in aliases else None}
+            "escalation_model": "opus" if "opus" in aliases else None, "teams": teams}
     return json_response({"success": True, "data": data})
 
 

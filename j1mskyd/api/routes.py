@@ -32,6 +32,7 @@ ROUTES = (
     ("GET", "/agents", agents.list_agents, READ, "agents_list"),
     ("GET", "/agents/active", agents.active_agents, READ, "agents_list"),
     ("GET", "/agent/{agent_id}", agents.get_agent, READ, "agent_read"),
+    ("GET", "/agent/{agent_id}/deliveries", agents.agent_deliveries, READ, "agent_read"),
     ("DELETE", "/agent/{agent_id}", agents.cancel_agent, WRITE, "other"),
     ("DELETE", "/agent/{agent_id}/data", agents.delete_agent_data, WRITE, "other"),
     ("GET", "/health", system.health, PUBLIC, "other"),

@@ -9,6 +9,7 @@
  * agent events at most every EVENT_REFRESH_MS, and on the Refresh button; never from a hidden tab.
  * The page learns its key's scopes from GET /api/keys/me and hides what the key may not use; the API
  * itself filters what a key sees (a key without admin:read or admin:write sees only its own work).
+ * The charts are SVG drawn here (no library): the CSP allows no inline style, and none is needed.
  */
 (() => {
   'use strict';
@@ -18,8 +19,13 @@
   const REFRESH_MS = 300000;       // the counted panels
   const EVENT_REFRESH_MS = 30000;  // the counted panels after agent events, at most this often
   const MAX_ROWS = 50;
-  const STREAM_TYPES = ['agent.spawned', 'agent.started', 'agent.completed', 'agent.failed', 'agent.cancelled',
-    'budget.notice', 'budget.warning', 'budget.critical'].join(',');
+  const STREAM_TYPES = ['agent.spawned', 'agent.started', 'agent.output', 'agent.completed', 'agent.failed',
+    'agent.cancelled', 'budget.notice', 'budget.warning', 'budget.critical'].join(',');
+  const OUTPUT_MAX = 65536;        // characters of live output kept per agent
+  const OUTPUT_AGENTS = 20;        // live agents whose output is kept
+  const CHART_DAYS = 30;
+  const CHART_SERIES = 6;          // models drawn apart in the spend chart; the rest is "other"
+  const SVG_NS = 'http://www.w3.org/2000/svg';
   const RANK = { spawning: 0, queued: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
   const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
   // keys.py's rule: admin:write holds every scope; admin:read every read scope (and every key's work).
@@ -48,7 +54,13 @@
     remaining: null,        // X-Budget-Remaining of the latest answer: the most the key may still spend
     editing: null,          // the key whose limits the edit form holds: {key_id, initial: {field: text}}
     view: 'overview',
-    agents: new Map(),      // agent_id -> {agent_id, model, status, task, cost, created_at, source}
+    agents: new Map(),      // agent_id -> {agent_id, model, status, task, estimate, charged, created_at, seq, source}
+    seq: 0,                 // arrival order: ties of created_at (whole seconds) show the later-known first
+    outputs: new Map(),     // agent_id -> its live output so far (agent.output deltas)
+    detail: null,           // the agent shown in detail: {id, view}
+    detailTimer: null,
+    budget: null,           // the daemon's budget snapshot (daily_budget, today_spend), for the burn-down
+    burnRows: null,         // today's spend per UTC hour (GET /billing/usage?group_by=hour)
     lastEventId: 0,
     streamCtrl: null,
     streamGen: 0,
@@ -80,6 +92,17 @@
       else if (k.startsWith('data-')) node.dataset[k.slice(5).replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = v;
       else node.setAttribute(k, v);
     }
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  function fillTable(id, rows) {  // one home for replacing a table's rows
+    $(id).tBodies[0].replaceChildren(...rows);
+  }
+
+  function svg(tag, attrs, ...children) {  // an SVG element (attributes only: no inline style)
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
     for (const child of children) node.append(child);
     return node;
   }
@@ -152,8 +175,15 @@
 
   function applyScopes() {
     $('spawn-card').hidden = !can('agents:write');
-    for (const id of ['agents-card', 'limits-card', 'requests-card', 'webhooks-card']) $(id).hidden = !can('agents:read');
+    for (const id of ['agents-card', 'limits-card', 'requests-card', 'webhooks-card', 'models-card']) {
+      $(id).hidden = !can('agents:read');
+    }
+    if (!can('agents:read')) closeDetail();
     $('spend-card').hidden = !can('billing:read');
+    $('spend-chart-card').hidden = !can('billing:read');
+    // Today's budget is the daemon's: drawn against every key's spend, so for a key that sees it all.
+    $('burn-card').hidden = !can('billing:read') || seesAll() === false;
+    for (const id of ['calls-card', 'latency-card']) $(id).hidden = !can(READ_ALL);  // every key's work
     $('budget-card').hidden = !can('agents:read') && !can('billing:read');
     $('tab-settings').hidden = !can(READ_ALL);
     $('key-create').hidden = !can(ADMIN);
@@ -245,8 +275,13 @@
     state.agents.clear();
     state.lastEventId = 0;
     clearSecrets();
-    for (const id of ['agents', 'providers', 'requests', 'breakers', 'keys', 'webhooks']) $(id).tBodies[0].replaceChildren();
-    $('spend').replaceChildren();
+    for (const id of ['agents', 'providers', 'requests', 'breakers', 'keys', 'webhooks', 'models', 'teams']) fillTable(id, []);
+    closeDetail();
+    state.outputs.clear();
+    state.budget = null;
+    state.burnRows = null;
+    for (const id of ['spend', 'spend-chart', 'burn-chart', 'spend-chart-legend', 'calls-chart', 'calls-legend',
+      'latency-chart', 'latency-legend']) $(id).replaceChildren();
     $('spawn-model').replaceChildren();
     $('overview-view').hidden = true;
     $('settings-view').hidden = true;
@@ -276,7 +311,6 @@
     applyScopes();
     renderMe();
     loadHealth();  // the breakers now, not at the next poll (public: not counted)
-    if (can('agents:read') && can('agents:write')) loadModels();  // for the spawn form only
     refreshAll(false, false);  // the agents list comes when the stream connects; the key's record just came
     $('live').hidden = !can('agents:read');
     if (can('agents:read')) startStream();
@@ -340,10 +374,18 @@
     if (state.token) state.refreshTimer = setTimeout(refreshAll, REFRESH_MS);
   }
 
-  function panelLoads(withMe = true) {  // the counted panels this key may read, and its own record (budget)
+  // The counted panels this key may read, and its own record (budget).  ``slow``: also those that
+  // change slowly (models, the charts), left out after events; the burn-down's current hour
+  // follows the budget's spend, which comes with the limits anyway.
+  function panelLoads(withMe = true, slow = true) {
     const loads = withMe ? [loadMe()] : [];
     if (can('agents:read')) loads.push(loadLimits());
     if (can('billing:read')) loads.push(loadBudget(), loadSpend());
+    if (slow && can('agents:read')) loads.push(loadModels());
+    if (slow && can('billing:read')) loads.push(loadSpendChart());
+    if (slow && !$('burn-card').hidden) loads.push(loadBurn());
+    if (slow && can(READ_ALL)) loads.push(loadSeries());
+    if (state.detail) loads.push(loadDetail());
     return loads;
   }
 
@@ -353,7 +395,7 @@
     state.soonTimer = setTimeout(() => {
       state.soonTimer = null;
       state.lastSoon = Date.now();
-      if (state.token && !document.hidden) Promise.all(panelLoads());
+      if (state.token && !document.hidden) Promise.all(panelLoads(true, false));
     }, wait);
   }
 
@@ -377,7 +419,7 @@
       pill.textContent = `${body.status} · v${body.version}`;
       pill.className = 'pill ' + (body.status === 'healthy' ? 'good' : 'bad');
       if (state.token) {
-        $('breakers').tBodies[0].replaceChildren(...Object.entries(body.providers || {}).map(([name, p]) =>
+        fillTable('breakers', Object.entries(body.providers || {}).map(([name, p]) =>
           el('tr', { 'data-provider': name }, el('td', { text: name }),
             el('td', {}, el('span', { class: `badge breaker-${p.state}`, text: p.state })),
             el('td', { class: 'num', text: `${p.successes} / ${p.failures}` }))));
@@ -388,28 +430,59 @@
     }
   }
 
+  // The models (with prices and the last 24 h's performance) and teams: the Models panel and the spawn form.
   async function loadModels() {
-    const select = $('spawn-model');
     try {
-      const body = await api('/models');
+      const body = await api('/models?include=pricing,performance');
       const data = body.data || {};
       const allowed = state.me && Array.isArray(state.me.models) ? state.me.models : null;  // null: all
       const models = (data.models || []).filter((m) => !allowed || allowed.includes(m.name));
-      select.replaceChildren(...models.map((m) => el('option', { value: m.name, text: `${m.name} (${m.provider})` })));
-      if (models.some((m) => m.name === data.default_model)) select.value = data.default_model;
-      setError('spawn-result', null);
+      fillSpawnModels(models, data.default_model);
+      fillTable('models', models.map(modelRow));
+      const teams = data.teams || [];
+      fillTable('teams', teams.map((t) => el('tr', { 'data-team': t.id }, el('td', { class: 'mono', text: t.id }),
+        el('td', { text: t.name }), el('td', { text: (t.members || []).join(', ') }), el('td', { text: t.status }))));
+      $('teams-empty').hidden = teams.length > 0;
+      setError('models-error', null);
     } catch (err) {
-      if (state.token) setError('spawn-result', err);
+      if (state.token) setError('models-error', err);
     }
+  }
+
+  function fillSpawnModels(models, defaultModel) {  // keeps the choice made, when it is still offered
+    const select = $('spawn-model');
+    const chosen = select.value;
+    select.replaceChildren(...models.map((m) => el('option', { value: m.name, text: `${m.name} (${m.provider})` })));
+    const keep = [chosen, defaultModel].find((name) => models.some((m) => m.name === name));
+    if (keep) select.value = keep;
+  }
+
+  function seconds(v) {
+    return typeof v === 'number' && Number.isFinite(v) ? `${v.toFixed(v < 10 ? 2 : 1)} s` : '–';
+  }
+
+  function modelRow(m) {
+    const p = m.pricing || {};
+    const perf = m.performance || {};
+    return el('tr', { 'data-model': m.name },
+      el('td', { class: 'mono', text: m.name }), el('td', { text: m.provider }),
+      el('td', {}, el('span', { class: `badge model-${m.status}`, text: m.status })),
+      el('td', { class: 'num', text: money(p.input_tokens) }), el('td', { class: 'num', text: money(p.output_tokens) }),
+      el('td', { class: 'num success', text: pct(perf.success_rate) }),
+      el('td', { class: 'num', text: seconds(perf.average_response_time) }),
+      el('td', { class: 'num', text: seconds(perf.p95_response_time) }),
+      el('td', { class: 'num finished', text: perf.finished_agents != null ? String(perf.finished_agents) : '–' }));
   }
 
   async function loadAgents() {
     try {
       const body = await api('/agents?sort=-created_at&limit=' + MAX_ROWS);
-      for (const a of body.data || []) {
+      // Oldest first: an agent the page did not know yet gets a later arrival number than the older
+      // ones, so agents created in the same second keep the list's order (newest first).
+      for (const a of [...(body.data || [])].reverse()) {
         upsertAgent({ agent_id: a.agent_id, model: a.model, status: a.status, task: a.task,
-          cost: a.actual_cost != null ? a.actual_cost : a.estimated_cost, created_at: a.created_at,
-          api_key: a.api_key }, 'list');
+          estimate: a.estimated_cost, charged: chargedOf(a.status, a.charged_cost, a.actual_cost),
+          created_at: a.created_at, api_key: a.api_key }, 'list');
       }
       setError('agents-error', null);
     } catch (err) {
@@ -421,14 +494,8 @@
   async function loadLimits() {
     try {
       const body = await api('/rate-limits');
-      const providers = Object.entries(body.limits || {}).map(([name, l]) => el('tr', { 'data-provider': name },
-        el('td', { text: name }), el('td', { class: 'num', text: `${l.used} / ${l.limit}` }),
-        el('td', { class: 'num', text: String(l.remaining) }), el('td', { text: clock(l.reset_at) })));
-      $('providers').tBodies[0].replaceChildren(...providers);
-      const requests = Object.entries(body.requests || {}).map(([name, l]) => el('tr', { 'data-class': name },
-        el('td', { text: name }), el('td', { class: 'num', text: `${l.used} / ${l.limit}` }),
-        el('td', { class: 'num', text: String(l.remaining) })));
-      $('requests').tBodies[0].replaceChildren(...requests);
+      fillTable('providers', Object.entries(body.limits || {}).map(([name, l]) => limitRow('provider', name, l)));
+      fillTable('requests', Object.entries(body.requests || {}).map(([name, l]) => limitRow('class', name, l)));
       if (body.budget) showBudget(body.budget);
       setError('limits-error', null);
     } catch (err) {
@@ -436,7 +503,18 @@
     }
   }
 
+  // "used": the calls of the last hour; "remaining": what may be sent now (a token bucket's level:
+  // each call takes one, and they come back steadily over the hour).
+  function limitRow(kind, name, l) {
+    return el('tr', { [`data-${kind}`]: name }, el('td', { text: name }),
+      el('td', { class: 'num used', text: `${l.used} / ${l.limit}` }),
+      el('td', { class: 'num available', text: String(l.remaining) }),
+      el('td', { text: l.remaining >= l.limit ? 'full' : clock(l.reset_at) }));
+  }
+
   function showBudget(b) {
+    state.budget = b;
+    drawBurn();
     $('budget-spend').textContent = money(b.today_spend);
     $('budget-limit').textContent = money(b.daily_budget);
     $('budget-pct').textContent = pct(b.budget_utilization_pct);
@@ -491,11 +569,233 @@
     }
   }
 
+  // -- charts (inline SVG drawn here) ----------------------------------------------------------
+  function utcDay(offsetDays = 0) {  // YYYY-MM-DD, UTC (the ledger's days and the budget's)
+    return new Date(Date.now() + offsetDays * 86400000).toISOString().slice(0, 10);
+  }
+
+  function chartFrame(figure, width, height, label) {
+    const root = svg('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': label, class: 'chart-svg' },
+      svg('title', {}, label));
+    figure.replaceChildren(root);
+    return root;
+  }
+
+  async function loadSpendChart() {
+    try {
+      const from = utcDay(1 - CHART_DAYS);
+      const body = await api(`/billing/usage?group_by=day,model&from=${from}&to=${utcDay()}`);
+      drawSpendChart(body.rows || []);
+    } catch (err) {
+      if (state.token) $('spend-chart-caption').textContent = problem(err);
+    }
+  }
+
+  // Stacked bars: one per UTC day, one colour per model (the costliest CHART_SERIES, then "other").
+  function drawSpendChart(rows) {
+    const days = Array.from({ length: CHART_DAYS }, (_, i) => utcDay(i + 1 - CHART_DAYS));
+    const totals = new Map();
+    for (const r of rows) totals.set(r.model, (totals.get(r.model) || 0) + r.cost);
+    const ranked = [...totals.entries()].sort((a, b) => b[1] - a[1]).map(([m]) => m);
+    const series = ranked.slice(0, CHART_SERIES);
+    if (ranked.length > CHART_SERIES) series.push('other');
+    const seriesOf = (model) => (series.includes(model) ? model : 'other');
+    const cells = new Map();  // "day model" -> cost
+    for (const r of rows) {
+      const key = `${r.day} ${seriesOf(r.model)}`;
+      cells.set(key, (cells.get(key) || 0) + r.cost);
+    }
+    const { total, top } = drawStacked($('spend-chart'), {
+      label: `Spend per day by model, ${days[0]} to ${days[days.length - 1]}`, columns: days, series,
+      value: (day, name) => cells.get(`${day} ${name}`) || 0, format: money, tick: (day) => day.slice(5),
+      every: 7, dataKey: 'day', classOf: (k) => `s${k}` });
+    legend('spend-chart-legend', series.map((name, k) => [name, `s${k}`]));
+    $('spend-chart-caption').textContent = rows.length
+      ? `${money(total)} in ${CHART_DAYS} days; the most in a day ${money(top)}.` : `Nothing spent in ${CHART_DAYS} days.`;
+  }
+
+  function legend(id, entries) {  // [name, class] pairs
+    $(id).replaceChildren(...entries.map(([name, cls]) =>
+      el('li', {}, el('span', { class: `swatch ${cls}` }), el('span', { class: 'mono', text: name }))));
+  }
+
+  // Stacked bars, one per column, one colour per series; returns the sum and the tallest column.
+  function drawStacked(figure, { label, columns, series, value, format, tick, every, dataKey, classOf }) {
+    const colTotal = (c) => series.reduce((sum, name) => sum + value(c, name), 0);
+    const top = Math.max(0, ...columns.map(colTotal));
+    const W = 360, H = 180, L = 62, B = 20, T = 8;
+    const root = chartFrame(figure, W, H, label);
+    axisY(root, L, T, W, H - B, top, format);
+    const slot = (W - L) / columns.length;
+    columns.forEach((col, i) => {
+      let y = H - B;
+      series.forEach((name, k) => {
+        const v = value(col, name);
+        if (!v) return;
+        const h = top > 0 ? ((H - B - T) * v) / top : 0;
+        y -= h;
+        root.append(svg('rect', { x: (L + i * slot + 1).toFixed(1), y: y.toFixed(1), width: Math.max(slot - 2, 1).toFixed(1),
+          height: Math.max(h, 0.5).toFixed(1), class: `series ${classOf(k, name)}`, [`data-${dataKey}`]: col,
+          'data-series': name }, svg('title', {}, `${col} ${name}: ${format(v)}`)));
+      });
+      const last = i === columns.length - 1;
+      if (last || (i % every === 0 && i < columns.length - every / 1.5)) {  // regular labels, the latest at the right edge
+        root.append(svg('text', { x: last ? W : (L + i * slot).toFixed(1), y: H - 6, class: last ? 'tick end' : 'tick' },
+          tick(col)));
+      }
+    });
+    return { total: columns.reduce((sum, c) => sum + colTotal(c), 0), top };
+  }
+
+  function axisY(root, left, top, right, bottom, max, format = money) {  // the zero line and the top value
+    root.append(svg('line', { x1: left, y1: bottom, x2: right, y2: bottom, class: 'axis' }),
+      svg('text', { x: left - 4, y: bottom, class: 'tick end' }, format(0)),
+      svg('text', { x: left - 4, y: top + 10, class: 'tick end' }, format(max)));
+  }
+
+  // From GET /api/metrics/timeseries (admin:read: the rows add up every key's work).
+  async function loadSeries() {
+    try {
+      const [agents, latency] = await Promise.all([api('/metrics/timeseries?metric=agents&period=48h'),
+        api('/metrics/timeseries?metric=latency_seconds&period=48h')]);
+      drawAgentsChart(agents);
+      drawLatencyChart(latency);
+    } catch (err) {
+      if (state.token) $('calls-caption').textContent = problem(err);
+    }
+  }
+
+  const ENDS = ['completed', 'failed', 'cancelled'];  // the agents series, drawn in this order
+
+  function hourTick(iso) {
+    return String(iso).slice(11, 16);
+  }
+
+  function drawAgentsChart(body) {
+    const counts = new Map((body.series || []).map((x) => [x.label, x.count]));
+    const columns = body.buckets || [];
+    const index = new Map(columns.map((b, i) => [b, i]));
+    const { total } = drawStacked($('calls-chart'), {
+      label: 'Agents ended per hour over 48 h, by final status', columns, series: ENDS,
+      value: (b, name) => (counts.get(name) || [])[index.get(b)] || 0, format: (v) => String(Math.round(v)),
+      tick: hourTick, every: 12, dataKey: 'hour', classOf: (k, name) => `end-${name}` });
+    legend('calls-legend', ENDS.map((name) => [name, `end-${name}`]));
+    const failed = (counts.get('failed') || []).reduce((a, b) => a + b, 0);
+    $('calls-card').dataset.total = String(total);
+    $('calls-card').dataset.failed = String(failed);
+    $('calls-caption').textContent = total
+      ? `${total} ended in 48 h, ${failed} failed (${pct((100 * failed) / total)}).` : 'No agent ended in 48 h.';
+  }
+
+  // Run time p50 (solid) and p95 (dashed) per provider, hour by hour; an hour without agents is a gap.
+  function drawLatencyChart(body) {
+    const columns = body.buckets || [];
+    const series = (body.series || []).slice(0, CHART_SERIES);
+    const values = series.flatMap((x) => [...(x.p50 || []), ...(x.p95 || [])]).filter((v) => typeof v === 'number');
+    const top = Math.max(0, ...values);
+    const W = 360, H = 180, L = 62, B = 20, T = 8;
+    const root = chartFrame($('latency-chart'), W, H, 'Agent run time per provider over 48 h, p50 and p95');
+    axisY(root, L, T, W, H - B, top, seconds);
+    const x = (i) => L + ((W - L) * (i + 0.5)) / Math.max(columns.length, 1);
+    const y = (v) => H - B - (top > 0 ? ((H - B - T) * v) / top : 0);
+    series.forEach((x0, k) => {
+      for (const q of ['p50', 'p95']) {
+        for (const run of runsOf(x0[q] || [])) {  // one polyline per stretch of hours with a value
+          const points = run.map((i) => `${x(i).toFixed(1)},${y(x0[q][i]).toFixed(1)}`).join(' ');
+          root.append(run.length > 1
+            ? svg('polyline', { points, class: `line s${k} ${q}`, 'data-provider': x0.label, 'data-q': q })
+            : svg('circle', { cx: x(run[0]).toFixed(1), cy: y(x0[q][run[0]]).toFixed(1), r: 2.5,
+              class: `dot s${k} ${q}`, 'data-provider': x0.label, 'data-q': q },
+            svg('title', {}, `${x0.label} ${q} ${hourTick(columns[run[0]])}: ${seconds(x0[q][run[0]])}`)));
+        }
+      }
+    });
+    [[0, 'tick'], [Math.floor(columns.length / 2), 'tick mid'], [columns.length - 1, 'tick end']].forEach(([i, cls]) => {
+      if (columns[i]) root.append(svg('text', { x: cls === 'tick end' ? W : x(i), y: H - 6, class: cls }, hourTick(columns[i])));
+    });
+    legend('latency-legend', series.map((x0, k) => [x0.label, `s${k}`]));
+    const latest = series.map((x0) => {
+      const i = (x0.p50 || []).map((v, j) => (typeof v === 'number' ? j : -1)).filter((j) => j >= 0).pop();
+      return i === undefined ? null : `${x0.label} p50 ${seconds(x0.p50[i])}, p95 ${seconds(x0.p95[i])}`;
+    }).filter(Boolean);
+    $('latency-caption').textContent = latest.length ? `Latest hour with agents: ${latest.join('; ')}.`
+      : 'No agent completed in 48 h.';
+  }
+
+  function runsOf(values) {  // the index runs where values are numbers
+    const runs = [];
+    values.forEach((v, i) => {
+      if (typeof v !== 'number') return;
+      const run = runs[runs.length - 1];
+      if (run && run[run.length - 1] === i - 1) run.push(i);
+      else runs.push([i]);
+    });
+    return runs;
+  }
+
+  async function loadBurn() {
+    try {
+      const today = utcDay();
+      const body = await api(`/billing/usage?group_by=hour&from=${today}&to=${today}`);
+      state.burnRows = body.rows || [];
+      drawBurn();
+    } catch (err) {
+      if (state.token) $('burn-caption').textContent = problem(err);
+    }
+  }
+
+  // Today's budget left, hour by hour (UTC, as the budget's day), and where today's pace ends it:
+  // the spend so far divided by the part of the day gone.
+  function drawBurn() {
+    const b = state.budget;
+    const rows = state.burnRows;
+    if (!b || !rows || $('burn-card').hidden) return;
+    const budget = Number(b.daily_budget) || 0;
+    const spent = Number(b.today_spend) || 0;
+    const midnight = Date.parse(utcDay() + 'T00:00:00Z');
+    const hoursGone = Math.min(Math.max((Date.now() - midnight) / 3600000, 1 / 60), 24);
+    const projected = (spent / hoursGone) * 24;
+    const byHour = new Array(24).fill(0);
+    for (const r of rows) byHour[Number(String(r.hour).slice(11, 13))] += r.cost;
+    const W = 360, H = 160, L = 62, B = 20, T = 8;
+    const top = Math.max(budget, projected, 1e-9);
+    const x = (h) => L + ((W - L) * h) / 24;
+    const y = (v) => H - B - ((H - B - T) * Math.max(v, 0)) / top;
+    const root = chartFrame($('burn-chart'), W, H, 'Budget left today, and the projection to midnight UTC');
+    axisY(root, L, T, W, H - B, top);
+    const points = [[0, budget]];
+    let sum = 0;
+    for (let h = 0; h < Math.floor(hoursGone); h += 1) {
+      sum += byHour[h];
+      points.push([h + 1, budget - sum]);
+    }
+    points.push([hoursGone, budget - spent]);
+    root.append(
+      svg('line', { x1: L, y1: y(budget), x2: W, y2: y(budget), class: 'limit' }),
+      svg('polyline', { points: points.map(([h, v]) => `${x(h).toFixed(1)},${y(v).toFixed(1)}`).join(' '),
+        class: 'left' }, svg('title', {}, `left now: ${money(budget - spent)}`)),
+      svg('line', { x1: x(hoursGone), y1: y(budget - spent), x2: x(24), y2: y(budget - projected), class: 'projection' },
+        svg('title', {}, `projected left at midnight: ${money(budget - projected)}`)));
+    for (const h of [0, 6, 12, 18, 24]) root.append(svg('text', { x: x(h), y: H - 6, class: 'tick' }, `${h}:00`));
+    $('burn-card').dataset.projected = String(projected);
+    $('burn-caption').textContent = `Spent ${money(spent)} of ${money(budget)} today; at this pace `
+      + `${money(projected)} by midnight UTC (${pct(budget > 0 ? (100 * projected) / budget : 0)} of the budget).`;
+  }
+
   // -- agents ---------------------------------------------------------------------------------
+  // What an agent was charged: its charged cost once it ended (nothing billed: 0, not its estimate);
+  // null while it is live (the estimate is shown then, marked as one).
+  function chargedOf(status, charged, cost) {
+    if (!TERMINAL.has(status)) return null;
+    if (charged != null) return charged;
+    return cost != null ? cost : 0;
+  }
+
   function upsertAgent(a, source) {
     const old = state.agents.get(a.agent_id);
     if (!old) {
-      state.agents.set(a.agent_id, { ...a, source });
+      state.seq += 1;
+      state.agents.set(a.agent_id, { ...a, source, seq: state.seq });
       return;
     }
     // Never step back: news older than what is shown (a list fetched before an event, a spawn's
@@ -503,6 +803,7 @@
     const newer = (RANK[a.status] ?? 0) >= (RANK[old.status] ?? 0);
     const merged = { ...old };
     for (const [k, v] of Object.entries(a)) {
+      if (k === 'created_at' && merged.created_at && source !== 'list') continue;  // the daemon's time stays
       if (v != null && (newer || merged[k] == null)) merged[k] = v;
     }
     if (merged.status !== old.status) merged.source = source;
@@ -517,12 +818,26 @@
     }, 50);
   }
 
+  // Newest first: by creation second, then by arrival (the stream replays and reports spawns in the
+  // order they happened; the list is taken oldest first), so agents of the same second are newest first.
+  function byNewest(x, y) {
+    const second = (a) => String(a.created_at || '').slice(0, 19);
+    return second(y).localeCompare(second(x)) || y.seq - x.seq;
+  }
+
   function renderAgents() {
-    const rows = [...state.agents.values()].sort((x, y) => String(y.created_at).localeCompare(String(x.created_at)));
+    const rows = [...state.agents.values()].sort(byNewest);
     for (const old of rows.slice(MAX_ROWS * 4)) state.agents.delete(old.agent_id);  // bounded memory
-    const body = $('agents').tBodies[0];
-    body.replaceChildren(...rows.slice(0, MAX_ROWS).map(agentRow));
+    // The rows are rebuilt: a keyboard user's focus on one of their buttons moves to the new one.
+    const focused = document.activeElement;
+    const row = focused && focused.closest ? focused.closest('#agents tr[data-agent-id]') : null;
+    const again = row ? [row.dataset.agentId, focused.classList.contains('danger') ? 'danger' : 'link'] : null;
+    fillTable('agents', rows.slice(0, MAX_ROWS).map(agentRow));
     $('agents-empty').hidden = rows.length > 0;
+    if (again) {
+      const button = document.querySelector(`#agents tr[data-agent-id="${CSS.escape(again[0])}"] button.${again[1]}`);
+      if (button) button.focus();
+    }
   }
 
   function agentRow(a) {
@@ -532,14 +847,147 @@
       cancel.addEventListener('click', () => cancelAgent(a.agent_id, cancel));
       actions.append(cancel);
     }
-    return el('tr', { 'data-agent-id': a.agent_id, 'data-status': a.status, 'data-source': a.source },
-      el('td', { class: 'mono', text: a.agent_id }),
-      el('td', { text: a.model || '–' }),
-      el('td', {}, el('span', { class: `badge status-${a.status}`, text: a.status })),
-      el('td', { class: 'task', text: a.task || '', title: a.task || '' }),
-      el('td', { class: 'num', text: money(a.cost) }),
-      el('td', { text: clock(a.created_at) }),
-      actions);
+    const open = el('button', { type: 'button', class: 'link mono', text: a.agent_id,
+      'aria-label': `Show agent ${a.agent_id}` });
+    open.addEventListener('click', () => openDetail(a.agent_id));
+    const row = el('tr', { 'data-agent-id': a.agent_id, 'data-status': a.status, 'data-source': a.source,
+      class: state.detail && state.detail.id === a.agent_id ? 'selected' : '' },
+    el('td', {}, open),
+    el('td', { text: a.model || '–' }),
+    el('td', {}, el('span', { class: `badge status-${a.status}`, text: a.status })),
+    el('td', { class: 'task', text: a.task || '', title: a.task || '' }),
+    costCell(a),
+    el('td', { text: clock(a.created_at) }),
+    actions);
+    row.addEventListener('click', (event) => {  // the whole row opens it too (not its buttons)
+      if (!event.target.closest('button')) openDetail(a.agent_id);
+    });
+    return row;
+  }
+
+  function costCell(a) {
+    if (a.charged == null) {
+      return el('td', { class: 'num cost estimate', text: `est. ${money(a.estimate)}`,
+        title: 'Estimated at spawn; charged once it ends' });
+    }
+    const refunded = a.estimate != null ? Math.max(a.estimate - a.charged, 0) : 0;
+    return el('td', { class: 'num cost', 'data-charged': String(a.charged),
+      title: `Charged ${money(a.charged)}; estimated ${money(a.estimate)}, refunded ${money(refunded)}` },
+    money(a.charged));
+  }
+
+  // -- one agent in detail ---------------------------------------------------------------------
+  async function openDetail(agentId) {
+    state.detail = { id: agentId, view: null };
+    $('detail-card').hidden = false;
+    $('detail-id').textContent = agentId;
+    $('detail-fields').replaceChildren();
+    fillTable('detail-deliveries', []);
+    $('detail-deliveries-empty').hidden = true;
+    setError('detail-error', null);
+    showOutput();
+    scheduleRender();  // marks the row
+    $('detail-title').focus();
+    $('detail-card').scrollIntoView({ block: 'nearest' });
+    await loadDetail();
+  }
+
+  function closeDetail() {
+    const shown = state.detail;
+    state.detail = null;
+    $('detail-card').hidden = true;
+    if (!shown) return;
+    scheduleRender();
+    const opener = document.querySelector(`#agents tr[data-agent-id="${CSS.escape(shown.id)}"] button.link`);
+    if (opener) opener.focus();  // back where the keyboard was
+  }
+
+  async function loadDetail() {
+    const shown = state.detail;
+    if (!shown) return;
+    const path = `/agent/${encodeURIComponent(shown.id)}`;
+    try {
+      const [view, deliveries] = await Promise.all([api(path), api(path + '/deliveries')]);
+      if (state.detail !== shown) return;
+      shown.view = view;
+      renderDetail(view);
+      renderDeliveries(deliveries.data || []);
+      setError('detail-error', null);
+    } catch (err) {
+      if (state.token && state.detail === shown) setError('detail-error', err);
+    }
+  }
+
+  function usageText(v) {  // what is known of the tokens: a failed call may have reported none
+    if (v.usage) return `${v.usage.input_tokens} in, ${v.usage.output_tokens} out`;
+    if (!TERMINAL.has(v.status)) return 'not yet (it has not ended)';
+    return v.status === 'completed' ? 'not reported' : `not reported (${v.status} before the provider reported tokens)`;
+  }
+
+  function fallbackText(v) {
+    if (v.fallbacks == null) return v.status === 'failed' ? 'none answered: the error names each model tried' : '–';
+    return v.fallbacks.length ? [v.model, ...v.fallbacks].join(' → ') : `none (${v.model} answered)`;
+  }
+
+  function detailFields(v) {  // [label, text, key] in the order shown
+    const c = v.charges || {};
+    const t = v.timeline || {};
+    const served = v.served_by ? `${v.served_by.model} on ${v.served_by.provider}` : '–';
+    return [
+      ['Task', v.task || '(erased)', 'task'],
+      ['Model asked for', v.model, 'model'],
+      ['Served by', served, 'served_by'],
+      ['Fallbacks', fallbackText(v), 'fallbacks'],
+      ['Attempts', String(v.attempts ?? '–'), 'attempts'],
+      ['Usage (tokens)', usageText(v), 'usage'],
+      ['Estimated', money(c.estimated), 'estimated'],
+      ['Charged', c.charged == null ? 'not yet' : money(c.charged), 'charged'],
+      ['Refunded', c.refunded == null ? 'not yet' : money(c.refunded), 'refunded'],
+      ['Created', dateTime(t.created), 'created'],
+      ['Queued', dateTime(t.queued), 'queued'],
+      ['Started', dateTime(t.started), 'started'],
+      ['Completed', dateTime(t.completed), 'completed'],
+      ['Error', v.error || '–', 'error'],
+      ['Priority', v.priority, 'priority'],
+      ['Key', v.api_key || '–', 'api_key'],
+    ];
+  }
+
+  function renderDetail(v) {
+    $('detail-status').textContent = v.status;
+    $('detail-status').className = `badge status-${v.status}`;
+    $('detail-card').dataset.status = v.status;
+    $('detail-fields').replaceChildren(...detailFields(v).flatMap(([label, text, key]) =>
+      [el('dt', { text: label }), el('dd', { text, 'data-field': key, class: key === 'error' && v.error ? 'error' : '' })]));
+    showOutput();
+  }
+
+  function showOutput() {  // the result once there is one; until then what the stream brought
+    const shown = state.detail;
+    if (!shown) return;
+    const v = shown.view;
+    const live = state.outputs.get(shown.id) || '';
+    let text = v && v.result != null ? v.result : live;
+    if (!text) text = v && TERMINAL.has(v.status) ? `(no output: ${v.status})` : '(no output yet)';
+    $('detail-output').textContent = text;
+    $('detail-live').textContent = v && v.result == null && live ? '(streaming)' : '';
+  }
+
+  function addOutput(agentId, delta) {
+    if (typeof delta !== 'string' || !delta) return;
+    if (!state.outputs.has(agentId) && state.outputs.size >= OUTPUT_AGENTS) {
+      state.outputs.delete(state.outputs.keys().next().value);  // the oldest
+    }
+    state.outputs.set(agentId, ((state.outputs.get(agentId) || '') + delta).slice(-OUTPUT_MAX));
+    if (state.detail && state.detail.id === agentId) showOutput();
+  }
+
+  function renderDeliveries(rows) {
+    fillTable('detail-deliveries', rows.map((r) => el('tr', { 'data-delivery-id': r.delivery_id, 'data-status': r.status },
+      el('td', { text: r.event || '(purged)' }), el('td', { class: 'task', text: r.url, title: r.url }),
+      el('td', { text: r.status }), el('td', { class: 'num', text: String(r.attempts) }),
+      el('td', { text: r.last_error || '–' }), el('td', { text: dateTime(r.delivered_at) }))));
+    $('detail-deliveries-empty').hidden = rows.length > 0;
   }
 
   async function cancelAgent(agentId, button) {
@@ -568,7 +1016,7 @@
         headers: { 'Idempotency-Key': randomId() },
       });
       upsertAgent({ agent_id: body.agent_id, model: body.model, status: body.status, task,
-        cost: body.estimated_cost, created_at: new Date().toISOString() }, 'spawn');
+        estimate: body.estimated_cost, created_at: new Date().toISOString() }, 'spawn');
       scheduleRender();
       $('spawn-result').textContent = `Spawned ${body.agent_id} (estimated ${money(body.estimated_cost)}).`;
       $('spawn-result').dataset.agentId = body.agent_id;
@@ -585,7 +1033,7 @@
     try {
       const body = await api('/webhooks');
       const hooks = body.webhooks || [];
-      $('webhooks').tBodies[0].replaceChildren(...hooks.map(webhookRow));
+      fillTable('webhooks', hooks.map(webhookRow));
       $('webhooks-empty').hidden = hooks.length > 0;
       setError('webhooks-error', null);
     } catch (err) {
@@ -728,13 +1176,19 @@
 
   function onEvent(type, payload) {
     const d = payload.data || {};
-    if (type.startsWith('agent.') && d.agent_id) {
+    if (type === 'agent.output' && d.agent_id) {
+      addOutput(d.agent_id, d.delta);
+    } else if (type.startsWith('agent.') && d.agent_id) {
       upsertAgent({ agent_id: d.agent_id, model: d.model, status: d.status, task: d.task,
-        cost: d.cost != null ? d.cost : d.estimated_cost,
+        estimate: d.estimated_cost, charged: chargedOf(d.status, null, d.cost),
         created_at: type === 'agent.spawned' ? payload.timestamp : null }, 'stream');
       if (!state.agents.get(d.agent_id).created_at) state.agents.get(d.agent_id).created_at = payload.timestamp;
       scheduleRender();
-      if (TERMINAL.has(d.status)) refreshSoon();
+      if (TERMINAL.has(d.status)) {
+        state.outputs.delete(d.agent_id);  // the result has it all now
+        refreshSoon();
+      }
+      if (state.detail && state.detail.id === d.agent_id) loadDetail();
     } else if (type.startsWith('budget.')) {
       const level = type.slice('budget.'.length);
       showAlertLevel(d.budget_alert_level || level);
@@ -745,8 +1199,11 @@
   // -- Settings -> API ------------------------------------------------------------------------
   async function loadKeys() {
     try {
-      const body = await api('/keys');
-      $('keys').tBodies[0].replaceChildren(...(body.keys || []).map(keyRow));  // each with its budget's standing
+      // Each key with its budget's standing, and what it spent this month (the ledger, by key).
+      const [body, usage] = await Promise.all([api('/keys'),
+        can('billing:read') ? api('/billing/usage?group_by=key') : Promise.resolve(null)]);
+      const spent = new Map(((usage && usage.rows) || []).map((r) => [r.key_id, r.cost]));
+      fillTable('keys', (body.keys || []).map((k) => keyRow(k, usage ? spent.get(k.key_id) || 0 : null)));
       setError('keys-error', null);
     } catch (err) {
       if (state.token) setError('keys-error', err);
@@ -764,7 +1221,7 @@
     return parts.join(' · ') || '–';
   }
 
-  function keyRow(k) {
+  function keyRow(k, monthSpend) {
     const b = k.budget;
     const actions = el('td');
     if (can(ADMIN) && k.status !== 'revoked') {  // a revoked key's limits cannot change (400); an expired one's can
@@ -784,6 +1241,7 @@
       el('td', { class: 'budget', text: b ? `${money(b.max_budget)} ${PERIODS[b.budget_duration] || b.budget_duration}` : '–' }),
       el('td', { class: 'num spent', text: b ? money(b.spend) : '–' }),
       el('td', { class: 'num remaining', text: b ? money(b.budget_remaining) : '–' }),
+      el('td', { class: 'num month-spend', text: monthSpend == null ? '–' : money(monthSpend) }),
       el('td', { class: 'resets', text: !b ? '–' : b.resets_at ? dateTime(b.resets_at) : 'never' }),
       el('td', { class: 'limits', text: limitsSummary(k) }),
       el('td', { text: dateTime(k.created_at) }), el('td', { text: dateTime(k.last_used_at) }), actions);
@@ -1028,6 +1486,10 @@
     $('key-form').addEventListener('submit', createKey);
     $('key-edit-form').addEventListener('submit', saveEdit);
     $('key-edit-cancel').addEventListener('click', closeEdit);
+    $('detail-close').addEventListener('click', closeDetail);
+    $('detail-card').addEventListener('keydown', (event) => {
+      if (event.key === 'Escape') closeDetail();
+    });
     buildLimitFields($('key-limits'), 'key');
     buildLimitFields($('edit-limits'), 'edit');
     $('logout').addEventListener('click', () => logout('Logged out.'));
