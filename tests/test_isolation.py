@@ -66,11 +66,7 @@ EXEMPT = {
     ("GET", "/rate-limits"): "the calling key's own counters and the providers' quotas",
     ("GET", "/system"): DAEMON_WIDE + " (aggregate counts, no ids or text)",
     ("GET", "/metrics"): DAEMON_WIDE + " (aggregate counters per route)",
-<<<<<<< HEAD
     ("GET", "/metrics/timeseries"): "admin:read only: rolled-up counts and spend of every key's work",
-=======
-    ("GET", "/metrics/timeseries"): "admin:read only: every key's work rolled up (tests/test_timeseries.py)",
->>>>>>> h-dash
     ("GET", "/billing/usage"): "a key's own spend only, grouped or not (tests/test_billing_groups.py); "
                                "the leak check below still asks it as B",
     ("POST", "/keys"): "admin:write only",
