@@ -1,4 +1,4 @@
-"""The Python SDK (j1mskyd/client.py) against the real daemon and small fake servers."""
+"""The Python SDK (j1msky, sdk/python/j1msky) against the real daemon and small fake servers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from j1mskyd.app import build_app
-from j1mskyd.client import Agency, AsyncJ1MSKYClient, J1MSKYClient, J1MSKYError, RateLimitError
+from j1msky import Agency, AsyncJ1MSKYClient, J1MSKYClient, J1MSKYError, RateLimitError
 from tests.conftest import auth_config, bootstrap_key, make_config
 
 
