@@ -154,10 +154,10 @@ class AsyncJ1MSKYClient(Core):
                         if time.monotonic() >= end:
                             raise WaitTimeout(agent_id, (await self.get_agent_status(agent_id)).state,
                                               timeout) from None
-        except LookupError:
-            return None
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return None
+        except WaitTimeout:
+            raise
+        except (LookupError, aiohttp.ClientError, asyncio.TimeoutError):
+            return None  # too long a history to read, or the connection failed: poll the rest
 
     async def list_agents(self, **params: Any) -> Record:
         return self._record(await self._call(Call("GET", "/agents", params=params)))

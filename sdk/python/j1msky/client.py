@@ -130,18 +130,19 @@ class J1MSKYClient(Core):
                         raise WaitTimeout(agent_id, self.get_agent_status(agent_id).state, timeout)
                     assert conn.sock is not None
                     conn.sock.settimeout(min(left, STREAM_CHECK))
-                    line = conn.response.readline()  # type: ignore[attr-defined]
+                    try:
+                        line = conn.response.readline()  # type: ignore[attr-defined]
+                    except TimeoutError:
+                        break  # silence longer than the keep-alive: look, then reopen (a timed-out socket is spent)
                     if not line:
-                        break  # the stream ended (the daemon stops, or cut a slow reader): look, then reopen
+                        return None  # the stream ended (the daemon stops, or cut a slow reader): poll the rest
                     event = decoder.feed(line.decode("utf-8", "replace"))
                     if event is not None and watch.ended(event):
                         return self.get_agent_status(agent_id)
-            except TimeoutError:
-                pass  # silence longer than the keep-alive: look, then reopen (a timed-out socket is spent)
-            except LookupError:
-                return None
-            except (OSError, http.client.HTTPException):
-                return None
+            except WaitTimeout:
+                raise
+            except (LookupError, OSError, http.client.HTTPException):
+                return None  # too long a history to read, or the connection failed: poll the rest
             finally:
                 conn.close()
 
