@@ -403,3 +403,44 @@ async def test_a_slow_answer_times_out_and_is_retried_with_the_same_key(scripted
     async with AsyncJ1MSKYClient(base_url=url, timeout=0.2, max_retries=1, config=Config(retry_delay=0.01)) as asdk:
         with pytest.raises(J1MSKYError, match="no answer"):
             await asdk.get_agent_status("a")
+
+
+def test_the_sdk_never_imports_the_daemon():
+    """j1msky installs without j1mskyd (tests/test_sdk_install.py), so no module of it may import j1mskyd."""
+    import ast
+    from pathlib import Path
+
+    import j1msky
+    imported = set()
+    for path in Path(j1msky.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {(path.name, a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add((path.name, node.module))
+    assert imported and not [(f, m) for f, m in imported if m.split(".")[0] == "j1mskyd"]
+    assert {m.split(".")[0] for f, m in imported if f != "aio.py"} <= set(__import__("sys").stdlib_module_names)
+
+
+async def test_one_client_keeps_its_connection_and_survives_the_server_closing_it(aiohttp_server):
+    """The reference's Best Practice 1: the client reuses its connection.  One the server closed
+    while it was idle is replaced, and the request it failed is sent again, with the same key."""
+    peers, transports, keys = [], [], []
+
+    async def any_request(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername"))
+        transports.append(request.transport)
+        keys.append(request.headers.get("Idempotency-Key"))
+        return web.json_response({"agent_id": "subagent_1_0001", "status": "running"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", any_request)
+    server = await aiohttp_server(app)
+    with J1MSKYClient(base_url=str(server.make_url("/")), max_retries=0) as sdk:
+        for _ in range(3):
+            await asyncio.to_thread(sdk.get_agent_status, "subagent_1_0001")
+        assert len(peers) == 3 and len(set(peers)) == 1  # one connection for the three
+        for transport in transports:
+            transport.close()  # the server's idle timeout, say
+        await asyncio.to_thread(sdk.spawn, model="k2p5", task="after the close")  # max_retries=0: no retry but this
+        assert len(set(peers)) == 2 and keys[-1] and keys.count(keys[-1]) == len(keys) - 3

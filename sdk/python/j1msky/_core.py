@@ -96,9 +96,10 @@ class Core:
         return backoff_delay(attempt, self.config.retry_delay, self.config.retry_max_delay, retry_after)
 
     def _unreachable(self, exc: BaseException) -> J1MSKYError:
-        if isinstance(exc, TimeoutError) or "timed out" in str(getattr(exc, "reason", "")):
+        if isinstance(exc, TimeoutError):
             return J1MSKYError(f"no answer from {self.base_url} within {self.timeout:g} s")
-        return J1MSKYError(f"cannot reach {self.base_url}: {getattr(exc, 'reason', None) or exc!r}")
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return J1MSKYError(f"cannot reach {self.base_url}: {reason}")
 
     @staticmethod
     def _decode(raw: bytes, status: int, request_id: str | None) -> Any:

@@ -1,18 +1,16 @@
-"""The blocking client, on the standard library alone (urllib, http.client)."""
+"""The blocking client, on the standard library alone (http.client, one kept-alive connection per thread)."""
 
 from __future__ import annotations
 
 import http.client
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
 from ._core import (BATCH_INPUT_TOKENS, BATCH_OUTPUT_TOKENS, RETRY_STATUSES, STREAM_CHECK, TERMINAL, Call, Core,
                     StreamWatch)
 from .config import Config, TaskPriority
+from .connection import Connections, connect, target
 from .errors import J1MSKYError, WaitTimeout, error_from_response
 from .models import AgentStatus, Quote, Record, _AgentFields
 from .sse import SSEDecoder
@@ -50,6 +48,18 @@ class J1MSKYClient(Core):
                  timeout: float | None = None, max_retries: int | None = None, config: Config | None = None,
                  **settings: Any) -> None:
         super().__init__(api_key, base_url, api_secret, timeout, max_retries, config, **settings)
+        self._connections = Connections(self.timeout)
+
+    def __enter__(self) -> J1MSKYClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the kept-alive connections (the next request opens a new one); also done when the
+        client is collected, or by ``with J1MSKYClient(...) as client:``."""
+        self._connections.close()
 
     def request(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
                 idempotency_key: str | None = None) -> Any:
@@ -58,19 +68,17 @@ class J1MSKYClient(Core):
         attempt = 0
         while True:
             url, data, headers = self._prepare(method, path, body, params, idempotency_key)
-            req = urllib.request.Request(url, data=data, method=method, headers=headers)
             err: J1MSKYError
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    raw = resp.read()
-                    return self._decode(raw, resp.status, resp.headers.get("X-Request-Id"))
-            except urllib.error.HTTPError as exc:
-                with exc:
-                    err = error_from_response(exc.code, exc.read(), exc.headers)
-                if exc.code not in RETRY_STATUSES:
-                    raise err from None
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                status, answer_headers, raw = self._connections.send(method, url, data, headers)
+            except (http.client.HTTPException, OSError) as exc:
                 err = self._unreachable(exc)
+            else:
+                if status < 400:
+                    return self._decode(raw, status, answer_headers.get("X-Request-Id"))
+                err = error_from_response(status, raw, answer_headers)
+                if status not in RETRY_STATUSES:
+                    raise err
             attempt += 1
             if attempt > self.max_retries:
                 raise err
@@ -151,11 +159,9 @@ class J1MSKYClient(Core):
         does not offer one to this key (404, 401/403, another content type) or cannot be reached."""
         call = self._stream_call()
         url, _, headers = self._prepare(call.method, call.path, None, call.params, None)
-        parts = urllib.parse.urlsplit(url)
-        conn_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = conn_type(parts.hostname or "localhost", parts.port, timeout=self.timeout)
+        conn = connect(url, self.timeout)
         try:
-            conn.request("GET", f"{parts.path}?{parts.query}", headers=self._stream_headers(headers))
+            conn.request("GET", target(url), headers=self._stream_headers(headers))
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException):
             conn.close()
