@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from . import jsonx
+from . import agent_cursor, jsonx
 from .agent_record import Agent
 from .errors import ValidationFailed
 from .tenancy import Viewer
@@ -60,8 +60,9 @@ _STRING_OPS = ("contains", "starts_with", "ends_with")
 _INT = re.compile(r"-?[0-9]{1,18}")
 SORTABLE = ("created_at", "started_at", "completed_at", "cost", "actual_cost", "estimated_cost", "status",
             "model", "priority", "agent_id")
-RESERVED = frozenset({"limit", "offset", "sort", "filter", "cursor", "include_members"})
+RESERVED = frozenset({"limit", "per_page", "offset", "page", "sort", "filter", "cursor", "include_members"})
 MAX_LIMIT, DEFAULT_LIMIT = 100, 20
+MAX_OFFSET = 10**18 - 1  # SQLite's integers are 64-bit
 
 
 @dataclass
@@ -73,6 +74,11 @@ class AgentQuery:
     offset: int = 0
 
     post: list[tuple[str, str, Any]] = field(default_factory=list)
+    # Keyset pagination (agent_cursor.py): the sort key expression, the listing's fingerprint,
+    # and, for ?cursor=, the clause and parameters of the rows after its position.
+    sort_key: str = "created_at"
+    listing: str = ""
+    after: tuple[str, list[Any]] | None = None
 
     def where_sql(self) -> str:
         return " AND ".join(self.where) if self.where else "1"
@@ -260,17 +266,43 @@ def parse(params: dict[str, str], viewer: Viewer | None = None) -> AgentQuery:
     if params.get("include_members", "").lower() not in ("1", "true", "yes"):
         # Team members are listed under their team agent, not beside it, unless asked.
         q.where.append("parent_id IS NULL")
+    name, desc = "created_at", True
     sort = params.get("sort", "").strip()  # "?sort=+cost" arrives as " cost"
     if sort:
         desc = sort.startswith("-")
         name = sort.lstrip("-+")
         if name not in SORTABLE:
             errors.append({"field": "sort", "message": f"Cannot sort by '{name}' (use one of {', '.join(SORTABLE)})"})
-        else:
-            direction = "DESC" if desc else "ASC"
-            q.order = f"{FIELDS[name][0]} {direction}, rowid {direction}"
-    q.limit = _int_param(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, errors)
-    q.offset = _int_param(params, "offset", 0, 0, None, errors)
+            name, desc = "created_at", True
+    column, kind = FIELDS[name]
+    direction = "DESC" if desc else "ASC"
+    q.sort_key = agent_cursor.key_expr(column, kind)  # orders as the column does, NULLs first
+    q.order = f"{q.sort_key} {direction}, rowid {direction}"
+    _paging(q, params, errors)
     if errors:
         raise ValidationFailed(errors)
+    sort_name = ("-" if desc else "") + name
+    q.listing = agent_cursor.fingerprint(viewer.key_id if viewer is not None else "", sort_name, params)
+    if params.get("cursor"):
+        value, rowid = agent_cursor.decode(params["cursor"], q.listing, kind)
+        q.after = (agent_cursor.keyset_clause(q.sort_key, desc), [value, value, rowid])
     return q
+
+
+def _paging(q: AgentQuery, params: dict[str, str], errors: list[dict[str, str]]) -> None:
+    """``limit`` (or ``per_page``) and one of ``offset``, ``page`` (1, 2, ...) or ``cursor``."""
+    limit = _int_param(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, errors)
+    if params.get("per_page"):
+        per_page = _int_param(params, "per_page", DEFAULT_LIMIT, 1, MAX_LIMIT, errors)
+        if params.get("limit") and per_page != limit:
+            errors.append({"field": "per_page", "message": "per_page and limit differ: send one of them"})
+        limit = per_page
+    q.limit = limit
+    given = [p for p in ("offset", "page", "cursor") if params.get(p)]
+    if len(given) > 1:
+        errors.append({"field": given[1], "message": f"send one of offset, page or cursor, not {' and '.join(given)}"})
+        return
+    q.offset = _int_param(params, "offset", 0, 0, MAX_OFFSET, errors)
+    if params.get("page"):
+        page = _int_param(params, "page", 1, 1, MAX_OFFSET // MAX_LIMIT, errors)
+        q.offset = (page - 1) * limit

@@ -331,6 +331,8 @@ class Page:
     total_cost: float
     by_model: dict[str, int]
     agents: list[Agent]
+    offset: int = 0                        # where the page starts in the whole match (a cursor's too)
+    last: tuple[Any, int] | None = None    # the last agent's (sort key, rowid): the next page's cursor
 
 
 def page(conn: sqlite3.Connection, q: AgentQuery, cipher: DataCipher | None) -> Page:
@@ -348,9 +350,23 @@ def _page_sql(conn: sqlite3.Connection, q: AgentQuery, cipher: DataCipher | None
         (*q.params, *q.params)).fetchone()[0]
     by_model = dict(conn.execute(f"SELECT model, COUNT(*) FROM agents WHERE {where} GROUP BY model "
                                  "ORDER BY COUNT(*) DESC, model", q.params).fetchall())
-    rows = conn.execute(f"SELECT * FROM agents WHERE {where} ORDER BY {q.order} LIMIT ? OFFSET ?",
-                        (*q.params, q.limit, q.offset)).fetchall()
-    return Page(total, total_cost, by_model, [from_row(r, cipher) for r in rows])
+    offset, rows_where, rows_params = q.offset, where, q.params
+    if q.after is not None:  # a cursor: the rows after its position, and how many come before them
+        clause, after_params = q.after
+        rows_where, rows_params, offset = f"({where}) AND {clause}", [*q.params, *after_params], 0
+        offset = total - conn.execute(f"SELECT COUNT(*) FROM agents WHERE {rows_where}", rows_params).fetchone()[0]
+    rows = conn.execute(f"SELECT * FROM agents WHERE {rows_where} ORDER BY {q.order} LIMIT ? OFFSET ?",
+                        (*rows_params, q.limit, 0 if q.after is not None else offset)).fetchall()
+    agents = [from_row(r, cipher) for r in rows]
+    return Page(total, total_cost, by_model, agents, offset, _position(conn, q, agents))
+
+
+def _position(conn: sqlite3.Connection, q: AgentQuery, agents: list[Agent]) -> tuple[Any, int] | None:
+    """The sort key and rowid of the page's last agent (None: an empty page)."""
+    if not agents:
+        return None
+    row = conn.execute(f"SELECT {q.sort_key}, rowid FROM agents WHERE agent_id = ?", (agents[-1].agent_id,)).fetchone()
+    return (row[0], row[1]) if row is not None else None
 
 
 def _page_sealed(conn: sqlite3.Connection, q: AgentQuery, cipher: DataCipher | None) -> Page:
@@ -363,4 +379,11 @@ def _page_sealed(conn: sqlite3.Connection, q: AgentQuery, cipher: DataCipher | N
     for a in matched:
         by_model[a.model] = by_model.get(a.model, 0) + 1
     by_model = dict(sorted(by_model.items(), key=lambda kv: (-kv[1], kv[0])))
-    return Page(len(matched), total_cost, by_model, matched[q.offset:q.offset + q.limit])
+    offset = q.offset
+    if q.after is not None:  # the first matched agent past the cursor's position
+        clause, after_params = q.after
+        after = {r[0] for r in conn.execute(f"SELECT agent_id FROM agents WHERE ({q.where_sql()}) AND {clause}",
+                                            [*q.params, *after_params])}
+        offset = next((i for i, a in enumerate(matched) if a.agent_id in after), len(matched))
+    agents = matched[offset:offset + q.limit]
+    return Page(len(matched), total_cost, by_model, agents, offset, _position(conn, q, agents))

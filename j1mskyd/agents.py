@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import agent_query, agent_record, ledger, worstcase
+from . import agent_cursor, agent_query, agent_record, ledger, worstcase
 from .agent_record import ANONYMOUS, Agent, CANCELLED, KIND_AGENT, KIND_MEMBER, KIND_TEAM, SPAWNING, TERMINAL, money
 from .config import Config
 from .errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -240,7 +240,10 @@ class AgentService:
         page = await self.store.read(lambda conn: agent_record.page(conn, q, cipher))
         live = self.runtime.live
         data = [(live.get(a.agent_id) or a).list_view() for a in page.agents]
-        return {"data": data, "total": page.total, "limit": q.limit, "offset": q.offset,
+        # The next page's cursor (agent_cursor.py): after this page's last agent, or where the
+        # caller's cursor stood when nothing came after it.
+        cursor = agent_cursor.encode(page.last, q.listing) if page.last is not None else params.get("cursor")
+        return {"data": data, "total": page.total, "limit": q.limit, "offset": page.offset, "cursor": cursor,
                 "meta": {"total_cost": round(page.total_cost, 6), "by_model": page.by_model}}
 
     async def active(self, viewer: Viewer | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
-from . import pricing
+from . import local_access, pricing
 from .netguard import PRIVATE_NETWORKS, parse_networks
 from .providers import ProviderSettings
 
@@ -155,6 +155,10 @@ class SecurityConfig:
     require_signatures: bool = False       # every request must be HMAC-signed (else per key)
     signature_max_skew: float = 300.0      # seconds a signed request's X-Timestamp may be off
     key_rotation_grace_hours: float = 24.0 # a rotated key keeps working this long
+    # What a caller on loopback may do without a key (local_access.py).  () here: a config
+    # file that does not say requires keys everywhere; the embedded default grants the
+    # agents and billing scopes, as the API reference's keyless quick starts expect.
+    local_scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,6 +470,14 @@ def _networks(v: Any) -> tuple[str, ...]:
     return items
 
 
+def _local_scopes(v: Any) -> tuple[str, ...]:
+    items = _strings()(v)
+    problem = local_access.refusal(items)
+    if problem is not None:
+        raise _Bad(problem)
+    return items
+
+
 _SECURITY: dict[str, Checker] = {
     "allowed_ips": _networks,
     "enforce_allowlist": _bool,
@@ -475,6 +487,7 @@ _SECURITY: dict[str, Checker] = {
     "require_signatures": _bool,
     "signature_max_skew": _num(positive=True),
     "key_rotation_grace_hours": _num(0),
+    "local_scopes": _local_scopes,
 }
 def _webhook_networks(v: Any) -> tuple[str, ...]:
     """Networks opened to webhooks: each one a deliberate choice, so nothing wider than a /8
@@ -785,6 +798,9 @@ _EMBEDDED_TOML = """
 [server]
 host = "127.0.0.1"
 port = 8080
+
+[security]
+local_scopes = ["agents:read", "agents:write", "billing:read"]
 
 [providers.offline]
 plugin = "offline"

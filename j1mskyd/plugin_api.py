@@ -42,7 +42,7 @@ test named ``test_hook_<protocol>_<method>``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Literal, Protocol, TypedDict, Union, runtime_checkable
+from typing import Any, AsyncIterator, Callable, Literal, Protocol, NotRequired, TypedDict, Union, runtime_checkable
 
 __all__ = [
     "J1MSKY_PLUGIN_API", "TIMEOUT_GRACE", "ERROR_KINDS", "RETRYABLE_KINDS",
@@ -233,6 +233,9 @@ class SinkSettings(TypedDict):
     webhook_id: str
     url: str
     secret: str      # signs the body (the http sink); never logged
+    # The webhook's custom headers (POST /webhooks "headers"), to send with each delivery; their
+    # values may be tokens for the receiver: never logged.  Absent from an older daemon.
+    headers: NotRequired[dict[str, str]]
 
 
 class SinkError(Exception):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the store imports this module
     from .store import Statement
 
-__all__ = ["get", "put"]
+__all__ = ["delete", "get", "put", "with_prefix"]
 
 
 def get(conn: sqlite3.Connection, name: str) -> str | None:
@@ -28,3 +28,14 @@ def put(name: str, value: str, now: float) -> Statement:
     return ("INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             (name, value, now))
+
+
+def with_prefix(conn: sqlite3.Connection, prefix: str) -> dict[str, str]:
+    """Every stored value whose name starts with ``prefix``, by name."""
+    rows = conn.execute("SELECT name, value FROM settings WHERE substr(name, 1, ?) = ?", (len(prefix), prefix))
+    return {name: value for name, value in rows}
+
+
+def delete(name: str) -> Statement:
+    """The statement that removes ``name`` (nothing when it is not set)."""
+    return ("DELETE FROM settings WHERE name = ?", (name,))

@@ -9,6 +9,7 @@ service's: the target policy (names looked up), whether the sink plugin accepts 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,11 +18,24 @@ from urllib.parse import urlsplit
 from .events import EVENT_TYPES, LIVE_ONLY
 from .request_fields import KEEP, Keep, bad
 
-__all__ = ["AGENT_DONE", "STATUSES", "NewWebhook", "WebhookChange", "check_url", "parse_change", "parse_new"]
+__all__ = ["AGENT_DONE", "MAX_HEADERS", "RESERVED_HEADERS", "STATUSES", "Headers", "NewWebhook", "WebhookChange",
+           "check_url", "parse_change", "parse_new"]
 
 AGENT_DONE = ("agent.completed", "agent.failed", "agent.cancelled")
 STATUSES = ("active", "paused")
-CHANGEABLE = ("events", "status", "url", "secret", "description")
+CHANGEABLE = ("events", "status", "active", "url", "secret", "description", "headers")
+Headers = tuple[tuple[str, str], ...]  # custom headers of a webhook: (name, value), in the order given
+
+# Custom headers a webhook may not set: what the HTTP connection and its framing are made of
+# (hop-by-hop, length, encoding, host), what proxies authenticate with, and the daemon's own
+# (the body's type, the signature, event and delivery id a receiver checks).
+RESERVED_HEADERS = frozenset(h.lower() for h in (
+    "Host", "Content-Length", "Content-Type", "Content-Encoding", "Transfer-Encoding", "Connection", "Keep-Alive",
+    "Proxy-Authorization", "Proxy-Authenticate", "Proxy-Connection", "TE", "Trailer", "Upgrade", "Expect"))
+RESERVED_PREFIX = "x-j1msky-"
+MAX_HEADERS = 20
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")  # an RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]{0,1024}")        # visible ASCII, space and tab: never CR or LF
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +47,8 @@ class NewWebhook:
     events: tuple[str, ...] = AGENT_DONE
     secret: str | None = None
     description: str | None = None
+    status: Literal["active", "paused"] = "active"   # "active": false registers it paused
+    headers: Headers = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +60,7 @@ class WebhookChange:
     url: str | Keep = KEEP
     secret: str | Keep = KEEP
     description: str | None | Keep = KEEP
+    headers: Headers | Keep = KEEP
 
 
 def check_url(url: Any, sink: str) -> str:
@@ -95,22 +112,67 @@ def _sink(body: dict[str, Any], sink_kinds: Sequence[str]) -> str:
     return sink
 
 
+def _headers(headers: Any) -> Headers:
+    """Custom headers sent with each delivery.  Their values are secrets-adjacent (a token for
+    the receiver): no message here quotes one."""
+    if not isinstance(headers, dict):
+        raise bad("headers", "headers must be an object of header names to string values")
+    if len(headers) > MAX_HEADERS:
+        raise bad("headers", f"headers may hold at most {MAX_HEADERS} headers")
+    seen: set[str] = set()
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise bad("headers", "header names must be 1-64 characters of an HTTP token (letters, digits, "
+                                 "!#$%&'*+.^_`|~-)")
+        folded = name.lower()
+        if folded in RESERVED_HEADERS or folded.startswith(RESERVED_PREFIX):
+            raise bad("headers", f"header {name!r} cannot be set: the daemon or the connection sets it "
+                                 f"(refused: {', '.join(sorted(RESERVED_HEADERS))}, X-J1MSKY-*)")
+        if folded in seen:
+            raise bad("headers", f"header {name!r} is given twice (header names are case-insensitive)")
+        seen.add(folded)
+        if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
+            raise bad("headers", f"the value of header {name!r} must be a string of at most 1024 visible ASCII "
+                                 "characters, spaces or tabs (no line breaks)")
+    return tuple(headers.items())
+
+
+def _active(active: Any) -> Literal["active", "paused"]:
+    if not isinstance(active, bool):
+        raise bad("active", "active must be true or false")
+    return "active" if active else "paused"
+
+
+def _events_of(body: dict[str, Any]) -> tuple[str, ...]:
+    """``events`` (a list), or ``event`` (one name: the API reference's cookbook, Recipe 3),
+    never both; neither: the agent end events."""
+    if "event" in body:
+        if "events" in body:
+            raise bad("event", "send events (a list) or event (one name), not both")
+        if not isinstance(body["event"], str):
+            raise bad("event", "event must be one event name (or send events, a list)")
+        return _events([body["event"]])
+    return _events(body.get("events", list(AGENT_DONE)))
+
+
 def parse_new(body: Any, sink_kinds: Sequence[str]) -> NewWebhook:
     """A registration body; ``sink_kinds``: the sink plugins loaded (the registry's)."""
     if not isinstance(body, dict):
         raise bad("body", "Request body must be a JSON object")
     sink = _sink(body, sink_kinds)
     url = check_url(body.get("url"), sink)
-    events = _events(body.get("events", list(AGENT_DONE)))
+    events = _events_of(body)
     secret = body.get("secret")
     return NewWebhook(url=url, sink=sink, events=events, secret=None if secret is None else _secret(secret),
-                      description=_description(body.get("description")))
+                      description=_description(body.get("description")),
+                      status=_active(body["active"]) if "active" in body else "active",
+                      headers=_headers(body["headers"]) if "headers" in body else ())
 
 
 def parse_change(body: Any, sink: str) -> WebhookChange:
     """A PUT body for a webhook whose sink is ``sink`` (its URL is checked for that sink)."""
     if not isinstance(body, dict) or not body:
-        raise bad("body", "send a JSON object with events, status, url, secret or description")
+        raise bad("body", "send a JSON object with events, status (or active), url, secret, description or headers")
     unknown = set(body) - set(CHANGEABLE)
     if unknown:
         raise bad(sorted(unknown)[0], f"Cannot change '{sorted(unknown)[0]}'")
@@ -121,6 +183,13 @@ def parse_change(body: Any, sink: str) -> WebhookChange:
         if body["status"] not in STATUSES:
             raise bad("status", "status must be active or paused")
         changes["status"] = body["status"]
+    if "active" in body:
+        status = _active(body["active"])
+        if changes.get("status", status) != status:
+            raise bad("active", "active and status disagree: send one of them")
+        changes["status"] = status
+    if "headers" in body:
+        changes["headers"] = _headers(body["headers"])
     if "url" in body:
         changes["url"] = check_url(body["url"], sink)
     if "secret" in body:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import json
 import logging
 import random
 import secrets
@@ -44,7 +45,8 @@ from .plugins import bounded, build_sink, off_loop
 from .store import Statement
 from .request_fields import changed
 from .tenancy import Viewer
-from .webhook_request import AGENT_DONE, NewWebhook, WebhookChange, check_url
+from . import settings
+from .webhook_request import AGENT_DONE, Headers, NewWebhook, WebhookChange, check_url
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
 __all__ = ["CONCURRENT_WEBHOOKS", "DRAIN_BATCH", "GIVE_UP_AFTER", "PACE_WINDOW", "PER_MINUTE", "RETRY_BASE",
@@ -79,6 +81,9 @@ class Webhook:
     agent_id: str | None          # set for a spawn's own webhook_url: that agent's events only
     created_at: float
     last_triggered: float | None = None
+    # Sent with each delivery by the http sink; kept sealed beside the webhook (HEADERS_SETTING),
+    # never logged or shown (view() names them only).
+    headers: Headers = ()
 
     def wants(self, type_: str, data: dict[str, Any], owner: str | None,
               sees_all: Callable[[str], bool]) -> bool:
@@ -100,13 +105,33 @@ class Webhook:
     def view(self) -> dict[str, Any]:
         """The Kyros document's webhook object (never the secret)."""
         return {"id": self.webhook_id, "webhook_id": self.webhook_id, "url": self.url, "sink": self.sink,
-                "events": list(self.events), "status": self.status, "description": self.description,
+                "events": list(self.events), "status": self.status, "active": self.status == "active",
+                "headers": [name for name, _ in self.headers], "description": self.description,
                 "agent_id": self.agent_id, "created_at": iso(self.created_at),
                 "last_triggered": iso(self.last_triggered)}
 
 
 def _bad(field: str, message: str) -> ValidationFailed:
     return ValidationFailed([{"field": field, "message": message}])
+
+
+# A webhook's custom headers: a settings row per webhook (JSON, sealed like its secret), so that
+# the webhooks table keeps its shape.
+HEADERS_SETTING = "webhook.headers."
+
+
+def _sealed_headers(hook: Webhook, cipher: Any) -> Statement:
+    """The statement that stores ``hook``'s headers (or removes them: none)."""
+    name = HEADERS_SETTING + hook.webhook_id
+    if not hook.headers:
+        return settings.delete(name)
+    text = json.dumps(hook.headers)
+    return settings.put(name, cipher.encrypt(text, f"{hook.webhook_id}/headers") if cipher else text, hook.created_at)
+
+
+def _opened_headers(webhook_id: str, text: str, cipher: Any) -> Headers:
+    plain = cipher.decrypt(text, f"{webhook_id}/headers") if cipher else text
+    return tuple((str(name), str(value)) for name, value in json.loads(plain))
 
 
 def _row(row: sqlite3.Row, cipher: Any) -> Webhook:
@@ -150,8 +175,16 @@ class WebhookService:
     # -- registrations --------------------------------------------------------------------------
     async def load(self) -> None:
         cipher = self.store.cipher
-        rows = await self.store.read(lambda c: c.execute("SELECT * FROM webhooks").fetchall())
+        def read(c: sqlite3.Connection) -> tuple[list[sqlite3.Row], dict[str, str]]:
+            return c.execute("SELECT * FROM webhooks").fetchall(), settings.with_prefix(c, HEADERS_SETTING)
+
+        rows, headers = await self.store.read(read)
         self.hooks = {r["webhook_id"]: _row(r, cipher) for r in rows}
+        for name, text in headers.items():
+            webhook_id = name[len(HEADERS_SETTING):]
+            if webhook_id in self.hooks:
+                self.hooks[webhook_id] = replace(self.hooks[webhook_id],
+                                                 headers=_opened_headers(webhook_id, text, cipher))
         for hook in self.hooks.values():  # stored before the policy existed, or before a config change
             if hook.sink != "file":
                 try:
@@ -227,10 +260,10 @@ class WebhookService:
                 secret = generated = secrets.token_urlsafe(32)
             else:
                 secret = req.secret
-            hook = Webhook("webhook_" + secrets.token_hex(6), url, req.sink, req.events, secret, "active",
-                           req.description, api_key_id, None, self.clock())
+            hook = Webhook("webhook_" + secrets.token_hex(6), url, req.sink, req.events, secret, req.status,
+                           req.description, api_key_id, None, self.clock(), headers=req.headers)
             await self._build_sink(hook)
-            await self.store.write(self._insert(hook), fail_fast=True)
+            await self.store.write(self._insert(hook), _sealed_headers(hook, self.store.cipher), fail_fast=True)
             self.hooks[hook.webhook_id] = hook
             return hook, generated
         finally:
@@ -309,7 +342,7 @@ class WebhookService:
             changes["url"] = await self._check_target(changes["url"], hook.sink)
         new = replace(hook, **changes)
         await self._build_sink(new)
-        await self.store.write(self._insert(new), fail_fast=True)
+        await self.store.write(self._insert(new), _sealed_headers(new, self.store.cipher), fail_fast=True)
         self.hooks[webhook_id] = new
         self._wake.set()  # resumed: its waiting deliveries go out now
         return new
@@ -319,7 +352,8 @@ class WebhookService:
         await self.store.write(
             ("UPDATE deliveries SET status = 'failed', last_error = 'webhook deleted' "
              "WHERE webhook_id = ? AND status = 'pending'", (webhook_id,)),
-            ("DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,)), fail_fast=True)
+            ("DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,)),
+            settings.delete(HEADERS_SETTING + webhook_id), fail_fast=True)
         del self.hooks[webhook_id]
         self._sinks.pop(webhook_id, None)
 
@@ -388,10 +422,11 @@ class WebhookService:
     async def _build_sink(self, hook: Webhook) -> Sink:
         """The webhook's sink from its plugin's factory, run off the loop for ``call_timeout``
         seconds at most (plugins.off_loop); a factory that refuses, fails or hangs refuses the webhook."""
-        settings: SinkSettings = {"webhook_id": hook.webhook_id, "url": hook.url, "secret": hook.secret}
+        sink_settings: SinkSettings = {"webhook_id": hook.webhook_id, "url": hook.url, "secret": hook.secret,
+                                       "headers": dict(hook.headers)}
         try:
             sink = await off_loop(self.registry, "sink", hook.sink,
-                                  functools.partial(build_sink, self.registry, hook.sink, settings, self.session),
+                                  functools.partial(build_sink, self.registry, hook.sink, sink_settings, self.session),
                                   self.call_timeout)
         except KeyError:
             raise _bad("sink", f"no sink plugin '{hook.sink}' is loaded") from None

@@ -28,8 +28,8 @@ def make_config(tmp_path, *, runtime: Mapping[str, Any] | None = None,
                 models: Mapping[str, Any] | None = None, **server: Any) -> Config:
     """The embedded default with a private state dir and no drop-in dir, plus overrides.
 
-    Request limits and the per-key agent cap are lifted and authentication is off, so
-    that tests of other things never trip them; the tests of limits, budgets and
+    Request limits and the per-key agent cap are lifted and authentication is off (and
+    [security] local_scopes empty), so that tests of other things never trip them; the tests of limits, budgets and
     security set their own.
     """
     base = embedded_default()
@@ -37,7 +37,9 @@ def make_config(tmp_path, *, runtime: Mapping[str, Any] | None = None,
         base,
         limits=dataclasses.replace(base.limits, **{c: 1_000_000 for c in ENDPOINT_CLASSES}),
         budget=dataclasses.replace(base.budget, max_agents_per_key=1_000_000),
-        security=dataclasses.replace(base.security, auth=False),
+        # No local_scopes: the test client connects from loopback, and the tests that turn
+        # authentication on are about keys (tests/test_local_scopes.py tests the local caller).
+        security=dataclasses.replace(base.security, auth=False, local_scopes=()),
         server=dataclasses.replace(base.server, state_dir=str(tmp_path / "state"), port=0, **server),
         plugins=dataclasses.replace(base.plugins, dropin_dir=""),
         runtime=dataclasses.replace(base.runtime, **(runtime or {})),

@@ -98,6 +98,8 @@ EXEMPT = {
     ("GET", "/models"): DAEMON_WIDE + " (the configured models)",
     ("GET", "/models/{name}"): DAEMON_WIDE + " (a configured model)",
     ("POST", "/models/select"): DAEMON_WIDE + " (a selection, nothing stored)",
+    ("POST", "/orchestrator/experiment/results"): DAEMON_WIDE + " (a computation on the sent numbers, nothing "
+                                                  "stored)",
     ("GET", "/v1/models"): DAEMON_WIDE + " (the configured models)",
     ("GET", "/v1/models/{name}"): DAEMON_WIDE + " (a configured model)",
     ("POST", "/v1/messages/count_tokens"): "an estimate of the sent text: nothing stored",
@@ -164,7 +166,9 @@ class World:
 
 
 def _config(tmp_path):
-    cfg = auth_config(tmp_path)
+    # The keyless local caller is on (the embedded default's local_scopes): every proof here
+    # holds with it, and test_the_local_caller_* holds it to the same rules.
+    cfg = auth_config(tmp_path, local_scopes=USER)
     base = cfg.providers["offline"]
     slow = ProviderSettings(name="slow", plugin="offline", max_concurrency=4, options={"delay": 60.0})
     models = {**cfg.models, "slowpoke": ModelConfig("slowpoke", "slow", "slowpoke", 0.001, 0.002, 0.0015)}
@@ -534,6 +538,79 @@ async def test_daemon_wide_events_reach_a_key_webhook_only_when_named(world):
 def _services(client) -> Any:
     from j1mskyd.api.common import SERVICES
     return client.app[SERVICES]
+
+
+# -- the local caller ([security] local_scopes) -------------------------------------------------------
+async def test_the_local_caller_sees_no_key_s_work_and_reaches_no_admin_route(world):
+    """A request with no key from loopback is the local caller: on every route its scopes do
+    not cover (keys, projects, security, audit, admin) it gets the 401 of a missing key; on
+    the others it holds none of A's marks, A's ids answer it 404 as unknown ids do, and what
+    it makes is ownerless: shown to it and to keys that see all, never to A or B."""
+    c, a, b, r = world.client, world.a, world.b, world.r
+    table = c.app[ROUTE_TABLE]
+    unrefused, leaked, confirmed = [], [], []
+    for (method, pattern), scope in sorted(table.scopes.items()):
+        bare = _bare(pattern)
+        if scope == PUBLIC or (method, bare) in STREAMS | MAKES:
+            continue
+        path = _fill(pattern, world)
+        body = {"description": "x"} if method in ("PUT", "PATCH", "POST") else None
+        if scope not in USER:
+            resp = await c.request(method, path, json=body, timeout=LIMIT)
+            if resp.status != 401 or (await _json(resp))["error"]["type"] != "UNAUTHORIZED":
+                unrefused.append(f"{method} {pattern} ({scope}) -> {resp.status}")
+        elif (method, bare) in ID_ROUTES:
+            if (await c.request(method, path, json=body, timeout=LIMIT)).status != 404:
+                confirmed.append(f"{method} {pattern}")
+        elif method == "GET":
+            found = [m for m in leaks(world, await _json(await c.get(path, timeout=LIMIT))) if m not in path]
+            if found:
+                leaked.append(f"{pattern}: {found}")
+    assert unrefused == [], "the local caller reached a route its local_scopes do not grant"
+    assert confirmed == [], "an id route confirmed A's id to the local caller"
+    assert leaked == []
+    # What it makes is ownerless: its own and the admins' to see, not A's or B's.
+    mine = (await _ok(await c.post("/api/spawn", json={"model": "k2p5", "task": "local work"})))["agent_id"]
+    assert (await _ok(await c.get(f"/api/agent/{mine}")))["agent_id"] == mine
+    listed = {x["agent_id"] for x in (await _ok(await c.get("/api/agents?limit=100")))["data"]}
+    assert listed == {mine}
+    for key in (a, b):
+        assert (await c.get(f"/api/agent/{mine}", headers=key.h)).status == 404
+    assert mine in {x["agent_id"] for x in (await _ok(await c.get("/api/agents?limit=100", headers=r.h)))["data"]}
+
+
+async def test_the_local_caller_s_streams_and_webhooks_carry_no_key_s_events(world):
+    """Live and replayed (SSE, WebSocket without a key or an auth message) and at its webhook:
+    the local caller gets its own (ownerless) agents' events, never A's."""
+    c, a = world.client, world.a
+    resp = await c.get("/api/events/stream", headers={"Last-Event-ID": "0"})
+    assert resp.status == 200
+    sse = Sse(resp)
+    ws = await c.ws_connect("/api/ws")
+    await ws.send_json({"type": "subscribe", "events": ["*"], "last_event_id": 0})  # no auth message: local
+    assert (await ws_next(ws, BOUND))["type"] == "subscribed"
+    hook = (await _ok(await c.post("/api/webhooks", json={"url": world.receivers["r"].url, "events": ["*"]}),
+                      201))["data"]["webhook_id"]
+    a_new = (await _ok(await c.post("/api/spawn", json={"model": "k2p5", "task": world.task}, headers=a.h)))["agent_id"]
+    await _settled(c, a, a_new)
+    mine = (await _ok(await c.post("/api/spawn", json={"model": "k2p5", "task": "local"})))["agent_id"]
+    seen = await _sse_until(sse, mine) + await _ws_until(ws, mine)
+    resp.close()
+    await ws.close()
+
+    async def delivered() -> bool:
+        return any(x.payload["data"].get("agent_id") == mine and x.payload["event"] == "agent.completed"
+                   for x in world.receivers["r"].received)
+
+    await _until(delivered, "the local caller's completion at its webhook")
+    at_hook = [x.payload for x in world.receivers["r"].received]
+    marks = [*world.marks, a_new]
+    assert not [m for m in marks if m in json.dumps(seen)], "the local caller's streams carried A's events"
+    assert not [m for m in marks if m in json.dumps(at_hook)], "the local caller's webhook got A's events"
+    assert mine in json.dumps(seen)
+    hooks = _services(c).webhooks
+    assert hook not in hooks.route("agent.completed", {"agent_id": a_new}, a.key_id)
+    assert hook in hooks.route("agent.completed", {"agent_id": mine}, "anonymous")
 
 
 # -- idempotency records are per key ---------------------------------------------------------------

@@ -114,7 +114,9 @@ async def test_weekly_comparison_from_history_matches_the_rule(client, clock):
     assert body["source"] == "history" and body["period"]["days"] == 14
 
 
-async def test_experiment_summary_from_history(client, clock):
+async def record_markup_5(client) -> None:
+    """Experiment "markup-5": control 3 approved (94.6 %) and 1 escalated (50 %), test 2 approved;
+    one test decision of experiment "other", and one decision with no variant."""
     for _ in range(3):
         await decide(client, SEED_QUOTE, variant="control", experiment="markup-5")
     await decide(client, ESCALATING, variant="control", experiment="markup-5")
@@ -122,6 +124,10 @@ async def test_experiment_summary_from_history(client, clock):
         await decide(client, SEED_QUOTE, variant="test", experiment="markup-5")
     await decide(client, ESCALATING, variant="test", experiment="other")
     await decide(client, SEED_QUOTE)  # no variant: not part of any experiment
+
+
+async def test_experiment_summary_from_history(client, clock):
+    await record_markup_5(client)
 
     body = await get(client, "/api/pricing/experiment-summary?experiment=markup-5")
     assert body["status"] == "complete" and body["experiment"] == "markup-5" and body["source"] == "history"

@@ -85,27 +85,35 @@ async def active_agents(request: web.Request) -> web.Response:
 async def list_agents(request: web.Request) -> web.Response:
     params = query_params(request)
     page = await _agents(request).list(params, viewer(request))
-    total, limit, offset = page.pop("total"), page.pop("limit"), page.pop("offset")
-    has_more = offset + limit < total
+    total, limit, offset, cursor = page.pop("total"), page.pop("limit"), page.pop("offset"), page.pop("cursor")
+    has_more = offset + len(page["data"]) < total if params.get("cursor") else offset + limit < total
     page["pagination"] = {
         "total": total, "limit": limit, "offset": offset, "has_more": has_more,
         "next_offset": offset + limit if has_more else None,
         "previous_offset": _previous(total, limit, offset),
+        "page": offset // limit + 1, "per_page": limit,
+        # Cursor pagination (the reference's "Pagination & Filtering"): pass next_cursor as
+        # ?cursor= for the next page; "cursor" is where this page ends (the events' name).
+        "cursor": cursor, "next_cursor": cursor if has_more else None,
     }
-    page["links"] = _links(request.path, params, total, limit, offset, has_more)
+    page["links"] = _links(request.path, params, total, limit, offset, has_more,
+                           cursor if has_more and params.get("cursor") else None)
     return json_response(page)
 
 
 def _links(path: str, params: dict[str, str], total: int, limit: int, offset: int,
-           has_more: bool) -> dict[str, str | None]:
-    """Relative links that keep the caller's filters, as in the API reference's example."""
-    kept = {k: v for k, v in params.items() if k not in ("limit", "offset")}
+           has_more: bool, next_cursor: str | None = None) -> dict[str, str | None]:
+    """Relative links that keep the caller's filters, as in the API reference's example; a
+    listing read by cursor links its next page by cursor."""
+    kept = {k: v for k, v in params.items() if k not in ("limit", "per_page", "offset", "page", "cursor")}
 
     def at(off: int) -> str:
         return f"{path}?{urlencode({**kept, 'limit': limit, 'offset': off})}"
 
     previous = _previous(total, limit, offset)
-    return {"self": at(offset), "next": at(offset + limit) if has_more else None,
+    following = f"{path}?{urlencode({**kept, 'limit': limit, 'cursor': next_cursor})}" if next_cursor else \
+        at(offset + limit) if has_more else None
+    return {"self": at(offset), "next": following,
             "prev": at(previous) if previous is not None else None,
             "first": at(0), "last": at(_last(total, limit))}
 

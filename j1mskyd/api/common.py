@@ -13,11 +13,12 @@ from .. import jsonx
 from ..audit import Actor
 from ..agent_record import ANONYMOUS
 from ..keys import ADMIN
+from ..local_access import LOCAL_ACTOR
 from ..errors import ApiError, InvalidJson, ValidationFailed
 from ..tenancy import Viewer
 
-__all__ = ["API_KEY", "API_KEY_ID", "AWAITING_CREDENTIALS", "CLIENT_IP", "CONFIG", "ERROR_TYPES", "METRICS",
-           "REQUEST_ID", "SERVICES", "actor", "api_error_response", "app_key", "error_response", "json_response",
+__all__ = ["API_KEY", "API_KEY_ID", "AWAITING_CREDENTIALS", "CLIENT_IP", "CONFIG", "ERROR_TYPES", "LOCAL_CALLER",
+           "METRICS", "REQUEST_ID", "SERVICES", "actor", "api_error_response", "app_key", "error_response", "json_response",
            "query_params", "read_json", "read_json_object", "request_key", "usable", "viewer"]
 
 
@@ -38,6 +39,9 @@ REQUEST_ID = request_key("j1msky.request_id")
 CLIENT_IP = request_key("j1msky.client_ip")      # set by the IP guard
 API_KEY_ID = request_key("j1msky.api_key_id")    # set by auth (absent: anonymous)
 API_KEY = request_key("j1msky.api_key")
+# Set (True) by auth for a request served without a key as the local caller ([security]
+# local_scopes, local_access.py): it acts as ``anonymous`` and sees only ownerless work.
+LOCAL_CALLER = request_key("j1msky.local_caller")
 # Set by the listener's connection guard (connguard.py): call it while a request waits for
 # credentials sent inside its connection; call what it returns once they came.
 AWAITING_CREDENTIALS = request_key("j1msky.awaiting_credentials")
@@ -112,7 +116,8 @@ async def read_json_object(request: web.Request, *, optional: bool = False) -> d
 def actor(request: web.Request) -> Actor:
     """Who made this request, for the audit log."""
     ip = request.get(CLIENT_IP)
-    return Actor(api_key_id=request.get(API_KEY_ID), ip_address=str(ip) if ip is not None else request.remote,
+    who = LOCAL_ACTOR if request.get(LOCAL_CALLER) and request.get(API_KEY) is None else request.get(API_KEY_ID)
+    return Actor(api_key_id=who, ip_address=str(ip) if ip is not None else request.remote,
                  user_agent=request.headers.get("User-Agent"), request_id=request.get(REQUEST_ID))
 
 
@@ -123,8 +128,11 @@ def query_params(request: web.Request) -> dict[str, str]:
 
 def viewer(request: web.Request) -> Viewer:
     """Whose work this request may see: its key's own, or everyone's for a key with admin:write
-    or admin:read, and for every request while authentication is off (no key: anonymous)."""
+    or admin:read, and for every request while authentication is off (no key: anonymous).
+    The local caller (no key, on loopback, [security] local_scopes) sees only ownerless work."""
     key = request.get(API_KEY)
+    if key is None and request.get(LOCAL_CALLER):
+        return Viewer(ANONYMOUS)
     if key is None:
         return Viewer(request.get(API_KEY_ID) or ANONYMOUS, sees_all=True, writes_all=True)
     family = request.app[SERVICES].keys.ring.family.get(key.key_id, ())

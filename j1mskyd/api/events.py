@@ -3,7 +3,8 @@
 SSE and WebSocket readers subscribe first and then replay what they missed from the
 database, so no event falls between the two; an event id is never sent twice on one
 connection.  Both resume: SSE with ``Last-Event-ID`` (browsers send it on reconnect),
-WebSocket with ``last_event_id`` in its subscribe message.
+WebSocket with ``last_event_id`` in its subscribe message.  A WebSocket subscribe without
+``last_event_id`` starts live (the API reference's "subscribe"): it replays nothing.
 
 Both hold the key that opened them (KeyService.watch): when it is revoked, expires (the
 end of a rotation grace period) or loses agents:read, the stream is closed at once
@@ -30,7 +31,8 @@ from ..errors import ApiError, ValidationFailed
 from ..events import EVENT_TYPES, SHUTDOWN, Event, Subscription
 from ..keys import KeyWatch
 from ..tenancy import Viewer
-from .common import API_KEY, AWAITING_CREDENTIALS, CONFIG, SERVICES, json_response, query_params, viewer
+from .common import (API_KEY, AWAITING_CREDENTIALS, CONFIG, LOCAL_CALLER, SERVICES, json_response, query_params,
+                     viewer)
 from .middleware import authenticate_in_band, count_in_band
 
 HEARTBEAT = 15.0
@@ -116,18 +118,23 @@ def _release(request: web.Request, watch: KeyWatch | None) -> None:
         request.app[SERVICES].keys.unwatch(watch)
 
 
-async def _replay_then_live(request: web.Request, sub: Subscription, last: int, types: list[str] | None,
+async def _replay_then_live(request: web.Request, sub: Subscription, last: int | None, types: list[str] | None,
                             send: Callable[[Event | None], Awaitable[object]]) -> int:
-    """Send what was missed, then live events; returns the last id sent when the reader
-    fell too far behind (it must reconnect and resume from there) or was ended."""
+    """Send what was missed after event id ``last`` (None: nothing, live only), then live
+    events; returns the last id sent when the reader fell too far behind (it must reconnect
+    and resume from there) or was ended."""
     events = request.app[SERVICES].events
-    while True:  # replay in pages until caught up with the database
-        page = await events.after(last, REPLAY_PAGE, types, sub.viewer)
+    # Live only: the subscription was made before this, so it holds every event published
+    # since; none is older than the log's newest id at this point, none is lost.
+    replay = last is not None
+    sent = last or 0
+    while replay:  # replay in pages until caught up with the database
+        page = await events.after(sent, REPLAY_PAGE, types, sub.viewer)
         for event in page:
             if sub.ended is not None:  # its key was lost while the history was being read
-                return last
+                return sent
             await send(event)
-            last = event.id
+            sent = event.id
         if len(page) < REPLAY_PAGE:
             break
     idle = 0.0
@@ -147,12 +154,12 @@ async def _replay_then_live(request: web.Request, sub: Subscription, last: int, 
             continue
         idle = 0.0
         if event is None:
-            return last  # too slow: closed; the client resumes from its last id
+            return sent  # too slow: closed; the client resumes from its last id
         if event.id == 0:  # live-only (agent.output deltas): not in the log, nothing to resume
             await send(event)
-        elif event.id > last:
+        elif event.id > sent:
             await send(event)
-            last = event.id
+            sent = event.id
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -218,7 +225,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     sign adds ``timestamp`` and ``signature``, signed as the GET of this path.
     """
     services = request.app[SERVICES]
-    auth_needed = request.app[CONFIG].security.auth
+    # The local caller ([security] local_scopes) was admitted by the pipeline without a key.
+    auth_needed = request.app[CONFIG].security.auth and not request.get(LOCAL_CALLER)
     # A message is held to the request body limit (aiohttp's default is 4 MiB, and each one
     # is parsed as JSON, before the socket has authenticated too): closed with 1009 beyond it.
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=request.app[CONFIG].server.max_body_bytes)
@@ -253,7 +261,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         if "task_progress" in wanted and (msg := _kyros_progress(event)) is not None:
             await ws.send_json(msg)
 
-    async def pump_events(sub: Subscription, last: int, db_types: list[str] | None, wanted: set[str]) -> None:
+    async def pump_events(sub: Subscription, last: int | None, db_types: list[str] | None,
+                          wanted: set[str]) -> None:
         try:
             last = await _replay_then_live(request, sub, last, db_types, lambda e: send_event(e, wanted))
             if sub.ended == SHUTDOWN:
@@ -317,9 +326,15 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 wanted_set = set(wanted)
                 db_types = None if ("*" in wanted_set or "task_progress" in wanted_set) else \
                     [t for t in wanted_set if t in EVENT_TYPES]
-                last = message.get("last_event_id", 0)
-                if isinstance(last, bool) or not isinstance(last, int) or not 0 <= last < MAX_ID:
-                    last = 0
+                # No last_event_id: live from now on (the stored log is not replayed); an id
+                # (0: from the start) replays what came after it first.
+                last = message.get("last_event_id")
+                if last is not None and (isinstance(last, bool) or not isinstance(last, int)
+                                         or not 0 <= last < MAX_ID):
+                    await ws.send_json({"type": "error", "error_type": "VALIDATION_ERROR", "code": 400,
+                                        "message": "last_event_id must be an event id (an integer from 0) or "
+                                                   "absent (live only)"})
+                    continue
                 if pump is not None:
                     pump.cancel()
                     services.events.unsubscribe(sub)

@@ -48,11 +48,12 @@ from ..dialects import Dialect, retry_headers
 from ..errors import (ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited,
                       Unauthorized)
 from ..idempotency import KEY_PATTERN, fingerprint
+from ..local_access import grants_local
 from ..ratelimit import Decision
 from ..signing import SignatureError, verify
 from ..violations import record_violation
-from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, ERROR_TYPES, METRICS, REQUEST_ID, SERVICES, actor,
-                     api_error_response, app_key, error_response, json_response, request_key)
+from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, ERROR_TYPES, LOCAL_CALLER, METRICS, REQUEST_ID, SERVICES,
+                     actor, api_error_response, app_key, error_response, json_response, request_key)
 from .rate_headers import decision_headers
 from .route_table import PUBLIC, ROUTE_TABLE, Route, route_of
 
@@ -156,6 +157,10 @@ def check_auth(request: web.Request, p: Pass, token: str | None) -> None:
     """The token -> the key; then the route's scope.  Off when security.auth is false."""
     if not p.route.authenticated or not p.app[CONFIG].security.auth:
         return
+    if token is None and serves_locally(request, p):
+        request[LOCAL_CALLER] = True
+        request[API_KEY_ID] = ANONYMOUS  # what it makes is ownerless, as with authentication off
+        return
     if token is None:
         _violation(request, p, "missing_api_key")
         raise Unauthorized("API key required: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
@@ -175,6 +180,19 @@ def check_auth(request: web.Request, p: Pass, token: str | None) -> None:
         _violation(request, p, "insufficient_scope", scope)
         raise Forbidden(f"This API key lacks the scope '{scope}'" if scope is not None
                         else "This route declares no scope: no API key may call it", required_scope=scope)
+
+
+def serves_locally(request: web.Request, p: Pass) -> bool:
+    """A request without credentials that [security] local_scopes lets through: its route's
+    scope is granted, and both the socket's peer and the resolved client are loopback
+    (local_access.py; never decided from a header alone).  Any credentials header, even
+    one that names no usable key (another scheme, an empty X-API-Key), rules it out: a
+    client that meant to send a key learns that it failed."""
+    headers = request.headers
+    if "Authorization" in headers or "X-API-Key" in headers:
+        return False
+    return grants_local(request.remote, request.get(CLIENT_IP), p.route.scope,
+                        p.app[CONFIG].security.local_scopes)
 
 
 def needs_signature(p: Pass, creds: Credentials) -> bool:
@@ -269,7 +287,7 @@ async def admit(request: web.Request, p: Pass, creds: Credentials, *, opening: b
     (authenticate_in_band).
     """
     check_ip(request, p)
-    if opening and creds.token is None and p.route.in_band:
+    if opening and creds.token is None and p.route.in_band and not serves_locally(request, p):
         return
     check_auth(request, p, creds.token)
     if needs_signature(p, creds):

@@ -193,6 +193,12 @@ RESULTS.update({
                                                message=_STR, project_id=_STR,
                                                released_keys={"type": "array", "items": _STR}),
 })
+_VARIANT = _obj(["count", "approval_rate", "avg_margin_pct"], count=_INT, approval_rate=_NUM, avg_margin_pct=_NUM)
+RESULTS[("POST", "/orchestrator/experiment/results")] = _obj(
+    ["success", "experiment_id", "status", "control", "test", "recommendation", "source", "period"], success=_OK,
+    experiment_id=_STR, status={"type": "string", "enum": ["complete", "in_progress"]}, control=_VARIANT,
+    test=_VARIANT, recommendation={"type": "string", "enum": ["roll_out", "discard", "inconclusive"]},
+    source=_STR, period=_obj(["from", "to", "days"], to=_STR, days=_INT, **{"from": _STR}))
 # Success statuses other than 200.
 CREATED = {("POST", "/keys"), ("POST", "/keys/{key_id}/rotate"), ("POST", "/security/block-ip"),
            ("POST", "/webhooks"), ("POST", "/pricing/webhook"), ("POST", "/projects")}
@@ -204,6 +210,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("DELETE", "/agent/{agent_id}"): (409,), ("DELETE", "/agent/{agent_id}/data"): (409,),
     ("POST", "/pricing/exceptions/{exception_id}/close"): (409,),
     ("PATCH", "/projects/{project_id}"): (409,),  # a name another project has
+    ("POST", "/orchestrator/experiment/results"): (404,),  # no decision recorded for the experiment
 }
 _LIMIT = {"type": "integer", "minimum": 1}
 _OFFSET = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}  # SQLite's integers are 64-bit
@@ -224,6 +231,13 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
     history_days = {"type": "integer", "minimum": 1, "maximum": MAX_DAYS}
     return {
         ("GET", "/agents"): [_query("limit", {**_LIMIT, "maximum": MAX_LIMIT}), _query("offset", _OFFSET),
+                             _query("per_page", {**_LIMIT, "maximum": MAX_LIMIT, "description": "limit's other name"}),
+                             _query("page", {"type": "integer", "minimum": 1, "maximum": (10**18 - 1) // MAX_LIMIT,
+                                             "description": "1, 2, ...: offset (page - 1) x limit; not with "
+                                                            "offset or cursor"}),
+                             _query("cursor", {"type": "string", "maxLength": 512, "description":
+                                               "pagination.next_cursor of the page before (same key, sort and "
+                                               "filters); not with offset or page"}),
                              _query("sort", sort), _query("status", _STATUS), _query("model", _STR),
                              _query("filter", {"type": "string", "description": "a JSON object of filters"}),
                              _query("include_members", _BOOL),
@@ -325,13 +339,16 @@ def _hook_events() -> dict[str, Any]:
 
 
 _HOOK_EVENTS = _hook_events()
+_HOOK_HEADERS = {"type": "object", "maxProperties": 20, "additionalProperties": {"type": "string", "maxLength": 1024},
+                 "description": "sent with each delivery; not Host, Content-Length, Content-Type, hop-by-hop or "
+                                "X-J1MSKY-* headers"}
 
 
 def _pricing_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """The fields api/pricing.py and api/orchestrator.py read (JSON; form fields are accepted too)."""
     from ..pricing import COMPLEXITIES
     from ..orchestrator import PRIORITIES
-    from ..pricing_history import RESOLUTIONS
+    from ..pricing_history import MAX_DAYS, RESOLUTIONS
     from .pricing import MAX_SCENARIOS, MAX_TOKENS, VARIANTS
     policy = config.pricing.policy
     task = {"task_type": {"type": "string", "minLength": 1, "maxLength": 64},
@@ -359,6 +376,10 @@ def _pricing_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
             **task, "complexity": {"type": "string", "enum": list(COMPLEXITIES)},
             "priority": {"type": "string", "enum": list(PRIORITIES)}}},
         ("POST", "/models/select"): {"type": "object", "properties": task},
+        ("POST", "/orchestrator/experiment/results"): {"type": "object", "required": ["experiment_id"], "properties": {
+            "experiment_id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "\\S",
+                              "description": "the experiment label given to POST /pricing/decision"},
+            "days": {"type": "integer", "minimum": 1, "maximum": MAX_DAYS, "default": MAX_DAYS}}},
         ("POST", "/pricing/exceptions/{exception_id}/close"): {"type": "object", "required": ["resolution"],
                                                                "properties": {
             "resolution": {"type": "string", "enum": list(RESOLUTIONS)},
@@ -405,11 +426,15 @@ def _bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
                                       "properties": _KEY_LIMITS},
         ("POST", "/webhooks"): {"type": "object", "required": ["url"], "properties": {
             "url": _WEBHOOK_URL, "events": _HOOK_EVENTS,
+            "event": {**_HOOK_EVENTS["items"], "description": "one event name: events [event] (not with events)"},
+            "active": {"type": "boolean", "default": True, "description": "false: registered paused"},
+            "headers": _HOOK_HEADERS,
             "secret": {"type": "string", "minLength": 8, "maxLength": 256}, "sink": {"type": "string"},
             "description": {"type": "string", "maxLength": 500}}},
         ("PUT", "/webhooks/{webhook_id}"): {"type": "object", "properties": {
             "url": _WEBHOOK_URL, "events": _HOOK_EVENTS,
-            "status": {"type": "string", "enum": ["active", "paused"]},
+            "status": {"type": "string", "enum": ["active", "paused"]}, "active": {"type": "boolean"},
+            "headers": _HOOK_HEADERS,
             "secret": {"type": "string", "minLength": 8, "maxLength": 256},
             "description": {"type": "string", "maxLength": 500}}},
         **_project_bodies(),

@@ -15,7 +15,8 @@ from .. import pricing
 from ..errors import NotFound, ValidationFailed
 from ..orchestrator import PRIORITIES, ModelRequest, Orchestrator
 from .common import CONFIG, SERVICES, json_response, read_json_object, usable
-from .pricing import MAX_TOKENS, Fields, read_fields
+from ..pricing_history import MAX_DAYS
+from .pricing import MAX_TOKENS, Fields, experiment_from_history, read_fields
 
 
 def _service(request: web.Request) -> Orchestrator:
@@ -50,6 +51,28 @@ async def cache_invalidate(request: web.Request) -> web.Response:
         raise ValidationFailed([{"field": "cache", "message": f"cache must be one of: {', '.join(caches)}"}])
     cleared = {n: c.clear() for n, c in caches.items() if name is None or n == name}
     return json_response({"success": True, "cleared": cleared})
+
+
+async def experiment_results(request: web.Request) -> web.Response:
+    """An A/B experiment's results by its label (the API reference's cookbook, Recipe 5): the
+    pricing experiment summary (per-variant count, approval rate and average margin, and the
+    roll_out / discard / inconclusive recommendation of the business rules) over the recorded
+    decisions tagged with ``experiment`` = ``experiment_id`` (POST /pricing/decision) in the
+    last ``days`` (default: the whole kept history).  An experiment with no such decision is a
+    404: there are no results to analyse."""
+    data, form = await read_fields(request)
+    f = Fields(data, form)
+    if not f.present("experiment_id"):
+        f.bad("experiment_id", "is required (the experiment label given to POST /pricing/decision)")
+    experiment = f.text("experiment_id", "", max_len=64)
+    days = f.integer("days", 1, MAX_DAYS, default=MAX_DAYS)
+    f.done()
+    results = await experiment_from_history(request, experiment, days)
+    if results["status"] == "no_data":
+        raise NotFound(f"No pricing decisions with a variant are recorded for experiment '{experiment}' in the "
+                       f"last {days} days: tag them with POST /pricing/decision (experiment, variant)")
+    del results["experiment"]  # the request's name for it
+    return json_response({"success": True, "experiment_id": experiment, **results})
 
 
 async def recommend_model(request: web.Request) -> web.Response:

@@ -41,7 +41,7 @@ __all__ = [
     "pricing_weekly_metrics_history", "pricing_weekly_comparison_history", "pricing_experiment_summary_history",
     "pricing_exception_alert_history", "pricing_exceptions", "pricing_close_exception", "pricing_status",
     "pricing_health", "pricing_report", "pricing_create_webhook", "pricing_list_webhooks", "pricing_delete_webhook",
-    "Fields", "read_fields", "MAX_ITEMS", "MAX_SCENARIOS", "MAX_TOKENS", "VARIANTS",
+    "Fields", "experiment_from_history", "read_fields", "MAX_ITEMS", "MAX_SCENARIOS", "MAX_TOKENS", "VARIANTS",
 ]
 
 MAX_TOKENS = 10_000_000          # per token estimate
@@ -430,11 +430,16 @@ async def pricing_experiment_summary_history(request: web.Request) -> web.Respon
     f, days = _history_query(request, 30)
     experiment = f.text("experiment", "", max_len=64) or None
     f.done()
+    return json_response({"success": True, **await experiment_from_history(request, experiment, days)})
+
+
+async def experiment_from_history(request: web.Request, experiment: str | None, days: int) -> dict[str, Any]:
+    """The experiment summary over the decisions of the last ``days`` tagged with a variant (and
+    with ``experiment``, when given), with the label and the period it covers."""
     history = _history(request)
     window = Window.last_days(history.clock(), days)
     rows = await history.decisions(window, experiment=experiment, variants_only=True)
-    return json_response({"success": True, **pricing.experiment_summary(rows), "experiment": experiment,
-                          **_period(window, days)})
+    return {**pricing.experiment_summary(rows), "experiment": experiment, **_period(window, days)}
 
 
 async def pricing_exception_alert_history(request: web.Request) -> web.Response:

@@ -103,6 +103,8 @@ ROUTES = (
     ("GET", "/cache/status", orchestrator.cache_status, READ, "other"),
     ("POST", "/cache/invalidate", orchestrator.cache_invalidate, ADMIN, "other"),
     ("POST", "/orchestrator/recommend-model", orchestrator.recommend_model, WRITE, "other"),
+    # The cookbook's A/B analysis (Recipe 5): a read of the recorded pricing decisions.
+    ("POST", "/orchestrator/experiment/results", orchestrator.experiment_results, BILLING, "other"),
     ("GET", "/models", orchestrator.list_models, READ, "other"),
     ("GET", "/models/{name}", orchestrator.get_model, READ, "other"),
     ("POST", "/models/select", orchestrator.select_model, WRITE, "other"),

@@ -24,7 +24,8 @@ async def create_webhook(request: web.Request) -> web.Response:
     hooks = _hooks(request)
     req = parse_new(await read_json(request), hooks.sink_kinds())
     hook, generated = await hooks.create(req, request.get(API_KEY_ID))
-    _audit(request, "create", hook.webhook_id, {"url": hook.url, "events": list(hook.events)})
+    _audit(request, "create", hook.webhook_id, {"url": hook.url, "events": list(hook.events), "status": hook.status,
+                                                "headers": [name for name, _ in hook.headers]})  # names only
     data = hook.view()
     headers = None
     if generated is not None:  # shown once, like an API key's secret

@@ -143,7 +143,7 @@ def example_env(daemon_url: str, key: str | None, extra: Mapping[str, str] | Non
     """The environment an example runs in: the reference's quick-start variables
     (``J1MSKY_API`` with ``/api``, ``J1MSKY_KEY`` when there is a key), this tree and the
     Python SDK's source on PYTHONPATH (``path_first`` before them)."""
-    env = child_env({"J1MSKY_API": daemon_url.rstrip("/") + "/api"})
+    env = child_env({"J1MSKY_API": daemon_url.rstrip("/") + "/api", "PYTHONIOENCODING": "utf-8"})
     if key is not None:
         env["J1MSKY_KEY"] = key
     sdk = ROOT / "sdk" / "python"
@@ -160,9 +160,9 @@ def run_python(path: Path, *, daemon_url: str, key: str | None,
     """Run the example at ``path`` (checked verbatim first), localised, with ``sys.executable``.
 
     ``prelude`` and ``epilogue`` are code the TEST adds around a fragment (each with a
-    comment saying why); the program is written to a temp dir with the sleep-capping
-    ``sitecustomize.py``.  Returns the completed process (text output captured); the test
-    checks its exit code and output.
+    comment saying why); the program is written to a temp dir (its working directory) with
+    the sleep-capping ``sitecustomize.py``.  Returns the completed process (output captured
+    as UTF-8 text: the examples print emoji); the test checks its exit code and output.
     """
     check_verbatim(path)
     source = localise(Path(path).read_text(encoding="utf-8"), base_url=daemon_url, key=key,
@@ -176,7 +176,8 @@ def run_python(path: Path, *, daemon_url: str, key: str | None,
         script.write_text(program, encoding="utf-8")
         return subprocess.run([sys.executable, str(script)], cwd=tmpdir,
                               env=example_env(daemon_url, key, env, path_first=tmpdir),
-                              capture_output=True, text=True, timeout=timeout, check=False)
+                              capture_output=True, text=True, encoding="utf-8", errors="replace",
+                              timeout=timeout, check=False)
 
 
 def example_files() -> list[Path]:

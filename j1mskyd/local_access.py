@@ -1,0 +1,64 @@
+"""Local callers without a key: ``[security] local_scopes``.
+
+The API reference says keys are optional for local instances, and its quick starts and
+cookbook recipes send none.  A request that carries NO credentials, whose peer (the TCP
+address the connection came from) is loopback, is served as the anonymous *local* caller
+with the scopes ``local_scopes`` lists (embedded default: agents:read, agents:write,
+billing:read; ``[]`` requires a key everywhere).  The rules, each a guard against a way in:
+
+* Loopback is the real peer, and the client address after any trusted proxy must be
+  loopback too: an ``X-Forwarded-For: 127.0.0.1`` is never believed from an untrusted
+  peer, and a trusted proxy on this host forwarding a LAN client does not make it local.
+* A request that carries a key, valid or not, is judged by that key: a revoked or wrong
+  key is a 401, never a fall-back to local.
+* Never an admin scope: keys, projects, security and audit are managed with a key only
+  (the config refuses ``admin:*`` here, and routes open to any key, e.g. GET /keys/me,
+  are not for a caller without one).
+* Its work is ownerless (owned by ``anonymous``, as work made with authentication off)
+  and it sees only ownerless work, never a key's (tenancy.Viewer without sees_all).
+
+The IP allowlist, blocks and per-IP rate limits apply as to any request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from .netguard import Address, parse_address
+
+__all__ = ["GRANTABLE", "LOCAL_ACTOR", "grants_local", "is_loopback", "refusal"]
+
+# What local_scopes may name: everything but the admin scopes.
+GRANTABLE = ("agents:read", "agents:write", "billing:read")
+# The audit log's actor for a local caller (no key id ever looks like it: those are key_<hex>).
+LOCAL_ACTOR = "local"
+
+
+def is_loopback(address: str | Address | None) -> bool:
+    """127.0.0.0/8 or ::1 (an IPv4-mapped ::ffff:127.x too); None or a non-address: no."""
+    addr = parse_address(address) if isinstance(address, str) or address is None else address
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr is not None and addr.is_loopback
+
+
+def grants_local(peer: str | None, client: str | Address | None, scope: str | None,
+                 local_scopes: Iterable[str]) -> bool:
+    """Is a request without credentials from ``peer`` (the socket's address) for a route of
+    ``scope`` served as the local caller?  ``client``: the address the IP guard resolved
+    (X-Forwarded-For from a trusted proxy); both must be loopback."""
+    return (scope is not None and scope in GRANTABLE and scope in tuple(local_scopes)
+            and is_loopback(peer) and is_loopback(client))
+
+
+def refusal(values: Iterable[str]) -> str | None:
+    """Why ``values`` is not a valid local_scopes list (None: it is)."""
+    admin = [v for v in values if v.startswith("admin:")]
+    if admin:
+        return (f"{', '.join(admin)} cannot be granted without a key (keys, projects and security are "
+                "managed with an admin key only)")
+    unknown = [v for v in values if v not in GRANTABLE]
+    if unknown:
+        return f"unknown scope(s) {', '.join(unknown)} (local_scopes may name {', '.join(GRANTABLE)})"
+    return None
