@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 
 from j1mskyd.app import build_app
-from j1msky import Agency, AsyncJ1MSKYClient, Config, J1MSKYClient, J1MSKYError, RateLimitError, TaskPriority, WaitTimeout
+from j1msky import (Agency, AsyncJ1MSKYClient, Config, J1MSKYClient, J1MSKYError, RateLimitError, TaskPriority,
+                    WaitTimeout)
 from tests.conftest import auth_config, bootstrap_key, make_config
 
 
@@ -137,7 +138,8 @@ async def test_unreachable_daemon_is_a_clear_error():
 
 async def test_webhooks_quotes_and_listing_sync_and_async(client):
     sync = J1MSKYClient(base_url=base_url(client))
-    made = await asyncio.to_thread(sync.create_webhook, "https://hooks.invalid/hook", ["agent.completed"], "s3cret-long-enough")
+    made = await asyncio.to_thread(sync.create_webhook, "https://hooks.invalid/hook", ["agent.completed"],
+                                   "s3cret-long-enough")
     assert made["success"] is True and "secret" not in made  # a secret we chose is not echoed
     listed = await asyncio.to_thread(sync.list_webhooks)
     assert [w["webhook_id"] for w in listed["webhooks"]] == [made["webhook_id"]]
@@ -187,7 +189,8 @@ def test_client_reads_the_quick_start_environment(monkeypatch):
     assert J1MSKYClient().base_url == "http://127.0.0.1:9/api"
     # An argument beats the Config, which beats the environment.
     cfg = Config(base_url="http://127.0.0.1:8/", api_key="jsk_cfg", timeout=5, max_retries=1, retry_delay=0.1)
-    assert (J1MSKYClient(config=cfg).base_url, J1MSKYClient(config=cfg).api_key) == ("http://127.0.0.1:8/api", "jsk_cfg")
+    from_config = J1MSKYClient(config=cfg)
+    assert (from_config.base_url, from_config.api_key) == ("http://127.0.0.1:8/api", "jsk_cfg")
     both = J1MSKYClient(api_key="jsk_arg", config=cfg, timeout=7)
     assert (both.api_key, both.timeout, both.max_retries, both.base_url) == ("jsk_arg", 7, 1, "http://127.0.0.1:8/api")
     monkeypatch.delenv("J1MSKY_API")
@@ -233,7 +236,8 @@ async def test_quotes_as_the_reference_reads_them_and_the_cache(client):
 
 async def test_batch_quotes(client):
     async with AsyncJ1MSKYClient(base_url=base_url(client)) as sdk:
-        quotes = await sdk.get_batch_quotes(model="sonnet", complexities=["low", "high"], segments=["enterprise", "smb"])
+        quotes = await sdk.get_batch_quotes(model="sonnet", complexities=["low", "high"],
+                                            segments=["enterprise", "smb"])
         assert [(q.complexity, q.segment) for q in quotes] == [("low", "enterprise"), ("low", "smb"),
                                                                 ("high", "enterprise"), ("high", "smb")]
         one = await sdk.get_quote("sonnet", 3000, 1200, "high", "smb")

@@ -94,6 +94,14 @@ def key(sdk_daemon: Daemon) -> str:
     return sdk_daemon.auth_headers()["Authorization"].split(" ", 1)[1]
 
 
+@pytest.fixture(params=["key", "local"])
+def caller(request: pytest.FixtureRequest, key: str) -> str | None:
+    """The examples whose client reads J1MSKY_KEY run twice: with the key the quick start exports, and
+    with none, as the reference's "Optional for local instances" says ([security] local_scopes serves
+    a keyless caller on loopback)."""
+    return key if request.param == "key" else None
+
+
 def run(name: str, url: str, key: str | None, **kw: Any) -> tuple[str, str]:
     done = run_python(HERE / name, daemon_url=url, key=key, **kw)
     assert done.returncode == 0, done.stderr
@@ -106,7 +114,8 @@ def agent_of(daemon: Daemon, agent_id: str) -> dict[str, Any]:
 
 # The later blocks use a ``client`` the earlier ones made (SDK Reference line ~2555; Best Practices 3 and 4),
 # and Best Practice 1 uses J1MSKYClient without importing it: the test makes both, as the block before did.
-CLIENT = "from j1msky import J1MSKYClient  # the test: made by an earlier block of the reference\nclient = J1MSKYClient()\n"
+CLIENT = ("from j1msky import J1MSKYClient  # the test: made by an earlier block of the reference\n"
+          "client = J1MSKYClient()\n")
 IMPORT = "from j1msky import J1MSKYClient  # the test: imported by an earlier block of the reference\n"
 
 
@@ -124,8 +133,8 @@ def test_sdk_reference_basic_usage(sdk_daemon: Daemon, url: str, key: str) -> No
     assert lines[0].startswith("[offline:") and f"Cost: ${agent['cost']}" in lines
 
 
-def test_sdk_reference_advanced_usage(sdk_daemon: Daemon, url: str, key: str, receiver: _Receiver) -> None:
-    out, _ = run("sdk_reference_advanced_usage.py", url, key, replacements={PUBLIC_WEBHOOK: receiver.url + "/hook"},
+def test_sdk_reference_advanced_usage(sdk_daemon: Daemon, url: str, caller: str | None, receiver: _Receiver) -> None:
+    out, _ = run("sdk_reference_advanced_usage.py", url, caller, replacements={PUBLIC_WEBHOOK: receiver.url + "/hook"},
                  prelude=CLIENT,
                  epilogue=("# the test: both agents end, and which they were\n"
                            "print('AGENT', agent.id, agent.wait_for_completion(timeout=60).status)\n"
@@ -144,8 +153,8 @@ def test_sdk_reference_advanced_usage(sdk_daemon: Daemon, url: str, key: str, re
     assert hook[0]["path"] == "/hook" and hook[0]["json"]["event"] == "agent.completed"
 
 
-def test_sdk_reference_error_handling_when_it_goes_well(sdk_daemon: Daemon, url: str, key: str) -> None:
-    out, _ = run("sdk_reference_error_handling.py", url, key,
+def test_sdk_reference_error_handling_when_it_goes_well(sdk_daemon: Daemon, url: str, caller: str | None) -> None:
+    out, _ = run("sdk_reference_error_handling.py", url, caller,
                  epilogue="print('AGENT', result.id)  # the test: the spawn went through")
     assert out.startswith("AGENT subagent_")
 
@@ -175,8 +184,8 @@ def test_sdk_reference_error_handling_rate_limited(receiver: _Receiver) -> None:
     assert len(set(keys[:4])) == 1 and keys[4] != keys[0]  # one key over a spawn's retries; a new spawn, a new key
 
 
-def test_sdk_reference_pricing_integration(sdk_daemon: Daemon, url: str, key: str) -> None:
-    out, _ = run("sdk_reference_pricing_integration.py", url, key,
+def test_sdk_reference_pricing_integration(sdk_daemon: Daemon, url: str, caller: str | None) -> None:
+    out, _ = run("sdk_reference_pricing_integration.py", url, caller,
                  epilogue="print('AGENT', agent.id)  # the test: the guardrail passed, so it spawned")
     expected = sdk_daemon.post("/api/pricing/quote", {"model": "k2p5", "estimated_input": 2000,
                                                       "estimated_output": 800, "complexity": "medium",
@@ -203,15 +212,15 @@ def test_sdk_reference_configuration(sdk_daemon: Daemon, url: str, key: str) -> 
     assert agent_of(sdk_daemon, agent_id)["task"] == "configured"
 
 
-def test_best_practice_1_one_client(sdk_daemon: Daemon, url: str, key: str) -> None:
-    out, _ = run("best_practices_1_connection_pooling.py", url, key, prelude=IMPORT,
+def test_best_practice_1_one_client(sdk_daemon: Daemon, url: str, caller: str | None) -> None:
+    out, _ = run("best_practices_1_connection_pooling.py", url, caller, prelude=IMPORT,
                  epilogue="print(client.base_url, client.list_agents(limit=1)['pagination']['limit'])  # the test")
     assert out.split() == [url + "/api", "1"]
 
 
-def test_best_practice_3_webhooks_instead_of_polling(sdk_daemon: Daemon, url: str, key: str,
+def test_best_practice_3_webhooks_instead_of_polling(sdk_daemon: Daemon, url: str, caller: str | None,
                                                      receiver: _Receiver) -> None:
-    out, _ = run("best_practices_3_webhooks.py", url, key, prelude=CLIENT,
+    out, _ = run("best_practices_3_webhooks.py", url, caller, prelude=CLIENT,
                  replacements={PUBLIC_WEBHOOK: receiver.url + "/webhook"},
                  epilogue="print('AGENT', agent.id)  # the test: which agent the webhook must announce")
     agent_id = out.split()[1]
@@ -221,8 +230,8 @@ def test_best_practice_3_webhooks_instead_of_polling(sdk_daemon: Daemon, url: st
     assert hook[0]["headers"]["X-J1MSKY-Signature"].startswith("sha256=")  # signed with the secret it generated
 
 
-def test_best_practice_4_batch_quotes(sdk_daemon: Daemon, url: str, key: str) -> None:
-    out, _ = run("best_practices_4_batch_quotes.py", url, key, prelude=CLIENT, epilogue=(
+def test_best_practice_4_batch_quotes(sdk_daemon: Daemon, url: str, caller: str | None) -> None:
+    out, _ = run("best_practices_4_batch_quotes.py", url, caller, prelude=CLIENT, epilogue=(
         "for q in quotes:  # the test: what came back\n"
         "    print(q.complexity, q.segment, q.recommended_price, q.guardrail_check.is_compliant)\n"))
     rows = [line.split() for line in out.splitlines()]
