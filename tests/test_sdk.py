@@ -448,3 +448,29 @@ async def test_one_client_keeps_its_connection_and_survives_the_server_closing_i
             transport.close()  # the server's idle timeout, say
         await asyncio.to_thread(sdk.spawn, model="k2p5", task="after the close")  # max_retries=0: no retry but this
         assert len(set(peers)) == 2 and keys[-1] and keys.count(keys[-1]) == len(keys) - 3
+
+
+async def test_threads_sharing_a_client_never_share_a_connection_at_once(aiohttp_server):
+    peers: list = []
+    busy: set = set()
+    overlaps: list = []
+
+    async def slow(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername")
+        if peer in busy:
+            overlaps.append(peer)  # two requests at once on one connection: mixed-up answers
+        busy.add(peer)
+        peers.append(peer)
+        await asyncio.sleep(0.01)
+        busy.discard(peer)
+        return web.json_response({"agent_id": request.match_info["id"], "status": "running"})
+
+    app = web.Application()
+    app.router.add_get("/api/agent/{id}", slow)
+    server = await aiohttp_server(app)
+    with J1MSKYClient(base_url=str(server.make_url("/"))) as sdk:
+        def worker(n: int) -> list[str]:
+            return [sdk.get_agent_status(f"subagent_{n}_{i}").agent_id for i in range(5)]
+        answers = await asyncio.gather(*(asyncio.to_thread(worker, n) for n in range(6)))
+    assert answers == [[f"subagent_{n}_{i}" for i in range(5)] for n in range(6)]  # each its own answer
+    assert not overlaps and len(peers) == 30 and len(set(peers)) <= 6

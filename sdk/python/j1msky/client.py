@@ -1,4 +1,4 @@
-"""The blocking client, on the standard library alone (http.client, one kept-alive connection per thread)."""
+"""The blocking client, on the standard library alone (http.client, with kept-alive connections)."""
 
 from __future__ import annotations
 

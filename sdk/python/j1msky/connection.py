@@ -1,6 +1,5 @@
-"""The blocking client's connections: one kept-alive HTTP(S) connection per thread and
-origin, so a client reuses its connection from request to request (the reference's Best
-Practice 1), on the standard library's http.client.
+"""The blocking client's connections, kept alive (the reference's Best Practice 1: a client
+reuses its connection from request to request), on the standard library's http.client.
 
 A kept-alive connection the server has closed meanwhile (its idle timeout) fails at the
 next request before any answer: that request is sent once more on a new connection.  It
@@ -37,57 +36,60 @@ def target(url: str) -> str:
 
 
 class Connections:
-    """The kept-alive connections of one client, one per thread that used it; ``close()`` (or
-    the client's collection) closes them all."""
+    """The kept-alive connections of one client: a request takes an idle one (or opens one) and
+    gives it back when its answer is read, so a client used by one thread at a time keeps one
+    connection, and threads sharing a client never share a connection at the same time.
+    ``close()`` (or the client's collection) closes them all."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._local = threading.local()
         self._lock = threading.Lock()
+        self._idle: list[http.client.HTTPConnection] = []
         self._open: set[http.client.HTTPConnection] = set()
 
-    def _keep(self, conn: http.client.HTTPConnection | None) -> None:
-        old = getattr(self._local, "conn", None)
+    def _take(self, url: str) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection and whether it was used before."""
         with self._lock:
-            if old is not None and old is not conn:
-                self._open.discard(old)
-            if conn is not None:
-                self._open.add(conn)
-        self._local.conn = conn
+            if self._idle:
+                return self._idle.pop(), True
+            conn = connect(url, self.timeout)
+            self._open.add(conn)
+            return conn, False
+
+    def _drop(self, conn: http.client.HTTPConnection) -> None:
+        conn.close()
+        with self._lock:
+            self._open.discard(conn)
 
     def send(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, Any, bytes]:
         """(status, headers, body) of one exchange; raises OSError / http.client.HTTPException."""
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        reused = conn is not None
+        conn, reused = self._take(url)
         while True:
-            if conn is None:
-                conn = connect(url, self.timeout)
             try:
                 conn.request(method, target(url), body=body, headers=headers)
                 resp = conn.getresponse()
                 raw = resp.read()
             except _STALE:
-                conn.close()
-                self._keep(None)
-                conn = None
-                if reused:  # the server closed it while it was idle: once more, fresh
-                    reused = False
+                self._drop(conn)
+                if reused:  # the server closed it while it was idle: once more, on a new one
+                    conn, reused = self._take(url)
                     continue
                 raise
             except BaseException:
-                conn.close()
-                self._keep(None)
+                self._drop(conn)
                 raise
             if resp.will_close:
-                conn.close()
-                conn = None
-            self._keep(conn)
+                self._drop(conn)
+            else:
+                with self._lock:
+                    if conn in self._open:  # not closed meanwhile by close()
+                        self._idle.append(conn)
             return resp.status, resp.headers, raw
 
     def close(self) -> None:
-        """Close every thread's connection; a later request opens a new one."""
+        """Close every connection; a later request opens a new one."""
         with self._lock:
-            conns, self._open = self._open, set()
+            conns, self._open, self._idle = self._open, set(), []
         for conn in conns:
             conn.close()
 
