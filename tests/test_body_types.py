@@ -128,6 +128,12 @@ async def _exception(api: Api) -> dict[str, str]:
     return {"exception_id": (await api.ok("POST", "/pricing/decision", ESCALATING))["exception_id"]}
 
 
+async def _experiment(api: Api) -> dict[str, str]:
+    """A decision of experiment "fuzz", for its results to read (the route has no path parameters)."""
+    await api.ok("POST", "/pricing/decision", {**QUOTE, "variant": "control", "experiment": "fuzz"})
+    return {}
+
+
 async def _blocked_ip(api: Api) -> dict[str, str]:
     api.blocks += 1  # TEST-NET-3, documentation addresses: blocked, never connected to
     ip = f"203.0.113.{api.blocks % 250 + 1}"
@@ -195,6 +201,7 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("POST", "/orchestrator/recommend-model"): Example({"task_type": "code", "estimated_tokens": 2000,
                                                         "complexity": "high", "priority": "critical"}),
     ("POST", "/models/select"): Example({"task_type": "code", "estimated_tokens": 2000}),
+    ("POST", "/orchestrator/experiment/results"): Example({"experiment_id": "fuzz", "days": 30}, target=_experiment),
     # Sunset routes: 410 with the successor, whatever is sent.
     ("POST", "/agent"): Example(None, ok=(410,)),
     ("DELETE", "/cancel"): Example(None, ok=(410,)),
