@@ -17,6 +17,11 @@ billing:read; ``[]`` requires a key everywhere).  The rules, each a guard agains
 * Its work is ownerless (owned by ``anonymous``, as work made with authentication off)
   and it sees only ownerless work, never a key's (tenancy.Viewer without sees_all).
 
+* Not for a web page: a browser on this machine reaches loopback too, for any site it
+  shows.  A request whose ``Host`` is not a loopback name (``localhost``, a 127.x or ::1
+  address: a DNS-rebinding page uses its own name) or that carries an ``Origin`` of
+  another host (a cross-site form or fetch) is not local (browser_safe).
+
 The IP allowlist, blocks and per-IP rate limits apply as to any request.
 """
 
@@ -24,10 +29,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from .netguard import Address, parse_address
 
-__all__ = ["GRANTABLE", "LOCAL_ACTOR", "grants_local", "is_loopback", "refusal"]
+__all__ = ["GRANTABLE", "LOCAL_ACTOR", "browser_safe", "grants_local", "is_loopback", "refusal"]
 
 # What local_scopes may name: everything but the admin scopes.
 GRANTABLE = ("agents:read", "agents:write", "billing:read")
@@ -41,6 +47,33 @@ def is_loopback(address: str | Address | None) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return addr is not None and addr.is_loopback
+
+
+def _loopback_name(host: str | None) -> bool:
+    """``localhost`` or a loopback address, as a Host header or URL gives it (port aside)."""
+    if not host:
+        return False
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:  # an unclosed "[" and the like
+        return False
+    return name is not None and (name == "localhost" or is_loopback(name))
+
+
+def browser_safe(host: str | None, origin: str | None) -> bool:
+    """May a keyless request with these headers be the local caller?  Its ``Host`` names this
+    machine's loopback (a page that rebinds its own name to 127.0.0.1 sends its name), and an
+    ``Origin``, when sent (browsers send it on cross-site and scripted requests), is a page of
+    a loopback host too ("null", a sandboxed or file page, is not)."""
+    if not _loopback_name(host):
+        return False
+    if origin is None:
+        return True
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and _loopback_name(parts.netloc)
 
 
 def grants_local(peer: str | None, client: str | Address | None, scope: str | None,

@@ -160,7 +160,8 @@ def test_cli_key_made_before_the_first_start_means_no_bootstrap_key(tmp_path):
         status, body = http(d, "GET", "/api/keys", made["token"])
         assert status == 200, body
         assert [k["key_id"] for k in body["keys"]] == [made["key_id"]]
-        assert http(d, "GET", "/api/agents")[0] == 401
+        # Auth is on: without a key only [security] local_scopes' routes answer (loopback), never /keys.
+        assert http(d, "GET", "/api/keys")[0] == 401
 
 
 async def test_refresh_sees_a_revocation_committed_while_the_keys_were_being_read(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import pytest
 
 from j1mskyd.app import build_app
 from j1mskyd.config import ConfigError, embedded_default, load_config
-from j1mskyd.local_access import GRANTABLE, grants_local, is_loopback
+from j1mskyd.local_access import GRANTABLE, browser_safe, grants_local, is_loopback
 from j1mskyd.ratelimit import ENDPOINT_CLASSES
 from tests.conftest import auth_config, bearer, bootstrap_key, wait_status
 from tests.daemon import ROOT, write_config
@@ -58,6 +58,26 @@ def test_only_granted_non_admin_scopes_pass():
     # or a route without a scope.
     for scope in ("admin:write", "admin:read", "key", None):
         assert not grants_local("127.0.0.1", "127.0.0.1", scope, (*LOCAL, "admin:write", "admin:read", "key"))
+
+
+@pytest.mark.parametrize("host, origin", [
+    ("127.0.0.1:8080", None), ("localhost:8080", None), ("localhost", None), ("[::1]:8080", None),
+    ("127.0.0.2", None), ("127.0.0.1:8080", "http://localhost:8080"), ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+    ("localhost", "https://[::1]")])
+def test_a_loopback_host_without_a_foreign_origin_is_browser_safe(host, origin):
+    assert browser_safe(host, origin)
+
+
+@pytest.mark.parametrize("host, origin", [
+    # DNS rebinding: a page whose own name now resolves to 127.0.0.1 sends that name as Host.
+    ("evil.example:8080", None), ("raspberrypi.local:8080", None), ("192.168.1.5:8080", None),
+    ("127.0.0.1.evil.example", None), ("", None), (None, None), ("[::1", None),
+    # A cross-site form or fetch from a page in a browser on this machine carries its Origin.
+    ("127.0.0.1:8080", "https://evil.example"), ("127.0.0.1:8080", "null"), ("127.0.0.1:8080", "file://"),
+    ("127.0.0.1:8080", "http://127.0.0.1.evil.example"), ("127.0.0.1:8080", "ftp://localhost"),
+    ("127.0.0.1:8080", "http://[::1")])
+def test_a_web_page_is_never_the_local_caller(host, origin):
+    assert not browser_safe(host, origin)
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -194,6 +214,19 @@ async def test_a_stranger_on_127_0_0_2_with_a_revoked_key_gets_401_not_local(aio
             assert (await _error(resp, 401))["type"] == "INVALID_API_KEY"
         async with stranger.get(url) as resp:
             assert resp.status == 200  # 127.0.0.2 is loopback: the keyless local caller
+
+
+async def test_a_cross_site_or_rebound_page_gets_401_keyless(aiohttp_client, tmp_path):
+    client, _ = await _start(aiohttp_client, _config(tmp_path))
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                    {"Host": f"evil.example:{client.port}"}):
+        resp = await client.post("/api/spawn", json={"model": "k2p5", "task": "x"}, headers=headers)
+        await _error(resp, 401)
+    from j1mskyd.api.common import SERVICES
+    assert client.server.app[SERVICES].runtime.live == {}  # nothing was spawned
+    ok = await client.post("/api/spawn", json={"model": "k2p5", "task": "x"},
+                           headers={"Origin": f"http://127.0.0.1:{client.port}"})
+    assert ok.status == 200  # the dashboard served from loopback itself
 
 
 async def test_x_forwarded_for_never_makes_a_request_local(aiohttp_client, tmp_path):

@@ -48,7 +48,7 @@ from ..dialects import Dialect, retry_headers
 from ..errors import (ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited,
                       Unauthorized)
 from ..idempotency import KEY_PATTERN, fingerprint
-from ..local_access import grants_local
+from ..local_access import browser_safe, grants_local
 from ..ratelimit import Decision
 from ..signing import SignatureError, verify
 from ..violations import record_violation
@@ -191,6 +191,8 @@ def serves_locally(request: web.Request, p: Pass) -> bool:
     headers = request.headers
     if "Authorization" in headers or "X-API-Key" in headers:
         return False
+    if not browser_safe(headers.get("Host"), headers.get("Origin")):
+        return False  # a web page in a browser on this machine: DNS rebinding, a cross-site request
     return grants_local(request.remote, request.get(CLIENT_IP), p.route.scope,
                         p.app[CONFIG].security.local_scopes)
 
