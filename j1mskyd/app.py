@@ -17,6 +17,8 @@ from typing import TypedDict
 import aiohttp
 from aiohttp import web
 
+from j1msky.ttlcache import TTLCache
+
 from . import ledger, statedir
 from .agent_record import Agent
 from .agents import AgentService
@@ -49,7 +51,6 @@ from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimi
 from .runtime import AgentRuntime
 from .signing import ReplayGuard
 from .store import CLOSE_GRACE, Store
-from .ttlcache import TTLCache
 from .webhook_client import webhook_session
 from .webhook_targets import policy_from
 from .webhooks import WebhookService

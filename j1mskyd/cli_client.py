@@ -1,8 +1,9 @@
 """Client commands of the ``j1mskyd`` CLI: spawn, agents, agent, cancel, status.
 
-They talk to a running daemon through the SDK (client.py).  The address and key come
-from ``--api``/``--key`` or, as in the API reference's quick start, ``J1MSKY_API`` and
-``J1MSKY_KEY`` (and ``J1MSKY_SECRET`` to sign).  Output is for people by default and
+They talk to a running daemon through the SDK (the ``j1msky`` package, shipped with the
+daemon).  The address and key come from ``--api``/``--key`` or, as in the API reference's
+quick start, ``J1MSKY_API`` and ``J1MSKY_KEY`` (and ``J1MSKY_SECRET`` to sign): the SDK's
+own defaults.  Output is for people by default and
 JSON with ``--json``.
 """
 
@@ -10,22 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
 
 __all__ = ["add_commands", "cmd_agent", "cmd_agents", "cmd_cancel", "cmd_spawn", "cmd_status"]
 
-# The SDK is imported only when a client command runs: `j1mskyd serve` should not carry it.
+# The client is imported when a client command runs (no need for it while parsing arguments).
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from .client import J1MSKYClient
-    api = args.api or os.environ.get("J1MSKY_API") or "http://localhost:8080/api"
-    key = args.key or os.environ.get("J1MSKY_KEY") or None
-    return J1MSKYClient(api_key=key, base_url=api, api_secret=os.environ.get("J1MSKY_SECRET") or None,
-                        timeout=args.timeout)
+    from j1msky import J1MSKYClient
+    # None: the SDK reads J1MSKY_API / J1MSKY_KEY / J1MSKY_SECRET, else localhost:8080 without a key.
+    return J1MSKYClient(api_key=args.key or None, base_url=args.api or None, timeout=args.timeout)
 
 
 def _out(args: argparse.Namespace, data: Any, human: str) -> None:
@@ -133,7 +131,7 @@ def add_commands(sub: Any) -> None:
 
 def _guarded(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
-        from .client import J1MSKYError
+        from j1msky import J1MSKYError
         try:
             return func(args)
         except J1MSKYError as exc:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from j1msky.ttlcache import TTLCache
+
 from . import ledger, pricing
 from .agents import AgentService
 from .breaker import StateChanges
@@ -24,7 +26,6 @@ from .pricing_service import STATUS_SAMPLES, PricingService
 from .provider_pool import ProviderSlot
 from .runtime import AgentRuntime
 from .store import Store
-from .ttlcache import TTLCache
 
 __all__ = ["PERFORMANCE_WINDOW", "PREVIEW_DAYS", "PRIORITIES", "ModelRequest", "Orchestrator", "Recommendation"]
 

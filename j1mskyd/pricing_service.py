@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from j1msky.ttlcache import TTLCache
+
 from . import ledger, pricing
 from .budget import Budget
 from .events import EventLog
 from .pricing_history import PricingHistory, new_quote_id
 from .store import Store
-from .ttlcache import TTLCache
 
 __all__ = ["DecisionRequest", "PricingService", "QuoteRequest", "REPORT_SAMPLE", "STATUS_SAMPLES"]
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
-from email.utils import parsedate_to_datetime
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterable, TypeGuard
 
 import aiohttp
+from j1msky.backoff import parse_retry_after  # one home, shared with the SDK (re-exported)
 
 from . import jsonx
 from .plugin_api import (
@@ -226,26 +225,6 @@ class SseEvent:
     name: str
     data: Any
     done: bool = False
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # an HTTP date is always GMT
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds) or math.isinf(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def kind_for_status(status: int) -> str:

@@ -28,11 +28,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from j1msky.backoff import backoff_delay
+
 from . import agent_record, jsonx, ledger
 from .agent_record import (
     Agent, CANCELLED, COMPLETED, FAILED, KIND_CHAT, KIND_MEMBER, KIND_TEAM, PRIORITIES, QUEUED, RUNNING, SPAWNING,
     Status, TERMINAL, money)
-from .backoff import backoff_delay
 from .budget import Budget, Level
 from .config import Config, ModelConfig
 from .events import Publisher, agent_event_data

@@ -12,12 +12,13 @@ are refused, and so is a signature seen before within that window (replay).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import re
 import time
 from datetime import datetime, timezone
+
+from j1msky.signing import sign  # the one formula: the SDK signs with it, the daemon checks with it
 
 __all__ = ["ReplayGuard", "SignatureError", "body_forms", "parse_timestamp", "sign", "verify"]
 
@@ -48,11 +49,6 @@ def parse_timestamp(text: str) -> float | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)  # the reference client's datetime.utcnow().isoformat()
     return dt.timestamp()
-
-
-def sign(secret: str, timestamp: str, method: str, path: str, body: str) -> str:
-    message = f"{timestamp}\n{method.upper()}\n{path}\n{body}"
-    return hmac.new(secret.encode(), message.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def body_forms(raw: bytes) -> list[str]:

@@ -1,15 +1,18 @@
-"""The Python SDK (j1mskyd/client.py) against the real daemon and small fake servers."""
+"""The Python SDK (j1msky, sdk/python/j1msky) against the real daemon and small fake servers."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import time
 
 import pytest
 from aiohttp import web
 
 from j1mskyd.app import build_app
-from j1mskyd.client import Agency, AsyncJ1MSKYClient, J1MSKYClient, J1MSKYError, RateLimitError
+from j1msky import (Agency, AsyncJ1MSKYClient, Config, J1MSKYClient, J1MSKYError, RateLimitError, TaskPriority,
+                    WaitTimeout)
 from tests.conftest import auth_config, bootstrap_key, make_config
 
 
@@ -135,7 +138,8 @@ async def test_unreachable_daemon_is_a_clear_error():
 
 async def test_webhooks_quotes_and_listing_sync_and_async(client):
     sync = J1MSKYClient(base_url=base_url(client))
-    made = await asyncio.to_thread(sync.create_webhook, "https://hooks.invalid/hook", ["agent.completed"], "s3cret-long-enough")
+    made = await asyncio.to_thread(sync.create_webhook, "https://hooks.invalid/hook", ["agent.completed"],
+                                   "s3cret-long-enough")
     assert made["success"] is True and "secret" not in made  # a secret we chose is not echoed
     listed = await asyncio.to_thread(sync.list_webhooks)
     assert [w["webhook_id"] for w in listed["webhooks"]] == [made["webhook_id"]]
@@ -157,3 +161,316 @@ async def test_webhooks_quotes_and_listing_sync_and_async(client):
         assert agent.agent_id in [a["agent_id"] for a in listing["data"]]
     await asyncio.to_thread(sync.delete_webhook, made["webhook_id"])
     assert (await asyncio.to_thread(sync.list_webhooks))["webhooks"] == []
+
+
+# -- the reference's names and shapes ---------------------------------------------------------------
+async def test_results_are_objects_and_dicts(client):
+    sdk = J1MSKYClient(base_url=base_url(client))
+    agent = await asyncio.to_thread(sdk.spawn, model="k2p5", task="shapes", priority=TaskPriority.HIGH)
+    assert agent.id == agent.agent_id == agent["agent_id"] and agent.estimated_cost > 0  # a field by attribute
+    result = await asyncio.to_thread(agent.wait_for_completion, timeout=10)
+    raw = await (await client.get(f"/api/agent/{agent.id}")).json()
+    assert dict(result) == raw and json.loads(json.dumps(result)) == raw  # every field, the unknown ones too
+    assert result.status == result.state == "completed" and result.output == raw["result"] == result.result
+    assert result.cost == raw["cost"] and result.priority == "high"  # TaskPriority.HIGH went as "high"
+    status = await asyncio.to_thread(sdk.get_agent_status, agent.id)
+    assert status.state == "completed" and status.result == result.output
+    with pytest.raises(AttributeError, match="no field 'nope'"):
+        status.nope
+
+
+def test_client_reads_the_quick_start_environment(monkeypatch):
+    monkeypatch.setenv("J1MSKY_API", "http://127.0.0.1:9/api")
+    monkeypatch.setenv("J1MSKY_KEY", "jsk_env")
+    monkeypatch.delenv("J1MSKY_SECRET", raising=False)
+    env = J1MSKYClient()
+    assert env.base_url == "http://127.0.0.1:9/api" and env.api_key == "jsk_env" and "jsk_env" not in repr(env)
+    monkeypatch.setenv("J1MSKY_API", "http://127.0.0.1:9")  # the server, without /api: the same API
+    assert J1MSKYClient().base_url == "http://127.0.0.1:9/api"
+    # An argument beats the Config, which beats the environment.
+    cfg = Config(base_url="http://127.0.0.1:8/", api_key="jsk_cfg", timeout=5, max_retries=1, retry_delay=0.1)
+    from_config = J1MSKYClient(config=cfg)
+    assert (from_config.base_url, from_config.api_key) == ("http://127.0.0.1:8/api", "jsk_cfg")
+    both = J1MSKYClient(api_key="jsk_arg", config=cfg, timeout=7)
+    assert (both.api_key, both.timeout, both.max_retries, both.base_url) == ("jsk_arg", 7, 1, "http://127.0.0.1:8/api")
+    monkeypatch.delenv("J1MSKY_API")
+    monkeypatch.delenv("J1MSKY_KEY")
+    bare = J1MSKYClient()
+    assert bare.base_url == "http://localhost:8080/api" and bare.api_key is None
+
+
+@pytest.mark.parametrize("bad", [{"timeout": 0}, {"max_retries": -1}, {"max_retries": 1.5}, {"retry_delay": "1"},
+                                 {"cache_ttl": -1}, {"timeout": True}])
+def test_config_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match="Config."):
+        Config(**bad)
+
+
+async def test_quotes_as_the_reference_reads_them_and_the_cache(client):
+    sdk = J1MSKYClient(base_url=base_url(client))
+    args = dict(model="k2p5", estimated_input_tokens=2000, estimated_output_tokens=800, complexity="medium",
+                segment="mid_market")
+    quote = await asyncio.to_thread(sdk.get_quote, **args)
+    raw = await (await client.post("/api/pricing/quote", json={
+        "model": "k2p5", "estimated_input": 2000, "estimated_output": 800, "complexity": "medium",
+        "segment": "mid_market"})).json()
+    assert quote.internal_cost == raw["quote"]["internal_cost"] and quote.segment == "mid_market"
+    assert quote.recommended_price == raw["quote"]["recommended_price"]
+    assert quote.gross_margin_pct == raw["quote"]["gross_margin_pct"]
+    assert quote.guardrail_check.is_compliant is raw["guardrail_check"]["is_compliant"] is True
+    # Off by default: each quote is the daemon's (a new quote_id); on, a repeat within cache_ttl is kept.
+    assert (await asyncio.to_thread(sdk.get_quote, **args)).quote_id != quote.quote_id
+    cached = J1MSKYClient(base_url=base_url(client), config=Config(cache_enabled=True, cache_ttl=60))
+    first = await asyncio.to_thread(cached.get_quote, **args)
+    first["quote"]["internal_cost"] = -1  # a caller's change does not reach what is kept
+    again = await asyncio.to_thread(cached.get_quote, **args)
+    assert again.quote_id == first.quote_id and again.internal_cost == raw["quote"]["internal_cost"]
+    other = await asyncio.to_thread(cached.get_quote, **{**args, "segment": "smb"})
+    assert other.quote_id != first.quote_id and other.segment == "smb"
+    assert cached.clear_cache() == 2
+    assert (await asyncio.to_thread(cached.get_quote, **args)).quote_id != first.quote_id
+    expired = J1MSKYClient(base_url=base_url(client), config=Config(cache_enabled=True, cache_ttl=0))
+    ids = {(await asyncio.to_thread(expired.get_quote, **args)).quote_id for _ in range(2)}
+    assert len(ids) == 2
+
+
+async def test_batch_quotes(client):
+    async with AsyncJ1MSKYClient(base_url=base_url(client)) as sdk:
+        quotes = await sdk.get_batch_quotes(model="sonnet", complexities=["low", "high"],
+                                            segments=["enterprise", "smb"])
+        assert [(q.complexity, q.segment) for q in quotes] == [("low", "enterprise"), ("low", "smb"),
+                                                                ("high", "enterprise"), ("high", "smb")]
+        one = await sdk.get_quote("sonnet", 3000, 1200, "high", "smb")
+        assert quotes[3].recommended_price == one.recommended_price and quotes[3].guardrail_check.is_compliant
+        everything = await sdk.get_batch_quotes(model="k2p5", complexities=["medium"])
+        assert {q.segment for q in everything} == {"startup", "smb", "mid_market", "enterprise"}
+        with pytest.raises(J1MSKYError) as err:  # the daemon's own refusal of a segment it does not price
+            await sdk.get_batch_quotes(model="k2p5", complexities=["low"], segments=["galactic"])
+        assert err.value.status == 400 and err.value.details[0]["field"] == "segment"
+    sync = J1MSKYClient(base_url=base_url(client))
+    assert len(await asyncio.to_thread(sync.get_batch_quotes, "k2p5", ["low"], ["smb"])) == 1
+
+
+async def test_register_webhook_defaults_to_the_agent_end_events(client):
+    sdk = J1MSKYClient(base_url=base_url(client))
+    made = await asyncio.to_thread(sdk.register_webhook, url="https://hooks.invalid/x")
+    assert made.webhook_id and made.secret  # shown once
+    listed = await asyncio.to_thread(sdk.list_webhooks)
+    assert sorted(listed.webhooks[0].events) == ["agent.cancelled", "agent.completed", "agent.failed"]
+
+
+# -- waiting: the event stream, else polling --------------------------------------------------------
+@pytest.fixture
+async def slowish(aiohttp_client, tmp_path):
+    """The daemon with agents that take 0.5 s."""
+    base = make_config(tmp_path)
+    slow = {"offline": dataclasses.replace(base.providers["offline"], options={"delay": 0.5})}
+    return await aiohttp_client(build_app(make_config(tmp_path, providers=slow)))
+
+
+def counting(sdk):
+    """Count the client's status looks: a wait on the stream looks twice (after subscribing, at the end)."""
+    looks = []
+    real = sdk.get_agent_status
+
+    def look(agent_id):
+        looks.append(agent_id)
+        return real(agent_id)
+
+    async def alook(agent_id):
+        looks.append(agent_id)
+        return await real(agent_id)
+    sdk.get_agent_status = alook if asyncio.iscoroutinefunction(real) else look
+    return looks
+
+
+async def test_wait_listens_on_the_event_stream(slowish):
+    sdk = J1MSKYClient(base_url=base_url(slowish))
+    looks = counting(sdk)
+    agent = await asyncio.to_thread(sdk.spawn, model="k2p5", task="on the stream")
+    result = await asyncio.to_thread(agent.wait_for_completion, 30, 0.01)  # polling would look ~50 times
+    assert result.state == "completed" and len(looks) <= 3
+    team = await asyncio.to_thread(sdk.spawn_team, team="team_coding", task="a team, on the stream")
+    looks.clear()
+    assert (await asyncio.to_thread(team.wait_for_completion, 30, 0.01)).state == "completed" and len(looks) <= 3
+    async with AsyncJ1MSKYClient(base_url=base_url(slowish)) as asdk:
+        alooks = counting(asdk)
+        aagent = await asdk.spawn(model="sonnet", task="async, on the stream")
+        assert (await aagent.wait_for_completion(30, 0.01)).state == "completed" and len(alooks) <= 3
+
+
+async def test_wait_polls_when_the_daemon_has_no_stream(aiohttp_server):
+    states = ["spawning", "running", "completed"]
+
+    async def agent(request: web.Request) -> web.Response:
+        state = states.pop(0) if len(states) > 1 else states[0]
+        return web.json_response({"agent_id": "subagent_1_0001", "status": state, "result": "done", "cost": 0.1})
+
+    app = web.Application()
+    app.router.add_get("/api/agent/{id}", agent)  # no /api/events/stream: 404
+    server = await aiohttp_server(app)
+    sdk = J1MSKYClient(base_url=str(server.make_url("/")))
+    result = await asyncio.to_thread(sdk.wait_for_completion, "subagent_1_0001", 10, 0.01)
+    assert result.output == "done" and result.cost == 0.1 and not states[1:]
+    states[:] = ["running", "running", "completed"]
+    async with AsyncJ1MSKYClient(base_url=str(server.make_url("/"))) as asdk:
+        assert (await asdk.wait_for_completion("subagent_1_0001", 10, 0.01)).state == "completed"
+
+
+async def test_wait_times_out_on_the_stream_too(aiohttp_client, tmp_path):
+    base = make_config(tmp_path)
+    slow = {"offline": dataclasses.replace(base.providers["offline"], options={"delay": 5.0})}
+    client = await aiohttp_client(build_app(make_config(tmp_path, providers=slow)))
+    sdk = J1MSKYClient(base_url=base_url(client))
+    agent = await asyncio.to_thread(sdk.spawn, model="k2p5", task="slow")
+    with pytest.raises(WaitTimeout) as err:
+        await asyncio.to_thread(agent.wait_for_completion, 0.3)
+    assert isinstance(err.value, TimeoutError) and isinstance(err.value, J1MSKYError)
+    assert err.value.agent_id == agent.id and err.value.state in ("spawning", "running")
+    await asyncio.to_thread(agent.cancel)
+
+
+# -- failure paths ---------------------------------------------------------------------------------
+@pytest.fixture
+async def scripted(aiohttp_server):
+    """A server that answers each request with the next (status, headers, body bytes, delay) of its script."""
+    seen: list[dict] = []
+    script: list[tuple[int, dict, bytes, float]] = []
+
+    async def any_request(request: web.Request) -> web.Response:
+        seen.append({"method": request.method, "idem": request.headers.get("Idempotency-Key")})
+        status, headers, body, delay = script.pop(0) if script else (200, {}, b'{"ok": true}', 0)
+        if delay:
+            await asyncio.sleep(delay)
+        return web.Response(status=status, headers={"Content-Type": "application/json", **headers}, body=body)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", any_request)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/")), script, seen
+
+
+def envelope(status: int, message: str, **extra) -> bytes:
+    return json.dumps({"success": False, "error": {"code": status, "message": message, **extra}}).encode()
+
+
+async def test_5xx_is_retried_then_raised_with_its_envelope(scripted):
+    url, script, seen = scripted
+    script += [(502, {}, envelope(502, "upstream down", request_id="req_a"), 0)] * 3
+    sdk = J1MSKYClient(base_url=url, max_retries=2, config=Config(retry_delay=0.01))
+    with pytest.raises(J1MSKYError) as err:
+        await asyncio.to_thread(sdk.spawn, model="k2p5", task="x")
+    assert (err.value.status, err.value.message, err.value.request_id) == (502, "upstream down", "req_a")
+    assert len(seen) == 3 and len({s["idem"] for s in seen}) == 1
+    assert str(err.value) == "upstream down (HTTP 502, request req_a)"
+
+
+async def test_a_4xx_is_not_retried_and_the_request_id_can_come_from_the_header(scripted):
+    url, script, seen = scripted
+    script.append((409, {"X-Request-Id": "req_hdr"}, b'{"success": false, "error": "Task cannot be empty"}', 0))
+    sdk = J1MSKYClient(base_url=url, max_retries=3)
+    with pytest.raises(J1MSKYError) as err:
+        await asyncio.to_thread(sdk.get_agent_status, "a")
+    assert (err.value.status, err.value.message, err.value.request_id) == (409, "Task cannot be empty", "req_hdr")
+    assert len(seen) == 1 and seen[0]["idem"] is None  # a GET carries no Idempotency-Key
+
+
+async def test_retry_after_as_an_http_date(scripted):
+    url, script, _ = scripted
+    from email.utils import formatdate
+    script.append((429, {"Retry-After": formatdate(time.time() + 120, usegmt=True)}, b"not json", 0))
+    with pytest.raises(RateLimitError) as err:
+        await asyncio.to_thread(J1MSKYClient(base_url=url, max_retries=0).get_agent_status, "a")
+    assert 100 < err.value.retry_after <= 120 and err.value.message == "HTTP 429"
+
+
+async def test_a_success_that_is_not_json_is_an_error(scripted):
+    url, script, seen = scripted
+    script.append((200, {"X-Request-Id": "req_html"}, b"<html>a proxy's page</html>", 0))
+    with pytest.raises(J1MSKYError, match="not JSON") as err:
+        await asyncio.to_thread(J1MSKYClient(base_url=url).get_agent_status, "a")
+    assert err.value.status == 200 and err.value.request_id == "req_html" and len(seen) == 1
+    script.append((200, {}, b"{broken", 0))
+    async with AsyncJ1MSKYClient(base_url=url) as asdk:
+        with pytest.raises(J1MSKYError, match="not JSON"):
+            await asdk.get_agent_status("a")
+
+
+async def test_a_slow_answer_times_out_and_is_retried_with_the_same_key(scripted):
+    url, script, seen = scripted
+    script += [(200, {}, b"{}", 1.0)] * 2
+    sdk = J1MSKYClient(base_url=url, timeout=0.2, max_retries=1, config=Config(retry_delay=0.01))
+    with pytest.raises(J1MSKYError, match="no answer from .* within 0.2 s") as err:
+        await asyncio.to_thread(sdk.register_webhook, "https://hooks.invalid/h")
+    assert err.value.status is None and len(seen) == 2 and len({s["idem"] for s in seen}) == 1
+    script += [(200, {}, b"{}", 1.0)] * 2
+    async with AsyncJ1MSKYClient(base_url=url, timeout=0.2, max_retries=1, config=Config(retry_delay=0.01)) as asdk:
+        with pytest.raises(J1MSKYError, match="no answer"):
+            await asdk.get_agent_status("a")
+
+
+def test_the_sdk_never_imports_the_daemon():
+    """j1msky installs without j1mskyd (tests/test_sdk_install.py), so no module of it may import j1mskyd."""
+    import ast
+    from pathlib import Path
+
+    import j1msky
+    imported = set()
+    for path in Path(j1msky.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {(path.name, a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add((path.name, node.module))
+    assert imported and not [(f, m) for f, m in imported if m.split(".")[0] == "j1mskyd"]
+    assert {m.split(".")[0] for f, m in imported if f != "aio.py"} <= set(__import__("sys").stdlib_module_names)
+
+
+async def test_one_client_keeps_its_connection_and_survives_the_server_closing_it(aiohttp_server):
+    """The reference's Best Practice 1: the client reuses its connection.  One the server closed
+    while it was idle is replaced, and the request it failed is sent again, with the same key."""
+    peers, transports, keys = [], [], []
+
+    async def any_request(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername"))
+        transports.append(request.transport)
+        keys.append(request.headers.get("Idempotency-Key"))
+        return web.json_response({"agent_id": "subagent_1_0001", "status": "running"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", any_request)
+    server = await aiohttp_server(app)
+    with J1MSKYClient(base_url=str(server.make_url("/")), max_retries=0) as sdk:
+        for _ in range(3):
+            await asyncio.to_thread(sdk.get_agent_status, "subagent_1_0001")
+        assert len(peers) == 3 and len(set(peers)) == 1  # one connection for the three
+        for transport in transports:
+            transport.close()  # the server's idle timeout, say
+        await asyncio.to_thread(sdk.spawn, model="k2p5", task="after the close")  # max_retries=0: no retry but this
+        assert len(set(peers)) == 2 and keys[-1] and keys.count(keys[-1]) == len(keys) - 3
+
+
+async def test_threads_sharing_a_client_never_share_a_connection_at_once(aiohttp_server):
+    peers: list = []
+    busy: set = set()
+    overlaps: list = []
+
+    async def slow(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername")
+        if peer in busy:
+            overlaps.append(peer)  # two requests at once on one connection: mixed-up answers
+        busy.add(peer)
+        peers.append(peer)
+        await asyncio.sleep(0.01)
+        busy.discard(peer)
+        return web.json_response({"agent_id": request.match_info["id"], "status": "running"})
+
+    app = web.Application()
+    app.router.add_get("/api/agent/{id}", slow)
+    server = await aiohttp_server(app)
+    with J1MSKYClient(base_url=str(server.make_url("/"))) as sdk:
+        def worker(n: int) -> list[str]:
+            return [sdk.get_agent_status(f"subagent_{n}_{i}").agent_id for i in range(5)]
+        answers = await asyncio.gather(*(asyncio.to_thread(worker, n) for n in range(6)))
+    assert answers == [[f"subagent_{n}_{i}" for i in range(5)] for n in range(6)]  # each its own answer
+    assert not overlaps and len(peers) == 30 and len(set(peers)) <= 6

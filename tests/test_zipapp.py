@@ -37,6 +37,8 @@ def pyz(tmp_path_factory) -> Path:
 def test_the_pyz_carries_the_package_and_builtin_plugins_and_no_bytecode(pyz):
     names = zipfile.ZipFile(pyz).namelist()
     assert "__main__.py" in names and "j1mskyd/__init__.py" in names
+    sdk = {f"j1msky/{p.name}" for p in (ROOT / "sdk" / "python" / "j1msky").glob("*.py")}
+    assert "j1msky/client.py" in sdk and sdk <= set(names)  # the SDK the daemon and its CLI import
     assert {f"j1mskyd/builtin_plugins/{n}.py" for n in BUILTINS} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
@@ -107,5 +109,18 @@ def test_pyz_on_the_shipped_config_runs_the_offline_model_without_keys(pyz, tmp_
         code, _ = d.stop()
         assert code == 0
         assert "Traceback" not in d.log()
+    finally:
+        d.close()
+
+
+def test_pyz_cli_client_talks_to_the_daemon_through_the_sdk_it_carries(pyz, tmp_path):
+    d = serve_pyz(pyz, tmp_path)
+    try:
+        key = d.auth_headers()["Authorization"].split(" ", 1)[1]
+        env = {**pyz_env(), "J1MSKY_API": f"http://127.0.0.1:{d.port}", "J1MSKY_KEY": key}
+        done = subprocess.run([sys.executable, str(pyz), "spawn", "hello from the pyz client", "--wait"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("[offline:k2p5] hello from the pyz client")
     finally:
         d.close()

@@ -1,0 +1,2 @@
+# Python - requests.Session() is used internally
+client = J1MSKYClient()  # Reuses connections automatically
