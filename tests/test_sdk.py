@@ -104,6 +104,10 @@ async def test_signed_requests_with_api_secret(aiohttp_client, tmp_path):
     assert result.state == "completed"
     listing = await asyncio.to_thread(signed.list_agents, status="completed")
     assert listing["pagination"]["total"] == 1  # a GET with a query string, signed
+    # The same request again at once (a poll): its signature must differ, or the daemon's replay
+    # guard refuses it (whole-second timestamps made every repeat within a second REPLAYED_REQUEST).
+    for _ in range(5):
+        assert (await asyncio.to_thread(signed.get_agent_status, agent.agent_id)).state == "completed"
     unsigned = J1MSKYClient(api_key=boot["token"], base_url=base_url(client))
     with pytest.raises(J1MSKYError) as err:
         await asyncio.to_thread(unsigned.get_agent_status, agent.agent_id)

@@ -77,7 +77,9 @@ class Core:
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         if self.api_secret:
-            timestamp = str(int(time.time()))
+            # Microseconds: the daemon refuses a signature it has seen (replay guard), and
+            # whole seconds made a repeated request within a second (a poll) sign the same.
+            timestamp = f"{time.time():.6f}"
             headers["X-Timestamp"] = timestamp
             headers["X-Signature"] = sign(self.api_secret, timestamp, method, self._path_prefix + path + qs,
                                           (data or b"").decode())
