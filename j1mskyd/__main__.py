@@ -284,8 +284,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options_after_command(argv: list[str], commands: set[str]) -> list[str]:
+    """``j1mskyd --json agents`` as ``j1mskyd agents --json``: options given before the command
+    move behind it (each command declares the options it takes; argparse reads a subcommand's
+    options only after its name).  ``-h``/``--help`` alone stay where they are."""
+    for i, token in enumerate(argv):
+        if token in commands:
+            return argv[i:] + argv[:i]
+        if token in ("-h", "--help"):
+            break
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # The subcommands' names (argparse keeps them on its subparsers action, which has no public getter).
+    commands = {name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+                for name in action.choices}
+    args = parser.parse_args(_options_after_command(sys.argv[1:] if argv is None else list(argv), commands))
     return args.func(args)
 
 

@@ -34,21 +34,44 @@ def _money(value: Any) -> str:
     return "-" if value is None else f"${value:.6f}".rstrip("0").rstrip(".")
 
 
+def _default_model(client: Any) -> str:
+    """The daemon's default model for this key (``GET /models``: ``default_model``), so that
+    ``spawn`` without ``--model`` works whatever the catalogue is called."""
+    model = client.request("GET", "/models").get("data", {}).get("default_model")
+    if not model:
+        from j1msky import J1MSKYError
+        raise J1MSKYError("the daemon offers this key no model: give --model")
+    return str(model)
+
+
 def cmd_spawn(args: argparse.Namespace) -> int:
     client = _client(args)
-    agent = client.spawn(model=args.model, task=args.task, priority=args.priority,
+    model = args.model or _default_model(client)
+    agent = client.spawn(model=model, task=args.task, priority=args.priority,
                          **({"timeout": args.agent_timeout} if args.agent_timeout else {}))
     if not args.wait:
         estimated = _money(agent.data.get("estimated_cost"))
-        _out(args, agent.data, f"{agent.agent_id}  {args.model}  spawning  (estimated {estimated})")
+        _out(args, agent.data, f"{agent.agent_id}  {model}  spawning  (estimated {estimated})")
         return 0
+    try:
+        return _wait(args, client, agent.agent_id)
+    except KeyboardInterrupt:
+        # Ctrl-C stops the waiting, not the agent: say so, and how to follow it (no traceback).
+        print(f"\nj1mskyd: stopped waiting; agent {agent.agent_id} keeps running on the daemon.\n"
+              f"  follow it:  j1mskyd agent {agent.agent_id}\n"
+              f"  cancel it:  j1mskyd cancel {agent.agent_id}", file=sys.stderr)
+        return 130
+
+
+def _wait(args: argparse.Namespace, client: Any, agent_id: str) -> int:
+    """Poll until the agent ends, a progress line on stderr; print its answer."""
     started = time.monotonic()
     last = ""
     while True:
-        data = client.get_agent_status(agent.agent_id)
+        data = client.get_agent_status(agent_id)
         status = data.get("status", "")
         if not args.json:  # a progress line on stderr; stdout keeps only the answer
-            line = f"\r{agent.agent_id}  {status:<10} {time.monotonic() - started:6.1f}s"
+            line = f"\r{agent_id}  {status:<10} {time.monotonic() - started:6.1f}s"
             if line != last:
                 print(line, end="", file=sys.stderr, flush=True)
                 last = line
@@ -86,13 +109,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+# A circuit breaker's states, as a newcomer reads them: "closed" read as "down".
+_BREAKER_WORDS = {"closed": "ok", "open": "failing (calls paused)", "half_open": "recovering (testing one call)"}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     health = client.request("GET", "/health")
     limits = client.request("GET", "/rate-limits")
     budget = limits.get("budget", {})
     data = {"health": health, "rate_limits": limits}
-    providers = ", ".join(f"{name} {p['state']}" for name, p in health.get("providers", {}).items())
+    providers = ", ".join(f"{name} {_BREAKER_WORDS.get(p['state'], p['state'])}"
+                          for name, p in health.get("providers", {}).items())
     human = (f"daemon      {health['status']} (version {health.get('version')}, up {health.get('uptime_seconds')} s)\n"
              f"agents      {health['agents']['running']} running, {health['agents']['queued']} queued\n"
              f"budget      {_money(budget.get('today_spend'))} of {_money(budget.get('daily_budget'))} today "
@@ -114,7 +142,7 @@ def add_commands(sub: Any) -> None:
 
     spawn = parser("spawn", "spawn an agent on a running daemon", cmd_spawn)
     spawn.add_argument("task")
-    spawn.add_argument("--model", default="k2p5")
+    spawn.add_argument("--model", help="a model alias (default: the daemon's default model, GET /models)")
     spawn.add_argument("--priority", default="normal", choices=("low", "normal", "high"))
     spawn.add_argument("--agent-timeout", type=float, help="the agent's own timeout in seconds")
     spawn.add_argument("--wait", action="store_true", help="wait for the result, showing progress")

@@ -63,3 +63,58 @@ def test_status_summary(daemon):
     assert out.stdout.startswith("daemon      healthy") and "budget" in out.stdout and "providers" in out.stdout
     data = json.loads(cli(daemon, "status", "--json").stdout)
     assert data["health"]["status"] == "healthy" and "limits" in data["rate_limits"]
+
+
+# --------------------------------------------------------------- issue 18: the CLI as a newcomer uses it
+
+def test_spawn_without_model_uses_the_daemons_default_model(daemon):
+    default = daemon.get("/api/models")["data"]["default_model"]
+    assert default and default != "k2p5"  # the old hard-coded default would not pass this
+    spawned = json.loads(cli(daemon, "spawn", "no model given", "--json").stdout)
+    assert spawned["model"] == default
+
+
+def test_global_options_before_or_after_the_command(daemon, tmp_path):
+    for args in (("--json", "agents"), ("agents", "--json")):
+        out = cli(daemon, *args)
+        assert out.returncode == 0, out.stderr
+        assert "pagination" in json.loads(out.stdout)
+    url = f"http://127.0.0.1:{daemon.port}/api"
+    out = cli(daemon, "--api", url, "--json", "status")
+    assert out.returncode == 0 and json.loads(out.stdout)["health"]["status"] == "healthy", out.stderr
+    missing = tmp_path / "nowhere"
+    out = cli(daemon, "--state-dir", str(missing), "keys", "list")
+    assert out.returncode == 1 and f"state dir {missing}" in out.stderr, out.stderr
+
+
+def test_status_says_ok_for_a_healthy_provider(daemon):
+    out = cli(daemon, "status")
+    providers = next(line for line in out.stdout.splitlines() if line.startswith("providers"))
+    assert "offline ok" in providers and "closed" not in providers, providers
+
+
+def test_ctrl_c_while_waiting_leaves_the_agent_running_and_says_how_to_follow_it(tmp_path):
+    import signal
+    import time as _time
+
+    from tests.daemon import wait_until
+    with Daemon(tmp_path, tmp_path / "state", write_config(tmp_path / "c.toml", delay=30.0)) as d:
+        key = d.auth_headers()["Authorization"].split(" ", 1)[1]
+        env = child_env({"J1MSKY_API": f"http://127.0.0.1:{d.port}/api", "J1MSKY_KEY": key})
+        proc = subprocess.Popen([sys.executable, "-m", "j1mskyd", "spawn", "a long task", "--model", "k2p5",
+                                 "--wait"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            running = wait_until(lambda: [a for a in d.get("/api/agents")["data"] if a["status"] == "running"],
+                                 20.0, what="the agent to run")
+            _time.sleep(0.3)  # inside the wait loop
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        agent_id = running[0]["agent_id"]
+        assert proc.returncode == 130, (out, err)
+        assert "Traceback" not in err, err
+        assert f"agent {agent_id} keeps running" in err and f"j1mskyd agent {agent_id}" in err, err
+        assert d.get(f"/api/agent/{agent_id}")["status"] == "running"  # Ctrl-C did not cancel it
