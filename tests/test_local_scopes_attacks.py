@@ -48,3 +48,21 @@ async def test_a_webhook_made_with_authentication_off_is_not_the_local_caller_s(
     assert own.status == 201, await own.text()
     own_id = (await own.json())["webhook_id"]
     assert (await client.put(f"/api/webhooks/{own_id}", json={"description": "mine"})).status == 200
+
+
+async def test_a_trusted_proxy_that_does_not_name_its_client_does_not_make_it_local(aiohttp_client, tmp_path):
+    """Behind a trusted proxy on this host the client is what its X-Forwarded-For names.  A
+    proxy that names nobody (no header) or names its client in a form that is no bare address
+    ("unknown", an address with a port) leaves the peer's loopback address as the client, and
+    that must not make a LAN client the local caller.  Header values only: nothing connects
+    to these addresses."""
+    cfg = auth_config(tmp_path, local_scopes=LOCAL, trusted_proxies=("127.0.0.0/8",))
+    client = await aiohttp_client(build_app(cfg))
+    for forwarded in (None, "unknown", "192.0.2.5:4711", "[2001:db8::5]:443", "192.0.2.5, unknown", ""):
+        headers = {} if forwarded is None else {"X-Forwarded-For": forwarded}
+        resp = await client.get("/api/agents", headers=headers)
+        assert resp.status == 401, (forwarded, await resp.text())
+    # A loopback client behind it (every hop an address on this host) is still local.
+    for forwarded in ("127.0.0.1", "::1", "127.0.0.1, 127.0.0.2"):
+        resp = await client.get("/api/agents", headers={"X-Forwarded-For": forwarded})
+        assert resp.status == 200, (forwarded, await resp.text())
