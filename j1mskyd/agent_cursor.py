@@ -75,8 +75,18 @@ def decode(cursor: str, listing: str, kind: str) -> Position:
     numeric = kind in ("number", "time")
     if isinstance(rowid, bool) or not isinstance(rowid, int) or not 0 <= rowid < 2**63:
         raise _refused()
-    if numeric and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+    if numeric and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or (isinstance(value, int) and not -2**63 <= value < 2**63)):  # SQLite binds 64 bits
         raise _refused()
-    if not numeric and not isinstance(value, str):
+    if not numeric and (not isinstance(value, str) or not _encodable(value)):
         raise _refused()
     return value, rowid
+
+
+def _encodable(text: str) -> bool:
+    """Text SQLite can bind (UTF-8: a lone surrogate from a JSON escape is not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

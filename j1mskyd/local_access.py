@@ -8,7 +8,8 @@ billing:read; ``[]`` requires a key everywhere).  The rules, each a guard agains
 
 * Loopback is the real peer, and the client address after any trusted proxy must be
   loopback too: an ``X-Forwarded-For: 127.0.0.1`` is never believed from an untrusted
-  peer, and a trusted proxy on this host forwarding a LAN client does not make it local.
+  peer, and a trusted proxy on this host forwarding a LAN client does not make it local,
+  nor does one that does not name its client (names_client).
 * A request that carries a key, valid or not, is judged by that key: a revoked or wrong
   key is a 401, never a fall-back to local.
 * Never an admin scope: keys, projects, security and audit are managed with a key only
@@ -33,7 +34,7 @@ from urllib.parse import urlsplit
 
 from .netguard import Address, parse_address
 
-__all__ = ["GRANTABLE", "LOCAL_ACTOR", "browser_safe", "grants_local", "is_loopback", "refusal"]
+__all__ = ["GRANTABLE", "LOCAL_ACTOR", "browser_safe", "grants_local", "is_loopback", "names_client", "refusal"]
 
 # What local_scopes may name: everything but the admin scopes.
 GRANTABLE = ("agents:read", "agents:write", "billing:read")
@@ -74,6 +75,15 @@ def browser_safe(host: str | None, origin: str | None) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and _loopback_name(parts.netloc)
+
+
+def names_client(forwarded_for: str) -> bool:
+    """Does a trusted proxy's ``X-Forwarded-For`` (its lines joined) name the client: present,
+    and every hop a bare address?  Otherwise (no header, ``unknown``, an address with a port)
+    the IP guard falls back to the proxy's own address, loopback for a proxy on this host,
+    which says nothing about who is behind it: such a request is not local."""
+    hops = [hop for hop in forwarded_for.split(",") if hop.strip()]
+    return bool(hops) and all(parse_address(hop) is not None for hop in hops)
 
 
 def grants_local(peer: str | None, client: str | Address | None, scope: str | None,

@@ -37,14 +37,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .agent_record import ANONYMOUS, iso
+from .agent_record import iso
 from .errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
 from .events import EventLog, agent_event_ids, event_types
 from .plugin_api import Sink, SinkError, SinkSettings
 from .plugins import bounded, build_sink, off_loop
 from .store import Statement
 from .request_fields import changed
-from .tenancy import Viewer
+from .tenancy import ADMINS_ONLY, Viewer
 from . import settings
 from .webhook_request import AGENT_DONE, Headers, NewWebhook, WebhookChange, check_url
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
@@ -114,6 +114,13 @@ class Webhook:
 
 def _bad(field: str, message: str) -> ValidationFailed:
     return ValidationFailed([{"field": field, "message": message}])
+
+
+def _owner(hook: Webhook) -> str:
+    """Whose webhook it is, for viewers.  One made while authentication was off has no maker
+    and hears every key's events (Webhook.wants): the admins' once keys are on, never the
+    anonymous local caller's ([security] local_scopes), who sees only ownerless work."""
+    return hook.api_key_id or ADMINS_ONLY
 
 
 # A webhook's custom headers: a settings row per webhook (JSON, sealed like its secret), so that
@@ -319,21 +326,20 @@ class WebhookService:
         """The webhook; 404 when unknown or another key's that ``viewer`` may not see (the
         same answer).  None: the daemon itself."""
         hook = self.hooks.get(webhook_id)
-        # A webhook made while authentication was off has no key: the anonymous key's.
-        if hook is None or (viewer is not None and not viewer.sees(hook.api_key_id or ANONYMOUS)):
+        if hook is None or (viewer is not None and not viewer.sees(_owner(hook))):
             raise NotFound(f"Webhook '{webhook_id}' not found")
         return hook
 
     def get_to_change(self, webhook_id: str, viewer: Viewer | None) -> Webhook:
         """get(), and 403 for another key's webhook to a viewer that sees it but may not change it."""
         hook = self.get(webhook_id, viewer)
-        if viewer is not None and not viewer.changes(hook.api_key_id or ANONYMOUS):
+        if viewer is not None and not viewer.changes(_owner(hook)):
             raise Forbidden(f"Webhook '{webhook_id}' belongs to another key; changing it needs admin:write")
         return hook
 
     def listed(self, viewer: Viewer) -> list[Webhook]:
         """The registered webhooks ``viewer`` may see (not a spawn's own webhook_url)."""
-        return [h for h in self.hooks.values() if h.agent_id is None and viewer.sees(h.api_key_id or ANONYMOUS)]
+        return [h for h in self.hooks.values() if h.agent_id is None and viewer.sees(_owner(h))]
 
     async def update(self, webhook_id: str, change: WebhookChange, viewer: Viewer | None) -> Webhook:
         """``change`` was parsed for this webhook's sink (webhook_request.parse_change)."""
@@ -364,7 +370,7 @@ class WebhookService:
         hook = self.get_to_change(webhook_id, viewer)
         event, stmts = self.events.statements_to("webhook.test", {"webhook_id": hook.webhook_id,
                                                                   "message": "Test delivery from j1mskyd"}, (),
-                                                 owner=hook.api_key_id or ANONYMOUS)
+                                                 owner=_owner(hook))
         delivery = _delivery_insert(hook.webhook_id, event.id, event.ts)
         await self.store.write(*stmts, delivery, fail_fast=True)
         self.events.published([event])

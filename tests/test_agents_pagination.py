@@ -169,3 +169,15 @@ async def test_a_cursor_from_another_key_s_listing_reveals_none_of_its_agents(ai
         body = await _page(client, f"limit=100&cursor={_forged(b_cursor, v=value, r=2**62)}", headers=b)
         assert {x["agent_id"] for x in body["data"]} <= set(b_ids)
         assert body["pagination"]["total"] == 2
+
+
+async def test_a_forged_cursor_value_sqlite_cannot_bind_is_400_not_500(client, seven):
+    """An integer beyond SQLite's 64 bits (OverflowError when bound) or text with a lone
+    surrogate (not encodable as UTF-8) is no position of any listing: refused like any forgery."""
+    good = (await _page(client, "limit=2"))["pagination"]["next_cursor"]
+    for value in (2**63, -(2**63) - 1, 10**30):
+        body = await _page(client, f"limit=2&cursor={_forged(good, v=value)}", 400)
+        assert body["error"]["details"][0]["field"] == "cursor", value
+    text = (await _page(client, "limit=2&sort=model"))["pagination"]["next_cursor"]
+    body = await _page(client, f"limit=2&sort=model&cursor={_forged(text, v=chr(0xD800))}", 400)
+    assert body["error"]["details"][0]["field"] == "cursor"

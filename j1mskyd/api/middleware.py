@@ -48,7 +48,8 @@ from ..dialects import Dialect, retry_headers
 from ..errors import (ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited,
                       Unauthorized)
 from ..idempotency import KEY_PATTERN, fingerprint
-from ..local_access import browser_safe, grants_local
+from ..local_access import browser_safe, grants_local, names_client
+from ..netguard import parse_address
 from ..ratelimit import Decision
 from ..signing import SignatureError, verify
 from ..violations import record_violation
@@ -104,7 +105,7 @@ def check_ip(request: web.Request, p: Pass) -> None:
     # X-Forwarded-For counts only from a trusted proxy; without any, it is not even read.
     # Several header lines are one list, in order (RFC 9110 5.3): reading only the first
     # would let a line the client sent hide the hop its proxy appended.
-    forwarded = ", ".join(request.headers.getall("X-Forwarded-For", ())) if control.policy.trusted_proxies else None
+    forwarded = _forwarded_for(request) if control.policy.trusted_proxies else None
     addr, p.ip, refusal = control.verdict(request.remote, forwarded)
     request[CLIENT_IP] = addr
     if refusal is not None:
@@ -113,6 +114,10 @@ def check_ip(request: web.Request, p: Pass) -> None:
         if kind == "ip_blocked":
             raise IpNotAllowed("IP blocked", type_="IP_BLOCKED", your_ip=p.ip, reason=reason)
         raise IpNotAllowed("IP not whitelisted", your_ip=p.ip)  # the API reference's words
+
+
+def _forwarded_for(request: web.Request) -> str:
+    return ", ".join(request.headers.getall("X-Forwarded-For", ()))
 
 
 def _violation(request: web.Request, p: Pass, kind: str, detail: str | None = None) -> None:
@@ -193,6 +198,9 @@ def serves_locally(request: web.Request, p: Pass) -> bool:
         return False
     if not browser_safe(headers.get("Host"), headers.get("Origin")):
         return False  # a web page in a browser on this machine: DNS rebinding, a cross-site request
+    if (p.app[SERVICES].ip_control.policy.trusts(parse_address(request.remote))
+            and not names_client(_forwarded_for(request))):
+        return False  # a trusted proxy on this host that does not say whom it forwards
     return grants_local(request.remote, request.get(CLIENT_IP), p.route.scope,
                         p.app[CONFIG].security.local_scopes)
 
