@@ -721,6 +721,12 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
     if rt.get("retry_base_delay", 0.5) > rt.get("retry_max_delay", 30.0):
         issues.add("runtime.retry_base_delay", "must not exceed runtime.retry_max_delay")
 
+    security = sections["security"]
+    if security.get("require_signatures") and security.get("local_scopes"):
+        # A keyless request cannot be signed: the two together would leave loopback unsigned.
+        issues.add("security.local_scopes", "must be [] when security.require_signatures is true "
+                   "(a request without a key cannot be signed)")
+
     budget = sections["budget"]
     if "monthly_ceiling" not in budget:
         budget["monthly_ceiling"] = budget.get("daily_budget", BudgetConfig().daily_budget) * 30

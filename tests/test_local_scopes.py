@@ -114,6 +114,16 @@ def test_bad_local_scopes_are_refused_with_a_clear_error(tmp_path, value, messag
     assert "security.local_scopes" in text and message in text, text
 
 
+def test_required_signatures_and_local_scopes_together_are_refused(tmp_path):
+    """A keyless request cannot be signed: with every request required signed, granting
+    loopback keyless access would leave it unsigned (found by the hostile review)."""
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, 'require_signatures = true\nlocal_scopes = ["agents:read"]')
+    text = str(caught.value)
+    assert "security.local_scopes" in text and "require_signatures" in text, text
+    assert _load(tmp_path, "require_signatures = true\nlocal_scopes = []").security.require_signatures
+
+
 def test_the_shipped_config_is_valid_and_says_what_it_grants():
     shipped = ROOT / "etc" / "j1msky" / "config.toml"
     text = shipped.read_text(encoding="utf-8")
