@@ -409,7 +409,7 @@ class WebhookService:
         ``owner``) to the webhooks ``viewer`` may see, oldest first, each naming its webhook;
         at most AGENT_DELIVERIES (an agent has a handful of events)."""
         visible = [h for h, hook in self.hooks.items()
-                   if viewer is None or viewer.sees(hook.api_key_id or ANONYMOUS)]
+                   if viewer is None or viewer.sees(_owner(hook))]
         if not visible:
             return []
         cipher = self.store.cipher
