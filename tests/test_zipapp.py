@@ -118,7 +118,7 @@ def test_pyz_cli_client_talks_to_the_daemon_through_the_sdk_it_carries(pyz, tmp_
     try:
         key = d.auth_headers()["Authorization"].split(" ", 1)[1]
         env = {**pyz_env(), "J1MSKY_API": f"http://127.0.0.1:{d.port}", "J1MSKY_KEY": key}
-        done = subprocess.run([sys.executable, str(pyz), "spawn", "hello from the pyz client", "--wait"],
+        done = subprocess.run([sys.executable, str(pyz), "spawn", "hello from the pyz client", "--model", "k2p5", "--wait"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("[offline:k2p5] hello from the pyz client")
