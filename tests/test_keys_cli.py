@@ -75,8 +75,12 @@ def test_cli_create_list_rotate_revoke_against_a_running_daemon(tmp_path, daemon
     status, body = http(daemon, "GET", "/api/keys", made["token"])
     assert status == 403 and body["error"]["required_scope"] == "admin:read", body
 
-    # --require-signature: unsigned refused, signed accepted
-    status, body = http(daemon, "GET", "/api/agents", strict["token"])
+    # --require-signature: unsigned refused, signed accepted.  The daemon may have reloaded the
+    # keys between the two creations (it then knew `made` before `strict`): wait for it too.
+    def strict_known() -> tuple[int, dict] | None:
+        answer = http(daemon, "GET", "/api/agents", strict["token"])
+        return answer if answer[1]["error"]["type"] != "INVALID_API_KEY" else None
+    status, body = wait_until(strict_known, timeout=REFRESH_SECONDS + MARGIN, what="the daemon to know 'strict'")
     assert status == 401 and body["error"]["type"] == "SIGNATURE_REQUIRED", body
     ts = str(int(time.time()))
     sig = hmac.new(strict["secret"].encode(), f"{ts}\nGET\n/api/agents\n".encode(), hashlib.sha256).hexdigest()

@@ -431,10 +431,12 @@ async def test_pace_spreads_deliveries_over_the_window(aiohttp_client, tmp_path,
         await spawn(client)
     got = await receiver.wait_for(10, timeout=8)
     times = [r.at for r in got]
-    # Never more than 4 in any 1 s window, and the whole lot well within 3 windows.
+    # Never more than 4 in any 1 s window (times are taken at the receiver, so a loaded machine may
+    # bunch arrivals a little: 0.8 s, where unpaced deliveries arrive within milliseconds), and the
+    # whole lot within a few windows (generous: a shared CI machine).
     for i in range(len(times) - 4):
-        assert times[i + 4] - times[i] >= 0.95, times
-    assert times[-1] - began < 4.0
+        assert times[i + 4] - times[i] >= 0.8, times
+    assert times[-1] - began < 8.0
     assert len(set(receiver.delivery_ids())) == 10
 
 
