@@ -21,14 +21,22 @@ def seed_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         yield daemon
 
 
+def daemon_url(daemon: Daemon) -> str:
+    """A test daemon's root URL (no ``/api``), as localise() wants it."""
+    return f"http://127.0.0.1:{daemon.port}"
+
+
+def daemon_key(daemon: Daemon) -> str:
+    """A test daemon's bootstrap admin key's token (written at its first start)."""
+    path = Path(daemon.state_dir) / "bootstrap-admin.key"
+    return str(json.loads(path.read_text())["token"])
+
+
 @pytest.fixture(scope="module")
 def seed_url(seed_daemon: Daemon) -> str:
-    """The daemon's root URL (no ``/api``), as localise() wants it."""
-    return f"http://127.0.0.1:{seed_daemon.port}"
+    return daemon_url(seed_daemon)
 
 
 @pytest.fixture(scope="module")
 def seed_key(seed_daemon: Daemon) -> str:
-    """The bootstrap admin key's token (the daemon wrote it at its first start)."""
-    path = Path(seed_daemon.state_dir) / "bootstrap-admin.key"
-    return str(json.loads(path.read_text())["token"])
+    return daemon_key(seed_daemon)

@@ -25,6 +25,7 @@ import pytest
 from j1mskyd.config import _EMBEDDED_TOML
 from tests.daemon import Daemon, wait_until
 from tests.seed_examples.harness import run_python
+from tests.seed_examples.conftest import daemon_key, daemon_url
 
 HERE = Path(__file__).resolve().parent / "python_sdk"
 PUBLIC_WEBHOOK = "https://your-app.com/webhook"
@@ -86,12 +87,12 @@ def sdk_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 @pytest.fixture(scope="module")
 def url(sdk_daemon: Daemon) -> str:
-    return f"http://127.0.0.1:{sdk_daemon.port}"
+    return daemon_url(sdk_daemon)
 
 
 @pytest.fixture(scope="module")
 def key(sdk_daemon: Daemon) -> str:
-    return sdk_daemon.auth_headers()["Authorization"].split(" ", 1)[1]
+    return daemon_key(sdk_daemon)
 
 
 @pytest.fixture(params=["key", "local"])
