@@ -111,6 +111,8 @@ ROUTES = (
     ("GET", "/models", orchestrator.list_models, READ, "other"),
     ("GET", "/models/{name}", orchestrator.get_model, READ, "other"),
     ("POST", "/models/select", orchestrator.select_model, WRITE, "other"),
+    # Re-read the config file without a restart, as SIGHUP does (reload.py).
+    ("POST", "/admin/reload", ops.reload_config, ADMIN, "other"),
 )
 
 # The front door: method, path, handler, scope, rate-limit class, dialect.  A call is a spawn
