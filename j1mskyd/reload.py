@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -40,21 +39,21 @@ __all__ = ["Applier", "ConfigInvalid", "ConfigRef", "RESTART_ONLY", "Reloader", 
 
 log = logging.getLogger(__name__)
 
-# The settings a running daemon cannot take without a restart, by section, and why.
-RESTART_ONLY: Mapping[str, tuple[tuple[str, ...], str]] = types.MappingProxyType({
-    "server": (("host", "port", "state_dir", "max_body_bytes", "log_level", "log_format", "header_timeout",
-                "body_timeout", "max_connections"),
-               "the listening socket, the state dir (its database and encryption key) and logging are set up "
-               "at start"),
-    "store": (("synchronous",), "the database is opened at start"),
-    "plugins": (("dropin_dir", "disabled", "load_timeout", "require_root", "call_timeout"),
-                "plugins are loaded once, at start"),
-    "runtime": (("max_concurrency",), "the upstream connection pool is sized from it at start"),
-    "limits": (("persist_interval",), "the counters' save job starts with it"),
-    "privacy": (("mask_pii_in_logs",), "logging is set up at start"),
-    "security": (("auth",), "the first admin key is made at start"),
-    "webhooks": (("allowed_networks",), "the webhook client's target policy is made at start"),
-})
+# The settings a running daemon cannot take without a restart: (section, names, why).
+RESTART_ONLY: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("server", ("host", "port", "max_body_bytes", "header_timeout", "body_timeout", "max_connections"),
+     "the listening socket and its connection guard are set up at start"),
+    ("server", ("state_dir",), "the database and the encryption key (data.key) are opened at start"),
+    ("server", ("log_level", "log_format"), "logging is set up at start"),
+    ("store", ("synchronous",), "the database is opened at start"),
+    ("plugins", ("dropin_dir", "disabled", "load_timeout", "require_root"), "plugins are loaded once, at start"),
+    ("plugins", ("call_timeout",), "the webhook service and the provider clients take it at start"),
+    ("runtime", ("max_concurrency",), "the upstream connection pool is sized from it at start"),
+    ("limits", ("persist_interval",), "the counters' save job starts with it"),
+    ("privacy", ("mask_pii_in_logs",), "logging is set up at start"),
+    ("security", ("auth",), "the first admin key is made at start"),
+    ("webhooks", ("allowed_networks",), "the webhook client's target policy is made at start"),
+)
 
 # Provider settings a slot takes in place; any other change makes a new client (a new slot).
 _IN_PLACE = ("max_concurrency", "hourly_limit")
@@ -98,14 +97,15 @@ def apply_restart_only(running: Config, loaded: Config) -> tuple[Config, list[di
     """``loaded`` with the running value of every restart-only setting, and one entry per such
     setting that differs: ``{"key", "running", "in_file", "why"}``."""
     needs: list[dict[str, Any]] = []
-    sections: dict[str, Any] = {}
-    for section, (names, why) in RESTART_ONLY.items():
+    kept: dict[str, dict[str, Any]] = {}
+    for section, names, why in RESTART_ONLY:
         old, new = getattr(running, section), getattr(loaded, section)
-        kept = {name: getattr(old, name) for name in names if getattr(old, name) != getattr(new, name)}
-        needs += [{"key": f"{section}.{name}", "running": _plain(value), "in_file": _plain(getattr(new, name)),
-                   "why": why} for name, value in kept.items()]
-        if kept:
-            sections[section] = dataclasses.replace(new, **kept)
+        for name in names:
+            if getattr(old, name) != getattr(new, name):
+                kept.setdefault(section, {})[name] = getattr(old, name)
+                needs.append({"key": f"{section}.{name}", "running": _plain(getattr(old, name)),
+                              "in_file": _plain(getattr(new, name)), "why": why})
+    sections = {section: dataclasses.replace(getattr(loaded, section), **values) for section, values in kept.items()}
     return dataclasses.replace(loaded, **sections), needs
 
 
