@@ -9,7 +9,9 @@ and "queued" are states the test arranges, not timing it hopes for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +42,36 @@ async def in_thread(call: Any, *args: Any) -> Any:
     return await asyncio.to_thread(call, *args)
 
 
-async def test_sighup_under_load_every_agent_finishes_once_and_new_prices_apply(tmp_path):
+@contextlib.asynccontextmanager
+async def reloading_daemon(tmp_path: Path) -> AsyncIterator[tuple[Daemon, Path, HeldUpstream, HeldUpstream]]:
+    """A daemon on doc()'s config file, the file, and its two upstreams (the slow one held)."""
     slow, fast = await HeldUpstream().start(), await HeldUpstream().start()
     config = write(tmp_path / "config.toml", doc(tmp_path, slow, fast))
     daemon = Daemon(tmp_path, tmp_path / "state", config)
     try:
         await in_thread(daemon.start)
-        pid = daemon.proc.pid
         slow.gate.clear()
+        yield daemon, config, slow, fast
+        code, _ = await in_thread(daemon.stop)  # retired clients and all, a clean stop
+        assert code == 0 and "Traceback" not in daemon.log(), daemon.log()
+    finally:
+        slow.gate.set()
+        await in_thread(daemon.close)
+        await slow.close()
+        await fast.close()
+
+
+async def reloaded(daemon: Daemon, config: Path, new: dict[str, Any]) -> None:
+    """The file rewritten, SIGHUP (as systemctl reload sends it), and the reload in the log."""
+    done = daemon.log().count("config reloaded from")
+    write(config, new)
+    daemon.send(signal.SIGHUP)
+    await in_thread(wait_until, lambda: daemon.log().count("config reloaded from") > done, WAIT, 0.05, "the reload")
+
+
+async def test_sighup_under_load_every_agent_finishes_once_and_new_prices_apply(tmp_path):
+    async with reloading_daemon(tmp_path) as (daemon, config, slow, fast):
+        pid = daemon.proc.pid
         before = [await in_thread(daemon.spawn, f"task {n}", "m1") for n in range(AGENTS_BEFORE)]
         await in_thread(wait_until, lambda: len(slow.calls) == 2, WAIT, 0.05, "two calls held upstream")
         statuses = [(await in_thread(daemon.get, f"/api/agent/{a}"))["status"] for a in before]
@@ -57,9 +81,7 @@ async def test_sighup_under_load_every_agent_finishes_once_and_new_prices_apply(
         edited = doc(tmp_path, slow, fast, price=2.0)
         edited["models.m3"] = {"provider": "fast", "upstream": "m3-up", "input_per_1k": 0.5,
                                "output_per_1k": 0.5, "blended_per_1k": 0.5}
-        write(config, edited)
-        daemon.send(signal.SIGHUP)
-        await in_thread(wait_until, lambda: "config reloaded from" in daemon.log(), WAIT, 0.05, "the reload")
+        await reloaded(daemon, config, edited)
         assert "models +m3 ~m1" in daemon.log()
         after = [await in_thread(daemon.spawn, f"late {n}", "m1") for n in range(AGENTS_AFTER)]
         m3 = await in_thread(daemon.spawn, "new model", "m3")
@@ -98,23 +120,9 @@ async def test_sighup_under_load_every_agent_finishes_once_and_new_prices_apply(
         assert (await in_thread(daemon.wait_agent, await in_thread(daemon.spawn, "still", "m1"),
                                 ("completed",), WAIT))["cost"] == pytest.approx(new)
 
-        code, _ = await in_thread(daemon.stop)
-        assert code == 0, daemon.log()
-        assert "Traceback" not in daemon.log()
-    finally:
-        slow.gate.set()
-        await in_thread(daemon.close)
-        await slow.close()
-        await fast.close()
-
 
 async def test_sighup_removing_a_provider_moves_its_queued_agents_down_their_chain(tmp_path):
-    slow, fast = await HeldUpstream().start(), await HeldUpstream().start()
-    config = write(tmp_path / "config.toml", doc(tmp_path, slow, fast))
-    daemon = Daemon(tmp_path, tmp_path / "state", config)
-    try:
-        await in_thread(daemon.start)
-        slow.gate.clear()
+    async with reloading_daemon(tmp_path) as (daemon, config, slow, fast):
         agents = [await in_thread(daemon.spawn, f"task {n}", "m1") for n in range(4)]
         await in_thread(wait_until, lambda: len(slow.calls) == 2, WAIT, 0.05, "two calls held upstream")
         status = {a: (await in_thread(daemon.get, f"/api/agent/{a}"))["status"] for a in agents}
@@ -122,9 +130,7 @@ async def test_sighup_removing_a_provider_moves_its_queued_agents_down_their_cha
         assert len(running) == 2 and sorted(status.values()) == ["queued", "queued", "running", "running"]
         edited = doc(tmp_path, slow, fast)
         del edited["providers.slow"], edited["models.m1"]
-        write(config, edited)
-        daemon.send(signal.SIGHUP)
-        await in_thread(wait_until, lambda: "config reloaded from" in daemon.log(), WAIT, 0.05, "the reload")
+        await reloaded(daemon, config, edited)
         for agent_id in agents:
             if agent_id in running:
                 continue
@@ -138,10 +144,3 @@ async def test_sighup_removing_a_provider_moves_its_queued_agents_down_their_cha
             assert agent["served_by"] == {"model": "m1", "provider": "slow"}, agent
         assert len(slow.calls) == 2 and len(fast.calls) == 2
         assert "1 provider client(s) retired: slow" in daemon.log()
-        code, _ = await in_thread(daemon.stop)
-        assert code == 0 and "Traceback" not in daemon.log(), daemon.log()
-    finally:
-        slow.gate.set()
-        await in_thread(daemon.close)
-        await slow.close()
-        await fast.close()
