@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -195,7 +196,12 @@ class Reloader:
         self.appliers: list[Applier] = []
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Future[None]] = set()
-        self.reloads = 0  # applied reloads, for the answer and /metrics
+        # For /metrics (Prometheus's own names for its reloads): applied and refused so far, the
+        # wall time of the last configuration taken (the start's, until a reload), the last outcome.
+        self.reloads = 0
+        self.refused = 0
+        self.last_success = time.time()
+        self.last_ok = True
 
     def register(self, *appliers: Applier) -> None:
         self.appliers.extend(appliers)
@@ -241,6 +247,8 @@ class Reloader:
         for issue in issues:
             log.error("config reload refused: %s", ConfigError([issue]))
         log.error("config reload refused: %d problem(s) in %s; the running configuration stays", len(issues), source)
+        self.refused += 1
+        self.last_ok = False
         self.audit.record("config.change", actor, severity="warning", resource_type="config", resource_id=source,
                           details={"result": "refused", "problems": [f"{i.key}: {i.reason}" if i.key else i.reason
                                                                      for i in issues]})
@@ -272,6 +280,7 @@ class Reloader:
         for apply in self.appliers:
             notes += _notes(apply(config))
         self.reloads += 1
+        self.last_success, self.last_ok = time.time(), True
         # The swap's end.  The old slots finish their calls, then close.
         for slot in retired:
             task = asyncio.ensure_future(slot.retire(config.plugins.call_timeout))

@@ -380,6 +380,9 @@ async def test_a_refused_reload_is_audited_too(app):
     entries = await app.audit()
     assert [e["details"]["result"] for e in entries] == ["refused"]
     assert entries[0]["severity"] == "warning" and "nonsense" in entries[0]["details"]["problems"][0]
+    metrics = await (await app.client.get("/metrics", headers=app.admin)).text()
+    assert 'j1msky_config_reloads_total{result="refused"} 1' in metrics
+    assert "j1msky_config_last_reload_successful 0" in metrics
 
 
 async def test_the_embedded_default_reloads_as_a_no_op_that_says_so(aiohttp_client, tmp_path):

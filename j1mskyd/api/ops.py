@@ -60,7 +60,8 @@ async def metrics_prometheus(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     text = prometheus(families(request.app[METRICS], services.runtime, services.budget.snapshot(), services.slots,
                                request.app.get(CONNECTION_STATS),  # only under `j1mskyd serve` (listener.py)
-                               aiohttp_version=aiohttp.__version__, sees=viewer(request).sees))
+                               aiohttp_version=aiohttp.__version__, sees=viewer(request).sees,
+                               reloads=services.reloader))
     # The exposition format's own content type (with version); aiohttp refuses content_type= and a
     # Content-Type header together, so the header alone says it.
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
