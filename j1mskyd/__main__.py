@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sqlite3
 import sys
 from typing import TYPE_CHECKING
@@ -35,6 +36,9 @@ def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # A reload asked for before the daemon is ready has nothing to do (the start reads the file
+    # anyway); until listener.serve handles SIGHUP, its default action would end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = _with_overrides(_load(args), args)
     from .config import EMBEDDED, load_config, missing_key_warnings
     from .logsetup import Masker, configure

@@ -321,7 +321,8 @@ def _wire(app: web.Application) -> Services:
                               **timed)
     projects = ProjectService(store, keys, **timed)
     # allowances: a key's own budget, then its project's.
-    budget = Budget(_budget_policy(config), on_level_change=lambda old, new: _budget_event(events, budget, old, new, caches),
+    budget = Budget(_budget_policy(config),
+                    on_level_change=lambda old, new: _budget_event(events, budget, old, new, caches),
                     allowances=projects.allowances, **timed)
     audit = AuditLog(store, **timed)
     runtime = AgentRuntime(config, store, app[_SLOTS], buckets=app[LIMITER].buckets, budget=budget, events=events,

@@ -237,9 +237,6 @@ def serve(app: web.Application, server: ServerConfig, *, print: Callable[[str], 
     requests get SHUTDOWN_TIMEOUT seconds, the cleanup context persists in-flight agents
     and closes the database.  Start-up errors (port taken, state dir unusable) propagate."""
     cap = fit_descriptors(server.max_connections, app[CONFIG].current.runtime.max_concurrency)
-    # A reload asked for before the daemon is ready has nothing to do (the start reads the
-    # file anyway); without this, SIGHUP's default action would end the starting process.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     async def main() -> None:
         listening = await start(app, server, cap)

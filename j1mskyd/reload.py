@@ -129,32 +129,41 @@ def _field_changes(old: Any, new: Any, prefix: str, hidden: Iterable[str] = ()) 
 
 
 def _named_changes(old: Mapping[str, Any], new: Mapping[str, Any], hidden: Iterable[str] = ()) -> dict[str, Any]:
-    """Added, removed and changed entries of ``[models.*]``, ``[providers.*]`` or ``[teams.*]``."""
+    """Added, removed and changed entries of a table of named tables (``[models.*]``,
+    ``[providers.*]``, ``[teams.*]``...)."""
     out: dict[str, Any] = {}
     added, removed = [n for n in new if n not in old], [n for n in old if n not in new]
-    changed = {n: _field_changes(old[n], new[n], "", hidden) for n in new if n in old and old[n] != new[n]}
+    changed = {n: _field_changes(old[n], new[n], "", hidden) if dataclasses.is_dataclass(old[n])
+               else [{"key": "", "old": _plain(old[n]), "new": _plain(new[n])}]
+               for n in new if n in old and old[n] != new[n]}
     for name, value in (("added", added), ("removed", removed), ("changed", changed)):
         if value:
             out[name] = value
     return out
 
 
-_SECTIONS = ("runtime", "budget", "limits", "security", "privacy", "pricing", "webhooks", "server", "store",
-             "plugins")
+_NOT_SETTINGS = ("source", "missing_api_keys")  # Config fields that are not the file's settings
+_HIDDEN = {"providers": ("api_key", "options")}  # said to change, never shown
 
 
 def diff(old: Config, new: Config) -> dict[str, Any]:
-    """What differs between two configurations, for the answer and the log: ``models``,
-    ``providers`` and ``teams`` (added, removed, changed with each field's old and new value;
-    a provider's API key and options only as changed) and ``settings`` (one entry per
-    changed setting of the other sections).  Empty when nothing differs."""
+    """What differs between two configurations, for the answer and the log.  Each table of
+    named tables (``models``, ``providers``, ``teams``, and any a later section adds) by its
+    name: added, removed, changed with each field's old and new value (a provider's API key
+    and options only as changed); ``settings``: one entry per changed setting of every other
+    section, named as in the file.  Empty when nothing differs."""
     out: dict[str, Any] = {}
-    for name, hidden in (("models", ()), ("providers", ("api_key", "options")), ("teams", ())):
-        changes = _named_changes(getattr(old, name), getattr(new, name), hidden)
-        if changes:
-            out[name] = changes
-    settings = [c for section in _SECTIONS for c in _field_changes(getattr(old, section), getattr(new, section),
-                                                                    section)]
+    settings: list[dict[str, Any]] = []
+    for f in dataclasses.fields(old):
+        if f.name in _NOT_SETTINGS:
+            continue
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if isinstance(a, Mapping):
+            changes = _named_changes(a, b, _HIDDEN.get(f.name, ()))
+            if changes:
+                out[f.name] = changes
+        elif dataclasses.is_dataclass(a):
+            settings += _field_changes(a, b, f.name)
     if settings:
         out["settings"] = settings
     return out
@@ -163,9 +172,8 @@ def diff(old: Config, new: Config) -> dict[str, Any]:
 def _summary(changes: dict[str, Any]) -> str:
     """One line for the log: ``models +a -b ~c; providers ...; settings x, y``."""
     parts = []
-    for name in ("models", "providers", "teams"):
-        c = changes.get(name)
-        if c:
+    for name, c in changes.items():
+        if name != "settings":
             parts.append(name + " " + " ".join([f"+{n}" for n in c.get("added", ())] + [
                 f"-{n}" for n in c.get("removed", ())] + [f"~{n}" for n in c.get("changed", {})]))
     if "settings" in changes:
@@ -226,21 +234,22 @@ class Reloader:
             config, needs_restart = apply_restart_only(running, loaded)
             changes = diff(running, config)
             notes = await self._swap(running, config)
-        for entry in needs_restart:
-            log.warning("config reload: %s changed in the file (%s -> %s) but needs a restart (%s); the running "
-                        "value stays until then", entry["key"], entry["running"], entry["in_file"], entry["why"])
-        for note in notes:
-            log.info("config reload: %s", note)
-        summary = _summary(changes)
-        log.info("config reloaded from %s: %s", config.source, summary)
-        self.audit.record("config.change", actor, resource_type="config", resource_id=config.source,
-                          details={"result": "applied", "changed": changes,
-                                   "needs_restart": [e["key"] for e in needs_restart]})
-        if self.announce is not None:
-            await self.announce(config)
-        return {"success": True, "reloaded": True, "source": config.source,
-                "message": f"configuration reloaded: {summary}", "changed": changes,
-                "needs_restart": needs_restart, "notes": notes}
+            for entry in needs_restart:
+                log.warning("config reload: %s changed in the file (%s -> %s) but needs a restart (%s); the "
+                            "running value stays until then", entry["key"], entry["running"], entry["in_file"],
+                            entry["why"])
+            for note in notes:
+                log.info("config reload: %s", note)
+            summary = _summary(changes)
+            log.info("config reloaded from %s: %s", config.source, summary)
+            self.audit.record("config.change", actor, resource_type="config", resource_id=config.source,
+                              details={"result": "applied", "changed": changes,
+                                       "needs_restart": [e["key"] for e in needs_restart]})
+            if self.announce is not None:
+                await self.announce(config)
+            return {"success": True, "reloaded": True, "source": config.source,
+                    "message": f"configuration reloaded: {summary}", "changed": changes,
+                    "needs_restart": needs_restart, "notes": notes}
 
     def _refused(self, actor: Actor, source: str, issues: list[ConfigIssue]) -> ConfigInvalid:
         """Every problem logged and audited; the error to raise (nothing was changed)."""

@@ -465,7 +465,8 @@ class AgentRuntime:
         for agent in self.live.values():
             if agent.kind != KIND_TEAM and agent.model not in config.models and agent.agent_id not in self._chains:
                 self._chains[agent.agent_id] = tuple(fallback_chain(old_models, agent.model))
-        waiting = [(entry, queue) for queue, heap in self._queues.items() for entry in heap if not self._stale(entry[2])]
+        waiting = [(entry, queue) for queue, heap in self._queues.items()
+                   for entry in heap if not self._stale(entry[2])]
         self._queues = {name: [] for name in self.slots}
         moved = failed = 0
         for entry, queue in waiting:
