@@ -287,7 +287,12 @@ class Reloader:
             slot.breaker.retune(rt.breaker_threshold, rt.breaker_reset_seconds)
         self.ref.current = config
         for apply in self.appliers:
-            notes += _notes(apply(config))
+            try:
+                notes += _notes(apply(config))
+            except Exception as exc:  # noqa: BLE001 - one service's bug must not leave the others behind
+                log.exception("config reload: %r could not take the new configuration", apply)
+                notes.append(f"a service could not take the new configuration ({type(exc).__name__}); "
+                             "see the log, and restart to be sure")
         self.reloads += 1
         self.last_success, self.last_ok = time.time(), True
         # The swap's end.  The old slots finish their calls, then close.

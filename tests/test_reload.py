@@ -390,3 +390,18 @@ async def test_the_embedded_default_reloads_as_a_no_op_that_says_so(aiohttp_clie
     resp = await client.post("/api/admin/reload")
     body = await resp.json()
     assert resp.status == 200 and body["reloaded"] is False and "embedded default" in body["message"]
+
+
+async def test_a_service_that_fails_to_take_the_config_does_not_hold_back_the_others(app, caplog):
+    def broken(config):
+        raise RuntimeError("a bug")
+
+    app.services().reloader.appliers.insert(0, broken)
+    app.doc["models.mb"]["input_per_1k"] = 3.0
+    write(app.path, app.doc)
+    with caplog.at_level(logging.ERROR, logger="j1mskyd.reload"):
+        status, answer = await app.reload()
+    assert status == 200 and any("RuntimeError" in n for n in answer["notes"])
+    assert "could not take the new configuration" in caplog.text
+    mb = await (await app.client.get("/api/models/mb", headers=app.admin)).json()
+    assert mb["data"]["pricing"]["input_tokens"] == 3.0  # the services after it took it
