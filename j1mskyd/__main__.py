@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sqlite3
 import sys
 from typing import TYPE_CHECKING
@@ -25,17 +26,34 @@ def _load(args: argparse.Namespace) -> Config:
         raise SystemExit(2) from None
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args)
+def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
+    """``serve``'s --host, --port and --state-dir over the file's values."""
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("state_dir", args.state_dir))
                  if v is not None}
     if overrides:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, **overrides))
-    from .config import missing_key_warnings
-    from .logsetup import configure
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # A reload asked for before the daemon is ready has nothing to do (the start reads the file
+    # anyway); until listener.serve handles SIGHUP, its default action would end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    config = _with_overrides(_load(args), args)
+    from .config import EMBEDDED, load_config, missing_key_warnings
+    from .logsetup import Masker, configure
     # Secrets are masked in every shape of the log; personal data as the config says.
-    configure(config.server.log_level, config.server.log_format, pii=config.privacy.mask_pii_in_logs,
-              secrets=[p.api_key for p in config.providers.values()])
+    handler = configure(config.server.log_level, config.server.log_format, pii=config.privacy.mask_pii_in_logs,
+                        secrets=[p.api_key for p in config.providers.values()])
+    mask = getattr(handler.formatter, "mask", None)
+
+    def reload_from() -> Config:
+        """A reload (SIGHUP, POST /admin/reload) reads the file the start read, the same way
+        (the command line's overrides again); the API keys it finds are masked from then on."""
+        fresh = _with_overrides(load_config(config.source), args)
+        if isinstance(mask, Masker):
+            mask.remember(p.api_key for p in fresh.providers.values())
+        return fresh
     for line in missing_key_warnings(config):
         logging.getLogger("j1mskyd").warning("%s", line)
     try:
@@ -48,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .store import StoreError, database_problem
     # Port taken, state dir unwritable, loose or in use, database damaged, wrong data.key.
     refusals = (OSError, StoreError, sqlite3.DatabaseError)
-    app = build_app(config)
+    app = build_app(config, reload_from=None if config.source == EMBEDDED else reload_from)
     log = logging.getLogger("j1mskyd")
 
     def listening(_banner: str) -> None:  # serve calls this once the socket is bound

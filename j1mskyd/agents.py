@@ -51,6 +51,10 @@ class AgentService:
         # the J1MSKY API reference's id shape (subagent_<unix seconds>_<4 digits>).
         self._ids = itertools.count(secrets.randbelow(10_000))
 
+    def apply_config(self, config: Config) -> None:
+        """A reloaded configuration (reload.py): spawns from now on price and check against it."""
+        self.config = config
+
     # -- validation --------------------------------------------------------------------
     def new_id(self, now: float) -> str:
         """A new agent id (spawns and chat calls alike)."""

@@ -35,19 +35,19 @@ from .jobs import every, maintain_hourly, refresh_keys, save_counters
 from .api.routes import setup_routes
 from .breaker import CircuitBreaker, StateChanges
 from .budget import Budget, BudgetPolicy
-from .config import Config
+from .config import EMBEDDED, Config, load_config
 from .keys import KeyService
 from .metrics import Metrics
 from .timeseries import FLUSH_EVERY, Rollups
 from .netguard import IpPolicy, parse_networks
 from .orchestrator import Orchestrator
-from .plugin_api import ProviderSettings
-from .plugins import PluginError, PluginRegistry, build_provider, load_plugins, off_loop
+from .plugins import PluginRegistry, load_plugins
 from .pricing_history import PricingHistory
 from .pricing_service import PricingService
 from .projects import ProjectService
-from .provider_pool import ProviderSlot, Releases
+from .provider_pool import ProviderSlot, SlotMaker
 from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimiter
+from .reload import ConfigRef, Reloader
 from .runtime import AgentRuntime
 from .signing import ReplayGuard
 from .store import CLOSE_GRACE, Store
@@ -105,6 +105,7 @@ class Services:
     - keys: api/keys, events (a live stream ends with its key); middleware (auth)
     - pricing_history: api/orchestrator, pricing
     - projects: api/projects
+    - reloader: api/ops (POST /admin/reload), system (GET /health); listener (SIGHUP)
     - rollups: api/ops (GET /metrics/timeseries: the dashboard's series)
     - store: api/ops, orchestrator, pricing, system (SQL that is to move into services of their own)
     - tasks: api/tasks (native /tasks, /roles, /workflows, /escalations) and the Kyros dialect
@@ -134,6 +135,7 @@ class Services:
     projects: ProjectService
     rollups: Rollups
     tasks: TaskService
+    reloader: Reloader
     # The caches of the API reference's v4.1 changelog: model recommendations 30 s, pricing calculations 5 min.
     caches: dict[str, TTLCache]
     started: float = field(default_factory=time.monotonic)
@@ -153,30 +155,6 @@ def ratelimit_path(config: Config) -> str:
     return os.path.join(config.server.state_dir, "ratelimits.json")
 
 
-async def _build_slots(config: Config, registry: PluginRegistry, session: aiohttp.ClientSession,
-                      changes: StateChanges, timed: _Timed) -> dict[str, ProviderSlot]:
-    """One slot per provider.  The factories run at once, each on a thread of its own for
-    ``[plugins] call_timeout`` seconds at most (plugins.off_loop): one that hangs leaves its
-    provider unavailable instead of holding the start."""
-    rt = config.runtime
-    released = Releases()  # the runtime's scheduler subscribes to it when it is made (_wire)
-
-    async def slot(settings: ProviderSettings) -> ProviderSlot:
-        client, error = None, None
-        try:
-            client = await off_loop(registry, "provider", settings.plugin,
-                                    functools.partial(build_provider, registry, settings, session),
-                                    config.plugins.call_timeout)
-        except PluginError as exc:
-            error = str(exc)
-            log.error("provider %s unavailable: %s", settings.name, error)
-        breaker = CircuitBreaker(rt.breaker_threshold, rt.breaker_reset_seconds, changes=changes, **timed)
-        return ProviderSlot(settings, client, breaker, error, released)
-
-    built = await asyncio.gather(*(slot(settings) for settings in config.providers.values()))
-    return dict(zip(config.providers, built))
-
-
 def upstream_connector(config: Config) -> aiohttp.TCPConnector:
     """The connection pool of the providers' shared session, sized from the concurrency limits.
 
@@ -189,6 +167,21 @@ def upstream_connector(config: Config) -> aiohttp.TCPConnector:
     connection.
     """
     return aiohttp.TCPConnector(limit=config.runtime.max_concurrency, limit_per_host=0)
+
+
+def _budget_policy(config: Config) -> BudgetPolicy:
+    b = config.budget
+    return BudgetPolicy(b.daily_budget, b.monthly_ceiling, b.spike_per_hour, b.max_agents_per_key)
+
+
+def _ip_policy(config: Config) -> IpPolicy:
+    sec = config.security
+    return IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist, parse_networks(sec.trusted_proxies))
+
+
+def _request_limits(config: Config) -> dict[str, Limit]:
+    lim = config.limits
+    return {cls: Limit(getattr(lim, cls), lim.window_seconds) for cls in ENDPOINT_CLASSES}
 
 
 def _budget_event(events: EventLog, budget: Budget, old: str, new: str, caches: dict[str, TTLCache]) -> None:
@@ -227,6 +220,8 @@ _STORE = app_key("j1msky.store")
 _BUCKET_FILE = app_key("j1msky.bucket_file")
 _PLUGINS = app_key("j1msky.plugins")
 _SLOTS = app_key("j1msky.provider_slots")
+_SLOT_MAKER = app_key("j1msky.slot_maker")  # makes the provider slots, at start and at a reload
+_RELOAD_FROM = app_key("j1msky.reload_from")  # how a reload reads the config again (None: nothing to read)
 _BREAKER_CHANGES = app_key("j1msky.breaker_changes")  # breaker state changes, counted per app
 _WEBHOOK_CLIENT = app_key("j1msky.webhook_client")  # (session, its resolver, the target policy)
 _CLOCK = app_key("j1msky.clock")  # build_app's clock, as the services' keyword argument (or none)
@@ -234,7 +229,7 @@ _CLOCK = app_key("j1msky.clock")  # build_app's clock, as the services' keyword 
 
 async def _state_store(app: web.Application) -> AsyncIterator[None]:
     """The state dir (0700 before anything is read or written there) and the database."""
-    config: Config = app[CONFIG]
+    config: Config = app[CONFIG].current
     statedir.prepare(config.server.state_dir)
     store = Store(state_db_path(config), synchronous=config.store.synchronous)
     await asyncio.get_running_loop().run_in_executor(None, store.open)
@@ -248,7 +243,7 @@ async def _state_store(app: web.Application) -> AsyncIterator[None]:
 async def _rate_limit_counters(app: web.Application) -> AsyncIterator[None]:
     """The request counters, restored from their file and saved there again at the stop."""
     loop = asyncio.get_running_loop()
-    bucket_file = BucketFile(ratelimit_path(app[CONFIG]), app[LIMITER].buckets)
+    bucket_file = BucketFile(ratelimit_path(app[CONFIG].current), app[LIMITER].buckets)
     loaded = await loop.run_in_executor(None, bucket_file.load)
     log.info("%d rate-limit counters restored", loaded)
     app[_BUCKET_FILE] = bucket_file
@@ -263,7 +258,7 @@ async def _rate_limit_counters(app: web.Application) -> AsyncIterator[None]:
 
 async def _plugins(app: web.Application) -> AsyncIterator[None]:
     """The built-in and drop-in plugins."""
-    config: Config = app[CONFIG]
+    config: Config = app[CONFIG].current
     registry = PluginRegistry()
     dropin = Path(config.plugins.dropin_dir) if config.plugins.dropin_dir else None
     # On the loop's own thread, not the executor: bookworm's Python 3.11.2 can fail an
@@ -276,13 +271,18 @@ async def _plugins(app: web.Application) -> AsyncIterator[None]:
 
 async def _provider_session(app: web.Application) -> AsyncIterator[None]:
     """The providers' shared HTTP session (upstream_connector) and a slot per provider.
-    A local model server on loopback is a legitimate provider: no target policy here."""
-    config: Config = app[CONFIG]
+    A local model server on loopback is a legitimate provider: no target policy here.
+    The slots' dict is changed in place by a reload; whichever slots it holds at the stop close."""
+    config: Config = app[CONFIG].current
     session = aiohttp.ClientSession(connector=upstream_connector(config),
                                     timeout=aiohttp.ClientTimeout(total=None, connect=30))
     try:
         changes = app[_BREAKER_CHANGES] = StateChanges()
-        slots = app[_SLOTS] = await _build_slots(config, app[_PLUGINS], session, changes, app[_CLOCK])
+        maker = app[_SLOT_MAKER] = SlotMaker(app[_PLUGINS], session, changes, config.plugins.call_timeout,
+                                             app[_CLOCK].get("clock"))
+        rt = config.runtime
+        slots = app[_SLOTS] = await maker.make(config.providers.values(), rt.breaker_threshold,
+                                               rt.breaker_reset_seconds)
         try:
             yield
         finally:
@@ -294,7 +294,7 @@ async def _provider_session(app: web.Application) -> AsyncIterator[None]:
 
 async def _webhook_session(app: web.Application) -> AsyncIterator[None]:
     """The webhook deliveries' own session, guarded by the target policy (webhook_client.py)."""
-    config: Config = app[CONFIG]
+    config: Config = app[CONFIG].current
     targets = policy_from(config.webhooks.allowed_networks, config.server.host, config.server.port)
     session, resolver = webhook_session(targets)
     app[_WEBHOOK_CLIENT] = (session, resolver, targets)
@@ -308,7 +308,7 @@ def _wire(app: web.Application) -> Services:
     """Every service, given what it depends on when it is made.  The two loops of old are
     broken by interfaces: the runtime publishes through events.Publisher, and the webhook
     service subscribes to the event log (EventLog.attach_outbox) instead of being known by it."""
-    config: Config = app[CONFIG]
+    config: Config = app[CONFIG].current
     store: Store = app[_STORE]
     registry: PluginRegistry = app[_PLUGINS]
     hook_session, hook_resolver, targets = app[_WEBHOOK_CLIENT]
@@ -323,27 +323,40 @@ def _wire(app: web.Application) -> Services:
                               targets=targets, resolver=hook_resolver, call_timeout=config.plugins.call_timeout,
                               **timed)
     projects = ProjectService(store, keys, **timed)
-    b = config.budget
     # allowances: a key's own budget, then its project's.
-    budget = Budget(BudgetPolicy(b.daily_budget, b.monthly_ceiling, b.spike_per_hour, b.max_agents_per_key),
+    budget = Budget(_budget_policy(config),
                     on_level_change=lambda old, new: _budget_event(events, budget, old, new, caches),
                     allowances=projects.allowances, **timed)
     audit = AuditLog(store, **timed)
     runtime = AgentRuntime(config, store, app[_SLOTS], buckets=app[LIMITER].buckets, budget=budget, events=events,
                            listeners=[functools.partial(_audit_finish, audit), app[METRICS].agents.observe],
                            **timed)
-    ip_control = IpControl(store, IpPolicy(parse_networks(sec.allowed_ips), sec.enforce_allowlist,
-                                           parse_networks(sec.trusted_proxies)), sec.log_violations, **timed)
+    ip_control = IpControl(store, _ip_policy(config), sec.log_violations, **timed)
     agents = AgentService(config, store, runtime, budget, webhooks, key_of=keys.find)
     history = PricingHistory(store, config.pricing.history_days, **timed)
     pricing = PricingService(config.models, config.pricing.policy, store, events, webhooks, history, budget,
                              runtime.clock, caches["pricing"])
     orchestrator = Orchestrator(config, store, budget, runtime, app[_SLOTS], agents, history, pricing,
                                 caches["recommendations"], app[_BREAKER_CHANGES])
-    # The config is asked at each use (a reload replaces app[CONFIG]), never copied.
-    tasks = TaskService(lambda: app[CONFIG], store, agents, runtime, events, audit, budget, **timed)
+    chat = ChatService(config, agents, runtime)
+    reloader = Reloader(app[CONFIG], app[_RELOAD_FROM], slots=app[_SLOTS], maker=app[_SLOT_MAKER], audit=audit,
+                        announce=functools.partial(_announce_pricing_policy, events, history, store))
+    # Who takes a reloaded configuration, in this order (the runtime first: the slots have
+    # changed under it).  A service that holds configuration is registered here.
+    limiter: RequestLimiter = app[LIMITER]
+    reloader.register(
+        runtime.apply_config, agents.apply_config, chat.apply_config, orchestrator.apply_config,
+        lambda c: pricing.set_prices(c.models, c.pricing.policy),
+        lambda c: history.set_keep_days(c.pricing.history_days),
+        lambda c: budget.set_policy(_budget_policy(c)),
+        lambda c: keys.set_rotation_grace(c.security.key_rotation_grace_hours * 3600),
+        lambda c: ip_control.reconfigure(_ip_policy(c), c.security.log_violations),
+        lambda c: limiter.set_limits(_request_limits(c), c.limits.per_ip),
+    )
+    # The config is asked at each use (a reload replaces app[CONFIG].current), never copied.
+    tasks = TaskService(lambda: app[CONFIG].current, store, agents, runtime, events, audit, budget, **timed)
     return Services(store=store, registry=registry, slots=app[_SLOTS], runtime=runtime, agents=agents,
-                    chat=ChatService(config, agents, runtime), budget=budget, keys=keys,
+                    chat=chat, budget=budget, keys=keys, reloader=reloader,
                     projects=projects,
                     ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store, **timed), events=events,
                     webhooks=webhooks, pricing_history=history, pricing=pricing, orchestrator=orchestrator,
@@ -351,27 +364,28 @@ def _wire(app: web.Application) -> Services:
                     rollups=Rollups(store, app[METRICS].agents, **timed), tasks=tasks)
 
 
-async def _announce_pricing_policy(services: Services, config: Config) -> None:
-    """pricing.policy_changed when the pricing policy differs from the last start's."""
-    events = services.events
-    changed, stmts = await services.pricing_history.policy_change(config.pricing.policy)
+async def _announce_pricing_policy(events: EventLog, history: PricingHistory, store: Store, config: Config) -> None:
+    """pricing.policy_changed when the pricing policy differs from the last one recorded (at
+    the last start or reload)."""
+    changed, stmts = await history.policy_change(config.pricing.policy)
     announced = []
     if changed is not None:
         log.info("pricing policy changed since the last start (policy %s)", changed["policy_hash"])
         event, event_stmts = events.statements("pricing.policy_changed", changed)
         announced, stmts = [event], stmts + event_stmts
     if stmts:
-        await services.store.write(*stmts)
+        await store.write(*stmts)
         events.published(announced)
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
-    """The services (handlers reach them as app[SERVICES]), with their state loaded."""
-    config: Config = app[CONFIG]
+    """The services (handlers reach them as app[SERVICES]), with their state loaded.  At the
+    stop, after the runtime's: the provider clients a reload retired close."""
+    config: Config = app[CONFIG].current
     services = app[SERVICES] = _wire(app)
     await services.events.load()
     await services.webhooks.load()
-    await _announce_pricing_policy(services, config)
+    await _announce_pricing_policy(services.events, services.pricing_history, services.store, config)
     await services.keys.reload()
     await services.projects.load()
     await services.ip_control.load()
@@ -383,7 +397,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         if first is not None:
             log.warning("no API keys existed: created admin key %s; its token is in %s (mode 0600)",
                         first.key.key_id, state_dir / KeyService.BOOTSTRAP_FILE)
-    yield
+    try:
+        yield
+    finally:
+        await services.reloader.close()
 
 
 async def _restore_allowance_spend(services: Services) -> None:
@@ -402,7 +419,7 @@ async def _agents_and_workers(app: web.Application) -> AsyncIterator[None]:
     """Agents recovered after a restart, then everything that runs by itself: the runtime,
     the webhook worker and the periodic jobs.  Stopped first: the running agents are saved
     while the store and the sessions are still open."""
-    config: Config = app[CONFIG]
+    config: Config = app[CONFIG].current
     services: Services = app[SERVICES]
     await _restore_allowance_spend(services)
     recovered = await services.agents.recover()
@@ -464,7 +481,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         for step in LIFECYCLE:
             await steps.enter_async_context(contextlib.asynccontextmanager(step)(app))
         yield
-    log.info("j1mskyd stopped; state saved in %s", app[CONFIG].server.state_dir)
+    log.info("j1mskyd stopped; state saved in %s", app[CONFIG].current.server.state_dir)
 
 
 async def _close_live_readers(app: web.Application) -> None:
@@ -474,18 +491,22 @@ async def _close_live_readers(app: web.Application) -> None:
         services.events.close_all()
 
 
-def build_app(config: Config, *, clock: Callable[[], float] | None = None) -> web.Application:
+def build_app(config: Config, *, clock: Callable[[], float] | None = None,
+              reload_from: Callable[[], Config] | None = None) -> web.Application:
     """The daemon's application.  ``clock``: one clock for every service that reads the time
     (tests move a fake one instead of sleeping); None leaves each on its own (the wall clock,
-    the breakers' monotonic one)."""
+    the breakers' monotonic one).  ``reload_from``: how a reload (SIGHUP, POST /admin/reload)
+    reads the configuration again; None: ``config.source`` again, as load_config read it
+    (nothing for the embedded default)."""
     app = web.Application(middlewares=list(MIDDLEWARES), client_max_size=config.server.max_body_bytes)
-    app[CONFIG] = config
+    app[CONFIG] = ConfigRef(config)
+    if reload_from is None and config.source != EMBEDDED:
+        reload_from = functools.partial(load_config, config.source)
+    app[_RELOAD_FROM] = reload_from
     timed: _Timed = {} if clock is None else {"clock": clock}
     app[_CLOCK] = timed
     app[METRICS] = Metrics()
-    lim = config.limits
-    app[LIMITER] = RequestLimiter(
-        Buckets(**timed), {cls: Limit(getattr(lim, cls), lim.window_seconds) for cls in ENDPOINT_CLASSES}, lim.per_ip)
+    app[LIMITER] = RequestLimiter(Buckets(**timed), _request_limits(config), config.limits.per_ip)
     app[RATE_HEADERS] = RateHeaders(app[LIMITER])
     app[REPLAY_GUARD] = ReplayGuard()
     app.cleanup_ctx.append(_lifecycle)

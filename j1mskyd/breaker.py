@@ -40,6 +40,10 @@ class CircuitBreaker:
         self.total_successes = 0
         self.times_opened = 0
 
+    def retune(self, threshold: int, reset_seconds: float) -> None:
+        """New ``[runtime] breaker_*`` settings (a config reload); the state and counts stay."""
+        self.threshold, self.reset_seconds = threshold, reset_seconds
+
     @property
     def state(self) -> str:
         if self._state == OPEN and self._clock() - self._opened_at >= self.reset_seconds:

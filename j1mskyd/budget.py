@@ -393,6 +393,17 @@ class Budget:
             self.on_level_change(old, current)
         return exceeded
 
+    def set_policy(self, policy: BudgetPolicy) -> None:
+        """New ``[budget]`` caps (a config reload): they bind from the next check on; what is
+        spent and reserved stays.  A new daily budget can move the alert level: announced as
+        a change of spend would be."""
+        self.policy = policy
+        self.version += 1
+        current = self.level
+        if current != self._level:
+            old, self._level = self._level, current
+            self.on_level_change(old, current)
+
     def snapshot(self) -> dict[str, Any]:
         self._roll()
         p = self.policy

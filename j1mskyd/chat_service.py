@@ -150,6 +150,10 @@ class ChatService:
         self.agents = agents
         self.runtime = runtime
 
+    def apply_config(self, config: Config) -> None:
+        """A reloaded configuration (reload.py): calls from now on check their model against it."""
+        self.config = config
+
     async def start(self, request: ChatRequest, key_id: str = ANONYMOUS) -> LiveChatCall:
         """Reserve, store and queue the call as a chat agent; the call under way.
 

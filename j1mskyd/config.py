@@ -34,6 +34,7 @@ from .netguard import PRIVATE_NETWORKS, parse_networks
 from .providers import ProviderSettings
 
 __all__ = [
+    "EMBEDDED",
     "Config",
     "ConfigError",
     "ConfigIssue",

@@ -45,6 +45,7 @@ class IpControl:
         self.clock = clock
         self.blocks: dict[str, Block] = {}
         self._allowed_text: tuple[str, ...] = tuple(str(n) for n in policy.allowed)
+        self._stored = False  # the allowlist was set over the API (settings table): the file's does not apply
         self._resolved: dict[tuple[str | None, str | None], tuple[Address | None, str | None, bool]] = {}
 
     async def load(self) -> None:
@@ -52,6 +53,7 @@ class IpControl:
             return settings.get(conn, SETTING), conn.execute("SELECT * FROM ip_blocks").fetchall()
 
         stored, blocks = await self.store.read(read)
+        self._stored = stored is not None
         if stored is not None:
             data = json.loads(stored)
             self._apply(tuple(data["allowed_ips"]), data["enforce"], data["log_violations"])
@@ -64,6 +66,19 @@ class IpControl:
         self._resolved = {}
         self._allowed_text = allowed
         self.log_violations = log_violations
+
+    def reconfigure(self, policy: IpPolicy, log_violations: bool) -> str | None:
+        """The ``[security]`` allowlist of a reloaded configuration.  The trusted proxies apply
+        at once; the allowlist, enforcement and violation logging too, unless an admin set them
+        over the API (PUT /security/ip-whitelist): that stored list wins over the file, as it
+        does at a start, until it is changed again.  Returns a note saying so (None otherwise)."""
+        self.policy = replace(self.policy, trusted_proxies=policy.trusted_proxies)
+        self._resolved = {}
+        if self._stored:
+            return ("the IP allowlist set over the API (PUT /security/ip-whitelist) stays in force: "
+                    "it wins over [security] allowed_ips, enforce_allowlist and log_violations")
+        self._apply(tuple(str(n) for n in policy.allowed), policy.enforce, log_violations)
+        return None
 
     def whitelist(self) -> dict[str, Any]:
         return {"allowed_ips": list(self._allowed_text), "enforce": self.policy.enforce,
@@ -83,6 +98,7 @@ class IpControl:
         normalised = change.allowed_ips
         value = json.dumps({"allowed_ips": normalised, "enforce": enforce, "log_violations": log_violations})
         await self.store.write(settings.put(SETTING, value, self.clock()), fail_fast=True)
+        self._stored = True
         self._apply(normalised, enforce, log_violations)
         return self.whitelist()
 

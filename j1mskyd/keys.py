@@ -487,6 +487,11 @@ class KeyService:
         self._timer: asyncio.TimerHandle | None = None  # at the earliest expiry of a watched key
         self._first_watch = asyncio.Event()  # wakes wait_refresh() from its long sleep
 
+    def set_rotation_grace(self, seconds: float) -> None:
+        """``[security] key_rotation_grace_hours`` of a reloaded configuration: rotations from
+        now on (a key rotated before keeps the expiry it was given)."""
+        self.grace_seconds = seconds
+
     @property
     def _cipher(self) -> DataCipher:
         """What seals new secrets: the daemon's store always encrypts (only tests open one without)."""

@@ -27,6 +27,7 @@ from aiohttp import web
 from .api.common import AWAITING_CREDENTIALS, CONFIG, SERVICES, app_key, error_response
 from .audit import Actor
 from .config import ServerConfig
+from .reload import ConfigInvalid
 from .connguard import ConnectionGuard, ConnectionStats, Refusal
 from .violations import record_violation
 
@@ -196,26 +197,46 @@ async def start(app: web.Application, server: ServerConfig, max_connections: int
     return Listening(runner, site)
 
 
-async def _until_stopped() -> None:
+async def _until_stopped(app: web.Application) -> None:
     """Until SIGTERM or SIGINT.  The handlers go at the first one: a second signal during
-    the graceful stop ends the process at once."""
+    the graceful stop ends the process at once.  SIGHUP (``systemctl reload``) reloads the
+    config file (reload.py); during the stop it is ignored, not fatal."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Future[None]] = set()
+
+    def hangup() -> None:
+        task = asyncio.ensure_future(_reload(app))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     try:
         await stop.wait()
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        loop.add_signal_handler(signal.SIGHUP, log.info, "stopping: SIGHUP ignored (no reload during a stop)")
+
+
+async def _reload(app: web.Application) -> None:
+    """A reload asked for by SIGHUP: its outcome, refusal included, is in the log (reload.py)."""
+    try:
+        await app[SERVICES].reloader.reload()
+    except ConfigInvalid:
+        pass  # every problem is logged; the running configuration stays
+    except Exception:  # noqa: BLE001 - a bug in a reload must not take the daemon down
+        log.exception("config reload failed")
 
 
 def serve(app: web.Application, server: ServerConfig, *, print: Callable[[str], None] = print) -> None:  # noqa: A002
     """Serve until SIGTERM/SIGINT, then stop gracefully: the site stops accepting, open
     requests get SHUTDOWN_TIMEOUT seconds, the cleanup context persists in-flight agents
     and closes the database.  Start-up errors (port taken, state dir unusable) propagate."""
-    cap = fit_descriptors(server.max_connections, app[CONFIG].runtime.max_concurrency)
+    cap = fit_descriptors(server.max_connections, app[CONFIG].current.runtime.max_concurrency)
 
     async def main() -> None:
         listening = await start(app, server, cap)
@@ -230,7 +251,7 @@ def serve(app: web.Application, server: ServerConfig, *, print: Callable[[str], 
         try:
             log.info("j1mskyd ready: listening on %s", listening.site.name)
             print(f"listening on {listening.site.name}")
-            await _until_stopped()
+            await _until_stopped(app)
         finally:
             await listening.close()
 

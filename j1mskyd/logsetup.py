@@ -71,9 +71,16 @@ class Masker:
     """Masks secrets (always) and personal data (when asked) in a piece of log text."""
 
     def __init__(self, secrets: Iterable[str | None] = (), *, pii: bool = True) -> None:
-        known = sorted({s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True)
-        self._known = re.compile("|".join(map(re.escape, known))) if known else None
+        self._secrets: set[str] = set()
+        self._known: re.Pattern[str] | None = None
         self._pii = pii
+        self.remember(secrets)
+
+    def remember(self, secrets: Iterable[str | None]) -> None:
+        """Mask these too from now on (the API keys of a reloaded configuration)."""
+        self._secrets |= {s for s in secrets if s and len(s) >= _MIN_SECRET}
+        known = sorted(self._secrets, key=len, reverse=True)
+        self._known = re.compile("|".join(map(re.escape, known))) if known else None
 
     def __call__(self, text: str) -> str:
         if self._known is not None:

@@ -30,9 +30,10 @@ class Runtime(Protocol):
 
 def families(metrics: Metrics, runtime: Runtime, budget: Mapping[str, Any], slots: Mapping[str, Any],
              connections: Any = None, *, aiohttp_version: str = "",
-             sees: Callable[[str], bool] = lambda key_id: True) -> list[Family]:
+             sees: Callable[[str], bool] = lambda key_id: True, reloads: Any = None) -> list[Family]:
     """Every family, in the order of docs/operations.md.  ``budget``: Budget.snapshot();
-    ``connections``: the listener's ConnectionStats, under ``j1mskyd serve`` only; ``sees``: whether
+    ``connections``: the listener's ConnectionStats, under ``j1mskyd serve`` only; ``reloads``:
+    the config's reload.Reloader (its counts and last outcome); ``sees``: whether
     the scraping key may see a key's work (tenancy.Viewer.sees): the token and spend counters
     list only those keys (their own, unless it reads every key's work), the rest is daemon-wide."""
     routes = sorted(metrics.routes.items())
@@ -95,6 +96,17 @@ def families(metrics: Metrics, runtime: Runtime, budget: Mapping[str, Any], slot
         ("j1msky_provider_hourly_calls_limit", "gauge", "The provider's hourly quota of upstream calls.",
          [({"provider": n}, runtime.provider_tokens(n).limit) for n in slots]),
     ]
+    if reloads is not None:
+        out += [
+            ("j1msky_config_reloads_total", "counter", "Config reloads (SIGHUP, POST /api/admin/reload) by result.",
+             [({"result": "applied"}, reloads.reloads), ({"result": "refused"}, reloads.refused)]),
+            ("j1msky_config_last_reload_successful", "gauge",
+             "1 when the last reload was applied (or none was tried), 0 when the file was refused.",
+             [({}, int(reloads.last_ok))]),
+            ("j1msky_config_last_reload_success_timestamp_seconds", "gauge",
+             "When the configuration in force was taken (the start's, until a reload), unix seconds.",
+             [({}, reloads.last_success)]),
+        ]
     if connections is not None:
         out += [
             ("j1msky_connections_open", "gauge", "Open client connections.", [({}, connections.open)]),

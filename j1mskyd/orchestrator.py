@@ -61,6 +61,12 @@ class Orchestrator:
         self.agents, self.history, self.pricing, self.cache = agents, history, pricing_service, cache
         self.breaker_changes = breaker_changes  # moves when a breaker opens or closes: recommendations go stale
 
+    def apply_config(self, config: Config) -> None:
+        """A reloaded configuration (reload.py); ``slots`` is the runtime's, changed in place.
+        The cached recommendations were made with the old models and prices: they go."""
+        self.config = config
+        self.cache.clear()
+
     # -- availability and recommendation ---------------------------------------------------------
     def available(self, alias: str) -> bool:
         """Can this model start work now: provider usable, breaker closed, hourly tokens left."""

@@ -130,6 +130,10 @@ class PricingHistory:
         self.keep_days = keep_days
         self.clock = clock
 
+    def set_keep_days(self, days: float) -> None:
+        """``[pricing] history_days`` of a reloaded configuration (the next purge uses it)."""
+        self.keep_days = days
+
     # -- writing ----------------------------------------------------------------------------
     def record(self, quote_id: str, quote: Mapping[str, Any], check: Mapping[str, Any], *,
                decision: Mapping[str, Any] | None = None, variant: str | None = None,

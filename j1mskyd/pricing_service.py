@@ -80,6 +80,12 @@ class PricingService:
         self.models, self.policy, self.store, self.events = models, policy, store, events
         self.webhooks, self.history, self.budget, self.clock, self.cache = webhooks, history, budget, clock, cache
 
+    def set_prices(self, models: Mapping[str, Any], policy: pricing.PricingPolicy) -> None:
+        """The models' prices and the pricing policy of a reloaded configuration; the quotes
+        cached at the old ones go."""
+        self.models, self.policy = models, policy
+        self.cache.clear()
+
     # -- quotes ------------------------------------------------------------------------------
     def quote(self, req: QuoteRequest) -> tuple[dict[str, Any], dict[str, Any]]:
         """The quote (from the 5-minute pricing cache when the same inputs were priced lately) and

@@ -1,18 +1,20 @@
-"""Per-provider runtime state: the plugin instance, its concurrency slots and its breaker."""
+"""Per-provider runtime state: the plugin instance, its concurrency slots and its breaker;
+and :class:`SlotMaker`, which makes them at start and again at a config reload."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from .breaker import CircuitBreaker
+from .breaker import CircuitBreaker, StateChanges
 from .plugin_api import Closable, ProviderSettings, StreamingProvider, implements
-from .plugins import bounded
+from .plugins import PluginError, PluginRegistry, bounded, build_provider, off_loop
 
-__all__ = ["ProviderSlot", "Releases"]
+__all__ = ["ProviderSlot", "Releases", "SlotMaker"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class ProviderSlot:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.released = released if released is not None else Releases()
         self.calls = 0
+        self._idle: asyncio.Event | None = None  # set by retire(): the slot's last call has ended
 
     @property
     def usable(self) -> bool:
@@ -96,7 +99,28 @@ class ProviderSlot:
                 fut.set_result(None)
                 return
         self.active -= 1
+        if self._idle is not None and self.active == 0:
+            self._idle.set()
         self.released()
+
+    def resize(self, settings: ProviderSettings) -> None:
+        """New settings that need no new client (``max_concurrency``, ``hourly_limit``): a
+        larger limit lets those who wait for room in now."""
+        self.settings, self.limit = settings, settings.max_concurrency
+        while self._waiters and self.active < self.limit:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.active += 1
+                fut.set_result(None)
+
+    async def retire(self, timeout: float) -> None:
+        """Out of the configuration (a reload removed or rebuilt it): the calls that hold it
+        finish on it, then its client is closed.  Nothing new acquires a retired slot (the
+        runtime routes by the new configuration's slots only)."""
+        if self.active > 0 or self._waiters:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        await self.close(timeout)
 
     def snapshot(self) -> dict[str, Any]:
         return {"plugin": self.settings.plugin, "active": self.active, "max_concurrency": self.limit,
@@ -111,3 +135,39 @@ class ProviderSlot:
                     await self.client.close()
             except Exception:  # a plugin failing at close must not stop shutdown
                 log.exception("provider %s failed to close", self.name)
+
+
+class SlotMaker:
+    """Makes provider slots, at start and at a reload: each factory runs on a thread of its
+    own for ``[plugins] call_timeout`` seconds at most (plugins.off_loop), so one that hangs
+    leaves its provider unavailable instead of holding the start (or the reload).  Every slot
+    made shares ``released`` (the runtime's scheduler) and ``changes`` (the breakers' count)."""
+
+    def __init__(self, registry: PluginRegistry, session: Any, changes: StateChanges, call_timeout: float,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.registry, self.session, self.changes, self.call_timeout = registry, session, changes, call_timeout
+        self.released = Releases()  # the runtime's scheduler subscribes to it when it is made
+        self._timed = {} if clock is None else {"clock": clock}
+
+    def known(self, plugin: str) -> bool:
+        """Is there a provider plugin of this kind?"""
+        return plugin in self.registry.provider_kinds()
+
+    async def make(self, providers: Iterable[ProviderSettings], threshold: int,
+                   reset_seconds: float) -> dict[str, ProviderSlot]:
+        """A slot per provider, by name, the factories run at once."""
+        async def slot(settings: ProviderSettings) -> ProviderSlot:
+            client, error = None, None
+            try:
+                client = await off_loop(self.registry, "provider", settings.plugin,
+                                        functools.partial(build_provider, self.registry, settings, self.session),
+                                        self.call_timeout)
+            except PluginError as exc:
+                error = str(exc)
+                log.error("provider %s unavailable: %s", settings.name, error)
+            breaker = CircuitBreaker(threshold, reset_seconds, changes=self.changes, **self._timed)
+            return ProviderSlot(settings, client, breaker, error, self.released)
+
+        settings = list(providers)
+        built = await asyncio.gather(*(slot(s) for s in settings))
+        return {s.name: b for s, b in zip(settings, built)}

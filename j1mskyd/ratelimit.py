@@ -324,6 +324,12 @@ class RequestLimiter:
         self.limits = limits
         self.per_ip = per_ip
 
+    def set_limits(self, limits: dict[str, Limit], per_ip: bool) -> None:
+        """The ``[limits]`` of a reloaded configuration.  The counters stay: a bucket keeps
+        what it used and refills at the new rate up to the new capacity."""
+        self.limits, self.per_ip = limits, per_ip
+        self.buckets.spends += 1  # headers cached for full buckets (RateHeaders) show the old limit
+
     def limit_for(self, bucket_key: str) -> Limit | None:
         """The limit of a ``key:...:<class>[@n]`` or ``ip:...:<class>`` bucket (for pruning)."""
         if bucket_key.startswith(("key:", "ip:")):

@@ -24,7 +24,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +196,8 @@ class AgentRuntime:
         self._abandoned: set[asyncio.Future[float]] = set()  # cancels of calls whose caller left during admit
         self._cancelling: set[str] = set()
         self._team_finished: dict[str, dict[str, Agent]] = {}
+        # Agents whose model a config reload removed: what is left of the chain they had (_chain).
+        self._chains: dict[str, tuple[str, ...]] = {}
         self._active = 0
         self._schedule_runs = 0  # times _schedule ran (a run's end asks for one only when no release ran it)
         self._stopping = False
@@ -347,6 +349,7 @@ class AgentRuntime:
         self._late_start.discard(agent_id)
         self._cancelling.discard(agent_id)
         self._started.pop(agent_id, None)
+        self._chains.pop(agent_id, None)
         self.live.pop(agent_id, None)
         fut = self._done.pop(agent_id, None)
         if fut is not None and not fut.done():
@@ -448,10 +451,70 @@ class AgentRuntime:
         model = self.config.models.get(alias)
         return f"{model.provider}/{model.upstream}" if model else alias
 
+    # -- a reloaded configuration -------------------------------------------------------
+    def apply_config(self, config: Config) -> list[str]:
+        """Take a reloaded configuration (reload.py), ``self.slots`` already holding the new
+        providers' slots.  Queued agents move to the queue of their model's provider, or, when
+        a reload removed their model, of the first model of their chain still configured; one
+        with none left fails saying so.  Running agents go on with the models and slots they
+        started with (_execute took them).  Synchronous: nothing runs in between."""
+        old_models = self.config.models
+        self.config, self.rt = config, config.runtime
+        for name, slot in self.slots.items():  # a removed provider's limit stays for its last calls
+            self._provider_limits[name] = Limit(slot.settings.hourly_limit, 3600.0)
+        for agent in self.live.values():
+            if agent.kind != KIND_TEAM and agent.model not in config.models and agent.agent_id not in self._chains:
+                self._chains[agent.agent_id] = tuple(fallback_chain(old_models, agent.model))
+        waiting = [(entry, queue) for queue, heap in self._queues.items()
+                   for entry in heap if not self._stale(entry[2])]
+        self._queues = {name: [] for name in self.slots}
+        moved = failed = 0
+        for entry, queue in waiting:
+            agent = self.live[entry[2]]
+            home = self._home(agent)
+            if home is None:
+                self._unroutable(agent)
+                failed += 1
+                continue
+            moved += home != queue
+            heapq.heappush(self._queues[home], entry)
+        self._schedule()
+        notes = [f"{moved} queued agents moved to another provider's queue"] if moved else []
+        if failed:
+            notes.append(f"{failed} queued agents failed: no model of their fallback chain is configured any more")
+        return notes
+
+    def _chain(self, agent: Agent, models: Mapping[str, ModelConfig]) -> list[str]:
+        """The agent's fallback chain in ``models``; for one whose model a reload removed,
+        what is left of the chain it had then."""
+        kept = self._chains.get(agent.agent_id)
+        if kept is None:
+            return fallback_chain(models, agent.model)
+        return [alias for alias in kept if alias in models]
+
+    def _home(self, agent: Agent) -> str | None:
+        """The provider whose queue the agent waits in: its first model's (None: no model left)."""
+        models = self.config.models
+        chain = self._chain(agent, models)
+        return models[chain[0]].provider if chain else None
+
+    @staticmethod
+    def _gone(agent: Agent) -> str:
+        return (f"model '{agent.model}' was removed from the configuration (config reload) and no model of its "
+                "fallback chain is configured any more")
+
+    def _unroutable(self, agent: Agent) -> None:
+        """Fail a queued agent that no configured model can serve (stale from here on)."""
+        self._cancelling.add(agent.agent_id)
+        asyncio.ensure_future(self._finish(agent, FAILED, error=self._gone(agent), failure="upstream"))
+
     # -- queue ----------------------------------------------------------------------
     def _enqueue(self, agent: Agent) -> None:
-        provider = self.config.models[agent.model].provider
-        heapq.heappush(self._queues[provider], (PRIORITIES[agent.priority], next(self._seq), agent.agent_id))
+        home = self._home(agent)
+        if home is None:  # its model went in a reload while it was being admitted
+            self._unroutable(agent)
+            return
+        heapq.heappush(self._queues[home], (PRIORITIES[agent.priority], next(self._seq), agent.agent_id))
 
     def limit_for(self, bucket_key: str) -> Limit | None:
         """The limit of a ``provider:<name>`` bucket (for pruning), None for other keys."""
@@ -476,8 +539,10 @@ class AgentRuntime:
         providers that fail or are out of quota, not for load spreading to dearer models.
         """
         token_wait: float | None = None
-        for alias in fallback_chain(self.config.models, agent.model):
-            slot = self.slots[self.config.models[alias].provider]
+        models = self.config.models
+        chain = self._chain(agent, models)
+        for alias in chain:
+            slot = self.slots[models[alias].provider]
             if not slot.usable or not slot.breaker.available():
                 continue
             tokens = self.provider_tokens(slot.name)
@@ -487,7 +552,9 @@ class AgentRuntime:
             return (slot, None) if slot.has_room() else (None, None)
         if token_wait is not None:
             return None, token_wait
-        primary = self.slots[self.config.models[agent.model].provider]  # fails fast, with reasons
+        if not chain:  # failed by apply_config already
+            return None, None
+        primary = self.slots[models[chain[0]].provider]  # fails fast, with reasons
         return (primary, None) if primary.has_room() else (None, None)
 
     def _candidate(self, heap: list[tuple[int, int, str]]) -> tuple[tuple[int, int, str] | None,
@@ -600,7 +667,7 @@ class AgentRuntime:
             try:
                 if remaining <= 0:
                     raise TimeoutError
-                served, result = await within(remaining, self._execute(agent, held))
+                served, model, result = await within(remaining, self._execute(agent, held))
             except TimeoutError:
                 await self._finish(agent, FAILED, failure="timeout",
                                    error=f"timeout: agent exceeded its {agent.timeout:g} s timeout")
@@ -615,7 +682,6 @@ class AgentRuntime:
                 self.store.submit([agent_record.update(agent, "status", "runs", "attempts")])
                 self._enqueue(agent)
                 return
-            model = self.config.models[served]
             extra: dict[str, Any] = {}
             if agent.kind == KIND_CHAT:
                 if agent.first_token_at is None:  # not streamed: the whole text is the first
@@ -659,13 +725,24 @@ class AgentRuntime:
             if self._schedule_runs == runs:  # none did (a slot passed straight to a waiter, or none was held)
                 self._schedule()
 
-    async def _execute(self, agent: Agent, held: list[ProviderSlot]) -> tuple[str, CompletionResult]:
-        """Walk the fallback chain; ``held`` lists the provider slots this agent holds."""
+    async def _execute(self, agent: Agent, held: list[ProviderSlot]) -> tuple[str, ModelConfig, CompletionResult]:
+        """Walk the fallback chain; ``held`` lists the provider slots this agent holds.  The
+        chain and its models (their prices) are those configured when the run starts: a reload
+        meanwhile changes neither.  A call under way finishes on the slot it started on; a
+        fallback after a reload goes to its provider's slot of the day, and a provider
+        removed meanwhile is passed over."""
         reasons: list[str] = []
         out_of_tokens = 0
-        for alias in fallback_chain(self.config.models, agent.model):
-            model = self.config.models[alias]
-            slot = self.slots[model.provider]
+        models = self.config.models
+        chain = self._chain(agent, models)
+        if not chain:
+            raise AgentFailure(self._gone(agent))
+        for alias in chain:
+            model = models[alias]
+            slot = self.slots.get(model.provider)
+            if slot is None:
+                reasons.append(f"{alias}: provider {model.provider} was removed from the configuration")
+                continue
             if not slot.usable:
                 reasons.append(f"{alias}: provider {slot.name} unavailable ({slot.error})")
                 continue
@@ -684,7 +761,7 @@ class AgentRuntime:
                 held.append(slot)
             outcome = await self._call_with_retries(agent, alias, model, slot, max_tokens)
             if isinstance(outcome, CompletionResult):
-                return alias, outcome
+                return alias, model, outcome
             out_of_tokens += outcome.startswith(_OUT_OF_TOKENS)
             reasons.append(f"{alias}: {outcome}")
         if out_of_tokens and out_of_tokens == len(reasons):
@@ -947,6 +1024,7 @@ class AgentRuntime:
                 raise failed
             exceeded = self._settle(agent) if self.budget is not None else []
             self.live.pop(agent.agent_id, None)
+            self._chains.pop(agent.agent_id, None)
             self._cancelling.discard(agent.agent_id)
             if agent.status == COMPLETED:
                 self.completed_total += 1

@@ -217,6 +217,7 @@ EXAMPLES: dict[tuple[str, str], Example] = {
                                                        "secret": "s" * 16}, ok=(201,)),
     ("DELETE", "/pricing/webhook/{webhook_id}"): Example(None, target=_pricing_webhook),
     ("POST", "/cache/invalidate"): Example({"cache": "pricing"}),
+    ("POST", "/admin/reload"): Example(None),  # the embedded default here: a reload that changes nothing
     ("POST", "/orchestrator/recommend-model"): Example({"task_type": "code", "estimated_tokens": 2000,
                                                         "complexity": "high", "priority": "critical"}),
     ("POST", "/models/select"): Example({"task_type": "code", "estimated_tokens": 2000}),

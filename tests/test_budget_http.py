@@ -64,7 +64,7 @@ async def budget_of(client) -> dict:
 
 def app_config(app):
     from j1mskyd.api.common import CONFIG
-    return app[CONFIG]
+    return app[CONFIG].current
 
 
 async def ledger_total(app) -> float:

@@ -361,7 +361,7 @@ async def test_a_body_over_the_size_limit_is_request_too_large(aiohttp_client, t
 
 
 async def test_calls_count_as_spawns_and_counts_as_other(door):
-    limits = door.client.app[CONFIG].limits
+    limits = door.client.app[CONFIG].current.limits
     resp = await post(door, BODY)
     assert resp.status == 200 and resp.headers["X-RateLimit-Limit"] == str(limits.spawn)
     resp = await post(door, {"model": "k2p5", "messages": BODY["messages"]}, COUNT)

@@ -134,7 +134,7 @@ async def test_sdk_stream_with_usage(door, openai_sdk):
 
 
 async def test_sdk_models_list_and_retrieve(door, openai_sdk):
-    cfg = door.client.app[CONFIG]
+    cfg = door.client.app[CONFIG].current
     async with sdk_client(openai_sdk, door) as sdk:
         listed = [m async for m in sdk.models.list()]
         one = await sdk.models.retrieve("k2p5")

@@ -101,6 +101,7 @@ EXEMPT = {
     ("GET", "/orchestrator/status"): DAEMON_WIDE + " (providers, budget level)",
     ("GET", "/cache/status"): DAEMON_WIDE + " (cache sizes)",
     ("POST", "/cache/invalidate"): "admin:write only",
+    ("POST", "/admin/reload"): "admin:write only (the daemon's configuration)",
     ("POST", "/orchestrator/recommend-model"): DAEMON_WIDE + " (a recommendation, nothing stored)",
     ("GET", "/models"): DAEMON_WIDE + " (the configured models)",
     ("GET", "/models/{name}"): DAEMON_WIDE + " (a configured model)",

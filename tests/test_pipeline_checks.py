@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from j1mskyd import statedir
+from j1mskyd.reload import ConfigRef
 from j1mskyd.api.common import CONFIG, METRICS, SERVICES, app_key, json_response
 from j1mskyd.budget import Budget, BudgetPolicy
 from j1mskyd.api.middleware import LIMITER, MIDDLEWARES, REPLAY_GUARD
@@ -49,7 +50,7 @@ async def _dummy(request: web.Request) -> web.Response:
 async def _services(app: web.Application):
     """Only what the checks consult: IP control, keys, audit, events, idempotency records, and the
     budget (X-Budget-Remaining on a key's responses)."""
-    cfg = app[CONFIG]
+    cfg = app[CONFIG].current
     statedir.prepare(cfg.server.state_dir)
     store = Store(str(Path(cfg.server.state_dir) / "j1msky.db"))
     store.open()
@@ -72,7 +73,7 @@ async def _services(app: web.Application):
 def bare_app(cfg, *, add_routes=None) -> web.Application:
     """The pipeline around one dummy handler at THING (agents:write) and OPEN (public)."""
     app = web.Application(middlewares=list(MIDDLEWARES), client_max_size=1 << 20)
-    app[CONFIG] = cfg
+    app[CONFIG] = ConfigRef(cfg)
     app[CALLS] = []
     app[METRICS] = Metrics()
     lim = cfg.limits

@@ -196,11 +196,11 @@ async def test_a_failed_start_closes_what_the_earlier_steps_opened(tmp_path, mon
     """A step failing half-way (here: after the services) leaves the database and both
     HTTP sessions closed, although aiohttp >= 3.9 runs no cleanup after a failed start."""
     opened = {}
-    build_slots = app_module._build_slots
 
-    def spy(config, registry, session, *rest):
-        opened["session"] = session
-        return build_slots(config, registry, session, *rest)
+    class Spy(app_module.SlotMaker):
+        def __init__(self, registry, session, *rest):
+            opened["session"] = session
+            super().__init__(registry, session, *rest)
 
     async def failing(app):
         opened["store"] = app[app_module._STORE]
@@ -208,7 +208,7 @@ async def test_a_failed_start_closes_what_the_earlier_steps_opened(tmp_path, mon
         raise RuntimeError("step failed")
         yield  # pragma: no cover - an async generator, like the real steps
 
-    monkeypatch.setattr(app_module, "_build_slots", spy)
+    monkeypatch.setattr(app_module, "SlotMaker", Spy)
     monkeypatch.setattr(app_module, "LIFECYCLE", (*LIFECYCLE[:-1], failing))
     runner = web.AppRunner(build_app(make_config(tmp_path)))
     with pytest.raises(RuntimeError, match="step failed"):

@@ -11,7 +11,7 @@ from ..agent_record import ANONYMOUS
 from ..agents import AgentService
 from ..spawn_request import SpawnParser, SpawnRequest, TeamRequest
 from ..pii import preview
-from .common import (API_KEY, API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json,
+from .common import (config_of, API_KEY, API_KEY_ID, SERVICES, actor, json_response, query_params, read_json,
                      viewer)
 
 
@@ -41,7 +41,7 @@ def _audit_spawns(request: web.Request, task: str, spawned: list[dict]) -> None:
 
 
 def _parser(request: web.Request) -> SpawnParser:
-    return SpawnParser(request.app[CONFIG])
+    return SpawnParser(config_of(request))
 
 
 async def spawn(request: web.Request) -> web.Response:

@@ -11,6 +11,8 @@ from aiohttp import web
 
 from .. import jsonx
 from ..audit import Actor
+from ..config import Config
+from ..reload import ConfigRef
 from ..agent_record import ANONYMOUS
 from ..keys import ADMIN
 from ..local_access import LOCAL_ACTOR
@@ -18,7 +20,8 @@ from ..errors import ApiError, InvalidJson, ValidationFailed
 from ..tenancy import Viewer
 
 __all__ = ["API_KEY", "API_KEY_ID", "AWAITING_CREDENTIALS", "CLIENT_IP", "CONFIG", "ERROR_TYPES", "LOCAL_CALLER",
-           "METRICS", "REQUEST_ID", "SERVICES", "actor", "api_error_response", "app_key", "error_response", "json_response",
+           "METRICS", "REQUEST_ID", "SERVICES", "actor", "api_error_response", "app_key", "config_of", "error_response",
+           "json_response",
            "query_params", "read_json", "read_json_object", "request_key", "usable", "viewer"]
 
 
@@ -32,7 +35,7 @@ def request_key(name: str) -> Any:
     return web.RequestKey(name, object) if hasattr(web, "RequestKey") else name
 
 
-CONFIG = app_key("j1msky.config")
+CONFIG = app_key("j1msky.config")  # reload.ConfigRef: the configuration in force is its .current
 SERVICES = app_key("j1msky.services")
 METRICS = app_key("j1msky.metrics")  # metrics.Metrics: per-route counts and times
 REQUEST_ID = request_key("j1msky.request_id")
@@ -51,6 +54,13 @@ ERROR_TYPES = {
     409: "CONFLICT", 410: "GONE", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE", 422: "UNPROCESSABLE",
     429: "RATE_LIMITED", 500: "INTERNAL_ERROR", 502: "BAD_GATEWAY", 503: "SERVICE_UNAVAILABLE",
 }
+
+
+def config_of(request: web.Request) -> Config:
+    """The configuration in force.  A reload (reload.py) replaces it: read it per request,
+    never keep it past one."""
+    ref: ConfigRef = request.app[CONFIG]
+    return ref.current
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

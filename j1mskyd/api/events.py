@@ -31,7 +31,7 @@ from ..errors import ApiError, ValidationFailed
 from ..events import EVENT_TYPES, SHUTDOWN, Event, Subscription
 from ..keys import KeyWatch
 from ..tenancy import Viewer
-from .common import (API_KEY, AWAITING_CREDENTIALS, CONFIG, LOCAL_CALLER, SERVICES, json_response, query_params,
+from .common import (config_of, API_KEY, AWAITING_CREDENTIALS, LOCAL_CALLER, SERVICES, json_response, query_params,
                      viewer)
 from .middleware import authenticate_in_band, count_in_band
 
@@ -226,10 +226,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     """
     services = request.app[SERVICES]
     # The local caller ([security] local_scopes) was admitted by the pipeline without a key.
-    auth_needed = request.app[CONFIG].security.auth and not request.get(LOCAL_CALLER)
+    auth_needed = config_of(request).security.auth and not request.get(LOCAL_CALLER)
     # A message is held to the request body limit (aiohttp's default is 4 MiB, and each one
     # is parsed as JSON, before the socket has authenticated too): closed with 1009 beyond it.
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=request.app[CONFIG].server.max_body_bytes)
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=config_of(request).server.max_body_bytes)
     await ws.prepare(request)
     if "token" in request.query:
         # Never from the URL: it ends up in proxy and access logs and in browser history.

@@ -26,7 +26,7 @@ from ..config import ModelConfig
 from ..dialects import Dialect, model_alias
 from ..pii import preview
 from ..keys import KeyWatch
-from .common import API_KEY, API_KEY_ID, CONFIG, SERVICES, actor, json_response, read_json, usable
+from .common import config_of, API_KEY, API_KEY_ID, SERVICES, actor, json_response, read_json, usable
 from .middleware import PASS, early_headers
 
 __all__ = ["chat_handler", "get_model", "list_models"]
@@ -40,7 +40,7 @@ def chat_handler(dialect: Dialect) -> Handler:
     """The handler of a dialect's chat call (POST /v1/chat/completions, POST /v1/messages)."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        chat = dialect.parse(await read_json(request), request.app[CONFIG].models)
+        chat = dialect.parse(await read_json(request), config_of(request).models)
         services = request.app[SERVICES]
         call = await services.chat.start(chat, request.get(API_KEY_ID, ANONYMOUS))
         watch = _watch_key(request, call)
@@ -154,12 +154,12 @@ def _model(model: ModelConfig) -> dict[str, Any]:
 
 async def list_models(request: web.Request) -> web.Response:
     """The configured model aliases the key may use, in OpenAI's list shape."""
-    models = usable(request, request.app[CONFIG].models)
+    models = usable(request, config_of(request).models)
     return json_response({"object": "list", "data": [_model(m) for m in models.values()]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     """One configured model alias the key may use (404 model_not_found for any other name, as
     OpenAI answers a model that does not exist or that the caller has no access to)."""
-    models = usable(request, request.app[CONFIG].models)
+    models = usable(request, config_of(request).models)
     return json_response(_model(models[model_alias(request.match_info["name"], models)]))

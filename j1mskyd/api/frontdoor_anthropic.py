@@ -12,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..dialects.anthropic_messages import estimate_input_tokens, parse_count
-from .common import CONFIG, json_response, read_json
+from .common import config_of, json_response, read_json
 
 __all__ = ["ESTIMATE_HEADER", "count_tokens"]
 
@@ -21,6 +21,6 @@ ESTIMATE_HEADER = "X-J1MSKY-Token-Count"
 
 async def count_tokens(request: web.Request) -> web.Response:
     """Estimate a Messages request's input tokens (about four characters a token; no call)"""
-    chat = parse_count(await read_json(request), request.app[CONFIG].models)
+    chat = parse_count(await read_json(request), config_of(request).models)
     return json_response({"input_tokens": estimate_input_tokens(chat), "estimated": True},
                          headers={ESTIMATE_HEADER: "estimate"})

@@ -11,7 +11,7 @@ from ..agent_record import iso
 from ..errors import NotFound, ValidationFailed
 from ..key_request import LIMIT_FIELDS, model_names, parse_limits
 from ..keys import SCOPES, ApiKey, KeyService
-from .common import API_KEY, CONFIG, SERVICES, actor, json_response, read_json_object, viewer
+from .common import config_of, API_KEY, SERVICES, actor, json_response, read_json_object, viewer
 
 
 def _keys(request: web.Request) -> KeyService:
@@ -32,7 +32,7 @@ async def create_key(request: web.Request) -> web.Response:
     if not isinstance(require_signature, bool):
         raise ValidationFailed([{"field": "require_signature", "message": "require_signature must be true or false"}])
     service = _keys(request)
-    limits = parse_limits(body, known_models=model_names(request.app[CONFIG]), now=service.clock())
+    limits = parse_limits(body, known_models=model_names(config_of(request)), now=service.clock())
     new = await service.create(body.get("name"), body.get("scopes", ()), require_signature,
                                limits=limits)  # KeyRefused: 400
     _audit(request, "create", new.key.key_id, {"name": new.key.name, "scopes": list(new.key.scopes),
@@ -101,7 +101,7 @@ async def update_key(request: web.Request) -> web.Response:
     key = service.find(key_id)
     if key is None:
         raise _not_found(key_id)
-    limits = parse_limits(body, known_models=model_names(request.app[CONFIG]), now=service.clock(),
+    limits = parse_limits(body, known_models=model_names(config_of(request)), now=service.clock(),
                           current=(key.max_budget, key.budget_duration))
     key, columns = await service.update(key_id, limits)  # KeyRefused (a revoked key): 400
     if columns:

@@ -94,7 +94,7 @@ def check_body_size(request: web.Request, p: Pass) -> None:
 
     Chunked bodies without a length are capped by the Application's client_max_size.
     """
-    limit = p.app[CONFIG].server.max_body_bytes
+    limit = p.app[CONFIG].current.server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body exceeds {limit} bytes")
 
@@ -160,7 +160,7 @@ class Credentials:
 
 def check_auth(request: web.Request, p: Pass, token: str | None) -> None:
     """The token -> the key; then the route's scope.  Off when security.auth is false."""
-    if not p.route.authenticated or not p.app[CONFIG].security.auth:
+    if not p.route.authenticated or not p.app[CONFIG].current.security.auth:
         return
     if token is None and serves_locally(request, p):
         request[LOCAL_CALLER] = True
@@ -202,12 +202,12 @@ def serves_locally(request: web.Request, p: Pass) -> bool:
             and not names_client(_forwarded_for(request))):
         return False  # a trusted proxy on this host that does not say whom it forwards
     return grants_local(request.remote, request.get(CLIENT_IP), p.route.scope,
-                        p.app[CONFIG].security.local_scopes)
+                        p.app[CONFIG].current.security.local_scopes)
 
 
 def needs_signature(p: Pass, creds: Credentials) -> bool:
     key = p.key
-    return key is not None and (key.require_signature or p.app[CONFIG].security.require_signatures
+    return key is not None and (key.require_signature or p.app[CONFIG].current.security.require_signatures
                                 or creds.signature is not None)
 
 
@@ -218,7 +218,7 @@ async def check_signature(request: web.Request, p: Pass, creds: Credentials) -> 
     try:
         verify(p.key.secret, creds.timestamp, creds.signature,
                request.method, [request.path, request.path_qs, request.raw_path], raw,
-               p.app[REPLAY_GUARD], p.app[CONFIG].security.signature_max_skew)
+               p.app[REPLAY_GUARD], p.app[CONFIG].current.security.signature_max_skew)
     except SignatureError as exc:
         _violation(request, p, "bad_signature", exc.type)
         raise Unauthorized(exc.message, type_=exc.type) from None

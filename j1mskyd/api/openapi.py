@@ -22,7 +22,7 @@ from ..keys import SCOPES
 from ..ratelimit import ENDPOINT_CLASSES
 from ..tenancy import DURATIONS
 from ..security_request import MAX_BLOCK_HOURS
-from .common import CONFIG, app_key, json_response
+from .common import config_of, app_key, json_response
 from .middleware import PUBLIC
 
 # The document depends only on the routes and the configuration, fixed while the daemon runs:
@@ -191,6 +191,12 @@ RESULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("DELETE", "/webhooks/{webhook_id}"): _obj(["success", "message", "webhook_id"], success=_OK, message=_STR,
                                                webhook_id=_STR),
     ("GET", "/webhooks/{webhook_id}/deliveries"): _obj(["data", "pagination"], data=_ARR, pagination=_PAGINATION),
+    # A reload's answer (reload.py): what changed, what needs a restart, notes.
+    ("POST", "/admin/reload"): _obj(["success", "reloaded", "source", "message"], success=_OK, reloaded=_BOOL,
+                                    source=_STR, message=_STR, changed=_OBJ,
+                                    needs_restart={"type": "array", "items": _obj(
+                                        ["key", "running", "in_file", "why"], key=_STR, why=_STR)},
+                                    notes={"type": "array", "items": _STR}),
     ("GET", "/events"): _obj(["data", "pagination"], data={"type": "array", "items": _obj(
         ["event", "timestamp", "data", "id"], event=_STR, timestamp=_STR, data=_OBJ, id=_INT)},
         pagination=_obj(["cursor", "has_more", "limit"], cursor=_STR, has_more=_BOOL, limit=_INT)),
@@ -239,6 +245,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/tasks"): (402,), ("POST", "/tasks/{task_id}/submit"): (402,),
     ("PUT", "/tasks/{task_id}"): (409,), ("DELETE", "/tasks/{task_id}"): (409,),
     ("POST", "/escalations"): (404,), ("POST", "/escalations/{esc_id}/decision"): (409,),
+    ("POST", "/admin/reload"): (422,),  # the config file has problems: each one in details, nothing changed
 }
 _LIMIT = {"type": "integer", "minimum": 1}
 _OFFSET = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}  # SQLite's integers are 64-bit
@@ -420,7 +427,9 @@ def _responses(method: str, path: str, public: bool) -> dict[str, Any]:
 
 _REASONS = {400: "Bad request or validation error", 401: "No, invalid or revoked key, or a bad signature",
             402: "Budget exceeded", 403: "Missing scope, or the IP is blocked or not allowed",
-            404: "Not found", 409: "Conflict", 413: "Request body too large", 429: "Rate limited",
+            404: "Not found", 409: "Conflict", 413: "Request body too large",
+            422: "The config file has problems (each in details); the running configuration stays",
+            429: "Rate limited",
             507: "Not enough disk space in the state dir: nothing was changed"}
 
 
@@ -824,8 +833,9 @@ def describe(app: web.Application, routes: Any, prefixes: tuple[str, ...], front
 async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of every route."""
     cached = request.app[DOCUMENT]
-    if "response" not in cached:
+    config = config_of(request)
+    if cached.get("config") is not config:  # built again after a reload (the models' enums)
         routes, prefixes, front_door, root = request.app[ROUTE_TABLE]
-        cached["response"] = json_response(build(routes, prefixes, PUBLIC, request.app[CONFIG], front_door,
-                                                 root)).body
+        cached["response"] = json_response(build(routes, prefixes, PUBLIC, config, front_door, root)).body
+        cached["config"] = config
     return web.Response(body=cached["response"], content_type="application/json", charset="utf-8")

@@ -13,8 +13,7 @@ from ..agent_record import ANONYMOUS
 from ..listener import CONNECTION_STATS
 from ..metric_families import families
 from ..metrics import prometheus
-from .common import CONFIG, SERVICES, json_response, query_params, viewer
-from .common import API_KEY, API_KEY_ID
+from .common import API_KEY, API_KEY_ID, SERVICES, actor, config_of, json_response, query_params, viewer
 from .middleware import LIMITER, METRICS
 
 if TYPE_CHECKING:  # app.py imports this module (through routes.py)
@@ -38,7 +37,7 @@ async def rate_limits(request: web.Request) -> web.Response:
 async def system(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     active = len(services.runtime.live)
-    state_dir = request.app[CONFIG].server.state_dir
+    state_dir = config_of(request).server.state_dir
     # psutil reads /proc files: keep that off the event loop.
     snap = await asyncio.get_running_loop().run_in_executor(None, sysinfo.snapshot, state_dir, active)
     return json_response(snap)
@@ -61,7 +60,8 @@ async def metrics_prometheus(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     text = prometheus(families(request.app[METRICS], services.runtime, services.budget.snapshot(), services.slots,
                                request.app.get(CONNECTION_STATS),  # only under `j1mskyd serve` (listener.py)
-                               aiohttp_version=aiohttp.__version__, sees=viewer(request).sees))
+                               aiohttp_version=aiohttp.__version__, sees=viewer(request).sees,
+                               reloads=services.reloader))
     # The exposition format's own content type (with version); aiohttp refuses content_type= and a
     # Content-Type header together, so the header alone says it.
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
@@ -82,3 +82,10 @@ async def billing_usage(request: web.Request) -> web.Response:
         return json_response(await services.billing.grouped_report(start, end, by, viewer(request)))
     by_key = params.get("by_key", "").lower() in ("1", "true", "yes")
     return json_response(await services.billing.usage_report(start, end, by_key, viewer(request)))
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    """Re-read the config file and apply it without a restart, as SIGHUP does (reload.py):
+    what changed, what needs a restart; 422 listing every problem of an invalid file."""
+    services: Services = request.app[SERVICES]
+    return json_response(await services.reloader.reload(actor(request)))

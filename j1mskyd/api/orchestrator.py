@@ -15,7 +15,7 @@ from .. import pricing
 from ..config import ModelConfig
 from ..errors import NotFound, ValidationFailed
 from ..orchestrator import PRIORITIES, ModelRequest, Orchestrator
-from .common import CONFIG, SERVICES, json_response, read_json_object, usable
+from .common import config_of, SERVICES, json_response, read_json_object, usable
 from ..pricing_history import MAX_DAYS
 from .pricing import MAX_TOKENS, Fields, experiment_from_history, read_fields
 
@@ -80,7 +80,7 @@ async def recommend_model(request: web.Request) -> web.Response:
     """A model for a task within the daily budget."""
     req = await _read_model_request(request, with_task_details=True)
     r = _service(request).recommend(req.task_type, req.estimated_tokens)
-    price = request.app[CONFIG].models.get(r.model)
+    price = config_of(request).models.get(r.model)
     snap = r.budget
     return json_response({"recommended_model": r.model, "budget_available": r.fits,
                           "daily_budget": snap["daily_budget"], "today_spend": round(float(snap["today_spend"]), 4),
@@ -103,7 +103,7 @@ def _capabilities(alias: str) -> list[str]:
 
 
 def _model_view(request: web.Request, alias: str, full: bool) -> dict[str, Any]:
-    config = request.app[CONFIG]
+    config = config_of(request)
     m = config.models[alias]
     caps = _capabilities(alias)
     view: dict[str, Any] = {"name": alias, "provider": m.provider, "upstream_model": m.upstream,
@@ -142,15 +142,15 @@ async def list_models(request: web.Request) -> web.Response:
     """The configured models the key may use (all of them, for a key without a models list),
     with their prices and live performance when asked for, and the teams the key may use."""
     include = _includes(request)
-    aliases = usable(request, request.app[CONFIG].models)
+    aliases = usable(request, config_of(request).models)
     models = [_model_view(request, alias, False) for alias in aliases]
     for view in models:
         if "pricing" in include:
-            view["pricing"] = _pricing(request.app[CONFIG].models[view["name"]])
+            view["pricing"] = _pricing(config_of(request).models[view["name"]])
         if "performance" in include:
             view["performance"] = await _service(request).performance(view["name"])
     teams = [{"id": t.id, "name": t.name, "members": list(t.members), "specialty": list(t.specialty),
-              "status": t.status} for t in usable(request, request.app[CONFIG].teams).values()]
+              "status": t.status} for t in usable(request, config_of(request).teams).values()]
     first = next(iter(aliases), None)  # apart: mypy 1.0 mistypes next(..., None) in a conditional
     data = {"models": models, "default_model": pricing.DEFAULT_MODEL if pricing.DEFAULT_MODEL in aliases
             else first,
@@ -161,7 +161,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     """One model: provider, limits, pricing, capabilities, live performance."""
     name = request.match_info["name"]
-    if name not in usable(request, request.app[CONFIG].models):  # another key's model: as unknown
+    if name not in usable(request, config_of(request).models):  # another key's model: as unknown
         raise NotFound(f"Model '{name}' not found")
     view = _model_view(request, name, True)
     view["performance"] = await _service(request).performance(name)
@@ -174,7 +174,7 @@ async def select_model(request: web.Request) -> web.Response:
     task_type, tokens = req.task_type, req.estimated_tokens
     r = _service(request).recommend(task_type, tokens)
     model, fits, snap = r.model, r.fits, r.budget
-    m = request.app[CONFIG].models.get(model)
+    m = config_of(request).models.get(model)
     preferred = [p for p in pricing.TASK_PREFERENCES.get(task_type, (pricing.DEFAULT_MODEL,))]
     return json_response({"success": True, "data": {
         "selected_model": model, "fallback_model": m.fallback if m is not None else None,

@@ -31,7 +31,7 @@ from ..events import PRICING_EVENTS
 from ..pricing_history import MAX_DAYS, RESOLUTIONS, PricingHistory, Window
 from ..pricing_service import DecisionRequest, PricingService, QuoteRequest
 from ..webhook_request import parse_new
-from .common import API_KEY_ID, CONFIG, SERVICES, actor, json_response, query_params, read_json, viewer
+from .common import config_of, API_KEY_ID, SERVICES, actor, json_response, query_params, read_json, viewer
 
 # The handlers (the route table reaches them as this module's attributes), and the field reader
 # and limits api/orchestrator.py's handlers and api/openapi.py's schemas share with them.
@@ -53,7 +53,7 @@ VARIANTS = ("control", "test")
 
 def policy_of(request: web.Request) -> pricing.PricingPolicy:
     """The pricing policy: the business rules' defaults with the configuration's [pricing] table over them."""
-    return request.app[CONFIG].pricing.policy
+    return config_of(request).pricing.policy
 
 
 # ------------------------------------------------------------------------------ request reading
@@ -188,7 +188,7 @@ class Fields:
 
 
 def _model_names(request: web.Request) -> tuple[str, ...]:
-    return tuple(request.app[CONFIG].models)
+    return tuple(config_of(request).models)
 
 
 def _quote_params(f: Fields, models: tuple[str, ...], policy: pricing.PricingPolicy,
@@ -277,7 +277,7 @@ async def pricing_batch_quotes(request: web.Request) -> web.Response:
     p = _quote_params(f, _model_names(request), policy, with_segment=False)
     delivery = f.choice("delivery_type", tuple(policy.margin_thresholds), default=policy.default_delivery_type)
     f.done()
-    out = pricing.batch_quotes(p["model"], request.app[CONFIG].models[p["model"]], p["complexity"], delivery,
+    out = pricing.batch_quotes(p["model"], config_of(request).models[p["model"]], p["complexity"], delivery,
                                p["estimated_input"], p["estimated_output"], policy)
     return json_response({"success": True, "input_params": {**p, "delivery_type": delivery}, **out})
 

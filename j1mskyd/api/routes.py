@@ -129,6 +129,8 @@ ROUTES = (
     ("GET", "/escalations", tasks.list_escalations, READ, "other"),
     ("GET", "/escalations/{esc_id}", tasks.get_escalation, READ, "other"),
     ("POST", "/escalations/{esc_id}/decision", tasks.decide_escalation, ADMIN, "other"),
+    # Re-read the config file without a restart, as SIGHUP does (reload.py).
+    ("POST", "/admin/reload", ops.reload_config, ADMIN, "other"),
 )
 
 # The front door: method, path, handler, scope, rate-limit class, dialect.  A call is a spawn

@@ -10,7 +10,7 @@ from multidict import CIMultiDict
 
 from .. import __version__, jsonx
 from ..errors import Gone
-from .common import CONFIG, SERVICES, json_response
+from .common import config_of, SERVICES, json_response
 from .middleware import METRICS
 
 # v3 endpoint -> its v4 successor (the J1MSKY API reference's "Migration Guide").
@@ -27,7 +27,7 @@ async def health(request: web.Request) -> web.Response:
     # Rebuilt when a breaker or an agent count may have changed, or a second has passed
     # (uptime, error rate): comparing a few integers is far cheaper than building the JSON.
     stamp = (int(time.monotonic()), services.breaker_changes.count, len(runtime.live), runtime.running_count(),
-             runtime.completed_total, runtime.failed_total, services.store.state_changes)
+             runtime.completed_total, runtime.failed_total, services.store.state_changes, services.reloader.reloads)
     cached = services.health_cache
     if cached is None or cached[0] != stamp:
         status, data = _health(request)
@@ -37,7 +37,7 @@ async def health(request: web.Request) -> web.Response:
 
 def _health(request: web.Request) -> tuple[int, dict]:
     services = request.app[SERVICES]
-    missing = request.app[CONFIG].missing_api_keys
+    missing = config_of(request).missing_api_keys
     providers = {name: slot.breaker.snapshot() | _provider_status(slot.usable, missing.get(name))
                  for name, slot in services.slots.items()}
     usable = [p for p in providers.values() if p["available"] and p["state"] != "open"]
@@ -56,7 +56,7 @@ def _health(request: web.Request) -> tuple[int, dict]:
         "version": __version__,
         "uptime_seconds": int(time.monotonic() - services.started),
         "error_rate": request.app[METRICS].error_rate,
-        "models_configured": len(request.app[CONFIG].models),
+        "models_configured": len(config_of(request).models),
         "agents": {"queued": services.runtime.queued_count(), "running": services.runtime.running_count()},
         "providers": providers,
     }

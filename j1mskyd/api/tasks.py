@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .. import task_request as parse
 from ..tasks import TaskService
-from .common import CONFIG, SERVICES, json_response, query_params, read_json, read_json_object, viewer
+from .common import SERVICES, config_of, json_response, query_params, read_json, read_json_object, viewer
 
 
 def _tasks(request: web.Request) -> TaskService:
@@ -24,7 +24,7 @@ def _page(name: str, items: list[dict[str, Any]], total: int, limit: int, offset
 
 
 async def create_task(request: web.Request) -> web.Response:
-    req, start = parse.parse_create(await read_json(request), request.app[CONFIG])
+    req, start = parse.parse_create(await read_json(request), config_of(request))
     return json_response(await _tasks(request).create(req, viewer(request), start=start), status=201)
 
 
@@ -39,7 +39,7 @@ async def get_task(request: web.Request) -> web.Response:
 
 
 async def update_task(request: web.Request) -> web.Response:
-    req = parse.parse_update(await read_json(request), request.app[CONFIG])
+    req = parse.parse_update(await read_json(request), config_of(request))
     return json_response(await _tasks(request).update(request.match_info["task_id"], req, viewer(request)))
 
 
@@ -49,7 +49,7 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 
 async def submit_task(request: web.Request) -> web.Response:
-    sub = parse.parse_submission(await read_json(request), request.app[CONFIG])
+    sub = parse.parse_submission(await read_json(request), config_of(request))
     return json_response(await _tasks(request).submit(request.match_info["task_id"], sub.role, dict(sub.context),
                                                       sub.preferences, viewer(request)))
 
@@ -83,7 +83,7 @@ async def list_workflows(request: web.Request) -> web.Response:
 
 
 async def submit_escalation(request: web.Request) -> web.Response:
-    req = parse.parse_escalation(await read_json(request), request.app[CONFIG])
+    req = parse.parse_escalation(await read_json(request), config_of(request))
     return json_response(await _tasks(request).submit_escalation(req, viewer(request)), status=201)
 
 
