@@ -143,15 +143,15 @@ def test_the_log_masks_the_keys_a_reload_brings():
 
 
 def test_a_section_added_to_config_later_is_diffed_without_a_change_here():
-    """Issue 17's [roles.*] and [tasks] (or any later section) show in the answer as they come."""
-    Role = dataclasses.make_dataclass("Role", [("model", str)], frozen=True)
-    Tasks = dataclasses.make_dataclass("Tasks", [("max_steps", int)], frozen=True)
-    Later = dataclasses.make_dataclass("Later", [("roles", object, dataclasses.field(default=None)),
-                                                 ("tasks", object, dataclasses.field(default=None))],
-                                       bases=(type(embedded_default()),), frozen=True)
-    base = dict((f.name, getattr(embedded_default(), f.name)) for f in dataclasses.fields(embedded_default()))
-    old = Later(**base, roles={"coder": Role("k2p5"), "critic": Role("opus")}, tasks=Tasks(10))
-    new = Later(**base, roles={"coder": Role("sonnet")}, tasks=Tasks(20))
+    """Issue 17's [roles.*] and [tasks] (added after reload.py) show in the answer as they come."""
+    base = embedded_default()
+    roles = dict(base.roles)
+    coder = roles.pop("critic")
+    old = dataclasses.replace(base, roles={**roles, "coder": dataclasses.replace(coder, max_tokens=100),
+                                          "critic": coder},
+                              tasks=dataclasses.replace(base.tasks, max_steps=10))
+    new = dataclasses.replace(base, roles={**roles, "coder": dataclasses.replace(coder, max_tokens=200)},
+                              tasks=dataclasses.replace(base.tasks, max_steps=20))
     assert diff(old, new) == {
-        "roles": {"removed": ["critic"], "changed": {"coder": [{"key": "model", "old": "k2p5", "new": "sonnet"}]}},
+        "roles": {"removed": ["critic"], "changed": {"coder": [{"key": "max_tokens", "old": 100, "new": 200}]}},
         "settings": [{"key": "tasks.max_steps", "old": 10, "new": 20}]}
