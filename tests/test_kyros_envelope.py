@@ -63,3 +63,16 @@ async def test_rate_limited_is_the_envelope_with_retry_after(aiohttp_client, tmp
     err = await failure(resp, 429, "RATE_LIMITED")
     assert err["details"]["retry_after"] >= 1 and int(resp.headers["Retry-After"]) >= 1
     assert resp.headers["X-RateLimit-Remaining"] == "0"
+
+
+async def test_openapi_describes_the_kyros_routes_with_their_envelope(aiohttp_client, tmp_path):
+    from j1mskyd.api.kyros.envelope import CODES
+    d = await start(aiohttp_client, tmp_path)
+    doc = await (await d.client.get("/api/openapi.json", headers=d.admin)).json()
+    models = doc["paths"][BASE + "/models"]["get"]
+    assert models["x-scope"] == "agents:read" and models["x-rate-limit-class"] == "other"
+    error = models["responses"]["401"]["content"]["application/json"]["schema"]
+    assert set(error["properties"]["error"]["properties"]["code"]["enum"]) == set(CODES)
+    hook = doc["paths"][BASE + "/webhooks"]["post"]
+    assert hook["requestBody"]["content"]["application/json"]["schema"]["required"] == ["url"]
+    assert "201" in hook["responses"] and "422" in hook["responses"]

@@ -1,0 +1,114 @@
+"""The Kyros routes in GET /api/openapi.json (api/openapi.py asks :func:`paths`): each
+operation with its scope, rate-limit class, parameters, body, the success envelope and every
+refusal in the Kyros error envelope (envelope.py), so that scripts/test-api-schema fuzzes
+them like the native routes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .envelope import CODES
+from .monitoring import ALERT_STATUSES, DOCUMENT_GRANULARITIES, METRICS, PERIODS, SEVERITIES
+
+__all__ = ["ERROR", "paths"]
+
+_PARAM = re.compile(r"{([^}]+)}")
+_STR, _INT, _OBJ = {"type": "string"}, {"type": "integer"}, {"type": "object"}
+ERROR = {"type": "object", "required": ["success", "error", "timestamp", "request_id"], "properties": {
+    "success": {"const": False}, "timestamp": _STR, "request_id": {"type": ["string", "null"]},
+    "error": {"type": "object", "required": ["code", "message", "details"], "properties": {
+        "code": {"type": "string", "enum": list(CODES)}, "message": _STR, "details": _OBJ}}}}
+_REASONS = {401: "No, invalid or revoked key (UNAUTHORIZED)", 402: "Budget exceeded (FORBIDDEN)",
+            403: "Missing scope, or the IP is not allowed (FORBIDDEN)", 404: "Not found (NOT_FOUND, TASK_NOT_FOUND)",
+            409: "Conflict with the current state (VALIDATION_ERROR)", 413: "Body too large (VALIDATION_ERROR)",
+            422: "Validation failed (VALIDATION_ERROR: details.field, details.issue, details.errors)",
+            429: "Rate limited (RATE_LIMITED)", 400: "Escalation rejected (ESCALATION_REJECTED)",
+            503: "Unavailable (SERVICE_UNAVAILABLE, AGENT_UNAVAILABLE, MODEL_UNAVAILABLE)",
+            507: "The state dir's disk is full: nothing changed (SERVICE_UNAVAILABLE)"}
+_CREATED = {("POST", "/webhooks"), ("POST", "/tasks")}
+_ACCEPTED = {("POST", "/webhooks/{webhook_id}/test")}
+# Refusals beyond the common ones (_codes).
+_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {}
+# data schemas of the success envelope (absent: any object)
+_DATA: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/models"): {"type": "object", "required": ["models", "default_model", "escalation_model"]},
+    ("GET", "/models/{model_name}"): {"type": "object", "required": ["name", "provider", "limits", "pricing"]},
+    ("GET", "/monitoring/health"): {"type": "object", "required": ["overall_status", "services", "database",
+                                                                   "models"]},
+    ("GET", "/monitoring/metrics"): {"type": "object", "required": ["period", "granularity", "metrics"]},
+    ("GET", "/monitoring/alerts"): {"type": "object", "required": ["alerts"]},
+    ("GET", "/webhooks"): {"type": "object", "required": ["webhooks", "total"]},
+}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+_PAGE = [_query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
+         _query("offset", {"type": "integer", "minimum": 0})]
+_QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("GET", "/monitoring/metrics"): [_query("period", {"type": "string", "enum": list(PERIODS)}),
+                                     _query("granularity", {"type": "string", "enum": list(DOCUMENT_GRANULARITIES),
+                                                            "description": "1m and 5m are not kept: 422"}),
+                                     _query("metrics", {"type": "string", "description": "comma-separated: "
+                                                        + ", ".join(METRICS)})],
+    ("GET", "/monitoring/alerts"): [_query("status", {"type": "string", "enum": list(ALERT_STATUSES)}),
+                                    _query("severity", {"type": "string", "enum": list(SEVERITIES)}), *_PAGE],
+}
+
+
+def _codes(method: str, path: str) -> list[int]:
+    codes = {401, 403, 422, 429}
+    if "{" in path:
+        codes.add(404)
+    if method in ("POST", "PUT", "DELETE"):
+        codes.update((409, 413, 507))  # 409: an Idempotency-Key reused with another body, or the state
+    codes.update(_ERRORS.get((method, path), ()))
+    return sorted(codes)
+
+
+def _envelope(data: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["success", "data", "message", "timestamp", "request_id"],
+            "properties": {"success": {"const": True}, "data": data, "message": _STR, "timestamp": _STR,
+                           "request_id": {"type": ["string", "null"]}}}
+
+
+def _operation(method: str, path: str, handler: Any, scope: str, limit_class: str,
+               bodies: Mapping[tuple[str, str], Any]) -> dict[str, Any]:
+    key = (method, path)
+    success = "201" if key in _CREATED else "202" if key in _ACCEPTED else "200"
+    error: dict[str, Any] = {"content": {"application/json": {"schema": ERROR}}}
+    op: dict[str, Any] = {
+        "operationId": f"kyros_{handler.__name__}_{method.lower()}", "tags": ["kyros"],
+        "summary": (handler.__doc__ or handler.__name__).strip().splitlines()[0],
+        "x-rate-limit-class": limit_class, "x-scope": scope, "security": [{"bearer": [scope]}, {"apiKey": [scope]}],
+        "responses": {success: {"description": "Success", "content": {"application/json": {
+            "schema": _envelope(_DATA.get(key, _OBJ))}}},
+            **{str(c): {"description": _REASONS[c], **error} for c in _codes(method, path)}},
+    }
+    if path == "/ws":
+        op["responses"] = {"101": {"description": "WebSocket (auth, subscribe; task_progress, escalation_status, "
+                                                  "system_alerts)"},
+                           **{c: op["responses"][c] for c in ("401", "403", "429")}}
+    parameters = [{"name": n, "in": "path", "required": True, "schema": _STR} for n in _PARAM.findall(path)]
+    parameters += _QUERY.get(key, [])
+    if parameters:
+        op["parameters"] = parameters
+    body = bodies.get(key)
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def paths(prefix: str, routes: Iterable[tuple[Any, ...]], native_bodies: Mapping[tuple[str, str], Any]
+          ) -> dict[str, dict[str, Any]]:
+    """The OpenAPI paths of the Kyros ``routes`` under ``prefix``; a route the native API has
+    too (webhooks) takes the native request body's schema."""
+    out: dict[str, dict[str, Any]] = {}
+    for method, path, handler, scope, limit_class in routes:
+        out.setdefault(prefix + path, {})[method.lower()] = _operation(method, path, handler, scope, limit_class,
+                                                                       native_bodies)
+    return out
