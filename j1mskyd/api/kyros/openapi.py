@@ -92,7 +92,7 @@ def _operation(method: str, path: str, handler: Any, scope: str, limit_class: st
     if path == "/ws":
         op["responses"] = {"101": {"description": "WebSocket (auth, subscribe; task_progress, escalation_status, "
                                                   "system_alerts)"},
-                           **{c: op["responses"][c] for c in ("401", "403", "429")}}
+                           **{c: op["responses"][c] for c in ("401", "403", "422", "429")}}  # 422: not an upgrade
     parameters = [{"name": n, "in": "path", "required": True, "schema": _STR} for n in _PARAM.findall(path)]
     parameters += _QUERY.get(key, [])
     if parameters:
