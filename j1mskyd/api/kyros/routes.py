@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from . import models, monitoring, webhooks, ws
+from . import configuration, models, monitoring, tasks, webhooks, ws
 from .envelope import ENVELOPE
 
 __all__ = ["ENVELOPE", "MOUNT", "PREFIX", "ROUTES", "WS_PATH", "all_routes"]
@@ -21,14 +21,33 @@ READ, WRITE, BILLING, ADMIN, ADMIN_READ = "agents:read", "agents:write", "billin
 
 # method, path, handler, scope (rate-limit class: SPAWNING's, else "other")
 _DECLARED = (
+    ("POST", "/tasks", tasks.create_task, WRITE),
+    ("GET", "/tasks", tasks.list_tasks, READ),
+    ("GET", "/tasks/{task_id}", tasks.get_task, READ),
+    ("PUT", "/tasks/{task_id}", tasks.update_task, WRITE),
+    ("DELETE", "/tasks/{task_id}", tasks.cancel_task, WRITE),
+    ("POST", "/agents/{role}/submit", tasks.submit_to_agent, WRITE),
+    ("GET", "/agents/{role}/status", tasks.agent_status, READ),
+    ("GET", "/agents/{role}/configuration", tasks.agent_configuration, READ),
+    ("PUT", "/agents/{role}/configuration", tasks.update_agent_configuration, ADMIN),
+    ("POST", "/models/select", tasks.select_model, WRITE),
     ("GET", "/models", models.list_models, READ),
     ("GET", "/models/{model_name}", models.get_model, READ),
+    ("POST", "/escalation/submit", tasks.submit_escalation, WRITE),
+    ("POST", "/escalation/{escalation_id}/approve", tasks.approve_escalation, ADMIN),
+    ("GET", "/escalation/{escalation_id}/status", tasks.escalation_status, READ),
+    ("GET", "/escalations", tasks.list_escalations, READ),
+    ("GET", "/monitoring/costs", tasks.costs, BILLING),
     ("GET", "/monitoring/health", monitoring.health, READ),
     ("GET", "/monitoring/metrics", monitoring.metrics, ADMIN_READ),
     ("GET", "/monitoring/alerts", monitoring.alerts, READ),
+    ("GET", "/configuration", configuration.get_configuration, READ),
+    ("PUT", "/configuration", configuration.put_configuration, ADMIN),
+    ("GET", "/configuration/agents/{role}", tasks.agent_configuration, READ),
     ("GET", WS_PATH, ws.websocket, READ),
 )
-SPAWNING: dict[tuple[str, str], str] = {}  # (method, path) of routes that start agents -> "spawn"
+# Routes that may spawn agents (a step): counted as the native spawns are.
+SPAWNING = {("POST", "/tasks"): "spawn", ("POST", "/agents/{role}/submit"): "spawn"}  # (method, path) of routes that start agents -> "spawn"
 ROUTES = tuple((method, path, handler, scope, SPAWNING.get((method, path), "other"))
                for method, path, handler, scope in _DECLARED)
 
