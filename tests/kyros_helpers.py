@@ -25,6 +25,7 @@ class Daemon:
     def __init__(self, client: Any, admin: str) -> None:
         self.client = client
         self.admin = bearer(admin)
+        self.admin_key_id = ""
         self.writer: dict[str, str] = {}
         self.other: dict[str, str] = {}
         self.reader: dict[str, str] = {}
@@ -51,7 +52,9 @@ def auth_config(tmp_path: Any) -> Any:
 async def start(aiohttp_client: Any, tmp_path: Any, cfg: Any = None) -> Daemon:
     cfg = cfg or auth_config(tmp_path)
     client = await aiohttp_client(build_app(cfg))
-    d = Daemon(client, bootstrap_key(cfg)["token"])
+    boot = bootstrap_key(cfg)
+    d = Daemon(client, boot["token"])
+    d.admin_key_id = boot["key_id"]
     d.writer = await d.key("agents:read", "agents:write")
     d.other = await d.key("agents:read", "agents:write")
     d.reader = await d.key("agents:read")

@@ -83,3 +83,27 @@ async def test_bad_token_and_revoked_key(aiohttp_client, tmp_path):
         while msg.type.name not in ("CLOSE", "CLOSED", "CLOSING"):
             msg = await asyncio.wait_for(ws.receive(), WAIT)
         assert ws.close_code == 4401
+
+
+async def test_real_task_and_escalation_pushes(aiohttp_client, tmp_path):
+    d = await start(aiohttp_client, tmp_path)
+    async with d.client.ws_connect(BASE + "/ws") as ws:
+        await _auth(ws, _token(d.writer))
+        await ws.send_json({"type": "subscribe", "events": ["task_progress", "escalation_status"]})
+        assert (await ws.receive_json(timeout=WAIT))["type"] == "subscribed"
+        created = await (await d.call("POST", "/tasks", json={"title": "t", "type": "review"})).json()
+        task_id = created["data"]["id"]
+        esc = await (await d.call("POST", "/escalation/submit", json={"task_id": task_id, "reason": "hard"})).json()
+        esc_id = esc["data"]["escalation_id"]
+        resp = await d.call("POST", f"/escalation/{esc_id}/approve", d.admin, json={"decision": "approved"})
+        assert resp.status == 200, await resp.text()
+        seen = []
+        while not any(m["type"] == "escalation_status" and m["data"]["status"] == "approved" for m in seen):
+            seen.append(await ws.receive_json(timeout=WAIT))
+    first = seen[0]
+    assert first["type"] == "task_progress" and first["data"]["task_id"] == task_id
+    assert first["data"]["status"] == "pending" and first["data"]["progress"]["total_steps"] == 2
+    statuses = [m["data"]["status"] for m in seen if m["type"] == "escalation_status"]
+    assert statuses == ["pending_approval", "approved"]
+    approved = seen[-1]["data"]
+    assert approved["escalation_id"] == esc_id and approved["approved_by"] == d.admin_key_id
