@@ -16,6 +16,9 @@ from ..system import health_view
 from .alerts import ALERT_EVENTS, alert_of, breaker_alerts
 from .envelope import ok
 
+__all__ = ["ALERT_STATUSES", "DOCUMENT_GRANULARITIES", "GRANULARITIES", "METRICS", "PERIODS", "SEVERITIES", "alerts",
+           "health", "metrics"]
+
 PERIODS = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
 # The document's granularities -> what the rollups keep (1m and 5m are not kept: refused by name).
 GRANULARITIES = {"1h": timeseries.HOUR, "1d": timeseries.DAY}
