@@ -19,6 +19,9 @@ from .common import config_of, SERVICES, json_response, read_json_object, usable
 from ..pricing_history import MAX_DAYS
 from .pricing import MAX_TOKENS, Fields, experiment_from_history, read_fields
 
+__all__ = ["cache_invalidate", "cache_status", "experiment_results", "get_model", "list_models", "model_detail",
+           "models_catalogue", "orchestrator_status", "recommend_model", "select_model"]
+
 
 def _service(request: web.Request) -> Orchestrator:
     return request.app[SERVICES].orchestrator
@@ -141,6 +144,11 @@ def _includes(request: web.Request) -> set[str]:
 async def list_models(request: web.Request) -> web.Response:
     """The configured models the key may use (all of them, for a key without a models list),
     with their prices and live performance when asked for, and the teams the key may use."""
+    return json_response({"success": True, "data": await models_catalogue(request)})
+
+
+async def models_catalogue(request: web.Request) -> dict[str, Any]:
+    """GET /models' data (also the Kyros dialect's)."""
     include = _includes(request)
     aliases = usable(request, config_of(request).models)
     models = [_model_view(request, alias, False) for alias in aliases]
@@ -155,17 +163,21 @@ async def list_models(request: web.Request) -> web.Response:
     data = {"models": models, "default_model": pricing.DEFAULT_MODEL if pricing.DEFAULT_MODEL in aliases
             else first,
             "escalation_model": "opus" if "opus" in aliases else None, "teams": teams}
-    return json_response({"success": True, "data": data})
+    return data
 
 
 async def get_model(request: web.Request) -> web.Response:
     """One model: provider, limits, pricing, capabilities, live performance."""
-    name = request.match_info["name"]
+    return json_response({"success": True, "data": await model_detail(request, request.match_info["name"])})
+
+
+async def model_detail(request: web.Request, name: str) -> dict[str, Any]:
+    """GET /models/{name}'s data (also the Kyros dialect's); a model the key may not use is a 404."""
     if name not in usable(request, config_of(request).models):  # another key's model: as unknown
         raise NotFound(f"Model '{name}' not found")
     view = _model_view(request, name, True)
     view["performance"] = await _service(request).performance(name)
-    return json_response({"success": True, "data": view})
+    return view
 
 
 async def select_model(request: web.Request) -> web.Response:

@@ -13,6 +13,8 @@ from ..errors import Gone
 from .common import config_of, SERVICES, json_response
 from .middleware import METRICS
 
+__all__ = ["SUNSET", "SUNSET_DATE", "health", "health_view", "plugins", "sunset_handler"]
+
 # v3 endpoint -> its v4 successor (the J1MSKY API reference's "Migration Guide").
 SUNSET = {("POST", "/agent"): ("POST", "/spawn"), ("GET", "/status"): ("GET", "/agent/{agent_id}"),
           ("DELETE", "/cancel"): ("DELETE", "/agent/{agent_id}")}
@@ -30,12 +32,13 @@ async def health(request: web.Request) -> web.Response:
              runtime.completed_total, runtime.failed_total, services.store.state_changes, services.reloader.reloads)
     cached = services.health_cache
     if cached is None or cached[0] != stamp:
-        status, data = _health(request)
+        status, data = health_view(request)
         cached = services.health_cache = (stamp, jsonx.dumps(data).encode(), status)
     return web.Response(body=cached[1], status=cached[2], headers=_JSON)
 
 
-def _health(request: web.Request) -> tuple[int, dict]:
+def health_view(request: web.Request) -> tuple[int, dict]:
+    """GET /health's status and body (also the Kyros dialect's /monitoring/health)."""
     services = request.app[SERVICES]
     missing = config_of(request).missing_api_keys
     providers = {name: slot.breaker.snapshot() | _provider_status(slot.usable, missing.get(name))
