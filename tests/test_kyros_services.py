@@ -20,7 +20,7 @@ async def test_models_list_and_one_model(aiohttp_client, tmp_path):
     assert {"name", "provider", "status", "recommended_usage"} <= set(data["models"][0])
     one = await success(await d.call("GET", "/models/opus", d.reader))
     assert {"name", "provider", "capabilities", "limits", "pricing", "performance"} <= set(one)
-    opus = d.client.app[CONFIG].models["opus"]
+    opus = d.client.app[CONFIG].current.models["opus"]
     assert one["pricing"]["currency"] == "USD" and one["pricing"]["per"] == "1k tokens"
     assert (one["pricing"]["input_tokens"], one["pricing"]["output_tokens"]) == (opus.input_per_1k,
                                                                                  opus.output_per_1k)
