@@ -22,7 +22,7 @@ from .budget import Budget
 from .pricing import token_cost
 from .runtime import AgentRuntime
 from .spawn_request import SpawnRequest, TeamRequest
-from .store import Store
+from .store import Statement, Store
 from .tenancy import Viewer
 
 if TYPE_CHECKING:
@@ -87,12 +87,15 @@ class AgentService:
     # -- spawning ----------------------------------------------------------------------
     async def store_and_admit(self, agents: list[Agent], extra: Sequence[Agent] = (), *,
                                key_id: str = ANONYMOUS, webhook_urls: dict[str, str] | None = None,
-                               webhook_secret: str | None = None, early: bool = False) -> None:
+                               webhook_secret: str | None = None, early: bool = False,
+                               extra_statements: Sequence[Statement] = ()) -> None:
         """Reserve the budget for the top-level ``agents`` (a team's members ride on their
         lead's reservation), then store and queue everything, with each spawn's own
         webhook in the same transaction; refused (BudgetExceeded, SpawnRefused) means
         nothing written.  The one way in for spawns and chat calls (chat_service.py);
         ``early``: dispatch on submit (AgentRuntime.admit; chat calls, which have no webhook).
+        ``extra_statements``: written in the same transaction (a task's step and its new state,
+        tasks.py), so that the agent and what it is for are on disk together or not at all.
 
         The key's own limits apply here, from memory: its models (a 403 naming those it may
         use, before anything is reserved), its limit of live agents; and the agents carry the
@@ -109,7 +112,7 @@ class AgentService:
         for a in [*agents, *extra]:
             a.api_key = key_id
             a.project_id = project_id
-        hooks, statements = [], []
+        hooks, statements = [], list(extra_statements)
         webhooks = self.webhooks
         if webhook_urls and webhooks is None:  # a wiring mistake (app.py always gives one), not bad input
             raise RuntimeError("a spawn's webhook_url needs the AgentService to have a WebhookService")

@@ -51,6 +51,7 @@ from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimi
 from .runtime import AgentRuntime
 from .signing import ReplayGuard
 from .store import CLOSE_GRACE, Store
+from .tasks import TaskService
 from .webhook_client import webhook_session
 from .webhook_targets import policy_from
 from .webhooks import WebhookService
@@ -106,6 +107,7 @@ class Services:
     - projects: api/projects
     - rollups: api/ops (GET /metrics/timeseries: the dashboard's series)
     - store: api/ops, orchestrator, pricing, system (SQL that is to move into services of their own)
+    - tasks: api/tasks (native /tasks, /roles, /workflows, /escalations) and the Kyros dialect
     - webhooks: api/webhooks, keys, pricing
 
     The HTTP sessions and the rate-limit counter file are not here: no handler needs them,
@@ -131,6 +133,7 @@ class Services:
     billing: Billing
     projects: ProjectService
     rollups: Rollups
+    tasks: TaskService
     # The caches of the API reference's v4.1 changelog: model recommendations 30 s, pricing calculations 5 min.
     caches: dict[str, TTLCache]
     started: float = field(default_factory=time.monotonic)
@@ -337,13 +340,15 @@ def _wire(app: web.Application) -> Services:
                              runtime.clock, caches["pricing"])
     orchestrator = Orchestrator(config, store, budget, runtime, app[_SLOTS], agents, history, pricing,
                                 caches["recommendations"], app[_BREAKER_CHANGES])
+    # The config is asked at each use (a reload replaces app[CONFIG]), never copied.
+    tasks = TaskService(lambda: app[CONFIG], store, agents, runtime, events, audit, budget, **timed)
     return Services(store=store, registry=registry, slots=app[_SLOTS], runtime=runtime, agents=agents,
                     chat=ChatService(config, agents, runtime), budget=budget, keys=keys,
                     projects=projects,
                     ip_control=ip_control, audit=audit, idempotency=IdempotencyStore(store, **timed), events=events,
                     webhooks=webhooks, pricing_history=history, pricing=pricing, orchestrator=orchestrator,
                     billing=Billing(store), caches=caches, breaker_changes=app[_BREAKER_CHANGES],
-                    rollups=Rollups(store, app[METRICS].agents, **timed))
+                    rollups=Rollups(store, app[METRICS].agents, **timed), tasks=tasks)
 
 
 async def _announce_pricing_policy(services: Services, config: Config) -> None:
@@ -371,6 +376,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await services.projects.load()
     await services.ip_control.load()
     await services.audit.load()
+    await services.tasks.load()
     if config.security.auth:
         state_dir = Path(config.server.state_dir)
         first = await services.keys.bootstrap(str(state_dir))
@@ -402,6 +408,9 @@ async def _agents_and_workers(app: web.Application) -> AsyncIterator[None]:
     recovered = await services.agents.recover()
     if any(recovered.values()):
         log.info("recovered agents after restart: %s", recovered)
+    resumed = await services.tasks.recover()  # after the agents: a re-queued step is awaited
+    if resumed["tasks"]:
+        log.info("tasks resumed after restart: %s", resumed)
     services.runtime.start()
     services.webhooks.start()
     purges = (services.agents.purge_expired, services.audit.purge, services.idempotency.purge,
@@ -424,6 +433,7 @@ async def _agents_and_workers(app: web.Application) -> AsyncIterator[None]:
         services.store.give_up_after(CLOSE_GRACE)
         for job in jobs:
             job.cancel()
+        await services.tasks.stop()  # no longer waiting for steps: they run again at the next start
         await services.runtime.stop()
         await services.webhooks.stop()
         try:  # the last minute's series; the store is still open

@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
 from . import local_access, pricing
+from .task_config import (SHIPPED_WORKFLOWS, RoleConfig, RoleEscalation, TasksConfig,
+                          derived_roles)
 from .netguard import PRIVATE_NETWORKS, parse_networks
 from .providers import ProviderSettings
 
@@ -49,6 +51,8 @@ __all__ = [
     "embedded_default",
     "load_config",
     "missing_key_warnings",
+    "role_issues",
+    "validate_role",
 ]
 
 log = logging.getLogger(__name__)
@@ -247,6 +251,10 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    # Tasks (task_config.py): [tasks], [roles.<name>], [workflows.<type>] (type -> its roles in order).
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    roles: Mapping[str, RoleConfig] = field(default_factory=lambda: types.MappingProxyType({}))
+    workflows: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: SHIPPED_WORKFLOWS)
     # Providers whose api_key_env names a variable set neither in the environment nor in the
     # secrets file: provider -> that variable.  They are "unconfigured" (a warning at start and
     # in check-config, that status in /health) instead of looking healthy until the first call.
@@ -535,10 +543,15 @@ _PRICING: dict[str, Checker] = {
     "health_critical_pct": _num(positive=True),
     "history_days": _num(positive=True),
 }
+_TASKS: dict[str, Checker] = {
+    "max_revisions": _int(0, 100),
+    "approval_threshold": _num(0),
+    "max_steps": _int(1, 1000),
+}
 _SECTIONS = {"server": _SERVER, "runtime": _RUNTIME, "store": _STORE, "plugins": _PLUGINS,
              "budget": _BUDGET, "limits": _LIMITS, "security": _SECURITY,
-             "privacy": _PRIVACY, "pricing": _PRICING, "webhooks": _WEBHOOKS}
-_NAMED = ("providers", "models", "teams")
+             "privacy": _PRIVACY, "pricing": _PRICING, "webhooks": _WEBHOOKS, "tasks": _TASKS}
+_NAMED = ("providers", "models", "teams", "roles", "workflows")
 _REQUIRED = {
     "providers": ("plugin",),
     "models": ("provider", "upstream", "input_per_1k", "output_per_1k", "blended_per_1k"),
@@ -643,6 +656,119 @@ def _check_refs(providers: Mapping[str, Any], models: dict[str, dict[str, Any]],
                 issues.add(f"teams.{tid}.members", f"no model named {member!r}")
 
 
+# -- tasks: [roles.<name>] and [workflows.<type>] (task_config.py) --------------------------------
+_ROLE: dict[str, Checker] = {
+    "default_model": _str(),
+    "models": _strings(nonempty=True),
+    "capabilities": _strings(),
+    "temperature": _num(0, 2),
+    "max_tokens": _int(1, 1_000_000),
+    "timeout": _num(hi=86_400, positive=True),
+    "escalation": _table,
+    "constraints": _table,       # free-form: shown to clients as the role's constraints
+    "enabled": _bool,
+    "review": _bool,             # its steps end with a verdict; default: true for a role named critic
+}
+_ROLE_ESCALATION: dict[str, Checker] = {
+    "cost_threshold": _num(0),
+    "max_revisions": _int(0, 100),
+    "security_threshold": _num(0, 1),
+    "complexity_threshold": _num(0, 1),
+    "business_impact_threshold": _num(0, 1),
+}
+_WORKFLOW: dict[str, Checker] = {"steps": _strings(nonempty=True)}
+
+
+def _role(name: str, raw: Any, models: Mapping[str, Any], issues: _Issues, prefix: str = "roles") -> RoleConfig | None:
+    """One ``[roles.<name>]`` table checked (by the file's load and by a change at run time)."""
+    key = f"{prefix}.{name}"
+    if not _NAME.fullmatch(name):
+        issues.add(key, f"name must be {_NAME_WHAT}, starting with a letter or digit")
+    if type(raw) is not dict:
+        issues.add(key, f"must be a table, not {_tname(raw)}")
+        return None
+    before = len(issues)
+    values = _check_table(raw, _ROLE, key, issues, ("default_model",))
+    escalation = _check_table(values.pop("escalation", {}), _ROLE_ESCALATION, f"{key}.escalation", issues)
+    default = values.get("default_model")
+    allowed = values.get("models") or ((default,) if default is not None else ())
+    for alias in allowed:
+        if alias not in models:
+            issues.add(f"{key}.models" if "models" in values else f"{key}.default_model",
+                       f"no model named {alias!r}")
+    if default is not None and "models" in values and default not in allowed:
+        issues.add(f"{key}.default_model", f"must be one of {key}.models ({', '.join(allowed)})")
+    if len(set(allowed)) != len(allowed):
+        issues.add(f"{key}.models", "names a model twice")
+    if len(issues) > before or default is None:
+        return None
+    values["models"] = tuple(allowed)
+    values.setdefault("review", name == "critic")
+    if "constraints" in values:
+        values["constraints"] = types.MappingProxyType(values["constraints"])
+    return RoleConfig(name=name, escalation=RoleEscalation(**escalation), **values)
+
+
+def _task_tables(doc: Mapping[str, Any], models: Mapping[str, Any],
+                 issues: _Issues) -> tuple[Mapping[str, RoleConfig], Mapping[str, tuple[str, ...]]]:
+    """``[roles.*]`` (none: task_config.derived_roles) and ``[workflows.*]`` (none: the shipped
+    four), every workflow step a defined role."""
+    roles: dict[str, RoleConfig] = {}
+    raw_roles = doc.get("roles", {})
+    if type(raw_roles) is not dict:
+        issues.add("roles", f"must be a table, not {_tname(raw_roles)}")
+        raw_roles = {}
+    for name, table in raw_roles.items():
+        role = _role(name, table, models, issues)
+        if role is not None:
+            roles[name] = role
+    if not raw_roles:
+        roles = dict(derived_roles(models))
+    workflows: dict[str, tuple[str, ...]] = {}
+    raw_flows = doc.get("workflows", {})
+    if type(raw_flows) is not dict:
+        issues.add("workflows", f"must be a table, not {_tname(raw_flows)}")
+        raw_flows = {}
+    for kind, table in raw_flows.items():
+        key = f"workflows.{kind}"
+        if not _NAME.fullmatch(kind):
+            issues.add(key, f"name must be {_NAME_WHAT}, starting with a letter or digit")
+        if type(table) is not dict:
+            issues.add(key, f"must be a table, not {_tname(table)}")
+            continue
+        steps = _check_table(table, _WORKFLOW, key, issues, ("steps",)).get("steps")
+        if steps is None:
+            continue
+        unknown = [s for s in steps if s not in raw_roles and s not in roles]
+        if unknown:
+            issues.add(f"{key}.steps", f"no role named {', '.join(map(repr, unknown))}")
+        else:
+            workflows[kind] = steps
+    if not raw_flows:
+        workflows = dict(SHIPPED_WORKFLOWS)
+        missing = sorted({r for steps in workflows.values() for r in steps} - set(roles))
+        if missing and raw_roles:
+            issues.add("workflows", f"the shipped workflows need the roles {', '.join(missing)}: define them "
+                       "or define [workflows.<type>] tables of your own")
+    return types.MappingProxyType(roles), types.MappingProxyType(workflows)
+
+
+def role_issues(name: str, table: Any, models: Mapping[str, Any]) -> tuple[RoleConfig | None, list[ConfigIssue]]:
+    """A role changed at run time, checked exactly as the file's ``[roles.<name>]``: the role,
+    or None and what is wrong (keys relative to the role: ``roles.<name>.<key>``)."""
+    issues = _Issues("<api>")
+    role = _role(name, table, models, issues)
+    return (None if issues else role), list(issues)
+
+
+def validate_role(name: str, table: Any, models: Mapping[str, Any]) -> RoleConfig:
+    """:func:`role_issues`, raising :class:`ConfigError` when the role is not valid."""
+    role, issues = role_issues(name, table, models)
+    if role is None:
+        raise ConfigError(issues)
+    return role
+
+
 def _apply_env(sections: dict[str, dict[str, Any]], env: Mapping[str, str],
                issues: _Issues) -> None:
     for var, section, key, convert in _ENV_OVERRIDES:
@@ -713,6 +839,7 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
     models = _named_tables(doc, "models", issues)
     teams = _named_tables(doc, "teams", issues)
     _check_refs(providers, models, teams, issues)
+    roles, workflows = _task_tables(doc, models, issues)
     _apply_env(sections, env, issues)
 
     rt = sections["runtime"]
@@ -773,6 +900,9 @@ def _build(doc: Mapping[str, Any], source: str, env: Mapping[str, str]) -> Confi
         privacy=PrivacyConfig(**sections["privacy"]),
         pricing=pricing_config,
         webhooks=WebhooksConfig(**sections["webhooks"]),
+        tasks=TasksConfig(**sections["tasks"]),
+        roles=roles,
+        workflows=workflows,
         missing_api_keys=types.MappingProxyType(missing),
     )
 
@@ -893,4 +1023,55 @@ name = "Business Team"
 members = ["opus", "sonnet"]
 specialty = ["strategy", "planning", "revenue"]
 status = "standby"
+
+[tasks]
+max_revisions = 2
+approval_threshold = 0.05
+max_steps = 20
+
+[roles.architect]
+default_model = "sonnet"
+models = ["sonnet", "opus"]
+capabilities = ["system_design", "interface_design", "planning"]
+temperature = 0.5
+max_tokens = 2000
+timeout = 300
+
+[roles.implementer]
+default_model = "k2p5"
+models = ["k2p5", "sonnet", "opus"]
+capabilities = ["code_implementation", "test_creation", "bug_fixes", "documentation_updates"]
+temperature = 0.7
+max_tokens = 2000
+timeout = 300
+[roles.implementer.constraints]
+max_files_per_task = 10
+
+[roles.critic]
+default_model = "sonnet"
+models = ["sonnet", "opus"]
+capabilities = ["code_review", "security_review", "acceptance_check"]
+temperature = 0.2
+max_tokens = 1500
+timeout = 300
+
+[roles.integrator]
+default_model = "k2p5"
+models = ["k2p5", "sonnet"]
+capabilities = ["integration", "release_notes", "merge_preparation"]
+temperature = 0.3
+max_tokens = 1500
+timeout = 300
+
+[workflows.implementation]
+steps = ["architect", "implementer", "critic", "integrator"]
+
+[workflows.review]
+steps = ["critic", "integrator"]
+
+[workflows.design]
+steps = ["architect", "critic", "integrator"]
+
+[workflows.testing]
+steps = ["implementer", "critic"]
 """

@@ -34,18 +34,21 @@ from .tenancy import Viewer
 
 __all__ = ["AGENT_EVENTS", "EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "OWNED_TYPES", "Outbox", "PRICING_EVENTS",
            "Publisher",
-           "QUEUE_SIZE", "SHUTDOWN", "Subscription", "agent_event_data", "agent_event_ids", "event_types", "open_data"]
+           "QUEUE_SIZE", "SHUTDOWN", "Subscription", "TASK_EVENTS", "agent_event_data", "agent_event_ids", "event_types", "open_data"]
 
 AGENT_EVENTS = ("agent.spawned", "agent.completed", "agent.failed", "agent.cancelled")
 LIVE_ONLY = ("agent.started", "agent.output")   # to live readers only: never stored, never to webhooks
 PRICING_EVENTS = ("pricing.quote_generated", "pricing.quote_approved", "pricing.quote_escalated",
                   "pricing.exception_created", "pricing.margin_alert", "pricing.budget_warning",
                   "pricing.budget_critical", "pricing.policy_changed")
+# Tasks (tasks.py): owned by the task's key.  task.progress: a step started or ended.
+TASK_EVENTS = ("task.created", "task.progress", "task.completed", "task.failed", "task.cancelled",
+               "escalation.submitted", "escalation.approved", "escalation.rejected")
 # Types always about one key's work (stored with their owner since events.api_key exists).  A stored one without
 # an owner was written before events had owners: it is not shown as daemon-wide, only to the
 # readers that see every key's work.
-OWNED_TYPES = AGENT_EVENTS + LIVE_ONLY + ("budget.exceeded", "rate_limit.exhausted", "webhook.test")
-EVENT_TYPES = AGENT_EVENTS + LIVE_ONLY + PRICING_EVENTS + ("budget.notice", "budget.warning", "budget.critical",
+OWNED_TYPES = AGENT_EVENTS + LIVE_ONLY + TASK_EVENTS + ("budget.exceeded", "rate_limit.exhausted", "webhook.test")
+EVENT_TYPES = AGENT_EVENTS + LIVE_ONLY + TASK_EVENTS + PRICING_EVENTS + ("budget.notice", "budget.warning", "budget.critical",
                                                           "budget.exceeded", "rate_limit.exhausted",
                                                           "security.violation", "webhook.test")
 

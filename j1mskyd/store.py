@@ -295,6 +295,96 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (metric, granularity, bucket, label, le)
     ) WITHOUT ROWID;
     """,
+    # 10: tasks (tasks.py, task_store.py): work that passes through roles, one step agent at a
+    # time, with the critic's verdicts and the escalations to stronger models.  A step's agent is
+    # an ordinary agent (agents.agent_id = task_steps.agent_id); the task's text columns
+    # (description, results, feedback, metadata, context) and a step's output are sealed like an
+    # agent's task and result.  escalations.status: pending_approval | approved | rejected | completed.
+    """
+    CREATE TABLE tasks (
+        task_id             TEXT PRIMARY KEY,
+        api_key             TEXT NOT NULL,
+        project_id          TEXT,
+        title               TEXT NOT NULL,
+        description         TEXT,
+        type                TEXT NOT NULL,
+        status              TEXT NOT NULL,
+        priority            TEXT NOT NULL,
+        assignee_role       TEXT,
+        workflow            TEXT NOT NULL,
+        files_to_modify     TEXT NOT NULL DEFAULT '[]',
+        acceptance_criteria TEXT NOT NULL DEFAULT '[]',
+        dependencies        TEXT NOT NULL DEFAULT '[]',
+        tags                TEXT NOT NULL DEFAULT '[]',
+        deadline            REAL,
+        metadata            TEXT,
+        context             TEXT,
+        preferences         TEXT,
+        results             TEXT,
+        feedback            TEXT,
+        error               TEXT,
+        position            INTEGER NOT NULL DEFAULT 0,  -- index in the workflow of the step it is at
+        created_at          REAL NOT NULL,
+        updated_at          REAL NOT NULL,
+        started_at          REAL,
+        ended_at            REAL
+    );
+    CREATE INDEX tasks_key ON tasks(api_key, created_at);
+    CREATE INDEX tasks_status ON tasks(status);
+    CREATE TABLE task_steps (
+        step_id      TEXT PRIMARY KEY,
+        task_id      TEXT NOT NULL,
+        seq          INTEGER NOT NULL,
+        position     INTEGER NOT NULL,
+        role         TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        agent_id     TEXT UNIQUE,
+        model        TEXT NOT NULL,                -- the alias asked for
+        served_model TEXT,                         -- the alias that answered (after fallback)
+        esc_id       TEXT,                         -- the escalation this run carries out
+        selection    TEXT,
+        verdict      TEXT,
+        reasons      TEXT,
+        output       TEXT,
+        status       TEXT NOT NULL,
+        cost         REAL,
+        estimated_cost REAL NOT NULL DEFAULT 0,
+        input_tokens INTEGER,
+        output_tokens INTEGER,
+        error        TEXT,
+        created_at   REAL NOT NULL,
+        started_at   REAL,
+        ended_at     REAL,
+        UNIQUE (task_id, seq)
+    );
+    CREATE INDEX task_steps_status ON task_steps(status);
+    CREATE TABLE escalations (
+        esc_id          TEXT PRIMARY KEY,
+        task_id         TEXT NOT NULL,
+        api_key         TEXT NOT NULL,
+        role            TEXT,
+        position        INTEGER,
+        original_model  TEXT,
+        target_model    TEXT NOT NULL,
+        reason          TEXT NOT NULL,
+        context         TEXT,
+        estimated_cost  REAL,
+        actual_cost     REAL,
+        status          TEXT NOT NULL,
+        priority        TEXT,
+        submitted_by    TEXT NOT NULL,
+        submitted_at    REAL NOT NULL,
+        decided_by      TEXT,
+        decided_at      REAL,
+        decision_reason TEXT,
+        comments        TEXT,
+        result          TEXT,
+        auto            INTEGER NOT NULL DEFAULT 0,
+        manual          INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX escalations_task ON escalations(task_id, submitted_at);
+    CREATE INDEX escalations_key ON escalations(api_key, submitted_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _INLINE_UNITS = 8          # batches up to this size commit on the loop (synchronous=normal)

@@ -31,6 +31,9 @@ OWNERS = {
     "pricing_exceptions": "pricing_history.py",
     "projects": "projects.py",         # projects: budget scopes above keys
     "metric_points": "timeseries.py",  # the dashboard's rolled-up series
+    "tasks": "task_store.py",          # tasks, their steps and escalations (tasks.py's engine)
+    "task_steps": "task_store.py",
+    "escalations": "task_store.py",
 }
 # Where a second module still names a table, and why.  Each entry must still be needed (a stale
 # one fails), so the list only shrinks; it is empty now, and a new entry needs a reason.

@@ -15,7 +15,7 @@ from ..dialects.anthropic_messages import DIALECT as ANTHROPIC
 from ..dialects.openai_chat import OPENAI
 from ..keys import ANY_KEY, READ_ALL
 from . import (agents, dashboard, events, frontdoor, frontdoor_anthropic, keys, openapi, ops, orchestrator, pricing,
-               projects, security, system, webhooks)
+               projects, security, system, tasks, webhooks)
 from .route_table import PUBLIC, ROUTE_TABLE, RouteTable
 
 __all__ = ["FRONT_DOOR", "PREFIXES", "ROUTES", "setup_routes"]
@@ -111,6 +111,24 @@ ROUTES = (
     ("GET", "/models", orchestrator.list_models, READ, "other"),
     ("GET", "/models/{name}", orchestrator.get_model, READ, "other"),
     ("POST", "/models/select", orchestrator.select_model, WRITE, "other"),
+    # Tasks (docs/tasks.md): a key's own tasks and escalations (another key's id is a 404);
+    # changing a role and deciding an escalation are an admin's.  /tasks/costs before /tasks/{task_id}.
+    ("POST", "/tasks", tasks.create_task, WRITE, "other"),
+    ("GET", "/tasks", tasks.list_tasks, READ, "other"),
+    ("GET", "/tasks/costs", tasks.task_costs, BILLING, "other"),
+    ("GET", "/tasks/{task_id}", tasks.get_task, READ, "other"),
+    ("PUT", "/tasks/{task_id}", tasks.update_task, WRITE, "other"),
+    ("DELETE", "/tasks/{task_id}", tasks.cancel_task, WRITE, "other"),
+    ("POST", "/tasks/{task_id}/submit", tasks.submit_task, WRITE, "other"),
+    ("GET", "/roles", tasks.list_roles, READ, "other"),
+    ("GET", "/roles/{role}", tasks.get_role, READ, "other"),
+    ("PUT", "/roles/{role}", tasks.update_role, ADMIN, "other"),
+    ("GET", "/roles/{role}/status", tasks.role_status, READ, "other"),
+    ("GET", "/workflows", tasks.list_workflows, READ, "other"),
+    ("POST", "/escalations", tasks.submit_escalation, WRITE, "other"),
+    ("GET", "/escalations", tasks.list_escalations, READ, "other"),
+    ("GET", "/escalations/{esc_id}", tasks.get_escalation, READ, "other"),
+    ("POST", "/escalations/{esc_id}/decision", tasks.decide_escalation, ADMIN, "other"),
 )
 
 # The front door: method, path, handler, scope, rate-limit class, dialect.  A call is a spawn

@@ -9,6 +9,10 @@ deterministic too.  An agent's call is its prompt, as it always was.  Tokens are
 estimated as ``ceil(len(text) / 4)``, at least 1 (the input: an agent's prompt, or all of
 a conversation the model would read).
 
+A prompt that asks for a reviewer's verdict (``VERDICT: APPROVE`` or ``VERDICT: REVISE``, as a
+task's critic step does) gets a last line ``VERDICT: APPROVE (offline provider: no review was
+performed)``: tasks complete on the embedded default, and say that nothing reviewed them.
+
 Tools: when the request defines tools and its ``tool_choice`` is ``required`` (the first
 tool) or ``tool`` (the one named), the answer is one call of that tool with arguments
 ``{}`` (id ``call_<digest>``) and ``finish_reason`` ``tool_calls``; otherwise it answers in
@@ -98,6 +102,8 @@ class OfflineProvider:
         finish = "stop"
         if _tokens(text) > request.max_tokens:  # honour max_tokens like a real model would
             text, finish = text[: max(1, request.max_tokens) * 4], "length"
+        if _asks_verdict(request.prompt):
+            text += "\n" + VERDICT
         return CompletionResult(
             text=text,
             input_tokens=input_tokens,
@@ -105,6 +111,15 @@ class OfflineProvider:
             model=request.model,
             finish_reason=finish,
         )
+
+
+# A task's reviewing step (j1mskyd/tasks.py) ends its prompt asking for one of these lines; the
+# offline provider approves, saying so, so that tasks complete on the embedded default config.
+VERDICT = "VERDICT: APPROVE (offline provider: no review was performed)"
+
+
+def _asks_verdict(prompt: str) -> bool:
+    return "VERDICT: APPROVE" in prompt and "VERDICT: REVISE" in prompt
 
 
 def _forced_call(request: CompletionRequest, digest: str) -> ToolCall | None:
