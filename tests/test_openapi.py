@@ -17,7 +17,8 @@ async def test_openapi_document_covers_every_route_and_nothing_else(client):
     for resource in client.app.router.resources():
         info = resource.get_info()
         path = info.get("path") or info.get("formatter")
-        if path and (path.startswith(("/api/", "/v1/")) or path == "/metrics"):  # the API, the front door, Prometheus
+        # the API, the front door, Kyros, Prometheus
+        if path and (path.startswith(("/api/", "/v1/", "/kyros/")) or path == "/metrics"):
             for route in resource:
                 if route.method != "HEAD":  # aiohttp adds HEAD to every GET
                     routed.add((route.method, path))

@@ -23,6 +23,7 @@ import base64
 import binascii
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -200,6 +201,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@dataclass(frozen=True)
+class Messages:
+    """What a WebSocket dialect sends for the events it subscribes to (the native /ws here,
+    Kyros's /kyros/v1/ws in api/kyros/ws.py); the socket's protocol (auth, subscribe, ping,
+    the key held, replay, closing) is the same for all."""
+
+    render: Callable[[Event, set[str]], list[dict[str, Any]]]  # the messages of an event for these names
+    types: Callable[[set[str]], list[str] | None]  # the event types to read for these names (None: all)
+    unknown: Callable[[set[str]], list[str]]  # names that are not subscribable (refused)
+    default: tuple[str, ...]  # names of a subscribe without "events"
+
+
 def _kyros_progress(event: Event) -> dict[str, Any] | None:
     """Agent events as the Kyros document's ``task_progress`` messages."""
     if not event.type.startswith("agent."):
@@ -212,12 +225,38 @@ def _kyros_progress(event: Event) -> dict[str, Any] | None:
                      **({"delta": data["delta"]} if "delta" in data else {})}}
 
 
+def _native_messages(event: Event, wanted: set[str]) -> list[dict[str, Any]]:
+    out = [{"type": event.type, **event.payload()}] if event.type in wanted or "*" in wanted else []
+    if "task_progress" in wanted and (msg := _kyros_progress(event)) is not None:
+        out.append(msg)
+    return out
+
+
+NATIVE = Messages(render=_native_messages,
+                  types=lambda wanted: None if ("*" in wanted or "task_progress" in wanted)
+                  else [t for t in wanted if t in EVENT_TYPES],
+                  unknown=lambda wanted: [], default=("*",))
+
+
 def _text(message: dict[str, Any], name: str) -> str | None:
     value = message.get(name)
     return value if isinstance(value, str) else None
 
 
+def websocket_handler(messages: Messages) -> Callable[[web.Request], Awaitable[web.WebSocketResponse]]:
+    """A WebSocket route that sends ``messages``' rendering of the events."""
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        return await _websocket(request, messages)
+    return handler
+
+
 async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """Kyros messages: {"type":"auth","token"}, {"type":"subscribe","events":[...],"last_event_id"?}."""
+    return await _websocket(request, NATIVE)
+
+
+async def _websocket(request: web.Request, messages: Messages) -> web.WebSocketResponse:
     """Kyros messages: {"type":"auth","token"}, {"type":"subscribe","events":[...],"last_event_id"?}.
 
     The key comes in the upgrade's headers (checked by the pipeline like any GET) or in an
@@ -256,10 +295,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     async def send_event(event: Event | None, wanted: set[str]) -> None:
         if event is None:
             return
-        if event.type in wanted or "*" in wanted:
-            await ws.send_json({"type": event.type, **event.payload()})
-        if "task_progress" in wanted and (msg := _kyros_progress(event)) is not None:
-            await ws.send_json(msg)
+        for out in messages.render(event, wanted):
+            await ws.send_json(out)
 
     async def pump_events(sub: Subscription, last: int | None, db_types: list[str] | None,
                           wanted: set[str]) -> None:
@@ -319,13 +356,18 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                     await ws.send_json({"type": "error", "message": exc.message, "error_type": exc.type,
                                         "code": exc.status, **exc.extra})
                     continue
-                wanted = message.get("events") or ["*"]
+                wanted = message.get("events") or list(messages.default)
                 if not isinstance(wanted, list) or not all(isinstance(e, str) for e in wanted):
                     await ws.send_json({"type": "error", "message": "events must be a list of names"})
                     continue
                 wanted_set = set(wanted)
-                db_types = None if ("*" in wanted_set or "task_progress" in wanted_set) else \
-                    [t for t in wanted_set if t in EVENT_TYPES]
+                refused = messages.unknown(wanted_set)
+                if refused:
+                    await ws.send_json({"type": "error", "error_type": "VALIDATION_ERROR", "code": 400,
+                                        "message": f"unknown event(s) {', '.join(sorted(refused))}; these are: "
+                                                   f"{', '.join(messages.default)}"})
+                    continue
+                db_types = messages.types(wanted_set)
                 # No last_event_id: live from now on (the stored log is not replayed); an id
                 # (0: from the start) replays what came after it first.
                 last = message.get("last_event_id")

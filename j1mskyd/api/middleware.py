@@ -44,7 +44,7 @@ from aiohttp import web
 from multidict import istr
 
 from ..agent_record import ANONYMOUS
-from ..dialects import Dialect, retry_headers
+from ..dialects import retry_headers
 from ..errors import (ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, PayloadTooLarge, RateLimited,
                       Unauthorized)
 from ..idempotency import KEY_PATTERN, fingerprint
@@ -337,9 +337,9 @@ async def _guarded(request: web.Request, handler: Handler, p: Pass) -> web.Strea
     return await idempotent(request, handler, p)
 
 
-def _failure(request: web.Request, exc: Exception, dialect: Dialect | None = None) -> web.Response:
+def _failure(request: web.Request, exc: Exception, route: Route) -> web.Response:
     """Every failure leaves as the one JSON envelope (on a front-door route: its dialect's
-    error), never a traceback; redirects pass."""
+    error; under a prefixed dialect: its envelope), never a traceback; redirects pass."""
     if isinstance(exc, ApiError):
         error = exc
     elif isinstance(exc, web.HTTPException):
@@ -359,9 +359,12 @@ def _failure(request: web.Request, exc: Exception, dialect: Dialect | None = Non
         log.error("unhandled error in %s %s (request %s)", request.method, request.path, request.get(REQUEST_ID),
                   exc_info=exc)
         error = _http_error(500, "Internal server error; quote the request_id when reporting it")
-    if dialect is not None:
-        status, body = dialect.error(error)
+    if route.dialect is not None:
+        status, body = route.dialect.error(error)
         return json_response(body, status, {**error.headers, **retry_headers(error)})
+    if route.envelope is not None:
+        status, body = route.envelope.error(error, request.get(REQUEST_ID))
+        return json_response(body, status, error.headers)
     return api_error_response(request, error)
 
 
@@ -393,7 +396,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         else:
             response = await _guarded(request, handler, p)
     except Exception as exc:  # noqa: BLE001 - CancelledError is a BaseException and passes
-        response = _failure(request, exc, route.dialect)
+        response = _failure(request, exc, route)
     if not response.prepared:  # a stream sent its headers itself (early_headers)
         headers = response.headers
         headers[_REQUEST_ID_HEADER] = request_id

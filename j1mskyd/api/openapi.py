@@ -679,7 +679,9 @@ def _root_operation(method: str, path: str, handler: Any, scope: str, content_ty
 
 
 def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
-          front_door: Any = (), root: Any = ()) -> dict[str, Any]:
+          front_door: Any = (), root: Any = (), mounted: Any = ()) -> dict[str, Any]:
+    """``mounted``: (prefix, routes, paths function) of a dialect under its own prefix
+    (Kyros: api/kyros/openapi.py), given the native bodies for the routes both have."""
     bodies = _bodies(config)
     query = _query_params()
     paths: dict[str, dict[str, Any]] = {}
@@ -710,6 +712,8 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
                                                                              config, dialect.name)
     for method, path, handler, scope, content_type in root:
         paths.setdefault(path, {})[method.lower()] = _root_operation(method, path, handler, scope, content_type)
+    for prefix, dialect_routes, describe_paths in mounted:
+        paths.update(describe_paths(prefix, dialect_routes, bodies))
     return {
         "openapi": "3.1.0",
         "info": {"title": "J1MSKY API (j1mskyd)", "version": __version__,
@@ -728,11 +732,11 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
 
 
 def describe(app: web.Application, routes: Any, prefixes: tuple[str, ...], front_door: Any = (),
-             root: Any = ()) -> None:
+             root: Any = (), mounted: Any = ()) -> None:
     """GET /openapi.json on ``app`` documents these routes (the table of routes.py), the
     front door's and ``root``'s ((method, path, handler, scope, content type): GET /metrics).
     Handed over at set-up rather than imported, so routes.py -> openapi.py is the only direction."""
-    app[ROUTE_TABLE] = (routes, prefixes, front_door, root)
+    app[ROUTE_TABLE] = (routes, prefixes, front_door, root, mounted)
     app[DOCUMENT] = {}  # filled by the first GET /openapi.json
 
 
@@ -740,7 +744,7 @@ async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of every route."""
     cached = request.app[DOCUMENT]
     if "response" not in cached:
-        routes, prefixes, front_door, root = request.app[ROUTE_TABLE]
+        routes, prefixes, front_door, root, mounted = request.app[ROUTE_TABLE]
         cached["response"] = json_response(build(routes, prefixes, PUBLIC, request.app[CONFIG], front_door,
-                                                 root)).body
+                                                 root, mounted)).body
     return web.Response(body=cached["response"], content_type="application/json", charset="utf-8")

@@ -141,6 +141,11 @@ def _includes(request: web.Request) -> set[str]:
 async def list_models(request: web.Request) -> web.Response:
     """The configured models the key may use (all of them, for a key without a models list),
     with their prices and live performance when asked for, and the teams the key may use."""
+    return json_response({"success": True, "data": await models_catalogue(request)})
+
+
+async def models_catalogue(request: web.Request) -> dict[str, Any]:
+    """GET /models' data (also the Kyros dialect's)."""
     include = _includes(request)
     aliases = usable(request, request.app[CONFIG].models)
     models = [_model_view(request, alias, False) for alias in aliases]
@@ -155,17 +160,21 @@ async def list_models(request: web.Request) -> web.Response:
     data = {"models": models, "default_model": pricing.DEFAULT_MODEL if pricing.DEFAULT_MODEL in aliases
             else first,
             "escalation_model": "opus" if "opus" in aliases else None, "teams": teams}
-    return json_response({"success": True, "data": data})
+    return data
 
 
 async def get_model(request: web.Request) -> web.Response:
     """One model: provider, limits, pricing, capabilities, live performance."""
-    name = request.match_info["name"]
+    return json_response({"success": True, "data": await model_detail(request, request.match_info["name"])})
+
+
+async def model_detail(request: web.Request, name: str) -> dict[str, Any]:
+    """GET /models/{name}'s data (also the Kyros dialect's); a model the key may not use is a 404."""
     if name not in usable(request, request.app[CONFIG].models):  # another key's model: as unknown
         raise NotFound(f"Model '{name}' not found")
     view = _model_view(request, name, True)
     view["performance"] = await _service(request).performance(name)
-    return json_response({"success": True, "data": view})
+    return view
 
 
 async def select_model(request: web.Request) -> web.Response:

@@ -10,22 +10,28 @@ A route of the OpenAI/Anthropic front door is added with its ``dialect``
 (j1mskyd/dialects): the pipeline renders every refusal on it in that dialect's error shape
 instead of the native envelope, and so it does for an unknown path or method under the
 front door's first path segment (``/v1``), in the dialect added first there.
+
+A dialect of a whole API under its own prefix (Kyros at ``/kyros``, j1mskyd/api/kyros) adds an
+:class:`Envelope` for the prefix (RouteTable.envelope): every refusal of a path under it, an
+unknown path or method included, is rendered by that envelope, and its routes are counted by the
+rate limiter like the native API's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from ..dialects import Dialect
+from ..errors import ApiError
 from ..keys import ANY_KEY, SCOPES
 from ..metrics import RouteStats
 from .common import METRICS, app_key
 from .rate_headers import RATE_HEADERS, RateHeaders
 
-__all__ = ["PUBLIC", "ROUTE_TABLE", "Route", "RouteTable", "route_of"]
+__all__ = ["PUBLIC", "ROUTE_TABLE", "Envelope", "Route", "RouteTable", "route_of"]
 
 PUBLIC = "public"  # the scope of routes open without a key
 ROUTE_TABLE = app_key("j1msky.route_table")
@@ -33,12 +39,20 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CACHE_MAX = 4096  # route objects of one app: far more than it has; a bound all the same
 
 
+class Envelope(Protocol):
+    """The error shape of an API served under its own prefix (RouteTable.envelope)."""
+
+    def error(self, error: ApiError, request_id: str | None) -> tuple[int, dict[str, Any]]:
+        """The status and body ``error`` is answered with."""
+        ...
+
+
 class Route:
     """What the pipeline needs to know of one route, worked out at its first request
     instead of looking up the route tables (and formatting its metrics name) every time."""
 
     __slots__ = ("name", "scope", "limit_class", "is_api", "public", "authenticated", "in_band", "stats",
-                 "rate_headers", "dialect")
+                 "rate_headers", "dialect", "envelope")
 
     def __init__(self, table: RouteTable, method: str, pattern: str | None, path: str) -> None:
         # HEAD is GET without the body (aiohttp adds it to every GET route): it needs what
@@ -51,8 +65,11 @@ class Route:
         # The front door's refusals speak its dialect, an unknown path under it included.
         # A method the path does not take (405) speaks the dialect of the path's routes.
         self.dialect: Dialect | None = table.dialects.get(key) or table.dialect_at(pattern or path)
-        # Counted by the rate limiter: the API, the root /ws and the front door (/v1).
-        self.is_api = (pattern or path).startswith(("/api/", "/v1/")) or self.in_band
+        # A prefixed dialect's envelope (Kyros): its refusals, unknown paths under it included.
+        self.envelope: Envelope | None = table.envelope_at(pattern or path)
+        # Counted by the rate limiter: the API, the root /ws, the front door (/v1), prefixed dialects.
+        self.is_api = ((pattern or path).startswith(("/api/", "/v1/")) or self.in_band
+                       or self.envelope is not None)
         self.public = self.scope == PUBLIC
         # Unknown paths (404/405) answer without asking for a key: they reveal nothing.
         # Every route that is not public asks for one, whatever its path.
@@ -84,6 +101,7 @@ class RouteTable:
         self._dialect_prefixes: dict[str, Dialect] = {}  # "/v1/" -> the first dialect added under it
         self._dialect_paths: dict[str, Dialect] = {}  # a front-door route's path up to its first {param}
         self._routes: dict[Any, Route] = {}  # aiohttp route object -> Route
+        self._envelopes: dict[str, Envelope] = {}  # "/kyros" -> its envelope
 
     def add(self, method: str, path: str, handler: Handler, scope: str, limit_class: str = "other", *,
             in_band: bool = False, dialect: Dialect | None = None) -> None:
@@ -105,6 +123,16 @@ class RouteTable:
             self.dialects[(method, path)] = dialect
             self._dialect_prefixes.setdefault(_first_segment(path), dialect)
             self._dialect_paths.setdefault(path.split("{", 1)[0].rstrip("/"), dialect)
+
+    def envelope(self, prefix: str, envelope: Envelope) -> None:
+        """Every refusal of a path under ``prefix`` (``/kyros``) is rendered by ``envelope``."""
+        self._envelopes[prefix.rstrip("/")] = envelope
+
+    def envelope_at(self, path: str) -> Envelope | None:
+        for prefix, envelope in self._envelopes.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return envelope
+        return None
 
     def dialect_at(self, path: str) -> Dialect | None:
         """The dialect of a path no route of this method matches: that of the front-door route

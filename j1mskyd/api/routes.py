@@ -16,6 +16,7 @@ from ..dialects.openai_chat import OPENAI
 from ..keys import ANY_KEY, READ_ALL
 from . import (agents, dashboard, events, frontdoor, frontdoor_anthropic, keys, openapi, ops, orchestrator, pricing,
                projects, security, system, tasks, webhooks)
+from .kyros import openapi as kyros_openapi, routes as kyros
 from .route_table import PUBLIC, ROUTE_TABLE, RouteTable
 
 __all__ = ["FRONT_DOOR", "PREFIXES", "ROUTES", "setup_routes"]
@@ -169,6 +170,11 @@ def setup_routes(app: web.Application) -> None:
     table.add("GET", "/static/{name}", dashboard.static, PUBLIC)
     for door in FRONT_DOOR:
         table.add(*door[:5], dialect=door[5])
+    # Kyros (seed 003) under /kyros/v1, in its own envelope (api/kyros, docs/kyros.md).
+    table.envelope(kyros.MOUNT, kyros.ENVELOPE)
+    kyros_routes = kyros.all_routes(ROUTES)
+    for route in kyros_routes:
+        table.add(route[0], kyros.PREFIX + route[1], *route[2:], in_band=route[1] == kyros.WS_PATH)
     table.check_complete()
-    openapi.describe(app, ROUTES, PREFIXES, FRONT_DOOR, ROOT)
+    openapi.describe(app, ROUTES, PREFIXES, FRONT_DOOR, ROOT, ((kyros.PREFIX, kyros_routes, kyros_openapi.paths),))
     app[ROUTE_TABLE] = table

@@ -30,12 +30,13 @@ async def health(request: web.Request) -> web.Response:
              runtime.completed_total, runtime.failed_total, services.store.state_changes)
     cached = services.health_cache
     if cached is None or cached[0] != stamp:
-        status, data = _health(request)
+        status, data = health_view(request)
         cached = services.health_cache = (stamp, jsonx.dumps(data).encode(), status)
     return web.Response(body=cached[1], status=cached[2], headers=_JSON)
 
 
-def _health(request: web.Request) -> tuple[int, dict]:
+def health_view(request: web.Request) -> tuple[int, dict]:
+    """GET /health's status and body (also the Kyros dialect's /monitoring/health)."""
     services = request.app[SERVICES]
     missing = request.app[CONFIG].missing_api_keys
     providers = {name: slot.breaker.snapshot() | _provider_status(slot.usable, missing.get(name))

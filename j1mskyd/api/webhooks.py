@@ -4,6 +4,8 @@ Each acts as the request's viewer (api.common.viewer): a key reaches its own web
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from ..webhook_request import parse_change, parse_new
@@ -20,7 +22,11 @@ def _audit(request: web.Request, action: str, webhook_id: str, details: dict | N
                                        resource_id=webhook_id, details={"action": action, **(details or {})})
 
 
-async def create_webhook(request: web.Request) -> web.Response:
+# The data of each operation, shared by the native handlers below and the Kyros dialect's
+# (api/kyros/webhooks.py), which wraps the same data in its envelope.
+
+async def created(request: web.Request) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """Register a webhook: its view (with a generated secret, shown once) and the answer's headers."""
     hooks = _hooks(request)
     req = parse_new(await read_json(request), hooks.sink_kinds())
     hook, generated = await hooks.create(req, request.get(API_KEY_ID))
@@ -31,39 +37,65 @@ async def create_webhook(request: web.Request) -> web.Response:
     if generated is not None:  # shown once, like an API key's secret
         data["secret"] = generated
         headers = {"Cache-Control": "no-store"}
-    return json_response({"success": True, "data": data, **data}, status=201, headers=headers)
+    return data, headers
 
 
-async def list_webhooks(request: web.Request) -> web.Response:
-    hooks = [h.view() for h in _hooks(request).listed(viewer(request))]
-    return json_response({"success": True, "data": hooks, "webhooks": hooks, "count": len(hooks)})
+def listed(request: web.Request) -> list[dict[str, Any]]:
+    return [h.view() for h in _hooks(request).listed(viewer(request))]
 
 
-async def get_webhook(request: web.Request) -> web.Response:
-    view = _hooks(request).get(request.match_info["webhook_id"], viewer(request)).view()
-    return json_response({"success": True, "data": view, **view})
+def fetched(request: web.Request) -> dict[str, Any]:
+    return _hooks(request).get(request.match_info["webhook_id"], viewer(request)).view()  # type: ignore[no-any-return]
 
 
-async def update_webhook(request: web.Request) -> web.Response:
+async def updated(request: web.Request) -> dict[str, Any]:
     body = await read_json(request)
     hooks = _hooks(request)
     seen = viewer(request)
     hook = hooks.get_to_change(request.match_info["webhook_id"], seen)  # a 404 (403) before the body is judged
     hook = await hooks.update(hook.webhook_id, parse_change(body, hook.sink), seen)
     _audit(request, "update", hook.webhook_id, {"events": list(hook.events), "status": hook.status})
-    view = hook.view()
+    return hook.view()  # type: ignore[no-any-return]
+
+
+async def deleted(request: web.Request) -> str:
+    webhook_id = request.match_info["webhook_id"]
+    await _hooks(request).delete(webhook_id, viewer(request))
+    _audit(request, "delete", webhook_id)
+    return webhook_id
+
+
+async def tested(request: web.Request) -> dict[str, Any]:
+    return await _hooks(request).test(request.match_info["webhook_id"], viewer(request))
+
+
+async def create_webhook(request: web.Request) -> web.Response:
+    data, headers = await created(request)
+    return json_response({"success": True, "data": data, **data}, status=201, headers=headers)
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    hooks = listed(request)
+    return json_response({"success": True, "data": hooks, "webhooks": hooks, "count": len(hooks)})
+
+
+async def get_webhook(request: web.Request) -> web.Response:
+    view = fetched(request)
+    return json_response({"success": True, "data": view, **view})
+
+
+async def update_webhook(request: web.Request) -> web.Response:
+    view = await updated(request)
     return json_response({"success": True, "data": view, **view})
 
 
 async def delete_webhook(request: web.Request) -> web.Response:
-    webhook_id = request.match_info["webhook_id"]
-    await _hooks(request).delete(webhook_id, viewer(request))
-    _audit(request, "delete", webhook_id)
+    webhook_id = await deleted(request)
     return json_response({"success": True, "message": "Webhook deleted", "webhook_id": webhook_id})
 
 
 async def test_webhook(request: web.Request) -> web.Response:
-    return json_response(await _hooks(request).test(request.match_info["webhook_id"], viewer(request)), status=202)
+    return json_response(await tested(request), status=202)
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
