@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import re
 import sqlite3
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,7 @@ class Scenario:
                     found.append((event["event"] if "event" in event else event["type"], data))
             if not page["pagination"]["has_more"]:
                 return found
-            cursor = f"&cursor={page['pagination']['cursor']}"
+            cursor = "&cursor=" + urllib.parse.quote(page["pagination"]["cursor"])
         raise AssertionError("more than 100 pages of events")
 
     def ledger(self, agent_ids: list[str]) -> list[dict[str, Any]]:
