@@ -664,8 +664,8 @@ class TaskService:
             await self._start_or_fail(task, position, KIND_ESCALATED, [*statements, *stmts], [*events, event],
                                       esc=esc, reasons=reasons)
             return
-        task = dataclasses.replace(task, status=AWAITING, updated_at=now)
-        statements.append(TASKS.update(task, ("status", "updated_at"), self.store.cipher))
+        task = dataclasses.replace(task, status=AWAITING, position=position, updated_at=now)
+        statements.append(TASKS.update(task, ("status", "position", "updated_at"), self.store.cipher))
         event, stmts = self._event("escalation.submitted", task, escalation_view(esc))
         await self._commit(task, [*statements, *stmts], [*events, event])
 

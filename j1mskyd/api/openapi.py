@@ -223,7 +223,8 @@ RESULTS[("POST", "/orchestrator/experiment/results")] = _obj(
     source=_STR, period=_obj(["from", "to", "days"], to=_STR, days=_INT, **{"from": _STR}))
 # Success statuses other than 200.
 CREATED = {("POST", "/keys"), ("POST", "/keys/{key_id}/rotate"), ("POST", "/security/block-ip"),
-           ("POST", "/webhooks"), ("POST", "/pricing/webhook"), ("POST", "/projects")}
+           ("POST", "/webhooks"), ("POST", "/pricing/webhook"), ("POST", "/projects"), ("POST", "/tasks"),
+           ("POST", "/escalations")}
 ACCEPTED = {("POST", "/webhooks/{webhook_id}/test"),
             ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver")}
 # Refusals beyond the common ones (see _error_codes).
@@ -233,6 +234,11 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/pricing/exceptions/{exception_id}/close"): (409,),
     ("PATCH", "/projects/{project_id}"): (409,),  # a name another project has
     ("POST", "/orchestrator/experiment/results"): (404,),  # no decision recorded for the experiment
+    # Tasks: starting a step reserves its budget (402); a task or escalation in the wrong state (409);
+    # an escalation names its task (404).
+    ("POST", "/tasks"): (402,), ("POST", "/tasks/{task_id}/submit"): (402,),
+    ("PUT", "/tasks/{task_id}"): (409,), ("DELETE", "/tasks/{task_id}"): (409,),
+    ("POST", "/escalations"): (404,), ("POST", "/escalations/{esc_id}/decision"): (409,),
 }
 _LIMIT = {"type": "integer", "minimum": 1}
 _OFFSET = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}  # SQLite's integers are 64-bit
@@ -293,9 +299,87 @@ def _query_params() -> dict[tuple[str, str], list[dict[str, Any]]]:
                                                  _query("experiment", {"type": "string", "maxLength": 64})],
         ("GET", "/pricing/exceptions"): [_query("status", {"type": "string", "enum": ["open", "closed", "all"]}),
                                          _query("limit", {**_LIMIT, "maximum": 1000})],
+        **_task_queries(),
         ("GET", "/webhooks/{webhook_id}/deliveries"): [
             _query("limit", {**_LIMIT, "maximum": 200}), _query("offset", _OFFSET),
             _query("status", {"type": "string", "enum": ["pending", "delivered", "failed"]})],
+    }
+
+
+def _task_queries() -> dict[tuple[str, str], list[dict[str, Any]]]:
+    from ..task_record import ESC_STATUSES, PRIORITIES, STATUSES
+    from ..task_request import COST_GROUPS, COST_PERIODS, MAX_LIMIT, SORTS
+    page = [_query("limit", {**_LIMIT, "maximum": MAX_LIMIT}), _query("offset", {**_OFFSET, "maximum": 10**9})]
+    return {
+        ("GET", "/tasks"): [_query("status", {"type": "string", "enum": list(STATUSES)}),
+                            _query("type", {"type": "string", "maxLength": 200}),
+                            _query("priority", {"type": "string", "enum": list(PRIORITIES)}),
+                            _query("assignee_role", {"type": "string", "maxLength": 200}),
+                            _query("created_by", {"type": "string", "maxLength": 200}),
+                            _query("tags", {"type": "string", "description": "comma-separated: tasks with all"}),
+                            _query("sort_by", {"type": "string", "enum": list(SORTS)}),
+                            _query("sort_order", {"type": "string", "enum": ["asc", "desc"]}), *page],
+        ("GET", "/tasks/costs"): [_query("period", {"type": "string", "enum": list(COST_PERIODS)}),
+                                  _query("group_by", {"type": "string", "enum": list(COST_GROUPS)})],
+        ("GET", "/escalations"): [_query("status", {"type": "string", "enum": ["pending", *ESC_STATUSES]}),
+                                  _query("task_id", {"type": "string", "maxLength": 100}),
+                                  _query("from_date", {"type": "string", "format": "date-time"}),
+                                  _query("to_date", {"type": "string", "format": "date-time"}), *page],
+    }
+
+
+def _task_bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Request bodies of the task routes (task_request.py checks them)."""
+    from ..task_record import PRIORITIES
+    from ..task_request import MAX_ITEM, MAX_ITEMS, MAX_TEXT, MAX_TITLE
+    text = {"type": "string", "maxLength": MAX_TEXT}
+    strings = {"type": "array", "maxItems": MAX_ITEMS, "items": {"type": "string", "minLength": 1,
+                                                                  "maxLength": MAX_ITEM}}
+    when = {"type": "string", "format": "date-time"}
+    priority = {"type": "string", "enum": list(PRIORITIES)}
+    task = {"title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE, "pattern": "\\S"},
+            "description": text, "type": {"type": "string", "enum": list(config.workflows)}, "priority": priority,
+            "assignee_role": {"type": "string", "enum": list(config.roles)}, "files_to_modify": strings,
+            "acceptance_criteria": strings, "dependencies": strings, "tags": strings, "deadline": when,
+            "metadata": {"type": "object"}}
+    preferences = {"type": "object", "properties": {
+        "model": {"type": "string", "enum": list(config.models)}, "temperature": {"type": "number", "minimum": 0,
+                                                                                  "maximum": 2},
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+        "timeout": {"type": "number", "minimum": 1, "maximum": config.runtime.max_timeout}}}
+    return {
+        ("POST", "/tasks"): {"type": "object", "required": ["title", "type"],
+                             "properties": {**task, "start": {"type": "boolean", "default": True}}},
+        ("PUT", "/tasks/{task_id}"): {"type": "object", "minProperties": 1, "properties": {
+            **{k: task[k] for k in ("title", "description", "priority", "tags", "deadline", "metadata",
+                                    "acceptance_criteria")},
+            "results": {}, "feedback": text, "status": {"type": "string", "enum": ["completed", "cancelled"]},
+            "reason": text}},
+        ("DELETE", "/tasks/{task_id}"): {"type": "object", "properties": {"reason": text}},
+        ("POST", "/tasks/{task_id}/submit"): {"type": "object", "required": ["role"], "properties": {
+            "role": {"type": "string", "enum": list(config.roles)}, "context": {"type": "object"},
+            "preferences": preferences}},
+        ("PUT", "/roles/{role}"): {"type": "object", "minProperties": 1, "description": "[roles.<name>] keys "
+                                   "(docs/configuration.md), or Kyros's available_models, preferences, "
+                                   "escalation_rules", "properties": {
+                                       "default_model": {"type": "string", "enum": list(config.models)},
+                                       "models": {"type": "array", "items": {"type": "string"}},
+                                       "available_models": {"type": "array", "items": {"type": "string"}},
+                                       "capabilities": {"type": "array", "items": {"type": "string"}},
+                                       "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                                       "max_tokens": {"type": "integer", "minimum": 1},
+                                       "timeout": {"type": "number", "exclusiveMinimum": 0},
+                                       "escalation": {"type": "object"}, "escalation_rules": {"type": "object"},
+                                       "preferences": {"type": "object"}, "constraints": {"type": "object"},
+                                       "enabled": {"type": "boolean"}, "review": {"type": "boolean"}}},
+        ("POST", "/escalations"): {"type": "object", "required": ["task_id", "reason"], "properties": {
+            "task_id": {"type": "string", "maxLength": 100}, "reason": {**text, "minLength": 1, "pattern": "\\S"},
+            "original_model": {"type": "string", "enum": list(config.models)},
+            "target_model": {"type": "string", "enum": list(config.models)}, "context": {"type": "object"},
+            "estimated_cost": {"type": "number", "minimum": 0, "maximum": 1_000_000}, "priority": priority}},
+        ("POST", "/escalations/{esc_id}/decision"): {"type": "object", "required": ["decision"], "properties": {
+            "decision": {"type": "string", "enum": ["approved", "rejected"]}, "reason": text,
+            "approver_comments": text}},
     }
 
 
@@ -357,7 +441,7 @@ def _spawn_schema(config: Any) -> dict[str, Any]:
     }
 
 
-OPTIONAL_BODIES = {("DELETE", "/keys/{key_id}")}
+OPTIONAL_BODIES = {("DELETE", "/keys/{key_id}"), ("DELETE", "/tasks/{task_id}")}
 # http(s) with a host, or file:///absolute/path for the file sink (webhook_request.check_url).
 _WEBHOOK_URL = {"type": "string", "maxLength": 2000, "pattern": "^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/|file:///)"}
 
@@ -445,6 +529,7 @@ def _bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
         "team": {"type": "string", "enum": list(config.teams)}}}
     return {
         **_pricing_bodies(config),
+        **_task_bodies(config),
         ("POST", "/spawn"): spawn,
         ("POST", "/spawn-team"): team,
         ("POST", "/spawn-batch"): {"type": "object", "required": ["agents"], "properties": {
