@@ -84,9 +84,10 @@ async def test_an_admin_approves_a_pending_escalation_and_follows_the_task_live(
     row = _task_row(task["id"])
     await browser.wait_for(f"!!{esc}", what="the pending escalation")
     await browser.wait_for(f"{row} && {row}.dataset.status === 'awaiting_approval'", what="the waiting task")
-    cells = await browser.evaluate(f"[...{esc}.children].map(c => c.textContent)")
-    assert cells[1] == task["id"] and cells[2] == "implementer" and cells[3] == "cheap → strong"
+    cells = (await browser.evaluate(f"[...{esc}.children].map(c => c.textContent)"))[1:]  # the buttons first
+    assert cells[:4] == [escalation["escalation_id"], task["id"], "implementer", "cheap → strong"], cells
     assert cells[4] == _money(escalation["estimated_cost"]) and escalation["estimated_cost"] > THRESHOLD
+    assert cells[5] == escalation["reason"] and "handle the empty input" in cells[5]
     assert cells[6] == "pending_approval"
     assert await browser.evaluate(f"[...{esc}.querySelectorAll('button')].map(b => b.textContent)") == \
         ["Approve", "Reject"]
@@ -97,7 +98,7 @@ async def test_an_admin_approves_a_pending_escalation_and_follows_the_task_live(
     # The task's detail: its seven steps so far, each with its output, model and cost.
     await browser.click(f"#tasks tr[data-task-id=\"{task['id']}\"] button.link")
     await browser.wait_for(_visible("#task-card"), what="the task detail")
-    assert await browser.evaluate("document.activeElement.id") == "task-title"
+    await browser.wait_for("document.activeElement.id === 'task-title'", what="the focus on the detail")
     await browser.wait_for("document.querySelectorAll('#task-steps tbody tr[data-status]').length === 7",
                            what="seven steps")
     steps = await browser.evaluate("[...document.querySelectorAll('#task-steps tbody tr[data-status]')]"

@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from j1mskyd.tasks import VERDICT_REQUEST
 from tests.daemon import Daemon
 from tests.fakeupstream import FakeUpstream
 
@@ -57,7 +58,8 @@ def call_cost(model: str, upstream: FakeUpstream) -> float:
 
 
 class RoleUpstream(FakeUpstream):
-    """A fake upstream for task steps: a prompt that asks for the critic's verdict is answered
+    """A fake upstream for task steps: a prompt that asks for the critic's verdict (the engine's
+    VERDICT_REQUEST) is answered
     ``VERDICT: <next of verdicts>`` (APPROVE once they run out), any other prompt with a text
     naming the call.  ``hold_call`` (1-based): that call is recorded, then held until
     :meth:`release` (a step in flight, for the kill -9 test); ``held`` is set when it arrives."""
@@ -81,7 +83,7 @@ class RoleUpstream(FakeUpstream):
                 self.held.set()
                 await self._release.wait()
             prompt = prompt_of(payload)
-            if re.search(r"VERDICT:", prompt):
+            if VERDICT_REQUEST in prompt:  # a critic's step (other prompts quote earlier verdicts)
                 verdict = self.verdicts.pop(0) if self.verdicts else "APPROVE"
                 self.reply_next(text=f"Review of call {number}.\nVERDICT: {verdict}")
             else:
@@ -266,7 +268,7 @@ async def escalate(run: Scenario) -> tuple[dict[str, Any], dict[str, Any]]:
     assert task["assigned_to"] is None and task["progress"]["current_step"] == "implementer"
     # The escalation is listed as pending, and fetched alone the same.
     listed = await run.ok("GET", "/api/escalations?status=pending_approval")
-    assert escalation["escalation_id"] in [e["escalation_id"] for e in listed["data"]], listed
+    assert escalation["escalation_id"] in [e["escalation_id"] for e in listed["escalations"]], listed
     assert (await run.ok("GET", f"/api/escalations/{escalation['escalation_id']}"))["status"] == "pending_approval"
     return task, escalation
 
@@ -314,8 +316,10 @@ async def test_revise_twice_then_an_escalation_above_the_threshold_approved_comp
         # The upstream's calls are the steps, one each, in order, on the step's model.
         assert run.upstream.models() == ["cheap"] * 7 + ["strong", "cheap", "cheap"]
         assert run.upstream.answered == len(run.upstream.calls) == 10
-        # The escalated re-run's prompt carried the critic's reasons.
-        assert "handle the empty input" in prompt_of(run.upstream.bodies[7])
+        # Each revision's prompt carried the critic's reasons (calls 4 and 6: the implementer again).
+        for revision in (3, 5):
+            assert "handle the empty input" in prompt_of(run.upstream.bodies[revision])
+        assert "handle the empty input" not in prompt_of(run.upstream.bodies[1])  # the first run had none
         check_costs(run, done, run.upstream.models())
         assert done["progress"] == {"completed_steps": 4, "total_steps": 4, "percentage": 100, "current_step": None}
         assert done["metadata"]["model_used"] == "cheap" and done["error"] is None and done["assigned_to"] is None

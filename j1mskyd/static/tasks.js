@@ -91,11 +91,11 @@ window.J1mskyTasks = (kit) => {
     $('escalations-empty').hidden = rows.length > 0;
   }
 
-  // One escalation as a row: the pending list (with the decision buttons for an admin:write key)
-  // and a task's detail (without).
+  // One escalation as a row: the pending list (the decision buttons first, for an admin:write key,
+  // so that they are in sight on a narrow screen) and a task's detail (no such column).
   function escalationRow(e, withActions) {
     const actions = el('td', { class: 'actions' });
-    if (withActions && e.status === 'pending_approval' && can('admin:write')) {
+    if (e.status === 'pending_approval' && can('admin:write')) {
       for (const [decision, label, cls] of [['approved', 'Approve', 'approve'], ['rejected', 'Reject', 'danger']]) {
         const button = el('button', { type: 'button', class: cls, 'data-decision': decision, text: label,
           'aria-label': `${label} escalation ${e.escalation_id}` });
@@ -103,15 +103,14 @@ window.J1mskyTasks = (kit) => {
         actions.append(button);
       }
     }
-    return el('tr', { 'data-escalation-id': e.escalation_id, 'data-status': e.status },
+    return el('tr', { 'data-escalation-id': e.escalation_id, 'data-status': e.status }, ...(withActions ? [actions] : []),
       el('td', { class: 'mono', text: e.escalation_id }), el('td', { class: 'mono', text: e.task_id }),
       el('td', { text: e.role || '–' }),
       el('td', { text: `${e.original_model || '?'} → ${e.target_model || '?'}` }),
       el('td', { class: 'num', text: money(e.estimated_cost) }),
-      el('td', { class: 'task', text: e.reason || '', title: e.reason || '' }),
+      el('td', { class: 'task reason', text: e.reason || '', title: e.reason || '' }),
       el('td', {}, el('span', { class: `badge esc-${e.status}`, text: e.status })),
-      el('td', { text: e.approved_by ? `${e.approved_by} ${dateTime(e.approved_at)}` : dateTime(e.submitted_at) }),
-      actions);
+      el('td', { text: e.approved_by ? `${e.approved_by} ${dateTime(e.approved_at)}` : dateTime(e.submitted_at) }));
   }
 
   async function decide(e, decision, button) {
@@ -136,7 +135,8 @@ window.J1mskyTasks = (kit) => {
   function openTask(id) {
     state.detail = id;
     $('task-card').hidden = false;
-    loadDetail().then(() => $('task-title').focus());
+    $('task-title').focus();
+    loadDetail();
   }
 
   function closeTask() {
