@@ -57,7 +57,7 @@ class RoleConfig:
     review: bool = False             # its steps end with a verdict (default: true for a role named critic)
 
 
-# The seed's four task types and the roles they pass through, in order.
+# Kyros's four task types and the roles they pass through, in order.
 SHIPPED_WORKFLOWS: Mapping[str, tuple[str, ...]] = types.MappingProxyType({
     "implementation": ("architect", "implementer", "critic", "integrator"),
     "review": ("critic", "integrator"),

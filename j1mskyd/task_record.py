@@ -1,6 +1,6 @@
 """The task records: a task, its steps, its escalations, and their public views.
 
-The views use Kyros's field names (seed 003), so that both the native API and the Kyros
+The views use Kyros's field names (its API document), so that both the native API and the Kyros
 dialect serve them as they are (the dialect only wraps them in its envelope).  The tables
 behind these records are task_store.py's.
 """
@@ -13,7 +13,8 @@ from typing import Any, Final, Literal
 from .agent_record import iso, money
 
 __all__ = [
-    "AWAITING", "CANCELLED", "COMPLETED", "ESC_APPROVED", "ESC_COMPLETED", "ESC_PENDING", "ESC_REJECTED",
+    "AUTO_APPROVER", "AWAITING", "CANCELLED", "COMPLETED", "ESC_APPROVED", "ESC_COMPLETED", "ESC_PENDING",
+    "ESC_REJECTED",
     "ESC_STATUSES", "Escalation", "FAILED", "IN_PROGRESS", "KIND_ESCALATED", "KIND_REVISE", "KIND_RUN", "PENDING",
     "PRIORITIES", "STATUSES", "Step", "Task", "TERMINAL", "TaskPriority", "TaskStatus", "escalation_view",
     "step_view", "submission_view", "task_summary", "task_view",

@@ -22,10 +22,12 @@ from .errors import ValidationFailed
 from .request_fields import KEEP, Keep
 from .task_record import ESC_STATUSES, PRIORITIES, STATUSES
 
-__all__ = ["COST_PERIODS", "CostQuery", "Decision", "EscalationQuery", "EscalationRequest", "ModelSelection",
-           "StepPreferences", "Submission", "TaskQuery", "TaskRequest", "TaskUpdate", "parse_costs",
-           "parse_cancel", "parse_create", "parse_decision", "parse_escalation", "parse_escalation_query", "parse_model_selection",
-           "parse_query", "parse_role_patch", "parse_submission", "parse_task", "parse_update"]
+__all__ = ["COST_GROUPS", "COST_PERIODS", "CostQuery", "Decision", "EscalationQuery", "EscalationRequest",
+           "MAX_ITEM", "MAX_ITEMS", "MAX_LIMIT", "MAX_TEXT", "MAX_TITLE", "ModelSelection", "SORTS",
+           "StepPreferences", "Submission", "TaskQuery", "TaskRequest", "TaskUpdate", "parse_cancel",
+           "parse_costs", "parse_create", "parse_decision", "parse_escalation", "parse_escalation_query",
+           "parse_model_selection", "parse_query", "parse_role_patch", "parse_submission", "parse_task",
+           "parse_update"]
 
 Errors = list[dict[str, str]]
 
@@ -288,7 +290,9 @@ def parse_task(body: Any, config: Config) -> TaskRequest:
 def parse_create(body: Any, config: Config) -> tuple[TaskRequest, bool]:
     """The native POST /tasks: the task, and ``start`` (default true: run its workflow now)."""
     req = parse_task(body, config)
-    start = body.get("start", True)
+    start = body.get("start")
+    if start is None:
+        start = True
     if not isinstance(start, bool):
         raise ValidationFailed([{"field": "start", "message": "start must be true or false"}])
     return req, start
@@ -323,7 +327,7 @@ def parse_update(body: Any, config: Config) -> TaskUpdate:
         changes["feedback"] = _text(body, "feedback", errors)
     if "status" in body:
         status = body["status"]
-        if status not in ("completed", "cancelled") if isinstance(status, str) else True:
+        if not isinstance(status, str) or status not in ("completed", "cancelled"):
             errors.append({"field": "status", "message": "status may be set to completed or cancelled only "
                                                          f"(the engine sets the others: {', '.join(STATUSES)})"})
         changes["status"] = status
@@ -348,8 +352,8 @@ def _preferences(body: Mapping[str, Any], config: Config, errors: Errors) -> Ste
     temperature = _number(prefs, "temperature", 0, 2, errors, p)
     max_tokens = _number(prefs, "max_tokens", 1, 1_000_000, errors, p, integer=True)
     timeout = _number(prefs, "timeout", 1, config.runtime.max_timeout, errors, p)
-    return StepPreferences(model=model, temperature=temperature, max_tokens=None if max_tokens is None else int(max_tokens),
-                           timeout=timeout)
+    return StepPreferences(model=model, temperature=temperature, timeout=timeout,
+                           max_tokens=None if max_tokens is None else int(max_tokens))
 
 
 def parse_submission(body: Any, config: Config, role: str | None = None) -> Submission:

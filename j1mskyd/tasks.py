@@ -55,6 +55,8 @@ from .tenancy import Viewer
 __all__ = ["ROLE_SETTING", "TaskService", "VERDICT_REQUEST", "parse_verdict"]
 
 log = logging.getLogger(__name__)
+Statements = list[Statement]   # a unit's statements, gathered as the engine decides
+Events = list[Event]           # the events those statements store, told once they commit
 
 ROLE_SETTING = "role."   # settings name prefix of a role changed over the API: role.<name> -> JSON
 _VERDICT = re.compile(r"^\s*VERDICT:\s*(APPROVE|REVISE)\b(.*)$", re.IGNORECASE)
@@ -422,15 +424,15 @@ class TaskService:
         return lock
 
     def _event(self, type_: str, task: Task, data: dict[str, Any] | None = None
-               ) -> tuple[Event, builtins.list[Statement]]:
+               ) -> tuple[Event, Statements]:
         return self.events.statements(type_, data if data is not None else task_summary(task), task.api_key)
 
-    def _progress(self, task: Task, step: Step) -> tuple[Event, builtins.list[Statement]]:
+    def _progress(self, task: Task, step: Step) -> tuple[Event, Statements]:
         data = {**task_summary(task), "task_id": task.task_id, "current_step": task_summary(task)["progress"][
             "current_step"], "step": step_view(step)}
         return self._event("task.progress", task, data)
 
-    async def _commit(self, task: Task, statements: builtins.list[Statement], events: builtins.list[Event]) -> Task:
+    async def _commit(self, task: Task, statements: Statements, events: Events) -> Task:
         """Write a unit; once committed, ``task`` is the task's state and the events are told."""
         await self.store.write(*statements)
         self._committed(task, events)
@@ -483,8 +485,8 @@ class TaskService:
     def _last_at(self, task: Task, position: int) -> Step | None:
         return next((s for s in reversed(task.steps) if s.position == position), None)
 
-    async def _start_step(self, task: Task, position: int, kind: str, *, before: builtins.list[Statement] | None = None,
-                          events: builtins.list[Event] | None = None, esc: Escalation | None = None,
+    async def _start_step(self, task: Task, position: int, kind: str, *, before: Statements | None = None,
+                          events: Events | None = None, esc: Escalation | None = None,
                           reasons: str | None = None, changes: dict[str, Any] | None = None) -> tuple[Task, Step]:
         """Spawn the step at ``position`` with ``before`` (the statements of what led here) in one
         transaction; raises what the spawn raised (budget, key limits: nothing written)."""
@@ -494,6 +496,8 @@ class TaskService:
         role = self._roles().get(task.workflow[position])
         if role is None:
             raise _StepRefused(f"role '{task.workflow[position]}' is no longer configured")
+        if not role.enabled:
+            raise _StepRefused(f"role '{role.name}' is disabled (enabled = false)")
         now = self.clock()
         previous = self._last_at(task, position)
         selection: dict[str, Any] | None = None
@@ -600,21 +604,21 @@ class TaskService:
         else:
             await self._advance(task, step.position + 1, before, events)
 
-    async def _advance(self, task: Task, position: int, before: builtins.list[Statement], events: builtins.list[Event]) -> None:
+    async def _advance(self, task: Task, position: int, before: Statements, events: Events) -> None:
         if position >= len(task.workflow):
             await self._finish(task, COMPLETED, before, events)
             return
         await self._start_or_fail(task, position, KIND_RUN, before, events)
 
-    async def _start_or_fail(self, task: Task, position: int, kind: str, before: builtins.list[Statement],
-                             events: builtins.list[Event], **kwargs: Any) -> None:
+    async def _start_or_fail(self, task: Task, position: int, kind: str, before: Statements,
+                             events: Events, **kwargs: Any) -> None:
         """A step the engine starts; refused (budget, limits, max_steps): the task fails saying why."""
         try:
             await self._start_step(task, position, kind, before=before, events=events, **kwargs)
         except (ApiError, _StepRefused) as exc:
             await self._finish(task, FAILED, before, events, error=_reason(exc))
 
-    async def _revise(self, task: Task, critic: Step, before: builtins.list[Statement], events: builtins.list[Event]) -> None:
+    async def _revise(self, task: Task, critic: Step, before: Statements, events: Events) -> None:
         """The reviewer asked for a revision of the step before it: again on the same model, up
         to the revised role's max_revisions since that step last escalated; then escalate."""
         position = critic.position - 1
@@ -633,7 +637,7 @@ class TaskService:
         await self._escalate(task, position, f"the reviewer asked for a revision {done + 1} times: {critic.reasons}",
                              before, events, reasons=critic.reasons)
 
-    async def _escalate(self, task: Task, position: int, reason: str, before: builtins.list[Statement], events: builtins.list[Event],
+    async def _escalate(self, task: Task, position: int, reason: str, before: Statements, events: Events,
                         *, reasons: str | None = None) -> None:
         """Re-run the step at ``position`` on the next stronger allowed model: at once when its
         estimate is within the role's cost threshold, else after a person approves."""
@@ -669,7 +673,7 @@ class TaskService:
         event, stmts = self._event("escalation.submitted", task, escalation_view(esc))
         await self._commit(task, [*statements, *stmts], [*events, event])
 
-    async def _finish(self, task: Task, status: str, before: builtins.list[Statement], events: builtins.list[Event], *,
+    async def _finish(self, task: Task, status: str, before: Statements, events: Events, *,
                       error: str | None = None, cancel_reason: str | None = None) -> Task:
         """End the task (one unit): its escalations settled (approved ones completed, pending ones
         rejected), its event."""
@@ -790,8 +794,8 @@ class TaskService:
     async def _end_now(self, task: Task, status: str, reason: str | None, fields: dict[str, Any]) -> Task:
         """Cancel (or complete by hand) a live task: its running step's agent cancelled (the
         unspent reservation refunded, as for any agent), the step, escalations and task in one unit."""
-        before: builtins.list[Statement] = []
-        events: builtins.list[Event] = []
+        before: Statements = []
+        events: Events = []
         current = task.current
         if current is not None:
             cipher, agent_id = self.store.cipher, current.agent_id
@@ -877,7 +881,7 @@ class TaskService:
                 await self._commit(task, [*before, TASKS.update(task, ("updated_at",), cipher)], events)
             return escalation_view(esc)
 
-    async def _carry_out(self, task: Task, esc: Escalation, before: builtins.list[Statement], events: builtins.list[Event]) -> None:
+    async def _carry_out(self, task: Task, esc: Escalation, before: Statements, events: Events) -> None:
         """What a decided engine escalation leads to: the step again on the target, or the end."""
         if esc.status == ESC_APPROVED:
             assert esc.position is not None
