@@ -106,6 +106,35 @@ EXEMPT = {
     ("GET", "/v1/models/{name}"): DAEMON_WIDE + " (a configured model)",
     ("POST", "/v1/messages/count_tokens"): "an estimate of the sent text: nothing stored",
 }
+# The Kyros API (/kyros/v1; docs/kyros.md), by full path: its tenancy tests are
+# tests/test_kyros_tasks.py and tests/test_kyros_services.py; here its GETs are walked for A's marks
+# and its id routes answer the local caller 404.
+K = "/kyros/v1"
+KYROS_IDS = {("GET", K + "/tasks/{task_id}"), ("PUT", K + "/tasks/{task_id}"), ("DELETE", K + "/tasks/{task_id}"),
+             ("GET", K + "/escalation/{escalation_id}/status"), ("GET", K + "/webhooks/{webhook_id}"),
+             ("PUT", K + "/webhooks/{webhook_id}"), ("DELETE", K + "/webhooks/{webhook_id}"),
+             ("POST", K + "/webhooks/{webhook_id}/test")}
+LISTS |= {("GET", K + "/tasks"), ("GET", K + "/escalations"), ("GET", K + "/webhooks")}
+STREAMS |= {("GET", K + "/ws")}
+MAKES |= {("POST", K + "/tasks"), ("POST", K + "/agents/{role}/submit"), ("POST", K + "/escalation/submit"),
+          ("POST", K + "/webhooks")}
+EXEMPT |= {
+    ("GET", K + "/models"): DAEMON_WIDE + " (the configured models)",
+    ("GET", K + "/models/{model_name}"): DAEMON_WIDE + " (a configured model)",
+    ("POST", K + "/models/select"): DAEMON_WIDE + " (a selection, nothing stored)",
+    ("GET", K + "/monitoring/health"): DAEMON_WIDE + " (providers, database, models)",
+    ("GET", K + "/monitoring/metrics"): "admin:read only: rolled-up counts and spend of every key's work",
+    ("GET", K + "/monitoring/costs"): "a key's own tasks' spend (TaskService.costs with its viewer)",
+    ("GET", K + "/monitoring/alerts"): "the budget's daemon-wide events and open breakers, as the key's viewer reads "
+                                       "the event log",
+    ("GET", K + "/agents/{role}/status"): "a role's figures over the key's own steps",
+    ("GET", K + "/agents/{role}/configuration"): DAEMON_WIDE + " (a role's configuration)",
+    ("PUT", K + "/agents/{role}/configuration"): "admin:write only",
+    ("GET", K + "/configuration/agents/{role}"): DAEMON_WIDE + " (a role's configuration)",
+    ("GET", K + "/configuration"): DAEMON_WIDE + " (the roles' configuration)",
+    ("PUT", K + "/configuration"): "admin:write only",
+    ("POST", K + "/escalation/{escalation_id}/approve"): "admin:write only",
+}
 # The key and project routes: their own tests hold the key's-own rule there (another key's id
 # or project: 404; tests/test_key_limits_api.py, tests/test_projects.py).
 EXEMPT |= {
@@ -146,6 +175,8 @@ class World:
     r: Key
     receivers: dict[str, Receiver]  # one per key's webhook: "a", "b", "r"
     task: str                       # the text of A's work
+    kyros_task: str                 # A's task (pending, /kyros/v1/tasks) and its escalation
+    kyros_escalation: str
     agent: str                      # A's spawn, completed
     team: str                       # A's team agent
     members: list[str]
@@ -164,7 +195,8 @@ class World:
     @property
     def marks(self) -> list[str]:
         """What no answer to B may hold."""
-        return [*self.a_ids, self.task, self.hook, self.receivers["a"].url, self.a.key_id]
+        return [*self.a_ids, self.task, self.hook, self.receivers["a"].url, self.a.key_id, self.kyros_task,
+                self.kyros_escalation]
 
 
 def _config(tmp_path):
@@ -253,7 +285,11 @@ async def make_world(aiohttp_client, tmp_path, receivers: dict[str, Receiver]) -
         return rows[0]["delivery_id"] if rows else None
 
     delivery = await _until(delivered, "a delivery of A's webhook")
-    return World(client, admin, a, b, r, receivers, task, agent, team_body["agent_id"], team_body["members"], batch,
+    kyros_task = (await _ok(await client.post("/kyros/v1/tasks", json={"title": task, "type": "implementation"},
+                                              headers=a.h), 201))["data"]["id"]
+    kyros_escalation = (await _ok(await client.post("/kyros/v1/escalation/submit", headers=a.h, json={
+        "task_id": kyros_task, "reason": task})))["data"]["escalation_id"]
+    return World(client, admin, a, b, r, receivers, task, kyros_task, kyros_escalation, agent, team_body["agent_id"], team_body["members"], batch,
                  chats, live, hook, delivery, b_agent, b_hook)
 
 
@@ -279,7 +315,9 @@ def leaks(world: World, body: Any) -> list[str]:
 def _fill(pattern: str, world: World) -> str:
     values = {"agent_id": world.agent, "webhook_id": world.hook, "delivery_id": world.delivery,
               "key_id": world.a.key_id, "name": "k2p5", "ip": "127.0.0.9", "exception_id": "exc_x",
-              "project_id": "prj_000000000000"}
+              "project_id": "prj_000000000000", "task_id": world.kyros_task,
+              "escalation_id": world.kyros_escalation, "esc_id": world.kyros_escalation, "role": "implementer",
+              "model_name": "k2p5"}
     return re.sub(r"\{([^}]+)\}", lambda m: values[m.group(1)], pattern)
 
 
@@ -289,7 +327,7 @@ async def test_every_route_is_classified_and_no_get_shows_a_work_of_a_to_b(world
     for (method, pattern), scope in sorted(table.scopes.items()):
         bare = _bare(pattern)
         key = (method, bare)
-        if key not in LISTS | ID_ROUTES | STREAMS | MAKES and key not in EXEMPT:
+        if key not in LISTS | ID_ROUTES | KYROS_IDS | STREAMS | MAKES and key not in EXEMPT:
             unclassified.append(f"{method} {pattern} ({scope})")
         if method != "GET" or key in STREAMS:
             continue
@@ -305,7 +343,7 @@ async def test_every_route_is_classified_and_no_get_shows_a_work_of_a_to_b(world
     assert leaked == []
     # Every class names routes the app has (a renamed route cannot hide behind a stale entry).
     bare_routes = {(m, _bare(p)) for m, p in table.scopes}
-    assert (LISTS | ID_ROUTES | STREAMS | MAKES | set(EXEMPT)) - bare_routes == set()
+    assert (LISTS | ID_ROUTES | KYROS_IDS | STREAMS | MAKES | set(EXEMPT)) - bare_routes == set()
 
 
 async def test_the_walk_fails_on_a_new_route_that_shows_work(aiohttp_client, tmp_path):
@@ -313,7 +351,7 @@ async def test_the_walk_fails_on_a_new_route_that_shows_work(aiohttp_client, tmp
     cfg = _config(tmp_path)
     client = await aiohttp_client(build_app(cfg))
     table = client.app[ROUTE_TABLE]
-    known = LISTS | ID_ROUTES | STREAMS | MAKES | set(EXEMPT)
+    known = LISTS | ID_ROUTES | KYROS_IDS | STREAMS | MAKES | set(EXEMPT)
     table.scopes[("GET", "/api/agents/everyone")] = "agents:read"  # as RouteTable.add would record it
     assert [p for (m, p) in table.scopes if (m, _bare(p)) not in known] == ["/api/agents/everyone"]
 
@@ -559,9 +597,10 @@ async def test_the_local_caller_sees_no_key_s_work_and_reaches_no_admin_route(wo
         body = {"description": "x"} if method in ("PUT", "PATCH", "POST") else None
         if scope not in USER:
             resp = await c.request(method, path, json=body, timeout=LIMIT)
-            if resp.status != 401 or (await _json(resp))["error"]["type"] != "UNAUTHORIZED":
+            error = (await _json(resp))["error"]  # the native envelope's type, Kyros's code
+            if resp.status != 401 or error.get("type", error["code"]) != "UNAUTHORIZED":
                 unrefused.append(f"{method} {pattern} ({scope}) -> {resp.status}")
-        elif (method, bare) in ID_ROUTES:
+        elif (method, bare) in ID_ROUTES | KYROS_IDS:
             if (await c.request(method, path, json=body, timeout=LIMIT)).status != 404:
                 confirmed.append(f"{method} {pattern}")
         elif method == "GET":

@@ -310,3 +310,33 @@ async def test_decision_field_types(aiohttp_client, tmp_path):
                                 "VALIDATION_ERROR")
             assert err["details"]["field"] == field
     assert (await success(await d.call("GET", f"/escalation/{eid}/status")))["status"] == "pending_approval"
+
+
+ROLE_FIELDS = {"default_model": [], "available_models": [], "capabilities": [[], ["x"]],
+               "preferences": [{}], "constraints": [{}, {"a": 1}], "escalation_rules": [{}]}
+
+
+async def test_role_configuration_field_types(aiohttp_client, tmp_path):
+    """Refused in Kyros's names (the config validator's models/escalation renamed back)."""
+    d = await start(aiohttp_client, tmp_path)
+    before = await success(await d.call("GET", "/agents/architect/configuration"))
+    for field, accepted in ROLE_FIELDS.items():
+        for value in JSON_VALUES:
+            if _same(value, accepted):
+                continue
+            err = await failure(await d.call("PUT", "/agents/architect/configuration", d.admin, json={field: value}),
+                                422, "VALIDATION_ERROR")
+            assert err["details"]["field"].split(".")[0] == field, (field, value, err)
+    assert await success(await d.call("GET", "/agents/architect/configuration")) == before
+
+
+async def test_cancel_reason_types(aiohttp_client, tmp_path):
+    d = await start(aiohttp_client, tmp_path)
+    task = await _task(d)
+    for value in JSON_VALUES:
+        if _same(value, [None, "x"]):
+            continue
+        err = await failure(await d.call("DELETE", f"/tasks/{task['id']}", json={"reason": value}), 422,
+                            "VALIDATION_ERROR")
+        assert err["details"]["field"] == "reason"
+    assert (await success(await d.call("GET", f"/tasks/{task['id']}")))["status"] == "pending"

@@ -170,7 +170,7 @@ def setup_routes(app: web.Application) -> None:
     table.add("GET", "/static/{name}", dashboard.static, PUBLIC)
     for door in FRONT_DOOR:
         table.add(*door[:5], dialect=door[5])
-    # Kyros (seed 003) under /kyros/v1, in its own envelope (api/kyros, docs/kyros.md).
+    # Kyros (the Kyros document's API) under /kyros/v1, in its own envelope (api/kyros, docs/kyros.md).
     table.envelope(kyros.MOUNT, kyros.ENVELOPE)
     kyros_routes = kyros.all_routes(ROUTES)
     for route in kyros_routes:

@@ -1,4 +1,4 @@
-"""The Kyros dialect (seed 003): its API at /kyros/v1, so that a Kyros client whose base URL
+"""The Kyros dialect (the Kyros document's API): its API at /kyros/v1, so that a Kyros client whose base URL
 is ``http://<pi>:8080/kyros`` works (docs/kyros.md).
 
 A thin translation over the core's services, as the OpenAI and Anthropic front door is:

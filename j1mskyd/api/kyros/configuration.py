@@ -1,4 +1,4 @@
-"""Kyros configuration (seed 003 "Configuration API") over the roles' configuration
+"""Kyros configuration (the Kyros document's "Configuration API") over the roles' configuration
 (TaskService.role / roles / update_role): what the document calls system-wide task settings
 are the roles' escalation rules and step timeout, so a PUT of one of them changes it for every
 role, through the same validated, persisted and audited change a role's PUT makes.

@@ -1,4 +1,4 @@
-"""The Kyros document's response envelope and error codes (seed 003, "Response Format" and
+"""The Kyros document's response envelope and error codes (its "Response Format" and
 "Error Handling"), for every answer under /kyros, the pipeline's refusals included.
 
 Success: ``{"success": true, "data", "message", "timestamp", "request_id"}``.  Failure:

@@ -1,4 +1,4 @@
-"""Kyros models (seed 003 "Model Selection API"): the native catalogue (api/orchestrator.py),
+"""Kyros models (the Kyros document's "Model Selection API"): the native catalogue (api/orchestrator.py),
 in the Kyros envelope.  Prices are per 1K tokens, as the document's example shows them."""
 
 from __future__ import annotations

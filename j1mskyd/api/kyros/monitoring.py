@@ -1,4 +1,4 @@
-"""Kyros monitoring (seed 003 "Monitoring API"): health from the health service, metrics from
+"""Kyros monitoring (the Kyros document's "Monitoring API"): health from the health service, metrics from
 the rolled-up series (timeseries.Rollups), alerts from the event log and the breakers, costs
 from TaskService.costs.  What is computed here is arithmetic over those series (a rate, an
 average per bucket), nothing the daemon does not already record."""

@@ -1,4 +1,4 @@
-"""Kyros tasks, agents (roles) and escalations (seed 003 "Task Management", "Agent
+"""Kyros tasks, agents (roles) and escalations (the Kyros document's "Task Management", "Agent
 Coordination", "Escalation API"): each handler parses with task_request.py's parsers (the
 native API's), calls one TaskService method and answers in the Kyros envelope.
 
@@ -106,10 +106,25 @@ async def agent_configuration(request: web.Request) -> web.Response:
     return ok(request, await _tasks(request).role(request.match_info["role"]))
 
 
+# A role's keys in the config file -> Kyros's names for them (the role's view), for the fields
+# the config's validator names.
+_ROLE_FIELDS = {"models": "available_models", "escalation": "escalation_rules", "temperature": "preferences.temperature",
+                "max_tokens": "preferences.max_tokens", "timeout": "preferences.timeout"}
+
+
+def _kyros_field(name: str) -> str:
+    head, dot, rest = name.partition(".")
+    renamed = _ROLE_FIELDS.get(head)
+    return name if renamed is None else renamed + dot + rest
+
+
 async def update_agent_configuration(request: web.Request) -> web.Response:
     """Change a role's configuration at run time (persisted, audited)"""
     patch = parse.parse_role_patch(await read_json(request))
-    view = await _tasks(request).update_role(request.match_info["role"], patch, viewer(request).key_id)
+    try:
+        view = await _tasks(request).update_role(request.match_info["role"], patch, viewer(request).key_id)
+    except ValidationFailed as exc:
+        raise ValidationFailed([{**d, "field": _kyros_field(d["field"])} for d in exc.extra["details"]]) from None
     return ok(request, view, "Configuration updated")
 
 

@@ -1,4 +1,4 @@
-"""Kyros webhooks (seed 003 "Webhooks"): the native webhook service's operations
+"""Kyros webhooks (the Kyros document's "Webhooks"): the native webhook service's operations
 (api/webhooks.py), in the Kyros envelope.  ``status`` is the native one (active | paused)."""
 
 from __future__ import annotations
