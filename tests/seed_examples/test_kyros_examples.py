@@ -21,7 +21,6 @@ sees ``escalation_status``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import queue
@@ -57,14 +56,11 @@ def kyros_replacements(url: str, key: str) -> dict[str, str]:
             "your-jwt-token": key}
 
 
-def _only(text: str, url: str, key: str) -> dict[str, str]:
-    """The replacements of :func:`kyros_replacements` that occur in ``text`` (each must occur
-    in the example it is applied to: the harness refuses a stale one)."""
-    return {old: new for old, new in kyros_replacements(url, key).items() if old in text}
-
-
 def replacements_for(path: Path, url: str, key: str) -> dict[str, str]:
-    return _only(path.read_text(encoding="utf-8"), url, key)
+    """The replacements of :func:`kyros_replacements` that occur in the example at ``path`` (each
+    one given must occur: the harness refuses a stale one)."""
+    text = path.read_text(encoding="utf-8")
+    return {old: new for old, new in kyros_replacements(url, key).items() if old in text}
 
 
 # -- the daemon and its keys --------------------------------------------------------------------------
