@@ -112,14 +112,14 @@ def prompt_of(payload: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write_tasks_config(path: Path, upstream_url: str) -> Path:
+def write_tasks_config(path: Path, upstream_url: str, threshold: float = THRESHOLD) -> Path:
     models = "".join(
         f'[models.{alias}]\nprovider = "fake"\nupstream = "{alias}-up"\n'
         f"input_per_1k = {inp}\noutput_per_1k = {out}\nblended_per_1k = {out}\n\n"
         for alias, (inp, out) in PRICES.items())
     roles = "".join(
         f'[roles.{role}]\ndefault_model = "cheap"\nmodels = {models_of}\nmax_tokens = 200\n'
-        f"[roles.{role}.escalation]\ncost_threshold = {THRESHOLD}\nmax_revisions = 2\n\n"
+        f"[roles.{role}.escalation]\ncost_threshold = {threshold}\nmax_revisions = 2\n\n"
         for role, models_of in (("architect", '["cheap"]'), ("implementer", '["cheap", "strong"]'),
                                 ("critic", '["cheap"]'), ("integrator", '["cheap"]')))
     workflows = "".join(f"[workflows.{kind}]\nsteps = {steps}\n\n" for kind, steps in (
@@ -133,7 +133,7 @@ def write_tasks_config(path: Path, upstream_url: str) -> Path:
         f'[plugins]\ndropin_dir = "{path.parent / "no-plugins.d"}"\n\n'
         f'[providers.fake]\nplugin = "openai_compat"\nbase_url = "{upstream_url}/v1"\nmax_concurrency = 4\n\n'
         f"{models}"
-        f"[tasks]\nmax_revisions = 2\napproval_threshold = {THRESHOLD}\nmax_steps = 20\n\n"
+        f"[tasks]\nmax_revisions = 2\napproval_threshold = {threshold}\nmax_steps = 20\n\n"
         f"{roles}{workflows}",
         encoding="utf-8")
     return path
@@ -142,10 +142,10 @@ def write_tasks_config(path: Path, upstream_url: str) -> Path:
 class Scenario:
     """The daemon (restartable on its state dir) and its upstream, with async helpers."""
 
-    def __init__(self, tmp_path: Path, upstream: RoleUpstream) -> None:
+    def __init__(self, tmp_path: Path, upstream: RoleUpstream, threshold: float = THRESHOLD) -> None:
         self.tmp_path = tmp_path
         self.upstream = upstream
-        self.config = write_tasks_config(tmp_path / "tasks.toml", upstream.url)
+        self.config = write_tasks_config(tmp_path / "tasks.toml", upstream.url, threshold)
         self.daemon = Daemon(tmp_path, tmp_path / "state", self.config, name="tasks-daemon")
 
     async def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
@@ -217,10 +217,10 @@ class Scenario:
 
 
 @contextlib.asynccontextmanager
-async def scenario(tmp_path: Path, verdicts: list[str]) -> AsyncIterator[Scenario]:
+async def scenario(tmp_path: Path, verdicts: list[str], threshold: float = THRESHOLD) -> AsyncIterator[Scenario]:
     upstream = RoleUpstream(verdicts)
     await upstream.start()
-    run = Scenario(tmp_path, upstream)
+    run = Scenario(tmp_path, upstream, threshold)
     try:
         await run.start()
         yield run
@@ -348,6 +348,38 @@ async def test_revise_twice_then_an_escalation_above_the_threshold_approved_comp
         assert waiting == [], waiting
         submitted = next(data for kind, data in events if kind == "escalation.submitted")
         assert submitted["escalation_id"] == escalation["escalation_id"] and submitted["status"] == "pending_approval"
+
+
+async def test_the_approved_escalations_re_run_carries_the_critics_reasons(tmp_path):
+    """The step re-run on the stronger model after a person approved is told what the critic asked
+    for, as each revision was and as the re-run of an escalation within the threshold is (below):
+    otherwise the dearer model redoes the work blind."""
+    async with scenario(tmp_path, [REVISE] * 3) as run:
+        task, escalation = await escalate(run)
+        await run.ok("POST", f"/api/escalations/{escalation['escalation_id']}/decision", {"decision": "approved"})
+        assert (await run.wait_task(task["id"], ("completed", "failed", "cancelled")))["status"] == "completed"
+        assert run.upstream.models()[7] == "strong"
+        assert "handle the empty input" in prompt_of(run.upstream.bodies[7])
+
+
+async def test_an_escalation_within_the_threshold_runs_at_once(tmp_path):
+    """With the threshold above the strong model's estimate, the third "revise" escalates at once:
+    recorded approved by "auto", no person asked, no escalation.submitted; the re-run carries the
+    critic's reasons; the task completes."""
+    async with scenario(tmp_path, [REVISE] * 3, threshold=100.0) as run:
+        created = await run.create()
+        done = await run.wait_task(created["id"], ("completed", "failed", "cancelled", "awaiting_approval"))
+        assert done["status"] == "completed", done
+        assert step_shape(done) == UNTIL_ESCALATION + AFTER_APPROVAL
+        assert run.upstream.models() == ["cheap"] * 7 + ["strong", "cheap", "cheap"]
+        assert "handle the empty input" in prompt_of(run.upstream.bodies[7])
+        check_costs(run, done, run.upstream.models())
+        (auto,) = done["escalations"]
+        assert auto["approved_by"] == "auto" and auto["approval_required"] is False
+        assert auto["status"] == "completed" and auto["estimated_cost"] <= 100.0
+        kinds = [kind for kind, _ in await run.events(created["id"])]
+        assert [k for k in kinds if k.startswith("escalation.")] == ["escalation.approved"]
+        assert kinds[-1] == "task.completed" and kinds.count("task.completed") == 1
 
 
 # -- ... and rejected ---------------------------------------------------------------------------------
