@@ -481,3 +481,33 @@ async def test_kill_9_between_steps_while_awaiting_approval_then_approved_comple
         kinds = [kind for kind, _ in await run.events(task["id"])]
         assert kinds.count("task.completed") == 1 and kinds[-1] == "task.completed"
         assert [k for k in kinds if k.startswith("escalation.")] == ["escalation.submitted", "escalation.approved"]
+
+
+# -- cancel --------------------------------------------------------------------------------------------
+async def test_cancelling_a_task_cancels_its_running_step_and_refunds_it(tmp_path):
+    """DELETE while the implementer's call is in flight: the task is cancelled, its step's agent
+    too, charged as every agent whose call is abandoned in flight is (the call's worst case: the
+    provider may bill it; docs/runtime.md) and refunded the rest of its reservation; the task's
+    costs and the ledger say the same; nothing runs after; one task.cancelled."""
+    async with scenario(tmp_path, []) as run:
+        run.upstream.hold_call = 2
+        created = await run.create()
+        await asyncio.wait_for(run.upstream.held.wait(), WAIT)
+        cancelled = await run.ok("DELETE", f"/api/tasks/{created['id']}", {"reason": "not needed any more"})
+        assert cancelled["status"] == "cancelled", cancelled
+        done = await run.wait_task(created["id"], ("cancelled",))
+        steps = sorted(done["steps"], key=lambda s: s["seq"])
+        assert [(s["role"], s["status"]) for s in steps] == [("architect", "completed"), ("implementer", "cancelled")]
+        agent = await run.ok("GET", f"/api/agent/{steps[1]['agent_id']}")
+        charges = agent["charges"]
+        assert agent["status"] == "cancelled" and charges["charged"] > call_cost("cheap", run.upstream)
+        assert steps[1]["cost"] == pytest.approx(charges["charged"])
+        assert done["cost"]["charged"] == pytest.approx(call_cost("cheap", run.upstream) + charges["charged"])
+        assert done["cost"]["refunded"] == pytest.approx(charges["refunded"])
+        run.upstream.release()
+        rows = run.ledger([s["agent_id"] for s in steps])
+        assert [r["agent_id"] for r in rows] == [s["agent_id"] for s in steps]  # the abandoned call at its worst case
+        assert rows[1]["cost"] == pytest.approx(charges["charged"])
+        kinds = [kind for kind, _ in await run.events(created["id"])]
+        assert kinds.count("task.cancelled") == 1 and kinds[-1] == "task.cancelled" and "task.completed" not in kinds
+        assert len(run.upstream.calls) == 2  # nothing ran after the cancel
