@@ -184,7 +184,7 @@ def test_javascript_kyros_api_creates_submits_and_follows_a_task_to_completed(js
     assert "\nTask submitted to agent\n" in out
     seen = re.findall(r"^Task status: (\w+)$", out, re.M)
     assert seen and seen[-1] == "completed" and set(seen) <= {"pending", "in_progress", "completed"}, seen
-    assert out.rstrip().endswith("Task completed successfully!") or "\nTask completed successfully!\n" in out
+    assert re.search(r"^Task status: completed\nTask completed successfully!$", out, re.M), out
     done = task_of(seed_url, developer, created.group(1))
     assert done["status"] == "completed"
     assert [s["role"] for s in done["steps"]] == ["implementer", "critic", "integrator"]
