@@ -172,7 +172,10 @@ async def test_reject_from_the_page_fails_the_task(page, tasks_daemon):
     await browser.click(f"#escalations tr[data-escalation-id=\"{escalation['escalation_id']}\"] button.danger")
     row = _task_row(task["id"])
     await browser.wait_for(f"{row}.dataset.status === 'failed'", timeout=WAIT, what="the task failed (live)")
-    assert (await run.task(task["id"]))["escalations"][0]["status"] == "rejected"
+    done = await run.task(task["id"])
+    assert done["escalations"][0]["status"] == "rejected"
+    # The list's cost (the task never opened): the sum of its steps' charges, from the stream.
+    assert await browser.evaluate(f"{row}.querySelector('td.cost').textContent") == _money(done["cost"]["charged"])
     _no_problems(browser)
 
 

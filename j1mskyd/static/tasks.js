@@ -14,7 +14,10 @@ window.J1mskyTasks = (kit) => {
   const { $, api, el, fillTable, money, dateTime, can, setError } = kit;
   const MAX_ROWS = 50;
   const DETAIL_EVERY_MS = 1000;  // a task in detail is fetched again at most this often after its events
-  const state = { tasks: new Map(), pending: new Map(), detail: null, detailTimer: null, lastDetail: 0 };
+  // stepCosts: task id -> (step id -> what the step was charged), from the task.progress events of
+  // ended steps (the stream replays the event log at connect): a listed task's cost without fetching it.
+  const state = { tasks: new Map(), pending: new Map(), stepCosts: new Map(), detail: null, detailTimer: null,
+    lastDetail: 0 };
 
   function progressText(p) {
     if (!p) return '–';
@@ -26,10 +29,16 @@ window.J1mskyTasks = (kit) => {
     return el('td', { class: 'progress' }, bar, el('span', { class: 'muted', text: ' ' + progressText(p) }));
   }
 
-  function costOf(t) {  // the full view's charged cost; a summary from the list or an event has none
+  function costOf(t) {  // the full view's charged cost, else the sum of its ended steps' (a summary has none)
     if (t.cost && typeof t.cost.charged === 'number') return t.cost.charged;
-    if (t.metadata && typeof t.metadata.cost === 'number') return t.metadata.cost;
-    return null;
+    const steps = state.stepCosts.get(t.id);
+    return steps ? [...steps.values()].reduce((a, b) => a + b, 0) : null;
+  }
+
+  function noteStep(taskId, step) {
+    if (!step || !step.id || step.status === 'running' || typeof step.cost !== 'number') return;
+    if (!state.stepCosts.has(taskId)) state.stepCosts.set(taskId, new Map());
+    state.stepCosts.get(taskId).set(step.id, step.cost);
   }
 
   // -- the list -------------------------------------------------------------------------------
@@ -209,6 +218,7 @@ window.J1mskyTasks = (kit) => {
   // -- the stream -----------------------------------------------------------------------------
   function onEvent(type, data) {
     if (type.startsWith('task.')) {
+      if (type === 'task.progress') noteStep(data.id, data.step);
       upsert(data);
       render();
       if (state.detail === data.id) detailSoon();
@@ -235,6 +245,7 @@ window.J1mskyTasks = (kit) => {
   function clear() {
     state.tasks.clear();
     state.pending.clear();
+    state.stepCosts.clear();
     closeTask();
     for (const id of ['tasks', 'escalations', 'task-steps', 'task-escalations']) fillTable(id, []);
   }
