@@ -23,7 +23,7 @@ from .request_fields import KEEP, Keep
 from .task_record import ESC_STATUSES, PRIORITIES, STATUSES
 
 __all__ = ["COST_GROUPS", "COST_PERIODS", "CostQuery", "Decision", "EscalationQuery", "EscalationRequest",
-           "MAX_ITEM", "MAX_ITEMS", "MAX_LIMIT", "MAX_TEXT", "MAX_TITLE", "ModelSelection", "SORTS",
+           "MAX_ITEM", "MAX_ITEMS", "MAX_LIMIT", "MAX_TEXT", "MAX_TITLE", "ModelSelection", "RolePatch", "SORTS",
            "StepPreferences", "Submission", "TaskQuery", "TaskRequest", "TaskUpdate", "parse_cancel",
            "parse_costs", "parse_create", "parse_decision", "parse_escalation", "parse_escalation_query",
            "parse_model_selection", "parse_query", "parse_role_patch", "parse_submission", "parse_task",
@@ -423,18 +423,40 @@ _ROLE_KEYS = ("default_model", "models", "capabilities", "temperature", "max_tok
               "constraints", "enabled", "review")
 
 
-def parse_role_patch(body: Any) -> dict[str, Any]:
+class RolePatch(dict[str, Any]):
+    """A role change as ``[roles.<name>]`` keys; ``spelled``: the request's own name of each key
+    it spelled Kyros's way (``models``: ``available_models``), so that an error names the field
+    the caller sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spelled: dict[str, str] = {}
+
+
+def parse_role_patch(body: Any) -> RolePatch:
     """A role change, in the config file's shape (``[roles.<name>]`` keys) or Kyros's
     (``available_models``, ``preferences``, ``escalation_rules``), as ``[roles.<name>]`` keys;
     the values are checked by the config's own validator (TaskService.update_role)."""
     body = _object(body)
     errors: Errors = []
-    patch: dict[str, Any] = {}
+    patch = RolePatch()
+
+    def put(name: str, value: Any, sent: str) -> None:
+        """One [roles.<name>] key, as the request ``sent`` it; a key sent under both spellings is refused."""
+        if name in patch:
+            first = patch.spelled.get(name, name)
+            errors.extend({"field": f, "message": f"{first} and {sent} are the same setting: send one"}
+                          for f in (first, sent))
+            return
+        patch[name] = value
+        if sent != name:
+            patch.spelled[name] = sent
+
     for key, value in body.items():
         if key == "role":  # Kyros echoes the role's name in its view: harmless when it is sent back
             continue
         if key == "available_models":
-            patch["models"] = value
+            put("models", value, key)
         elif key == "preferences":
             if not isinstance(value, dict):
                 errors.append({"field": key, "message": "preferences must be a JSON object"})
@@ -443,11 +465,12 @@ def parse_role_patch(body: Any) -> dict[str, Any]:
                 if name not in _ROLE_PREFERENCES:
                     errors.append({"field": f"preferences.{name}",
                                    "message": f"unknown preference (one of {', '.join(_ROLE_PREFERENCES)})"})
-                patch[name] = item
+                else:
+                    put(name, item, f"preferences.{name}")
         elif key == "escalation_rules":
-            patch["escalation"] = value
+            put("escalation", value, key)
         elif key in _ROLE_KEYS:
-            patch[key] = value
+            put(key, value, key)
         else:
             errors.append({"field": key, "message": "unknown field: a role has " + ", ".join(
                 (*_ROLE_KEYS, "available_models", "preferences", "escalation_rules"))})

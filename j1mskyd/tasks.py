@@ -40,6 +40,7 @@ from .budget import Budget
 from .config import Config, role_issues
 from .errors import ApiError, Conflict, Forbidden, NotFound, ValidationFailed
 from .events import Event, EventLog
+from .request_fields import changed
 from .runtime import AgentRuntime
 from .store import Statement, Store
 from .task_config import RoleConfig, by_price, price
@@ -211,8 +212,8 @@ class TaskService:
         merged = _merge(self._overrides.get(name, {}), patch)
         role, issues = role_issues(name, _merge(_role_table(config.roles[name]), merged), config.models)
         if role is None:
-            prefix = f"roles.{name}."
-            raise ValidationFailed([{"field": i.key.removeprefix(prefix), "message": i.reason} for i in issues])
+            raise ValidationFailed([{"field": _as_sent(i.key.removeprefix(f"roles.{name}."), patch),
+                                     "message": i.reason} for i in issues])
         await self.store.write(settings.put(ROLE_SETTING + name, jsonx.compact(merged), self.clock()),
                                fail_fast=True)
         self._overrides[name] = merged
@@ -428,8 +429,10 @@ class TaskService:
         return self.events.statements(type_, data if data is not None else task_summary(task), task.api_key)
 
     def _progress(self, task: Task, step: Step) -> tuple[Event, Statements]:
-        data = {**task_summary(task), "task_id": task.task_id, "current_step": task_summary(task)["progress"][
-            "current_step"], "step": step_view(step)}
+        summary = task_summary(task)
+        # The step without its output: events stay small (GET /tasks/{id} has the outputs).
+        data = {**summary, "task_id": task.task_id, "current_step": summary["progress"]["current_step"],
+                "step": {k: v for k, v in step_view(step).items() if k != "output"}}
         return self._event("task.progress", task, data)
 
     async def _commit(self, task: Task, statements: Statements, events: Events) -> Task:
@@ -478,7 +481,9 @@ class TaskService:
         """An approved manual escalation of ``position`` that no step carried out yet."""
         used = {s.esc_id for s in task.steps if s.esc_id}
         for esc in task.escalations:
-            if esc.manual and esc.status == ESC_APPROVED and esc.position == position and esc.esc_id not in used:
+            # position None: asked for while the task was pending, for whichever step it starts at
+            if esc.manual and esc.status == ESC_APPROVED and esc.position in (position, None) \
+                    and esc.esc_id not in used:
                 return esc
         return None
 
@@ -615,7 +620,7 @@ class TaskService:
         """A step the engine starts; refused (budget, limits, max_steps): the task fails saying why."""
         try:
             await self._start_step(task, position, kind, before=before, events=events, **kwargs)
-        except (ApiError, _StepRefused) as exc:
+        except ApiError as exc:
             await self._finish(task, FAILED, before, events, error=_reason(exc))
 
     async def _revise(self, task: Task, critic: Step, before: Statements, events: Events) -> None:
@@ -756,14 +761,14 @@ class TaskService:
                 raise Conflict(f"Task '{task_id}' is {task.status}{at}; only a pending task can be submitted",
                                status=task.status)
             prefs = {k: v for k, v in dataclasses.asdict(preferences).items() if v is not None}
-            changes = {"context": dict(context), "preferences": {**prefs, "role": role} if prefs else {}}
+            changes = {"context": dict(context), "preferences": {**prefs, "role": role} if prefs else {},
+                       "assignee_role": task.assignee_role or role}
             new, step = await self._start_step(task, task.workflow.index(role), KIND_RUN, changes=changes)
         return submission_view(new, step, self._duration(step.model))
 
     async def update(self, task_id: str, req: TaskUpdate, viewer: Viewer) -> dict[str, Any]:
         """Change the task's own fields; ``status`` cancelled cancels it, completed ends it now
         (its running step cancelled, the results and feedback given recorded)."""
-        from .request_fields import changed
         fields = changed(req)
         fields.pop("reason", None)
         status = fields.pop("status", None)
@@ -825,10 +830,12 @@ class TaskService:
             if task.status in TERMINAL:
                 raise Conflict(f"Task '{task.task_id}' already {task.status}; it cannot be escalated",
                                status=task.status)
-            position = task.position
-            name = task.workflow[position]
+            pending = task.status == PENDING
+            position = None if pending else task.position
+            first = task.assignee_role if task.assignee_role in task.workflow else task.workflow[0]
+            name = first if pending else task.workflow[task.position]
             role = self._roles().get(name)
-            last = self._last_at(task, position)
+            last = self._last_at(task, position) if position is not None else None
             original = req.original_model or (last.model if last is not None else
                                               role.default_model if role is not None else None)
             target = req.target_model or (self._stronger(role, original) if role is not None and original else None)
@@ -837,7 +844,7 @@ class TaskService:
                                                                              f"is allowed for the {name} role"}])
             estimate = req.estimated_cost
             if estimate is None and role is not None:
-                estimate = self.agents.estimate(target, self._prompt(task, role, position, None))
+                estimate = self.agents.estimate(target, self._prompt(task, role, position or 0, None))
             now = self.clock()
             esc = Escalation(esc_id=_new_id("esc"), task_id=task.task_id, api_key=task.api_key, role=name,
                              position=position, original_model=original, target_model=target, reason=req.reason,
@@ -944,11 +951,17 @@ class TaskService:
             await asyncio.gather(*watchers, return_exceptions=True)
 
 
-class _StepRefused(Exception):
-    """The engine cannot start a step (max_steps, a role or model no longer configured)."""
+class _StepRefused(Conflict):
+    """The engine cannot start a step (max_steps, a role disabled or no longer configured, a model
+    no longer configured): the task fails saying why, or a client's start is a 409."""
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ApiError):
-        return f"a step was refused: {exc.message}"
-    return str(exc)
+def _as_sent(key: str, patch: Mapping[str, Any]) -> str:
+    """A role's config key as the request spelled it (task_request.RolePatch.spelled)."""
+    head, dot, rest = key.partition(".")
+    spelled = getattr(patch, "spelled", {})
+    return spelled.get(head, head) + dot + rest
+
+
+def _reason(exc: ApiError) -> str:
+    return exc.message if isinstance(exc, _StepRefused) else f"a step was refused: {exc.message}"

@@ -141,6 +141,25 @@ async def _blocked_ip(api: Api) -> dict[str, str]:
     return {"ip": ip}
 
 
+async def _task(api: Api) -> dict[str, str]:
+    """A pending task (review: critic, integrator), for the task routes to change, submit or cancel."""
+    return {"task_id": (await api.ok("POST", "/tasks", {"title": "target", "type": "review", "start": False}))["id"]}
+
+
+async def _escalation(api: Api) -> dict[str, str]:
+    """A pending escalation (of a pending task), for a decision to use up."""
+    task = await _task(api)
+    esc = await api.ok("POST", "/escalations", {"task_id": task["task_id"], "reason": "target"})
+    return {"esc_id": esc["escalation_id"]}
+
+
+async def _role(api: Api) -> dict[str, str]:
+    return {"role": "integrator"}  # no other route's example runs an integrator step
+
+
+TASK = {"title": "fuzz", "type": "review", "description": "d", "priority": "low", "assignee_role": "critic",
+        "files_to_modify": ["a.py"], "acceptance_criteria": ["works"], "dependencies": [], "tags": ["t"],
+        "deadline": "2030-01-01T00:00:00Z", "metadata": {"k": 1}, "start": False}
 # A key's own limits (issue 15), valid, for POST /keys and PATCH /keys/{key_id}.
 KEY_LIMITS = {"max_budget": 5, "budget_duration": "30d", "models": ["k2p5", "team_coding"], "max_concurrency": 2,
               "limits": {"spawn": 10}, "expires_at": "2099-01-01T00:00:00Z", "metadata": {"owner": "fuzz"}}
@@ -202,6 +221,20 @@ EXAMPLES: dict[tuple[str, str], Example] = {
                                                         "complexity": "high", "priority": "critical"}),
     ("POST", "/models/select"): Example({"task_type": "code", "estimated_tokens": 2000}),
     ("POST", "/orchestrator/experiment/results"): Example({"experiment_id": "fuzz", "days": 30}, target=_experiment),
+    # Tasks (tests/test_tasks_api.py): the shared pending task of the Api takes the escalations.
+    ("POST", "/tasks"): Example(TASK, ok=(201,)),
+    ("PUT", "/tasks/{task_id}"): Example({"title": "fuzzed", "feedback": "ok", "results": {"n": 1}, "tags": ["u"]},
+                                         target=_task),
+    ("DELETE", "/tasks/{task_id}"): Example({"reason": "fuzz"}, target=_task),
+    ("POST", "/tasks/{task_id}/submit"): Example({"role": "critic", "context": {"a": 1}, "preferences": {
+        "model": "sonnet", "temperature": 0.5, "max_tokens": 100, "timeout": 60}}, target=_task),
+    ("PUT", "/roles/{role}"): Example({"temperature": 0.5, "preferences": {"timeout": 100},
+                                       "escalation_rules": {"cost_threshold": 1.0}}, target=_role),
+    ("POST", "/escalations"): Example(lambda api: {"task_id": api.task_id, "reason": "fuzz", "target_model": "opus",
+                                                   "context": {"a": 1}, "estimated_cost": 1.5, "priority": "high"},
+                                      ok=(201,)),
+    ("POST", "/escalations/{esc_id}/decision"): Example({"decision": "rejected", "reason": "fuzz",
+                                                         "approver_comments": "no"}, target=_escalation),
     # Sunset routes: 410 with the successor, whatever is sent.
     ("POST", "/agent"): Example(None, ok=(410,)),
     ("DELETE", "/cancel"): Example(None, ok=(410,)),
@@ -217,6 +250,7 @@ class Api:
     tmp: str
     blocks: int = 0
     hooks: int = 0
+    task_id: str = ""  # a pending task, for POST /escalations (whose body names it)
     sent: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -405,7 +439,9 @@ async def api(aiohttp_client, tmp_path) -> Api:
                                                               monthly_ceiling=300_000.0, spike_per_hour=10_000.0))
     client = await aiohttp_client(build_app(cfg))
     (tmp_path / "hooks").mkdir()
-    return Api(client, bearer(bootstrap_key(cfg)["token"]), str(tmp_path / "hooks"))
+    api = Api(client, bearer(bootstrap_key(cfg)["token"]), str(tmp_path / "hooks"))
+    api.task_id = (await _task(api))["task_id"]
+    return api
 
 
 class Run:
@@ -570,7 +606,8 @@ async def test_every_get_route_with_odd_query_values_and_path_ids(api):
                                                     if p["in"] == "query"]
     webhook = await _webhook(api)
     names = {"webhook_id": webhook["webhook_id"], "agent_id": (await _agent(api))["agent_id"], "name": "k2p5",
-             "key_id": (await _key(api))["key_id"], "project_id": (await _project(api))["project_id"]}
+             "key_id": (await _key(api))["key_id"], "project_id": (await _project(api))["project_id"],
+             **await _task(api), **await _escalation(api), "role": "critic"}
     for _, path in sorted(router_routes(api.client.app, ("GET",))):
         if path == "/ws":
             continue  # a WebSocket: tests/test_events_live.py
@@ -587,7 +624,7 @@ async def test_every_get_route_with_odd_query_values_and_path_ids(api):
                 problem = envelope_problem(status, body, headers)
                 if problem:
                     api.problems.append(f"{label}: {problem}")
-        for name in ("webhook_id", "agent_id", "name", "delivery_id"):
+        for name in ("webhook_id", "agent_id", "name", "delivery_id", "task_id", "esc_id", "role"):
             if "{" + name + "}" in path:
                 for odd in ODD_PATH:
                     status, body, _ = await api.send("GET", path.format(**{**names, name: quote(odd, safe="")}))

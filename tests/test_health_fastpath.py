@@ -53,8 +53,8 @@ async def test_health_body_is_reused_within_a_second(aiohttp_client, tmp_path, m
     from j1mskyd.api import system
     client = await aiohttp_client(build_app(make_config(tmp_path)))
     built = []
-    real = system._health
-    monkeypatch.setattr(system, "_health", lambda request: built.append(1) or real(request))
+    real = system.health_view
+    monkeypatch.setattr(system, "health_view", lambda request: built.append(1) or real(request))
     now = [1000.0]
     # The module's own clock only (the event loop keeps the real time.monotonic).
     monkeypatch.setattr(system, "time", types.SimpleNamespace(monotonic=lambda: now[0]))

@@ -42,16 +42,21 @@ USER = ("agents:read", "agents:write", "billing:read")
 # Paths without their /api (/api/v1) prefix.  "list": shows work in a list, checked below;
 # "id": takes an id of a key's work; "stream": checked by test_streams_*; "make": makes work
 # owned by the caller (the lists then show it to its key and R only).
-LISTS = {("GET", "/agents"), ("GET", "/agents/active"), ("GET", "/events"), ("GET", "/webhooks")}
+LISTS = {("GET", "/agents"), ("GET", "/agents/active"), ("GET", "/events"), ("GET", "/webhooks"), ("GET", "/tasks"),
+         ("GET", "/escalations"), ("GET", "/tasks/costs")}
 ID_ROUTES = {
     ("GET", "/agent/{agent_id}"), ("DELETE", "/agent/{agent_id}"), ("DELETE", "/agent/{agent_id}/data"),
     ("GET", "/agent/{agent_id}/deliveries"),
     ("GET", "/webhooks/{webhook_id}"), ("PUT", "/webhooks/{webhook_id}"), ("DELETE", "/webhooks/{webhook_id}"),
     ("POST", "/webhooks/{webhook_id}/test"), ("GET", "/webhooks/{webhook_id}/deliveries"),
     ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"),
+    # Tasks (tests/test_tasks_api.py holds the rest of their tenancy).
+    ("GET", "/tasks/{task_id}"), ("PUT", "/tasks/{task_id}"), ("DELETE", "/tasks/{task_id}"),
+    ("POST", "/tasks/{task_id}/submit"), ("GET", "/escalations/{esc_id}"),
 }
 STREAMS = {("GET", "/events/stream"), ("GET", "/ws")}
 MAKES = {("POST", "/spawn"), ("POST", "/spawn-team"), ("POST", "/spawn-batch"), ("POST", "/webhooks"),
+         ("POST", "/tasks"), ("POST", "/escalations"),
          ("POST", "/v1/chat/completions"), ("POST", "/v1/messages")}
 DAEMON_WIDE = "daemon-wide: the daemon's own state, no key's work in it"
 EXEMPT = {
@@ -105,6 +110,12 @@ EXEMPT = {
     ("GET", "/v1/models"): DAEMON_WIDE + " (the configured models)",
     ("GET", "/v1/models/{name}"): DAEMON_WIDE + " (a configured model)",
     ("POST", "/v1/messages/count_tokens"): "an estimate of the sent text: nothing stored",
+    ("GET", "/roles"): DAEMON_WIDE + " (the configured roles)",
+    ("GET", "/roles/{role}"): DAEMON_WIDE + " (a configured role)",
+    ("PUT", "/roles/{role}"): "admin:write only",
+    ("GET", "/roles/{role}/status"): "a role's figures over the caller's own tasks' steps (the leak walk asks it as B)",
+    ("GET", "/workflows"): DAEMON_WIDE + " (the configured workflows)",
+    ("POST", "/escalations/{esc_id}/decision"): "admin:write only",
 }
 # The Kyros API (/kyros/v1; docs/kyros.md), by full path: its tenancy tests are
 # tests/test_kyros_tasks.py and tests/test_kyros_services.py; here its GETs are walked for A's marks
@@ -175,8 +186,6 @@ class World:
     r: Key
     receivers: dict[str, Receiver]  # one per key's webhook: "a", "b", "r"
     task: str                       # the text of A's work
-    kyros_task: str                 # A's task (pending, /kyros/v1/tasks) and its escalation
-    kyros_escalation: str
     agent: str                      # A's spawn, completed
     team: str                       # A's team agent
     members: list[str]
@@ -187,6 +196,8 @@ class World:
     delivery: str                   # one of its deliveries, delivered
     b_agent: str
     b_hook: str
+    a_task: str                     # A's task (pending), its title the text of A's work
+    a_esc: str                      # an escalation of it
 
     @property
     def a_ids(self) -> list[str]:
@@ -195,8 +206,7 @@ class World:
     @property
     def marks(self) -> list[str]:
         """What no answer to B may hold."""
-        return [*self.a_ids, self.task, self.hook, self.receivers["a"].url, self.a.key_id, self.kyros_task,
-                self.kyros_escalation]
+        return [*self.a_ids, self.task, self.hook, self.receivers["a"].url, self.a.key_id, self.a_task, self.a_esc]
 
 
 def _config(tmp_path):
@@ -285,12 +295,12 @@ async def make_world(aiohttp_client, tmp_path, receivers: dict[str, Receiver]) -
         return rows[0]["delivery_id"] if rows else None
 
     delivery = await _until(delivered, "a delivery of A's webhook")
-    kyros_task = (await _ok(await client.post("/kyros/v1/tasks", json={"title": task, "type": "implementation"},
-                                              headers=a.h), 201))["data"]["id"]
-    kyros_escalation = (await _ok(await client.post("/kyros/v1/escalation/submit", headers=a.h, json={
-        "task_id": kyros_task, "reason": task})))["data"]["escalation_id"]
-    return World(client, admin, a, b, r, receivers, task, kyros_task, kyros_escalation, agent, team_body["agent_id"], team_body["members"], batch,
-                 chats, live, hook, delivery, b_agent, b_hook)
+    a_task = (await _ok(await client.post("/api/tasks", json={"title": task, "type": "review", "start": False},
+                                          headers=a.h), 201))["id"]
+    a_esc = (await _ok(await client.post("/api/escalations", json={"task_id": a_task, "reason": task},
+                                         headers=a.h), 201))["escalation_id"]
+    return World(client, admin, a, b, r, receivers, task, agent, team_body["agent_id"], team_body["members"], batch,
+                 chats, live, hook, delivery, b_agent, b_hook, a_task, a_esc)
 
 
 @pytest.fixture
@@ -312,12 +322,18 @@ def leaks(world: World, body: Any) -> list[str]:
 
 
 # -- the walk ----------------------------------------------------------------------------------------
+def _body(method: str, bare: str) -> dict[str, str] | None:
+    """A valid body for a route that reads one (so that an id route answers for its id, not its body)."""
+    if bare.endswith("/submit"):
+        return {"role": "critic"}
+    return {"description": "x"} if method in ("PUT", "PATCH", "POST") else None
+
+
 def _fill(pattern: str, world: World) -> str:
     values = {"agent_id": world.agent, "webhook_id": world.hook, "delivery_id": world.delivery,
               "key_id": world.a.key_id, "name": "k2p5", "ip": "127.0.0.9", "exception_id": "exc_x",
-              "project_id": "prj_000000000000", "task_id": world.kyros_task,
-              "escalation_id": world.kyros_escalation, "esc_id": world.kyros_escalation, "role": "implementer",
-              "model_name": "k2p5"}
+              "project_id": "prj_000000000000", "task_id": world.a_task, "esc_id": world.a_esc, "role": "critic",
+              "escalation_id": world.a_esc, "model_name": "k2p5"}  # the last two: Kyros's names
     return re.sub(r"\{([^}]+)\}", lambda m: values[m.group(1)], pattern)
 
 
@@ -410,18 +426,21 @@ async def _error(resp, status: int) -> dict:
 
 async def test_every_id_route_answers_b_404_as_for_an_unknown_id(world):
     c, a, b, r = world.client, world.a, world.b, world.r
-    unknown = {"agent_id": "subagent_1_0000", "webhook_id": "webhook_000000000000", "delivery_id": "dlv_0"}
+    unknown = {"agent_id": "subagent_1_0000", "webhook_id": "webhook_000000000000", "delivery_id": "dlv_0",
+               "task_id": "task_0000000000000000", "esc_id": "esc_0000000000000000"}
     checked = set()
     for prefix in ("/api", "/api/v1"):
         for method, bare in sorted(ID_ROUTES):
-            ids_of_a = {"agent_id": world.agent, "webhook_id": world.hook, "delivery_id": world.delivery}
+            ids_of_a = {"agent_id": world.agent, "webhook_id": world.hook, "delivery_id": world.delivery,
+                        "task_id": world.a_task, "esc_id": world.a_esc}
             agent_ids = [world.agent, world.team, *world.members, world.chats[0], world.live] \
                 if "{agent_id}" in bare else [None]
             for agent_id in agent_ids:
                 if agent_id:
                     ids_of_a["agent_id"] = agent_id
                 path = prefix + re.sub(r"\{([^}]+)\}", lambda m: ids_of_a[m.group(1)], bare)
-                body = {"description": "x"} if method == "PUT" else None
+                body = _body(method, bare) if method in ("PUT", "POST") and bare != "/webhooks/{webhook_id}/test" \
+                    and "redeliver" not in bare else None
                 theirs = await _error(await c.request(method, path, json=body, headers=b.h), 404)
                 # The unknown id's answer, for the same shape of path.
                 if "{webhook_id}" in bare and "{delivery_id}" in bare:
@@ -594,7 +613,7 @@ async def test_the_local_caller_sees_no_key_s_work_and_reaches_no_admin_route(wo
         if scope == PUBLIC or (method, bare) in STREAMS | MAKES:
             continue
         path = _fill(pattern, world)
-        body = {"description": "x"} if method in ("PUT", "PATCH", "POST") else None
+        body = _body(method, bare)
         if scope not in USER:
             resp = await c.request(method, path, json=body, timeout=LIMIT)
             error = (await _json(resp))["error"]  # the native envelope's type, Kyros's code

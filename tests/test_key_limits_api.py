@@ -276,10 +276,12 @@ _MIGRATION_8_COLUMNS = {
 
 def _back_to_schema_7(path: str) -> None:
     """Undo migration 8 on a database (sqlite >= 3.35 drops columns): as a daemon from before left it
-    (and migration 9 after it: the dashboard's series)."""
+    (and migrations 9 and 10 after it: the dashboard's series, tasks)."""
     conn = sqlite3.connect(path)
     try:
         conn.execute("DROP TABLE IF EXISTS metric_points")
+        for table in ("tasks", "task_steps", "escalations"):  # migration 10 (tasks), after 8
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
         for index in ("agents_key", "usage_key_ts", "usage_project_ts", "events_key", "projects_name"):
             conn.execute(f"DROP INDEX IF EXISTS {index}")
         conn.execute("DROP TABLE projects")

@@ -340,3 +340,15 @@ async def test_cancel_reason_types(aiohttp_client, tmp_path):
                             "VALIDATION_ERROR")
         assert err["details"]["field"] == "reason"
     assert (await success(await d.call("GET", f"/tasks/{task['id']}")))["status"] == "pending"
+
+
+async def test_escalation_rate_in_the_metrics(aiohttp_client, tmp_path):
+    d = await start(aiohttp_client, tmp_path)
+    first = await _task(d)
+    await _task(d, d.other)
+    await success(await d.call("POST", "/escalation/submit", json={"task_id": first["id"], "reason": "hard"}))
+    data = await success(await d.call("GET", "/monitoring/metrics?period=1h&metrics=escalation_rate", d.admin))
+    assert data["metrics"]["escalation_rate"]["data"] == [50.0]  # one escalation of two tasks, every key's
+    day = await success(await d.call("GET", "/monitoring/metrics?period=7d&granularity=1d&metrics=escalation_rate",
+                                     d.admin))
+    assert day["metrics"]["escalation_rate"]["data"][-1] == 50.0 and day["metrics"]["escalation_rate"]["data"][0] is None

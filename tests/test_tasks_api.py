@@ -274,7 +274,9 @@ async def test_roles_and_workflows_are_listed_from_the_config(client):
     ({"default_model": "opus", "models": ["k2p5"]}, "default_model"), ({"escalation": 1}, "escalation"),
     ({"escalation": {"cost_threshold": -1}}, "escalation.cost_threshold"),
     ({"escalation": {"nope": 1}}, "escalation.nope"), ({"constraints": []}, "constraints"),
-    ({"preferences": {"timeout": 0}}, "timeout"), ({"preferences": {"colour": 1}}, "preferences.colour"),
+    ({"preferences": {"timeout": 0}}, "preferences.timeout"), ({"preferences": {"colour": 1}}, "preferences.colour"),
+    ({"escalation_rules": {"cost_threshold": "x"}}, "escalation_rules.cost_threshold"),
+    ({"available_models": ["gpt-9"]}, "available_models"), ({"timeout": 5, "preferences": {"timeout": 6}}, "timeout"),
     ({"preferences": 1}, "preferences"), ({"whatever": 1}, "whatever"), ({}, "body"), ({"enabled": "yes"}, "enabled"),
 ])
 async def test_a_bad_role_change_is_refused_by_name_and_changes_nothing(client, patch, field):
@@ -391,3 +393,23 @@ def test_webhooks_may_subscribe_to_the_task_and_escalation_events():
 async def test_the_event_stream_takes_the_task_events_as_types(client):
     resp = await client.get("/api/events?types=task.created")
     assert resp.status == 200
+
+
+async def test_every_task_route_answers_under_both_prefixes(client):
+    for prefix in ("/api", "/api/v1"):
+        task = await (await client.post(f"{prefix}/tasks", json=BASE)).json()
+        tid = task["id"]
+        esc = await (await client.post(f"{prefix}/escalations", json={"task_id": tid, "reason": "r"})).json()
+        eid = esc["escalation_id"]
+        for method, path, body, status in (
+                ("GET", "/tasks", None, 200), ("GET", f"/tasks/{tid}", None, 200),
+                ("GET", "/tasks/costs", None, 200), ("PUT", f"/tasks/{tid}", {"feedback": "f"}, 200),
+                ("GET", "/roles", None, 200), ("GET", "/roles/critic", None, 200),
+                ("GET", "/roles/critic/status", None, 200), ("PUT", "/roles/critic", {"temperature": 0.3}, 200),
+                ("GET", "/workflows", None, 200), ("GET", "/escalations", None, 200),
+                ("GET", f"/escalations/{eid}", None, 200),
+                ("POST", f"/escalations/{eid}/decision", {"decision": "rejected"}, 200),
+                ("POST", f"/tasks/{tid}/submit", {"role": "critic"}, 200),
+                ("DELETE", f"/tasks/{tid}", None, 200)):
+            resp = await client.request(method, prefix + path, json=body)
+            assert resp.status == status, (prefix, method, path, await resp.text())

@@ -390,6 +390,15 @@ async def test_a_manual_escalation_approved_before_the_start_runs_that_step_on_i
     listed = await (await client.get("/api/escalations?status=completed")).json()
     assert [e["escalation_id"] for e in listed["escalations"]] == [esc["escalation_id"]]
     assert (await (await client.get("/api/escalations?status=pending")).json())["pagination"]["total"] == 0
+    # Asked for while pending, it applies to whichever step the task starts at.
+    other = await (await client.post("/api/tasks", json={**TASK, "type": "testing", "start": False})).json()
+    esc = await (await client.post("/api/escalations", json={"task_id": other["id"], "reason": "r"})).json()
+    assert esc["role"] == "implementer" and esc["target_model"] == "sonnet"
+    await client.post(f"/api/escalations/{esc['escalation_id']}/decision", json={"decision": "approved"})
+    sub = await (await client.post(f"/api/tasks/{other['id']}/submit", json={"role": "critic"})).json()
+    assert sub["model_assigned"] == "sonnet"
+    done = await wait_task(client, other["id"])
+    assert done["assignee_role"] == "critic" and done["steps"][0]["kind"] == "escalated"
 
 
 # -- recovery ----------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ from .common import (API_KEY, AWAITING_CREDENTIALS, CONFIG, LOCAL_CALLER, SERVIC
                      viewer)
 from .middleware import authenticate_in_band, count_in_band
 
+__all__ = ["HEARTBEAT", "KEY_LOST", "Messages", "NATIVE", "decode_cursor", "encode_cursor", "list_events", "stream",
+           "websocket", "websocket_handler"]
+
 HEARTBEAT = 15.0
 POLL = 0.25  # seconds between looks at an idle reader's connection
 REPLAY_PAGE = 500

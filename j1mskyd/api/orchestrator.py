@@ -19,6 +19,9 @@ from .common import CONFIG, SERVICES, json_response, read_json_object, usable
 from ..pricing_history import MAX_DAYS
 from .pricing import MAX_TOKENS, Fields, experiment_from_history, read_fields
 
+__all__ = ["cache_invalidate", "cache_status", "experiment_results", "get_model", "list_models", "model_detail",
+           "models_catalogue", "orchestrator_status", "recommend_model", "select_model"]
+
 
 def _service(request: web.Request) -> Orchestrator:
     return request.app[SERVICES].orchestrator

@@ -13,6 +13,8 @@ from ..errors import Gone
 from .common import CONFIG, SERVICES, json_response
 from .middleware import METRICS
 
+__all__ = ["SUNSET", "SUNSET_DATE", "health", "health_view", "plugins", "sunset_handler"]
+
 # v3 endpoint -> its v4 successor (the J1MSKY API reference's "Migration Guide").
 SUNSET = {("POST", "/agent"): ("POST", "/spawn"), ("GET", "/status"): ("GET", "/agent/{agent_id}"),
           ("DELETE", "/cancel"): ("DELETE", "/agent/{agent_id}")}

@@ -20,6 +20,8 @@ from ..common import CONFIG, SERVICES, read_json_object, viewer
 from ..orchestrator import models_catalogue
 from .envelope import ok
 
+__all__ = ["WRITABLE", "get_configuration", "put_configuration"]
+
 # Kyros section.field -> the role's key ("escalation.x": the role's [escalation] x)
 WRITABLE = {"escalation.cost_threshold": "escalation.cost_threshold",
             "escalation.max_revisions": "escalation.max_revisions",

@@ -8,6 +8,8 @@ from aiohttp import web
 from .. import orchestrator as native
 from .envelope import ok
 
+__all__ = ["get_model", "list_models"]
+
 
 async def list_models(request: web.Request) -> web.Response:
     """The models this key may use, with the default and escalation model"""

@@ -5,16 +5,22 @@ average per bucket), nothing the daemon does not already record."""
 
 from __future__ import annotations
 
+from collections import deque
+from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
 
 from ... import timeseries
 from ...errors import ValidationFailed
+from ...task_request import MAX_LIMIT, EscalationQuery, TaskQuery
 from ..common import CONFIG, SERVICES, query_params, viewer
 from ..system import health_view
 from .alerts import ALERT_EVENTS, alert_of, breaker_alerts
 from .envelope import ok
+
+__all__ = ["ALERT_STATUSES", "DOCUMENT_GRANULARITIES", "GRANULARITIES", "METRICS", "PERIODS", "SEVERITIES", "alerts",
+           "health", "metrics"]
 
 PERIODS = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
 # The document's granularities -> what the rollups keep (1m and 5m are not kept: refused by name).
@@ -24,7 +30,7 @@ METRICS = {"task_completion_rate": "percent", "average_response_time": "seconds"
            "escalation_rate": "percent"}
 ALERT_STATUSES = ("active", "resolved", "acknowledged")
 SEVERITIES = ("info", "warning", "error", "critical")
-_ALERT_SCAN = 1000  # budget events read for the alert list (the level changes a few times a day at most)
+_ALERT_PAGE, _MAX_PAGES = 500, 50  # bounded reads of the event log and the task lists
 
 
 def _bad(field: str, issue: str) -> ValidationFailed:
@@ -133,22 +139,39 @@ def _by_bucket(hourly: dict[str, Any], buckets: list[str], part: str) -> list[fl
 
 
 async def _escalation_rate(request: web.Request, buckets: list[str], g: int) -> list[float | None]:
-    """Escalations opened per task created in each bucket (%), from the event log."""
-    from ...agent_record import iso
-    events = request.app[SERVICES].events
+    """Escalations opened per task created in each bucket (%), from the task service's lists
+    (newest first, read in pages until the period's start; bounded)."""
+    tasks, seen = request.app[SERVICES].tasks, viewer(request)
     index = {b: i for i, b in enumerate(buckets)}
+    start = buckets[0]
     created, escalated = [0.0] * len(buckets), [0.0] * len(buckets)
-    last = 0
-    for _ in range(20):  # bounded: 20 pages of 500
-        page = await events.after(last, 500, ("task.created", "escalation.submitted"), viewer(request))
-        for event in page:
-            i = index.get(iso(event.ts // g * g) or "")
-            if i is not None:
-                (created if event.type == "task.created" else escalated)[i] += 1
-        if len(page) < 500:
+
+    def count(into: list[float], stamp: str | None) -> None:
+        i = index.get(_bucket_of(stamp or "", g))
+        if i is not None:
+            into[i] += 1
+
+    for page in range(_MAX_PAGES):
+        found, _ = await tasks.list(TaskQuery(sort_by="created_at", sort_order="desc", limit=MAX_LIMIT,
+                                              offset=page * MAX_LIMIT), seen)
+        for task in found:
+            count(created, task["created_at"])
+        if len(found) < MAX_LIMIT or found[-1]["created_at"] < start:
             break
-        last = page[-1].id
+    since = datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    for page in range(_MAX_PAGES):
+        found, _ = await tasks.escalations(EscalationQuery(from_date=since, limit=MAX_LIMIT,
+                                                           offset=page * MAX_LIMIT), seen)
+        for esc in found:
+            count(escalated, esc["submitted_at"])
+        if len(found) < MAX_LIMIT:
+            break
     return _ratio(escalated, created, 100)
+
+
+def _bucket_of(stamp: str, g: int) -> str:
+    """The bucket (ISO start) an ISO 8601 Z time falls in."""
+    return stamp[:13] + ":00:00Z" if g == timeseries.HOUR else stamp[:10] + "T00:00:00Z"
 
 
 async def alerts(request: web.Request) -> web.Response:
@@ -161,7 +184,7 @@ async def alerts(request: web.Request) -> web.Response:
         raise _bad("severity", f"Must be one of: {', '.join(SEVERITIES)}")
     limit, offset = _page(params)
     services = request.app[SERVICES]
-    events = await services.events.after(0, _ALERT_SCAN, tuple(ALERT_EVENTS), viewer(request))
+    events = await _alert_events(request)
     level = services.budget.snapshot()["budget_alert_level"]
     newest_level = max((e.id for e in events if e.type != "budget.exceeded"), default=None)
     found = breaker_alerts(services.slots) + [
@@ -171,6 +194,20 @@ async def alerts(request: web.Request) -> web.Response:
     return ok(request, {"alerts": found[offset:offset + limit],
                         "pagination": {"total": len(found), "limit": limit, "offset": offset,
                                        "has_more": offset + limit < len(found)}})
+
+
+async def _alert_events(request: web.Request) -> list[Any]:
+    """The budget's events in the log (the newest _ALERT_PAGE x _MAX_PAGES at most), oldest first."""
+    log, seen = request.app[SERVICES].events, viewer(request)
+    kept: deque[Any] = deque(maxlen=_ALERT_PAGE * _MAX_PAGES)
+    last = 0
+    for _ in range(1000):  # bounded (500,000 budget events: far more than a log keeps)
+        page = await log.after(last, _ALERT_PAGE, tuple(ALERT_EVENTS), seen)
+        kept.extend(page)
+        if len(page) < _ALERT_PAGE:
+            break
+        last = page[-1].id
+    return list(kept)
 
 
 def _page(params: dict[str, str]) -> tuple[int, int]:

@@ -19,7 +19,7 @@ MOUNT = "/kyros"  # every path under it answers in the Kyros envelope, unknown o
 WS_PATH = "/ws"
 READ, WRITE, BILLING, ADMIN, ADMIN_READ = "agents:read", "agents:write", "billing:read", "admin:write", "admin:read"
 
-# method, path, handler, scope (rate-limit class: SPAWNING's, else "other")
+# method, path, handler, scope; the rate-limit class is "other" for all, as for the native task routes
 _DECLARED = (
     ("POST", "/tasks", tasks.create_task, WRITE),
     ("GET", "/tasks", tasks.list_tasks, READ),
@@ -46,10 +46,7 @@ _DECLARED = (
     ("GET", "/configuration/agents/{role}", tasks.agent_configuration, READ),
     ("GET", WS_PATH, ws.websocket, READ),
 )
-# Routes that may spawn agents (a step): counted as the native spawns are.
-SPAWNING = {("POST", "/tasks"): "spawn", ("POST", "/agents/{role}/submit"): "spawn"}  # (method, path) of routes that start agents -> "spawn"
-ROUTES = tuple((method, path, handler, scope, SPAWNING.get((method, path), "other"))
-               for method, path, handler, scope in _DECLARED)
+ROUTES = tuple((method, path, handler, scope, "other") for method, path, handler, scope in _DECLARED)
 
 
 def all_routes(native: Iterable[tuple[Any, ...]]) -> tuple[tuple[Any, ...], ...]:

@@ -21,6 +21,10 @@ from ...tasks import TaskService
 from ..common import CONFIG, SERVICES, query_params, read_json, read_json_object, viewer
 from .envelope import ok
 
+__all__ = ["EscalationRejected", "agent_configuration", "agent_status", "approve_escalation", "cancel_task", "costs",
+           "create_task", "escalation_status", "get_task", "list_escalations", "list_tasks", "select_model",
+           "submit_escalation", "submit_to_agent", "update_agent_configuration", "update_task"]
+
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
@@ -108,8 +112,9 @@ async def agent_configuration(request: web.Request) -> web.Response:
 
 # A role's keys in the config file -> Kyros's names for them (the role's view), for the fields
 # the config's validator names.
-_ROLE_FIELDS = {"models": "available_models", "escalation": "escalation_rules", "temperature": "preferences.temperature",
-                "max_tokens": "preferences.max_tokens", "timeout": "preferences.timeout"}
+_ROLE_FIELDS = {"models": "available_models", "escalation": "escalation_rules",
+                "temperature": "preferences.temperature", "max_tokens": "preferences.max_tokens",
+                "timeout": "preferences.timeout"}
 
 
 def _kyros_field(name: str) -> str:

@@ -8,6 +8,8 @@ from aiohttp import web
 from .. import webhooks as native
 from .envelope import ok
 
+__all__ = ["create_webhook", "delete_webhook", "get_webhook", "list_webhooks", "test_webhook", "update_webhook"]
+
 
 async def create_webhook(request: web.Request) -> web.Response:
     """Register a webhook (a generated secret is shown once)"""
