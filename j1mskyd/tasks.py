@@ -26,8 +26,6 @@ import dataclasses
 import logging
 import re
 import secrets
-import sqlite3
-import time
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -904,32 +902,23 @@ class TaskService:
         ended while the daemon was down is processed now, one re-queued is awaited, an escalation
         decided meanwhile is carried out."""
         cipher = self.store.cipher
-
-        def read(conn: sqlite3.Connection) -> tuple[builtins.list[Task], dict[str, Agent]]:
-            tasks = task_store.live_tasks(conn, cipher)
-            agents = {}
-            for t in tasks:
-                cur = t.current
-                if cur is not None and cur.agent_id not in self.runtime.live:
-                    found = agent_record.load(conn, cur.agent_id, cipher)
-                    if found is not None:
-                        agents[cur.agent_id] = found
-            return tasks, agents
-
-        tasks, ended = await self.store.read(read)
+        tasks = await self.store.read(lambda conn: task_store.live_tasks(conn, cipher))
         counts = {"tasks": len(tasks), "awaited": 0, "processed": 0, "continued": 0}
         for task in tasks:
             self.live[task.task_id] = task
         for task in tasks:
             async with self._lock(task.task_id):
                 cur = task.current
+                # Checked on the loop, right before waiting: a re-queued agent may have run and
+                # ended since start-up (its end is then on disk, read below).
                 if cur is not None and cur.agent_id in self.runtime.live:
                     self._watch(task.task_id, cur.agent_id)
                     counts["awaited"] += 1
                 elif cur is not None:
-                    agent = ended.get(cur.agent_id)
+                    agent_id = cur.agent_id
+                    agent = await self.store.read(lambda conn: agent_record.load(conn, agent_id, cipher))
                     if agent is None:  # cannot happen (one transaction): never hang on it
-                        agent = Agent(agent_id=cur.agent_id, kind=KIND_AGENT, model=cur.model, task="",
+                        agent = Agent(agent_id=agent_id, kind=KIND_AGENT, model=cur.model, task="",
                                       priority="normal", timeout=0, status=FAILED, estimated_cost=0.0,
                                       error="the step's agent was lost")
                     await self._step_ended(task.task_id, agent)
