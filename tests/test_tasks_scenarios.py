@@ -12,8 +12,9 @@ compared one to one:
   is above the role's ``cost_threshold``, so the task waits ``awaiting_approval``; an admin
   approves (the escalated step runs, the critic approves, the integrator ends it) or rejects
   (the task fails): every step, cost, escalation field and event is as expected;
-- ``kill -9`` (a real SIGKILL of the daemon) while a step's upstream call is in flight, and while
-  the task waits between two steps for an approval; restarted on the same state dir, the task
+- ``kill -9`` (a real SIGKILL of the daemon) while a step's upstream call is in flight, between two
+  steps (the next one admitted and queued behind another agent, no call of the task in flight), and
+  while the task waits between two steps for an approval; restarted on the same state dir, the task
   completes once, with one step record per step, and its ledger holds exactly the upstream calls
   the daemon got an answer for (the call cut by the kill is in the upstream's log only: the daemon
   never learnt its usage; docs/operations.md says so of any call cut by a crash).
@@ -43,7 +44,8 @@ from tests.fakeupstream import FakeUpstream
 WAIT = 60.0  # seconds: the bound of every wait (generous; nothing here is timed)
 # Prices per 1k tokens: "strong" is 500 times dearer, so that its re-run's estimate is above
 # the threshold while the cheap steps' are far below it.
-PRICES = {"cheap": (0.001, 0.002), "strong": (0.5, 1.0)}
+# "solo" is "cheap" on a provider that runs one call at a time (a step queues behind another agent).
+PRICES = {"cheap": (0.001, 0.002), "strong": (0.5, 1.0), "solo": (0.001, 0.002)}
 THRESHOLD = 0.05  # USD: the implementer's cost_threshold (and [tasks] approval_threshold)
 WORKFLOW = ["architect", "implementer", "critic", "integrator"]
 REVISE = "REVISE: handle the empty input"
@@ -112,16 +114,16 @@ def prompt_of(payload: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write_tasks_config(path: Path, upstream_url: str, threshold: float = THRESHOLD) -> Path:
+def write_tasks_config(path: Path, upstream_url: str, threshold: float = THRESHOLD, implementer: str = "cheap") -> Path:
     models = "".join(
-        f'[models.{alias}]\nprovider = "fake"\nupstream = "{alias}-up"\n'
+        f'[models.{alias}]\nprovider = "{"one" if alias == "solo" else "fake"}"\nupstream = "{alias}-up"\n'
         f"input_per_1k = {inp}\noutput_per_1k = {out}\nblended_per_1k = {out}\n\n"
         for alias, (inp, out) in PRICES.items())
     roles = "".join(
-        f'[roles.{role}]\ndefault_model = "cheap"\nmodels = {models_of}\nmax_tokens = 200\n'
+        f'[roles.{role}]\ndefault_model = "{default}"\nmodels = ["{default}"{extra}]\nmax_tokens = 200\n'
         f"[roles.{role}.escalation]\ncost_threshold = {threshold}\nmax_revisions = 2\n\n"
-        for role, models_of in (("architect", '["cheap"]'), ("implementer", '["cheap", "strong"]'),
-                                ("critic", '["cheap"]'), ("integrator", '["cheap"]')))
+        for role, default, extra in (("architect", "cheap", ""), ("implementer", implementer, ', "strong"'),
+                                     ("critic", "cheap", ""), ("integrator", "cheap", "")))
     workflows = "".join(f"[workflows.{kind}]\nsteps = {steps}\n\n" for kind, steps in (
         ("implementation", '["architect", "implementer", "critic", "integrator"]'),
         ("review", '["critic", "integrator"]'), ("design", '["architect", "critic", "integrator"]'),
@@ -132,6 +134,7 @@ def write_tasks_config(path: Path, upstream_url: str, threshold: float = THRESHO
         "[runtime]\nmax_concurrency = 4\nmax_attempts = 1\n\n"
         f'[plugins]\ndropin_dir = "{path.parent / "no-plugins.d"}"\n\n'
         f'[providers.fake]\nplugin = "openai_compat"\nbase_url = "{upstream_url}/v1"\nmax_concurrency = 4\n\n'
+        f'[providers.one]\nplugin = "openai_compat"\nbase_url = "{upstream_url}/v1"\nmax_concurrency = 1\n\n'
         f"{models}"
         f"[tasks]\nmax_revisions = 2\napproval_threshold = {threshold}\nmax_steps = 20\n\n"
         f"{roles}{workflows}",
@@ -142,10 +145,11 @@ def write_tasks_config(path: Path, upstream_url: str, threshold: float = THRESHO
 class Scenario:
     """The daemon (restartable on its state dir) and its upstream, with async helpers."""
 
-    def __init__(self, tmp_path: Path, upstream: RoleUpstream, threshold: float = THRESHOLD) -> None:
+    def __init__(self, tmp_path: Path, upstream: RoleUpstream, threshold: float = THRESHOLD,
+                 implementer: str = "cheap") -> None:
         self.tmp_path = tmp_path
         self.upstream = upstream
-        self.config = write_tasks_config(tmp_path / "tasks.toml", upstream.url, threshold)
+        self.config = write_tasks_config(tmp_path / "tasks.toml", upstream.url, threshold, implementer)
         self.daemon = Daemon(tmp_path, tmp_path / "state", self.config, name="tasks-daemon")
 
     async def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
@@ -217,10 +221,11 @@ class Scenario:
 
 
 @contextlib.asynccontextmanager
-async def scenario(tmp_path: Path, verdicts: list[str], threshold: float = THRESHOLD) -> AsyncIterator[Scenario]:
+async def scenario(tmp_path: Path, verdicts: list[str], threshold: float = THRESHOLD,
+                   implementer: str = "cheap") -> AsyncIterator[Scenario]:
     upstream = RoleUpstream(verdicts)
     await upstream.start()
-    run = Scenario(tmp_path, upstream, threshold)
+    run = Scenario(tmp_path, upstream, threshold, implementer)
     try:
         await run.start()
         yield run
@@ -481,6 +486,47 @@ async def test_kill_9_between_steps_while_awaiting_approval_then_approved_comple
         kinds = [kind for kind, _ in await run.events(task["id"])]
         assert kinds.count("task.completed") == 1 and kinds[-1] == "task.completed"
         assert [k for k in kinds if k.startswith("escalation.")] == ["escalation.submitted", "escalation.approved"]
+
+
+async def test_kill_9_between_two_steps_with_the_next_one_queued_runs_it_once(tmp_path):
+    """The implementer's model runs one call at a time, and another agent holds it: the architect's
+    step ends, the implementer's step is admitted and waits in the queue, no call of the task in
+    flight.  Killed then and restarted, the step runs exactly once (one upstream call, one step
+    record, one ledger row) and the task completes once."""
+    async with scenario(tmp_path, [], implementer="solo") as run:
+        run.upstream.hold_call = 1
+        blocker = await asyncio.to_thread(run.daemon.spawn, "a blocker holding the solo provider", "solo")
+        await asyncio.wait_for(run.upstream.held.wait(), WAIT)
+        created = await run.create()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + WAIT
+        while True:  # the architect's step ended, the implementer's queued behind the blocker
+            task = await run.task(created["id"])
+            steps = sorted(task["steps"], key=lambda s: s["seq"])
+            if len(steps) == 2 and steps[0]["status"] == "completed":
+                agent = await run.ok("GET", f"/api/agent/{steps[1]['agent_id']}")
+                if agent["status"] == "queued":
+                    break
+            assert loop.time() < end, task
+            await asyncio.sleep(0.05)
+        assert len(run.upstream.calls) == 2  # the blocker's and the architect's
+        await run.kill_and_restart()
+        run.upstream.release()
+        done = await run.wait_task(created["id"], ("completed", "failed", "cancelled"))
+        assert done["status"] == "completed", done
+        steps = sorted(done["steps"], key=lambda s: s["seq"])
+        assert [(s["role"], s["kind"], s["model"]) for s in steps] == [
+            ("architect", "run", "cheap"), ("implementer", "run", "solo"), ("critic", "run", "cheap"),
+            ("integrator", "run", "cheap")]
+        # The task's calls (not the blocker's): one a step, the implementer's after the restart only.
+        task_calls = [m for m, body in zip(run.upstream.models(), run.upstream.bodies)
+                      if "a blocker" not in prompt_of(body)]
+        assert task_calls == ["cheap", "solo", "cheap", "cheap"]
+        check_costs(run, done, task_calls)
+        assert (await asyncio.to_thread(run.daemon.wait_agent, blocker))["status"] == "completed"
+        kinds = [kind for kind, _ in await run.events(created["id"])]
+        assert kinds.count("task.completed") == 1 and kinds[-1] == "task.completed"
+        assert kinds.count("task.created") == 1 and "task.failed" not in kinds
 
 
 # -- cancel --------------------------------------------------------------------------------------------
