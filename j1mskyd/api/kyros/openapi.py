@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...task_record import ESC_STATUSES, PRIORITIES, STATUSES
-from ... import task_request  # its SORTS and COST_GROUPS (not in its __all__ yet: core's module)
+from ...task_request import COST_GROUPS, COST_PERIODS, SORTS
 from .configuration import WRITABLE
 from .envelope import CODES
 from .monitoring import ALERT_STATUSES, DOCUMENT_GRANULARITIES, METRICS, PERIODS, SEVERITIES
@@ -114,13 +114,13 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
                         _query("priority", {"type": "string", "enum": list(PRIORITIES)}),
                         _query("assignee_role", _TEXT), _query("created_by", _TEXT),
                         _query("tags", {"type": "string", "description": "comma-separated"}), *_PAGE_PARAMS,
-                        _query("sort_by", {"type": "string", "enum": list(task_request.SORTS)}),
+                        _query("sort_by", {"type": "string", "enum": list(SORTS)}),
                         _query("sort_order", {"type": "string", "enum": ["asc", "desc"]})],
     ("GET", "/escalations"): [_query("status", {"type": "string", "enum": ["pending", *ESC_STATUSES]}),
                               _query("task_id", _TEXT), _query("from_date", {"type": "string", "format": "date-time"}),
                               _query("to_date", {"type": "string", "format": "date-time"}), *_PAGE_PARAMS],
-    ("GET", "/monitoring/costs"): [_query("period", {"type": "string", "enum": list(task_request.COST_PERIODS)}),
-                                   _query("group_by", {"type": "string", "enum": list(task_request.COST_GROUPS)})],
+    ("GET", "/monitoring/costs"): [_query("period", {"type": "string", "enum": list(COST_PERIODS)}),
+                                   _query("group_by", {"type": "string", "enum": list(COST_GROUPS)})],
     ("GET", "/monitoring/metrics"): [_query("period", {"type": "string", "enum": list(PERIODS)}),
                                      _query("granularity", {"type": "string", "enum": list(DOCUMENT_GRANULARITIES),
                                                             "description": "1m and 5m are not kept: 422"}),
