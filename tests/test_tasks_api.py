@@ -413,3 +413,37 @@ async def test_every_task_route_answers_under_both_prefixes(client):
                 ("DELETE", f"/tasks/{tid}", None, 200)):
             resp = await client.request(method, prefix + path, json=body)
             assert resp.status == status, (prefix, method, path, await resp.text())
+
+
+async def test_model_selection_for_kyros_reasons_and_the_budget_left(client, config):
+    from j1mskyd.api.common import SERVICES
+    from j1mskyd.task_request import parse_model_selection
+    tasks = client.app[SERVICES].tasks
+    plain = await tasks.select_model(parse_model_selection({"task_description": "rename a variable",
+                                                            "task_type": "implementation"}, config))
+    assert plain["selected_model"] == "sonnet" and plain["role"] == "architect"  # its first role's default
+    assert plain["reasoning"]["security_sensitive"] is False and plain["reasoning"]["business_impact"] == "low"
+    assert plain["reasoning"]["chosen_because"] == "the role's default model"
+    sensitive = await tasks.select_model(parse_model_selection({
+        "task_description": "Implement OAuth2 authentication with SAML integration", "task_type": "testing",
+        "files_to_modify": ["auth.py", "security/oauth2.py", "security/saml.py"],
+        "complexity_indicators": {"file_count": 3, "service_count": 2, "security_sensitive": True,
+                                  "business_critical": True},
+        "context": {"budget_remaining": 100.0}}, config))
+    assert sensitive["selected_model"] == "sonnet" and sensitive["role"] == "implementer"  # above k2p5
+    assert sensitive["reasoning"]["security_sensitive"] is True and sensitive["reasoning"]["business_impact"] == "high"
+    assert sensitive["fallback_model"] == "k2p5" and sensitive["estimated_cost"] > 0
+    broke = await tasks.select_model(parse_model_selection({
+        "task_description": "Implement OAuth2", "task_type": "testing",
+        "complexity_indicators": {"security_sensitive": True}, "context": {"budget_remaining": 0.0}}, config))
+    assert broke["selected_model"] == "k2p5" and "budget left" in broke["reasoning"]["chosen_because"]
+
+
+async def test_a_roles_status_counts_its_steps_of_today(client):
+    for _ in range(2):
+        task = await (await client.post("/api/tasks", json={**BASE, "type": "testing", "start": True})).json()
+        await wait_task(client, task["id"])
+    status = await (await client.get("/api/roles/critic/status")).json()
+    assert status["success_rate"] == 100.0 and status["current_models"] == {"sonnet": 100.0}
+    assert status["performance"]["tasks_completed_today"] == 2 and status["performance"]["cost_per_task"] > 0
+    assert status["active_tasks"] == 0 and status["queue_length"] == 0 and status["available_agents"] == 2
