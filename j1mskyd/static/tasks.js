@@ -13,11 +13,14 @@ window.J1mskyTasks = (kit) => {
 
   const { $, api, el, fillTable, money, dateTime, can, setError } = kit;
   const MAX_ROWS = 50;
+  const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
   const DETAIL_EVERY_MS = 1000;  // a task in detail is fetched again at most this often after its events
   // stepCosts: task id -> (step id -> what the step was charged), from the task.progress events of
   // ended steps (the stream replays the event log at connect): a listed task's cost without fetching it.
-  const state = { tasks: new Map(), pending: new Map(), stepCosts: new Map(), detail: null, detailTimer: null,
-    lastDetail: 0 };
+  // decided: escalations known to be decided (an event, a decision): a list fetched before then
+  // cannot bring them back as pending.
+  const state = { tasks: new Map(), pending: new Map(), decided: new Set(), stepCosts: new Map(), detail: null,
+    detailTimer: null, lastDetail: 0 };
 
   function progressText(p) {
     if (!p) return '–';
@@ -42,10 +45,15 @@ window.J1mskyTasks = (kit) => {
   }
 
   // -- the list -------------------------------------------------------------------------------
+  // A status never steps back: a list (or a task) fetched just before an event cannot undo it.  An
+  // ended task stays ended, and an older view (updated_at) does not replace a newer one's status.
   function upsert(t) {
     if (!t || !t.id) return;
     const known = state.tasks.get(t.id) || {};
-    state.tasks.set(t.id, { ...known, ...t, cost: t.cost || known.cost, metadata: t.metadata || known.metadata });
+    const stale = known.status && ((TERMINAL.has(known.status) && !TERMINAL.has(t.status))
+      || String(known.updated_at || '') > String(t.updated_at || ''));
+    const keep = stale ? { status: known.status, progress: known.progress, updated_at: known.updated_at } : {};
+    state.tasks.set(t.id, { ...known, ...t, ...keep, cost: t.cost || known.cost });
   }
 
   function render() {
@@ -86,7 +94,9 @@ window.J1mskyTasks = (kit) => {
     try {
       const body = await api(`/escalations?status=pending_approval&limit=${MAX_ROWS}`);
       state.pending.clear();
-      for (const e of body.data || body.escalations || []) state.pending.set(e.escalation_id, e);
+      for (const e of body.data || body.escalations || []) {
+        if (!state.decided.has(e.escalation_id)) state.pending.set(e.escalation_id, e);
+      }
       setError('escalations-error', null);
     } catch (err) {
       setError('escalations-error', err);
@@ -130,6 +140,7 @@ window.J1mskyTasks = (kit) => {
       const decided = await api(`/escalations/${encodeURIComponent(e.escalation_id)}/decision`, {
         method: 'POST', body: { decision, ...(reason ? { reason } : {}) } });
       state.pending.set(e.escalation_id, decided);
+      state.decided.add(e.escalation_id);
       $('escalations-result').textContent = `Escalation ${e.escalation_id} ${decided.status}.`;
       setError('escalations-error', null);
       renderPending();
@@ -223,7 +234,10 @@ window.J1mskyTasks = (kit) => {
       render();
       if (state.detail === data.id) detailSoon();
     } else if (type.startsWith('escalation.')) {
-      state.pending.set(data.escalation_id, data);
+      if (data.status !== 'pending_approval') state.decided.add(data.escalation_id);
+      if (!state.decided.has(data.escalation_id) || data.status !== 'pending_approval') {
+        state.pending.set(data.escalation_id, data);
+      }
       renderPending();
       if (state.detail === data.task_id) detailSoon();
     }
@@ -245,6 +259,7 @@ window.J1mskyTasks = (kit) => {
   function clear() {
     state.tasks.clear();
     state.pending.clear();
+    state.decided.clear();
     state.stepCosts.clear();
     closeTask();
     for (const id of ['tasks', 'escalations', 'task-steps', 'task-escalations']) fillTable(id, []);
