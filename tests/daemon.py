@@ -208,9 +208,12 @@ class Daemon:
             return {}
         return {"Authorization": "Bearer " + json.loads(path.read_text())["token"]}
 
-    def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0,
+                token: str | None = None) -> tuple[int, Any]:
+        """One request with the bootstrap admin key, or with ``token`` (another key's) when given."""
         data = None if body is None else json.dumps(body).encode()
-        headers = self.auth_headers() | ({"Content-Type": "application/json"} if data else {})
+        auth = self.auth_headers() if token is None else {"Authorization": f"Bearer {token}"}
+        headers = auth | ({"Content-Type": "application/json"} if data else {})
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
                                      headers=headers)
         try:

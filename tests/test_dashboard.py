@@ -34,6 +34,7 @@ TOKEN_KEY = "j1msky.apiKey"  # app.js's sessionStorage key
 @pytest.mark.parametrize("path, content_type", [
     ("/", "text/html; charset=utf-8"),
     ("/static/app.js", "text/javascript; charset=utf-8"),
+    ("/static/tasks.js", "text/javascript; charset=utf-8"),
     ("/static/app.css", "text/css; charset=utf-8"),
     ("/static/favicon.svg", "image/svg+xml"),
 ])
@@ -152,13 +153,15 @@ def test_the_page_has_no_inline_code_and_loads_only_allow_listed_files():
     scan = _PageScan()
     scan.feed((STATIC / "index.html").read_text(encoding="utf-8"))
     assert scan.problems == []
-    assert scan.scripts == 1
+    scripts = [n for n in ASSETS if n.endswith(".js")]
+    assert scan.scripts == len(scripts) == 2  # app.js and the Tasks view's tasks.js
     assert sorted(scan.refs) == sorted(f"/static/{n}" for n in ASSETS if n != "index.html")
     assert sorted(p.name for p in STATIC.iterdir()) == sorted(ASSETS)  # nothing shipped that is not served
-    js = (STATIC / "app.js").read_text(encoding="utf-8")
-    for banned in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
-                   "localStorage", "document.cookie", "?token=", "&token="):
-        assert banned not in js, banned
+    for name in scripts:
+        js = (STATIC / name).read_text(encoding="utf-8")
+        for banned in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
+                       "localStorage", "document.cookie", "?token=", "&token="):
+            assert banned not in js, (name, banned)
 
 
 def test_the_zipapp_carries_the_files_and_pyproject_ships_them(tmp_path):

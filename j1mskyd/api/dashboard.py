@@ -27,6 +27,7 @@ ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "tasks.js": "text/javascript; charset=utf-8",  # the Tasks view, loaded before app.js
     "favicon.svg": "image/svg+xml",
 }
 

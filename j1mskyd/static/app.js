@@ -19,8 +19,11 @@
   const REFRESH_MS = 300000;       // the counted panels
   const EVENT_REFRESH_MS = 30000;  // the counted panels after agent events, at most this often
   const MAX_ROWS = 50;
+  // task.* and escalation.* feed the Tasks view (tasks.js).
   const STREAM_TYPES = ['agent.spawned', 'agent.started', 'agent.output', 'agent.completed', 'agent.failed',
-    'agent.cancelled', 'budget.notice', 'budget.warning', 'budget.critical'].join(',');
+    'agent.cancelled', 'budget.notice', 'budget.warning', 'budget.critical', 'task.created', 'task.progress',
+    'task.completed', 'task.failed', 'task.cancelled', 'escalation.submitted', 'escalation.approved',
+    'escalation.rejected'].join(',');
   const OUTPUT_MAX = 65536;        // characters of live output kept per agent
   const OUTPUT_AGENTS = 20;        // live agents whose output is kept
   const CHART_DAYS = 30;
@@ -186,6 +189,8 @@
     for (const id of ['calls-card', 'latency-card']) $(id).hidden = !can(READ_ALL);  // every key's work
     $('budget-card').hidden = !can('agents:read') && !can('billing:read');
     $('tab-settings').hidden = !can(READ_ALL);
+    $('tab-tasks').hidden = !can('agents:read');
+    if (tasks) tasks.applyScopes();
     $('key-create').hidden = !can(ADMIN);
     const all = seesAll();
     if (all !== null) {
@@ -194,6 +199,7 @@
       }
     }
     if (state.view === 'settings' && !can(READ_ALL)) show('overview');
+    if (state.view === 'tasks' && !can('agents:read')) show('overview');
   }
 
   function noteBudget(resp) {
@@ -277,6 +283,7 @@
     clearSecrets();
     for (const id of ['agents', 'providers', 'requests', 'breakers', 'keys', 'webhooks', 'models', 'teams']) fillTable(id, []);
     closeDetail();
+    if (tasks) tasks.clear();
     state.outputs.clear();
     state.budget = null;
     state.burnRows = null;
@@ -285,6 +292,7 @@
     $('spawn-model').replaceChildren();
     $('overview-view').hidden = true;
     $('settings-view').hidden = true;
+    $('tasks-view').hidden = true;
     $('nav').hidden = true;
     $('logout').hidden = true;
     $('refresh').hidden = true;
@@ -350,13 +358,16 @@
 
   function show(view) {
     if (view === 'settings' && !can(READ_ALL)) view = 'overview';
+    if (view === 'tasks' && (!tasks || !can('agents:read'))) view = 'overview';
     state.view = view;
     $('overview-view').hidden = view !== 'overview';
     $('settings-view').hidden = view !== 'settings';
+    $('tasks-view').hidden = view !== 'tasks';
     for (const tab of document.querySelectorAll('.tab')) {
       tab.setAttribute('aria-pressed', String(tab.dataset.view === view));
     }
     if (view === 'settings') loadKeys();
+    if (view === 'tasks' && state.token) tasks.load();
   }
 
   // -- periodic panels ------------------------------------------------------------------------
@@ -369,6 +380,7 @@
       if (withAgents && can('agents:read')) loads.push(loadAgents());
       if (can('agents:read')) loads.push(loadWebhooks());  // not after events: webhooks change by hand
       if (state.view === 'settings') loads.push(loadKeys());
+      if (state.view === 'tasks') loads.push(tasks.load());
       await Promise.all(loads);
     }
     if (state.token) state.refreshTimer = setTimeout(refreshAll, REFRESH_MS);
@@ -1189,6 +1201,8 @@
         refreshSoon();
       }
       if (state.detail && state.detail.id === d.agent_id) loadDetail();
+    } else if (tasks && (type.startsWith('task.') || type.startsWith('escalation.'))) {
+      tasks.onEvent(type, d);
     } else if (type.startsWith('budget.')) {
       const level = type.slice('budget.'.length);
       showAlertLevel(d.budget_alert_level || level);
@@ -1480,6 +1494,9 @@
   }
 
   // -- wiring ---------------------------------------------------------------------------------
+  // The Tasks view (tasks.js, loaded first) gets this file's helpers; the key stays in here.
+  const tasks = window.J1mskyTasks ? window.J1mskyTasks({ $, api, el, fillTable, money, dateTime, can, setError }) : null;
+
   function init() {
     $('login-form').addEventListener('submit', login);
     $('spawn-form').addEventListener('submit', spawn);

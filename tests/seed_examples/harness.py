@@ -2,7 +2,9 @@
 
 Each file under ``tests/seed_examples/<kind>/`` is ONE fenced code block of the J1MSKY
 reference (``shared/seeds/000_*.txt``) copied byte for byte: the lines between the fences,
-with a final newline.  :func:`check_verbatim` proves it.  The only edits a test may make are
+with a final newline.  :func:`check_verbatim` proves it.  The copies under ``kyros/`` are
+blocks of the Kyros API document (``shared/seeds/003_*.txt``, issue 17) instead: the seed a
+copy comes from is chosen by its directory (:data:`SEED_PREFIX_OF_KIND`).  The only edits a test may make are
 the ones :func:`localise` makes: the reference's base URLs and key placeholders become the
 test daemon's, plus explicit replacements the test names with their reason (e.g. a public
 webhook URL becomes a loopback receiver: tests never contact a non-loopback address).
@@ -28,17 +30,30 @@ from tests.daemon import ROOT, child_env
 HERE = Path(__file__).resolve().parent
 
 
-def _find_seed() -> Path | None:
-    """The reference: ``shared/seeds/000_*.txt`` beside the checkout (``ROOT.parent``), or
-    beside one of its ancestors (a worktree such as /work/wt/NAME finds /work/shared)."""
+def _find_seed(prefix: str = "000") -> Path | None:
+    """A seed document: ``shared/seeds/<prefix>_*.txt`` beside the checkout (``ROOT.parent``),
+    or beside one of its ancestors (a worktree such as /work/wt/NAME finds /work/shared)."""
     for base in ROOT.parents:
-        found = sorted((base / "shared" / "seeds").glob("000_*.txt"))
+        found = sorted((base / "shared" / "seeds").glob(f"{prefix}_*.txt"))
         if found:
             return found[0]
     return None
 
 
-SEED: Path | None = _find_seed()
+SEED: Path | None = _find_seed()  # the J1MSKY reference (000): every kind of copy but those below
+# Copies whose examples come from another seed document, by their directory under HERE.
+SEED_PREFIX_OF_KIND = {"kyros": "003"}  # the Kyros Hybrid Model System's API document (issue 17)
+
+
+def seed_of(path: Path) -> Path | None:
+    """The seed document a copy at ``path`` must be a block of: by its kind (the directory
+    under tests/seed_examples/), the J1MSKY reference for anything else (a temp file too)."""
+    try:
+        kind = Path(path).resolve().relative_to(HERE).parts[0]
+    except (ValueError, IndexError):
+        return SEED
+    prefix = SEED_PREFIX_OF_KIND.get(kind)
+    return SEED if prefix is None else _find_seed(prefix)
 
 # A fence opens at the start of a line with ``` and an optional info string (```python) and
 # closes at a line that is only ```.  Fences inside code (an f-string's ```{language}) are
@@ -54,7 +69,7 @@ REFERENCE_KEYS = ("your_api_key_here", "your_api_key", "YOUR_KEY", "your_key")
 GO_KEY_LITERAL = '"api_key"'  # NewClient("http://localhost:8080", "api_key") in the Go SDK section
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=4)
 def _blocks_of(seed: Path) -> tuple[str, ...]:
     blocks: list[str] = []
     current: list[str] | None = None
@@ -76,22 +91,24 @@ def _blocks_of(seed: Path) -> tuple[str, ...]:
     return tuple(blocks)
 
 
-def seed_blocks() -> list[str]:
-    """Every fenced block of the reference, as its lines between the fences each ending in
-    a newline (what a copy on disk holds); [] when the reference is absent."""
-    return list(_blocks_of(SEED)) if SEED is not None else []
+def seed_blocks(seed: Path | None = None) -> list[str]:
+    """Every fenced block of ``seed`` (default: the reference), as its lines between the
+    fences each ending in a newline (what a copy on disk holds); [] when it is absent."""
+    seed = SEED if seed is None else seed
+    return list(_blocks_of(seed)) if seed is not None else []
 
 
 def check_verbatim(path: Path) -> None:
-    """Assert ``path`` holds exactly one fenced block of the reference, byte for byte.
+    """Assert ``path`` holds exactly one fenced block of its seed (:func:`seed_of`), byte for byte.
 
-    Skips (with the reason) when the reference is not beside the checkout; CI always has it.
+    Skips (with the reason) when that seed is not beside the checkout; CI always has it.
     """
-    if SEED is None:
-        pytest.skip("the reference (shared/seeds/000_*.txt) is not beside this checkout")
+    seed = seed_of(path)
+    if seed is None:
+        pytest.skip(f"the seed of {Path(path).name} (shared/seeds/) is not beside this checkout")
     text = Path(path).read_bytes().decode("utf-8")
-    assert text in _blocks_of(SEED), (
-        f"{path} is not a byte-for-byte copy of one fenced block of {SEED.name}: "
+    assert text in _blocks_of(seed), (
+        f"{path} is not a byte-for-byte copy of one fenced block of {seed.name}: "
         "copy the block's lines between the fences exactly, with a final newline; "
         "put any change the test needs in localise(replacements=...) or a prelude, with its reason")
 

@@ -17,6 +17,7 @@ sends a key (a placeholder or ``J1MSKY_KEY``): none relies on ``[security] local
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -27,7 +28,7 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -51,14 +52,17 @@ SLEEP_PRELUDE = ("// test prelude: line 10 `await sleep(...)` calls a sleep the 
                  "const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, Math.min(ms, 50)));\n")
 
 
-def run_node(name: str, *, daemon_url: str, key: str | None, esm: bool,
-             replacements: Mapping[str, str] | None = None, prelude: str = "", epilogue: str = "",
-             env: Mapping[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run tests/seed_examples/js/NAME (checked verbatim first), localised, with node.
+@contextlib.contextmanager
+def node_program(name: str | Path, *, daemon_url: str, key: str | None, esm: bool,
+                 replacements: Mapping[str, str] | None = None, prelude: str = "", epilogue: str = "",
+                 env: Mapping[str, str] | None = None,
+                 node_args: Sequence[str] = ()) -> Iterator[tuple[list[str], Path, dict[str, str]]]:
+    """The command line, working directory and environment that run tests/seed_examples/js/NAME
+    (or the copy at the path NAME, e.g. a Kyros example), checked verbatim first and localised,
+    with node (``node_args`` before the script), for as long as the context lasts.
 
     ``prelude`` and ``epilogue`` are code the TEST adds around the block, each with a comment
-    saying why.  ``env`` adds to the harness's (J1MSKY_API, J1MSKY_KEY).  Returns the completed
-    process; the test checks its exit code and output.
+    saying why.  ``env`` adds to the harness's (J1MSKY_API, J1MSKY_KEY).
     """
     node = node_binary()
     path = HERE / name
@@ -77,7 +81,14 @@ def run_node(name: str, *, daemon_url: str, key: str | None, esm: bool,
         script.write_text(program, encoding="utf-8")
         run_env = example_env(daemon_url, key, env)
         run_env.pop("NODE_OPTIONS", None)
-        return subprocess.run([node, str(script)], cwd=work, env=run_env, capture_output=True, text=True,
+        yield [node, *node_args, str(script)], work, run_env
+
+
+def run_node(name: str | Path, *, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run an example with node to its end (:func:`node_program`'s arguments); returns the
+    completed process: the test checks its exit code and output."""
+    with node_program(name, **kwargs) as (command, work, run_env):
+        return subprocess.run(command, cwd=work, env=run_env, capture_output=True, text=True,
                               timeout=timeout, check=False)
 
 

@@ -108,3 +108,23 @@ def test_seed_daemon_runs_the_embedded_default_and_seed_key_is_its_bootstrap_adm
     assert team["success"] is True
     done = seed_daemon.wait_agent(seed_daemon.spawn("say hello", model="k2p5"))
     assert done["status"] == "completed"
+
+
+def test_kyros_copies_are_checked_against_the_kyros_document_and_only_it(tmp_path: Path) -> None:
+    """A copy under kyros/ is a block of shared/seeds/003_*.txt (the Kyros API document); the
+    same text elsewhere is checked against the J1MSKY reference, which does not hold it."""
+    kyros_seed = harness._find_seed("003")
+    if kyros_seed is None or harness.SEED is None:
+        pytest.skip("the seeds (shared/seeds/000_*.txt, 003_*.txt) are not beside this checkout")
+    copy = harness.HERE / "kyros" / "python_integration.py"
+    assert harness.seed_of(copy) == kyros_seed and harness.seed_of(harness.HERE / "js" / "sdk_usage.js") == harness.SEED
+    assert harness.seed_of(tmp_path / "x.py") == harness.SEED
+    check_verbatim(copy)
+    assert copy.read_text(encoding="utf-8") in seed_blocks(kyros_seed)
+    elsewhere = tmp_path / "python_integration.py"
+    elsewhere.write_bytes(copy.read_bytes())
+    with pytest.raises(AssertionError, match=f"not a byte-for-byte copy of one fenced block of {harness.SEED.name}"):
+        check_verbatim(elsewhere)
+    # All three Kyros integration examples are there, each the whole block.
+    names = sorted(p.name for p in example_files() if p.parent.name == "kyros")
+    assert names == ["javascript_integration.js", "python_integration.py", "websocket_integration.js"]
