@@ -120,6 +120,11 @@ class Agent:
     tool_calls: str | None = field(default=None, repr=False)
     # The project its key was in at spawn (its spend stays there if the key moves later).
     project_id: str | None = None
+    # What its calls may write and their sampling temperature, when the spawner asked (a task's
+    # step: its role's preferences); None: the model's cap and the provider's default.  A chat
+    # agent's own are in its ChatRequest (``chat``).
+    max_tokens: int | None = None
+    temperature: float | None = None
     # A team agent's member ids.
     members: list[str] = field(default_factory=list, metadata=_MEMORY_ONLY)
     # The budget held for this agent while it is live (its worst case; see worstcase.py); None: no
@@ -138,6 +143,12 @@ class Agent:
     answer: CompletionResult | None = field(default=None, repr=False, metadata=_MEMORY_ONLY)
     # Why a chat agent failed, in ChatFailed's words (bad_request, upstream, timeout, interrupted).
     failure: str | None = field(default=None, metadata=_MEMORY_ONLY)
+
+    @property
+    def asked_max_tokens(self) -> int | None:
+        """The output cap its spawner asked for (a chat call's ``max_tokens`` or the agent's own),
+        which its reservation and every call honour below the model's own cap."""
+        return self.chat.max_tokens if self.chat is not None else self.max_tokens
 
     @property
     def deadline(self) -> float:

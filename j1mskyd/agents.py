@@ -70,8 +70,8 @@ class AgentService:
 
     def reservation(self, agent: Agent) -> float:
         """The most ``agent`` may cost (its worst case over its fallback chain), remembered on it."""
-        asked = agent.chat.max_tokens if agent.chat is not None else None  # a chat call's own max_tokens
-        agent.reserved = worstcase.agent_bound(self.config.models, agent.model, agent.task or "", asked)
+        agent.reserved = worstcase.agent_bound(self.config.models, agent.model, agent.task or "",
+                                               agent.asked_max_tokens)
         return agent.reserved
 
     def _build(self, req: SpawnRequest, now: float) -> Agent:

@@ -851,7 +851,7 @@ class AgentRuntime:
         model's prices.  Every attempt gets the whole reservation, less what calls that failed
         were billed (an upstream that reported usage with an unusable answer): no other failed
         call is billed to the agent."""
-        asked = agent.chat.max_tokens if agent.chat is not None else None
+        asked = agent.asked_max_tokens
         if agent.reserved is None:  # not budgeted (a runtime without a budget)
             return output_cap(model, asked)
         return output_allowance(model, agent.task or "", agent.reserved - agent.billed, asked)
@@ -863,7 +863,7 @@ class AgentRuntime:
         chat = agent.chat
         if chat is None:
             return CompletionRequest(model=model.upstream, prompt=agent.task, max_tokens=max_tokens,
-                                     timeout=timeout, agent_id=agent.agent_id)
+                                     timeout=timeout, agent_id=agent.agent_id, temperature=agent.temperature)
         return CompletionRequest(
             model=model.upstream, prompt=flat_prompt(chat.messages), max_tokens=max_tokens, system=chat.system,
             timeout=timeout, agent_id=agent.agent_id, messages=chat.messages, temperature=chat.temperature,

@@ -300,7 +300,10 @@ MIGRATIONS: tuple[str, ...] = (
     # an ordinary agent (agents.agent_id = task_steps.agent_id); the task's text columns
     # (description, results, feedback, metadata, context) and a step's output are sealed like an
     # agent's task and result.  escalations.status: pending_approval | approved | rejected | completed.
+    # agents gain the output cap and temperature a step's role (or its submission) asks for.
     """
+    ALTER TABLE agents ADD COLUMN max_tokens INTEGER;  -- a step's role preferences (agent_record.Agent)
+    ALTER TABLE agents ADD COLUMN temperature REAL;
     CREATE TABLE tasks (
         task_id             TEXT PRIMARY KEY,
         api_key             TEXT NOT NULL,

@@ -41,8 +41,8 @@ class RoleEscalation:
 @dataclass(frozen=True, slots=True)
 class RoleConfig:
     """``[roles.<name>]``: the model a role's steps run on, the models it may escalate to, its
-    preferences (``timeout`` bounds each step agent; ``temperature`` and ``max_tokens`` are
-    shown to clients, the step's output is bounded by the model's cap and the reservation)."""
+    preferences (each step agent's ``timeout``, and its calls' ``temperature`` and ``max_tokens``,
+    the latter below the model's own cap; a submission's preferences for the role come first)."""
 
     name: str
     default_model: str

@@ -524,12 +524,18 @@ class TaskService:
         if model not in config.models:
             raise _StepRefused(f"model '{model}' is no longer configured")
         prompt = self._prompt(base, role, position, reasons)
-        asked = prefs.get("timeout") if prefs.get("role") == role.name else None
+        # The submission's preferences for this role, else the role's own: the step agent's
+        # timeout, output cap and temperature.
+        own = prefs if prefs.get("role") == role.name else {}
+        asked = own.get("timeout")
         timeout = float(asked) if isinstance(asked, (int, float)) else role.timeout
+        max_tokens = own.get("max_tokens") if isinstance(own.get("max_tokens"), int) else role.max_tokens
+        temperature = own.get("temperature") if isinstance(own.get("temperature"), (int, float)) else role.temperature
         agent = Agent(agent_id=self.agents.new_id(now), kind=KIND_AGENT, model=model, task=prompt,
                       priority=PRIORITIES.get(task.priority, "normal"),  # type: ignore[arg-type]
                       timeout=float(min(timeout, config.runtime.max_timeout)), status=SPAWNING,
-                      estimated_cost=self.agents.estimate(model, prompt), created_at=now)
+                      estimated_cost=self.agents.estimate(model, prompt, max_tokens), created_at=now,
+                      max_tokens=max_tokens, temperature=float(temperature) if temperature is not None else None)
         step = Step(step_id=_new_id("step"), task_id=task.task_id, seq=len(task.steps) + 1, position=position,
                     role=role.name, kind=kind, agent_id=agent.agent_id, model=model, selection=selection,
                     esc_id=esc.esc_id if esc is not None else None, estimated_cost=agent.estimated_cost,

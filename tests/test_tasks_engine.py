@@ -276,8 +276,9 @@ async def test_max_steps_bounds_a_task(aiohttp_client, tmp_path, fake_upstream):
 async def test_a_step_refused_by_the_budget_fails_the_task_with_its_message(aiohttp_client, tmp_path, fake_upstream):
     up = fake_upstream
     base = upstream_config(tmp_path, up)
-    # The implementer (k2p5) fits; the critic's worst case on sonnet does not.
-    cfg = dataclasses.replace(base, budget=dataclasses.replace(base.budget, daily_budget=0.03))
+    # The implementer's worst case (k2p5, its role's 2000 tokens: ~$0.003) fits; the critic's on
+    # sonnet (its role's 1500 tokens: ~$0.0225) does not.
+    cfg = dataclasses.replace(base, budget=dataclasses.replace(base.budget, daily_budget=0.02))
     done = await _testing_task(aiohttp_client, cfg, up, "impl")
     assert done["status"] == "failed" and "budget" in done["error"].lower(), done
     assert [s["role"] for s in done["steps"]] == ["implementer"] and len(up.calls) == 1
@@ -481,3 +482,29 @@ async def test_an_escalation_approved_while_down_continues_at_start(aiohttp_clie
     assert done["status"] == "completed", done
     assert done["steps"][-1]["kind"] == "escalated" and done["steps"][-1]["model"] == "opus"
     assert done["escalations"][0]["status"] == "completed" and done["escalations"][0]["approved_by"] == "key_admin"
+
+
+async def test_a_steps_calls_carry_its_roles_or_its_submissions_max_tokens_and_temperature(
+        aiohttp_client, tmp_path, fake_upstream):
+    """The role's preferences are sent, not only shown: each step's call asks for its role's
+    output cap and temperature; a submission's preferences for the role come first."""
+    up = fake_upstream
+    cfg = upstream_config(tmp_path, up)
+    client = await _app(aiohttp_client, cfg)
+    up.reply_next(text="impl")
+    up.reply_next(text="VERDICT: APPROVE")
+    task = await (await client.post("/api/tasks", json={**TASK, "type": "testing", "start": False})).json()
+    resp = await client.post(f"/api/tasks/{task['id']}/submit", json={
+        "role": "implementer", "preferences": {"max_tokens": 321, "temperature": 0.1}})
+    assert resp.status == 200, await resp.text()
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "completed", done
+    implementer, critic = up.bodies
+    assert (implementer["max_tokens"], implementer["temperature"]) == (321, 0.1)
+    role = cfg.roles["critic"]
+    assert (critic["max_tokens"], critic["temperature"]) == (role.max_tokens, role.temperature)
+    assert role.max_tokens < cfg.models[critic_model(done)].max_tokens  # the role's cap, not the model's
+
+
+def critic_model(task):
+    return next(s["model"] for s in task["steps"] if s["role"] == "critic")
