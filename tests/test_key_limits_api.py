@@ -282,6 +282,8 @@ def _back_to_schema_7(path: str) -> None:
         conn.execute("DROP TABLE IF EXISTS metric_points")
         for table in ("tasks", "task_steps", "escalations"):  # migration 10 (tasks), after 8
             conn.execute(f"DROP TABLE IF EXISTS {table}")
+        for column in ("max_tokens", "temperature"):  # migration 10's agents columns (a step's role preferences)
+            conn.execute(f"ALTER TABLE agents DROP COLUMN {column}")
         for index in ("agents_key", "usage_key_ts", "usage_project_ts", "events_key", "projects_name"):
             conn.execute(f"DROP INDEX IF EXISTS {index}")
         conn.execute("DROP TABLE projects")
