@@ -230,7 +230,9 @@ def parse_time(value: Any) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     try:
-        return when.timestamp()
+        # In UTC too it must be a date (years 1-9999): the views write it back in UTC, and
+        # 9999-12-31T23:59:59-14:00 is in year 10000 there.
+        return when.astimezone(timezone.utc).timestamp()
     except (OverflowError, OSError, ValueError):
         return None
 

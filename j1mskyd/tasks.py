@@ -269,8 +269,8 @@ class TaskService:
         score += {"high": 0.3, "medium": 0.1}.get(declared, 0.0) if isinstance(declared, str) else 0.0
         for key in ("service_count", "file_count"):
             n = metadata.get(key)
-            if isinstance(n, int) and not isinstance(n, bool):
-                score += min(0.15, 0.03 * n)
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                score += 0.03 * min(n, 5)  # capped before the product: a huge JSON int overflows a float
         critical = metadata.get("business_critical") is True or priority == "critical"
         impact = "high" if critical else "medium" if priority == "high" else "low"
         return {"security_sensitive": security, "complexity_score": round(min(score, 1.0), 2),

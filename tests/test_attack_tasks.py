@@ -1,0 +1,92 @@
+"""Tasks attacked as a hostile client would: values at the edges of what JSON and ISO 8601
+allow, which once answered 500 or, worse, were stored and then broke every later read of the
+task and the engine's next step.  Real app, real sqlite, a fake upstream on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from j1mskyd.api.common import SERVICES
+from j1mskyd.app import build_app
+from tests.conftest import make_config
+from tests.taskkit import upstream_config, wait_task
+
+TASK = {"title": "Add a reverse function", "type": "testing", "description": "reverse a string"}
+HUGE = 10 ** 400  # a valid JSON integer no float holds
+# Valid ISO 8601 date-times whose UTC instant lies outside years 1-9999.
+OUT_OF_RANGE = ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"]
+
+
+async def _refused(resp, field):
+    body = await resp.json()
+    assert resp.status == 400, body
+    assert body["error"]["type"] == "VALIDATION_ERROR" and [d["field"] for d in body["error"]["details"]] == [field]
+
+
+@pytest.mark.parametrize("deadline", OUT_OF_RANGE)
+async def test_a_deadline_outside_the_years_utc_can_write_is_refused(client, deadline):
+    """Was a 500 (the view could not write the year 10000 back)."""
+    await _refused(await client.post("/api/tasks", json={**TASK, "deadline": deadline}), "deadline")
+    assert (await (await client.get("/api/tasks")).json())["pagination"]["total"] == 0
+    resp = await client.post("/kyros/v1/tasks", json={**TASK, "deadline": deadline})
+    body = await resp.json()
+    assert resp.status == 422 and body["error"]["code"] == "VALIDATION_ERROR", body
+
+
+@pytest.mark.parametrize("deadline", OUT_OF_RANGE)
+async def test_a_change_to_such_a_deadline_is_refused_and_the_task_stays_readable(client, deadline):
+    """Was stored, then the answer, every GET of the task and the whole list answered 500."""
+    task = await (await client.post("/api/tasks", json={**TASK, "start": False})).json()
+    await _refused(await client.put(f"/api/tasks/{task['id']}", json={"deadline": deadline}), "deadline")
+    again = await client.get(f"/api/tasks/{task['id']}")
+    assert again.status == 200 and (await again.json())["deadline"] is None
+    assert (await client.get("/api/tasks")).status == 200
+
+
+@pytest.mark.parametrize("key", ["file_count", "service_count"])
+async def test_a_huge_count_in_the_metadata_does_not_break_the_model_choice(client, key):
+    """Was an OverflowError (500) in the step model's choice, on create and on Kyros's select."""
+    resp = await client.post("/api/tasks", json={**TASK, "metadata": {key: HUGE}})
+    assert resp.status == 201, await resp.text()
+    done = await wait_task(client, (await resp.json())["id"])
+    assert done["status"] == "completed", done
+    resp = await client.post("/kyros/v1/models/select",
+                             json={"task_description": "x", "complexity_indicators": {key: HUGE}})
+    assert resp.status == 200, await resp.text()
+    assert 0 <= (await resp.json())["data"]["confidence_score"] <= 1
+
+
+async def test_a_huge_count_set_on_a_running_task_does_not_wedge_it(aiohttp_client, tmp_path, fake_upstream):
+    """Its next step's start raised in the engine's watcher: the task stayed in_progress for ever."""
+    up = fake_upstream
+    gate = asyncio.Event()
+    up.reply_next(text="impl")
+    up.reply_next(text="VERDICT: APPROVE")
+    client = await aiohttp_client(build_app(upstream_config(tmp_path, up)))
+    original = up._pause
+
+    async def held(seconds):  # the first step's call waits until the metadata has changed (bounded)
+        await asyncio.wait_for(gate.wait(), 15)
+        await original(seconds)
+    up._pause = held
+    task = await (await client.post("/api/tasks", json=TASK)).json()
+    resp = await client.put(f"/api/tasks/{task['id']}", json={"metadata": {"file_count": HUGE}})
+    assert resp.status == 200, await resp.text()
+    gate.set()
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "completed", done
+    assert [s["role"] for s in done["steps"]] == ["implementer", "critic"]
+
+
+async def test_a_role_change_with_a_huge_number_is_refused_by_name(aiohttp_client, tmp_path):
+    """Was a 500 (the config's number check overflowed), natively and through Kyros's configuration."""
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    before = await (await client.get("/api/roles/critic")).json()
+    for patch, field in (({"escalation": {"cost_threshold": HUGE}}, "escalation.cost_threshold"),
+                         ({"temperature": -HUGE}, "temperature")):
+        await _refused(await client.put("/api/roles/critic", json=patch), field)
+    resp = await client.put("/kyros/v1/configuration", json={"escalation": {"cost_threshold": HUGE}})
+    assert resp.status == 422, await resp.text()
+    assert await (await client.get("/api/roles/critic")).json() == before
