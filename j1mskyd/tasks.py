@@ -559,11 +559,28 @@ class TaskService:
 
     async def _on_end(self, task_id: str, ended: asyncio.Future[Agent]) -> None:
         agent = await ended
-        try:
-            async with self._lock(task_id):
+        async with self._lock(task_id):
+            try:
                 await self._step_ended(task_id, agent)
-        except Exception:  # a bug here must not pass silently: the task then waits for a restart
-            log.exception("task %s: processing the end of step agent %s failed", task_id, agent.agent_id)
+            except Exception as exc:  # noqa: BLE001 - a bug must not leave the task in progress for ever
+                log.exception("task %s: processing the end of step agent %s failed", task_id, agent.agent_id)
+                await self._fail_unprocessed(task_id, agent, exc)
+
+    async def _fail_unprocessed(self, task_id: str, agent: Agent, exc: Exception) -> None:
+        """The task whose step end could not be processed fails saying so, instead of waiting,
+        in progress, for a restart that would hit the same error again."""
+        task = self.live.get(task_id)
+        step = next((s for s in task.steps if s.agent_id == agent.agent_id), None) if task is not None else None
+        if task is None or step is None or step.status != "running":
+            return  # it was processed (the error came after the commit)
+        step = self._ended_step(step, agent)
+        try:
+            await self._finish(self._with_step(task, step), FAILED, [STEPS.update(step, self._STEP_END,
+                                                                                  self.store.cipher)], [],
+                               error=f"the engine could not continue after the {step.role} step "
+                                     f"({type(exc).__name__}); see the daemon's log")
+        except Exception:  # noqa: BLE001 - logged; the task then waits for a restart
+            log.exception("task %s: failing it after that error failed too", task_id)
 
     # -- the engine: a step ended ------------------------------------------------------------------------
     def _ended_step(self, step: Step, agent: Agent) -> Step:

@@ -90,3 +90,19 @@ async def test_a_role_change_with_a_huge_number_is_refused_by_name(aiohttp_clien
     resp = await client.put("/kyros/v1/configuration", json={"escalation": {"cost_threshold": HUGE}})
     assert resp.status == 422, await resp.text()
     assert await (await client.get("/api/roles/critic")).json() == before
+
+
+async def test_an_unexpected_error_after_a_step_fails_the_task_instead_of_leaving_it_running(
+        aiohttp_client, tmp_path, monkeypatch):
+    """A bug in processing a step's end (here: forced) once left the task in_progress until a
+    restart, which met the same bug; now it fails, saying so, and its step is recorded."""
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    service = client.app[SERVICES].tasks
+
+    async def broken(task, position, before, events):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(service, "_advance", broken)
+    task = await (await client.post("/api/tasks", json=TASK)).json()
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "failed" and "RuntimeError" in done["error"], done
+    assert [(s["role"], s["status"]) for s in done["steps"]] == [("implementer", "completed")]
