@@ -907,7 +907,12 @@ class TaskService:
         """What a decided engine escalation leads to: the step again on the target, or the end."""
         if esc.status == ESC_APPROVED:
             assert esc.position is not None
-            await self._start_or_fail(task, esc.position, KIND_ESCALATED, before, events, esc=esc)
+            # Escalated because the reviewer kept asking for a revision: the re-run is told what
+            # it asked, as a revision and an escalation within the threshold are.
+            last = task.steps[-1] if task.steps else None
+            reasons = last.reasons if last is not None and last.verdict == "revise" and \
+                last.position == esc.position + 1 else None
+            await self._start_or_fail(task, esc.position, KIND_ESCALATED, before, events, esc=esc, reasons=reasons)
         else:
             why = f"escalation {esc.esc_id} to {esc.target_model} was rejected" + (
                 f": {esc.decision_reason}" if esc.decision_reason else "")

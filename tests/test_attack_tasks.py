@@ -12,6 +12,7 @@ from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from tests.conftest import make_config
 from tests.taskkit import upstream_config, wait_task
+from tests.test_tasks_engine import _revised_twice
 
 TASK = {"title": "Add a reverse function", "type": "testing", "description": "reverse a string"}
 HUGE = 10 ** 400  # a valid JSON integer no float holds
@@ -106,3 +107,25 @@ async def test_an_unexpected_error_after_a_step_fails_the_task_instead_of_leavin
     done = await wait_task(client, task["id"])
     assert done["status"] == "failed" and "RuntimeError" in done["error"], done
     assert [(s["role"], s["status"]) for s in done["steps"]] == [("implementer", "completed")]
+
+
+async def test_the_step_re_run_after_a_person_approved_is_told_what_the_reviewer_asked(
+        aiohttp_client, tmp_path, fake_upstream):
+    """The critic sent the implementation back three times ("tests do not run" the last); the
+    escalation waited; once approved, the stronger model's prompt lacked the critic's reasons
+    (the automatic path passed them, the approved one did not): it redid the work blind."""
+    up = fake_upstream
+    client, waiting = await _revised_twice(aiohttp_client, tmp_path, up)
+    assert waiting["status"] == "awaiting_approval", waiting
+    [esc] = waiting["escalations"]
+    up.reply_next(text="impl v4 with tests")
+    up.reply_next(text="VERDICT: APPROVE")
+    up.reply_next(text="merged")
+    resp = await client.post(f"/api/escalations/{esc['escalation_id']}/decision", json={"decision": "approved"})
+    assert resp.status == 200, await resp.text()
+    done = await wait_task(client, waiting["id"])
+    assert done["status"] == "completed", done
+    rerun = done["steps"][7]
+    assert (rerun["kind"], rerun["model"]) == ("escalated", "sonnet")
+    prompt = (await (await client.get(f"/api/agent/{rerun['agent_id']}")).json())["task"]
+    assert "tests do not run" in prompt and "asked for a revision" in prompt, prompt
