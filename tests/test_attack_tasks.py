@@ -129,3 +129,16 @@ async def test_the_step_re_run_after_a_person_approved_is_told_what_the_reviewer
     assert (rerun["kind"], rerun["model"]) == ("escalated", "sonnet")
     prompt = (await (await client.get(f"/api/agent/{rerun['agent_id']}")).json())["task"]
     assert "tests do not run" in prompt and "asked for a revision" in prompt, prompt
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+async def test_nan_and_infinity_are_not_json_on_any_stack(client, constant):
+    """The stdlib parser (bookworm, no orjson) took them: the task was stored with NaN in its
+    metadata and every later answer carrying it was JSON that strict clients (the dashboard's
+    and the Kyros JavaScript client's JSON.parse) cannot read.  orjson refused them already."""
+    body = '{"title": "t", "type": "testing", "start": false, "metadata": {"n": %s}}' % constant
+    for path, status in (("/api/tasks", 400), ("/kyros/v1/tasks", 422)):
+        resp = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+        assert resp.status == status, await resp.text()
+        assert "is not a JSON value" in (await resp.json())["error"]["message"]
+    assert (await (await client.get("/api/tasks")).json())["pagination"]["total"] == 0
