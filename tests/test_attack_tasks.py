@@ -5,12 +5,15 @@ task and the engine's next step.  Real app, real sqlite, a fake upstream on loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 
 import pytest
 
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from tests.conftest import make_config
+from tests.daemon import Daemon, wait_until
 from tests.taskkit import upstream_config, wait_task
 from tests.test_tasks_engine import _revised_twice
 
@@ -52,7 +55,7 @@ async def test_a_huge_count_in_the_metadata_does_not_break_the_model_choice(clie
     resp = await client.post("/api/tasks", json={**TASK, "metadata": {key: HUGE}})
     assert resp.status == 201, await resp.text()
     done = await wait_task(client, (await resp.json())["id"])
-    assert done["status"] == "completed", done
+    assert done["status"] == "completed", (done["error"], done["steps"])
     resp = await client.post("/kyros/v1/models/select",
                              json={"task_description": "x", "complexity_indicators": {key: HUGE}})
     assert resp.status == 200, await resp.text()
@@ -77,7 +80,7 @@ async def test_a_huge_count_set_on_a_running_task_does_not_wedge_it(aiohttp_clie
     assert resp.status == 200, await resp.text()
     gate.set()
     done = await wait_task(client, task["id"])
-    assert done["status"] == "completed", done
+    assert done["status"] == "completed", (done["error"], done["steps"])
     assert [s["role"] for s in done["steps"]] == ["implementer", "critic"]
 
 
@@ -124,7 +127,7 @@ async def test_the_step_re_run_after_a_person_approved_is_told_what_the_reviewer
     resp = await client.post(f"/api/escalations/{esc['escalation_id']}/decision", json={"decision": "approved"})
     assert resp.status == 200, await resp.text()
     done = await wait_task(client, waiting["id"])
-    assert done["status"] == "completed", done
+    assert done["status"] == "completed", (done["error"], done["steps"])
     rerun = done["steps"][7]
     assert (rerun["kind"], rerun["model"]) == ("escalated", "sonnet")
     prompt = (await (await client.get(f"/api/agent/{rerun['agent_id']}")).json())["task"]
@@ -142,3 +145,85 @@ async def test_nan_and_infinity_are_not_json_on_any_stack(client, constant):
         assert resp.status == status, await resp.text()
         assert "is not a JSON value" in (await resp.json())["error"]["message"]
     assert (await (await client.get("/api/tasks")).json())["pagination"]["total"] == 0
+
+
+# -- kill -9 of a real daemon right after an approval ----------------------------------------
+_KILL_CONFIG = """
+[server]
+log_level = "info"
+
+[plugins]
+dropin_dir = "{dropin}"
+
+# cheap answers after 120 s, past the implementer's 6 s timeout: its step fails and escalates.  The
+# timeout runs from an agent's creation (queue time and a restart count): 6 s leaves the re-run
+# time to be recovered after the kill.
+[providers.slow]
+plugin = "offline"
+options = { delay = 120.0 }
+
+[providers.quick]
+plugin = "offline"
+options = { delay = 0.3 }
+
+[models]
+cheap = { provider = "slow", upstream = "c", input_per_1k = 0.001, output_per_1k = 0.002, blended_per_1k = 0.001 }
+strong = { provider = "quick", upstream = "s", input_per_1k = 0.01, output_per_1k = 0.02, blended_per_1k = 0.01 }
+
+[tasks]
+approval_threshold = 0.0
+
+[roles.implementer]
+default_model = "cheap"
+models = ["cheap", "strong"]
+timeout = 6
+
+[roles.critic]
+default_model = "strong"
+models = ["strong"]
+
+[workflows.testing]
+steps = ["implementer", "critic"]
+"""
+
+
+def test_kill_9_right_after_an_approval_continues_the_task_exactly_once(tmp_path):
+    """The approval's unit (escalation, task, the re-run's step and agent) is one transaction:
+    killed the moment it answered, the restarted daemon runs the re-run once (re-queued as any
+    agent), then the critic, and the ledger holds each step's charge once."""
+    config = tmp_path / "config.toml"
+    config.write_text(_KILL_CONFIG.replace("{dropin}", str(tmp_path / "no-plugins.d")), encoding="utf-8")
+    state = tmp_path / "state"
+    with Daemon(tmp_path, state, config) as d:
+        status, task = d.request("POST", "/api/tasks", {"title": "t", "type": "testing"})
+        assert status == 201, task
+
+        def waiting():
+            body = d.get(f"/api/tasks/{task['id']}")
+            return body if body["status"] != "in_progress" else None
+        waiting_task = wait_until(waiting, 30, what="the task to wait for approval")
+        assert waiting_task["status"] == "awaiting_approval", waiting_task
+        [esc] = waiting_task["escalations"]
+        status, decided = d.request("POST", f"/api/escalations/{esc['escalation_id']}/decision",
+                                    {"decision": "approved"})
+        assert status == 200 and decided["status"] == "approved", decided
+        d.kill()
+        d.start()
+
+        def ended():
+            body = d.get(f"/api/tasks/{task['id']}")
+            return body if body["status"] in ("completed", "failed", "cancelled") else None
+        done = wait_until(ended, 30, what="the task to end after the restart")
+    assert done["status"] == "completed", (done["error"], done["steps"])
+    assert [(s["role"], s["kind"], s["model"], s["status"]) for s in done["steps"]] == [
+        ("implementer", "run", "cheap", "failed"), ("implementer", "escalated", "strong", "completed"),
+        ("critic", "run", "strong", "completed")], done["steps"]
+    assert done["escalations"][0]["status"] == "completed"
+    ids = [s["agent_id"] for s in done["steps"]]
+    db = state / "j1msky.db"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        agents = conn.execute("SELECT COUNT(*) FROM agents WHERE kind = 'agent'").fetchone()[0]
+        rows = conn.execute("SELECT agent_id, cost FROM usage WHERE agent_id IN (?, ?, ?)", ids).fetchall()
+    assert agents == 3  # no step agent doubled
+    assert sorted(r[0] for r in rows if r[0] != ids[0]) == sorted(ids[1:])  # each completed step billed once
+    assert done["cost"]["charged"] == pytest.approx(sum(r[1] for r in rows))
