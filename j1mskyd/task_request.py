@@ -202,6 +202,11 @@ def _strings(body: Mapping[str, Any], name: str, errors: Errors) -> tuple[str, .
         errors.append({"field": name, "message": f"{name} must be a list of at most {MAX_ITEMS} non-empty strings "
                                                  f"of at most {MAX_ITEM} characters"})
         return None
+    if name == "tags" and any("," in v or v != v.strip() for v in value):
+        # The list's tags filter is comma-separated and trimmed: such a tag could never be found.
+        errors.append({"field": name, "message": "a tag may not hold a comma nor start or end with a space "
+                                                 "(GET /tasks?tags= is a comma-separated list)"})
+        return None
     return tuple(value)
 
 

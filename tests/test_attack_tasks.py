@@ -227,3 +227,13 @@ def test_kill_9_right_after_an_approval_continues_the_task_exactly_once(tmp_path
     assert agents == 3  # no step agent doubled
     assert sorted(r[0] for r in rows if r[0] != ids[0]) == sorted(ids[1:])  # each completed step billed once
     assert done["cost"]["charged"] == pytest.approx(sum(r[1] for r in rows))
+
+
+@pytest.mark.parametrize("tag", ["a,b", " a", "a "])
+async def test_a_tag_the_list_filter_could_never_find_is_refused(client, tag):
+    """GET /tasks?tags= splits on commas and trims: a tag "a,b" was stored and never found."""
+    await _refused(await client.post("/api/tasks", json={**TASK, "start": False, "tags": [tag]}), "tags")
+    task = await (await client.post("/api/tasks", json={**TASK, "start": False, "tags": ["x"]})).json()
+    await _refused(await client.put(f"/api/tasks/{task['id']}", json={"tags": ["x", tag]}), "tags")
+    found = await (await client.get("/api/tasks?tags=x")).json()
+    assert [t["id"] for t in found["tasks"]] == [task["id"]]
