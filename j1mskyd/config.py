@@ -21,6 +21,7 @@ import math
 import os
 import re
 import stat
+import sys
 import tomllib
 import types
 from dataclasses import dataclass, field
@@ -313,7 +314,8 @@ def _num(lo: float | None = None, hi: float | None = None, *, positive: bool = F
     def check(v: Any) -> float:
         if type(v) not in (int, float):
             raise _Bad(f"must be a number, not {_tname(v)}")
-        if not math.isfinite(v):
+        # A JSON integer (a role changed over the API) may be too large for a float.
+        if type(v) is int and abs(v) > sys.float_info.max or not math.isfinite(v):
             raise _Bad("must be a finite number")
         _in_range(v, 0 if positive else lo, hi, positive)
         return float(v)

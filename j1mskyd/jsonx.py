@@ -11,7 +11,7 @@ from collections import deque
 from types import ModuleType
 from typing import Any
 
-__all__ = ["dumps", "is_unicode", "loads", "lone_surrogates"]
+__all__ = ["dumps", "is_unicode", "loads", "loads_strict", "lone_surrogates"]
 
 try:  # pragma: no cover - depends on the machine
     import orjson
@@ -46,6 +46,19 @@ def loads(data: str | bytes) -> Any:
     if _orjson is not None:
         return _orjson.loads(data)
     return json.loads(data)
+
+
+def _not_json(word: str) -> Any:
+    raise ValueError(f"{word} is not a JSON value")
+
+
+def loads_strict(data: str | bytes) -> Any:
+    """:func:`loads` of what a client sent: ``NaN``, ``Infinity`` and ``-Infinity`` (which the
+    stdlib reads, orjson refuses and strict parsers such as JavaScript's cannot read back) are
+    refused on every stack, so they are never stored and echoed to other clients."""
+    if _orjson is not None:
+        return _orjson.loads(data)
+    return json.loads(data, parse_constant=_not_json)
 
 
 def is_unicode(text: str) -> bool:

@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .audit import SYSTEM, Actor, AuditLog
 from .config import EMBEDDED, Config, ConfigError, ConfigIssue
@@ -119,13 +120,31 @@ def _field_changes(old: Any, new: Any, prefix: str, hidden: Iterable[str] = ()) 
         key = f"{prefix}.{f.name}" if prefix else f.name
         if a == b:
             continue
+        if f.name in _URLS:
+            a, b = _url_shown(a), _url_shown(b)
         if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
             out += _field_changes(a, b, prefix)
-        elif f.name in hidden:
+        elif f.name in hidden or a == b:  # a == b here: only a URL's hidden parts changed
             out.append({"key": key, "changed": True})
         else:
             out.append({"key": key, "old": _plain(a), "new": _plain(b)})
     return out
+
+
+_URLS = ("base_url",)  # fields holding a URL, shown without what may carry a credential
+
+
+def _url_shown(url: Any) -> Any:
+    """``url`` without its user-info (``user:token@``), query (``?key=...``, as some providers
+    take their key) and fragment, each replaced by ``***``: the reload's answer, the audit log and
+    the log show which host a provider moved to, never a credential written into its URL."""
+    if not isinstance(url, str) or not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{host}" if "@" in parts.netloc else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "",
+                       "***" if parts.fragment else ""))
 
 
 def _named_changes(old: Mapping[str, Any], new: Mapping[str, Any], hidden: Iterable[str] = ()) -> dict[str, Any]:

@@ -202,6 +202,11 @@ def _strings(body: Mapping[str, Any], name: str, errors: Errors) -> tuple[str, .
         errors.append({"field": name, "message": f"{name} must be a list of at most {MAX_ITEMS} non-empty strings "
                                                  f"of at most {MAX_ITEM} characters"})
         return None
+    if name == "tags" and any("," in v or v != v.strip() for v in value):
+        # The list's tags filter is comma-separated and trimmed: such a tag could never be found.
+        errors.append({"field": name, "message": "a tag may not hold a comma nor start or end with a space "
+                                                 "(GET /tasks?tags= is a comma-separated list)"})
+        return None
     return tuple(value)
 
 
@@ -230,7 +235,9 @@ def parse_time(value: Any) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     try:
-        return when.timestamp()
+        # In UTC too it must be a date (years 1-9999): the views write it back in UTC, and
+        # 9999-12-31T23:59:59-14:00 is in year 10000 there.
+        return when.astimezone(timezone.utc).timestamp()
     except (OverflowError, OSError, ValueError):
         return None
 

@@ -269,8 +269,8 @@ class TaskService:
         score += {"high": 0.3, "medium": 0.1}.get(declared, 0.0) if isinstance(declared, str) else 0.0
         for key in ("service_count", "file_count"):
             n = metadata.get(key)
-            if isinstance(n, int) and not isinstance(n, bool):
-                score += min(0.15, 0.03 * n)
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                score += 0.03 * min(n, 5)  # capped before the product: a huge JSON int overflows a float
         critical = metadata.get("business_critical") is True or priority == "critical"
         impact = "high" if critical else "medium" if priority == "high" else "low"
         return {"security_sensitive": security, "complexity_score": round(min(score, 1.0), 2),
@@ -565,11 +565,28 @@ class TaskService:
 
     async def _on_end(self, task_id: str, ended: asyncio.Future[Agent]) -> None:
         agent = await ended
-        try:
-            async with self._lock(task_id):
+        async with self._lock(task_id):
+            try:
                 await self._step_ended(task_id, agent)
-        except Exception:  # a bug here must not pass silently: the task then waits for a restart
-            log.exception("task %s: processing the end of step agent %s failed", task_id, agent.agent_id)
+            except Exception as exc:  # noqa: BLE001 - a bug must not leave the task in progress for ever
+                log.exception("task %s: processing the end of step agent %s failed", task_id, agent.agent_id)
+                await self._fail_unprocessed(task_id, agent, exc)
+
+    async def _fail_unprocessed(self, task_id: str, agent: Agent, exc: Exception) -> None:
+        """The task whose step end could not be processed fails saying so, instead of waiting,
+        in progress, for a restart that would hit the same error again."""
+        task = self.live.get(task_id)
+        step = next((s for s in task.steps if s.agent_id == agent.agent_id), None) if task is not None else None
+        if task is None or step is None or step.status != "running":
+            return  # it was processed (the error came after the commit)
+        step = self._ended_step(step, agent)
+        try:
+            await self._finish(self._with_step(task, step), FAILED, [STEPS.update(step, self._STEP_END,
+                                                                                  self.store.cipher)], [],
+                               error=f"the engine could not continue after the {step.role} step "
+                                     f"({type(exc).__name__}); see the daemon's log")
+        except Exception:  # noqa: BLE001 - logged; the task then waits for a restart
+            log.exception("task %s: failing it after that error failed too", task_id)
 
     # -- the engine: a step ended ------------------------------------------------------------------------
     def _ended_step(self, step: Step, agent: Agent) -> Step:
@@ -896,7 +913,12 @@ class TaskService:
         """What a decided engine escalation leads to: the step again on the target, or the end."""
         if esc.status == ESC_APPROVED:
             assert esc.position is not None
-            await self._start_or_fail(task, esc.position, KIND_ESCALATED, before, events, esc=esc)
+            # Escalated because the reviewer kept asking for a revision: the re-run is told what
+            # it asked, as a revision and an escalation within the threshold are.
+            last = task.steps[-1] if task.steps else None
+            reasons = last.reasons if last is not None and last.verdict == "revise" and \
+                last.position == esc.position + 1 else None
+            await self._start_or_fail(task, esc.position, KIND_ESCALATED, before, events, esc=esc, reasons=reasons)
         else:
             why = f"escalation {esc.esc_id} to {esc.target_model} was rejected" + (
                 f": {esc.decision_reason}" if esc.decision_reason else "")

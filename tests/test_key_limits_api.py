@@ -30,7 +30,7 @@ FULL = {"max_budget": 5, "budget_duration": "30d", "models": ["k2p5", "team_codi
 
 # field -> values that must be refused, each alone (with what it needs beside it)
 BAD: dict[str, list[Any]] = {
-    "max_budget": ["5", True, -1, [], {}, 1e7, float("inf")],
+    "max_budget": ["5", True, -1, [], {}, 1e7],  # Infinity is not JSON: a 400 INVALID_JSON (api.md)
     "budget_duration": ["2d", 1, [], True],
     "models": ["k2p5", [], [1], ["nope"], {}, [None], 7],
     "max_concurrency": [0, 1.5, "3", True, [], -2, 10**9],
@@ -90,6 +90,9 @@ async def test_post_keys_refuses_every_bad_value_and_makes_no_key(aiohttp_client
     for field, body in bodies_with_bad_values():
         resp = await client.post("/api/keys", json={"name": "bad", "scopes": ["agents:read"], **body}, headers=admin)
         expect_field_error(resp.status, await resp.json(), field)
+    resp = await client.post("/api/keys", json={"name": "bad", "scopes": ["agents:read"], "max_budget": float("inf")},
+                             headers=admin)
+    assert resp.status == 400 and (await resp.json())["error"]["type"] == "INVALID_JSON"
     after = await (await client.get("/api/keys", headers=admin)).json()
     assert after["count"] == before
     # unknown models are named, with what is known

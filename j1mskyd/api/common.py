@@ -100,7 +100,7 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         raise InvalidJson("Request body is empty; send a JSON object")
     try:
-        body = jsonx.loads(raw)
+        body = jsonx.loads_strict(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJson(f"Request body is not valid JSON: {exc}") from None
     except RecursionError:  # stdlib json on "[[[[...": deeper than the interpreter allows
