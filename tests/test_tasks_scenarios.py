@@ -355,9 +355,6 @@ async def test_revise_twice_then_an_escalation_above_the_threshold_approved_comp
         assert submitted["escalation_id"] == escalation["escalation_id"] and submitted["status"] == "pending_approval"
 
 
-@pytest.mark.xfail(strict=True, reason="j1mskyd/tasks.py TaskService._carry_out starts the approved escalation's "
-                   "step without the critic's reasons (_start_or_fail(..., esc=esc), no reasons=), while the "
-                   "auto-approved path in _escalate passes reasons=reasons and the estimate is made with them")
 async def test_the_approved_escalations_re_run_carries_the_critics_reasons(tmp_path):
     """The step re-run on the stronger model after a person approved is told what the critic asked
     for, as each revision was and as the re-run of an escalation within the threshold is (below):
