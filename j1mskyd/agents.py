@@ -11,7 +11,7 @@ import itertools
 import math
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import agent_cursor, agent_query, agent_record, ledger, worstcase
@@ -138,12 +138,17 @@ class AgentService:
             assert webhooks is not None
             webhooks.adopt(hook)
 
-    def _hold(self, agent: Agent, extra: Sequence[Agent]) -> float:
+    def _hold(self, agent: Agent, extra: Sequence[Agent], cut: Mapping[str, float] | None = None) -> float:
         """What ``agent`` holds: its own worst case, or a team lead's, the sum of its members';
-        less what calls that failed were billed already (counted as spend when they were)."""
+        less what calls that failed were billed already (counted as spend when they were).
+        ``cut`` (at start): what calls cut by earlier crashes were billed, per agent; that was
+        billed on top of the reservation (runtime._bill_cut_call), which grows by it again."""
         if agent.kind == KIND_TEAM:
-            return sum(self._hold(m, []) for m in extra if m.parent_id == agent.agent_id)
-        return max(self.reservation(agent) - agent.billed, 0.0)
+            return sum(self._hold(m, [], cut) for m in extra if m.parent_id == agent.agent_id)
+        self.reservation(agent)
+        if cut and agent.reserved is not None:
+            agent.reserved += cut.get(agent.agent_id, 0.0)
+        return max((agent.reserved or 0.0) - agent.billed, 0.0)
 
     async def spawn(self, req: SpawnRequest, key_id: str = ANONYMOUS,
                     webhook_secret: str | None = None) -> dict[str, Any]:
@@ -345,7 +350,7 @@ class AgentService:
             # A live agent's ledger rows are calls billed although they failed: what it has spent.
             billed = ledger.billed_by_agent(conn, [a.agent_id for a in live])
             for a in live:
-                a.billed = billed.get(a.agent_id) or 0.0
+                a.billed, cut[a.agent_id] = billed.get(a.agent_id, (0.0, 0.0))
             teams = {a.agent_id: a for a in live if a.kind == KIND_TEAM}
             done: dict[str, list[Agent]] = {t: [] for t in teams}
             for tid, team in teams.items():
@@ -354,6 +359,7 @@ class AgentService:
                 done[tid].extend(ended)
             return live, done
 
+        cut: dict[str, float] = {}  # agent_id -> what calls cut by earlier crashes were billed
         live, done = await self.store.read(read)
         now = self.runtime.clock()
         spent = await self.store.read(lambda conn: ledger.spend(conn, now))
@@ -362,7 +368,7 @@ class AgentService:
         # holds for its members still live (those already ended are in the ledger).
         live_members = [a for a in live if a.kind == KIND_MEMBER]
         self.budget.restore(spent.today, spent.month, spent.hour_by_key,
-                            live=[(a.agent_id, a.api_key, self._hold(a, live_members), a.project_id)
+                            live=[(a.agent_id, a.api_key, self._hold(a, live_members, cut), a.project_id)
                                   for a in live if a.kind != KIND_MEMBER])
         return await self.runtime.recover(live, done)
 

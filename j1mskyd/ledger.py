@@ -28,12 +28,13 @@ _CHUNK = 500
 
 def record(ts: float, agent_id: str, api_key: str | None, model: str | None, provider: str | None,
            input_tokens: int | None, output_tokens: int | None, cost: float,
-           project_id: str | None = None) -> Statement:
+           project_id: str | None = None, *, cut: bool = False) -> Statement:
     """The statement that records one billed call; ``project_id``: the project its key was in
-    when the agent was spawned (the spend stays there if the key moves later)."""
-    return ("INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key, project_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key, project_id))
+    when the agent was spawned (the spend stays there if the key moves later); ``cut``: a call
+    a crash cut, billed at its worst case on top of the agent's reservation."""
+    return ("INSERT INTO usage (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key, project_id, "
+            "cut) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ts, agent_id, model, provider, input_tokens, output_tokens, cost, api_key, project_id, int(cut)))
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,16 @@ def spend_by_day(conn: sqlite3.Connection, since: float) -> list[tuple[str | Non
         "GROUP BY api_key, project_id, d", (since,))]
 
 
-def billed_by_agent(conn: sqlite3.Connection, agent_ids: Sequence[str]) -> dict[str, float]:
-    """agent_id -> what its ledger rows sum to (for a live agent: calls billed although they failed)."""
-    billed: dict[str, float] = {}
+def billed_by_agent(conn: sqlite3.Connection, agent_ids: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """agent_id -> what its ledger rows sum to, and how much of that is calls a crash cut (for
+    a live agent: calls billed although they failed; the cut ones are on top of its reservation)."""
+    billed: dict[str, tuple[float, float]] = {}
     for i in range(0, len(agent_ids), _CHUNK):
         chunk = agent_ids[i:i + _CHUNK]
-        billed.update(conn.execute(
-            f"SELECT agent_id, SUM(cost) FROM usage WHERE agent_id IN ({', '.join('?' * len(chunk))}) "
-            "GROUP BY agent_id", tuple(chunk)).fetchall())
+        for agent_id, total, cut in conn.execute(
+                f"SELECT agent_id, SUM(cost), SUM(cut * cost) FROM usage "
+                f"WHERE agent_id IN ({', '.join('?' * len(chunk))}) GROUP BY agent_id", tuple(chunk)):
+            billed[agent_id] = (total or 0.0, cut or 0.0)
     return billed
 
 

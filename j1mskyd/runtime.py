@@ -402,26 +402,34 @@ class AgentRuntime:
                 continue
             self.live[agent.agent_id] = agent
             model = self.config.models.get(agent.model)
+            # A call a crash cut is billed first; the announcement, if it passed a cap, waits
+            # until the agent's next write is queued (see _bill_cut_call).  A model removed
+            # from the config has no prices left to bill it at.
+            billed_before = agent.billed
+            exceeded = self._bill_cut_call(agent, model) if agent.status == RUNNING and model is not None else []
+            done: asyncio.Future[None] | None = None
             if model is None or model.provider not in self.slots:
                 # The config changed while the daemon was down; never refuse to start over it.
                 counts["unroutable"] = counts.get("unroutable", 0) + 1
                 what = f"model '{agent.model}'" if model is None else f"provider '{model.provider}'"
-                await self._finish(agent, FAILED, error=f"{what} is no longer configured", failure="interrupted")
-                continue
-            if agent.kind == KIND_CHAT:
+                done = self._finish_soon(agent, FAILED, "interrupted", {"error": f"{what} is no longer configured"})
+            elif agent.kind == KIND_CHAT:
                 # Its caller's connection died with the daemon: nobody would read an answer.
                 counts["interrupted"] += 1
-                await self._finish(agent, FAILED, error=INTERRUPTED_CHAT, failure="interrupted")
-                continue
-            if agent.status == RUNNING and agent.runs > self.rt.restart_attempts:
+                done = self._finish_soon(agent, FAILED, "interrupted", {"error": INTERRUPTED_CHAT})
+            elif agent.status == RUNNING and agent.runs > self.rt.restart_attempts:
                 counts["interrupted"] += 1
-                await self._finish(agent, FAILED, error="interrupted: the daemon stopped while this agent "
-                                                          f"was running ({agent.runs} runs)")
-                continue
-            counts["requeued"] += 1
-            agent.status = QUEUED
-            self.store.submit([agent_record.update(agent, "status")])
-            self._enqueue(agent)
+                done = self._finish_soon(agent, FAILED, None, {
+                    "error": f"interrupted: the daemon stopped while this agent was running ({agent.runs} runs)"})
+            else:
+                counts["requeued"] += 1
+                agent.status = QUEUED
+                self.store.submit([agent_record.update(agent, "status")])
+                self._enqueue(agent)
+            if exceeded:
+                await self._announce_exceeded(agent, exceeded, agent.billed - billed_before)
+            if done is not None:
+                await done
         for team in teams:  # a team whose members all ended before the crash
             await self._maybe_finish_team(team.agent_id)
         self._schedule()
@@ -878,18 +886,37 @@ class AgentRuntime:
         if exceeded:
             await self._announce_exceeded(agent, exceeded, token_cost(model, *usage))
 
-    def _bill(self, agent: Agent, alias: str, model: ModelConfig, usage: tuple[int, int]) -> list[Level]:
-        """_bill_failed_call without the announcement: the levels it took past their cap."""
+    def _bill_cut_call(self, agent: Agent, model: ModelConfig) -> list[Level]:
+        """At start, for an agent a crash found ``running``: its provider call was cut with the
+        daemon, and the provider may bill it whole, so it is billed at its worst case on the
+        agent's model (its input bound and the ``max_tokens`` its run was allowed), in the ledger
+        and the budget.  That is spend outside the reservation (whose own worst case is the
+        re-run's): the reservation grows by it, so the re-run is sent what a first run would be.
+        Its caller queues the agent's next write (re-queued or failed) before any await: both
+        then commit in one group, so a second crash cannot bill the call twice.  Returns the
+        levels it took past their cap, for the caller to announce after that write."""
+        usage = _abandoned_usage(agent, self._max_tokens(agent, model))
+        return self._bill(agent, agent.model, model, usage, outside_reservation=True)
+
+    def _bill(self, agent: Agent, alias: str, model: ModelConfig, usage: tuple[int, int], *,
+              outside_reservation: bool = False) -> list[Level]:
+        """_bill_failed_call without the announcement: the levels it took past their cap.
+        ``outside_reservation``: the cost is spend on top of the agent's reservation, which
+        grows by it (a call a crash cut, _bill_cut_call), not taken out of it."""
         cost = token_cost(model, *usage)
         agent.billed += cost
+        if outside_reservation and agent.reserved is not None:
+            agent.reserved += cost
         unit = [ledger.record(self.clock(), agent.agent_id, agent.api_key, alias, model.provider, *usage,
-                              cost, agent.project_id)]
+                              cost, agent.project_id, cut=outside_reservation)]
         insert = self._unwritten.get(agent.agent_id)
         if insert is not None:  # dispatched on submit: after its insert, and not at all if that fails
             insert.add_done_callback(lambda f: None if _failure_of(f) is not None else self.store.submit(unit))
         elif agent.agent_id not in self._dropped:  # dropped: its insert failed (_admit_early)
             self.store.submit(unit)
-        return self.budget.settle(_hold_id(agent), cost, part=cost) if self.budget is not None else []
+        if self.budget is None:
+            return []
+        return self.budget.settle(_hold_id(agent), cost, part=0.0 if outside_reservation else cost)
 
     async def _complete(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent,
                         alias: str, call: _Attempt) -> CompletionResult:

@@ -388,6 +388,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX escalations_task ON escalations(task_id, submitted_at);
     CREATE INDEX escalations_key ON escalations(api_key, submitted_at);
     """,
+    # 11: a provider call that a crash cut (runtime._bill_cut_call) is billed at its worst case
+    # on top of the agent's reservation, not out of it: marked, so that a later start tells it
+    # from the failed calls billed inside the reservation (ledger.billed_by_agent).
+    """
+    ALTER TABLE usage ADD COLUMN cut INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _INLINE_UNITS = 8          # batches up to this size commit on the loop (synchronous=normal)

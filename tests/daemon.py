@@ -263,6 +263,17 @@ def db_agents(state_dir: Path) -> dict[str, dict[str, Any]]:
         return {r["agent_id"]: dict(r) for r in conn.execute("SELECT * FROM agents ORDER BY rowid")}
 
 
+def db_usage(state_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """agent_id -> its ledger rows (``usage``) in the order they were written, read-only."""
+    path = state_dir / "j1msky.db"
+    rows: dict[str, list[dict[str, Any]]] = {}
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)) as conn:
+        conn.row_factory = sqlite3.Row
+        for r in conn.execute("SELECT * FROM usage ORDER BY id"):
+            rows.setdefault(r["agent_id"], []).append(dict(r))
+    return rows
+
+
 def statuses(state_dir: Path, ids: Iterable[str] | None = None) -> dict[str, str]:
     rows = db_agents(state_dir)
     return {i: rows[i]["status"] for i in (rows if ids is None else ids) if i in rows}

@@ -17,6 +17,7 @@ from j1mskyd.chat_service import canonical_json
 from j1mskyd.budget import BudgetExceeded, SpawnRefused
 from j1mskyd.plugin_api import Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
 from j1mskyd.provider_http import estimate_tokens
+from j1mskyd.pricing import token_cost
 from j1mskyd.store import Store
 from j1mskyd.worstcase import input_bound
 from j1mskyd.providers import ProviderSettings
@@ -460,6 +461,18 @@ async def test_a_chat_agent_found_live_at_start_fails_as_interrupted_and_is_not_
         assert view["error"] == "interrupted: the daemon stopped during this chat call"
     assert not primary.calls and not services.runtime.live
     assert services.budget.reserved == pytest.approx(0.0)  # their reservations released
+    # The running one's call was cut by the crash: billed at its worst case (the request's bytes
+    # and 64 tokens of chat template in, the model's max_tokens out), marked as cut; the queued
+    # one made no call.
+    rows = await services.store.read(lambda c: c.execute(
+        "SELECT agent_id, input_tokens, output_tokens, cost, cut FROM usage").fetchall())
+    model = cfg.models["k2p5"]
+    worst = token_cost(model, len(task.encode()) + 64, model.max_tokens)
+    assert [tuple(r) for r in rows] == [(agents[0].agent_id, len(task.encode()) + 64, model.max_tokens,
+                                          pytest.approx(worst), 1)]
+    view = await (await client.get(f"/api/agent/{agents[0].agent_id}")).json()
+    assert view["cost"] == pytest.approx(worst, abs=1e-6)
+    assert services.budget.spent_today == pytest.approx(worst)
 
 
 async def test_a_graceful_stop_fails_a_running_chat_call_and_the_restart_leaves_it(aiohttp_client, tmp_path,

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from j1mskyd import __version__
-from tests.daemon import (ROOT, Daemon, child_env, db_agents, free_port, run_cli, statuses, wait_until,
-                          write_config)
+from tests.daemon import (ROOT, Daemon, child_env, db_agents, db_usage, free_port, run_cli, statuses,
+                          wait_until, write_config)
 
 SLOW = 30.0  # seconds per provider call: "running" for the whole test unless interrupted
 
@@ -254,11 +254,24 @@ def test_kill_9_loses_no_agent_and_reruns_the_running_ones(tmp_path, make_daemon
     second = make_daemon(fast_config(tmp_path))  # restart_attempts: the default, 2
     for agent_id in ids:
         assert second.wait_agent(agent_id)["status"] == "completed"
+    spent = second.get("/api/rate-limits")["budget"]["today_spend"]
     assert second.stop()[0] == 0
     rows = db_agents(second.state_dir)
     assert {i: rows[i]["runs"] for i in running} == {i: 2 for i in running}  # the cut-off run counts
     assert {i: rows[i]["runs"] for i in queued} == {i: 1 for i in queued}
     assert all(rows[i]["completed_at"] is not None and rows[i]["error"] is None for i in ids)
+    # The ledger holds every call the upstream got: a running agent's call cut by the kill, at its
+    # worst case (the task's bytes and 64 tokens of chat template in, the model's max_tokens out),
+    # then its re-run's answer; a queued agent's one answer.
+    usage = db_usage(second.state_dir)
+    for i in running:
+        cut, answer = usage[i]
+        assert (cut["input_tokens"], cut["output_tokens"]) == (len(f"task {ids.index(i)}") + 64, 4096)
+        assert cut["cost"] == pytest.approx(cut["input_tokens"] * 0.001 / 1000 + 4096 * 0.002 / 1000)
+        assert answer["output_tokens"] < 4096
+        assert rows[i]["cost"] == pytest.approx(cut["cost"] + answer["cost"])
+    assert all(len(usage[i]) == 1 and rows[i]["cost"] == pytest.approx(usage[i][0]["cost"]) for i in queued)
+    assert spent == pytest.approx(sum(r["cost"] for i in ids for r in usage[i]), abs=1e-6)
     assert_no_traceback(second)
 
 
@@ -304,6 +317,14 @@ def test_restart_attempts_bounds_reruns_across_repeated_crashes(tmp_path, make_d
             assert done["status"] == "failed" and "interrupted" in done["error"], done
         else:
             assert done["status"] == "completed", done
+    # Each crash cut one call of each running agent, billed once at its worst case (the second
+    # start's re-queue and the third's failure each wrote theirs with the bill); the failed
+    # agent's cost is what it was billed.
+    usage, rows = db_usage(third.state_dir), db_agents(third.state_dir)
+    for i in running:
+        assert [(u["input_tokens"], u["output_tokens"]) for u in usage[i]] == [(len(f"task {ids.index(i)}") + 64, 4096)] * 2
+        assert rows[i]["cost"] == pytest.approx(sum(u["cost"] for u in usage[i]))
+    assert [len(usage[i]) for i in ids if i not in running] == [1]
     assert third.stop()[0] == 0
     assert_no_traceback(third)
 

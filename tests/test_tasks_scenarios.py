@@ -15,9 +15,9 @@ compared one to one:
 - ``kill -9`` (a real SIGKILL of the daemon) while a step's upstream call is in flight, between two
   steps (the next one admitted and queued behind another agent, no call of the task in flight), and
   while the task waits between two steps for an approval; restarted on the same state dir, the task
-  completes once, with one step record per step, and its ledger holds exactly the upstream calls
-  the daemon got an answer for (the call cut by the kill is in the upstream's log only: the daemon
-  never learnt its usage; docs/operations.md says so of any call cut by a crash).
+  completes once, with one step record per step, and its ledger holds exactly the upstream calls:
+  those answered at their reported usage, the one the kill cut at its worst case (billed at the
+  restart, docs/runtime.md "Stopping and crash recovery").
 
 The upstream runs in the test's event loop; every blocking call to the daemon (urllib) goes
 through a thread, so the upstream keeps answering.
@@ -445,7 +445,10 @@ async def test_deciding_needs_admin_write_and_a_known_decision(tmp_path):
 async def test_kill_9_during_a_step_resumes_it_and_the_task_completes_once(tmp_path):
     """The implementer's call (the 2nd) is held at the upstream; the daemon is killed with the
     step in flight and started again: the step is re-run (a second call), the task completes
-    once, four step records, and the ledger holds the four answered calls."""
+    once, four step records, and the ledger holds the five upstream calls: the four answered at
+    what the upstream reported, the one the kill cut at its worst case (the provider may bill
+    it whole: its prompt's bytes and the chat template's 64 tokens in, its ``max_tokens`` out),
+    billed to the implementer's step."""
     async with scenario(tmp_path, []) as run:
         run.upstream.hold_call = 2
         created = await run.create()
@@ -460,7 +463,25 @@ async def test_kill_9_during_a_step_resumes_it_and_the_task_completes_once(tmp_p
             [(role, "run") for role in WORKFLOW]
         assert run.upstream.models() == ["cheap"] * 5  # architect, implementer (cut), implementer, critic, integrator
         assert run.upstream.answered == 4
-        check_costs(run, done, ["cheap"] * 4)
+        steps = sorted(done["steps"], key=lambda s: s["seq"])
+        rows = run.ledger([s["agent_id"] for s in steps])
+        assert [r["agent_id"] for r in rows] == [steps[i]["agent_id"] for i in (0, 1, 1, 2, 3)]
+        assert len(rows) == len(run.upstream.calls) == 5
+        cut = run.upstream.bodies[1]
+        worst = (len(prompt_of(cut).encode()) + 64, cut["max_tokens"])
+        assert (rows[1]["input_tokens"], rows[1]["output_tokens"]) == worst
+        inp, out = PRICES["cheap"]
+        assert rows[1]["cost"] == pytest.approx(worst[0] * inp / 1000 + worst[1] * out / 1000)
+        answered = [rows[i] for i in (0, 2, 3, 4)]
+        for row in answered:
+            assert (row["input_tokens"], row["output_tokens"]) == (run.upstream.input_tokens, run.upstream.output_tokens)
+            assert row["cost"] == pytest.approx(call_cost("cheap", run.upstream))
+        # The re-run was sent what the first run was: the cut call's bill did not shrink it.
+        assert run.upstream.bodies[2]["max_tokens"] == cut["max_tokens"]
+        assert steps[1]["cost"] == pytest.approx(rows[1]["cost"] + rows[2]["cost"])
+        for step, row in zip([steps[0], steps[2], steps[3]], [rows[0], rows[3], rows[4]]):
+            assert step["cost"] == pytest.approx(row["cost"])
+        assert done["cost"]["charged"] == pytest.approx(sum(r["cost"] for r in rows))
         kinds = [kind for kind, _ in await run.events(created["id"])]
         assert kinds.count("task.created") == 1 and kinds.count("task.completed") == 1 and kinds[-1] == "task.completed"
         assert "task.failed" not in kinds
