@@ -166,7 +166,8 @@ class ChatService:
         task = canonical_json(request)
         agent = Agent(agent_id=self.agents.new_id(now), kind=KIND_CHAT, model=request.model, task=task,
                       priority="normal", timeout=self.config.runtime.default_timeout, status=SPAWNING,
-                      estimated_cost=self.agents.estimate(request.model, task, request.max_tokens), created_at=now, chat=request)
+                      estimated_cost=self.agents.estimate(request.model, task, request.max_tokens), created_at=now,
+                      chat=request, max_tokens=request.max_tokens)  # stored: after a restart `chat` is gone
         call = LiveChatCall(agent, self.runtime, self.config)
         # Dispatched on submit: the upstream call overlaps the insert's commit; this returns once
         # the insert is on disk, so nothing reaches the caller before the call is recorded.

@@ -101,9 +101,12 @@ def test_ctrl_c_while_waiting_leaves_the_agent_running_and_says_how_to_follow_it
     with Daemon(tmp_path, tmp_path / "state", write_config(tmp_path / "c.toml", delay=30.0)) as d:
         key = d.auth_headers()["Authorization"].split(" ", 1)[1]
         env = child_env({"J1MSKY_API": f"http://127.0.0.1:{d.port}/api", "J1MSKY_KEY": key})
+        # As from a terminal: SIGINT at its default, even when this suite runs as a background job
+        # of a non-interactive shell (which starts its children with SIGINT ignored, and Python
+        # then never turns it into KeyboardInterrupt).
         proc = subprocess.Popen([sys.executable, "-m", "j1mskyd", "spawn", "a long task", "--model", "k2p5",
                                  "--wait"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             running = wait_until(lambda: [a for a in d.get("/api/agents")["data"] if a["status"] == "running"],
                                  20.0, what="the agent to run")
@@ -113,6 +116,7 @@ def test_ctrl_c_while_waiting_leaves_the_agent_running_and_says_how_to_follow_it
         finally:
             if proc.poll() is None:
                 proc.kill()
+                proc.communicate()  # closes its pipes
         agent_id = running[0]["agent_id"]
         assert proc.returncode == 130, (out, err)
         assert "Traceback" not in err, err

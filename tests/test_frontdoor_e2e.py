@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.daemon import Daemon, db_agents
+from tests.daemon import Daemon, db_agents, db_usage
 from tests.fakeupstream import FakeUpstream, Reply
 
 ANTHROPIC_KEY_ENV = "E2E_FAKE_ANTHROPIC_KEY"
@@ -594,13 +594,18 @@ async def test_kill_9_during_a_chat_call_fails_it_as_interrupted_refunded_and_lo
         await asyncio.to_thread(second.start)
         agent = await door.agent(live_id, ("failed",))
         assert "interrupted" in agent["error"]
-        assert not agent["cost"]  # nothing came back from the upstream: nothing is billed
         after = (await door.api("/api/rate-limits"))["budget"]
         assert after["reserved"] == 0  # its reservation is released
+        # Nothing came back from the upstream, which may bill the call whole: it is billed at its
+        # worst case, the max_tokens it was sent (100) at claude's $4/1k, and the input bound.
+        [cut] = (await asyncio.to_thread(db_usage, door.daemon.state_dir))[live_id]
+        assert cut["cut"] == 1 and cut["output_tokens"] == 100 and cut["model"] == "claude"
+        assert cut["cost"] == pytest.approx(cut["input_tokens"] / 1000 + 100 * 4.0 / 1000)
+        assert agent["cost"] == pytest.approx(cut["cost"], abs=1e-6)
         kept = await door.agent(done_id, ("completed",))
         assert kept["result"] == "fake reply" and kept["cost"] > 0
         billing = await door.api("/api/billing/usage")
-        assert billing["calls"] == 1 and billing["total_cost"] == pytest.approx(kept["cost"])
+        assert billing["calls"] == 2 and billing["total_cost"] == pytest.approx(kept["cost"] + agent["cost"], abs=1e-5)
         assert len(door.an.calls) == 1  # a chat call is never re-run: its client is gone
 
 
