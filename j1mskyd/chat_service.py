@@ -27,6 +27,7 @@ from .config import Config
 from .errors import NotFound
 from .plugin_api import Block, TextBlock, ToolCall
 from .runtime import AgentRuntime
+from .worstcase import output_cap
 
 __all__ = ["ChatService", "LiveChatCall", "canonical_json"]
 
@@ -154,6 +155,14 @@ class ChatService:
         """A reloaded configuration (reload.py): calls from now on check their model against it."""
         self.config = config
 
+    def _stored_max_tokens(self, request: ChatRequest) -> int | None:
+        """The call's output cap as the agent's row keeps it (after a restart ``chat`` is gone and
+        the cut call is billed at it, docs/runtime.md): what it asked for, within the model's own
+        cap, which also keeps any integer the client sent inside sqlite's range."""
+        if request.max_tokens is None:
+            return None
+        return output_cap(self.config.models[request.model], request.max_tokens)
+
     async def start(self, request: ChatRequest, key_id: str = ANONYMOUS) -> LiveChatCall:
         """Reserve, store and queue the call as a chat agent; the call under way.
 
@@ -167,7 +176,7 @@ class ChatService:
         agent = Agent(agent_id=self.agents.new_id(now), kind=KIND_CHAT, model=request.model, task=task,
                       priority="normal", timeout=self.config.runtime.default_timeout, status=SPAWNING,
                       estimated_cost=self.agents.estimate(request.model, task, request.max_tokens), created_at=now,
-                      chat=request, max_tokens=request.max_tokens)  # stored: after a restart `chat` is gone
+                      chat=request, max_tokens=self._stored_max_tokens(request))
         call = LiveChatCall(agent, self.runtime, self.config)
         # Dispatched on submit: the upstream call overlaps the insert's commit; this returns once
         # the insert is on disk, so nothing reaches the caller before the call is recorded.

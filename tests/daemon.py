@@ -54,6 +54,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Does process ``pid`` hold the TCP socket listening on ``port``?"""
+    import psutil
+    proc = psutil.Process(pid)
+    try:  # psutil 6 renamed connections() (Debian bookworm has 5.9.4)
+        conns = proc.net_connections("tcp") if hasattr(proc, "net_connections") else proc.connections("tcp")
+    except psutil.NoSuchProcess:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns)
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 15.0, interval: float = 0.05,
                what: str = "condition") -> T:
     """Poll until ``predicate()`` is truthy; return that value."""
@@ -137,7 +148,9 @@ class Daemon:
                     break
                 with contextlib.suppress(OSError):
                     status, _ = self.request("GET", "/api/health", timeout=2.0)
-                    if status == 200:
+                    # Only our daemon's answer counts: another test's daemon may have bound the
+                    # same free port first (ours then fails to bind and is started again).
+                    if status == 200 and listens_on(self.proc.pid, self.port):
                         return self
                 time.sleep(0.05)
             else:

@@ -287,6 +287,7 @@ def _back_to_schema_7(path: str) -> None:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
         for column in ("max_tokens", "temperature"):  # migration 10's agents columns (a step's role preferences)
             conn.execute(f"ALTER TABLE agents DROP COLUMN {column}")
+        conn.execute("ALTER TABLE usage DROP COLUMN cut")  # migration 11 (a call a crash cut)
         for index in ("agents_key", "usage_key_ts", "usage_project_ts", "events_key", "projects_name"):
             conn.execute(f"DROP INDEX IF EXISTS {index}")
         conn.execute("DROP TABLE projects")

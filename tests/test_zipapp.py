@@ -13,7 +13,7 @@ import pytest
 
 from j1mskyd import __version__
 
-from .daemon import ROOT, Daemon, free_port, wait_until
+from .daemon import ROOT, Daemon, free_port, listens_on, wait_until
 
 BUILTINS = sorted(p.stem for p in (ROOT / "j1mskyd" / "builtin_plugins").glob("*.py") if not p.name.startswith("_"))
 
@@ -64,7 +64,7 @@ def serve_pyz(pyz: Path, tmp_path: Path, *args: str, env: dict[str, str] | None 
     def healthy():
         assert d.proc.poll() is None, d.log()
         try:
-            return d.request("GET", "/api/health", timeout=2.0)[0] == 200
+            return d.request("GET", "/api/health", timeout=2.0)[0] == 200 and listens_on(d.proc.pid, d.port)
         except OSError:
             return False
     try:
