@@ -222,8 +222,9 @@ async def test_provider_limit_does_not_block_other_providers(aiohttp_client, tmp
 
 async def test_global_limit_caps_running_agents(aiohttp_client, tmp_path, upstreams):
     primary, secondary = upstreams
-    primary.delay = 0.5
-    secondary.delay = 0.5
+    # Long enough for a loaded machine to see the first two running before they end.
+    primary.delay = 3.0
+    secondary.delay = 3.0
     cfg = two_provider_config(tmp_path, primary, secondary, max_concurrency=2)
     client = await aiohttp_client(build_app(cfg))
     ids = [await spawn(client, model=m) for m in ("k2p5", "minimax-m2.5", "k2p5", "minimax-m2.5")]
