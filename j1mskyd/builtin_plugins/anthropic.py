@@ -32,7 +32,6 @@ from j1mskyd import jsonx
 from j1mskyd.plugin_api import (
     CompletionRequest,
     CompletionResult,
-    Message,
     ProviderError,
     ProviderSettings,
     Registrar,
