@@ -17,7 +17,10 @@ from ..chat_request import ChatOutcome, ChatRequest
 from ..config import ModelConfig
 from ..errors import ApiError, NotFound
 
-__all__ = ["Dialect", "ModelNotFound", "StreamEncoder", "model_alias", "retry_headers"]
+__all__ = ["MAX_TOKENS", "Dialect", "ModelNotFound", "StreamEncoder", "model_alias", "retry_headers"]
+
+# The most max_tokens either dialect takes: a larger number is a 400, not a value sqlite cannot store.
+MAX_TOKENS = 2**31 - 1
 
 
 class ModelNotFound(NotFound):

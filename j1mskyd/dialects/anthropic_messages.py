@@ -30,7 +30,7 @@ from ..config import ModelConfig
 from ..errors import ApiError, ValidationFailed
 from ..plugin_api import Block, CompletionRequest, Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
 from ..provider_http import estimate_tokens, request_text
-from . import Dialect, model_alias
+from . import MAX_TOKENS, Dialect, model_alias
 
 __all__ = ["DIALECT", "AnthropicMessages", "AnthropicStream", "SPEND_LIMIT_CODE", "error_body", "estimate_input_tokens",
            "parse", "parse_count", "render", "stop_reason", "tool_input"]
@@ -350,6 +350,8 @@ def parse(body: Any, models: Mapping[str, ModelConfig]) -> ChatRequest:
     max_tokens = _want("max_tokens", body["max_tokens"], int, "an integer")
     if max_tokens < 1:
         _bad("max_tokens", "must be at least 1")
+    if max_tokens > MAX_TOKENS:
+        _bad("max_tokens", f"must be at most {MAX_TOKENS}")
     if _present(body, "top_k"):
         _want("top_k", body["top_k"], int, "an integer")
         _bad("top_k", "is not supported by this server: its providers' normalised request has no top-k sampling "

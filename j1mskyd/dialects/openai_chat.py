@@ -27,7 +27,7 @@ from ..chat_request import ChatFailed, ChatOutcome, ChatRequest
 from ..config import ModelConfig
 from ..errors import ApiError, ValidationFailed
 from ..plugin_api import Block, Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
-from . import model_alias
+from . import MAX_TOKENS, model_alias
 
 __all__ = ["DEFAULT_ONLY", "IGNORED", "MAX_STOP", "MAX_TOOLS", "MAX_USER", "OPENAI", "ChunkEncoder", "OpenAIChat"]
 
@@ -36,7 +36,6 @@ MAX_TOOLS = 128
 MAX_METADATA = 16
 MAX_METADATA_KEY, MAX_METADATA_VALUE = 64, 512
 MAX_USER = 256         # Anthropic's metadata.user_id limit: the strictest upstream the value may reach
-MAX_TOKENS = 2**31 - 1
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a function's or a JSON schema's name, as OpenAI allows
 
 
