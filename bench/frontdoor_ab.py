@@ -9,6 +9,8 @@ at once; then ``-n`` times: a direct call to the upstream and one call through e
 ``POST /v1/chat/completions``, in an order that rotates, first not streamed (time to the whole
 answer), then streamed (time to the first body bytes).  ``--consecutive K``: K calls back to
 back to each target in turn (what a call leaves behind, a trailing commit, then meets the next).
+``--upstream-delay S``: an upstream that takes S seconds, as a real provider does (its time then
+hides the commit of the call's insert, dispatched on submit; the added time is what is left).
 Whatever else loads the machine falls on the trees alike within a few milliseconds, so the medians and the per-step differences
 compare them where runs minutes apart cannot (the fsync time of a shared disk swings by
 several milliseconds).  ``--bursts N``: first, N rounds of 2 s of 32-connection load on each
@@ -120,6 +122,9 @@ def main() -> None:
     p.add_argument("--sync", choices=("normal", "full"), default="full")
     p.add_argument("--bursts", type=int, default=0,
                    help="also this many rounds of 32-connection load on each daemon: CPU ms per call")
+    p.add_argument("--upstream-delay", type=float, default=0.0,
+                   help="seconds the fake upstream holds each answer (its first chunk when streamed): a "
+                        "provider's own time, which the call's first commit overlaps")
     p.add_argument("--consecutive", type=int, default=1,
                    help="calls made back to back to one target before the next (1: strictly interleaved)")
     p.add_argument("--workdir")
@@ -129,7 +134,7 @@ def main() -> None:
     a = p.parse_args()
     workdir = a.workdir or tempfile.mkdtemp(prefix="j1b-fdab-")
     os.makedirs(workdir, exist_ok=True)
-    up, up_port = run_all.upstream(workdir)
+    up, up_port = run_all.upstream(workdir, a.upstream_delay)
     state_dir, shim_env = workdir, {}
     if a.fsync_ms is not None:
         state_dir = tempfile.mkdtemp(prefix="j1b-fdab-", dir=a.tmpfs)
@@ -153,7 +158,7 @@ def main() -> None:
         if state_dir != workdir:
             shutil.rmtree(state_dir, ignore_errors=True)
     print(json.dumps({"machine": run_all.machine(), "trees": a.trees, "n": a.n, "sync": a.sync, "fsync_ms": a.fsync_ms,
-                      "consecutive": a.consecutive,
+                      "consecutive": a.consecutive, "upstream_delay": a.upstream_delay,
                       "whole_answer": whole, "first_streamed_byte": first,
                       "cpu_ms_per_call_at_32": cpu}, indent=1))
 

@@ -30,7 +30,7 @@ from ..config import ModelConfig
 from ..errors import ApiError, ValidationFailed
 from ..plugin_api import Block, CompletionRequest, Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
 from ..provider_http import estimate_tokens, request_text
-from . import MAX_TOKENS, Dialect, model_alias
+from . import MAX_TOKENS, Dialect, TextFrame, model_alias
 
 __all__ = ["DIALECT", "AnthropicMessages", "AnthropicStream", "SPEND_LIMIT_CODE", "error_body", "estimate_input_tokens",
            "parse", "parse_count", "render", "stop_reason", "tool_input"]
@@ -469,6 +469,7 @@ class AnthropicStream:
         self._text_open = False
         self._blocks = 0          # content blocks opened so far (the next one's index)
         self._streamed: list[str] = []
+        self._text: TextFrame | None = None  # the open text block's delta frame
 
     def start(self) -> bytes:
         self._started = True
@@ -486,15 +487,16 @@ class AnthropicStream:
     def delta(self, text: str) -> bytes:
         if not text:
             return self._begin()
-        frames = [self._begin()]
-        if not self._text_open:
-            self._text_open = True
-            frames.append(_event("content_block_start", {"type": "content_block_start", "index": self._blocks,
-                                                         "content_block": {"type": "text", "text": ""}}))
-            self._blocks += 1
         self._streamed.append(text)
-        frames.append(_event("content_block_delta", {"type": "content_block_delta", "index": self._blocks - 1,
-                                                     "delta": {"type": "text_delta", "text": text}}))
+        if self._text_open and self._text is not None:  # the usual case: more of the open text block
+            return self._text(text)
+        frames = [self._begin(), _event("content_block_start", {"type": "content_block_start", "index": self._blocks,
+                                                                "content_block": {"type": "text", "text": ""}})]
+        self._text_open = True
+        self._text = TextFrame(_event("content_block_delta", {"type": "content_block_delta", "index": self._blocks,
+                                                              "delta": {"type": "text_delta", "text": ""}}), b'"text":')
+        self._blocks += 1
+        frames.append(self._text(text))
         return b"".join(frames)
 
     def _close_text(self) -> bytes:
