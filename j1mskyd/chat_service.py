@@ -63,18 +63,35 @@ def canonical_json(request: ChatRequest) -> str:
         "model": request.model, "dialect": request.dialect, "stream": request.stream,
         "messages": [{"role": m.role, "content": [_block(b) for b in m.content]} for m in request.messages],
     }
-    optional: dict[str, Any] = {
-        "system": request.system, "max_tokens": request.max_tokens, "temperature": request.temperature,
-        "top_p": request.top_p, "stop": list(request.stop) or None,
-        "tools": [{"name": t.name, "description": t.description, "parameters": t.parameters}
-                  for t in request.tools] or None,
-        "tool_choice": None if request.tool_choice is None
-        else {"mode": request.tool_choice.mode, "name": request.tool_choice.name},
-        "response_format": request.response_format, "user": request.user, "metadata": request.metadata or None,
-    }
-    body.update((k, v) for k, v in optional.items() if v is not None)
-    # The stdlib, not jsonx: orjson cannot sort keys the same way on every stack without options.
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # The optional fields one by one, only when set (a dict of them all, then filtered, cost
+    # twice as much: canonical_json is on every call's way to its insert).
+    if request.system is not None:
+        body["system"] = request.system
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.tools:
+        body["tools"] = [{"name": t.name, "description": t.description, "parameters": t.parameters}
+                         for t in request.tools]
+    if request.tool_choice is not None:
+        body["tool_choice"] = {"mode": request.tool_choice.mode, "name": request.tool_choice.name}
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    if request.user is not None:
+        body["user"] = request.user
+    if request.metadata:
+        body["metadata"] = request.metadata
+    return _CANONICAL(body)
+
+
+# The stdlib, not jsonx: orjson cannot sort keys the same way on every stack without options.
+# Built once: json.dumps with arguments makes a new encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
 class LiveChatCall:
