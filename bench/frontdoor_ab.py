@@ -120,6 +120,9 @@ def main() -> None:
     p.add_argument("trees", nargs=2)
     p.add_argument("-n", type=int, default=1000)
     p.add_argument("--sync", choices=("normal", "full"), default="full")
+    p.add_argument("--sync-after", choices=("normal", "full"),
+                   help="the second tree's synchronous (default: --sync); the same tree twice with "
+                        "--sync full --sync-after normal: what the fsyncs cost a call")
     p.add_argument("--bursts", type=int, default=0,
                    help="also this many rounds of 32-connection load on each daemon: CPU ms per call")
     p.add_argument("--upstream-delay", type=float, default=0.0,
@@ -144,7 +147,8 @@ def main() -> None:
         targets = [Target("direct", f"http://127.0.0.1:{up_port}")]
         for i, tree in enumerate(a.trees):
             with daemon_env(shim_env):
-                proc, url, _, token = cpu_per_agent.start(tree, state_dir, f"tree{i}", a.sync, None, up_port=up_port)
+                sync = a.sync_after if i == 1 and a.sync_after else a.sync
+                proc, url, _, token = cpu_per_agent.start(tree, state_dir, f"tree{i}", sync, None, up_port=up_port)
             procs.append(proc)
             targets.append(Target(f"tree{i}", url, load.auth_headers(token), proc.pid))
         cpu = cpu_per_call(targets[1:], a.bursts, 2.0, 32) if a.bursts else None
@@ -157,7 +161,7 @@ def main() -> None:
         up.stop()
         if state_dir != workdir:
             shutil.rmtree(state_dir, ignore_errors=True)
-    print(json.dumps({"machine": run_all.machine(), "trees": a.trees, "n": a.n, "sync": a.sync, "fsync_ms": a.fsync_ms,
+    print(json.dumps({"machine": run_all.machine(), "trees": a.trees, "n": a.n, "sync": a.sync, "sync_after": a.sync_after or a.sync, "fsync_ms": a.fsync_ms,
                       "consecutive": a.consecutive, "upstream_delay": a.upstream_delay,
                       "whole_answer": whole, "first_streamed_byte": first,
                       "cpu_ms_per_call_at_32": cpu}, indent=1))
