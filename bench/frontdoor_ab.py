@@ -17,6 +17,9 @@ several milliseconds).  ``--bursts N``: first, N rounds of 2 s of 32-connection 
 daemon in turn, the daemon's CPU ms per call (/proc/PID/stat).  Prints JSON: per target the p50/p90 of both, "added" = p50 minus the
 direct call's.
 
+``--instructions N``: no timing; each tree's daemon in turn under callgrind, its instructions per
+call over N calls of each kind one at a time (needs valgrind; a few minutes).
+
 ``--fsync-ms X``: a steady disk instead of the machine's own, whose fsync swings by
 milliseconds from one minute to the next under other work (the medians of two identical trees
 then differ by up to ~1 ms, and runs of the same pair by several): the daemons' state
@@ -38,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 
@@ -88,6 +92,43 @@ def summary(found: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return out
 
 
+async def one_at_a_time(target: Target, n: int, stream: bool) -> int:
+    """``n`` calls one after the other; the number that answered 200."""
+    ok = 0
+    body = target.body(stream)
+    async with aiohttp.ClientSession() as s:
+        for _ in range(n):
+            ok += await once(s, target, body) is not None
+    return ok
+
+
+def instructions_per_call(trees: list[str], workdir: str, up_port: int, sync: str, n: int) -> dict[str, dict[str, Any]]:
+    """Each tree's daemon in turn under callgrind (``cpu_per_agent.start``): 30 calls to warm up,
+    then ``n`` non-streamed and ``n`` streamed calls one at a time, the daemon's instructions per
+    call for each (``callgrind_control --dump`` between the passes).  Deterministic where the
+    wall clock of this machine is not: the decision figure for a change of CPU on the call's path."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, tree in enumerate(trees):
+        name = f"cg{i}"
+        proc, url, _, token = cpu_per_agent.start(tree, workdir, name, sync, None, callgrind=True, up_port=up_port)
+        target = Target(name, url, load.auth_headers(token), proc.pid)
+        dumps = os.path.join(workdir, name) + ".cg."
+        try:
+            asyncio.run(one_at_a_time(target, 30, stream=False))
+            asyncio.run(one_at_a_time(target, 30, stream=True))
+            cpu_per_agent.callgrind_dump(proc.pid, dumps)
+            row: dict[str, Any] = {"tree": tree}
+            for stream in (False, True):
+                ok = asyncio.run(one_at_a_time(target, n, stream))
+                row["streamed" if stream else "whole"] = round(cpu_per_agent.callgrind_dump(proc.pid, dumps) / max(ok, 1))
+                row["ok_streamed" if stream else "ok_whole"] = ok
+            out[f"tree{i}"] = row
+        finally:
+            proc.terminate()
+            proc.wait(120)
+    return out
+
+
 def cpu_per_call(targets: list[Target], bursts: int, seconds: float, connections: int) -> dict[str, dict[str, float]]:
     """``bursts`` rounds of ``seconds`` of ``connections``-connection load on each daemon in
     turn (order rotating): the serving process's CPU ms per call, median and range of the bursts."""
@@ -123,6 +164,9 @@ def main() -> None:
     p.add_argument("--sync-after", choices=("normal", "full"),
                    help="the second tree's synchronous (default: --sync); the same tree twice with "
                         "--sync full --sync-after normal: what the fsyncs cost a call")
+    p.add_argument("--instructions", type=int, default=0, metavar="N",
+                   help="instead of the timed calls: each daemon under callgrind, N calls of each kind one at a time, "
+                        "its instructions per call")
     p.add_argument("--bursts", type=int, default=0,
                    help="also this many rounds of 32-connection load on each daemon: CPU ms per call")
     p.add_argument("--upstream-delay", type=float, default=0.0,
@@ -142,6 +186,14 @@ def main() -> None:
     if a.fsync_ms is not None:
         state_dir = tempfile.mkdtemp(prefix="j1b-fdab-", dir=a.tmpfs)
         shim_env = fsyncshim.env(fsyncshim.build(state_dir), delay_ms=a.fsync_ms)
+    if a.instructions:
+        try:
+            found = instructions_per_call(a.trees, state_dir, up_port, a.sync, a.instructions)
+        finally:
+            up.stop()
+        print(json.dumps({"machine": run_all.machine(), "trees": a.trees, "n": a.instructions, "sync": a.sync,
+                          "instructions_per_call": found}, indent=1))
+        return
     procs = []
     try:
         targets = [Target("direct", f"http://127.0.0.1:{up_port}")]
