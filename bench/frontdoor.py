@@ -192,8 +192,9 @@ async def breakdown(target: Target, db: str, n: int, stream: bool) -> dict[str, 
     """Where one call's time goes in the daemon, one call at a time: the client's clock at
     send and end against the agent's own timestamps (same machine, same wall clock), p50
     of each phase in ms.  ``created`` is stamped when the handler starts the call, ``started``
-    when the runtime dispatches it (after the insert's commit), ``first_token`` at the first
-    delta from the upstream, ``completed`` before the final commit."""
+    when the runtime dispatches it (a chat call: as soon as its insert is submitted, before its
+    commit), ``first_token`` at the first delta from the upstream, ``completed`` before the
+    final commit."""
     body = target.body(stream)
     headers = {**target.headers, "Content-Type": "application/json"}
     sent: dict[str, tuple[float, float, float]] = {}

@@ -9,12 +9,16 @@ recorded like any agent) and hands back a :class:`ChatCall`: the text as it stre
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Literal, Protocol
+from typing import Any, AsyncIterator, Callable, Literal, Protocol
 
 from .errors import ApiError
 from .plugin_api import Message, Tool, ToolCall, ToolChoice
 
-__all__ = ["ChatRequest", "ChatOutcome", "ChatFailed", "ChatCall", "FailureKind"]
+__all__ = ["ChatRequest", "ChatOutcome", "ChatFailed", "ChatCall", "ClientGone", "FailureKind", "WATCH"]
+
+# Seconds between looks at a waiting caller's connection (``gone`` below): neither aiohttp 3.8 nor
+# the daemon's default on later versions cancels a handler whose client left.
+WATCH = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,19 +82,25 @@ class ChatFailed(ApiError):
         self.status = _STATUS[kind]
 
 
+class ClientGone(ConnectionResetError):
+    """A waiting caller's ``gone`` said it left (:meth:`ChatCall.outcome`, :meth:`ChatCall.deltas`)."""
+
+
 class ChatCall(Protocol):
     """A chat call under way (what ChatService.start returns)."""
 
     agent_id: str
     created_at: float
 
-    def deltas(self) -> AsyncIterator[str]:
+    def deltas(self, gone: Callable[[], bool] | None = None) -> AsyncIterator[str]:
         """The answer's text as it comes; ends when the call ends, well or not.  A provider
-        that cannot stream gives the whole text as one delta at the end."""
+        that cannot stream gives the whole text as one delta at the end.  ``gone``: as for
+        :meth:`outcome`, while waiting for each delta."""
         ...
 
-    async def outcome(self) -> ChatOutcome:
-        """The completed call; raises :class:`ChatFailed` otherwise."""
+    async def outcome(self, gone: Callable[[], bool] | None = None) -> ChatOutcome:
+        """The completed call; raises :class:`ChatFailed` otherwise.  ``gone``: looked at every
+        :data:`WATCH` seconds while waiting; once it says the caller left, :class:`ClientGone`."""
         ...
 
     async def cancel(self) -> None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .agent_record import ANONYMOUS, CANCELLED, COMPLETED, KIND_CHAT, SPAWNING, Agent
 from .agents import AgentService
-from .chat_request import ChatFailed, ChatOutcome, ChatRequest, FailureKind
+from .chat_request import WATCH, ChatFailed, ChatOutcome, ChatRequest, ClientGone, FailureKind
 from .config import Config
 from .errors import NotFound
 from .plugin_api import Block, TextBlock, ToolCall
@@ -33,6 +34,11 @@ __all__ = ["ChatService", "LiveChatCall", "canonical_json"]
 
 _FAILURES: dict[str, FailureKind] = {"bad_request": "bad_request", "upstream": "upstream", "timeout": "timeout",
                                      "interrupted": "interrupted"}
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _block(b: Block) -> dict[str, Any]:
@@ -58,23 +64,48 @@ def canonical_json(request: ChatRequest) -> str:
         "model": request.model, "dialect": request.dialect, "stream": request.stream,
         "messages": [{"role": m.role, "content": [_block(b) for b in m.content]} for m in request.messages],
     }
-    optional: dict[str, Any] = {
-        "system": request.system, "max_tokens": request.max_tokens, "temperature": request.temperature,
-        "top_p": request.top_p, "stop": list(request.stop) or None,
-        "tools": [{"name": t.name, "description": t.description, "parameters": t.parameters}
-                  for t in request.tools] or None,
-        "tool_choice": None if request.tool_choice is None
-        else {"mode": request.tool_choice.mode, "name": request.tool_choice.name},
-        "response_format": request.response_format, "user": request.user, "metadata": request.metadata or None,
-    }
-    body.update((k, v) for k, v in optional.items() if v is not None)
-    # The stdlib, not jsonx: orjson cannot sort keys the same way on every stack without options.
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # The optional fields one by one, only when set (a dict of them all, then filtered, cost
+    # twice as much: canonical_json is on every call's way to its insert).
+    if request.system is not None:
+        body["system"] = request.system
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.tools:
+        body["tools"] = [{"name": t.name, "description": t.description, "parameters": t.parameters}
+                         for t in request.tools]
+    if request.tool_choice is not None:
+        body["tool_choice"] = {"mode": request.tool_choice.mode, "name": request.tool_choice.name}
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    if request.user is not None:
+        body["user"] = request.user
+    if request.metadata:
+        body["metadata"] = request.metadata
+    return _CANONICAL(body)
+
+
+# The stdlib, not jsonx: orjson cannot sort keys the same way on every stack without options.
+# Built once: json.dumps with arguments makes a new encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
 class LiveChatCall:
     """A chat call under way: the :class:`chat_request.ChatCall` that ``ChatService.start``
-    returns.  One reader of :meth:`deltas` at most."""
+    returns.  One reader of :meth:`deltas` at most.
+
+    Its text and its end reach a reader through one plain future per wait, resolved by the
+    agent's sink (each delta) and by a callback on the runtime's end future: the answer reaches
+    its reader two loop steps after the runtime's ``_written``, and a delta already there none.
+    The earlier shape (an ``asyncio.Queue``, ``asyncio.shield`` around the end, and the front
+    door's task with ``asyncio.wait`` to watch the connection) took four and three, and a task
+    per wait (with the stream's frames and canonical_json: -47k instructions a non-streamed
+    call: bench/frontdoor_ab.py --instructions)."""
 
     def __init__(self, agent: Agent, runtime: AgentRuntime, config: Config) -> None:
         self.agent_id = agent.agent_id
@@ -82,40 +113,75 @@ class LiveChatCall:
         self._runtime = runtime
         self._config = config
         self._streamed = bool(agent.chat is not None and agent.chat.stream)
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._done: asyncio.Future[Agent] | None = None
+        self._texts: deque[str] = deque()
+        self._end: asyncio.Future[Agent] | None = None  # the runtime's, once it has resolved
+        self._waiters: list[asyncio.Future[None]] = []
         if self._streamed:
-            agent.sink = self._queue.put_nowait
+            agent.sink = self._push
 
     def _watch(self) -> None:
         """Called right after the agent is admitted, before anything is awaited: the runtime
         only resolves waiters registered before the agent's end."""
-        self._done = self._runtime.wait(self.agent_id)
-        self._done.add_done_callback(lambda _: self._queue.put_nowait(None))
+        self._runtime.wait(self.agent_id).add_done_callback(self._ended)
 
-    async def _ended(self) -> Agent:
-        assert self._done is not None  # ChatService.start watches before it returns the call
-        # Shielded: a reader that is cancelled must not cancel the runtime's future.
-        return await asyncio.shield(self._done)
+    def _push(self, text: str) -> None:
+        """The agent's sink: a delta of a streamed call."""
+        self._texts.append(text)
+        self._wake()
 
-    async def deltas(self) -> AsyncIterator[str]:
+    def _ended(self, done: asyncio.Future[Agent]) -> None:
+        self._end = done
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _until(self, ready: Callable[[], bool], gone: Callable[[], bool] | None) -> None:
+        """Return once ``ready()``; with ``gone``, look at it every :data:`WATCH` seconds
+        meanwhile and raise :class:`ClientGone` once it says the caller left."""
+        loop = asyncio.get_running_loop()
+        while not ready():
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            timer = None if gone is None else loop.call_later(WATCH, _resolve, waiter)
+            try:
+                await waiter  # a cancelled reader cancels only its own waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if gone is not None and not ready() and gone():
+                raise ClientGone("the client went away")
+
+    async def _agent(self, gone: Callable[[], bool] | None = None) -> Agent:
+        await self._until(lambda: self._end is not None, gone)
+        assert self._end is not None
+        return self._end.result()
+
+    async def deltas(self, gone: Callable[[], bool] | None = None) -> AsyncIterator[str]:
         """The answer's text as it comes; ends when the call ends, well or not.  A request that
         is not streamed (or a provider that cannot stream) gives the whole text as one delta
-        at the end."""
+        at the end.  ``gone``: see :meth:`outcome`; until the first delta only (after it, a
+        write to the caller tells whether it is still there)."""
         if not self._streamed:
-            agent = await self._ended()
+            agent = await self._agent(gone)
             if agent.status == COMPLETED and agent.result:
                 yield agent.result
             return
+        texts = self._texts
         while True:
-            delta = await self._queue.get()
-            if delta is None:
+            await self._until(lambda: bool(texts) or self._end is not None, gone)
+            if not texts:
                 return
-            yield delta
+            gone = None
+            yield texts.popleft()
 
-    async def outcome(self) -> ChatOutcome:
-        """The completed call; raises :class:`ChatFailed` with its kind otherwise."""
-        agent = await self._ended()
+    async def outcome(self, gone: Callable[[], bool] | None = None) -> ChatOutcome:
+        """The completed call; raises :class:`ChatFailed` with its kind otherwise.  ``gone``:
+        looked at every :data:`WATCH` seconds while waiting; once true, :class:`ClientGone`."""
+        agent = await self._agent(gone)
         if agent.status == COMPLETED:
             return self._outcome(agent)
         kind: FailureKind = "cancelled" if agent.status == CANCELLED else _FAILURES.get(agent.failure or "",

@@ -12,7 +12,8 @@ import pytest
 from j1mskyd.agent_record import KIND_CHAT, Agent, insert
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
-from j1mskyd.chat_request import ChatFailed, ChatRequest
+from j1mskyd import chat_service
+from j1mskyd.chat_request import ChatFailed, ChatRequest, ClientGone
 from j1mskyd.chat_service import canonical_json
 from j1mskyd.budget import BudgetExceeded, SpawnRefused
 from j1mskyd.plugin_api import Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
@@ -210,6 +211,44 @@ async def test_a_streamed_call_hands_out_deltas_in_order(aiohttp_client, tmp_pat
         (call.agent_id,)).fetchone())
     assert created <= first < completed
     assert view["time_to_first_token"] == round(first - created, 3)
+
+
+async def test_a_cancelled_reader_spoils_nothing_for_the_next_and_readers_may_overlap(aiohttp_client, tmp_path,
+                                                                                      upstreams):
+    primary, secondary = upstreams
+    primary.reply_text = "one two three"
+    primary.chunk_delay = 0.05
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    call = await services.chat.start(chat(stream=True))
+    waiting = asyncio.ensure_future(call.outcome())
+    await asyncio.sleep(0.01)
+    waiting.cancel()  # a reader that gives up (its handler cancelled) ...
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    # ... leaves the call running and readable: the text and the outcome, read at once.
+    deltas, outcome = await asyncio.gather(collect(call), call.outcome())
+    assert "".join(deltas) == outcome.text == "one two three"
+    assert (await call.outcome()).text == outcome.text  # read again once it has ended
+
+
+async def test_a_reader_whose_caller_left_gets_client_gone_and_the_call_runs_on(aiohttp_client, tmp_path,
+                                                                              upstreams, monkeypatch):
+    primary, secondary = upstreams
+    primary.delay = 0.5
+    monkeypatch.setattr(chat_service, "WATCH", 0.05)
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    call = await services.chat.start(chat())
+    looks = []
+
+    def gone() -> bool:
+        looks.append(1)
+        return len(looks) >= 2  # still there at the first look, gone at the second
+
+    with pytest.raises(ClientGone):
+        await call.outcome(gone)
+    assert len(looks) == 2
+    assert call.agent_id in services.runtime.live  # cancelling it is the caller's part
+    assert (await call.outcome()).text  # unwatched, it waits for the end
 
 
 async def test_a_provider_that_cannot_stream_gives_the_whole_text_as_one_delta(aiohttp_client, tmp_path):

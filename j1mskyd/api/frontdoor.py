@@ -6,8 +6,8 @@ A streamed call sends nothing until its first delta: a failure before it (every 
 fallback spent, the budget, a refused request) is then a real HTTP error in the dialect's
 status and shape, and what happened before it is invisible to the client.  A client that
 goes away cancels the call: a write to it fails (a stream), its connection is seen closed
-(a call waiting for its answer, looked at every :data:`WATCH` seconds: neither aiohttp 3.8
-nor the daemon's default on later versions cancels a handler whose client left), or its
+(a call waiting for its answer, looked at every ``chat_request.WATCH`` seconds: neither aiohttp
+3.8 nor the daemon's default on later versions cancels a handler whose client left), or its
 handler is cancelled (a server run with handler_cancellation, and at shutdown).  What the
 call used is billed either way (the chat service's part).
 """
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from ..agent_record import ANONYMOUS
-from ..chat_request import ChatCall, ChatFailed, ChatOutcome, ChatRequest
+from ..chat_request import ChatCall, ChatFailed, ChatOutcome, ChatRequest, ClientGone
 from ..config import ModelConfig
 from ..dialects import Dialect, model_alias
 from ..pii import preview
@@ -32,7 +33,7 @@ from .middleware import PASS, early_headers
 __all__ = ["chat_handler", "get_model", "list_models"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-WATCH = 1.0  # seconds between looks at a waiting call's connection
+T = TypeVar("T")
 _STREAM_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -50,7 +51,7 @@ def chat_handler(dialect: Dialect) -> Handler:
                                        "task_preview": preview(chat.messages[-1].text)})
         try:
             if not chat.stream:
-                return json_response(dialect.render(await _outcome_while_connected(request, call)))
+                return json_response(dialect.render(await _watched(call.outcome(partial(_gone, request)), call)))
             return await _stream(request, dialect, chat, call)
         except asyncio.CancelledError:
             # The handler is cancelled (aiohttp 3.8 does so when the client goes away; a
@@ -88,41 +89,34 @@ def _gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def _while_connected(request: web.Request, call: ChatCall, step: Awaitable[Any]) -> Any:
-    """``step``'s result; the call cancelled (ConnectionResetError) if the client leaves first."""
-    task = asyncio.ensure_future(step)
+async def _watched(waiting: Awaitable[T], call: ChatCall) -> T:
+    """What ``waiting`` (the outcome or the first delta, waited for with ``gone`` = :func:`_gone`)
+    gives; the call cancelled, and ConnectionResetError (ClientGone) raised, if the client
+    leaves first.  Awaited in the handler's own task: no task or ``asyncio.wait`` per wait."""
     try:
-        while not (await asyncio.wait((task,), timeout=WATCH))[0]:
-            if _gone(request):
-                await asyncio.shield(call.cancel())
-                raise ConnectionResetError("the client went away")
-        return task.result()
-    finally:
-        task.cancel()  # nothing when it is done
+        return await waiting
+    except ClientGone:
+        await asyncio.shield(call.cancel())
+        raise
 
 
-async def _outcome_while_connected(request: web.Request, call: ChatCall) -> ChatOutcome:
-    outcome: ChatOutcome = await _while_connected(request, call, call.outcome())
-    return outcome
-
-
-async def _first(request: web.Request, call: ChatCall, deltas: AsyncIterator[str]) -> str | None:
+async def _first(call: ChatCall, deltas: AsyncIterator[str]) -> str | None:
     """The first delta (None: the call ended without text), watching the connection meanwhile."""
     try:
-        first: str = await _while_connected(request, call, deltas.__anext__())
+        first: str = await _watched(deltas.__anext__(), call)
         return first
     except StopAsyncIteration:
         return None
 
 
 async def _stream(request: web.Request, dialect: Dialect, chat: ChatRequest, call: ChatCall) -> web.StreamResponse:
-    deltas = call.deltas().__aiter__()
-    first = await _first(request, call, deltas)
+    deltas = call.deltas(partial(_gone, request)).__aiter__()
+    first = await _first(call, deltas)
     outcome: ChatOutcome | None = None
     if first is None:
         # No text came: the call ended first.  Failed: raised here, a real HTTP error.  Done
         # (an answer of tool calls only): the whole stream below, at once.
-        outcome = await _outcome_while_connected(request, call)
+        outcome = await _watched(call.outcome(partial(_gone, request)), call)
     encoder = dialect.encoder(chat, call.agent_id, call.created_at)
     response = web.StreamResponse(headers={**_STREAM_HEADERS, **early_headers(request)})
     try:

@@ -13,11 +13,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from .. import jsonx
 from ..chat_request import ChatOutcome, ChatRequest
 from ..config import ModelConfig
 from ..errors import ApiError, NotFound
 
-__all__ = ["Dialect", "ModelNotFound", "StreamEncoder", "model_alias", "retry_headers"]
+__all__ = ["MAX_TOKENS", "Dialect", "ModelNotFound", "StreamEncoder", "TextFrame", "model_alias", "retry_headers"]
+
+# The most max_tokens either dialect takes: a larger number is a 400, not a value sqlite cannot store.
+MAX_TOKENS = 2**31 - 1
 
 
 class ModelNotFound(NotFound):
@@ -46,6 +50,29 @@ _FINAL = frozenset({402, 409})
 def retry_headers(error: ApiError) -> dict[str, str]:
     """Headers to send with ``error`` on a front-door route, beside its own."""
     return {"x-should-retry": "false"} if error.status in _FINAL else {}
+
+
+class TextFrame:
+    """The frame of one streamed text delta, the one frame a stream sends per token: its bytes
+    around the text are the same for every delta of a block, so they are cut once from the
+    frame of an empty text and the text's JSON goes between them.  The bytes are those of the
+    whole frame encoded each time (tests/test_dialect_frames.py); building them so costs about
+    a quarter of the time (OpenAI's chunk: ~8 us -> ~2 us a delta, micro-benchmark).
+
+    ``empty``: the frame with the text ``""``; ``key``: the text's key as it stands before it
+    (``b'"content":'``).  The last ``key""`` in the frame is the text's: inside a JSON string
+    every quote is escaped, so none of the frame's other strings can hold it."""
+
+    __slots__ = ("head", "tail")
+
+    def __init__(self, empty: bytes, key: bytes) -> None:
+        head, found, tail = empty.rpartition(key + b'""')
+        if not found:
+            raise ValueError(f"no empty {key!r} text in the frame")
+        self.head, self.tail = head + key, tail
+
+    def __call__(self, text: str) -> bytes:
+        return self.head + jsonx.dumps(text).encode() + self.tail
 
 
 class StreamEncoder(Protocol):

@@ -30,7 +30,7 @@ from ..config import ModelConfig
 from ..errors import ApiError, ValidationFailed
 from ..plugin_api import Block, CompletionRequest, Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
 from ..provider_http import estimate_tokens, request_text
-from . import Dialect, model_alias
+from . import MAX_TOKENS, Dialect, TextFrame, model_alias
 
 __all__ = ["DIALECT", "AnthropicMessages", "AnthropicStream", "SPEND_LIMIT_CODE", "error_body", "estimate_input_tokens",
            "parse", "parse_count", "render", "stop_reason", "tool_input"]
@@ -350,6 +350,8 @@ def parse(body: Any, models: Mapping[str, ModelConfig]) -> ChatRequest:
     max_tokens = _want("max_tokens", body["max_tokens"], int, "an integer")
     if max_tokens < 1:
         _bad("max_tokens", "must be at least 1")
+    if max_tokens > MAX_TOKENS:
+        _bad("max_tokens", f"must be at most {MAX_TOKENS}")
     if _present(body, "top_k"):
         _want("top_k", body["top_k"], int, "an integer")
         _bad("top_k", "is not supported by this server: its providers' normalised request has no top-k sampling "
@@ -467,6 +469,7 @@ class AnthropicStream:
         self._text_open = False
         self._blocks = 0          # content blocks opened so far (the next one's index)
         self._streamed: list[str] = []
+        self._text: TextFrame | None = None  # the open text block's delta frame
 
     def start(self) -> bytes:
         self._started = True
@@ -484,15 +487,16 @@ class AnthropicStream:
     def delta(self, text: str) -> bytes:
         if not text:
             return self._begin()
-        frames = [self._begin()]
-        if not self._text_open:
-            self._text_open = True
-            frames.append(_event("content_block_start", {"type": "content_block_start", "index": self._blocks,
-                                                         "content_block": {"type": "text", "text": ""}}))
-            self._blocks += 1
         self._streamed.append(text)
-        frames.append(_event("content_block_delta", {"type": "content_block_delta", "index": self._blocks - 1,
-                                                     "delta": {"type": "text_delta", "text": text}}))
+        if self._text_open and self._text is not None:  # the usual case: more of the open text block
+            return self._text(text)
+        frames = [self._begin(), _event("content_block_start", {"type": "content_block_start", "index": self._blocks,
+                                                                "content_block": {"type": "text", "text": ""}})]
+        self._text_open = True
+        self._text = TextFrame(_event("content_block_delta", {"type": "content_block_delta", "index": self._blocks,
+                                                              "delta": {"type": "text_delta", "text": ""}}), b'"text":')
+        self._blocks += 1
+        frames.append(self._text(text))
         return b"".join(frames)
 
     def _close_text(self) -> bytes:

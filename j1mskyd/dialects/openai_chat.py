@@ -27,7 +27,7 @@ from ..chat_request import ChatFailed, ChatOutcome, ChatRequest
 from ..config import ModelConfig
 from ..errors import ApiError, ValidationFailed
 from ..plugin_api import Block, Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
-from . import model_alias
+from . import MAX_TOKENS, TextFrame, model_alias
 
 __all__ = ["DEFAULT_ONLY", "IGNORED", "MAX_STOP", "MAX_TOOLS", "MAX_USER", "OPENAI", "ChunkEncoder", "OpenAIChat"]
 
@@ -36,7 +36,6 @@ MAX_TOOLS = 128
 MAX_METADATA = 16
 MAX_METADATA_KEY, MAX_METADATA_VALUE = 64, 512
 MAX_USER = 256         # Anthropic's metadata.user_id limit: the strictest upstream the value may reach
-MAX_TOKENS = 2**31 - 1
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a function's or a JSON schema's name, as OpenAI allows
 
 
@@ -541,6 +540,7 @@ class ChunkEncoder:
         self.include_usage = request.include_usage
         self.head = {"id": f"chatcmpl-{agent_id}", "object": "chat.completion.chunk", "created": int(created_at),
                      "model": request.model}
+        self._text = TextFrame(self._delta({"content": ""}), b'"content":')
 
     def _frame(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         chunk: dict[str, Any] = {**self.head, "choices": choices, **extra}
@@ -555,7 +555,7 @@ class ChunkEncoder:
         return self._delta({"role": "assistant", "content": "", "refusal": None})
 
     def delta(self, text: str) -> bytes:
-        return self._delta({"content": text})
+        return self._text(text)  # == self._delta({"content": text})
 
     def finish(self, outcome: ChatOutcome) -> bytes:
         frames = [self._delta({"tool_calls": [{"index": i, **_tool_call(call)}]})
