@@ -423,6 +423,17 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+# None binds as NULL either way; the adapter only makes it cheaper.  The sqlite3 module sends
+# every parameter that is not exactly an int, float, str or bytearray through its adapter
+# lookup; for None, with no adapter registered, that lookup ends by asking its protocol type for
+# ``__adapt__``, which on Python 3.11 formats an AttributeError and throws it away: ~3,300
+# instructions a NULL, and an agent binds about 22 of them (its row's empty columns): 4.3 % of
+# an agent under callgrind.  With this entry the lookup stops at the registry and calls a C
+# function that returns None (``{}.get(None)``): ~1,100.  Process-wide, like every sqlite3
+# adapter, and harmless to share: the value bound is the same NULL for every connection.
+sqlite3.register_adapter(type(None), {}.get)
+
+
 def _connect(path: str, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
