@@ -429,9 +429,10 @@ def is_disk_full(exc: BaseException) -> bool:
 # ``__adapt__``, which on Python 3.11 formats an AttributeError and throws it away: ~3,300
 # instructions a NULL, and an agent binds about 22 of them (its row's empty columns): 4.3 % of
 # an agent under callgrind.  With this entry the lookup stops at the registry and calls a C
-# function that returns None (``{}.get(None)``): ~1,100.  Process-wide, like every sqlite3
+# function that returns None (an empty dict's ``get``): ~1,100.  Process-wide, like every sqlite3
 # adapter, and harmless to share: the value bound is the same NULL for every connection.
-sqlite3.register_adapter(type(None), {}.get)
+_NOTHING: dict[None, None] = {}
+sqlite3.register_adapter(type(None), _NOTHING.get)
 
 
 def _connect(path: str, synchronous: str) -> sqlite3.Connection:
