@@ -50,7 +50,7 @@ from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimi
 from .reload import ConfigRef, Reloader
 from .runtime import AgentRuntime
 from .signing import ReplayGuard
-from .store import CLOSE_GRACE, Store
+from .store import CLOSE_GRACE, Statement, Store
 from .tasks import TaskService
 from .webhook_client import webhook_session
 from .webhook_targets import policy_from
@@ -205,12 +205,16 @@ def _sees_all(keys: KeyService, key_id: str) -> bool:
         return False
 
 
-def _audit_finish(audit: AuditLog, agent: Agent) -> None:
+def _audit_finish(audit: AuditLog, agent: Agent) -> Statement | None:
+    """The audit entry of an agent's end, which the runtime commits with that end (None: none)."""
     if agent.status in ("completed", "failed") and agent.kind != "member":
         event = "agent.complete" if agent.status == "completed" else "agent.fail"
-        audit.record(event, Actor(api_key_id=agent.api_key), severity="info" if event == "agent.complete" else "warning",
-                     resource_type="agent", resource_id=agent.agent_id,
-                     details={"model": agent.served_model or agent.model, "cost": agent.cost, "error": agent.error})
+        return audit.statement(event, Actor(api_key_id=agent.api_key),
+                               severity="info" if event == "agent.complete" else "warning",
+                               resource_type="agent", resource_id=agent.agent_id,
+                               details={"model": agent.served_model or agent.model, "cost": agent.cost,
+                                        "error": agent.error})
+    return None
 
 
 # -- the lifecycle: one start-up step per resource ------------------------------------------
@@ -329,7 +333,7 @@ def _wire(app: web.Application) -> Services:
                     allowances=projects.allowances, **timed)
     audit = AuditLog(store, **timed)
     runtime = AgentRuntime(config, store, app[_SLOTS], buckets=app[LIMITER].buckets, budget=budget, events=events,
-                           listeners=[functools.partial(_audit_finish, audit), app[METRICS].agents.observe],
+                           listeners=[app[METRICS].agents.observe], recorders=[functools.partial(_audit_finish, audit)],
                            **timed)
     ip_control = IpControl(store, _ip_policy(config), sec.log_violations, **timed)
     agents = AgentService(config, store, runtime, budget, webhooks, key_of=keys.find)

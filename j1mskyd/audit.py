@@ -20,6 +20,7 @@ from .agent_record import iso
 from .agent_query import parse_time
 from .errors import ValidationFailed
 from .request_fields import changed
+from .store import Statement
 
 if TYPE_CHECKING:  # security_request imports this module's names
     from .security_request import AuditChange
@@ -32,6 +33,8 @@ LOG_LEVELS = ("minimal", "standard", "verbose")
 MAX_OFFSET = 10**18  # SQLite integers are 64-bit: a larger OFFSET is an OverflowError, not "no rows"
 SETTING = "audit"
 KEY_USED_EVERY = 60.0
+_INSERT = ("INSERT INTO audit_log (ts, event, severity, api_key_id, ip_address, user_agent, request_id, "
+           "resource_type, resource_id, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 @dataclass(frozen=True)
@@ -96,15 +99,21 @@ class AuditLog:
 
     def record(self, event: str, actor: Actor = SYSTEM, *, severity: str = "info", resource_type: str | None = None,
                resource_id: str | None = None, details: dict[str, Any] | None = None) -> None:
+        entry = self.statement(event, actor, severity=severity, resource_type=resource_type,
+                               resource_id=resource_id, details=details)
+        if entry is not None:
+            self.store.submit([entry])
+
+    def statement(self, event: str, actor: Actor = SYSTEM, *, severity: str = "info",
+                  resource_type: str | None = None, resource_id: str | None = None,
+                  details: dict[str, Any] | None = None) -> Statement | None:
+        """:meth:`record`'s entry as a statement for the caller's own unit (None: not wanted), for
+        an entry that commits with the state it records (an agent's end: runtime.py)."""
         if not self.wants(event):
-            return
-        now = self.clock()
-        self.store.submit([(
-            "INSERT INTO audit_log (ts, event, severity, api_key_id, ip_address, user_agent, request_id, "
-            "resource_type, resource_id, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, event, severity, actor.api_key_id, actor.ip_address, (actor.user_agent or "")[:200] or None,
-             actor.request_id, resource_type, resource_id, self._seal(details or {})),
-        )])
+            return None
+        return (_INSERT, (self.clock(), event, severity, actor.api_key_id, actor.ip_address,
+                          (actor.user_agent or "")[:200] or None, actor.request_id, resource_type, resource_id,
+                          self._seal(details or {})))
 
     def _seal(self, details: dict[str, Any]) -> str:
         """Details may quote a task (task_preview): they are encrypted like the task itself."""

@@ -287,9 +287,26 @@ class Budget:
         if self._live_per_key.get(key_id, 0) + count > most:
             raise SpawnRefused(f"Too many agents in flight for this key (limit {most}); "
                                "wait for some to finish", retry_after=5, headers={"Retry-After": "5"})
+        if self._fits(key_id, amount):
+            return
         for level in self.levels(key_id):
             if level.committed + amount > level.cap:
                 raise self._refusal(level, amount)
+
+    def _fits(self, key_id: str, amount: float) -> bool:
+        """Does ``amount`` fit under every level of ``key_id`` (what the loop over
+        :meth:`levels` in :meth:`check` finds, in the same float arithmetic)?  The usual answer,
+        worked out without making the levels: a spawn checked three Level objects it did not
+        need (a refusal builds them to say which level refused)."""
+        p = self.policy
+        if self._spent_hour.get(key_id, 0.0) + self._reserved_key.get(key_id, 0.0) + amount > p.spike_per_hour:
+            return False
+        for allowance in self.allowances(key_id):
+            level = self.allowance_level(allowance)
+            if level.committed + amount > level.cap:
+                return False
+        return (self.spent_today + self.reserved + amount <= p.daily_budget
+                and self.spent_month + self.reserved + amount <= p.monthly_ceiling)
 
     def _refusal(self, level: Level, amount: float) -> ApiError:
         figures = f"spent {level.settled:.4f}, reserved {level.reserved:.4f}, this spawn {amount:.4f}"
@@ -383,15 +400,26 @@ class Budget:
                 self._count_spend(("key", key_id), actual_cost)
             if project_id is not None:
                 self._count_spend(("project", project_id), actual_cost)
-            for level in self.levels(key_id):
-                if level.exceeded and (level.name, level.period) not in self._exceeded:
-                    self._exceeded.add((level.name, level.period))
-                    exceeded.append(level)
+            if self._passed_a_cap(key_id):
+                for level in self.levels(key_id):
+                    if level.exceeded and (level.name, level.period) not in self._exceeded:
+                        self._exceeded.add((level.name, level.period))
+                        exceeded.append(level)
         current = self.level
         if current != self._level:
             old, self._level = self._level, current
             self.on_level_change(old, current)
         return exceeded
+
+    def _passed_a_cap(self, key_id: str) -> bool:
+        """Is any level of ``key_id`` past its cap (``Level.exceeded`` of one of :meth:`levels`)?
+        Asked after every settled cost, where the answer is nearly always no: the levels are
+        made only when it is yes."""
+        p = self.policy
+        if (self._spent_hour.get(key_id, 0.0) > p.spike_per_hour + _EPSILON
+                or self.spent_today > p.daily_budget + _EPSILON or self.spent_month > p.monthly_ceiling + _EPSILON):
+            return True
+        return any(self.allowance_level(allowance).exceeded for allowance in self.allowances(key_id))
 
     def set_policy(self, policy: BudgetPolicy) -> None:
         """New ``[budget]`` caps (a config reload): they bind from the next check on; what is

@@ -166,15 +166,19 @@ class AgentRuntime:
     def __init__(self, config: Config, store: Store, slots: dict[str, ProviderSlot],
                  clock: Callable[[], float] = time.time, *, buckets: Buckets | None = None,
                  budget: Budget | None = None, events: Publisher | None = None,
-                 listeners: Iterable[Callable[[Agent], None]] = ()) -> None:
+                 listeners: Iterable[Callable[[Agent], None]] = (),
+                 recorders: Iterable[Callable[[Agent], Statement | None]] = ()) -> None:
         """``events``: where agent.* events go with each state change (None: nowhere);
-        ``listeners``: told of every agent once its final state is on disk (the audit log)."""
+        ``listeners``: told of every agent once its final state is on disk (the metrics);
+        ``recorders``: asked for a statement of their own (or None) that commits with an agent's
+        final state, in its unit (the audit log's entry of an agent's end)."""
         self.config = config
         self.buckets = buckets if buckets is not None else Buckets(clock)
         self.budget = budget
         self._provider_limits = {name: Limit(slot.settings.hourly_limit, 3600.0) for name, slot in slots.items()}
         self._wakeup: asyncio.TimerHandle | None = None
         self.listeners = tuple(listeners)
+        self.recorders = tuple(recorders)
         self.events = events
         self.rt = config.runtime
         self.store = store
@@ -1025,6 +1029,16 @@ class AgentRuntime:
             # The announcement goes in the same transaction as the state it announces.
             event, stmts = self.events.statements(f"agent.{status}", agent_event_data(agent), agent.api_key)
             statements.extend(stmts)
+        for recorder in self.recorders:
+            # In this unit rather than a unit of their own once it committed (a unit is ~6,800
+            # instructions in the store besides its statement): the entry commits with the end it records.
+            try:
+                entry = recorder(agent)
+            except Exception:  # a recorder's bug must not stop the runtime
+                log.exception("agent recorder failed for %s", agent.agent_id)
+            else:
+                if entry is not None:
+                    statements.append(entry)
         try:
             written = self.store.submit(statements)
         except StoreError as exc:  # the store is closed

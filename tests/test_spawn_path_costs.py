@@ -149,3 +149,34 @@ async def test_a_write_commits_while_slow_reads_hold_every_executor_thread(store
         release.set()
         await asyncio.gather(*slow)
     assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM settings WHERE name = 'w'").fetchone()[0]) == 1
+
+
+async def test_an_agents_end_and_its_audit_entry_commit_in_one_unit(aiohttp_client, tmp_path):
+    """The audit entry of an agent's end is written in the unit of that end (AgentRuntime's
+    recorders), not in a unit of its own after it: both commit together or not at all."""
+    from j1mskyd.api.common import SERVICES
+    from j1mskyd.app import build_app
+    from tests.conftest import make_config, wait_status
+    from tests.test_runtime import spawn
+
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    store = client.server.app[SERVICES].store
+    units: list[list[str]] = []
+    submit = store.submit
+
+    def recording(statements, **kw):
+        statements = list(statements)
+        units.append([sql for sql, _ in statements])
+        return submit(statements, **kw)
+
+    store.submit = recording
+    agent_id = await spawn(client)
+    assert (await wait_status(client, agent_id))["status"] == "completed"
+    await store.flush()
+    audited = [u for u in units if any(sql.startswith("INSERT INTO audit_log") for sql in u)]
+    final = [u for u in units if any(sql.startswith("INSERT INTO usage") for sql in u)]
+    assert len(final) == 1
+    assert final[0] in audited  # agent.complete, with the final state and its ledger row
+    rows = await store.read(lambda c: c.execute("SELECT event FROM audit_log WHERE resource_id = ? ORDER BY id",
+                                                (agent_id,)).fetchall())
+    assert [r[0] for r in rows] == ["agent.spawn", "agent.complete"]

@@ -127,3 +127,29 @@ async def test_close_waits_for_a_read_running_in_another_thread(tmp_path):
     await closing
     with pytest.raises(StoreError):
         s.read_sync(lambda c: 1)
+
+
+def test_a_group_runs_as_runs_of_one_text_with_the_same_effect():
+    """store._batched: a statement joins the latest run of its own table only when that run has
+    its text (it then moves past other tables' statements alone), and a statement that may touch
+    more than one table is a barrier nothing moves past."""
+    from j1mskyd.store import _batched
+
+    ins_a, upd_a = "INSERT INTO a (x) VALUES (?)", "UPDATE a SET x = ? WHERE x = ?"
+    ins_b = "INSERT INTO b (y) VALUES (?)"
+    purge = "DELETE FROM b WHERE y NOT IN (SELECT x FROM a)"
+    units = [[(ins_a, (1,)), (ins_b, (1,))], [(ins_a, (2,)), (ins_b, (2,))], [(upd_a, (3, 1))],
+             [(ins_a, (4,)), (ins_b, (4,))], [(purge, ())], [(ins_b, (5,))]]
+    assert _batched(units) == [(ins_a, [(1,), (2,)]), (ins_b, [(1,), (2,), (4,)]), (upd_a, [(3, 1)]),
+                               (ins_a, [(4,)]), (purge, [()]), (ins_b, [(5,)])]
+
+
+async def test_the_schema_has_no_triggers_nor_foreign_keys(store):
+    """What lets store._batched run one table's statements before another's: no statement on one
+    table changes or checks another.  A migration that adds a trigger or a foreign key must make
+    _batched treat the tables it links as one (or every statement on them as a barrier)."""
+    tables = store.read_sync(lambda c: [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")])
+    assert "agents" in tables and "audit_log" in tables
+    assert store.read_sync(lambda c: c.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()) == []
+    for table in tables:
+        assert store.read_sync(lambda c: c.execute(f"PRAGMA foreign_key_list({table})").fetchall()) == [], table

@@ -31,6 +31,10 @@ class FullDisk:
             raise sqlite3.OperationalError("database or disk is full")
         return self.conn.execute(sql, params)
 
+    def executemany(self, sql: str, rows):  # a group's statements of one text (store._batched): each one
+        for params in rows:
+            self.execute(sql, params)
+
     def cursor(self):  # a group's statements go through one cursor (store._run_together): fail those too
         return self
 

@@ -171,10 +171,11 @@ async def test_the_services_are_connected(client):
     assert services.runtime.events is services.events
     assert services.agents.webhooks is services.webhooks
     assert services.events.outbox is services.webhooks
-    # The audit, and the metrics of finished agents (GET /metrics; the dashboard's series are
-    # rolled up from them: services.rollups.agents).
-    assert len(services.runtime.listeners) == 2
-    assert services.runtime.listeners[1] == client.server.app[METRICS].agents.observe
+    # The audit's entry of an agent's end, written in the unit of that end (a recorder), and the
+    # metrics of finished agents (GET /metrics; the dashboard's series are rolled up from them:
+    # services.rollups.agents).
+    assert len(services.runtime.recorders) == 1
+    assert services.runtime.listeners == (client.server.app[METRICS].agents.observe,)
     assert services.rollups.agents is client.server.app[METRICS].agents
     # Every provider slot tells the runtime's scheduler when it frees room (given at construction).
     signals = {id(slot.released) for slot in services.slots.values()}

@@ -37,7 +37,6 @@ from j1mskyd.plugin_api import (
     ToolCall,
     ToolChoice,
     ToolResult,
-    conversation,
 )
 from j1mskyd.provider_http import HttpCaller, StreamState, as_object, completion, kind_for_error_type
 from j1mskyd.provider_http import arguments_text, billed_usage, tool_choice_problem
@@ -66,8 +65,11 @@ class OpenAICompatProvider:
         if problem:
             raise self._http.error(problem, kind="bad_request")
         messages: list[dict[str, Any]] = [{"role": "system", "content": request.system}] if request.system else []
-        for message in conversation(request):
-            messages += _messages(message)
+        if request.messages:
+            for message in request.messages:
+                messages += _messages(message)
+        else:  # an agent's call: what _messages makes of conversation()'s one user message, without making it
+            messages.append({"role": "user", "content": request.prompt})
         body: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens}
         if request.tools:
             body["tools"] = [{"type": "function", "function": {
@@ -75,10 +77,17 @@ class OpenAICompatProvider:
                 "parameters": t.parameters}} for t in request.tools]
         if request.tool_choice is not None:
             body["tool_choice"] = _tool_choice(request.tool_choice)
-        optional = {"temperature": request.temperature, "top_p": request.top_p,
-                    "stop": list(request.stop) or None, "response_format": request.response_format,
-                    "user": request.user}
-        body.update((k, v) for k, v in optional.items() if v is not None)
+        # Only the fields that are set, in this order (an agent's call sets none of them).
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
+        if request.user is not None:
+            body["user"] = request.user
         return body
 
     async def complete(self, request: CompletionRequest) -> CompletionResult:
