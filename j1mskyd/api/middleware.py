@@ -53,8 +53,9 @@ from ..netguard import parse_address
 from ..ratelimit import Decision
 from ..signing import SignatureError, verify
 from ..violations import record_violation
-from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, ERROR_TYPES, LOCAL_CALLER, METRICS, REQUEST_ID, SERVICES,
-                     actor, api_error_response, app_key, error_response, json_response, request_key)
+from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CLIENT_IP_TEXT, CONFIG, ERROR_TYPES, LOCAL_CALLER, METRICS,
+                     REQUEST_ID, SERVICES, actor, api_error_response, app_key, error_response, json_response,
+                     request_key)
 from .rate_headers import decision_headers
 from .route_table import PUBLIC, ROUTE_TABLE, Route, route_of
 
@@ -108,6 +109,7 @@ def check_ip(request: web.Request, p: Pass) -> None:
     forwarded = _forwarded_for(request) if control.policy.trusted_proxies else None
     addr, p.ip, refusal = control.verdict(request.remote, forwarded)
     request[CLIENT_IP] = addr
+    request[CLIENT_IP_TEXT] = p.ip
     if refusal is not None:
         kind, reason = refusal
         _violation(request, p, kind, reason)
