@@ -19,10 +19,10 @@ from ..local_access import LOCAL_ACTOR
 from ..errors import ApiError, InvalidJson, ValidationFailed
 from ..tenancy import Viewer
 
-__all__ = ["API_KEY", "API_KEY_ID", "AWAITING_CREDENTIALS", "CLIENT_IP", "CLIENT_IP_TEXT", "CONFIG", "ERROR_TYPES", "LOCAL_CALLER",
-           "METRICS", "REQUEST_ID", "SERVICES", "actor", "api_error_response", "app_key", "config_of", "error_response",
-           "json_response",
-           "query_params", "read_json", "read_json_object", "request_key", "usable", "viewer"]
+__all__ = ["API_KEY", "API_KEY_ID", "AWAITING_CREDENTIALS", "CLIENT_IP", "CLIENT_IP_TEXT", "CONFIG", "ERROR_TYPES",
+           "LOCAL_CALLER", "METRICS", "REQUEST_ID", "SERVICES", "actor", "api_error_response", "app_key",
+           "config_of", "error_response", "json_response", "query_params", "read_json", "read_json_object",
+           "request_key", "usable", "viewer"]
 
 
 def app_key(name: str) -> Any:

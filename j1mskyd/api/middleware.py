@@ -252,12 +252,10 @@ def _own_limits(p: Pass) -> dict[str, int] | None:
     return key.limits if key is not None else None
 
 
-def _budget_header(p: Pass) -> dict[str, str]:
+def _budget_remaining(p: Pass) -> str:
     """X-Budget-Remaining for a request of a key: the most it could reserve now (its own
     budget, its project's and the daemon's day; budget.Budget.remaining_for, memory only)."""
-    if p.key is None:
-        return {}
-    return {_BUDGET_REMAINING: f"{p.route.services.budget.remaining_for(p.key_id):.4f}"}
+    return f"{p.route.services.budget.remaining_for(p.key_id):.4f}"
 
 
 async def idempotent(request: web.Request, handler: Handler, p: Pass) -> web.StreamResponse:
@@ -411,7 +409,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
             headers.update(decision_headers(p.decision) if p.decision is not None
                            else route.rate_headers.peek(route.limit_class, p.key_id, p.ip, _own_limits(p)))
         if p.key is not None:
-            headers.update(_budget_header(p))
+            headers[_BUDGET_REMAINING] = _budget_remaining(p)
     route.record(app, response.status, time.perf_counter() - started)
     return response
 
@@ -422,7 +420,7 @@ def early_headers(request: web.Request) -> dict[str, str]:
     p: Pass = request[PASS]
     return {_REQUEST_ID_HEADER: request[REQUEST_ID],
             **p.route.rate_headers.front_door(p.route.limit_class, p.key_id, p.ip, p.decision, _own_limits(p)),
-            **_budget_header(p)}
+            **({_BUDGET_REMAINING: _budget_remaining(p)} if p.key is not None else {})}
 
 
 MIDDLEWARES = (pipeline,)
