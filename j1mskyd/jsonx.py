@@ -7,7 +7,10 @@ library served it.
 from __future__ import annotations
 
 import json
+import threading
 from collections import deque
+from collections.abc import Callable
+from json.encoder import c_make_encoder, encode_basestring, encode_basestring_ascii  # type: ignore[attr-defined]
 from types import ModuleType
 from typing import Any
 
@@ -22,24 +25,50 @@ except ImportError:  # Debian bookworm ships no python3-orjson
 JSONDecodeError = json.JSONDecodeError if _orjson is None else (json.JSONDecodeError, _orjson.JSONDecodeError)
 
 
-# Built once: json.dumps with any argument makes a new JSONEncoder per call (every response).
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+def _encoder(ensure_ascii: bool) -> Callable[[Any], str]:
+    """``json.JSONEncoder(separators=(",", ":"), ensure_ascii=...).encode``, its output to the
+    byte, without what encode() rebuilds on every call: a C encoder (``c_make_encoder``, nine
+    arguments) and a float formatter, ~8,000 instructions of the ~25,000 a spawn's answer takes
+    to encode (callgrind; five encodings an agent: the answer, two events, two audit rows).
+
+    One C encoder per thread: its ``markers`` (the containers being encoded, json's check for
+    circular references) must not be shared, and an encoding that fails can leave entries in
+    it, so it is emptied then."""
+    slow = json.JSONEncoder(separators=(",", ":"), ensure_ascii=ensure_ascii)
+    strings = encode_basestring_ascii if ensure_ascii else encode_basestring
+    local = threading.local()
+
+    def encode(obj: Any) -> str:
+        try:
+            markers, c_encode = local.c
+        except AttributeError:
+            if c_make_encoder is None:  # pragma: no cover - a Python without the _json accelerator
+                return slow.encode(obj)
+            markers = {}
+            c_encode = c_make_encoder(markers, slow.default, strings, None, slow.key_separator, slow.item_separator,
+                                      slow.sort_keys, slow.skipkeys, slow.allow_nan)
+            local.c = markers, c_encode
+        try:
+            return "".join(c_encode(obj, 0))
+        except BaseException:
+            markers.clear()
+            raise
+    return encode
 
 
-def dumps(obj: Any) -> str:
-    if _orjson is not None:
-        return _orjson.dumps(obj).decode()
-    return _DUMPS(obj)
+def _orjson_dumps(obj: Any) -> str:
+    assert _orjson is not None
+    return _orjson.dumps(obj).decode()
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+# Compact UTF-8 text (orjson's when it is there).  The encoders are the functions themselves,
+# not called through a wrapper: a Python call level is ~500 instructions, on every response.
+dumps: Callable[[Any], str] = _orjson_dumps if _orjson is not None else _encoder(ensure_ascii=False)
 
-
-def compact(obj: Any) -> str:
-    """``json.dumps(obj, separators=(",", ":"))``, ASCII only (a lone surrogate comes out escaped,
-    so the text always encodes to UTF-8): for values the daemon stores sealed (event data,
-    audit details), read back with :func:`loads`."""
-    return _COMPACT(obj)
+# ``json.dumps(obj, separators=(",", ":"))``, ASCII only (a lone surrogate comes out escaped,
+# so the text always encodes to UTF-8): for values the daemon stores sealed (event data,
+# audit details), read back with :func:`loads`.
+compact: Callable[[Any], str] = _encoder(ensure_ascii=True)
 
 
 def loads(data: str | bytes) -> Any:
@@ -52,13 +81,20 @@ def _not_json(word: str) -> Any:
     raise ValueError(f"{word} is not a JSON value")
 
 
+# Built once: json.loads with any argument builds a JSONDecoder and its scanner per call
+# (every request body: ~16,000 instructions of a spawn's ~35,000 to read its JSON).
+_STRICT = json.JSONDecoder(parse_constant=_not_json).decode
+
+
 def loads_strict(data: str | bytes) -> Any:
     """:func:`loads` of what a client sent: ``NaN``, ``Infinity`` and ``-Infinity`` (which the
     stdlib reads, orjson refuses and strict parsers such as JavaScript's cannot read back) are
     refused on every stack, so they are never stored and echoed to other clients."""
     if _orjson is not None:
         return _orjson.loads(data)
-    return json.loads(data, parse_constant=_not_json)
+    if isinstance(data, (bytes, bytearray)):  # json.loads' own decoding of bytes (UTF-8/16/32)
+        return _STRICT(data.decode(json.detect_encoding(data), "surrogatepass"))
+    return json.loads(data, parse_constant=_not_json)  # text: json.loads' checks (a BOM) as they are
 
 
 def is_unicode(text: str) -> bool:

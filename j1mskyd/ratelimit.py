@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from .durable import fsync_dir
 
@@ -39,8 +40,12 @@ class Limit:
         return self.limit / self.window
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """A bucket's answer.  A named tuple (immutable, like the frozen dataclass it was): three
+    are made per agent (its request, its provider's bucket taken and looked at), and a frozen
+    dataclass's __init__ sets each field through object.__setattr__ (~9,000 instructions
+    against ~2,000)."""
+
     allowed: bool
     limit: int
     remaining: int
@@ -52,6 +57,7 @@ class Decision:
         return iso_second(math.ceil(self.reset))
 
 
+_new_tuple = tuple.__new__
 _ISO_CACHE: dict[int, str] = {}
 
 
@@ -90,22 +96,28 @@ class Buckets:
             state = self._state[key] = [float(limit.limit), now]
             return state
         tokens, updated = state
+        capacity = float(limit.limit)
         if now > updated:
-            state[0] = min(float(limit.limit), tokens + (now - updated) * limit.rate)
+            # limit.limit / limit.window is limit.rate, without the property's call (hot path)
+            state[0] = min(capacity, tokens + (now - updated) * (limit.limit / limit.window))
             state[1] = now
-        state[0] = min(state[0], float(limit.limit))  # the configured limit may have shrunk
+        state[0] = min(state[0], capacity)  # the configured limit may have shrunk
         return state
 
     def _decision(self, allowed: bool, state: list[float], limit: Limit, now: float) -> Decision:
         tokens = state[0]
-        reset = now + (limit.limit - tokens) / limit.rate
-        retry = 0.0 if allowed else (1.0 - tokens) / limit.rate
-        return Decision(allowed, limit.limit, max(int(tokens), 0), reset, retry)
+        rate = limit.limit / limit.window
+        reset = now + (limit.limit - tokens) / rate
+        retry = 0.0 if allowed else (1.0 - tokens) / rate
+        # tuple.__new__ directly: Decision(...) goes through the named tuple's Python __new__.
+        return _new_tuple(Decision, (allowed, limit.limit, max(int(tokens), 0), reset, retry))
 
     def _count(self, key: str, limit: Limit, now: float) -> None:
         """One more call let through ``key``'s bucket (for calls())."""
         width = limit.window / CALL_SLOTS
-        slots = self._calls.setdefault(key, {})
+        slots = self._calls.get(key)
+        if slots is None:  # not setdefault(key, {}): that makes a dict per call
+            slots = self._calls[key] = {}
         slot = int(now // width)
         slots[slot] = slots.get(slot, 0) + 1
         if len(slots) > CALL_SLOTS + 1:  # bounded: drop the slots older than the window
@@ -149,12 +161,21 @@ class Buckets:
         """take_all() for buckets of their own limits (a key's own beside its address's): the
         answer describes the bucket with the fewest tokens, in its own limit."""
         now = self.clock()
-        states = [(self._refill(k, limit, now), limit) for k, limit in buckets]
-        tightest, limit = min(states, key=lambda st: st[0][0])
+        # One loop, no comprehension, min() or lambda: this runs for every API request.
+        states = []
+        tightest: list[float] | None = None
+        limit = None
+        for key, each in buckets:
+            state = self._refill(key, each, now)
+            states.append(state)
+            if tightest is None or state[0] < tightest[0]:  # the first of equals, as min() takes
+                tightest, limit = state, each
+        if tightest is None or limit is None:
+            raise ValueError("take_each() of no bucket")
         if tightest[0] < 1.0:
             self.hits += 1
             return self._decision(False, tightest, limit, now)
-        for (state, each), (key, _) in zip(states, buckets):
+        for state, (key, each) in zip(states, buckets):
             state[0] -= 1.0
             self._count(key, each, now)
         self.changed = True

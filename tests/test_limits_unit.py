@@ -34,6 +34,27 @@ def test_bucket_spends_then_refuses_then_refills_at_limit_over_window():
     assert buckets.hits == 2
 
 
+def test_take_each_answers_for_the_tightest_bucket_and_spends_all_or_none():
+    clock = Clock(1000.0)
+    buckets = Buckets(clock)
+    minute, hour = Limit(10, 60.0), Limit(10, 3600.0)
+    # Equal levels: the first bucket's answer (its refill rate sets Reset).
+    d = buckets.take_each((("a", minute), ("b", hour)))
+    assert (d.allowed, d.limit, d.remaining) == (True, 10, 9)
+    assert d.reset == pytest.approx(1000.0 + 6.0)
+    assert buckets.take_each((("b", hour), ("a", minute))).reset == pytest.approx(1000.0 + 720.0)
+    # The emptier bucket answers, in its own limit; a refusal spends from neither.
+    tight = Limit(1, 60.0)
+    assert buckets.take_each((("a", minute), ("t", tight))).limit == 1
+    refused = buckets.take_each((("a", minute), ("t", tight)))
+    assert (refused.allowed, refused.limit, refused.remaining) == (False, 1, 0)
+    assert refused.retry_after == pytest.approx(60.0)
+    assert buckets.peek("a", minute).remaining == 7
+    assert buckets.hits == 1
+    with pytest.raises(ValueError):
+        buckets.take_each(())
+
+
 def test_decision_headers():
     clock = Clock(1000.2)
     d = Buckets(clock).take("k", Limit(10, 100))

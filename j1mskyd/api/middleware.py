@@ -53,8 +53,8 @@ from ..netguard import parse_address
 from ..ratelimit import Decision
 from ..signing import SignatureError, verify
 from ..violations import record_violation
-from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CONFIG, ERROR_TYPES, LOCAL_CALLER, METRICS, REQUEST_ID, SERVICES,
-                     actor, api_error_response, app_key, error_response, json_response, request_key)
+from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CLIENT_IP_TEXT, ERROR_TYPES, LOCAL_CALLER, METRICS, REQUEST_ID,
+                     actor, api_error_response, app_key, json_response, request_key)
 from .rate_headers import decision_headers
 from .route_table import PUBLIC, ROUTE_TABLE, Route, route_of
 
@@ -94,20 +94,22 @@ def check_body_size(request: web.Request, p: Pass) -> None:
 
     Chunked bodies without a length are capped by the Application's client_max_size.
     """
-    limit = p.app[CONFIG].current.server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
+    limit = p.route.config.current.server.max_body_bytes
+    length = request.content_length  # a property that parses the header: read once
+    if length is not None and length > limit:
         raise PayloadTooLarge(f"Request body exceeds {limit} bytes")
 
 
 def check_ip(request: web.Request, p: Pass) -> None:
     """Resolve the client address once (proxies per config); apply IP blocks, then the allowlist."""
-    control = p.app[SERVICES].ip_control
+    control = p.route.services.ip_control
     # X-Forwarded-For counts only from a trusted proxy; without any, it is not even read.
     # Several header lines are one list, in order (RFC 9110 5.3): reading only the first
     # would let a line the client sent hide the hop its proxy appended.
     forwarded = _forwarded_for(request) if control.policy.trusted_proxies else None
     addr, p.ip, refusal = control.verdict(request.remote, forwarded)
     request[CLIENT_IP] = addr
+    request[CLIENT_IP_TEXT] = p.ip
     if refusal is not None:
         kind, reason = refusal
         _violation(request, p, kind, reason)
@@ -122,7 +124,7 @@ def _forwarded_for(request: web.Request) -> str:
 
 def _violation(request: web.Request, p: Pass, kind: str, detail: str | None = None) -> None:
     """security.violation in the audit log, and a log line when the operator wants one."""
-    services = p.app[SERVICES]
+    services = p.route.services
     if services.ip_control.log_violations:
         log.warning("refused %s %s from %s: %s%s", request.method, request.path, p.ip, kind,
                     f" ({detail})" if detail else "")
@@ -160,7 +162,7 @@ class Credentials:
 
 def check_auth(request: web.Request, p: Pass, token: str | None) -> None:
     """The token -> the key; then the route's scope.  Off when security.auth is false."""
-    if not p.route.authenticated or not p.app[CONFIG].current.security.auth:
+    if not p.route.authenticated or not p.route.config.current.security.auth:
         return
     if token is None and serves_locally(request, p):
         request[LOCAL_CALLER] = True
@@ -170,7 +172,7 @@ def check_auth(request: web.Request, p: Pass, token: str | None) -> None:
         _violation(request, p, "missing_api_key")
         raise Unauthorized("API key required: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
                            headers={"WWW-Authenticate": 'Bearer realm="j1mskyd"'})
-    services = p.app[SERVICES]
+    services = p.route.services
     key = services.keys.authenticate(token)
     if key is None:
         _violation(request, p, "invalid_api_key")
@@ -198,16 +200,16 @@ def serves_locally(request: web.Request, p: Pass) -> bool:
         return False
     if not browser_safe(headers.get("Host"), headers.get("Origin")):
         return False  # a web page in a browser on this machine: DNS rebinding, a cross-site request
-    if (p.app[SERVICES].ip_control.policy.trusts(parse_address(request.remote))
+    if (p.route.services.ip_control.policy.trusts(parse_address(request.remote))
             and not names_client(_forwarded_for(request))):
         return False  # a trusted proxy on this host that does not say whom it forwards
     return grants_local(request.remote, request.get(CLIENT_IP), p.route.scope,
-                        p.app[CONFIG].current.security.local_scopes)
+                        p.route.config.current.security.local_scopes)
 
 
 def needs_signature(p: Pass, creds: Credentials) -> bool:
     key = p.key
-    return key is not None and (key.require_signature or p.app[CONFIG].current.security.require_signatures
+    return key is not None and (key.require_signature or p.route.config.current.security.require_signatures
                                 or creds.signature is not None)
 
 
@@ -218,7 +220,7 @@ async def check_signature(request: web.Request, p: Pass, creds: Credentials) -> 
     try:
         verify(p.key.secret, creds.timestamp, creds.signature,
                request.method, [request.path, request.path_qs, request.raw_path], raw,
-               p.app[REPLAY_GUARD], p.app[CONFIG].current.security.signature_max_skew)
+               p.app[REPLAY_GUARD], p.route.config.current.security.signature_max_skew)
     except SignatureError as exc:
         _violation(request, p, "bad_signature", exc.type)
         raise Unauthorized(exc.message, type_=exc.type) from None
@@ -233,10 +235,10 @@ def check_rate_limit(request: web.Request, p: Pass) -> None:
     route = p.route
     if not route.is_api:
         return
-    decision = p.decision = p.app[LIMITER].check(route.limit_class, p.key_id, p.ip, _own_limits(p))
+    decision = p.decision = route.rate_headers.limiter.check(route.limit_class, p.key_id, p.ip, _own_limits(p))
     if not decision.allowed:
         p.app[METRICS].rate_limit_hits += 1
-        p.app[SERVICES].events.emit_soon(
+        route.services.events.emit_soon(
             "rate_limit.exhausted", {"api_key_id": p.key_id, "ip": p.ip, "endpoint_class": route.limit_class,
                                      "limit": decision.limit, "reset_at": decision.reset_at},
             throttle_key=f"ratelimit:{p.key_id}:{p.ip}:{route.limit_class}", owner=p.key_id)
@@ -250,12 +252,10 @@ def _own_limits(p: Pass) -> dict[str, int] | None:
     return key.limits if key is not None else None
 
 
-def _budget_header(p: Pass) -> dict[str, str]:
+def _budget_remaining(p: Pass) -> str:
     """X-Budget-Remaining for a request of a key: the most it could reserve now (its own
     budget, its project's and the daemon's day; budget.Budget.remaining_for, memory only)."""
-    if p.key is None:
-        return {}
-    return {_BUDGET_REMAINING: f"{p.app[SERVICES].budget.remaining_for(p.key_id):.4f}"}
+    return f"{p.route.services.budget.remaining_for(p.key_id):.4f}"
 
 
 async def idempotent(request: web.Request, handler: Handler, p: Pass) -> web.StreamResponse:
@@ -265,7 +265,7 @@ async def idempotent(request: web.Request, handler: Handler, p: Pass) -> web.Str
         return await handler(request)
     if not KEY_PATTERN.match(key):
         raise BadRequest("Idempotency-Key must be 1-255 visible ASCII characters")
-    records = p.app[SERVICES].idempotency
+    records = p.route.services.idempotency
     scope = p.key_id
     body_hash = fingerprint(request.method, request.path, await request.read())
     found = await records.begin(scope, key)
@@ -409,7 +409,7 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
             headers.update(decision_headers(p.decision) if p.decision is not None
                            else route.rate_headers.peek(route.limit_class, p.key_id, p.ip, _own_limits(p)))
         if p.key is not None:
-            headers.update(_budget_header(p))
+            headers[_BUDGET_REMAINING] = _budget_remaining(p)
     route.record(app, response.status, time.perf_counter() - started)
     return response
 
@@ -420,7 +420,7 @@ def early_headers(request: web.Request) -> dict[str, str]:
     p: Pass = request[PASS]
     return {_REQUEST_ID_HEADER: request[REQUEST_ID],
             **p.route.rate_headers.front_door(p.route.limit_class, p.key_id, p.ip, p.decision, _own_limits(p)),
-            **_budget_header(p)}
+            **({_BUDGET_REMAINING: _budget_remaining(p)} if p.key is not None else {})}
 
 
 MIDDLEWARES = (pipeline,)
