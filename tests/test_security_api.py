@@ -202,6 +202,9 @@ async def test_immediate_deletion_and_retention(aiohttp_client, config):
     ("call +44 20 7946 0958 today", "call [phone] today"),
     ("order 1234567890123 is not a card", "order 1234567890123 is not a card"),
     ("version 3.11.2 and port 8080", "version 3.11.2 and port 8080"),
+    ("no personal data in here at all", "no personal data in here at all"),  # neither "@" nor a digit
+    ("reach bob@example.com or +44 20 7946 0958", "reach [email] or [phone]"),
+    ("card4111111111111111@example.com", "[email]"),  # the email pass first, as before
 ])
 def test_pii_masking(text, expected):
     assert mask(text) == expected
