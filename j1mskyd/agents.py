@@ -25,6 +25,10 @@ from .spawn_request import SpawnRequest, TeamRequest
 from .store import Statement, Store
 from .tenancy import Viewer
 
+# Asked at a spawn for a statement that commits with the new agent's insert (None: nothing): the
+# caller's audit entry of who spawned it, on disk with the agent or not at all.
+SpawnRecorder = Callable[[Agent], "Statement | None"]
+
 if TYPE_CHECKING:
     from .keys import ApiKey
     from .webhooks import WebhookService
@@ -92,14 +96,17 @@ class AgentService:
     async def store_and_admit(self, agents: list[Agent], extra: Sequence[Agent] = (), *,
                                key_id: str = ANONYMOUS, webhook_urls: dict[str, str] | None = None,
                                webhook_secret: str | None = None, early: bool = False,
-                               extra_statements: Sequence[Statement] = ()) -> None:
+                               extra_statements: Sequence[Statement] = (),
+                               recorder: SpawnRecorder | None = None) -> None:
         """Reserve the budget for the top-level ``agents`` (a team's members ride on their
         lead's reservation), then store and queue everything, with each spawn's own
         webhook in the same transaction; refused (BudgetExceeded, SpawnRefused) means
         nothing written.  The one way in for spawns and chat calls (chat_service.py);
         ``early``: dispatch on submit (AgentRuntime.admit; chat calls, which have no webhook).
         ``extra_statements``: written in the same transaction (a task's step and its new state,
-        tasks.py), so that the agent and what it is for are on disk together or not at all.
+        tasks.py), so that the agent and what it is for are on disk together or not at all;
+        ``recorder``: asked for one more statement per top-level agent, in that transaction too
+        (the spawn's audit entry: one commit fewer per spawn than an entry of its own).
 
         The key's own limits apply here, from memory: its models (a 403 naming those it may
         use, before anything is reserved), its limit of live agents; and the agents carry the
@@ -117,6 +124,11 @@ class AgentService:
             a.api_key = key_id
             a.project_id = project_id
         hooks, statements = [], list(extra_statements)
+        if recorder is not None:
+            for a in agents:
+                entry = recorder(a)
+                if entry is not None:
+                    statements.append(entry)
         webhooks = self.webhooks
         if webhook_urls and webhooks is None:  # a wiring mistake (app.py always gives one), not bad input
             raise RuntimeError("a spawn's webhook_url needs the AgentService to have a WebhookService")
@@ -151,26 +163,26 @@ class AgentService:
         return max((agent.reserved or 0.0) - agent.billed, 0.0)
 
     async def spawn(self, req: SpawnRequest, key_id: str = ANONYMOUS,
-                    webhook_secret: str | None = None) -> dict[str, Any]:
+                    webhook_secret: str | None = None, recorder: SpawnRecorder | None = None) -> dict[str, Any]:
         agent = self._build(req, self.runtime.clock())
         await self._check_targets([("", req.webhook_url)])
         await self.store_and_admit([agent], key_id=key_id, webhook_urls=_urls([(agent, req.webhook_url)]),
-                                    webhook_secret=webhook_secret)
+                                    webhook_secret=webhook_secret, recorder=recorder)
         return agent.spawn_view()
 
     async def spawn_batch(self, reqs: list[SpawnRequest], key_id: str = ANONYMOUS,
-                          webhook_secret: str | None = None) -> dict[str, Any]:
+                          webhook_secret: str | None = None, recorder: SpawnRecorder | None = None) -> dict[str, Any]:
         now = self.runtime.clock()
         agents = [self._build(req, now) for req in reqs]
         await self._check_targets([(f"agents[{i}].", req.webhook_url) for i, req in enumerate(reqs)])
         await self.store_and_admit(agents, key_id=key_id,
                                     webhook_urls=_urls((a, r.webhook_url) for a, r in zip(agents, reqs)),
-                                    webhook_secret=webhook_secret)
+                                    webhook_secret=webhook_secret, recorder=recorder)
         return {"success": True, "count": len(agents),
                 "agents": [a.spawn_view() for a in agents]}
 
     async def spawn_team(self, req: TeamRequest, key_id: str = ANONYMOUS,
-                         webhook_secret: str | None = None) -> dict[str, Any]:
+                         webhook_secret: str | None = None, recorder: SpawnRecorder | None = None) -> dict[str, Any]:
         await self._check_targets([("", req.webhook_url)])
         team, task, priority, timeout, retention = req.team, req.task, req.priority, req.timeout, req.retention_days
         now = self.runtime.clock()
@@ -184,7 +196,7 @@ class AgentService:
         lead.members = [m.agent_id for m in members]
         lead.estimated_cost = sum(m.estimated_cost for m in members)
         await self.store_and_admit([lead], members, key_id=key_id, webhook_urls=_urls([(lead, req.webhook_url)]),
-                                    webhook_secret=webhook_secret)
+                                    webhook_secret=webhook_secret, recorder=recorder)
         return {"success": True, "agent_id": lead.agent_id, "team": team.id,
                 "models": self.member_labels(team.members), "status": SPAWNING,
                 "estimated_cost": money(lead.estimated_cost), "team_status": team.status,

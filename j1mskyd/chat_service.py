@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .agent_record import ANONYMOUS, CANCELLED, COMPLETED, KIND_CHAT, SPAWNING, Agent
-from .agents import AgentService
+from .agents import AgentService, SpawnRecorder
 from .chat_request import WATCH, ChatFailed, ChatOutcome, ChatRequest, ClientGone, FailureKind
 from .config import Config
 from .errors import NotFound
@@ -229,8 +229,10 @@ class ChatService:
             return None
         return output_cap(self.config.models[request.model], request.max_tokens)
 
-    async def start(self, request: ChatRequest, key_id: str = ANONYMOUS) -> LiveChatCall:
-        """Reserve, store and queue the call as a chat agent; the call under way.
+    async def start(self, request: ChatRequest, key_id: str = ANONYMOUS,
+                    recorder: SpawnRecorder | None = None) -> LiveChatCall:
+        """Reserve, store and queue the call as a chat agent; the call under way.  ``recorder``:
+        as for a spawn (AgentService.store_and_admit), its statement commits with the insert.
 
         Raises NotFound for a model that is not configured (the dialects check first),
         BudgetExceeded (402) or SpawnRefused (429) when the budget or the key's limits refuse
@@ -246,6 +248,6 @@ class ChatService:
         call = LiveChatCall(agent, self.runtime, self.config)
         # Dispatched on submit: the upstream call overlaps the insert's commit; this returns once
         # the insert is on disk, so nothing reaches the caller before the call is recorded.
-        await self.agents.store_and_admit([agent], key_id=key_id, early=True)
+        await self.agents.store_and_admit([agent], key_id=key_id, early=True, recorder=recorder)
         call._watch()
         return call

@@ -177,6 +177,36 @@ async def test_an_agents_end_and_its_audit_entry_commit_in_one_unit(aiohttp_clie
     final = [u for u in units if any(sql.startswith("INSERT INTO usage") for sql in u)]
     assert len(final) == 1
     assert final[0] in audited  # agent.complete, with the final state and its ledger row
+    inserted = [u for u in units if any(sql.startswith("INSERT INTO agents") for sql in u)]
+    assert len(inserted) == 1 and inserted[0] in audited  # agent.spawn, with the agent's row
+    assert len(audited) == 2  # no unit of an audit entry alone
     rows = await store.read(lambda c: c.execute("SELECT event FROM audit_log WHERE resource_id = ? ORDER BY id",
                                                 (agent_id,)).fetchall())
     assert [r[0] for r in rows] == ["agent.spawn", "agent.complete"]
+
+
+async def test_batch_and_team_spawns_audit_each_top_level_agent_in_the_spawns_unit(aiohttp_client, tmp_path):
+    """A batch's agents and a team's lead each get their agent.spawn entry (the members ride on
+    their lead's, as before), in the transaction that stores them, with what the answer said."""
+    from j1mskyd.api.common import SERVICES
+    from j1mskyd.app import build_app
+    from tests.conftest import make_config
+
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    services = client.server.app[SERVICES]
+    batch = await (await client.post("/api/spawn-batch", json={"agents": [
+        {"task": "mail bob@example.com first", "model": "k2p5"}, {"task": "second", "model": "sonnet"}]})).json()
+    team = await (await client.post("/api/spawn-team", json={"team": "team_coding", "task": "together"})).json()
+    await services.store.flush()
+    audited = {}
+    for (event, resource_id) in await services.store.read(lambda c: c.execute(
+            "SELECT event, resource_id FROM audit_log WHERE event = 'agent.spawn' ORDER BY id").fetchall()):
+        audited[resource_id] = event
+    entries = await services.audit.query({"event": "agent.spawn"})
+    details = {e["resource"]["id"]: e["details"] for e in entries["data"]}
+    ids = [a["agent_id"] for a in batch["agents"]] + [team["agent_id"]]
+    assert sorted(audited) == sorted(ids)  # not the members
+    assert details[ids[0]] == {"model": "k2p5", "team": None, "task_preview": "mail [email] first",
+                               "estimated_cost": batch["agents"][0]["estimated_cost"]}
+    assert details[ids[2]] == {"model": "team_coding", "team": "team_coding", "task_preview": "together",
+                               "estimated_cost": team["estimated_cost"]}

@@ -7,11 +7,12 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from ..agent_record import ANONYMOUS
-from ..agents import AgentService
+from ..agent_record import ANONYMOUS, Agent, money
+from ..agents import AgentService, SpawnRecorder
 from ..audit import AuditLog
 from ..spawn_request import SpawnParser, SpawnRequest, TeamRequest
 from ..pii import preview
+from ..store import Statement
 from .common import (config_of, API_KEY, API_KEY_ID, SERVICES, actor, json_response, query_params, read_json,
                      viewer)
 
@@ -35,12 +36,16 @@ def _signing_secret(request: web.Request, spawns: Sequence[SpawnRequest | TeamRe
     return None
 
 
-def _audit_spawns(request: web.Request, audit: AuditLog, task: str, spawned: list[dict]) -> None:
+def _spawn_recorder(request: web.Request, audit: AuditLog) -> SpawnRecorder:
+    """The ``agent.spawn`` audit entry of each agent a request spawns (a team: its lead), as a
+    statement of the spawn's own transaction: who spawned what commits with it, in one commit."""
     who = actor(request)
-    for item in spawned:
-        audit.record("agent.spawn", who, resource_type="agent", resource_id=item["agent_id"],
-                     details={"model": item.get("model") or item.get("team"), "team": item.get("team"),
-                              "task_preview": preview(task), "estimated_cost": item.get("estimated_cost")})
+
+    def entry(agent: Agent) -> Statement | None:
+        return audit.statement("agent.spawn", who, resource_type="agent", resource_id=agent.agent_id,
+                               details={"model": agent.model, "team": agent.team, "task_preview": preview(agent.task),
+                                        "estimated_cost": money(agent.estimated_cost)})
+    return entry
 
 
 def _parser(request: web.Request) -> SpawnParser:
@@ -51,25 +56,24 @@ def _parser(request: web.Request) -> SpawnParser:
 async def spawn(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     req = _parser(request).spawn(await read_json(request))
-    result = await services.agents.spawn(req, _key_id(request), _signing_secret(request, [req]))
-    _audit_spawns(request, services.audit, req.task, [result])
+    result = await services.agents.spawn(req, _key_id(request), _signing_secret(request, [req]),
+                                         _spawn_recorder(request, services.audit))
     return json_response(result)
 
 
 async def spawn_team(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     req = _parser(request).team(await read_json(request))
-    result = await services.agents.spawn_team(req, _key_id(request), _signing_secret(request, [req]))
-    _audit_spawns(request, services.audit, req.task, [result])
+    result = await services.agents.spawn_team(req, _key_id(request), _signing_secret(request, [req]),
+                                              _spawn_recorder(request, services.audit))
     return json_response(result)
 
 
 async def spawn_batch(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     reqs = _parser(request).batch(await read_json(request))
-    result = await services.agents.spawn_batch(reqs, _key_id(request), _signing_secret(request, reqs))
-    for req, spawned in zip(reqs, result["agents"]):
-        _audit_spawns(request, services.audit, req.task, [spawned])
+    result = await services.agents.spawn_batch(reqs, _key_id(request), _signing_secret(request, reqs),
+                                               _spawn_recorder(request, services.audit))
     return json_response(result)
 
 

@@ -43,12 +43,14 @@ def chat_handler(dialect: Dialect) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         chat = dialect.parse(await read_json(request), config_of(request).models)
         services = request.app[SERVICES]
-        call = await services.chat.start(chat, request.get(API_KEY_ID, ANONYMOUS))
+        # As a spawn is: who started which agent, committed with the call's insert (the runtime
+        # records how it ended, with its end).
+        who, audit = actor(request), services.audit
+        details = {"model": chat.model, "kind": "chat", "dialect": dialect.name,
+                   "task_preview": preview(chat.messages[-1].text)}
+        call = await services.chat.start(chat, request.get(API_KEY_ID, ANONYMOUS), lambda agent: audit.statement(
+            "agent.spawn", who, resource_type="agent", resource_id=agent.agent_id, details=details))
         watch = _watch_key(request, call)
-        # As a spawn is: who started which agent (the runtime records how it ended).
-        services.audit.record("agent.spawn", actor(request), resource_type="agent", resource_id=call.agent_id,
-                              details={"model": chat.model, "kind": "chat", "dialect": dialect.name,
-                                       "task_preview": preview(chat.messages[-1].text)})
         try:
             if not chat.stream:
                 return json_response(dialect.render(await _watched(call.outcome(partial(_gone, request)), call)))
