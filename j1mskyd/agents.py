@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .keys import ApiKey
     from .webhooks import WebhookService
 
-__all__ = ["AgentService"]
+__all__ = ["AgentService", "SpawnRecorder"]
 
 _SETTLE_WAIT = 5.0  # seconds to wait for an agent's final write before answering anyway
 _EVENT_MARGIN = 60.0  # s around an agent's life in which its events are looked for

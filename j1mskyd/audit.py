@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import jsonx, settings
-from .agent_record import iso
+from .agent_record import Agent, iso, money
 from .agent_query import parse_time
 from .errors import ValidationFailed
+from .pii import preview
 from .request_fields import changed
 from .store import Statement
 
@@ -114,6 +115,13 @@ class AuditLog:
         return (_INSERT, (self.clock(), event, severity, actor.api_key_id, actor.ip_address,
                           (actor.user_agent or "")[:200] or None, actor.request_id, resource_type, resource_id,
                           self._seal(details or {})))
+
+    def spawn_entry(self, actor: Actor, agent: Agent) -> Statement | None:
+        """The ``agent.spawn`` entry of an agent a request spawned (a team: its lead), as a
+        statement for the spawn's own transaction (AgentService's ``recorder``)."""
+        return self.statement("agent.spawn", actor, resource_type="agent", resource_id=agent.agent_id,
+                              details={"model": agent.model, "team": agent.team, "task_preview": preview(agent.task),
+                                       "estimated_cost": money(agent.estimated_cost)})
 
     def _seal(self, details: dict[str, Any]) -> str:
         """Details may quote a task (task_preview): they are encrypted like the task itself."""

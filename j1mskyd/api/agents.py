@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from urllib.parse import urlencode
 
 from aiohttp import web
 
-from ..agent_record import ANONYMOUS, Agent, money
+from ..agent_record import ANONYMOUS
 from ..agents import AgentService, SpawnRecorder
 from ..audit import AuditLog
 from ..spawn_request import SpawnParser, SpawnRequest, TeamRequest
-from ..pii import preview
-from ..store import Statement
 from .common import (config_of, API_KEY, API_KEY_ID, SERVICES, actor, json_response, query_params, read_json,
                      viewer)
 
@@ -39,13 +38,7 @@ def _signing_secret(request: web.Request, spawns: Sequence[SpawnRequest | TeamRe
 def _spawn_recorder(request: web.Request, audit: AuditLog) -> SpawnRecorder:
     """The ``agent.spawn`` audit entry of each agent a request spawns (a team: its lead), as a
     statement of the spawn's own transaction: who spawned what commits with it, in one commit."""
-    who = actor(request)
-
-    def entry(agent: Agent) -> Statement | None:
-        return audit.statement("agent.spawn", who, resource_type="agent", resource_id=agent.agent_id,
-                               details={"model": agent.model, "team": agent.team, "task_preview": preview(agent.task),
-                                        "estimated_cost": money(agent.estimated_cost)})
-    return entry
+    return functools.partial(audit.spawn_entry, actor(request))
 
 
 def _parser(request: web.Request) -> SpawnParser:
