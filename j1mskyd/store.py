@@ -578,6 +578,49 @@ def _batched(units: list[list[Statement]]) -> list[tuple[str, list[Sequence[Any]
     return runs
 
 
+# An INSERT of one row of placeholders and nothing after it (no ON CONFLICT, no RETURNING): rows
+# of it run as one statement of several VALUES rows, which inserts them in order exactly as one
+# statement each would.  That is one sqlite3_step for many rows, and each step is a release and
+# a re-take of the GIL by the writer thread (a hand-off whenever the loop wants it meanwhile):
+# ~6.7 -> ~4.5 us per row here (an agent's group has five to six such rows: its events, its audit
+# entries, its ledger row, its insert).
+_PLAIN_INSERT = re.compile(r"\s*INSERT INTO\s+\w+\s*\([^()]*\)\s*VALUES\s*(\(\s*\?\s*(?:,\s*\?\s*)*\))\s*$",
+                           re.IGNORECASE)
+_ROW_OF: dict[str, str | None] = {}  # SQL -> its VALUES row "(?, ...)" when it is a plain INSERT, else None
+_MULTI: dict[tuple[str, int], str] = {}  # (SQL, k) -> the same INSERT with k VALUES rows
+_MAX_ROWS = 32       # rows in one statement: runs are cut into 32, 16, 8, 4, 2, 1 (six texts a table)
+_MAX_PARAMS = 999    # host parameters in one statement (sqlite's limit before 3.32 is 999)
+_POSITIONAL = (tuple, list)  # parameters that can be laid end to end (named ones, a dict, cannot)
+
+
+def _values_row(sql: str) -> str | None:
+    row = _ROW_OF.get(sql, "")
+    if row == "":
+        match = _PLAIN_INSERT.match(sql)
+        row = _ROW_OF[sql] = match.group(1) if match else None
+    return row
+
+
+def _insert_rows(execute: Callable[..., Any], sql: str, row: str, rows: list[Sequence[Any]]) -> None:
+    """``rows`` of the plain INSERT ``sql`` (whose VALUES row is ``row``) as statements of several
+    rows each, in order: 13 rows run as 8, 4 and 1."""
+    width = len(rows[0])
+    cap = max(min(_MAX_ROWS, _MAX_PARAMS // max(width, 1)), 1)
+    cap = 1 << (cap.bit_length() - 1)  # a power of two: few distinct texts for sqlite's statement cache
+    i, n = 0, len(rows)
+    while i < n:
+        k = min(cap, 1 << ((n - i).bit_length() - 1))
+        if k == 1:
+            execute(sql, rows[i])
+        else:
+            text = _MULTI.get((sql, k))
+            if text is None:
+                head = sql[:_PLAIN_INSERT.match(sql).start(1)]  # type: ignore[union-attr]  # a plain INSERT
+                text = _MULTI[(sql, k)] = head + ", ".join([row] * k)
+            execute(text, [value for params in rows[i:i + k] for value in params])
+        i += k
+
+
 def _run_together(conn: sqlite3.Connection, units: list[list[Statement]]) -> list[Exception | None]:
     cursor = conn.cursor()  # one cursor for the group: conn.execute makes one per statement
     execute, executemany = cursor.execute, cursor.executemany
@@ -585,6 +628,11 @@ def _run_together(conn: sqlite3.Connection, units: list[list[Statement]]) -> lis
         for sql, rows in _batched(units):
             if len(rows) == 1:
                 execute(sql, rows[0])
+                continue
+            row = _values_row(sql)
+            if row is not None and all(type(params) in _POSITIONAL for params in rows) \
+                    and len({len(params) for params in rows}) == 1:
+                _insert_rows(execute, sql, row, rows)
             else:
                 executemany(sql, rows)
     except _UNIT_ERRORS as exc:

@@ -153,3 +153,70 @@ async def test_the_schema_has_no_triggers_nor_foreign_keys(store):
     assert store.read_sync(lambda c: c.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()) == []
     for table in tables:
         assert store.read_sync(lambda c: c.execute(f"PRAGMA foreign_key_list({table})").fetchall()) == [], table
+
+
+_EVENT = "INSERT INTO events (id, ts, type, data, api_key) VALUES (?, ?, ?, ?, ?)"
+
+
+def _traced(store: Store) -> list[str]:
+    """The statements the store's write connection runs from now on (each run of one, as sqlite
+    starts it), with their parameters expanded."""
+    ran: list[str] = []
+    assert store._wconn is not None
+    store._wconn.set_trace_callback(ran.append)
+    return ran
+
+
+async def test_rows_of_one_insert_run_as_statements_of_several_rows_in_order(store):
+    """store._insert_rows: 45 units of one event row each, queued together, are 45 rows in the
+    order given, written by 4 statements (32 + 8 + 4 + 1 rows), not 45."""
+    ran = _traced(store)
+    futures = [store.submit([(_EVENT, (i, float(i), "agent.spawned", f"data {i}", None if i % 3 else "key_x"))])
+               for i in range(1, 46)]  # queued together: one group
+    await asyncio.gather(*futures)
+    rows = store.read_sync(lambda c: [tuple(r) for r in c.execute("SELECT id, ts, type, data, api_key FROM events")])
+    assert rows == [(i, float(i), "agent.spawned", f"data {i}", None if i % 3 else "key_x") for i in range(1, 46)]
+    inserts = [sql for sql in ran if sql.startswith("INSERT INTO events")]
+    assert [sql.count("), (") + 1 for sql in inserts] == [32, 8, 4, 1]
+
+
+async def test_a_unit_failing_inside_a_statement_of_several_rows_fails_alone(store):
+    """A duplicate id in the 20th of 40 rows: the group runs again unit by unit; that unit fails
+    (rolled back whole, its second row too), the 39 others commit once."""
+    units = [[(_EVENT, (i, float(i), "agent.spawned", "d", None))] for i in range(1, 41)]
+    units[19] = [(_EVENT, (1000, 20.0, "agent.spawned", "half", None)), (_EVENT, (7, 20.0, "agent.spawned", "dup", None))]
+    results = await asyncio.gather(*(store.submit(u) for u in units), return_exceptions=True)
+    assert isinstance(results[19], StoreError) and "UNIQUE" in str(results[19])
+    assert all(r is None for i, r in enumerate(results) if i != 19)
+    ids = store.read_sync(lambda c: [r[0] for r in c.execute("SELECT id FROM events ORDER BY id")])
+    assert ids == [i for i in range(1, 41) if i != 20]
+
+
+def test_a_wide_insert_keeps_each_statement_under_999_parameters():
+    """A 40-column row: at most 16 rows (640 parameters) a statement, whatever the run's length,
+    and the same rows as one statement each would write."""
+    conn = sqlite3.connect(":memory:")
+    columns = [f"c{i}" for i in range(40)]
+    conn.execute(f"CREATE TABLE wide ({', '.join(columns)})")
+    sql = f"INSERT INTO wide ({', '.join(columns)}) VALUES ({', '.join('?' * 40)})"
+    rows = [tuple(r * 100 + c for c in range(40)) for r in range(50)]
+    sizes: list[int] = []
+
+    def execute(text: str, params) -> None:
+        sizes.append(len(params))
+        conn.execute(text, params)
+
+    S._insert_rows(execute, sql, S._values_row(sql) or "", rows)
+    assert sizes == [640, 640, 640, 40 * 2]  # 16 + 16 + 16 + 2 rows
+    assert conn.execute("SELECT * FROM wide ORDER BY rowid").fetchall() == rows
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+    "INSERT INTO t (a) SELECT ? WHERE NOT EXISTS (SELECT 1 FROM t)",
+    "INSERT INTO t (a, b) VALUES (?, 1)",
+    "INSERT OR IGNORE INTO t (a) VALUES (?)",
+    "UPDATE t SET a = ?",
+])
+def test_only_a_plain_insert_of_placeholders_is_written_several_rows_at_once(sql):
+    assert S._values_row(sql) is None
