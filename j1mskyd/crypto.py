@@ -133,8 +133,10 @@ class DataCipher:
 
     def _impl(self) -> Any:
         if self._aead is None:
-            from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # lazy, see module doc
-            self._aead = AESGCM(self._key)
+            # AESGCM itself, or on a cryptography whose AESGCM is Python over cffi (bookworm's 38)
+            # the same cipher on a reused OpenSSL context, ~3x faster (aesgcm_openssl).  Lazy, see module doc.
+            from .aesgcm_openssl import aead_for
+            self._aead = aead_for(self._key)
             self._seal = self._aead.encrypt
         return self._aead
 
