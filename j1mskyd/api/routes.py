@@ -17,6 +17,7 @@ from ..keys import ANY_KEY, READ_ALL
 from . import (agents, dashboard, events, frontdoor, frontdoor_anthropic, keys, openapi, ops, orchestrator, pricing,
                projects, security, system, tasks, webhooks)
 from .kyros import openapi as kyros_openapi, routes as kyros
+from .route_index import index_plain_paths
 from .route_table import PUBLIC, ROUTE_TABLE, RouteTable
 
 __all__ = ["FRONT_DOOR", "PREFIXES", "ROUTES", "setup_routes"]
@@ -178,5 +179,6 @@ def setup_routes(app: web.Application) -> None:
     for route in kyros_routes:
         table.add(route[0], kyros.PREFIX + route[1], *route[2:], in_band=route[1] == kyros.WS_PATH)
     table.check_complete()
+    index_plain_paths(app.router)  # aiohttp 3.8 (bookworm): no scan of every resource per request
     openapi.describe(app, ROUTES, PREFIXES, FRONT_DOOR, ROOT, ((kyros.PREFIX, kyros_routes, kyros_openapi.paths),))
     app[ROUTE_TABLE] = table
