@@ -36,6 +36,7 @@ from .api.routes import setup_routes
 from .breaker import CircuitBreaker, StateChanges
 from .budget import Budget, BudgetPolicy
 from .config import EMBEDDED, Config, load_config
+from .cookie_jar import UpstreamCookieJar
 from .keys import KeyService
 from .metrics import Metrics
 from .timeseries import FLUSH_EVERY, Rollups
@@ -278,7 +279,7 @@ async def _provider_session(app: web.Application) -> AsyncIterator[None]:
     A local model server on loopback is a legitimate provider: no target policy here.
     The slots' dict is changed in place by a reload; whichever slots it holds at the stop close."""
     config: Config = app[CONFIG].current
-    session = aiohttp.ClientSession(connector=upstream_connector(config),
+    session = aiohttp.ClientSession(connector=upstream_connector(config), cookie_jar=UpstreamCookieJar(),
                                     timeout=aiohttp.ClientTimeout(total=None, connect=30))
     try:
         changes = app[_BREAKER_CHANGES] = StateChanges()
