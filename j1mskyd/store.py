@@ -36,6 +36,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
 from typing import Any, TypeVar
 
 from . import settings
@@ -617,7 +618,7 @@ def _insert_rows(execute: Callable[..., Any], sql: str, row: str, rows: list[Seq
             if text is None:
                 head = sql[:_PLAIN_INSERT.match(sql).start(1)]  # type: ignore[union-attr]  # a plain INSERT
                 text = _MULTI[(sql, k)] = head + ", ".join([row] * k)
-            execute(text, [value for params in rows[i:i + k] for value in params])
+            execute(text, list(chain.from_iterable(rows[i:i + k])))
         i += k
 
 
