@@ -46,6 +46,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 __all__ = ["ConnectionGuard", "ConnectionStats", "Refusal", "Throttle"]
@@ -109,7 +110,7 @@ class _Connection(asyncio.Protocol):
     """One accepted connection: the guard's state, then aiohttp's protocol (``handler``),
     to which every protocol call is passed on."""
 
-    __slots__ = ("guard", "handler", "ip", "timer", "busy")
+    __slots__ = ("guard", "handler", "ip", "timer", "busy", "awaiting")
 
     def __init__(self, guard: ConnectionGuard) -> None:
         self.guard = guard
@@ -117,6 +118,8 @@ class _Connection(asyncio.Protocol):
         self.ip: str | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.busy = False  # a request's headers are complete and its handler has not returned
+        # guard.awaiting_credentials of this connection, made once per connection (not a closure per request)
+        self.awaiting: Callable[[], Callable[[], None]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.guard.admit(self, transport)
@@ -178,8 +181,12 @@ class ConnectionGuard:
                 if not payload.is_eof():  # a body is on its way (a GET, SSE, WebSocket: none)
                     conn.timer = self._loop.call_later(self.body_timeout, self._body_expired, conn, payload)
             request = make_request(message, payload, protocol, writer, task)
-            if conn is not None and self._credentials_key is not None:
-                request[self._credentials_key] = lambda: self.awaiting_credentials(conn)
+            # Only a request that asks to upgrade the connection (a WebSocket's handshake has
+            # to: Connection: Upgrade and Upgrade: websocket, which the parser reports as
+            # message.upgrade on every aiohttp) can go on to wait for credentials inside it.
+            # Every other request is spared the request.__setitem__ (a Python call of aiohttp's).
+            if conn is not None and conn.awaiting is not None and message.upgrade:
+                request[self._credentials_key] = conn.awaiting
             return request
 
         async def request_handler(request: Any) -> Any:
@@ -223,6 +230,8 @@ class ConnectionGuard:
         self.stats.open = len(self._open)
         self._by_handler[handler] = conn
         self._waiting[conn] = None
+        if self._credentials_key is not None:
+            conn.awaiting = partial(self.awaiting_credentials, conn)
         self.arm(conn)
         handler.connection_made(transport)
 

@@ -191,9 +191,7 @@ class Buckets:
         now = self.clock()
         best: tuple[float, Limit] | None = None
         for key, limit in buckets:
-            state = self._state.get(key)
-            tokens = float(limit.limit) if state is None else \
-                min(state[0] + max(now - state[1], 0.0) * limit.rate, float(limit.limit))
+            tokens = self._level(key, limit, now)
             if best is None or tokens < best[0]:
                 best = (tokens, limit)
         assert best is not None  # never asked about no bucket
@@ -201,7 +199,18 @@ class Buckets:
         return self._decision(tokens >= 1.0, [tokens, now], limit, now)
 
     def peek(self, key: str, limit: Limit) -> Decision:
-        return self.peek_all((key,), limit)
+        """peek_each() of one bucket, without its tuples and loop: the runtime asks about its
+        provider's bucket at every spawn (runtime.provider_tokens)."""
+        now = self.clock()
+        tokens = self._level(key, limit, now)
+        return self._decision(tokens >= 1.0, [tokens, now], limit, now)
+
+    def _level(self, key: str, limit: Limit, now: float) -> float:
+        """The tokens ``key``'s bucket holds at ``now``, refilled, without storing anything."""
+        state = self._state.get(key)
+        if state is None:
+            return float(limit.limit)
+        return min(state[0] + max(now - state[1], 0.0) * limit.rate, float(limit.limit))
 
     def prune(self, limits: Callable[[str], Limit | None]) -> int:
         """Forget buckets that have refilled completely: they equal a fresh one.

@@ -18,6 +18,7 @@ from j1mskyd import statedir
 from j1mskyd.reload import ConfigRef
 from j1mskyd.api.common import CONFIG, METRICS, SERVICES, app_key, json_response
 from j1mskyd.budget import Budget, BudgetPolicy
+from j1mskyd.errors import ApiError
 from j1mskyd.api.middleware import LIMITER, MIDDLEWARES, REPLAY_GUARD
 from j1mskyd.api.rate_headers import RATE_HEADERS, RateHeaders
 from j1mskyd.api.route_table import PUBLIC, ROUTE_TABLE, RouteTable
@@ -299,3 +300,36 @@ async def test_a_breaker_change_in_one_app_leaves_the_other_apps_health_cache(ai
     assert b.app[SERVICES].health_cache is cached_b  # b's body was not rebuilt: nothing of b changed
     b.app[SERVICES].slots["offline"].breaker.record_failure()
     assert (await b.get("/api/health")).status == 503
+
+
+# -- credentials inside an open connection --------------------------------------------------------
+async def test_credentials_sent_inside_a_connection_become_the_requests_key(aiohttp_client, tmp_path):
+    """authenticate_in_band (a WebSocket's auth message) records the key into the request, as the
+    headers' key would be: what the handler reads afterwards (key_of, key_id_of, actor) is the
+    key that authenticated last, and a refused one leaves the request without a key."""
+    from j1mskyd.api.common import actor, key_id_of, key_of
+    from j1mskyd.api.middleware import authenticate_in_band
+
+    async def in_band(request: web.Request) -> web.Response:
+        before = key_of(request)
+        body = await request.json()
+        try:
+            await authenticate_in_band(request, body.get("token"))
+        except ApiError as exc:
+            return json_response({"refused": exc.status, "key": key_id_of(request)})
+        who = actor(request)
+        return json_response({"before": before, "key": key_of(request).key_id, "key_id": key_id_of(request),
+                              "actor": who.api_key_id, "request_id": who.request_id})
+
+    def add(app: web.Application) -> None:
+        app[ROUTE_TABLE].add("POST", "/api/in-band", in_band, "agents:read", in_band=True)
+
+    client = await aiohttp_client(bare_app(auth_config(tmp_path), add_routes=add))
+    reader = client.app[KEYS]["agents:read"]
+    resp = await client.post("/api/in-band", json={"token": reader.token})  # no key in the headers
+    body = await resp.json()
+    kid = reader.key.key_id
+    assert body == {"before": None, "key": kid, "key_id": kid, "actor": kid,
+                    "request_id": resp.headers["X-Request-Id"]}
+    resp = await client.post("/api/in-band", json={"token": "jsk_not_a_key"})
+    assert await resp.json() == {"refused": 401, "key": None}

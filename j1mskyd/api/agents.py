@@ -12,22 +12,23 @@ from ..agent_record import ANONYMOUS
 from ..agents import AgentService, SpawnRecorder
 from ..audit import AuditLog
 from ..spawn_request import SpawnParser, SpawnRequest, TeamRequest
-from .common import (config_of, API_KEY, API_KEY_ID, SERVICES, actor, json_response, query_params, read_json,
-                     viewer)
+from .common import SERVICES, Pass, actor_of, json_response, pass_of, query_params, read_json, viewer
 
 
 def _agents(request: web.Request) -> AgentService:
     return request.app[SERVICES].agents
 
 
-def _key_id(request: web.Request) -> str:
-    return request.get(API_KEY_ID, ANONYMOUS)
+def _key_id(p: Pass) -> str:
+    """Who owns what the request makes (the record of its Pass: see common.Pass)."""
+    caller_id = p.caller_id
+    return caller_id if caller_id is not None else ANONYMOUS
 
 
-def _signing_secret(request: web.Request, spawns: Sequence[SpawnRequest | TeamRequest]) -> str | None:
+def _signing_secret(p: Pass, spawns: Sequence[SpawnRequest | TeamRequest]) -> str | None:
     """The caller's key's webhook secret signs its spawn's own webhook_url deliveries; it is opened only
     when one of ``spawns`` has a webhook_url."""
-    key = request.get(API_KEY)
+    key = p.key
     if key is not None:
         for s in spawns:  # a loop, not any() over a generator (~2,000 instructions a spawn)
             if s.webhook_url:
@@ -35,38 +36,38 @@ def _signing_secret(request: web.Request, spawns: Sequence[SpawnRequest | TeamRe
     return None
 
 
-def _spawn_recorder(request: web.Request, audit: AuditLog) -> SpawnRecorder:
+def _spawn_recorder(request: web.Request, p: Pass, audit: AuditLog) -> SpawnRecorder:
     """The ``agent.spawn`` audit entry of each agent a request spawns (a team: its lead), as a
     statement of the spawn's own transaction: who spawned what commits with it, in one commit."""
-    return functools.partial(audit.spawn_entry, actor(request))
+    return functools.partial(audit.spawn_entry, actor_of(request, p))
 
 
-def _parser(request: web.Request) -> SpawnParser:
-    return SpawnParser(config_of(request))
-
-
-# The spawn handlers take the services once (each app lookup is ~1,000 instructions).
+# The spawn handlers take the request's Pass once and the services and the configuration in
+# force from its route (each request.get or app lookup is ~1,000 instructions of aiohttp's).
 async def spawn(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    req = _parser(request).spawn(await read_json(request))
-    result = await services.agents.spawn(req, _key_id(request), _signing_secret(request, [req]),
-                                         _spawn_recorder(request, services.audit))
+    p = pass_of(request).record
+    services = p.route.services
+    req = SpawnParser(p.route.config.current).spawn(await read_json(request))
+    result = await services.agents.spawn(req, _key_id(p), _signing_secret(p, [req]),
+                                         _spawn_recorder(request, p, services.audit))
     return json_response(result)
 
 
 async def spawn_team(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    req = _parser(request).team(await read_json(request))
-    result = await services.agents.spawn_team(req, _key_id(request), _signing_secret(request, [req]),
-                                              _spawn_recorder(request, services.audit))
+    p = pass_of(request).record
+    services = p.route.services
+    req = SpawnParser(p.route.config.current).team(await read_json(request))
+    result = await services.agents.spawn_team(req, _key_id(p), _signing_secret(p, [req]),
+                                              _spawn_recorder(request, p, services.audit))
     return json_response(result)
 
 
 async def spawn_batch(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    reqs = _parser(request).batch(await read_json(request))
-    result = await services.agents.spawn_batch(reqs, _key_id(request), _signing_secret(request, reqs),
-                                               _spawn_recorder(request, services.audit))
+    p = pass_of(request).record
+    services = p.route.services
+    reqs = SpawnParser(p.route.config.current).batch(await read_json(request))
+    result = await services.agents.spawn_batch(reqs, _key_id(p), _signing_secret(p, reqs),
+                                               _spawn_recorder(request, p, services.audit))
     return json_response(result)
 
 

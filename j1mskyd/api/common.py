@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -19,9 +19,13 @@ from ..local_access import LOCAL_ACTOR
 from ..errors import ApiError, InvalidJson, ValidationFailed
 from ..tenancy import Viewer
 
-__all__ = ["API_KEY", "API_KEY_ID", "AWAITING_CREDENTIALS", "CLIENT_IP", "CLIENT_IP_TEXT", "CONFIG", "ERROR_TYPES",
-           "LOCAL_CALLER", "METRICS", "REQUEST_ID", "SERVICES", "actor", "api_error_response", "app_key",
-           "config_of", "error_response", "json_response", "query_params", "read_json", "read_json_object",
+if TYPE_CHECKING:
+    from ..ratelimit import Decision
+    from .route_table import Route
+
+__all__ = ["AWAITING_CREDENTIALS", "CONFIG", "ERROR_TYPES", "METRICS", "PASS", "SERVICES", "Pass", "actor",
+           "actor_of", "api_error_response", "app_key", "client_address", "config_of", "error_response", "is_local", "json_response",
+           "key_id_of", "key_of", "pass_of", "query_params", "read_json", "read_json_object", "request_id_of",
            "request_key", "usable", "viewer"]
 
 
@@ -38,19 +42,79 @@ def request_key(name: str) -> Any:
 CONFIG = app_key("j1msky.config")  # reload.ConfigRef: the configuration in force is its .current
 SERVICES = app_key("j1msky.services")
 METRICS = app_key("j1msky.metrics")  # metrics.Metrics: per-route counts and times
-REQUEST_ID = request_key("j1msky.request_id")
-CLIENT_IP = request_key("j1msky.client_ip")      # set by the IP guard
-# The same address as text, set with it: formatting an address object (str) is ~8,500
-# instructions, and every audit entry a request makes records it.
-CLIENT_IP_TEXT = request_key("j1msky.client_ip_text")
-API_KEY_ID = request_key("j1msky.api_key_id")    # set by auth (absent: anonymous)
-API_KEY = request_key("j1msky.api_key")
-# Set (True) by auth for a request served without a key as the local caller ([security]
-# local_scopes, local_access.py): it acts as ``anonymous`` and sees only ownerless work.
-LOCAL_CALLER = request_key("j1msky.local_caller")
+PASS = request_key("j1msky.pass")  # the request's Pass (below): what the pipeline found out about it
 # Set by the listener's connection guard (connguard.py): call it while a request waits for
 # credentials sent inside its connection; call what it returns once they came.
 AWAITING_CREDENTIALS = request_key("j1msky.awaiting_credentials")
+
+
+
+class Pass:
+    """One request's way through the pipeline (api/middleware.py), and what it found out about
+    the request, which handlers read through the accessors below (key_of, key_id_of, ...).
+
+    The request holds one Pass (request[PASS]) instead of six request keys: each
+    request.__setitem__ and request.get() is a Python call of aiohttp's (a get goes through
+    Mapping.get, a miss raises and catches a KeyError): six of each were ~16,600 instructions
+    a request (callgrind, aiohttp 3.14), the Pass's attributes a few hundred.
+
+    ``record`` is the Pass that holds the request's facts: the Pass itself, except for the
+    checks run again inside an open connection (a WebSocket's auth message), whose own Pass
+    counts its own key and decision but records into the request's, as the request keys did.
+    """
+
+    __slots__ = ("route", "app", "record", "request_id", "addr", "ip", "key", "key_id", "caller_id", "local",
+                 "decision")
+
+    def __init__(self, route: Route | None, app: web.Application | None, record: Pass | None = None) -> None:
+        self.route: Any = route
+        self.app: Any = app  # None only in an empty Pass (pass_of)
+        self.record: Pass = self if record is None else record
+        self.request_id: str | None = None
+        self.addr: Any = None  # the client's address (ip_address), once the IP guard resolved it
+        self.ip: str | None = None  # the same as text: formatting an address is ~8,500 instructions
+        self.key: Any = None  # the authenticated key (None: no key, or authentication off)
+        self.key_id: str = ANONYMOUS  # whom the rate limits count
+        self.caller_id: str | None = None  # the key id auth set (the local caller: anonymous; else None)
+        # True for a request served without a key as the local caller ([security] local_scopes,
+        # local_access.py): it acts as ``anonymous`` and sees only ownerless work.
+        self.local = False
+        self.decision: Decision | None = None
+
+
+def pass_of(request: web.Request) -> Pass:
+    """The request's Pass (a request the pipeline did not see, e.g. one the listener refuses
+    before any app has it: an empty one)."""
+    try:
+        p: Pass = request[PASS]
+        return p
+    except KeyError:
+        return Pass(None, None)
+
+
+def key_of(request: web.Request) -> Any:
+    """The request's API key (None: none, or authentication off)."""
+    return pass_of(request).record.key
+
+
+def key_id_of(request: web.Request) -> str | None:
+    """The key id auth found (``anonymous`` for the local caller; None when it found none)."""
+    return pass_of(request).record.caller_id
+
+
+def client_address(request: web.Request) -> Any:
+    """The client's address as the IP guard resolved it (proxies per config), or None."""
+    return pass_of(request).record.addr
+
+
+def request_id_of(request: web.Request) -> str | None:
+    return pass_of(request).record.request_id
+
+
+def is_local(request: web.Request) -> bool:
+    """Served without a key as the local caller ([security] local_scopes)?"""
+    return pass_of(request).record.local
+
 
 ERROR_TYPES = {
     400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
@@ -78,7 +142,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 def error_response(request: web.Request, status: int, message: str, *, type_: str | None = None,
                    extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> web.Response:
     error = {"code": status, "type": type_ or ERROR_TYPES.get(status, "ERROR"), "message": message,
-             "request_id": request.get(REQUEST_ID)}
+             "request_id": request_id_of(request)}
     if extra:
         error.update(extra)
     return json_response({"success": False, "error": error}, status=status, headers=headers)
@@ -128,13 +192,15 @@ async def read_json_object(request: web.Request, *, optional: bool = False) -> d
 
 def actor(request: web.Request) -> Actor:
     """Who made this request, for the audit log."""
-    ip = request.get(CLIENT_IP_TEXT)
-    # The local caller has no key; LOCAL_CALLER is asked only then (an absent key raises and
-    # catches a KeyError inside Mapping.get: ~3,800 instructions, on every spawn).
-    local = request.get(API_KEY) is None and request.get(LOCAL_CALLER)
+    return actor_of(request, pass_of(request).record)
+
+
+def actor_of(request: web.Request, p: Pass) -> Actor:
+    """:func:`actor` from the request's record (a handler that holds it already)."""
+    ip = p.ip
     # Positional (api_key_id, ip_address, user_agent, request_id): 2,000 instructions fewer than by keyword.
-    return Actor(LOCAL_ACTOR if local else request.get(API_KEY_ID), ip if ip is not None else request.remote,
-                 request.headers.get("User-Agent"), request.get(REQUEST_ID))
+    return Actor(LOCAL_ACTOR if p.key is None and p.local else p.caller_id, ip if ip is not None else request.remote,
+                 request.headers.get("User-Agent"), p.request_id)
 
 
 def query_params(request: web.Request) -> dict[str, str]:
@@ -146,11 +212,12 @@ def viewer(request: web.Request) -> Viewer:
     """Whose work this request may see: its key's own, or everyone's for a key with admin:write
     or admin:read, and for every request while authentication is off (no key: anonymous).
     The local caller (no key, on loopback, [security] local_scopes) sees only ownerless work."""
-    key = request.get(API_KEY)
-    if key is None and request.get(LOCAL_CALLER):
+    p = pass_of(request).record
+    key = p.key
+    if key is None and p.local:
         return Viewer(ANONYMOUS)
     if key is None:
-        return Viewer(request.get(API_KEY_ID) or ANONYMOUS, sees_all=True, writes_all=True)
+        return Viewer(p.caller_id or ANONYMOUS, sees_all=True, writes_all=True)
     family = request.app[SERVICES].keys.ring.family.get(key.key_id, ())
     return Viewer(key.key_id, sees_all=key.sees_all, writes_all=key.allows(ADMIN), family=family)
 
@@ -161,5 +228,5 @@ _V = TypeVar("_V")
 def usable(request: web.Request, models: Mapping[str, _V]) -> dict[str, _V]:
     """The entries of ``models`` (by alias) that this request's key may use: a key with a
     ``models`` list sees only those in model lists, as its spawns may use only those."""
-    key = request.get(API_KEY)
+    key = key_of(request)
     return {name: m for name, m in models.items() if key is None or key.may_use(name)}

@@ -32,8 +32,7 @@ from ..errors import ApiError, ValidationFailed
 from ..events import EVENT_TYPES, SHUTDOWN, Event, Subscription
 from ..keys import KeyWatch
 from ..tenancy import Viewer
-from .common import (config_of, API_KEY, AWAITING_CREDENTIALS, LOCAL_CALLER, SERVICES, json_response, query_params,
-                     viewer)
+from .common import AWAITING_CREDENTIALS, SERVICES, config_of, is_local, json_response, key_of, query_params, viewer
 from .middleware import authenticate_in_band, count_in_band
 
 __all__ = ["HEARTBEAT", "KEY_LOST", "Messages", "NATIVE", "decode_cursor", "encode_cursor", "list_events", "stream",
@@ -172,7 +171,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     last = _last_id(request.headers.get("Last-Event-ID") or params.get("last_event_id"))
     events = request.app[SERVICES].events
     sub = events.subscribe(types, _reader(request))
-    watch = _watch_key(request, request.get(API_KEY), sub.end)
+    watch = _watch_key(request, key_of(request), sub.end)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     try:
@@ -268,7 +267,7 @@ async def _websocket(request: web.Request, messages: Messages) -> web.WebSocketR
     """
     services = request.app[SERVICES]
     # The local caller ([security] local_scopes) was admitted by the pipeline without a key.
-    auth_needed = config_of(request).security.auth and not request.get(LOCAL_CALLER)
+    auth_needed = config_of(request).security.auth and not is_local(request)
     # A message is held to the request body limit (aiohttp's default is 4 MiB, and each one
     # is parsed as JSON, before the socket has authenticated too): closed with 1009 beyond it.
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=config_of(request).server.max_body_bytes)
@@ -289,7 +288,7 @@ async def _websocket(request: web.Request, messages: Messages) -> web.WebSocketR
         # Also closes a socket that is only waiting for messages; close() wakes its reader.
         closing = asyncio.ensure_future(ws.close(code=KEY_LOST, message=reason.encode()))
 
-    watch = _watch_key(request, request.get(API_KEY), key_lost)  # a key in the upgrade's headers
+    watch = _watch_key(request, key_of(request), key_lost)  # a key in the upgrade's headers
     # No key yet: until its auth message, the socket is a client that has not said who it
     # is, and the listener may evict it or time it out (connguard.awaiting_credentials).
     awaiting = request.get(AWAITING_CREDENTIALS)
@@ -354,7 +353,7 @@ async def _websocket(request: web.Request, messages: Messages) -> web.WebSocketR
                     await ws.send_json({"type": "error", "message": "authenticate first: {\"type\":\"auth\"}"})
                     continue
                 try:
-                    count_in_band(request, request.get(API_KEY))  # the key that authenticated last
+                    count_in_band(request, key_of(request))  # the key that authenticated last
                 except ApiError as exc:  # the current subscription, if any, goes on
                     await ws.send_json({"type": "error", "message": exc.message, "error_type": exc.type,
                                         "code": exc.status, **exc.extra})

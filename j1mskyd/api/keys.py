@@ -11,7 +11,7 @@ from ..agent_record import iso
 from ..errors import NotFound, ValidationFailed
 from ..key_request import LIMIT_FIELDS, model_names, parse_limits
 from ..keys import SCOPES, ApiKey, KeyService
-from .common import config_of, API_KEY, SERVICES, actor, json_response, read_json_object, viewer
+from .common import SERVICES, actor, config_of, json_response, key_of, read_json_object, viewer
 
 
 def _keys(request: web.Request) -> KeyService:
@@ -81,7 +81,7 @@ async def get_key(request: web.Request) -> web.Response:
 async def get_own_key(request: web.Request) -> web.Response:
     """The calling key: scopes, limits, budget (authentication off: an anonymous caller that may
     do everything)."""
-    key = request.get(API_KEY)
+    key = key_of(request)
     if key is None:
         return json_response({"key_id": "anonymous", "name": "anonymous", "scopes": list(SCOPES), "status": "active",
                               "authentication": "off", "budget": None})

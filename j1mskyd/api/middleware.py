@@ -38,7 +38,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from multidict import istr
@@ -53,8 +53,8 @@ from ..netguard import parse_address
 from ..ratelimit import Decision
 from ..signing import SignatureError, verify
 from ..violations import record_violation
-from .common import (API_KEY, API_KEY_ID, CLIENT_IP, CLIENT_IP_TEXT, ERROR_TYPES, LOCAL_CALLER, METRICS, REQUEST_ID,
-                     actor, api_error_response, app_key, json_response, request_key)
+from .common import (ERROR_TYPES, METRICS, PASS, Pass, actor, api_error_response, app_key, json_response, pass_of,
+                     request_id_of)
 from .rate_headers import decision_headers
 from .route_table import PUBLIC, ROUTE_TABLE, Route, route_of
 
@@ -63,29 +63,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LIMITER = app_key("j1msky.request_limiter")
 REPLAY_GUARD = app_key("j1msky.replay_guard")
-PASS = request_key("j1msky.pass")  # the Pass of a front-door request, for early_headers()
 
 # Request ids: a random per-process prefix and a counter (unique, and no syscall per request).
 _ID_PREFIX = "req_" + os.urandom(4).hex()
 _ID_COUNTER = itertools.count(1)
 _REQUEST_ID_HEADER = istr("X-Request-Id")  # istr: multidict skips case-folding it per response
 _BUDGET_REMAINING = istr("X-Budget-Remaining")
-
-
-class Pass:
-    """One request's way through the pipeline.  The checks record what they found here (and
-    in the request, for handlers), so no step has to request.get() a key that may be absent:
-    each such miss raises and catches a KeyError inside Mapping.get."""
-
-    __slots__ = ("route", "app", "ip", "key", "key_id", "decision")
-
-    def __init__(self, route: Route, app: web.Application) -> None:
-        self.route = route
-        self.app = app
-        self.ip: str | None = None  # the client address as text, once check_ip has run
-        self.key: Any = None
-        self.key_id: str = ANONYMOUS
-        self.decision: Decision | None = None
 
 
 # -- checks: each returns None or raises an ApiError ------------------------------------------
@@ -107,9 +90,9 @@ def check_ip(request: web.Request, p: Pass) -> None:
     # Several header lines are one list, in order (RFC 9110 5.3): reading only the first
     # would let a line the client sent hide the hop its proxy appended.
     forwarded = _forwarded_for(request) if control.policy.trusted_proxies else None
+    record = p.record
     addr, p.ip, refusal = control.verdict(request.remote, forwarded)
-    request[CLIENT_IP] = addr
-    request[CLIENT_IP_TEXT] = p.ip
+    record.addr, record.ip = addr, p.ip
     if refusal is not None:
         kind, reason = refusal
         _violation(request, p, kind, reason)
@@ -165,8 +148,9 @@ def check_auth(request: web.Request, p: Pass, token: str | None) -> None:
     if not p.route.authenticated or not p.route.config.current.security.auth:
         return
     if token is None and serves_locally(request, p):
-        request[LOCAL_CALLER] = True
-        request[API_KEY_ID] = ANONYMOUS  # what it makes is ownerless, as with authentication off
+        record = p.record
+        record.local = True
+        record.caller_id = ANONYMOUS  # what it makes is ownerless, as with authentication off
         return
     if token is None:
         _violation(request, p, "missing_api_key")
@@ -178,8 +162,9 @@ def check_auth(request: web.Request, p: Pass, token: str | None) -> None:
         _violation(request, p, "invalid_api_key")
         raise Unauthorized("Invalid, expired or revoked API key", type_="INVALID_API_KEY",
                            headers={"WWW-Authenticate": 'Bearer realm="j1mskyd", error="invalid_token"'})
-    p.key = request[API_KEY] = key
-    p.key_id = request[API_KEY_ID] = key.key_id
+    record = p.record
+    p.key = record.key = key
+    p.key_id = record.caller_id = key.key_id
     if services.audit.key_used_due(key.key_id):
         services.audit.record("api.key.used", actor(request), resource_type="api_key", resource_id=key.key_id)
     scope = p.route.scope
@@ -203,7 +188,7 @@ def serves_locally(request: web.Request, p: Pass) -> bool:
     if (p.route.services.ip_control.policy.trusts(parse_address(request.remote))
             and not names_client(_forwarded_for(request))):
         return False  # a trusted proxy on this host that does not say whom it forwards
-    return grants_local(request.remote, request.get(CLIENT_IP), p.route.scope,
+    return grants_local(request.remote, p.record.addr, p.route.scope,
                         p.route.config.current.security.local_scopes)
 
 
@@ -258,13 +243,21 @@ def _budget_remaining(p: Pass) -> str:
     return f"{p.route.services.budget.remaining_for(p.key_id):.4f}"
 
 
-async def idempotent(request: web.Request, handler: Handler, p: Pass) -> web.StreamResponse:
-    """Idempotency-Key on POST/PUT (idempotency.py): replay the first answer, 409 on another payload."""
+def idempotent(request: web.Request, handler: Handler, p: Pass) -> Awaitable[web.StreamResponse]:
+    """Idempotency-Key on POST/PUT (idempotency.py): replay the first answer, 409 on another payload.
+
+    Without the header (nearly every request) this is the handler's own coroutine: the pipeline
+    awaits it with no coroutine of this step's between them (each such layer is a frame made,
+    and passed through at every resumption of the handler)."""
     key = request.headers.get("Idempotency-Key")
     if key is None or request.method not in ("POST", "PUT") or not p.route.is_api:
-        return await handler(request)
+        return handler(request)
     if not KEY_PATTERN.match(key):
         raise BadRequest("Idempotency-Key must be 1-255 visible ASCII characters")
+    return _replayable(request, handler, p, key)
+
+
+async def _replayable(request: web.Request, handler: Handler, p: Pass, key: str) -> web.StreamResponse:
     records = p.route.services.idempotency
     scope = p.key_id
     body_hash = fingerprint(request.method, request.path, await request.read())
@@ -287,9 +280,13 @@ async def idempotent(request: web.Request, handler: Handler, p: Pass) -> web.Str
         records.end(scope, key)
 
 
-async def admit(request: web.Request, p: Pass, creds: Credentials, *, opening: bool = False) -> None:
+def admit(request: web.Request, p: Pass, creds: Credentials, *, opening: bool = False) -> Awaitable[None] | None:
     """The checks that admit a client, in their order (stated only here): IP guard, key and
     scope, signature (when needed), rate limit.  Each refuses by raising its ApiError.
+
+    Returns None when every check ran (the usual case: no signature to check, so nothing to
+    await and no coroutine made), else the awaitable that checks the signature and then the
+    rate limit: the caller awaits it.
 
     ``opening``: the request opens a connection that may authenticate inside (a route added
     with ``in_band=True``); without credentials it passes on the IP guard alone, uncounted,
@@ -298,10 +295,17 @@ async def admit(request: web.Request, p: Pass, creds: Credentials, *, opening: b
     """
     check_ip(request, p)
     if opening and creds.token is None and p.route.in_band and not serves_locally(request, p):
-        return
+        return None
     check_auth(request, p, creds.token)
     if needs_signature(p, creds):
-        await check_signature(request, p, creds)
+        return _signed(request, p, creds)
+    check_rate_limit(request, p)
+    return None
+
+
+async def _signed(request: web.Request, p: Pass, creds: Credentials) -> None:
+    """admit()'s end for a request that must be signed: the signature, then the rate limit."""
+    await check_signature(request, p, creds)
     check_rate_limit(request, p)
 
 
@@ -313,8 +317,10 @@ async def authenticate_in_band(request: web.Request, token: str | None, timestam
     the query), an empty body.  Returns the key (None when security.auth is off); raises
     the ApiError that a request with these headers would get, after the same audit entries.
     """
-    p = Pass(route_of(request), request.app)
-    await admit(request, p, Credentials(token, timestamp, signature, body=b""))
+    p = Pass(route_of(request), request.app, pass_of(request).record)
+    pending = admit(request, p, Credentials(token, timestamp, signature, body=b""))
+    if pending is not None:
+        await pending
     return p.key
 
 
@@ -323,18 +329,11 @@ def count_in_band(request: web.Request, key: Any) -> None:
     subscribe replays history from the database, as a GET /api/events page does): the IP
     checks again and one request against ``key``'s and the address's rate limits.  Raises
     the ApiError a request would get."""
-    p = Pass(route_of(request), request.app)
+    p = Pass(route_of(request), request.app, pass_of(request).record)
     check_ip(request, p)
     if key is not None:
         p.key, p.key_id = key, key.key_id  # the key: its own request limits count here too
     check_rate_limit(request, p)
-
-
-async def _guarded(request: web.Request, handler: Handler, p: Pass) -> web.StreamResponse:
-    """Every check in its order, then the handler (the way of all but the public routes)."""
-    check_body_size(request, p)
-    await admit(request, p, Credentials.from_headers(request), opening=True)
-    return await idempotent(request, handler, p)
 
 
 def _failure(request: web.Request, exc: Exception, route: Route) -> web.Response:
@@ -353,17 +352,17 @@ def _failure(request: web.Request, exc: Exception, route: Route) -> web.Response
         # The client went away, or the listener closed it (a body past server.body_timeout):
         # nobody is left to answer, and it is not the daemon's error to log with a traceback.
         log.debug("%s %s (request %s): the connection was lost", request.method, request.path,
-                  request.get(REQUEST_ID))
+                  request_id_of(request))
         error = _http_error(400, "Connection lost")
     else:
-        log.error("unhandled error in %s %s (request %s)", request.method, request.path, request.get(REQUEST_ID),
+        log.error("unhandled error in %s %s (request %s)", request.method, request.path, request_id_of(request),
                   exc_info=exc)
         error = _http_error(500, "Internal server error; quote the request_id when reporting it")
     if route.dialect is not None:
         status, body = route.dialect.error(error)
         return json_response(body, status, {**error.headers, **retry_headers(error)})
     if route.envelope is not None:
-        status, body = route.envelope.error(error, request.get(REQUEST_ID))
+        status, body = route.envelope.error(error, request_id_of(request))
         return json_response(body, status, error.headers)
     return api_error_response(request, error)
 
@@ -381,12 +380,10 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
     started = time.perf_counter()
     given = request.headers.get("X-Request-Id")
     request_id = given if given is not None and _CLIENT_ID.fullmatch(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
-    request[REQUEST_ID] = request_id
     app = request.app
     route = app[ROUTE_TABLE].route_of(request)
-    p = Pass(route, app)
-    if route.dialect is not None:
-        request[PASS] = p
+    p = request[PASS] = Pass(route, app)
+    p.request_id = request_id
     try:
         if route.public:
             # Open routes (health, the 410s): only the address checks; the limiter only
@@ -394,7 +391,13 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
             check_ip(request, p)
             response = await handler(request)
         else:
-            response = await _guarded(request, handler, p)
+            # Every check in its order (admit), then the handler: inline, so that no coroutine
+            # of the pipeline's own stands between this one and the handler's.
+            check_body_size(request, p)
+            pending = admit(request, p, Credentials.from_headers(request), opening=True)
+            if pending is not None:
+                await pending
+            response = await idempotent(request, handler, p)
     except Exception as exc:  # noqa: BLE001 - CancelledError is a BaseException and passes
         response = _failure(request, exc, route)
     if not response.prepared:  # a stream sent its headers itself (early_headers)
@@ -418,7 +421,7 @@ def early_headers(request: web.Request) -> dict[str, str]:
     """The headers the pipeline adds to a front-door response (request id, rate limits), for
     a handler that sends its headers itself (a stream) before the pipeline sees its response."""
     p: Pass = request[PASS]
-    return {_REQUEST_ID_HEADER: request[REQUEST_ID],
+    return {_REQUEST_ID_HEADER: cast(str, p.request_id),  # set first thing in pipeline()
             **p.route.rate_headers.front_door(p.route.limit_class, p.key_id, p.ip, p.decision, _own_limits(p)),
             **({_BUDGET_REMAINING: _budget_remaining(p)} if p.key is not None else {})}
 

@@ -13,7 +13,7 @@ from ..agent_record import ANONYMOUS
 from ..listener import CONNECTION_STATS
 from ..metric_families import families
 from ..metrics import prometheus
-from .common import API_KEY, API_KEY_ID, SERVICES, actor, config_of, json_response, query_params, viewer
+from .common import SERVICES, actor, config_of, json_response, key_id_of, key_of, query_params, viewer
 from .middleware import LIMITER, METRICS
 
 if TYPE_CHECKING:  # app.py imports this module (through routes.py)
@@ -27,8 +27,8 @@ async def rate_limits(request: web.Request) -> web.Response:
         d = services.runtime.provider_tokens(name)
         providers[name] = {"used": services.runtime.provider_calls(name), "limit": d.limit,
                            "remaining": d.remaining, "reset_at": d.reset_at}
-    key_id = request.get(API_KEY_ID, ANONYMOUS)
-    key = request.get(API_KEY)  # its own request limits, where it has them
+    key_id = key_id_of(request) or ANONYMOUS
+    key = key_of(request)  # its own request limits, where it has them
     return json_response({"limits": providers,
                           "requests": request.app[LIMITER].status(key_id, key.limits if key is not None else None),
                           "budget": services.budget.snapshot()})

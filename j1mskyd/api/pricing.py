@@ -31,7 +31,7 @@ from ..events import PRICING_EVENTS
 from ..pricing_history import MAX_DAYS, RESOLUTIONS, PricingHistory, Window
 from ..pricing_service import DecisionRequest, PricingService, QuoteRequest
 from ..webhook_request import parse_new
-from .common import config_of, API_KEY_ID, SERVICES, actor, json_response, query_params, read_json, viewer
+from .common import SERVICES, actor, config_of, json_response, key_id_of, query_params, read_json, viewer
 
 # The handlers (the route table reaches them as this module's attributes), and the field reader
 # and limits api/orchestrator.py's handlers and api/openapi.py's schemas share with them.
@@ -234,7 +234,7 @@ async def pricing_quote(request: web.Request) -> web.Response:
     """A quote with its margin guardrail (recorded in the pricing history)."""
     f, req = await _read_quote(request)
     f.done()
-    r = await _service(request).record_quote(req, request.get(API_KEY_ID))
+    r = await _service(request).record_quote(req, key_id_of(request))
     return json_response({"success": True, "quote_id": r.quote_id, "quote": r.quote, "guardrail_check": r.check},
                          headers=_deprecation(req))
 
@@ -261,7 +261,7 @@ async def pricing_decision(request: web.Request) -> web.Response:
                           variant=f.choice("variant", VARIANTS, default="") or None,
                           experiment=f.text("experiment", "", max_len=64) or None)
     f.done()
-    r = await _service(request).decide(req, request.get(API_KEY_ID))
+    r = await _service(request).decide(req, key_id_of(request))
     out = {"success": True, "quote_id": r.quote_id, "decision": r.decision, "quote": r.quote,
            "guardrail_check": r.check}
     if r.exception_id is not None:
@@ -464,7 +464,7 @@ async def pricing_close_exception(request: web.Request) -> web.Response:
     data, form = await read_fields(request)
     f = Fields(data, form)
     resolution = f.choice("resolution", RESOLUTIONS)
-    closed_by = f.text("closed_by", request.get(API_KEY_ID) or "ops-auto")
+    closed_by = f.text("closed_by", key_id_of(request) or "ops-auto")
     f.done()
     exception = await _history(request).close_exception(request.match_info["exception_id"], resolution, closed_by)
     return json_response({"success": True, "exception": exception})
@@ -516,7 +516,7 @@ async def pricing_create_webhook(request: web.Request) -> web.Response:
         body["secret"] = data["secret"]
     services = request.app[SERVICES]
     req = parse_new(body, services.webhooks.sink_kinds())
-    hook, generated = await services.webhooks.create(req, request.get(API_KEY_ID))
+    hook, generated = await services.webhooks.create(req, key_id_of(request))
     services.audit.record("config.change", actor(request), resource_type="webhook", resource_id=hook.webhook_id,
                           details={"action": "create", "url": hook.url, "events": list(hook.events)})
     out: dict[str, Any] = {"success": True, "webhook_id": hook.webhook_id, "url": hook.url,

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..project_request import parse_change, parse_new
 from ..projects import Project, ProjectService
-from .common import API_KEY, SERVICES, actor, json_response, read_json
+from .common import SERVICES, actor, json_response, key_of, read_json
 
 
 def _projects(request: web.Request) -> ProjectService:
@@ -48,7 +48,7 @@ async def list_projects(request: web.Request) -> web.Response:
 
 
 async def get_project(request: web.Request) -> web.Response:
-    project = _projects(request).visible(request.match_info["project_id"], request.get(API_KEY))
+    project = _projects(request).visible(request.match_info["project_id"], key_of(request))
     return json_response(_view(request, project))
 
 

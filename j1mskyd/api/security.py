@@ -7,7 +7,7 @@ from aiohttp import web
 from ..errors import NotFound
 from ..ipcontrol import block_view
 from ..security_request import parse_audit_change, parse_block, parse_whitelist
-from .common import CLIENT_IP, SERVICES, actor, json_response, query_params, read_json
+from .common import SERVICES, actor, client_address, json_response, query_params, read_json
 
 
 async def get_ip_whitelist(request: web.Request) -> web.Response:
@@ -16,7 +16,7 @@ async def get_ip_whitelist(request: web.Request) -> web.Response:
 
 async def put_ip_whitelist(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    result = await services.ip_control.set_whitelist(parse_whitelist(await read_json(request)), request.get(CLIENT_IP))
+    result = await services.ip_control.set_whitelist(parse_whitelist(await read_json(request)), client_address(request))
     services.audit.record("config.change", actor(request), resource_type="setting", resource_id="ip_whitelist",
                           details=result)
     return json_response({"success": True, **result})
@@ -24,7 +24,7 @@ async def put_ip_whitelist(request: web.Request) -> web.Response:
 
 async def block_ip(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    block = await services.ip_control.block(parse_block(await read_json(request), request.get(CLIENT_IP)))
+    block = await services.ip_control.block(parse_block(await read_json(request), client_address(request)))
     view = block_view(block)
     services.audit.record("config.change", actor(request), severity="warning", resource_type="ip_block",
                           resource_id=block.ip, details=view)

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..webhook_request import parse_change, parse_new
 from ..webhooks import WebhookService
-from .common import API_KEY_ID, SERVICES, actor, json_response, query_params, read_json, viewer
+from .common import SERVICES, actor, json_response, key_id_of, query_params, read_json, viewer
 
 
 def _hooks(request: web.Request) -> WebhookService:
@@ -29,7 +29,7 @@ async def created(request: web.Request) -> tuple[dict[str, Any], dict[str, str] 
     """Register a webhook: its view (with a generated secret, shown once) and the answer's headers."""
     hooks = _hooks(request)
     req = parse_new(await read_json(request), hooks.sink_kinds())
-    hook, generated = await hooks.create(req, request.get(API_KEY_ID))
+    hook, generated = await hooks.create(req, key_id_of(request))
     _audit(request, "create", hook.webhook_id, {"url": hook.url, "events": list(hook.events), "status": hook.status,
                                                 "headers": [name for name, _ in hook.headers]})  # names only
     data = hook.view()

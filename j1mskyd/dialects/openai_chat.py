@@ -95,6 +95,10 @@ _ROLES = ("system", "developer", "user", "assistant", "tool")
 # Fields of an assistant message that the SDK sends back when a caller appends the message it
 # was given (ChatCompletionMessage): harmless when empty, refused otherwise.
 _EMPTY_ECHO: dict[str, tuple[Any, ...]] = {"refusal": (None,), "annotations": (None, []), "audio": (None,), "function_call": (None,)}
+# The fields each role's message may carry, worked out once (not a dict of sets and a union per message).
+_MESSAGE_FIELDS: dict[str, frozenset[str]] = {
+    role: frozenset({"role", "content"} | {"assistant": {"tool_calls", *_EMPTY_ECHO}, "tool": {"tool_call_id"}}.get(
+        role, set())) for role in _ROLES}
 _UNSUPPORTED_PART = "is not supported by this daemon (text only)"
 
 
@@ -128,12 +132,9 @@ class _Parser:
         self.models = models
         self.tool_call_ids: set[str] = set()
 
-    def get(self, name: str) -> Any:
-        return self.body.get(name)
-
     # -- scalars ---------------------------------------------------------------------------------
     def number(self, name: str, low: float, high: float) -> float | None:
-        v = self.get(name)
+        v = self.body.get(name)
         if v is None:
             return None
         if not _is_number(v) or not math.isfinite(v) or not low <= v <= high:
@@ -143,7 +144,7 @@ class _Parser:
     def max_tokens(self) -> int | None:
         found = None
         for name in ("max_completion_tokens", "max_tokens"):
-            v = self.get(name)
+            v = self.body.get(name)
             if v is None:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_TOKENS:
@@ -154,7 +155,7 @@ class _Parser:
         return found
 
     def stop(self) -> tuple[str, ...]:
-        v = self.get("stop")
+        v = self.body.get("stop")
         if v is None:
             return ()
         items = [v] if isinstance(v, str) else v
@@ -164,18 +165,18 @@ class _Parser:
         return tuple(items)
 
     def n(self) -> None:
-        v = self.get("n")
+        v = self.body.get("n")
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v != 1):
             _bad("n", "n must be 1: this daemon returns one choice per call", "unsupported_value")
 
     def user(self) -> str | None:
-        v = self.get("user")
+        v = self.body.get("user")
         if v is not None and (not isinstance(v, str) or len(v) > MAX_USER):
             _bad("user", f"user must be a string of at most {MAX_USER} characters")
         return v
 
     def metadata(self) -> dict[str, str]:
-        v = self.get("metadata")
+        v = self.body.get("metadata")
         if v is None:
             return {}
         if not isinstance(v, dict) or len(v) > MAX_METADATA:
@@ -187,10 +188,10 @@ class _Parser:
         return dict(v)
 
     def stream(self) -> tuple[bool, bool]:
-        stream = self.get("stream")
+        stream = self.body.get("stream")
         if stream is not None and not isinstance(stream, bool):
             _bad("stream", "stream must be a boolean")
-        options = self.get("stream_options")
+        options = self.body.get("stream_options")
         if options is None:
             return bool(stream), False
         if not stream:
@@ -287,8 +288,7 @@ class _Parser:
         role = m.get("role")
         if role not in _ROLES:
             _bad(f"{field}.role", f"{field}.role must be one of {', '.join(_ROLES)}")
-        allowed = {"role", "content"} | {"assistant": {"tool_calls", *_EMPTY_ECHO}, "tool": {"tool_call_id"}}.get(
-            role, set())
+        allowed = _MESSAGE_FIELDS[role]
         for key, value in m.items():
             if key in _EMPTY_ECHO and key in allowed and value in _EMPTY_ECHO[key]:
                 continue
@@ -319,7 +319,7 @@ class _Parser:
         return ("system", [TextBlock(text)]) if role in ("system", "developer") else ("user", [TextBlock(text)])
 
     def messages(self) -> tuple[str | None, tuple[Message, ...]]:
-        items = self.get("messages")
+        items = self.body.get("messages")
         if not isinstance(items, list) or not items:
             _bad("messages", "messages must be a non-empty list of messages")
         system: list[str] = []
@@ -341,7 +341,7 @@ class _Parser:
 
     # -- tools -----------------------------------------------------------------------------------
     def tools(self) -> tuple[Tool, ...]:
-        items = self.get("tools")
+        items = self.body.get("tools")
         if items is None:
             return ()
         if not isinstance(items, list) or len(items) > MAX_TOOLS:
@@ -378,7 +378,7 @@ class _Parser:
         return tuple(out)
 
     def tool_choice(self, tools: tuple[Tool, ...]) -> ToolChoice | None:
-        v = self.get("tool_choice")
+        v = self.body.get("tool_choice")
         if v is None:
             return None
         if isinstance(v, str):
@@ -401,7 +401,7 @@ class _Parser:
         return choice
 
     def response_format(self) -> dict[str, Any] | None:
-        v = self.get("response_format")
+        v = self.body.get("response_format")
         if v is None:
             return None
         kind = v.get("type") if isinstance(v, dict) else None
@@ -437,7 +437,7 @@ class _Parser:
             {k: x for k, x in spec.items() if x is not None}, "response_format.json_schema")}
 
     def request(self) -> ChatRequest:
-        model = self.get("model")
+        model = self.body.get("model")
         if not isinstance(model, str) or not model:
             _bad("model", "model must be the name of a model (GET /v1/models lists them)")
         self.others()

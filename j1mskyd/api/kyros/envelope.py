@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from ...errors import ApiError
-from ..common import REQUEST_ID, json_response
+from ..common import json_response, request_id_of
 
 __all__ = ["CODES", "ENVELOPE", "KyrosEnvelope", "now_iso", "ok"]
 
@@ -40,7 +40,7 @@ def ok(request: web.Request, data: Any, message: str | None = None, status: int 
        headers: dict[str, str] | None = None) -> web.Response:
     """A success in the envelope."""
     return json_response({"success": True, "data": data, "message": message or "Success", "timestamp": now_iso(),
-                          "request_id": request.get(REQUEST_ID)}, status, headers)
+                          "request_id": request_id_of(request)}, status, headers)
 
 
 class KyrosEnvelope:
