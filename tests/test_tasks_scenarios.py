@@ -210,6 +210,14 @@ class Scenario:
             cursor = "&cursor=" + urllib.parse.quote(page["pagination"]["cursor"])
         raise AssertionError("more than 100 pages of events")
 
+    def running_on_disk(self, agent_id: str) -> bool:
+        """Is this agent's row ``running`` in the daemon's database (its run counted, its cut
+        call billable after a crash)?"""
+        path = self.daemon.state_dir / "j1msky.db"
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)) as conn:
+            row = conn.execute("SELECT status FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+            return row is not None and row[0] == "running"
+
     def ledger(self, agent_ids: list[str]) -> list[dict[str, Any]]:
         """The ledger rows (usage) of these agents, read-only from the daemon's database."""
         path = self.daemon.state_dir / "j1msky.db"
@@ -455,6 +463,13 @@ async def test_kill_9_during_a_step_resumes_it_and_the_task_completes_once(tmp_p
         await asyncio.wait_for(run.upstream.held.wait(), WAIT)
         mid = await run.task(created["id"])
         assert mid["status"] == "in_progress" and mid["progress"]["current_step"] == "implementer", mid
+        # The kill comes once the step's `running` write is on disk (a group commit after its call
+        # went out): a call cut younger than that is not billed (docs/runtime.md), which is not
+        # what this test is about.
+        step = max(mid["steps"], key=lambda s: s["seq"])
+        async with asyncio.timeout(WAIT):
+            while not run.running_on_disk(step["agent_id"]):
+                await asyncio.sleep(0.01)
         await run.kill_and_restart()
         run.upstream.release()  # its answer goes to a dead connection: the daemon never learns it
         done = await run.wait_task(created["id"], ("completed", "failed", "cancelled"))
