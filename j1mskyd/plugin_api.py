@@ -41,10 +41,10 @@ test named ``test_hook_<protocol>_<method>``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import (Any, AsyncIterator, Callable, Literal, Protocol, NotRequired, TypedDict, TypeVar, Union,
-                    runtime_checkable)
+from typing import Any, AsyncIterator, Callable, Literal, Protocol, NotRequired, TypedDict, Union, runtime_checkable
+
+from .frozen import built_in_place
 
 __all__ = [
     "J1MSKY_PLUGIN_API", "TIMEOUT_GRACE", "ERROR_KINDS", "RETRYABLE_KINDS",
@@ -60,55 +60,6 @@ J1MSKY_PLUGIN_API = 1
 #: itself, so a plugin that honours the timeout reports it in its own words first.
 TIMEOUT_GRACE = 1.0
 
-_C = TypeVar("_C", bound=type)
-
-
-# -- building frozen values fast ------------------------------------------------------------------
-
-def _built_in_place(cls: _C) -> _C:
-    """Give a frozen slotted dataclass an ``__init__`` that stores its fields with plain attribute
-    stores, to a value that is the same as the generated ``__init__``'s in every way (fields,
-    defaults, signature, equality, hash, repr, ``replace``, copy, pickling; frozen to anyone after).
-
-    Why: a frozen dataclass's generated ``__init__`` gets past its own ``__setattr__`` with one
-    ``object.__setattr__(self, name, value)`` call per field, ~1,200 instructions each (a wrapper
-    call with an argument tuple, a type lookup): a CompletionRequest cost 24,300 instructions to
-    build, a CompletionResult 13,000, both once per agent (callgrind).  This ``__init__`` makes the
-    new object, for the length of the stores, an instance of a twin class with the same slots and
-    no ``__setattr__`` of its own (``__class__`` may move between two classes of the same layout),
-    stores the fields (STORE_ATTR into a slot: tens of instructions each) and gives the object its
-    class back: 10,000 and 5,000 instructions.  A subclass's object is built by the generated
-    ``__init__``, as before (its layout is not the twin's)."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    if any(f.default_factory is not dataclasses.MISSING for f in dataclasses.fields(cls)):
-        raise TypeError(f"{cls.__name__}: a field with a default_factory is not supported here")
-    if tuple(getattr(cls, "__slots__", ())) != tuple(names):
-        raise TypeError(f"{cls.__name__}: a slotted dataclass is needed")
-    generated = vars(cls)["__init__"]
-    env: dict[str, Any] = {"_twin": type(f"_{cls.__name__}InTheMaking", (), {"__slots__": tuple(names)}),
-                           "_cls": cls, "_generated": generated, "_set": object.__setattr__}
-    params = []
-    for f in dataclasses.fields(cls):
-        if f.default is dataclasses.MISSING:
-            params.append(f.name)
-        else:
-            env[f"_default_{f.name}"] = f.default
-            params.append(f"{f.name}=_default_{f.name}")
-    stores = "".join(f"    self.{n} = {n}\n" for n in names)
-    source = (f"def __init__(self, {', '.join(params)}):\n"
-              f"    if type(self) is not _cls:\n"
-              f"        return _generated(self, {', '.join(names)})\n"
-              f"    _set(self, '__class__', _twin)\n"
-              f"{stores}"
-              f"    self.__class__ = _cls\n")
-    exec(source, env)  # noqa: S102 (source made above from the class's own field names)
-    init = env["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__module__ = cls.__module__
-    init.__annotations__ = dict(generated.__annotations__)
-    setattr(cls, "__init__", init)
-    return cls
-
 
 # -- providers: what they get and return ---------------------------------------------------------
 
@@ -117,13 +68,13 @@ def _built_in_place(cls: _C) -> _C:
 # Anthropic's shape is the model: the system text apart, two roles, each message a list of
 # blocks; OpenAI's ``tool`` messages are a user message's ToolResult blocks.
 
-@_built_in_place
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class TextBlock:
     text: str
 
 
-@_built_in_place
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     """A call the model asked for (an assistant block).  ``arguments`` is the JSON text of the
@@ -135,7 +86,7 @@ class ToolCall:
     arguments: str = "{}"
 
 
-@_built_in_place
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class ToolResult:
     """What the caller's tool answered to the call ``tool_call_id`` (a user block)."""
@@ -148,7 +99,7 @@ class ToolResult:
 Block = Union[TextBlock, ToolCall, ToolResult]
 
 
-@_built_in_place
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class Message:
     role: Literal["user", "assistant"]
@@ -169,7 +120,7 @@ class Tool:
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
-@_built_in_place
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class ToolChoice:
     """``auto``: the model decides; ``none``: no tool; ``required``: some tool; ``tool``: the tool ``name``."""
@@ -178,7 +129,7 @@ class ToolChoice:
     name: str | None = None
 
 
-@_built_in_place
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class CompletionRequest:
     """One provider call.  An agent's call sets ``prompt`` (its task) and leaves ``messages``
@@ -211,7 +162,7 @@ def conversation(request: CompletionRequest) -> tuple[Message, ...]:
     return request.messages or (Message("user", (TextBlock(request.prompt),)),)
 
 
-@_built_in_place
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class CompletionResult:
     """An answer.  ``finish_reason`` uses OpenAI's words: ``stop``, ``length`` (max_tokens

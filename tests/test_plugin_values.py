@@ -1,5 +1,5 @@
-"""The plugin contract's frozen values (plugin_api): built by a faster ``__init__`` than the one
-dataclasses generates (``_built_in_place``), they must be the same values in every way a plugin
+"""Frozen values (plugin_api's contract, provider_http's SseEvent): built by a faster ``__init__`` than the one
+dataclasses generates (frozen.built_in_place), they must be the same values in every way a plugin
 or the daemon can see."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 
 from j1mskyd.plugin_api import (CompletionRequest, CompletionResult, Message, TextBlock, ToolCall, ToolChoice,
                                 ToolResult)
+from j1mskyd.provider_http import SseEvent
 
 BUILT = [
     (CompletionRequest, ("m", "p"), {"max_tokens": 7, "timeout": 2.5, "agent_id": "ag", "temperature": 0.3,
@@ -23,6 +24,7 @@ BUILT = [
     (ToolResult, ("id1", "out"), {"is_error": True}),
     (Message, ("user", (TextBlock("hi"),)), {}),
     (ToolChoice, ("tool",), {"name": "fn"}),
+    (SseEvent, ("message", ("a", 1)), {"done": False}),  # data: decoded JSON (hashable here for the test)
 ]
 
 
