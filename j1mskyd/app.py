@@ -20,14 +20,13 @@ from aiohttp import web
 from j1msky.ttlcache import TTLCache
 
 from . import ledger, statedir
-from .agent_record import Agent
 from .agents import AgentService
 from .api.common import CONFIG, SERVICES, app_key
 from .billing import Billing
 from .chat_service import ChatService
 from .api.middleware import LIMITER, METRICS, MIDDLEWARES, REPLAY_GUARD
 from .api.rate_headers import RATE_HEADERS, RateHeaders
-from .audit import Actor, AuditLog
+from .audit import AuditLog
 from .events import EventLog
 from .idempotency import IdempotencyStore
 from .ipcontrol import IpControl
@@ -51,7 +50,7 @@ from .ratelimit import ENDPOINT_CLASSES, BucketFile, Buckets, Limit, RequestLimi
 from .reload import ConfigRef, Reloader
 from .runtime import AgentRuntime
 from .signing import ReplayGuard
-from .store import CLOSE_GRACE, Statement, Store
+from .store import CLOSE_GRACE, Store
 from .tasks import TaskService
 from .webhook_client import webhook_session
 from .webhook_targets import policy_from
@@ -206,18 +205,6 @@ def _sees_all(keys: KeyService, key_id: str) -> bool:
         return False
 
 
-def _audit_finish(audit: AuditLog, agent: Agent) -> Statement | None:
-    """The audit entry of an agent's end, which the runtime commits with that end (None: none)."""
-    if agent.status in ("completed", "failed") and agent.kind != "member":
-        event = "agent.complete" if agent.status == "completed" else "agent.fail"
-        return audit.statement(event, Actor(api_key_id=agent.api_key),
-                               severity="info" if event == "agent.complete" else "warning",
-                               resource_type="agent", resource_id=agent.agent_id,
-                               details={"model": agent.served_model or agent.model, "cost": agent.cost,
-                                        "error": agent.error})
-    return None
-
-
 # -- the lifecycle: one start-up step per resource ------------------------------------------
 # Each step is a plain async generator: it opens its resource, hands it to the later steps
 # under one of these app-private keys, yields while the daemon serves, then closes it.
@@ -334,7 +321,7 @@ def _wire(app: web.Application) -> Services:
                     allowances=projects.allowances, **timed)
     audit = AuditLog(store, **timed)
     runtime = AgentRuntime(config, store, app[_SLOTS], buckets=app[LIMITER].buckets, budget=budget, events=events,
-                           listeners=[app[METRICS].agents.observe], recorders=[functools.partial(_audit_finish, audit)],
+                           listeners=[app[METRICS].agents.observe], recorders=[audit.end_entry],
                            **timed)
     ip_control = IpControl(store, _ip_policy(config), sec.log_violations, **timed)
     agents = AgentService(config, store, runtime, budget, webhooks, key_of=keys.find)

@@ -112,16 +112,39 @@ class AuditLog:
         an entry that commits with the state it records (an agent's end: runtime.py)."""
         if not self.wants(event):
             return None
+        return self._entry(event, severity, actor, resource_type, resource_id, details or {})
+
+    def _entry(self, event: str, severity: str, actor: Actor, resource_type: str | None, resource_id: str | None,
+               details: dict[str, Any]) -> Statement:
+        """The row itself, its arguments in order (the two entries of every agent call this without
+        :meth:`statement`'s keywords: ~1,500 instructions an entry)."""
         return (_INSERT, (self.clock(), event, severity, actor.api_key_id, actor.ip_address,
                           (actor.user_agent or "")[:200] or None, actor.request_id, resource_type, resource_id,
-                          self._seal(details or {})))
+                          self._seal(details)))
 
     def spawn_entry(self, actor: Actor, agent: Agent) -> Statement | None:
         """The ``agent.spawn`` entry of an agent a request spawned (a team: its lead), as a
         statement for the spawn's own transaction (AgentService's ``recorder``)."""
-        return self.statement("agent.spawn", actor, resource_type="agent", resource_id=agent.agent_id,
-                              details={"model": agent.model, "team": agent.team, "task_preview": preview(agent.task),
-                                       "estimated_cost": money(agent.estimated_cost)})
+        if not self.wants("agent.spawn"):
+            return None
+        return self._entry("agent.spawn", "info", actor, "agent", agent.agent_id,
+                           {"model": agent.model, "team": agent.team, "task_preview": preview(agent.task),
+                            "estimated_cost": money(agent.estimated_cost)})
+
+    def end_entry(self, agent: Agent) -> Statement | None:
+        """The audit entry of an agent's end (completed or failed; not a team's member), which the
+        runtime commits with that end (its ``recorders``); None: none."""
+        status = agent.status
+        if status == "completed":
+            event, severity = "agent.complete", "info"
+        elif status == "failed":
+            event, severity = "agent.fail", "warning"
+        else:
+            return None
+        if agent.kind == "member" or not self.wants(event):
+            return None
+        return self._entry(event, severity, Actor(agent.api_key), "agent", agent.agent_id,
+                           {"model": agent.served_model or agent.model, "cost": agent.cost, "error": agent.error})
 
     def _seal(self, details: dict[str, Any]) -> str:
         """Details may quote a task (task_preview): they are encrypted like the task itself."""

@@ -234,7 +234,8 @@ class EventLog:
         self._next_id += 1
         stmts: list[Statement] = [("INSERT INTO events (id, ts, type, data, api_key) VALUES (?, ?, ?, ?, ?)",
                                    (event.id, event.ts, event.type, self._seal(event.id, data), owner))]
-        stmts.extend(self.outbox.delivery_rows(hooks, event.id, event.ts))
+        if hooks:  # no webhook wants it (the usual case): no call for an empty list
+            stmts.extend(self.outbox.delivery_rows(hooks, event.id, event.ts))
         return event, stmts
 
     def published(self, events: Iterable[Event]) -> None:

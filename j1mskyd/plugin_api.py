@@ -44,6 +44,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Literal, Protocol, NotRequired, TypedDict, Union, runtime_checkable
 
+from .frozen import built_in_place
+
 __all__ = [
     "J1MSKY_PLUGIN_API", "TIMEOUT_GRACE", "ERROR_KINDS", "RETRYABLE_KINDS",
     "TextBlock", "ToolCall", "ToolResult", "Block", "Message", "Tool", "ToolChoice", "conversation",
@@ -66,11 +68,13 @@ TIMEOUT_GRACE = 1.0
 # Anthropic's shape is the model: the system text apart, two roles, each message a list of
 # blocks; OpenAI's ``tool`` messages are a user message's ToolResult blocks.
 
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class TextBlock:
     text: str
 
 
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     """A call the model asked for (an assistant block).  ``arguments`` is the JSON text of the
@@ -82,6 +86,7 @@ class ToolCall:
     arguments: str = "{}"
 
 
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class ToolResult:
     """What the caller's tool answered to the call ``tool_call_id`` (a user block)."""
@@ -94,6 +99,7 @@ class ToolResult:
 Block = Union[TextBlock, ToolCall, ToolResult]
 
 
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class Message:
     role: Literal["user", "assistant"]
@@ -114,6 +120,7 @@ class Tool:
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class ToolChoice:
     """``auto``: the model decides; ``none``: no tool; ``required``: some tool; ``tool``: the tool ``name``."""
@@ -122,6 +129,7 @@ class ToolChoice:
     name: str | None = None
 
 
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class CompletionRequest:
     """One provider call.  An agent's call sets ``prompt`` (its task) and leaves ``messages``
@@ -154,6 +162,7 @@ def conversation(request: CompletionRequest) -> tuple[Message, ...]:
     return request.messages or (Message("user", (TextBlock(request.prompt),)),)
 
 
+@built_in_place
 @dataclass(frozen=True, slots=True)
 class CompletionResult:
     """An answer.  ``finish_reason`` uses OpenAI's words: ``stop``, ``length`` (max_tokens

@@ -18,6 +18,7 @@ import aiohttp
 from j1msky.backoff import parse_retry_after  # one home, shared with the SDK (re-exported)
 
 from . import jsonx
+from .frozen import built_in_place
 from .plugin_api import (
     CompletionRequest,
     CompletionResult,
@@ -216,6 +217,7 @@ def kind_for_error_type(etype: Any) -> str:
     return _ERROR_TYPE_KINDS.get(etype, "server_error") if isinstance(etype, str) else "server_error"
 
 
+@built_in_place  # one per streamed chunk: see frozen.py
 @dataclass(frozen=True, slots=True)
 class SseEvent:
     """One server-sent event: ``name`` is its ``event:`` field (``message`` when it has none,

@@ -225,8 +225,11 @@ class WebhookService:
     def route(self, type_: str, data: dict[str, Any], owner: str | None = None) -> list[str]:
         """The webhooks that get this event.  A webhook whose maker was revoked or expired (with
         no successor) gets nothing more: revoking a key ends what it set up to hear."""
+        hooks = self.hooks
+        if not hooks:  # the usual daemon: two events an agent, no webhook to ask
+            return []
         sees_all, acts = self.sees_all, self.acts
-        return [h.webhook_id for h in self.hooks.values()
+        return [h.webhook_id for h in hooks.values()
                 if h.wants(type_, data, owner, sees_all) and (h.api_key_id is None or acts(h.api_key_id))]
 
     def delivery_rows(self, webhook_ids: Iterable[str], event_id: int, ts: float) -> list[Statement]:
