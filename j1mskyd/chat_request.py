@@ -8,11 +8,11 @@ recorded like any agent) and hands back a :class:`ChatCall`: the text as it stre
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Literal, Protocol, TypeVar
+from typing import Any, AsyncIterator, Callable, Literal, Protocol
 
 from .errors import ApiError
+from .frozen import built_in_place
 from .plugin_api import Message, Tool, ToolCall, ToolChoice
 
 __all__ = ["ChatRequest", "ChatOutcome", "ChatFailed", "ChatCall", "ClientGone", "FailureKind", "WATCH"]
@@ -20,41 +20,9 @@ __all__ = ["ChatRequest", "ChatOutcome", "ChatFailed", "ChatCall", "ClientGone",
 # Seconds between looks at a waiting caller's connection (``gone`` below): neither aiohttp 3.8 nor
 # the daemon's default on later versions cancels a handler whose client left.
 WATCH = 1.0
-_C = TypeVar("_C")
 
 
-def _quick_init(cls: type[_C]) -> type[_C]:
-    """Give a frozen, slotted, keyword-only dataclass an ``__init__`` that sets each slot through
-    its own descriptor instead of ``object.__setattr__(self, name, value)``, as dataclasses'
-    frozen ``__init__`` does.  The same signature, defaults and factories, and the class stays
-    frozen (its ``__setattr__`` still refuses): only the construction is cheaper.  A
-    ChatRequest was ~30,000 instructions to make, ~20,000 this way (callgrind, Python 3.11);
-    one per chat call, and a ChatOutcome likewise.  Generated with exec, as dataclasses
-    generates its own ``__init__``."""
-    namespace: dict[str, Any] = {"_MISSING": dataclasses.MISSING}
-    params, body = [], []
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        name = f.name
-        namespace[f"_set_{name}"] = cls.__dict__[name].__set__  # the slot's member descriptor
-        if f.default is not dataclasses.MISSING:
-            namespace[f"_default_{name}"] = f.default
-            params.append(f"{name}=_default_{name}")
-            body.append(f"_set_{name}(self, {name})")
-        elif f.default_factory is not dataclasses.MISSING:
-            namespace[f"_factory_{name}"] = f.default_factory
-            params.append(f"{name}=_MISSING")
-            body.append(f"_set_{name}(self, _factory_{name}() if {name} is _MISSING else {name})")
-        else:
-            params.append(name)
-            body.append(f"_set_{name}(self, {name})")
-    exec(f"def __init__(self, *, {', '.join(params)}):\n    " + "\n    ".join(body), namespace)  # noqa: S102
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    cls.__init__ = init  # type: ignore[misc,assignment]
-    return cls
-
-
-@_quick_init
+@built_in_place
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChatRequest:
     """One call, checked: ``model`` is a configured alias, ``messages`` is not empty and
@@ -79,7 +47,7 @@ class ChatRequest:
     include_usage: bool = False
 
 
-@_quick_init
+@built_in_place
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChatOutcome:
     """A completed call, as the agent record has it."""

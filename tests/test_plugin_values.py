@@ -79,3 +79,39 @@ def test_a_subclass_is_built_as_before() -> None:
 
     plain = Plain("t", 1, 2)
     assert type(plain) is Plain and plain.output_tokens == 2
+
+
+def test_keyword_only_fields_and_default_factories_keep_the_generated_init_s_rules():
+    """A keyword-only class (the front door's ChatRequest) stays keyword-only, and a
+    ``default_factory`` gives each value its own fresh default, as dataclasses' ``__init__`` does;
+    a class with a field outside ``__init__`` is refused rather than built wrong."""
+    from j1mskyd.chat_request import ChatRequest
+    from j1mskyd.frozen import built_in_place
+
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Plain:
+        a: int
+        tags: dict = dataclasses.field(default_factory=dict)
+        b: str = "x"
+
+    @built_in_place
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Fast:
+        a: int
+        tags: dict = dataclasses.field(default_factory=dict)
+        b: str = "x"
+
+    assert str(inspect.signature(Fast)) == str(inspect.signature(Plain))
+    with pytest.raises(TypeError):
+        Fast(1)
+    one, two = Fast(a=1), Fast(a=1)
+    assert one.tags == {} and one.tags is not two.tags and (one.a, one.b) == (1, "x")
+    assert Fast(a=2, tags={"k": "v"}, b="y").tags == {"k": "v"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        one.a = 3  # type: ignore[misc]
+    first, second = ChatRequest(model="m", messages=()), ChatRequest(model="m", messages=())
+    assert first == second and first.metadata == {} and first.metadata is not second.metadata
+
+    with pytest.raises(TypeError, match="init=False"):
+        built_in_place(dataclasses.make_dataclass(
+            "Hidden", [("a", int), ("b", int, dataclasses.field(default=0, init=False))], frozen=True, slots=True))
