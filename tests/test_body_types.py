@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -326,8 +327,10 @@ class Api:
             return out
 
         budget = self.services.budget.snapshot()
+        # The UTC day with the spend: at midnight today's spend starts again from nothing, which no
+        # request did (a run across midnight saw "changed ['spend']" for a refusal).
         return {"db": await self.services.store.read(read), "live": sorted(self.services.runtime.live),
-                "spend": (budget["today_spend"], budget["reserved"])}
+                "spend": (time.strftime("%Y-%m-%d", time.gmtime()), budget["today_spend"], budget["reserved"])}
 
 
 def envelope_problem(status: int, body: Any, headers: Any) -> str | None:
@@ -481,7 +484,9 @@ class Run:
                     and (self.method, self.path, field) not in UNNAMED:
                 api.problems.append(f"{label}: 400 does not name {field}: {body['error']!r:.300}")
             after = await api.state()
-            if after != self.before:
+            if after["spend"][0] != self.before["spend"][0]:  # the day turned meanwhile: a new baseline
+                await self.refresh()
+            elif after != self.before:
                 changed = [k for k in after["db"] if after["db"][k] != self.before["db"].get(k)]
                 changed += [k for k in ("live", "spend") if after[k] != self.before[k]]
                 api.problems.append(f"{label}: {status} but changed {changed}")
