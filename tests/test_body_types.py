@@ -330,7 +330,7 @@ class Api:
         # The UTC day with the spend: at midnight today's spend starts again from nothing, which no
         # request did (a run across midnight saw "changed ['spend']" for a refusal).
         return {"db": await self.services.store.read(read), "live": sorted(self.services.runtime.live),
-                "spend": (time.strftime("%Y-%m-%d", time.gmtime()), budget["today_spend"], budget["reserved"])}
+                "spend": (budget["today_spend"], budget["reserved"]), "day": time.strftime("%Y-%m-%d", time.gmtime())}
 
 
 def envelope_problem(status: int, body: Any, headers: Any) -> str | None:
@@ -484,7 +484,7 @@ class Run:
                     and (self.method, self.path, field) not in UNNAMED:
                 api.problems.append(f"{label}: 400 does not name {field}: {body['error']!r:.300}")
             after = await api.state()
-            if after["spend"][0] != self.before["spend"][0]:  # the day turned meanwhile: a new baseline
+            if after["day"] != self.before["day"]:  # the day turned meanwhile: a new baseline
                 await self.refresh()
             elif after != self.before:
                 changed = [k for k in after["db"] if after["db"][k] != self.before["db"].get(k)]
