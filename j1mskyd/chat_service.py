@@ -28,6 +28,7 @@ from .config import Config
 from .errors import NotFound
 from .plugin_api import Block, TextBlock, ToolCall
 from .runtime import AgentRuntime
+from .sampling_fields import put_sampling_fields
 from .worstcase import output_cap
 
 __all__ = ["ChatService", "LiveChatCall", "canonical_json"]
@@ -70,21 +71,12 @@ def canonical_json(request: ChatRequest) -> str:
         body["system"] = request.system
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
-    if request.stop:
-        body["stop"] = list(request.stop)
+    put_sampling_fields(body, request)  # the keys are sorted below: the order they come in does not matter
     if request.tools:
         body["tools"] = [{"name": t.name, "description": t.description, "parameters": t.parameters}
                          for t in request.tools]
     if request.tool_choice is not None:
         body["tool_choice"] = {"mode": request.tool_choice.mode, "name": request.tool_choice.name}
-    if request.response_format is not None:
-        body["response_format"] = request.response_format
-    if request.user is not None:
-        body["user"] = request.user
     if request.metadata:
         body["metadata"] = request.metadata
     return _CANONICAL(body)

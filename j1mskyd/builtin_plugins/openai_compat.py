@@ -40,6 +40,7 @@ from j1mskyd.plugin_api import (
 )
 from j1mskyd.provider_http import HttpCaller, StreamState, as_object, completion, kind_for_error_type
 from j1mskyd.provider_http import arguments_text, billed_usage, tool_choice_problem
+from j1mskyd.sampling_fields import put_sampling_fields
 
 J1MSKY_PLUGIN_API = 1
 
@@ -77,17 +78,7 @@ class OpenAICompatProvider:
                 "parameters": t.parameters}} for t in request.tools]
         if request.tool_choice is not None:
             body["tool_choice"] = _tool_choice(request.tool_choice)
-        # Only the fields that are set, in this order (an agent's call sets none of them).
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.top_p is not None:
-            body["top_p"] = request.top_p
-        if request.stop:
-            body["stop"] = list(request.stop)
-        if request.response_format is not None:
-            body["response_format"] = request.response_format
-        if request.user is not None:
-            body["user"] = request.user
+        put_sampling_fields(body, request)  # only those set (an agent's call sets none of them)
         return body
 
     async def complete(self, request: CompletionRequest) -> CompletionResult:
