@@ -121,7 +121,7 @@ class ReusedContextGCM:
             return self._fallback.decrypt(nonce, data, associated_data)
         if len(data) < _TAG:
             raise self._invalid
-        lib, ffi = self._lib, self._ffi
+        lib = self._lib
         context = self._context()
         out = self._run(context, nonce, data[:-_TAG], associated_data or b"", 0)
         _check(lib, lib.EVP_CIPHER_CTX_ctrl(context.ctx, lib.EVP_CTRL_AEAD_SET_TAG, _TAG, data[-_TAG:]))

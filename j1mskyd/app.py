@@ -32,7 +32,7 @@ from .idempotency import IdempotencyStore
 from .ipcontrol import IpControl
 from .jobs import every, maintain_hourly, refresh_keys, save_counters
 from .api.routes import setup_routes
-from .breaker import CircuitBreaker, StateChanges
+from .breaker import StateChanges
 from .budget import Budget, BudgetPolicy
 from .config import EMBEDDED, Config, load_config
 from .cookie_jar import UpstreamCookieJar

@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import ValidationFailed
 from .metrics import AGENT_BUCKETS, AgentMetrics
-from .store import Statement, Store
+from .store import Store
 
 __all__ = ["FLUSH_EVERY", "GRANULARITIES", "KEEP", "METRICS", "Query", "Rollups", "parse_query"]
 

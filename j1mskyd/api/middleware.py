@@ -50,7 +50,6 @@ from ..errors import (ApiError, BadRequest, Conflict, Forbidden, IpNotAllowed, P
 from ..idempotency import KEY_PATTERN, fingerprint
 from ..local_access import browser_safe, grants_local, names_client
 from ..netguard import parse_address
-from ..ratelimit import Decision
 from ..signing import SignatureError, verify
 from ..violations import record_violation
 from .common import (ERROR_TYPES, METRICS, PASS, Pass, actor, api_error_response, app_key, json_response, pass_of,
