@@ -112,8 +112,8 @@ class LiveChatCall:
             agent.sink = self._push
 
     def _watch(self) -> None:
-        """Called right after the agent is admitted, before anything is awaited: the runtime
-        only resolves waiters registered before the agent's end."""
+        """Called before the agent is admitted: the runtime only resolves waiters registered
+        before the agent's end."""
         self._runtime.wait(self.agent_id).add_done_callback(self._ended)
 
     def _push(self, text: str) -> None:
@@ -238,8 +238,14 @@ class ChatService:
                       estimated_cost=self.agents.estimate(request.model, task, request.max_tokens), created_at=now,
                       chat=request, max_tokens=self._stored_max_tokens(request))
         call = LiveChatCall(agent, self.runtime, self.config)
+        # Watched before admission: a call that is not streamed may end in the very step its
+        # insert commits (they commit together, AgentRuntime._admit_early).
+        call._watch()
         # Dispatched on submit: the upstream call overlaps the insert's commit; this returns once
         # the insert is on disk, so nothing reaches the caller before the call is recorded.
-        await self.agents.store_and_admit([agent], key_id=key_id, early=True, recorder=recorder)
-        call._watch()
+        try:
+            await self.agents.store_and_admit([agent], key_id=key_id, early=True, recorder=recorder)
+        except BaseException:
+            self.runtime.unwait(agent.agent_id)
+            raise
         return call

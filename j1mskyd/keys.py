@@ -31,6 +31,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import secrets
 import sqlite3
 import time
@@ -486,6 +487,8 @@ class KeyService:
         self._watches: dict[str, set[KeyWatch]] = {}  # key_id -> streams holding it
         self._timer: asyncio.TimerHandle | None = None  # at the earliest expiry of a watched key
         self._first_watch = asyncio.Event()  # wakes wait_refresh() from its long sleep
+        self._looked_at = -math.inf  # the loop's time when the last look at the database began
+        self._sleep: asyncio.Timeout | None = None  # wait_refresh()'s long sleep, while it sleeps
 
     def set_rotation_grace(self, seconds: float) -> None:
         """``[security] key_rotation_grace_hours`` of a reloaded configuration: rotations from
@@ -509,6 +512,7 @@ class KeyService:
             fingerprint = conn.execute(_KEYS_FINGERPRINT).fetchone()  # before the keys, like the version
             return read_keys(conn, cipher), version, fingerprint
 
+        self._looked_at = asyncio.get_running_loop().time()
         keys, version, self._fingerprint = await self.store.read(read)
         self.ring.replace(keys, version)
         if self._watches:
@@ -522,6 +526,7 @@ class KeyService:
         look at the keys' fingerprint, and a reload only when that changed too.
         """
         known = self.ring.data_version
+        self._looked_at = asyncio.get_running_loop().time()
 
         def look(conn: sqlite3.Connection) -> tuple[int, Any]:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -545,16 +550,34 @@ class KeyService:
     async def wait_refresh(self) -> None:
         """Sleep until the next refresh is due: REFRESH_SECONDS, or STREAM_REFRESH_SECONDS
         while a live stream watches a key (a CLI revocation must close it within 1 s).  A
-        first watcher cuts the long sleep short: its key may have changed during it."""
+        first watcher cuts the long sleep short (:meth:`_look_soon`): its key may have changed
+        during it."""
         if self._watches:
             await asyncio.sleep(STREAM_REFRESH_SECONDS)
             return
         self._first_watch.clear()
         try:
-            async with asyncio.timeout(REFRESH_SECONDS):
+            async with asyncio.timeout(REFRESH_SECONDS) as self._sleep:
                 await self._first_watch.wait()
         except TimeoutError:
             pass
+        finally:
+            self._sleep = None
+
+    def _look_soon(self) -> None:
+        """A first watcher: the next look comes at most STREAM_REFRESH_SECONDS after the last
+        one began, as while a stream watches: at once when that is past, else by ending the
+        long sleep then.  Not at once every time: a chat call watches its key, and a look per
+        call (a task step and a read on the executor) sat in the answer's path."""
+        loop = asyncio.get_running_loop()
+        due = self._looked_at + STREAM_REFRESH_SECONDS
+        sleep = self._sleep
+        if sleep is None or due <= loop.time():
+            self._first_watch.set()
+        else:
+            ends = sleep.when()
+            if ends is None or due < ends:
+                sleep.reschedule(due)
 
     # -- live streams watch their key ---------------------------------------------------------
     def watch(self, key_id: str, scope: str | None, on_lost: Callable[[str], None]) -> KeyWatch:
@@ -564,7 +587,7 @@ class KeyService:
         (a timer).  A key already lost is told so on the next turn of the loop."""
         watch = KeyWatch(key_id, scope, on_lost)
         if not self._watches:
-            self._first_watch.set()
+            self._look_soon()
         self._watches.setdefault(key_id, set()).add(watch)
         asyncio.get_running_loop().call_soon(self._recheck)
         return watch

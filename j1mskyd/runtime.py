@@ -55,6 +55,12 @@ log = logging.getLogger(__name__)
 _DEADLINE_MARGIN = 0.5
 _OUT_OF_TOKENS = "hourly limit reached"
 _LOOKAHEAD = 32  # queued agents examined behind a head that waits for hourly quota
+# How long the insert of a chat call that is not streamed waits for the call's end, so that
+# both commit in one transaction (one fsync, one trip to the store's thread, instead of two).
+# A call that takes longer has its insert committed alone after this, as a streamed call's
+# is at once.  It bounds how long an upstream call can be under way with no row on disk
+# (_admit_early).
+DEFER_INSERT = 0.01
 
 
 class AgentFailure(Exception):
@@ -197,6 +203,9 @@ class AgentRuntime:
         self._held_finish: dict[str, Callable[[], None]] = {}
         self._late_start: set[str] = set()
         self._dropped: set[str] = set()
+        # Inserts not yet submitted (a chat call not streamed, _admit_early): the statements,
+        # the future standing for their commit in _unwritten, the timer that submits them.
+        self._deferred: dict[str, tuple[list[Statement], asyncio.Future[None], asyncio.TimerHandle]] = {}
         self._abandoned: set[asyncio.Future[float]] = set()  # cancels of calls whose caller left during admit
         self._cancelling: set[str] = set()
         self._team_finished: dict[str, dict[str, Agent]] = {}
@@ -280,9 +289,21 @@ class AgentRuntime:
         ``running`` write), so no row, ledger entry or event can land without the agent's
         own row; if the insert fails they are dropped without a trace (:meth:`_drop`).
 
+        The insert of one call that is not streamed waits up to :data:`DEFER_INSERT` for the
+        call's end, to commit in the same transaction (:meth:`_submit_insert`): its caller waits
+        for both anyway, and a call that quick then costs one commit, not two.
+
         The crash window this opens: a crash between the upstream request and the insert's
-        commit leaves a call the provider may bill with no row here (docs/performance.md)."""
-        written = self.store.submit(statements, fail_fast=True)
+        commit leaves a call the provider may bill with no row here (docs/performance.md).
+        Deferred, that window is at most DEFER_INSERT longer."""
+        if len(agents) == 1 and agents[0].chat is not None and not agents[0].chat.stream:
+            loop = asyncio.get_running_loop()
+            agent_id = agents[0].agent_id
+            written: asyncio.Future[None] = loop.create_future()
+            self._deferred[agent_id] = (statements, written,
+                                        loop.call_later(DEFER_INSERT, self._submit_insert, agent_id, ()))
+        else:
+            written = self.store.submit(statements, fail_fast=True)
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for agent in agents:
             self._unwritten[agent.agent_id] = written
@@ -327,6 +348,20 @@ class AgentRuntime:
         if not committed.done():
             committed.set_result(None)
 
+    def _submit_insert(self, agent_id: str, final: Sequence[Statement]) -> asyncio.Future[None]:
+        """A deferred insert (:meth:`_admit_early`) to the store now, with ``final`` (the call's
+        end, when it ended first) in the same unit: both on disk or neither, so the end's rows
+        never land without the agent's own.  Returns the future that stood for the insert."""
+        statements, written, timer = self._deferred.pop(agent_id)
+        timer.cancel()
+        try:
+            stored = self.store.submit([*statements, *final], fail_fast=True)
+        except StoreError as exc:  # the store is closed
+            written.set_exception(exc)
+        else:
+            stored.add_done_callback(lambda f: _settle_into(written, f))
+        return written
+
     def _drop(self, agent: Agent) -> None:
         """An early-dispatched agent whose insert failed: stop it, write nothing about it,
         tell nobody (its caller gets the insert's error); :meth:`_forget` releases its
@@ -365,6 +400,12 @@ class AgentRuntime:
         if fut is None:
             fut = self._done[agent_id] = asyncio.get_running_loop().create_future()
         return fut
+
+    def unwait(self, agent_id: str) -> None:
+        """Forget :meth:`wait`'s future of an agent that was never admitted (asked for before
+        its admission, which refused it); one admitted resolves it when it ends."""
+        if agent_id not in self.live:
+            self._done.pop(agent_id, None)
 
     async def cancel(self, agent: Agent) -> float:
         """Cancel a live agent; returns the refund (its unspent estimated cost)."""
@@ -456,6 +497,8 @@ class AgentRuntime:
         # later start would only fail it (recover).
         for agent in [a for a in self.live.values() if a.kind == KIND_CHAT and a.status == QUEUED]:
             await self._finish(agent, FAILED, error=INTERRUPTED_CHAT, failure="interrupted")
+        for agent_id in list(self._deferred):  # none should be left: every call has ended
+            self._submit_insert(agent_id, ())
         await self.store.flush()
 
     def member_label(self, alias: str) -> str:
@@ -913,6 +956,8 @@ class AgentRuntime:
             agent.reserved += cost
         unit = [ledger.record(self.clock(), agent.agent_id, agent.api_key, alias, model.provider, *usage,
                               cost, agent.project_id, cut=outside_reservation)]
+        if agent.agent_id in self._deferred:  # a failed attempt is no quick call: its row goes now
+            self._submit_insert(agent.agent_id, ())
         insert = self._unwritten.get(agent.agent_id)
         if insert is not None:  # dispatched on submit: after its insert, and not at all if that fails
             insert.add_done_callback(lambda f: None if _failure_of(f) is not None else self.store.submit(unit))
@@ -994,14 +1039,18 @@ class AgentRuntime:
             setattr(agent, name, value)
         agent.status = status
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if agent.agent_id in self._unwritten:  # dispatched on submit: nothing before its insert
+        if agent.agent_id in self._deferred:  # its insert not yet submitted: both go in one unit
+            self._write_final(agent, fields, done, with_insert=True)
+        elif agent.agent_id in self._unwritten:  # dispatched on submit: nothing before its insert
             self._held_finish[agent.agent_id] = lambda: self._write_final(agent, fields, done)
         else:
             self._write_final(agent, fields, done)
         return done
 
-    def _write_final(self, agent: Agent, fields: dict[str, Any], done: asyncio.Future[None]) -> None:
-        """The rest of _finish_soon: the final statements queued, _written once they commit."""
+    def _write_final(self, agent: Agent, fields: dict[str, Any], done: asyncio.Future[None], *,
+                     with_insert: bool = False) -> None:
+        """The rest of _finish_soon: the final statements queued, _written once they commit.
+        ``with_insert``: in the unit of the agent's deferred insert (:meth:`_submit_insert`)."""
         if agent.agent_id in self._dropped:  # its insert failed: nothing to write, nobody to tell
             self._forget(agent)
             done.set_result(None)
@@ -1039,6 +1088,13 @@ class AgentRuntime:
             else:
                 if entry is not None:
                     statements.append(entry)
+        if with_insert:
+            # The insert's own callback (_inserted) runs first: on a failure it has dropped
+            # the agent, and the dropped branch above ends it without a trace.
+            self._submit_insert(agent.agent_id, statements).add_done_callback(
+                lambda f: self._written(agent, event, None, done, None) if _failure_of(f) is None
+                else self._write_final(agent, fields, done))
+            return
         try:
             written = self.store.submit(statements)
         except StoreError as exc:  # the store is closed

@@ -185,3 +185,94 @@ async def test_a_caller_that_leaves_while_the_insert_commits_cancels_the_call(ai
     await until(lambda: not services.runtime.live and services.slots["primary"].active == 0, "the call cancelled")
     assert rows(services, "SELECT status FROM agents WHERE agent_id = ?", agent.agent_id) == [("cancelled",)]
     assert services.budget.reserved == pytest.approx(0.0) and services.budget._live_per_key == {}
+
+
+def record_units(services) -> list[list[str]]:
+    """The SQL of each unit the store commits from now on, group by group."""
+    seen: list[list[str]] = []
+    commit = services.store._commit_batch
+
+    def recorded(units):
+        seen.extend([sql for sql, _ in unit] for unit in units if unit)
+        return commit(units)
+
+    services.store._commit_batch = recorded
+    return seen
+
+
+async def test_a_quick_call_that_is_not_streamed_commits_its_insert_with_its_end(
+        aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """Its caller waits for the end anyway: the insert waits for it (runtime.DEFER_INSERT) and
+    both commit as one unit, one transaction instead of two; on disk as two commits would leave it."""
+    from j1mskyd import runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 30.0)  # the call surely ends first
+    primary, secondary = upstreams
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    units = record_units(services)
+    call = await asyncio.wait_for(services.chat.start(chat()), 10)
+    outcome = await asyncio.wait_for(call.outcome(), 10)
+    assert outcome.text == "fake reply"
+    ours = [u for u in units if any(sql.startswith(("INSERT INTO agents", "INSERT INTO usage", "UPDATE agents SET status"))
+                                    for sql in u)]  # not the maintenance's purge, a unit of its own
+    assert len(ours) == 1, units
+    (unit,) = ours
+    assert unit[0].startswith("INSERT INTO agents") and any(sql.startswith("INSERT INTO usage") for sql in unit)
+    assert any(sql.startswith("UPDATE agents") for sql in unit)
+    (status, started_at, runs), = rows(services, "SELECT status, started_at, runs FROM agents WHERE agent_id = ?",
+                                       call.agent_id)
+    assert status == "completed" and runs == 1 and started_at is not None
+    assert [t for (t,) in rows(services, "SELECT type FROM events ORDER BY id")] == ["agent.spawned",
+                                                                                  "agent.completed"]
+    assert rows(services, "SELECT COUNT(*) FROM usage WHERE agent_id = ?", call.agent_id) == [(1,)]
+    assert not services.runtime.live and services.runtime._done == {} and not services.runtime._deferred
+    assert services.budget.reserved == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_streamed_call_or_a_slow_one_has_its_row_on_disk_while_it_runs(
+        aiohttp_client, tmp_path, upstreams, monkeypatch, stream):
+    """A streamed call's insert is not deferred (its first byte waits for it); a call that is not
+    streamed has its insert committed alone once DEFER_INSERT has passed."""
+    from j1mskyd import runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 0.05)
+    primary, secondary = upstreams
+    primary.delay = 30.0  # ended below by a cancel
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    starting = asyncio.ensure_future(services.chat.start(chat(stream=stream)))
+    await until(lambda: len(primary.calls) == 1, "the upstream called")
+    agent_id = only_call(services).agent_id
+    await until(lambda: rows(services, "SELECT status FROM agents WHERE agent_id = ?", agent_id) == [("running",)],
+                "the call's row on disk while it runs")
+    call = await asyncio.wait_for(starting, 10)
+    await asyncio.wait_for(call.cancel(), 10)
+    assert rows(services, "SELECT status FROM agents WHERE agent_id = ?", agent_id) == [("cancelled",)]
+
+
+async def test_a_quick_call_whose_one_unit_fails_is_dropped_without_a_trace(
+        aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """The unit of insert and end finds the disk full: 507 (StoreFull) to the caller, nothing
+    about the call on disk, nobody told, its slot and reservation freed, no waiter left."""
+    from j1mskyd import runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 30.0)
+    primary, secondary = upstreams
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    events_before = rows(services, "SELECT COUNT(*) FROM events")
+    audit_before = rows(services, "SELECT COUNT(*) FROM audit_log")
+    told: list[str] = []
+    services.runtime.listeners = (*services.runtime.listeners, lambda agent: told.append(agent.agent_id))
+    disk = services.store._wconn = FullDisk(services.store._wconn)
+    with pytest.raises(StoreFull):
+        await asyncio.wait_for(services.chat.start(chat()), 10)
+    assert len(primary.calls) == 1  # it was called, and answered, before the one unit failed
+    await until(lambda: not services.runtime.live and services.slots["primary"].active == 0, "the call dropped")
+    assert services.budget.reserved == pytest.approx(0.0) and services.runtime._done == {}
+    assert told == [] and services.runtime.completed_total == 0
+    disk.full = False
+    await until(lambda: services.store.full is None, "the store's probe to find space")
+    assert rows(services, "SELECT COUNT(*) FROM agents") == [(0,)]
+    assert rows(services, "SELECT COUNT(*) FROM usage") == [(0,)]
+    assert rows(services, "SELECT COUNT(*) FROM events") == events_before
+    assert rows(services, "SELECT COUNT(*) FROM audit_log") == audit_before

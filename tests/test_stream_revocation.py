@@ -480,3 +480,29 @@ async def test_the_refresh_looks_every_half_second_while_a_stream_watches(key_se
     assert delays == [keys_mod.STREAM_REFRESH_SECONDS] and keys_mod.STREAM_REFRESH_SECONDS <= 0.5
     key_service.unwatch(watch)
     assert key_service._timer is None
+
+
+async def test_a_first_watcher_moves_the_next_look_to_the_stream_pace_without_a_look_of_its_own(key_service, monkeypatch):
+    """A chat call watches its key: a watcher soon after a look must not cost a look of its own
+    (a task step and a read in the answer's path), yet the next look comes at the stream pace."""
+    from j1mskyd import keys as keys_mod
+
+    made = await key_service.create("watched", ["agents:read"])
+    monkeypatch.setattr(keys_mod, "REFRESH_SECONDS", 3600.0)
+    monkeypatch.setattr(keys_mod, "STREAM_REFRESH_SECONDS", 30.0)  # a look 30 s after the last one
+    await key_service.refresh()
+    waiting = asyncio.ensure_future(key_service.wait_refresh())
+    await asyncio.sleep(0)
+    watch = key_service.watch(made.key.key_id, "agents:read", lambda reason: None)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    assert key_service._sleep is not None
+    assert key_service._sleep.when() == pytest.approx(key_service._looked_at + 30.0)  # not the idle hour
+    key_service.unwatch(watch)
+
+    key_service._looked_at -= 31.0  # the last look is older than the stream pace: look at once
+    watch = key_service.watch(made.key.key_id, "agents:read", lambda reason: None)
+    async with asyncio.timeout(BOUND):
+        await waiting
+    key_service.unwatch(watch)
