@@ -106,7 +106,8 @@ class LiveChatCall:
         self._config = config
         self._streamed = bool(agent.chat is not None and agent.chat.stream)
         self._texts: deque[str] = deque()
-        self._end: asyncio.Future[Agent] | None = None  # the runtime's, once it has resolved
+        self._ending: asyncio.Future[Agent] | None = None  # the runtime's end of the agent (_watch)
+        self._end: asyncio.Future[Agent] | None = None  # the same, once its callback has run
         self._waiters: list[asyncio.Future[None]] = []
         if self._streamed:
             agent.sink = self._push
@@ -114,7 +115,8 @@ class LiveChatCall:
     def _watch(self) -> None:
         """Called before the agent is admitted: the runtime only resolves waiters registered
         before the agent's end."""
-        self._runtime.wait(self.agent_id).add_done_callback(self._ended)
+        self._ending = self._runtime.wait(self.agent_id)
+        self._ending.add_done_callback(self._ended)
 
     def _push(self, text: str) -> None:
         """The agent's sink: a delta of a streamed call."""
@@ -147,10 +149,17 @@ class LiveChatCall:
             if gone is not None and not ready() and gone():
                 raise ClientGone("the client went away")
 
+    def _over(self) -> bool:
+        """Has the call ended?  The runtime's future is looked at too: a reader that comes after
+        it resolved, before its callback ran (a call whose insert commits with its end resolves
+        it in the step that wakes its caller), goes on without waiting a loop step and a timer."""
+        return self._end is not None or (self._ending is not None and self._ending.done())
+
     async def _agent(self, gone: Callable[[], bool] | None = None) -> Agent:
-        await self._until(lambda: self._end is not None, gone)
-        assert self._end is not None
-        return self._end.result()
+        await self._until(self._over, gone)
+        ending = self._end or self._ending
+        assert ending is not None
+        return ending.result()
 
     async def deltas(self, gone: Callable[[], bool] | None = None) -> AsyncIterator[str]:
         """The answer's text as it comes; ends when the call ends, well or not.  A request that
@@ -164,7 +173,7 @@ class LiveChatCall:
             return
         texts = self._texts
         while True:
-            await self._until(lambda: bool(texts) or self._end is not None, gone)
+            await self._until(lambda: bool(texts) or self._over(), gone)
             if not texts:
                 return
             gone = None
