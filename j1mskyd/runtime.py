@@ -139,6 +139,11 @@ def _failure_of(written: asyncio.Future[None]) -> BaseException | None:
     return StoreError("the write was cancelled") if written.cancelled() else written.exception()
 
 
+def _call_each(calls: list[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
+
+
 def _settle_into(done: asyncio.Future[None], task: asyncio.Future[None]) -> None:
     """Give ``done`` the outcome of ``task`` (unless someone stopped waiting for it)."""
     if done.done():
@@ -337,16 +342,21 @@ class AgentRuntime:
             return
         if events and self.events is not None:
             self.events.published(events)
+        finals = []
         for agent in agents:
             held = self._held_finish.pop(agent.agent_id, None)
             if held is not None:  # it ended meanwhile: its final write, held back until now
-                held()
+                finals.append(held)
             elif agent.agent_id in self._late_start and agent.status == RUNNING:
                 self._late_start.discard(agent.agent_id)
                 self._started[agent.agent_id] = self.store.queue(
                     [agent_record.update(agent, "status", "started_at", "runs")])
         if not committed.done():
             committed.set_result(None)
+        if finals:
+            # A loop step later, after the caller's wake-up: its first byte waits for the
+            # insert alone, not for its final statements to be built and sealed too.
+            asyncio.get_running_loop().call_soon(_call_each, finals)
 
     def _submit_insert(self, agent_id: str, final: Sequence[Statement]) -> asyncio.Future[None]:
         """A deferred insert (:meth:`_admit_early`) to the store now, with ``final`` (the call's
