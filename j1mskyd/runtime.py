@@ -209,8 +209,10 @@ class AgentRuntime:
         self._late_start: set[str] = set()
         self._dropped: set[str] = set()
         # Inserts not yet submitted (a chat call not streamed, _admit_early): the statements,
-        # the future standing for their commit in _unwritten, the timer that submits them.
-        self._deferred: dict[str, tuple[list[Statement], asyncio.Future[None], asyncio.TimerHandle]] = {}
+        # the agent.spawned to announce with them and the list its event goes to, the future
+        # standing for their commit in _unwritten, the timer that submits them.
+        self._deferred: dict[str, tuple[list[Statement], list[tuple[dict[str, Any], str]], list[Any],
+                                        asyncio.Future[None], asyncio.TimerHandle]] = {}
         self._abandoned: set[asyncio.Future[float]] = set()  # cancels of calls whose caller left during admit
         self._cancelling: set[str] = set()
         self._team_finished: dict[str, dict[str, Agent]] = {}
@@ -251,20 +253,29 @@ class AgentRuntime:
             else:
                 agent.status = QUEUED
         statements = [agent_record.insert(a, self.store.cipher) for a in agents] + list(extra_statements)
-        events = []
-        if self.events is not None:
-            for agent in agents:
-                if agent.kind != KIND_MEMBER:
-                    event, stmts = self.events.statements("agent.spawned", agent_event_data(agent), agent.api_key)
-                    events.append(event)
-                    statements.extend(stmts)
+        # agent.spawned as each agent is now (its data), told once the insert commits.
+        spawned = [] if self.events is None else [(agent_event_data(a), a.api_key) for a in agents
+                                                  if a.kind != KIND_MEMBER]
         if early and self._may_dispatch_early(agents):
-            await self._admit_early(agents, statements, events)
+            await self._admit_early(agents, statements, spawned)
             return
+        events = self._announce(spawned, statements)
         await self.store.write(*statements, fail_fast=True)  # a client waits: 507 on a full disk, no hang
         if events and self.events is not None:
             self.events.published(events)
         self._queue_admitted(agents)
+
+    def _announce(self, spawned: list[tuple[dict[str, Any], str]], statements: list[Statement]) -> list[Any]:
+        """The agent.spawned events of ``spawned`` (data, owner), their statements added to
+        ``statements``.  Called right before that unit is submitted: an event takes its id here,
+        and ids must commit in order (a reader resuming after id N is sent only ids above N)."""
+        events = []
+        if self.events is not None:
+            for data, owner in spawned:
+                event, stmts = self.events.statements("agent.spawned", data, owner)
+                events.append(event)
+                statements.extend(stmts)
+        return events
 
     def _queue_admitted(self, agents: list[Agent]) -> None:
         for agent in agents:
@@ -285,7 +296,8 @@ class AgentRuntime:
         events = self.events
         return events is None or not (events.wants("agent.output") or events.wants("agent.started", named=True))
 
-    async def _admit_early(self, agents: list[Agent], statements: list[Statement], events: list[Any]) -> None:
+    async def _admit_early(self, agents: list[Agent], statements: list[Statement],
+                           spawned: list[tuple[dict[str, Any], str]]) -> None:
         """admit, with the agents queued (and so dispatched) as soon as their insert is
         *submitted*: the provider call overlaps the insert's commit.  Returns, as admit does,
         once the insert is on disk (raises its failure: 507 on a full disk), so the caller's
@@ -301,13 +313,15 @@ class AgentRuntime:
         The crash window this opens: a crash between the upstream request and the insert's
         commit leaves a call the provider may bill with no row here (docs/performance.md).
         Deferred, that window is at most DEFER_INSERT longer."""
+        events: list[Any] = []  # agent.spawned, once announced (_announce)
         if len(agents) == 1 and agents[0].chat is not None and not agents[0].chat.stream:
             loop = asyncio.get_running_loop()
             agent_id = agents[0].agent_id
             written: asyncio.Future[None] = loop.create_future()
-            self._deferred[agent_id] = (statements, written,
-                                        loop.call_later(DEFER_INSERT, self._submit_insert, agent_id, ()))
+            self._deferred[agent_id] = (statements, spawned, events, written,
+                                        loop.call_later(DEFER_INSERT, self._submit_insert, agent_id))
         else:
+            events += self._announce(spawned, statements)
             written = self.store.submit(statements, fail_fast=True)
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for agent in agents:
@@ -358,19 +372,28 @@ class AgentRuntime:
             # insert alone, not for its final statements to be built and sealed too.
             asyncio.get_running_loop().call_soon(_call_each, finals)
 
-    def _submit_insert(self, agent_id: str, final: Sequence[Statement]) -> asyncio.Future[None]:
-        """A deferred insert (:meth:`_admit_early`) to the store now, with ``final`` (the call's
-        end, when it ended first) in the same unit: both on disk or neither, so the end's rows
-        never land without the agent's own.  Returns the future that stood for the insert."""
-        statements, written, timer = self._deferred.pop(agent_id)
+    def _take_insert(self, agent_id: str) -> tuple[list[Statement], asyncio.Future[None]]:
+        """A deferred insert (:meth:`_admit_early`), out of waiting: its statements, its
+        agent.spawned announced now, and the future that stood for its commit."""
+        statements, spawned, events, written, timer = self._deferred.pop(agent_id)
         timer.cancel()
+        events += self._announce(spawned, statements)
+        return statements, written
+
+    def _submit_insert(self, agent_id: str) -> None:
+        """A deferred insert to the store now, alone (its time is up, a billed attempt, a stop)."""
+        self._store_unit(*self._take_insert(agent_id))
+
+    def _store_unit(self, statements: list[Statement], written: asyncio.Future[None]) -> None:
+        """A deferred insert's unit (with the call's end, when it ended first: both on disk or
+        neither, so the end's rows never land without the agent's own) to the store, ``written``
+        resolved with its commit."""
         try:
-            stored = self.store.submit([*statements, *final], fail_fast=True)
+            stored = self.store.submit(statements, fail_fast=True)
         except StoreError as exc:  # the store is closed
             written.set_exception(exc)
         else:
             stored.add_done_callback(lambda f: _settle_into(written, f))
-        return written
 
     def _drop(self, agent: Agent) -> None:
         """An early-dispatched agent whose insert failed: stop it, write nothing about it,
@@ -508,7 +531,7 @@ class AgentRuntime:
         for agent in [a for a in self.live.values() if a.kind == KIND_CHAT and a.status == QUEUED]:
             await self._finish(agent, FAILED, error=INTERRUPTED_CHAT, failure="interrupted")
         for agent_id in list(self._deferred):  # none should be left: every call has ended
-            self._submit_insert(agent_id, ())
+            self._submit_insert(agent_id)
         await self.store.flush()
 
     def member_label(self, alias: str) -> str:
@@ -967,7 +990,7 @@ class AgentRuntime:
         unit = [ledger.record(self.clock(), agent.agent_id, agent.api_key, alias, model.provider, *usage,
                               cost, agent.project_id, cut=outside_reservation)]
         if agent.agent_id in self._deferred:  # a failed attempt is no quick call: its row goes now
-            self._submit_insert(agent.agent_id, ())
+            self._submit_insert(agent.agent_id)
         insert = self._unwritten.get(agent.agent_id)
         if insert is not None:  # dispatched on submit: after its insert, and not at all if that fails
             insert.add_done_callback(lambda f: None if _failure_of(f) is not None else self.store.submit(unit))
@@ -1065,6 +1088,8 @@ class AgentRuntime:
             self._forget(agent)
             done.set_result(None)
             return
+        # A deferred insert first: its agent.spawned takes its event id before the end's does.
+        insert = self._take_insert(agent.agent_id) if with_insert else None
         status = agent.status
         columns = ("status", "attempts", *fields)
         started = self._started.pop(agent.agent_id, None)
@@ -1098,12 +1123,13 @@ class AgentRuntime:
             else:
                 if entry is not None:
                     statements.append(entry)
-        if with_insert:
+        if insert is not None:
             # The insert's own callback (_inserted) runs first: on a failure it has dropped
             # the agent, and the dropped branch above ends it without a trace.
-            self._submit_insert(agent.agent_id, statements).add_done_callback(
-                lambda f: self._written(agent, event, None, done, None) if _failure_of(f) is None
-                else self._write_final(agent, fields, done))
+            inserted, written = insert
+            self._store_unit(inserted + statements, written)
+            written.add_done_callback(lambda f: self._written(agent, event, None, done, None)
+                                      if _failure_of(f) is None else self._write_final(agent, fields, done))
             return
         try:
             written = self.store.submit(statements)

@@ -276,3 +276,33 @@ async def test_a_quick_call_whose_one_unit_fails_is_dropped_without_a_trace(
     assert rows(services, "SELECT COUNT(*) FROM usage") == [(0,)]
     assert rows(services, "SELECT COUNT(*) FROM events") == events_before
     assert rows(services, "SELECT COUNT(*) FROM audit_log") == audit_before
+
+
+async def test_event_ids_commit_in_order_while_an_insert_waits(aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """A deferred insert's agent.spawned takes its id when the insert is submitted, not when the
+    call began: ids commit in order, so a reader resuming after id N (Last-Event-ID) is sent every
+    event that commits later.  Another call's events commit while the first call's insert waits."""
+    from j1mskyd import runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 30.0)
+    primary, secondary = upstreams
+    primary.delay = 0.3
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    reader = services.events.subscribe(["agent.spawned", "agent.completed"])
+    try:
+        slow = asyncio.ensure_future(services.chat.start(chat()))
+        await until(lambda: len(primary.calls) == 1, "the slow call under way, its insert waiting")
+        quick = await asyncio.wait_for(services.chat.start(chat(model="minimax-m2.5", stream=True)), 10)
+        await asyncio.wait_for(quick.outcome(), 10)
+        call = await asyncio.wait_for(slow, 10)
+        await asyncio.wait_for(call.outcome(), 10)
+        told = []
+        while not reader.queue.empty():
+            event = reader.queue.get_nowait()
+            told.append((event.id, event.type, event.data["agent_id"]))
+    finally:
+        services.events.unsubscribe(reader)
+    assert [agent for _, _, agent in told] == [quick.agent_id, quick.agent_id, call.agent_id, call.agent_id]
+    assert [event_id for event_id, _, _ in told] == sorted(event_id for event_id, _, _ in told)  # in order
+    assert [(i, t) for i, t in rows(services, "SELECT id, type FROM events WHERE type LIKE 'agent.%' ORDER BY id")] \
+        == [(event_id, kind) for event_id, kind, _ in told]
