@@ -72,6 +72,21 @@ class AgentFailure(Exception):
         self.kind = kind
 
 
+@dataclass(slots=True)
+class _Deferred:
+    """An insert waiting for its call's end (AgentRuntime._admit_early): its statements, the
+    agent.spawned to announce with them (data, owner) and the list its event goes to, the
+    future standing for its commit in ``_unwritten`` (for _bill), the insert's own callback
+    (``_inserted``), the timer that submits it alone."""
+
+    statements: list[Statement]
+    spawned: list[tuple[dict[str, Any], str]]
+    events: list[Any]
+    written: asyncio.Future[None]
+    inserted: Callable[[asyncio.Future[None]], None]
+    timer: asyncio.TimerHandle
+
+
 class _Requeue(Exception):
     """Every provider of the chain ran out of hourly tokens between dispatch and call."""
 
@@ -208,11 +223,8 @@ class AgentRuntime:
         self._held_finish: dict[str, Callable[[], None]] = {}
         self._late_start: set[str] = set()
         self._dropped: set[str] = set()
-        # Inserts not yet submitted (a chat call not streamed, _admit_early): the statements,
-        # the agent.spawned to announce with them and the list its event goes to, the future
-        # standing for their commit in _unwritten, the timer that submits them.
-        self._deferred: dict[str, tuple[list[Statement], list[tuple[dict[str, Any], str]], list[Any],
-                                        asyncio.Future[None], asyncio.TimerHandle]] = {}
+        # Inserts not yet submitted (a chat call not streamed, _admit_early): see _Deferred.
+        self._deferred: dict[str, _Deferred] = {}
         self._abandoned: set[asyncio.Future[float]] = set()  # cancels of calls whose caller left during admit
         self._cancelling: set[str] = set()
         self._team_finished: dict[str, dict[str, Agent]] = {}
@@ -313,22 +325,27 @@ class AgentRuntime:
         The crash window this opens: a crash between the upstream request and the insert's
         commit leaves a call the provider may bill with no row here (docs/performance.md).
         Deferred, that window is at most DEFER_INSERT longer."""
+        loop = asyncio.get_running_loop()
         events: list[Any] = []  # agent.spawned, once announced (_announce)
+        committed: asyncio.Future[None] = loop.create_future()
+
+        def inserted(stored: asyncio.Future[None]) -> None:
+            self._inserted(agents, events, _failure_of(stored), committed)
+
         if len(agents) == 1 and agents[0].chat is not None and not agents[0].chat.stream:
-            loop = asyncio.get_running_loop()
             agent_id = agents[0].agent_id
             written: asyncio.Future[None] = loop.create_future()
-            self._deferred[agent_id] = (statements, spawned, events, written,
-                                        loop.call_later(DEFER_INSERT, self._submit_insert, agent_id))
+            written.add_done_callback(_retrieved)  # its outcome is told through ``inserted``
+            self._deferred[agent_id] = _Deferred(statements, spawned, events, written, inserted,
+                                                 loop.call_later(DEFER_INSERT, self._submit_insert, agent_id))
         else:
             events += self._announce(spawned, statements)
             written = self.store.submit(statements, fail_fast=True)
-        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            # On the store's own future, not an awaited one: a cancelled caller must not cancel it
+            # (the unit commits regardless), and the bookkeeping below must run either way.
+            written.add_done_callback(inserted)
         for agent in agents:
             self._unwritten[agent.agent_id] = written
-        # On the store's own future, not an awaited one: a cancelled caller must not cancel it
-        # (the unit commits regardless), and the bookkeeping below must run either way.
-        written.add_done_callback(lambda f: self._inserted(agents, events, _failure_of(f), committed))
         self._queue_admitted(agents)
         try:
             await committed
@@ -372,28 +389,38 @@ class AgentRuntime:
             # insert alone, not for its final statements to be built and sealed too.
             asyncio.get_running_loop().call_soon(_call_each, finals)
 
-    def _take_insert(self, agent_id: str) -> tuple[list[Statement], asyncio.Future[None]]:
-        """A deferred insert (:meth:`_admit_early`), out of waiting: its statements, its
-        agent.spawned announced now, and the future that stood for its commit."""
-        statements, spawned, events, written, timer = self._deferred.pop(agent_id)
-        timer.cancel()
-        events += self._announce(spawned, statements)
-        return statements, written
+    def _take_insert(self, agent_id: str) -> _Deferred:
+        """A deferred insert (:meth:`_admit_early`), out of waiting, its agent.spawned announced
+        now (its event id taken now: ids commit in order)."""
+        deferred = self._deferred.pop(agent_id)
+        deferred.timer.cancel()
+        deferred.events += self._announce(deferred.spawned, deferred.statements)
+        return deferred
 
     def _submit_insert(self, agent_id: str) -> None:
         """A deferred insert to the store now, alone (its time is up, a billed attempt, a stop)."""
-        self._store_unit(*self._take_insert(agent_id))
+        self._store_unit(self._take_insert(agent_id), [])
 
-    def _store_unit(self, statements: list[Statement], written: asyncio.Future[None]) -> None:
-        """A deferred insert's unit (with the call's end, when it ended first: both on disk or
-        neither, so the end's rows never land without the agent's own) to the store, ``written``
-        resolved with its commit."""
+    def _store_unit(self, deferred: _Deferred, final: list[Statement]) -> asyncio.Future[None]:
+        """A deferred insert's unit to the store, with ``final`` (the call's end, when it ended
+        first: both on disk or neither, so the end's rows never land without the agent's own).
+        Returns the store's future, on which the insert's own callback already waits: the events
+        of this unit are told in the step every other unit of its group tells its own, in the
+        order of their ids (a live reader skips an id below one it was sent)."""
         try:
-            stored = self.store.submit(statements, fail_fast=True)
+            stored = self.store.submit(deferred.statements + final, fail_fast=True)
         except StoreError as exc:  # the store is closed
-            written.set_exception(exc)
-        else:
-            stored.add_done_callback(lambda f: _settle_into(written, f))
+            stored = asyncio.get_running_loop().create_future()
+            stored.set_exception(exc)
+        stored.add_done_callback(deferred.inserted)
+        stored.add_done_callback(lambda f: _settle_into(deferred.written, f))  # for _bill's ledger rows
+        return stored
+
+    def _end_dropped(self, agent: Agent, done: asyncio.Future[None]) -> None:
+        """The end of an agent whose insert failed: nothing written, nobody told."""
+        self._forget(agent)
+        if not done.done():
+            done.set_result(None)
 
     def _drop(self, agent: Agent) -> None:
         """An early-dispatched agent whose insert failed: stop it, write nothing about it,
@@ -443,6 +470,8 @@ class AgentRuntime:
     async def cancel(self, agent: Agent) -> float:
         """Cancel a live agent; returns the refund (its unspent estimated cost)."""
         if agent.status in TERMINAL:  # its final write is in flight: report that outcome
+            if agent.agent_id not in self.live:  # already out (written or dropped): nothing to wait for
+                return _refund(agent)
             return _refund(await self.wait(agent.agent_id))
         if agent.kind == KIND_TEAM:
             self._cancelling.add(agent.agent_id)
@@ -1085,8 +1114,7 @@ class AgentRuntime:
         """The rest of _finish_soon: the final statements queued, _written once they commit.
         ``with_insert``: in the unit of the agent's deferred insert (:meth:`_submit_insert`)."""
         if agent.agent_id in self._dropped:  # its insert failed: nothing to write, nobody to tell
-            self._forget(agent)
-            done.set_result(None)
+            self._end_dropped(agent, done)
             return
         # A deferred insert first: its agent.spawned takes its event id before the end's does.
         insert = self._take_insert(agent.agent_id) if with_insert else None
@@ -1124,12 +1152,11 @@ class AgentRuntime:
                 if entry is not None:
                     statements.append(entry)
         if insert is not None:
-            # The insert's own callback (_inserted) runs first: on a failure it has dropped
-            # the agent, and the dropped branch above ends it without a trace.
-            inserted, written = insert
-            self._store_unit(inserted + statements, written)
-            written.add_done_callback(lambda f: self._written(agent, event, None, done, None)
-                                      if _failure_of(f) is None else self._write_final(agent, fields, done))
+            # After the insert's own callback (_inserted), which drops the agent when the unit
+            # failed: then it ends here without a trace (_forget, as many times as it comes).
+            self._store_unit(insert, statements).add_done_callback(
+                lambda f: self._written(agent, event, None, done, None) if _failure_of(f) is None
+                else self._end_dropped(agent, done))
             return
         try:
             written = self.store.submit(statements)

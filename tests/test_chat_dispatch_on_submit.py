@@ -306,3 +306,114 @@ async def test_event_ids_commit_in_order_while_an_insert_waits(aiohttp_client, t
     assert [event_id for event_id, _, _ in told] == sorted(event_id for event_id, _, _ in told)  # in order
     assert [(i, t) for i, t in rows(services, "SELECT id, type FROM events WHERE type LIKE 'agent.%' ORDER BY id")] \
         == [(event_id, kind) for event_id, kind, _ in told]
+
+
+async def test_a_queued_call_cancelled_while_its_insert_waits_leaves_no_trace_on_a_full_disk(
+        aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """A call with no task of its own (queued behind the provider's one slot) is cancelled while
+    its insert waits, and the unit of its insert and its end finds the disk full: nothing about
+    it is written when space returns (no event, no audit entry), nobody is told."""
+    from j1mskyd import runtime as runtime_mod
+
+    primary, secondary = upstreams
+    primary.delay = 30.0  # the first call holds the slot; ended below
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary,
+                                                                          primary_limit=1))
+    runtime = services.runtime
+    first = await asyncio.wait_for(services.chat.start(chat(stream=True)), 10)
+    await until(lambda: len(primary.calls) == 1, "the first call running")
+    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 30.0)
+    events_before = rows(services, "SELECT COUNT(*) FROM events")
+    audit_before = rows(services, "SELECT COUNT(*) FROM audit_log")
+    told: list[str] = []
+    runtime.listeners = (*runtime.listeners, lambda agent: told.append(agent.agent_id))
+    disk = services.store._wconn = FullDisk(services.store._wconn)
+    second = asyncio.ensure_future(services.chat.start(chat()))
+    await until(lambda: len(runtime.live) == 2, "the second call queued")
+    (queued,) = [a for a in runtime.live.values() if a.agent_id != first.agent_id]
+    assert queued.status == "queued" and queued.agent_id in runtime._deferred
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    await until(lambda: queued.agent_id not in runtime.live, "the second call gone")
+    disk.full = False
+    await until(lambda: services.store.full is None, "the store's probe to find space")
+    await services.store.flush()
+    assert rows(services, "SELECT COUNT(*) FROM agents WHERE agent_id = ?", queued.agent_id) == [(0,)]
+    assert rows(services, "SELECT COUNT(*) FROM events") == events_before
+    assert rows(services, "SELECT COUNT(*) FROM audit_log") == audit_before
+    assert told == [] and runtime._done.get(queued.agent_id) is None
+    await asyncio.wait_for(first.cancel(), 10)
+
+
+async def test_a_deferred_unit_tells_its_events_in_the_step_its_group_tells_theirs(
+        aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """The events of a deferred insert's unit are told (published to live readers) from the
+    store's own future, as every other unit's are: in id order within a group.  A live reader
+    forwards only ids above the last it sent, so an event told after a higher id is lost to it.
+    Another unit with an event is queued in the same step as the call's unit, after it, as
+    _write_final queues any agent's end."""
+    from j1mskyd import runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 30.0)
+    primary, secondary = upstreams
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    store, events = services.store, services.events
+    reader = events.subscribe(["agent.spawned", "agent.completed", "agent.failed"])
+    submit = store.submit
+    others: list[int] = []
+
+    def submit_and_another(statements, *, fail_fast=False):
+        statements = list(statements)
+        unit = submit(statements, fail_fast=fail_fast)
+        texts = [sql for sql, _ in statements]
+        if not others and texts[0].startswith("INSERT INTO agents") and \
+                any(sql.startswith("UPDATE agents") for sql in texts):
+            event, stmts = events.statements("agent.failed", {"agent_id": "another"}, "anonymous")
+            others.append(event.id)
+            submit(stmts).add_done_callback(lambda f: events.published([event]))
+        return unit
+
+    monkeypatch.setattr(store, "submit", submit_and_another)
+    try:
+        call = await asyncio.wait_for(services.chat.start(chat()), 10)
+        await asyncio.wait_for(call.outcome(), 10)
+        await services.store.flush()
+        told = []
+        while not reader.queue.empty():
+            told.append(reader.queue.get_nowait().id)
+    finally:
+        events.unsubscribe(reader)
+    assert len(told) == 3 and others[0] in told
+    assert told == sorted(told)
+
+
+async def test_a_caller_cancelled_in_the_step_its_unit_commits_leaves_nothing_waiting(
+        aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """The caller is cancelled (its client left) in the loop step where the unit of its insert
+    and its end commits: the call's cancel finds it ended and out of the runtime, and returns;
+    no waiter and no cancel task is left behind."""
+    from j1mskyd import runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 30.0)
+    primary, secondary = upstreams
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    store, runtime = services.store, services.runtime
+    submit = store.submit
+    starting: list[asyncio.Future] = []
+
+    def submit_and_leave(statements, *, fail_fast=False):
+        statements = list(statements)
+        unit = submit(statements, fail_fast=fail_fast)
+        texts = [sql for sql, _ in statements]
+        if texts[0].startswith("INSERT INTO agents") and any(sql.startswith("UPDATE agents") for sql in texts):
+            unit.add_done_callback(lambda f: starting[0].cancel())
+        return unit
+
+    monkeypatch.setattr(store, "submit", submit_and_leave)
+    starting.append(asyncio.ensure_future(services.chat.start(chat())))
+    with pytest.raises(asyncio.CancelledError):
+        await starting[0]
+    await until(lambda: not runtime._abandoned, "the cancel task ended")
+    assert not runtime.live and runtime._done == {}
+    assert rows(services, "SELECT status FROM agents") == [("completed",)]
