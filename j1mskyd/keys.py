@@ -572,7 +572,7 @@ class KeyService:
         loop = asyncio.get_running_loop()
         due = self._looked_at + STREAM_REFRESH_SECONDS
         sleep = self._sleep
-        if sleep is None or due <= loop.time():
+        if sleep is None or sleep.expired() or due <= loop.time():  # expired: it is waking anyway
             self._first_watch.set()
         else:
             ends = sleep.when()

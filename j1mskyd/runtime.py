@@ -469,9 +469,9 @@ class AgentRuntime:
 
     async def cancel(self, agent: Agent) -> float:
         """Cancel a live agent; returns the refund (its unspent estimated cost)."""
+        if agent.agent_id not in self.live:  # already out (its end written, or dropped): nothing to wait for
+            return _refund(agent)
         if agent.status in TERMINAL:  # its final write is in flight: report that outcome
-            if agent.agent_id not in self.live:  # already out (written or dropped): nothing to wait for
-                return _refund(agent)
             return _refund(await self.wait(agent.agent_id))
         if agent.kind == KIND_TEAM:
             self._cancelling.add(agent.agent_id)
@@ -1089,7 +1089,7 @@ class AgentRuntime:
                      fields: dict[str, Any]) -> asyncio.Future[None] | None:
         """_finish up to the queued write; the future resolves when the whole finish is done
         (None: the agent had already ended)."""
-        if agent.status in TERMINAL:
+        if agent.status in TERMINAL or agent.agent_id not in self.live:  # ended, or dropped (_forget)
             return None
         agent.failure = failure
         fields.setdefault("completed_at", self.clock())

@@ -417,3 +417,85 @@ async def test_a_caller_cancelled_in_the_step_its_unit_commits_leaves_nothing_wa
     await until(lambda: not runtime._abandoned, "the cancel task ended")
     assert not runtime.live and runtime._done == {}
     assert rows(services, "SELECT status FROM agents") == [("completed",)]
+
+
+async def two_calls_behind_one_slot(aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """A daemon whose primary provider has one slot, held by a streamed call (its insert on
+    disk); calls after it queue with their inserts deferred (DEFER_INSERT made long)."""
+    from j1mskyd import runtime as runtime_mod
+
+    primary, secondary = upstreams
+    primary.delay = 30.0
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary,
+                                                                          primary_limit=1))
+    first = await asyncio.wait_for(services.chat.start(chat(stream=True)), 10)
+    await until(lambda: len(primary.calls) == 1, "the first call running")
+    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 30.0)
+    return services, first
+
+
+async def test_a_stop_does_not_end_again_a_queued_call_dropped_meanwhile(aiohttp_client, tmp_path, upstreams,
+                                                                         monkeypatch):
+    """The stop ends queued calls one by one.  Ending the first submits its unit; the second's
+    insert goes in the same group (its time is up); the disk is full, both are refused and
+    dropped.  The stop, on to the second, must not write an end for a call with no row."""
+    services, first = await two_calls_behind_one_slot(aiohttp_client, tmp_path, upstreams, monkeypatch)
+    store, runtime = services.store, services.runtime
+    starting = [asyncio.ensure_future(services.chat.start(chat(text))) for text in ("a", "b")]
+    await until(lambda: len(runtime._deferred) == 2, "both queued, their inserts waiting")
+    a_id, b_id = list(runtime._deferred)
+    submit = store.submit
+    disk: list[FullDisk] = []
+
+    def submit_and_fill(statements, *, fail_fast=False):
+        statements = list(statements)
+        unit = submit(statements, fail_fast=fail_fast)
+        if not disk and statements[0][0].startswith("INSERT INTO agents") and statements[0][1][0] == a_id:
+            disk.append(FullDisk(store._wconn))
+            store._wconn = disk[0]
+            runtime._submit_insert(b_id)  # its timer, in the same step
+        return unit
+
+    monkeypatch.setattr(store, "submit", submit_and_fill)
+    stopping = asyncio.ensure_future(runtime.stop())
+    for start in starting:
+        with pytest.raises(StoreFull):
+            await asyncio.wait_for(start, 10)
+    await until(lambda: a_id not in runtime.live and b_id not in runtime.live, "both dropped")
+    disk[0].full = False
+    await asyncio.wait_for(stopping, 10)
+    await store.flush()
+    for agent_id in (a_id, b_id):
+        assert rows(services, "SELECT COUNT(*) FROM agents WHERE agent_id = ?", agent_id) == [(0,)]
+        assert rows(services, "SELECT COUNT(*) FROM audit_log WHERE resource_id = ?", agent_id) == [(0,)]
+    # The first call, interrupted by the stop (its row on disk), has the one agent.failed.
+    assert rows(services, "SELECT COUNT(*) FROM events WHERE type = 'agent.failed'") == [(1,)]
+    assert runtime._done == {} and not runtime._abandoned
+
+
+async def test_a_caller_leaving_as_its_insert_is_refused_leaves_no_end_and_no_cancel_waiting(
+        aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """The disk is known full; the caller leaves in the step its queued call's insert is
+    refused (the call is dropped, never having run): the cancel that its leaving starts finds
+    the call gone, writes nothing and ends."""
+    services, first = await two_calls_behind_one_slot(aiohttp_client, tmp_path, upstreams, monkeypatch)
+    store, runtime = services.store, services.runtime
+    starting = asyncio.ensure_future(services.chat.start(chat("b")))
+    await until(lambda: len(runtime._deferred) == 1, "queued, its insert waiting")
+    (b_id,) = list(runtime._deferred)
+    events_before = rows(services, "SELECT COUNT(*) FROM events")
+    disk = store._wconn = FullDisk(store._wconn)
+    with pytest.raises(StoreFull):  # the store learns that the disk is full
+        await asyncio.wait_for(store.submit([("DELETE FROM events WHERE 0", ())], fail_fast=True), 10)
+    starting.cancel()
+    runtime._submit_insert(b_id)  # its time is up, in the same step
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    await until(lambda: b_id not in runtime.live and not runtime._abandoned, "dropped, the cancel ended")
+    assert b_id not in runtime._done  # (the first call, still running, has its waiter)
+    disk.full = False
+    await until(lambda: store.full is None, "the store's probe to find space")
+    await store.flush()
+    assert rows(services, "SELECT COUNT(*) FROM agents WHERE agent_id = ?", b_id) == [(0,)]
+    assert rows(services, "SELECT COUNT(*) FROM events") == events_before
+    await asyncio.wait_for(first.cancel(), 10)

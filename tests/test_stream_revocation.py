@@ -506,3 +506,25 @@ async def test_a_first_watcher_moves_the_next_look_to_the_stream_pace_without_a_
     async with asyncio.timeout(BOUND):
         await waiting
     key_service.unwatch(watch)
+
+
+async def test_a_first_watcher_in_the_step_the_long_sleep_expires_is_no_error(key_service, monkeypatch):
+    """The long sleep's timeout has fired but the refresher has not resumed yet: a first watcher
+    then (a look began a moment ago) must not reschedule that expiring timeout, which raises.
+    The timer is fired by hand while its deadline is still ahead, as uvloop's millisecond timers
+    may fire a hair before it (a deadline behind the loop's clock is never rescheduled)."""
+    from j1mskyd import keys as keys_mod
+
+    monkeypatch.setattr(keys_mod, "REFRESH_SECONDS", 3600.0)
+    made = await key_service.create("watched", ["agents:read"])
+    waiting = asyncio.ensure_future(key_service.wait_refresh())
+    await asyncio.sleep(0)
+    sleep = key_service._sleep
+    assert sleep is not None
+    key_service._looked_at = asyncio.get_running_loop().time()  # a reload a moment ago
+    sleep._on_timeout()  # it expires; the refresher resumes only at the next step
+    assert key_service._sleep is sleep and sleep.expired()
+    watch = key_service.watch(made.key.key_id, "agents:read", lambda reason: None)
+    async with asyncio.timeout(BOUND):
+        await waiting
+    key_service.unwatch(watch)

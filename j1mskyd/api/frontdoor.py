@@ -55,14 +55,15 @@ def chat_handler(dialect: Dialect) -> Handler:
         call = await services.chat.start(chat, caller_id if caller_id is not None else ANONYMOUS,
                                          lambda agent: audit.statement("agent.spawn", who, resource_type="agent",
                                                                        resource_id=agent.agent_id, details=details))
-        watch = _watch_key(p, call)
+        watch: KeyWatch | None = None
         try:
+            watch = _watch_key(p, call)
             if not chat.stream:
                 return json_response(dialect.render(await _watched(call.outcome(partial(_gone, request)), call)))
             return await _stream(request, dialect, chat, call)
-        except asyncio.CancelledError:
+        except BaseException:
             # The handler is cancelled (aiohttp 3.8 does so when the client goes away; a
-            # shutdown too): the call ends with it.
+            # shutdown too), or fails: the call ends with it (a call already ended: nothing).
             await asyncio.shield(call.cancel())
             raise
         finally:
