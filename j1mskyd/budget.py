@@ -361,6 +361,10 @@ class Budget:
             self._reserved_project[project_id] = self._reserved_project.get(project_id, 0.0) + amount
         self._live_per_key[key_id] = self._live_per_key.get(key_id, 0) + 1
 
+    def holds(self, hold_id: str) -> bool:
+        """Is that reservation still open (not settled yet)?"""
+        return hold_id in self._reserved
+
     def settle(self, hold_id: str, actual_cost: float | None, *, part: float | None = None) -> list[Level]:
         """Count what was really spent (None: nothing) and release the reservation.
 

@@ -440,10 +440,15 @@ class AgentRuntime:
             self._forget(agent)
 
     def _forget(self, agent: Agent) -> None:
-        """A dropped agent out of every table, its reservation released, its waiters told."""
+        """A dropped agent out of every table, its reservation released, its waiters told.  A
+        call that completed before its insert was refused was billed by its provider: that is
+        counted as spend (in memory only; nothing about the call could be written)."""
         agent_id = agent.agent_id
-        if self.budget is not None:  # store_and_admit may have released it already: then nothing
-            self.budget.settle(_hold_id(agent), None)
+        hold = _hold_id(agent)
+        # Not when released already (by store_and_admit, or an earlier _forget): counted once.
+        if self.budget is not None and self.budget.holds(hold):
+            billed = max((agent.cost or 0.0) - agent.billed, 0.0) if agent.status == COMPLETED else None
+            self.budget.settle(hold, billed)
         self._dropped.discard(agent_id)
         self._late_start.discard(agent_id)
         self._cancelling.discard(agent_id)

@@ -263,12 +263,15 @@ async def test_a_quick_call_whose_one_unit_fails_is_dropped_without_a_trace(
     audit_before = rows(services, "SELECT COUNT(*) FROM audit_log")
     told: list[str] = []
     services.runtime.listeners = (*services.runtime.listeners, lambda agent: told.append(agent.agent_id))
+    spent_before = services.budget.spent_today
     disk = services.store._wconn = FullDisk(services.store._wconn)
     with pytest.raises(StoreFull):
         await asyncio.wait_for(services.chat.start(chat()), 10)
     assert len(primary.calls) == 1  # it was called, and answered, before the one unit failed
     await until(lambda: not services.runtime.live and services.slots["primary"].active == 0, "the call dropped")
     assert services.budget.reserved == pytest.approx(0.0) and services.runtime._done == {}
+    # What the provider billed for the answer counts against the budget (in memory: no row).
+    assert services.budget.spent_today > spent_before
     assert told == [] and services.runtime.completed_total == 0
     disk.full = False
     await until(lambda: services.store.full is None, "the store's probe to find space")
