@@ -397,6 +397,14 @@ class AgentRuntime:
         deferred.events += self._announce(deferred.spawned, deferred.statements)
         return deferred
 
+    def _insert_now(self, agent: Agent) -> None:
+        """A live reader is about to be told of this agent (agent.started, agent.output), which
+        came after its admission (a call with one then is not dispatched early): its deferred
+        insert goes to the store at once, so agent.spawned is told a commit later, not a
+        deferral later (the order such a reader sees is then what dispatch on submit gave)."""
+        if agent.agent_id in self._deferred:
+            self._submit_insert(agent.agent_id)
+
     def _submit_insert(self, agent_id: str) -> None:
         """A deferred insert to the store now, alone (its time is up, a billed attempt, a stop)."""
         self._store_unit(self._take_insert(agent_id), [])
@@ -780,6 +788,7 @@ class AgentRuntime:
                 self._started[agent.agent_id] = self.store.queue(
                     [agent_record.update(agent, "status", "started_at", "runs")])
             if self.events is not None and self.events.wants("agent.started", named=True):
+                self._insert_now(agent)  # a reader of starts came after it was admitted
                 # Live only, like agent.output: "running" is a moment, not a state change worth a
                 # write per agent; a resuming reader sees the final event instead.  Only to
                 # readers that name it, so a reader of "everything" keeps getting just the log.
@@ -1051,6 +1060,7 @@ class AgentRuntime:
         bound = request.timeout + TIMEOUT_GRACE
         if not slot.streams or (agent.sink is None and not readers):
             return await within(bound, client.complete(request), timed_out)
+        self._insert_now(agent)  # a reader of its text came after it was admitted
         return await within(bound, self._stream(slot, request, agent, alias, call, readers), timed_out)
 
     async def _stream(self, slot: ProviderSlot, request: CompletionRequest, agent: Agent, alias: str,

@@ -502,3 +502,30 @@ async def test_a_caller_leaving_as_its_insert_is_refused_leaves_no_end_and_no_ca
     assert rows(services, "SELECT COUNT(*) FROM agents WHERE agent_id = ?", b_id) == [(0,)]
     assert rows(services, "SELECT COUNT(*) FROM events") == events_before
     await asyncio.wait_for(first.cancel(), 10)
+
+
+async def test_a_reader_of_the_text_that_comes_after_admission_sees_the_spawn_first(
+        aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """A reader of agent.output subscribes while a call that is not streamed waits in the queue
+    (its insert deferred): when the call starts, streamed for that reader, its insert goes to the
+    store at once, and the reader is told agent.spawned before the first agent.output."""
+    services, first = await two_calls_behind_one_slot(aiohttp_client, tmp_path, upstreams, monkeypatch)
+    primary = upstreams[0]
+    runtime = services.runtime
+    starting = asyncio.ensure_future(services.chat.start(chat()))
+    await until(lambda: len(runtime._deferred) == 1, "queued, its insert waiting")
+    (agent_id,) = list(runtime._deferred)
+    reader = services.events.subscribe(["agent.spawned", "agent.output"])
+    try:
+        primary.delay, primary.chunk_delay = 0.05, 0.01
+        await asyncio.wait_for(first.cancel(), 10)  # its slot goes to the queued call
+        call = await asyncio.wait_for(starting, 10)
+        await asyncio.wait_for(call.outcome(), 10)
+        told = []
+        while not reader.queue.empty():
+            event = reader.queue.get_nowait()
+            if event.data.get("agent_id") == agent_id:
+                told.append(event.type)
+    finally:
+        services.events.unsubscribe(reader)
+    assert told[0] == "agent.spawned" and "agent.output" in told, told
