@@ -20,6 +20,7 @@ A crash loses at most the last minute's observations, like a power cut in ``norm
 from __future__ import annotations
 
 import re
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +47,15 @@ _UPSERT = ("INSERT INTO metric_points (metric, granularity, bucket, label, le, c
            "DO UPDATE SET count = count + excluded.count, sum = sum + excluded.sum")
 
 Row = tuple[str, int, int, str, str]  # metric, granularity, bucket start, label, le ('' for count/sum)
+
+# Which flush last committed: a row of its own (granularity 0: never a series, never purged) whose
+# count is that flush's token, written in the flush's transaction and read in the same statement as
+# a series.  A read then knows whether the rows of the latest flush are in what it read: a flush
+# takes them out of memory before its commit, so without it a read in between lost them.
+_FLUSHED = "flushed"
+_MARK = ("INSERT INTO metric_points (metric, granularity, bucket, label, le, count, sum) "
+         f"VALUES ('{_FLUSHED}', 0, 0, '', '', ?, 0) ON CONFLICT (metric, granularity, bucket, label, le) "
+         "DO UPDATE SET count = excluded.count")
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,7 @@ class Rollups:
         self._seen: dict[tuple[str, str, str], tuple[float, float]] = {}  # totals at the last look
         self._since = clock()  # when that was: the gain since then happened after it
         self.pending: dict[Row, list[float]] = {}  # -> [count, sum]: taken, not yet written
+        self._last: tuple[int | None, dict[Row, list[float]]] = (None, {})  # the latest flush: token, rows
 
     def _totals(self) -> dict[tuple[str, str, str], tuple[float, float]]:
         """(metric, label, le) -> (count, sum) since start.  ``spend_usd``: per model, the agents
@@ -143,9 +154,13 @@ class Rollups:
         if not self.pending:
             return
         taken, self.pending = self.pending, {}
+        token = secrets.randbits(62)
+        self._last = (token, taken)
         try:
-            await self.store.submit([(_UPSERT, (*row, int(c), s)) for row, (c, s) in taken.items()])
+            await self.store.submit([*((_UPSERT, (*row, int(c), s)) for row, (c, s) in taken.items()),
+                                     (_MARK, (token,))])
         except BaseException:
+            self._last = (None, {})
             for row, (c, s) in taken.items():  # kept for the next try, added to what came since
                 cell = self.pending.setdefault(row, [0, 0.0])
                 cell[0] += c
@@ -167,9 +182,16 @@ class Rollups:
         start = end - (query.seconds // g - 1) * g
         rows = await self.store.read(lambda conn: _rows(conn, query.metric, g, start))
         cells: dict[tuple[str, int, str], list[float]] = {}
+        flushed = None
         for label, bucket, le, count, total in rows:
+            if label == _FLUSHED and bucket == 0:
+                flushed = count
+                continue
             cells[(label, bucket, le)] = [count, total]
         unwritten = list(self.pending.items()) + list(self._gain()[0].items())
+        token, last = self._last
+        if last and flushed != token:  # the latest flush's rows are not in what was read
+            unwritten += last.items()
         for (metric, gran, bucket, label, le), (count, total) in unwritten:  # not written yet
             if metric == query.metric and gran == g and bucket >= start:
                 cell = cells.setdefault((label, bucket, le), [0, 0.0])
@@ -204,9 +226,13 @@ class Rollups:
 
 
 def _rows(conn: sqlite3.Connection, metric: str, granularity: int, start: int) -> list[tuple[Any, ...]]:
+    """The series' rows and, in the same statement (one snapshot), the flush marker's as
+    (``flushed``, 0, '', token, 0)."""
     return conn.execute("SELECT label, bucket, le, count, sum FROM metric_points "
-                        "WHERE metric = ? AND granularity = ? AND bucket >= ?",
-                        (metric, granularity, start)).fetchall()
+                        "WHERE metric = ? AND granularity = ? AND bucket >= ? "
+                        "UNION ALL SELECT metric, bucket, le, count, sum FROM metric_points "
+                        "WHERE metric = ? AND granularity = 0",
+                        (metric, granularity, start, _FLUSHED)).fetchall()
 
 
 def _quantile(q: float, counts: list[int]) -> float | None:
