@@ -107,7 +107,6 @@ class LiveChatCall:
         self._streamed = bool(agent.chat is not None and agent.chat.stream)
         self._texts: deque[str] = deque()
         self._ending: asyncio.Future[Agent] | None = None  # the runtime's end of the agent (_watch)
-        self._end: asyncio.Future[Agent] | None = None  # the same, once its callback has run
         self._waiters: list[asyncio.Future[None]] = []
         if self._streamed:
             agent.sink = self._push
@@ -124,7 +123,6 @@ class LiveChatCall:
         self._wake()
 
     def _ended(self, done: asyncio.Future[Agent]) -> None:
-        self._end = done
         self._wake()
 
     def _wake(self) -> None:
@@ -150,16 +148,16 @@ class LiveChatCall:
                 raise ClientGone("the client went away")
 
     def _over(self) -> bool:
-        """Has the call ended?  The runtime's future is looked at too: a reader that comes after
-        it resolved, before its callback ran (a call whose insert commits with its end resolves
-        it in the step that wakes its caller), goes on without waiting a loop step and a timer."""
-        return self._end is not None or (self._ending is not None and self._ending.done())
+        """Has the call ended?  Its end future itself, not its callback (_ended, which wakes the
+        readers already waiting): a reader that comes after it resolved, before the callback ran
+        (a call whose insert commits with its end resolves it in the step that wakes its caller),
+        goes on without waiting a loop step and a timer."""
+        return self._ending is not None and self._ending.done()
 
     async def _agent(self, gone: Callable[[], bool] | None = None) -> Agent:
         await self._until(self._over, gone)
-        ending = self._end or self._ending
-        assert ending is not None
-        return ending.result()
+        assert self._ending is not None
+        return self._ending.result()
 
     async def deltas(self, gone: Callable[[], bool] | None = None) -> AsyncIterator[str]:
         """The answer's text as it comes; ends when the call ends, well or not.  A request that

@@ -154,11 +154,6 @@ def _failure_of(written: asyncio.Future[None]) -> BaseException | None:
     return StoreError("the write was cancelled") if written.cancelled() else written.exception()
 
 
-def _call_each(calls: list[Callable[[], None]]) -> None:
-    for call in calls:
-        call()
-
-
 def _settle_into(done: asyncio.Future[None], task: asyncio.Future[None]) -> None:
     """Give ``done`` the outcome of ``task`` (unless someone stopped waiting for it)."""
     if done.done():
@@ -384,10 +379,10 @@ class AgentRuntime:
                     [agent_record.update(agent, "status", "started_at", "runs")])
         if not committed.done():
             committed.set_result(None)
-        if finals:
+        for held in finals:
             # A loop step later, after the caller's wake-up: its first byte waits for the
             # insert alone, not for its final statements to be built and sealed too.
-            asyncio.get_running_loop().call_soon(_call_each, finals)
+            asyncio.get_running_loop().call_soon(held)
 
     def _take_insert(self, agent_id: str) -> _Deferred:
         """A deferred insert (:meth:`_admit_early`), out of waiting, its agent.spawned announced
@@ -1116,23 +1111,22 @@ class AgentRuntime:
             setattr(agent, name, value)
         agent.status = status
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if agent.agent_id in self._deferred:  # its insert not yet submitted: both go in one unit
-            self._write_final(agent, fields, done, with_insert=True)
-        elif agent.agent_id in self._unwritten:  # dispatched on submit: nothing before its insert
+        if agent.agent_id in self._unwritten and agent.agent_id not in self._deferred:
+            # Dispatched on submit, its insert committing: nothing before it (a deferred insert,
+            # not yet submitted, goes in the end's own unit instead: _write_final).
             self._held_finish[agent.agent_id] = lambda: self._write_final(agent, fields, done)
         else:
             self._write_final(agent, fields, done)
         return done
 
-    def _write_final(self, agent: Agent, fields: dict[str, Any], done: asyncio.Future[None], *,
-                     with_insert: bool = False) -> None:
-        """The rest of _finish_soon: the final statements queued, _written once they commit.
-        ``with_insert``: in the unit of the agent's deferred insert (:meth:`_submit_insert`)."""
+    def _write_final(self, agent: Agent, fields: dict[str, Any], done: asyncio.Future[None]) -> None:
+        """The rest of _finish_soon: the final statements queued, _written once they commit;
+        with the agent's insert in the same unit while that is deferred (:meth:`_store_unit`)."""
         if agent.agent_id in self._dropped:  # its insert failed: nothing to write, nobody to tell
             self._end_dropped(agent, done)
             return
         # A deferred insert first: its agent.spawned takes its event id before the end's does.
-        insert = self._take_insert(agent.agent_id) if with_insert else None
+        insert = self._take_insert(agent.agent_id) if agent.agent_id in self._deferred else None
         status = agent.status
         columns = ("status", "attempts", *fields)
         started = self._started.pop(agent.agent_id, None)
