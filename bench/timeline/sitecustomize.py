@@ -24,7 +24,10 @@ def mark(name: str) -> None:
 
 
 def _dump() -> None:
-    with open(os.environ["TIMELINE_OUT"], "w") as f:
+    out = os.environ.get("TIMELINE_OUT")
+    if out is None:  # loaded without call_timeline.py: nowhere to write
+        return
+    with open(out, "w") as f:
         for t, name, thread in _MARKS:
             f.write(f"{t} {name} {thread}\n")
 
