@@ -401,8 +401,19 @@ class AgentRuntime:
             self._submit_insert(agent.agent_id)
 
     def _submit_insert(self, agent_id: str) -> None:
-        """A deferred insert to the store now, alone (its time is up, a billed attempt, a stop)."""
-        self._store_unit(self._take_insert(agent_id), [])
+        """A deferred insert to the store now, without the call's end (its time is up, a live
+        reader, a stop); with the call's `running` state when it is under way already (it was
+        dispatched at admission), so that no commit leaves it queued on disk while its request
+        is out: a crash after this one finds it running, and the next start bills the call it
+        cut (a queued row is not billed).  A call that outlasts DEFER_INSERT then costs two
+        commits, its insert and its end, not three."""
+        deferred = self._take_insert(agent_id)
+        agent = self.live.get(agent_id)
+        started: list[Statement] = []
+        if agent is not None and agent_id in self._late_start and agent.status == RUNNING:
+            self._late_start.discard(agent_id)
+            started.append(agent_record.update(agent, "status", "started_at", "runs"))
+        self._store_unit(deferred, started)
 
     def _store_unit(self, deferred: _Deferred, final: list[Statement]) -> asyncio.Future[None]:
         """A deferred insert's unit to the store, with ``final`` (the call's end, when it ended

@@ -8,6 +8,7 @@ tests/test_store_full.py; real runtime, store, budget and loopback upstreams."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable
 
@@ -248,6 +249,52 @@ async def test_a_streamed_call_or_a_slow_one_has_its_row_on_disk_while_it_runs(
     call = await asyncio.wait_for(starting, 10)
     await asyncio.wait_for(call.cancel(), 10)
     assert rows(services, "SELECT status FROM agents WHERE agent_id = ?", agent_id) == [("cancelled",)]
+
+
+def states_after_commits(services) -> list[list[tuple]]:
+    """Each chat row's (status, runs) as a crash right after each commit would leave them on disk,
+    read by another connection in the writer's thread as soon as that commit has returned."""
+    seen: list[list[tuple]] = []
+    commit = services.store._commit_batch
+
+    def observed(units):
+        out = commit(units)
+        with contextlib.closing(sqlite3.connect(services.store.path)) as other:
+            seen.append([tuple(r) for r in other.execute("SELECT status, runs FROM agents WHERE kind = 'chat'")])
+        return out
+
+    services.store._commit_batch = observed
+    return seen
+
+
+async def test_a_slow_call_that_is_not_streamed_is_on_disk_running_from_its_insert(
+        aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """Its upstream request left at admission; once DEFER_INSERT has passed, its insert commits
+    with its `running` state in the same unit.  A crash after that commit finds the call running,
+    so the next start bills the call it cut (a queued row is not billed); and a call longer than
+    DEFER_INSERT costs two commits (insert, end), not three (insert, running, end)."""
+    from j1mskyd import runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 0.05)
+    primary, secondary = upstreams
+    primary.delay = 30.0  # ended below by a cancel
+    client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
+    states = states_after_commits(services)
+    units = record_units(services)
+    starting = asyncio.ensure_future(services.chat.start(chat()))
+    await until(lambda: len(primary.calls) == 1, "the upstream called")
+    call = await asyncio.wait_for(starting, 10)  # its insert is on disk
+    await asyncio.wait_for(services.store.flush(), 10)  # and a running write of its own, if any
+    first = next(s for s in states if s)
+    assert first == [("running", 1)], states  # never on disk as queued while its call was out
+    inserted = [u for u in units if any(sql.startswith("INSERT INTO agents") for sql in u)]
+    assert len(inserted) == 1 and any(sql.startswith("UPDATE agents SET status") for sql in inserted[0])
+    assert not any(sql.startswith("UPDATE agents SET status") for u in units if u is not inserted[0] for sql in u), units
+    await asyncio.wait_for(call.cancel(), 10)
+    (status, runs, started_at), = rows(services, "SELECT status, runs, started_at FROM agents WHERE agent_id = ?",
+                                       call.agent_id)
+    assert status == "cancelled" and runs == 1 and started_at is not None
+    assert not services.runtime._late_start and not services.runtime._deferred
 
 
 async def test_a_quick_call_whose_one_unit_fails_is_dropped_without_a_trace(

@@ -586,14 +586,7 @@ async def test_kill_9_during_a_chat_call_fails_it_as_interrupted_refunded_and_lo
         [live_id] = await until(running, "the call's agent to be running on disk")
         before = (await door.api("/api/rate-limits"))["budget"]
         assert before["reserved"] > 0
-        await asyncio.to_thread(door.daemon.kill)
-        assert await asyncio.wait_for(pending, WAIT) is None  # the client's connection was cut
-        second = Daemon(tmp_path, tmp_path / "state", door.daemon.config, name="second",
-                        env={ANTHROPIC_KEY_ENV: "sk-ant-fake-e2e"})
-        door.daemon = second
-        await asyncio.to_thread(second.start)
-        agent = await door.agent(live_id, ("failed",))
-        assert "interrupted" in agent["error"]
+        agent = await _kill_9_and_restart(door, tmp_path, pending, live_id)
         after = (await door.api("/api/rate-limits"))["budget"]
         assert after["reserved"] == 0  # its reservation is released
         # Nothing came back from the upstream, which may bill the call whole: it is billed at its
@@ -607,6 +600,46 @@ async def test_kill_9_during_a_chat_call_fails_it_as_interrupted_refunded_and_lo
         billing = await door.api("/api/billing/usage")
         assert billing["calls"] == 2 and billing["total_cost"] == pytest.approx(kept["cost"] + agent["cost"], abs=1e-5)
         assert len(door.an.calls) == 1  # a chat call is never re-run: its client is gone
+
+
+async def test_kill_9_as_soon_as_a_call_not_streamed_is_on_disk_bills_the_call_it_cut(tmp_path):
+    """A call that is not streamed, whose upstream holds its answer: its insert commits after
+    runtime.DEFER_INSERT with its `running` state in the same transaction, so whatever moment
+    after that the crash comes, the next start finds it running and bills the cut call (a row
+    left `queued` while its request was out would not be billed).  The whole path through a real
+    process; that no commit leaves it queued is shown exactly, commit by commit, by
+    tests/test_chat_dispatch_on_submit.py (a kill here rarely lands in that one commit)."""
+    async with front_door(tmp_path) as door:
+        door.oa.gated, door.oa.delay = True, 1.0  # the answer waits for a permit that never comes
+        pending = asyncio.ensure_future(_status_of(door.post("openai", chat_body("gpt"))))
+        await until(lambda: len(door.oa.calls) == 1, "the call to reach the upstream")
+
+        async def on_disk() -> list[str]:
+            return list(await asyncio.to_thread(db_agents, door.daemon.state_dir))
+
+        [live_id] = await until(on_disk, "the call's row on disk")
+        agent = await _kill_9_and_restart(door, tmp_path, pending, live_id)  # at once
+        [cut] = (await asyncio.to_thread(db_usage, door.daemon.state_dir))[live_id]
+        # Billed at its worst case: the max_tokens it was sent (100) at gpt's $2/1k, and the input bound.
+        assert cut["cut"] == 1 and cut["output_tokens"] == 100 and cut["model"] == "gpt"
+        assert agent["cost"] == pytest.approx(cut["cost"], abs=1e-6) and cut["cost"] > 0.2
+        assert (await door.api("/api/rate-limits"))["budget"]["reserved"] == 0
+        assert len(door.oa.calls) == 1 and door.an.calls == []  # never re-run, no fallback
+
+
+async def _kill_9_and_restart(door: Door, tmp_path: Path, pending: asyncio.Future[int | None],
+                              live_id: str) -> Any:
+    """kill -9 the daemon (the pending call's connection is cut), start a second one on the same
+    state: the call in flight is failed as interrupted; its agent as the second daemon has it."""
+    await asyncio.to_thread(door.daemon.kill)
+    assert await asyncio.wait_for(pending, WAIT) is None  # the client's connection was cut
+    second = Daemon(tmp_path, tmp_path / "state", door.daemon.config, name="second",
+                    env={ANTHROPIC_KEY_ENV: "sk-ant-fake-e2e"})
+    door.daemon = second
+    await asyncio.to_thread(second.start)
+    agent = await door.agent(live_id, ("failed",))
+    assert "interrupted" in agent["error"]
+    return agent
 
 
 async def _status_of(request: Any) -> int | None:
