@@ -38,7 +38,7 @@ __all__ = [
     "Status", "STATUSES", "LIVE", "TERMINAL", "SPAWNING", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED",
     "Kind", "KIND_AGENT", "KIND_TEAM", "KIND_MEMBER", "KIND_CHAT", "Priority", "PRIORITIES", "ANONYMOUS",
     # the agents table's operations
-    "insert", "update", "erase_data", "purge_expired",
+    "insert", "as_started", "update", "erase_data", "purge_expired",
     "load", "members", "live", "team_on_disk", "run_times", "Page", "page",
 ]
 
@@ -290,6 +290,22 @@ def insert(agent: Agent, cipher: DataCipher | None = None) -> Statement:
         if row[i] is not None:  # a new agent has no result yet: nothing to seal
             row[i] = cipher.encrypt(row[i], f"{agent.agent_id}/{name}")
     return _INSERT_SQL, tuple(row)
+
+
+_START_AT = tuple((COLUMNS.index(name), operator.attrgetter(name)) for name in ("status", "started_at", "runs"))
+
+
+def as_started(statement: Statement, agent: Agent) -> Statement:
+    """``agent``'s insert (:func:`insert`, made while it was queued) storing it as started: its
+    status, ``started_at`` and ``runs`` as they are in memory now.  One statement for an agent
+    that started before its insert went to the store, where an update after it would be two."""
+    sql, values = statement
+    if sql is not _INSERT_SQL:
+        raise ValueError("not an agent's insert")
+    row = list(values)
+    for i, value in _START_AT:
+        row[i] = value(agent)
+    return sql, tuple(row)
 
 
 def update(agent: Agent, *fields: str, cipher: DataCipher | None = None) -> Statement:

@@ -74,17 +74,19 @@ class AgentFailure(Exception):
 
 @dataclass(slots=True)
 class _Deferred:
-    """An insert waiting for its call's end (AgentRuntime._admit_early): its statements, the
-    agent.spawned to announce with them (data, owner) and the list its event goes to, the
+    """An insert waiting for its call's end or start (AgentRuntime._admit_early): its statements,
+    the agent.spawned to announce with them (data, owner) and the list its event goes to, the
     future standing for its commit in ``_unwritten`` (for _bill), the insert's own callback
-    (``_inserted``), the timer that submits it alone."""
+    (``_inserted``), the timer that submits it alone; ``until_start``: a streamed call's, which
+    waits for the call's start only (its first step, :meth:`AgentRuntime._run`)."""
 
     statements: list[Statement]
     spawned: list[tuple[dict[str, Any], str]]
     events: list[Any]
     written: asyncio.Future[None]
     inserted: Callable[[asyncio.Future[None]], None]
-    timer: asyncio.TimerHandle
+    timer: asyncio.TimerHandle | asyncio.Handle | None
+    until_start: bool = False
 
 
 class _Requeue(Exception):
@@ -309,13 +311,18 @@ class AgentRuntime:
         *submitted*: the provider call overlaps the insert's commit.  Returns, as admit does,
         once the insert is on disk (raises its failure: 507 on a full disk), so the caller's
         first byte still waits for it.  Until then nothing else about these agents is
-        written (:meth:`_finish_soon` holds their final write back, :meth:`_run` their
-        ``running`` write), so no row, ledger entry or event can land without the agent's
-        own row; if the insert fails they are dropped without a trace (:meth:`_drop`).
+        written (:meth:`_finish_soon` holds their final write back; :meth:`_run` puts their
+        ``running`` state in the insert's own unit, or queues it right behind the insert),
+        so no row, ledger entry or event can land without the agent's own row; if the insert
+        fails they are dropped without a trace (:meth:`_drop`).
 
         The insert of one call that is not streamed waits up to :data:`DEFER_INSERT` for the
         call's end, to commit in the same transaction (:meth:`_submit_insert`): its caller waits
-        for both anyway, and a call that quick then costs one commit, not two.
+        for both anyway, and a call that quick then costs one commit, not two.  That of a
+        streamed call waits for the call's start, a loop step (its first byte waits for the
+        insert, not for the end), to commit with its ``running`` state: no commit leaves a call
+        queued on disk while its request is out (a crash then bills the cut call), and a
+        streamed call costs two commits, not three.
 
         The crash window this opens: a crash between the upstream request and the insert's
         commit leaves a call the provider may bill with no row here (docs/performance.md).
@@ -327,12 +334,15 @@ class AgentRuntime:
         def inserted(stored: asyncio.Future[None]) -> None:
             self._inserted(agents, events, _failure_of(stored), committed)
 
-        if len(agents) == 1 and agents[0].chat is not None and not agents[0].chat.stream:
+        deferred: _Deferred | None = None
+        if len(agents) == 1 and agents[0].chat is not None:
             agent_id = agents[0].agent_id
             written: asyncio.Future[None] = loop.create_future()
             written.add_done_callback(_retrieved)  # its outcome is told through ``inserted``
-            self._deferred[agent_id] = _Deferred(statements, spawned, events, written, inserted,
-                                                 loop.call_later(DEFER_INSERT, self._submit_insert, agent_id))
+            stream = agents[0].chat.stream
+            deferred = self._deferred[agent_id] = _Deferred(
+                statements, spawned, events, written, inserted,
+                None if stream else loop.call_later(DEFER_INSERT, self._submit_insert, agent_id), until_start=stream)
         else:
             events += self._announce(spawned, statements)
             written = self.store.submit(statements, fail_fast=True)
@@ -342,6 +352,10 @@ class AgentRuntime:
         for agent in agents:
             self._unwritten[agent.agent_id] = written
         self._queue_admitted(agents)
+        if deferred is not None and deferred.until_start:
+            # After the call's first step, which _queue_admitted scheduled when a provider slot took
+            # it (that step submits the insert with its start); alone, if no slot took it now.
+            deferred.timer = loop.call_soon(self._submit_insert, agents[0].agent_id)
         try:
             await committed
         except asyncio.CancelledError:
@@ -373,10 +387,6 @@ class AgentRuntime:
             held = self._held_finish.pop(agent.agent_id, None)
             if held is not None:  # it ended meanwhile: its final write, held back until now
                 finals.append(held)
-            elif agent.agent_id in self._late_start and agent.status == RUNNING:
-                self._late_start.discard(agent.agent_id)
-                self._started[agent.agent_id] = self.store.queue(
-                    [agent_record.update(agent, "status", "started_at", "runs")])
         if not committed.done():
             committed.set_result(None)
         for held in finals:
@@ -388,7 +398,8 @@ class AgentRuntime:
         """A deferred insert (:meth:`_admit_early`), out of waiting, its agent.spawned announced
         now (its event id taken now: ids commit in order)."""
         deferred = self._deferred.pop(agent_id)
-        deferred.timer.cancel()
+        if deferred.timer is not None:
+            deferred.timer.cancel()
         deferred.events += self._announce(deferred.spawned, deferred.statements)
         return deferred
 
@@ -401,19 +412,19 @@ class AgentRuntime:
             self._submit_insert(agent.agent_id)
 
     def _submit_insert(self, agent_id: str) -> None:
-        """A deferred insert to the store now, without the call's end (its time is up, a live
-        reader, a stop); with the call's `running` state when it is under way already (it was
-        dispatched at admission), so that no commit leaves it queued on disk while its request
+        """A deferred insert to the store now, without the call's end (its time is up, a
+        streamed call's start, a live reader, a stop); with the call's `running` state when it
+        is under way already (it was dispatched at admission), so that no commit leaves it queued on disk while its request
         is out: a crash after this one finds it running, and the next start bills the call it
         cut (a queued row is not billed).  A call that outlasts DEFER_INSERT then costs two
         commits, its insert and its end, not three."""
         deferred = self._take_insert(agent_id)
         agent = self.live.get(agent_id)
-        started: list[Statement] = []
         if agent is not None and agent_id in self._late_start and agent.status == RUNNING:
             self._late_start.discard(agent_id)
-            started.append(agent_record.update(agent, "status", "started_at", "runs"))
-        self._store_unit(deferred, started)
+            # The unit's first statement is the agent's insert (admit builds it so).
+            deferred.statements[0] = agent_record.as_started(deferred.statements[0], agent)
+        self._store_unit(deferred, [])
 
     def _store_unit(self, deferred: _Deferred, final: list[Statement]) -> asyncio.Future[None]:
         """A deferred insert's unit to the store, with ``final`` (the call's end, when it ended
@@ -443,6 +454,9 @@ class AgentRuntime:
         agent_id = agent.agent_id
         self._dropped.add(agent_id)
         self._cancelling.add(agent_id)
+        started = self._started.pop(agent_id, None)
+        if started is not None:  # queued behind the insert: it would update no row, and wait on a full disk
+            self.store.withdraw(started)
         held = self._held_finish.pop(agent_id, None)
         task = self._tasks.get(agent_id)
         if held is not None:
@@ -788,9 +802,15 @@ class AgentRuntime:
             # On disk before the call when the call takes longer than a group commit: a crash then
             # finds it running and counts this run (restart_attempts).  A call that ends sooner has
             # its final write take it back (_finish).
-            if agent.agent_id in self._unwritten:  # not before its insert: queued then, if still running
+            if agent.agent_id in self._deferred:
+                # Its insert, not yet sent to the store, will store it as started (_submit_insert)
+                # or go with its end (_write_final); a streamed call's goes now, with this start.
                 self._late_start.add(agent.agent_id)
+                if self._deferred[agent.agent_id].until_start:
+                    self._submit_insert(agent.agent_id)
             else:
+                # Right behind its insert when that is still on its way (a call that waited for
+                # a slot): in the same transaction if the writer has not taken the insert yet.
                 self._started[agent.agent_id] = self.store.queue(
                     [agent_record.update(agent, "status", "started_at", "runs")])
             if self.events is not None and self.events.wants("agent.started", named=True):
@@ -814,9 +834,11 @@ class AgentRuntime:
                 return
             except _Requeue:
                 self._started.pop(agent.agent_id, None)
+                self._late_start.discard(agent.agent_id)
                 agent.status = QUEUED
                 agent.runs -= 1
-                self.store.submit([agent_record.update(agent, "status", "runs", "attempts")])
+                if agent.agent_id not in self._deferred:  # a deferred insert stores it queued as it is
+                    self.store.submit([agent_record.update(agent, "status", "runs", "attempts")])
                 self._enqueue(agent)
                 return
             extra: dict[str, Any] = {}
@@ -1141,7 +1163,9 @@ class AgentRuntime:
         status = agent.status
         columns = ("status", "attempts", *fields)
         started = self._started.pop(agent.agent_id, None)
-        late = agent.agent_id in self._late_start  # ran before its insert was on disk: no `running` write
+        # Started while its insert was deferred (_run): no `running` write was made, and this
+        # unit holds the insert too (so a failure of it leaves nothing to count a run for).
+        late = agent.agent_id in self._late_start
         self._late_start.discard(agent.agent_id)
         if started is not None and self.store.withdraw(started):
             # Its `running` write was still queued, so it would have committed with this one:

@@ -10,8 +10,11 @@ from pathlib import Path
 from j1mskyd import agent_record
 from j1mskyd.agent_record import (
     ANONYMOUS, COLUMNS, COMPLETED, FAILED, KIND_AGENT, KIND_CHAT, KIND_MEMBER, KIND_TEAM, LIVE, PRIORITIES, SPAWNING,
-    STATUSES, TERMINAL, Agent, Kind, Priority, Status, from_row, insert, update,
+    STATUSES, TERMINAL, Agent, Kind, Priority, Status, as_started, from_row, insert, update,
 )
+import pytest
+
+from j1mskyd.agent_record import QUEUED, RUNNING
 from j1mskyd.store import Store
 
 
@@ -56,6 +59,29 @@ async def test_a_row_reads_back_as_the_agent_that_wrote_it_sealed_or_not(tmp_pat
         assert [getattr(back, c) for c in COLUMNS] == [getattr(agent, c) for c in COLUMNS]
         # What lives in memory only starts afresh on a row read back.
         assert (back.members, back.reserved, back.billed) == ([], None, 0.0)
+
+
+async def test_an_insert_as_started_stores_the_agent_as_it_is_once_started_and_nothing_else(tmp_path):
+    """agent_record.as_started: an insert made while the agent was queued, its start (status,
+    started_at, runs) set from the agent as it is now; every other value as the insert had it,
+    the sealed task included.  Anything but an agent's insert is refused."""
+    store = Store(str(tmp_path / "j1msky.db"))
+    store.open()
+    try:
+        agent = _agent(status=QUEUED, started_at=None, runs=0, result=None, completed_at=None, kind=KIND_CHAT,
+                       parent_id=None)
+        queued = insert(agent, store.cipher)
+        agent.status, agent.started_at, agent.runs, agent.task = RUNNING, 1_764_000_005.0, 1, "changed after"
+        await store.write(as_started(queued, agent))
+        back = from_row(await store.read(lambda c: c.execute("SELECT * FROM agents").fetchone()), store.cipher)
+    finally:
+        await store.close()
+    assert (back.status, back.started_at, back.runs) == (RUNNING, 1_764_000_005.0, 1)
+    assert back.task == "summarise this"  # what the insert sealed, not what the agent holds now
+    assert [getattr(back, c) for c in COLUMNS if c not in ("status", "started_at", "runs", "task")] == \
+        [getattr(agent, c) for c in COLUMNS if c not in ("status", "started_at", "runs", "task")]
+    with pytest.raises(ValueError):
+        as_started(update(agent, "status"), agent)
 
 
 def test_defaults_of_a_new_agent():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 from collections.abc import Callable
 
@@ -233,8 +234,9 @@ async def test_a_quick_call_that_is_not_streamed_commits_its_insert_with_its_end
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_streamed_call_or_a_slow_one_has_its_row_on_disk_while_it_runs(
         aiohttp_client, tmp_path, upstreams, monkeypatch, stream):
-    """A streamed call's insert is not deferred (its first byte waits for it); a call that is not
-    streamed has its insert committed alone once DEFER_INSERT has passed."""
+    """A streamed call's insert waits only for the call's start (its first byte waits for the
+    insert); a call that is not streamed has its insert committed without its end once
+    DEFER_INSERT has passed."""
     from j1mskyd import runtime as runtime_mod
 
     monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 0.05)
@@ -252,7 +254,7 @@ async def test_a_streamed_call_or_a_slow_one_has_its_row_on_disk_while_it_runs(
 
 
 def states_after_commits(services) -> list[list[tuple]]:
-    """Each chat row's (status, runs) as a crash right after each commit would leave them on disk,
+    """Each chat row's (agent_id, status, runs) as a crash right after each commit would leave them on disk,
     read by another connection in the writer's thread as soon as that commit has returned."""
     seen: list[list[tuple]] = []
     commit = services.store._commit_batch
@@ -260,19 +262,21 @@ def states_after_commits(services) -> list[list[tuple]]:
     def observed(units):
         out = commit(units)
         with contextlib.closing(sqlite3.connect(services.store.path)) as other:
-            seen.append([tuple(r) for r in other.execute("SELECT status, runs FROM agents WHERE kind = 'chat'")])
+            seen.append([tuple(r) for r in other.execute("SELECT agent_id, status, runs FROM agents WHERE kind = 'chat'")])
         return out
 
     services.store._commit_batch = observed
     return seen
 
 
-async def test_a_slow_call_that_is_not_streamed_is_on_disk_running_from_its_insert(
-        aiohttp_client, tmp_path, upstreams, monkeypatch):
-    """Its upstream request left at admission; once DEFER_INSERT has passed, its insert commits
-    with its `running` state in the same unit.  A crash after that commit finds the call running,
-    so the next start bills the call it cut (a queued row is not billed); and a call longer than
-    DEFER_INSERT costs two commits (insert, end), not three (insert, running, end)."""
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_slow_call_is_on_disk_running_from_its_insert(aiohttp_client, tmp_path, upstreams, monkeypatch,
+                                                              stream):
+    """Its upstream request left at admission; its insert commits with its `running` state in the
+    same unit (not streamed: once DEFER_INSERT has passed; streamed: submitted at the call's
+    start).  A crash after that commit finds the call running, so the next start bills the call
+    it cut (a queued row is not billed); and the call costs two commits (insert, end), not three
+    (insert, running, end)."""
     from j1mskyd import runtime as runtime_mod
 
     monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 0.05)
@@ -281,20 +285,109 @@ async def test_a_slow_call_that_is_not_streamed_is_on_disk_running_from_its_inse
     client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
     states = states_after_commits(services)
     units = record_units(services)
-    starting = asyncio.ensure_future(services.chat.start(chat()))
+    starting = asyncio.ensure_future(services.chat.start(chat(stream=stream)))
     await until(lambda: len(primary.calls) == 1, "the upstream called")
     call = await asyncio.wait_for(starting, 10)  # its insert is on disk
     await asyncio.wait_for(services.store.flush(), 10)  # and a running write of its own, if any
     first = next(s for s in states if s)
-    assert first == [("running", 1)], states  # never on disk as queued while its call was out
-    inserted = [u for u in units if any(sql.startswith("INSERT INTO agents") for sql in u)]
-    assert len(inserted) == 1 and any(sql.startswith("UPDATE agents SET status") for sql in inserted[0])
-    assert not any(sql.startswith("UPDATE agents SET status") for u in units if u is not inserted[0] for sql in u), units
+    assert first == [(call.agent_id, "running", 1)], states  # never on disk as queued while its call was out
+    # One statement stores it as started (agent_record.as_started): no update of its own.
+    assert len([u for u in units if any(sql.startswith("INSERT INTO agents") for sql in u)]) == 1
+    assert not any(sql.startswith("UPDATE agents SET status") for u in units for sql in u), units
     await asyncio.wait_for(call.cancel(), 10)
     (status, runs, started_at), = rows(services, "SELECT status, runs, started_at FROM agents WHERE agent_id = ?",
                                        call.agent_id)
     assert status == "cancelled" and runs == 1 and started_at is not None
     assert not services.runtime._late_start and not services.runtime._deferred
+
+
+async def test_a_call_that_waited_for_a_slot_has_its_start_queued_right_behind_its_insert(
+        aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """A call queued behind a busy provider has its insert go alone (it is not out: stored queued).
+    When a slot takes it while that insert still waits for the writer, its `running` write is
+    queued right behind it and they commit in one transaction: no commit leaves it queued on disk
+    while its request is out.  (Had the writer taken the insert already, the start would commit in
+    the next group, as a spawn's does: docs/runtime.md.)"""
+    from j1mskyd import runtime as runtime_mod
+
+    primary, secondary = upstreams
+    primary.delay = 30.0  # both calls ended below by a cancel
+    client, services = await app_client(
+        aiohttp_client, two_provider_config(tmp_path, primary, secondary, primary_limit=1))
+    runtime, slot = services.runtime, services.slots["primary"]
+    first = await asyncio.wait_for(services.chat.start(chat("a", stream=True)), 10)
+    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 30.0)  # its time is made up by hand below
+    second = asyncio.ensure_future(services.chat.start(chat("b")))
+    await until(lambda: len(runtime._deferred) == 1, "b queued behind a, its insert deferred")
+    (b_id,) = runtime._deferred
+    states = states_after_commits(services)
+    other = hold_writes(services)
+    try:
+        services.store.submit([("DELETE FROM ip_blocks WHERE ip = ?", ("127.0.0.9",))])
+        await until(lambda: not services.store._pending, "the writer busy with another group")
+        runtime._submit_insert(b_id)  # b's time is up while it waits for a slot: its insert goes alone
+        slot.resize(dataclasses.replace(slot.settings, max_concurrency=2))  # a reload gives the provider room
+        runtime._schedule()
+        await until(lambda: len(primary.calls) == 2, "b's request out, its insert still waiting for the writer")
+    finally:
+        release(other)
+    call = await asyncio.wait_for(second, 10)
+    await asyncio.wait_for(services.store.flush(), 10)
+    b_states = [[r for r in s if r[0] == b_id] for s in states]
+    first_b = next(s for s in b_states if s)
+    assert first_b == [(b_id, "running", 1)], b_states
+    await asyncio.wait_for(call.cancel(), 10)
+    await asyncio.wait_for(first.cancel(), 10)
+
+
+async def test_a_call_whose_final_write_fails_stays_running_on_disk_so_a_restart_bills_it(
+        aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """A call that waited for a slot, dispatched and answered while its insert (stored queued)
+    still waited for the writer: its final write takes back its `running` write and then fails
+    (an I/O error).  The run is counted on disk all the same (the `running` write goes again):
+    the row says running, which the next start bills as a cut call, not queued, which it would
+    not bill although the call went out."""
+    from j1mskyd import runtime as runtime_mod
+
+    primary, secondary = upstreams
+    primary.delay = 30.0
+    client, services = await app_client(
+        aiohttp_client, two_provider_config(tmp_path, primary, secondary, primary_limit=1))
+    runtime, slot, store = services.runtime, services.slots["primary"], services.store
+    first = await asyncio.wait_for(services.chat.start(chat("a", stream=True)), 10)
+    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 30.0)
+    second = asyncio.ensure_future(services.chat.start(chat("b")))
+    await until(lambda: len(runtime._deferred) == 1, "b queued behind a, its insert deferred")
+    (b_id,) = runtime._deferred
+    b = runtime.live[b_id]
+    commit = store._commit_batch
+    failed: list[bool] = []
+
+    def io_error_once(units):  # the unit of b's end (its ledger row) meets an I/O error
+        if not failed and any(sql.startswith("INSERT INTO usage") for u in units for sql, _ in u):
+            failed.append(True)
+            raise sqlite3.OperationalError("disk I/O error")
+        return commit(units)
+
+    store._commit_batch = io_error_once
+    other = hold_writes(services)
+    try:
+        store.submit([("DELETE FROM ip_blocks WHERE ip = ?", ("127.0.0.9",))])
+        await until(lambda: not store._pending, "the writer busy with another group")
+        runtime._submit_insert(b_id)
+        primary.delay = 0.0  # b is answered at once
+        slot.resize(dataclasses.replace(slot.settings, max_concurrency=2))
+        runtime._schedule()
+        await until(lambda: b.status == "completed", "b answered, its final write held behind its insert")
+    finally:
+        release(other)
+    call = await asyncio.wait_for(second, 10)
+    assert (await asyncio.wait_for(call.outcome(), 10)).text == "fake reply"
+    await asyncio.wait_for(store.flush(), 10)
+    assert failed
+    assert rows(services, "SELECT status, runs FROM agents WHERE agent_id = ?", b_id) == [("running", 1)]
+    assert rows(services, "SELECT COUNT(*) FROM usage WHERE agent_id = ?", b_id) == [(0,)]
+    await asyncio.wait_for(first.cancel(), 10)
 
 
 async def test_a_quick_call_whose_one_unit_fails_is_dropped_without_a_trace(
