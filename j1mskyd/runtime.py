@@ -413,10 +413,10 @@ class AgentRuntime:
 
     def _submit_insert(self, agent_id: str) -> None:
         """A deferred insert to the store now, without the call's end (its time is up, a
-        streamed call's start, a live reader, a stop); with the call's `running` state when it
-        is under way already (it was dispatched at admission), so that no commit leaves it queued on disk while its request
-        is out: a crash after this one finds it running, and the next start bills the call it
-        cut (a queued row is not billed).  A call that outlasts DEFER_INSERT then costs two
+        streamed call's start, a live reader, a stop); storing the call as started when it is
+        under way already, so that no commit leaves it queued on disk while its request is
+        out: a crash after this one finds it running, and the next start bills the call it cut
+        (a queued row is not billed).  A call that outlasts DEFER_INSERT then costs two
         commits, its insert and its end, not three."""
         deferred = self._take_insert(agent_id)
         agent = self.live.get(agent_id)
