@@ -55,11 +55,11 @@ log = logging.getLogger(__name__)
 _DEADLINE_MARGIN = 0.5
 _OUT_OF_TOKENS = "hourly limit reached"
 _LOOKAHEAD = 32  # queued agents examined behind a head that waits for hourly quota
-# How long the insert of a chat call that is not streamed waits for the call's end, so that
-# both commit in one transaction (one fsync, one trip to the store's thread, instead of two).
-# A call that takes longer has its insert committed alone after this, as a streamed call's
-# is at once.  It bounds how long an upstream call can be under way with no row on disk
-# (_admit_early).
+# How long after its admission the insert of a chat call that is not streamed waits for the
+# call's end, so that both commit in one transaction (one fsync, one trip to the store's
+# thread, instead of two).  A call that takes longer has its insert committed without its end
+# after this, as a streamed call's is at the call's first step.  It bounds how long an
+# upstream call can be under way with no row on disk (_admit_early).
 DEFER_INSERT = 0.01
 
 
@@ -455,8 +455,8 @@ class AgentRuntime:
         self._dropped.add(agent_id)
         self._cancelling.add(agent_id)
         started = self._started.pop(agent_id, None)
-        if started is not None:  # queued behind the insert: it would update no row, and wait on a full disk
-            self.store.withdraw(started)
+        if started is not None:  # queued behind the insert: it would update no row (and wait out a full disk)
+            self.store.discard(started)
         held = self._held_finish.pop(agent_id, None)
         task = self._tasks.get(agent_id)
         if held is not None:

@@ -911,6 +911,23 @@ class Store:
         pending[queued._index] = ([], fut, fail_fast)
         return True
 
+    def discard(self, queued: Queued) -> bool:
+        """Take back a queued unit that must not be written at all (it updates a row whose
+        insert failed), wherever it waits: also after a full disk put it back in the queue
+        (:meth:`withdraw` only takes back a unit from the queue it was put in).  It then
+        writes nothing; its future still resolves, with its group.  False once it is being
+        committed or committed."""
+        if self.withdraw(queued):
+            return True
+        if self._closed:
+            return False
+        pending = self._pending
+        for i, (_unit, fut, fail_fast) in enumerate(pending):  # a failure path: a scan is fine
+            if fut is queued.future:
+                pending[i] = ([], fut, fail_fast)
+                return True
+        return False
+
     def write(self, *statements: Statement, fail_fast: bool = False) -> asyncio.Future[None]:
         """:meth:`submit`, for a caller that awaits the commit (``await store.write(...)``): the
         store's own future, with no coroutine around it (one an agent, ~2,000 instructions)."""

@@ -269,6 +269,37 @@ def states_after_commits(services) -> list[list[tuple]]:
     return seen
 
 
+@contextlib.asynccontextmanager
+async def dispatched_while_its_insert_waits(services, primary, monkeypatch, *, b_delay: float | None = None):
+    """Call a holds the provider's one slot (streamed, its upstream slow); call b, not streamed,
+    is queued behind it with its insert deferred.  With the writer busy with another group, b's
+    time is up (its insert goes to the store alone, queued) and a reload gives the provider
+    room, so b is dispatched while its insert waits for the writer (``b_delay``: its upstream's
+    delay).  Yields (a's call, b's start, b's id) once b's run began, the writer still held."""
+    from j1mskyd import runtime as runtime_mod
+
+    runtime, slot, store = services.runtime, services.slots["primary"], services.store
+    primary.delay = 30.0
+    first = await asyncio.wait_for(services.chat.start(chat("a", stream=True)), 10)
+    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 30.0)  # its time is made up by hand below
+    second = asyncio.ensure_future(services.chat.start(chat("b")))
+    await until(lambda: len(runtime._deferred) == 1, "b queued behind a, its insert deferred")
+    (b_id,) = runtime._deferred
+    other = hold_writes(services)
+    try:
+        store.submit([("DELETE FROM ip_blocks WHERE ip = ?", ("127.0.0.9",))])
+        await until(lambda: not store._pending, "the writer busy with another group")
+        runtime._submit_insert(b_id)
+        if b_delay is not None:
+            primary.delay = b_delay
+        slot.resize(dataclasses.replace(slot.settings, max_concurrency=2))
+        runtime._schedule()
+        await until(lambda: b_id in runtime._started, "b running, its running write queued behind its insert")
+        yield first, second, b_id
+    finally:
+        release(other)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_slow_call_is_on_disk_running_from_its_insert(aiohttp_client, tmp_path, upstreams, monkeypatch,
                                                               stream):
@@ -308,29 +339,12 @@ async def test_a_call_that_waited_for_a_slot_has_its_start_queued_right_behind_i
     queued right behind it and they commit in one transaction: no commit leaves it queued on disk
     while its request is out.  (Had the writer taken the insert already, the start would commit in
     the next group, as a spawn's does: docs/runtime.md.)"""
-    from j1mskyd import runtime as runtime_mod
-
     primary, secondary = upstreams
-    primary.delay = 30.0  # both calls ended below by a cancel
     client, services = await app_client(
         aiohttp_client, two_provider_config(tmp_path, primary, secondary, primary_limit=1))
-    runtime, slot = services.runtime, services.slots["primary"]
-    first = await asyncio.wait_for(services.chat.start(chat("a", stream=True)), 10)
-    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 30.0)  # its time is made up by hand below
-    second = asyncio.ensure_future(services.chat.start(chat("b")))
-    await until(lambda: len(runtime._deferred) == 1, "b queued behind a, its insert deferred")
-    (b_id,) = runtime._deferred
     states = states_after_commits(services)
-    other = hold_writes(services)
-    try:
-        services.store.submit([("DELETE FROM ip_blocks WHERE ip = ?", ("127.0.0.9",))])
-        await until(lambda: not services.store._pending, "the writer busy with another group")
-        runtime._submit_insert(b_id)  # b's time is up while it waits for a slot: its insert goes alone
-        slot.resize(dataclasses.replace(slot.settings, max_concurrency=2))  # a reload gives the provider room
-        runtime._schedule()
+    async with dispatched_while_its_insert_waits(services, primary, monkeypatch) as (first, second, b_id):
         await until(lambda: len(primary.calls) == 2, "b's request out, its insert still waiting for the writer")
-    finally:
-        release(other)
     call = await asyncio.wait_for(second, 10)
     await asyncio.wait_for(services.store.flush(), 10)
     b_states = [[r for r in s if r[0] == b_id] for s in states]
@@ -347,19 +361,10 @@ async def test_a_call_whose_final_write_fails_stays_running_on_disk_so_a_restart
     (an I/O error).  The run is counted on disk all the same (the `running` write goes again):
     the row says running, which the next start bills as a cut call, not queued, which it would
     not bill although the call went out."""
-    from j1mskyd import runtime as runtime_mod
-
     primary, secondary = upstreams
-    primary.delay = 30.0
     client, services = await app_client(
         aiohttp_client, two_provider_config(tmp_path, primary, secondary, primary_limit=1))
-    runtime, slot, store = services.runtime, services.slots["primary"], services.store
-    first = await asyncio.wait_for(services.chat.start(chat("a", stream=True)), 10)
-    monkeypatch.setattr(runtime_mod, "DEFER_INSERT", 30.0)
-    second = asyncio.ensure_future(services.chat.start(chat("b")))
-    await until(lambda: len(runtime._deferred) == 1, "b queued behind a, its insert deferred")
-    (b_id,) = runtime._deferred
-    b = runtime.live[b_id]
+    runtime, store = services.runtime, services.store
     commit = store._commit_batch
     failed: list[bool] = []
 
@@ -370,23 +375,40 @@ async def test_a_call_whose_final_write_fails_stays_running_on_disk_so_a_restart
         return commit(units)
 
     store._commit_batch = io_error_once
-    other = hold_writes(services)
-    try:
-        store.submit([("DELETE FROM ip_blocks WHERE ip = ?", ("127.0.0.9",))])
-        await until(lambda: not store._pending, "the writer busy with another group")
-        runtime._submit_insert(b_id)
-        primary.delay = 0.0  # b is answered at once
-        slot.resize(dataclasses.replace(slot.settings, max_concurrency=2))
-        runtime._schedule()
+    async with dispatched_while_its_insert_waits(services, primary, monkeypatch, b_delay=0.0) as (first, second, b_id):
+        b = runtime.live[b_id]
         await until(lambda: b.status == "completed", "b answered, its final write held behind its insert")
-    finally:
-        release(other)
     call = await asyncio.wait_for(second, 10)
     assert (await asyncio.wait_for(call.outcome(), 10)).text == "fake reply"
     await asyncio.wait_for(store.flush(), 10)
     assert failed
     assert rows(services, "SELECT status, runs FROM agents WHERE agent_id = ?", b_id) == [("running", 1)]
     assert rows(services, "SELECT COUNT(*) FROM usage WHERE agent_id = ?", b_id) == [(0,)]
+    await asyncio.wait_for(first.cancel(), 10)
+
+
+async def test_a_dropped_call_leaves_no_running_write_waiting_out_a_full_disk(
+        aiohttp_client, tmp_path, upstreams, monkeypatch):
+    """A call that waited for a slot has its `running` write queued behind its insert; the group
+    of both finds the disk full, the insert is refused (507) and the call dropped.  Its running
+    write (an update of a row that does not exist) is taken back although the full disk put it
+    back in the queue (Store.discard): nothing about the call waits in memory for space."""
+    primary, secondary = upstreams
+    client, services = await app_client(
+        aiohttp_client, two_provider_config(tmp_path, primary, secondary, primary_limit=1))
+    runtime, store = services.runtime, services.store
+    async with dispatched_while_its_insert_waits(services, primary, monkeypatch) as (first, second, b_id):
+        disk = store._wconn = FullDisk(store._wconn)  # the group of b's insert and running write meets it
+    with pytest.raises(StoreFull):
+        await asyncio.wait_for(second, 10)
+    await until(lambda: b_id not in runtime.live, "b dropped")
+    waiting = [sql for unit, _, _ in store._pending for sql, args in unit if b_id in args]
+    assert waiting == []
+    disk.full = False
+    await until(lambda: store.full is None, "the store's probe to find space")
+    await asyncio.wait_for(store.flush(), 10)
+    assert rows(services, "SELECT COUNT(*) FROM agents WHERE agent_id = ?", b_id) == [(0,)]
+    assert not runtime._started and not runtime._deferred and not runtime._unwritten
     await asyncio.wait_for(first.cancel(), 10)
 
 
