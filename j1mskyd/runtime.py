@@ -352,9 +352,10 @@ class AgentRuntime:
         for agent in agents:
             self._unwritten[agent.agent_id] = written
         self._queue_admitted(agents)
-        if deferred is not None and deferred.until_start:
+        if deferred is not None and deferred.until_start and agents[0].agent_id in self._deferred:
             # After the call's first step, which _queue_admitted scheduled when a provider slot took
             # it (that step submits the insert with its start); alone, if no slot took it now.
+            # (Under an eager task factory that step has run already, and submitted it.)
             deferred.timer = loop.call_soon(self._submit_insert, agents[0].agent_id)
         try:
             await committed
