@@ -82,9 +82,11 @@ def callgrind_dump(pid: int, out_prefix: str) -> int:
 
 def start(tree: str, workdir: str, name: str, sync: str, profile: str | None,
           callgrind: bool = False, up_port: int | None = None,
-          extra_path: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str, str, str | None]:
-    """A daemon from ``tree`` (``extra_path``: more of its PYTHONPATH, after the tree), healthy;
-    its process, URL, database path and bootstrap token."""
+          extra_path: tuple[str, ...] = (), env: dict[str, str] | None = None,
+          ) -> tuple[subprocess.Popen, str, str, str | None]:
+    """A daemon from ``tree`` (``extra_path``: more of its PYTHONPATH, after the tree; ``env``:
+    more of its environment, e.g. ``fsyncshim.env``), healthy; its process, URL, database path
+    and bootstrap token."""
     state = os.path.join(workdir, name)
     os.makedirs(state, exist_ok=True)
     config = os.path.join(workdir, name + ".toml")
@@ -98,7 +100,7 @@ def start(tree: str, workdir: str, name: str, sync: str, profile: str | None,
                   "--compress-strings=no", "--compress-pos=no", *prefix]
     proc = subprocess.Popen([*prefix, "j1mskyd", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--state-dir", state, "--config", config],
-                            cwd=tree, env=dict(os.environ, PYTHONPATH=os.pathsep.join((tree, *extra_path))),
+                            cwd=tree, env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join((tree, *extra_path))},
                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, name + ".log"), "wb"))
     url = f"http://127.0.0.1:{port}"
     asyncio.run(load.wait_health(url, timeout=300 if callgrind else 30))

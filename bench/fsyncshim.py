@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fsyncshim.c")
@@ -38,6 +39,14 @@ def build(dest_dir: str) -> str:
     subprocess.run([cc, "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", out, SOURCE, "-ldl", "-lpthread"],
                    check=True, capture_output=True, text=True, timeout=120)
     return out
+
+
+def prepared(workdir: str | None, prefix: str) -> tuple[str, str]:
+    """A bench script's work directory (``workdir``, or a new temporary one named ``prefix``...)
+    with the shim built in it: (the directory, the shim's path)."""
+    workdir = workdir or tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(workdir, exist_ok=True)
+    return workdir, build(workdir)
 
 
 def env(shim: str, log: str | None = None, delay_ms: float = 0.0) -> dict[str, str]:

@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -59,9 +58,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="runs of each configuration (median reported)")
     p.add_argument("--workdir")
     a = p.parse_args()
-    workdir = a.workdir or tempfile.mkdtemp(prefix="j1b-sd-")
-    os.makedirs(workdir, exist_ok=True)
-    shim = fsyncshim.build(workdir)
+    workdir, shim = fsyncshim.prepared(a.workdir, "j1b-sd-")
     configs = [(s, d) for s in a.sync or ["normal", "full"] for d in a.fsync_delay_ms or [0.0, 10.0]]
     runs: dict[tuple[str, float], list[dict]] = {cfg: [] for cfg in configs}
     for r in range(a.rounds):

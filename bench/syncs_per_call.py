@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 
 import aiohttp
 
@@ -49,13 +48,8 @@ async def calls(url: str, token: str | None, n: int, stream: bool) -> None:
 
 def one(tree: str, workdir: str, name: str, shim: str, n: int, up_port: int) -> dict[str, float]:
     log = os.path.join(workdir, name + ".fsync.log")
-    saved = dict(os.environ)
-    os.environ.update(fsyncshim.env(shim, log))  # the daemon inherits it; this process loaded no shim
-    try:
-        proc, url, _db, token = cpu_per_agent.start(tree, workdir, name, "full", None, up_port=up_port)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    proc, url, _db, token = cpu_per_agent.start(tree, workdir, name, "full", None, up_port=up_port,
+                                                env=fsyncshim.env(shim, log))
     try:
         asyncio.run(calls(url, token, 5, False))  # warm-up
         out = {}
@@ -76,9 +70,7 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=0.05, help="the upstream's seconds per call")
     p.add_argument("--workdir")
     a = p.parse_args()
-    workdir = a.workdir or tempfile.mkdtemp(prefix="j1-syncs-")
-    os.makedirs(workdir, exist_ok=True)
-    shim = fsyncshim.build(workdir)
+    workdir, shim = fsyncshim.prepared(a.workdir, "j1-syncs-")
     upstream, up_port = run_all.upstream(workdir, a.delay)
     try:
         result = {"n": a.n, "upstream_delay_s": a.delay, "syncs_per_call": {

@@ -220,7 +220,7 @@ class AgentRuntime:
         self._held_finish: dict[str, Callable[[], None]] = {}
         self._late_start: set[str] = set()
         self._dropped: set[str] = set()
-        # Inserts not yet submitted (a chat call not streamed, _admit_early): see _Deferred.
+        # Inserts not yet submitted (a chat call's, until its end or its start: _admit_early): see _Deferred.
         self._deferred: dict[str, _Deferred] = {}
         self._abandoned: set[asyncio.Future[float]] = set()  # cancels of calls whose caller left during admit
         self._cancelling: set[str] = set()
