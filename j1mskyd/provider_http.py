@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Iterable, TypeGuard
 
 import aiohttp
 from j1msky.backoff import parse_retry_after  # one home, shared with the SDK (re-exported)
+from yarl import URL
 
 from . import jsonx
 from .frozen import built_in_place
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 _MAX_DETAIL = 300
+_URLS_KEPT = 16  # a provider POSTs to one or two URLs; a plugin that builds them per call just misses
 
 
 def billed_usage(usage: Any, input_key: str, output_key: str) -> tuple[int, int] | None:
@@ -285,6 +287,23 @@ class HttpCaller:
         self.session = session
         self.label = label
         self.secret = secret
+        self._urls: dict[str, URL | str] = {}
+
+    def _target(self, url: str) -> URL | str:
+        """``url`` parsed once and kept: aiohttp parses a URL given as text on every request
+        (on bookworm's yarl 1.8 that includes an ``ipaddress`` parse of the host), and takes a
+        ``URL`` as it is.  Text that does not parse is passed on as text, so that aiohttp
+        refuses it with its own ``InvalidURL`` as before."""
+        target = self._urls.get(url)
+        if target is None:
+            try:
+                target = URL(url)
+            except ValueError:
+                target = url
+            if len(self._urls) >= _URLS_KEPT:
+                self._urls.clear()
+            self._urls[url] = target
+        return target
 
     def error(
         self, message: str, *, kind: str, status: int | None = None, retry_after: float | None = None,
@@ -359,7 +378,7 @@ class HttpCaller:
 
     def _post(self, url: str, body: dict, headers: dict[str, str], timeout: float) -> Any:
         return self.session.post(
-            url,
+            self._target(url),
             data=jsonx.dumps(body).encode(),
             headers={"Content-Type": "application/json", **headers},
             timeout=aiohttp.ClientTimeout(total=timeout),

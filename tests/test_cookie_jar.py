@@ -3,6 +3,8 @@ keeping and sending back a cookie an upstream sets exactly as aiohttp's own jar 
 
 from __future__ import annotations
 
+from http.cookies import SimpleCookie
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -20,6 +22,22 @@ async def test_an_empty_jar_answers_without_its_expiry_walk(monkeypatch):
     monkeypatch.setattr(jar, "_do_expiration", walked)
     cookies = jar.filter_cookies(URL("http://localhost:1/v1/chat/completions"))
     assert not cookies and isinstance(cookies, type(aiohttp.CookieJar().filter_cookies(URL("http://localhost:1/"))))
+
+
+async def test_an_answer_without_cookies_is_not_looked_at(monkeypatch):
+    """aiohttp 3.8 hands the jar every answer's cookies, none or not: with none, no host parse
+    and no expiry walk (a cookie that is there still goes through: the test below)."""
+    jar = UpstreamCookieJar()
+
+    def looked(*args, **kwargs):
+        raise AssertionError("an answer without cookies must not be looked at")
+
+    monkeypatch.setattr(jar, "_do_expiration", looked)
+    for none in (SimpleCookie(), {}, []):
+        jar.update_cookies(none, URL("http://localhost:1/v1/chat/completions"))
+    jar.update_cookies(SimpleCookie())
+    with pytest.raises(AssertionError):  # one that is there is stored, and the jar expires old ones
+        jar.update_cookies(SimpleCookie("a=1"), URL("http://localhost:1/"))
 
 
 @pytest.mark.parametrize("jar_class", [aiohttp.CookieJar, UpstreamCookieJar])

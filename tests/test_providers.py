@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from j1mskyd.plugins import PluginError, PluginRegistry, build_provider, load_plugins
-from j1mskyd.provider_http import estimate_tokens, kind_for_status, parse_retry_after
+from j1mskyd.provider_http import HttpCaller, estimate_tokens, kind_for_status, parse_retry_after
 from j1mskyd.providers import CompletionRequest, ProviderError, ProviderSettings
 from tests.fakeupstream import FakeUpstream, fake_upstream  # noqa: F401 - fixture
 
@@ -299,6 +299,25 @@ async def test_key_echoed_by_upstream_is_redacted(registry, session, fake_upstre
         assert info.value.kind == kind
         assert KEY not in str(info.value) and KEY not in repr(info.value)
         assert "[redacted]" in info.value.message
+
+
+async def test_a_url_is_parsed_once_per_caller_in_a_bounded_cache(session, fake_upstream):
+    """aiohttp takes a parsed URL as it is (a text one it parses on every request): the caller
+    keeps each URL parsed, a few of them, and text that does not parse goes on as text."""
+    from yarl import URL
+    http = HttpCaller(session, "t", None)
+    url = fake_upstream.url + "/v1/chat/completions"
+    first = http._target(url)
+    assert isinstance(first, URL) and str(first) == url and http._target(url) is first
+    answer = await http.post_json(url, {"model": "m", "messages": []}, {}, 5)
+    assert isinstance(answer, dict) and fake_upstream.calls[-1]["path"] == "/v1/chat/completions"
+    for i in range(40):
+        http._target(f"{fake_upstream.url}/v{i}/chat/completions")
+    assert 0 < len(http._urls) <= 16
+    assert http._target("http://[::1/v1") == "http://[::1/v1"
+    with pytest.raises(ProviderError) as info:  # aiohttp's own refusal, as before
+        await http.post_json("http://[::1/v1", {}, {}, 5)
+    assert info.value.kind == "bad_request" and "invalid URL" in info.value.message
 
 
 async def test_invalid_base_url_is_bad_request(registry, session):
