@@ -15,7 +15,6 @@ Secrets never appear in messages: reasons name types and constraints, never valu
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import math
 import os
@@ -604,6 +603,7 @@ def _check_table(raw: Mapping[str, Any], schema: Mapping[str, Checker], prefix: 
     for key, value in raw.items():
         check = schema.get(key)
         if check is None:
+            import difflib  # only for a mistake: not loaded by a daemon whose config is right
             near = difflib.get_close_matches(key, schema, n=1)
             reason = _HINTS.get(key) or (
                 f"unknown key (did you mean {near[0]!r}?)" if near else "unknown key")

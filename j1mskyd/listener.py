@@ -29,6 +29,7 @@ from .audit import Actor
 from .config import ServerConfig
 from .reload import ConfigInvalid
 from .connguard import ConnectionGuard, ConnectionStats, Refusal
+from .heap import release_free_memory
 from .violations import record_violation
 
 __all__ = ["CONNECTION_STATS", "FD_RESERVE", "GuardedSite", "HANDLER_ARGS", "JsonErrorHandler", "Listening",
@@ -248,6 +249,7 @@ def serve(app: web.Application, server: ServerConfig, *, print: Callable[[str], 
         # hundred short-lived ones (futures, dicts, tuples) that mostly die before the next one,
         # so fewer collections walk fewer live ones (-1.6 % of the instructions per agent).
         gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
+        release_free_memory()  # what start-up freed leaves the resident set (heap.py)
         try:
             log.info("j1mskyd ready: listening on %s", listening.site.name)
             print(f"listening on {listening.site.name}")

@@ -1,5 +1,6 @@
 """A first start does not load `cryptography` (~7 MB resident, issue 13 "idle RSS at first
-start"), and what replaced AES there keeps its guarantees: the data key's check value is an
+start") nor what only some requests need (the OpenAPI document's builder, the SDK's clients,
+config hints), it gives the C heap's free pages back, and what replaced AES there keeps its guarantees: the data key's check value is an
 HMAC (an older daemon's sealed one is still accepted, and replaced), and a new API key's
 secrets are derived from the data key, opened only with that key and for their own row."""
 
@@ -45,6 +46,77 @@ def test_a_first_and_a_later_start_with_the_bootstrap_key_leave_cryptography_unl
                           env={**os.environ, "PYTHONPATH": ROOT}, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+# The daemon's own start (``j1mskyd serve``, embedded default, a fresh state dir): which modules
+# are loaded once it listens, and after its first GET /api/openapi.json.
+SERVE = """
+import asyncio, sys
+import aiohttp
+import j1mskyd.listener as listener
+import j1mskyd.heap as heap
+
+LAZY = ("cryptography", "j1mskyd.api.openapi", "j1mskyd.api.kyros.openapi", "j1msky.client", "j1msky.aio",
+        "difflib", "importlib.resources")
+trimmed = []
+release = heap.release_free_memory
+listener.release_free_memory = lambda: trimmed.append(release()) or trimmed[-1]
+
+async def probe(app):
+    print(sorted(m for m in LAZY if m in sys.modules))
+    async with aiohttp.ClientSession() as s:
+        async with s.get("http://127.0.0.1:%s/api/openapi.json" % sys.argv[-1]) as r:
+            assert r.status == 200 and "/kyros/v1/tasks" in (await r.json())["paths"]
+    print(sorted(m for m in LAZY if m in sys.modules))
+    print(trimmed)
+
+listener._until_stopped = probe
+sys.argv = ["j1mskyd", "serve", "--host", "127.0.0.1", "--state-dir", sys.argv[1], "--port", sys.argv[2]]
+import j1mskyd.__main__ as main
+main.main()
+"""
+
+
+def test_an_idle_daemon_leaves_what_only_some_requests_need_unloaded(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-c", SERVE, str(tmp_path / "state"), str(port)], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    idle, after, trimmed = done.stdout.strip().splitlines()[-3:]
+    assert idle == "[]"
+    assert after == "['j1mskyd.api.kyros.openapi', 'j1mskyd.api.openapi']"  # the document's builder, on demand
+    assert trimmed == ("[True]" if sys.platform == "linux" else "[False]")  # glibc here
+
+
+def test_trimming_the_heap_is_skipped_where_the_c_library_has_no_malloc_trim(monkeypatch):
+    import ctypes
+
+    from j1mskyd import heap
+    assert heap.release_free_memory() is (sys.platform == "linux")
+
+    class NoTrim:
+        def __init__(self, name):
+            pass
+
+    monkeypatch.setattr(ctypes, "CDLL", NoTrim)  # musl, macOS: no such symbol
+    assert heap.release_free_memory() is False
+
+
+def test_the_sdk_s_names_load_on_first_use():
+    code = ("import sys, j1msky; from j1msky.backoff import backoff_delay; print('j1msky.client' in sys.modules); "
+            "from j1msky import J1MSKYClient, AsyncJ1MSKYClient, WaitTimeout; import j1msky as m; "
+            "print(J1MSKYClient.__module__, AsyncJ1MSKYClient.__module__, WaitTimeout is m.WaitTimeout, "
+            "set(m.__all__) <= set(dir(m)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "sdk", "python")}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "j1msky.client", "j1msky.aio", "True", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        import j1msky
+        j1msky.Nope  # noqa: B018
 
 
 def test_a_derived_secret_opens_only_with_its_data_key_and_for_its_own_row_and_column():

@@ -2,8 +2,8 @@
 
 The page is public; everything it shows comes from /api with the key the operator
 types in (kept in the tab's sessionStorage, sent as a bearer header; docs/dashboard.md).
-The files are a fixed allow-list read once, at the first app build, with
-importlib.resources, so they load from a wheel, the .deb and the zipapp alike; a name
+The files are a fixed allow-list read once, at the first app build, from the package's
+directory (a wheel, the .deb) or with importlib.resources (the zipapp); a name
 is looked up in that dict and nothing else, so no path ever reaches the filesystem.
 Every answer carries a strict Content-Security-Policy: the page runs only its own
 script, with no inline code, and talks only to its own origin.
@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -55,7 +56,10 @@ class Asset:
 @functools.cache
 def assets() -> dict[str, Asset]:
     """The allow-listed files, read once per process."""
-    folder = resources.files(__package__.rpartition(".")[0]).joinpath("static")
+    folder: Any = Path(__file__).resolve().parent.parent / "static"
+    if not folder.is_dir():  # a zipapp's members: importlib.resources (~0.1 MB resident) reads those
+        from importlib import resources
+        folder = resources.files(__package__.rpartition(".")[0]).joinpath("static")
     found = {}
     for name, content_type in ASSETS.items():
         body = folder.joinpath(name).read_bytes()

@@ -1,12 +1,13 @@
 """GET /api/openapi.json: an OpenAPI 3.1 document built from the route table itself.
 
-routes.py hands the table over with :func:`describe` (this module does not import routes.py),
+routes.py hands the table over (openapi_route.describe; neither module imports routes.py),
 so a route cannot be missing from the document.  The document spells out the request bodies
 and query parameters from the validation rules, the security scheme and scope of each route,
 the status codes each route answers with, and the one error envelope on every failure.  The
 response schemas are strict enough to be checked: scripts/test-api-schema fuzzes a real daemon
 against this document (schemathesis) and fails on any response it does not describe.  It is
-built once, on the first request, and then served as it is (see ``DOCUMENT``).
+built once, on the first request, and then served as it is (openapi_route.py), and this module
+is imported only then: its schemas are ~0.2 MB resident that an idle daemon does not need.
 """
 
 from __future__ import annotations
@@ -14,22 +15,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from aiohttp import web
-
 from .. import __version__
 from ..audit import EVENTS as AUDIT_EVENTS, LOG_LEVELS
 from ..keys import SCOPES
 from ..ratelimit import ENDPOINT_CLASSES
 from ..tenancy import DURATIONS
 from ..security_request import MAX_BLOCK_HOURS
-from .common import config_of, app_key, json_response
-from .middleware import PUBLIC
-
-# The document depends only on the routes and the configuration, fixed while the daemon runs:
-# built on the first request, then served as it is (the route is public and not counted, so
-# rebuilding it per request would hand anyone a few ms of the Pi's CPU per call).
-DOCUMENT = app_key("j1msky.openapi_document")
-ROUTE_TABLE = app_key("j1msky.openapi_routes")  # (routes, prefixes, front door) given to describe()
 
 _PARAM = re.compile(r"{([^}]+)}")
 
@@ -823,23 +814,3 @@ def build(routes: Any, prefixes: tuple[str, ...], public: str, config: Any,
                                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
         },
     }
-
-
-def describe(app: web.Application, routes: Any, prefixes: tuple[str, ...], front_door: Any = (),
-             root: Any = (), mounted: Any = ()) -> None:
-    """GET /openapi.json on ``app`` documents these routes (the table of routes.py), the
-    front door's and ``root``'s ((method, path, handler, scope, content type): GET /metrics).
-    Handed over at set-up rather than imported, so routes.py -> openapi.py is the only direction."""
-    app[ROUTE_TABLE] = (routes, prefixes, front_door, root, mounted)
-    app[DOCUMENT] = {}  # filled by the first GET /openapi.json
-
-
-async def openapi_json(request: web.Request) -> web.Response:
-    """The OpenAPI 3.1 document of every route."""
-    cached = request.app[DOCUMENT]
-    config = config_of(request)
-    if cached.get("config") is not config:  # built again after a reload (the models' enums)
-        routes, prefixes, front_door, root, mounted = request.app[ROUTE_TABLE]
-        cached["response"] = json_response(build(routes, prefixes, PUBLIC, config, front_door, root, mounted)).body
-        cached["config"] = config
-    return web.Response(body=cached["response"], content_type="application/json", charset="utf-8")

@@ -9,14 +9,16 @@ scope stops setup_routes (route_table.RouteTable).
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from ..dialects.anthropic_messages import DIALECT as ANTHROPIC
 from ..dialects.openai_chat import OPENAI
 from ..keys import ANY_KEY, READ_ALL
-from . import (agents, dashboard, events, frontdoor, frontdoor_anthropic, keys, openapi, ops, orchestrator, pricing,
-               projects, security, system, tasks, webhooks)
-from .kyros import openapi as kyros_openapi, routes as kyros
+from . import (agents, dashboard, events, frontdoor, frontdoor_anthropic, keys, openapi_route, ops, orchestrator,
+               pricing, projects, security, system, tasks, webhooks)
+from .kyros import routes as kyros
 from .route_index import index_plain_paths
 from .route_table import PUBLIC, ROUTE_TABLE, RouteTable
 
@@ -38,7 +40,7 @@ ROUTES = (
     ("DELETE", "/agent/{agent_id}", agents.cancel_agent, WRITE, "other"),
     ("DELETE", "/agent/{agent_id}/data", agents.delete_agent_data, WRITE, "other"),
     ("GET", "/health", system.health, PUBLIC, "other"),
-    ("GET", "/openapi.json", openapi.openapi_json, PUBLIC, "other"),
+    ("GET", "/openapi.json", openapi_route.openapi_json, PUBLIC, "other"),
     ("GET", "/plugins", system.plugins, READ, "other"),
     ("GET", "/rate-limits", ops.rate_limits, READ, "other"),
     ("GET", "/system", ops.system, READ, "system"),
@@ -180,5 +182,12 @@ def setup_routes(app: web.Application) -> None:
         table.add(route[0], kyros.PREFIX + route[1], *route[2:], in_band=route[1] == kyros.WS_PATH)
     table.check_complete()
     index_plain_paths(app.router)  # aiohttp 3.8 (bookworm): no scan of every resource per request
-    openapi.describe(app, ROUTES, PREFIXES, FRONT_DOOR, ROOT, ((kyros.PREFIX, kyros_routes, kyros_openapi.paths),))
+    openapi_route.describe(app, ROUTES, PREFIXES, FRONT_DOOR, ROOT, ((kyros.PREFIX, kyros_routes, _kyros_paths),))
     app[ROUTE_TABLE] = table
+
+
+def _kyros_paths(*args: Any) -> dict[str, dict[str, Any]]:
+    """api/kyros/openapi.py's paths, that module imported with the document's builder (on the
+    first GET /openapi.json), not at start-up."""
+    from .kyros import openapi as kyros_openapi
+    return kyros_openapi.paths(*args)

@@ -12,13 +12,44 @@ needs aiohttp (``pip install "j1msky[async]"``).  Both retry 429 (honouring Retr
 one Idempotency-Key over its retries; with ``api_secret`` every request is HMAC-signed.
 """
 
-from .aio import AsyncAgent, AsyncJ1MSKYClient
-from .client import Agency, Agent, J1MSKYClient
-from .config import Config, TaskPriority
-from .errors import J1MSKYError, RateLimitError, WaitTimeout
-from .models import AgentResult, AgentStatus, Quote, Record
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .aio import AsyncAgent, AsyncJ1MSKYClient
+    from .client import Agency, Agent, J1MSKYClient
+    from .config import Config, TaskPriority
+    from .errors import J1MSKYError, RateLimitError, WaitTimeout
+    from .models import AgentResult, AgentStatus, Quote, Record
 
 __version__ = "4.1.0"  # the API reference's Python SDK version (its "Official SDKs" table)
+
+# Each public name is imported from its module on first use (PEP 562): ``from j1msky import
+# J1MSKYClient`` works as before, and a program that needs only a helper module (the daemon
+# takes ``j1msky.backoff``, ``j1msky.signing`` and ``j1msky.ttlcache``) does not load both
+# clients (~0.25 MB resident).
+_HOMES = {
+    "AsyncAgent": "aio", "AsyncJ1MSKYClient": "aio",
+    "Agency": "client", "Agent": "client", "J1MSKYClient": "client",
+    "Config": "config", "TaskPriority": "config",
+    "J1MSKYError": "errors", "RateLimitError": "errors", "WaitTimeout": "errors",
+    "AgentResult": "models", "AgentStatus": "models", "Quote": "models", "Record": "models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value  # once: later lookups find it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
 
 __all__ = ["Agency", "Agent", "AgentResult", "AgentStatus", "AsyncAgent", "AsyncJ1MSKYClient", "Config",
            "J1MSKYClient", "J1MSKYError", "Quote", "RateLimitError", "Record", "TaskPriority", "WaitTimeout",
