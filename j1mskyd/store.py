@@ -998,36 +998,41 @@ class Store:
                     probe.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it
                     self._pending.append((_PROBE, probe, False))
                 batch, self._pending = self._pending, []
-                units = [u for u, _, _ in batch]
                 try:
-                    if self._synchronous == "normal" and len(units) <= _INLINE_UNITS:
-                        # A small WAL commit without fsync costs less than the hop to a
-                        # thread and back; checkpoints (which do fsync) stay off the loop.
-                        errors = self._commit_batch(units)
-                    else:
-                        errors = await self._writer.run(self._commit_batch, units)
-                except Exception as exc:  # the whole transaction failed (disk full, I/O error)
-                    if is_disk_full(exc):
-                        await self._wait_for_space(batch, exc, delay)
-                        delay = min(delay * 2, _RETRY_MAX)
-                        continue
-                    log.error("database commit failed: %s", exc)
-                    errors = [exc] * len(batch)
-                else:
-                    delay = _RETRY_FIRST
-                    self._set_full(None)
-                for (_, fut, _), err in zip(batch, errors):
-                    if fut.done():
-                        continue
-                    if err is None:
-                        fut.set_result(None)
-                    else:
-                        fut.set_exception(err if isinstance(err, StoreError) else StoreError(str(err)))
-                if self._commits_since_checkpoint >= _CHECKPOINT_EVERY:
+                    units = [u for u, _, _ in batch]
                     try:
-                        await self._writer.run(self._checkpoint)
-                    except sqlite3.Error as exc:  # committed all the same; the next round retries
-                        log.warning("WAL checkpoint failed: %s", exc)
+                        if self._synchronous == "normal" and len(units) <= _INLINE_UNITS:
+                            # A small WAL commit without fsync costs less than the hop to a
+                            # thread and back; checkpoints (which do fsync) stay off the loop.
+                            errors = self._commit_batch(units)
+                        else:
+                            errors = await self._writer.run(self._commit_batch, units)
+                    except Exception as exc:  # the whole transaction failed (disk full, I/O error)
+                        if is_disk_full(exc):
+                            await self._wait_for_space(batch, exc, delay)
+                            delay = min(delay * 2, _RETRY_MAX)
+                            continue
+                        log.error("database commit failed: %s", exc)
+                        errors = [exc] * len(batch)
+                    else:
+                        delay = _RETRY_FIRST
+                        self._set_full(None)
+                    for (_, fut, _), err in zip(batch, errors):
+                        if fut.done():
+                            continue
+                        if err is None:
+                            fut.set_result(None)
+                        else:
+                            fut.set_exception(err if isinstance(err, StoreError) else StoreError(str(err)))
+                    if self._commits_since_checkpoint >= _CHECKPOINT_EVERY:
+                        try:
+                            await self._writer.run(self._checkpoint)
+                        except sqlite3.Error as exc:  # committed all the same; the next round retries
+                            log.warning("WAL checkpoint failed: %s", exc)
+                finally:
+                    # A Queued of this group (an agent's running write, kept while it runs) holds
+                    # this list: emptied, it no longer keeps every unit of the group alive with it.
+                    batch.clear()
         finally:
             self._flushing = None
 

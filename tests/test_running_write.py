@@ -41,6 +41,18 @@ async def test_a_unit_the_flusher_took_is_not_withdrawn(store):
     assert _names(store) == ["written"]
 
 
+async def test_a_unit_kept_while_its_agent_runs_does_not_keep_its_group_with_it(store):
+    """The runtime keeps an agent's running write (its Queued) for as long as the agent runs,
+    to take it back at the end; the units committed with it (other agents' inserts with their
+    sealed tasks, audit rows) must not live that long too: ~2 KB an agent with 10,000 running."""
+    mine = store.queue([(_SETTING, ("mine",))])
+    others = [store.submit([(_SETTING, (f"other-{i}",))]) for i in range(3)]
+    await asyncio.gather(mine.future, *others)
+    assert mine._queue == []  # the group's list, emptied once committed: nothing of the others is held
+    assert not store.withdraw(mine) and not store.discard(mine)
+    assert _names(store) == ["mine", "other-0", "other-1", "other-2"]
+
+
 async def test_a_slow_call_is_running_on_disk_with_its_run_counted(aiohttp_client, tmp_path, upstreams):
     """The guarantee the `running` write is for: while the upstream holds the call, a crash
     would find the agent running with this run counted (recovery bounds re-runs with it)."""
