@@ -100,3 +100,39 @@ def test_the_data_cipher_uses_it_and_opens_what_the_old_one_sealed(tmp_path):
     nonce = os.urandom(12)
     old = "enc1:" + base64.b64encode(nonce + AESGCM(key).encrypt(nonce, b"old text", b"agent_9/result")).decode()
     assert cipher.decrypt(old, "agent_9/result") == "old text"
+
+
+def test_openssl_is_called_keeping_the_gil():
+    """cffi lets the GIL go around each call (five a message): under load each was a chance for
+    the store's writer thread to take it and the loop's thread to wait for it back, ~10 % of an
+    agent's CPU on this stack.  ctypes.PyDLL keeps it for the call."""
+    import ctypes
+    lib, ctrl = aesgcm_openssl.libcrypto()
+    assert isinstance(lib, ctypes.PyDLL) and set(ctrl) == {"set_ivlen", "get_tag", "set_tag"}
+
+
+def test_without_openssl_s_functions_the_data_cipher_takes_aesgcm(monkeypatch):
+    """A binding that links OpenSSL statically may not export its functions: AESGCM, slower and the same."""
+    monkeypatch.setattr(aesgcm_openssl, "libcrypto", lambda: None)
+    key = AESGCM.generate_key(256)
+    assert type(aesgcm_openssl.aead_for(key)) is AESGCM
+    with pytest.raises(RuntimeError, match="cannot be found"):
+        aesgcm_openssl.ReusedContextGCM(key)
+
+
+def test_a_thread_s_context_goes_with_the_thread():
+    import gc
+    import weakref
+    ours = aesgcm_openssl.ReusedContextGCM(AESGCM.generate_key(256))
+    seen: list[weakref.ref] = []
+
+    def work() -> None:
+        ours.encrypt(os.urandom(12), b"data", b"ad")
+        seen.append(weakref.ref(ours._local.context))
+
+    for _ in range(3):
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    gc.collect()
+    assert len(seen) == 3 and all(ref() is None for ref in seen)  # freed (EVP_CIPHER_CTX_free, its finaliser)
