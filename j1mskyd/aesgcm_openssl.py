@@ -93,7 +93,9 @@ class _Context:
         address = lib.EVP_CIPHER_CTX_new()
         _check(lib, address)
         ctx = ctypes.c_void_p(address)
-        weakref.finalize(self, lib.EVP_CIPHER_CTX_free, ctx)
+        # Freed with this object, never at exit: a thread still sealing then (a daemon thread, an exit
+        # hook) would use a freed context; the process's end frees it anyway.
+        weakref.finalize(self, lib.EVP_CIPHER_CTX_free, ctx).atexit = False
         cipher = lib.EVP_get_cipherbyname(b"aes-%d-gcm" % (len(key) * 8))
         _check(lib, cipher)
         _check(lib, lib.EVP_CipherInit_ex(ctx, ctypes.c_void_p(cipher), None, None, None, 1))
@@ -112,6 +114,14 @@ class _Context:
         self.out = ctypes.create_string_buffer(size)
         self.out_at = ctypes.addressof(self.out)
         self.size = size
+
+
+def _plain(nonce: Any, data: Any, associated_data: Any) -> bool:
+    """The arguments the data cipher passes (``bytes``, a 12-byte nonce): the fast path's.  Any
+    other (a bytearray, a str, another nonce length) goes to ``AESGCM``, for its answer or its
+    error: ctypes, with no argument types declared, would pass a str's characters as they are."""
+    return (type(nonce) is bytes and len(nonce) == _NONCE and type(data) is bytes and len(data) <= 2**31 - 1
+            and (associated_data is None or type(associated_data) is bytes))
 
 
 def _check(lib: Any, ok: Any) -> None:
@@ -159,7 +169,7 @@ class ReusedContextGCM:
         return context, ctypes.string_at(context.out_at, context.outlen.value) if data else b""
 
     def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes:
-        if len(nonce) != _NONCE or len(data) > 2**31 - 1:
+        if not _plain(nonce, data, associated_data):
             return self._fallback.encrypt(nonce, data, associated_data)
         context, out = self._start(nonce, data, associated_data or b"", 1)
         lib = self._lib
@@ -169,7 +179,7 @@ class ReusedContextGCM:
         return out + context.tag.raw
 
     def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes:
-        if len(nonce) != _NONCE or len(data) > 2**31 - 1:
+        if not _plain(nonce, data, associated_data):
             return self._fallback.decrypt(nonce, data, associated_data)
         if len(data) < _TAG:
             raise self._invalid

@@ -136,3 +136,54 @@ def test_a_thread_s_context_goes_with_the_thread():
         t.join()
     gc.collect()
     assert len(seen) == 3 and all(ref() is None for ref in seen)  # freed (EVP_CIPHER_CTX_free, its finaliser)
+
+
+def _outcome(call, *args):
+    try:
+        return "ok", call(*args)
+    except Exception as exc:  # noqa: BLE001 - what is compared is which error
+        return "error", type(exc)
+
+
+def test_arguments_other_than_bytes_get_aesgcm_s_own_answers_and_errors():
+    """ctypes with no argument types would pass a str's characters as they are: anything but
+    bytes (and a 12-byte nonce) goes to AESGCM, for its answer or its error."""
+    key = AESGCM.generate_key(256)
+    ours, theirs = aesgcm_openssl.ReusedContextGCM(key), AESGCM(key)
+    nonce = os.urandom(12)
+    sealed = theirs.encrypt(nonce, b"data", b"ad")
+    odd = (bytearray(nonce), memoryview(nonce), "n" * 12, None)
+    for args in [(n, b"data", b"ad") for n in odd] + [
+            (nonce, "data", b"ad"), (nonce, bytearray(b"data"), b"ad"), (nonce, b"data", "ad"),
+            (nonce, b"data", bytearray(b"ad")), (nonce, b"data", memoryview(b"ad"))]:
+        assert _outcome(ours.encrypt, *args) == _outcome(theirs.encrypt, *args), args
+    for args in ((nonce, sealed, "ad"), (bytearray(nonce), sealed, b"ad"), (nonce, bytearray(sealed), b"ad")):
+        assert _outcome(ours.decrypt, *args) == _outcome(theirs.decrypt, *args), args
+    assert _outcome(ours.encrypt, nonce, "data", b"ad")[0] == "error"  # never a str's characters sealed
+
+
+EXIT_HOOK = """
+import atexit, os, threading
+from j1mskyd.crypto import DataCipher
+cipher = None
+atexit.register(lambda: print(cipher.encrypt("last words", "agent_1/result")[:5]))  # runs after finalize's hook
+cipher = DataCipher(os.urandom(32))
+cipher.encrypt("hello", "agent_1/task")
+def seal():
+    while True:
+        cipher.encrypt("x" * 500, "agent_2/task")
+threading.Thread(target=seal, daemon=True).start()  # still sealing while the process ends
+"""
+
+
+def test_a_context_is_not_freed_at_exit_while_it_can_still_be_used():
+    """weakref.finalize frees at exit by default: an exit hook or a daemon thread sealing then
+    used a freed OpenSSL context (a crash).  The process's end frees it instead."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for _ in range(5):
+        done = subprocess.run([sys.executable, "-c", EXIT_HOOK], capture_output=True, text=True, cwd=root,
+                              env={**os.environ, "PYTHONPATH": root}, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "enc1:"

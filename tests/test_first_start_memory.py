@@ -109,11 +109,13 @@ def test_the_sdk_s_names_load_on_first_use():
     code = ("import sys, j1msky; from j1msky.backoff import backoff_delay; print('j1msky.client' in sys.modules); "
             "from j1msky import J1MSKYClient, AsyncJ1MSKYClient, WaitTimeout; import j1msky as m; "
             "print(J1MSKYClient.__module__, AsyncJ1MSKYClient.__module__, WaitTimeout is m.WaitTimeout, "
-            "set(m.__all__) <= set(dir(m)))")
+            "set(m.__all__) <= set(dir(m)), m.errors.J1MSKYError is m.J1MSKYError, m.sse.__name__, "
+            "'importlib' in dir(m))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "sdk", "python")}, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "j1msky.client", "j1msky.aio", "True", "True"]
+    assert done.stdout.split() == ["False", "j1msky.client", "j1msky.aio", "True", "True", "True", "j1msky.sse",
+                                   "False"]  # a submodule is an attribute, as when __init__ imported them all
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         import j1msky
         j1msky.Nope  # noqa: B018

@@ -26,10 +26,10 @@ if TYPE_CHECKING:
 
 __version__ = "4.1.0"  # the API reference's Python SDK version (its "Official SDKs" table)
 
-# Each public name is imported from its module on first use (PEP 562): ``from j1msky import
-# J1MSKYClient`` works as before, and a program that needs only a helper module (the daemon
-# takes ``j1msky.backoff``, ``j1msky.signing`` and ``j1msky.ttlcache``) does not load both
-# clients (~0.25 MB resident).
+# Each public name is imported from its module on first use (PEP 562), and so is each module
+# reached as an attribute (``j1msky.errors``): ``from j1msky import J1MSKYClient`` works as
+# before, and a program that needs only a helper module (the daemon takes ``j1msky.backoff``,
+# ``j1msky.signing`` and ``j1msky.ttlcache``) does not load both clients (~0.25 MB resident).
 _HOMES = {
     "AsyncAgent": "aio", "AsyncJ1MSKYClient": "aio",
     "Agency": "client", "Agent": "client", "J1MSKYClient": "client",
@@ -37,19 +37,24 @@ _HOMES = {
     "J1MSKYError": "errors", "RateLimitError": "errors", "WaitTimeout": "errors",
     "AgentResult": "models", "AgentStatus": "models", "Quote": "models", "Record": "models",
 }
+_MODULES = ("_core", "aio", "backoff", "client", "config", "connection", "errors", "models", "signing", "sse",
+            "ttlcache")
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{home}", __name__), name)
-    globals()[name] = value  # once: later lookups find it without this function
-    return value
+if not TYPE_CHECKING:  # type checkers read the imports above: a misspelt name stays an error there
+    def __getattr__(name: str) -> Any:
+        if name in _MODULES:
+            return importlib.import_module(f".{name}", __name__)  # the import sets it on this module
+        home = _HOMES.get(name)
+        if home is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{home}", __name__), name)
+        globals()[name] = value  # once: later lookups find it without this function
+        return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+    return sorted({*__all__, *_MODULES})
+
 
 __all__ = ["Agency", "Agent", "AgentResult", "AgentStatus", "AsyncAgent", "AsyncJ1MSKYClient", "Config",
            "J1MSKYClient", "J1MSKYError", "Quote", "RateLimitError", "Record", "TaskPriority", "WaitTimeout",
