@@ -56,7 +56,7 @@ class Asset:
 @functools.cache
 def assets() -> dict[str, Asset]:
     """The allow-listed files, read once per process."""
-    folder: Any = Path(__file__).resolve().parent.parent / "static"
+    folder: Any = Path(__file__).parent.parent / "static"  # as app.BUILTIN_PLUGINS finds its directory
     if not folder.is_dir():  # a zipapp's members: importlib.resources (~0.1 MB resident) reads those
         from importlib import resources
         folder = resources.files(__package__.rpartition(".")[0]).joinpath("static")
