@@ -17,7 +17,7 @@ It calls that OpenSSL (the one ``cryptography``'s own binding is linked with, fo
 binding's shared object) with ``ctypes.PyDLL``, which keeps the GIL during each call.  cffi lets
 the GIL go around every call: five a message, thirty an agent, and each was a chance for the
 store's writer thread to take the GIL and the event loop's thread to wait for it back (two
-context switches).  Under load that hand-over cost the Debian stack ~10 % of its CPU per agent
+context switches).  Under load that hand-over cost the Debian stack ~7 % of its CPU per agent
 (docs/performance.md, "Eighth pass"); the calls themselves take well under a microsecond, so
 nobody waits long for the GIL they keep.
 

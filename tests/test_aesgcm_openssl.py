@@ -104,7 +104,7 @@ def test_the_data_cipher_uses_it_and_opens_what_the_old_one_sealed(tmp_path):
 
 def test_openssl_is_called_keeping_the_gil():
     """cffi lets the GIL go around each call (five a message): under load each was a chance for
-    the store's writer thread to take it and the loop's thread to wait for it back, ~10 % of an
+    the store's writer thread to take it and the loop's thread to wait for it back, ~7 % of an
     agent's CPU on this stack.  ctypes.PyDLL keeps it for the call."""
     import ctypes
     lib, ctrl = aesgcm_openssl.libcrypto()
