@@ -1,8 +1,9 @@
 """A first start does not load `cryptography` (~7 MB resident, issue 13 "idle RSS at first
 start") nor what only some requests need (the OpenAPI document's builder, the SDK's clients,
-config hints), it gives the C heap's free pages back, and what replaced AES there keeps its guarantees: the data key's check value is an
-HMAC (an older daemon's sealed one is still accepted, and replaced), and a new API key's
-secrets are derived from the data key, opened only with that key and for their own row."""
+config hints), it gives the C heap's free pages back, and what replaced AES there keeps its
+guarantees: the data key's check value is an HMAC (an older daemon's sealed one is still
+accepted, and replaced), and a new API key's secrets are derived from the data key, opened
+only with that key and for their own row."""
 
 from __future__ import annotations
 
