@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Statement = tuple[str, Sequence[Any]]
+# The write queue: each unit waiting to commit, with its future and whether it fails fast on a full disk.
+_Queue = list[tuple[list[Statement], "asyncio.Future[None]", bool]]
 
 # Forward-only migrations: MIGRATIONS[i] brings schema version i to i + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -724,12 +726,14 @@ class _Writer:
 
 class Queued:
     """A unit queued with :meth:`Store.queue`: its statements, its future, and its place in the
-    queue, which :meth:`Store.withdraw` needs."""
+    queue, which :meth:`Store.withdraw` needs: which queue (its number, not the list, which once
+    taken is a whole commit group: kept by a runtime for as long as an agent runs, it kept every
+    unit of that group with it) and where in it."""
 
     __slots__ = ("statements", "future", "_queue", "_index")
 
     def __init__(self, statements: list[Statement], future: asyncio.Future[None],
-                 queue: list[Any], index: int) -> None:
+                 queue: int, index: int) -> None:
         self.statements = statements
         self.future = future
         self._queue = queue
@@ -749,7 +753,8 @@ class Store:
         self._rlock = threading.Lock()
         self._lock_fd: int | None = None
         self._commits_since_checkpoint = 0
-        self._pending: list[tuple[list[Statement], asyncio.Future[None], bool]] = []  # (unit, done, fail_fast)
+        self._pending: _Queue = []  # (unit, done, fail_fast)
+        self._queue_number = 0  # which list _pending is: each one taken or replaced gets the next (_replace_queue)
         self._flushing: asyncio.Task[None] | None = None
         self._closed = False
         self.commits = 0  # number of transactions committed (benchmarks read it)
@@ -891,7 +896,7 @@ class Store:
     def queue(self, statements: list[Statement]) -> Queued:
         """:meth:`submit`, for a unit that a later one may make useless (see :meth:`withdraw`)."""
         fut = self.submit(statements)
-        return Queued(statements, fut, self._pending, len(self._pending) - 1)
+        return Queued(statements, fut, self._queue_number, len(self._pending) - 1)
 
     def withdraw(self, queued: Queued) -> bool:
         """Take back a queued unit that a later unit makes useless, while the flusher has not
@@ -902,9 +907,9 @@ class Store:
         disk in nothing, provided the later unit writes what it wrote.  False once it is
         being committed, committed, or requeued after a full disk: it then stands.
         """
-        pending = self._pending
-        if queued._queue is not pending or self._closed:
+        if queued._queue != self._queue_number or self._closed:
             return False
+        pending = self._pending
         unit, fut, fail_fast = pending[queued._index]
         if fut is not queued.future:  # cannot happen: a queue list only grows until it is taken
             return False
@@ -997,58 +1002,52 @@ class Store:
                     probe: asyncio.Future[None] = loop.create_future()
                     probe.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it
                     self._pending.append((_PROBE, probe, False))
-                batch, self._pending = self._pending, []
+                batch = self._replace_queue([])
+                units = [u for u, _, _ in batch]
                 try:
-                    units = [u for u, _, _ in batch]
-                    try:
-                        if self._synchronous == "normal" and len(units) <= _INLINE_UNITS:
-                            # A small WAL commit without fsync costs less than the hop to a
-                            # thread and back; checkpoints (which do fsync) stay off the loop.
-                            errors = self._commit_batch(units)
-                        else:
-                            errors = await self._writer.run(self._commit_batch, units)
-                    except Exception as exc:  # the whole transaction failed (disk full, I/O error)
-                        if is_disk_full(exc):
-                            await self._wait_for_space(batch, exc, delay)
-                            delay = min(delay * 2, _RETRY_MAX)
-                            continue
-                        log.error("database commit failed: %s", exc)
-                        errors = [exc] * len(batch)
+                    if self._synchronous == "normal" and len(units) <= _INLINE_UNITS:
+                        # A small WAL commit without fsync costs less than the hop to a
+                        # thread and back; checkpoints (which do fsync) stay off the loop.
+                        errors = self._commit_batch(units)
                     else:
-                        delay = _RETRY_FIRST
-                        self._set_full(None)
-                    for (_, fut, _), err in zip(batch, errors):
-                        if fut.done():
-                            continue
-                        if err is None:
-                            fut.set_result(None)
-                        else:
-                            fut.set_exception(err if isinstance(err, StoreError) else StoreError(str(err)))
-                    if self._commits_since_checkpoint >= _CHECKPOINT_EVERY:
-                        try:
-                            await self._writer.run(self._checkpoint)
-                        except sqlite3.Error as exc:  # committed all the same; the next round retries
-                            log.warning("WAL checkpoint failed: %s", exc)
-                finally:
-                    # A Queued of this group (an agent's running write, kept while it runs) holds
-                    # this list: emptied, it no longer keeps every unit of the group alive with it.
-                    batch.clear()
+                        errors = await self._writer.run(self._commit_batch, units)
+                except Exception as exc:  # the whole transaction failed (disk full, I/O error)
+                    if is_disk_full(exc):
+                        await self._wait_for_space(batch, exc, delay)
+                        delay = min(delay * 2, _RETRY_MAX)
+                        continue
+                    log.error("database commit failed: %s", exc)
+                    errors = [exc] * len(batch)
+                else:
+                    delay = _RETRY_FIRST
+                    self._set_full(None)
+                for (_, fut, _), err in zip(batch, errors):
+                    if fut.done():
+                        continue
+                    if err is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(err if isinstance(err, StoreError) else StoreError(str(err)))
+                if self._commits_since_checkpoint >= _CHECKPOINT_EVERY:
+                    try:
+                        await self._writer.run(self._checkpoint)
+                    except sqlite3.Error as exc:  # committed all the same; the next round retries
+                        log.warning("WAL checkpoint failed: %s", exc)
         finally:
             self._flushing = None
 
-    async def _wait_for_space(self, batch: list[tuple[list[Statement], asyncio.Future[None], bool]],
-                              exc: Exception, delay: float) -> None:
+    async def _wait_for_space(self, batch: _Queue, exc: Exception, delay: float) -> None:
         """The group found the disk full and was rolled back whole: requeue its units ahead
         of newer ones (same order), refuse the fail-fast ones, and back off."""
         waiting = batch + self._pending  # those queued meanwhile too: a request must not wait a backoff
-        self._pending = [item for item in waiting if not item[2]]
+        self._replace_queue([item for item in waiting if not item[2]])
         self._set_full(str(exc))
         for _, fut, fail_fast in waiting:
             if fail_fast and not fut.done():
                 fut.set_exception(self._refusal())
         loop = asyncio.get_running_loop()
         if self._give_up_at is not None and loop.time() >= self._give_up_at:
-            lost, self._pending = self._pending, []
+            lost = self._replace_queue([])
             log.error("stopping with a full disk: %d writes could not be saved (agents they finish run "
                       "again at the next start)", sum(unit is not _PROBE for unit, _, _ in lost))
             for _, fut, _ in lost:
@@ -1060,6 +1059,13 @@ class Store:
             async with asyncio.timeout(delay if self._give_up_at is None
                                        else min(delay, max(self._give_up_at - loop.time(), 0.0))):
                 await self._wake.wait()
+
+    def _replace_queue(self, new: _Queue) -> _Queue:
+        """Put ``new`` in the place of the queue, and return the queue as it was: a unit queued
+        before waits in it no longer, and :meth:`withdraw` (by the queue's number) knows it."""
+        old, self._pending = self._pending, new
+        self._queue_number += 1
+        return old
 
     def _commit_batch(self, units: list[list[Statement]]) -> list[Exception | None]:
         """Commit every unit in one transaction; a unit that fails is rolled back alone.

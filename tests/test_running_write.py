@@ -6,6 +6,7 @@ the `running` write is taken back (Store.withdraw): one statement fewer, the sam
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 
 from j1mskyd.agent_record import KIND_AGENT, Agent, insert, update
@@ -48,7 +49,8 @@ async def test_a_unit_kept_while_its_agent_runs_does_not_keep_its_group_with_it(
     mine = store.queue([(_SETTING, ("mine",))])
     others = [store.submit([(_SETTING, (f"other-{i}",))]) for i in range(3)]
     await asyncio.gather(mine.future, *others)
-    assert mine._queue == []  # the group's list, emptied once committed: nothing of the others is held
+    held = gc.get_referents(mine)  # its statements, its future, where it was queued
+    assert not any(isinstance(r, list) and r is not mine.statements for r in held)  # no list of the group
     assert not store.withdraw(mine) and not store.discard(mine)
     assert _names(store) == ["mine", "other-0", "other-1", "other-2"]
 
