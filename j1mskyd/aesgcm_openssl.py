@@ -87,7 +87,7 @@ def aead_for(key: bytes) -> Any:
 class _Context:
     """One thread's cipher context (the key set) and its scratch buffers, freed with it."""
 
-    __slots__ = ("ctx", "outlen", "outlen_ref", "tag", "final", "out", "out_at", "size", "__weakref__")
+    __slots__ = ("ctx", "outlen", "outlen_ref", "tag", "final", "out", "out_at", "__weakref__")
 
     def __init__(self, lib: Any, ctrl: dict[str, int], key: bytes) -> None:
         address = lib.EVP_CIPHER_CTX_new()
@@ -106,14 +106,12 @@ class _Context:
         self.outlen_ref = ctypes.byref(self.outlen)
         self.tag = ctypes.create_string_buffer(_TAG)  # exactly the tag: .raw is it
         self.final = ctypes.create_string_buffer(16)  # what Final writes (nothing, for GCM)
-        self.size = 0
         self.grow(256)
 
     def grow(self, size: int) -> None:
         """The output buffer, at least ``size`` bytes (GCM's output is as long as its input)."""
         self.out = ctypes.create_string_buffer(size)
         self.out_at = ctypes.addressof(self.out)
-        self.size = size
 
 
 def _plain(nonce: Any, data: Any, associated_data: Any) -> bool:
@@ -158,8 +156,8 @@ class ReusedContextGCM:
         context: _Context | None = getattr(self._local, "context", None)
         if context is None:
             context = self._local.context = _Context(self._lib, self._ctrl, self._key)
-        if len(data) > context.size:
-            context.grow(max(len(data), context.size * 2))
+        if len(data) > len(context.out):
+            context.grow(max(len(data), len(context.out) * 2))
         lib, ctx, outlen = self._lib, context.ctx, context.outlen_ref
         if not (lib.EVP_CipherInit_ex(ctx, None, None, None, nonce, encrypt)
                 and (not associated_data
