@@ -20,6 +20,7 @@ from j1mskyd.store import StoreFull
 from tests.test_chat_service import app_client, chat, collect
 from tests.test_runtime import two_provider_config
 from tests.test_store_full import FullDisk
+from tests.writelock import hold_writes, release
 
 
 async def until(predicate: Callable[[], bool], what: str) -> None:
@@ -33,18 +34,6 @@ def rows(services, sql: str, *args) -> list[tuple]:
     return [tuple(r) for r in services.store.read_sync(lambda c: c.execute(sql, args).fetchall())]
 
 
-def hold_writes(services) -> sqlite3.Connection:
-    """Another writer on the same database: the store's next group waits for its lock."""
-    other = sqlite3.connect(services.store.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-    return other
-
-
-def release(other: sqlite3.Connection) -> None:
-    other.execute("ROLLBACK")
-    other.close()
-
-
 def only_call(services):
     (agent,) = services.runtime.live.values()
     return agent
@@ -55,7 +44,7 @@ async def test_the_upstream_is_called_while_the_insert_commits_and_the_caller_wa
         aiohttp_client, tmp_path, upstreams, stream):
     primary, secondary = upstreams
     client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
-    other = hold_writes(services)
+    other = await hold_writes(services.store)
     try:
         starting = asyncio.ensure_future(services.chat.start(chat(stream=stream)))
         await until(lambda: len(primary.calls) == 1, "the upstream called before the insert committed")
@@ -90,7 +79,7 @@ async def test_a_long_call_is_written_running_once_its_insert_commits(aiohttp_cl
     primary, secondary = upstreams
     primary.delay = 30.0  # ended below by a cancel
     client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
-    other = hold_writes(services)
+    other = await hold_writes(services.store)
     try:
         starting = asyncio.ensure_future(services.chat.start(chat()))
         await until(lambda: len(primary.calls) == 1, "the upstream called before the insert committed")
@@ -117,8 +106,10 @@ async def test_a_call_whose_insert_fails_is_dropped_without_a_trace(aiohttp_clie
         primary.delay = 30.0
     client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
     events_before = rows(services, "SELECT COUNT(*) FROM events")
-    other = hold_writes(services)
-    disk = None
+    # In place before the insert's group begins (on the connection it finds then), full once the call is out.
+    disk = services.store._wconn = FullDisk(services.store._wconn)
+    disk.full = False
+    other = await hold_writes(services.store)
     try:
         starting = asyncio.ensure_future(services.chat.start(chat()))
         await until(lambda: len(primary.calls) == 1, "the upstream called before the insert committed")
@@ -127,7 +118,7 @@ async def test_a_call_whose_insert_fails_is_dropped_without_a_trace(aiohttp_clie
             await until(lambda: agent.status == "completed", "the answer in, its final write held")
         else:
             assert agent.status == "running"
-        disk = services.store._wconn = FullDisk(services.store._wconn)
+        disk.full = True
     finally:
         release(other)
     with pytest.raises(StoreFull):
@@ -153,7 +144,7 @@ async def test_a_live_reader_of_the_text_keeps_the_call_behind_its_commit(aiohtt
     primary, secondary = upstreams
     client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
     reader = services.events.subscribe(["agent.output"])
-    other = hold_writes(services)
+    other = await hold_writes(services.store)
     try:
         starting = asyncio.ensure_future(services.chat.start(chat(stream=True)))
         await asyncio.sleep(0.3)  # time enough for an early dispatch to reach the upstream
@@ -172,7 +163,7 @@ async def test_a_caller_that_leaves_while_the_insert_commits_cancels_the_call(ai
     primary, secondary = upstreams
     primary.delay = 30.0  # ended by the cancel
     client, services = await app_client(aiohttp_client, two_provider_config(tmp_path, primary, secondary))
-    other = hold_writes(services)
+    other = await hold_writes(services.store)
     try:
         starting = asyncio.ensure_future(services.chat.start(chat()))
         await until(lambda: len(primary.calls) == 1, "the upstream called before the insert committed")
@@ -285,7 +276,7 @@ async def dispatched_while_its_insert_waits(services, primary, monkeypatch, *, b
     second = asyncio.ensure_future(services.chat.start(chat("b")))
     await until(lambda: len(runtime._deferred) == 1, "b queued behind a, its insert deferred")
     (b_id,) = runtime._deferred
-    other = hold_writes(services)
+    other = await hold_writes(services.store)
     try:
         store.submit([("DELETE FROM ip_blocks WHERE ip = ?", ("127.0.0.9",))])
         await until(lambda: not store._pending, "the writer busy with another group")

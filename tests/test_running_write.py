@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import sqlite3
 
 from j1mskyd.agent_record import KIND_AGENT, Agent, insert, update
 from j1mskyd.api.common import SERVICES
@@ -17,6 +16,7 @@ from j1mskyd.providers import ProviderSettings
 from tests.conftest import make_config
 from tests.test_plugin_api import config_with, dropin
 from tests.test_runtime import spawn, two_provider_config
+from tests.writelock import hold_writes, release
 
 _SETTING = "INSERT INTO settings (name, value, updated_at) VALUES (?, '', 0)"
 
@@ -77,8 +77,7 @@ async def test_a_slow_call_is_running_on_disk_with_its_run_counted(aiohttp_clien
 async def _held_store_run(runtime, store, agent) -> None:
     """Run ``agent`` (queued on disk) while another writer holds the database, so that its
     `running` write is still queued when its call ends; then let the store go."""
-    other = sqlite3.connect(store.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+    other = await hold_writes(store)
     try:
         blocker = store.submit([(_SETTING, ("blocker",))])
         await asyncio.sleep(0)  # the writer takes the blocker and waits for the database
@@ -88,8 +87,7 @@ async def _held_store_run(runtime, store, agent) -> None:
                 break
             await asyncio.sleep(0.01)
     finally:
-        other.execute("ROLLBACK")
-        other.close()
+        release(other)
     await blocker
     if agent.agent_id in runtime.live:
         await runtime.wait(agent.agent_id)

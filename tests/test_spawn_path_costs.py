@@ -95,14 +95,12 @@ async def test_a_finish_goes_on_to_its_end_when_the_run_is_cancelled_while_its_w
     after-the-write steps from the write's future instead: the run task cancelled at that moment
     still leaves the agent completed on disk with its ledger row, told to whoever waits for it,
     out of the live set, and counted."""
-    import sqlite3
-
     from tests.test_running_write import queued_agent
+    from tests.writelock import hold_writes, release
 
     store, runtime, agent = await queued_agent(aiohttp_client, tmp_path, "subagent_1_0007")
     completed_before = runtime.completed_total
-    other = sqlite3.connect(store.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # the final write waits behind this writer
+    other = await hold_writes(store)  # the final write waits behind this writer
     try:
         blocker = store.submit([("INSERT INTO settings (name, value, updated_at) VALUES ('blocker', '', 0)", ())])
         await asyncio.sleep(0)  # the store's writer takes the blocker and waits for the database
@@ -118,8 +116,7 @@ async def test_a_finish_goes_on_to_its_end_when_the_run_is_cancelled_while_its_w
         await asyncio.gather(task, return_exceptions=True)
         assert not done.done()  # nothing is told before the write commits
     finally:
-        other.execute("ROLLBACK")
-        other.close()
+        release(other)
     await blocker
     assert (await asyncio.wait_for(done, 30)) is agent
     assert agent.agent_id not in runtime.live and runtime.completed_total == completed_before + 1
