@@ -8,6 +8,7 @@ J1MSKY_REQUIRE_BROWSER=1 (CI sets it), which makes a missing browser a failure.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -183,6 +184,37 @@ def test_the_zipapp_carries_the_files_and_pyproject_ships_them(tmp_path):
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert '"static/*"' in pyproject
 
+
+
+def test_a_missing_file_fails_the_build_and_the_files_are_read_at_the_first_request(tmp_path, monkeypatch):
+    """The start checks that every allow-listed file is there (a visitor never meets a missing one)
+    without keeping their bytes: they are read when the page is first asked for."""
+    from j1mskyd.api import dashboard
+    monkeypatch.setattr(dashboard, "assets", functools.cache(dashboard.assets.__wrapped__))
+    folder = tmp_path / "static"
+    shutil.copytree(STATIC, folder)
+    (folder / "tasks.js").unlink()
+    monkeypatch.setattr(dashboard, "_folder", lambda: folder)
+    with pytest.raises(FileNotFoundError, match=r"dashboard's files are missing from .*: tasks\.js$"):
+        build_app(auth_config(tmp_path / "a"))
+    shutil.copy(STATIC / "tasks.js", folder / "tasks.js")
+    build_app(auth_config(tmp_path / "b"))
+    assert dashboard.assets.cache_info().currsize == 0  # checked, not read
+    assert dashboard.assets()["tasks.js"].body == (STATIC / "tasks.js").read_bytes()
+
+
+def test_a_daemon_missing_a_dashboard_file_says_so_in_one_line(tmp_path):
+    code = ("import sys; from pathlib import Path; from j1mskyd.api import dashboard; "
+            "dashboard._folder = lambda: Path(sys.argv[1]); import j1mskyd.__main__ as m; "
+            "sys.exit(m.main(['serve', '--host', '127.0.0.1', '--port', '0', '--state-dir', sys.argv[2]]))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nothing"), str(tmp_path / "state")],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"j1mskyd: cannot start: the dashboard's files are missing from {tmp_path / 'nothing'}: "
+        + ", ".join(ASSETS))
+    assert "Traceback" not in done.stderr
 
 # -- in a real browser ---------------------------------------------------------------------------
 @pytest.fixture

@@ -174,3 +174,26 @@ async def test_keys_sealed_by_an_older_daemon_still_open(tmp_path):
     key = keys.get("key_a")
     assert (key.secret, key.webhook_secret) == ("s3cret", "whsec_old")
     await store.close()
+
+
+def test_the_command_lines_parser_is_not_kept_while_its_command_runs(monkeypatch):
+    """``serve`` runs for the daemon's whole life: the parser of every command (~0.12 MB) must not."""
+    import gc
+    import weakref
+
+    from j1mskyd import __main__ as cli
+    parsers: list[weakref.ref] = []
+    build = cli.build_parser
+
+    def tracked():
+        parser = build()
+        parsers.append(weakref.ref(parser))
+        return parser
+
+    def command(args) -> bool:  # set as `version`'s function when its parser is built
+        gc.collect()
+        return parsers[0]() is None
+
+    monkeypatch.setattr(cli, "build_parser", tracked)
+    monkeypatch.setattr(cli, "cmd_version", command)
+    assert cli.main(["version"]) is True

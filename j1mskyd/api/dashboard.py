@@ -2,9 +2,10 @@
 
 The page is public; everything it shows comes from /api with the key the operator
 types in (kept in the tab's sessionStorage, sent as a bearer header; docs/dashboard.md).
-The files are a fixed allow-list read once, at the first app build, from the package's
-directory (a wheel, the .deb) or with importlib.resources (the zipapp); a name
-is looked up in that dict and nothing else, so no path ever reaches the filesystem.
+The files are a fixed allow-list, checked at the app's build and read once, at the first
+request for one, from the package's directory (a wheel, the .deb) or with
+importlib.resources (the zipapp); a name is looked up in that dict and nothing else, so no
+path ever reaches the filesystem.
 Every answer carries a strict Content-Security-Policy: the page runs only its own
 script, with no inline code, and talks only to its own origin.
 """
@@ -21,7 +22,7 @@ from aiohttp import web
 
 from ..errors import NotFound
 
-__all__ = ["ASSETS", "CSP", "SECURITY_HEADERS", "Asset", "assets", "index", "static"]
+__all__ = ["ASSETS", "CSP", "SECURITY_HEADERS", "Asset", "assets", "check_assets", "index", "static"]
 
 # name -> content type; the only files ever served.
 ASSETS = {
@@ -53,13 +54,29 @@ class Asset:
     etag: str
 
 
-@functools.cache
-def assets() -> dict[str, Asset]:
-    """The allow-listed files, read once per process."""
+def _folder() -> Any:
+    """Where the files are: the package's directory, or a zipapp's members."""
     folder: Any = Path(__file__).parent.parent / "static"  # as app.BUILTIN_PLUGINS finds its directory
     if not folder.is_dir():  # a zipapp's members: importlib.resources (~0.1 MB resident) reads those
         from importlib import resources
         folder = resources.files(__package__.rpartition(".")[0]).joinpath("static")
+    return folder
+
+
+def check_assets() -> None:
+    """At start: every allow-listed file is there, so that a missing one fails the start, not a
+    visitor.  Their bytes (~0.1 MB) are read at the first request for one (:func:`assets`): a
+    daemon nobody opens the dashboard of does without them."""
+    folder = _folder()
+    missing = [name for name in ASSETS if not folder.joinpath(name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"the dashboard's files are missing from {folder}: {', '.join(missing)}")
+
+
+@functools.cache
+def assets() -> dict[str, Asset]:
+    """The allow-listed files, read once per process."""
+    folder = _folder()
     found = {}
     for name, content_type in ASSETS.items():
         body = folder.joinpath(name).read_bytes()

@@ -170,7 +170,7 @@ def setup_routes(app: web.Application) -> None:
     for method, path, handler, scope, _ in ROOT:
         table.add(method, path, handler, scope)
     # The dashboard (docs/dashboard.md): the page is public, its data needs a key.
-    dashboard.assets()  # read the files now: a missing one fails the start, not a visitor
+    dashboard.check_assets()  # a missing file fails the start, not a visitor
     table.add("GET", "/", dashboard.index, PUBLIC)
     table.add("GET", "/static/{name}", dashboard.static, PUBLIC)
     for door in FRONT_DOOR:
