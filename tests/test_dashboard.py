@@ -170,7 +170,7 @@ def test_the_zipapp_carries_the_files_and_pyproject_ships_them(tmp_path):
     pyz = tmp_path / "j1mskyd.pyz"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "build-pyz"), "-o", str(pyz)], check=True,
                    capture_output=True, timeout=60)
-    probe = ("import json, sys; from j1mskyd.api import dashboard; "
+    probe = ("import json, sys; from j1mskyd.api import dashboard; dashboard.check_assets(); "
              "print(dashboard.__file__); print(json.dumps({n: len(a.body) for n, a in dashboard.assets().items()}))")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["PYTHONPATH"] = str(pyz)
