@@ -100,7 +100,8 @@ def start(tree: str, workdir: str, name: str, sync: str, profile: str | None,
                   "--compress-strings=no", "--compress-pos=no", *prefix]
     proc = subprocess.Popen([*prefix, "j1mskyd", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--state-dir", state, "--config", config],
-                            cwd=tree, env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join((tree, *extra_path))},
+                            cwd=tree,
+                            env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join((tree, *extra_path))},
                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, name + ".log"), "wb"))
     url = f"http://127.0.0.1:{port}"
     asyncio.run(load.wait_health(url, timeout=300 if callgrind else 30))
