@@ -185,7 +185,6 @@ def test_the_zipapp_carries_the_files_and_pyproject_ships_them(tmp_path):
     assert '"static/*"' in pyproject
 
 
-
 def test_a_missing_file_fails_the_build_and_the_files_are_read_at_the_first_request(tmp_path, monkeypatch):
     """The start checks that every allow-listed file is there (a visitor never meets a missing one)
     without keeping their bytes: they are read when the page is first asked for."""
@@ -201,6 +200,25 @@ def test_a_missing_file_fails_the_build_and_the_files_are_read_at_the_first_requ
     build_app(auth_config(tmp_path / "b"))
     assert dashboard.assets.cache_info().currsize == 0  # checked, not read
     assert dashboard.assets()["tasks.js"].body == (STATIC / "tasks.js").read_bytes()
+
+
+async def test_a_file_gone_after_the_start_is_a_500_until_it_is_back(aiohttp_client, tmp_path, monkeypatch):
+    """The bytes are read at the first request: a file removed in between (by hand; an upgrade
+    replaces files, it does not remove them) is an internal error in the usual envelope, and
+    nothing is kept of the failed read: once the file is back the page is served."""
+    from j1mskyd.api import dashboard
+    monkeypatch.setattr(dashboard, "assets", functools.cache(dashboard.assets.__wrapped__))
+    folder = tmp_path / "static"
+    shutil.copytree(STATIC, folder)
+    monkeypatch.setattr(dashboard, "_folder", lambda: folder)
+    client = await aiohttp_client(build_app(auth_config(tmp_path / "state")))
+    (folder / "app.css").unlink()
+    resp = await client.get("/")
+    body = await resp.json()
+    assert resp.status == 500 and body["error"]["type"] == "INTERNAL_ERROR" and "app.css" not in json.dumps(body)
+    shutil.copy(STATIC / "app.css", folder / "app.css")
+    resp = await client.get("/static/app.css")
+    assert resp.status == 200 and await resp.read() == (STATIC / "app.css").read_bytes()
 
 
 def test_a_daemon_missing_a_dashboard_file_says_so_in_one_line(tmp_path):
