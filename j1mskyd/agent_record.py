@@ -39,7 +39,7 @@ __all__ = [
     "Kind", "KIND_AGENT", "KIND_TEAM", "KIND_MEMBER", "KIND_CHAT", "Priority", "PRIORITIES", "ANONYMOUS",
     # the agents table's operations
     "insert", "as_started", "update", "erase_data", "purge_expired",
-    "load", "members", "live", "team_on_disk", "run_times", "Page", "page",
+    "load", "members", "live", "recent_ids", "team_on_disk", "run_times", "Page", "page",
 ]
 
 Status = Literal["spawning", "queued", "running", "completed", "failed", "cancelled"]
@@ -354,6 +354,11 @@ def live(conn: sqlite3.Connection, cipher: DataCipher | None) -> list[Agent]:
     """The agents stored as live (spawning, queued, running), in spawn order: what a start recovers."""
     return [from_row(r, cipher) for r in conn.execute(
         "SELECT * FROM agents WHERE status IN ('spawning', 'queued', 'running') ORDER BY rowid")]
+
+
+def recent_ids(conn: sqlite3.Connection, n: int) -> list[str]:
+    """The ids of the last ``n`` agents stored, newest first: where a start continues the id counter."""
+    return [r[0] for r in conn.execute("SELECT agent_id FROM agents ORDER BY rowid DESC LIMIT ?", (n,))]
 
 
 def team_on_disk(conn: sqlite3.Connection, team_id: str, cipher: DataCipher | None) -> tuple[list[str], list[Agent]]:

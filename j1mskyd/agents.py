@@ -35,8 +35,25 @@ if TYPE_CHECKING:
 
 __all__ = ["AgentService", "SpawnRecorder"]
 
+_ID_SPACE = 10_000  # the 4 digits of an id's counter
+_RECENT_IDS = 256  # stored ids a start looks at: more than are ever admitted at once
 _SETTLE_WAIT = 5.0  # seconds to wait for an agent's final write before answering anyway
 _EVENT_MARGIN = 60.0  # s around an agent's life in which its events are looked for
+
+
+def _after(recent: Sequence[str]) -> int | None:
+    """The counter that follows ``recent`` (newest first; None: no id of the counter's shape).
+
+    Admissions in flight together may commit out of their ids' order, so the newest row is not
+    always the highest number; the highest is looked for within half the counter's cycle ahead
+    of it, which also reads 9999 -> 0000 as going on."""
+    counters = [int(tail) for i in recent
+                if (tail := i.rpartition("_")[2]).isdigit() and len(tail) == 4 and i.startswith("subagent_")]
+    if not counters:
+        return None
+    newest = counters[0]
+    ahead = max((c - newest) % _ID_SPACE for c in counters if (c - newest) % _ID_SPACE < _ID_SPACE // 2)
+    return (newest + ahead + 1) % _ID_SPACE
 
 
 class AgentService:
@@ -51,9 +68,10 @@ class AgentService:
         self.store = store
         self.runtime = runtime
         self.budget = budget
-        # A counter from a random start: unique within a process and a second, and
-        # the J1MSKY API reference's id shape (subagent_<unix seconds>_<4 digits>).
-        self._ids = itertools.count(secrets.randbelow(10_000))
+        # A counter: unique within a second, and the J1MSKY API reference's id shape
+        # (subagent_<unix seconds>_<4 digits>).  A random start until recover() continues it
+        # from the ids already stored.
+        self._ids = itertools.count(secrets.randbelow(_ID_SPACE))
 
     def apply_config(self, config: Config) -> None:
         """A reloaded configuration (reload.py): spawns from now on price and check against it."""
@@ -62,7 +80,19 @@ class AgentService:
     # -- validation --------------------------------------------------------------------
     def new_id(self, now: float) -> str:
         """A new agent id (spawns and chat calls alike)."""
-        return f"subagent_{int(now)}_{next(self._ids) % 10_000:04d}"
+        return f"subagent_{int(now)}_{next(self._ids) % _ID_SPACE:04d}"
+
+    def continue_ids(self, recent: Sequence[str]) -> None:
+        """Number new ids on from ``recent`` (the last ids stored, newest first).
+
+        A daemon restarted within the second of its last spawn, or whose clock was stepped back
+        (a Pi has no clock of its own until NTP answers), would otherwise draw a second's ids
+        again from a random start, and a spawn (or a task resumed at start) fail on the
+        database's unique id.  Continued, an id comes back only after 10,000 more, as within
+        one process."""
+        start = _after(recent)
+        if start is not None:
+            self._ids = itertools.count(start)
 
     def estimate(self, model_alias: str, task: str, max_tokens: int | None = None) -> float:
         """Estimated cost at spawn: the task's tokens (~4 chars each) plus the model's typical output
@@ -359,6 +389,7 @@ class AgentService:
 
         def read(conn: sqlite3.Connection) -> tuple[list[Agent], dict[str, list[Agent]]]:
             live = agent_record.live(conn, cipher)
+            recent[:] = agent_record.recent_ids(conn, _RECENT_IDS)
             # A live agent's ledger rows are calls billed although they failed: what it has spent.
             billed = ledger.billed_by_agent(conn, [a.agent_id for a in live])
             for a in live:
@@ -372,7 +403,9 @@ class AgentService:
             return live, done
 
         cut: dict[str, float] = {}  # agent_id -> what calls cut by earlier crashes were billed
+        recent: list[str] = []
         live, done = await self.store.read(read)
+        self.continue_ids(recent)
         now = self.runtime.clock()
         spent = await self.store.read(lambda conn: ledger.spend(conn, now))
         # Reservations first: agents failed during recovery settle against them.  They are the
