@@ -32,9 +32,9 @@ from .agent_record import iso
 from .store import Statement
 from .tenancy import Viewer
 
-__all__ = ["AGENT_EVENTS", "EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "OWNED_TYPES", "Outbox", "PRICING_EVENTS",
-           "Publisher",
-           "QUEUE_SIZE", "SHUTDOWN", "Subscription", "TASK_EVENTS", "agent_event_data", "agent_event_ids", "event_types", "open_data"]
+__all__ = ["AGENT_EVENTS", "AGENT_EVENTS_SQL", "EVENT_TYPES", "Event", "EventLog", "LIVE_ONLY", "OWNED_TYPES", "Outbox",
+           "PRICING_EVENTS", "Publisher", "QUEUE_SIZE", "SHUTDOWN", "Subscription", "TASK_EVENTS", "agent_event_data",
+           "agent_event_ids", "event_types", "open_data"]
 
 AGENT_EVENTS = ("agent.spawned", "agent.completed", "agent.failed", "agent.cancelled")
 LIVE_ONLY = ("agent.started", "agent.output")   # to live readers only: never stored, never to webhooks
@@ -354,13 +354,17 @@ def open_data(cipher: Any, event_id: int, text: str) -> dict[str, Any]:
     return json.loads(cipher.decrypt(text, f"event/{event_id}") if cipher is not None else text)
 
 
+# Found through events_ts (the window), not by reading every event of the key.
+AGENT_EVENTS_SQL = ("SELECT id, data FROM events WHERE api_key = ? AND ts >= ? AND ts <= ? "
+                    "AND type LIKE 'agent.%' ORDER BY id")
+
+
 def agent_event_ids(conn: sqlite3.Connection, agent_id: str, owner: str, lo: float, hi: float,
                     cipher: Any) -> list[int]:
     """The ids of the stored events about one agent (its key's ``agent.*`` events from ``lo``
     to ``hi``, whose data names it), oldest first; runs inside the caller's read.  The data
     may be encrypted, so the agent is matched after decrypting, within that bounded window."""
-    rows = conn.execute("SELECT id, data FROM events WHERE api_key = ? AND ts >= ? AND ts <= ? "
-                        "AND type LIKE 'agent.%' ORDER BY id", (owner, lo, hi)).fetchall()
+    rows = conn.execute(AGENT_EVENTS_SQL, (owner, lo, hi)).fetchall()
     return [r[0] for r in rows if open_data(cipher, r[0], r[1]).get("agent_id") == agent_id]
 
 
