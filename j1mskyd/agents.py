@@ -88,8 +88,8 @@ class AgentService:
         A daemon restarted within the second of its last spawn, or whose clock was stepped back
         (a Pi has no clock of its own until NTP answers), would otherwise draw a second's ids
         again from a random start, and a spawn (or a task resumed at start) fail on the
-        database's unique id.  Continued, an id comes back only after 10,000 more, as within
-        one process."""
+        database's unique id.  Continued, an id comes back only in the same second after a
+        multiple of 10,000 more, as within one process."""
         start = _after(recent)
         if start is not None:
             self._ids = itertools.count(start)
@@ -387,9 +387,8 @@ class AgentService:
     async def recover(self) -> dict[str, int]:
         cipher = self.store.cipher
 
-        def read(conn: sqlite3.Connection) -> tuple[list[Agent], dict[str, list[Agent]]]:
+        def read(conn: sqlite3.Connection) -> tuple[list[Agent], dict[str, list[Agent]], list[str]]:
             live = agent_record.live(conn, cipher)
-            recent[:] = agent_record.recent_ids(conn, _RECENT_IDS)
             # A live agent's ledger rows are calls billed although they failed: what it has spent.
             billed = ledger.billed_by_agent(conn, [a.agent_id for a in live])
             for a in live:
@@ -400,11 +399,10 @@ class AgentService:
                 ids, ended = agent_record.team_on_disk(conn, tid, cipher)
                 team.members.extend(ids)
                 done[tid].extend(ended)
-            return live, done
+            return live, done, agent_record.recent_ids(conn, _RECENT_IDS)
 
         cut: dict[str, float] = {}  # agent_id -> what calls cut by earlier crashes were billed
-        recent: list[str] = []
-        live, done = await self.store.read(read)
+        live, done, recent = await self.store.read(read)
         self.continue_ids(recent)
         now = self.runtime.clock()
         spent = await self.store.read(lambda conn: ledger.spend(conn, now))
