@@ -127,6 +127,16 @@ class FakeUpstream:
         reply = Reply(tool_calls=tuple(tool_calls or ()), die_after=chunks, error=error)
         self._script += [("reply", reply)] * n
 
+    async def wait_calls(self, n: int, timeout: float = 10.0) -> None:
+        """Until ``n`` calls have come in (bounded): a call is recorded as it arrives, before
+        its ``delay``, so this is the moment the caller's request is in flight."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while len(self.calls) < n:
+            if loop.time() > end:
+                raise AssertionError(f"the upstream got {len(self.calls)} calls, not {n}")
+            await asyncio.sleep(0.01)
+
     async def start(self) -> FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._openai)

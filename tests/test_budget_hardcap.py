@@ -469,15 +469,6 @@ async def test_a_billed_failure_is_remembered_across_a_restart(aiohttp_client, t
     assert end["reserved"] == 0 and end["today_spend"] == pytest.approx(done["cost"], abs=1e-6)
 
 
-async def wait_calls(upstream: FakeUpstream, n: int) -> None:
-    """Until the upstream has received ``n`` calls (bounded)."""
-    for _ in range(1000):
-        if len(upstream.calls) >= n:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the upstream got {len(upstream.calls)} calls, not {n}")
-
-
 @pytest.mark.parametrize("how", ["cancel", "timeout", "provider_timeout"])
 async def test_calls_abandoned_in_flight_count_at_their_worst_case(aiohttp_client, tmp_path, upstream, how):
     """A provider bills a call it has begun even when the caller hangs up: spawning and then
@@ -499,7 +490,7 @@ async def test_calls_abandoned_in_flight_count_at_their_worst_case(aiohttp_clien
         if resp.status != 200:
             continue
         agent_id = (await resp.json())["agent_id"]
-        await wait_calls(upstream, sum(s == 200 for s in statuses))
+        await upstream.wait_calls(sum(s == 200 for s in statuses))
         if how == "cancel":
             assert (await client.delete(f"/api/agent/{agent_id}")).status == 200
         done = await wait_status(client, agent_id, timeout=30)

@@ -143,8 +143,7 @@ async def test_cancel_releases_the_reservation_but_the_call_in_flight_counts(aio
     agent_id = await spawn_ok(client)
     await spawn_ok(client, task="a second one")
     assert (await spawn(client)).status == 402
-    while len(upstream.calls) < 2:
-        await asyncio.sleep(0.01)
+    await upstream.wait_calls(2)
     resp = await client.delete(f"/api/agent/{agent_id}")
     assert resp.status == 200 and (await resp.json())["refund"] == 0
     snap = await budget_of(client)
@@ -177,7 +176,7 @@ async def test_daily_budget_context_survives_a_restart(aiohttp_client, tmp_path,
         assert (await wait_status(client, await spawn_ok(client)))["status"] == "completed"
     upstream.delay = 30  # the fourth is in flight when the daemon stops
     in_flight = await spawn_ok(client)
-    await asyncio.sleep(0.2)
+    await upstream.wait_calls(4)  # its call is in flight, not still queued
     before = await budget_of(client)
     assert before["today_spend"] == pytest.approx(0.3) and before["reserved"] == pytest.approx(0.1)
     await client.close()

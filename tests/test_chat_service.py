@@ -522,11 +522,7 @@ async def test_a_graceful_stop_fails_a_running_chat_call_and_the_restart_leaves_
     client, services = await app_client(aiohttp_client, cfg)
     call = await services.chat.start(chat())
     queued = await services.chat.start(chat())  # waits for the primary's one slot
-    for _ in range(500):  # until the upstream holds the call
-        if primary.calls:
-            break
-        await asyncio.sleep(0.01)
-    assert primary.calls
+    await primary.wait_calls(1)  # the upstream holds the call
     await client.close()  # the daemon stops: the runtime stops, the store closes
     with pytest.raises(ChatFailed) as failed:
         await call.outcome()

@@ -63,11 +63,7 @@ async def test_a_slow_call_is_running_on_disk_with_its_run_counted(aiohttp_clien
     client = await aiohttp_client(build_app(two_provider_config(tmp_path, primary, secondary)))
     store = client.server.app[SERVICES].store
     agent_id = await spawn(client)
-    for _ in range(500):
-        if primary.calls:
-            break
-        await asyncio.sleep(0.01)
-    assert primary.calls
+    await primary.wait_calls(1)
     await store.flush()
     row = await store.read(lambda c: c.execute("SELECT status, runs, started_at FROM agents WHERE agent_id = ?",
                                                (agent_id,)).fetchone())

@@ -180,8 +180,7 @@ async def test_cancel_running_agent_refunds_and_stops_the_call(aiohttp_client, t
     client = await aiohttp_client(build_app(two_provider_config(tmp_path, primary, secondary)))
     agent_id = await spawn(client)
     running = await wait_status(client, agent_id, statuses=("running",))
-    while not primary.calls:
-        await asyncio.sleep(0.01)
+    await primary.wait_calls(1)
     resp = await client.delete(f"/api/agent/{agent_id}")
     body = await resp.json()
     assert resp.status == 200 and body["success"] is True and body["message"] == "Agent cancelled"

@@ -327,7 +327,7 @@ async def test_cancel_stops_the_running_step_refunds_it_and_rejects_pending_esca
     client = await _app(aiohttp_client, upstream_config(tmp_path, up))
     task = await (await client.post("/api/tasks", json=TASK)).json()
     agent_id = task["assigned_to"]
-    await _called(up)
+    await up.wait_calls(1)
     esc = await (await client.post("/api/escalations", json={"task_id": task["id"], "reason": "please"})).json()
     assert esc["status"] == "pending_approval" and esc["target_model"] == "opus"  # the architect runs on sonnet
     resp = await client.delete(f"/api/tasks/{task['id']}", json={"reason": "not needed"})
@@ -403,14 +403,6 @@ async def test_a_manual_escalation_approved_before_the_start_runs_that_step_on_i
 
 
 # -- recovery ----------------------------------------------------------------------------------------
-async def _called(up):
-    """Until the upstream has a call (bounded)."""
-    for _ in range(1000):
-        if up.calls:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the upstream was never called")
-
 
 async def _stopped_during_a_step(aiohttp_client, cfg, up):
     """A testing task whose first step is running (the upstream holds its call) when the daemon
@@ -418,7 +410,7 @@ async def _stopped_during_a_step(aiohttp_client, cfg, up):
     up.delay = 30.0
     client = await _app(aiohttp_client, cfg)
     task = await (await client.post("/api/tasks", json={**TASK, "type": "testing"})).json()
-    await _called(up)
+    await up.wait_calls(1)
     path = client.app[SERVICES].store.path
     await client.close()  # a stop: the running agent goes back to queued
     up.delay = 0.0

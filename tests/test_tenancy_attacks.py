@@ -136,6 +136,64 @@ async def test_a_revoked_key_s_webhooks_hear_nothing_more(aiohttp_client, tmp_pa
     assert not {stolen, own, named, per_agent} & set(hooks._active_ids()[1])
 
 
+# -- a revoked key's agents -----------------------------------------------------------------------
+
+def one_at_a_time(tmp_path, upstream) -> Any:
+    """The priced fake as the only provider of k2p5, one call at a time: a key's second agent waits queued."""
+    cfg = with_auth(priced_config(tmp_path, upstream))
+    providers = dict(cfg.providers)
+    providers["paid"] = dataclasses.replace(providers["paid"], max_concurrency=1)
+    return dataclasses.replace(cfg, providers=providers)
+
+
+async def statuses(api, *agent_ids: str) -> list[str]:
+    return [(await (await api.client.get(f"/api/agent/{a}", headers=api.admin)).json())["status"] for a in agent_ids]
+
+
+async def test_revoking_a_key_leaves_its_agents_to_run_to_their_end(aiohttp_client, tmp_path, upstream):
+    """What docs/security.md says revoking does not do: the key's token is refused at once, but
+    the agents it spawned before (running and queued) go on, and their cost is the key's."""
+    upstream.delay = 0.5
+    api = await open_api(aiohttp_client, one_at_a_time(tmp_path, upstream))
+    key = await api.key()
+    running, queued = [(await (await api.spawn(key["token"])).json())["agent_id"] for _ in range(2)]
+    await upstream.wait_calls(1)
+    assert await statuses(api, running, queued) == ["running", "queued"]
+    assert (await api.client.delete(f"/api/keys/{key['key_id']}", headers=api.admin)).status == 200
+    assert (await api.spawn(key["token"])).status == 401
+    await settle(api)
+    assert await statuses(api, running, queued) == ["completed", "completed"]
+    assert len(upstream.calls) == 2
+    (spent,), = await api.ledger("SELECT SUM(cost) FROM usage WHERE api_key = ?", key["key_id"])
+    assert spent == pytest.approx(0.2)
+
+
+async def test_after_revoking_an_admin_finds_the_key_s_live_agents_and_cancels_them(aiohttp_client, tmp_path,
+                                                                                    upstream):
+    """The steps docs/security.md gives: list the key's queued and running agents with
+    ``?api_key=`` and ``?status=``, cancel each; the call in flight is billed, the queued one is not."""
+    upstream.delay = 30
+    api = await open_api(aiohttp_client, one_at_a_time(tmp_path, upstream))
+    key, other = await api.key(), await api.key()
+    running, queued = [(await (await api.spawn(key["token"])).json())["agent_id"] for _ in range(2)]
+    bystander = (await (await api.spawn(other["token"])).json())["agent_id"]
+    await upstream.wait_calls(1)
+    assert (await api.client.delete(f"/api/keys/{key['key_id']}", headers=api.admin)).status == 200
+    live = []
+    for status in ("queued", "running"):
+        resp = await api.client.get(f"/api/agents?api_key={key['key_id']}&status={status}", headers=api.admin)
+        assert resp.status == 200
+        live += [row["agent_id"] for row in (await resp.json())["data"]]
+    assert sorted(live) == sorted([running, queued])  # the other key's queued agent is not among them
+    for agent_id in live:
+        assert (await api.client.delete(f"/api/agent/{agent_id}", headers=api.admin)).status == 200
+    assert await statuses(api, running, queued) == ["cancelled", "cancelled"]
+    await upstream.wait_calls(2)  # the provider's one slot went to the next in line, the other key's
+    assert await statuses(api, bystander) == ["running"]
+    (billed,), = await api.ledger("SELECT COUNT(*) FROM usage WHERE api_key = ?", key["key_id"])
+    assert billed == 1  # the call in flight, billed; the queued one never called
+
+
 # -- refusals of requests without a valid key ------------------------------------------------------
 
 async def test_a_refused_request_without_a_valid_key_is_shown_to_admins_only(aiohttp_client, tmp_path):
