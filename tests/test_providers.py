@@ -248,13 +248,13 @@ async def test_overloaded_shapes(registry, session, fake_upstream, plugin):
 
 @pytest.mark.parametrize("plugin", ["openai_compat", "anthropic"])
 async def test_timeout(registry, session, fake_upstream, plugin):
-    fake_upstream.delay = 2.0
+    fake_upstream.delay = 60.0  # far beyond the bound below: only the timeout can end the call in time
     provider = make(registry, session, plugin, upstream_base(plugin, fake_upstream))
     started = time.monotonic()
     with pytest.raises(ProviderError) as info:
         await provider.complete(CompletionRequest(model="m", prompt="hi", timeout=0.2))
     assert info.value.kind == "timeout" and info.value.retryable
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 30
 
 
 @pytest.mark.parametrize("plugin", ["openai_compat", "anthropic"])

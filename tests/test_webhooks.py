@@ -6,8 +6,9 @@ Covers CRUD and its 400/404s, the seed's payload shape and headers, routing by e
 type, pausing, the test endpoint, the deliveries listing, retries with backoff,
 giving up and redelivering, the per-endpoint pace, the slack and file sinks, a
 drop-in sink plugin, durability across kill -9 of a subprocess daemon, and the
-budget, security and rate-limit events.  Slow constants (RETRY_BASE, GIVE_UP_AFTER,
-PER_MINUTE) are patched per test.
+budget, security and rate-limit events.  The backoff and give-up tests run the shipped
+constants on the app's injected clock (the test moves time); elsewhere RETRY_BASE, RETRY_CAP
+and PER_MINUTE are patched small where a test needs a retry or a pace in real time.
 
 The receivers listen on loopback, which the webhook target policy refuses unless the
 operator allows it: every config here allows 127.0.0.0/8 in ``[webhooks]
@@ -31,7 +32,7 @@ from j1mskyd.app import build_app
 from j1mskyd.config import WebhooksConfig
 from j1mskyd.providers import ProviderSettings
 from tests import conftest
-from tests.conftest import bearer, bootstrap_key, wait_status
+from tests.conftest import Clock, bearer, bootstrap_key, wait_status
 from tests.daemon import Daemon
 from tests.daemon import write_config as _write_config
 from tests.fakeupstream import FakeUpstream
@@ -339,43 +340,76 @@ async def test_test_endpoint_sends_a_signed_test_event_to_that_hook_only(client,
         await other.stop()
 
 
-async def test_failing_receiver_is_retried_with_backoff_until_it_recovers(client, receiver, monkeypatch):
-    monkeypatch.setattr(webhooks, "RETRY_BASE", 0.1)
+async def stored_delivery(client, webhook_id: str, attempts: int) -> dict:
+    """The hook's one delivery row as stored (exact times, not the API's seconds), once it has
+    seen ``attempts`` attempts."""
+    store = client.app[SERVICES].store
+
+    async def read() -> dict | None:
+        row = await store.read(lambda c: c.execute(
+            "SELECT * FROM deliveries WHERE webhook_id = ?", (webhook_id,)).fetchone())
+        return dict(row) if row is not None and row["attempts"] >= attempts else None
+
+    return await eventually(read, what=f"attempt {attempts} to be stored")
+
+
+async def test_failing_receiver_is_retried_with_backoff_until_it_recovers(aiohttp_client, tmp_path, receiver):
+    """The shipped schedule (RETRY_BASE 5 s, doubled at each failure, +-20 %), on the app's
+    injected clock: the test moves time to each attempt instead of sleeping through it."""
+    clock = Clock(time.time())
+    client = await aiohttp_client(build_app(make_config(tmp_path), clock=clock))
+    hooks = client.app[SERVICES].webhooks
     receiver.fail = True
     hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
     await wait_status(client, await spawn(client))
-    await receiver.wait_for(4, what="failed")
+    for attempt in range(1, 5):
+        await receiver.wait_for(attempt, what="failed")
+        row = await stored_delivery(client, hook["id"], attempt)
+        assert row["status"] == "pending" and row["attempts"] == attempt
+        assert row["last_status"] == 500 and "500" in row["last_error"]
+        backoff = webhooks.RETRY_BASE * 2 ** (attempt - 1)
+        assert 0.8 * backoff <= row["next_attempt_at"] - clock.t <= 1.2 * backoff, (attempt, row)
+        clock.t = row["next_attempt_at"] - 0.5  # not yet due: nothing is sent
+        hooks.wake()
+        await asyncio.sleep(0.2)
+        assert len(receiver.failed) == attempt
+        receiver.fail = attempt < 4  # the receiver is back for the fifth
+        clock.t = row["next_attempt_at"]
+        hooks.wake()
+    [got] = await receiver.wait_for(1)
+    assert len({r.delivery_id for r in receiver.failed} | {got.delivery_id}) == 1  # the same delivery each time
     [row] = await deliveries(client, hook["id"])
-    assert row["status"] == "pending" and row["attempts"] >= 4
-    assert row["last_status"] == 500 and "500" in row["last_error"] and row["next_attempt_at"] is not None
-    # Exponential backoff: 0.1, 0.2, 0.4 s (+-20 %) between the attempts.
-    gaps = [b.at - a.at for a, b in zip(receiver.failed, receiver.failed[1:])]
-    assert 0.07 <= gaps[0] <= 0.3, gaps
-    assert gaps[1] >= gaps[0] * 1.2 and gaps[2] >= gaps[1] * 1.2, gaps
-    assert len({r.delivery_id for r in receiver.failed}) == 1  # the same delivery each time
-    receiver.fail = False
-    [got] = await receiver.wait_for(1, timeout=5)
-    assert got.delivery_id == row["delivery_id"]
-    [row] = await deliveries(client, hook["id"])
-    assert row["status"] == "delivered" and row["attempts"] == len(receiver.failed) + 1
+    assert row["status"] == "delivered" and row["attempts"] == len(receiver.failed) + 1 == 5
     assert row["last_error"] is None
 
 
-async def test_give_up_then_redeliver_with_a_new_delivery_id(client, receiver, fast_retries, monkeypatch):
-    monkeypatch.setattr(webhooks, "GIVE_UP_AFTER", 0.3)
+async def test_give_up_then_redeliver_with_a_new_delivery_id(aiohttp_client, tmp_path, receiver):
+    """Given up after the shipped GIVE_UP_AFTER (a day), on the app's injected clock."""
+    clock = Clock(time.time())
+    client = await aiohttp_client(build_app(make_config(tmp_path), clock=clock))
+    hooks = client.app[SERVICES].webhooks
     receiver.fail = True
     hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
     await wait_status(client, await spawn(client))
+    first = await stored_delivery(client, hook["id"], 1)
+    clock.t = first["created_at"] + webhooks.GIVE_UP_AFTER - 1  # a day less a second: not given up yet
+    hooks.wake()
+    second = await stored_delivery(client, hook["id"], 2)
+    assert second["status"] == "pending"
+    clock.t = second["next_attempt_at"]  # due again, and more than a day after it was made: the last attempt
+    assert clock.t >= first["created_at"] + webhooks.GIVE_UP_AFTER
+    hooks.wake()
 
     async def failed():
         rows = await deliveries(client, hook["id"])
         return rows if rows and rows[0]["status"] == "failed" else None
 
     [row] = await eventually(failed, what="the delivery to be given up")
-    assert row["attempts"] >= 2 and "500" in row["last_error"] and row["next_attempt_at"] is None
-    tries = len(receiver.failed)
+    assert row["attempts"] == 3 and "500" in row["last_error"] and row["next_attempt_at"] is None
+    clock.t += webhooks.RETRY_CAP
+    hooks.wake()
     await asyncio.sleep(0.3)
-    assert len(receiver.failed) == tries  # given up: no more attempts
+    assert len(receiver.failed) == 3  # given up: no more attempts
     receiver.fail = False
     resp = await client.post(f"/api/webhooks/{hook['id']}/deliveries/{row['delivery_id']}/redeliver")
     answer = await resp.json()
