@@ -433,44 +433,59 @@ async def test_give_up_then_redeliver_with_a_new_delivery_id(aiohttp_client, tmp
     assert resp.status == 400
 
 
+async def paced(client, webhook_id: str, total: int, sent: int, until: float) -> list[dict]:
+    """The webhook's ``total`` delivery rows once ``sent`` of them went out and every other one
+    waits, unattempted, held back to ``until`` (a window later: the endpoint's pace)."""
+    store = client.app[SERVICES].store
+
+    async def read() -> list[dict] | None:
+        rows = [dict(r) for r in await store.read(lambda c: c.execute(
+            "SELECT status, attempts, next_attempt_at FROM deliveries WHERE webhook_id = ?", (webhook_id,)).fetchall())]
+        held = [r for r in rows if r["status"] == "pending"]
+        if len(rows) == total and len(rows) - len(held) == sent and all(
+                r["attempts"] == 0 and r["next_attempt_at"] == pytest.approx(until, abs=1e-6) for r in held):
+            return rows
+        return None
+
+    return await eventually(read, what=f"{sent} of {total} sent, the rest held back to {until}")
+
+
 async def test_at_most_per_minute_per_endpoint(aiohttp_client, tmp_path, receiver, monkeypatch):
+    """On the app's injected clock (frozen here): the shipped window of 60 s, PER_MINUTE made 3."""
     monkeypatch.setattr(webhooks, "PER_MINUTE", 3)
-    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    clock = Clock(time.time())
+    client = await aiohttp_client(build_app(make_config(tmp_path), clock=clock))
     hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
     ids = [await spawn(client) for _ in range(5)]
     for agent_id in ids:
         await wait_status(client, agent_id)
     await receiver.wait_for(3)
-    await asyncio.sleep(0.5)
+    await paced(client, hook["id"], total=5, sent=3, until=clock.t + webhooks.PACE_WINDOW)
     assert len(receiver.received) == 3  # the other two wait for the next minute
-    rows = await deliveries(client, hook["id"], status="pending")
-    assert len(rows) == 2 and all(r["attempts"] == 0 for r in rows)
-    due = [datetime.fromisoformat(r["next_attempt_at"].replace("Z", "+00:00")).timestamp() for r in rows]
-    assert all(d >= time.time() + 10 for d in due), due  # one every 20 s (60 / 3)
     # A second webhook to the same receiver URL shares that endpoint's allowance.
     second = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
     await wait_status(client, await spawn(client))
-    await asyncio.sleep(0.5)
+    await paced(client, second["id"], total=1, sent=0, until=clock.t + webhooks.PACE_WINDOW)
     assert len(receiver.received) == 3
-    assert len(await deliveries(client, second["id"], status="pending")) == 1
 
 
 async def test_pace_spreads_deliveries_over_the_window(aiohttp_client, tmp_path, receiver, monkeypatch):
+    """PER_MINUTE sends to one endpoint in any PACE_WINDOW (the shipped 60 s), on the app's
+    injected clock: the others wait, held back to the moment the window has room again."""
     monkeypatch.setattr(webhooks, "PER_MINUTE", 4)
-    monkeypatch.setattr(webhooks, "PACE_WINDOW", 1.0)
-    client = await aiohttp_client(build_app(make_config(tmp_path)))
-    await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
-    began = time.monotonic()
+    clock = Clock(time.time())
+    client = await aiohttp_client(build_app(make_config(tmp_path), clock=clock))
+    hooks = client.app[SERVICES].webhooks
+    hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
     for _ in range(10):
         await spawn(client)
-    got = await receiver.wait_for(10, timeout=8)
-    times = [r.at for r in got]
-    # Never more than 4 in any 1 s window (times are taken at the receiver, so a loaded machine may
-    # bunch arrivals a little: 0.8 s, where unpaced deliveries arrive within milliseconds), and the
-    # whole lot within a few windows (generous: a shared CI machine).
-    for i in range(len(times) - 4):
-        assert times[i + 4] - times[i] >= 0.8, times
-    assert times[-1] - began < 8.0
+    start = clock.t
+    for window, sent in enumerate((4, 8, 10)):
+        clock.t = start + window * webhooks.PACE_WINDOW
+        hooks.wake()
+        await receiver.wait_for(sent)
+        await paced(client, hook["id"], total=10, sent=sent, until=clock.t + webhooks.PACE_WINDOW)
+        assert len(receiver.received) == sent
     assert len(set(receiver.delivery_ids())) == 10
 
 
