@@ -261,6 +261,27 @@ async def test_retention_removes_old_events_and_their_settled_deliveries(client,
     assert (await (await client.get("/api/events")).json())["data"] == []
 
 
+async def test_a_paused_webhook_keeps_its_events_past_retention_until_it_is_deleted(client, receiver):
+    """What docs/webhooks.md says of a webhook paused for good: its pending deliveries, and the
+    events they carry, outlive the 7 days; deleting it settles them, and the next purge takes both."""
+    hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET, active=False)
+    await wait_status(client, await spawn(client, task="while paused"))
+    await eventually(lambda: deliveries(client, hook["id"], status="pending"), what="a pending delivery")
+    events = client.app[SERVICES].events
+    real = events.clock
+    events.clock = lambda: real() + 8 * 86_400
+    await events.purge(7)
+    assert len(await deliveries(client, hook["id"], status="pending")) == 1
+    kept = (await (await client.get("/api/events?types=agent.completed")).json())["data"]
+    assert len(kept) == 1 and kept[0]["data"]["task"] == "while paused"
+    assert (await client.delete(f"/api/webhooks/{hook['id']}")).status == 200
+    await events.purge(7)
+    assert (await (await client.get("/api/events?types=agent.completed")).json())["data"] == []
+    rows = await client.app[SERVICES].store.read(lambda c: c.execute(
+        "SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?", (hook["id"],)).fetchone()[0])
+    assert rows == 0 and receiver.received == []
+
+
 async def test_a_wrong_secret_is_refused_by_the_receiver_and_retried(client, receiver, fast_retries):
     hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret="not-the-receivers")
     await wait_status(client, await spawn(client))
