@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from j1mskyd.api.middleware import LIMITER
 from j1mskyd.api.common import SERVICES
+from j1mskyd.api.middleware import LIMITER
 from j1mskyd.app import build_app
 from j1mskyd.providers import ProviderSettings
 from j1mskyd.ratelimit import BucketFile, Buckets, Limit
