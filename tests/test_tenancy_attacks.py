@@ -181,7 +181,8 @@ async def test_after_revoking_an_admin_finds_the_key_s_live_agents_and_cancels_t
     assert (await api.client.delete(f"/api/keys/{key['key_id']}", headers=api.admin)).status == 200
     live = []
     for status in ("queued", "running"):
-        resp = await api.client.get(f"/api/agents?api_key={key['key_id']}&status={status}", headers=api.admin)
+        resp = await api.client.get(f"/api/agents?api_key={key['key_id']}&status={status}&limit=100",
+                                    headers=api.admin)
         assert resp.status == 200
         live += [row["agent_id"] for row in (await resp.json())["data"]]
     assert sorted(live) == sorted([running, queued])  # the other key's queued agent is not among them
