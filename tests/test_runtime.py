@@ -3,7 +3,6 @@ cancel, priority and concurrency limits."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import pytest

@@ -3,7 +3,6 @@ fake upstream on loopback (tests/fakeupstream.py) that scripts each step's answe
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import pytest
