@@ -35,6 +35,28 @@ async def test_forward_migration_from_version_1_keeps_rows(tmp_path):
     await s.close()
 
 
+async def test_the_daemon_writes_through_a_connection_other_than_the_one_that_migrated(tmp_path):
+    """The migrating connection, which keeps the migrations' prepared statements and written
+    pages in its caches while it is open, is closed once the schema is current: the write
+    connection made none of the first start's changes (the data key's check value among them),
+    and what it writes next is there after a restart."""
+    path = str(tmp_path / "j1msky.db")
+    store = Store(path)
+    store.open()
+    assert store._wconn is not None and store._wconn.total_changes == 0
+    assert store.read_sync(lambda c: c.execute("SELECT COUNT(*) FROM settings").fetchone()[0]) == 1  # the check
+    await store.write(("INSERT INTO settings (name, value, updated_at) VALUES ('probe', '1', 0)", ()))
+    assert store._wconn.total_changes == 1
+    await store.close()
+    again = Store(path)
+    again.open()
+    try:
+        probe = again.read_sync(lambda c: c.execute("SELECT value FROM settings WHERE name = 'probe'").fetchone())
+        assert probe[0] == "1"
+    finally:
+        await again.close()
+
+
 def test_a_newer_database_is_refused(tmp_path):
     path = str(tmp_path / "new.db")
     conn = sqlite3.connect(path)
