@@ -505,7 +505,8 @@ def database_problem(path: str, exc: sqlite3.Error) -> str:
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema up to SCHEMA_VERSION; refuse a database from a newer daemon."""
+    """Bring the schema up to SCHEMA_VERSION; refuse a database from a newer daemon.  Returns
+    how many migrations ran (0: the schema was current)."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise StoreError(
@@ -523,7 +524,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute("ROLLBACK")
             raise
         log.info("database migrated to schema version %d", target + 1)
-    return SCHEMA_VERSION
+    return SCHEMA_VERSION - version
 
 
 class _UnitFailed(Exception):
@@ -813,20 +814,25 @@ class Store:
             except DecryptError as exc:  # a damaged key file
                 raise StoreError(f"{exc}; restore data.key from the backup you made with the database") from None
         self._wconn = self._writer_connection()
-        migrate(self._wconn)
+        migrated = migrate(self._wconn)
         if self.cipher is not None:
             self._check_data_key(key_path)
-        # The daemon writes through a fresh connection: the one that migrated keeps, for as long
-        # as it is open, every statement of the migrations prepared in its statement cache and the
-        # pages they wrote in its page cache, none of them needed again (~0.4 MB of sqlite's
-        # memory after a first start, the same as a later start's afterwards).  Opened before
-        # the old one closes, so that close is not the database's last: no checkpoint.
-        migrated, self._wconn = self._wconn, None
+        if migrated:
+            self._fresh_writer()
+        self._rconn = _connect(self.path, self._synchronous)
+
+    def _fresh_writer(self) -> None:
+        """Write through a new connection from now on.  The one that ran migrations keeps, for as
+        long as it is open, every statement of theirs prepared in its statement cache and the
+        pages they wrote in its page cache, none of them needed again (~0.4 MB of sqlite's memory
+        after a first start, the same as a later start's afterwards).  The new one is opened
+        before the old one closes, so that close is not the database's last: no checkpoint."""
+        assert self._wconn is not None
+        old, self._wconn = self._wconn, None
         try:
             self._wconn = self._writer_connection()
         finally:
-            migrated.close()
-        self._rconn = _connect(self.path, self._synchronous)
+            old.close()
 
     def _writer_connection(self) -> sqlite3.Connection:
         conn = _connect(self.path, self._synchronous)
