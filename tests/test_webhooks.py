@@ -108,6 +108,13 @@ async def eventually(predicate, timeout: float = 5.0, what: str = "condition"):
         await asyncio.sleep(0.02)
 
 
+async def stored(client, webhook_id: str) -> list[dict]:
+    """The webhook's delivery rows as stored (exact times, where the API shows seconds)."""
+    rows = await client.app[SERVICES].store.read(lambda c: c.execute(
+        "SELECT * FROM deliveries WHERE webhook_id = ? ORDER BY rowid", (webhook_id,)).fetchall())
+    return [dict(r) for r in rows]
+
+
 def bad_field(body: dict) -> str:
     return body["error"]["details"][0]["field"]
 
@@ -277,9 +284,7 @@ async def test_a_paused_webhook_keeps_its_events_past_retention_until_it_is_dele
     assert (await client.delete(f"/api/webhooks/{hook['id']}")).status == 200
     await events.purge(7)
     assert (await (await client.get("/api/events?types=agent.completed")).json())["data"] == []
-    rows = await client.app[SERVICES].store.read(lambda c: c.execute(
-        "SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?", (hook["id"],)).fetchone()[0])
-    assert rows == 0 and receiver.received == []
+    assert await stored(client, hook["id"]) == [] and receiver.received == []
 
 
 async def test_a_wrong_secret_is_refused_by_the_receiver_and_retried(client, receiver, fast_retries):
@@ -364,14 +369,11 @@ async def test_test_endpoint_sends_a_signed_test_event_to_that_hook_only(client,
 
 
 async def stored_delivery(client, webhook_id: str, attempts: int) -> dict:
-    """The hook's one delivery row as stored (exact times, not the API's seconds), once it has
-    seen ``attempts`` attempts."""
-    store = client.app[SERVICES].store
+    """The hook's one delivery row as stored, once it has seen ``attempts`` attempts."""
 
     async def read() -> dict | None:
-        row = await store.read(lambda c: c.execute(
-            "SELECT * FROM deliveries WHERE webhook_id = ?", (webhook_id,)).fetchone())
-        return dict(row) if row is not None and row["attempts"] >= attempts else None
+        rows = await stored(client, webhook_id)
+        return rows[0] if rows and rows[0]["attempts"] >= attempts else None
 
     return await eventually(read, what=f"attempt {attempts} to be stored")
 
@@ -459,11 +461,9 @@ async def test_give_up_then_redeliver_with_a_new_delivery_id(aiohttp_client, tmp
 async def paced(client, webhook_id: str, total: int, sent: int, until: float) -> list[dict]:
     """The webhook's ``total`` delivery rows once ``sent`` of them went out and every other one
     waits, unattempted, held back to ``until`` (a window later: the endpoint's pace)."""
-    store = client.app[SERVICES].store
 
     async def read() -> list[dict] | None:
-        rows = [dict(r) for r in await store.read(lambda c: c.execute(
-            "SELECT status, attempts, next_attempt_at FROM deliveries WHERE webhook_id = ?", (webhook_id,)).fetchall())]
+        rows = await stored(client, webhook_id)
         held = [r for r in rows if r["status"] == "pending"]
         if len(rows) == total and len(rows) - len(held) == sent and all(
                 r["attempts"] == 0 and r["next_attempt_at"] == pytest.approx(until, abs=1e-6) for r in held):
