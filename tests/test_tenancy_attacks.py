@@ -153,7 +153,7 @@ async def statuses(api, *agent_ids: str) -> list[str]:
 async def test_revoking_a_key_leaves_its_agents_to_run_to_their_end(aiohttp_client, tmp_path, upstream):
     """What docs/security.md says revoking does not do: the key's token is refused at once, but
     the agents it spawned before (running and queued) go on, and their cost is the key's."""
-    upstream.delay = 0.5
+    upstream.delay = 2.0  # long enough to find one running and one queued on a loaded machine
     api = await open_api(aiohttp_client, one_at_a_time(tmp_path, upstream))
     key = await api.key()
     running, queued = [(await (await api.spawn(key["token"])).json())["agent_id"] for _ in range(2)]
