@@ -568,10 +568,14 @@ async def test_a_key_webhook_gets_only_its_own_work(world):
     async def r_both() -> bool:
         return {a_new, b_new} <= {p["data"].get("agent_id") for p in at("r")}
 
+    async def a_own() -> bool:  # each webhook drains on its own: A's is not waited for by B's or R's
+        return a_new in json.dumps(at("a"))
+
     # A webhook's deliveries go out in order: had B's webhook been routed A's earlier events,
     # they would have arrived before B's completion.
     await _until(b_done, "B's completion at B's webhook")
     await _until(r_both, "both keys' events at R's webhook")
+    await _until(a_own, "A's agent at A's webhook")
     assert not [m for m in [*world.marks, a_new] if m in json.dumps(at("b"))]
     assert world.b_agent in json.dumps(at("b"))
     assert a_new in json.dumps(at("a"))
