@@ -88,9 +88,13 @@ class Subscription:
     daemon ended it (its key was lost, the daemon stops) rather than the reader's lag."""
 
     def __init__(self, types: frozenset[str] | None, maxsize: int | None = None,
-                 viewer: Viewer | None = None) -> None:
+                 viewer: Viewer | None = None, head: int = 0) -> None:
         self.types = types
         self.viewer = viewer  # None: sees every key's events
+        # The newest event published before this listener existed: a replay reads up to it
+        # and no further, so every later event (and every live-only one) reaches the reader
+        # through the queue, in the order it happened.
+        self.head = head
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize or QUEUE_SIZE)
         self.overflowed = False
         self.ended: str | None = None
@@ -181,6 +185,7 @@ class EventLog:
         self.store = store
         self.clock = clock
         self._next_id = 1
+        self._head = 0  # the newest id published to the live readers (a new reader replays up to it)
         self.subscribers: set[Subscription] = set()
         self.outbox: Outbox = _NoOutbox()  # the webhook service, once it subscribed (attach_outbox)
         self.on_published: Callable[[], None] = lambda: None  # the outbox's wake-up
@@ -197,6 +202,7 @@ class EventLog:
     async def load(self) -> None:
         last = await self.store.read(lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
         self._next_id = last + 1
+        self._head = last
 
     # -- writing ----------------------------------------------------------------------------
     def _seal(self, event_id: int, data: dict[str, Any]) -> str:
@@ -241,10 +247,14 @@ class EventLog:
     def published(self, events: Iterable[Event]) -> None:
         """Call after the unit holding these events committed."""
         deliveries = 0
+        head = self._head
         for event in events:
             deliveries += event.deliveries
+            if event.id > head:
+                head = event.id
             for sub in list(self.subscribers):
                 sub.offer(event)
+        self._head = head
         if deliveries:  # the webhook worker has new rows to send (it reads the outbox: two queries a round)
             self.on_published()
 
@@ -290,7 +300,7 @@ class EventLog:
     # -- reading ----------------------------------------------------------------------------
     def subscribe(self, types: Iterable[str] | None = None, viewer: Viewer | None = None) -> Subscription:
         """A live listener; ``viewer``: whose events it may get (None: everyone's)."""
-        sub = Subscription(frozenset(types) if types else None, viewer=viewer)
+        sub = Subscription(frozenset(types) if types else None, viewer=viewer, head=self._head)
         self.subscribers.add(sub)
         return sub
 
@@ -303,11 +313,15 @@ class EventLog:
         self.subscribers.discard(sub)
 
     async def after(self, last_id: int, limit: int, types: Iterable[str] | None = None,
-                    viewer: Viewer | None = None) -> list[Event]:
-        """Events with id > last_id, oldest first (what a resuming reader missed); those
-        ``viewer`` may see (None: all): its key's own and the daemon-wide ones."""
+                    viewer: Viewer | None = None, upto: int | None = None) -> list[Event]:
+        """Events with id > last_id (and <= ``upto``, when given), oldest first (what a
+        resuming reader missed); those ``viewer`` may see (None: all): its key's own and the
+        daemon-wide ones."""
         wanted = tuple(types or ())
         where, args = "id > ?", list[Any]([last_id])
+        if upto is not None:
+            where += " AND id <= ?"
+            args.append(upto)
         if wanted:
             where += f" AND type IN ({', '.join('?' * len(wanted))})"
             args.extend(wanted)

@@ -207,6 +207,34 @@ async def test_sse_in_order_with_ids_and_resume_with_last_event_id(client):
     assert resp.status == 400
 
 
+async def test_events_committed_during_the_replay_come_live_in_the_order_they_happened(client):
+    """An agent streams and finishes while a new reader's history is being read: its
+    agent.output (live only, queued) reaches the reader before its agent.completed (stored,
+    also queued), and each only once; the replay stops where the subscription began."""
+    before = await spawn_done(client, 1)
+    log = client.server.app[SERVICES].events
+    read = log.after
+
+    async def after_while_an_agent_finishes(*args, **kwargs):
+        log.publish_live("agent.output", {"agent_id": "subagent_late_1", "index": 0, "delta": "hi"})
+        await log.emit("agent.completed", {"agent_id": "subagent_late_1", "status": "completed"})
+        return await read(*args, **kwargs)
+
+    log.after = after_while_an_agent_finishes
+    sse = await open_sse(client, "/api/events/stream?types=agent.output,agent.completed")
+    got = await sse.take(3)
+    assert [(e["event"], e["data"]["data"]["agent_id"]) for e in got] == [
+        ("agent.completed", before[0]), ("agent.output", "subagent_late_1"), ("agent.completed", "subagent_late_1")]
+    assert got[0]["id"] < got[2]["id"] and got[1]["id"] == 0
+    [after] = await spawn_done(client, 1)  # the next stored event follows: the late one was not sent twice
+    rest = [await sse.next()]
+    while rest[-1]["event"] != "agent.completed":
+        rest.append(await sse.next())
+    assert rest[-1]["data"]["data"]["agent_id"] == after and rest[-1]["id"] > got[2]["id"]
+    sse.resp.close()
+    await readers_gone(client)
+
+
 async def test_sse_reader_too_slow_is_cut_off_and_resumes_without_loss(client, monkeypatch):
     monkeypatch.setattr(events_mod, "QUEUE_SIZE", 3)
     sse = await open_sse(client, "/api/events/stream?types=agent.spawned")

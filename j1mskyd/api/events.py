@@ -127,12 +127,14 @@ async def _replay_then_live(request: web.Request, sub: Subscription, last: int |
     events; returns the last id sent when the reader fell too far behind (it must reconnect
     and resume from there) or was ended."""
     events = request.app[SERVICES].events
-    # Live only: the subscription was made before this, so it holds every event published
-    # since; none is older than the log's newest id at this point, none is lost.
+    # The subscription was made before this, so it holds every event published since; the
+    # replay stops at the last one published before it (sub.head).  Reading on to the
+    # database's newest would send an event committed during the replay ahead of the
+    # live-only ones queued before it (an agent's agent.completed before its agent.output).
     replay = last is not None
     sent = last or 0
-    while replay:  # replay in pages until caught up with the database
-        page = await events.after(sent, REPLAY_PAGE, types, sub.viewer)
+    while replay:  # replay in pages until caught up with the subscription
+        page = await events.after(sent, REPLAY_PAGE, types, sub.viewer, upto=sub.head)
         for event in page:
             if sub.ended is not None:  # its key was lost while the history was being read
                 return sent
