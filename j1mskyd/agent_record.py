@@ -39,7 +39,7 @@ __all__ = [
     "Kind", "KIND_AGENT", "KIND_TEAM", "KIND_MEMBER", "KIND_CHAT", "Priority", "PRIORITIES", "ANONYMOUS",
     # the agents table's operations
     "insert", "as_started", "update", "erase_data", "purge_expired",
-    "load", "members", "live", "recent_ids", "team_on_disk", "run_times", "Page", "page",
+    "load", "members", "live", "greatest_id", "team_on_disk", "run_times", "Page", "page",
 ]
 
 Status = Literal["spawning", "queued", "running", "completed", "failed", "cancelled"]
@@ -356,9 +356,13 @@ def live(conn: sqlite3.Connection, cipher: DataCipher | None) -> list[Agent]:
         "SELECT * FROM agents WHERE status IN ('spawning', 'queued', 'running') ORDER BY rowid")]
 
 
-def recent_ids(conn: sqlite3.Connection, n: int) -> list[str]:
-    """The ids of the last ``n`` agents stored, newest first: where a start continues the id counter."""
-    return [r[0] for r in conn.execute("SELECT agent_id FROM agents ORDER BY rowid DESC LIMIT ?", (n,))]
+def greatest_id(conn: sqlite3.Connection) -> str | None:
+    """The greatest agent id of the counter's shape stored (``subagent_<second>_<4 digits>``;
+    seconds have 10 digits from 2001 to 2286, so the greatest id carries the latest second):
+    where a start draws new ids from (AgentService.continue_ids).  A walk down the primary key."""
+    row = conn.execute("SELECT agent_id FROM agents WHERE agent_id >= 'subagent_0' AND agent_id < 'subagent_:'"
+                       " ORDER BY agent_id DESC LIMIT 1").fetchone()
+    return None if row is None else row[0]
 
 
 def team_on_disk(conn: sqlite3.Connection, team_id: str, cipher: DataCipher | None) -> tuple[list[str], list[Agent]]:

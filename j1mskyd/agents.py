@@ -36,24 +36,15 @@ if TYPE_CHECKING:
 __all__ = ["AgentService", "SpawnRecorder"]
 
 _ID_SPACE = 10_000  # the 4 digits of an id's counter
-_RECENT_IDS = 256  # stored ids a start looks at: more than are ever admitted at once
 _SETTLE_WAIT = 5.0  # seconds to wait for an agent's final write before answering anyway
 _EVENT_MARGIN = 60.0  # s around an agent's life in which its events are looked for
 
 
-def _after(recent: Sequence[str]) -> int | None:
-    """The counter that follows ``recent`` (newest first; None: no id of the counter's shape).
-
-    Admissions in flight together may commit out of their ids' order, so the newest row is not
-    always the highest number; the highest is looked for within half the counter's cycle ahead
-    of it, which also reads 9999 -> 0000 as going on."""
-    counters = [int(tail) for i in recent
-                if (tail := i.rpartition("_")[2]).isdigit() and len(tail) == 4 and i.startswith("subagent_")]
-    if not counters:
-        return None
-    newest = counters[0]
-    ahead = max((c - newest) % _ID_SPACE for c in counters if (c - newest) % _ID_SPACE < _ID_SPACE // 2)
-    return (newest + ahead + 1) % _ID_SPACE
+def _second_of(agent_id: str | None) -> int | None:
+    """The second an id of the counter's shape carries (None: not of that shape)."""
+    second, _, tail = (agent_id or "").partition("subagent_")[2].partition("_")
+    ok = agent_id is not None and agent_id.startswith("subagent_") and second.isdigit() and len(tail) == 4
+    return int(second) if ok and tail.isdigit() else None
 
 
 class AgentService:
@@ -68,10 +59,11 @@ class AgentService:
         self.store = store
         self.runtime = runtime
         self.budget = budget
-        # A counter: unique within a second, and the J1MSKY API reference's id shape
-        # (subagent_<unix seconds>_<4 digits>).  A random start until recover() continues it
-        # from the ids already stored.
+        # The J1MSKY API reference's id shape, subagent_<unix seconds>_<4 digits>: a counter from a
+        # random start, under a second that never goes back and carries at most 10,000 ids.
         self._ids = itertools.count(secrets.randbelow(_ID_SPACE))
+        self._second = -1  # the second the ids drawn now carry
+        self._left = 0  # how many more ids it may carry
 
     def apply_config(self, config: Config) -> None:
         """A reloaded configuration (reload.py): spawns from now on price and check against it."""
@@ -79,20 +71,29 @@ class AgentService:
 
     # -- validation --------------------------------------------------------------------
     def new_id(self, now: float) -> str:
-        """A new agent id (spawns and chat calls alike)."""
-        return f"subagent_{int(now)}_{next(self._ids) % _ID_SPACE:04d}"
+        """A new agent id (spawns and chat calls alike); never one drawn before.
 
-    def continue_ids(self, recent: Sequence[str]) -> None:
-        """Number new ids on from ``recent`` (the last ids stored, newest first).
+        Ids are drawn before a request's refusals (a batch refused whole has drawn one per
+        entry), so a second may be asked for more than its 10,000: the ids after those carry the
+        next second, and so on, until the clock passes the second they carry.  The second never
+        goes back, not even when the clock does (a Pi's, stepped at boot)."""
+        second = int(now)
+        if second > self._second:
+            self._second, self._left = second, _ID_SPACE
+        elif not self._left:
+            self._second, self._left = self._second + 1, _ID_SPACE
+        self._left -= 1
+        return f"subagent_{self._second}_{next(self._ids) % _ID_SPACE:04d}"
 
-        A daemon restarted within the second of its last spawn, or whose clock was stepped back
-        (a Pi has no clock of its own until NTP answers), would otherwise draw a second's ids
-        again from a random start, and a spawn (or a task resumed at start) fail on the
-        database's unique id.  Continued, an id comes back only in the same second after a
-        multiple of 10,000 more, as within one process."""
-        start = _after(recent)
-        if start is not None:
-            self._ids = itertools.count(start)
+    def continue_ids(self, greatest: str | None) -> None:
+        """Draw new ids under a later second than ``greatest`` (the greatest id stored) carries.
+        A daemon restarted within the second of its last spawn, or whose clock was stepped back,
+        cannot tell which of that second's ids its last run drew (some were refused and never
+        stored): it starts on the next second instead, which a spawn or a task resumed at start
+        would otherwise have failed on (the database's unique id)."""
+        last = _second_of(greatest)
+        if last is not None and last >= self._second:
+            self._second, self._left = last, 0
 
     def estimate(self, model_alias: str, task: str, max_tokens: int | None = None) -> float:
         """Estimated cost at spawn: the task's tokens (~4 chars each) plus the model's typical output
@@ -387,7 +388,7 @@ class AgentService:
     async def recover(self) -> dict[str, int]:
         cipher = self.store.cipher
 
-        def read(conn: sqlite3.Connection) -> tuple[list[Agent], dict[str, list[Agent]], list[str]]:
+        def read(conn: sqlite3.Connection) -> tuple[list[Agent], dict[str, list[Agent]], str | None]:
             live = agent_record.live(conn, cipher)
             # A live agent's ledger rows are calls billed although they failed: what it has spent.
             billed = ledger.billed_by_agent(conn, [a.agent_id for a in live])
@@ -399,11 +400,11 @@ class AgentService:
                 ids, ended = agent_record.team_on_disk(conn, tid, cipher)
                 team.members.extend(ids)
                 done[tid].extend(ended)
-            return live, done, agent_record.recent_ids(conn, _RECENT_IDS)
+            return live, done, agent_record.greatest_id(conn)
 
         cut: dict[str, float] = {}  # agent_id -> what calls cut by earlier crashes were billed
-        live, done, recent = await self.store.read(read)
-        self.continue_ids(recent)
+        live, done, greatest = await self.store.read(read)
+        self.continue_ids(greatest)
         now = self.runtime.clock()
         spent = await self.store.read(lambda conn: ledger.spend(conn, now))
         # Reservations first: agents failed during recovery settle against them.  They are the
