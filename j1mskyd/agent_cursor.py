@@ -44,8 +44,9 @@ def keyset_clause(expr: str, desc: bool) -> str:
 
 
 def fingerprint(viewer_key: str, sort: str, params: Mapping[str, str]) -> str:
-    """What binds a cursor to its listing: the viewer, the sort and every filter parameter."""
-    chosen = sorted((k, v) for k, v in params.items() if k not in _PAGING)
+    """What binds a cursor to its listing: the viewer, the sort (as parsed: ``sort`` left out and
+    ``sort=-created_at`` are one listing) and every filter parameter."""
+    chosen = sorted((k, v) for k, v in params.items() if k not in _PAGING and k != "sort")
     text = json.dumps([viewer_key, sort, chosen], separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 

@@ -13,7 +13,6 @@ whitelisted, so no user text ever reaches SQL except as a bound parameter.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, get_args
@@ -21,6 +20,7 @@ from typing import Any, get_args
 from . import agent_cursor, jsonx
 from .agent_record import PRIORITIES, STATUSES, Agent, Kind
 from .errors import ValidationFailed
+from .request_fields import query_int
 from .tenancy import Viewer
 
 __all__ = ["ALIASES", "AgentQuery", "ENUMS", "FIELDS", "MAX_LIMIT", "OPERATORS", "RESERVED", "SORTABLE", "parse", "parse_time"]
@@ -60,7 +60,6 @@ OPERATORS = ("eq", "ne", "gte", "gt", "lte", "lt", "in", "contains", "starts_wit
 # "ne" is IS NOT so that a NULL column (no team, no cost yet) counts as "not equal".
 _SQL_OPS = {"eq": "=", "ne": "IS NOT", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _STRING_OPS = ("contains", "starts_with", "ends_with")
-_INT = re.compile(r"-?[0-9]{1,18}")
 SORTABLE = ("created_at", "started_at", "completed_at", "cost", "actual_cost", "estimated_cost", "status",
             "model", "priority", "agent_id")
 RESERVED = frozenset({"limit", "per_page", "offset", "page", "sort", "filter", "cursor", "include_members"})
@@ -119,8 +118,8 @@ def _coerce(fieldname: str, kind: str, value: Any, errors: list[dict[str, str]])
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             errors.append({"field": fieldname, "message": f"{fieldname} must be a number"})
             return None
-        try:
-            number = float(value)
+        try:  # float() would also take "1_000" and other scripts' digits ("１")
+            number = math.nan if isinstance(value, str) and (not value.isascii() or "_" in value) else float(value)
         except ValueError:
             number = math.nan
         if not math.isfinite(number):  # float() takes "nan" and "inf"; sqlite would bind NaN as NULL
@@ -243,10 +242,10 @@ def _int_param(params: dict[str, str], name: str, default: int, lo: int, hi: int
     raw = params.get(name)
     if raw is None or raw == "":
         return default
-    if not _INT.fullmatch(raw):  # int() would also take "1_0", " 5" and non-ASCII digits
+    value = query_int(raw)
+    if value is None:
         errors.append({"field": name, "message": f"{name} must be an integer"})
         return default
-    value = int(raw)
     if value < lo or (hi is not None and value > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
         errors.append({"field": name, "message": f"{name} must be {bound}"})
@@ -288,7 +287,7 @@ def parse(params: dict[str, str], viewer: Viewer | None = None) -> AgentQuery:
     sort = params.get("sort", "").strip()  # "?sort=+cost" arrives as " cost"
     if sort:
         desc = sort.startswith("-")
-        name = sort.lstrip("-+")
+        name = sort[1:] if sort[0] in "-+" else sort  # one sign: "--cost" names no field
         if name not in SORTABLE:
             errors.append({"field": "sort", "message": f"Cannot sort by '{name}' (use one of {', '.join(SORTABLE)})"})
             name, desc = "created_at", True

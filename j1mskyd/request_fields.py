@@ -1,16 +1,18 @@
 """What the typed request modules share (spawn_request.py, webhook_request.py,
-security_request.py): the field error of the one error envelope, and the ``KEEP`` marker of a
-partial change (a PUT or POST that changes only the fields it names)."""
+security_request.py, the listings' queries): the field error of the one error envelope, the
+``KEEP`` marker of a partial change (a PUT or POST that changes only the fields it names), and a
+query parameter's integer."""
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import fields
 from typing import Any
 
 from .errors import ValidationFailed
 
-__all__ = ["KEEP", "Keep", "bad", "changed"]
+__all__ = ["KEEP", "Keep", "bad", "changed", "query_int"]
 
 
 class Keep(enum.Enum):
@@ -25,6 +27,15 @@ KEEP = Keep.KEEP
 def changed(change: Any) -> dict[str, Any]:
     """The fields a change dataclass sets (those not ``KEEP``), by name."""
     return {f.name: getattr(change, f.name) for f in fields(change) if getattr(change, f.name) is not KEEP}
+
+
+_QUERY_INT = re.compile(r"-?[0-9]{1,18}")
+
+
+def query_int(text: str) -> int | None:
+    """A query parameter's integer, written in plain ASCII digits (None: it is not one).
+    ``int()`` alone would also take "1_0", " 5", "+5" and other scripts' digits ("５")."""
+    return int(text) if _QUERY_INT.fullmatch(text) else None
 
 
 def bad(field: str, message: str) -> ValidationFailed:

@@ -182,7 +182,7 @@ def _privacy(body: dict[str, Any], prefix: str, errors: Errors) -> float | None:
     if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float))
                              or not 0 < days <= 3650):
         errors.append({"field": prefix + "privacy.retention_days",
-                       "message": "retention_days must be a number of days between 0 and 3650"})
+                       "message": "retention_days must be a number of days, more than 0 and at most 3650"})
         return None
     return None if days is None else float(days)
 

@@ -19,7 +19,7 @@ from typing import Any
 from . import jsonx
 from .config import Config
 from .errors import ValidationFailed
-from .request_fields import KEEP, Keep
+from .request_fields import KEEP, Keep, query_int
 from .task_record import ESC_STATUSES, PRIORITIES, STATUSES
 
 __all__ = ["COST_GROUPS", "COST_PERIODS", "CostQuery", "Decision", "EscalationQuery", "EscalationRequest",
@@ -492,11 +492,8 @@ def _int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: 
     text = params.get(name)
     if text is None:
         return default
-    try:
-        value = int(text.strip(), 10)
-    except ValueError:
-        value = lo - 1
-    if not lo <= value <= hi:
+    value = query_int(text.strip())
+    if value is None or not lo <= value <= hi:
         errors.append({"field": name, "message": f"{name} must be an integer from {lo} to {hi}"})
         return default
     return value
@@ -510,6 +507,8 @@ def parse_query(params: Mapping[str, str]) -> TaskQuery:
     order = _choice(params, "sort_order", ("asc", "desc"), errors, "desc")
     texts = {name: _text(params, name, errors, limit=200) for name in ("type", "assignee_role", "created_by")}
     tags = tuple(t.strip() for t in (params.get("tags") or "").split(",") if t.strip())
+    if len(tags) > MAX_ITEMS:  # no task holds more: such a filter matches nothing
+        errors.append({"field": "tags", "message": f"tags names at most {MAX_ITEMS} tags, as many as a task holds"})
     limit = _int_param(params, "limit", 50, 1, MAX_LIMIT, errors)
     offset = _int_param(params, "offset", 0, 0, 10**9, errors)
     _fail(errors)

@@ -142,6 +142,9 @@ async def test_bad_cursors_are_400_and_read_nothing(client, seven):
     # A cursor of another sort or other filters is not this listing's.
     await _page(client, f"limit=2&sort=cost&cursor={good}", 400)
     await _page(client, f"limit=2&model=k2p5&cursor={good}", 400)
+    await _page(client, f"limit=2&sort=created_at&cursor={good}", 400)
+    # The default sort spelled out is the same listing.
+    assert (await _page(client, f"limit=2&sort=-created_at&cursor={good}"))["pagination"]["offset"] == 2
     # The limit may change between pages: it is not part of the listing.
     assert (await _page(client, f"limit=5&cursor={good}"))["pagination"]["offset"] == 2
 

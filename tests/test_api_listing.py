@@ -260,8 +260,9 @@ async def test_plain_parameters(client, population, query, count):
     ("limit=0", "limit"), ("limit=101", "limit"), ("limit=x", "limit"), ("limit=-1", "limit"),
     ("limit=1.5", "limit"), ("limit=1_0", "limit"),
     ("offset=-1", "offset"), ("offset=x", "offset"), ("offset=" + "9" * 30, "offset"),
-    ("sort=colour", "sort"), ("sort=-task", "sort"),
+    ("sort=colour", "sort"), ("sort=-task", "sort"), ("sort=--cost", "sort"), ("sort=-+cost", "sort"),
     ("cost_gt=abc", "cost"), ("cost_gt=nan", "cost"), ("cost_gt=inf", "cost"),
+    ("cost_gt=1_000", "cost"), ("cost_gt=%EF%BC%91", "cost"),  # float() takes both: "1000" and a fullwidth "1"
     ("created_after=yesterday", "created_at"),
     ("filter=" + json.dumps({"model": {"in": []}}), "model"),
     ("filter=" + json.dumps({"model": {"in": "k2p5"}}), "model"),
