@@ -203,6 +203,11 @@ class AgentService:
 
     async def spawn_batch(self, reqs: list[SpawnRequest], key_id: str = ANONYMOUS,
                           webhook_secret: str | None = None, recorder: SpawnRecorder | None = None) -> dict[str, Any]:
+        key = self.key_of(key_id)
+        most = self.budget.live_limit(None if key is None else key.max_concurrency)
+        if len(reqs) > most:  # it could never start: not a 429 to wait out
+            raise ValidationFailed([{"field": "agents", "message": f"{len(reqs)} agents are more than this key may "
+                                                                   f"have in flight at once ({most}): send fewer"}])
         now = self.runtime.clock()
         agents = [self._build(req, now) for req in reqs]
         await self._check_targets([(f"agents[{i}].", req.webhook_url) for i, req in enumerate(reqs)])

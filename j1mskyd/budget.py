@@ -278,12 +278,16 @@ class Budget:
         return alert_level(self.utilization_pct)
 
     # -- reserve / settle ----------------------------------------------------------------
+    def live_limit(self, max_live: int | None = None) -> int:
+        """How many agents a key may have live: ``max_live``, its own limit, or else
+        [budget] max_agents_per_key."""
+        return self.policy.max_agents_per_key if max_live is None else max_live
+
     def check(self, key_id: str, amount: float, count: int = 1, *, max_live: int | None = None) -> None:
         """Raise if ``count`` agents reserving ``amount`` in all may not start now.
         ``max_live``: the key's own limit of live agents (None: [budget] max_agents_per_key)."""
         self._roll()
-        p = self.policy
-        most = p.max_agents_per_key if max_live is None else max_live
+        most = self.live_limit(max_live)
         if self._live_per_key.get(key_id, 0) + count > most:
             raise SpawnRefused(f"Too many agents in flight for this key (limit {most}); "
                                "wait for some to finish", retry_after=5, headers={"Retry-After": "5"})

@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from j1mskyd import agents as agents_module
+from j1mskyd import agents as agents_module, worstcase
 from j1mskyd.agents import _second_of
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
@@ -84,20 +84,21 @@ async def test_a_restart_with_the_clock_stepped_back_draws_after_the_latest_seco
 
 async def test_refused_batches_that_draw_a_whole_second_of_ids_leave_the_next_spawn_a_fresh_one(
         aiohttp_client, tmp_path, fake_upstream, monkeypatch):
-    # A batch refused whole (more agents than the key may have live) draws an id per entry and
-    # stores none.  With a second's ids all drawn that way, the next spawn in the same second drew
-    # the first spawn's id again and was a 500 (UNIQUE constraint failed).  Ten ids a second here:
-    # a refused batch of 59 draws the nine the first spawn left of its second and five seconds'
-    # worth more, and the next spawn came round to the first one's id.
+    # A batch refused whole (here: over the daily budget) draws an id per entry and stores none.
+    # With a second's ids all drawn that way, the next spawn in the same second drew the first
+    # spawn's id again and was a 500 (UNIQUE constraint failed).  Ten ids a second here: a refused
+    # batch of 59 draws the nine the first spawn left of its second and five seconds' worth more,
+    # and the next spawn came round to the first one's id.
     monkeypatch.setattr(agents_module, "_ID_SPACE", 10)
     cfg, clock = upstream_config(tmp_path, fake_upstream), Clock()
-    cfg = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, max_agents_per_key=50))
+    one = worstcase.agent_bound(cfg.models, "k2p5", "b", None)
+    cfg = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, daily_budget=10 * one))
     client = await aiohttp_client(build_app(cfg, clock=clock))
-    first = await client.post("/api/spawn", json={"model": "k2p5", "task": "first"})
+    first = await client.post("/api/spawn", json={"model": "k2p5", "task": "b"})
     assert first.status == 200, await first.text()
     batch = await client.post("/api/spawn-batch", json={"agents": [{"model": "k2p5", "task": "b"}] * 59})
-    assert batch.status == 429, await batch.text()
-    second = await client.post("/api/spawn", json={"model": "k2p5", "task": "second"})
+    assert batch.status == 402, await batch.text()
+    second = await client.post("/api/spawn", json={"model": "k2p5", "task": "b"})
     assert second.status == 200, await second.text()
     ids = [(await first.json())["agent_id"], (await second.json())["agent_id"]]
     assert ids[0] != ids[1] and ids[1].startswith(f"subagent_{int(clock.t) + 6}_")

@@ -296,6 +296,21 @@ async def test_per_key_concurrency_limit_over_http(aiohttp_client, tmp_path, ups
     await wait_status(client, third)
 
 
+async def test_a_batch_larger_than_the_key_may_have_live_is_a_400_not_a_429_to_wait_out(aiohttp_client, tmp_path,
+                                                                                      upstream):
+    # With no agent live, a batch of three under a limit of two could never start: a 429 with
+    # Retry-After told a client (the reference's retry loop) to wait for room that never comes.
+    client = await aiohttp_client(build_app(priced_config(tmp_path, upstream, max_agents_per_key=2)))
+    resp = await client.post("/api/spawn-batch", json={"agents": [{"model": "k2p5", "task": "t"}] * 3})
+    assert resp.status == 400 and "Retry-After" not in resp.headers
+    error = (await resp.json())["error"]
+    assert error["type"] == "VALIDATION_ERROR" and error["details"][0]["field"] == "agents"
+    assert "(2)" in error["details"][0]["message"]
+    assert (await (await client.get("/api/agents")).json())["pagination"]["total"] == 0
+    ok = await client.post("/api/spawn-batch", json={"agents": [{"model": "k2p5", "task": "t"}] * 2})
+    assert ok.status == 200, await ok.text()
+
+
 async def test_a_team_reserves_for_its_members_and_settles_once(aiohttp_client, tmp_path):
     base = make_config(tmp_path)
     slow = dataclasses.replace(base.providers["offline"], options={"delay": 0.3})

@@ -206,6 +206,11 @@ async def test_max_concurrency_replaces_max_agents_per_key_for_that_key(aiohttp_
         refused = await api.spawn(key["token"])
         assert refused.status == 429, (most, await refused.text())
         assert f"limit {most}" in (await refused.json())["error"]["message"]
+    # A batch no larger than the key's own limit waits for room (429); a larger one never fits (400).
+    batch = {"agents": [{"model": "k2p5", "task": "t"}] * 5}
+    assert (await api.client.post("/api/spawn-batch", json=batch, headers=bearer(five["token"]))).status == 429
+    too_many = await api.client.post("/api/spawn-batch", json=batch, headers=bearer(two["token"]))
+    assert too_many.status == 400 and "(2)" in (await too_many.json())["error"]["details"][0]["message"]
 
 
 async def test_a_key_s_own_request_limits_override_the_config_s(aiohttp_client, tmp_path, upstream):
