@@ -47,7 +47,7 @@ class NewWebhook:
     events: tuple[str, ...] = AGENT_DONE
     secret: str | None = None
     description: str | None = None
-    status: Literal["active", "paused"] = "active"   # "active": false registers it paused
+    status: Literal["active", "paused"] = "active"   # "status": "paused" or "active": false registers it paused
     headers: Headers = ()
 
 
@@ -137,10 +137,22 @@ def _headers(headers: Any) -> Headers:
     return tuple(headers.items())
 
 
-def _active(active: Any) -> Literal["active", "paused"]:
-    if not isinstance(active, bool):
-        raise bad("active", "active must be true or false")
-    return "active" if active else "paused"
+def _status(body: dict[str, Any]) -> Literal["active", "paused"] | None:
+    """``status`` (active | paused) or ``active`` (a boolean), which must agree when both are
+    sent; None: neither is."""
+    status = None
+    if "status" in body:
+        if body["status"] not in STATUSES:
+            raise bad("status", "status must be active or paused")
+        status = body["status"]
+    if "active" in body:
+        if not isinstance(body["active"], bool):
+            raise bad("active", "active must be true or false")
+        active: Literal["active", "paused"] = "active" if body["active"] else "paused"
+        if status not in (None, active):
+            raise bad("active", "active and status disagree: send one of them")
+        status = active
+    return status
 
 
 def _events_of(body: dict[str, Any]) -> tuple[str, ...]:
@@ -165,7 +177,7 @@ def parse_new(body: Any, sink_kinds: Sequence[str]) -> NewWebhook:
     secret = body.get("secret")
     return NewWebhook(url=url, sink=sink, events=events, secret=None if secret is None else _secret(secret),
                       description=_description(body.get("description")),
-                      status=_active(body["active"]) if "active" in body else "active",
+                      status=_status(body) or "active",
                       headers=_headers(body["headers"]) if "headers" in body else ())
 
 
@@ -179,14 +191,8 @@ def parse_change(body: Any, sink: str) -> WebhookChange:
     changes: dict[str, Any] = {}
     if "events" in body:
         changes["events"] = _events(body["events"])
-    if "status" in body:
-        if body["status"] not in STATUSES:
-            raise bad("status", "status must be active or paused")
-        changes["status"] = body["status"]
-    if "active" in body:
-        status = _active(body["active"])
-        if changes.get("status", status) != status:
-            raise bad("active", "active and status disagree: send one of them")
+    status = _status(body)
+    if status is not None:
         changes["status"] = status
     if "headers" in body:
         changes["headers"] = _headers(body["headers"])

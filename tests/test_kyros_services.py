@@ -78,7 +78,15 @@ async def test_webhook_status_field_types(aiohttp_client, tmp_path):
     for value in JSON_VALUES + ["stopped"]:
         err = await failure(await d.call("PUT", f"/webhooks/{hook}", json={"status": value}), 422, "VALIDATION_ERROR")
         assert err["details"]["field"] == "status"
+        # A new webhook's too (it was ignored, and the webhook registered active).
+        err = await failure(await d.call("POST", "/webhooks", json={"url": "http://127.0.0.1:9/h", "status": value}),
+                            422, "VALIDATION_ERROR")
+        assert err["details"]["field"] == "status"
     assert (await success(await d.call("GET", f"/webhooks/{hook}")))["status"] == "active"
+    assert (await success(await d.call("GET", "/webhooks")))["total"] == 1
+    paused = await success(await d.call("POST", "/webhooks", json={"url": "http://127.0.0.1:9/p", "status": "paused"}),
+                           201)
+    assert paused["status"] == "paused" and paused["active"] is False
 
 
 async def test_health(aiohttp_client, tmp_path):

@@ -85,6 +85,25 @@ async def test_active_must_be_a_boolean(client, receivers, value):
     assert await _count(client) == 0
 
 
+@pytest.mark.parametrize("value", ["disabled", "PAUSED", "", 12345, None, True, [], {}])
+async def test_a_new_webhook_s_status_is_active_or_paused(client, receivers, value):
+    # It was ignored: any value registered the webhook active (a Kyros client asking for a
+    # paused one got live deliveries).
+    error = (await _register(client, {"url": receivers[0].url, "status": value}, 400))["error"]
+    assert error["details"][0]["field"] == "status"
+    assert await _count(client) == 0
+
+
+async def test_status_paused_registers_a_paused_webhook_and_must_agree_with_active(client, receivers):
+    paused = await _register(client, {"url": receivers[0].url, "status": "paused"})
+    assert paused["status"] == "paused" and paused["active"] is False
+    both = await _register(client, {"url": receivers[1].url, "status": "active", "active": True})
+    assert both["status"] == "active"
+    error = (await _register(client, {"url": receivers[1].url, "status": "active", "active": False}, 400))["error"]
+    assert error["details"][0]["field"] == "active"
+    assert await _count(client) == 2
+
+
 async def test_put_active_and_status_must_agree(client, receivers):
     hook = await _register(client, {"url": receivers[0].url})
     resp = await client.put(f"/api/webhooks/{hook['webhook_id']}", json={"active": True, "status": "paused"})

@@ -544,6 +544,8 @@ def _bodies(config: Any) -> dict[tuple[str, str], dict[str, Any]]:
             "url": _WEBHOOK_URL, "events": _HOOK_EVENTS,
             "event": {**_HOOK_EVENTS["items"], "description": "one event name: events [event] (not with events)"},
             "active": {"type": "boolean", "default": True, "description": "false: registered paused"},
+            "status": {"type": "string", "enum": ["active", "paused"], "default": "active",
+                       "description": "paused: registered paused (agrees with active when both are sent)"},
             "headers": _HOOK_HEADERS,
             "secret": {"type": "string", "minLength": 8, "maxLength": 256}, "sink": {"type": "string"},
             "description": {"type": "string", "maxLength": 500}}},
