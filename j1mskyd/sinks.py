@@ -20,7 +20,12 @@ from typing import Any
 
 from .plugin_api import SinkError
 
-__all__ = ["SinkError", "post", "signature"]
+__all__ = ["ANSWER_READ", "SinkError", "post", "signature"]
+
+# Bytes of a receiver's answer read (and dropped): nothing in it is used, and reading a short
+# answer to its end lets the connection be used again.  Past this the connection is closed
+# instead: a receiver answering 2xx with an endless body filled the daemon's memory.
+ANSWER_READ = 64 * 1024
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -36,7 +41,9 @@ async def post(session: Any, url: str, who: str, **kwargs: Any) -> None:
                                 **kwargs) as resp:
             if not 200 <= resp.status < 300:
                 raise SinkError(f"{who} answered HTTP {resp.status}", resp.status)
-            await resp.read()
+            left = ANSWER_READ
+            while left > 0 and (chunk := await resp.content.read(left)):
+                left -= len(chunk)
     except asyncio.TimeoutError:
         raise SinkError(f"{who} did not answer within 10 s") from None
     except aiohttp.ClientError as exc:

@@ -54,6 +54,8 @@ class Receiver:
         self.port = port or _free_port(host)
         self.path = path
         self.fail = False              # answer 500 (after recording the attempt in ``failed``)
+        self.endless = False           # answer 200 with a body that never ends (until the sender hangs up)
+        self.hung_up = 0               # endless answers whose reader closed the connection
         self.received: list[Received] = []
         self.failed: list[Received] = []
         self.rejected: list[Received] = []
@@ -79,7 +81,21 @@ class Receiver:
             return web.json_response({"error": "receiver is failing"}, status=500)
         self.received.append(got)
         self._changed.set()
+        if self.endless:
+            return await self._endless(request)
         return web.json_response({"ok": True})
+
+    async def _endless(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        try:
+            while True:
+                await resp.write(b"x" * 65536)
+                await asyncio.sleep(0)
+        except (ConnectionError, RuntimeError):  # the reader hung up (aiohttp 3.8: RuntimeError on a closed transport)
+            self.hung_up += 1
+            self._changed.set()
+        return resp
 
     async def start(self) -> Receiver:
         app = web.Application()

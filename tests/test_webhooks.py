@@ -302,6 +302,26 @@ async def test_a_wrong_secret_is_refused_by_the_receiver_and_retried(client, rec
     assert got.delivery_id == row["delivery_id"]
 
 
+async def test_an_endless_answer_is_read_only_so_far_and_the_delivery_counts(client, receiver):
+    # A receiver answering 2xx with a body that never ends: the daemon read it all into memory
+    # for its 10 s (gigabytes on loopback) and then counted the delivery as failed.  Only the
+    # first ANSWER_READ bytes are read; the connection is closed on the rest.
+    receiver.endless = True
+    hook = await create_hook(client, url=receiver.url, events=["agent.completed"], secret=SECRET)
+    await client.post(f"/api/webhooks/{hook['id']}/test")
+
+    async def delivered():
+        return [r for r in await deliveries(client, hook["id"]) if r["status"] == "delivered"]
+
+    await eventually(delivered, timeout=5.0, what="the delivery counted as delivered")
+    await receiver.wait_for(1, what="received")
+
+    async def hung_up():
+        return receiver.hung_up == 1
+
+    await eventually(hung_up, what="the daemon hanging up")
+
+
 async def test_routing_by_event_type(client, receiver):
     other = await Receiver(SECRET, path="/other").start()
     try:
