@@ -13,13 +13,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .events import EVENT_TYPES, LIVE_ONLY
 from .request_fields import KEEP, Keep, bad
 
 __all__ = ["AGENT_DONE", "MAX_HEADERS", "RESERVED_HEADERS", "STATUSES", "Headers", "NewWebhook", "WebhookChange",
-           "check_url", "parse_change", "parse_new"]
+           "check_url", "file_path", "parse_change", "parse_new"]
 
 AGENT_DONE = ("agent.completed", "agent.failed", "agent.cancelled")
 STATUSES = ("active", "paused")
@@ -61,6 +61,11 @@ class WebhookChange:
     secret: str | Keep = KEEP
     description: str | None | Keep = KEEP
     headers: Headers | Keep = KEEP
+
+
+def file_path(url: str) -> str:
+    """The local path a file sink's ``file:///absolute/path`` URL names (percent-decoded)."""
+    return unquote(urlsplit(url).path)
 
 
 def check_url(url: Any, sink: str) -> str:

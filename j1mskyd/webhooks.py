@@ -29,6 +29,7 @@ import collections
 import functools
 import json
 import logging
+import os
 import random
 import secrets
 import sqlite3
@@ -46,7 +47,7 @@ from .store import Statement
 from .request_fields import changed
 from .tenancy import ADMINS_ONLY, Viewer
 from . import settings
-from .webhook_request import AGENT_DONE, Headers, NewWebhook, WebhookChange, check_url
+from .webhook_request import AGENT_DONE, Headers, NewWebhook, WebhookChange, check_url, file_path
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
 __all__ = ["CONCURRENT_WEBHOOKS", "DRAIN_BATCH", "GIVE_UP_AFTER", "PACE_WINDOW", "PER_MINUTE", "RETRY_BASE",
@@ -214,12 +215,30 @@ class WebhookService:
         found = await asyncio.gather(*(one(f, u) for f, u in urls.items() if isinstance(u, str)))
         return [e for e in found if e is not None]
 
-    async def _check_target(self, url: str, sink: str) -> str:
+    async def _check_target(self, url: str, sink: str, writes_all: bool) -> str:
+        """Where a webhook made or changed by a viewer that ``writes_all`` (or not) may send."""
         if sink != "file":
             errors = await self.check_targets({"url": url})
             if errors:
                 raise ValidationFailed(errors)
+            return url
+        # The file sink appends to a file as the daemon's own user: a tenant's webhook could
+        # otherwise write into any file the daemon may (it damaged the daemon's data key).
+        if not writes_all:
+            raise Forbidden("the file sink writes on the daemon's own disk: only a key with admin:write may use it")
+        refused = self._file_refused(url)
+        if refused is not None:
+            raise _bad("url", f"url is refused: {refused}")
         return url
+
+    def _file_refused(self, url: str) -> str | None:
+        """Why the file sink may not write where ``url`` points now (None: it may): never into the
+        daemon's state directory (its database, its data key), whatever links lead there."""
+        state = os.path.realpath(os.path.dirname(self.store.path))
+        path = os.path.realpath(file_path(url))
+        if path == state or path.startswith(state + os.sep):
+            return "the file sink may not write into the daemon's state directory"
+        return None
 
     # -- the outbox, as the event log asks for it (events.Outbox) ---------------------------------
     def route(self, type_: str, data: dict[str, Any], owner: str | None = None) -> list[str]:
@@ -258,14 +277,15 @@ class WebhookService:
         """The sink kinds a webhook may name (the loaded sink plugins'): what parse_new checks."""
         return self.registry.sink_kinds()
 
-    async def create(self, req: NewWebhook, api_key_id: str | None) -> tuple[Webhook, str | None]:
+    async def create(self, req: NewWebhook, api_key_id: str | None, *, writes_all: bool) -> tuple[Webhook, str | None]:
         """A new webhook; the generated secret is returned once when the caller sent none.
-        A key that sees only its own work may hold MAX_PER_KEY (409 past it)."""
+        A key that sees only its own work may hold MAX_PER_KEY (409 past it).  ``writes_all``:
+        the caller changes every key's work (admin:write), which the file sink needs."""
         capped = api_key_id if api_key_id is not None and not self.sees_all(api_key_id) else None
         if capped is not None:
             self._claim_slot(capped)  # before any await: racing creates cannot pass the cap together
         try:
-            url = await self._check_target(req.url, req.sink)
+            url = await self._check_target(req.url, req.sink, writes_all)
             generated: str | None = None
             if req.secret is None:
                 secret = generated = secrets.token_urlsafe(32)
@@ -349,7 +369,8 @@ class WebhookService:
         hook = self.get_to_change(webhook_id, viewer)
         changes = changed(change)
         if "url" in changes:
-            changes["url"] = await self._check_target(changes["url"], hook.sink)
+            changes["url"] = await self._check_target(changes["url"], hook.sink,
+                                                      viewer is None or viewer.writes_all)
         new = replace(hook, **changes)
         await self._build_sink(new)
         await self.store.write(self._insert(new), _sealed_headers(new, self.store.cipher), fail_fast=True)
@@ -601,6 +622,8 @@ class WebhookService:
                     self.targets.check_url(hook.url)
                 except TargetRefused as exc:
                     raise SinkError(f"target refused: {exc.message}") from None
+            elif (refused := self._file_refused(hook.url)) is not None:  # a link may lead there now
+                raise SinkError(f"target refused: {refused}")
             sink = self._sinks.get(webhook_id) or await self._build_sink(hook)
             async with bounded(self.call_timeout, lambda: SinkError(
                     f"sink did not return within {self.call_timeout:g} s (cancelled by the daemon)")):

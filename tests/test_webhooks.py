@@ -572,6 +572,51 @@ async def test_file_sink_appends_json_lines(client, tmp_path):
     assert all(r["status"] == "delivered" for r in rows)
 
 
+async def test_the_file_sink_is_an_admin_s_and_never_writes_into_the_state_dir(aiohttp_client, tmp_path):
+    # A key with agents:write (or the keyless local caller) made a file webhook and appended to
+    # any file the daemon may write: into its data key, the daemon could no longer start.
+    cfg = auth_config(tmp_path, local_scopes=("agents:read", "agents:write"))
+    client = await aiohttp_client(build_app(cfg))
+    admin = bearer(bootstrap_key(cfg)["token"])
+    resp = await client.post("/api/keys", json={"name": "w", "scopes": ["agents:read", "agents:write"]},
+                             headers=admin)
+    writer = bearer((await resp.json())["token"])
+    state = tmp_path / "state"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    for headers in (writer, {}):  # a tenant's key; the keyless local caller
+        resp = await client.post("/api/webhooks", json={"url": f"file://{victim}", "events": ["*"]}, headers=headers)
+        assert resp.status == 403, await resp.text()
+        assert "admin:write" in (await resp.json())["error"]["message"]
+    # An admin's file webhook may not write into the state dir, by its path or through a link.
+    link = tmp_path / "innocent.jsonl"
+    link.symlink_to(state / "data.key")
+    for target in (state / "data.key", state / "j1msky.db", state, link, tmp_path / "state" / ".." / "state" / "x"):
+        resp = await client.post("/api/webhooks", json={"url": f"file://{target}", "events": ["*"]}, headers=admin)
+        assert resp.status == 400 and bad_field(await resp.json()) == "url", (target, await resp.text())
+    assert (await (await client.get("/api/webhooks", headers=admin)).json())["data"] == []
+    # Made where it may write, then pointed into the state dir by a link: the delivery is refused.
+    out = tmp_path / "events.jsonl"
+    hook = await create_hook_as(client, admin, url=f"file://{out}", events=["*"])
+    out.symlink_to(state / "data.key")
+    before = (state / "data.key").read_bytes()
+    await client.post(f"/api/webhooks/{hook['id']}/test", headers=admin)
+
+    async def refused():
+        rows = await (await client.get(f"/api/webhooks/{hook['id']}/deliveries", headers=admin)).json()
+        return [r for r in rows["data"] if "state directory" in (r["last_error"] or "")]
+
+    await eventually(refused, what="the delivery refused")
+    assert (state / "data.key").read_bytes() == before and victim.read_text() == "mine\n"
+
+
+async def create_hook_as(client, headers, **body) -> dict:
+    resp = await client.post("/api/webhooks", json=body, headers=headers)
+    answer = await resp.json()
+    assert resp.status == 201, answer
+    return answer["data"]
+
+
 DROPIN_SINK = '''
 J1MSKY_PLUGIN_API = 1
 SEEN = []

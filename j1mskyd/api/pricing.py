@@ -516,7 +516,8 @@ async def pricing_create_webhook(request: web.Request) -> web.Response:
         body["secret"] = data["secret"]
     services = request.app[SERVICES]
     req = parse_new(body, services.webhooks.sink_kinds())
-    hook, generated = await services.webhooks.create(req, key_id_of(request))
+    hook, generated = await services.webhooks.create(req, key_id_of(request),
+                                                       writes_all=viewer(request).writes_all)
     services.audit.record("config.change", actor(request), resource_type="webhook", resource_id=hook.webhook_id,
                           details={"action": "create", "url": hook.url, "events": list(hook.events)})
     out: dict[str, Any] = {"success": True, "webhook_id": hook.webhook_id, "url": hook.url,

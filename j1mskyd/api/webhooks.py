@@ -29,7 +29,7 @@ async def created(request: web.Request) -> tuple[dict[str, Any], dict[str, str] 
     """Register a webhook: its view (with a generated secret, shown once) and the answer's headers."""
     hooks = _hooks(request)
     req = parse_new(await read_json(request), hooks.sink_kinds())
-    hook, generated = await hooks.create(req, key_id_of(request))
+    hook, generated = await hooks.create(req, key_id_of(request), writes_all=viewer(request).writes_all)
     _audit(request, "create", hook.webhook_id, {"url": hook.url, "events": list(hook.events), "status": hook.status,
                                                 "headers": [name for name, _ in hook.headers]})  # names only
     data = hook.view()

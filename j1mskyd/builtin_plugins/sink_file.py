@@ -1,6 +1,7 @@
 """Built-in sink ``file``: one JSON line per delivery, appended to a local file.
 
-For offline setups: the URL is ``file:///var/lib/j1msky/events.jsonl``.  Each line
+For offline setups: the URL is ``file:///var/log/j1msky/events.jsonl`` (the packaged unit's
+LogsDirectory; the daemon refuses its own state dir).  Each line
 holds the delivery id, the event and the payload; the write is flushed and fsynced
 before the delivery counts as done (off the event loop).
 """
