@@ -6,8 +6,9 @@ due deliveries through the webhook's sink plugin, at most ``PER_MINUTE`` in any
 ``PACE_WINDOW`` (a minute) per endpoint URL, one at a time per webhook (so a receiver
 sees its events in order: a delivery waiting or failing holds back the later ones).
 Each webhook with due deliveries has its own drain task (up to ``CONCURRENT_WEBHOOKS`` at
-once), and every sink call is cancelled after ``call_timeout`` seconds (a failed
-attempt), so a receiver that hangs holds back its own deliveries only.  The worker
+once, ``DRAINS_PER_MAKER`` of one key's), and every sink call is cancelled after
+``call_timeout`` seconds (a failed attempt), so a receiver that hangs holds back its own
+deliveries only.  The worker
 retries a failure with exponential backoff (``RETRY_BASE`` s doubling, capped at an hour, with
 jitter) until the delivery is ``GIVE_UP_AFTER`` old; then it is ``failed`` and can be
 redelivered by hand.  A crash between sending and recording means the receiver may
@@ -50,7 +51,7 @@ from . import settings
 from .webhook_request import AGENT_DONE, Headers, NewWebhook, WebhookChange, check_url, file_path
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
-__all__ = ["CONCURRENT_WEBHOOKS", "DRAIN_BATCH", "GIVE_UP_AFTER", "PACE_WINDOW", "PER_MINUTE", "RETRY_BASE",
+__all__ = ["CONCURRENT_WEBHOOKS", "DRAINS_PER_MAKER", "DRAIN_BATCH", "GIVE_UP_AFTER", "PACE_WINDOW", "PER_MINUTE", "RETRY_BASE",
            "RETRY_CAP", "Webhook", "WebhookService"]
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ RETRY_BASE = 5.0
 RETRY_CAP = 3600.0
 GIVE_UP_AFTER = 24 * 3600.0
 CONCURRENT_WEBHOOKS = 8  # drain tasks (webhooks being sent to) at once
+# Of which the webhooks of one maker (a key; None: no key) may hold: one key's hung receivers
+# (up to call_timeout each) cannot take every drain and stall the other keys' deliveries.
+DRAINS_PER_MAKER = CONCURRENT_WEBHOOKS // 2
 # Standing webhooks (POST /webhooks) of one key that sees only its own work.  Any agents:write
 # key may make them: without a cap one key could make thousands, each one more delivery row
 # per event in every event's commit and more work on every key's event path.  Keys that see
@@ -179,6 +183,9 @@ class WebhookService:
         self.call_timeout = call_timeout  # seconds one sink.deliver may take ([plugins] call_timeout)
         self._drains: dict[str, asyncio.Task[None]] = {}  # webhook_id -> its drain, while it runs
         self._making: dict[str, int] = {}  # key id -> its webhooks being made now (counted against MAX_PER_KEY)
+        # webhook_id -> until when its pending deliveries are held back (a failure's backoff, the
+        # pace): one queued meanwhile waits behind them, and its next_attempt_at says until when.
+        self._held: dict[str, float] = {}
         events.attach_outbox(self)  # the log asks for delivery rows, wakes the worker (events.Outbox)
 
     # -- registrations --------------------------------------------------------------------------
@@ -252,7 +259,15 @@ class WebhookService:
                 if h.wants(type_, data, owner, sees_all) and (h.api_key_id is None or acts(h.api_key_id))]
 
     def delivery_rows(self, webhook_ids: Iterable[str], event_id: int, ts: float) -> list[Statement]:
-        return [_delivery_insert(webhook_id, event_id, ts) for webhook_id in webhook_ids]
+        return [self._delivery_insert(webhook_id, event_id, ts) for webhook_id in webhook_ids]
+
+    def _delivery_insert(self, webhook_id: str, event_id: int, now: float) -> Statement:
+        """A new pending delivery of an event to a webhook: due now, or when the webhook's held
+        deliveries are."""
+        due = max(now, self._held.get(webhook_id, now))
+        return ("INSERT INTO deliveries (delivery_id, webhook_id, event_id, status, attempts, next_attempt_at, "
+                "created_at) VALUES (?, ?, ?, 'pending', 0, ?, ?)",
+                ("dlv_" + secrets.token_hex(8), webhook_id, event_id, due, now))
 
     def wake(self) -> None:
         self._wake.set()
@@ -395,7 +410,7 @@ class WebhookService:
         event, stmts = self.events.statements_to("webhook.test", {"webhook_id": hook.webhook_id,
                                                                   "message": "Test delivery from j1mskyd"}, (),
                                                  owner=_owner(hook))
-        delivery = _delivery_insert(hook.webhook_id, event.id, event.ts)
+        delivery = self._delivery_insert(hook.webhook_id, event.id, event.ts)
         await self.store.write(*stmts, delivery, fail_fast=True)
         self.events.published([event])
         self._wake.set()  # its delivery row is written here, not by the event log (which wakes only for its own)
@@ -456,20 +471,17 @@ class WebhookService:
     async def redeliver(self, webhook_id: str, delivery_id: str, viewer: Viewer | None) -> dict[str, Any]:
         self.get_to_change(webhook_id, viewer)
         row = await self.store.read(lambda c: c.execute(
-            "SELECT status FROM deliveries WHERE delivery_id = ? AND webhook_id = ?",
+            "SELECT status, event_id FROM deliveries WHERE delivery_id = ? AND webhook_id = ?",
             (delivery_id, webhook_id)).fetchone())
         if row is None:
             raise NotFound(f"Delivery '{delivery_id}' not found for webhook '{webhook_id}'")
         if row["status"] == "pending":
             raise BadRequest("This delivery is still pending; it will be retried")
         # A new delivery of the same event (its own id), so a receiver can tell them apart.
-        new_id = "dlv_" + secrets.token_hex(8)
-        await self.store.write((
-            "INSERT INTO deliveries (delivery_id, webhook_id, event_id, status, attempts, next_attempt_at, created_at) "
-            "SELECT ?, webhook_id, event_id, 'pending', 0, ?, ? FROM deliveries WHERE delivery_id = ?",
-            (new_id, self.clock(), self.clock(), delivery_id)), fail_fast=True)
+        new = self._delivery_insert(webhook_id, row["event_id"], self.clock())
+        await self.store.write(new, fail_fast=True)
         self._wake.set()
-        return {"success": True, "delivery_id": new_id, "redelivers": delivery_id}
+        return {"success": True, "delivery_id": new[1][0], "redelivers": delivery_id}
 
     # -- the worker ---------------------------------------------------------------------------------
     async def _build_sink(self, hook: Webhook) -> Sink:
@@ -506,15 +518,21 @@ class WebhookService:
                and (h.api_key_id is None or acts(h.api_key_id))]
         return ", ".join("?" * len(ids)) or "NULL", ids
 
-    async def _due_hooks(self, now: float, limit: int) -> list[str]:
-        """Up to ``limit`` webhooks with a delivery due, the longest waiting first."""
+    # A webhook's deliveries go out in the order they were queued (rowid: the events' order): its
+    # first pending one (its head) goes first, and while the head waits (a failure's backoff, the
+    # pace) the later ones wait behind it, also those queued after it was held back (due at once
+    # when made).  sqlite takes the bare columns from the row of the MIN(rowid): the head's.
+    _HEADS = ("SELECT webhook_id, next_attempt_at AS due, created_at AS since, MIN(rowid) FROM deliveries "
+              "WHERE status = 'pending' AND webhook_id IN ({}) GROUP BY webhook_id")
+
+    async def _due_hooks(self, now: float) -> list[str]:
+        """The webhooks whose head is due, the longest waiting first."""
         marks, ids = self._active_ids()
         if not ids:  # nothing to deliver to: no read (a thread hop) for a daemon without webhooks
             return []
         rows = await self.store.read(lambda c: c.execute(
-            f"SELECT webhook_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? "
-            f"AND webhook_id IN ({marks}) GROUP BY webhook_id ORDER BY MIN(created_at) LIMIT ?",
-            (now, *ids, limit)).fetchall())
+            f"SELECT webhook_id FROM ({self._HEADS.format(marks)}) WHERE due <= ? ORDER BY since", (*ids, now)
+        ).fetchall())
         return [r["webhook_id"] for r in rows]
 
     async def _next_due(self) -> float | None:
@@ -522,19 +540,38 @@ class WebhookService:
         if not ids:
             return None
         row = await self.store.read(lambda c: c.execute(
-            f"SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' AND webhook_id IN ({marks})",
-            ids).fetchone())
+            f"SELECT MIN(due) FROM ({self._HEADS.format(marks)})", ids).fetchone())
         return row[0]
+
+    def _start_drains(self, due: list[str]) -> bool:
+        """A drain for each of ``due`` while there is room, at most DRAINS_PER_MAKER per maker;
+        True when one was passed over for its maker's share (a drain's end wakes the worker)."""
+        makers = collections.Counter(self._maker(w) for w in self._drains)
+        passed_over = False
+        for webhook_id in due:
+            if len(self._drains) >= CONCURRENT_WEBHOOKS:
+                break
+            maker = self._maker(webhook_id)
+            if makers[maker] >= DRAINS_PER_MAKER:
+                passed_over = True
+                continue
+            makers[maker] += 1
+            self._drains[webhook_id] = asyncio.ensure_future(self._drain(webhook_id))
+        return passed_over
+
+    def _maker(self, webhook_id: str) -> str | None:
+        hook = self.hooks.get(webhook_id)
+        return None if hook is None else hook.api_key_id
 
     async def _run(self) -> None:
         """The dispatcher: starts a drain for each webhook with something due, then sleeps
         until the next delivery is due, an event is published, or a drain ends."""
         while True:
             self._wake.clear()
+            passed_over = False
             try:
-                room = CONCURRENT_WEBHOOKS - len(self._drains)
-                for webhook_id in await self._due_hooks(self.clock(), room) if room > 0 else ():
-                    self._drains[webhook_id] = asyncio.ensure_future(self._drain(webhook_id))
+                if len(self._drains) < CONCURRENT_WEBHOOKS:
+                    passed_over = self._start_drains(await self._due_hooks(self.clock()))
                 nxt = await self._next_due()
             except asyncio.CancelledError:
                 raise
@@ -542,8 +579,8 @@ class WebhookService:
                 log.exception("webhook worker round failed")
                 nxt = self.clock() + 5
             delay = 30.0 if nxt is None else min(max(nxt - self.clock(), 0.05), 30.0)
-            if len(self._drains) >= CONCURRENT_WEBHOOKS:
-                delay = 30.0  # no room: the next drain to end wakes us
+            if len(self._drains) >= CONCURRENT_WEBHOOKS or passed_over:
+                delay = 30.0  # no room (for some): the next drain to end wakes us
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
                 # lands as the event fires, and stop() would then wait forever.
@@ -561,13 +598,14 @@ class WebhookService:
                 hook = self.hooks.get(webhook_id)
                 if hook is None or hook.status != "active":
                     return  # deleted or paused meanwhile
-                now = self.clock()
                 rows = await self.store.read(lambda c: c.execute(
-                    "SELECT * FROM deliveries WHERE webhook_id = ? AND status = 'pending' AND next_attempt_at <= ? "
-                    "ORDER BY created_at, rowid LIMIT ?", (webhook_id, now, DRAIN_BATCH)).fetchall())
+                    "SELECT * FROM deliveries WHERE webhook_id = ? AND status = 'pending' "
+                    "ORDER BY rowid LIMIT ?", (webhook_id, DRAIN_BATCH)).fetchall())
                 if not rows:
                     return
                 for row in rows:
+                    if row["next_attempt_at"] > self.clock():
+                        return  # not due yet: the later ones wait behind it
                     if not await self._attempt(webhook_id, row):
                         return  # rate-limited or failing: keep this receiver's order
         except asyncio.CancelledError:
@@ -578,9 +616,9 @@ class WebhookService:
             self._drains.pop(webhook_id, None)
             self._wake.set()  # the dispatcher looks at this webhook again
 
-    @staticmethod
-    def _hold_back(webhook_id: str, until: float) -> tuple[str, tuple[Any, ...]]:
+    def _hold_back(self, webhook_id: str, until: float) -> tuple[str, tuple[Any, ...]]:
         """This webhook's pending deliveries wait until ``until`` (the one at the head does too)."""
+        self._held[webhook_id] = until
         return ("UPDATE deliveries SET next_attempt_at = ? WHERE webhook_id = ? AND status = 'pending' "
                 "AND next_attempt_at < ?", (until, webhook_id, until))
 
@@ -644,9 +682,11 @@ class WebhookService:
                 *(() if gave_up else (self._hold_back(webhook_id, now + delay),)))
             return False
         await self.store.write(
-            ("UPDATE deliveries SET attempts = ?, status = 'delivered', delivered_at = ?, last_error = NULL "
-             "WHERE delivery_id = ?", (attempts, self.clock(), row["delivery_id"])),
+            # last_error and last_status tell why an attempt failed: a delivered one has neither.
+            ("UPDATE deliveries SET attempts = ?, status = 'delivered', delivered_at = ?, last_error = NULL, "
+             "last_status = NULL WHERE delivery_id = ?", (attempts, self.clock(), row["delivery_id"])),
             ("UPDATE webhooks SET last_triggered = ? WHERE webhook_id = ?", (self.clock(), webhook_id)))
+        self._held.pop(webhook_id, None)  # sent: what it held back is due
         current = self.hooks.get(webhook_id)  # re-read: it may have been changed or deleted meanwhile
         if current is not None and current.agent_id is not None:
             # A spawn's own webhook has done its one job (its agent's end): forget it, so
@@ -677,9 +717,3 @@ def _deliveries_where(webhook_id: str, status: str | None) -> tuple[str, list[An
         where += " AND status = ?"
         args.append(status)
     return where, args
-
-
-def _delivery_insert(webhook_id: str, event_id: int, now: float) -> Statement:
-    """A new pending delivery of an event to a webhook, due now."""
-    return ("INSERT INTO deliveries (delivery_id, webhook_id, event_id, status, attempts, next_attempt_at, created_at) "
-            "VALUES (?, ?, ?, 'pending', 0, ?, ?)", ("dlv_" + secrets.token_hex(8), webhook_id, event_id, now, now))

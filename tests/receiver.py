@@ -55,12 +55,15 @@ class Receiver:
         self.path = path
         self.fail = False              # answer 500 (after recording the attempt in ``failed``)
         self.endless = False           # answer 200 with a body that never ends (until the sender hangs up)
+        self.hang = False              # never answer (recorded in ``hung``)
+        self.hung: list[Received] = []
         self.hung_up = 0               # endless answers whose reader closed the connection
         self.received: list[Received] = []
         self.failed: list[Received] = []
         self.rejected: list[Received] = []
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -75,6 +78,10 @@ class Receiver:
             self.rejected.append(got)
             self._changed.set()
             return web.json_response({"error": "bad signature"}, status=401)
+        if self.hang:
+            self.hung.append(got)
+            self._changed.set()
+            await self._stopping.wait()  # never answers: released when the receiver stops
         if self.fail:
             self.failed.append(got)
             self._changed.set()
@@ -98,6 +105,7 @@ class Receiver:
         return resp
 
     async def start(self) -> Receiver:
+        self._stopping.clear()
         app = web.Application()
         app.router.add_post(self.path, self._handle)
         self._runner = web.AppRunner(app)
@@ -106,6 +114,7 @@ class Receiver:
         return self
 
     async def stop(self) -> None:
+        self._stopping.set()  # hung handlers end, so the server need not wait for them
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -425,7 +425,33 @@ async def test_failing_receiver_is_retried_with_backoff_until_it_recovers(aiohtt
     assert len({r.delivery_id for r in receiver.failed} | {got.delivery_id}) == 1  # the same delivery each time
     [row] = await deliveries(client, hook["id"])
     assert row["status"] == "delivered" and row["attempts"] == len(receiver.failed) + 1 == 5
-    assert row["last_error"] is None
+    assert row["last_error"] is None and row["last_status"] is None  # the 500s are over: it was delivered
+
+
+async def test_events_queued_behind_a_failing_delivery_wait_for_it_and_go_in_order(aiohttp_client, tmp_path,
+                                                                                   receiver):
+    # The events after a failing one were due at once when queued: they went out before it, each
+    # one more call to a receiver that was down, and out of order.
+    clock = Clock(time.time())
+    client = await aiohttp_client(build_app(make_config(tmp_path), clock=clock))
+    hooks = client.app[SERVICES].webhooks
+    receiver.fail = True
+    hook = await create_hook(client, url=receiver.url, events=["webhook.test"], secret=SECRET)
+    first = (await (await client.post(f"/api/webhooks/{hook['id']}/test")).json())["delivery_id"]
+    await receiver.wait_for(1, what="failed")
+    held = (await stored_delivery(client, hook["id"], 1))["next_attempt_at"]
+    later = [(await (await client.post(f"/api/webhooks/{hook['id']}/test")).json())["delivery_id"] for _ in range(2)]
+    await asyncio.sleep(0.3)  # the worker ran (each test wakes it): nothing was due
+    assert [r.delivery_id for r in receiver.failed] == [first]
+    rows = await stored(client, hook["id"])
+    assert [r["next_attempt_at"] for r in rows] == [held] * 3  # the later ones say they wait as long
+    listed = {d["delivery_id"]: d for d in await deliveries(client, hook["id"])}
+    assert {listed[d]["next_attempt_at"] for d in later} == {listed[first]["next_attempt_at"]}
+    receiver.fail = False
+    clock.t = held
+    hooks.wake()
+    await receiver.wait_for(3)
+    assert receiver.delivery_ids() == [first, *later]
 
 
 async def test_give_up_then_redeliver_with_a_new_delivery_id(aiohttp_client, tmp_path, receiver):
@@ -533,6 +559,34 @@ async def test_pace_spreads_deliveries_over_the_window(aiohttp_client, tmp_path,
 
 
 # -- other sinks ------------------------------------------------------------------------------------
+
+async def test_one_key_s_hung_receivers_leave_other_keys_drains(aiohttp_client, tmp_path, receiver):
+    # A key's webhooks to receivers that hang took every drain (CONCURRENT_WEBHOOKS) for the
+    # sink's 10 s: another key's healthy webhook waited behind them.  A maker holds at most
+    # DRAINS_PER_MAKER of them.
+    cfg = auth_config(tmp_path)
+    client = await aiohttp_client(build_app(cfg))
+    admin = bearer(bootstrap_key(cfg)["token"])
+    tenants = []
+    for name in ("a", "b"):
+        resp = await client.post("/api/keys", json={"name": name, "scopes": ["agents:read", "agents:write"]},
+                                 headers=admin)
+        tenants.append(bearer((await resp.json())["token"]))
+    a, b = tenants
+    hung = await Receiver(SECRET, path="/hung").start()
+    hung.hang = True
+    try:
+        for _ in range(webhooks.CONCURRENT_WEBHOOKS):
+            hook = await create_hook_as(client, a, url=hung.url, events=["webhook.test"], secret=SECRET)
+            assert (await client.post(f"/api/webhooks/{hook['id']}/test", headers=a)).status == 202
+        await hung.wait_for(webhooks.DRAINS_PER_MAKER, what="hung")
+        healthy = await create_hook_as(client, b, url=receiver.url, events=["webhook.test"], secret=SECRET)
+        assert (await client.post(f"/api/webhooks/{healthy['id']}/test", headers=b)).status == 202
+        await receiver.wait_for(1, timeout=5.0)  # well within the hung ones' 10 s
+        assert len(hung.hung) == webhooks.DRAINS_PER_MAKER
+    finally:
+        await hung.stop()
+
 
 async def test_slack_sink_posts_an_incoming_webhook_message(client):
     slack = await Receiver(secret=None, path="/services/T000/B000/XXXX").start()
