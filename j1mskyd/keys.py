@@ -28,6 +28,7 @@ no longer grants what they need.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ import math
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -357,9 +358,7 @@ def rotate_statements(old: ApiKey, insert: tuple[str, tuple[object, ...]], new: 
     made.  So two rotations racing (two requests, or the CLI beside the daemon) mint one
     successor, and the caller sees whether it was its own.
     """
-    expires = now + grace_seconds
-    if old.expires_at is not None:
-        expires = min(expires, old.expires_at)
+    expires = _grace_end(old, grace_seconds, now)
     mark = ("UPDATE api_keys SET expires_at = ?, rotated_to = ? WHERE key_id = ?"
             " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
             " AND (rotated_to IS NULL OR NOT EXISTS (SELECT 1 FROM api_keys AS s WHERE s.key_id = api_keys.rotated_to"
@@ -371,6 +370,17 @@ def rotate_statements(old: ApiKey, insert: tuple[str, tuple[object, ...]], new: 
     store_new = (f"INSERT INTO api_keys ({', '.join(_COLUMNS)}) SELECT {', '.join('?' * len(_COLUMNS))}"
                  " WHERE changes() = 1", values)  # changes(): rows the mark just above updated
     return [mark, store_new]
+
+
+def _grace_end(old: ApiKey, grace_seconds: float, now: float) -> float:
+    """When a key rotated now stops working: at the end of the grace, or at its own expiry if sooner."""
+    return now + grace_seconds if old.expires_at is None else min(now + grace_seconds, old.expires_at)
+
+
+def _any_admin(keys: Iterable[ApiKey], now: float, lasting: bool) -> bool:
+    """Is one of ``keys`` an active admin key (``lasting``: one with no expiry)?"""
+    return any(ADMIN in k.scopes and k.state(now) == "active" and (not lasting or k.expires_at is None)
+               for k in keys)
 
 
 def membership_statements(project_id: str | None, key_ids: Iterable[str],
@@ -489,6 +499,7 @@ class KeyService:
         self._first_watch = asyncio.Event()  # wakes wait_refresh() from its long sleep
         self._looked_at = -math.inf  # the loop's time when the last look at the database began
         self._sleep: asyncio.Timeout | None = None  # wait_refresh()'s long sleep, while it sleeps
+        self._change_lock = asyncio.Lock()  # one revoke, update or rotate at a time (_changing)
 
     def set_rotation_grace(self, seconds: float) -> None:
         """``[security] key_rotation_grace_hours`` of a reloaded configuration: rotations from
@@ -689,57 +700,80 @@ class KeyService:
         the key as it is now and the columns that changed.  A revoked key is refused (400).
         Live streams of the key hear of a new expires_at at once (the reload rechecks them).
         An expiry for the last active admin key that had none is refused (409) unless ``force``."""
-        key = self.get(key_id)
-        if key.revoked_at is not None:
-            raise KeyRefused(f"{key_id} is revoked; its limits cannot change")
-        draft = replace(key, metadata=dict(key.metadata))  # the ring's key changes with the reload
-        columns = _apply(draft, limits, self.clock())
-        if not force and key.expires_at is None and draft.expires_at is not None \
-                and self._last_admin(key, self.clock(), lasting=True):
-            # An expiry is a revocation set for later: the same guard as revoke()'s.
-            raise LastAdminKey(f"{key_id} is the last active admin key with no expiry; create another admin key "
-                               "before giving it an expires_at")
-        if columns:
-            await self.store.write(update_statement(key_id, columns), fail_fast=True)
-            await self.reload()
+        async with self._changing():
+            key = self.get(key_id)
+            if key.revoked_at is not None:
+                raise KeyRefused(f"{key_id} is revoked; its limits cannot change")
+            draft = replace(key, metadata=dict(key.metadata))  # the ring's key changes with the reload
+            columns = _apply(draft, limits, self.clock())
+            if not force:  # an expiry is a revocation set for later: revoke()'s guard
+                self._keep_an_admin(key_id, "giving it an expires_at", draft)
+            if columns:
+                await self.store.write(update_statement(key_id, columns), fail_fast=True)
+                await self.reload()
         return self.get(key_id), columns
 
     async def revoke(self, key_id: str, reason: str, *, force: bool = False) -> ApiKey:
-        """Revoke now.  The last active admin key is refused (409) unless ``force``: without it
-        nobody can manage keys over HTTP any more (only `j1mskyd keys` on the host can)."""
-        key = self.get(key_id)
-        if key.revoked_at is not None:
-            raise KeyRefused(f"{key_id} is already revoked")
-        if not force and self._last_admin(key, self.clock()):
-            raise LastAdminKey(f"{key_id} is the last active admin key; create another admin key before revoking it")
-        await self.store.write(revoke_statement(key_id, reason, self.clock()), fail_fast=True)
-        await self.reload()
+        """Revoke now.  Refused (409) unless ``force`` when it would leave no active admin key
+        that does not expire (_keep_an_admin)."""
+        async with self._changing():
+            key = self.get(key_id)
+            if key.revoked_at is not None:
+                raise KeyRefused(f"{key_id} is already revoked")
+            if not force:
+                self._keep_an_admin(key_id, "revoking it", replace(key, revoked_at=self.clock()))
+            await self.store.write(revoke_statement(key_id, reason, self.clock()), fail_fast=True)
+            await self.reload()
         return self.get(key_id)
 
-    def _last_admin(self, key: ApiKey, now: float, *, lasting: bool = False) -> bool:
-        """Is ``key`` the last active admin key (``lasting``: the last one with no expiry)?
-        Without one nobody can manage keys over HTTP (only `j1mskyd keys` on the host can)."""
-        return ADMIN in key.scopes and key.state(now) == "active" and not any(
-            k.key_id != key.key_id and ADMIN in k.scopes and k.state(now) == "active"
-            and (not lasting or k.expires_at is None) for k in self.ring.keys.values())
+    @contextlib.asynccontextmanager
+    async def _changing(self) -> AsyncIterator[None]:
+        """One change of a key's standing at a time, judged on the keys as stored now.  The
+        admin guard reads the ring, then the change writes: two revocations sent at once (A
+        revokes B, B revokes A) each saw the other admin key still active and both went
+        through.  The reload also takes in a change the CLI made since the last refresh."""
+        async with self._change_lock:
+            await self.reload()
+            yield
+
+    def _keep_an_admin(self, key_id: str, doing: str, *after: ApiKey) -> None:
+        """Refuse (409) a change that leaves no active admin key, or none that does not expire
+        where there was one; ``after``: the keys the change touches, as it leaves them (a new
+        one among them: added).  The one home of the rule for revoke, update and rotate:
+        without an admin key nobody can manage keys over HTTP (only `j1mskyd keys` on the host
+        can), and an admin key that expires is one revoked later (a rotation's successor
+        revoked left only the old key, in its grace period)."""
+        now = self.clock()
+        before = list(self.ring.keys.values())
+        touched = {k.key_id: k for k in after}
+        later = [touched.pop(k.key_id, k) for k in before] + list(touched.values())
+        for lasting in (False, True):
+            if _any_admin(before, now, lasting) and not _any_admin(later, now, lasting):
+                raise LastAdminKey(f"{key_id} is the last active admin key{' with no expiry' if lasting else ''}; "
+                                   f"create another admin key with no expires_at before {doing}")
 
     async def rotate(self, key_id: str) -> NewKey:
         """A successor for an active key.  A key already in its rotation grace period, whose
         successor is still active, is refused (409): rotate the successor instead."""
-        old = self.get(key_id)
-        now = self.clock()
-        if old.state(now) != "active":
-            raise KeyRefused(f"{key_id} is {old.state(now)}; only an active key can be rotated")
-        successor = self.ring.keys.get(old.rotated_to) if old.rotated_to else None
-        if successor is not None and successor.state(now) == "active":
-            from .agent_record import iso
-            raise AlreadyRotated(f"{key_id} was already rotated to {successor.key_id} and works only until "
-                                 f"{iso(old.expires_at)}; rotate {successor.key_id} instead")
-        new, insert = make_key(old.name, old.scopes, self._cipher, require_signature=old.require_signature,
-                               now=now, webhook_secret=old.own_webhook_secret, like=old)
-        await self.store.write(*rotate_statements(old, insert, new, self.grace_seconds, now), fail_fast=True)
-        await self.reload()
-        if new.key.key_id not in self.ring.keys:  # another rotation or a revocation came first
+        async with self._changing():
+            old = self.get(key_id)
+            now = self.clock()
+            if old.state(now) != "active":
+                raise KeyRefused(f"{key_id} is {old.state(now)}; only an active key can be rotated")
+            successor = self.ring.keys.get(old.rotated_to) if old.rotated_to else None
+            if successor is not None and successor.state(now) == "active":
+                from .agent_record import iso
+                raise AlreadyRotated(f"{key_id} was already rotated to {successor.key_id} and works only until "
+                                     f"{iso(old.expires_at)}; rotate {successor.key_id} instead")
+            new, insert = make_key(old.name, old.scopes, self._cipher, require_signature=old.require_signature,
+                                   now=now, webhook_secret=old.own_webhook_secret, like=old)
+            # The successor keeps the old key's scopes and (the grace aside) its expiry: never
+            # refused today, but the rule has one home whatever rotation becomes.
+            self._keep_an_admin(key_id, "rotating it", replace(old, expires_at=_grace_end(old, self.grace_seconds, now),
+                                                               rotated_to=new.key.key_id), new.key)
+            await self.store.write(*rotate_statements(old, insert, new, self.grace_seconds, now), fail_fast=True)
+            await self.reload()
+        if new.key.key_id not in self.ring.keys:  # another rotation or a revocation came first (the CLI)
             raise AlreadyRotated(f"{key_id} was rotated or revoked meanwhile; nothing was changed")
         return new
 
@@ -767,7 +801,6 @@ class KeyService:
         """
         if len(self.ring):
             return None
-        import contextlib
         import json
         import os
         import sys

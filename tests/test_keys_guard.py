@@ -1,0 +1,86 @@
+"""The admin-key guard and the key changes around it, under attack: each test a hole a hostile
+review of a running daemon found (racing revocations, a rotation's successor revoked, an
+expired or rotated-out key revived by PATCH, a scopes string, a name that forges lines)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from j1mskyd.api.common import SERVICES
+from j1mskyd.app import build_app
+from tests.conftest import auth_config, bearer, bootstrap_key
+
+ADMIN = ["admin:write"]
+
+
+async def _start(aiohttp_client: Any, tmp_path: Any) -> tuple[Any, dict[str, str]]:
+    cfg = auth_config(tmp_path)
+    client = await aiohttp_client(build_app(cfg))
+    return client, bootstrap_key(cfg)
+
+
+async def _key(client: Any, admin: dict[str, str], name: str, scopes: list[str] = ADMIN) -> dict[str, Any]:
+    resp = await client.post("/api/keys", json={"name": name, "scopes": scopes}, headers=bearer(admin["token"]))
+    assert resp.status == 201, await resp.text()
+    return await resp.json()
+
+
+async def _revoke(client: Any, by: dict[str, str], key_id: str) -> int:
+    return (await client.delete(f"/api/keys/{key_id}", headers=bearer(by["token"]))).status
+
+
+def _active_admins(client: Any) -> list[str]:
+    """The ids of the active admin keys, as the daemon holds them (the racers' tokens may be revoked)."""
+    keys = client.server.app[SERVICES].keys
+    return [k.key_id for k in keys.ring.keys.values() if "admin:write" in k.scopes and k.state(keys.clock()) == "active"]
+
+
+async def _admins_only(client: Any, boot: dict[str, str], count: int) -> list[dict[str, Any]]:
+    """``count`` new admin keys, the bootstrap key revoked: they are the only admin keys."""
+    made = [await _key(client, boot, f"admin{i}") for i in range(count)]
+    assert await _revoke(client, made[0], boot["key_id"]) == 200
+    return made
+
+
+# -- 1: the check and the write are one step -------------------------------------------------------
+
+async def test_two_admins_revoking_each_other_at_once_leave_one(aiohttp_client, tmp_path):
+    """A revokes B while B revokes A: both answered 200 (each checked the other was still
+    active before either wrote), and no admin key was left.  Now one of the two is refused."""
+    client, boot = await _start(aiohttp_client, tmp_path)
+    a, b = await _admins_only(client, boot, 2)
+    statuses = await asyncio.gather(_revoke(client, a, b["key_id"]), _revoke(client, b, a["key_id"]))
+    assert sorted(statuses) in ([200, 401], [200, 409]), statuses
+    assert _active_admins(client) in ([a["key_id"]], [b["key_id"]])
+
+
+async def test_three_racing_revocations_leave_an_admin(aiohttp_client, tmp_path):
+    """Three admin keys, each revoking the next at the same moment: all three went through."""
+    client, boot = await _start(aiohttp_client, tmp_path)
+    keys = await _admins_only(client, boot, 3)
+    statuses = await asyncio.gather(*(_revoke(client, keys[i], keys[(i + 1) % 3]["key_id"]) for i in range(3)))
+    assert statuses.count(200) <= 2 and set(statuses) <= {200, 401, 409}, statuses
+    assert _active_admins(client)
+
+
+# -- 2: an admin key that expires is no admin key to keep --------------------------------------------
+
+async def test_a_rotated_admin_key_s_successor_is_kept_as_the_lasting_admin(aiohttp_client, tmp_path):
+    """Rotating the only admin key, then revoking its successor (201, 200) left only the old key,
+    which its rotation grace ends: nobody could administer the daemon after it.  Now revoking
+    the successor is a 409 while no other admin key without an expiry is active; the old key in
+    its grace period may go (the successor stays), and with another lasting admin key both may."""
+    client, boot = await _start(aiohttp_client, tmp_path)
+    rotated = await client.post(f"/api/keys/{boot['key_id']}/rotate", headers=bearer(boot["token"]))
+    assert rotated.status == 201, await rotated.text()
+    successor = await rotated.json()
+    refused = await client.delete(f"/api/keys/{successor['key_id']}", headers=bearer(boot["token"]))
+    error = (await refused.json())["error"]
+    assert refused.status == 409 and error["type"] == "CONFLICT", error
+    assert "last active admin key with no expiry" in error["message"], error
+    assert sorted(_active_admins(client)) == sorted([boot["key_id"], successor["key_id"]])  # nothing changed
+    assert await _revoke(client, successor, boot["key_id"]) == 200  # the old key may go: the successor lasts
+    other = await _key(client, successor, "other admin")
+    assert await _revoke(client, other, successor["key_id"]) == 200
+    assert _active_admins(client) == [other["key_id"]]
