@@ -44,7 +44,7 @@ from .crypto import DataCipher
 from .durable import fsync_dir
 from .errors import BadRequest, Conflict
 from .key_request import KeyLimits
-from .request_fields import changed
+from .request_fields import bad, changed
 from .store import Store
 from .tenancy import Allowance, day_start
 
@@ -697,13 +697,20 @@ class KeyService:
 
     async def update(self, key_id: str, limits: KeyLimits, *, force: bool = False) -> tuple[ApiKey, dict[str, object]]:
         """Change a key's own limits (PATCH /keys/{key_id}, ``j1mskyd keys update``); returns
-        the key as it is now and the columns that changed.  A revoked key is refused (400).
+        the key as it is now and the columns that changed.  A revoked or expired key is refused
+        (400): both are final (an expiry cleared revived the key, and its queued webhooks went
+        out), as for rotate().  So is a new expires_at for a rotated key: it is the end of the
+        rotation's grace period (a cleared one left the old token working for ever).
         Live streams of the key hear of a new expires_at at once (the reload rechecks them).
         An expiry for the last active admin key that had none is refused (409) unless ``force``."""
         async with self._changing():
             key = self.get(key_id)
-            if key.revoked_at is not None:
-                raise KeyRefused(f"{key_id} is revoked; its limits cannot change")
+            state = key.state(self.clock())
+            if state != "active":
+                raise KeyRefused(f"{key_id} is {state}; its limits cannot change")
+            if key.rotated_to is not None and "expires_at" in changed(limits):
+                raise bad("expires_at", f"{key_id} was rotated to {key.rotated_to}: its expires_at is the end of its "
+                                        "rotation grace period and cannot change (revoke it to end it now)")
             draft = replace(key, metadata=dict(key.metadata))  # the ring's key changes with the reload
             columns = _apply(draft, limits, self.clock())
             if not force:  # an expiry is a revocation set for later: revoke()'s guard

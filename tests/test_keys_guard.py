@@ -84,3 +84,49 @@ async def test_a_rotated_admin_key_s_successor_is_kept_as_the_lasting_admin(aioh
     other = await _key(client, successor, "other admin")
     assert await _revoke(client, other, successor["key_id"]) == 200
     assert _active_admins(client) == [other["key_id"]]
+
+
+# -- 3: an expired key stays expired; a rotated key's grace stays its expiry --------------------------
+
+async def test_an_expired_key_is_not_revived_by_patch(aiohttp_client, tmp_path):
+    """After its expiry the token got 401 and the key showed `expired`, yet PATCH
+    {"expires_at": null} answered 200 and the key was active again (its queued webhook
+    deliveries then went out).  Now a PATCH of an expired key is a 400 and it stays expired."""
+    client, boot = await _start(aiohttp_client, tmp_path)
+    key = await _key(client, boot, "short", ["agents:read"])
+    services = client.server.app[SERVICES]
+    # Its expiry passed: stored as an operator's PATCH would have left it, a second ago.
+    await services.store.write(("UPDATE api_keys SET expires_at = ? WHERE key_id = ?",
+                                (services.keys.clock() - 1, key["key_id"])))
+    await services.keys.reload()
+    assert (await client.get("/api/keys/me", headers=bearer(key["token"]))).status == 401
+    for change in ({"expires_at": None}, {"expires_at": "2099-01-01T00:00:00Z"}, {"max_concurrency": 3}):
+        resp = await client.patch(f"/api/keys/{key['key_id']}", json=change, headers=bearer(boot["token"]))
+        error = (await resp.json())["error"]
+        assert resp.status == 400 and "is expired; its limits cannot change" in error["message"], (change, error)
+    assert (await client.get("/api/keys/me", headers=bearer(key["token"]))).status == 401
+    view = await (await client.get(f"/api/keys/{key['key_id']}", headers=bearer(boot["token"]))).json()
+    assert view["status"] == "expired" and view["max_concurrency"] is None
+
+
+async def test_a_rotated_key_s_grace_period_cannot_be_cleared_or_moved(aiohttp_client, tmp_path):
+    """PATCH {"expires_at": null} on a rotated-out key cancelled the end of its grace period:
+    the old token never expired.  Now its expires_at cannot change (400 naming expires_at,
+    nothing changed); its other limits still can, and the successor's expiry is its own."""
+    client, boot = await _start(aiohttp_client, tmp_path)
+    admin = bearer(boot["token"])
+    old = await _key(client, boot, "worker", ["agents:read"])
+    successor = await (await client.post(f"/api/keys/{old['key_id']}/rotate", headers=admin)).json()
+    grace_end = successor["old_key_expires_at"]
+    for when in (None, "2099-01-01T00:00:00Z"):
+        resp = await client.patch(f"/api/keys/{old['key_id']}", json={"expires_at": when}, headers=admin)
+        error = (await resp.json())["error"]
+        assert resp.status == 400 and error["details"][0]["field"] == "expires_at", error
+        assert "rotation grace period" in error["message"], error
+    view = await (await client.get(f"/api/keys/{old['key_id']}", headers=admin)).json()
+    assert view["expires_at"] == grace_end and view["status"] == "active"
+    resp = await client.patch(f"/api/keys/{old['key_id']}", json={"max_concurrency": 2}, headers=admin)
+    assert resp.status == 200, await resp.text()
+    resp = await client.patch(f"/api/keys/{successor['key_id']}", json={"expires_at": "2099-01-01T00:00:00Z"},
+                              headers=admin)
+    assert resp.status == 200, await resp.text()

@@ -1238,15 +1238,12 @@
   function keyRow(k, monthSpend) {
     const b = k.budget;
     const actions = el('td');
-    if (can(ADMIN) && k.status !== 'revoked') {  // a revoked key's limits cannot change (400); an expired one's can
+    if (can(ADMIN) && k.status === 'active') {  // a revoked or expired key's limits cannot change (400)
       const edit = el('button', { type: 'button', class: 'link', text: 'Limits', 'aria-label': `Edit the limits of ${k.name}` });
       edit.addEventListener('click', () => openEdit(k.key_id));
-      actions.append(edit);
-      if (k.status === 'active') {
-        const revoke = el('button', { type: 'button', class: 'danger', text: 'Revoke' });
-        revoke.addEventListener('click', () => revokeKey(k.key_id, revoke));
-        actions.append(revoke);
-      }
+      const revoke = el('button', { type: 'button', class: 'danger', text: 'Revoke' });
+      revoke.addEventListener('click', () => revokeKey(k.key_id, revoke));
+      actions.append(edit, revoke);
     }
     return el('tr', { 'data-key-id': k.key_id, 'data-status': k.status },
       el('td', { text: k.name }), el('td', { class: 'mono', text: k.key_id }),
