@@ -139,7 +139,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 return 0
             if args.keys_command == "create":
                 limits = parse_limits(_limit_fields(args), known_models=model_names(config), now=time.time())
-                new = await keys.create(args.name, args.scopes, args.require_signature, limits=limits)
+                new = await keys.create(args.name, args.scopes.split(","), args.require_signature, limits=limits)
             else:
                 new = await keys.rotate(args.key_id)
             if args.json:

@@ -36,6 +36,7 @@ import math
 import secrets
 import sqlite3
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -68,7 +69,7 @@ STREAM_REFRESH_SECONDS = 0.5   # that look while a live stream watches a key: it
 
 
 class KeyRefused(BadRequest):
-    """A key request that cannot be done (an unknown scope, a key already revoked...): a 400
+    """A key request that cannot be done (a key already revoked, an expired one...): a 400
     through the API, exit status 2 from the CLI."""
 
 
@@ -85,21 +86,35 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def parse_scopes(scopes: Iterable[str] | str) -> tuple[str, ...]:
-    """A comma-separated string (the CLI) or a list of scope names (the API's JSON)."""
-    if isinstance(scopes, str):
-        scopes = scopes.split(",")
-    elif not isinstance(scopes, (list, tuple)) or not all(isinstance(s, str) for s in scopes):
-        # e.g. JSON 7, {"agents:read": true} or [1]: never iterate keys or crash on .strip()
-        raise KeyRefused(f"scopes must be a list of scope names ({', '.join(SCOPES)})")
+def parse_scopes(scopes: object) -> tuple[str, ...]:
+    """A list of scope names (the API's JSON; the CLI splits its comma-separated text first).
+    A string is refused: the API took "agents:read" for a list of one (a client that sends
+    text where a list belongs has a bug worth hearing of)."""
+    if not isinstance(scopes, (list, tuple)) or not all(isinstance(s, str) for s in scopes):
+        # e.g. JSON "agents:read", 7, {"agents:read": true} or [1]: never iterate or crash on .strip()
+        raise bad("scopes", f"scopes must be a list of scope names ({', '.join(SCOPES)})")
     items = [s.strip() for s in scopes]
     items = [s for s in items if s]
     unknown = [s for s in items if s not in SCOPES]
     if unknown:
-        raise KeyRefused(f"unknown scope(s): {', '.join(unknown)} (known: {', '.join(SCOPES)})")
+        raise bad("scopes", f"unknown scope(s): {', '.join(unknown)} (known: {', '.join(SCOPES)})")
     if not items:
-        raise KeyRefused(f"at least one scope is required ({', '.join(SCOPES)})")
+        raise bad("scopes", f"at least one scope is required ({', '.join(SCOPES)})")
     return tuple(dict.fromkeys(items))
+
+
+# Control characters (C0, DEL, C1) and the line and paragraph separators: in a name they
+# forge or break lines wherever it is printed (`j1mskyd keys list`, a log, a terminal).
+_LINE_BREAKING = frozenset(("Cc", "Zl", "Zp"))
+
+
+def _parse_name(name: object) -> str:
+    """A new key's name: 1-100 characters, none of them a control character or a line break."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise bad("name", "name must be a non-empty string of at most 100 characters")
+    if any(unicodedata.category(c) in _LINE_BREAKING for c in name):
+        raise bad("name", "name must not contain control characters or line breaks")
+    return name.strip()
 
 
 @dataclass
@@ -295,16 +310,15 @@ def read_keys(conn: sqlite3.Connection, cipher: DataCipher | None) -> dict[str, 
     return {r["key_id"]: _row_to_key(r, cipher) for r in conn.execute("SELECT * FROM api_keys ORDER BY created_at")}
 
 
-def make_key(name: object, scopes: Iterable[str] | str, cipher: DataCipher, *, require_signature: bool = False,
+def make_key(name: object, scopes: object, cipher: DataCipher, *, require_signature: bool = False,
              now: float | None = None, webhook_secret: str | None = None, limits: KeyLimits | None = None,
              like: ApiKey | None = None) -> tuple[NewKey, tuple[str, tuple[object, ...]]]:
     """A new key and the INSERT that stores it (token hashed, secrets sealed).
 
     ``webhook_secret``: a rotated key's, carried over (then not shown again); else a new one.
     ``limits``: the new key's own limits (parsed by key_request.parse_limits); ``like``: a
-    rotated key, whose limits, budget period, expiry and project the successor keeps."""
-    if not isinstance(name, str) or not name.strip() or len(name) > 100:
-        raise KeyRefused("name must be a non-empty string of at most 100 characters")
+    rotated key, whose name, limits, budget period, expiry and project the successor keeps."""
+    key_name = like.name if like is not None else _parse_name(name)  # a rotated key's stored name is kept
     scopes = parse_scopes(scopes)
     key_id = "key_" + secrets.token_hex(8)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -318,7 +332,7 @@ def make_key(name: object, scopes: Iterable[str] | str, cipher: DataCipher, *, r
     else:
         sealed_hook, new_hook_secret = cipher.new_secret(f"{key_id}/webhook_secret", WEBHOOK_SECRET_PREFIX)
         hook_secret = new_hook_secret
-    key = ApiKey(key_id=key_id, name=name.strip(), scopes=scopes, token_hash=hash_token(token), sealed_secret=sealed,
+    key = ApiKey(key_id=key_id, name=key_name, scopes=scopes, token_hash=hash_token(token), sealed_secret=sealed,
                  require_signature=require_signature, created_at=time.time() if now is None else now, cipher=cipher,
                  _secret=secret, sealed_webhook_secret=sealed_hook, _webhook_secret=hook_secret)
     if like is not None:
@@ -681,7 +695,7 @@ class KeyService:
             raise LookupError(key_id)
         return key
 
-    async def create(self, name: object, scopes: Iterable[str] | str, require_signature: bool = False, *,
+    async def create(self, name: object, scopes: object, require_signature: bool = False, *,
                      limits: KeyLimits | None = None,
                      before_commit: Callable[[NewKey], None] | None = None) -> NewKey:
         """``before_commit(new)`` runs (blocking) before the key's row is written: the bootstrap

@@ -5,11 +5,15 @@ expired or rotated-out key revived by PATCH, a scopes string, a name that forges
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
+
+import pytest
 
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from tests.conftest import auth_config, bearer, bootstrap_key
+from tests.test_keys_cli import keys_cli, keys_json
 
 ADMIN = ["admin:write"]
 
@@ -33,7 +37,8 @@ async def _revoke(client: Any, by: dict[str, str], key_id: str) -> int:
 def _active_admins(client: Any) -> list[str]:
     """The ids of the active admin keys, as the daemon holds them (the racers' tokens may be revoked)."""
     keys = client.server.app[SERVICES].keys
-    return [k.key_id for k in keys.ring.keys.values() if "admin:write" in k.scopes and k.state(keys.clock()) == "active"]
+    now = keys.clock()
+    return [k.key_id for k in keys.ring.keys.values() if "admin:write" in k.scopes and k.state(now) == "active"]
 
 
 async def _admins_only(client: Any, boot: dict[str, str], count: int) -> list[dict[str, Any]]:
@@ -130,3 +135,46 @@ async def test_a_rotated_key_s_grace_period_cannot_be_cleared_or_moved(aiohttp_c
     resp = await client.patch(f"/api/keys/{successor['key_id']}", json={"expires_at": "2099-01-01T00:00:00Z"},
                               headers=admin)
     assert resp.status == 200, await resp.text()
+
+
+# -- 4: scopes are a list; a name is one line ------------------------------------------------------------
+
+# A newline forged a line of `j1mskyd keys list`; NUL, DEL, C1 (U+0085 NEL) and the Unicode
+# line and paragraph separators break or hide lines in a terminal or a log the same way.
+LINE_BREAKERS = ["ops\nkey_0000000000000000  active   admin", "a\rb", "nul\x00", "tab\there", "del\x7f",
+                 "nel\x85", "ls\u2028", "ps\u2029", "esc\x1b[2J"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"name": "n", "scopes": "agents:read"}, "scopes"),
+    ({"name": "n", "scopes": "agents:read,agents:write"}, "scopes"),
+    *(({"name": name, "scopes": ["agents:read"]}, "name") for name in LINE_BREAKERS),
+], ids=lambda v: json.dumps(v)[:50] if isinstance(v, dict) else v)
+async def test_a_scopes_string_or_a_name_that_breaks_lines_is_a_400_naming_it(aiohttp_client, tmp_path, body, field):
+    """{"scopes": "agents:read"} (text, not a list) answered 201; a name with a newline was
+    stored and forged a line in `j1mskyd keys list`.  Now each is a 400 naming its field, and
+    no key is made."""
+    client, boot = await _start(aiohttp_client, tmp_path)
+    resp = await client.post("/api/keys", json=body, headers=bearer(boot["token"]))
+    error = (await resp.json())["error"]
+    assert resp.status == 400 and error["type"] == "VALIDATION_ERROR", error
+    assert error["details"][0]["field"] == field and error["message"].startswith(field), error
+    listed = await (await client.get("/api/keys", headers=bearer(boot["token"]))).json()
+    assert listed["count"] == 1  # the bootstrap key only
+
+
+async def test_a_name_may_be_any_printable_text(aiohttp_client, tmp_path):
+    """Only control characters and line breaks are refused: accents, other scripts, emoji and
+    inner spaces are a name."""
+    client, boot = await _start(aiohttp_client, tmp_path)
+    made = await _key(client, boot, "  Zoë's 台所 tablet 🍳 ", ["agents:read"])
+    assert made["name"] == "Zoë's 台所 tablet 🍳"
+
+
+def test_the_cli_refuses_a_name_that_breaks_lines_and_still_reads_comma_separated_scopes(tmp_path):
+    code, out, err = keys_cli(tmp_path, "create", "--name", "ops\nkey_0000000000000000  active", "--scopes",
+                              "agents:read")
+    assert code == 2 and "name must not contain control characters" in err and "Traceback" not in err, err
+    made = keys_json(tmp_path, "create", "--name", "worker", "--scopes", "agents:read, agents:write")
+    assert made["scopes"] == ["agents:read", "agents:write"]
+    assert [k["name"] for k in keys_json(tmp_path, "list")] == ["worker"]

@@ -63,9 +63,9 @@ async def _services(app: web.Application):
     services.budget = Budget(BudgetPolicy(), allowances=services.keys.allowances)
     for part in (services.keys.reload, services.ip_control.load, services.audit.load, services.events.load):
         await part()
-    app[KEYS] = {"agents:read": await services.keys.create("reader", "agents:read"),
-                 "admin:write": await services.keys.create("admin", "admin:write"),
-                 "signed": await services.keys.create("signer", "agents:write", require_signature=True)}
+    app[KEYS] = {"agents:read": await services.keys.create("reader", ["agents:read"]),
+                 "admin:write": await services.keys.create("admin", ["admin:write"]),
+                 "signed": await services.keys.create("signer", ["agents:write"], require_signature=True)}
     app[SERVICES] = services
     yield
     await store.close()
