@@ -7,6 +7,7 @@ library served it.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from json.encoder import c_make_encoder, encode_basestring, encode_basestring_as
 from types import ModuleType
 from typing import Any
 
-__all__ = ["dumps", "is_unicode", "loads", "loads_strict", "lone_surrogates"]
+__all__ = ["TooManyDigits", "dumps", "is_unicode", "loads", "loads_strict", "lone_surrogates"]
 
 try:  # pragma: no cover - depends on the machine
     import orjson
@@ -86,15 +87,28 @@ def _not_json(word: str) -> Any:
 _STRICT = json.JSONDecoder(parse_constant=_not_json).decode
 
 
+class TooManyDigits(ValueError):
+    """A JSON integer longer than the interpreter converts (``sys.get_int_max_str_digits()``)."""
+
+
 def loads_strict(data: str | bytes) -> Any:
     """:func:`loads` of what a client sent: ``NaN``, ``Infinity`` and ``-Infinity`` (which the
     stdlib reads, orjson refuses and strict parsers such as JavaScript's cannot read back) are
-    refused on every stack, so they are never stored and echoed to other clients."""
+    refused on every stack, so they are never stored and echoed to other clients.  An integer
+    of more digits than Python converts is :class:`TooManyDigits`, in words a client can act on."""
     if _orjson is not None:
         return _orjson.loads(data)
-    if isinstance(data, (bytes, bytearray)):  # json.loads' own decoding of bytes (UTF-8/16/32)
-        return _STRICT(data.decode(json.detect_encoding(data), "surrogatepass"))
-    return json.loads(data, parse_constant=_not_json)  # text: json.loads' checks (a BOM) as they are
+    try:
+        if isinstance(data, (bytes, bytearray)):  # json.loads' own decoding of bytes (UTF-8/16/32)
+            return _STRICT(data.decode(json.detect_encoding(data), "surrogatepass"))
+        return json.loads(data, parse_constant=_not_json)  # text: json.loads' checks (a BOM) as they are
+    except ValueError as exc:
+        # int()'s own message tells the client to call sys.set_int_max_str_digits(): the
+        # daemon's internals, and nothing a client can do.  Recognised by its wording, the only
+        # mark it has (a plain ValueError); checked on the failure path only.
+        if "integer string conversion" not in str(exc):
+            raise
+        raise TooManyDigits(f"a number has more than {sys.get_int_max_str_digits()} digits") from None
 
 
 def is_unicode(text: str) -> bool:

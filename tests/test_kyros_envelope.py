@@ -76,3 +76,14 @@ async def test_openapi_describes_the_kyros_routes_with_their_envelope(aiohttp_cl
     hook = doc["paths"][BASE + "/webhooks"]["post"]
     assert hook["requestBody"]["content"]["application/json"]["schema"]["required"] == ["url"]
     assert "201" in hook["responses"] and "422" in hook["responses"]
+
+
+async def test_an_integer_of_too_many_digits_is_refused_in_plain_words(aiohttp_client, tmp_path):
+    """5,000 digits is past what Python converts: the refusal says so, not how to raise the limit."""
+    d = await start(aiohttp_client, tmp_path)
+    raw = b'{"title": "t", "type": "review", "metadata": {"n": ' + b"7" * 5000 + b"}}"
+    resp = await d.call("POST", "/tasks", data=raw, headers={**d.writer, "Content-Type": "application/json"})
+    err = await failure(resp, 422, "VALIDATION_ERROR")
+    assert "digits" in err["message"] and "sys." not in err["message"] and "int_max" not in err["message"]
+    assert err["details"]["type"] == "INVALID_JSON"
+    assert (await success(await d.call("GET", "/tasks")))["tasks"] == []  # nothing was created

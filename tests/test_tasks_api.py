@@ -453,3 +453,14 @@ async def test_a_roles_status_counts_its_steps_of_today(client):
     assert status["success_rate"] == 100.0 and status["current_models"] == {"sonnet": 100.0}
     assert status["performance"]["tasks_completed_today"] == 2 and status["performance"]["cost_per_task"] > 0
     assert status["active_tasks"] == 0 and status["queue_length"] == 0 and status["available_agents"] == 2
+
+
+async def test_an_integer_of_too_many_digits_is_refused_in_plain_words(aiohttp_client, tmp_path):
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    raw = b'{"title": "t", "type": "review", "start": false, "metadata": {"n": -' + b"7" * 5000 + b"}}"
+    resp = await client.post("/api/tasks", data=raw, headers={"Content-Type": "application/json"})
+    await _assert_refused(resp, 400)
+    error = (await resp.json())["error"]
+    assert error["type"] == "INVALID_JSON" and error["message"] == (
+        "Request body cannot be read: a number has more than 4300 digits")
+    assert await _count(client) == 0

@@ -168,6 +168,8 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidJson("Request body is empty; send a JSON object")
     try:
         body = jsonx.loads_strict(raw)
+    except jsonx.TooManyDigits as exc:  # valid JSON, but a number Python will not convert
+        raise InvalidJson(f"Request body cannot be read: {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJson(f"Request body is not valid JSON: {exc}") from None
     except RecursionError:  # stdlib json on "[[[[...": deeper than the interpreter allows
