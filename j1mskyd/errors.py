@@ -34,7 +34,14 @@ class BadRequest(ApiError):
 
 
 class InvalidJson(BadRequest):
+    """A body that cannot be read as JSON.  ``details`` names the field ``body``, as a
+    VALIDATION_ERROR names its field: a client reads every refused body the same way (the Kyros
+    envelope's ``details.field``/``details.issue`` come from it)."""
+
     type = "INVALID_JSON"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, details=[{"field": "body", "message": message}])
 
 
 class PayloadTooLarge(ApiError):

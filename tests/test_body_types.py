@@ -356,7 +356,7 @@ def envelope_problem(status: int, body: Any, headers: Any) -> str | None:
 def names(error: dict[str, Any], field: str) -> bool:
     """Does a VALIDATION_ERROR name the broken field in its details (or the object or list it is
     in, or a part of it), or in its message (a rule between two fields: "at_risk_count must not
-    exceed open_exceptions")?  Other 400s (BAD_REQUEST, INVALID_JSON) carry no details."""
+    exceed open_exceptions")?  Other 400s (BAD_REQUEST; INVALID_JSON, which names only "body") are not checked."""
     if error["type"] != "VALIDATION_ERROR":
         return True
     named = [d["field"] for d in error["details"]]

@@ -35,6 +35,10 @@ async def test_refusals_of_the_pipeline_speak_kyros(aiohttp_client, tmp_path):
     # A malformed body is the document's VALIDATION_ERROR 422, naming the field.
     err = await failure(await d.call("POST", "/webhooks", data=b"{not json"), 422, "VALIDATION_ERROR")
     assert err["details"]["type"] == "INVALID_JSON"
+    assert err["details"]["field"] == "body" and err["details"]["issue"] == err["message"]
+    # An empty body too (the same two fields as any VALIDATION_ERROR).
+    err = await failure(await d.call("POST", "/tasks", data=b""), 422, "VALIDATION_ERROR")
+    assert (err["details"]["type"], err["details"]["field"]) == ("INVALID_JSON", "body") and err["details"]["issue"]
     # The native API keeps its envelope.
     native = await (await c.get("/api/no-such-thing")).json()
     assert native["error"]["code"] == 404 and native["error"]["type"] == "NOT_FOUND"
@@ -85,5 +89,5 @@ async def test_an_integer_of_too_many_digits_is_refused_in_plain_words(aiohttp_c
     resp = await d.call("POST", "/tasks", data=raw, headers={**d.writer, "Content-Type": "application/json"})
     err = await failure(resp, 422, "VALIDATION_ERROR")
     assert "digits" in err["message"] and "sys." not in err["message"] and "int_max" not in err["message"]
-    assert err["details"]["type"] == "INVALID_JSON"
+    assert err["details"]["type"] == "INVALID_JSON" and err["details"]["field"] == "body"
     assert (await success(await d.call("GET", "/tasks")))["tasks"] == []  # nothing was created

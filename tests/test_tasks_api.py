@@ -459,7 +459,7 @@ async def test_an_integer_of_too_many_digits_is_refused_in_plain_words(aiohttp_c
     client = await aiohttp_client(build_app(make_config(tmp_path)))
     raw = b'{"title": "t", "type": "review", "start": false, "metadata": {"n": -' + b"7" * 5000 + b"}}"
     resp = await client.post("/api/tasks", data=raw, headers={"Content-Type": "application/json"})
-    await _assert_refused(resp, 400)
+    await _assert_refused(resp, 400, "body")
     error = (await resp.json())["error"]
     assert error["type"] == "INVALID_JSON" and error["message"] == (
         "Request body cannot be read: a number has more than 4300 digits")
