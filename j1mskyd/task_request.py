@@ -141,9 +141,10 @@ class ModelSelection:
     task_description: str
     task_type: str | None = None
     files_to_modify: tuple[str, ...] = ()
-    complexity_indicators: Mapping[str, Any] = field(default_factory=dict)
+    complexity_indicators: Mapping[str, Any] = field(default_factory=dict)  # the ones read checked (_INDICATORS)
     context: Mapping[str, Any] = field(default_factory=dict)
     preferences: Mapping[str, Any] = field(default_factory=dict)
+    budget_remaining: float | None = None   # context.budget_remaining (USD); None: the daemon's budget left
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -411,17 +412,56 @@ def parse_decision(body: Any) -> Decision:
     return Decision(decision=decision, reason=reason, comments=comments)
 
 
+# The complexity indicators the model choice reads (TaskService._signals): each of the type it
+# is read as, so that "true" or "3" is refused rather than silently read as false or nothing.
+_INDICATOR_FLAGS = ("security_sensitive", "business_critical")
+_INDICATOR_COUNTS = ("file_count", "service_count")
+_COMPLEXITIES = ("low", "medium", "high")
+_MAX_BUDGET = 1_000_000     # USD: a budget_remaining the daemon takes (the bound of an estimated_cost)
+
+
+def _flag(body: Mapping[str, Any], name: str, errors: Errors, prefix: str = "") -> bool | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        errors.append({"field": prefix + name, "message": f"{name} must be true or false"})
+        return None
+    return value
+
+
+def _count(body: Mapping[str, Any], name: str, errors: Errors, prefix: str = "") -> None:
+    """A count of any size: the model choice caps what it reads (a huge one is as many as 5)."""
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        errors.append({"field": prefix + name, "message": f"{name} must be a non-negative integer"})
+
+
+def _indicators(body: Mapping[str, Any], errors: Errors) -> dict[str, Any] | None:
+    indicators = _json_object(body, "complexity_indicators", errors)
+    if indicators:
+        p = "complexity_indicators."
+        for name in _INDICATOR_FLAGS:
+            _flag(indicators, name, errors, p)
+        for name in _INDICATOR_COUNTS:
+            _count(indicators, name, errors, p)
+        _choice(indicators, "complexity", _COMPLEXITIES, errors, prefix=p)
+    return indicators
+
+
 def parse_model_selection(body: Any, config: Config) -> ModelSelection:
     body = _object(body)
     errors: Errors = []
     description = _text(body, "task_description", errors, required=True)
     kind = _choice(body, "task_type", tuple(config.workflows), errors)
     files = _strings(body, "files_to_modify", errors)
-    objects = {name: _json_object(body, name, errors) for name in ("complexity_indicators", "context", "preferences")}
+    indicators = _indicators(body, errors)
+    context = _json_object(body, "context", errors)
+    budget = _number(context, "budget_remaining", 0, _MAX_BUDGET, errors, "context.") if context else None
+    preferences = _json_object(body, "preferences", errors)
     _fail(errors)
     assert description is not None
     return ModelSelection(task_description=description, task_type=kind, files_to_modify=files or (),
-                          **{name: value or {} for name, value in objects.items()})
+                          complexity_indicators=indicators or {}, context=context or {},
+                          preferences=preferences or {}, budget_remaining=None if budget is None else float(budget))
 
 
 # Kyros's role configuration shape -> the [roles.<name>] table's keys.

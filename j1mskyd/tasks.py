@@ -334,9 +334,7 @@ class TaskService:
         indicators = {**req.complexity_indicators}
         priority = "critical" if indicators.get("business_critical") is True else None
         signals = self._signals(req.task_description, req.files_to_modify, (), (), indicators, priority)
-        remaining = req.context.get("budget_remaining")
-        if isinstance(remaining, bool) or not isinstance(remaining, (int, float)):
-            remaining = self._budget_remaining()
+        remaining = req.budget_remaining if req.budget_remaining is not None else self._budget_remaining()
         model, reasons = self._choose(role, signals, req.task_description, remaining)
         cost = self.agents.estimate(model, req.task_description)
         fallback = self.config.models[model].fallback if model in self.config.models else None

@@ -353,3 +353,31 @@ async def test_escalation_rate_in_the_metrics(aiohttp_client, tmp_path):
     day = await success(await d.call("GET", "/monitoring/metrics?period=7d&granularity=1d&metrics=escalation_rate",
                                      d.admin))
     assert day["metrics"]["escalation_rate"]["data"][-1] == 50.0 and day["metrics"]["escalation_rate"]["data"][0] is None
+
+
+async def test_model_selection_refuses_indicators_and_budgets_of_the_wrong_type(aiohttp_client, tmp_path):
+    """Each indicator the choice reads, and the budget, of the type it is read as: "true" was read
+    as false, "3" ignored, -1 and 1e308 echoed as the budget, "100" replaced by the daemon's."""
+    d = await start(aiohttp_client, tmp_path)
+    good = {"task_description": "Implement OAuth2 authentication", "task_type": "implementation"}
+    ind, ctx = "complexity_indicators", "context"
+    for where, name, value in ((ind, "security_sensitive", "true"), (ind, "security_sensitive", 1),
+                               (ind, "business_critical", "yes"), (ind, "file_count", "3"),
+                               (ind, "file_count", -1), (ind, "file_count", 2.5), (ind, "service_count", True),
+                               (ind, "complexity", "extreme"), (ind, "complexity", 3),
+                               (ctx, "budget_remaining", -1), (ctx, "budget_remaining", 1e308),
+                               (ctx, "budget_remaining", "100"), (ctx, "budget_remaining", True)):
+        resp = await d.call("POST", "/models/select", json={**good, where: {name: value}})
+        err = await failure(resp, 422, "VALIDATION_ERROR")
+        assert err["details"]["field"] == f"{where}.{name}", (name, value, err)
+        assert name in err["details"]["issue"]
+    # The values of the right type are read: an explicit false beats the security words, a budget
+    # of 0 cannot pay for a stronger model, and is the budget the answer reports.
+    data = await success(await d.call("POST", "/models/select", json={
+        **good, ind: {"security_sensitive": False, "business_critical": False, "file_count": 0, "service_count": 0,
+                      "complexity": "low"}, ctx: {"budget_remaining": 0}}))
+    assert data["reasoning"]["security_sensitive"] is False and data["reasoning"]["budget_remaining"] == 0
+    rich = await success(await d.call("POST", "/models/select", json={
+        **good, ind: {"security_sensitive": True, "file_count": 3}, ctx: {"budget_remaining": 100.0}}))
+    assert rich["reasoning"]["security_sensitive"] is True and rich["reasoning"]["budget_remaining"] == 100.0
+    assert rich["reasoning"]["complexity_score"] > data["reasoning"]["complexity_score"]  # file_count counted
