@@ -796,6 +796,7 @@ class TaskService:
             self._changeable(task, viewer)
             if status is not None and task.status in TERMINAL and status != task.status:
                 raise Conflict(f"Task '{task_id}' already {task.status}", status=task.status)
+            _outcome_only(task, fields)
             if status is not None and task.status not in TERMINAL:
                 return self._view(await self._end_now(task, status, req.reason, fields))
             if not fields:
@@ -964,6 +965,24 @@ class TaskService:
             w.cancel()
         if watchers:
             await asyncio.gather(*watchers, return_exceptions=True)
+
+
+# What a finished task still takes: its outcome.  The Kyros PUT that completes a task carries
+# results and feedback, and a review's feedback may come after the end; what the task was asked to
+# be (title, description, priority, tags, deadline, metadata, criteria) is history by then.
+_OUTCOME = frozenset({"results", "feedback"})
+
+
+def _outcome_only(task: Task, fields: Mapping[str, Any]) -> None:
+    """409 naming each field other than the outcome that a change of a finished task holds."""
+    if task.status not in TERMINAL:
+        return
+    frozen = [name for name in fields if name not in _OUTCOME]
+    if frozen:
+        raise Conflict(f"Task '{task.task_id}' is {task.status}: only results and feedback can change now",
+                       status=task.status, details=[{"field": name, "message": f"{name} cannot change once the "
+                                                                               f"task is {task.status}"}
+                                                   for name in frozen])
 
 
 class _StepRefused(Conflict):

@@ -381,3 +381,34 @@ async def test_model_selection_refuses_indicators_and_budgets_of_the_wrong_type(
         **good, ind: {"security_sensitive": True, "file_count": 3}, ctx: {"budget_remaining": 100.0}}))
     assert rich["reasoning"]["security_sensitive"] is True and rich["reasoning"]["budget_remaining"] == 100.0
     assert rich["reasoning"]["complexity_score"] > data["reasoning"]["complexity_score"]  # file_count counted
+
+
+async def test_a_finished_task_takes_only_its_outcome(aiohttp_client, tmp_path):
+    """Once completed (or cancelled), results and feedback may still change (the seed completes a
+    task with both; a review's feedback may come later); the rest is a 409 naming the field, and
+    nothing changes (the title was changed after completion)."""
+    d = await start(aiohttp_client, tmp_path)
+    task = await _task(d)
+    path = f"/tasks/{task['id']}"
+    done = await success(await d.call("PUT", path, json={"status": "completed", "results": {"tests_added": 6},
+                                                         "feedback": "All tests passing."}))
+    assert done["status"] == "completed"
+    for field, value in (("title", "changed after completion"), ("description", "d"), ("priority", "low"),
+                         ("tags", ["x"]), ("deadline", "2030-01-01T00:00:00Z"), ("metadata", {"a": 1}),
+                         ("acceptance_criteria", ["c"])):
+        err = await failure(await d.call("PUT", path, json={field: value, "feedback": "sneaked in"}), 409,
+                            "VALIDATION_ERROR")
+        assert err["details"]["field"] == field and err["details"]["status"] == "completed", err
+    after = await success(await d.call("GET", path))
+    assert {k: after[k] for k in ("title", "feedback", "updated_at", "tags")} == {
+        k: done[k] for k in ("title", "feedback", "updated_at", "tags")}
+    # The outcome, with or without the status it already has.
+    later = await success(await d.call("PUT", path, json={"feedback": "Reviewed: fine", "results": {"score": 95}}))
+    assert later["feedback"] == "Reviewed: fine" and later["results"] == {"score": 95}
+    again = await success(await d.call("PUT", path, json={"status": "completed", "feedback": "Final"}))
+    assert again["feedback"] == "Final" and again["status"] == "completed"
+    # A cancelled task alike.
+    other = await _task(d)
+    await success(await d.call("DELETE", f"/tasks/{other['id']}"))
+    err = await failure(await d.call("PUT", f"/tasks/{other['id']}", json={"title": "t"}), 409, "VALIDATION_ERROR")
+    assert err["details"]["field"] == "title"

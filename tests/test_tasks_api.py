@@ -464,3 +464,17 @@ async def test_an_integer_of_too_many_digits_is_refused_in_plain_words(aiohttp_c
     assert error["type"] == "INVALID_JSON" and error["message"] == (
         "Request body cannot be read: a number has more than 4300 digits")
     assert await _count(client) == 0
+
+
+async def test_a_finished_task_takes_only_its_outcome(aiohttp_client, tmp_path):
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    task = await (await client.post("/api/tasks", json=BASE)).json()
+    path = f"/api/tasks/{task['id']}"
+    assert (await client.put(path, json={"status": "completed"})).status == 200
+    resp = await client.put(path, json={"title": "changed after completion", "tags": ["x"], "feedback": "f"})
+    await _assert_refused(resp, 409, "title")
+    assert [d["field"] for d in (await resp.json())["error"]["details"]] == ["title", "tags"]
+    after = await (await client.get(path)).json()
+    assert after["title"] == "T" and after["tags"] == [] and after["feedback"] is None
+    resp = await client.put(path, json={"feedback": "reviewed", "results": {"ok": True}})
+    assert resp.status == 200 and (await resp.json())["feedback"] == "reviewed"
