@@ -850,6 +850,7 @@ class TaskService:
             if task.status in TERMINAL:
                 raise Conflict(f"Task '{task.task_id}' already {task.status}; it cannot be escalated",
                                status=task.status)
+            _none_waiting(task)
             pending = task.status == PENDING
             position = None if pending else task.position
             first = task.assignee_role if task.assignee_role in task.workflow else task.workflow[0]
@@ -965,6 +966,17 @@ class TaskService:
             w.cancel()
         if watchers:
             await asyncio.gather(*watchers, return_exceptions=True)
+
+
+def _none_waiting(task: Task) -> None:
+    """One escalation of a task waits for a person at a time: a second would ask the approver
+    the same question twice (which target wins?), and approving a manual one while the engine's
+    waits would change nothing the task does."""
+    waiting = next((e for e in task.escalations if e.status == ESC_PENDING), None)
+    if waiting is not None:
+        raise Conflict(f"Task '{task.task_id}' already has escalation '{waiting.esc_id}' pending approval; "
+                       "decide it first", status=task.status, escalation_id=waiting.esc_id,
+                       type_="ESCALATION_PENDING")
 
 
 # What a finished task still takes: its outcome.  The Kyros PUT that completes a task carries

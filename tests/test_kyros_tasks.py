@@ -412,3 +412,32 @@ async def test_a_finished_task_takes_only_its_outcome(aiohttp_client, tmp_path):
     await success(await d.call("DELETE", f"/tasks/{other['id']}"))
     err = await failure(await d.call("PUT", f"/tasks/{other['id']}", json={"title": "t"}), 409, "VALIDATION_ERROR")
     assert err["details"]["field"] == "title"
+
+
+async def test_a_rejected_manual_escalation_declines_the_upgrade_and_one_waits_at_a_time(aiohttp_client, tmp_path):
+    """The seed's escalation is a request for a stronger model: rejected, the task goes on as it
+    was (pending here, then on the role's own model).  A second request while one waits is
+    ESCALATION_REJECTED naming the waiting one (both were accepted)."""
+    d = await start(aiohttp_client, tmp_path)
+    task = await success(await d.call("POST", "/tasks", json={"title": "rej", "type": "review"}), 201)
+    tid = task["id"]
+    first = await success(await d.call("POST", "/escalation/submit", json={"task_id": tid, "reason": "r",
+                                                                           "target_model": "opus"}))
+    eid = first["escalation_id"]
+    err = await failure(await d.call("POST", "/escalation/submit", json={"task_id": tid, "reason": "again"}), 400,
+                        "ESCALATION_REJECTED")
+    assert eid in err["message"] and err["details"]["escalation_id"] == eid
+    rejected = await success(await d.call("POST", f"/escalation/{eid}/approve", d.admin,
+                                          json={"decision": "rejected", "reason": "not worth it"}))
+    assert rejected["status"] == "rejected"
+    after = await success(await d.call("GET", f"/tasks/{tid}"))
+    assert after["status"] == "pending" and after["error"] is None
+    assert [e["status"] for e in after["escalations"]] == ["rejected"]
+    # Decided, it no longer holds the place: another may be asked for, and rejected too.
+    second = await success(await d.call("POST", "/escalation/submit", json={"task_id": tid, "reason": "r2"}))
+    await success(await d.call("POST", f"/escalation/{second['escalation_id']}/approve", d.admin,
+                               json={"decision": "rejected"}))
+    sub = await success(await d.call("POST", "/agents/critic/submit", json={"task_id": tid}))
+    assert sub["model_assigned"] == "sonnet"  # the role's default, not the rejected target (opus)
+    done = await _until(d, tid)
+    assert done["status"] == "completed" and [s["kind"] for s in done["steps"]][0] == "run"

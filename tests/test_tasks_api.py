@@ -181,6 +181,10 @@ async def test_every_json_type_in_every_field_of_an_escalation(client, field):
         elif ok:
             assert resp.status == 201, (value, await resp.text())
             made += 1
+            # Decided, so that the next may be asked for (one waits for a person at a time).
+            decided = await client.post(f"/api/escalations/{(await resp.json())['escalation_id']}/decision",
+                                        json={"decision": "rejected"})
+            assert decided.status == 200
         else:
             await _assert_refused(resp, 400, field)
         assert await _count(client, "/api/escalations") == made

@@ -183,6 +183,11 @@ async def test_a_rejected_escalation_fails_the_task_and_nothing_more_runs(aiohtt
     client, waiting = await _revised_twice(aiohttp_client, tmp_path, up)
     task = waiting
     [esc] = waiting["escalations"]
+    # While the engine's escalation waits, a person cannot ask for another: 409 naming the waiting one.
+    manual = await client.post("/api/escalations", json={"task_id": task["id"], "reason": "me too"})
+    assert manual.status == 409, await manual.text()
+    refusal = (await manual.json())["error"]
+    assert refusal["type"] == "ESCALATION_PENDING" and refusal["escalation_id"] == esc["escalation_id"]
     resp = await client.post(f"/api/escalations/{esc['escalation_id']}/decision",
                              json={"decision": "rejected", "reason": "too dear"})
     assert resp.status == 200
