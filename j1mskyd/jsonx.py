@@ -7,6 +7,7 @@ library served it.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 from collections import deque
@@ -82,26 +83,41 @@ def _not_json(word: str) -> Any:
     raise ValueError(f"{word} is not a JSON value")
 
 
+class TooManyDigits(ValueError):
+    """A JSON number the daemon cannot hold: an integer longer than the interpreter converts
+    (``sys.get_int_max_str_digits()``), or a number beyond a float's range (``1e400``)."""
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or an exponent, as a float; one beyond a float's range
+    (``1e400``) is refused: the stdlib reads it as ``inf``, which was stored and then sent back
+    as ``Infinity``, which no strict JSON parser reads."""
+    value = float(text)
+    if math.isinf(value):
+        raise TooManyDigits(f"a number is too large ({text[:24]})")
+    return value
+
+
 # Built once: json.loads with any argument builds a JSONDecoder and its scanner per call
 # (every request body: ~16,000 instructions of a spawn's ~35,000 to read its JSON).
-_STRICT = json.JSONDecoder(parse_constant=_not_json).decode
-
-
-class TooManyDigits(ValueError):
-    """A JSON integer longer than the interpreter converts (``sys.get_int_max_str_digits()``)."""
+_STRICT = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite).decode
 
 
 def loads_strict(data: str | bytes) -> Any:
     """:func:`loads` of what a client sent: ``NaN``, ``Infinity`` and ``-Infinity`` (which the
     stdlib reads, orjson refuses and strict parsers such as JavaScript's cannot read back) are
     refused on every stack, so they are never stored and echoed to other clients.  An integer
-    of more digits than Python converts is :class:`TooManyDigits`, in words a client can act on."""
+    of more digits than Python converts, or a number beyond a float's range, is
+    :class:`TooManyDigits`, in words a client can act on."""
     if _orjson is not None:
         return _orjson.loads(data)
     try:
         if isinstance(data, (bytes, bytearray)):  # json.loads' own decoding of bytes (UTF-8/16/32)
             return _STRICT(data.decode(json.detect_encoding(data), "surrogatepass"))
-        return json.loads(data, parse_constant=_not_json)  # text: json.loads' checks (a BOM) as they are
+        # text: json.loads' checks (a BOM) as they are
+        return json.loads(data, parse_constant=_not_json, parse_float=_finite)
+    except TooManyDigits:
+        raise
     except ValueError as exc:
         # int()'s own message tells the client to call sys.set_int_max_str_digits(): the
         # daemon's internals, and nothing a client can do.  Recognised by its wording, the only

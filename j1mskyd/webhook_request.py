@@ -73,6 +73,8 @@ def check_url(url: Any, sink: str) -> str:
     http(s) URL); whether its target is allowed is the service's question."""
     if not isinstance(url, str) or not url or len(url) > 2000:
         raise bad("url", "url is required (a string of at most 2000 characters)")
+    if any(c <= " " or c == "\x7f" for c in url):  # stored as sent, and sent as the client would not expect
+        raise bad("url", "url must not contain spaces or control characters (percent-encode them)")
     scheme = urlsplit(url).scheme
     if sink == "file":
         if scheme != "file" or not urlsplit(url).path.startswith("/"):

@@ -207,6 +207,23 @@ async def test_sse_in_order_with_ids_and_resume_with_last_event_id(client):
     assert resp.status == 400
 
 
+async def test_a_resume_point_past_the_newest_event_hears_the_events_after_it(client):
+    # An id from another daemon, or from before this one's database was replaced: the new
+    # events, numbered from below it, were all dropped as already sent; the stream stayed silent.
+    await spawn_done(client, 1)
+    sse = await open_sse(client, **{"Last-Event-ID": "99999999"})
+    async with client.ws_connect("/ws") as ws:
+        await ws.send_json({"type": "subscribe", "events": ["*"], "last_event_id": 99999999})
+        await ws_next(ws)
+        agent_id = await spawn(client, "after the far resume")
+        heard = await sse.take(2)
+        assert [e["event"] for e in heard] == ["agent.spawned", "agent.completed"]
+        assert {e["data"]["data"]["agent_id"] for e in heard} == {agent_id}
+        assert [m["data"]["agent_id"] for m in await ws_take(ws, 2)] == [agent_id, agent_id]
+    sse.resp.close()
+    await readers_gone(client)
+
+
 async def test_events_committed_during_the_replay_come_live_in_the_order_they_happened(client):
     """An agent streams and finishes while a new reader's history is being read: its
     agent.output (live only, queued) reaches the reader before its agent.completed (stored,

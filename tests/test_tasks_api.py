@@ -470,6 +470,20 @@ async def test_an_integer_of_too_many_digits_is_refused_in_plain_words(aiohttp_c
     assert await _count(client) == 0
 
 
+@pytest.mark.parametrize("number", [b"1e400", b"-1.5e999", b"9" * 400 + b".0"])
+async def test_a_number_beyond_a_float_is_refused_not_stored_as_infinity(aiohttp_client, tmp_path, number):
+    # The stdlib read 1e400 as inf: the task was stored, and its metadata sent back as Infinity,
+    # which no strict JSON parser (a browser's, jq) reads.
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    raw = b'{"title": "t", "type": "review", "start": false, "metadata": {"n": ' + number + b"}}"
+    resp = await client.post("/api/tasks", data=raw, headers={"Content-Type": "application/json"})
+    await _assert_refused(resp, 400, "body")
+    error = (await resp.json())["error"]
+    assert error["type"] == "INVALID_JSON" and error["message"].startswith(
+        "Request body cannot be read: a number is too large")
+    assert await _count(client) == 0
+
+
 async def test_a_finished_task_takes_only_its_outcome(aiohttp_client, tmp_path):
     client = await aiohttp_client(build_app(make_config(tmp_path)))
     task = await (await client.post("/api/tasks", json=BASE)).json()

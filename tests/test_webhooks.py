@@ -176,6 +176,8 @@ async def test_crud_in_the_seed_and_kyros_shapes(client):
     ({"url": "https://hooks.invalid/x", "events": ["agent.completed"], "sink": "carrier_pigeon"}, "sink"),
     ({"url": "https://hooks.invalid/x", "events": ["agent.completed"], "sink": "file"}, "url"),
     ({"url": "https://hooks.invalid/x", "events": ["agent.completed"], "description": 5}, "description"),
+    # Stored as sent and sent as nobody meant: a space, a line break, a tab, a NUL, DEL.
+    *(({"url": f"http://127.0.0.1:9/a{c}b", "events": ["agent.completed"]}, "url") for c in " \r\n\t\x00\x7f"),
 ])
 async def test_create_validation_is_400_naming_the_field(client, body, field):
     resp = await client.post("/api/webhooks", json=body)

@@ -132,7 +132,10 @@ async def _replay_then_live(request: web.Request, sub: Subscription, last: int |
     # database's newest would send an event committed during the replay ahead of the
     # live-only ones queued before it (an agent's agent.completed before its agent.output).
     replay = last is not None
-    sent = last or 0
+    # A resume point past the newest event published (another daemon's id, or this one's from
+    # before its database was replaced) hears what comes next: every later event is numbered
+    # from the head, and a reader told to skip up to its id heard nothing until then.
+    sent = min(last or 0, sub.head)
     while replay:  # replay in pages until caught up with the subscription
         page = await events.after(sent, REPLAY_PAGE, types, sub.viewer, upto=sub.head)
         for event in page:

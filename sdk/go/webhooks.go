@@ -63,7 +63,7 @@ var ErrBadWebhookSignature = errors.New("j1msky: webhook signature does not matc
 
 // VerifyWebhook checks a delivery's X-J1MSKY-Signature header ("sha256=" + hex
 // HMAC-SHA256(secret, body)) over the raw body as received, then decodes it. Delivery is at
-// least once: drop an X-J1MSKY-Delivery id already processed.
+// least once: drop an event whose ID (signed, unlike the headers) you already processed.
 func VerifyWebhook(secret string, body []byte, signature string) (*WebhookEvent, error) {
 	mac := hmac.New(sha256.New, []byte(secret))
 	mac.Write(body)
