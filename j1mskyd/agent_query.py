@@ -120,7 +120,7 @@ def _coerce(fieldname: str, kind: str, value: Any, errors: list[dict[str, str]])
             return None
         try:  # float() would also take "1_000" and other scripts' digits ("１")
             number = math.nan if isinstance(value, str) and (not value.isascii() or "_" in value) else float(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an integer of 400 digits in a filter's JSON
             number = math.nan
         if not math.isfinite(number):  # float() takes "nan" and "inf"; sqlite would bind NaN as NULL
             errors.append({"field": fieldname, "message": f"{fieldname} must be a finite number, got {value!r}"})

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from . import jsonx, settings
 from .agent_record import Agent, iso, money
 from .agent_query import parse_time
+from .request_fields import int_param
 from .errors import ValidationFailed
 from .pii import preview
 from .request_fields import changed
@@ -171,8 +172,7 @@ class AuditLog:
                 where.append(f"ts {op} ?")
                 args.append(value)
         try:
-            limit = int(params.get("limit", 50))
-            offset = int(params.get("offset", 0))
+            limit, offset = int_param(params, "limit", 50), int_param(params, "offset", 0)
             if not 1 <= limit <= 500 or not 0 <= offset < MAX_OFFSET:
                 raise ValueError
         except ValueError:

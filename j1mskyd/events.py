@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import jsonx
+from . import jsonx, settings
 from .agent_record import iso
 from .store import Statement
 from .tenancy import Viewer
@@ -78,6 +78,7 @@ class Event:
 
 
 QUEUE_SIZE = 1000  # events a live listener may lag behind before it is cut off
+LAST_ID_SETTING = "events.last_id"  # the newest id taken when events were last purged (EventLog.purge)
 SHUTDOWN = "daemon stopping"  # Subscription.ended when the daemon stops
 
 
@@ -200,9 +201,18 @@ class EventLog:
         self.outbox, self.on_published = outbox, outbox.wake
 
     async def load(self) -> None:
-        last = await self.store.read(lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+        def read(c: sqlite3.Connection) -> int:
+            stored = c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+            return max(stored, int(settings.get(c, LAST_ID_SETTING) or 0))
+
+        last = await self.store.read(read)
         self._next_id = last + 1
         self._head = last
+
+    @property
+    def newest(self) -> int:
+        """The id of the newest event published (0: none yet)."""
+        return self._head
 
     # -- writing ----------------------------------------------------------------------------
     def _seal(self, event_id: int, data: dict[str, Any]) -> str:
@@ -350,7 +360,11 @@ class EventLog:
         deliveries (the outbox would otherwise grow on the SD card for ever)."""
         cutoff = self.clock() - keep_days * 86_400
         settled, waited_for = self.outbox.purge_settled(cutoff)
-        await self.store.write(*settled, (f"DELETE FROM events WHERE ts < ? AND id NOT IN ({waited_for})", (cutoff,)))
+        await self.store.write(*settled, (f"DELETE FROM events WHERE ts < ? AND id NOT IN ({waited_for})", (cutoff,)),
+                               # The ids taken so far, so that a start after every event was purged
+                               # does not number from 1 again: a receiver that drops ids it has seen,
+                               # and a reader resuming, would miss the new ones.
+                               settings.put(LAST_ID_SETTING, str(self._next_id - 1), self.clock()))
 
 
 def event_types(conn: sqlite3.Connection, event_ids: Iterable[int]) -> dict[int, str]:

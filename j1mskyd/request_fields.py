@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import ValidationFailed
 
-__all__ = ["KEEP", "Keep", "bad", "changed", "query_int"]
+__all__ = ["KEEP", "Keep", "bad", "changed", "int_param", "query_int"]
 
 
 class Keep(enum.Enum):
@@ -36,6 +36,18 @@ def query_int(text: str) -> int | None:
     """A query parameter's integer, written in plain ASCII digits (None: it is not one).
     ``int()`` alone would also take "1_0", " 5", "+5" and other scripts' digits ("５")."""
     return int(text) if _QUERY_INT.fullmatch(text) else None
+
+
+def int_param(params: Any, name: str, default: int) -> int:
+    """``params[name]`` as a :func:`query_int` (``default`` when absent); ValueError when it is
+    not one (the caller says which values it takes)."""
+    text = params.get(name)
+    if text is None:
+        return default
+    value = query_int(text)
+    if value is None:
+        raise ValueError(f"{name} is not an integer")
+    return value
 
 
 def bad(field: str, message: str) -> ValidationFailed:

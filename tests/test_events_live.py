@@ -106,7 +106,12 @@ async def test_the_seeds_cursor_is_accepted_and_bad_ones_are_400(client):
     resp = await client.get("/api/events", params={"limit": 50, "cursor": "eyJpZCI6MTIzNDV9"})
     body = await resp.json()
     assert resp.status == 200 and body["data"] == [] and body["pagination"]["has_more"] is False
-    assert cursor_id(body["pagination"]["cursor"]) == 12345
+    # Past the newest event (2): the cursor comes back at the newest, so that the events after it
+    # are on the next page (it came back as 12345, and every event up to that id was skipped).
+    assert cursor_id(body["pagination"]["cursor"]) == 2
+    later = await spawn_done(client, 1)
+    nxt = await (await client.get("/api/events", params={"cursor": body["pagination"]["cursor"]})).json()
+    assert [e["data"]["agent_id"] for e in nxt["data"]] == later * 2  # its spawned and completed
     bad = ["!!!", "abc123", base64.b64encode(b"not json").decode(), base64.b64encode(b'{"id":"7"}').decode(),
            base64.b64encode(b'{"id":-1}').decode(), base64.b64encode(b"[1]").decode(),
            base64.b64encode(b'{"id":true}').decode(), base64.b64encode(b"\xff\xfe").decode()]
@@ -115,7 +120,10 @@ async def test_the_seeds_cursor_is_accepted_and_bad_ones_are_400(client):
         answer = await resp.json()
         assert resp.status == 400, (cursor, answer)
         assert answer["error"]["details"][0]["field"] == "cursor"
-    for params in ({"limit": "0"}, {"limit": "501"}, {"limit": "x"}, {"types": "agent.exploded"}):
+    deep = base64.b64encode(b"[" * 5000).decode()  # json.loads' RecursionError: it was a 500
+    assert (await client.get("/api/events", params={"cursor": deep})).status == 400
+    for params in ({"limit": "0"}, {"limit": "501"}, {"limit": "x"}, {"types": "agent.exploded"},
+                   {"limit": "1_0"}, {"limit": " 5"}, {"limit": "\uff15"}):
         assert (await client.get("/api/events", params=params)).status == 400, params
 
 
@@ -203,8 +211,9 @@ async def test_sse_in_order_with_ids_and_resume_with_last_event_id(client):
     assert [e["data"]["data"]["agent_id"] for e in done][:1] == before
     sse.resp.close()
     await readers_gone(client)
-    resp = await client.get("/api/events/stream", headers={"Last-Event-ID": "yesterday"})
-    assert resp.status == 400
+    for bad in ("yesterday", "1_0", "+5"):
+        resp = await client.get("/api/events/stream", headers={"Last-Event-ID": bad})
+        assert resp.status == 400, bad
 
 
 async def test_a_resume_point_past_the_newest_event_hears_the_events_after_it(client):

@@ -141,6 +141,9 @@ class _Authed:
 async def test_alerts_from_budget_events(aiohttp_client, tmp_path):
     d = await start(aiohttp_client, tmp_path)
     assert (await success(await d.call("GET", "/monitoring/alerts", d.reader)))["alerts"] == []
+    for limit in ("--5", "\u00b2", "1_0", "0"):  # "--5" and "²" passed isdigit() and failed int(): a 500
+        err = await failure(await d.call("GET", f"/monitoring/alerts?limit={limit}", d.reader), 422, "VALIDATION_ERROR")
+        assert err["details"]["field"] == "limit"
     events = d.services.events
     await events.emit("budget.notice", {"budget_alert_level": "notice", "budget_utilization_pct": 50.0})
     await events.emit("budget.warning", {"budget_alert_level": "warning", "budget_utilization_pct": 75.0})

@@ -91,7 +91,10 @@ async def test_offsets_and_ids_beyond_sqlite_integers_are_400_not_500(client):
                         ("/api/security/audit?offset=1000000000000000000", "limit"),
                         (f"/api/webhooks/{webhook_id}/deliveries?offset={huge}", "limit"),
                         (f"/api/events?cursor={cursor}", "cursor"),
-                        (f"/api/agents?offset={huge}", "offset")):
+                        (f"/api/agents?offset={huge}", "offset"),
+                        # int() also took "1_0", " 5" and other scripts' digits: plain ASCII only
+                        ("/api/security/audit?limit=1_0", "limit"), ("/api/security/audit?offset=%EF%BC%91", "limit"),
+                        (f"/api/webhooks/{webhook_id}/deliveries?limit=%205", "limit")):
         resp = await client.get(path)
         assert resp.status == 400, (path, await resp.text())
         _refusal(await resp.json(), 400, field)

@@ -31,6 +31,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..errors import ApiError, ValidationFailed
 from ..events import EVENT_TYPES, SHUTDOWN, Event, Subscription
 from ..keys import KeyWatch
+from ..request_fields import int_param
 from ..tenancy import Viewer
 from .common import AWAITING_CREDENTIALS, SERVICES, config_of, is_local, json_response, key_of, query_params, viewer
 from .middleware import authenticate_in_band, count_in_band
@@ -62,7 +63,7 @@ def decode_cursor(cursor: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_ID:
             raise ValueError
         return value
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise _bad("cursor", "cursor is not one this server gave out") from None
 
 
@@ -79,13 +80,16 @@ def _types(text: str | None) -> list[str] | None:
 async def list_events(request: web.Request) -> web.Response:
     params = query_params(request)
     try:
-        limit = int(params.get("limit", 50))
+        limit = int_param(params, "limit", 50)
         if not 1 <= limit <= 500:
             raise ValueError
     except ValueError:
         raise _bad("limit", "limit must be an integer from 1 to 500") from None
-    after = decode_cursor(params["cursor"]) if params.get("cursor") else 0
-    events = await request.app[SERVICES].events.after(after, limit + 1, _types(params.get("types")), viewer(request))
+    log = request.app[SERVICES].events
+    # A cursor past the newest event (another daemon's, or this one's before its database was
+    # replaced) pages on from the newest, as a stream resumes: the next events are not skipped.
+    after = min(decode_cursor(params["cursor"]), log.newest) if params.get("cursor") else 0
+    events = await log.after(after, limit + 1, _types(params.get("types")), viewer(request))
     has_more = len(events) > limit
     events = events[:limit]
     last = events[-1].id if events else after
@@ -97,7 +101,7 @@ def _last_id(value: str | None) -> int:
     if not value:
         return 0
     try:
-        last = int(value)
+        last = int_param({"id": value}, "id", 0)
         if not 0 <= last < MAX_ID:
             raise ValueError
         return last

@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from .. import pricing
+from .. import jsonx, pricing
 from ..errors import BadRequest, NotFound, ValidationFailed
 from ..events import PRICING_EVENTS
 from ..pricing_history import MAX_DAYS, RESOLUTIONS, PricingHistory, Window
@@ -168,8 +168,8 @@ class Fields:
         v = self.data[name]
         if isinstance(v, str):  # a form field, or a JSON body that sends the array as text
             try:
-                v = json.loads(v)
-            except ValueError as exc:
+                v = jsonx.loads_strict(v)
+            except (ValueError, RecursionError) as exc:
                 self.bad(name, f"is not valid JSON: {exc}")
                 return []
         if not isinstance(v, list):

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ... import timeseries
 from ...errors import ValidationFailed
+from ...request_fields import query_int
 from ...task_request import MAX_LIMIT, EscalationQuery, TaskQuery
 from ..common import SERVICES, config_of, query_params, viewer
 from ..system import health_view
@@ -218,6 +219,7 @@ def _int(params: dict[str, str], name: str, default: int, lo: int, hi: int) -> i
     text = params.get(name)
     if text is None:
         return default
-    if not text.lstrip("-").isdigit() or not lo <= int(text) <= hi:
+    value = query_int(text)
+    if value is None or not lo <= value <= hi:  # isdigit() took "--5" and "²", which int() refused: a 500
         raise _bad(name, f"Must be an integer from {lo} to {hi}")
-    return int(text)
+    return value
