@@ -360,11 +360,15 @@ class EventLog:
         deliveries (the outbox would otherwise grow on the SD card for ever)."""
         cutoff = self.clock() - keep_days * 86_400
         settled, waited_for = self.outbox.purge_settled(cutoff)
+        newest = await self.store.read(lambda c: c.execute("SELECT MAX(ts) FROM events").fetchone()[0])
+        # When the newest event goes too, the ids taken so far are kept, so that a start after
+        # every event was purged does not number from 1 again: a receiver that drops the ids it
+        # has seen, and a reader resuming, would miss the new ones.  (Written only then: a purge
+        # that leaves events changes nothing else.)
+        floor = [settings.put(LAST_ID_SETTING, str(self._next_id - 1), self.clock())] \
+            if newest is not None and newest < cutoff else []
         await self.store.write(*settled, (f"DELETE FROM events WHERE ts < ? AND id NOT IN ({waited_for})", (cutoff,)),
-                               # The ids taken so far, so that a start after every event was purged
-                               # does not number from 1 again: a receiver that drops ids it has seen,
-                               # and a reader resuming, would miss the new ones.
-                               settings.put(LAST_ID_SETTING, str(self._next_id - 1), self.clock()))
+                               *floor)
 
 
 def event_types(conn: sqlite3.Connection, event_ids: Iterable[int]) -> dict[int, str]:
