@@ -146,7 +146,9 @@ class Daemon:
             while time.monotonic() < end:
                 if self.proc.poll() is not None:
                     break
-                with contextlib.suppress(OSError):
+                # ValueError: an answer that is not JSON, from another test's server (a fake
+                # upstream, a receiver: aiohttp's "404: Not Found") that bound the port first.
+                with contextlib.suppress(OSError, ValueError):
                     status, _ = self.request("GET", "/api/health", timeout=2.0)
                     # Only our daemon's answer counts: another test's daemon may have bound the
                     # same free port first (ours then fails to bind and is started again).
@@ -202,7 +204,11 @@ class Daemon:
             self._log = None
 
     def __enter__(self) -> Daemon:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # __exit__ does not run for a failed __enter__: no process or log left open
+            self.close()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
