@@ -37,7 +37,8 @@ import yarl
 from .netguard import Address, Network, parse_networks
 
 __all__ = ["LOOKUP_TIMEOUT", "Lookup", "TargetPolicy", "TargetRefused", "effective_addresses", "getaddrinfo_lookup",
-           "lookup_infos", "own_listen_networks", "parse_host_address", "parse_ipv4_any_form", "policy_from"]
+           "lookup_infos", "never_resolves", "own_listen_networks", "parse_host_address", "parse_ipv4_any_form",
+           "policy_from"]
 
 LOOKUP_TIMEOUT = 5.0          # seconds for the accept-time lookup of a name
 # The names are chosen by clients, and a name server that never answers holds a thread for
@@ -230,8 +231,18 @@ def _literal(host: str) -> Address | None:
     return addr
 
 
+def never_resolves(host: str) -> bool:
+    """A ``.invalid`` name (RFC 6761: resolvers answer "no such name" at once, and so does this,
+    without asking a DNS server on the network: a query for it would only leave the machine)."""
+    name = host.rstrip(".").lower()
+    return name == "invalid" or name.endswith(".invalid")
+
+
 async def lookup_infos(host: str, port: int, family: int = 0) -> list[tuple[Any, ...]]:
     """getaddrinfo for a webhook target's name (TCP), on the lookups' own threads (_LOOKUPS)."""
+    if never_resolves(host):
+        raise socket.gaierror(socket.EAI_NONAME, f"{host}: a .invalid name never resolves")
+
     def lookup() -> list[tuple[Any, ...]]:
         return list(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
 

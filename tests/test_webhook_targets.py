@@ -24,6 +24,8 @@ from aiohttp.abc import AbstractResolver
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.config import ConfigError, WebhooksConfig, load_config
+from j1mskyd import webhook_targets
+from j1mskyd.webhook_client import GuardedResolver
 from j1mskyd.webhook_targets import TargetPolicy, TargetRefused, own_listen_networks, parse_ipv4_any_form
 from tests.conftest import make_config, wait_status
 from tests.receiver import Receiver
@@ -153,6 +155,23 @@ def test_the_daemons_own_listen_address_is_refused_even_where_loopback_is_allowe
     anywhere = TargetPolicy(allowed=(ipaddress.ip_network("127.0.0.0/8"),), own=own_listen_networks("0.0.0.0", 8080))
     assert "own listen address" in refusal("http://127.0.0.2:8080/", anywhere)
     assert own_listen_networks("127.0.0.1", 0) == ()                      # port 0: no port to match
+
+
+async def test_a_dot_invalid_name_is_answered_here_and_never_asked_of_a_dns_server(monkeypatch):
+    # RFC 6761: no such name, at once.  The tests' webhooks at hooks.invalid sent a DNS query to
+    # the machine's resolver, a LAN address, at every registration and delivery attempt.
+    asked = []
+    monkeypatch.setattr(webhook_targets.socket, "getaddrinfo", lambda *a, **k: asked.append(a) or [])
+    for host in ("hooks.invalid", "X.INVALID.", "invalid"):
+        with pytest.raises(socket.gaierror):
+            await webhook_targets.lookup_infos(host, 443)
+        assert await webhook_targets.getaddrinfo_lookup(host, 443) == []  # accepted, as any name that does not resolve
+    await webhook_targets.lookup_infos("invalid.example", 443)  # only the .invalid domain
+    assert asked == [("invalid.example", 443, 0, socket.SOCK_STREAM)]
+    await TargetPolicy().check_accept("https://hooks.invalid/x")
+    with pytest.raises(OSError):
+        await GuardedResolver(TargetPolicy()).resolve("hooks.invalid", 443)
+    assert len(asked) == 1
 
 
 async def test_a_name_is_refused_when_any_address_it_resolves_to_is_refused():
