@@ -45,14 +45,14 @@ from .events import EventLog, agent_event_ids, event_types
 from .plugin_api import Sink, SinkError, SinkSettings
 from .plugins import bounded, build_sink, off_loop
 from .store import Statement
-from .request_fields import changed, int_param
+from .request_fields import bad, changed, int_param
 from .tenancy import ADMINS_ONLY, Viewer
 from . import settings
 from .webhook_request import AGENT_DONE, Headers, NewWebhook, WebhookChange, check_url, file_path
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
-__all__ = ["CONCURRENT_WEBHOOKS", "DRAINS_PER_MAKER", "DRAIN_BATCH", "GIVE_UP_AFTER", "PACE_WINDOW", "PER_MINUTE", "RETRY_BASE",
-           "RETRY_CAP", "Webhook", "WebhookService"]
+__all__ = ["CONCURRENT_WEBHOOKS", "DRAINS_PER_MAKER", "DRAIN_BATCH", "GIVE_UP_AFTER", "PACE_WINDOW", "PER_MINUTE",
+           "RETRY_BASE", "RETRY_CAP", "Webhook", "WebhookService"]
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,6 @@ class Webhook:
                 "headers": [name for name, _ in self.headers], "description": self.description,
                 "agent_id": self.agent_id, "created_at": iso(self.created_at),
                 "last_triggered": iso(self.last_triggered)}
-
-
-def _bad(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed([{"field": field, "message": message}])
 
 
 def _owner(hook: Webhook) -> str:
@@ -243,7 +239,7 @@ class WebhookService:
             raise Forbidden("the file sink writes on the daemon's own disk: only a key with admin:write may use it")
         refused = self._file_refused(url)
         if refused is not None:
-            raise _bad("url", f"url is refused: {refused}")
+            raise bad("url", f"url is refused: {refused}")
         return url
 
     def _file_refused(self, url: str) -> str | None:
@@ -445,10 +441,10 @@ class WebhookService:
             if not 1 <= limit <= 200 or not 0 <= offset < 10**18:  # SQLite integers are 64-bit
                 raise ValueError
         except ValueError:
-            raise _bad("limit", "limit must be 1-200 and offset from 0 to 10^18") from None
+            raise bad("limit", "limit must be 1-200 and offset from 0 to 10^18") from None
         status = params.get("status")
         if status is not None and status not in ("pending", "delivered", "failed"):
-            raise _bad("status", "status must be pending, delivered or failed")
+            raise bad("status", "status must be pending, delivered or failed")
         where, args = _deliveries_where(webhook_id, status)
 
         def read(conn: sqlite3.Connection) -> tuple[int, list[sqlite3.Row], dict[int, str]]:
@@ -515,9 +511,9 @@ class WebhookService:
                                   functools.partial(build_sink, self.registry, hook.sink, sink_settings, self.session),
                                   self.call_timeout)
         except KeyError:
-            raise _bad("sink", f"no sink plugin '{hook.sink}' is loaded") from None
+            raise bad("sink", f"no sink plugin '{hook.sink}' is loaded") from None
         except Exception as exc:  # noqa: BLE001 - a plugin refusing its settings is the caller's 400
-            raise _bad("url", f"sink '{hook.sink}' refused this webhook: {exc}") from None
+            raise bad("url", f"sink '{hook.sink}' refused this webhook: {exc}") from None
         self._sinks[hook.webhook_id] = sink
         return sink
 
