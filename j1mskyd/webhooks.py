@@ -399,13 +399,15 @@ class WebhookService:
         # its waiting deliveries go out now, not at the end of the backoff the old ones earned.
         release = [] if _SENT_AS.isdisjoint(changes) else [self._release(webhook_id)]
         await self.store.write(self._insert(new), _sealed_headers(new, self.store.cipher), *release, fail_fast=True)
+        if release:  # forgotten once stored: a failed write leaves new deliveries held like the old ones
+            self._held.pop(webhook_id, None)
         self.hooks[webhook_id] = new
         self._wake.set()
         return new
 
     def _release(self, webhook_id: str) -> Statement:
-        """This webhook's pending deliveries are due now."""
-        self._held.pop(webhook_id, None)
+        """This webhook's pending deliveries are due now (the caller forgets its held time once
+        this is stored)."""
         now = self.clock()
         return ("UPDATE deliveries SET next_attempt_at = ? WHERE webhook_id = ? AND status = 'pending' "
                 "AND next_attempt_at > ?", (now, webhook_id, now))

@@ -32,6 +32,7 @@ from j1mskyd.app import build_app
 from j1mskyd.config import WebhooksConfig
 from j1mskyd.providers import ProviderSettings
 from tests import conftest
+from tests.test_store_full import FullDisk, until
 from tests.conftest import Clock, bearer, bootstrap_key, wait_status
 from tests.daemon import Daemon
 from tests.daemon import write_config as _write_config
@@ -608,6 +609,28 @@ async def test_a_new_url_or_secret_sends_what_waited_for_a_retry_now(aiohttp_cli
     assert resp.status == 200
     [got] = await receiver.wait_for(1)  # at once, not at the end of the backoff
     assert got.delivery_id == first
+
+
+async def test_a_put_that_fails_on_a_full_disk_leaves_new_deliveries_held_like_the_old(
+        aiohttp_client, tmp_path, receiver):
+    # The held time was forgotten before the PUT's release was stored: when that write failed
+    # (507), the next event's delivery was due at once while the old ones stayed held.
+    clock = Clock(time.time())
+    client = await aiohttp_client(build_app(make_config(tmp_path), clock=clock))
+    receiver.fail = True
+    hook = await create_hook(client, url=receiver.url, events=["webhook.test"], secret=SECRET)
+    await client.post(f"/api/webhooks/{hook['id']}/test")
+    await receiver.wait_for(1, what="failed")
+    held = (await stored_delivery(client, hook["id"], 1))["next_attempt_at"]
+    store = client.app[SERVICES].store
+    disk = store._wconn = FullDisk(store._wconn)
+    resp = await client.put(f"/api/webhooks/{hook['id']}", json={"url": receiver.url + "?fixed=1"})
+    assert resp.status == 507
+    disk.full = False
+    await until(lambda: store.full is None, "the store's probe to find space")
+    assert (await client.post(f"/api/webhooks/{hook['id']}/test")).status == 202
+    rows = await stored(client, hook["id"])
+    assert [r["next_attempt_at"] for r in rows] == [held, held]
 
 
 async def test_a_restart_keeps_new_deliveries_behind_one_held_back(aiohttp_client, tmp_path, receiver):
