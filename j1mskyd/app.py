@@ -313,7 +313,7 @@ def _wire(app: web.Application) -> Services:
     webhooks = WebhookService(store, events, registry, hook_session, sees_all=functools.partial(_sees_all, keys),
                               acts=keys.acts,
                               targets=targets, resolver=hook_resolver, call_timeout=config.plugins.call_timeout,
-                              **timed)
+                              file_dirs=config.webhooks.file_sink_dirs, **timed)
     projects = ProjectService(store, keys, **timed)
     # allowances: a key's own budget, then its project's.
     budget = Budget(_budget_policy(config),

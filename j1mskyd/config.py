@@ -172,6 +172,7 @@ class SecurityConfig:
 class WebhooksConfig:
     """Where outgoing webhooks may go besides public addresses (see webhook_targets.py)."""
     allowed_networks: tuple[str, ...] = ()  # e.g. ("192.168.1.0/24",) for a LAN receiver
+    file_sink_dirs: tuple[str, ...] = ()    # where file:// webhooks may write (sink_files.py); none: no file sink
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,7 +525,18 @@ def _webhook_networks(v: Any) -> tuple[str, ...]:
     return items
 
 
-_WEBHOOKS: dict[str, Checker] = {"allowed_networks": _webhook_networks}
+def _sink_dirs(v: Any) -> tuple[str, ...]:
+    """Directories opened to the file sink: absolute, and never the whole disk."""
+    items = _strings()(v)
+    for d in items:
+        if not d.startswith("/") or "\0" in d:
+            raise _Bad(f"{d!r} is not an absolute path")
+        if not os.path.normpath(d).strip("/"):  # "/", "//.", "/a/..": the whole disk
+            raise _Bad("'/' would let the file sink write anywhere the daemon may: list the directories it needs")
+    return items
+
+
+_WEBHOOKS: dict[str, Checker] = {"allowed_networks": _webhook_networks, "file_sink_dirs": _sink_dirs}
 _PRIVACY: dict[str, Checker] = {"retention_days": _num(positive=True), "mask_pii_in_logs": _bool}
 _PERCENT = _num(0, 100)
 _PRICING: dict[str, Checker] = {

@@ -245,6 +245,10 @@ class SinkSettings(TypedDict):
     # The webhook's custom headers (POST /webhooks "headers"), to send with each delivery; their
     # values may be tokens for the receiver: never logged.  Absent from an older daemon.
     headers: NotRequired[dict[str, str]]
+    # Opens a local file to append to, as the daemon's [webhooks] file_sink_dirs allow, and returns
+    # its descriptor (PermissionError with the reason anywhere else): a sink that writes local
+    # files opens them only through this.  Absent from a daemon before it.
+    open_file: NotRequired[Callable[[str], int]]
 
 
 class SinkError(Exception):

@@ -54,7 +54,7 @@ RESTART_ONLY: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("limits", ("persist_interval",), "the counters' save job starts with it"),
     ("privacy", ("mask_pii_in_logs",), "logging is set up at start"),
     ("security", ("auth",), "the first admin key is made at start"),
-    ("webhooks", ("allowed_networks",), "the webhook client's target policy is made at start"),
+    ("webhooks", ("allowed_networks", "file_sink_dirs"), "the webhooks' target policy is made at start"),
 )
 
 # Provider settings a slot takes in place; any other change makes a new client (a new slot).

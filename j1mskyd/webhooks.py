@@ -49,6 +49,7 @@ from .request_fields import bad, changed, int_param
 from .tenancy import ADMINS_ONLY, Viewer
 from . import settings
 from .webhook_request import AGENT_DONE, Headers, NewWebhook, WebhookChange, check_url, file_path
+from .sink_files import FileConfinement
 from .webhook_targets import Lookup, TargetPolicy, TargetRefused
 
 __all__ = ["CONCURRENT_WEBHOOKS", "DRAINS_PER_MAKER", "DRAIN_BATCH", "GIVE_UP_AFTER", "PACE_WINDOW", "PER_MINUTE",
@@ -162,8 +163,11 @@ class WebhookService:
     def __init__(self, store: Any, events: EventLog, registry: Any, session: Any, *,
                  sees_all: Callable[[str], bool], acts: Callable[[str], bool] = lambda key_id: True,
                  clock: Callable[[], float] = time.time, targets: TargetPolicy = TargetPolicy(),
-                 lookup: Lookup | None = None, resolver: Any = None, call_timeout: float = 30.0) -> None:
+                 lookup: Lookup | None = None, resolver: Any = None, call_timeout: float = 30.0,
+                 file_dirs: Iterable[str] = ()) -> None:
         self.store = store
+        # Where the file sink may write ([webhooks] file_sink_dirs), never into the state dir.
+        self.files = FileConfinement(file_dirs, forbidden=(os.path.dirname(store.path),))
         self.sees_all = sees_all  # key id -> does that key see every key's work (KeyService's memory)
         self.acts = acts  # key id -> is that key (or its successor) still active (KeyService.acts)
         self.events = events
@@ -243,16 +247,8 @@ class WebhookService:
         return url
 
     def _file_refused(self, url: str) -> str | None:
-        """Why the file sink may not write where ``url`` points now (None: it may): never into the
-        daemon's state directory (its database, its data key), whatever links lead there."""
-        state = os.path.realpath(os.path.dirname(self.store.path))
-        try:
-            path = os.path.realpath(file_path(url))
-        except ValueError:  # a NUL (%00): no file has that name
-            return "the file sink needs a path without NUL characters"
-        if path == state or path.startswith(state + os.sep):
-            return "the file sink may not write into the daemon's state directory"
-        return None
+        """Why the file sink may not write where ``url`` points now (None: it may, by its name)."""
+        return self.files.refusal(file_path(url))
 
     # -- the outbox, as the event log asks for it (events.Outbox) ---------------------------------
     def route(self, type_: str, data: dict[str, Any], owner: str | None = None) -> list[str]:
@@ -507,7 +503,7 @@ class WebhookService:
         """The webhook's sink from its plugin's factory, run off the loop for ``call_timeout``
         seconds at most (plugins.off_loop); a factory that refuses, fails or hangs refuses the webhook."""
         sink_settings: SinkSettings = {"webhook_id": hook.webhook_id, "url": hook.url, "secret": hook.secret,
-                                       "headers": dict(hook.headers)}
+                                       "headers": dict(hook.headers), "open_file": self.files.open_append}
         try:
             sink = await off_loop(self.registry, "sink", hook.sink,
                                   functools.partial(build_sink, self.registry, hook.sink, sink_settings, self.session),

@@ -440,7 +440,8 @@ async def api(aiohttp_client, tmp_path) -> Api:
     cfg = auth_config(tmp_path)
     # Hundreds of valid spawns: no budget may refuse them (that would be a 402, not the example's 200).
     cfg = dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, daily_budget=10_000.0,
-                                                              monthly_ceiling=300_000.0, spike_per_hour=10_000.0))
+                                                              monthly_ceiling=300_000.0, spike_per_hour=10_000.0),
+                              webhooks=dataclasses.replace(cfg.webhooks, file_sink_dirs=(str(tmp_path / "hooks"),)))
     client = await aiohttp_client(build_app(cfg))
     (tmp_path / "hooks").mkdir()
     api = Api(client, bearer(bootstrap_key(cfg)["token"]), str(tmp_path / "hooks"))

@@ -105,6 +105,7 @@ def test_embedded_default_contents():
     check_catalogue(cfg)
     assert cfg.runtime == type(cfg.runtime)()  # untouched defaults
     assert cfg.store.synchronous == "full"  # a power cut loses no accepted agent (issue 19)
+    assert cfg.webhooks.file_sink_dirs == ()  # no file webhooks until the operator opens a directory
     assert os.path.isabs(cfg.server.state_dir)
 
 
@@ -131,6 +132,7 @@ def test_shipped_config_loads_and_routes_to_real_providers(env):
     assert cfg.source == str(SHIPPED)
     assert (cfg.server.host, cfg.server.port) == ("0.0.0.0", 8080)
     assert cfg.server.state_dir == "/var/lib/j1msky"
+    assert cfg.webhooks.file_sink_dirs == ("/var/log/j1msky",)  # the unit's LogsDirectory
     assert cfg.store.synchronous == "full"  # a power cut loses no accepted agent (issue 19)
     # The business catalogue on real providers, plus one alias "offline" on the built-in offline
     # provider: a fresh install (no keys) can run agents, and no business model is faked.
@@ -215,6 +217,10 @@ def test_api_key_in_file_refused_without_echoing_it(write, env):
     ("store", 'synchronous = "off"', "store.synchronous", "'normal', 'full'"),
     ("plugins", 'disabled = "x"', "plugins.disabled", "array of non-empty strings"),
     ("plugins", 'require_root = "yes"', "plugins.require_root", "true or false"),
+    ("webhooks", 'file_sink_dirs = ["var/log"]', "webhooks.file_sink_dirs", "not an absolute path"),
+    ("webhooks", 'file_sink_dirs = ["/"]', "webhooks.file_sink_dirs", "anywhere the daemon may"),
+    ("webhooks", 'file_sink_dirs = ["//."]', "webhooks.file_sink_dirs", "anywhere the daemon may"),
+    ("webhooks", 'file_sink_dirs = "/var/log"', "webhooks.file_sink_dirs", "array of non-empty strings"),
 ])
 def test_bad_values(write, env, section, line, key, reason):
     issues = issues_of(f"{MINIMAL}\n[{section}]\n{line}\n", write, env)

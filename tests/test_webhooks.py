@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -44,11 +45,16 @@ LOOPBACK = WebhooksConfig(allowed_networks=("127.0.0.0/8",))
 
 
 def make_config(tmp_path, **kw):
-    return dataclasses.replace(conftest.make_config(tmp_path, **kw), webhooks=LOOPBACK)
+    return dataclasses.replace(conftest.make_config(tmp_path, **kw), webhooks=_webhooks(tmp_path))
 
 
 def auth_config(tmp_path, **security):
-    return dataclasses.replace(conftest.auth_config(tmp_path, **security), webhooks=LOOPBACK)
+    return dataclasses.replace(conftest.auth_config(tmp_path, **security), webhooks=_webhooks(tmp_path))
+
+
+def _webhooks(tmp_path) -> WebhooksConfig:
+    """Receivers on loopback; file webhooks in the test's tmp dir (its state dir stays refused)."""
+    return dataclasses.replace(LOOPBACK, file_sink_dirs=(str(tmp_path),))
 
 
 def write_config(path, **kw):
@@ -751,6 +757,36 @@ async def test_the_file_sink_is_an_admin_s_and_never_writes_into_the_state_dir(a
 
     await eventually(refused, what="the delivery refused")
     assert (state / "data.key").read_bytes() == before and victim.read_text() == "mine\n"
+
+
+async def test_the_file_sink_writes_only_where_the_operator_listed(aiohttp_client, tmp_path):
+    # Outside the state dir was not enough: an admin key could append to any file the daemon
+    # may write (a plugin, ~/.ssh/authorized_keys) and, through a hard link made in a harmless
+    # place, to the data key itself.  Now [webhooks] file_sink_dirs is an allow-list, and each
+    # delivery's open judges the file it found.
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cfg = conftest.make_config(tmp_path)  # file_sink_dirs empty: the embedded default
+    client = await aiohttp_client(build_app(cfg))
+    resp = await client.post("/api/webhooks", json={"url": f"file://{logs}/e.jsonl", "events": ["*"]})
+    assert resp.status == 400 and "file_sink_dirs" in (await resp.json())["error"]["message"]
+    await client.close()
+    cfg = dataclasses.replace(cfg, webhooks=WebhooksConfig(file_sink_dirs=(str(logs),)))
+    client = await aiohttp_client(build_app(cfg))
+    resp = await client.post("/api/webhooks", json={"url": f"file://{tmp_path}/other.jsonl", "events": ["*"]})
+    assert resp.status == 400 and str(logs) in (await resp.json())["error"]["message"]
+    hook = await create_hook(client, url=f"file://{logs}/e.jsonl", events=["webhook.test"])
+    key = tmp_path / "state" / "data.key"
+    before = key.read_bytes()
+    os.link(key, logs / "e.jsonl")
+    await client.post(f"/api/webhooks/{hook['id']}/test")
+
+    async def refused():
+        rows = await (await client.get(f"/api/webhooks/{hook['id']}/deliveries")).json()
+        return [r for r in rows["data"] if "hard link" in (r["last_error"] or "")]
+
+    await eventually(refused, what="the delivery refused")
+    assert key.read_bytes() == before
 
 
 async def create_hook_as(client, headers, **body) -> dict:

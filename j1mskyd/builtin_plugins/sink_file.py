@@ -1,7 +1,9 @@
 """Built-in sink ``file``: one JSON line per delivery, appended to a local file.
 
 For offline setups: the URL is ``file:///var/log/j1msky/events.jsonl`` (the packaged unit's
-LogsDirectory; the daemon refuses its own state dir).  Each line
+LogsDirectory, which its config lists in ``[webhooks] file_sink_dirs``).  The file is opened
+through the daemon's ``open_file`` (sink_files.py: only in those directories, never the state
+dir, no symlink at the end, no hard link, a regular file).  Each line
 holds the delivery id, the event and the payload; the write is flushed and fsynced
 before the delivery counts as done (off the event loop).
 """
@@ -25,9 +27,13 @@ class FileSink:
         if parts.scheme != "file" or not parts.path:
             raise ValueError("the file sink needs a file:///absolute/path URL")
         self._path = unquote(parts.path)
+        opener = settings.get("open_file")
+        if opener is None:  # a daemon that does not confine local files: write none
+            raise ValueError("this daemon gives the file sink no open_file")
+        self._open = opener
 
     def _append(self, line: bytes) -> None:
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = self._open(self._path)
         try:
             os.write(fd, line)
             os.fsync(fd)
