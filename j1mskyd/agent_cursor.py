@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ValidationFailed
+from .jsonx import is_unicode
 
 __all__ = ["NULL_NUMBER", "Position", "decode", "encode", "fingerprint", "key_expr", "keyset_clause"]
 
@@ -76,18 +77,11 @@ def decode(cursor: str, listing: str, kind: str) -> Position:
     numeric = kind in ("number", "time")
     if isinstance(rowid, bool) or not isinstance(rowid, int) or not 0 <= rowid < 2**63:
         raise _refused()
-    if numeric and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                    or (isinstance(value, int) and not -2**63 <= value < 2**63)):  # SQLite binds 64 bits
+    if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or (isinstance(value, int) and not -2**63 <= value < 2**63)  # SQLite binds 64 bits
+                    or not math.isfinite(value)):  # after the int bound: a huge int overflows a float
         raise _refused()
-    if not numeric and (not isinstance(value, str) or not _encodable(value)):
+    if not numeric and (not isinstance(value, str) or not is_unicode(value)):
         raise _refused()
     return value, rowid
 
-
-def _encodable(text: str) -> bool:
-    """Text SQLite can bind (UTF-8: a lone surrogate from a JSON escape is not)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

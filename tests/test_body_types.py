@@ -38,10 +38,11 @@ from j1mskyd.app import build_app
 from tests.conftest import auth_config, bearer, bootstrap_key
 
 HUGE = 10**30
+BEYOND_FLOAT = 10**309  # an integer no float holds: math.isfinite raised OverflowError, a 500
 LONG = "x" * 70_000
 # Each JSON type, with the edges that have broken parsers before (bool is an int in Python,
 # 1e308 overflows arithmetic, 10**30 overflows SQLite, a lone surrogate cannot be stored).
-VALUES: tuple[Any, ...] = (None, True, False, 0, -1, 1.5, 1e308, HUGE, "", LONG, "string", "\ud800",
+VALUES: tuple[Any, ...] = (None, True, False, 0, -1, 1.5, 1e308, HUGE, BEYOND_FLOAT, "", LONG, "string", "\ud800",
                            [], [1], {}, {"a": 1})
 # A field of another route's body, on this route: one scalar, one list, one object (the type
 # confusions: ``"agents": 1`` on POST /spawn was a 500).
@@ -49,8 +50,8 @@ FOREIGN_VALUES: tuple[Any, ...] = (1, [1], {"a": 1})
 RAW_BODIES: tuple[bytes, ...] = (b"", b"   ", b"{", b"\xff\xfe", b"[" * 100_000, b'{"a": NaN}')
 # Query values: a request line holds at most 8190 bytes (aiohttp's parser answers longer ones itself).
 QUERY_VALUES: tuple[Any, ...] = tuple("x" * 2000 if v == LONG else v for v in VALUES)
-ODD_QUERY = ("", "-1", "0", "1.5", "1e308", str(HUGE), "nan", "inf", "true", "null", "[]", "{}", '{"a":1}',
-             "a,b", "x" * 2000, "9" * 5000, "%00", "\u00e9\u0663", " 1", "1_0", "+-1", "--1")
+ODD_QUERY = ("", "-1", "0", "1.5", "1e308", str(HUGE), str(BEYOND_FLOAT), "nan", "inf", "true", "null", "[]", "{}",
+             '{"a":1}', "a,b", "x" * 2000, "9" * 5000, "%00", "\u00e9\u0663", " 1", "1_0", "+-1", "--1")
 FORM = "application/x-www-form-urlencoded"
 FORM_BODIES = ((FORM, b"a=%ff%fe&b"), (FORM, b"&&=&"), ("multipart/form-data", b"--x\r\n"),
                ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data; name=\"model\"; "

@@ -337,6 +337,9 @@ async def test_refusals_are_anthropic_errors_with_the_rate_headers(door):
         assert (resp.status, error["type"]) == (status, kind), error
         assert resp.headers["X-Request-Id"] and resp.headers["X-RateLimit-Limit"].isdigit()
     assert anthropic_error(await cases[4][0].json())["message"].startswith("temperature: ")
+    for field in ("temperature", "top_p", "max_tokens"):  # an integer no float holds was a 500
+        resp = await post(door, {**BODY, field: 10**309})
+        assert (resp.status, anthropic_error(await resp.json())["type"]) == (400, "invalid_request_error"), field
 
 
 async def test_unknown_paths_and_methods_under_messages_speak_anthropic(door):

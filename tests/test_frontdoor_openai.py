@@ -238,6 +238,9 @@ async def test_refusals_are_openai_errors_with_the_rate_headers(door):
     assert openai_error(await resp.json())["param"] == "temperature"
     for name in ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "X-RateLimit-Limit"):
         assert resp.headers[name].isdigit(), name
+    for field in ("temperature", "top_p", "max_tokens"):  # an integer no float holds was a 500
+        resp = await door.post({**BODY, field: 10**309})
+        assert resp.status == 400 and openai_error(await resp.json())["type"] == "invalid_request_error", field
     assert GO_DURATION.match(resp.headers["x-ratelimit-reset-requests"]), resp.headers["x-ratelimit-reset-requests"]
     assert resp.headers["x-ratelimit-limit-requests"] == resp.headers["X-RateLimit-Limit"]
 
