@@ -167,11 +167,16 @@ class PricingHistory:
         if found["status"] == "closed":
             raise Conflict(f"Pricing exception '{exception_id}' is already closed")
         now = self.clock()
-        # The WHERE makes a racing second close a no-op rather than a rewrite of the first.
+        # The WHERE makes a racing second close a no-op rather than a rewrite of the first, and
+        # what is stored then tells which one closed it: the other answered 200 with the first's
+        # resolution.
         await self.store.write(("UPDATE pricing_exceptions SET closed_at = ?, closed_by = ?, resolution = ? "
                                 "WHERE exception_id = ? AND closed_at IS NULL",
                                 (now, closed_by, resolution, exception_id)), fail_fast=True)
         closed = await self.exception(exception_id)
+        if closed is not None and (closed["closed_at"], closed["closed_by"], closed["resolution"]) != (
+                now, closed_by, resolution):
+            raise Conflict(f"Pricing exception '{exception_id}' is already closed")
         assert closed is not None
         return closed
 

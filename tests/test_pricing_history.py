@@ -7,6 +7,7 @@ so "8 days ago" and "33 days open" are real rows with real timestamps, not stubs
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
@@ -181,6 +182,20 @@ async def test_exceptions_list_and_close(client, clock):
         [b["exception_id"]]
     assert (await get(client, "/api/pricing/exceptions?status=closed"))["count"] == 1
     assert (await get(client, "/api/pricing/exceptions?status=all&limit=1"))["count"] == 1
+
+
+async def test_racing_closes_of_one_exception_close_it_once(client):
+    # Each racing close read it open, wrote a no-op and answered 200 with the first's resolution.
+    a = await decide(client, ESCALATING)
+    path = f"/api/pricing/exceptions/{a['exception_id']}/close"
+    asked = ["approved", "rejected", "withdrawn"] * 4
+    answers = await asyncio.gather(*(client.post(path, json={"resolution": r}) for r in asked))
+    statuses = [resp.status for resp in answers]
+    assert sorted(statuses) == [200] + [409] * 11, statuses
+    [(won, resp)] = [(r, resp) for r, resp in zip(asked, answers) if resp.status == 200]
+    assert (await resp.json())["exception"]["resolution"] == won
+    closed = (await get(client, "/api/pricing/exceptions?status=closed"))["exceptions"]
+    assert [e["resolution"] for e in closed] == [won]
 
 
 async def test_exception_close_failures_change_nothing(client):
