@@ -128,8 +128,10 @@ class Orchestrator:
         budget = pricing.budget_block(daily_budget, spend)
         providers = {}
         for name in self.slots:
-            d = self.runtime.provider_tokens(name)
-            providers[name] = pricing.provider_usage(d.limit - d.remaining, d.limit)
+            # current: the calls of the last hour, as /rate-limits' "used" (the bucket's level
+            # refills continuously, so it understated steady traffic).
+            providers[name] = pricing.provider_usage(self.runtime.provider_calls(name),
+                                                     self.runtime.provider_tokens(name).limit)
         flags = pricing.operational_flags(budget["budget_alert_level"], providers)
         example_model = self.recommend("coding", 2000).model
         example = pricing.quote_from_estimate(example_model, config.models[example_model], "medium",

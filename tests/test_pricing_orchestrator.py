@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from j1mskyd.app import build_app
-from tests.conftest import wait_status
+from tests.conftest import Clock, wait_status
 from tests.test_budget_http import priced_config, spawn_ok, upstream  # noqa: F401  (fixture)
 from tests.test_pricing_api import ENCODINGS, SEED_QUOTE, post
 
@@ -57,17 +57,18 @@ async def test_status_blocks_after_real_spawns_have_spent_money(aiohttp_client, 
         {"model": "k2p5", "calls": 2, "tokens": 210, "avg_tokens_per_call": 105.0, "estimated_spend": 0.0002}]}
     assert body["recent_usage"] == 2
     flags = dict(body["operational_flags"])
-    # 2 of 100,000 hourly tokens spent, less what the bucket refilled since: about 0.
-    assert flags.pop("max_provider_utilization_pct") == pytest.approx(0.0, abs=0.01)
+    assert flags.pop("max_provider_utilization_pct") == 0.0  # 2 calls of 100,000 an hour
     assert flags == {
         "budget_alert_level": "warning", "hot_providers": [], "requires_ops_attention": True,
         "recommended_action": "Shift medium/low-priority tasks to k2p5/minimax and monitor hourly"}
     assert body["model_mix_recommendation"]["strategy"] == "cost-optimized"
     assert body["monthly_forecast"] == {"projected_spend": 6.0, "budget_ceiling": 7.5, "delta_to_budget": 1.5}
-    paid = body["provider_usage"]["paid"]
-    # current is the hourly token bucket's use (limit - remaining); the bucket refills continuously
-    assert paid["hourly"] == 100_000 and 0 <= paid["current"] <= 2
-    assert paid["remaining"] == paid["hourly"] - paid["current"]
+    # current: the calls of the last hour, as /rate-limits' "used" (it was the token bucket's
+    # level, which refills continuously: about 0 under steady traffic)
+    assert body["provider_usage"]["paid"] == {"current": 2, "hourly": 100_000, "remaining": 99_998,
+                                              "utilization_pct": 0.0}
+    limits = await (await client.get("/api/rate-limits")).json()
+    assert limits["limits"]["paid"]["used"] == 2
 
     # the recommendation respects what is left: 0.05 fits sonnet x 1000 tokens (0.003), not 20000 (0.06)
     rec = await (await client.post("/api/orchestrator/recommend-model",
@@ -80,6 +81,20 @@ async def test_status_blocks_after_real_spawns_have_spent_money(aiohttp_client, 
     rec = await (await client.post("/api/orchestrator/recommend-model",
                                    json={"task_type": "documentation", "estimated_tokens": 60000})).json()
     assert (rec["recommended_model"], rec["budget_available"]) == ("k2p5", False)  # nothing fits: cheapest
+
+
+async def test_provider_usage_counts_the_hour_s_calls_however_full_the_bucket_is_again(
+        aiohttp_client, tmp_path, upstream):  # noqa: F811
+    # current was the token bucket's level (limit - remaining), which refills continuously:
+    # half an hour after two calls it said 0 where /rate-limits said 2 used.
+    clock = Clock(1_764_000_000.0 - 1_764_000_000.0 % 86400 + 36000)  # 10:00 UTC: no midnight in between
+    client = await aiohttp_client(build_app(priced_config(tmp_path, upstream), clock=clock))
+    for i in range(2):
+        await wait_status(client, await spawn_ok(client, task=f"call {i}"))
+    clock.t += 1800
+    usage = (await (await client.get("/api/orchestrator/status")).json())["provider_usage"]["paid"]
+    limits = (await (await client.get("/api/rate-limits")).json())["limits"]["paid"]
+    assert (usage["current"], usage["remaining"], limits["used"]) == (2, 99_998, 2)
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
