@@ -20,7 +20,7 @@ from typing import Any, get_args
 from . import agent_cursor, jsonx
 from .agent_record import PRIORITIES, STATUSES, Agent, Kind
 from .errors import ValidationFailed
-from .request_fields import query_int
+from .request_fields import flag_param, query_int
 from .tenancy import Viewer
 
 __all__ = ["ALIASES", "AgentQuery", "ENUMS", "FIELDS", "MAX_LIMIT", "OPERATORS", "RESERVED", "SORTABLE", "parse", "parse_time"]
@@ -280,8 +280,12 @@ def parse(params: dict[str, str], viewer: Viewer | None = None) -> AgentQuery:
         else:
             for key, value in parsed.items():
                 _add_filter_entry(q, key, value, errors)
-    if params.get("include_members", "").lower() not in ("1", "true", "yes"):
-        # Team members are listed under their team agent, not beside it, unless asked.
+    try:
+        members = flag_param(params, "include_members")
+    except ValueError as exc:
+        errors.append({"field": "include_members", "message": str(exc)})
+        members = True
+    if not members:  # team members are listed under their team agent, not beside it, unless asked
         q.where.append("parent_id IS NULL")
     name, desc = "created_at", True
     sort = params.get("sort", "").strip()  # "?sort=+cost" arrives as " cost"

@@ -50,6 +50,18 @@ def int_param(params: Any, name: str, default: int) -> int:
     return value
 
 
+_FLAGS = {"": False, "0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
+
+
+def flag_param(params: Any, name: str) -> bool:
+    """``params[name]`` as a yes/no flag (false when absent): 1/true/yes or 0/false/no, any
+    case; ValueError for anything else, which silently meant no."""
+    flag = _FLAGS.get(params.get(name, "").lower())
+    if flag is None:
+        raise ValueError(f"{name} must be true or false (1/0, yes/no)")
+    return flag
+
+
 def bad(field: str, message: str) -> ValidationFailed:
     """A 400 VALIDATION_ERROR naming one field."""
     return ValidationFailed([{"field": field, "message": message}])

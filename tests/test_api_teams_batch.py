@@ -105,7 +105,10 @@ async def test_members_hidden_from_listing_unless_asked(client):
     for flag in ("true", "1", "yes", "TRUE"):
         everything = await agents(client, f"include_members={flag}")
         assert set(ids(everything)) == {team["agent_id"], plain, *team["members"]}
-    assert set(ids(await agents(client, "include_members=false"))) == {team["agent_id"], plain}
+    for flag in ("false", "0", "no", ""):
+        assert set(ids(await agents(client, f"include_members={flag}"))) == {team["agent_id"], plain}
+    resp = await client.get("/api/agents?include_members=on")  # silently meant no
+    assert resp.status == 400 and (await resp.json())["error"]["details"][0]["field"] == "include_members"
 
     only_members = await agents(client, f"include_members=true&parent_id={team['agent_id']}")
     assert set(ids(only_members)) == set(team["members"])

@@ -108,6 +108,17 @@ async def test_without_group_by_the_report_keeps_its_shape(aiohttp_client, tmp_p
     assert body["total_cost"] == 15.5 and body["tokens"] == {"input": 1550, "output": 155}
 
 
+@pytest.mark.parametrize("value", ["maybe", "2", "on", "tru", " true"])
+async def test_a_by_key_that_is_no_yes_or_no_is_400(aiohttp_client, tmp_path, value):
+    # It silently meant no: the caller never learnt that by_key=on gave no breakdown.
+    client, admin, *_ = await start(aiohttp_client, tmp_path)
+    error = await error_of(await client.get("/api/billing/usage", params={"by_key": value}, headers=admin), 400)
+    assert error["details"][0]["field"] == "by_key"
+    for flag, shown in (("no", False), ("0", False), ("FALSE", False), ("yes", True), ("1", True)):
+        body = await usage(client, admin, by_key=flag)
+        assert ("by_key" in body) == shown, flag
+
+
 @pytest.mark.parametrize("value", ["", "user", "key,", "key,user", "KEY", "key;model", ","])
 async def test_bad_group_by_is_400_naming_the_allowed_ones(aiohttp_client, tmp_path, value):
     client, admin, *_ = await start(aiohttp_client, tmp_path)

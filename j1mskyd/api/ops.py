@@ -11,6 +11,7 @@ from aiohttp import web
 from .. import billing, sysinfo, timeseries
 from ..agent_record import ANONYMOUS
 from ..listener import CONNECTION_STATS
+from ..request_fields import bad, flag_param
 from ..metric_families import families
 from ..metrics import prometheus
 from .common import SERVICES, actor, config_of, json_response, key_id_of, key_of, query_params, viewer
@@ -80,7 +81,10 @@ async def billing_usage(request: web.Request) -> web.Response:
     by = billing.group_by(params)
     if by is not None:
         return json_response(await services.billing.grouped_report(start, end, by, viewer(request)))
-    by_key = params.get("by_key", "").lower() in ("1", "true", "yes")
+    try:
+        by_key = flag_param(params, "by_key")
+    except ValueError as exc:
+        raise bad("by_key", str(exc)) from None
     return json_response(await services.billing.usage_report(start, end, by_key, viewer(request)))
 
 
