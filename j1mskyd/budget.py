@@ -47,6 +47,12 @@ __all__ = ["ALERT_LEVELS", "Budget", "BudgetExceeded", "BudgetPolicy", "Level", 
 ALERT_LEVELS = (("critical", 90.0), ("warning", 70.0), ("notice", 50.0))
 
 
+# Settled spend reaches a cap in two ways only (reservations keep spawns under it): a provider
+# billed more than it was allowed, or the cap was lowered (a key's PATCH, a reload) below what
+# was already spent.  The refusal cannot tell which, so it names both.
+_WHY_EXCEEDED = "a provider billed more than it was allowed, or the cap was lowered below what was already spent"
+
+
 class BudgetExceeded(ApiError):
     status = 402
     type = "BUDGET_EXCEEDED"
@@ -322,16 +328,16 @@ class Budget:
                 what += f" (project {allowance.owner_id})"
             until = "it never resets" if level.ends is None else f"it resets at {iso(level.ends)}"
             if level.exceeded:
-                return BudgetExceeded(f"{what} is exceeded ({figures}): a provider billed more than it was "
-                                      f"allowed; {until}", budget_remaining=level.remaining, level=allowance.scope)
+                return BudgetExceeded(f"{what} is exceeded ({figures}): {_WHY_EXCEEDED}; {until}",
+                                      budget_remaining=level.remaining, level=allowance.scope)
             return BudgetExceeded(f"{what} would be exceeded ({figures}); {until}",
                                   budget_remaining=level.remaining, level=allowance.scope)
         if level.name in ("daily", "monthly"):
             what = "Daily budget" if level.name == "daily" else "Monthly ceiling"
-            if level.exceeded:  # only an overbilling provider gets spend past a cap
+            if level.exceeded:
                 period = "UTC day" if level.name == "daily" else "month"
-                return BudgetExceeded(f"{what} of ${level.cap:g} is exceeded ({figures}): a provider billed more "
-                                      f"than it was allowed; spawns are refused until the {period} ends",
+                return BudgetExceeded(f"{what} of ${level.cap:g} is exceeded ({figures}): {_WHY_EXCEEDED}; "
+                                      f"spawns are refused until the {period} ends",
                                       budget_remaining=self.remaining)
             return BudgetExceeded(f"{what} of ${level.cap:g} would be exceeded ({figures})",
                                   budget_remaining=self.remaining)

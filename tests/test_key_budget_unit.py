@@ -87,6 +87,21 @@ def test_a_project_allowance_through_the_hook_caps_its_keys_together():
     assert budget.remaining_for("a") == pytest.approx(0.5)  # a's own 0.8 - 0.2 = 0.6, the project's 0.5
 
 
+def test_a_cap_lowered_below_the_spend_is_not_blamed_on_a_provider_alone():
+    # The refusal said "a provider billed more than it was allowed" when an admin had lowered
+    # the key's budget below what it had already spent.
+    clock = Clock(T0)
+    table = {"k": [key_budget("k", 1.0)]}
+    budget = budget_with(clock, table)
+    budget.reserve("a", "k", 0.5)
+    budget.settle("a", 0.5)
+    table["k"] = [key_budget("k", 0.1)]
+    with pytest.raises(BudgetExceeded) as refused:
+        budget.reserve("b", "k", 0.01)
+    assert "is exceeded" in refused.value.message
+    assert "the cap was lowered below what was already spent" in refused.value.message
+
+
 def test_a_changed_allowance_counts_the_spend_of_its_new_period_from_memory():
     clock = Clock(T0)
     table = {"k": [key_budget("k", 10.0, "30d", day_start(T0) - 5 * DAY)]}
