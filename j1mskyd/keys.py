@@ -257,12 +257,19 @@ def _limit_values(key: ApiKey) -> tuple[object, ...]:
 
 
 def _apply(key: ApiKey, limits: KeyLimits, now: float) -> dict[str, object]:
-    """Set ``limits`` on ``key`` (in memory); returns the columns that changed, as stored.
+    """Set ``limits`` on ``key`` (in memory); returns the columns whose value changed, as
+    stored (a value sent again as it is changes nothing, and is not said to).
 
     A budget set where there was none, or with another duration, starts its periods at the
     UTC midnight of today (budget_anchor); a new amount alone keeps the period."""
     fields = changed(limits)
     columns: dict[str, object] = {}
+
+    def put(name: str, value: Any, stored: object) -> None:
+        if getattr(key, name) != value:
+            setattr(key, name, value)
+            columns[name] = stored
+
     if "max_budget" in fields:
         amount, duration = fields.pop("max_budget"), fields.pop("budget_duration")
         if amount is None:
@@ -271,13 +278,12 @@ def _apply(key: ApiKey, limits: KeyLimits, now: float) -> dict[str, object]:
             anchor = day_start(now)
         else:
             anchor = key.budget_anchor
-        key.max_budget, key.budget_duration, key.budget_anchor = amount, duration, anchor
-        columns.update(max_budget=amount, budget_duration=duration, budget_anchor=anchor)
+        for name, value in (("max_budget", amount), ("budget_duration", duration), ("budget_anchor", anchor)):
+            put(name, value, value)
     for name, value in fields.items():
         if name == "metadata":
             value = value or {}
-        setattr(key, name, value)
-        columns[name] = _json_text(value or None) if name in _JSON_COLUMNS else value
+        put(name, value, _json_text(value or None) if name in _JSON_COLUMNS else value)
     return columns
 
 
