@@ -198,6 +198,11 @@ class TargetPolicy:
                 if reason is not None:
                     raise TargetRefused(reason)
                 addr = addr or found
+        literal = parse_host_address(host)
+        if isinstance(literal, ipaddress.IPv4Address) and host != str(literal):
+            # "127.0.0.1.", "127.1", "0x7f.0.0.1": newer aiohttp refuses them at connect time
+            # (not a canonical IPv4 address) and 3.8 hands them to the resolver: refused here on both.
+            raise TargetRefused(f"write the address {host!r} as {literal} (the HTTP client takes only that form)")
         return host, port, addr
 
     async def check_accept(self, url: str, lookup: Lookup | None = None) -> None:
