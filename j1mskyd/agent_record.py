@@ -69,7 +69,10 @@ SEALED = ("task", "result", "tool_calls")  # columns encrypted at rest
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # past year 9999 (stored by an older daemon): shown as its end
+        return "9999-12-31T23:59:59Z" if ts > 0 else "0001-01-01T00:00:00Z"
 
 
 @overload

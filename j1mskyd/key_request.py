@@ -13,16 +13,14 @@ with ``details``) and nothing is changed.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from .config import Config
 from .errors import ValidationFailed
 from .ratelimit import ENDPOINT_CLASSES
-from .request_fields import KEEP, Keep
+from .request_fields import KEEP, Keep, utc_time
 from .tenancy import parse_allowance
 
 __all__ = ["LIMIT_FIELDS", "METADATA_MAX_BYTES", "KeyLimits", "model_names", "parse_expiry", "parse_limits"]
@@ -92,16 +90,8 @@ def _limits(value: Any, errors: list[dict[str, str]]) -> dict[str, int] | None:
 
 def parse_expiry(value: Any, now: float, errors: list[dict[str, str]]) -> float | None:
     """An ISO-8601 time (UTC when it names no offset), in the future, as unix seconds."""
-    when: float | None = None
-    if isinstance(value, str) and len(value) <= 64:
-        try:
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=timezone.utc)
-            when = parsed.timestamp()
-        except (ValueError, OverflowError, OSError):
-            when = None
-    if when is None or not math.isfinite(when):
+    when = utc_time(value)
+    if when is None:
         errors.append({"field": "expires_at", "message": "expires_at must be an ISO-8601 time such as "
                                                          "2030-01-31T12:00:00Z (null: never)"})
         return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import fields
+from datetime import datetime, timezone
 from typing import Any
 
 from .errors import ValidationFailed
@@ -60,6 +61,24 @@ def flag_param(params: Any, name: str) -> bool:
     if flag is None:
         raise ValueError(f"{name} must be true or false (1/0, yes/no)")
     return flag
+
+
+def utc_time(value: Any) -> float | None:
+    """ISO 8601 (``2024-01-20T23:59:59Z``; no zone: UTC) -> epoch seconds; None when it is not one.
+    In UTC too it must be a date of years 1-9999: the views write it back in UTC, and
+    9999-12-31T23:59:59-14:00 is in year 10000 there (stored, it made every listing a 500)."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    try:
+        return when.astimezone(timezone.utc).timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def bad(field: str, message: str) -> ValidationFailed:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from . import jsonx
 from .config import Config
 from .errors import ValidationFailed
-from .request_fields import KEEP, Keep, query_int
+from .request_fields import KEEP, Keep, query_int, utc_time
 from .task_record import ESC_STATUSES, PRIORITIES, STATUSES
 
 __all__ = ["COST_GROUPS", "COST_PERIODS", "CostQuery", "Decision", "EscalationQuery", "EscalationRequest",
@@ -225,29 +224,11 @@ def _json_object(body: Mapping[str, Any], name: str, errors: Errors, prefix: str
     return value
 
 
-def parse_time(value: Any) -> float | None:
-    """ISO 8601 (``2024-01-20T23:59:59Z``; no zone: UTC) -> epoch seconds; None when it is not one."""
-    if not isinstance(value, str) or len(value) > 64:
-        return None
-    try:
-        when = datetime.fromisoformat(value.strip().replace("z", "Z"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    try:
-        # In UTC too it must be a date (years 1-9999): the views write it back in UTC, and
-        # 9999-12-31T23:59:59-14:00 is in year 10000 there.
-        return when.astimezone(timezone.utc).timestamp()
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
 def _time(body: Mapping[str, Any], name: str, errors: Errors) -> float | None:
     value = body.get(name)
     if value is None:
         return None
-    ts = parse_time(value)
+    ts = utc_time(value)
     if ts is None:
         errors.append({"field": name, "message": f"{name} must be an ISO 8601 date-time such as 2024-01-20T23:59:59Z"})
     return ts

@@ -35,7 +35,9 @@ BAD: dict[str, list[Any]] = {
     "models": ["k2p5", [], [1], ["nope"], {}, [None], 7],
     "max_concurrency": [0, 1.5, "3", True, [], -2, 10**9],
     "limits": [[], {"nope": 3}, {"spawn": 0}, {"spawn": "3"}, {"spawn": True}, "x", {"spawn": 2.5}],
-    "expires_at": ["yesterday", 123, "2000-01-01T00:00:00Z", [], True, "2099-13-01T00:00:00Z"],
+    "expires_at": ["yesterday", 123, "2000-01-01T00:00:00Z", [], True, "2099-13-01T00:00:00Z",
+                   # year 10000 in UTC: stored, it made every key listing a 500, for good
+                   "9999-12-31T23:59:59-14:00"],
     "metadata": [[], "x", 5, True, {"note": "x" * 5000}],
 }
 
@@ -341,3 +343,19 @@ async def test_a_rotated_key_s_successor_keeps_its_limits(aiohttp_client, tmp_pa
     assert successor["budget"]["period_start"] == old["budget"]["period_start"]
     assert successor["expires_at"] == FULL["expires_at"]  # the expiry set on the key, not the grace period
     assert old["expires_at"] != FULL["expires_at"]  # the old key's grace period ends long before
+
+
+async def test_a_stored_expiry_past_year_9999_still_lists(aiohttp_client, tmp_path):
+    # An older daemon stored 9999-12-31T23:59:59-14:00 (year 10000 in UTC), after which every
+    # key listing was a 500 and the key could not even be found to clear it.
+    client, admin = await start(aiohttp_client, tmp_path)
+    kid = (await new_key(client, admin))["key_id"]
+    services = client.app[SERVICES]
+    await services.store.write(("UPDATE api_keys SET expires_at = ? WHERE key_id = ?", (253402351199.0, kid)))
+    await services.keys.reload()
+    resp = await client.get("/api/keys", headers=admin)
+    assert resp.status == 200
+    [shown] = [k for k in (await resp.json())["keys"] if k["key_id"] == kid]
+    assert shown["expires_at"] == "9999-12-31T23:59:59Z"
+    resp = await client.patch(f"/api/keys/{kid}", json={"expires_at": None}, headers=admin)
+    assert resp.status == 200 and (await resp.json())["key"]["expires_at"] is None
