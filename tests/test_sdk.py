@@ -388,6 +388,22 @@ async def test_retry_after_as_an_http_date(scripted):
     assert 100 < err.value.retry_after <= 120 and err.value.message == "HTTP 429"
 
 
+@pytest.mark.parametrize("aio", [False, True])
+async def test_a_retry_after_longer_than_the_cap_is_raised_at_once_not_retried_early(scripted, aio):
+    # It waited retry_max_delay (30 s) and asked again, 5 s before the daemon's Retry-After:
+    # another 429, and the caller learnt the wait only after both.
+    url, script, seen = scripted
+    script.extend([(429, {"Retry-After": "100"}, b"{}", 0)] * 3)
+    options = {"base_url": url, "max_retries": 3, "retry_max_delay": 1.0}
+    with pytest.raises(RateLimitError) as err:
+        if aio:
+            async with AsyncJ1MSKYClient(**options) as sdk:
+                await sdk.get_agent_status("a")
+        else:
+            await asyncio.to_thread(J1MSKYClient(**options).get_agent_status, "a")
+    assert err.value.retry_after == 100 and len(seen) == 1
+
+
 async def test_a_success_that_is_not_json_is_an_error(scripted):
     url, script, seen = scripted
     script.append((200, {"X-Request-Id": "req_html"}, b"<html>a proxy's page</html>", 0))

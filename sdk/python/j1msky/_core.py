@@ -93,8 +93,14 @@ class Core:
             return str(uuid.uuid4())
         return given
 
-    def _delay(self, attempt: int, err: J1MSKYError) -> float:
+    def _delay(self, attempt: int, err: J1MSKYError) -> float | None:
+        """Seconds before retry ``attempt`` of ``err``; None: do not retry.  A 429 whose
+        Retry-After is longer than ``retry_max_delay`` is not retried (a sooner retry only
+        earns another 429): the caller gets the RateLimitError and its ``retry_after`` at once,
+        as the JS SDK does."""
         retry_after = err.retry_after if isinstance(err, RateLimitError) else None
+        if retry_after is not None and retry_after > self.config.retry_max_delay:
+            return None
         return backoff_delay(attempt, self.config.retry_delay, self.config.retry_max_delay, retry_after)
 
     def _unreachable(self, exc: BaseException) -> J1MSKYError:

@@ -83,9 +83,10 @@ class AsyncJ1MSKYClient(Core):
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 err = self._unreachable(exc)
             attempt += 1
-            if attempt > self.max_retries:
+            delay = self._delay(attempt, err) if attempt <= self.max_retries else None
+            if delay is None:
                 raise err
-            await asyncio.sleep(self._delay(attempt, err))
+            await asyncio.sleep(delay)
 
     async def _call(self, call: Call) -> Any:
         found = self._cached(call)

@@ -15,7 +15,8 @@ def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | No
                   rng: random.Random | None = None) -> float:
     """Delay before retry number ``attempt`` (1 for the first retry).
 
-    A server's Retry-After is a floor: waiting less would only earn another 429.
+    A server's Retry-After is a floor (waiting less would only earn another 429), up to
+    ``cap``: a caller that will not wait longer should not retry at all (the SDK raises).
     """
     ceiling = min(cap, base * (2 ** (attempt - 1)))
     delay = (rng or random).uniform(0, ceiling)

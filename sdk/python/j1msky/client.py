@@ -80,9 +80,10 @@ class J1MSKYClient(Core):
                 if status not in RETRY_STATUSES:
                     raise err
             attempt += 1
-            if attempt > self.max_retries:
+            delay = self._delay(attempt, err) if attempt <= self.max_retries else None
+            if delay is None:
                 raise err
-            time.sleep(self._delay(attempt, err))
+            time.sleep(delay)
 
     def _call(self, call: Call) -> Any:
         found = self._cached(call)
