@@ -97,6 +97,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from .errors import Conflict
     from .key_request import model_names, parse_limits
     from .keys import REFRESH_SECONDS, KeyRefused, KeyService, LastAdminKey
+    from .plain_text import shown
     from .store import Store
     config = _load(args)
     # A running daemon reads the keys from the shared database every REFRESH_SECONDS: say
@@ -113,12 +114,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps(listed, indent=2))
                 for k in [] if args.json else listed:
-                    print(f"{k['key_id']}  {k['status']:<8} {k['name']:<20} {','.join(k['scopes'])}"
+                    print(f"{k['key_id']}  {k['status']:<8} {shown(k['name']):<20} {','.join(k['scopes'])}"
                           f"  last used {k['last_used_at'] or 'never'}")
                 return 0
             if args.keys_command == "revoke":
                 key = await keys.revoke(args.key_id, args.reason, force=args.force)
-                print(f"revoked {key.key_id} ({key.name})")
+                print(f"revoked {key.key_id} ({shown(key.name)})")
                 print(takes_effect, file=sys.stderr)
                 return 0
             if args.keys_command == "update":
@@ -129,11 +130,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 limits = parse_limits(fields, known_models=model_names(config), now=time.time(),
                                       current=(key.max_budget, key.budget_duration))
                 key, columns = await keys.update(args.key_id, limits, force=True)  # the host may
-                shown = key.public(time.time())
+                public = key.public(time.time())
                 if args.json:
-                    print(json.dumps(shown, indent=2))
+                    print(json.dumps(public, indent=2))
                 else:
-                    print(f"updated {key.key_id} ({key.name}): "
+                    print(f"updated {key.key_id} ({shown(key.name)}): "
                           f"{', '.join(sorted(c for c in columns if c != 'budget_anchor')) or 'nothing changed'}")
                 print(takes_effect, file=sys.stderr)
                 return 0

@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any
 
+from .plain_text import shown
+
 __all__ = ["add_commands", "cmd_agent", "cmd_agents", "cmd_cancel", "cmd_spawn", "cmd_status"]
 
 # The client is imported when a client command runs (no need for it while parsing arguments).
@@ -80,15 +82,15 @@ def _wait(args: argparse.Namespace, client: Any, agent_id: str) -> int:
         time.sleep(0.5)
     if not args.json:
         print(file=sys.stderr)
-    _out(args, data, data.get("result") or data.get("error") or status)
+    _out(args, data, shown(data.get("result") or data.get("error") or status, lines=True))
     return 0 if status == "completed" else 1
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
     params = {"status": args.status, "model": args.model, "limit": args.limit, "sort": "-created_at"}
     page = _client(args).list_agents(**params)
-    lines = [f"{a['agent_id']}  {a['model']:<13} {a['status']:<10} {_money(a.get('actual_cost')):>12}  "
-             f"{(a.get('task') or '')[:50]}" for a in page["data"]]
+    lines = [f"{a['agent_id']}  {shown(a['model']):<13} {shown(a['status']):<10} "
+             f"{_money(a.get('actual_cost')):>12}  {shown((a.get('task') or '')[:50])}" for a in page["data"]]
     total = page["pagination"]["total"]
     _out(args, page, "\n".join(lines + [f"({len(lines)} of {total})"]))
     return 0
@@ -96,9 +98,11 @@ def cmd_agents(args: argparse.Namespace) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     data = _client(args).get_agent_status(args.agent_id)
-    human = "\n".join(f"{k:<15} {v}" for k, v in data.items() if v is not None and k != "result")
+    # What the API holds is printed with its control and bidi characters escaped: a task's
+    # ESC sequences would otherwise run in the reader's terminal (plain_text).
+    human = "\n".join(f"{k:<15} {shown(v)}" for k, v in data.items() if v is not None and k != "result")
     if data.get("result"):
-        human += f"\n\n{data['result']}"
+        human += f"\n\n{shown(data['result'], lines=True)}"
     _out(args, data, human)
     return 0
 

@@ -31,6 +31,7 @@ from . import local_access, pricing
 from .task_config import (SHIPPED_WORKFLOWS, RoleConfig, RoleEscalation, TasksConfig,
                           derived_roles)
 from .netguard import PRIVATE_NETWORKS, parse_networks
+from .plain_text import shown
 from .providers import ProviderSettings
 
 __all__ = [
@@ -79,8 +80,9 @@ class ConfigError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
+        # A key is echoed as the file spells it: escaped, it stays on its one line (plain_text).
         return "\n".join(
-            f"{i.file}: {i.key}: {i.reason}" if i.key else f"{i.file}: {i.reason}"
+            f"{i.file}: {shown(i.key)}: {shown(i.reason)}" if i.key else f"{i.file}: {shown(i.reason)}"
             for i in self.issues
         )
 

@@ -36,7 +36,6 @@ import math
 import secrets
 import sqlite3
 import time
-import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -45,6 +44,7 @@ from .crypto import DataCipher
 from .durable import fsync_dir
 from .errors import BadRequest, Conflict
 from .key_request import KeyLimits
+from .plain_text import name_problem
 from .request_fields import bad, changed
 from .store import Store
 from .tenancy import Allowance, day_start
@@ -103,17 +103,13 @@ def parse_scopes(scopes: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-# Control characters (C0, DEL, C1) and the line and paragraph separators: in a name they
-# forge or break lines wherever it is printed (`j1mskyd keys list`, a log, a terminal).
-_LINE_BREAKING = frozenset(("Cc", "Zl", "Zp"))
-
-
 def _parse_name(name: object) -> str:
-    """A new key's name: 1-100 characters, none of them a control character or a line break."""
+    """A new key's name: 1-100 characters that print as what they are (plain_text)."""
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise bad("name", "name must be a non-empty string of at most 100 characters")
-    if any(unicodedata.category(c) in _LINE_BREAKING for c in name):
-        raise bad("name", "name must not contain control characters or line breaks")
+    problem = name_problem(name)
+    if problem is not None:
+        raise bad("name", problem)
     return name.strip()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import ValidationFailed
 from .key_request import METADATA_MAX_BYTES, _metadata as _key_metadata
+from .plain_text import name_problem
 from .request_fields import KEEP, Keep, bad
 from .tenancy import parse_allowance
 
@@ -60,6 +61,9 @@ def _object(body: Any, allowed: tuple[str, ...], what: str) -> dict[str, Any]:
 def _name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise bad("name", "name must be a non-empty string of at most 100 characters")
+    problem = name_problem(name)  # a newline forged `j1mskyd projects list` lines, ESC ran in the terminal
+    if problem is not None:
+        raise bad("name", problem)
     return name.strip()
 
 

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .plain_text import shown
+
 __all__ = ["add_commands"]
 
 
@@ -70,10 +72,10 @@ def cmd_projects(args: argparse.Namespace) -> int:
         try:
             if args.projects_command == "create":
                 project, moves = await service.create(parse_new(_body(args)))
-                shown: Any = {**service.view(project), "moved": [m.public() for m in moves]}
+                answer: Any = {**service.view(project), "moved": [m.public() for m in moves]}
             elif args.projects_command == "delete":
                 project, released = await service.delete(args.project_id)
-                shown = {"project_id": project.project_id, "released_keys": released}
+                answer = {"project_id": project.project_id, "released_keys": released}
             else:
                 listed = [service.view(p) for p in sorted(service.projects.values(), key=lambda p: p.name)]
                 print(json.dumps(listed, indent=2) if args.json else "\n".join(map(_line, listed)))
@@ -81,8 +83,8 @@ def cmd_projects(args: argparse.Namespace) -> int:
         except (NotFound, Conflict) as exc:  # an unknown id: 1; a name taken: 2
             print(f"j1mskyd: {exc.message}", file=sys.stderr)
             return 1 if isinstance(exc, NotFound) else 2
-        print(json.dumps(shown, indent=2) if args.json
-              else f"{args.projects_command}d {project.project_id} ({project.name})")
+        print(json.dumps(answer, indent=2) if args.json
+              else f"{args.projects_command}d {project.project_id} ({shown(project.name)})")
         return 0
 
     return on_state(config, args.state_dir or config.server.state_dir, run, reading=args.projects_command == "list")
@@ -90,4 +92,4 @@ def cmd_projects(args: argparse.Namespace) -> int:
 
 def _line(p: dict[str, Any]) -> str:
     budget = "no budget" if p["max_budget"] is None else f"budget {p['max_budget']:g}/{p['budget_duration']}"
-    return f"{p['project_id']}  {p['name']:<20} {budget}  keys: {', '.join(p['members']) or '-'}"
+    return f"{p['project_id']}  {shown(p['name']):<20} {budget}  keys: {', '.join(p['members']) or '-'}"

@@ -46,6 +46,18 @@ def test_json_output_for_scripts(daemon):
     assert agent_id in human.stdout and "(1 of 1)" in human.stdout
 
 
+def test_api_text_reaches_the_terminal_escaped(daemon):
+    # A task's ESC sequences (colours, the window title, OSC 52 writing the clipboard) and bidi
+    # overrides were printed raw by `agents`, `agent` and `spawn --wait`.
+    task = "\u202e<svg> reversed \x1b]52;c;ZXZpbA==\x07 \x1b[31m red"
+    agent_id = json.loads(cli(daemon, "spawn", task, "--json").stdout)["agent_id"]
+    outputs = [cli(daemon, "agents").stdout, cli(daemon, "agent", agent_id).stdout,
+               cli(daemon, "spawn", task, "--wait").stdout]
+    for out in outputs:
+        assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out, out
+    assert "\\x1b[31m" in outputs[1] and "\\u202e" in outputs[1]  # shown, escaped
+
+
 def test_cancel_and_errors_exit_non_zero_with_a_message(daemon):
     agent_id = json.loads(cli(daemon, "spawn", "done soon", "--model", "quick", "--json").stdout)["agent_id"]
     cli(daemon, "spawn", "wait", "--model", "quick", "--wait")  # let the queue drain

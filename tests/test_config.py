@@ -470,3 +470,13 @@ def test_shipped_config_reads_the_default_secrets_file_path(tmp_path):
     cfg = load_config(SHIPPED, env={})
     assert cfg.server.secrets_file == DEFAULT_SECRETS_FILE
     assert cfg.budget.daily_budget == 50.0 and cfg.budget.monthly_ceiling == 1500.0
+
+
+def test_each_problem_stays_on_its_one_line_whatever_the_file_names(write, env):
+    # A key spelt with a newline or ESC in quotes was echoed raw: it split the promised
+    # "file: key: reason" line (and ran in the terminal).
+    with pytest.raises(ConfigError) as info:
+        load_config(write(MINIMAL + '\n[server]\n"pr\\not\\u001b[31m" = 1\n'), env)
+    text = str(info.value)
+    assert len(text.splitlines()) == len(info.value.issues) == 1 and "\x1b" not in text
+    assert "pr\\not\\x1b[31m" in text

@@ -142,7 +142,10 @@ async def test_a_rotated_key_s_grace_period_cannot_be_cleared_or_moved(aiohttp_c
 # A newline forged a line of `j1mskyd keys list`; NUL, DEL, C1 (U+0085 NEL) and the Unicode
 # line and paragraph separators break or hide lines in a terminal or a log the same way.
 LINE_BREAKERS = ["ops\nkey_0000000000000000  active   admin", "a\rb", "nul\x00", "tab\there", "del\x7f",
-                 "nel\x85", "ls\u2028", "ps\u2029", "esc\x1b[2J"]
+                 "nel\x85", "ls\u2028", "ps\u2029", "esc\x1b[2J",
+                 # invisible format characters: "admin\u202egnp.exe" reads "adminexe.png", and
+                 # "bootstrap-admin\u200b" as the bootstrap key's name (plain_text)
+                 "admin\u202egnp.exe", "bootstrap-admin\u200b", "\ufeffops", "x\u2066y"]
 
 
 @pytest.mark.parametrize("body, field", [
@@ -164,11 +167,12 @@ async def test_a_scopes_string_or_a_name_that_breaks_lines_is_a_400_naming_it(ai
 
 
 async def test_a_name_may_be_any_printable_text(aiohttp_client, tmp_path):
-    """Only control characters and line breaks are refused: accents, other scripts, emoji and
-    inner spaces are a name."""
+    """Only control, line-breaking and invisible format characters are refused: accents, other
+    scripts (right-to-left ones too), emoji and inner spaces are a name."""
     client, boot = await _start(aiohttp_client, tmp_path)
     made = await _key(client, boot, "  Zoë's 台所 tablet 🍳 ", ["agents:read"])
     assert made["name"] == "Zoë's 台所 tablet 🍳"
+    assert (await _key(client, boot, "מטבח كمبيوتر", ["agents:read"]))["name"] == "מטבח كمبيوتر"
 
 
 def test_the_cli_refuses_a_name_that_breaks_lines_and_still_reads_comma_separated_scopes(tmp_path):

@@ -195,6 +195,10 @@ BAD_CREATE = [
     ({"name": "   "}, "name"),
     ({"name": 7}, "name"),
     ({"name": "x" * 101}, "name"),
+    # a newline forged a line of `j1mskyd projects list`, ESC ran in the reader's terminal
+    ({"name": "evil\nprj_fake  totally-legit   no budget"}, "name"),
+    ({"name": "red\x1b[31m"}, "name"),
+    ({"name": "p\u202e"}, "name"),
     ({"name": "p", "max_budget": -1}, "max_budget"),
     ({"name": "p", "max_budget": "5"}, "max_budget"),
     ({"name": "p", "max_budget": True}, "max_budget"),
@@ -230,6 +234,7 @@ async def test_a_body_that_is_not_an_object_is_400(aiohttp_client, tmp_path):
 BAD_PATCH = [
     ({}, "body"),
     ({"name": ""}, "name"),
+    ({"name": "a\u2028b"}, "name"),
     ({"max_budget": -3}, "max_budget"),
     ({"budget_duration": "week"}, "budget_duration"),
     ({"max_budget": None, "budget_duration": "1d"}, "budget_duration"),
