@@ -1,7 +1,7 @@
 """What the typed request modules share (spawn_request.py, webhook_request.py,
 security_request.py, the listings' queries): the field error of the one error envelope, the
-``KEEP`` marker of a partial change (a PUT or POST that changes only the fields it names), and a
-query parameter's integer."""
+``KEEP`` marker of a partial change (a PUT or POST that changes only the fields it names), a
+query parameter's integer and yes/no flag, and an ISO 8601 time."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ValidationFailed
 
-__all__ = ["KEEP", "Keep", "bad", "changed", "int_param", "query_int"]
+__all__ = ["KEEP", "Keep", "bad", "changed", "flag_param", "int_param", "query_int", "utc_time"]
 
 
 class Keep(enum.Enum):
