@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from typing import Any
@@ -50,7 +51,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     client = _client(args)
     model = args.model or _default_model(client)
     agent = client.spawn(model=model, task=args.task, priority=args.priority,
-                         **({"timeout": args.agent_timeout} if args.agent_timeout else {}))
+                         **({"timeout": args.agent_timeout} if args.agent_timeout is not None else {}))
     if not args.wait:
         estimated = _money(agent.data.get("estimated_cost"))
         _out(args, agent.data, f"{agent.agent_id}  {model}  spawning  (estimated {estimated})")
@@ -140,7 +141,7 @@ def add_commands(sub: Any) -> None:
         p.add_argument("--api", help="API base URL (default $J1MSKY_API or http://localhost:8080/api)")
         p.add_argument("--key", help="API key (default $J1MSKY_KEY)")
         p.add_argument("--json", action="store_true", help="print JSON")
-        p.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
+        p.add_argument("--timeout", type=_seconds, default=30.0, help="seconds per HTTP request")
         p.set_defaults(func=_guarded(func))
         return p
 
@@ -148,7 +149,8 @@ def add_commands(sub: Any) -> None:
     spawn.add_argument("task")
     spawn.add_argument("--model", help="a model alias (default: the daemon's default model, GET /models)")
     spawn.add_argument("--priority", default="normal", choices=("low", "normal", "high"))
-    spawn.add_argument("--agent-timeout", type=float, help="the agent's own timeout in seconds")
+    # Not checked here: 0 or 4000 is sent, and the daemon's 400 says what it takes (it was dropped).
+    spawn.add_argument("--agent-timeout", type=_finite, help="the agent's own timeout in seconds")
     spawn.add_argument("--wait", action="store_true", help="wait for the result, showing progress")
     agents = parser("agents", "list agents", cmd_agents)
     agents.add_argument("--status")
@@ -159,6 +161,20 @@ def add_commands(sub: Any) -> None:
     cancel = parser("cancel", "cancel an agent", cmd_cancel)
     cancel.add_argument("agent_id")
     parser("status", "daemon health, agents, budget and providers", cmd_status)
+
+
+def _finite(text: str) -> float:
+    value = float(text)  # argparse turns the ValueError into "invalid _finite value"
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
 
 
 def _guarded(func: Any) -> Any:

@@ -58,6 +58,16 @@ def test_api_text_reaches_the_terminal_escaped(daemon):
     assert "\\x1b[31m" in outputs[1] and "\\u202e" in outputs[1]  # shown, escaped
 
 
+def test_bad_options_are_one_line_not_a_traceback_and_a_zero_agent_timeout_is_sent(daemon):
+    for args in (["agents", "--timeout", "0"], ["agents", "--timeout", "-1"], ["spawn", "x", "--agent-timeout", "nan"]):
+        out = cli(daemon, *args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and "error: argument" in out.stderr, out.stderr
+    out = cli(daemon, "agents", "--api", f"127.0.0.1:{daemon.port}")  # no scheme
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "base_url must be" in out.stderr
+    out = cli(daemon, "spawn", "x", "--agent-timeout", "0")  # was dropped: the agent ran with 300 s
+    assert out.returncode == 1 and "HTTP 400" in out.stderr and "Timeout must be" in out.stderr
+
+
 def test_cancel_and_errors_exit_non_zero_with_a_message(daemon):
     agent_id = json.loads(cli(daemon, "spawn", "done soon", "--model", "quick", "--json").stdout)["agent_id"]
     cli(daemon, "spawn", "wait", "--model", "quick", "--wait")  # let the queue drain

@@ -404,6 +404,27 @@ async def test_a_retry_after_longer_than_the_cap_is_raised_at_once_not_retried_e
     assert err.value.retry_after == 100 and len(seen) == 1
 
 
+def test_a_key_with_a_stray_newline_is_trimmed_and_a_bad_one_refused_without_echoing_it(monkeypatch):
+    # `$(cat key.txt)` keeps a newline: the HTTP layer raised ValueError quoting the whole
+    # "Bearer <key>" header, which the CLI printed in a traceback.
+    assert J1MSKYClient(api_key="jsk_abc\n").api_key == "jsk_abc"
+    monkeypatch.setenv("J1MSKY_KEY", " jsk_env\n")
+    assert J1MSKYClient().api_key == "jsk_env"
+    for bad in ("jsk_se cret", "jsk_sec\nret", "jsk_€uro"):
+        with pytest.raises(J1MSKYError) as err:
+            J1MSKYClient(api_key=bad)
+        assert "api_key" in str(err.value) and "sec" not in str(err.value) and "uro" not in str(err.value)
+    with pytest.raises(J1MSKYError, match="api_secret"):
+        J1MSKYClient(api_key="k", api_secret="s\x00")
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8080", "ftp://127.0.0.1/", "http://[::1", "http://127.0.0.1:99999/api",
+                                 "http:///api"])
+def test_a_base_url_that_is_no_http_url_is_an_error_naming_it(url):
+    with pytest.raises(J1MSKYError, match="base_url must be an http"):
+        J1MSKYClient(base_url=url)
+
+
 async def test_a_success_that_is_not_json_is_an_error(scripted):
     url, script, seen = scripted
     script.append((200, {"X-Request-Id": "req_html"}, b"<html>a proxy's page</html>", 0))

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+
+from .errors import J1MSKYError
 
 __all__ = ["Config", "DEFAULT_BASE_URL", "TaskPriority", "api_base"]
 
@@ -70,9 +73,35 @@ class Config:
         out = dataclasses.replace(self, **changes)  # type: ignore[arg-type]
         return dataclasses.replace(
             out,
-            base_url=out.base_url or env.get("J1MSKY_API") or DEFAULT_BASE_URL,
-            api_key=out.api_key or env.get("J1MSKY_KEY") or None,
-            api_secret=out.api_secret or env.get("J1MSKY_SECRET") or None)
+            base_url=_base_url(out.base_url or env.get("J1MSKY_API") or DEFAULT_BASE_URL),
+            api_key=_credential("api_key", out.api_key or env.get("J1MSKY_KEY")),
+            api_secret=_credential("api_secret", out.api_secret or env.get("J1MSKY_SECRET")))
+
+
+def _credential(name: str, value: str | None) -> str | None:
+    """A key or secret as a header carries it: surrounding whitespace (the newline of
+    ``$(cat key.txt)``) dropped; anything but printable ASCII refused, without echoing the value
+    (the HTTP layer's own error quoted the whole header, the key in it, in a traceback)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if any(not "!" <= c <= "~" for c in value):
+        raise J1MSKYError(f"{name} holds characters an HTTP header cannot carry (a key is printable ASCII, "
+                          "without spaces)")
+    return value or None
+
+
+def _base_url(url: str) -> str:
+    """An http(s) URL with a host and a valid port, or a J1MSKYError saying so."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise J1MSKYError(f"base_url must be an http:// or https:// URL with a host, such as "
+                          f"http://localhost:8080/api, not {url!r}")
+    return url
 
 
 def api_base(base_url: str) -> str:

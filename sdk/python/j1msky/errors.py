@@ -32,6 +32,8 @@ class J1MSKYError(Exception):
     def __str__(self) -> str:
         if not self.status:
             return self.message
+        if self.message == f"HTTP {self.status}" and not self.request_id:  # no envelope: said once
+            return self.message
         request = f", request {self.request_id}" if self.request_id else ""
         return f"{self.message} (HTTP {self.status}{request})"
 
