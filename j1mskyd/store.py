@@ -42,10 +42,10 @@ from typing import Any, TypeVar
 from . import settings
 from .crypto import CHECK_CONTEXT, KEY_FILE, DataCipher, DecryptError, load_or_create_key
 from .durable import fsync_dir
-from .errors import InsufficientStorage
+from .errors import InsufficientStorage, ServiceUnavailable
 
-__all__ = ["CLOSE_GRACE", "KEY_CHECK", "MIGRATIONS", "Queued", "SCHEMA_VERSION", "Statement", "Store", "StoreError",
-           "StoreFull", "database_problem", "is_disk_full", "migrate"]
+__all__ = ["CLOSE_GRACE", "KEY_CHECK", "MIGRATIONS", "Queued", "SCHEMA_VERSION", "Statement", "Store", "StoreBusy",
+           "StoreError", "StoreFull", "database_problem", "is_disk_full", "is_locked", "migrate"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -424,6 +424,11 @@ class StoreFull(StoreError, InsufficientStorage):
     """A write refused because the disk is full: 507 ``INSUFFICIENT_STORAGE`` to a client."""
 
 
+class StoreBusy(StoreError, ServiceUnavailable):
+    """A write refused because another process holds the database's write lock (past the
+    busy timeout): 503 with Retry-After to a client; work already accepted waits in memory."""
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """Did this fail for lack of space (SQLITE_FULL, ENOSPC, EDQUOT)?"""
     if isinstance(exc, sqlite3.Error):
@@ -432,6 +437,23 @@ def is_disk_full(exc: BaseException) -> bool:
             return code & 0xFF == sqlite3.SQLITE_FULL
         return "database or disk is full" in str(exc)
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_locked(exc: BaseException) -> bool:
+    """Did this fail because another process held the write lock past busy_timeout (SQLITE_BUSY,
+    SQLITE_LOCKED)?  Like a full disk it passes: the group waits and is retried, where it was
+    failed and a finished agent's result and cost were lost (the agent ran again at the next start)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        return "database is locked" in str(exc)
+    return False
+
+
+def _passes(exc: BaseException) -> bool:
+    """A failure that is no unit's fault and goes away by itself: the whole group waits for it."""
+    return is_disk_full(exc) or is_locked(exc)
 
 
 # None binds as NULL either way; the adapter only makes it cheaper.  The sqlite3 module sends
@@ -647,8 +669,8 @@ def _run_together(conn: sqlite3.Connection, units: list[list[Statement]]) -> lis
             else:
                 executemany(sql, rows)
     except _UNIT_ERRORS as exc:
-        if is_disk_full(exc):
-            raise  # not a unit's fault: the whole group waits for space, in order
+        if _passes(exc):
+            raise  # not a unit's fault: the whole group waits (for space, for the lock), in order
         raise _UnitFailed from exc
     return [None] * len(units)
 
@@ -663,7 +685,7 @@ def _run_apart(conn: sqlite3.Connection, units: list[list[Statement]]) -> list[E
             for sql, params in unit:
                 execute(sql, params)
         except _UNIT_ERRORS as exc:
-            if is_disk_full(exc):
+            if _passes(exc):
                 raise
             conn.execute("ROLLBACK TO unit")
             errors.append(exc)
@@ -767,7 +789,10 @@ class Store:
         self._closed = False
         self.commits = 0  # number of transactions committed (benchmarks read it)
         # Why writes are waiting ("database or disk is full"), None while they commit.
+        # Why writes wait in memory now (the disk is full, or another process holds the write
+        # lock: ``_locked``), None when they do not; /health and every fail-fast write read it.
         self.full: str | None = None
+        self._locked = False
         self.full_since: float | None = None  # time.time() of the first failure of this outage
         self.state_changes = 0  # bumped when ``full`` changes (GET /health's cache keys on it)
         self._stalled = asyncio.Event()   # set while the disk is full: flush() stops waiting
@@ -997,22 +1022,31 @@ class Store:
     def pending_writes(self) -> int:
         return len(self._pending)
 
-    def _refusal(self) -> StoreFull:
+    def refusal_status(self) -> int:
+        """The HTTP status a client's write gets while writes wait: 503 locked, 507 full."""
+        return 503 if self._locked else 507
+
+    def _refusal(self) -> StoreError:
+        if self._locked:
+            return StoreBusy(f"The database is locked by another process ({self.full}); nothing was changed. "
+                             "Work already accepted is kept and saved when the lock is released; retry.",
+                             headers={"Retry-After": "5"})
         return StoreFull(f"Not enough disk space to save this request ({self.full}); nothing was changed. "
                          "Work already accepted is kept and saved when space returns; free space in the "
                          "state directory's filesystem and retry.")
 
-    def _set_full(self, reason: str | None) -> None:
+    def _set_full(self, reason: str | None, locked: bool = False) -> None:
+        self._locked = locked
         if reason == self.full:
             return
         if reason is None:
-            log.warning("disk space is back: the writes kept in memory are saved (%.0f s without space)",
+            log.warning("the database takes writes again: the writes kept in memory are saved (%.0f s without)",
                         time.time() - (self.full_since or time.time()))
             self.full_since = None
             self._stalled.clear()
         else:
-            log.error("database write failed: %s; writes wait in memory (%d now) and are retried until there "
-                      "is space; new spawns get 507", reason, len(self._pending))
+            log.error("database write failed: %s; writes wait in memory (%d now) and are retried until it "
+                      "succeeds; new spawns get %d", reason, len(self._pending), 503 if locked else 507)
             self.full_since = self.full_since or time.time()
             self._stalled.set()
         self.full = reason
@@ -1038,8 +1072,8 @@ class Store:
                         errors = self._commit_batch(units)
                     else:
                         errors = await self._writer.run(self._commit_batch, units)
-                except Exception as exc:  # the whole transaction failed (disk full, I/O error)
-                    if is_disk_full(exc):
+                except Exception as exc:  # the whole transaction failed (disk full, locked, I/O error)
+                    if _passes(exc):
                         await self._wait_for_space(batch, exc, delay)
                         delay = min(delay * 2, _RETRY_MAX)
                         continue
@@ -1068,7 +1102,7 @@ class Store:
         of newer ones (same order), refuse the fail-fast ones, and back off."""
         waiting = batch + self._pending  # those queued meanwhile too: a request must not wait a backoff
         self._replace_queue([item for item in waiting if not item[2]])
-        self._set_full(str(exc))
+        self._set_full(str(exc), locked=is_locked(exc))
         for _, fut, fail_fast in waiting:
             if fail_fast and not fut.done():
                 fut.set_exception(self._refusal())

@@ -48,9 +48,10 @@ def health_view(request: web.Request) -> tuple[int, dict]:
                + (f" ({missing[name]} not set)" if name in missing else "")
                for name, p in providers.items() if not p["available"] or p["state"] == "open"]
     store = services.store
-    if store.full is not None:  # writes wait in memory; spawns get 507 until space returns
-        reasons.append(f"storage: {store.full}; {store.pending_writes()} writes waiting for disk space, "
-                       "new spawns refused (507)")
+    if store.full is not None:  # writes wait in memory; spawns get 507 (503 locked) until it passes
+        refused = store.refusal_status()
+        reasons.append(f"storage: {store.full}; {store.pending_writes()} writes waiting "
+                       f"{'for the lock' if refused == 503 else 'for disk space'}, new spawns refused ({refused})")
     status = "unhealthy" if providers and not usable else "degraded" if reasons else "healthy"
     # 503 when nothing can serve, so load balancers and `curl -f` notice; degraded stays 200.
     return 503 if status == "unhealthy" else 200, {
