@@ -431,9 +431,12 @@ class TaskService:
                 "step": {k: v for k, v in step_view(step).items() if k != "output"}}
         return self._event("task.progress", task, data)
 
-    async def _commit(self, task: Task, statements: Statements, events: Events) -> Task:
-        """Write a unit; once committed, ``task`` is the task's state and the events are told."""
-        await self.store.write(*statements)
+    async def _commit(self, task: Task, statements: Statements, events: Events, *, fail_fast: bool = False
+                      ) -> Task:
+        """Write a unit; once committed, ``task`` is the task's state and the events are told.
+        ``fail_fast``: a client's own change, which must not hang on a full disk (507 at once);
+        the engine's own steps wait for space, like an agent's result."""
+        await self.store.write(*statements, fail_fast=fail_fast)
         self._committed(task, events)
         return task
 
@@ -756,7 +759,7 @@ class TaskService:
         event, stmts = self._event("task.created", task)
         statements += stmts
         if not start:
-            await self._commit(task, statements, [event])
+            await self._commit(task, statements, [event], fail_fast=True)
             return self._view(task)
         async with self._lock(task.task_id):
             new, _ = await self._start_step(task, 0, KIND_RUN, before=statements, events=[event])
@@ -805,7 +808,8 @@ class TaskService:
             values = {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
                       for k, v in fields.items()}
             new = dataclasses.replace(task, updated_at=now, **values)
-            await self._commit(new, [TASKS.update(new, (*values, "updated_at"), self.store.cipher)], [])
+            await self._commit(new, [TASKS.update(new, (*values, "updated_at"), self.store.cipher)], [],
+                               fail_fast=True)
             return self._view(new)
 
     async def cancel(self, task_id: str, viewer: Viewer, reason: str | None) -> dict[str, Any]:
@@ -875,7 +879,8 @@ class TaskService:
             new = dataclasses.replace(task, escalations=[*task.escalations, esc], updated_at=now)
             event, stmts = self._event("escalation.submitted", new, escalation_view(esc))
             await self._commit(new, [ESCALATIONS.insert(esc, self.store.cipher),
-                                     TASKS.update(new, ("updated_at",), self.store.cipher), *stmts], [event])
+                                     TASKS.update(new, ("updated_at",), self.store.cipher), *stmts], [event],
+                               fail_fast=True)
         return escalation_view(esc)
 
     async def decide(self, esc_id: str, decision: str, reason: str | None, comments: str | None,
@@ -902,11 +907,12 @@ class TaskService:
             before += stmts
             events = [event]
             if task.status in TERMINAL:  # stored, not live: a decision on it changes nothing else
-                await self._commit(task, before, events)
+                await self._commit(task, before, events, fail_fast=True)
             elif not esc.manual and task.status == AWAITING:
                 await self._carry_out(task, esc, before, events)
             else:  # by hand: applies to the next run of its step (or was rejected)
-                await self._commit(task, [*before, TASKS.update(task, ("updated_at",), cipher)], events)
+                await self._commit(task, [*before, TASKS.update(task, ("updated_at",), cipher)], events,
+                                   fail_fast=True)
             return escalation_view(esc)
 
     async def _carry_out(self, task: Task, esc: Escalation, before: Statements, events: Events) -> None:

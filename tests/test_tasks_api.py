@@ -496,3 +496,27 @@ async def test_a_finished_task_takes_only_its_outcome(aiohttp_client, tmp_path):
     assert after["title"] == "T" and after["tags"] == [] and after["feedback"] is None
     resp = await client.put(path, json={"feedback": "reviewed", "results": {"ok": True}})
     assert resp.status == 200 and (await resp.json())["feedback"] == "reviewed"
+
+
+async def test_a_full_disk_answers_a_client_s_task_change_507_at_once(aiohttp_client, tmp_path):
+    # A task made without starting it, changed, or escalated by hand waited for space (11 min
+    # in the report), then committed after its client had given up.
+    import asyncio
+
+    from j1mskyd.api.common import SERVICES
+    from tests.test_store_full import FullDisk
+
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    task = await (await client.post("/api/tasks", json=BASE)).json()
+    store = client.app[SERVICES].store
+    disk = store._wconn = FullDisk(store._wconn)
+    try:
+        for method, path, body in (("POST", "/api/tasks", BASE), ("POST", "/kyros/v1/tasks", {
+                "title": "t", "description": "d", "type": "implementation"}),
+                ("PUT", f"/api/tasks/{task['id']}", {"title": "new"}),
+                ("POST", "/api/escalations", {"task_id": task["id"], "reason": "hard", "target_model": "opus"})):
+            resp = await asyncio.wait_for(client.request(method, path, json=body), 10)
+            assert resp.status == 507, (path, await resp.text())
+    finally:
+        disk.full = False
+    assert await _count(client) == 1 and (await (await client.get(f"/api/tasks/{task['id']}")).json())["title"] == "T"
