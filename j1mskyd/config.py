@@ -392,6 +392,12 @@ def _url(v: Any) -> str:
         parts = urlsplit(v)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise _Bad("must be an http:// or https:// URL")
+        if "@" in parts.netloc:  # the HTTP client refuses them beside the key's header: every call failed
+            raise _Bad("must not hold user:password@ (the API key goes in api_key_env or the secrets file)")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is no number or out of range
+        except ValueError:
+            raise _Bad("has a port that is not a number from 0 to 65535") from None
     return v
 
 

@@ -238,6 +238,15 @@ def test_port_zero_allowed_for_tests(write, env):
     assert load_config(write(MINIMAL + "\n[server]\nport = 0\n"), env).server.port == 0
 
 
+def test_a_base_url_with_credentials_or_a_bad_port_is_refused_without_echoing_them(write, env):
+    for url, reason in (("http://user:sk-URLSECRET99@127.0.0.1:18113/v1", "user:password@"),
+                        ("http://127.0.0.1:99999/v1", "port")):
+        text = MINIMAL.replace('plugin = "offline"', f'plugin = "offline"\nbase_url = "{url}"', 1)
+        issues = issues_of(text, write, env)
+        assert [i.key for i in issues] == ["providers.p.base_url"] and reason in issues[0].reason, issues
+        assert "URLSECRET" not in str(ConfigError(issues))
+
+
 @pytest.mark.parametrize("edit, key, reason", [
     (('provider = "p"', 'provider = "nowhere"'), "models.m.provider", "no provider named 'nowhere'"),
     (('upstream = "up"', 'upstream = "up"\nfallback = "ghost"'), "models.m.fallback", "no model named 'ghost'"),
