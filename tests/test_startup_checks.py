@@ -113,6 +113,29 @@ async def test_a_loose_state_dir_is_made_private(aiohttp_client, tmp_path, caplo
     assert f"state dir {state} had mode {mode:04o}" in caplog.text
 
 
+async def test_loose_state_files_are_made_private_at_start(aiohttp_client, tmp_path, caplog):
+    # chmod 644 on data.key, the database and the bootstrap token (a restore by hand) stayed
+    # 0644, and sqlite gave the new -wal and -shm files the database's mode.
+    cfg = make_config(tmp_path)
+    client = await aiohttp_client(build_app(cfg))
+    await client.close()
+    state = Path(cfg.server.state_dir)
+    names = [p.name for p in state.iterdir() if p.is_file()]
+    assert {"data.key", "j1msky.db"} <= set(names)
+    for name in names:
+        (state / name).chmod(0o644)
+    (tmp_path / "elsewhere").write_text("x")
+    (tmp_path / "elsewhere").chmod(0o644)
+    (state / "link").symlink_to(tmp_path / "elsewhere")  # not followed
+    client = await aiohttp_client(build_app(cfg))
+    assert (await client.get("/api/health")).status == 200
+    for path in state.iterdir():
+        if path.is_file() and not path.is_symlink():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+    assert stat.S_IMODE((tmp_path / "elsewhere").stat().st_mode) == 0o644
+    assert f"state file {state / 'data.key'} had mode 0644" in caplog.text
+
+
 async def test_a_new_state_dir_is_private_without_a_warning(aiohttp_client, tmp_path, caplog):
     cfg = make_config(tmp_path)
     await aiohttp_client(build_app(cfg))
