@@ -787,13 +787,21 @@ class AgentRuntime:
             await asyncio.sleep(1.0)
             now = self.clock()
             for agent in [a for a in self.live.values() if a.status == QUEUED and a.deadline <= now]:
-                await self._finish(agent, FAILED, error=f"timeout: still queued after {agent.timeout:g} s",
-                                   failure="timeout")
+                # Each at its deadline, not one after another's write: on a full disk the first
+                # write waits, and the others were failed only when space returned.
+                done = self._finish_soon(agent, FAILED, "timeout",
+                                         {"error": f"timeout: still queued after {agent.timeout:g} s"})
+                if done is not None:
+                    done.add_done_callback(_retrieved)
 
     # -- running ----------------------------------------------------------------------
     async def _run(self, agent: Agent, slot: ProviderSlot) -> None:
         held: list[ProviderSlot] = [slot]
         try:
+            if agent.status != QUEUED:
+                # Ended between dispatch and this first step (the queue's deadline sweep failed
+                # it): it was marked running over its end, and ended a second time (two events).
+                return
             if agent.agent_id in self._cancelling:  # cancelled between dispatch and this first step
                 await self._finish(agent, CANCELLED, error="cancelled by request")
                 return

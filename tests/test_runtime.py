@@ -292,3 +292,50 @@ async def test_health_is_503_when_no_provider_can_serve(aiohttp_client, tmp_path
     assert resp.status == 503 and body["status"] == "unhealthy"
     done = await wait_status(client, await spawn(client))
     assert done["status"] == "failed" and "missing_plugin" in done["error"]
+
+
+async def test_an_agent_that_ends_between_its_dispatch_and_its_run_ends_once(aiohttp_client, tmp_path, monkeypatch):
+    # The queue's deadline sweep failed an agent after the scheduler had made its run's task but
+    # before that task's first step (seen when a full disk held the sweep up): the run marked it
+    # running over its end and ended it again, two agent.failed events for one agent.
+    from j1mskyd.api.common import SERVICES
+
+    client = await aiohttp_client(build_app(make_config(tmp_path)))
+    runtime = client.app[SERVICES].runtime
+    run = runtime._run
+
+    async def swept_first(agent, slot):
+        runtime._finish_soon(agent, "failed", "timeout", {"error": "timeout: still queued after 1 s"})
+        await run(agent, slot)
+
+    monkeypatch.setattr(runtime, "_run", swept_first)
+    agent_id = await spawn(client, model="k2p5", task="x")
+    agent = await wait_status(client, agent_id, "failed")
+    assert agent["error"] == "timeout: still queued after 1 s" and agent.get("started_at") is None
+    monkeypatch.setattr(runtime, "_run", run)
+    await wait_status(client, await spawn(client, model="k2p5", task="y"))  # the queue moves on
+    events = (await (await client.get("/api/events?limit=100")).json())["data"]
+    ends = [e["event"] for e in events if e["data"].get("agent_id") == agent_id and e["event"] != "agent.spawned"]
+    assert ends == ["agent.failed"]
+
+
+async def test_queued_agents_past_their_deadline_all_fail_at_it_on_a_full_disk(aiohttp_client, tmp_path, upstreams):
+    # The sweep awaited each failure's write in turn: on a full disk the first one waited for
+    # space and the others stayed queued past their deadline until space returned.
+    from j1mskyd.api.common import SERVICES
+    from tests.test_store_full import FullDisk
+
+    primary, secondary = upstreams
+    primary.delay = 5
+    cfg = two_provider_config(tmp_path, primary, secondary, primary_limit=1)
+    client = await aiohttp_client(build_app(cfg))
+    await spawn(client, timeout=30)  # holds the provider's one slot
+    waiting = [await spawn(client, timeout=1) for _ in range(3)]
+    store = client.app[SERVICES].store
+    disk = store._wconn = FullDisk(store._wconn)
+    try:
+        for agent_id in waiting:  # as memory holds them: the writes wait for space
+            done = await wait_status(client, agent_id, timeout=4)
+            assert done["status"] == "failed" and "queued" in done["error"], done
+    finally:
+        disk.full = False
