@@ -36,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Iterable
 
+from .contained import ContainedSink, contained_provider
 from .plugin_api import (
     J1MSKY_PLUGIN_API,
     Provider,
@@ -96,6 +97,8 @@ class PluginRegistry:
         self._providers: dict[str, ProviderFactory] = {}
         self._sinks: dict[str, SinkFactory] = {}
         self._owner: dict[tuple[str, str], str] = {}  # (what, kind) -> plugin name
+        # (what, kind) of drop-in plugins: their objects are built contained (contained.py).
+        self._dropin: set[tuple[str, str]] = set()
         self._records: list[_Record] = []
         # Factory calls that outlived their timeout and still run, by (what, kind): a kind with
         # one is refused until it returns, so a hung factory holds one thread, not one per try.
@@ -126,13 +129,19 @@ class PluginRegistry:
         """One entry per file or directory the loader looked at, in load order."""
         return [r.as_dict() for r in self._records]
 
-    def _commit(self, staging: _Staging) -> None:
+    def is_dropin(self, what: str, kind: str) -> bool:
+        return (what, kind) in self._dropin
+
+    def _commit(self, staging: _Staging, *, trusted: bool) -> None:
         for kind, factory in staging.providers.items():
             self._providers[kind] = factory
             self._owner[("provider", kind)] = staging.plugin
         for kind, sink_factory in staging.sinks.items():
             self._sinks[kind] = sink_factory
             self._owner[("sink", kind)] = staging.plugin
+        if not trusted:
+            self._dropin.update(("provider", kind) for kind in staging.providers)
+            self._dropin.update(("sink", kind) for kind in staging.sinks)
 
 
 def _check_entry(what: str, kind: Any, factory: Any, existing: dict, owner: dict) -> None:
@@ -198,7 +207,7 @@ def build_provider(registry: PluginRegistry, settings: ProviderSettings, session
         raise PluginError(f"provider {settings.name!r}: plugin kind {kind!r} failed to build: {message}") from exc
     if not implements(provider, Provider):
         raise PluginError(f"provider {settings.name!r}: plugin kind {kind!r} returned an object without complete()")
-    return provider
+    return contained_provider(provider, settings.name) if registry.is_dropin("provider", kind) else provider
 
 
 def build_sink(registry: PluginRegistry, kind: str, settings: SinkSettings, session: Any) -> Sink:
@@ -207,7 +216,7 @@ def build_sink(registry: PluginRegistry, kind: str, settings: SinkSettings, sess
     sink = _not_a_coroutine(registry.sink_factory(kind)(settings, session))
     if not implements(sink, Sink):
         raise PluginError(f"plugin kind {kind!r} returned an object without deliver()")
-    return sink
+    return ContainedSink(sink, kind) if registry.is_dropin("sink", kind) else sink
 
 
 class Bounded:
@@ -559,7 +568,7 @@ def _load_file(registry: PluginRegistry, record: _Record, timeout: float, *, req
         record.status, record.reason = "failed", f"{type(error).__name__}: {error}"
         logger.error("plugin %s (%s) failed", record.name, record.path, exc_info=error)
     else:
-        registry._commit(staging)
+        registry._commit(staging, trusted=trusted)
         record.status, record.reason = "loaded", None
         record.providers, record.sinks = sorted(staging.providers), sorted(staging.sinks)
         return
