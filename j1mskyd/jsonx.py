@@ -98,25 +98,16 @@ def _finite(text: str) -> float:
     return value
 
 
-def _int(text: str) -> int:
-    """A JSON integer; one beyond a float's range (309 digits and more) is refused: every number
-    check compares it with floats (``math.isfinite``, a bound), which raised OverflowError, a 500."""
-    value = int(text)
-    if len(text) > 308 and abs(value) > sys.float_info.max:
-        raise TooManyDigits(f"a number is too large ({text[:24]}...)")
-    return value
-
-
 # Built once: json.loads with any argument builds a JSONDecoder and its scanner per call
 # (every request body: ~16,000 instructions of a spawn's ~35,000 to read its JSON).
-_STRICT = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite, parse_int=_int).decode
+_STRICT = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite).decode
 
 
 def loads_strict(data: str | bytes) -> Any:
     """:func:`loads` of what a client sent: ``NaN``, ``Infinity`` and ``-Infinity`` (which the
     stdlib reads, orjson refuses and strict parsers such as JavaScript's cannot read back) are
     refused on every stack, so they are never stored and echoed to other clients.  An integer
-    of more digits than Python converts, or a number (an integer too) beyond a float's range, is
+    of more digits than Python converts, or a number beyond a float's range, is
     :class:`TooManyDigits`, in words a client can act on."""
     if _orjson is not None:
         return _orjson.loads(data)
@@ -124,7 +115,7 @@ def loads_strict(data: str | bytes) -> Any:
         if isinstance(data, (bytes, bytearray)):  # json.loads' own decoding of bytes (UTF-8/16/32)
             return _STRICT(data.decode(json.detect_encoding(data), "surrogatepass"))
         # text: json.loads' checks (a BOM) as they are
-        return json.loads(data, parse_constant=_not_json, parse_float=_finite, parse_int=_int)
+        return json.loads(data, parse_constant=_not_json, parse_float=_finite)
     except TooManyDigits:
         raise
     except ValueError as exc:

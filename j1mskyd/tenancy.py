@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from .request_fields import finite_number
+
 __all__ = ["ADMINS_ONLY", "Allowance", "DURATIONS", "Viewer", "day_start", "parse_allowance"]
 
 # The owner of a record no key owns that only viewers who see all may see: the refusal of a
@@ -104,8 +106,7 @@ def parse_allowance(max_budget: Any, duration: Any, errors: list[dict[str, str]]
             errors.append({"field": f"{prefix}budget_duration",
                            "message": "budget_duration needs a max_budget"})
         return None, None
-    if isinstance(max_budget, bool) or not isinstance(max_budget, (int, float)) \
-            or not math.isfinite(max_budget) or max_budget < 0 or max_budget > 1_000_000:
+    if not finite_number(max_budget) or max_budget < 0 or max_budget > 1_000_000:
         errors.append({"field": f"{prefix}max_budget",
                        "message": "max_budget must be a number of USD from 0 to 1000000"})
         return None, None

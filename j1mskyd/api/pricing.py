@@ -16,7 +16,6 @@ A quote or decision without ``segment`` uses mid_market and answers with ``Depre
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -30,6 +29,7 @@ from ..errors import BadRequest, NotFound, ValidationFailed
 from ..events import PRICING_EVENTS
 from ..pricing_history import MAX_DAYS, RESOLUTIONS, PricingHistory, Window
 from ..pricing_service import DecisionRequest, PricingService, QuoteRequest
+from ..request_fields import finite_number
 from ..webhook_request import parse_new
 from .common import SERVICES, actor, config_of, json_response, key_id_of, query_params, read_json, viewer
 
@@ -132,7 +132,7 @@ class Fields:
                 v = float(v.strip())
             except ValueError:
                 v = None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if not finite_number(v):
             self.bad(name, "must be a finite number")
             return 0.0
         if (lo is not None and v < lo) or (hi is not None and v > hi):

@@ -19,7 +19,6 @@ Pure translation (docs/openai-compatible.md, "Anthropic Messages", says the same
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Literal, NoReturn
 
@@ -30,6 +29,7 @@ from ..config import ModelConfig
 from ..errors import ApiError, ValidationFailed
 from ..plugin_api import Block, CompletionRequest, Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
 from ..provider_http import estimate_tokens, request_text
+from ..request_fields import finite_number
 from . import MAX_TOKENS, Dialect, TextFrame, model_alias
 
 __all__ = ["DIALECT", "AnthropicMessages", "AnthropicStream", "SPEND_LIMIT_CODE", "error_body", "estimate_input_tokens",
@@ -109,7 +109,7 @@ def _cache_control(field: str, obj: dict[str, Any]) -> None:
 
 def _number(field: str, value: Any, low: float, high: float) -> float:
     number = _want(field, value, (int, float), "a number")
-    if not math.isfinite(number) or not low <= number <= high:
+    if not finite_number(number) or not low <= number <= high:
         _bad(field, f"must be between {low:g} and {high:g}")
     return float(number)
 

@@ -17,7 +17,6 @@ answer the caller did not ask for.  Any other parameter is refused as OpenAI ref
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
@@ -27,6 +26,7 @@ from ..chat_request import ChatFailed, ChatOutcome, ChatRequest
 from ..config import ModelConfig
 from ..errors import ApiError, ValidationFailed
 from ..plugin_api import Block, Message, TextBlock, Tool, ToolCall, ToolChoice, ToolResult
+from ..request_fields import finite_number
 from . import MAX_TOKENS, TextFrame, model_alias
 
 __all__ = ["DEFAULT_ONLY", "IGNORED", "MAX_STOP", "MAX_TOOLS", "MAX_USER", "OPENAI", "ChunkEncoder", "OpenAIChat"]
@@ -137,7 +137,7 @@ class _Parser:
         v = self.body.get(name)
         if v is None:
             return None
-        if not _is_number(v) or not math.isfinite(v) or not low <= v <= high:
+        if not finite_number(v) or not low <= v <= high:
             _bad(name, f"{name} must be a number from {low:g} to {high:g}")
         return float(v)
 
