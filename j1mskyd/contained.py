@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ABANDON_AFTER = 1.0  # seconds a cancelled plugin call has to end before the daemon goes on without it
-_END = object()  # a stream's end, returned from its task (StopAsyncIteration cannot cross one)
 
 
 class PluginCrash(Exception):
@@ -43,13 +42,6 @@ async def _guarded(call: Awaitable[T]) -> T:
         raise PluginCrash(f"the plugin raised {type(exc).__name__}") from None
 
 
-async def _next(iterator: Any) -> Any:
-    try:
-        return await _guarded(iterator.__anext__())
-    except StopAsyncIteration:
-        return _END
-
-
 async def contained(call: Awaitable[T], what: str) -> T:
     """``await call``, in a task of its own (see the module's docstring)."""
     task = asyncio.ensure_future(_guarded(call))
@@ -57,27 +49,32 @@ async def contained(call: Awaitable[T], what: str) -> T:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        task.cancel()
-        try:
-            await asyncio.wait((task,), timeout=ABANDON_AFTER)
-        finally:
-            if not task.done():
-                log.error("%s went on after it was cancelled; left behind after %g s (it may still hold "
-                          "what it opened)", what, ABANDON_AFTER)
-                _close(task)
+        await _leave(task, what)
         raise
 
 
-def _close(task: asyncio.Task[Any]) -> None:
-    """Close the left-behind call's coroutine where it waits (GeneratorExit, which a plugin that
-    catches CancelledError lets through): its task then ends at its next wake-up or cancel, so
-    the daemon's exit, which cancels every task left and waits for them, is not held for ever."""
-    coro = task.get_coro()
-    if coro is not None and hasattr(coro, "close"):
-        try:
-            coro.close()
-        except RuntimeError:  # it caught GeneratorExit too (a bare except): nothing more to do
-            log.error("a plugin call ignores GeneratorExit as well; the daemon's exit may wait for it")
+async def _leave(task: asyncio.Task[Any], what: str) -> None:
+    """Cancel ``task`` and give it :data:`ABANDON_AFTER` seconds to end; then leave it behind:
+    its coroutine closed where it waits (GeneratorExit, which a plugin that catches
+    CancelledError lets through) and the task out of asyncio's list, so that the daemon's exit,
+    which cancels every task left and waits for them, is not held by it.  Whatever the
+    plugin's cleanup raises is logged: the caller's own outcome (its CancelledError) goes on."""
+    task.cancel()
+    try:
+        await asyncio.wait((task,), timeout=ABANDON_AFTER)
+    finally:
+        if not task.done():
+            log.error("%s went on after it was cancelled; left behind after %g s (it may still hold "
+                      "what it opened)", what, ABANDON_AFTER)
+            coro = task.get_coro()
+            try:
+                if coro is not None and hasattr(coro, "close"):
+                    coro.close()
+            except BaseException:  # noqa: BLE001 - a plugin's finally raising, or ignoring GeneratorExit
+                log.exception("a left-behind plugin call failed as it was closed")
+            unregister = getattr(asyncio.tasks, "_unregister_task", None)
+            if unregister is not None:
+                unregister(task)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -103,14 +100,29 @@ class ContainedProvider:
 
 class _ContainedStreaming(ContainedProvider):
     async def stream(self, request: CompletionRequest) -> AsyncIterator[str | CompletionResult]:
-        iterator = self._inner.stream(request).__aiter__()
+        """The plugin's whole stream is read by a task of its own into a queue, which this
+        reads: when the reader is cancelled or stops early, that task is cancelled and, if it
+        goes on, left behind like any other call (its generator with it, never closed from here:
+        a generator left "running" cannot be, and its aclose() raised in place of the cancel)."""
+        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+
+        async def pump() -> None:
+            async for item in self._inner.stream(request):
+                queue.put_nowait((True, item))
+
+        reader = asyncio.ensure_future(_guarded(pump()))
+        reader.add_done_callback(lambda t: queue.put_nowait((False, t)))
+        reader.add_done_callback(_retrieve)
         try:
-            while (item := await contained(_next(iterator), self._what)) is not _END:
+            while True:
+                more, item = await queue.get()
+                if not more:
+                    item.result()  # the plugin's exception, if it raised
+                    return
                 yield item
         finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                await contained(aclose(), self._what)
+            if not reader.done():  # cancelled, or the reader stopped early
+                await _leave(reader, self._what)
 
 
 def contained_provider(inner: Any, name: str) -> ContainedProvider:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import pytest
+
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.contained import ContainedProvider
@@ -109,3 +111,58 @@ async def test_built_in_providers_are_called_directly(aiohttp_client, tmp_path):
     client = await aiohttp_client(build_app(make_config(tmp_path)))
     slot = client.app[SERVICES].slots["offline"]
     assert not isinstance(slot.client, ContainedProvider)
+
+
+class _Streams:
+    """A provider whose stream swallows its cancellation (mode "stubborn") or behaves."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode, self.closed = mode, False
+
+    async def complete(self, request):
+        raise AssertionError("not called")
+
+    async def stream(self, request):
+        try:
+            yield "a"
+            yield "b"
+            while self.mode == "stubborn":
+                try:
+                    await asyncio.sleep(1000)
+                except asyncio.CancelledError:
+                    pass
+        finally:
+            self.closed = True
+
+
+async def test_a_stream_that_swallows_its_cancellation_still_times_out_and_cancels(monkeypatch):
+    # Its aclose() raised "asynchronous generator is already running" in place of the
+    # cancellation: the runtime saw a plugin error and fell back instead of ending the agent.
+    from j1mskyd import contained
+    from j1mskyd.deadline import within
+
+    monkeypatch.setattr(contained, "ABANDON_AFTER", 0.2)
+    provider = contained.contained_provider(_Streams("stubborn"), "s")
+
+    async def read() -> list:
+        return [item async for item in provider.stream(None)]
+
+    with pytest.raises(LookupError, match="ours"):
+        await within(0.2, read(), lambda: LookupError("ours"))
+    task = asyncio.ensure_future(read())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_stream_read_to_its_end_or_left_early_is_closed():
+    from j1mskyd.contained import contained_provider
+
+    plugin = _Streams("fine")
+    assert [item async for item in contained_provider(plugin, "s").stream(None)] == ["a", "b"] and plugin.closed
+    plugin = _Streams("fine")
+    reader = contained_provider(plugin, "s").stream(None)
+    assert await reader.__anext__() == "a"
+    await reader.aclose()  # the reader stops early: the plugin's stream is closed too
+    assert plugin.closed
