@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, get_args
 
 from . import agent_cursor, jsonx
 from .agent_record import PRIORITIES, STATUSES, Agent, Kind
 from .errors import ValidationFailed
-from .request_fields import flag_param, query_int
+from .request_fields import flag_param, query_int, utc_time
 from .tenancy import Viewer
 
 __all__ = ["ALIASES", "AgentQuery", "ENUMS", "FIELDS", "MAX_LIMIT", "OPERATORS", "RESERVED", "SORTABLE", "parse", "parse_time"]
@@ -130,15 +129,11 @@ def _coerce(fieldname: str, kind: str, value: Any, errors: list[dict[str, str]])
         if not isinstance(value, str):
             errors.append({"field": fieldname, "message": f"{fieldname} must be an ISO 8601 date or time"})
             return None
-        try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
-        except ValueError:
+        when = utc_time(value)
+        if when is None:
             errors.append({"field": fieldname, "message": f"{fieldname} must be an ISO 8601 date or time, "
                                                          f"got {value!r}"})
-            return None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
+        return when
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         errors.append({"field": fieldname, "message": f"{fieldname} must be a string"})
         return None

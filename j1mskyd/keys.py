@@ -262,7 +262,9 @@ def _apply(key: ApiKey, limits: KeyLimits, now: float) -> dict[str, object]:
     columns: dict[str, object] = {}
 
     def put(name: str, value: Any, stored: object) -> None:
-        if getattr(key, name) != value:
+        old = getattr(key, name)
+        # The JSON columns by their text: {"flag": 1} == {"flag": True} in Python, not in JSON.
+        if (_json_text(old or None) != stored) if name in _JSON_COLUMNS else old != value:
             setattr(key, name, value)
             columns[name] = stored
 

@@ -20,6 +20,7 @@ is awaited before anyone is told):
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
@@ -149,6 +150,13 @@ def _retrieved(fut: asyncio.Future[None]) -> None:
     """A done callback for a write nobody awaits: its failure was logged where it mattered."""
     if not fut.cancelled():
         fut.exception()
+
+
+def _swept(agent_id: str, done: asyncio.Future[None]) -> None:
+    """The deadline sweep's finish of a queued agent, which nobody awaits: a store failure was
+    logged where it happened (_written); anything else is a bug, said here."""
+    if not done.cancelled() and (exc := done.exception()) is not None and not isinstance(exc, StoreError):
+        log.error("failing queued agent %s at its deadline failed: %r", agent_id, exc)
 
 
 def _failure_of(written: asyncio.Future[None]) -> BaseException | None:
@@ -792,7 +800,7 @@ class AgentRuntime:
                 done = self._finish_soon(agent, FAILED, "timeout",
                                          {"error": f"timeout: still queued after {agent.timeout:g} s"})
                 if done is not None:
-                    done.add_done_callback(_retrieved)
+                    done.add_done_callback(functools.partial(_swept, agent.agent_id))
 
     # -- running ----------------------------------------------------------------------
     async def _run(self, agent: Agent, slot: ProviderSlot) -> None:

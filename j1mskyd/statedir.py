@@ -40,7 +40,11 @@ def _tighten_files(path: str) -> None:
             except FileNotFoundError:
                 continue
             mode = stat.S_IMODE(st.st_mode)
-            if not stat.S_ISREG(st.st_mode) or not mode & 0o077 or st.st_uid != os.geteuid():
+            if not stat.S_ISREG(st.st_mode) or not mode & 0o077:
+                continue
+            if st.st_uid != os.geteuid() and os.geteuid() != 0:
+                log.warning("state file %s has mode %04o (open to other users) and belongs to uid %d: "
+                            "run 'chmod 600 %s' as its owner", entry.path, mode, st.st_uid, entry.path)
                 continue
             try:
                 os.chmod(entry.path, mode & 0o700)  # a regular file; the dir is the owner's alone by now

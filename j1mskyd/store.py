@@ -440,13 +440,13 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def is_locked(exc: BaseException) -> bool:
-    """Did this fail because another process held the write lock past busy_timeout (SQLITE_BUSY,
-    SQLITE_LOCKED)?  Like a full disk it passes: the group waits and is retried, where it was
+    """Did this fail because another process held the write lock past busy_timeout (SQLITE_BUSY)?
+    Like a full disk it passes: the group waits and is retried, where it was
     failed and a finished agent's result and cost were lost (the agent ran again at the next start)."""
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None:
-            return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            return code & 0xFF == sqlite3.SQLITE_BUSY  # another connection holds it (LOCKED: this one does)
         return "database is locked" in str(exc)
     return False
 
@@ -1066,9 +1066,11 @@ class Store:
                 batch = self._replace_queue([])
                 units = [u for u, _, _ in batch]
                 try:
-                    if self._synchronous == "normal" and len(units) <= _INLINE_UNITS:
+                    if self._synchronous == "normal" and len(units) <= _INLINE_UNITS and self.full is None:
                         # A small WAL commit without fsync costs less than the hop to a
-                        # thread and back; checkpoints (which do fsync) stay off the loop.
+                        # thread and back; checkpoints (which do fsync) stay off the loop, and so
+                        # does every retry while writes wait (a locked database's try sits in
+                        # sqlite's 5 s busy timeout: on the loop, the daemon froze).
                         errors = self._commit_batch(units)
                     else:
                         errors = await self._writer.run(self._commit_batch, units)
@@ -1109,8 +1111,8 @@ class Store:
         loop = asyncio.get_running_loop()
         if self._give_up_at is not None and loop.time() >= self._give_up_at:
             lost = self._replace_queue([])
-            log.error("stopping with a full disk: %d writes could not be saved (agents they finish run "
-                      "again at the next start)", sum(unit is not _PROBE for unit, _, _ in lost))
+            log.error("stopping while writes wait (%s): %d writes could not be saved (agents they finish run "
+                      "again at the next start)", self.full, sum(unit is not _PROBE for unit, _, _ in lost))
             for _, fut, _ in lost:
                 if not fut.done():
                     fut.set_exception(self._refusal())

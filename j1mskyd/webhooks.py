@@ -216,6 +216,9 @@ class WebhookService:
                 except TargetRefused as exc:
                     log.warning("webhook %s: its target is refused (%s); its deliveries will fail until "
                                 "its url or [webhooks] allowed_networks changes", hook.webhook_id, exc.message)
+            elif (refused := self._file_refused(hook.url)) is not None:  # e.g. made before file_sink_dirs
+                log.warning("webhook %s: its file is refused (%s); its deliveries will fail until its url or "
+                            "[webhooks] file_sink_dirs changes", hook.webhook_id, refused)
 
     async def check_targets(self, urls: dict[str, Any]) -> list[dict[str, str]]:
         """The target policy when URLs are accepted: ``field -> url`` in, one field error per
@@ -394,8 +397,11 @@ class WebhookService:
         # A new target, secret or headers (what a failing receiver was refusing), or a resume:
         # its waiting deliveries go out now, not at the end of the backoff the old ones earned.
         release = [] if _SENT_AS.isdisjoint(changes) else [self._release(webhook_id)]
+        held = self._held.get(webhook_id)
         await self.store.write(self._insert(new), _sealed_headers(new, self.store.cipher), *release, fail_fast=True)
-        if release:  # forgotten once stored: a failed write leaves new deliveries held like the old ones
+        # Forgotten once stored (a failed write leaves new deliveries held like the old ones), and
+        # only if no failed attempt held them again meanwhile (its hold is queued after the release).
+        if release and self._held.get(webhook_id) == held:
             self._held.pop(webhook_id, None)
         self.hooks[webhook_id] = new
         self._wake.set()
@@ -671,13 +677,12 @@ class WebhookService:
         try:
             if hook.sink != "file":
                 # Again at every delivery: a literal address passes no resolver, and the
-                # policy (or the URL) may have changed since it was accepted.
+                # policy (or the URL) may have changed since it was accepted.  (A file sink's
+                # place is judged by its open, race-free: sink_files.)
                 try:
                     self.targets.check_url(hook.url)
                 except TargetRefused as exc:
                     raise SinkError(f"target refused: {exc.message}") from None
-            elif (refused := self._file_refused(hook.url)) is not None:  # a link may lead there now
-                raise SinkError(f"target refused: {refused}")
             sink = self._sinks.get(webhook_id) or await self._build_sink(hook)
             async with bounded(self.call_timeout, lambda: SinkError(
                     f"sink did not return within {self.call_timeout:g} s (cancelled by the daemon)")):

@@ -21,6 +21,8 @@ import asyncio
 from j1mskyd.providers import CompletionResult
 
 STARTED = []
+SAW_ALL = []  # the closes that saw all four closes started: they ran at once
+ALL_STARTED = asyncio.Event()
 
 class Stubborn:
     def __init__(self, settings, session):
@@ -40,6 +42,14 @@ class Stubborn:
                 pass
     async def close(self):
         STARTED.append(self.name)
+        if len(STARTED) == 4:
+            ALL_STARTED.set()
+        if self.mode == "fine":
+            try:
+                await asyncio.wait_for(ALL_STARTED.wait(), 0.5)  # one after another, none would come
+                SAW_ALL.append(self.name)
+            except asyncio.TimeoutError:
+                pass
         while self.mode == "stubborn":
             try:
                 await asyncio.sleep(1000)
@@ -105,6 +115,7 @@ async def test_close_calls_run_at_once_and_a_stubborn_one_does_not_hold_the_stop
     plugin = __import__(started, fromlist=["STARTED"])
     await asyncio.wait_for(client.close(), 30)
     assert sorted(plugin.STARTED) == ["a", "b", "c", "d"]
+    assert sorted(plugin.SAW_ALL) == ["a", "d"]  # every close had started before either fine one ended
 
 
 async def test_built_in_providers_are_called_directly(aiohttp_client, tmp_path):

@@ -164,6 +164,10 @@ async def test_patch_null_clears_absent_keeps_and_is_audited(aiohttp_client, tmp
     assert done["changed"] == ["max_budget"]  # it listed budget_duration too, which stayed
     again = await patch({"max_budget": 8, "max_concurrency": 7})  # as they are: nothing changes
     assert again["changed"] == [] and again["key"] == view
+    await patch({"metadata": {"flag": 1}})
+    flagged = await patch({"metadata": {"flag": True}})  # equal in Python, not in JSON
+    assert flagged["changed"] == ["metadata"] and flagged["key"]["metadata"] == {"flag": True}
+    await patch({"metadata": FULL["metadata"]})
     assert view["budget_duration"] == "30d" and view["budget"]["period_start"] == period
     view = (await patch({"budget_duration": None}))["key"]  # cleared: back to the default
     assert view["budget_duration"] == "1d" and view["max_budget"] == 8
@@ -173,7 +177,7 @@ async def test_patch_null_clears_absent_keeps_and_is_audited(aiohttp_client, tmp
     assert view["max_concurrency"] == 7  # untouched by all of that
     entries = (await (await client.get("/api/security/audit?event=config.change&limit=50", headers=admin)).json())["data"]
     updates = [e for e in entries if e["details"].get("action") == "update" and e["resource"]["id"] == kid]
-    assert len(updates) == 4  # the PATCH that changed nothing is no change in the log
+    assert len(updates) == 7  # the PATCH that changed nothing is no change in the log
     assert all("ana" not in json.dumps(e["details"]) for e in updates)  # labels' values stay out of the log
 
 

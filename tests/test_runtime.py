@@ -335,7 +335,7 @@ async def test_queued_agents_past_their_deadline_all_fail_at_it_on_a_full_disk(a
     disk = store._wconn = FullDisk(store._wconn)
     try:
         for agent_id in waiting:  # as memory holds them: the writes wait for space
-            done = await wait_status(client, agent_id, timeout=4)
+            done = await wait_status(client, agent_id, timeout=10)  # a bound: the disk stays full throughout
             assert done["status"] == "failed" and "queued" in done["error"], done
     finally:
         disk.full = False

@@ -11,6 +11,8 @@ import dataclasses
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
 from j1mskyd.providers import ProviderSettings
@@ -19,10 +21,12 @@ from tests.test_full_disk import on_disk, on_disk_completed
 from tests.test_webhooks import eventually
 
 
+@pytest.mark.parametrize("synchronous", ["full", "normal"])  # normal: small commits on the loop (not retries)
 async def test_a_write_lock_held_elsewhere_loses_no_result_and_refuses_spawns_with_503(
-        aiohttp_client, tmp_path, fake_upstream):
+        aiohttp_client, tmp_path, fake_upstream, synchronous):
     fake_upstream.delay = 0.5  # agents are in flight when the lock is taken
     base = make_config(tmp_path)
+    base = dataclasses.replace(base, store=dataclasses.replace(base.store, synchronous=synchronous))
     providers = dict(base.providers) | {"fake": ProviderSettings(
         name="fake", plugin="openai_compat", base_url=fake_upstream.url + "/v1", api_key="sk-x", timeout=30,
         max_concurrency=4)}

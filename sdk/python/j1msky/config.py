@@ -86,8 +86,8 @@ def _credential(name: str, value: str | None) -> str | None:
         return None
     value = value.strip()
     if any(not "!" <= c <= "~" for c in value):
-        raise J1MSKYError(f"{name} holds characters an HTTP header cannot carry (a key is printable ASCII, "
-                          "without spaces)")
+        raise J1MSKYError(f"{name} holds characters other than printable ASCII (keys and secrets the daemon "
+                          "gives out have none; check for a stray space or a pasted character)")
     return value or None
 
 
@@ -99,8 +99,9 @@ def _base_url(url: str) -> str:
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = url.rsplit("@", 1)[-1] if "@" in url else url  # never a password written in it
         raise J1MSKYError(f"base_url must be an http:// or https:// URL with a host, such as "
-                          f"http://localhost:8080/api, not {url!r}")
+                          f"http://localhost:8080/api, not {shown!r}")
     return url
 
 
