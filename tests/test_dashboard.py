@@ -68,6 +68,18 @@ async def test_unknown_names_and_traversal_are_404_in_the_error_envelope(client,
     assert error["success"] is False
     assert error["error"]["code"] == 404 and error["error"]["type"] == "NOT_FOUND"
     assert error["error"]["request_id"] == headers["x-request-id"]
+    if raw.startswith("/static/"):  # the dashboard's paths: its headers on every answer, refusals too
+        assert headers["content-security-policy"].startswith("default-src 'self'"), headers
+        assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_refusal_of_the_page_itself_carries_the_dashboard_headers(client):
+    resp = await client.request("OPTIONS", "/")
+    assert resp.status == 405
+    assert resp.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    api = await client.get("/api/nope")  # the API's refusals are JSON for programs: not these
+    assert api.status == 404 and "Content-Security-Policy" not in api.headers
 
 
 async def _raw_get(client, raw: str) -> tuple[int, dict[str, str], bytes]:

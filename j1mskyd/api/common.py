@@ -18,6 +18,7 @@ from ..keys import ADMIN
 from ..local_access import LOCAL_ACTOR
 from ..errors import ApiError, InvalidJson, ValidationFailed
 from ..tenancy import Viewer
+from .dashboard import SECURITY_HEADERS
 
 if TYPE_CHECKING:
     from ..ratelimit import Decision
@@ -145,6 +146,9 @@ def error_response(request: web.Request, status: int, message: str, *, type_: st
              "request_id": request_id_of(request)}
     if extra:
         error.update(extra)
+    path = request.path
+    if path == "/" or path.startswith("/static/"):  # the dashboard's: every answer there carries them
+        headers = {**SECURITY_HEADERS, **(headers or {})}
     return json_response({"success": False, "error": error}, status=status, headers=headers)
 
 
