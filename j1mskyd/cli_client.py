@@ -23,10 +23,10 @@ __all__ = ["add_commands", "cmd_agent", "cmd_agents", "cmd_cancel", "cmd_spawn",
 # The client is imported when a client command runs (no need for it while parsing arguments).
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace, **options: Any) -> Any:
     from j1msky import J1MSKYClient
     # None: the SDK reads J1MSKY_API / J1MSKY_KEY / J1MSKY_SECRET, else localhost:8080 without a key.
-    return J1MSKYClient(api_key=args.key or None, base_url=args.api or None, timeout=args.timeout)
+    return J1MSKYClient(api_key=args.key or None, base_url=args.api or None, timeout=args.timeout, **options)
 
 
 def _out(args: argparse.Namespace, data: Any, human: str) -> None:
@@ -119,8 +119,15 @@ _BREAKER_WORDS = {"closed": "ok", "open": "failing (calls paused)", "half_open":
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from j1msky import J1MSKYError
     client = _client(args)
-    health = client.request("GET", "/health")
+    try:
+        health = _client(args, max_retries=0).request("GET", "/health")
+    except J1MSKYError as exc:  # 503 is an unhealthy daemon's answer, with its reasons: show them
+        body = exc.body
+        if exc.status != 503 or not isinstance(body, dict) or "status" not in body:
+            raise
+        health = body
     limits = client.request("GET", "/rate-limits")
     budget = limits.get("budget", {})
     data = {"health": health, "rate_limits": limits}
@@ -131,8 +138,11 @@ def cmd_status(args: argparse.Namespace) -> int:
              f"budget      {_money(budget.get('today_spend'))} of {_money(budget.get('daily_budget'))} today "
              f"({budget.get('budget_alert_level')})\n"
              f"providers   {providers}")
+    reasons = health.get("reasons") or []
+    if reasons:
+        human += "\n" + "\n".join(f"reason      {shown(r)}" for r in reasons)
     _out(args, data, human)
-    return 0
+    return 0 if health["status"] != "unhealthy" else 1
 
 
 def add_commands(sub: Any) -> None:

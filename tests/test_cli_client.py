@@ -144,3 +144,34 @@ def test_ctrl_c_while_waiting_leaves_the_agent_running_and_says_how_to_follow_it
         assert "Traceback" not in err, err
         assert f"agent {agent_id} keeps running" in err and f"j1mskyd agent {agent_id}" in err, err
         assert d.get(f"/api/agent/{agent_id}")["status"] == "running"  # Ctrl-C did not cancel it
+
+
+async def test_status_shows_an_unhealthy_daemon_s_reasons(aiohttp_server):
+    # The 503 that /health answers for an unhealthy daemon was an error after 2 s of retries:
+    # `status` printed "HTTP 503" and lost the reasons, exactly when they were needed.
+    import asyncio
+
+    from aiohttp import web
+
+    health = {"status": "unhealthy", "reasons": ["provider up: unavailable (OPENAI_KEY not set)"],
+              "version": "x", "uptime_seconds": 5, "agents": {"running": 0, "queued": 0}, "providers": {}}
+    calls = []
+
+    async def health_route(request):
+        calls.append(request.path)
+        return web.json_response(health, status=503)
+
+    async def limits_route(request):
+        return web.json_response({"limits": {}, "budget": {"today_spend": 0, "daily_budget": 50,
+                                                           "budget_alert_level": "ok"}})
+
+    app = web.Application()
+    app.router.add_get("/api/health", health_route)
+    app.router.add_get("/api/rate-limits", limits_route)
+    server = await aiohttp_server(app)
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "j1mskyd", "status", "--api", str(server.make_url("/api"))],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=child_env({}))
+    assert out.returncode == 1, out.stderr
+    assert out.stdout.startswith("daemon      unhealthy") and "OPENAI_KEY not set" in out.stdout, out.stdout
+    assert calls == ["/api/health"]  # asked once: an answer, not a failure to retry

@@ -28,6 +28,7 @@ class J1MSKYError(Exception):
         self.request_id = request_id
         self.type = type
         self.details = details
+        self.body: Any = None  # the error answer's JSON, when it had one
 
     def __str__(self) -> str:
         if not self.status:
@@ -79,6 +80,9 @@ def error_from_response(status: int, body: bytes, headers: Any) -> J1MSKYError:
         retry = parse_retry_after(headers.get("Retry-After"))
         if retry is None and isinstance(envelope_retry, (int, float)) and not isinstance(envelope_retry, bool):
             retry = float(envelope_retry)
-        return RateLimitError(message, retry_after=retry, status=status, request_id=request_id, type=type_,
-                              details=details)
-    return J1MSKYError(message, status=status, request_id=request_id, type=type_, details=details)
+        error: J1MSKYError = RateLimitError(message, retry_after=retry, status=status, request_id=request_id,
+                                            type=type_, details=details)
+    else:
+        error = J1MSKYError(message, status=status, request_id=request_id, type=type_, details=details)
+    error.body = data  # the answer as sent: a 503 from /health is its health document, not an envelope
+    return error
