@@ -182,6 +182,8 @@ async def test_reject_from_the_page_fails_the_task(page, tasks_daemon):
 async def test_the_tasks_view_fits_a_360_px_phone(page, tasks_daemon, tmp_path, capsys):
     run = tasks_daemon
     task, _ = await escalate(run)
+    # One long word as the title: it widened the task's detail to 2,000 px.
+    await run.ok("PUT", f"/api/tasks/{task['id']}", {"title": "T" * 190})
     browser = page
     await browser.send("Emulation.setDeviceMetricsOverride",
                        {"width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": True})

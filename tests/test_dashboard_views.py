@@ -338,7 +338,11 @@ async def test_the_page_fits_a_360_px_phone(browser, daemon, tmp_path, capsys):
     daemon.wait_agent(daemon.spawn("a task with a rather long description " * 4))
     await browser.send("Emulation.setDeviceMetricsOverride",
                        {"width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": True})
-    await _open(browser, daemon, _admin(daemon))
+    # Logged in with a key whose name is one long word (it widened the header to 1,408 px).
+    status, made = daemon.request("POST", "/api/keys", {"name": "W" * 100, "scopes": ["admin:read", "admin:write",
+                                                                                      "agents:read", "agents:write"]})
+    assert status == 201, made
+    await _open(browser, daemon, made["token"])
     await browser.wait_for("document.querySelectorAll('#agents tbody tr').length === 1", what="the agent")
     await browser.wait_for("!!document.querySelector('#models tbody tr')", what="the models")
     await browser.wait_for("!!document.querySelector('#spend-chart svg')", what="the chart")
