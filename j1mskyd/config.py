@@ -433,8 +433,11 @@ _SERVER: dict[str, Checker] = {
     "body_timeout": _num(hi=3600, positive=True),
     "max_connections": _int(1),
 }
+# At most 100,000 agents at once (each an upstream connection and a file descriptor): a number
+# past that is a typo, which asked the open-files limit for 10^20 descriptors.
+_MAX_RUNNING = _int(1, 100_000)
 _RUNTIME: dict[str, Checker] = {
-    "max_concurrency": _int(1),
+    "max_concurrency": _MAX_RUNNING,
     "default_timeout": _num(positive=True),
     "max_timeout": _num(positive=True),
     "max_attempts": _int(1),
@@ -459,7 +462,7 @@ _PROVIDER: dict[str, Checker] = {
     "base_url": _url,
     "api_key_env": _str(pattern=_ENV_NAME, what="an environment variable name"),
     "timeout": _num(positive=True),
-    "max_concurrency": _int(1),
+    "max_concurrency": _MAX_RUNNING,
     "hourly_limit": _int(1),
     "options": _table,           # free-form: its contents belong to the plugin
 }
@@ -486,7 +489,7 @@ _BUDGET: dict[str, Checker] = {
     "max_agents_per_key": _int(1),
 }
 _LIMITS: dict[str, Checker] = {
-    "window_seconds": _num(positive=True),
+    "window_seconds": _num(1),  # 1e-300 refilled every bucket at once: no limit at all
     "spawn": _int(1),
     "agent_read": _int(1),
     "agents_list": _int(1),
@@ -586,10 +589,11 @@ _HINTS = {  # reasons for unknown keys people are likely to try
 
 
 def _parse_int(s: str) -> int:
-    try:
-        return int(s.strip(), 10)
-    except ValueError:
-        raise _Bad("must be an integer") from None
+    """Plain ASCII digits (int() also takes "1_000", "+5" and other scripts' digits)."""
+    text = s.strip()
+    if not re.fullmatch(r"-?[0-9]{1,18}", text):
+        raise _Bad("must be an integer")
+    return int(text)
 
 
 # (variable, section, key, str -> TOML-like value); then the section's checker runs.

@@ -208,7 +208,7 @@ def test_api_key_in_file_refused_without_echoing_it(write, env):
     ("server", "port = true", "server.port", "must be an integer, not boolean"),
     ("server", 'log_level = "loud"', "server.log_level", "must be one of"),
     ("server", 'host = ""', "server.host", "must not be empty"),
-    ("runtime", "max_concurrency = 0", "runtime.max_concurrency", "must be >= 1"),
+    ("runtime", "max_concurrency = 0", "runtime.max_concurrency", "must be between 1 and 100000"),
     ("runtime", "max_attempts = false", "runtime.max_attempts", "not boolean"),
     ("runtime", "default_timeout = 0", "runtime.default_timeout", "must be > 0"),
     ("runtime", "default_timeout = nan", "runtime.default_timeout", "finite"),
@@ -218,6 +218,8 @@ def test_api_key_in_file_refused_without_echoing_it(write, env):
     ("plugins", 'disabled = "x"', "plugins.disabled", "array of non-empty strings"),
     ("plugins", 'require_root = "yes"', "plugins.require_root", "true or false"),
     ("webhooks", 'file_sink_dirs = ["var/log"]', "webhooks.file_sink_dirs", "not an absolute path"),
+    ("runtime", "max_concurrency = 99999999999999999", "runtime.max_concurrency", "between 1 and 100000"),
+    ("limits", "window_seconds = 1e-300", "limits.window_seconds", ">= 1"),
     ("webhooks", 'file_sink_dirs = ["/"]', "webhooks.file_sink_dirs", "anywhere the daemon may"),
     ("webhooks", 'file_sink_dirs = ["//."]', "webhooks.file_sink_dirs", "anywhere the daemon may"),
     ("webhooks", 'file_sink_dirs = "/var/log"', "webhooks.file_sink_dirs", "array of non-empty strings"),
@@ -256,7 +258,7 @@ def test_a_base_url_with_credentials_or_a_bad_port_is_refused_without_echoing_th
     (('plugin = "offline"', 'plugin = ""'), "providers.p.plugin", "must not be empty"),
     (('plugin = "offline"', 'plugin = "no such"'), "providers.p.plugin", "plugin kind"),
     (('plugin = "offline"', 'plugin = "offline"\nbase_url = "ftp://x"'), "providers.p.base_url", "http"),
-    (('plugin = "offline"', 'plugin = "offline"\nmax_concurrency = 0'), "providers.p.max_concurrency", ">= 1"),
+    (('plugin = "offline"', 'plugin = "offline"\nmax_concurrency = 0'), "providers.p.max_concurrency", "between 1 and 100000"),
     (('plugin = "offline"', 'plugin = "offline"\ntimeout = -1'), "providers.p.timeout", "> 0"),
     (('plugin = "offline"', 'plugin = "offline"\noptions = 3'), "providers.p.options", "must be a table"),
     (('plugin = "offline"', 'plugin = "offline"\napi_key_env = "not a var"'), "providers.p.api_key_env",
@@ -368,6 +370,9 @@ def test_invalid_env_overrides(write, env):
         ("<env>", "env J1MSKY_PORT"), ("<env>", "env J1MSKY_MAX_CONCURRENCY"),
         ("<env>", "env J1MSKY_LOG_LEVEL")}
     assert "<env>: env J1MSKY_PORT: must be an integer" in str(info.value)
+    for spelt in ("1_000", "+80", "８０", "0x50"):  # int() took the first three
+        with pytest.raises(ConfigError, match="must be an integer"):
+            load_config(write(MINIMAL), {**env, "J1MSKY_PORT": spelt})
 
 
 def test_env_overrides_apply_to_embedded_default(env):
