@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from j1mskyd.app import build_app
+from j1mskyd.config import Config
 from j1mskyd.providers import ProviderSettings
 from tests.conftest import make_config, route_models
 from tests.test_webhooks import eventually
@@ -48,6 +49,14 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+def k2p5_on(base: Config, upstream) -> Config:
+    """``base`` with k2p5 served by ``upstream`` (a fake OpenAI-style server) through openai_compat."""
+    providers = dict(base.providers) | {"fake": ProviderSettings(
+        name="fake", plugin="openai_compat", base_url=upstream.url + "/v1", api_key="sk-x", timeout=30,
+        max_concurrency=4)}
+    return dataclasses.replace(base, providers=providers, models=route_models(base, {"k2p5": "fake"}))
+
+
 def on_disk(state: Path) -> tuple[dict[str, str], int]:
     """(agent_id -> status, ledger rows) as the database holds them."""
     with contextlib.closing(sqlite3.connect(f"file:{state / 'j1msky.db'}?mode=ro", uri=True, timeout=5)) as conn:
@@ -65,10 +74,7 @@ async def test_full_disk_keeps_results_and_ledger(aiohttp_client, tmp_path, smal
     fake_upstream.delay = 1.0  # agents are in flight while the disk fills
     base = make_config(tmp_path, runtime={"max_concurrency": 2})
     base = dataclasses.replace(base, server=dataclasses.replace(base.server, state_dir=str(small_fs / "state")))
-    providers = dict(base.providers) | {"fake": ProviderSettings(
-        name="fake", plugin="openai_compat", base_url=fake_upstream.url + "/v1", api_key="sk-x", timeout=30,
-        max_concurrency=4)}
-    cfg = dataclasses.replace(base, providers=providers, models=route_models(base, {"k2p5": "fake"}))
+    cfg = k2p5_on(base, fake_upstream)
     state = Path(cfg.server.state_dir)
     client = await aiohttp_client(build_app(cfg))
 

@@ -15,9 +15,8 @@ import pytest
 
 from j1mskyd.api.common import SERVICES
 from j1mskyd.app import build_app
-from j1mskyd.providers import ProviderSettings
-from tests.conftest import make_config, route_models
-from tests.test_full_disk import on_disk, on_disk_completed
+from tests.conftest import make_config
+from tests.test_full_disk import k2p5_on, on_disk, on_disk_completed
 from tests.test_webhooks import eventually
 
 
@@ -27,10 +26,7 @@ async def test_a_write_lock_held_elsewhere_loses_no_result_and_refuses_spawns_wi
     fake_upstream.delay = 0.5  # agents are in flight when the lock is taken
     base = make_config(tmp_path)
     base = dataclasses.replace(base, store=dataclasses.replace(base.store, synchronous=synchronous))
-    providers = dict(base.providers) | {"fake": ProviderSettings(
-        name="fake", plugin="openai_compat", base_url=fake_upstream.url + "/v1", api_key="sk-x", timeout=30,
-        max_concurrency=4)}
-    cfg = dataclasses.replace(base, providers=providers, models=route_models(base, {"k2p5": "fake"}))
+    cfg = k2p5_on(base, fake_upstream)
     state = Path(cfg.server.state_dir)
     client = await aiohttp_client(build_app(cfg))
     store = client.app[SERVICES].store
