@@ -21,6 +21,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
+from .deadline import retrieved
 from .plugin_api import Closable, CompletionRequest, CompletionResult, StreamingProvider, implements
 
 __all__ = ["ABANDON_AFTER", "ContainedProvider", "ContainedSink", "PluginCrash", "contained", "contained_provider"]
@@ -45,7 +46,7 @@ async def _guarded(call: Awaitable[T]) -> T:
 async def contained(call: Awaitable[T], what: str) -> T:
     """``await call``, in a task of its own (see the module's docstring)."""
     task = asyncio.ensure_future(_guarded(call))
-    task.add_done_callback(_retrieve)
+    task.add_done_callback(retrieved)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -77,12 +78,6 @@ async def _leave(task: asyncio.Task[Any], what: str) -> None:
                 unregister(task)
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Its outcome was the caller's, or nobody's once abandoned: never 'exception not retrieved'."""
-    if not task.cancelled():
-        task.exception()
-
-
 class ContainedProvider:
     """A drop-in provider; ``close`` does nothing when the plugin has none."""
 
@@ -112,7 +107,7 @@ class _ContainedStreaming(ContainedProvider):
 
         reader = asyncio.ensure_future(_guarded(pump()))
         reader.add_done_callback(lambda t: queue.put_nowait((False, t)))
-        reader.add_done_callback(_retrieve)
+        reader.add_done_callback(retrieved)
         try:
             while True:
                 more, item = await queue.get()

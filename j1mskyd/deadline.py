@@ -12,15 +12,18 @@ and the semantics and drops the rest:
   task meanwhile (``Task.uncancel`` counts the requests, exactly as ``asyncio.timeout`` does);
 * any other cancellation (a cancel by request, a stop) passes through as ``CancelledError``;
 * the timer is stopped however the awaitable ends, so it can never fire afterwards.
+
+Beside it, :func:`retrieved`: the done callback of the futures the runtime and the plugin
+containment start and do not await.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["within"]
+__all__ = ["retrieved", "within"]
 
 T = TypeVar("T")
 
@@ -71,3 +74,11 @@ async def within(seconds: float, awaitable: Awaitable[T],
         raise
     finally:
         limit.disarm()
+
+
+def retrieved(fut: asyncio.Future[Any]) -> None:
+    """A done callback for a future nobody awaits (a write, a plugin call left behind): its
+    outcome is taken, so asyncio never logs "exception was never retrieved"; a failure that
+    mattered was logged where it happened."""
+    if not fut.cancelled():
+        fut.exception()

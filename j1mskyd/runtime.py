@@ -42,7 +42,7 @@ from .pricing import token_cost
 from .provider_pool import ProviderSlot
 from .plugin_api import (
     TIMEOUT_GRACE, CompletionRequest, CompletionResult, Message, ProviderError, TextBlock, ToolCall, ToolResult)
-from .deadline import within
+from .deadline import retrieved, within
 from .provider_http import estimate_tokens
 from .ratelimit import Buckets, Decision, Limit
 from .store import Queued, Statement, Store, StoreError
@@ -144,12 +144,6 @@ def _tool_calls_json(calls: Sequence[ToolCall]) -> str | None:
     if not calls:
         return None
     return jsonx.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls])
-
-
-def _retrieved(fut: asyncio.Future[None]) -> None:
-    """A done callback for a write nobody awaits: its failure was logged where it mattered."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _swept(agent_id: str, done: asyncio.Future[None]) -> None:
@@ -346,7 +340,7 @@ class AgentRuntime:
         if len(agents) == 1 and agents[0].chat is not None:
             agent_id = agents[0].agent_id
             written: asyncio.Future[None] = loop.create_future()
-            written.add_done_callback(_retrieved)  # its outcome is told through ``inserted``
+            written.add_done_callback(retrieved)  # its outcome is told through ``inserted``
             stream = agents[0].chat.stream
             deferred = self._deferred[agent_id] = _Deferred(
                 statements, spawned, events, written, inserted,
@@ -1240,7 +1234,7 @@ class AgentRuntime:
                 # agent runs again after a restart.  Nothing may wait on it forever meanwhile.
                 log.error("could not save the %s state of agent %s: %s", agent.status, agent.agent_id, failed)
                 if started is not None and not self.store.closed:  # the run is counted on disk all the same
-                    self.store.submit(started.statements).add_done_callback(_retrieved)
+                    self.store.submit(started.statements).add_done_callback(retrieved)
             else:
                 raise failed
             exceeded = self._settle(agent) if self.budget is not None else []
